@@ -1,4 +1,176 @@
-//! What Legate implements, field by field. Placeholder filled in below.
+//! What Legate implements, field by field, so that a config using anything else
+//! is refused with a list rather than half-served.
+//!
+//! The table names, per message, the fields the proxy honours. A set field not
+//! in its message's list is reported; a message absent from the table has no
+//! supported fields; an `Any` whose type is not a supported extension is
+//! reported once at its path. Well-known types (`google.protobuf.*`) are leaves.
+//! When the proxy learns a feature, its fields join this table in the same change.
+
 use crate::error::FieldError;
-use prost_reflect::DynamicMessage;
-pub fn unsupported(_m: &DynamicMessage) -> Vec<FieldError> { Vec::new() }
+use crate::lenient::join;
+use crate::walk::decode_any;
+use prost_reflect::{DynamicMessage, ReflectMessage, Value};
+
+/// Extension types (`typed_config` payloads) the proxy implements.
+pub const SUPPORTED_EXTENSIONS: &[&str] = &[
+    "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+    "envoy.extensions.filters.http.router.v3.Router",
+    "envoy.extensions.access_loggers.file.v3.FileAccessLog",
+    "envoy.extensions.access_loggers.stream.v3.StdoutAccessLog",
+    "envoy.extensions.access_loggers.stream.v3.StderrAccessLog",
+    "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+];
+
+const SUPPORTED_FIELDS: &[(&str, &[&str])] = &[
+    ("envoy.config.bootstrap.v3.Bootstrap", &["node", "static_resources", "admin"]),
+    ("envoy.config.bootstrap.v3.Bootstrap.StaticResources", &["listeners", "clusters"]),
+    ("envoy.config.bootstrap.v3.Admin", &["address"]),
+    ("envoy.config.core.v3.Node", &["id", "cluster", "metadata", "locality", "user_agent_name"]),
+    ("envoy.config.core.v3.Locality", &["region", "zone", "sub_zone"]),
+    ("envoy.config.core.v3.Address", &["socket_address"]),
+    ("envoy.config.core.v3.SocketAddress", &["address", "port_value", "protocol"]),
+    ("envoy.config.listener.v3.Listener", &["name", "address", "filter_chains"]),
+    ("envoy.config.listener.v3.FilterChain", &["filters", "name"]),
+    ("envoy.config.listener.v3.Filter", &["name", "typed_config"]),
+    (
+        "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+        &[
+            "codec_type", "stat_prefix", "route_config", "http_filters", "access_log", "use_remote_address",
+            "xff_num_trusted_hops", "skip_xff_append", "generate_request_id", "preserve_external_request_id",
+            "always_set_request_id_in_response", "server_name", "server_header_transformation",
+        ],
+    ),
+    ("envoy.extensions.filters.network.http_connection_manager.v3.HttpFilter", &["name", "typed_config"]),
+    (
+        "envoy.config.route.v3.RouteConfiguration",
+        &[
+            "name", "virtual_hosts", "request_headers_to_add", "request_headers_to_remove", "response_headers_to_add",
+            "response_headers_to_remove", "most_specific_header_mutations_wins", "validate_clusters",
+        ],
+    ),
+    (
+        "envoy.config.route.v3.VirtualHost",
+        &["name", "domains", "routes", "request_headers_to_add", "request_headers_to_remove", "response_headers_to_add", "response_headers_to_remove"],
+    ),
+    (
+        "envoy.config.route.v3.Route",
+        &[
+            "name", "match", "route", "redirect", "direct_response", "request_headers_to_add", "request_headers_to_remove",
+            "response_headers_to_add", "response_headers_to_remove",
+        ],
+    ),
+    (
+        "envoy.config.route.v3.RouteMatch",
+        &["prefix", "path", "safe_regex", "path_separated_prefix", "case_sensitive", "headers", "query_parameters"],
+    ),
+    ("envoy.type.matcher.v3.RegexMatcher", &["regex", "google_re2"]),
+    ("envoy.type.matcher.v3.RegexMatcher.GoogleRE2", &[]),
+    (
+        "envoy.config.route.v3.HeaderMatcher",
+        &[
+            "name", "exact_match", "safe_regex_match", "range_match", "present_match", "prefix_match", "suffix_match",
+            "contains_match", "string_match", "invert_match", "treat_missing_header_as_empty",
+        ],
+    ),
+    ("envoy.type.matcher.v3.StringMatcher", &["exact", "prefix", "suffix", "safe_regex", "contains", "ignore_case"]),
+    ("envoy.type.v3.Int64Range", &["start", "end"]),
+    ("envoy.config.route.v3.QueryParameterMatcher", &["name", "string_match", "present_match"]),
+    (
+        "envoy.config.route.v3.RouteAction",
+        &[
+            "cluster", "cluster_header", "weighted_clusters", "prefix_rewrite", "regex_rewrite", "host_rewrite_literal",
+            "auto_host_rewrite", "timeout",
+        ],
+    ),
+    ("envoy.config.route.v3.WeightedCluster", &["clusters"]),
+    ("envoy.config.route.v3.WeightedCluster.ClusterWeight", &["name", "weight"]),
+    ("envoy.type.matcher.v3.RegexMatchAndSubstitute", &["pattern", "substitution"]),
+    (
+        "envoy.config.route.v3.RedirectAction",
+        &["https_redirect", "scheme_redirect", "host_redirect", "port_redirect", "path_redirect", "prefix_rewrite", "regex_rewrite", "response_code", "strip_query"],
+    ),
+    ("envoy.config.route.v3.DirectResponseAction", &["status", "body"]),
+    ("envoy.config.core.v3.DataSource", &["filename", "inline_bytes", "inline_string", "environment_variable"]),
+    ("envoy.config.core.v3.HeaderValueOption", &["header", "append", "append_action", "keep_empty_value"]),
+    ("envoy.config.core.v3.HeaderValue", &["key", "value", "raw_value"]),
+    (
+        "envoy.config.cluster.v3.Cluster",
+        &[
+            "name", "type", "connect_timeout", "lb_policy", "load_assignment", "http2_protocol_options",
+            "typed_extension_protocol_options", "dns_lookup_family", "dns_refresh_rate",
+        ],
+    ),
+    ("envoy.config.endpoint.v3.ClusterLoadAssignment", &["cluster_name", "endpoints"]),
+    ("envoy.config.endpoint.v3.LocalityLbEndpoints", &["lb_endpoints", "priority", "locality"]),
+    ("envoy.config.endpoint.v3.LbEndpoint", &["endpoint", "load_balancing_weight"]),
+    ("envoy.config.endpoint.v3.Endpoint", &["address"]),
+    ("envoy.extensions.upstreams.http.v3.HttpProtocolOptions", &["explicit_http_config"]),
+    ("envoy.extensions.upstreams.http.v3.HttpProtocolOptions.ExplicitHttpConfig", &["http_protocol_options", "http2_protocol_options"]),
+    ("envoy.config.core.v3.Http1ProtocolOptions", &[]),
+    ("envoy.config.core.v3.Http2ProtocolOptions", &[]),
+    ("envoy.extensions.filters.http.router.v3.Router", &[]),
+    ("envoy.config.accesslog.v3.AccessLog", &["name", "typed_config"]),
+    ("envoy.extensions.access_loggers.file.v3.FileAccessLog", &["path", "log_format", "format", "json_format"]),
+    ("envoy.extensions.access_loggers.stream.v3.StdoutAccessLog", &["log_format"]),
+    ("envoy.extensions.access_loggers.stream.v3.StderrAccessLog", &["log_format"]),
+    ("envoy.config.core.v3.SubstitutionFormatString", &["text_format", "text_format_source", "json_format"]),
+];
+
+fn supported_fields(message: &str) -> &'static [&'static str] {
+    SUPPORTED_FIELDS.iter().find(|(m, _)| *m == message).map_or(&[], |(_, f)| f)
+}
+
+/// Every set field and extension in `msg` that Legate does not implement.
+pub fn unsupported(msg: &DynamicMessage) -> Vec<FieldError> {
+    let mut out = Vec::new();
+    check(msg, "", &mut out);
+    out
+}
+
+fn check(msg: &DynamicMessage, path: &str, out: &mut Vec<FieldError>) {
+    let desc = msg.descriptor();
+    let name = desc.full_name();
+    if name == "google.protobuf.Any" {
+        let Some(inner) = decode_any(msg) else { return };
+        let ty = inner.descriptor().full_name().to_string();
+        if !SUPPORTED_EXTENSIONS.contains(&ty.as_str()) {
+            out.push(FieldError::new(path, format!("extension {ty} is not implemented by Legate")));
+            return;
+        }
+        return check(&inner, path, out);
+    }
+    if name.starts_with("google.protobuf.") {
+        return;
+    }
+    let allowed = supported_fields(name);
+    for (field, value) in msg.fields() {
+        let p = join(path, field.name());
+        if !allowed.contains(&field.name()) {
+            out.push(FieldError::new(p, format!("{}.{} is not implemented by Legate", name, field.name())));
+            continue;
+        }
+        match value {
+            Value::Message(m) => check(m, &p, out),
+            Value::List(items) => {
+                for (i, item) in items.iter().enumerate() {
+                    if let Value::Message(m) = item {
+                        check(m, &format!("{p}[{i}]"), out);
+                    }
+                }
+            }
+            Value::Map(entries) => {
+                for (k, v) in entries {
+                    if let Value::Message(m) = v {
+                        let key = match k {
+                            prost_reflect::MapKey::String(s) => s.clone(),
+                            other => format!("{other:?}"),
+                        };
+                        check(m, &format!("{p}[\"{key}\"]"), out);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+}

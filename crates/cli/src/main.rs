@@ -1,1 +1,222 @@
-fn main() {}
+//! The `legate` binary: `proxy`, `validate`, `demo` and the sample `echo` upstream.
+
+mod demo;
+mod echo;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use legate_api::error::LoadError;
+use std::process::ExitCode;
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(name = "legate", version, about = "An Envoy-compatible proxy and xDS control plane")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the proxy on an Envoy v3 bootstrap (the file `envoy -c` takes).
+    Proxy(ProxyArgs),
+    /// Check a bootstrap without serving: exit 0 valid, 1 invalid, 3 valid but
+    /// using something Legate does not implement yet.
+    Validate(ConfigArgs),
+    /// Start sample upstreams and a proxy in front of them, and print what to try.
+    Demo(demo::DemoArgs),
+    /// A sample upstream that echoes each request back as JSON.
+    Echo(echo::EchoArgs),
+}
+
+#[derive(clap::Args, Clone)]
+struct ConfigArgs {
+    /// Path to the bootstrap (YAML or JSON).
+    #[arg(short = 'c', long = "config-path")]
+    config_path: Option<String>,
+    /// Bootstrap YAML given inline; merged over --config-path when both are set.
+    #[arg(long = "config-yaml")]
+    config_yaml: Option<String>,
+}
+
+#[derive(clap::Args)]
+struct ProxyArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
+    /// Worker threads (Envoy's default: the number of hardware threads).
+    #[arg(long)]
+    concurrency: Option<usize>,
+    #[arg(long = "base-id", default_value_t = 0)]
+    base_id: u64,
+    /// Seconds to drain connections on SIGTERM.
+    #[arg(long = "drain-time-s", default_value_t = 600)]
+    drain_time_s: u64,
+    #[arg(short = 'l', long = "log-level", default_value = "info")]
+    log_level: String,
+    #[arg(long = "service-node")]
+    service_node: Option<String>,
+    #[arg(long = "service-cluster")]
+    service_cluster: Option<String>,
+    /// `serve` (default) or `validate`.
+    #[arg(long, default_value = "serve")]
+    mode: String,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Validate(args) => validate(&args),
+        Command::Proxy(args) => {
+            if args.mode == "validate" {
+                return validate(&args.config);
+            }
+            if args.mode != "serve" {
+                eprintln!("error: --mode must be serve or validate");
+                return ExitCode::from(1);
+            }
+            init_logging(&args.log_level);
+            match run_proxy(args) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+        Command::Demo(args) => {
+            init_logging("info");
+            match demo::run(args) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+        Command::Echo(args) => match echo::run(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::from(1)
+            }
+        },
+    }
+}
+
+pub fn init_logging(level: &str) {
+    let level = match level {
+        "trace" | "debug" | "info" | "warn" | "error" => level,
+        "warning" => "warn",
+        "critical" | "off" => "error",
+        _ => "info",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
+
+/// The bootstrap text: the file, the inline YAML, or the inline YAML merged
+/// over the file (as Envoy's `--config-yaml` does).
+fn config_text(args: &ConfigArgs) -> anyhow::Result<String> {
+    let file = match &args.config_path {
+        Some(p) => Some(std::fs::read_to_string(p).with_context(|| format!("cannot read {p}"))?),
+        None => None,
+    };
+    match (file, &args.config_yaml) {
+        (Some(f), None) => Ok(f),
+        (None, Some(y)) => Ok(y.clone()),
+        (Some(f), Some(y)) => {
+            let mut base = legate_api::load::parse_text(&f)?;
+            let over = legate_api::load::parse_text(y)?;
+            merge(&mut base, over);
+            Ok(serde_json::to_string(&base)?)
+        }
+        (None, None) => anyhow::bail!("one of -c/--config-path or --config-yaml is required"),
+    }
+}
+
+/// Protobuf MergeFrom semantics on JSON: objects merge, lists append, scalars replace.
+fn merge(base: &mut serde_json::Value, over: serde_json::Value) {
+    use serde_json::Value;
+    match (base, over) {
+        (Value::Object(b), Value::Object(o)) => {
+            for (k, v) in o {
+                match b.get_mut(&k) {
+                    Some(existing) => merge(existing, v),
+                    None => {
+                        b.insert(k, v);
+                    }
+                }
+            }
+        }
+        (Value::Array(b), Value::Array(o)) => b.extend(o),
+        (b, o) => *b = o,
+    }
+}
+
+fn validate(args: &ConfigArgs) -> ExitCode {
+    let text = match config_text(args) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::from(1);
+        }
+    };
+    let name = args.config_path.clone().unwrap_or_else(|| "--config-yaml".into());
+    let report = legate_api::load::check_bootstrap(&text);
+    if !report.errors.is_empty() {
+        eprintln!("configuration '{name}' is invalid:");
+        for e in &report.errors {
+            eprintln!("  {e}");
+        }
+        return ExitCode::from(1);
+    }
+    if !report.unsupported.is_empty() {
+        eprintln!("configuration '{name}' is valid for Envoy, but Legate does not implement:");
+        for e in &report.unsupported {
+            eprintln!("  {e}");
+        }
+        return ExitCode::from(3);
+    }
+    println!("configuration '{name}' OK");
+    ExitCode::SUCCESS
+}
+
+fn run_proxy(args: ProxyArgs) -> anyhow::Result<()> {
+    let text = config_text(&args.config)?;
+    let loaded = match legate_api::load::load_bootstrap(&text) {
+        Ok(l) => l,
+        Err(LoadError::Invalid(errors)) => {
+            let list: Vec<String> = errors.iter().map(|e| format!("  {e}")).collect();
+            anyhow::bail!("invalid configuration:\n{}", list.join("\n"));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let unsupported = legate_api::support::unsupported(&loaded.dynamic);
+    if !unsupported.is_empty() {
+        let list: Vec<String> = unsupported.iter().map(|e| format!("  {e}")).collect();
+        anyhow::bail!("the configuration uses what Legate does not implement yet:\n{}", list.join("\n"));
+    }
+    let mut loaded = loaded;
+    // --service-node / --service-cluster fill the node identity as in Envoy.
+    if args.service_node.is_some() || args.service_cluster.is_some() {
+        let node = loaded.bootstrap.node.get_or_insert_with(Default::default);
+        if let Some(n) = &args.service_node {
+            node.id.clone_from(n);
+        }
+        if let Some(c) = &args.service_cluster {
+            node.cluster.clone_from(c);
+        }
+    }
+    let concurrency = args.concurrency.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())).max(1);
+    let options = legate_proxy::server::Options {
+        concurrency,
+        drain_time: Duration::from_secs(args.drain_time_s),
+        base_id: args.base_id,
+        log_level: args.log_level.clone(),
+        service_node: args.service_node.clone(),
+        service_cluster: args.service_cluster.clone(),
+        config_path: args.config.config_path.clone(),
+    };
+    legate_proxy::server::run(loaded, options)?;
+    Ok(())
+}

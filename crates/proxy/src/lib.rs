@@ -1,0 +1,25 @@
+//! Legate's data plane: an Envoy-compatible proxy, as a library.
+//!
+//! `server` turns a bootstrap into running workers; `listener` accepts;
+//! `hcm` serves HTTP with the router; `route` matches; `cluster` picks hosts;
+//! `upstream` pools connections; `stats` and `admin` speak Envoy's names.
+
+// Envoy still accepts its deprecated fields (and so must we), so reading them is
+// deliberate.
+#![allow(deprecated)]
+
+pub mod access_log;
+pub mod admin;
+pub mod body;
+pub mod cluster;
+pub mod datasource;
+pub mod dns;
+pub mod format;
+pub mod hcm;
+pub mod headers;
+pub mod listener;
+pub mod matcher;
+pub mod route;
+pub mod server;
+pub mod stats;
+pub mod upstream;

@@ -1,0 +1,93 @@
+//! A sample upstream for the demo, the tests and the benchmark. It answers
+//! every request with 200 and a JSON echo of what it received, and names
+//! itself in `x-upstream`. `/status/NNN` answers NNN; `/delay/MS` waits first.
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+#[derive(clap::Args, Clone)]
+pub struct EchoArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8081")]
+    pub listen: SocketAddr,
+    /// The name it reports in `x-upstream` and in the body.
+    #[arg(long, default_value = "echo")]
+    pub name: String,
+    /// Answer with a fixed small body instead of the JSON echo (for benchmarks).
+    #[arg(long)]
+    pub plain: bool,
+}
+
+pub fn run(args: EchoArgs) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(args.listen).await?;
+        serve(listener, Arc::new(args)).await;
+        Ok(())
+    })
+}
+
+pub async fn serve(listener: tokio::net::TcpListener, args: Arc<EchoArgs>) {
+    loop {
+        let Ok((stream, peer)) = listener.accept().await else { continue };
+        let _ = stream.set_nodelay(true);
+        let args = args.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req| {
+                let args = args.clone();
+                async move { Ok::<_, Infallible>(respond(&args, peer, req).await) }
+            });
+            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}
+
+async fn respond(args: &EchoArgs, peer: SocketAddr, req: hyper::Request<Incoming>) -> hyper::Response<Full<Bytes>> {
+    let path = req.uri().path().to_string();
+    let mut status = 200u16;
+    if let Some(code) = path.strip_prefix("/status/") {
+        status = code.split('/').next().and_then(|c| c.parse().ok()).unwrap_or(200);
+    }
+    if let Some(ms) = path.strip_prefix("/delay/") {
+        let ms: u64 = ms.split('/').next().and_then(|c| c.parse().ok()).unwrap_or(0);
+        tokio::time::sleep(std::time::Duration::from_millis(ms.min(60_000))).await;
+    }
+    let body = if args.plain {
+        Bytes::from_static(b"hello from upstream\n")
+    } else {
+        let headers: serde_json::Map<String, serde_json::Value> = req
+            .headers()
+            .iter()
+            .map(|(k, v)| (k.as_str().to_string(), serde_json::Value::String(String::from_utf8_lossy(v.as_bytes()).into_owned())))
+            .collect();
+        let method = req.method().to_string();
+        let uri = req.uri().to_string();
+        let version = format!("{:?}", req.version());
+        let received = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+        let v = serde_json::json!({
+            "upstream": args.name,
+            "method": method,
+            "uri": uri,
+            "version": version,
+            "peer": peer.to_string(),
+            "headers": headers,
+            "body_bytes": received.len(),
+        });
+        Bytes::from(serde_json::to_vec(&v).unwrap_or_default())
+    };
+    let mut resp = hyper::Response::new(Full::new(body));
+    *resp.status_mut() = http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::OK);
+    resp.headers_mut().insert("content-type", http::HeaderValue::from_static("application/json"));
+    if let Ok(v) = http::HeaderValue::from_str(&args.name) {
+        resp.headers_mut().insert("x-upstream", v);
+    }
+    resp
+}

@@ -1,0 +1,475 @@
+//! Envoy's admin API on the bootstrap's `admin.address`.
+
+use crate::listener::Phase;
+use crate::server::Shared;
+use crate::stats::{Stat, BUCKETS};
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use legate_api::pb::envoy::config::core::v3::{address, socket_address};
+use serde_json::json;
+use std::convert::Infallible;
+use std::fmt::Write;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+const HELP: &[(&str, &str)] = &[
+    ("/", "Admin home page"),
+    ("/clusters", "upstream cluster status"),
+    ("/config_dump", "dump current Envoy configs"),
+    ("/drain_listeners", "drain listeners"),
+    ("/healthcheck/fail", "cause the server to fail health checks"),
+    ("/healthcheck/ok", "cause the server to pass health checks"),
+    ("/help", "print out list of admin commands"),
+    ("/listeners", "print listener info"),
+    ("/quitquitquit", "exit the server"),
+    ("/ready", "print server state, return 200 if LIVE, otherwise return 503"),
+    ("/server_info", "print server version/status information"),
+    ("/stats", "print server stats"),
+    ("/stats/prometheus", "print server stats in prometheus format"),
+];
+
+/// Binds the admin listener (when the bootstrap has one) and serves it on the
+/// main thread's runtime.
+pub async fn start(shared: Arc<Shared>) -> std::io::Result<()> {
+    let Some(admin) = &shared.bootstrap.bootstrap.admin else { return Ok(()) };
+    let Some(address::Address::SocketAddress(sa)) = admin.address.as_ref().and_then(|a| a.address.as_ref()) else {
+        return Ok(());
+    };
+    let port = match sa.port_specifier {
+        Some(socket_address::PortSpecifier::PortValue(p)) => p as u16,
+        _ => 0,
+    };
+    let ip: std::net::IpAddr = sa.address.parse().map_err(|_| std::io::Error::other(format!("admin address: malformed IP address: {}", sa.address)))?;
+    let listener = tokio::net::TcpListener::bind((ip, port)).await?;
+    let bound = listener.local_addr()?;
+    let _ = shared.admin_addr.set(bound);
+    if !admin.address_path_for_tests().is_empty() {
+        let _ = std::fs::write(admin.address_path_for_tests(), bound.to_string());
+    }
+    tracing::info!("admin address: {bound}");
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else { continue };
+            let shared = shared.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |req| {
+                    let shared = shared.clone();
+                    async move { Ok::<_, Infallible>(handle(&shared, req)) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
+            });
+        }
+    });
+    Ok(())
+}
+
+trait AdminPath {
+    fn address_path_for_tests(&self) -> &str;
+}
+
+impl AdminPath for legate_api::pb::envoy::config::bootstrap::v3::Admin {
+    /// Envoy writes the admin address to `--admin-address-path`; we honour the
+    /// bootstrap's `access_log_path`-free form: nothing, unless set by the CLI.
+    fn address_path_for_tests(&self) -> &str {
+        ""
+    }
+}
+
+fn reply(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(body.into()));
+    *r.status_mut() = status;
+    if let Ok(v) = http::HeaderValue::from_str(content_type) {
+        r.headers_mut().insert(http::header::CONTENT_TYPE, v);
+    }
+    r.headers_mut().insert("cache-control", http::HeaderValue::from_static("no-cache, max-age=0"));
+    r.headers_mut().insert("x-content-type-options", http::HeaderValue::from_static("nosniff"));
+    r
+}
+
+fn text(body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    reply(StatusCode::OK, "text/plain; charset=UTF-8", body)
+}
+
+fn json_reply(v: serde_json::Value) -> Response<Full<Bytes>> {
+    reply(StatusCode::OK, "application/json", serde_json::to_string_pretty(&v).unwrap_or_default() + "\n")
+}
+
+fn query_param<'a>(q: Option<&'a str>, name: &str) -> Option<&'a str> {
+    q?.split('&').find_map(|kv| {
+        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+        (k == name).then_some(v)
+    })
+}
+
+fn handle(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let path = req.uri().path();
+    let query = req.uri().query();
+    let mutating = matches!(path, "/healthcheck/fail" | "/healthcheck/ok" | "/drain_listeners" | "/quitquitquit");
+    if mutating && req.method() != Method::POST {
+        return reply(StatusCode::METHOD_NOT_ALLOWED, "text/plain; charset=UTF-8", "This endpoint requires POST\n");
+    }
+    match path {
+        "/ready" => {
+            let (status, state) = match *shared.phase.borrow() {
+                Phase::Drain => (StatusCode::SERVICE_UNAVAILABLE, "DRAINING"),
+                _ => (StatusCode::OK, "LIVE"),
+            };
+            reply(status, "text/plain; charset=UTF-8", format!("{state}\n"))
+        }
+        "/server_info" => json_reply(server_info(shared)),
+        "/stats" => stats(shared, query),
+        "/stats/prometheus" => reply(StatusCode::OK, "text/plain; charset=UTF-8", prometheus(shared)),
+        "/clusters" => clusters(shared, query),
+        "/listeners" => listeners(shared, query),
+        "/config_dump" => json_reply(config_dump(shared)),
+        "/healthcheck/fail" => {
+            shared.healthy.store(false, Ordering::Relaxed);
+            text("OK\n")
+        }
+        "/healthcheck/ok" => {
+            shared.healthy.store(true, Ordering::Relaxed);
+            text("OK\n")
+        }
+        "/drain_listeners" => {
+            let graceful = query_param(query, "graceful").is_some();
+            let _ = shared.phase.send(if graceful { Phase::Drain } else { Phase::StopAccepting });
+            text("OK\n")
+        }
+        "/quitquitquit" => {
+            shared.quit.notify_one();
+            text("OK\n")
+        }
+        "/help" | "/" => {
+            let mut s = String::from("admin commands are:\n");
+            for (p, d) in HELP {
+                let _ = writeln!(s, "  {p}: {d}");
+            }
+            text(s)
+        }
+        _ => {
+            let mut s = String::from("invalid path. admin commands are:\n");
+            for (p, d) in HELP {
+                let _ = writeln!(s, "  {p}: {d}");
+            }
+            reply(StatusCode::NOT_FOUND, "text/plain; charset=UTF-8", s)
+        }
+    }
+}
+
+pub fn version() -> String {
+    format!("legate/{}/Clean/RELEASE/rustls", env!("CARGO_PKG_VERSION"))
+}
+
+fn server_info(shared: &Shared) -> serde_json::Value {
+    let uptime = shared.started_instant.elapsed().as_secs();
+    let node = shared.bootstrap.bootstrap.node.as_ref();
+    let state = match *shared.phase.borrow() {
+        Phase::Drain => "DRAINING",
+        _ => "LIVE",
+    };
+    json!({
+        "version": version(),
+        "state": state,
+        "hot_restart_version": "disabled",
+        "command_line_options": {
+            "base_id": shared.options.base_id.to_string(),
+            "concurrency": shared.options.concurrency,
+            "config_path": shared.options.config_path.clone().unwrap_or_default(),
+            "log_level": shared.options.log_level,
+            "service_cluster": shared.options.service_cluster.clone().unwrap_or_default(),
+            "service_node": shared.options.service_node.clone().unwrap_or_default(),
+            "drain_time": format!("{}s", shared.options.drain_time.as_secs()),
+            "mode": "Serve",
+        },
+        "node": {
+            "id": node.map(|n| n.id.clone()).unwrap_or_default(),
+            "cluster": node.map(|n| n.cluster.clone()).unwrap_or_default(),
+            "user_agent_name": "legate",
+        },
+        "uptime_current_epoch": format!("{uptime}s"),
+        "uptime_all_epochs": format!("{uptime}s"),
+    })
+}
+
+fn filtered(shared: &Shared, query: Option<&str>) -> Vec<(String, Stat)> {
+    let mut all = shared.store.all();
+    let uptime = shared.started_instant.elapsed().as_secs() as i64;
+    shared.store.gauge("server.uptime").set(uptime);
+    if let Some(re) = query_param(query, "filter").filter(|f| !f.is_empty()) {
+        let decoded = percent_decode(re);
+        if let Ok(re) = regex::Regex::new(&decoded) {
+            all.retain(|(n, _)| re.is_match(n));
+        }
+    }
+    if query_param(query, "usedonly").is_some() {
+        all.retain(|(_, s)| match s {
+            Stat::Counter(c) => c.value() > 0,
+            Stat::Gauge(g) => g.value() != 0,
+            Stat::Histogram(h) => h.snapshot().count > 0,
+        });
+    }
+    all
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() + 0 && i + 2 <= b.len() - 1 {
+            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
+                out.push(v);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(if b[i] == b'+' { b' ' } else { b[i] });
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn histogram_text(h: &crate::stats::Histogram) -> String {
+    let snap = h.snapshot();
+    if snap.count == 0 {
+        return "No recorded values".into();
+    }
+    let qs = [0.0, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99, 0.995, 0.999, 1.0];
+    qs.iter()
+        .map(|q| {
+            let v = snap.quantile(*q).unwrap_or(0.0);
+            format!("P{}({v},{v})", q * 100.0)
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn stats(shared: &Shared, query: Option<&str>) -> Response<Full<Bytes>> {
+    let all = filtered(shared, query);
+    if query_param(query, "format") == Some("json") {
+        let stats: Vec<serde_json::Value> = all
+            .iter()
+            .filter_map(|(n, s)| match s {
+                Stat::Counter(c) => Some(json!({"name": n, "value": c.value()})),
+                Stat::Gauge(g) => Some(json!({"name": n, "value": g.value()})),
+                Stat::Histogram(_) => None,
+            })
+            .collect();
+        return json_reply(json!({ "stats": stats }));
+    }
+    if query_param(query, "format") == Some("prometheus") {
+        return reply(StatusCode::OK, "text/plain; charset=UTF-8", prometheus(shared));
+    }
+    let mut s = String::new();
+    for (n, st) in &all {
+        match st {
+            Stat::Counter(c) => {
+                let _ = writeln!(s, "{n}: {}", c.value());
+            }
+            Stat::Gauge(g) => {
+                let _ = writeln!(s, "{n}: {}", g.value());
+            }
+            Stat::Histogram(_) => {}
+        }
+    }
+    for (n, st) in &all {
+        if let Stat::Histogram(h) = st {
+            let _ = writeln!(s, "{n}: {}", histogram_text(h));
+        }
+    }
+    text(s)
+}
+
+/// Envoy's tag extraction for the names we emit: the variable part of a stat
+/// name becomes a Prometheus label.
+fn prometheus_name(name: &str) -> (String, Vec<(&'static str, String)>) {
+    let mut labels = Vec::new();
+    let mut rest = name.to_string();
+    for (prefix, label) in [("cluster.", "envoy_cluster_name"), ("http.", "envoy_http_conn_manager_prefix"), ("listener.", "envoy_listener_address")] {
+        if let Some(tail) = name.strip_prefix(prefix) {
+            if let Some((value, stat)) = tail.rsplit_once('.') {
+                // Listener addresses contain dots; cluster and prefix names may too.
+                labels.push((label, value.to_string()));
+                rest = format!("{prefix}{stat}");
+            }
+            break;
+        }
+    }
+    if let Some((head, code)) = rest.rsplit_once("_rq_") {
+        if code.len() == 3 && code.ends_with("xx") {
+            labels.push(("envoy_response_code_class", code[..1].to_string()));
+            rest = format!("{head}_rq_xx");
+        } else if code.len() == 3 && code.chars().all(|c| c.is_ascii_digit()) {
+            labels.push(("envoy_response_code", code.to_string()));
+            rest = format!("{head}_rq");
+        }
+    }
+    let sanitized: String = rest.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect();
+    (format!("envoy_{sanitized}"), labels)
+}
+
+fn prometheus(shared: &Shared) -> String {
+    use std::collections::BTreeMap;
+    let mut families: BTreeMap<String, (&'static str, Vec<String>)> = BTreeMap::new();
+    for (n, st) in filtered(shared, None) {
+        let (name, labels) = prometheus_name(&n);
+        let label_text = |extra: Option<(&str, String)>| {
+            let mut parts: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
+            if let Some((k, v)) = extra {
+                parts.push(format!("{k}=\"{v}\""));
+            }
+            if parts.is_empty() { String::new() } else { format!("{{{}}}", parts.join(",")) }
+        };
+        match st {
+            Stat::Counter(c) => families.entry(name.clone()).or_insert(("counter", vec![])).1.push(format!("{name}{} {}", label_text(None), c.value())),
+            Stat::Gauge(g) => families.entry(name.clone()).or_insert(("gauge", vec![])).1.push(format!("{name}{} {}", label_text(None), g.value())),
+            Stat::Histogram(h) => {
+                let snap = h.snapshot();
+                let lines = &mut families.entry(name.clone()).or_insert(("histogram", vec![])).1;
+                let mut cum = 0;
+                for (i, b) in BUCKETS.iter().enumerate() {
+                    cum += snap.buckets[i];
+                    lines.push(format!("{name}_bucket{} {cum}", label_text(Some(("le", format!("{b}"))))));
+                }
+                lines.push(format!("{name}_bucket{} {}", label_text(Some(("le", "+Inf".into()))), snap.count));
+                lines.push(format!("{name}_sum{} {}", label_text(None), snap.sum));
+                lines.push(format!("{name}_count{} {}", label_text(None), snap.count));
+            }
+        }
+    }
+    let mut s = String::new();
+    for (name, (kind, lines)) in families {
+        let _ = writeln!(s, "# TYPE {name} {kind}");
+        for l in lines {
+            let _ = writeln!(s, "{l}");
+        }
+    }
+    s
+}
+
+fn clusters(shared: &Shared, query: Option<&str>) -> Response<Full<Bytes>> {
+    let map = shared.clusters.load();
+    let mut names: Vec<_> = map.keys().cloned().collect();
+    names.sort();
+    if query_param(query, "format") == Some("json") {
+        let statuses: Vec<_> = names
+            .iter()
+            .map(|n| {
+                let c = &map[n];
+                let hosts: Vec<_> = c
+                    .hosts
+                    .load()
+                    .all
+                    .iter()
+                    .map(|h| {
+                        json!({
+                            "address": {"socket_address": {"address": h.addr.ip().to_string(), "port_value": h.addr.port()}},
+                            "stats": [
+                                {"name": "cx_total", "value": h.cx_total.load(Ordering::Relaxed).to_string(), "type": "COUNTER"},
+                                {"name": "rq_total", "value": h.rq_total.load(Ordering::Relaxed).to_string(), "type": "COUNTER"},
+                                {"name": "rq_active", "value": h.rq_active.load(Ordering::Relaxed).to_string(), "type": "GAUGE"},
+                            ],
+                            "health_status": {"eds_health_status": "HEALTHY"},
+                            "weight": h.weight,
+                            "hostname": h.hostname,
+                            "priority": h.priority,
+                        })
+                    })
+                    .collect();
+                json!({"name": n, "added_via_api": false, "host_statuses": hosts})
+            })
+            .collect();
+        return json_reply(json!({ "cluster_statuses": statuses }));
+    }
+    let mut s = String::new();
+    for n in &names {
+        let c = &map[n];
+        let _ = writeln!(s, "{n}::observability_name::{n}");
+        for (k, v) in [("max_connections", 1024), ("max_pending_requests", 1024), ("max_requests", 1024), ("max_retries", 3)] {
+            let _ = writeln!(s, "{n}::default_priority::{k}::{v}");
+        }
+        for (k, v) in [("max_connections", 1024), ("max_pending_requests", 1024), ("max_requests", 1024), ("max_retries", 3)] {
+            let _ = writeln!(s, "{n}::high_priority::{k}::{v}");
+        }
+        let _ = writeln!(s, "{n}::added_via_api::false");
+        for h in c.hosts.load().all.iter() {
+            let a = h.addr;
+            let l = |k: &str, v: String| format!("{n}::{a}::{k}::{v}\n");
+            s.push_str(&l("cx_active", h.cx_active.load(Ordering::Relaxed).to_string()));
+            s.push_str(&l("cx_connect_fail", h.cx_connect_fail.load(Ordering::Relaxed).to_string()));
+            s.push_str(&l("cx_total", h.cx_total.load(Ordering::Relaxed).to_string()));
+            s.push_str(&l("rq_active", h.rq_active.load(Ordering::Relaxed).to_string()));
+            s.push_str(&l("rq_error", h.rq_error.load(Ordering::Relaxed).to_string()));
+            s.push_str(&l("rq_success", h.rq_success.load(Ordering::Relaxed).to_string()));
+            s.push_str(&l("rq_timeout", "0".into()));
+            s.push_str(&l("rq_total", h.rq_total.load(Ordering::Relaxed).to_string()));
+            s.push_str(&l("hostname", h.hostname.clone()));
+            s.push_str(&l("health_flags", "healthy".into()));
+            s.push_str(&l("weight", h.weight.to_string()));
+            s.push_str(&l("region", String::new()));
+            s.push_str(&l("zone", String::new()));
+            s.push_str(&l("sub_zone", String::new()));
+            s.push_str(&l("canary", "false".into()));
+            s.push_str(&l("priority", h.priority.to_string()));
+            s.push_str(&l("success_rate", "-1".into()));
+            s.push_str(&l("local_origin_success_rate", "-1".into()));
+        }
+    }
+    text(s)
+}
+
+fn listeners(shared: &Shared, query: Option<&str>) -> Response<Full<Bytes>> {
+    if query_param(query, "format") == Some("json") {
+        let list: Vec<_> = shared
+            .listeners
+            .iter()
+            .map(|l| json!({"name": l.name, "local_address": {"socket_address": {"address": l.address.ip().to_string(), "port_value": l.address.port()}}}))
+            .collect();
+        return json_reply(json!({ "listener_statuses": list }));
+    }
+    let mut s = String::new();
+    for l in &shared.listeners {
+        let _ = writeln!(s, "{}::{}", l.name, l.address);
+    }
+    text(s)
+}
+
+fn config_dump(shared: &Shared) -> serde_json::Value {
+    let ts = chrono::DateTime::<chrono::Utc>::from(shared.started).to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let bootstrap = legate_api::load::to_json(&shared.bootstrap.dynamic);
+    let static_clusters: Vec<_> = bootstrap["static_resources"]["clusters"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|c| json!({"cluster": with_type(c, "type.googleapis.com/envoy.config.cluster.v3.Cluster"), "last_updated": ts}))
+        .collect();
+    let static_listeners: Vec<_> = bootstrap["static_resources"]["listeners"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|l| json!({"listener": with_type(l, "type.googleapis.com/envoy.config.listener.v3.Listener"), "last_updated": ts}))
+        .collect();
+    json!({
+        "configs": [
+            {"@type": "type.googleapis.com/envoy.admin.v3.BootstrapConfigDump", "bootstrap": bootstrap, "last_updated": ts},
+            {"@type": "type.googleapis.com/envoy.admin.v3.ClustersConfigDump", "static_clusters": static_clusters},
+            {"@type": "type.googleapis.com/envoy.admin.v3.ListenersConfigDump", "static_listeners": static_listeners},
+        ]
+    })
+}
+
+fn with_type(mut v: serde_json::Value, ty: &str) -> serde_json::Value {
+    if let Some(o) = v.as_object_mut() {
+        let mut m = serde_json::Map::new();
+        m.insert("@type".into(), json!(ty));
+        m.extend(std::mem::take(o));
+        *o = m;
+    }
+    v
+}

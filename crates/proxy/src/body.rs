@@ -1,0 +1,120 @@
+//! The one body type the proxy sends in both directions: nothing, a buffer, or a
+//! streamed hyper body. An enum rather than a boxed trait object, so forwarding
+//! a request allocates no body wrapper.
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+pin_project_lite::pin_project! {
+    #[project = ProxyBodyProj]
+    pub enum ProxyBody {
+        Empty,
+        Full { data: Option<Bytes> },
+        Stream { #[pin] body: Incoming },
+    }
+}
+
+impl ProxyBody {
+    pub fn full(data: impl Into<Bytes>) -> Self {
+        let data: Bytes = data.into();
+        if data.is_empty() { Self::Empty } else { Self::Full { data: Some(data) } }
+    }
+    pub fn stream(body: Incoming) -> Self {
+        Self::Stream { body }
+    }
+}
+
+impl Body for ProxyBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.project() {
+            ProxyBodyProj::Empty => Poll::Ready(None),
+            ProxyBodyProj::Full { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+            ProxyBodyProj::Stream { body } => body.poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Self::Empty => true,
+            Self::Full { data } => data.is_none(),
+            Self::Stream { body } => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Self::Empty => SizeHint::with_exact(0),
+            Self::Full { data } => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
+            Self::Stream { body } => body.size_hint(),
+        }
+    }
+}
+
+/// Called once when a response body is done (fully sent, or dropped early),
+/// with the bytes that went out.
+pub trait Finish: Send {
+    fn finish(self: Box<Self>, bytes_sent: u64, complete: bool);
+}
+
+pin_project_lite::pin_project! {
+    /// A response body that counts what it sends and reports when it is done:
+    /// that is when Envoy writes the access log and records request timing.
+    pub struct TrackedBody {
+        #[pin]
+        inner: ProxyBody,
+        sent: u64,
+        done: bool,
+        finish: Option<Box<dyn Finish>>,
+    }
+    impl PinnedDrop for TrackedBody {
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            if let Some(f) = this.finish.take() {
+                // hyper stops polling once `is_end_stream` says so, so a body
+                // that reports its end was sent whole.
+                let complete = *this.done || this.inner.is_end_stream();
+                f.finish(*this.sent, complete);
+            }
+        }
+    }
+}
+
+impl TrackedBody {
+    pub fn new(inner: ProxyBody, finish: Option<Box<dyn Finish>>) -> Self {
+        Self { inner, sent: 0, done: false, finish }
+    }
+}
+
+impl Body for TrackedBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.project();
+        let r = this.inner.poll_frame(cx);
+        match &r {
+            Poll::Ready(Some(Ok(f))) => {
+                if let Some(d) = f.data_ref() {
+                    *this.sent += d.len() as u64;
+                }
+            }
+            Poll::Ready(None) => *this.done = true,
+            _ => {}
+        }
+        r
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

@@ -1,0 +1,439 @@
+//! Clusters: their hosts (static or from DNS), load balancing, and stats.
+
+use crate::body::ProxyBody;
+use crate::stats::{Counter, Gauge, Histogram, StatusClassCounters, Store};
+use arc_swap::ArcSwap;
+use legate_api::pb::envoy::config::cluster::v3::{cluster, Cluster as PbCluster};
+use legate_api::pb::envoy::config::core::v3::{address, socket_address};
+use legate_api::pb::envoy::config::endpoint::v3::lb_endpoint::HostIdentifier;
+use legate_api::pb::envoy::extensions::upstreams::http::v3::{http_protocol_options, HttpProtocolOptions};
+use std::collections::{BinaryHeap, HashMap};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+pub const HTTP_PROTOCOL_OPTIONS: &str = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum LbPolicy {
+    RoundRobin,
+    LeastRequest,
+    Random,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Discovery {
+    Static,
+    StrictDns,
+    LogicalDns,
+}
+
+/// One upstream endpoint.
+pub struct Host {
+    pub addr: SocketAddr,
+    /// The name it was resolved from (DNS clusters) or its address.
+    pub hostname: String,
+    pub weight: u32,
+    pub priority: u32,
+    pub rq_active: AtomicU64,
+    pub cx_active: AtomicU64,
+    pub rq_total: AtomicU64,
+    pub rq_error: AtomicU64,
+    pub rq_success: AtomicU64,
+    pub cx_total: AtomicU64,
+    pub cx_connect_fail: AtomicU64,
+}
+
+impl Host {
+    pub fn new(addr: SocketAddr, hostname: String, weight: u32, priority: u32) -> Self {
+        Self {
+            addr,
+            hostname,
+            weight: weight.max(1),
+            priority,
+            rq_active: AtomicU64::new(0),
+            cx_active: AtomicU64::new(0),
+            rq_total: AtomicU64::new(0),
+            rq_error: AtomicU64::new(0),
+            rq_success: AtomicU64::new(0),
+            cx_total: AtomicU64::new(0),
+            cx_connect_fail: AtomicU64::new(0),
+        }
+    }
+}
+
+/// The hosts of a cluster at one moment; replaced whole when DNS (or later EDS)
+/// changes them.
+#[derive(Default)]
+pub struct HostSet {
+    pub all: Vec<Arc<Host>>,
+    /// Non-empty priority levels in ascending order. With every host healthy
+    /// (no health checking yet), Envoy sends all traffic to the first level.
+    levels: Vec<Vec<Arc<Host>>>,
+    equal_weights: bool,
+}
+
+impl HostSet {
+    pub fn new(all: Vec<Arc<Host>>) -> Self {
+        let mut by_priority: std::collections::BTreeMap<u32, Vec<Arc<Host>>> = Default::default();
+        for h in &all {
+            by_priority.entry(h.priority).or_default().push(h.clone());
+        }
+        let levels: Vec<_> = by_priority.into_values().collect();
+        let equal_weights = levels.first().is_none_or(|l| l.windows(2).all(|w| w[0].weight == w[1].weight));
+        Self { all, levels, equal_weights }
+    }
+}
+
+pub struct ClusterStats {
+    pub upstream_rq_total: Arc<Counter>,
+    pub upstream_rq_completed: Arc<Counter>,
+    pub upstream_rq_active: Arc<Gauge>,
+    pub upstream_rq_timeout: Arc<Counter>,
+    pub upstream_rq_time: Arc<Histogram>,
+    pub upstream_rq_class: StatusClassCounters,
+    upstream_rq_code: Box<[OnceLock<Arc<Counter>>]>,
+    pub upstream_cx_total: Arc<Counter>,
+    pub upstream_cx_active: Arc<Gauge>,
+    pub upstream_cx_http1_total: Arc<Counter>,
+    pub upstream_cx_http2_total: Arc<Counter>,
+    pub upstream_cx_connect_fail: Arc<Counter>,
+    pub upstream_cx_connect_timeout: Arc<Counter>,
+    pub upstream_cx_destroy: Arc<Counter>,
+    pub upstream_rq_pending_total: Arc<Counter>,
+    pub membership_total: Arc<Gauge>,
+    pub membership_healthy: Arc<Gauge>,
+    pub membership_change: Arc<Counter>,
+    pub update_attempt: Arc<Counter>,
+    pub update_success: Arc<Counter>,
+    pub upstream_rq_retry: Arc<Counter>,
+    prefix: String,
+    store: Arc<Store>,
+}
+
+impl ClusterStats {
+    fn new(store: &Arc<Store>, name: &str) -> Self {
+        let p = format!("cluster.{name}.");
+        let c = |n: &str| store.counter(&format!("{p}{n}"));
+        let g = |n: &str| store.gauge(&format!("{p}{n}"));
+        Self {
+            upstream_rq_total: c("upstream_rq_total"),
+            upstream_rq_completed: c("upstream_rq_completed"),
+            upstream_rq_active: g("upstream_rq_active"),
+            upstream_rq_timeout: c("upstream_rq_timeout"),
+            upstream_rq_time: store.histogram(&format!("{p}upstream_rq_time")),
+            upstream_rq_class: StatusClassCounters::new(store, &p, "upstream_rq"),
+            upstream_rq_code: (0..600).map(|_| OnceLock::new()).collect(),
+            upstream_cx_total: c("upstream_cx_total"),
+            upstream_cx_active: g("upstream_cx_active"),
+            upstream_cx_http1_total: c("upstream_cx_http1_total"),
+            upstream_cx_http2_total: c("upstream_cx_http2_total"),
+            upstream_cx_connect_fail: c("upstream_cx_connect_fail"),
+            upstream_cx_connect_timeout: c("upstream_cx_connect_timeout"),
+            upstream_cx_destroy: c("upstream_cx_destroy"),
+            upstream_rq_pending_total: c("upstream_rq_pending_total"),
+            membership_total: g("membership_total"),
+            membership_healthy: g("membership_healthy"),
+            membership_change: c("membership_change"),
+            update_attempt: c("update_attempt"),
+            update_success: c("update_success"),
+            upstream_rq_retry: c("upstream_rq_retry"),
+            prefix: p,
+            store: store.clone(),
+        }
+    }
+
+    /// `upstream_rq_<code>`, created on first use like Envoy's; afterwards a
+    /// lock-free `OnceLock` read.
+    pub fn record_status(&self, status: u16) {
+        self.upstream_rq_class.record(status);
+        if let Some(slot) = self.upstream_rq_code.get(status as usize) {
+            slot.get_or_init(|| self.store.counter(&format!("{}upstream_rq_{status}", self.prefix))).inc();
+        }
+    }
+}
+
+/// Per-worker load-balancer state: only its own worker touches it, so the
+/// mutex around it is never contended (an uncontended lock is ~20 ns).
+#[derive(Default)]
+struct WorkerLb {
+    rr_next: usize,
+    /// Earliest-deadline-first schedule for weighted round robin, rebuilt when
+    /// the host set changes (detected by pointer).
+    edf: Option<Edf>,
+}
+
+struct Edf {
+    set: *const HostSet,
+    heap: BinaryHeap<EdfEntry>,
+    now: f64,
+}
+
+// SAFETY: the raw pointer is only compared for identity, never dereferenced.
+unsafe impl Send for Edf {}
+
+struct EdfEntry {
+    deadline: f64,
+    order: usize,
+    index: usize,
+}
+
+impl PartialEq for EdfEntry {
+    fn eq(&self, o: &Self) -> bool {
+        self.deadline == o.deadline && self.order == o.order
+    }
+}
+impl Eq for EdfEntry {}
+impl PartialOrd for EdfEntry {
+    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for EdfEntry {
+    // Reversed: BinaryHeap is a max-heap and we want the earliest deadline.
+    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
+        o.deadline.total_cmp(&self.deadline).then(o.order.cmp(&self.order))
+    }
+}
+
+pub struct Cluster {
+    pub name: String,
+    pub discovery: Discovery,
+    pub lb_policy: LbPolicy,
+    pub hosts: ArcSwap<HostSet>,
+    pub connect_timeout: Duration,
+    pub http2: bool,
+    pub stats: ClusterStats,
+    pub pools: crate::upstream::Pools,
+    lb: Box<[Mutex<WorkerLb>]>,
+    /// For DNS clusters: (hostname, port, weight, priority) to resolve.
+    pub dns_targets: Vec<(String, u16, u32, u32)>,
+    pub dns_refresh: Duration,
+    pub dns_family: i32,
+    pub config: PbCluster,
+}
+
+fn duration(d: &Option<legate_api::pb::google::protobuf::Duration>, default: Duration) -> Duration {
+    d.as_ref().map_or(default, |d| Duration::new(d.seconds.max(0) as u64, d.nanos.max(0) as u32))
+}
+
+impl Cluster {
+    pub fn compile(c: &PbCluster, store: &Arc<Store>, workers: usize) -> Result<Arc<Self>, String> {
+        let discovery = match &c.cluster_discovery_type {
+            None => Discovery::Static,
+            Some(cluster::ClusterDiscoveryType::Type(t)) => match cluster::DiscoveryType::try_from(*t) {
+                Ok(cluster::DiscoveryType::Static) => Discovery::Static,
+                Ok(cluster::DiscoveryType::StrictDns) => Discovery::StrictDns,
+                Ok(cluster::DiscoveryType::LogicalDns) => Discovery::LogicalDns,
+                _ => return Err("type: only STATIC, STRICT_DNS and LOGICAL_DNS clusters are supported".into()),
+            },
+            Some(_) => return Err("cluster_type: custom cluster types are not supported".into()),
+        };
+        let lb_policy = match cluster::LbPolicy::try_from(c.lb_policy) {
+            Ok(cluster::LbPolicy::RoundRobin) => LbPolicy::RoundRobin,
+            Ok(cluster::LbPolicy::LeastRequest) => LbPolicy::LeastRequest,
+            Ok(cluster::LbPolicy::Random) => LbPolicy::Random,
+            _ => return Err("lb_policy: only ROUND_ROBIN, LEAST_REQUEST and RANDOM are supported".into()),
+        };
+        let mut http2 = c.http2_protocol_options.is_some();
+        if let Some(any) = c.typed_extension_protocol_options.get(HTTP_PROTOCOL_OPTIONS) {
+            let opts: HttpProtocolOptions = legate_api::any::unpack(any)?;
+            match &opts.upstream_protocol_options {
+                Some(http_protocol_options::UpstreamProtocolOptions::ExplicitHttpConfig(e)) => {
+                    use http_protocol_options::explicit_http_config::ProtocolConfig;
+                    http2 = matches!(e.protocol_config, Some(ProtocolConfig::Http2ProtocolOptions(_)));
+                }
+                Some(_) => return Err("typed_extension_protocol_options: only explicit_http_config is supported".into()),
+                None => {}
+            }
+        }
+        let mut static_hosts = Vec::new();
+        let mut dns_targets = Vec::new();
+        if let Some(la) = &c.load_assignment {
+            for l in &la.endpoints {
+                for e in &l.lb_endpoints {
+                    let weight = e.load_balancing_weight.map(|w| w.value).unwrap_or(1);
+                    let Some(HostIdentifier::Endpoint(ep)) = &e.host_identifier else {
+                        return Err("load_assignment: only endpoint hosts are supported".into());
+                    };
+                    let Some(address::Address::SocketAddress(sa)) = ep.address.as_ref().and_then(|a| a.address.as_ref())
+                    else {
+                        return Err("load_assignment: only socket addresses are supported".into());
+                    };
+                    let Some(socket_address::PortSpecifier::PortValue(port)) = sa.port_specifier else {
+                        return Err("load_assignment: port_value is required".into());
+                    };
+                    let port = u16::try_from(port).map_err(|_| "port out of range")?;
+                    match discovery {
+                        Discovery::Static => {
+                            let ip: std::net::IpAddr =
+                                sa.address.parse().map_err(|_| format!("malformed IP address: {}", sa.address))?;
+                            static_hosts.push(Arc::new(Host::new(SocketAddr::new(ip, port), sa.address.clone(), weight, l.priority)));
+                        }
+                        _ => dns_targets.push((sa.address.clone(), port, weight, l.priority)),
+                    }
+                }
+            }
+        }
+        let stats = ClusterStats::new(store, &c.name);
+        let set = HostSet::new(static_hosts);
+        stats.membership_total.set(set.all.len() as i64);
+        stats.membership_healthy.set(set.all.len() as i64);
+        Ok(Arc::new(Self {
+            name: c.name.clone(),
+            discovery,
+            lb_policy,
+            hosts: ArcSwap::from_pointee(set),
+            connect_timeout: duration(&c.connect_timeout, Duration::from_secs(5)),
+            http2,
+            stats,
+            pools: crate::upstream::Pools::new(workers),
+            lb: (0..=workers).map(|_| Mutex::new(WorkerLb::default())).collect(),
+            dns_targets,
+            dns_refresh: duration(&c.dns_refresh_rate, Duration::from_secs(5)),
+            dns_family: c.dns_lookup_family,
+            config: c.clone(),
+        }))
+    }
+
+    /// Replaces the host set, keeping the existing `Host` (and its counters) of
+    /// every address that stays.
+    pub fn update_hosts(&self, new_hosts: Vec<(SocketAddr, String, u32, u32)>) {
+        let old = self.hosts.load();
+        let by_addr: HashMap<SocketAddr, &Arc<Host>> = old.all.iter().map(|h| (h.addr, h)).collect();
+        let mut changed = new_hosts.len() != old.all.len();
+        let hosts: Vec<Arc<Host>> = new_hosts
+            .into_iter()
+            .map(|(addr, name, w, p)| match by_addr.get(&addr) {
+                Some(h) if h.weight == w.max(1) && h.priority == p => (*h).clone(),
+                _ => {
+                    changed = true;
+                    Arc::new(Host::new(addr, name, w, p))
+                }
+            })
+            .collect();
+        self.stats.update_attempt.inc();
+        self.stats.update_success.inc();
+        if !changed {
+            return;
+        }
+        self.stats.membership_change.inc();
+        self.stats.membership_total.set(hosts.len() as i64);
+        self.stats.membership_healthy.set(hosts.len() as i64);
+        self.hosts.store(Arc::new(HostSet::new(hosts)));
+    }
+
+    /// Picks a host for a request, or `None` when the cluster has none.
+    /// Cost: an `ArcSwap` load (no lock) plus the policy's own work.
+    pub fn pick(&self) -> Option<Arc<Host>> {
+        let set = self.hosts.load();
+        let level = set.levels.first()?;
+        if level.len() == 1 {
+            return Some(level[0].clone());
+        }
+        match self.lb_policy {
+            LbPolicy::Random => Some(level[rand::random_range(0..level.len())].clone()),
+            LbPolicy::LeastRequest => {
+                // Power of two choices (Envoy's default choice_count: 2).
+                let a = &level[rand::random_range(0..level.len())];
+                let b = &level[rand::random_range(0..level.len())];
+                Some(if b.rq_active.load(Relaxed) < a.rq_active.load(Relaxed) { b.clone() } else { a.clone() })
+            }
+            LbPolicy::RoundRobin => {
+                let w = crate::stats::worker_index() % self.lb.len();
+                let mut st = self.lb[w].lock().unwrap_or_else(|e| e.into_inner());
+                if set.equal_weights {
+                    let i = st.rr_next % level.len();
+                    st.rr_next = st.rr_next.wrapping_add(1);
+                    return Some(level[i].clone());
+                }
+                let set_ptr: *const HostSet = &**set;
+                if st.edf.as_ref().is_none_or(|e| e.set != set_ptr) {
+                    let heap = level
+                        .iter()
+                        .enumerate()
+                        .map(|(i, h)| EdfEntry { deadline: 1.0 / h.weight as f64, order: i, index: i })
+                        .collect();
+                    st.edf = Some(Edf { set: set_ptr, heap, now: 0.0 });
+                }
+                let edf = st.edf.as_mut()?;
+                let mut top = edf.heap.pop()?;
+                edf.now = top.deadline;
+                let host = level[top.index].clone();
+                top.deadline = edf.now + 1.0 / host.weight as f64;
+                top.order += level.len();
+                edf.heap.push(top);
+                Some(host)
+            }
+        }
+    }
+}
+
+/// The cluster manager's view: every cluster by name.
+pub type ClusterMap = HashMap<String, Arc<Cluster>>;
+
+/// Sends on the upstream connection pools; kept here so a cluster owns its pools.
+pub type UpstreamRequest = http::Request<ProxyBody>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cluster(lb: &str, weights: &[u32]) -> Arc<Cluster> {
+        let eps: Vec<String> = weights
+            .iter()
+            .enumerate()
+            .map(|(i, w)| {
+                format!(
+                    "{{endpoint: {{address: {{socket_address: {{address: 127.0.0.{}, port_value: 80}}}}}}, load_balancing_weight: {w}}}",
+                    i + 1
+                )
+            })
+            .collect();
+        let yaml = format!(
+            "name: c\nconnect_timeout: 1s\nlb_policy: {lb}\nload_assignment: {{cluster_name: c, endpoints: [{{lb_endpoints: [{}]}}]}}",
+            eps.join(",")
+        );
+        let (pb, _) = legate_api::load::decode_typed::<PbCluster>(legate_api::load::parse_text(&yaml).unwrap()).unwrap();
+        Cluster::compile(&pb, &Arc::new(Store::default()), 1).unwrap()
+    }
+
+    fn counts(c: &Cluster, n: usize) -> Vec<usize> {
+        let mut counts = vec![0; c.hosts.load().all.len()];
+        for _ in 0..n {
+            let h = c.pick().unwrap();
+            counts[(h.addr.ip().to_string().rsplit('.').next().unwrap().parse::<usize>().unwrap()) - 1] += 1;
+        }
+        counts
+    }
+
+    #[test]
+    fn round_robin_rotates_evenly() {
+        assert_eq!(counts(&cluster("ROUND_ROBIN", &[1, 1, 1]), 300), vec![100, 100, 100]);
+    }
+
+    #[test]
+    fn weighted_round_robin_follows_weights_exactly() {
+        assert_eq!(counts(&cluster("ROUND_ROBIN", &[1, 2, 5]), 800), vec![100, 200, 500]);
+    }
+
+    #[test]
+    fn random_and_least_request_spread_over_all_hosts() {
+        for lb in ["RANDOM", "LEAST_REQUEST"] {
+            let c = counts(&cluster(lb, &[1, 1, 1, 1]), 4000);
+            for n in c {
+                assert!((800..1200).contains(&n), "{lb}: {n} of 4000 not near 1000");
+            }
+        }
+    }
+
+    #[test]
+    fn least_request_prefers_the_idle_host() {
+        let c = cluster("LEAST_REQUEST", &[1, 1]);
+        c.hosts.load().all[0].rq_active.store(100, Relaxed);
+        let picks = counts(&c, 1000);
+        // P2C picks the busy host only when both choices land on it (1/4).
+        assert!(picks[1] > 700, "{picks:?}");
+    }
+}

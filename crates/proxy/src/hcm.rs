@@ -1,0 +1,687 @@
+//! The HTTP connection manager and its router: one downstream request from
+//! headers to the last byte of the response.
+
+use crate::access_log::AccessLogger;
+use crate::body::{Finish, ProxyBody, TrackedBody};
+use crate::cluster::{Cluster, ClusterMap, Host};
+use crate::format::Context;
+use crate::route::{Action, ClusterChoice, Redirect, Route, RouteAction, RouteTable, VirtualHost};
+use crate::stats::{Counter, Gauge, Histogram, StatusClassCounters, Store};
+use arc_swap::ArcSwap;
+use http::header::{HeaderName, HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, HOST, LOCATION, SERVER};
+use http::{HeaderMap, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use legate_api::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
+    http_connection_manager::{CodecType, RouteSpecifier, ServerHeaderTransformation},
+    HttpConnectionManager,
+};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+pub const ROUTER_TYPE: &str = "envoy.extensions.filters.http.router.v3.Router";
+
+static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_ENVOY_EXPECTED_TIMEOUT: HeaderName = HeaderName::from_static("x-envoy-expected-rq-timeout-ms");
+static X_ENVOY_UPSTREAM_SERVICE_TIME: HeaderName = HeaderName::from_static("x-envoy-upstream-service-time");
+static X_ENVOY_ORIGINAL_PATH: HeaderName = HeaderName::from_static("x-envoy-original-path");
+static X_ENVOY_EXTERNAL_ADDRESS: HeaderName = HeaderName::from_static("x-envoy-external-address");
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Codec {
+    Auto,
+    Http1,
+    Http2,
+}
+
+pub struct HcmStats {
+    pub downstream_rq_total: Arc<Counter>,
+    pub downstream_rq_active: Arc<Gauge>,
+    pub downstream_rq_http1_total: Arc<Counter>,
+    pub downstream_rq_http2_total: Arc<Counter>,
+    pub downstream_rq_class: StatusClassCounters,
+    pub downstream_rq_time: Arc<Histogram>,
+    pub downstream_rq_completed: Arc<Counter>,
+    pub downstream_cx_total: Arc<Counter>,
+    pub downstream_cx_active: Arc<Gauge>,
+    pub downstream_cx_destroy: Arc<Counter>,
+    pub no_route: Arc<Counter>,
+    pub no_cluster: Arc<Counter>,
+    pub rq_redirect: Arc<Counter>,
+    pub rq_direct_response: Arc<Counter>,
+    pub rq_total: Arc<Counter>,
+}
+
+impl HcmStats {
+    fn new(store: &Store, prefix: &str) -> Self {
+        let p = format!("http.{prefix}.");
+        let c = |n: &str| store.counter(&format!("{p}{n}"));
+        Self {
+            downstream_rq_total: c("downstream_rq_total"),
+            downstream_rq_active: store.gauge(&format!("{p}downstream_rq_active")),
+            downstream_rq_http1_total: c("downstream_rq_http1_total"),
+            downstream_rq_http2_total: c("downstream_rq_http2_total"),
+            downstream_rq_class: StatusClassCounters::new(store, &p, "downstream_rq"),
+            downstream_rq_time: store.histogram(&format!("{p}downstream_rq_time")),
+            downstream_rq_completed: c("downstream_rq_completed"),
+            downstream_cx_total: c("downstream_cx_total"),
+            downstream_cx_active: store.gauge(&format!("{p}downstream_cx_active")),
+            downstream_cx_destroy: c("downstream_cx_destroy"),
+            no_route: c("no_route"),
+            no_cluster: c("no_cluster"),
+            rq_redirect: c("rq_redirect"),
+            rq_direct_response: c("rq_direct_response"),
+            rq_total: c("rq_total"),
+        }
+    }
+}
+
+/// A compiled `HttpConnectionManager` with the router as its only filter.
+pub struct Hcm {
+    pub stat_prefix: String,
+    pub stats: HcmStats,
+    pub codec: Codec,
+    routes: RouteTable,
+    clusters: Arc<ArcSwap<ClusterMap>>,
+    use_remote_address: bool,
+    xff_trusted_hops: usize,
+    skip_xff_append: bool,
+    generate_request_id: bool,
+    preserve_external_request_id: bool,
+    always_set_request_id_in_response: bool,
+    server_name: HeaderValue,
+    server_transformation: ServerHeaderTransformation,
+    access_logs: Vec<AccessLogger>,
+    pub request_timeout: Option<Duration>,
+}
+
+fn dur(d: &legate_api::pb::google::protobuf::Duration) -> Duration {
+    Duration::new(d.seconds.max(0) as u64, d.nanos.max(0) as u32)
+}
+
+impl Hcm {
+    pub fn compile(c: &HttpConnectionManager, store: &Store, clusters: Arc<ArcSwap<ClusterMap>>) -> Result<Self, String> {
+        let codec = match CodecType::try_from(c.codec_type).unwrap_or(CodecType::Auto) {
+            CodecType::Auto => Codec::Auto,
+            CodecType::Http1 => Codec::Http1,
+            CodecType::Http2 => Codec::Http2,
+            CodecType::Http3 => return Err("codec_type: HTTP3 is not supported".into()),
+        };
+        let routes = match &c.route_specifier {
+            Some(RouteSpecifier::RouteConfig(rc)) => RouteTable::compile(rc).map_err(|e| format!("route_config.{e}"))?,
+            Some(_) => return Err("route_specifier: only an inline route_config is supported".into()),
+            None => return Err("route_specifier is required".into()),
+        };
+        match c.http_filters.as_slice() {
+            [only] if only.config_type.as_ref().is_some_and(|t| matches!(t,
+                legate_api::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_filter::ConfigType::TypedConfig(a)
+                    if legate_api::any::type_name(a) == ROUTER_TYPE)) => {}
+            _ => return Err("http_filters: only envoy.filters.http.router is supported (as the only filter)".into()),
+        }
+        let access_logs = c
+            .access_log
+            .iter()
+            .enumerate()
+            .map(|(i, a)| AccessLogger::compile(a).map_err(|e| format!("access_log[{i}].{e}")))
+            .collect::<Result<_, _>>()?;
+        let server_name = if c.server_name.is_empty() { "envoy" } else { c.server_name.as_str() };
+        Ok(Self {
+            stats: HcmStats::new(store, &c.stat_prefix),
+            stat_prefix: c.stat_prefix.clone(),
+            codec,
+            routes,
+            clusters,
+            use_remote_address: c.use_remote_address.is_some_and(|b| b.value),
+            xff_trusted_hops: c.xff_num_trusted_hops as usize,
+            skip_xff_append: c.skip_xff_append,
+            generate_request_id: c.generate_request_id.is_none_or(|b| b.value),
+            preserve_external_request_id: c.preserve_external_request_id,
+            always_set_request_id_in_response: c.always_set_request_id_in_response,
+            server_name: HeaderValue::from_str(server_name).map_err(|_| "server_name: invalid header value")?,
+            server_transformation: ServerHeaderTransformation::try_from(c.server_header_transformation)
+                .unwrap_or(ServerHeaderTransformation::Overwrite),
+            access_logs,
+            request_timeout: c.request_timeout.as_ref().map(dur).filter(|d| !d.is_zero()),
+        })
+    }
+}
+
+/// What a connection knows about itself.
+pub struct ConnInfo {
+    pub remote: SocketAddr,
+    pub local: SocketAddr,
+}
+
+/// State kept from request to the end of its response, for stats and the
+/// access log. Allocated once per request (one Box), only then.
+struct Stream {
+    hcm: Arc<Hcm>,
+    start: Instant,
+    start_time: SystemTime,
+    method: http::Method,
+    path: String,
+    authority: String,
+    protocol: &'static str,
+    /// The request headers as received, kept only when something logs them.
+    request_headers: Option<HeaderMap>,
+    response_headers: Option<HeaderMap>,
+    status: u16,
+    flags: &'static str,
+    details: &'static str,
+    bytes_received: u64,
+    client: SocketAddr,
+    local: SocketAddr,
+    upstream: Option<(Arc<Cluster>, Arc<Host>, Instant)>,
+    route_name: String,
+}
+
+impl Finish for Stream {
+    fn finish(self: Box<Self>, bytes_sent: u64, complete: bool) {
+        let s = &self.hcm.stats;
+        s.downstream_rq_active.dec();
+        s.downstream_rq_completed.inc();
+        s.downstream_rq_class.record(self.status);
+        let elapsed = self.start.elapsed();
+        s.downstream_rq_time.record(elapsed.as_secs_f64() * 1000.0);
+        if let Some((cluster, host, started)) = &self.upstream {
+            let cs = &cluster.stats;
+            cs.upstream_rq_active.dec();
+            cs.upstream_rq_completed.inc();
+            cs.upstream_rq_time.record(started.elapsed().as_secs_f64() * 1000.0);
+            host.rq_active.fetch_sub(1, Relaxed);
+            if (500..600).contains(&self.status) || !complete {
+                host.rq_error.fetch_add(1, Relaxed);
+            } else {
+                host.rq_success.fetch_add(1, Relaxed);
+            }
+        }
+        if self.hcm.access_logs.is_empty() {
+            return;
+        }
+        let path = self.path.as_str();
+        let ctx = Context {
+            request: self.request_headers.as_ref(),
+            method: self.method.as_str(),
+            path,
+            authority: &self.authority,
+            protocol: self.protocol,
+            response: self.response_headers.as_ref(),
+            status: Some(self.status),
+            response_flags: if !complete && self.flags.is_empty() { "DC" } else { self.flags },
+            response_code_details: self.details,
+            bytes_received: self.bytes_received,
+            bytes_sent,
+            duration: Some(elapsed),
+            start_time: Some(self.start_time),
+            upstream_host: self.upstream.as_ref().map(|u| u.1.addr),
+            upstream_cluster: self.upstream.as_ref().map_or("", |u| u.0.name.as_str()),
+            route_name: &self.route_name,
+            downstream_remote: Some(self.client),
+            downstream_local: Some(self.local),
+        };
+        for log in &self.hcm.access_logs {
+            log.log(&ctx);
+        }
+    }
+}
+
+fn protocol_name(v: http::Version) -> &'static str {
+    match v {
+        http::Version::HTTP_10 => "HTTP/1.0",
+        http::Version::HTTP_11 => "HTTP/1.1",
+        http::Version::HTTP_2 => "HTTP/2",
+        http::Version::HTTP_3 => "HTTP/3",
+        _ => "-",
+    }
+}
+
+/// RFC 1918, loopback, link-local and unique-local addresses count as internal.
+fn is_internal(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => v4.is_private() || v4.is_loopback() || v4.is_link_local(),
+        IpAddr::V6(v6) => v6.is_loopback() || (v6.segments()[0] & 0xfe00) == 0xfc00 || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_private() || v4.is_loopback()),
+    }
+}
+
+/// Headers that describe one hop and are never forwarded.
+fn strip_hop_by_hop(h: &mut HeaderMap) {
+    if let Some(conn) = h.get(http::header::CONNECTION).cloned() {
+        if let Ok(list) = conn.to_str() {
+            for name in list.split(',') {
+                let name = name.trim();
+                if !name.is_empty() && !name.eq_ignore_ascii_case("close") && !name.eq_ignore_ascii_case("keep-alive") {
+                    h.remove(name);
+                }
+            }
+        }
+    }
+    for name in ["connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade"] {
+        h.remove(name);
+    }
+    if h.get(http::header::TE).is_some_and(|v| v != "trailers") {
+        h.remove(http::header::TE);
+    }
+}
+
+/// The n-th address from the right of the x-forwarded-for list.
+fn xff_from_right(h: &HeaderMap, n: usize) -> Option<IpAddr> {
+    let all: Vec<&str> = h
+        .get_all(&X_FORWARDED_FOR)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .collect();
+    let i = all.len().checked_sub(n + 1)?;
+    all[i].parse().ok()
+}
+
+pub type ProxyResponse = Response<TrackedBody>;
+
+impl Hcm {
+    /// Serves one request. Never fails: every error becomes Envoy's local reply.
+    pub async fn handle(self: Arc<Self>, conn: Arc<ConnInfo>, req: Request<Incoming>) -> ProxyResponse {
+        let st = &self.stats;
+        st.downstream_rq_total.inc();
+        st.downstream_rq_active.inc();
+        match req.version() {
+            http::Version::HTTP_2 => st.downstream_rq_http2_total.inc(),
+            _ => st.downstream_rq_http1_total.inc(),
+        }
+        let (mut parts, body) = req.into_parts();
+        let authority = parts
+            .uri
+            .authority()
+            .map(|a| a.as_str().to_string())
+            .or_else(|| parts.headers.get(HOST).and_then(|h| h.to_str().ok()).map(str::to_owned))
+            .unwrap_or_default();
+        let path = parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_string();
+
+        // Who the client is: the connection's peer, or an address taken from
+        // x-forwarded-for as Envoy's use_remote_address / xff_num_trusted_hops say.
+        let mut client = conn.remote;
+        if self.use_remote_address {
+            if self.xff_trusted_hops > 0 {
+                if let Some(ip) = xff_from_right(&parts.headers, self.xff_trusted_hops - 1) {
+                    client = SocketAddr::new(ip, 0);
+                }
+            }
+        } else if let Some(ip) = xff_from_right(&parts.headers, self.xff_trusted_hops) {
+            client = SocketAddr::new(ip, 0);
+        }
+        let external = !is_internal(client.ip());
+
+        let mut stream = Box::new(Stream {
+            hcm: self.clone(),
+            start: Instant::now(),
+            start_time: SystemTime::now(),
+            method: parts.method.clone(),
+            path,
+            authority,
+            protocol: protocol_name(parts.version),
+            request_headers: None,
+            response_headers: None,
+            status: 0,
+            flags: "",
+            details: "",
+            bytes_received: 0,
+            client,
+            local: conn.local,
+            upstream: None,
+            route_name: String::new(),
+        });
+
+        if parts.version != http::Version::HTTP_2 && stream.authority.is_empty() && parts.version == http::Version::HTTP_11 {
+            return self.local_reply(stream, 400, "missing_host_header", "", None);
+        }
+
+        // Request headers Envoy's connection manager owns.
+        if self.use_remote_address {
+            if !self.skip_xff_append {
+                let appended = match parts.headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+                    Some(prev) => format!("{prev},{}", conn.remote.ip()),
+                    None => conn.remote.ip().to_string(),
+                };
+                parts.headers.remove(&X_FORWARDED_FOR);
+                if let Ok(v) = HeaderValue::from_str(&appended) {
+                    parts.headers.insert(X_FORWARDED_FOR.clone(), v);
+                }
+            }
+            parts.headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+            if external {
+                if let Ok(v) = HeaderValue::from_str(&client.ip().to_string()) {
+                    parts.headers.insert(X_ENVOY_EXTERNAL_ADDRESS.clone(), v);
+                }
+            }
+        } else if !parts.headers.contains_key(&X_FORWARDED_PROTO) {
+            parts.headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+        }
+        if self.generate_request_id {
+            let regenerate = self.use_remote_address && external && !self.preserve_external_request_id;
+            if regenerate || !parts.headers.contains_key(&X_REQUEST_ID) {
+                let id = uuid::Uuid::new_v4();
+                let mut buf = [0u8; 36];
+                let s = id.hyphenated().encode_lower(&mut buf);
+                if let Ok(v) = HeaderValue::from_str(s) {
+                    parts.headers.insert(X_REQUEST_ID.clone(), v);
+                }
+            }
+        }
+        if !self.access_logs.is_empty() {
+            stream.request_headers = Some(parts.headers.clone());
+        }
+
+        let Some((vh, route)) = self.routes.route(&stream.authority, &stream.path, &parts.headers) else {
+            st.no_route.inc();
+            return self.local_reply(stream, 404, "route_not_found", "NR", None);
+        };
+        stream.route_name.clone_from(&route.name);
+        match &route.action {
+            Action::Direct { status, body } => {
+                st.rq_direct_response.inc();
+                let body = body.clone();
+                self.direct_reply(stream, *status, body, vh, route)
+            }
+            Action::Redirect(rd) => {
+                st.rq_redirect.inc();
+                let location = redirect_location(rd, route, &stream.authority, &stream.path, self.use_remote_address);
+                self.redirect_reply(stream, rd.status, location, vh, route)
+            }
+            Action::Forward(ra) => self.forward(stream, parts, body, vh, route, ra).await,
+        }
+    }
+
+    fn finish_response(&self, stream: &mut Stream, resp: &mut Response<ProxyBody>, vh: Option<(&VirtualHost, &Route)>) {
+        let h = resp.headers_mut();
+        match self.server_transformation {
+            ServerHeaderTransformation::Overwrite => {
+                h.insert(SERVER, self.server_name.clone());
+            }
+            ServerHeaderTransformation::AppendIfAbsent => {
+                if !h.contains_key(SERVER) {
+                    h.insert(SERVER, self.server_name.clone());
+                }
+            }
+            ServerHeaderTransformation::PassThrough => {}
+        }
+        if let Some((vh, route)) = vh {
+            let ctx = self.context(stream, None);
+            let levels = [&route.response_headers, &vh.response_headers, &self.routes.response_headers];
+            let mut hm = std::mem::take(resp.headers_mut());
+            if self.routes.most_specific_wins {
+                for m in levels.iter().rev() {
+                    m.apply(&mut hm, &ctx);
+                }
+            } else {
+                for m in levels {
+                    m.apply(&mut hm, &ctx);
+                }
+            }
+            *resp.headers_mut() = hm;
+        }
+        if self.always_set_request_id_in_response {
+            if let Some(id) = stream.request_headers.as_ref().and_then(|h| h.get(&X_REQUEST_ID)) {
+                resp.headers_mut().insert(X_REQUEST_ID.clone(), id.clone());
+            }
+        }
+        stream.status = resp.status().as_u16();
+        if !self.access_logs.is_empty() {
+            stream.response_headers = Some(resp.headers().clone());
+        }
+    }
+
+    fn context<'a>(&self, s: &'a Stream, req: Option<&'a HeaderMap>) -> Context<'a> {
+        Context {
+            request: req.or(s.request_headers.as_ref()),
+            method: s.method.as_str(),
+            path: &s.path,
+            authority: &s.authority,
+            protocol: s.protocol,
+            downstream_remote: Some(s.client),
+            downstream_local: Some(s.local),
+            upstream_host: s.upstream.as_ref().map(|u| u.1.addr),
+            upstream_cluster: s.upstream.as_ref().map_or("", |u| u.0.name.as_str()),
+            start_time: Some(s.start_time),
+            route_name: &s.route_name,
+            ..Default::default()
+        }
+    }
+
+    /// Envoy's local reply: `text/plain` with the body, or no body at all.
+    fn local_reply(
+        &self,
+        mut stream: Box<Stream>,
+        status: u16,
+        details: &'static str,
+        flags: &'static str,
+        body: Option<String>,
+    ) -> ProxyResponse {
+        stream.flags = flags;
+        stream.details = details;
+        let mut resp = Response::new(ProxyBody::Empty);
+        *resp.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        match body {
+            Some(b) if !b.is_empty() => {
+                resp.headers_mut().insert(CONTENT_LENGTH, HeaderValue::from(b.len()));
+                resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+                *resp.body_mut() = ProxyBody::full(b);
+            }
+            _ => {
+                resp.headers_mut().insert(CONTENT_LENGTH, HeaderValue::from_static("0"));
+            }
+        }
+        self.finish_response(&mut stream, &mut resp, None);
+        resp.map(|b| TrackedBody::new(b, Some(stream)))
+    }
+
+    fn direct_reply(&self, mut stream: Box<Stream>, status: u16, body: Option<bytes::Bytes>, vh: &VirtualHost, route: &Route) -> ProxyResponse {
+        stream.details = "direct_response";
+        let mut resp = Response::new(ProxyBody::Empty);
+        *resp.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        match body {
+            Some(b) if !b.is_empty() => {
+                resp.headers_mut().insert(CONTENT_LENGTH, HeaderValue::from(b.len()));
+                resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+                *resp.body_mut() = ProxyBody::full(b);
+            }
+            _ => {
+                resp.headers_mut().insert(CONTENT_LENGTH, HeaderValue::from_static("0"));
+            }
+        }
+        self.finish_response(&mut stream, &mut resp, Some((vh, route)));
+        resp.map(|b| TrackedBody::new(b, Some(stream)))
+    }
+
+    fn redirect_reply(&self, mut stream: Box<Stream>, status: u16, location: String, vh: &VirtualHost, route: &Route) -> ProxyResponse {
+        stream.details = "direct_response";
+        let mut resp = Response::new(ProxyBody::Empty);
+        *resp.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::MOVED_PERMANENTLY);
+        if let Ok(v) = HeaderValue::from_str(&location) {
+            resp.headers_mut().insert(LOCATION, v);
+        }
+        resp.headers_mut().insert(CONTENT_LENGTH, HeaderValue::from_static("0"));
+        self.finish_response(&mut stream, &mut resp, Some((vh, route)));
+        resp.map(|b| TrackedBody::new(b, Some(stream)))
+    }
+
+    async fn forward(
+        self: &Arc<Self>,
+        mut stream: Box<Stream>,
+        mut parts: http::request::Parts,
+        body: Incoming,
+        vh: &VirtualHost,
+        route: &Route,
+        ra: &RouteAction,
+    ) -> ProxyResponse {
+        let st = &self.stats;
+        st.rq_total.inc();
+        // Cost: an ArcSwap load and one hash lookup of the cluster name.
+        let clusters = self.clusters.load();
+        let cluster_name: Option<std::borrow::Cow<'_, str>> = match &ra.cluster {
+            ClusterChoice::Name(n) => Some(n.as_str().into()),
+            ClusterChoice::Header(h) => parts.headers.get(h).and_then(|v| v.to_str().ok()).map(|s| s.to_owned().into()),
+            ClusterChoice::Weighted(list, total) => {
+                let mut x = rand::random_range(0..*total);
+                list.iter()
+                    .find(|(_, w)| {
+                        if x < *w as u64 {
+                            true
+                        } else {
+                            x -= *w as u64;
+                            false
+                        }
+                    })
+                    .map(|(n, _)| n.as_str().into())
+            }
+        };
+        let Some(cluster) = cluster_name.and_then(|n| clusters.get(n.as_ref()).cloned()) else {
+            st.no_cluster.inc();
+            return self.local_reply(stream, 503, "cluster_not_found", "NC", None);
+        };
+        let Some(host) = cluster.pick() else {
+            cluster.stats.upstream_rq_total.inc();
+            cluster.stats.record_status(503);
+            return self.local_reply(stream, 503, "no_healthy_upstream", "UH", Some("no healthy upstream".into()));
+        };
+
+        // Build the upstream request.
+        strip_hop_by_hop(&mut parts.headers);
+        let original_path = stream.path.clone();
+        let new_path = route.rewrite_path(ra, &original_path);
+        if new_path.is_some() {
+            if let Ok(v) = HeaderValue::from_str(&original_path) {
+                parts.headers.insert(X_ENVOY_ORIGINAL_PATH.clone(), v);
+            }
+        }
+        let upstream_path = new_path.as_deref().unwrap_or(&original_path);
+        let authority = if let Some(h) = &ra.host_rewrite {
+            h.clone()
+        } else if ra.auto_host_rewrite {
+            host.hostname.clone() + &format_port(&host)
+        } else {
+            stream.authority.clone()
+        };
+        if let Some(t) = ra.timeout {
+            parts.headers.insert(X_ENVOY_EXPECTED_TIMEOUT.clone(), HeaderValue::from(t.as_millis() as u64));
+        }
+        {
+            let ctx = self.context(&stream, None);
+            let levels = [&route.request_headers, &vh.request_headers, &self.routes.request_headers];
+            if self.routes.most_specific_wins {
+                for m in levels.iter().rev() {
+                    m.apply(&mut parts.headers, &ctx);
+                }
+            } else {
+                for m in levels {
+                    m.apply(&mut parts.headers, &ctx);
+                }
+            }
+        }
+        let uri = if cluster.http2 {
+            parts.headers.remove(HOST);
+            format!("http://{authority}{upstream_path}")
+        } else {
+            if let Ok(v) = HeaderValue::from_str(&authority) {
+                parts.headers.insert(HOST, v);
+            }
+            upstream_path.to_string()
+        };
+        match uri.parse() {
+            Ok(u) => parts.uri = u,
+            Err(_) => return self.local_reply(stream, 400, "invalid_path", "", None),
+        }
+        let req = Request::from_parts(parts, ProxyBody::stream(body));
+
+        let cs = &cluster.stats;
+        cs.upstream_rq_total.inc();
+        cs.upstream_rq_active.inc();
+        host.rq_active.fetch_add(1, Relaxed);
+        host.rq_total.fetch_add(1, Relaxed);
+        let started = Instant::now();
+        stream.upstream = Some((cluster.clone(), host.clone(), started));
+
+        let sent = crate::upstream::send(&cluster, &host, req);
+        let result = match ra.timeout {
+            Some(t) => match tokio::time::timeout(t, sent).await {
+                Ok(r) => r,
+                Err(_) => {
+                    cs.upstream_rq_timeout.inc();
+                    cs.record_status(504);
+                    return self.local_reply(stream, 504, "upstream_response_timeout", "UT", Some("upstream request timeout".into()));
+                }
+            },
+            None => sent.await,
+        };
+        let upstream_resp = match result {
+            Ok(r) => r,
+            Err(e) => {
+                cs.record_status(503);
+                let details = match e.response_flag() {
+                    "UF" => "upstream_reset_before_response_started{remote_connection_failure}",
+                    _ => "upstream_reset_before_response_started{connection_termination}",
+                };
+                return self.local_reply(stream, 503, details, e.response_flag(), Some(e.local_reply_body()));
+            }
+        };
+        let status = upstream_resp.status().as_u16();
+        cs.record_status(status);
+        let (mut rparts, rbody) = upstream_resp.into_parts();
+        strip_hop_by_hop(&mut rparts.headers);
+        rparts.headers.insert(X_ENVOY_UPSTREAM_SERVICE_TIME.clone(), HeaderValue::from(started.elapsed().as_millis() as u64));
+        rparts.version = http::Version::HTTP_11;
+        let mut resp = Response::from_parts(rparts, ProxyBody::stream(rbody));
+        stream.details = "via_upstream";
+        self.finish_response(&mut stream, &mut resp, Some((vh, route)));
+        resp.map(|b| TrackedBody::new(b, Some(stream)))
+    }
+}
+
+fn format_port(host: &Host) -> String {
+    if host.hostname.parse::<IpAddr>().is_ok() {
+        format!(":{}", host.addr.port())
+    } else {
+        String::new()
+    }
+}
+
+/// The `location` of a redirect, built from the request as Envoy does.
+fn redirect_location(rd: &Redirect, route: &Route, authority: &str, path: &str, _edge: bool) -> String {
+    let scheme = rd.scheme.as_deref().unwrap_or("http");
+    let (req_host, req_port) = match authority.rsplit_once(':') {
+        Some((h, p)) if p.chars().all(|c| c.is_ascii_digit()) && !h.ends_with(']') || authority.starts_with('[') && authority.contains("]:") => {
+            (h.to_string(), Some(p.to_string()))
+        }
+        _ => (authority.to_string(), None),
+    };
+    let host = rd.host.clone().unwrap_or(req_host);
+    let port = match (rd.port, &rd.host, &rd.scheme) {
+        (Some(p), _, _) => Some(p.to_string()),
+        // A new host or scheme drops the request's port.
+        (None, Some(_), _) | (None, _, Some(_)) => None,
+        (None, None, None) => req_port,
+    };
+    let port = port.filter(|p| !((scheme == "http" && p == "80") || (scheme == "https" && p == "443")));
+    let (p, q) = crate::route::split_query(path);
+    let new_path = if let Some(np) = &rd.path {
+        // path_redirect replaces path and query (a query in it is kept as given).
+        if np.contains('?') || rd.strip_query { np.clone() } else { format!("{np}{q}") }
+    } else if let (Some(pr), Some(prefix)) = (&rd.prefix_rewrite, route.prefix()) {
+        let rest = path.get(prefix.len()..).unwrap_or("");
+        let full = format!("{pr}{rest}");
+        if rd.strip_query { crate::route::split_query(&full).0.to_string() } else { full }
+    } else if let Some((re, sub)) = &rd.regex_rewrite {
+        let np = re.replace_all(p, sub.as_str()).into_owned();
+        if rd.strip_query { np } else { format!("{np}{q}") }
+    } else if rd.strip_query {
+        p.to_string()
+    } else {
+        path.to_string()
+    };
+    match port {
+        Some(port) => format!("{scheme}://{host}:{port}{new_path}"),
+        None => format!("{scheme}://{host}{new_path}"),
+    }
+}

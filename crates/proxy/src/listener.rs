@@ -1,0 +1,188 @@
+//! Listeners: bound per worker with SO_REUSEPORT (Envoy's model), each with its
+//! filter chain: the HTTP connection manager.
+
+use crate::hcm::{Codec, ConnInfo, Hcm};
+use crate::stats::{Counter, Gauge, Store};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use legate_api::pb::envoy::config::core::v3::{address, socket_address};
+use legate_api::pb::envoy::config::listener::v3::{filter, Listener};
+use legate_api::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpConnectionManager;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+
+pub const HCM_TYPE: &str = legate_api::semantic::HCM_TYPE;
+
+pub struct ListenerStats {
+    pub downstream_cx_total: Arc<Counter>,
+    pub downstream_cx_active: Arc<Gauge>,
+    pub downstream_cx_destroy: Arc<Counter>,
+}
+
+pub struct ListenerConfig {
+    pub name: String,
+    pub address: SocketAddr,
+    pub hcm: Arc<Hcm>,
+    pub stats: ListenerStats,
+    pub config: Listener,
+}
+
+/// `listener.127.0.0.1_10000.` as Envoy names a listener's stats.
+pub fn stat_name(addr: &SocketAddr) -> String {
+    format!("{}_{}", addr.ip(), addr.port())
+}
+
+impl ListenerConfig {
+    pub fn compile(l: &Listener, store: &Store, clusters: Arc<arc_swap::ArcSwap<crate::cluster::ClusterMap>>) -> Result<Self, String> {
+        let Some(address::Address::SocketAddress(sa)) = l.address.as_ref().and_then(|a| a.address.as_ref()) else {
+            return Err("address: only socket_address is supported".into());
+        };
+        let Some(socket_address::PortSpecifier::PortValue(port)) = sa.port_specifier else {
+            return Err("address.socket_address.port_value is required".into());
+        };
+        let ip: std::net::IpAddr = sa.address.parse().map_err(|_| format!("address: malformed IP address: {}", sa.address))?;
+        let address = SocketAddr::new(ip, u16::try_from(port).map_err(|_| "port out of range")?);
+        let [chain] = l.filter_chains.as_slice() else {
+            return Err("filter_chains: exactly one filter chain is supported".into());
+        };
+        let [f] = chain.filters.as_slice() else {
+            return Err("filter_chains[0].filters: exactly one network filter (http_connection_manager) is supported".into());
+        };
+        let Some(filter::ConfigType::TypedConfig(any)) = &f.config_type else {
+            return Err("filter_chains[0].filters[0].typed_config is required".into());
+        };
+        if legate_api::any::type_name(any) != HCM_TYPE {
+            return Err(format!("filter_chains[0].filters[0]: network filter {} is not supported", legate_api::any::type_name(any)));
+        }
+        let hcm: HttpConnectionManager = legate_api::any::unpack(any)?;
+        let hcm = Hcm::compile(&hcm, store, clusters).map_err(|e| format!("filter_chains[0].filters[0].typed_config.{e}"))?;
+        let p = format!("listener.{}.", stat_name(&address));
+        Ok(Self {
+            name: if l.name.is_empty() { address.to_string() } else { l.name.clone() },
+            address,
+            hcm: Arc::new(hcm),
+            stats: ListenerStats {
+                downstream_cx_total: store.counter(&format!("{p}downstream_cx_total")),
+                downstream_cx_active: store.gauge(&format!("{p}downstream_cx_active")),
+                downstream_cx_destroy: store.counter(&format!("{p}downstream_cx_destroy")),
+            },
+            config: l.clone(),
+        })
+    }
+}
+
+/// Binds one socket for one worker. Every worker binds its own with
+/// SO_REUSEPORT so the kernel spreads connections over workers.
+pub fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let domain = if addr.is_ipv4() { socket2::Domain::IPV4 } else { socket2::Domain::IPV6 };
+    let s = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
+    s.set_reuse_address(true)?;
+    s.set_reuse_port(true)?;
+    if addr.is_ipv6() {
+        s.set_only_v6(true)?;
+    }
+    s.set_nonblocking(true)?;
+    s.bind(&addr.into())?;
+    s.listen(1024)?;
+    Ok(s.into())
+}
+
+/// What the main thread tells workers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    Running,
+    /// Stop accepting; existing connections go on (`/drain_listeners`).
+    StopAccepting,
+    /// Stop accepting and close connections gracefully, then exit.
+    Drain,
+}
+
+/// Accepts on one worker's socket of one listener until told to stop.
+pub async fn accept_loop(
+    listener: Arc<ListenerConfig>,
+    socket: std::net::TcpListener,
+    mut phase: watch::Receiver<Phase>,
+    active: Arc<AtomicUsize>,
+) {
+    let Ok(socket) = tokio::net::TcpListener::from_std(socket) else { return };
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder.http1().timer(TokioTimer::new()).keep_alive(true);
+    builder.http2().timer(TokioTimer::new()).max_concurrent_streams(Some(2147483647));
+    let builder = match listener.hcm.codec {
+        Codec::Auto => builder,
+        Codec::Http1 => builder.http1_only(),
+        Codec::Http2 => builder.http2_only(),
+    };
+    let builder = Arc::new(builder);
+    loop {
+        tokio::select! {
+            accepted = socket.accept() => {
+                let Ok((stream, remote)) = accepted else {
+                    // Out of file descriptors and the like: back off briefly.
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                };
+                let _ = stream.set_nodelay(true);
+                let local = stream.local_addr().unwrap_or(listener.address);
+                tokio::spawn(serve_connection(listener.clone(), builder.clone(), stream, remote, local, phase.clone(), active.clone()));
+            }
+            changed = phase.changed() => {
+                if changed.is_err() || *phase.borrow() != Phase::Running {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+async fn serve_connection(
+    listener: Arc<ListenerConfig>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    stream: tokio::net::TcpStream,
+    remote: SocketAddr,
+    local: SocketAddr,
+    mut phase: watch::Receiver<Phase>,
+    active: Arc<AtomicUsize>,
+) {
+    let ls = &listener.stats;
+    let hs = &listener.hcm.stats;
+    ls.downstream_cx_total.inc();
+    ls.downstream_cx_active.inc();
+    hs.downstream_cx_total.inc();
+    hs.downstream_cx_active.inc();
+    active.fetch_add(1, Ordering::Relaxed);
+    let info = Arc::new(ConnInfo { remote, local });
+    let hcm = listener.hcm.clone();
+    let svc = service_fn(move |req| {
+        let hcm = hcm.clone();
+        let info = info.clone();
+        async move { Ok::<_, Infallible>(hcm.handle(info, req).await) }
+    });
+    let conn = builder.serve_connection(TokioIo::new(stream), svc);
+    tokio::pin!(conn);
+    let mut draining = *phase.borrow() == Phase::Drain;
+    if draining {
+        conn.as_mut().graceful_shutdown();
+    }
+    loop {
+        tokio::select! {
+            _ = conn.as_mut() => break,
+            changed = phase.changed(), if !draining => {
+                if changed.is_err() || *phase.borrow() == Phase::Drain {
+                    draining = true;
+                    conn.as_mut().graceful_shutdown();
+                }
+            }
+        }
+    }
+    active.fetch_sub(1, Ordering::Relaxed);
+    ls.downstream_cx_active.dec();
+    ls.downstream_cx_destroy.inc();
+    hs.downstream_cx_active.dec();
+    hs.downstream_cx_destroy.inc();
+}

@@ -1,0 +1,511 @@
+//! Route tables compiled from `RouteConfiguration`, and matching.
+//!
+//! Matching is on the hot path. Cost per request: one hash lookup for an exact
+//! domain (else a scan of the wildcard domains, longest first), then a linear
+//! scan of the virtual host's routes in order, as Envoy does; path tests are
+//! string compares unless the route uses a regex. Nothing allocates unless a
+//! case-insensitive or query-parameter match needs to.
+
+use crate::headers::HeaderMutations;
+use crate::matcher::{compile_regex, compile_search_regex, HeaderMatch, StringMatch};
+use bytes::Bytes;
+use legate_api::pb::envoy::config::route::v3 as rpb;
+use regex::Regex;
+use std::collections::HashMap;
+use std::time::Duration;
+
+pub struct RouteTable {
+    pub name: String,
+    exact: HashMap<String, usize>,
+    suffixes: Vec<(String, usize)>,
+    prefixes: Vec<(String, usize)>,
+    any: Option<usize>,
+    pub vhosts: Vec<VirtualHost>,
+    pub request_headers: HeaderMutations,
+    pub response_headers: HeaderMutations,
+    pub most_specific_wins: bool,
+}
+
+pub struct VirtualHost {
+    pub name: String,
+    pub routes: Vec<Route>,
+    pub request_headers: HeaderMutations,
+    pub response_headers: HeaderMutations,
+    pub require_tls: i32,
+}
+
+pub struct Route {
+    pub name: String,
+    path: PathMatch,
+    case_sensitive: bool,
+    headers: Vec<HeaderMatch>,
+    query: Vec<QueryMatch>,
+    pub action: Action,
+    pub request_headers: HeaderMutations,
+    pub response_headers: HeaderMutations,
+}
+
+enum PathMatch {
+    Prefix(String),
+    Exact(String),
+    Regex(Regex),
+    SeparatedPrefix(String),
+}
+
+struct QueryMatch {
+    name: String,
+    test: Option<StringMatch>,
+    present: bool,
+}
+
+pub enum Action {
+    Forward(Box<RouteAction>),
+    Redirect(Box<Redirect>),
+    Direct { status: u16, body: Option<Bytes> },
+}
+
+pub enum ClusterChoice {
+    Name(String),
+    Header(http::HeaderName),
+    /// (name, weight), with the total of weights.
+    Weighted(Vec<(String, u32)>, u64),
+}
+
+pub struct RouteAction {
+    pub cluster: ClusterChoice,
+    pub prefix_rewrite: Option<String>,
+    pub regex_rewrite: Option<(Regex, String)>,
+    pub host_rewrite: Option<String>,
+    pub auto_host_rewrite: bool,
+    /// `None` disables the timeout (Envoy: `timeout: 0s`).
+    pub timeout: Option<Duration>,
+}
+
+pub struct Redirect {
+    pub scheme: Option<String>,
+    pub host: Option<String>,
+    pub port: Option<u32>,
+    pub path: Option<String>,
+    pub prefix_rewrite: Option<String>,
+    pub regex_rewrite: Option<(Regex, String)>,
+    pub strip_query: bool,
+    pub status: u16,
+}
+
+/// Envoy's default route timeout.
+pub const DEFAULT_ROUTE_TIMEOUT: Duration = Duration::from_secs(15);
+
+fn dur(d: &legate_api::pb::google::protobuf::Duration) -> Duration {
+    Duration::new(d.seconds.max(0) as u64, d.nanos.max(0) as u32)
+}
+
+impl RouteTable {
+    pub fn compile(rc: &rpb::RouteConfiguration) -> Result<Self, String> {
+        let mut exact = HashMap::new();
+        let mut suffixes = Vec::new();
+        let mut prefixes = Vec::new();
+        let mut any = None;
+        let mut vhosts = Vec::new();
+        for (i, vh) in rc.virtual_hosts.iter().enumerate() {
+            for d in &vh.domains {
+                let d = d.to_ascii_lowercase();
+                let dup = if d == "*" {
+                    any.replace(i).is_some()
+                } else if let Some(s) = d.strip_prefix('*') {
+                    suffixes.push((s.to_string(), i));
+                    false
+                } else if let Some(p) = d.strip_suffix('*') {
+                    prefixes.push((p.to_string(), i));
+                    false
+                } else {
+                    exact.insert(d.clone(), i).is_some()
+                };
+                if dup {
+                    return Err(format!(
+                        "Only unique values for domains are permitted. Duplicate entry of domain {d} in route {}",
+                        rc.name
+                    ));
+                }
+            }
+            vhosts.push(compile_vhost(vh).map_err(|e| format!("virtual_hosts[{i}]: {e}"))?);
+        }
+        // Longest wildcard first; among equals, the first declared.
+        suffixes.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        prefixes.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        Ok(Self {
+            name: rc.name.clone(),
+            exact,
+            suffixes,
+            prefixes,
+            any,
+            vhosts,
+            request_headers: HeaderMutations::new(&rc.request_headers_to_add, &rc.request_headers_to_remove)?,
+            response_headers: HeaderMutations::new(&rc.response_headers_to_add, &rc.response_headers_to_remove)?,
+            most_specific_wins: rc.most_specific_header_mutations_wins,
+        })
+    }
+
+    /// The virtual host for a `:authority`, as Envoy picks it: exact, then the
+    /// longest `*suffix`, then the longest `prefix*`, then `*`.
+    pub fn find_vhost(&self, authority: &str) -> Option<&VirtualHost> {
+        let lowered;
+        let host = if authority.bytes().any(|b| b.is_ascii_uppercase()) {
+            lowered = authority.to_ascii_lowercase();
+            lowered.as_str()
+        } else {
+            authority
+        };
+        if let Some(i) = self.exact.get(host) {
+            return Some(&self.vhosts[*i]);
+        }
+        for (s, i) in &self.suffixes {
+            // The wildcard stands for at least one character.
+            if host.len() > s.len() && host.ends_with(s.as_str()) {
+                return Some(&self.vhosts[*i]);
+            }
+        }
+        for (p, i) in &self.prefixes {
+            if host.len() > p.len() && host.starts_with(p.as_str()) {
+                return Some(&self.vhosts[*i]);
+            }
+        }
+        self.any.map(|i| &self.vhosts[i])
+    }
+
+    /// The first route of the matching virtual host that matches the request.
+    pub fn route(&self, authority: &str, path_and_query: &str, headers: &http::HeaderMap) -> Option<(&VirtualHost, &Route)> {
+        let vh = self.find_vhost(authority)?;
+        let r = vh.routes.iter().find(|r| r.matches(path_and_query, headers))?;
+        Some((vh, r))
+    }
+}
+
+fn compile_vhost(vh: &rpb::VirtualHost) -> Result<VirtualHost, String> {
+    let routes = vh
+        .routes
+        .iter()
+        .enumerate()
+        .map(|(i, r)| compile_route(r).map_err(|e| format!("routes[{i}]: {e}")))
+        .collect::<Result<_, _>>()?;
+    Ok(VirtualHost {
+        name: vh.name.clone(),
+        routes,
+        request_headers: HeaderMutations::new(&vh.request_headers_to_add, &vh.request_headers_to_remove)?,
+        response_headers: HeaderMutations::new(&vh.response_headers_to_add, &vh.response_headers_to_remove)?,
+        require_tls: vh.require_tls,
+    })
+}
+
+fn compile_route(r: &rpb::Route) -> Result<Route, String> {
+    use rpb::route_match::PathSpecifier;
+    let m = r.r#match.as_ref().ok_or("match is required")?;
+    let case_sensitive = m.case_sensitive.map(|b| b.value).unwrap_or(true);
+    let fold = |s: &String| if case_sensitive { s.clone() } else { s.to_ascii_lowercase() };
+    let path = match &m.path_specifier {
+        Some(PathSpecifier::Prefix(p)) => PathMatch::Prefix(fold(p)),
+        Some(PathSpecifier::Path(p)) => PathMatch::Exact(fold(p)),
+        Some(PathSpecifier::SafeRegex(re)) => PathMatch::Regex(compile_regex(re)?),
+        Some(PathSpecifier::PathSeparatedPrefix(p)) => PathMatch::SeparatedPrefix(fold(p)),
+        Some(_) => return Err("this path specifier is not supported".into()),
+        None => return Err("path specifier is required".into()),
+    };
+    let headers = m.headers.iter().map(HeaderMatch::new).collect::<Result<_, _>>()?;
+    let query = m
+        .query_parameters
+        .iter()
+        .map(|q| {
+            use rpb::query_parameter_matcher::QueryParameterMatchSpecifier as Q;
+            Ok(match &q.query_parameter_match_specifier {
+                Some(Q::StringMatch(sm)) => QueryMatch { name: q.name.clone(), test: Some(StringMatch::new(sm)?), present: true },
+                Some(Q::PresentMatch(p)) => QueryMatch { name: q.name.clone(), test: None, present: *p },
+                None => QueryMatch { name: q.name.clone(), test: None, present: true },
+            })
+        })
+        .collect::<Result<_, String>>()?;
+    let action = match &r.action {
+        Some(rpb::route::Action::Route(ra)) => Action::Forward(Box::new(compile_route_action(ra)?)),
+        Some(rpb::route::Action::Redirect(rd)) => Action::Redirect(Box::new(compile_redirect(rd)?)),
+        Some(rpb::route::Action::DirectResponse(dr)) => {
+            let status = u16::try_from(dr.status).map_err(|_| "invalid status")?;
+            let body = match &dr.body {
+                Some(ds) => Some(crate::datasource::read(ds)?),
+                None => None,
+            };
+            Action::Direct { status, body }
+        }
+        Some(_) => return Err("this route action is not supported".into()),
+        None => return Err("route action is required".into()),
+    };
+    Ok(Route {
+        name: r.name.clone(),
+        path,
+        case_sensitive,
+        headers,
+        query,
+        action,
+        request_headers: HeaderMutations::new(&r.request_headers_to_add, &r.request_headers_to_remove)?,
+        response_headers: HeaderMutations::new(&r.response_headers_to_add, &r.response_headers_to_remove)?,
+    })
+}
+
+fn compile_route_action(ra: &rpb::RouteAction) -> Result<RouteAction, String> {
+    use rpb::route_action::{ClusterSpecifier, HostRewriteSpecifier};
+    let cluster = match &ra.cluster_specifier {
+        Some(ClusterSpecifier::Cluster(c)) => ClusterChoice::Name(c.clone()),
+        Some(ClusterSpecifier::ClusterHeader(h)) => ClusterChoice::Header(
+            http::HeaderName::from_bytes(h.to_ascii_lowercase().as_bytes()).map_err(|_| format!("invalid header '{h}'"))?,
+        ),
+        Some(ClusterSpecifier::WeightedClusters(wc)) => {
+            let list: Vec<(String, u32)> =
+                wc.clusters.iter().map(|c| (c.name.clone(), c.weight.map(|w| w.value).unwrap_or(0))).collect();
+            let total: u64 = list.iter().map(|(_, w)| *w as u64).sum();
+            if total == 0 {
+                return Err("weighted_clusters: the sum of weights must be greater than 0".into());
+            }
+            ClusterChoice::Weighted(list, total)
+        }
+        Some(_) => return Err("this cluster specifier is not supported".into()),
+        None => return Err("cluster specifier is required".into()),
+    };
+    let (host_rewrite, auto_host_rewrite) = match &ra.host_rewrite_specifier {
+        Some(HostRewriteSpecifier::HostRewriteLiteral(h)) => (Some(h.clone()), false),
+        Some(HostRewriteSpecifier::AutoHostRewrite(b)) => (None, b.value),
+        Some(_) => return Err("this host rewrite is not supported".into()),
+        None => (None, false),
+    };
+    let regex_rewrite = match &ra.regex_rewrite {
+        Some(rr) => Some((compile_search_regex(rr.pattern.as_ref().ok_or("regex_rewrite.pattern is required")?)?, envoy_subst(&rr.substitution))),
+        None => None,
+    };
+    let timeout = match &ra.timeout {
+        Some(d) => Some(dur(d)).filter(|d| !d.is_zero()),
+        None => Some(DEFAULT_ROUTE_TIMEOUT),
+    };
+    Ok(RouteAction {
+        cluster,
+        prefix_rewrite: Some(ra.prefix_rewrite.clone()).filter(|p| !p.is_empty()),
+        regex_rewrite,
+        host_rewrite,
+        auto_host_rewrite,
+        timeout,
+    })
+}
+
+/// Envoy (RE2) writes capture groups as `\1`; the regex crate as `${1}`.
+fn envoy_subst(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        match (c, chars.peek()) {
+            ('\\', Some(d)) if d.is_ascii_digit() => {
+                out.push_str(&format!("${{{d}}}"));
+                chars.next();
+            }
+            ('$', _) => out.push_str("$$"),
+            _ => out.push(c),
+        }
+    }
+    out
+}
+
+fn compile_redirect(rd: &rpb::RedirectAction) -> Result<Redirect, String> {
+    use rpb::redirect_action::{PathRewriteSpecifier, RedirectResponseCode, SchemeRewriteSpecifier};
+    let scheme = match &rd.scheme_rewrite_specifier {
+        Some(SchemeRewriteSpecifier::HttpsRedirect(true)) => Some("https".to_string()),
+        Some(SchemeRewriteSpecifier::SchemeRedirect(s)) => Some(s.to_ascii_lowercase()),
+        _ => None,
+    };
+    let (path, prefix_rewrite, regex_rewrite) = match &rd.path_rewrite_specifier {
+        Some(PathRewriteSpecifier::PathRedirect(p)) => (Some(p.clone()), None, None),
+        Some(PathRewriteSpecifier::PrefixRewrite(p)) => (None, Some(p.clone()), None),
+        Some(PathRewriteSpecifier::RegexRewrite(rr)) => (
+            None,
+            None,
+            Some((compile_search_regex(rr.pattern.as_ref().ok_or("regex_rewrite.pattern is required")?)?, envoy_subst(&rr.substitution))),
+        ),
+        Some(_) => return Err("this redirect path rewrite is not supported".into()),
+        None => (None, None, None),
+    };
+    let status = match RedirectResponseCode::try_from(rd.response_code).unwrap_or(RedirectResponseCode::MovedPermanently) {
+        RedirectResponseCode::MovedPermanently => 301,
+        RedirectResponseCode::Found => 302,
+        RedirectResponseCode::SeeOther => 303,
+        RedirectResponseCode::TemporaryRedirect => 307,
+        RedirectResponseCode::PermanentRedirect => 308,
+    };
+    Ok(Redirect {
+        scheme,
+        host: Some(rd.host_redirect.clone()).filter(|h| !h.is_empty()),
+        port: Some(rd.port_redirect).filter(|p| *p != 0),
+        path,
+        prefix_rewrite,
+        regex_rewrite,
+        strip_query: rd.strip_query,
+        status,
+    })
+}
+
+impl Route {
+    fn matches(&self, path_and_query: &str, headers: &http::HeaderMap) -> bool {
+        let (path, query) = match path_and_query.find('?') {
+            Some(i) => (&path_and_query[..i], Some(&path_and_query[i + 1..])),
+            None => (path_and_query, None),
+        };
+        let ok = match &self.path {
+            // Envoy's prefix match looks at the whole `:path`, query included.
+            PathMatch::Prefix(p) => starts_with(path_and_query, p, self.case_sensitive),
+            PathMatch::Exact(p) => {
+                if self.case_sensitive { path == p } else { path.eq_ignore_ascii_case(p) }
+            }
+            PathMatch::Regex(re) => re.is_match(path),
+            PathMatch::SeparatedPrefix(p) => {
+                starts_with(path, p, self.case_sensitive) && matches!(path.as_bytes().get(p.len()), None | Some(b'/'))
+            }
+        };
+        ok && self.headers.iter().all(|h| h.matches(headers)) && self.query_matches(query)
+    }
+
+    fn query_matches(&self, query: Option<&str>) -> bool {
+        self.query.iter().all(|q| {
+            let value = query.and_then(|qs| {
+                qs.split('&').find_map(|kv| {
+                    let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+                    (k == q.name).then_some(v)
+                })
+            });
+            match (&q.test, value) {
+                (None, v) => v.is_some() == q.present,
+                (Some(_), None) => false,
+                (Some(m), Some(v)) => m.matches(v),
+            }
+        })
+    }
+
+    /// The upstream path for a forwarded request (prefix or regex rewrite).
+    pub fn rewrite_path(&self, ra: &RouteAction, path_and_query: &str) -> Option<String> {
+        if let (Some(new), PathMatch::Prefix(p) | PathMatch::SeparatedPrefix(p)) = (&ra.prefix_rewrite, &self.path) {
+            return Some(format!("{new}{}", &path_and_query[p.len().min(path_and_query.len())..]));
+        }
+        if let Some((re, sub)) = &ra.regex_rewrite {
+            let (path, query) = split_query(path_and_query);
+            return Some(format!("{}{query}", re.replace_all(path, sub.as_str())));
+        }
+        None
+    }
+
+    /// The matched prefix, for redirects with `prefix_rewrite`.
+    pub fn prefix(&self) -> Option<&str> {
+        match &self.path {
+            PathMatch::Prefix(p) | PathMatch::SeparatedPrefix(p) => Some(p),
+            _ => None,
+        }
+    }
+}
+
+pub fn split_query(pq: &str) -> (&str, &str) {
+    match pq.find('?') {
+        Some(i) => (&pq[..i], &pq[i..]),
+        None => (pq, ""),
+    }
+}
+
+fn starts_with(s: &str, prefix: &str, case_sensitive: bool) -> bool {
+    if case_sensitive {
+        s.starts_with(prefix)
+    } else {
+        s.len() >= prefix.len() && s.as_bytes()[..prefix.len()].eq_ignore_ascii_case(prefix.as_bytes())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table(yaml: &str) -> RouteTable {
+        let v = legate_api::load::parse_text(yaml).unwrap();
+        let (rc, _) = legate_api::load::decode_typed::<rpb::RouteConfiguration>(v).unwrap();
+        RouteTable::compile(&rc).unwrap()
+    }
+
+    const TABLE: &str = r#"
+name: t
+virtual_hosts:
+- name: exact
+  domains: ["api.example.com"]
+  routes:
+  - match: { path: "/exact" }
+    direct_response: { status: 201 }
+  - match: { prefix: "/Pre", case_sensitive: false }
+    direct_response: { status: 202 }
+  - match: { safe_regex: { regex: "/re/[0-9]+" } }
+    direct_response: { status: 203 }
+  - match:
+      prefix: "/h"
+      headers: [{ name: x-v, string_match: { exact: "2" } }]
+    direct_response: { status: 204 }
+  - match:
+      prefix: "/q"
+      query_parameters: [{ name: debug, present_match: true }]
+    direct_response: { status: 205 }
+  - match: { path_separated_prefix: "/sep" }
+    direct_response: { status: 206 }
+- name: suffix
+  domains: ["*.example.com"]
+  routes: [{ match: { prefix: "/" }, direct_response: { status: 210 } }]
+- name: longer-suffix
+  domains: ["*.b.example.com"]
+  routes: [{ match: { prefix: "/" }, direct_response: { status: 211 } }]
+- name: prefix
+  domains: ["internal.*"]
+  routes: [{ match: { prefix: "/" }, direct_response: { status: 212 } }]
+- name: any
+  domains: ["*"]
+  routes: [{ match: { prefix: "/" }, direct_response: { status: 213 } }]
+"#;
+
+    fn status(t: &RouteTable, host: &str, path: &str, headers: &[(&str, &str)]) -> Option<u16> {
+        let mut h = http::HeaderMap::new();
+        for (k, v) in headers {
+            h.insert(http::HeaderName::from_bytes(k.as_bytes()).unwrap(), v.parse().unwrap());
+        }
+        match &t.route(host, path, &h)?.1.action {
+            Action::Direct { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn virtual_host_selection_follows_envoy_precedence() {
+        let t = table(TABLE);
+        assert_eq!(status(&t, "API.example.com", "/", &[]), None, "exact vhost has no / route");
+        assert_eq!(status(&t, "x.example.com", "/", &[]), Some(210));
+        assert_eq!(status(&t, "x.b.example.com", "/", &[]), Some(211), "longest suffix wins");
+        assert_eq!(status(&t, "internal.foo", "/", &[]), Some(212));
+        assert_eq!(status(&t, "other", "/", &[]), Some(213));
+        assert_eq!(status(&t, "example.com", "/", &[]), Some(213), "wildcard needs one character");
+    }
+
+    #[test]
+    fn path_header_and_query_matches() {
+        let t = table(TABLE);
+        let h = "api.example.com";
+        assert_eq!(status(&t, h, "/exact", &[]), Some(201));
+        assert_eq!(status(&t, h, "/exact?x=1", &[]), Some(201), "exact path ignores the query");
+        assert_eq!(status(&t, h, "/exact/more", &[]), None);
+        assert_eq!(status(&t, h, "/prefix", &[]), Some(202), "case-insensitive prefix");
+        assert_eq!(status(&t, h, "/re/12", &[]), Some(203));
+        assert_eq!(status(&t, h, "/re/12x", &[]), None, "regex must match the whole path");
+        assert_eq!(status(&t, h, "/h", &[("x-v", "2")]), Some(204));
+        assert_eq!(status(&t, h, "/h", &[("x-v", "3")]), None);
+        assert_eq!(status(&t, h, "/q?debug=1", &[]), Some(205));
+        assert_eq!(status(&t, h, "/q", &[]), None);
+        assert_eq!(status(&t, h, "/sep", &[]), Some(206));
+        assert_eq!(status(&t, h, "/sep/x", &[]), Some(206));
+        assert_eq!(status(&t, h, "/separate", &[]), None);
+    }
+
+    #[test]
+    fn regex_substitution_uses_envoy_syntax() {
+        assert_eq!(envoy_subst(r"/v\1/$x"), "/v${1}/$$x");
+    }
+}

@@ -1,0 +1,194 @@
+//! The server: bootstrap in, workers and the admin endpoint running.
+//!
+//! Threads as in Envoy: the main thread runs admin, DNS and signal handling on
+//! a current-thread runtime; `--concurrency N` workers each run their own
+//! current-thread runtime with their own listener sockets and upstream pools.
+
+use crate::cluster::{Cluster, ClusterMap, Discovery};
+use crate::listener::{accept_loop, bind, ListenerConfig, Phase};
+use crate::stats::Store;
+use arc_swap::ArcSwap;
+use legate_api::load::LoadedBootstrap;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+use tokio::sync::watch;
+
+/// Envoy's command-line options that shape a running server.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub concurrency: usize,
+    pub drain_time: Duration,
+    pub base_id: u64,
+    pub log_level: String,
+    pub service_node: Option<String>,
+    pub service_cluster: Option<String>,
+    pub config_path: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("{path}: {reason}")]
+    Config { path: String, reason: String },
+    #[error("cannot bind {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("runtime: {0}")]
+    Runtime(#[from] std::io::Error),
+}
+
+/// Everything the admin endpoint reads.
+pub struct Shared {
+    pub store: Arc<Store>,
+    pub clusters: Arc<ArcSwap<ClusterMap>>,
+    pub listeners: Vec<Arc<ListenerConfig>>,
+    pub bootstrap: LoadedBootstrap,
+    pub options: Options,
+    pub started: SystemTime,
+    pub started_instant: Instant,
+    pub healthy: AtomicBool,
+    pub phase: watch::Sender<Phase>,
+    pub quit: tokio::sync::Notify,
+    pub admin_addr: std::sync::OnceLock<SocketAddr>,
+}
+
+/// Compiles the static config. Errors name the field.
+pub fn build(bootstrap: LoadedBootstrap, options: Options, store: Arc<Store>) -> Result<Arc<Shared>, ServerError> {
+    let b = &bootstrap.bootstrap;
+    let mut map = HashMap::new();
+    let clusters = Arc::new(ArcSwap::from_pointee(ClusterMap::new()));
+    let mut listeners = Vec::new();
+    if let Some(sr) = &b.static_resources {
+        for (i, c) in sr.clusters.iter().enumerate() {
+            let cluster = Cluster::compile(c, &store, options.concurrency)
+                .map_err(|reason| ServerError::Config { path: format!("static_resources.clusters[{i}]"), reason })?;
+            map.insert(c.name.clone(), cluster);
+        }
+        clusters.store(Arc::new(map));
+        for (i, l) in sr.listeners.iter().enumerate() {
+            let lc = ListenerConfig::compile(l, &store, clusters.clone())
+                .map_err(|reason| ServerError::Config { path: format!("static_resources.listeners[{i}]"), reason })?;
+            listeners.push(Arc::new(lc));
+        }
+    }
+    store.gauge("cluster_manager.active_clusters").set(clusters.load().len() as i64);
+    store.gauge("listener_manager.total_listeners_active").set(listeners.len() as i64);
+    store.gauge("server.concurrency").set(options.concurrency as i64);
+    store.gauge("server.live").set(1);
+    store.gauge("server.state").set(0);
+    let (phase, _) = watch::channel(Phase::Running);
+    Ok(Arc::new(Shared {
+        store,
+        clusters,
+        listeners,
+        bootstrap,
+        options,
+        started: SystemTime::now(),
+        started_instant: Instant::now(),
+        healthy: AtomicBool::new(true),
+        phase,
+        quit: tokio::sync::Notify::new(),
+        admin_addr: std::sync::OnceLock::new(),
+    }))
+}
+
+/// Runs the server until SIGTERM (drain, then exit), SIGINT or `/quitquitquit`.
+pub fn run(bootstrap: LoadedBootstrap, options: Options) -> Result<(), ServerError> {
+    crate::stats::set_concurrency(options.concurrency);
+    let store = Arc::new(Store::default());
+    let shared = build(bootstrap, options, store)?;
+
+    // Bind every worker's sockets up front so a bad address fails the start.
+    let workers = shared.options.concurrency;
+    let mut sockets: Vec<Vec<(Arc<ListenerConfig>, std::net::TcpListener)>> = (0..workers).map(|_| Vec::new()).collect();
+    for l in &shared.listeners {
+        for per_worker in sockets.iter_mut() {
+            let s = bind(l.address).map_err(|source| ServerError::Bind { addr: l.address, source })?;
+            per_worker.push((l.clone(), s));
+        }
+    }
+
+    let main_rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    main_rt.block_on(async {
+        // First DNS resolution before traffic, as Envoy's init manager waits for it.
+        for c in shared.clusters.load().values() {
+            if c.discovery != Discovery::Static {
+                crate::dns::resolve_once(c).await;
+                tokio::spawn(crate::dns::refresh_loop(c.clone()));
+            }
+        }
+        crate::admin::start(shared.clone()).await
+    })?;
+
+    let active = Arc::new(AtomicUsize::new(0));
+    let mut handles = Vec::new();
+    for (i, socks) in sockets.into_iter().enumerate() {
+        let phase = shared.phase.subscribe();
+        let active = active.clone();
+        let drain_time = shared.options.drain_time;
+        handles.push(
+            std::thread::Builder::new().name(format!("wrk:worker_{i}")).spawn(move || {
+                crate::stats::set_worker_index(i + 1);
+                let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        tracing::error!("worker {i}: cannot start runtime: {e}");
+                        return;
+                    }
+                };
+                rt.block_on(worker(socks, phase, active, drain_time));
+            })?,
+        );
+    }
+
+    tracing::info!("all listeners started; {} worker(s)", workers);
+    main_rt.block_on(async {
+        let flusher = tokio::spawn(async {
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                crate::access_log::flush_all();
+            }
+        });
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+        let drain = tokio::select! {
+            _ = term.recv() => { tracing::info!("caught SIGTERM: draining"); true }
+            _ = int.recv() => { tracing::info!("caught SIGINT: exiting"); false }
+            _ = shared.quit.notified() => { tracing::info!("/quitquitquit: exiting"); false }
+        };
+        if drain {
+            shared.store.gauge("server.state").set(2);
+            let _ = shared.phase.send(Phase::Drain);
+            let deadline = Instant::now() + shared.options.drain_time;
+            while active.load(Ordering::Relaxed) > 0 && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        flusher.abort();
+        crate::access_log::flush_all();
+        Ok::<_, std::io::Error>(())
+    })?;
+    // Workers' threads end with the process; draining already waited for them.
+    drop(handles);
+    Ok(())
+}
+
+async fn worker(
+    sockets: Vec<(Arc<ListenerConfig>, std::net::TcpListener)>,
+    phase: watch::Receiver<Phase>,
+    active: Arc<AtomicUsize>,
+    drain_time: Duration,
+) {
+    for (l, s) in sockets {
+        tokio::spawn(accept_loop(l, s, phase.clone(), active.clone()));
+    }
+    // Keep the runtime alive until told to drain, then give connections the drain time.
+    let mut phase = phase;
+    while *phase.borrow() != Phase::Drain {
+        if phase.changed().await.is_err() {
+            return;
+        }
+    }
+    tokio::time::sleep(drain_time).await;
+}
