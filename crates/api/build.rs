@@ -71,10 +71,7 @@ fn envoy_types_proto_dir() -> PathBuf {
     assert!(output.status.success(), "cargo metadata failed: {}", String::from_utf8_lossy(&output.stderr));
     let meta: serde_json::Value = serde_json::from_slice(&output.stdout).expect("cargo metadata json");
     let packages = meta["packages"].as_array().expect("packages");
-    let pkg = packages
-        .iter()
-        .find(|p| p["name"] == "envoy-types")
-        .expect("envoy-types in the dependency graph");
+    let pkg = packages.iter().find(|p| p["name"] == "envoy-types").expect("envoy-types in the dependency graph");
     let manifest = PathBuf::from(pkg["manifest_path"].as_str().expect("manifest_path"));
     let dir = manifest.parent().expect("package dir").join("proto");
     println!("cargo:rerun-if-changed={}", dir.display());

@@ -1,7 +1,7 @@
 //! Typed access to `google.protobuf.Any` payloads (`typed_config`).
 
-use prost::Message;
 use crate::pb::google::protobuf::Any;
+use prost::Message;
 
 /// Decodes `any` as `T` after checking its type URL names `T`.
 pub fn unpack<T: Message + prost::Name + Default>(any: &Any) -> Result<T, String> {

@@ -17,8 +17,12 @@ use serde_json::{Map, Value};
 pub fn normalize(value: &mut Value, desc: &MessageDescriptor, path: &str, errors: &mut Vec<FieldError>) {
     match desc.full_name() {
         "google.protobuf.Duration" => return normalize_duration(value),
-        "google.protobuf.Struct" | "google.protobuf.Value" | "google.protobuf.ListValue"
-        | "google.protobuf.Timestamp" | "google.protobuf.FieldMask" | "google.protobuf.Empty" => return,
+        "google.protobuf.Struct"
+        | "google.protobuf.Value"
+        | "google.protobuf.ListValue"
+        | "google.protobuf.Timestamp"
+        | "google.protobuf.FieldMask"
+        | "google.protobuf.Empty" => return,
         "google.protobuf.Any" => return normalize_any(value, path, errors),
         name if is_wrapper(name) => {
             if let Some(inner) = desc.get_field_by_name("value") {
@@ -159,9 +163,15 @@ fn normalize_any(v: &mut Value, path: &str, errors: &mut Vec<FieldError>) {
 fn is_wrapper(name: &str) -> bool {
     matches!(
         name,
-        "google.protobuf.BoolValue" | "google.protobuf.UInt32Value" | "google.protobuf.UInt64Value"
-            | "google.protobuf.Int32Value" | "google.protobuf.Int64Value" | "google.protobuf.DoubleValue"
-            | "google.protobuf.FloatValue" | "google.protobuf.StringValue" | "google.protobuf.BytesValue"
+        "google.protobuf.BoolValue"
+            | "google.protobuf.UInt32Value"
+            | "google.protobuf.UInt64Value"
+            | "google.protobuf.Int32Value"
+            | "google.protobuf.Int64Value"
+            | "google.protobuf.DoubleValue"
+            | "google.protobuf.FloatValue"
+            | "google.protobuf.StringValue"
+            | "google.protobuf.BytesValue"
     )
 }
 
@@ -169,12 +179,20 @@ fn is_wkt_with_special_json(name: &str) -> bool {
     is_wrapper(name)
         || matches!(
             name,
-            "google.protobuf.Duration" | "google.protobuf.Timestamp" | "google.protobuf.Struct"
-                | "google.protobuf.Value" | "google.protobuf.ListValue" | "google.protobuf.FieldMask"
+            "google.protobuf.Duration"
+                | "google.protobuf.Timestamp"
+                | "google.protobuf.Struct"
+                | "google.protobuf.Value"
+                | "google.protobuf.ListValue"
+                | "google.protobuf.FieldMask"
         )
 }
 
 /// `a` + `.b`, or `b` at the root.
 pub(crate) fn join(path: &str, name: &str) -> String {
-    if path.is_empty() { name.to_string() } else { format!("{path}.{name}") }
+    if path.is_empty() {
+        name.to_string()
+    } else {
+        format!("{path}.{name}")
+    }
 }

@@ -37,7 +37,9 @@ pub fn decode(mut value: Value, desc: &MessageDescriptor) -> Result<DynamicMessa
 }
 
 /// Decodes and validates a message of type `T` from a JSON value.
-pub fn decode_typed<T: prost::Message + prost::Name + Default>(value: Value) -> Result<(T, DynamicMessage), Vec<FieldError>> {
+pub fn decode_typed<T: prost::Message + prost::Name + Default>(
+    value: Value,
+) -> Result<(T, DynamicMessage), Vec<FieldError>> {
     let desc = pool()
         .get_message_by_name(&T::full_name())
         .ok_or_else(|| vec![FieldError::new("", format!("{} is not in the API", T::full_name()))])?;

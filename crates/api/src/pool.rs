@@ -9,9 +9,7 @@ static DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/envoy_d
 /// well-known types). Decoding it costs a few milliseconds, once.
 pub fn pool() -> &'static DescriptorPool {
     static POOL: OnceLock<DescriptorPool> = OnceLock::new();
-    POOL.get_or_init(|| {
-        DescriptorPool::decode(DESCRIPTOR_SET).expect("descriptor set built by build.rs is valid")
-    })
+    POOL.get_or_init(|| DescriptorPool::decode(DESCRIPTOR_SET).expect("descriptor set built by build.rs is valid"))
 }
 
 /// The message named by a type URL (`type.googleapis.com/envoy.config.cluster.v3.Cluster`)

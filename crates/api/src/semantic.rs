@@ -11,8 +11,8 @@ use crate::pb::envoy::extensions::filters::network::http_connection_manager::v3:
     http_connection_manager::RouteSpecifier, HttpConnectionManager,
 };
 use crate::walk::walk;
-use std::collections::HashSet;
 use prost_reflect::ReflectMessage;
+use std::collections::HashSet;
 use std::net::IpAddr;
 
 pub const HCM_TYPE: &str = "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
@@ -28,7 +28,10 @@ pub fn check_bootstrap(b: &Bootstrap) -> Vec<FieldError> {
     for (i, c) in sr.clusters.iter().enumerate() {
         let path = format!("static_resources.clusters[{i}]");
         if !cluster_names.insert(c.name.as_str()) {
-            errors.push(FieldError::new(format!("{path}.name"), format!("cluster manager: duplicate cluster '{}'", c.name)));
+            errors.push(FieldError::new(
+                format!("{path}.name"),
+                format!("cluster manager: duplicate cluster '{}'", c.name),
+            ));
         }
         check_cluster_endpoints(c, &path, &mut errors);
     }
@@ -40,7 +43,8 @@ pub fn check_bootstrap(b: &Bootstrap) -> Vec<FieldError> {
         }
         for (ci, chain) in l.filter_chains.iter().chain(l.default_filter_chain.iter()).enumerate() {
             for (fi, f) in chain.filters.iter().enumerate() {
-                let Some(crate::pb::envoy::config::listener::v3::filter::ConfigType::TypedConfig(any)) = &f.config_type else {
+                let Some(crate::pb::envoy::config::listener::v3::filter::ConfigType::TypedConfig(any)) = &f.config_type
+                else {
                     continue;
                 };
                 if crate::any::type_name(any) != HCM_TYPE {
@@ -110,7 +114,11 @@ fn check_message(m: &prost_reflect::DynamicMessage, path: &str, errors: &mut Vec
     }
 }
 
-fn check_cluster_endpoints(c: &crate::pb::envoy::config::cluster::v3::Cluster, path: &str, errors: &mut Vec<FieldError>) {
+fn check_cluster_endpoints(
+    c: &crate::pb::envoy::config::cluster::v3::Cluster,
+    path: &str,
+    errors: &mut Vec<FieldError>,
+) {
     let kind = match c.cluster_discovery_type {
         Some(ClusterDiscoveryType::Type(t)) => DiscoveryType::try_from(t).unwrap_or(DiscoveryType::Static),
         Some(ClusterDiscoveryType::ClusterType(_)) => return,
@@ -129,7 +137,8 @@ fn check_cluster_endpoints(c: &crate::pb::envoy::config::cluster::v3::Cluster, p
     }
     for (li, l) in la.endpoints.iter().enumerate() {
         for (ei, e) in l.lb_endpoints.iter().enumerate() {
-            let Some(crate::pb::envoy::config::endpoint::v3::lb_endpoint::HostIdentifier::Endpoint(ep)) = &e.host_identifier
+            let Some(crate::pb::envoy::config::endpoint::v3::lb_endpoint::HostIdentifier::Endpoint(ep)) =
+                &e.host_identifier
             else {
                 continue;
             };
@@ -144,7 +153,9 @@ fn check_cluster_endpoints(c: &crate::pb::envoy::config::cluster::v3::Cluster, p
             }
             if matches!(sa.port_specifier, Some(socket_address::PortSpecifier::NamedPort(_))) {
                 errors.push(FieldError::new(
-                    format!("{path}.load_assignment.endpoints[{li}].lb_endpoints[{ei}].endpoint.address.socket_address"),
+                    format!(
+                        "{path}.load_assignment.endpoints[{li}].lb_endpoints[{ei}].endpoint.address.socket_address"
+                    ),
                     "named ports are not supported",
                 ));
             }
@@ -164,7 +175,8 @@ fn check_route_clusters(rc: &RouteConfiguration, clusters: &HashSet<&str>, path:
             let rpath = format!("{path}.virtual_hosts[{vi}].routes[{ri}].route");
             match &action.cluster_specifier {
                 Some(route_action::ClusterSpecifier::Cluster(name)) if !clusters.contains(name.as_str()) => {
-                    errors.push(FieldError::new(format!("{rpath}.cluster"), format!("route: unknown cluster '{name}'")));
+                    errors
+                        .push(FieldError::new(format!("{rpath}.cluster"), format!("route: unknown cluster '{name}'")));
                 }
                 Some(route_action::ClusterSpecifier::WeightedClusters(wc)) => {
                     for (wi, w) in wc.clusters.iter().enumerate() {

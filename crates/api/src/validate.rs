@@ -91,7 +91,13 @@ fn rule_bool(rules: &DynamicMessage, name: &str) -> bool {
     rule(rules, name).and_then(|v| v.as_bool()).unwrap_or(false)
 }
 
-fn check_field(msg: &DynamicMessage, field: &FieldDescriptor, rules: &DynamicMessage, path: &str, errors: &mut Vec<FieldError>) {
+fn check_field(
+    msg: &DynamicMessage,
+    field: &FieldDescriptor,
+    rules: &DynamicMessage,
+    path: &str,
+    errors: &mut Vec<FieldError>,
+) {
     let set = msg.has_field(field);
     // A rule on a oneof member applies only when that member is set.
     if field.containing_oneof().is_some_and(|o| !o.is_synthetic()) && !set {
@@ -183,12 +189,10 @@ fn check_value(value: &Value, kind: &Kind, rules: &DynamicMessage, path: &str, e
                     }
                 }
             }
-            "enum" => {
-                if rule_bool(r, "defined_only") {
-                    if let (Some(n), Kind::Enum(e)) = (value.as_enum_number(), kind) {
-                        if e.get_value(n).is_none() {
-                            errors.push(FieldError::new(path, "value must be one of the defined enum values"));
-                        }
+            "enum" if rule_bool(r, "defined_only") => {
+                if let (Some(n), Kind::Enum(e)) = (value.as_enum_number(), kind) {
+                    if e.get_value(n).is_none() {
+                        errors.push(FieldError::new(path, "value must be one of the defined enum values"));
                     }
                 }
             }
@@ -216,17 +220,16 @@ fn as_f64(v: &Value) -> Option<f64> {
 }
 
 fn fmt_num(x: f64) -> String {
-    if x.fract() == 0.0 && x.abs() < 1e15 { format!("{}", x as i64) } else { format!("{x}") }
+    if x.fract() == 0.0 && x.abs() < 1e15 {
+        format!("{}", x as i64)
+    } else {
+        format!("{x}")
+    }
 }
 
 /// PGV's wording for range rules: `greater than`, `less than or equal to`,
 /// `inside range [a, b)` and so on.
-fn range_message(
-    gt: Option<String>,
-    gte: Option<String>,
-    lt: Option<String>,
-    lte: Option<String>,
-) -> String {
+fn range_message(gt: Option<String>, gte: Option<String>, lt: Option<String>, lte: Option<String>) -> String {
     let low = gt.as_ref().map(|v| ('(', v)).or(gte.as_ref().map(|v| ('[', v)));
     let high = lt.as_ref().map(|v| (')', v)).or(lte.as_ref().map(|v| (']', v)));
     match (low, high) {
@@ -248,9 +251,15 @@ fn check_number(x: f64, r: &DynamicMessage, path: &str, errors: &mut Vec<FieldEr
         return;
     }
     let (gt, gte, lt, lte) = (get("gt"), get("gte"), get("lt"), get("lte"));
-    let ok = gt.is_none_or(|v| x > v) && gte.is_none_or(|v| x >= v) && lt.is_none_or(|v| x < v) && lte.is_none_or(|v| x <= v);
+    let ok = gt.is_none_or(|v| x > v)
+        && gte.is_none_or(|v| x >= v)
+        && lt.is_none_or(|v| x < v)
+        && lte.is_none_or(|v| x <= v);
     if !ok {
-        errors.push(FieldError::new(path, range_message(gt.map(fmt_num), gte.map(fmt_num), lt.map(fmt_num), lte.map(fmt_num))));
+        errors.push(FieldError::new(
+            path,
+            range_message(gt.map(fmt_num), gte.map(fmt_num), lt.map(fmt_num), lte.map(fmt_num)),
+        ));
     }
     if let Some(Value::List(list)) = rule(r, "in") {
         if !list.is_empty() && !list.iter().filter_map(as_f64).any(|v| v == x) {
@@ -280,7 +289,10 @@ fn check_duration(d: &DynamicMessage, r: &DynamicMessage, path: &str, errors: &m
         _ => None,
     };
     let (gt, gte, lt, lte) = (get("gt"), get("gte"), get("lt"), get("lte"));
-    let ok = gt.is_none_or(|v| x > v) && gte.is_none_or(|v| x >= v) && lt.is_none_or(|v| x < v) && lte.is_none_or(|v| x <= v);
+    let ok = gt.is_none_or(|v| x > v)
+        && gte.is_none_or(|v| x >= v)
+        && lt.is_none_or(|v| x < v)
+        && lte.is_none_or(|v| x <= v);
     if !ok {
         errors.push(FieldError::new(
             path,

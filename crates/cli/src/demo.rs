@@ -28,7 +28,8 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         rt.block_on(async move {
             for (name, l) in bound {
                 let Ok(l) = tokio::net::TcpListener::from_std(l) else { continue };
-                let args = Arc::new(EchoArgs { listen: l.local_addr().expect("bound"), name: name.into(), plain: false });
+                let args =
+                    Arc::new(EchoArgs { listen: l.local_addr().expect("bound"), name: name.into(), plain: false });
                 tokio::spawn(serve(l, args));
             }
             std::future::pending::<()>().await

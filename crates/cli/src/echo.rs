@@ -66,7 +66,9 @@ async fn respond(args: &EchoArgs, peer: SocketAddr, req: hyper::Request<Incoming
         let headers: serde_json::Map<String, serde_json::Value> = req
             .headers()
             .iter()
-            .map(|(k, v)| (k.as_str().to_string(), serde_json::Value::String(String::from_utf8_lossy(v.as_bytes()).into_owned())))
+            .map(|(k, v)| {
+                (k.as_str().to_string(), serde_json::Value::String(String::from_utf8_lossy(v.as_bytes()).into_owned()))
+            })
             .collect();
         let method = req.method().to_string();
         let uri = req.uri().to_string();

@@ -110,7 +110,8 @@ pub fn init_logging(level: &str) {
         "critical" | "off" => "error",
         _ => "info",
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
     let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
 }
 
@@ -207,7 +208,8 @@ fn run_proxy(args: ProxyArgs) -> anyhow::Result<()> {
             node.cluster.clone_from(c);
         }
     }
-    let concurrency = args.concurrency.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())).max(1);
+    let concurrency =
+        args.concurrency.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())).max(1);
     let options = legate_proxy::server::Options {
         concurrency,
         drain_time: Duration::from_secs(args.drain_time_s),

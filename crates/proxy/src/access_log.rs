@@ -104,7 +104,11 @@ fn compile_struct(s: &legate_api::pb::google::protobuf::Struct) -> Result<Vec<(S
                 Some(Kind::StructValue(inner)) => JsonValue::Nested(compile_struct(inner)?),
                 Some(Kind::NumberValue(n)) => JsonValue::Text(Format::parse(&n.to_string())?),
                 Some(Kind::BoolValue(b)) => JsonValue::Text(Format::parse(&b.to_string())?),
-                _ => return Err(format!("json_format.{k}: only strings, numbers, bools and nested objects are supported")),
+                _ => {
+                    return Err(format!(
+                        "json_format.{k}: only strings, numbers, bools and nested objects are supported"
+                    ))
+                }
             };
             Ok((k.clone(), value))
         })
@@ -134,18 +138,12 @@ impl AccessLogger {
             }
             "envoy.extensions.access_loggers.stream.v3.StdoutAccessLog" => {
                 let c: StdoutAccessLog = legate_api::any::unpack(any)?;
-                let f = match &c.access_log_format {
-                    Some(stdout_access_log::AccessLogFormat::LogFormat(f)) => Some(f),
-                    None => None,
-                };
+                let f = c.access_log_format.as_ref().map(|stdout_access_log::AccessLogFormat::LogFormat(f)| f);
                 (compile_format(f)?, file_sink("/dev/stdout")?)
             }
             "envoy.extensions.access_loggers.stream.v3.StderrAccessLog" => {
                 let c: StderrAccessLog = legate_api::any::unpack(any)?;
-                let f = match &c.access_log_format {
-                    Some(stderr_access_log::AccessLogFormat::LogFormat(f)) => Some(f),
-                    None => None,
-                };
+                let f = c.access_log_format.as_ref().map(|stderr_access_log::AccessLogFormat::LogFormat(f)| f);
                 (compile_format(f)?, file_sink("/dev/stderr")?)
             }
             other => return Err(format!("access logger {other} is not supported")),
@@ -181,7 +179,11 @@ fn render_json(fields: &[(String, JsonValue)], ctx: &Context<'_>, s: &mut String
                 // Envoy writes a lone number operator as a JSON number, `-` as null.
                 if text == "-" {
                     s.push_str("null");
-                } else if f.literal().is_none() && !text.is_empty() && text.parse::<f64>().is_ok() && !text.starts_with('+') {
+                } else if f.literal().is_none()
+                    && !text.is_empty()
+                    && text.parse::<f64>().is_ok()
+                    && !text.starts_with('+')
+                {
                     s.push_str(&text);
                 } else {
                     s.push_str(&serde_json::to_string(&text).unwrap_or_default());

@@ -43,7 +43,10 @@ pub async fn start(shared: Arc<Shared>) -> std::io::Result<()> {
         Some(socket_address::PortSpecifier::PortValue(p)) => p as u16,
         _ => 0,
     };
-    let ip: std::net::IpAddr = sa.address.parse().map_err(|_| std::io::Error::other(format!("admin address: malformed IP address: {}", sa.address)))?;
+    let ip: std::net::IpAddr = sa
+        .address
+        .parse()
+        .map_err(|_| std::io::Error::other(format!("admin address: malformed IP address: {}", sa.address)))?;
     let listener = tokio::net::TcpListener::bind((ip, port)).await?;
     let bound = listener.local_addr()?;
     let _ = shared.admin_addr.set(bound);
@@ -220,7 +223,7 @@ fn percent_decode(s: &str) -> String {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'%' && i + 2 < b.len() + 0 && i + 2 <= b.len() - 1 {
+        if b[i] == b'%' && i + 2 < b.len() {
             if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
                 out.push(v);
                 i += 3;
@@ -289,7 +292,11 @@ fn stats(shared: &Shared, query: Option<&str>) -> Response<Full<Bytes>> {
 fn prometheus_name(name: &str) -> (String, Vec<(&'static str, String)>) {
     let mut labels = Vec::new();
     let mut rest = name.to_string();
-    for (prefix, label) in [("cluster.", "envoy_cluster_name"), ("http.", "envoy_http_conn_manager_prefix"), ("listener.", "envoy_listener_address")] {
+    for (prefix, label) in [
+        ("cluster.", "envoy_cluster_name"),
+        ("http.", "envoy_http_conn_manager_prefix"),
+        ("listener.", "envoy_listener_address"),
+    ] {
         if let Some(tail) = name.strip_prefix(prefix) {
             if let Some((value, stat)) = tail.rsplit_once('.') {
                 // Listener addresses contain dots; cluster and prefix names may too.
@@ -322,11 +329,23 @@ fn prometheus(shared: &Shared) -> String {
             if let Some((k, v)) = extra {
                 parts.push(format!("{k}=\"{v}\""));
             }
-            if parts.is_empty() { String::new() } else { format!("{{{}}}", parts.join(",")) }
+            if parts.is_empty() {
+                String::new()
+            } else {
+                format!("{{{}}}", parts.join(","))
+            }
         };
         match st {
-            Stat::Counter(c) => families.entry(name.clone()).or_insert(("counter", vec![])).1.push(format!("{name}{} {}", label_text(None), c.value())),
-            Stat::Gauge(g) => families.entry(name.clone()).or_insert(("gauge", vec![])).1.push(format!("{name}{} {}", label_text(None), g.value())),
+            Stat::Counter(c) => families.entry(name.clone()).or_insert(("counter", vec![])).1.push(format!(
+                "{name}{} {}",
+                label_text(None),
+                c.value()
+            )),
+            Stat::Gauge(g) => families.entry(name.clone()).or_insert(("gauge", vec![])).1.push(format!(
+                "{name}{} {}",
+                label_text(None),
+                g.value()
+            )),
             Stat::Histogram(h) => {
                 let snap = h.snapshot();
                 let lines = &mut families.entry(name.clone()).or_insert(("histogram", vec![])).1;
@@ -389,10 +408,14 @@ fn clusters(shared: &Shared, query: Option<&str>) -> Response<Full<Bytes>> {
     for n in &names {
         let c = &map[n];
         let _ = writeln!(s, "{n}::observability_name::{n}");
-        for (k, v) in [("max_connections", 1024), ("max_pending_requests", 1024), ("max_requests", 1024), ("max_retries", 3)] {
+        for (k, v) in
+            [("max_connections", 1024), ("max_pending_requests", 1024), ("max_requests", 1024), ("max_retries", 3)]
+        {
             let _ = writeln!(s, "{n}::default_priority::{k}::{v}");
         }
-        for (k, v) in [("max_connections", 1024), ("max_pending_requests", 1024), ("max_requests", 1024), ("max_retries", 3)] {
+        for (k, v) in
+            [("max_connections", 1024), ("max_pending_requests", 1024), ("max_requests", 1024), ("max_retries", 3)]
+        {
             let _ = writeln!(s, "{n}::high_priority::{k}::{v}");
         }
         let _ = writeln!(s, "{n}::added_via_api::false");

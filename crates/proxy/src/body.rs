@@ -20,7 +20,11 @@ pin_project_lite::pin_project! {
 impl ProxyBody {
     pub fn full(data: impl Into<Bytes>) -> Self {
         let data: Bytes = data.into();
-        if data.is_empty() { Self::Empty } else { Self::Full { data: Some(data) } }
+        if data.is_empty() {
+            Self::Empty
+        } else {
+            Self::Full { data: Some(data) }
+        }
     }
     pub fn stream(body: Incoming) -> Self {
         Self::Stream { body }

@@ -244,7 +244,9 @@ impl Cluster {
                     use http_protocol_options::explicit_http_config::ProtocolConfig;
                     http2 = matches!(e.protocol_config, Some(ProtocolConfig::Http2ProtocolOptions(_)));
                 }
-                Some(_) => return Err("typed_extension_protocol_options: only explicit_http_config is supported".into()),
+                Some(_) => {
+                    return Err("typed_extension_protocol_options: only explicit_http_config is supported".into())
+                }
                 None => {}
             }
         }
@@ -257,7 +259,8 @@ impl Cluster {
                     let Some(HostIdentifier::Endpoint(ep)) = &e.host_identifier else {
                         return Err("load_assignment: only endpoint hosts are supported".into());
                     };
-                    let Some(address::Address::SocketAddress(sa)) = ep.address.as_ref().and_then(|a| a.address.as_ref())
+                    let Some(address::Address::SocketAddress(sa)) =
+                        ep.address.as_ref().and_then(|a| a.address.as_ref())
                     else {
                         return Err("load_assignment: only socket addresses are supported".into());
                     };
@@ -269,7 +272,12 @@ impl Cluster {
                         Discovery::Static => {
                             let ip: std::net::IpAddr =
                                 sa.address.parse().map_err(|_| format!("malformed IP address: {}", sa.address))?;
-                            static_hosts.push(Arc::new(Host::new(SocketAddr::new(ip, port), sa.address.clone(), weight, l.priority)));
+                            static_hosts.push(Arc::new(Host::new(
+                                SocketAddr::new(ip, port),
+                                sa.address.clone(),
+                                weight,
+                                l.priority,
+                            )));
                         }
                         _ => dns_targets.push((sa.address.clone(), port, weight, l.priority)),
                     }
@@ -395,7 +403,8 @@ mod tests {
             "name: c\nconnect_timeout: 1s\nlb_policy: {lb}\nload_assignment: {{cluster_name: c, endpoints: [{{lb_endpoints: [{}]}}]}}",
             eps.join(",")
         );
-        let (pb, _) = legate_api::load::decode_typed::<PbCluster>(legate_api::load::parse_text(&yaml).unwrap()).unwrap();
+        let (pb, _) =
+            legate_api::load::decode_typed::<PbCluster>(legate_api::load::parse_text(&yaml).unwrap()).unwrap();
         Cluster::compile(&pb, &Arc::new(Store::default()), 1).unwrap()
     }
 

@@ -7,7 +7,9 @@ pub fn read(ds: &DataSource) -> Result<Bytes, String> {
     match &ds.specifier {
         Some(Specifier::InlineString(s)) => Ok(Bytes::from(s.clone())),
         Some(Specifier::InlineBytes(b)) => Ok(Bytes::from(b.clone())),
-        Some(Specifier::Filename(f)) => std::fs::read(f).map(Bytes::from).map_err(|e| format!("Invalid path: {f}: {e}")),
+        Some(Specifier::Filename(f)) => {
+            std::fs::read(f).map(Bytes::from).map_err(|e| format!("Invalid path: {f}: {e}"))
+        }
         Some(Specifier::EnvironmentVariable(v)) => {
             std::env::var(v).map(Bytes::from).map_err(|_| format!("Environment variable doesn't exist: {v}"))
         }

@@ -18,7 +18,8 @@ pub async fn resolve_once(cluster: &Cluster) {
             }
         };
         let picked = pick_family(addrs, family);
-        let picked = if cluster.discovery == Discovery::LogicalDns { picked.into_iter().take(1).collect() } else { picked };
+        let picked =
+            if cluster.discovery == Discovery::LogicalDns { picked.into_iter().take(1).collect() } else { picked };
         for a in picked {
             if !hosts.iter().any(|(h, ..): &(SocketAddr, String, u32, u32)| *h == a) {
                 hosts.push((a, name.clone(), *weight, *priority));
@@ -34,8 +35,20 @@ fn pick_family(addrs: Vec<SocketAddr>, family: DnsLookupFamily) -> Vec<SocketAdd
     match family {
         DnsLookupFamily::V4Only => v4,
         DnsLookupFamily::V6Only => v6,
-        DnsLookupFamily::Auto => if v6.is_empty() { v4 } else { v6 },
-        DnsLookupFamily::V4Preferred => if v4.is_empty() { v6 } else { v4 },
+        DnsLookupFamily::Auto => {
+            if v6.is_empty() {
+                v4
+            } else {
+                v6
+            }
+        }
+        DnsLookupFamily::V4Preferred => {
+            if v4.is_empty() {
+                v6
+            } else {
+                v4
+            }
+        }
         DnsLookupFamily::All => v4.into_iter().chain(v6).collect(),
     }
 }

@@ -234,8 +234,8 @@ fn render_op(op: &Op, ctx: &Context<'_>, out: &mut String) {
                         let _ = write!(out, "{}", dt.format("%Y-%m-%dT%H:%M:%S%.3fZ"));
                     }
                     Some(f) => {
-                        let f = f.replace("%f", "%9f").replace("%3f", "%3f").replace("%s", "%s");
-                        let _ = write!(out, "{}", dt.format(&f));
+                        // chrono's strftime knows Envoy's %s and %f/%3f/%6f/%9f.
+                        let _ = write!(out, "{}", dt.format(f));
                     }
                 }
             }
@@ -246,7 +246,8 @@ fn render_op(op: &Op, ctx: &Context<'_>, out: &mut String) {
             push_opt(out, v, *max)
         }
         Op::Resp { main, alt, max } => {
-            let v = header(ctx.response, ctx, main).or_else(|| alt.as_deref().and_then(|a| header(ctx.response, ctx, a)));
+            let v =
+                header(ctx.response, ctx, main).or_else(|| alt.as_deref().and_then(|a| header(ctx.response, ctx, a)));
             push_opt(out, v, *max)
         }
         Op::Protocol => push_opt(out, Some(ctx.protocol).filter(|p| !p.is_empty()), None),

@@ -103,7 +103,11 @@ fn dur(d: &legate_api::pb::google::protobuf::Duration) -> Duration {
 }
 
 impl Hcm {
-    pub fn compile(c: &HttpConnectionManager, store: &Store, clusters: Arc<ArcSwap<ClusterMap>>) -> Result<Self, String> {
+    pub fn compile(
+        c: &HttpConnectionManager,
+        store: &Store,
+        clusters: Arc<ArcSwap<ClusterMap>>,
+    ) -> Result<Self, String> {
         let codec = match CodecType::try_from(c.codec_type).unwrap_or(CodecType::Auto) {
             CodecType::Auto => Codec::Auto,
             CodecType::Http1 => Codec::Http1,
@@ -111,7 +115,9 @@ impl Hcm {
             CodecType::Http3 => return Err("codec_type: HTTP3 is not supported".into()),
         };
         let routes = match &c.route_specifier {
-            Some(RouteSpecifier::RouteConfig(rc)) => RouteTable::compile(rc).map_err(|e| format!("route_config.{e}"))?,
+            Some(RouteSpecifier::RouteConfig(rc)) => {
+                RouteTable::compile(rc).map_err(|e| format!("route_config.{e}"))?
+            }
             Some(_) => return Err("route_specifier: only an inline route_config is supported".into()),
             None => return Err("route_specifier is required".into()),
         };
@@ -242,7 +248,11 @@ fn protocol_name(v: http::Version) -> &'static str {
 fn is_internal(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => v4.is_private() || v4.is_loopback() || v4.is_link_local(),
-        IpAddr::V6(v6) => v6.is_loopback() || (v6.segments()[0] & 0xfe00) == 0xfc00 || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_private() || v4.is_loopback()),
+        IpAddr::V6(v6) => {
+            v6.is_loopback()
+                || (v6.segments()[0] & 0xfe00) == 0xfc00
+                || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_private() || v4.is_loopback())
+        }
     }
 }
 
@@ -334,7 +344,10 @@ impl Hcm {
             route_name: String::new(),
         });
 
-        if parts.version != http::Version::HTTP_2 && stream.authority.is_empty() && parts.version == http::Version::HTTP_11 {
+        if parts.version != http::Version::HTTP_2
+            && stream.authority.is_empty()
+            && parts.version == http::Version::HTTP_11
+        {
             return self.local_reply(stream, 400, "missing_host_header", "", None);
         }
 
@@ -477,7 +490,14 @@ impl Hcm {
         resp.map(|b| TrackedBody::new(b, Some(stream)))
     }
 
-    fn direct_reply(&self, mut stream: Box<Stream>, status: u16, body: Option<bytes::Bytes>, vh: &VirtualHost, route: &Route) -> ProxyResponse {
+    fn direct_reply(
+        &self,
+        mut stream: Box<Stream>,
+        status: u16,
+        body: Option<bytes::Bytes>,
+        vh: &VirtualHost,
+        route: &Route,
+    ) -> ProxyResponse {
         stream.details = "direct_response";
         let mut resp = Response::new(ProxyBody::Empty);
         *resp.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
@@ -495,7 +515,14 @@ impl Hcm {
         resp.map(|b| TrackedBody::new(b, Some(stream)))
     }
 
-    fn redirect_reply(&self, mut stream: Box<Stream>, status: u16, location: String, vh: &VirtualHost, route: &Route) -> ProxyResponse {
+    fn redirect_reply(
+        &self,
+        mut stream: Box<Stream>,
+        status: u16,
+        location: String,
+        vh: &VirtualHost,
+        route: &Route,
+    ) -> ProxyResponse {
         stream.details = "direct_response";
         let mut resp = Response::new(ProxyBody::Empty);
         *resp.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::MOVED_PERMANENTLY);
@@ -610,7 +637,13 @@ impl Hcm {
                 Err(_) => {
                     cs.upstream_rq_timeout.inc();
                     cs.record_status(504);
-                    return self.local_reply(stream, 504, "upstream_response_timeout", "UT", Some("upstream request timeout".into()));
+                    return self.local_reply(
+                        stream,
+                        504,
+                        "upstream_response_timeout",
+                        "UT",
+                        Some("upstream request timeout".into()),
+                    );
                 }
             },
             None => sent.await,
@@ -630,7 +663,9 @@ impl Hcm {
         cs.record_status(status);
         let (mut rparts, rbody) = upstream_resp.into_parts();
         strip_hop_by_hop(&mut rparts.headers);
-        rparts.headers.insert(X_ENVOY_UPSTREAM_SERVICE_TIME.clone(), HeaderValue::from(started.elapsed().as_millis() as u64));
+        rparts
+            .headers
+            .insert(X_ENVOY_UPSTREAM_SERVICE_TIME.clone(), HeaderValue::from(started.elapsed().as_millis() as u64));
         rparts.version = http::Version::HTTP_11;
         let mut resp = Response::from_parts(rparts, ProxyBody::stream(rbody));
         stream.details = "via_upstream";
@@ -651,7 +686,10 @@ fn format_port(host: &Host) -> String {
 fn redirect_location(rd: &Redirect, route: &Route, authority: &str, path: &str, _edge: bool) -> String {
     let scheme = rd.scheme.as_deref().unwrap_or("http");
     let (req_host, req_port) = match authority.rsplit_once(':') {
-        Some((h, p)) if p.chars().all(|c| c.is_ascii_digit()) && !h.ends_with(']') || authority.starts_with('[') && authority.contains("]:") => {
+        Some((h, p))
+            if p.chars().all(|c| c.is_ascii_digit()) && !h.ends_with(']')
+                || authority.starts_with('[') && authority.contains("]:") =>
+        {
             (h.to_string(), Some(p.to_string()))
         }
         _ => (authority.to_string(), None),
@@ -667,14 +705,26 @@ fn redirect_location(rd: &Redirect, route: &Route, authority: &str, path: &str, 
     let (p, q) = crate::route::split_query(path);
     let new_path = if let Some(np) = &rd.path {
         // path_redirect replaces path and query (a query in it is kept as given).
-        if np.contains('?') || rd.strip_query { np.clone() } else { format!("{np}{q}") }
+        if np.contains('?') || rd.strip_query {
+            np.clone()
+        } else {
+            format!("{np}{q}")
+        }
     } else if let (Some(pr), Some(prefix)) = (&rd.prefix_rewrite, route.prefix()) {
         let rest = path.get(prefix.len()..).unwrap_or("");
         let full = format!("{pr}{rest}");
-        if rd.strip_query { crate::route::split_query(&full).0.to_string() } else { full }
+        if rd.strip_query {
+            crate::route::split_query(&full).0.to_string()
+        } else {
+            full
+        }
     } else if let Some((re, sub)) = &rd.regex_rewrite {
         let np = re.replace_all(p, sub.as_str()).into_owned();
-        if rd.strip_query { np } else { format!("{np}{q}") }
+        if rd.strip_query {
+            np
+        } else {
+            format!("{np}{q}")
+        }
     } else if rd.strip_query {
         p.to_string()
     } else {

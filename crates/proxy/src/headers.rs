@@ -32,7 +32,10 @@ impl HeaderMutations {
     pub fn new(add: &[HeaderValueOption], remove: &[String]) -> Result<Self, String> {
         let remove = remove
             .iter()
-            .map(|n| HeaderName::from_bytes(n.to_ascii_lowercase().as_bytes()).map_err(|_| format!("invalid header name '{n}'")))
+            .map(|n| {
+                HeaderName::from_bytes(n.to_ascii_lowercase().as_bytes())
+                    .map_err(|_| format!("invalid header name '{n}'"))
+            })
             .collect::<Result<_, _>>()?;
         let add = add
             .iter()
@@ -40,13 +43,19 @@ impl HeaderMutations {
                 let h = o.header.as_ref().ok_or("header is required")?;
                 let name = HeaderName::from_bytes(h.key.to_ascii_lowercase().as_bytes())
                     .map_err(|_| format!("invalid header name '{}'", h.key))?;
-                let raw = if h.value.is_empty() { String::from_utf8_lossy(&h.raw_value).into_owned() } else { h.value.clone() };
+                let raw = if h.value.is_empty() {
+                    String::from_utf8_lossy(&h.raw_value).into_owned()
+                } else {
+                    h.value.clone()
+                };
                 let value = Format::parse(&raw)?;
                 // The deprecated `append` wins when set, as in Envoy.
                 let action = match o.append {
                     Some(a) if a.value => Action::AppendOrAdd,
                     Some(_) => Action::OverwriteOrAdd,
-                    None => match HeaderAppendAction::try_from(o.append_action).unwrap_or(HeaderAppendAction::AppendIfExistsOrAdd) {
+                    None => match HeaderAppendAction::try_from(o.append_action)
+                        .unwrap_or(HeaderAppendAction::AppendIfExistsOrAdd)
+                    {
                         HeaderAppendAction::AppendIfExistsOrAdd => Action::AppendOrAdd,
                         HeaderAppendAction::AddIfAbsent => Action::AddIfAbsent,
                         HeaderAppendAction::OverwriteIfExistsOrAdd => Action::OverwriteOrAdd,

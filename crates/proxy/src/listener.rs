@@ -38,29 +38,40 @@ pub fn stat_name(addr: &SocketAddr) -> String {
 }
 
 impl ListenerConfig {
-    pub fn compile(l: &Listener, store: &Store, clusters: Arc<arc_swap::ArcSwap<crate::cluster::ClusterMap>>) -> Result<Self, String> {
+    pub fn compile(
+        l: &Listener,
+        store: &Store,
+        clusters: Arc<arc_swap::ArcSwap<crate::cluster::ClusterMap>>,
+    ) -> Result<Self, String> {
         let Some(address::Address::SocketAddress(sa)) = l.address.as_ref().and_then(|a| a.address.as_ref()) else {
             return Err("address: only socket_address is supported".into());
         };
         let Some(socket_address::PortSpecifier::PortValue(port)) = sa.port_specifier else {
             return Err("address.socket_address.port_value is required".into());
         };
-        let ip: std::net::IpAddr = sa.address.parse().map_err(|_| format!("address: malformed IP address: {}", sa.address))?;
+        let ip: std::net::IpAddr =
+            sa.address.parse().map_err(|_| format!("address: malformed IP address: {}", sa.address))?;
         let address = SocketAddr::new(ip, u16::try_from(port).map_err(|_| "port out of range")?);
         let [chain] = l.filter_chains.as_slice() else {
             return Err("filter_chains: exactly one filter chain is supported".into());
         };
         let [f] = chain.filters.as_slice() else {
-            return Err("filter_chains[0].filters: exactly one network filter (http_connection_manager) is supported".into());
+            return Err(
+                "filter_chains[0].filters: exactly one network filter (http_connection_manager) is supported".into()
+            );
         };
         let Some(filter::ConfigType::TypedConfig(any)) = &f.config_type else {
             return Err("filter_chains[0].filters[0].typed_config is required".into());
         };
         if legate_api::any::type_name(any) != HCM_TYPE {
-            return Err(format!("filter_chains[0].filters[0]: network filter {} is not supported", legate_api::any::type_name(any)));
+            return Err(format!(
+                "filter_chains[0].filters[0]: network filter {} is not supported",
+                legate_api::any::type_name(any)
+            ));
         }
         let hcm: HttpConnectionManager = legate_api::any::unpack(any)?;
-        let hcm = Hcm::compile(&hcm, store, clusters).map_err(|e| format!("filter_chains[0].filters[0].typed_config.{e}"))?;
+        let hcm =
+            Hcm::compile(&hcm, store, clusters).map_err(|e| format!("filter_chains[0].filters[0].typed_config.{e}"))?;
         let p = format!("listener.{}.", stat_name(&address));
         Ok(Self {
             name: if l.name.is_empty() { address.to_string() } else { l.name.clone() },

@@ -92,13 +92,23 @@ impl HeaderMatch {
         let name = http::HeaderName::from_bytes(m.name.to_ascii_lowercase().as_bytes())
             .map_err(|_| format!("invalid header name '{}'", m.name))?;
         let test = match &m.header_match_specifier {
-            Some(HeaderMatchSpecifier::ExactMatch(s)) => HeaderTest::Str(StringMatch::from_kind(StrMatch::Exact(s.clone()))),
-            Some(HeaderMatchSpecifier::SafeRegexMatch(r)) => HeaderTest::Str(StringMatch::from_kind(StrMatch::Regex(compile_regex(r)?))),
+            Some(HeaderMatchSpecifier::ExactMatch(s)) => {
+                HeaderTest::Str(StringMatch::from_kind(StrMatch::Exact(s.clone())))
+            }
+            Some(HeaderMatchSpecifier::SafeRegexMatch(r)) => {
+                HeaderTest::Str(StringMatch::from_kind(StrMatch::Regex(compile_regex(r)?)))
+            }
             Some(HeaderMatchSpecifier::RangeMatch(r)) => HeaderTest::Range(r.start, r.end),
             Some(HeaderMatchSpecifier::PresentMatch(p)) => HeaderTest::Present(*p),
-            Some(HeaderMatchSpecifier::PrefixMatch(s)) => HeaderTest::Str(StringMatch::from_kind(StrMatch::Prefix(s.clone()))),
-            Some(HeaderMatchSpecifier::SuffixMatch(s)) => HeaderTest::Str(StringMatch::from_kind(StrMatch::Suffix(s.clone()))),
-            Some(HeaderMatchSpecifier::ContainsMatch(s)) => HeaderTest::Str(StringMatch::from_kind(StrMatch::Contains(s.clone()))),
+            Some(HeaderMatchSpecifier::PrefixMatch(s)) => {
+                HeaderTest::Str(StringMatch::from_kind(StrMatch::Prefix(s.clone())))
+            }
+            Some(HeaderMatchSpecifier::SuffixMatch(s)) => {
+                HeaderTest::Str(StringMatch::from_kind(StrMatch::Suffix(s.clone())))
+            }
+            Some(HeaderMatchSpecifier::ContainsMatch(s)) => {
+                HeaderTest::Str(StringMatch::from_kind(StrMatch::Contains(s.clone())))
+            }
             Some(HeaderMatchSpecifier::StringMatch(sm)) => HeaderTest::Str(StringMatch::new(sm)?),
             // No specifier: the header must be present.
             None => HeaderTest::Present(true),

@@ -130,8 +130,8 @@ impl RouteTable {
             vhosts.push(compile_vhost(vh).map_err(|e| format!("virtual_hosts[{i}]: {e}"))?);
         }
         // Longest wildcard first; among equals, the first declared.
-        suffixes.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
-        prefixes.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        suffixes.sort_by_key(|s| std::cmp::Reverse(s.0.len()));
+        prefixes.sort_by_key(|p| std::cmp::Reverse(p.0.len()));
         Ok(Self {
             name: rc.name.clone(),
             exact,
@@ -173,7 +173,12 @@ impl RouteTable {
     }
 
     /// The first route of the matching virtual host that matches the request.
-    pub fn route(&self, authority: &str, path_and_query: &str, headers: &http::HeaderMap) -> Option<(&VirtualHost, &Route)> {
+    pub fn route(
+        &self,
+        authority: &str,
+        path_and_query: &str,
+        headers: &http::HeaderMap,
+    ) -> Option<(&VirtualHost, &Route)> {
         let vh = self.find_vhost(authority)?;
         let r = vh.routes.iter().find(|r| r.matches(path_and_query, headers))?;
         Some((vh, r))
@@ -216,7 +221,9 @@ fn compile_route(r: &rpb::Route) -> Result<Route, String> {
         .map(|q| {
             use rpb::query_parameter_matcher::QueryParameterMatchSpecifier as Q;
             Ok(match &q.query_parameter_match_specifier {
-                Some(Q::StringMatch(sm)) => QueryMatch { name: q.name.clone(), test: Some(StringMatch::new(sm)?), present: true },
+                Some(Q::StringMatch(sm)) => {
+                    QueryMatch { name: q.name.clone(), test: Some(StringMatch::new(sm)?), present: true }
+                }
                 Some(Q::PresentMatch(p)) => QueryMatch { name: q.name.clone(), test: None, present: *p },
                 None => QueryMatch { name: q.name.clone(), test: None, present: true },
             })
@@ -253,7 +260,8 @@ fn compile_route_action(ra: &rpb::RouteAction) -> Result<RouteAction, String> {
     let cluster = match &ra.cluster_specifier {
         Some(ClusterSpecifier::Cluster(c)) => ClusterChoice::Name(c.clone()),
         Some(ClusterSpecifier::ClusterHeader(h)) => ClusterChoice::Header(
-            http::HeaderName::from_bytes(h.to_ascii_lowercase().as_bytes()).map_err(|_| format!("invalid header '{h}'"))?,
+            http::HeaderName::from_bytes(h.to_ascii_lowercase().as_bytes())
+                .map_err(|_| format!("invalid header '{h}'"))?,
         ),
         Some(ClusterSpecifier::WeightedClusters(wc)) => {
             let list: Vec<(String, u32)> =
@@ -274,7 +282,10 @@ fn compile_route_action(ra: &rpb::RouteAction) -> Result<RouteAction, String> {
         None => (None, false),
     };
     let regex_rewrite = match &ra.regex_rewrite {
-        Some(rr) => Some((compile_search_regex(rr.pattern.as_ref().ok_or("regex_rewrite.pattern is required")?)?, envoy_subst(&rr.substitution))),
+        Some(rr) => Some((
+            compile_search_regex(rr.pattern.as_ref().ok_or("regex_rewrite.pattern is required")?)?,
+            envoy_subst(&rr.substitution),
+        )),
         None => None,
     };
     let timeout = match &ra.timeout {
@@ -321,18 +332,22 @@ fn compile_redirect(rd: &rpb::RedirectAction) -> Result<Redirect, String> {
         Some(PathRewriteSpecifier::RegexRewrite(rr)) => (
             None,
             None,
-            Some((compile_search_regex(rr.pattern.as_ref().ok_or("regex_rewrite.pattern is required")?)?, envoy_subst(&rr.substitution))),
+            Some((
+                compile_search_regex(rr.pattern.as_ref().ok_or("regex_rewrite.pattern is required")?)?,
+                envoy_subst(&rr.substitution),
+            )),
         ),
         Some(_) => return Err("this redirect path rewrite is not supported".into()),
         None => (None, None, None),
     };
-    let status = match RedirectResponseCode::try_from(rd.response_code).unwrap_or(RedirectResponseCode::MovedPermanently) {
-        RedirectResponseCode::MovedPermanently => 301,
-        RedirectResponseCode::Found => 302,
-        RedirectResponseCode::SeeOther => 303,
-        RedirectResponseCode::TemporaryRedirect => 307,
-        RedirectResponseCode::PermanentRedirect => 308,
-    };
+    let status =
+        match RedirectResponseCode::try_from(rd.response_code).unwrap_or(RedirectResponseCode::MovedPermanently) {
+            RedirectResponseCode::MovedPermanently => 301,
+            RedirectResponseCode::Found => 302,
+            RedirectResponseCode::SeeOther => 303,
+            RedirectResponseCode::TemporaryRedirect => 307,
+            RedirectResponseCode::PermanentRedirect => 308,
+        };
     Ok(Redirect {
         scheme,
         host: Some(rd.host_redirect.clone()).filter(|h| !h.is_empty()),
@@ -355,7 +370,11 @@ impl Route {
             // Envoy's prefix match looks at the whole `:path`, query included.
             PathMatch::Prefix(p) => starts_with(path_and_query, p, self.case_sensitive),
             PathMatch::Exact(p) => {
-                if self.case_sensitive { path == p } else { path.eq_ignore_ascii_case(p) }
+                if self.case_sensitive {
+                    path == p
+                } else {
+                    path.eq_ignore_ascii_case(p)
+                }
             }
             PathMatch::Regex(re) => re.is_match(path),
             PathMatch::SeparatedPrefix(p) => {

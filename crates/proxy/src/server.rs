@@ -101,7 +101,8 @@ pub fn run(bootstrap: LoadedBootstrap, options: Options) -> Result<(), ServerErr
 
     // Bind every worker's sockets up front so a bad address fails the start.
     let workers = shared.options.concurrency;
-    let mut sockets: Vec<Vec<(Arc<ListenerConfig>, std::net::TcpListener)>> = (0..workers).map(|_| Vec::new()).collect();
+    let mut sockets: Vec<Vec<(Arc<ListenerConfig>, std::net::TcpListener)>> =
+        (0..workers).map(|_| Vec::new()).collect();
     for l in &shared.listeners {
         for per_worker in sockets.iter_mut() {
             let s = bind(l.address).map_err(|source| ServerError::Bind { addr: l.address, source })?;
@@ -127,19 +128,17 @@ pub fn run(bootstrap: LoadedBootstrap, options: Options) -> Result<(), ServerErr
         let phase = shared.phase.subscribe();
         let active = active.clone();
         let drain_time = shared.options.drain_time;
-        handles.push(
-            std::thread::Builder::new().name(format!("wrk:worker_{i}")).spawn(move || {
-                crate::stats::set_worker_index(i + 1);
-                let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-                    Ok(rt) => rt,
-                    Err(e) => {
-                        tracing::error!("worker {i}: cannot start runtime: {e}");
-                        return;
-                    }
-                };
-                rt.block_on(worker(socks, phase, active, drain_time));
-            })?,
-        );
+        handles.push(std::thread::Builder::new().name(format!("wrk:worker_{i}")).spawn(move || {
+            crate::stats::set_worker_index(i + 1);
+            let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    tracing::error!("worker {i}: cannot start runtime: {e}");
+                    return;
+                }
+            };
+            rt.block_on(worker(socks, phase, active, drain_time));
+        })?);
     }
 
     tracing::info!("all listeners started; {} worker(s)", workers);

@@ -128,7 +128,11 @@ pub async fn send(
     }
 }
 
-async fn send_h1(cluster: &Arc<Cluster>, host: &Arc<Host>, mut req: http::Request<ProxyBody>) -> Result<http::Response<Incoming>, UpstreamError> {
+async fn send_h1(
+    cluster: &Arc<Cluster>,
+    host: &Arc<Host>,
+    mut req: http::Request<ProxyBody>,
+) -> Result<http::Response<Incoming>, UpstreamError> {
     *req.version_mut() = http::Version::HTTP_11;
     let pooled = {
         let mut pools = cluster.pools.mine();
@@ -140,10 +144,8 @@ async fn send_h1(cluster: &Arc<Cluster>, host: &Arc<Host>, mut req: http::Reques
         Some(s) => s,
         None => {
             let stream = connect_tcp(cluster, host).await?;
-            let (sender, conn) = http1::Builder::new()
-                .handshake(TokioIo::new(stream))
-                .await
-                .map_err(UpstreamError::Handshake)?;
+            let (sender, conn) =
+                http1::Builder::new().handshake(TokioIo::new(stream)).await.map_err(UpstreamError::Handshake)?;
             cluster.stats.upstream_cx_http1_total.inc();
             spawn_conn(cluster, host, conn);
             sender
@@ -162,7 +164,11 @@ async fn send_h1(cluster: &Arc<Cluster>, host: &Arc<Host>, mut req: http::Reques
     result
 }
 
-async fn send_h2(cluster: &Arc<Cluster>, host: &Arc<Host>, mut req: http::Request<ProxyBody>) -> Result<http::Response<Incoming>, UpstreamError> {
+async fn send_h2(
+    cluster: &Arc<Cluster>,
+    host: &Arc<Host>,
+    mut req: http::Request<ProxyBody>,
+) -> Result<http::Response<Incoming>, UpstreamError> {
     *req.version_mut() = http::Version::HTTP_2;
     let existing = {
         let mut pools = cluster.pools.mine();

@@ -1,0 +1,139 @@
+//! Loading Envoy YAML: leniencies, validation rules with field paths, semantic
+//! checks, and the support verdict.
+
+use legate_api::load::{check_bootstrap, load_bootstrap};
+use legate_api::LoadError;
+
+const CLUSTER: &str = r#"
+static_resources:
+  clusters:
+  - name: c
+    connect_timeout: 0.25s
+    type: STATIC
+    lb_policy: round_robin
+    load_assignment:
+      cluster_name: c
+      endpoints:
+      - lb_endpoints:
+        - endpoint: { address: { socket_address: { address: 127.0.0.1, port_value: PORT } } }
+"#;
+
+fn errors(yaml: &str) -> Vec<String> {
+    match load_bootstrap(yaml) {
+        Ok(_) => vec![],
+        Err(LoadError::Invalid(e)) => e.iter().map(|e| e.to_string()).collect(),
+        Err(other) => vec![other.to_string()],
+    }
+}
+
+#[test]
+fn envoy_leniencies_are_accepted() {
+    // Lower-case enum, a duration, and (below) an object-form duration and a
+    // single value where a list is expected.
+    let loaded = load_bootstrap(&CLUSTER.replace("PORT", "8080")).expect("valid");
+    let c = &loaded.bootstrap.static_resources.as_ref().unwrap().clusters[0];
+    assert_eq!(c.lb_policy, 0);
+    assert_eq!(c.connect_timeout.as_ref().unwrap().nanos, 250_000_000);
+
+    let yaml = CLUSTER.replace("PORT", "8080").replace("connect_timeout: 0.25s", "connect_timeout: {seconds: 2}");
+    let loaded = load_bootstrap(&yaml).expect("object duration");
+    assert_eq!(loaded.bootstrap.static_resources.unwrap().clusters[0].connect_timeout.unwrap().seconds, 2);
+}
+
+#[test]
+fn validation_rules_report_field_paths_and_pgv_wording() {
+    let e = errors(&CLUSTER.replace("PORT", "70000"));
+    assert_eq!(
+        e,
+        ["static_resources.clusters[0].load_assignment.endpoints[0].lb_endpoints[0].endpoint.address.socket_address.port_value: value must be less than or equal to 65535"]
+    );
+    let e = errors(&CLUSTER.replace("PORT", "80").replace("connect_timeout: 0.25s", "connect_timeout: 0s"));
+    assert_eq!(e, ["static_resources.clusters[0].connect_timeout: value must be greater than 0s"]);
+    let e = errors(&CLUSTER.replace("PORT", "80").replace("- name: c", "- name: \"\""));
+    assert_eq!(e, ["static_resources.clusters[0].name: value length must be at least 1 characters"]);
+}
+
+#[test]
+fn unknown_fields_and_types_are_errors_with_paths() {
+    let e = errors(&CLUSTER.replace("PORT", "80").replace("type: STATIC", "type: STATIC\n    bogus: 1"));
+    assert_eq!(e, ["static_resources.clusters[0].bogus: unknown field in envoy.config.cluster.v3.Cluster"]);
+    let e = errors("static_resources:\n  listeners:\n  - name: l\n    address: {socket_address: {address: 127.0.0.1, port_value: 1}}\n    filter_chains:\n    - filters:\n      - name: x\n        typed_config: {\"@type\": type.googleapis.com/no.such.Type}\n");
+    assert_eq!(e, ["static_resources.listeners[0].filter_chains[0].filters[0].typed_config: could not find @type 'type.googleapis.com/no.such.Type'"]);
+}
+
+#[test]
+fn semantic_checks_match_envoy() {
+    let e = errors(&format!("{}{}", CLUSTER.replace("PORT", "80"), "  - name: c\n    connect_timeout: 1s\n"));
+    assert_eq!(e, ["static_resources.clusters[1].name: cluster manager: duplicate cluster 'c'"]);
+    let e = errors(&CLUSTER.replace("127.0.0.1", "localhost").replace("PORT", "80"));
+    assert_eq!(e.len(), 1);
+    assert!(e[0].ends_with("socket_address.address: malformed IP address: localhost"), "{e:?}");
+}
+
+const LISTENER: &str = r#"
+static_resources:
+  listeners:
+  - name: l
+    address: { socket_address: { address: 127.0.0.1, port_value: 10000 } }
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: ingress
+          http_filters:
+          - name: envoy.filters.http.router
+            ROUTER
+          route_config:
+            virtual_hosts:
+            - name: all
+              domains: "*"
+              routes:
+              - match: { prefix: "/" }
+                route: { cluster: CLUSTER }
+  clusters:
+  - name: c
+    connect_timeout: 1s
+"#;
+
+fn listener(router: &str, cluster: &str) -> String {
+    LISTENER.replace("ROUTER", router).replace("CLUSTER", cluster)
+}
+
+const ROUTER: &str = "typed_config: {\"@type\": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}";
+
+#[test]
+fn routes_to_unknown_clusters_and_unconfigured_filters_are_errors() {
+    assert!(errors(&listener(ROUTER, "c")).is_empty());
+    let e = errors(&listener(ROUTER, "nope"));
+    assert_eq!(e.len(), 1);
+    assert!(e[0].ends_with("routes[0].route.cluster: route: unknown cluster 'nope'"), "{e:?}");
+    let e = errors(&listener("", "c"));
+    assert_eq!(
+        e,
+        ["static_resources.listeners[0].filter_chains[0].filters[0].typed_config.http_filters[0]: Didn't find a registered implementation for 'envoy.filters.http.router' with type URL: ''"]
+    );
+}
+
+#[test]
+fn unsupported_fields_are_listed_not_ignored() {
+    let ok = check_bootstrap(&listener(ROUTER, "c"));
+    assert!(ok.is_valid() && ok.unsupported.is_empty(), "{:?}", ok.unsupported);
+    let with_outlier = listener(ROUTER, "c")
+        .replace("    connect_timeout: 1s\n", "    connect_timeout: 1s\n    outlier_detection: {}\n");
+    let r = check_bootstrap(&with_outlier);
+    assert!(r.is_valid());
+    assert_eq!(r.unsupported.len(), 1);
+    assert_eq!(r.unsupported[0].path, "static_resources.clusters[0].outlier_detection");
+    let with_fault = listener(ROUTER, "c").replace(
+        "          - name: envoy.filters.http.router\n",
+        "          - name: envoy.filters.http.fault\n            typed_config: {\"@type\": type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault}\n          - name: envoy.filters.http.router\n",
+    );
+    let r = check_bootstrap(&with_fault);
+    assert!(r.is_valid(), "{:?}", r.errors);
+    assert!(
+        r.unsupported.iter().any(|e| e.reason.contains("envoy.extensions.filters.http.fault.v3.HTTPFault")),
+        "{:?}",
+        r.unsupported
+    );
+}
