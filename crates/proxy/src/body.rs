@@ -14,6 +14,8 @@ pin_project_lite::pin_project! {
         Empty,
         Full { data: Option<Bytes> },
         Stream { #[pin] body: Incoming },
+        /// A streamed body that raises `done` when it ends.
+        Watched { #[pin] body: Incoming, done: std::sync::Arc<std::sync::atomic::AtomicBool> },
     }
 }
 
@@ -29,6 +31,12 @@ impl ProxyBody {
     pub fn stream(body: Incoming) -> Self {
         Self::Stream { body }
     }
+    pub fn watched(body: Incoming, done: std::sync::Arc<std::sync::atomic::AtomicBool>) -> Self {
+        if body.is_end_stream() {
+            done.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        Self::Watched { body, done }
+    }
 }
 
 impl Body for ProxyBody {
@@ -40,6 +48,13 @@ impl Body for ProxyBody {
             ProxyBodyProj::Empty => Poll::Ready(None),
             ProxyBodyProj::Full { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
             ProxyBodyProj::Stream { body } => body.poll_frame(cx),
+            ProxyBodyProj::Watched { body, done } => {
+                let r = body.poll_frame(cx);
+                if matches!(r, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {
+                    done.store(true, std::sync::atomic::Ordering::Relaxed);
+                }
+                r
+            }
         }
     }
 
@@ -47,7 +62,7 @@ impl Body for ProxyBody {
         match self {
             Self::Empty => true,
             Self::Full { data } => data.is_none(),
-            Self::Stream { body } => body.is_end_stream(),
+            Self::Stream { body } | Self::Watched { body, .. } => body.is_end_stream(),
         }
     }
 
@@ -55,7 +70,7 @@ impl Body for ProxyBody {
         match self {
             Self::Empty => SizeHint::with_exact(0),
             Self::Full { data } => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
-            Self::Stream { body } => body.size_hint(),
+            Self::Stream { body } | Self::Watched { body, .. } => body.size_hint(),
         }
     }
 }

@@ -48,6 +48,7 @@ pub struct HcmStats {
     pub downstream_cx_total: Arc<Counter>,
     pub downstream_cx_active: Arc<Gauge>,
     pub downstream_cx_destroy: Arc<Counter>,
+    pub downstream_cx_idle_timeout: Arc<Counter>,
     pub no_route: Arc<Counter>,
     pub no_cluster: Arc<Counter>,
     pub rq_redirect: Arc<Counter>,
@@ -70,6 +71,7 @@ impl HcmStats {
             downstream_cx_total: c("downstream_cx_total"),
             downstream_cx_active: store.gauge(&format!("{p}downstream_cx_active")),
             downstream_cx_destroy: c("downstream_cx_destroy"),
+            downstream_cx_idle_timeout: c("downstream_cx_idle_timeout"),
             no_route: c("no_route"),
             no_cluster: c("no_cluster"),
             rq_redirect: c("rq_redirect"),
@@ -95,7 +97,14 @@ pub struct Hcm {
     server_name: HeaderValue,
     server_transformation: ServerHeaderTransformation,
     access_logs: Vec<AccessLogger>,
+    /// Whole-request deadline (Envoy default: none). 408 when it fires first.
     pub request_timeout: Option<Duration>,
+    /// No activity on a stream for this long ends it (Envoy default: 5 min).
+    pub stream_idle_timeout: Option<Duration>,
+    /// A connection with no active stream for this long is closed (default 1 h).
+    pub idle_timeout: Option<Duration>,
+    /// Time allowed to receive request headers (HTTP/1), off by default.
+    pub request_headers_timeout: Option<Duration>,
 }
 
 fn dur(d: &legate_api::pb::google::protobuf::Duration) -> Duration {
@@ -151,6 +160,15 @@ impl Hcm {
                 .unwrap_or(ServerHeaderTransformation::Overwrite),
             access_logs,
             request_timeout: c.request_timeout.as_ref().map(dur).filter(|d| !d.is_zero()),
+            stream_idle_timeout: match &c.stream_idle_timeout {
+                Some(d) => Some(dur(d)).filter(|d| !d.is_zero()),
+                None => Some(Duration::from_secs(300)),
+            },
+            idle_timeout: match c.common_http_protocol_options.as_ref().and_then(|o| o.idle_timeout.as_ref()) {
+                Some(d) => Some(dur(d)).filter(|d| !d.is_zero()),
+                None => Some(Duration::from_secs(3600)),
+            },
+            request_headers_timeout: c.request_headers_timeout.as_ref().map(dur).filter(|d| !d.is_zero()),
         })
     }
 }
@@ -159,12 +177,23 @@ impl Hcm {
 pub struct ConnInfo {
     pub remote: SocketAddr,
     pub local: SocketAddr,
+    /// Streams in flight on this connection, for the connection idle timeout.
+    pub active_streams: std::sync::atomic::AtomicUsize,
+    /// Signalled when the last active stream ends.
+    pub idle: tokio::sync::Notify,
+}
+
+impl ConnInfo {
+    pub fn new(remote: SocketAddr, local: SocketAddr) -> Self {
+        Self { remote, local, active_streams: Default::default(), idle: tokio::sync::Notify::new() }
+    }
 }
 
 /// State kept from request to the end of its response, for stats and the
 /// access log. Allocated once per request (one Box), only then.
 struct Stream {
     hcm: Arc<Hcm>,
+    conn: Arc<ConnInfo>,
     start: Instant,
     start_time: SystemTime,
     method: http::Method,
@@ -186,6 +215,9 @@ struct Stream {
 
 impl Finish for Stream {
     fn finish(self: Box<Self>, bytes_sent: u64, complete: bool) {
+        if self.conn.active_streams.fetch_sub(1, Relaxed) == 1 {
+            self.conn.idle.notify_one();
+        }
         let s = &self.hcm.stats;
         s.downstream_rq_active.dec();
         s.downstream_rq_completed.inc();
@@ -324,8 +356,10 @@ impl Hcm {
         }
         let external = !is_internal(client.ip());
 
+        conn.active_streams.fetch_add(1, Relaxed);
         let mut stream = Box::new(Stream {
             hcm: self.clone(),
+            conn: conn.clone(),
             start: Instant::now(),
             start_time: SystemTime::now(),
             method: parts.method.clone(),
@@ -620,7 +654,10 @@ impl Hcm {
             Ok(u) => parts.uri = u,
             Err(_) => return self.local_reply(stream, 400, "invalid_path", "", None),
         }
-        let req = Request::from_parts(parts, ProxyBody::stream(body));
+        // The request counts as received when its body has ended (at once for a
+        // request without one): that is what Envoy's request_timeout measures.
+        let request_done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let req = Request::from_parts(parts, ProxyBody::watched(body, request_done.clone()));
 
         let cs = &cluster.stats;
         cs.upstream_rq_total.inc();
@@ -631,22 +668,25 @@ impl Hcm {
         stream.upstream = Some((cluster.clone(), host.clone(), started));
 
         let sent = crate::upstream::send(&cluster, &host, req);
-        let result = match ra.timeout {
-            Some(t) => match tokio::time::timeout(t, sent).await {
-                Ok(r) => r,
-                Err(_) => {
-                    cs.upstream_rq_timeout.inc();
-                    cs.record_status(504);
-                    return self.local_reply(
-                        stream,
-                        504,
-                        "upstream_response_timeout",
-                        "UT",
-                        Some("upstream request timeout".into()),
-                    );
-                }
-            },
-            None => sent.await,
+        let result = match self.await_response(sent, ra.timeout, &request_done).await {
+            Waited::Done(r) => r,
+            Waited::RouteTimeout => {
+                cs.upstream_rq_timeout.inc();
+                cs.record_status(504);
+                return self.local_reply(
+                    stream,
+                    504,
+                    "upstream_response_timeout",
+                    "UT",
+                    Some("upstream request timeout".into()),
+                );
+            }
+            Waited::RequestTimeout => {
+                return self.local_reply(stream, 408, "request_overall_timeout", "", Some("request timeout".into()));
+            }
+            Waited::StreamIdle => {
+                return self.local_reply(stream, 408, "stream_idle_timeout", "SI", Some("stream timeout".into()));
+            }
         };
         let upstream_resp = match result {
             Ok(r) => r,
@@ -671,6 +711,44 @@ impl Hcm {
         stream.details = "via_upstream";
         self.finish_response(&mut stream, &mut resp, Some((vh, route)));
         resp.map(|b| TrackedBody::new(b, Some(stream)))
+    }
+}
+
+enum Waited<T> {
+    Done(T),
+    RouteTimeout,
+    RequestTimeout,
+    StreamIdle,
+}
+
+impl Hcm {
+    /// Waits for upstream response headers under the route timeout, the HCM's
+    /// request timeout (only while the request is still arriving) and its
+    /// stream idle timeout. Timers that are off cost nothing.
+    async fn await_response<F: std::future::Future>(
+        &self,
+        fut: F,
+        route_timeout: Option<Duration>,
+        request_done: &std::sync::atomic::AtomicBool,
+    ) -> Waited<F::Output> {
+        let far = Duration::from_secs(365 * 24 * 3600);
+        let route = tokio::time::sleep(route_timeout.unwrap_or(far));
+        let request = tokio::time::sleep(self.request_timeout.unwrap_or(far));
+        let idle = tokio::time::sleep(self.stream_idle_timeout.unwrap_or(far));
+        tokio::pin!(fut, route, request, idle);
+        loop {
+            tokio::select! {
+                r = &mut fut => return Waited::Done(r),
+                _ = &mut route, if route_timeout.is_some() => return Waited::RouteTimeout,
+                _ = &mut request, if self.request_timeout.is_some() => {
+                    if !request_done.load(Relaxed) {
+                        return Waited::RequestTimeout;
+                    }
+                    request.as_mut().reset(tokio::time::Instant::now() + far);
+                }
+                _ = &mut idle, if self.stream_idle_timeout.is_some() => return Waited::StreamIdle,
+            }
+        }
     }
 }
 

@@ -122,7 +122,7 @@ pub async fn accept_loop(
 ) {
     let Ok(socket) = tokio::net::TcpListener::from_std(socket) else { return };
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new()).keep_alive(true);
+    builder.http1().timer(TokioTimer::new()).keep_alive(true).header_read_timeout(listener.hcm.request_headers_timeout);
     builder.http2().timer(TokioTimer::new()).max_concurrent_streams(Some(2147483647));
     let builder = match listener.hcm.codec {
         Codec::Auto => builder,
@@ -167,7 +167,8 @@ async fn serve_connection(
     hs.downstream_cx_total.inc();
     hs.downstream_cx_active.inc();
     active.fetch_add(1, Ordering::Relaxed);
-    let info = Arc::new(ConnInfo { remote, local });
+    let info = Arc::new(ConnInfo::new(remote, local));
+    let conn_info = info.clone();
     let hcm = listener.hcm.clone();
     let svc = service_fn(move |req| {
         let hcm = hcm.clone();
@@ -180,9 +181,27 @@ async fn serve_connection(
     if draining {
         conn.as_mut().graceful_shutdown();
     }
+    // The connection idle timeout runs while no stream is active; a stream
+    // ending re-arms it.
+    let idle_timeout = listener.hcm.idle_timeout;
+    let far = Duration::from_secs(365 * 24 * 3600);
+    let idle = tokio::time::sleep(idle_timeout.unwrap_or(far));
+    tokio::pin!(idle);
     loop {
         tokio::select! {
             _ = conn.as_mut() => break,
+            _ = conn_info.idle.notified() => {
+                idle.as_mut().reset(tokio::time::Instant::now() + idle_timeout.unwrap_or(far));
+            }
+            _ = &mut idle, if idle_timeout.is_some() && !draining => {
+                if conn_info.active_streams.load(Ordering::Relaxed) == 0 {
+                    listener.hcm.stats.downstream_cx_idle_timeout.inc();
+                    draining = true;
+                    conn.as_mut().graceful_shutdown();
+                } else {
+                    idle.as_mut().reset(tokio::time::Instant::now() + idle_timeout.unwrap_or(far));
+                }
+            }
             changed = phase.changed(), if !draining => {
                 if changed.is_err() || *phase.borrow() == Phase::Drain {
                     draining = true;
