@@ -1,5 +1,6 @@
 //! The `legate` binary: `proxy`, `validate`, `demo` and the sample `echo` upstream.
 
+mod ctl;
 mod demo;
 mod echo;
 
@@ -27,6 +28,25 @@ enum Command {
     Demo(demo::DemoArgs),
     /// A sample upstream that echoes each request back as JSON.
     Echo(echo::EchoArgs),
+    /// Run the control plane: xDS server, REST API, configuration store.
+    ControlPlane(ControlPlaneArgs),
+    /// Talk to the control plane: apply, get, delete, proxies, history, bootstrap.
+    Ctl(ctl::CtlArgs),
+}
+
+#[derive(clap::Args)]
+struct ControlPlaneArgs {
+    /// gRPC address for xDS (plaintext).
+    #[arg(long, default_value = "127.0.0.1:18000")]
+    xds_addr: std::net::SocketAddr,
+    /// REST API address.
+    #[arg(long, default_value = "127.0.0.1:9900")]
+    api_addr: std::net::SocketAddr,
+    /// Where the SQLite store lives.
+    #[arg(long, default_value = "./legate-data")]
+    data_dir: std::path::PathBuf,
+    #[arg(short = 'l', long = "log-level", default_value = "info")]
+    log_level: String,
 }
 
 #[derive(clap::Args, Clone)]
@@ -93,6 +113,32 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::ControlPlane(args) => {
+            init_logging(&args.log_level);
+            let opts =
+                legate_control::Options { xds_addr: args.xds_addr, api_addr: args.api_addr, data_dir: args.data_dir };
+            let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(1);
+                }
+            };
+            match rt.block_on(legate_control::run(opts)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+        Command::Ctl(args) => match ctl::run(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::from(1)
+            }
+        },
         Command::Echo(args) => match echo::run(args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

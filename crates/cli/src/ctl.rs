@@ -1,0 +1,320 @@
+//! `legate ctl`: the control plane's REST API from the command line.
+
+use anyhow::{bail, Context as _};
+use serde_json::{json, Value};
+
+#[derive(clap::Args)]
+pub struct CtlArgs {
+    /// The control plane's API.
+    #[arg(long, global = true, default_value = "http://127.0.0.1:9900")]
+    pub server: String,
+    /// Output: table (for people), json or yaml (for scripts).
+    #[arg(short = 'o', long, global = true, default_value = "table")]
+    pub output: String,
+    #[command(subcommand)]
+    pub command: CtlCommand,
+}
+
+#[derive(clap::Subcommand)]
+pub enum CtlCommand {
+    /// Create or update resources from a file, a directory of files, or `-` (stdin).
+    Apply {
+        #[arg(short = 'f', long = "filename")]
+        file: String,
+        #[arg(short = 'm', long, default_value = "")]
+        message: String,
+        /// Validate and show what would change; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Show resources: `get clusters`, `get cluster NAME`.
+    Get { kind: String, name: Option<String> },
+    /// Delete one resource.
+    Delete {
+        kind: String,
+        name: String,
+        #[arg(short = 'm', long, default_value = "")]
+        message: String,
+    },
+    /// Every connected proxy and its config state.
+    Proxies,
+    /// The revision history.
+    History,
+    /// Print a bootstrap that points a proxy (Envoy or Legate) at this control plane over ADS.
+    Bootstrap {
+        #[arg(long)]
+        node_id: String,
+        #[arg(long, default_value = "legate")]
+        node_cluster: String,
+        /// The xDS address proxies dial.
+        #[arg(long, default_value = "127.0.0.1:18000")]
+        xds: String,
+        /// Use incremental (delta) xDS.
+        #[arg(long)]
+        delta: bool,
+        #[arg(long, default_value_t = 9901)]
+        admin_port: u16,
+    },
+}
+
+fn read_input(path: &str) -> anyhow::Result<String> {
+    if path == "-" {
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut s)?;
+        return Ok(s);
+    }
+    let meta = std::fs::metadata(path).with_context(|| format!("cannot read {path}"))?;
+    if meta.is_dir() {
+        let mut files: Vec<_> = std::fs::read_dir(path)?
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "yaml" || x == "yml" || x == "json"))
+            .collect();
+        files.sort();
+        let mut all = String::new();
+        for f in files {
+            all.push_str(&std::fs::read_to_string(&f).with_context(|| format!("cannot read {}", f.display()))?);
+            all.push_str("\n---\n");
+        }
+        return Ok(all);
+    }
+    Ok(std::fs::read_to_string(path)?)
+}
+
+fn call(method: &str, url: &str, body: Option<Value>) -> anyhow::Result<Value> {
+    let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+    let mut resp = match (method, body) {
+        ("POST", Some(b)) => agent.post(url).send_json(b),
+        ("DELETE", _) => agent.delete(url).call(),
+        _ => agent.get(url).call(),
+    }
+    .with_context(|| format!("cannot reach the control plane at {url}"))?;
+    let status = resp.status();
+    let v: Value = resp.body_mut().read_json().unwrap_or(Value::Null);
+    if !status.is_success() {
+        let mut msg = format!("{} ({})", v["message"].as_str().unwrap_or("request failed"), status.as_u16());
+        if let Some(errs) = v["errors"].as_array() {
+            for e in errs {
+                msg.push_str(&format!(
+                    "\n  {}: {}: {}",
+                    e["resource"].as_str().unwrap_or(""),
+                    e["path"].as_str().unwrap_or(""),
+                    e["reason"].as_str().unwrap_or("")
+                ));
+            }
+        }
+        bail!(msg);
+    }
+    Ok(v)
+}
+
+fn print(output: &str, v: &Value, table: impl FnOnce(&Value) -> String) -> anyhow::Result<()> {
+    match output {
+        "json" => println!("{}", serde_json::to_string_pretty(v)?),
+        "yaml" => print!("{}", serde_yaml_ng::to_string(v)?),
+        _ => print!("{}", table(v)),
+    }
+    Ok(())
+}
+
+fn table(headers: &[&str], rows: Vec<Vec<String>>) -> String {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for r in &rows {
+        for (i, c) in r.iter().enumerate() {
+            widths[i] = widths[i].max(c.len());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        cells
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{c:<w$}", w = widths[i]))
+            .collect::<Vec<_>>()
+            .join("  ")
+            .trim_end()
+            .to_string()
+            + "\n"
+    };
+    let mut s = line(headers.iter().map(|h| h.to_string()).collect());
+    for r in rows {
+        s.push_str(&line(r));
+    }
+    s
+}
+
+pub fn run(args: CtlArgs) -> anyhow::Result<()> {
+    let base = args.server.trim_end_matches('/');
+    match args.command {
+        CtlCommand::Apply { file, message, dry_run } => {
+            let text = read_input(&file)?;
+            let v = call(
+                "POST",
+                &format!("{base}/v1/apply"),
+                Some(json!({"text": text, "message": message, "dry_run": dry_run})),
+            )?;
+            print(&args.output, &v, |v| {
+                let mut s = String::new();
+                for (what, key) in [("created", "created"), ("updated", "updated"), ("unchanged", "unchanged")] {
+                    for r in v[key].as_array().into_iter().flatten() {
+                        s.push_str(&format!(
+                            "{} {what}{}\n",
+                            r.as_str().unwrap_or(""),
+                            if dry_run { " (dry run)" } else { "" }
+                        ));
+                    }
+                }
+                if let Some(rev) = v["revision"].as_u64() {
+                    s.push_str(&format!("revision {rev}\n"));
+                }
+                s
+            })
+        }
+        CtlCommand::Get { kind, name } => {
+            let url = match &name {
+                Some(n) => format!("{base}/v1/resources/{kind}/{n}"),
+                None => format!("{base}/v1/resources/{kind}"),
+            };
+            let v = call("GET", &url, None)?;
+            print(&args.output, &v, |v| {
+                let items: Vec<Value> = match v["items"].as_array() {
+                    Some(a) => a.clone(),
+                    None => vec![v.clone()],
+                };
+                let rows = items
+                    .iter()
+                    .map(|i| {
+                        vec![
+                            i["kind"].as_str().unwrap_or("").to_string(),
+                            i["metadata"]["name"].as_str().unwrap_or("").to_string(),
+                            i["version"].as_str().unwrap_or("").to_string(),
+                            if i["metadata"]["nodes"].is_null() {
+                                "all".into()
+                            } else {
+                                i["metadata"]["nodes"].to_string()
+                            },
+                        ]
+                    })
+                    .collect();
+                table(&["KIND", "NAME", "VERSION", "NODES"], rows)
+            })
+        }
+        CtlCommand::Delete { kind, name, message } => {
+            let v =
+                call("DELETE", &format!("{base}/v1/resources/{kind}/{name}?message={}", urlencode(&message)), None)?;
+            print(&args.output, &v, |v| format!("{kind}/{name} deleted, revision {}\n", v["revision"]))
+        }
+        CtlCommand::Proxies => {
+            let v = call("GET", &format!("{base}/v1/proxies"), None)?;
+            print(&args.output, &v, |v| {
+                let mut rows = Vec::new();
+                for p in v["proxies"].as_array().into_iter().flatten() {
+                    let types = p["types"].as_object().cloned().unwrap_or_default();
+                    let acked: Vec<String> = types
+                        .iter()
+                        .map(|(k, t)| format!("{k}={}", short(t["acked_version"].as_str().unwrap_or("-"))))
+                        .collect();
+                    let nack: Vec<String> = types
+                        .iter()
+                        .filter_map(|(k, t)| t["last_nack"]["error"].as_str().map(|e| format!("{k}: {e}")))
+                        .collect();
+                    rows.push(vec![
+                        p["node"]["id"].as_str().unwrap_or("").to_string(),
+                        p["node"]["cluster"].as_str().unwrap_or("").to_string(),
+                        p["node"]["user_agent"].as_str().unwrap_or("").to_string(),
+                        p["mode"].as_str().unwrap_or("").to_string(),
+                        p["connected_since"].as_str().unwrap_or("").to_string(),
+                        acked.join(" "),
+                        if nack.is_empty() { "-".into() } else { nack.join("; ") },
+                    ]);
+                }
+                table(&["NODE", "CLUSTER", "BUILD", "MODE", "CONNECTED SINCE", "ACKED", "LAST NACK"], rows)
+            })
+        }
+        CtlCommand::History => {
+            let v = call("GET", &format!("{base}/v1/revisions"), None)?;
+            print(&args.output, &v, |v| {
+                let rows = v["revisions"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|r| {
+                        vec![
+                            r["revision"].to_string(),
+                            r["created_at"].as_str().unwrap_or("").to_string(),
+                            r["author"].as_str().unwrap_or("").to_string(),
+                            r["message"].as_str().unwrap_or("").to_string(),
+                            r["changes"]
+                                .as_array()
+                                .map(|c| c.iter().filter_map(|x| x.as_str()).collect::<Vec<_>>().join(", "))
+                                .unwrap_or_default(),
+                        ]
+                    })
+                    .collect();
+                table(&["REVISION", "TIME", "AUTHOR", "MESSAGE", "CHANGES"], rows)
+            })
+        }
+        CtlCommand::Bootstrap { node_id, node_cluster, xds, delta, admin_port } => {
+            let (host, port) = xds.rsplit_once(':').context("--xds must be HOST:PORT")?;
+            print!("{}", bootstrap_yaml(&node_id, &node_cluster, host, port, delta, admin_port));
+            Ok(())
+        }
+    }
+}
+
+fn short(v: &str) -> &str {
+    &v[..v.len().min(12)]
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+/// A bootstrap for Envoy or `legate proxy` that takes everything over ADS.
+pub fn bootstrap_yaml(
+    node_id: &str,
+    node_cluster: &str,
+    host: &str,
+    port: &str,
+    delta: bool,
+    admin_port: u16,
+) -> String {
+    let api_type = if delta { "DELTA_GRPC" } else { "GRPC" };
+    format!(
+        r#"node:
+  id: {node_id}
+  cluster: {node_cluster}
+admin:
+  address: {{ socket_address: {{ address: 127.0.0.1, port_value: {admin_port} }} }}
+dynamic_resources:
+  ads_config:
+    api_type: {api_type}
+    transport_api_version: V3
+    grpc_services:
+    - envoy_grpc: {{ cluster_name: xds_cluster }}
+  cds_config: {{ ads: {{}}, resource_api_version: V3 }}
+  lds_config: {{ ads: {{}}, resource_api_version: V3 }}
+static_resources:
+  clusters:
+  - name: xds_cluster
+    type: STATIC
+    connect_timeout: 1s
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config: {{ http2_protocol_options: {{}} }}
+    load_assignment:
+      cluster_name: xds_cluster
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {{ address: {{ socket_address: {{ address: {host}, port_value: {port} }} }} }}
+"#
+    )
+}

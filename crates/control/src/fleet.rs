@@ -1,0 +1,71 @@
+//! Connected proxies and what each has been sent, ACKed and NACKed.
+
+use crate::model::NodeInfo;
+use serde::Serialize;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Nack {
+    pub version: String,
+    pub error: String,
+    pub at: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct TypeStatus {
+    pub sent_version: String,
+    pub acked_version: String,
+    pub resources: usize,
+    pub last_nack: Option<Nack>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ProxyStatus {
+    pub stream: u64,
+    pub node: NodeInfo,
+    pub mode: &'static str,
+    pub connected_since: String,
+    /// By resource kind name (Cluster, Listener, ...).
+    pub types: BTreeMap<String, TypeStatus>,
+}
+
+#[derive(Default)]
+pub struct Fleet {
+    next: AtomicU64,
+    streams: Mutex<HashMap<u64, ProxyStatus>>,
+}
+
+pub fn now() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+impl Fleet {
+    pub fn connect(&self, node: NodeInfo, mode: &'static str) -> u64 {
+        let id = self.next.fetch_add(1, Ordering::Relaxed) + 1;
+        let status = ProxyStatus { stream: id, node, mode, connected_since: now(), types: BTreeMap::new() };
+        self.lock().insert(id, status);
+        id
+    }
+
+    pub fn disconnect(&self, id: u64) {
+        self.lock().remove(&id);
+    }
+
+    pub fn update(&self, id: u64, kind: &str, f: impl FnOnce(&mut TypeStatus)) {
+        if let Some(p) = self.lock().get_mut(&id) {
+            f(p.types.entry(kind.to_string()).or_default());
+        }
+    }
+
+    pub fn list(&self) -> Vec<ProxyStatus> {
+        let mut v: Vec<_> = self.lock().values().cloned().collect();
+        v.sort_by(|a, b| a.node.id.cmp(&b.node.id).then(a.stream.cmp(&b.stream)));
+        v
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, ProxyStatus>> {
+        self.streams.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}

@@ -1,0 +1,63 @@
+//! Legate's control plane: an xDS server with a persistent configuration store,
+//! a fleet view of connected proxies, and a REST API.
+
+pub mod api;
+pub mod fleet;
+pub mod model;
+pub mod state;
+pub mod store;
+pub mod xds;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub xds_addr: SocketAddr,
+    pub api_addr: SocketAddr,
+    pub data_dir: PathBuf,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+    #[error("cannot bind {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("xDS server: {0}")]
+    Xds(#[from] tonic::transport::Error),
+    #[error("API server: {0}")]
+    Api(std::io::Error),
+}
+
+/// Runs the control plane until the process ends.
+pub async fn run(opts: Options) -> Result<(), ControlError> {
+    let store = store::Store::open(&opts.data_dir)?;
+    let ctrl = state::Controller::open(store)?;
+    let xds_listener = tokio::net::TcpListener::bind(opts.xds_addr)
+        .await
+        .map_err(|source| ControlError::Bind { addr: opts.xds_addr, source })?;
+    let api_listener = tokio::net::TcpListener::bind(opts.api_addr)
+        .await
+        .map_err(|source| ControlError::Bind { addr: opts.api_addr, source })?;
+    tracing::info!(
+        "control plane: xDS on {}, API on http://{}, data in {}, revision {}",
+        opts.xds_addr,
+        opts.api_addr,
+        opts.data_dir.display(),
+        ctrl.current().revision
+    );
+    let api = axum::serve(api_listener, api::router(ctrl.clone()));
+    let xds = xds::serve(ctrl.clone(), xds_listener);
+    tokio::select! {
+        r = xds => r?,
+        r = api => r.map_err(ControlError::Api)?,
+    }
+    Ok(())
+}
+
+/// Helper for embedding (the demo): the controller and a future that serves.
+pub fn controller(data_dir: &std::path::Path) -> Result<Arc<state::Controller>, ControlError> {
+    Ok(state::Controller::open(store::Store::open(data_dir)?)?)
+}

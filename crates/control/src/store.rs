@@ -1,0 +1,150 @@
+//! Persistence: every change is one revision, committed in one SQLite
+//! transaction (WAL, synchronous=FULL) before it is published, so a crash never
+//! loses a revision that was reported committed, nor leaves half of one.
+
+use crate::model::{Document, Kind};
+use rusqlite::{params, Connection, OptionalExtension};
+use serde::Serialize;
+use std::path::Path;
+use std::sync::Mutex;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("store: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("store: corrupt document for {kind}/{name}: {reason}")]
+    Corrupt { kind: String, name: String, reason: String },
+}
+
+/// One change inside a revision.
+#[derive(Debug, Clone)]
+pub enum Change {
+    Apply(Document),
+    Delete { kind: Kind, name: String },
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RevisionInfo {
+    pub revision: u64,
+    pub created_at: String,
+    pub author: String,
+    pub message: String,
+    pub changes: Vec<String>,
+}
+
+pub struct Store {
+    conn: Mutex<Connection>,
+}
+
+impl Store {
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(dir)?;
+        let conn = Connection::open(dir.join("legate.db"))?;
+        conn.execute_batch(
+            "PRAGMA journal_mode=WAL;
+             PRAGMA synchronous=FULL;
+             CREATE TABLE IF NOT EXISTS revisions (
+                rev INTEGER PRIMARY KEY AUTOINCREMENT,
+                created_at TEXT NOT NULL,
+                author TEXT NOT NULL,
+                message TEXT NOT NULL);
+             CREATE TABLE IF NOT EXISTS changes (
+                rev INTEGER NOT NULL REFERENCES revisions(rev),
+                seq INTEGER NOT NULL,
+                op TEXT NOT NULL,
+                kind TEXT NOT NULL,
+                name TEXT NOT NULL,
+                doc TEXT,
+                PRIMARY KEY (rev, seq));
+             CREATE TABLE IF NOT EXISTS resources (
+                kind TEXT NOT NULL,
+                name TEXT NOT NULL,
+                doc TEXT NOT NULL,
+                rev INTEGER NOT NULL,
+                PRIMARY KEY (kind, name));",
+        )?;
+        Ok(Self { conn: Mutex::new(conn) })
+    }
+
+    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
+        self.conn.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The latest revision number and every current resource.
+    pub fn load_current(&self) -> Result<(u64, Vec<Document>), StoreError> {
+        let conn = self.conn();
+        let rev: Option<i64> = conn.query_row("SELECT MAX(rev) FROM revisions", [], |r| r.get(0)).optional()?.flatten();
+        let mut stmt = conn.prepare("SELECT kind, name, doc FROM resources ORDER BY kind, name")?;
+        let rows =
+            stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?)))?;
+        let mut docs = Vec::new();
+        for row in rows {
+            let (kind, name, doc) = row?;
+            let d: Document =
+                serde_json::from_str(&doc).map_err(|e| StoreError::Corrupt { kind, name, reason: e.to_string() })?;
+            docs.push(d);
+        }
+        Ok((rev.unwrap_or(0) as u64, docs))
+    }
+
+    /// Commits `changes` as one revision and returns its number.
+    pub fn commit(&self, author: &str, message: &str, changes: &[Change]) -> Result<u64, StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        tx.execute(
+            "INSERT INTO revisions (created_at, author, message) VALUES (?1, ?2, ?3)",
+            params![now, author, message],
+        )?;
+        let rev = tx.last_insert_rowid();
+        for (seq, change) in changes.iter().enumerate() {
+            match change {
+                Change::Apply(doc) => {
+                    let kind = Kind::parse(&doc.kind).map_or(doc.kind.clone(), |k| k.name().to_string());
+                    let text = serde_json::to_string(doc).unwrap_or_default();
+                    tx.execute(
+                        "INSERT INTO changes (rev, seq, op, kind, name, doc) VALUES (?1, ?2, 'apply', ?3, ?4, ?5)",
+                        params![rev, seq as i64, kind, doc.metadata.name, text],
+                    )?;
+                    tx.execute(
+                        "INSERT INTO resources (kind, name, doc, rev) VALUES (?1, ?2, ?3, ?4)
+                         ON CONFLICT(kind, name) DO UPDATE SET doc = excluded.doc, rev = excluded.rev",
+                        params![kind, doc.metadata.name, text, rev],
+                    )?;
+                }
+                Change::Delete { kind, name } => {
+                    tx.execute(
+                        "INSERT INTO changes (rev, seq, op, kind, name, doc) VALUES (?1, ?2, 'delete', ?3, ?4, NULL)",
+                        params![rev, seq as i64, kind.name(), name],
+                    )?;
+                    tx.execute("DELETE FROM resources WHERE kind = ?1 AND name = ?2", params![kind.name(), name])?;
+                }
+            }
+        }
+        tx.commit()?;
+        Ok(rev as u64)
+    }
+
+    /// The most recent revisions, newest first.
+    pub fn history(&self, limit: usize) -> Result<Vec<RevisionInfo>, StoreError> {
+        let conn = self.conn();
+        let mut stmt =
+            conn.prepare("SELECT rev, created_at, author, message FROM revisions ORDER BY rev DESC LIMIT ?1")?;
+        let revs: Vec<(i64, String, String, String)> = stmt
+            .query_map(params![limit as i64], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+            .collect::<Result<_, _>>()?;
+        let mut out = Vec::new();
+        let mut cstmt = conn.prepare("SELECT op, kind, name FROM changes WHERE rev = ?1 ORDER BY seq")?;
+        for (rev, created_at, author, message) in revs {
+            let changes = cstmt
+                .query_map(params![rev], |r| {
+                    Ok(format!("{} {}/{}", r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?))
+                })?
+                .collect::<Result<_, _>>()?;
+            out.push(RevisionInfo { revision: rev as u64, created_at, author, message, changes });
+        }
+        Ok(out)
+    }
+}
