@@ -449,14 +449,16 @@ fn listeners(shared: &Shared, query: Option<&str>) -> Response<Full<Bytes>> {
     if query_param(query, "format") == Some("json") {
         let list: Vec<_> = shared
             .listeners
+            .list()
             .iter()
+            .map(|v| &v.config)
             .map(|l| json!({"name": l.name, "local_address": {"socket_address": {"address": l.address.ip().to_string(), "port_value": l.address.port()}}}))
             .collect();
         return json_reply(json!({ "listener_statuses": list }));
     }
     let mut s = String::new();
-    for l in &shared.listeners {
-        let _ = writeln!(s, "{}::{}", l.name, l.address);
+    for v in shared.listeners.list() {
+        let _ = writeln!(s, "{}::{}", v.config.name, v.config.address);
     }
     text(s)
 }

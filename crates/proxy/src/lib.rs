@@ -18,6 +18,7 @@ pub mod format;
 pub mod hcm;
 pub mod headers;
 pub mod listener;
+pub mod listener_manager;
 pub mod matcher;
 pub mod route;
 pub mod server;

@@ -30,6 +30,10 @@ pub struct ListenerConfig {
     pub hcm: Arc<Hcm>,
     pub stats: ListenerStats,
     pub config: Listener,
+    /// The HTTP server settings for this listener's connections.
+    builder: auto::Builder<TokioExecutor>,
+    /// Raised when this config is replaced or removed: its connections drain.
+    draining: watch::Sender<bool>,
 }
 
 /// `listener.127.0.0.1_10000.` as Envoy names a listener's stats.
@@ -38,6 +42,11 @@ pub fn stat_name(addr: &SocketAddr) -> String {
 }
 
 impl ListenerConfig {
+    /// Tells every connection opened under this config to finish and close.
+    pub fn drain(&self) {
+        let _ = self.draining.send(true);
+    }
+
     pub fn compile(
         l: &Listener,
         store: &Store,
@@ -73,10 +82,21 @@ impl ListenerConfig {
         let hcm =
             Hcm::compile(&hcm, store, clusters).map_err(|e| format!("filter_chains[0].filters[0].typed_config.{e}"))?;
         let p = format!("listener.{}.", stat_name(&address));
+        let hcm = Arc::new(hcm);
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder.http1().timer(TokioTimer::new()).keep_alive(true).header_read_timeout(hcm.request_headers_timeout);
+        builder.http2().timer(TokioTimer::new()).max_concurrent_streams(Some(2147483647));
+        let builder = match hcm.codec {
+            Codec::Auto => builder,
+            Codec::Http1 => builder.http1_only(),
+            Codec::Http2 => builder.http2_only(),
+        };
         Ok(Self {
+            builder,
+            draining: watch::channel(false).0,
             name: if l.name.is_empty() { address.to_string() } else { l.name.clone() },
             address,
-            hcm: Arc::new(hcm),
+            hcm,
             stats: ListenerStats {
                 downstream_cx_total: store.counter(&format!("{p}downstream_cx_total")),
                 downstream_cx_active: store.gauge(&format!("{p}downstream_cx_active")),
@@ -113,23 +133,16 @@ pub enum Phase {
     Drain,
 }
 
-/// Accepts on one worker's socket of one listener until told to stop.
+/// Accepts on one worker's socket of one listener until it is removed or the
+/// server stops accepting. Each connection takes the listener's current config.
 pub async fn accept_loop(
-    listener: Arc<ListenerConfig>,
+    slot: Arc<arc_swap::ArcSwap<ListenerConfig>>,
     socket: std::net::TcpListener,
     mut phase: watch::Receiver<Phase>,
+    mut stop: watch::Receiver<bool>,
     active: Arc<AtomicUsize>,
 ) {
     let Ok(socket) = tokio::net::TcpListener::from_std(socket) else { return };
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new()).keep_alive(true).header_read_timeout(listener.hcm.request_headers_timeout);
-    builder.http2().timer(TokioTimer::new()).max_concurrent_streams(Some(2147483647));
-    let builder = match listener.hcm.codec {
-        Codec::Auto => builder,
-        Codec::Http1 => builder.http1_only(),
-        Codec::Http2 => builder.http2_only(),
-    };
-    let builder = Arc::new(builder);
     loop {
         tokio::select! {
             accepted = socket.accept() => {
@@ -139,11 +152,17 @@ pub async fn accept_loop(
                     continue;
                 };
                 let _ = stream.set_nodelay(true);
+                let listener = slot.load_full();
                 let local = stream.local_addr().unwrap_or(listener.address);
-                tokio::spawn(serve_connection(listener.clone(), builder.clone(), stream, remote, local, phase.clone(), active.clone()));
+                tokio::spawn(serve_connection(listener, stream, remote, local, phase.clone(), active.clone()));
             }
             changed = phase.changed() => {
                 if changed.is_err() || *phase.borrow() != Phase::Running {
+                    return;
+                }
+            }
+            changed = stop.changed() => {
+                if changed.is_err() || *stop.borrow() {
                     return;
                 }
             }
@@ -153,7 +172,6 @@ pub async fn accept_loop(
 
 async fn serve_connection(
     listener: Arc<ListenerConfig>,
-    builder: Arc<auto::Builder<TokioExecutor>>,
     stream: tokio::net::TcpStream,
     remote: SocketAddr,
     local: SocketAddr,
@@ -175,7 +193,8 @@ async fn serve_connection(
         let info = info.clone();
         async move { Ok::<_, Infallible>(hcm.handle(info, req).await) }
     });
-    let conn = builder.serve_connection(TokioIo::new(stream), svc);
+    let mut config_drain = listener.draining.subscribe();
+    let conn = listener.builder.serve_connection(TokioIo::new(stream), svc);
     tokio::pin!(conn);
     let mut draining = *phase.borrow() == Phase::Drain;
     if draining {
@@ -201,6 +220,10 @@ async fn serve_connection(
                 } else {
                     idle.as_mut().reset(tokio::time::Instant::now() + idle_timeout.unwrap_or(far));
                 }
+            }
+            _ = config_drain.wait_for(|d| *d), if !draining => {
+                draining = true;
+                conn.as_mut().graceful_shutdown();
             }
             changed = phase.changed(), if !draining => {
                 if changed.is_err() || *phase.borrow() == Phase::Drain {

@@ -5,7 +5,8 @@
 //! current-thread runtime with their own listener sockets and upstream pools.
 
 use crate::cluster::{Cluster, ClusterMap, Discovery};
-use crate::listener::{accept_loop, bind, ListenerConfig, Phase};
+use crate::listener::{ListenerConfig, Phase};
+use crate::listener_manager::{ListenerManager, WorkerCmd};
 use crate::stats::Store;
 use arc_swap::ArcSwap;
 use legate_api::load::LoadedBootstrap;
@@ -42,7 +43,7 @@ pub enum ServerError {
 pub struct Shared {
     pub store: Arc<Store>,
     pub clusters: Arc<ArcSwap<ClusterMap>>,
-    pub listeners: Vec<Arc<ListenerConfig>>,
+    pub listeners: Arc<ListenerManager>,
     pub bootstrap: LoadedBootstrap,
     pub options: Options,
     pub started: SystemTime,
@@ -53,12 +54,16 @@ pub struct Shared {
     pub admin_addr: std::sync::OnceLock<SocketAddr>,
 }
 
-/// Compiles the static config. Errors name the field.
-pub fn build(bootstrap: LoadedBootstrap, options: Options, store: Arc<Store>) -> Result<Arc<Shared>, ServerError> {
+/// Compiles the static config and binds its listeners. Errors name the field.
+pub fn build(
+    bootstrap: LoadedBootstrap,
+    options: Options,
+    store: Arc<Store>,
+) -> Result<(Arc<Shared>, Vec<tokio::sync::mpsc::UnboundedReceiver<WorkerCmd>>), ServerError> {
     let b = &bootstrap.bootstrap;
     let mut map = HashMap::new();
     let clusters = Arc::new(ArcSwap::from_pointee(ClusterMap::new()));
-    let mut listeners = Vec::new();
+    let (listeners, worker_rxs) = ListenerManager::new(options.concurrency);
     if let Some(sr) = &b.static_resources {
         for (i, c) in sr.clusters.iter().enumerate() {
             let cluster = Cluster::compile(c, &store, options.concurrency)
@@ -67,18 +72,19 @@ pub fn build(bootstrap: LoadedBootstrap, options: Options, store: Arc<Store>) ->
         }
         clusters.store(Arc::new(map));
         for (i, l) in sr.listeners.iter().enumerate() {
+            let path = format!("static_resources.listeners[{i}]");
             let lc = ListenerConfig::compile(l, &store, clusters.clone())
-                .map_err(|reason| ServerError::Config { path: format!("static_resources.listeners[{i}]"), reason })?;
-            listeners.push(Arc::new(lc));
+                .map_err(|reason| ServerError::Config { path: path.clone(), reason })?;
+            listeners.apply(lc, None).map_err(|reason| ServerError::Config { path, reason })?;
         }
     }
     store.gauge("cluster_manager.active_clusters").set(clusters.load().len() as i64);
-    store.gauge("listener_manager.total_listeners_active").set(listeners.len() as i64);
+    store.gauge("listener_manager.total_listeners_active").set(listeners.names().len() as i64);
     store.gauge("server.concurrency").set(options.concurrency as i64);
     store.gauge("server.live").set(1);
     store.gauge("server.state").set(0);
     let (phase, _) = watch::channel(Phase::Running);
-    Ok(Arc::new(Shared {
+    Ok((Arc::new(Shared {
         store,
         clusters,
         listeners,
@@ -90,25 +96,15 @@ pub fn build(bootstrap: LoadedBootstrap, options: Options, store: Arc<Store>) ->
         phase,
         quit: tokio::sync::Notify::new(),
         admin_addr: std::sync::OnceLock::new(),
-    }))
+    }), worker_rxs))
 }
 
 /// Runs the server until SIGTERM (drain, then exit), SIGINT or `/quitquitquit`.
 pub fn run(bootstrap: LoadedBootstrap, options: Options) -> Result<(), ServerError> {
     crate::stats::set_concurrency(options.concurrency);
     let store = Arc::new(Store::default());
-    let shared = build(bootstrap, options, store)?;
-
-    // Bind every worker's sockets up front so a bad address fails the start.
+    let (shared, worker_rxs) = build(bootstrap, options, store)?;
     let workers = shared.options.concurrency;
-    let mut sockets: Vec<Vec<(Arc<ListenerConfig>, std::net::TcpListener)>> =
-        (0..workers).map(|_| Vec::new()).collect();
-    for l in &shared.listeners {
-        for per_worker in sockets.iter_mut() {
-            let s = bind(l.address).map_err(|source| ServerError::Bind { addr: l.address, source })?;
-            per_worker.push((l.clone(), s));
-        }
-    }
 
     let main_rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     main_rt.block_on(async {
@@ -124,7 +120,7 @@ pub fn run(bootstrap: LoadedBootstrap, options: Options) -> Result<(), ServerErr
 
     let active = Arc::new(AtomicUsize::new(0));
     let mut handles = Vec::new();
-    for (i, socks) in sockets.into_iter().enumerate() {
+    for (i, commands) in worker_rxs.into_iter().enumerate() {
         let phase = shared.phase.subscribe();
         let active = active.clone();
         let drain_time = shared.options.drain_time;
@@ -137,7 +133,7 @@ pub fn run(bootstrap: LoadedBootstrap, options: Options) -> Result<(), ServerErr
                     return;
                 }
             };
-            rt.block_on(worker(socks, phase, active, drain_time));
+            rt.block_on(crate::listener_manager::worker(commands, phase, active, drain_time));
         })?);
     }
 
@@ -171,23 +167,4 @@ pub fn run(bootstrap: LoadedBootstrap, options: Options) -> Result<(), ServerErr
     // Workers' threads end with the process; draining already waited for them.
     drop(handles);
     Ok(())
-}
-
-async fn worker(
-    sockets: Vec<(Arc<ListenerConfig>, std::net::TcpListener)>,
-    phase: watch::Receiver<Phase>,
-    active: Arc<AtomicUsize>,
-    drain_time: Duration,
-) {
-    for (l, s) in sockets {
-        tokio::spawn(accept_loop(l, s, phase.clone(), active.clone()));
-    }
-    // Keep the runtime alive until told to drain, then give connections the drain time.
-    let mut phase = phase;
-    while *phase.borrow() != Phase::Drain {
-        if phase.changed().await.is_err() {
-            return;
-        }
-    }
-    tokio::time::sleep(drain_time).await;
 }
