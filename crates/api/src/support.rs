@@ -23,7 +23,18 @@ pub const SUPPORTED_EXTENSIONS: &[&str] = &[
 ];
 
 const SUPPORTED_FIELDS: &[(&str, &[&str])] = &[
-    ("envoy.config.bootstrap.v3.Bootstrap", &["node", "static_resources", "admin"]),
+    ("envoy.config.bootstrap.v3.Bootstrap", &["node", "static_resources", "dynamic_resources", "admin"]),
+    ("envoy.config.bootstrap.v3.Bootstrap.DynamicResources", &["ads_config", "cds_config", "lds_config"]),
+    (
+        "envoy.config.core.v3.ApiConfigSource",
+        &["api_type", "transport_api_version", "grpc_services", "set_node_on_first_message_only"],
+    ),
+    ("envoy.config.core.v3.GrpcService", &["envoy_grpc"]),
+    ("envoy.config.core.v3.GrpcService.EnvoyGrpc", &["cluster_name"]),
+    ("envoy.config.core.v3.ConfigSource", &["ads", "resource_api_version", "initial_fetch_timeout"]),
+    ("envoy.config.core.v3.AggregatedConfigSource", &[]),
+    ("envoy.extensions.filters.network.http_connection_manager.v3.Rds", &["config_source", "route_config_name"]),
+    ("envoy.config.cluster.v3.Cluster.EdsClusterConfig", &["eds_config", "service_name"]),
     ("envoy.config.bootstrap.v3.Bootstrap.StaticResources", &["listeners", "clusters"]),
     ("envoy.config.bootstrap.v3.Admin", &["address"]),
     ("envoy.config.core.v3.Node", &["id", "cluster", "metadata", "locality", "user_agent_name"]),
@@ -53,6 +64,7 @@ const SUPPORTED_FIELDS: &[(&str, &[&str])] = &[
             "stream_idle_timeout",
             "request_headers_timeout",
             "common_http_protocol_options",
+            "rds",
         ],
     ),
     ("envoy.extensions.filters.network.http_connection_manager.v3.HttpFilter", &["name", "typed_config"]),
@@ -166,6 +178,7 @@ const SUPPORTED_FIELDS: &[(&str, &[&str])] = &[
             "typed_extension_protocol_options",
             "dns_lookup_family",
             "dns_refresh_rate",
+            "eds_cluster_config",
         ],
     ),
     ("envoy.config.endpoint.v3.ClusterLoadAssignment", &["cluster_name", "endpoints"]),

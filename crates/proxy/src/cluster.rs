@@ -27,6 +27,8 @@ pub enum Discovery {
     Static,
     StrictDns,
     LogicalDns,
+    /// Endpoints come from EDS (over ADS) under `eds_service_name`.
+    Eds,
 }
 
 /// One upstream endpoint.
@@ -211,6 +213,8 @@ pub struct Cluster {
     pub dns_targets: Vec<(String, u16, u32, u32)>,
     pub dns_refresh: Duration,
     pub dns_family: i32,
+    /// For EDS clusters: the ClusterLoadAssignment name that feeds them.
+    pub eds_service_name: String,
     pub config: PbCluster,
 }
 
@@ -226,6 +230,7 @@ impl Cluster {
                 Ok(cluster::DiscoveryType::Static) => Discovery::Static,
                 Ok(cluster::DiscoveryType::StrictDns) => Discovery::StrictDns,
                 Ok(cluster::DiscoveryType::LogicalDns) => Discovery::LogicalDns,
+                Ok(cluster::DiscoveryType::Eds) => Discovery::Eds,
                 _ => return Err("type: only STATIC, STRICT_DNS and LOGICAL_DNS clusters are supported".into()),
             },
             Some(_) => return Err("cluster_type: custom cluster types are not supported".into()),
@@ -253,37 +258,30 @@ impl Cluster {
         let mut static_hosts = Vec::new();
         let mut dns_targets = Vec::new();
         if let Some(la) = &c.load_assignment {
-            for l in &la.endpoints {
-                for e in &l.lb_endpoints {
-                    let weight = e.load_balancing_weight.map(|w| w.value).unwrap_or(1);
-                    let Some(HostIdentifier::Endpoint(ep)) = &e.host_identifier else {
-                        return Err("load_assignment: only endpoint hosts are supported".into());
-                    };
-                    let Some(address::Address::SocketAddress(sa)) =
-                        ep.address.as_ref().and_then(|a| a.address.as_ref())
-                    else {
-                        return Err("load_assignment: only socket addresses are supported".into());
-                    };
-                    let Some(socket_address::PortSpecifier::PortValue(port)) = sa.port_specifier else {
-                        return Err("load_assignment: port_value is required".into());
-                    };
-                    let port = u16::try_from(port).map_err(|_| "port out of range")?;
-                    match discovery {
-                        Discovery::Static => {
-                            let ip: std::net::IpAddr =
-                                sa.address.parse().map_err(|_| format!("malformed IP address: {}", sa.address))?;
-                            static_hosts.push(Arc::new(Host::new(
-                                SocketAddr::new(ip, port),
-                                sa.address.clone(),
-                                weight,
-                                l.priority,
-                            )));
-                        }
-                        _ => dns_targets.push((sa.address.clone(), port, weight, l.priority)),
+            for (addr, port, weight, priority) in endpoints(la)? {
+                match discovery {
+                    Discovery::Static => {
+                        let ip: std::net::IpAddr = addr.parse().map_err(|_| format!("malformed IP address: {addr}"))?;
+                        static_hosts.push(Arc::new(Host::new(SocketAddr::new(ip, port), addr, weight, priority)));
                     }
+                    _ => dns_targets.push((addr, port, weight, priority)),
                 }
             }
         }
+        let eds_service_name = match (&discovery, &c.eds_cluster_config) {
+            (Discovery::Eds, Some(eds)) => {
+                if !eds.eds_config.as_ref().is_some_and(crate::rds::is_ads) {
+                    return Err("eds_cluster_config.eds_config: only ads is supported".into());
+                }
+                if eds.service_name.is_empty() {
+                    c.name.clone()
+                } else {
+                    eds.service_name.clone()
+                }
+            }
+            (Discovery::Eds, None) => return Err("eds_cluster_config is required for an EDS cluster".into()),
+            _ => String::new(),
+        };
         let stats = ClusterStats::new(store, &c.name);
         let set = HostSet::new(static_hosts);
         stats.membership_total.set(set.all.len() as i64);
@@ -301,6 +299,7 @@ impl Cluster {
             dns_targets,
             dns_refresh: duration(&c.dns_refresh_rate, Duration::from_secs(5)),
             dns_family: c.dns_lookup_family,
+            eds_service_name,
             config: c.clone(),
         }))
     }
@@ -376,6 +375,43 @@ impl Cluster {
             }
         }
     }
+}
+
+/// (address or hostname, port, weight, priority) of every endpoint.
+pub fn endpoints(
+    la: &legate_api::pb::envoy::config::endpoint::v3::ClusterLoadAssignment,
+) -> Result<Vec<(String, u16, u32, u32)>, String> {
+    let mut out = Vec::new();
+    for l in &la.endpoints {
+        for e in &l.lb_endpoints {
+            let weight = e.load_balancing_weight.map(|w| w.value).unwrap_or(1);
+            let Some(HostIdentifier::Endpoint(ep)) = &e.host_identifier else {
+                return Err("load_assignment: only endpoint hosts are supported".into());
+            };
+            let Some(address::Address::SocketAddress(sa)) = ep.address.as_ref().and_then(|a| a.address.as_ref()) else {
+                return Err("load_assignment: only socket addresses are supported".into());
+            };
+            let Some(socket_address::PortSpecifier::PortValue(port)) = sa.port_specifier else {
+                return Err("load_assignment: port_value is required".into());
+            };
+            let port = u16::try_from(port).map_err(|_| "port out of range")?;
+            out.push((sa.address.clone(), port, weight, l.priority));
+        }
+    }
+    Ok(out)
+}
+
+/// Hosts of an EDS assignment (addresses must be IPs, as in Envoy's EDS).
+pub fn eds_hosts(
+    la: &legate_api::pb::envoy::config::endpoint::v3::ClusterLoadAssignment,
+) -> Result<Vec<(SocketAddr, String, u32, u32)>, String> {
+    endpoints(la)?
+        .into_iter()
+        .map(|(addr, port, w, p)| {
+            let ip: std::net::IpAddr = addr.parse().map_err(|_| format!("malformed IP address: {addr}"))?;
+            Ok((SocketAddr::new(ip, port), addr, w, p))
+        })
+        .collect()
 }
 
 /// The cluster manager's view: every cluster by name.

@@ -86,7 +86,11 @@ pub struct Hcm {
     pub stat_prefix: String,
     pub stats: HcmStats,
     pub codec: Codec,
-    routes: RouteTable,
+    /// The route table: inline, or from RDS (empty until it arrives).
+    /// Cost per request: one ArcSwap load and an Arc clone.
+    routes: crate::rds::RouteSlot,
+    /// The RDS route configuration name, when routes come from RDS.
+    rds_name: Option<String>,
     clusters: Arc<ArcSwap<ClusterMap>>,
     use_remote_address: bool,
     xff_trusted_hops: usize,
@@ -112,22 +116,31 @@ fn dur(d: &legate_api::pb::google::protobuf::Duration) -> Duration {
 }
 
 impl Hcm {
-    pub fn compile(
-        c: &HttpConnectionManager,
-        store: &Store,
-        clusters: Arc<ArcSwap<ClusterMap>>,
-    ) -> Result<Self, String> {
+    pub fn compile(c: &HttpConnectionManager, ctx: &crate::rds::CompileContext) -> Result<Self, String> {
+        let store = &ctx.store;
+        let clusters = ctx.clusters.clone();
         let codec = match CodecType::try_from(c.codec_type).unwrap_or(CodecType::Auto) {
             CodecType::Auto => Codec::Auto,
             CodecType::Http1 => Codec::Http1,
             CodecType::Http2 => Codec::Http2,
             CodecType::Http3 => return Err("codec_type: HTTP3 is not supported".into()),
         };
+        let rds_name = match &c.route_specifier {
+            Some(RouteSpecifier::Rds(rds)) => Some(rds.route_config_name.clone()),
+            _ => None,
+        };
         let routes = match &c.route_specifier {
             Some(RouteSpecifier::RouteConfig(rc)) => {
-                RouteTable::compile(rc).map_err(|e| format!("route_config.{e}"))?
+                let table = RouteTable::compile(rc).map_err(|e| format!("route_config.{e}"))?;
+                Arc::new(arc_swap::ArcSwapOption::from_pointee(table))
             }
-            Some(_) => return Err("route_specifier: only an inline route_config is supported".into()),
+            Some(RouteSpecifier::Rds(rds)) => {
+                if !rds.config_source.as_ref().is_some_and(crate::rds::is_ads) {
+                    return Err("rds.config_source: only ads is supported".into());
+                }
+                ctx.rds.slot(&rds.route_config_name, &c.stat_prefix)
+            }
+            Some(_) => return Err("route_specifier: scoped routes are not supported".into()),
             None => return Err("route_specifier is required".into()),
         };
         match c.http_filters.as_slice() {
@@ -148,6 +161,7 @@ impl Hcm {
             stat_prefix: c.stat_prefix.clone(),
             codec,
             routes,
+            rds_name,
             clusters,
             use_remote_address: c.use_remote_address.is_some_and(|b| b.value),
             xff_trusted_hops: c.xff_num_trusted_hops as usize,
@@ -170,6 +184,12 @@ impl Hcm {
             },
             request_headers_timeout: c.request_headers_timeout.as_ref().map(dur).filter(|d| !d.is_zero()),
         })
+    }
+}
+
+impl Hcm {
+    pub fn rds_name(&self) -> Option<&str> {
+        self.rds_name.as_deref()
     }
 }
 
@@ -323,6 +343,9 @@ fn xff_from_right(h: &HeaderMap, n: usize) -> Option<IpAddr> {
 
 pub type ProxyResponse = Response<TrackedBody>;
 
+/// The route table, virtual host and route a request matched.
+type Matched<'a> = (&'a RouteTable, &'a VirtualHost, &'a Route);
+
 impl Hcm {
     /// Serves one request. Never fails: every error becomes Envoy's local reply.
     pub async fn handle(self: Arc<Self>, conn: Arc<ConnInfo>, req: Request<Incoming>) -> ProxyResponse {
@@ -421,7 +444,11 @@ impl Hcm {
             stream.request_headers = Some(parts.headers.clone());
         }
 
-        let Some((vh, route)) = self.routes.route(&stream.authority, &stream.path, &parts.headers) else {
+        let Some(table) = self.routes.load_full() else {
+            st.no_route.inc();
+            return self.local_reply(stream, 404, "route_not_found", "NR", None);
+        };
+        let Some((vh, route)) = table.route(&stream.authority, &stream.path, &parts.headers) else {
             st.no_route.inc();
             return self.local_reply(stream, 404, "route_not_found", "NR", None);
         };
@@ -430,18 +457,18 @@ impl Hcm {
             Action::Direct { status, body } => {
                 st.rq_direct_response.inc();
                 let body = body.clone();
-                self.direct_reply(stream, *status, body, vh, route)
+                self.direct_reply(stream, *status, body, (&table, vh, route))
             }
             Action::Redirect(rd) => {
                 st.rq_redirect.inc();
                 let location = redirect_location(rd, route, &stream.authority, &stream.path, self.use_remote_address);
-                self.redirect_reply(stream, rd.status, location, vh, route)
+                self.redirect_reply(stream, rd.status, location, (&table, vh, route))
             }
-            Action::Forward(ra) => self.forward(stream, parts, body, vh, route, ra).await,
+            Action::Forward(ra) => self.forward(stream, parts, body, (&table, vh, route), ra).await,
         }
     }
 
-    fn finish_response(&self, stream: &mut Stream, resp: &mut Response<ProxyBody>, vh: Option<(&VirtualHost, &Route)>) {
+    fn finish_response(&self, stream: &mut Stream, resp: &mut Response<ProxyBody>, vh: Option<Matched<'_>>) {
         let h = resp.headers_mut();
         match self.server_transformation {
             ServerHeaderTransformation::Overwrite => {
@@ -454,11 +481,11 @@ impl Hcm {
             }
             ServerHeaderTransformation::PassThrough => {}
         }
-        if let Some((vh, route)) = vh {
+        if let Some((table, vh, route)) = vh {
             let ctx = self.context(stream, None);
-            let levels = [&route.response_headers, &vh.response_headers, &self.routes.response_headers];
+            let levels = [&route.response_headers, &vh.response_headers, &table.response_headers];
             let mut hm = std::mem::take(resp.headers_mut());
-            if self.routes.most_specific_wins {
+            if table.most_specific_wins {
                 for m in levels.iter().rev() {
                     m.apply(&mut hm, &ctx);
                 }
@@ -529,8 +556,7 @@ impl Hcm {
         mut stream: Box<Stream>,
         status: u16,
         body: Option<bytes::Bytes>,
-        vh: &VirtualHost,
-        route: &Route,
+        matched: Matched<'_>,
     ) -> ProxyResponse {
         stream.details = "direct_response";
         let mut resp = Response::new(ProxyBody::Empty);
@@ -545,7 +571,7 @@ impl Hcm {
                 resp.headers_mut().insert(CONTENT_LENGTH, HeaderValue::from_static("0"));
             }
         }
-        self.finish_response(&mut stream, &mut resp, Some((vh, route)));
+        self.finish_response(&mut stream, &mut resp, Some(matched));
         resp.map(|b| TrackedBody::new(b, Some(stream)))
     }
 
@@ -554,8 +580,7 @@ impl Hcm {
         mut stream: Box<Stream>,
         status: u16,
         location: String,
-        vh: &VirtualHost,
-        route: &Route,
+        matched: Matched<'_>,
     ) -> ProxyResponse {
         stream.details = "direct_response";
         let mut resp = Response::new(ProxyBody::Empty);
@@ -564,7 +589,7 @@ impl Hcm {
             resp.headers_mut().insert(LOCATION, v);
         }
         resp.headers_mut().insert(CONTENT_LENGTH, HeaderValue::from_static("0"));
-        self.finish_response(&mut stream, &mut resp, Some((vh, route)));
+        self.finish_response(&mut stream, &mut resp, Some(matched));
         resp.map(|b| TrackedBody::new(b, Some(stream)))
     }
 
@@ -573,10 +598,10 @@ impl Hcm {
         mut stream: Box<Stream>,
         mut parts: http::request::Parts,
         body: Incoming,
-        vh: &VirtualHost,
-        route: &Route,
+        matched: Matched<'_>,
         ra: &RouteAction,
     ) -> ProxyResponse {
+        let (table, vh, route) = matched;
         let st = &self.stats;
         st.rq_total.inc();
         // Cost: an ArcSwap load and one hash lookup of the cluster name.
@@ -630,8 +655,8 @@ impl Hcm {
         }
         {
             let ctx = self.context(&stream, None);
-            let levels = [&route.request_headers, &vh.request_headers, &self.routes.request_headers];
-            if self.routes.most_specific_wins {
+            let levels = [&route.request_headers, &vh.request_headers, &table.request_headers];
+            if table.most_specific_wins {
                 for m in levels.iter().rev() {
                     m.apply(&mut parts.headers, &ctx);
                 }
@@ -709,7 +734,7 @@ impl Hcm {
         rparts.version = http::Version::HTTP_11;
         let mut resp = Response::from_parts(rparts, ProxyBody::stream(rbody));
         stream.details = "via_upstream";
-        self.finish_response(&mut stream, &mut resp, Some((vh, route)));
+        self.finish_response(&mut stream, &mut resp, Some(matched));
         resp.map(|b| TrackedBody::new(b, Some(stream)))
     }
 }

@@ -2,7 +2,7 @@
 //! filter chain: the HTTP connection manager.
 
 use crate::hcm::{Codec, ConnInfo, Hcm};
-use crate::stats::{Counter, Gauge, Store};
+use crate::stats::{Counter, Gauge};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -47,11 +47,8 @@ impl ListenerConfig {
         let _ = self.draining.send(true);
     }
 
-    pub fn compile(
-        l: &Listener,
-        store: &Store,
-        clusters: Arc<arc_swap::ArcSwap<crate::cluster::ClusterMap>>,
-    ) -> Result<Self, String> {
+    pub fn compile(l: &Listener, ctx: &crate::rds::CompileContext) -> Result<Self, String> {
+        let store = &ctx.store;
         let Some(address::Address::SocketAddress(sa)) = l.address.as_ref().and_then(|a| a.address.as_ref()) else {
             return Err("address: only socket_address is supported".into());
         };
@@ -79,8 +76,7 @@ impl ListenerConfig {
             ));
         }
         let hcm: HttpConnectionManager = legate_api::any::unpack(any)?;
-        let hcm =
-            Hcm::compile(&hcm, store, clusters).map_err(|e| format!("filter_chains[0].filters[0].typed_config.{e}"))?;
+        let hcm = Hcm::compile(&hcm, ctx).map_err(|e| format!("filter_chains[0].filters[0].typed_config.{e}"))?;
         let p = format!("listener.{}.", stat_name(&address));
         let hcm = Arc::new(hcm);
         let mut builder = auto::Builder::new(TokioExecutor::new());

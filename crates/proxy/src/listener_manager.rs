@@ -99,7 +99,11 @@ impl ListenerManager {
     pub fn list(&self) -> Vec<ListenerView> {
         self.lock()
             .values()
-            .map(|a| ListenerView { config: a.slot.load_full(), version: a.version.clone(), last_updated: a.last_updated })
+            .map(|a| ListenerView {
+                config: a.slot.load_full(),
+                version: a.version.clone(),
+                last_updated: a.last_updated,
+            })
             .collect()
     }
 }

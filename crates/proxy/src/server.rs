@@ -43,6 +43,7 @@ pub enum ServerError {
 pub struct Shared {
     pub store: Arc<Store>,
     pub clusters: Arc<ArcSwap<ClusterMap>>,
+    pub ctx: crate::rds::CompileContext,
     pub listeners: Arc<ListenerManager>,
     pub bootstrap: LoadedBootstrap,
     pub options: Options,
@@ -71,9 +72,12 @@ pub fn build(
             map.insert(c.name.clone(), cluster);
         }
         clusters.store(Arc::new(map));
+    }
+    let ctx = crate::rds::CompileContext { store: store.clone(), clusters: clusters.clone(), rds: Default::default() };
+    if let Some(sr) = &b.static_resources {
         for (i, l) in sr.listeners.iter().enumerate() {
             let path = format!("static_resources.listeners[{i}]");
-            let lc = ListenerConfig::compile(l, &store, clusters.clone())
+            let lc = ListenerConfig::compile(l, &ctx)
                 .map_err(|reason| ServerError::Config { path: path.clone(), reason })?;
             listeners.apply(lc, None).map_err(|reason| ServerError::Config { path, reason })?;
         }
@@ -84,19 +88,23 @@ pub fn build(
     store.gauge("server.live").set(1);
     store.gauge("server.state").set(0);
     let (phase, _) = watch::channel(Phase::Running);
-    Ok((Arc::new(Shared {
-        store,
-        clusters,
-        listeners,
-        bootstrap,
-        options,
-        started: SystemTime::now(),
-        started_instant: Instant::now(),
-        healthy: AtomicBool::new(true),
-        phase,
-        quit: tokio::sync::Notify::new(),
-        admin_addr: std::sync::OnceLock::new(),
-    }), worker_rxs))
+    Ok((
+        Arc::new(Shared {
+            store,
+            clusters,
+            ctx,
+            listeners,
+            bootstrap,
+            options,
+            started: SystemTime::now(),
+            started_instant: Instant::now(),
+            healthy: AtomicBool::new(true),
+            phase,
+            quit: tokio::sync::Notify::new(),
+            admin_addr: std::sync::OnceLock::new(),
+        }),
+        worker_rxs,
+    ))
 }
 
 /// Runs the server until SIGTERM (drain, then exit), SIGINT or `/quitquitquit`.
@@ -117,6 +125,17 @@ pub fn run(bootstrap: LoadedBootstrap, options: Options) -> Result<(), ServerErr
         }
         crate::admin::start(shared.clone()).await
     })?;
+    let ads = crate::xds_client::ads_config(&shared.bootstrap.bootstrap)
+        .map_err(|reason| ServerError::Config { path: "dynamic_resources".into(), reason })?;
+    if let Some(cfg) = ads {
+        if !shared.clusters.load().contains_key(&cfg.cluster) {
+            return Err(ServerError::Config {
+                path: "dynamic_resources.ads_config".into(),
+                reason: format!("unknown gRPC client cluster '{}'", cfg.cluster),
+            });
+        }
+        main_rt.spawn(crate::xds_client::run(shared.clone(), cfg));
+    }
 
     let active = Arc::new(AtomicUsize::new(0));
     let mut handles = Vec::new();
