@@ -1,0 +1,336 @@
+//! xDS end to end: the control plane driving real Envoy 1.40 and `legate proxy`,
+//! over state-of-the-world and delta ADS.
+
+mod harness;
+
+use harness::*;
+use serde_json::Value;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+struct ControlPlane {
+    proc_: Proc,
+    xds: u16,
+    api: u16,
+    data: std::path::PathBuf,
+}
+
+impl ControlPlane {
+    fn start(dir: &std::path::Path) -> ControlPlane {
+        Self::start_at(dir, free_port(), free_port(), dir.join("cp-data"))
+    }
+
+    fn start_at(dir: &std::path::Path, xds: u16, api: u16, data: std::path::PathBuf) -> ControlPlane {
+        let mut p = Proc::spawn(
+            "control-plane",
+            Command::new(LEGATE)
+                .args([
+                    "control-plane",
+                    "--xds-addr",
+                    &format!("127.0.0.1:{xds}"),
+                    "--api-addr",
+                    &format!("127.0.0.1:{api}"),
+                ])
+                .arg("--data-dir")
+                .arg(&data),
+            dir,
+        );
+        wait_for("control plane API", Duration::from_secs(20), || {
+            if !p.is_running() {
+                panic!("control plane exited: {}", p.output());
+            }
+            http_get(addr(api), "/healthz", "cp").ok().filter(|r| r.status == 200)
+        });
+        ControlPlane { proc_: p, xds, api, data }
+    }
+
+    fn ctl(&self, args: &[&str]) -> (bool, String) {
+        let out = Command::new(LEGATE)
+            .args(["ctl", "--server", &format!("http://127.0.0.1:{}", self.api)])
+            .args(args)
+            .output()
+            .expect("run ctl");
+        (
+            out.status.success(),
+            format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)),
+        )
+    }
+
+    fn apply(&self, dir: &std::path::Path, yaml: &str) {
+        let f = dir.join(format!("apply-{}.yaml", free_port()));
+        std::fs::write(&f, yaml).expect("write resources");
+        let (ok, out) = self.ctl(&["apply", "-f", f.to_str().expect("path")]);
+        assert!(ok, "apply failed: {out}");
+    }
+
+    fn proxies(&self) -> Vec<Value> {
+        let (ok, out) = self.ctl(&["proxies", "-o", "json"]);
+        assert!(ok, "{out}");
+        let v: Value = serde_json::from_str(&out).expect("proxies json");
+        v["proxies"].as_array().cloned().unwrap_or_default()
+    }
+}
+
+fn resources(listen: u16, upstream: u16, node_ids: &[&str], suffix: &str) -> String {
+    let nodes =
+        if node_ids.is_empty() { String::new() } else { format!(", nodes: {{ ids: [{}] }}", node_ids.join(",")) };
+    format!(
+        r#"kind: Cluster
+metadata: {{ name: web{suffix}{nodes} }}
+spec:
+  name: web{suffix}
+  connect_timeout: 1s
+  type: EDS
+  eds_cluster_config: {{ eds_config: {{ ads: {{}}, resource_api_version: V3 }} }}
+---
+kind: ClusterLoadAssignment
+metadata: {{ name: web{suffix}{nodes} }}
+spec:
+  cluster_name: web{suffix}
+  endpoints:
+  - lb_endpoints:
+    - endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {upstream} }} }} }}
+---
+kind: Listener
+metadata: {{ name: ingress{suffix}{nodes} }}
+spec:
+  name: ingress{suffix}
+  address: {{ socket_address: {{ address: 127.0.0.1, port_value: {listen} }} }}
+  filter_chains:
+  - filters:
+    - name: envoy.filters.network.http_connection_manager
+      typed_config:
+        "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+        stat_prefix: ingress
+        http_filters: [{{ name: envoy.filters.http.router, typed_config: {{ "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }} }}]
+        rds: {{ route_config_name: main{suffix}, config_source: {{ ads: {{}}, resource_api_version: V3 }} }}
+---
+kind: RouteConfiguration
+metadata: {{ name: main{suffix}{nodes} }}
+spec:
+  name: main{suffix}
+  virtual_hosts: [{{ name: all, domains: ["*"], routes: [{{ match: {{ prefix: "/" }}, route: {{ cluster: web{suffix} }} }}] }}]
+"#
+    )
+}
+
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum Client {
+    Envoy,
+    Legate,
+}
+
+struct Attached {
+    proc_: Proc,
+    admin: u16,
+}
+
+fn attach(client: Client, cp: &ControlPlane, node: &str, delta: bool, dir: &std::path::Path) -> Attached {
+    let admin = free_port();
+    let mut args = vec![
+        "bootstrap".to_string(),
+        "--node-id".into(),
+        node.into(),
+        "--xds".into(),
+        format!("127.0.0.1:{}", cp.xds),
+        "--admin-port".into(),
+        admin.to_string(),
+    ];
+    if delta {
+        args.push("--delta".into());
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (ok, boot) = cp.ctl(&args);
+    assert!(ok, "{boot}");
+    let file = dir.join(format!("bootstrap-{node}.yaml"));
+    std::fs::write(&file, boot).expect("bootstrap");
+    let mut p = match client {
+        Client::Envoy => Proc::spawn(
+            node,
+            Command::new(envoy_bin()).arg("-c").arg(&file).args([
+                "--concurrency",
+                "1",
+                "-l",
+                "warning",
+                "--base-id",
+                &base_id(),
+            ]),
+            dir,
+        ),
+        Client::Legate => Proc::spawn(
+            node,
+            Command::new(LEGATE).args(["proxy", "--concurrency", "1", "-l", "info", "-c"]).arg(&file),
+            dir,
+        ),
+    };
+    wait_ready(admin, &mut p);
+    Attached { proc_: p, admin }
+}
+
+fn upstream_of(port: u16) -> Option<String> {
+    http_get(addr(port), "/", "app")
+        .ok()
+        .filter(|r| r.status == 200)
+        .and_then(|r| r.header("x-upstream").map(str::to_owned))
+}
+
+/// Sends requests without pause until stopped; counts failures.
+fn steady_load(port: u16) -> (Arc<AtomicBool>, Arc<AtomicUsize>, Arc<AtomicUsize>, std::thread::JoinHandle<()>) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let (s, o, f) = (stop.clone(), ok.clone(), failed.clone());
+    let h = std::thread::spawn(move || {
+        // Bounded: at most 20k requests or until told to stop.
+        for _ in 0..20_000 {
+            if s.load(Ordering::Relaxed) {
+                break;
+            }
+            match http_get(addr(port), "/load", "app") {
+                Ok(r) if r.status == 200 => o.fetch_add(1, Ordering::Relaxed),
+                _ => f.fetch_add(1, Ordering::Relaxed),
+            };
+        }
+    });
+    (stop, ok, failed, h)
+}
+
+/// Apply, serve, move endpoints under load, NACK, delete: one client kind and mode.
+fn lifecycle(client: Client, delta: bool) {
+    let dir = TempDir::new(&format!("xds-{client:?}-{delta}"));
+    let (_u1, p1) = echo("one", dir.path());
+    let (_u2, p2) = echo("two", dir.path());
+    let cp = ControlPlane::start(dir.path());
+    let listen = free_port();
+    cp.apply(dir.path(), &resources(listen, p1, &[], ""));
+    let node = format!("{client:?}-{}", if delta { "delta" } else { "sotw" }).to_lowercase();
+    let proxy = attach(client, &cp, &node, delta, dir.path());
+    let first = wait_for("traffic through the proxy", Duration::from_secs(20), || upstream_of(listen));
+    assert_eq!(first, "one");
+
+    // Move the endpoint while requests flow: none may fail.
+    let (stop, ok, failed, h) = steady_load(listen);
+    std::thread::sleep(Duration::from_millis(300));
+    cp.apply(dir.path(), &resources(listen, p2, &[], ""));
+    wait_for("endpoints to move", Duration::from_secs(10), || upstream_of(listen).filter(|u| u == "two"));
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::Relaxed);
+    h.join().expect("load thread");
+    assert_eq!(
+        failed.load(Ordering::Relaxed),
+        0,
+        "requests failed during the endpoint change ({} ok)",
+        ok.load(Ordering::Relaxed)
+    );
+    assert!(ok.load(Ordering::Relaxed) > 10);
+
+    // A listener on a port something else holds: valid config, rejected by the
+    // proxy at bind time. The NACK shows up; the old listener keeps serving.
+    let blocker = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let taken = blocker.local_addr().expect("addr").port();
+    let bad = resources(taken, p2, &[], "").replace("name: ingress", "name: ingress-bad");
+    let bad: String = bad.split("---").filter(|d| d.contains("kind: Listener")).collect();
+    cp.apply(dir.path(), &bad);
+    let nack = wait_for("a NACK in ctl proxies", Duration::from_secs(15), || {
+        cp.proxies()
+            .into_iter()
+            .find(|p| p["node"]["id"] == node.as_str())
+            .and_then(|p| p["types"]["Listener"]["last_nack"]["error"].as_str().map(str::to_owned))
+    });
+    assert!(
+        nack.contains(&taken.to_string()) || nack.to_lowercase().contains("bind") || nack.contains("address"),
+        "NACK error: {nack}"
+    );
+    assert_eq!(upstream_of(listen).as_deref(), Some("two"), "still serving after the NACK");
+    let (ok_del, out) = cp.ctl(&["delete", "listener", "ingress-bad"]);
+    assert!(ok_del, "{out}");
+
+    // Delete the cluster: the proxy drops it.
+    let (ok_del, out) = cp.ctl(&["delete", "cluster", "web"]);
+    assert!(ok_del, "{out}");
+    wait_for("cluster removal", Duration::from_secs(10), || {
+        http_get(addr(proxy.admin), "/clusters", "admin").ok().filter(|r| !r.body.contains("web::")).map(|_| ())
+    });
+    assert_eq!(http_get(addr(listen), "/", "app").expect("request").status, 503, "route to a removed cluster");
+}
+
+#[test]
+fn envoy_sotw_lifecycle() {
+    lifecycle(Client::Envoy, false);
+}
+
+#[test]
+fn envoy_delta_lifecycle() {
+    lifecycle(Client::Envoy, true);
+}
+
+#[test]
+fn legate_sotw_lifecycle() {
+    lifecycle(Client::Legate, false);
+}
+
+#[test]
+fn legate_delta_lifecycle() {
+    lifecycle(Client::Legate, true);
+}
+
+/// Envoy and Legate on one control plane, each selected by `metadata.nodes`;
+/// then the control plane restarts and both come back to the same config.
+#[test]
+fn mixed_fleet_and_control_plane_restart() {
+    let dir = TempDir::new("xds-mixed");
+    let (_u1, p1) = echo("one", dir.path());
+    let (_u2, p2) = echo("two", dir.path());
+    let cp = ControlPlane::start(dir.path());
+    let (le, ll) = (free_port(), free_port());
+    cp.apply(dir.path(), &resources(le, p1, &["envoy-1"], "-e"));
+    cp.apply(dir.path(), &resources(ll, p2, &["legate-1"], "-l"));
+    let envoy = attach(Client::Envoy, &cp, "envoy-1", false, dir.path());
+    let legate = attach(Client::Legate, &cp, "legate-1", true, dir.path());
+    assert_eq!(wait_for("envoy traffic", Duration::from_secs(20), || upstream_of(le)), "one");
+    assert_eq!(wait_for("legate traffic", Duration::from_secs(20), || upstream_of(ll)), "two");
+    // Each got only its own listener.
+    let listeners = |port| http_get(addr(port), "/listeners", "admin").expect("listeners").body;
+    assert!(listeners(envoy.admin).contains("ingress-e") && !listeners(envoy.admin).contains("ingress-l"));
+    assert!(listeners(legate.admin).contains("ingress-l") && !listeners(legate.admin).contains("ingress-e"));
+    assert_eq!(cp.proxies().len(), 2);
+
+    // Kill the control plane: traffic keeps flowing on the last config.
+    let (xds, api, data) = (cp.xds, cp.api, cp.data.clone());
+    drop(cp);
+    for _ in 0..20 {
+        assert_eq!(upstream_of(le).as_deref(), Some("one"));
+        assert_eq!(upstream_of(ll).as_deref(), Some("two"));
+    }
+    // Restart on the same store: both reconnect and hold the same config.
+    let cp = ControlPlane::start_at(dir.path(), xds, api, data);
+    wait_for("both proxies to reconnect", Duration::from_secs(40), || (cp.proxies().len() == 2).then_some(()));
+    let stat = |port| http_get(addr(port), "/stats?filter=control_plane.connected_state", "admin").expect("stats").body;
+    wait_for("legate connected_state 1", Duration::from_secs(10), || {
+        stat(legate.admin).contains("connected_state: 1").then_some(())
+    });
+    assert_eq!(upstream_of(le).as_deref(), Some("one"));
+    assert_eq!(upstream_of(ll).as_deref(), Some("two"));
+}
+
+/// Invalid resources are refused at apply, with field paths, and nothing is published.
+#[test]
+fn apply_refuses_invalid_resources() {
+    let dir = TempDir::new("xds-invalid");
+    let cp = ControlPlane::start(dir.path());
+    let bad = "kind: Cluster\nmetadata: { name: c }\nspec: { name: c, connect_timeout: -1s, lb_policy: NOPE }\n";
+    let f = dir.path().join("bad.yaml");
+    std::fs::write(&f, bad).expect("write");
+    let (ok, out) = cp.ctl(&["apply", "-f", f.to_str().expect("path")]);
+    assert!(!ok);
+    assert!(out.contains("Cluster/c") && out.contains("spec."), "{out}");
+    let mismatch = "kind: Cluster\nmetadata: { name: a }\nspec: { name: b, connect_timeout: 1s }\n";
+    std::fs::write(&f, mismatch).expect("write");
+    let (ok, out) = cp.ctl(&["apply", "-f", f.to_str().expect("path")]);
+    assert!(!ok && out.contains("spec.name"), "{out}");
+    let (ok, out) = cp.ctl(&["get", "clusters", "-o", "json"]);
+    assert!(ok);
+    let v: Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(v["items"].as_array().map(Vec::len), Some(0), "nothing was published");
+}
