@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 struct ControlPlane {
-    proc_: Proc,
+    _proc: Proc,
     xds: u16,
     api: u16,
     data: std::path::PathBuf,
@@ -43,7 +43,7 @@ impl ControlPlane {
             }
             http_get(addr(api), "/healthz", "cp").ok().filter(|r| r.status == 200)
         });
-        ControlPlane { proc_: p, xds, api, data }
+        ControlPlane { _proc: p, xds, api, data }
     }
 
     fn ctl(&self, args: &[&str]) -> (bool, String) {
@@ -123,7 +123,7 @@ enum Client {
 }
 
 struct Attached {
-    proc_: Proc,
+    _proc: Proc,
     admin: u16,
 }
 
@@ -166,7 +166,7 @@ fn attach(client: Client, cp: &ControlPlane, node: &str, delta: bool, dir: &std:
         ),
     };
     wait_ready(admin, &mut p);
-    Attached { proc_: p, admin }
+    Attached { _proc: p, admin }
 }
 
 fn upstream_of(port: u16) -> Option<String> {
