@@ -1,25 +1,33 @@
-//! `legate demo`: sample upstreams and a proxy in front of them, on loopback.
+//! `legate demo`: the control plane, sample upstreams, and a proxy attached to
+//! the control plane over ADS, all on loopback, with the example config applied.
 
 use crate::echo::{serve, EchoArgs};
+use anyhow::Context as _;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-const DEMO_BOOTSTRAP: &str = include_str!("demo.yaml");
+const DEMO_RESOURCES: &str = include_str!("demo_resources.yaml");
 
 #[derive(clap::Args)]
 pub struct DemoArgs {
-    /// Worker threads for the proxy.
-    #[arg(long, default_value_t = 1)]
-    pub concurrency: usize,
+    /// Where the demo's control plane keeps its store.
+    #[arg(long, default_value = "./legate-data/demo")]
+    pub data_dir: std::path::PathBuf,
+    /// Stop after this many seconds (0: run until Ctrl-C).
+    #[arg(long, default_value_t = 0)]
+    pub seconds: u64,
 }
 
-pub fn run(args: DemoArgs) -> anyhow::Result<()> {
-    // Sample upstreams on their own thread.
+const XDS: &str = "127.0.0.1:18000";
+const API: &str = "127.0.0.1:9900";
+const ADMIN_PORT: u16 = 9901;
+
+fn start_upstreams() -> anyhow::Result<()> {
     let upstreams = [("service-v1-a", 18081u16), ("service-v1-b", 18082), ("service-v2", 18083)];
     let mut bound = Vec::new();
     for (name, port) in upstreams {
         let l = std::net::TcpListener::bind(("127.0.0.1", port))
-            .map_err(|e| anyhow::anyhow!("cannot start sample upstream {name} on 127.0.0.1:{port}: {e}"))?;
+            .with_context(|| format!("cannot start sample upstream {name} on 127.0.0.1:{port}"))?;
         l.set_nonblocking(true)?;
         bound.push((name, l));
     }
@@ -28,34 +36,88 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         rt.block_on(async move {
             for (name, l) in bound {
                 let Ok(l) = tokio::net::TcpListener::from_std(l) else { continue };
-                let args =
-                    Arc::new(EchoArgs { listen: l.local_addr().expect("bound"), name: name.into(), plain: false });
-                tokio::spawn(serve(l, args));
+                let Ok(listen) = l.local_addr() else { continue };
+                tokio::spawn(serve(l, Arc::new(EchoArgs { listen, name: name.into(), plain: false })));
             }
             std::future::pending::<()>().await
         });
     })?;
+    Ok(())
+}
 
-    let loaded = legate_api::load::load_bootstrap(DEMO_BOOTSTRAP)?;
-    println!(
-        "\nLegate demo: a proxy on 127.0.0.1:10000 in front of three sample upstreams.\n\
-         \n  curl -s http://127.0.0.1:10000/hello          # a direct response\
-         \n  curl -si http://127.0.0.1:10000/anything      # round robin over service_v1 (see x-upstream)\
-         \n  curl -si http://127.0.0.1:10000/v2/x          # service_v2, path rewritten to /x\
-         \n  curl -si http://127.0.0.1:10000/split         # 80/20 split between v1 and v2\
-         \n  curl --http2-prior-knowledge -s http://127.0.0.1:10000/h2\
-         \n\nAdmin (Envoy's admin API): http://127.0.0.1:9901/  (try /stats, /clusters, /config_dump, /ready)\
-         \nThe bootstrap is an Envoy v3 config; `envoy -c` runs it too. Ctrl-C stops the demo.\n"
+/// Kills the proxy child when the demo ends, however it ends.
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+pub fn run(args: DemoArgs) -> anyhow::Result<()> {
+    start_upstreams()?;
+
+    // The control plane, with the example config applied as one revision.
+    let ctrl = legate_control::controller(&args.data_dir)?;
+    let docs = legate_control::model::parse_documents(DEMO_RESOURCES).map_err(anyhow::Error::msg)?;
+    ctrl.apply(&docs, "demo", "the demo's example config", false).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    let opts =
+        legate_control::Options { xds_addr: XDS.parse()?, api_addr: API.parse()?, data_dir: args.data_dir.clone() };
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
+    let cp = rt.spawn(legate_control::serve(ctrl, opts));
+
+    // A proxy attached over ADS, as its own process (as in production).
+    let boot = crate::ctl::bootstrap_yaml("demo-proxy", "demo", "127.0.0.1", "18000", false, ADMIN_PORT);
+    std::fs::create_dir_all(&args.data_dir)?;
+    let boot_path = args.data_dir.join("proxy-bootstrap.yaml");
+    std::fs::write(&boot_path, boot)?;
+    let exe = std::env::current_exe()?;
+    let _proxy = Child(
+        std::process::Command::new(exe)
+            .args(["proxy", "--concurrency", "1", "--drain-time-s", "1", "-l", "warn", "-c"])
+            .arg(&boot_path)
+            .spawn()
+            .context("cannot start the proxy")?,
     );
-    let options = legate_proxy::server::Options {
-        concurrency: args.concurrency.max(1),
-        drain_time: Duration::from_secs(2),
-        base_id: 0,
-        log_level: "info".into(),
-        service_node: None,
-        service_cluster: None,
-        config_path: None,
-    };
-    legate_proxy::server::run(loaded, options)?;
+
+    // Wait until the proxy serves the demo config.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", 10000)).is_err() {
+        if cp.is_finished() {
+            return Err(anyhow::anyhow!("the control plane stopped: {:?}", rt.block_on(cp)));
+        }
+        anyhow::ensure!(Instant::now() < deadline, "the proxy did not start serving within 20s");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    println!(
+        "\nLegate demo is running: a control plane, three sample upstreams, and a proxy that\n\
+         took its whole config over ADS (bootstrap: {boot}).\n\
+         \n  curl -s http://127.0.0.1:10000/hello              # a direct response\
+         \n  curl -si http://127.0.0.1:10000/anything          # round robin over service_v1 (see x-upstream)\
+         \n  curl -si http://127.0.0.1:10000/v2/x              # service_v2, path rewritten to /x\
+         \n  curl -si http://127.0.0.1:10000/split             # 80/20 between v1 and v2\
+         \n  legate ctl proxies                                # the fleet: what each proxy ACKed\
+         \n  legate ctl get routes; legate ctl history         # the config and its revisions\
+         \n  legate ctl bootstrap --node-id my-envoy --admin-port 9902 > b.yaml && envoy -c b.yaml\
+         \n\nControl plane API: http://{API}/v1/proxies   xDS: {XDS}\
+         \nProxy admin (Envoy's admin API): http://127.0.0.1:{ADMIN_PORT}/  (/stats, /clusters, /config_dump)\
+         \nCtrl-C stops the demo.\n",
+        boot = boot_path.display()
+    );
+    rt.block_on(async {
+        let stop = async {
+            if args.seconds > 0 {
+                tokio::time::sleep(Duration::from_secs(args.seconds)).await;
+            } else {
+                std::future::pending::<()>().await;
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = stop => {}
+            r = cp => eprintln!("control plane stopped: {r:?}"),
+        }
+    });
     Ok(())
 }

@@ -33,8 +33,13 @@ pub enum ControlError {
 
 /// Runs the control plane until the process ends.
 pub async fn run(opts: Options) -> Result<(), ControlError> {
-    let store = store::Store::open(&opts.data_dir)?;
-    let ctrl = state::Controller::open(store)?;
+    let ctrl = controller(&opts.data_dir)?;
+    serve(ctrl, opts).await
+}
+
+/// Serves xDS and the API for an existing controller (the demo applies its
+/// example config first).
+pub async fn serve(ctrl: Arc<state::Controller>, opts: Options) -> Result<(), ControlError> {
     let xds_listener = tokio::net::TcpListener::bind(opts.xds_addr)
         .await
         .map_err(|source| ControlError::Bind { addr: opts.xds_addr, source })?;
@@ -57,7 +62,7 @@ pub async fn run(opts: Options) -> Result<(), ControlError> {
     Ok(())
 }
 
-/// Helper for embedding (the demo): the controller and a future that serves.
+/// Opens the store and the controller on it.
 pub fn controller(data_dir: &std::path::Path) -> Result<Arc<state::Controller>, ControlError> {
     Ok(state::Controller::open(store::Store::open(data_dir)?)?)
 }
