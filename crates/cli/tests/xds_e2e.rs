@@ -169,6 +169,28 @@ fn attach(client: Client, cp: &ControlPlane, node: &str, delta: bool, dir: &std:
     Attached { _proc: p, admin }
 }
 
+/// (type URL, name, client status) of every resource CSDS reports for `node`.
+fn csds(xds_port: u16, node: &str) -> Vec<(String, String, i32)> {
+    use legate_api::pb::envoy::service::status::v3::{
+        client_status_discovery_service_client::ClientStatusDiscoveryServiceClient, ClientStatusRequest,
+    };
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    rt.block_on(async {
+        let Ok(mut client) = ClientStatusDiscoveryServiceClient::connect(format!("http://127.0.0.1:{xds_port}")).await
+        else {
+            return vec![];
+        };
+        let Ok(resp) = client.fetch_client_status(ClientStatusRequest::default()).await else { return vec![] };
+        resp.into_inner()
+            .config
+            .into_iter()
+            .filter(|c| c.node.as_ref().is_some_and(|n| n.id == node))
+            .flat_map(|c| c.generic_xds_configs)
+            .map(|g| (g.type_url, g.name, g.client_status))
+            .collect()
+    })
+}
+
 fn upstream_of(port: u16) -> Option<String> {
     http_get(addr(port), "/", "app")
         .ok()
@@ -208,6 +230,13 @@ fn lifecycle(client: Client, delta: bool) {
     let proxy = attach(client, &cp, &node, delta, dir.path());
     let first = wait_for("traffic through the proxy", Duration::from_secs(20), || upstream_of(listen));
     assert_eq!(first, "one");
+    // CSDS reports what this proxy ACKed.
+    let acked = wait_for("CSDS to show the cluster ACKed", Duration::from_secs(10), || {
+        csds(cp.xds, &node)
+            .into_iter()
+            .find(|(ty, name, status)| ty.ends_with("Cluster") && name == "web" && *status == 3)
+    });
+    assert_eq!(acked.1, "web");
 
     // Move the endpoint while requests flow: none may fail.
     let (stop, ok, failed, h) = steady_load(listen);

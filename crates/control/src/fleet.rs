@@ -15,6 +15,8 @@ pub struct Nack {
 
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct TypeStatus {
+    /// The names of the resources last sent (what the proxy holds if it ACKed).
+    pub names: Vec<String>,
     pub sent_version: String,
     pub acked_version: String,
     pub resources: usize,
@@ -29,6 +31,9 @@ pub struct ProxyStatus {
     pub connected_since: String,
     /// By resource kind name (Cluster, Listener, ...).
     pub types: BTreeMap<String, TypeStatus>,
+    /// The node as the proxy described itself (for CSDS).
+    #[serde(skip)]
+    pub raw_node: Option<legate_api::pb::envoy::config::core::v3::Node>,
 }
 
 #[derive(Default)]
@@ -42,9 +47,21 @@ pub fn now() -> String {
 }
 
 impl Fleet {
-    pub fn connect(&self, node: NodeInfo, mode: &'static str) -> u64 {
+    pub fn connect(
+        &self,
+        node: NodeInfo,
+        raw_node: legate_api::pb::envoy::config::core::v3::Node,
+        mode: &'static str,
+    ) -> u64 {
         let id = self.next.fetch_add(1, Ordering::Relaxed) + 1;
-        let status = ProxyStatus { stream: id, node, mode, connected_since: now(), types: BTreeMap::new() };
+        let status = ProxyStatus {
+            stream: id,
+            node,
+            mode,
+            connected_since: now(),
+            types: BTreeMap::new(),
+            raw_node: Some(raw_node),
+        };
         self.lock().insert(id, status);
         id
     }

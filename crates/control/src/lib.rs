@@ -2,6 +2,7 @@
 //! a fleet view of connected proxies, and a REST API.
 
 pub mod api;
+pub mod csds;
 pub mod fleet;
 pub mod model;
 pub mod state;

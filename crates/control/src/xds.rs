@@ -86,7 +86,7 @@ impl SotwSession {
             let node =
                 req.node.as_ref().ok_or_else(|| Status::invalid_argument("the first request must carry node"))?;
             let info = NodeInfo::from_node(node);
-            self.fleet_id = Some(self.ctrl.fleet.connect(info.clone(), "sotw"));
+            self.fleet_id = Some(self.ctrl.fleet.connect(info.clone(), node.clone(), "sotw"));
             self.node = Some(info);
         }
         let Some(kind) = Kind::from_type_url(&req.type_url) else {
@@ -142,6 +142,7 @@ impl SotwSession {
         self.nonce += 1;
         let nonce = self.nonce.to_string();
         let count = resources.len();
+        let names: Vec<String> = resources.iter().map(|r| r.name.clone()).collect();
         let resp = DiscoveryResponse {
             version_info: version.clone(),
             resources: resources.iter().map(|r| r.any.clone()).collect(),
@@ -154,6 +155,7 @@ impl SotwSession {
         self.ctrl.fleet.update(self.fleet_id.unwrap_or(0), kind.name(), |t| {
             t.sent_version = version;
             t.resources = count;
+            t.names = names;
         });
         self.tx.send(Ok(resp)).await.map_err(|_| Status::cancelled("stream closed"))
     }
@@ -223,7 +225,7 @@ impl DeltaSession {
             let node =
                 req.node.as_ref().ok_or_else(|| Status::invalid_argument("the first request must carry node"))?;
             let info = NodeInfo::from_node(node);
-            self.fleet_id = Some(self.ctrl.fleet.connect(info.clone(), "delta"));
+            self.fleet_id = Some(self.ctrl.fleet.connect(info.clone(), node.clone(), "delta"));
             self.node = Some(info);
         }
         let Some(kind) = Kind::from_type_url(&req.type_url) else { return Ok(()) };
@@ -304,9 +306,12 @@ impl DeltaSession {
         ts.nonce = nonce;
         ts.responded = true;
         let (count, version) = (ts.sent.len(), state.revision.to_string());
+        let mut names: Vec<String> = ts.sent.keys().cloned().collect();
+        names.sort();
         self.ctrl.fleet.update(self.fleet_id.unwrap_or(0), kind.name(), |t| {
             t.sent_version = version;
             t.resources = count;
+            t.names = names;
         });
         self.tx.send(Ok(resp)).await.map_err(|_| Status::cancelled("stream closed"))
     }
@@ -475,6 +480,8 @@ pub async fn serve(ctrl: Arc<Controller>, listener: tokio::net::TcpListener) -> 
     use service::listener::v3::listener_discovery_service_server::ListenerDiscoveryServiceServer;
     use service::route::v3::route_discovery_service_server::RouteDiscoveryServiceServer;
     use service::secret::v3::secret_discovery_service_server::SecretDiscoveryServiceServer;
+    use service::status::v3::client_status_discovery_service_server::ClientStatusDiscoveryServiceServer;
+    let csds = crate::csds::Csds::new(ctrl.clone());
     let server = XdsServer::new(ctrl);
     tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
@@ -484,6 +491,7 @@ pub async fn serve(ctrl: Arc<Controller>, listener: tokio::net::TcpListener) -> 
         .add_service(RouteDiscoveryServiceServer::new(server.clone()))
         .add_service(EndpointDiscoveryServiceServer::new(server.clone()))
         .add_service(SecretDiscoveryServiceServer::new(server))
+        .add_service(ClientStatusDiscoveryServiceServer::new(csds))
         .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
         .await
 }

@@ -1,0 +1,104 @@
+//! Client Status Discovery Service: what each connected proxy was sent, and
+//! whether it ACKed or NACKed it, for standard tools.
+
+use crate::model::Kind;
+use crate::state::Controller;
+use legate_api::pb::envoy::admin::v3::ClientResourceStatus;
+use legate_api::pb::envoy::r#type::matcher::v3::string_matcher::MatchPattern;
+use legate_api::pb::envoy::service::status::v3::{
+    client_config::GenericXdsConfig, client_status_discovery_service_server::ClientStatusDiscoveryService,
+    ClientConfig, ClientStatusRequest, ClientStatusResponse, ConfigStatus,
+};
+use std::sync::Arc;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+#[derive(Clone)]
+pub struct Csds {
+    ctrl: Arc<Controller>,
+}
+
+impl Csds {
+    pub fn new(ctrl: Arc<Controller>) -> Self {
+        Self { ctrl }
+    }
+
+    fn status(&self, req: &ClientStatusRequest) -> ClientStatusResponse {
+        let state = self.ctrl.current();
+        let mut config = Vec::new();
+        for p in self.ctrl.fleet.list() {
+            let id_ok =
+                req.node_matchers.iter().all(|m| match m.node_id.as_ref().and_then(|s| s.match_pattern.as_ref()) {
+                    Some(MatchPattern::Exact(e)) => p.node.id == *e,
+                    Some(MatchPattern::Prefix(x)) => p.node.id.starts_with(x.as_str()),
+                    Some(MatchPattern::Suffix(x)) => p.node.id.ends_with(x.as_str()),
+                    Some(MatchPattern::Contains(x)) => p.node.id.contains(x.as_str()),
+                    _ => true,
+                });
+            if !id_ok {
+                continue;
+            }
+            let mut generic = Vec::new();
+            for (kind_name, t) in &p.types {
+                let Some(kind) = Kind::parse(kind_name) else { continue };
+                let nacked = t.last_nack.is_some() && t.acked_version != t.sent_version;
+                for name in &t.names {
+                    let resource = state.resources.get(&(kind, name.clone()));
+                    generic.push(GenericXdsConfig {
+                        type_url: kind.type_url().to_string(),
+                        name: name.clone(),
+                        version_info: t.sent_version.clone(),
+                        xds_config: if req.exclude_resource_contents { None } else { resource.map(|r| r.any.clone()) },
+                        config_status: if nacked {
+                            ConfigStatus::Error as i32
+                        } else if t.acked_version == t.sent_version {
+                            ConfigStatus::Synced as i32
+                        } else {
+                            ConfigStatus::Stale as i32
+                        },
+                        client_status: if nacked {
+                            ClientResourceStatus::Nacked as i32
+                        } else if t.acked_version == t.sent_version {
+                            ClientResourceStatus::Acked as i32
+                        } else {
+                            ClientResourceStatus::Requested as i32
+                        },
+                        ..Default::default()
+                    });
+                }
+            }
+            config.push(ClientConfig { node: p.raw_node.clone(), generic_xds_configs: generic, ..Default::default() });
+        }
+        ClientStatusResponse { config }
+    }
+}
+
+#[tonic::async_trait]
+impl ClientStatusDiscoveryService for Csds {
+    type StreamClientStatusStream = ReceiverStream<Result<ClientStatusResponse, Status>>;
+
+    async fn stream_client_status(
+        &self,
+        req: Request<Streaming<ClientStatusRequest>>,
+    ) -> Result<Response<Self::StreamClientStatusStream>, Status> {
+        let (tx, rx) = mpsc::channel(4);
+        let this = self.clone();
+        let mut incoming = req.into_inner();
+        tokio::spawn(async move {
+            while let Ok(Some(r)) = incoming.message().await {
+                if tx.send(Ok(this.status(&r))).await.is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn fetch_client_status(
+        &self,
+        req: Request<ClientStatusRequest>,
+    ) -> Result<Response<ClientStatusResponse>, Status> {
+        Ok(Response::new(self.status(req.get_ref())))
+    }
+}
