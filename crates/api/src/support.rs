@@ -182,7 +182,10 @@ const SUPPORTED_FIELDS: &[(&str, &[&str])] = &[
         ],
     ),
     ("envoy.config.endpoint.v3.ClusterLoadAssignment", &["cluster_name", "endpoints"]),
-    ("envoy.config.endpoint.v3.LocalityLbEndpoints", &["lb_endpoints", "priority", "locality"]),
+    (
+        "envoy.config.endpoint.v3.LocalityLbEndpoints",
+        &["lb_endpoints", "priority", "locality", "load_balancing_weight"],
+    ),
     ("envoy.config.endpoint.v3.LbEndpoint", &["endpoint", "load_balancing_weight"]),
     ("envoy.config.endpoint.v3.Endpoint", &["address"]),
     ("envoy.extensions.upstreams.http.v3.HttpProtocolOptions", &["explicit_http_config"]),
