@@ -3,6 +3,7 @@
 mod ctl;
 mod demo;
 mod echo;
+mod xds_load;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
@@ -32,6 +33,9 @@ enum Command {
     ControlPlane(ControlPlaneArgs),
     /// Talk to the control plane: apply, get, delete, proxies, history, bootstrap.
     Ctl(ctl::CtlArgs),
+    /// Simulated proxies for the control plane's scale benchmark (bench/xds-scale.sh).
+    #[command(hide = true)]
+    XdsLoad(xds_load::LoadArgs),
 }
 
 #[derive(clap::Args)]
@@ -133,6 +137,13 @@ fn main() -> ExitCode {
             }
         }
         Command::Ctl(args) => match ctl::run(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::from(1)
+            }
+        },
+        Command::XdsLoad(args) => match xds_load::run(args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("error: {e:#}");
