@@ -198,6 +198,36 @@ fn upstream_of(port: u16) -> Option<String> {
         .and_then(|r| r.header("x-upstream").map(str::to_owned))
 }
 
+/// `/config_dump` shows the dynamic cluster, listener and route configuration
+/// with their versions, as Envoy lays them out.
+fn check_config_dump(admin: u16) {
+    let body = http_get(addr(admin), "/config_dump", "admin").expect("config_dump").body;
+    let v: Value = serde_json::from_str(&body).expect("config_dump json");
+    let config = |ty: &str| -> Value {
+        v["configs"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|c| c["@type"].as_str().is_some_and(|t| t.ends_with(&format!(".{ty}"))))
+            .cloned()
+            .unwrap_or(Value::Null)
+    };
+    let clusters = config("ClustersConfigDump");
+    let web =
+        clusters["dynamic_active_clusters"].as_array().into_iter().flatten().find(|c| c["cluster"]["name"] == "web");
+    let web = web.unwrap_or_else(|| panic!("no dynamic cluster web in {clusters}"));
+    assert!(web["version_info"].as_str().is_some_and(|s| !s.is_empty()) && web["last_updated"].is_string(), "{web}");
+    let listeners = config("ListenersConfigDump");
+    let l = listeners["dynamic_listeners"].as_array().into_iter().flatten().find(|l| l["name"] == "ingress");
+    let l = l.unwrap_or_else(|| panic!("no dynamic listener ingress in {listeners}"));
+    assert!(l["active_state"]["version_info"].is_string(), "{l}");
+    let routes = config("RoutesConfigDump");
+    assert!(
+        routes["dynamic_route_configs"].as_array().into_iter().flatten().any(|r| r["route_config"]["name"] == "main"),
+        "no dynamic route config main in {routes}"
+    );
+}
+
 /// Sends requests without pause until stopped; counts failures.
 fn steady_load(port: u16) -> (Arc<AtomicBool>, Arc<AtomicUsize>, Arc<AtomicUsize>, std::thread::JoinHandle<()>) {
     let stop = Arc::new(AtomicBool::new(false));
@@ -237,6 +267,7 @@ fn lifecycle(client: Client, delta: bool) {
             .find(|(ty, name, status)| ty.ends_with("Cluster") && name == "web" && *status == 3)
     });
     assert_eq!(acked.1, "web");
+    check_config_dump(proxy.admin);
 
     // Move the endpoint while requests flow: none may fail.
     let (stop, ok, failed, h) = steady_load(listen);

@@ -463,28 +463,62 @@ fn listeners(shared: &Shared, query: Option<&str>) -> Response<Full<Bytes>> {
     text(s)
 }
 
+fn rfc3339(t: chrono::DateTime<chrono::Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+fn typed_json<T: prost::Message + prost::Name>(msg: &T) -> serde_json::Value {
+    let v = legate_api::load::to_dynamic(msg).map(|d| legate_api::load::to_json(&d)).unwrap_or(serde_json::Value::Null);
+    with_type(v, &T::type_url())
+}
+
+/// Envoy's config dump: the bootstrap, then clusters, listeners and route
+/// configurations, static and dynamic (with version and update time).
 fn config_dump(shared: &Shared) -> serde_json::Value {
-    let ts = chrono::DateTime::<chrono::Utc>::from(shared.started).to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let ts = rfc3339(chrono::DateTime::<chrono::Utc>::from(shared.started));
     let bootstrap = legate_api::load::to_json(&shared.bootstrap.dynamic);
-    let static_clusters: Vec<_> = bootstrap["static_resources"]["clusters"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-        .into_iter()
-        .map(|c| json!({"cluster": with_type(c, "type.googleapis.com/envoy.config.cluster.v3.Cluster"), "last_updated": ts}))
+    let statics = shared.bootstrap.bootstrap.static_resources.clone().unwrap_or_default();
+    let static_clusters: Vec<_> =
+        statics.clusters.iter().map(|c| json!({"cluster": typed_json(c), "last_updated": ts})).collect();
+    let dynamic_clusters: Vec<_> = shared
+        .dynamic_clusters
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .values()
+        .map(|(v, t, c)| json!({"version_info": v, "cluster": typed_json(c), "last_updated": rfc3339(*t)}))
         .collect();
-    let static_listeners: Vec<_> = bootstrap["static_resources"]["listeners"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
+    let mut static_listeners = Vec::new();
+    let mut dynamic_listeners = Vec::new();
+    for l in shared.listeners.list() {
+        match &l.version {
+            None => static_listeners
+                .push(json!({"listener": typed_json(&l.config.config), "last_updated": rfc3339(l.last_updated)})),
+            Some(v) => dynamic_listeners.push(json!({
+                "name": l.config.name,
+                "active_state": {"version_info": v, "listener": typed_json(&l.config.config), "last_updated": rfc3339(l.last_updated)},
+            })),
+        }
+    }
+    let dynamic_routes: Vec<_> = shared
+        .ctx
+        .rds
+        .list()
         .into_iter()
-        .map(|l| json!({"listener": with_type(l, "type.googleapis.com/envoy.config.listener.v3.Listener"), "last_updated": ts}))
+        .filter_map(|r| {
+            let cfg = r.config?;
+            Some(json!({
+                "version_info": r.version.unwrap_or_default(),
+                "route_config": typed_json(&cfg),
+                "last_updated": r.last_updated.map(rfc3339),
+            }))
+        })
         .collect();
     json!({
         "configs": [
             {"@type": "type.googleapis.com/envoy.admin.v3.BootstrapConfigDump", "bootstrap": bootstrap, "last_updated": ts},
-            {"@type": "type.googleapis.com/envoy.admin.v3.ClustersConfigDump", "static_clusters": static_clusters},
-            {"@type": "type.googleapis.com/envoy.admin.v3.ListenersConfigDump", "static_listeners": static_listeners},
+            {"@type": "type.googleapis.com/envoy.admin.v3.ClustersConfigDump", "static_clusters": static_clusters, "dynamic_active_clusters": dynamic_clusters},
+            {"@type": "type.googleapis.com/envoy.admin.v3.ListenersConfigDump", "static_listeners": static_listeners, "dynamic_listeners": dynamic_listeners},
+            {"@type": "type.googleapis.com/envoy.admin.v3.RoutesConfigDump", "dynamic_route_configs": dynamic_routes},
         ]
     })
 }

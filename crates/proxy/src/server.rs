@@ -45,6 +45,13 @@ pub struct Shared {
     pub clusters: Arc<ArcSwap<ClusterMap>>,
     pub ctx: crate::rds::CompileContext,
     pub listeners: Arc<ListenerManager>,
+    /// Clusters from CDS with their version and update time (for /config_dump).
+    pub dynamic_clusters: std::sync::Mutex<
+        std::collections::BTreeMap<
+            String,
+            (String, chrono::DateTime<chrono::Utc>, legate_api::pb::envoy::config::cluster::v3::Cluster),
+        >,
+    >,
     pub bootstrap: LoadedBootstrap,
     pub options: Options,
     pub started: SystemTime,
@@ -94,6 +101,7 @@ pub fn build(
             clusters,
             ctx,
             listeners,
+            dynamic_clusters: Default::default(),
             bootstrap,
             options,
             started: SystemTime::now(),

@@ -189,7 +189,7 @@ fn check<T: Message + prost::Name>(msg: &T, name: &str) -> Result<(), String> {
 
 impl Dynamic {
     /// Installs the full set of dynamic clusters.
-    fn apply_clusters(&mut self, shared: &Shared, clusters: Vec<PbCluster>) -> Result<(), String> {
+    fn apply_clusters(&mut self, shared: &Shared, clusters: Vec<PbCluster>, version: &str) -> Result<(), String> {
         let old_map = shared.clusters.load_full();
         let statics: BTreeSet<String> = shared
             .bootstrap
@@ -240,6 +240,16 @@ impl Dynamic {
         }
         shared.store.gauge("cluster_manager.active_clusters").set(next.len() as i64);
         shared.clusters.store(Arc::new(next));
+        {
+            let mut dump = shared.dynamic_clusters.lock().unwrap_or_else(|e| e.into_inner());
+            let now = chrono::Utc::now();
+            let mut fresh = BTreeMap::new();
+            for (name, c) in &configs {
+                let kept = dump.remove(name).filter(|(_, _, old)| old == c);
+                fresh.insert(name.clone(), kept.unwrap_or_else(|| (version.to_string(), now, c.clone())));
+            }
+            *dump = fresh;
+        }
         self.clusters = configs;
         // Start DNS for new DNS clusters.
         for c in shared.clusters.load().values() {
@@ -375,7 +385,7 @@ impl Dynamic {
         let (stat, result) = match type_url {
             CDS => (
                 "cluster_manager.cds",
-                decode_all::<PbCluster>(resources, CDS).and_then(|c| self.apply_clusters(shared, c)),
+                decode_all::<PbCluster>(resources, CDS).and_then(|c| self.apply_clusters(shared, c, version)),
             ),
             EDS => (
                 "cluster_manager.eds",
