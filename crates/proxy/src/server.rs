@@ -39,6 +39,12 @@ pub enum ServerError {
     Runtime(#[from] std::io::Error),
 }
 
+/// Clusters from CDS: name -> (version, last updated, config).
+pub type DynamicClusters = std::collections::BTreeMap<
+    String,
+    (String, chrono::DateTime<chrono::Utc>, legate_api::pb::envoy::config::cluster::v3::Cluster),
+>;
+
 /// Everything the admin endpoint reads.
 pub struct Shared {
     pub store: Arc<Store>,
@@ -46,11 +52,7 @@ pub struct Shared {
     pub ctx: crate::rds::CompileContext,
     pub listeners: Arc<ListenerManager>,
     /// Clusters from CDS with their version and update time (for /config_dump).
-    pub dynamic_clusters: std::sync::Mutex<
-        std::collections::BTreeMap<
-            String,
-            (String, chrono::DateTime<chrono::Utc>, legate_api::pb::envoy::config::cluster::v3::Cluster),
-        >,
+    pub dynamic_clusters: std::sync::Mutex<DynamicClusters>,
     >,
     pub bootstrap: LoadedBootstrap,
     pub options: Options,
