@@ -53,7 +53,6 @@ pub struct Shared {
     pub listeners: Arc<ListenerManager>,
     /// Clusters from CDS with their version and update time (for /config_dump).
     pub dynamic_clusters: std::sync::Mutex<DynamicClusters>,
-    >,
     pub bootstrap: LoadedBootstrap,
     pub options: Options,
     pub started: SystemTime,
