@@ -401,11 +401,17 @@ impl Hcm {
             route_name: String::new(),
         });
 
-        if parts.version != http::Version::HTTP_2
-            && stream.authority.is_empty()
-            && parts.version == http::Version::HTTP_11
-        {
-            return self.local_reply(stream, 400, "missing_host_header", "", None);
+        // Protocol errors Envoy answers itself, closing the connection.
+        if parts.version == http::Version::HTTP_10 || parts.version == http::Version::HTTP_09 {
+            // http_protocol_options.accept_http_10 is off by default.
+            let mut r = self.local_reply(stream, 426, "low_version", "", Some("Upgrade Required".into()));
+            r.headers_mut().insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+            return r;
+        }
+        if parts.version == http::Version::HTTP_11 && stream.authority.is_empty() {
+            let mut r = self.local_reply(stream, 400, "missing_host_header", "", None);
+            r.headers_mut().insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+            return r;
         }
 
         // Request headers Envoy's connection manager owns.

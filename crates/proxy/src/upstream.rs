@@ -58,11 +58,13 @@ impl UpstreamError {
     /// Envoy's local-reply body for this failure (before response headers).
     pub fn local_reply_body(&self) -> String {
         match self {
-            Self::ConnectTimeout => "upstream connect error or disconnect/reset before headers. reset reason: connection timeout".into(),
-            Self::ConnectFailure(e) => format!(
-                "upstream connect error or disconnect/reset before headers. reset reason: remote connection failure, transport failure reason: delayed connect error: {}",
-                e.raw_os_error().map_or_else(|| e.to_string(), |c| c.to_string())
-            ),
+            Self::ConnectTimeout => {
+                "upstream connect error or disconnect/reset before headers. reset reason: connection timeout".into()
+            }
+            Self::ConnectFailure(_) => {
+                "upstream connect error or disconnect/reset before headers. reset reason: remote connection failure"
+                    .into()
+            }
             Self::Handshake(_) | Self::Reset(_) => {
                 "upstream connect error or disconnect/reset before headers. reset reason: connection termination".into()
             }
