@@ -69,6 +69,9 @@ struct SotwType {
     names: Option<BTreeSet<String>>,
     sent_version: Option<String>,
     nonce: String,
+    /// Named types: the version of each resource last sent, so a change sends
+    /// only what changed (SotW allows a subset for RDS/EDS; absent ones stay).
+    sent: HashMap<String, String>,
 }
 
 struct SotwSession {
@@ -139,13 +142,32 @@ impl SotwSession {
         if !force && ts.sent_version.as_deref() == Some(version.as_str()) {
             return Ok(());
         }
-        self.nonce += 1;
-        let nonce = self.nonce.to_string();
         let count = resources.len();
         let names: Vec<String> = resources.iter().map(|r| r.name.clone()).collect();
+        // Wildcard types carry the full set (absence means deletion); named
+        // types carry only what changed, unless the subscription changed.
+        let to_send: Vec<&Arc<Resource>> = if kind.is_wildcard() || force {
+            resources
+        } else {
+            resources.into_iter().filter(|r| ts.sent.get(&r.name) != Some(&r.version)).collect()
+        };
+        if !kind.is_wildcard() {
+            if force {
+                ts.sent.clear();
+            }
+            for r in &to_send {
+                ts.sent.insert(r.name.clone(), r.version.clone());
+            }
+        }
+        if to_send.is_empty() && !force && !kind.is_wildcard() {
+            ts.sent_version = Some(version);
+            return Ok(());
+        }
+        self.nonce += 1;
+        let nonce = self.nonce.to_string();
         let resp = DiscoveryResponse {
             version_info: version.clone(),
-            resources: resources.iter().map(|r| r.any.clone()).collect(),
+            resources: to_send.iter().map(|r| r.any.clone()).collect(),
             type_url: kind.type_url().to_string(),
             nonce: nonce.clone(),
             ..Default::default()
