@@ -100,7 +100,7 @@ fn compile_struct(s: &legate_api::pb::google::protobuf::Struct) -> Result<Vec<(S
     keys.into_iter()
         .map(|(k, v)| {
             let value = match &v.kind {
-                Some(Kind::StringValue(t)) => JsonValue::Text(Format::parse(t)?),
+                Some(Kind::StringValue(t)) => JsonValue::Text(Format::parse(t)?.for_header()),
                 Some(Kind::StructValue(inner)) => JsonValue::Nested(compile_struct(inner)?),
                 Some(Kind::NumberValue(n)) => JsonValue::Text(Format::parse(&n.to_string())?),
                 Some(Kind::BoolValue(b)) => JsonValue::Text(Format::parse(&b.to_string())?),
@@ -175,9 +175,11 @@ fn render_json(fields: &[(String, JsonValue)], ctx: &Context<'_>, s: &mut String
         s.push(':');
         match v {
             JsonValue::Text(f) => {
+                // Formats here are in header mode: a missing value renders
+                // empty, which Envoy writes as null; a lone number operator
+                // is written as a JSON number.
                 let text = f.render_string(ctx);
-                // Envoy writes a lone number operator as a JSON number, `-` as null.
-                if text == "-" {
+                if text.is_empty() && f.literal().is_none() {
                     s.push_str("null");
                 } else if f.literal().is_none()
                     && !text.is_empty()

@@ -60,6 +60,16 @@ enum Op {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Format {
     ops: Vec<Op>,
+    /// In a header value a missing value is empty (and the header is then
+    /// not added); in an access log it is `-`.
+    header_value: bool,
+}
+
+/// What stands for a value that is not there.
+fn missing(out: &mut String, header_value: bool) {
+    if !header_value {
+        out.push('-');
+    }
 }
 
 /// Envoy's default access log format.
@@ -104,7 +114,13 @@ impl Format {
         if !lit.is_empty() {
             ops.push(Op::Literal(lit));
         }
-        Ok(Self { ops })
+        Ok(Self { ops, header_value: false })
+    }
+
+    /// The same format, for a header value (missing values are empty).
+    pub fn for_header(mut self) -> Self {
+        self.header_value = true;
+        self
     }
 
     /// True when the format has no operators (rendering is a copy).
@@ -118,7 +134,7 @@ impl Format {
 
     pub fn render(&self, ctx: &Context<'_>, out: &mut String) {
         for op in &self.ops {
-            render_op(op, ctx, out);
+            render_op(op, ctx, out, self.header_value);
         }
     }
 
@@ -206,13 +222,13 @@ fn header<'a>(map: Option<&'a HeaderMap>, ctx: &'a Context<'_>, name: &str) -> O
     }
 }
 
-fn push_opt(out: &mut String, v: Option<&str>, max: Option<usize>) {
+fn push_opt(out: &mut String, v: Option<&str>, max: Option<usize>, hm: bool) {
     match v {
         Some(s) => match max {
             Some(m) if s.len() > m => out.push_str(&s[..floor_char_boundary(s, m)]),
             _ => out.push_str(s),
         },
-        None => out.push('-'),
+        None => missing(out, hm),
     }
 }
 
@@ -223,7 +239,7 @@ fn floor_char_boundary(s: &str, mut i: usize) -> usize {
     i
 }
 
-fn render_op(op: &Op, ctx: &Context<'_>, out: &mut String) {
+fn render_op(op: &Op, ctx: &Context<'_>, out: &mut String, hm: bool) {
     match op {
         Op::Literal(s) => out.push_str(s),
         Op::StartTime(fmt) => match ctx.start_time {
@@ -239,24 +255,25 @@ fn render_op(op: &Op, ctx: &Context<'_>, out: &mut String) {
                     }
                 }
             }
-            None => out.push('-'),
+            None => missing(out, hm),
         },
         Op::Req { main, alt, max } => {
             let v = header(ctx.request, ctx, main).or_else(|| alt.as_deref().and_then(|a| header(ctx.request, ctx, a)));
-            push_opt(out, v, *max)
+            push_opt(out, v, *max, hm)
         }
         Op::Resp { main, alt, max } => {
             let v =
                 header(ctx.response, ctx, main).or_else(|| alt.as_deref().and_then(|a| header(ctx.response, ctx, a)));
-            push_opt(out, v, *max)
+            push_opt(out, v, *max, hm)
         }
-        Op::Protocol => push_opt(out, Some(ctx.protocol).filter(|p| !p.is_empty()), None),
-        Op::Method => push_opt(out, Some(ctx.method).filter(|p| !p.is_empty()), None),
+        Op::Protocol => push_opt(out, Some(ctx.protocol).filter(|p| !p.is_empty()), None, hm),
+        Op::Method => push_opt(out, Some(ctx.method).filter(|p| !p.is_empty()), None, hm),
         Op::ResponseCode => {
             let _ = write!(out, "{}", ctx.status.unwrap_or(0));
         }
-        Op::ResponseFlags => push_opt(out, Some(ctx.response_flags).filter(|f| !f.is_empty()), None),
-        Op::ResponseCodeDetails => push_opt(out, Some(ctx.response_code_details).filter(|f| !f.is_empty()), None),
+        // No flags is a value of its own, `-`, in logs and JSON alike.
+        Op::ResponseFlags => out.push_str(if ctx.response_flags.is_empty() { "-" } else { ctx.response_flags }),
+        Op::ResponseCodeDetails => push_opt(out, Some(ctx.response_code_details).filter(|f| !f.is_empty()), None, hm),
         Op::BytesReceived => {
             let _ = write!(out, "{}", ctx.bytes_received);
         }
@@ -267,25 +284,25 @@ fn render_op(op: &Op, ctx: &Context<'_>, out: &mut String) {
             Some(d) => {
                 let _ = write!(out, "{}", d.as_millis());
             }
-            None => out.push('-'),
+            None => missing(out, hm),
         },
         Op::UpstreamHost | Op::UpstreamRemoteAddress => match ctx.upstream_host {
             Some(a) => {
                 let _ = write!(out, "{a}");
             }
-            None => out.push('-'),
+            None => missing(out, hm),
         },
-        Op::UpstreamCluster => push_opt(out, Some(ctx.upstream_cluster).filter(|c| !c.is_empty()), None),
-        Op::RouteName => push_opt(out, Some(ctx.route_name).filter(|c| !c.is_empty()), None),
-        Op::DownstreamRemoteAddress => addr(out, ctx.downstream_remote, true),
-        Op::DownstreamRemoteAddressWithoutPort => addr(out, ctx.downstream_remote, false),
-        Op::DownstreamLocalAddress => addr(out, ctx.downstream_local, true),
-        Op::DownstreamLocalAddressWithoutPort => addr(out, ctx.downstream_local, false),
+        Op::UpstreamCluster => push_opt(out, Some(ctx.upstream_cluster).filter(|c| !c.is_empty()), None, hm),
+        Op::RouteName => push_opt(out, Some(ctx.route_name).filter(|c| !c.is_empty()), None, hm),
+        Op::DownstreamRemoteAddress => addr(out, ctx.downstream_remote, true, hm),
+        Op::DownstreamRemoteAddressWithoutPort => addr(out, ctx.downstream_remote, false, hm),
+        Op::DownstreamLocalAddress => addr(out, ctx.downstream_local, true, hm),
+        Op::DownstreamLocalAddressWithoutPort => addr(out, ctx.downstream_local, false, hm),
         Op::Hostname => out.push_str(hostname()),
     }
 }
 
-fn addr(out: &mut String, a: Option<SocketAddr>, with_port: bool) {
+fn addr(out: &mut String, a: Option<SocketAddr>, with_port: bool, hm: bool) {
     match a {
         Some(a) if with_port => {
             let _ = write!(out, "{a}");
@@ -293,7 +310,7 @@ fn addr(out: &mut String, a: Option<SocketAddr>, with_port: bool) {
         Some(a) => {
             let _ = write!(out, "{}", a.ip());
         }
-        None => out.push('-'),
+        None => missing(out, hm),
     }
 }
 

@@ -29,6 +29,21 @@ static X_ENVOY_EXPECTED_TIMEOUT: HeaderName = HeaderName::from_static("x-envoy-e
 static X_ENVOY_UPSTREAM_SERVICE_TIME: HeaderName = HeaderName::from_static("x-envoy-upstream-service-time");
 static X_ENVOY_ORIGINAL_PATH: HeaderName = HeaderName::from_static("x-envoy-original-path");
 static X_ENVOY_EXTERNAL_ADDRESS: HeaderName = HeaderName::from_static("x-envoy-external-address");
+static X_ENVOY_ORIGINAL_HOST: HeaderName = HeaderName::from_static("x-envoy-original-host");
+
+/// This machine's first non-loopback address of the same family as `like`
+/// (Envoy's "local address"), read once.
+fn local_address(like: IpAddr) -> IpAddr {
+    static V4: std::sync::OnceLock<IpAddr> = std::sync::OnceLock::new();
+    static V6: std::sync::OnceLock<IpAddr> = std::sync::OnceLock::new();
+    let (cell, v4) = if like.is_ipv4() { (&V4, true) } else { (&V6, false) };
+    *cell.get_or_init(|| {
+        if_addrs::get_if_addrs()
+            .ok()
+            .and_then(|ifs| ifs.into_iter().map(|i| i.ip()).find(|ip| !ip.is_loopback() && ip.is_ipv4() == v4))
+            .unwrap_or(like)
+    })
+}
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Codec {
@@ -230,6 +245,8 @@ struct Stream {
     client: SocketAddr,
     local: SocketAddr,
     upstream: Option<(Arc<Cluster>, Arc<Host>, Instant)>,
+    /// The cluster the route chose, even when no host could be picked.
+    cluster: Option<Arc<Cluster>>,
     route_name: String,
 }
 
@@ -275,7 +292,7 @@ impl Finish for Stream {
             duration: Some(elapsed),
             start_time: Some(self.start_time),
             upstream_host: self.upstream.as_ref().map(|u| u.1.addr),
-            upstream_cluster: self.upstream.as_ref().map_or("", |u| u.0.name.as_str()),
+            upstream_cluster: self.cluster.as_ref().map_or("", |c| c.name.as_str()),
             route_name: &self.route_name,
             downstream_remote: Some(self.client),
             downstream_local: Some(self.local),
@@ -293,18 +310,6 @@ fn protocol_name(v: http::Version) -> &'static str {
         http::Version::HTTP_2 => "HTTP/2",
         http::Version::HTTP_3 => "HTTP/3",
         _ => "-",
-    }
-}
-
-/// RFC 1918, loopback, link-local and unique-local addresses count as internal.
-fn is_internal(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(v4) => v4.is_private() || v4.is_loopback() || v4.is_link_local(),
-        IpAddr::V6(v6) => {
-            v6.is_loopback()
-                || (v6.segments()[0] & 0xfe00) == 0xfc00
-                || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_private() || v4.is_loopback())
-        }
     }
 }
 
@@ -377,7 +382,6 @@ impl Hcm {
         } else if let Some(ip) = xff_from_right(&parts.headers, self.xff_trusted_hops) {
             client = SocketAddr::new(ip, 0);
         }
-        let external = !is_internal(client.ip());
 
         conn.active_streams.fetch_add(1, Relaxed);
         let mut stream = Box::new(Stream {
@@ -398,6 +402,7 @@ impl Hcm {
             client,
             local: conn.local,
             upstream: None,
+            cluster: None,
             route_name: String::new(),
         });
 
@@ -405,6 +410,7 @@ impl Hcm {
         if parts.version == http::Version::HTTP_10 || parts.version == http::Version::HTTP_09 {
             // http_protocol_options.accept_http_10 is off by default.
             let mut r = self.local_reply(stream, 426, "low_version", "", Some("Upgrade Required".into()));
+            *r.version_mut() = http::Version::HTTP_11;
             r.headers_mut().insert(http::header::CONNECTION, HeaderValue::from_static("close"));
             return r;
         }
@@ -417,9 +423,13 @@ impl Hcm {
         // Request headers Envoy's connection manager owns.
         if self.use_remote_address {
             if !self.skip_xff_append {
+                // A loopback peer (a local sidecar) is recorded as this
+                // machine's own address, as Envoy does.
+                let hop =
+                    if conn.remote.ip().is_loopback() { local_address(conn.remote.ip()) } else { conn.remote.ip() };
                 let appended = match parts.headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-                    Some(prev) => format!("{prev},{}", conn.remote.ip()),
-                    None => conn.remote.ip().to_string(),
+                    Some(prev) => format!("{prev},{hop}"),
+                    None => hop.to_string(),
                 };
                 parts.headers.remove(&X_FORWARDED_FOR);
                 if let Ok(v) = HeaderValue::from_str(&appended) {
@@ -427,16 +437,17 @@ impl Hcm {
                 }
             }
             parts.headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
-            if external {
-                if let Ok(v) = HeaderValue::from_str(&client.ip().to_string()) {
-                    parts.headers.insert(X_ENVOY_EXTERNAL_ADDRESS.clone(), v);
-                }
+            // Envoy 1.40 has no internal addresses unless internal_address_config
+            // names some: every request through a use_remote_address HCM is an
+            // edge request, marked with its client address.
+            if let Ok(v) = HeaderValue::from_str(&client.ip().to_string()) {
+                parts.headers.insert(X_ENVOY_EXTERNAL_ADDRESS.clone(), v);
             }
         } else if !parts.headers.contains_key(&X_FORWARDED_PROTO) {
             parts.headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
         }
         if self.generate_request_id {
-            let regenerate = self.use_remote_address && external && !self.preserve_external_request_id;
+            let regenerate = self.use_remote_address && !self.preserve_external_request_id;
             if regenerate || !parts.headers.contains_key(&X_REQUEST_ID) {
                 let id = uuid::Uuid::new_v4();
                 let mut buf = [0u8; 36];
@@ -523,7 +534,7 @@ impl Hcm {
             downstream_remote: Some(s.client),
             downstream_local: Some(s.local),
             upstream_host: s.upstream.as_ref().map(|u| u.1.addr),
-            upstream_cluster: s.upstream.as_ref().map_or("", |u| u.0.name.as_str()),
+            upstream_cluster: s.cluster.as_ref().map_or("", |c| c.name.as_str()),
             start_time: Some(s.start_time),
             route_name: &s.route_name,
             ..Default::default()
@@ -567,6 +578,12 @@ impl Hcm {
         stream.details = "direct_response";
         let mut resp = Response::new(ProxyBody::Empty);
         *resp.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        // Envoy answers a direct 201 with the request's URL as its location.
+        if status == 201 {
+            if let Ok(v) = HeaderValue::from_str(&format!("http://{}{}", stream.authority, stream.path)) {
+                resp.headers_mut().insert(LOCATION, v);
+            }
+        }
         match body {
             Some(b) if !b.is_empty() => {
                 resp.headers_mut().insert(CONTENT_LENGTH, HeaderValue::from(b.len()));
@@ -633,6 +650,7 @@ impl Hcm {
             st.no_cluster.inc();
             return self.local_reply(stream, 503, "cluster_not_found", "NC", None);
         };
+        stream.cluster = Some(cluster.clone());
         let Some(host) = cluster.pick() else {
             cluster.stats.upstream_rq_total.inc();
             cluster.stats.record_status(503);
@@ -656,12 +674,20 @@ impl Hcm {
         } else {
             stream.authority.clone()
         };
+        if authority != stream.authority {
+            if let Ok(v) = HeaderValue::from_str(&stream.authority) {
+                parts.headers.insert(X_ENVOY_ORIGINAL_HOST.clone(), v);
+            }
+        }
         if let Some(t) = ra.timeout {
             parts.headers.insert(X_ENVOY_EXPECTED_TIMEOUT.clone(), HeaderValue::from(t.as_millis() as u64));
         }
         {
-            let ctx = self.context(&stream, None);
+            // Values may read the request's own headers (%REQ(...)%): a
+            // snapshot is taken only when some level has mutations.
             let levels = [&route.request_headers, &vh.request_headers, &table.request_headers];
+            let snapshot = if levels.iter().all(|l| l.is_empty()) { None } else { Some(parts.headers.clone()) };
+            let ctx = self.context(&stream, snapshot.as_ref());
             if table.most_specific_wins {
                 for m in levels.iter().rev() {
                     m.apply(&mut parts.headers, &ctx);
@@ -688,6 +714,13 @@ impl Hcm {
         // The request counts as received when its body has ended (at once for a
         // request without one): that is what Envoy's request_timeout measures.
         let request_done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        // The access log sees the request as it goes upstream (rewritten
+        // path and host, added headers), as Envoy's does.
+        if !self.access_logs.is_empty() {
+            stream.request_headers = Some(parts.headers.clone());
+            stream.path = upstream_path.to_string();
+            stream.authority = authority.clone();
+        }
         let req = Request::from_parts(parts, ProxyBody::watched(body, request_done.clone()));
 
         let cs = &cluster.stats;
@@ -804,11 +837,13 @@ fn redirect_location(rd: &Redirect, route: &Route, authority: &str, path: &str, 
         _ => (authority.to_string(), None),
     };
     let host = rd.host.clone().unwrap_or(req_host);
-    let port = match (rd.port, &rd.host, &rd.scheme) {
-        (Some(p), _, _) => Some(p.to_string()),
-        // A new host or scheme drops the request's port.
-        (None, Some(_), _) | (None, _, Some(_)) => None,
-        (None, None, None) => req_port,
+    let port = match (rd.port, &rd.host) {
+        (Some(p), _) => Some(p.to_string()),
+        // A new host replaces host and port.
+        (None, Some(_)) => None,
+        // A new scheme keeps the request's port, unless it was the old scheme's default.
+        (None, None) if rd.scheme.is_some() => req_port.filter(|p| p != "80"),
+        (None, None) => req_port,
     };
     let port = port.filter(|p| !((scheme == "http" && p == "80") || (scheme == "https" && p == "443")));
     let (p, q) = crate::route::split_query(path);

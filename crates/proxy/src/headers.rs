@@ -48,7 +48,7 @@ impl HeaderMutations {
                 } else {
                     h.value.clone()
                 };
-                let value = Format::parse(&raw)?;
+                let value = Format::parse(&raw)?.for_header();
                 // The deprecated `append` wins when set, as in Envoy.
                 let action = match o.append {
                     Some(a) if a.value => Action::AppendOrAdd,
