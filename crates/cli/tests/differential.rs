@@ -767,11 +767,25 @@ fn access_log_lines() {
 fn stats_agree() {
     let routes = r#"              - { match: { prefix: "/ok" }, route: { cluster: echo } }
               - { match: { prefix: "/empty" }, route: { cluster: empty } }
+              - { match: { prefix: "/dead" }, route: { cluster: dead } }
+              - { match: { prefix: "/redir" }, redirect: { host_redirect: elsewhere.example } }
+              - { match: { prefix: "/direct" }, direct_response: { status: 200 } }
 "#;
-    let clusters = echo_cluster() + "  - { name: empty, connect_timeout: 1s }\n";
+    let clusters = echo_cluster() + "  - { name: empty, connect_timeout: 1s }\n" + &cluster("dead", &["{CLOSED}"]);
     let t = bootstrap("", "", &one_vhost(routes), &clusters);
     let pair = start_pair("stats", &t, &["a"]);
-    let reqs = [get("/ok"), get("/ok/status/404"), get("/ok/status/503"), get("/empty"), get("/none"), get("/ok")];
+    let reqs = [
+        get("/ok"),
+        get("/ok/status/404"),
+        get("/ok/status/503"),
+        get("/empty"),
+        get("/none"),
+        get("/ok"),
+        get("/dead"),
+        get("/dead"),
+        get("/redir"),
+        get("/direct"),
+    ];
     for r in &reqs {
         send(pair.envoy, r);
         send(pair.legate, r);
@@ -791,6 +805,17 @@ fn stats_agree() {
         "cluster.echo.membership_total",
         "cluster.echo.membership_healthy",
         "cluster.empty.membership_total",
+        "cluster.empty.upstream_cx_none_healthy",
+        "cluster.empty.upstream_rq_503",
+        "cluster.dead.upstream_rq_total",
+        "cluster.dead.upstream_rq_503",
+        "cluster.dead.upstream_cx_connect_fail",
+        "cluster.dead.upstream_rq_pending_failure_eject",
+        "cluster.dead.upstream_rq_completed",
+        "cluster.echo.upstream_rq_completed",
+        "http.ingress_http.rq_direct_response",
+        "http.ingress_http.rq_redirect",
+        "http.ingress_http.rq_total",
     ];
     let stats = |admin: u16| -> BTreeMap<String, i64> {
         // Counters settle once responses are done.

@@ -113,7 +113,11 @@ fn handle(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let query = req.uri().query();
     let mutating = matches!(path, "/healthcheck/fail" | "/healthcheck/ok" | "/drain_listeners" | "/quitquitquit");
     if mutating && req.method() != Method::POST {
-        return reply(StatusCode::METHOD_NOT_ALLOWED, "text/plain; charset=UTF-8", "This endpoint requires POST\n");
+        return reply(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "text/plain; charset=UTF-8",
+            format!("Method {} not allowed, POST required.", req.method()),
+        );
     }
     match path {
         "/ready" => {
@@ -245,7 +249,7 @@ fn histogram_text(h: &crate::stats::Histogram) -> String {
     qs.iter()
         .map(|q| {
             let v = snap.quantile(*q).unwrap_or(0.0);
-            format!("P{}({v},{v})", q * 100.0)
+            format!("P{}(nan,{v})", q * 100.0)
         })
         .collect::<Vec<_>>()
         .join(" ")
@@ -308,10 +312,10 @@ fn prometheus_name(name: &str) -> (String, Vec<(&'static str, String)>) {
     }
     if let Some((head, code)) = rest.rsplit_once("_rq_") {
         if code.len() == 3 && code.ends_with("xx") {
-            labels.push(("envoy_response_code_class", code[..1].to_string()));
+            labels.insert(0, ("envoy_response_code_class", code[..1].to_string()));
             rest = format!("{head}_rq_xx");
         } else if code.len() == 3 && code.chars().all(|c| c.is_ascii_digit()) {
-            labels.push(("envoy_response_code", code.to_string()));
+            labels.insert(0, ("envoy_response_code", code.to_string()));
             rest = format!("{head}_rq");
         }
     }
@@ -321,7 +325,8 @@ fn prometheus_name(name: &str) -> (String, Vec<(&'static str, String)>) {
 
 fn prometheus(shared: &Shared) -> String {
     use std::collections::BTreeMap;
-    let mut families: BTreeMap<String, (&'static str, Vec<String>)> = BTreeMap::new();
+    // Envoy's order: every counter family, then gauges, then histograms.
+    let mut families: [BTreeMap<String, Vec<String>>; 3] = Default::default();
     for (n, st) in filtered(shared, None) {
         let (name, labels) = prometheus_name(&n);
         let label_text = |extra: Option<(&str, String)>| {
@@ -329,26 +334,18 @@ fn prometheus(shared: &Shared) -> String {
             if let Some((k, v)) = extra {
                 parts.push(format!("{k}=\"{v}\""));
             }
-            if parts.is_empty() {
-                String::new()
-            } else {
-                format!("{{{}}}", parts.join(","))
-            }
+            format!("{{{}}}", parts.join(","))
         };
         match st {
-            Stat::Counter(c) => families.entry(name.clone()).or_insert(("counter", vec![])).1.push(format!(
-                "{name}{} {}",
-                label_text(None),
-                c.value()
-            )),
-            Stat::Gauge(g) => families.entry(name.clone()).or_insert(("gauge", vec![])).1.push(format!(
-                "{name}{} {}",
-                label_text(None),
-                g.value()
-            )),
+            Stat::Counter(c) => {
+                families[0].entry(name.clone()).or_default().push(format!("{name}{} {}", label_text(None), c.value()))
+            }
+            Stat::Gauge(g) => {
+                families[1].entry(name.clone()).or_default().push(format!("{name}{} {}", label_text(None), g.value()))
+            }
             Stat::Histogram(h) => {
                 let snap = h.snapshot();
-                let lines = &mut families.entry(name.clone()).or_insert(("histogram", vec![])).1;
+                let lines = families[2].entry(name.clone()).or_default();
                 let mut cum = 0;
                 for (i, b) in BUCKETS.iter().enumerate() {
                     cum += snap.buckets[i];
@@ -361,10 +358,12 @@ fn prometheus(shared: &Shared) -> String {
         }
     }
     let mut s = String::new();
-    for (name, (kind, lines)) in families {
-        let _ = writeln!(s, "# TYPE {name} {kind}");
-        for l in lines {
-            let _ = writeln!(s, "{l}");
+    for (kind, fams) in ["counter", "gauge", "histogram"].iter().zip(families) {
+        for (name, lines) in fams {
+            let _ = writeln!(s, "# TYPE {name} {kind}");
+            for l in lines {
+                let _ = writeln!(s, "{l}");
+            }
         }
     }
     s

@@ -29,6 +29,19 @@ static X_ENVOY_EXPECTED_TIMEOUT: HeaderName = HeaderName::from_static("x-envoy-e
 static X_ENVOY_UPSTREAM_SERVICE_TIME: HeaderName = HeaderName::from_static("x-envoy-upstream-service-time");
 static X_ENVOY_ORIGINAL_PATH: HeaderName = HeaderName::from_static("x-envoy-original-path");
 static X_ENVOY_EXTERNAL_ADDRESS: HeaderName = HeaderName::from_static("x-envoy-external-address");
+const EXTERNAL_STRIPPED: &[&str] = &[
+    "x-envoy-internal",
+    "x-envoy-retry-on",
+    "x-envoy-retry-grpc-on",
+    "x-envoy-max-retries",
+    "x-envoy-upstream-alt-stat-name",
+    "x-envoy-upstream-rq-timeout-ms",
+    "x-envoy-upstream-rq-per-try-timeout-ms",
+    "x-envoy-upstream-rq-timeout-alt-response",
+    "x-envoy-expected-rq-timeout-ms",
+    "x-envoy-force-trace",
+    "x-envoy-ip-tags",
+];
 static X_ENVOY_ORIGINAL_HOST: HeaderName = HeaderName::from_static("x-envoy-original-host");
 
 /// This machine's first non-loopback address of the same family as `like`
@@ -420,6 +433,13 @@ impl Hcm {
             return r;
         }
 
+        // Envoy 1.40 treats every request as external unless internal
+        // addresses are configured, and strips the control headers only
+        // internal callers may send.
+        for h in EXTERNAL_STRIPPED {
+            parts.headers.remove(*h);
+        }
+
         // Request headers Envoy's connection manager owns.
         if self.use_remote_address {
             if !self.skip_xff_append {
@@ -461,6 +481,8 @@ impl Hcm {
             stream.request_headers = Some(parts.headers.clone());
         }
 
+        // The router sees every request that gets this far, routed or not.
+        st.rq_total.inc();
         let Some(table) = self.routes.load_full() else {
             st.no_route.inc();
             return self.local_reply(stream, 404, "route_not_found", "NR", None);
@@ -477,7 +499,8 @@ impl Hcm {
                 self.direct_reply(stream, *status, body, (&table, vh, route))
             }
             Action::Redirect(rd) => {
-                st.rq_redirect.inc();
+                // Envoy counts redirects as direct responses (rq_redirect stays 0).
+                st.rq_direct_response.inc();
                 let location = redirect_location(rd, route, &stream.authority, &stream.path, self.use_remote_address);
                 self.redirect_reply(stream, rd.status, location, (&table, vh, route))
             }
@@ -626,7 +649,6 @@ impl Hcm {
     ) -> ProxyResponse {
         let (table, vh, route) = matched;
         let st = &self.stats;
-        st.rq_total.inc();
         // Cost: an ArcSwap load and one hash lookup of the cluster name.
         let clusters = self.clusters.load();
         let cluster_name: Option<std::borrow::Cow<'_, str>> = match &ra.cluster {
@@ -652,7 +674,7 @@ impl Hcm {
         };
         stream.cluster = Some(cluster.clone());
         let Some(host) = cluster.pick() else {
-            cluster.stats.upstream_rq_total.inc();
+            cluster.stats.upstream_cx_none_healthy.inc();
             cluster.stats.record_status(503);
             return self.local_reply(stream, 503, "no_healthy_upstream", "UH", Some("no healthy upstream".into()));
         };
@@ -724,7 +746,6 @@ impl Hcm {
         let req = Request::from_parts(parts, ProxyBody::watched(body, request_done.clone()));
 
         let cs = &cluster.stats;
-        cs.upstream_rq_total.inc();
         cs.upstream_rq_active.inc();
         host.rq_active.fetch_add(1, Relaxed);
         host.rq_total.fetch_add(1, Relaxed);
@@ -740,7 +761,7 @@ impl Hcm {
                 return self.local_reply(
                     stream,
                     504,
-                    "upstream_response_timeout",
+                    "response_timeout",
                     "UT",
                     Some("upstream request timeout".into()),
                 );
@@ -756,8 +777,11 @@ impl Hcm {
             Ok(r) => r,
             Err(e) => {
                 cs.record_status(503);
+                if e.response_flag() == "UF" {
+                    cs.upstream_rq_pending_failure_eject.inc();
+                }
                 let details = match e.response_flag() {
-                    "UF" => "upstream_reset_before_response_started{remote_connection_failure}",
+                    "UF" => "upstream_reset_before_response_started{remote_connection_failure|delayed_connect_error:_Connection_refused}",
                     _ => "upstream_reset_before_response_started{connection_termination}",
                 };
                 return self.local_reply(stream, 503, details, e.response_flag(), Some(e.local_reply_body()));

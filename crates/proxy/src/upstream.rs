@@ -153,6 +153,8 @@ async fn send_h1(
             sender
         }
     };
+    // Envoy counts a request once it is on a connection (not on connect failure).
+    cluster.stats.upstream_rq_total.inc();
     let result = sender.send_request(req).await.map_err(UpstreamError::Reset);
     // Back to the pool at once: it becomes ready again when the response body
     // has been read, and checkout skips it until then.
@@ -199,6 +201,7 @@ async fn send_h2(
         }
     };
     sender.ready().await.map_err(UpstreamError::Reset)?;
+    cluster.stats.upstream_rq_total.inc();
     sender.send_request(req).await.map_err(UpstreamError::Reset)
 }
 
