@@ -690,7 +690,13 @@ fn protocol_errors() {
         &echo_cluster(),
     );
     let pair = start_pair("protocol-errors", &t, &["a"]);
-    for (name, raw) in [("no host", "GET / HTTP/1.1\r\n\r\n"), ("HTTP/1.0", "GET / HTTP/1.0\r\n\r\n")] {
+    for (name, raw) in [
+        ("no host", "GET / HTTP/1.1\r\n\r\n"),
+        ("HTTP/1.0", "GET / HTTP/1.0\r\n\r\n"),
+        ("header without colon", "GET / HTTP/1.1\r\nHost: a\r\nBad Header\r\n\r\n"),
+        ("bad method", "G@T / HTTP/1.1\r\nHost: a\r\n\r\n"),
+        ("garbage request line", "FOO BAR\r\n\r\n"),
+    ] {
         let status = |port: u16| {
             use std::io::{Read, Write};
             let mut s = std::net::TcpStream::connect(addr(port)).expect("connect");

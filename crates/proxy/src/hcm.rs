@@ -77,6 +77,7 @@ pub struct HcmStats {
     pub downstream_cx_active: Arc<Gauge>,
     pub downstream_cx_destroy: Arc<Counter>,
     pub downstream_cx_idle_timeout: Arc<Counter>,
+    pub downstream_cx_protocol_error: Arc<Counter>,
     pub no_route: Arc<Counter>,
     pub no_cluster: Arc<Counter>,
     pub rq_redirect: Arc<Counter>,
@@ -100,6 +101,7 @@ impl HcmStats {
             downstream_cx_active: store.gauge(&format!("{p}downstream_cx_active")),
             downstream_cx_destroy: c("downstream_cx_destroy"),
             downstream_cx_idle_timeout: c("downstream_cx_idle_timeout"),
+            downstream_cx_protocol_error: c("downstream_cx_protocol_error"),
             no_route: c("no_route"),
             no_cluster: c("no_cluster"),
             rq_redirect: c("rq_redirect"),
@@ -216,6 +218,11 @@ impl Hcm {
 }
 
 impl Hcm {
+    /// The `server` header value this HCM writes.
+    pub fn server_name(&self) -> &str {
+        self.server_name.to_str().unwrap_or("envoy")
+    }
+
     pub fn rds_name(&self) -> Option<&str> {
         self.rds_name.as_deref()
     }

@@ -15,6 +15,7 @@ pub mod cluster;
 pub mod datasource;
 pub mod dns;
 pub mod format;
+pub mod h1_errors;
 pub mod hcm;
 pub mod headers;
 pub mod listener;
