@@ -129,15 +129,30 @@ impl SotwSession {
         let changed = ts.names != names;
         ts.names = names;
         if first || changed {
-            self.push(kind, state, true).await?;
+            self.push(kind, state, true, None).await?;
         }
         Ok(())
     }
 
-    async fn push(&mut self, kind: Kind, state: &ConfigState, force: bool) -> Result<(), Status> {
+    /// Pushes `kind` if what the proxy should hold changed. With `keep_from`,
+    /// resources of that earlier state that the new one drops are still
+    /// included: removals wait until what replaces them has been sent.
+    async fn push(
+        &mut self,
+        kind: Kind,
+        state: &ConfigState,
+        force: bool,
+        keep_from: Option<&ConfigState>,
+    ) -> Result<(), Status> {
         let Some(node) = &self.node else { return Ok(()) };
         let Some(ts) = self.types.get_mut(&kind) else { return Ok(()) };
-        let resources = select(state, kind, node, ts.names.as_ref());
+        let mut resources = select(state, kind, node, ts.names.as_ref());
+        if let Some(prev) = keep_from {
+            let present: BTreeSet<String> = resources.iter().map(|r| r.name.clone()).collect();
+            resources
+                .extend(select(prev, kind, node, ts.names.as_ref()).into_iter().filter(|r| !present.contains(&r.name)));
+            resources.sort_by(|a, b| a.name.cmp(&b.name));
+        }
         let version = set_version(&resources);
         if !force && ts.sent_version.as_deref() == Some(version.as_str()) {
             return Ok(());
@@ -189,6 +204,7 @@ async fn run_sotw(
     tx: mpsc::Sender<Result<DiscoveryResponse, Status>>,
 ) {
     let mut updates = ctrl.subscribe();
+    let mut last = updates.borrow().clone();
     let mut s = SotwSession { ctrl: ctrl.clone(), tx, node: None, fleet_id: None, types: HashMap::new(), nonce: 0 };
     loop {
         tokio::select! {
@@ -207,11 +223,20 @@ async fn run_sotw(
                 if changed.is_err() { break; }
                 tokio::time::sleep(DEBOUNCE).await;
                 let state = updates.borrow_and_update().clone();
+                // Make before break: first everything new or changed (clusters
+                // keep those being removed), then the removals.
+                let mut failed = false;
                 for kind in PUSH_ORDER {
-                    if s.types.contains_key(&kind) && s.push(kind, &state, false).await.is_err() {
+                    let keep = (kind == Kind::Cluster).then_some(&*last);
+                    if s.types.contains_key(&kind) && s.push(kind, &state, false, keep).await.is_err() {
+                        failed = true;
                         break;
                     }
                 }
+                if !failed && s.types.contains_key(&Kind::Cluster) && s.push(Kind::Cluster, &state, false, None).await.is_err() {
+                    break;
+                }
+                last = state;
             }
         }
     }
@@ -286,10 +311,12 @@ impl DeltaSession {
                 ts.sent.remove(n);
             }
         }
-        self.push(kind, state).await
+        self.push(kind, state, false).await
     }
 
-    async fn push(&mut self, kind: Kind, state: &ConfigState) -> Result<(), Status> {
+    /// Sends what changed for `kind`; with `defer_removals`, removals wait for
+    /// a later call (make before break).
+    async fn push(&mut self, kind: Kind, state: &ConfigState, defer_removals: bool) -> Result<(), Status> {
         let Some(node) = &self.node else { return Ok(()) };
         let Some(ts) = self.types.get_mut(&kind) else { return Ok(()) };
         let in_scope: Vec<&Arc<Resource>> =
@@ -297,7 +324,11 @@ impl DeltaSession {
         let updated: Vec<&Arc<Resource>> =
             in_scope.iter().copied().filter(|r| ts.sent.get(&r.name) != Some(&r.version)).collect();
         let present: BTreeSet<&str> = in_scope.iter().map(|r| r.name.as_str()).collect();
-        let removed: Vec<String> = ts.sent.keys().filter(|n| !present.contains(n.as_str())).cloned().collect();
+        let removed: Vec<String> = if defer_removals {
+            Vec::new()
+        } else {
+            ts.sent.keys().filter(|n| !present.contains(n.as_str())).cloned().collect()
+        };
         if updated.is_empty() && removed.is_empty() && ts.responded {
             return Ok(());
         }
@@ -363,8 +394,17 @@ async fn run_delta(
                 if changed.is_err() { break; }
                 tokio::time::sleep(DEBOUNCE).await;
                 let state = updates.borrow_and_update().clone();
+                // Make before break: additions and updates in order, then the
+                // removals of clusters and their endpoints.
+                let mut failed = false;
                 for kind in PUSH_ORDER {
-                    if s.types.contains_key(&kind) && s.push(kind, &state).await.is_err() {
+                    if s.types.contains_key(&kind) && s.push(kind, &state, true).await.is_err() {
+                        failed = true;
+                        break;
+                    }
+                }
+                for kind in [Kind::RouteConfiguration, Kind::Listener, Kind::Cluster, Kind::ClusterLoadAssignment, Kind::Secret] {
+                    if failed || (s.types.contains_key(&kind) && s.push(kind, &state, false).await.is_err()) {
                         break;
                     }
                 }
