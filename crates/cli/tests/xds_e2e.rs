@@ -285,6 +285,26 @@ fn lifecycle(client: Client, delta: bool) {
     );
     assert!(ok.load(Ordering::Relaxed) > 10);
 
+    // Change the listener itself (its HCM) under load: new connections get the
+    // new filter chain, nothing fails.
+    let (stop, ok, failed, h) = steady_load(listen);
+    std::thread::sleep(Duration::from_millis(200));
+    let renamed = resources(listen, p2, &[], "")
+        .replace("stat_prefix: ingress", "stat_prefix: ingress\n        server_name: legate-v2");
+    cp.apply(dir.path(), &renamed);
+    wait_for("the new listener config", Duration::from_secs(10), || {
+        http_get(addr(listen), "/", "app").ok().filter(|r| r.header("server") == Some("legate-v2"))
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    stop.store(true, Ordering::Relaxed);
+    h.join().expect("load thread");
+    assert_eq!(
+        failed.load(Ordering::Relaxed),
+        0,
+        "requests failed during the listener change ({} ok)",
+        ok.load(Ordering::Relaxed)
+    );
+
     // A listener on a port something else holds: valid config, rejected by the
     // proxy at bind time. The NACK shows up; the old listener keeps serving.
     let blocker = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");

@@ -34,6 +34,8 @@ pub struct ListenerConfig {
     builder: auto::Builder<TokioExecutor>,
     /// Raised when this config is replaced or removed: its connections drain.
     draining: watch::Sender<bool>,
+    /// How long a draining connection may take (`--drain-time-s`).
+    pub drain_time: Duration,
 }
 
 /// `listener.127.0.0.1_10000.` as Envoy names a listener's stats.
@@ -90,6 +92,7 @@ impl ListenerConfig {
         Ok(Self {
             builder,
             draining: watch::channel(false).0,
+            drain_time: ctx.drain_time,
             name: if l.name.is_empty() { address.to_string() } else { l.name.clone() },
             address,
             hcm,
@@ -204,9 +207,17 @@ async fn serve_connection(
     let far = Duration::from_secs(365 * 24 * 3600);
     let idle = tokio::time::sleep(idle_timeout.unwrap_or(far));
     tokio::pin!(idle);
+    // A draining connection gets the drain time to finish, then is closed.
+    let deadline = tokio::time::sleep(if draining { listener.drain_time } else { far });
+    tokio::pin!(deadline);
     loop {
+        let was_draining = draining;
         tokio::select! {
             _ = conn.as_mut() => break,
+            _ = &mut deadline, if draining => {
+                listener.hcm.stats.downstream_cx_drain_close.inc();
+                break;
+            }
             _ = conn_info.idle.notified() => {
                 idle.as_mut().reset(tokio::time::Instant::now() + idle_timeout.unwrap_or(far));
             }
@@ -229,6 +240,9 @@ async fn serve_connection(
                     conn.as_mut().graceful_shutdown();
                 }
             }
+        }
+        if draining && !was_draining {
+            deadline.as_mut().reset(tokio::time::Instant::now() + listener.drain_time);
         }
     }
     active.fetch_sub(1, Ordering::Relaxed);

@@ -17,6 +17,8 @@ pub struct CompileContext {
     pub store: Arc<Store>,
     pub clusters: Arc<ArcSwap<ClusterMap>>,
     pub rds: Arc<RdsRegistry>,
+    /// How long draining connections may take (`--drain-time-s`).
+    pub drain_time: std::time::Duration,
 }
 
 struct Entry {

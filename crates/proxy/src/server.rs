@@ -81,7 +81,12 @@ pub fn build(
         }
         clusters.store(Arc::new(map));
     }
-    let ctx = crate::rds::CompileContext { store: store.clone(), clusters: clusters.clone(), rds: Default::default() };
+    let ctx = crate::rds::CompileContext {
+        store: store.clone(),
+        clusters: clusters.clone(),
+        rds: Default::default(),
+        drain_time: options.drain_time,
+    };
     if let Some(sr) = &b.static_resources {
         for (i, l) in sr.listeners.iter().enumerate() {
             let path = format!("static_resources.listeners[{i}]");

@@ -97,6 +97,9 @@ struct Dynamic {
     routes: BTreeMap<String, RouteConfiguration>,
     /// Listeners compiled but waiting for their route configuration (warming).
     warming: BTreeMap<String, (ListenerConfig, String, Instant)>,
+    /// New EDS clusters waiting for their first endpoints (cluster warming):
+    /// not used for traffic until then, or until the initial fetch timeout.
+    warming_clusters: BTreeMap<String, (Arc<Cluster>, Instant)>,
     /// SotW: last accepted version per type. Delta: name -> version per type.
     versions: HashMap<&'static str, String>,
     delta_versions: HashMap<&'static str, BTreeMap<String, String>>,
@@ -201,6 +204,7 @@ impl Dynamic {
         let mut next: ClusterMap =
             old_map.iter().filter(|(n, _)| statics.contains(*n)).map(|(n, c)| (n.clone(), c.clone())).collect();
         let mut configs = BTreeMap::new();
+        let mut warming = BTreeMap::new();
         for c in clusters {
             if statics.contains(&c.name) {
                 return Err(format!("cluster '{}': a static cluster of that name exists", c.name));
@@ -218,6 +222,12 @@ impl Dynamic {
                         } else if let Some(prev) = old_map.get(&c.name) {
                             // Keep serving the old endpoints until EDS says otherwise.
                             fresh.hosts.store(prev.hosts.load_full());
+                        } else {
+                            // A new cluster warms until its endpoints arrive.
+                            let since = self.warming_clusters.get(&c.name).map_or_else(Instant::now, |w| w.1);
+                            warming.insert(c.name.clone(), (fresh, since));
+                            configs.insert(c.name.clone(), c);
+                            continue;
                         }
                     }
                     fresh
@@ -239,6 +249,8 @@ impl Dynamic {
             }
         }
         shared.store.gauge("cluster_manager.active_clusters").set(next.len() as i64);
+        shared.store.gauge("cluster_manager.warming_clusters").set(warming.len() as i64);
+        self.warming_clusters = warming;
         shared.clusters.store(Arc::new(next));
         {
             let mut dump = shared.dynamic_clusters.lock().unwrap_or_else(|e| e.into_inner());
@@ -268,13 +280,43 @@ impl Dynamic {
     }
 
     fn eds_names(&self, shared: &Shared) -> BTreeSet<String> {
-        shared
-            .clusters
-            .load()
-            .values()
+        let map = shared.clusters.load();
+        map.values()
+            .chain(self.warming_clusters.values().map(|(c, _)| c))
             .filter(|c| c.discovery == Discovery::Eds)
             .map(|c| c.eds_service_name.clone())
             .collect()
+    }
+
+    /// Puts warmed clusters into service: their endpoints arrived, or they
+    /// waited `timeout` (then they serve with what they have, as in Envoy).
+    fn activate_clusters(&mut self, shared: &Shared, timeout: Option<Duration>) {
+        let ready: Vec<String> = self
+            .warming_clusters
+            .iter()
+            .filter(|(_, (c, since))| {
+                self.assignments.contains_key(&c.eds_service_name) || timeout.is_some_and(|t| since.elapsed() >= t)
+            })
+            .map(|(n, _)| n.clone())
+            .collect();
+        if ready.is_empty() {
+            return;
+        }
+        let mut map = (*shared.clusters.load_full()).clone();
+        for name in ready {
+            if let Some((c, _)) = self.warming_clusters.remove(&name) {
+                if let Some(la) = self.assignments.get(&c.eds_service_name) {
+                    if let Ok(hosts) = eds_hosts(la) {
+                        c.update_hosts(hosts);
+                    }
+                }
+                map.insert(name, c);
+                shared.store.counter("cluster_manager.cluster_added").inc();
+            }
+        }
+        shared.store.gauge("cluster_manager.active_clusters").set(map.len() as i64);
+        shared.store.gauge("cluster_manager.warming_clusters").set(self.warming_clusters.len() as i64);
+        shared.clusters.store(Arc::new(map));
     }
 
     fn apply_assignments(&mut self, shared: &Shared, items: Vec<ClusterLoadAssignment>) -> Result<(), String> {
@@ -291,6 +333,7 @@ impl Dynamic {
             }
             self.assignments.insert(la.cluster_name.clone(), la);
         }
+        self.activate_clusters(shared, None);
         Ok(())
     }
 
@@ -468,6 +511,7 @@ async fn sotw_session(
                 Err(e) => return Err(e.to_string()),
             },
             _ = tick.tick() => {
+                d.activate_clusters(shared, Some(cfg.initial_fetch_timeout));
                 let _ = d.activate_warm(shared, Some(cfg.initial_fetch_timeout));
                 continue;
             }
@@ -559,6 +603,7 @@ async fn delta_session(
                 Err(e) => return Err(e.to_string()),
             },
             _ = tick.tick() => {
+                d.activate_clusters(shared, Some(cfg.initial_fetch_timeout));
                 let _ = d.activate_warm(shared, Some(cfg.initial_fetch_timeout));
                 continue;
             }
