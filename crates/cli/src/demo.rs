@@ -100,7 +100,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
          \n  legate ctl proxies                                # the fleet: what each proxy ACKed\
          \n  legate ctl get routes; legate ctl history         # the config and its revisions\
          \n  legate ctl bootstrap --node-id my-envoy --admin-port 9902 > b.yaml && envoy -c b.yaml\
-         \n\nControl plane API: http://{API}/v1/proxies   xDS: {XDS}\
+         \n\nDashboard: http://{API}/   API: http://{API}/v1/proxies   xDS: {XDS}\
          \nProxy admin (Envoy's admin API): http://127.0.0.1:{ADMIN_PORT}/  (/stats, /clusters, /config_dump)\
          \nCtrl-C stops the demo.\n",
         boot = boot_path.display()

@@ -375,6 +375,9 @@ fn mixed_fleet_and_control_plane_restart() {
     assert!(listeners(envoy.admin).contains("ingress-e") && !listeners(envoy.admin).contains("ingress-l"));
     assert!(listeners(legate.admin).contains("ingress-l") && !listeners(legate.admin).contains("ingress-e"));
     assert_eq!(cp.proxies().len(), 2);
+    // The dashboard is served beside the API and reads it.
+    let page = http_get(addr(cp.api), "/", "cp").expect("dashboard");
+    assert!(page.status == 200 && page.body.contains("Legate control plane") && page.body.contains("/v1/proxies"));
 
     // Kill the control plane: traffic keeps flowing on the last config.
     let (xds, api, data) = (cp.xds, cp.api, cp.data.clone());

@@ -13,6 +13,8 @@ use std::sync::Arc;
 
 pub fn router(ctrl: Arc<Controller>) -> Router {
     Router::new()
+        .route("/", get(dashboard))
+        .route("/ui", get(dashboard))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/v1/apply", post(apply))
         .route("/v1/resources", get(list))
@@ -22,6 +24,11 @@ pub fn router(ctrl: Arc<Controller>) -> Router {
         .route("/v1/proxies", get(proxies))
         .route("/v1/revisions", get(revisions))
         .with_state(ctrl)
+}
+
+/// The dashboard: one page that reads the API below.
+async fn dashboard() -> axum::response::Html<&'static str> {
+    axum::response::Html(include_str!("ui/index.html"))
 }
 
 fn error(status: StatusCode, code: &str, message: impl Into<String>, errors: serde_json::Value) -> Response {
