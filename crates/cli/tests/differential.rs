@@ -491,6 +491,8 @@ fn request_header_mutations_at_three_levels() {
                 - { header: { key: x-absent, value: never }, append_action: OVERWRITE_IF_EXISTS }
                 - { header: { key: x-client-addr, value: "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%" } }
                 - { header: { key: x-copied, value: "%REQ(x-foo)%" } }
+                - { header: { key: x-upstream-addr, value: "%UPSTREAM_REMOTE_ADDRESS%" } }
+                - { header: { key: x-host, value: "%HOSTNAME%" } }
                 request_headers_to_remove: [x-drop-route]
 "#;
     let t = bootstrap("", route_config_extra, vhosts, &echo_cluster());
@@ -528,6 +530,7 @@ fn response_header_mutations_at_three_levels() {
                 - { header: { key: x-route, value: r } }
                 - { header: { key: x-multi, value: route } }
                 - { header: { key: x-upstream, value: overwritten }, append_action: OVERWRITE_IF_EXISTS_OR_ADD }
+                - { header: { key: x-resp, value: "%UPSTREAM_REMOTE_ADDRESS% %RESPONSE_CODE% %REQ(x-foo)%" } }
               - match: { prefix: "/direct" }
                 direct_response: { status: 200, body: { inline_string: "d" } }
 "#;

@@ -501,6 +501,13 @@ impl Hcm {
             return self.local_reply(stream, 404, "route_not_found", "NR", None);
         };
         stream.route_name.clone_from(&route.name);
+        // Response header values may read the request (%REQ(...)%): keep its
+        // headers when some level has response mutations.
+        let has_response_mutations =
+            !(route.response_headers.is_empty() && vh.response_headers.is_empty() && table.response_headers.is_empty());
+        if has_response_mutations && stream.request_headers.is_none() {
+            stream.request_headers = Some(parts.headers.clone());
+        }
         match &route.action {
             Action::Direct { status, body } => {
                 st.rq_direct_response.inc();
@@ -531,7 +538,8 @@ impl Hcm {
             ServerHeaderTransformation::PassThrough => {}
         }
         if let Some((table, vh, route)) = vh {
-            let ctx = self.context(stream, None);
+            let mut ctx = self.context(stream, None);
+            ctx.status = Some(resp.status().as_u16());
             let levels = [&route.response_headers, &vh.response_headers, &table.response_headers];
             let mut hm = std::mem::take(resp.headers_mut());
             if table.most_specific_wins {
