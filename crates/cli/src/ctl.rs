@@ -40,6 +40,14 @@ pub enum CtlCommand {
     Proxies,
     /// The revision history.
     History,
+    /// What changed between revision REV and REV2 (default: now), field by field.
+    Diff { rev: u64, rev2: Option<u64> },
+    /// Restore revision REV's state, as a new revision.
+    Rollback {
+        rev: u64,
+        #[arg(short = 'm', long, default_value = "")]
+        message: String,
+    },
     /// Print a bootstrap that points a proxy (Envoy or Legate) at this control plane over ADS.
     Bootstrap {
         #[arg(long)]
@@ -163,6 +171,15 @@ pub fn run(args: CtlArgs) -> anyhow::Result<()> {
                         ));
                     }
                 }
+                if dry_run {
+                    s.push_str(&diff_text(&v["diff"]));
+                    let proxies: Vec<&str> =
+                        v["proxies"].as_array().into_iter().flatten().filter_map(|p| p.as_str()).collect();
+                    s.push_str(&format!(
+                        "proxies that would receive it: {}\n",
+                        if proxies.is_empty() { "none connected".to_string() } else { proxies.join(", ") }
+                    ));
+                }
                 if let Some(rev) = v["revision"].as_u64() {
                     s.push_str(&format!("revision {rev}\n"));
                 }
@@ -253,12 +270,57 @@ pub fn run(args: CtlArgs) -> anyhow::Result<()> {
                 table(&["REVISION", "TIME", "AUTHOR", "MESSAGE", "CHANGES"], rows)
             })
         }
+        CtlCommand::Diff { rev, rev2 } => {
+            let url = match rev2 {
+                Some(r2) => format!("{base}/v1/diff?from={rev}&to={r2}"),
+                None => format!("{base}/v1/diff?from={rev}"),
+            };
+            let v = call("GET", &url, None)?;
+            print(&args.output, &v, |v| diff_text(&v["changes"]))
+        }
+        CtlCommand::Rollback { rev, message } => {
+            let v = call("POST", &format!("{base}/v1/rollback"), Some(json!({"revision": rev, "message": message})))?;
+            print(&args.output, &v, |v| {
+                let mut s = diff_text(&v["diff"]);
+                match v["revision"].as_u64() {
+                    Some(r) => s.push_str(&format!("revision {r} restores revision {rev}\n")),
+                    None => s.push_str(&format!("already at revision {rev}'s state; nothing to do\n")),
+                }
+                s
+            })
+        }
         CtlCommand::Bootstrap { node_id, node_cluster, xds, delta, admin_port } => {
             let (host, port) = xds.rsplit_once(':').context("--xds must be HOST:PORT")?;
             print!("{}", bootstrap_yaml(&node_id, &node_cluster, host, port, delta, admin_port));
             Ok(())
         }
     }
+}
+
+/// A readable field-level diff.
+fn diff_text(changes: &Value) -> String {
+    let mut s = String::new();
+    for c in changes.as_array().into_iter().flatten() {
+        let mark = match c["change"].as_str() {
+            Some("added") => "+",
+            Some("removed") => "-",
+            _ => "~",
+        };
+        s.push_str(&format!("{mark} {}\n", c["resource"].as_str().unwrap_or("")));
+        for f in c["fields"].as_array().into_iter().flatten() {
+            let show = |v: &Value| if v.is_null() { "(none)".to_string() } else { v.to_string() };
+            s.push_str(&format!(
+                "    {}: {} -> {}\n",
+                f["path"].as_str().unwrap_or(""),
+                show(&f["from"]),
+                show(&f["to"])
+            ));
+        }
+    }
+    if s.is_empty() {
+        s.push_str("no changes\n");
+    }
+    s
 }
 
 fn short(v: &str) -> &str {

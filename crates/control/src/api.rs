@@ -23,6 +23,8 @@ pub fn router(ctrl: Arc<Controller>) -> Router {
         .route("/v1/resources/{kind}/{name}", delete(delete_one))
         .route("/v1/proxies", get(proxies))
         .route("/v1/revisions", get(revisions))
+        .route("/v1/diff", get(diff))
+        .route("/v1/rollback", post(rollback))
         .with_state(ctrl)
 }
 
@@ -43,6 +45,9 @@ impl IntoResponse for ApplyError {
             }
             ApplyError::NotFound(what) => {
                 error(StatusCode::NOT_FOUND, "not_found", format!("{what} not found"), json!([]))
+            }
+            ApplyError::Store(crate::store::StoreError::NoRevision(r)) => {
+                error(StatusCode::NOT_FOUND, "not_found", format!("revision {r} does not exist"), json!([]))
             }
             ApplyError::Store(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "store", e.to_string(), json!([])),
         }
@@ -140,6 +145,33 @@ async fn delete_one(
 
 async fn proxies(State(ctrl): State<Arc<Controller>>) -> Response {
     Json(json!({"proxies": ctrl.fleet.list()})).into_response()
+}
+
+#[derive(Deserialize)]
+struct DiffQuery {
+    from: u64,
+    to: Option<u64>,
+}
+
+async fn diff(State(ctrl): State<Arc<Controller>>, Query(q): Query<DiffQuery>) -> Response {
+    match ctrl.diff(q.from, q.to) {
+        Ok(d) => Json(json!({"from": q.from, "to": q.to, "changes": d})).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+#[derive(Deserialize)]
+struct RollbackBody {
+    revision: u64,
+    #[serde(default)]
+    message: String,
+}
+
+async fn rollback(State(ctrl): State<Arc<Controller>>, Json(body): Json<RollbackBody>) -> Response {
+    match ctrl.rollback(body.revision, AUTHOR, &body.message) {
+        Ok(o) => Json(o).into_response(),
+        Err(e) => e.into_response(),
+    }
 }
 
 async fn revisions(State(ctrl): State<Arc<Controller>>) -> Response {

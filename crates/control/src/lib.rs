@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod csds;
+pub mod diff;
 pub mod fleet;
 pub mod model;
 pub mod state;

@@ -45,6 +45,10 @@ pub struct ApplyOutcome {
     pub unchanged: Vec<String>,
     pub deleted: Vec<String>,
     pub dry_run: bool,
+    /// Field by field, what the change does.
+    pub diff: Vec<crate::diff::ResourceChange>,
+    /// Connected proxies (node ids) that receive something from the change.
+    pub proxies: Vec<String>,
 }
 
 pub struct Controller {
@@ -123,6 +127,8 @@ impl Controller {
             unchanged: vec![],
             deleted: vec![],
             dry_run,
+            diff: vec![],
+            proxies: vec![],
         };
         let mut changes = Vec::new();
         let mut next = current.resources.clone();
@@ -139,6 +145,10 @@ impl Controller {
             changes.push(Change::Apply(r.doc.clone()));
             next.insert((r.kind, r.name.clone()), Arc::new(r));
         }
+        let before: Vec<Document> = current.resources.values().map(|r| r.doc.clone()).collect();
+        let after: Vec<Document> = next.values().map(|r| r.doc.clone()).collect();
+        outcome.diff = crate::diff::diff(&before, &after);
+        outcome.proxies = self.affected(&current, &next);
         if dry_run || changes.is_empty() {
             return Ok(outcome);
         }
@@ -166,6 +176,101 @@ impl Controller {
             unchanged: vec![],
             deleted: vec![format!("{}/{name}", kind.name())],
             dry_run: false,
+            diff: vec![crate::diff::ResourceChange {
+                resource: format!("{}/{name}", kind.name()),
+                change: "removed",
+                fields: vec![],
+            }],
+            proxies: vec![],
+        })
+    }
+
+    /// Connected proxies that receive something different in `next`.
+    fn affected(&self, current: &ConfigState, next: &BTreeMap<(Kind, String), Arc<Resource>>) -> Vec<String> {
+        let changed: Vec<&Arc<Resource>> = next
+            .iter()
+            .filter(|(k, r)| {
+                current.resources.get(*k).is_none_or(|old| old.version != r.version || old.nodes != r.nodes)
+            })
+            .map(|(_, r)| r)
+            .chain(current.resources.iter().filter(|(k, _)| !next.contains_key(*k)).map(|(_, r)| r))
+            .collect();
+        let mut ids: Vec<String> = self
+            .fleet
+            .list()
+            .into_iter()
+            .filter(|p| changed.iter().any(|r| r.nodes.matches(&p.node)))
+            .map(|p| p.node.id)
+            .collect();
+        ids.sort();
+        ids.dedup();
+        ids
+    }
+
+    /// Every current resource as a document.
+    pub fn documents(&self) -> Vec<Document> {
+        self.current().resources.values().map(|r| r.doc.clone()).collect()
+    }
+
+    /// The difference between revision `from` and revision `to` (or now).
+    pub fn diff(&self, from: u64, to: Option<u64>) -> Result<Vec<crate::diff::ResourceChange>, ApplyError> {
+        let a = self.store.state_at(from)?;
+        let b = match to {
+            Some(r) => self.store.state_at(r)?,
+            None => self.documents(),
+        };
+        Ok(crate::diff::diff(&a, &b))
+    }
+
+    /// A new revision whose state is revision `rev`'s.
+    pub fn rollback(&self, rev: u64, author: &str, message: &str) -> Result<ApplyOutcome, ApplyError> {
+        let target = self.store.state_at(rev)?;
+        let mut compiled = BTreeMap::new();
+        let mut errors = Vec::new();
+        for d in &target {
+            match compile(d) {
+                Ok(r) => {
+                    compiled.insert((r.kind, r.name.clone()), Arc::new(r));
+                }
+                Err(e) => errors.extend(e),
+            }
+        }
+        if !errors.is_empty() {
+            return Err(ApplyError::Invalid(errors));
+        }
+        let _guard = self.apply_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let current = self.current();
+        let mut changes = Vec::new();
+        for (k, r) in &compiled {
+            if current.resources.get(k).is_none_or(|old| old.version != r.version || old.nodes != r.nodes) {
+                changes.push(Change::Apply(r.doc.clone()));
+            }
+        }
+        for (kind, name) in current.resources.keys() {
+            if !compiled.contains_key(&(*kind, name.clone())) {
+                changes.push(Change::Delete { kind: *kind, name: name.clone() });
+            }
+        }
+        let before: Vec<Document> = current.resources.values().map(|r| r.doc.clone()).collect();
+        let diff = crate::diff::diff(&before, &target);
+        let proxies = self.affected(&current, &compiled);
+        let message = if message.is_empty() { format!("rollback to revision {rev}") } else { message.to_string() };
+        let revision = if changes.is_empty() {
+            None
+        } else {
+            let n = self.store.commit(author, &message, &changes)?;
+            self.state.send_replace(Arc::new(ConfigState { revision: n, resources: compiled }));
+            Some(n)
+        };
+        Ok(ApplyOutcome {
+            revision,
+            created: vec![],
+            updated: vec![],
+            unchanged: vec![],
+            deleted: vec![],
+            dry_run: false,
+            diff,
+            proxies,
         })
     }
 }

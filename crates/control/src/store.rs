@@ -14,6 +14,8 @@ pub enum StoreError {
     Sqlite(#[from] rusqlite::Error),
     #[error("store: {0}")]
     Io(#[from] std::io::Error),
+    #[error("revision {0} does not exist")]
+    NoRevision(u64),
     #[error("store: corrupt document for {kind}/{name}: {reason}")]
     Corrupt { kind: String, name: String, reason: String },
 }
@@ -125,6 +127,37 @@ impl Store {
         }
         tx.commit()?;
         Ok(rev as u64)
+    }
+
+    /// Every resource as it stood right after revision `rev` (replaying the
+    /// changes up to it).
+    pub fn state_at(&self, rev: u64) -> Result<Vec<Document>, StoreError> {
+        let conn = self.conn();
+        let exists: Option<i64> =
+            conn.query_row("SELECT rev FROM revisions WHERE rev = ?1", params![rev as i64], |r| r.get(0)).optional()?;
+        if exists.is_none() {
+            return Err(StoreError::NoRevision(rev));
+        }
+        let mut stmt = conn.prepare("SELECT op, kind, name, doc FROM changes WHERE rev <= ?1 ORDER BY rev, seq")?;
+        let rows = stmt.query_map(params![rev as i64], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get::<_, Option<String>>(3)?))
+        })?;
+        let mut state: std::collections::BTreeMap<(String, String), Document> = Default::default();
+        for row in rows {
+            let (op, kind, name, doc) = row?;
+            if op == "delete" {
+                state.remove(&(kind, name));
+                continue;
+            }
+            let text = doc.unwrap_or_default();
+            let d: Document = serde_json::from_str(&text).map_err(|e| StoreError::Corrupt {
+                kind: kind.clone(),
+                name: name.clone(),
+                reason: e.to_string(),
+            })?;
+            state.insert((kind, name), d);
+        }
+        Ok(state.into_values().collect())
     }
 
     /// The most recent revisions, newest first.
