@@ -8,6 +8,9 @@ pub struct CtlArgs {
     /// The control plane's API.
     #[arg(long, global = true, default_value = "http://127.0.0.1:9900")]
     pub server: String,
+    /// API token (`lgt_...`); also read from LEGATE_TOKEN.
+    #[arg(long, global = true, env = "LEGATE_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
     /// Output: table (for people), json or yaml (for scripts).
     #[arg(short = 'o', long, global = true, default_value = "table")]
     pub output: String,
@@ -48,6 +51,15 @@ pub enum CtlCommand {
         #[arg(short = 'm', long, default_value = "")]
         message: String,
     },
+    /// API tokens: create (shown once), list, revoke. The first token closes the API.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+    /// The audit log: every change and every denied request, with its author.
+    Audit,
+    /// Print shell completions (bash, zsh, fish, ...).
+    Completions { shell: clap_complete::Shell },
     /// Print a bootstrap that points a proxy (Envoy or Legate) at this control plane over ADS.
     Bootstrap {
         #[arg(long)]
@@ -62,6 +74,21 @@ pub enum CtlCommand {
         delta: bool,
         #[arg(long, default_value_t = 9901)]
         admin_port: u16,
+    },
+}
+
+#[derive(clap::Subcommand)]
+pub enum TokenCommand {
+    Create {
+        /// viewer (read), editor (apply/delete), admin (tokens, rollback, audit).
+        #[arg(long)]
+        role: String,
+        #[arg(long, default_value = "")]
+        name: String,
+    },
+    List,
+    Revoke {
+        id: String,
     },
 }
 
@@ -89,12 +116,31 @@ fn read_input(path: &str) -> anyhow::Result<String> {
     Ok(std::fs::read_to_string(path)?)
 }
 
-fn call(method: &str, url: &str, body: Option<Value>) -> anyhow::Result<Value> {
+fn call(token: Option<&str>, method: &str, url: &str, body: Option<Value>) -> anyhow::Result<Value> {
     let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+    let auth = token.map(|t| format!("Bearer {t}"));
     let mut resp = match (method, body) {
-        ("POST", Some(b)) => agent.post(url).send_json(b),
-        ("DELETE", _) => agent.delete(url).call(),
-        _ => agent.get(url).call(),
+        ("POST", Some(b)) => {
+            let mut r = agent.post(url);
+            if let Some(a) = &auth {
+                r = r.header("authorization", a);
+            }
+            r.send_json(b)
+        }
+        ("DELETE", _) => {
+            let mut r = agent.delete(url);
+            if let Some(a) = &auth {
+                r = r.header("authorization", a);
+            }
+            r.call()
+        }
+        _ => {
+            let mut r = agent.get(url);
+            if let Some(a) = &auth {
+                r = r.header("authorization", a);
+            }
+            r.call()
+        }
     }
     .with_context(|| format!("cannot reach the control plane at {url}"))?;
     let status = resp.status();
@@ -152,6 +198,8 @@ fn table(headers: &[&str], rows: Vec<Vec<String>>) -> String {
 
 pub fn run(args: CtlArgs) -> anyhow::Result<()> {
     let base = args.server.trim_end_matches('/');
+    let token = args.token.clone();
+    let call = |method: &str, url: &str, body: Option<Value>| call(token.as_deref(), method, url, body);
     match args.command {
         CtlCommand::Apply { file, message, dry_run } => {
             let text = read_input(&file)?;
@@ -288,6 +336,67 @@ pub fn run(args: CtlArgs) -> anyhow::Result<()> {
                 }
                 s
             })
+        }
+        CtlCommand::Token { command } => match command {
+            TokenCommand::Create { role, name } => {
+                let v = call("POST", &format!("{base}/v1/tokens"), Some(json!({"role": role, "name": name})))?;
+                print(&args.output, &v, |v| {
+                    format!(
+                        "token {} ({}, role {}):\n{}\nIt is shown only now; keep it (LEGATE_TOKEN or --token).\n",
+                        v["id"].as_str().unwrap_or(""),
+                        v["name"].as_str().unwrap_or(""),
+                        v["role"].as_str().unwrap_or(""),
+                        v["token"].as_str().unwrap_or("")
+                    )
+                })
+            }
+            TokenCommand::List => {
+                let v = call("GET", &format!("{base}/v1/tokens"), None)?;
+                print(&args.output, &v, |v| {
+                    let rows = v["tokens"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .map(|t| {
+                            ["id", "name", "role", "created_at"]
+                                .iter()
+                                .map(|k| t[*k].as_str().unwrap_or("").to_string())
+                                .collect()
+                        })
+                        .collect();
+                    table(&["ID", "NAME", "ROLE", "CREATED"], rows)
+                })
+            }
+            TokenCommand::Revoke { id } => {
+                let v = call("DELETE", &format!("{base}/v1/tokens/{id}"), None)?;
+                print(&args.output, &v, |_| format!("token {id} revoked\n"))
+            }
+        },
+        CtlCommand::Audit => {
+            let v = call("GET", &format!("{base}/v1/audit"), None)?;
+            print(&args.output, &v, |v| {
+                let rows = v["entries"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|e| {
+                        vec![
+                            e["at"].as_str().unwrap_or("").to_string(),
+                            e["actor"].as_str().unwrap_or("").to_string(),
+                            e["action"].as_str().unwrap_or("").to_string(),
+                            e["target"].as_str().unwrap_or("").to_string(),
+                            if e["allowed"].as_bool() == Some(true) { "allowed".into() } else { "DENIED".into() },
+                            e["detail"].as_str().unwrap_or("").to_string(),
+                        ]
+                    })
+                    .collect();
+                table(&["TIME", "ACTOR", "ACTION", "TARGET", "RESULT", "DETAIL"], rows)
+            })
+        }
+        CtlCommand::Completions { shell } => {
+            let mut cmd = <crate::Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut cmd, "legate", &mut std::io::stdout());
+            Ok(())
         }
         CtlCommand::Bootstrap { node_id, node_cluster, xds, delta, admin_port } => {
             let (host, port) = xds.rsplit_once(':').context("--xds must be HOST:PORT")?;

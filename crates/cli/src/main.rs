@@ -13,7 +13,7 @@ use std::time::Duration;
 
 #[derive(Parser)]
 #[command(name = "legate", version, about = "An Envoy-compatible proxy and xDS control plane")]
-struct Cli {
+pub struct Cli {
     #[command(subcommand)]
     command: Command,
 }

@@ -457,3 +457,81 @@ fn revisions_diff_rollback_and_crash_safety() {
     let (ok, out) = cp.ctl(&["get", "clusters"]);
     assert!(ok && out.contains("web"), "{out}");
 }
+
+/// Tokens and roles: the first token closes the API; viewers read, editors
+/// change, admins manage tokens and read the audit log, which records every
+/// change with its author and every denied request.
+#[test]
+fn tokens_roles_and_audit() {
+    let dir = TempDir::new("tokens");
+    let cp = ControlPlane::start(dir.path());
+    let token_of = |out: &str| {
+        out.lines().find(|l| l.starts_with("lgt_")).map(str::to_owned).unwrap_or_else(|| panic!("no token in {out}"))
+    };
+    let (ok, out) = cp.ctl(&["token", "create", "--role", "admin", "--name", "root"]);
+    assert!(ok, "{out}");
+    let admin = token_of(&out);
+    // Closed now: no token, no access.
+    let (ok, out) = cp.ctl(&["get", "clusters"]);
+    assert!(!ok && out.contains("401"), "{out}");
+    let with = |t: &str, args: &[&str]| {
+        let mut all = vec!["--token", t];
+        all.extend_from_slice(args);
+        cp.ctl(&all)
+    };
+    let (_, out) = with(&admin, &["token", "create", "--role", "viewer", "--name", "watcher"]);
+    let viewer = token_of(&out);
+    let (_, out) = with(&admin, &["token", "create", "--role", "editor", "--name", "deployer"]);
+    let editor = token_of(&out);
+    let f = dir.path().join("r.yaml");
+    std::fs::write(&f, resources(10002, 20002, &[], "")).expect("write");
+    let file = f.to_str().expect("path");
+    let (ok, out) = with(&viewer, &["apply", "-f", file]);
+    assert!(!ok && out.contains("403"), "viewer may not apply: {out}");
+    let (ok, out) = with(&viewer, &["apply", "--dry-run", "-f", file]);
+    assert!(ok, "viewer may dry-run: {out}");
+    let (ok, out) = with(&editor, &["apply", "-f", file, "-m", "first deploy"]);
+    assert!(ok, "{out}");
+    let (ok, out) = with(&viewer, &["get", "clusters"]);
+    assert!(ok && out.contains("web"), "{out}");
+    let (ok, out) = with(&editor, &["rollback", "1"]);
+    assert!(!ok && out.contains("403"), "editor may not roll back: {out}");
+    let (ok, out) = with(&viewer, &["history", "-o", "json"]);
+    assert!(ok);
+    let v: Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(v["revisions"][0]["author"], "deployer", "the revision names its author");
+    let (ok, out) = with(&admin, &["audit", "-o", "json"]);
+    assert!(ok, "{out}");
+    let v: Value = serde_json::from_str(&out).expect("json");
+    let entries = v["entries"].as_array().cloned().unwrap_or_default();
+    assert!(
+        entries.iter().any(|e| e["actor"] == "deployer" && e["action"] == "apply" && e["allowed"] == true),
+        "{entries:?}"
+    );
+    assert!(
+        entries.iter().any(|e| e["actor"] == "watcher" && e["allowed"] == false),
+        "denied apply is audited: {entries:?}"
+    );
+    assert!(entries.iter().any(|e| e["actor"] == "deployer" && e["action"] == "rollback" && e["allowed"] == false));
+    // Stored hashed: the secret is nowhere in the store file.
+    let db = std::fs::read(cp.data.join("legate.db")).expect("db");
+    let secret = viewer.rsplit('_').next().expect("secret");
+    assert!(!db.windows(secret.len()).any(|w| w == secret.as_bytes()), "token secret stored in clear");
+    // Revoked tokens stop working.
+    let (_, out) = with(&admin, &["token", "list", "-o", "json"]);
+    let v: Value = serde_json::from_str(&out).expect("json");
+    let id = v["tokens"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|t| t["name"] == "watcher")
+        .and_then(|t| t["id"].as_str())
+        .expect("id")
+        .to_string();
+    let (ok, out) = with(&admin, &["token", "revoke", &id]);
+    assert!(ok, "{out}");
+    let (ok, out) = with(&viewer, &["get", "clusters"]);
+    assert!(!ok && out.contains("401"), "{out}");
+    let spec = http_get(addr(cp.api), "/v1/openapi.json", "cp").expect("openapi");
+    assert!(spec.status == 200 && spec.body.contains("\"openapi\"") && spec.body.contains("/v1/rollback"));
+}

@@ -1,9 +1,12 @@
 //! The REST API under `/v1`: JSON in and out, errors as `{code, message, errors}`.
+//! Every call is authorized by role (see `auth`); every change, and every
+//! denied call, lands in the audit log with who made it.
 
+use crate::auth::{self, Actor, Role};
 use crate::model::{parse_documents, Document, Kind};
 use crate::state::{ApplyError, Controller};
 use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
@@ -16,6 +19,7 @@ pub fn router(ctrl: Arc<Controller>) -> Router {
         .route("/", get(dashboard))
         .route("/ui", get(dashboard))
         .route("/healthz", get(|| async { "ok\n" }))
+        .route("/v1/openapi.json", get(openapi))
         .route("/v1/apply", post(apply))
         .route("/v1/resources", get(list))
         .route("/v1/resources/{kind}", get(list_kind))
@@ -25,12 +29,19 @@ pub fn router(ctrl: Arc<Controller>) -> Router {
         .route("/v1/revisions", get(revisions))
         .route("/v1/diff", get(diff))
         .route("/v1/rollback", post(rollback))
+        .route("/v1/tokens", get(list_tokens).post(create_token))
+        .route("/v1/tokens/{id}", delete(revoke_token))
+        .route("/v1/audit", get(audit_log))
         .with_state(ctrl)
 }
 
 /// The dashboard: one page that reads the API below.
 async fn dashboard() -> axum::response::Html<&'static str> {
     axum::response::Html(include_str!("ui/index.html"))
+}
+
+async fn openapi() -> Response {
+    ([(axum::http::header::CONTENT_TYPE, "application/json")], include_str!("openapi.json")).into_response()
 }
 
 fn error(status: StatusCode, code: &str, message: impl Into<String>, errors: serde_json::Value) -> Response {
@@ -54,6 +65,67 @@ impl IntoResponse for ApplyError {
     }
 }
 
+/// Who is calling, if allowed `need`. Denials of changes are audited.
+fn authorize(
+    ctrl: &Controller,
+    headers: &HeaderMap,
+    need: Role,
+    action: &str,
+    target: &str,
+) -> Result<Actor, Box<Response>> {
+    let store = ctrl.store();
+    let open = store
+        .token_count()
+        .map_err(|e| Box::new(error(StatusCode::INTERNAL_SERVER_ERROR, "store", e.to_string(), json!([]))))?
+        == 0;
+    if open {
+        return Ok(Actor { name: "anonymous".into(), role: Role::Admin });
+    }
+    let presented = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    let deny = |status: StatusCode, code: &str, msg: &str, who: &str| {
+        if need > Role::Viewer {
+            let _ = store.audit(who, action, target, false, msg);
+        }
+        Box::new(error(status, code, msg, json!([])))
+    };
+    let Some(token) = presented else {
+        return Err(deny(
+            StatusCode::UNAUTHORIZED,
+            "unauthenticated",
+            "a token is required (Authorization: Bearer ...)",
+            "-",
+        ));
+    };
+    let Some((id, secret)) = auth::parse_token(token) else {
+        return Err(deny(StatusCode::UNAUTHORIZED, "unauthenticated", "malformed token", "-"));
+    };
+    let found = store
+        .token(id)
+        .map_err(|e| Box::new(error(StatusCode::INTERNAL_SERVER_ERROR, "store", e.to_string(), json!([]))))?;
+    let Some((name, role, hash)) = found.filter(|(_, _, h)| auth::same_digest(h, &auth::hash_secret(secret))) else {
+        return Err(deny(StatusCode::UNAUTHORIZED, "unauthenticated", "unknown or revoked token", "-"));
+    };
+    let role = Role::parse(&role).unwrap_or(Role::Viewer);
+    let _ = hash;
+    if role < need {
+        return Err(deny(StatusCode::FORBIDDEN, "forbidden", &format!("role {} may not {action}", role.name()), &name));
+    }
+    Ok(Actor { name, role })
+}
+
+macro_rules! authorize {
+    ($ctrl:expr, $headers:expr, $need:expr, $action:expr, $target:expr) => {
+        match authorize(&$ctrl, &$headers, $need, $action, $target) {
+            Ok(a) => a,
+            Err(r) => return *r,
+        }
+    };
+}
+
 #[derive(Deserialize)]
 struct ApplyBody {
     /// Documents as objects, or `text`: a YAML/JSON stream.
@@ -67,9 +139,9 @@ struct ApplyBody {
     dry_run: bool,
 }
 
-const AUTHOR: &str = "anonymous";
-
-async fn apply(State(ctrl): State<Arc<Controller>>, Json(body): Json<ApplyBody>) -> Response {
+async fn apply(State(ctrl): State<Arc<Controller>>, headers: HeaderMap, Json(body): Json<ApplyBody>) -> Response {
+    let need = if body.dry_run { Role::Viewer } else { Role::Editor };
+    let actor = authorize!(ctrl, headers, need, "apply", "resources");
     let mut docs = body.documents;
     if let Some(text) = &body.text {
         match parse_documents(text) {
@@ -77,8 +149,14 @@ async fn apply(State(ctrl): State<Arc<Controller>>, Json(body): Json<ApplyBody>)
             Err(e) => return error(StatusCode::BAD_REQUEST, "parse", e, json!([])),
         }
     }
-    match ctrl.apply(&docs, AUTHOR, &body.message, body.dry_run) {
-        Ok(outcome) => Json(outcome).into_response(),
+    match ctrl.apply(&docs, &actor.name, &body.message, body.dry_run) {
+        Ok(outcome) => {
+            if let Some(rev) = outcome.revision {
+                let changed: Vec<String> = outcome.created.iter().chain(&outcome.updated).cloned().collect();
+                let _ = ctrl.store().audit(&actor.name, "apply", &changed.join(","), true, &format!("revision {rev}"));
+            }
+            Json(outcome).into_response()
+        }
         Err(e) => e.into_response(),
     }
 }
@@ -93,7 +171,8 @@ fn docs_json(ctrl: &Controller, kind: Option<Kind>, name: Option<&str>) -> Vec<s
         .collect()
 }
 
-async fn list(State(ctrl): State<Arc<Controller>>) -> Response {
+async fn list(State(ctrl): State<Arc<Controller>>, headers: HeaderMap) -> Response {
+    authorize!(ctrl, headers, Role::Viewer, "read", "resources");
     Json(json!({"revision": ctrl.current().revision, "items": docs_json(&ctrl, None, None)})).into_response()
 }
 
@@ -102,7 +181,8 @@ fn parse_kind(kind: &str) -> Result<Kind, Box<Response>> {
         .ok_or_else(|| Box::new(error(StatusCode::BAD_REQUEST, "kind", format!("unknown kind '{kind}'"), json!([]))))
 }
 
-async fn list_kind(State(ctrl): State<Arc<Controller>>, Path(kind): Path<String>) -> Response {
+async fn list_kind(State(ctrl): State<Arc<Controller>>, headers: HeaderMap, Path(kind): Path<String>) -> Response {
+    authorize!(ctrl, headers, Role::Viewer, "read", "resources");
     match parse_kind(&kind) {
         Ok(k) => {
             Json(json!({"revision": ctrl.current().revision, "items": docs_json(&ctrl, Some(k), None)})).into_response()
@@ -111,7 +191,12 @@ async fn list_kind(State(ctrl): State<Arc<Controller>>, Path(kind): Path<String>
     }
 }
 
-async fn get_one(State(ctrl): State<Arc<Controller>>, Path((kind, name)): Path<(String, String)>) -> Response {
+async fn get_one(
+    State(ctrl): State<Arc<Controller>>,
+    headers: HeaderMap,
+    Path((kind, name)): Path<(String, String)>,
+) -> Response {
+    authorize!(ctrl, headers, Role::Viewer, "read", "resources");
     let k = match parse_kind(&kind) {
         Ok(k) => k,
         Err(r) => return *r,
@@ -123,27 +208,34 @@ async fn get_one(State(ctrl): State<Arc<Controller>>, Path((kind, name)): Path<(
 }
 
 #[derive(Deserialize)]
-struct DeleteQuery {
+struct MessageQuery {
     #[serde(default)]
     message: String,
 }
 
 async fn delete_one(
     State(ctrl): State<Arc<Controller>>,
+    headers: HeaderMap,
     Path((kind, name)): Path<(String, String)>,
-    Query(q): Query<DeleteQuery>,
+    Query(q): Query<MessageQuery>,
 ) -> Response {
+    let target = format!("{kind}/{name}");
+    let actor = authorize!(ctrl, headers, Role::Editor, "delete", &target);
     let k = match parse_kind(&kind) {
         Ok(k) => k,
         Err(r) => return *r,
     };
-    match ctrl.delete(k, &name, AUTHOR, &q.message) {
-        Ok(o) => Json(o).into_response(),
+    match ctrl.delete(k, &name, &actor.name, &q.message) {
+        Ok(o) => {
+            let _ = ctrl.store().audit(&actor.name, "delete", &target, true, &format!("revision {:?}", o.revision));
+            Json(o).into_response()
+        }
         Err(e) => e.into_response(),
     }
 }
 
-async fn proxies(State(ctrl): State<Arc<Controller>>) -> Response {
+async fn proxies(State(ctrl): State<Arc<Controller>>, headers: HeaderMap) -> Response {
+    authorize!(ctrl, headers, Role::Viewer, "read", "proxies");
     Json(json!({"proxies": ctrl.fleet.list()})).into_response()
 }
 
@@ -153,7 +245,8 @@ struct DiffQuery {
     to: Option<u64>,
 }
 
-async fn diff(State(ctrl): State<Arc<Controller>>, Query(q): Query<DiffQuery>) -> Response {
+async fn diff(State(ctrl): State<Arc<Controller>>, headers: HeaderMap, Query(q): Query<DiffQuery>) -> Response {
+    authorize!(ctrl, headers, Role::Viewer, "read", "revisions");
     match ctrl.diff(q.from, q.to) {
         Ok(d) => Json(json!({"from": q.from, "to": q.to, "changes": d})).into_response(),
         Err(e) => e.into_response(),
@@ -167,16 +260,82 @@ struct RollbackBody {
     message: String,
 }
 
-async fn rollback(State(ctrl): State<Arc<Controller>>, Json(body): Json<RollbackBody>) -> Response {
-    match ctrl.rollback(body.revision, AUTHOR, &body.message) {
-        Ok(o) => Json(o).into_response(),
+async fn rollback(State(ctrl): State<Arc<Controller>>, headers: HeaderMap, Json(body): Json<RollbackBody>) -> Response {
+    let target = format!("revision {}", body.revision);
+    let actor = authorize!(ctrl, headers, Role::Admin, "rollback", &target);
+    match ctrl.rollback(body.revision, &actor.name, &body.message) {
+        Ok(o) => {
+            let _ =
+                ctrl.store().audit(&actor.name, "rollback", &target, true, &format!("new revision {:?}", o.revision));
+            Json(o).into_response()
+        }
         Err(e) => e.into_response(),
     }
 }
 
-async fn revisions(State(ctrl): State<Arc<Controller>>) -> Response {
+async fn revisions(State(ctrl): State<Arc<Controller>>, headers: HeaderMap) -> Response {
+    authorize!(ctrl, headers, Role::Viewer, "read", "revisions");
     match ctrl.history(100) {
         Ok(h) => Json(json!({"revisions": h})).into_response(),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "store", e.to_string(), json!([])),
+    }
+}
+
+#[derive(Deserialize)]
+struct TokenBody {
+    role: String,
+    #[serde(default)]
+    name: String,
+}
+
+async fn create_token(
+    State(ctrl): State<Arc<Controller>>,
+    headers: HeaderMap,
+    Json(body): Json<TokenBody>,
+) -> Response {
+    let actor = authorize!(ctrl, headers, Role::Admin, "create token", &body.name);
+    let Some(role) = Role::parse(&body.role) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "role",
+            format!("role must be viewer, editor or admin, not '{}'", body.role),
+            json!([]),
+        );
+    };
+    let (id, secret, token) = auth::new_token();
+    let name = if body.name.is_empty() { format!("{}-{id}", role.name()) } else { body.name.clone() };
+    if let Err(e) = ctrl.store().add_token(&id, &name, role.name(), &auth::hash_secret(&secret)) {
+        return error(StatusCode::INTERNAL_SERVER_ERROR, "store", e.to_string(), json!([]));
+    }
+    let _ = ctrl.store().audit(&actor.name, "create token", &name, true, role.name());
+    // The only time the secret is shown.
+    Json(json!({"id": id, "name": name, "role": role.name(), "token": token})).into_response()
+}
+
+async fn list_tokens(State(ctrl): State<Arc<Controller>>, headers: HeaderMap) -> Response {
+    authorize!(ctrl, headers, Role::Admin, "list tokens", "tokens");
+    match ctrl.store().tokens() {
+        Ok(t) => Json(json!({"tokens": t.into_iter().map(|(id, name, role, created_at)| json!({"id": id, "name": name, "role": role, "created_at": created_at})).collect::<Vec<_>>()})).into_response(),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "store", e.to_string(), json!([])),
+    }
+}
+
+async fn revoke_token(State(ctrl): State<Arc<Controller>>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+    let actor = authorize!(ctrl, headers, Role::Admin, "revoke token", &id);
+    match ctrl.store().revoke_token(&id) {
+        Ok(true) => {
+            let _ = ctrl.store().audit(&actor.name, "revoke token", &id, true, "");
+            Json(json!({"revoked": id})).into_response()
+        }
+        Ok(false) => error(StatusCode::NOT_FOUND, "not_found", format!("token {id} not found"), json!([])),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "store", e.to_string(), json!([])),
+    }
+}
+
+async fn audit_log(State(ctrl): State<Arc<Controller>>, headers: HeaderMap) -> Response {
+    authorize!(ctrl, headers, Role::Admin, "read audit", "audit");
+    match ctrl.store().audit_log(500) {
+        Ok(rows) => Json(json!({ "entries": rows })).into_response(),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "store", e.to_string(), json!([])),
     }
 }

@@ -2,6 +2,7 @@
 //! a fleet view of connected proxies, and a REST API.
 
 pub mod api;
+pub mod auth;
 pub mod csds;
 pub mod diff;
 pub mod fleet;

@@ -85,6 +85,11 @@ impl Controller {
         self.state.borrow().clone()
     }
 
+    /// The store, for tokens and the audit log.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
     pub fn history(&self, limit: usize) -> Result<Vec<RevisionInfo>, StoreError> {
         self.store.history(limit)
     }

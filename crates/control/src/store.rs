@@ -27,6 +27,17 @@ pub enum Change {
     Delete { kind: Kind, name: String },
 }
 
+/// One line of the audit log.
+#[derive(Debug, Clone, Serialize)]
+pub struct AuditEntry {
+    pub at: String,
+    pub actor: String,
+    pub action: String,
+    pub target: String,
+    pub allowed: bool,
+    pub detail: String,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct RevisionInfo {
     pub revision: u64,
@@ -60,6 +71,20 @@ impl Store {
                 name TEXT NOT NULL,
                 doc TEXT,
                 PRIMARY KEY (rev, seq));
+             CREATE TABLE IF NOT EXISTS tokens (
+                id TEXT PRIMARY KEY,
+                name TEXT NOT NULL,
+                role TEXT NOT NULL,
+                secret_sha256 TEXT NOT NULL,
+                created_at TEXT NOT NULL);
+             CREATE TABLE IF NOT EXISTS audit (
+                seq INTEGER PRIMARY KEY AUTOINCREMENT,
+                at TEXT NOT NULL,
+                actor TEXT NOT NULL,
+                action TEXT NOT NULL,
+                target TEXT NOT NULL,
+                allowed INTEGER NOT NULL,
+                detail TEXT NOT NULL);
              CREATE TABLE IF NOT EXISTS resources (
                 kind TEXT NOT NULL,
                 name TEXT NOT NULL,
@@ -158,6 +183,75 @@ impl Store {
             state.insert((kind, name), d);
         }
         Ok(state.into_values().collect())
+    }
+
+    pub fn token_count(&self) -> Result<u64, StoreError> {
+        Ok(self.conn().query_row("SELECT COUNT(*) FROM tokens", [], |r| r.get::<_, i64>(0))? as u64)
+    }
+
+    pub fn add_token(&self, id: &str, name: &str, role: &str, secret_sha256: &str) -> Result<(), StoreError> {
+        let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        self.conn().execute(
+            "INSERT INTO tokens (id, name, role, secret_sha256, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![id, name, role, secret_sha256, now],
+        )?;
+        Ok(())
+    }
+
+    /// (name, role, secret hash) of a token id.
+    pub fn token(&self, id: &str) -> Result<Option<(String, String, String)>, StoreError> {
+        Ok(self
+            .conn()
+            .query_row("SELECT name, role, secret_sha256 FROM tokens WHERE id = ?1", params![id], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })
+            .optional()?)
+    }
+
+    /// (id, name, role, created_at) of every token.
+    pub fn tokens(&self) -> Result<Vec<(String, String, String, String)>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare("SELECT id, name, role, created_at FROM tokens ORDER BY created_at")?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    pub fn revoke_token(&self, id: &str) -> Result<bool, StoreError> {
+        Ok(self.conn().execute("DELETE FROM tokens WHERE id = ?1", params![id])? > 0)
+    }
+
+    pub fn audit(
+        &self,
+        actor: &str,
+        action: &str,
+        target: &str,
+        allowed: bool,
+        detail: &str,
+    ) -> Result<(), StoreError> {
+        let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        self.conn().execute(
+            "INSERT INTO audit (at, actor, action, target, allowed, detail) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![now, actor, action, target, allowed as i64, detail],
+        )?;
+        Ok(())
+    }
+
+    /// The newest audit entries first.
+    pub fn audit_log(&self, limit: usize) -> Result<Vec<AuditEntry>, StoreError> {
+        let conn = self.conn();
+        let mut stmt =
+            conn.prepare("SELECT at, actor, action, target, allowed, detail FROM audit ORDER BY seq DESC LIMIT ?1")?;
+        let rows = stmt.query_map(params![limit as i64], |r| {
+            Ok(AuditEntry {
+                at: r.get(0)?,
+                actor: r.get(1)?,
+                action: r.get(2)?,
+                target: r.get(3)?,
+                allowed: r.get::<_, i64>(4)? != 0,
+                detail: r.get(5)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 
     /// The most recent revisions, newest first.
