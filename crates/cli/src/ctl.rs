@@ -58,6 +58,8 @@ pub enum CtlCommand {
     },
     /// The audit log: every change and every denied request, with its author.
     Audit,
+    /// Service instances in the registry (registered over the API, kept alive by heartbeats).
+    Instances,
     /// Print shell completions (bash, zsh, fish, ...).
     Completions { shell: clap_complete::Shell },
     /// Print a bootstrap that points a proxy (Envoy or Legate) at this control plane over ADS.
@@ -372,6 +374,34 @@ pub fn run(args: CtlArgs) -> anyhow::Result<()> {
                 print(&args.output, &v, |_| format!("token {id} revoked\n"))
             }
         },
+        CtlCommand::Instances => {
+            let v = call("GET", &format!("{base}/v1/instances"), None)?;
+            print(&args.output, &v, |v| {
+                let rows = v["instances"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|i| {
+                        vec![
+                            i["service"].as_str().unwrap_or("").to_string(),
+                            i["id"].as_str().unwrap_or("").to_string(),
+                            format!("{}:{}", i["address"].as_str().unwrap_or(""), i["port"]),
+                            i["labels"]
+                                .as_object()
+                                .map(|l| {
+                                    l.iter()
+                                        .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
+                                        .collect::<Vec<_>>()
+                                        .join(",")
+                                })
+                                .unwrap_or_default(),
+                            format!("{:.0}s", i["expires_in"].as_f64().unwrap_or(0.0)),
+                        ]
+                    })
+                    .collect();
+                table(&["SERVICE", "ID", "ADDRESS", "LABELS", "EXPIRES IN"], rows)
+            })
+        }
         CtlCommand::Audit => {
             let v = call("GET", &format!("{base}/v1/audit"), None)?;
             print(&args.output, &v, |v| {

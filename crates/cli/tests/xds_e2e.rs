@@ -535,3 +535,71 @@ fn tokens_roles_and_audit() {
     let spec = http_get(addr(cp.api), "/v1/openapi.json", "cp").expect("openapi");
     assert!(spec.status == 200 && spec.body.contains("\"openapi\"") && spec.body.contains("/v1/rollback"));
 }
+
+/// Registry: instances registered over the API are the service's endpoints in
+/// EDS; one that stops heartbeating leaves when its TTL lapses.
+#[test]
+fn registry_instances_feed_eds() {
+    let dir = TempDir::new("registry");
+    let (_u1, p1) = echo("one", dir.path());
+    let (_u2, p2) = echo("two", dir.path());
+    let cp = ControlPlane::start(dir.path());
+    let listen = free_port();
+    // The service's cluster, listener and routes, but no ClusterLoadAssignment:
+    // the registry supplies it.
+    let docs: String = resources(listen, 1, &[], "")
+        .split("---")
+        .filter(|d| !d.contains("kind: ClusterLoadAssignment"))
+        .collect::<Vec<_>>()
+        .join("---");
+    cp.apply(dir.path(), &docs);
+    let proxy = attach(Client::Legate, &cp, "registry-proxy", true, dir.path());
+    let register = |port: u16, id: &str, ttl: u64| {
+        let body = format!(
+            r#"{{"id": "{id}", "address": "127.0.0.1", "port": {port}, "labels": {{"version": "v1"}}, "ttl_seconds": {ttl}}}"#
+        );
+        let r = http_request(
+            addr(cp.api),
+            "POST",
+            "/v1/services/web/instances",
+            "cp",
+            &[("content-type", "application/json")],
+            &body,
+        )
+        .expect("register");
+        assert_eq!(r.status, 200, "{}", r.body);
+    };
+    let started = std::time::Instant::now();
+    register(p1, "one", 2);
+    wait_for("the registered instance to serve", Duration::from_secs(5), || upstream_of(listen).filter(|u| u == "one"));
+    let first = started.elapsed();
+    assert!(first < Duration::from_secs(2), "registry to EDS took {first:?}");
+    register(p2, "two", 1);
+    wait_for("both instances in rotation", Duration::from_secs(5), || {
+        let seen: std::collections::BTreeSet<String> = (0..10).filter_map(|_| upstream_of(listen)).collect();
+        (seen.len() == 2).then_some(())
+    });
+    // "one" heartbeats; "two" does not and expires after its 1 s TTL.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (s, api) = (stop.clone(), cp.api);
+    let beats = std::thread::spawn(move || {
+        for _ in 0..100 {
+            if s.load(Ordering::Relaxed) {
+                break;
+            }
+            let _ = http_request(addr(api), "PUT", "/v1/services/web/instances/one/heartbeat", "cp", &[], "");
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    });
+    wait_for("the silent instance to expire", Duration::from_secs(6), || {
+        (0..10).all(|_| upstream_of(listen).as_deref() == Some("one")).then_some(())
+    });
+    let (ok, out) = cp.ctl(&["instances", "-o", "json"]);
+    assert!(ok, "{out}");
+    let v: Value = serde_json::from_str(&out).expect("json");
+    let ids: Vec<&str> = v["instances"].as_array().into_iter().flatten().filter_map(|i| i["id"].as_str()).collect();
+    assert_eq!(ids, vec!["one"]);
+    stop.store(true, Ordering::Relaxed);
+    beats.join().expect("heartbeats");
+    drop(proxy);
+}

@@ -32,6 +32,10 @@ pub fn router(ctrl: Arc<Controller>) -> Router {
         .route("/v1/tokens", get(list_tokens).post(create_token))
         .route("/v1/tokens/{id}", delete(revoke_token))
         .route("/v1/audit", get(audit_log))
+        .route("/v1/instances", get(list_instances))
+        .route("/v1/services/{svc}/instances", post(register_instance))
+        .route("/v1/services/{svc}/instances/{id}", delete(deregister_instance))
+        .route("/v1/services/{svc}/instances/{id}/heartbeat", axum::routing::put(heartbeat))
         .with_state(ctrl)
 }
 
@@ -162,7 +166,7 @@ async fn apply(State(ctrl): State<Arc<Controller>>, headers: HeaderMap, Json(bod
 }
 
 fn docs_json(ctrl: &Controller, kind: Option<Kind>, name: Option<&str>) -> Vec<serde_json::Value> {
-    let state = ctrl.current();
+    let state = ctrl.stored();
     state
         .resources
         .iter()
@@ -338,4 +342,61 @@ async fn audit_log(State(ctrl): State<Arc<Controller>>, headers: HeaderMap) -> R
         Ok(rows) => Json(json!({ "entries": rows })).into_response(),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "store", e.to_string(), json!([])),
     }
+}
+
+async fn register_instance(
+    State(ctrl): State<Arc<Controller>>,
+    headers: HeaderMap,
+    Path(svc): Path<String>,
+    Json(body): Json<crate::registry::Registration>,
+) -> Response {
+    let actor = authorize!(ctrl, headers, Role::Editor, "register", &svc);
+    let result = ctrl.registry.lock().unwrap_or_else(|e| e.into_inner()).register(&svc, body);
+    match result {
+        Ok(inst) => {
+            ctrl.publish();
+            let _ = ctrl.store().audit(&actor.name, "register", &format!("{svc}/{}", inst.id), true, "");
+            Json(inst).into_response()
+        }
+        Err(e) => error(StatusCode::BAD_REQUEST, "invalid", e.to_string(), json!([])),
+    }
+}
+
+async fn heartbeat(
+    State(ctrl): State<Arc<Controller>>,
+    headers: HeaderMap,
+    Path((svc, id)): Path<(String, String)>,
+) -> Response {
+    authorize!(ctrl, headers, Role::Editor, "heartbeat", &svc);
+    if ctrl.registry.lock().unwrap_or_else(|e| e.into_inner()).heartbeat(&svc, &id) {
+        Json(json!({"service": svc, "id": id})).into_response()
+    } else {
+        error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("instance {svc}/{id} is not registered (expired?)"),
+            json!([]),
+        )
+    }
+}
+
+async fn deregister_instance(
+    State(ctrl): State<Arc<Controller>>,
+    headers: HeaderMap,
+    Path((svc, id)): Path<(String, String)>,
+) -> Response {
+    let actor = authorize!(ctrl, headers, Role::Editor, "deregister", &svc);
+    let removed = ctrl.registry.lock().unwrap_or_else(|e| e.into_inner()).deregister(&svc, &id);
+    if !removed {
+        return error(StatusCode::NOT_FOUND, "not_found", format!("instance {svc}/{id} not found"), json!([]));
+    }
+    ctrl.publish();
+    let _ = ctrl.store().audit(&actor.name, "deregister", &format!("{svc}/{id}"), true, "");
+    Json(json!({"deregistered": format!("{svc}/{id}")})).into_response()
+}
+
+async fn list_instances(State(ctrl): State<Arc<Controller>>, headers: HeaderMap) -> Response {
+    authorize!(ctrl, headers, Role::Viewer, "read", "instances");
+    let list = ctrl.registry.lock().unwrap_or_else(|e| e.into_inner()).list();
+    Json(json!({ "instances": list })).into_response()
 }

@@ -7,6 +7,7 @@ pub mod csds;
 pub mod diff;
 pub mod fleet;
 pub mod model;
+pub mod registry;
 pub mod state;
 pub mod store;
 pub mod xds;
@@ -56,6 +57,15 @@ pub async fn serve(ctrl: Arc<state::Controller>, opts: Options) -> Result<(), Co
         opts.data_dir.display(),
         ctrl.current().revision
     );
+    // Registry instances whose TTL lapsed leave EDS within a quarter second.
+    let expiring = ctrl.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_millis(250));
+        loop {
+            tick.tick().await;
+            expiring.expire_instances();
+        }
+    });
     let api = axum::serve(api_listener, api::router(ctrl.clone()));
     let xds = xds::serve(ctrl.clone(), xds_listener);
     tokio::select! {

@@ -53,7 +53,11 @@ pub struct ApplyOutcome {
 
 pub struct Controller {
     store: Store,
+    /// What is published: the stored resources plus what the registry adds.
     state: watch::Sender<Arc<ConfigState>>,
+    /// The committed resources (the latest revision).
+    stored: Mutex<Arc<ConfigState>>,
+    pub registry: Mutex<crate::registry::Registry>,
     /// Serializes changes: validate, commit, publish happen as one step.
     apply_lock: Mutex<()>,
     pub fleet: Fleet,
@@ -73,16 +77,65 @@ impl Controller {
                 }
             }
         }
-        let (state, _) = watch::channel(Arc::new(ConfigState { revision, resources }));
-        Ok(Arc::new(Self { store, state, apply_lock: Mutex::new(()), fleet: Fleet::default() }))
+        let stored = Arc::new(ConfigState { revision, resources });
+        let (state, _) = watch::channel(stored.clone());
+        Ok(Arc::new(Self {
+            store,
+            state,
+            stored: Mutex::new(stored),
+            registry: Mutex::new(Default::default()),
+            apply_lock: Mutex::new(()),
+            fleet: Fleet::default(),
+        }))
     }
 
     pub fn subscribe(&self) -> watch::Receiver<Arc<ConfigState>> {
         self.state.subscribe()
     }
 
+    /// What proxies are served now.
     pub fn current(&self) -> Arc<ConfigState> {
         self.state.borrow().clone()
+    }
+
+    /// The committed resources, without what the registry adds.
+    pub fn stored(&self) -> Arc<ConfigState> {
+        self.stored.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn set_stored(&self, state: ConfigState) {
+        *self.stored.lock().unwrap_or_else(|e| e.into_inner()) = Arc::new(state);
+        self.publish();
+    }
+
+    /// Publishes the stored resources plus one ClusterLoadAssignment per
+    /// registry service (an applied one of the same name wins).
+    pub fn publish(&self) {
+        let stored = self.stored();
+        let generated = self.registry.lock().unwrap_or_else(|e| e.into_inner()).assignments();
+        if generated.is_empty() {
+            self.state.send_replace(stored);
+            return;
+        }
+        let mut resources = stored.resources.clone();
+        for doc in generated {
+            let key = (Kind::ClusterLoadAssignment, doc.metadata.name.clone());
+            if resources.contains_key(&key) {
+                continue;
+            }
+            if let Ok(r) = compile(&doc) {
+                resources.insert(key, Arc::new(r));
+            }
+        }
+        self.state.send_replace(Arc::new(ConfigState { revision: stored.revision, resources }));
+    }
+
+    /// Drops expired registry instances and republishes if any went.
+    pub fn expire_instances(&self) {
+        let changed = self.registry.lock().unwrap_or_else(|e| e.into_inner()).expire(std::time::Instant::now());
+        if changed {
+            self.publish();
+        }
     }
 
     /// The store, for tokens and the audit log.
@@ -124,7 +177,7 @@ impl Controller {
             return Err(ApplyError::Invalid(errors));
         }
         let _guard = self.apply_lock.lock().unwrap_or_else(|e| e.into_inner());
-        let current = self.current();
+        let current = self.stored();
         let mut outcome = ApplyOutcome {
             revision: None,
             created: vec![],
@@ -159,13 +212,13 @@ impl Controller {
         }
         let rev = self.store.commit(author, message, &changes)?;
         outcome.revision = Some(rev);
-        self.state.send_replace(Arc::new(ConfigState { revision: rev, resources: next }));
+        self.set_stored(ConfigState { revision: rev, resources: next });
         Ok(outcome)
     }
 
     pub fn delete(&self, kind: Kind, name: &str, author: &str, message: &str) -> Result<ApplyOutcome, ApplyError> {
         let _guard = self.apply_lock.lock().unwrap_or_else(|e| e.into_inner());
-        let current = self.current();
+        let current = self.stored();
         let key = (kind, name.to_string());
         if !current.resources.contains_key(&key) {
             return Err(ApplyError::NotFound(format!("{}/{name}", kind.name())));
@@ -173,7 +226,7 @@ impl Controller {
         let rev = self.store.commit(author, message, &[Change::Delete { kind, name: name.to_string() }])?;
         let mut next = current.resources.clone();
         next.remove(&key);
-        self.state.send_replace(Arc::new(ConfigState { revision: rev, resources: next }));
+        self.set_stored(ConfigState { revision: rev, resources: next });
         Ok(ApplyOutcome {
             revision: Some(rev),
             created: vec![],
@@ -214,7 +267,7 @@ impl Controller {
 
     /// Every current resource as a document.
     pub fn documents(&self) -> Vec<Document> {
-        self.current().resources.values().map(|r| r.doc.clone()).collect()
+        self.stored().resources.values().map(|r| r.doc.clone()).collect()
     }
 
     /// The difference between revision `from` and revision `to` (or now).
@@ -244,7 +297,7 @@ impl Controller {
             return Err(ApplyError::Invalid(errors));
         }
         let _guard = self.apply_lock.lock().unwrap_or_else(|e| e.into_inner());
-        let current = self.current();
+        let current = self.stored();
         let mut changes = Vec::new();
         for (k, r) in &compiled {
             if current.resources.get(k).is_none_or(|old| old.version != r.version || old.nodes != r.nodes) {
@@ -264,7 +317,7 @@ impl Controller {
             None
         } else {
             let n = self.store.commit(author, &message, &changes)?;
-            self.state.send_replace(Arc::new(ConfigState { revision: n, resources: compiled }));
+            self.set_stored(ConfigState { revision: n, resources: compiled });
             Some(n)
         };
         Ok(ApplyOutcome {

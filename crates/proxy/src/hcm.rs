@@ -238,11 +238,23 @@ pub struct ConnInfo {
     pub active_streams: std::sync::atomic::AtomicUsize,
     /// Signalled when the last active stream ends.
     pub idle: tokio::sync::Notify,
+    /// Requests this connection has begun.
+    pub requests: std::sync::atomic::AtomicU64,
+    /// The connection's listener config is being drained: responses carry
+    /// `connection: close` so HTTP/1 clients move to the new config.
+    pub draining: std::sync::atomic::AtomicBool,
 }
 
 impl ConnInfo {
     pub fn new(remote: SocketAddr, local: SocketAddr) -> Self {
-        Self { remote, local, active_streams: Default::default(), idle: tokio::sync::Notify::new() }
+        Self {
+            remote,
+            local,
+            active_streams: Default::default(),
+            idle: tokio::sync::Notify::new(),
+            requests: Default::default(),
+            draining: Default::default(),
+        }
     }
 }
 
@@ -406,6 +418,7 @@ impl Hcm {
         }
 
         conn.active_streams.fetch_add(1, Relaxed);
+        conn.requests.fetch_add(1, Relaxed);
         let mut stream = Box::new(Stream {
             hcm: self.clone(),
             conn: conn.clone(),
@@ -557,6 +570,9 @@ impl Hcm {
             if let Some(id) = stream.request_headers.as_ref().and_then(|h| h.get(&X_REQUEST_ID)) {
                 resp.headers_mut().insert(X_REQUEST_ID.clone(), id.clone());
             }
+        }
+        if stream.conn.draining.load(Relaxed) && stream.protocol != "HTTP/2" {
+            resp.headers_mut().insert(http::header::CONNECTION, HeaderValue::from_static("close"));
         }
         stream.status = resp.status().as_u16();
         if !self.access_logs.is_empty() {

@@ -169,6 +169,16 @@ pub async fn accept_loop(
     }
 }
 
+/// Begins draining a connection as Envoy does: responses from now on carry
+/// `connection: close`; a connection that already served requests is closed
+/// gracefully now (in-flight requests finish), while one that has not sent its
+/// first request yet gets to send it (bounded by the drain time). Returns
+/// whether to shut down now.
+fn begin_drain(info: &ConnInfo) -> bool {
+    info.draining.store(true, Ordering::Relaxed);
+    info.requests.load(Ordering::Relaxed) > 0
+}
+
 async fn serve_connection(
     listener: Arc<ListenerConfig>,
     stream: tokio::net::TcpStream,
@@ -232,12 +242,16 @@ async fn serve_connection(
             }
             _ = config_drain.wait_for(|d| *d), if !draining => {
                 draining = true;
-                conn.as_mut().graceful_shutdown();
+                if begin_drain(&conn_info) {
+                    conn.as_mut().graceful_shutdown();
+                }
             }
             changed = phase.changed(), if !draining => {
                 if changed.is_err() || *phase.borrow() == Phase::Drain {
                     draining = true;
-                    conn.as_mut().graceful_shutdown();
+                    if begin_drain(&conn_info) {
+                        conn.as_mut().graceful_shutdown();
+                    }
                 }
             }
         }

@@ -1,0 +1,143 @@
+//! The service registry: instances that register over the API, keep
+//! themselves alive with heartbeats, and vanish when their TTL lapses. Each
+//! service's live instances are published as the ClusterLoadAssignment named
+//! after the service (unless one is applied explicitly under that name), so a
+//! change reaches the proxies' EDS with the next push.
+
+use crate::model::{Document, Metadata};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Registration {
+    /// Chosen by the instance, or generated.
+    #[serde(default)]
+    pub id: Option<String>,
+    pub address: String,
+    pub port: u16,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Seconds without a heartbeat before the instance is dropped.
+    #[serde(default = "default_ttl")]
+    pub ttl_seconds: u64,
+}
+
+fn default_ttl() -> u64 {
+    30
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Instance {
+    pub service: String,
+    pub id: String,
+    pub address: String,
+    pub port: u16,
+    pub labels: BTreeMap<String, String>,
+    pub ttl_seconds: u64,
+    pub registered_at: String,
+    /// Seconds left before it expires without a heartbeat.
+    pub expires_in: f64,
+    #[serde(skip)]
+    expires: Instant,
+}
+
+#[derive(Default)]
+pub struct Registry {
+    instances: BTreeMap<(String, String), Instance>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("address: '{0}' is not an IP address")]
+    Address(String),
+    #[error("ttl_seconds must be between 1 and 86400")]
+    Ttl,
+    #[error("service name must be 1-128 characters of [a-zA-Z0-9._-]")]
+    Service,
+}
+
+impl Registry {
+    pub fn register(&mut self, service: &str, r: Registration) -> Result<Instance, RegistryError> {
+        if service.is_empty()
+            || service.len() > 128
+            || !service.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+        {
+            return Err(RegistryError::Service);
+        }
+        if r.address.parse::<std::net::IpAddr>().is_err() {
+            return Err(RegistryError::Address(r.address));
+        }
+        if !(1..=86_400).contains(&r.ttl_seconds) {
+            return Err(RegistryError::Ttl);
+        }
+        let id = r.id.filter(|i| !i.is_empty()).unwrap_or_else(|| format!("{}:{}", r.address, r.port));
+        let inst = Instance {
+            service: service.to_string(),
+            id: id.clone(),
+            address: r.address,
+            port: r.port,
+            labels: r.labels,
+            ttl_seconds: r.ttl_seconds,
+            registered_at: crate::fleet::now(),
+            expires_in: r.ttl_seconds as f64,
+            expires: Instant::now() + Duration::from_secs(r.ttl_seconds),
+        };
+        self.instances.insert((service.to_string(), id), inst.clone());
+        Ok(inst)
+    }
+
+    /// Extends an instance's life; false when it is not (or no longer) registered.
+    pub fn heartbeat(&mut self, service: &str, id: &str) -> bool {
+        match self.instances.get_mut(&(service.to_string(), id.to_string())) {
+            Some(i) => {
+                i.expires = Instant::now() + Duration::from_secs(i.ttl_seconds);
+                true
+            }
+            None => false,
+        }
+    }
+
+    pub fn deregister(&mut self, service: &str, id: &str) -> bool {
+        self.instances.remove(&(service.to_string(), id.to_string())).is_some()
+    }
+
+    /// Drops instances whose TTL lapsed; true when any did.
+    pub fn expire(&mut self, now: Instant) -> bool {
+        let before = self.instances.len();
+        self.instances.retain(|_, i| i.expires > now);
+        before != self.instances.len()
+    }
+
+    pub fn list(&self) -> Vec<Instance> {
+        let now = Instant::now();
+        self.instances
+            .values()
+            .map(|i| Instance { expires_in: i.expires.saturating_duration_since(now).as_secs_f64(), ..i.clone() })
+            .collect()
+    }
+
+    /// One ClusterLoadAssignment document per service with live instances.
+    pub fn assignments(&self) -> Vec<Document> {
+        let mut by_service: BTreeMap<&str, Vec<&Instance>> = BTreeMap::new();
+        for i in self.instances.values() {
+            by_service.entry(&i.service).or_default().push(i);
+        }
+        by_service
+            .into_iter()
+            .map(|(svc, insts)| {
+                let eps: Vec<serde_json::Value> = insts
+                    .iter()
+                    .map(|i| {
+                        serde_json::json!({"endpoint": {"address": {"socket_address": {"address": i.address, "port_value": i.port}}}})
+                    })
+                    .collect();
+                Document {
+                    kind: "ClusterLoadAssignment".into(),
+                    metadata: Metadata { name: svc.to_string(), ..Default::default() },
+                    spec: serde_json::json!({"cluster_name": svc, "endpoints": [{"lb_endpoints": eps}]}),
+                }
+            })
+            .collect()
+    }
+}
