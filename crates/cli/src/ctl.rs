@@ -30,8 +30,20 @@ pub enum CtlCommand {
         #[arg(long)]
         dry_run: bool,
     },
-    /// Show resources: `get clusters`, `get cluster NAME`.
-    Get { kind: String, name: Option<String> },
+    /// Show resources: `get clusters`, `get cluster NAME`, `get services`; and what a
+    /// proxy receives, compiled resources included: `get envoy clusters [NAME] --node ID`.
+    Get {
+        kind: String,
+        name: Option<String>,
+        /// With `get envoy KIND`: one resource's name.
+        resource: Option<String>,
+        /// With `get envoy`: the node id whose view to show.
+        #[arg(long)]
+        node: Option<String>,
+        /// With `get envoy`: the node's cluster.
+        #[arg(long)]
+        cluster: Option<String>,
+    },
     /// Delete one resource.
     Delete {
         kind: String,
@@ -236,7 +248,23 @@ pub fn run(args: CtlArgs) -> anyhow::Result<()> {
                 s
             })
         }
-        CtlCommand::Get { kind, name } => {
+        CtlCommand::Get { kind, name, resource, node, cluster } if kind == "envoy" => {
+            let Some(envoy_kind) = name else { anyhow::bail!("usage: legate ctl get envoy KIND [NAME] --node ID") };
+            let mut url = format!("{base}/v1/envoy/{envoy_kind}?");
+            for (k, v) in [("node", node), ("cluster", cluster), ("name", resource)] {
+                if let Some(v) = v {
+                    url.push_str(&format!("{k}={}&", urlencode(&v)));
+                }
+            }
+            let v = call("GET", &url, None)?;
+            match args.output.as_str() {
+                "json" => println!("{}", serde_json::to_string_pretty(&v)?),
+                // Envoy resources read best as YAML.
+                _ => print!("{}", serde_yaml_ng::to_string(&v["items"])?),
+            }
+            Ok(())
+        }
+        CtlCommand::Get { kind, name, .. } => {
             let url = match &name {
                 Some(n) => format!("{base}/v1/resources/{kind}/{n}"),
                 None => format!("{base}/v1/resources/{kind}"),

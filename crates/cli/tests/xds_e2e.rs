@@ -603,3 +603,85 @@ fn registry_instances_feed_eds() {
     beats.join().expect("heartbeats");
     drop(proxy);
 }
+
+fn gateway_doc(name: &str, node: &str, port: u16) -> String {
+    format!(
+        r#"kind: Gateway
+metadata: {{ name: {name}, nodes: {{ ids: [{node}] }} }}
+spec:
+  address: 127.0.0.1
+  port: {port}
+  routes:
+  - match: {{ prefix: /v2, headers: {{ x-canary: "1" }} }}
+    to: [{{ service: web, subset: v2 }}]
+  - match: {{ prefix: /split }}
+    to: [{{ service: web, subset: v1, weight: 100 }}, {{ service: web, subset: v2, weight: 0 }}]
+  - match: {{ prefix: /old }}
+    redirect: {{ path: /new, code: 302 }}
+  - match: {{ prefix: /hello }}
+    direct_response: {{ status: 200, body: hi }}
+  - match: {{ prefix: / }}
+    to: [{{ service: web, subset: v1 }}]
+    response_headers: {{ x-gw: {name} }}
+"#
+    )
+}
+
+/// Services and Gateways instead of Envoy YAML, compiled to resources that
+/// real Envoy and legate proxy both run; references are validated.
+#[test]
+fn services_and_gateways() {
+    let dir = TempDir::new("services");
+    let (_u1, p1) = echo("one", dir.path());
+    let (_u2, p2) = echo("two", dir.path());
+    let cp = ControlPlane::start(dir.path());
+    let (ge, gl) = (free_port(), free_port());
+    let service = format!(
+        "kind: Service\nmetadata: {{ name: web }}\nspec:\n  endpoints:\n  - {{ address: 127.0.0.1, port: {p1}, labels: {{ version: v1 }} }}\n  - {{ address: 127.0.0.1, port: {p2}, labels: {{ version: v2 }} }}\n  subsets: {{ v1: {{ version: v1 }}, v2: {{ version: v2 }} }}\n"
+    );
+    cp.apply(
+        dir.path(),
+        &format!(
+            "{service}---\n{}---\n{}",
+            gateway_doc("edge-envoy", "envoy-gw", ge),
+            gateway_doc("edge-legate", "legate-gw", gl)
+        ),
+    );
+    let _envoy = attach(Client::Envoy, &cp, "envoy-gw", false, dir.path());
+    let _legate = attach(Client::Legate, &cp, "legate-gw", true, dir.path());
+    for (port, name) in [(ge, "edge-envoy"), (gl, "edge-legate")] {
+        let r = wait_for("the gateway", Duration::from_secs(20), || {
+            http_get(addr(port), "/x", "app").ok().filter(|r| r.status == 200)
+        });
+        assert_eq!((r.header("x-upstream"), r.header("x-gw")), (Some("one"), Some(name)), "default route on {name}");
+        let r = http_request(addr(port), "GET", "/v2/y", "app", &[("x-canary", "1")], "").expect("canary");
+        assert_eq!(r.header("x-upstream"), Some("two"), "header-matched subset on {name}");
+        assert_eq!(http_get(addr(port), "/split", "app").expect("split").header("x-upstream"), Some("one"));
+        let r = http_get(addr(port), "/old/z", "app").expect("redirect");
+        assert_eq!((r.status, r.header("location")), (302, Some("http://app/new")), "redirect on {name}");
+        let r = http_get(addr(port), "/hello", "app").expect("direct");
+        assert_eq!((r.status, r.body.as_str()), (200, "hi"));
+    }
+    // What a node receives, compiled resources included.
+    let (ok, out) = cp.ctl(&["get", "envoy", "clusters", "--node", "envoy-gw", "-o", "json"]);
+    assert!(ok, "{out}");
+    let v: Value = serde_json::from_str(&out).expect("json");
+    let names: Vec<&str> = v["items"].as_array().into_iter().flatten().filter_map(|i| i["name"].as_str()).collect();
+    assert_eq!(names, vec!["web", "web.v1", "web.v2"]);
+    let (ok, out) = cp.ctl(&["get", "envoy", "listeners", "--node", "legate-gw", "-o", "json"]);
+    assert!(ok && out.contains("gateway.edge-legate") && !out.contains("gateway.edge-envoy"), "{out}");
+    // References are checked: an unknown service or subset, a shared address,
+    // and deleting a service still routed to are refused.
+    let bad = gateway_doc("broken", "x", ge + 1)
+        .replace("service: web, subset: v2 }]", "service: nope }]")
+        .replace("subset: v1, weight: 100", "subset: v9, weight: 100");
+    let f = dir.path().join("bad.yaml");
+    std::fs::write(&f, bad).expect("write");
+    let (ok, out) = cp.ctl(&["apply", "-f", f.to_str().expect("path")]);
+    assert!(!ok && out.contains("unknown service 'nope'") && out.contains("has no subset 'v9'"), "{out}");
+    std::fs::write(&f, gateway_doc("clash", "x", ge)).expect("write");
+    let (ok, out) = cp.ctl(&["apply", "-f", f.to_str().expect("path")]);
+    assert!(!ok && out.contains("used by both Gateway/clash and Gateway/edge-envoy"), "{out}");
+    let (ok, out) = cp.ctl(&["delete", "service", "web"]);
+    assert!(!ok && out.contains("unknown service 'web'"), "{out}");
+}

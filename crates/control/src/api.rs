@@ -33,6 +33,7 @@ pub fn router(ctrl: Arc<Controller>) -> Router {
         .route("/v1/tokens/{id}", delete(revoke_token))
         .route("/v1/audit", get(audit_log))
         .route("/v1/instances", get(list_instances))
+        .route("/v1/envoy/{kind}", get(envoy_resources))
         .route("/v1/services/{svc}/instances", post(register_instance))
         .route("/v1/services/{svc}/instances/{id}", delete(deregister_instance))
         .route("/v1/services/{svc}/instances/{id}/heartbeat", axum::routing::put(heartbeat))
@@ -399,4 +400,43 @@ async fn list_instances(State(ctrl): State<Arc<Controller>>, headers: HeaderMap)
     authorize!(ctrl, headers, Role::Viewer, "read", "instances");
     let list = ctrl.registry.lock().unwrap_or_else(|e| e.into_inner()).list();
     Json(json!({ "instances": list })).into_response()
+}
+
+#[derive(Deserialize)]
+struct EnvoyQuery {
+    /// Show what this node id receives (with `cluster`, its node cluster).
+    #[serde(default)]
+    node: Option<String>,
+    #[serde(default)]
+    cluster: Option<String>,
+    #[serde(default)]
+    name: Option<String>,
+}
+
+/// The Envoy resources a proxy receives, compiled ones included: nothing hidden.
+async fn envoy_resources(
+    State(ctrl): State<Arc<Controller>>,
+    headers: HeaderMap,
+    Path(kind): Path<String>,
+    Query(q): Query<EnvoyQuery>,
+) -> Response {
+    authorize!(ctrl, headers, Role::Viewer, "read", "envoy resources");
+    let k = match parse_kind(&kind) {
+        Ok(k) if k.is_envoy() => k,
+        Ok(_) => return error(StatusCode::BAD_REQUEST, "kind", "an Envoy kind is needed here", json!([])),
+        Err(r) => return *r,
+    };
+    let node = crate::model::NodeInfo {
+        id: q.node.clone().unwrap_or_default(),
+        cluster: q.cluster.clone().unwrap_or_default(),
+        ..Default::default()
+    };
+    let state = ctrl.current();
+    let items: Vec<serde_json::Value> = state
+        .for_node(k, &node)
+        .filter(|r| q.node.is_some() || r.nodes.is_empty())
+        .filter(|r| q.name.as_ref().is_none_or(|n| *n == r.name))
+        .map(|r| json!({"kind": r.kind.name(), "name": r.name, "version": r.version, "resource": r.doc.spec}))
+        .collect();
+    Json(json!({ "items": items })).into_response()
 }

@@ -8,6 +8,7 @@ pub mod diff;
 pub mod fleet;
 pub mod model;
 pub mod registry;
+pub mod services;
 pub mod state;
 pub mod store;
 pub mod xds;

@@ -18,6 +18,9 @@ pub enum Kind {
     Listener,
     RouteConfiguration,
     Secret,
+    /// Higher-level kinds, compiled into the Envoy kinds above (see `services`).
+    Service,
+    Gateway,
 }
 
 pub const ALL_KINDS: [Kind; 5] =
@@ -31,6 +34,8 @@ impl Kind {
             "listener" | "listeners" | "lds" => Self::Listener,
             "routeconfiguration" | "routeconfigurations" | "routes" | "rds" => Self::RouteConfiguration,
             "secret" | "secrets" | "sds" => Self::Secret,
+            "service" | "services" | "svc" => Self::Service,
+            "gateway" | "gateways" | "gw" => Self::Gateway,
             _ => return None,
         })
     }
@@ -42,7 +47,14 @@ impl Kind {
             Self::Listener => "Listener",
             Self::RouteConfiguration => "RouteConfiguration",
             Self::Secret => "Secret",
+            Self::Service => "Service",
+            Self::Gateway => "Gateway",
         }
+    }
+
+    /// True for the kinds that are sent over xDS as they are.
+    pub fn is_envoy(self) -> bool {
+        !matches!(self, Self::Service | Self::Gateway)
     }
 
     pub fn type_url(self) -> &'static str {
@@ -52,6 +64,7 @@ impl Kind {
             Self::Listener => "type.googleapis.com/envoy.config.listener.v3.Listener",
             Self::RouteConfiguration => "type.googleapis.com/envoy.config.route.v3.RouteConfiguration",
             Self::Secret => "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret",
+            Self::Service | Self::Gateway => "",
         }
     }
 
@@ -204,12 +217,18 @@ pub fn compile(doc: &Document) -> Result<Resource, Vec<DocError>> {
             })
             .collect()
     };
+    if !kind.is_envoy() {
+        return crate::services::check(kind, doc).map_err(|errs| {
+            errs.into_iter().map(|(path, reason)| DocError { resource: label.clone(), path, reason }).collect()
+        });
+    }
     let (own_name, any) = match kind {
         Kind::Cluster => decode::<Cluster>(doc).map(|(m, a)| (m.name, a)),
         Kind::ClusterLoadAssignment => decode::<ClusterLoadAssignment>(doc).map(|(m, a)| (m.cluster_name, a)),
         Kind::Listener => decode::<Listener>(doc).map(|(m, a)| (m.name, a)),
         Kind::RouteConfiguration => decode::<RouteConfiguration>(doc).map(|(m, a)| (m.name, a)),
         Kind::Secret => decode::<Secret>(doc).map(|(m, a)| (m.name, a)),
+        Kind::Service | Kind::Gateway => Err(vec![FieldError::new("kind", "not an Envoy resource kind")]),
     }
     .map_err(to_doc_errors)?;
     if own_name != doc.metadata.name {

@@ -8,6 +8,9 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
 
+/// Resources by kind and name.
+pub type ResourceMap = BTreeMap<(Kind, String), Arc<Resource>>;
+
 /// One immutable revision of everything the control plane serves.
 #[derive(Default)]
 pub struct ConfigState {
@@ -79,14 +82,16 @@ impl Controller {
         }
         let stored = Arc::new(ConfigState { revision, resources });
         let (state, _) = watch::channel(stored.clone());
-        Ok(Arc::new(Self {
+        let ctrl = Arc::new(Self {
             store,
             state,
             stored: Mutex::new(stored),
             registry: Mutex::new(Default::default()),
             apply_lock: Mutex::new(()),
             fleet: Fleet::default(),
-        }))
+        });
+        ctrl.publish();
+        Ok(ctrl)
     }
 
     pub fn subscribe(&self) -> watch::Receiver<Arc<ConfigState>> {
@@ -108,25 +113,53 @@ impl Controller {
         self.publish();
     }
 
-    /// Publishes the stored resources plus one ClusterLoadAssignment per
-    /// registry service (an applied one of the same name wins).
-    pub fn publish(&self) {
-        let stored = self.stored();
-        let generated = self.registry.lock().unwrap_or_else(|e| e.into_inner()).assignments();
-        if generated.is_empty() {
-            self.state.send_replace(stored);
-            return;
-        }
-        let mut resources = stored.resources.clone();
-        for doc in generated {
-            let key = (Kind::ClusterLoadAssignment, doc.metadata.name.clone());
-            if resources.contains_key(&key) {
+    /// The Envoy resources that `resources` publish: explicit ones as they
+    /// are, then what Services and Gateways compile to, then one
+    /// ClusterLoadAssignment per registry service. An explicit resource wins
+    /// over a generated one of the same name. Errors name the resource.
+    fn expand(
+        &self,
+        resources: &BTreeMap<(Kind, String), Arc<Resource>>,
+    ) -> Result<ResourceMap, Vec<DocError>> {
+        let registry = self.registry.lock().unwrap_or_else(|e| e.into_inner());
+        let (generated, problems) = crate::services::generate(resources, &registry);
+        let mut errors: Vec<DocError> =
+            problems.into_iter().map(|(resource, path, reason)| DocError { resource, path, reason }).collect();
+        let mut out = resources.clone();
+        for doc in generated.into_iter().chain(registry.assignments()) {
+            let Some(kind) = Kind::parse(&doc.kind) else { continue };
+            let key = (kind, doc.metadata.name.clone());
+            if out.contains_key(&key) {
                 continue;
             }
-            if let Ok(r) = compile(&doc) {
-                resources.insert(key, Arc::new(r));
+            match compile(&doc) {
+                Ok(r) => {
+                    out.insert(key, Arc::new(r));
+                }
+                Err(e) => errors.extend(e.into_iter().map(|mut d| {
+                    d.resource = format!("{} (compiled)", d.resource);
+                    d
+                })),
             }
         }
+        if errors.is_empty() {
+            Ok(out)
+        } else {
+            Err(errors)
+        }
+    }
+
+    /// Publishes the stored resources with everything they compile to.
+    pub fn publish(&self) {
+        let stored = self.stored();
+        let resources = match self.expand(&stored.resources) {
+            Ok(r) => r,
+            Err(e) => {
+                // Validated at apply; only the registry can change underneath.
+                tracing::error!("cannot compile the configuration: {e:?}");
+                return;
+            }
+        };
         self.state.send_replace(Arc::new(ConfigState { revision: stored.revision, resources }));
     }
 
@@ -203,6 +236,10 @@ impl Controller {
             changes.push(Change::Apply(r.doc.clone()));
             next.insert((r.kind, r.name.clone()), Arc::new(r));
         }
+        // References (a route to an unknown service, a subset that does not
+        // exist, two gateways on one address) and what Services and Gateways
+        // compile to are checked before anything is committed.
+        self.expand(&next).map_err(ApplyError::Invalid)?;
         let before: Vec<Document> = current.resources.values().map(|r| r.doc.clone()).collect();
         let after: Vec<Document> = next.values().map(|r| r.doc.clone()).collect();
         outcome.diff = crate::diff::diff(&before, &after);
@@ -223,9 +260,10 @@ impl Controller {
         if !current.resources.contains_key(&key) {
             return Err(ApplyError::NotFound(format!("{}/{name}", kind.name())));
         }
-        let rev = self.store.commit(author, message, &[Change::Delete { kind, name: name.to_string() }])?;
         let mut next = current.resources.clone();
         next.remove(&key);
+        self.expand(&next).map_err(ApplyError::Invalid)?;
+        let rev = self.store.commit(author, message, &[Change::Delete { kind, name: name.to_string() }])?;
         self.set_stored(ConfigState { revision: rev, resources: next });
         Ok(ApplyOutcome {
             revision: Some(rev),

@@ -1,0 +1,461 @@
+//! Higher-level kinds that compile to Envoy resources, so a mesh can be run
+//! without writing Envoy YAML:
+//!
+//! - `Service`: how to reach a service (endpoints listed, from DNS, or from the
+//!   registry), its protocol, load balancing and named subsets by label.
+//!   Compiles to a Cluster and a ClusterLoadAssignment, plus one pair per
+//!   subset (`<service>.<subset>`).
+//! - `Gateway`: a listener address with hosts and routes to services or
+//!   weighted subsets, redirects, rewrites, header changes and direct
+//!   responses. Compiles to a Listener and a RouteConfiguration named
+//!   `gateway.<name>`.
+//!
+//! The compiled resources go through the same Envoy loader as everything else.
+
+use crate::model::{content_hash, Document, Kind, Metadata, Resource};
+use crate::registry::Registry;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    #[default]
+    Http,
+    Http2,
+    Grpc,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Lb {
+    #[default]
+    RoundRobin,
+    LeastRequest,
+    Random,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointSpec {
+    pub address: String,
+    pub port: u16,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DnsSpec {
+    pub hostname: String,
+    pub port: u16,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceSpec {
+    #[serde(default)]
+    pub protocol: Protocol,
+    /// A static list; with neither this nor `dns`, the registry's instances.
+    #[serde(default)]
+    pub endpoints: Vec<EndpointSpec>,
+    #[serde(default)]
+    pub dns: Option<DnsSpec>,
+    #[serde(default)]
+    pub lb: Lb,
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout: String,
+    /// Named subsets: endpoints whose labels include these.
+    #[serde(default)]
+    pub subsets: BTreeMap<String, BTreeMap<String, String>>,
+}
+
+fn default_connect_timeout() -> String {
+    "1s".into()
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MatchSpec {
+    #[serde(default)]
+    pub prefix: Option<String>,
+    #[serde(default)]
+    pub path: Option<String>,
+    #[serde(default)]
+    pub regex: Option<String>,
+    /// Exact header values.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// Exact query parameter values.
+    #[serde(default)]
+    pub query: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Target {
+    pub service: String,
+    #[serde(default)]
+    pub subset: Option<String>,
+    #[serde(default = "one")]
+    pub weight: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedirectSpec {
+    #[serde(default)]
+    pub host: Option<String>,
+    #[serde(default)]
+    pub path: Option<String>,
+    #[serde(default)]
+    pub https: bool,
+    /// 301 (default), 302, 303, 307 or 308.
+    #[serde(default)]
+    pub code: Option<u16>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DirectSpec {
+    pub status: u16,
+    #[serde(default)]
+    pub body: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteSpec {
+    #[serde(rename = "match")]
+    pub matches: MatchSpec,
+    #[serde(default)]
+    pub to: Vec<Target>,
+    #[serde(default)]
+    pub timeout: Option<String>,
+    #[serde(default)]
+    pub prefix_rewrite: Option<String>,
+    #[serde(default)]
+    pub redirect: Option<RedirectSpec>,
+    #[serde(default)]
+    pub direct_response: Option<DirectSpec>,
+    #[serde(default)]
+    pub request_headers: BTreeMap<String, String>,
+    #[serde(default)]
+    pub response_headers: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewaySpec {
+    #[serde(default = "default_address")]
+    pub address: String,
+    pub port: u16,
+    #[serde(default = "any_host")]
+    pub hosts: Vec<String>,
+    pub routes: Vec<RouteSpec>,
+}
+
+fn default_address() -> String {
+    "0.0.0.0".into()
+}
+
+fn any_host() -> Vec<String> {
+    vec!["*".into()]
+}
+
+type Problems = Vec<(String, String)>;
+
+fn parse<T: serde::de::DeserializeOwned>(doc: &Document) -> Result<T, Problems> {
+    let mut track = serde_path_to_error::Track::new();
+    let de = serde_path_to_error::Deserializer::new(doc.spec.clone(), &mut track);
+    T::deserialize(de).map_err(|e| {
+        let p = track.path().to_string();
+        vec![(if p == "." { "spec".into() } else { format!("spec.{p}") }, e.to_string())]
+    })
+}
+
+/// Checks a Service or Gateway document on its own (shape and values).
+pub fn check(kind: Kind, doc: &Document) -> Result<Resource, Problems> {
+    match kind {
+        Kind::Service => {
+            let s: ServiceSpec = parse(doc)?;
+            let mut p = Vec::new();
+            if s.dns.is_some() && !s.endpoints.is_empty() {
+                p.push(("spec.dns".into(), "use either endpoints or dns, not both".into()));
+            }
+            for (i, e) in s.endpoints.iter().enumerate() {
+                if e.address.parse::<std::net::IpAddr>().is_err() {
+                    p.push((format!("spec.endpoints[{i}].address"), format!("'{}' is not an IP address", e.address)));
+                }
+            }
+            if !p.is_empty() {
+                return Err(p);
+            }
+        }
+        Kind::Gateway => {
+            let g: GatewaySpec = parse(doc)?;
+            let mut p = Vec::new();
+            if g.address.parse::<std::net::IpAddr>().is_err() {
+                p.push(("spec.address".into(), format!("'{}' is not an IP address", g.address)));
+            }
+            for (i, r) in g.routes.iter().enumerate() {
+                let actions = [!r.to.is_empty(), r.redirect.is_some(), r.direct_response.is_some()]
+                    .iter()
+                    .filter(|x| **x)
+                    .count();
+                if actions != 1 {
+                    p.push((format!("spec.routes[{i}]"), "needs exactly one of to, redirect, direct_response".into()));
+                }
+                let m = &r.matches;
+                if [m.prefix.is_some(), m.path.is_some(), m.regex.is_some()].iter().filter(|x| **x).count() != 1 {
+                    p.push((format!("spec.routes[{i}].match"), "needs exactly one of prefix, path, regex".into()));
+                }
+            }
+            if !p.is_empty() {
+                return Err(p);
+            }
+        }
+        _ => return Err(vec![("kind".into(), "not a higher-level kind".into())]),
+    }
+    let version = content_hash(serde_json::to_vec(&doc.spec).unwrap_or_default().as_slice());
+    Ok(Resource {
+        kind,
+        name: doc.metadata.name.clone(),
+        nodes: doc.metadata.nodes.clone(),
+        doc: doc.clone(),
+        any: Default::default(),
+        version,
+    })
+}
+
+fn envoy_doc(kind: &str, name: &str, nodes: &crate::model::NodeSelector, spec: Value) -> Document {
+    Document { kind: kind.into(), metadata: Metadata { name: name.into(), nodes: nodes.clone() }, spec }
+}
+
+fn ads() -> Value {
+    json!({"ads": {}, "resource_api_version": "V3"})
+}
+
+fn lb_policy(lb: Lb) -> &'static str {
+    match lb {
+        Lb::RoundRobin => "ROUND_ROBIN",
+        Lb::LeastRequest => "LEAST_REQUEST",
+        Lb::Random => "RANDOM",
+    }
+}
+
+/// The Envoy documents the higher-level resources in `resources` stand for, and
+/// the problems found in their references (`(resource, path, reason)`).
+pub fn generate(
+    resources: &BTreeMap<(Kind, String), std::sync::Arc<Resource>>,
+    registry: &Registry,
+) -> (Vec<Document>, Vec<(String, String, String)>) {
+    let mut out = Vec::new();
+    let mut problems = Vec::new();
+    let mut services: BTreeMap<String, ServiceSpec> = BTreeMap::new();
+    let instances = registry.list();
+    for ((kind, name), r) in resources {
+        if *kind != Kind::Service {
+            continue;
+        }
+        let Ok(s) = parse::<ServiceSpec>(&r.doc) else { continue };
+        let endpoints: Vec<(String, u16, BTreeMap<String, String>)> = if !s.endpoints.is_empty() {
+            s.endpoints.iter().map(|e| (e.address.clone(), e.port, e.labels.clone())).collect()
+        } else {
+            instances
+                .iter()
+                .filter(|i| i.service == *name)
+                .map(|i| (i.address.clone(), i.port, i.labels.clone()))
+                .collect()
+        };
+        let mut groups: Vec<(String, Option<&BTreeMap<String, String>>)> = vec![(name.clone(), None)];
+        for (subset, labels) in &s.subsets {
+            groups.push((format!("{name}.{subset}"), Some(labels)));
+        }
+        for (cluster_name, selector) in groups {
+            let mut cluster = json!({
+                "name": cluster_name,
+                "connect_timeout": s.connect_timeout,
+                "lb_policy": lb_policy(s.lb),
+            });
+            if matches!(s.protocol, Protocol::Http2 | Protocol::Grpc) {
+                cluster["typed_extension_protocol_options"] = json!({
+                    "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                        "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                        "explicit_http_config": {"http2_protocol_options": {}}
+                    }
+                });
+            }
+            match &s.dns {
+                Some(d) => {
+                    cluster["type"] = json!("STRICT_DNS");
+                    cluster["load_assignment"] = json!({"cluster_name": cluster_name, "endpoints": [{"lb_endpoints": [
+                        {"endpoint": {"address": {"socket_address": {"address": d.hostname, "port_value": d.port}}}}
+                    ]}]});
+                }
+                None => {
+                    cluster["type"] = json!("EDS");
+                    cluster["eds_cluster_config"] = json!({"eds_config": ads()});
+                    let eps: Vec<Value> = endpoints
+                        .iter()
+                        .filter(|(_, _, labels)| selector.is_none_or(|sel| sel.iter().all(|(k, v)| labels.get(k) == Some(v))))
+                        .map(|(a, p, _)| json!({"endpoint": {"address": {"socket_address": {"address": a, "port_value": p}}}}))
+                        .collect();
+                    out.push(envoy_doc(
+                        "ClusterLoadAssignment",
+                        &cluster_name,
+                        &r.nodes,
+                        json!({"cluster_name": cluster_name, "endpoints": [{"lb_endpoints": eps}]}),
+                    ));
+                }
+            }
+            out.push(envoy_doc("Cluster", &cluster_name, &r.nodes, cluster));
+        }
+        services.insert(name.clone(), s);
+    }
+    let mut addresses: BTreeMap<(String, u16), String> = BTreeMap::new();
+    for ((kind, name), r) in resources {
+        if *kind != Kind::Gateway {
+            continue;
+        }
+        let Ok(g) = parse::<GatewaySpec>(&r.doc) else { continue };
+        let label = format!("Gateway/{name}");
+        if let Some(other) = addresses.insert((g.address.clone(), g.port), name.clone()) {
+            problems.push((
+                label.clone(),
+                "spec.port".into(),
+                format!("{}:{} is used by both Gateway/{other} and Gateway/{name}", g.address, g.port),
+            ));
+        }
+        let gw = format!("gateway.{name}");
+        let mut routes = Vec::new();
+        for (i, rt) in g.routes.iter().enumerate() {
+            let mut m = json!({});
+            if let Some(p) = &rt.matches.prefix {
+                m["prefix"] = json!(p);
+            } else if let Some(p) = &rt.matches.path {
+                m["path"] = json!(p);
+            } else if let Some(p) = &rt.matches.regex {
+                m["safe_regex"] = json!({"regex": p});
+            }
+            if !rt.matches.headers.is_empty() {
+                m["headers"] = json!(rt
+                    .matches
+                    .headers
+                    .iter()
+                    .map(|(k, v)| json!({"name": k, "string_match": {"exact": v}}))
+                    .collect::<Vec<_>>());
+            }
+            if !rt.matches.query.is_empty() {
+                m["query_parameters"] = json!(rt
+                    .matches
+                    .query
+                    .iter()
+                    .map(|(k, v)| json!({"name": k, "string_match": {"exact": v}}))
+                    .collect::<Vec<_>>());
+            }
+            let mut route = json!({"match": m});
+            if let Some(d) = &rt.direct_response {
+                route["direct_response"] = match &d.body {
+                    Some(b) => json!({"status": d.status, "body": {"inline_string": b}}),
+                    None => json!({"status": d.status}),
+                };
+            } else if let Some(rd) = &rt.redirect {
+                let mut r2 = json!({});
+                if let Some(h) = &rd.host {
+                    r2["host_redirect"] = json!(h);
+                }
+                if let Some(p) = &rd.path {
+                    r2["path_redirect"] = json!(p);
+                }
+                if rd.https {
+                    r2["https_redirect"] = json!(true);
+                }
+                r2["response_code"] = json!(match rd.code.unwrap_or(301) {
+                    302 => "FOUND",
+                    303 => "SEE_OTHER",
+                    307 => "TEMPORARY_REDIRECT",
+                    308 => "PERMANENT_REDIRECT",
+                    _ => "MOVED_PERMANENTLY",
+                });
+                route["redirect"] = r2;
+            } else {
+                let mut clusters = Vec::new();
+                for (t_i, t) in rt.to.iter().enumerate() {
+                    let path = format!("spec.routes[{i}].to[{t_i}]");
+                    let Some(svc) = services.get(&t.service) else {
+                        problems.push((
+                            label.clone(),
+                            format!("{path}.service"),
+                            format!("unknown service '{}'", t.service),
+                        ));
+                        continue;
+                    };
+                    let cluster = match &t.subset {
+                        Some(sub) if !svc.subsets.contains_key(sub) => {
+                            problems.push((
+                                label.clone(),
+                                format!("{path}.subset"),
+                                format!("service '{}' has no subset '{sub}'", t.service),
+                            ));
+                            continue;
+                        }
+                        Some(sub) => format!("{}.{sub}", t.service),
+                        None => t.service.clone(),
+                    };
+                    clusters.push((cluster, t.weight));
+                }
+                let mut action = match clusters.as_slice() {
+                    [(c, _)] => json!({"cluster": c}),
+                    many => {
+                        json!({"weighted_clusters": {"clusters": many.iter().map(|(c, w)| json!({"name": c, "weight": w})).collect::<Vec<_>>()}})
+                    }
+                };
+                if let Some(t) = &rt.timeout {
+                    action["timeout"] = json!(t);
+                }
+                if let Some(p) = &rt.prefix_rewrite {
+                    action["prefix_rewrite"] = json!(p);
+                }
+                route["route"] = action;
+            }
+            if !rt.request_headers.is_empty() {
+                route["request_headers_to_add"] = json!(rt.request_headers.iter().map(|(k, v)| json!({"header": {"key": k, "value": v}, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"})).collect::<Vec<_>>());
+            }
+            if !rt.response_headers.is_empty() {
+                route["response_headers_to_add"] = json!(rt.response_headers.iter().map(|(k, v)| json!({"header": {"key": k, "value": v}, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"})).collect::<Vec<_>>());
+            }
+            routes.push(route);
+        }
+        out.push(envoy_doc(
+            "RouteConfiguration",
+            &gw,
+            &r.nodes,
+            json!({"name": gw, "virtual_hosts": [{"name": name, "domains": g.hosts, "routes": routes}]}),
+        ));
+        out.push(envoy_doc(
+            "Listener",
+            &gw,
+            &r.nodes,
+            json!({
+                "name": gw,
+                "address": {"socket_address": {"address": g.address, "port_value": g.port}},
+                "filter_chains": [{"filters": [{
+                    "name": "envoy.filters.network.http_connection_manager",
+                    "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                        "stat_prefix": gw.replace('.', "_"),
+                        "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}],
+                        "rds": {"route_config_name": gw, "config_source": ads()}
+                    }
+                }]}]
+            }),
+        ));
+    }
+    (out, problems)
+}
