@@ -62,8 +62,12 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     let ctrl = legate_control::controller(&args.data_dir)?;
     let docs = legate_control::model::parse_documents(DEMO_RESOURCES).map_err(anyhow::Error::msg)?;
     ctrl.apply(&docs, "demo", "the demo's example config", false).map_err(|e| anyhow::anyhow!("{e:?}"))?;
-    let opts =
-        legate_control::Options { xds_addr: XDS.parse()?, api_addr: API.parse()?, data_dir: args.data_dir.clone() };
+    let opts = legate_control::Options {
+        xds_addr: XDS.parse()?,
+        api_addr: API.parse()?,
+        data_dir: args.data_dir.clone(),
+        watch: None,
+    };
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
     let cp = rt.spawn(legate_control::serve(ctrl, opts));
 

@@ -49,6 +49,9 @@ struct ControlPlaneArgs {
     /// Where the SQLite store lives.
     #[arg(long, default_value = "./legate-data")]
     data_dir: std::path::PathBuf,
+    /// Apply the resource files in this folder whenever they change (GitOps).
+    #[arg(long)]
+    watch: Option<std::path::PathBuf>,
     #[arg(short = 'l', long = "log-level", default_value = "info")]
     log_level: String,
 }
@@ -119,8 +122,12 @@ fn main() -> ExitCode {
         }
         Command::ControlPlane(args) => {
             init_logging(&args.log_level);
-            let opts =
-                legate_control::Options { xds_addr: args.xds_addr, api_addr: args.api_addr, data_dir: args.data_dir };
+            let opts = legate_control::Options {
+                xds_addr: args.xds_addr,
+                api_addr: args.api_addr,
+                data_dir: args.data_dir,
+                watch: args.watch,
+            };
             let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
                 Ok(rt) => rt,
                 Err(e) => {

@@ -23,6 +23,10 @@ impl ControlPlane {
     }
 
     fn start_at(dir: &std::path::Path, xds: u16, api: u16, data: std::path::PathBuf) -> ControlPlane {
+        Self::start_with(dir, xds, api, data, &[])
+    }
+
+    fn start_with(dir: &std::path::Path, xds: u16, api: u16, data: std::path::PathBuf, extra: &[&str]) -> ControlPlane {
         let mut p = Proc::spawn(
             "control-plane",
             Command::new(LEGATE)
@@ -34,7 +38,8 @@ impl ControlPlane {
                     &format!("127.0.0.1:{api}"),
                 ])
                 .arg("--data-dir")
-                .arg(&data),
+                .arg(&data)
+                .args(extra),
             dir,
         );
         wait_for("control plane API", Duration::from_secs(20), || {
@@ -684,4 +689,50 @@ fn services_and_gateways() {
     assert!(!ok && out.contains("used by both Gateway/clash and Gateway/edge-envoy"), "{out}");
     let (ok, out) = cp.ctl(&["delete", "service", "web"]);
     assert!(!ok && out.contains("unknown service 'web'"), "{out}");
+}
+
+/// A watched folder: saving files applies them as a revision within about a
+/// second; a resource removed from the files is deleted; invalid files change
+/// nothing.
+#[test]
+fn watched_folder_applies_changes() {
+    let dir = TempDir::new("watch");
+    let folder = dir.path().join("config");
+    std::fs::create_dir_all(&folder).expect("folder");
+    let cluster = |name: &str| {
+        format!("kind: Cluster\nmetadata: {{ name: {name} }}\nspec: {{ name: {name}, connect_timeout: 1s }}\n")
+    };
+    std::fs::write(folder.join("a.yaml"), cluster("alpha")).expect("write");
+    let watch = folder.to_str().expect("path").to_string();
+    let cp =
+        ControlPlane::start_with(dir.path(), free_port(), free_port(), dir.path().join("data"), &["--watch", &watch]);
+    let clusters = |cp: &ControlPlane| -> Vec<String> {
+        let (ok, out) = cp.ctl(&["get", "clusters", "-o", "json"]);
+        assert!(ok, "{out}");
+        let v: Value = serde_json::from_str(&out).expect("json");
+        v["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|i| i["metadata"]["name"].as_str().map(str::to_owned))
+            .collect()
+    };
+    wait_for("the folder to be applied", Duration::from_secs(5), || (clusters(&cp) == ["alpha"]).then_some(()));
+    let started = std::time::Instant::now();
+    std::fs::write(folder.join("a.yaml"), format!("{}---\n{}", cluster("beta"), cluster("gamma"))).expect("write");
+    wait_for("the edit to be applied", Duration::from_secs(5), || (clusters(&cp) == ["beta", "gamma"]).then_some(()));
+    assert!(started.elapsed() < Duration::from_secs(2), "a saved file took {:?}", started.elapsed());
+    let (ok, out) = cp.ctl(&["history", "-o", "json"]);
+    assert!(ok);
+    let v: Value = serde_json::from_str(&out).expect("json");
+    assert!(v["revisions"][0]["author"].as_str().is_some_and(|a| a.starts_with("watch:")), "{v}");
+    assert!(v["revisions"][0]["changes"].to_string().contains("delete Cluster/alpha"), "{v}");
+    // An invalid file is refused; the last good state stays.
+    std::fs::write(
+        folder.join("b.yaml"),
+        "kind: Cluster\nmetadata: { name: bad }\nspec: { name: bad, connect_timeout: -5s }\n",
+    )
+    .expect("write");
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(clusters(&cp), ["beta", "gamma"]);
 }

@@ -11,6 +11,7 @@ pub mod registry;
 pub mod services;
 pub mod state;
 pub mod store;
+pub mod watch;
 pub mod xds;
 
 use std::net::SocketAddr;
@@ -22,6 +23,8 @@ pub struct Options {
     pub xds_addr: SocketAddr,
     pub api_addr: SocketAddr,
     pub data_dir: PathBuf,
+    /// A folder of resource files to apply whenever they change.
+    pub watch: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -67,6 +70,9 @@ pub async fn serve(ctrl: Arc<state::Controller>, opts: Options) -> Result<(), Co
             expiring.expire_instances();
         }
     });
+    if let Some(dir) = &opts.watch {
+        tokio::spawn(watch::watch(ctrl.clone(), dir.clone()));
+    }
     let api = axum::serve(api_listener, api::router(ctrl.clone()));
     let xds = xds::serve(ctrl.clone(), xds_listener);
     tokio::select! {

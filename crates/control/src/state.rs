@@ -117,10 +117,7 @@ impl Controller {
     /// are, then what Services and Gateways compile to, then one
     /// ClusterLoadAssignment per registry service. An explicit resource wins
     /// over a generated one of the same name. Errors name the resource.
-    fn expand(
-        &self,
-        resources: &BTreeMap<(Kind, String), Arc<Resource>>,
-    ) -> Result<ResourceMap, Vec<DocError>> {
+    fn expand(&self, resources: &BTreeMap<(Kind, String), Arc<Resource>>) -> Result<ResourceMap, Vec<DocError>> {
         let registry = self.registry.lock().unwrap_or_else(|e| e.into_inner());
         let (generated, problems) = crate::services::generate(resources, &registry);
         let mut errors: Vec<DocError> =
@@ -188,6 +185,19 @@ impl Controller {
         message: &str,
         dry_run: bool,
     ) -> Result<ApplyOutcome, ApplyError> {
+        self.apply_with_deletes(docs, &[], author, message, dry_run)
+    }
+
+    /// Like `apply`, with deletions in the same revision (a watched folder
+    /// that lost a resource).
+    pub fn apply_with_deletes(
+        &self,
+        docs: &[Document],
+        deletes: &[(Kind, String)],
+        author: &str,
+        message: &str,
+        dry_run: bool,
+    ) -> Result<ApplyOutcome, ApplyError> {
         let mut compiled = Vec::new();
         let mut errors = Vec::new();
         for d in docs {
@@ -235,6 +245,12 @@ impl Controller {
             }
             changes.push(Change::Apply(r.doc.clone()));
             next.insert((r.kind, r.name.clone()), Arc::new(r));
+        }
+        for (kind, name) in deletes {
+            if next.remove(&(*kind, name.clone())).is_some() {
+                outcome.deleted.push(format!("{}/{name}", kind.name()));
+                changes.push(Change::Delete { kind: *kind, name: name.clone() });
+            }
         }
         // References (a route to an unknown service, a subset that does not
         // exist, two gateways on one address) and what Services and Gateways
