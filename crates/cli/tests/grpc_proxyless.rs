@@ -54,27 +54,8 @@ fn proxyless_grpc_client_reaches_upstream_through_our_xds() {
         std::net::TcpStream::connect(addr(upstream_port)).ok()
     });
 
-    let (xds, api) = (free_port(), free_port());
-    let mut cp = Proc::spawn(
-        "control-plane",
-        Command::new(LEGATE)
-            .args([
-                "control-plane",
-                "--xds-addr",
-                &format!("127.0.0.1:{xds}"),
-                "--api-addr",
-                &format!("127.0.0.1:{api}"),
-            ])
-            .arg("--data-dir")
-            .arg(dir.path().join("data")),
-        dir.path(),
-    );
-    wait_for("control plane", Duration::from_secs(20), || {
-        if !cp.is_running() {
-            panic!("control plane exited: {}", cp.output());
-        }
-        http_get(addr(api), "/healthz", "cp").ok().filter(|r| r.status == 200)
-    });
+    let cp = ControlPlane::start(dir.path());
+    let xds = cp.xds;
     let resources = format!(
         r#"kind: Listener
 metadata: {{ name: health-svc }}
@@ -115,12 +96,8 @@ spec:
     );
     let f = dir.path().join("grpc.yaml");
     std::fs::write(&f, resources).expect("write");
-    let out = Command::new(LEGATE)
-        .args(["ctl", "--server", &format!("http://127.0.0.1:{api}"), "apply", "-f"])
-        .arg(&f)
-        .output()
-        .expect("ctl");
-    assert!(out.status.success(), "apply: {}", String::from_utf8_lossy(&out.stderr));
+    let (ok, out) = cp.ctl(&["apply", "-f", f.to_str().expect("path")]);
+    assert!(ok, "apply: {out}");
 
     let bootstrap = dir.path().join("grpc-bootstrap.json");
     std::fs::write(

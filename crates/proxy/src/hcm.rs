@@ -555,15 +555,7 @@ impl Hcm {
             ctx.status = Some(resp.status().as_u16());
             let levels = [&route.response_headers, &vh.response_headers, &table.response_headers];
             let mut hm = std::mem::take(resp.headers_mut());
-            if table.most_specific_wins {
-                for m in levels.iter().rev() {
-                    m.apply(&mut hm, &ctx);
-                }
-            } else {
-                for m in levels {
-                    m.apply(&mut hm, &ctx);
-                }
-            }
+            apply_levels(levels, table.most_specific_wins, &mut hm, &ctx);
             *resp.headers_mut() = hm;
         }
         if self.always_set_request_id_in_response {
@@ -610,16 +602,7 @@ impl Hcm {
         stream.details = details;
         let mut resp = Response::new(ProxyBody::Empty);
         *resp.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        match body {
-            Some(b) if !b.is_empty() => {
-                resp.headers_mut().insert(CONTENT_LENGTH, HeaderValue::from(b.len()));
-                resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
-                *resp.body_mut() = ProxyBody::full(b);
-            }
-            _ => {
-                resp.headers_mut().insert(CONTENT_LENGTH, HeaderValue::from_static("0"));
-            }
-        }
+        set_text_body(&mut resp, body.map(bytes::Bytes::from));
         self.finish_response(&mut stream, &mut resp, None);
         resp.map(|b| TrackedBody::new(b, Some(stream)))
     }
@@ -640,16 +623,7 @@ impl Hcm {
                 resp.headers_mut().insert(LOCATION, v);
             }
         }
-        match body {
-            Some(b) if !b.is_empty() => {
-                resp.headers_mut().insert(CONTENT_LENGTH, HeaderValue::from(b.len()));
-                resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
-                *resp.body_mut() = ProxyBody::full(b);
-            }
-            _ => {
-                resp.headers_mut().insert(CONTENT_LENGTH, HeaderValue::from_static("0"));
-            }
-        }
+        set_text_body(&mut resp, body);
         self.finish_response(&mut stream, &mut resp, Some(matched));
         resp.map(|b| TrackedBody::new(b, Some(stream)))
     }
@@ -743,15 +717,7 @@ impl Hcm {
             let levels = [&route.request_headers, &vh.request_headers, &table.request_headers];
             let snapshot = if levels.iter().all(|l| l.is_empty()) { None } else { Some(parts.headers.clone()) };
             let ctx = self.context(&stream, snapshot.as_ref());
-            if table.most_specific_wins {
-                for m in levels.iter().rev() {
-                    m.apply(&mut parts.headers, &ctx);
-                }
-            } else {
-                for m in levels {
-                    m.apply(&mut parts.headers, &ctx);
-                }
-            }
+            apply_levels(levels, table.most_specific_wins, &mut parts.headers, &ctx);
         }
         let uri = if cluster.http2 {
             parts.headers.remove(HOST);
@@ -832,6 +798,39 @@ impl Hcm {
         stream.details = "via_upstream";
         self.finish_response(&mut stream, &mut resp, Some(matched));
         resp.map(|b| TrackedBody::new(b, Some(stream)))
+    }
+}
+
+/// A generated body: `text/plain` with its length, or an explicit empty one.
+fn set_text_body(resp: &mut Response<ProxyBody>, body: Option<bytes::Bytes>) {
+    match body {
+        Some(b) if !b.is_empty() => {
+            resp.headers_mut().insert(CONTENT_LENGTH, HeaderValue::from(b.len()));
+            resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+            *resp.body_mut() = ProxyBody::full(b);
+        }
+        _ => {
+            resp.headers_mut().insert(CONTENT_LENGTH, HeaderValue::from_static("0"));
+        }
+    }
+}
+
+/// Applies route, virtual host and route-configuration mutations in Envoy's
+/// order (most specific first, unless `most_specific_header_mutations_wins`).
+fn apply_levels(
+    levels: [&crate::headers::HeaderMutations; 3],
+    most_specific_wins: bool,
+    h: &mut HeaderMap,
+    ctx: &Context<'_>,
+) {
+    if most_specific_wins {
+        for m in levels.iter().rev() {
+            m.apply(h, ctx);
+        }
+    } else {
+        for m in levels {
+            m.apply(h, ctx);
+        }
     }
 }
 

@@ -2,6 +2,7 @@
 //! free ports, waiting, a tiny HTTP client, and Envoy 1.40 installed on demand.
 #![allow(dead_code)]
 
+use serde_json::Value;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
@@ -243,4 +244,84 @@ fn find_envoy(root: &Path) -> Option<PathBuf> {
 /// A unique `--base-id` per Envoy so several can run at once.
 pub fn base_id() -> String {
     (free_port() as u32 + std::process::id() % 1000 * 100).to_string()
+}
+
+/// A `legate control-plane` on fresh ports with its own store.
+pub struct ControlPlane {
+    _proc: Proc,
+    pub xds: u16,
+    pub api: u16,
+    pub data: std::path::PathBuf,
+}
+
+impl ControlPlane {
+    pub fn start(dir: &std::path::Path) -> ControlPlane {
+        Self::start_at(dir, free_port(), free_port(), dir.join("cp-data"))
+    }
+
+    pub fn start_at(dir: &std::path::Path, xds: u16, api: u16, data: std::path::PathBuf) -> ControlPlane {
+        Self::start_with(dir, xds, api, data, &[])
+    }
+
+    pub fn start_with(
+        dir: &std::path::Path,
+        xds: u16,
+        api: u16,
+        data: std::path::PathBuf,
+        extra: &[&str],
+    ) -> ControlPlane {
+        let mut p = Proc::spawn(
+            "control-plane",
+            Command::new(LEGATE)
+                .args([
+                    "control-plane",
+                    "--xds-addr",
+                    &format!("127.0.0.1:{xds}"),
+                    "--api-addr",
+                    &format!("127.0.0.1:{api}"),
+                ])
+                .arg("--data-dir")
+                .arg(&data)
+                .args(extra),
+            dir,
+        );
+        wait_for("control plane API", Duration::from_secs(20), || {
+            if !p.is_running() {
+                panic!("control plane exited: {}", p.output());
+            }
+            http_get(addr(api), "/healthz", "cp").ok().filter(|r| r.status == 200)
+        });
+        ControlPlane { _proc: p, xds, api, data }
+    }
+
+    /// What the control plane has logged.
+    pub fn output(&self) -> String {
+        self._proc.output()
+    }
+
+    pub fn ctl(&self, args: &[&str]) -> (bool, String) {
+        let out = Command::new(LEGATE)
+            .args(["ctl", "--server", &format!("http://127.0.0.1:{}", self.api)])
+            .args(args)
+            .output()
+            .expect("run ctl");
+        (
+            out.status.success(),
+            format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)),
+        )
+    }
+
+    pub fn apply(&self, dir: &std::path::Path, yaml: &str) {
+        let f = dir.join(format!("apply-{}.yaml", free_port()));
+        std::fs::write(&f, yaml).expect("write resources");
+        let (ok, out) = self.ctl(&["apply", "-f", f.to_str().expect("path")]);
+        assert!(ok, "apply failed: {out}");
+    }
+
+    pub fn proxies(&self) -> Vec<Value> {
+        let (ok, out) = self.ctl(&["proxies", "-o", "json"]);
+        assert!(ok, "{out}");
+        let v: Value = serde_json::from_str(&out).expect("proxies json");
+        v["proxies"].as_array().cloned().unwrap_or_default()
+    }
 }
