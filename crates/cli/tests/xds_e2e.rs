@@ -599,6 +599,18 @@ fn services_and_gateways() {
         let r = http_get(addr(port), "/hello", "app").expect("direct");
         assert_eq!((r.status, r.body.as_str()), (200, "hi"));
     }
+    // A Route adds a virtual host to a gateway; one for an unknown gateway is refused.
+    let route = "kind: Route\nmetadata: { name: api }\nspec:\n  gateway: edge-legate\n  hosts: [api.example]\n  routes:\n  - match: { prefix: / }\n    to: [{ service: web, subset: v2 }]\n";
+    cp.apply(dir.path(), route);
+    wait_for("the Route's virtual host", Duration::from_secs(10), || {
+        http_get(addr(gl), "/x", "api.example").ok().filter(|r| r.header("x-upstream") == Some("two"))
+    });
+    assert_eq!(http_get(addr(gl), "/x", "other.example").expect("default vhost").header("x-upstream"), Some("one"));
+    let f = dir.path().join("route.yaml");
+    std::fs::write(&f, route.replace("name: api", "name: lost").replace("gateway: edge-legate", "gateway: nowhere"))
+        .expect("write");
+    let (ok, out) = cp.ctl(&["apply", "-f", f.to_str().expect("path")]);
+    assert!(!ok && out.contains("unknown gateway 'nowhere'"), "{out}");
     // What a node receives, compiled resources included.
     let (ok, out) = cp.ctl(&["get", "envoy", "clusters", "--node", "envoy-gw", "-o", "json"]);
     assert!(ok, "{out}");

@@ -21,6 +21,7 @@ pub enum Kind {
     /// Higher-level kinds, compiled into the Envoy kinds above (see `services`).
     Service,
     Gateway,
+    Route,
 }
 
 pub const ALL_KINDS: [Kind; 5] =
@@ -36,6 +37,7 @@ impl Kind {
             "secret" | "secrets" | "sds" => Self::Secret,
             "service" | "services" | "svc" => Self::Service,
             "gateway" | "gateways" | "gw" => Self::Gateway,
+            "route" | "httproute" => Self::Route,
             _ => return None,
         })
     }
@@ -49,12 +51,13 @@ impl Kind {
             Self::Secret => "Secret",
             Self::Service => "Service",
             Self::Gateway => "Gateway",
+            Self::Route => "Route",
         }
     }
 
     /// True for the kinds that are sent over xDS as they are.
     pub fn is_envoy(self) -> bool {
-        !matches!(self, Self::Service | Self::Gateway)
+        !matches!(self, Self::Service | Self::Gateway | Self::Route)
     }
 
     pub fn type_url(self) -> &'static str {
@@ -64,7 +67,7 @@ impl Kind {
             Self::Listener => "type.googleapis.com/envoy.config.listener.v3.Listener",
             Self::RouteConfiguration => "type.googleapis.com/envoy.config.route.v3.RouteConfiguration",
             Self::Secret => "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret",
-            Self::Service | Self::Gateway => "",
+            Self::Service | Self::Gateway | Self::Route => "",
         }
     }
 
@@ -228,7 +231,7 @@ pub fn compile(doc: &Document) -> Result<Resource, Vec<DocError>> {
         Kind::Listener => decode::<Listener>(doc).map(|(m, a)| (m.name, a)),
         Kind::RouteConfiguration => decode::<RouteConfiguration>(doc).map(|(m, a)| (m.name, a)),
         Kind::Secret => decode::<Secret>(doc).map(|(m, a)| (m.name, a)),
-        Kind::Service | Kind::Gateway => Err(vec![FieldError::new("kind", "not an Envoy resource kind")]),
+        Kind::Service | Kind::Gateway | Kind::Route => Err(vec![FieldError::new("kind", "not an Envoy resource kind")]),
     }
     .map_err(to_doc_errors)?;
     if own_name != doc.metadata.name {

@@ -157,6 +157,17 @@ pub struct GatewaySpec {
     pub port: u16,
     #[serde(default = "any_host")]
     pub hosts: Vec<String>,
+    /// Routes for `hosts`; more virtual hosts come from `Route` resources.
+    #[serde(default)]
+    pub routes: Vec<RouteSpec>,
+}
+
+/// `Route`: a virtual host (its hosts and routes) attached to a Gateway.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteKindSpec {
+    pub gateway: String,
+    pub hosts: Vec<String>,
     pub routes: Vec<RouteSpec>,
 }
 
@@ -169,6 +180,22 @@ fn any_host() -> Vec<String> {
 }
 
 type Problems = Vec<(String, String)>;
+
+fn check_routes(routes: &[RouteSpec]) -> Problems {
+    let mut p = Vec::new();
+    for (i, r) in routes.iter().enumerate() {
+        let actions =
+            [!r.to.is_empty(), r.redirect.is_some(), r.direct_response.is_some()].iter().filter(|x| **x).count();
+        if actions != 1 {
+            p.push((format!("spec.routes[{i}]"), "needs exactly one of to, redirect, direct_response".into()));
+        }
+        let m = &r.matches;
+        if [m.prefix.is_some(), m.path.is_some(), m.regex.is_some()].iter().filter(|x| **x).count() != 1 {
+            p.push((format!("spec.routes[{i}].match"), "needs exactly one of prefix, path, regex".into()));
+        }
+    }
+    p
+}
 
 fn parse<T: serde::de::DeserializeOwned>(doc: &Document) -> Result<T, Problems> {
     let mut track = serde_path_to_error::Track::new();
@@ -199,22 +226,19 @@ pub fn check(kind: Kind, doc: &Document) -> Result<Resource, Problems> {
         }
         Kind::Gateway => {
             let g: GatewaySpec = parse(doc)?;
-            let mut p = Vec::new();
+            let mut p = check_routes(&g.routes);
             if g.address.parse::<std::net::IpAddr>().is_err() {
                 p.push(("spec.address".into(), format!("'{}' is not an IP address", g.address)));
             }
-            for (i, r) in g.routes.iter().enumerate() {
-                let actions = [!r.to.is_empty(), r.redirect.is_some(), r.direct_response.is_some()]
-                    .iter()
-                    .filter(|x| **x)
-                    .count();
-                if actions != 1 {
-                    p.push((format!("spec.routes[{i}]"), "needs exactly one of to, redirect, direct_response".into()));
-                }
-                let m = &r.matches;
-                if [m.prefix.is_some(), m.path.is_some(), m.regex.is_some()].iter().filter(|x| **x).count() != 1 {
-                    p.push((format!("spec.routes[{i}].match"), "needs exactly one of prefix, path, regex".into()));
-                }
+            if !p.is_empty() {
+                return Err(p);
+            }
+        }
+        Kind::Route => {
+            let r: RouteKindSpec = parse(doc)?;
+            let mut p = check_routes(&r.routes);
+            if r.hosts.is_empty() {
+                p.push(("spec.hosts".into(), "at least one host is required".into()));
             }
             if !p.is_empty() {
                 return Err(p);
@@ -333,111 +357,41 @@ pub fn generate(
             ));
         }
         let gw = format!("gateway.{name}");
-        let mut routes = Vec::new();
-        for (i, rt) in g.routes.iter().enumerate() {
-            let mut m = json!({});
-            if let Some(p) = &rt.matches.prefix {
-                m["prefix"] = json!(p);
-            } else if let Some(p) = &rt.matches.path {
-                m["path"] = json!(p);
-            } else if let Some(p) = &rt.matches.regex {
-                m["safe_regex"] = json!({"regex": p});
-            }
-            if !rt.matches.headers.is_empty() {
-                m["headers"] = json!(rt
-                    .matches
-                    .headers
-                    .iter()
-                    .map(|(k, v)| json!({"name": k, "string_match": {"exact": v}}))
-                    .collect::<Vec<_>>());
-            }
-            if !rt.matches.query.is_empty() {
-                m["query_parameters"] = json!(rt
-                    .matches
-                    .query
-                    .iter()
-                    .map(|(k, v)| json!({"name": k, "string_match": {"exact": v}}))
-                    .collect::<Vec<_>>());
-            }
-            let mut route = json!({"match": m});
-            if let Some(d) = &rt.direct_response {
-                route["direct_response"] = match &d.body {
-                    Some(b) => json!({"status": d.status, "body": {"inline_string": b}}),
-                    None => json!({"status": d.status}),
-                };
-            } else if let Some(rd) = &rt.redirect {
-                let mut r2 = json!({});
-                if let Some(h) = &rd.host {
-                    r2["host_redirect"] = json!(h);
+        let mut vhosts = Vec::new();
+        let mut domains: BTreeMap<String, String> = BTreeMap::new();
+        let mut add_vhost = |vh_name: &str,
+                             owner: &str,
+                             hosts: &[String],
+                             routes: Vec<Value>,
+                             problems: &mut Vec<(String, String, String)>| {
+            for h in hosts {
+                if let Some(other) = domains.insert(h.clone(), owner.to_string()) {
+                    problems.push((
+                        owner.to_string(),
+                        "spec.hosts".into(),
+                        format!("host '{h}' is already served by {other} on Gateway/{name}"),
+                    ));
                 }
-                if let Some(p) = &rd.path {
-                    r2["path_redirect"] = json!(p);
-                }
-                if rd.https {
-                    r2["https_redirect"] = json!(true);
-                }
-                r2["response_code"] = json!(match rd.code.unwrap_or(301) {
-                    302 => "FOUND",
-                    303 => "SEE_OTHER",
-                    307 => "TEMPORARY_REDIRECT",
-                    308 => "PERMANENT_REDIRECT",
-                    _ => "MOVED_PERMANENTLY",
-                });
-                route["redirect"] = r2;
-            } else {
-                let mut clusters = Vec::new();
-                for (t_i, t) in rt.to.iter().enumerate() {
-                    let path = format!("spec.routes[{i}].to[{t_i}]");
-                    let Some(svc) = services.get(&t.service) else {
-                        problems.push((
-                            label.clone(),
-                            format!("{path}.service"),
-                            format!("unknown service '{}'", t.service),
-                        ));
-                        continue;
-                    };
-                    let cluster = match &t.subset {
-                        Some(sub) if !svc.subsets.contains_key(sub) => {
-                            problems.push((
-                                label.clone(),
-                                format!("{path}.subset"),
-                                format!("service '{}' has no subset '{sub}'", t.service),
-                            ));
-                            continue;
-                        }
-                        Some(sub) => format!("{}.{sub}", t.service),
-                        None => t.service.clone(),
-                    };
-                    clusters.push((cluster, t.weight));
-                }
-                let mut action = match clusters.as_slice() {
-                    [(c, _)] => json!({"cluster": c}),
-                    many => {
-                        json!({"weighted_clusters": {"clusters": many.iter().map(|(c, w)| json!({"name": c, "weight": w})).collect::<Vec<_>>()}})
-                    }
-                };
-                if let Some(t) = &rt.timeout {
-                    action["timeout"] = json!(t);
-                }
-                if let Some(p) = &rt.prefix_rewrite {
-                    action["prefix_rewrite"] = json!(p);
-                }
-                route["route"] = action;
             }
-            if !rt.request_headers.is_empty() {
-                route["request_headers_to_add"] = json!(rt.request_headers.iter().map(|(k, v)| json!({"header": {"key": k, "value": v}, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"})).collect::<Vec<_>>());
-            }
-            if !rt.response_headers.is_empty() {
-                route["response_headers_to_add"] = json!(rt.response_headers.iter().map(|(k, v)| json!({"header": {"key": k, "value": v}, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"})).collect::<Vec<_>>());
-            }
-            routes.push(route);
+            vhosts.push(json!({"name": vh_name, "domains": hosts, "routes": routes}));
+        };
+        if !g.routes.is_empty() {
+            let routes = compile_routes(&label, &g.routes, &services, &mut problems);
+            add_vhost(name, &label, &g.hosts, routes, &mut problems);
         }
-        out.push(envoy_doc(
-            "RouteConfiguration",
-            &gw,
-            &r.nodes,
-            json!({"name": gw, "virtual_hosts": [{"name": name, "domains": g.hosts, "routes": routes}]}),
-        ));
+        for ((rk, rname), rr) in resources {
+            if *rk != Kind::Route {
+                continue;
+            }
+            let Ok(spec) = parse::<RouteKindSpec>(&rr.doc) else { continue };
+            if spec.gateway != *name {
+                continue;
+            }
+            let rlabel = format!("Route/{rname}");
+            let routes = compile_routes(&rlabel, &spec.routes, &services, &mut problems);
+            add_vhost(rname, &rlabel, &spec.hosts, routes, &mut problems);
+        }
+        out.push(envoy_doc("RouteConfiguration", &gw, &r.nodes, json!({"name": gw, "virtual_hosts": vhosts})));
         out.push(envoy_doc(
             "Listener",
             &gw,
@@ -457,5 +411,139 @@ pub fn generate(
             }),
         ));
     }
+    let gateways: std::collections::BTreeSet<&String> =
+        resources.keys().filter(|(k, _)| *k == Kind::Gateway).map(|(_, n)| n).collect();
+    for ((kind, name), r) in resources {
+        if *kind != Kind::Route {
+            continue;
+        }
+        if let Ok(spec) = parse::<RouteKindSpec>(&r.doc) {
+            if !gateways.contains(&spec.gateway) {
+                problems.push((
+                    format!("Route/{name}"),
+                    "spec.gateway".into(),
+                    format!("unknown gateway '{}'", spec.gateway),
+                ));
+            }
+        }
+    }
     (out, problems)
+}
+
+/// Envoy routes for a list of route specs; reference problems are collected
+/// under `label` (the Gateway or Route they came from).
+fn compile_routes(
+    label: &str,
+    routes: &[RouteSpec],
+    services: &BTreeMap<String, ServiceSpec>,
+    problems: &mut Vec<(String, String, String)>,
+) -> Vec<Value> {
+    let mut out = Vec::new();
+    for (i, rt) in routes.iter().enumerate() {
+        let mut m = json!({});
+        if let Some(p) = &rt.matches.prefix {
+            m["prefix"] = json!(p);
+        } else if let Some(p) = &rt.matches.path {
+            m["path"] = json!(p);
+        } else if let Some(p) = &rt.matches.regex {
+            m["safe_regex"] = json!({"regex": p});
+        }
+        if !rt.matches.headers.is_empty() {
+            m["headers"] = json!(rt
+                .matches
+                .headers
+                .iter()
+                .map(|(k, v)| json!({"name": k, "string_match": {"exact": v}}))
+                .collect::<Vec<_>>());
+        }
+        if !rt.matches.query.is_empty() {
+            m["query_parameters"] = json!(rt
+                .matches
+                .query
+                .iter()
+                .map(|(k, v)| json!({"name": k, "string_match": {"exact": v}}))
+                .collect::<Vec<_>>());
+        }
+        let mut route = json!({"match": m});
+        if let Some(d) = &rt.direct_response {
+            route["direct_response"] = match &d.body {
+                Some(b) => json!({"status": d.status, "body": {"inline_string": b}}),
+                None => json!({"status": d.status}),
+            };
+        } else if let Some(rd) = &rt.redirect {
+            let mut r2 = json!({});
+            if let Some(h) = &rd.host {
+                r2["host_redirect"] = json!(h);
+            }
+            if let Some(p) = &rd.path {
+                r2["path_redirect"] = json!(p);
+            }
+            if rd.https {
+                r2["https_redirect"] = json!(true);
+            }
+            r2["response_code"] = json!(match rd.code.unwrap_or(301) {
+                302 => "FOUND",
+                303 => "SEE_OTHER",
+                307 => "TEMPORARY_REDIRECT",
+                308 => "PERMANENT_REDIRECT",
+                _ => "MOVED_PERMANENTLY",
+            });
+            route["redirect"] = r2;
+        } else {
+            let mut clusters = Vec::new();
+            for (t_i, t) in rt.to.iter().enumerate() {
+                let path = format!("spec.routes[{i}].to[{t_i}]");
+                let Some(svc) = services.get(&t.service) else {
+                    problems.push((
+                        label.to_string(),
+                        format!("{path}.service"),
+                        format!("unknown service '{}'", t.service),
+                    ));
+                    continue;
+                };
+                let cluster = match &t.subset {
+                    Some(sub) if !svc.subsets.contains_key(sub) => {
+                        problems.push((
+                            label.to_string(),
+                            format!("{path}.subset"),
+                            format!("service '{}' has no subset '{sub}'", t.service),
+                        ));
+                        continue;
+                    }
+                    Some(sub) => format!("{}.{sub}", t.service),
+                    None => t.service.clone(),
+                };
+                clusters.push((cluster, t.weight));
+            }
+            let mut action = match clusters.as_slice() {
+                [(c, _)] => json!({"cluster": c}),
+                many => {
+                    json!({"weighted_clusters": {"clusters": many.iter().map(|(c, w)| json!({"name": c, "weight": w})).collect::<Vec<_>>()}})
+                }
+            };
+            if let Some(t) = &rt.timeout {
+                action["timeout"] = json!(t);
+            }
+            if let Some(p) = &rt.prefix_rewrite {
+                action["prefix_rewrite"] = json!(p);
+            }
+            route["route"] = action;
+        }
+        if !rt.request_headers.is_empty() {
+            route["request_headers_to_add"] = json!(rt
+                .request_headers
+                .iter()
+                .map(|(k, v)| json!({"header": {"key": k, "value": v}, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}))
+                .collect::<Vec<_>>());
+        }
+        if !rt.response_headers.is_empty() {
+            route["response_headers_to_add"] = json!(rt
+                .response_headers
+                .iter()
+                .map(|(k, v)| json!({"header": {"key": k, "value": v}, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}))
+                .collect::<Vec<_>>());
+        }
+        out.push(route);
+    }
+    out
 }
