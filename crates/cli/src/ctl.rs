@@ -11,6 +11,15 @@ pub struct CtlArgs {
     /// API token (`lgt_...`); also read from LEGATE_TOKEN.
     #[arg(long, global = true, env = "LEGATE_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// Trust this CA (PEM) for an https:// --server.
+    #[arg(long, global = true)]
+    pub cacert: Option<std::path::PathBuf>,
+    /// Client certificate (PEM) for a control plane that requires one...
+    #[arg(long, global = true, requires = "key")]
+    pub cert: Option<std::path::PathBuf>,
+    /// ...and its private key (PEM).
+    #[arg(long, global = true, requires = "cert")]
+    pub key: Option<std::path::PathBuf>,
     /// Output: table (for people), json or yaml (for scripts).
     #[arg(short = 'o', long, global = true, default_value = "table")]
     pub output: String,
@@ -88,6 +97,18 @@ pub enum CtlCommand {
         delta: bool,
         #[arg(long, default_value_t = 9901)]
         admin_port: u16,
+        /// Reach a TLS control plane: trust this CA (PEM file path, as the proxy sees it).
+        #[arg(long)]
+        xds_ca: Option<String>,
+        /// Present this client certificate (PEM path) to it...
+        #[arg(long, requires = "xds_key")]
+        xds_cert: Option<String>,
+        /// ...with this key (PEM path).
+        #[arg(long, requires = "xds_cert")]
+        xds_key: Option<String>,
+        /// The name the control plane's certificate carries.
+        #[arg(long, default_value = "localhost")]
+        xds_sni: String,
     },
 }
 
@@ -130,8 +151,37 @@ fn read_input(path: &str) -> anyhow::Result<String> {
     Ok(std::fs::read_to_string(path)?)
 }
 
-fn call(token: Option<&str>, method: &str, url: &str, body: Option<Value>) -> anyhow::Result<Value> {
-    let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+/// TLS settings for an https:// control plane.
+#[derive(Default, Clone)]
+struct Tls {
+    cacert: Option<std::path::PathBuf>,
+    cert: Option<(std::path::PathBuf, std::path::PathBuf)>,
+}
+
+fn agent(tls: &Tls) -> anyhow::Result<ureq::Agent> {
+    use ureq::tls::{Certificate, ClientCert, PrivateKey, RootCerts, TlsConfig};
+    let mut cfg = TlsConfig::builder();
+    if let Some(ca) = &tls.cacert {
+        let pem = std::fs::read(ca).with_context(|| format!("cannot read {}", ca.display()))?;
+        let roots: Vec<Certificate<'static>> = ureq::tls::parse_pem(&pem)
+            .filter_map(|i| match i {
+                Ok(ureq::tls::PemItem::Certificate(c)) => Some(c),
+                _ => None,
+            })
+            .collect();
+        cfg = cfg.root_certs(RootCerts::Specific(std::sync::Arc::new(roots)));
+    }
+    if let Some((cert, key)) = &tls.cert {
+        let chain =
+            Certificate::from_pem(&std::fs::read(cert).with_context(|| format!("cannot read {}", cert.display()))?)?;
+        let key = PrivateKey::from_pem(&std::fs::read(key).with_context(|| format!("cannot read {}", key.display()))?)?;
+        cfg = cfg.client_cert(Some(ClientCert::new_with_certs(&[chain], key)));
+    }
+    Ok(ureq::Agent::config_builder().http_status_as_error(false).tls_config(cfg.build()).build().into())
+}
+
+fn call(tls: &Tls, token: Option<&str>, method: &str, url: &str, body: Option<Value>) -> anyhow::Result<Value> {
+    let agent = agent(tls)?;
     let auth = token.map(|t| format!("Bearer {t}"));
     let mut resp = match (method, body) {
         ("POST", Some(b)) => {
@@ -213,7 +263,8 @@ fn table(headers: &[&str], rows: Vec<Vec<String>>) -> String {
 pub fn run(args: CtlArgs) -> anyhow::Result<()> {
     let base = args.server.trim_end_matches('/');
     let token = args.token.clone();
-    let call = |method: &str, url: &str, body: Option<Value>| call(token.as_deref(), method, url, body);
+    let tls = Tls { cacert: args.cacert.clone(), cert: args.cert.clone().zip(args.key.clone()) };
+    let call = |method: &str, url: &str, body: Option<Value>| call(&tls, token.as_deref(), method, url, body);
     match args.command {
         CtlCommand::Apply { file, message, dry_run } => {
             let text = read_input(&file)?;
@@ -456,9 +507,13 @@ pub fn run(args: CtlArgs) -> anyhow::Result<()> {
             clap_complete::generate(shell, &mut cmd, "legate", &mut std::io::stdout());
             Ok(())
         }
-        CtlCommand::Bootstrap { node_id, node_cluster, xds, delta, admin_port } => {
+        CtlCommand::Bootstrap { node_id, node_cluster, xds, delta, admin_port, xds_ca, xds_cert, xds_key, xds_sni } => {
             let (host, port) = xds.rsplit_once(':').context("--xds must be HOST:PORT")?;
-            print!("{}", bootstrap_yaml(&node_id, &node_cluster, host, port, delta, admin_port));
+            let mut yaml = bootstrap_yaml(&node_id, &node_cluster, host, port, delta, admin_port);
+            if let Some(ca) = xds_ca {
+                yaml = with_xds_tls(&yaml, &ca, xds_cert.zip(xds_key), &xds_sni);
+            }
+            print!("{yaml}");
             Ok(())
         }
     }
@@ -504,6 +559,29 @@ fn urlencode(s: &str) -> String {
             }
         })
         .collect()
+}
+
+/// The bootstrap's xDS cluster, speaking TLS (and presenting a client
+/// certificate when given).
+fn with_xds_tls(yaml: &str, ca: &str, client: Option<(String, String)>, sni: &str) -> String {
+    let certs = match client {
+        Some((cert, key)) => format!(
+            "\n          tls_certificates: [{{ certificate_chain: {{ filename: {cert} }}, private_key: {{ filename: {key} }} }}]"
+        ),
+        None => String::new(),
+    };
+    let socket = format!(
+        r#"    connect_timeout: 1s
+    transport_socket:
+      name: envoy.transport_sockets.tls
+      typed_config:
+        "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext
+        sni: {sni}
+        common_tls_context:
+          alpn_protocols: [h2]
+          validation_context: {{ trusted_ca: {{ filename: {ca} }} }}{certs}"#
+    );
+    yaml.replacen("    connect_timeout: 1s", &socket, 1)
 }
 
 /// A bootstrap for Envoy or `legate proxy` that takes everything over ADS.

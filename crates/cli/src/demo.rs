@@ -67,6 +67,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         api_addr: API.parse()?,
         data_dir: args.data_dir.clone(),
         watch: None,
+        tls: None,
     };
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
     let cp = rt.spawn(legate_control::serve(ctrl, opts));

@@ -52,6 +52,15 @@ struct ControlPlaneArgs {
     /// Apply the resource files in this folder whenever they change (GitOps).
     #[arg(long)]
     watch: Option<std::path::PathBuf>,
+    /// Serve xDS and the API over TLS with this certificate chain (PEM)...
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<std::path::PathBuf>,
+    /// ...and this private key (PEM).
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<std::path::PathBuf>,
+    /// Require client certificates issued by this CA (PEM) on both listeners.
+    #[arg(long, requires = "tls_cert")]
+    client_ca: Option<std::path::PathBuf>,
     #[arg(short = 'l', long = "log-level", default_value = "info")]
     log_level: String,
 }
@@ -127,6 +136,11 @@ fn main() -> ExitCode {
                 api_addr: args.api_addr,
                 data_dir: args.data_dir,
                 watch: args.watch,
+                tls: args.tls_cert.zip(args.tls_key).map(|(cert, key)| legate_control::tls::TlsFiles {
+                    cert,
+                    key,
+                    client_ca: args.client_ca,
+                }),
             };
             let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
                 Ok(rt) => rt,

@@ -680,3 +680,157 @@ fn watched_folder_applies_changes() {
     std::thread::sleep(Duration::from_millis(1500));
     assert_eq!(clusters(&cp), ["beta", "gamma"]);
 }
+
+/// Makes a CA, a server certificate for localhost/127.0.0.1 and a client
+/// certificate with openssl. Returns (ca, server cert, server key, client cert, client key).
+fn make_certs(dir: &std::path::Path) -> [String; 5] {
+    let run = |args: &[&str]| {
+        let out =
+            Command::new("openssl").args(args).current_dir(dir).output().expect("openssl is needed for the TLS tests");
+        assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=legate-test-ca",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+    ]);
+    std::fs::write(dir.join("server.ext"), "subjectAltName=DNS:localhost,IP:127.0.0.1\n").expect("ext");
+    std::fs::write(dir.join("client.ext"), "extendedKeyUsage=clientAuth\n").expect("ext");
+    for who in ["server", "client"] {
+        run(&[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-subj",
+            &format!("/CN={who}"),
+            "-keyout",
+            &format!("{who}.key"),
+            "-out",
+            &format!("{who}.csr"),
+        ]);
+        run(&[
+            "x509",
+            "-req",
+            "-in",
+            &format!("{who}.csr"),
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            &format!("{who}.ext"),
+            "-out",
+            &format!("{who}.pem"),
+        ]);
+    }
+    ["ca.pem", "server.pem", "server.key", "client.pem", "client.key"]
+        .map(|f| dir.join(f).to_string_lossy().into_owned())
+}
+
+/// TLS with client certificates on both listeners: the CLI needs the CA and a
+/// client certificate, and a real Envoy gets its config over mutual-TLS xDS.
+#[test]
+fn tls_and_client_certificates() {
+    let dir = TempDir::new("tls");
+    let [ca, cert, key, ccert, ckey] = make_certs(dir.path());
+    let (xds, api) = (free_port(), free_port());
+    let mut p = Proc::spawn(
+        "control-plane",
+        Command::new(LEGATE)
+            .args([
+                "control-plane",
+                "--xds-addr",
+                &format!("127.0.0.1:{xds}"),
+                "--api-addr",
+                &format!("127.0.0.1:{api}"),
+            ])
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .args(["--tls-cert", &cert, "--tls-key", &key, "--client-ca", &ca]),
+        dir.path(),
+    );
+    let server = format!("https://localhost:{api}");
+    let ctl = |extra: &[&str], args: &[&str]| {
+        let out = Command::new(LEGATE).args(["ctl", "--server", &server]).args(extra).args(args).output().expect("ctl");
+        (
+            out.status.success(),
+            format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)),
+        )
+    };
+    let full = ["--cacert", ca.as_str(), "--cert", ccert.as_str(), "--key", ckey.as_str()];
+    wait_for("the TLS API", Duration::from_secs(20), || {
+        if !p.is_running() {
+            panic!("control plane exited: {}", p.output());
+        }
+        ctl(&full, &["history"]).0.then_some(())
+    });
+    let (ok, out) = ctl(&[], &["history"]);
+    assert!(!ok, "an unknown CA must be refused: {out}");
+    let (ok, out) = ctl(&["--cacert", &ca], &["history"]);
+    assert!(!ok, "no client certificate must be refused: {out}");
+    let (_u, up) = echo("one", dir.path());
+    let listen = free_port();
+    let f = dir.path().join("r.yaml");
+    std::fs::write(&f, resources(listen, up, &[], "")).expect("write");
+    let (ok, out) = ctl(&full, &["apply", "-f", f.to_str().expect("path")]);
+    assert!(ok, "{out}");
+    // Envoy over mutual-TLS ADS.
+    let admin = free_port();
+    let (ok, boot) = ctl(
+        &[],
+        &[
+            "bootstrap",
+            "--node-id",
+            "tls-envoy",
+            "--xds",
+            &format!("127.0.0.1:{xds}"),
+            "--admin-port",
+            &admin.to_string(),
+            "--xds-ca",
+            &ca,
+            "--xds-cert",
+            &ccert,
+            "--xds-key",
+            &ckey,
+        ],
+    );
+    assert!(ok, "{boot}");
+    let bf = dir.path().join("boot.yaml");
+    std::fs::write(&bf, boot).expect("write");
+    let mut envoy = Proc::spawn(
+        "envoy",
+        Command::new(envoy_bin()).arg("-c").arg(&bf).args([
+            "--concurrency",
+            "1",
+            "-l",
+            "warning",
+            "--base-id",
+            &base_id(),
+        ]),
+        dir.path(),
+    );
+    wait_ready(admin, &mut envoy);
+    let up_name =
+        wait_for("traffic through Envoy configured over TLS", Duration::from_secs(20), || upstream_of(listen));
+    assert_eq!(up_name, "one");
+    let (ok, out) = ctl(&full, &["proxies"]);
+    assert!(ok && out.contains("tls-envoy"), "{out}");
+}

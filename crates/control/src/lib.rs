@@ -11,6 +11,7 @@ pub mod registry;
 pub mod services;
 pub mod state;
 pub mod store;
+pub mod tls;
 pub mod watch;
 pub mod xds;
 
@@ -25,6 +26,8 @@ pub struct Options {
     pub data_dir: PathBuf,
     /// A folder of resource files to apply whenever they change.
     pub watch: Option<PathBuf>,
+    /// TLS (and optional client certificates) on both listeners.
+    pub tls: Option<tls::TlsFiles>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +40,8 @@ pub enum ControlError {
     Xds(#[from] tonic::transport::Error),
     #[error("API server: {0}")]
     Api(std::io::Error),
+    #[error("TLS: {0}")]
+    Tls(String),
 }
 
 /// Runs the control plane until the process ends.
@@ -73,11 +78,27 @@ pub async fn serve(ctrl: Arc<state::Controller>, opts: Options) -> Result<(), Co
     if let Some(dir) = &opts.watch {
         tokio::spawn(watch::watch(ctrl.clone(), dir.clone()));
     }
-    let api = axum::serve(api_listener, api::router(ctrl.clone()));
-    let xds = xds::serve(ctrl.clone(), xds_listener);
-    tokio::select! {
-        r = xds => r?,
-        r = api => r.map_err(ControlError::Api)?,
+    let router = api::router(ctrl.clone());
+    let xds_tls = match &opts.tls {
+        Some(files) => Some(tls::xds_config(files).map_err(ControlError::Tls)?),
+        None => None,
+    };
+    let xds = xds::serve(ctrl.clone(), xds_listener, xds_tls);
+    match &opts.tls {
+        Some(files) => {
+            let cfg = tls::api_config(files).map_err(ControlError::Tls)?;
+            tokio::select! {
+                r = xds => r?,
+                _ = tls::serve_api_tls(api_listener, router, cfg) => {}
+            }
+        }
+        None => {
+            let api = axum::serve(api_listener, router);
+            tokio::select! {
+                r = xds => r?,
+                r = api => r.map_err(ControlError::Api)?,
+            }
+        }
     }
     Ok(())
 }

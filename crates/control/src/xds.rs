@@ -535,7 +535,11 @@ per_type_service!(
 );
 
 /// Serves every xDS service on `addr` until the future is dropped.
-pub async fn serve(ctrl: Arc<Controller>, listener: tokio::net::TcpListener) -> Result<(), tonic::transport::Error> {
+pub async fn serve(
+    ctrl: Arc<Controller>,
+    listener: tokio::net::TcpListener,
+    tls: Option<tonic::transport::ServerTlsConfig>,
+) -> Result<(), tonic::transport::Error> {
     use service::cluster::v3::cluster_discovery_service_server::ClusterDiscoveryServiceServer;
     use service::discovery::v3::aggregated_discovery_service_server::AggregatedDiscoveryServiceServer;
     use service::endpoint::v3::endpoint_discovery_service_server::EndpointDiscoveryServiceServer;
@@ -545,7 +549,11 @@ pub async fn serve(ctrl: Arc<Controller>, listener: tokio::net::TcpListener) -> 
     use service::status::v3::client_status_discovery_service_server::ClientStatusDiscoveryServiceServer;
     let csds = crate::csds::Csds::new(ctrl.clone());
     let server = XdsServer::new(ctrl);
-    tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(cfg) = tls {
+        builder = builder.tls_config(cfg)?;
+    }
+    builder
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .add_service(AggregatedDiscoveryServiceServer::new(server.clone()))
         .add_service(ClusterDiscoveryServiceServer::new(server.clone()))
