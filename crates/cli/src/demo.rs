@@ -78,13 +78,21 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     let boot_path = args.data_dir.join("proxy-bootstrap.yaml");
     std::fs::write(&boot_path, boot)?;
     let exe = std::env::current_exe()?;
-    let _proxy = Child(
-        std::process::Command::new(exe)
-            .args(["proxy", "--concurrency", "1", "--drain-time-s", "1", "-l", "warn", "-c"])
-            .arg(&boot_path)
-            .spawn()
-            .context("cannot start the proxy")?,
-    );
+    let mut cmd = std::process::Command::new(exe);
+    cmd.args(["proxy", "--concurrency", "1", "--drain-time-s", "1", "-l", "warn", "-c"]).arg(&boot_path);
+    // SAFETY: the closure runs in the forked child before exec and only calls
+    // prctl(2), which is async-signal-safe; it asks the kernel to end the proxy
+    // when the demo dies, however it dies (Drop does not run on SIGKILL).
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let _proxy = Child(cmd.spawn().context("cannot start the proxy")?);
 
     // Wait until the proxy serves the demo config.
     let deadline = Instant::now() + Duration::from_secs(20);
