@@ -16,6 +16,7 @@ use prost_reflect::{DynamicMessage, ReflectMessage, Value};
 pub const SUPPORTED_EXTENSIONS: &[&str] = &[
     "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
     "envoy.extensions.filters.http.router.v3.Router",
+    "envoy.extensions.filters.http.health_check.v3.HealthCheck",
     "envoy.extensions.access_loggers.file.v3.FileAccessLog",
     "envoy.extensions.access_loggers.stream.v3.StdoutAccessLog",
     "envoy.extensions.access_loggers.stream.v3.StderrAccessLog",
@@ -197,6 +198,7 @@ const SUPPORTED_FIELDS: &[(&str, &[&str])] = &[
     ("envoy.config.core.v3.HttpProtocolOptions", &["idle_timeout"]),
     ("envoy.config.core.v3.Http2ProtocolOptions", &[]),
     ("envoy.extensions.filters.http.router.v3.Router", &[]),
+    ("envoy.extensions.filters.http.health_check.v3.HealthCheck", &["pass_through_mode", "headers"]),
     ("envoy.config.accesslog.v3.AccessLog", &["name", "typed_config"]),
     ("envoy.extensions.access_loggers.file.v3.FileAccessLog", &["path", "log_format", "format", "json_format"]),
     ("envoy.extensions.access_loggers.stream.v3.StdoutAccessLog", &["log_format"]),

@@ -58,6 +58,7 @@ const COMPARED_HEADERS: &[&str] = &[
     "x-global",
     "x-resp",
     "x-multi",
+    "x-envoy-immediate-health-check-fail",
 ];
 
 /// Upstream-received headers whose value differs by nature: the generated
@@ -844,4 +845,41 @@ fn stats_agree() {
         let prom = http_get(addr(admin), "/stats/prometheus", "admin").expect("prometheus").body;
         assert!(prom.contains("envoy_cluster_upstream_rq_total{envoy_cluster_name=\"echo\"}"), "prometheus on {admin}");
     }
+}
+
+#[test]
+fn health_check_filter_and_healthcheck_fail() {
+    let hcm = r#"          http_filters:
+          - name: envoy.filters.http.health_check
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.health_check.v3.HealthCheck
+              pass_through_mode: false
+              headers: [{ name: ":path", string_match: { exact: "/healthz" } }]
+          - name: envoy.filters.http.router
+            typed_config: { "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }
+"#;
+    let routes = "              - { match: { prefix: \"/\", headers: [{ name: \":method\", string_match: { exact: \"POST\" } }] }, direct_response: { status: 201 } }\n              - { match: { prefix: \"/\" }, route: { cluster: echo } }\n";
+    // The bootstrap helper writes a router-only filter list; this scenario
+    // replaces it with the health check in front of the router.
+    let router_only = "          http_filters: [{ name: envoy.filters.http.router, typed_config: { \"@type\": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router } }]\n";
+    let t = bootstrap("", "", &one_vhost(routes), &echo_cluster()).replace(router_only, hcm);
+    assert!(t.contains("health_check"), "template replacement failed");
+    let pair = compare("health-check", &t, &["a"], &[get("/healthz"), get("/healthz?x=1"), get("/app")]);
+    let post = |port: u16, path: &str| http_request(addr(port), "POST", path, "admin", &[], "").expect("admin post");
+    for admin in [pair.envoy_admin, pair.legate_admin] {
+        assert_eq!(post(admin, "/healthcheck/fail").status, 200);
+    }
+    for r in [get("/healthz"), get("/app")] {
+        let (e, l) = (view(&send(pair.envoy, &r)), view(&send(pair.legate, &r)));
+        assert!(diff(&e, &l).is_empty(), "after /healthcheck/fail, {}:\n{}", r.path, diff(&e, &l).join("\n"));
+    }
+    for admin in [pair.envoy_admin, pair.legate_admin] {
+        assert_eq!(post(admin, "/healthcheck/ok").status, 200);
+    }
+    let (e, l) = (view(&send(pair.envoy, &get("/healthz"))), view(&send(pair.legate, &get("/healthz"))));
+    assert!(diff(&e, &l).is_empty() && e.get("status").map(String::as_str) == Some("200"), "{e:?} {l:?}");
+    // A route matching the :method pseudo-header.
+    let p = Req { method: "POST", path: "/x".into(), host: "example.com", headers: vec![], h2: false };
+    let (e, l) = (view(&send(pair.envoy, &p)), view(&send(pair.legate, &p)));
+    assert!(diff(&e, &l).is_empty() && e.get("status").map(String::as_str) == Some("201"), "{e:?} {l:?}");
 }

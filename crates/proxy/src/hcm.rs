@@ -20,8 +20,6 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-pub const ROUTER_TYPE: &str = "envoy.extensions.filters.http.router.v3.Router";
-
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -123,6 +121,8 @@ pub struct Hcm {
     routes: crate::rds::RouteSlot,
     /// The RDS route configuration name, when routes come from RDS.
     rds_name: Option<String>,
+    /// HTTP filters before the router.
+    filters: crate::filters::FilterChain,
     clusters: Arc<ArcSwap<ClusterMap>>,
     use_remote_address: bool,
     xff_trusted_hops: usize,
@@ -175,12 +175,7 @@ impl Hcm {
             Some(_) => return Err("route_specifier: scoped routes are not supported".into()),
             None => return Err("route_specifier is required".into()),
         };
-        match c.http_filters.as_slice() {
-            [only] if only.config_type.as_ref().is_some_and(|t| matches!(t,
-                legate_api::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_filter::ConfigType::TypedConfig(a)
-                    if legate_api::any::type_name(a) == ROUTER_TYPE)) => {}
-            _ => return Err("http_filters: only envoy.filters.http.router is supported (as the only filter)".into()),
-        }
+        let filters = crate::filters::FilterChain::compile(&c.http_filters, ctx.healthy.clone())?;
         let access_logs = c
             .access_log
             .iter()
@@ -194,6 +189,7 @@ impl Hcm {
             codec,
             routes,
             rds_name,
+            filters,
             clusters,
             use_remote_address: c.use_remote_address.is_some_and(|b| b.value),
             xff_trusted_hops: c.xff_num_trusted_hops as usize,
@@ -503,13 +499,30 @@ impl Hcm {
             stream.request_headers = Some(parts.headers.clone());
         }
 
+        if !self.filters.is_empty() {
+            let pseudo = crate::matcher::Pseudo {
+                method: parts.method.as_str(),
+                path: &stream.path,
+                authority: &stream.authority,
+                scheme: "http",
+            };
+            if let crate::filters::Verdict::Respond(status, headers) = self.filters.on_request(&parts.headers, &pseudo)
+            {
+                let mut r = self.local_reply(stream, status, "health_check", "", None);
+                for (k, v) in headers {
+                    r.headers_mut().insert(k, HeaderValue::from_static(v));
+                }
+                return r;
+            }
+        }
         // The router sees every request that gets this far, routed or not.
         st.rq_total.inc();
         let Some(table) = self.routes.load_full() else {
             st.no_route.inc();
             return self.local_reply(stream, 404, "route_not_found", "NR", None);
         };
-        let Some((vh, route)) = table.route(&stream.authority, &stream.path, &parts.headers) else {
+        let Some((vh, route)) = table.route(&stream.authority, &stream.path, &parts.headers, parts.method.as_str())
+        else {
             st.no_route.inc();
             return self.local_reply(stream, 404, "route_not_found", "NR", None);
         };
@@ -562,6 +575,9 @@ impl Hcm {
             if let Some(id) = stream.request_headers.as_ref().and_then(|h| h.get(&X_REQUEST_ID)) {
                 resp.headers_mut().insert(X_REQUEST_ID.clone(), id.clone());
             }
+        }
+        if let Some((k, v)) = self.filters.response_header() {
+            resp.headers_mut().insert(k, HeaderValue::from_static(v));
         }
         if stream.conn.draining.load(Relaxed) && stream.protocol != "HTTP/2" {
             resp.headers_mut().insert(http::header::CONNECTION, HeaderValue::from_static("close"));

@@ -14,6 +14,7 @@ pub mod body;
 pub mod cluster;
 pub mod datasource;
 pub mod dns;
+pub mod filters;
 pub mod format;
 pub mod h1_errors;
 pub mod hcm;

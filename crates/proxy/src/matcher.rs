@@ -78,10 +78,28 @@ enum HeaderTest {
     Range(i64, i64),
 }
 
+/// The request's pseudo-headers, which header matchers may name (`:path`, ...).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Pseudo<'a> {
+    pub method: &'a str,
+    pub path: &'a str,
+    pub authority: &'a str,
+    pub scheme: &'a str,
+}
+
+#[derive(Debug, Clone)]
+enum Key {
+    Header(http::HeaderName),
+    Method,
+    Path,
+    Authority,
+    Scheme,
+}
+
 /// A compiled route `HeaderMatcher`.
 #[derive(Debug, Clone)]
 pub struct HeaderMatch {
-    name: http::HeaderName,
+    name: Key,
     test: HeaderTest,
     invert: bool,
     missing_as_empty: bool,
@@ -89,8 +107,17 @@ pub struct HeaderMatch {
 
 impl HeaderMatch {
     pub fn new(m: &HeaderMatcher) -> Result<Self, String> {
-        let name = http::HeaderName::from_bytes(m.name.to_ascii_lowercase().as_bytes())
-            .map_err(|_| format!("invalid header name '{}'", m.name))?;
+        let lower = m.name.to_ascii_lowercase();
+        let name = match lower.as_str() {
+            ":method" => Key::Method,
+            ":path" => Key::Path,
+            ":authority" | "host" => Key::Authority,
+            ":scheme" => Key::Scheme,
+            other => Key::Header(
+                http::HeaderName::from_bytes(other.as_bytes())
+                    .map_err(|_| format!("invalid header name '{}'", m.name))?,
+            ),
+        };
         let test = match &m.header_match_specifier {
             Some(HeaderMatchSpecifier::ExactMatch(s)) => {
                 HeaderTest::Str(StringMatch::from_kind(StrMatch::Exact(s.clone())))
@@ -117,8 +144,18 @@ impl HeaderMatch {
     }
 
     /// Envoy's semantics: several values of one header are matched joined by ','.
-    pub fn matches(&self, headers: &http::HeaderMap) -> bool {
-        let mut values = headers.get_all(&self.name).iter();
+    pub fn matches(&self, headers: &http::HeaderMap, pseudo: &Pseudo<'_>) -> bool {
+        let name = match &self.name {
+            Key::Header(n) => n,
+            Key::Method => return self.test_value(Some(pseudo.method.into())),
+            Key::Path => return self.test_value(Some(pseudo.path.into())),
+            Key::Authority => {
+                return self
+                    .test_value(Some(pseudo.authority.into()).filter(|a: &std::borrow::Cow<'_, str>| !a.is_empty()))
+            }
+            Key::Scheme => return self.test_value(Some(pseudo.scheme.into())),
+        };
+        let mut values = headers.get_all(name).iter();
         let value: Option<std::borrow::Cow<'_, str>> = match (values.next(), values.next()) {
             (None, _) => None,
             (Some(v), None) => Some(String::from_utf8_lossy(v.as_bytes())),
@@ -131,6 +168,10 @@ impl HeaderMatch {
                 Some(s.into())
             }
         };
+        self.test_value(value)
+    }
+
+    fn test_value(&self, value: Option<std::borrow::Cow<'_, str>>) -> bool {
         let value = match value {
             None if self.missing_as_empty => Some("".into()),
             v => v,
@@ -162,20 +203,20 @@ mod tests {
             header_match_specifier: Some(HeaderMatchSpecifier::ExactMatch("hello".into())),
             ..Default::default()
         });
-        assert!(exact.matches(&h));
+        assert!(exact.matches(&h, &Pseudo::default()));
         let inverted = hm(HeaderMatcher {
             name: "x-a".into(),
             header_match_specifier: Some(HeaderMatchSpecifier::PrefixMatch("he".into())),
             invert_match: true,
             ..Default::default()
         });
-        assert!(!inverted.matches(&h));
+        assert!(!inverted.matches(&h, &Pseudo::default()));
         let absent = hm(HeaderMatcher {
             name: "x-b".into(),
             header_match_specifier: Some(HeaderMatchSpecifier::PresentMatch(true)),
             ..Default::default()
         });
-        assert!(!absent.matches(&h));
+        assert!(!absent.matches(&h, &Pseudo::default()));
         let absent_inverted = hm(HeaderMatcher {
             name: "x-b".into(),
             header_match_specifier: Some(HeaderMatchSpecifier::SuffixMatch("x".into())),
@@ -183,7 +224,7 @@ mod tests {
             ..Default::default()
         });
         // A missing header never matches a value test, inverted or not.
-        assert!(!absent_inverted.matches(&h));
+        assert!(!absent_inverted.matches(&h, &Pseudo::default()));
     }
 
     #[test]

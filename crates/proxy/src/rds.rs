@@ -19,6 +19,8 @@ pub struct CompileContext {
     pub rds: Arc<RdsRegistry>,
     /// How long draining connections may take (`--drain-time-s`).
     pub drain_time: std::time::Duration,
+    /// The server's health-check state (`/healthcheck/ok|fail`).
+    pub healthy: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 struct Entry {

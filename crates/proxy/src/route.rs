@@ -7,7 +7,7 @@
 //! case-insensitive or query-parameter match needs to.
 
 use crate::headers::HeaderMutations;
-use crate::matcher::{compile_regex, compile_search_regex, HeaderMatch, StringMatch};
+use crate::matcher::{compile_regex, compile_search_regex, HeaderMatch, Pseudo, StringMatch};
 use bytes::Bytes;
 use legate_api::pb::envoy::config::route::v3 as rpb;
 use regex::Regex;
@@ -178,9 +178,11 @@ impl RouteTable {
         authority: &str,
         path_and_query: &str,
         headers: &http::HeaderMap,
+        method: &str,
     ) -> Option<(&VirtualHost, &Route)> {
         let vh = self.find_vhost(authority)?;
-        let r = vh.routes.iter().find(|r| r.matches(path_and_query, headers))?;
+        let pseudo = Pseudo { method, path: path_and_query, authority, scheme: "http" };
+        let r = vh.routes.iter().find(|r| r.matches(path_and_query, headers, &pseudo))?;
         Some((vh, r))
     }
 }
@@ -361,7 +363,7 @@ fn compile_redirect(rd: &rpb::RedirectAction) -> Result<Redirect, String> {
 }
 
 impl Route {
-    fn matches(&self, path_and_query: &str, headers: &http::HeaderMap) -> bool {
+    fn matches(&self, path_and_query: &str, headers: &http::HeaderMap, pseudo: &Pseudo<'_>) -> bool {
         let (path, query) = match path_and_query.find('?') {
             Some(i) => (&path_and_query[..i], Some(&path_and_query[i + 1..])),
             None => (path_and_query, None),
@@ -381,7 +383,7 @@ impl Route {
                 starts_with(path, p, self.case_sensitive) && matches!(path.as_bytes().get(p.len()), None | Some(b'/'))
             }
         };
-        ok && self.headers.iter().all(|h| h.matches(headers)) && self.query_matches(query)
+        ok && self.headers.iter().all(|h| h.matches(headers, pseudo)) && self.query_matches(query)
     }
 
     fn query_matches(&self, query: Option<&str>) -> bool {
@@ -487,7 +489,7 @@ virtual_hosts:
         for (k, v) in headers {
             h.insert(http::HeaderName::from_bytes(k.as_bytes()).unwrap(), v.parse().unwrap());
         }
-        match &t.route(host, path, &h)?.1.action {
+        match &t.route(host, path, &h, "GET")?.1.action {
             Action::Direct { status, .. } => Some(*status),
             _ => None,
         }

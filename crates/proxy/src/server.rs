@@ -57,7 +57,7 @@ pub struct Shared {
     pub options: Options,
     pub started: SystemTime,
     pub started_instant: Instant,
-    pub healthy: AtomicBool,
+    pub healthy: Arc<AtomicBool>,
     pub phase: watch::Sender<Phase>,
     pub quit: tokio::sync::Notify,
     pub admin_addr: std::sync::OnceLock<SocketAddr>,
@@ -81,11 +81,13 @@ pub fn build(
         }
         clusters.store(Arc::new(map));
     }
+    let healthy = Arc::new(AtomicBool::new(true));
     let ctx = crate::rds::CompileContext {
         store: store.clone(),
         clusters: clusters.clone(),
         rds: Default::default(),
         drain_time: options.drain_time,
+        healthy: healthy.clone(),
     };
     if let Some(sr) = &b.static_resources {
         for (i, l) in sr.listeners.iter().enumerate() {
@@ -112,7 +114,7 @@ pub fn build(
             options,
             started: SystemTime::now(),
             started_instant: Instant::now(),
-            healthy: AtomicBool::new(true),
+            healthy: healthy.clone(),
             phase,
             quit: tokio::sync::Notify::new(),
             admin_addr: std::sync::OnceLock::new(),
