@@ -42,7 +42,7 @@ impl FilterChain {
         let Some((last, rest)) = pb.split_last() else {
             return Err("http_filters: the router is required as the last filter".into());
         };
-        if !type_of(last).is_some_and(|a| legate_api::any::type_name(a) == ROUTER_TYPE) {
+        if type_of(last).is_none_or(|a| legate_api::any::type_name(a) != ROUTER_TYPE) {
             return Err("http_filters: the last filter must be envoy.filters.http.router".into());
         }
         let mut filters = Vec::new();
