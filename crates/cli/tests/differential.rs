@@ -883,3 +883,56 @@ fn health_check_filter_and_healthcheck_fail() {
     let (e, l) = (view(&send(pair.envoy, &p)), view(&send(pair.legate, &p)));
     assert!(diff(&e, &l).is_empty() && e.get("status").map(String::as_str) == Some("201"), "{e:?} {l:?}");
 }
+
+#[test]
+fn fault_injection_by_header() {
+    let filters = r#"          http_filters:
+          - name: envoy.filters.http.fault
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault
+              abort: { header_abort: {}, percentage: { numerator: 100 } }
+              delay: { header_delay: {}, percentage: { numerator: 100 } }
+          - name: envoy.filters.http.fault
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault
+              abort: { http_status: 503, percentage: { numerator: 0 } }
+          - name: envoy.filters.http.router
+            typed_config: { "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }
+"#;
+    let router_only = "          http_filters: [{ name: envoy.filters.http.router, typed_config: { \"@type\": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router } }]\n";
+    let t = bootstrap(
+        "",
+        "",
+        &one_vhost("              - { match: { prefix: \"/\" }, route: { cluster: echo } }\n"),
+        &echo_cluster(),
+    )
+    .replace(router_only, filters);
+    assert!(t.contains("HTTPFault"), "template replacement failed");
+    let pair = compare(
+        "fault",
+        &t,
+        &["a"],
+        &[
+            get("/plain"),
+            get("/abort").header("x-envoy-fault-abort-request", "418"),
+            get("/bad").header("x-envoy-fault-abort-request", "99"),
+        ],
+    );
+    for port in [pair.envoy, pair.legate] {
+        let started = std::time::Instant::now();
+        let r = send(port, &get("/slow").header("x-envoy-fault-delay-request", "300"));
+        assert_eq!(r.status, 200);
+        assert!(
+            started.elapsed() >= Duration::from_millis(290),
+            "delay not applied on port {port}: {:?}",
+            started.elapsed()
+        );
+    }
+    let stat = |admin: u16, name: &str| -> Option<i64> {
+        let v: Value = serde_json::from_str(&http_get(addr(admin), "/stats?format=json", "admin").ok()?.body).ok()?;
+        v["stats"].as_array()?.iter().find(|s| s["name"] == name)?["value"].as_i64()
+    };
+    for name in ["http.ingress_http.fault.aborts_injected", "http.ingress_http.fault.delays_injected"] {
+        assert_eq!(stat(pair.envoy_admin, name), stat(pair.legate_admin, name), "{name}");
+    }
+}

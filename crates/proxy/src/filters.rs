@@ -2,20 +2,63 @@
 //! request; one may answer it locally. The router is last, always.
 
 use crate::matcher::{HeaderMatch, Pseudo};
+use legate_api::pb::envoy::extensions::filters::common::fault::v3::fault_delay::FaultDelaySecifier;
+use legate_api::pb::envoy::extensions::filters::http::fault::v3::{fault_abort::ErrorType, HttpFault};
 use legate_api::pb::envoy::extensions::filters::http::health_check::v3::HealthCheck;
 use legate_api::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
     http_filter, HttpFilter as PbFilter,
 };
+use legate_api::pb::envoy::r#type::v3::{fractional_percent::DenominatorType, FractionalPercent};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 pub const ROUTER_TYPE: &str = "envoy.extensions.filters.http.router.v3.Router";
 pub const HEALTH_CHECK_TYPE: &str = "envoy.extensions.filters.http.health_check.v3.HealthCheck";
+pub const FAULT_TYPE: &str = "envoy.extensions.filters.http.fault.v3.HTTPFault";
+
+/// A probability in parts per million (Envoy's FractionalPercent).
+fn per_million(p: Option<&FractionalPercent>) -> u32 {
+    let Some(p) = p else { return 1_000_000 };
+    let scale = match DenominatorType::try_from(p.denominator).unwrap_or(DenominatorType::Hundred) {
+        DenominatorType::Hundred => 10_000,
+        DenominatorType::TenThousand => 100,
+        DenominatorType::Million => 1,
+    };
+    p.numerator.saturating_mul(scale).min(1_000_000)
+}
+
+fn roll(per_million: u32) -> bool {
+    per_million >= 1_000_000 || rand::random_range(0..1_000_000) < per_million
+}
+
+enum Delay {
+    Fixed(Duration),
+    /// From `x-envoy-fault-delay-request` (milliseconds).
+    Header,
+}
+
+enum Abort {
+    Status(u16),
+    /// From `x-envoy-fault-abort-request` (a status).
+    Header,
+}
+
+struct Fault {
+    headers: Vec<HeaderMatch>,
+    delay: Option<(Delay, u32)>,
+    abort: Option<(Abort, u32)>,
+    delays_injected: Arc<crate::stats::Counter>,
+    aborts_injected: Arc<crate::stats::Counter>,
+}
 
 enum Filter {
     /// Answers health checks itself (non-pass-through mode): 200 while the
     /// server is healthy, 503 after `/healthcheck/fail`.
     HealthCheck { headers: Vec<HeaderMatch> },
+    /// `envoy.filters.http.fault`: delays and aborts, fixed or asked for by
+    /// request headers, each with its probability.
+    Fault(Box<Fault>),
 }
 
 /// What a filter decided for a request.
@@ -23,6 +66,12 @@ pub enum Verdict {
     Continue,
     /// Answer with this status and these headers, no body.
     Respond(u16, Vec<(&'static str, &'static str)>),
+    /// Answer with this status and a text body; `flag` for the access log.
+    Abort {
+        status: u16,
+        body: &'static str,
+        flag: &'static str,
+    },
 }
 
 pub struct FilterChain {
@@ -32,7 +81,12 @@ pub struct FilterChain {
 
 impl FilterChain {
     /// `healthy` is the server's health-check state (`/healthcheck/ok|fail`).
-    pub fn compile(pb: &[PbFilter], healthy: Arc<AtomicBool>) -> Result<Self, String> {
+    pub fn compile(
+        pb: &[PbFilter],
+        healthy: Arc<AtomicBool>,
+        store: &crate::stats::Store,
+        stat_prefix: &str,
+    ) -> Result<Self, String> {
         fn type_of(f: &PbFilter) -> Option<&legate_api::pb::google::protobuf::Any> {
             match &f.config_type {
                 Some(http_filter::ConfigType::TypedConfig(a)) => Some(a),
@@ -59,6 +113,44 @@ impl FilterChain {
                     let headers = hc.headers.iter().map(HeaderMatch::new).collect::<Result<_, _>>()?;
                     filters.push(Filter::HealthCheck { headers });
                 }
+                FAULT_TYPE => {
+                    let f: HttpFault = legate_api::any::unpack(any)?;
+                    let delay = match f.delay.as_ref() {
+                        Some(d) => {
+                            let how = match &d.fault_delay_secifier {
+                                Some(FaultDelaySecifier::FixedDelay(x)) => {
+                                    Delay::Fixed(Duration::new(x.seconds.max(0) as u64, x.nanos.max(0) as u32))
+                                }
+                                Some(FaultDelaySecifier::HeaderDelay(_)) => Delay::Header,
+                                None => {
+                                    return Err(format!("http_filters[{i}].typed_config.delay: a delay is required"))
+                                }
+                            };
+                            Some((how, per_million(d.percentage.as_ref())))
+                        }
+                        None => None,
+                    };
+                    let abort = match f.abort.as_ref() {
+                        Some(a) => {
+                            let how = match &a.error_type {
+                                Some(ErrorType::HttpStatus(s)) => Abort::Status(u16::try_from(*s).map_err(|_| "abort.http_status out of range")?),
+                                Some(ErrorType::HeaderAbort(_)) => Abort::Header,
+                                _ => return Err(format!("http_filters[{i}].typed_config.abort: only http_status and header_abort are supported")),
+                            };
+                            Some((how, per_million(a.percentage.as_ref())))
+                        }
+                        None => None,
+                    };
+                    let headers = f.headers.iter().map(HeaderMatch::new).collect::<Result<_, _>>()?;
+                    let p = format!("http.{stat_prefix}.fault.");
+                    filters.push(Filter::Fault(Box::new(Fault {
+                        headers,
+                        delay,
+                        abort,
+                        delays_injected: store.counter(&format!("{p}delays_injected")),
+                        aborts_injected: store.counter(&format!("{p}aborts_injected")),
+                    })));
+                }
                 other => return Err(format!("http_filters[{i}]: filter {other} is not supported")),
             }
         }
@@ -79,9 +171,39 @@ impl FilterChain {
     }
 
     /// Runs the request filters. Cost: nothing when the chain has only the router.
-    pub fn on_request(&self, headers: &http::HeaderMap, pseudo: &Pseudo<'_>) -> Verdict {
+    pub async fn on_request(&self, headers: &http::HeaderMap, pseudo: &Pseudo<'_>) -> Verdict {
         for f in &self.filters {
             match f {
+                Filter::Fault(fault) => {
+                    if !fault.headers.iter().all(|m| m.matches(headers, pseudo)) {
+                        continue;
+                    }
+                    let header_num = |name: &str| {
+                        headers.get(name).and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<u64>().ok())
+                    };
+                    if let Some((how, chance)) = &fault.delay {
+                        let d = match how {
+                            Delay::Fixed(d) => Some(*d),
+                            Delay::Header => header_num("x-envoy-fault-delay-request").map(Duration::from_millis),
+                        };
+                        if let Some(d) = d.filter(|_| roll(*chance)) {
+                            fault.delays_injected.inc();
+                            tokio::time::sleep(d).await;
+                        }
+                    }
+                    if let Some((how, chance)) = &fault.abort {
+                        let status = match how {
+                            Abort::Status(s) => Some(*s),
+                            Abort::Header => {
+                                header_num("x-envoy-fault-abort-request").and_then(|s| u16::try_from(s).ok())
+                            }
+                        };
+                        if let Some(status) = status.filter(|s| (200..600).contains(s) && roll(*chance)) {
+                            fault.aborts_injected.inc();
+                            return Verdict::Abort { status, body: "fault filter abort", flag: "FI" };
+                        }
+                    }
+                }
                 Filter::HealthCheck { headers: want } => {
                     if want.iter().all(|m| m.matches(headers, pseudo)) {
                         return if self.healthy.load(Ordering::Relaxed) {

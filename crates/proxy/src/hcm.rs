@@ -175,7 +175,8 @@ impl Hcm {
             Some(_) => return Err("route_specifier: scoped routes are not supported".into()),
             None => return Err("route_specifier is required".into()),
         };
-        let filters = crate::filters::FilterChain::compile(&c.http_filters, ctx.healthy.clone())?;
+        let filters =
+            crate::filters::FilterChain::compile(&c.http_filters, ctx.healthy.clone(), &ctx.store, &c.stat_prefix)?;
         let access_logs = c
             .access_log
             .iter()
@@ -506,13 +507,19 @@ impl Hcm {
                 authority: &stream.authority,
                 scheme: "http",
             };
-            if let crate::filters::Verdict::Respond(status, headers) = self.filters.on_request(&parts.headers, &pseudo)
-            {
-                let mut r = self.local_reply(stream, status, "health_check", "", None);
-                for (k, v) in headers {
-                    r.headers_mut().insert(k, HeaderValue::from_static(v));
+            let verdict = self.filters.on_request(&parts.headers, &pseudo).await;
+            match verdict {
+                crate::filters::Verdict::Continue => {}
+                crate::filters::Verdict::Respond(status, headers) => {
+                    let mut r = self.local_reply(stream, status, "health_check", "", None);
+                    for (k, v) in headers {
+                        r.headers_mut().insert(k, HeaderValue::from_static(v));
+                    }
+                    return r;
                 }
-                return r;
+                crate::filters::Verdict::Abort { status, body, flag } => {
+                    return self.local_reply(stream, status, "fault_filter_abort", flag, Some(body.into()));
+                }
             }
         }
         // The router sees every request that gets this far, routed or not.
