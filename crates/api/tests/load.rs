@@ -125,14 +125,14 @@ fn unsupported_fields_are_listed_not_ignored() {
     assert!(r.is_valid());
     assert_eq!(r.unsupported.len(), 1);
     assert_eq!(r.unsupported[0].path, "static_resources.clusters[0].outlier_detection");
-    let with_fault = listener(ROUTER, "c").replace(
+    let with_cors = listener(ROUTER, "c").replace(
         "          - name: envoy.filters.http.router\n",
-        "          - name: envoy.filters.http.fault\n            typed_config: {\"@type\": type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault}\n          - name: envoy.filters.http.router\n",
+        "          - name: envoy.filters.http.cors\n            typed_config: {\"@type\": type.googleapis.com/envoy.extensions.filters.http.cors.v3.Cors}\n          - name: envoy.filters.http.router\n",
     );
-    let r = check_bootstrap(&with_fault);
+    let r = check_bootstrap(&with_cors);
     assert!(r.is_valid(), "{:?}", r.errors);
     assert!(
-        r.unsupported.iter().any(|e| e.reason.contains("envoy.extensions.filters.http.fault.v3.HTTPFault")),
+        r.unsupported.iter().any(|e| e.reason.contains("envoy.extensions.filters.http.cors.v3.Cors")),
         "{:?}",
         r.unsupported
     );
