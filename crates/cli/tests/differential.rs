@@ -59,6 +59,8 @@ const COMPARED_HEADERS: &[&str] = &[
     "x-resp",
     "x-multi",
     "x-envoy-immediate-health-check-fail",
+    "x-envoy-ratelimited",
+    "x-rl",
 ];
 
 /// Upstream-received headers whose value differs by nature: the generated
@@ -935,4 +937,31 @@ fn fault_injection_by_header() {
     for name in ["http.ingress_http.fault.aborts_injected", "http.ingress_http.fault.delays_injected"] {
         assert_eq!(stat(pair.envoy_admin, name), stat(pair.legate_admin, name), "{name}");
     }
+}
+
+#[test]
+fn local_rate_limit() {
+    let filters = r#"          http_filters:
+          - name: envoy.filters.http.local_ratelimit
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit
+              stat_prefix: rl
+              token_bucket: { max_tokens: 3, tokens_per_fill: 3, fill_interval: 60s }
+              filter_enabled: { runtime_key: rl_enabled, default_value: { numerator: 100, denominator: HUNDRED } }
+              filter_enforced: { runtime_key: rl_enforced, default_value: { numerator: 100, denominator: HUNDRED } }
+              response_headers_to_add: [{ append_action: OVERWRITE_IF_EXISTS_OR_ADD, header: { key: x-rl, value: limited } }]
+          - name: envoy.filters.http.router
+            typed_config: { "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }
+"#;
+    let router_only = "          http_filters: [{ name: envoy.filters.http.router, typed_config: { \"@type\": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router } }]\n";
+    let t = bootstrap(
+        "",
+        "",
+        &one_vhost("              - { match: { prefix: \"/\" }, route: { cluster: echo } }\n"),
+        &echo_cluster(),
+    )
+    .replace(router_only, filters);
+    assert!(t.contains("LocalRateLimit"), "template replacement failed");
+    // Three tokens for the minute: the fourth and fifth requests are limited.
+    compare("local-ratelimit", &t, &["a"], &[get("/1"), get("/2"), get("/3"), get("/4"), get("/5")]);
 }

@@ -520,6 +520,14 @@ impl Hcm {
                 crate::filters::Verdict::Abort { status, body, flag } => {
                     return self.local_reply(stream, status, "fault_filter_abort", flag, Some(body.into()));
                 }
+                crate::filters::Verdict::Limited { status, headers } => {
+                    let mut r =
+                        self.local_reply(stream, status, "local_rate_limited", "RL", Some("local_rate_limited".into()));
+                    for (k, v) in headers {
+                        r.headers_mut().insert(k, v);
+                    }
+                    return r;
+                }
             }
         }
         // The router sees every request that gets this far, routed or not.
