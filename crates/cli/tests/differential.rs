@@ -965,3 +965,46 @@ fn local_rate_limit() {
     // Three tokens for the minute: the fourth and fifth requests are limited.
     compare("local-ratelimit", &t, &["a"], &[get("/1"), get("/2"), get("/3"), get("/4"), get("/5")]);
 }
+
+#[test]
+fn retries() {
+    let routes = r#"              - match: { prefix: "/mixed" }
+                route:
+                  cluster: mixed
+                  retry_policy:
+                    retry_on: connect-failure
+                    num_retries: 3
+                    retry_host_predicate: [{ name: envoy.retry_host_predicates.previous_hosts, typed_config: { "@type": type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate } }]
+              - match: { prefix: "/always" }
+                route: { cluster: echo, retry_policy: { retry_on: 5xx, num_retries: 2, retry_back_off: { base_interval: 0.01s } } }
+              - match: { prefix: "/codes" }
+                route: { cluster: echo, retry_policy: { retry_on: retriable-status-codes, retriable_status_codes: [418], num_retries: 1 } }
+"#;
+    let clusters = echo_cluster() + &cluster("mixed", &["{CLOSED}", "{UP_a}"]);
+    let t = bootstrap("", "", &one_vhost(routes), &clusters);
+    let pair = compare(
+        "retries",
+        &t,
+        &["a"],
+        &[get("/always/status/503"), get("/always/status/200"), get("/codes/status/418"), get("/codes/status/404")],
+    );
+    // A dead endpoint beside a live one: every request succeeds through retries.
+    for port in [pair.envoy, pair.legate] {
+        for i in 0..20 {
+            let r = send(port, &get("/mixed/x"));
+            assert_eq!((r.status, r.header("x-upstream")), (200, Some("a")), "request {i} on port {port}");
+        }
+    }
+    let stat = |admin: u16, name: &str| -> Option<i64> {
+        let v: Value = serde_json::from_str(&http_get(addr(admin), "/stats?format=json", "admin").ok()?.body).ok()?;
+        v["stats"].as_array()?.iter().find(|s| s["name"] == name)?["value"].as_i64()
+    };
+    for name in [
+        "cluster.echo.upstream_rq_retry",
+        "cluster.echo.upstream_rq_503",
+        "cluster.echo.upstream_rq_418",
+        "cluster.echo.upstream_rq_total",
+    ] {
+        assert_eq!(stat(pair.envoy_admin, name), stat(pair.legate_admin, name), "{name}");
+    }
+}

@@ -112,6 +112,7 @@ pub struct ClusterStats {
     pub update_attempt: Arc<Counter>,
     pub update_success: Arc<Counter>,
     pub upstream_rq_retry: Arc<Counter>,
+    pub upstream_rq_retry_success: Arc<Counter>,
     prefix: String,
     store: Arc<Store>,
 }
@@ -145,6 +146,7 @@ impl ClusterStats {
             update_attempt: c("update_attempt"),
             update_success: c("update_success"),
             upstream_rq_retry: c("upstream_rq_retry"),
+            upstream_rq_retry_success: c("upstream_rq_retry_success"),
             prefix: p,
             store: store.clone(),
         }

@@ -773,8 +773,6 @@ impl Hcm {
             stream.path = upstream_path.to_string();
             stream.authority = authority.clone();
         }
-        let req = Request::from_parts(parts, ProxyBody::watched(body, request_done.clone()));
-
         let cs = &cluster.stats;
         cs.upstream_rq_active.inc();
         host.rq_active.fetch_add(1, Relaxed);
@@ -782,8 +780,42 @@ impl Hcm {
         let started = Instant::now();
         stream.upstream = Some((cluster.clone(), host.clone(), started));
 
-        let sent = crate::upstream::send(&cluster, &host, req);
-        let result = match self.await_response(sent, ra.timeout, &request_done).await {
+        // With a retry policy the request body is buffered (up to 1 MiB, as
+        // Envoy's default buffer limit) so that it can be sent again.
+        let retry = match &ra.retry {
+            Some(policy) if retryable_body(&parts.headers, &body) => Some(policy.clone()),
+            _ => None,
+        };
+        let (result, final_host) = match retry {
+            None => {
+                let req = Request::from_parts(parts, ProxyBody::watched(body, request_done.clone()));
+                let sent = async { (crate::upstream::send(&cluster, &host, req).await, host.clone()) };
+                match self.await_response(sent, ra.timeout, &request_done).await {
+                    Waited::Done(r) => (Waited::Done(r.0), Some(r.1)),
+                    other => (other.without_value(), None),
+                }
+            }
+            Some(policy) => {
+                let bytes = match http_body_util::BodyExt::collect(body).await {
+                    Ok(c) => c.to_bytes(),
+                    Err(_) => return self.local_reply(stream, 400, "downstream_remote_disconnect", "DC", None),
+                };
+                request_done.store(true, Relaxed);
+                let sent = send_with_retries(cluster.clone(), host.clone(), parts, bytes, policy);
+                match self.await_response(sent, ra.timeout, &request_done).await {
+                    Waited::Done(r) => (Waited::Done(r.0), Some(r.1)),
+                    other => (other.without_value(), None),
+                }
+            }
+        };
+        // The request is the final host's now (for the access log and the
+        // active-request count least-request balancing reads).
+        if let Some(h) = final_host.filter(|h| !Arc::ptr_eq(h, &host)) {
+            host.rq_active.fetch_sub(1, Relaxed);
+            h.rq_active.fetch_add(1, Relaxed);
+            stream.upstream = Some((cluster.clone(), h, started));
+        }
+        let result = match result {
             Waited::Done(r) => r,
             Waited::RouteTimeout => {
                 cs.upstream_rq_timeout.inc();
@@ -870,6 +902,100 @@ enum Waited<T> {
     RouteTimeout,
     RequestTimeout,
     StreamIdle,
+}
+
+impl<T> Waited<T> {
+    /// The same outcome for a timeout, any value dropped.
+    fn without_value<U>(self) -> Waited<U> {
+        match self {
+            Waited::Done(_) | Waited::RouteTimeout => Waited::RouteTimeout,
+            Waited::RequestTimeout => Waited::RequestTimeout,
+            Waited::StreamIdle => Waited::StreamIdle,
+        }
+    }
+}
+
+/// A body that can be buffered for retries: none, or a declared length of at
+/// most 1 MiB.
+fn retryable_body(headers: &HeaderMap, body: &Incoming) -> bool {
+    use http_body::Body as _;
+    body.is_end_stream()
+        || headers
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+            .is_some_and(|n| n <= 1 << 20)
+}
+
+/// Sends with the route's retry policy: on a retriable response or failure,
+/// waits the jittered back-off and tries again, on another host when the
+/// policy avoids previous ones. Returns the last outcome and the host that gave it.
+async fn send_with_retries(
+    cluster: Arc<Cluster>,
+    first: Arc<Host>,
+    parts: http::request::Parts,
+    body: bytes::Bytes,
+    policy: crate::retry::RetryPolicy,
+) -> (Result<Response<Incoming>, crate::upstream::UpstreamError>, Arc<Host>) {
+    let mut host = first;
+    let mut tried: Vec<std::net::SocketAddr> = Vec::new();
+    let mut attempt = 0u32;
+    loop {
+        let mut req = Request::new(ProxyBody::full(body.clone()));
+        *req.method_mut() = parts.method.clone();
+        *req.uri_mut() = parts.uri.clone();
+        *req.headers_mut() = parts.headers.clone();
+        let sent = crate::upstream::send(&cluster, &host, req);
+        let result = match policy.per_try_timeout {
+            Some(t) => {
+                tokio::time::timeout(t, sent).await.unwrap_or(Err(crate::upstream::UpstreamError::PerTryTimeout))
+            }
+            None => sent.await,
+        };
+        let retriable = match &result {
+            Ok(r) => policy.retry_status(r.status().as_u16()),
+            Err(e) => policy.retry_error(e),
+        };
+        if !retriable || attempt >= policy.num_retries {
+            if attempt > 0 && retriable_ok(&result, &policy) {
+                cluster.stats.upstream_rq_retry_success.inc();
+            }
+            return (result, host);
+        }
+        if let Ok(r) = &result {
+            cluster.stats.record_status(r.status().as_u16());
+        }
+        attempt += 1;
+        cluster.stats.upstream_rq_retry.inc();
+        tried.push(host.addr);
+        drop(result);
+        tokio::time::sleep(policy.backoff(attempt)).await;
+        // Pick the next host, avoiding earlier ones when asked to.
+        let mut next = cluster.pick();
+        for _ in 1..policy.host_selection_attempts.max(if policy.avoid_previous_hosts { 3 } else { 1 }) {
+            match &next {
+                Some(h) if policy.avoid_previous_hosts && tried.contains(&h.addr) => next = cluster.pick(),
+                _ => break,
+            }
+        }
+        if let Some(n) = next {
+            if !Arc::ptr_eq(&n, &host) {
+                n.rq_total.fetch_add(1, Relaxed);
+                host = n;
+            }
+        }
+    }
+}
+
+/// A final outcome that the policy would not have retried (a success).
+fn retriable_ok(
+    result: &Result<Response<Incoming>, crate::upstream::UpstreamError>,
+    policy: &crate::retry::RetryPolicy,
+) -> bool {
+    match result {
+        Ok(r) => !policy.retry_status(r.status().as_u16()),
+        Err(_) => false,
+    }
 }
 
 impl Hcm {

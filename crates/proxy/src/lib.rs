@@ -23,6 +23,7 @@ pub mod listener;
 pub mod listener_manager;
 pub mod matcher;
 pub mod rds;
+pub mod retry;
 pub mod route;
 pub mod server;
 pub mod stats;

@@ -79,6 +79,7 @@ pub struct RouteAction {
     pub auto_host_rewrite: bool,
     /// `None` disables the timeout (Envoy: `timeout: 0s`).
     pub timeout: Option<Duration>,
+    pub retry: Option<crate::retry::RetryPolicy>,
 }
 
 pub struct Redirect {
@@ -301,6 +302,10 @@ fn compile_route_action(ra: &rpb::RouteAction) -> Result<RouteAction, String> {
         host_rewrite,
         auto_host_rewrite,
         timeout,
+        retry: match &ra.retry_policy {
+            Some(p) => Some(crate::retry::RetryPolicy::compile(p).map_err(|e| format!("retry_policy.{e}"))?),
+            None => None,
+        },
     })
 }
 

@@ -52,6 +52,9 @@ pub enum UpstreamError {
     Handshake(hyper::Error),
     #[error("reset: {0}")]
     Reset(hyper::Error),
+    /// A retry policy's per_try_timeout ran out on the last attempt.
+    #[error("per-try timeout")]
+    PerTryTimeout,
 }
 
 impl UpstreamError {
@@ -68,6 +71,7 @@ impl UpstreamError {
             Self::Handshake(_) | Self::Reset(_) => {
                 "upstream connect error or disconnect/reset before headers. reset reason: connection termination".into()
             }
+            Self::PerTryTimeout => "upstream request timeout".into(),
         }
     }
     /// Envoy's response flag: UF (connect failure) or UC (connection termination).
@@ -75,6 +79,7 @@ impl UpstreamError {
         match self {
             Self::ConnectTimeout | Self::ConnectFailure(_) => "UF",
             Self::Handshake(_) | Self::Reset(_) => "UC",
+            Self::PerTryTimeout => "UT",
         }
     }
 }
