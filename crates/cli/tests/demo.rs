@@ -33,8 +33,10 @@ fn demo_serves_what_it_prints() {
     assert!(dash.status == 200 && dash.body.contains("Legate control plane"));
     let proxies = http_get(addr(9900), "/v1/proxies", "demo").expect("proxies");
     assert!(proxies.body.contains("demo-proxy"), "{}", proxies.body);
-    let out = demo.output();
-    for what in ["curl -s http://127.0.0.1:10000/hello", "legate ctl proxies", "Dashboard: http://127.0.0.1:9900/"] {
-        assert!(out.contains(what), "the demo should print {what:?}:\n{out}");
-    }
+    // The demo prints once it has seen the proxy serve; give it that moment.
+    let wanted = ["curl -s http://127.0.0.1:10000/hello", "legate ctl proxies", "Dashboard: http://127.0.0.1:9900/"];
+    wait_for("the demo's instructions", Duration::from_secs(10), || {
+        let out = demo.output();
+        wanted.iter().all(|w| out.contains(w)).then_some(())
+    });
 }
