@@ -1008,3 +1008,29 @@ fn retries() {
         assert_eq!(stat(pair.envoy_admin, name), stat(pair.legate_admin, name), "{name}");
     }
 }
+
+#[test]
+fn active_health_checks() {
+    let hc = "    health_checks: [{ timeout: 0.5s, interval: 0.2s, unhealthy_threshold: 1, healthy_threshold: 1, http_health_check: { path: /health } }]\n";
+    let clusters = format!(
+        "  - name: checked\n    connect_timeout: 0.5s\n{hc}    load_assignment: {{ cluster_name: checked, endpoints: [{{ lb_endpoints: [{{ endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {{CLOSED}} }} }} }} }}, {{ endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {{UP_a}} }} }} }} }}] }}] }}\n"
+    );
+    let t = bootstrap(
+        "",
+        "",
+        &one_vhost("              - { match: { prefix: \"/\" }, route: { cluster: checked } }\n"),
+        &clusters,
+    );
+    let pair = start_pair("health", &t, &["a"]);
+    // The closed endpoint fails its checks; every request goes to the live one.
+    for port in [pair.envoy, pair.legate] {
+        wait_for("the dead host to be ejected", Duration::from_secs(10), || {
+            (0..6).all(|_| send(port, &get("/x")).header("x-upstream") == Some("a")).then_some(())
+        });
+    }
+    for admin in [pair.envoy_admin, pair.legate_admin] {
+        let body = http_get(addr(admin), "/clusters", "admin").expect("clusters").body;
+        assert!(body.contains("health_flags::/failed_active_hc"), "port {admin}:\n{body}");
+        assert!(body.contains("health_flags::healthy"), "port {admin}:\n{body}");
+    }
+}

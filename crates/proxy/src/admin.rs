@@ -391,7 +391,11 @@ fn clusters(shared: &Shared, query: Option<&str>) -> Response<Full<Bytes>> {
                                 {"name": "rq_total", "value": h.rq_total.load(Ordering::Relaxed).to_string(), "type": "COUNTER"},
                                 {"name": "rq_active", "value": h.rq_active.load(Ordering::Relaxed).to_string(), "type": "GAUGE"},
                             ],
-                            "health_status": {"eds_health_status": "HEALTHY"},
+                            "health_status": if h.hc_healthy.load(Ordering::Relaxed) {
+                                json!({"eds_health_status": "HEALTHY"})
+                            } else {
+                                json!({"eds_health_status": "HEALTHY", "failed_active_health_check": true})
+                            },
                             "weight": h.weight,
                             "hostname": h.hostname,
                             "priority": h.priority,
@@ -430,7 +434,8 @@ fn clusters(shared: &Shared, query: Option<&str>) -> Response<Full<Bytes>> {
             s.push_str(&l("rq_timeout", "0".into()));
             s.push_str(&l("rq_total", h.rq_total.load(Ordering::Relaxed).to_string()));
             s.push_str(&l("hostname", h.hostname.clone()));
-            s.push_str(&l("health_flags", "healthy".into()));
+            let flags = if h.hc_healthy.load(Ordering::Relaxed) { "healthy" } else { "/failed_active_hc" };
+            s.push_str(&l("health_flags", flags.into()));
             s.push_str(&l("weight", h.weight.to_string()));
             s.push_str(&l("region", String::new()));
             s.push_str(&l("zone", String::new()));

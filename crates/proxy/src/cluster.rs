@@ -45,9 +45,22 @@ pub struct Host {
     pub rq_success: AtomicU64,
     pub cx_total: AtomicU64,
     pub cx_connect_fail: AtomicU64,
+    /// Active health checking's verdict (true when the cluster has none).
+    pub hc_healthy: std::sync::atomic::AtomicBool,
+    /// Consecutive check results, for the thresholds.
+    pub hc_fails: std::sync::atomic::AtomicU32,
+    pub hc_passes: std::sync::atomic::AtomicU32,
+    /// True until the first check has answered.
+    pub hc_pending: std::sync::atomic::AtomicBool,
 }
 
 impl Host {
+    /// A host of a health-checked cluster waits for its first check.
+    pub fn mark_pending(&self) {
+        self.hc_healthy.store(false, Relaxed);
+        self.hc_pending.store(true, Relaxed);
+    }
+
     pub fn new(addr: SocketAddr, hostname: String, weight: u32, priority: u32) -> Self {
         Self {
             addr,
@@ -61,6 +74,10 @@ impl Host {
             rq_success: AtomicU64::new(0),
             cx_total: AtomicU64::new(0),
             cx_connect_fail: AtomicU64::new(0),
+            hc_healthy: std::sync::atomic::AtomicBool::new(true),
+            hc_fails: Default::default(),
+            hc_passes: Default::default(),
+            hc_pending: std::sync::atomic::AtomicBool::new(false),
         }
     }
 }
@@ -70,10 +87,13 @@ impl Host {
 #[derive(Default)]
 pub struct HostSet {
     pub all: Vec<Arc<Host>>,
-    /// Non-empty priority levels in ascending order. With every host healthy
-    /// (no health checking yet), Envoy sends all traffic to the first level.
+    /// The hosts requests go to: the healthy hosts of the first priority
+    /// level that has any, or all of that level's hosts when fewer than half
+    /// are healthy (Envoy's default 50 % panic threshold). Recomputed whenever
+    /// membership or health changes, never per request.
     levels: Vec<Vec<Arc<Host>>>,
     equal_weights: bool,
+    pub healthy: usize,
 }
 
 impl HostSet {
@@ -82,9 +102,26 @@ impl HostSet {
         for h in &all {
             by_priority.entry(h.priority).or_default().push(h.clone());
         }
-        let levels: Vec<_> = by_priority.into_values().collect();
-        let equal_weights = levels.first().is_none_or(|l| l.windows(2).all(|w| w[0].weight == w[1].weight));
-        Self { all, levels, equal_weights }
+        let healthy_of = |l: &Vec<Arc<Host>>| -> Vec<Arc<Host>> {
+            l.iter().filter(|h| h.hc_healthy.load(Relaxed)).cloned().collect()
+        };
+        let healthy = all.iter().filter(|h| h.hc_healthy.load(Relaxed)).count();
+        let levels: Vec<Vec<Arc<Host>>> = by_priority.into_values().collect();
+        let active = match levels.iter().find(|l| !healthy_of(l).is_empty()) {
+            Some(l) => {
+                let ok = healthy_of(l);
+                if ok.len() * 2 < l.len() {
+                    l.clone()
+                } else {
+                    ok
+                }
+            }
+            // Nothing healthy anywhere: panic mode on the first level.
+            None => levels.first().cloned().unwrap_or_default(),
+        };
+        let equal_weights = active.windows(2).all(|w| w[0].weight == w[1].weight);
+        let levels = if active.is_empty() { vec![] } else { vec![active] };
+        Self { all, levels, equal_weights, healthy }
     }
 }
 
@@ -206,6 +243,8 @@ impl Ord for EdfEntry {
 }
 
 pub struct Cluster {
+    /// Active health checking, when configured.
+    pub health_check: Option<crate::health::HealthChecker>,
     pub name: String,
     pub discovery: Discovery,
     pub lb_policy: LbPolicy,
@@ -289,10 +328,17 @@ impl Cluster {
             _ => String::new(),
         };
         let stats = ClusterStats::new(store, &c.name);
+        let health_check = crate::health::HealthChecker::compile(&c.health_checks, store, &c.name)?;
+        if health_check.is_some() {
+            for h in &static_hosts {
+                h.mark_pending();
+            }
+        }
         let set = HostSet::new(static_hosts);
         stats.membership_total.set(set.all.len() as i64);
-        stats.membership_healthy.set(set.all.len() as i64);
+        stats.membership_healthy.set(set.healthy as i64);
         Ok(Arc::new(Self {
+            health_check,
             name: c.name.clone(),
             discovery,
             lb_policy,
@@ -322,7 +368,11 @@ impl Cluster {
                 Some(h) if h.weight == w.max(1) && h.priority == p => (*h).clone(),
                 _ => {
                     changed = true;
-                    Arc::new(Host::new(addr, name, w, p))
+                    let h = Arc::new(Host::new(addr, name, w, p));
+                    if self.health_check.is_some() {
+                        h.mark_pending();
+                    }
+                    h
                 }
             })
             .collect();
@@ -333,8 +383,16 @@ impl Cluster {
         }
         self.stats.membership_change.inc();
         self.stats.membership_total.set(hosts.len() as i64);
-        self.stats.membership_healthy.set(hosts.len() as i64);
-        self.hosts.store(Arc::new(HostSet::new(hosts)));
+        let set = HostSet::new(hosts);
+        self.stats.membership_healthy.set(set.healthy as i64);
+        self.hosts.store(Arc::new(set));
+    }
+
+    /// Rebuilds the set requests go to after a host's health changed.
+    pub fn refresh_health(&self) {
+        let set = HostSet::new(self.hosts.load().all.clone());
+        self.stats.membership_healthy.set(set.healthy as i64);
+        self.hosts.store(Arc::new(set));
     }
 
     /// Picks a host for a request, or `None` when the cluster has none.

@@ -19,6 +19,7 @@ pub mod format;
 pub mod h1_errors;
 pub mod hcm;
 pub mod headers;
+pub mod health;
 pub mod listener;
 pub mod listener_manager;
 pub mod matcher;

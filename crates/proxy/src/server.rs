@@ -132,11 +132,16 @@ pub fn run(bootstrap: LoadedBootstrap, options: Options) -> Result<(), ServerErr
 
     let main_rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     main_rt.block_on(async {
-        // First DNS resolution before traffic, as Envoy's init manager waits for it.
+        // First DNS resolution and first health check round before traffic,
+        // as Envoy's init manager waits for them.
         for c in shared.clusters.load().values() {
             if c.discovery != Discovery::Static {
                 crate::dns::resolve_once(c).await;
                 tokio::spawn(crate::dns::refresh_loop(c.clone()));
+            }
+            if let Some(hc) = &c.health_check {
+                hc.round(c).await;
+                tokio::spawn(crate::health::run(Arc::downgrade(c)));
             }
         }
         crate::admin::start(shared.clone()).await

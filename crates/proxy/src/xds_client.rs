@@ -248,6 +248,12 @@ impl Dynamic {
                 shared.store.counter("cluster_manager.cluster_removed").inc();
             }
         }
+        for (name, c) in &next {
+            let fresh = old_map.get(name).is_none_or(|old| !Arc::ptr_eq(old, c));
+            if fresh && c.health_check.is_some() {
+                tokio::spawn(crate::health::run(Arc::downgrade(c)));
+            }
+        }
         shared.store.gauge("cluster_manager.active_clusters").set(next.len() as i64);
         shared.store.gauge("cluster_manager.warming_clusters").set(warming.len() as i64);
         self.warming_clusters = warming;
@@ -309,6 +315,9 @@ impl Dynamic {
                     if let Ok(hosts) = eds_hosts(la) {
                         c.update_hosts(hosts);
                     }
+                }
+                if c.health_check.is_some() {
+                    tokio::spawn(crate::health::run(Arc::downgrade(&c)));
                 }
                 map.insert(name, c);
                 shared.store.counter("cluster_manager.cluster_added").inc();
