@@ -237,6 +237,20 @@ static_resources:
     )
 }
 
+/// The bootstrap's router-only filter list replaced by `filters` (which must
+/// end with the router).
+fn with_filters(template: String, filters: &str) -> String {
+    let router_only = "          http_filters: [{ name: envoy.filters.http.router, typed_config: { \"@type\": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router } }]\n";
+    assert!(template.contains(router_only), "the bootstrap template changed");
+    template.replace(router_only, filters)
+}
+
+/// A counter or gauge from an admin's `/stats?format=json`.
+fn stat(admin: u16, name: &str) -> Option<i64> {
+    let v: Value = serde_json::from_str(&http_get(addr(admin), "/stats?format=json", "admin").ok()?.body).ok()?;
+    v["stats"].as_array()?.iter().find(|s| s["name"] == name)?["value"].as_i64()
+}
+
 fn cluster(name: &str, ports: &[&str]) -> String {
     let eps: Vec<String> = ports
         .iter()
@@ -863,8 +877,8 @@ fn health_check_filter_and_healthcheck_fail() {
     let routes = "              - { match: { prefix: \"/\", headers: [{ name: \":method\", string_match: { exact: \"POST\" } }] }, direct_response: { status: 201 } }\n              - { match: { prefix: \"/\" }, route: { cluster: echo } }\n";
     // The bootstrap helper writes a router-only filter list; this scenario
     // replaces it with the health check in front of the router.
-    let router_only = "          http_filters: [{ name: envoy.filters.http.router, typed_config: { \"@type\": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router } }]\n";
-    let t = bootstrap("", "", &one_vhost(routes), &echo_cluster()).replace(router_only, hcm);
+    let t = bootstrap("", "", &one_vhost(routes), &echo_cluster());
+    let t = with_filters(t, hcm);
     assert!(t.contains("health_check"), "template replacement failed");
     let pair = compare("health-check", &t, &["a"], &[get("/healthz"), get("/healthz?x=1"), get("/app")]);
     let post = |port: u16, path: &str| http_request(addr(port), "POST", path, "admin", &[], "").expect("admin post");
@@ -901,14 +915,13 @@ fn fault_injection_by_header() {
           - name: envoy.filters.http.router
             typed_config: { "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }
 "#;
-    let router_only = "          http_filters: [{ name: envoy.filters.http.router, typed_config: { \"@type\": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router } }]\n";
     let t = bootstrap(
         "",
         "",
         &one_vhost("              - { match: { prefix: \"/\" }, route: { cluster: echo } }\n"),
         &echo_cluster(),
-    )
-    .replace(router_only, filters);
+    );
+    let t = with_filters(t, filters);
     assert!(t.contains("HTTPFault"), "template replacement failed");
     let pair = compare(
         "fault",
@@ -930,10 +943,6 @@ fn fault_injection_by_header() {
             started.elapsed()
         );
     }
-    let stat = |admin: u16, name: &str| -> Option<i64> {
-        let v: Value = serde_json::from_str(&http_get(addr(admin), "/stats?format=json", "admin").ok()?.body).ok()?;
-        v["stats"].as_array()?.iter().find(|s| s["name"] == name)?["value"].as_i64()
-    };
     for name in ["http.ingress_http.fault.aborts_injected", "http.ingress_http.fault.delays_injected"] {
         assert_eq!(stat(pair.envoy_admin, name), stat(pair.legate_admin, name), "{name}");
     }
@@ -953,14 +962,13 @@ fn local_rate_limit() {
           - name: envoy.filters.http.router
             typed_config: { "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }
 "#;
-    let router_only = "          http_filters: [{ name: envoy.filters.http.router, typed_config: { \"@type\": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router } }]\n";
     let t = bootstrap(
         "",
         "",
         &one_vhost("              - { match: { prefix: \"/\" }, route: { cluster: echo } }\n"),
         &echo_cluster(),
-    )
-    .replace(router_only, filters);
+    );
+    let t = with_filters(t, filters);
     assert!(t.contains("LocalRateLimit"), "template replacement failed");
     // Three tokens for the minute: the fourth and fifth requests are limited.
     compare("local-ratelimit", &t, &["a"], &[get("/1"), get("/2"), get("/3"), get("/4"), get("/5")]);
@@ -995,10 +1003,6 @@ fn retries() {
             assert_eq!((r.status, r.header("x-upstream")), (200, Some("a")), "request {i} on port {port}");
         }
     }
-    let stat = |admin: u16, name: &str| -> Option<i64> {
-        let v: Value = serde_json::from_str(&http_get(addr(admin), "/stats?format=json", "admin").ok()?.body).ok()?;
-        v["stats"].as_array()?.iter().find(|s| s["name"] == name)?["value"].as_i64()
-    };
     for name in [
         "cluster.echo.upstream_rq_retry",
         "cluster.echo.upstream_rq_503",
