@@ -22,6 +22,9 @@ pub struct EchoArgs {
     /// Answer with a fixed small body instead of the JSON echo (for benchmarks).
     #[arg(long)]
     pub plain: bool,
+    /// Answer every request with this status (a failing upstream for tests).
+    #[arg(long)]
+    pub status: Option<u16>,
 }
 
 pub fn run(args: EchoArgs) -> anyhow::Result<()> {
@@ -52,7 +55,7 @@ pub async fn serve(listener: tokio::net::TcpListener, args: Arc<EchoArgs>) {
 
 async fn respond(args: &EchoArgs, peer: SocketAddr, req: hyper::Request<Incoming>) -> hyper::Response<Full<Bytes>> {
     let path = req.uri().path().to_string();
-    let mut status = 200u16;
+    let mut status = args.status.unwrap_or(200);
     if let Some(code) = path.strip_prefix("/status/") {
         status = code.split('/').next().and_then(|c| c.parse().ok()).unwrap_or(200);
     }

@@ -1038,3 +1038,36 @@ fn active_health_checks() {
         assert!(body.contains("health_flags::healthy"), "port {admin}:\n{body}");
     }
 }
+
+#[test]
+fn outlier_detection_consecutive_5xx() {
+    let dir = TempDir::new("outlier-bad");
+    let (_bad, bad_port) = echo_with("bad", dir.path(), &["--status", "503"]);
+    let clusters = format!(
+        "  - name: od\n    connect_timeout: 1s\n    outlier_detection: {{ consecutive_5xx: 3, interval: 10s, base_ejection_time: 30s, max_ejection_percent: 50 }}\n    load_assignment: {{ cluster_name: od, endpoints: [{{ lb_endpoints: [{{ endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {{UP_a}} }} }} }} }}, {{ endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {bad_port} }} }} }} }}] }}] }}\n"
+    );
+    let t = bootstrap(
+        "",
+        "",
+        &one_vhost("              - { match: { prefix: \"/\" }, route: { cluster: od } }\n"),
+        &clusters,
+    );
+    let pair = start_pair("outlier", &t, &["a"]);
+    let sequence = |port: u16| -> Vec<String> {
+        (0..14).map(|_| send(port, &get("/x")).header("x-upstream").unwrap_or("-").to_string()).collect()
+    };
+    let (e, l) = (sequence(pair.envoy), sequence(pair.legate));
+    let bad = |s: &[String]| s.iter().filter(|u| *u == "bad").count();
+    assert_eq!(bad(&e), 3, "Envoy: {e:?}");
+    assert_eq!(bad(&l), 3, "Legate (Envoy saw {e:?}): {l:?}");
+    assert!(l[8..].iter().all(|u| u == "a"), "after the ejection everything goes to the good host: {l:?}");
+    for name in
+        ["cluster.od.outlier_detection.ejections_enforced_total", "cluster.od.outlier_detection.ejections_active"]
+    {
+        assert_eq!(stat(pair.envoy_admin, name), stat(pair.legate_admin, name), "{name}");
+    }
+    for admin in [pair.envoy_admin, pair.legate_admin] {
+        let body = http_get(addr(admin), "/clusters", "admin").expect("clusters").body;
+        assert!(body.contains("health_flags::/failed_outlier_check"), "port {admin}:\n{body}");
+    }
+}

@@ -434,7 +434,12 @@ fn clusters(shared: &Shared, query: Option<&str>) -> Response<Full<Bytes>> {
             s.push_str(&l("rq_timeout", "0".into()));
             s.push_str(&l("rq_total", h.rq_total.load(Ordering::Relaxed).to_string()));
             s.push_str(&l("hostname", h.hostname.clone()));
-            let flags = if h.hc_healthy.load(Ordering::Relaxed) { "healthy" } else { "/failed_active_hc" };
+            let flags = match (h.hc_healthy.load(Ordering::Relaxed), h.ejected.load(Ordering::Relaxed)) {
+                (true, false) => "healthy",
+                (false, false) => "/failed_active_hc",
+                (true, true) => "/failed_outlier_check",
+                (false, true) => "/failed_active_hc/failed_outlier_check",
+            };
             s.push_str(&l("health_flags", flags.into()));
             s.push_str(&l("weight", h.weight.to_string()));
             s.push_str(&l("region", String::new()));

@@ -52,6 +52,13 @@ pub struct Host {
     pub hc_passes: std::sync::atomic::AtomicU32,
     /// True until the first check has answered.
     pub hc_pending: std::sync::atomic::AtomicBool,
+    /// Outlier detection: ejected now, consecutive failures, times ejected,
+    /// and until when (milliseconds on the detector's clock).
+    pub ejected: std::sync::atomic::AtomicBool,
+    pub od_5xx: std::sync::atomic::AtomicU32,
+    pub od_gateway: std::sync::atomic::AtomicU32,
+    pub od_ejections: std::sync::atomic::AtomicU32,
+    pub od_until: AtomicU64,
 }
 
 impl Host {
@@ -78,6 +85,11 @@ impl Host {
             hc_fails: Default::default(),
             hc_passes: Default::default(),
             hc_pending: std::sync::atomic::AtomicBool::new(false),
+            ejected: std::sync::atomic::AtomicBool::new(false),
+            od_5xx: Default::default(),
+            od_gateway: Default::default(),
+            od_ejections: Default::default(),
+            od_until: AtomicU64::new(0),
         }
     }
 }
@@ -102,10 +114,9 @@ impl HostSet {
         for h in &all {
             by_priority.entry(h.priority).or_default().push(h.clone());
         }
-        let healthy_of = |l: &Vec<Arc<Host>>| -> Vec<Arc<Host>> {
-            l.iter().filter(|h| h.hc_healthy.load(Relaxed)).cloned().collect()
-        };
-        let healthy = all.iter().filter(|h| h.hc_healthy.load(Relaxed)).count();
+        let usable = |h: &Arc<Host>| h.hc_healthy.load(Relaxed) && !h.ejected.load(Relaxed);
+        let healthy_of = |l: &Vec<Arc<Host>>| -> Vec<Arc<Host>> { l.iter().filter(|h| usable(h)).cloned().collect() };
+        let healthy = all.iter().filter(|h| usable(h)).count();
         let levels: Vec<Vec<Arc<Host>>> = by_priority.into_values().collect();
         let active = match levels.iter().find(|l| !healthy_of(l).is_empty()) {
             Some(l) => {
@@ -245,6 +256,8 @@ impl Ord for EdfEntry {
 pub struct Cluster {
     /// Active health checking, when configured.
     pub health_check: Option<crate::health::HealthChecker>,
+    /// Outlier detection, when configured.
+    pub outlier: Option<crate::outlier::Outlier>,
     pub name: String,
     pub discovery: Discovery,
     pub lb_policy: LbPolicy,
@@ -337,8 +350,10 @@ impl Cluster {
         let set = HostSet::new(static_hosts);
         stats.membership_total.set(set.all.len() as i64);
         stats.membership_healthy.set(set.healthy as i64);
+        let outlier = c.outlier_detection.as_ref().map(|o| crate::outlier::Outlier::compile(o, store, &c.name));
         Ok(Arc::new(Self {
             health_check,
+            outlier,
             name: c.name.clone(),
             discovery,
             lb_policy,

@@ -23,6 +23,7 @@ pub mod health;
 pub mod listener;
 pub mod listener_manager;
 pub mod matcher;
+pub mod outlier;
 pub mod rds;
 pub mod retry;
 pub mod route;

@@ -143,6 +143,9 @@ pub fn run(bootstrap: LoadedBootstrap, options: Options) -> Result<(), ServerErr
                 hc.round(c).await;
                 tokio::spawn(crate::health::run(Arc::downgrade(c)));
             }
+            if c.outlier.is_some() {
+                tokio::spawn(crate::outlier::run(Arc::downgrade(c)));
+            }
         }
         crate::admin::start(shared.clone()).await
     })?;

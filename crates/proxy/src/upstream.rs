@@ -128,11 +128,11 @@ pub async fn send(
     host: &Arc<Host>,
     req: http::Request<ProxyBody>,
 ) -> Result<http::Response<Incoming>, UpstreamError> {
-    if cluster.http2 {
-        send_h2(cluster, host, req).await
-    } else {
-        send_h1(cluster, host, req).await
+    let result = if cluster.http2 { send_h2(cluster, host, req).await } else { send_h1(cluster, host, req).await };
+    if let Some(o) = &cluster.outlier {
+        o.record(cluster, host, result.as_ref().ok().map(|r| r.status().as_u16()));
     }
+    result
 }
 
 async fn send_h1(

@@ -253,6 +253,9 @@ impl Dynamic {
             if fresh && c.health_check.is_some() {
                 tokio::spawn(crate::health::run(Arc::downgrade(c)));
             }
+            if fresh && c.outlier.is_some() {
+                tokio::spawn(crate::outlier::run(Arc::downgrade(c)));
+            }
         }
         shared.store.gauge("cluster_manager.active_clusters").set(next.len() as i64);
         shared.store.gauge("cluster_manager.warming_clusters").set(warming.len() as i64);
@@ -318,6 +321,9 @@ impl Dynamic {
                 }
                 if c.health_check.is_some() {
                     tokio::spawn(crate::health::run(Arc::downgrade(&c)));
+                }
+                if c.outlier.is_some() {
+                    tokio::spawn(crate::outlier::run(Arc::downgrade(&c)));
                 }
                 map.insert(name, c);
                 shared.store.counter("cluster_manager.cluster_added").inc();

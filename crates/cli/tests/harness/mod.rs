@@ -161,10 +161,15 @@ pub fn wait_ready(admin_port: u16, proc_: &mut Proc) {
 
 /// The echo upstream (`legate echo`) on a fresh port.
 pub fn echo(name: &str, dir: &Path) -> (Proc, u16) {
+    echo_with(name, dir, &[])
+}
+
+/// The echo upstream with extra flags (e.g. `--status 503`).
+pub fn echo_with(name: &str, dir: &Path, extra: &[&str]) -> (Proc, u16) {
     let port = free_port();
     let mut p = Proc::spawn(
         &format!("echo-{name}"),
-        Command::new(LEGATE).args(["echo", "--listen", &format!("127.0.0.1:{port}"), "--name", name]),
+        Command::new(LEGATE).args(["echo", "--listen", &format!("127.0.0.1:{port}"), "--name", name]).args(extra),
         dir,
     );
     wait_for("echo upstream", Duration::from_secs(10), || {
