@@ -586,7 +586,18 @@ fn forwarded_headers_trusted_hops() {
         &one_vhost("              - { match: { prefix: \"/\" }, route: { cluster: echo } }\n"),
         &echo_cluster(),
     );
-    compare("xff-hops", &t, &["a"], &[get("/").header("x-forwarded-for", "9.9.9.9, 10.0.0.1"), get("/")]);
+    compare(
+        "xff-hops",
+        &t,
+        &["a"],
+        &[
+            get("/").header("x-forwarded-for", "9.9.9.9, 10.0.0.1"),
+            get("/"),
+            // A trusted hop's x-forwarded-proto is kept, whatever its value.
+            get("/").header("x-forwarded-for", "192.168.1.1").header("x-forwarded-proto", "https"),
+            get("/").header("x-forwarded-for", "192.168.1.1").header("x-forwarded-proto", "gopher"),
+        ],
+    );
 }
 
 #[test]

@@ -475,7 +475,12 @@ impl Hcm {
                     parts.headers.insert(X_FORWARDED_FOR.clone(), v);
                 }
             }
-            parts.headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+            // With trusted hops, a downstream's x-forwarded-proto is kept as it
+            // is (Envoy 1.40 does not check the value here); otherwise it is
+            // this plaintext connection's scheme.
+            if self.xff_trusted_hops == 0 || !parts.headers.contains_key(&X_FORWARDED_PROTO) {
+                parts.headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+            }
             // Envoy 1.40 has no internal addresses unless internal_address_config
             // names some: every request through a use_remote_address HCM is an
             // edge request, marked with its client address.
