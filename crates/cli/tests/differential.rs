@@ -22,11 +22,12 @@ struct Req {
     path: String,
     host: &'static str,
     headers: Vec<(&'static str, &'static str)>,
+    body: &'static str,
     h2: bool,
 }
 
 fn get(path: &str) -> Req {
-    Req { method: "GET", path: path.into(), host: "example.com", headers: vec![], h2: false }
+    Req { method: "GET", path: path.into(), host: "example.com", headers: vec![], body: "", h2: false }
 }
 
 impl Req {
@@ -36,6 +37,12 @@ impl Req {
     }
     fn header(mut self, k: &'static str, v: &'static str) -> Self {
         self.headers.push((k, v));
+        self
+    }
+    /// A POST carrying `body` (HTTP/1.1 with content-length).
+    fn post(mut self, body: &'static str) -> Self {
+        self.method = "POST";
+        self.body = body;
         self
     }
     fn h2(mut self) -> Self {
@@ -125,7 +132,7 @@ fn send(port: u16, r: &Req) -> Resp {
     if r.h2 {
         return curl_h2(port, r);
     }
-    http_request(addr(port), r.method, &r.path, r.host, &r.headers, "")
+    http_request(addr(port), r.method, &r.path, r.host, &r.headers, r.body)
         .unwrap_or_else(|e| panic!("{r:?} to {port}: {e}"))
 }
 
@@ -780,7 +787,8 @@ fn access_log_lines() {
         .replace("{LOG}", &format!("{}/access-{{ADMIN}}.log", logs.path().display()))
         .replace("{JSONLOG}", &format!("{}/json-{{ADMIN}}.log", logs.path().display()));
     let pair = start_pair("access-log", &t, &["a"]);
-    let reqs = [get("/api/x").header("x-test", "abcdefgh"), get("/empty"), get("/nothing")];
+    let reqs =
+        [get("/api/x").header("x-test", "abcdefgh"), get("/api/y").post("hello world"), get("/empty"), get("/nothing")];
     for r in &reqs {
         send(pair.envoy, r);
         send(pair.legate, r);
@@ -906,7 +914,7 @@ fn health_check_filter_and_healthcheck_fail() {
     let (e, l) = (view(&send(pair.envoy, &get("/healthz"))), view(&send(pair.legate, &get("/healthz"))));
     assert!(diff(&e, &l).is_empty() && e.get("status").map(String::as_str) == Some("200"), "{e:?} {l:?}");
     // A route matching the :method pseudo-header.
-    let p = Req { method: "POST", path: "/x".into(), host: "example.com", headers: vec![], h2: false };
+    let p = get("/x").post("");
     let (e, l) = (view(&send(pair.envoy, &p)), view(&send(pair.legate, &p)));
     assert!(diff(&e, &l).is_empty() && e.get("status").map(String::as_str) == Some("201"), "{e:?} {l:?}");
 }

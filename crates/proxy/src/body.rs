@@ -6,6 +6,7 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::task::{Context, Poll};
 
 pin_project_lite::pin_project! {
@@ -14,9 +15,18 @@ pin_project_lite::pin_project! {
         Empty,
         Full { data: Option<Bytes> },
         Stream { #[pin] body: Incoming },
-        /// A streamed body that raises `done` when it ends.
-        Watched { #[pin] body: Incoming, done: std::sync::Arc<std::sync::atomic::AtomicBool> },
+        /// A streamed request body that counts its bytes and says when it ended.
+        Watched { #[pin] body: Incoming, progress: std::sync::Arc<RequestProgress> },
     }
+}
+
+/// How far a downstream request body has been read: the request timeout only
+/// runs while it is arriving, and the access log reports its size. Shared by
+/// the body and its stream through the one `Arc` each proxied request has.
+#[derive(Debug, Default)]
+pub struct RequestProgress {
+    pub done: AtomicBool,
+    pub received: AtomicU64,
 }
 
 impl ProxyBody {
@@ -31,11 +41,11 @@ impl ProxyBody {
     pub fn stream(body: Incoming) -> Self {
         Self::Stream { body }
     }
-    pub fn watched(body: Incoming, done: std::sync::Arc<std::sync::atomic::AtomicBool>) -> Self {
+    pub fn watched(body: Incoming, progress: std::sync::Arc<RequestProgress>) -> Self {
         if body.is_end_stream() {
-            done.store(true, std::sync::atomic::Ordering::Relaxed);
+            progress.done.store(true, Relaxed);
         }
-        Self::Watched { body, done }
+        Self::Watched { body, progress }
     }
 }
 
@@ -48,10 +58,16 @@ impl Body for ProxyBody {
             ProxyBodyProj::Empty => Poll::Ready(None),
             ProxyBodyProj::Full { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
             ProxyBodyProj::Stream { body } => body.poll_frame(cx),
-            ProxyBodyProj::Watched { body, done } => {
+            ProxyBodyProj::Watched { body, progress } => {
                 let r = body.poll_frame(cx);
-                if matches!(r, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {
-                    done.store(true, std::sync::atomic::Ordering::Relaxed);
+                match &r {
+                    Poll::Ready(Some(Ok(frame))) => {
+                        if let Some(d) = frame.data_ref() {
+                            progress.received.fetch_add(d.len() as u64, Relaxed);
+                        }
+                    }
+                    Poll::Ready(None) | Poll::Ready(Some(Err(_))) => progress.done.store(true, Relaxed),
+                    Poll::Pending => {}
                 }
                 r
             }

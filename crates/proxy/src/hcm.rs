@@ -273,6 +273,9 @@ struct Stream {
     flags: &'static str,
     details: &'static str,
     bytes_received: u64,
+    /// The proxied request body's progress, read for `bytes_received` when
+    /// the stream ends.
+    request_progress: Option<Arc<crate::body::RequestProgress>>,
     client: SocketAddr,
     local: SocketAddr,
     upstream: Option<(Arc<Cluster>, Arc<Host>, Instant)>,
@@ -318,7 +321,7 @@ impl Finish for Stream {
             status: Some(self.status),
             response_flags: if !complete && self.flags.is_empty() { "DC" } else { self.flags },
             response_code_details: self.details,
-            bytes_received: self.bytes_received,
+            bytes_received: self.request_progress.as_ref().map_or(self.bytes_received, |p| p.received.load(Relaxed)),
             bytes_sent,
             duration: Some(elapsed),
             start_time: Some(self.start_time),
@@ -431,6 +434,7 @@ impl Hcm {
             flags: "",
             details: "",
             bytes_received: 0,
+            request_progress: None,
             client,
             local: conn.local,
             upstream: None,
@@ -770,7 +774,8 @@ impl Hcm {
         }
         // The request counts as received when its body has ended (at once for a
         // request without one): that is what Envoy's request_timeout measures.
-        let request_done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let request_done = Arc::new(crate::body::RequestProgress::default());
+        stream.request_progress = Some(request_done.clone());
         // The access log sees the request as it goes upstream (rewritten
         // path and host, added headers), as Envoy's does.
         if !self.access_logs.is_empty() {
@@ -805,7 +810,8 @@ impl Hcm {
                     Ok(c) => c.to_bytes(),
                     Err(_) => return self.local_reply(stream, 400, "downstream_remote_disconnect", "DC", None),
                 };
-                request_done.store(true, Relaxed);
+                request_done.received.store(bytes.len() as u64, Relaxed);
+                request_done.done.store(true, Relaxed);
                 let sent = send_with_retries(cluster.clone(), host.clone(), parts, bytes, policy);
                 match self.await_response(sent, ra.timeout, &request_done).await {
                     Waited::Done(r) => (Waited::Done(r.0), Some(r.1)),
@@ -1011,7 +1017,7 @@ impl Hcm {
         &self,
         fut: F,
         route_timeout: Option<Duration>,
-        request_done: &std::sync::atomic::AtomicBool,
+        request_done: &crate::body::RequestProgress,
     ) -> Waited<F::Output> {
         let far = Duration::from_secs(365 * 24 * 3600);
         let route = tokio::time::sleep(route_timeout.unwrap_or(far));
@@ -1023,7 +1029,7 @@ impl Hcm {
                 r = &mut fut => return Waited::Done(r),
                 _ = &mut route, if route_timeout.is_some() => return Waited::RouteTimeout,
                 _ = &mut request, if self.request_timeout.is_some() => {
-                    if !request_done.load(Relaxed) {
+                    if !request_done.done.load(Relaxed) {
                         return Waited::RequestTimeout;
                     }
                     request.as_mut().reset(tokio::time::Instant::now() + far);
