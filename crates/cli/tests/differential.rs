@@ -66,6 +66,7 @@ const COMPARED_HEADERS: &[&str] = &[
     "x-resp",
     "x-multi",
     "x-envoy-immediate-health-check-fail",
+    "x-envoy-upstream-healthchecked-cluster",
     "x-envoy-ratelimited",
     "x-rl",
 ];

@@ -96,7 +96,9 @@ struct Fault {
 enum Filter {
     /// Answers health checks itself (non-pass-through mode): 200 while the
     /// server is healthy, 503 after `/healthcheck/fail`.
-    HealthCheck { headers: Vec<HeaderMatch> },
+    /// `cluster` is this proxy's cluster, sent back as
+    /// `x-envoy-upstream-healthchecked-cluster`.
+    HealthCheck { headers: Vec<HeaderMatch>, cluster: http::HeaderValue },
     /// `envoy.filters.http.fault`: delays and aborts, fixed or asked for by
     /// request headers, each with its probability.
     Fault(Box<Fault>),
@@ -108,7 +110,7 @@ enum Filter {
 pub enum Verdict {
     Continue,
     /// Answer with this status and these headers, no body.
-    Respond(u16, Vec<(&'static str, &'static str)>),
+    Respond(u16, Vec<(&'static str, http::HeaderValue)>),
     /// Answer with this status and a text body; `flag` for the access log.
     Abort {
         status: u16,
@@ -128,13 +130,9 @@ pub struct FilterChain {
 }
 
 impl FilterChain {
-    /// `healthy` is the server's health-check state (`/healthcheck/ok|fail`).
-    pub fn compile(
-        pb: &[PbFilter],
-        healthy: Arc<AtomicBool>,
-        store: &crate::stats::Store,
-        stat_prefix: &str,
-    ) -> Result<Self, String> {
+    /// `ctx` gives the server's health-check state, stats store and cluster.
+    pub fn compile(pb: &[PbFilter], ctx: &crate::rds::CompileContext, stat_prefix: &str) -> Result<Self, String> {
+        let (healthy, store) = (ctx.healthy.clone(), &*ctx.store);
         fn type_of(f: &PbFilter) -> Option<&legate_api::pb::google::protobuf::Any> {
             match &f.config_type {
                 Some(http_filter::ConfigType::TypedConfig(a)) => Some(a),
@@ -159,7 +157,7 @@ impl FilterChain {
                         ));
                     }
                     let headers = hc.headers.iter().map(HeaderMatch::new).collect::<Result<_, _>>()?;
-                    filters.push(Filter::HealthCheck { headers });
+                    filters.push(Filter::HealthCheck { headers, cluster: ctx.local_cluster.clone() });
                 }
                 FAULT_TYPE => {
                     let f: HttpFault = legate_api::any::unpack(any)?;
@@ -316,12 +314,14 @@ impl FilterChain {
                         }
                     }
                 }
-                Filter::HealthCheck { headers: want } => {
+                Filter::HealthCheck { headers: want, cluster } => {
                     if want.iter().all(|m| m.matches(headers, pseudo)) {
+                        let named = ("x-envoy-upstream-healthchecked-cluster", cluster.clone());
                         return if self.healthy.load(Ordering::Relaxed) {
-                            Verdict::Respond(200, vec![])
+                            Verdict::Respond(200, vec![named])
                         } else {
-                            Verdict::Respond(503, vec![("x-envoy-immediate-health-check-fail", "true")])
+                            let fail = ("x-envoy-immediate-health-check-fail", http::HeaderValue::from_static("true"));
+                            Verdict::Respond(503, vec![named, fail])
                         };
                     }
                 }

@@ -175,8 +175,7 @@ impl Hcm {
             Some(_) => return Err("route_specifier: scoped routes are not supported".into()),
             None => return Err("route_specifier is required".into()),
         };
-        let filters =
-            crate::filters::FilterChain::compile(&c.http_filters, ctx.healthy.clone(), &ctx.store, &c.stat_prefix)?;
+        let filters = crate::filters::FilterChain::compile(&c.http_filters, ctx, &c.stat_prefix)?;
         let access_logs = c
             .access_log
             .iter()
@@ -522,7 +521,7 @@ impl Hcm {
                 crate::filters::Verdict::Respond(status, headers) => {
                     let mut r = self.local_reply(stream, status, "health_check", "", None);
                     for (k, v) in headers {
-                        r.headers_mut().insert(k, HeaderValue::from_static(v));
+                        r.headers_mut().insert(k, v);
                     }
                     return r;
                 }

@@ -21,6 +21,9 @@ pub struct CompileContext {
     pub drain_time: std::time::Duration,
     /// The server's health-check state (`/healthcheck/ok|fail`).
     pub healthy: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// This proxy's cluster (`--service-cluster`, else `node.cluster`), which
+    /// the health check filter names in its answers.
+    pub local_cluster: http::HeaderValue,
 }
 
 struct Entry {

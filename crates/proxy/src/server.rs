@@ -88,6 +88,12 @@ pub fn build(
         rds: Default::default(),
         drain_time: options.drain_time,
         healthy: healthy.clone(),
+        local_cluster: options
+            .service_cluster
+            .clone()
+            .or_else(|| b.node.as_ref().map(|n| n.cluster.clone()))
+            .and_then(|c| http::HeaderValue::from_str(&c).ok())
+            .unwrap_or_else(|| http::HeaderValue::from_static("")),
     };
     if let Some(sr) = &b.static_resources {
         for (i, l) in sr.listeners.iter().enumerate() {
