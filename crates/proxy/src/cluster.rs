@@ -1,7 +1,7 @@
 //! Clusters: their hosts (static or from DNS), load balancing, and stats.
 
 use crate::body::ProxyBody;
-use crate::stats::{Counter, Gauge, Histogram, StatusClassCounters, Store};
+use crate::stats::{Counter, Gauge, Histogram, Store};
 use arc_swap::ArcSwap;
 use legate_api::pb::envoy::config::cluster::v3::{cluster, Cluster as PbCluster};
 use legate_api::pb::envoy::config::core::v3::{address, socket_address};
@@ -142,7 +142,8 @@ pub struct ClusterStats {
     pub upstream_rq_active: Arc<Gauge>,
     pub upstream_rq_timeout: Arc<Counter>,
     pub upstream_rq_time: Arc<Histogram>,
-    pub upstream_rq_class: StatusClassCounters,
+    /// `upstream_rq_1xx`..`5xx`: created on first use, like Envoy's.
+    upstream_rq_class: [OnceLock<Arc<Counter>>; 5],
     upstream_rq_code: Box<[OnceLock<Arc<Counter>>]>,
     pub upstream_cx_total: Arc<Counter>,
     pub upstream_cx_active: Arc<Gauge>,
@@ -176,7 +177,7 @@ impl ClusterStats {
             upstream_rq_active: g("upstream_rq_active"),
             upstream_rq_timeout: c("upstream_rq_timeout"),
             upstream_rq_time: store.histogram(&format!("{p}upstream_rq_time")),
-            upstream_rq_class: StatusClassCounters::new(store, &p, "upstream_rq"),
+            upstream_rq_class: Default::default(),
             upstream_rq_code: (0..600).map(|_| OnceLock::new()).collect(),
             upstream_cx_total: c("upstream_cx_total"),
             upstream_cx_active: g("upstream_cx_active"),
@@ -200,10 +201,14 @@ impl ClusterStats {
         }
     }
 
-    /// `upstream_rq_<code>`, created on first use like Envoy's; afterwards a
-    /// lock-free `OnceLock` read.
+    /// `upstream_rq_<code>` and `upstream_rq_<class>xx`, created on first use
+    /// like Envoy's (a cluster that never saw a 3xx has no `upstream_rq_3xx`);
+    /// afterwards a lock-free `OnceLock` read.
     pub fn record_status(&self, status: u16) {
-        self.upstream_rq_class.record(status);
+        let class = (status / 100) as usize;
+        if let Some(slot) = class.checked_sub(1).and_then(|i| self.upstream_rq_class.get(i)) {
+            slot.get_or_init(|| self.store.counter(&format!("{}upstream_rq_{class}xx", self.prefix))).inc();
+        }
         if let Some(slot) = self.upstream_rq_code.get(status as usize) {
             slot.get_or_init(|| self.store.counter(&format!("{}upstream_rq_{status}", self.prefix))).inc();
         }

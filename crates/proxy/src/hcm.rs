@@ -40,6 +40,14 @@ const EXTERNAL_STRIPPED: &[&str] = &[
     "x-envoy-force-trace",
     "x-envoy-ip-tags",
 ];
+/// Headers a client may not set on an edge request (use_remote_address):
+/// Envoy strips them there and passes them on from internal hops.
+const EDGE_STRIPPED: &[&str] = &[
+    "x-envoy-decorator-operation",
+    "x-envoy-downstream-service-cluster",
+    "x-envoy-downstream-service-node",
+    "x-envoy-original-path",
+];
 static X_ENVOY_ORIGINAL_HOST: HeaderName = HeaderName::from_static("x-envoy-original-host");
 
 /// This machine's first non-loopback address of the same family as `like`
@@ -239,6 +247,10 @@ pub struct ConnInfo {
     /// The connection's listener config is being drained: responses carry
     /// `connection: close` so HTTP/1 clients move to the new config.
     pub draining: std::sync::atomic::AtomicBool,
+    /// The first request's head carried both content-length and
+    /// transfer-encoding (seen by the connection's read side, which hyper
+    /// does not report); Envoy answers such a request with 400.
+    pub length_conflict: std::sync::atomic::AtomicBool,
 }
 
 impl ConnInfo {
@@ -250,6 +262,7 @@ impl ConnInfo {
             idle: tokio::sync::Notify::new(),
             requests: Default::default(),
             draining: Default::default(),
+            length_conflict: Default::default(),
         }
     }
 }
@@ -275,6 +288,8 @@ struct Stream {
     /// The proxied request body's progress, read for `bytes_received` when
     /// the stream ends.
     request_progress: Option<Arc<crate::body::RequestProgress>>,
+    /// The request has a body (it did not end with its headers).
+    has_body: bool,
     client: SocketAddr,
     local: SocketAddr,
     upstream: Option<(Arc<Cluster>, Arc<Host>, Instant)>,
@@ -434,6 +449,7 @@ impl Hcm {
             details: "",
             bytes_received: 0,
             request_progress: None,
+            has_body: !http_body::Body::is_end_stream(&body),
             client,
             local: conn.local,
             upstream: None,
@@ -449,6 +465,20 @@ impl Hcm {
             r.headers_mut().insert(http::header::CONNECTION, HeaderValue::from_static("close"));
             return r;
         }
+        // Both content-length and transfer-encoding (request smuggling's
+        // tool): Envoy refuses the request as a codec error.
+        if conn.length_conflict.load(Relaxed) && stream.conn.requests.load(Relaxed) == 1 {
+            self.stats.downstream_cx_protocol_error.inc();
+            let mut r = self.local_reply(
+                stream,
+                400,
+                "http1.content_length_and_chunked_not_allowed",
+                "DPE",
+                Some("Bad Request".into()),
+            );
+            r.headers_mut().insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+            return r;
+        }
         if parts.version == http::Version::HTTP_11 && stream.authority.is_empty() {
             let mut r = self.local_reply(stream, 400, "missing_host_header", "", None);
             r.headers_mut().insert(http::header::CONNECTION, HeaderValue::from_static("close"));
@@ -460,6 +490,11 @@ impl Hcm {
         // internal callers may send.
         for h in EXTERNAL_STRIPPED {
             parts.headers.remove(*h);
+        }
+        if self.use_remote_address {
+            for h in EDGE_STRIPPED {
+                parts.headers.remove(*h);
+            }
         }
 
         // Request headers Envoy's connection manager owns.
@@ -602,7 +637,11 @@ impl Hcm {
         if let Some((k, v)) = self.filters.response_header() {
             resp.headers_mut().insert(k, HeaderValue::from_static(v));
         }
-        if stream.conn.draining.load(Relaxed) && stream.protocol != "HTTP/2" {
+        // An HTTP/1 connection closes after this response when its config
+        // drains, or when the request body has not all been read: Envoy does
+        // not wait for the rest of a request it has already answered.
+        let body_unread = stream.has_body && stream.request_progress.as_ref().is_none_or(|p| !p.done.load(Relaxed));
+        if (body_unread || stream.conn.draining.load(Relaxed)) && stream.protocol != "HTTP/2" {
             resp.headers_mut().insert(http::header::CONNECTION, HeaderValue::from_static("close"));
         }
         stream.status = resp.status().as_u16();
@@ -631,7 +670,22 @@ impl Hcm {
     /// Envoy's local reply: `text/plain` with the body, or no body at all.
     fn local_reply(
         &self,
+        stream: Box<Stream>,
+        status: u16,
+        details: &'static str,
+        flags: &'static str,
+        body: Option<String>,
+    ) -> ProxyResponse {
+        self.router_reply(stream, None, status, details, flags, body)
+    }
+
+    /// A local reply from the router, once a route matched: Envoy applies the
+    /// route's (and its virtual host's and table's) response header
+    /// mutations to it, as to an upstream response.
+    fn router_reply(
+        &self,
         mut stream: Box<Stream>,
+        matched: Option<Matched<'_>>,
         status: u16,
         details: &'static str,
         flags: &'static str,
@@ -642,7 +696,7 @@ impl Hcm {
         let mut resp = Response::new(ProxyBody::Empty);
         *resp.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         set_text_body(&mut resp, body.map(bytes::Bytes::from));
-        self.finish_response(&mut stream, &mut resp, None);
+        self.finish_response(&mut stream, &mut resp, matched);
         resp.map(|b| TrackedBody::new(b, Some(stream)))
     }
 
@@ -680,7 +734,6 @@ impl Hcm {
         if let Ok(v) = HeaderValue::from_str(&location) {
             resp.headers_mut().insert(LOCATION, v);
         }
-        resp.headers_mut().insert(CONTENT_LENGTH, HeaderValue::from_static("0"));
         self.finish_response(&mut stream, &mut resp, Some(matched));
         resp.map(|b| TrackedBody::new(b, Some(stream)))
     }
@@ -716,13 +769,20 @@ impl Hcm {
         };
         let Some(cluster) = cluster_name.and_then(|n| clusters.get(n.as_ref()).cloned()) else {
             st.no_cluster.inc();
-            return self.local_reply(stream, 503, "cluster_not_found", "NC", None);
+            return self.router_reply(stream, Some(matched), 503, "cluster_not_found", "NC", None);
         };
         stream.cluster = Some(cluster.clone());
         let Some(host) = cluster.pick() else {
             cluster.stats.upstream_cx_none_healthy.inc();
             cluster.stats.record_status(503);
-            return self.local_reply(stream, 503, "no_healthy_upstream", "UH", Some("no healthy upstream".into()));
+            return self.router_reply(
+                stream,
+                Some(matched),
+                503,
+                "no_healthy_upstream",
+                "UH",
+                Some("no healthy upstream".into()),
+            );
         };
 
         // Build the upstream request.
@@ -769,7 +829,7 @@ impl Hcm {
         };
         match uri.parse() {
             Ok(u) => parts.uri = u,
-            Err(_) => return self.local_reply(stream, 400, "invalid_path", "", None),
+            Err(_) => return self.router_reply(stream, Some(matched), 400, "invalid_path", "", None),
         }
         // The request counts as received when its body has ended (at once for a
         // request without one): that is what Envoy's request_timeout measures.
@@ -830,8 +890,9 @@ impl Hcm {
             Waited::RouteTimeout => {
                 cs.upstream_rq_timeout.inc();
                 cs.record_status(504);
-                return self.local_reply(
+                return self.router_reply(
                     stream,
+                    Some(matched),
                     504,
                     "response_timeout",
                     "UT",
@@ -856,7 +917,14 @@ impl Hcm {
                     "UF" => "upstream_reset_before_response_started{remote_connection_failure|delayed_connect_error:_Connection_refused}",
                     _ => "upstream_reset_before_response_started{connection_termination}",
                 };
-                return self.local_reply(stream, 503, details, e.response_flag(), Some(e.local_reply_body()));
+                return self.router_reply(
+                    stream,
+                    Some(matched),
+                    503,
+                    details,
+                    e.response_flag(),
+                    Some(e.local_reply_body()),
+                );
             }
         };
         let status = upstream_resp.status().as_u16();
@@ -874,17 +942,14 @@ impl Hcm {
     }
 }
 
-/// A generated body: `text/plain` with its length, or an explicit empty one.
+/// A generated body: `text/plain` with its length. An empty body gets no
+/// header: HTTP/1 then says `content-length: 0` (hyper writes it, except on
+/// 204 and 304) and HTTP/2 says nothing, as Envoy does.
 fn set_text_body(resp: &mut Response<ProxyBody>, body: Option<bytes::Bytes>) {
-    match body {
-        Some(b) if !b.is_empty() => {
-            resp.headers_mut().insert(CONTENT_LENGTH, HeaderValue::from(b.len()));
-            resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
-            *resp.body_mut() = ProxyBody::full(b);
-        }
-        _ => {
-            resp.headers_mut().insert(CONTENT_LENGTH, HeaderValue::from_static("0"));
-        }
+    if let Some(b) = body.filter(|b| !b.is_empty()) {
+        resp.headers_mut().insert(CONTENT_LENGTH, HeaderValue::from(b.len()));
+        resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        *resp.body_mut() = ProxyBody::full(b);
     }
 }
 

@@ -203,8 +203,12 @@ async fn serve_connection(
         async move { Ok::<_, Infallible>(hcm.handle(info, req).await) }
     });
     let mut config_drain = listener.draining.subscribe();
-    let io =
-        crate::h1_errors::EnvoyErrors::new(stream, listener.hcm.server_name(), hs.downstream_cx_protocol_error.clone());
+    let io = crate::h1_errors::EnvoyErrors::new(
+        stream,
+        listener.hcm.server_name(),
+        hs.downstream_cx_protocol_error.clone(),
+        conn_info.clone(),
+    );
     let conn = listener.builder.serve_connection(TokioIo::new(io), svc);
     tokio::pin!(conn);
     let mut draining = *phase.borrow() == Phase::Drain;
