@@ -1165,6 +1165,8 @@ fn retries() {
                 route: { cluster: echo, retry_policy: { retry_on: 5xx, num_retries: 2, retry_back_off: { base_interval: 0.01s } } }
               - match: { prefix: "/codes" }
                 route: { cluster: echo, retry_policy: { retry_on: retriable-status-codes, retriable_status_codes: [418], num_retries: 1 } }
+              - match: { prefix: "/pertry" }
+                route: { cluster: echo, timeout: 5s, retry_policy: { retry_on: 5xx, num_retries: 1, per_try_timeout: 0.2s } }
 "#;
     let clusters = echo_cluster() + &cluster("mixed", &["{CLOSED}", "{UP_a}"]);
     let t = bootstrap("", "", &one_vhost(routes), &clusters);
@@ -1172,7 +1174,16 @@ fn retries() {
         "retries",
         &t,
         &["a"],
-        &[get("/always/status/503"), get("/always/status/200"), get("/codes/status/418"), get("/codes/status/404")],
+        &[
+            get("/always/status/503"),
+            get("/always/status/200"),
+            get("/codes/status/418"),
+            get("/codes/status/404"),
+            // x-envoy-expected-rq-timeout-ms is the shorter per-try timeout,
+            // on the first attempt and on the retry.
+            get("/pertry/status/200"),
+            get("/pertry/status/503"),
+        ],
     );
     // A dead endpoint beside a live one: every request succeeds through retries.
     for port in [pair.envoy, pair.legate] {

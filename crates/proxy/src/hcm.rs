@@ -807,8 +807,9 @@ impl Hcm {
                 parts.headers.insert(X_ENVOY_ORIGINAL_HOST.clone(), v);
             }
         }
-        if let Some(t) = ra.timeout {
-            parts.headers.insert(X_ENVOY_EXPECTED_TIMEOUT.clone(), HeaderValue::from(t.as_millis() as u64));
+        let per_try = ra.retry.as_ref().and_then(|p| p.per_try_timeout);
+        if let Some(ms) = crate::retry::expected_timeout_ms(ra.timeout, per_try, Duration::ZERO) {
+            parts.headers.insert(X_ENVOY_EXPECTED_TIMEOUT.clone(), HeaderValue::from(ms));
         }
         {
             // Values may read the request's own headers (%REQ(...)%): a
@@ -871,7 +872,7 @@ impl Hcm {
                 };
                 request_done.received.store(bytes.len() as u64, Relaxed);
                 request_done.done.store(true, Relaxed);
-                let sent = send_with_retries(cluster.clone(), host.clone(), parts, bytes, policy);
+                let sent = send_with_retries(cluster.clone(), host.clone(), parts, bytes, policy, ra.timeout);
                 match self.await_response(sent, ra.timeout, &request_done).await {
                     Waited::Done(r) => (Waited::Done(r.0), Some(r.1)),
                     other => (other.without_value(), None),
@@ -1011,7 +1012,10 @@ async fn send_with_retries(
     parts: http::request::Parts,
     body: bytes::Bytes,
     policy: crate::retry::RetryPolicy,
+    route_timeout: Option<Duration>,
 ) -> (Result<Response<Incoming>, crate::upstream::UpstreamError>, Arc<Host>) {
+    let started = Instant::now();
+    let mut parts = parts;
     let mut host = first;
     let mut tried: Vec<std::net::SocketAddr> = Vec::new();
     let mut attempt = 0u32;
@@ -1045,6 +1049,10 @@ async fn send_with_retries(
         tried.push(host.addr);
         drop(result);
         tokio::time::sleep(policy.backoff(attempt)).await;
+        // The next attempt is told the time the route's timeout leaves.
+        if let Some(ms) = crate::retry::expected_timeout_ms(route_timeout, policy.per_try_timeout, started.elapsed()) {
+            parts.headers.insert(X_ENVOY_EXPECTED_TIMEOUT.clone(), HeaderValue::from(ms));
+        }
         // Pick the next host, avoiding earlier ones when asked to.
         let mut next = cluster.pick();
         for _ in 1..policy.host_selection_attempts.max(if policy.avoid_previous_hosts { 3 } else { 1 }) {

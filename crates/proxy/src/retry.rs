@@ -22,6 +22,25 @@ pub struct RetryPolicy {
     pub host_selection_attempts: u32,
 }
 
+/// Envoy's `x-envoy-expected-rq-timeout-ms` for an attempt begun `elapsed`
+/// after the first: the time the route's timeout leaves (at least 1 ms), or
+/// the per-try timeout when that is shorter; none when neither is set.
+pub fn expected_timeout_ms(global: Option<Duration>, per_try: Option<Duration>, elapsed: Duration) -> Option<u64> {
+    let global = global.map(|g| g.as_millis() as u64).filter(|g| *g > 0);
+    let expected = per_try.map(|p| p.as_millis() as u64).filter(|p| *p > 0).or(global)?;
+    Some(match global {
+        Some(g) => {
+            let elapsed = elapsed.as_millis() as u64;
+            if elapsed >= g {
+                1
+            } else {
+                expected.min(g - elapsed)
+            }
+        }
+        None => expected,
+    })
+}
+
 fn dur(d: &legate_api::pb::google::protobuf::Duration) -> Duration {
     Duration::new(d.seconds.max(0) as u64, d.nanos.max(0) as u32)
 }
@@ -97,6 +116,25 @@ impl RetryPolicy {
     pub fn backoff(&self, n: u32) -> Duration {
         let cap = self.base.saturating_mul(1u32 << (n.saturating_sub(1)).min(16)).min(self.max);
         cap.mul_f64(rand::random::<f64>())
+    }
+}
+
+#[cfg(test)]
+mod expected_timeout_tests {
+    use super::expected_timeout_ms;
+    use std::time::Duration;
+
+    #[test]
+    fn time_left_or_per_try() {
+        let s = Duration::from_secs;
+        let ms = Duration::from_millis;
+        assert_eq!(expected_timeout_ms(Some(s(15)), None, ms(0)), Some(15000));
+        assert_eq!(expected_timeout_ms(Some(s(15)), None, ms(400)), Some(14600));
+        assert_eq!(expected_timeout_ms(Some(s(15)), Some(ms(250)), ms(400)), Some(250));
+        assert_eq!(expected_timeout_ms(Some(s(1)), Some(ms(250)), ms(900)), Some(100));
+        assert_eq!(expected_timeout_ms(Some(s(1)), None, ms(1500)), Some(1));
+        assert_eq!(expected_timeout_ms(None, Some(ms(250)), ms(900)), Some(250));
+        assert_eq!(expected_timeout_ms(Some(s(0)), None, ms(0)), None);
     }
 }
 
