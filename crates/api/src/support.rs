@@ -186,7 +186,13 @@ const SUPPORTED_FIELDS: &[(&str, &[&str])] = &[
             "eds_cluster_config",
             "health_checks",
             "outlier_detection",
+            "circuit_breakers",
         ],
+    ),
+    ("envoy.config.cluster.v3.CircuitBreakers", &["thresholds"]),
+    (
+        "envoy.config.cluster.v3.CircuitBreakers.Thresholds",
+        &["priority", "max_connections", "max_pending_requests", "max_requests", "max_retries", "track_remaining"],
     ),
     ("envoy.config.endpoint.v3.ClusterLoadAssignment", &["cluster_name", "endpoints"]),
     (

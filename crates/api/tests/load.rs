@@ -120,11 +120,14 @@ fn unsupported_fields_are_listed_not_ignored() {
     let ok = check_bootstrap(&listener(ROUTER, "c"));
     assert!(ok.is_valid() && ok.unsupported.is_empty(), "{:?}", ok.unsupported);
     let with_breakers = listener(ROUTER, "c")
-        .replace("    connect_timeout: 1s\n", "    connect_timeout: 1s\n    circuit_breakers: {}\n");
+        .replace("    connect_timeout: 1s\n", "    connect_timeout: 1s\n    circuit_breakers: { thresholds: [{ max_requests: 5, max_connection_pools: 2 }] }\n");
     let r = check_bootstrap(&with_breakers);
     assert!(r.is_valid());
     assert_eq!(r.unsupported.len(), 1);
-    assert_eq!(r.unsupported[0].path, "static_resources.clusters[0].circuit_breakers");
+    assert_eq!(
+        r.unsupported[0].path,
+        "static_resources.clusters[0].circuit_breakers.thresholds[0].max_connection_pools"
+    );
     let with_cors = listener(ROUTER, "c").replace(
         "          - name: envoy.filters.http.router\n",
         "          - name: envoy.filters.http.cors\n            typed_config: {\"@type\": type.googleapis.com/envoy.extensions.filters.http.cors.v3.Cors}\n          - name: envoy.filters.http.router\n",

@@ -1,6 +1,6 @@
 //! A sample upstream for the demo, the tests and the benchmark. It answers
 //! every request with 200 and a JSON echo of what it received, and names
-//! itself in `x-upstream`. `/status/NNN` answers NNN; `/delay/MS` waits first.
+//! itself in `x-upstream`. `/status/NNN` answers NNN; `/delay/MS` waits first (anywhere in the path).
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -55,12 +55,18 @@ pub async fn serve(listener: tokio::net::TcpListener, args: Arc<EchoArgs>) {
 
 async fn respond(args: &EchoArgs, peer: SocketAddr, req: hyper::Request<Incoming>) -> hyper::Response<Full<Bytes>> {
     let path = req.uri().path().to_string();
+    // `/status/NNN` and `/delay/MS` may sit anywhere in the path (behind a
+    // route's own prefix such as `/api/status/503`).
+    let segment_after = |name: &str| -> Option<u64> {
+        let mut parts = path.split('/');
+        parts.by_ref().find(|p| *p == name)?;
+        parts.next()?.parse().ok()
+    };
     let mut status = args.status.unwrap_or(200);
-    if let Some(code) = path.strip_prefix("/status/") {
-        status = code.split('/').next().and_then(|c| c.parse().ok()).unwrap_or(200);
+    if let Some(code) = segment_after("status").and_then(|c| u16::try_from(c).ok()) {
+        status = code;
     }
-    if let Some(ms) = path.strip_prefix("/delay/") {
-        let ms: u64 = ms.split('/').next().and_then(|c| c.parse().ok()).unwrap_or(0);
+    if let Some(ms) = segment_after("delay") {
         tokio::time::sleep(std::time::Duration::from_millis(ms.min(60_000))).await;
     }
     let body = if args.plain {

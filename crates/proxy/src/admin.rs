@@ -411,15 +411,15 @@ fn clusters(shared: &Shared, query: Option<&str>) -> Response<Full<Bytes>> {
     for n in &names {
         let c = &map[n];
         let _ = writeln!(s, "{n}::observability_name::{n}");
-        for (k, v) in
-            [("max_connections", 1024), ("max_pending_requests", 1024), ("max_requests", 1024), ("max_retries", 3)]
-        {
-            let _ = writeln!(s, "{n}::default_priority::{k}::{v}");
-        }
-        for (k, v) in
-            [("max_connections", 1024), ("max_pending_requests", 1024), ("max_requests", 1024), ("max_retries", 3)]
-        {
-            let _ = writeln!(s, "{n}::high_priority::{k}::{v}");
+        for (priority, t) in [("default_priority", &c.breakers.default), ("high_priority", &c.breakers.high)] {
+            for (k, r) in [
+                ("max_connections", &t.connections),
+                ("max_pending_requests", &t.pending),
+                ("max_requests", &t.requests),
+                ("max_retries", &t.retries),
+            ] {
+                let _ = writeln!(s, "{n}::{priority}::{k}::{}", r.max());
+            }
         }
         let _ = writeln!(s, "{n}::added_via_api::false");
         for h in c.hosts.load().all.iter() {

@@ -162,6 +162,10 @@ pub struct ClusterStats {
     pub update_success: Arc<Counter>,
     pub upstream_rq_retry: Arc<Counter>,
     pub upstream_rq_retry_success: Arc<Counter>,
+    pub upstream_rq_pending_overflow: Arc<Counter>,
+    pub upstream_rq_active_overflow: Arc<Counter>,
+    pub upstream_cx_overflow: Arc<Counter>,
+    pub upstream_rq_retry_overflow: Arc<Counter>,
     prefix: String,
     store: Arc<Store>,
 }
@@ -196,6 +200,10 @@ impl ClusterStats {
             update_success: c("update_success"),
             upstream_rq_retry: c("upstream_rq_retry"),
             upstream_rq_retry_success: c("upstream_rq_retry_success"),
+            upstream_rq_pending_overflow: c("upstream_rq_pending_overflow"),
+            upstream_rq_active_overflow: c("upstream_rq_active_overflow"),
+            upstream_cx_overflow: c("upstream_cx_overflow"),
+            upstream_rq_retry_overflow: c("upstream_rq_retry_overflow"),
             prefix: p,
             store: store.clone(),
         }
@@ -270,6 +278,7 @@ pub struct Cluster {
     pub connect_timeout: Duration,
     pub http2: bool,
     pub stats: ClusterStats,
+    pub breakers: crate::breakers::CircuitBreakers,
     pub pools: crate::upstream::Pools,
     lb: Box<[Mutex<WorkerLb>]>,
     /// For DNS clusters: (hostname, port, weight, priority) to resolve.
@@ -365,6 +374,7 @@ impl Cluster {
             hosts: ArcSwap::from_pointee(set),
             connect_timeout: duration(&c.connect_timeout, Duration::from_secs(5)),
             http2,
+            breakers: crate::breakers::CircuitBreakers::compile(c.circuit_breakers.as_ref(), store, &c.name),
             stats,
             pools: crate::upstream::Pools::new(workers),
             lb: (0..=workers).map(|_| Mutex::new(WorkerLb::default())).collect(),

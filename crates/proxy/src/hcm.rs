@@ -48,6 +48,7 @@ const EDGE_STRIPPED: &[&str] = &[
     "x-envoy-downstream-service-node",
     "x-envoy-original-path",
 ];
+static X_ENVOY_OVERLOADED: HeaderName = HeaderName::from_static("x-envoy-overloaded");
 static X_ENVOY_ORIGINAL_HOST: HeaderName = HeaderName::from_static("x-envoy-original-host");
 
 /// This machine's first non-loopback address of the same family as `like`
@@ -290,6 +291,8 @@ struct Stream {
     request_progress: Option<Arc<crate::body::RequestProgress>>,
     /// The request has a body (it did not end with its headers).
     has_body: bool,
+    /// The cluster's `max_requests` slot, held until the response ends.
+    rq_slot: Option<crate::breakers::Slot>,
     client: SocketAddr,
     local: SocketAddr,
     upstream: Option<(Arc<Cluster>, Arc<Host>, Instant)>,
@@ -315,6 +318,7 @@ impl Finish for Stream {
             cs.upstream_rq_completed.inc();
             cs.upstream_rq_time.record(started.elapsed().as_secs_f64() * 1000.0);
             host.rq_active.fetch_sub(1, Relaxed);
+            cluster.pools.release();
             if (500..600).contains(&self.status) || !complete {
                 host.rq_error.fetch_add(1, Relaxed);
             } else {
@@ -450,6 +454,7 @@ impl Hcm {
             bytes_received: 0,
             request_progress: None,
             has_body: !http_body::Body::is_end_stream(&body),
+            rq_slot: None,
             client,
             local: conn.local,
             upstream: None,
@@ -738,6 +743,22 @@ impl Hcm {
         resp.map(|b| TrackedBody::new(b, Some(stream)))
     }
 
+    /// A circuit breaker's answer: 503 `UO` with `x-envoy-overloaded`.
+    fn overflow_reply(&self, stream: Box<Stream>, cluster: &Cluster, matched: Matched<'_>) -> ProxyResponse {
+        cluster.stats.record_status(503);
+        let body = crate::upstream::UpstreamError::Overflow.local_reply_body();
+        let mut r = self.router_reply(
+            stream,
+            Some(matched),
+            503,
+            "upstream_reset_before_response_started{overflow}",
+            "UO",
+            Some(body),
+        );
+        r.headers_mut().insert(X_ENVOY_OVERLOADED.clone(), HeaderValue::from_static("true"));
+        r
+    }
+
     async fn forward(
         self: &Arc<Self>,
         mut stream: Box<Stream>,
@@ -859,8 +880,11 @@ impl Hcm {
         let (result, final_host) = match retry {
             None => {
                 let req = Request::from_parts(parts, ProxyBody::watched(body, request_done.clone()));
-                let sent = async { (crate::upstream::send(&cluster, &host, req).await, host.clone()) };
-                match self.await_response(sent, ra.timeout, &request_done).await {
+                let mut slot = None;
+                let sent = async { (crate::upstream::send(&cluster, &host, req, &mut slot).await, host.clone()) };
+                let waited = self.await_response(sent, ra.timeout, &request_done).await;
+                stream.rq_slot = slot;
+                match waited {
                     Waited::Done(r) => (Waited::Done(r.0), Some(r.1)),
                     other => (other.without_value(), None),
                 }
@@ -872,8 +896,12 @@ impl Hcm {
                 };
                 request_done.received.store(bytes.len() as u64, Relaxed);
                 request_done.done.store(true, Relaxed);
-                let sent = send_with_retries(cluster.clone(), host.clone(), parts, bytes, policy, ra.timeout);
-                match self.await_response(sent, ra.timeout, &request_done).await {
+                let mut slot = None;
+                let sent =
+                    send_with_retries(cluster.clone(), host.clone(), parts, bytes, policy, ra.timeout, &mut slot);
+                let waited = self.await_response(sent, ra.timeout, &request_done).await;
+                stream.rq_slot = slot;
+                match waited {
                     Waited::Done(r) => (Waited::Done(r.0), Some(r.1)),
                     other => (other.without_value(), None),
                 }
@@ -909,6 +937,7 @@ impl Hcm {
         };
         let upstream_resp = match result {
             Ok(r) => r,
+            Err(crate::upstream::UpstreamError::Overflow) => return self.overflow_reply(stream, &cluster, matched),
             Err(e) => {
                 cs.record_status(503);
                 if e.response_flag() == "UF" {
@@ -1013,6 +1042,7 @@ async fn send_with_retries(
     body: bytes::Bytes,
     policy: crate::retry::RetryPolicy,
     route_timeout: Option<Duration>,
+    rq_slot: &mut Option<crate::breakers::Slot>,
 ) -> (Result<Response<Incoming>, crate::upstream::UpstreamError>, Arc<Host>) {
     let started = Instant::now();
     let mut parts = parts;
@@ -1024,7 +1054,7 @@ async fn send_with_retries(
         *req.method_mut() = parts.method.clone();
         *req.uri_mut() = parts.uri.clone();
         *req.headers_mut() = parts.headers.clone();
-        let sent = crate::upstream::send(&cluster, &host, req);
+        let sent = crate::upstream::send(&cluster, &host, req, rq_slot);
         let result = match policy.per_try_timeout {
             Some(t) => {
                 tokio::time::timeout(t, sent).await.unwrap_or(Err(crate::upstream::UpstreamError::PerTryTimeout))
@@ -1041,9 +1071,13 @@ async fn send_with_retries(
             }
             return (result, host);
         }
-        if let Ok(r) = &result {
-            cluster.stats.record_status(r.status().as_u16());
-        }
+        // A retried response is not counted in upstream_rq_<code>: Envoy
+        // counts the response the downstream gets.
+        // max_retries: retries in flight across the cluster.
+        let Some(_retry_slot) = cluster.breakers.default.retries.try_acquire() else {
+            cluster.stats.upstream_rq_retry_overflow.inc();
+            return (result, host);
+        };
         attempt += 1;
         cluster.stats.upstream_rq_retry.inc();
         tried.push(host.addr);

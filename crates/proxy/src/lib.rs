@@ -11,6 +11,7 @@
 pub mod access_log;
 pub mod admin;
 pub mod body;
+pub mod breakers;
 pub mod cluster;
 pub mod datasource;
 pub mod dns;

@@ -108,6 +108,8 @@ impl RetryPolicy {
             UpstreamError::Handshake(_) | UpstreamError::Reset(_) => self.reset || self.five_xx,
             // A per-try timeout counts as a 504.
             UpstreamError::PerTryTimeout => self.retry_status(504),
+            // Envoy never retries a circuit breaker's overflow.
+            UpstreamError::Overflow => false,
         }
     }
 

@@ -5,6 +5,13 @@
 //! indexed by worker, so its mutex is only ever taken by one thread. HTTP/1.1:
 //! a list of idle senders per host; one that is still busy with a previous
 //! response body is skipped. HTTP/2: one multiplexed connection per host.
+//!
+//! Circuit breakers (see `breakers`): a request that finds no ready
+//! connection is pending until it has one, within `max_pending_requests`; a
+//! new connection needs room under `max_connections` (counted across
+//! workers), except the first to a host in this worker's pool, which Envoy
+//! always allows. A pending HTTP/1.1 request past the connection limit waits
+//! for one of the host's connections to become ready.
 
 use crate::body::ProxyBody;
 use crate::cluster::{Cluster, Host};
@@ -24,20 +31,34 @@ const MAX_IDLE_PER_HOST: usize = 256;
 struct HostPool {
     h1: Vec<http1::SendRequest<ProxyBody>>,
     h2: Option<http2::SendRequest<ProxyBody>>,
+    /// Connections this worker has open to the host.
+    open: usize,
 }
 
 pub struct Pools {
     per_worker: Box<[Mutex<HashMap<SocketAddr, HostPool>>]>,
+    /// Woken when an upstream response ends, so that requests pending for a
+    /// connection look again; `waiting` counts them so that the common case
+    /// (nobody waiting) costs one atomic load, not the Notify's lock.
+    pub released: tokio::sync::Notify,
+    pub waiting: std::sync::atomic::AtomicUsize,
 }
 
 impl Pools {
     pub fn new(workers: usize) -> Self {
-        Self { per_worker: (0..=workers).map(|_| Mutex::new(HashMap::new())).collect() }
+        Self {
+            per_worker: (0..=workers).map(|_| Mutex::new(HashMap::new())).collect(),
+            released: tokio::sync::Notify::new(),
+            waiting: Default::default(),
+        }
     }
 
     fn mine(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, HostPool>> {
-        let w = crate::stats::worker_index() % self.per_worker.len();
-        self.per_worker[w].lock().unwrap_or_else(|e| e.into_inner())
+        self.worker(crate::stats::worker_index())
+    }
+
+    fn worker(&self, w: usize) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, HostPool>> {
+        self.per_worker[w % self.per_worker.len()].lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -55,6 +76,9 @@ pub enum UpstreamError {
     /// A retry policy's per_try_timeout ran out on the last attempt.
     #[error("per-try timeout")]
     PerTryTimeout,
+    /// A circuit breaker is open (pending requests or requests).
+    #[error("overflow")]
+    Overflow,
 }
 
 impl UpstreamError {
@@ -72,6 +96,9 @@ impl UpstreamError {
                 "upstream connect error or disconnect/reset before headers. reset reason: connection termination".into()
             }
             Self::PerTryTimeout => "upstream request timeout".into(),
+            Self::Overflow => {
+                "upstream connect error or disconnect/reset before headers. reset reason: overflow".into()
+            }
         }
     }
     /// Envoy's response flag: UF (connect failure) or UC (connection termination).
@@ -80,12 +107,19 @@ impl UpstreamError {
             Self::ConnectTimeout | Self::ConnectFailure(_) => "UF",
             Self::Handshake(_) | Self::Reset(_) => "UC",
             Self::PerTryTimeout => "UT",
+            Self::Overflow => "UO",
         }
     }
 }
 
-async fn connect_tcp(cluster: &Cluster, host: &Host) -> Result<tokio::net::TcpStream, UpstreamError> {
+async fn connect_tcp(
+    cluster: &Cluster,
+    host: &Host,
+) -> Result<(tokio::net::TcpStream, crate::breakers::Slot), UpstreamError> {
     let stats = &cluster.stats;
+    // Room was checked (or waived) by the caller; the slot counts the
+    // connection for as long as it lives.
+    let slot = cluster.breakers.default.connections.acquire_anyway();
     let stream = match tokio::time::timeout(cluster.connect_timeout, tokio::net::TcpStream::connect(host.addr)).await {
         Err(_) => {
             stats.upstream_cx_connect_timeout.inc();
@@ -105,78 +139,152 @@ async fn connect_tcp(cluster: &Cluster, host: &Host) -> Result<tokio::net::TcpSt
     stats.upstream_cx_active.inc();
     host.cx_total.fetch_add(1, Relaxed);
     host.cx_active.fetch_add(1, Relaxed);
-    Ok(stream)
+    Ok((stream, slot))
 }
 
 /// Runs a connection's I/O task and keeps the gauges right when it ends.
-fn spawn_conn<F>(cluster: &Arc<Cluster>, host: &Arc<Host>, conn: F)
+fn spawn_conn<F>(cluster: &Arc<Cluster>, host: &Arc<Host>, slot: crate::breakers::Slot, conn: F)
 where
     F: std::future::Future<Output = Result<(), hyper::Error>> + Send + 'static,
 {
     let (cluster, host) = (cluster.clone(), host.clone());
+    let worker_pools = crate::stats::worker_index();
     tokio::spawn(async move {
         let _ = conn.await;
+        drop(slot);
+        if let Some(p) = cluster.pools.worker(worker_pools).get_mut(&host.addr) {
+            p.open = p.open.saturating_sub(1);
+        }
         cluster.stats.upstream_cx_active.dec();
         cluster.stats.upstream_cx_destroy.inc();
         host.cx_active.fetch_sub(1, Relaxed);
     });
 }
 
-/// Sends `req` to `host` on a pooled connection (or a new one).
+/// Sends `req` to `host` on a pooled connection (or a new one). Once it has
+/// a connection the request takes one of the cluster's `max_requests` slots,
+/// left in `rq_slot` for the caller to hold until the response has ended.
 pub async fn send(
     cluster: &Arc<Cluster>,
     host: &Arc<Host>,
     req: http::Request<ProxyBody>,
+    rq_slot: &mut Option<crate::breakers::Slot>,
 ) -> Result<http::Response<Incoming>, UpstreamError> {
-    let result = if cluster.http2 { send_h2(cluster, host, req).await } else { send_h1(cluster, host, req).await };
-    if let Some(o) = &cluster.outlier {
+    let result = if cluster.http2 {
+        send_h2(cluster, host, req, rq_slot).await
+    } else {
+        send_h1(cluster, host, req, rq_slot).await
+    };
+    // An overflow never reached the host: not its failure.
+    if let (Some(o), false) = (&cluster.outlier, matches!(result, Err(UpstreamError::Overflow))) {
         o.record(cluster, host, result.as_ref().ok().map(|r| r.status().as_u16()));
     }
     result
+}
+
+/// The request's `max_requests` slot, taken as it is put on a connection
+/// (Envoy checks there, after any wait for the connection).
+fn take_request_slot(cluster: &Cluster, rq_slot: &mut Option<crate::breakers::Slot>) -> Result<(), UpstreamError> {
+    match cluster.breakers.default.requests.try_acquire() {
+        Some(s) => {
+            *rq_slot = Some(s);
+            Ok(())
+        }
+        None => {
+            cluster.stats.upstream_rq_active_overflow.inc();
+            Err(UpstreamError::Overflow)
+        }
+    }
+}
+
+fn return_h1(cluster: &Cluster, host: &Host, sender: http1::SendRequest<ProxyBody>) {
+    let mut pools = cluster.pools.mine();
+    let pool = pools.entry(host.addr).or_default();
+    if pool.h1.len() < MAX_IDLE_PER_HOST {
+        pool.h1.push(sender);
+    }
 }
 
 async fn send_h1(
     cluster: &Arc<Cluster>,
     host: &Arc<Host>,
     mut req: http::Request<ProxyBody>,
+    rq_slot: &mut Option<crate::breakers::Slot>,
 ) -> Result<http::Response<Incoming>, UpstreamError> {
     *req.version_mut() = http::Version::HTTP_11;
-    let pooled = {
-        let mut pools = cluster.pools.mine();
-        let pool = pools.entry(host.addr).or_default();
-        pool.h1.retain(|s| !s.is_closed());
-        pool.h1.iter().position(|s| s.is_ready()).map(|i| pool.h1.swap_remove(i))
-    };
-    let mut sender = match pooled {
+    let mut sender = match checkout_h1(cluster, host).0 {
         Some(s) => s,
         None => {
-            let stream = connect_tcp(cluster, host).await?;
-            let (sender, conn) =
-                http1::Builder::new().handshake(TokioIo::new(stream)).await.map_err(UpstreamError::Handshake)?;
-            cluster.stats.upstream_cx_http1_total.inc();
-            spawn_conn(cluster, host, conn);
-            sender
+            // No ready connection: the request is pending until it has one.
+            let Some(_pending) = cluster.breakers.default.pending.try_acquire() else {
+                cluster.stats.upstream_rq_pending_overflow.inc();
+                return Err(UpstreamError::Overflow);
+            };
+            cluster.stats.upstream_rq_pending_total.inc();
+            let mut overflow_counted = false;
+            loop {
+                let (ready, open_here) = checkout_h1(cluster, host);
+                if let Some(s) = ready {
+                    break s;
+                }
+                if cluster.breakers.default.connections.can_create() || open_here == 0 {
+                    break connect_h1(cluster, host).await?;
+                }
+                if !overflow_counted {
+                    cluster.stats.upstream_cx_overflow.inc();
+                    overflow_counted = true;
+                }
+                // Wait for a response to end somewhere in the cluster; look
+                // again now and then in case the wake-up raced the check.
+                cluster.pools.waiting.fetch_add(1, Relaxed);
+                tokio::select! {
+                    _ = cluster.pools.released.notified() => {}
+                    _ = tokio::time::sleep(Duration::from_millis(5)) => {}
+                }
+                cluster.pools.waiting.fetch_sub(1, Relaxed);
+            }
         }
     };
+    if let Err(e) = take_request_slot(cluster, rq_slot) {
+        return_h1(cluster, host, sender);
+        return Err(e);
+    }
     // Envoy counts a request once it is on a connection (not on connect failure).
     cluster.stats.upstream_rq_total.inc();
     let result = sender.send_request(req).await.map_err(UpstreamError::Reset);
     // Back to the pool at once: it becomes ready again when the response body
     // has been read, and checkout skips it until then.
     if result.is_ok() && !sender.is_closed() {
-        let mut pools = cluster.pools.mine();
-        let pool = pools.entry(host.addr).or_default();
-        if pool.h1.len() < MAX_IDLE_PER_HOST {
-            pool.h1.push(sender);
-        }
+        return_h1(cluster, host, sender);
     }
     result
+}
+
+/// A ready pooled HTTP/1.1 sender for `host`, and how many connections this
+/// worker has open to it.
+fn checkout_h1(cluster: &Cluster, host: &Host) -> (Option<http1::SendRequest<ProxyBody>>, usize) {
+    let mut pools = cluster.pools.mine();
+    let pool = pools.entry(host.addr).or_default();
+    pool.h1.retain(|s| !s.is_closed());
+    let ready = pool.h1.iter().position(|s| s.is_ready()).map(|i| pool.h1.swap_remove(i));
+    (ready, pool.open)
+}
+
+async fn connect_h1(cluster: &Arc<Cluster>, host: &Arc<Host>) -> Result<http1::SendRequest<ProxyBody>, UpstreamError> {
+    let (stream, slot) = connect_tcp(cluster, host).await?;
+    let (sender, conn) =
+        http1::Builder::new().handshake(TokioIo::new(stream)).await.map_err(UpstreamError::Handshake)?;
+    cluster.stats.upstream_cx_http1_total.inc();
+    cluster.pools.mine().entry(host.addr).or_default().open += 1;
+    spawn_conn(cluster, host, slot, conn);
+    Ok(sender)
 }
 
 async fn send_h2(
     cluster: &Arc<Cluster>,
     host: &Arc<Host>,
     mut req: http::Request<ProxyBody>,
+    rq_slot: &mut Option<crate::breakers::Slot>,
 ) -> Result<http::Response<Incoming>, UpstreamError> {
     *req.version_mut() = http::Version::HTTP_2;
     let existing = {
@@ -193,21 +301,45 @@ async fn send_h2(
     let mut sender = match existing {
         Some(s) => s,
         None => {
-            let stream = connect_tcp(cluster, host).await?;
+            // Pending while the connection is made.
+            let Some(_pending) = cluster.breakers.default.pending.try_acquire() else {
+                cluster.stats.upstream_rq_pending_overflow.inc();
+                return Err(UpstreamError::Overflow);
+            };
+            cluster.stats.upstream_rq_pending_total.inc();
+            if !cluster.breakers.default.connections.can_create() {
+                cluster.stats.upstream_cx_overflow.inc();
+            }
+            let (stream, slot) = connect_tcp(cluster, host).await?;
             let (sender, conn) = http2::Builder::new(TokioExecutor::new())
                 .keep_alive_interval(None)
                 .handshake(TokioIo::new(stream))
                 .await
                 .map_err(UpstreamError::Handshake)?;
             cluster.stats.upstream_cx_http2_total.inc();
-            spawn_conn(cluster, host, conn);
-            cluster.pools.mine().entry(host.addr).or_default().h2 = Some(sender.clone());
+            spawn_conn(cluster, host, slot, conn);
+            {
+                let mut pools = cluster.pools.mine();
+                let pool = pools.entry(host.addr).or_default();
+                pool.h2 = Some(sender.clone());
+                pool.open += 1;
+            }
             sender
         }
     };
     sender.ready().await.map_err(UpstreamError::Reset)?;
+    take_request_slot(cluster, rq_slot)?;
     cluster.stats.upstream_rq_total.inc();
     sender.send_request(req).await.map_err(UpstreamError::Reset)
+}
+
+impl Pools {
+    /// An upstream response has ended: its connection is ready again.
+    pub fn release(&self) {
+        if self.waiting.load(Relaxed) > 0 {
+            self.released.notify_waiters();
+        }
+    }
 }
 
 /// How long an idle pool may keep connections (Envoy's default upstream idle timeout is 1h).

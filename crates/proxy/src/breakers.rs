@@ -1,0 +1,159 @@
+//! Circuit breakers: a cluster's limits on connections, pending requests,
+//! requests and retries in flight, as Envoy's `circuit_breakers.thresholds`
+//! define them (defaults 1024 / 1024 / 1024 / 3).
+//!
+//! Each limit is one atomic counter shared by every worker (Envoy's resource
+//! manager is per cluster, not per worker). Taking a slot is one `fetch_add`
+//! (and a `fetch_sub` when over the limit); the slot gives it back when
+//! dropped. The `circuit_breakers.<priority>.*_open` gauges (and, with
+//! `track_remaining`, `remaining_*`) follow every change.
+
+use crate::stats::{Gauge, Store};
+use legate_api::pb::envoy::config::cluster::v3::CircuitBreakers as PbCircuitBreakers;
+use legate_api::pb::envoy::config::core::v3::RoutingPriority;
+use std::sync::atomic::{
+    AtomicU64,
+    Ordering::{AcqRel, Acquire},
+};
+use std::sync::Arc;
+
+/// One limited resource.
+pub struct Resource {
+    max: u64,
+    current: AtomicU64,
+    open: Arc<Gauge>,
+    remaining: Option<Arc<Gauge>>,
+}
+
+impl Resource {
+    fn new(max: u64, open: Arc<Gauge>, remaining: Option<Arc<Gauge>>) -> Arc<Self> {
+        let r = Arc::new(Self { max, current: AtomicU64::new(0), open, remaining });
+        r.show(0);
+        r
+    }
+
+    pub fn max(&self) -> u64 {
+        self.max
+    }
+
+    /// Whether one more would fit now.
+    pub fn can_create(&self) -> bool {
+        self.current.load(Acquire) < self.max
+    }
+
+    /// A slot, or `None` when the limit is reached (the caller counts the overflow).
+    pub fn try_acquire(self: &Arc<Self>) -> Option<Slot> {
+        let before = self.current.fetch_add(1, AcqRel);
+        if before >= self.max {
+            self.current.fetch_sub(1, AcqRel);
+            return None;
+        }
+        self.show(before + 1);
+        Some(Slot(self.clone()))
+    }
+
+    /// A slot even past the limit: Envoy opens a connection to a host that
+    /// has none at all, whatever the connection limit says.
+    pub fn acquire_anyway(self: &Arc<Self>) -> Slot {
+        let now = self.current.fetch_add(1, AcqRel) + 1;
+        self.show(now);
+        Slot(self.clone())
+    }
+
+    fn show(&self, now: u64) {
+        self.open.set(i64::from(now >= self.max));
+        if let Some(r) = &self.remaining {
+            r.set(self.max.saturating_sub(now) as i64);
+        }
+    }
+}
+
+/// A taken unit of a resource, given back on drop.
+pub struct Slot(Arc<Resource>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let now = self.0.current.fetch_sub(1, AcqRel).saturating_sub(1);
+        self.0.show(now);
+    }
+}
+
+/// The limits of one routing priority.
+pub struct Thresholds {
+    pub connections: Arc<Resource>,
+    pub pending: Arc<Resource>,
+    pub requests: Arc<Resource>,
+    pub retries: Arc<Resource>,
+}
+
+/// A cluster's breakers: `default` is what routes use (Legate routes at the
+/// default priority); `high` is kept for `/clusters` and its gauges.
+pub struct CircuitBreakers {
+    pub default: Thresholds,
+    pub high: Thresholds,
+}
+
+impl CircuitBreakers {
+    pub fn compile(pb: Option<&PbCircuitBreakers>, store: &Store, cluster: &str) -> Self {
+        let find = |p: RoutingPriority| pb.and_then(|cb| cb.thresholds.iter().find(|t| t.priority == p as i32));
+        let build = |p: RoutingPriority, name: &str| {
+            let t = find(p);
+            let value = |v: Option<u32>, default: u64| v.map_or(default, u64::from);
+            let track = t.is_some_and(|t| t.track_remaining);
+            let prefix = format!("cluster.{cluster}.circuit_breakers.{name}.");
+            let res = |max: u64, open: &str, remaining: &str| {
+                let remaining = track.then(|| store.gauge(&format!("{prefix}{remaining}")));
+                Resource::new(max, store.gauge(&format!("{prefix}{open}")), remaining)
+            };
+            Thresholds {
+                connections: res(
+                    value(t.and_then(|t| t.max_connections.map(|v| v.value)), 1024),
+                    "cx_open",
+                    "remaining_cx",
+                ),
+                pending: res(
+                    value(t.and_then(|t| t.max_pending_requests.map(|v| v.value)), 1024),
+                    "rq_pending_open",
+                    "remaining_pending",
+                ),
+                requests: res(value(t.and_then(|t| t.max_requests.map(|v| v.value)), 1024), "rq_open", "remaining_rq"),
+                retries: res(
+                    value(t.and_then(|t| t.max_retries.map(|v| v.value)), 3),
+                    "rq_retry_open",
+                    "remaining_retries",
+                ),
+            }
+        };
+        // Envoy also keeps a connection-pool gauge per priority; pools are
+        // not limited here (max_connection_pools is not supported), so it
+        // stays closed.
+        for name in ["default", "high"] {
+            store.gauge(&format!("cluster.{cluster}.circuit_breakers.{name}.cx_pool_open"));
+        }
+        Self { default: build(RoutingPriority::Default, "default"), high: build(RoutingPriority::High, "high") }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_are_limited_and_given_back() {
+        let store = Store::default();
+        let open = store.gauge("open");
+        let r = Resource::new(2, open.clone(), Some(store.gauge("remaining")));
+        let a = r.try_acquire().expect("first");
+        let b = r.try_acquire().expect("second");
+        assert!(r.try_acquire().is_none(), "third is over the limit");
+        assert_eq!(open.value(), 1);
+        drop(a);
+        assert_eq!(open.value(), 0);
+        assert!(r.can_create());
+        let c = r.try_acquire().expect("freed slot");
+        let forced = r.acquire_anyway();
+        assert!(!r.can_create());
+        drop((b, c, forced));
+        assert_eq!(store.gauge("remaining").value(), 2);
+    }
+}
