@@ -145,6 +145,11 @@ pub struct ClusterStats {
     /// `upstream_rq_1xx`..`5xx`: created on first use, like Envoy's.
     upstream_rq_class: [OnceLock<Arc<Counter>>; 5],
     upstream_rq_code: Box<[OnceLock<Arc<Counter>>]>,
+    /// The same under `external.` (every request is external to Envoy 1.40
+    /// without internal_address_config), with `external.upstream_rq_completed`.
+    external_rq_class: [OnceLock<Arc<Counter>>; 5],
+    external_rq_code: Box<[OnceLock<Arc<Counter>>]>,
+    external_rq_completed: OnceLock<Arc<Counter>>,
     pub upstream_cx_total: Arc<Counter>,
     pub upstream_cx_active: Arc<Gauge>,
     pub upstream_cx_http1_total: Arc<Counter>,
@@ -183,6 +188,9 @@ impl ClusterStats {
             upstream_rq_time: store.histogram(&format!("{p}upstream_rq_time")),
             upstream_rq_class: Default::default(),
             upstream_rq_code: (0..600).map(|_| OnceLock::new()).collect(),
+            external_rq_class: Default::default(),
+            external_rq_code: (0..600).map(|_| OnceLock::new()).collect(),
+            external_rq_completed: OnceLock::new(),
             upstream_cx_total: c("upstream_cx_total"),
             upstream_cx_active: g("upstream_cx_active"),
             upstream_cx_http1_total: c("upstream_cx_http1_total"),
@@ -220,6 +228,15 @@ impl ClusterStats {
         if let Some(slot) = self.upstream_rq_code.get(status as usize) {
             slot.get_or_init(|| self.store.counter(&format!("{}upstream_rq_{status}", self.prefix))).inc();
         }
+        if let Some(slot) = class.checked_sub(1).and_then(|i| self.external_rq_class.get(i)) {
+            slot.get_or_init(|| self.store.counter(&format!("{}external.upstream_rq_{class}xx", self.prefix))).inc();
+        }
+        if let Some(slot) = self.external_rq_code.get(status as usize) {
+            slot.get_or_init(|| self.store.counter(&format!("{}external.upstream_rq_{status}", self.prefix))).inc();
+        }
+        self.external_rq_completed
+            .get_or_init(|| self.store.counter(&format!("{}external.upstream_rq_completed", self.prefix)))
+            .inc();
     }
 }
 
