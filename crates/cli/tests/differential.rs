@@ -114,6 +114,10 @@ fn start_pair(name: &str, template: &str, upstreams: &[&str]) -> Pair {
         for (u, port) in &ups {
             s = s.replace(&format!("{{UP_{u}}}"), &port.to_string());
         }
+        // Dead endpoints: {CLOSED}, and distinct ones as {CLOSED2}, {CLOSED3}...
+        for i in 2..6 {
+            s = s.replace(&format!("{{CLOSED{i}}}"), &free_port().to_string());
+        }
         s.replace("{CLOSED}", &free_port().to_string())
     };
     let (envoy, envoy_admin, legate, legate_admin) = (free_port(), free_port(), free_port(), free_port());
@@ -1354,4 +1358,82 @@ fn circuit_breakers() {
         body.lines().filter(|l| l.contains("_priority::")).map(str::to_string).collect::<Vec<_>>()
     };
     assert_eq!(limits(pair.envoy_admin), limits(pair.legate_admin), "/clusters thresholds");
+}
+
+/// A health-checked cluster whose priority levels hold `levels` (each a list
+/// of endpoint port placeholders), with extra cluster fields.
+fn prioritized(name: &str, levels: &[&[&str]], extra: &str) -> String {
+    let hc = "    health_checks: [{ timeout: 0.5s, interval: 0.2s, unhealthy_threshold: 1, healthy_threshold: 1, tcp_health_check: {} }]\n";
+    let groups: Vec<String> = levels
+        .iter()
+        .enumerate()
+        .map(|(p, ports)| {
+            let eps: Vec<String> = ports
+                .iter()
+                .map(|port| format!("{{ endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {port} }} }} }} }}"))
+                .collect();
+            format!("{{ priority: {p}, lb_endpoints: [{}] }}", eps.join(", "))
+        })
+        .collect();
+    format!(
+        "  - name: {name}\n    connect_timeout: 0.5s\n{hc}{extra}    load_assignment: {{ cluster_name: {name}, endpoints: [{}] }}\n",
+        groups.join(", ")
+    )
+}
+
+/// How `n` requests to `path` ended: count per answering upstream (or status).
+fn spread(port: u16, path: &str, n: usize) -> BTreeMap<String, usize> {
+    let mut m = BTreeMap::new();
+    for _ in 0..n {
+        let r = send(port, &get(path));
+        let key = r.header("x-upstream").map_or_else(|| format!("status {}", r.status), str::to_string);
+        *m.entry(key).or_insert(0) += 1;
+    }
+    m
+}
+
+#[test]
+fn priority_failover_and_panic() {
+    let routes = r#"              - { match: { prefix: "/spill" }, route: { cluster: spill } }
+              - { match: { prefix: "/panic" }, route: { cluster: panic } }
+              - { match: { prefix: "/nopanic" }, route: { cluster: nopanic } }
+"#;
+    // spill: P0 has one live host of two (availability 1.4 × 50 % = 70 %),
+    // so 30 % of requests spill to P1.
+    // panic: P0 one live of four, P1 all dead: total availability 35 % and
+    // both levels under the 50 % threshold: total panic, load by host count
+    // (4/5 to P0's four hosts, 1/5 to P1's dead one).
+    // nopanic: the same with healthy_panic_threshold 0: only the live host.
+    let clusters = prioritized("spill", &[&["{UP_a}", "{CLOSED}"], &["{UP_b}"]], "")
+        + &prioritized("panic", &[&["{UP_a}", "{CLOSED2}", "{CLOSED3}", "{CLOSED4}"], &["{CLOSED5}"]], "")
+        + &prioritized(
+            "nopanic",
+            &[&["{UP_a}", "{CLOSED2}", "{CLOSED3}", "{CLOSED4}"], &["{CLOSED5}"]],
+            "    common_lb_config: { healthy_panic_threshold: { value: 0 } }\n",
+        );
+    let t = bootstrap("", "", &one_vhost(routes), &clusters);
+    let pair = start_pair("priorities", &t, &["a", "b"]);
+    // Let the first health checks mark the dead endpoints.
+    for admin in [pair.envoy_admin, pair.legate_admin] {
+        wait_for("health checks to fail the dead endpoints", Duration::from_secs(10), || {
+            let body = http_get(addr(admin), "/clusters", "admin").ok()?.body;
+            (body.matches("health_flags::/failed_active_hc").count() >= 9).then_some(())
+        });
+    }
+    let n = 300;
+    for path in ["/spill", "/panic", "/nopanic"] {
+        let e = spread(pair.envoy, path, n);
+        let l = spread(pair.legate, path, n);
+        let keys: std::collections::BTreeSet<&String> = e.keys().chain(l.keys()).collect();
+        for k in keys {
+            let (a, b) = (*e.get(k).unwrap_or(&0) as f64 / n as f64, *l.get(k).unwrap_or(&0) as f64 / n as f64);
+            assert!((a - b).abs() <= 0.10, "{path} {k}: Envoy {a:.2}, Legate {b:.2} (Envoy {e:?}, Legate {l:?})");
+        }
+        println!("{path}: Envoy {e:?}, Legate {l:?}");
+    }
+    let panics = |admin: u16, c: &str| stat(admin, &format!("cluster.{c}.lb_healthy_panic")).unwrap_or(0);
+    for c in ["spill", "nopanic"] {
+        assert_eq!((panics(pair.envoy_admin, c), panics(pair.legate_admin, c)), (0, 0), "{c}");
+    }
+    assert!(panics(pair.envoy_admin, "panic") >= n as i64 && panics(pair.legate_admin, "panic") >= n as i64);
 }

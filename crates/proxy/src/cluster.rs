@@ -94,45 +94,128 @@ impl Host {
     }
 }
 
-/// The hosts of a cluster at one moment; replaced whole when DNS (or later EDS)
-/// changes them.
+/// Envoy's priority-load parameters: `overprovisioning_factor` (percent,
+/// default 140) and `healthy_panic_threshold` (percent, default 50).
+#[derive(Debug, Clone, Copy)]
+pub struct LbParams {
+    pub overprovisioning: u64,
+    pub panic_threshold: f64,
+}
+
+impl Default for LbParams {
+    fn default() -> Self {
+        Self { overprovisioning: 140, panic_threshold: 50.0 }
+    }
+}
+
+/// One priority level as requests see it: the hosts to pick from (its
+/// healthy hosts, or all of them in panic) and its share of the load.
+pub struct Level {
+    pub hosts: Vec<Arc<Host>>,
+    /// Percent of requests this level takes (all levels sum to 100).
+    pub load: u32,
+    pub panic: bool,
+    equal_weights: bool,
+}
+
+/// The hosts of a cluster at one moment; replaced whole when DNS, EDS or a
+/// host's health changes them. Everything a pick needs (per-level load,
+/// panic, the hosts to choose from) is computed here, never per request.
 #[derive(Default)]
 pub struct HostSet {
     pub all: Vec<Arc<Host>>,
-    /// The hosts requests go to: the healthy hosts of the first priority
-    /// level that has any, or all of that level's hosts when fewer than half
-    /// are healthy (Envoy's default 50 % panic threshold). Recomputed whenever
-    /// membership or health changes, never per request.
-    levels: Vec<Vec<Arc<Host>>>,
-    equal_weights: bool,
+    /// Levels in priority order; only those with load > 0.
+    pub levels: Vec<Level>,
     pub healthy: usize,
 }
 
 impl HostSet {
-    pub fn new(all: Vec<Arc<Host>>) -> Self {
+    /// Envoy's priority load: each level's availability is
+    /// min(100, overprovisioning × healthy / hosts); load goes to levels in
+    /// order, scaled when the availabilities sum to less than 100, and the
+    /// rounding remainder to the first available level. A level is in panic
+    /// (all its hosts used) when the total is short of 100 and under the
+    /// panic threshold of its hosts are healthy; when every level is, load
+    /// follows host counts instead.
+    pub fn new(all: Vec<Arc<Host>>, params: LbParams) -> Self {
         let mut by_priority: std::collections::BTreeMap<u32, Vec<Arc<Host>>> = Default::default();
         for h in &all {
             by_priority.entry(h.priority).or_default().push(h.clone());
         }
         let usable = |h: &Arc<Host>| h.hc_healthy.load(Relaxed) && !h.ejected.load(Relaxed);
-        let healthy_of = |l: &Vec<Arc<Host>>| -> Vec<Arc<Host>> { l.iter().filter(|h| usable(h)).cloned().collect() };
         let healthy = all.iter().filter(|h| usable(h)).count();
-        let levels: Vec<Vec<Arc<Host>>> = by_priority.into_values().collect();
-        let active = match levels.iter().find(|l| !healthy_of(l).is_empty()) {
-            Some(l) => {
-                let ok = healthy_of(l);
-                if ok.len() * 2 < l.len() {
-                    l.clone()
-                } else {
-                    ok
-                }
-            }
-            // Nothing healthy anywhere: panic mode on the first level.
-            None => levels.first().cloned().unwrap_or_default(),
+        let tiers: Vec<(Vec<Arc<Host>>, Vec<Arc<Host>>)> = by_priority
+            .into_values()
+            .map(|hosts| {
+                let ok: Vec<Arc<Host>> = hosts.iter().filter(|h| usable(h)).cloned().collect();
+                (hosts, ok)
+            })
+            .collect();
+        if tiers.is_empty() {
+            return Self { all, levels: vec![], healthy };
+        }
+        let availability: Vec<u64> = tiers
+            .iter()
+            .map(|(hosts, ok)| (params.overprovisioning * ok.len() as u64 / hosts.len() as u64).min(100))
+            .collect();
+        let total: u64 = availability.iter().sum::<u64>().min(100);
+        let in_panic = |(hosts, ok): &(Vec<Arc<Host>>, Vec<Arc<Host>>)| {
+            total < 100 && (100.0 * ok.len() as f64 / hosts.len() as f64) < params.panic_threshold
         };
-        let equal_weights = active.windows(2).all(|w| w[0].weight == w[1].weight);
-        let levels = if active.is_empty() { vec![] } else { vec![active] };
-        Self { all, levels, equal_weights, healthy }
+        let panic: Vec<bool> = tiers.iter().map(in_panic).collect();
+        let mut loads = vec![0u32; tiers.len()];
+        if panic.iter().all(|p| *p) && params.panic_threshold > 0.0 {
+            // Total panic: load by host count, whatever their health.
+            let count: usize = tiers.iter().map(|(h, _)| h.len()).sum();
+            let mut left = 100u32;
+            for (i, (hosts, _)) in tiers.iter().enumerate() {
+                loads[i] = (100 * hosts.len() / count.max(1)) as u32;
+                left -= loads[i];
+            }
+            loads[0] += left;
+        } else if total == 0 {
+            // Panic disabled and nothing healthy: P0 gets the load, and no host.
+            loads[0] = 100;
+        } else {
+            let mut left = 100u64;
+            let mut first = None;
+            for (i, a) in availability.iter().enumerate() {
+                if first.is_none() && *a > 0 {
+                    first = Some(i);
+                }
+                let l = left.min(a * 100 / total);
+                loads[i] = l as u32;
+                left -= l;
+            }
+            if let Some(f) = first {
+                loads[f] += left as u32;
+            }
+        }
+        let levels = tiers
+            .into_iter()
+            .zip(loads)
+            .zip(panic)
+            .filter(|((_, load), _)| *load > 0)
+            .map(|(((hosts, ok), load), panic)| {
+                let hosts = if panic { hosts } else { ok };
+                let equal_weights = hosts.windows(2).all(|w| w[0].weight == w[1].weight);
+                Level { hosts, load, panic, equal_weights }
+            })
+            .collect();
+        Self { all, levels, healthy }
+    }
+
+    /// The level a request goes to: by a draw in 1..=100 against the loads.
+    fn level(&self) -> Option<(usize, &Level)> {
+        if self.levels.len() == 1 {
+            return self.levels.first().map(|l| (0, l));
+        }
+        let draw = rand::random_range(1..=100u32);
+        let mut acc = 0;
+        self.levels.iter().enumerate().find(|(_, l)| {
+            acc += l.load;
+            draw <= acc
+        })
     }
 }
 
@@ -171,6 +254,7 @@ pub struct ClusterStats {
     pub upstream_rq_active_overflow: Arc<Counter>,
     pub upstream_cx_overflow: Arc<Counter>,
     pub upstream_rq_retry_overflow: Arc<Counter>,
+    pub lb_healthy_panic: Arc<Counter>,
     prefix: String,
     store: Arc<Store>,
 }
@@ -212,6 +296,7 @@ impl ClusterStats {
             upstream_rq_active_overflow: c("upstream_rq_active_overflow"),
             upstream_cx_overflow: c("upstream_cx_overflow"),
             upstream_rq_retry_overflow: c("upstream_rq_retry_overflow"),
+            lb_healthy_panic: c("lb_healthy_panic"),
             prefix: p,
             store: store.clone(),
         }
@@ -244,20 +329,18 @@ impl ClusterStats {
 /// mutex around it is never contended (an uncontended lock is ~20 ns).
 #[derive(Default)]
 struct WorkerLb {
-    rr_next: usize,
-    /// Earliest-deadline-first schedule for weighted round robin, rebuilt when
-    /// the host set changes (detected by pointer).
-    edf: Option<Edf>,
+    /// The host set the state below belongs to (compared by pointer only).
+    set: usize,
+    /// Per level: the round-robin position and, when weights differ, the
+    /// earliest-deadline-first schedule; rebuilt when the host set changes.
+    rr_next: Vec<usize>,
+    edf: Vec<Option<Edf>>,
 }
 
 struct Edf {
-    set: *const HostSet,
     heap: BinaryHeap<EdfEntry>,
     now: f64,
 }
-
-// SAFETY: the raw pointer is only compared for identity, never dereferenced.
-unsafe impl Send for Edf {}
 
 struct EdfEntry {
     deadline: f64,
@@ -291,6 +374,7 @@ pub struct Cluster {
     pub name: String,
     pub discovery: Discovery,
     pub lb_policy: LbPolicy,
+    pub lb_params: LbParams,
     pub hosts: ArcSwap<HostSet>,
     pub connect_timeout: Duration,
     pub http2: bool,
@@ -371,6 +455,19 @@ impl Cluster {
             (Discovery::Eds, None) => return Err("eds_cluster_config is required for an EDS cluster".into()),
             _ => String::new(),
         };
+        let lb_params = LbParams {
+            overprovisioning: c
+                .load_assignment
+                .as_ref()
+                .and_then(|la| la.policy.as_ref())
+                .and_then(|p| p.overprovisioning_factor.map(|f| u64::from(f.value)))
+                .unwrap_or(140),
+            panic_threshold: c
+                .common_lb_config
+                .as_ref()
+                .and_then(|l| l.healthy_panic_threshold.as_ref())
+                .map_or(50.0, |p| p.value.round()),
+        };
         let stats = ClusterStats::new(store, &c.name);
         let health_check = crate::health::HealthChecker::compile(&c.health_checks, store, &c.name)?;
         if health_check.is_some() {
@@ -378,7 +475,7 @@ impl Cluster {
                 h.mark_pending();
             }
         }
-        let set = HostSet::new(static_hosts);
+        let set = HostSet::new(static_hosts, lb_params);
         stats.membership_total.set(set.all.len() as i64);
         stats.membership_healthy.set(set.healthy as i64);
         let outlier = c.outlier_detection.as_ref().map(|o| crate::outlier::Outlier::compile(o, store, &c.name));
@@ -388,6 +485,7 @@ impl Cluster {
             name: c.name.clone(),
             discovery,
             lb_policy,
+            lb_params,
             hosts: ArcSwap::from_pointee(set),
             connect_timeout: duration(&c.connect_timeout, Duration::from_secs(5)),
             http2,
@@ -430,57 +528,66 @@ impl Cluster {
         }
         self.stats.membership_change.inc();
         self.stats.membership_total.set(hosts.len() as i64);
-        let set = HostSet::new(hosts);
+        let set = HostSet::new(hosts, self.lb_params);
         self.stats.membership_healthy.set(set.healthy as i64);
         self.hosts.store(Arc::new(set));
     }
 
     /// Rebuilds the set requests go to after a host's health changed.
     pub fn refresh_health(&self) {
-        let set = HostSet::new(self.hosts.load().all.clone());
+        let set = HostSet::new(self.hosts.load().all.clone(), self.lb_params);
         self.stats.membership_healthy.set(set.healthy as i64);
         self.hosts.store(Arc::new(set));
     }
 
     /// Picks a host for a request, or `None` when the cluster has none.
-    /// Cost: an `ArcSwap` load (no lock) plus the policy's own work.
+    /// Cost: an `ArcSwap` load (no lock), a draw for the priority level when
+    /// load is split across levels, plus the policy's own work.
     pub fn pick(&self) -> Option<Arc<Host>> {
         let set = self.hosts.load();
-        let level = set.levels.first()?;
-        if level.len() == 1 {
-            return Some(level[0].clone());
+        let (li, level) = set.level()?;
+        if level.panic {
+            self.stats.lb_healthy_panic.inc();
+        }
+        let hosts = &level.hosts;
+        if hosts.len() <= 1 {
+            return hosts.first().cloned();
         }
         match self.lb_policy {
-            LbPolicy::Random => Some(level[rand::random_range(0..level.len())].clone()),
+            LbPolicy::Random => Some(hosts[rand::random_range(0..hosts.len())].clone()),
             LbPolicy::LeastRequest => {
                 // Power of two choices (Envoy's default choice_count: 2).
-                let a = &level[rand::random_range(0..level.len())];
-                let b = &level[rand::random_range(0..level.len())];
+                let a = &hosts[rand::random_range(0..hosts.len())];
+                let b = &hosts[rand::random_range(0..hosts.len())];
                 Some(if b.rq_active.load(Relaxed) < a.rq_active.load(Relaxed) { b.clone() } else { a.clone() })
             }
             LbPolicy::RoundRobin => {
                 let w = crate::stats::worker_index() % self.lb.len();
                 let mut st = self.lb[w].lock().unwrap_or_else(|e| e.into_inner());
-                if set.equal_weights {
-                    let i = st.rr_next % level.len();
-                    st.rr_next = st.rr_next.wrapping_add(1);
-                    return Some(level[i].clone());
+                let set_id = Arc::as_ptr(&set) as usize;
+                if st.set != set_id || st.rr_next.len() != set.levels.len() {
+                    st.set = set_id;
+                    st.rr_next = vec![0; set.levels.len()];
+                    st.edf = (0..set.levels.len()).map(|_| None).collect();
                 }
-                let set_ptr: *const HostSet = &**set;
-                if st.edf.as_ref().is_none_or(|e| e.set != set_ptr) {
-                    let heap = level
+                if level.equal_weights {
+                    let i = st.rr_next[li] % hosts.len();
+                    st.rr_next[li] = st.rr_next[li].wrapping_add(1);
+                    return Some(hosts[i].clone());
+                }
+                let edf = st.edf[li].get_or_insert_with(|| Edf {
+                    heap: hosts
                         .iter()
                         .enumerate()
                         .map(|(i, h)| EdfEntry { deadline: 1.0 / h.weight as f64, order: i, index: i })
-                        .collect();
-                    st.edf = Some(Edf { set: set_ptr, heap, now: 0.0 });
-                }
-                let edf = st.edf.as_mut()?;
+                        .collect(),
+                    now: 0.0,
+                });
                 let mut top = edf.heap.pop()?;
                 edf.now = top.deadline;
-                let host = level[top.index].clone();
+                let host = hosts[top.index].clone();
                 top.deadline = edf.now + 1.0 / host.weight as f64;
-                top.order += level.len();
+                top.order += hosts.len();
                 edf.heap.push(top);
                 Some(host)
             }
@@ -562,6 +669,54 @@ mod tests {
             counts[(h.addr.ip().to_string().rsplit('.').next().unwrap().parse::<usize>().unwrap()) - 1] += 1;
         }
         counts
+    }
+
+    fn hosts(healthy: &[bool], priority: u32) -> Vec<Arc<Host>> {
+        healthy
+            .iter()
+            .enumerate()
+            .map(|(i, ok)| {
+                let h = Host::new(SocketAddr::from(([127, 0, 0, 1], 1000 + i as u16)), String::new(), 1, priority);
+                h.hc_healthy.store(*ok, Relaxed);
+                Arc::new(h)
+            })
+            .collect()
+    }
+
+    fn loads(set: &HostSet) -> Vec<(u32, usize, bool)> {
+        set.levels.iter().map(|l| (l.load, l.hosts.len(), l.panic)).collect()
+    }
+
+    #[test]
+    fn priority_load_follows_overprovisioned_health() {
+        let p = LbParams::default();
+        // All healthy: P0 takes everything.
+        let all = [hosts(&[true, true], 0), hosts(&[true], 1)].concat();
+        assert_eq!(loads(&HostSet::new(all, p)), vec![(100, 2, false)]);
+        // Half of P0 healthy: 1.4 × 50 = 70 % stays, 30 % spills to P1.
+        let half = [hosts(&[true, false], 0), hosts(&[true], 1)].concat();
+        assert_eq!(loads(&HostSet::new(half, p)), vec![(70, 1, false), (30, 1, false)]);
+        // Health short of 100 % overall and every level under the panic
+        // threshold: total panic, load by host count over all hosts.
+        let short = [hosts(&[true, false, false, false], 0), hosts(&[false], 1)].concat();
+        assert_eq!(loads(&HostSet::new(short.clone(), p)), vec![(80, 4, true), (20, 1, true)]);
+        // P0 dead, P1 half healthy (not under the threshold): P1 takes the
+        // whole load from its healthy host; P0's panic gives it no load.
+        let one = [hosts(&[false, false], 0), hosts(&[true, false], 1)].concat();
+        assert_eq!(loads(&HostSet::new(one, p)), vec![(100, 1, false)]);
+        // Scaled split: 35 and 46 of 81.
+        let scaled = [hosts(&[true, false, false, false], 0), hosts(&[true, false, false], 1)].concat();
+        let off = LbParams { panic_threshold: 0.0, ..p };
+        assert_eq!(loads(&HostSet::new(scaled, off)), vec![(44, 1, false), (56, 1, false)]);
+        // Panic disabled: only the healthy host.
+        assert_eq!(loads(&HostSet::new(short, off)), vec![(100, 1, false)]);
+        // Nothing healthy anywhere: total panic, load by host count.
+        let none = [hosts(&[false, false, false], 0), hosts(&[false], 1)].concat();
+        assert_eq!(loads(&HostSet::new(none, p)), vec![(75, 3, true), (25, 1, true)]);
+        // A custom overprovisioning factor of 100: P0 half healthy keeps 50 %.
+        let exact = LbParams { overprovisioning: 100, ..p };
+        let half = [hosts(&[true, false], 0), hosts(&[true], 1)].concat();
+        assert_eq!(loads(&HostSet::new(half, exact)), vec![(50, 1, false), (50, 1, false)]);
     }
 
     #[test]
