@@ -1437,3 +1437,49 @@ fn priority_failover_and_panic() {
     }
     assert!(panics(pair.envoy_admin, "panic") >= n as i64 && panics(pair.legate_admin, "panic") >= n as i64);
 }
+
+#[test]
+fn consistent_hashing_ring_hash_and_maglev() {
+    let hashed = |name: &str, policy: &str| {
+        cluster(name, &["{UP_a}", "{UP_b}", "{UP_c}", "{UP_d}"]).replacen(
+            "connect_timeout: 1s,",
+            &format!("connect_timeout: 1s, lb_policy: {policy},"),
+            1,
+        )
+    };
+    let routes = r#"              - match: { prefix: "/ring" }
+                route: { cluster: ring, hash_policy: [{ header: { header_name: x-user } }] }
+              - match: { prefix: "/maglev" }
+                route: { cluster: maglev, hash_policy: [{ query_parameter: { name: id }, terminal: true }, { header: { header_name: x-user } }] }
+              - match: { prefix: "/cookie" }
+                route: { cluster: maglev, hash_policy: [{ cookie: { name: session } }] }
+"#;
+    let clusters = hashed("ring", "RING_HASH") + &hashed("maglev", "MAGLEV");
+    let t = bootstrap("", "", &one_vhost(routes), &clusters);
+    let pair = start_pair("hashing", &t, &["a", "b", "c", "d"]);
+    const USERS: [&str; 24] = [
+        "alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi", "ivan", "judy", "mallory", "niaj",
+        "olivia", "peggy", "rupert", "sybil", "trent", "victor", "walter", "xena", "yara", "zoe", "u1", "u2",
+    ];
+    let mut used = std::collections::BTreeSet::new();
+    for user in USERS {
+        for (path, header) in [
+            ("/ring/x".to_string(), ("x-user", user)),
+            ("/maglev/x".to_string(), ("x-user", user)),
+            (format!("/maglev/x?id={user}"), ("x-user", "same-for-all")),
+            ("/cookie/x".to_string(), ("cookie", &*format!("a=1; session={user}").leak())),
+        ] {
+            let r = Req { path: path.clone(), ..get("/") }.header(header.0, header.1);
+            let e = send(pair.envoy, &r);
+            let l = send(pair.legate, &r);
+            let (eu, lu) = (e.header("x-upstream").unwrap_or("-"), l.header("x-upstream").unwrap_or("-"));
+            // The same key lands on the same host behind both proxies:
+            // Legate builds Envoy's ring and Maglev table.
+            assert_eq!(eu, lu, "{path} with {header:?}");
+            // And again on the same host.
+            assert_eq!(send(pair.legate, &r).header("x-upstream"), l.header("x-upstream"), "{path} {header:?} sticky");
+            used.insert(lu.to_string());
+        }
+    }
+    assert!(used.len() >= 3, "keys spread over the hosts: {used:?}");
+}

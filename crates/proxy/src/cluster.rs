@@ -20,6 +20,8 @@ pub enum LbPolicy {
     RoundRobin,
     LeastRequest,
     Random,
+    /// `RING_HASH` or `MAGLEV`: the table is in `LbParams::hashing`.
+    Hashing,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -100,11 +102,13 @@ impl Host {
 pub struct LbParams {
     pub overprovisioning: u64,
     pub panic_threshold: f64,
+    /// Consistent hashing (RING_HASH, MAGLEV): a table per level.
+    pub hashing: Option<crate::hash_lb::Hashing>,
 }
 
 impl Default for LbParams {
     fn default() -> Self {
-        Self { overprovisioning: 140, panic_threshold: 50.0 }
+        Self { overprovisioning: 140, panic_threshold: 50.0, hashing: None }
     }
 }
 
@@ -116,6 +120,8 @@ pub struct Level {
     pub load: u32,
     pub panic: bool,
     equal_weights: bool,
+    /// The ring or Maglev table over `hosts`, for hashing clusters.
+    table: Option<crate::hash_lb::HashTable>,
 }
 
 /// The hosts of a cluster at one moment; replaced whole when DNS, EDS or a
@@ -199,18 +205,20 @@ impl HostSet {
             .map(|(((hosts, ok), load), panic)| {
                 let hosts = if panic { hosts } else { ok };
                 let equal_weights = hosts.windows(2).all(|w| w[0].weight == w[1].weight);
-                Level { hosts, load, panic, equal_weights }
+                let table = params.hashing.and_then(|h| crate::hash_lb::HashTable::build(h, &hosts));
+                Level { hosts, load, panic, equal_weights, table }
             })
             .collect();
         Self { all, levels, healthy }
     }
 
-    /// The level a request goes to: by a draw in 1..=100 against the loads.
-    fn level(&self) -> Option<(usize, &Level)> {
+    /// The level a request goes to: by a draw in 1..=100 against the loads
+    /// (the request's hash stands in for the draw when it has one, as in Envoy).
+    fn level(&self, hash: Option<u64>) -> Option<(usize, &Level)> {
         if self.levels.len() == 1 {
             return self.levels.first().map(|l| (0, l));
         }
-        let draw = rand::random_range(1..=100u32);
+        let draw = hash.map_or_else(|| rand::random_range(1..=100u32), |h| (h % 100) as u32 + 1);
         let mut acc = 0;
         self.levels.iter().enumerate().find(|(_, l)| {
             acc += l.load;
@@ -412,7 +420,34 @@ impl Cluster {
             Ok(cluster::LbPolicy::RoundRobin) => LbPolicy::RoundRobin,
             Ok(cluster::LbPolicy::LeastRequest) => LbPolicy::LeastRequest,
             Ok(cluster::LbPolicy::Random) => LbPolicy::Random,
-            _ => return Err("lb_policy: only ROUND_ROBIN, LEAST_REQUEST and RANDOM are supported".into()),
+            Ok(cluster::LbPolicy::RingHash | cluster::LbPolicy::Maglev) => LbPolicy::Hashing,
+            _ => {
+                return Err(
+                    "lb_policy: only ROUND_ROBIN, LEAST_REQUEST, RANDOM, RING_HASH and MAGLEV are supported".into()
+                )
+            }
+        };
+        let hashing = match cluster::LbPolicy::try_from(c.lb_policy) {
+            Ok(cluster::LbPolicy::RingHash) => {
+                let cfg = match &c.lb_config {
+                    Some(cluster::LbConfig::RingHashLbConfig(r)) => Some(r),
+                    _ => None,
+                };
+                if cfg.is_some_and(|r| r.hash_function != 0) {
+                    return Err("ring_hash_lb_config.hash_function: only XX_HASH is supported".into());
+                }
+                Some(crate::hash_lb::Hashing::Ring {
+                    min_size: cfg.and_then(|r| r.minimum_ring_size.map(|v| v.value)).unwrap_or(1024),
+                    max_size: cfg.and_then(|r| r.maximum_ring_size.map(|v| v.value)).unwrap_or(8 << 20),
+                })
+            }
+            Ok(cluster::LbPolicy::Maglev) => Some(crate::hash_lb::Hashing::Maglev {
+                table_size: match &c.lb_config {
+                    Some(cluster::LbConfig::MaglevLbConfig(m)) => m.table_size.map(|v| v.value).unwrap_or(65537),
+                    _ => 65537,
+                },
+            }),
+            _ => None,
         };
         let mut http2 = c.http2_protocol_options.is_some();
         if let Some(any) = c.typed_extension_protocol_options.get(HTTP_PROTOCOL_OPTIONS) {
@@ -467,6 +502,7 @@ impl Cluster {
                 .as_ref()
                 .and_then(|l| l.healthy_panic_threshold.as_ref())
                 .map_or(50.0, |p| p.value.round()),
+            hashing,
         };
         let stats = ClusterStats::new(store, &c.name);
         let health_check = crate::health::HealthChecker::compile(&c.health_checks, store, &c.name)?;
@@ -544,8 +580,14 @@ impl Cluster {
     /// Cost: an `ArcSwap` load (no lock), a draw for the priority level when
     /// load is split across levels, plus the policy's own work.
     pub fn pick(&self) -> Option<Arc<Host>> {
+        self.pick_hashed(None)
+    }
+
+    /// Picks a host; hashing clusters look `hash` up in their ring or table
+    /// (a request without a hash gets a random one, as in Envoy).
+    pub fn pick_hashed(&self, hash: Option<u64>) -> Option<Arc<Host>> {
         let set = self.hosts.load();
-        let (li, level) = set.level()?;
+        let (li, level) = set.level(hash)?;
         if level.panic {
             self.stats.lb_healthy_panic.inc();
         }
@@ -554,6 +596,10 @@ impl Cluster {
             return hosts.first().cloned();
         }
         match self.lb_policy {
+            LbPolicy::Hashing => {
+                let h = hash.unwrap_or_else(rand::random);
+                level.table.as_ref()?.lookup(h).and_then(|i| hosts.get(i)).cloned()
+            }
             LbPolicy::Random => Some(hosts[rand::random_range(0..hosts.len())].clone()),
             LbPolicy::LeastRequest => {
                 // Power of two choices (Envoy's default choice_count: 2).

@@ -793,7 +793,13 @@ impl Hcm {
             return self.router_reply(stream, Some(matched), 503, "cluster_not_found", "NC", None);
         };
         stream.cluster = Some(cluster.clone());
-        let Some(host) = cluster.pick() else {
+        // Cost when the route hashes: one xxHash64 per policy over the value.
+        let hash = if ra.hash_policy.is_empty() {
+            None
+        } else {
+            crate::hash_lb::request_hash(&ra.hash_policy, &parts.headers, parts.uri.query(), stream.client.ip())
+        };
+        let Some(host) = cluster.pick_hashed(hash) else {
             cluster.stats.upstream_cx_none_healthy.inc();
             cluster.stats.record_status(503);
             return self.router_reply(

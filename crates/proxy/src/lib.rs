@@ -18,6 +18,7 @@ pub mod dns;
 pub mod filters;
 pub mod format;
 pub mod h1_errors;
+pub mod hash_lb;
 pub mod hcm;
 pub mod headers;
 pub mod health;

@@ -80,6 +80,8 @@ pub struct RouteAction {
     /// `None` disables the timeout (Envoy: `timeout: 0s`).
     pub timeout: Option<Duration>,
     pub retry: Option<crate::retry::RetryPolicy>,
+    /// `hash_policy`, for RING_HASH and MAGLEV clusters.
+    pub hash_policy: Vec<crate::hash_lb::HashPolicy>,
 }
 
 pub struct Redirect {
@@ -306,7 +308,31 @@ fn compile_route_action(ra: &rpb::RouteAction) -> Result<RouteAction, String> {
             Some(p) => Some(crate::retry::RetryPolicy::compile(p).map_err(|e| format!("retry_policy.{e}"))?),
             None => None,
         },
+        hash_policy: ra
+            .hash_policy
+            .iter()
+            .enumerate()
+            .map(|(i, p)| compile_hash_policy(p).map_err(|e| format!("hash_policy[{i}]: {e}")))
+            .collect::<Result<_, _>>()?,
     })
+}
+
+fn compile_hash_policy(p: &rpb::route_action::HashPolicy) -> Result<crate::hash_lb::HashPolicy, String> {
+    use crate::hash_lb::HashSource;
+    use rpb::route_action::hash_policy::PolicySpecifier;
+    let source = match &p.policy_specifier {
+        Some(PolicySpecifier::Header(h)) => HashSource::Header(
+            http::HeaderName::from_bytes(h.header_name.to_ascii_lowercase().as_bytes())
+                .map_err(|_| format!("invalid header name '{}'", h.header_name))?,
+        ),
+        Some(PolicySpecifier::Cookie(c)) => HashSource::Cookie(c.name.clone()),
+        Some(PolicySpecifier::ConnectionProperties(c)) if c.source_ip => HashSource::SourceIp,
+        Some(PolicySpecifier::QueryParameter(q)) => HashSource::QueryParameter(q.name.clone()),
+        _ => {
+            return Err("only header, cookie, connection_properties.source_ip and query_parameter are supported".into())
+        }
+    };
+    Ok(crate::hash_lb::HashPolicy { source, terminal: p.terminal })
 }
 
 /// Envoy (RE2) writes capture groups as `\1`; the regex crate as `${1}`.
