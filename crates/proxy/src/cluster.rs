@@ -150,7 +150,9 @@ impl HostSet {
         }
         let usable = |h: &Arc<Host>| h.hc_healthy.load(Relaxed) && !h.ejected.load(Relaxed);
         let healthy = all.iter().filter(|h| usable(h)).count();
-        let tiers: Vec<(Vec<Arc<Host>>, Vec<Arc<Host>>)> = by_priority
+        // Per priority: (all its hosts, its healthy hosts).
+        type Tier = (Vec<Arc<Host>>, Vec<Arc<Host>>);
+        let tiers: Vec<Tier> = by_priority
             .into_values()
             .map(|hosts| {
                 let ok: Vec<Arc<Host>> = hosts.iter().filter(|h| usable(h)).cloned().collect();
@@ -165,9 +167,8 @@ impl HostSet {
             .map(|(hosts, ok)| (params.overprovisioning * ok.len() as u64 / hosts.len() as u64).min(100))
             .collect();
         let total: u64 = availability.iter().sum::<u64>().min(100);
-        let in_panic = |(hosts, ok): &(Vec<Arc<Host>>, Vec<Arc<Host>>)| {
-            total < 100 && (100.0 * ok.len() as f64 / hosts.len() as f64) < params.panic_threshold
-        };
+        let in_panic =
+            |(hosts, ok): &Tier| total < 100 && (100.0 * ok.len() as f64 / hosts.len() as f64) < params.panic_threshold;
         let panic: Vec<bool> = tiers.iter().map(in_panic).collect();
         let mut loads = vec![0u32; tiers.len()];
         if panic.iter().all(|p| *p) && params.panic_threshold > 0.0 {
@@ -179,23 +180,23 @@ impl HostSet {
                 left -= loads[i];
             }
             loads[0] += left;
-        } else if total == 0 {
-            // Panic disabled and nothing healthy: P0 gets the load, and no host.
-            loads[0] = 100;
-        } else {
+        } else if let Some(share) = (total > 0).then_some(total) {
             let mut left = 100u64;
             let mut first = None;
             for (i, a) in availability.iter().enumerate() {
                 if first.is_none() && *a > 0 {
                     first = Some(i);
                 }
-                let l = left.min(a * 100 / total);
+                let l = left.min(a * 100 / share);
                 loads[i] = l as u32;
                 left -= l;
             }
             if let Some(f) = first {
                 loads[f] += left as u32;
             }
+        } else {
+            // Panic disabled and nothing healthy: P0 gets the load, and no host.
+            loads[0] = 100;
         }
         let levels = tiers
             .into_iter()
