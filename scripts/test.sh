@@ -13,5 +13,14 @@ fi
 cargo fmt --all -- --check
 cargo clippy --all-targets -- -D warnings
 cargo build --all-targets
+# The control-plane replica tests run a real etcd (ETCD_BIN, or etcd on PATH).
+if [ -z "${ETCD_BIN:-}" ] && ! command -v etcd >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq etcd-server >/dev/null
+  else
+    echo "etcd is needed for the control-plane replica tests: install it (Debian: sudo apt-get install etcd-server) or set ETCD_BIN" >&2
+    exit 1
+  fi
+fi
 # e2e tests start several processes each; two at a time suits a 2-core machine.
 cargo test --workspace -- --test-threads="${LEGATE_TEST_THREADS:-2}"

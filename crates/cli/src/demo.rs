@@ -66,6 +66,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         xds_addr: XDS.parse()?,
         api_addr: API.parse()?,
         data_dir: args.data_dir.clone(),
+        store: None,
         watch: None,
         tls: None,
     };

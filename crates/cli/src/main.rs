@@ -49,6 +49,10 @@ struct ControlPlaneArgs {
     /// Where the SQLite store lives.
     #[arg(long, default_value = "./legate-data")]
     data_dir: std::path::PathBuf,
+    /// Keep state in etcd so several replicas share it:
+    /// `etcd://host:port[,host:port...]`; or `sqlite:DIR`. Default: SQLite in --data-dir.
+    #[arg(long, value_parser = parse_store)]
+    store: Option<legate_control::store::StoreSpec>,
     /// Apply the resource files in this folder whenever they change (GitOps).
     #[arg(long)]
     watch: Option<std::path::PathBuf>,
@@ -98,6 +102,10 @@ struct ProxyArgs {
     mode: String,
 }
 
+fn parse_store(s: &str) -> Result<legate_control::store::StoreSpec, String> {
+    legate_control::store::StoreSpec::parse(s).map_err(|e| e.to_string())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
@@ -135,6 +143,7 @@ fn main() -> ExitCode {
                 xds_addr: args.xds_addr,
                 api_addr: args.api_addr,
                 data_dir: args.data_dir,
+                store: args.store,
                 watch: args.watch,
                 tls: args.tls_cert.zip(args.tls_key).map(|(cert, key)| legate_control::tls::TlsFiles {
                     cert,

@@ -33,6 +33,7 @@ pub fn router(ctrl: Arc<Controller>) -> Router {
         .route("/v1/tokens/{id}", delete(revoke_token))
         .route("/v1/audit", get(audit_log))
         .route("/v1/instances", get(list_instances))
+        .route("/v1/replica", get(replica))
         .route("/v1/envoy/{kind}", get(envoy_resources))
         .route("/v1/services/{svc}/instances", post(register_instance))
         .route("/v1/services/{svc}/instances/{id}", delete(deregister_instance))
@@ -352,14 +353,17 @@ async fn register_instance(
     Json(body): Json<crate::registry::Registration>,
 ) -> Response {
     let actor = authorize!(ctrl, headers, Role::Editor, "register", &svc);
-    let result = ctrl.registry.lock().unwrap_or_else(|e| e.into_inner()).register(&svc, body);
-    match result {
+    match ctrl.register(&svc, body) {
         Ok(inst) => {
-            ctrl.publish();
             let _ = ctrl.store().audit(&actor.name, "register", &format!("{svc}/{}", inst.id), true, "");
             Json(inst).into_response()
         }
-        Err(e) => error(StatusCode::BAD_REQUEST, "invalid", e.to_string(), json!([])),
+        Err(crate::state::RegistryOpError::Invalid(e)) => {
+            error(StatusCode::BAD_REQUEST, "invalid", e.to_string(), json!([]))
+        }
+        Err(crate::state::RegistryOpError::Store(e)) => {
+            error(StatusCode::INTERNAL_SERVER_ERROR, "store", e.to_string(), json!([]))
+        }
     }
 }
 
@@ -369,15 +373,15 @@ async fn heartbeat(
     Path((svc, id)): Path<(String, String)>,
 ) -> Response {
     authorize!(ctrl, headers, Role::Editor, "heartbeat", &svc);
-    if ctrl.registry.lock().unwrap_or_else(|e| e.into_inner()).heartbeat(&svc, &id) {
-        Json(json!({"service": svc, "id": id})).into_response()
-    } else {
-        error(
+    match ctrl.heartbeat(&svc, &id) {
+        Ok(true) => Json(json!({"service": svc, "id": id})).into_response(),
+        Ok(false) => error(
             StatusCode::NOT_FOUND,
             "not_found",
             format!("instance {svc}/{id} is not registered (expired?)"),
             json!([]),
-        )
+        ),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "store", e.to_string(), json!([])),
     }
 }
 
@@ -387,19 +391,34 @@ async fn deregister_instance(
     Path((svc, id)): Path<(String, String)>,
 ) -> Response {
     let actor = authorize!(ctrl, headers, Role::Editor, "deregister", &svc);
-    let removed = ctrl.registry.lock().unwrap_or_else(|e| e.into_inner()).deregister(&svc, &id);
-    if !removed {
-        return error(StatusCode::NOT_FOUND, "not_found", format!("instance {svc}/{id} not found"), json!([]));
+    match ctrl.deregister(&svc, &id) {
+        Ok(true) => {}
+        Ok(false) => {
+            return error(StatusCode::NOT_FOUND, "not_found", format!("instance {svc}/{id} not found"), json!([]))
+        }
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, "store", e.to_string(), json!([])),
     }
-    ctrl.publish();
     let _ = ctrl.store().audit(&actor.name, "deregister", &format!("{svc}/{id}"), true, "");
     Json(json!({"deregistered": format!("{svc}/{id}")})).into_response()
 }
 
 async fn list_instances(State(ctrl): State<Arc<Controller>>, headers: HeaderMap) -> Response {
     authorize!(ctrl, headers, Role::Viewer, "read", "instances");
-    let list = ctrl.registry.lock().unwrap_or_else(|e| e.into_inner()).list();
+    let list = ctrl.instances();
     Json(json!({ "instances": list })).into_response()
+}
+
+/// Which store this replica uses, its name, and whether it leads (expires
+/// registry instances).
+async fn replica(State(ctrl): State<Arc<Controller>>, headers: HeaderMap) -> Response {
+    authorize!(ctrl, headers, Role::Viewer, "read", "replica");
+    Json(json!({
+        "replica": ctrl.replica_id(),
+        "store": ctrl.store().kind(),
+        "leader": ctrl.is_leader(),
+        "revision": ctrl.stored().revision,
+    }))
+    .into_response()
 }
 
 #[derive(Deserialize)]

@@ -8,6 +8,7 @@ pub mod diff;
 pub mod fleet;
 pub mod model;
 pub mod registry;
+pub mod replication;
 pub mod services;
 pub mod state;
 pub mod store;
@@ -24,6 +25,8 @@ pub struct Options {
     pub xds_addr: SocketAddr,
     pub api_addr: SocketAddr,
     pub data_dir: PathBuf,
+    /// Where state lives: SQLite in `data_dir` (the default) or etcd.
+    pub store: Option<store::StoreSpec>,
     /// A folder of resource files to apply whenever they change.
     pub watch: Option<PathBuf>,
     /// TLS (and optional client certificates) on both listeners.
@@ -46,7 +49,8 @@ pub enum ControlError {
 
 /// Runs the control plane until the process ends.
 pub async fn run(opts: Options) -> Result<(), ControlError> {
-    let ctrl = controller(&opts.data_dir)?;
+    let spec = opts.store.clone().unwrap_or_else(|| store::StoreSpec::Sqlite(opts.data_dir.clone()));
+    let ctrl = controller_on(&spec)?;
     serve(ctrl, opts).await
 }
 
@@ -59,22 +63,29 @@ pub async fn serve(ctrl: Arc<state::Controller>, opts: Options) -> Result<(), Co
     let api_listener = tokio::net::TcpListener::bind(opts.api_addr)
         .await
         .map_err(|source| ControlError::Bind { addr: opts.api_addr, source })?;
+    let spec = opts.store.clone().unwrap_or_else(|| store::StoreSpec::Sqlite(opts.data_dir.clone()));
     tracing::info!(
-        "control plane: xDS on {}, API on http://{}, data in {}, revision {}",
+        "control plane: xDS on {}, API on http://{}, state in {}, revision {}",
         opts.xds_addr,
         opts.api_addr,
-        opts.data_dir.display(),
+        spec.describe(),
         ctrl.current().revision
     );
-    // Registry instances whose TTL lapsed leave EDS within a quarter second.
-    let expiring = ctrl.clone();
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(std::time::Duration::from_millis(250));
-        loop {
-            tick.tick().await;
-            expiring.expire_instances();
-        }
-    });
+    if ctrl.store().etcd().is_some() {
+        // Other replicas' commits and registry changes arrive by etcd watch;
+        // the elected leader expires instances.
+        replication::start(&ctrl);
+    } else {
+        // Registry instances whose TTL lapsed leave EDS within a quarter second.
+        let expiring = ctrl.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_millis(250));
+            loop {
+                tick.tick().await;
+                expiring.expire_instances();
+            }
+        });
+    }
     if let Some(dir) = &opts.watch {
         tokio::spawn(watch::watch(ctrl.clone(), dir.clone()));
     }
@@ -103,7 +114,12 @@ pub async fn serve(ctrl: Arc<state::Controller>, opts: Options) -> Result<(), Co
     Ok(())
 }
 
-/// Opens the store and the controller on it.
+/// Opens the SQLite store in `data_dir` and the controller on it.
 pub fn controller(data_dir: &std::path::Path) -> Result<Arc<state::Controller>, ControlError> {
     Ok(state::Controller::open(store::Store::open(data_dir)?)?)
+}
+
+/// Opens the store `spec` names and the controller on it.
+pub fn controller_on(spec: &store::StoreSpec) -> Result<Arc<state::Controller>, ControlError> {
+    Ok(state::Controller::open(store::Store::open_spec(spec)?)?)
 }

@@ -57,8 +57,66 @@ pub enum RegistryError {
     Service,
 }
 
+/// An instance as a shared store keeps it: the expiry as wall-clock time
+/// (milliseconds since the Unix epoch), since replicas share no `Instant`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct InstanceRecord {
+    pub service: String,
+    pub id: String,
+    pub address: String,
+    pub port: u16,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    pub ttl_seconds: u64,
+    pub registered_at: String,
+    pub expires_at_ms: u64,
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Instance {
+    pub fn record(&self) -> InstanceRecord {
+        let left = self.expires.saturating_duration_since(Instant::now());
+        InstanceRecord {
+            service: self.service.clone(),
+            id: self.id.clone(),
+            address: self.address.clone(),
+            port: self.port,
+            labels: self.labels.clone(),
+            ttl_seconds: self.ttl_seconds,
+            registered_at: self.registered_at.clone(),
+            expires_at_ms: unix_ms() + left.as_millis() as u64,
+        }
+    }
+
+    pub fn from_record(r: InstanceRecord) -> Instance {
+        let left = Duration::from_millis(r.expires_at_ms.saturating_sub(unix_ms()));
+        Instance {
+            service: r.service,
+            id: r.id,
+            address: r.address,
+            port: r.port,
+            labels: r.labels,
+            ttl_seconds: r.ttl_seconds,
+            registered_at: r.registered_at,
+            expires_in: left.as_secs_f64(),
+            expires: Instant::now() + left,
+        }
+    }
+}
+
 impl Registry {
     pub fn register(&mut self, service: &str, r: Registration) -> Result<Instance, RegistryError> {
+        let inst = Self::instance(service, r)?;
+        self.insert(inst.clone());
+        Ok(inst)
+    }
+
+    /// Checks a registration and makes the instance it describes.
+    pub fn instance(service: &str, r: Registration) -> Result<Instance, RegistryError> {
         if service.is_empty()
             || service.len() > 128
             || !service.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
@@ -83,8 +141,17 @@ impl Registry {
             expires_in: r.ttl_seconds as f64,
             expires: Instant::now() + Duration::from_secs(r.ttl_seconds),
         };
-        self.instances.insert((service.to_string(), id), inst.clone());
         Ok(inst)
+    }
+
+    /// Adds or replaces an instance.
+    pub fn insert(&mut self, inst: Instance) {
+        self.instances.insert((inst.service.clone(), inst.id.clone()), inst);
+    }
+
+    /// Replaces every instance (a replica catching up with the shared store).
+    pub fn replace_all(&mut self, all: Vec<Instance>) {
+        self.instances = all.into_iter().map(|i| ((i.service.clone(), i.id.clone()), i)).collect();
     }
 
     /// Extends an instance's life; false when it is not (or no longer) registered.

@@ -5,6 +5,7 @@ use crate::model::{compile, DocError, Document, Kind, NodeInfo, Resource};
 use crate::store::{Change, RevisionInfo, Store, StoreError};
 use serde::Serialize;
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
 
@@ -27,6 +28,17 @@ impl ConfigState {
             .map(|(_, r)| r)
             .filter(move |r| r.nodes.matches(node))
     }
+}
+
+/// How often a change is recomputed when another replica committed first.
+const COMMIT_ATTEMPTS: usize = 5;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryOpError {
+    #[error(transparent)]
+    Invalid(#[from] crate::registry::RegistryError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -64,23 +76,18 @@ pub struct Controller {
     /// Serializes changes: validate, commit, publish happen as one step.
     apply_lock: Mutex<()>,
     pub fleet: Fleet,
+    /// This replica's name (in etcd's leader key and `/v1/replica`).
+    replica_id: String,
+    /// Whether this replica expires registry instances (always, on SQLite).
+    leader: AtomicBool,
 }
 
 impl Controller {
     pub fn open(store: Store) -> Result<Arc<Self>, StoreError> {
         let (revision, docs) = store.load_current()?;
-        let mut resources = BTreeMap::new();
-        for d in docs {
-            match compile(&d) {
-                Ok(r) => {
-                    resources.insert((r.kind, r.name.clone()), Arc::new(r));
-                }
-                Err(e) => {
-                    tracing::error!("stored resource {}/{} no longer validates: {:?}", d.kind, d.metadata.name, e)
-                }
-            }
-        }
-        let stored = Arc::new(ConfigState { revision, resources });
+        let stored = Arc::new(ConfigState { revision, resources: compile_stored(docs) });
+        let leader = store.etcd().is_none();
+        let replica_id = format!("{}-{:08x}", std::process::id(), rand::random::<u32>());
         let (state, _) = watch::channel(stored.clone());
         let ctrl = Arc::new(Self {
             store,
@@ -89,6 +96,8 @@ impl Controller {
             registry: Mutex::new(Default::default()),
             apply_lock: Mutex::new(()),
             fleet: Fleet::default(),
+            replica_id,
+            leader: AtomicBool::new(leader),
         });
         ctrl.publish();
         Ok(ctrl)
@@ -160,8 +169,97 @@ impl Controller {
         self.state.send_replace(Arc::new(ConfigState { revision: stored.revision, resources }));
     }
 
-    /// Drops expired registry instances and republishes if any went.
+    /// Loads the latest committed revision when it is newer than the one
+    /// held (another replica committed it); returns its number if so.
+    pub fn reload(&self) -> Result<Option<u64>, StoreError> {
+        let _guard = self.apply_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let (revision, docs) = self.store.load_current()?;
+        if revision <= self.stored().revision {
+            return Ok(None);
+        }
+        self.set_stored(ConfigState { revision, resources: compile_stored(docs) });
+        Ok(Some(revision))
+    }
+
+    /// Runs `attempt` again after loading what another replica committed,
+    /// when that replica's commit got in first.
+    fn retrying<T>(&self, mut attempt: impl FnMut() -> Result<T, ApplyError>) -> Result<T, ApplyError> {
+        for _ in 1..COMMIT_ATTEMPTS {
+            match attempt() {
+                Err(ApplyError::Store(StoreError::Conflict { expected, found })) => {
+                    tracing::info!("revision {expected} was superseded by {found} from another replica; retrying");
+                    self.reload()?;
+                }
+                other => return other,
+            }
+        }
+        attempt()
+    }
+
+    pub fn replica_id(&self) -> &str {
+        &self.replica_id
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.leader.load(Ordering::Relaxed)
+    }
+
+    pub fn set_leader(&self, leader: bool) {
+        self.leader.store(leader, Ordering::Relaxed);
+    }
+
+    /// Registers an instance (in the shared store when there is one) and
+    /// publishes its endpoints.
+    pub fn register(
+        &self,
+        service: &str,
+        r: crate::registry::Registration,
+    ) -> Result<crate::registry::Instance, RegistryOpError> {
+        let inst = crate::registry::Registry::instance(service, r)?;
+        if let Some(etcd) = self.store.etcd() {
+            etcd.put_instance(&inst.record())?;
+        }
+        self.mirror_registry(|reg| reg.insert(inst.clone()));
+        Ok(inst)
+    }
+
+    /// Extends an instance's life; false when it is not (or no longer) registered.
+    pub fn heartbeat(&self, service: &str, id: &str) -> Result<bool, StoreError> {
+        let Some(etcd) = self.store.etcd() else {
+            return Ok(self.registry.lock().unwrap_or_else(|e| e.into_inner()).heartbeat(service, id));
+        };
+        let Some(rec) = etcd.heartbeat_instance(service, id)? else { return Ok(false) };
+        let inst = crate::registry::Instance::from_record(rec);
+        self.registry.lock().unwrap_or_else(|e| e.into_inner()).insert(inst);
+        Ok(true)
+    }
+
+    pub fn deregister(&self, service: &str, id: &str) -> Result<bool, StoreError> {
+        let removed = match self.store.etcd() {
+            Some(etcd) => etcd.delete_instance(service, id)?,
+            None => false,
+        };
+        let mut local = false;
+        self.mirror_registry(|reg| local = reg.deregister(service, id));
+        Ok(removed || local)
+    }
+
+    pub fn instances(&self) -> Vec<crate::registry::Instance> {
+        self.registry.lock().unwrap_or_else(|e| e.into_inner()).list()
+    }
+
+    /// Changes the registry and republishes.
+    pub fn mirror_registry(&self, f: impl FnOnce(&mut crate::registry::Registry)) {
+        f(&mut self.registry.lock().unwrap_or_else(|e| e.into_inner()));
+        self.publish();
+    }
+
+    /// Drops expired registry instances and republishes if any went. On etcd
+    /// the leader does this in the store instead (see `replication`).
     pub fn expire_instances(&self) {
+        if self.store.etcd().is_some() {
+            return;
+        }
         let changed = self.registry.lock().unwrap_or_else(|e| e.into_inner()).expire(std::time::Instant::now());
         if changed {
             self.publish();
@@ -191,6 +289,17 @@ impl Controller {
     /// Like `apply`, with deletions in the same revision (a watched folder
     /// that lost a resource).
     pub fn apply_with_deletes(
+        &self,
+        docs: &[Document],
+        deletes: &[(Kind, String)],
+        author: &str,
+        message: &str,
+        dry_run: bool,
+    ) -> Result<ApplyOutcome, ApplyError> {
+        self.retrying(|| self.try_apply(docs, deletes, author, message, dry_run))
+    }
+
+    fn try_apply(
         &self,
         docs: &[Document],
         deletes: &[(Kind, String)],
@@ -263,13 +372,17 @@ impl Controller {
         if dry_run || changes.is_empty() {
             return Ok(outcome);
         }
-        let rev = self.store.commit(author, message, &changes)?;
+        let rev = self.store.commit(current.revision, author, message, &changes)?;
         outcome.revision = Some(rev);
         self.set_stored(ConfigState { revision: rev, resources: next });
         Ok(outcome)
     }
 
     pub fn delete(&self, kind: Kind, name: &str, author: &str, message: &str) -> Result<ApplyOutcome, ApplyError> {
+        self.retrying(|| self.try_delete(kind, name, author, message))
+    }
+
+    fn try_delete(&self, kind: Kind, name: &str, author: &str, message: &str) -> Result<ApplyOutcome, ApplyError> {
         let _guard = self.apply_lock.lock().unwrap_or_else(|e| e.into_inner());
         let current = self.stored();
         let key = (kind, name.to_string());
@@ -279,7 +392,8 @@ impl Controller {
         let mut next = current.resources.clone();
         next.remove(&key);
         self.expand(&next).map_err(ApplyError::Invalid)?;
-        let rev = self.store.commit(author, message, &[Change::Delete { kind, name: name.to_string() }])?;
+        let rev =
+            self.store.commit(current.revision, author, message, &[Change::Delete { kind, name: name.to_string() }])?;
         self.set_stored(ConfigState { revision: rev, resources: next });
         Ok(ApplyOutcome {
             revision: Some(rev),
@@ -336,6 +450,10 @@ impl Controller {
 
     /// A new revision whose state is revision `rev`'s.
     pub fn rollback(&self, rev: u64, author: &str, message: &str) -> Result<ApplyOutcome, ApplyError> {
+        self.retrying(|| self.try_rollback(rev, author, message))
+    }
+
+    fn try_rollback(&self, rev: u64, author: &str, message: &str) -> Result<ApplyOutcome, ApplyError> {
         let target = self.store.state_at(rev)?;
         let mut compiled = BTreeMap::new();
         let mut errors = Vec::new();
@@ -370,7 +488,7 @@ impl Controller {
         let revision = if changes.is_empty() {
             None
         } else {
-            let n = self.store.commit(author, &message, &changes)?;
+            let n = self.store.commit(current.revision, author, &message, &changes)?;
             self.set_stored(ConfigState { revision: n, resources: compiled });
             Some(n)
         };
@@ -385,4 +503,18 @@ impl Controller {
             proxies,
         })
     }
+}
+
+/// Compiles stored documents; one that no longer validates is logged and left out.
+fn compile_stored(docs: Vec<Document>) -> BTreeMap<(Kind, String), Arc<Resource>> {
+    let mut resources = BTreeMap::new();
+    for d in docs {
+        match compile(&d) {
+            Ok(r) => {
+                resources.insert((r.kind, r.name.clone()), Arc::new(r));
+            }
+            Err(e) => tracing::error!("stored resource {}/{} no longer validates: {:?}", d.kind, d.metadata.name, e),
+        }
+    }
+    resources
 }

@@ -38,7 +38,12 @@ pub const RDS: &str = "type.googleapis.com/envoy.config.route.v3.RouteConfigurat
 #[derive(Debug, Clone)]
 pub struct AdsConfig {
     pub delta: bool,
+    /// The first management server's cluster.
     pub cluster: String,
+    /// Every listed management server's cluster (`grpc_services` in order,
+    /// the first is `cluster`): a failed stream moves on to the next, as
+    /// Envoy cycles through them.
+    pub clusters: Vec<String>,
     pub cds: bool,
     pub lds: bool,
     pub initial_fetch_timeout: Duration,
@@ -58,13 +63,19 @@ pub fn ads_config(b: &Bootstrap) -> Result<Option<AdsConfig>, String> {
         Ok(ApiType::DeltaGrpc) | Ok(ApiType::AggregatedDeltaGrpc) => true,
         _ => return Err("dynamic_resources.ads_config.api_type: only GRPC and DELTA_GRPC are supported".into()),
     };
-    let cluster = match ads.grpc_services.first().and_then(|g| g.target_specifier.as_ref()) {
-        Some(TargetSpecifier::EnvoyGrpc(e)) => e.cluster_name.clone(),
-        _ => {
-            return Err(
-                "dynamic_resources.ads_config.grpc_services[0]: envoy_grpc with a cluster_name is required".into()
-            )
+    let mut clusters = Vec::with_capacity(ads.grpc_services.len());
+    for (i, g) in ads.grpc_services.iter().enumerate() {
+        match g.target_specifier.as_ref() {
+            Some(TargetSpecifier::EnvoyGrpc(e)) if !e.cluster_name.is_empty() => clusters.push(e.cluster_name.clone()),
+            _ => {
+                return Err(format!(
+                    "dynamic_resources.ads_config.grpc_services[{i}]: envoy_grpc with a cluster_name is required"
+                ))
+            }
         }
+    }
+    let Some(cluster) = clusters.first().cloned() else {
+        return Err("dynamic_resources.ads_config.grpc_services[0]: envoy_grpc with a cluster_name is required".into());
     };
     let check =
         |cs: &Option<legate_api::pb::envoy::config::core::v3::ConfigSource>, what: &str| -> Result<bool, String> {
@@ -82,6 +93,7 @@ pub fn ads_config(b: &Bootstrap) -> Result<Option<AdsConfig>, String> {
     Ok(Some(AdsConfig {
         delta,
         cluster,
+        clusters,
         cds: check(&dr.cds_config, "cds_config")?,
         lds: check(&dr.lds_config, "lds_config")?,
         initial_fetch_timeout,
@@ -112,10 +124,14 @@ pub async fn run(shared: Arc<Shared>, cfg: AdsConfig) {
     let connected = shared.store.gauge("control_plane.connected_state");
     let mut dynamic = Dynamic::default();
     let mut backoff = Duration::from_millis(500);
+    // Which of the listed management servers to try next.
+    let mut next = 0usize;
     loop {
+        let cluster = cfg.clusters.get(next % cfg.clusters.len().max(1)).unwrap_or(&cfg.cluster);
+        next = (next + 1) % cfg.clusters.len().max(1);
         let target = {
             let map = shared.clusters.load();
-            map.get(&cfg.cluster).and_then(|c| c.pick()).map(|h| h.addr)
+            map.get(cluster).and_then(|c| c.pick()).map(|h| h.addr)
         };
         let started = Instant::now();
         match target {
@@ -125,12 +141,17 @@ pub async fn run(shared: Arc<Shared>, cfg: AdsConfig) {
                 } else {
                     sotw_session(&shared, &cfg, addr, &mut dynamic, &connected).await
                 };
+                // A stream that was up and then broke (its server died) fails
+                // over to the next server without the grown backoff.
+                if connected.value() == 1 && cfg.clusters.len() > 1 {
+                    backoff = Duration::from_millis(200);
+                }
                 connected.set(0);
                 if let Err(e) = result {
                     tracing::warn!("xDS stream to {addr} ended: {e}");
                 }
             }
-            None => tracing::warn!("xDS cluster '{}' has no host", cfg.cluster),
+            None => tracing::warn!("xDS cluster '{cluster}' has no host"),
         }
         if started.elapsed() > Duration::from_secs(30) {
             backoff = Duration::from_millis(500);

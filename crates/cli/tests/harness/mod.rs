@@ -330,3 +330,52 @@ impl ControlPlane {
         v["proxies"].as_array().cloned().unwrap_or_default()
     }
 }
+
+/// etcd: `ETCD_BIN`, or `etcd` on PATH. Never skipped: the replica tests
+/// cannot run without it (`apt-get install etcd-server`).
+pub fn etcd_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("ETCD_BIN") {
+        return PathBuf::from(p);
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path).map(|d| d.join("etcd")).find(|p| p.is_file()).unwrap_or_else(|| {
+        panic!("etcd is not on PATH and ETCD_BIN is not set: install it (Debian: apt-get install etcd-server)")
+    })
+}
+
+/// A single-member etcd on loopback, its data in `dir`, stopped on drop.
+pub struct Etcd {
+    _proc: Proc,
+    pub client_port: u16,
+}
+
+impl Etcd {
+    pub fn start(dir: &Path) -> Etcd {
+        let (client_port, peer_port) = (free_port(), free_port());
+        let client = format!("http://127.0.0.1:{client_port}");
+        let peer = format!("http://127.0.0.1:{peer_port}");
+        let mut p = Proc::spawn(
+            "etcd",
+            Command::new(etcd_bin())
+                .args(["--name", "legate-test", "--data-dir"])
+                .arg(dir.join("etcd-data"))
+                .args(["--listen-client-urls", &client, "--advertise-client-urls", &client])
+                .args(["--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer])
+                .args(["--initial-cluster", &format!("legate-test={peer}")])
+                .args(["--log-level", "warn"]),
+            dir,
+        );
+        wait_for("etcd to be healthy", Duration::from_secs(20), || {
+            if !p.is_running() {
+                panic!("etcd exited:\n{}", p.output());
+            }
+            http_get(addr(client_port), "/health", "etcd").ok().filter(|r| r.status == 200 && r.body.contains("true"))
+        });
+        Etcd { _proc: p, client_port }
+    }
+
+    /// The `--store` value for control planes on this etcd.
+    pub fn store_url(&self) -> String {
+        format!("etcd://127.0.0.1:{}", self.client_port)
+    }
+}

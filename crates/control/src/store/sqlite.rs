@@ -1,57 +1,18 @@
-//! Persistence: every change is one revision, committed in one SQLite
+//! The embedded store: every change is one revision, committed in one SQLite
 //! transaction (WAL, synchronous=FULL) before it is published, so a crash never
 //! loses a revision that was reported committed, nor leaves half of one.
 
+use super::{AuditEntry, Change, RevisionInfo, StoreError};
 use crate::model::{Document, Kind};
 use rusqlite::{params, Connection, OptionalExtension};
-use serde::Serialize;
 use std::path::Path;
 use std::sync::Mutex;
 
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error("store: {0}")]
-    Sqlite(#[from] rusqlite::Error),
-    #[error("store: {0}")]
-    Io(#[from] std::io::Error),
-    #[error("revision {0} does not exist")]
-    NoRevision(u64),
-    #[error("store: corrupt document for {kind}/{name}: {reason}")]
-    Corrupt { kind: String, name: String, reason: String },
-}
-
-/// One change inside a revision.
-#[derive(Debug, Clone)]
-pub enum Change {
-    Apply(Document),
-    Delete { kind: Kind, name: String },
-}
-
-/// One line of the audit log.
-#[derive(Debug, Clone, Serialize)]
-pub struct AuditEntry {
-    pub at: String,
-    pub actor: String,
-    pub action: String,
-    pub target: String,
-    pub allowed: bool,
-    pub detail: String,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct RevisionInfo {
-    pub revision: u64,
-    pub created_at: String,
-    pub author: String,
-    pub message: String,
-    pub changes: Vec<String>,
-}
-
-pub struct Store {
+pub struct SqliteStore {
     conn: Mutex<Connection>,
 }
 
-impl Store {
+impl SqliteStore {
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
         std::fs::create_dir_all(dir)?;
         let conn = Connection::open(dir.join("legate.db"))?;
@@ -116,10 +77,16 @@ impl Store {
         Ok((rev.unwrap_or(0) as u64, docs))
     }
 
-    /// Commits `changes` as one revision and returns its number.
-    pub fn commit(&self, author: &str, message: &str, changes: &[Change]) -> Result<u64, StoreError> {
+    /// Commits `changes` as one revision and returns its number, unless the
+    /// latest revision is no longer `expected`.
+    pub fn commit(&self, expected: u64, author: &str, message: &str, changes: &[Change]) -> Result<u64, StoreError> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
+        let latest: Option<i64> = tx.query_row("SELECT MAX(rev) FROM revisions", [], |r| r.get(0))?;
+        let latest = latest.unwrap_or(0) as u64;
+        if latest != expected {
+            return Err(StoreError::Conflict { expected, found: latest });
+        }
         let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
         tx.execute(
             "INSERT INTO revisions (created_at, author, message) VALUES (?1, ?2, ?3)",
