@@ -191,8 +191,11 @@ const SUPPORTED_FIELDS: &[(&str, &[&str])] = &[
             "common_lb_config",
             "ring_hash_lb_config",
             "maglev_lb_config",
+            "least_request_lb_config",
         ],
     ),
+    ("envoy.config.cluster.v3.Cluster.LeastRequestLbConfig", &["choice_count", "active_request_bias"]),
+    ("envoy.config.core.v3.RuntimeDouble", &["default_value", "runtime_key"]),
     ("envoy.config.cluster.v3.Cluster.RingHashLbConfig", &["minimum_ring_size", "maximum_ring_size", "hash_function"]),
     ("envoy.config.cluster.v3.Cluster.MaglevLbConfig", &["table_size"]),
     (

@@ -1483,3 +1483,29 @@ fn consistent_hashing_ring_hash_and_maglev() {
     }
     assert!(used.len() >= 3, "keys spread over the hosts: {used:?}");
 }
+
+#[test]
+fn weighted_least_request_and_choice_count() {
+    let weighted = "  - { name: wlr, connect_timeout: 1s, lb_policy: LEAST_REQUEST, load_assignment: { cluster_name: wlr, endpoints: [{ lb_endpoints: [{ endpoint: { address: { socket_address: { address: 127.0.0.1, port_value: {UP_a} } } }, load_balancing_weight: 1 }, { endpoint: { address: { socket_address: { address: 127.0.0.1, port_value: {UP_b} } } }, load_balancing_weight: 3 }] }] } }\n";
+    let choices = cluster("choices", &["{UP_a}", "{UP_b}", "{UP_c}"]).replacen(
+        "connect_timeout: 1s,",
+        "connect_timeout: 1s, lb_policy: LEAST_REQUEST, least_request_lb_config: { choice_count: 3 },",
+        1,
+    );
+    let routes = r#"              - { match: { prefix: "/wlr" }, route: { cluster: wlr } }
+              - { match: { prefix: "/choices" }, route: { cluster: choices } }
+"#;
+    let t = bootstrap("", "", &one_vhost(routes), &(weighted.to_string() + &choices));
+    let pair = start_pair("least-request", &t, &["a", "b", "c"]);
+    let n = 300;
+    for path in ["/wlr", "/choices"] {
+        let e = spread(pair.envoy, path, n);
+        let l = spread(pair.legate, path, n);
+        println!("{path}: Envoy {e:?}, Legate {l:?}");
+        let keys: std::collections::BTreeSet<&String> = e.keys().chain(l.keys()).collect();
+        for k in keys {
+            let (a, b) = (*e.get(k).unwrap_or(&0) as f64 / n as f64, *l.get(k).unwrap_or(&0) as f64 / n as f64);
+            assert!((a - b).abs() <= 0.10, "{path} {k}: Envoy {a:.2}, Legate {b:.2}");
+        }
+    }
+}

@@ -104,11 +104,16 @@ pub struct LbParams {
     pub panic_threshold: f64,
     /// Consistent hashing (RING_HASH, MAGLEV): a table per level.
     pub hashing: Option<crate::hash_lb::Hashing>,
+    /// LEAST_REQUEST: hosts sampled per pick when weights are equal
+    /// (`choice_count`, default 2), and how strongly active requests lower
+    /// a host's weight when they differ (`active_request_bias`, default 1).
+    pub choice_count: u32,
+    pub active_request_bias: f64,
 }
 
 impl Default for LbParams {
     fn default() -> Self {
-        Self { overprovisioning: 140, panic_threshold: 50.0, hashing: None }
+        Self { overprovisioning: 140, panic_threshold: 50.0, hashing: None, choice_count: 2, active_request_bias: 1.0 }
     }
 }
 
@@ -504,6 +509,16 @@ impl Cluster {
                 .and_then(|l| l.healthy_panic_threshold.as_ref())
                 .map_or(50.0, |p| p.value.round()),
             hashing,
+            choice_count: match &c.lb_config {
+                Some(cluster::LbConfig::LeastRequestLbConfig(l)) => l.choice_count.map_or(2, |v| v.value),
+                _ => 2,
+            },
+            active_request_bias: match &c.lb_config {
+                Some(cluster::LbConfig::LeastRequestLbConfig(l)) => {
+                    l.active_request_bias.as_ref().map_or(1.0, |b| b.default_value)
+                }
+                _ => 1.0,
+            },
         };
         let stats = ClusterStats::new(store, &c.name);
         let health_check = crate::health::HealthChecker::compile(&c.health_checks, store, &c.name)?;
@@ -577,6 +592,19 @@ impl Cluster {
         self.hosts.store(Arc::new(set));
     }
 
+    /// This worker's balancer state, reset when the host set changed.
+    fn worker_lb(&self, set: &Arc<HostSet>) -> std::sync::MutexGuard<'_, WorkerLb> {
+        let w = crate::stats::worker_index() % self.lb.len();
+        let mut st = self.lb[w].lock().unwrap_or_else(|e| e.into_inner());
+        let set_id = Arc::as_ptr(set) as usize;
+        if st.set != set_id || st.rr_next.len() != set.levels.len() {
+            st.set = set_id;
+            st.rr_next = vec![0; set.levels.len()];
+            st.edf = (0..set.levels.len()).map(|_| None).collect();
+        }
+        st
+    }
+
     /// Picks a host for a request, or `None` when the cluster has none.
     /// Cost: an `ArcSwap` load (no lock), a draw for the priority level when
     /// load is split across levels, plus the policy's own work.
@@ -602,21 +630,53 @@ impl Cluster {
                 level.table.as_ref()?.lookup(h).and_then(|i| hosts.get(i)).cloned()
             }
             LbPolicy::Random => Some(hosts[rand::random_range(0..hosts.len())].clone()),
+            LbPolicy::LeastRequest if level.equal_weights => {
+                // `choice_count` random samples; the one with the fewest
+                // active requests wins (the earlier sample on a tie).
+                let mut best = &hosts[rand::random_range(0..hosts.len())];
+                for _ in 1..self.lb_params.choice_count.max(2) {
+                    let h = &hosts[rand::random_range(0..hosts.len())];
+                    if h.rq_active.load(Relaxed) < best.rq_active.load(Relaxed) {
+                        best = h;
+                    }
+                }
+                Some(best.clone())
+            }
             LbPolicy::LeastRequest => {
-                // Power of two choices (Envoy's default choice_count: 2).
-                let a = &hosts[rand::random_range(0..hosts.len())];
-                let b = &hosts[rand::random_range(0..hosts.len())];
-                Some(if b.rq_active.load(Relaxed) < a.rq_active.load(Relaxed) { b.clone() } else { a.clone() })
+                // Weights differ: earliest-deadline-first where a host's
+                // weight, taken each time it is scheduled again, is
+                // weight / (active requests + 1)^active_request_bias.
+                let bias = self.lb_params.active_request_bias;
+                let effective = |h: &Host| {
+                    let active = h.rq_active.load(Relaxed) as f64 + 1.0;
+                    let w = h.weight as f64;
+                    if bias == 1.0 {
+                        w / active
+                    } else if bias == 0.0 {
+                        w
+                    } else {
+                        w / active.powf(bias)
+                    }
+                };
+                let mut st = self.worker_lb(&set);
+                let edf = st.edf[li].get_or_insert_with(|| Edf {
+                    heap: hosts
+                        .iter()
+                        .enumerate()
+                        .map(|(i, h)| EdfEntry { deadline: 1.0 / effective(h), order: i, index: i })
+                        .collect(),
+                    now: 0.0,
+                });
+                let mut top = edf.heap.pop()?;
+                edf.now = top.deadline;
+                let host = hosts[top.index].clone();
+                top.deadline = edf.now + 1.0 / effective(&host);
+                top.order += hosts.len();
+                edf.heap.push(top);
+                Some(host)
             }
             LbPolicy::RoundRobin => {
-                let w = crate::stats::worker_index() % self.lb.len();
-                let mut st = self.lb[w].lock().unwrap_or_else(|e| e.into_inner());
-                let set_id = Arc::as_ptr(&set) as usize;
-                if st.set != set_id || st.rr_next.len() != set.levels.len() {
-                    st.set = set_id;
-                    st.rr_next = vec![0; set.levels.len()];
-                    st.edf = (0..set.levels.len()).map(|_| None).collect();
-                }
+                let mut st = self.worker_lb(&set);
                 if level.equal_weights {
                     let i = st.rr_next[li] % hosts.len();
                     st.rr_next[li] = st.rr_next[li].wrapping_add(1);
@@ -793,5 +853,57 @@ mod tests {
         let picks = counts(&c, 1000);
         // P2C picks the busy host only when both choices land on it (1/4).
         assert!(picks[1] > 700, "{picks:?}");
+    }
+
+    fn least_request(weights: &[u32], lb_config: &str) -> Arc<Cluster> {
+        let eps: Vec<String> = weights
+            .iter()
+            .enumerate()
+            .map(|(i, w)| {
+                format!(
+                    "{{endpoint: {{address: {{socket_address: {{address: 127.0.0.{}, port_value: 80}}}}}}, load_balancing_weight: {w}}}",
+                    i + 1
+                )
+            })
+            .collect();
+        let yaml = format!(
+            "name: c\nconnect_timeout: 1s\nlb_policy: LEAST_REQUEST\nleast_request_lb_config: {lb_config}\nload_assignment: {{cluster_name: c, endpoints: [{{lb_endpoints: [{}]}}]}}",
+            eps.join(",")
+        );
+        let (pb, _) =
+            legate_api::load::decode_typed::<PbCluster>(legate_api::load::parse_text(&yaml).unwrap()).unwrap();
+        Cluster::compile(&pb, &Arc::new(Store::default()), 1).unwrap()
+    }
+
+    #[test]
+    fn least_request_choice_count_samples_more_hosts() {
+        // Four busy hosts and one idle: with 2 samples the idle one wins
+        // 1-(4/5)^2 = 36 % of picks; with 8 samples, 1-(4/5)^8 = 83 %.
+        let share = |choices: u32| {
+            let c = least_request(&[1, 1, 1, 1, 1], &format!("{{choice_count: {choices}}}"));
+            for h in &c.hosts.load().all[1..] {
+                h.rq_active.store(5, Relaxed);
+            }
+            counts(&c, 4000)[0] as f64 / 4000.0
+        };
+        let (two, eight) = (share(2), share(8));
+        assert!((0.30..0.42).contains(&two), "choice_count 2: {two}");
+        assert!((0.78..0.88).contains(&eight), "choice_count 8: {eight}");
+    }
+
+    #[test]
+    fn weighted_least_request_divides_weight_by_active_requests() {
+        // Idle: the weights (1:3) alone decide.
+        let c = least_request(&[1, 3], "{}");
+        assert_eq!(counts(&c, 400), vec![100, 300]);
+        // The heavy host has 5 active requests: 3/6 against 1/1, so the
+        // light one now takes two picks in three.
+        let c = least_request(&[1, 3], "{}");
+        c.hosts.load().all[1].rq_active.store(5, Relaxed);
+        assert_eq!(counts(&c, 300), vec![200, 100]);
+        // active_request_bias 0: active requests are ignored.
+        let c = least_request(&[1, 3], "{active_request_bias: {default_value: 0, runtime_key: lb.bias}}");
+        c.hosts.load().all[1].rq_active.store(5, Relaxed);
+        assert_eq!(counts(&c, 400), vec![100, 300]);
     }
 }
