@@ -95,6 +95,8 @@ const SUPPORTED_FIELDS: &[(&str, &[&str])] = &[
             "request_headers_to_remove",
             "response_headers_to_add",
             "response_headers_to_remove",
+            "include_request_attempt_count",
+            "include_attempt_count_in_response",
         ],
     ),
     (
@@ -251,6 +253,7 @@ const SUPPORTED_FIELDS: &[(&str, &[&str])] = &[
             "retry_back_off",
             "retry_host_predicate",
             "host_selection_retry_max_attempts",
+            "retriable_headers",
         ],
     ),
     ("envoy.config.route.v3.RetryPolicy.RetryBackOff", &["base_interval", "max_interval"]),

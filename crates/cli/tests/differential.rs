@@ -85,6 +85,7 @@ const COMPARED_HEADERS: &[&str] = &[
     "x-envoy-ratelimited",
     "x-rl",
     "x-test-closed",
+    "x-envoy-attempt-count",
 ];
 
 /// Upstream-received headers whose value differs by nature: the generated
@@ -1507,5 +1508,43 @@ fn weighted_least_request_and_choice_count() {
             let (a, b) = (*e.get(k).unwrap_or(&0) as f64 / n as f64, *l.get(k).unwrap_or(&0) as f64 / n as f64);
             assert!((a - b).abs() <= 0.10, "{path} {k}: Envoy {a:.2}, Legate {b:.2}");
         }
+    }
+}
+
+#[test]
+fn attempt_count_and_retriable_headers() {
+    let vhosts = r#"            - name: all
+              domains: ["*"]
+              include_request_attempt_count: true
+              include_attempt_count_in_response: true
+              routes:
+              - match: { prefix: "/always" }
+                route: { cluster: echo, retry_policy: { retry_on: 5xx, num_retries: 2, retry_back_off: { base_interval: 0.01s } } }
+              - match: { prefix: "/headers" }
+                route:
+                  cluster: echo
+                  retry_policy:
+                    retry_on: retriable-headers
+                    num_retries: 1
+                    retry_back_off: { base_interval: 0.01s }
+                    retriable_headers: [{ name: x-upstream, string_match: { exact: a } }]
+              - match: { prefix: "/plain" }
+                route: { cluster: echo }
+"#;
+    let t = bootstrap("", "", vhosts, &echo_cluster());
+    let pair = compare(
+        "attempt-count",
+        &t,
+        &["a"],
+        &[
+            get("/always/status/503"),
+            get("/always/status/200"),
+            get("/headers/x"),
+            get("/plain/x"),
+            get("/plain/x").h2(),
+        ],
+    );
+    for name in ["cluster.echo.upstream_rq_retry", "cluster.echo.upstream_rq_total", "cluster.echo.upstream_rq_503"] {
+        assert_eq!(stat(pair.envoy_admin, name), stat(pair.legate_admin, name), "{name}");
     }
 }

@@ -48,6 +48,7 @@ const EDGE_STRIPPED: &[&str] = &[
     "x-envoy-downstream-service-node",
     "x-envoy-original-path",
 ];
+static X_ENVOY_ATTEMPT_COUNT: HeaderName = HeaderName::from_static("x-envoy-attempt-count");
 static X_ENVOY_OVERLOADED: HeaderName = HeaderName::from_static("x-envoy-overloaded");
 static X_ENVOY_ORIGINAL_HOST: HeaderName = HeaderName::from_static("x-envoy-original-host");
 
@@ -834,6 +835,9 @@ impl Hcm {
                 parts.headers.insert(X_ENVOY_ORIGINAL_HOST.clone(), v);
             }
         }
+        if vh.attempt_count_upstream {
+            parts.headers.insert(X_ENVOY_ATTEMPT_COUNT.clone(), HeaderValue::from_static("1"));
+        }
         let per_try = ra.retry.as_ref().and_then(|p| p.per_try_timeout);
         if let Some(ms) = crate::retry::expected_timeout_ms(ra.timeout, per_try, Duration::ZERO) {
             parts.headers.insert(X_ENVOY_EXPECTED_TIMEOUT.clone(), HeaderValue::from(ms));
@@ -883,6 +887,7 @@ impl Hcm {
             Some(policy) if retryable_body(&parts.headers, &body) => Some(policy.clone()),
             _ => None,
         };
+        let mut attempts = 1u32;
         let (result, final_host) = match retry {
             None => {
                 let req = Request::from_parts(parts, ProxyBody::watched(body, request_done.clone()));
@@ -903,12 +908,22 @@ impl Hcm {
                 request_done.received.store(bytes.len() as u64, Relaxed);
                 request_done.done.store(true, Relaxed);
                 let mut slot = None;
-                let sent =
-                    send_with_retries(cluster.clone(), host.clone(), parts, bytes, policy, ra.timeout, &mut slot);
+                let sent = send_with_retries(
+                    cluster.clone(),
+                    host.clone(),
+                    parts,
+                    bytes,
+                    policy,
+                    Attempts { route_timeout: ra.timeout, count_header: vh.attempt_count_upstream },
+                    &mut slot,
+                );
                 let waited = self.await_response(sent, ra.timeout, &request_done).await;
                 stream.rq_slot = slot;
                 match waited {
-                    Waited::Done(r) => (Waited::Done(r.0), Some(r.1)),
+                    Waited::Done(r) => {
+                        attempts = r.2;
+                        (Waited::Done(r.0), Some(r.1))
+                    }
                     other => (other.without_value(), None),
                 }
             }
@@ -971,6 +986,9 @@ impl Hcm {
             .headers
             .insert(X_ENVOY_UPSTREAM_SERVICE_TIME.clone(), HeaderValue::from(started.elapsed().as_millis() as u64));
         rparts.version = http::Version::HTTP_11;
+        if vh.attempt_count_response {
+            rparts.headers.insert(X_ENVOY_ATTEMPT_COUNT.clone(), HeaderValue::from(attempts));
+        }
         let mut resp = Response::from_parts(rparts, ProxyBody::stream(rbody));
         stream.details = "via_upstream";
         self.finish_response(&mut stream, &mut resp, Some(matched));
@@ -1041,15 +1059,23 @@ fn retryable_body(headers: &HeaderMap, body: &Incoming) -> bool {
 /// Sends with the route's retry policy: on a retriable response or failure,
 /// waits the jittered back-off and tries again, on another host when the
 /// policy avoids previous ones. Returns the last outcome and the host that gave it.
+/// What each attempt of a retried request is told.
+struct Attempts {
+    route_timeout: Option<Duration>,
+    /// Set `x-envoy-attempt-count` on every attempt.
+    count_header: bool,
+}
+
 async fn send_with_retries(
     cluster: Arc<Cluster>,
     first: Arc<Host>,
     parts: http::request::Parts,
     body: bytes::Bytes,
     policy: crate::retry::RetryPolicy,
-    route_timeout: Option<Duration>,
+    attempts: Attempts,
     rq_slot: &mut Option<crate::breakers::Slot>,
-) -> (Result<Response<Incoming>, crate::upstream::UpstreamError>, Arc<Host>) {
+) -> (Result<Response<Incoming>, crate::upstream::UpstreamError>, Arc<Host>, u32) {
+    let route_timeout = attempts.route_timeout;
     let started = Instant::now();
     let mut parts = parts;
     let mut host = first;
@@ -1068,27 +1094,30 @@ async fn send_with_retries(
             None => sent.await,
         };
         let retriable = match &result {
-            Ok(r) => policy.retry_status(r.status().as_u16()),
+            Ok(r) => policy.retry_response(r.status().as_u16(), r.headers()),
             Err(e) => policy.retry_error(e),
         };
         if !retriable || attempt >= policy.num_retries {
             if attempt > 0 && retriable_ok(&result, &policy) {
                 cluster.stats.upstream_rq_retry_success.inc();
             }
-            return (result, host);
+            return (result, host, attempt + 1);
         }
         // A retried response is not counted in upstream_rq_<code>: Envoy
         // counts the response the downstream gets.
         // max_retries: retries in flight across the cluster.
         let Some(_retry_slot) = cluster.breakers.default.retries.try_acquire() else {
             cluster.stats.upstream_rq_retry_overflow.inc();
-            return (result, host);
+            return (result, host, attempt + 1);
         };
         attempt += 1;
         cluster.stats.upstream_rq_retry.inc();
         tried.push(host.addr);
         drop(result);
         tokio::time::sleep(policy.backoff(attempt)).await;
+        if attempts.count_header {
+            parts.headers.insert(X_ENVOY_ATTEMPT_COUNT.clone(), HeaderValue::from(attempt + 1));
+        }
         // The next attempt is told the time the route's timeout leaves.
         if let Some(ms) = crate::retry::expected_timeout_ms(route_timeout, policy.per_try_timeout, started.elapsed()) {
             parts.headers.insert(X_ENVOY_EXPECTED_TIMEOUT.clone(), HeaderValue::from(ms));
@@ -1116,7 +1145,7 @@ fn retriable_ok(
     policy: &crate::retry::RetryPolicy,
 ) -> bool {
     match result {
-        Ok(r) => !policy.retry_status(r.status().as_u16()),
+        Ok(r) => !policy.retry_response(r.status().as_u16(), r.headers()),
         Err(_) => false,
     }
 }

@@ -20,6 +20,9 @@ pub struct RetryPolicy {
     /// `envoy.retry_host_predicates.previous_hosts`: retry on another host.
     pub avoid_previous_hosts: bool,
     pub host_selection_attempts: u32,
+    /// `retriable-headers`: a response matching any of `retriable_headers`.
+    retriable_headers_on: bool,
+    retriable_headers: Vec<crate::matcher::HeaderMatch>,
 }
 
 /// Envoy's `x-envoy-expected-rq-timeout-ms` for an attempt begun `elapsed`
@@ -61,6 +64,13 @@ impl RetryPolicy {
             max: Duration::from_millis(250),
             avoid_previous_hosts: false,
             host_selection_attempts: (p.host_selection_retry_max_attempts.max(1)) as u32,
+            retriable_headers_on: false,
+            retriable_headers: p
+                .retriable_headers
+                .iter()
+                .enumerate()
+                .map(|(i, m)| crate::matcher::HeaderMatch::new(m).map_err(|e| format!("retriable_headers[{i}]: {e}")))
+                .collect::<Result<_, _>>()?,
         };
         for on in p.retry_on.split(',').map(str::trim).filter(|s| !s.is_empty()) {
             match on {
@@ -70,6 +80,7 @@ impl RetryPolicy {
                 "reset" => r.reset = true,
                 "retriable-4xx" => r.retriable_4xx = true,
                 "retriable-status-codes" => r.retriable_status_codes = true,
+                "retriable-headers" => r.retriable_headers_on = true,
                 other => return Err(format!("retry_on: '{other}' is not supported")),
             }
         }
@@ -97,6 +108,16 @@ impl RetryPolicy {
             || (self.gateway_error && matches!(status, 502..=504))
             || (self.retriable_4xx && status == 409)
             || (self.retriable_status_codes && self.codes.contains(&status))
+    }
+
+    /// Whether a response is retried: by its status, or (`retriable-headers`)
+    /// by a header matching one of `retriable_headers`.
+    pub fn retry_response(&self, status: u16, headers: &http::HeaderMap) -> bool {
+        self.retry_status(status)
+            || (self.retriable_headers_on && {
+                let pseudo = crate::matcher::Pseudo { method: "", path: "", authority: "", scheme: "" };
+                self.retriable_headers.iter().any(|m| m.matches(headers, &pseudo))
+            })
     }
 
     /// Whether a failure before any response is retried.

@@ -32,6 +32,11 @@ pub struct VirtualHost {
     pub request_headers: HeaderMutations,
     pub response_headers: HeaderMutations,
     pub require_tls: i32,
+    /// `include_request_attempt_count`: upstream requests carry
+    /// `x-envoy-attempt-count`; `include_attempt_count_in_response`: so does
+    /// the response.
+    pub attempt_count_upstream: bool,
+    pub attempt_count_response: bool,
 }
 
 pub struct Route {
@@ -203,6 +208,8 @@ fn compile_vhost(vh: &rpb::VirtualHost) -> Result<VirtualHost, String> {
         request_headers: HeaderMutations::new(&vh.request_headers_to_add, &vh.request_headers_to_remove)?,
         response_headers: HeaderMutations::new(&vh.response_headers_to_add, &vh.response_headers_to_remove)?,
         require_tls: vh.require_tls,
+        attempt_count_upstream: vh.include_request_attempt_count,
+        attempt_count_response: vh.include_attempt_count_in_response,
     })
 }
 
