@@ -1548,3 +1548,49 @@ fn attempt_count_and_retriable_headers() {
         assert_eq!(stat(pair.envoy_admin, name), stat(pair.legate_admin, name), "{name}");
     }
 }
+
+#[test]
+fn outlier_detection_success_rate_and_failure_percentage() {
+    let dir = TempDir::new("outlier-stats");
+    let (_bad, bad_port) = echo_with("bad", dir.path(), &["--status", "503"]);
+    let od = |name: &str, detection: &str| {
+        format!(
+            "  - name: {name}\n    connect_timeout: 1s\n    outlier_detection: {{ {detection}, enforcing_consecutive_5xx: 0, interval: 1s, base_ejection_time: 30s, max_ejection_percent: 50 }}\n    load_assignment: {{ cluster_name: {name}, endpoints: [{{ lb_endpoints: [{{ endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {{UP_a}} }} }} }} }}, {{ endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {{UP_b}} }} }} }} }}, {{ endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {bad_port} }} }} }} }}] }}] }}\n"
+        )
+    };
+    // Success rate: with 3 hosts at 100 %, 100 % and 0 %, mean 66.7 and
+    // stdev 47.1, a factor of 1.0 puts the bar at 19.6 %: the bad host goes.
+    let clusters = od("sr", "success_rate_minimum_hosts: 3, success_rate_request_volume: 10, success_rate_stdev_factor: 1000")
+        + &od(
+            "fp",
+            "enforcing_success_rate: 0, failure_percentage_minimum_hosts: 3, failure_percentage_request_volume: 10, failure_percentage_threshold: 50, enforcing_failure_percentage: 100",
+        );
+    let routes = r#"              - { match: { prefix: "/sr" }, route: { cluster: sr } }
+              - { match: { prefix: "/fp" }, route: { cluster: fp } }
+"#;
+    let t = bootstrap("", "", &one_vhost(routes), &clusters);
+    let pair = start_pair("outlier-stats", &t, &["a", "b"]);
+    for (path, cluster, kind) in [("/sr/x", "sr", "success_rate"), ("/fp/x", "fp", "failure_percentage")] {
+        // 45 requests within one interval: 15 per host, over the volume.
+        for port in [pair.envoy, pair.legate] {
+            for _ in 0..45 {
+                send(port, &get(path));
+            }
+        }
+        for (who, admin) in [("Envoy", pair.envoy_admin), ("Legate", pair.legate_admin)] {
+            let name = format!("cluster.{cluster}.outlier_detection.ejections_enforced_{kind}");
+            wait_for(&format!("{who} to eject by {kind}"), Duration::from_secs(5), || {
+                (stat(admin, &name) == Some(1)).then_some(())
+            });
+        }
+        for port in [pair.envoy, pair.legate] {
+            let after: Vec<String> =
+                (0..10).map(|_| send(port, &get(path)).header("x-upstream").unwrap_or("-").to_string()).collect();
+            assert!(after.iter().all(|u| u == "a" || u == "b"), "{path} after the ejection on {port}: {after:?}");
+        }
+        for stat_name in ["ejections_enforced_total", "ejections_active", &format!("ejections_detected_{kind}")] {
+            let name = format!("cluster.{cluster}.outlier_detection.{stat_name}");
+            assert_eq!(stat(pair.envoy_admin, &name), stat(pair.legate_admin, &name), "{name}");
+        }
+    }
+}

@@ -61,6 +61,9 @@ pub struct Host {
     pub od_gateway: std::sync::atomic::AtomicU32,
     pub od_ejections: std::sync::atomic::AtomicU32,
     pub od_until: AtomicU64,
+    /// Results in the current outlier-detection interval: all, and successes.
+    pub od_interval_rq: AtomicU64,
+    pub od_interval_ok: AtomicU64,
 }
 
 impl Host {
@@ -92,6 +95,8 @@ impl Host {
             od_gateway: Default::default(),
             od_ejections: Default::default(),
             od_until: AtomicU64::new(0),
+            od_interval_rq: AtomicU64::new(0),
+            od_interval_ok: AtomicU64::new(0),
         }
     }
 }

@@ -1,8 +1,14 @@
 //! Outlier detection: hosts that answer with consecutive 5xx (or gateway
-//! errors) are ejected for `base_ejection_time` × the times they were
-//! ejected (up to `max_ejection_time`), and come back on the `interval` tick
-//! after that. Locally originated failures (connect failures, resets) count
-//! as 5xx, as in Envoy when `split_external_local_origin_errors` is off.
+//! errors), or whose success rate over an interval falls far below the
+//! others' (`success_rate_*`) or whose failure share passes a threshold
+//! (`failure_percentage_*`), are ejected for `base_ejection_time` × the times
+//! they were ejected (up to `max_ejection_time`), and come back on the
+//! `interval` tick after that. Locally originated failures (connect
+//! failures, resets) count as 5xx, as in Envoy when
+//! `split_external_local_origin_errors` is off.
+//!
+//! Per request: two relaxed adds on the host (interval volume and successes)
+//! besides the consecutive counters; the statistics run on the interval tick.
 
 use crate::cluster::{Cluster, Host};
 use crate::stats::{Counter, Gauge, Store};
@@ -20,10 +26,25 @@ pub struct Outlier {
     base_ejection: Duration,
     max_ejection: Duration,
     max_ejection_percent: u32,
+    success_rate: Statistic,
+    failure_percentage: Statistic,
     ejections_active: Arc<Gauge>,
     enforced_total: Arc<Counter>,
     enforced_5xx: Arc<Counter>,
     enforced_gateway: Arc<Counter>,
+    detected_5xx: Arc<Counter>,
+    detected_gateway: Arc<Counter>,
+}
+
+/// The settings of one interval statistic (success rate or failure percentage).
+struct Statistic {
+    minimum_hosts: u64,
+    request_volume: u64,
+    enforcing: u32,
+    /// Success rate: the stdev factor (÷ 1000); failure percentage: the threshold.
+    parameter: f64,
+    detected: Arc<Counter>,
+    enforced: Arc<Counter>,
 }
 
 fn dur(d: &Option<legate_api::pb::google::protobuf::Duration>, default: Duration) -> Duration {
@@ -48,17 +69,113 @@ impl Outlier {
             base_ejection: dur(&o.base_ejection_time, Duration::from_secs(30)),
             max_ejection: dur(&o.max_ejection_time, Duration::from_secs(300)),
             max_ejection_percent: o.max_ejection_percent.map_or(10, |v| v.value),
+            success_rate: Statistic {
+                minimum_hosts: o.success_rate_minimum_hosts.map_or(5, |v| u64::from(v.value)),
+                request_volume: o.success_rate_request_volume.map_or(100, |v| u64::from(v.value)),
+                enforcing: o.enforcing_success_rate.map_or(100, |v| v.value),
+                parameter: o.success_rate_stdev_factor.map_or(1900, |v| v.value) as f64 / 1000.0,
+                detected: store.counter(&format!("{p}ejections_detected_success_rate")),
+                enforced: store.counter(&format!("{p}ejections_enforced_success_rate")),
+            },
+            failure_percentage: Statistic {
+                minimum_hosts: o.failure_percentage_minimum_hosts.map_or(5, |v| u64::from(v.value)),
+                request_volume: o.failure_percentage_request_volume.map_or(50, |v| u64::from(v.value)),
+                enforcing: o.enforcing_failure_percentage.map_or(0, |v| v.value),
+                parameter: o.failure_percentage_threshold.map_or(85, |v| v.value) as f64,
+                detected: store.counter(&format!("{p}ejections_detected_failure_percentage")),
+                enforced: store.counter(&format!("{p}ejections_enforced_failure_percentage")),
+            },
             ejections_active: store.gauge(&format!("{p}ejections_active")),
             enforced_total: store.counter(&format!("{p}ejections_enforced_total")),
             enforced_5xx: store.counter(&format!("{p}ejections_enforced_consecutive_5xx")),
             enforced_gateway: store.counter(&format!("{p}ejections_enforced_consecutive_gateway_failure")),
+            detected_5xx: store.counter(&format!("{p}ejections_detected_consecutive_5xx")),
+            detected_gateway: store.counter(&format!("{p}ejections_detected_consecutive_gateway_failure")),
+        }
+    }
+
+    /// Ejects `host` if the cap allows (and the enforcing draw says so);
+    /// returns whether it did.
+    fn eject(&self, cluster: &Cluster, host: &Host, enforcing: u32) -> bool {
+        if host.ejected.load(Relaxed) || rand::random_range(0..100) >= enforcing {
+            return false;
+        }
+        let set = cluster.hosts.load();
+        let ejected = set.all.iter().filter(|h| h.ejected.load(Relaxed)).count() as u32;
+        // An ejection is allowed while the ejected share is under the cap.
+        if ejected * 100 >= self.max_ejection_percent * set.all.len() as u32 {
+            return false;
+        }
+        let times = host.od_ejections.fetch_add(1, Relaxed) + 1;
+        let until = Instant::now() + (self.base_ejection * times).min(self.max_ejection.max(self.base_ejection));
+        host.od_until.store(until.duration_since(epoch()).as_millis() as u64, Relaxed);
+        host.ejected.store(true, Relaxed);
+        host.od_5xx.store(0, Relaxed);
+        host.od_gateway.store(0, Relaxed);
+        self.enforced_total.inc();
+        self.ejections_active.set(ejected as i64 + 1);
+        true
+    }
+
+    /// The interval's success-rate and failure-percentage ejections, from
+    /// the results each host saw since the last tick (then reset).
+    fn interval_statistics(&self, cluster: &Cluster) {
+        let set = cluster.hosts.load();
+        // (host, requests, success percent) of hosts not ejected.
+        let rates: Vec<(&Arc<Host>, u64, f64)> = set
+            .all
+            .iter()
+            .map(|h| {
+                let rq = h.od_interval_rq.swap(0, Relaxed);
+                let ok = h.od_interval_ok.swap(0, Relaxed);
+                (h, rq, if rq == 0 { 100.0 } else { ok as f64 * 100.0 / rq as f64 })
+            })
+            .filter(|(h, _, _)| !h.ejected.load(Relaxed))
+            .collect();
+        let mut changed = false;
+        // Success rate: below mean - factor × stdev of the hosts with volume.
+        let sr = &self.success_rate;
+        let valid: Vec<&(&Arc<Host>, u64, f64)> = rates.iter().filter(|(_, rq, _)| *rq >= sr.request_volume).collect();
+        if valid.len() as u64 >= sr.minimum_hosts.max(1) {
+            let n = valid.len() as f64;
+            let mean = valid.iter().map(|(_, _, r)| r).sum::<f64>() / n;
+            let stdev = (valid.iter().map(|(_, _, r)| (r - mean).powi(2)).sum::<f64>() / n).sqrt();
+            let threshold = mean - stdev * sr.parameter;
+            for (h, _, r) in valid {
+                if *r < threshold {
+                    sr.detected.inc();
+                    if self.eject(cluster, h, sr.enforcing) {
+                        sr.enforced.inc();
+                        changed = true;
+                    }
+                }
+            }
+        }
+        // Failure percentage: at or over the threshold.
+        let fp = &self.failure_percentage;
+        let valid: Vec<&(&Arc<Host>, u64, f64)> = rates.iter().filter(|(_, rq, _)| *rq >= fp.request_volume).collect();
+        if valid.len() as u64 >= fp.minimum_hosts.max(1) {
+            for (h, _, r) in valid {
+                if 100.0 - r >= fp.parameter {
+                    fp.detected.inc();
+                    if self.eject(cluster, h, fp.enforcing) {
+                        fp.enforced.inc();
+                        changed = true;
+                    }
+                }
+            }
+        }
+        if changed {
+            cluster.refresh_health();
         }
     }
 
     /// Records one result from `host` (`None`: a local failure, counted as 503).
     pub fn record(&self, cluster: &Cluster, host: &Host, status: Option<u16>) {
         let status = status.unwrap_or(503);
+        host.od_interval_rq.fetch_add(1, Relaxed);
         if status < 500 {
+            host.od_interval_ok.fetch_add(1, Relaxed);
             host.od_5xx.store(0, Relaxed);
             host.od_gateway.store(0, Relaxed);
             return;
@@ -68,31 +185,25 @@ impl Outlier {
         if host.ejected.load(Relaxed) {
             return;
         }
-        let by_5xx = n5xx >= self.consecutive_5xx && rand::random_range(0..100) < self.enforcing_5xx;
-        let by_gateway = ngw >= self.consecutive_gateway && rand::random_range(0..100) < self.enforcing_gateway;
-        if !(by_5xx || by_gateway) {
-            return;
+        // Consecutive 5xx first, then consecutive gateway failures, as Envoy checks them.
+        let mut ejected = false;
+        if n5xx == self.consecutive_5xx {
+            self.detected_5xx.inc();
+            if self.eject(cluster, host, self.enforcing_5xx) {
+                self.enforced_5xx.inc();
+                ejected = true;
+            }
         }
-        let set = cluster.hosts.load();
-        let ejected = set.all.iter().filter(|h| h.ejected.load(Relaxed)).count() as u32;
-        // An ejection is allowed while the ejected share is under the cap.
-        if ejected * 100 >= self.max_ejection_percent * set.all.len() as u32 {
-            return;
+        if !ejected && ngw == self.consecutive_gateway {
+            self.detected_gateway.inc();
+            if self.eject(cluster, host, self.enforcing_gateway) {
+                self.enforced_gateway.inc();
+                ejected = true;
+            }
         }
-        let times = host.od_ejections.fetch_add(1, Relaxed) + 1;
-        let until = Instant::now() + (self.base_ejection * times).min(self.max_ejection.max(self.base_ejection));
-        host.od_until.store(until.duration_since(epoch()).as_millis() as u64, Relaxed);
-        host.ejected.store(true, Relaxed);
-        host.od_5xx.store(0, Relaxed);
-        host.od_gateway.store(0, Relaxed);
-        self.enforced_total.inc();
-        if by_5xx {
-            self.enforced_5xx.inc()
-        } else {
-            self.enforced_gateway.inc()
+        if ejected {
+            cluster.refresh_health();
         }
-        self.ejections_active.set(ejected as i64 + 1);
-        cluster.refresh_health();
     }
 
     /// Brings back hosts whose ejection ran out.
@@ -122,6 +233,7 @@ pub async fn run(cluster: Weak<Cluster>) {
         let Some(c) = cluster.upgrade() else { return };
         if let Some(o) = &c.outlier {
             o.uneject(&c);
+            o.interval_statistics(&c);
         }
     }
 }
