@@ -269,10 +269,14 @@ const SUPPORTED_FIELDS: &[(&str, &[&str])] = &[
             "healthy_threshold",
             "http_health_check",
             "tcp_health_check",
+            "grpc_health_check",
+            "no_traffic_interval",
         ],
     ),
     ("envoy.config.core.v3.HealthCheck.HttpHealthCheck", &["path", "host", "expected_statuses"]),
-    ("envoy.config.core.v3.HealthCheck.TcpHealthCheck", &[]),
+    ("envoy.config.core.v3.HealthCheck.TcpHealthCheck", &["send", "receive"]),
+    ("envoy.config.core.v3.HealthCheck.Payload", &["text", "binary"]),
+    ("envoy.config.core.v3.HealthCheck.GrpcHealthCheck", &["service_name", "authority"]),
     (
         "envoy.config.cluster.v3.OutlierDetection",
         &[

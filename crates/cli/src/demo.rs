@@ -37,7 +37,16 @@ fn start_upstreams() -> anyhow::Result<()> {
             for (name, l) in bound {
                 let Ok(l) = tokio::net::TcpListener::from_std(l) else { continue };
                 let Ok(listen) = l.local_addr() else { continue };
-                tokio::spawn(serve(l, Arc::new(EchoArgs { listen, name: name.into(), plain: false, status: None })));
+                tokio::spawn(serve(
+                    l,
+                    Arc::new(EchoArgs {
+                        listen,
+                        name: name.into(),
+                        plain: false,
+                        status: None,
+                        grpc_health: "SERVING".into(),
+                    }),
+                ));
             }
             std::future::pending::<()>().await
         });

@@ -25,6 +25,9 @@ pub struct EchoArgs {
     /// Answer every request with this status (a failing upstream for tests).
     #[arg(long)]
     pub status: Option<u16>,
+    /// What `grpc.health.v1.Health/Check` answers: SERVING or NOT_SERVING.
+    #[arg(long, default_value = "SERVING")]
+    pub grpc_health: String,
 }
 
 pub fn run(args: EchoArgs) -> anyhow::Result<()> {
@@ -42,15 +45,40 @@ pub async fn serve(listener: tokio::net::TcpListener, args: Arc<EchoArgs>) {
         let _ = stream.set_nodelay(true);
         let args = args.clone();
         tokio::spawn(async move {
-            let svc = service_fn(move |req| {
+            let svc = service_fn(move |req: hyper::Request<Incoming>| {
                 let args = args.clone();
-                async move { Ok::<_, Infallible>(respond(&args, peer, req).await) }
+                async move {
+                    if req.uri().path() == "/grpc.health.v1.Health/Check" {
+                        return Ok::<_, Infallible>(grpc_health(&args));
+                    }
+                    Ok::<_, Infallible>(respond(&args, peer, req).await.map(|b| b.map_err(|e| match e {}).boxed()))
+                }
             });
             let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                 .serve_connection(TokioIo::new(stream), svc)
                 .await;
         });
     }
+}
+
+type EchoBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
+
+/// A gRPC health answer: one HealthCheckResponse message (field 1, status:
+/// 1 SERVING or 2 NOT_SERVING) in gRPC framing, then `grpc-status: 0`.
+fn grpc_health(args: &EchoArgs) -> hyper::Response<EchoBody> {
+    let status: u8 = if args.grpc_health.eq_ignore_ascii_case("SERVING") { 1 } else { 2 };
+    let message = [0x08, status];
+    let mut framed = vec![0u8];
+    framed.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    framed.extend_from_slice(&message);
+    let mut trailers = http::HeaderMap::new();
+    trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+    let frames: Vec<Result<hyper::body::Frame<Bytes>, Infallible>> =
+        vec![Ok(hyper::body::Frame::data(Bytes::from(framed))), Ok(hyper::body::Frame::trailers(trailers))];
+    let body = http_body_util::StreamBody::new(tokio_stream::iter(frames)).boxed();
+    let mut resp = hyper::Response::new(body);
+    resp.headers_mut().insert("content-type", http::HeaderValue::from_static("application/grpc"));
+    resp
 }
 
 async fn respond(args: &EchoArgs, peer: SocketAddr, req: hyper::Request<Incoming>) -> hyper::Response<Full<Bytes>> {

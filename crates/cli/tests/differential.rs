@@ -1594,3 +1594,48 @@ fn outlier_detection_success_rate_and_failure_percentage() {
         }
     }
 }
+
+#[test]
+fn grpc_and_tcp_payload_health_checks() {
+    let dir = TempDir::new("hc-kinds");
+    let (_sick, sick_port) = echo_with("sick", dir.path(), &["--grpc-health", "NOT_SERVING", "--status", "503"]);
+    let two = |name: &str, hc: &str, extra: &str| {
+        format!(
+            "  - name: {name}\n    connect_timeout: 0.5s\n{extra}    health_checks: [{{ timeout: 0.5s, interval: 0.2s, no_traffic_interval: 0.2s, unhealthy_threshold: 1, healthy_threshold: 1, {hc} }}]\n    load_assignment: {{ cluster_name: {name}, endpoints: [{{ lb_endpoints: [{{ endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {{UP_a}} }} }} }} }}, {{ endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {sick_port} }} }} }} }}] }}] }}\n"
+        )
+    };
+    let h2 = "    typed_extension_protocol_options: { envoy.extensions.upstreams.http.v3.HttpProtocolOptions: { \"@type\": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions, explicit_http_config: { http2_protocol_options: {} } } }\n";
+    // TCP: "GET / HTTP/1.1\r\nhost: x\r\n\r\n" must be answered "HTTP/1.1 " ... "200".
+    let tcp = "tcp_health_check: { send: { text: 474554202f20485454502f312e310d0a686f73743a20780d0a0d0a }, receive: [{ text: 485454502f312e3120 }, { text: '323030' }] }";
+    // Idle: the default no_traffic_interval (60 s) keeps checks to one round.
+    let idle = format!(
+        "  - name: idle\n    connect_timeout: 0.5s\n    health_checks: [{{ timeout: 0.5s, interval: 0.1s, unhealthy_threshold: 1, healthy_threshold: 1, tcp_health_check: {{}} }}]\n    load_assignment: {{ cluster_name: idle, endpoints: [{{ lb_endpoints: [{{ endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {{UP_a}} }} }} }} }}] }}] }}\n"
+    );
+    let clusters = two("grpc", "grpc_health_check: {}", h2) + &two("tcp", tcp, "") + &idle;
+    let routes = r#"              - { match: { prefix: "/grpc" }, route: { cluster: grpc } }
+              - { match: { prefix: "/tcp" }, route: { cluster: tcp } }
+"#;
+    let t = bootstrap("", "", &one_vhost(routes), &clusters);
+    let pair = start_pair("hc-kinds", &t, &["a"]);
+    for (who, port) in [("Envoy", pair.envoy), ("Legate", pair.legate)] {
+        for path in ["/grpc/x", "/tcp/x"] {
+            wait_for(&format!("{who} to fail the sick host on {path}"), Duration::from_secs(10), || {
+                (0..6).all(|_| send(port, &get(path)).header("x-upstream") == Some("a")).then_some(())
+            });
+        }
+    }
+    for admin in [pair.envoy_admin, pair.legate_admin] {
+        let body = http_get(addr(admin), "/clusters", "admin").expect("clusters").body;
+        for c in ["grpc", "tcp"] {
+            assert!(
+                body.lines()
+                    .any(|l| l.starts_with(&format!("{c}::127.0.0.1:{sick_port}::health_flags::/failed_active_hc"))),
+                "{c} on {admin}:\n{body}"
+            );
+        }
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let attempts = |admin: u16| stat(admin, "cluster.idle.health_check.attempt");
+    assert_eq!(attempts(pair.envoy_admin), Some(1), "Envoy checks an idle cluster once a minute");
+    assert_eq!(attempts(pair.legate_admin), attempts(pair.envoy_admin), "idle cluster checks");
+}

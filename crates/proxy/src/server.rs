@@ -147,7 +147,7 @@ pub fn run(bootstrap: LoadedBootstrap, options: Options) -> Result<(), ServerErr
             }
             if let Some(hc) = &c.health_check {
                 hc.round(c).await;
-                tokio::spawn(crate::health::run(Arc::downgrade(c)));
+                tokio::spawn(crate::health::run(Arc::downgrade(c), true));
             }
             if c.outlier.is_some() {
                 tokio::spawn(crate::outlier::run(Arc::downgrade(c)));

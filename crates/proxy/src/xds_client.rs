@@ -272,7 +272,7 @@ impl Dynamic {
         for (name, c) in &next {
             let fresh = old_map.get(name).is_none_or(|old| !Arc::ptr_eq(old, c));
             if fresh && c.health_check.is_some() {
-                tokio::spawn(crate::health::run(Arc::downgrade(c)));
+                tokio::spawn(crate::health::run(Arc::downgrade(c), false));
             }
             if fresh && c.outlier.is_some() {
                 tokio::spawn(crate::outlier::run(Arc::downgrade(c)));
@@ -341,7 +341,7 @@ impl Dynamic {
                     }
                 }
                 if c.health_check.is_some() {
-                    tokio::spawn(crate::health::run(Arc::downgrade(&c)));
+                    tokio::spawn(crate::health::run(Arc::downgrade(&c), false));
                 }
                 if c.outlier.is_some() {
                     tokio::spawn(crate::outlier::run(Arc::downgrade(&c)));
