@@ -24,6 +24,11 @@ pub const SUPPORTED_EXTENSIONS: &[&str] = &[
     "envoy.extensions.access_loggers.stream.v3.StdoutAccessLog",
     "envoy.extensions.access_loggers.stream.v3.StderrAccessLog",
     "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+    "envoy.extensions.load_balancing_policies.round_robin.v3.RoundRobin",
+    "envoy.extensions.load_balancing_policies.random.v3.Random",
+    "envoy.extensions.load_balancing_policies.least_request.v3.LeastRequest",
+    "envoy.extensions.load_balancing_policies.ring_hash.v3.RingHash",
+    "envoy.extensions.load_balancing_policies.maglev.v3.Maglev",
 ];
 
 const SUPPORTED_FIELDS: &[(&str, &[&str])] = &[
@@ -194,8 +199,23 @@ const SUPPORTED_FIELDS: &[(&str, &[&str])] = &[
             "ring_hash_lb_config",
             "maglev_lb_config",
             "least_request_lb_config",
+            "load_balancing_policy",
         ],
     ),
+    ("envoy.config.cluster.v3.LoadBalancingPolicy", &["policies"]),
+    ("envoy.config.core.v3.TypedExtensionConfig", &["name", "typed_config"]),
+    ("envoy.config.cluster.v3.LoadBalancingPolicy.Policy", &["typed_extension_config"]),
+    ("envoy.extensions.load_balancing_policies.round_robin.v3.RoundRobin", &[]),
+    ("envoy.extensions.load_balancing_policies.random.v3.Random", &[]),
+    (
+        "envoy.extensions.load_balancing_policies.least_request.v3.LeastRequest",
+        &["choice_count", "active_request_bias"],
+    ),
+    (
+        "envoy.extensions.load_balancing_policies.ring_hash.v3.RingHash",
+        &["hash_function", "minimum_ring_size", "maximum_ring_size"],
+    ),
+    ("envoy.extensions.load_balancing_policies.maglev.v3.Maglev", &["table_size"]),
     ("envoy.config.cluster.v3.Cluster.LeastRequestLbConfig", &["choice_count", "active_request_bias"]),
     ("envoy.config.core.v3.RuntimeDouble", &["default_value", "runtime_key"]),
     ("envoy.config.cluster.v3.Cluster.RingHashLbConfig", &["minimum_ring_size", "maximum_ring_size", "hash_function"]),

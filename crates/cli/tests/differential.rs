@@ -1637,3 +1637,40 @@ fn grpc_and_tcp_payload_health_checks() {
     assert_eq!(attempts(pair.envoy_admin), Some(1), "Envoy checks an idle cluster once a minute");
     assert_eq!(attempts(pair.legate_admin), attempts(pair.envoy_admin), "idle cluster checks");
 }
+
+#[test]
+fn load_balancing_policy_typed_configs() {
+    let typed = |name: &str, policy: &str| {
+        cluster(name, &["{UP_a}", "{UP_b}", "{UP_c}", "{UP_d}"]).replacen(
+            "connect_timeout: 1s,",
+            &format!(
+                "connect_timeout: 1s, load_balancing_policy: {{ policies: [{{ typed_extension_config: {{ name: lb, typed_config: {policy} }} }}] }},"
+            ),
+            1,
+        )
+    };
+    let clusters = typed(
+        "ring",
+        "{ \"@type\": type.googleapis.com/envoy.extensions.load_balancing_policies.ring_hash.v3.RingHash, minimum_ring_size: 2048 }",
+    ) + &typed("maglev", "{ \"@type\": type.googleapis.com/envoy.extensions.load_balancing_policies.maglev.v3.Maglev }")
+        + &typed("rr", "{ \"@type\": type.googleapis.com/envoy.extensions.load_balancing_policies.round_robin.v3.RoundRobin }");
+    let routes = r#"              - { match: { prefix: "/ring" }, route: { cluster: ring, hash_policy: [{ header: { header_name: x-user } }] } }
+              - { match: { prefix: "/maglev" }, route: { cluster: maglev, hash_policy: [{ header: { header_name: x-user } }] } }
+              - { match: { prefix: "/rr" }, route: { cluster: rr } }
+"#;
+    let t = bootstrap("", "", &one_vhost(routes), &clusters);
+    let pair = start_pair("lb-policy", &t, &["a", "b", "c", "d"]);
+    for user in ["alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi", "ivan", "judy"] {
+        for path in ["/ring/x", "/maglev/x"] {
+            let r = get(path).header("x-user", user);
+            assert_eq!(
+                send(pair.envoy, &r).header("x-upstream").map(str::to_string),
+                send(pair.legate, &r).header("x-upstream").map(str::to_string),
+                "{path} for {user}"
+            );
+        }
+    }
+    let e = spread(pair.envoy, "/rr", 40);
+    let l = spread(pair.legate, "/rr", 40);
+    assert_eq!(e, l, "round robin over four hosts");
+}

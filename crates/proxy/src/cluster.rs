@@ -427,39 +427,8 @@ impl Cluster {
             },
             Some(_) => return Err("cluster_type: custom cluster types are not supported".into()),
         };
-        let lb_policy = match cluster::LbPolicy::try_from(c.lb_policy) {
-            Ok(cluster::LbPolicy::RoundRobin) => LbPolicy::RoundRobin,
-            Ok(cluster::LbPolicy::LeastRequest) => LbPolicy::LeastRequest,
-            Ok(cluster::LbPolicy::Random) => LbPolicy::Random,
-            Ok(cluster::LbPolicy::RingHash | cluster::LbPolicy::Maglev) => LbPolicy::Hashing,
-            _ => {
-                return Err(
-                    "lb_policy: only ROUND_ROBIN, LEAST_REQUEST, RANDOM, RING_HASH and MAGLEV are supported".into()
-                )
-            }
-        };
-        let hashing = match cluster::LbPolicy::try_from(c.lb_policy) {
-            Ok(cluster::LbPolicy::RingHash) => {
-                let cfg = match &c.lb_config {
-                    Some(cluster::LbConfig::RingHashLbConfig(r)) => Some(r),
-                    _ => None,
-                };
-                if cfg.is_some_and(|r| r.hash_function != 0) {
-                    return Err("ring_hash_lb_config.hash_function: only XX_HASH is supported".into());
-                }
-                Some(crate::hash_lb::Hashing::Ring {
-                    min_size: cfg.and_then(|r| r.minimum_ring_size.map(|v| v.value)).unwrap_or(1024),
-                    max_size: cfg.and_then(|r| r.maximum_ring_size.map(|v| v.value)).unwrap_or(8 << 20),
-                })
-            }
-            Ok(cluster::LbPolicy::Maglev) => Some(crate::hash_lb::Hashing::Maglev {
-                table_size: match &c.lb_config {
-                    Some(cluster::LbConfig::MaglevLbConfig(m)) => m.table_size.map(|v| v.value).unwrap_or(65537),
-                    _ => 65537,
-                },
-            }),
-            _ => None,
-        };
+        let lb = crate::lb_config::LbChoice::compile(c)?;
+        let lb_policy = lb.policy;
         let mut http2 = c.http2_protocol_options.is_some();
         if let Some(any) = c.typed_extension_protocol_options.get(HTTP_PROTOCOL_OPTIONS) {
             let opts: HttpProtocolOptions = legate_api::any::unpack(any)?;
@@ -513,17 +482,9 @@ impl Cluster {
                 .as_ref()
                 .and_then(|l| l.healthy_panic_threshold.as_ref())
                 .map_or(50.0, |p| p.value.round()),
-            hashing,
-            choice_count: match &c.lb_config {
-                Some(cluster::LbConfig::LeastRequestLbConfig(l)) => l.choice_count.map_or(2, |v| v.value),
-                _ => 2,
-            },
-            active_request_bias: match &c.lb_config {
-                Some(cluster::LbConfig::LeastRequestLbConfig(l)) => {
-                    l.active_request_bias.as_ref().map_or(1.0, |b| b.default_value)
-                }
-                _ => 1.0,
-            },
+            hashing: lb.hashing,
+            choice_count: lb.choice_count,
+            active_request_bias: lb.active_request_bias,
         };
         let stats = ClusterStats::new(store, &c.name);
         let health_check = crate::health::HealthChecker::compile(&c.health_checks, store, &c.name)?;

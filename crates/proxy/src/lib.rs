@@ -22,6 +22,7 @@ pub mod hash_lb;
 pub mod hcm;
 pub mod headers;
 pub mod health;
+pub mod lb_config;
 pub mod listener;
 pub mod listener_manager;
 pub mod matcher;
