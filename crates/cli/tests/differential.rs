@@ -1674,3 +1674,100 @@ fn load_balancing_policy_typed_configs() {
     let l = spread(pair.legate, "/rr", 40);
     assert_eq!(e, l, "round robin over four hosts");
 }
+
+/// Sends requests back to back to `port` for `run` (at most `max`), and
+/// returns (sent, failed, first failure, last failure) with times since `t0`.
+fn steady_load(
+    port: u16,
+    path: &str,
+    t0: std::time::Instant,
+    run: Duration,
+    max: usize,
+) -> (usize, usize, Option<Duration>, Option<Duration>) {
+    let (mut sent, mut failed, mut first, mut last) = (0, 0, None, None);
+    while t0.elapsed() < run && sent < max {
+        sent += 1;
+        let ok = http_request(addr(port), "GET", path, "example.com", &[], "").is_ok_and(|r| r.status == 200);
+        if !ok {
+            failed += 1;
+            let at = t0.elapsed();
+            first.get_or_insert(at);
+            last = Some(at);
+        }
+    }
+    (sent, failed, first, last)
+}
+
+#[test]
+fn failover_under_load() {
+    let dir = TempDir::new("failover");
+    let ports = [free_port(), free_port(), free_port()];
+    let start = |name: &str, port: u16, extra: &[&str]| {
+        let mut p = harness::Proc::spawn(
+            &format!("echo-{name}"),
+            std::process::Command::new(LEGATE)
+                .args(["echo", "--listen", &format!("127.0.0.1:{port}"), "--name", name])
+                .args(extra),
+            dir.path(),
+        );
+        wait_for("echo upstream", Duration::from_secs(10), || {
+            assert!(p.is_running(), "echo {name} exited: {}", p.output());
+            std::net::TcpStream::connect(addr(port)).ok()
+        });
+        p
+    };
+    let _a = start("a", ports[0], &[]);
+    let mut b = start("b", ports[1], &[]);
+    let mut c = start("c", ports[2], &[]);
+    let eps: Vec<String> = ports
+        .iter()
+        .map(|p| {
+            format!("{{ endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {p} }} }} }} }}")
+        })
+        .collect();
+    let clusters = format!(
+        "  - name: svc\n    connect_timeout: 0.25s\n    outlier_detection: {{ consecutive_5xx: 3, interval: 0.5s, base_ejection_time: 30s, max_ejection_percent: 100 }}\n    load_assignment: {{ cluster_name: svc, endpoints: [{{ lb_endpoints: [{}] }}] }}\n",
+        eps.join(", ")
+    );
+    let routes = r#"              - match: { prefix: "/" }
+                route:
+                  cluster: svc
+                  retry_policy:
+                    retry_on: 5xx,connect-failure,reset
+                    num_retries: 2
+                    retry_back_off: { base_interval: 0.005s, max_interval: 0.02s }
+                    retry_host_predicate: [{ name: envoy.retry_host_predicates.previous_hosts, typed_config: { "@type": type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate } }]
+                    host_selection_retry_max_attempts: 5
+"#;
+    let t = bootstrap("", "", &one_vhost(routes), &clusters);
+    let pair = start_pair("failover", &t, &[]);
+    let t0 = std::time::Instant::now();
+    let run = Duration::from_secs(4);
+    let loads: Vec<_> = [pair.envoy, pair.legate]
+        .into_iter()
+        .map(|port| std::thread::spawn(move || steady_load(port, "/work", t0, run, 40_000)))
+        .collect();
+    // At 1 s endpoint c starts failing (503 to everything); at 2 s b dies.
+    std::thread::sleep(Duration::from_secs(1));
+    c.kill();
+    let _c_failing = start("c", ports[2], &["--status", "503"]);
+    std::thread::sleep(Duration::from_secs(1));
+    b.kill();
+    let results: Vec<_> = loads.into_iter().map(|h| h.join().expect("load thread")).collect();
+    let window = |f: Option<Duration>, l: Option<Duration>| match (f, l) {
+        (Some(f), Some(l)) => format!("{:.3}–{:.3} s", f.as_secs_f64(), l.as_secs_f64()),
+        _ => "none".into(),
+    };
+    for (who, (sent, failed, f, l)) in ["Envoy", "Legate"].iter().zip(&results) {
+        println!("failover {who}: {sent} requests, {failed} failed, failures at {}", window(*f, *l));
+    }
+    let ejections = |admin: u16| stat(admin, "cluster.svc.outlier_detection.ejections_enforced_total");
+    println!("ejections: Envoy {:?}, Legate {:?}", ejections(pair.envoy_admin), ejections(pair.legate_admin));
+    for (who, (sent, failed, _, _)) in ["Envoy", "Legate"].iter().zip(&results) {
+        assert!(*sent > 200, "{who} served too few requests: {sent}");
+        // Retries to another host carry every request past the failing and
+        // the dead endpoint: at most one in a thousand fails.
+        assert!(*failed * 1000 <= *sent, "{who}: {failed} of {sent} failed");
+    }
+    assert!(ejections(pair.legate_admin).unwrap_or(0) >= 1, "Legate ejected the failing endpoint");
+}
