@@ -156,9 +156,14 @@ const SUPPORTED_FIELDS: &[(&str, &[&str])] = &[
             "timeout",
             "retry_policy",
             "hash_policy",
+            "request_mirror_policies",
         ],
     ),
     ("envoy.config.route.v3.WeightedCluster", &["clusters"]),
+    (
+        "envoy.config.route.v3.RouteAction.RequestMirrorPolicy",
+        &["cluster", "runtime_fraction", "disable_shadow_host_suffix_append"],
+    ),
     ("envoy.config.route.v3.WeightedCluster.ClusterWeight", &["name", "weight"]),
     ("envoy.type.matcher.v3.RegexMatchAndSubstitute", &["pattern", "substitution"]),
     (

@@ -44,6 +44,7 @@ fn start_upstreams() -> anyhow::Result<()> {
                         name: name.into(),
                         plain: false,
                         status: None,
+                        log_requests: false,
                         grpc_health: "SERVING".into(),
                     }),
                 ));

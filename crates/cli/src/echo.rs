@@ -25,6 +25,9 @@ pub struct EchoArgs {
     /// Answer every request with this status (a failing upstream for tests).
     #[arg(long)]
     pub status: Option<u16>,
+    /// Print each request received as one JSON line on stdout (what it saw).
+    #[arg(long)]
+    pub log_requests: bool,
     /// What `grpc.health.v1.Health/Check` answers: SERVING or NOT_SERVING.
     #[arg(long, default_value = "SERVING")]
     pub grpc_health: String,
@@ -120,6 +123,9 @@ async fn respond(args: &EchoArgs, peer: SocketAddr, req: hyper::Request<Incoming
             "headers": headers,
             "body_bytes": received.len(),
         });
+        if args.log_requests {
+            println!("{v}");
+        }
         Bytes::from(serde_json::to_vec(&v).unwrap_or_default())
     };
     let mut resp = hyper::Response::new(Full::new(body));

@@ -1771,3 +1771,40 @@ fn failover_under_load() {
     }
     assert!(ejections(pair.legate_admin).unwrap_or(0) >= 1, "Legate ejected the failing endpoint");
 }
+
+#[test]
+fn request_mirroring() {
+    let dir = TempDir::new("mirror");
+    let (mirror_proc, mirror_port) = echo_with("m", dir.path(), &["--log-requests"]);
+    let clusters = echo_cluster() + &cluster("shadow", &[&mirror_port.to_string()]);
+    let routes = r#"              - match: { prefix: "/" }
+                route: { cluster: echo, request_mirror_policies: [{ cluster: shadow }] }
+"#;
+    let t = bootstrap("", "", &one_vhost(routes), &clusters);
+    let pair = start_pair("mirror", &t, &["a"]);
+    for (who, port) in [("envoy", pair.envoy), ("legate", pair.legate)] {
+        let r = send(port, &get("/mirrored?q=1").header("x-test-proxy", who).post("a body to copy"));
+        assert_eq!((r.status, r.header("x-upstream")), (200, Some("a")), "{who}: the main request");
+    }
+    // What the mirror received from each proxy.
+    let seen = |who: &str| -> Value {
+        wait_for(&format!("the mirror copy from {who}"), Duration::from_secs(10), || {
+            mirror_proc
+                .output()
+                .lines()
+                .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+                .find(|v| v["headers"]["x-test-proxy"] == who)
+        })
+    };
+    let (e, l) = (seen("envoy"), seen("legate"));
+    for k in ["method", "uri", "body_bytes"] {
+        assert_eq!(e[k], l[k], "mirror {k}");
+    }
+    for h in ["host", "x-forwarded-proto", "content-length", "x-envoy-expected-rq-timeout-ms"] {
+        assert_eq!(e["headers"][h], l["headers"][h], "mirror header {h}");
+    }
+    assert_eq!(l["headers"]["host"], "example.com-shadow");
+    for name in ["cluster.shadow.upstream_rq_total", "cluster.shadow.upstream_rq_200"] {
+        assert_eq!(stat(pair.envoy_admin, name), stat(pair.legate_admin, name), "{name}");
+    }
+}

@@ -887,8 +887,37 @@ impl Hcm {
             Some(policy) if retryable_body(&parts.headers, &body) => Some(policy.clone()),
             _ => None,
         };
+        // Mirrors get a copy of the request (its body buffered like a
+        // retried one); a body too large for that is not mirrored.
+        let mirrors: Vec<(Arc<Cluster>, bool)> = ra
+            .mirrors
+            .iter()
+            .filter(|m| crate::fraction::roll(m.per_million))
+            .filter_map(|m| clusters.get(&m.cluster).map(|c| (c.clone(), m.keep_host)))
+            .collect();
+        let buffered = retry.is_some() || (!mirrors.is_empty() && retryable_body(&parts.headers, &body));
         let mut attempts = 1u32;
         let (result, final_host) = match retry {
+            None if buffered => {
+                let bytes = match http_body_util::BodyExt::collect(body).await {
+                    Ok(c) => c.to_bytes(),
+                    Err(_) => return self.local_reply(stream, 400, "downstream_remote_disconnect", "DC", None),
+                };
+                request_done.received.store(bytes.len() as u64, Relaxed);
+                request_done.done.store(true, Relaxed);
+                for (mc, keep_host) in &mirrors {
+                    mirror(mc.clone(), &parts, &authority, *keep_host, bytes.clone());
+                }
+                let req = Request::from_parts(parts, ProxyBody::full(bytes));
+                let mut slot = None;
+                let sent = async { (crate::upstream::send(&cluster, &host, req, &mut slot).await, host.clone()) };
+                let waited = self.await_response(sent, ra.timeout, &request_done).await;
+                stream.rq_slot = slot;
+                match waited {
+                    Waited::Done(r) => (Waited::Done(r.0), Some(r.1)),
+                    other => (other.without_value(), None),
+                }
+            }
             None => {
                 let req = Request::from_parts(parts, ProxyBody::watched(body, request_done.clone()));
                 let mut slot = None;
@@ -907,6 +936,9 @@ impl Hcm {
                 };
                 request_done.received.store(bytes.len() as u64, Relaxed);
                 request_done.done.store(true, Relaxed);
+                for (mc, keep_host) in &mirrors {
+                    mirror(mc.clone(), &parts, &authority, *keep_host, bytes.clone());
+                }
                 let mut slot = None;
                 let sent = send_with_retries(
                     cluster.clone(),
@@ -1056,9 +1088,6 @@ fn retryable_body(headers: &HeaderMap, body: &Incoming) -> bool {
             .is_some_and(|n| n <= 1 << 20)
 }
 
-/// Sends with the route's retry policy: on a retriable response or failure,
-/// waits the jittered back-off and tries again, on another host when the
-/// policy avoids previous ones. Returns the last outcome and the host that gave it.
 /// What each attempt of a retried request is told.
 struct Attempts {
     route_timeout: Option<Duration>,
@@ -1066,6 +1095,62 @@ struct Attempts {
     count_header: bool,
 }
 
+/// Sends a copy of the request to a mirror cluster and forgets it: the
+/// answer is counted in the mirror cluster's stats and dropped. The host is
+/// `<host>-shadow` (before any port), as Envoy sends it.
+fn mirror(cluster: Arc<Cluster>, parts: &http::request::Parts, authority: &str, keep_host: bool, body: bytes::Bytes) {
+    let Some(host) = cluster.pick() else {
+        cluster.stats.upstream_cx_none_healthy.inc();
+        return;
+    };
+    let shadow = if keep_host {
+        authority.to_string()
+    } else {
+        match authority.rsplit_once(':').filter(|(_, port)| port.bytes().all(|b| b.is_ascii_digit())) {
+            Some((h, port)) => format!("{h}-shadow:{port}"),
+            None => format!("{authority}-shadow"),
+        }
+    };
+    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let mut headers = parts.headers.clone();
+    let uri = if cluster.http2 {
+        headers.remove(HOST);
+        format!("http://{shadow}{path}")
+    } else {
+        if let Ok(v) = HeaderValue::from_str(&shadow) {
+            headers.insert(HOST, v);
+        }
+        path.to_string()
+    };
+    let Ok(uri) = uri.parse::<http::Uri>() else { return };
+    let mut req = Request::new(ProxyBody::full(body));
+    *req.method_mut() = parts.method.clone();
+    *req.uri_mut() = uri;
+    *req.headers_mut() = headers;
+    tokio::spawn(async move {
+        let mut slot = None;
+        cluster.stats.upstream_rq_active.inc();
+        let result = crate::upstream::send(&cluster, &host, req, &mut slot).await;
+        let status = match result {
+            Ok(resp) => {
+                let status = resp.status().as_u16();
+                // Read the answer to its end so the connection can be reused.
+                let _ = http_body_util::BodyExt::collect(resp.into_body()).await;
+                status
+            }
+            Err(_) => 503,
+        };
+        cluster.stats.record_status(status);
+        cluster.stats.upstream_rq_completed.inc();
+        cluster.stats.upstream_rq_active.dec();
+        cluster.pools.release();
+    });
+}
+
+/// Sends with the route's retry policy: on a retriable response or failure,
+/// waits the jittered back-off and tries again, on another host when the
+/// policy avoids previous ones. Returns the last outcome, the host that gave
+/// it and the number of attempts.
 async fn send_with_retries(
     cluster: Arc<Cluster>,
     first: Arc<Host>,

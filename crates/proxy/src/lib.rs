@@ -17,6 +17,7 @@ pub mod datasource;
 pub mod dns;
 pub mod filters;
 pub mod format;
+pub mod fraction;
 pub mod h1_errors;
 pub mod hash_lb;
 pub mod hcm;

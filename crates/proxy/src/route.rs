@@ -87,6 +87,17 @@ pub struct RouteAction {
     pub retry: Option<crate::retry::RetryPolicy>,
     /// `hash_policy`, for RING_HASH and MAGLEV clusters.
     pub hash_policy: Vec<crate::hash_lb::HashPolicy>,
+    /// `request_mirror_policies`: copies of the request sent to these clusters.
+    pub mirrors: Vec<Mirror>,
+}
+
+/// One `request_mirror_policies` entry.
+pub struct Mirror {
+    pub cluster: String,
+    /// Share of requests mirrored, in parts per million.
+    pub per_million: u32,
+    /// Leave the host as it is instead of appending `-shadow`.
+    pub keep_host: bool,
 }
 
 pub struct Redirect {
@@ -320,6 +331,26 @@ fn compile_route_action(ra: &rpb::RouteAction) -> Result<RouteAction, String> {
             .iter()
             .enumerate()
             .map(|(i, p)| compile_hash_policy(p).map_err(|e| format!("hash_policy[{i}]: {e}")))
+            .collect::<Result<_, _>>()?,
+        mirrors: ra
+            .request_mirror_policies
+            .iter()
+            .enumerate()
+            .map(|(i, m)| {
+                if m.cluster.is_empty() {
+                    return Err(format!(
+                        "request_mirror_policies[{i}]: cluster is required (cluster_header is not supported)"
+                    ));
+                }
+                Ok(Mirror {
+                    cluster: m.cluster.clone(),
+                    per_million: m
+                        .runtime_fraction
+                        .as_ref()
+                        .map_or(1_000_000, |f| crate::fraction::per_million(f.default_value.as_ref())),
+                    keep_host: m.disable_shadow_host_suffix_append,
+                })
+            })
             .collect::<Result<_, _>>()?,
     })
 }
