@@ -233,7 +233,8 @@ const SUPPORTED_FIELDS: &[(&str, &[&str])] = &[
     ("envoy.config.route.v3.RouteAction.HashPolicy.Cookie", &["name"]),
     ("envoy.config.route.v3.RouteAction.HashPolicy.ConnectionProperties", &["source_ip"]),
     ("envoy.config.route.v3.RouteAction.HashPolicy.QueryParameter", &["name"]),
-    ("envoy.config.cluster.v3.Cluster.CommonLbConfig", &["healthy_panic_threshold"]),
+    ("envoy.config.cluster.v3.Cluster.CommonLbConfig", &["healthy_panic_threshold", "locality_weighted_lb_config"]),
+    ("envoy.config.cluster.v3.Cluster.CommonLbConfig.LocalityWeightedLbConfig", &[]),
     ("envoy.type.v3.Percent", &["value"]),
     ("envoy.config.cluster.v3.CircuitBreakers", &["thresholds"]),
     (

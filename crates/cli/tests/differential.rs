@@ -1808,3 +1808,35 @@ fn request_mirroring() {
         assert_eq!(stat(pair.envoy_admin, name), stat(pair.legate_admin, name), "{name}");
     }
 }
+
+#[test]
+fn locality_weighted_balancing() {
+    let ep = |port: &str| {
+        format!("{{ endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {port} }} }} }} }}")
+    };
+    // Localities weighted 1 and 3 (one host each, and a second locality of
+    // two hosts on the heavy side), and a locality without a weight, which takes nothing.
+    let clusters = format!(
+        "  - name: loc\n    connect_timeout: 1s\n    common_lb_config: {{ locality_weighted_lb_config: {{}} }}\n    load_assignment: {{ cluster_name: loc, endpoints: [{{ locality: {{ zone: z1 }}, load_balancing_weight: 1, lb_endpoints: [{}] }}, {{ locality: {{ zone: z2 }}, load_balancing_weight: 3, lb_endpoints: [{}, {}] }}, {{ locality: {{ zone: z3 }}, lb_endpoints: [{}] }}] }}\n",
+        ep("{UP_a}"),
+        ep("{UP_b}"),
+        ep("{UP_c}"),
+        ep("{UP_d}")
+    );
+    let t = bootstrap(
+        "",
+        "",
+        &one_vhost("              - { match: { prefix: \"/\" }, route: { cluster: loc } }\n"),
+        &clusters,
+    );
+    let pair = start_pair("locality", &t, &["a", "b", "c", "d"]);
+    let n = 400;
+    let e = spread(pair.envoy, "/x", n);
+    let l = spread(pair.legate, "/x", n);
+    println!("locality weighted: Envoy {e:?}, Legate {l:?}");
+    assert!(!e.contains_key("d") && !l.contains_key("d"), "a locality without a weight takes nothing");
+    for k in ["a", "b", "c"] {
+        let (x, y) = (*e.get(k).unwrap_or(&0) as f64 / n as f64, *l.get(k).unwrap_or(&0) as f64 / n as f64);
+        assert!((x - y).abs() <= 0.08, "{k}: Envoy {x:.2}, Legate {y:.2}");
+    }
+}

@@ -33,6 +33,22 @@ pub enum Discovery {
     Eds,
 }
 
+/// Where an endpoint sits in its load assignment: its priority, and its
+/// locality (the index of its `LocalityLbEndpoints`) with that locality's
+/// `load_balancing_weight` (0 when unset).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Placement {
+    pub priority: u32,
+    pub locality: u32,
+    pub locality_weight: u32,
+}
+
+impl From<u32> for Placement {
+    fn from(priority: u32) -> Self {
+        Self { priority, ..Default::default() }
+    }
+}
+
 /// One upstream endpoint.
 pub struct Host {
     pub addr: SocketAddr,
@@ -40,6 +56,8 @@ pub struct Host {
     pub hostname: String,
     pub weight: u32,
     pub priority: u32,
+    pub locality: u32,
+    pub locality_weight: u32,
     pub rq_active: AtomicU64,
     pub cx_active: AtomicU64,
     pub rq_total: AtomicU64,
@@ -67,18 +85,25 @@ pub struct Host {
 }
 
 impl Host {
+    pub fn placement(&self) -> Placement {
+        Placement { priority: self.priority, locality: self.locality, locality_weight: self.locality_weight }
+    }
+
     /// A host of a health-checked cluster waits for its first check.
     pub fn mark_pending(&self) {
         self.hc_healthy.store(false, Relaxed);
         self.hc_pending.store(true, Relaxed);
     }
 
-    pub fn new(addr: SocketAddr, hostname: String, weight: u32, priority: u32) -> Self {
+    pub fn new(addr: SocketAddr, hostname: String, weight: u32, placement: impl Into<Placement>) -> Self {
+        let placement = placement.into();
         Self {
             addr,
             hostname,
             weight: weight.max(1),
-            priority,
+            priority: placement.priority,
+            locality: placement.locality,
+            locality_weight: placement.locality_weight,
             rq_active: AtomicU64::new(0),
             cx_active: AtomicU64::new(0),
             rq_total: AtomicU64::new(0),
@@ -114,12 +139,29 @@ pub struct LbParams {
     /// a host's weight when they differ (`active_request_bias`, default 1).
     pub choice_count: u32,
     pub active_request_bias: f64,
+    /// `common_lb_config.locality_weighted_lb_config`: pick a locality by
+    /// its weight (scaled by its availability), then a host in it.
+    pub locality_weighted: bool,
 }
 
 impl Default for LbParams {
     fn default() -> Self {
-        Self { overprovisioning: 140, panic_threshold: 50.0, hashing: None, choice_count: 2, active_request_bias: 1.0 }
+        Self {
+            overprovisioning: 140,
+            panic_threshold: 50.0,
+            hashing: None,
+            choice_count: 2,
+            active_request_bias: 1.0,
+            locality_weighted: false,
+        }
     }
+}
+
+/// A locality of a level, for locality-weighted balancing: the hosts to
+/// pick from and its effective weight.
+pub struct LocalityHosts {
+    pub hosts: Vec<Arc<Host>>,
+    pub weight: f64,
 }
 
 /// One priority level as requests see it: the hosts to pick from (its
@@ -132,6 +174,8 @@ pub struct Level {
     equal_weights: bool,
     /// The ring or Maglev table over `hosts`, for hashing clusters.
     table: Option<crate::hash_lb::HashTable>,
+    /// Locality-weighted clusters: the level's localities with weight > 0.
+    localities: Vec<LocalityHosts>,
 }
 
 /// The hosts of a cluster at one moment; replaced whole when DNS, EDS or a
@@ -213,11 +257,13 @@ impl HostSet {
             .zip(loads)
             .zip(panic)
             .filter(|((_, load), _)| *load > 0)
-            .map(|(((hosts, ok), load), panic)| {
-                let hosts = if panic { hosts } else { ok };
+            .map(|(((all_hosts, ok), load), panic)| {
+                let localities =
+                    if params.locality_weighted { localities(&all_hosts, panic, params) } else { Vec::new() };
+                let hosts = if panic { all_hosts } else { ok };
                 let equal_weights = hosts.windows(2).all(|w| w[0].weight == w[1].weight);
                 let table = params.hashing.and_then(|h| crate::hash_lb::HashTable::build(h, &hosts));
-                Level { hosts, load, panic, equal_weights, table }
+                Level { hosts, load, panic, equal_weights, table, localities }
             })
             .collect();
         Self { all, levels, healthy }
@@ -236,6 +282,31 @@ impl HostSet {
             draw <= acc
         })
     }
+}
+
+/// A level's localities as Envoy weighs them: `load_balancing_weight` ×
+/// min(1, overprovisioning × healthy share); those at zero take nothing. In
+/// panic every host counts and the weights stand as configured.
+fn localities(hosts: &[Arc<Host>], panic: bool, params: LbParams) -> Vec<LocalityHosts> {
+    let mut by: std::collections::BTreeMap<u32, (Vec<Arc<Host>>, usize, u32)> = Default::default();
+    for h in hosts {
+        let e = by.entry(h.locality).or_insert_with(|| (Vec::new(), 0, h.locality_weight));
+        e.1 += 1;
+        if panic || (h.hc_healthy.load(Relaxed) && !h.ejected.load(Relaxed)) {
+            e.0.push(h.clone());
+        }
+    }
+    by.into_values()
+        .filter_map(|(usable, total, weight)| {
+            let availability = if panic {
+                1.0
+            } else {
+                (params.overprovisioning as f64 / 100.0 * usable.len() as f64 / total as f64).min(1.0)
+            };
+            let w = weight as f64 * availability;
+            (w > 0.0 && !usable.is_empty()).then_some(LocalityHosts { hosts: usable, weight: w })
+        })
+        .collect()
 }
 
 pub struct ClusterStats {
@@ -354,6 +425,10 @@ struct WorkerLb {
     /// earliest-deadline-first schedule; rebuilt when the host set changes.
     rr_next: Vec<usize>,
     edf: Vec<Option<Edf>>,
+    /// Locality-weighted: per level, the locality schedule and a
+    /// round-robin position per locality.
+    locality_edf: Vec<Option<Edf>>,
+    locality_rr: Vec<Vec<usize>>,
 }
 
 struct Edf {
@@ -402,7 +477,7 @@ pub struct Cluster {
     pub pools: crate::upstream::Pools,
     lb: Box<[Mutex<WorkerLb>]>,
     /// For DNS clusters: (hostname, port, weight, priority) to resolve.
-    pub dns_targets: Vec<(String, u16, u32, u32)>,
+    pub dns_targets: Vec<(String, u16, u32, Placement)>,
     pub dns_refresh: Duration,
     pub dns_family: i32,
     /// For EDS clusters: the ClusterLoadAssignment name that feeds them.
@@ -485,7 +560,16 @@ impl Cluster {
             hashing: lb.hashing,
             choice_count: lb.choice_count,
             active_request_bias: lb.active_request_bias,
+            locality_weighted: c.common_lb_config.as_ref().is_some_and(|l| {
+                matches!(
+                    l.locality_config_specifier,
+                    Some(cluster::common_lb_config::LocalityConfigSpecifier::LocalityWeightedLbConfig(_))
+                )
+            }),
         };
+        if lb_params.locality_weighted && lb_policy == LbPolicy::Hashing {
+            return Err("common_lb_config.locality_weighted_lb_config: not supported with RING_HASH or MAGLEV".into());
+        }
         let stats = ClusterStats::new(store, &c.name);
         let health_check = crate::health::HealthChecker::compile(&c.health_checks, store, &c.name)?;
         if health_check.is_some() {
@@ -521,14 +605,14 @@ impl Cluster {
 
     /// Replaces the host set, keeping the existing `Host` (and its counters) of
     /// every address that stays.
-    pub fn update_hosts(&self, new_hosts: Vec<(SocketAddr, String, u32, u32)>) {
+    pub fn update_hosts(&self, new_hosts: Vec<(SocketAddr, String, u32, Placement)>) {
         let old = self.hosts.load();
         let by_addr: HashMap<SocketAddr, &Arc<Host>> = old.all.iter().map(|h| (h.addr, h)).collect();
         let mut changed = new_hosts.len() != old.all.len();
         let hosts: Vec<Arc<Host>> = new_hosts
             .into_iter()
             .map(|(addr, name, w, p)| match by_addr.get(&addr) {
-                Some(h) if h.weight == w.max(1) && h.priority == p => (*h).clone(),
+                Some(h) if h.weight == w.max(1) && h.placement() == p => (*h).clone(),
                 _ => {
                     changed = true;
                     let h = Arc::new(Host::new(addr, name, w, p));
@@ -567,8 +651,51 @@ impl Cluster {
             st.set = set_id;
             st.rr_next = vec![0; set.levels.len()];
             st.edf = (0..set.levels.len()).map(|_| None).collect();
+            st.locality_edf = (0..set.levels.len()).map(|_| None).collect();
+            st.locality_rr = set.levels.iter().map(|l| vec![0; l.localities.len()]).collect();
         }
         st
+    }
+
+    /// Locality-weighted pick: a locality by earliest-deadline-first over
+    /// the effective weights, then a host in it (round robin, or the
+    /// policy's random draws).
+    fn pick_in_locality(&self, set: &Arc<HostSet>, li: usize, level: &Level) -> Option<Arc<Host>> {
+        let mut st = self.worker_lb(set);
+        let edf = st.locality_edf[li].get_or_insert_with(|| Edf {
+            heap: level
+                .localities
+                .iter()
+                .enumerate()
+                .map(|(i, l)| EdfEntry { deadline: 1.0 / l.weight, order: i, index: i })
+                .collect(),
+            now: 0.0,
+        });
+        let mut top = edf.heap.pop()?;
+        edf.now = top.deadline;
+        let locality = &level.localities[top.index];
+        top.deadline = edf.now + 1.0 / locality.weight;
+        top.order += level.localities.len();
+        let index = top.index;
+        edf.heap.push(top);
+        let hosts = &locality.hosts;
+        let i = match self.lb_policy {
+            LbPolicy::RoundRobin => {
+                let n = &mut st.locality_rr[li][index];
+                *n = n.wrapping_add(1);
+                (*n - 1) % hosts.len()
+            }
+            LbPolicy::LeastRequest => {
+                let (a, b) = (rand::random_range(0..hosts.len()), rand::random_range(0..hosts.len()));
+                if hosts[b].rq_active.load(Relaxed) < hosts[a].rq_active.load(Relaxed) {
+                    b
+                } else {
+                    a
+                }
+            }
+            _ => rand::random_range(0..hosts.len()),
+        };
+        hosts.get(i).cloned()
     }
 
     /// Picks a host for a request, or `None` when the cluster has none.
@@ -585,6 +712,9 @@ impl Cluster {
         let (li, level) = set.level(hash)?;
         if level.panic {
             self.stats.lb_healthy_panic.inc();
+        }
+        if !level.localities.is_empty() {
+            return self.pick_in_locality(&set, li, level);
         }
         let hosts = &level.hosts;
         if hosts.len() <= 1 {
@@ -668,12 +798,17 @@ impl Cluster {
     }
 }
 
-/// (address or hostname, port, weight, priority) of every endpoint.
+/// (address or hostname, port, weight, placement) of every endpoint.
 pub fn endpoints(
     la: &legate_api::pb::envoy::config::endpoint::v3::ClusterLoadAssignment,
-) -> Result<Vec<(String, u16, u32, u32)>, String> {
+) -> Result<Vec<(String, u16, u32, Placement)>, String> {
     let mut out = Vec::new();
-    for l in &la.endpoints {
+    for (li, l) in la.endpoints.iter().enumerate() {
+        let placement = Placement {
+            priority: l.priority,
+            locality: li as u32,
+            locality_weight: l.load_balancing_weight.map_or(0, |w| w.value),
+        };
         for e in &l.lb_endpoints {
             let weight = e.load_balancing_weight.map(|w| w.value).unwrap_or(1);
             let Some(HostIdentifier::Endpoint(ep)) = &e.host_identifier else {
@@ -686,7 +821,7 @@ pub fn endpoints(
                 return Err("load_assignment: port_value is required".into());
             };
             let port = u16::try_from(port).map_err(|_| "port out of range")?;
-            out.push((sa.address.clone(), port, weight, l.priority));
+            out.push((sa.address.clone(), port, weight, placement));
         }
     }
     Ok(out)
@@ -695,7 +830,7 @@ pub fn endpoints(
 /// Hosts of an EDS assignment (addresses must be IPs, as in Envoy's EDS).
 pub fn eds_hosts(
     la: &legate_api::pb::envoy::config::endpoint::v3::ClusterLoadAssignment,
-) -> Result<Vec<(SocketAddr, String, u32, u32)>, String> {
+) -> Result<Vec<(SocketAddr, String, u32, Placement)>, String> {
     endpoints(la)?
         .into_iter()
         .map(|(addr, port, w, p)| {
@@ -758,6 +893,31 @@ mod tests {
 
     fn loads(set: &HostSet) -> Vec<(u32, usize, bool)> {
         set.levels.iter().map(|l| (l.load, l.hosts.len(), l.panic)).collect()
+    }
+
+    #[test]
+    fn locality_weights_scale_with_availability() {
+        let placed = |healthy: &[bool], locality: u32, weight: u32| -> Vec<Arc<Host>> {
+            healthy
+                .iter()
+                .enumerate()
+                .map(|(i, ok)| {
+                    let addr = SocketAddr::from(([127, 0, 0, 1], 2000 + locality as u16 * 10 + i as u16));
+                    let h =
+                        Host::new(addr, String::new(), 1, Placement { priority: 0, locality, locality_weight: weight });
+                    h.hc_healthy.store(*ok, Relaxed);
+                    Arc::new(h)
+                })
+                .collect()
+        };
+        let hosts = [placed(&[true], 0, 2), placed(&[true, false], 1, 2), placed(&[true], 2, 0)].concat();
+        let got: Vec<(usize, f64)> =
+            localities(&hosts, false, LbParams::default()).iter().map(|l| (l.hosts.len(), l.weight)).collect();
+        // Half healthy: 2 × min(1, 1.4 × 0.5) = 1.4; no weight: left out.
+        assert_eq!(got.len(), 2);
+        assert_eq!(got[0], (1, 2.0));
+        assert_eq!(got[1].0, 1);
+        assert!((got[1].1 - 1.4).abs() < 1e-9, "{got:?}");
     }
 
     #[test]

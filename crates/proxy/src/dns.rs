@@ -9,7 +9,7 @@ use std::sync::Arc;
 pub async fn resolve_once(cluster: &Cluster) {
     let family = DnsLookupFamily::try_from(cluster.dns_family).unwrap_or(DnsLookupFamily::Auto);
     let mut hosts = Vec::new();
-    for (name, port, weight, priority) in &cluster.dns_targets {
+    for (name, port, weight, placement) in &cluster.dns_targets {
         let addrs: Vec<SocketAddr> = match tokio::net::lookup_host((name.as_str(), *port)).await {
             Ok(a) => a.collect(),
             Err(e) => {
@@ -21,8 +21,8 @@ pub async fn resolve_once(cluster: &Cluster) {
         let picked =
             if cluster.discovery == Discovery::LogicalDns { picked.into_iter().take(1).collect() } else { picked };
         for a in picked {
-            if !hosts.iter().any(|(h, ..): &(SocketAddr, String, u32, u32)| *h == a) {
-                hosts.push((a, name.clone(), *weight, *priority));
+            if !hosts.iter().any(|(h, ..): &(SocketAddr, String, u32, crate::cluster::Placement)| *h == a) {
+                hosts.push((a, name.clone(), *weight, *placement));
             }
         }
     }
