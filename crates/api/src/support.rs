@@ -157,6 +157,7 @@ const SUPPORTED_FIELDS: &[(&str, &[&str])] = &[
             "retry_policy",
             "hash_policy",
             "request_mirror_policies",
+            "idle_timeout",
         ],
     ),
     ("envoy.config.route.v3.WeightedCluster", &["clusters"]),

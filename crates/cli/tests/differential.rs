@@ -752,6 +752,7 @@ fn local_replies() {
     let routes = r#"              - { match: { prefix: "/empty" }, route: { cluster: empty } }
               - { match: { prefix: "/dead" }, route: { cluster: dead } }
               - { match: { prefix: "/delay" }, route: { cluster: echo, timeout: 0.3s } }
+              - { match: { prefix: "/idle" }, route: { cluster: echo, idle_timeout: 0.3s } }
               - { match: { prefix: "/ok" }, route: { cluster: echo } }
 "#;
     let clusters = echo_cluster() + "  - { name: empty, connect_timeout: 1s }\n" + &cluster("dead", &["{CLOSED}"]);
@@ -760,7 +761,15 @@ fn local_replies() {
         "local-replies",
         &t,
         &["a"],
-        &[get("/empty"), get("/dead"), get("/delay/2000"), get("/nothing-here"), get("/ok/status/503")],
+        &[
+            get("/empty"),
+            get("/dead"),
+            get("/delay/2000"),
+            get("/nothing-here"),
+            get("/ok/status/503"),
+            // A route's idle_timeout replaces the stream idle timeout: 408.
+            get("/idle/delay/2000"),
+        ],
     );
 }
 

@@ -911,7 +911,7 @@ impl Hcm {
                 let req = Request::from_parts(parts, ProxyBody::full(bytes));
                 let mut slot = None;
                 let sent = async { (crate::upstream::send(&cluster, &host, req, &mut slot).await, host.clone()) };
-                let waited = self.await_response(sent, ra.timeout, &request_done).await;
+                let waited = self.await_response(sent, ra, &request_done).await;
                 stream.rq_slot = slot;
                 match waited {
                     Waited::Done(r) => (Waited::Done(r.0), Some(r.1)),
@@ -922,7 +922,7 @@ impl Hcm {
                 let req = Request::from_parts(parts, ProxyBody::watched(body, request_done.clone()));
                 let mut slot = None;
                 let sent = async { (crate::upstream::send(&cluster, &host, req, &mut slot).await, host.clone()) };
-                let waited = self.await_response(sent, ra.timeout, &request_done).await;
+                let waited = self.await_response(sent, ra, &request_done).await;
                 stream.rq_slot = slot;
                 match waited {
                     Waited::Done(r) => (Waited::Done(r.0), Some(r.1)),
@@ -949,7 +949,7 @@ impl Hcm {
                     Attempts { route_timeout: ra.timeout, count_header: vh.attempt_count_upstream },
                     &mut slot,
                 );
-                let waited = self.await_response(sent, ra.timeout, &request_done).await;
+                let waited = self.await_response(sent, ra, &request_done).await;
                 stream.rq_slot = slot;
                 match waited {
                     Waited::Done(r) => {
@@ -985,7 +985,10 @@ impl Hcm {
                 return self.local_reply(stream, 408, "request_overall_timeout", "", Some("request timeout".into()));
             }
             Waited::StreamIdle => {
-                return self.local_reply(stream, 408, "stream_idle_timeout", "SI", Some("stream timeout".into()));
+                // Envoy answers 504 once the whole request was received (the
+                // wait is the upstream's), 408 while it was still arriving.
+                let status = if request_done.done.load(Relaxed) { 504 } else { 408 };
+                return self.local_reply(stream, status, "stream_idle_timeout", "SI", Some("stream timeout".into()));
             }
         };
         let upstream_resp = match result {
@@ -1237,18 +1240,21 @@ fn retriable_ok(
 
 impl Hcm {
     /// Waits for upstream response headers under the route timeout, the HCM's
-    /// request timeout (only while the request is still arriving) and its
-    /// stream idle timeout. Timers that are off cost nothing.
+    /// request timeout (only while the request is still arriving) and the
+    /// stream idle timeout (the route's `idle_timeout` when it sets one).
+    /// Timers that are off cost nothing.
     async fn await_response<F: std::future::Future>(
         &self,
         fut: F,
-        route_timeout: Option<Duration>,
+        ra: &RouteAction,
         request_done: &crate::body::RequestProgress,
     ) -> Waited<F::Output> {
+        let route_timeout = ra.timeout;
+        let idle_timeout = ra.idle_timeout.unwrap_or(self.stream_idle_timeout);
         let far = Duration::from_secs(365 * 24 * 3600);
         let route = tokio::time::sleep(route_timeout.unwrap_or(far));
         let request = tokio::time::sleep(self.request_timeout.unwrap_or(far));
-        let idle = tokio::time::sleep(self.stream_idle_timeout.unwrap_or(far));
+        let idle = tokio::time::sleep(idle_timeout.unwrap_or(far));
         tokio::pin!(fut, route, request, idle);
         loop {
             tokio::select! {
@@ -1260,7 +1266,7 @@ impl Hcm {
                     }
                     request.as_mut().reset(tokio::time::Instant::now() + far);
                 }
-                _ = &mut idle, if self.stream_idle_timeout.is_some() => return Waited::StreamIdle,
+                _ = &mut idle, if idle_timeout.is_some() => return Waited::StreamIdle,
             }
         }
     }

@@ -89,6 +89,9 @@ pub struct RouteAction {
     pub hash_policy: Vec<crate::hash_lb::HashPolicy>,
     /// `request_mirror_policies`: copies of the request sent to these clusters.
     pub mirrors: Vec<Mirror>,
+    /// `idle_timeout`: replaces the connection manager's stream idle timeout
+    /// for this route (`Some(None)`: turned off with 0s).
+    pub idle_timeout: Option<Option<Duration>>,
 }
 
 /// One `request_mirror_policies` entry.
@@ -332,6 +335,7 @@ fn compile_route_action(ra: &rpb::RouteAction) -> Result<RouteAction, String> {
             .enumerate()
             .map(|(i, p)| compile_hash_policy(p).map_err(|e| format!("hash_policy[{i}]: {e}")))
             .collect::<Result<_, _>>()?,
+        idle_timeout: ra.idle_timeout.as_ref().map(|d| Some(dur(d)).filter(|d| !d.is_zero())),
         mirrors: ra
             .request_mirror_policies
             .iter()
