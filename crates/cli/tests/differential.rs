@@ -1849,3 +1849,34 @@ fn locality_weighted_balancing() {
         assert!((x - y).abs() <= 0.08, "{k}: Envoy {x:.2}, Legate {y:.2}");
     }
 }
+
+#[test]
+fn retry_budget() {
+    let budgeted = |name: &str, budget: &str| {
+        cluster(name, &["{UP_a}"]).replacen(
+            "connect_timeout: 1s,",
+            &format!("connect_timeout: 1s, circuit_breakers: {{ thresholds: [{{ retry_budget: {budget} }}] }},"),
+            1,
+        )
+    };
+    // No budget at all: every retry overflows. A budget with a minimum of
+    // 3: retries go ahead.
+    let clusters = budgeted("none", "{ budget_percent: { value: 0 }, min_retry_concurrency: 0 }")
+        + &budgeted("some", "{ min_retry_concurrency: 3 }");
+    let routes = r#"              - { match: { prefix: "/none" }, route: { cluster: none, retry_policy: { retry_on: 5xx, num_retries: 2, retry_back_off: { base_interval: 0.01s } } } }
+              - { match: { prefix: "/some" }, route: { cluster: some, retry_policy: { retry_on: 5xx, num_retries: 2, retry_back_off: { base_interval: 0.01s } } } }
+"#;
+    let t = bootstrap("", "", &one_vhost(routes), &clusters);
+    let pair = compare("retry-budget", &t, &["a"], &[get("/none/status/503"), get("/some/status/503")]);
+    for name in [
+        "cluster.none.upstream_rq_retry",
+        "cluster.none.upstream_rq_retry_overflow",
+        "cluster.none.upstream_rq_total",
+        "cluster.some.upstream_rq_retry",
+        "cluster.some.upstream_rq_retry_overflow",
+        "cluster.some.upstream_rq_total",
+    ] {
+        assert_eq!(stat(pair.envoy_admin, name), stat(pair.legate_admin, name), "{name}");
+    }
+    assert_eq!(stat(pair.legate_admin, "cluster.none.upstream_rq_retry_overflow"), Some(1));
+}

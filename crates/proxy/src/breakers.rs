@@ -43,8 +43,13 @@ impl Resource {
 
     /// A slot, or `None` when the limit is reached (the caller counts the overflow).
     pub fn try_acquire(self: &Arc<Self>) -> Option<Slot> {
+        self.try_acquire_within(self.max)
+    }
+
+    /// A slot under a limit computed now (a retry budget) instead of `max`.
+    pub fn try_acquire_within(self: &Arc<Self>, max: u64) -> Option<Slot> {
         let before = self.current.fetch_add(1, AcqRel);
-        if before >= self.max {
+        if before >= max {
             self.current.fetch_sub(1, AcqRel);
             return None;
         }
@@ -84,6 +89,23 @@ pub struct Thresholds {
     pub pending: Arc<Resource>,
     pub requests: Arc<Resource>,
     pub retries: Arc<Resource>,
+    /// `retry_budget`: (percent of active and pending requests, minimum
+    /// concurrency); replaces `max_retries` when set.
+    pub retry_budget: Option<(f64, u64)>,
+}
+
+impl Thresholds {
+    /// A slot for one retry, under the retry budget when there is one.
+    pub fn try_retry(&self) -> Option<Slot> {
+        match self.retry_budget {
+            None => self.retries.try_acquire(),
+            Some((percent, min)) => {
+                let active = self.requests.current.load(Acquire) + self.pending.current.load(Acquire);
+                let budget = ((active as f64 * percent / 100.0) as u64).max(min);
+                self.retries.try_acquire_within(budget)
+            }
+        }
+    }
 }
 
 /// A cluster's breakers: `default` is what routes use (Legate routes at the
@@ -122,6 +144,12 @@ impl CircuitBreakers {
                     "rq_retry_open",
                     "remaining_retries",
                 ),
+                retry_budget: t.and_then(|t| t.retry_budget.as_ref()).map(|b| {
+                    (
+                        b.budget_percent.as_ref().map_or(20.0, |p| p.value),
+                        b.min_retry_concurrency.map_or(3, |v| u64::from(v.value)),
+                    )
+                }),
             }
         };
         // Envoy also keeps a connection-pool gauge per priority; pools are
@@ -155,5 +183,29 @@ mod tests {
         assert!(!r.can_create());
         drop((b, c, forced));
         assert_eq!(store.gauge("remaining").value(), 2);
+    }
+
+    #[test]
+    fn retry_budget_scales_with_requests_in_flight() {
+        let store = Store::default();
+        let pb: PbCircuitBreakers = legate_api::load::decode_typed(
+            legate_api::load::parse_text(
+                "thresholds: [{ retry_budget: { budget_percent: { value: 25 }, min_retry_concurrency: 2 } }]",
+            )
+            .unwrap(),
+        )
+        .unwrap()
+        .0;
+        let cb = CircuitBreakers::compile(Some(&pb), &store, "c");
+        let t = &cb.default;
+        // Nothing in flight: the minimum concurrency, 2.
+        let (a, b) = (t.try_retry().unwrap(), t.try_retry().unwrap());
+        assert!(t.try_retry().is_none());
+        drop((a, b));
+        // 20 requests in flight: 25 % of them, 5 retries.
+        let rqs: Vec<Slot> = (0..20).map(|_| t.requests.try_acquire().unwrap()).collect();
+        let retries: Vec<Slot> = (0..5).map(|_| t.try_retry().unwrap()).collect();
+        assert!(t.try_retry().is_none());
+        drop((rqs, retries));
     }
 }

@@ -1194,7 +1194,7 @@ async fn send_with_retries(
         // A retried response is not counted in upstream_rq_<code>: Envoy
         // counts the response the downstream gets.
         // max_retries: retries in flight across the cluster.
-        let Some(_retry_slot) = cluster.breakers.default.retries.try_acquire() else {
+        let Some(_retry_slot) = cluster.breakers.default.try_retry() else {
             cluster.stats.upstream_rq_retry_overflow.inc();
             return (result, host, attempt + 1);
         };
