@@ -1880,3 +1880,32 @@ fn retry_budget() {
     }
     assert_eq!(stat(pair.legate_admin, "cluster.none.upstream_rq_retry_overflow"), Some(1));
 }
+
+#[test]
+fn outlier_detection_local_origin_failures() {
+    let clusters = cluster("split", &["{UP_a}", "{CLOSED}"]).replacen(
+        "connect_timeout: 1s,",
+        "connect_timeout: 1s, outlier_detection: { split_external_local_origin_errors: true, consecutive_local_origin_failure: 2, consecutive_5xx: 100, interval: 10s, base_ejection_time: 30s, max_ejection_percent: 50 },",
+        1,
+    );
+    let t = bootstrap(
+        "",
+        "",
+        &one_vhost("              - { match: { prefix: \"/\" }, route: { cluster: split } }\n"),
+        &clusters,
+    );
+    let pair = start_pair("outlier-local", &t, &["a"]);
+    let sequence = |port: u16| -> Vec<u16> { (0..12).map(|_| send(port, &get("/x")).status).collect() };
+    let (e, l) = (sequence(pair.envoy), sequence(pair.legate));
+    let failed = |s: &[u16]| s.iter().filter(|c| **c == 503).count();
+    assert_eq!(failed(&e), 2, "Envoy: {e:?}");
+    assert_eq!(failed(&l), failed(&e), "Legate {l:?}, Envoy {e:?}");
+    for name in [
+        "cluster.split.outlier_detection.ejections_enforced_consecutive_local_origin_failure",
+        "cluster.split.outlier_detection.ejections_detected_consecutive_local_origin_failure",
+        "cluster.split.outlier_detection.ejections_enforced_consecutive_5xx",
+        "cluster.split.outlier_detection.ejections_active",
+    ] {
+        assert_eq!(stat(pair.envoy_admin, name), stat(pair.legate_admin, name), "{name}");
+    }
+}

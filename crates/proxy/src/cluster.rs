@@ -82,6 +82,8 @@ pub struct Host {
     /// Results in the current outlier-detection interval: all, and successes.
     pub od_interval_rq: AtomicU64,
     pub od_interval_ok: AtomicU64,
+    /// Consecutive local-origin failures (split mode).
+    pub od_local: std::sync::atomic::AtomicU32,
 }
 
 impl Host {
@@ -122,6 +124,7 @@ impl Host {
             od_until: AtomicU64::new(0),
             od_interval_rq: AtomicU64::new(0),
             od_interval_ok: AtomicU64::new(0),
+            od_local: Default::default(),
         }
     }
 }

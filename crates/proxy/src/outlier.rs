@@ -18,6 +18,13 @@ use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 pub struct Outlier {
+    /// `split_external_local_origin_errors`: connect failures, timeouts and
+    /// resets count toward `consecutive_local_origin_failure`, not 5xx.
+    split_local: bool,
+    consecutive_local: u32,
+    enforcing_local: u32,
+    detected_local: Arc<Counter>,
+    enforced_local: Arc<Counter>,
     consecutive_5xx: u32,
     enforcing_5xx: u32,
     consecutive_gateway: u32,
@@ -61,6 +68,11 @@ impl Outlier {
     pub fn compile(o: &OutlierDetection, store: &Store, cluster: &str) -> Self {
         let p = format!("cluster.{cluster}.outlier_detection.");
         Self {
+            split_local: o.split_external_local_origin_errors,
+            consecutive_local: o.consecutive_local_origin_failure.map_or(5, |v| v.value),
+            enforcing_local: o.enforcing_consecutive_local_origin_failure.map_or(100, |v| v.value),
+            detected_local: store.counter(&format!("{p}ejections_detected_consecutive_local_origin_failure")),
+            enforced_local: store.counter(&format!("{p}ejections_enforced_consecutive_local_origin_failure")),
             consecutive_5xx: o.consecutive_5xx.map_or(5, |v| v.value),
             enforcing_5xx: o.enforcing_consecutive_5xx.map_or(100, |v| v.value),
             consecutive_gateway: o.consecutive_gateway_failure.map_or(5, |v| v.value),
@@ -172,6 +184,26 @@ impl Outlier {
 
     /// Records one result from `host` (`None`: a local failure, counted as 503).
     pub fn record(&self, cluster: &Cluster, host: &Host, status: Option<u16>) {
+        if self.split_local {
+            match status {
+                // A local-origin failure: its own consecutive count only.
+                None => {
+                    host.od_interval_rq.fetch_add(1, Relaxed);
+                    let n = host.od_local.fetch_add(1, Relaxed) + 1;
+                    if n == self.consecutive_local && !host.ejected.load(Relaxed) {
+                        self.detected_local.inc();
+                        if self.eject(cluster, host, self.enforcing_local) {
+                            self.enforced_local.inc();
+                            host.od_local.store(0, Relaxed);
+                            cluster.refresh_health();
+                        }
+                    }
+                    return;
+                }
+                // A response arrived: the connection worked.
+                Some(_) => host.od_local.store(0, Relaxed),
+            }
+        }
         let status = status.unwrap_or(503);
         host.od_interval_rq.fetch_add(1, Relaxed);
         if status < 500 {
