@@ -834,3 +834,61 @@ fn tls_and_client_certificates() {
     let (ok, out) = ctl(&full, &["proxies"]);
     assert!(ok && out.contains("tls-envoy"), "{out}");
 }
+
+/// A Service's resilience settings (health checks, outlier detection,
+/// circuit breakers, retries) reach Envoy and Legate and act: a dead
+/// endpoint is failed by health checks and never answers, retries carry the
+/// requests that meet it first.
+#[test]
+fn service_resilience_settings() {
+    let dir = TempDir::new("resilience");
+    let (_live, live) = echo("live", dir.path());
+    let dead = free_port();
+    let cp = ControlPlane::start(dir.path());
+    let (ge, gl) = (free_port(), free_port());
+    let service = format!(
+        r#"kind: Service
+metadata: {{ name: api }}
+spec:
+  endpoints: [{{ address: 127.0.0.1, port: {live} }}, {{ address: 127.0.0.1, port: {dead} }}]
+  health_check: {{ interval: 0.2s, timeout: 0.2s, unhealthy_threshold: 1 }}
+  outlier_detection: {{ consecutive_5xx: 3, max_ejection_percent: 50 }}
+  circuit_breakers: {{ max_requests: 100, max_retries: 5 }}
+  retries: {{ on: "connect-failure,5xx", attempts: 2 }}
+"#
+    );
+    let gateway = |name: &str, node: &str, port: u16| {
+        format!(
+            "kind: Gateway\nmetadata: {{ name: {name}, nodes: {{ ids: [{node}] }} }}\nspec:\n  address: 127.0.0.1\n  port: {port}\n  routes:\n  - match: {{ prefix: / }}\n    to: [{{ service: api }}]\n"
+        )
+    };
+    cp.apply(
+        dir.path(),
+        &format!("{service}---\n{}---\n{}", gateway("gw-e", "res-envoy", ge), gateway("gw-l", "res-legate", gl)),
+    );
+    let envoy = attach(Client::Envoy, &cp, "res-envoy", false, dir.path());
+    let legate = attach(Client::Legate, &cp, "res-legate", true, dir.path());
+    for (port, admin, who) in [(ge, envoy.admin, "Envoy"), (gl, legate.admin, "Legate")] {
+        wait_for(&format!("{who} to fail the dead endpoint"), Duration::from_secs(20), || {
+            let body = http_get(addr(admin), "/clusters", "admin").ok()?.body;
+            body.contains(&format!("api::127.0.0.1:{dead}::health_flags::/failed_active_hc")).then_some(())
+        });
+        for i in 0..20 {
+            let r = http_get(addr(port), "/x", "app").expect("request");
+            assert_eq!((r.status, r.header("x-upstream")), (200, Some("live")), "{who} request {i}");
+        }
+        let body = http_get(addr(admin), "/clusters", "admin").expect("clusters").body;
+        assert!(body.contains("api::default_priority::max_requests::100"), "{who} breakers:\n{body}");
+        assert!(body.contains("api::default_priority::max_retries::5"), "{who} breakers:\n{body}");
+    }
+    // What the proxies were given.
+    let (ok, out) = cp.ctl(&["get", "envoy", "clusters", "--node", "res-legate", "-o", "json"]);
+    assert!(ok, "{out}");
+    let v: Value = serde_json::from_str(&out).expect("json");
+    let api = v["items"].as_array().into_iter().flatten().find(|c| c["name"] == "api").expect("api cluster");
+    let spec = &api["resource"];
+    assert_eq!(spec["outlier_detection"]["consecutive_5xx"], 3, "{spec}");
+    assert!(spec["health_checks"][0]["tcp_health_check"].is_object(), "{spec}");
+    let (ok, out) = cp.ctl(&["get", "envoy", "routes", "--node", "res-legate", "-o", "json"]);
+    assert!(ok && out.contains("connect-failure,5xx") && out.contains("previous_hosts"), "{out}");
+}

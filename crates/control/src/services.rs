@@ -2,9 +2,10 @@
 //! without writing Envoy YAML:
 //!
 //! - `Service`: how to reach a service (endpoints listed, from DNS, or from the
-//!   registry), its protocol, load balancing and named subsets by label.
-//!   Compiles to a Cluster and a ClusterLoadAssignment, plus one pair per
-//!   subset (`<service>.<subset>`).
+//!   registry), its protocol, load balancing, named subsets by label, and its
+//!   resilience: active health checks, outlier detection, circuit breakers,
+//!   and the retries routes to it use. Compiles to a Cluster and a
+//!   ClusterLoadAssignment, plus one pair per subset (`<service>.<subset>`).
 //! - `Gateway`: a listener address with hosts and routes to services or
 //!   weighted subsets, redirects, rewrites, header changes and direct
 //!   responses. Compiles to a Listener and a RouteConfiguration named
@@ -69,6 +70,137 @@ pub struct ServiceSpec {
     /// Named subsets: endpoints whose labels include these.
     #[serde(default)]
     pub subsets: BTreeMap<String, BTreeMap<String, String>>,
+    #[serde(default)]
+    pub health_check: Option<HealthCheckSpec>,
+    #[serde(default)]
+    pub outlier_detection: Option<OutlierSpec>,
+    #[serde(default)]
+    pub circuit_breakers: Option<BreakerSpec>,
+    /// Retries for routes to this service (a route's own `retries` wins).
+    #[serde(default)]
+    pub retries: Option<RetrySpec>,
+}
+
+/// Active health checking: HTTP when `path` is set, gRPC with `grpc`,
+/// otherwise a TCP connect. Checks keep their `interval` even before the
+/// service has traffic (Envoy's default would wait a minute).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheckSpec {
+    #[serde(default)]
+    pub path: Option<String>,
+    #[serde(default)]
+    pub grpc: bool,
+    #[serde(default = "default_hc_interval")]
+    pub interval: String,
+    #[serde(default = "default_hc_timeout")]
+    pub timeout: String,
+    #[serde(default = "two")]
+    pub unhealthy_threshold: u32,
+    #[serde(default = "one")]
+    pub healthy_threshold: u32,
+}
+
+fn default_hc_interval() -> String {
+    "5s".into()
+}
+
+fn default_hc_timeout() -> String {
+    "1s".into()
+}
+
+fn two() -> u32 {
+    2
+}
+
+/// Outlier detection; what is left out keeps Envoy's default.
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutlierSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consecutive_5xx: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consecutive_gateway_failure: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_ejection_time: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_ejection_percent: Option<u32>,
+}
+
+/// Circuit breakers at the default priority; left out: Envoy's defaults.
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct BreakerSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_pending_requests: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_requests: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_retries: Option<u32>,
+}
+
+/// A retry policy: `on` is Envoy's `retry_on`; retries go to other hosts.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetrySpec {
+    #[serde(default = "default_retry_on")]
+    pub on: String,
+    #[serde(default = "two")]
+    pub attempts: u32,
+    #[serde(default)]
+    pub per_try_timeout: Option<String>,
+}
+
+fn default_retry_on() -> String {
+    "5xx,connect-failure,reset".into()
+}
+
+impl RetrySpec {
+    fn envoy(&self) -> Value {
+        let mut p = json!({
+            "retry_on": self.on,
+            "num_retries": self.attempts,
+            "retry_host_predicate": [{"name": "envoy.retry_host_predicates.previous_hosts", "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"}}],
+            "host_selection_retry_max_attempts": 3,
+        });
+        if let Some(t) = &self.per_try_timeout {
+            p["per_try_timeout"] = json!(t);
+        }
+        p
+    }
+}
+
+impl ServiceSpec {
+    /// The cluster fields for health checks, outlier detection and breakers.
+    fn resilience(&self, cluster: &mut Value) {
+        if let Some(h) = &self.health_check {
+            let mut hc = json!({
+                "interval": h.interval,
+                "no_traffic_interval": h.interval,
+                "timeout": h.timeout,
+                "unhealthy_threshold": h.unhealthy_threshold,
+                "healthy_threshold": h.healthy_threshold,
+            });
+            match (&h.path, h.grpc) {
+                (Some(path), _) => hc["http_health_check"] = json!({"path": path}),
+                (None, true) => hc["grpc_health_check"] = json!({}),
+                (None, false) => hc["tcp_health_check"] = json!({}),
+            }
+            cluster["health_checks"] = json!([hc]);
+        }
+        if let Some(o) = &self.outlier_detection {
+            cluster["outlier_detection"] = serde_json::to_value(o).unwrap_or_else(|_| json!({}));
+        }
+        if let Some(b) = &self.circuit_breakers {
+            cluster["circuit_breakers"] =
+                json!({"thresholds": [serde_json::to_value(b).unwrap_or_else(|_| json!({}))]});
+        }
+    }
 }
 
 fn default_connect_timeout() -> String {
@@ -147,6 +279,9 @@ pub struct RouteSpec {
     pub request_headers: BTreeMap<String, String>,
     #[serde(default)]
     pub response_headers: BTreeMap<String, String>,
+    /// Retries for this route, instead of its service's.
+    #[serde(default)]
+    pub retries: Option<RetrySpec>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -307,6 +442,7 @@ pub fn generate(
                 "connect_timeout": s.connect_timeout,
                 "lb_policy": lb_policy(s.lb),
             });
+            s.resilience(&mut cluster);
             if matches!(s.protocol, Protocol::Http2 | Protocol::Grpc) {
                 cluster["typed_extension_protocol_options"] = json!({
                     "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
@@ -526,6 +662,16 @@ fn compile_routes(
             }
             if let Some(p) = &rt.prefix_rewrite {
                 action["prefix_rewrite"] = json!(p);
+            }
+            // The route's retries, or those of the one service it goes to.
+            let mut targets = rt.to.iter().map(|t| t.service.as_str()).collect::<Vec<_>>();
+            targets.dedup();
+            let service_retries = match targets.as_slice() {
+                [one] => services.get(*one).and_then(|s| s.retries.as_ref()),
+                _ => None,
+            };
+            if let Some(r) = rt.retries.as_ref().or(service_retries) {
+                action["retry_policy"] = r.envoy();
             }
             route["route"] = action;
         }
