@@ -24,6 +24,10 @@ pub const SUPPORTED_EXTENSIONS: &[&str] = &[
     "envoy.extensions.access_loggers.stream.v3.StdoutAccessLog",
     "envoy.extensions.access_loggers.stream.v3.StderrAccessLog",
     "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+    "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
+    "envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector",
+    "envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
+    "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
 ];
 
 const SUPPORTED_FIELDS: &[(&str, &[&str])] = &[
@@ -45,8 +49,48 @@ const SUPPORTED_FIELDS: &[(&str, &[&str])] = &[
     ("envoy.config.core.v3.Locality", &["region", "zone", "sub_zone"]),
     ("envoy.config.core.v3.Address", &["socket_address"]),
     ("envoy.config.core.v3.SocketAddress", &["address", "port_value", "protocol"]),
-    ("envoy.config.listener.v3.Listener", &["name", "address", "filter_chains"]),
-    ("envoy.config.listener.v3.FilterChain", &["filters", "name"]),
+    (
+        "envoy.config.listener.v3.Listener",
+        &["name", "address", "filter_chains", "default_filter_chain", "listener_filters"],
+    ),
+    ("envoy.config.listener.v3.FilterChain", &["filters", "name", "filter_chain_match", "transport_socket"]),
+    (
+        "envoy.config.listener.v3.FilterChainMatch",
+        &[
+            "destination_port",
+            "prefix_ranges",
+            "server_names",
+            "transport_protocol",
+            "application_protocols",
+            "source_prefix_ranges",
+            "source_ports",
+        ],
+    ),
+    ("envoy.config.core.v3.CidrRange", &["address_prefix", "prefix_len"]),
+    ("envoy.config.listener.v3.ListenerFilter", &["name", "typed_config"]),
+    ("envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector", &[]),
+    ("envoy.config.core.v3.TransportSocket", &["name", "typed_config"]),
+    (
+        "envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
+        &["common_tls_context", "require_client_certificate"],
+    ),
+    ("envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext", &["common_tls_context", "sni"]),
+    (
+        "envoy.extensions.transport_sockets.tls.v3.CommonTlsContext",
+        &["tls_params", "tls_certificates", "alpn_protocols", "validation_context"],
+    ),
+    ("envoy.extensions.transport_sockets.tls.v3.TlsCertificate", &["certificate_chain", "private_key"]),
+    (
+        "envoy.extensions.transport_sockets.tls.v3.TlsParameters",
+        &["tls_minimum_protocol_version", "tls_maximum_protocol_version"],
+    ),
+    ("envoy.extensions.transport_sockets.tls.v3.CertificateValidationContext", &["trusted_ca"]),
+    (
+        "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
+        &["stat_prefix", "cluster", "weighted_clusters", "idle_timeout", "max_connect_attempts", "access_log"],
+    ),
+    ("envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy.WeightedCluster", &["clusters"]),
+    ("envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy.WeightedCluster.ClusterWeight", &["name", "weight"]),
     ("envoy.config.listener.v3.Filter", &["name", "typed_config"]),
     (
         "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
@@ -191,6 +235,7 @@ const SUPPORTED_FIELDS: &[(&str, &[&str])] = &[
             "common_lb_config",
             "ring_hash_lb_config",
             "maglev_lb_config",
+            "transport_socket",
         ],
     ),
     ("envoy.config.cluster.v3.Cluster.RingHashLbConfig", &["minimum_ring_size", "maximum_ring_size", "hash_function"]),

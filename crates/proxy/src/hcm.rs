@@ -252,9 +252,20 @@ pub struct ConnInfo {
     /// transfer-encoding (seen by the connection's read side, which hyper
     /// does not report); Envoy answers such a request with 400.
     pub length_conflict: std::sync::atomic::AtomicBool,
+    /// The connection is TLS (terminated here): its scheme is https.
+    pub secure: bool,
 }
 
 impl ConnInfo {
+    /// `http` or `https`, as `x-forwarded-proto` gives this connection's scheme.
+    pub fn scheme(&self) -> &'static str {
+        if self.secure {
+            "https"
+        } else {
+            "http"
+        }
+    }
+
     pub fn new(remote: SocketAddr, local: SocketAddr) -> Self {
         Self {
             remote,
@@ -264,6 +275,7 @@ impl ConnInfo {
             requests: Default::default(),
             draining: Default::default(),
             length_conflict: Default::default(),
+            secure: false,
         }
     }
 }
@@ -520,9 +532,9 @@ impl Hcm {
             }
             // With trusted hops, a downstream's x-forwarded-proto is kept as it
             // is (Envoy 1.40 does not check the value here); otherwise it is
-            // this plaintext connection's scheme.
+            // this connection's scheme.
             if self.xff_trusted_hops == 0 || !parts.headers.contains_key(&X_FORWARDED_PROTO) {
-                parts.headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+                parts.headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(conn.scheme()));
             }
             // Envoy 1.40 has no internal addresses unless internal_address_config
             // names some: every request through a use_remote_address HCM is an
@@ -531,7 +543,7 @@ impl Hcm {
                 parts.headers.insert(X_ENVOY_EXTERNAL_ADDRESS.clone(), v);
             }
         } else if !parts.headers.contains_key(&X_FORWARDED_PROTO) {
-            parts.headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+            parts.headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(conn.scheme()));
         }
         if self.generate_request_id {
             let regenerate = self.use_remote_address && !self.preserve_external_request_id;
