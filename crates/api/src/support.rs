@@ -335,6 +335,23 @@ const SUPPORTED_FIELDS: &[(&str, &[&str])] = &[
     ("envoy.config.core.v3.SubstitutionFormatString", &["text_format", "text_format_source", "json_format"]),
 ];
 
+/// Enum values Legate refuses in a field it otherwise implements:
+/// (message, field, values, reason).
+const UNSUPPORTED_VALUES: &[(&str, &str, &[i32], &str)] = &[
+    (
+        "envoy.extensions.transport_sockets.tls.v3.TlsParameters",
+        "tls_minimum_protocol_version",
+        &[1, 2],
+        "TLSv1_0 and TLSv1_1 are not implemented by Legate (rustls speaks TLSv1_2 and TLSv1_3)",
+    ),
+    (
+        "envoy.extensions.transport_sockets.tls.v3.TlsParameters",
+        "tls_maximum_protocol_version",
+        &[1, 2],
+        "TLSv1_0 and TLSv1_1 are not implemented by Legate (rustls speaks TLSv1_2 and TLSv1_3)",
+    ),
+];
+
 fn supported_fields(message: &str) -> &'static [&'static str] {
     SUPPORTED_FIELDS.iter().find(|(m, _)| *m == message).map_or(&[], |(_, f)| f)
 }
@@ -367,6 +384,15 @@ fn check(msg: &DynamicMessage, path: &str, out: &mut Vec<FieldError>) {
         if !allowed.contains(&field.name()) {
             out.push(FieldError::new(p, format!("{}.{} is not implemented by Legate", name, field.name())));
             continue;
+        }
+        if let Value::EnumNumber(n) = value {
+            let refused = UNSUPPORTED_VALUES
+                .iter()
+                .find(|(m, f, values, _)| *m == name && *f == field.name() && values.contains(n));
+            if let Some((_, _, _, reason)) = refused {
+                out.push(FieldError::new(p, *reason));
+                continue;
+            }
         }
         match value {
             Value::Message(m) => check(m, &p, out),

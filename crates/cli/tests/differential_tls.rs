@@ -752,3 +752,103 @@ fn upstream_tls_to_a_tls_backend() {
         assert_eq!(e.stat(name), l.stat(name), "{name}");
     }
 }
+
+/// A TCP server that answers every connection with `name:` and then echoes.
+fn tcp_named(name: &'static str) -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = l.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        for s in l.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut s = s;
+                let _ = s.write_all(format!("{name}:").as_bytes());
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = s.read(&mut buf) {
+                    if n == 0 || s.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+/// Filter-chain precedence end to end (names avoid YAML's `y`/`n` booleans): a server name beats source ranges
+/// for TLS; without SNI the longest source prefix wins; a destination range
+/// that does not match leaves the default_filter_chain.
+#[test]
+fn filter_chain_precedence_and_default_chain() {
+    let dir = TempDir::new("fc-match");
+    let d = dir.path();
+    write_certs(d);
+    let backend = tls_backend(d);
+    let (x, y, dflt) = (tcp_named("x"), tcp_named("y"), tcp_named("d"));
+    let yaml = |_who: &'static str, admin: u16, ports: &BTreeMap<&'static str, u16>| {
+        let default_chain = format!(", default_filter_chain: {{filters: [{}]}}", tcp_proxy("d", "cluster: d", ""));
+        bootstrap(
+            admin,
+            &[
+                listener(
+                    "lm",
+                    ports["lm"],
+                    &[
+                        format!("{{filter_chain_match: {{server_names: [a.example.com]}}, filters: [{}]}}", tcp_proxy("a", "cluster: backend_a", "")),
+                        format!("{{filter_chain_match: {{source_prefix_ranges: [{{address_prefix: 127.0.0.0, prefix_len: 8}}]}}, filters: [{}]}}", tcp_proxy("sx", "cluster: cx", "")),
+                        format!("{{filter_chain_match: {{source_prefix_ranges: [{{address_prefix: 127.0.0.1, prefix_len: 32}}]}}, filters: [{}]}}", tcp_proxy("sy", "cluster: cy", "")),
+                    ],
+                    &format!(", listener_filters: {TLS_INSPECTOR}{default_chain}"),
+                ),
+                listener(
+                    "ln",
+                    ports["ln"],
+                    &[format!("{{filter_chain_match: {{prefix_ranges: [{{address_prefix: 10.0.0.0, prefix_len: 8}}]}}, filters: [{}]}}", tcp_proxy("sx", "cluster: cx", ""))],
+                    &default_chain,
+                ),
+            ],
+            &[cluster("backend_a", backend.port("a"), ""), cluster("cx", x, ""), cluster("cy", y, ""), cluster("d", dflt, "")],
+        )
+    };
+    let (e, l) = both(d, &["lm", "ln"], yaml);
+    for side in [&e, &l] {
+        assert_eq!(tcp_exchange_open(side.port("lm"), b"hello"), b"y:hel", "{}", side.who);
+        assert_eq!(tcp_exchange_open(side.port("ln"), b"hello"), b"d:hel", "{}", side.who);
+    }
+    let ev = curl_https(d, e.port("lm"), https("a.example.com"));
+    let lv = curl_https(d, l.port("lm"), https("a.example.com"));
+    compare("SNI beats source ranges", &ev, &lv);
+    assert_eq!(lv["resp:x-backend"], "a");
+}
+
+/// What rustls cannot do is refused with the reason, by `legate validate`
+/// (exit 3) and by `legate proxy`, never ignored.
+#[test]
+fn unsupported_tls_settings_are_refused() {
+    let dir = TempDir::new("tls-refuse");
+    let d = dir.path();
+    write_certs(d);
+    for (extra, reason) in [
+        (", tls_params: {tls_minimum_protocol_version: TLSv1_0}", "TLSv1_0 and TLSv1_1 are not implemented"),
+        (", tls_params: {cipher_suites: [ECDHE-RSA-AES128-GCM-SHA256]}", "cipher_suites is not implemented"),
+    ] {
+        let yaml = bootstrap(
+            free_port(),
+            &[listener(
+                "l",
+                free_port(),
+                &[format!("{{transport_socket: {}, filters: [{}]}}", down_tls(d, &["a"], extra, ""), hcm("l", "c"))],
+                "",
+            )],
+            &[cluster("c", free_port(), "")],
+        );
+        let f = d.join("refused.yaml");
+        std::fs::write(&f, yaml).expect("write");
+        let out = Command::new(LEGATE).arg("validate").arg("-c").arg(&f).output().expect("validate");
+        let text = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(3), "{text}");
+        assert!(text.contains(reason), "{text}");
+        let out = Command::new(LEGATE).args(["proxy", "-c"]).arg(&f).output().expect("proxy");
+        assert!(!out.status.success());
+        assert!(String::from_utf8_lossy(&out.stderr).contains(reason));
+    }
+}
