@@ -84,7 +84,11 @@ const SUPPORTED_FIELDS: &[(&str, &[&str])] = &[
         "envoy.extensions.transport_sockets.tls.v3.TlsParameters",
         &["tls_minimum_protocol_version", "tls_maximum_protocol_version"],
     ),
-    ("envoy.extensions.transport_sockets.tls.v3.CertificateValidationContext", &["trusted_ca"]),
+    (
+        "envoy.extensions.transport_sockets.tls.v3.CertificateValidationContext",
+        &["trusted_ca", "match_typed_subject_alt_names"],
+    ),
+    ("envoy.extensions.transport_sockets.tls.v3.SubjectAltNameMatcher", &["san_type", "matcher"]),
     (
         "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
         &["stat_prefix", "cluster", "weighted_clusters", "idle_timeout", "max_connect_attempts", "access_log"],
@@ -338,6 +342,12 @@ const SUPPORTED_FIELDS: &[(&str, &[&str])] = &[
 /// Enum values Legate refuses in a field it otherwise implements:
 /// (message, field, values, reason).
 const UNSUPPORTED_VALUES: &[(&str, &str, &[i32], &str)] = &[
+    (
+        "envoy.extensions.transport_sockets.tls.v3.SubjectAltNameMatcher",
+        "san_type",
+        &[5],
+        "OTHER_NAME subject alt names are not implemented by Legate",
+    ),
     (
         "envoy.extensions.transport_sockets.tls.v3.TlsParameters",
         "tls_minimum_protocol_version",

@@ -852,3 +852,96 @@ fn unsupported_tls_settings_are_refused() {
         assert!(String::from_utf8_lossy(&out.stderr).contains(reason));
     }
 }
+
+fn san_matcher(exact: &str) -> String {
+    format!("match_typed_subject_alt_names: [{{san_type: DNS, matcher: {{exact: \"{exact}\"}}}}]")
+}
+
+/// `match_typed_subject_alt_names`: on client certificates (mTLS listener)
+/// and on upstream certificates (an exact DNS matcher also accepts a name
+/// under a `*.` SAN, as Envoy does).
+#[test]
+fn subject_alt_name_matching() {
+    let dir = TempDir::new("tls-san");
+    let d = dir.path();
+    write_certs(d);
+    let backend = tls_backend(d);
+    let (_echo, up) = echo("san", d);
+    let yaml = |_who: &'static str, admin: u16, ports: &BTreeMap<&'static str, u16>| {
+        let mtls = |name: &str| {
+            down_tls(
+                d,
+                &["a"],
+                &format!(
+                    ", validation_context: {{trusted_ca: {{filename: \"{}\"}}, {}}}",
+                    p(d, "ca.pem"),
+                    san_matcher(name)
+                ),
+                ", require_client_certificate: true",
+            )
+        };
+        let up_san = |name: &str| {
+            format!(
+                ", transport_socket: {{name: envoy.transport_sockets.tls, typed_config: {{\"@type\": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext, sni: a.example.com, common_tls_context: {{validation_context: {{trusted_ca: {{filename: \"{}\"}}, {}}}}}}}}}",
+                p(d, "ca.pem"),
+                san_matcher(name)
+            )
+        };
+        bootstrap(
+            admin,
+            &[
+                listener(
+                    "san_ok",
+                    ports["san_ok"],
+                    &[format!("{{transport_socket: {}, filters: [{}]}}", mtls("client.example.com"), hcm("ok", "up"))],
+                    "",
+                ),
+                listener(
+                    "san_bad",
+                    ports["san_bad"],
+                    &[format!("{{transport_socket: {}, filters: [{}]}}", mtls("other.example.com"), hcm("bad", "up"))],
+                    "",
+                ),
+                listener(
+                    "front",
+                    ports["front"],
+                    &[format!(
+                        "{{filters: [{}]}}",
+                        hcm_routes("front", &[("/ok", "up_ok"), ("/bad", "up_bad"), ("/wild", "up_wild")])
+                    )],
+                    "",
+                ),
+            ],
+            &[
+                cluster("up", up, ""),
+                cluster("up_ok", backend.port("a"), &up_san("a.example.com")),
+                cluster("up_bad", backend.port("a"), &up_san("b.example.com")),
+                cluster("up_wild", backend.port("b"), &up_san("x.b.example.com")),
+            ],
+        )
+    };
+    let (e, l) = both(d, &["san_ok", "san_bad", "front"], yaml);
+    let req = Https { client: Some("client"), ..https("a.example.com") };
+    for (name, ok) in [("san_ok", true), ("san_bad", false)] {
+        let ev = curl_https(d, e.port(name), req);
+        let lv = curl_https(d, l.port(name), req);
+        compare(name, &ev, &lv);
+        assert_eq!(lv["ok"], ok.to_string(), "{name}: {lv:?}");
+    }
+    for (path, status) in [("/ok", 200), ("/bad", 503), ("/wild", 200)] {
+        let er = http_get(addr(e.port("front")), path, "example.com").expect("envoy");
+        let lr = http_get(addr(l.port("front")), path, "example.com").expect("legate");
+        assert_eq!((er.status, er.body.as_str()), (lr.status, lr.body.as_str()), "{path}");
+        assert_eq!(lr.status, status, "{path}");
+    }
+    let stats = |s: &Side| {
+        [
+            format!("listener.127.0.0.1_{}.ssl.fail_verify_san", s.port("san_bad")),
+            "cluster.up_bad.ssl.fail_verify_san".to_string(),
+            "cluster.up_wild.ssl.handshake".to_string(),
+        ]
+        .map(|n| s.stat(&n))
+    };
+    assert_eq!(stats(&e), stats(&l));
+    assert_eq!(stats(&l), [1, 1, 1]);
+}

@@ -23,6 +23,140 @@ pub const TLS_SOCKET: &str = "envoy.transport_sockets.tls";
 const DOWNSTREAM: &str = "envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext";
 const UPSTREAM: &str = "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext";
 
+/// One of `match_typed_subject_alt_names`.
+#[derive(Debug)]
+struct SanMatcher {
+    kind: SanKind,
+    matcher: crate::matcher::StringMatch,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SanKind {
+    Email,
+    Dns,
+    Uri,
+    Ip,
+}
+
+fn compile_sans(v: &CertificateValidationContext, path: &str) -> Result<Vec<SanMatcher>, TlsError> {
+    v.match_typed_subject_alt_names
+        .iter()
+        .enumerate()
+        .map(|(i, m)| {
+            let p = format!("{path}.validation_context.match_typed_subject_alt_names[{i}]");
+            let kind = match m.san_type {
+                1 => SanKind::Email,
+                2 => SanKind::Dns,
+                3 => SanKind::Uri,
+                4 => SanKind::Ip,
+                other => return Err(err(&p, format!("san_type {other} is not supported"))),
+            };
+            let Some(sm) = &m.matcher else { return Err(err(&format!("{p}.matcher"), "is required")) };
+            let matcher = crate::matcher::StringMatch::new(sm).map_err(|e| err(&format!("{p}.matcher"), e))?;
+            Ok(SanMatcher { kind, matcher })
+        })
+        .collect()
+}
+
+/// Whether a DNS SAN (possibly `*.example.com`) covers `name`, as Envoy's
+/// exact DNS matcher lets a wildcard certificate match a host under it.
+fn dns_wildcard_covers(san: &str, name: &str) -> bool {
+    match (san.strip_prefix("*."), name.split_once('.')) {
+        (Some(suffix), Some((label, rest))) => !label.is_empty() && rest.eq_ignore_ascii_case(suffix),
+        _ => false,
+    }
+}
+
+/// Whether the certificate has a SAN accepted by `matchers` (any one of
+/// them, on a SAN of its type). Parses the certificate: once per handshake,
+/// only when matchers are configured.
+fn sans_match(matchers: &[SanMatcher], der: &CertificateDer<'_>) -> bool {
+    if matchers.is_empty() {
+        return true;
+    }
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(der.as_ref()) else { return false };
+    let Ok(Some(ext)) = cert.subject_alternative_name() else { return false };
+    use x509_parser::extensions::GeneralName;
+    ext.value.general_names.iter().any(|g| {
+        let (kind, value) = match g {
+            GeneralName::DNSName(s) => (SanKind::Dns, s.to_string()),
+            GeneralName::RFC822Name(s) => (SanKind::Email, s.to_string()),
+            GeneralName::URI(s) => (SanKind::Uri, s.to_string()),
+            GeneralName::IPAddress(b) => match b.len() {
+                4 => (SanKind::Ip, std::net::Ipv4Addr::new(b[0], b[1], b[2], b[3]).to_string()),
+                16 => {
+                    let mut a = [0u8; 16];
+                    a.copy_from_slice(b);
+                    (SanKind::Ip, std::net::Ipv6Addr::from(a).to_string())
+                }
+                _ => return false,
+            },
+            _ => return false,
+        };
+        matchers.iter().any(|m| {
+            m.kind == kind
+                && (m.matcher.matches(&value)
+                    || (kind == SanKind::Dns && m.matcher.exact().is_some_and(|e| dns_wildcard_covers(&value, e))))
+        })
+    })
+}
+
+/// A SAN mismatch, told apart from other certificate errors for the stats.
+fn san_mismatch() -> rustls::Error {
+    rustls::Error::InvalidCertificate(rustls::CertificateError::NotValidForName)
+}
+
+/// A client-certificate verifier that also applies `match_typed_subject_alt_names`.
+#[derive(Debug)]
+struct SanClientVerifier {
+    inner: Arc<dyn rustls::server::danger::ClientCertVerifier>,
+    sans: Vec<SanMatcher>,
+}
+
+impl rustls::server::danger::ClientCertVerifier for SanClientVerifier {
+    fn offer_client_auth(&self) -> bool {
+        self.inner.offer_client_auth()
+    }
+    fn client_auth_mandatory(&self) -> bool {
+        self.inner.client_auth_mandatory()
+    }
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<rustls::server::danger::ClientCertVerified, rustls::Error> {
+        let ok = self.inner.verify_client_cert(end_entity, intermediates, now)?;
+        if sans_match(&self.sans, end_entity) {
+            Ok(ok)
+        } else {
+            Err(san_mismatch())
+        }
+    }
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
 /// A byte stream a connection can run on: plain TCP or TLS over it.
 pub trait Io: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Io for T {}
@@ -36,6 +170,7 @@ pub struct SslStats {
     pub connection_error: Arc<crate::stats::Counter>,
     pub fail_verify_error: Arc<crate::stats::Counter>,
     pub fail_verify_no_cert: Arc<crate::stats::Counter>,
+    pub fail_verify_san: Arc<crate::stats::Counter>,
 }
 
 impl SslStats {
@@ -47,14 +182,19 @@ impl SslStats {
             connection_error: c("connection_error"),
             fail_verify_error: c("fail_verify_error"),
             fail_verify_no_cert: c("fail_verify_no_cert"),
+            fail_verify_san: c("fail_verify_san"),
         }
     }
 
     /// Counts a failed handshake as Envoy does: a certificate that does not
-    /// verify is `fail_verify_error`, a missing required one
-    /// `fail_verify_no_cert`, anything else `connection_error`.
+    /// verify is `fail_verify_error` (`fail_verify_san` when its names do not
+    /// match), a missing required one `fail_verify_no_cert`, anything else
+    /// `connection_error`.
     pub fn failed(&self, e: &std::io::Error) {
         match e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
+            Some(rustls::Error::InvalidCertificate(rustls::CertificateError::NotValidForName)) => {
+                self.fail_verify_san.inc()
+            }
             Some(rustls::Error::InvalidCertificate(_)) => self.fail_verify_error.inc(),
             Some(rustls::Error::NoCertificatesPresented) => self.fail_verify_no_cert.inc(),
             _ => self.connection_error.inc(),
@@ -240,6 +380,13 @@ pub fn downstream(ts: &TransportSocket) -> Result<tokio_rustls::TlsAcceptor, Tls
     let require = ctx.require_client_certificate.is_some_and(|b| b.value);
     let validation = validation_context(common, path)?;
     let client_roots = validation.map(|v| roots(v, path)).transpose()?.flatten();
+    let sans = validation.map(|v| compile_sans(v, path)).transpose()?.unwrap_or_default();
+    if !sans.is_empty() && client_roots.is_none() {
+        return Err(err(
+            &format!("{path}.validation_context.match_typed_subject_alt_names"),
+            "Legate checks client certificate names only together with trusted_ca",
+        ));
+    }
     let builder = match client_roots {
         Some(roots) => {
             let mut v = WebPkiClientVerifier::builder_with_provider(roots, provider());
@@ -249,6 +396,8 @@ pub fn downstream(ts: &TransportSocket) -> Result<tokio_rustls::TlsAcceptor, Tls
                 v = v.allow_unauthenticated();
             }
             let v = v.build().map_err(|e| err(&format!("{path}.validation_context"), e.to_string()))?;
+            let v: Arc<dyn rustls::server::danger::ClientCertVerifier> =
+                if sans.is_empty() { v } else { Arc::new(SanClientVerifier { inner: v, sans }) };
             builder.with_client_cert_verifier(v)
         }
         None if require => {
@@ -280,11 +429,12 @@ impl UpstreamTls {
 }
 
 /// Envoy's default certificate validation checks the chain against
-/// `trusted_ca`, not the host name (that takes `match_typed_subject_alt_names`,
-/// or auto_sni_san_validation), and with no validation context nothing at all.
+/// `trusted_ca`, not the host name; names are checked only by
+/// `match_typed_subject_alt_names`. With neither, nothing is verified.
 #[derive(Debug)]
 struct EnvoyServerVerifier {
     chain: Option<Arc<rustls::client::WebPkiServerVerifier>>,
+    sans: Vec<SanMatcher>,
     provider: Arc<CryptoProvider>,
 }
 
@@ -297,12 +447,19 @@ impl ServerCertVerifier for EnvoyServerVerifier {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let Some(v) = &self.chain else { return Ok(ServerCertVerified::assertion()) };
-        match v.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now) {
-            Err(rustls::Error::InvalidCertificate(
-                rustls::CertificateError::NotValidForName | rustls::CertificateError::NotValidForNameContext { .. },
-            )) => Ok(ServerCertVerified::assertion()),
-            other => other,
+        if let Some(v) = &self.chain {
+            match v.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now) {
+                Err(rustls::Error::InvalidCertificate(
+                    rustls::CertificateError::NotValidForName | rustls::CertificateError::NotValidForNameContext { .. },
+                )) => {}
+                Err(e) => return Err(e),
+                Ok(_) => {}
+            }
+        }
+        if sans_match(&self.sans, end_entity) {
+            Ok(ServerCertVerified::assertion())
+        } else {
+            Err(san_mismatch())
         }
     }
 
@@ -337,7 +494,9 @@ pub fn upstream(ts: &TransportSocket, http2: bool) -> Result<UpstreamTls, TlsErr
     let default_common = CommonTlsContext::default();
     let common = ctx.common_tls_context.as_ref().unwrap_or(&default_common);
     let versions = versions(common.tls_params.as_ref(), path)?;
-    let chain = match validation_context(common, path)?.map(|v| roots(v, path)).transpose()?.flatten() {
+    let validation = validation_context(common, path)?;
+    let sans = validation.map(|v| compile_sans(v, path)).transpose()?.unwrap_or_default();
+    let chain = match validation.map(|v| roots(v, path)).transpose()?.flatten() {
         Some(roots) => Some(
             rustls::client::WebPkiServerVerifier::builder_with_provider(roots, provider())
                 .build()
@@ -349,7 +508,7 @@ pub fn upstream(ts: &TransportSocket, http2: bool) -> Result<UpstreamTls, TlsErr
         .with_protocol_versions(&versions)
         .map_err(|e| err(path, e.to_string()))?
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(EnvoyServerVerifier { chain, provider: provider() }));
+        .with_custom_certificate_verifier(Arc::new(EnvoyServerVerifier { chain, sans, provider: provider() }));
     let mut cfg = match common.tls_certificates.as_slice() {
         [] => builder.with_no_client_auth(),
         [c] => {
@@ -376,4 +535,17 @@ pub fn upstream(ts: &TransportSocket, http2: bool) -> Result<UpstreamTls, TlsErr
         )
     };
     Ok(UpstreamTls { connector: tokio_rustls::TlsConnector::from(Arc::new(cfg)), sni })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wildcard_dns_san_covers_one_label() {
+        assert!(dns_wildcard_covers("*.example.com", "a.example.com"));
+        assert!(!dns_wildcard_covers("*.example.com", "a.b.example.com"));
+        assert!(!dns_wildcard_covers("*.example.com", "example.com"));
+        assert!(!dns_wildcard_covers("a.example.com", "a.example.com"));
+    }
 }
