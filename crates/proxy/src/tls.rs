@@ -332,28 +332,46 @@ fn alpn(c: &CommonTlsContext) -> Vec<Vec<u8>> {
     c.alpn_protocols.iter().map(|p| p.as_bytes().to_vec()).collect()
 }
 
-/// Picks the certificate for a handshake: the first whose names cover the
-/// SNI, else the first one (Envoy's default certificate). Cost per handshake
-/// with several certificates: one certificate parse per candidate tried.
+/// The DNS names a certificate serves: its DNS SANs, or its common name when
+/// it has none (as Envoy reads them), lowercased.
+fn cert_names(der: &CertificateDer<'_>) -> Vec<String> {
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(der.as_ref()) else { return Vec::new() };
+    let mut names: Vec<String> = match cert.subject_alternative_name() {
+        Ok(Some(ext)) => ext
+            .value
+            .general_names
+            .iter()
+            .filter_map(|g| match g {
+                x509_parser::extensions::GeneralName::DNSName(s) => Some(s.to_ascii_lowercase()),
+                _ => None,
+            })
+            .collect(),
+        _ => Vec::new(),
+    };
+    if names.is_empty() {
+        names.extend(cert.subject().iter_common_name().filter_map(|cn| cn.as_str().ok()).map(str::to_ascii_lowercase));
+    }
+    names
+}
+
+/// Picks the certificate for a handshake as Envoy does: one with the SNI as
+/// an exact name, else one whose `*.` name covers it, else the first (the
+/// default). Names are read once at config time; a handshake compares
+/// strings over the (few) certificates.
 #[derive(Debug)]
-struct CertSet(Vec<Arc<CertifiedKey>>);
+struct CertSet(Vec<(Arc<CertifiedKey>, Vec<String>)>);
 
 impl ResolvesServerCert for CertSet {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        if self.0.len() > 1 {
-            if let Some(name) = hello.server_name().and_then(|n| ServerName::try_from(n.to_string()).ok()) {
-                let found = self.0.iter().find(|ck| {
-                    ck.end_entity_cert().ok().is_some_and(|der| {
-                        webpki::EndEntityCert::try_from(der)
-                            .is_ok_and(|ee| ee.verify_is_valid_for_subject_name(&name).is_ok())
-                    })
-                });
-                if let Some(ck) = found {
-                    return Some(ck.clone());
-                }
+        if let (true, Some(sni)) = (self.0.len() > 1, hello.server_name()) {
+            let sni = sni.to_ascii_lowercase();
+            let exact = self.0.iter().find(|(_, names)| names.contains(&sni));
+            let wildcard = || self.0.iter().find(|(_, names)| names.iter().any(|n| dns_wildcard_covers(n, &sni)));
+            if let Some((ck, _)) = exact.or_else(wildcard) {
+                return Some(ck.clone());
             }
         }
-        self.0.first().cloned()
+        self.0.first().map(|(ck, _)| ck.clone())
     }
 }
 
@@ -371,8 +389,12 @@ pub fn downstream(ts: &TransportSocket) -> Result<tokio_rustls::TlsAcceptor, Tls
         .tls_certificates
         .iter()
         .enumerate()
-        .map(|(i, c)| certified_key(c, &format!("{path}.tls_certificates[{i}]")).map(Arc::new))
-        .collect::<Result<Vec<_>, _>>()?;
+        .map(|(i, c)| {
+            let ck = certified_key(c, &format!("{path}.tls_certificates[{i}]"))?;
+            let names = ck.end_entity_cert().map(cert_names).unwrap_or_default();
+            Ok((Arc::new(ck), names))
+        })
+        .collect::<Result<Vec<_>, TlsError>>()?;
     let versions = versions(common.tls_params.as_ref(), path)?;
     let builder = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&versions)
