@@ -49,6 +49,7 @@ fn write_certs(dir: &Path) {
     };
     leaf("a", &["a.example.com"], false, &good);
     leaf("b", &["b.example.com", "*.b.example.com"], false, &good);
+    leaf("xb", &["x.b.example.com"], false, &good);
     leaf("client", &["client.example.com"], true, &good);
     leaf("rogue", &["client.example.com"], true, &bad);
 }
@@ -944,4 +945,65 @@ fn subject_alt_name_matching() {
     };
     assert_eq!(stats(&e), stats(&l));
     assert_eq!(stats(&l), [1, 1, 1]);
+}
+
+/// The certificate served for an SNI (its subject, as curl reports it), and
+/// whether the request went through.
+fn served_subject(dir: &Path, port: u16, host: &str) -> (String, bool) {
+    let out = Command::new("curl")
+        .args(["-s", "-v", "-o", "/dev/null", "--max-time", "10", "--cacert"])
+        .arg(dir.join("ca.pem"))
+        .args(["--resolve", &format!("{host}:{port}:127.0.0.1"), &format!("https://{host}:{port}/")])
+        .output()
+        .expect("curl");
+    let err = String::from_utf8_lossy(&out.stderr);
+    let subject = err.lines().find_map(|l| l.split_once("subject:").map(|(_, s)| s.trim().to_string()));
+    (subject.unwrap_or_default(), out.status.success())
+}
+
+/// Several certificates on one chain, one given inline: an exact name wins
+/// over a covering `*.` name, which wins over the default (first).
+#[test]
+fn certificate_choice_by_sni() {
+    let dir = TempDir::new("tls-pick");
+    let d = dir.path();
+    write_certs(d);
+    let (_echo, up) = echo("pick", d);
+    let read = |f: &str| serde_json::to_string(&std::fs::read_to_string(d.join(f)).expect("read")).expect("json");
+    let yaml = |_who: &'static str, admin: u16, ports: &BTreeMap<&'static str, u16>| {
+        let inline = format!(
+            "{{certificate_chain: {{inline_string: {}}}, private_key: {{inline_string: {}}}}}",
+            read("xb.pem"),
+            read("xb.key")
+        );
+        // The exact certificate comes last, after the one with the wildcard.
+        let all = certs_yaml(d, &["a", "b"]);
+        let certs = format!("{}, {inline}]", all.trim_end_matches(']'));
+        let ts = format!(
+            "{{name: envoy.transport_sockets.tls, typed_config: {{\"@type\": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext, common_tls_context: {{tls_certificates: {certs}}}}}}}"
+        );
+        bootstrap(
+            admin,
+            &[listener(
+                "pick",
+                ports["pick"],
+                &[format!("{{transport_socket: {ts}, filters: [{}]}}", hcm("pick", "up"))],
+                "",
+            )],
+            &[cluster("up", up, "")],
+        )
+    };
+    let (e, l) = both(d, &["pick"], yaml);
+    for (host, subject) in [
+        ("x.b.example.com", "CN=x.b.example.com"),
+        ("y.b.example.com", "CN=b.example.com"),
+        ("b.example.com", "CN=b.example.com"),
+        ("a.example.com", "CN=a.example.com"),
+        ("other.example.com", "CN=a.example.com"),
+    ] {
+        let ev = served_subject(d, e.port("pick"), host);
+        let lv = served_subject(d, l.port("pick"), host);
+        assert_eq!(ev, lv, "{host}");
+        assert_eq!(lv.0, subject, "{host}");
+    }
 }
