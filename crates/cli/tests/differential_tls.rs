@@ -949,20 +949,21 @@ fn subject_alt_name_matching() {
 
 /// The certificate served for an SNI (its subject, as curl reports it), and
 /// whether the request went through.
-fn served_subject(dir: &Path, port: u16, host: &str) -> (String, bool) {
+fn served_subject(dir: &Path, port: u16, host: &str) -> (String, String) {
     let out = Command::new("curl")
-        .args(["-s", "-v", "-o", "/dev/null", "--max-time", "10", "--cacert"])
+        .args(["-s", "-v", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "10", "--cacert"])
         .arg(dir.join("ca.pem"))
         .args(["--resolve", &format!("{host}:{port}:127.0.0.1"), &format!("https://{host}:{port}/")])
         .output()
         .expect("curl");
     let err = String::from_utf8_lossy(&out.stderr);
     let subject = err.lines().find_map(|l| l.split_once("subject:").map(|(_, s)| s.trim().to_string()));
-    (subject.unwrap_or_default(), out.status.success())
+    (subject.unwrap_or_default(), String::from_utf8_lossy(&out.stdout).to_string())
 }
 
 /// Several certificates on one chain, one given inline: an exact name wins
-/// over a covering `*.` name, which wins over the default (first).
+/// over a covering `*.` name, which wins over the default (first). Routes
+/// see `:scheme` https.
 #[test]
 fn certificate_choice_by_sni() {
     let dir = TempDir::new("tls-pick");
@@ -979,17 +980,17 @@ fn certificate_choice_by_sni() {
         // The exact certificate comes last, after the one with the wildcard.
         let all = certs_yaml(d, &["a", "b"]);
         let certs = format!("{}, {inline}]", all.trim_end_matches(']'));
+        // `:scheme` is https on a TLS connection: the 418 route must not match.
+        let scheme_hcm = hcm("pick", "up").replace(
+            "routes: [{match: {prefix: \"/\"}",
+            "routes: [{match: {prefix: \"/\", headers: [{name: \":scheme\", string_match: {exact: http}}]}, direct_response: {status: 418}}, {match: {prefix: \"/\"}",
+        );
         let ts = format!(
             "{{name: envoy.transport_sockets.tls, typed_config: {{\"@type\": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext, common_tls_context: {{tls_certificates: {certs}}}}}}}"
         );
         bootstrap(
             admin,
-            &[listener(
-                "pick",
-                ports["pick"],
-                &[format!("{{transport_socket: {ts}, filters: [{}]}}", hcm("pick", "up"))],
-                "",
-            )],
+            &[listener("pick", ports["pick"], &[format!("{{transport_socket: {ts}, filters: [{scheme_hcm}]}}")], "")],
             &[cluster("up", up, "")],
         )
     };
@@ -1005,5 +1006,7 @@ fn certificate_choice_by_sni() {
         let lv = served_subject(d, l.port("pick"), host);
         assert_eq!(ev, lv, "{host}");
         assert_eq!(lv.0, subject, "{host}");
+        // The default certificate does not cover other.example.com: curl stops.
+        assert_eq!(lv.1, if host == "other.example.com" { "000" } else { "200" }, "{host}");
     }
 }

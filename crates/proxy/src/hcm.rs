@@ -565,7 +565,7 @@ impl Hcm {
                 method: parts.method.as_str(),
                 path: &stream.path,
                 authority: &stream.authority,
-                scheme: "http",
+                scheme: conn.scheme(),
             };
             let verdict = self.filters.on_request(&parts.headers, &pseudo).await;
             match verdict {
@@ -596,7 +596,8 @@ impl Hcm {
             st.no_route.inc();
             return self.local_reply(stream, 404, "route_not_found", "NR", None);
         };
-        let Some((vh, route)) = table.route(&stream.authority, &stream.path, &parts.headers, parts.method.as_str())
+        let Some((vh, route)) =
+            table.route(&stream.authority, &stream.path, &parts.headers, parts.method.as_str(), conn.scheme())
         else {
             st.no_route.inc();
             return self.local_reply(stream, 404, "route_not_found", "NR", None);
