@@ -582,6 +582,18 @@ fn tcp_proxy_echo_passthrough_and_failures() {
                     "",
                 ),
                 listener(
+                    "nocluster",
+                    ports["nocluster"],
+                    &[format!("{{filters: [{}]}}", tcp_proxy("nocluster", "cluster: missing", &log))],
+                    "",
+                ),
+                listener(
+                    "nohost",
+                    ports["nohost"],
+                    &[format!("{{filters: [{}]}}", tcp_proxy("nohost", "cluster: empty", &log))],
+                    "",
+                ),
+                listener(
                     "idle",
                     ports["idle"],
                     &[format!("{{filters: [{}]}}", tcp_proxy("idle", "cluster: tcp_echo", ", idle_timeout: 1s"))],
@@ -594,10 +606,12 @@ fn tcp_proxy_echo_passthrough_and_failures() {
                 cluster("backend_b", backend.port("b"), ""),
                 cluster("backend_b2", backend.port("b"), ""),
                 cluster("dead", dead, ""),
+                "{name: empty, connect_timeout: 1s, type: STATIC, load_assignment: {cluster_name: empty, endpoints: []}}"
+                    .to_string(),
             ],
         )
     };
-    let (e, l) = both(d, &["tcp", "pass", "dead", "idle"], yaml);
+    let (e, l) = both(d, &["tcp", "pass", "dead", "nocluster", "nohost", "idle"], yaml);
 
     // Plain TCP echo.
     let msg = b"hello through tcp_proxy\n";
@@ -631,6 +645,11 @@ fn tcp_proxy_echo_passthrough_and_failures() {
     for side in [&e, &l] {
         assert_eq!(tcp_exchange(side.port("dead"), b"x"), b"", "{}", side.who);
     }
+    // No such cluster; a cluster without hosts.
+    for side in [&e, &l] {
+        assert_eq!(tcp_exchange(side.port("nocluster"), b"x"), b"", "{}", side.who);
+        assert_eq!(tcp_exchange(side.port("nohost"), b"x"), b"", "{}", side.who);
+    }
     // Idle timeout: a silent connection is closed after about a second.
     for side in [&e, &l] {
         let start = Instant::now();
@@ -642,11 +661,12 @@ fn tcp_proxy_echo_passthrough_and_failures() {
         assert!(took >= Duration::from_millis(900) && took < Duration::from_secs(3), "{}: {took:?}", side.who);
     }
     // Access logs and stats agree.
-    let el = log_lines(&d.join("envoy-tcp.log"), 2);
-    let ll = log_lines(&d.join("legate-tcp.log"), 2);
+    let el = log_lines(&d.join("envoy-tcp.log"), 4);
+    let ll = log_lines(&d.join("legate-tcp.log"), 4);
     assert_eq!(el, ll);
     assert_eq!(ll[0], format!("{} {} 127.0.0.1:{echo_port} tcp_echo -", msg.len(), msg.len()));
     assert_eq!(ll[1], format!("0 0 127.0.0.1:{dead} dead UF,URX"));
+    assert_eq!(ll[2..], ["0 0 - - NC", "0 0 - empty UH"]);
     let names = [
         "tcp.echo.downstream_cx_total",
         "tcp.echo.downstream_cx_rx_bytes_total",
@@ -655,6 +675,9 @@ fn tcp_proxy_echo_passthrough_and_failures() {
         "tcp.pass_a.downstream_cx_total",
         "tcp.pass_b.downstream_cx_total",
         "tcp.idle.idle_timeout",
+        "tcp.nocluster.downstream_cx_no_route",
+        "tcp.nohost.downstream_cx_total",
+        "cluster.empty.upstream_cx_none_healthy",
         "cluster.dead.upstream_cx_connect_fail",
         "cluster.dead.upstream_cx_connect_attempts_exceeded",
         "cluster.tcp_echo.upstream_cx_total",

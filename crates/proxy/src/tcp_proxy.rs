@@ -110,6 +110,8 @@ impl TcpProxyConfig {
         self.stats.downstream_cx_total.inc();
         let name = self.pick_cluster().to_string();
         let cluster = self.cluster_map.load().get(&name).cloned();
+        // An unknown cluster is logged as `-`, as Envoy logs it.
+        let logged_cluster = if cluster.is_some() { name.as_str() } else { "" };
         let mut log = LogFacts { flags: "", host: None, rx: 0, tx: 0 };
         match cluster {
             None => {
@@ -165,7 +167,7 @@ impl TcpProxyConfig {
                 duration: Some(start.elapsed()),
                 start_time: Some(start_time),
                 upstream_host: log.host,
-                upstream_cluster: &name,
+                upstream_cluster: logged_cluster,
                 downstream_remote: Some(remote),
                 downstream_local: Some(local),
                 ..Default::default()
