@@ -19,6 +19,9 @@ pub const TYPE: &str = "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy";
 /// Envoy's default idle timeout for tcp_proxy: one hour.
 const DEFAULT_IDLE: Duration = Duration::from_secs(3600);
 
+/// Envoy's `tcp.<stat_prefix>.*`. The buffered and flush stats are created
+/// (and stay 0) so that the stat list reads as Envoy's: Legate does not
+/// buffer beyond one read, nor flush after a close.
 pub struct TcpStats {
     pub downstream_cx_total: Arc<Counter>,
     pub downstream_cx_no_route: Arc<Counter>,

@@ -19,7 +19,6 @@ use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
 use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncWrite};
 
-pub const TLS_SOCKET: &str = "envoy.transport_sockets.tls";
 const DOWNSTREAM: &str = "envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext";
 const UPSTREAM: &str = "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext";
 
@@ -235,10 +234,7 @@ fn provider() -> Arc<CryptoProvider> {
 }
 
 fn unpack_socket<T: prost::Message + prost::Name + Default>(ts: &TransportSocket, want: &str) -> Result<T, TlsError> {
-    if ts.name != TLS_SOCKET && !ts.name.is_empty() {
-        // Envoy selects the socket by the typed_config's type; the name is informative.
-        tracing::debug!("transport socket named {}", ts.name);
-    }
+    // Envoy picks the socket by the typed_config's type; the name is informative.
     let Some(transport_socket::ConfigType::TypedConfig(any)) = &ts.config_type else {
         return Err(err("transport_socket.typed_config", "is required"));
     };
