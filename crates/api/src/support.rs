@@ -29,6 +29,10 @@ pub const SUPPORTED_EXTENSIONS: &[&str] = &[
     "envoy.extensions.load_balancing_policies.least_request.v3.LeastRequest",
     "envoy.extensions.load_balancing_policies.ring_hash.v3.RingHash",
     "envoy.extensions.load_balancing_policies.maglev.v3.Maglev",
+    "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
+    "envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector",
+    "envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
+    "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
 ];
 
 const SUPPORTED_FIELDS: &[(&str, &[&str])] = &[
@@ -50,8 +54,52 @@ const SUPPORTED_FIELDS: &[(&str, &[&str])] = &[
     ("envoy.config.core.v3.Locality", &["region", "zone", "sub_zone"]),
     ("envoy.config.core.v3.Address", &["socket_address"]),
     ("envoy.config.core.v3.SocketAddress", &["address", "port_value", "protocol"]),
-    ("envoy.config.listener.v3.Listener", &["name", "address", "filter_chains"]),
-    ("envoy.config.listener.v3.FilterChain", &["filters", "name"]),
+    (
+        "envoy.config.listener.v3.Listener",
+        &["name", "address", "filter_chains", "default_filter_chain", "listener_filters"],
+    ),
+    ("envoy.config.listener.v3.FilterChain", &["filters", "name", "filter_chain_match", "transport_socket"]),
+    (
+        "envoy.config.listener.v3.FilterChainMatch",
+        &[
+            "destination_port",
+            "prefix_ranges",
+            "server_names",
+            "transport_protocol",
+            "application_protocols",
+            "source_prefix_ranges",
+            "source_ports",
+        ],
+    ),
+    ("envoy.config.core.v3.CidrRange", &["address_prefix", "prefix_len"]),
+    ("envoy.config.listener.v3.ListenerFilter", &["name", "typed_config"]),
+    ("envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector", &[]),
+    ("envoy.config.core.v3.TransportSocket", &["name", "typed_config"]),
+    (
+        "envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
+        &["common_tls_context", "require_client_certificate"],
+    ),
+    ("envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext", &["common_tls_context", "sni"]),
+    (
+        "envoy.extensions.transport_sockets.tls.v3.CommonTlsContext",
+        &["tls_params", "tls_certificates", "alpn_protocols", "validation_context"],
+    ),
+    ("envoy.extensions.transport_sockets.tls.v3.TlsCertificate", &["certificate_chain", "private_key"]),
+    (
+        "envoy.extensions.transport_sockets.tls.v3.TlsParameters",
+        &["tls_minimum_protocol_version", "tls_maximum_protocol_version"],
+    ),
+    (
+        "envoy.extensions.transport_sockets.tls.v3.CertificateValidationContext",
+        &["trusted_ca", "match_typed_subject_alt_names"],
+    ),
+    ("envoy.extensions.transport_sockets.tls.v3.SubjectAltNameMatcher", &["san_type", "matcher"]),
+    (
+        "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
+        &["stat_prefix", "cluster", "weighted_clusters", "idle_timeout", "max_connect_attempts", "access_log"],
+    ),
+    ("envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy.WeightedCluster", &["clusters"]),
+    ("envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy.WeightedCluster.ClusterWeight", &["name", "weight"]),
     ("envoy.config.listener.v3.Filter", &["name", "typed_config"]),
     (
         "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
@@ -206,6 +254,7 @@ const SUPPORTED_FIELDS: &[(&str, &[&str])] = &[
             "maglev_lb_config",
             "least_request_lb_config",
             "load_balancing_policy",
+            "transport_socket",
         ],
     ),
     ("envoy.config.cluster.v3.LoadBalancingPolicy", &["policies"]),
@@ -347,6 +396,29 @@ const SUPPORTED_FIELDS: &[(&str, &[&str])] = &[
     ("envoy.config.core.v3.SubstitutionFormatString", &["text_format", "text_format_source", "json_format"]),
 ];
 
+/// Enum values Legate refuses in a field it otherwise implements:
+/// (message, field, values, reason).
+const UNSUPPORTED_VALUES: &[(&str, &str, &[i32], &str)] = &[
+    (
+        "envoy.extensions.transport_sockets.tls.v3.SubjectAltNameMatcher",
+        "san_type",
+        &[5],
+        "OTHER_NAME subject alt names are not implemented by Legate",
+    ),
+    (
+        "envoy.extensions.transport_sockets.tls.v3.TlsParameters",
+        "tls_minimum_protocol_version",
+        &[1, 2],
+        "TLSv1_0 and TLSv1_1 are not implemented by Legate (rustls speaks TLSv1_2 and TLSv1_3)",
+    ),
+    (
+        "envoy.extensions.transport_sockets.tls.v3.TlsParameters",
+        "tls_maximum_protocol_version",
+        &[1, 2],
+        "TLSv1_0 and TLSv1_1 are not implemented by Legate (rustls speaks TLSv1_2 and TLSv1_3)",
+    ),
+];
+
 fn supported_fields(message: &str) -> &'static [&'static str] {
     SUPPORTED_FIELDS.iter().find(|(m, _)| *m == message).map_or(&[], |(_, f)| f)
 }
@@ -379,6 +451,15 @@ fn check(msg: &DynamicMessage, path: &str, out: &mut Vec<FieldError>) {
         if !allowed.contains(&field.name()) {
             out.push(FieldError::new(p, format!("{}.{} is not implemented by Legate", name, field.name())));
             continue;
+        }
+        if let Value::EnumNumber(n) = value {
+            let refused = UNSUPPORTED_VALUES
+                .iter()
+                .find(|(m, f, values, _)| *m == name && *f == field.name() && values.contains(n));
+            if let Some((_, _, _, reason)) = refused {
+                out.push(FieldError::new(p, *reason));
+                continue;
+            }
         }
         match value {
             Value::Message(m) => check(m, &p, out),

@@ -348,12 +348,19 @@ pub struct ClusterStats {
     pub upstream_cx_overflow: Arc<Counter>,
     pub upstream_rq_retry_overflow: Arc<Counter>,
     pub lb_healthy_panic: Arc<Counter>,
+    /// `ssl.*`, only for a TLS cluster.
+    pub ssl: Option<crate::tls::SslStats>,
     prefix: String,
     store: Arc<Store>,
 }
 
 impl ClusterStats {
-    fn new(store: &Arc<Store>, name: &str) -> Self {
+    /// A rarely used counter of this cluster, created on first use.
+    pub fn named(&self, n: &str) -> Arc<Counter> {
+        self.store.counter(&format!("{}{n}", self.prefix))
+    }
+
+    fn new(store: &Arc<Store>, name: &str, tls: bool) -> Self {
         let p = format!("cluster.{name}.");
         let c = |n: &str| store.counter(&format!("{p}{n}"));
         let g = |n: &str| store.gauge(&format!("{p}{n}"));
@@ -375,6 +382,7 @@ impl ClusterStats {
             upstream_cx_connect_fail: c("upstream_cx_connect_fail"),
             upstream_cx_connect_timeout: c("upstream_cx_connect_timeout"),
             upstream_cx_destroy: c("upstream_cx_destroy"),
+            ssl: tls.then(|| crate::tls::SslStats::new(store, &p)),
             upstream_rq_pending_total: c("upstream_rq_pending_total"),
             upstream_rq_pending_failure_eject: c("upstream_rq_pending_failure_eject"),
             upstream_cx_none_healthy: c("upstream_cx_none_healthy"),
@@ -475,6 +483,8 @@ pub struct Cluster {
     pub hosts: ArcSwap<HostSet>,
     pub connect_timeout: Duration,
     pub http2: bool,
+    /// The cluster's `transport_socket` (TLS), when it has one.
+    pub tls: Option<crate::tls::UpstreamTls>,
     pub stats: ClusterStats,
     pub breakers: crate::breakers::CircuitBreakers,
     pub pools: crate::upstream::Pools,
@@ -573,7 +583,13 @@ impl Cluster {
         if lb_params.locality_weighted && lb_policy == LbPolicy::Hashing {
             return Err("common_lb_config.locality_weighted_lb_config: not supported with RING_HASH or MAGLEV".into());
         }
-        let stats = ClusterStats::new(store, &c.name);
+        let tls = c
+            .transport_socket
+            .as_ref()
+            .map(|ts| crate::tls::upstream(ts, http2))
+            .transpose()
+            .map_err(|e| e.to_string())?;
+        let stats = ClusterStats::new(store, &c.name, tls.is_some());
         let health_check = crate::health::HealthChecker::compile(&c.health_checks, store, &c.name)?;
         if health_check.is_some() {
             for h in &static_hosts {
@@ -594,6 +610,7 @@ impl Cluster {
             hosts: ArcSwap::from_pointee(set),
             connect_timeout: duration(&c.connect_timeout, Duration::from_secs(5)),
             http2,
+            tls,
             breakers: crate::breakers::CircuitBreakers::compile(c.circuit_breakers.as_ref(), store, &c.name),
             stats,
             pools: crate::upstream::Pools::new(workers),

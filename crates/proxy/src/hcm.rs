@@ -253,9 +253,20 @@ pub struct ConnInfo {
     /// transfer-encoding (seen by the connection's read side, which hyper
     /// does not report); Envoy answers such a request with 400.
     pub length_conflict: std::sync::atomic::AtomicBool,
+    /// The connection is TLS (terminated here): its scheme is https.
+    pub secure: bool,
 }
 
 impl ConnInfo {
+    /// `http` or `https`, as `x-forwarded-proto` gives this connection's scheme.
+    pub fn scheme(&self) -> &'static str {
+        if self.secure {
+            "https"
+        } else {
+            "http"
+        }
+    }
+
     pub fn new(remote: SocketAddr, local: SocketAddr) -> Self {
         Self {
             remote,
@@ -265,6 +276,7 @@ impl ConnInfo {
             requests: Default::default(),
             draining: Default::default(),
             length_conflict: Default::default(),
+            secure: false,
         }
     }
 }
@@ -521,9 +533,9 @@ impl Hcm {
             }
             // With trusted hops, a downstream's x-forwarded-proto is kept as it
             // is (Envoy 1.40 does not check the value here); otherwise it is
-            // this plaintext connection's scheme.
+            // this connection's scheme.
             if self.xff_trusted_hops == 0 || !parts.headers.contains_key(&X_FORWARDED_PROTO) {
-                parts.headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+                parts.headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(conn.scheme()));
             }
             // Envoy 1.40 has no internal addresses unless internal_address_config
             // names some: every request through a use_remote_address HCM is an
@@ -532,7 +544,7 @@ impl Hcm {
                 parts.headers.insert(X_ENVOY_EXTERNAL_ADDRESS.clone(), v);
             }
         } else if !parts.headers.contains_key(&X_FORWARDED_PROTO) {
-            parts.headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+            parts.headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(conn.scheme()));
         }
         if self.generate_request_id {
             let regenerate = self.use_remote_address && !self.preserve_external_request_id;
@@ -554,7 +566,7 @@ impl Hcm {
                 method: parts.method.as_str(),
                 path: &stream.path,
                 authority: &stream.authority,
-                scheme: "http",
+                scheme: conn.scheme(),
             };
             let verdict = self.filters.on_request(&parts.headers, &pseudo).await;
             match verdict {
@@ -585,7 +597,8 @@ impl Hcm {
             st.no_route.inc();
             return self.local_reply(stream, 404, "route_not_found", "NR", None);
         };
-        let Some((vh, route)) = table.route(&stream.authority, &stream.path, &parts.headers, parts.method.as_str())
+        let Some((vh, route)) =
+            table.route(&stream.authority, &stream.path, &parts.headers, parts.method.as_str(), conn.scheme())
         else {
             st.no_route.inc();
             return self.local_reply(stream, 404, "route_not_found", "NR", None);

@@ -1,5 +1,8 @@
-//! Listeners: bound per worker with SO_REUSEPORT (Envoy's model), each with its
-//! filter chain: the HTTP connection manager.
+//! Listeners: bound per worker with SO_REUSEPORT (Envoy's model). A connection
+//! passes the listener filters (TLS inspector), gets its filter chain by
+//! Envoy's matching rules, has TLS terminated if the chain says so, and is
+//! served by the chain's network filter: the HTTP connection manager or
+//! tcp_proxy.
 
 use crate::hcm::{Codec, ConnInfo, Hcm};
 use crate::stats::{Counter, Gauge};
@@ -7,7 +10,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use legate_api::pb::envoy::config::core::v3::{address, socket_address};
-use legate_api::pb::envoy::config::listener::v3::{filter, Listener};
+use legate_api::pb::envoy::config::listener::v3::{filter, listener_filter, FilterChain, Listener};
 use legate_api::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpConnectionManager;
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -22,16 +25,40 @@ pub struct ListenerStats {
     pub downstream_cx_total: Arc<Counter>,
     pub downstream_cx_active: Arc<Gauge>,
     pub downstream_cx_destroy: Arc<Counter>,
+    pub no_filter_chain_match: Arc<Counter>,
+    /// `ssl.*`, when a chain terminates TLS.
+    pub ssl: Option<crate::tls::SslStats>,
+}
+
+/// What a filter chain runs: HTTP or TCP proxying.
+pub enum NetFilter {
+    Http(HttpChain),
+    Tcp(crate::tcp_proxy::TcpProxyConfig),
+}
+
+pub struct HttpChain {
+    pub hcm: Arc<Hcm>,
+    /// The HTTP server settings for this chain's connections.
+    builder: auto::Builder<TokioExecutor>,
+}
+
+/// One filter chain: its TLS termination, if any, and its network filter.
+pub struct Chain {
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    pub filter: NetFilter,
 }
 
 pub struct ListenerConfig {
     pub name: String,
     pub address: SocketAddr,
-    pub hcm: Arc<Hcm>,
     pub stats: ListenerStats,
     pub config: Listener,
-    /// The HTTP server settings for this listener's connections.
-    builder: auto::Builder<TokioExecutor>,
+    /// `filter_chains`, in the order `selector` indexes them.
+    chains: Vec<Arc<Chain>>,
+    default_chain: Option<Arc<Chain>>,
+    selector: crate::filter_chain::Selector,
+    /// `envoy.filters.listener.tls_inspector` is configured.
+    tls_inspector: bool,
     /// Raised when this config is replaced or removed: its connections drain.
     draining: watch::Sender<bool>,
     /// How long a draining connection may take (`--drain-time-s`).
@@ -43,10 +70,65 @@ pub fn stat_name(addr: &SocketAddr) -> String {
     format!("{}_{}", addr.ip(), addr.port())
 }
 
+const TLS_INSPECTOR: &str = "envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector";
+/// Envoy's `listener_filters_timeout` default.
+const LISTENER_FILTERS_TIMEOUT: Duration = Duration::from_secs(15);
+
+impl Chain {
+    fn compile(c: &FilterChain, ctx: &crate::rds::CompileContext) -> Result<Self, String> {
+        let tls = c.transport_socket.as_ref().map(crate::tls::downstream).transpose().map_err(|e| e.to_string())?;
+        let [f] = c.filters.as_slice() else {
+            return Err(
+                "filters: exactly one network filter (http_connection_manager or tcp_proxy) is supported".into()
+            );
+        };
+        let Some(filter::ConfigType::TypedConfig(any)) = &f.config_type else {
+            return Err("filters[0].typed_config is required".into());
+        };
+        let filter = match legate_api::any::type_name(any) {
+            HCM_TYPE => {
+                let hcm: HttpConnectionManager = legate_api::any::unpack(any)?;
+                let hcm = Hcm::compile(&hcm, ctx).map_err(|e| format!("filters[0].typed_config.{e}"))?;
+                let hcm = Arc::new(hcm);
+                let mut builder = auto::Builder::new(TokioExecutor::new());
+                builder
+                    .http1()
+                    .timer(TokioTimer::new())
+                    .keep_alive(true)
+                    .header_read_timeout(hcm.request_headers_timeout);
+                builder.http2().timer(TokioTimer::new()).max_concurrent_streams(Some(2147483647));
+                let builder = match hcm.codec {
+                    Codec::Auto => builder,
+                    Codec::Http1 => builder.http1_only(),
+                    Codec::Http2 => builder.http2_only(),
+                };
+                NetFilter::Http(HttpChain { hcm, builder })
+            }
+            crate::tcp_proxy::TYPE => {
+                let t = legate_api::any::unpack(any)?;
+                NetFilter::Tcp(
+                    crate::tcp_proxy::TcpProxyConfig::compile(&t, &ctx.store, ctx.clusters.clone())
+                        .map_err(|e| format!("filters[0].typed_config.{e}"))?,
+                )
+            }
+            other => return Err(format!("filters[0]: network filter {other} is not supported")),
+        };
+        Ok(Self { tls, filter })
+    }
+}
+
 impl ListenerConfig {
     /// Tells every connection opened under this config to finish and close.
     pub fn drain(&self) {
         let _ = self.draining.send(true);
+    }
+
+    /// The HTTP connection managers of this listener's chains.
+    pub fn hcms(&self) -> impl Iterator<Item = &Arc<Hcm>> {
+        self.chains.iter().chain(self.default_chain.iter()).filter_map(|c| match &c.filter {
+            NetFilter::Http(h) => Some(&h.hcm),
+            NetFilter::Tcp(_) => None,
+        })
     }
 
     pub fn compile(l: &Listener, ctx: &crate::rds::CompileContext) -> Result<Self, String> {
@@ -60,49 +142,68 @@ impl ListenerConfig {
         let ip: std::net::IpAddr =
             sa.address.parse().map_err(|_| format!("address: malformed IP address: {}", sa.address))?;
         let address = SocketAddr::new(ip, u16::try_from(port).map_err(|_| "port out of range")?);
-        let [chain] = l.filter_chains.as_slice() else {
-            return Err("filter_chains: exactly one filter chain is supported".into());
-        };
-        let [f] = chain.filters.as_slice() else {
-            return Err(
-                "filter_chains[0].filters: exactly one network filter (http_connection_manager) is supported".into()
-            );
-        };
-        let Some(filter::ConfigType::TypedConfig(any)) = &f.config_type else {
-            return Err("filter_chains[0].filters[0].typed_config is required".into());
-        };
-        if legate_api::any::type_name(any) != HCM_TYPE {
-            return Err(format!(
-                "filter_chains[0].filters[0]: network filter {} is not supported",
-                legate_api::any::type_name(any)
-            ));
+        if l.filter_chains.is_empty() && l.default_filter_chain.is_none() {
+            return Err("filter_chains: a listener needs a filter chain or a default_filter_chain".into());
         }
-        let hcm: HttpConnectionManager = legate_api::any::unpack(any)?;
-        let hcm = Hcm::compile(&hcm, ctx).map_err(|e| format!("filter_chains[0].filters[0].typed_config.{e}"))?;
+        let mut tls_inspector = false;
+        for (i, lf) in l.listener_filters.iter().enumerate() {
+            match &lf.config_type {
+                Some(listener_filter::ConfigType::TypedConfig(any))
+                    if legate_api::any::type_name(any) == TLS_INSPECTOR =>
+                {
+                    tls_inspector = true
+                }
+                _ => {
+                    return Err(format!(
+                        "listener_filters[{i}]: only envoy.filters.listener.tls_inspector is supported"
+                    ))
+                }
+            }
+        }
+        let mut chains = Vec::new();
+        let mut matches = Vec::new();
+        for (i, c) in l.filter_chains.iter().enumerate() {
+            matches.push(
+                crate::filter_chain::ChainMatch::compile(c.filter_chain_match.as_ref())
+                    .map_err(|e| format!("filter_chains[{i}].filter_chain_match.{e}"))?,
+            );
+            chains.push(Arc::new(Chain::compile(c, ctx).map_err(|e| format!("filter_chains[{i}].{e}"))?));
+        }
+        let default_chain = l
+            .default_filter_chain
+            .as_ref()
+            .map(|c| Chain::compile(c, ctx).map(Arc::new))
+            .transpose()
+            .map_err(|e| format!("default_filter_chain.{e}"))?;
+        let selector = crate::filter_chain::Selector::new(matches)?;
         let p = format!("listener.{}.", stat_name(&address));
-        let hcm = Arc::new(hcm);
-        let mut builder = auto::Builder::new(TokioExecutor::new());
-        builder.http1().timer(TokioTimer::new()).keep_alive(true).header_read_timeout(hcm.request_headers_timeout);
-        builder.http2().timer(TokioTimer::new()).max_concurrent_streams(Some(2147483647));
-        let builder = match hcm.codec {
-            Codec::Auto => builder,
-            Codec::Http1 => builder.http1_only(),
-            Codec::Http2 => builder.http2_only(),
-        };
+        let any_tls = chains.iter().chain(default_chain.iter()).any(|c| c.tls.is_some());
         Ok(Self {
-            builder,
             draining: watch::channel(false).0,
             drain_time: ctx.drain_time,
             name: if l.name.is_empty() { address.to_string() } else { l.name.clone() },
             address,
-            hcm,
+            chains,
+            default_chain,
+            selector,
+            tls_inspector,
             stats: ListenerStats {
                 downstream_cx_total: store.counter(&format!("{p}downstream_cx_total")),
                 downstream_cx_active: store.gauge(&format!("{p}downstream_cx_active")),
                 downstream_cx_destroy: store.counter(&format!("{p}downstream_cx_destroy")),
+                no_filter_chain_match: store.counter(&format!("{p}no_filter_chain_match")),
+                ssl: any_tls.then(|| crate::tls::SslStats::new(store, &p)),
             },
             config: l.clone(),
         })
+    }
+
+    /// The chain for a connection, in Envoy's precedence, else the default.
+    fn select(&self, facts: &crate::filter_chain::ConnFacts<'_>) -> Option<&Arc<Chain>> {
+        match self.selector.select(facts) {
+            Some(i) => self.chains.get(i),
+            None => self.default_chain.as_ref(),
+        }
     }
 }
 
@@ -184,19 +285,103 @@ async fn serve_connection(
     stream: tokio::net::TcpStream,
     remote: SocketAddr,
     local: SocketAddr,
-    mut phase: watch::Receiver<Phase>,
+    phase: watch::Receiver<Phase>,
     active: Arc<AtomicUsize>,
 ) {
     let ls = &listener.stats;
-    let hs = &listener.hcm.stats;
     ls.downstream_cx_total.inc();
     ls.downstream_cx_active.inc();
+    active.fetch_add(1, Ordering::Relaxed);
+    dispatch(&listener, stream, remote, local, phase).await;
+    active.fetch_sub(1, Ordering::Relaxed);
+    ls.downstream_cx_active.dec();
+    ls.downstream_cx_destroy.inc();
+}
+
+/// Listener filters, filter-chain selection, TLS termination, then the
+/// chain's network filter.
+async fn dispatch(
+    listener: &Arc<ListenerConfig>,
+    stream: tokio::net::TcpStream,
+    remote: SocketAddr,
+    local: SocketAddr,
+    phase: watch::Receiver<Phase>,
+) {
+    let hello = if listener.tls_inspector {
+        match crate::tls_inspector::inspect(&stream, LISTENER_FILTERS_TIMEOUT).await {
+            Ok(Some(h)) => h,
+            // Closed, or timed out before a hello: Envoy closes too.
+            _ => return,
+        }
+    } else {
+        crate::tls_inspector::Hello::default()
+    };
+    let facts = crate::filter_chain::ConnFacts {
+        local,
+        remote,
+        sni: hello.sni.as_deref(),
+        transport: if hello.tls { "tls" } else { "raw_buffer" },
+        alpn: &hello.alpn,
+    };
+    let Some(chain) = listener.select(&facts).cloned() else {
+        listener.stats.no_filter_chain_match.inc();
+        return;
+    };
+    let Some(acceptor) = &chain.tls else {
+        return run_chain(listener, &chain, stream, remote, local, false, None, phase).await;
+    };
+    match acceptor.accept(stream).await {
+        Ok(tls) => {
+            if let Some(ssl) = &listener.stats.ssl {
+                ssl.handshake.inc();
+            }
+            let h2 = tls.get_ref().1.alpn_protocol().map(|p| p == b"h2");
+            run_chain(listener, &chain, tls, remote, local, true, h2, phase).await
+        }
+        Err(e) => {
+            if let Some(ssl) = &listener.stats.ssl {
+                ssl.failed(&e);
+            }
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run_chain<S: crate::tls::Io>(
+    listener: &Arc<ListenerConfig>,
+    chain: &Chain,
+    io: S,
+    remote: SocketAddr,
+    local: SocketAddr,
+    secure: bool,
+    alpn_h2: Option<bool>,
+    phase: watch::Receiver<Phase>,
+) {
+    match &chain.filter {
+        NetFilter::Tcp(t) => t.serve(io, remote, local).await,
+        NetFilter::Http(h) => serve_http(listener, h, io, remote, local, secure, alpn_h2, phase).await,
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn serve_http<S: crate::tls::Io>(
+    listener: &Arc<ListenerConfig>,
+    http: &HttpChain,
+    stream: S,
+    remote: SocketAddr,
+    local: SocketAddr,
+    secure: bool,
+    alpn_h2: Option<bool>,
+    mut phase: watch::Receiver<Phase>,
+) {
+    let hs = &http.hcm.stats;
     hs.downstream_cx_total.inc();
     hs.downstream_cx_active.inc();
-    active.fetch_add(1, Ordering::Relaxed);
-    let info = Arc::new(ConnInfo::new(remote, local));
+    let mut info = ConnInfo::new(remote, local);
+    info.secure = secure;
+    let info = Arc::new(info);
     let conn_info = info.clone();
-    let hcm = listener.hcm.clone();
+    let hcm = http.hcm.clone();
     let svc = service_fn(move |req| {
         let hcm = hcm.clone();
         let info = info.clone();
@@ -205,11 +390,26 @@ async fn serve_connection(
     let mut config_drain = listener.draining.subscribe();
     let io = crate::h1_errors::EnvoyErrors::new(
         stream,
-        listener.hcm.server_name(),
+        http.hcm.server_name(),
         hs.downstream_cx_protocol_error.clone(),
         conn_info.clone(),
     );
-    let conn = listener.builder.serve_connection(TokioIo::new(io), svc);
+    // With AUTO, TLS's ALPN decides the codec (Envoy: `h2` is HTTP/2,
+    // anything else HTTP/1.1); a plain connection is sniffed for the h2
+    // preface. Cloning the builder costs a few reference counts.
+    let alpn_builder;
+    let builder = match (http.hcm.codec, alpn_h2) {
+        (Codec::Auto, Some(true)) => {
+            alpn_builder = http.builder.clone().http2_only();
+            &alpn_builder
+        }
+        (Codec::Auto, Some(false)) => {
+            alpn_builder = http.builder.clone().http1_only();
+            &alpn_builder
+        }
+        _ => &http.builder,
+    };
+    let conn = builder.serve_connection(TokioIo::new(io), svc);
     tokio::pin!(conn);
     let mut draining = *phase.borrow() == Phase::Drain;
     if draining {
@@ -217,7 +417,7 @@ async fn serve_connection(
     }
     // The connection idle timeout runs while no stream is active; a stream
     // ending re-arms it.
-    let idle_timeout = listener.hcm.idle_timeout;
+    let idle_timeout = http.hcm.idle_timeout;
     let far = Duration::from_secs(365 * 24 * 3600);
     let idle = tokio::time::sleep(idle_timeout.unwrap_or(far));
     tokio::pin!(idle);
@@ -229,7 +429,7 @@ async fn serve_connection(
         tokio::select! {
             _ = conn.as_mut() => break,
             _ = &mut deadline, if draining => {
-                listener.hcm.stats.downstream_cx_drain_close.inc();
+                hs.downstream_cx_drain_close.inc();
                 break;
             }
             _ = conn_info.idle.notified() => {
@@ -237,7 +437,7 @@ async fn serve_connection(
             }
             _ = &mut idle, if idle_timeout.is_some() && !draining => {
                 if conn_info.active_streams.load(Ordering::Relaxed) == 0 {
-                    listener.hcm.stats.downstream_cx_idle_timeout.inc();
+                    hs.downstream_cx_idle_timeout.inc();
                     draining = true;
                     conn.as_mut().graceful_shutdown();
                 } else {
@@ -263,9 +463,6 @@ async fn serve_connection(
             deadline.as_mut().reset(tokio::time::Instant::now() + listener.drain_time);
         }
     }
-    active.fetch_sub(1, Ordering::Relaxed);
-    ls.downstream_cx_active.dec();
-    ls.downstream_cx_destroy.inc();
     hs.downstream_cx_active.dec();
     hs.downstream_cx_destroy.inc();
 }

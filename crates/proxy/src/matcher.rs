@@ -49,6 +49,14 @@ impl StringMatch {
         Ok(Self { kind, ignore_case: ic })
     }
 
+    /// The pattern of an exact, case-sensitive matcher.
+    pub fn exact(&self) -> Option<&str> {
+        match &self.kind {
+            StrMatch::Exact(s) if !self.ignore_case => Some(s),
+            _ => None,
+        }
+    }
+
     pub fn from_kind(kind: StrMatch) -> Self {
         Self { kind, ignore_case: false }
     }

@@ -123,7 +123,7 @@ impl RetryPolicy {
     /// Whether a failure before any response is retried.
     pub fn retry_error(&self, e: &UpstreamError) -> bool {
         match e {
-            UpstreamError::ConnectFailure(_) | UpstreamError::ConnectTimeout => {
+            UpstreamError::ConnectFailure(_) | UpstreamError::ConnectTimeout | UpstreamError::Tls(_) => {
                 self.connect_failure || self.five_xx || self.gateway_error
             }
             UpstreamError::Handshake(_) | UpstreamError::Reset(_) => self.reset || self.five_xx,

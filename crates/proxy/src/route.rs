@@ -201,9 +201,10 @@ impl RouteTable {
         path_and_query: &str,
         headers: &http::HeaderMap,
         method: &str,
+        scheme: &str,
     ) -> Option<(&VirtualHost, &Route)> {
         let vh = self.find_vhost(authority)?;
-        let pseudo = Pseudo { method, path: path_and_query, authority, scheme: "http" };
+        let pseudo = Pseudo { method, path: path_and_query, authority, scheme };
         let r = vh.routes.iter().find(|r| r.matches(path_and_query, headers, &pseudo))?;
         Some((vh, r))
     }
@@ -562,7 +563,7 @@ virtual_hosts:
         for (k, v) in headers {
             h.insert(http::HeaderName::from_bytes(k.as_bytes()).unwrap(), v.parse().unwrap());
         }
-        match &t.route(host, path, &h, "GET")?.1.action {
+        match &t.route(host, path, &h, "GET", "http")?.1.action {
             Action::Direct { status, .. } => Some(*status),
             _ => None,
         }

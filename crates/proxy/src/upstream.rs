@@ -79,6 +79,9 @@ pub enum UpstreamError {
     /// A circuit breaker is open (pending requests or requests).
     #[error("overflow")]
     Overflow,
+    /// The TLS handshake with the upstream failed (bad certificate, ...).
+    #[error("TLS: {0}")]
+    Tls(Box<dyn std::error::Error + Send + Sync>),
 }
 
 impl UpstreamError {
@@ -99,12 +102,17 @@ impl UpstreamError {
             Self::Overflow => {
                 "upstream connect error or disconnect/reset before headers. reset reason: overflow".into()
             }
+            // Envoy keeps the TLS reason for the access log's details.
+            Self::Tls(_) => {
+                "upstream connect error or disconnect/reset before headers. reset reason: remote connection failure"
+                    .into()
+            }
         }
     }
     /// Envoy's response flag: UF (connect failure) or UC (connection termination).
     pub fn response_flag(&self) -> &'static str {
         match self {
-            Self::ConnectTimeout | Self::ConnectFailure(_) => "UF",
+            Self::ConnectTimeout | Self::ConnectFailure(_) | Self::Tls(_) => "UF",
             Self::Handshake(_) | Self::Reset(_) => "UC",
             Self::PerTryTimeout => "UT",
             Self::Overflow => "UO",
@@ -140,6 +148,42 @@ async fn connect_tcp(
     host.cx_total.fetch_add(1, Relaxed);
     host.cx_active.fetch_add(1, Relaxed);
     Ok((stream, slot))
+}
+
+/// Connects to `host`, with TLS when the cluster has a `transport_socket`
+/// (the handshake shares the connect timeout). A plain connection is boxed
+/// too: one indirect call per read or write.
+pub async fn connect(
+    cluster: &Cluster,
+    host: &Host,
+) -> Result<(crate::tls::BoxIo, crate::breakers::Slot), UpstreamError> {
+    let start = tokio::time::Instant::now();
+    let (stream, slot) = connect_tcp(cluster, host).await?;
+    let Some(tls) = &cluster.tls else { return Ok((Box::new(stream), slot)) };
+    let left = cluster.connect_timeout.saturating_sub(start.elapsed());
+    let handshake = tls.connector.connect(tls.server_name(host.addr.ip()), stream);
+    match tokio::time::timeout(left, handshake).await {
+        Ok(Ok(s)) => {
+            if let Some(ssl) = &cluster.stats.ssl {
+                ssl.handshake.inc();
+            }
+            Ok((Box::new(s), slot))
+        }
+        Ok(Err(e)) => {
+            if let Some(ssl) = &cluster.stats.ssl {
+                ssl.failed(&e);
+            }
+            cluster.stats.upstream_cx_connect_fail.inc();
+            host.cx_connect_fail.fetch_add(1, Relaxed);
+            Err(UpstreamError::Tls(Box::new(e)))
+        }
+        Err(_) => {
+            cluster.stats.upstream_cx_connect_timeout.inc();
+            cluster.stats.upstream_cx_connect_fail.inc();
+            host.cx_connect_fail.fetch_add(1, Relaxed);
+            Err(UpstreamError::ConnectTimeout)
+        }
+    }
 }
 
 /// Runs a connection's I/O task and keeps the gauges right when it ends.
@@ -251,7 +295,7 @@ async fn send_h1(
     }
     // Envoy counts a request once it is on a connection (not on connect failure).
     cluster.stats.upstream_rq_total.inc();
-    let result = sender.send_request(req).await.map_err(UpstreamError::Reset);
+    let result = sender.send_request(req).await.map_err(reset);
     // Back to the pool at once: it becomes ready again when the response body
     // has been read, and checkout skips it until then.
     if result.is_ok() && !sender.is_closed() {
@@ -271,7 +315,7 @@ fn checkout_h1(cluster: &Cluster, host: &Host) -> (Option<http1::SendRequest<Pro
 }
 
 async fn connect_h1(cluster: &Arc<Cluster>, host: &Arc<Host>) -> Result<http1::SendRequest<ProxyBody>, UpstreamError> {
-    let (stream, slot) = connect_tcp(cluster, host).await?;
+    let (stream, slot) = connect(cluster, host).await?;
     let (sender, conn) =
         http1::Builder::new().handshake(TokioIo::new(stream)).await.map_err(UpstreamError::Handshake)?;
     cluster.stats.upstream_cx_http1_total.inc();
@@ -310,7 +354,7 @@ async fn send_h2(
             if !cluster.breakers.default.connections.can_create() {
                 cluster.stats.upstream_cx_overflow.inc();
             }
-            let (stream, slot) = connect_tcp(cluster, host).await?;
+            let (stream, slot) = connect(cluster, host).await?;
             let (sender, conn) = http2::Builder::new(TokioExecutor::new())
                 .keep_alive_interval(None)
                 .handshake(TokioIo::new(stream))
@@ -327,10 +371,23 @@ async fn send_h2(
             sender
         }
     };
-    sender.ready().await.map_err(UpstreamError::Reset)?;
+    sender.ready().await.map_err(reset)?;
     take_request_slot(cluster, rq_slot)?;
     cluster.stats.upstream_rq_total.inc();
-    sender.send_request(req).await.map_err(UpstreamError::Reset)
+    sender.send_request(req).await.map_err(reset)
+}
+
+/// A request failed on its connection. With TLS 1.3 a server refuses a
+/// client certificate only after the client's handshake is done, so the
+/// refusal (an alert) arrives with the first request: Envoy reports that as
+/// a connect failure, and so does this. Walks the error's sources only on
+/// failure.
+fn reset(e: hyper::Error) -> UpstreamError {
+    if crate::tls::is_tls_error(&e) {
+        UpstreamError::Tls(Box::new(e))
+    } else {
+        UpstreamError::Reset(e)
+    }
 }
 
 impl Pools {

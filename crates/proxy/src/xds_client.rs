@@ -408,7 +408,7 @@ impl Dynamic {
             .warming
             .iter()
             .filter(|(_, (lc, _, since))| {
-                lc.hcm.rds_name().is_none_or(|r| shared.ctx.rds.is_ready(r))
+                lc.hcms().all(|h| h.rds_name().is_none_or(|r| shared.ctx.rds.is_ready(r)))
                     || timeout.is_some_and(|t| since.elapsed() >= t)
             })
             .map(|(n, _)| n.clone())
@@ -446,12 +446,12 @@ impl Dynamic {
     fn rds_names(&self, shared: &Shared) -> BTreeSet<String> {
         let mut names = BTreeSet::new();
         for v in shared.listeners.list() {
-            if let Some(n) = v.config.hcm.rds_name() {
+            for n in v.config.hcms().filter_map(|h| h.rds_name()) {
                 names.insert(n.to_string());
             }
         }
         for (lc, _, _) in self.warming.values() {
-            if let Some(n) = lc.hcm.rds_name() {
+            for n in lc.hcms().filter_map(|h| h.rds_name()) {
                 names.insert(n.to_string());
             }
         }

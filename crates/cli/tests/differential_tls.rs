@@ -1,0 +1,1035 @@
+//! Differential tests for TLS and L4: the same bootstrap and the same
+//! connections through real Envoy 1.40 and through `legate proxy`.
+//!
+//! Certificates are made at run time (a test CA, leaves for a.example.com and
+//! b.example.com, a client certificate, and an untrusted CA with its own
+//! client). Clients are curl (`--cacert`, `--resolve`, `--cert/--key`,
+//! `--http2`) and plain sockets. A TLS backend, where one is needed, is a
+//! third process: Envoy terminating TLS and answering directly, so that what
+//! the proxies under test talk to is the reference implementation.
+
+mod harness;
+
+use harness::*;
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+// ---------------------------------------------------------------------------
+// Certificates
+
+fn write_certs(dir: &Path) {
+    use rcgen::{
+        BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+        KeyUsagePurpose,
+    };
+    let ca = |cn: &str| {
+        let mut p = CertificateParams::new(Vec::<String>::new()).expect("params");
+        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        p.distinguished_name.push(DnType::CommonName, cn);
+        p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+        CertifiedIssuer::self_signed(p, KeyPair::generate().expect("key")).expect("CA")
+    };
+    let good = ca("Legate Test CA");
+    let bad = ca("Untrusted Test CA");
+    std::fs::write(dir.join("ca.pem"), good.pem()).expect("write");
+    std::fs::write(dir.join("wrong-ca.pem"), bad.pem()).expect("write");
+    let leaf = |file: &str, sans: &[&str], client: bool, issuer: &CertifiedIssuer<'_, KeyPair>| {
+        let mut p = CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>()).expect("params");
+        p.distinguished_name.push(DnType::CommonName, sans[0]);
+        p.extended_key_usages =
+            vec![if client { ExtendedKeyUsagePurpose::ClientAuth } else { ExtendedKeyUsagePurpose::ServerAuth }];
+        let key = KeyPair::generate().expect("key");
+        let cert = p.signed_by(&key, issuer).expect("sign");
+        std::fs::write(dir.join(format!("{file}.pem")), cert.pem()).expect("write");
+        std::fs::write(dir.join(format!("{file}.key")), key.serialize_pem()).expect("write");
+    };
+    leaf("a", &["a.example.com"], false, &good);
+    leaf("b", &["b.example.com", "*.b.example.com"], false, &good);
+    leaf("xb", &["x.b.example.com"], false, &good);
+    leaf("client", &["client.example.com"], true, &good);
+    leaf("rogue", &["client.example.com"], true, &bad);
+}
+
+// ---------------------------------------------------------------------------
+// Bootstrap pieces (YAML flow style, one line each)
+
+fn p(dir: &Path, f: &str) -> String {
+    dir.join(f).display().to_string()
+}
+
+fn certs_yaml(dir: &Path, names: &[&str]) -> String {
+    let list: Vec<String> = names
+        .iter()
+        .map(|n| {
+            format!(
+                "{{certificate_chain: {{filename: \"{}\"}}, private_key: {{filename: \"{}\"}}}}",
+                p(dir, &format!("{n}.pem")),
+                p(dir, &format!("{n}.key"))
+            )
+        })
+        .collect();
+    format!("[{}]", list.join(", "))
+}
+
+/// A filter chain's transport_socket terminating TLS with `certs`.
+fn down_tls(dir: &Path, certs: &[&str], extra_common: &str, extra: &str) -> String {
+    format!(
+        "{{name: envoy.transport_sockets.tls, typed_config: {{\"@type\": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext, common_tls_context: {{tls_certificates: {}, alpn_protocols: [h2, http/1.1]{extra_common}}}{extra}}}}}",
+        certs_yaml(dir, certs)
+    )
+}
+
+/// A cluster's transport_socket originating TLS.
+fn up_tls(sni: &str, ca: Option<&str>, client: Option<&str>, dir: &Path) -> String {
+    let mut common = Vec::new();
+    if let Some(ca) = ca {
+        common.push(format!("validation_context: {{trusted_ca: {{filename: \"{}\"}}}}", p(dir, ca)));
+    }
+    if let Some(c) = client {
+        common.push(format!("tls_certificates: {}", certs_yaml(dir, &[c])));
+    }
+    format!(
+        "{{name: envoy.transport_sockets.tls, typed_config: {{\"@type\": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext, sni: \"{sni}\", common_tls_context: {{{}}}}}}}",
+        common.join(", ")
+    )
+}
+
+const ROUTER: &str = "{name: envoy.filters.http.router, typed_config: {\"@type\": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}";
+
+/// An HTTP connection manager routing everything to `cluster`.
+fn hcm(stat: &str, cluster: &str) -> String {
+    format!(
+        "{{name: envoy.filters.network.http_connection_manager, typed_config: {{\"@type\": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager, stat_prefix: {stat}, route_config: {{virtual_hosts: [{{name: all, domains: [\"*\"], routes: [{{match: {{prefix: \"/\"}}, route: {{cluster: {cluster}}}}}]}}]}}, http_filters: [{ROUTER}]}}}}"
+    )
+}
+
+/// An HTTP connection manager with path routes (`prefix`, cluster).
+fn hcm_routes(stat: &str, routes: &[(&str, &str)]) -> String {
+    let r: Vec<String> = routes
+        .iter()
+        .map(|(prefix, c)| format!("{{match: {{prefix: \"{prefix}\"}}, route: {{cluster: {c}}}}}"))
+        .collect();
+    format!(
+        "{{name: envoy.filters.network.http_connection_manager, typed_config: {{\"@type\": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager, stat_prefix: {stat}, route_config: {{virtual_hosts: [{{name: all, domains: [\"*\"], routes: [{}]}}]}}, http_filters: [{ROUTER}]}}}}",
+        r.join(", ")
+    )
+}
+
+/// An HTTP connection manager answering directly, naming itself and echoing
+/// what it saw of the connection in response headers.
+fn hcm_direct(stat: &str, name: &str) -> String {
+    format!(
+        "{{name: envoy.filters.network.http_connection_manager, typed_config: {{\"@type\": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager, stat_prefix: {stat}, route_config: {{virtual_hosts: [{{name: all, domains: [\"*\"], routes: [{{match: {{prefix: \"/\"}}, direct_response: {{status: 200, body: {{inline_string: \"backend-{name}\"}}}}}}], response_headers_to_add: [{{header: {{key: x-backend, value: {name}}}}}, {{header: {{key: x-backend-proto, value: \"%PROTOCOL%\"}}}}, {{header: {{key: x-backend-sni, value: \"%REQUESTED_SERVER_NAME%\"}}}}]}}]}}, http_filters: [{ROUTER}]}}}}"
+    )
+}
+
+fn tcp_proxy(stat: &str, target: &str, extra: &str) -> String {
+    format!(
+        "{{name: envoy.filters.network.tcp_proxy, typed_config: {{\"@type\": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy, stat_prefix: {stat}, {target}{extra}}}}}"
+    )
+}
+
+const TLS_INSPECTOR: &str = "[{name: envoy.filters.listener.tls_inspector, typed_config: {\"@type\": type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector}}]";
+
+fn listener(name: &str, port: u16, chains: &[String], extra: &str) -> String {
+    format!(
+        "{{name: {name}, address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}, filter_chains: [{}]{extra}}}",
+        chains.join(", ")
+    )
+}
+
+fn cluster(name: &str, port: u16, extra: &str) -> String {
+    format!(
+        "{{name: {name}, connect_timeout: 1s, type: STATIC, load_assignment: {{cluster_name: {name}, endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}}}}}]}}]}}{extra}}}"
+    )
+}
+
+fn bootstrap(admin: u16, listeners: &[String], clusters: &[String]) -> String {
+    let mut s = format!(
+        "admin: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {admin}}}}}}}\nstatic_resources:\n  listeners:\n"
+    );
+    for l in listeners {
+        s.push_str(&format!("  - {l}\n"));
+    }
+    s.push_str("  clusters:\n");
+    for c in clusters {
+        s.push_str(&format!("  - {c}\n"));
+    }
+    s
+}
+
+// ---------------------------------------------------------------------------
+// Processes
+
+#[derive(Clone, Copy, PartialEq)]
+enum Bin {
+    Envoy,
+    Legate,
+}
+
+/// One proxy with its own admin and listener ports.
+struct Side {
+    who: &'static str,
+    admin: u16,
+    ports: BTreeMap<&'static str, u16>,
+    _proc: Proc,
+}
+
+impl Side {
+    fn port(&self, name: &str) -> u16 {
+        self.ports[name]
+    }
+
+    fn start(
+        who: &'static str,
+        bin: Bin,
+        dir: &Path,
+        names: &[&'static str],
+        yaml: impl Fn(u16, &BTreeMap<&'static str, u16>) -> String,
+    ) -> Side {
+        let admin = free_port();
+        let ports: BTreeMap<_, _> = names.iter().map(|n| (*n, free_port())).collect();
+        let f = dir.join(format!("{who}.yaml"));
+        std::fs::write(&f, yaml(admin, &ports)).expect("write config");
+        let mut proc_ = match bin {
+            Bin::Envoy => Proc::spawn(
+                who,
+                Command::new(envoy_bin()).arg("-c").arg(&f).args([
+                    "--concurrency",
+                    "1",
+                    "-l",
+                    "error",
+                    "--base-id",
+                    &base_id(),
+                    // Access logs reach their files sooner than the 10 s default.
+                    "--file-flush-interval-msec",
+                    "200",
+                ]),
+                dir,
+            ),
+            Bin::Legate => Proc::spawn(
+                who,
+                Command::new(LEGATE).args(["proxy", "--concurrency", "1", "-l", "warn", "-c"]).arg(&f),
+                dir,
+            ),
+        };
+        wait_ready(admin, &mut proc_);
+        Side { who, admin, ports, _proc: proc_ }
+    }
+
+    /// A counter or gauge from `/stats`, 0 when absent.
+    fn stat(&self, name: &str) -> u64 {
+        let r = http_get(addr(self.admin), "/stats", "admin").expect("stats");
+        r.body
+            .lines()
+            .filter_map(|l| l.split_once(": "))
+            .find(|(k, _)| *k == name)
+            .and_then(|(_, v)| v.trim().parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+/// The same config on Envoy and on Legate.
+fn both(
+    dir: &Path,
+    names: &[&'static str],
+    yaml: impl Fn(&'static str, u16, &BTreeMap<&'static str, u16>) -> String,
+) -> (Side, Side) {
+    let e = Side::start("envoy", Bin::Envoy, dir, names, |a, p| yaml("envoy", a, p));
+    let l = Side::start("legate", Bin::Legate, dir, names, |a, p| yaml("legate", a, p));
+    (e, l)
+}
+
+/// The TLS backend: Envoy terminating TLS on three listeners and answering
+/// directly: `a` (certificate a.example.com), `b` (b.example.com) and `mtls`
+/// (a.example.com, client certificate required).
+fn tls_backend(dir: &Path) -> Side {
+    Side::start("backend", Bin::Envoy, dir, &["a", "b", "mtls"], |admin, ports| {
+        let mtls = down_tls(
+            dir,
+            &["a"],
+            &format!(", validation_context: {{trusted_ca: {{filename: \"{}\"}}}}", p(dir, "ca.pem")),
+            ", require_client_certificate: true",
+        );
+        // The inspector gives %REQUESTED_SERVER_NAME% its value.
+        let inspector = format!(", listener_filters: {TLS_INSPECTOR}");
+        bootstrap(
+            admin,
+            &[
+                listener(
+                    "a",
+                    ports["a"],
+                    &[format!(
+                        "{{transport_socket: {}, filters: [{}]}}",
+                        down_tls(dir, &["a"], "", ""),
+                        hcm_direct("a", "a")
+                    )],
+                    &inspector,
+                ),
+                listener(
+                    "b",
+                    ports["b"],
+                    &[format!(
+                        "{{transport_socket: {}, filters: [{}]}}",
+                        down_tls(dir, &["b"], "", ""),
+                        hcm_direct("b", "b")
+                    )],
+                    &inspector,
+                ),
+                listener(
+                    "mtls",
+                    ports["mtls"],
+                    &[format!("{{transport_socket: {mtls}, filters: [{}]}}", hcm_direct("m", "mtls"))],
+                    &inspector,
+                ),
+            ],
+            &[],
+        )
+    })
+}
+
+// ---------------------------------------------------------------------------
+// Clients
+
+/// One HTTPS request with curl, as `host` (SNI and Host) to `port`.
+#[derive(Clone, Copy)]
+struct Https<'a> {
+    host: &'a str,
+    h2: bool,
+    client: Option<&'a str>,
+    tls_max_12: bool,
+}
+
+fn https(host: &str) -> Https<'_> {
+    Https { host, h2: false, client: None, tls_max_12: false }
+}
+
+/// What is compared of a curl exchange: whether it worked, the protocol and
+/// status, the headers that matter and what the upstream reported.
+fn curl_https(dir: &Path, port: u16, r: Https<'_>) -> BTreeMap<String, String> {
+    let mut cmd = Command::new("curl");
+    cmd.args(["-s", "-i", "--max-time", "10", "--cacert"]).arg(dir.join("ca.pem"));
+    cmd.args(["--resolve", &format!("{}:{port}:127.0.0.1", r.host)]);
+    cmd.arg(if r.h2 { "--http2" } else { "--http1.1" });
+    if let Some(c) = r.client {
+        cmd.arg("--cert").arg(dir.join(format!("{c}.pem"))).arg("--key").arg(dir.join(format!("{c}.key")));
+    }
+    if r.tls_max_12 {
+        cmd.args(["--tls-max", "1.2"]);
+    }
+    let out = cmd.arg(format!("https://{}:{port}/path", r.host)).output().expect("curl");
+    let mut m = BTreeMap::new();
+    m.insert("ok".to_string(), out.status.success().to_string());
+    if !out.status.success() {
+        return m;
+    }
+    let text = String::from_utf8_lossy(&out.stdout).replace("\r\n", "\n");
+    let (head, body) = text.split_once("\n\n").unwrap_or((&text, ""));
+    let mut lines = head.lines();
+    let status_line = lines.next().unwrap_or("");
+    let mut parts = status_line.split_whitespace();
+    m.insert("proto".into(), parts.next().unwrap_or("").to_string());
+    m.insert("status".into(), parts.next().unwrap_or("").to_string());
+    for l in lines {
+        if let Some((k, v)) = l.split_once(':') {
+            let k = k.trim().to_ascii_lowercase();
+            if ["x-upstream", "x-backend", "x-backend-proto", "x-backend-sni", "content-type"].contains(&k.as_str()) {
+                m.insert(format!("resp:{k}"), v.trim().to_string());
+            }
+        }
+    }
+    if let Ok(v) = serde_json::from_str::<Value>(body) {
+        m.insert("upstream:name".into(), v["upstream"].to_string());
+        m.insert("upstream:x-forwarded-proto".into(), v["headers"]["x-forwarded-proto"].to_string());
+    } else {
+        m.insert("body".into(), body.trim().to_string());
+    }
+    m
+}
+
+fn compare(what: &str, e: &BTreeMap<String, String>, l: &BTreeMap<String, String>) {
+    assert_eq!(e, l, "{what}: Envoy (left) and Legate (right) differ");
+}
+
+/// A TCP echo server on a thread (each connection echoes until EOF).
+fn tcp_echo() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = l.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        for s in l.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut s = s;
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = s.read(&mut buf) {
+                    if n == 0 || s.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+                let _ = s.shutdown(std::net::Shutdown::Write);
+            });
+        }
+    });
+    port
+}
+
+/// Sends `msg`, ends the write side, and reads until the proxy closes.
+fn tcp_exchange(port: u16, msg: &[u8]) -> Vec<u8> {
+    let mut s = std::net::TcpStream::connect(addr(port)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+    // The proxy may already have closed (no upstream): then nothing comes back.
+    let _ = s.write_all(msg);
+    let _ = s.shutdown(std::net::Shutdown::Write);
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    out
+}
+
+/// Sends `msg` and reads as many bytes back, the connection left open.
+fn tcp_exchange_open(port: u16, msg: &[u8]) -> Vec<u8> {
+    let mut s = std::net::TcpStream::connect(addr(port)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+    s.write_all(msg).expect("write");
+    let mut out = vec![0u8; msg.len()];
+    match s.read_exact(&mut out) {
+        Ok(()) => out,
+        Err(_) => Vec::new(),
+    }
+}
+
+/// Access log lines once `n` of them are there (logs are flushed each second).
+fn log_lines(path: &Path, n: usize) -> Vec<String> {
+    wait_for(&format!("{n} lines in {}", path.display()), Duration::from_secs(10), || {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        let lines: Vec<String> = text.lines().map(str::to_string).collect();
+        (lines.len() >= n).then_some(lines)
+    })
+}
+
+// ---------------------------------------------------------------------------
+// Scenarios
+
+/// TLS termination: HTTP/1.1 and h2 chosen by ALPN; SNI choosing between
+/// two filter chains (exact and `*.` names) routed to two backends; one chain
+/// with two certificates chosen by SNI; mutual TLS accepted and refused;
+/// `tls_params` minimum version; x-forwarded-proto https; connections that
+/// match no chain closed and counted.
+#[test]
+fn tls_termination_sni_alpn_and_mtls() {
+    let dir = TempDir::new("tls-term");
+    let d = dir.path();
+    write_certs(d);
+    let (_ea, up_a) = echo("a", d);
+    let (_eb, up_b) = echo("b", d);
+    let (_em, up_multi) = echo("multi", d);
+    let (_et, up_mtls) = echo("mtls", d);
+    let yaml = |_who: &'static str, admin: u16, ports: &BTreeMap<&'static str, u16>| {
+        let mtls = down_tls(
+            d,
+            &["a"],
+            &format!(
+                ", validation_context: {{trusted_ca: {{filename: \"{}\"}}}}, tls_params: {{tls_minimum_protocol_version: TLSv1_3}}",
+                p(d, "ca.pem")
+            ),
+            ", require_client_certificate: true",
+        );
+        bootstrap(
+            admin,
+            &[
+                listener(
+                    "sni",
+                    ports["sni"],
+                    &[
+                        format!(
+                            "{{filter_chain_match: {{server_names: [a.example.com]}}, transport_socket: {}, filters: [{}]}}",
+                            down_tls(d, &["a"], "", ""),
+                            hcm("a", "up_a")
+                        ),
+                        format!(
+                            "{{filter_chain_match: {{server_names: [\"*.b.example.com\", b.example.com]}}, transport_socket: {}, filters: [{}]}}",
+                            down_tls(d, &["b"], "", ""),
+                            hcm("b", "up_b")
+                        ),
+                    ],
+                    &format!(", listener_filters: {TLS_INSPECTOR}"),
+                ),
+                listener(
+                    "multi",
+                    ports["multi"],
+                    &[format!(
+                        "{{transport_socket: {}, filters: [{}]}}",
+                        down_tls(d, &["a", "b"], "", ""),
+                        hcm("multi", "up_multi")
+                    )],
+                    "",
+                ),
+                listener(
+                    "mtls",
+                    ports["mtls"],
+                    &[format!("{{transport_socket: {mtls}, filters: [{}]}}", hcm("mtls", "up_mtls"))],
+                    "",
+                ),
+            ],
+            &[
+                cluster("up_a", up_a, ""),
+                cluster("up_b", up_b, ""),
+                cluster("up_multi", up_multi, ""),
+                cluster("up_mtls", up_mtls, ""),
+            ],
+        )
+    };
+    let (e, l) = both(d, &["sni", "multi", "mtls"], yaml);
+    let cases: Vec<(&str, &str, Https<'_>, Option<&str>)> = vec![
+        ("sni", "a over HTTP/1.1", https("a.example.com"), Some("\"a\"")),
+        ("sni", "a over h2", Https { h2: true, ..https("a.example.com") }, Some("\"a\"")),
+        ("sni", "b over HTTP/1.1", https("b.example.com"), Some("\"b\"")),
+        ("sni", "b over h2", Https { h2: true, ..https("b.example.com") }, Some("\"b\"")),
+        ("sni", "wildcard chain", https("x.b.example.com"), Some("\"b\"")),
+        ("sni", "no chain for c", https("c.example.com"), None),
+        ("multi", "cert a by SNI", https("a.example.com"), Some("\"multi\"")),
+        ("multi", "cert b by SNI", Https { h2: true, ..https("b.example.com") }, Some("\"multi\"")),
+        ("multi", "default cert fails verification", https("c.example.com"), None),
+        ("mtls", "client certificate", Https { client: Some("client"), ..https("a.example.com") }, Some("\"mtls\"")),
+        ("mtls", "no client certificate", https("a.example.com"), None),
+        ("mtls", "untrusted client certificate", Https { client: Some("rogue"), ..https("a.example.com") }, None),
+        (
+            "mtls",
+            "TLS 1.2 under a 1.3 minimum",
+            Https { client: Some("client"), tls_max_12: true, ..https("a.example.com") },
+            None,
+        ),
+    ];
+    for (listener_name, what, req, upstream) in cases {
+        let ev = curl_https(d, e.port(listener_name), req);
+        let lv = curl_https(d, l.port(listener_name), req);
+        compare(what, &ev, &lv);
+        match upstream {
+            Some(u) => {
+                assert_eq!(lv.get("upstream:name").map(String::as_str), Some(u), "{what}: {lv:?}");
+                assert_eq!(lv["status"], "200", "{what}");
+                assert_eq!(lv["upstream:x-forwarded-proto"], "\"https\"", "{what}");
+                assert_eq!(lv["proto"], if req.h2 { "HTTP/2" } else { "HTTP/1.1" }, "{what}");
+            }
+            None => assert_eq!(lv["ok"], "false", "{what}: {lv:?}"),
+        }
+    }
+    // Counted as Envoy counts them.
+    for (side, port) in [(&e, e.port("sni")), (&l, l.port("sni"))] {
+        assert_eq!(side.stat(&format!("listener.127.0.0.1_{port}.no_filter_chain_match")), 1, "{}", side.who);
+        assert_eq!(side.stat(&format!("listener.127.0.0.1_{port}.ssl.handshake")), 5, "{}", side.who);
+    }
+    for side in [&e, &l] {
+        let port = side.port("mtls");
+        assert_eq!(side.stat(&format!("listener.127.0.0.1_{port}.ssl.handshake")), 1, "{}", side.who);
+    }
+    let ssl = |side: &Side| -> Vec<(String, u64)> {
+        ["connection_error", "fail_verify_error", "fail_verify_no_cert"]
+            .iter()
+            .map(|n| (n.to_string(), side.stat(&format!("listener.127.0.0.1_{}.ssl.{n}", side.port("mtls")))))
+            .collect()
+    };
+    assert_eq!(ssl(&e), ssl(&l), "mtls listener ssl stats");
+}
+
+/// tcp_proxy: a plain TCP echo with access log and stats; TLS passthrough by
+/// SNI (tls_inspector + tcp_proxy, TLS ends at the backend) next to a
+/// raw_buffer chain; weighted clusters; several connect attempts to a dead
+/// host; the idle timeout.
+#[test]
+fn tcp_proxy_echo_passthrough_and_failures() {
+    let dir = TempDir::new("tcp-proxy");
+    let d = dir.path();
+    write_certs(d);
+    let backend = tls_backend(d);
+    let echo_port = tcp_echo();
+    let dead = free_port();
+    let fmt = "\"%BYTES_RECEIVED% %BYTES_SENT% %UPSTREAM_HOST% %UPSTREAM_CLUSTER% %RESPONSE_FLAGS%\\n\"";
+    let yaml = |who: &'static str, admin: u16, ports: &BTreeMap<&'static str, u16>| {
+        let log = format!(
+            ", access_log: [{{name: envoy.access_loggers.file, typed_config: {{\"@type\": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog, path: \"{}\", log_format: {{text_format: {fmt}}}}}}}]",
+            p(d, &format!("{who}-tcp.log"))
+        );
+        bootstrap(
+            admin,
+            &[
+                listener("tcp", ports["tcp"], &[format!("{{filters: [{}]}}", tcp_proxy("echo", "cluster: tcp_echo", &log))], ""),
+                listener(
+                    "pass",
+                    ports["pass"],
+                    &[
+                        format!(
+                            "{{filter_chain_match: {{server_names: [a.example.com]}}, filters: [{}]}}",
+                            tcp_proxy("pass_a", "cluster: backend_a", "")
+                        ),
+                        format!(
+                            "{{filter_chain_match: {{server_names: [\"*.b.example.com\", b.example.com]}}, filters: [{}]}}",
+                            tcp_proxy("pass_b", "weighted_clusters: {clusters: [{name: backend_b, weight: 3}, {name: backend_b2, weight: 1}]}", "")
+                        ),
+                        format!(
+                            "{{filter_chain_match: {{transport_protocol: raw_buffer}}, filters: [{}]}}",
+                            tcp_proxy("raw", "cluster: tcp_echo", "")
+                        ),
+                    ],
+                    &format!(", listener_filters: {TLS_INSPECTOR}"),
+                ),
+                listener(
+                    "dead",
+                    ports["dead"],
+                    &[format!("{{filters: [{}]}}", tcp_proxy("dead", "cluster: dead", &format!(", max_connect_attempts: 3{log}")))],
+                    "",
+                ),
+                listener(
+                    "nocluster",
+                    ports["nocluster"],
+                    &[format!("{{filters: [{}]}}", tcp_proxy("nocluster", "cluster: missing", &log))],
+                    "",
+                ),
+                listener(
+                    "nohost",
+                    ports["nohost"],
+                    &[format!("{{filters: [{}]}}", tcp_proxy("nohost", "cluster: empty", &log))],
+                    "",
+                ),
+                listener(
+                    "idle",
+                    ports["idle"],
+                    &[format!("{{filters: [{}]}}", tcp_proxy("idle", "cluster: tcp_echo", ", idle_timeout: 1s"))],
+                    "",
+                ),
+            ],
+            &[
+                cluster("tcp_echo", echo_port, ""),
+                cluster("backend_a", backend.port("a"), ""),
+                cluster("backend_b", backend.port("b"), ""),
+                cluster("backend_b2", backend.port("b"), ""),
+                cluster("dead", dead, ""),
+                "{name: empty, connect_timeout: 1s, type: STATIC, load_assignment: {cluster_name: empty, endpoints: []}}"
+                    .to_string(),
+            ],
+        )
+    };
+    let (e, l) = both(d, &["tcp", "pass", "dead", "nocluster", "nohost", "idle"], yaml);
+
+    // Plain TCP echo.
+    let msg = b"hello through tcp_proxy\n";
+    for side in [&e, &l] {
+        assert_eq!(tcp_exchange(side.port("tcp"), msg), msg, "{}", side.who);
+    }
+    // Plaintext on the passthrough listener takes the raw_buffer chain. (A
+    // client that ends its side at once is closed by Envoy when its FIN is
+    // seen before the inspector ran: a race, so not compared here.)
+    for side in [&e, &l] {
+        assert_eq!(tcp_exchange_open(side.port("pass"), b"ping pong\n"), b"ping pong\n", "{}", side.who);
+    }
+    // TLS passthrough by SNI: the backend's certificate and answer.
+    for (what, req, backend_name) in [
+        ("passthrough a", https("a.example.com"), "a"),
+        ("passthrough b over h2", Https { h2: true, ..https("b.example.com") }, "b"),
+        ("passthrough wildcard", https("x.b.example.com"), "b"),
+        ("no chain for c", https("c.example.com"), ""),
+    ] {
+        let ev = curl_https(d, e.port("pass"), req);
+        let lv = curl_https(d, l.port("pass"), req);
+        compare(what, &ev, &lv);
+        if backend_name.is_empty() {
+            assert_eq!(lv["ok"], "false", "{what}");
+        } else {
+            assert_eq!(lv["resp:x-backend"], backend_name, "{what}: {lv:?}");
+            assert_eq!(lv["resp:x-backend-sni"], req.host, "{what}");
+        }
+    }
+    // A dead upstream: three attempts, then the connection is closed.
+    for side in [&e, &l] {
+        assert_eq!(tcp_exchange(side.port("dead"), b"x"), b"", "{}", side.who);
+    }
+    // No such cluster; a cluster without hosts.
+    for side in [&e, &l] {
+        assert_eq!(tcp_exchange(side.port("nocluster"), b"x"), b"", "{}", side.who);
+        assert_eq!(tcp_exchange(side.port("nohost"), b"x"), b"", "{}", side.who);
+    }
+    // Idle timeout: a silent connection is closed after about a second.
+    for side in [&e, &l] {
+        let start = Instant::now();
+        let mut s = std::net::TcpStream::connect(addr(side.port("idle"))).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+        let mut buf = [0u8; 16];
+        assert!(matches!(s.read(&mut buf), Ok(0)), "{}: idle connection not closed", side.who);
+        let took = start.elapsed();
+        assert!(took >= Duration::from_millis(900) && took < Duration::from_secs(3), "{}: {took:?}", side.who);
+    }
+    // Access logs and stats agree.
+    let el = log_lines(&d.join("envoy-tcp.log"), 4);
+    let ll = log_lines(&d.join("legate-tcp.log"), 4);
+    assert_eq!(el, ll);
+    assert_eq!(ll[0], format!("{} {} 127.0.0.1:{echo_port} tcp_echo -", msg.len(), msg.len()));
+    assert_eq!(ll[1], format!("0 0 127.0.0.1:{dead} dead UF,URX"));
+    assert_eq!(ll[2..], ["0 0 - - NC", "0 0 - empty UH"]);
+    let names = [
+        "tcp.echo.downstream_cx_total",
+        "tcp.echo.downstream_cx_rx_bytes_total",
+        "tcp.echo.downstream_cx_tx_bytes_total",
+        "tcp.raw.downstream_cx_total",
+        "tcp.pass_a.downstream_cx_total",
+        "tcp.pass_b.downstream_cx_total",
+        "tcp.idle.idle_timeout",
+        "tcp.nocluster.downstream_cx_no_route",
+        "tcp.nohost.downstream_cx_total",
+        "cluster.empty.upstream_cx_none_healthy",
+        "cluster.dead.upstream_cx_connect_fail",
+        "cluster.dead.upstream_cx_connect_attempts_exceeded",
+        "cluster.tcp_echo.upstream_cx_total",
+    ];
+    let ev: Vec<(&str, u64)> = names.iter().map(|n| (*n, e.stat(n))).collect();
+    let lv: Vec<(&str, u64)> = names.iter().map(|n| (*n, l.stat(n))).collect();
+    assert_eq!(ev, lv);
+    assert_eq!(l.stat("cluster.dead.upstream_cx_connect_fail"), 3);
+    assert_eq!(l.stat(&format!("listener.127.0.0.1_{}.no_filter_chain_match", l.port("pass"))), 1);
+}
+
+/// Upstream TLS: a cluster's UpstreamTlsContext with SNI and the right CA
+/// reaches the TLS backend (HTTP/1.1, and HTTP/2 when the cluster says so);
+/// a wrong CA fails the connection (503); a client certificate passes a
+/// backend that requires one, and its absence fails.
+#[test]
+fn upstream_tls_to_a_tls_backend() {
+    let dir = TempDir::new("tls-up");
+    let d = dir.path();
+    write_certs(d);
+    let backend = tls_backend(d);
+    let h2 = ", typed_extension_protocol_options: {envoy.extensions.upstreams.http.v3.HttpProtocolOptions: {\"@type\": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions, explicit_http_config: {http2_protocol_options: {}}}}";
+    let yaml = |_who: &'static str, admin: u16, ports: &BTreeMap<&'static str, u16>| {
+        let ts = |s: String| format!(", transport_socket: {s}");
+        bootstrap(
+            admin,
+            &[listener(
+                "front",
+                ports["front"],
+                &[format!(
+                    "{{filters: [{}]}}",
+                    hcm_routes(
+                        "front",
+                        &[
+                            ("/right", "right"),
+                            ("/wrong", "wrong"),
+                            ("/h2", "right_h2"),
+                            ("/nosni", "nosni"),
+                            ("/mtls", "mtls"),
+                            ("/nocert", "nocert"),
+                        ]
+                    )
+                )],
+                "",
+            )],
+            &[
+                cluster("right", backend.port("a"), &ts(up_tls("a.example.com", Some("ca.pem"), None, d))),
+                cluster("wrong", backend.port("a"), &ts(up_tls("a.example.com", Some("wrong-ca.pem"), None, d))),
+                cluster(
+                    "right_h2",
+                    backend.port("b"),
+                    &format!("{}{h2}", ts(up_tls("b.example.com", Some("ca.pem"), None, d))),
+                ),
+                cluster("nosni", backend.port("a"), &ts(up_tls("", Some("ca.pem"), None, d))),
+                cluster("mtls", backend.port("mtls"), &ts(up_tls("a.example.com", Some("ca.pem"), Some("client"), d))),
+                cluster("nocert", backend.port("mtls"), &ts(up_tls("a.example.com", Some("ca.pem"), None, d))),
+            ],
+        )
+    };
+    let (e, l) = both(d, &["front"], yaml);
+    let view = |r: &Resp| {
+        let mut m = BTreeMap::new();
+        m.insert("status".to_string(), r.status.to_string());
+        for h in ["x-backend", "x-backend-proto", "x-backend-sni", "content-type"] {
+            m.insert(h.to_string(), r.header(h).unwrap_or("").to_string());
+        }
+        m.insert("body".into(), r.body.clone());
+        m
+    };
+    for (path, status, proto, sni) in [
+        ("/right", 200, "HTTP/1.1", Some("a.example.com")),
+        ("/wrong", 503, "", None),
+        ("/h2", 200, "HTTP/2", Some("b.example.com")),
+        ("/nosni", 200, "HTTP/1.1", None),
+        ("/mtls", 200, "HTTP/1.1", Some("a.example.com")),
+        ("/nocert", 503, "", None),
+    ] {
+        let er = http_get(addr(e.port("front")), path, "example.com").expect("envoy");
+        let lr = http_get(addr(l.port("front")), path, "example.com").expect("legate");
+        compare(path, &view(&er), &view(&lr));
+        assert_eq!(lr.status, status, "{path}: {lr:?}");
+        if status == 200 {
+            assert_eq!(lr.header("x-backend-proto"), Some(proto), "{path}");
+            assert_eq!(lr.header("x-backend-sni"), sni, "{path}");
+        }
+    }
+    for name in [
+        "cluster.right.ssl.handshake",
+        "cluster.wrong.ssl.fail_verify_error",
+        "cluster.right_h2.upstream_cx_http2_total",
+    ] {
+        assert_eq!(e.stat(name), l.stat(name), "{name}");
+        assert!(l.stat(name) >= 1, "{name}");
+    }
+    for name in ["cluster.wrong.ssl.connection_error", "cluster.wrong.ssl.handshake"] {
+        assert_eq!(e.stat(name), l.stat(name), "{name}");
+    }
+}
+
+/// A TCP server that answers every connection with `name:` and then echoes.
+fn tcp_named(name: &'static str) -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = l.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        for s in l.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut s = s;
+                let _ = s.write_all(format!("{name}:").as_bytes());
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = s.read(&mut buf) {
+                    if n == 0 || s.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+/// Filter-chain precedence end to end (names avoid YAML's `y`/`n` booleans): a server name beats source ranges
+/// for TLS; without SNI the longest source prefix wins; a destination range
+/// that does not match leaves the default_filter_chain.
+#[test]
+fn filter_chain_precedence_and_default_chain() {
+    let dir = TempDir::new("fc-match");
+    let d = dir.path();
+    write_certs(d);
+    let backend = tls_backend(d);
+    let (x, y, dflt) = (tcp_named("x"), tcp_named("y"), tcp_named("d"));
+    let yaml = |_who: &'static str, admin: u16, ports: &BTreeMap<&'static str, u16>| {
+        let default_chain = format!(", default_filter_chain: {{filters: [{}]}}", tcp_proxy("d", "cluster: d", ""));
+        bootstrap(
+            admin,
+            &[
+                listener(
+                    "lm",
+                    ports["lm"],
+                    &[
+                        format!("{{filter_chain_match: {{server_names: [a.example.com]}}, filters: [{}]}}", tcp_proxy("a", "cluster: backend_a", "")),
+                        format!("{{filter_chain_match: {{source_prefix_ranges: [{{address_prefix: 127.0.0.0, prefix_len: 8}}]}}, filters: [{}]}}", tcp_proxy("sx", "cluster: cx", "")),
+                        format!("{{filter_chain_match: {{source_prefix_ranges: [{{address_prefix: 127.0.0.1, prefix_len: 32}}]}}, filters: [{}]}}", tcp_proxy("sy", "cluster: cy", "")),
+                    ],
+                    &format!(", listener_filters: {TLS_INSPECTOR}{default_chain}"),
+                ),
+                listener(
+                    "ln",
+                    ports["ln"],
+                    &[format!("{{filter_chain_match: {{prefix_ranges: [{{address_prefix: 10.0.0.0, prefix_len: 8}}]}}, filters: [{}]}}", tcp_proxy("sx", "cluster: cx", ""))],
+                    &default_chain,
+                ),
+            ],
+            &[cluster("backend_a", backend.port("a"), ""), cluster("cx", x, ""), cluster("cy", y, ""), cluster("d", dflt, "")],
+        )
+    };
+    let (e, l) = both(d, &["lm", "ln"], yaml);
+    for side in [&e, &l] {
+        assert_eq!(tcp_exchange_open(side.port("lm"), b"hello"), b"y:hel", "{}", side.who);
+        assert_eq!(tcp_exchange_open(side.port("ln"), b"hello"), b"d:hel", "{}", side.who);
+    }
+    let ev = curl_https(d, e.port("lm"), https("a.example.com"));
+    let lv = curl_https(d, l.port("lm"), https("a.example.com"));
+    compare("SNI beats source ranges", &ev, &lv);
+    assert_eq!(lv["resp:x-backend"], "a");
+}
+
+/// What rustls cannot do is refused with the reason, by `legate validate`
+/// (exit 3) and by `legate proxy`, never ignored.
+#[test]
+fn unsupported_tls_settings_are_refused() {
+    let dir = TempDir::new("tls-refuse");
+    let d = dir.path();
+    write_certs(d);
+    for (extra, reason) in [
+        (", tls_params: {tls_minimum_protocol_version: TLSv1_0}", "TLSv1_0 and TLSv1_1 are not implemented"),
+        (", tls_params: {cipher_suites: [ECDHE-RSA-AES128-GCM-SHA256]}", "cipher_suites is not implemented"),
+    ] {
+        let yaml = bootstrap(
+            free_port(),
+            &[listener(
+                "l",
+                free_port(),
+                &[format!("{{transport_socket: {}, filters: [{}]}}", down_tls(d, &["a"], extra, ""), hcm("l", "c"))],
+                "",
+            )],
+            &[cluster("c", free_port(), "")],
+        );
+        let f = d.join("refused.yaml");
+        std::fs::write(&f, yaml).expect("write");
+        let out = Command::new(LEGATE).arg("validate").arg("-c").arg(&f).output().expect("validate");
+        let text = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(3), "{text}");
+        assert!(text.contains(reason), "{text}");
+        let out = Command::new(LEGATE).args(["proxy", "-c"]).arg(&f).output().expect("proxy");
+        assert!(!out.status.success());
+        assert!(String::from_utf8_lossy(&out.stderr).contains(reason));
+    }
+}
+
+fn san_matcher(exact: &str) -> String {
+    format!("match_typed_subject_alt_names: [{{san_type: DNS, matcher: {{exact: \"{exact}\"}}}}]")
+}
+
+/// `match_typed_subject_alt_names`: on client certificates (mTLS listener)
+/// and on upstream certificates (an exact DNS matcher also accepts a name
+/// under a `*.` SAN, as Envoy does).
+#[test]
+fn subject_alt_name_matching() {
+    let dir = TempDir::new("tls-san");
+    let d = dir.path();
+    write_certs(d);
+    let backend = tls_backend(d);
+    let (_echo, up) = echo("san", d);
+    let yaml = |_who: &'static str, admin: u16, ports: &BTreeMap<&'static str, u16>| {
+        let mtls = |name: &str| {
+            down_tls(
+                d,
+                &["a"],
+                &format!(
+                    ", validation_context: {{trusted_ca: {{filename: \"{}\"}}, {}}}",
+                    p(d, "ca.pem"),
+                    san_matcher(name)
+                ),
+                ", require_client_certificate: true",
+            )
+        };
+        let up_san = |name: &str| {
+            format!(
+                ", transport_socket: {{name: envoy.transport_sockets.tls, typed_config: {{\"@type\": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext, sni: a.example.com, common_tls_context: {{validation_context: {{trusted_ca: {{filename: \"{}\"}}, {}}}}}}}}}",
+                p(d, "ca.pem"),
+                san_matcher(name)
+            )
+        };
+        bootstrap(
+            admin,
+            &[
+                listener(
+                    "san_ok",
+                    ports["san_ok"],
+                    &[format!("{{transport_socket: {}, filters: [{}]}}", mtls("client.example.com"), hcm("ok", "up"))],
+                    "",
+                ),
+                listener(
+                    "san_bad",
+                    ports["san_bad"],
+                    &[format!("{{transport_socket: {}, filters: [{}]}}", mtls("other.example.com"), hcm("bad", "up"))],
+                    "",
+                ),
+                listener(
+                    "front",
+                    ports["front"],
+                    &[format!(
+                        "{{filters: [{}]}}",
+                        hcm_routes("front", &[("/ok", "up_ok"), ("/bad", "up_bad"), ("/wild", "up_wild")])
+                    )],
+                    "",
+                ),
+            ],
+            &[
+                cluster("up", up, ""),
+                cluster("up_ok", backend.port("a"), &up_san("a.example.com")),
+                cluster("up_bad", backend.port("a"), &up_san("b.example.com")),
+                cluster("up_wild", backend.port("b"), &up_san("x.b.example.com")),
+            ],
+        )
+    };
+    let (e, l) = both(d, &["san_ok", "san_bad", "front"], yaml);
+    let req = Https { client: Some("client"), ..https("a.example.com") };
+    for (name, ok) in [("san_ok", true), ("san_bad", false)] {
+        let ev = curl_https(d, e.port(name), req);
+        let lv = curl_https(d, l.port(name), req);
+        compare(name, &ev, &lv);
+        assert_eq!(lv["ok"], ok.to_string(), "{name}: {lv:?}");
+    }
+    for (path, status) in [("/ok", 200), ("/bad", 503), ("/wild", 200)] {
+        let er = http_get(addr(e.port("front")), path, "example.com").expect("envoy");
+        let lr = http_get(addr(l.port("front")), path, "example.com").expect("legate");
+        assert_eq!((er.status, er.body.as_str()), (lr.status, lr.body.as_str()), "{path}");
+        assert_eq!(lr.status, status, "{path}");
+    }
+    let stats = |s: &Side| {
+        [
+            format!("listener.127.0.0.1_{}.ssl.fail_verify_san", s.port("san_bad")),
+            "cluster.up_bad.ssl.fail_verify_san".to_string(),
+            "cluster.up_wild.ssl.handshake".to_string(),
+        ]
+        .map(|n| s.stat(&n))
+    };
+    assert_eq!(stats(&e), stats(&l));
+    assert_eq!(stats(&l), [1, 1, 1]);
+}
+
+/// The certificate served for an SNI (its subject, as curl reports it), and
+/// whether the request went through.
+fn served_subject(dir: &Path, port: u16, host: &str) -> (String, String) {
+    let out = Command::new("curl")
+        .args(["-s", "-v", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "10", "--cacert"])
+        .arg(dir.join("ca.pem"))
+        .args(["--resolve", &format!("{host}:{port}:127.0.0.1"), &format!("https://{host}:{port}/")])
+        .output()
+        .expect("curl");
+    let err = String::from_utf8_lossy(&out.stderr);
+    let subject = err.lines().find_map(|l| l.split_once("subject:").map(|(_, s)| s.trim().to_string()));
+    (subject.unwrap_or_default(), String::from_utf8_lossy(&out.stdout).to_string())
+}
+
+/// Several certificates on one chain, one given inline: an exact name wins
+/// over a covering `*.` name, which wins over the default (first). Routes
+/// see `:scheme` https.
+#[test]
+fn certificate_choice_by_sni() {
+    let dir = TempDir::new("tls-pick");
+    let d = dir.path();
+    write_certs(d);
+    let (_echo, up) = echo("pick", d);
+    let read = |f: &str| serde_json::to_string(&std::fs::read_to_string(d.join(f)).expect("read")).expect("json");
+    let yaml = |_who: &'static str, admin: u16, ports: &BTreeMap<&'static str, u16>| {
+        let inline = format!(
+            "{{certificate_chain: {{inline_string: {}}}, private_key: {{inline_string: {}}}}}",
+            read("xb.pem"),
+            read("xb.key")
+        );
+        // The exact certificate comes last, after the one with the wildcard.
+        let all = certs_yaml(d, &["a", "b"]);
+        let certs = format!("{}, {inline}]", all.trim_end_matches(']'));
+        // `:scheme` is https on a TLS connection: the 418 route must not match.
+        let scheme_hcm = hcm("pick", "up").replace(
+            "routes: [{match: {prefix: \"/\"}",
+            "routes: [{match: {prefix: \"/\", headers: [{name: \":scheme\", string_match: {exact: http}}]}, direct_response: {status: 418}}, {match: {prefix: \"/\"}",
+        );
+        let ts = format!(
+            "{{name: envoy.transport_sockets.tls, typed_config: {{\"@type\": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext, common_tls_context: {{tls_certificates: {certs}}}}}}}"
+        );
+        bootstrap(
+            admin,
+            &[listener("pick", ports["pick"], &[format!("{{transport_socket: {ts}, filters: [{scheme_hcm}]}}")], "")],
+            &[cluster("up", up, "")],
+        )
+    };
+    let (e, l) = both(d, &["pick"], yaml);
+    for (host, subject) in [
+        ("x.b.example.com", "CN=x.b.example.com"),
+        ("y.b.example.com", "CN=b.example.com"),
+        ("b.example.com", "CN=b.example.com"),
+        ("a.example.com", "CN=a.example.com"),
+        ("other.example.com", "CN=a.example.com"),
+    ] {
+        let ev = served_subject(d, e.port("pick"), host);
+        let lv = served_subject(d, l.port("pick"), host);
+        assert_eq!(ev, lv, "{host}");
+        assert_eq!(lv.0, subject, "{host}");
+        // The default certificate does not cover other.example.com: curl stops.
+        assert_eq!(lv.1, if host == "other.example.com" { "000" } else { "200" }, "{host}");
+    }
+}

@@ -1,0 +1,569 @@
+//! rustls configs built from Envoy's `DownstreamTlsContext` and
+//! `UpstreamTlsContext` (transport socket `envoy.transport_sockets.tls`).
+//!
+//! Everything is built once per config change; a handshake only reads the
+//! shared `Arc<ServerConfig>` / `Arc<ClientConfig>`.
+
+use legate_api::pb::envoy::config::core::v3::{transport_socket, TransportSocket};
+use legate_api::pb::envoy::extensions::transport_sockets::tls::v3::{
+    common_tls_context::ValidationContextType, tls_parameters::TlsProtocol, CertificateValidationContext,
+    CommonTlsContext, DownstreamTlsContext, TlsCertificate, TlsParameters, UpstreamTlsContext,
+};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::sign::CertifiedKey;
+use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
+use std::sync::Arc;
+use tokio::io::{AsyncRead, AsyncWrite};
+
+const DOWNSTREAM: &str = "envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext";
+const UPSTREAM: &str = "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext";
+
+/// One of `match_typed_subject_alt_names`.
+#[derive(Debug)]
+struct SanMatcher {
+    kind: SanKind,
+    matcher: crate::matcher::StringMatch,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SanKind {
+    Email,
+    Dns,
+    Uri,
+    Ip,
+}
+
+fn compile_sans(v: &CertificateValidationContext, path: &str) -> Result<Vec<SanMatcher>, TlsError> {
+    v.match_typed_subject_alt_names
+        .iter()
+        .enumerate()
+        .map(|(i, m)| {
+            let p = format!("{path}.validation_context.match_typed_subject_alt_names[{i}]");
+            let kind = match m.san_type {
+                1 => SanKind::Email,
+                2 => SanKind::Dns,
+                3 => SanKind::Uri,
+                4 => SanKind::Ip,
+                other => return Err(err(&p, format!("san_type {other} is not supported"))),
+            };
+            let Some(sm) = &m.matcher else { return Err(err(&format!("{p}.matcher"), "is required")) };
+            let matcher = crate::matcher::StringMatch::new(sm).map_err(|e| err(&format!("{p}.matcher"), e))?;
+            Ok(SanMatcher { kind, matcher })
+        })
+        .collect()
+}
+
+/// Whether a DNS SAN (possibly `*.example.com`) covers `name`, as Envoy's
+/// exact DNS matcher lets a wildcard certificate match a host under it.
+fn dns_wildcard_covers(san: &str, name: &str) -> bool {
+    match (san.strip_prefix("*."), name.split_once('.')) {
+        (Some(suffix), Some((label, rest))) => !label.is_empty() && rest.eq_ignore_ascii_case(suffix),
+        _ => false,
+    }
+}
+
+/// Whether the certificate has a SAN accepted by `matchers` (any one of
+/// them, on a SAN of its type). Parses the certificate: once per handshake,
+/// only when matchers are configured.
+fn sans_match(matchers: &[SanMatcher], der: &CertificateDer<'_>) -> bool {
+    if matchers.is_empty() {
+        return true;
+    }
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(der.as_ref()) else { return false };
+    let Ok(Some(ext)) = cert.subject_alternative_name() else { return false };
+    use x509_parser::extensions::GeneralName;
+    ext.value.general_names.iter().any(|g| {
+        let (kind, value) = match g {
+            GeneralName::DNSName(s) => (SanKind::Dns, s.to_string()),
+            GeneralName::RFC822Name(s) => (SanKind::Email, s.to_string()),
+            GeneralName::URI(s) => (SanKind::Uri, s.to_string()),
+            GeneralName::IPAddress(b) => match b.len() {
+                4 => (SanKind::Ip, std::net::Ipv4Addr::new(b[0], b[1], b[2], b[3]).to_string()),
+                16 => {
+                    let mut a = [0u8; 16];
+                    a.copy_from_slice(b);
+                    (SanKind::Ip, std::net::Ipv6Addr::from(a).to_string())
+                }
+                _ => return false,
+            },
+            _ => return false,
+        };
+        matchers.iter().any(|m| {
+            m.kind == kind
+                && (m.matcher.matches(&value)
+                    || (kind == SanKind::Dns && m.matcher.exact().is_some_and(|e| dns_wildcard_covers(&value, e))))
+        })
+    })
+}
+
+/// A SAN mismatch, told apart from other certificate errors for the stats.
+fn san_mismatch() -> rustls::Error {
+    rustls::Error::InvalidCertificate(rustls::CertificateError::NotValidForName)
+}
+
+/// A client-certificate verifier that also applies `match_typed_subject_alt_names`.
+#[derive(Debug)]
+struct SanClientVerifier {
+    inner: Arc<dyn rustls::server::danger::ClientCertVerifier>,
+    sans: Vec<SanMatcher>,
+}
+
+impl rustls::server::danger::ClientCertVerifier for SanClientVerifier {
+    fn offer_client_auth(&self) -> bool {
+        self.inner.offer_client_auth()
+    }
+    fn client_auth_mandatory(&self) -> bool {
+        self.inner.client_auth_mandatory()
+    }
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<rustls::server::danger::ClientCertVerified, rustls::Error> {
+        let ok = self.inner.verify_client_cert(end_entity, intermediates, now)?;
+        if sans_match(&self.sans, end_entity) {
+            Ok(ok)
+        } else {
+            Err(san_mismatch())
+        }
+    }
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
+/// A byte stream a connection can run on: plain TCP or TLS over it.
+pub trait Io: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Io for T {}
+
+/// A boxed stream; costs one indirect call per read or write.
+pub type BoxIo = Box<dyn Io>;
+
+/// Envoy's `ssl.*` stats of a listener or cluster with TLS.
+pub struct SslStats {
+    pub handshake: Arc<crate::stats::Counter>,
+    pub connection_error: Arc<crate::stats::Counter>,
+    pub fail_verify_error: Arc<crate::stats::Counter>,
+    pub fail_verify_no_cert: Arc<crate::stats::Counter>,
+    pub fail_verify_san: Arc<crate::stats::Counter>,
+}
+
+impl SslStats {
+    /// Under `prefix` (`listener.<addr>.` or `cluster.<name>.`).
+    pub fn new(store: &crate::stats::Store, prefix: &str) -> Self {
+        let c = |n: &str| store.counter(&format!("{prefix}ssl.{n}"));
+        Self {
+            handshake: c("handshake"),
+            connection_error: c("connection_error"),
+            fail_verify_error: c("fail_verify_error"),
+            fail_verify_no_cert: c("fail_verify_no_cert"),
+            fail_verify_san: c("fail_verify_san"),
+        }
+    }
+
+    /// Counts a failed handshake as Envoy does: a certificate that does not
+    /// verify is `fail_verify_error` (`fail_verify_san` when its names do not
+    /// match), a missing required one `fail_verify_no_cert`, anything else
+    /// `connection_error`.
+    pub fn failed(&self, e: &std::io::Error) {
+        match e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
+            Some(rustls::Error::InvalidCertificate(rustls::CertificateError::NotValidForName)) => {
+                self.fail_verify_san.inc()
+            }
+            Some(rustls::Error::InvalidCertificate(_)) => self.fail_verify_error.inc(),
+            Some(rustls::Error::NoCertificatesPresented) => self.fail_verify_no_cert.inc(),
+            _ => self.connection_error.inc(),
+        }
+    }
+}
+
+/// Whether an error from a TLS connection came from TLS itself (an alert
+/// from the peer, a certificate problem) rather than from the transport.
+pub fn is_tls_error(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if err.downcast_ref::<rustls::Error>().is_some() {
+            return true;
+        }
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            if io.get_ref().is_some_and(|i| i.downcast_ref::<rustls::Error>().is_some()) {
+                return true;
+            }
+        }
+        cur = err.source();
+    }
+    false
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("{path}: {reason}")]
+    Config { path: String, reason: String },
+}
+
+fn err(path: &str, reason: impl Into<String>) -> TlsError {
+    TlsError::Config { path: path.to_string(), reason: reason.into() }
+}
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn unpack_socket<T: prost::Message + prost::Name + Default>(ts: &TransportSocket, want: &str) -> Result<T, TlsError> {
+    // Envoy picks the socket by the typed_config's type; the name is informative.
+    let Some(transport_socket::ConfigType::TypedConfig(any)) = &ts.config_type else {
+        return Err(err("transport_socket.typed_config", "is required"));
+    };
+    let ty = legate_api::any::type_name(any);
+    if ty != want {
+        return Err(err("transport_socket.typed_config", format!("transport socket {ty} is not supported")));
+    }
+    legate_api::any::unpack(any).map_err(|e| err("transport_socket.typed_config", e))
+}
+
+fn read_ds(ds: &Option<legate_api::pb::envoy::config::core::v3::DataSource>, path: &str) -> Result<Vec<u8>, TlsError> {
+    let Some(ds) = ds else { return Err(err(path, "is required")) };
+    crate::datasource::read(ds).map(|b| b.to_vec()).map_err(|e| err(path, e))
+}
+
+fn certs_from_pem(pem: &[u8], path: &str) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let certs: Vec<_> = CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<_, _>>()
+        .map_err(|e| err(path, format!("cannot read PEM certificates: {e}")))?;
+    if certs.is_empty() {
+        return Err(err(path, "no certificate found in PEM data"));
+    }
+    Ok(certs)
+}
+
+fn certified_key(c: &TlsCertificate, path: &str) -> Result<CertifiedKey, TlsError> {
+    let chain = certs_from_pem(&read_ds(&c.certificate_chain, &format!("{path}.certificate_chain"))?, path)?;
+    let key_pem = read_ds(&c.private_key, &format!("{path}.private_key"))?;
+    let key = PrivateKeyDer::from_pem_slice(&key_pem)
+        .map_err(|e| err(&format!("{path}.private_key"), format!("cannot read PEM private key: {e}")))?;
+    let signer = rustls::crypto::ring::sign::any_supported_type(&key)
+        .map_err(|e| err(&format!("{path}.private_key"), format!("unsupported private key: {e}")))?;
+    Ok(CertifiedKey::new(chain, signer))
+}
+
+/// TLS versions from `tls_params`, limited to what rustls speaks (1.2, 1.3).
+fn versions(p: Option<&TlsParameters>, path: &str) -> Result<Vec<&'static rustls::SupportedProtocolVersion>, TlsError> {
+    let get = |v: i32, field: &str| -> Result<Option<u8>, TlsError> {
+        match TlsProtocol::try_from(v) {
+            Ok(TlsProtocol::TlsAuto) => Ok(None),
+            Ok(TlsProtocol::TlSv12) => Ok(Some(2)),
+            Ok(TlsProtocol::TlSv13) => Ok(Some(3)),
+            Ok(other) => Err(err(
+                &format!("{path}.tls_params.{field}"),
+                format!("{} is not supported by Legate (rustls speaks TLSv1_2 and TLSv1_3 only)", other.as_str_name()),
+            )),
+            Err(_) => Err(err(&format!("{path}.tls_params.{field}"), format!("unknown TLS version {v}"))),
+        }
+    };
+    // Envoy's defaults: TLS 1.2 to 1.3 on both sides.
+    let min = p.map(|p| get(p.tls_minimum_protocol_version, "tls_minimum_protocol_version")).transpose()?.flatten();
+    let max = p.map(|p| get(p.tls_maximum_protocol_version, "tls_maximum_protocol_version")).transpose()?.flatten();
+    let (min, max) = (min.unwrap_or(2), max.unwrap_or(3));
+    if min > max {
+        return Err(err(&format!("{path}.tls_params"), "minimum TLS version is above the maximum"));
+    }
+    let mut out = Vec::new();
+    if min <= 2 {
+        out.push(&rustls::version::TLS12);
+    }
+    if max >= 3 {
+        out.push(&rustls::version::TLS13);
+    }
+    Ok(out)
+}
+
+fn validation_context<'a>(
+    c: &'a CommonTlsContext,
+    path: &str,
+) -> Result<Option<&'a CertificateValidationContext>, TlsError> {
+    match &c.validation_context_type {
+        None => Ok(None),
+        Some(ValidationContextType::ValidationContext(v)) => Ok(Some(v)),
+        Some(_) => Err(err(&format!("{path}.validation_context_type"), "only validation_context is supported")),
+    }
+}
+
+fn roots(v: &CertificateValidationContext, path: &str) -> Result<Option<Arc<RootCertStore>>, TlsError> {
+    if v.trusted_ca.is_none() {
+        return Ok(None);
+    }
+    let p = format!("{path}.validation_context.trusted_ca");
+    let mut store = RootCertStore::empty();
+    for c in certs_from_pem(&read_ds(&v.trusted_ca, &p)?, &p)? {
+        store.add(c).map_err(|e| err(&p, format!("bad CA certificate: {e}")))?;
+    }
+    Ok(Some(Arc::new(store)))
+}
+
+fn alpn(c: &CommonTlsContext) -> Vec<Vec<u8>> {
+    c.alpn_protocols.iter().map(|p| p.as_bytes().to_vec()).collect()
+}
+
+/// The DNS names a certificate serves: its DNS SANs, or its common name when
+/// it has none (as Envoy reads them), lowercased.
+fn cert_names(der: &CertificateDer<'_>) -> Vec<String> {
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(der.as_ref()) else { return Vec::new() };
+    let mut names: Vec<String> = match cert.subject_alternative_name() {
+        Ok(Some(ext)) => ext
+            .value
+            .general_names
+            .iter()
+            .filter_map(|g| match g {
+                x509_parser::extensions::GeneralName::DNSName(s) => Some(s.to_ascii_lowercase()),
+                _ => None,
+            })
+            .collect(),
+        _ => Vec::new(),
+    };
+    if names.is_empty() {
+        names.extend(cert.subject().iter_common_name().filter_map(|cn| cn.as_str().ok()).map(str::to_ascii_lowercase));
+    }
+    names
+}
+
+/// Picks the certificate for a handshake as Envoy does: one with the SNI as
+/// an exact name, else one whose `*.` name covers it, else the first (the
+/// default). Names are read once at config time; a handshake compares
+/// strings over the (few) certificates.
+#[derive(Debug)]
+struct CertSet(Vec<(Arc<CertifiedKey>, Vec<String>)>);
+
+impl ResolvesServerCert for CertSet {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        if let (true, Some(sni)) = (self.0.len() > 1, hello.server_name()) {
+            let sni = sni.to_ascii_lowercase();
+            let exact = self.0.iter().find(|(_, names)| names.contains(&sni));
+            let wildcard = || self.0.iter().find(|(_, names)| names.iter().any(|n| dns_wildcard_covers(n, &sni)));
+            if let Some((ck, _)) = exact.or_else(wildcard) {
+                return Some(ck.clone());
+            }
+        }
+        self.0.first().map(|(ck, _)| ck.clone())
+    }
+}
+
+/// A listener filter chain's TLS: the acceptor for its connections.
+pub fn downstream(ts: &TransportSocket) -> Result<tokio_rustls::TlsAcceptor, TlsError> {
+    let ctx: DownstreamTlsContext = unpack_socket(ts, DOWNSTREAM)?;
+    let path = "transport_socket.typed_config.common_tls_context";
+    let Some(common) = &ctx.common_tls_context else {
+        return Err(err(path, "a server TLS context needs tls_certificates"));
+    };
+    if common.tls_certificates.is_empty() {
+        return Err(err(&format!("{path}.tls_certificates"), "a server TLS context needs at least one certificate"));
+    }
+    let keys = common
+        .tls_certificates
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let ck = certified_key(c, &format!("{path}.tls_certificates[{i}]"))?;
+            let names = ck.end_entity_cert().map(cert_names).unwrap_or_default();
+            Ok((Arc::new(ck), names))
+        })
+        .collect::<Result<Vec<_>, TlsError>>()?;
+    let versions = versions(common.tls_params.as_ref(), path)?;
+    let builder = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&versions)
+        .map_err(|e| err(path, e.to_string()))?;
+    let require = ctx.require_client_certificate.is_some_and(|b| b.value);
+    let validation = validation_context(common, path)?;
+    let client_roots = validation.map(|v| roots(v, path)).transpose()?.flatten();
+    let sans = validation.map(|v| compile_sans(v, path)).transpose()?.unwrap_or_default();
+    if !sans.is_empty() && client_roots.is_none() {
+        return Err(err(
+            &format!("{path}.validation_context.match_typed_subject_alt_names"),
+            "Legate checks client certificate names only together with trusted_ca",
+        ));
+    }
+    let builder = match client_roots {
+        Some(roots) => {
+            let mut v = WebPkiClientVerifier::builder_with_provider(roots, provider());
+            // Without require_client_certificate Envoy asks for a certificate
+            // and verifies one that is sent, but lets clients without one in.
+            if !require {
+                v = v.allow_unauthenticated();
+            }
+            let v = v.build().map_err(|e| err(&format!("{path}.validation_context"), e.to_string()))?;
+            let v: Arc<dyn rustls::server::danger::ClientCertVerifier> =
+                if sans.is_empty() { v } else { Arc::new(SanClientVerifier { inner: v, sans }) };
+            builder.with_client_cert_verifier(v)
+        }
+        None if require => {
+            return Err(err(
+                "transport_socket.typed_config.require_client_certificate",
+                "needs common_tls_context.validation_context.trusted_ca",
+            ))
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let mut cfg = builder.with_cert_resolver(Arc::new(CertSet(keys)));
+    cfg.alpn_protocols = alpn(common);
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(cfg)))
+}
+
+/// A cluster's TLS: how its upstream connections are wrapped.
+pub struct UpstreamTls {
+    pub connector: tokio_rustls::TlsConnector,
+    /// `sni`, when set; otherwise no SNI is sent (as Envoy without auto_sni).
+    pub sni: Option<ServerName<'static>>,
+}
+
+impl UpstreamTls {
+    /// The name handed to rustls for a connection to `ip`: the SNI, or the
+    /// address (rustls sends no SNI for an address).
+    pub fn server_name(&self, ip: std::net::IpAddr) -> ServerName<'static> {
+        self.sni.clone().unwrap_or(ServerName::IpAddress(ip.into()))
+    }
+}
+
+/// Envoy's default certificate validation checks the chain against
+/// `trusted_ca`, not the host name; names are checked only by
+/// `match_typed_subject_alt_names`. With neither, nothing is verified.
+#[derive(Debug)]
+struct EnvoyServerVerifier {
+    chain: Option<Arc<rustls::client::WebPkiServerVerifier>>,
+    sans: Vec<SanMatcher>,
+    provider: Arc<CryptoProvider>,
+}
+
+impl ServerCertVerifier for EnvoyServerVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        if let Some(v) = &self.chain {
+            match v.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now) {
+                Err(rustls::Error::InvalidCertificate(
+                    rustls::CertificateError::NotValidForName | rustls::CertificateError::NotValidForNameContext { .. },
+                )) => {}
+                Err(e) => return Err(e),
+                Ok(_) => {}
+            }
+        }
+        if sans_match(&self.sans, end_entity) {
+            Ok(ServerCertVerified::assertion())
+        } else {
+            Err(san_mismatch())
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// A cluster's `transport_socket`. `http2` picks the ALPN offered when the
+/// context names none (Envoy offers the cluster's protocol).
+pub fn upstream(ts: &TransportSocket, http2: bool) -> Result<UpstreamTls, TlsError> {
+    let ctx: UpstreamTlsContext = unpack_socket(ts, UPSTREAM)?;
+    let path = "transport_socket.typed_config.common_tls_context";
+    let default_common = CommonTlsContext::default();
+    let common = ctx.common_tls_context.as_ref().unwrap_or(&default_common);
+    let versions = versions(common.tls_params.as_ref(), path)?;
+    let validation = validation_context(common, path)?;
+    let sans = validation.map(|v| compile_sans(v, path)).transpose()?.unwrap_or_default();
+    let chain = match validation.map(|v| roots(v, path)).transpose()?.flatten() {
+        Some(roots) => Some(
+            rustls::client::WebPkiServerVerifier::builder_with_provider(roots, provider())
+                .build()
+                .map_err(|e| err(&format!("{path}.validation_context"), e.to_string()))?,
+        ),
+        None => None,
+    };
+    let builder = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&versions)
+        .map_err(|e| err(path, e.to_string()))?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(EnvoyServerVerifier { chain, sans, provider: provider() }));
+    let mut cfg = match common.tls_certificates.as_slice() {
+        [] => builder.with_no_client_auth(),
+        [c] => {
+            let p = format!("{path}.tls_certificates[0]");
+            let chain = certs_from_pem(&read_ds(&c.certificate_chain, &format!("{p}.certificate_chain"))?, &p)?;
+            let key = PrivateKeyDer::from_pem_slice(&read_ds(&c.private_key, &format!("{p}.private_key"))?)
+                .map_err(|e| err(&format!("{p}.private_key"), format!("cannot read PEM private key: {e}")))?;
+            builder.with_client_auth_cert(chain, key).map_err(|e| err(&p, e.to_string()))?
+        }
+        _ => return Err(err(&format!("{path}.tls_certificates"), "a client context takes one certificate")),
+    };
+    cfg.alpn_protocols = if common.alpn_protocols.is_empty() {
+        vec![if http2 { b"h2".to_vec() } else { b"http/1.1".to_vec() }]
+    } else {
+        alpn(common)
+    };
+    let sni = if ctx.sni.is_empty() {
+        cfg.enable_sni = false;
+        None
+    } else {
+        Some(
+            ServerName::try_from(ctx.sni.clone())
+                .map_err(|_| err("transport_socket.typed_config.sni", "not a valid name"))?,
+        )
+    };
+    Ok(UpstreamTls { connector: tokio_rustls::TlsConnector::from(Arc::new(cfg)), sni })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wildcard_dns_san_covers_one_label() {
+        assert!(dns_wildcard_covers("*.example.com", "a.example.com"));
+        assert!(!dns_wildcard_covers("*.example.com", "a.b.example.com"));
+        assert!(!dns_wildcard_covers("*.example.com", "example.com"));
+        assert!(!dns_wildcard_covers("a.example.com", "a.example.com"));
+    }
+}
