@@ -833,6 +833,84 @@ fn tls_and_client_certificates() {
     assert_eq!(up_name, "one");
     let (ok, out) = ctl(&full, &["proxies"]);
     assert!(ok && out.contains("tls-envoy"), "{out}");
+    // Legate's own proxy over the same mutual-TLS ADS (Envoy stopped first:
+    // both would serve the same listener).
+    envoy.kill();
+    let admin = free_port();
+    let (ok, boot) = ctl(
+        &[],
+        &[
+            "bootstrap",
+            "--node-id",
+            "tls-legate",
+            "--xds",
+            &format!("127.0.0.1:{xds}"),
+            "--admin-port",
+            &admin.to_string(),
+            "--xds-ca",
+            &ca,
+            "--xds-cert",
+            &ccert,
+            "--xds-key",
+            &ckey,
+        ],
+    );
+    assert!(ok, "{boot}");
+    let bf = dir.path().join("boot-legate.yaml");
+    std::fs::write(&bf, boot).expect("write");
+    let mut legate = Proc::spawn(
+        "legate-proxy",
+        Command::new(LEGATE).args(["proxy", "--concurrency", "1", "-l", "info", "-c"]).arg(&bf),
+        dir.path(),
+    );
+    wait_ready(admin, &mut legate);
+    let up_name = wait_for("traffic through Legate configured over TLS", Duration::from_secs(20), || {
+        assert!(legate.is_running(), "legate exited: {}", legate.output());
+        upstream_of(listen)
+    });
+    assert_eq!(up_name, "one");
+    let (ok, out) = ctl(&full, &["proxies"]);
+    assert!(ok && out.contains("tls-legate"), "{out}");
+    // Without a client certificate the control plane refuses Legate's stream.
+    let admin2 = free_port();
+    let (ok, boot) = ctl(
+        &[],
+        &[
+            "bootstrap",
+            "--node-id",
+            "tls-anonymous",
+            "--xds",
+            &format!("127.0.0.1:{xds}"),
+            "--admin-port",
+            &admin2.to_string(),
+            "--xds-ca",
+            &ca,
+        ],
+    );
+    assert!(ok, "{boot}");
+    let bf2 = dir.path().join("boot-anonymous.yaml");
+    std::fs::write(&bf2, boot).expect("write");
+    let mut anonymous = Proc::spawn(
+        "legate-anonymous",
+        Command::new(LEGATE).args(["proxy", "--concurrency", "1", "-l", "info", "-c"]).arg(&bf2),
+        dir.path(),
+    );
+    wait_ready(admin2, &mut anonymous);
+    std::thread::sleep(Duration::from_millis(1500));
+    let connected = |admin: u16| {
+        let v: Value = serde_json::from_str(&http_get(addr(admin), "/stats?format=json", "admin").expect("stats").body)
+            .expect("json");
+        v["stats"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|s| s["name"] == "control_plane.connected_state")
+            .map(|s| s["value"].clone())
+    };
+    assert_eq!(connected(admin), Some(Value::from(1)), "the proxy with a client certificate is connected");
+    assert_eq!(connected(admin2), Some(Value::from(0)), "the proxy without one is refused");
+    let (ok, out) = ctl(&full, &["proxies"]);
+    assert!(ok && !out.contains("tls-anonymous"), "{out}");
 }
 
 /// A Service's resilience settings (health checks, outlier detection,

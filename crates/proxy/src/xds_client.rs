@@ -131,15 +131,16 @@ pub async fn run(shared: Arc<Shared>, cfg: AdsConfig) {
         next = (next + 1) % cfg.clusters.len().max(1);
         let target = {
             let map = shared.clusters.load();
-            map.get(cluster).and_then(|c| c.pick()).map(|h| h.addr)
+            map.get(cluster).and_then(|c| c.pick().map(|h| Target { addr: h.addr, cluster: c.clone() }))
         };
         let started = Instant::now();
         match target {
-            Some(addr) => {
+            Some(target) => {
+                let addr = target.addr;
                 let result = if cfg.delta {
-                    delta_session(&shared, &cfg, addr, &mut dynamic, &connected).await
+                    delta_session(&shared, &cfg, &target, &mut dynamic, &connected).await
                 } else {
-                    sotw_session(&shared, &cfg, addr, &mut dynamic, &connected).await
+                    sotw_session(&shared, &cfg, &target, &mut dynamic, &connected).await
                 };
                 // A stream that was up and then broke (its server died) fails
                 // over to the next server without the grown backoff.
@@ -173,12 +174,41 @@ fn node(shared: &Shared) -> Node {
     n
 }
 
-async fn connect(addr: SocketAddr) -> Result<AggregatedDiscoveryServiceClient<tonic::transport::Channel>, String> {
+/// A management server to stream from: a host of the xDS cluster, and the
+/// cluster (its `transport_socket` says whether to speak TLS).
+struct Target {
+    addr: SocketAddr,
+    cluster: Arc<Cluster>,
+}
+
+/// A gRPC channel to the management server: plaintext HTTP/2, or over TLS
+/// when the xDS cluster has an `UpstreamTlsContext` (its CA, SNI and client
+/// certificate, as for any upstream).
+async fn connect(target: &Target) -> Result<AggregatedDiscoveryServiceClient<tonic::transport::Channel>, String> {
+    let addr = target.addr;
+    // `http` even for TLS: the connector below does the TLS (tonic would
+    // insist on its own TLS settings for an `https` URI).
     let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
         .map_err(|e| e.to_string())?
         .connect_timeout(Duration::from_secs(5))
         .http2_keep_alive_interval(Duration::from_secs(30));
-    let channel = endpoint.connect().await.map_err(|e| format!("connect: {e}"))?;
+    let channel = match &target.cluster.tls {
+        None => endpoint.connect().await.map_err(|e| format!("connect: {e}"))?,
+        Some(tls) => {
+            let connector = tls.connector.clone();
+            let name = tls.server_name(addr.ip());
+            let tls_connect = tower::service_fn(move |_uri: http::Uri| {
+                let (connector, name) = (connector.clone(), name.clone());
+                async move {
+                    let tcp = tokio::net::TcpStream::connect(addr).await?;
+                    let _ = tcp.set_nodelay(true);
+                    let stream = connector.connect(name, tcp).await?;
+                    Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+                }
+            });
+            endpoint.connect_with_connector(tls_connect).await.map_err(|e| format!("connect over TLS: {e:?}"))?
+        }
+    };
     Ok(AggregatedDiscoveryServiceClient::new(channel).max_decoding_message_size(64 << 20))
 }
 
@@ -497,11 +527,11 @@ impl Dynamic {
 async fn sotw_session(
     shared: &Arc<Shared>,
     cfg: &AdsConfig,
-    addr: SocketAddr,
+    target: &Target,
     d: &mut Dynamic,
     connected: &crate::stats::Gauge,
 ) -> Result<(), String> {
-    let mut client = connect(addr).await?;
+    let mut client = connect(target).await?;
     let (tx, rx) = mpsc::unbounded_channel::<DiscoveryRequest>();
     let node = node(shared);
     let mut first = true;
@@ -588,11 +618,11 @@ async fn sotw_session(
 async fn delta_session(
     shared: &Arc<Shared>,
     cfg: &AdsConfig,
-    addr: SocketAddr,
+    target: &Target,
     d: &mut Dynamic,
     connected: &crate::stats::Gauge,
 ) -> Result<(), String> {
-    let mut client = connect(addr).await?;
+    let mut client = connect(target).await?;
     let (tx, rx) = mpsc::unbounded_channel::<DeltaDiscoveryRequest>();
     let node = node(shared);
     let mut first = true;
