@@ -41,7 +41,21 @@ impl ProxyBody {
     pub fn stream(body: Incoming) -> Self {
         Self::Stream { body }
     }
-    pub fn watched(body: Incoming, progress: std::sync::Arc<RequestProgress>) -> Self {
+    /// A streamed body made to report its progress; a buffered one is
+    /// already whole.
+    pub fn watched(self, progress: std::sync::Arc<RequestProgress>) -> Self {
+        match self {
+            Self::Stream { body } => Self::watch(body, progress),
+            other => {
+                if !progress.done.swap(true, Relaxed) {
+                    progress.received.fetch_add(other.size_hint().exact().unwrap_or(0), Relaxed);
+                }
+                other
+            }
+        }
+    }
+
+    fn watch(body: Incoming, progress: std::sync::Arc<RequestProgress>) -> Self {
         if body.is_end_stream() {
             progress.done.store(true, Relaxed);
         }

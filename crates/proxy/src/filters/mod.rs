@@ -1,5 +1,10 @@
 //! The HTTP filter chain in front of the router. Filters run in order on the
-//! request; one may answer it locally. The router is last, always.
+//! request; one may answer it locally. The router is last, always. On the
+//! way back, `finish_response` lets the filters change the response (CORS
+//! headers, compression).
+
+pub mod cors;
+pub mod rbac;
 
 use crate::matcher::{HeaderMatch, Pseudo};
 use legate_api::pb::envoy::extensions::filters::common::fault::v3::fault_delay::FaultDelaySecifier;
@@ -17,6 +22,11 @@ pub const ROUTER_TYPE: &str = "envoy.extensions.filters.http.router.v3.Router";
 pub const HEALTH_CHECK_TYPE: &str = "envoy.extensions.filters.http.health_check.v3.HealthCheck";
 pub const FAULT_TYPE: &str = "envoy.extensions.filters.http.fault.v3.HTTPFault";
 pub const LOCAL_RATELIMIT_TYPE: &str = "envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit";
+pub const RBAC_TYPE: &str = "envoy.extensions.filters.http.rbac.v3.RBAC";
+pub const RBAC_PER_ROUTE_TYPE: &str = "envoy.extensions.filters.http.rbac.v3.RBACPerRoute";
+pub const CORS_TYPE: &str = "envoy.extensions.filters.http.cors.v3.Cors";
+pub const CORS_POLICY_TYPE: &str = "envoy.extensions.filters.http.cors.v3.CorsPolicy";
+pub const BUFFER_TYPE: &str = "envoy.extensions.filters.http.buffer.v3.Buffer";
 
 /// A token bucket refilled lazily: `tokens_per_fill` every `fill_interval`,
 /// up to `max`. One bucket per filter, shared by every worker (Envoy's
@@ -59,7 +69,7 @@ struct RateLimit {
 }
 
 /// A probability in parts per million (Envoy's FractionalPercent).
-fn per_million(p: Option<&FractionalPercent>) -> u32 {
+pub(crate) fn per_million(p: Option<&FractionalPercent>) -> u32 {
     let Some(p) = p else { return 1_000_000 };
     let scale = match DenominatorType::try_from(p.denominator).unwrap_or(DenominatorType::Hundred) {
         DenominatorType::Hundred => 10_000,
@@ -69,7 +79,7 @@ fn per_million(p: Option<&FractionalPercent>) -> u32 {
     p.numerator.saturating_mul(scale).min(1_000_000)
 }
 
-fn roll(per_million: u32) -> bool {
+pub(crate) fn roll(per_million: u32) -> bool {
     per_million >= 1_000_000 || rand::random_range(0..1_000_000) < per_million
 }
 
@@ -104,6 +114,35 @@ enum Filter {
     Fault(Box<Fault>),
     /// `envoy.filters.http.local_ratelimit`: a token bucket in front of the router.
     RateLimit(Box<RateLimit>),
+    /// `envoy.filters.http.rbac`: 403 unless the rules allow the request.
+    Rbac(Box<rbac::Rbac>),
+    /// `envoy.filters.http.cors`: the policies live on routes and virtual hosts.
+    Cors(Box<cors::Stats>),
+    /// `envoy.filters.http.buffer`: the whole request body is read (at most
+    /// this many bytes) before it goes upstream.
+    Buffer(u64),
+}
+
+/// What the request filters see of a request.
+pub struct RequestCtx<'a> {
+    pub headers: &'a mut http::HeaderMap,
+    pub method: &'a http::Method,
+    pub pseudo: Pseudo<'a>,
+    /// The connection's peer.
+    pub direct_remote: std::net::IpAddr,
+    /// The client, after x-forwarded-for.
+    pub remote: std::net::IpAddr,
+    pub local: std::net::SocketAddr,
+    /// The matched route's and virtual host's per-filter configs, most specific first.
+    pub route: [Option<&'a crate::route::PerFilter>; 2],
+}
+
+/// What the request filters leave for the response. Per request: empty
+/// (no allocation) unless a filter has something to add.
+#[derive(Default)]
+pub struct ResponseState {
+    /// Headers every response to this request gets (CORS).
+    pub headers: Vec<(http::HeaderName, http::HeaderValue)>,
 }
 
 /// What a filter decided for a request.
@@ -122,7 +161,18 @@ pub enum Verdict {
         status: u16,
         headers: Vec<(http::HeaderName, http::HeaderValue)>,
     },
+    /// A local reply: status, `text/plain` body (none when empty), response
+    /// code details and flag for the access log, extra headers.
+    Reply {
+        status: u16,
+        body: &'static str,
+        details: &'static str,
+        flag: &'static str,
+        headers: Vec<(http::HeaderName, http::HeaderValue)>,
+    },
 }
+
+static DEFAULT_CORS: std::sync::LazyLock<cors::Policy> = std::sync::LazyLock::new(cors::Policy::default);
 
 pub struct FilterChain {
     filters: Vec<Filter>,
@@ -246,6 +296,22 @@ impl FilterChain {
                         stat_enforced: store.counter(&format!("{p}enforced")),
                     })));
                 }
+                RBAC_TYPE => {
+                    let c: rbac::Config = legate_api::any::unpack(any)?;
+                    let r = rbac::Rbac::compile(&c, store, stat_prefix)
+                        .map_err(|e| format!("http_filters[{i}].typed_config.{e}"))?;
+                    filters.push(Filter::Rbac(Box::new(r)));
+                }
+                CORS_TYPE => filters.push(Filter::Cors(Box::new(cors::Stats::new(store, stat_prefix)))),
+                BUFFER_TYPE => {
+                    use legate_api::pb::envoy::extensions::filters::http::buffer::v3::Buffer;
+                    let b: Buffer = legate_api::any::unpack(any)?;
+                    let max = b
+                        .max_request_bytes
+                        .as_ref()
+                        .ok_or(format!("http_filters[{i}].typed_config.max_request_bytes is required"))?;
+                    filters.push(Filter::Buffer(u64::from(max.value)));
+                }
                 other => return Err(format!("http_filters[{i}]: filter {other} is not supported")),
             }
         }
@@ -265,10 +331,58 @@ impl FilterChain {
             .then_some(("x-envoy-immediate-health-check-fail", "true"))
     }
 
+    /// The smallest `max_request_bytes` of the buffer filters: the request
+    /// body is read whole before routing when there is one.
+    pub fn buffer_limit(&self) -> Option<u64> {
+        self.filters.iter().filter_map(|f| if let Filter::Buffer(n) = f { Some(*n) } else { None }).min()
+    }
+
     /// Runs the request filters. Cost: nothing when the chain has only the router.
-    pub async fn on_request(&self, headers: &http::HeaderMap, pseudo: &Pseudo<'_>) -> Verdict {
+    pub async fn on_request(&self, rq: &mut RequestCtx<'_>, state: &mut ResponseState) -> Verdict {
+        let (headers, pseudo) = (&*rq.headers, &rq.pseudo);
         for f in &self.filters {
             match f {
+                Filter::Rbac(r) => {
+                    let subject = rbac::Subject {
+                        headers,
+                        pseudo,
+                        direct_remote: rq.direct_remote,
+                        remote: rq.remote,
+                        local: rq.local,
+                    };
+                    let per_route = rq.route.iter().flatten().find_map(|p| p.rbac.as_deref());
+                    if !r.check(&subject, per_route) {
+                        return Verdict::Reply {
+                            status: 403,
+                            body: "RBAC: access denied",
+                            details: "rbac_access_denied_matched_policy[none]",
+                            flag: "",
+                            headers: Vec::new(),
+                        };
+                    }
+                }
+                Filter::Cors(stats) => {
+                    let mut policies: [&cors::Policy; 2] = [&DEFAULT_CORS; 2];
+                    let mut n = 0;
+                    for p in rq.route.iter().flatten().filter_map(|p| p.cors.as_deref()) {
+                        policies[n] = p;
+                        n += 1;
+                    }
+                    match cors::decide(&policies[..n], rq.method, headers, stats) {
+                        cors::Decision::Pass => {}
+                        cors::Decision::Actual(h) => state.headers.extend(h),
+                        cors::Decision::Preflight(h) => {
+                            return Verdict::Reply {
+                                status: 200,
+                                body: "",
+                                details: "cors_response",
+                                flag: "",
+                                headers: h,
+                            }
+                        }
+                    }
+                }
+                Filter::Buffer(_) => {}
                 Filter::RateLimit(rl) => {
                     if !roll(rl.enabled) {
                         continue;
