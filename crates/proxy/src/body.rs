@@ -17,6 +17,77 @@ pin_project_lite::pin_project! {
         Stream { #[pin] body: Incoming },
         /// A streamed request body that counts its bytes and says when it ended.
         Watched { #[pin] body: Incoming, progress: std::sync::Arc<RequestProgress> },
+        /// A response body gzip-compressed as it streams (compressor filter).
+        Gzip { body: Box<GzipBody> },
+    }
+}
+
+/// Compresses the frames of `inner` as they arrive: each data frame is
+/// written to the encoder and what it has produced so far goes out; the
+/// gzip trailer follows the last frame. Per response: one encoder (zlib
+/// state, ~256 KiB at level 6) and its output buffer.
+pub struct GzipBody {
+    inner: ProxyBody,
+    encoder: Option<flate2::write::GzEncoder<Vec<u8>>>,
+    /// A trailers frame held back until the gzip stream is closed.
+    trailers: Option<Frame<Bytes>>,
+    uncompressed: u64,
+    compressed: u64,
+    stats: std::sync::Arc<crate::filters::compressor::Stats>,
+}
+
+impl GzipBody {
+    /// Takes what the encoder has written so far.
+    fn drain(&mut self) -> Bytes {
+        let out = self.encoder.as_mut().map(|e| std::mem::take(e.get_mut())).unwrap_or_default();
+        self.compressed += out.len() as u64;
+        Bytes::from(out)
+    }
+
+    /// Closes the gzip stream: the last compressed bytes and the trailer.
+    fn finish(&mut self) -> Bytes {
+        let out = match self.encoder.take() {
+            Some(e) => e.finish().unwrap_or_default(),
+            None => Vec::new(),
+        };
+        self.compressed += out.len() as u64;
+        self.stats.total_uncompressed_bytes.add(self.uncompressed);
+        self.stats.total_compressed_bytes.add(self.compressed);
+        Bytes::from(out)
+    }
+
+    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        use std::io::Write as _;
+        loop {
+            if self.encoder.is_none() {
+                return Poll::Ready(self.trailers.take().map(Ok));
+            }
+            match Pin::new(&mut self.inner).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                    Ok(data) => {
+                        self.uncompressed += data.len() as u64;
+                        if let Some(e) = self.encoder.as_mut() {
+                            // Writing into a Vec cannot fail.
+                            let _ = e.write_all(&data);
+                        }
+                        let out = self.drain();
+                        if !out.is_empty() {
+                            return Poll::Ready(Some(Ok(Frame::data(out))));
+                        }
+                    }
+                    Err(trailers) => {
+                        self.trailers = Some(trailers);
+                        let out = self.finish();
+                        return Poll::Ready(Some(Ok(Frame::data(out))));
+                    }
+                },
+                Poll::Ready(None) => {
+                    let out = self.finish();
+                    return Poll::Ready((!out.is_empty()).then(|| Ok(Frame::data(out))));
+                }
+                other => return other,
+            }
+        }
     }
 }
 
@@ -38,6 +109,21 @@ impl ProxyBody {
             Self::Full { data: Some(data) }
         }
     }
+    /// `inner` gzip-compressed at `level` (1-9) as it streams.
+    pub fn gzip(inner: ProxyBody, level: u32, stats: std::sync::Arc<crate::filters::compressor::Stats>) -> Self {
+        let encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(level));
+        Self::Gzip {
+            body: Box::new(GzipBody {
+                inner,
+                encoder: Some(encoder),
+                trailers: None,
+                uncompressed: 0,
+                compressed: 0,
+                stats,
+            }),
+        }
+    }
+
     pub fn stream(body: Incoming) -> Self {
         Self::Stream { body }
     }
@@ -85,11 +171,13 @@ impl Body for ProxyBody {
                 }
                 r
             }
+            ProxyBodyProj::Gzip { body } => body.poll_frame(cx),
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match self {
+            Self::Gzip { body } => body.encoder.is_none() && body.trailers.is_none(),
             Self::Empty => true,
             Self::Full { data } => data.is_none(),
             Self::Stream { body } | Self::Watched { body, .. } => body.is_end_stream(),
@@ -101,6 +189,7 @@ impl Body for ProxyBody {
             Self::Empty => SizeHint::with_exact(0),
             Self::Full { data } => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
             Self::Stream { body } | Self::Watched { body, .. } => body.size_hint(),
+            Self::Gzip { .. } => SizeHint::default(),
         }
     }
 }

@@ -692,6 +692,9 @@ impl Hcm {
         for (k, v) in &stream.filter_state.headers {
             resp.headers_mut().insert(k.clone(), v.clone());
         }
+        if !self.filters.is_empty() {
+            self.filters.on_response(&stream.filter_state, resp);
+        }
         // An HTTP/1 connection closes after this response when its config
         // drains, or when the request body has not all been read: Envoy does
         // not wait for the rest of a request it has already answered.

@@ -3,6 +3,7 @@
 //! way back, `finish_response` lets the filters change the response (CORS
 //! headers, compression).
 
+pub mod compressor;
 pub mod cors;
 pub mod rbac;
 
@@ -26,6 +27,7 @@ pub const RBAC_TYPE: &str = "envoy.extensions.filters.http.rbac.v3.RBAC";
 pub const RBAC_PER_ROUTE_TYPE: &str = "envoy.extensions.filters.http.rbac.v3.RBACPerRoute";
 pub const CORS_TYPE: &str = "envoy.extensions.filters.http.cors.v3.Cors";
 pub const CORS_POLICY_TYPE: &str = "envoy.extensions.filters.http.cors.v3.CorsPolicy";
+pub const COMPRESSOR_TYPE: &str = "envoy.extensions.filters.http.compressor.v3.Compressor";
 pub const BUFFER_TYPE: &str = "envoy.extensions.filters.http.buffer.v3.Buffer";
 
 /// A token bucket refilled lazily: `tokens_per_fill` every `fill_interval`,
@@ -121,6 +123,8 @@ enum Filter {
     /// `envoy.filters.http.buffer`: the whole request body is read (at most
     /// this many bytes) before it goes upstream.
     Buffer(u64),
+    /// `envoy.filters.http.compressor` (gzip): works on the response.
+    Compressor(Box<compressor::Compressor>),
 }
 
 /// What the request filters see of a request.
@@ -143,6 +147,9 @@ pub struct RequestCtx<'a> {
 pub struct ResponseState {
     /// Headers every response to this request gets (CORS).
     pub headers: Vec<(http::HeaderName, http::HeaderValue)>,
+    /// The request's `accept-encoding`, kept when the chain compresses
+    /// (a reference-counted copy of the value).
+    pub accept_encoding: Option<http::HeaderValue>,
 }
 
 /// What a filter decided for a request.
@@ -303,6 +310,13 @@ impl FilterChain {
                     filters.push(Filter::Rbac(Box::new(r)));
                 }
                 CORS_TYPE => filters.push(Filter::Cors(Box::new(cors::Stats::new(store, stat_prefix)))),
+                COMPRESSOR_TYPE => {
+                    let c: legate_api::pb::envoy::extensions::filters::http::compressor::v3::Compressor =
+                        legate_api::any::unpack(any)?;
+                    let c = compressor::Compressor::compile(&c, store, stat_prefix)
+                        .map_err(|e| format!("http_filters[{i}].typed_config.{e}"))?;
+                    filters.push(Filter::Compressor(Box::new(c)));
+                }
                 BUFFER_TYPE => {
                     use legate_api::pb::envoy::extensions::filters::http::buffer::v3::Buffer;
                     let b: Buffer = legate_api::any::unpack(any)?;
@@ -331,6 +345,17 @@ impl FilterChain {
             .then_some(("x-envoy-immediate-health-check-fail", "true"))
     }
 
+    /// Lets the filters change a response, in reverse order as Envoy's
+    /// encoder filters run. Cost: a scan of the chain; nothing else unless a
+    /// compressor is configured.
+    pub fn on_response(&self, state: &ResponseState, resp: &mut http::Response<crate::body::ProxyBody>) {
+        for f in self.filters.iter().rev() {
+            if let Filter::Compressor(c) = f {
+                c.on_response(state.accept_encoding.as_ref(), resp);
+            }
+        }
+    }
+
     /// The smallest `max_request_bytes` of the buffer filters: the request
     /// body is read whole before routing when there is one.
     pub fn buffer_limit(&self) -> Option<u64> {
@@ -339,9 +364,10 @@ impl FilterChain {
 
     /// Runs the request filters. Cost: nothing when the chain has only the router.
     pub async fn on_request(&self, rq: &mut RequestCtx<'_>, state: &mut ResponseState) -> Verdict {
-        let (headers, pseudo) = (&*rq.headers, &rq.pseudo);
         for f in &self.filters {
+            let (headers, pseudo) = (&*rq.headers, &rq.pseudo);
             match f {
+                Filter::Compressor(c) => state.accept_encoding = c.on_request(rq.headers),
                 Filter::Rbac(r) => {
                     let subject = rbac::Subject {
                         headers,
