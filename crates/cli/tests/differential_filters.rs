@@ -575,3 +575,124 @@ fn gzip_compressor() {
     assert_eq!(e, l, "compressor stats differ");
     assert!(send_decoding(pair.legate, &gz("/json")).header("x-test-gunzipped").is_some(), "Legate compressed nothing");
 }
+
+/// A private key made by openssl (PKCS#8 PEM) in `dir`.
+fn openssl_key(dir: &std::path::Path, name: &str, args: &[&str]) -> std::path::PathBuf {
+    let path = dir.join(name);
+    let ok = Command::new("openssl")
+        .args(["genpkey", "-quiet", "-out"])
+        .arg(&path)
+        .args(args)
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "openssl genpkey {args:?} failed (openssl is needed for the JWT scenario)");
+    path
+}
+
+fn b64url(bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+fn hex_bytes(hex: &str) -> Vec<u8> {
+    (0..hex.len() / 2).filter_map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok()).collect()
+}
+
+/// The public half of an RSA key as a JWK.
+fn rsa_jwk(key: &std::path::Path, kid: &str) -> Value {
+    let out = Command::new("openssl").args(["rsa", "-noout", "-modulus", "-in"]).arg(key).output().expect("openssl");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let modulus = text.trim().strip_prefix("Modulus=").expect("openssl prints the modulus");
+    serde_json::json!({ "kty": "RSA", "kid": kid, "alg": "RS256", "use": "sig", "n": b64url(&hex_bytes(modulus)), "e": "AQAB" })
+}
+
+/// The public half of a P-256 key as a JWK: the DER public key ends with the
+/// uncompressed point 04 || x || y.
+fn ec_jwk(key: &std::path::Path, kid: &str) -> Value {
+    let out =
+        Command::new("openssl").args(["pkey", "-pubout", "-outform", "DER", "-in"]).arg(key).output().expect("openssl");
+    let der = out.stdout;
+    assert!(der.len() > 65, "unexpected EC public key");
+    let point = &der[der.len() - 64..];
+    serde_json::json!({ "kty": "EC", "kid": kid, "crv": "P-256", "alg": "ES256", "x": b64url(&point[..32]), "y": b64url(&point[32..]) })
+}
+
+fn sign(key: &std::path::Path, alg: jsonwebtoken::Algorithm, kid: &str, claims: &Value) -> String {
+    let pem = std::fs::read(key).expect("key");
+    let enc = match alg {
+        jsonwebtoken::Algorithm::ES256 => jsonwebtoken::EncodingKey::from_ec_pem(&pem),
+        _ => jsonwebtoken::EncodingKey::from_rsa_pem(&pem),
+    }
+    .expect("a PEM key");
+    let mut header = jsonwebtoken::Header::new(alg);
+    header.kid = Some(kid.into());
+    jsonwebtoken::encode(&header, claims, &enc).expect("sign")
+}
+
+#[test]
+fn jwt_authn_with_local_jwks() {
+    let keys = TempDir::new("jwt-keys");
+    let rsa = openssl_key(keys.path(), "rsa.pem", &["-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"]);
+    let other = openssl_key(keys.path(), "other.pem", &["-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"]);
+    let ec = openssl_key(keys.path(), "ec.pem", &["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"]);
+    let rsa_jwks = serde_json::json!({ "keys": [rsa_jwk(&rsa, "r1")] }).to_string();
+    let ec_jwks = serde_json::json!({ "keys": [ec_jwk(&ec, "e1")] }).to_string();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs();
+    let claims = |iss: &str, aud: &str, exp: u64| serde_json::json!({ "iss": iss, "aud": aud, "sub": "user-1", "exp": exp, "iat": now, "plan": { "tier": "gold" } });
+    let rs = jsonwebtoken::Algorithm::RS256;
+    let good = sign(&rsa, rs, "r1", &claims("https://issuer.example", "api", now + 3600));
+    let expired = sign(&rsa, rs, "r1", &claims("https://issuer.example", "api", now - 3600));
+    let wrong_iss = sign(&rsa, rs, "r1", &claims("https://other.example", "api", now + 3600));
+    let wrong_aud = sign(&rsa, rs, "r1", &claims("https://issuer.example", "web", now + 3600));
+    let forged = sign(&other, rs, "r1", &claims("https://issuer.example", "api", now + 3600));
+    let ec_good = sign(&ec, jsonwebtoken::Algorithm::ES256, "e1", &claims("https://ec.example", "api", now + 3600));
+    let filters = format!(
+        r#"          - name: envoy.filters.http.jwt_authn
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication
+              providers:
+                rsa:
+                  issuer: https://issuer.example
+                  audiences: [api]
+                  local_jwks: {{ inline_string: '{rsa_jwks}' }}
+                  forward_payload_header: x-jwt-payload
+                  claim_to_headers: [{{ header_name: x-sub, claim_name: sub }}, {{ header_name: x-tier, claim_name: plan.tier }}]
+                ec:
+                  issuer: https://ec.example
+                  local_jwks: {{ inline_string: '{ec_jwks}' }}
+                  from_headers: [{{ name: x-token }}]
+                  forward: true
+              rules:
+              - match: {{ prefix: /rsa }}
+                requires: {{ provider_name: rsa }}
+              - match: {{ prefix: /any }}
+                requires: {{ requires_any: {{ requirements: [{{ provider_name: rsa }}, {{ provider_name: ec }}] }} }}
+              - match: {{ prefix: /open }}
+"#
+    );
+    let t = filtered(&filters, &one_vhost("              - { match: { prefix: \"/\" }, route: { cluster: echo } }\n"));
+    let bearer = |t: &str| format!("Bearer {t}");
+    let pair = compare(
+        "jwt",
+        &t,
+        &["a"],
+        &[
+            get("/rsa"),
+            get("/rsa?q=1"),
+            get("/rsa").header("authorization", bearer(&good)),
+            get("/rsa").header("authorization", bearer(&expired)),
+            get("/rsa").header("authorization", bearer(&wrong_iss)),
+            get("/rsa").header("authorization", bearer(&wrong_aud)),
+            get("/rsa").header("authorization", bearer(&forged)),
+            get("/rsa").header("authorization", "Bearer abc"),
+            get(&format!("/rsa?access_token={good}")),
+            get("/any").header("x-token", ec_good.clone()),
+            get("/any").header("authorization", bearer(&good)),
+            get("/any").header("x-token", good.clone()),
+            get("/any"),
+            get("/open"),
+            get("/elsewhere"),
+        ],
+    );
+    same_stats(&pair, &["http.ingress_http.jwt_authn.allowed", "http.ingress_http.jwt_authn.denied"]);
+}

@@ -574,9 +574,17 @@ impl Hcm {
                     remote: client.ip(),
                     local: conn.local,
                     route: [found.map(|(_, r)| &r.per_filter), found.map(|(vh, _)| &vh.per_filter)],
+                    new_path: None,
                 };
-                self.filters.on_request(&mut rq, &mut state).await
+                let v = self.filters.on_request(&mut rq, &mut state).await;
+                (v, rq.new_path)
             };
+            let (verdict, new_path) = verdict;
+            // The route stays the one found for the original path, as Envoy
+            // keeps its cached route unless a filter clears it.
+            if let Some(p) = new_path {
+                stream.path = p;
+            }
             stream.filter_state = state;
             match verdict {
                 crate::filters::Verdict::Continue => {}

@@ -5,6 +5,7 @@
 
 pub mod compressor;
 pub mod cors;
+pub mod jwt;
 pub mod rbac;
 
 use crate::matcher::{HeaderMatch, Pseudo};
@@ -28,6 +29,7 @@ pub const RBAC_PER_ROUTE_TYPE: &str = "envoy.extensions.filters.http.rbac.v3.RBA
 pub const CORS_TYPE: &str = "envoy.extensions.filters.http.cors.v3.Cors";
 pub const CORS_POLICY_TYPE: &str = "envoy.extensions.filters.http.cors.v3.CorsPolicy";
 pub const COMPRESSOR_TYPE: &str = "envoy.extensions.filters.http.compressor.v3.Compressor";
+pub const JWT_TYPE: &str = "envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication";
 pub const BUFFER_TYPE: &str = "envoy.extensions.filters.http.buffer.v3.Buffer";
 
 /// A token bucket refilled lazily: `tokens_per_fill` every `fill_interval`,
@@ -125,6 +127,8 @@ enum Filter {
     Buffer(u64),
     /// `envoy.filters.http.compressor` (gzip): works on the response.
     Compressor(Box<compressor::Compressor>),
+    /// `envoy.filters.http.jwt_authn` with local JWKS.
+    Jwt(Box<jwt::JwtAuthn>),
 }
 
 /// What the request filters see of a request.
@@ -139,6 +143,8 @@ pub struct RequestCtx<'a> {
     pub local: std::net::SocketAddr,
     /// The matched route's and virtual host's per-filter configs, most specific first.
     pub route: [Option<&'a crate::route::PerFilter>; 2],
+    /// A new path for the request (jwt_authn taking out `access_token`).
+    pub new_path: Option<String>,
 }
 
 /// What the request filters leave for the response. Per request: empty
@@ -317,6 +323,13 @@ impl FilterChain {
                         .map_err(|e| format!("http_filters[{i}].typed_config.{e}"))?;
                     filters.push(Filter::Compressor(Box::new(c)));
                 }
+                JWT_TYPE => {
+                    let c: legate_api::pb::envoy::extensions::filters::http::jwt_authn::v3::JwtAuthentication =
+                        legate_api::any::unpack(any)?;
+                    let j = jwt::JwtAuthn::compile(&c, store, stat_prefix)
+                        .map_err(|e| format!("http_filters[{i}].typed_config.{e}"))?;
+                    filters.push(Filter::Jwt(Box::new(j)));
+                }
                 BUFFER_TYPE => {
                     use legate_api::pb::envoy::extensions::filters::http::buffer::v3::Buffer;
                     let b: Buffer = legate_api::any::unpack(any)?;
@@ -368,6 +381,21 @@ impl FilterChain {
             let (headers, pseudo) = (&*rq.headers, &rq.pseudo);
             match f {
                 Filter::Compressor(c) => state.accept_encoding = c.on_request(rq.headers),
+                Filter::Jwt(j) => {
+                    if let Err(e) = j.on_request(rq.headers, &rq.pseudo, &mut rq.new_path) {
+                        let headers = jwt::www_authenticate(e, rq.pseudo.authority, rq.pseudo.path)
+                            .map(|v| (http::header::WWW_AUTHENTICATE, v))
+                            .into_iter()
+                            .collect();
+                        return Verdict::Reply {
+                            status: e.status(),
+                            body: e.message(),
+                            details: e.details(),
+                            flag: "",
+                            headers,
+                        };
+                    }
+                }
                 Filter::Rbac(r) => {
                     let subject = rbac::Subject {
                         headers,
