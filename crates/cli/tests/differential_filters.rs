@@ -407,7 +407,7 @@ fn buffer_limits_request_bodies() {
               max_request_bytes: 1024
 "#;
     let t = filtered(filters, &one_vhost("              - { match: { prefix: \"/\" }, route: { cluster: echo } }\n"));
-    compare(
+    let pair = compare(
         "buffer",
         &t,
         &["a"],
@@ -418,6 +418,7 @@ fn buffer_limits_request_bodies() {
             get("/big").post("z".repeat(5000)),
         ],
     );
+    same_stats(&pair, &["http.ingress_http.downstream_rq_too_large"]);
 }
 
 /// Every stat whose name contains `needle`, from `/stats?format=json`.

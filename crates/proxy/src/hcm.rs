@@ -91,6 +91,8 @@ pub struct HcmStats {
     pub rq_redirect: Arc<Counter>,
     pub rq_direct_response: Arc<Counter>,
     pub rq_total: Arc<Counter>,
+    /// 413s for request bodies over the buffer filter's limit.
+    pub downstream_rq_too_large: Arc<Counter>,
 }
 
 impl HcmStats {
@@ -116,6 +118,7 @@ impl HcmStats {
             rq_redirect: c("rq_redirect"),
             rq_direct_response: c("rq_direct_response"),
             rq_total: c("rq_total"),
+            downstream_rq_too_large: c("downstream_rq_too_large"),
         }
     }
 }
@@ -628,6 +631,7 @@ impl Hcm {
                     }
                     Err(too_large) => {
                         let (status, details, text) = if too_large {
+                            st.downstream_rq_too_large.inc();
                             (413, "request_payload_too_large", "Payload Too Large")
                         } else {
                             (400, "downstream_remote_disconnect", "")
