@@ -5,12 +5,12 @@
 
 pub mod compressor;
 pub mod cors;
+pub mod fault;
 pub mod jwt;
+pub mod local_ratelimit;
 pub mod rbac;
 
 use crate::matcher::{HeaderMatch, Pseudo};
-use legate_api::pb::envoy::extensions::filters::common::fault::v3::fault_delay::FaultDelaySecifier;
-use legate_api::pb::envoy::extensions::filters::http::fault::v3::{fault_abort::ErrorType, HttpFault};
 use legate_api::pb::envoy::extensions::filters::http::health_check::v3::HealthCheck;
 use legate_api::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
     http_filter, HttpFilter as PbFilter,
@@ -18,7 +18,6 @@ use legate_api::pb::envoy::extensions::filters::network::http_connection_manager
 use legate_api::pb::envoy::r#type::v3::{fractional_percent::DenominatorType, FractionalPercent};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 pub const ROUTER_TYPE: &str = "envoy.extensions.filters.http.router.v3.Router";
 pub const HEALTH_CHECK_TYPE: &str = "envoy.extensions.filters.http.health_check.v3.HealthCheck";
@@ -31,46 +30,6 @@ pub const CORS_POLICY_TYPE: &str = "envoy.extensions.filters.http.cors.v3.CorsPo
 pub const COMPRESSOR_TYPE: &str = "envoy.extensions.filters.http.compressor.v3.Compressor";
 pub const JWT_TYPE: &str = "envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication";
 pub const BUFFER_TYPE: &str = "envoy.extensions.filters.http.buffer.v3.Buffer";
-
-/// A token bucket refilled lazily: `tokens_per_fill` every `fill_interval`,
-/// up to `max`. One bucket per filter, shared by every worker (Envoy's
-/// default), so a short mutex on the request path: ~20 ns uncontended.
-struct Bucket {
-    max: u64,
-    per_fill: u64,
-    interval: Duration,
-    state: std::sync::Mutex<(u64, std::time::Instant)>,
-}
-
-impl Bucket {
-    fn take(&self) -> bool {
-        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        let now = std::time::Instant::now();
-        let fills = (now.duration_since(st.1).as_nanos() / self.interval.as_nanos().max(1)) as u64;
-        if fills > 0 {
-            st.0 = (st.0 + fills.saturating_mul(self.per_fill)).min(self.max);
-            st.1 += self.interval * fills.min(u32::MAX as u64) as u32;
-        }
-        if st.0 > 0 {
-            st.0 -= 1;
-            true
-        } else {
-            false
-        }
-    }
-}
-
-struct RateLimit {
-    bucket: Bucket,
-    enabled: u32,
-    enforced: u32,
-    status: u16,
-    headers: Vec<(http::HeaderName, http::HeaderValue)>,
-    stat_enabled: Arc<crate::stats::Counter>,
-    stat_ok: Arc<crate::stats::Counter>,
-    stat_limited: Arc<crate::stats::Counter>,
-    stat_enforced: Arc<crate::stats::Counter>,
-}
 
 /// A probability in parts per million (Envoy's FractionalPercent).
 pub(crate) fn per_million(p: Option<&FractionalPercent>) -> u32 {
@@ -87,26 +46,6 @@ pub(crate) fn roll(per_million: u32) -> bool {
     per_million >= 1_000_000 || rand::random_range(0..1_000_000) < per_million
 }
 
-enum Delay {
-    Fixed(Duration),
-    /// From `x-envoy-fault-delay-request` (milliseconds).
-    Header,
-}
-
-enum Abort {
-    Status(u16),
-    /// From `x-envoy-fault-abort-request` (a status).
-    Header,
-}
-
-struct Fault {
-    headers: Vec<HeaderMatch>,
-    delay: Option<(Delay, u32)>,
-    abort: Option<(Abort, u32)>,
-    delays_injected: Arc<crate::stats::Counter>,
-    aborts_injected: Arc<crate::stats::Counter>,
-}
-
 enum Filter {
     /// Answers health checks itself (non-pass-through mode): 200 while the
     /// server is healthy, 503 after `/healthcheck/fail`.
@@ -115,9 +54,9 @@ enum Filter {
     HealthCheck { headers: Vec<HeaderMatch>, cluster: http::HeaderValue },
     /// `envoy.filters.http.fault`: delays and aborts, fixed or asked for by
     /// request headers, each with its probability.
-    Fault(Box<Fault>),
+    Fault(Box<fault::Fault>),
     /// `envoy.filters.http.local_ratelimit`: a token bucket in front of the router.
-    RateLimit(Box<RateLimit>),
+    RateLimit(Box<local_ratelimit::RateLimit>),
     /// `envoy.filters.http.rbac`: 403 unless the rules allow the request.
     Rbac(Box<rbac::Rbac>),
     /// `envoy.filters.http.cors`: the policies live on routes and virtual hosts.
@@ -223,91 +162,12 @@ impl FilterChain {
                     filters.push(Filter::HealthCheck { headers, cluster: ctx.local_cluster.clone() });
                 }
                 FAULT_TYPE => {
-                    let f: HttpFault = legate_api::any::unpack(any)?;
-                    let delay = match f.delay.as_ref() {
-                        Some(d) => {
-                            let how = match &d.fault_delay_secifier {
-                                Some(FaultDelaySecifier::FixedDelay(x)) => {
-                                    Delay::Fixed(Duration::new(x.seconds.max(0) as u64, x.nanos.max(0) as u32))
-                                }
-                                Some(FaultDelaySecifier::HeaderDelay(_)) => Delay::Header,
-                                None => {
-                                    return Err(format!("http_filters[{i}].typed_config.delay: a delay is required"))
-                                }
-                            };
-                            Some((how, per_million(d.percentage.as_ref())))
-                        }
-                        None => None,
-                    };
-                    let abort = match f.abort.as_ref() {
-                        Some(a) => {
-                            let how = match &a.error_type {
-                                Some(ErrorType::HttpStatus(s)) => Abort::Status(u16::try_from(*s).map_err(|_| "abort.http_status out of range")?),
-                                Some(ErrorType::HeaderAbort(_)) => Abort::Header,
-                                _ => return Err(format!("http_filters[{i}].typed_config.abort: only http_status and header_abort are supported")),
-                            };
-                            Some((how, per_million(a.percentage.as_ref())))
-                        }
-                        None => None,
-                    };
-                    let headers = f.headers.iter().map(HeaderMatch::new).collect::<Result<_, _>>()?;
-                    let p = format!("http.{stat_prefix}.fault.");
-                    filters.push(Filter::Fault(Box::new(Fault {
-                        headers,
-                        delay,
-                        abort,
-                        delays_injected: store.counter(&format!("{p}delays_injected")),
-                        aborts_injected: store.counter(&format!("{p}aborts_injected")),
-                    })));
+                    let f = legate_api::any::unpack(any)?;
+                    filters.push(Filter::Fault(Box::new(fault::Fault::compile(&f, store, stat_prefix, i)?)));
                 }
                 LOCAL_RATELIMIT_TYPE => {
-                    use legate_api::pb::envoy::extensions::filters::http::local_ratelimit::v3::LocalRateLimit;
-                    let l: LocalRateLimit = legate_api::any::unpack(any)?;
-                    let tb = l
-                        .token_bucket
-                        .as_ref()
-                        .ok_or(format!("http_filters[{i}].typed_config.token_bucket is required"))?;
-                    let interval = tb
-                        .fill_interval
-                        .as_ref()
-                        .map_or(Duration::ZERO, |d| Duration::new(d.seconds.max(0) as u64, d.nanos.max(0) as u32));
-                    if interval.is_zero() {
-                        return Err(format!(
-                            "http_filters[{i}].typed_config.token_bucket.fill_interval must be greater than 0"
-                        ));
-                    }
-                    let pct = |r: &Option<legate_api::pb::envoy::config::core::v3::RuntimeFractionalPercent>| {
-                        r.as_ref().map_or(0, |r| per_million(r.default_value.as_ref()))
-                    };
-                    let headers = l
-                        .response_headers_to_add
-                        .iter()
-                        .filter_map(|h| h.header.as_ref())
-                        .filter_map(|h| {
-                            Some((
-                                http::HeaderName::from_bytes(h.key.to_ascii_lowercase().as_bytes()).ok()?,
-                                http::HeaderValue::from_str(&h.value).ok()?,
-                            ))
-                        })
-                        .collect();
-                    let p = format!("{}.http_local_rate_limit.", l.stat_prefix);
-                    let max = tb.max_tokens as u64;
-                    filters.push(Filter::RateLimit(Box::new(RateLimit {
-                        bucket: Bucket {
-                            max,
-                            per_fill: tb.tokens_per_fill.map_or(1, |v| v.value as u64),
-                            interval,
-                            state: std::sync::Mutex::new((max, std::time::Instant::now())),
-                        },
-                        enabled: pct(&l.filter_enabled),
-                        enforced: pct(&l.filter_enforced),
-                        status: l.status.as_ref().map_or(429, |s| u16::try_from(s.code).unwrap_or(429)),
-                        headers,
-                        stat_enabled: store.counter(&format!("{p}enabled")),
-                        stat_ok: store.counter(&format!("{p}ok")),
-                        stat_limited: store.counter(&format!("{p}rate_limited")),
-                        stat_enforced: store.counter(&format!("{p}enforced")),
-                    })));
+                    let l = legate_api::any::unpack(any)?;
+                    filters.push(Filter::RateLimit(Box::new(local_ratelimit::RateLimit::compile(&l, store, i)?)));
                 }
                 RBAC_TYPE => {
                     let c: rbac::Config = legate_api::any::unpack(any)?;
@@ -438,48 +298,13 @@ impl FilterChain {
                 }
                 Filter::Buffer(_) => {}
                 Filter::RateLimit(rl) => {
-                    if !roll(rl.enabled) {
-                        continue;
-                    }
-                    rl.stat_enabled.inc();
-                    if rl.bucket.take() {
-                        rl.stat_ok.inc();
-                        continue;
-                    }
-                    rl.stat_limited.inc();
-                    if rl.enforced > 0 && roll(rl.enforced) {
-                        rl.stat_enforced.inc();
-                        return Verdict::Limited { status: rl.status, headers: rl.headers.clone() };
+                    if let Some(v) = rl.on_request() {
+                        return v;
                     }
                 }
                 Filter::Fault(fault) => {
-                    if !fault.headers.iter().all(|m| m.matches(headers, pseudo)) {
-                        continue;
-                    }
-                    let header_num = |name: &str| {
-                        headers.get(name).and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<u64>().ok())
-                    };
-                    if let Some((how, chance)) = &fault.delay {
-                        let d = match how {
-                            Delay::Fixed(d) => Some(*d),
-                            Delay::Header => header_num("x-envoy-fault-delay-request").map(Duration::from_millis),
-                        };
-                        if let Some(d) = d.filter(|_| roll(*chance)) {
-                            fault.delays_injected.inc();
-                            tokio::time::sleep(d).await;
-                        }
-                    }
-                    if let Some((how, chance)) = &fault.abort {
-                        let status = match how {
-                            Abort::Status(s) => Some(*s),
-                            Abort::Header => {
-                                header_num("x-envoy-fault-abort-request").and_then(|s| u16::try_from(s).ok())
-                            }
-                        };
-                        if let Some(status) = status.filter(|s| (200..600).contains(s) && roll(*chance)) {
-                            fault.aborts_injected.inc();
-                            return Verdict::Abort { status, body: "fault filter abort", flag: "FI" };
-                        }
+                    if let Some(v) = fault.on_request(headers, pseudo).await {
+                        return v;
                     }
                 }
                 Filter::HealthCheck { headers: want, cluster } => {
