@@ -437,7 +437,7 @@ fn stats_matching(admin: u16, needle: &str) -> BTreeMap<String, i64> {
 }
 
 /// A request whose response body is read as bytes and, when it says
-/// `content-encoding: gzip`, decompressed (`x-test-gunzipped: true` then).
+/// `content-encoding: gzip` or `br`, decompressed (`x-test-decoded: true` then).
 fn send_decoding(port: u16, r: &Req) -> Resp {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(addr(port)).expect("connect");
@@ -462,11 +462,20 @@ fn send_decoding(port: u16, r: &Req) -> Resp {
     if headers.iter().any(|(k, v)| k == "transfer-encoding" && v.contains("chunked")) {
         body = dechunk_bytes(&body);
     }
-    if headers.iter().any(|(k, v)| k == "content-encoding" && v == "gzip") {
-        let mut out = Vec::new();
-        flate2::read::GzDecoder::new(body.as_slice()).read_to_end(&mut out).expect("a valid gzip body");
+    let encoding = headers.iter().find(|(k, _)| k == "content-encoding").map(|(_, v)| v.clone());
+    let mut out = Vec::new();
+    match encoding.as_deref() {
+        Some("gzip") => {
+            flate2::read::GzDecoder::new(body.as_slice()).read_to_end(&mut out).expect("a valid gzip body");
+        }
+        Some("br") => {
+            brotli::Decompressor::new(body.as_slice(), 4096).read_to_end(&mut out).expect("a valid brotli body");
+        }
+        _ => {}
+    }
+    if !out.is_empty() {
         body = out;
-        headers.push(("x-test-gunzipped".into(), "true".into()));
+        headers.push(("x-test-decoded".into(), "true".into()));
     }
     Resp { status, headers, body: String::from_utf8_lossy(&body).to_string() }
 }
@@ -484,6 +493,40 @@ fn dechunk_bytes(mut b: &[u8]) -> Vec<u8> {
         b = rest.get(n + 2..).unwrap_or(&[]);
     }
     out
+}
+
+/// Sends every request to both proxies and compares what they answered, the
+/// bodies decompressed; Legate's compressed echo bodies must decode to JSON.
+fn compare_decoded(pair: &Pair, requests: &[Req]) {
+    let mut problems = Vec::new();
+    for r in requests {
+        let (e, l) = (send_decoding(pair.envoy, r), send_decoding(pair.legate, r));
+        let (mut ev, mut lv) = (view(&e), view(&l));
+        for (v, resp) in [(&mut ev, &e), (&mut lv, &l)] {
+            v.insert("decoded".into(), resp.header("x-test-decoded").is_some().to_string());
+        }
+        let d = diff(&ev, &lv);
+        if !d.is_empty() {
+            problems.push(format!("{} {} {:?}:\n{}", r.method, r.path, r.headers, d.join("\n")));
+        }
+        // What Legate compressed decompresses to what the upstream sent.
+        if l.header("x-test-decoded").is_some() && r.path == "/json" {
+            let v: Value = serde_json::from_str(&l.body).expect("the echo's JSON after decompression");
+            assert_eq!(v["upstream"], "a");
+        }
+    }
+    assert!(problems.is_empty(), "Legate differs from Envoy:\n{}", problems.join("\n"));
+}
+
+/// Every compressor counter but the compressed byte count, which depends on
+/// the deflate/brotli implementation, must agree.
+fn same_compressor_stats(pair: &Pair) {
+    let mut e = stats_matching(pair.envoy_admin, ".compressor.");
+    let mut l = stats_matching(pair.legate_admin, ".compressor.");
+    e.retain(|k, _| !k.ends_with("total_compressed_bytes"));
+    l.retain(|k, v| !k.ends_with("total_compressed_bytes") && (e.contains_key(k) || *v != 0));
+    let e: BTreeMap<_, _> = e.into_iter().filter(|(k, v)| *v != 0 || l.contains_key(k)).collect();
+    assert_eq!(e, l, "compressor stats differ");
 }
 
 #[test]
@@ -548,33 +591,9 @@ fn gzip_compressor() {
         gz("/vary"),
         gz("/html"),
     ];
-    let mut problems = Vec::new();
-    for r in &requests {
-        let (e, l) = (send_decoding(pair.envoy, r), send_decoding(pair.legate, r));
-        let (mut ev, mut lv) = (view(&e), view(&l));
-        for (v, resp) in [(&mut ev, &e), (&mut lv, &l)] {
-            v.insert("gunzipped".into(), resp.header("x-test-gunzipped").is_some().to_string());
-        }
-        let d = diff(&ev, &lv);
-        if !d.is_empty() {
-            problems.push(format!("{} {} {:?}:\n{}", r.method, r.path, r.headers, d.join("\n")));
-        }
-        // What Legate compressed decompresses to what the upstream sent.
-        if l.header("x-test-gunzipped").is_some() && r.path == "/json" {
-            let v: Value = serde_json::from_str(&l.body).expect("the echo's JSON after gunzip");
-            assert_eq!(v["upstream"], "a");
-        }
-    }
-    assert!(problems.is_empty(), "Legate differs from Envoy:\n{}", problems.join("\n"));
-    // The compressed byte count depends on the deflate implementation
-    // (zlib's window and memory settings): every other counter must agree.
-    let mut e = stats_matching(pair.envoy_admin, ".compressor.");
-    let mut l = stats_matching(pair.legate_admin, ".compressor.");
-    e.retain(|k, _| !k.ends_with("total_compressed_bytes"));
-    l.retain(|k, v| !k.ends_with("total_compressed_bytes") && (e.contains_key(k) || *v != 0));
-    let e: BTreeMap<_, _> = e.into_iter().filter(|(k, v)| *v != 0 || l.contains_key(k)).collect();
-    assert_eq!(e, l, "compressor stats differ");
-    assert!(send_decoding(pair.legate, &gz("/json")).header("x-test-gunzipped").is_some(), "Legate compressed nothing");
+    compare_decoded(&pair, &requests);
+    same_compressor_stats(&pair);
+    assert!(send_decoding(pair.legate, &gz("/json")).header("x-test-decoded").is_some(), "Legate compressed nothing");
 }
 
 /// A private key made by openssl (PKCS#8 PEM) in `dir`.
@@ -696,4 +715,33 @@ fn jwt_authn_with_local_jwks() {
         ],
     );
     same_stats(&pair, &["http.ingress_http.jwt_authn.allowed", "http.ingress_http.jwt_authn.denied"]);
+}
+
+#[test]
+fn brotli_compressor() {
+    let filters = r#"          - name: envoy.filters.http.compressor
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.compressor.v3.Compressor
+              compressor_library:
+                name: br
+                typed_config:
+                  "@type": type.googleapis.com/envoy.extensions.compression.brotli.compressor.v3.Brotli
+                  quality: 5
+                  window_bits: 16
+"#;
+    let t = filtered(filters, &one_vhost("              - { match: { prefix: \"/\" }, route: { cluster: echo } }\n"));
+    let pair = start_pair("brotli", &t, &["a"]);
+    let requests = [
+        get("/json").header("accept-encoding", "br"),
+        get("/json").header("accept-encoding", "gzip"),
+        get("/json").header("accept-encoding", "gzip, br;q=0.5"),
+        get("/json").header("accept-encoding", "br;q=0.5, identity"),
+        get("/json").header("accept-encoding", "*"),
+        get("/json"),
+    ];
+    compare_decoded(&pair, &requests);
+    same_compressor_stats(&pair);
+    let r = send_decoding(pair.legate, &get("/json").header("accept-encoding", "br"));
+    assert_eq!(r.header("content-encoding"), Some("br"));
+    assert!(r.header("x-test-decoded").is_some(), "Legate compressed nothing");
 }

@@ -17,18 +17,59 @@ pin_project_lite::pin_project! {
         Stream { #[pin] body: Incoming },
         /// A streamed request body that counts its bytes and says when it ended.
         Watched { #[pin] body: Incoming, progress: std::sync::Arc<RequestProgress> },
-        /// A response body gzip-compressed as it streams (compressor filter).
-        Gzip { body: Box<GzipBody> },
+        /// A response body compressed as it streams (compressor filter).
+        Compressed { body: Box<CompressedBody> },
+    }
+}
+
+/// A streaming encoder writing into a buffer the body drains.
+pub enum Encoder {
+    Gzip(flate2::write::GzEncoder<Vec<u8>>),
+    Brotli(Box<brotli::CompressorWriter<Vec<u8>>>),
+}
+
+impl Encoder {
+    pub fn gzip(level: u32) -> Self {
+        Self::Gzip(flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(level)))
+    }
+
+    /// `quality` 0-11, `window_bits` 10-24 (Envoy's defaults: 3 and 18).
+    pub fn brotli(quality: u32, window_bits: u32) -> Self {
+        Self::Brotli(Box::new(brotli::CompressorWriter::new(Vec::new(), 4096, quality, window_bits)))
+    }
+
+    fn write(&mut self, data: &[u8]) {
+        use std::io::Write as _;
+        // Writing into a Vec cannot fail.
+        let _ = match self {
+            Self::Gzip(e) => e.write_all(data),
+            Self::Brotli(e) => e.write_all(data),
+        };
+    }
+
+    fn output(&mut self) -> &mut Vec<u8> {
+        match self {
+            Self::Gzip(e) => e.get_mut(),
+            Self::Brotli(e) => e.get_mut(),
+        }
+    }
+
+    fn finish(self) -> Vec<u8> {
+        match self {
+            Self::Gzip(e) => e.finish().unwrap_or_default(),
+            Self::Brotli(e) => e.into_inner(),
+        }
     }
 }
 
 /// Compresses the frames of `inner` as they arrive: each data frame is
 /// written to the encoder and what it has produced so far goes out; the
-/// gzip trailer follows the last frame. Per response: one encoder (zlib
-/// state, ~256 KiB at level 6) and its output buffer.
-pub struct GzipBody {
+/// stream's end follows the last frame. Per response: one encoder (zlib
+/// state ~256 KiB at gzip level 6; brotli's window at its quality) and its
+/// output buffer.
+pub struct CompressedBody {
     inner: ProxyBody,
-    encoder: Option<flate2::write::GzEncoder<Vec<u8>>>,
+    encoder: Option<Encoder>,
     /// A trailers frame held back until the gzip stream is closed.
     trailers: Option<Frame<Bytes>>,
     uncompressed: u64,
@@ -36,20 +77,17 @@ pub struct GzipBody {
     stats: std::sync::Arc<crate::filters::compressor::Stats>,
 }
 
-impl GzipBody {
+impl CompressedBody {
     /// Takes what the encoder has written so far.
     fn drain(&mut self) -> Bytes {
-        let out = self.encoder.as_mut().map(|e| std::mem::take(e.get_mut())).unwrap_or_default();
+        let out = self.encoder.as_mut().map(|e| std::mem::take(e.output())).unwrap_or_default();
         self.compressed += out.len() as u64;
         Bytes::from(out)
     }
 
-    /// Closes the gzip stream: the last compressed bytes and the trailer.
+    /// Closes the compressed stream: its last bytes.
     fn finish(&mut self) -> Bytes {
-        let out = match self.encoder.take() {
-            Some(e) => e.finish().unwrap_or_default(),
-            None => Vec::new(),
-        };
+        let out = self.encoder.take().map(Encoder::finish).unwrap_or_default();
         self.compressed += out.len() as u64;
         self.stats.total_uncompressed_bytes.add(self.uncompressed);
         self.stats.total_compressed_bytes.add(self.compressed);
@@ -57,7 +95,6 @@ impl GzipBody {
     }
 
     fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        use std::io::Write as _;
         loop {
             if self.encoder.is_none() {
                 return Poll::Ready(self.trailers.take().map(Ok));
@@ -67,8 +104,7 @@ impl GzipBody {
                     Ok(data) => {
                         self.uncompressed += data.len() as u64;
                         if let Some(e) = self.encoder.as_mut() {
-                            // Writing into a Vec cannot fail.
-                            let _ = e.write_all(&data);
+                            e.write(&data);
                         }
                         let out = self.drain();
                         if !out.is_empty() {
@@ -109,11 +145,14 @@ impl ProxyBody {
             Self::Full { data: Some(data) }
         }
     }
-    /// `inner` gzip-compressed at `level` (1-9) as it streams.
-    pub fn gzip(inner: ProxyBody, level: u32, stats: std::sync::Arc<crate::filters::compressor::Stats>) -> Self {
-        let encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(level));
-        Self::Gzip {
-            body: Box::new(GzipBody {
+    /// `inner` compressed by `encoder` as it streams.
+    pub fn compressed(
+        inner: ProxyBody,
+        encoder: Encoder,
+        stats: std::sync::Arc<crate::filters::compressor::Stats>,
+    ) -> Self {
+        Self::Compressed {
+            body: Box::new(CompressedBody {
                 inner,
                 encoder: Some(encoder),
                 trailers: None,
@@ -171,13 +210,13 @@ impl Body for ProxyBody {
                 }
                 r
             }
-            ProxyBodyProj::Gzip { body } => body.poll_frame(cx),
+            ProxyBodyProj::Compressed { body } => body.poll_frame(cx),
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match self {
-            Self::Gzip { body } => body.encoder.is_none() && body.trailers.is_none(),
+            Self::Compressed { body } => body.encoder.is_none() && body.trailers.is_none(),
             Self::Empty => true,
             Self::Full { data } => data.is_none(),
             Self::Stream { body } | Self::Watched { body, .. } => body.is_end_stream(),
@@ -189,7 +228,7 @@ impl Body for ProxyBody {
             Self::Empty => SizeHint::with_exact(0),
             Self::Full { data } => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
             Self::Stream { body } | Self::Watched { body, .. } => body.size_hint(),
-            Self::Gzip { .. } => SizeHint::default(),
+            Self::Compressed { .. } => SizeHint::default(),
         }
     }
 }

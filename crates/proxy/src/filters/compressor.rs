@@ -1,6 +1,6 @@
-//! `envoy.filters.http.compressor` with `envoy.compression.gzip.compressor`:
-//! responses are gzip-compressed as they stream when the client accepts gzip
-//! and the response qualifies (content type, length, no `content-encoding`,
+//! `envoy.filters.http.compressor` with `envoy.compression.gzip.compressor`
+//! or `envoy.compression.brotli.compressor`: responses are compressed as they
+//! stream when the client accepts the encoding and the response qualifies (content type, length, no `content-encoding`,
 //! no `cache-control: no-transform`, status), following Envoy's checks.
 
 use crate::body::ProxyBody;
@@ -10,6 +10,14 @@ use legate_api::pb::envoy::extensions::filters::http::compressor::v3::Compressor
 use std::sync::Arc;
 
 pub const GZIP_TYPE: &str = "envoy.extensions.compression.gzip.compressor.v3.Gzip";
+pub const BROTLI_TYPE: &str = "envoy.extensions.compression.brotli.compressor.v3.Brotli";
+
+/// The library and its settings.
+#[derive(Clone, Copy)]
+enum Library {
+    Gzip { level: u32 },
+    Brotli { quality: u32, window_bits: u32 },
+}
 
 /// Envoy's default compressible content types.
 const DEFAULT_TYPES: &[&str] = &[
@@ -35,7 +43,7 @@ const DEFAULT_TYPES: &[&str] = &[
 
 type C = Arc<crate::stats::Counter>;
 
-/// `http.<prefix>.compressor.<library name>.gzip.*`, with Envoy 1.40's
+/// `http.<prefix>.compressor.<library name>.<gzip|brotli>.*`, with Envoy 1.40's
 /// names: the `accept-encoding` outcomes at the top, the rest per direction.
 pub struct Stats {
     compressed: C,
@@ -61,26 +69,35 @@ pub struct Compressor {
     weaken_etag: bool,
     remove_accept_encoding: bool,
     uncompressible: Vec<u16>,
-    level: u32,
+    library: Library,
+    /// The `content-encoding` token: `gzip` or `br`.
+    encoding: &'static str,
     stats: Arc<Stats>,
 }
 
 impl Compressor {
     pub fn compile(c: &PbCompressor, store: &crate::stats::Store, stat_prefix: &str) -> Result<Self, String> {
+        use legate_api::pb::envoy::extensions::compression::brotli::compressor::v3::Brotli;
         use legate_api::pb::envoy::extensions::compression::gzip::compressor::v3::Gzip;
         let lib = c.compressor_library.as_ref().ok_or("compressor_library is required")?;
         let any = lib.typed_config.as_ref().ok_or("compressor_library.typed_config is required")?;
-        if legate_api::any::type_name(any) != GZIP_TYPE {
-            return Err(format!(
-                "compressor_library: {} is not supported (only gzip)",
-                legate_api::any::type_name(any)
-            ));
-        }
-        let gz: Gzip = legate_api::any::unpack(any)?;
-        let level = match gz.compression_level {
-            0 => 6,
-            n @ 1..=9 => n as u32,
-            n => return Err(format!("compressor_library.typed_config.compression_level: unknown level {n}")),
+        let (library, encoding, lib_stats) = match legate_api::any::type_name(any) {
+            GZIP_TYPE => {
+                let gz: Gzip = legate_api::any::unpack(any)?;
+                let level = match gz.compression_level {
+                    0 => 6,
+                    n @ 1..=9 => n as u32,
+                    n => return Err(format!("compressor_library.typed_config.compression_level: unknown level {n}")),
+                };
+                (Library::Gzip { level }, "gzip", "gzip")
+            }
+            BROTLI_TYPE => {
+                let br: Brotli = legate_api::any::unpack(any)?;
+                let quality = br.quality.map_or(3, |q| q.value.min(11));
+                let window_bits = br.window_bits.map_or(18, |w| w.value.clamp(10, 24));
+                (Library::Brotli { quality, window_bits }, "br", "brotli")
+            }
+            other => return Err(format!("compressor_library: {other} is not supported (gzip and brotli are)")),
         };
         let rd = c.response_direction_config.clone().unwrap_or_default();
         let common = rd.common_config.clone().unwrap_or_default();
@@ -89,8 +106,12 @@ impl Compressor {
         } else {
             common.content_type.iter().map(|s| s.trim().to_ascii_lowercase()).collect()
         };
-        let p = format!("http.{stat_prefix}.compressor.{}.gzip.", lib.name);
+        let p = format!("http.{stat_prefix}.compressor.{}.{lib_stats}.", lib.name);
         let counter = |n: &str| store.counter(&format!("{p}{n}"));
+        // Envoy names the response counters `response.*` when the config
+        // has a response_direction_config, and without the direction otherwise.
+        let dir = if c.response_direction_config.is_some() { "response." } else { "" };
+        let response_counter = |n: &str| counter(&format!("{dir}{n}"));
         Ok(Self {
             enabled: common.enabled.as_ref().and_then(|f| f.default_value.as_ref()).is_none_or(|b| b.value),
             min_length: common.min_content_length.as_ref().map_or(30, |v| u64::from(v.value)),
@@ -103,20 +124,21 @@ impl Compressor {
                 .iter()
                 .map(|c| u16::try_from(*c).map_err(|_| format!("uncompressible_response_codes: {c} out of range")))
                 .collect::<Result<_, _>>()?,
-            level,
+            library,
+            encoding,
             stats: Arc::new(Stats {
-                compressed: counter("response.compressed"),
-                not_compressed: counter("response.not_compressed"),
+                compressed: response_counter("compressed"),
+                not_compressed: response_counter("not_compressed"),
                 request_not_compressed: counter("request.not_compressed"),
                 no_accept_header: counter("no_accept_header"),
                 header_identity: counter("header_identity"),
                 header_compressor_used: counter("header_compressor_used"),
                 header_wildcard: counter("header_wildcard"),
                 header_not_valid: counter("header_not_valid"),
-                content_length_too_small: counter("response.content_length_too_small"),
+                content_length_too_small: response_counter("content_length_too_small"),
                 not_compressed_etag: counter("not_compressed_etag"),
-                total_uncompressed_bytes: counter("response.total_uncompressed_bytes"),
-                total_compressed_bytes: counter("response.total_compressed_bytes"),
+                total_uncompressed_bytes: response_counter("total_uncompressed_bytes"),
+                total_compressed_bytes: response_counter("total_compressed_bytes"),
             }),
         })
     }
@@ -162,19 +184,19 @@ impl Compressor {
             self.stats.no_accept_header.inc();
             return false;
         };
-        let (choice, allowed) = choose(ae);
+        let (choice, allowed) = choose(ae, self.encoding);
         let allowed = allowed && type_ok;
         let choice = match choice {
-            Choice::Gzip if !allowed => Choice::None,
+            Choice::Ours if !allowed => Choice::None,
             other => other,
         };
         match choice {
-            Choice::Gzip => self.stats.header_compressor_used.inc(),
+            Choice::Ours => self.stats.header_compressor_used.inc(),
             Choice::Wildcard if allowed => self.stats.header_wildcard.inc(),
             Choice::Identity => self.stats.header_identity.inc(),
             _ => self.stats.header_not_valid.inc(),
         }
-        matches!(choice, Choice::Gzip) || (matches!(choice, Choice::Wildcard) && allowed)
+        matches!(choice, Choice::Ours) || (matches!(choice, Choice::Wildcard) && allowed)
     }
 
     /// On the response: compresses it when it qualifies, and marks it
@@ -207,7 +229,7 @@ impl Compressor {
             self.stats.compressed.inc();
             let h = resp.headers_mut();
             h.remove(CONTENT_LENGTH);
-            h.insert(CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+            h.insert(CONTENT_ENCODING, HeaderValue::from_static(self.encoding));
             // A strong validator no longer holds for the changed bytes.
             if let Some(tag) = h.get(ETAG).cloned() {
                 if !tag.as_bytes().starts_with(b"W/") {
@@ -222,7 +244,11 @@ impl Compressor {
                 }
             }
             let inner = std::mem::replace(resp.body_mut(), ProxyBody::Empty);
-            *resp.body_mut() = ProxyBody::gzip(inner, self.level, self.stats.clone());
+            let encoder = match self.library {
+                Library::Gzip { level } => crate::body::Encoder::gzip(level),
+                Library::Brotli { quality, window_bits } => crate::body::Encoder::brotli(quality, window_bits),
+            };
+            *resp.body_mut() = ProxyBody::compressed(inner, encoder, self.stats.clone());
         } else {
             self.stats.not_compressed.inc();
         }
@@ -252,18 +278,18 @@ fn add_vary(h: &mut HeaderMap) {
 
 #[derive(Debug, PartialEq)]
 enum Choice {
-    Gzip,
+    Ours,
     Identity,
     Wildcard,
     None,
 }
 
 /// Parses `accept-encoding` as Envoy does: `token;q=x` items, a q of 0
-/// takes the coding out; the highest q among gzip, identity and `*` wins.
-/// Returns the choice and whether gzip is still allowed (not `gzip;q=0`).
-fn choose(ae: &str) -> (Choice, bool) {
+/// takes the coding out; the highest q among ours, identity and `*` wins.
+/// Returns the choice and whether ours is still allowed (not `gzip;q=0`).
+fn choose(ae: &str, ours: &str) -> (Choice, bool) {
     let mut items: Vec<(&str, f32)> = Vec::new();
-    let mut gzip_allowed = true;
+    let mut ours_allowed = true;
     for token in ae.split(',').map(str::trim).filter(|t| !t.is_empty()) {
         let (name, params) = token.split_once(';').unwrap_or((token, ""));
         let mut q = 1.0f32;
@@ -277,8 +303,8 @@ fn choose(ae: &str) -> (Choice, bool) {
         }
         let name = name.trim();
         if q == 0.0 {
-            if name.eq_ignore_ascii_case("gzip") {
-                gzip_allowed = false;
+            if name.eq_ignore_ascii_case(ours) {
+                ours_allowed = false;
             }
             continue;
         }
@@ -286,8 +312,8 @@ fn choose(ae: &str) -> (Choice, bool) {
     }
     let mut best: (Choice, f32) = (Choice::None, 0.0);
     for (name, q) in items {
-        let c = if name.eq_ignore_ascii_case("gzip") && gzip_allowed {
-            Choice::Gzip
+        let c = if name.eq_ignore_ascii_case(ours) && ours_allowed {
+            Choice::Ours
         } else if name.eq_ignore_ascii_case("identity") {
             Choice::Identity
         } else if name == "*" {
@@ -299,7 +325,7 @@ fn choose(ae: &str) -> (Choice, bool) {
             best = (c, q);
         }
     }
-    (best.0, gzip_allowed)
+    (best.0, ours_allowed)
 }
 
 #[cfg(test)]
@@ -308,13 +334,15 @@ mod tests {
 
     #[test]
     fn accept_encoding_negotiation() {
-        assert_eq!(choose("gzip").0, Choice::Gzip);
-        assert_eq!(choose("br, gzip;q=0.5").0, Choice::Gzip);
-        assert_eq!(choose("gzip;q=0.2, identity;q=0.5").0, Choice::Identity);
-        assert_eq!(choose("*").0, Choice::Wildcard);
-        assert_eq!(choose("gzip;q=0, *"), (Choice::Wildcard, false));
-        assert_eq!(choose("br").0, Choice::None);
-        assert_eq!(choose("").0, Choice::None);
+        assert_eq!(choose("gzip", "gzip").0, Choice::Ours);
+        assert_eq!(choose("br, gzip;q=0.5", "gzip").0, Choice::Ours);
+        assert_eq!(choose("gzip;q=0.2, identity;q=0.5", "gzip").0, Choice::Identity);
+        assert_eq!(choose("*", "gzip").0, Choice::Wildcard);
+        assert_eq!(choose("gzip;q=0, *", "gzip"), (Choice::Wildcard, false));
+        assert_eq!(choose("br", "gzip").0, Choice::None);
+        assert_eq!(choose("", "gzip").0, Choice::None);
+        assert_eq!(choose("gzip, br", "br").0, Choice::Ours);
+        assert_eq!(choose("gzip;q=0.5, br", "br").0, Choice::Ours);
     }
 
     #[test]

@@ -181,6 +181,13 @@ impl FilterChain {
                         legate_api::any::unpack(any)?;
                     let c = compressor::Compressor::compile(&c, store, stat_prefix)
                         .map_err(|e| format!("http_filters[{i}].typed_config.{e}"))?;
+                    // Envoy negotiates among all compressors of a chain;
+                    // Legate does not yet, so it takes one.
+                    if filters.iter().any(|f| matches!(f, Filter::Compressor(_))) {
+                        return Err(format!(
+                            "http_filters[{i}]: more than one compressor filter in a chain is not supported"
+                        ));
+                    }
                     filters.push(Filter::Compressor(Box::new(c)));
                 }
                 JWT_TYPE => {
