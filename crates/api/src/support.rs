@@ -318,6 +318,8 @@ const SUPPORTED_FIELDS: &[(&str, &[&str])] = &[
             "max_age",
             "allow_credentials",
             "filter_enabled",
+            "allow_private_network_access",
+            "forward_not_matching_preflights",
         ],
     ),
     ("envoy.extensions.filters.http.buffer.v3.Buffer", &["max_request_bytes"]),

@@ -372,6 +372,13 @@ fn cors_preflight_and_actual_requests() {
                   envoy.filters.http.cors:
                     "@type": type.googleapis.com/envoy.extensions.filters.http.cors.v3.CorsPolicy
                     allow_origin_string_match: [{ exact: "*" }]
+              - match: { prefix: "/strict" }
+                route: { cluster: echo }
+                typed_per_filter_config:
+                  envoy.filters.http.cors:
+                    "@type": type.googleapis.com/envoy.extensions.filters.http.cors.v3.CorsPolicy
+                    forward_not_matching_preflights: false
+                    allow_private_network_access: true
               - { match: { prefix: "/" }, route: { cluster: echo } }
 "#;
     let t = filtered(filters, vhosts);
@@ -394,6 +401,11 @@ fn cors_preflight_and_actual_requests() {
             preflight("/cred", "https://a.example"),
             preflight("/any", "https://anything.example"),
             get("/any").header("origin", "https://anything.example"),
+            preflight("/strict", "https://evil.example"),
+            preflight("/strict", "https://a.example"),
+            preflight("/strict", "https://a.example").header("access-control-request-private-network", "true"),
+            preflight("/plain", "https://a.example").header("access-control-request-private-network", "true"),
+            get("/strict").header("origin", "https://evil.example"),
         ],
     );
     same_stats(&pair, &["http.ingress_http.cors.origin_valid", "http.ingress_http.cors.origin_invalid"]);

@@ -22,6 +22,8 @@ pub struct Policy {
     allow_credentials: Option<bool>,
     /// `filter_enabled` in parts per million.
     enabled: Option<u32>,
+    allow_private_network: Option<bool>,
+    forward_not_matching_preflights: Option<bool>,
 }
 
 fn value(s: &str, field: &str) -> Result<Option<HeaderValue>, String> {
@@ -46,6 +48,8 @@ impl Policy {
             max_age: value(&p.max_age, "max_age")?,
             allow_credentials: p.allow_credentials.as_ref().map(|b| b.value),
             enabled: p.filter_enabled.as_ref().map(|f| super::per_million(f.default_value.as_ref())),
+            allow_private_network: p.allow_private_network_access.as_ref().map(|b| b.value),
+            forward_not_matching_preflights: p.forward_not_matching_preflights.as_ref().map(|b| b.value),
         })
     }
 
@@ -66,6 +70,11 @@ pub enum Decision {
     Actual(Vec<(HeaderName, HeaderValue)>),
 }
 
+/// The field from the most specific policy that sets it.
+fn first<'a, T>(ps: &[&'a Policy], f: impl Fn(&'a Policy) -> Option<T>) -> Option<T> {
+    ps.iter().find_map(|p| f(p))
+}
+
 /// Envoy's CORS decision; `policies` most specific first. Cost: nothing
 /// without an `origin` header; else a small Vec of header values per request.
 pub fn decide(policies: &[&Policy], method: &http::Method, headers: &HeaderMap, stats: &Stats) -> Decision {
@@ -75,8 +84,18 @@ pub fn decide(policies: &[&Policy], method: &http::Method, headers: &HeaderMap, 
     }
     let Some(origin) = headers.get(ORIGIN).filter(|o| !o.is_empty()) else { return Decision::Pass };
     let origins = policies.iter().find(|p| !p.origins.is_empty());
+    let preflight =
+        method == http::Method::OPTIONS && headers.get(ACCESS_CONTROL_REQUEST_METHOD).is_some_and(|m| !m.is_empty());
     if !origins.is_some_and(|p| p.origin_allowed(origin.to_str().unwrap_or(""))) {
         stats.origin_invalid.inc();
+        // A preflight from another origin goes upstream unless told not to;
+        // then Envoy answers it without the origin headers.
+        let forward = first(policies, |p| p.forward_not_matching_preflights).unwrap_or(true);
+        if preflight && !forward {
+            let mut out = Vec::new();
+            preflight_headers(policies, headers, &mut out);
+            return Decision::Preflight(out);
+        }
         return Decision::Pass;
     }
     stats.origin_valid.inc();
@@ -84,16 +103,11 @@ pub fn decide(policies: &[&Policy], method: &http::Method, headers: &HeaderMap, 
     if !super::roll(policies[0].enabled.unwrap_or(1_000_000)) {
         return Decision::Pass;
     }
-    fn first<'a, T>(ps: &[&'a Policy], f: impl Fn(&'a Policy) -> Option<T>) -> Option<T> {
-        ps.iter().find_map(|p| f(p))
-    }
     let credentials = first(policies, |p| p.allow_credentials).unwrap_or(false);
     let mut out = vec![(ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone())];
     if credentials {
         out.push((ACCESS_CONTROL_ALLOW_CREDENTIALS, HeaderValue::from_static("true")));
     }
-    let preflight =
-        method == http::Method::OPTIONS && headers.get(ACCESS_CONTROL_REQUEST_METHOD).is_some_and(|m| !m.is_empty());
     // Envoy sends the exposed headers on preflights too.
     if let Some(v) = first(policies, |p| p.expose_headers.clone()) {
         out.push((ACCESS_CONTROL_EXPOSE_HEADERS, v));
@@ -101,6 +115,14 @@ pub fn decide(policies: &[&Policy], method: &http::Method, headers: &HeaderMap, 
     if !preflight {
         return Decision::Actual(out);
     }
+    preflight_headers(policies, headers, &mut out);
+    Decision::Preflight(out)
+}
+
+/// What a preflight answer says beyond the origin: methods, headers, max
+/// age, private network access.
+fn preflight_headers(policies: &[&Policy], headers: &HeaderMap, out: &mut Vec<(HeaderName, HeaderValue)>) {
+    use http::header::*;
     if let Some(v) = first(policies, |p| p.allow_methods.clone()) {
         out.push((ACCESS_CONTROL_ALLOW_METHODS, v));
     }
@@ -110,7 +132,10 @@ pub fn decide(policies: &[&Policy], method: &http::Method, headers: &HeaderMap, 
     if let Some(v) = first(policies, |p| p.max_age.clone()) {
         out.push((ACCESS_CONTROL_MAX_AGE, v));
     }
-    Decision::Preflight(out)
+    let private_network = headers.get("access-control-request-private-network").is_some_and(|v| v == "true");
+    if private_network && first(policies, |p| p.allow_private_network).unwrap_or(false) {
+        out.push((HeaderName::from_static("access-control-allow-private-network"), HeaderValue::from_static("true")));
+    }
 }
 
 /// `http.<prefix>.cors.origin_valid` / `origin_invalid`.
