@@ -677,6 +677,7 @@ fn jwt_authn_with_local_jwks() {
     let wrong_iss = sign(&rsa, rs, "r1", &claims("https://other.example", "api", now + 3600));
     let wrong_aud = sign(&rsa, rs, "r1", &claims("https://issuer.example", "web", now + 3600));
     let forged = sign(&other, rs, "r1", &claims("https://issuer.example", "api", now + 3600));
+    let param_good = sign(&rsa, rs, "r1", &claims("https://param.example", "api", now + 3600));
     let ec_good = sign(&ec, jsonwebtoken::Algorithm::ES256, "e1", &claims("https://ec.example", "api", now + 3600));
     let filters = format!(
         r#"          - name: envoy.filters.http.jwt_authn
@@ -694,12 +695,24 @@ fn jwt_authn_with_local_jwks() {
                   local_jwks: {{ inline_string: '{ec_jwks}' }}
                   from_headers: [{{ name: x-token }}]
                   forward: true
+                rsa_param:
+                  issuer: https://param.example
+                  local_jwks: {{ inline_string: '{rsa_jwks}' }}
+                  from_params: [tok]
               rules:
               - match: {{ prefix: /rsa }}
                 requires: {{ provider_name: rsa }}
               - match: {{ prefix: /any }}
                 requires: {{ requires_any: {{ requirements: [{{ provider_name: rsa }}, {{ provider_name: ec }}] }} }}
               - match: {{ prefix: /open }}
+              - match: {{ prefix: /param }}
+                requires: {{ provider_name: rsa_param }}
+              - match: {{ prefix: /maybe }}
+                requires: {{ allow_missing: {{}} }}
+              - match: {{ prefix: /whatever }}
+                requires: {{ allow_missing_or_failed: {{}} }}
+              - match: {{ prefix: /rsa-or-none }}
+                requires: {{ requires_any: {{ requirements: [{{ provider_name: rsa }}, {{ allow_missing: {{}} }}] }} }}
 "#
     );
     let t = filtered(&filters, &one_vhost("              - { match: { prefix: \"/\" }, route: { cluster: echo } }\n"));
@@ -724,6 +737,17 @@ fn jwt_authn_with_local_jwks() {
             get("/any"),
             get("/open"),
             get("/elsewhere"),
+            get(&format!("/param?a=1&tok={param_good}&b=2")),
+            get(&format!("/maybe?tok={param_good}")),
+            get("/param?a=1"),
+            get("/maybe"),
+            get("/maybe").header("authorization", bearer(&good)),
+            get("/maybe").header("authorization", bearer(&expired)),
+            get("/whatever").header("authorization", bearer(&expired)),
+            get("/whatever").header("authorization", bearer(&good)),
+            get("/rsa-or-none"),
+            get("/rsa-or-none").header("authorization", bearer(&forged)),
+            get("/rsa-or-none").header("authorization", bearer(&good)),
         ],
     );
     same_stats(&pair, &["http.ingress_http.jwt_authn.allowed", "http.ingress_http.jwt_authn.denied"]);

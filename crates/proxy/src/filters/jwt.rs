@@ -86,8 +86,8 @@ struct Provider {
     audiences: Vec<String>,
     keys: Vec<(Option<String>, DecodingKey, &'static str)>,
     locations: Vec<Location>,
-    /// Also `?access_token=` (the default locations only).
-    query_param: bool,
+    /// Query parameters that may carry the token (`access_token` by default).
+    query_params: Vec<String>,
     forward: bool,
     payload_header: Option<HeaderName>,
     claim_headers: Vec<(HeaderName, Vec<String>)>,
@@ -131,7 +131,10 @@ impl Provider {
         if keys.is_empty() {
             return Err("local_jwks: no keys".into());
         }
-        let default = p.from_headers.is_empty() && p.from_params.is_empty() && p.from_cookies.is_empty();
+        if !p.from_cookies.is_empty() {
+            return Err("from_cookies is not supported".into());
+        }
+        let default = p.from_headers.is_empty() && p.from_params.is_empty();
         let locations = if default {
             vec![Location { header: http::header::AUTHORIZATION, prefix: "Bearer ".into() }]
         } else {
@@ -154,7 +157,7 @@ impl Provider {
             audiences: p.audiences.clone(),
             keys,
             locations,
-            query_param: default,
+            query_params: if default { vec!["access_token".into()] } else { p.from_params.clone() },
             forward: p.forward,
             payload_header: (!p.forward_payload_header.is_empty())
                 .then(|| header(&p.forward_payload_header))
@@ -168,8 +171,8 @@ impl Provider {
         })
     }
 
-    /// The token and the header it came in (None: from the query).
-    fn extract<'h>(&self, headers: &'h HeaderMap, path: &'h str) -> Option<(&'h str, Option<&HeaderName>)> {
+    /// The token and where it came from.
+    fn extract<'h>(&'h self, headers: &'h HeaderMap, path: &'h str) -> Option<(&'h str, From<'h>)> {
         for loc in &self.locations {
             for v in headers.get_all(&loc.header) {
                 let Ok(v) = v.to_str() else { continue };
@@ -181,15 +184,16 @@ impl Provider {
                     None
                 };
                 if let Some(t) = rest.map(str::trim).filter(|t| !t.is_empty()) {
-                    return Some((t, Some(&loc.header)));
+                    return Some((t, From::Header(&loc.header)));
                 }
             }
         }
-        if self.query_param {
-            let query = path.split_once('?').map(|(_, q)| q)?;
+        let query = path.split_once('?').map(|(_, q)| q)?;
+        for name in &self.query_params {
             for pair in query.split('&') {
-                if let Some(t) = pair.strip_prefix("access_token=").filter(|t| !t.is_empty()) {
-                    return Some((t, None));
+                let value = pair.strip_prefix(name.as_str()).and_then(|r| r.strip_prefix('='));
+                if let Some(t) = value.filter(|t| !t.is_empty()) {
+                    return Some((t, From::Query(name)));
                 }
             }
         }
@@ -258,11 +262,21 @@ impl Provider {
     }
 }
 
+/// Where a token was found.
+enum From<'a> {
+    Header(&'a HeaderName),
+    Query(&'a str),
+}
+
 /// A compiled `JwtRequirement`.
 enum Requirement {
     Provider(usize),
     Any(Vec<Requirement>),
     All(Vec<Requirement>),
+    /// Satisfied without a token; a token present must verify.
+    AllowMissing,
+    /// Always satisfied; a token that verifies is still used.
+    AllowMissingOrFailed,
 }
 
 /// A rule's match: path (prefix, exact or regex) and headers.
@@ -290,8 +304,8 @@ pub struct JwtAuthn {
 #[derive(Default)]
 struct Outcome {
     remove: Vec<HeaderName>,
-    /// The token came in `?access_token=` and is not forwarded.
-    strip_query: bool,
+    /// The token came in this query parameter and is not forwarded.
+    strip_query: Option<String>,
     set: Vec<(HeaderName, HeaderValue)>,
 }
 
@@ -326,7 +340,12 @@ impl JwtAuthn {
                 Some(RequiresType::RequiresAll(l)) => {
                     Ok(Requirement::All(l.requirements.iter().map(|r| req(r, index)).collect::<Result<_, _>>()?))
                 }
-                Some(_) => Err("only provider_name, requires_any and requires_all are supported".into()),
+                Some(RequiresType::AllowMissing(_)) => Ok(Requirement::AllowMissing),
+                Some(RequiresType::AllowMissingOrFailed(_)) => Ok(Requirement::AllowMissingOrFailed),
+                Some(_) => Err(
+                    "only provider_name, requires_any, requires_all, allow_missing and allow_missing_or_failed are supported"
+                        .into(),
+                ),
                 None => Err("a requirement is required".into()),
             }
         }
@@ -369,8 +388,8 @@ impl JwtAuthn {
                 let payload = p.verify(token)?;
                 if !p.forward {
                     match from {
-                        Some(h) => out.remove.push(h.clone()),
-                        None => out.strip_query = true,
+                        From::Header(h) => out.remove.push(h.clone()),
+                        From::Query(name) => out.strip_query = Some(name.to_string()),
                     }
                 }
                 if let Some(h) = &p.payload_header {
@@ -398,7 +417,9 @@ impl JwtAuthn {
                         Ok(()) => {
                             out.remove.extend(o.remove);
                             out.set.extend(o.set);
-                            out.strip_query |= o.strip_query;
+                            if o.strip_query.is_some() {
+                                out.strip_query = o.strip_query;
+                            }
                             return Ok(());
                         }
                         Err(Failure::Missing) => {}
@@ -410,6 +431,26 @@ impl JwtAuthn {
                 Err(first_error.unwrap_or(Failure::Missing))
             }
             Requirement::All(list) => list.iter().try_for_each(|r| self.check(r, headers, path, out)),
+            Requirement::AllowMissing | Requirement::AllowMissingOrFailed => {
+                // The first provider that finds a token verifies it.
+                // As Envoy: a token found in any provider's locations is
+                // verified by the provider of its issuer.
+                let found: Vec<(usize, &str)> = (0..self.providers.len())
+                    .filter_map(|i| self.providers[i].extract(headers, path).map(|(t, _)| (i, t)))
+                    .collect();
+                let by_issuer = found.iter().find(|(i, t)| {
+                    let issuer = &self.providers[*i].issuer;
+                    issuer.is_empty() || token_issuer(t).as_deref() == Some(issuer.as_str())
+                });
+                let result = match by_issuer.or(found.first()) {
+                    Some((i, _)) => self.check(&Requirement::Provider(*i), headers, path, out),
+                    None => Ok(()),
+                };
+                match r {
+                    Requirement::AllowMissingOrFailed => Ok(()),
+                    _ => result,
+                }
+            }
         }
     }
 
@@ -448,8 +489,8 @@ impl JwtAuthn {
                 for (k, v) in out.set {
                     headers.insert(k, v);
                 }
-                if out.strip_query {
-                    *new_path = Some(without_token_param(pseudo.path));
+                if let Some(name) = out.strip_query {
+                    *new_path = Some(without_param(pseudo.path, &name));
                 }
                 Ok(())
             }
@@ -461,10 +502,18 @@ impl JwtAuthn {
     }
 }
 
-/// The path with its `access_token` query parameters taken out.
-fn without_token_param(path: &str) -> String {
+/// The `iss` claim of a token, read without verifying it.
+fn token_issuer(token: &str) -> Option<String> {
+    let payload = token.split('.').nth(1)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload.trim_end_matches('=')).ok()?;
+    let v: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    v["iss"].as_str().map(str::to_string)
+}
+
+/// The path with the query parameter `name` taken out.
+fn without_param(path: &str, name: &str) -> String {
     let Some((p, q)) = path.split_once('?') else { return path.to_string() };
-    let kept: Vec<&str> = q.split('&').filter(|kv| !kv.starts_with("access_token=")).collect();
+    let kept: Vec<&str> = q.split('&').filter(|kv| kv.strip_prefix(name).is_none_or(|r| !r.starts_with('='))).collect();
     if kept.is_empty() {
         p.to_string()
     } else {
@@ -500,9 +549,9 @@ mod tests {
 
     #[test]
     fn token_parameter_is_taken_out_of_the_query() {
-        assert_eq!(without_token_param("/a?access_token=x"), "/a");
-        assert_eq!(without_token_param("/a?b=1&access_token=x&c=2"), "/a?b=1&c=2");
-        assert_eq!(without_token_param("/a"), "/a");
+        assert_eq!(without_param("/a?access_token=x", "access_token"), "/a");
+        assert_eq!(without_param("/a?b=1&access_token=x&c=2", "access_token"), "/a?b=1&c=2");
+        assert_eq!(without_param("/a", "access_token"), "/a");
     }
 
     #[test]
