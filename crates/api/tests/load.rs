@@ -128,14 +128,14 @@ fn unsupported_fields_are_listed_not_ignored() {
         r.unsupported[0].path,
         "static_resources.clusters[0].circuit_breakers.thresholds[0].max_connection_pools"
     );
-    let with_cors = listener(ROUTER, "c").replace(
+    let with_grpc_web = listener(ROUTER, "c").replace(
         "          - name: envoy.filters.http.router\n",
-        "          - name: envoy.filters.http.cors\n            typed_config: {\"@type\": type.googleapis.com/envoy.extensions.filters.http.cors.v3.Cors}\n          - name: envoy.filters.http.router\n",
+        "          - name: envoy.filters.http.grpc_web\n            typed_config: {\"@type\": type.googleapis.com/envoy.extensions.filters.http.grpc_web.v3.GrpcWeb}\n          - name: envoy.filters.http.router\n",
     );
-    let r = check_bootstrap(&with_cors);
+    let r = check_bootstrap(&with_grpc_web);
     assert!(r.is_valid(), "{:?}", r.errors);
     assert!(
-        r.unsupported.iter().any(|e| e.reason.contains("envoy.extensions.filters.http.cors.v3.Cors")),
+        r.unsupported.iter().any(|e| e.reason.contains("envoy.extensions.filters.http.grpc_web.v3.GrpcWeb")),
         "{:?}",
         r.unsupported
     );

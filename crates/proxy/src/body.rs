@@ -17,6 +17,113 @@ pin_project_lite::pin_project! {
         Stream { #[pin] body: Incoming },
         /// A streamed request body that counts its bytes and says when it ended.
         Watched { #[pin] body: Incoming, progress: std::sync::Arc<RequestProgress> },
+        /// A response body compressed as it streams (compressor filter).
+        Compressed { body: Box<CompressedBody> },
+    }
+}
+
+/// A streaming encoder writing into a buffer the body drains.
+pub enum Encoder {
+    Gzip(flate2::write::GzEncoder<Vec<u8>>),
+    Brotli(Box<brotli::CompressorWriter<Vec<u8>>>),
+}
+
+impl Encoder {
+    pub fn gzip(level: u32) -> Self {
+        Self::Gzip(flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(level)))
+    }
+
+    /// `quality` 0-11, `window_bits` 10-24 (Envoy's defaults: 3 and 18).
+    pub fn brotli(quality: u32, window_bits: u32) -> Self {
+        Self::Brotli(Box::new(brotli::CompressorWriter::new(Vec::new(), 4096, quality, window_bits)))
+    }
+
+    fn write(&mut self, data: &[u8]) {
+        use std::io::Write as _;
+        // Writing into a Vec cannot fail.
+        let _ = match self {
+            Self::Gzip(e) => e.write_all(data),
+            Self::Brotli(e) => e.write_all(data),
+        };
+    }
+
+    fn output(&mut self) -> &mut Vec<u8> {
+        match self {
+            Self::Gzip(e) => e.get_mut(),
+            Self::Brotli(e) => e.get_mut(),
+        }
+    }
+
+    fn finish(self) -> Vec<u8> {
+        match self {
+            Self::Gzip(e) => e.finish().unwrap_or_default(),
+            Self::Brotli(e) => e.into_inner(),
+        }
+    }
+}
+
+/// Compresses the frames of `inner` as they arrive: each data frame is
+/// written to the encoder and what it has produced so far goes out; the
+/// stream's end follows the last frame. Per response: one encoder (zlib
+/// state ~256 KiB at gzip level 6; brotli's window at its quality) and its
+/// output buffer.
+pub struct CompressedBody {
+    inner: ProxyBody,
+    encoder: Option<Encoder>,
+    /// A trailers frame held back until the gzip stream is closed.
+    trailers: Option<Frame<Bytes>>,
+    uncompressed: u64,
+    compressed: u64,
+    stats: std::sync::Arc<crate::filters::compressor::Stats>,
+}
+
+impl CompressedBody {
+    /// Takes what the encoder has written so far.
+    fn drain(&mut self) -> Bytes {
+        let out = self.encoder.as_mut().map(|e| std::mem::take(e.output())).unwrap_or_default();
+        self.compressed += out.len() as u64;
+        Bytes::from(out)
+    }
+
+    /// Closes the compressed stream: its last bytes.
+    fn finish(&mut self) -> Bytes {
+        let out = self.encoder.take().map(Encoder::finish).unwrap_or_default();
+        self.compressed += out.len() as u64;
+        self.stats.total_uncompressed_bytes.add(self.uncompressed);
+        self.stats.total_compressed_bytes.add(self.compressed);
+        Bytes::from(out)
+    }
+
+    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        loop {
+            if self.encoder.is_none() {
+                return Poll::Ready(self.trailers.take().map(Ok));
+            }
+            match Pin::new(&mut self.inner).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                    Ok(data) => {
+                        self.uncompressed += data.len() as u64;
+                        if let Some(e) = self.encoder.as_mut() {
+                            e.write(&data);
+                        }
+                        let out = self.drain();
+                        if !out.is_empty() {
+                            return Poll::Ready(Some(Ok(Frame::data(out))));
+                        }
+                    }
+                    Err(trailers) => {
+                        self.trailers = Some(trailers);
+                        let out = self.finish();
+                        return Poll::Ready(Some(Ok(Frame::data(out))));
+                    }
+                },
+                Poll::Ready(None) => {
+                    let out = self.finish();
+                    return Poll::Ready((!out.is_empty()).then(|| Ok(Frame::data(out))));
+                }
+                other => return other,
+            }
+        }
     }
 }
 
@@ -38,10 +145,42 @@ impl ProxyBody {
             Self::Full { data: Some(data) }
         }
     }
+    /// `inner` compressed by `encoder` as it streams.
+    pub fn compressed(
+        inner: ProxyBody,
+        encoder: Encoder,
+        stats: std::sync::Arc<crate::filters::compressor::Stats>,
+    ) -> Self {
+        Self::Compressed {
+            body: Box::new(CompressedBody {
+                inner,
+                encoder: Some(encoder),
+                trailers: None,
+                uncompressed: 0,
+                compressed: 0,
+                stats,
+            }),
+        }
+    }
+
     pub fn stream(body: Incoming) -> Self {
         Self::Stream { body }
     }
-    pub fn watched(body: Incoming, progress: std::sync::Arc<RequestProgress>) -> Self {
+    /// A streamed body made to report its progress; a buffered one is
+    /// already whole.
+    pub fn watched(self, progress: std::sync::Arc<RequestProgress>) -> Self {
+        match self {
+            Self::Stream { body } => Self::watch(body, progress),
+            other => {
+                if !progress.done.swap(true, Relaxed) {
+                    progress.received.fetch_add(other.size_hint().exact().unwrap_or(0), Relaxed);
+                }
+                other
+            }
+        }
+    }
+
+    fn watch(body: Incoming, progress: std::sync::Arc<RequestProgress>) -> Self {
         if body.is_end_stream() {
             progress.done.store(true, Relaxed);
         }
@@ -71,11 +210,13 @@ impl Body for ProxyBody {
                 }
                 r
             }
+            ProxyBodyProj::Compressed { body } => body.poll_frame(cx),
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match self {
+            Self::Compressed { body } => body.encoder.is_none() && body.trailers.is_none(),
             Self::Empty => true,
             Self::Full { data } => data.is_none(),
             Self::Stream { body } | Self::Watched { body, .. } => body.is_end_stream(),
@@ -87,6 +228,7 @@ impl Body for ProxyBody {
             Self::Empty => SizeHint::with_exact(0),
             Self::Full { data } => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
             Self::Stream { body } | Self::Watched { body, .. } => body.size_hint(),
+            Self::Compressed { .. } => SizeHint::default(),
         }
     }
 }
@@ -151,5 +293,43 @@ impl Body for TrackedBody {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read as _;
+
+    /// Many small writes, drained as they come, then the end: what came out
+    /// decompresses to what went in.
+    fn round_trip(mut enc: Encoder, decode: impl Fn(&[u8]) -> Vec<u8>) {
+        let input: Vec<u8> = (0..5000u32).flat_map(|i| format!("line {i} of a streamed body\n").into_bytes()).collect();
+        let mut out = Vec::new();
+        for chunk in input.chunks(1000) {
+            enc.write(chunk);
+            out.append(enc.output());
+        }
+        out.extend(enc.finish());
+        assert!(out.len() < input.len() / 4, "compressed {} -> {}", input.len(), out.len());
+        assert_eq!(decode(&out), input);
+    }
+
+    #[test]
+    fn gzip_streams() {
+        round_trip(Encoder::gzip(6), |b| {
+            let mut v = Vec::new();
+            flate2::read::GzDecoder::new(b).read_to_end(&mut v).expect("gzip");
+            v
+        });
+    }
+
+    #[test]
+    fn brotli_streams() {
+        round_trip(Encoder::brotli(3, 18), |b| {
+            let mut v = Vec::new();
+            brotli::Decompressor::new(b, 4096).read_to_end(&mut v).expect("brotli");
+            v
+        });
     }
 }

@@ -92,6 +92,8 @@ pub struct HcmStats {
     pub rq_redirect: Arc<Counter>,
     pub rq_direct_response: Arc<Counter>,
     pub rq_total: Arc<Counter>,
+    /// 413s for request bodies over the buffer filter's limit.
+    pub downstream_rq_too_large: Arc<Counter>,
 }
 
 impl HcmStats {
@@ -117,6 +119,7 @@ impl HcmStats {
             rq_redirect: c("rq_redirect"),
             rq_direct_response: c("rq_direct_response"),
             rq_total: c("rq_total"),
+            downstream_rq_too_large: c("downstream_rq_too_large"),
         }
     }
 }
@@ -312,6 +315,8 @@ struct Stream {
     /// The cluster the route chose, even when no host could be picked.
     cluster: Option<Arc<Cluster>>,
     route_name: String,
+    /// What the request filters left for the response (CORS headers).
+    filter_state: crate::filters::ResponseState,
 }
 
 impl Finish for Stream {
@@ -473,6 +478,7 @@ impl Hcm {
             upstream: None,
             cluster: None,
             route_name: String::new(),
+            filter_state: Default::default(),
         });
 
         // Protocol errors Envoy answers itself, closing the connection.
@@ -561,14 +567,41 @@ impl Hcm {
             stream.request_headers = Some(parts.headers.clone());
         }
 
+        // The route is found before the filters run: they may read its
+        // per-filter config, as Envoy's filters read the cached route.
+        let table = self.routes.load_full();
+        let found = table.as_deref().and_then(|t| {
+            t.route(&stream.authority, &stream.path, &parts.headers, parts.method.as_str(), conn.scheme())
+        });
+        let mut body = ProxyBody::stream(body);
         if !self.filters.is_empty() {
-            let pseudo = crate::matcher::Pseudo {
-                method: parts.method.as_str(),
-                path: &stream.path,
-                authority: &stream.authority,
-                scheme: conn.scheme(),
+            let mut state = crate::filters::ResponseState::default();
+            let verdict = {
+                let mut rq = crate::filters::RequestCtx {
+                    headers: &mut parts.headers,
+                    method: &parts.method,
+                    pseudo: crate::matcher::Pseudo {
+                        method: parts.method.as_str(),
+                        path: &stream.path,
+                        authority: &stream.authority,
+                        scheme: conn.scheme(),
+                    },
+                    direct_remote: conn.remote.ip(),
+                    remote: client.ip(),
+                    local: conn.local,
+                    route: [found.map(|(_, r)| &r.per_filter), found.map(|(vh, _)| &vh.per_filter)],
+                    new_path: None,
+                };
+                let v = self.filters.on_request(&mut rq, &mut state).await;
+                (v, rq.new_path)
             };
-            let verdict = self.filters.on_request(&parts.headers, &pseudo).await;
+            let (verdict, new_path) = verdict;
+            // The route stays the one found for the original path, as Envoy
+            // keeps its cached route unless a filter clears it.
+            if let Some(p) = new_path {
+                stream.path = p;
+            }
+            stream.filter_state = state;
             match verdict {
                 crate::filters::Verdict::Continue => {}
                 crate::filters::Verdict::Respond(status, headers) => {
@@ -589,17 +622,42 @@ impl Hcm {
                     }
                     return r;
                 }
+                crate::filters::Verdict::Reply { status, body, details, flag, headers } => {
+                    let body = (!body.is_empty()).then(|| body.to_string());
+                    let mut r = self.local_reply(stream, status, details, flag, body);
+                    for (k, v) in headers {
+                        r.headers_mut().insert(k, v);
+                    }
+                    return r;
+                }
+            }
+            // The buffer filter: the whole body is read before the request
+            // goes on; over the limit Envoy answers 413.
+            if let Some(limit) = self.filters.buffer_limit() {
+                match read_limited(body, limit).await {
+                    Ok(bytes) => {
+                        let progress = Arc::new(crate::body::RequestProgress::default());
+                        progress.received.store(bytes.len() as u64, Relaxed);
+                        progress.done.store(true, Relaxed);
+                        stream.request_progress = Some(progress);
+                        body = ProxyBody::full(bytes);
+                    }
+                    Err(too_large) => {
+                        let (status, details, text) = if too_large {
+                            st.downstream_rq_too_large.inc();
+                            (413, "request_payload_too_large", "Payload Too Large")
+                        } else {
+                            (400, "downstream_remote_disconnect", "")
+                        };
+                        let text = (!text.is_empty()).then(|| text.to_string());
+                        return self.local_reply(stream, status, details, "", text);
+                    }
+                }
             }
         }
         // The router sees every request that gets this far, routed or not.
         st.rq_total.inc();
-        let Some(table) = self.routes.load_full() else {
-            st.no_route.inc();
-            return self.local_reply(stream, 404, "route_not_found", "NR", None);
-        };
-        let Some((vh, route)) =
-            table.route(&stream.authority, &stream.path, &parts.headers, parts.method.as_str(), conn.scheme())
-        else {
+        let (Some(table), Some((vh, route))) = (table.as_deref(), found) else {
             st.no_route.inc();
             return self.local_reply(stream, 404, "route_not_found", "NR", None);
         };
@@ -615,15 +673,15 @@ impl Hcm {
             Action::Direct { status, body } => {
                 st.rq_direct_response.inc();
                 let body = body.clone();
-                self.direct_reply(stream, *status, body, (&table, vh, route))
+                self.direct_reply(stream, *status, body, (table, vh, route))
             }
             Action::Redirect(rd) => {
                 // Envoy counts redirects as direct responses (rq_redirect stays 0).
                 st.rq_direct_response.inc();
                 let location = redirect_location(rd, route, &stream.authority, &stream.path, self.use_remote_address);
-                self.redirect_reply(stream, rd.status, location, (&table, vh, route))
+                self.redirect_reply(stream, rd.status, location, (table, vh, route))
             }
-            Action::Forward(ra) => self.forward(stream, parts, body, (&table, vh, route), ra).await,
+            Action::Forward(ra) => self.forward(stream, parts, body, (table, vh, route), ra).await,
         }
     }
 
@@ -655,6 +713,12 @@ impl Hcm {
         }
         if let Some((k, v)) = self.filters.response_header() {
             resp.headers_mut().insert(k, HeaderValue::from_static(v));
+        }
+        for (k, v) in &stream.filter_state.headers {
+            resp.headers_mut().insert(k.clone(), v.clone());
+        }
+        if !self.filters.is_empty() {
+            self.filters.on_response(&stream.filter_state, resp);
         }
         // An HTTP/1 connection closes after this response when its config
         // drains, or when the request body has not all been read: Envoy does
@@ -777,7 +841,7 @@ impl Hcm {
         self: &Arc<Self>,
         mut stream: Box<Stream>,
         mut parts: http::request::Parts,
-        body: Incoming,
+        body: ProxyBody,
         matched: Matched<'_>,
         ra: &RouteAction,
     ) -> ProxyResponse {
@@ -878,7 +942,8 @@ impl Hcm {
         }
         // The request counts as received when its body has ended (at once for a
         // request without one): that is what Envoy's request_timeout measures.
-        let request_done = Arc::new(crate::body::RequestProgress::default());
+        // A buffered body (buffer filter) has been read already.
+        let request_done = stream.request_progress.clone().unwrap_or_default();
         stream.request_progress = Some(request_done.clone());
         // The access log sees the request as it goes upstream (rewritten
         // path and host, added headers), as Envoy's does.
@@ -932,7 +997,7 @@ impl Hcm {
                 }
             }
             None => {
-                let req = Request::from_parts(parts, ProxyBody::watched(body, request_done.clone()));
+                let req = Request::from_parts(parts, body.watched(request_done.clone()));
                 let mut slot = None;
                 let sent = async { (crate::upstream::send(&cluster, &host, req, &mut slot).await, host.clone()) };
                 let waited = self.await_response(sent, ra, &request_done).await;
@@ -1055,6 +1120,16 @@ fn set_text_body(resp: &mut Response<ProxyBody>, body: Option<bytes::Bytes>) {
     }
 }
 
+/// Reads a request body whole, refusing more than `limit` bytes:
+/// `Err(true)` when it is too large, `Err(false)` when the client went away.
+async fn read_limited(body: ProxyBody, limit: u64) -> Result<bytes::Bytes, bool> {
+    use http_body_util::BodyExt as _;
+    match http_body_util::Limited::new(body, limit as usize).collect().await {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(e) => Err(e.downcast_ref::<http_body_util::LengthLimitError>().is_some()),
+    }
+}
+
 /// Applies route, virtual host and route-configuration mutations in Envoy's
 /// order (most specific first, unless `most_specific_header_mutations_wins`).
 fn apply_levels(
@@ -1094,7 +1169,7 @@ impl<T> Waited<T> {
 
 /// A body that can be buffered for retries: none, or a declared length of at
 /// most 1 MiB.
-fn retryable_body(headers: &HeaderMap, body: &Incoming) -> bool {
+fn retryable_body(headers: &HeaderMap, body: &ProxyBody) -> bool {
     use http_body::Body as _;
     body.is_end_stream()
         || headers

@@ -37,6 +37,35 @@ pub struct VirtualHost {
     /// the response.
     pub attempt_count_upstream: bool,
     pub attempt_count_response: bool,
+    pub per_filter: PerFilter,
+}
+
+/// `typed_per_filter_config` of a route or virtual host, compiled by type.
+#[derive(Default, Debug)]
+pub struct PerFilter {
+    pub rbac: Option<Box<crate::filters::rbac::RoutePolicy>>,
+    pub cors: Option<Box<crate::filters::cors::Policy>>,
+}
+
+impl PerFilter {
+    pub fn compile(m: &HashMap<String, legate_api::pb::google::protobuf::Any>) -> Result<Self, String> {
+        let mut out = Self::default();
+        for (name, any) in m {
+            let err = |e: String| format!("typed_per_filter_config[\"{name}\"]: {e}");
+            match legate_api::any::type_name(any) {
+                crate::filters::RBAC_PER_ROUTE_TYPE => {
+                    let c = legate_api::any::unpack(any).map_err(err)?;
+                    out.rbac = Some(Box::new(crate::filters::rbac::RoutePolicy::new(&c).map_err(err)?));
+                }
+                crate::filters::CORS_POLICY_TYPE => {
+                    let c = legate_api::any::unpack(any).map_err(err)?;
+                    out.cors = Some(Box::new(crate::filters::cors::Policy::new(&c).map_err(err)?));
+                }
+                other => return Err(err(format!("per-route config {other} is not supported"))),
+            }
+        }
+        Ok(out)
+    }
 }
 
 pub struct Route {
@@ -48,6 +77,7 @@ pub struct Route {
     pub action: Action,
     pub request_headers: HeaderMutations,
     pub response_headers: HeaderMutations,
+    pub per_filter: PerFilter,
 }
 
 enum PathMatch {
@@ -225,6 +255,7 @@ fn compile_vhost(vh: &rpb::VirtualHost) -> Result<VirtualHost, String> {
         require_tls: vh.require_tls,
         attempt_count_upstream: vh.include_request_attempt_count,
         attempt_count_response: vh.include_attempt_count_in_response,
+        per_filter: PerFilter::compile(&vh.typed_per_filter_config)?,
     })
 }
 
@@ -279,6 +310,7 @@ fn compile_route(r: &rpb::Route) -> Result<Route, String> {
         action,
         request_headers: HeaderMutations::new(&r.request_headers_to_add, &r.request_headers_to_remove)?,
         response_headers: HeaderMutations::new(&r.response_headers_to_add, &r.response_headers_to_remove)?,
+        per_filter: PerFilter::compile(&r.typed_per_filter_config)?,
     })
 }
 

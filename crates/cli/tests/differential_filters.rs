@@ -1,0 +1,783 @@
+//! Differential tests of the HTTP filters (rbac, cors, compressor, buffer,
+//! jwt_authn): the same bootstrap and the same requests through real Envoy
+//! 1.40 and through `legate proxy`; status, the upstream that answered, the
+//! headers that matter, bodies and the filters' stats must agree.
+//!
+//! A bootstrap template names its ports as `{LISTEN}`, `{ADMIN}` (different
+//! for each proxy) and `{UP_<name>}` (shared echo upstreams). The helpers are
+//! a small copy of `differential.rs`'s.
+
+mod harness;
+
+use harness::*;
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::process::Command;
+
+/// One request, sent identically to both proxies.
+#[derive(Clone, Debug)]
+struct Req {
+    method: &'static str,
+    path: String,
+    host: &'static str,
+    headers: Vec<(&'static str, String)>,
+    body: String,
+}
+
+fn get(path: &str) -> Req {
+    Req { method: "GET", path: path.into(), host: "example.com", headers: vec![], body: String::new() }
+}
+
+impl Req {
+    fn method(mut self, m: &'static str) -> Self {
+        self.method = m;
+        self
+    }
+    fn header(mut self, k: &'static str, v: impl Into<String>) -> Self {
+        self.headers.push((k, v.into()));
+        self
+    }
+    fn post(mut self, body: impl Into<String>) -> Self {
+        self.method = "POST";
+        self.body = body.into();
+        self
+    }
+}
+
+/// Response headers compared by value.
+const COMPARED_HEADERS: &[&str] = &[
+    "content-type",
+    "x-upstream",
+    "server",
+    "content-length",
+    "content-encoding",
+    "vary",
+    "etag",
+    "www-authenticate",
+    "access-control-allow-origin",
+    "access-control-allow-credentials",
+    "access-control-allow-methods",
+    "access-control-allow-headers",
+    "access-control-expose-headers",
+    "access-control-max-age",
+];
+
+/// Upstream-received headers whose value differs by nature.
+const VOLATILE_UPSTREAM_HEADERS: &[&str] = &["x-request-id"];
+
+struct Pair {
+    envoy: u16,
+    legate: u16,
+    envoy_admin: u16,
+    legate_admin: u16,
+    _procs: Vec<Proc>,
+    _dir: TempDir,
+}
+
+fn start_pair(name: &str, template: &str, upstreams: &[&str]) -> Pair {
+    let dir = TempDir::new(&format!("diff-{name}"));
+    let mut procs = Vec::new();
+    let mut ups = BTreeMap::new();
+    for u in upstreams {
+        let (p, port) = echo(u, dir.path());
+        procs.push(p);
+        ups.insert(*u, port);
+    }
+    let render = |listen: u16, admin: u16| {
+        let mut s = template.replace("{LISTEN}", &listen.to_string()).replace("{ADMIN}", &admin.to_string());
+        for (u, port) in &ups {
+            s = s.replace(&format!("{{UP_{u}}}"), &port.to_string());
+        }
+        // Dead endpoints: {CLOSED}, and distinct ones as {CLOSED2}, {CLOSED3}...
+        for i in 2..6 {
+            s = s.replace(&format!("{{CLOSED{i}}}"), &free_port().to_string());
+        }
+        s.replace("{CLOSED}", &free_port().to_string())
+    };
+    let (envoy, envoy_admin, legate, legate_admin) = (free_port(), free_port(), free_port(), free_port());
+    let ef = dir.path().join("envoy.yaml");
+    let lf = dir.path().join("legate.yaml");
+    std::fs::write(&ef, render(envoy, envoy_admin)).expect("write");
+    std::fs::write(&lf, render(legate, legate_admin)).expect("write");
+    let mut e = Proc::spawn(
+        "envoy",
+        Command::new(envoy_bin()).arg("-c").arg(&ef).args([
+            "--concurrency",
+            "1",
+            "-l",
+            "error",
+            "--base-id",
+            &base_id(),
+        ]),
+        dir.path(),
+    );
+    let mut l = Proc::spawn(
+        "legate",
+        Command::new(LEGATE).args(["proxy", "--concurrency", "1", "-l", "warn", "-c"]).arg(&lf),
+        dir.path(),
+    );
+    wait_ready(envoy_admin, &mut e);
+    wait_ready(legate_admin, &mut l);
+    procs.push(e);
+    procs.push(l);
+    Pair { envoy, legate, envoy_admin, legate_admin, _procs: procs, _dir: dir }
+}
+
+fn send(port: u16, r: &Req) -> Resp {
+    let headers: Vec<(&str, &str)> = r.headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    http_request(addr(port), r.method, &r.path, r.host, &headers, &r.body)
+        .unwrap_or_else(|e| panic!("{r:?} to {port}: {e}"))
+}
+
+fn view(r: &Resp) -> BTreeMap<String, String> {
+    let mut m = BTreeMap::new();
+    m.insert("status".into(), r.status.to_string());
+    for h in COMPARED_HEADERS {
+        let all: Vec<&str> = r.headers.iter().filter(|(k, _)| k == h).map(|(_, v)| v.as_str()).collect();
+        if !all.is_empty() {
+            m.insert(format!("resp:{h}"), all.join(" | "));
+        }
+    }
+    m.insert(
+        "resp:x-envoy-upstream-service-time(present)".into(),
+        r.header("x-envoy-upstream-service-time").is_some().to_string(),
+    );
+    match serde_json::from_str::<Value>(&r.body) {
+        Ok(v) if v.get("upstream").is_some() => {
+            for k in ["upstream", "method", "uri", "version"] {
+                m.insert(format!("upstream:{k}"), v[k].to_string());
+            }
+            // The echo joins repeated headers; compare what it saw.
+            if let Some(h) = v["headers"].as_object() {
+                for (k, val) in h {
+                    let val = val.as_str().unwrap_or_default();
+                    if VOLATILE_UPSTREAM_HEADERS.contains(&k.as_str()) {
+                        let uuid = val.len() == 36 && val.chars().filter(|c| *c == '-').count() == 4;
+                        m.insert(format!("upstream-header:{k}(uuid)"), uuid.to_string());
+                    } else {
+                        m.insert(format!("upstream-header:{k}"), val.to_string());
+                    }
+                }
+            }
+        }
+        _ => {
+            m.insert("body".into(), r.body.clone());
+        }
+    }
+    m
+}
+
+fn diff(a: &BTreeMap<String, String>, b: &BTreeMap<String, String>) -> Vec<String> {
+    let keys: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+    keys.into_iter()
+        .filter(|k| a.get(*k) != b.get(*k))
+        .map(|k| format!("  {k}: envoy={:?} legate={:?}", a.get(k), b.get(k)))
+        .collect()
+}
+
+/// Sends every request to both and requires equal views.
+fn compare(name: &str, template: &str, upstreams: &[&str], requests: &[Req]) -> Pair {
+    let pair = start_pair(name, template, upstreams);
+    let mut problems = Vec::new();
+    for r in requests {
+        let e = view(&send(pair.envoy, r));
+        let l = view(&send(pair.legate, r));
+        let d = diff(&e, &l);
+        if !d.is_empty() {
+            problems.push(format!("{} {} {:?}:\n{}", r.method, r.path, r.headers, d.join("\n")));
+        }
+    }
+    assert!(problems.is_empty(), "scenario {name}: Legate differs from Envoy:\n{}", problems.join("\n"));
+    pair
+}
+
+/// A bootstrap with one listener and HCM around `routes` (a virtual_hosts list),
+fn bootstrap(extra_hcm: &str, route_config_extra: &str, virtual_hosts: &str, clusters: &str) -> String {
+    format!(
+        r#"admin: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {{ADMIN}} }} }} }}
+static_resources:
+  listeners:
+  - name: main
+    address: {{ socket_address: {{ address: 127.0.0.1, port_value: {{LISTEN}} }} }}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: ingress_http
+{extra_hcm}          http_filters: [{{ name: envoy.filters.http.router, typed_config: {{ "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }} }}]
+          route_config:
+            name: local
+{route_config_extra}            virtual_hosts:
+{virtual_hosts}
+  clusters:
+{clusters}"#
+    )
+}
+
+/// The bootstrap's router-only filter list replaced by `filters` (which must
+/// end with the router).
+fn with_filters(template: String, filters: &str) -> String {
+    let router_only = "          http_filters: [{ name: envoy.filters.http.router, typed_config: { \"@type\": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router } }]\n";
+    assert!(template.contains(router_only), "the bootstrap template changed");
+    template.replace(router_only, filters)
+}
+
+/// A counter or gauge from an admin's `/stats?format=json`.
+fn stat(admin: u16, name: &str) -> Option<i64> {
+    let v: Value = serde_json::from_str(&http_get(addr(admin), "/stats?format=json", "admin").ok()?.body).ok()?;
+    v["stats"].as_array()?.iter().find(|s| s["name"] == name)?["value"].as_i64()
+}
+
+fn cluster(name: &str, ports: &[&str]) -> String {
+    let eps: Vec<String> = ports
+        .iter()
+        .map(|p| {
+            format!("{{ endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {p} }} }} }} }}")
+        })
+        .collect();
+    format!(
+        "  - {{ name: {name}, connect_timeout: 1s, load_assignment: {{ cluster_name: {name}, endpoints: [{{ lb_endpoints: [{}] }}] }} }}\n",
+        eps.join(", ")
+    )
+}
+
+fn one_vhost(routes: &str) -> String {
+    format!("            - name: all\n              domains: [\"*\"]\n              routes:\n{routes}")
+}
+
+fn echo_cluster() -> String {
+    cluster("echo", &["{UP_a}"])
+}
+
+const ROUTER: &str = "          - name: envoy.filters.http.router\n            typed_config: { \"@type\": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }\n";
+
+/// A bootstrap whose HCM runs `filters` (YAML list items, without the router)
+/// in front of the router, with `virtual_hosts` and the echo cluster.
+fn filtered(filters: &str, virtual_hosts: &str) -> String {
+    let t = bootstrap("", "", virtual_hosts, &echo_cluster());
+    let t = with_filters(t, &format!("          http_filters:\n{filters}{ROUTER}"));
+    assert!(!t.contains("http_filters: [{ name: envoy.filters.http.router"), "template replacement failed");
+    t
+}
+
+/// The named stats must have the same values behind Envoy and Legate.
+fn same_stats(pair: &Pair, names: &[&str]) {
+    for name in names {
+        let (e, l) = (stat(pair.envoy_admin, name), stat(pair.legate_admin, name));
+        assert!(e.is_some(), "Envoy has no stat {name}");
+        assert_eq!(e, l, "stat {name}: envoy={e:?} legate={l:?}");
+    }
+}
+
+#[test]
+fn rbac_rules_shadow_rules_and_per_route_override() {
+    let filters = r#"          - name: envoy.filters.http.rbac
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC
+              rules:
+                action: ALLOW
+                policies:
+                  public:
+                    permissions: [{ or_rules: { rules: [{ url_path: { path: { prefix: /public } } }, { url_path: { path: { exact: /health } } }] } }]
+                    principals: [{ any: true }]
+                  admin:
+                    permissions: [{ and_rules: { rules: [{ header: { name: x-role, string_match: { exact: admin } } }, { destination_port: {LISTEN} }] } }]
+                    principals: [{ direct_remote_ip: { address_prefix: 127.0.0.0, prefix_len: 8 } }]
+                  forwarded:
+                    permissions: [{ url_path: { path: { prefix: /xff } } }]
+                    principals: [{ remote_ip: { address_prefix: 192.0.2.0, prefix_len: 24 } }]
+                  open:
+                    permissions: [{ not_rule: { url_path: { path: { prefix: /closed } } } }]
+                    principals: [{ and_ids: { ids: [{ source_ip: { address_prefix: 127.0.0.1, prefix_len: 32 } }, { not_id: { header: { name: x-banned, present_match: true } } }, { or_ids: { ids: [{ header: { name: x-open, string_match: { exact: "yes" } } }, { url_path: { path: { exact: /open } } }] } }] } }]
+              shadow_rules:
+                action: DENY
+                policies:
+                  shadow:
+                    permissions: [{ header: { name: x-shadow, present_match: true } }]
+                    principals: [{ any: true }]
+"#;
+    let routes = r#"              - match: { prefix: "/perroute" }
+                route: { cluster: echo }
+                typed_per_filter_config:
+                  envoy.filters.http.rbac:
+                    "@type": type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBACPerRoute
+                    rbac:
+                      rules:
+                        action: DENY
+                        policies:
+                          deny-flagged:
+                            permissions: [{ header: { name: x-deny, present_match: true } }]
+                            principals: [{ any: true }]
+              - { match: { prefix: "/" }, route: { cluster: echo } }
+"#;
+    let t = filtered(filters, &one_vhost(routes));
+    let pair = compare(
+        "rbac",
+        &t,
+        &["a"],
+        &[
+            get("/public/a"),
+            get("/health"),
+            get("/private"),
+            get("/private").header("x-role", "admin"),
+            get("/private").header("x-role", "user"),
+            get("/xff").header("x-forwarded-for", "192.0.2.5"),
+            get("/xff").header("x-forwarded-for", "10.0.0.1"),
+            get("/open"),
+            get("/open").header("x-banned", "1"),
+            get("/closed").header("x-open", "yes"),
+            get("/somewhere").header("x-open", "yes"),
+            get("/perroute"),
+            get("/perroute").header("x-deny", "1"),
+            get("/public/b").header("x-shadow", "1"),
+            get("/private").header("x-shadow", "1"),
+        ],
+    );
+    same_stats(
+        &pair,
+        &[
+            "http.ingress_http.rbac.allowed",
+            "http.ingress_http.rbac.denied",
+            "http.ingress_http.rbac.shadow_allowed",
+            "http.ingress_http.rbac.shadow_denied",
+        ],
+    );
+}
+
+#[test]
+fn cors_preflight_and_actual_requests() {
+    let filters = "          - name: envoy.filters.http.cors\n            typed_config: { \"@type\": type.googleapis.com/envoy.extensions.filters.http.cors.v3.Cors }\n";
+    let vhosts = r#"            - name: all
+              domains: ["*"]
+              typed_per_filter_config:
+                envoy.filters.http.cors:
+                  "@type": type.googleapis.com/envoy.extensions.filters.http.cors.v3.CorsPolicy
+                  allow_origin_string_match: [{ exact: "https://a.example" }, { suffix: ".b.example" }]
+                  allow_methods: "GET, POST"
+                  allow_headers: "x-h, content-type"
+                  expose_headers: "x-e"
+                  max_age: "600"
+              routes:
+              - match: { prefix: "/cred" }
+                route: { cluster: echo }
+                typed_per_filter_config:
+                  envoy.filters.http.cors:
+                    "@type": type.googleapis.com/envoy.extensions.filters.http.cors.v3.CorsPolicy
+                    allow_methods: "PUT"
+                    allow_credentials: true
+              - match: { prefix: "/any" }
+                route: { cluster: echo }
+                typed_per_filter_config:
+                  envoy.filters.http.cors:
+                    "@type": type.googleapis.com/envoy.extensions.filters.http.cors.v3.CorsPolicy
+                    allow_origin_string_match: [{ exact: "*" }]
+              - match: { prefix: "/strict" }
+                route: { cluster: echo }
+                typed_per_filter_config:
+                  envoy.filters.http.cors:
+                    "@type": type.googleapis.com/envoy.extensions.filters.http.cors.v3.CorsPolicy
+                    forward_not_matching_preflights: false
+                    allow_private_network_access: true
+              - { match: { prefix: "/" }, route: { cluster: echo } }
+"#;
+    let t = filtered(filters, vhosts);
+    let preflight = |path: &str, origin: &'static str| {
+        get(path).method("OPTIONS").header("origin", origin).header("access-control-request-method", "POST")
+    };
+    let pair = compare(
+        "cors",
+        &t,
+        &["a"],
+        &[
+            get("/plain"),
+            get("/plain").header("origin", "https://a.example"),
+            get("/plain").header("origin", "https://x.b.example"),
+            get("/plain").header("origin", "https://evil.example"),
+            preflight("/plain", "https://a.example"),
+            preflight("/plain", "https://evil.example"),
+            get("/plain").method("OPTIONS").header("origin", "https://a.example"),
+            get("/cred").header("origin", "https://a.example"),
+            preflight("/cred", "https://a.example"),
+            preflight("/any", "https://anything.example"),
+            get("/any").header("origin", "https://anything.example"),
+            preflight("/strict", "https://evil.example"),
+            preflight("/strict", "https://a.example"),
+            preflight("/strict", "https://a.example").header("access-control-request-private-network", "true"),
+            preflight("/plain", "https://a.example").header("access-control-request-private-network", "true"),
+            get("/strict").header("origin", "https://evil.example"),
+        ],
+    );
+    same_stats(&pair, &["http.ingress_http.cors.origin_valid", "http.ingress_http.cors.origin_invalid"]);
+}
+
+#[test]
+fn buffer_limits_request_bodies() {
+    let filters = r#"          - name: envoy.filters.http.buffer
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.buffer.v3.Buffer
+              max_request_bytes: 1024
+"#;
+    let t = filtered(filters, &one_vhost("              - { match: { prefix: \"/\" }, route: { cluster: echo } }\n"));
+    let pair = compare(
+        "buffer",
+        &t,
+        &["a"],
+        &[
+            get("/empty"),
+            get("/small").post("x".repeat(100)),
+            get("/edge").post("y".repeat(1024)),
+            get("/big").post("z".repeat(5000)),
+        ],
+    );
+    same_stats(&pair, &["http.ingress_http.downstream_rq_too_large"]);
+}
+
+/// Every stat whose name contains `needle`, from `/stats?format=json`.
+fn stats_matching(admin: u16, needle: &str) -> BTreeMap<String, i64> {
+    let body = http_get(addr(admin), "/stats?format=json", "admin").expect("stats").body;
+    let v: Value = serde_json::from_str(&body).expect("stats json");
+    v["stats"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|s| Some((s["name"].as_str()?.to_string(), s["value"].as_i64()?)))
+                .filter(|(n, _)| n.contains(needle))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A request whose response body is read as bytes and, when it says
+/// `content-encoding: gzip` or `br`, decompressed (`x-test-decoded: true` then).
+fn send_decoding(port: u16, r: &Req) -> Resp {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr(port)).expect("connect");
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10))).expect("timeout");
+    let mut req = format!("{} {} HTTP/1.1\r\nhost: {}\r\nconnection: close\r\n", r.method, r.path, r.host);
+    for (k, v) in &r.headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).expect("write");
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).expect("read");
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").expect("a response head");
+    let head = String::from_utf8_lossy(&raw[..split]).to_string();
+    let mut body = raw[split + 4..].to_vec();
+    let mut lines = head.lines();
+    let status = lines.next().and_then(|l| l.split_whitespace().nth(1)).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let mut headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    if headers.iter().any(|(k, v)| k == "transfer-encoding" && v.contains("chunked")) {
+        body = dechunk_bytes(&body);
+    }
+    let encoding = headers.iter().find(|(k, _)| k == "content-encoding").map(|(_, v)| v.clone());
+    let mut out = Vec::new();
+    match encoding.as_deref() {
+        Some("gzip") => {
+            flate2::read::GzDecoder::new(body.as_slice()).read_to_end(&mut out).expect("a valid gzip body");
+        }
+        Some("br") => {
+            brotli::Decompressor::new(body.as_slice(), 4096).read_to_end(&mut out).expect("a valid brotli body");
+        }
+        _ => {}
+    }
+    if !out.is_empty() {
+        body = out;
+        headers.push(("x-test-decoded".into(), "true".into()));
+    }
+    Resp { status, headers, body: String::from_utf8_lossy(&body).to_string() }
+}
+
+fn dechunk_bytes(mut b: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Some(i) = b.windows(2).position(|w| w == b"\r\n") {
+        let size = String::from_utf8_lossy(&b[..i]);
+        let Ok(n) = usize::from_str_radix(size.trim(), 16) else { break };
+        let rest = &b[i + 2..];
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.extend_from_slice(&rest[..n]);
+        b = rest.get(n + 2..).unwrap_or(&[]);
+    }
+    out
+}
+
+/// Sends every request to both proxies and compares what they answered, the
+/// bodies decompressed; Legate's compressed echo bodies must decode to JSON.
+fn compare_decoded(pair: &Pair, requests: &[Req]) {
+    let mut problems = Vec::new();
+    for r in requests {
+        let (e, l) = (send_decoding(pair.envoy, r), send_decoding(pair.legate, r));
+        let (mut ev, mut lv) = (view(&e), view(&l));
+        for (v, resp) in [(&mut ev, &e), (&mut lv, &l)] {
+            v.insert("decoded".into(), resp.header("x-test-decoded").is_some().to_string());
+        }
+        let d = diff(&ev, &lv);
+        if !d.is_empty() {
+            problems.push(format!("{} {} {:?}:\n{}", r.method, r.path, r.headers, d.join("\n")));
+        }
+        // What Legate compressed decompresses to what the upstream sent.
+        if l.header("x-test-decoded").is_some() && r.path == "/json" {
+            let v: Value = serde_json::from_str(&l.body).expect("the echo's JSON after decompression");
+            assert_eq!(v["upstream"], "a");
+        }
+    }
+    assert!(problems.is_empty(), "Legate differs from Envoy:\n{}", problems.join("\n"));
+}
+
+/// Every compressor counter but the compressed byte count, which depends on
+/// the deflate/brotli implementation, must agree.
+fn same_compressor_stats(pair: &Pair) {
+    let mut e = stats_matching(pair.envoy_admin, ".compressor.");
+    let mut l = stats_matching(pair.legate_admin, ".compressor.");
+    e.retain(|k, _| !k.ends_with("total_compressed_bytes"));
+    l.retain(|k, v| !k.ends_with("total_compressed_bytes") && (e.contains_key(k) || *v != 0));
+    let e: BTreeMap<_, _> = e.into_iter().filter(|(k, v)| *v != 0 || l.contains_key(k)).collect();
+    assert_eq!(e, l, "compressor stats differ");
+}
+
+#[test]
+fn gzip_compressor() {
+    let filters = r#"          - name: envoy.filters.http.compressor
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.compressor.v3.Compressor
+              response_direction_config:
+                common_config:
+                  min_content_length: 100
+                  content_type: [application/json, text/plain]
+              compressor_library:
+                name: text_optimized
+                typed_config:
+                  "@type": type.googleapis.com/envoy.extensions.compression.gzip.compressor.v3.Gzip
+                  compression_level: BEST_SPEED
+"#;
+    let long = "compress me please ".repeat(20);
+    let routes = format!(
+        r#"              - {{ match: {{ prefix: "/small" }}, direct_response: {{ status: 200, body: {{ inline_string: "tiny" }} }} }}
+              - {{ match: {{ prefix: "/direct" }}, direct_response: {{ status: 200, body: {{ inline_string: "{long}" }} }} }}
+              - match: {{ prefix: "/etag" }}
+                route: {{ cluster: echo }}
+                response_headers_to_add: [{{ header: {{ key: etag, value: '"abc"' }} }}]
+              - match: {{ prefix: "/weak" }}
+                route: {{ cluster: echo }}
+                response_headers_to_add: [{{ header: {{ key: etag, value: 'W/"abc"' }} }}]
+              - match: {{ prefix: "/notransform" }}
+                route: {{ cluster: echo }}
+                response_headers_to_add: [{{ header: {{ key: cache-control, value: no-transform }} }}]
+              - match: {{ prefix: "/encoded" }}
+                route: {{ cluster: echo }}
+                response_headers_to_add: [{{ header: {{ key: content-encoding, value: identity }} }}]
+              - match: {{ prefix: "/vary" }}
+                route: {{ cluster: echo }}
+                response_headers_to_add: [{{ header: {{ key: vary, value: Origin }} }}]
+              - match: {{ prefix: "/html" }}
+                route: {{ cluster: echo }}
+                response_headers_to_add: [{{ header: {{ key: content-type, value: text/html }}, append_action: OVERWRITE_IF_EXISTS_OR_ADD }}]
+              - {{ match: {{ prefix: "/" }}, route: {{ cluster: echo }} }}
+"#
+    );
+    let t = filtered(filters, &one_vhost(&routes));
+    let pair = start_pair("gzip", &t, &["a"]);
+    let gz = |p: &str| get(p).header("accept-encoding", "gzip");
+    let requests = [
+        gz("/json"),
+        get("/json"),
+        get("/json").header("accept-encoding", "identity"),
+        get("/json").header("accept-encoding", "*"),
+        get("/json").header("accept-encoding", "gzip;q=0"),
+        get("/json").header("accept-encoding", "gzip;q=0, *"),
+        get("/json").header("accept-encoding", "br"),
+        get("/json").header("accept-encoding", "gzip;q=0.5, identity;q=0.8"),
+        get("/json").header("accept-encoding", "deflate, gzip;q=0.9"),
+        gz("/small"),
+        gz("/direct"),
+        gz("/etag"),
+        gz("/weak"),
+        gz("/notransform"),
+        gz("/encoded"),
+        gz("/vary"),
+        gz("/html"),
+    ];
+    compare_decoded(&pair, &requests);
+    same_compressor_stats(&pair);
+    assert!(send_decoding(pair.legate, &gz("/json")).header("x-test-decoded").is_some(), "Legate compressed nothing");
+}
+
+/// A private key made by openssl (PKCS#8 PEM) in `dir`.
+fn openssl_key(dir: &std::path::Path, name: &str, args: &[&str]) -> std::path::PathBuf {
+    let path = dir.join(name);
+    let ok = Command::new("openssl")
+        .args(["genpkey", "-quiet", "-out"])
+        .arg(&path)
+        .args(args)
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "openssl genpkey {args:?} failed (openssl is needed for the JWT scenario)");
+    path
+}
+
+fn b64url(bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+fn hex_bytes(hex: &str) -> Vec<u8> {
+    (0..hex.len() / 2).filter_map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok()).collect()
+}
+
+/// The public half of an RSA key as a JWK.
+fn rsa_jwk(key: &std::path::Path, kid: &str) -> Value {
+    let out = Command::new("openssl").args(["rsa", "-noout", "-modulus", "-in"]).arg(key).output().expect("openssl");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let modulus = text.trim().strip_prefix("Modulus=").expect("openssl prints the modulus");
+    serde_json::json!({ "kty": "RSA", "kid": kid, "alg": "RS256", "use": "sig", "n": b64url(&hex_bytes(modulus)), "e": "AQAB" })
+}
+
+/// The public half of a P-256 key as a JWK: the DER public key ends with the
+/// uncompressed point 04 || x || y.
+fn ec_jwk(key: &std::path::Path, kid: &str) -> Value {
+    let out =
+        Command::new("openssl").args(["pkey", "-pubout", "-outform", "DER", "-in"]).arg(key).output().expect("openssl");
+    let der = out.stdout;
+    assert!(der.len() > 65, "unexpected EC public key");
+    let point = &der[der.len() - 64..];
+    serde_json::json!({ "kty": "EC", "kid": kid, "crv": "P-256", "alg": "ES256", "x": b64url(&point[..32]), "y": b64url(&point[32..]) })
+}
+
+fn sign(key: &std::path::Path, alg: jsonwebtoken::Algorithm, kid: &str, claims: &Value) -> String {
+    let pem = std::fs::read(key).expect("key");
+    let enc = match alg {
+        jsonwebtoken::Algorithm::ES256 => jsonwebtoken::EncodingKey::from_ec_pem(&pem),
+        _ => jsonwebtoken::EncodingKey::from_rsa_pem(&pem),
+    }
+    .expect("a PEM key");
+    let mut header = jsonwebtoken::Header::new(alg);
+    header.kid = Some(kid.into());
+    jsonwebtoken::encode(&header, claims, &enc).expect("sign")
+}
+
+#[test]
+fn jwt_authn_with_local_jwks() {
+    let keys = TempDir::new("jwt-keys");
+    let rsa = openssl_key(keys.path(), "rsa.pem", &["-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"]);
+    let other = openssl_key(keys.path(), "other.pem", &["-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"]);
+    let ec = openssl_key(keys.path(), "ec.pem", &["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"]);
+    let rsa_jwks = serde_json::json!({ "keys": [rsa_jwk(&rsa, "r1")] }).to_string();
+    let ec_jwks = serde_json::json!({ "keys": [ec_jwk(&ec, "e1")] }).to_string();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs();
+    let claims = |iss: &str, aud: &str, exp: u64| serde_json::json!({ "iss": iss, "aud": aud, "sub": "user-1", "exp": exp, "iat": now, "plan": { "tier": "gold" } });
+    let rs = jsonwebtoken::Algorithm::RS256;
+    let good = sign(&rsa, rs, "r1", &claims("https://issuer.example", "api", now + 3600));
+    let expired = sign(&rsa, rs, "r1", &claims("https://issuer.example", "api", now - 3600));
+    let wrong_iss = sign(&rsa, rs, "r1", &claims("https://other.example", "api", now + 3600));
+    let wrong_aud = sign(&rsa, rs, "r1", &claims("https://issuer.example", "web", now + 3600));
+    let forged = sign(&other, rs, "r1", &claims("https://issuer.example", "api", now + 3600));
+    let param_good = sign(&rsa, rs, "r1", &claims("https://param.example", "api", now + 3600));
+    let ec_good = sign(&ec, jsonwebtoken::Algorithm::ES256, "e1", &claims("https://ec.example", "api", now + 3600));
+    let filters = format!(
+        r#"          - name: envoy.filters.http.jwt_authn
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication
+              providers:
+                rsa:
+                  issuer: https://issuer.example
+                  audiences: [api]
+                  local_jwks: {{ inline_string: '{rsa_jwks}' }}
+                  forward_payload_header: x-jwt-payload
+                  claim_to_headers: [{{ header_name: x-sub, claim_name: sub }}, {{ header_name: x-tier, claim_name: plan.tier }}]
+                ec:
+                  issuer: https://ec.example
+                  local_jwks: {{ inline_string: '{ec_jwks}' }}
+                  from_headers: [{{ name: x-token }}]
+                  forward: true
+                rsa_param:
+                  issuer: https://param.example
+                  local_jwks: {{ inline_string: '{rsa_jwks}' }}
+                  from_params: [tok]
+              rules:
+              - match: {{ prefix: /rsa }}
+                requires: {{ provider_name: rsa }}
+              - match: {{ prefix: /any }}
+                requires: {{ requires_any: {{ requirements: [{{ provider_name: rsa }}, {{ provider_name: ec }}] }} }}
+              - match: {{ prefix: /open }}
+              - match: {{ prefix: /param }}
+                requires: {{ provider_name: rsa_param }}
+              - match: {{ prefix: /maybe }}
+                requires: {{ allow_missing: {{}} }}
+              - match: {{ prefix: /whatever }}
+                requires: {{ allow_missing_or_failed: {{}} }}
+              - match: {{ prefix: /rsa-or-none }}
+                requires: {{ requires_any: {{ requirements: [{{ provider_name: rsa }}, {{ allow_missing: {{}} }}] }} }}
+"#
+    );
+    let t = filtered(&filters, &one_vhost("              - { match: { prefix: \"/\" }, route: { cluster: echo } }\n"));
+    let bearer = |t: &str| format!("Bearer {t}");
+    let pair = compare(
+        "jwt",
+        &t,
+        &["a"],
+        &[
+            get("/rsa"),
+            get("/rsa?q=1"),
+            get("/rsa").header("authorization", bearer(&good)),
+            get("/rsa").header("authorization", bearer(&expired)),
+            get("/rsa").header("authorization", bearer(&wrong_iss)),
+            get("/rsa").header("authorization", bearer(&wrong_aud)),
+            get("/rsa").header("authorization", bearer(&forged)),
+            get("/rsa").header("authorization", "Bearer abc"),
+            get(&format!("/rsa?access_token={good}")),
+            get("/any").header("x-token", ec_good.clone()),
+            get("/any").header("authorization", bearer(&good)),
+            get("/any").header("x-token", good.clone()),
+            get("/any"),
+            get("/open"),
+            get("/elsewhere"),
+            get(&format!("/param?a=1&tok={param_good}&b=2")),
+            get(&format!("/maybe?tok={param_good}")),
+            get("/param?a=1"),
+            get("/maybe"),
+            get("/maybe").header("authorization", bearer(&good)),
+            get("/maybe").header("authorization", bearer(&expired)),
+            get("/whatever").header("authorization", bearer(&expired)),
+            get("/whatever").header("authorization", bearer(&good)),
+            get("/rsa-or-none"),
+            get("/rsa-or-none").header("authorization", bearer(&forged)),
+            get("/rsa-or-none").header("authorization", bearer(&good)),
+        ],
+    );
+    same_stats(&pair, &["http.ingress_http.jwt_authn.allowed", "http.ingress_http.jwt_authn.denied"]);
+}
+
+#[test]
+fn brotli_compressor() {
+    let filters = r#"          - name: envoy.filters.http.compressor
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.compressor.v3.Compressor
+              compressor_library:
+                name: br
+                typed_config:
+                  "@type": type.googleapis.com/envoy.extensions.compression.brotli.compressor.v3.Brotli
+                  quality: 5
+                  window_bits: 16
+"#;
+    let t = filtered(filters, &one_vhost("              - { match: { prefix: \"/\" }, route: { cluster: echo } }\n"));
+    let pair = start_pair("brotli", &t, &["a"]);
+    let requests = [
+        get("/json").header("accept-encoding", "br"),
+        get("/json").header("accept-encoding", "gzip"),
+        get("/json").header("accept-encoding", "gzip, br;q=0.5"),
+        get("/json").header("accept-encoding", "br;q=0.5, identity"),
+        get("/json").header("accept-encoding", "*"),
+        get("/json"),
+    ];
+    compare_decoded(&pair, &requests);
+    same_compressor_stats(&pair);
+    let r = send_decoding(pair.legate, &get("/json").header("accept-encoding", "br"));
+    assert_eq!(r.header("content-encoding"), Some("br"));
+    assert!(r.header("x-test-decoded").is_some(), "Legate compressed nothing");
+}

@@ -1,0 +1,565 @@
+//! `envoy.filters.http.jwt_authn` with local JWKS: rules pick a requirement
+//! by path (and headers); a requirement names providers; a provider says
+//! where the token is, who must have issued it and for whom, and the keys
+//! that sign it. Failures are answered as Envoy does: 401 (403 for an
+//! audience not allowed) with the reason as body and `www-authenticate`.
+//!
+//! Cost per request under a rule: the token is split and base64url-decoded,
+//! its header and payload parsed as JSON, and its signature checked (one RSA
+//! or ECDSA verification); nothing is cached between requests.
+
+use crate::matcher::{compile_regex, HeaderMatch, Pseudo};
+use base64::Engine as _;
+use http::{HeaderMap, HeaderName, HeaderValue};
+use jsonwebtoken::jwk::{AlgorithmParameters, JwkSet};
+use jsonwebtoken::{Algorithm, DecodingKey};
+use legate_api::pb::envoy::config::route::v3::{route_match::PathSpecifier, RouteMatch};
+use legate_api::pb::envoy::extensions::filters::http::jwt_authn::v3::{
+    jwt_provider::JwksSourceSpecifier, jwt_requirement::RequiresType, requirement_rule::RequirementType,
+    JwtAuthentication, JwtProvider, JwtRequirement,
+};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Why a token was refused, with Envoy's wording.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Failure {
+    Missing,
+    BadFormat,
+    HeaderParse,
+    PayloadParse,
+    BadAlg,
+    UnknownIssuer,
+    Expired,
+    NotYetValid,
+    AudienceNotAllowed,
+    NoKey,
+    VerificationFails,
+}
+
+impl Failure {
+    pub fn message(self) -> &'static str {
+        match self {
+            Self::Missing => "Jwt is missing",
+            Self::BadFormat => "Jwt is not in the form of Header.Payload.Signature with two dots and 3 sections",
+            Self::HeaderParse => "Jwt header is an invalid JSON",
+            Self::PayloadParse => "Jwt payload is an invalid JSON",
+            Self::BadAlg => "Jwt header [alg] is not supported",
+            Self::UnknownIssuer => "Jwt issuer is not configured",
+            Self::Expired => "Jwt is expired",
+            Self::NotYetValid => "Jwt not yet valid",
+            Self::AudienceNotAllowed => "Audiences in Jwt are not allowed",
+            Self::NoKey => "Jwks doesn't have key to match kid or alg from Jwt",
+            Self::VerificationFails => "Jwt verification fails",
+        }
+    }
+
+    pub fn status(self) -> u16 {
+        if self == Self::AudienceNotAllowed {
+            403
+        } else {
+            401
+        }
+    }
+
+    /// The access log's response code details, Envoy's `jwt_authn_access_denied{...}`.
+    pub fn details(self) -> &'static str {
+        match self {
+            Self::Missing => "jwt_authn_access_denied{Jwt_is_missing}",
+            Self::Expired => "jwt_authn_access_denied{Jwt_is_expired}",
+            Self::AudienceNotAllowed => "jwt_authn_access_denied{Audiences_in_Jwt_are_not_allowed}",
+            Self::UnknownIssuer => "jwt_authn_access_denied{Jwt_issuer_is_not_configured}",
+            _ => "jwt_authn_access_denied{Jwt_verification_fails}",
+        }
+    }
+}
+
+/// Where a provider looks for its token.
+struct Location {
+    header: HeaderName,
+    prefix: String,
+}
+
+struct Provider {
+    issuer: String,
+    audiences: Vec<String>,
+    keys: Vec<(Option<String>, DecodingKey, &'static str)>,
+    locations: Vec<Location>,
+    /// Query parameters that may carry the token (`access_token` by default).
+    query_params: Vec<String>,
+    forward: bool,
+    payload_header: Option<HeaderName>,
+    claim_headers: Vec<(HeaderName, Vec<String>)>,
+    clock_skew: u64,
+}
+
+/// The key family an algorithm needs.
+fn family(alg: Algorithm) -> &'static str {
+    match alg {
+        Algorithm::RS256
+        | Algorithm::RS384
+        | Algorithm::RS512
+        | Algorithm::PS256
+        | Algorithm::PS384
+        | Algorithm::PS512 => "RSA",
+        Algorithm::ES256 | Algorithm::ES384 => "EC",
+        Algorithm::EdDSA => "OKP",
+        Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512 => "oct",
+    }
+}
+
+impl Provider {
+    fn new(p: &JwtProvider) -> Result<Self, String> {
+        let jwks = match &p.jwks_source_specifier {
+            Some(JwksSourceSpecifier::LocalJwks(ds)) => crate::datasource::read(ds)?,
+            Some(_) => return Err("remote_jwks is not supported (use local_jwks)".into()),
+            None => return Err("local_jwks is required".into()),
+        };
+        let set: JwkSet = serde_json::from_slice(&jwks).map_err(|e| format!("local_jwks: not a JWKS: {e}"))?;
+        let mut keys = Vec::new();
+        for (i, k) in set.keys.iter().enumerate() {
+            let fam = match &k.algorithm {
+                AlgorithmParameters::RSA(_) => "RSA",
+                AlgorithmParameters::EllipticCurve(_) => "EC",
+                AlgorithmParameters::OctetKeyPair(_) => "OKP",
+                AlgorithmParameters::OctetKey(_) => "oct",
+            };
+            let key = DecodingKey::from_jwk(k).map_err(|e| format!("local_jwks.keys[{i}]: {e}"))?;
+            keys.push((k.common.key_id.clone(), key, fam));
+        }
+        if keys.is_empty() {
+            return Err("local_jwks: no keys".into());
+        }
+        if !p.from_cookies.is_empty() {
+            return Err("from_cookies is not supported".into());
+        }
+        let default = p.from_headers.is_empty() && p.from_params.is_empty();
+        let locations = if default {
+            vec![Location { header: http::header::AUTHORIZATION, prefix: "Bearer ".into() }]
+        } else {
+            p.from_headers
+                .iter()
+                .map(|h| {
+                    Ok(Location {
+                        header: HeaderName::from_bytes(h.name.to_ascii_lowercase().as_bytes())
+                            .map_err(|_| format!("from_headers: invalid header name '{}'", h.name))?,
+                        prefix: h.value_prefix.clone(),
+                    })
+                })
+                .collect::<Result<_, String>>()?
+        };
+        let header = |s: &str| {
+            HeaderName::from_bytes(s.to_ascii_lowercase().as_bytes()).map_err(|_| format!("invalid header name '{s}'"))
+        };
+        Ok(Self {
+            issuer: p.issuer.clone(),
+            audiences: p.audiences.clone(),
+            keys,
+            locations,
+            query_params: if default { vec!["access_token".into()] } else { p.from_params.clone() },
+            forward: p.forward,
+            payload_header: (!p.forward_payload_header.is_empty())
+                .then(|| header(&p.forward_payload_header))
+                .transpose()?,
+            claim_headers: p
+                .claim_to_headers
+                .iter()
+                .map(|c| Ok((header(&c.header_name)?, c.claim_name.split('.').map(str::to_string).collect())))
+                .collect::<Result<_, String>>()?,
+            clock_skew: if p.clock_skew_seconds == 0 { 60 } else { u64::from(p.clock_skew_seconds) },
+        })
+    }
+
+    /// The token and where it came from.
+    fn extract<'h>(&'h self, headers: &'h HeaderMap, path: &'h str) -> Option<(&'h str, From<'h>)> {
+        for loc in &self.locations {
+            for v in headers.get_all(&loc.header) {
+                let Ok(v) = v.to_str() else { continue };
+                let rest = if loc.prefix.is_empty() {
+                    Some(v)
+                } else if v.len() >= loc.prefix.len() && v[..loc.prefix.len()].eq_ignore_ascii_case(&loc.prefix) {
+                    Some(&v[loc.prefix.len()..])
+                } else {
+                    None
+                };
+                if let Some(t) = rest.map(str::trim).filter(|t| !t.is_empty()) {
+                    return Some((t, From::Header(&loc.header)));
+                }
+            }
+        }
+        let query = path.split_once('?').map(|(_, q)| q)?;
+        for name in &self.query_params {
+            for pair in query.split('&') {
+                let value = pair.strip_prefix(name.as_str()).and_then(|r| r.strip_prefix('='));
+                if let Some(t) = value.filter(|t| !t.is_empty()) {
+                    return Some((t, From::Query(name)));
+                }
+            }
+        }
+        None
+    }
+
+    /// Checks a token in Envoy's order: form, issuer, time, audience, key, signature.
+    fn verify(&self, token: &str) -> Result<serde_json::Value, Failure> {
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let mut parts = token.split('.');
+        let (Some(h), Some(p), Some(sig), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
+            return Err(Failure::BadFormat);
+        };
+        let header: serde_json::Value = b64
+            .decode(h.trim_end_matches('='))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .ok_or(Failure::HeaderParse)?;
+        let payload: serde_json::Value = b64
+            .decode(p.trim_end_matches('='))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .filter(serde_json::Value::is_object)
+            .ok_or(Failure::PayloadParse)?;
+        let alg: Algorithm = header["alg"].as_str().and_then(|a| a.parse().ok()).ok_or(Failure::BadAlg)?;
+        if !self.issuer.is_empty() && payload["iss"].as_str() != Some(self.issuer.as_str()) {
+            return Err(Failure::UnknownIssuer);
+        }
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        if let Some(nbf) = payload["nbf"].as_u64() {
+            if nbf > now + self.clock_skew {
+                return Err(Failure::NotYetValid);
+            }
+        }
+        if let Some(exp) = payload["exp"].as_u64() {
+            if exp + self.clock_skew < now {
+                return Err(Failure::Expired);
+            }
+        }
+        if !self.audiences.is_empty() {
+            let aud = &payload["aud"];
+            let ok = match aud {
+                serde_json::Value::String(s) => self.audiences.contains(s),
+                serde_json::Value::Array(a) => {
+                    a.iter().filter_map(|v| v.as_str()).any(|s| self.audiences.iter().any(|x| x == s))
+                }
+                _ => false,
+            };
+            if !ok {
+                return Err(Failure::AudienceNotAllowed);
+            }
+        }
+        let kid = header["kid"].as_str();
+        let fam = family(alg);
+        let candidates =
+            self.keys.iter().filter(|(k, _, f)| *f == fam && (kid.is_none() || k.is_none() || k.as_deref() == kid));
+        let message = &token[..h.len() + 1 + p.len()];
+        let mut any = false;
+        for (_, key, _) in candidates {
+            any = true;
+            if jsonwebtoken::crypto::verify(sig, message.as_bytes(), key, alg).unwrap_or(false) {
+                return Ok(payload);
+            }
+        }
+        Err(if any { Failure::VerificationFails } else { Failure::NoKey })
+    }
+}
+
+/// Where a token was found.
+enum From<'a> {
+    Header(&'a HeaderName),
+    Query(&'a str),
+}
+
+/// A compiled `JwtRequirement`.
+enum Requirement {
+    Provider(usize),
+    Any(Vec<Requirement>),
+    All(Vec<Requirement>),
+    /// Satisfied without a token; a token present must verify.
+    AllowMissing,
+    /// Always satisfied; a token that verifies is still used.
+    AllowMissingOrFailed,
+}
+
+/// A rule's match: path (prefix, exact or regex) and headers.
+enum PathTest {
+    Prefix(String),
+    Exact(String),
+    Regex(regex::Regex),
+}
+
+struct Rule {
+    path: PathTest,
+    headers: Vec<HeaderMatch>,
+    /// None: the rule matches and asks for nothing.
+    requires: Option<Requirement>,
+}
+
+pub struct JwtAuthn {
+    providers: Vec<Provider>,
+    rules: Vec<Rule>,
+    allowed: Arc<crate::stats::Counter>,
+    denied: Arc<crate::stats::Counter>,
+}
+
+/// What a verified request gets: headers to set and to remove.
+#[derive(Default)]
+struct Outcome {
+    remove: Vec<HeaderName>,
+    /// The token came in this query parameter and is not forwarded.
+    strip_query: Option<String>,
+    set: Vec<(HeaderName, HeaderValue)>,
+}
+
+fn claim_value(v: &serde_json::Value) -> Option<String> {
+    match v {
+        serde_json::Value::String(s) => Some(s.clone()),
+        serde_json::Value::Number(n) => Some(n.to_string()),
+        serde_json::Value::Bool(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
+impl JwtAuthn {
+    pub fn compile(c: &JwtAuthentication, store: &crate::stats::Store, stat_prefix: &str) -> Result<Self, String> {
+        let mut names: Vec<&String> = c.providers.keys().collect();
+        names.sort();
+        let mut index = HashMap::new();
+        let mut providers = Vec::new();
+        for n in names {
+            let p = Provider::new(&c.providers[n]).map_err(|e| format!("providers[\"{n}\"].{e}"))?;
+            index.insert(n.clone(), providers.len());
+            providers.push(p);
+        }
+        fn req(r: &JwtRequirement, index: &HashMap<String, usize>) -> Result<Requirement, String> {
+            match &r.requires_type {
+                Some(RequiresType::ProviderName(n)) => {
+                    index.get(n).map(|i| Requirement::Provider(*i)).ok_or(format!("unknown provider '{n}'"))
+                }
+                Some(RequiresType::RequiresAny(l)) => {
+                    Ok(Requirement::Any(l.requirements.iter().map(|r| req(r, index)).collect::<Result<_, _>>()?))
+                }
+                Some(RequiresType::RequiresAll(l)) => {
+                    Ok(Requirement::All(l.requirements.iter().map(|r| req(r, index)).collect::<Result<_, _>>()?))
+                }
+                Some(RequiresType::AllowMissing(_)) => Ok(Requirement::AllowMissing),
+                Some(RequiresType::AllowMissingOrFailed(_)) => Ok(Requirement::AllowMissingOrFailed),
+                Some(_) => Err(
+                    "only provider_name, requires_any, requires_all, allow_missing and allow_missing_or_failed are supported"
+                        .into(),
+                ),
+                None => Err("a requirement is required".into()),
+            }
+        }
+        let rules = c
+            .rules
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                let m = r.r#match.as_ref().ok_or(format!("rules[{i}].match is required"))?;
+                let requires = match &r.requirement_type {
+                    Some(RequirementType::Requires(q)) => {
+                        Some(req(q, &index).map_err(|e| format!("rules[{i}].requires: {e}"))?)
+                    }
+                    Some(RequirementType::RequirementName(_)) => {
+                        return Err(format!("rules[{i}].requirement_name is not supported"))
+                    }
+                    None => None,
+                };
+                Ok(Rule {
+                    path: path_test(m).map_err(|e| format!("rules[{i}].match: {e}"))?,
+                    headers: m.headers.iter().map(HeaderMatch::new).collect::<Result<_, _>>()?,
+                    requires,
+                })
+            })
+            .collect::<Result<_, String>>()?;
+        let p = format!("http.{stat_prefix}.jwt_authn.");
+        Ok(Self {
+            providers,
+            rules,
+            allowed: store.counter(&format!("{p}allowed")),
+            denied: store.counter(&format!("{p}denied")),
+        })
+    }
+
+    fn check(&self, r: &Requirement, headers: &HeaderMap, path: &str, out: &mut Outcome) -> Result<(), Failure> {
+        match r {
+            Requirement::Provider(i) => {
+                let p = &self.providers[*i];
+                let (token, from) = p.extract(headers, path).ok_or(Failure::Missing)?;
+                let payload = p.verify(token)?;
+                if !p.forward {
+                    match from {
+                        From::Header(h) => out.remove.push(h.clone()),
+                        From::Query(name) => out.strip_query = Some(name.to_string()),
+                    }
+                }
+                if let Some(h) = &p.payload_header {
+                    // The payload exactly as the token carries it (base64url).
+                    let seg = token.split('.').nth(1).unwrap_or("");
+                    if let Ok(v) = HeaderValue::from_str(seg) {
+                        out.set.push((h.clone(), v));
+                    }
+                }
+                for (h, path) in &p.claim_headers {
+                    let v = path.iter().try_fold(&payload, |v, k| v.get(k));
+                    if let Some(s) = v.and_then(claim_value) {
+                        if let Ok(v) = HeaderValue::from_str(&s) {
+                            out.set.push((h.clone(), v));
+                        }
+                    }
+                }
+                Ok(())
+            }
+            Requirement::Any(list) => {
+                let mut first_error = None;
+                for r in list {
+                    let mut o = Outcome::default();
+                    match self.check(r, headers, path, &mut o) {
+                        Ok(()) => {
+                            out.remove.extend(o.remove);
+                            out.set.extend(o.set);
+                            if o.strip_query.is_some() {
+                                out.strip_query = o.strip_query;
+                            }
+                            return Ok(());
+                        }
+                        Err(Failure::Missing) => {}
+                        Err(e) => {
+                            first_error.get_or_insert(e);
+                        }
+                    }
+                }
+                Err(first_error.unwrap_or(Failure::Missing))
+            }
+            Requirement::All(list) => list.iter().try_for_each(|r| self.check(r, headers, path, out)),
+            Requirement::AllowMissing | Requirement::AllowMissingOrFailed => {
+                // The first provider that finds a token verifies it.
+                // As Envoy: a token found in any provider's locations is
+                // verified by the provider of its issuer.
+                let found: Vec<(usize, &str)> = (0..self.providers.len())
+                    .filter_map(|i| self.providers[i].extract(headers, path).map(|(t, _)| (i, t)))
+                    .collect();
+                let by_issuer = found.iter().find(|(i, t)| {
+                    let issuer = &self.providers[*i].issuer;
+                    issuer.is_empty() || token_issuer(t).as_deref() == Some(issuer.as_str())
+                });
+                let result = match by_issuer.or(found.first()) {
+                    Some((i, _)) => self.check(&Requirement::Provider(*i), headers, path, out),
+                    None => Ok(()),
+                };
+                match r {
+                    Requirement::AllowMissingOrFailed => Ok(()),
+                    _ => result,
+                }
+            }
+        }
+    }
+
+    /// Runs the first rule that matches the request. `Err`: answer with it.
+    /// `new_path` receives the path without its `access_token` parameter when
+    /// a token taken from there is not forwarded.
+    pub fn on_request(
+        &self,
+        headers: &mut HeaderMap,
+        pseudo: &Pseudo<'_>,
+        new_path: &mut Option<String>,
+    ) -> Result<(), Failure> {
+        let path_only = pseudo.path.split(['?', '#']).next().unwrap_or(pseudo.path);
+        let Some(rule) = self.rules.iter().find(|r| {
+            (match &r.path {
+                PathTest::Prefix(p) => path_only.starts_with(p.as_str()),
+                PathTest::Exact(p) => path_only == p,
+                PathTest::Regex(re) => re.is_match(path_only),
+            }) && r.headers.iter().all(|m| m.matches(headers, pseudo))
+        }) else {
+            // Envoy counts a request no rule asks anything of as allowed.
+            self.allowed.inc();
+            return Ok(());
+        };
+        let Some(requires) = &rule.requires else {
+            self.allowed.inc();
+            return Ok(());
+        };
+        let mut out = Outcome::default();
+        match self.check(requires, headers, pseudo.path, &mut out) {
+            Ok(()) => {
+                self.allowed.inc();
+                for h in out.remove {
+                    headers.remove(h);
+                }
+                for (k, v) in out.set {
+                    headers.insert(k, v);
+                }
+                if let Some(name) = out.strip_query {
+                    *new_path = Some(without_param(pseudo.path, &name));
+                }
+                Ok(())
+            }
+            Err(e) => {
+                self.denied.inc();
+                Err(e)
+            }
+        }
+    }
+}
+
+/// The `iss` claim of a token, read without verifying it.
+fn token_issuer(token: &str) -> Option<String> {
+    let payload = token.split('.').nth(1)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload.trim_end_matches('=')).ok()?;
+    let v: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    v["iss"].as_str().map(str::to_string)
+}
+
+/// The path with the query parameter `name` taken out.
+fn without_param(path: &str, name: &str) -> String {
+    let Some((p, q)) = path.split_once('?') else { return path.to_string() };
+    let kept: Vec<&str> = q.split('&').filter(|kv| kv.strip_prefix(name).is_none_or(|r| !r.starts_with('='))).collect();
+    if kept.is_empty() {
+        p.to_string()
+    } else {
+        format!("{p}?{}", kept.join("&"))
+    }
+}
+
+fn path_test(m: &RouteMatch) -> Result<PathTest, String> {
+    if m.case_sensitive.is_some_and(|b| !b.value) || !m.query_parameters.is_empty() {
+        return Err("case_sensitive and query_parameters are not supported in jwt_authn rules".into());
+    }
+    Ok(match &m.path_specifier {
+        Some(PathSpecifier::Prefix(p)) => PathTest::Prefix(p.clone()),
+        Some(PathSpecifier::Path(p)) => PathTest::Exact(p.clone()),
+        Some(PathSpecifier::SafeRegex(r)) => PathTest::Regex(compile_regex(r)?),
+        _ => return Err("only prefix, path and safe_regex are supported".into()),
+    })
+}
+
+/// Envoy's `www-authenticate` for a refused request: the realm is the
+/// request's URL, query included.
+pub fn www_authenticate(f: Failure, authority: &str, path: &str) -> Option<HeaderValue> {
+    let mut v = format!("Bearer realm=\"http://{authority}{path}\"");
+    if f != Failure::Missing {
+        v.push_str(", error=\"invalid_token\"");
+    }
+    HeaderValue::from_str(&v).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_parameter_is_taken_out_of_the_query() {
+        assert_eq!(without_param("/a?access_token=x", "access_token"), "/a");
+        assert_eq!(without_param("/a?b=1&access_token=x&c=2", "access_token"), "/a?b=1&c=2");
+        assert_eq!(without_param("/a", "access_token"), "/a");
+    }
+
+    #[test]
+    fn realm_and_error() {
+        let v = www_authenticate(Failure::Missing, "h", "/p?q=1").expect("value");
+        assert_eq!(v, "Bearer realm=\"http://h/p?q=1\"");
+        let v = www_authenticate(Failure::Expired, "h", "/p").expect("value");
+        assert_eq!(v, "Bearer realm=\"http://h/p\", error=\"invalid_token\"");
+        assert_eq!(Failure::AudienceNotAllowed.status(), 403);
+    }
+}
