@@ -2,6 +2,8 @@
 //! free ports, waiting, a tiny HTTP client, and Envoy 1.40 installed on demand.
 #![allow(dead_code)]
 
+pub mod diff;
+
 use serde_json::Value;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};

@@ -15,7 +15,6 @@ use legate_api::pb::envoy::extensions::filters::http::health_check::v3::HealthCh
 use legate_api::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
     http_filter, HttpFilter as PbFilter,
 };
-use legate_api::pb::envoy::r#type::v3::{fractional_percent::DenominatorType, FractionalPercent};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -31,20 +30,8 @@ pub const COMPRESSOR_TYPE: &str = "envoy.extensions.filters.http.compressor.v3.C
 pub const JWT_TYPE: &str = "envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication";
 pub const BUFFER_TYPE: &str = "envoy.extensions.filters.http.buffer.v3.Buffer";
 
-/// A probability in parts per million (Envoy's FractionalPercent).
-pub(crate) fn per_million(p: Option<&FractionalPercent>) -> u32 {
-    let Some(p) = p else { return 1_000_000 };
-    let scale = match DenominatorType::try_from(p.denominator).unwrap_or(DenominatorType::Hundred) {
-        DenominatorType::Hundred => 10_000,
-        DenominatorType::TenThousand => 100,
-        DenominatorType::Million => 1,
-    };
-    p.numerator.saturating_mul(scale).min(1_000_000)
-}
-
-pub(crate) fn roll(per_million: u32) -> bool {
-    per_million >= 1_000_000 || rand::random_range(0..1_000_000) < per_million
-}
+// Fractions (percentages, enabled/enforced shares) and the draw against them.
+pub(crate) use crate::fraction::{per_million, roll};
 
 enum Filter {
     /// Answers health checks itself (non-pass-through mode): 200 while the
