@@ -970,3 +970,68 @@ spec:
     let (ok, out) = cp.ctl(&["get", "envoy", "routes", "--node", "res-legate", "-o", "json"]);
     assert!(ok && out.contains("connect-failure,5xx") && out.contains("previous_hosts"), "{out}");
 }
+
+/// A `protocol: tcp` Service behind a TCP Gateway: Envoy and Legate both
+/// pass the bytes through (tcp_proxy), adding nothing; references to it are
+/// checked, and a subset no endpoint belongs to is refused.
+#[test]
+fn tcp_services_and_subset_checks() {
+    let dir = TempDir::new("tcp-svc");
+    let (_db, db) = echo("db", dir.path());
+    let cp = ControlPlane::start(dir.path());
+    let (ge, gl) = (free_port(), free_port());
+    let tcp_gateway = |name: &str, node: &str, port: u16| {
+        format!(
+            "kind: Gateway\nmetadata: {{ name: {name}, nodes: {{ ids: [{node}] }} }}\nspec:\n  address: 127.0.0.1\n  port: {port}\n  tcp: db\n"
+        )
+    };
+    let service = format!(
+        "kind: Service\nmetadata: {{ name: db }}\nspec:\n  protocol: tcp\n  endpoints: [{{ address: 127.0.0.1, port: {db} }}]\n"
+    );
+    cp.apply(
+        dir.path(),
+        &format!(
+            "{service}---\n{}---\n{}",
+            tcp_gateway("tcp-e", "tcp-envoy", ge),
+            tcp_gateway("tcp-l", "tcp-legate", gl)
+        ),
+    );
+    let _envoy = attach(Client::Envoy, &cp, "tcp-envoy", false, dir.path());
+    let _legate = attach(Client::Legate, &cp, "tcp-legate", true, dir.path());
+    for (port, who) in [(ge, "Envoy"), (gl, "Legate")] {
+        let r = wait_for(&format!("{who}'s TCP gateway"), Duration::from_secs(20), || {
+            http_get(addr(port), "/through", "db.example").ok().filter(|r| r.status == 200)
+        });
+        // The echo's own answer, untouched: no HTTP proxy headers added.
+        assert_eq!(r.header("x-upstream"), Some("db"), "{who}");
+        assert_eq!(r.header("server"), None, "{who} passed the bytes through");
+        assert_eq!(r.header("x-envoy-upstream-service-time"), None, "{who}");
+        let body: Value = serde_json::from_str(&r.body).expect("echo json");
+        assert_eq!(body["headers"]["x-request-id"], Value::Null, "{who}: no HTTP processing on the way");
+    }
+    let refuse = |yaml: &str, expect: &str| {
+        let f = dir.path().join(format!("bad-{}.yaml", free_port()));
+        std::fs::write(&f, yaml).expect("write");
+        let (ok, out) = cp.ctl(&["apply", "-f", f.to_str().expect("path")]);
+        assert!(!ok && out.contains(expect), "expected '{expect}': {out}");
+    };
+    // HTTP routes to a tcp service, and Routes on a tcp gateway, are refused.
+    refuse(
+        &format!(
+            "kind: Gateway\nmetadata: {{ name: http-to-tcp }}\nspec:\n  address: 127.0.0.1\n  port: {}\n  routes:\n  - match: {{ prefix: / }}\n    to: [{{ service: db }}]\n",
+            free_port()
+        ),
+        "is tcp: reach it through a Gateway's spec.tcp",
+    );
+    refuse(
+        "kind: Route\nmetadata: { name: r }\nspec:\n  gateway: tcp-l\n  hosts: [x]\n  routes:\n  - match: { prefix: / }\n    direct_response: { status: 200 }\n",
+        "is a tcp gateway",
+    );
+    // A subset no listed endpoint belongs to.
+    refuse(
+        &format!(
+            "kind: Service\nmetadata: {{ name: web }}\nspec:\n  endpoints: [{{ address: 127.0.0.1, port: {db}, labels: {{ version: v1 }} }}]\n  subsets: {{ v2: {{ version: v2 }} }}\n"
+        ),
+        "no endpoint has the labels of subset 'v2'",
+    );
+}

@@ -9,7 +9,8 @@
 //! - `Gateway`: a listener address with hosts and routes to services or
 //!   weighted subsets, redirects, rewrites, header changes and direct
 //!   responses. Compiles to a Listener and a RouteConfiguration named
-//!   `gateway.<name>`.
+//!   `gateway.<name>`; a TCP gateway (`tcp: <service>`) compiles to a
+//!   Listener with tcp_proxy to a `protocol: tcp` service.
 //!
 //! The compiled resources go through the same Envoy loader as everything else.
 
@@ -26,6 +27,8 @@ pub enum Protocol {
     Http,
     Http2,
     Grpc,
+    /// Plain TCP: reached through a Gateway's `tcp`, not HTTP routes.
+    Tcp,
 }
 
 #[derive(Debug, Clone, Copy, Default, Deserialize)]
@@ -295,6 +298,10 @@ pub struct GatewaySpec {
     /// Routes for `hosts`; more virtual hosts come from `Route` resources.
     #[serde(default)]
     pub routes: Vec<RouteSpec>,
+    /// A TCP gateway: every connection goes to this (tcp) service, instead of
+    /// HTTP routes.
+    #[serde(default)]
+    pub tcp: Option<String>,
 }
 
 /// `Route`: a virtual host (its hosts and routes) attached to a Gateway.
@@ -362,6 +369,9 @@ pub fn check(kind: Kind, doc: &Document) -> Result<Resource, Problems> {
         Kind::Gateway => {
             let g: GatewaySpec = parse(doc)?;
             let mut p = check_routes(&g.routes);
+            if g.tcp.is_some() && !g.routes.is_empty() {
+                p.push(("spec.tcp".into(), "a gateway has either routes or tcp, not both".into()));
+            }
             if g.address.parse::<std::net::IpAddr>().is_err() {
                 p.push(("spec.address".into(), format!("'{}' is not an IP address", g.address)));
             }
@@ -432,6 +442,17 @@ pub fn generate(
                 .map(|i| (i.address.clone(), i.port, i.labels.clone()))
                 .collect()
         };
+        if !s.endpoints.is_empty() {
+            for (subset, labels) in &s.subsets {
+                if !endpoints.iter().any(|(_, _, l)| labels.iter().all(|(k, v)| l.get(k) == Some(v))) {
+                    problems.push((
+                        format!("Service/{name}"),
+                        format!("spec.subsets.{subset}"),
+                        format!("no endpoint has the labels of subset '{subset}'"),
+                    ));
+                }
+            }
+        }
         let mut groups: Vec<(String, Option<&BTreeMap<String, String>>)> = vec![(name.clone(), None)];
         for (subset, labels) in &s.subsets {
             groups.push((format!("{name}.{subset}"), Some(labels)));
@@ -493,6 +514,33 @@ pub fn generate(
             ));
         }
         let gw = format!("gateway.{name}");
+        if let Some(svc) = &g.tcp {
+            match services.get(svc) {
+                None => problems.push((label.clone(), "spec.tcp".into(), format!("unknown service '{svc}'"))),
+                Some(spec) if spec.protocol != Protocol::Tcp => {
+                    problems.push((label.clone(), "spec.tcp".into(), format!("service '{svc}' is not a tcp service")))
+                }
+                Some(_) => {}
+            }
+            out.push(envoy_doc(
+                "Listener",
+                &gw,
+                &r.nodes,
+                json!({
+                    "name": gw,
+                    "address": {"socket_address": {"address": g.address, "port_value": g.port}},
+                    "filter_chains": [{"filters": [{
+                        "name": "envoy.filters.network.tcp_proxy",
+                        "typed_config": {
+                            "@type": "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
+                            "stat_prefix": gw.replace('.', "_"),
+                            "cluster": svc
+                        }
+                    }]}]
+                }),
+            ));
+            continue;
+        }
         let mut vhosts = Vec::new();
         let mut domains: BTreeMap<String, String> = BTreeMap::new();
         let mut add_vhost = |vh_name: &str,
@@ -549,6 +597,11 @@ pub fn generate(
     }
     let gateways: std::collections::BTreeSet<&String> =
         resources.keys().filter(|(k, _)| *k == Kind::Gateway).map(|(_, n)| n).collect();
+    let tcp_gateways: std::collections::BTreeSet<&String> = resources
+        .iter()
+        .filter(|((k, _), r)| *k == Kind::Gateway && parse::<GatewaySpec>(&r.doc).is_ok_and(|g| g.tcp.is_some()))
+        .map(|((_, n), _)| n)
+        .collect();
     for ((kind, name), r) in resources {
         if *kind != Kind::Route {
             continue;
@@ -559,6 +612,12 @@ pub fn generate(
                     format!("Route/{name}"),
                     "spec.gateway".into(),
                     format!("unknown gateway '{}'", spec.gateway),
+                ));
+            } else if tcp_gateways.contains(&spec.gateway) {
+                problems.push((
+                    format!("Route/{name}"),
+                    "spec.gateway".into(),
+                    format!("gateway '{}' is a tcp gateway: it has no HTTP routes", spec.gateway),
                 ));
             }
         }
@@ -637,6 +696,14 @@ fn compile_routes(
                     ));
                     continue;
                 };
+                if svc.protocol == Protocol::Tcp {
+                    problems.push((
+                        label.to_string(),
+                        format!("{path}.service"),
+                        format!("service '{}' is tcp: reach it through a Gateway's spec.tcp", t.service),
+                    ));
+                    continue;
+                }
                 let cluster = match &t.subset {
                     Some(sub) if !svc.subsets.contains_key(sub) => {
                         problems.push((
