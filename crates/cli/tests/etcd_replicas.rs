@@ -207,6 +207,44 @@ static_resources:
     )
 }
 
+/// A bootstrap for Envoy whose one xDS cluster holds every replica: the
+/// primary at priority 0, the others at priority 1, with a TCP health check
+/// so that a dead primary leaves the set and Envoy's stream moves on.
+fn envoy_bootstrap(admin: u16, primary: &Replica, standby: &[&Replica]) -> String {
+    let ep = |r: &Replica| {
+        format!("{{ endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {} }} }} }} }}", r.xds)
+    };
+    let standby: Vec<String> = standby.iter().map(|r| ep(r)).collect();
+    format!(
+        r#"node: {{ id: envoy-proxy, cluster: replicas-test }}
+admin:
+  address: {{ socket_address: {{ address: 127.0.0.1, port_value: {admin} }} }}
+dynamic_resources:
+  ads_config:
+    api_type: GRPC
+    transport_api_version: V3
+    grpc_services: [{{ envoy_grpc: {{ cluster_name: control-planes }} }}]
+  cds_config: {{ ads: {{}}, resource_api_version: V3 }}
+  lds_config: {{ ads: {{}}, resource_api_version: V3 }}
+static_resources:
+  clusters:
+  - name: control-planes
+    type: STATIC
+    connect_timeout: 1s
+    health_checks: [{{ timeout: 0.5s, interval: 0.5s, no_traffic_interval: 0.5s, unhealthy_threshold: 1, healthy_threshold: 1, tcp_health_check: {{}} }}]
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config: {{ http2_protocol_options: {{}} }}
+    load_assignment:
+      cluster_name: control-planes
+      endpoints: [{{ priority: 0, lb_endpoints: [{}] }}, {{ priority: 1, lb_endpoints: [{}] }}]
+"#,
+        ep(primary),
+        standby.join(", ")
+    )
+}
+
 fn upstream_of(port: u16) -> Option<String> {
     http_get(addr(port), "/", "app")
         .ok()
@@ -276,7 +314,8 @@ fn replicas_share_config_fail_over_and_elect_a_registry_leader() {
     let (legate_listen, envoy_listen) = (free_port(), free_port());
     r0.apply(dir.path(), &resources(legate_listen, envoy_listen, one));
 
-    // The Legate proxy lists all three replicas (r0 first); Envoy talks to r1.
+    // The Legate proxy lists all three replicas (r0 first); Envoy's xDS
+    // cluster holds them all, r0 at the first priority.
     let legate_admin = free_port();
     let boot = dir.path().join("legate-bootstrap.yaml");
     std::fs::write(&boot, legate_bootstrap(legate_admin, &[&r0, &r1, &r2])).expect("bootstrap");
@@ -287,16 +326,7 @@ fn replicas_share_config_fail_over_and_elect_a_registry_leader() {
     );
     wait_ready(legate_admin, &mut legate);
     let envoy_admin = free_port();
-    let (ok, envoy_boot) = r1.ctl(&[
-        "bootstrap",
-        "--node-id",
-        "envoy-proxy",
-        "--xds",
-        &format!("127.0.0.1:{}", r1.xds),
-        "--admin-port",
-        &envoy_admin.to_string(),
-    ]);
-    assert!(ok, "{envoy_boot}");
+    let envoy_boot = envoy_bootstrap(envoy_admin, &r0, &[&r1, &r2]);
     let envoy_boot_file = dir.path().join("envoy-bootstrap.yaml");
     std::fs::write(&envoy_boot_file, envoy_boot).expect("bootstrap");
     let mut envoy = Proc::spawn(
@@ -315,7 +345,7 @@ fn replicas_share_config_fail_over_and_elect_a_registry_leader() {
     time_until_served(legate_listen, "one", Duration::from_secs(15), Instant::now());
     time_until_served(envoy_listen, "one", Duration::from_secs(15), Instant::now());
     assert!(r0.proxies().contains(&"legate-proxy".to_string()), "the Legate proxy streams from replica-0");
-    assert!(r1.proxies().contains(&"envoy-proxy".to_string()), "Envoy streams from replica-1");
+    assert!(r0.proxies().contains(&"envoy-proxy".to_string()), "Envoy streams from replica-0");
 
     // A change applied on the third replica reaches both proxies.
     let started = Instant::now();
@@ -323,7 +353,7 @@ fn replicas_share_config_fail_over_and_elect_a_registry_leader() {
     let legate_took = time_until_served(legate_listen, "two", Duration::from_secs(5), started);
     let envoy_took = time_until_served(envoy_listen, "two", Duration::from_secs(5), started);
     println!(
-        "apply on replica-2 -> Legate proxy (via replica-0): {legate_took:?}, Envoy (via replica-1): {envoy_took:?}"
+        "apply on replica-2 -> Legate proxy (via replica-0): {legate_took:?}, Envoy (via replica-0): {envoy_took:?}"
     );
     assert!(legate_took < Duration::from_secs(1), "Legate proxy took {legate_took:?}");
     assert!(envoy_took < Duration::from_secs(1), "Envoy took {envoy_took:?}");
@@ -347,7 +377,7 @@ fn replicas_share_config_fail_over_and_elect_a_registry_leader() {
     });
 
     // Steady traffic through both proxies while the leader, which is also
-    // the Legate proxy's control plane, is killed.
+    // both proxies' control plane, is killed.
     let stop = Arc::new(AtomicBool::new(false));
     let legate_load = steady_load(legate_listen, stop.clone());
     let envoy_load = steady_load(envoy_listen, stop.clone());
@@ -360,10 +390,14 @@ fn replicas_share_config_fail_over_and_elect_a_registry_leader() {
     beating.store(false, Ordering::Relaxed);
     heartbeats.join().expect("heartbeats");
 
-    // The Legate proxy moves to another listed replica.
+    // Both proxies move to another replica.
     let reconnected = wait_for("the Legate proxy to stream from another replica", Duration::from_secs(10), || {
         [&r1, &r2].iter().any(|r| r.proxies().contains(&"legate-proxy".to_string())).then(|| killed.elapsed())
     });
+    let envoy_reconnected = wait_for("Envoy to stream from another replica", Duration::from_secs(15), || {
+        [&r1, &r2].iter().any(|r| r.proxies().contains(&"envoy-proxy".to_string())).then(|| killed.elapsed())
+    });
+    println!("Envoy on another replica after {envoy_reconnected:?}");
     // Another replica leads and expires the instance whose heartbeats stopped.
     let new_leader = wait_for("a new leader", Duration::from_secs(10), || {
         [&r1, &r2].iter().position(|r| r.is_leader()).map(|i| (i + 1, killed.elapsed()))
