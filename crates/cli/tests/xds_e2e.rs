@@ -792,29 +792,25 @@ fn tls_and_client_certificates() {
     std::fs::write(&f, resources(listen, up, &[], "")).expect("write");
     let (ok, out) = ctl(&full, &["apply", "-f", f.to_str().expect("path")]);
     assert!(ok, "{out}");
+    // A bootstrap for mutual-TLS ADS (or TLS without a client certificate),
+    // written to a file; with its admin port.
+    let tls_bootstrap = |node: &str, client_cert: bool| {
+        let admin = free_port();
+        let xds_addr = format!("127.0.0.1:{xds}");
+        let admin_port = admin.to_string();
+        let mut args = vec!["bootstrap", "--node-id", node, "--xds", &xds_addr, "--admin-port", &admin_port];
+        args.extend(["--xds-ca", ca.as_str()]);
+        if client_cert {
+            args.extend(["--xds-cert", ccert.as_str(), "--xds-key", ckey.as_str()]);
+        }
+        let (ok, boot) = ctl(&[], &args);
+        assert!(ok, "{boot}");
+        let file = dir.path().join(format!("boot-{node}.yaml"));
+        std::fs::write(&file, boot).expect("write");
+        (file, admin)
+    };
     // Envoy over mutual-TLS ADS.
-    let admin = free_port();
-    let (ok, boot) = ctl(
-        &[],
-        &[
-            "bootstrap",
-            "--node-id",
-            "tls-envoy",
-            "--xds",
-            &format!("127.0.0.1:{xds}"),
-            "--admin-port",
-            &admin.to_string(),
-            "--xds-ca",
-            &ca,
-            "--xds-cert",
-            &ccert,
-            "--xds-key",
-            &ckey,
-        ],
-    );
-    assert!(ok, "{boot}");
-    let bf = dir.path().join("boot.yaml");
-    std::fs::write(&bf, boot).expect("write");
+    let (bf, admin) = tls_bootstrap("tls-envoy", true);
     let mut envoy = Proc::spawn(
         "envoy",
         Command::new(envoy_bin()).arg("-c").arg(&bf).args([
@@ -836,28 +832,7 @@ fn tls_and_client_certificates() {
     // Legate's own proxy over the same mutual-TLS ADS (Envoy stopped first:
     // both would serve the same listener).
     envoy.kill();
-    let admin = free_port();
-    let (ok, boot) = ctl(
-        &[],
-        &[
-            "bootstrap",
-            "--node-id",
-            "tls-legate",
-            "--xds",
-            &format!("127.0.0.1:{xds}"),
-            "--admin-port",
-            &admin.to_string(),
-            "--xds-ca",
-            &ca,
-            "--xds-cert",
-            &ccert,
-            "--xds-key",
-            &ckey,
-        ],
-    );
-    assert!(ok, "{boot}");
-    let bf = dir.path().join("boot-legate.yaml");
-    std::fs::write(&bf, boot).expect("write");
+    let (bf, admin) = tls_bootstrap("tls-legate", true);
     let mut legate = Proc::spawn(
         "legate-proxy",
         Command::new(LEGATE).args(["proxy", "--concurrency", "1", "-l", "info", "-c"]).arg(&bf),
@@ -872,24 +847,7 @@ fn tls_and_client_certificates() {
     let (ok, out) = ctl(&full, &["proxies"]);
     assert!(ok && out.contains("tls-legate"), "{out}");
     // Without a client certificate the control plane refuses Legate's stream.
-    let admin2 = free_port();
-    let (ok, boot) = ctl(
-        &[],
-        &[
-            "bootstrap",
-            "--node-id",
-            "tls-anonymous",
-            "--xds",
-            &format!("127.0.0.1:{xds}"),
-            "--admin-port",
-            &admin2.to_string(),
-            "--xds-ca",
-            &ca,
-        ],
-    );
-    assert!(ok, "{boot}");
-    let bf2 = dir.path().join("boot-anonymous.yaml");
-    std::fs::write(&bf2, boot).expect("write");
+    let (bf2, admin2) = tls_bootstrap("tls-anonymous", false);
     let mut anonymous = Proc::spawn(
         "legate-anonymous",
         Command::new(LEGATE).args(["proxy", "--concurrency", "1", "-l", "info", "-c"]).arg(&bf2),
