@@ -39,6 +39,7 @@ pub const SUPPORTED_EXTENSIONS: &[&str] = &[
     "envoy.extensions.load_balancing_policies.ring_hash.v3.RingHash",
     "envoy.extensions.load_balancing_policies.maglev.v3.Maglev",
     "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
+    "envoy.extensions.filters.network.local_ratelimit.v3.LocalRateLimit",
     "envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector",
     "envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
     "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
@@ -473,6 +474,10 @@ const SUPPORTED_FIELDS: &[(&str, &[&str])] = &[
     ("envoy.extensions.filters.http.jwt_authn.v3.JwtRequirementOrList", &["requirements"]),
     ("envoy.extensions.filters.http.jwt_authn.v3.JwtRequirementAndList", &["requirements"]),
     ("envoy.type.v3.TokenBucket", &["max_tokens", "tokens_per_fill", "fill_interval"]),
+    (
+        "envoy.extensions.filters.network.local_ratelimit.v3.LocalRateLimit",
+        &["stat_prefix", "token_bucket", "runtime_enabled"],
+    ),
     ("envoy.type.v3.HttpStatus", &["code"]),
     ("envoy.config.core.v3.RuntimeFractionalPercent", &["default_value", "runtime_key"]),
     ("envoy.config.accesslog.v3.AccessLog", &["name", "typed_config"]),

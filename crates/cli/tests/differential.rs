@@ -1557,3 +1557,35 @@ fn outlier_detection_local_origin_failures() {
         assert_eq!(stat(pair.envoy_admin, name), stat(pair.legate_admin, name), "{name}");
     }
 }
+
+#[test]
+fn network_local_rate_limit() {
+    let t = bootstrap(
+        "",
+        "",
+        &one_vhost("              - { match: { prefix: \"/\" }, route: { cluster: echo } }\n"),
+        &echo_cluster(),
+    );
+    let hcm_first = "    - filters:\n      - name: envoy.filters.network.http_connection_manager\n";
+    assert!(t.contains(hcm_first), "the bootstrap template changed");
+    // Two connections, then one a minute: the third and fourth are refused.
+    let t = t.replace(
+        hcm_first,
+        "    - filters:\n      - name: envoy.filters.network.local_ratelimit\n        typed_config:\n          \"@type\": type.googleapis.com/envoy.extensions.filters.network.local_ratelimit.v3.LocalRateLimit\n          stat_prefix: conns\n          token_bucket: { max_tokens: 2, tokens_per_fill: 1, fill_interval: 60s }\n      - name: envoy.filters.network.http_connection_manager\n",
+    );
+    let pair = start_pair("net-ratelimit", &t, &["a"]);
+    let outcomes = |port: u16| -> Vec<String> {
+        (0..4)
+            .map(|_| match http_get(addr(port), "/x", "example.com") {
+                Ok(r) => r.status.to_string(),
+                Err(_) => "closed".to_string(),
+            })
+            .collect()
+    };
+    let (e, l) = (outcomes(pair.envoy), outcomes(pair.legate));
+    assert_eq!(e, ["200", "200", "closed", "closed"], "Envoy");
+    assert_eq!(l, e, "Legate");
+    let name = "local_rate_limit.conns.rate_limited";
+    assert_eq!(stat(pair.envoy_admin, name), Some(2), "Envoy's {name}");
+    assert_eq!(stat(pair.legate_admin, name), stat(pair.envoy_admin, name), "{name}");
+}

@@ -42,9 +42,11 @@ pub struct HttpChain {
     builder: auto::Builder<TokioExecutor>,
 }
 
-/// One filter chain: its TLS termination, if any, and its network filter.
+/// One filter chain: its TLS termination, if any, network rate limits in
+/// front, and its terminal network filter.
 pub struct Chain {
     tls: Option<tokio_rustls::TlsAcceptor>,
+    rate_limits: Vec<crate::net_ratelimit::NetRateLimit>,
     pub filter: NetFilter,
 }
 
@@ -77,18 +79,35 @@ const LISTENER_FILTERS_TIMEOUT: Duration = Duration::from_secs(15);
 impl Chain {
     fn compile(c: &FilterChain, ctx: &crate::rds::CompileContext) -> Result<Self, String> {
         let tls = c.transport_socket.as_ref().map(crate::tls::downstream).transpose().map_err(|e| e.to_string())?;
-        let [f] = c.filters.as_slice() else {
-            return Err(
-                "filters: exactly one network filter (http_connection_manager or tcp_proxy) is supported".into()
-            );
+        // Network local rate limits, then one terminal filter.
+        let Some((f, front)) = c.filters.split_last() else {
+            return Err("filters: a network filter (http_connection_manager or tcp_proxy) is required".into());
         };
+        let mut rate_limits = Vec::new();
+        for (i, pre) in front.iter().enumerate() {
+            let Some(filter::ConfigType::TypedConfig(any)) = &pre.config_type else {
+                return Err(format!("filters[{i}].typed_config is required"));
+            };
+            if legate_api::any::type_name(any) != crate::net_ratelimit::TYPE {
+                return Err(format!(
+                    "filters[{i}]: only envoy.filters.network.local_ratelimit may come before the last filter"
+                ));
+            }
+            let l = legate_api::any::unpack(any)?;
+            rate_limits.push(crate::net_ratelimit::NetRateLimit::compile(
+                &l,
+                &ctx.store,
+                &format!("filters[{i}].typed_config"),
+            )?);
+        }
+        let last = front.len();
         let Some(filter::ConfigType::TypedConfig(any)) = &f.config_type else {
-            return Err("filters[0].typed_config is required".into());
+            return Err(format!("filters[{last}].typed_config is required"));
         };
         let filter = match legate_api::any::type_name(any) {
             HCM_TYPE => {
                 let hcm: HttpConnectionManager = legate_api::any::unpack(any)?;
-                let hcm = Hcm::compile(&hcm, ctx).map_err(|e| format!("filters[0].typed_config.{e}"))?;
+                let hcm = Hcm::compile(&hcm, ctx).map_err(|e| format!("filters[{last}].typed_config.{e}"))?;
                 let hcm = Arc::new(hcm);
                 let mut builder = auto::Builder::new(TokioExecutor::new());
                 builder
@@ -108,12 +127,12 @@ impl Chain {
                 let t = legate_api::any::unpack(any)?;
                 NetFilter::Tcp(
                     crate::tcp_proxy::TcpProxyConfig::compile(&t, &ctx.store, ctx.clusters.clone())
-                        .map_err(|e| format!("filters[0].typed_config.{e}"))?,
+                        .map_err(|e| format!("filters[{last}].typed_config.{e}"))?,
                 )
             }
-            other => return Err(format!("filters[0]: network filter {other} is not supported")),
+            other => return Err(format!("filters[{last}]: network filter {other} is not supported")),
         };
-        Ok(Self { tls, filter })
+        Ok(Self { tls, rate_limits, filter })
     }
 }
 
@@ -357,6 +376,10 @@ async fn run_chain<S: crate::tls::Io>(
     alpn_h2: Option<bool>,
     phase: watch::Receiver<Phase>,
 ) {
+    // A connection the rate limit refuses is closed unread.
+    if !chain.rate_limits.iter().all(|r| r.admit()) {
+        return;
+    }
     match &chain.filter {
         NetFilter::Tcp(t) => t.serve(io, remote, local).await,
         NetFilter::Http(h) => serve_http(listener, h, io, remote, local, secure, alpn_h2, phase).await,
