@@ -196,21 +196,8 @@ impl Side {
         let f = dir.join(format!("{who}.yaml"));
         std::fs::write(&f, yaml(admin, &ports)).expect("write config");
         let mut proc_ = match bin {
-            Bin::Envoy => Proc::spawn(
-                who,
-                Command::new(envoy_bin()).arg("-c").arg(&f).args([
-                    "--concurrency",
-                    "1",
-                    "-l",
-                    "error",
-                    "--base-id",
-                    &base_id(),
-                    // Access logs reach their files sooner than the 10 s default.
-                    "--file-flush-interval-msec",
-                    "200",
-                ]),
-                dir,
-            ),
+            // Access logs reach their files sooner than the 10 s default.
+            Bin::Envoy => spawn_envoy(who, &f, "error", &["--file-flush-interval-msec", "200"], dir),
             Bin::Legate => Proc::spawn(
                 who,
                 Command::new(LEGATE).args(["proxy", "--concurrency", "1", "-l", "warn", "-c"]).arg(&f),

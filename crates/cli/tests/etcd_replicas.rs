@@ -329,18 +329,7 @@ fn replicas_share_config_fail_over_and_elect_a_registry_leader() {
     let envoy_boot = envoy_bootstrap(envoy_admin, &r0, &[&r1, &r2]);
     let envoy_boot_file = dir.path().join("envoy-bootstrap.yaml");
     std::fs::write(&envoy_boot_file, envoy_boot).expect("bootstrap");
-    let mut envoy = Proc::spawn(
-        "envoy-proxy",
-        Command::new(envoy_bin()).arg("-c").arg(&envoy_boot_file).args([
-            "--concurrency",
-            "1",
-            "-l",
-            "warning",
-            "--base-id",
-            &base_id(),
-        ]),
-        dir.path(),
-    );
+    let mut envoy = spawn_envoy("envoy-proxy", &envoy_boot_file, "warning", &[], dir.path());
     wait_ready(envoy_admin, &mut envoy);
     time_until_served(legate_listen, "one", Duration::from_secs(15), Instant::now());
     time_until_served(envoy_listen, "one", Duration::from_secs(15), Instant::now());

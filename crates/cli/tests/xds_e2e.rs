@@ -84,18 +84,7 @@ fn attach(client: Client, cp: &ControlPlane, node: &str, delta: bool, dir: &std:
     let file = dir.join(format!("bootstrap-{node}.yaml"));
     std::fs::write(&file, boot).expect("bootstrap");
     let mut p = match client {
-        Client::Envoy => Proc::spawn(
-            node,
-            Command::new(envoy_bin()).arg("-c").arg(&file).args([
-                "--concurrency",
-                "1",
-                "-l",
-                "warning",
-                "--base-id",
-                &base_id(),
-            ]),
-            dir,
-        ),
+        Client::Envoy => spawn_envoy(node, &file, "warning", &[], dir),
         Client::Legate => Proc::spawn(
             node,
             Command::new(LEGATE).args(["proxy", "--concurrency", "1", "-l", "info", "-c"]).arg(&file),
@@ -811,18 +800,7 @@ fn tls_and_client_certificates() {
     };
     // Envoy over mutual-TLS ADS.
     let (bf, admin) = tls_bootstrap("tls-envoy", true);
-    let mut envoy = Proc::spawn(
-        "envoy",
-        Command::new(envoy_bin()).arg("-c").arg(&bf).args([
-            "--concurrency",
-            "1",
-            "-l",
-            "warning",
-            "--base-id",
-            &base_id(),
-        ]),
-        dir.path(),
-    );
+    let mut envoy = spawn_envoy("envoy", &bf, "warning", &[], dir.path());
     wait_ready(admin, &mut envoy);
     let up_name =
         wait_for("traffic through Envoy configured over TLS", Duration::from_secs(20), || upstream_of(listen));

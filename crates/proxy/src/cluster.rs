@@ -871,6 +871,12 @@ mod tests {
     use super::*;
 
     fn cluster(lb: &str, weights: &[u32]) -> Arc<Cluster> {
+        cluster_with(lb, weights, "")
+    }
+
+    /// A cluster of 127.0.0.N:80 hosts with these weights; `extra` adds
+    /// cluster fields (one YAML line each).
+    fn cluster_with(lb: &str, weights: &[u32], extra: &str) -> Arc<Cluster> {
         let eps: Vec<String> = weights
             .iter()
             .enumerate()
@@ -882,7 +888,7 @@ mod tests {
             })
             .collect();
         let yaml = format!(
-            "name: c\nconnect_timeout: 1s\nlb_policy: {lb}\nload_assignment: {{cluster_name: c, endpoints: [{{lb_endpoints: [{}]}}]}}",
+            "name: c\nconnect_timeout: 1s\nlb_policy: {lb}\n{extra}load_assignment: {{cluster_name: c, endpoints: [{{lb_endpoints: [{}]}}]}}",
             eps.join(",")
         );
         let (pb, _) =
@@ -1002,23 +1008,7 @@ mod tests {
     }
 
     fn least_request(weights: &[u32], lb_config: &str) -> Arc<Cluster> {
-        let eps: Vec<String> = weights
-            .iter()
-            .enumerate()
-            .map(|(i, w)| {
-                format!(
-                    "{{endpoint: {{address: {{socket_address: {{address: 127.0.0.{}, port_value: 80}}}}}}, load_balancing_weight: {w}}}",
-                    i + 1
-                )
-            })
-            .collect();
-        let yaml = format!(
-            "name: c\nconnect_timeout: 1s\nlb_policy: LEAST_REQUEST\nleast_request_lb_config: {lb_config}\nload_assignment: {{cluster_name: c, endpoints: [{{lb_endpoints: [{}]}}]}}",
-            eps.join(",")
-        );
-        let (pb, _) =
-            legate_api::load::decode_typed::<PbCluster>(legate_api::load::parse_text(&yaml).unwrap()).unwrap();
-        Cluster::compile(&pb, &Arc::new(Store::default()), 1).unwrap()
+        cluster_with("LEAST_REQUEST", weights, &format!("least_request_lb_config: {lb_config}\n"))
     }
 
     #[test]

@@ -157,12 +157,15 @@ pub fn request_hash(
     for p in policies {
         let value = match &p.source {
             HashSource::Header(name) => {
-                let mut values: Vec<&[u8]> = headers.get_all(name).iter().map(|v| v.as_bytes()).collect();
-                match values.len() {
-                    0 => None,
-                    1 => Some(xxh64(values[0], 0)),
+                let all = headers.get_all(name);
+                let mut it = all.iter();
+                match (it.next(), it.next()) {
+                    (None, _) => None,
+                    // The common case: one value, no allocation.
+                    (Some(v), None) => Some(xxh64(v.as_bytes(), 0)),
                     // Several values: sorted, each hashed with the previous as seed.
                     _ => {
+                        let mut values: Vec<&[u8]> = all.iter().map(|v| v.as_bytes()).collect();
                         values.sort();
                         Some(values.iter().fold(0, |seed, v| xxh64(v, seed)))
                     }

@@ -136,18 +136,7 @@ pub fn start_pair(name: &str, template: &str, upstreams: &[&str]) -> Pair {
     let lf = dir.path().join("legate.yaml");
     std::fs::write(&ef, render(envoy, envoy_admin)).expect("write");
     std::fs::write(&lf, render(legate, legate_admin)).expect("write");
-    let mut e = Proc::spawn(
-        "envoy",
-        Command::new(envoy_bin()).arg("-c").arg(&ef).args([
-            "--concurrency",
-            "1",
-            "-l",
-            "error",
-            "--base-id",
-            &base_id(),
-        ]),
-        dir.path(),
-    );
+    let mut e = spawn_envoy("envoy", &ef, "error", &[], dir.path());
     let mut l = Proc::spawn(
         "legate",
         Command::new(LEGATE).args(["proxy", "--concurrency", "1", "-l", "warn", "-c"]).arg(&lf),

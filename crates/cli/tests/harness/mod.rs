@@ -60,9 +60,30 @@ impl Drop for Proc {
 }
 
 /// A port nobody listens on right now.
+///
+/// Taken below the kernel's ephemeral range, from a counter: a port the
+/// kernel hands out (`bind :0`) can be given again, before the test's
+/// process binds it, as the local port of one of the many client
+/// connections the tests open, and the proxy then fails to start.
 pub fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr").port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let low = 10_000u32;
+    let high = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32_768)
+        .clamp(low + 1_000, 65_535);
+    let span = high - low;
+    // Each test process starts at its own place in the range.
+    let start = std::process::id().wrapping_mul(7_919) % span;
+    for _ in 0..span {
+        let port = (low + (start + NEXT.fetch_add(1, Ordering::Relaxed)) % span) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port below the ephemeral range")
 }
 
 /// Polls `f` every 50 ms until it returns `Some`, or panics after `limit`.
@@ -246,6 +267,20 @@ fn find_envoy(root: &Path) -> Option<PathBuf> {
         }
     }
     None
+}
+
+/// Envoy 1.40 on `config` with one worker, its own `--base-id`, log level
+/// `level` and any `extra` flags; its output goes to `<name>.log` in `dir`.
+pub fn spawn_envoy(name: &str, config: &Path, level: &str, extra: &[&str], dir: &Path) -> Proc {
+    Proc::spawn(
+        name,
+        Command::new(envoy_bin())
+            .arg("-c")
+            .arg(config)
+            .args(["--concurrency", "1", "-l", level, "--base-id", &base_id()])
+            .args(extra),
+        dir,
+    )
 }
 
 /// A unique `--base-id` per Envoy so several can run at once.

@@ -151,7 +151,10 @@ impl Principal {
             Some(Identifier::Header(h)) => Self::Header(HeaderMatch::new(h)?),
             Some(Identifier::UrlPath(p)) => Self::Path(path_matcher(p)?),
             Some(Identifier::Authenticated(_)) => {
-                return Err("principal authenticated is not supported (Legate has no downstream TLS yet)".into())
+                return Err(
+                    "principal authenticated is not supported yet (the client certificate does not reach HTTP filters)"
+                        .into(),
+                )
             }
             Some(_) => return Err("this principal identifier is not supported".into()),
             None => return Err("a principal identifier is required".into()),
