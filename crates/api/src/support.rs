@@ -132,7 +132,12 @@ const SUPPORTED_FIELDS: &[(&str, &[&str])] = &[
             "request_headers_timeout",
             "common_http_protocol_options",
             "rds",
+            "internal_address_config",
         ],
+    ),
+    (
+        "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager.InternalAddressConfig",
+        &["cidr_ranges"],
     ),
     ("envoy.extensions.filters.network.http_connection_manager.v3.HttpFilter", &["name", "typed_config"]),
     (

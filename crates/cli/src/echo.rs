@@ -31,6 +31,10 @@ pub struct EchoArgs {
     /// What `grpc.health.v1.Health/Check` answers: SERVING or NOT_SERVING.
     #[arg(long, default_value = "SERVING")]
     pub grpc_health: String,
+    /// Speak HTTP/2 only and refuse every stream (RST_STREAM REFUSED_STREAM):
+    /// an overloaded upstream, for `retry_on: refused-stream` tests.
+    #[arg(long)]
+    pub refuse_h2_streams: bool,
 }
 
 pub fn run(args: EchoArgs) -> anyhow::Result<()> {
@@ -43,6 +47,9 @@ pub fn run(args: EchoArgs) -> anyhow::Result<()> {
 }
 
 pub async fn serve(listener: tokio::net::TcpListener, args: Arc<EchoArgs>) {
+    if args.refuse_h2_streams {
+        return refuse_streams(listener).await;
+    }
     loop {
         let Ok((stream, peer)) = listener.accept().await else { continue };
         let _ = stream.set_nodelay(true);
@@ -135,4 +142,19 @@ async fn respond(args: &EchoArgs, peer: SocketAddr, req: hyper::Request<Incoming
         resp.headers_mut().insert("x-upstream", v);
     }
     resp
+}
+
+/// An HTTP/2 server that refuses every stream it is sent, and counts them
+/// in its `x-upstream`-less way: one line on stdout per refusal.
+async fn refuse_streams(listener: tokio::net::TcpListener) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else { continue };
+        tokio::spawn(async move {
+            let Ok(mut conn) = h2::server::handshake(stream).await else { return };
+            while let Some(Ok((_req, mut respond))) = conn.accept().await {
+                respond.send_reset(h2::Reason::REFUSED_STREAM);
+                println!("refused");
+            }
+        });
+    }
 }

@@ -95,6 +95,10 @@ impl UpstreamError {
                 "upstream connect error or disconnect/reset before headers. reset reason: remote connection failure"
                     .into()
             }
+            Self::Reset(e) if is_refused_stream(e) => {
+                "upstream connect error or disconnect/reset before headers. reset reason: remote refused stream reset"
+                    .into()
+            }
             Self::Handshake(_) | Self::Reset(_) => {
                 "upstream connect error or disconnect/reset before headers. reset reason: connection termination".into()
             }
@@ -113,6 +117,7 @@ impl UpstreamError {
     pub fn response_flag(&self) -> &'static str {
         match self {
             Self::ConnectTimeout | Self::ConnectFailure(_) | Self::Tls(_) => "UF",
+            Self::Reset(e) if is_refused_stream(e) => "UR",
             Self::Handshake(_) | Self::Reset(_) => "UC",
             Self::PerTryTimeout => "UT",
             Self::Overflow => "UO",
@@ -388,6 +393,20 @@ fn reset(e: hyper::Error) -> UpstreamError {
     } else {
         UpstreamError::Reset(e)
     }
+}
+
+/// Whether an HTTP/2 upstream refused the stream (RST_STREAM with
+/// REFUSED_STREAM): the request was not processed and can be retried under
+/// `refused-stream`. Walks the error's sources; only called on failure.
+pub fn is_refused_stream(e: &hyper::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(s) = source {
+        if let Some(h2e) = s.downcast_ref::<h2::Error>() {
+            return h2e.reason() == Some(h2::Reason::REFUSED_STREAM);
+        }
+        source = s.source();
+    }
+    false
 }
 
 impl Pools {

