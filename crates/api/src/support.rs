@@ -272,6 +272,8 @@ const SUPPORTED_FIELDS: &[(&str, &[&str])] = &[
             "least_request_lb_config",
             "load_balancing_policy",
             "transport_socket",
+            "common_http_protocol_options",
+            "max_requests_per_connection",
         ],
     ),
     ("envoy.config.cluster.v3.LoadBalancingPolicy", &["policies"]),
@@ -314,6 +316,7 @@ const SUPPORTED_FIELDS: &[(&str, &[&str])] = &[
             "max_retries",
             "track_remaining",
             "retry_budget",
+            "max_connection_pools",
         ],
     ),
     ("envoy.config.cluster.v3.CircuitBreakers.Thresholds.RetryBudget", &["budget_percent", "min_retry_concurrency"]),
@@ -325,13 +328,19 @@ const SUPPORTED_FIELDS: &[(&str, &[&str])] = &[
     ),
     ("envoy.config.endpoint.v3.LbEndpoint", &["endpoint", "load_balancing_weight"]),
     ("envoy.config.endpoint.v3.Endpoint", &["address"]),
-    ("envoy.extensions.upstreams.http.v3.HttpProtocolOptions", &["explicit_http_config"]),
+    (
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+        &["explicit_http_config", "common_http_protocol_options"],
+    ),
     (
         "envoy.extensions.upstreams.http.v3.HttpProtocolOptions.ExplicitHttpConfig",
         &["http_protocol_options", "http2_protocol_options"],
     ),
     ("envoy.config.core.v3.Http1ProtocolOptions", &[]),
-    ("envoy.config.core.v3.HttpProtocolOptions", &["idle_timeout"]),
+    (
+        "envoy.config.core.v3.HttpProtocolOptions",
+        &["idle_timeout", "max_requests_per_connection", "max_stream_duration"],
+    ),
     ("envoy.config.core.v3.Http2ProtocolOptions", &[]),
     ("envoy.extensions.filters.http.router.v3.Router", &[]),
     ("envoy.extensions.filters.http.health_check.v3.HealthCheck", &["pass_through_mode", "headers"]),
@@ -515,6 +524,17 @@ const UNSUPPORTED_VALUES: &[(&str, &str, &[i32], &str)] = &[
     ),
 ];
 
+/// Shared messages Legate implements only in part at one place: (parent
+/// message, its field holding the shared message, the fields honoured
+/// there). The HTTP connection manager's `common_http_protocol_options` is
+/// the cluster's message, whose request and stream limits Legate applies
+/// upstream only.
+const NARROWED: &[(&str, &str, &[&str])] = &[(
+    "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+    "common_http_protocol_options",
+    &["idle_timeout"],
+)];
+
 fn supported_fields(message: &str) -> &'static [&'static str] {
     SUPPORTED_FIELDS.iter().find(|(m, _)| *m == message).map_or(&[], |(_, f)| f)
 }
@@ -522,11 +542,11 @@ fn supported_fields(message: &str) -> &'static [&'static str] {
 /// Every set field and extension in `msg` that Legate does not implement.
 pub fn unsupported(msg: &DynamicMessage) -> Vec<FieldError> {
     let mut out = Vec::new();
-    check(msg, "", &mut out);
+    check(msg, "", None, &mut out);
     out
 }
 
-fn check(msg: &DynamicMessage, path: &str, out: &mut Vec<FieldError>) {
+fn check(msg: &DynamicMessage, path: &str, only: Option<&[&str]>, out: &mut Vec<FieldError>) {
     let desc = msg.descriptor();
     let name = desc.full_name();
     if name == "google.protobuf.Any" {
@@ -536,14 +556,15 @@ fn check(msg: &DynamicMessage, path: &str, out: &mut Vec<FieldError>) {
             out.push(FieldError::new(path, format!("extension {ty} is not implemented by Legate")));
             return;
         }
-        return check(&inner, path, out);
+        return check(&inner, path, None, out);
     }
     if name.starts_with("google.protobuf.") {
         return;
     }
-    let allowed = supported_fields(name);
+    let allowed = only.unwrap_or_else(|| supported_fields(name));
     for (field, value) in msg.fields() {
         let p = join(path, field.name());
+        let narrowed = NARROWED.iter().find(|(m, f, _)| *m == name && *f == field.name()).map(|(_, _, fields)| *fields);
         if !allowed.contains(&field.name()) {
             out.push(FieldError::new(p, format!("{}.{} is not implemented by Legate", name, field.name())));
             continue;
@@ -558,11 +579,11 @@ fn check(msg: &DynamicMessage, path: &str, out: &mut Vec<FieldError>) {
             }
         }
         match value {
-            Value::Message(m) => check(m, &p, out),
+            Value::Message(m) => check(m, &p, narrowed, out),
             Value::List(items) => {
                 for (i, item) in items.iter().enumerate() {
                     if let Value::Message(m) = item {
-                        check(m, &format!("{p}[{i}]"), out);
+                        check(m, &format!("{p}[{i}]"), None, out);
                     }
                 }
             }
@@ -573,7 +594,7 @@ fn check(msg: &DynamicMessage, path: &str, out: &mut Vec<FieldError>) {
                             prost_reflect::MapKey::String(s) => s.clone(),
                             other => format!("{other:?}"),
                         };
-                        check(m, &format!("{p}[\"{key}\"]"), out);
+                        check(m, &format!("{p}[\"{key}\"]"), None, out);
                     }
                 }
             }

@@ -108,3 +108,86 @@ fn refused_streams_are_retried() {
         ],
     );
 }
+
+fn h1_cluster(name: &str, ports: &[&str], extra: &str) -> String {
+    let eps: Vec<String> = ports
+        .iter()
+        .map(|p| {
+            format!("{{ endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {p} }} }} }} }}")
+        })
+        .collect();
+    format!(
+        "  - {{ name: {name}, connect_timeout: 1s, {extra}load_assignment: {{ cluster_name: {name}, endpoints: [{{ lb_endpoints: [{}] }}] }} }}\n",
+        eps.join(", ")
+    )
+}
+
+fn protocol_options(common: &str) -> String {
+    format!(
+        r#"typed_extension_protocol_options: {{ envoy.extensions.upstreams.http.v3.HttpProtocolOptions: {{ "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions, common_http_protocol_options: {{ {common} }}, explicit_http_config: {{ http_protocol_options: {{}} }} }} }}, "#
+    )
+}
+
+#[test]
+fn upstream_connection_limits() {
+    let routes = r#"              - match: { prefix: "/limited" }
+                route: { cluster: limited }
+              - match: { prefix: "/idle" }
+                route: { cluster: idle }
+              - match: { prefix: "/slow" }
+                route: { cluster: slow }
+              - match: { prefix: "/pools" }
+                route: { cluster: pools }
+"#;
+    let clusters = h1_cluster("limited", &["{UP_a}"], &protocol_options("max_requests_per_connection: 2"))
+        + &h1_cluster("idle", &["{UP_a}"], &protocol_options("idle_timeout: 0.4s"))
+        + &h1_cluster("slow", &["{UP_a}"], &protocol_options("max_stream_duration: 0.2s"))
+        + &h1_cluster(
+            "pools",
+            &["{UP_a}", "{UP_b}"],
+            "circuit_breakers: { thresholds: [{ max_connection_pools: 1 }] }, ",
+        );
+    let t = bootstrap("", "", &one_vhost(routes), &clusters);
+    // A stream over its duration: the same 504 and body from both.
+    let pair = compare("connection-limits", &t, &["a", "b"], &[get("/slow/delay/600"), get("/slow/x")]);
+    for port in [pair.envoy, pair.legate] {
+        // Six requests, two per connection: three connections.
+        for i in 0..6 {
+            assert_eq!(send(port, &get("/limited/x")).status, 200, "limited request {i} on {port}");
+        }
+        assert_eq!(send(port, &get("/idle/x")).status, 200);
+    }
+    // One pool at a time: with one worker, the first host's pool holds the
+    // only slot while its connection stays open; the other host's requests
+    // get 503 no healthy upstream.
+    let pools = |port: u16| {
+        let mut seen: Vec<(u16, String)> = (0..4)
+            .map(|_| {
+                let r = send(port, &get("/pools/x"));
+                (r.status, if r.status == 200 { "upstream".into() } else { r.body })
+            })
+            .collect();
+        seen.sort();
+        seen
+    };
+    assert_eq!(pools(pair.envoy), pools(pair.legate));
+    std::thread::sleep(std::time::Duration::from_millis(1200));
+    stats_agree(
+        &pair,
+        &[
+            "cluster.limited.upstream_cx_total",
+            "cluster.limited.upstream_cx_max_requests",
+            "cluster.limited.upstream_rq_total",
+            "cluster.idle.upstream_cx_total",
+            "cluster.idle.upstream_cx_idle_timeout",
+            "cluster.idle.upstream_cx_active",
+            "cluster.idle.upstream_cx_destroy",
+            "cluster.slow.upstream_rq_max_duration_reached",
+            "cluster.pools.upstream_cx_pool_overflow",
+            "cluster.pools.upstream_cx_total",
+        ],
+    );
+    assert_eq!(stat(pair.legate_admin, "cluster.limited.upstream_cx_total"), Some(3));
+    assert_eq!(stat(pair.legate_admin, "cluster.idle.upstream_cx_idle_timeout"), Some(1));
+    assert_eq!(stat(pair.legate_admin, "cluster.pools.upstream_cx_pool_overflow"), Some(2));
+}

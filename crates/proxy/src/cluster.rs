@@ -344,6 +344,10 @@ pub struct ClusterStats {
     pub upstream_rq_retry: Arc<Counter>,
     pub upstream_rq_retry_success: Arc<Counter>,
     pub upstream_rq_retry_limit_exceeded: Arc<Counter>,
+    pub upstream_cx_idle_timeout: Arc<Counter>,
+    pub upstream_cx_max_requests: Arc<Counter>,
+    pub upstream_cx_pool_overflow: Arc<Counter>,
+    pub upstream_rq_max_duration_reached: Arc<Counter>,
     pub upstream_rq_pending_overflow: Arc<Counter>,
     pub upstream_rq_active_overflow: Arc<Counter>,
     pub upstream_cx_overflow: Arc<Counter>,
@@ -395,6 +399,10 @@ impl ClusterStats {
             upstream_rq_retry: c("upstream_rq_retry"),
             upstream_rq_retry_success: c("upstream_rq_retry_success"),
             upstream_rq_retry_limit_exceeded: c("upstream_rq_retry_limit_exceeded"),
+            upstream_cx_idle_timeout: c("upstream_cx_idle_timeout"),
+            upstream_cx_max_requests: c("upstream_cx_max_requests"),
+            upstream_cx_pool_overflow: c("upstream_cx_pool_overflow"),
+            upstream_rq_max_duration_reached: c("upstream_rq_max_duration_reached"),
             upstream_rq_pending_overflow: c("upstream_rq_pending_overflow"),
             upstream_rq_active_overflow: c("upstream_rq_active_overflow"),
             upstream_cx_overflow: c("upstream_cx_overflow"),
@@ -490,6 +498,8 @@ pub struct Cluster {
     pub stats: ClusterStats,
     pub breakers: crate::breakers::CircuitBreakers,
     pub pools: crate::upstream::Pools,
+    /// `common_http_protocol_options` for upstream connections.
+    pub conn_options: crate::upstream::ConnOptions,
     lb: Box<[Mutex<WorkerLb>]>,
     /// For DNS clusters: (hostname, port, weight, priority) to resolve.
     pub dns_targets: Vec<(String, u16, u32, Placement)>,
@@ -520,8 +530,17 @@ impl Cluster {
         let lb = crate::lb_config::LbChoice::compile(c)?;
         let lb_policy = lb.policy;
         let mut http2 = c.http2_protocol_options.is_some();
+        // The deprecated cluster-level fields first; the protocol options
+        // extension, when present, wins.
+        #[allow(deprecated)]
+        let mut common = c.common_http_protocol_options;
+        #[allow(deprecated)]
+        let legacy_max_requests = c.max_requests_per_connection.map(|v| v.value);
         if let Some(any) = c.typed_extension_protocol_options.get(HTTP_PROTOCOL_OPTIONS) {
             let opts: HttpProtocolOptions = legate_api::any::unpack(any)?;
+            if opts.common_http_protocol_options.is_some() {
+                common = opts.common_http_protocol_options;
+            }
             match &opts.upstream_protocol_options {
                 Some(http_protocol_options::UpstreamProtocolOptions::ExplicitHttpConfig(e)) => {
                     use http_protocol_options::explicit_http_config::ProtocolConfig;
@@ -533,6 +552,24 @@ impl Cluster {
                 None => {}
             }
         }
+        let conn_options = {
+            let d = crate::upstream::ConnOptions::default();
+            let common = common.as_ref();
+            crate::upstream::ConnOptions {
+                idle_timeout: match common.and_then(|o| o.idle_timeout.as_ref()) {
+                    Some(t) => Some(duration(&Some(*t), Duration::ZERO)).filter(|t| !t.is_zero()),
+                    None => d.idle_timeout,
+                },
+                max_requests: common
+                    .and_then(|o| o.max_requests_per_connection.map(|v| v.value))
+                    .or(legacy_max_requests)
+                    .filter(|n| *n > 0),
+                max_stream_duration: common
+                    .and_then(|o| o.max_stream_duration.as_ref())
+                    .map(|t| duration(&Some(*t), Duration::ZERO))
+                    .filter(|t| !t.is_zero()),
+            }
+        };
         let mut static_hosts = Vec::new();
         let mut dns_targets = Vec::new();
         if let Some(la) = &c.load_assignment {
@@ -616,6 +653,7 @@ impl Cluster {
             breakers: crate::breakers::CircuitBreakers::compile(c.circuit_breakers.as_ref(), store, &c.name),
             stats,
             pools: crate::upstream::Pools::new(workers),
+            conn_options,
             lb: (0..=workers).map(|_| Mutex::new(WorkerLb::default())).collect(),
             dns_targets,
             dns_refresh: duration(&c.dns_refresh_rate, Duration::from_secs(5)),

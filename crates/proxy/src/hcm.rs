@@ -356,7 +356,7 @@ struct Stream {
     /// The request has a body (it did not end with its headers).
     has_body: bool,
     /// The cluster's `max_requests` slot, held until the response ends.
-    rq_slot: Option<crate::breakers::Slot>,
+    rq_slot: crate::upstream::Held,
     client: SocketAddr,
     local: SocketAddr,
     upstream: Option<(Arc<Cluster>, Arc<Host>, Instant)>,
@@ -523,7 +523,7 @@ impl Hcm {
             bytes_received: 0,
             request_progress: None,
             has_body: !http_body::Body::is_end_stream(&body),
-            rq_slot: None,
+            rq_slot: Default::default(),
             client,
             local: conn.local,
             upstream: None,
@@ -1081,9 +1081,11 @@ impl Hcm {
                     mirror(mc.clone(), &parts, &authority, *keep_host, bytes.clone());
                 }
                 let req = Request::from_parts(parts, ProxyBody::full(bytes));
-                let mut slot = None;
+                let mut slot = crate::upstream::Held::default();
                 let sent = async { (crate::upstream::send(&cluster, &host, req, &mut slot).await, host.clone()) };
-                let waited = self.await_response(sent, ra, route_timeout, &request_done).await;
+                let waited = self
+                    .await_response(sent, ra, route_timeout, cluster.conn_options.max_stream_duration, &request_done)
+                    .await;
                 stream.rq_slot = slot;
                 match waited {
                     Waited::Done(r) => (Waited::Done(r.0), Some(r.1)),
@@ -1092,9 +1094,11 @@ impl Hcm {
             }
             None => {
                 let req = Request::from_parts(parts, body.watched(request_done.clone()));
-                let mut slot = None;
+                let mut slot = crate::upstream::Held::default();
                 let sent = async { (crate::upstream::send(&cluster, &host, req, &mut slot).await, host.clone()) };
-                let waited = self.await_response(sent, ra, route_timeout, &request_done).await;
+                let waited = self
+                    .await_response(sent, ra, route_timeout, cluster.conn_options.max_stream_duration, &request_done)
+                    .await;
                 stream.rq_slot = slot;
                 match waited {
                     Waited::Done(r) => (Waited::Done(r.0), Some(r.1)),
@@ -1111,7 +1115,7 @@ impl Hcm {
                 for (mc, keep_host) in &mirrors {
                     mirror(mc.clone(), &parts, &authority, *keep_host, bytes.clone());
                 }
-                let mut slot = None;
+                let mut slot = crate::upstream::Held::default();
                 let sent = send_with_retries(
                     cluster.clone(),
                     host.clone(),
@@ -1121,7 +1125,9 @@ impl Hcm {
                     Attempts { route_timeout, count_header: vh.attempt_count_upstream },
                     &mut slot,
                 );
-                let waited = self.await_response(sent, ra, route_timeout, &request_done).await;
+                let waited = self
+                    .await_response(sent, ra, route_timeout, cluster.conn_options.max_stream_duration, &request_done)
+                    .await;
                 stream.rq_slot = slot;
                 match waited {
                     Waited::Done(r) => {
@@ -1156,6 +1162,19 @@ impl Hcm {
             Waited::RequestTimeout => {
                 return self.local_reply(stream, 408, "request_overall_timeout", "", Some("request timeout".into()));
             }
+            Waited::MaxDuration => {
+                // Envoy: 504 once the whole request was received, else 408.
+                cs.upstream_rq_max_duration_reached.inc();
+                let status = if request_done.done.load(Relaxed) { 504 } else { 408 };
+                return self.router_reply(
+                    stream,
+                    Some(matched),
+                    status,
+                    "upstream_max_stream_duration_reached",
+                    "UMSDR",
+                    Some("upstream max stream duration reached".into()),
+                );
+            }
             Waited::StreamIdle => {
                 // Envoy answers 504 once the whole request was received (the
                 // wait is the upstream's), 408 while it was still arriving.
@@ -1166,6 +1185,19 @@ impl Hcm {
         let upstream_resp = match result {
             Ok(r) => r,
             Err(crate::upstream::UpstreamError::Overflow) => return self.overflow_reply(stream, &cluster, matched),
+            // max_connection_pools: Envoy has no pool for the host and
+            // answers as when no host is healthy.
+            Err(crate::upstream::UpstreamError::PoolOverflow) => {
+                cs.record_status(503);
+                return self.router_reply(
+                    stream,
+                    Some(matched),
+                    503,
+                    "no_healthy_upstream",
+                    "UH",
+                    Some("no healthy upstream".into()),
+                );
+            }
             Err(e) => {
                 cs.record_status(503);
                 if e.response_flag() == "UF" {
@@ -1246,6 +1278,8 @@ enum Waited<T> {
     RouteTimeout,
     RequestTimeout,
     StreamIdle,
+    /// The cluster's `max_stream_duration` passed before the response.
+    MaxDuration,
 }
 
 impl<T> Waited<T> {
@@ -1255,6 +1289,7 @@ impl<T> Waited<T> {
             Waited::Done(_) | Waited::RouteTimeout => Waited::RouteTimeout,
             Waited::RequestTimeout => Waited::RequestTimeout,
             Waited::StreamIdle => Waited::StreamIdle,
+            Waited::MaxDuration => Waited::MaxDuration,
         }
     }
 }
@@ -1311,7 +1346,7 @@ fn mirror(cluster: Arc<Cluster>, parts: &http::request::Parts, authority: &str, 
     *req.uri_mut() = uri;
     *req.headers_mut() = headers;
     tokio::spawn(async move {
-        let mut slot = None;
+        let mut slot = crate::upstream::Held::default();
         cluster.stats.upstream_rq_active.inc();
         let result = crate::upstream::send(&cluster, &host, req, &mut slot).await;
         let status = match result {
@@ -1341,7 +1376,7 @@ async fn send_with_retries(
     body: bytes::Bytes,
     policy: crate::retry::RetryPolicy,
     attempts: Attempts,
-    rq_slot: &mut Option<crate::breakers::Slot>,
+    rq_slot: &mut crate::upstream::Held,
 ) -> (Result<Response<Incoming>, crate::upstream::UpstreamError>, Arc<Host>, u32) {
     let route_timeout = attempts.route_timeout;
     let started = Instant::now();
@@ -1431,6 +1466,7 @@ impl Hcm {
         fut: F,
         ra: &RouteAction,
         route_timeout: Option<Duration>,
+        max_stream: Option<Duration>,
         request_done: &crate::body::RequestProgress,
     ) -> Waited<F::Output> {
         let idle_timeout = ra.idle_timeout.unwrap_or(self.stream_idle_timeout);
@@ -1438,7 +1474,8 @@ impl Hcm {
         let route = tokio::time::sleep(route_timeout.unwrap_or(far));
         let request = tokio::time::sleep(self.request_timeout.unwrap_or(far));
         let idle = tokio::time::sleep(idle_timeout.unwrap_or(far));
-        tokio::pin!(fut, route, request, idle);
+        let max = tokio::time::sleep(max_stream.unwrap_or(far));
+        tokio::pin!(fut, route, request, idle, max);
         loop {
             tokio::select! {
                 r = &mut fut => return Waited::Done(r),
@@ -1450,6 +1487,7 @@ impl Hcm {
                     request.as_mut().reset(tokio::time::Instant::now() + far);
                 }
                 _ = &mut idle, if idle_timeout.is_some() => return Waited::StreamIdle,
+                _ = &mut max, if max_stream.is_some() => return Waited::MaxDuration,
             }
         }
     }

@@ -266,7 +266,7 @@ impl RetryPolicy {
             // A per-try timeout counts as a 504.
             UpstreamError::PerTryTimeout => self.retry_status(504),
             // Envoy never retries a circuit breaker's overflow.
-            UpstreamError::Overflow => false,
+            UpstreamError::Overflow | UpstreamError::PoolOverflow => false,
         }
     }
 
