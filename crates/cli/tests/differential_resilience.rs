@@ -191,3 +191,76 @@ fn upstream_connection_limits() {
     assert_eq!(stat(pair.legate_admin, "cluster.idle.upstream_cx_idle_timeout"), Some(1));
     assert_eq!(stat(pair.legate_admin, "cluster.pools.upstream_cx_pool_overflow"), Some(2));
 }
+
+/// Whether `/clusters` shows the host at `port` healthy.
+fn host_healthy(admin: u16, port: u16) -> bool {
+    let Ok(r) = http_get(addr(admin), "/clusters", "admin") else { return false };
+    r.body.lines().any(|l| l.contains(&format!("127.0.0.1:{port}::health_flags::healthy")))
+}
+
+fn share_of_b(r: &[&str]) -> f64 {
+    r.iter().filter(|u| **u == "b").count() as f64 / r.len().max(1) as f64
+}
+
+#[test]
+fn slow_start_ramps_a_host_that_became_healthy() {
+    // Host b is down at start; both proxies check it every 0.2 s. When it
+    // comes up it enters a 3 s slow-start window starting at 10 % weight.
+    let late_port = free_port();
+    let routes = r#"              - match: { prefix: "/" }
+                route: { cluster: ramp }
+"#;
+    let clusters = format!(
+        r#"  - name: ramp
+    connect_timeout: 1s
+    common_lb_config: {{ healthy_panic_threshold: {{ value: 0 }} }}
+    round_robin_lb_config: {{ slow_start_config: {{ slow_start_window: 3s, min_weight_percent: {{ value: 10 }} }} }}
+    health_checks: [{{ timeout: 0.5s, interval: 0.2s, no_traffic_interval: 0.2s, unhealthy_threshold: 1, healthy_threshold: 1, http_health_check: {{ path: /health }} }}]
+    load_assignment: {{ cluster_name: ramp, endpoints: [{{ lb_endpoints: [{{ endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {{UP_a}} }} }} }} }}, {{ endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {late_port} }} }} }} }}] }}] }}
+"#
+    );
+    let t = bootstrap("", "", &one_vhost(routes), &clusters);
+    let pair = start_pair("slow-start", &t, &["a"]);
+    // Host a's own window (it became healthy at start) passes first.
+    std::thread::sleep(std::time::Duration::from_millis(3300));
+    let dir = TempDir::new("slow-start-b");
+    let _b = Proc::spawn(
+        "echo-b",
+        std::process::Command::new(LEGATE).args(["echo", "--listen", &format!("127.0.0.1:{late_port}"), "--name", "b"]),
+        dir.path(),
+    );
+    wait_for("b healthy behind both proxies", std::time::Duration::from_secs(10), || {
+        (host_healthy(pair.envoy_admin, late_port) && host_healthy(pair.legate_admin, late_port)).then_some(())
+    });
+    // The first 1.5 s of b's window, then well after it; the two proxies
+    // are asked in turn so they see the same moments.
+    let mut early: (Vec<&str>, Vec<&str>) = (vec![], vec![]);
+    let started = std::time::Instant::now();
+    while started.elapsed() < std::time::Duration::from_millis(1500) {
+        for (port, seen) in [(pair.envoy, &mut early.0), (pair.legate, &mut early.1)] {
+            let r = send(port, &get("/x"));
+            seen.push(if r.header("x-upstream") == Some("b") { "b" } else { "a" });
+        }
+        std::thread::sleep(std::time::Duration::from_millis(15));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(1800));
+    let mut late: (Vec<&str>, Vec<&str>) = (vec![], vec![]);
+    for _ in 0..40 {
+        for (port, seen) in [(pair.envoy, &mut late.0), (pair.legate, &mut late.1)] {
+            let r = send(port, &get("/x"));
+            seen.push(if r.header("x-upstream") == Some("b") { "b" } else { "a" });
+        }
+    }
+    let (e_early, l_early) = (share_of_b(&early.0), share_of_b(&early.1));
+    let (e_late, l_late) = (share_of_b(&late.0), share_of_b(&late.1));
+    println!(
+        "slow start: b's share in its first 1.5 s: Envoy {e_early:.2} ({} requests), Legate {l_early:.2} ({}); after the window: Envoy {e_late:.2}, Legate {l_late:.2}",
+        early.0.len(),
+        early.1.len()
+    );
+    // Round robin without slow start would give b half at once.
+    assert!(e_early < 0.35 && l_early < 0.35, "early shares: Envoy {e_early}, Legate {l_early}");
+    assert!((e_early - l_early).abs() <= 0.12, "early shares differ: Envoy {e_early}, Legate {l_early}");
+    assert!(e_early > 0.0 && l_early > 0.0, "b got no traffic early: Envoy {e_early}, Legate {l_early}");
+    assert!((0.4..=0.6).contains(&e_late) && (0.4..=0.6).contains(&l_late), "late: Envoy {e_late}, Legate {l_late}");
+}

@@ -38,10 +38,10 @@ pub struct ConnState {
     idle_since: AtomicU64,
 }
 
-/// Milliseconds since the process first asked (a monotonic clock).
-fn clock_ms() -> u64 {
+/// Milliseconds since the process first asked (a monotonic clock; never 0).
+pub fn clock_ms() -> u64 {
     static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
-    START.get_or_init(std::time::Instant::now).elapsed().as_millis() as u64
+    START.get_or_init(std::time::Instant::now).elapsed().as_millis() as u64 + 1
 }
 
 /// A request's use of a connection: it is busy (not idle) until this is
