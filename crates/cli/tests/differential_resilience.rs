@@ -264,3 +264,78 @@ fn slow_start_ramps_a_host_that_became_healthy() {
     assert!(e_early > 0.0 && l_early > 0.0, "b got no traffic early: Envoy {e_early}, Legate {l_early}");
     assert!((0.4..=0.6).contains(&e_late) && (0.4..=0.6).contains(&l_late), "late: Envoy {e_late}, Legate {l_late}");
 }
+
+#[test]
+fn local_rate_limit_per_route_and_by_descriptor() {
+    // The filter itself limits nothing (no bucket); one route has its own
+    // bucket; another limits by descriptors built from its rate_limits
+    // actions: per-client header value (a wildcard: a bucket per value),
+    // an exact header value with a tighter bucket, and a generic key.
+    let filters = r#"          http_filters:
+          - name: envoy.filters.http.local_ratelimit
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit
+              stat_prefix: global
+          - name: envoy.filters.http.router
+            typed_config: { "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }
+"#;
+    let enabled = "filter_enabled: { runtime_key: e, default_value: { numerator: 100, denominator: HUNDRED } }\n                    filter_enforced: { runtime_key: f, default_value: { numerator: 100, denominator: HUNDRED } }";
+    let routes = format!(
+        r#"              - match: {{ prefix: "/own" }}
+                route: {{ cluster: echo }}
+                typed_per_filter_config:
+                  envoy.filters.http.local_ratelimit:
+                    "@type": type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit
+                    stat_prefix: own
+                    token_bucket: {{ max_tokens: 2, tokens_per_fill: 2, fill_interval: 60s }}
+                    {enabled}
+                    response_headers_to_add: [{{ header: {{ key: x-limited-by, value: own }} }}]
+              - match: {{ prefix: "/by-client" }}
+                route:
+                  cluster: echo
+                  rate_limits:
+                  - actions: [{{ request_headers: {{ header_name: x-client, descriptor_key: client }} }}]
+                  - actions: [{{ generic_key: {{ descriptor_value: everyone }} }}]
+                typed_per_filter_config:
+                  envoy.filters.http.local_ratelimit:
+                    "@type": type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit
+                    stat_prefix: clients
+                    token_bucket: {{ max_tokens: 100, tokens_per_fill: 100, fill_interval: 60s }}
+                    {enabled}
+                    descriptors:
+                    - entries: [{{ key: client, value: vip }}]
+                      token_bucket: {{ max_tokens: 5, tokens_per_fill: 5, fill_interval: 60s }}
+                    - entries: [{{ key: client, value: "" }}]
+                      token_bucket: {{ max_tokens: 2, tokens_per_fill: 2, fill_interval: 60s }}
+                    - entries: [{{ key: generic_key, value: everyone }}]
+                      token_bucket: {{ max_tokens: 8, tokens_per_fill: 8, fill_interval: 60s }}
+              - match: {{ prefix: "/free" }}
+                route: {{ cluster: echo }}
+"#
+    );
+    let t = with_filters(bootstrap("", "", &one_vhost(&routes), &echo_cluster()), filters);
+    let mut requests = vec![];
+    for _ in 0..3 {
+        requests.push(get("/own/x"));
+        requests.push(get("/free/x"));
+    }
+    // Clients a and b get two each (a bucket per value), vip five, and all
+    // of them together eight (the generic key); no x-client: only the
+    // generic key applies.
+    for client in ["a", "a", "a", "b", "b", "b", "vip", "vip", "vip", "vip", "vip", "vip"] {
+        requests.push(get("/by-client/x").header("x-client", client));
+    }
+    requests.push(get("/by-client/x"));
+    let pair = compare("local-ratelimit-routes", &t, &["a"], &requests);
+    stats_agree(
+        &pair,
+        &[
+            "own.http_local_rate_limit.enabled",
+            "own.http_local_rate_limit.rate_limited",
+            "clients.http_local_rate_limit.ok",
+            "clients.http_local_rate_limit.rate_limited",
+            "global.http_local_rate_limit.enabled",
+        ],
+    );
+    assert_eq!(stat(pair.legate_admin, "own.http_local_rate_limit.rate_limited"), Some(1));
+}
