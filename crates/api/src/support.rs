@@ -28,6 +28,7 @@ pub const SUPPORTED_EXTENSIONS: &[&str] = &[
     "envoy.extensions.filters.http.compressor.v3.Compressor",
     "envoy.extensions.compression.gzip.compressor.v3.Gzip",
     "envoy.extensions.compression.brotli.compressor.v3.Brotli",
+    "envoy.extensions.compression.zstd.compressor.v3.Zstd",
     "envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate",
     "envoy.extensions.access_loggers.file.v3.FileAccessLog",
     "envoy.extensions.access_loggers.stream.v3.StdoutAccessLog",
@@ -500,6 +501,7 @@ const SUPPORTED_FIELDS: &[(&str, &[&str])] = &[
     ("envoy.config.core.v3.RuntimeFeatureFlag", &["default_value", "runtime_key"]),
     ("envoy.config.core.v3.TypedExtensionConfig", &["name", "typed_config"]),
     ("envoy.extensions.compression.gzip.compressor.v3.Gzip", &["compression_level"]),
+    ("envoy.extensions.compression.zstd.compressor.v3.Zstd", &["compression_level", "enable_checksum", "strategy"]),
     ("envoy.extensions.compression.brotli.compressor.v3.Brotli", &["quality", "window_bits"]),
     ("envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication", &["providers", "rules"]),
     (

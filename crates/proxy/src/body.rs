@@ -26,6 +26,7 @@ pin_project_lite::pin_project! {
 pub enum Encoder {
     Gzip(flate2::write::GzEncoder<Vec<u8>>),
     Brotli(Box<brotli::CompressorWriter<Vec<u8>>>),
+    Zstd(Box<zstd::stream::write::Encoder<'static, Vec<u8>>>),
 }
 
 impl Encoder {
@@ -38,12 +39,36 @@ impl Encoder {
         Self::Brotli(Box::new(brotli::CompressorWriter::new(Vec::new(), 4096, quality, window_bits)))
     }
 
+    /// `level` 1-22 (Envoy's default 3), a content checksum, and a
+    /// strategy (0 leaves zstd's choice). `None` if zstd refuses the settings.
+    pub fn zstd(level: i32, checksum: bool, strategy: u32) -> Option<Self> {
+        use zstd::stream::raw::CParameter;
+        let mut e = zstd::stream::write::Encoder::new(Vec::new(), level).ok()?;
+        e.include_checksum(checksum).ok()?;
+        if strategy != 0 {
+            let s = match strategy {
+                1 => zstd::zstd_safe::Strategy::ZSTD_fast,
+                2 => zstd::zstd_safe::Strategy::ZSTD_dfast,
+                3 => zstd::zstd_safe::Strategy::ZSTD_greedy,
+                4 => zstd::zstd_safe::Strategy::ZSTD_lazy,
+                5 => zstd::zstd_safe::Strategy::ZSTD_lazy2,
+                6 => zstd::zstd_safe::Strategy::ZSTD_btlazy2,
+                7 => zstd::zstd_safe::Strategy::ZSTD_btopt,
+                8 => zstd::zstd_safe::Strategy::ZSTD_btultra,
+                _ => zstd::zstd_safe::Strategy::ZSTD_btultra2,
+            };
+            e.set_parameter(CParameter::Strategy(s)).ok()?;
+        }
+        Some(Self::Zstd(Box::new(e)))
+    }
+
     fn write(&mut self, data: &[u8]) {
         use std::io::Write as _;
         // Writing into a Vec cannot fail.
         let _ = match self {
             Self::Gzip(e) => e.write_all(data),
             Self::Brotli(e) => e.write_all(data),
+            Self::Zstd(e) => e.write_all(data),
         };
     }
 
@@ -51,6 +76,7 @@ impl Encoder {
         match self {
             Self::Gzip(e) => e.get_mut(),
             Self::Brotli(e) => e.get_mut(),
+            Self::Zstd(e) => e.get_mut(),
         }
     }
 
@@ -58,6 +84,7 @@ impl Encoder {
         match self {
             Self::Gzip(e) => e.finish().unwrap_or_default(),
             Self::Brotli(e) => e.into_inner(),
+            Self::Zstd(e) => e.finish().unwrap_or_default(),
         }
     }
 }
