@@ -5,6 +5,7 @@
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
+use std::future::Future as _;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::task::{Context, Poll};
@@ -275,6 +276,9 @@ pin_project_lite::pin_project! {
         sent: u64,
         done: bool,
         finish: Option<Box<dyn Finish>>,
+        // The cluster's `max_stream_duration`, when the response is still
+        // streaming at that moment: the stream is reset and counted.
+        deadline: Option<(Pin<Box<tokio::time::Sleep>>, std::sync::Arc<crate::stats::Counter>)>,
     }
     impl PinnedDrop for TrackedBody {
         fn drop(this: Pin<&mut Self>) {
@@ -291,16 +295,34 @@ pin_project_lite::pin_project! {
 
 impl TrackedBody {
     pub fn new(inner: ProxyBody, finish: Option<Box<dyn Finish>>) -> Self {
-        Self { inner, sent: 0, done: false, finish }
+        Self { inner, sent: 0, done: false, finish, deadline: None }
+    }
+
+    /// Resets the stream if it has not ended by `at` (counting it in `reached`).
+    pub fn with_deadline(mut self, at: tokio::time::Instant, reached: std::sync::Arc<crate::stats::Counter>) -> Self {
+        self.deadline = Some((Box::pin(tokio::time::sleep_until(at)), reached));
+        self
     }
 }
 
+/// Why a response stream was cut short.
+#[derive(Debug, thiserror::Error)]
+#[error("upstream max stream duration reached")]
+pub struct MaxDurationReached;
+
 impl Body for TrackedBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = self.project();
+        if let Some((sleep, reached)) = this.deadline.as_mut() {
+            if sleep.as_mut().poll(cx).is_ready() {
+                reached.inc();
+                *this.deadline = None;
+                return Poll::Ready(Some(Err(Box::new(MaxDurationReached))));
+            }
+        }
         let r = this.inner.poll_frame(cx);
         match &r {
             Poll::Ready(Some(Ok(f))) => {
@@ -311,7 +333,7 @@ impl Body for TrackedBody {
             Poll::Ready(None) => *this.done = true,
             _ => {}
         }
-        r
+        r.map(|o| o.map(|x| x.map_err(Into::into)))
     }
 
     fn is_end_stream(&self) -> bool {

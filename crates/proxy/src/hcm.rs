@@ -1229,7 +1229,15 @@ impl Hcm {
         let mut resp = Response::from_parts(rparts, ProxyBody::stream(rbody));
         stream.details = "via_upstream";
         self.finish_response(&mut stream, &mut resp, Some(matched));
-        resp.map(|b| TrackedBody::new(b, Some(stream)))
+        let deadline = cluster.conn_options.max_stream_duration.map(|d| tokio::time::Instant::from_std(started + d));
+        let reached = cs.upstream_rq_max_duration_reached.clone();
+        resp.map(|b| {
+            let body = TrackedBody::new(b, Some(stream));
+            match deadline {
+                Some(at) => body.with_deadline(at, reached),
+                None => body,
+            }
+        })
     }
 }
 
