@@ -165,7 +165,7 @@ pub async fn connect(
     match tokio::time::timeout(left, handshake).await {
         Ok(Ok(s)) => {
             if let Some(ssl) = &cluster.stats.ssl {
-                ssl.handshake.inc();
+                ssl.handshake_done(s.get_ref().1);
             }
             Ok((Box::new(s), slot))
         }

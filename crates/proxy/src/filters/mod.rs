@@ -67,6 +67,10 @@ pub struct RequestCtx<'a> {
     /// The client, after x-forwarded-for.
     pub remote: std::net::IpAddr,
     pub local: std::net::SocketAddr,
+    /// The connection's TLS facts (peer certificate), None for plain TCP.
+    pub tls: Option<&'a crate::peer::TlsConn>,
+    /// The SNI the client asked for, "" without one.
+    pub sni: &'a str,
     /// The matched route's and virtual host's per-filter configs, most specific first.
     pub route: [Option<&'a crate::route::PerFilter>; 2],
     /// A new path for the request (jwt_authn taking out `access_token`).
@@ -254,6 +258,9 @@ impl FilterChain {
                     let subject = rbac::Subject {
                         headers,
                         pseudo,
+                        http: true,
+                        tls: rq.tls,
+                        sni: rq.sni,
                         direct_remote: rq.direct_remote,
                         remote: rq.remote,
                         local: rq.local,

@@ -1,0 +1,221 @@
+//! `envoy.filters.network.rbac`: the RBAC engines (`filters::rbac`) applied to
+//! a connection, in front of `tcp_proxy` or the HTTP connection manager.
+//!
+//! As in Envoy the rules are checked when the connection's first bytes
+//! arrive (`ONE_TIME_ON_FIRST_BYTE`), or on every read (`CONTINUOUS`); a
+//! denied connection is closed without its data being passed on. The
+//! check wraps the connection's read side: nothing is evaluated before data
+//! or the end of the stream comes (a connection closed without data is
+//! checked at its end, as Envoy's onData runs for end of stream too).
+//!
+//! Cost: one policy walk per connection (per read with CONTINUOUS); the
+//! wrapper adds a branch per read.
+
+use crate::filters::rbac::{engines_of, Engine, Subject};
+use crate::stats::{Counter, Store};
+use legate_api::pb::envoy::extensions::filters::network::rbac::v3::{rbac::EnforcementType, Rbac as PbRbac};
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+pub const TYPE: &str = "envoy.extensions.filters.network.rbac.v3.RBAC";
+
+/// One compiled network RBAC filter.
+pub struct NetRbac {
+    enforced: Option<Engine>,
+    shadow: Option<Engine>,
+    continuous: bool,
+    allowed: Arc<Counter>,
+    denied: Arc<Counter>,
+    shadow_allowed: Arc<Counter>,
+    shadow_denied: Arc<Counter>,
+}
+
+/// Envoy's `statPrefixJoin`: a dot between the parts unless the prefix ends with one.
+fn join(prefix: &str, rest: &str) -> String {
+    if prefix.is_empty() || prefix.ends_with('.') {
+        format!("{prefix}{rest}")
+    } else {
+        format!("{prefix}.{rest}")
+    }
+}
+
+impl NetRbac {
+    pub fn compile(c: &PbRbac, store: &Store) -> Result<Self, String> {
+        if c.matcher.is_some() || c.shadow_matcher.is_some() {
+            return Err("matcher and shadow_matcher are not supported (use rules)".into());
+        }
+        if c.delay_deny.is_some() {
+            return Err("delay_deny is not supported".into());
+        }
+        if c.stat_prefix.is_empty() {
+            return Err("stat_prefix: value length must be at least 1 characters".into());
+        }
+        let continuous = match EnforcementType::try_from(c.enforcement_type) {
+            Ok(EnforcementType::OneTimeOnFirstByte) => false,
+            Ok(EnforcementType::Continuous) => true,
+            Err(_) => return Err(format!("enforcement_type: unknown value {}", c.enforcement_type)),
+        };
+        let (enforced, shadow) = engines_of(c.rules.as_ref(), c.shadow_rules.as_ref())?;
+        // `<stat_prefix>rbac.allowed`; shadow counters also carry
+        // `shadow_rules_stat_prefix` before their name, as Envoy's do.
+        let p = join(&c.stat_prefix, "rbac.");
+        let sp = format!("{p}{}", c.shadow_rules_stat_prefix);
+        Ok(Self {
+            enforced,
+            shadow,
+            continuous,
+            allowed: store.counter(&format!("{p}allowed")),
+            denied: store.counter(&format!("{p}denied")),
+            shadow_allowed: store.counter(&format!("{sp}shadow_allowed")),
+            shadow_denied: store.counter(&format!("{sp}shadow_denied")),
+        })
+    }
+}
+
+/// What the connection offers the matchers, owned by the read wrapper.
+pub struct ConnSubject {
+    pub remote: SocketAddr,
+    pub local: SocketAddr,
+    pub tls: Option<Arc<crate::peer::TlsConn>>,
+    pub sni: Option<Box<str>>,
+}
+
+static NO_HEADERS: std::sync::LazyLock<http::HeaderMap> = std::sync::LazyLock::new(http::HeaderMap::new);
+
+impl ConnSubject {
+    fn subject(&self) -> Subject<'_> {
+        static NO_PSEUDO: crate::matcher::Pseudo<'static> =
+            crate::matcher::Pseudo { method: "", path: "", authority: "", scheme: "" };
+        Subject {
+            headers: &NO_HEADERS,
+            pseudo: &NO_PSEUDO,
+            http: false,
+            tls: self.tls.as_deref(),
+            sni: self.sni.as_deref().unwrap_or(""),
+            direct_remote: self.remote.ip(),
+            remote: self.remote.ip(),
+            local: self.local,
+        }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum State {
+    Unchecked,
+    Allowed,
+    Denied,
+}
+
+/// The connection's read side behind the chain's network RBAC filters.
+pub struct Gate<S> {
+    inner: S,
+    filters: Arc<[NetRbac]>,
+    subject: ConnSubject,
+    /// Per filter: whether its shadow rules were counted, and its verdict.
+    shadow_done: Vec<bool>,
+    state: Vec<State>,
+}
+
+impl<S> Gate<S> {
+    pub fn new(inner: S, filters: Arc<[NetRbac]>, subject: ConnSubject) -> Self {
+        let n = filters.len();
+        Self { inner, filters, subject, shadow_done: vec![false; n], state: vec![State::Unchecked; n] }
+    }
+
+    /// Runs the filters in order as data arrives. False: close the connection.
+    fn on_data(&mut self) -> bool {
+        let s = self.subject.subject();
+        for (i, f) in self.filters.iter().enumerate() {
+            if !self.shadow_done[i] {
+                self.shadow_done[i] = true;
+                if let Some(e) = &f.shadow {
+                    if e.allows(&s) {
+                        f.shadow_allowed.inc();
+                    } else {
+                        f.shadow_denied.inc();
+                    }
+                }
+            }
+            if self.state[i] == State::Unchecked || (f.continuous && self.state[i] == State::Allowed) {
+                self.state[i] = match &f.enforced {
+                    Some(e) if e.allows(&s) => {
+                        f.allowed.inc();
+                        State::Allowed
+                    }
+                    Some(_) => {
+                        f.denied.inc();
+                        State::Denied
+                    }
+                    None => State::Allowed,
+                };
+            }
+            if self.state[i] == State::Denied {
+                return false;
+            }
+        }
+        true
+    }
+}
+
+fn denied() -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::PermissionDenied, "rbac: connection denied")
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Gate<S> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        let this = &mut *self;
+        if this.state.contains(&State::Denied) {
+            return Poll::Ready(Err(denied()));
+        }
+        let before = buf.filled().len();
+        match Pin::new(&mut this.inner).poll_read(cx, buf) {
+            // Data, or the end of the stream: Envoy's onData runs for both.
+            Poll::Ready(Ok(())) => {
+                if this.on_data() {
+                    Poll::Ready(Ok(()))
+                } else {
+                    // The data read is dropped, not passed on.
+                    buf.set_filled(before);
+                    Poll::Ready(Err(denied()))
+                }
+            }
+            other => other,
+        }
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Gate<S> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, data)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_prefix_join() {
+        assert_eq!(join("tcp", "rbac."), "tcp.rbac.");
+        assert_eq!(join("tcp.", "rbac."), "tcp.rbac.");
+    }
+}
