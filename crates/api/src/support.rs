@@ -489,6 +489,7 @@ const SUPPORTED_FIELDS: &[(&str, &[&str])] = &[
             "issuer",
             "audiences",
             "local_jwks",
+            "remote_jwks",
             "forward",
             "from_headers",
             "forward_payload_header",
@@ -498,6 +499,8 @@ const SUPPORTED_FIELDS: &[(&str, &[&str])] = &[
         ],
     ),
     ("envoy.extensions.filters.http.jwt_authn.v3.JwtHeader", &["name", "value_prefix"]),
+    ("envoy.extensions.filters.http.jwt_authn.v3.RemoteJwks", &["http_uri", "cache_duration"]),
+    ("envoy.config.core.v3.HttpUri", &["uri", "cluster", "timeout"]),
     ("envoy.extensions.filters.http.jwt_authn.v3.JwtClaimToHeader", &["header_name", "claim_name"]),
     ("envoy.extensions.filters.http.jwt_authn.v3.RequirementRule", &["match", "requires"]),
     (

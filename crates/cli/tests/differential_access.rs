@@ -514,3 +514,110 @@ fn tls_handshake_stats() {
     assert_eq!(a, b, "cluster ssl.*: Envoy (left) and Legate (right) differ");
     assert_eq!(a.get("handshake"), Some(&1), "{a:?}");
 }
+
+/// A P-256 key as a JWK (its public point) and as the signer of tokens.
+fn ec_key(kid: &str) -> (Value, jsonwebtoken::EncodingKey) {
+    use base64::Engine as _;
+    let key = rcgen::KeyPair::generate().expect("key");
+    let point = key.public_key_raw();
+    assert_eq!(point.len(), 65, "an uncompressed P-256 point");
+    let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+    let jwk = serde_json::json!({ "kty": "EC", "kid": kid, "crv": "P-256", "alg": "ES256", "x": b64(&point[1..33]), "y": b64(&point[33..]) });
+    let enc = jsonwebtoken::EncodingKey::from_ec_pem(key.serialize_pem().as_bytes()).expect("EC key");
+    (jwk, enc)
+}
+
+fn token(key: &jsonwebtoken::EncodingKey, kid: &str, iss: &str) -> String {
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+    header.kid = Some(kid.into());
+    let claims = serde_json::json!({ "iss": iss, "sub": "someone", "exp": 4_000_000_000u64 });
+    jsonwebtoken::encode(&header, &claims, key).expect("sign")
+}
+
+/// jwt_authn with `remote_jwks`: the keys are served by a third process
+/// (Envoy answering with the JWKS file) over a cluster and cached; a valid
+/// token passes (the second one without a new fetch), a token signed by
+/// another key and a missing token are refused, and a provider whose JWKS
+/// cluster answers 500 refuses with "Jwks remote fetch is failed", trying
+/// again on the next request. Statuses, bodies, `www-authenticate` and the
+/// `jwt_authn.*` counters (with `jwks_fetch_success/failed`) must match.
+#[test]
+fn jwt_authn_with_remote_jwks() {
+    let dir = TempDir::new("remote-jwks");
+    let d = dir.path();
+    let (jwk, signer) = ec_key("k1");
+    let (_, stranger) = ec_key("k1");
+    std::fs::write(d.join("jwks.json"), serde_json::json!({ "keys": [jwk] }).to_string()).expect("write");
+    let jwks_server = Side::start("jwks", Bin::Envoy, d, &["ok", "bad"], |admin, ports| {
+        let direct = |status: u16, body: &str| {
+            format!(
+                "{{filters: [{{name: envoy.filters.network.http_connection_manager, typed_config: {{\"@type\": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager, stat_prefix: jwks, route_config: {{virtual_hosts: [{{name: all, domains: [\"*\"], routes: [{{match: {{path: \"/keys.json\"}}, direct_response: {{status: {status}, body: {body}}}}}]}}]}}, http_filters: [{ROUTER}]}}}}]}}"
+            )
+        };
+        let file = format!("{{filename: \"{}\"}}", p(d, "jwks.json"));
+        bootstrap(
+            admin,
+            &[
+                listener("ok", ports["ok"], &direct(200, &file)),
+                listener("bad", ports["bad"], &direct(500, "{inline_string: nope}")),
+            ],
+            &[],
+        )
+    });
+    let (_echo, up) = echo("up", d);
+    let (ok_port, bad_port) = (jwks_server.port("ok"), jwks_server.port("bad"));
+    let (e, l) = both(d, &["main"], |admin, ports| {
+        let remote = |cluster: &str| {
+            format!("remote_jwks: {{http_uri: {{uri: \"http://jwks.test/keys.json\", cluster: {cluster}, timeout: 2s}}, cache_duration: 300s}}")
+        };
+        let jwt = format!(
+            "{{name: envoy.filters.http.jwt_authn, typed_config: {{\"@type\": type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication, providers: {{good: {{issuer: \"https://good.test\", {}}}, broken: {{issuer: \"https://broken.test\", {}}}}}, rules: [{{match: {{prefix: \"/broken\"}}, requires: {{provider_name: broken}}}}, {{match: {{prefix: \"/\"}}, requires: {{provider_name: good}}}}]}}}}, ",
+            remote("jwks_ok"),
+            remote("jwks_bad")
+        );
+        bootstrap(
+            admin,
+            &[listener("main", ports["main"], &format!("{{filters: [{}]}}", hcm("jwt", "up", "", &jwt)))],
+            &[cluster("up", up, ""), cluster("jwks_ok", ok_port, ""), cluster("jwks_bad", bad_port, "")],
+        )
+    });
+    let good = token(&signer, "k1", "https://good.test");
+    let forged = token(&stranger, "k1", "https://good.test");
+    let broken = token(&signer, "k1", "https://broken.test");
+    let cases: Vec<(&str, &str, Option<&String>)> = vec![
+        ("valid", "/a", Some(&good)),
+        ("valid again (cached keys)", "/b", Some(&good)),
+        ("another key", "/c", Some(&forged)),
+        ("missing", "/d", None),
+        ("jwks answers 500", "/broken/1", Some(&broken)),
+        ("jwks answers 500 again", "/broken/2", Some(&broken)),
+    ];
+    for (what, path, tok) in &cases {
+        let auth = tok.map(|t| format!("Bearer {t}"));
+        let headers: Vec<(&str, &str)> = auth.iter().map(|a| ("authorization", a.as_str())).collect();
+        let view = |side: &Side| {
+            let r = http_request(addr(side.port("main")), "GET", path, "jwt.test", &headers, "").expect("request");
+            let mut m = BTreeMap::new();
+            m.insert("status".to_string(), r.status.to_string());
+            m.insert("www-authenticate".into(), r.header("www-authenticate").unwrap_or("").to_string());
+            if r.status != 200 {
+                m.insert("body".into(), r.body.clone());
+            }
+            m
+        };
+        let (a, b) = (view(&e), view(&l));
+        compare(what, &a, &b);
+        let want = if what.starts_with("valid") { "200" } else { "401" };
+        assert_eq!(a["status"], want, "{what}: {a:?}");
+    }
+    let (a, b) = (e.stats("http.jwt.jwt_authn."), l.stats("http.jwt.jwt_authn."));
+    let pick = |m: &BTreeMap<String, u64>| -> BTreeMap<String, u64> {
+        ["allowed", "denied", "jwks_fetch_success", "jwks_fetch_failed"]
+            .iter()
+            .map(|k| (k.to_string(), m.get(*k).copied().unwrap_or(0)))
+            .collect()
+    };
+    assert_eq!(pick(&a), pick(&b), "jwt_authn stats: Envoy (left) and Legate (right) differ");
+    assert_eq!(pick(&a)["jwks_fetch_success"], 1, "{a:?}");
+    assert_eq!(pick(&a)["jwks_fetch_failed"], 2, "{a:?}");
+}

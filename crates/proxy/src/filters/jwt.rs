@@ -36,6 +36,8 @@ pub enum Failure {
     AudienceNotAllowed,
     NoKey,
     VerificationFails,
+    /// The remote JWKS could not be fetched (or was not a JWKS).
+    JwksFetchFail,
 }
 
 impl Failure {
@@ -52,6 +54,7 @@ impl Failure {
             Self::AudienceNotAllowed => "Audiences in Jwt are not allowed",
             Self::NoKey => "Jwks doesn't have key to match kid or alg from Jwt",
             Self::VerificationFails => "Jwt verification fails",
+            Self::JwksFetchFail => "Jwks remote fetch is failed",
         }
     }
 
@@ -70,6 +73,7 @@ impl Failure {
             Self::Expired => "jwt_authn_access_denied{Jwt_is_expired}",
             Self::AudienceNotAllowed => "jwt_authn_access_denied{Audiences_in_Jwt_are_not_allowed}",
             Self::UnknownIssuer => "jwt_authn_access_denied{Jwt_issuer_is_not_configured}",
+            Self::JwksFetchFail => "jwt_authn_access_denied{Jwks_remote_fetch_is_failed}",
             _ => "jwt_authn_access_denied{Jwt_verification_fails}",
         }
     }
@@ -81,10 +85,19 @@ struct Location {
     prefix: String,
 }
 
+/// Verification keys: key id, key, key family.
+type Keys = Vec<(Option<String>, DecodingKey, &'static str)>;
+
+/// Where a provider's keys come from.
+enum Jwks {
+    Local(Keys),
+    Remote(Box<RemoteJwks>),
+}
+
 struct Provider {
     issuer: String,
     audiences: Vec<String>,
-    keys: Vec<(Option<String>, DecodingKey, &'static str)>,
+    jwks: Jwks,
     locations: Vec<Location>,
     /// Query parameters that may carry the token (`access_token` by default).
     query_params: Vec<String>,
@@ -109,28 +122,156 @@ fn family(alg: Algorithm) -> &'static str {
     }
 }
 
-impl Provider {
-    fn new(p: &JwtProvider) -> Result<Self, String> {
-        let jwks = match &p.jwks_source_specifier {
-            Some(JwksSourceSpecifier::LocalJwks(ds)) => crate::datasource::read(ds)?,
-            Some(_) => return Err("remote_jwks is not supported (use local_jwks)".into()),
-            None => return Err("local_jwks is required".into()),
+/// The keys of a JWKS document.
+fn parse_jwks(body: &[u8]) -> Result<Keys, String> {
+    let set: JwkSet = serde_json::from_slice(body).map_err(|e| format!("not a JWKS: {e}"))?;
+    let mut keys = Vec::new();
+    for (i, k) in set.keys.iter().enumerate() {
+        let fam = match &k.algorithm {
+            AlgorithmParameters::RSA(_) => "RSA",
+            AlgorithmParameters::EllipticCurve(_) => "EC",
+            AlgorithmParameters::OctetKeyPair(_) => "OKP",
+            AlgorithmParameters::OctetKey(_) => "oct",
         };
-        let set: JwkSet = serde_json::from_slice(&jwks).map_err(|e| format!("local_jwks: not a JWKS: {e}"))?;
-        let mut keys = Vec::new();
-        for (i, k) in set.keys.iter().enumerate() {
-            let fam = match &k.algorithm {
-                AlgorithmParameters::RSA(_) => "RSA",
-                AlgorithmParameters::EllipticCurve(_) => "EC",
-                AlgorithmParameters::OctetKeyPair(_) => "OKP",
-                AlgorithmParameters::OctetKey(_) => "oct",
-            };
-            let key = DecodingKey::from_jwk(k).map_err(|e| format!("local_jwks.keys[{i}]: {e}"))?;
-            keys.push((k.common.key_id.clone(), key, fam));
+        let key = DecodingKey::from_jwk(k).map_err(|e| format!("keys[{i}]: {e}"))?;
+        keys.push((k.common.key_id.clone(), key, fam));
+    }
+    if keys.is_empty() {
+        return Err("no keys".into());
+    }
+    Ok(keys)
+}
+
+/// `remote_jwks`: keys fetched over a cluster with a GET of `http_uri.uri`,
+/// kept for `cache_duration` (Envoy's default 10 minutes). Requests that
+/// need the keys wait for the fetch, as Envoy's do without `async_fetch`;
+/// a failed fetch answers them 401 and is tried again by the next request.
+///
+/// Cost per request: one `ArcSwap` load and a clock read while the keys are
+/// fresh. A fetch is single-flight across workers (one mutex, taken only
+/// when the keys are missing or stale).
+struct RemoteJwks {
+    cluster: String,
+    /// `host[:port]` of the URI, sent as Host / :authority.
+    authority: String,
+    /// Path and query of the URI.
+    path: String,
+    timeout: std::time::Duration,
+    cache_duration: std::time::Duration,
+    clusters: Arc<arc_swap::ArcSwap<crate::cluster::ClusterMap>>,
+    /// The keys and when they expire.
+    cached: arc_swap::ArcSwapOption<(std::time::Instant, Arc<Keys>)>,
+    fetching: tokio::sync::Mutex<()>,
+    fetch_success: Arc<crate::stats::Counter>,
+    fetch_failed: Arc<crate::stats::Counter>,
+}
+
+impl RemoteJwks {
+    fn new(
+        r: &legate_api::pb::envoy::extensions::filters::http::jwt_authn::v3::RemoteJwks,
+        ctx: &JwtContext<'_>,
+    ) -> Result<Self, String> {
+        if r.async_fetch.is_some() || r.retry_policy.is_some() {
+            return Err("remote_jwks: async_fetch and retry_policy are not supported".into());
         }
-        if keys.is_empty() {
-            return Err("local_jwks: no keys".into());
+        let h = r.http_uri.as_ref().ok_or("remote_jwks.http_uri is required")?;
+        let uri: http::Uri = h.uri.parse().map_err(|_| format!("remote_jwks.http_uri.uri: invalid URI '{}'", h.uri))?;
+        let authority = uri.authority().map(|a| a.as_str().to_string()).ok_or("remote_jwks.http_uri.uri: no host")?;
+        let path = uri.path_and_query().map_or("/", |p| p.as_str()).to_string();
+        let cluster = match &h.http_upstream_type {
+            Some(legate_api::pb::envoy::config::core::v3::http_uri::HttpUpstreamType::Cluster(c)) => c.clone(),
+            None => return Err("remote_jwks.http_uri.cluster is required".into()),
+        };
+        let dur = |d: &legate_api::pb::google::protobuf::Duration| {
+            std::time::Duration::new(d.seconds.max(0) as u64, d.nanos.max(0) as u32)
+        };
+        Ok(Self {
+            cluster,
+            authority,
+            path,
+            timeout: h.timeout.as_ref().map(dur).ok_or("remote_jwks.http_uri.timeout is required")?,
+            cache_duration: r.cache_duration.as_ref().map(dur).unwrap_or(std::time::Duration::from_secs(600)),
+            clusters: ctx.clusters.clone(),
+            cached: arc_swap::ArcSwapOption::empty(),
+            fetching: tokio::sync::Mutex::new(()),
+            fetch_success: ctx.fetch_success.clone(),
+            fetch_failed: ctx.fetch_failed.clone(),
+        })
+    }
+
+    fn fresh(&self) -> Option<Arc<Keys>> {
+        let c = self.cached.load();
+        c.as_ref().filter(|c| c.0 > std::time::Instant::now()).map(|c| c.1.clone())
+    }
+
+    /// The keys, fetched first when missing or stale. None: the fetch failed.
+    async fn keys(&self) -> Option<Arc<Keys>> {
+        if let Some(k) = self.fresh() {
+            return Some(k);
         }
+        let _one = self.fetching.lock().await;
+        if let Some(k) = self.fresh() {
+            return Some(k);
+        }
+        match tokio::time::timeout(self.timeout, self.fetch()).await {
+            Ok(Some(keys)) => {
+                self.fetch_success.inc();
+                let keys = Arc::new(keys);
+                let until = std::time::Instant::now() + self.cache_duration;
+                self.cached.store(Some(Arc::new((until, keys.clone()))));
+                Some(keys)
+            }
+            _ => {
+                self.fetch_failed.inc();
+                None
+            }
+        }
+    }
+
+    async fn fetch(&self) -> Option<Keys> {
+        let cluster = self.clusters.load().get(&self.cluster).cloned()?;
+        let host = cluster.pick()?;
+        let uri = if cluster.http2 { format!("http://{}{}", self.authority, self.path) } else { self.path.clone() };
+        let mut req = http::Request::new(crate::body::ProxyBody::full(bytes::Bytes::new()));
+        *req.uri_mut() = uri.parse().ok()?;
+        if !cluster.http2 {
+            req.headers_mut().insert(http::header::HOST, HeaderValue::from_str(&self.authority).ok()?);
+        }
+        let mut slot = None;
+        cluster.stats.upstream_rq_active.inc();
+        let result = crate::upstream::send(&cluster, &host, req, &mut slot).await;
+        let body = match result {
+            Ok(resp) if resp.status() == http::StatusCode::OK => {
+                http_body_util::BodyExt::collect(resp.into_body()).await.ok().map(|b| b.to_bytes())
+            }
+            Ok(resp) => {
+                let _ = http_body_util::BodyExt::collect(resp.into_body()).await;
+                None
+            }
+            Err(_) => None,
+        };
+        cluster.stats.upstream_rq_active.dec();
+        cluster.stats.upstream_rq_completed.inc();
+        parse_jwks(&body?).ok()
+    }
+}
+
+/// What providers need from the config around the filter.
+pub struct JwtContext<'a> {
+    pub clusters: &'a Arc<arc_swap::ArcSwap<crate::cluster::ClusterMap>>,
+    fetch_success: Arc<crate::stats::Counter>,
+    fetch_failed: Arc<crate::stats::Counter>,
+}
+
+impl Provider {
+    fn new(p: &JwtProvider, ctx: &JwtContext<'_>) -> Result<Self, String> {
+        let jwks = match &p.jwks_source_specifier {
+            Some(JwksSourceSpecifier::LocalJwks(ds)) => {
+                Jwks::Local(parse_jwks(&crate::datasource::read(ds)?).map_err(|e| format!("local_jwks: {e}"))?)
+            }
+            Some(JwksSourceSpecifier::RemoteJwks(r)) => Jwks::Remote(Box::new(RemoteJwks::new(r, ctx)?)),
+            None => return Err("local_jwks or remote_jwks is required".into()),
+        };
         if !p.from_cookies.is_empty() {
             return Err("from_cookies is not supported".into());
         }
@@ -155,7 +296,7 @@ impl Provider {
         Ok(Self {
             issuer: p.issuer.clone(),
             audiences: p.audiences.clone(),
-            keys,
+            jwks,
             locations,
             query_params: if default { vec!["access_token".into()] } else { p.from_params.clone() },
             forward: p.forward,
@@ -200,8 +341,37 @@ impl Provider {
         None
     }
 
-    /// Checks a token in Envoy's order: form, issuer, time, audience, key, signature.
-    fn verify(&self, token: &str) -> Result<serde_json::Value, Failure> {
+    /// Checks a token in Envoy's order: form, issuer, time, audience, then
+    /// (with the keys, which may have been fetched) key and signature.
+    fn verify(&self, token: &str, remote_keys: Option<&Keys>) -> Result<serde_json::Value, Failure> {
+        let pre = self.precheck(token)?;
+        let keys = match &self.jwks {
+            Jwks::Local(k) => k,
+            Jwks::Remote(_) => remote_keys.ok_or(Failure::JwksFetchFail)?,
+        };
+        let (alg, kid, payload, message_len, sig) = pre;
+        let fam = family(alg);
+        let candidates = keys
+            .iter()
+            .filter(|(k, _, f)| *f == fam && (kid.is_none() || k.is_none() || k.as_deref() == kid.as_deref()));
+        let message = &token[..message_len];
+        let mut any = false;
+        for (_, key, _) in candidates {
+            any = true;
+            if jsonwebtoken::crypto::verify(sig, message.as_bytes(), key, alg).unwrap_or(false) {
+                return Ok(payload);
+            }
+        }
+        Err(if any { Failure::VerificationFails } else { Failure::NoKey })
+    }
+
+    /// Everything that needs no key: form, issuer, time, audience. Gives the
+    /// algorithm, key id, payload, signed length and signature.
+    #[allow(clippy::type_complexity)]
+    fn precheck<'t>(
+        &self,
+        token: &'t str,
+    ) -> Result<(Algorithm, Option<String>, serde_json::Value, usize, &'t str), Failure> {
         let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
         let mut parts = token.split('.');
         let (Some(h), Some(p), Some(sig), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
@@ -246,19 +416,8 @@ impl Provider {
                 return Err(Failure::AudienceNotAllowed);
             }
         }
-        let kid = header["kid"].as_str();
-        let fam = family(alg);
-        let candidates =
-            self.keys.iter().filter(|(k, _, f)| *f == fam && (kid.is_none() || k.is_none() || k.as_deref() == kid));
-        let message = &token[..h.len() + 1 + p.len()];
-        let mut any = false;
-        for (_, key, _) in candidates {
-            any = true;
-            if jsonwebtoken::crypto::verify(sig, message.as_bytes(), key, alg).unwrap_or(false) {
-                return Ok(payload);
-            }
-        }
-        Err(if any { Failure::VerificationFails } else { Failure::NoKey })
+        let kid = header["kid"].as_str().map(str::to_string);
+        Ok((alg, kid, payload, h.len() + 1 + p.len(), sig))
     }
 }
 
@@ -295,6 +454,8 @@ struct Rule {
 
 pub struct JwtAuthn {
     providers: Vec<Provider>,
+    /// Some provider has `remote_jwks`.
+    has_remote: bool,
     rules: Vec<Rule>,
     allowed: Arc<crate::stats::Counter>,
     denied: Arc<crate::stats::Counter>,
@@ -319,13 +480,24 @@ fn claim_value(v: &serde_json::Value) -> Option<String> {
 }
 
 impl JwtAuthn {
-    pub fn compile(c: &JwtAuthentication, store: &crate::stats::Store, stat_prefix: &str) -> Result<Self, String> {
+    pub fn compile(
+        c: &JwtAuthentication,
+        store: &crate::stats::Store,
+        stat_prefix: &str,
+        clusters: &Arc<arc_swap::ArcSwap<crate::cluster::ClusterMap>>,
+    ) -> Result<Self, String> {
+        let p = format!("http.{stat_prefix}.jwt_authn.");
+        let ctx = JwtContext {
+            clusters,
+            fetch_success: store.counter(&format!("{p}jwks_fetch_success")),
+            fetch_failed: store.counter(&format!("{p}jwks_fetch_failed")),
+        };
         let mut names: Vec<&String> = c.providers.keys().collect();
         names.sort();
         let mut index = HashMap::new();
         let mut providers = Vec::new();
         for n in names {
-            let p = Provider::new(&c.providers[n]).map_err(|e| format!("providers[\"{n}\"].{e}"))?;
+            let p = Provider::new(&c.providers[n], &ctx).map_err(|e| format!("providers[\"{n}\"].{e}"))?;
             index.insert(n.clone(), providers.len());
             providers.push(p);
         }
@@ -371,8 +543,8 @@ impl JwtAuthn {
                 })
             })
             .collect::<Result<_, String>>()?;
-        let p = format!("http.{stat_prefix}.jwt_authn.");
         Ok(Self {
+            has_remote: providers.iter().any(|p| matches!(p.jwks, Jwks::Remote(_))),
             providers,
             rules,
             allowed: store.counter(&format!("{p}allowed")),
@@ -380,12 +552,20 @@ impl JwtAuthn {
         })
     }
 
-    fn check(&self, r: &Requirement, headers: &HeaderMap, path: &str, out: &mut Outcome) -> Result<(), Failure> {
+    /// `remote`: per provider, the remote keys fetched for this request.
+    fn check(
+        &self,
+        r: &Requirement,
+        headers: &HeaderMap,
+        path: &str,
+        remote: &[Option<Arc<Keys>>],
+        out: &mut Outcome,
+    ) -> Result<(), Failure> {
         match r {
             Requirement::Provider(i) => {
                 let p = &self.providers[*i];
                 let (token, from) = p.extract(headers, path).ok_or(Failure::Missing)?;
-                let payload = p.verify(token)?;
+                let payload = p.verify(token, remote.get(*i).and_then(|k| k.as_deref()))?;
                 if !p.forward {
                     match from {
                         From::Header(h) => out.remove.push(h.clone()),
@@ -413,7 +593,7 @@ impl JwtAuthn {
                 let mut first_error = None;
                 for r in list {
                     let mut o = Outcome::default();
-                    match self.check(r, headers, path, &mut o) {
+                    match self.check(r, headers, path, remote, &mut o) {
                         Ok(()) => {
                             out.remove.extend(o.remove);
                             out.set.extend(o.set);
@@ -430,7 +610,7 @@ impl JwtAuthn {
                 }
                 Err(first_error.unwrap_or(Failure::Missing))
             }
-            Requirement::All(list) => list.iter().try_for_each(|r| self.check(r, headers, path, out)),
+            Requirement::All(list) => list.iter().try_for_each(|r| self.check(r, headers, path, remote, out)),
             Requirement::AllowMissing | Requirement::AllowMissingOrFailed => {
                 // The first provider that finds a token verifies it.
                 // As Envoy: a token found in any provider's locations is
@@ -443,7 +623,7 @@ impl JwtAuthn {
                     issuer.is_empty() || token_issuer(t).as_deref() == Some(issuer.as_str())
                 });
                 let result = match by_issuer.or(found.first()) {
-                    Some((i, _)) => self.check(&Requirement::Provider(*i), headers, path, out),
+                    Some((i, _)) => self.check(&Requirement::Provider(*i), headers, path, remote, out),
                     None => Ok(()),
                 };
                 match r {
@@ -457,7 +637,7 @@ impl JwtAuthn {
     /// Runs the first rule that matches the request. `Err`: answer with it.
     /// `new_path` receives the path without its `access_token` parameter when
     /// a token taken from there is not forwarded.
-    pub fn on_request(
+    pub async fn on_request(
         &self,
         headers: &mut HeaderMap,
         pseudo: &Pseudo<'_>,
@@ -479,8 +659,22 @@ impl JwtAuthn {
             self.allowed.inc();
             return Ok(());
         };
+        // Remote keys are fetched (or read from the cache) for the providers
+        // that hold a token passing the checks that need no key, before the
+        // requirement is evaluated. Nothing is allocated without remote JWKS.
+        let mut remote: Vec<Option<Arc<Keys>>> = Vec::new();
+        if self.has_remote {
+            remote.resize(self.providers.len(), None);
+            for (i, p) in self.providers.iter().enumerate() {
+                let Jwks::Remote(r) = &p.jwks else { continue };
+                let Some((token, _)) = p.extract(headers, pseudo.path) else { continue };
+                if p.precheck(token).is_ok() {
+                    remote[i] = r.keys().await;
+                }
+            }
+        }
         let mut out = Outcome::default();
-        match self.check(requires, headers, pseudo.path, &mut out) {
+        match self.check(requires, headers, pseudo.path, &remote, &mut out) {
             Ok(()) => {
                 self.allowed.inc();
                 for h in out.remove {

@@ -184,7 +184,7 @@ impl FilterChain {
                 JWT_TYPE => {
                     let c: legate_api::pb::envoy::extensions::filters::http::jwt_authn::v3::JwtAuthentication =
                         legate_api::any::unpack(any)?;
-                    let j = jwt::JwtAuthn::compile(&c, store, stat_prefix)
+                    let j = jwt::JwtAuthn::compile(&c, store, stat_prefix, &ctx.clusters)
                         .map_err(|e| format!("http_filters[{i}].typed_config.{e}"))?;
                     filters.push(Filter::Jwt(Box::new(j)));
                 }
@@ -240,7 +240,7 @@ impl FilterChain {
             match f {
                 Filter::Compressor(c) => state.accept_encoding = c.on_request(rq.headers),
                 Filter::Jwt(j) => {
-                    if let Err(e) = j.on_request(rq.headers, &rq.pseudo, &mut rq.new_path) {
+                    if let Err(e) = j.on_request(rq.headers, &rq.pseudo, &mut rq.new_path).await {
                         let headers = jwt::www_authenticate(e, rq.pseudo.authority, rq.pseudo.path)
                             .map(|v| (http::header::WWW_AUTHENTICATE, v))
                             .into_iter()
