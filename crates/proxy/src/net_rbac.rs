@@ -212,6 +212,72 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Gate<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use legate_api::pb::envoy::config::rbac::v3::{
+        permission::Rule, principal::Identifier, rbac::Action, Permission, Policy, Principal, Rbac as Rules,
+    };
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    fn filter(store: &Store, action: Action, continuous: bool) -> NetRbac {
+        let mut rules = Rules { action: action as i32, ..Default::default() };
+        rules.policies.insert(
+            "all".into(),
+            Policy {
+                permissions: vec![Permission { rule: Some(Rule::Any(true)) }],
+                principals: vec![Principal { identifier: Some(Identifier::Any(true)) }],
+                ..Default::default()
+            },
+        );
+        let c = PbRbac {
+            rules: Some(rules),
+            stat_prefix: "t".into(),
+            enforcement_type: if continuous { EnforcementType::Continuous } else { EnforcementType::OneTimeOnFirstByte }
+                as i32,
+            ..Default::default()
+        };
+        NetRbac::compile(&c, store).expect("compiles")
+    }
+
+    fn subject() -> ConnSubject {
+        let a: SocketAddr = "127.0.0.1:1000".parse().expect("addr");
+        ConnSubject { remote: a, local: a, tls: None, sni: None }
+    }
+
+    /// Reads what the peer writes in two separate chunks.
+    async fn two_chunks(action: Action, continuous: bool) -> (Store, std::io::Result<usize>) {
+        let store = Store::default();
+        let (near, mut far) = tokio::io::duplex(64);
+        let mut gate = Gate::new(near, Arc::from([filter(&store, action, continuous)]), subject());
+        let mut buf = [0u8; 16];
+        far.write_all(b"one").await.expect("write");
+        let first = gate.read(&mut buf).await;
+        if first.is_err() {
+            return (store, first);
+        }
+        far.write_all(b"two").await.expect("write");
+        let second = gate.read(&mut buf).await;
+        (store, second)
+    }
+
+    #[tokio::test]
+    async fn one_time_checks_the_first_read_only() {
+        let (store, r) = two_chunks(Action::Allow, false).await;
+        assert_eq!(r.expect("allowed"), 3);
+        assert_eq!(store.counter("t.rbac.allowed").value(), 1);
+    }
+
+    #[tokio::test]
+    async fn continuous_checks_every_read() {
+        let (store, r) = two_chunks(Action::Allow, true).await;
+        assert_eq!(r.expect("allowed"), 3);
+        assert_eq!(store.counter("t.rbac.allowed").value(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_denied_connection_reads_nothing() {
+        let (store, r) = two_chunks(Action::Deny, false).await;
+        assert!(r.is_err_and(|e| e.kind() == std::io::ErrorKind::PermissionDenied));
+        assert_eq!(store.counter("t.rbac.denied").value(), 1);
+    }
 
     #[test]
     fn stat_prefix_join() {

@@ -171,6 +171,7 @@ pub struct SslStats {
     pub fail_verify_no_cert: Arc<crate::stats::Counter>,
     pub fail_verify_san: Arc<crate::stats::Counter>,
     pub no_certificate: Arc<crate::stats::Counter>,
+    pub session_reused: Arc<crate::stats::Counter>,
     /// `ssl.versions.*`, `ssl.ciphers.*`, `ssl.curves.*`: created on first
     /// use as Envoy creates them, then one lookup in a short list per
     /// handshake (a lock taken only while a name is new).
@@ -190,6 +191,7 @@ impl SslStats {
             fail_verify_no_cert: c("fail_verify_no_cert"),
             fail_verify_san: c("fail_verify_san"),
             no_certificate: c("no_certificate"),
+            session_reused: c("session_reused"),
             negotiated: Default::default(),
             prefix: format!("{prefix}ssl."),
             store: store.clone(),
@@ -208,11 +210,14 @@ impl SslStats {
     }
 
     /// Counts a completed handshake as Envoy's `logHandshake` does: the
-    /// handshake, the version, cipher and key-exchange group (the signature
-    /// algorithm is not exposed by rustls), and `no_certificate` when the
-    /// peer sent none.
+    /// handshake, a resumed session, the version, cipher and key-exchange
+    /// group (the signature algorithm is not exposed by rustls), and
+    /// `no_certificate` when the peer sent none.
     pub fn handshake_done(&self, conn: &rustls::CommonState) {
         self.handshake.inc();
+        if conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
+            self.session_reused.inc();
+        }
         if let Some(s) = conn.negotiated_cipher_suite() {
             if let Some(n) = cipher_stat(s.suite()) {
                 self.bump(n);
