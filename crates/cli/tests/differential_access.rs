@@ -515,6 +515,27 @@ fn tls_handshake_stats() {
     assert_eq!(a.get("handshake"), Some(&1), "{a:?}");
 }
 
+/// A third process serving `jwks.json` at `/keys.json`: Envoy answering
+/// directly, 200 with the file on listener `ok`, 500 on `bad`.
+fn jwks_server(d: &Path) -> Side {
+    Side::start("jwks", Bin::Envoy, d, &["ok", "bad"], |admin, ports| {
+        let direct = |status: u16, body: &str| {
+            format!(
+                "{{filters: [{{name: envoy.filters.network.http_connection_manager, typed_config: {{\"@type\": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager, stat_prefix: jwks, route_config: {{virtual_hosts: [{{name: all, domains: [\"*\"], routes: [{{match: {{path: \"/keys.json\"}}, direct_response: {{status: {status}, body: {body}}}}}]}}]}}, http_filters: [{ROUTER}]}}}}]}}"
+            )
+        };
+        let file = format!("{{filename: \"{}\"}}", p(d, "jwks.json"));
+        bootstrap(
+            admin,
+            &[
+                listener("ok", ports["ok"], &direct(200, &file)),
+                listener("bad", ports["bad"], &direct(500, "{inline_string: nope}")),
+            ],
+            &[],
+        )
+    })
+}
+
 /// A P-256 key as a JWK (its public point) and as the signer of tokens.
 fn ec_key(kid: &str) -> (Value, jsonwebtoken::EncodingKey) {
     use base64::Engine as _;
@@ -548,22 +569,7 @@ fn jwt_authn_with_remote_jwks() {
     let (jwk, signer) = ec_key("k1");
     let (_, stranger) = ec_key("k1");
     std::fs::write(d.join("jwks.json"), serde_json::json!({ "keys": [jwk] }).to_string()).expect("write");
-    let jwks_server = Side::start("jwks", Bin::Envoy, d, &["ok", "bad"], |admin, ports| {
-        let direct = |status: u16, body: &str| {
-            format!(
-                "{{filters: [{{name: envoy.filters.network.http_connection_manager, typed_config: {{\"@type\": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager, stat_prefix: jwks, route_config: {{virtual_hosts: [{{name: all, domains: [\"*\"], routes: [{{match: {{path: \"/keys.json\"}}, direct_response: {{status: {status}, body: {body}}}}}]}}]}}, http_filters: [{ROUTER}]}}}}]}}"
-            )
-        };
-        let file = format!("{{filename: \"{}\"}}", p(d, "jwks.json"));
-        bootstrap(
-            admin,
-            &[
-                listener("ok", ports["ok"], &direct(200, &file)),
-                listener("bad", ports["bad"], &direct(500, "{inline_string: nope}")),
-            ],
-            &[],
-        )
-    });
+    let jwks_server = jwks_server(d);
     let (_echo, up) = echo("up", d);
     let (ok_port, bad_port) = (jwks_server.port("ok"), jwks_server.port("bad"));
     let (e, l) = both(d, &["main"], |admin, ports| {
@@ -620,4 +626,60 @@ fn jwt_authn_with_remote_jwks() {
     assert_eq!(pick(&a), pick(&b), "jwt_authn stats: Envoy (left) and Legate (right) differ");
     assert_eq!(pick(&a)["jwks_fetch_success"], 1, "{a:?}");
     assert_eq!(pick(&a)["jwks_fetch_failed"], 2, "{a:?}");
+}
+
+/// `remote_jwks` with `async_fetch`: the keys are fetched before the proxy
+/// is ready (one fetch counted before any request), a request then needs no
+/// fetch; a provider whose JWKS answers 500 is fetched again every
+/// `failed_refetch_duration`, and its tokens are refused.
+#[test]
+fn jwt_authn_remote_jwks_async_fetch() {
+    let dir = TempDir::new("async-jwks");
+    let d = dir.path();
+    let (jwk, signer) = ec_key("k1");
+    std::fs::write(d.join("jwks.json"), serde_json::json!({ "keys": [jwk] }).to_string()).expect("write");
+    let jwks_server = jwks_server(d);
+    let (_echo, up) = echo("up", d);
+    let (ok_port, bad_port) = (jwks_server.port("ok"), jwks_server.port("bad"));
+    let (e, l) = both(d, &["main"], |admin, ports| {
+        let remote = |cluster: &str| {
+            format!("remote_jwks: {{http_uri: {{uri: \"http://jwks.test/keys.json\", cluster: {cluster}, timeout: 2s}}, cache_duration: 300s, async_fetch: {{failed_refetch_duration: 0.3s}}}}")
+        };
+        let jwt = format!(
+            "{{name: envoy.filters.http.jwt_authn, typed_config: {{\"@type\": type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication, providers: {{good: {{issuer: \"https://good.test\", {}}}, broken: {{issuer: \"https://broken.test\", {}}}}}, rules: [{{match: {{prefix: \"/broken\"}}, requires: {{provider_name: broken}}}}, {{match: {{prefix: \"/\"}}, requires: {{provider_name: good}}}}]}}}}, ",
+            remote("jwks_ok"),
+            remote("jwks_bad")
+        );
+        bootstrap(
+            admin,
+            &[listener("main", ports["main"], &format!("{{filters: [{}]}}", hcm("jwt", "up", "", &jwt)))],
+            &[cluster("up", up, ""), cluster("jwks_ok", ok_port, ""), cluster("jwks_bad", bad_port, "")],
+        )
+    });
+    let fetched = |s: &Side, k: &str| s.stats("http.jwt.jwt_authn.").get(k).copied().unwrap_or(0);
+    // Fetched before ready, before any request.
+    assert_eq!(fetched(&e, "jwks_fetch_success"), 1, "Envoy");
+    assert_eq!(fetched(&l, "jwks_fetch_success"), 1, "Legate");
+    let good = token(&signer, "k1", "https://good.test");
+    let broken = token(&signer, "k1", "https://broken.test");
+    for (path, tok, want) in [("/a", &good, 200), ("/broken/a", &broken, 401)] {
+        let auth = format!("Bearer {tok}");
+        let view = |side: &Side| {
+            let r = http_request(addr(side.port("main")), "GET", path, "jwt.test", &[("authorization", &auth)], "")
+                .expect("request");
+            (r.status, if r.status == 200 { String::new() } else { r.body })
+        };
+        let (a, b) = (view(&e), view(&l));
+        assert_eq!(a, b, "{path}: Envoy (left) and Legate (right) differ");
+        assert_eq!(a.0, want, "{path}");
+    }
+    assert_eq!(fetched(&e, "jwks_fetch_success"), 1, "Envoy fetched again");
+    assert_eq!(fetched(&l, "jwks_fetch_success"), 1, "Legate fetched again");
+    // The failing JWKS is retried on its own every 0.3 s.
+    for side in [&e, &l] {
+        let before = fetched(side, "jwks_fetch_failed");
+        wait_for("failed JWKS fetches retried", Duration::from_secs(5), || {
+            (fetched(side, "jwks_fetch_failed") >= before + 2).then_some(())
+        });
+    }
 }

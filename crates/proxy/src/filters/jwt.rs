@@ -91,7 +91,7 @@ type Keys = Vec<(Option<String>, DecodingKey, &'static str)>;
 /// Where a provider's keys come from.
 enum Jwks {
     Local(Keys),
-    Remote(Box<RemoteJwks>),
+    Remote(Arc<RemoteJwks>),
 }
 
 struct Provider {
@@ -150,8 +150,10 @@ fn parse_jwks(body: &[u8]) -> Result<Keys, String> {
 /// Cost per request: one `ArcSwap` load and a clock read while the keys are
 /// fresh. A fetch is single-flight across workers (one mutex, taken only
 /// when the keys are missing or stale).
-struct RemoteJwks {
+pub struct RemoteJwks {
     cluster: String,
+    /// `async_fetch`: (`fast_listener`, `failed_refetch_duration`).
+    async_fetch: Option<(bool, std::time::Duration)>,
     /// `host[:port]` of the URI, sent as Host / :authority.
     authority: String,
     /// Path and query of the URI.
@@ -171,8 +173,8 @@ impl RemoteJwks {
         r: &legate_api::pb::envoy::extensions::filters::http::jwt_authn::v3::RemoteJwks,
         ctx: &JwtContext<'_>,
     ) -> Result<Self, String> {
-        if r.async_fetch.is_some() || r.retry_policy.is_some() {
-            return Err("remote_jwks: async_fetch and retry_policy are not supported".into());
+        if r.retry_policy.is_some() {
+            return Err("remote_jwks.retry_policy is not supported".into());
         }
         let h = r.http_uri.as_ref().ok_or("remote_jwks.http_uri is required")?;
         let uri: http::Uri = h.uri.parse().map_err(|_| format!("remote_jwks.http_uri.uri: invalid URI '{}'", h.uri))?;
@@ -185,8 +187,12 @@ impl RemoteJwks {
         let dur = |d: &legate_api::pb::google::protobuf::Duration| {
             std::time::Duration::new(d.seconds.max(0) as u64, d.nanos.max(0) as u32)
         };
+        let async_fetch = r.async_fetch.as_ref().map(|a| {
+            (a.fast_listener, a.failed_refetch_duration.as_ref().map(dur).unwrap_or(std::time::Duration::from_secs(1)))
+        });
         Ok(Self {
             cluster,
+            async_fetch,
             authority,
             path,
             timeout: h.timeout.as_ref().map(dur).ok_or("remote_jwks.http_uri.timeout is required")?,
@@ -213,6 +219,39 @@ impl RemoteJwks {
         if let Some(k) = self.fresh() {
             return Some(k);
         }
+        self.fetch_and_store().await
+    }
+
+    /// `async_fetch`: fetches now, then again after `cache_duration` (after
+    /// `failed_refetch_duration` when a fetch fails), while the config lives.
+    /// The first fetch is awaited unless `fast_listener`.
+    async fn start(this: Arc<Self>) {
+        let Some((fast, retry)) = this.async_fetch else { return };
+        let first = async move {
+            let ok = {
+                let _one = this.fetching.lock().await;
+                this.fetch_and_store().await.is_some()
+            };
+            (Arc::downgrade(&this), if ok { this.cache_duration } else { retry })
+        };
+        let refresh = move |(weak, mut wait): (std::sync::Weak<Self>, std::time::Duration)| async move {
+            loop {
+                tokio::time::sleep(wait).await;
+                let Some(r) = weak.upgrade() else { return };
+                let _one = r.fetching.lock().await;
+                wait = if r.fetch_and_store().await.is_some() { r.cache_duration } else { retry };
+            }
+        };
+        if fast {
+            tokio::spawn(async move { refresh(first.await).await });
+        } else {
+            let next = first.await;
+            tokio::spawn(refresh(next));
+        }
+    }
+
+    /// One fetch (the caller holds `fetching`), counted and cached when it works.
+    async fn fetch_and_store(&self) -> Option<Arc<Keys>> {
         match tokio::time::timeout(self.timeout, self.fetch()).await {
             Ok(Some(keys)) => {
                 self.fetch_success.inc();
@@ -256,9 +295,22 @@ impl RemoteJwks {
     }
 }
 
+/// Starts the `async_fetch` JWKS compiled since the last call: awaits the
+/// first fetch of each (unless `fast_listener`) and leaves their refreshes
+/// running on the current runtime.
+pub async fn start_async_fetches(ctx: &crate::rds::CompileContext) {
+    let pending: Vec<_> = std::mem::take(&mut *ctx.jwks_async.lock().unwrap_or_else(|e| e.into_inner()));
+    for w in pending {
+        if let Some(r) = w.upgrade() {
+            RemoteJwks::start(r).await;
+        }
+    }
+}
+
 /// What providers need from the config around the filter.
 pub struct JwtContext<'a> {
     pub clusters: &'a Arc<arc_swap::ArcSwap<crate::cluster::ClusterMap>>,
+    jwks_async: &'a Arc<std::sync::Mutex<Vec<std::sync::Weak<RemoteJwks>>>>,
     fetch_success: Arc<crate::stats::Counter>,
     fetch_failed: Arc<crate::stats::Counter>,
 }
@@ -269,7 +321,13 @@ impl Provider {
             Some(JwksSourceSpecifier::LocalJwks(ds)) => {
                 Jwks::Local(parse_jwks(&crate::datasource::read(ds)?).map_err(|e| format!("local_jwks: {e}"))?)
             }
-            Some(JwksSourceSpecifier::RemoteJwks(r)) => Jwks::Remote(Box::new(RemoteJwks::new(r, ctx)?)),
+            Some(JwksSourceSpecifier::RemoteJwks(r)) => {
+                let r = Arc::new(RemoteJwks::new(r, ctx)?);
+                if r.async_fetch.is_some() {
+                    ctx.jwks_async.lock().unwrap_or_else(|e| e.into_inner()).push(Arc::downgrade(&r));
+                }
+                Jwks::Remote(r)
+            }
             None => return Err("local_jwks or remote_jwks is required".into()),
         };
         if !p.from_cookies.is_empty() {
@@ -484,11 +542,12 @@ impl JwtAuthn {
         c: &JwtAuthentication,
         store: &crate::stats::Store,
         stat_prefix: &str,
-        clusters: &Arc<arc_swap::ArcSwap<crate::cluster::ClusterMap>>,
+        compile: &crate::rds::CompileContext,
     ) -> Result<Self, String> {
         let p = format!("http.{stat_prefix}.jwt_authn.");
         let ctx = JwtContext {
-            clusters,
+            clusters: &compile.clusters,
+            jwks_async: &compile.jwks_async,
             fetch_success: store.counter(&format!("{p}jwks_fetch_success")),
             fetch_failed: store.counter(&format!("{p}jwks_fetch_failed")),
         };

@@ -184,7 +184,7 @@ impl FilterChain {
                 JWT_TYPE => {
                     let c: legate_api::pb::envoy::extensions::filters::http::jwt_authn::v3::JwtAuthentication =
                         legate_api::any::unpack(any)?;
-                    let j = jwt::JwtAuthn::compile(&c, store, stat_prefix, &ctx.clusters)
+                    let j = jwt::JwtAuthn::compile(&c, store, stat_prefix, ctx)
                         .map_err(|e| format!("http_filters[{i}].typed_config.{e}"))?;
                     filters.push(Filter::Jwt(Box::new(j)));
                 }
