@@ -499,7 +499,12 @@ const SUPPORTED_FIELDS: &[(&str, &[&str])] = &[
         ],
     ),
     ("envoy.extensions.filters.http.jwt_authn.v3.JwtHeader", &["name", "value_prefix"]),
-    ("envoy.extensions.filters.http.jwt_authn.v3.RemoteJwks", &["http_uri", "cache_duration", "async_fetch"]),
+    (
+        "envoy.extensions.filters.http.jwt_authn.v3.RemoteJwks",
+        &["http_uri", "cache_duration", "async_fetch", "retry_policy"],
+    ),
+    ("envoy.config.core.v3.RetryPolicy", &["retry_back_off", "num_retries", "retry_on"]),
+    ("envoy.config.core.v3.BackoffStrategy", &["base_interval", "max_interval"]),
     ("envoy.extensions.filters.http.jwt_authn.v3.JwksAsyncFetch", &["fast_listener", "failed_refetch_duration"]),
     ("envoy.config.core.v3.HttpUri", &["uri", "cluster", "timeout"]),
     ("envoy.extensions.filters.http.jwt_authn.v3.JwtClaimToHeader", &["header_name", "claim_name"]),

@@ -559,8 +559,8 @@ fn token(key: &jsonwebtoken::EncodingKey, kid: &str, iss: &str) -> String {
 /// (Envoy answering with the JWKS file) over a cluster and cached; a valid
 /// token passes (the second one without a new fetch), a token signed by
 /// another key and a missing token are refused, and a provider whose JWKS
-/// cluster answers 500 refuses with "Jwks remote fetch is failed", trying
-/// again on the next request. Statuses, bodies, `www-authenticate` and the
+/// cluster answers 500 refuses with "Jwks remote fetch is failed" (after
+/// the retries its `retry_policy` allows), trying again on the next request. Statuses, bodies, `www-authenticate` and the
 /// `jwt_authn.*` counters (with `jwks_fetch_success/failed`) must match.
 #[test]
 fn jwt_authn_with_remote_jwks() {
@@ -573,13 +573,13 @@ fn jwt_authn_with_remote_jwks() {
     let (_echo, up) = echo("up", d);
     let (ok_port, bad_port) = (jwks_server.port("ok"), jwks_server.port("bad"));
     let (e, l) = both(d, &["main"], |admin, ports| {
-        let remote = |cluster: &str| {
-            format!("remote_jwks: {{http_uri: {{uri: \"http://jwks.test/keys.json\", cluster: {cluster}, timeout: 2s}}, cache_duration: 300s}}")
+        let remote = |cluster: &str, extra: &str| {
+            format!("remote_jwks: {{http_uri: {{uri: \"http://jwks.test/keys.json\", cluster: {cluster}, timeout: 2s}}, cache_duration: 300s{extra}}}")
         };
         let jwt = format!(
             "{{name: envoy.filters.http.jwt_authn, typed_config: {{\"@type\": type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication, providers: {{good: {{issuer: \"https://good.test\", {}}}, broken: {{issuer: \"https://broken.test\", {}}}}}, rules: [{{match: {{prefix: \"/broken\"}}, requires: {{provider_name: broken}}}}, {{match: {{prefix: \"/\"}}, requires: {{provider_name: good}}}}]}}}}, ",
-            remote("jwks_ok"),
-            remote("jwks_bad")
+            remote("jwks_ok", ""),
+            remote("jwks_bad", ", retry_policy: {num_retries: 2, retry_back_off: {base_interval: 0.01s}}")
         );
         bootstrap(
             admin,
@@ -626,6 +626,10 @@ fn jwt_authn_with_remote_jwks() {
     assert_eq!(pick(&a), pick(&b), "jwt_authn stats: Envoy (left) and Legate (right) differ");
     assert_eq!(pick(&a)["jwks_fetch_success"], 1, "{a:?}");
     assert_eq!(pick(&a)["jwks_fetch_failed"], 2, "{a:?}");
+    // Each failed fetch was tried three times (retry_policy: 2 retries on 5xx).
+    let retries = |s: &Side| s.stats("cluster.jwks_bad.").get("upstream_rq_retry").copied();
+    assert_eq!(retries(&e), retries(&l), "upstream_rq_retry: Envoy (left) and Legate (right) differ");
+    assert_eq!(retries(&e), Some(4));
 }
 
 /// `remote_jwks` with `async_fetch`: the keys are fetched before the proxy

@@ -154,6 +154,7 @@ pub struct RemoteJwks {
     cluster: String,
     /// `async_fetch`: (`fast_listener`, `failed_refetch_duration`).
     async_fetch: Option<(bool, std::time::Duration)>,
+    retry: Option<JwksRetry>,
     /// `host[:port]` of the URI, sent as Host / :authority.
     authority: String,
     /// Path and query of the URI.
@@ -173,9 +174,7 @@ impl RemoteJwks {
         r: &legate_api::pb::envoy::extensions::filters::http::jwt_authn::v3::RemoteJwks,
         ctx: &JwtContext<'_>,
     ) -> Result<Self, String> {
-        if r.retry_policy.is_some() {
-            return Err("remote_jwks.retry_policy is not supported".into());
-        }
+        let retry = r.retry_policy.as_ref().map(JwksRetry::new).transpose()?;
         let h = r.http_uri.as_ref().ok_or("remote_jwks.http_uri is required")?;
         let uri: http::Uri = h.uri.parse().map_err(|_| format!("remote_jwks.http_uri.uri: invalid URI '{}'", h.uri))?;
         let authority = uri.authority().map(|a| a.as_str().to_string()).ok_or("remote_jwks.http_uri.uri: no host")?;
@@ -193,6 +192,7 @@ impl RemoteJwks {
         Ok(Self {
             cluster,
             async_fetch,
+            retry,
             authority,
             path,
             timeout: h.timeout.as_ref().map(dur).ok_or("remote_jwks.http_uri.timeout is required")?,
@@ -267,31 +267,147 @@ impl RemoteJwks {
         }
     }
 
+    /// GETs the JWKS, retrying as `retry_policy` says; the whole is bounded
+    /// by the caller's `http_uri.timeout`, as Envoy's request timeout covers
+    /// the retries.
     async fn fetch(&self) -> Option<Keys> {
         let cluster = self.clusters.load().get(&self.cluster).cloned()?;
-        let host = cluster.pick()?;
+        let retries = self.retry.as_ref().map_or(0, |r| r.num_retries);
+        let mut attempt = 0;
+        loop {
+            let failure = match self.attempt(&cluster).await {
+                Ok(body) => {
+                    if attempt > 0 {
+                        cluster.stats.upstream_rq_retry_success.inc();
+                    }
+                    return parse_jwks(&body).ok();
+                }
+                Err(f) => f,
+            };
+            let r = self.retry.as_ref().filter(|r| attempt < retries && r.when.retries(&failure))?;
+            attempt += 1;
+            cluster.stats.upstream_rq_retry.inc();
+            tokio::time::sleep(r.backoff(attempt)).await;
+        }
+    }
+
+    /// One GET: the body of a 200, or how it failed.
+    async fn attempt(&self, cluster: &Arc<crate::cluster::Cluster>) -> Result<bytes::Bytes, AttemptFailure> {
+        let Some(host) = cluster.pick() else { return Err(AttemptFailure::Final) };
         let uri = if cluster.http2 { format!("http://{}{}", self.authority, self.path) } else { self.path.clone() };
+        let (Ok(uri), Ok(authority)) = (uri.parse::<http::Uri>(), HeaderValue::from_str(&self.authority)) else {
+            return Err(AttemptFailure::Final);
+        };
         let mut req = http::Request::new(crate::body::ProxyBody::full(bytes::Bytes::new()));
-        *req.uri_mut() = uri.parse().ok()?;
+        *req.uri_mut() = uri;
         if !cluster.http2 {
-            req.headers_mut().insert(http::header::HOST, HeaderValue::from_str(&self.authority).ok()?);
+            req.headers_mut().insert(http::header::HOST, authority);
         }
         let mut slot = None;
         cluster.stats.upstream_rq_active.inc();
-        let result = crate::upstream::send(&cluster, &host, req, &mut slot).await;
-        let body = match result {
-            Ok(resp) if resp.status() == http::StatusCode::OK => {
-                http_body_util::BodyExt::collect(resp.into_body()).await.ok().map(|b| b.to_bytes())
-            }
+        let result = crate::upstream::send(cluster, &host, req, &mut slot).await;
+        use crate::upstream::UpstreamError as E;
+        let out = match result {
+            Ok(resp) if resp.status() == http::StatusCode::OK => http_body_util::BodyExt::collect(resp.into_body())
+                .await
+                .map(|b| b.to_bytes())
+                .map_err(|_| AttemptFailure::Reset),
             Ok(resp) => {
+                let status = resp.status().as_u16();
                 let _ = http_body_util::BodyExt::collect(resp.into_body()).await;
-                None
+                Err(AttemptFailure::Status(status))
             }
-            Err(_) => None,
+            Err(E::ConnectFailure(_) | E::ConnectTimeout | E::Tls(_)) => Err(AttemptFailure::Connect),
+            Err(E::Overflow) => Err(AttemptFailure::Final),
+            Err(_) => Err(AttemptFailure::Reset),
         };
         cluster.stats.upstream_rq_active.dec();
         cluster.stats.upstream_rq_completed.inc();
-        parse_jwks(&body?).ok()
+        out
+    }
+}
+
+/// `remote_jwks.retry_policy` (`envoy.config.core.v3.RetryPolicy`) as Envoy
+/// converts it: `num_retries` (default 1), back-off from `base_interval`
+/// (default 1 s) up to `max_interval` (default 10 × base), retrying on
+/// `5xx,gateway-error,connect-failure,reset`.
+struct JwksRetry {
+    num_retries: u32,
+    base: std::time::Duration,
+    max: std::time::Duration,
+    when: RetryOn,
+}
+
+/// The `retry_on` conditions a JWKS fetch honours.
+#[derive(Default)]
+struct RetryOn {
+    five_xx: bool,
+    gateway_error: bool,
+    connect_failure: bool,
+    reset: bool,
+}
+
+/// How a fetch attempt failed.
+enum AttemptFailure {
+    Status(u16),
+    Connect,
+    Reset,
+    /// Not retried (no host, overflow, a bad URI).
+    Final,
+}
+
+impl RetryOn {
+    /// As Envoy's router: `5xx` covers every 5xx, connect failures and
+    /// resets; `gateway-error` 502/503/504 and connect failures.
+    fn retries(&self, f: &AttemptFailure) -> bool {
+        match f {
+            AttemptFailure::Status(s) => (self.five_xx && *s >= 500) || (self.gateway_error && matches!(s, 502..=504)),
+            AttemptFailure::Connect => self.five_xx || self.gateway_error || self.connect_failure,
+            AttemptFailure::Reset => self.five_xx || self.reset,
+            AttemptFailure::Final => false,
+        }
+    }
+}
+
+impl JwksRetry {
+    fn new(r: &legate_api::pb::envoy::config::core::v3::RetryPolicy) -> Result<Self, String> {
+        let on = if r.retry_on.is_empty() { "5xx,gateway-error,connect-failure,reset" } else { r.retry_on.as_str() };
+        let mut when = RetryOn::default();
+        for t in on.split(',').map(str::trim) {
+            match t {
+                "5xx" => when.five_xx = true,
+                "gateway-error" => when.gateway_error = true,
+                "connect-failure" => when.connect_failure = true,
+                "reset" => when.reset = true,
+                other => return Err(format!("remote_jwks.retry_policy.retry_on: '{other}' is not supported")),
+            }
+        }
+        let dur = |d: &legate_api::pb::google::protobuf::Duration| {
+            std::time::Duration::new(d.seconds.max(0) as u64, d.nanos.max(0) as u32)
+        };
+        let (base, max) = match &r.retry_back_off {
+            Some(b) => {
+                let base = b
+                    .base_interval
+                    .as_ref()
+                    .map(dur)
+                    .ok_or("remote_jwks.retry_policy.retry_back_off.base_interval is required")?;
+                let max = b.max_interval.as_ref().map(dur).unwrap_or(base * 10);
+                if max < base {
+                    return Err("remote_jwks.retry_policy.retry_back_off: max_interval must be greater than or equal to the base_interval".into());
+                }
+                (base, max)
+            }
+            None => (std::time::Duration::from_secs(1), std::time::Duration::from_secs(10)),
+        };
+        Ok(Self { num_retries: r.num_retries.as_ref().map_or(1, |n| n.value), base, max, when })
+    }
+
+    /// Envoy's jittered back-off before retry `n` (1-based): uniform in
+    /// [0, min(base × 2^(n-1), max)].
+    fn backoff(&self, n: u32) -> std::time::Duration {
+        let cap = self.base.saturating_mul(1u32 << n.saturating_sub(1).min(16)).min(self.max);
+        cap.mul_f64(rand::random::<f64>())
     }
 }
 
