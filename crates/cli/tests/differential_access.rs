@@ -448,7 +448,8 @@ fn xfcc_forward_modes() {
 }
 
 /// The handshake stats: `ssl.handshake`, `ssl.no_certificate`,
-/// `ssl.versions.*`, `ssl.ciphers.*` and `ssl.curves.*` of a listener
+/// `ssl.versions.*`, `ssl.ciphers.*`, `ssl.curves.*` and `ssl.sigalgs.*`
+/// (the peer's signature: the client certificate's, the server's) of a listener
 /// (TLS 1.3 and 1.2 clients, with and without a client certificate) and of a
 /// cluster whose upstream is a TLS listener of the proxy itself.
 #[test]
@@ -492,8 +493,6 @@ fn tls_handshake_stats() {
         let r = http_get(addr(side.port("front")), "/", "front").expect("front");
         assert_eq!(r.status, 200);
     }
-    // Envoy's `sigalgs.*` are not compared: rustls does not tell which
-    // signature scheme the peer used.
     let keep = |m: BTreeMap<String, u64>| -> BTreeMap<String, u64> {
         m.into_iter()
             .filter(|(k, _)| {
@@ -501,6 +500,7 @@ fn tls_handshake_stats() {
                     || k.starts_with("versions.")
                     || k.starts_with("ciphers.")
                     || k.starts_with("curves.")
+                    || k.starts_with("sigalgs.")
             })
             .collect()
     };
@@ -508,11 +508,13 @@ fn tls_handshake_stats() {
     let (a, b) = (keep(e.stats(&listener_prefix(&e))), keep(l.stats(&listener_prefix(&l))));
     assert_eq!(a, b, "listener ssl.*: Envoy (left) and Legate (right) differ");
     assert_eq!(a.get("handshake"), Some(&4), "{a:?}");
+    assert_eq!(a.get("sigalgs.ecdsa_secp256r1_sha256"), Some(&1), "{a:?}");
     // Upstream, a client stops at TLS 1.2 by default and offers no TLS 1.3
     // suite; the server picks from Envoy's TLS 1.2 order.
     let (a, b) = (keep(e.stats("cluster.self_tls.ssl.")), keep(l.stats("cluster.self_tls.ssl.")));
     assert_eq!(a, b, "cluster ssl.*: Envoy (left) and Legate (right) differ");
     assert_eq!(a.get("handshake"), Some(&1), "{a:?}");
+    assert_eq!(a.get("sigalgs.ecdsa_secp256r1_sha256"), Some(&1), "{a:?}");
 }
 
 /// A third process serving `jwks.json` at `/keys.json`: Envoy answering

@@ -367,11 +367,12 @@ async fn dispatch(
         let conn = ConnCtx { remote, local, tls: None, sni };
         return run_chain(listener, &chain, stream, conn, None, phase).await;
     };
-    match dtls.accept(stream).await {
+    let (accepted, sigalg) = dtls.accept(stream).await;
+    match accepted {
         Ok(tls) => {
             let server = tls.get_ref().1;
             if let Some(ssl) = &listener.stats.ssl {
-                ssl.handshake_done(server);
+                ssl.handshake_done(server, sigalg);
             }
             let h2 = server.alpn_protocol().map(|p| p == b"h2");
             let conn = ConnCtx { remote, local, tls: Some(Arc::new(dtls.conn_facts(server))), sni };

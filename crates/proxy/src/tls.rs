@@ -105,6 +105,48 @@ fn san_mismatch() -> rustls::Error {
     rustls::Error::InvalidCertificate(rustls::CertificateError::NotValidForName)
 }
 
+tokio::task_local! {
+    /// The signature scheme the peer signed the handshake with, noted by
+    /// the verifiers while a handshake runs inside `with_sigalg`.
+    static PEER_SIGALG: std::cell::Cell<Option<SignatureScheme>>;
+}
+
+fn note_sigalg(s: SignatureScheme) {
+    let _ = PEER_SIGALG.try_with(|c| c.set(Some(s)));
+}
+
+/// Runs a handshake and tells which signature scheme the peer used (None
+/// when it signed nothing: a client without a certificate). Costs one
+/// task-local scope per handshake: rustls does not report the scheme, but
+/// its verifiers see it, in the task that drives the handshake.
+pub async fn with_sigalg<F: std::future::Future>(f: F) -> (F::Output, Option<SignatureScheme>) {
+    PEER_SIGALG
+        .scope(std::cell::Cell::new(None), async move {
+            let out = f.await;
+            (out, PEER_SIGALG.with(|c| c.get()))
+        })
+        .await
+}
+
+/// BoringSSL's `SSL_get_signature_algorithm_name` (with the curve) for the
+/// schemes rustls verifies, as `sigalgs.<name>`.
+fn sigalg_stat(s: SignatureScheme) -> Option<&'static str> {
+    use SignatureScheme as S;
+    Some(match s {
+        S::ECDSA_NISTP256_SHA256 => "sigalgs.ecdsa_secp256r1_sha256",
+        S::ECDSA_NISTP384_SHA384 => "sigalgs.ecdsa_secp384r1_sha384",
+        S::ECDSA_NISTP521_SHA512 => "sigalgs.ecdsa_secp521r1_sha512",
+        S::RSA_PSS_SHA256 => "sigalgs.rsa_pss_rsae_sha256",
+        S::RSA_PSS_SHA384 => "sigalgs.rsa_pss_rsae_sha384",
+        S::RSA_PSS_SHA512 => "sigalgs.rsa_pss_rsae_sha512",
+        S::RSA_PKCS1_SHA256 => "sigalgs.rsa_pkcs1_sha256",
+        S::RSA_PKCS1_SHA384 => "sigalgs.rsa_pkcs1_sha384",
+        S::RSA_PKCS1_SHA512 => "sigalgs.rsa_pkcs1_sha512",
+        S::ED25519 => "sigalgs.ed25519",
+        _ => return None,
+    })
+}
+
 /// A client-certificate verifier that also applies `match_typed_subject_alt_names`.
 #[derive(Debug)]
 struct SanClientVerifier {
@@ -141,6 +183,7 @@ impl rustls::server::danger::ClientCertVerifier for SanClientVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        note_sigalg(dss.scheme);
         self.inner.verify_tls12_signature(message, cert, dss)
     }
     fn verify_tls13_signature(
@@ -149,6 +192,7 @@ impl rustls::server::danger::ClientCertVerifier for SanClientVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        note_sigalg(dss.scheme);
         self.inner.verify_tls13_signature(message, cert, dss)
     }
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
@@ -210,11 +254,14 @@ impl SslStats {
     }
 
     /// Counts a completed handshake as Envoy's `logHandshake` does: the
-    /// handshake, a resumed session, the version, cipher and key-exchange
-    /// group (the signature algorithm is not exposed by rustls), and
+    /// handshake, a resumed session, the version, cipher, key-exchange group
+    /// and the peer's signature scheme (see `with_sigalg`), and
     /// `no_certificate` when the peer sent none.
-    pub fn handshake_done(&self, conn: &rustls::CommonState) {
+    pub fn handshake_done(&self, conn: &rustls::CommonState, sigalg: Option<SignatureScheme>) {
         self.handshake.inc();
+        if let Some(n) = sigalg.and_then(sigalg_stat) {
+            self.bump(n);
+        }
         if conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
             self.session_reused.inc();
         }
@@ -495,8 +542,11 @@ impl DownstreamTls {
     pub async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
         &self,
         stream: S,
-    ) -> std::io::Result<tokio_rustls::server::TlsStream<S>> {
-        let start = tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), stream).await?;
+    ) -> (std::io::Result<tokio_rustls::server::TlsStream<S>>, Option<SignatureScheme>) {
+        let start = match tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), stream).await {
+            Ok(s) => s,
+            Err(e) => return (Err(e), None),
+        };
         let cfg = {
             let hello = start.client_hello();
             let suites = hello.cipher_suites();
@@ -525,7 +575,7 @@ impl DownstreamTls {
                 &self.client_order
             }
         };
-        start.into_stream(cfg.clone()).await
+        with_sigalg(start.into_stream(cfg.clone())).await
     }
 
     /// What a finished handshake tells the filters: the peer's chain and
@@ -578,7 +628,9 @@ pub fn downstream(ts: &TransportSocket) -> Result<DownstreamTls, TlsError> {
                 v = v.allow_unauthenticated();
             }
             let v = v.build().map_err(|e| err(&format!("{path}.validation_context"), e.to_string()))?;
-            Some(if sans.is_empty() { v } else { Arc::new(SanClientVerifier { inner: v, sans }) })
+            // Wrapped even without SAN matchers: the wrapper notes the
+            // client's signature scheme for `ssl.sigalgs.*`.
+            Some(Arc::new(SanClientVerifier { inner: v, sans }))
         }
         None if require => {
             return Err(err(
@@ -698,6 +750,7 @@ impl ServerCertVerifier for EnvoyServerVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        note_sigalg(dss.scheme);
         rustls::crypto::verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
     }
 
@@ -707,6 +760,7 @@ impl ServerCertVerifier for EnvoyServerVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        note_sigalg(dss.scheme);
         rustls::crypto::verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
     }
 
