@@ -303,26 +303,29 @@ impl RemoteJwks {
         if !cluster.http2 {
             req.headers_mut().insert(http::header::HOST, authority);
         }
-        let mut slot = None;
+        let mut held = crate::upstream::Held::default();
         cluster.stats.upstream_rq_active.inc();
-        let result = crate::upstream::send(cluster, &host, req, &mut slot).await;
+        let result = crate::upstream::send(cluster, &host, req, &mut held).await;
         use crate::upstream::UpstreamError as E;
         let out = match result {
-            Ok(resp) if resp.status() == http::StatusCode::OK => http_body_util::BodyExt::collect(resp.into_body())
-                .await
-                .map(|b| b.to_bytes())
-                .map_err(|_| AttemptFailure::Reset),
             Ok(resp) => {
                 let status = resp.status().as_u16();
-                let _ = http_body_util::BodyExt::collect(resp.into_body()).await;
-                Err(AttemptFailure::Status(status))
+                cluster.stats.record_status(status);
+                let body = http_body_util::BodyExt::collect(resp.into_body()).await;
+                match (status, body) {
+                    (200, Ok(b)) => Ok(b.to_bytes()),
+                    (200, Err(_)) => Err(AttemptFailure::Reset),
+                    _ => Err(AttemptFailure::Status(status)),
+                }
             }
             Err(E::ConnectFailure(_) | E::ConnectTimeout | E::Tls(_)) => Err(AttemptFailure::Connect),
-            Err(E::Overflow) => Err(AttemptFailure::Final),
+            Err(E::Overflow | E::PoolOverflow) => Err(AttemptFailure::Final),
             Err(_) => Err(AttemptFailure::Reset),
         };
         cluster.stats.upstream_rq_active.dec();
         cluster.stats.upstream_rq_completed.inc();
+        drop(held);
+        cluster.pools.release();
         out
     }
 }
