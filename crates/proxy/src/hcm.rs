@@ -245,6 +245,28 @@ impl Xfcc {
         if self.mode == XfccMode::ForwardOnly {
             return;
         }
+        // This connection's own element, built once per connection (a
+        // connection is served by one HCM); per request a reference-count
+        // clone, or one concatenation when appending to a forwarded value.
+        let mine = tls.xfcc_element(|| self.element(tls));
+        let prev = match self.mode {
+            XfccMode::AppendForward => {
+                headers.get(&X_FORWARDED_CLIENT_CERT).and_then(|v| v.to_str().ok()).filter(|p| !p.is_empty())
+            }
+            _ => None,
+        };
+        let value = match prev {
+            Some(prev) => HeaderValue::from_str(&format!("{prev},{}", mine.to_str().unwrap_or_default())).ok(),
+            None => Some(mine.clone()),
+        };
+        headers.remove(&X_FORWARDED_CLIENT_CERT);
+        if let Some(v) = value {
+            headers.insert(X_FORWARDED_CLIENT_CERT.clone(), v);
+        }
+    }
+
+    /// `By=...;Hash=...;` and the configured details of this connection.
+    fn element(&self, tls: &crate::peer::TlsConn) -> HeaderValue {
         let mut parts: Vec<String> = Vec::new();
         for uri in tls.local_uri_sans.iter() {
             parts.push(format!("By={uri}"));
@@ -285,18 +307,9 @@ impl Xfcc {
                 }
             }
         }
-        let mine = parts.join(";");
-        let value = match (self.mode, headers.get(&X_FORWARDED_CLIENT_CERT).and_then(|v| v.to_str().ok())) {
-            (XfccMode::AppendForward, Some(prev)) if !prev.is_empty() => format!("{prev},{mine}"),
-            _ => mine,
-        };
-        headers.remove(&X_FORWARDED_CLIENT_CERT);
-        if let Ok(v) = HeaderValue::from_str(&value) {
-            headers.insert(X_FORWARDED_CLIENT_CERT.clone(), v);
-        }
+        HeaderValue::from_str(&parts.join(";")).unwrap_or_else(|_| HeaderValue::from_static(""))
     }
 }
-
 fn dur(d: &legate_api::pb::google::protobuf::Duration) -> Duration {
     Duration::new(d.seconds.max(0) as u64, d.nanos.max(0) as u32)
 }

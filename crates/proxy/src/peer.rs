@@ -20,6 +20,8 @@ pub struct TlsConn {
     /// URI SANs of this side's certificate (XFCC `By=`).
     pub local_uri_sans: Arc<[String]>,
     parsed: OnceLock<PeerNames>,
+    /// This connection's `x-forwarded-client-cert` element, once built.
+    xfcc: OnceLock<http::HeaderValue>,
 }
 
 /// The peer certificate's names as Envoy reads them.
@@ -34,7 +36,7 @@ pub struct PeerNames {
 impl TlsConn {
     pub fn new(chain: Option<&[CertificateDer<'_>]>, local_uri_sans: Arc<[String]>) -> Self {
         let chain = chain.map(|c| c.iter().map(|d| d.clone().into_owned()).collect()).unwrap_or_default();
-        Self { chain, local_uri_sans, parsed: OnceLock::new() }
+        Self { chain, local_uri_sans, parsed: OnceLock::new(), xfcc: OnceLock::new() }
     }
 
     /// Whether the peer presented a certificate.
@@ -45,6 +47,11 @@ impl TlsConn {
     /// The peer certificate's names (empty without a certificate).
     pub fn names(&self) -> &PeerNames {
         self.parsed.get_or_init(|| self.chain.first().map(|c| parse_names(c)).unwrap_or_default())
+    }
+
+    /// The connection's XFCC element, built by `make` on first use.
+    pub fn xfcc_element(&self, make: impl FnOnce() -> http::HeaderValue) -> &http::HeaderValue {
+        self.xfcc.get_or_init(make)
     }
 
     /// Lowercase hex SHA-256 of the peer certificate's DER (`Hash=`).
