@@ -274,6 +274,19 @@ fn tcp_request(port: u16) -> String {
     }
 }
 
+/// Sends a request in three pieces 200 ms apart (three reads at the proxy),
+/// then reads the answer.
+fn tcp_in_pieces(port: u16) {
+    let Ok(mut s) = std::net::TcpStream::connect(addr(port)) else { return };
+    s.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+    for piece in [&b"GET /x HTTP/1.1\r\n"[..], b"host: t\r\n", b"connection: close\r\n\r\n"] {
+        let _ = s.write_all(piece);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+}
+
 /// Opens a connection and closes it without sending anything.
 fn tcp_silent(port: u16) {
     if let Ok(s) = std::net::TcpStream::connect(addr(port)) {
@@ -288,7 +301,8 @@ fn tcp_silent(port: u16) {
 /// Network RBAC in front of tcp_proxy: an ALLOW policy on the destination
 /// port and the peer address lets one listener's connections through and
 /// closes the other's unanswered; shadow rules (DENY for loopback peers)
-/// only count; a connection closed without data is checked at its end. Then network
+/// only count; a connection closed without data is checked at its end;
+/// `CONTINUOUS` checks every read. Then network
 /// RBAC in front of an HCM over mutual TLS with an `authenticated`
 /// principal. The `rbac.*` stats of both proxies must be the same.
 #[test]
@@ -297,7 +311,7 @@ fn network_rbac_allow_deny_and_stats() {
     let d = dir.path();
     write_certs(d);
     let (_echo, up) = echo("up", d);
-    let (e, l) = both(d, &["allow", "deny", "mtls"], |admin, ports| {
+    let (e, l) = both(d, &["allow", "deny", "mtls", "cont"], |admin, ports| {
         let rules = format!(
             "rules: {{action: ALLOW, policies: {{by-port: {{permissions: [{{destination_port: {}}}], principals: [{{direct_remote_ip: {{address_prefix: 127.0.0.0, prefix_len: 8}}}}]}}}}}}, shadow_rules: {{action: DENY, policies: {{loopback: {{permissions: [{{any: true}}], principals: [{{source_ip: {{address_prefix: 127.0.0.1, prefix_len: 32}}}}]}}}}}}",
             ports["allow"]
@@ -324,6 +338,15 @@ fn network_rbac_allow_deny_and_stats() {
                         tcp_proxy("tcp_deny", "up")
                     ),
                 ),
+                listener(
+                    "cont",
+                    ports["cont"],
+                    &format!(
+                        "{{filters: [{}, {}]}}",
+                        net_rbac("stat_prefix: net_cont, enforcement_type: CONTINUOUS, rules: {action: ALLOW, policies: {any: {permissions: [{any: true}], principals: [{any: true}]}}}"),
+                        tcp_proxy("tcp_cont", "up")
+                    ),
+                ),
                 inspected_listener(
                     "mtls",
                     ports["mtls"],
@@ -345,6 +368,9 @@ fn network_rbac_allow_deny_and_stats() {
     }
     tcp_silent(e.port("deny"));
     tcp_silent(l.port("deny"));
+    for side in [&e, &l] {
+        tcp_in_pieces(side.port("cont"));
+    }
     for client in [Some("client1"), Some("client2"), Some("client3"), None] {
         let a = curl(d, e.port("mtls"), client, &[], &[]);
         let b = curl(d, l.port("mtls"), client, &[], &[]);
@@ -352,11 +378,14 @@ fn network_rbac_allow_deny_and_stats() {
         let want = if client == Some("client1") { "true" } else { "false" };
         assert_eq!(a.get("ok").map(String::as_str), Some(want), "mtls {client:?}: {a:?}");
     }
-    for prefix in ["net_allow.rbac.", "net_deny.rbac.", "net_mtls.rbac."] {
+    for prefix in ["net_allow.rbac.", "net_deny.rbac.", "net_mtls.rbac.", "net_cont.rbac."] {
         let (a, b) = (e.stats(prefix), l.stats(prefix));
         assert_eq!(a, b, "stats {prefix}: Envoy (left) and Legate (right) differ");
     }
     assert_eq!(e.stats("net_allow.rbac.").get("allowed"), Some(&1));
+    // CONTINUOUS: checked on each of the three reads and at the end of the
+    // stream (the client closes after the half-closed answer).
+    assert_eq!(e.stats("net_cont.rbac.").get("allowed"), Some(&4));
     // The silent connection is checked too, when it ends.
     assert_eq!(e.stats("net_deny.rbac.").get("denied"), Some(&2));
     assert_eq!(e.stats("net_mtls.rbac.").get("denied"), Some(&3));
