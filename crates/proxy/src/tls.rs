@@ -559,13 +559,19 @@ impl DownstreamTls {
                 )
             });
             if let (false, Some([aes_first, chacha_first])) = (offers_tls13 && self.tls13, &self.tls12) {
-                let pos = |want: &[rustls::CipherSuite]| suites.iter().position(|s| want.contains(s));
+                // The pair that counts is the one of the certificate's key type.
                 use rustls::CipherSuite as C;
-                let chacha = pos(&[
-                    C::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
-                    C::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
-                ]);
-                let aes = pos(&[C::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256, C::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256]);
+                let rsa = self
+                    .certs
+                    .pick(hello.server_name())
+                    .is_some_and(|c| c.key.key.algorithm() == rustls::SignatureAlgorithm::RSA);
+                let (chacha_suite, aes_suite) = if rsa {
+                    (C::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256, C::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256)
+                } else {
+                    (C::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256, C::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256)
+                };
+                let chacha = suites.iter().position(|s| *s == chacha_suite);
+                let aes = suites.iter().position(|s| *s == aes_suite);
                 match (chacha, aes) {
                     (Some(c), Some(a)) if c < a => chacha_first,
                     (Some(_), None) => chacha_first,
