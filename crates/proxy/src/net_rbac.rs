@@ -258,6 +258,45 @@ mod tests {
         (store, second)
     }
 
+    #[test]
+    fn a_connection_has_no_headers_and_no_path() {
+        use legate_api::pb::envoy::config::route::v3::{header_matcher::HeaderMatchSpecifier, HeaderMatcher};
+        use legate_api::pb::envoy::r#type::matcher::v3::{
+            path_matcher, string_matcher::MatchPattern, PathMatcher, StringMatcher,
+        };
+        let engine = |perm: Rule| {
+            let mut rules = Rules { action: Action::Allow as i32, ..Default::default() };
+            rules.policies.insert(
+                "p".into(),
+                Policy {
+                    permissions: vec![Permission { rule: Some(perm) }],
+                    principals: vec![Principal { identifier: Some(Identifier::Any(true)) }],
+                    ..Default::default()
+                },
+            );
+            Engine::new(&rules).expect("compiles")
+        };
+        let header = |invert: bool| {
+            Rule::Header(HeaderMatcher {
+                name: ":path".into(),
+                header_match_specifier: Some(HeaderMatchSpecifier::PresentMatch(true)),
+                invert_match: invert,
+                ..Default::default()
+            })
+        };
+        let path = Rule::UrlPath(PathMatcher {
+            rule: Some(path_matcher::Rule::Path(StringMatcher {
+                match_pattern: Some(MatchPattern::Prefix(String::new())),
+                ignore_case: false,
+            })),
+        });
+        let conn = subject();
+        let s = conn.subject();
+        assert!(!engine(header(false)).allows(&s), ":path is absent");
+        assert!(engine(header(true)).allows(&s), "an inverted match of an absent header matches");
+        assert!(!engine(path).allows(&s), "url_path never matches a connection");
+    }
+
     #[tokio::test]
     async fn one_time_checks_the_first_read_only() {
         let (store, r) = two_chunks(Action::Allow, false).await;
