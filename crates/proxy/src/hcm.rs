@@ -162,8 +162,154 @@ pub struct Hcm {
     pub request_headers_timeout: Option<Duration>,
     /// `internal_address_config.cidr_ranges`: clients treated as internal.
     internal_ranges: Vec<crate::filter_chain::Cidr>,
+    /// `forward_client_cert_details` and `set_current_client_cert_details`.
+    xfcc: Xfcc,
 }
 
+/// How `x-forwarded-client-cert` is treated (`forward_client_cert_details`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum XfccMode {
+    Sanitize,
+    ForwardOnly,
+    AppendForward,
+    SanitizeSet,
+    AlwaysForwardOnly,
+}
+
+/// One of `set_current_client_cert_details`, in the order Envoy writes them.
+#[derive(Debug, Clone, Copy)]
+enum XfccDetail {
+    Cert,
+    Chain,
+    Subject,
+    Uri,
+    Dns,
+}
+
+struct Xfcc {
+    mode: XfccMode,
+    details: Vec<XfccDetail>,
+}
+
+static X_FORWARDED_CLIENT_CERT: HeaderName = HeaderName::from_static("x-forwarded-client-cert");
+
+impl Xfcc {
+    fn compile(c: &HttpConnectionManager) -> Result<Self, String> {
+        use legate_api::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::ForwardClientCertDetails as F;
+        let mode = match F::try_from(c.forward_client_cert_details) {
+            Ok(F::Sanitize) => XfccMode::Sanitize,
+            Ok(F::ForwardOnly) => XfccMode::ForwardOnly,
+            Ok(F::AppendForward) => XfccMode::AppendForward,
+            Ok(F::SanitizeSet) => XfccMode::SanitizeSet,
+            Ok(F::AlwaysForwardOnly) => XfccMode::AlwaysForwardOnly,
+            Err(_) => {
+                return Err(format!("forward_client_cert_details: unknown value {}", c.forward_client_cert_details))
+            }
+        };
+        let mut details = Vec::new();
+        if let Some(d) = &c.set_current_client_cert_details {
+            if d.cert {
+                details.push(XfccDetail::Cert);
+            }
+            if d.chain {
+                details.push(XfccDetail::Chain);
+            }
+            if d.subject.as_ref().is_some_and(|b| b.value) {
+                details.push(XfccDetail::Subject);
+            }
+            if d.uri {
+                details.push(XfccDetail::Uri);
+            }
+            if d.dns {
+                details.push(XfccDetail::Dns);
+            }
+        }
+        Ok(Self { mode, details })
+    }
+
+    /// Envoy's `mutateXfccRequestHeader`. Cost: nothing for a plain
+    /// connection beyond a header removal; with mTLS and a setting mode,
+    /// the certificate is parsed once per connection and the value built
+    /// per request.
+    fn apply(&self, headers: &mut HeaderMap, tls: Option<&crate::peer::TlsConn>) {
+        if self.mode == XfccMode::AlwaysForwardOnly {
+            return;
+        }
+        let tls = match tls {
+            Some(t) if t.peer_presented() && self.mode != XfccMode::Sanitize => t,
+            _ => {
+                headers.remove(&X_FORWARDED_CLIENT_CERT);
+                return;
+            }
+        };
+        if self.mode == XfccMode::ForwardOnly {
+            return;
+        }
+        // This connection's own element, built once per connection (a
+        // connection is served by one HCM); per request a reference-count
+        // clone, or one concatenation when appending to a forwarded value.
+        let mine = tls.xfcc_element(|| self.element(tls));
+        let prev = match self.mode {
+            XfccMode::AppendForward => {
+                headers.get(&X_FORWARDED_CLIENT_CERT).and_then(|v| v.to_str().ok()).filter(|p| !p.is_empty())
+            }
+            _ => None,
+        };
+        let value = match prev {
+            Some(prev) => HeaderValue::from_str(&format!("{prev},{}", mine.to_str().unwrap_or_default())).ok(),
+            None => Some(mine.clone()),
+        };
+        headers.remove(&X_FORWARDED_CLIENT_CERT);
+        if let Some(v) = value {
+            headers.insert(X_FORWARDED_CLIENT_CERT.clone(), v);
+        }
+    }
+
+    /// `By=...;Hash=...;` and the configured details of this connection.
+    fn element(&self, tls: &crate::peer::TlsConn) -> HeaderValue {
+        let mut parts: Vec<String> = Vec::new();
+        for uri in tls.local_uri_sans.iter() {
+            parts.push(format!("By={uri}"));
+        }
+        let hash = tls.sha256();
+        if !hash.is_empty() {
+            parts.push(format!("Hash={hash}"));
+        }
+        for d in &self.details {
+            match d {
+                XfccDetail::Cert => {
+                    let pem = tls.url_encoded_pem();
+                    if !pem.is_empty() {
+                        parts.push(format!("Cert=\"{pem}\""));
+                    }
+                }
+                XfccDetail::Chain => {
+                    let chain = tls.url_encoded_chain();
+                    if !chain.is_empty() {
+                        parts.push(format!("Chain=\"{chain}\""));
+                    }
+                }
+                // Subject and URI are written even when empty.
+                XfccDetail::Subject => parts.push(format!("Subject=\"{}\"", tls.names().subject)),
+                XfccDetail::Uri => {
+                    let uris = &tls.names().uri;
+                    if uris.is_empty() {
+                        parts.push("URI=".into());
+                    }
+                    for u in uris {
+                        parts.push(format!("URI={u}"));
+                    }
+                }
+                XfccDetail::Dns => {
+                    for d in &tls.names().dns {
+                        parts.push(format!("DNS={d}"));
+                    }
+                }
+            }
+        }
+        HeaderValue::from_str(&parts.join(";")).unwrap_or_else(|_| HeaderValue::from_static(""))
+    }
+}
 fn dur(d: &legate_api::pb::google::protobuf::Duration) -> Duration {
     Duration::new(d.seconds.max(0) as u64, d.nanos.max(0) as u32)
 }
@@ -244,6 +390,7 @@ impl Hcm {
                     .collect::<Result<_, _>>()?,
                 None => Vec::new(),
             },
+            xfcc: Xfcc::compile(c)?,
         })
     }
 }
@@ -306,6 +453,10 @@ pub struct ConnInfo {
     pub length_conflict: std::sync::atomic::AtomicBool,
     /// The connection is TLS (terminated here): its scheme is https.
     pub secure: bool,
+    /// The TLS connection's peer certificate and local names, when TLS.
+    pub tls: Option<Arc<crate::peer::TlsConn>>,
+    /// The SNI the TLS inspector read (Envoy's requested server name).
+    pub sni: Option<Box<str>>,
 }
 
 impl ConnInfo {
@@ -328,6 +479,8 @@ impl ConnInfo {
             draining: Default::default(),
             length_conflict: Default::default(),
             secure: false,
+            tls: None,
+            sni: None,
         }
     }
 }
@@ -625,6 +778,7 @@ impl Hcm {
                 }
             }
         }
+        self.xfcc.apply(&mut parts.headers, conn.tls.as_deref());
         if !self.access_logs.is_empty() {
             stream.request_headers = Some(parts.headers.clone());
         }
@@ -651,6 +805,8 @@ impl Hcm {
                     direct_remote: conn.remote.ip(),
                     remote: client.ip(),
                     local: conn.local,
+                    tls: conn.tls.as_deref(),
+                    sni: conn.sni.as_deref().unwrap_or(""),
                     route: [found.map(|(_, r)| &r.per_filter), found.map(|(vh, _)| &vh.per_filter)],
                     new_path: None,
                 };

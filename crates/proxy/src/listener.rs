@@ -45,8 +45,10 @@ pub struct HttpChain {
 /// One filter chain: its TLS termination, if any, network rate limits in
 /// front, and its terminal network filter.
 pub struct Chain {
-    tls: Option<tokio_rustls::TlsAcceptor>,
+    tls: Option<crate::tls::DownstreamTls>,
     rate_limits: Vec<crate::net_ratelimit::NetRateLimit>,
+    /// `envoy.filters.network.rbac` filters, in order (checked on data).
+    rbac: Arc<[crate::net_rbac::NetRbac]>,
     pub filter: NetFilter,
 }
 
@@ -84,21 +86,33 @@ impl Chain {
             return Err("filters: a network filter (http_connection_manager or tcp_proxy) is required".into());
         };
         let mut rate_limits = Vec::new();
+        let mut rbac = Vec::new();
         for (i, pre) in front.iter().enumerate() {
             let Some(filter::ConfigType::TypedConfig(any)) = &pre.config_type else {
                 return Err(format!("filters[{i}].typed_config is required"));
             };
-            if legate_api::any::type_name(any) != crate::net_ratelimit::TYPE {
-                return Err(format!(
-                    "filters[{i}]: only envoy.filters.network.local_ratelimit may come before the last filter"
-                ));
+            match legate_api::any::type_name(any) {
+                crate::net_ratelimit::TYPE => {
+                    let l = legate_api::any::unpack(any)?;
+                    rate_limits.push(crate::net_ratelimit::NetRateLimit::compile(
+                        &l,
+                        &ctx.store,
+                        &format!("filters[{i}].typed_config"),
+                    )?);
+                }
+                crate::net_rbac::TYPE => {
+                    let r = legate_api::any::unpack(any)?;
+                    rbac.push(
+                        crate::net_rbac::NetRbac::compile(&r, &ctx.store)
+                            .map_err(|e| format!("filters[{i}].typed_config.{e}"))?,
+                    );
+                }
+                _ => {
+                    return Err(format!(
+                        "filters[{i}]: only envoy.filters.network.local_ratelimit and envoy.filters.network.rbac may come before the last filter"
+                    ))
+                }
             }
-            let l = legate_api::any::unpack(any)?;
-            rate_limits.push(crate::net_ratelimit::NetRateLimit::compile(
-                &l,
-                &ctx.store,
-                &format!("filters[{i}].typed_config"),
-            )?);
         }
         let last = front.len();
         let Some(filter::ConfigType::TypedConfig(any)) = &f.config_type else {
@@ -132,7 +146,7 @@ impl Chain {
             }
             other => return Err(format!("filters[{last}]: network filter {other} is not supported")),
         };
-        Ok(Self { tls, rate_limits, filter })
+        Ok(Self { tls, rate_limits, rbac: rbac.into(), filter })
     }
 }
 
@@ -346,16 +360,23 @@ async fn dispatch(
         listener.stats.no_filter_chain_match.inc();
         return;
     };
-    let Some(acceptor) = &chain.tls else {
-        return run_chain(listener, &chain, stream, remote, local, false, None, phase).await;
+    // As in Envoy, the requested server name is what the TLS inspector
+    // read; without it a terminated connection has none.
+    let sni = hello.sni.map(String::into_boxed_str);
+    let Some(dtls) = &chain.tls else {
+        let conn = ConnCtx { remote, local, tls: None, sni };
+        return run_chain(listener, &chain, stream, conn, None, phase).await;
     };
-    match acceptor.accept(stream).await {
+    let (accepted, sigalg) = dtls.accept(stream).await;
+    match accepted {
         Ok(tls) => {
+            let server = tls.get_ref().1;
             if let Some(ssl) = &listener.stats.ssl {
-                ssl.handshake.inc();
+                ssl.handshake_done(server, sigalg);
             }
-            let h2 = tls.get_ref().1.alpn_protocol().map(|p| p == b"h2");
-            run_chain(listener, &chain, tls, remote, local, true, h2, phase).await
+            let h2 = server.alpn_protocol().map(|p| p == b"h2");
+            let conn = ConnCtx { remote, local, tls: Some(Arc::new(dtls.conn_facts(server))), sni };
+            run_chain(listener, &chain, tls, conn, h2, phase).await
         }
         Err(e) => {
             if let Some(ssl) = &listener.stats.ssl {
@@ -365,14 +386,21 @@ async fn dispatch(
     }
 }
 
-#[allow(clippy::too_many_arguments)]
+/// What the network filters learn of a connection before it is served.
+struct ConnCtx {
+    remote: SocketAddr,
+    local: SocketAddr,
+    /// Set when TLS was terminated here.
+    tls: Option<Arc<crate::peer::TlsConn>>,
+    /// The SNI the TLS inspector read.
+    sni: Option<Box<str>>,
+}
+
 async fn run_chain<S: crate::tls::Io>(
     listener: &Arc<ListenerConfig>,
     chain: &Chain,
     io: S,
-    remote: SocketAddr,
-    local: SocketAddr,
-    secure: bool,
+    conn: ConnCtx,
     alpn_h2: Option<bool>,
     phase: watch::Receiver<Phase>,
 ) {
@@ -380,28 +408,50 @@ async fn run_chain<S: crate::tls::Io>(
     if !chain.rate_limits.iter().all(|r| r.admit()) {
         return;
     }
+    if chain.rbac.is_empty() {
+        return serve_filter(listener, chain, io, conn, alpn_h2, phase).await;
+    }
+    // Network RBAC checks the connection when its data comes; the gated
+    // stream is boxed so the terminal filters are built once for it.
+    let subject = crate::net_rbac::ConnSubject {
+        remote: conn.remote,
+        local: conn.local,
+        tls: conn.tls.clone(),
+        sni: conn.sni.clone(),
+    };
+    let gated: crate::tls::BoxIo = Box::new(crate::net_rbac::Gate::new(io, chain.rbac.clone(), subject));
+    serve_filter(listener, chain, gated, conn, alpn_h2, phase).await
+}
+
+async fn serve_filter<S: crate::tls::Io>(
+    listener: &Arc<ListenerConfig>,
+    chain: &Chain,
+    io: S,
+    conn: ConnCtx,
+    alpn_h2: Option<bool>,
+    phase: watch::Receiver<Phase>,
+) {
     match &chain.filter {
-        NetFilter::Tcp(t) => t.serve(io, remote, local).await,
-        NetFilter::Http(h) => serve_http(listener, h, io, remote, local, secure, alpn_h2, phase).await,
+        NetFilter::Tcp(t) => t.serve(io, conn.remote, conn.local).await,
+        NetFilter::Http(h) => serve_http(listener, h, io, conn, alpn_h2, phase).await,
     }
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn serve_http<S: crate::tls::Io>(
     listener: &Arc<ListenerConfig>,
     http: &HttpChain,
     stream: S,
-    remote: SocketAddr,
-    local: SocketAddr,
-    secure: bool,
+    conn: ConnCtx,
     alpn_h2: Option<bool>,
     mut phase: watch::Receiver<Phase>,
 ) {
     let hs = &http.hcm.stats;
     hs.downstream_cx_total.inc();
     hs.downstream_cx_active.inc();
-    let mut info = ConnInfo::new(remote, local);
-    info.secure = secure;
+    let mut info = ConnInfo::new(conn.remote, conn.local);
+    info.secure = conn.tls.is_some();
+    info.tls = conn.tls;
+    info.sni = conn.sni;
     let info = Arc::new(info);
     let conn_info = info.clone();
     let hcm = http.hcm.clone();

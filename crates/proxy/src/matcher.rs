@@ -153,15 +153,17 @@ impl HeaderMatch {
 
     /// Envoy's semantics: several values of one header are matched joined by ','.
     pub fn matches(&self, headers: &http::HeaderMap, pseudo: &Pseudo<'_>) -> bool {
+        // An empty pseudo-header is an absent one (a request always has
+        // :method, :path and :scheme; the network RBAC filter has none).
+        fn present(v: &str) -> Option<std::borrow::Cow<'_, str>> {
+            (!v.is_empty()).then_some(std::borrow::Cow::Borrowed(v))
+        }
         let name = match &self.name {
             Key::Header(n) => n,
-            Key::Method => return self.test_value(Some(pseudo.method.into())),
-            Key::Path => return self.test_value(Some(pseudo.path.into())),
-            Key::Authority => {
-                return self
-                    .test_value(Some(pseudo.authority.into()).filter(|a: &std::borrow::Cow<'_, str>| !a.is_empty()))
-            }
-            Key::Scheme => return self.test_value(Some(pseudo.scheme.into())),
+            Key::Method => return self.test_value(present(pseudo.method)),
+            Key::Path => return self.test_value(present(pseudo.path)),
+            Key::Authority => return self.test_value(present(pseudo.authority)),
+            Key::Scheme => return self.test_value(present(pseudo.scheme)),
         };
         let mut values = headers.get_all(name).iter();
         let value: Option<std::borrow::Cow<'_, str>> = match (values.next(), values.next()) {

@@ -24,6 +24,9 @@ pub struct CompileContext {
     /// This proxy's cluster (`--service-cluster`, else `node.cluster`), which
     /// the health check filter names in its answers.
     pub local_cluster: http::HeaderValue,
+    /// Remote JWKS with `async_fetch` compiled since the last call to
+    /// `filters::jwt::start_async_fetches`, which starts their fetching.
+    pub jwks_async: Arc<Mutex<Vec<std::sync::Weak<crate::filters::jwt::RemoteJwks>>>>,
 }
 
 struct Entry {

@@ -94,6 +94,7 @@ pub fn build(
             .or_else(|| b.node.as_ref().map(|n| n.cluster.clone()))
             .and_then(|c| http::HeaderValue::from_str(&c).ok())
             .unwrap_or_else(|| http::HeaderValue::from_static("")),
+        jwks_async: Default::default(),
     };
     if let Some(sr) = &b.static_resources {
         for (i, l) in sr.listeners.iter().enumerate() {
@@ -153,6 +154,9 @@ pub fn run(bootstrap: LoadedBootstrap, options: Options) -> Result<(), ServerErr
                 tokio::spawn(crate::outlier::run(Arc::downgrade(c)));
             }
         }
+        // JWKS with async_fetch are fetched before traffic (unless
+        // fast_listener), as Envoy's init manager waits for them.
+        crate::filters::jwt::start_async_fetches(&shared.ctx).await;
         crate::admin::start(shared.clone()).await
     })?;
     let ads = crate::xds_client::ads_config(&shared.bootstrap.bootstrap)

@@ -105,6 +105,48 @@ fn san_mismatch() -> rustls::Error {
     rustls::Error::InvalidCertificate(rustls::CertificateError::NotValidForName)
 }
 
+tokio::task_local! {
+    /// The signature scheme the peer signed the handshake with, noted by
+    /// the verifiers while a handshake runs inside `with_sigalg`.
+    static PEER_SIGALG: std::cell::Cell<Option<SignatureScheme>>;
+}
+
+fn note_sigalg(s: SignatureScheme) {
+    let _ = PEER_SIGALG.try_with(|c| c.set(Some(s)));
+}
+
+/// Runs a handshake and tells which signature scheme the peer used (None
+/// when it signed nothing: a client without a certificate). Costs one
+/// task-local scope per handshake: rustls does not report the scheme, but
+/// its verifiers see it, in the task that drives the handshake.
+pub async fn with_sigalg<F: std::future::Future>(f: F) -> (F::Output, Option<SignatureScheme>) {
+    PEER_SIGALG
+        .scope(std::cell::Cell::new(None), async move {
+            let out = f.await;
+            (out, PEER_SIGALG.with(|c| c.get()))
+        })
+        .await
+}
+
+/// BoringSSL's `SSL_get_signature_algorithm_name` (with the curve) for the
+/// schemes rustls verifies, as `sigalgs.<name>`.
+fn sigalg_stat(s: SignatureScheme) -> Option<&'static str> {
+    use SignatureScheme as S;
+    Some(match s {
+        S::ECDSA_NISTP256_SHA256 => "sigalgs.ecdsa_secp256r1_sha256",
+        S::ECDSA_NISTP384_SHA384 => "sigalgs.ecdsa_secp384r1_sha384",
+        S::ECDSA_NISTP521_SHA512 => "sigalgs.ecdsa_secp521r1_sha512",
+        S::RSA_PSS_SHA256 => "sigalgs.rsa_pss_rsae_sha256",
+        S::RSA_PSS_SHA384 => "sigalgs.rsa_pss_rsae_sha384",
+        S::RSA_PSS_SHA512 => "sigalgs.rsa_pss_rsae_sha512",
+        S::RSA_PKCS1_SHA256 => "sigalgs.rsa_pkcs1_sha256",
+        S::RSA_PKCS1_SHA384 => "sigalgs.rsa_pkcs1_sha384",
+        S::RSA_PKCS1_SHA512 => "sigalgs.rsa_pkcs1_sha512",
+        S::ED25519 => "sigalgs.ed25519",
+        _ => return None,
+    })
+}
+
 /// A client-certificate verifier that also applies `match_typed_subject_alt_names`.
 #[derive(Debug)]
 struct SanClientVerifier {
@@ -141,6 +183,7 @@ impl rustls::server::danger::ClientCertVerifier for SanClientVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        note_sigalg(dss.scheme);
         self.inner.verify_tls12_signature(message, cert, dss)
     }
     fn verify_tls13_signature(
@@ -149,6 +192,7 @@ impl rustls::server::danger::ClientCertVerifier for SanClientVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        note_sigalg(dss.scheme);
         self.inner.verify_tls13_signature(message, cert, dss)
     }
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
@@ -170,11 +214,19 @@ pub struct SslStats {
     pub fail_verify_error: Arc<crate::stats::Counter>,
     pub fail_verify_no_cert: Arc<crate::stats::Counter>,
     pub fail_verify_san: Arc<crate::stats::Counter>,
+    pub no_certificate: Arc<crate::stats::Counter>,
+    pub session_reused: Arc<crate::stats::Counter>,
+    /// `ssl.versions.*`, `ssl.ciphers.*`, `ssl.curves.*`: created on first
+    /// use as Envoy creates them, then one lookup in a short list per
+    /// handshake (a lock taken only while a name is new).
+    negotiated: std::sync::Mutex<Vec<(&'static str, Arc<crate::stats::Counter>)>>,
+    prefix: String,
+    store: Arc<crate::stats::Store>,
 }
 
 impl SslStats {
     /// Under `prefix` (`listener.<addr>.` or `cluster.<name>.`).
-    pub fn new(store: &crate::stats::Store, prefix: &str) -> Self {
+    pub fn new(store: &Arc<crate::stats::Store>, prefix: &str) -> Self {
         let c = |n: &str| store.counter(&format!("{prefix}ssl.{n}"));
         Self {
             handshake: c("handshake"),
@@ -182,6 +234,55 @@ impl SslStats {
             fail_verify_error: c("fail_verify_error"),
             fail_verify_no_cert: c("fail_verify_no_cert"),
             fail_verify_san: c("fail_verify_san"),
+            no_certificate: c("no_certificate"),
+            session_reused: c("session_reused"),
+            negotiated: Default::default(),
+            prefix: format!("{prefix}ssl."),
+            store: store.clone(),
+        }
+    }
+
+    fn bump(&self, name: &'static str) {
+        let mut list = self.negotiated.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, c)) = list.iter().find(|(n, _)| *n == name) {
+            c.inc();
+            return;
+        }
+        let c = self.store.counter(&format!("{}{name}", self.prefix));
+        c.inc();
+        list.push((name, c));
+    }
+
+    /// Counts a completed handshake as Envoy's `logHandshake` does: the
+    /// handshake, a resumed session, the version, cipher, key-exchange group
+    /// and the peer's signature scheme (see `with_sigalg`), and
+    /// `no_certificate` when the peer sent none.
+    pub fn handshake_done(&self, conn: &rustls::CommonState, sigalg: Option<SignatureScheme>) {
+        self.handshake.inc();
+        if let Some(n) = sigalg.and_then(sigalg_stat) {
+            self.bump(n);
+        }
+        if conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
+            self.session_reused.inc();
+        }
+        if let Some(s) = conn.negotiated_cipher_suite() {
+            if let Some(n) = cipher_stat(s.suite()) {
+                self.bump(n);
+            }
+        }
+        if let Some(v) = conn.protocol_version() {
+            self.bump(match v {
+                rustls::ProtocolVersion::TLSv1_3 => "versions.TLSv1.3",
+                _ => "versions.TLSv1.2",
+            });
+        }
+        if let Some(g) = conn.negotiated_key_exchange_group() {
+            if let Some(n) = curve_stat(g.name()) {
+                self.bump(n);
+            }
+        }
+        if conn.peer_certificates().is_none_or(|c| c.is_empty()) {
+            self.no_certificate.inc();
         }
     }
 
@@ -199,6 +300,36 @@ impl SslStats {
             _ => self.connection_error.inc(),
         }
     }
+}
+
+/// `ciphers.<BoringSSL's name>` for the suites rustls speaks.
+fn cipher_stat(c: rustls::CipherSuite) -> Option<&'static str> {
+    use rustls::CipherSuite as C;
+    Some(match c {
+        C::TLS13_AES_128_GCM_SHA256 => "ciphers.TLS_AES_128_GCM_SHA256",
+        C::TLS13_AES_256_GCM_SHA384 => "ciphers.TLS_AES_256_GCM_SHA384",
+        C::TLS13_CHACHA20_POLY1305_SHA256 => "ciphers.TLS_CHACHA20_POLY1305_SHA256",
+        C::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256 => "ciphers.ECDHE-ECDSA-AES128-GCM-SHA256",
+        C::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384 => "ciphers.ECDHE-ECDSA-AES256-GCM-SHA384",
+        C::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256 => "ciphers.ECDHE-ECDSA-CHACHA20-POLY1305",
+        C::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256 => "ciphers.ECDHE-RSA-AES128-GCM-SHA256",
+        C::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384 => "ciphers.ECDHE-RSA-AES256-GCM-SHA384",
+        C::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256 => "ciphers.ECDHE-RSA-CHACHA20-POLY1305",
+        _ => return None,
+    })
+}
+
+/// `curves.<BoringSSL's name>` for the key-exchange groups rustls speaks.
+fn curve_stat(g: rustls::NamedGroup) -> Option<&'static str> {
+    use rustls::NamedGroup as G;
+    Some(match g {
+        G::X25519 => "curves.X25519",
+        G::secp256r1 => "curves.P-256",
+        G::secp384r1 => "curves.P-384",
+        G::secp521r1 => "curves.P-521",
+        G::X25519MLKEM768 => "curves.X25519MLKEM768",
+        _ => return None,
+    })
 }
 
 /// Whether an error from a TLS connection came from TLS itself (an alert
@@ -271,7 +402,13 @@ fn certified_key(c: &TlsCertificate, path: &str) -> Result<CertifiedKey, TlsErro
 }
 
 /// TLS versions from `tls_params`, limited to what rustls speaks (1.2, 1.3).
-fn versions(p: Option<&TlsParameters>, path: &str) -> Result<Vec<&'static rustls::SupportedProtocolVersion>, TlsError> {
+/// `default_max` is Envoy's maximum when none is set: TLS 1.3 for servers,
+/// TLS 1.2 for clients.
+fn versions(
+    p: Option<&TlsParameters>,
+    path: &str,
+    default_max: u8,
+) -> Result<Vec<&'static rustls::SupportedProtocolVersion>, TlsError> {
     let get = |v: i32, field: &str| -> Result<Option<u8>, TlsError> {
         match TlsProtocol::try_from(v) {
             Ok(TlsProtocol::TlsAuto) => Ok(None),
@@ -284,10 +421,10 @@ fn versions(p: Option<&TlsParameters>, path: &str) -> Result<Vec<&'static rustls
             Err(_) => Err(err(&format!("{path}.tls_params.{field}"), format!("unknown TLS version {v}"))),
         }
     };
-    // Envoy's defaults: TLS 1.2 to 1.3 on both sides.
+    // Envoy's defaults: at least TLS 1.2; at most TLS 1.3 (servers) or 1.2 (clients).
     let min = p.map(|p| get(p.tls_minimum_protocol_version, "tls_minimum_protocol_version")).transpose()?.flatten();
     let max = p.map(|p| get(p.tls_maximum_protocol_version, "tls_maximum_protocol_version")).transpose()?.flatten();
-    let (min, max) = (min.unwrap_or(2), max.unwrap_or(3));
+    let (min, max) = (min.unwrap_or(2), max.unwrap_or(default_max));
     if min > max {
         return Err(err(&format!("{path}.tls_params"), "minimum TLS version is above the maximum"));
     }
@@ -355,24 +492,109 @@ fn cert_names(der: &CertificateDer<'_>) -> Vec<String> {
 /// default). Names are read once at config time; a handshake compares
 /// strings over the (few) certificates.
 #[derive(Debug)]
-struct CertSet(Vec<(Arc<CertifiedKey>, Vec<String>)>);
+struct CertSet(Vec<ServerCert>);
+
+#[derive(Debug)]
+struct ServerCert {
+    key: Arc<CertifiedKey>,
+    /// DNS names it serves, for the choice by SNI.
+    names: Vec<String>,
+    /// Its URI SANs (XFCC `By=`).
+    uri_sans: Arc<[String]>,
+}
+
+impl CertSet {
+    fn pick(&self, sni: Option<&str>) -> Option<&ServerCert> {
+        if let (true, Some(sni)) = (self.0.len() > 1, sni) {
+            let sni = sni.to_ascii_lowercase();
+            let exact = self.0.iter().find(|c| c.names.contains(&sni));
+            let wildcard = || self.0.iter().find(|c| c.names.iter().any(|n| dns_wildcard_covers(n, &sni)));
+            if let Some(c) = exact.or_else(wildcard) {
+                return Some(c);
+            }
+        }
+        self.0.first()
+    }
+}
 
 impl ResolvesServerCert for CertSet {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        if let (true, Some(sni)) = (self.0.len() > 1, hello.server_name()) {
-            let sni = sni.to_ascii_lowercase();
-            let exact = self.0.iter().find(|(_, names)| names.contains(&sni));
-            let wildcard = || self.0.iter().find(|(_, names)| names.iter().any(|n| dns_wildcard_covers(n, &sni)));
-            if let Some((ck, _)) = exact.or_else(wildcard) {
-                return Some(ck.clone());
+        self.pick(hello.server_name()).map(|c| c.key.clone())
+    }
+}
+
+/// A filter chain's TLS termination. Three configs, built once, so the
+/// suite is chosen as Envoy (BoringSSL) chooses it: by the client's order
+/// for TLS 1.3, by Envoy's server order for TLS 1.2 (whose equal-preference
+/// groups follow the client's order between AES-128-GCM and ChaCha20).
+pub struct DownstreamTls {
+    client_order: Arc<rustls::ServerConfig>,
+    /// TLS 1.3 is allowed (`tls_params`).
+    tls13: bool,
+    /// The TLS 1.2 configs (AES-128 first, ChaCha20 first), when 1.2 is allowed.
+    tls12: Option<[Arc<rustls::ServerConfig>; 2]>,
+    certs: Arc<CertSet>,
+}
+
+impl DownstreamTls {
+    /// Reads the ClientHello, picks the config, and completes the handshake.
+    /// Cost over a plain accept: a scan of the client's suite list.
+    pub async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
+        &self,
+        stream: S,
+    ) -> (std::io::Result<tokio_rustls::server::TlsStream<S>>, Option<SignatureScheme>) {
+        let start = match tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), stream).await {
+            Ok(s) => s,
+            Err(e) => return (Err(e), None),
+        };
+        let cfg = {
+            let hello = start.client_hello();
+            let suites = hello.cipher_suites();
+            let offers_tls13 = suites.iter().any(|s| {
+                matches!(
+                    s,
+                    rustls::CipherSuite::TLS13_AES_128_GCM_SHA256
+                        | rustls::CipherSuite::TLS13_AES_256_GCM_SHA384
+                        | rustls::CipherSuite::TLS13_CHACHA20_POLY1305_SHA256
+                )
+            });
+            if let (false, Some([aes_first, chacha_first])) = (offers_tls13 && self.tls13, &self.tls12) {
+                // The pair that counts is the one of the certificate's key type.
+                use rustls::CipherSuite as C;
+                let rsa = self
+                    .certs
+                    .pick(hello.server_name())
+                    .is_some_and(|c| c.key.key.algorithm() == rustls::SignatureAlgorithm::RSA);
+                let (chacha_suite, aes_suite) = if rsa {
+                    (C::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256, C::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256)
+                } else {
+                    (C::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256, C::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256)
+                };
+                let chacha = suites.iter().position(|s| *s == chacha_suite);
+                let aes = suites.iter().position(|s| *s == aes_suite);
+                match (chacha, aes) {
+                    (Some(c), Some(a)) if c < a => chacha_first,
+                    (Some(_), None) => chacha_first,
+                    _ => aes_first,
+                }
+            } else {
+                &self.client_order
             }
-        }
-        self.0.first().map(|(ck, _)| ck.clone())
+        };
+        with_sigalg(start.into_stream(cfg.clone())).await
+    }
+
+    /// What a finished handshake tells the filters: the peer's chain and
+    /// the URI SANs of the certificate served (picked again by the SNI, as
+    /// the resolver picked it).
+    pub fn conn_facts(&self, conn: &rustls::ServerConnection) -> crate::peer::TlsConn {
+        let local = self.certs.pick(conn.server_name()).map(|c| c.uri_sans.clone()).unwrap_or_else(|| Arc::from([]));
+        crate::peer::TlsConn::new(conn.peer_certificates(), local)
     }
 }
 
 /// A listener filter chain's TLS: the acceptor for its connections.
-pub fn downstream(ts: &TransportSocket) -> Result<tokio_rustls::TlsAcceptor, TlsError> {
+pub fn downstream(ts: &TransportSocket) -> Result<DownstreamTls, TlsError> {
     let ctx: DownstreamTlsContext = unpack_socket(ts, DOWNSTREAM)?;
     let path = "transport_socket.typed_config.common_tls_context";
     let Some(common) = &ctx.common_tls_context else {
@@ -388,13 +610,11 @@ pub fn downstream(ts: &TransportSocket) -> Result<tokio_rustls::TlsAcceptor, Tls
         .map(|(i, c)| {
             let ck = certified_key(c, &format!("{path}.tls_certificates[{i}]"))?;
             let names = ck.end_entity_cert().map(cert_names).unwrap_or_default();
-            Ok((Arc::new(ck), names))
+            let uri_sans = ck.end_entity_cert().map(crate::peer::uri_sans).unwrap_or_default().into();
+            Ok(ServerCert { key: Arc::new(ck), names, uri_sans })
         })
         .collect::<Result<Vec<_>, TlsError>>()?;
-    let versions = versions(common.tls_params.as_ref(), path)?;
-    let builder = rustls::ServerConfig::builder_with_provider(provider())
-        .with_protocol_versions(&versions)
-        .map_err(|e| err(path, e.to_string()))?;
+    let versions = versions(common.tls_params.as_ref(), path, 3)?;
     let require = ctx.require_client_certificate.is_some_and(|b| b.value);
     let validation = validation_context(common, path)?;
     let client_roots = validation.map(|v| roots(v, path)).transpose()?.flatten();
@@ -405,7 +625,7 @@ pub fn downstream(ts: &TransportSocket) -> Result<tokio_rustls::TlsAcceptor, Tls
             "Legate checks client certificate names only together with trusted_ca",
         ));
     }
-    let builder = match client_roots {
+    let verifier: Option<Arc<dyn rustls::server::danger::ClientCertVerifier>> = match client_roots {
         Some(roots) => {
             let mut v = WebPkiClientVerifier::builder_with_provider(roots, provider());
             // Without require_client_certificate Envoy asks for a certificate
@@ -414,9 +634,9 @@ pub fn downstream(ts: &TransportSocket) -> Result<tokio_rustls::TlsAcceptor, Tls
                 v = v.allow_unauthenticated();
             }
             let v = v.build().map_err(|e| err(&format!("{path}.validation_context"), e.to_string()))?;
-            let v: Arc<dyn rustls::server::danger::ClientCertVerifier> =
-                if sans.is_empty() { v } else { Arc::new(SanClientVerifier { inner: v, sans }) };
-            builder.with_client_cert_verifier(v)
+            // Wrapped even without SAN matchers: the wrapper notes the
+            // client's signature scheme for `ssl.sigalgs.*`.
+            Some(Arc::new(SanClientVerifier { inner: v, sans }))
         }
         None if require => {
             return Err(err(
@@ -424,11 +644,60 @@ pub fn downstream(ts: &TransportSocket) -> Result<tokio_rustls::TlsAcceptor, Tls
                 "needs common_tls_context.validation_context.trusted_ca",
             ))
         }
-        None => builder.with_no_client_auth(),
+        None => None,
     };
-    let mut cfg = builder.with_cert_resolver(Arc::new(CertSet(keys)));
-    cfg.alpn_protocols = alpn(common);
-    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(cfg)))
+    let certs = Arc::new(CertSet(keys));
+    let build = |provider: Arc<CryptoProvider>, server_order: bool| -> Result<Arc<rustls::ServerConfig>, TlsError> {
+        let builder = rustls::ServerConfig::builder_with_provider(provider)
+            .with_protocol_versions(&versions)
+            .map_err(|e| err(path, e.to_string()))?;
+        let builder = match &verifier {
+            Some(v) => builder.with_client_cert_verifier(v.clone()),
+            None => builder.with_no_client_auth(),
+        };
+        let mut cfg = builder.with_cert_resolver(certs.clone());
+        cfg.alpn_protocols = alpn(common);
+        cfg.ignore_client_order = server_order;
+        Ok(Arc::new(cfg))
+    };
+    let tls12 = if versions.iter().any(|v| v.version == rustls::ProtocolVersion::TLSv1_2) {
+        Some([build(tls12_server_provider(false), true)?, build(tls12_server_provider(true), true)?])
+    } else {
+        None
+    };
+    let tls13 = versions.iter().any(|v| v.version == rustls::ProtocolVersion::TLSv1_3);
+    Ok(DownstreamTls { client_order: build(provider(), false)?, tls13, tls12, certs })
+}
+
+/// A provider whose TLS 1.2 suites are in Envoy's default server order:
+/// `[ECDHE-ECDSA-AES128-GCM-SHA256|ECDHE-ECDSA-CHACHA20-POLY1305]`,
+/// `[ECDHE-RSA-AES128-GCM-SHA256|ECDHE-RSA-CHACHA20-POLY1305]`,
+/// `ECDHE-ECDSA-AES256-GCM-SHA384`, `ECDHE-RSA-AES256-GCM-SHA384`. Inside a
+/// bracketed group BoringSSL follows the client's order; `chacha_first`
+/// says which member that puts first.
+fn tls12_server_provider(chacha_first: bool) -> Arc<CryptoProvider> {
+    use rustls::CipherSuite as C;
+    let (g1, g2) = if chacha_first {
+        (
+            [C::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256, C::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256],
+            [C::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256, C::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256],
+        )
+    } else {
+        (
+            [C::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256, C::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256],
+            [C::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256, C::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256],
+        )
+    };
+    let order: Vec<C> = g1
+        .into_iter()
+        .chain(g2)
+        .chain([C::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384, C::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384])
+        .collect();
+    let mut p = rustls::crypto::ring::default_provider();
+    let all = std::mem::take(&mut p.cipher_suites);
+    // TLS 1.2 only: these configs serve clients that offer no TLS 1.3 suite.
+    p.cipher_suites = order.iter().filter_map(|c| all.iter().find(|s| s.suite() == *c).copied()).collect();
+    Arc::new(p)
 }
 
 /// A cluster's TLS: how its upstream connections are wrapped.
@@ -487,6 +756,7 @@ impl ServerCertVerifier for EnvoyServerVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        note_sigalg(dss.scheme);
         rustls::crypto::verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
     }
 
@@ -496,6 +766,7 @@ impl ServerCertVerifier for EnvoyServerVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        note_sigalg(dss.scheme);
         rustls::crypto::verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
     }
 
@@ -511,7 +782,15 @@ pub fn upstream(ts: &TransportSocket, http2: bool) -> Result<UpstreamTls, TlsErr
     let path = "transport_socket.typed_config.common_tls_context";
     let default_common = CommonTlsContext::default();
     let common = ctx.common_tls_context.as_ref().unwrap_or(&default_common);
-    let versions = versions(common.tls_params.as_ref(), path)?;
+    let versions = versions(common.tls_params.as_ref(), path, 2)?;
+    // A client limited to TLS 1.2 offers no TLS 1.3 suite (as BoringSSL).
+    let client_provider = if versions.iter().any(|v| v.version == rustls::ProtocolVersion::TLSv1_3) {
+        provider()
+    } else {
+        let mut p = rustls::crypto::ring::default_provider();
+        p.cipher_suites.retain(|s| s.version().version == rustls::ProtocolVersion::TLSv1_2);
+        Arc::new(p)
+    };
     let validation = validation_context(common, path)?;
     let sans = validation.map(|v| compile_sans(v, path)).transpose()?.unwrap_or_default();
     let chain = match validation.map(|v| roots(v, path)).transpose()?.flatten() {
@@ -522,7 +801,7 @@ pub fn upstream(ts: &TransportSocket, http2: bool) -> Result<UpstreamTls, TlsErr
         ),
         None => None,
     };
-    let builder = rustls::ClientConfig::builder_with_provider(provider())
+    let builder = rustls::ClientConfig::builder_with_provider(client_provider)
         .with_protocol_versions(&versions)
         .map_err(|e| err(path, e.to_string()))?
         .dangerous()

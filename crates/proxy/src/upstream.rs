@@ -234,11 +234,11 @@ pub async fn connect(
     let (stream, slot) = connect_tcp(cluster, host).await?;
     let Some(tls) = &cluster.tls else { return Ok((Box::new(stream), slot)) };
     let left = cluster.connect_timeout.saturating_sub(start.elapsed());
-    let handshake = tls.connector.connect(tls.server_name(host.addr.ip()), stream);
-    match tokio::time::timeout(left, handshake).await {
-        Ok(Ok(s)) => {
+    let handshake = crate::tls::with_sigalg(tls.connector.connect(tls.server_name(host.addr.ip()), stream));
+    match tokio::time::timeout(left, handshake).await.map(|(r, sigalg)| r.map(|s| (s, sigalg))) {
+        Ok(Ok((s, sigalg))) => {
             if let Some(ssl) = &cluster.stats.ssl {
-                ssl.handshake.inc();
+                ssl.handshake_done(s.get_ref().1, sigalg);
             }
             Ok((Box::new(s), slot))
         }

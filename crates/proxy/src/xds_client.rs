@@ -415,6 +415,10 @@ impl Dynamic {
             let lc = ListenerConfig::compile(l, &shared.ctx).map_err(|e| format!("listener '{}': {e}", l.name))?;
             compiled.push(lc);
         }
+        // JWKS with async_fetch start fetching now (their listeners do not
+        // wait for them: Envoy's warming would).
+        let ctx = shared.ctx.clone();
+        tokio::spawn(async move { crate::filters::jwt::start_async_fetches(&ctx).await });
         let keep: BTreeSet<&str> = listeners.iter().map(|l| l.name.as_str()).collect();
         for name in shared.listeners.names() {
             if self.listeners.contains_key(&name) && !keep.contains(name.as_str()) {

@@ -36,6 +36,8 @@ pub enum Failure {
     AudienceNotAllowed,
     NoKey,
     VerificationFails,
+    /// The remote JWKS could not be fetched (or was not a JWKS).
+    JwksFetchFail,
 }
 
 impl Failure {
@@ -52,6 +54,7 @@ impl Failure {
             Self::AudienceNotAllowed => "Audiences in Jwt are not allowed",
             Self::NoKey => "Jwks doesn't have key to match kid or alg from Jwt",
             Self::VerificationFails => "Jwt verification fails",
+            Self::JwksFetchFail => "Jwks remote fetch is failed",
         }
     }
 
@@ -70,6 +73,7 @@ impl Failure {
             Self::Expired => "jwt_authn_access_denied{Jwt_is_expired}",
             Self::AudienceNotAllowed => "jwt_authn_access_denied{Audiences_in_Jwt_are_not_allowed}",
             Self::UnknownIssuer => "jwt_authn_access_denied{Jwt_issuer_is_not_configured}",
+            Self::JwksFetchFail => "jwt_authn_access_denied{Jwks_remote_fetch_is_failed}",
             _ => "jwt_authn_access_denied{Jwt_verification_fails}",
         }
     }
@@ -81,10 +85,19 @@ struct Location {
     prefix: String,
 }
 
+/// Verification keys: key id, key, key family.
+type Keys = Vec<(Option<String>, DecodingKey, &'static str)>;
+
+/// Where a provider's keys come from.
+enum Jwks {
+    Local(Keys),
+    Remote(Arc<RemoteJwks>),
+}
+
 struct Provider {
     issuer: String,
     audiences: Vec<String>,
-    keys: Vec<(Option<String>, DecodingKey, &'static str)>,
+    jwks: Jwks,
     locations: Vec<Location>,
     /// Query parameters that may carry the token (`access_token` by default).
     query_params: Vec<String>,
@@ -109,28 +122,333 @@ fn family(alg: Algorithm) -> &'static str {
     }
 }
 
-impl Provider {
-    fn new(p: &JwtProvider) -> Result<Self, String> {
-        let jwks = match &p.jwks_source_specifier {
-            Some(JwksSourceSpecifier::LocalJwks(ds)) => crate::datasource::read(ds)?,
-            Some(_) => return Err("remote_jwks is not supported (use local_jwks)".into()),
-            None => return Err("local_jwks is required".into()),
+/// The keys of a JWKS document.
+fn parse_jwks(body: &[u8]) -> Result<Keys, String> {
+    let set: JwkSet = serde_json::from_slice(body).map_err(|e| format!("not a JWKS: {e}"))?;
+    let mut keys = Vec::new();
+    for (i, k) in set.keys.iter().enumerate() {
+        let fam = match &k.algorithm {
+            AlgorithmParameters::RSA(_) => "RSA",
+            AlgorithmParameters::EllipticCurve(_) => "EC",
+            AlgorithmParameters::OctetKeyPair(_) => "OKP",
+            AlgorithmParameters::OctetKey(_) => "oct",
         };
-        let set: JwkSet = serde_json::from_slice(&jwks).map_err(|e| format!("local_jwks: not a JWKS: {e}"))?;
-        let mut keys = Vec::new();
-        for (i, k) in set.keys.iter().enumerate() {
-            let fam = match &k.algorithm {
-                AlgorithmParameters::RSA(_) => "RSA",
-                AlgorithmParameters::EllipticCurve(_) => "EC",
-                AlgorithmParameters::OctetKeyPair(_) => "OKP",
-                AlgorithmParameters::OctetKey(_) => "oct",
+        let key = DecodingKey::from_jwk(k).map_err(|e| format!("keys[{i}]: {e}"))?;
+        keys.push((k.common.key_id.clone(), key, fam));
+    }
+    if keys.is_empty() {
+        return Err("no keys".into());
+    }
+    Ok(keys)
+}
+
+/// `remote_jwks`: keys fetched over a cluster with a GET of `http_uri.uri`,
+/// kept for `cache_duration` (Envoy's default 10 minutes). Requests that
+/// need the keys wait for the fetch, as Envoy's do without `async_fetch`;
+/// a failed fetch answers them 401 and is tried again by the next request.
+///
+/// Cost per request: one `ArcSwap` load and a clock read while the keys are
+/// fresh. A fetch is single-flight across workers (one mutex, taken only
+/// when the keys are missing or stale).
+pub struct RemoteJwks {
+    cluster: String,
+    /// `async_fetch`: (`fast_listener`, `failed_refetch_duration`).
+    async_fetch: Option<(bool, std::time::Duration)>,
+    retry: Option<JwksRetry>,
+    /// `host[:port]` of the URI, sent as Host / :authority.
+    authority: String,
+    /// Path and query of the URI.
+    path: String,
+    timeout: std::time::Duration,
+    cache_duration: std::time::Duration,
+    clusters: Arc<arc_swap::ArcSwap<crate::cluster::ClusterMap>>,
+    /// The keys and when they expire.
+    cached: arc_swap::ArcSwapOption<(std::time::Instant, Arc<Keys>)>,
+    fetching: tokio::sync::Mutex<()>,
+    fetch_success: Arc<crate::stats::Counter>,
+    fetch_failed: Arc<crate::stats::Counter>,
+}
+
+impl RemoteJwks {
+    fn new(
+        r: &legate_api::pb::envoy::extensions::filters::http::jwt_authn::v3::RemoteJwks,
+        ctx: &JwtContext<'_>,
+    ) -> Result<Self, String> {
+        let retry = r.retry_policy.as_ref().map(JwksRetry::new).transpose()?;
+        let h = r.http_uri.as_ref().ok_or("remote_jwks.http_uri is required")?;
+        let uri: http::Uri = h.uri.parse().map_err(|_| format!("remote_jwks.http_uri.uri: invalid URI '{}'", h.uri))?;
+        let authority = uri.authority().map(|a| a.as_str().to_string()).ok_or("remote_jwks.http_uri.uri: no host")?;
+        let path = uri.path_and_query().map_or("/", |p| p.as_str()).to_string();
+        let cluster = match &h.http_upstream_type {
+            Some(legate_api::pb::envoy::config::core::v3::http_uri::HttpUpstreamType::Cluster(c)) => c.clone(),
+            None => return Err("remote_jwks.http_uri.cluster is required".into()),
+        };
+        let dur = |d: &legate_api::pb::google::protobuf::Duration| {
+            std::time::Duration::new(d.seconds.max(0) as u64, d.nanos.max(0) as u32)
+        };
+        let async_fetch = r.async_fetch.as_ref().map(|a| {
+            (a.fast_listener, a.failed_refetch_duration.as_ref().map(dur).unwrap_or(std::time::Duration::from_secs(1)))
+        });
+        Ok(Self {
+            cluster,
+            async_fetch,
+            retry,
+            authority,
+            path,
+            timeout: h.timeout.as_ref().map(dur).ok_or("remote_jwks.http_uri.timeout is required")?,
+            cache_duration: r.cache_duration.as_ref().map(dur).unwrap_or(std::time::Duration::from_secs(600)),
+            clusters: ctx.clusters.clone(),
+            cached: arc_swap::ArcSwapOption::empty(),
+            fetching: tokio::sync::Mutex::new(()),
+            fetch_success: ctx.fetch_success.clone(),
+            fetch_failed: ctx.fetch_failed.clone(),
+        })
+    }
+
+    fn fresh(&self) -> Option<Arc<Keys>> {
+        let c = self.cached.load();
+        c.as_ref().filter(|c| c.0 > std::time::Instant::now()).map(|c| c.1.clone())
+    }
+
+    /// The keys, fetched first when missing or stale. None: the fetch failed.
+    async fn keys(&self) -> Option<Arc<Keys>> {
+        if let Some(k) = self.fresh() {
+            return Some(k);
+        }
+        let _one = self.fetching.lock().await;
+        if let Some(k) = self.fresh() {
+            return Some(k);
+        }
+        self.fetch_and_store().await
+    }
+
+    /// `async_fetch`: fetches now, then again after `cache_duration` (after
+    /// `failed_refetch_duration` when a fetch fails), while the config lives.
+    /// The first fetch is awaited unless `fast_listener`.
+    async fn start(this: Arc<Self>) {
+        let Some((fast, retry)) = this.async_fetch else { return };
+        let first = async move {
+            let ok = {
+                let _one = this.fetching.lock().await;
+                this.fetch_and_store().await.is_some()
             };
-            let key = DecodingKey::from_jwk(k).map_err(|e| format!("local_jwks.keys[{i}]: {e}"))?;
-            keys.push((k.common.key_id.clone(), key, fam));
+            (Arc::downgrade(&this), if ok { this.cache_duration } else { retry })
+        };
+        let refresh = move |(weak, mut wait): (std::sync::Weak<Self>, std::time::Duration)| async move {
+            loop {
+                tokio::time::sleep(wait).await;
+                let Some(r) = weak.upgrade() else { return };
+                let _one = r.fetching.lock().await;
+                wait = if r.fetch_and_store().await.is_some() { r.cache_duration } else { retry };
+            }
+        };
+        if fast {
+            tokio::spawn(async move { refresh(first.await).await });
+        } else {
+            let next = first.await;
+            tokio::spawn(refresh(next));
         }
-        if keys.is_empty() {
-            return Err("local_jwks: no keys".into());
+    }
+
+    /// One fetch (the caller holds `fetching`), counted and cached when it works.
+    async fn fetch_and_store(&self) -> Option<Arc<Keys>> {
+        match tokio::time::timeout(self.timeout, self.fetch()).await {
+            Ok(Some(keys)) => {
+                self.fetch_success.inc();
+                let keys = Arc::new(keys);
+                let until = std::time::Instant::now() + self.cache_duration;
+                self.cached.store(Some(Arc::new((until, keys.clone()))));
+                Some(keys)
+            }
+            _ => {
+                self.fetch_failed.inc();
+                None
+            }
         }
+    }
+
+    /// GETs the JWKS, retrying as `retry_policy` says; the whole is bounded
+    /// by the caller's `http_uri.timeout`, as Envoy's request timeout covers
+    /// the retries.
+    async fn fetch(&self) -> Option<Keys> {
+        let cluster = self.clusters.load().get(&self.cluster).cloned()?;
+        let retries = self.retry.as_ref().map_or(0, |r| r.num_retries);
+        let mut attempt = 0;
+        loop {
+            let failure = match self.attempt(&cluster).await {
+                Ok(body) => {
+                    if attempt > 0 {
+                        cluster.stats.upstream_rq_retry_success.inc();
+                    }
+                    return parse_jwks(&body).ok();
+                }
+                Err(f) => f,
+            };
+            let r = self.retry.as_ref().filter(|r| attempt < retries && r.when.retries(&failure))?;
+            attempt += 1;
+            cluster.stats.upstream_rq_retry.inc();
+            tokio::time::sleep(r.backoff(attempt)).await;
+        }
+    }
+
+    /// One GET: the body of a 200, or how it failed.
+    async fn attempt(&self, cluster: &Arc<crate::cluster::Cluster>) -> Result<bytes::Bytes, AttemptFailure> {
+        let Some(host) = cluster.pick() else { return Err(AttemptFailure::Final) };
+        let uri = if cluster.http2 { format!("http://{}{}", self.authority, self.path) } else { self.path.clone() };
+        let (Ok(uri), Ok(authority)) = (uri.parse::<http::Uri>(), HeaderValue::from_str(&self.authority)) else {
+            return Err(AttemptFailure::Final);
+        };
+        let mut req = http::Request::new(crate::body::ProxyBody::full(bytes::Bytes::new()));
+        *req.uri_mut() = uri;
+        if !cluster.http2 {
+            req.headers_mut().insert(http::header::HOST, authority);
+        }
+        let mut held = crate::upstream::Held::default();
+        cluster.stats.upstream_rq_active.inc();
+        let result = crate::upstream::send(cluster, &host, req, &mut held).await;
+        use crate::upstream::UpstreamError as E;
+        let out = match result {
+            Ok(resp) => {
+                let status = resp.status().as_u16();
+                cluster.stats.record_status(status);
+                let body = http_body_util::BodyExt::collect(resp.into_body()).await;
+                match (status, body) {
+                    (200, Ok(b)) => Ok(b.to_bytes()),
+                    (200, Err(_)) => Err(AttemptFailure::Reset),
+                    _ => Err(AttemptFailure::Status(status)),
+                }
+            }
+            Err(E::ConnectFailure(_) | E::ConnectTimeout | E::Tls(_)) => Err(AttemptFailure::Connect),
+            Err(E::Overflow | E::PoolOverflow) => Err(AttemptFailure::Final),
+            Err(_) => Err(AttemptFailure::Reset),
+        };
+        cluster.stats.upstream_rq_active.dec();
+        cluster.stats.upstream_rq_completed.inc();
+        drop(held);
+        cluster.pools.release();
+        out
+    }
+}
+
+/// `remote_jwks.retry_policy` (`envoy.config.core.v3.RetryPolicy`) as Envoy
+/// converts it: `num_retries` (default 1), back-off from `base_interval`
+/// (default 1 s) up to `max_interval` (default 10 × base), retrying on
+/// `5xx,gateway-error,connect-failure,reset`.
+struct JwksRetry {
+    num_retries: u32,
+    base: std::time::Duration,
+    max: std::time::Duration,
+    when: RetryOn,
+}
+
+/// The `retry_on` conditions a JWKS fetch honours.
+#[derive(Default)]
+struct RetryOn {
+    five_xx: bool,
+    gateway_error: bool,
+    connect_failure: bool,
+    reset: bool,
+}
+
+/// How a fetch attempt failed.
+enum AttemptFailure {
+    Status(u16),
+    Connect,
+    Reset,
+    /// Not retried (no host, overflow, a bad URI).
+    Final,
+}
+
+impl RetryOn {
+    /// As Envoy's router: `5xx` covers every 5xx, connect failures and
+    /// resets; `gateway-error` 502/503/504 and connect failures.
+    fn retries(&self, f: &AttemptFailure) -> bool {
+        match f {
+            AttemptFailure::Status(s) => (self.five_xx && *s >= 500) || (self.gateway_error && matches!(s, 502..=504)),
+            AttemptFailure::Connect => self.five_xx || self.gateway_error || self.connect_failure,
+            AttemptFailure::Reset => self.five_xx || self.reset,
+            AttemptFailure::Final => false,
+        }
+    }
+}
+
+impl JwksRetry {
+    fn new(r: &legate_api::pb::envoy::config::core::v3::RetryPolicy) -> Result<Self, String> {
+        let on = if r.retry_on.is_empty() { "5xx,gateway-error,connect-failure,reset" } else { r.retry_on.as_str() };
+        let mut when = RetryOn::default();
+        for t in on.split(',').map(str::trim) {
+            match t {
+                "5xx" => when.five_xx = true,
+                "gateway-error" => when.gateway_error = true,
+                "connect-failure" => when.connect_failure = true,
+                "reset" => when.reset = true,
+                other => return Err(format!("remote_jwks.retry_policy.retry_on: '{other}' is not supported")),
+            }
+        }
+        let dur = |d: &legate_api::pb::google::protobuf::Duration| {
+            std::time::Duration::new(d.seconds.max(0) as u64, d.nanos.max(0) as u32)
+        };
+        let (base, max) = match &r.retry_back_off {
+            Some(b) => {
+                let base = b
+                    .base_interval
+                    .as_ref()
+                    .map(dur)
+                    .ok_or("remote_jwks.retry_policy.retry_back_off.base_interval is required")?;
+                let max = b.max_interval.as_ref().map(dur).unwrap_or(base * 10);
+                if max < base {
+                    return Err("remote_jwks.retry_policy.retry_back_off: max_interval must be greater than or equal to the base_interval".into());
+                }
+                (base, max)
+            }
+            None => (std::time::Duration::from_secs(1), std::time::Duration::from_secs(10)),
+        };
+        Ok(Self { num_retries: r.num_retries.as_ref().map_or(1, |n| n.value), base, max, when })
+    }
+
+    /// Envoy's jittered back-off before retry `n` (1-based): uniform in
+    /// [0, min(base × 2^(n-1), max)].
+    fn backoff(&self, n: u32) -> std::time::Duration {
+        let cap = self.base.saturating_mul(1u32 << n.saturating_sub(1).min(16)).min(self.max);
+        cap.mul_f64(rand::random::<f64>())
+    }
+}
+
+/// Starts the `async_fetch` JWKS compiled since the last call: awaits the
+/// first fetch of each (unless `fast_listener`) and leaves their refreshes
+/// running on the current runtime.
+pub async fn start_async_fetches(ctx: &crate::rds::CompileContext) {
+    let pending: Vec<_> = std::mem::take(&mut *ctx.jwks_async.lock().unwrap_or_else(|e| e.into_inner()));
+    for w in pending {
+        if let Some(r) = w.upgrade() {
+            RemoteJwks::start(r).await;
+        }
+    }
+}
+
+/// What providers need from the config around the filter.
+pub struct JwtContext<'a> {
+    pub clusters: &'a Arc<arc_swap::ArcSwap<crate::cluster::ClusterMap>>,
+    jwks_async: &'a Arc<std::sync::Mutex<Vec<std::sync::Weak<RemoteJwks>>>>,
+    fetch_success: Arc<crate::stats::Counter>,
+    fetch_failed: Arc<crate::stats::Counter>,
+}
+
+impl Provider {
+    fn new(p: &JwtProvider, ctx: &JwtContext<'_>) -> Result<Self, String> {
+        let jwks = match &p.jwks_source_specifier {
+            Some(JwksSourceSpecifier::LocalJwks(ds)) => {
+                Jwks::Local(parse_jwks(&crate::datasource::read(ds)?).map_err(|e| format!("local_jwks: {e}"))?)
+            }
+            Some(JwksSourceSpecifier::RemoteJwks(r)) => {
+                let r = Arc::new(RemoteJwks::new(r, ctx)?);
+                if r.async_fetch.is_some() {
+                    ctx.jwks_async.lock().unwrap_or_else(|e| e.into_inner()).push(Arc::downgrade(&r));
+                }
+                Jwks::Remote(r)
+            }
+            None => return Err("local_jwks or remote_jwks is required".into()),
+        };
         if !p.from_cookies.is_empty() {
             return Err("from_cookies is not supported".into());
         }
@@ -155,7 +473,7 @@ impl Provider {
         Ok(Self {
             issuer: p.issuer.clone(),
             audiences: p.audiences.clone(),
-            keys,
+            jwks,
             locations,
             query_params: if default { vec!["access_token".into()] } else { p.from_params.clone() },
             forward: p.forward,
@@ -200,8 +518,37 @@ impl Provider {
         None
     }
 
-    /// Checks a token in Envoy's order: form, issuer, time, audience, key, signature.
-    fn verify(&self, token: &str) -> Result<serde_json::Value, Failure> {
+    /// Checks a token in Envoy's order: form, issuer, time, audience, then
+    /// (with the keys, which may have been fetched) key and signature.
+    fn verify(&self, token: &str, remote_keys: Option<&Keys>) -> Result<serde_json::Value, Failure> {
+        let pre = self.precheck(token)?;
+        let keys = match &self.jwks {
+            Jwks::Local(k) => k,
+            Jwks::Remote(_) => remote_keys.ok_or(Failure::JwksFetchFail)?,
+        };
+        let (alg, kid, payload, message_len, sig) = pre;
+        let fam = family(alg);
+        let candidates = keys
+            .iter()
+            .filter(|(k, _, f)| *f == fam && (kid.is_none() || k.is_none() || k.as_deref() == kid.as_deref()));
+        let message = &token[..message_len];
+        let mut any = false;
+        for (_, key, _) in candidates {
+            any = true;
+            if jsonwebtoken::crypto::verify(sig, message.as_bytes(), key, alg).unwrap_or(false) {
+                return Ok(payload);
+            }
+        }
+        Err(if any { Failure::VerificationFails } else { Failure::NoKey })
+    }
+
+    /// Everything that needs no key: form, issuer, time, audience. Gives the
+    /// algorithm, key id, payload, signed length and signature.
+    #[allow(clippy::type_complexity)]
+    fn precheck<'t>(
+        &self,
+        token: &'t str,
+    ) -> Result<(Algorithm, Option<String>, serde_json::Value, usize, &'t str), Failure> {
         let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
         let mut parts = token.split('.');
         let (Some(h), Some(p), Some(sig), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
@@ -246,19 +593,8 @@ impl Provider {
                 return Err(Failure::AudienceNotAllowed);
             }
         }
-        let kid = header["kid"].as_str();
-        let fam = family(alg);
-        let candidates =
-            self.keys.iter().filter(|(k, _, f)| *f == fam && (kid.is_none() || k.is_none() || k.as_deref() == kid));
-        let message = &token[..h.len() + 1 + p.len()];
-        let mut any = false;
-        for (_, key, _) in candidates {
-            any = true;
-            if jsonwebtoken::crypto::verify(sig, message.as_bytes(), key, alg).unwrap_or(false) {
-                return Ok(payload);
-            }
-        }
-        Err(if any { Failure::VerificationFails } else { Failure::NoKey })
+        let kid = header["kid"].as_str().map(str::to_string);
+        Ok((alg, kid, payload, h.len() + 1 + p.len(), sig))
     }
 }
 
@@ -295,6 +631,8 @@ struct Rule {
 
 pub struct JwtAuthn {
     providers: Vec<Provider>,
+    /// Some provider has `remote_jwks`.
+    has_remote: bool,
     rules: Vec<Rule>,
     allowed: Arc<crate::stats::Counter>,
     denied: Arc<crate::stats::Counter>,
@@ -319,13 +657,25 @@ fn claim_value(v: &serde_json::Value) -> Option<String> {
 }
 
 impl JwtAuthn {
-    pub fn compile(c: &JwtAuthentication, store: &crate::stats::Store, stat_prefix: &str) -> Result<Self, String> {
+    pub fn compile(
+        c: &JwtAuthentication,
+        store: &crate::stats::Store,
+        stat_prefix: &str,
+        compile: &crate::rds::CompileContext,
+    ) -> Result<Self, String> {
+        let p = format!("http.{stat_prefix}.jwt_authn.");
+        let ctx = JwtContext {
+            clusters: &compile.clusters,
+            jwks_async: &compile.jwks_async,
+            fetch_success: store.counter(&format!("{p}jwks_fetch_success")),
+            fetch_failed: store.counter(&format!("{p}jwks_fetch_failed")),
+        };
         let mut names: Vec<&String> = c.providers.keys().collect();
         names.sort();
         let mut index = HashMap::new();
         let mut providers = Vec::new();
         for n in names {
-            let p = Provider::new(&c.providers[n]).map_err(|e| format!("providers[\"{n}\"].{e}"))?;
+            let p = Provider::new(&c.providers[n], &ctx).map_err(|e| format!("providers[\"{n}\"].{e}"))?;
             index.insert(n.clone(), providers.len());
             providers.push(p);
         }
@@ -371,8 +721,8 @@ impl JwtAuthn {
                 })
             })
             .collect::<Result<_, String>>()?;
-        let p = format!("http.{stat_prefix}.jwt_authn.");
         Ok(Self {
+            has_remote: providers.iter().any(|p| matches!(p.jwks, Jwks::Remote(_))),
             providers,
             rules,
             allowed: store.counter(&format!("{p}allowed")),
@@ -380,12 +730,20 @@ impl JwtAuthn {
         })
     }
 
-    fn check(&self, r: &Requirement, headers: &HeaderMap, path: &str, out: &mut Outcome) -> Result<(), Failure> {
+    /// `remote`: per provider, the remote keys fetched for this request.
+    fn check(
+        &self,
+        r: &Requirement,
+        headers: &HeaderMap,
+        path: &str,
+        remote: &[Option<Arc<Keys>>],
+        out: &mut Outcome,
+    ) -> Result<(), Failure> {
         match r {
             Requirement::Provider(i) => {
                 let p = &self.providers[*i];
                 let (token, from) = p.extract(headers, path).ok_or(Failure::Missing)?;
-                let payload = p.verify(token)?;
+                let payload = p.verify(token, remote.get(*i).and_then(|k| k.as_deref()))?;
                 if !p.forward {
                     match from {
                         From::Header(h) => out.remove.push(h.clone()),
@@ -413,7 +771,7 @@ impl JwtAuthn {
                 let mut first_error = None;
                 for r in list {
                     let mut o = Outcome::default();
-                    match self.check(r, headers, path, &mut o) {
+                    match self.check(r, headers, path, remote, &mut o) {
                         Ok(()) => {
                             out.remove.extend(o.remove);
                             out.set.extend(o.set);
@@ -430,7 +788,7 @@ impl JwtAuthn {
                 }
                 Err(first_error.unwrap_or(Failure::Missing))
             }
-            Requirement::All(list) => list.iter().try_for_each(|r| self.check(r, headers, path, out)),
+            Requirement::All(list) => list.iter().try_for_each(|r| self.check(r, headers, path, remote, out)),
             Requirement::AllowMissing | Requirement::AllowMissingOrFailed => {
                 // The first provider that finds a token verifies it.
                 // As Envoy: a token found in any provider's locations is
@@ -443,7 +801,7 @@ impl JwtAuthn {
                     issuer.is_empty() || token_issuer(t).as_deref() == Some(issuer.as_str())
                 });
                 let result = match by_issuer.or(found.first()) {
-                    Some((i, _)) => self.check(&Requirement::Provider(*i), headers, path, out),
+                    Some((i, _)) => self.check(&Requirement::Provider(*i), headers, path, remote, out),
                     None => Ok(()),
                 };
                 match r {
@@ -457,7 +815,7 @@ impl JwtAuthn {
     /// Runs the first rule that matches the request. `Err`: answer with it.
     /// `new_path` receives the path without its `access_token` parameter when
     /// a token taken from there is not forwarded.
-    pub fn on_request(
+    pub async fn on_request(
         &self,
         headers: &mut HeaderMap,
         pseudo: &Pseudo<'_>,
@@ -479,8 +837,22 @@ impl JwtAuthn {
             self.allowed.inc();
             return Ok(());
         };
+        // Remote keys are fetched (or read from the cache) for the providers
+        // that hold a token passing the checks that need no key, before the
+        // requirement is evaluated. Nothing is allocated without remote JWKS.
+        let mut remote: Vec<Option<Arc<Keys>>> = Vec::new();
+        if self.has_remote {
+            remote.resize(self.providers.len(), None);
+            for (i, p) in self.providers.iter().enumerate() {
+                let Jwks::Remote(r) = &p.jwks else { continue };
+                let Some((token, _)) = p.extract(headers, pseudo.path) else { continue };
+                if p.precheck(token).is_ok() {
+                    remote[i] = r.keys().await;
+                }
+            }
+        }
         let mut out = Outcome::default();
-        match self.check(requires, headers, pseudo.path, &mut out) {
+        match self.check(requires, headers, pseudo.path, &remote, &mut out) {
             Ok(()) => {
                 self.allowed.inc();
                 for h in out.remove {

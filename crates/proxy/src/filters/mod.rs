@@ -67,6 +67,10 @@ pub struct RequestCtx<'a> {
     /// The client, after x-forwarded-for.
     pub remote: std::net::IpAddr,
     pub local: std::net::SocketAddr,
+    /// The connection's TLS facts (peer certificate), None for plain TCP.
+    pub tls: Option<&'a crate::peer::TlsConn>,
+    /// The SNI the client asked for, "" without one.
+    pub sni: &'a str,
     /// The matched route's and virtual host's per-filter configs, most specific first.
     pub route: [Option<&'a crate::route::PerFilter>; 2],
     /// A new path for the request (jwt_authn taking out `access_token`).
@@ -182,7 +186,7 @@ impl FilterChain {
                 JWT_TYPE => {
                     let c: legate_api::pb::envoy::extensions::filters::http::jwt_authn::v3::JwtAuthentication =
                         legate_api::any::unpack(any)?;
-                    let j = jwt::JwtAuthn::compile(&c, store, stat_prefix)
+                    let j = jwt::JwtAuthn::compile(&c, store, stat_prefix, ctx)
                         .map_err(|e| format!("http_filters[{i}].typed_config.{e}"))?;
                     filters.push(Filter::Jwt(Box::new(j)));
                 }
@@ -238,7 +242,7 @@ impl FilterChain {
             match f {
                 Filter::Compressor(c) => state.accept_encoding = c.on_request(rq.headers),
                 Filter::Jwt(j) => {
-                    if let Err(e) = j.on_request(rq.headers, &rq.pseudo, &mut rq.new_path) {
+                    if let Err(e) = j.on_request(rq.headers, &rq.pseudo, &mut rq.new_path).await {
                         let headers = jwt::www_authenticate(e, rq.pseudo.authority, rq.pseudo.path)
                             .map(|v| (http::header::WWW_AUTHENTICATE, v))
                             .into_iter()
@@ -256,6 +260,9 @@ impl FilterChain {
                     let subject = rbac::Subject {
                         headers,
                         pseudo,
+                        http: true,
+                        tls: rq.tls,
+                        sni: rq.sni,
                         direct_remote: rq.direct_remote,
                         remote: rq.remote,
                         local: rq.local,

@@ -1,6 +1,8 @@
 //! `envoy.filters.http.rbac`: policies of permissions (what is asked) and
 //! principals (who asks). ALLOW lets a request through when some policy
-//! matches it, DENY refuses it then; LOG lets everything through.
+//! matches it, DENY refuses it then; LOG lets everything through. The same
+//! engines serve the network filter (`crate::net_rbac`), which has no
+//! request: header matchers see no headers and `url_path` never matches.
 //!
 //! Compiled once per config; evaluating a request walks the policies and
 //! allocates nothing.
@@ -53,10 +55,17 @@ impl Cidr {
     }
 }
 
-/// What a request offers to the matchers.
+/// What a request (or, for the network filter, a connection) offers to the matchers.
 pub struct Subject<'a> {
     pub headers: &'a http::HeaderMap,
     pub pseudo: &'a Pseudo<'a>,
+    /// There is an HTTP request (false in the network filter: `url_path`
+    /// never matches there, as Envoy's path matcher needs a `:path`).
+    pub http: bool,
+    /// The TLS connection's facts (`authenticated`), None for plain TCP.
+    pub tls: Option<&'a crate::peer::TlsConn>,
+    /// The SNI the client asked for (`requested_server_name`), "" without one.
+    pub sni: &'a str,
     /// The connection's peer (`direct_remote_ip`, `source_ip`).
     pub direct_remote: IpAddr,
     /// The client as x-forwarded-for tells it (`remote_ip`).
@@ -83,6 +92,7 @@ enum Permission {
     Path(StringMatch),
     DestinationPort(u16),
     DestinationIp(Cidr),
+    RequestedServerName(StringMatch),
 }
 
 #[derive(Debug)]
@@ -95,6 +105,9 @@ enum Principal {
     RemoteIp(Cidr),
     Header(HeaderMatch),
     Path(StringMatch),
+    /// The peer certificate's URI SANs, then DNS SANs, then subject; None:
+    /// any TLS connection.
+    Authenticated(Option<StringMatch>),
 }
 
 fn path_matcher(p: &PathMatcher) -> Result<StringMatch, String> {
@@ -118,6 +131,7 @@ impl Permission {
                 Self::DestinationPort(u16::try_from(*port).map_err(|_| "destination_port out of range")?)
             }
             Some(Rule::DestinationIp(c)) => Self::DestinationIp(Cidr::new(c)?),
+            Some(Rule::RequestedServerName(m)) => Self::RequestedServerName(StringMatch::new(m)?),
             Some(_) => return Err("this permission rule is not supported".into()),
             None => return Err("a permission rule is required".into()),
         })
@@ -130,9 +144,10 @@ impl Permission {
             Self::Or(any) => any.iter().any(|p| p.matches(s)),
             Self::Not(p) => !p.matches(s),
             Self::Header(h) => h.matches(s.headers, s.pseudo),
-            Self::Path(m) => m.matches(s.path()),
+            Self::Path(m) => s.http && m.matches(s.path()),
             Self::DestinationPort(p) => s.local.port() == *p,
             Self::DestinationIp(c) => c.contains(s.local.ip()),
+            Self::RequestedServerName(m) => m.matches(s.sni),
         }
     }
 }
@@ -150,11 +165,8 @@ impl Principal {
             Some(Identifier::RemoteIp(c)) => Self::RemoteIp(Cidr::new(c)?),
             Some(Identifier::Header(h)) => Self::Header(HeaderMatch::new(h)?),
             Some(Identifier::UrlPath(p)) => Self::Path(path_matcher(p)?),
-            Some(Identifier::Authenticated(_)) => {
-                return Err(
-                    "principal authenticated is not supported yet (the client certificate does not reach HTTP filters)"
-                        .into(),
-                )
+            Some(Identifier::Authenticated(a)) => {
+                Self::Authenticated(a.principal_name.as_ref().map(StringMatch::new).transpose()?)
             }
             Some(_) => return Err("this principal identifier is not supported".into()),
             None => return Err("a principal identifier is required".into()),
@@ -170,7 +182,19 @@ impl Principal {
             Self::DirectRemoteIp(c) => c.contains(s.direct_remote),
             Self::RemoteIp(c) => c.contains(s.remote),
             Self::Header(h) => h.matches(s.headers, s.pseudo),
-            Self::Path(m) => m.matches(s.path()),
+            Self::Path(m) => s.http && m.matches(s.path()),
+            // As Envoy's AuthenticatedMatcher: no TLS never matches; TLS
+            // without a name to match always does; otherwise any URI SAN,
+            // any DNS SAN, or else the RFC 2253 subject (empty when the
+            // client sent no certificate).
+            Self::Authenticated(m) => match (s.tls, m) {
+                (None, _) => false,
+                (Some(_), None) => true,
+                (Some(t), Some(m)) => {
+                    let n = t.names();
+                    n.uri.iter().any(|u| m.matches(u)) || n.dns.iter().any(|d| m.matches(d)) || m.matches(&n.subject)
+                }
+            },
         }
     }
 }
@@ -264,8 +288,13 @@ pub fn engines(c: &Config) -> Result<(Option<Engine>, Option<Engine>), String> {
     if c.matcher.is_some() || c.shadow_matcher.is_some() {
         return Err("matcher and shadow_matcher are not supported (use rules)".into());
     }
-    let enforced = c.rules.as_ref().map(Engine::new).transpose().map_err(|e| format!("rules.{e}"))?;
-    let shadow = c.shadow_rules.as_ref().map(Engine::new).transpose().map_err(|e| format!("shadow_rules.{e}"))?;
+    engines_of(c.rules.as_ref(), c.shadow_rules.as_ref())
+}
+
+/// The engines of `rules` and `shadow_rules` (HTTP or network filter).
+pub fn engines_of(rules: Option<&PbRbac>, shadow: Option<&PbRbac>) -> Result<(Option<Engine>, Option<Engine>), String> {
+    let enforced = rules.map(Engine::new).transpose().map_err(|e| format!("rules.{e}"))?;
+    let shadow = shadow.map(Engine::new).transpose().map_err(|e| format!("shadow_rules.{e}"))?;
     Ok((enforced, shadow))
 }
 
@@ -389,12 +418,26 @@ mod tests {
             let s = Subject {
                 headers: &self.headers,
                 pseudo: &pseudo,
+                http: true,
+                tls: None,
+                sni: "",
                 direct_remote: self.direct,
                 remote: self.remote,
                 local: SocketAddr::new("127.0.0.1".parse().expect("ip"), self.port),
             };
             e.allows(&s)
         }
+    }
+
+    #[test]
+    fn authenticated_needs_tls() {
+        // A plain connection never matches `authenticated`, named or not.
+        let any = engine(
+            PbAction::Allow,
+            vec![perm(Rule::Any(true))],
+            vec![id(Identifier::Authenticated(Default::default()))],
+        );
+        assert!(!Req::new("/").allowed(&any));
     }
 
     #[test]
@@ -475,10 +518,10 @@ mod tests {
             "p".into(),
             PbPolicy {
                 permissions: vec![perm(Rule::Any(true))],
-                principals: vec![id(Identifier::Authenticated(Default::default()))],
+                principals: vec![id(Identifier::Metadata(Default::default()))],
                 ..Default::default()
             },
         );
-        assert!(Engine::new(&r).is_err_and(|e| e.contains("authenticated")));
+        assert!(Engine::new(&r).is_err_and(|e| e.contains("not supported")));
     }
 }
