@@ -58,7 +58,15 @@ const SUPPORTED_FIELDS: &[(&str, &[&str])] = &[
     ("envoy.config.core.v3.AggregatedConfigSource", &[]),
     ("envoy.extensions.filters.network.http_connection_manager.v3.Rds", &["config_source", "route_config_name"]),
     ("envoy.config.cluster.v3.Cluster.EdsClusterConfig", &["eds_config", "service_name"]),
-    ("envoy.config.bootstrap.v3.Bootstrap.StaticResources", &["listeners", "clusters"]),
+    ("envoy.config.bootstrap.v3.Bootstrap.StaticResources", &["listeners", "clusters", "secrets"]),
+    ("envoy.extensions.transport_sockets.tls.v3.Secret", &["name", "tls_certificate", "validation_context"]),
+    ("envoy.extensions.transport_sockets.tls.v3.SdsSecretConfig", &["name", "sds_config"]),
+    ("envoy.config.core.v3.PathConfigSource", &["path", "watched_directory"]),
+    ("envoy.config.core.v3.WatchedDirectory", &["path"]),
+    (
+        "envoy.extensions.transport_sockets.tls.v3.CommonTlsContext.CombinedCertificateValidationContext",
+        &["default_validation_context", "validation_context_sds_secret_config"],
+    ),
     ("envoy.config.bootstrap.v3.Admin", &["address"]),
     ("envoy.config.core.v3.Node", &["id", "cluster", "metadata", "locality", "user_agent_name"]),
     ("envoy.config.core.v3.Locality", &["region", "zone", "sub_zone"]),
@@ -92,7 +100,15 @@ const SUPPORTED_FIELDS: &[(&str, &[&str])] = &[
     ("envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext", &["common_tls_context", "sni"]),
     (
         "envoy.extensions.transport_sockets.tls.v3.CommonTlsContext",
-        &["tls_params", "tls_certificates", "alpn_protocols", "validation_context"],
+        &[
+            "tls_params",
+            "tls_certificates",
+            "alpn_protocols",
+            "validation_context",
+            "tls_certificate_sds_secret_configs",
+            "validation_context_sds_secret_config",
+            "combined_validation_context",
+        ],
     ),
     ("envoy.extensions.transport_sockets.tls.v3.TlsCertificate", &["certificate_chain", "private_key"]),
     (
@@ -510,6 +526,13 @@ const UNSUPPORTED_VALUES: &[(&str, &str, &[i32], &str)] = &[
     ),
 ];
 
+/// Fields a message supports only where another message holds it:
+/// (holder, holder's field, extra fields of the held message). A file
+/// (`path`, `path_config_source`) is a config source Legate reads for
+/// secrets only.
+const CONTEXT_FIELDS: &[(&str, &str, &[&str])] =
+    &[("envoy.extensions.transport_sockets.tls.v3.SdsSecretConfig", "sds_config", &["path", "path_config_source"])];
+
 fn supported_fields(message: &str) -> &'static [&'static str] {
     SUPPORTED_FIELDS.iter().find(|(m, _)| *m == message).map_or(&[], |(_, f)| f)
 }
@@ -517,11 +540,11 @@ fn supported_fields(message: &str) -> &'static [&'static str] {
 /// Every set field and extension in `msg` that Legate does not implement.
 pub fn unsupported(msg: &DynamicMessage) -> Vec<FieldError> {
     let mut out = Vec::new();
-    check(msg, "", &mut out);
+    check(msg, "", &[], &mut out);
     out
 }
 
-fn check(msg: &DynamicMessage, path: &str, out: &mut Vec<FieldError>) {
+fn check(msg: &DynamicMessage, path: &str, extra: &[&str], out: &mut Vec<FieldError>) {
     let desc = msg.descriptor();
     let name = desc.full_name();
     if name == "google.protobuf.Any" {
@@ -531,7 +554,7 @@ fn check(msg: &DynamicMessage, path: &str, out: &mut Vec<FieldError>) {
             out.push(FieldError::new(path, format!("extension {ty} is not implemented by Legate")));
             return;
         }
-        return check(&inner, path, out);
+        return check(&inner, path, &[], out);
     }
     if name.starts_with("google.protobuf.") {
         return;
@@ -539,7 +562,7 @@ fn check(msg: &DynamicMessage, path: &str, out: &mut Vec<FieldError>) {
     let allowed = supported_fields(name);
     for (field, value) in msg.fields() {
         let p = join(path, field.name());
-        if !allowed.contains(&field.name()) {
+        if !allowed.contains(&field.name()) && !extra.contains(&field.name()) {
             out.push(FieldError::new(p, format!("{}.{} is not implemented by Legate", name, field.name())));
             continue;
         }
@@ -552,12 +575,16 @@ fn check(msg: &DynamicMessage, path: &str, out: &mut Vec<FieldError>) {
                 continue;
             }
         }
+        let inner_extra = CONTEXT_FIELDS
+            .iter()
+            .find(|(m, f, _)| *m == name && *f == field.name())
+            .map_or(&[][..], |(_, _, extra)| *extra);
         match value {
-            Value::Message(m) => check(m, &p, out),
+            Value::Message(m) => check(m, &p, inner_extra, out),
             Value::List(items) => {
                 for (i, item) in items.iter().enumerate() {
                     if let Value::Message(m) = item {
-                        check(m, &format!("{p}[{i}]"), out);
+                        check(m, &format!("{p}[{i}]"), inner_extra, out);
                     }
                 }
             }
@@ -568,7 +595,7 @@ fn check(msg: &DynamicMessage, path: &str, out: &mut Vec<FieldError>) {
                             prost_reflect::MapKey::String(s) => s.clone(),
                             other => format!("{other:?}"),
                         };
-                        check(m, &format!("{p}[\"{key}\"]"), out);
+                        check(m, &format!("{p}[\"{key}\"]"), inner_extra, out);
                     }
                 }
             }

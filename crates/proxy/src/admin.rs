@@ -18,6 +18,7 @@ use std::sync::Arc;
 
 const HELP: &[(&str, &str)] = &[
     ("/", "Admin home page"),
+    ("/certs", "print certs on machine"),
     ("/clusters", "upstream cluster status"),
     ("/config_dump", "dump current Envoy configs"),
     ("/drain_listeners", "drain listeners"),
@@ -130,6 +131,7 @@ fn handle(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>> {
         "/server_info" => json_reply(server_info(shared)),
         "/stats" => stats(shared, query),
         "/stats/prometheus" => reply(StatusCode::OK, "text/plain; charset=UTF-8", prometheus(shared)),
+        "/certs" => json_reply(certs(shared)),
         "/clusters" => clusters(shared, query),
         "/listeners" => listeners(shared, query),
         "/config_dump" => json_reply(config_dump(shared)),
@@ -470,6 +472,43 @@ fn listeners(shared: &Shared, query: Option<&str>) -> Response<Full<Bytes>> {
         let _ = writeln!(s, "{}::{}", v.config.name, v.config.address);
     }
     text(s)
+}
+
+/// Envoy's `/certs`: per TLS context, its CA and its certificates' leaves
+/// with their expiry (days left computed now).
+fn certs(shared: &Shared) -> serde_json::Value {
+    let now = chrono::Utc::now().timestamp();
+    let ts = |secs: i64| {
+        chrono::DateTime::<chrono::Utc>::from_timestamp(secs, 0)
+            .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+            .unwrap_or_default()
+    };
+    let detail = |d: &crate::tls::CertDetail| {
+        let sans: Vec<_> = d.subject_alt_names.iter().map(|(k, v)| json!({ *k: v })).collect();
+        let mut o = serde_json::Map::new();
+        o.insert("path".into(), json!(d.path));
+        o.insert("serial_number".into(), json!(d.serial_number));
+        o.insert("subject_alt_names".into(), json!(sans));
+        // A uint64 in proto JSON: a string; 0 once expired.
+        o.insert("days_until_expiration".into(), json!(((d.expiration_time - now).max(0) / 86_400).to_string()));
+        o.insert("valid_from".into(), json!(ts(d.valid_from)));
+        o.insert("expiration_time".into(), json!(ts(d.expiration_time)));
+        serde_json::Value::Object(o)
+    };
+    let certificates: Vec<_> = shared
+        .ctx
+        .secrets
+        .contexts()
+        .iter()
+        .map(|c| {
+            let info = c.certs();
+            json!({
+                "ca_cert": info.ca_cert.iter().map(detail).collect::<Vec<_>>(),
+                "cert_chain": info.cert_chain.iter().map(detail).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    json!({ "certificates": certificates })
 }
 
 fn rfc3339(t: chrono::DateTime<chrono::Utc>) -> String {

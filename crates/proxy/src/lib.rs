@@ -33,6 +33,7 @@ pub mod outlier;
 pub mod rds;
 pub mod retry;
 pub mod route;
+pub mod sds;
 pub mod server;
 pub mod stats;
 pub mod tcp_proxy;

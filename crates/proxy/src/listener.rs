@@ -45,7 +45,7 @@ pub struct HttpChain {
 /// One filter chain: its TLS termination, if any, network rate limits in
 /// front, and its terminal network filter.
 pub struct Chain {
-    tls: Option<tokio_rustls::TlsAcceptor>,
+    tls: Option<Arc<crate::tls::ServerTls>>,
     rate_limits: Vec<crate::net_ratelimit::NetRateLimit>,
     pub filter: NetFilter,
 }
@@ -78,7 +78,12 @@ const LISTENER_FILTERS_TIMEOUT: Duration = Duration::from_secs(15);
 
 impl Chain {
     fn compile(c: &FilterChain, ctx: &crate::rds::CompileContext) -> Result<Self, String> {
-        let tls = c.transport_socket.as_ref().map(crate::tls::downstream).transpose().map_err(|e| e.to_string())?;
+        let tls = c
+            .transport_socket
+            .as_ref()
+            .map(|ts| crate::tls::downstream(ts, &ctx.secrets))
+            .transpose()
+            .map_err(|e| e.to_string())?;
         // Network local rate limits, then one terminal filter.
         let Some((f, front)) = c.filters.split_last() else {
             return Err("filters: a network filter (http_connection_manager or tcp_proxy) is required".into());
@@ -143,6 +148,11 @@ impl ListenerConfig {
     }
 
     /// The HTTP connection managers of this listener's chains.
+    /// Every TLS context of its chains has its secrets (a listener warms until then).
+    pub fn tls_ready(&self) -> bool {
+        self.chains.iter().chain(self.default_chain.iter()).all(|c| c.tls.as_ref().is_none_or(|t| t.ready()))
+    }
+
     pub fn hcms(&self) -> impl Iterator<Item = &Arc<Hcm>> {
         self.chains.iter().chain(self.default_chain.iter()).filter_map(|c| match &c.filter {
             NetFilter::Http(h) => Some(&h.hcm),
@@ -346,8 +356,16 @@ async fn dispatch(
         listener.stats.no_filter_chain_match.inc();
         return;
     };
-    let Some(acceptor) = &chain.tls else {
+    let Some(tls) = &chain.tls else {
         return run_chain(listener, &chain, stream, remote, local, false, None, phase).await;
+    };
+    // The context's config as of now; a secret rotation later does not touch
+    // this connection. None only while a secret has not arrived: closed.
+    let Some(acceptor) = tls.acceptor() else {
+        if let Some(ssl) = &listener.stats.ssl {
+            ssl.connection_error.inc();
+        }
+        return;
     };
     match acceptor.accept(stream).await {
         Ok(tls) => {

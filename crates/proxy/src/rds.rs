@@ -24,6 +24,8 @@ pub struct CompileContext {
     /// This proxy's cluster (`--service-cluster`, else `node.cluster`), which
     /// the health check filter names in its answers.
     pub local_cluster: http::HeaderValue,
+    /// Secrets for TLS contexts (static, files, ADS).
+    pub secrets: Arc<crate::sds::SecretManager>,
 }
 
 struct Entry {
