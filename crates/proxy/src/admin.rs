@@ -567,8 +567,80 @@ fn config_dump(shared: &Shared) -> serde_json::Value {
             {"@type": "type.googleapis.com/envoy.admin.v3.ClustersConfigDump", "static_clusters": static_clusters, "dynamic_active_clusters": dynamic_clusters},
             {"@type": "type.googleapis.com/envoy.admin.v3.ListenersConfigDump", "static_listeners": static_listeners, "dynamic_listeners": dynamic_listeners},
             {"@type": "type.googleapis.com/envoy.admin.v3.RoutesConfigDump", "dynamic_route_configs": dynamic_routes},
+            secrets_dump(shared),
         ]
     })
+}
+
+/// Envoy's `SecretsConfigDump`: static secrets as configured, secrets from
+/// files and ADS as taken (files they name read in), waiting ones by name;
+/// private keys redacted.
+fn secrets_dump(shared: &Shared) -> serde_json::Value {
+    use legate_api::pb::envoy::config::core::v3::data_source::Specifier;
+    use legate_api::pb::envoy::extensions::transport_sockets::tls::v3::secret;
+    let shown = |s: &legate_api::pb::envoy::extensions::transport_sockets::tls::v3::Secret, inline: bool| {
+        let mut s = s.clone();
+        if let Some(secret::Type::TlsCertificate(t)) = &mut s.r#type {
+            if inline {
+                for ds in t.certificate_chain.iter_mut() {
+                    if let Some(Specifier::Filename(f)) = &ds.specifier {
+                        ds.specifier = Some(Specifier::InlineBytes(std::fs::read(f).unwrap_or_default()));
+                    }
+                }
+            }
+            if let Some(ds) = &mut t.private_key {
+                let redacted = "[redacted]".to_string();
+                ds.specifier = match &ds.specifier {
+                    Some(Specifier::Filename(_)) if !inline => Some(Specifier::Filename(redacted)),
+                    Some(Specifier::InlineString(_)) => Some(Specifier::InlineString(redacted)),
+                    Some(Specifier::EnvironmentVariable(_)) => Some(Specifier::EnvironmentVariable(redacted)),
+                    Some(_) => Some(Specifier::InlineBytes(redacted.into_bytes())),
+                    None => None,
+                };
+            }
+        }
+        if let (true, Some(secret::Type::ValidationContext(v))) = (inline, &mut s.r#type) {
+            for ds in v.trusted_ca.iter_mut() {
+                if let Some(Specifier::Filename(f)) = &ds.specifier {
+                    ds.specifier = Some(Specifier::InlineBytes(std::fs::read(f).unwrap_or_default()));
+                }
+            }
+        }
+        typed_json(&s)
+    };
+    let (statics, dynamic) = shared.ctx.secrets.all();
+    let static_secrets: Vec<_> = statics
+        .iter()
+        .filter_map(|slot| slot.get().map(|s| json!({"name": slot.name, "secret": shown(&s, false)})))
+        .collect();
+    let mut active = Vec::new();
+    let mut warming = Vec::new();
+    for slot in dynamic {
+        let (version, at) = slot.updated();
+        match slot.get() {
+            Some(s) => {
+                let mut o = serde_json::Map::new();
+                o.insert("name".into(), json!(slot.name));
+                if !version.is_empty() {
+                    o.insert("version_info".into(), json!(version));
+                }
+                o.insert("last_updated".into(), json!(rfc3339(at)));
+                o.insert("secret".into(), shown(&s, true));
+                active.push(serde_json::Value::Object(o));
+            }
+            None => warming.push(json!({"name": slot.name})),
+        }
+    }
+    let mut o = serde_json::Map::new();
+    o.insert("@type".into(), json!("type.googleapis.com/envoy.admin.v3.SecretsConfigDump"));
+    for (k, v) in
+        [("static_secrets", static_secrets), ("dynamic_active_secrets", active), ("dynamic_warming_secrets", warming)]
+    {
+        if !v.is_empty() {
+            o.insert(k.into(), json!(v));
+        }
+    }
+    serde_json::Value::Object(o)
 }
 
 fn with_type(mut v: serde_json::Value, ty: &str) -> serde_json::Value {

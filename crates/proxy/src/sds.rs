@@ -47,8 +47,9 @@ pub struct SecretSlot {
     pub name: String,
     pub source: Source,
     value: ArcSwapOption<Secret>,
-    /// The xDS version, or empty (for `/config_dump`-style reporting).
-    version: Mutex<String>,
+    /// The xDS version (empty for files) and when the value last changed,
+    /// for `/config_dump`.
+    updated: Mutex<(String, chrono::DateTime<chrono::Utc>)>,
     subscribers: Mutex<Vec<Weak<dyn Subscriber>>>,
 }
 
@@ -58,7 +59,7 @@ impl SecretSlot {
             name: name.to_string(),
             source,
             value: ArcSwapOption::empty(),
-            version: Mutex::new(String::new()),
+            updated: Mutex::new((String::new(), chrono::Utc::now())),
             subscribers: Mutex::new(Vec::new()),
         }
     }
@@ -68,8 +69,9 @@ impl SecretSlot {
         self.value.load_full()
     }
 
-    pub fn version(&self) -> String {
-        self.version.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    /// (version, last updated).
+    pub fn updated(&self) -> (String, chrono::DateTime<chrono::Utc>) {
+        self.updated.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// Stores a new value and tells every live subscriber (which rebuild
@@ -77,7 +79,7 @@ impl SecretSlot {
     /// watcher, never a worker).
     pub fn set(&self, value: Secret, version: &str) {
         self.value.store(Some(Arc::new(value)));
-        *self.version.lock().unwrap_or_else(|e| e.into_inner()) = version.to_string();
+        *self.updated.lock().unwrap_or_else(|e| e.into_inner()) = (version.to_string(), chrono::Utc::now());
         self.notify();
     }
 
@@ -133,6 +135,8 @@ pub struct SecretManager {
     contexts: Mutex<Vec<Weak<dyn CertSource>>>,
     /// The node has an id and a cluster (Envoy requires both for SDS).
     node_named: bool,
+    /// For `sds.<name>.update_*`.
+    stats: Option<Arc<crate::stats::Store>>,
 }
 
 impl SecretManager {
@@ -148,6 +152,22 @@ impl SecretManager {
             })
             .collect();
         Self { statics, node_named, ..Default::default() }
+    }
+
+    /// Counts SDS updates in `store` as Envoy does (`sds.<name>.update_attempt`,
+    /// `update_success`, `update_rejected`).
+    pub fn with_stats(mut self, store: Arc<crate::stats::Store>) -> Self {
+        self.stats = Some(store);
+        self
+    }
+
+    /// Counts one update of secret `name`: `what` is `update_success` or
+    /// `update_rejected` (an attempt either way).
+    pub fn count(&self, name: &str, what: &str) {
+        if let Some(store) = &self.stats {
+            store.counter(&format!("sds.{name}.update_attempt")).inc();
+            store.counter(&format!("sds.{name}.{what}")).inc();
+        }
     }
 
     /// The slot an `SdsSecretConfig` names; a file secret is read now (the
@@ -166,10 +186,17 @@ impl SecretManager {
             return Ok(slot);
         }
         let slot = Arc::new(SecretSlot::new(&cfg.name, source.clone()));
+        if let Some(store) = &self.stats {
+            // Envoy creates a subscription's counters with it.
+            for c in ["update_attempt", "update_success", "update_rejected", "update_failure"] {
+                store.counter(&format!("sds.{}.{c}", cfg.name));
+            }
+        }
         if let Source::File { path, .. } = &source {
             let secrets = read_file(path)?;
             if let Some(s) = secrets.into_iter().find(|s| s.name == cfg.name) {
-                slot.value.store(Some(Arc::new(s)));
+                slot.set(s, "");
+                self.count(&cfg.name, "update_success");
             }
         }
         dynamic.retain(|_, w| w.strong_count() > 0);
@@ -216,15 +243,14 @@ impl SecretManager {
         dynamic.get(&(Source::Ads, name.to_string())).and_then(Weak::upgrade)
     }
 
-    /// Every secret slot alive (static first), for dumps.
-    pub fn all(&self) -> Vec<Arc<SecretSlot>> {
-        let mut out: Vec<Arc<SecretSlot>> = self.statics.values().cloned().collect();
-        out.sort_by(|a, b| a.name.cmp(&b.name));
+    /// The static secrets and the live file and ADS ones, each by name.
+    pub fn all(&self) -> (Vec<Arc<SecretSlot>>, Vec<Arc<SecretSlot>>) {
+        let mut statics: Vec<Arc<SecretSlot>> = self.statics.values().cloned().collect();
+        statics.sort_by(|a, b| a.name.cmp(&b.name));
         let dynamic = self.dynamic.lock().unwrap_or_else(|e| e.into_inner());
         let mut d: Vec<Arc<SecretSlot>> = dynamic.values().filter_map(Weak::upgrade).collect();
         d.sort_by(|a, b| a.name.cmp(&b.name));
-        out.extend(d);
-        out
+        (statics, d)
     }
 
     /// Registers a TLS context for `/certs`.
@@ -288,6 +314,7 @@ impl SecretManager {
                             Some(s) => {
                                 tracing::info!("SDS file {}: secret '{}' updated", path.display(), slot.name);
                                 slot.set(s.clone(), "");
+                                self.count(&slot.name, "update_success");
                             }
                             None => tracing::warn!(
                                 "SDS file {}: secret '{}' is no longer there; keeping the last one",
@@ -297,7 +324,12 @@ impl SecretManager {
                         }
                     }
                 }
-                Err(e) => tracing::warn!("SDS file update rejected: {e}"),
+                Err(e) => {
+                    tracing::warn!("SDS file update rejected: {e}");
+                    for slot in slots {
+                        self.count(&slot.name, "update_rejected");
+                    }
+                }
             }
         }
     }

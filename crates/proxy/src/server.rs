@@ -73,16 +73,19 @@ pub fn build(
     let mut map = HashMap::new();
     let clusters = Arc::new(ArcSwap::from_pointee(ClusterMap::new()));
     let (listeners, worker_rxs) = ListenerManager::new(options.concurrency);
-    let secrets = Arc::new(crate::sds::SecretManager::new(
-        b.static_resources.as_ref().map(|s| s.secrets.as_slice()).unwrap_or_default(),
-        {
-            let node = b.node.as_ref();
-            let id = options.service_node.clone().or_else(|| node.map(|n| n.id.clone())).unwrap_or_default();
-            let cluster =
-                options.service_cluster.clone().or_else(|| node.map(|n| n.cluster.clone())).unwrap_or_default();
-            !id.is_empty() && !cluster.is_empty()
-        },
-    ));
+    let secrets = Arc::new(
+        crate::sds::SecretManager::new(
+            b.static_resources.as_ref().map(|s| s.secrets.as_slice()).unwrap_or_default(),
+            {
+                let node = b.node.as_ref();
+                let id = options.service_node.clone().or_else(|| node.map(|n| n.id.clone())).unwrap_or_default();
+                let cluster =
+                    options.service_cluster.clone().or_else(|| node.map(|n| n.cluster.clone())).unwrap_or_default();
+                !id.is_empty() && !cluster.is_empty()
+            },
+        )
+        .with_stats(store.clone()),
+    );
     if let Some(sr) = &b.static_resources {
         for (i, c) in sr.clusters.iter().enumerate() {
             let cluster = Cluster::compile(c, &store, options.concurrency, &secrets)

@@ -489,14 +489,18 @@ impl Dynamic {
     /// warm up. A secret that would not build is refused (NACK) whole.
     fn apply_secrets(&mut self, shared: &Shared, secrets: Vec<Secret>, version: &str) -> Result<(), String> {
         for s in &secrets {
-            check(s, &s.name)?;
-            crate::sds::check_secret(s).map_err(|e| format!("secret '{}': {e}", s.name))?;
+            let checked = check(s, &s.name)
+                .and_then(|_| crate::sds::check_secret(s).map_err(|e| format!("secret '{}': {e}", s.name)));
+            if let Err(e) = checked {
+                shared.ctx.secrets.count(&s.name, "update_rejected");
+                return Err(e);
+            }
         }
         for s in secrets {
             let name = s.name.clone();
             if let Some(slot) = shared.ctx.secrets.ads_slot(&name) {
                 slot.set(s, version);
-                shared.store.counter(&format!("sds.{name}.update_success")).inc();
+                shared.ctx.secrets.count(&name, "update_success");
             }
         }
         self.activate_clusters(shared, None);
@@ -541,6 +545,13 @@ impl Dynamic {
             SDS => ("sds", decode_all::<Secret>(resources, SDS).and_then(|r| self.apply_secrets(shared, r, version))),
             other => return Err(format!("unexpected type {other}")),
         };
+        if type_url == SDS {
+            // Counted per secret (`sds.<name>.*`), as Envoy does.
+            if let Err(e) = &result {
+                tracing::warn!("rejecting {type_url} version {version}: {e}");
+            }
+            return result;
+        }
         shared.store.counter(&format!("{stat}.update_attempt")).inc();
         match &result {
             Ok(()) => shared.store.counter(&format!("{stat}.update_success")).inc(),
