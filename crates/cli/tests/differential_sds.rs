@@ -348,9 +348,11 @@ fn certs_view(v: &Value) -> Vec<String> {
 // Scenarios
 
 /// Certificates and a client CA from `static_resources.secrets`, referenced
-/// by name by a listener (mutual TLS) and by a cluster (its CA and client
-/// certificate); both proxies accept and refuse the same clients, carry
-/// requests through the cluster, and show the same `/certs`.
+/// by name by listeners (mutual TLS; the CA alone, or combined with a
+/// default validation context that checks client names) and by a cluster
+/// (its CA and client certificate); both proxies accept and refuse the same
+/// clients, carry requests through the cluster, and show the same `/certs`
+/// and secrets config dump.
 #[test]
 fn static_secrets_served_like_envoy() {
     let tmp = TempDir::new("sds-static");
@@ -368,11 +370,18 @@ fn static_secrets_served_like_envoy() {
         secret("client", "client"),
         format!("{{name: ca, validation_context: {{trusted_ca: {{filename: \"{}\"}}}}}}", p(dir, "ca.pem")),
     ];
-    let sides = both(dir, &["mtls", "plain"], |admin, ports| {
+    let sides = both(dir, &["mtls", "plain", "combined", "wrong-san"], |admin, ports| {
         let mtls = down_tls(
             "tls_certificate_sds_secret_configs: [{name: server}], validation_context_sds_secret_config: {name: ca}",
             ", require_client_certificate: true",
         );
+        // A default validation context (client names) combined with the CA secret.
+        let combined = |san: &str| {
+            down_tls(
+                &format!("tls_certificate_sds_secret_configs: [{{name: server}}], combined_validation_context: {{default_validation_context: {{match_typed_subject_alt_names: [{{san_type: DNS, matcher: {{exact: {san}}}}}]}}, validation_context_sds_secret_config: {{name: ca}}}}"),
+                ", require_client_certificate: true",
+            )
+        };
         let up = "{name: envoy.transport_sockets.tls, typed_config: {\"@type\": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext, sni: a.example.com, common_tls_context: {tls_certificate_sds_secret_configs: [{name: client}], validation_context_sds_secret_config: {name: ca}}}}";
         bootstrap(
             admin,
@@ -384,6 +393,20 @@ fn static_secrets_served_like_envoy() {
                     &format!("{{transport_socket: {mtls}, filters: [{}]}}", hcm_direct("m")),
                 ),
                 listener("plain", ports["plain"], &format!("{{filters: [{}]}}", hcm_to("p", "loop"))),
+                listener(
+                    "combined",
+                    ports["combined"],
+                    &format!(
+                        "{{transport_socket: {}, filters: [{}]}}",
+                        combined("client.example.com"),
+                        hcm_direct("c")
+                    ),
+                ),
+                listener(
+                    "wrong-san",
+                    ports["wrong-san"],
+                    &format!("{{transport_socket: {}, filters: [{}]}}", combined("other.example.com"), hcm_direct("w")),
+                ),
             ],
             &[cluster("loop", ports["mtls"], &format!(", transport_socket: {up}"))],
         )
@@ -393,7 +416,11 @@ fn static_secrets_served_like_envoy() {
         let with = curl(dir, s.port("mtls"), true);
         let without = curl(dir, s.port("mtls"), false);
         let through = http_get(addr(s.port("plain")), "/", "x").expect("plain");
-        seen.push((with.clone(), without.0, through.status, through.body.clone()));
+        let combined = curl(dir, s.port("combined"), true);
+        let wrong_san = curl(dir, s.port("wrong-san"), true);
+        assert_eq!(combined, (true, "200".into(), "hello-c".into()), "{}: combined validation context", s.who);
+        assert!(!wrong_san.0, "{}: a client whose name the default context refuses", s.who);
+        seen.push((with.clone(), without.0, through.status, through.body.clone(), combined, wrong_san.0));
         assert_eq!(with, (true, "200".into(), "hello-m".into()), "{} with a client certificate", s.who);
         assert!(!without.0, "{}: a client without a certificate must be refused", s.who);
         assert_eq!((through.status, through.body.as_str()), (200, "hello-m"), "{} through the TLS cluster", s.who);

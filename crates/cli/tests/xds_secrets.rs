@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Server leaves `a1` (valid 30 days) and `a2` (90 days) for a.example.com
-/// from one CA: (PEM cert, PEM key, DER) by name.
+/// from one CA (`ca`): (PEM cert, PEM key, DER) by name.
 fn make_certs() -> BTreeMap<&'static str, (String, String, Vec<u8>)> {
     use rcgen::{
         BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
@@ -30,6 +30,7 @@ fn make_certs() -> BTreeMap<&'static str, (String, String, Vec<u8>)> {
     p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
     let ca = CertifiedIssuer::self_signed(p, KeyPair::generate().expect("key")).expect("CA");
     let mut out = BTreeMap::new();
+    out.insert("ca", (ca.pem(), String::new(), ca.der().to_vec()));
     for (name, days) in [("a1", 30), ("a2", 90)] {
         let mut p = CertificateParams::new(vec!["a.example.com".to_string()]).expect("params");
         p.distinguished_name.push(DnType::CommonName, "a.example.com");
@@ -190,7 +191,10 @@ struct Attached {
     who: &'static str,
     node: &'static str,
     admin: u16,
+    /// The TLS listener's port.
     port: u16,
+    /// A plain HTTP listener's port, in front of a TLS cluster.
+    plain: u16,
     _proc: Proc,
 }
 
@@ -223,7 +227,44 @@ fn attach(who: &'static str, node: &'static str, cp: &ControlPlane, delta: bool,
         )
     };
     wait_ready(admin, &mut p);
-    Attached { who, node, admin, port: free_port(), _proc: p }
+    Attached { who, node, admin, port: free_port(), plain: free_port(), _proc: p }
+}
+
+/// A cluster to `port` verifying its server with the ADS secret `ca`, and a
+/// plain listener on `plain` routing to it, for one node.
+fn upstream_docs(who: &str, node: &str, port: u16, plain: u16) -> String {
+    format!(
+        r#"kind: Cluster
+metadata: {{ name: up-{who}, nodes: {{ ids: [{node}] }} }}
+spec:
+  name: up-{who}
+  connect_timeout: 1s
+  type: STATIC
+  load_assignment: {{ cluster_name: up-{who}, endpoints: [{{ lb_endpoints: [{{ endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {port} }} }} }} }}] }}] }}
+  transport_socket:
+    name: envoy.transport_sockets.tls
+    typed_config:
+      "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext
+      sni: a.example.com
+      common_tls_context:
+        validation_context_sds_secret_config: {{ name: ca, sds_config: {{ ads: {{}}, resource_api_version: V3 }} }}
+---
+kind: Listener
+metadata: {{ name: plain-{who}, nodes: {{ ids: [{node}] }} }}
+spec:
+  name: plain-{who}
+  address: {{ socket_address: {{ address: 127.0.0.1, port_value: {plain} }} }}
+  filter_chains:
+  - filters:
+    - name: envoy.filters.network.http_connection_manager
+      typed_config:
+        "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+        stat_prefix: plain
+        http_filters: [{{ name: envoy.filters.http.router, typed_config: {{ "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }} }}]
+        route_config:
+          virtual_hosts: [{{ name: all, domains: ["*"], routes: [{{ match: {{ prefix: "/" }}, route: {{ cluster: up-{who} }} }}] }}]
+"#
+    )
 }
 
 fn stat(admin: u16, name: &str) -> Option<i64> {
@@ -326,4 +367,34 @@ fn sds_over_ads_to_envoy_and_legate() {
         assert_eq!(c, &counts[0], "sds.server.update_success/_rejected of {} vs Envoy", p.who);
     }
     assert_eq!(counts[0], (Some(2), Some(0)), "Envoy's sds.server.* counts");
+
+    // A cluster whose CA comes over ADS warms until it arrives (requests to
+    // it meanwhile: 503, as to a cluster that does not exist), then carries
+    // requests to the TLS listener, verified with that CA.
+    let docs: Vec<String> = proxies.iter().map(|p| upstream_docs(p.who, p.node, p.port, p.plain)).collect();
+    cp.apply(dir, &docs.join("---\n"));
+    let mut waiting = Vec::new();
+    for p in &proxies {
+        wait_for(&format!("{}: a cluster warming", p.who), Duration::from_secs(10), || {
+            (stat(p.admin, "cluster_manager.warming_clusters") == Some(1)).then_some(())
+        });
+        let r = wait_for(&format!("{}: the plain listener", p.who), Duration::from_secs(10), || {
+            http_get(addr(p.plain), "/", "x").ok()
+        });
+        waiting.push(r.status);
+    }
+    assert_eq!(waiting, vec![503; 3], "requests to a warming cluster (Envoy, Legate, Legate delta)");
+    let ca = &certs["ca"].0;
+    cp.apply(
+        dir,
+        &format!("kind: Secret\nmetadata: {{ name: ca }}\nspec:\n  name: ca\n  validation_context:\n    trusted_ca: {{ inline_string: {} }}\n", quoted(ca)),
+    );
+    for p in &proxies {
+        let r = wait_for(&format!("{}: the TLS cluster in service", p.who), Duration::from_secs(10), || {
+            http_get(addr(p.plain), "/", "x").ok().filter(|r| r.status == 200)
+        });
+        assert_eq!(r.body, format!("hello-tls-{}", p.who), "{}", p.who);
+        assert_eq!(stat(p.admin, "cluster_manager.warming_clusters"), Some(0), "{}", p.who);
+        assert!(stat(p.admin, &format!("cluster.up-{}.ssl.handshake", p.who)).unwrap_or(0) >= 1, "{}", p.who);
+    }
 }
