@@ -425,3 +425,121 @@ pub fn check_secret(s: &Secret) -> Result<(), String> {
     }
     crate::tls::check_secret_material(s).map_err(|e| e.to_string())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    fn leaf(name: &str) -> (String, String) {
+        let key = rcgen::KeyPair::generate().expect("key");
+        let cert =
+            rcgen::CertificateParams::new(vec![name.to_string()]).expect("params").self_signed(&key).expect("cert");
+        (cert.pem(), key.serialize_pem())
+    }
+
+    fn sds_yaml(name: &str, (cert, key): &(String, String)) -> String {
+        let q = |s: &str| serde_json::to_string(s).expect("json");
+        format!(
+            "resources:\n- \"@type\": {SECRET_TYPE}\n  name: {name}\n  tls_certificate: {{certificate_chain: {{inline_string: {}}}, private_key: {{inline_string: {}}}}}\n",
+            q(cert),
+            q(key)
+        )
+    }
+
+    fn temp_dir(label: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("legate-sds-unit-{label}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).expect("dir");
+        d
+    }
+
+    fn file_cfg(name: &str, path: &Path) -> SdsSecretConfig {
+        SdsSecretConfig {
+            name: name.into(),
+            sds_config: Some(ConfigSource {
+                config_source_specifier: Some(ConfigSourceSpecifier::Path(path.display().to_string())),
+                ..Default::default()
+            }),
+        }
+    }
+
+    struct Counter(AtomicUsize);
+    impl Subscriber for Counter {
+        fn secret_changed(&self) {
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    #[test]
+    fn static_secrets_by_name_and_unknown_refused() {
+        let m = Arc::new(SecretManager::new(&[Secret { name: "s".into(), r#type: None }], false));
+        assert!(m.slot(&SdsSecretConfig { name: "s".into(), sds_config: None }).is_ok());
+        let e = m.slot(&SdsSecretConfig { name: "t".into(), sds_config: None }).err().expect("unknown");
+        assert_eq!(e.to_string(), "Unknown static secret: t");
+    }
+
+    #[test]
+    fn sds_needs_a_named_node() {
+        let dir = temp_dir("node");
+        let path = dir.join("s.yaml");
+        std::fs::write(&path, sds_yaml("s", &leaf("a.example.com"))).expect("write");
+        let m = Arc::new(SecretManager::new(&[], false));
+        let e = m.slot(&file_cfg("s", &path)).err().expect("refused");
+        assert!(e.to_string().contains("node 'id' and 'cluster' are required"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn file_read_validated() {
+        let dir = temp_dir("read");
+        let path = dir.join("s.yaml");
+        std::fs::write(&path, sds_yaml("s", &leaf("a.example.com"))).expect("write");
+        let secrets = read_file(&path).expect("read");
+        assert_eq!(secrets.len(), 1);
+        assert_eq!(secrets[0].name, "s");
+        // A key that is not a key: the whole file is refused.
+        std::fs::write(&path, sds_yaml("s", &(leaf("a").0, "junk".into()))).expect("write");
+        assert!(read_file(&path).is_err());
+        // A resource of another type.
+        std::fs::write(&path, "resources: [{\"@type\": type.googleapis.com/envoy.config.cluster.v3.Cluster, name: c}]")
+            .expect("write");
+        assert!(read_file(&path).expect_err("refused").to_string().contains("is not a Secret"));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn file_moved_into_place_updates_the_secret_and_tells_subscribers() {
+        let dir = temp_dir("move");
+        let path = dir.join("s.yaml");
+        std::fs::write(&path, sds_yaml("s", &leaf("a.example.com"))).expect("write");
+        let m = Arc::new(SecretManager::new(&[], true));
+        let slot = m.slot(&file_cfg("s", &path)).expect("slot");
+        let first = slot.get().expect("read at once");
+        let sub = Arc::new(Counter(AtomicUsize::new(0)));
+        let weak: Weak<Counter> = Arc::downgrade(&sub);
+        slot.subscribe(weak);
+        m.poll_files();
+        assert_eq!(sub.0.load(Ordering::Relaxed), 0, "nothing changed");
+        let tmp = dir.join("s.tmp");
+        std::fs::write(&tmp, sds_yaml("s", &leaf("b.example.com"))).expect("write");
+        std::fs::rename(&tmp, &path).expect("rename");
+        // The watcher thread polls too: whichever sees the move first applies it.
+        let deadline = std::time::Instant::now() + Duration::from_secs(3);
+        while sub.0.load(Ordering::Relaxed) == 0 && std::time::Instant::now() < deadline {
+            m.poll_files();
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(sub.0.load(Ordering::Relaxed), 1);
+        assert_ne!(*slot.get().expect("value"), *first);
+        // A broken file is rejected: the last good secret stays.
+        let current = slot.get().expect("value");
+        std::fs::write(&tmp, "resources: [").expect("write");
+        std::fs::rename(&tmp, &path).expect("rename");
+        m.poll_files();
+        std::thread::sleep(FILE_POLL * 2);
+        assert_eq!(*slot.get().expect("value"), *current);
+        assert_eq!(sub.0.load(Ordering::Relaxed), 1);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
