@@ -536,7 +536,8 @@ fn file_sds_rotation_like_envoy() {
     );
 }
 
-/// A listener naming a static secret that does not exist is refused by both.
+/// A listener naming a static secret that does not exist is refused by both,
+/// at start and by the validators.
 #[test]
 fn unknown_static_secret_refused_like_envoy() {
     let tmp = TempDir::new("sds-unknown");
@@ -569,4 +570,16 @@ fn unknown_static_secret_refused_like_envoy() {
     let (e, l) = (String::from_utf8_lossy(&envoy.stderr), String::from_utf8_lossy(&legate.stderr));
     assert!(!envoy.status.success() && e.contains("Unknown static secret: nope"), "envoy: {e}");
     assert!(!legate.status.success() && l.contains("Unknown static secret: nope"), "legate: {l}");
+    // The validators agree too (exit 1, invalid).
+    let envoy = Command::new(envoy_bin())
+        .arg("-c")
+        .arg(&f)
+        .args(["--mode", "validate", "--base-id", &base_id(), "-l", "critical"])
+        .output()
+        .expect("envoy");
+    let legate = Command::new(LEGATE).args(["validate", "-c"]).arg(&f).output().expect("legate");
+    let out = String::from_utf8_lossy(&legate.stdout).to_string() + &String::from_utf8_lossy(&legate.stderr);
+    assert_eq!(envoy.status.code(), Some(1));
+    assert_eq!(legate.status.code(), Some(1), "{out}");
+    assert!(out.contains("tls_certificate_sds_secret_configs[0]: Unknown static secret: nope"), "{out}");
 }
