@@ -232,7 +232,7 @@ fn attach(who: &'static str, node: &'static str, cp: &ControlPlane, delta: bool,
 
 /// A cluster to `port` verifying its server with the ADS secret `ca`, and a
 /// plain listener on `plain` routing to it, for one node.
-fn upstream_docs(who: &str, node: &str, port: u16, plain: u16) -> String {
+fn upstream_docs(who: &str, node: &str, port: u16, plain: u16, ca: &str) -> String {
     format!(
         r#"kind: Cluster
 metadata: {{ name: up-{who}, nodes: {{ ids: [{node}] }} }}
@@ -247,7 +247,7 @@ spec:
       "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext
       sni: a.example.com
       common_tls_context:
-        validation_context_sds_secret_config: {{ name: ca, sds_config: {{ ads: {{}}, resource_api_version: V3 }} }}
+        validation_context_sds_secret_config: {{ name: {ca}, sds_config: {{ ads: {{}}, resource_api_version: V3 }} }}
 ---
 kind: Listener
 metadata: {{ name: plain-{who}, nodes: {{ ids: [{node}] }} }}
@@ -371,7 +371,7 @@ fn sds_over_ads_to_envoy_and_legate() {
     // A cluster whose CA comes over ADS warms until it arrives (requests to
     // it meanwhile: 503, as to a cluster that does not exist), then carries
     // requests to the TLS listener, verified with that CA.
-    let docs: Vec<String> = proxies.iter().map(|p| upstream_docs(p.who, p.node, p.port, p.plain)).collect();
+    let docs: Vec<String> = proxies.iter().map(|p| upstream_docs(p.who, p.node, p.port, p.plain, "ca")).collect();
     cp.apply(dir, &docs.join("---\n"));
     let mut waiting = Vec::new();
     for p in &proxies {
@@ -385,10 +385,13 @@ fn sds_over_ads_to_envoy_and_legate() {
     }
     assert_eq!(waiting, vec![503; 3], "requests to a warming cluster (Envoy, Legate, Legate delta)");
     let ca = &certs["ca"].0;
-    cp.apply(
-        dir,
-        &format!("kind: Secret\nmetadata: {{ name: ca }}\nspec:\n  name: ca\n  validation_context:\n    trusted_ca: {{ inline_string: {} }}\n", quoted(ca)),
-    );
+    let ca_doc = |name: &str| {
+        format!(
+            "kind: Secret\nmetadata: {{ name: {name} }}\nspec:\n  name: {name}\n  validation_context:\n    trusted_ca: {{ inline_string: {} }}\n",
+            quoted(ca)
+        )
+    };
+    cp.apply(dir, &ca_doc("ca"));
     for p in &proxies {
         let r = wait_for(&format!("{}: the TLS cluster in service", p.who), Duration::from_secs(10), || {
             http_get(addr(p.plain), "/", "x").ok().filter(|r| r.status == 200)
@@ -396,5 +399,25 @@ fn sds_over_ads_to_envoy_and_legate() {
         assert_eq!(r.body, format!("hello-tls-{}", p.who), "{}", p.who);
         assert_eq!(stat(p.admin, "cluster_manager.warming_clusters"), Some(0), "{}", p.who);
         assert!(stat(p.admin, &format!("cluster.up-{}.ssl.handshake", p.who)).unwrap_or(0) >= 1, "{}", p.who);
+    }
+
+    // The cluster changed to a CA secret not published yet: the new version
+    // warms while the old one keeps serving; then the new one takes over.
+    let docs: Vec<String> = proxies.iter().map(|p| upstream_docs(p.who, p.node, p.port, p.plain, "ca2")).collect();
+    cp.apply(dir, &docs.join("---\n"));
+    for p in &proxies {
+        wait_for(&format!("{}: the new cluster version warming", p.who), Duration::from_secs(10), || {
+            (stat(p.admin, "cluster_manager.warming_clusters") == Some(1)).then_some(())
+        });
+        let r = http_get(addr(p.plain), "/", "x").expect("plain");
+        assert_eq!(r.status, 200, "{}: the old cluster serves while the new one warms", p.who);
+    }
+    cp.apply(dir, &ca_doc("ca2"));
+    for p in &proxies {
+        wait_for(&format!("{}: the new cluster version in service", p.who), Duration::from_secs(10), || {
+            (stat(p.admin, "cluster_manager.warming_clusters") == Some(0)).then_some(())
+        });
+        let r = http_get(addr(p.plain), "/", "x").expect("plain");
+        assert_eq!((r.status, r.body.as_str()), (200, format!("hello-tls-{}", p.who).as_str()), "{}", p.who);
     }
 }

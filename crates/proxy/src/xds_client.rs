@@ -269,10 +269,14 @@ impl Dynamic {
                 None => {
                     let fresh = Cluster::compile(&c, &shared.store, shared.options.concurrency, &shared.ctx.secrets)
                         .map_err(|e| format!("cluster '{}': {e}", c.name))?;
-                    if fresh.tls.as_ref().is_some_and(|t| !t.ready()) && !old_map.contains_key(&c.name) {
-                        // A new cluster warms until its TLS secrets arrive.
+                    if fresh.tls.as_ref().is_some_and(|t| !t.ready()) {
+                        // A cluster warms until its TLS secrets arrive; the
+                        // version it replaces, if any, serves meanwhile.
                         let since = self.warming_clusters.get(&c.name).map_or_else(Instant::now, |w| w.1);
                         warming.insert(c.name.clone(), (fresh, since));
+                        if let Some(old) = old_map.get(&c.name) {
+                            next.insert(c.name.clone(), old.clone());
+                        }
                         configs.insert(c.name.clone(), c);
                         continue;
                     }
@@ -387,8 +391,15 @@ impl Dynamic {
                 if c.outlier.is_some() {
                     tokio::spawn(crate::outlier::run(Arc::downgrade(&c)));
                 }
-                map.insert(name, c);
-                shared.store.counter("cluster_manager.cluster_added").inc();
+                let replaced = map.insert(name, c).is_some();
+                shared
+                    .store
+                    .counter(if replaced {
+                        "cluster_manager.cluster_modified"
+                    } else {
+                        "cluster_manager.cluster_added"
+                    })
+                    .inc();
             }
         }
         shared.store.gauge("cluster_manager.active_clusters").set(map.len() as i64);
