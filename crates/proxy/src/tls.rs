@@ -532,6 +532,8 @@ pub struct Dynamic<C> {
     current: ArcSwapOption<C>,
     info: ArcSwap<CertsInfo>,
     path: String,
+    /// Held while rebuilding (never by a handshake).
+    rebuilding: std::sync::Mutex<()>,
 }
 
 impl<C: Send + Sync + 'static> Dynamic<C> {
@@ -549,19 +551,24 @@ impl<C: Send + Sync + 'static> Dynamic<C> {
             current: ArcSwapOption::empty(),
             info: ArcSwap::from_pointee(CertsInfo::default()),
             path: path.to_string(),
+            rebuilding: std::sync::Mutex::new(()),
         });
-        // A config error with every secret present is the config's error.
-        me.rebuild()?;
+        // Subscribed before the first build, so no update falls in between.
         for slot in me.deps.all() {
             let weak: std::sync::Weak<Self> = Arc::downgrade(&me);
             slot.subscribe(weak);
         }
+        // A config error with every secret present is the config's error.
+        me.rebuild()?;
         let weak: std::sync::Weak<Self> = Arc::downgrade(&me);
         secrets.register(weak);
         Ok(me)
     }
 
     fn rebuild(&self) -> Result<(), TlsError> {
+        // Secrets change on the main thread (ADS) and the file watcher: one
+        // rebuild at a time, so an older build never replaces a newer one.
+        let _one = self.rebuilding.lock().unwrap_or_else(|e| e.into_inner());
         let Some(flat) = flatten(&self.common, &self.deps, &self.path)? else { return Ok(()) };
         let cfg = (self.build)(&flat)?;
         self.info.store(Arc::new(certs_info(&flat)));
