@@ -295,6 +295,13 @@ fn sds_over_ads_to_envoy_and_legate() {
         assert!(Conn::try_open(p.port).is_none(), "{}: a warming listener must not serve", p.who);
     }
 
+    // A secret whose PEM does not read is refused at apply, with its field.
+    let bad = dir.join("bad-secret.yaml");
+    std::fs::write(&bad, secret_doc("server", &("not a certificate".into(), certs["a1"].1.clone(), vec![])))
+        .expect("write");
+    let (ok, out) = cp.ctl(&["apply", "-f", bad.to_str().expect("path")]);
+    assert!(!ok && out.contains("spec.tls_certificate.certificate_chain"), "{out}");
+
     // The secret arrives: every listener serves a1.
     cp.apply(dir, &secret_doc("server", &certs["a1"]));
     let mut held = Vec::new();

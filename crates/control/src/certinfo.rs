@@ -71,6 +71,44 @@ pub fn certificates(any: &Any) -> Vec<Value> {
     }
 }
 
+/// The first problem with the inline PEM of a `Secret`: (field path, reason).
+/// Files are not checked: they live where the proxies run.
+pub fn check(any: &Any) -> Option<(String, String)> {
+    use rustls::pki_types::PrivateKeyDer;
+    let s = Secret::decode(any.value.as_slice()).ok()?;
+    let inline = |ds: &Option<DataSource>| -> Option<Vec<u8>> {
+        match ds.as_ref()?.specifier.as_ref()? {
+            Specifier::InlineString(s) => Some(s.clone().into_bytes()),
+            Specifier::InlineBytes(b) => Some(b.clone()),
+            _ => None,
+        }
+    };
+    let certs_ok = |pem: &[u8]| {
+        let ders: Vec<_> = CertificateDer::pem_slice_iter(pem).collect();
+        !ders.is_empty()
+            && ders.iter().all(|d| d.as_ref().is_ok_and(|d| x509_parser::parse_x509_certificate(d.as_ref()).is_ok()))
+    };
+    let bad = |field: &str, what: &str| Some((format!("spec.{field}"), format!("{what} cannot be read from its PEM")));
+    match &s.r#type {
+        Some(secret::Type::TlsCertificate(t)) => {
+            if inline(&t.certificate_chain).is_some_and(|pem| !certs_ok(&pem)) {
+                return bad("tls_certificate.certificate_chain", "the certificate chain");
+            }
+            if inline(&t.private_key).is_some_and(|pem| PrivateKeyDer::from_pem_slice(&pem).is_err()) {
+                return bad("tls_certificate.private_key", "the private key");
+            }
+            None
+        }
+        Some(secret::Type::ValidationContext(v)) => {
+            if inline(&v.trusted_ca).is_some_and(|pem| !certs_ok(&pem)) {
+                return bad("validation_context.trusted_ca", "the CA certificate");
+            }
+            None
+        }
+        _ => None,
+    }
+}
+
 /// The earliest expiry among a secret's certificates (RFC 3339), if any.
 pub fn earliest_expiry(certs: &[Value]) -> Option<String> {
     certs.iter().filter_map(|c| c["expiration_time"].as_str()).min().map(str::to_string)
