@@ -440,6 +440,20 @@ fn static_secrets_served_like_envoy() {
     let dumps: Vec<Value> = sides.iter().map(Side::secrets_dump).collect();
     assert_eq!(dumps[0], dumps[1], "SecretsConfigDump: Envoy vs Legate");
     assert!(dumps[1].to_string().contains("[redacted]"), "{}", dumps[1]);
+    // No private key, nor where one is, anywhere in either config dump; the
+    // bootstrap's secrets read the same.
+    let boots: Vec<Value> = sides
+        .iter()
+        .map(|s| {
+            let body = http_get(addr(s.admin), "/config_dump", "admin").expect("config_dump").body;
+            for leak in ["PRIVATE KEY", "a1.key", "client.key"] {
+                assert!(!body.contains(leak), "{}: /config_dump shows {leak}", s.who);
+            }
+            let v: Value = serde_json::from_str(&body).expect("json");
+            v["configs"][0]["bootstrap"]["static_resources"]["secrets"].clone()
+        })
+        .collect();
+    assert_eq!(boots[0], boots[1], "bootstrap secrets in /config_dump: Envoy vs Legate");
 }
 
 /// A certificate from an SDS file, replaced by moving a new file into place:

@@ -134,7 +134,7 @@ fn handle(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>> {
         "/certs" => json_reply(certs(shared)),
         "/clusters" => clusters(shared, query),
         "/listeners" => listeners(shared, query),
-        "/config_dump" => json_reply(config_dump(shared)),
+        "/config_dump" => json_reply(redacted(config_dump(shared))),
         "/healthcheck/fail" => {
             shared.healthy.store(false, Ordering::Relaxed);
             text("OK\n")
@@ -570,6 +570,40 @@ fn config_dump(shared: &Shared) -> serde_json::Value {
             secrets_dump(shared),
         ]
     })
+}
+
+/// Hides what Envoy's API marks sensitive (a TLS certificate's `private_key`
+/// and `password`) wherever it appears, as Envoy's dumps do: the value's
+/// string becomes `[redacted]` (base64 of it for bytes).
+fn redacted(mut v: serde_json::Value) -> serde_json::Value {
+    fn walk(v: &mut serde_json::Value, depth: usize) {
+        if depth > 64 {
+            return;
+        }
+        match v {
+            serde_json::Value::Object(o) => {
+                for (k, child) in o.iter_mut() {
+                    if k == "private_key" || k == "password" {
+                        if let Some(ds) = child.as_object_mut() {
+                            for (kind, val) in ds.iter_mut() {
+                                *val = match kind.as_str() {
+                                    "inline_bytes" => json!("W3JlZGFjdGVkXQ=="),
+                                    "filename" | "inline_string" | "environment_variable" => json!("[redacted]"),
+                                    _ => continue,
+                                };
+                            }
+                        }
+                        continue;
+                    }
+                    walk(child, depth + 1);
+                }
+            }
+            serde_json::Value::Array(a) => a.iter_mut().for_each(|c| walk(c, depth + 1)),
+            _ => {}
+        }
+    }
+    walk(&mut v, 0);
+    v
 }
 
 /// Envoy's `SecretsConfigDump`: static secrets as configured, secrets from
