@@ -427,4 +427,29 @@ fn sds_over_ads_to_envoy_and_legate() {
         let r = http_get(addr(p.plain), "/", "x").expect("plain");
         assert_eq!((r.status, r.body.as_str()), (200, format!("hello-tls-{}", p.who).as_str()), "{}", p.who);
     }
+
+    // A secret that never comes, with a 1 s initial_fetch_timeout: the
+    // listener stops warming after it and refuses TLS connections.
+    let ports: Vec<u16> = proxies.iter().map(|_| free_port()).collect();
+    let docs: Vec<String> = proxies
+        .iter()
+        .zip(&ports)
+        .map(|(p, port)| {
+            listener_doc(&format!("never-{}", p.who), p.node, *port, "never")
+                .replace("resource_api_version: V3 }", "resource_api_version: V3, initial_fetch_timeout: 1s }")
+        })
+        .collect();
+    assert!(docs[0].contains("initial_fetch_timeout: 1s"), "{}", docs[0]);
+    cp.apply(dir, &docs.join("---\n"));
+    for (p, port) in proxies.iter().zip(&ports) {
+        wait_for(&format!("{}: the listener done warming without its secret", p.who), Duration::from_secs(10), || {
+            (stat(p.admin, "listener_manager.total_listeners_active") == Some(3)
+                && stat(p.admin, "listener_manager.total_listeners_warming") == Some(0))
+            .then_some(())
+        });
+        wait_for(&format!("{}: the listener bound", p.who), Duration::from_secs(5), || {
+            TcpStream::connect(("127.0.0.1", *port)).ok()
+        });
+        assert!(Conn::try_open(*port).is_none(), "{}: no certificate, no handshake", p.who);
+    }
 }

@@ -148,9 +148,10 @@ impl ListenerConfig {
     }
 
     /// The HTTP connection managers of this listener's chains.
-    /// Every TLS context of its chains has its secrets (a listener warms until then).
+    /// Every TLS context of its chains has its secrets, or stopped waiting
+    /// for them (a listener warms until then).
     pub fn tls_ready(&self) -> bool {
-        self.chains.iter().chain(self.default_chain.iter()).all(|c| c.tls.as_ref().is_none_or(|t| t.ready()))
+        self.chains.iter().chain(self.default_chain.iter()).all(|c| c.tls.as_ref().is_none_or(|t| t.settled()))
     }
 
     pub fn hcms(&self) -> impl Iterator<Item = &Arc<Hcm>> {

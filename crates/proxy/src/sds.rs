@@ -47,6 +47,11 @@ pub struct SecretSlot {
     pub name: String,
     pub source: Source,
     value: ArcSwapOption<Secret>,
+    /// When it was first asked for, and how long a context waits for it
+    /// (`sds_config.initial_fetch_timeout`, 15 s by default, 0: no limit)
+    /// before it warms up without it, as Envoy's init manager does.
+    asked: std::time::Instant,
+    initial_fetch_timeout: Duration,
     /// The xDS version (empty for files) and when the value last changed,
     /// for `/config_dump`.
     updated: Mutex<(String, chrono::DateTime<chrono::Utc>)>,
@@ -54,11 +59,13 @@ pub struct SecretSlot {
 }
 
 impl SecretSlot {
-    fn new(name: &str, source: Source) -> Self {
+    fn new(name: &str, source: Source, initial_fetch_timeout: Duration) -> Self {
         Self {
             name: name.to_string(),
             source,
             value: ArcSwapOption::empty(),
+            asked: std::time::Instant::now(),
+            initial_fetch_timeout,
             updated: Mutex::new((String::new(), chrono::Utc::now())),
             subscribers: Mutex::new(Vec::new()),
         }
@@ -67,6 +74,13 @@ impl SecretSlot {
     /// The secret, when it has arrived.
     pub fn get(&self) -> Option<Arc<Secret>> {
         self.value.load_full()
+    }
+
+    /// It arrived, or waiting for it has timed out (what lets a listener or
+    /// cluster finish warming).
+    pub fn settled(&self) -> bool {
+        self.value.load().is_some()
+            || (!self.initial_fetch_timeout.is_zero() && self.asked.elapsed() >= self.initial_fetch_timeout)
     }
 
     /// (version, last updated).
@@ -146,7 +160,7 @@ impl SecretManager {
         let statics = statics
             .iter()
             .map(|s| {
-                let slot = SecretSlot::new(&s.name, Source::Static);
+                let slot = SecretSlot::new(&s.name, Source::Static, Duration::ZERO);
                 slot.value.store(Some(Arc::new(s.clone())));
                 (s.name.clone(), Arc::new(slot))
             })
@@ -185,7 +199,11 @@ impl SecretManager {
         if let Some(slot) = dynamic.get(&key).and_then(Weak::upgrade) {
             return Ok(slot);
         }
-        let slot = Arc::new(SecretSlot::new(&cfg.name, source.clone()));
+        let timeout = cs
+            .initial_fetch_timeout
+            .as_ref()
+            .map_or(Duration::from_secs(15), |d| Duration::new(d.seconds.max(0) as u64, d.nanos.max(0) as u32));
+        let slot = Arc::new(SecretSlot::new(&cfg.name, source.clone(), timeout));
         if let Some(store) = &self.stats {
             // Envoy creates a subscription's counters with it.
             for c in ["update_attempt", "update_success", "update_rejected", "update_failure"] {

@@ -585,6 +585,13 @@ impl<C: Send + Sync + 'static> Dynamic<C> {
     pub fn ready(&self) -> bool {
         self.current.load().is_some()
     }
+
+    /// Nothing more to wait for: every secret arrived or its initial fetch
+    /// timed out (a listener or cluster then warms up, as in Envoy, and a
+    /// context still without its secrets refuses connections).
+    pub fn settled(&self) -> bool {
+        self.ready() || self.deps.all().all(|s| s.settled())
+    }
 }
 
 impl<C: Send + Sync + 'static> crate::sds::Subscriber for Dynamic<C> {
@@ -762,6 +769,11 @@ impl UpstreamTls {
     /// Every secret it names is there.
     pub fn ready(&self) -> bool {
         self.config.ready()
+    }
+
+    /// Every secret it names arrived or timed out.
+    pub fn settled(&self) -> bool {
+        self.config.settled()
     }
 }
 

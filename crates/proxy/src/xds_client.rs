@@ -369,7 +369,7 @@ impl Dynamic {
             .iter()
             .filter(|(_, (c, since))| {
                 let endpoints = c.discovery != Discovery::Eds || self.assignments.contains_key(&c.eds_service_name);
-                let secrets = c.tls.as_ref().is_none_or(|t| t.ready());
+                let secrets = c.tls.as_ref().is_none_or(|t| t.settled());
                 (endpoints && secrets) || timeout.is_some_and(|t| since.elapsed() >= t)
             })
             .map(|(n, _)| n.clone())
