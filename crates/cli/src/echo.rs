@@ -1,6 +1,7 @@
 //! A sample upstream for the demo, the tests and the benchmark. It answers
 //! every request with 200 and a JSON echo of what it received, and names
-//! itself in `x-upstream`. `/status/NNN` answers NNN; `/delay/MS` waits first (anywhere in the path).
+//! itself in `x-upstream`. `/status/NNN` answers NNN; `/delay/MS` waits first; `/slow-body/MS`
+//! sends its headers at once and the end of its body MS later (anywhere in the path).
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -31,6 +32,10 @@ pub struct EchoArgs {
     /// What `grpc.health.v1.Health/Check` answers: SERVING or NOT_SERVING.
     #[arg(long, default_value = "SERVING")]
     pub grpc_health: String,
+    /// Speak HTTP/2 only and refuse every stream (RST_STREAM REFUSED_STREAM):
+    /// an overloaded upstream, for `retry_on: refused-stream` tests.
+    #[arg(long)]
+    pub refuse_h2_streams: bool,
 }
 
 pub fn run(args: EchoArgs) -> anyhow::Result<()> {
@@ -43,6 +48,9 @@ pub fn run(args: EchoArgs) -> anyhow::Result<()> {
 }
 
 pub async fn serve(listener: tokio::net::TcpListener, args: Arc<EchoArgs>) {
+    if args.refuse_h2_streams {
+        return refuse_streams(listener).await;
+    }
     loop {
         let Ok((stream, peer)) = listener.accept().await else { continue };
         let _ = stream.set_nodelay(true);
@@ -53,6 +61,9 @@ pub async fn serve(listener: tokio::net::TcpListener, args: Arc<EchoArgs>) {
                 async move {
                     if req.uri().path() == "/grpc.health.v1.Health/Check" {
                         return Ok::<_, Infallible>(grpc_health(&args));
+                    }
+                    if let Some(ms) = slow_body_ms(req.uri().path()) {
+                        return Ok::<_, Infallible>(slow_body(&args, ms));
                     }
                     Ok::<_, Infallible>(respond(&args, peer, req).await.map(|b| b.map_err(|e| match e {}).boxed()))
                 }
@@ -81,6 +92,32 @@ fn grpc_health(args: &EchoArgs) -> hyper::Response<EchoBody> {
     let body = http_body_util::StreamBody::new(tokio_stream::iter(frames)).boxed();
     let mut resp = hyper::Response::new(body);
     resp.headers_mut().insert("content-type", http::HeaderValue::from_static("application/grpc"));
+    resp
+}
+
+/// `/slow-body/MS` anywhere in the path: the answer's headers and a first
+/// chunk at once, the rest of the body MS milliseconds later.
+fn slow_body_ms(path: &str) -> Option<u64> {
+    let mut parts = path.split('/');
+    parts.by_ref().find(|p| *p == "slow-body")?;
+    parts.next()?.parse().ok()
+}
+
+fn slow_body(args: &EchoArgs, ms: u64) -> hyper::Response<EchoBody> {
+    let wait = std::time::Duration::from_millis(ms.min(60_000));
+    let chunks = tokio_stream::StreamExt::then(
+        tokio_stream::iter([("first ", false), ("last\n", true)]),
+        move |(c, late)| async move {
+            if late {
+                tokio::time::sleep(wait).await;
+            }
+            Ok::<_, Infallible>(hyper::body::Frame::data(Bytes::from_static(c.as_bytes())))
+        },
+    );
+    let mut resp = hyper::Response::new(http_body_util::StreamBody::new(chunks).boxed());
+    if let Ok(v) = http::HeaderValue::from_str(&args.name) {
+        resp.headers_mut().insert("x-upstream", v);
+    }
     resp
 }
 
@@ -135,4 +172,19 @@ async fn respond(args: &EchoArgs, peer: SocketAddr, req: hyper::Request<Incoming
         resp.headers_mut().insert("x-upstream", v);
     }
     resp
+}
+
+/// An HTTP/2 server that refuses every stream it is sent, and counts them
+/// in its `x-upstream`-less way: one line on stdout per refusal.
+async fn refuse_streams(listener: tokio::net::TcpListener) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else { continue };
+        tokio::spawn(async move {
+            let Ok(mut conn) = h2::server::handshake(stream).await else { return };
+            while let Some(Ok((_req, mut respond))) = conn.accept().await {
+                respond.send_reset(h2::Reason::REFUSED_STREAM);
+                println!("refused");
+            }
+        });
+    }
 }

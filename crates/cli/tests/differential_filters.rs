@@ -214,7 +214,7 @@ fn stats_matching(admin: u16, needle: &str) -> BTreeMap<String, i64> {
 }
 
 /// A request whose response body is read as bytes and, when it says
-/// `content-encoding: gzip` or `br`, decompressed (`x-test-decoded: true` then).
+/// `content-encoding: gzip`, `br` or `zstd`, decompressed (`x-test-decoded: true` then).
 fn send_decoding(port: u16, r: &Req) -> Resp {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(addr(port)).expect("connect");
@@ -247,6 +247,9 @@ fn send_decoding(port: u16, r: &Req) -> Resp {
         }
         Some("br") => {
             brotli::Decompressor::new(body.as_slice(), 4096).read_to_end(&mut out).expect("a valid brotli body");
+        }
+        Some("zstd") => {
+            out = zstd::stream::decode_all(body.as_slice()).expect("a valid zstd body");
         }
         _ => {}
     }
@@ -544,5 +547,35 @@ fn brotli_compressor() {
     same_compressor_stats(&pair);
     let r = send_decoding(pair.legate, &get("/json").header("accept-encoding", "br"));
     assert_eq!(r.header("content-encoding"), Some("br"));
+    assert!(r.header("x-test-decoded").is_some(), "Legate compressed nothing");
+}
+
+#[test]
+fn zstd_compressor() {
+    let filters = r#"          - name: envoy.filters.http.compressor
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.compressor.v3.Compressor
+              compressor_library:
+                name: zs
+                typed_config:
+                  "@type": type.googleapis.com/envoy.extensions.compression.zstd.compressor.v3.Zstd
+                  compression_level: 5
+                  enable_checksum: true
+                  strategy: lazy2
+"#;
+    let t = filtered(filters, &one_vhost("              - { match: { prefix: \"/\" }, route: { cluster: echo } }\n"));
+    let pair = start_pair("zstd", &t, &["a"]);
+    let requests = [
+        get("/json").header("accept-encoding", "zstd"),
+        get("/json").header("accept-encoding", "gzip, br"),
+        get("/json").header("accept-encoding", "gzip, zstd;q=0.5"),
+        get("/json").header("accept-encoding", "zstd;q=0.5, identity"),
+        get("/json").header("accept-encoding", "*"),
+        get("/json"),
+    ];
+    compare_decoded(&pair, &requests);
+    same_compressor_stats(&pair);
+    let r = send_decoding(pair.legate, &get("/json").header("accept-encoding", "zstd"));
+    assert_eq!(r.header("content-encoding"), Some("zstd"));
     assert!(r.header("x-test-decoded").is_some(), "Legate compressed nothing");
 }

@@ -5,6 +5,7 @@
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
+use std::future::Future as _;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::task::{Context, Poll};
@@ -26,6 +27,7 @@ pin_project_lite::pin_project! {
 pub enum Encoder {
     Gzip(flate2::write::GzEncoder<Vec<u8>>),
     Brotli(Box<brotli::CompressorWriter<Vec<u8>>>),
+    Zstd(Box<zstd::stream::write::Encoder<'static, Vec<u8>>>),
 }
 
 impl Encoder {
@@ -38,12 +40,36 @@ impl Encoder {
         Self::Brotli(Box::new(brotli::CompressorWriter::new(Vec::new(), 4096, quality, window_bits)))
     }
 
+    /// `level` 1-22 (Envoy's default 3), a content checksum, and a
+    /// strategy (0 leaves zstd's choice). `None` if zstd refuses the settings.
+    pub fn zstd(level: i32, checksum: bool, strategy: u32) -> Option<Self> {
+        use zstd::stream::raw::CParameter;
+        let mut e = zstd::stream::write::Encoder::new(Vec::new(), level).ok()?;
+        e.include_checksum(checksum).ok()?;
+        if strategy != 0 {
+            let s = match strategy {
+                1 => zstd::zstd_safe::Strategy::ZSTD_fast,
+                2 => zstd::zstd_safe::Strategy::ZSTD_dfast,
+                3 => zstd::zstd_safe::Strategy::ZSTD_greedy,
+                4 => zstd::zstd_safe::Strategy::ZSTD_lazy,
+                5 => zstd::zstd_safe::Strategy::ZSTD_lazy2,
+                6 => zstd::zstd_safe::Strategy::ZSTD_btlazy2,
+                7 => zstd::zstd_safe::Strategy::ZSTD_btopt,
+                8 => zstd::zstd_safe::Strategy::ZSTD_btultra,
+                _ => zstd::zstd_safe::Strategy::ZSTD_btultra2,
+            };
+            e.set_parameter(CParameter::Strategy(s)).ok()?;
+        }
+        Some(Self::Zstd(Box::new(e)))
+    }
+
     fn write(&mut self, data: &[u8]) {
         use std::io::Write as _;
         // Writing into a Vec cannot fail.
         let _ = match self {
             Self::Gzip(e) => e.write_all(data),
             Self::Brotli(e) => e.write_all(data),
+            Self::Zstd(e) => e.write_all(data),
         };
     }
 
@@ -51,6 +77,7 @@ impl Encoder {
         match self {
             Self::Gzip(e) => e.get_mut(),
             Self::Brotli(e) => e.get_mut(),
+            Self::Zstd(e) => e.get_mut(),
         }
     }
 
@@ -58,6 +85,7 @@ impl Encoder {
         match self {
             Self::Gzip(e) => e.finish().unwrap_or_default(),
             Self::Brotli(e) => e.into_inner(),
+            Self::Zstd(e) => e.finish().unwrap_or_default(),
         }
     }
 }
@@ -248,6 +276,9 @@ pin_project_lite::pin_project! {
         sent: u64,
         done: bool,
         finish: Option<Box<dyn Finish>>,
+        // The cluster's `max_stream_duration`, when the response is still
+        // streaming at that moment: the stream is reset and counted.
+        deadline: Option<(Pin<Box<tokio::time::Sleep>>, std::sync::Arc<crate::stats::Counter>)>,
     }
     impl PinnedDrop for TrackedBody {
         fn drop(this: Pin<&mut Self>) {
@@ -264,16 +295,34 @@ pin_project_lite::pin_project! {
 
 impl TrackedBody {
     pub fn new(inner: ProxyBody, finish: Option<Box<dyn Finish>>) -> Self {
-        Self { inner, sent: 0, done: false, finish }
+        Self { inner, sent: 0, done: false, finish, deadline: None }
+    }
+
+    /// Resets the stream if it has not ended by `at` (counting it in `reached`).
+    pub fn with_deadline(mut self, at: tokio::time::Instant, reached: std::sync::Arc<crate::stats::Counter>) -> Self {
+        self.deadline = Some((Box::pin(tokio::time::sleep_until(at)), reached));
+        self
     }
 }
 
+/// Why a response stream was cut short.
+#[derive(Debug, thiserror::Error)]
+#[error("upstream max stream duration reached")]
+pub struct MaxDurationReached;
+
 impl Body for TrackedBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = self.project();
+        if let Some((sleep, reached)) = this.deadline.as_mut() {
+            if sleep.as_mut().poll(cx).is_ready() {
+                reached.inc();
+                *this.deadline = None;
+                return Poll::Ready(Some(Err(Box::new(MaxDurationReached))));
+            }
+        }
         let r = this.inner.poll_frame(cx);
         match &r {
             Poll::Ready(Some(Ok(f))) => {
@@ -284,7 +333,7 @@ impl Body for TrackedBody {
             Poll::Ready(None) => *this.done = true,
             _ => {}
         }
-        r
+        r.map(|o| o.map(|x| x.map_err(Into::into)))
     }
 
     fn is_end_stream(&self) -> bool {

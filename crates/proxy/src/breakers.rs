@@ -89,6 +89,9 @@ pub struct Thresholds {
     pub pending: Arc<Resource>,
     pub requests: Arc<Resource>,
     pub retries: Arc<Resource>,
+    /// `max_connection_pools` (unlimited by default): a pool is a worker's
+    /// connections to one host, and exists while it has any.
+    pub connection_pools: Arc<Resource>,
     /// `retry_budget`: (percent of active and pending requests, minimum
     /// concurrency); replaces `max_retries` when set.
     pub retry_budget: Option<(f64, u64)>,
@@ -144,6 +147,11 @@ impl CircuitBreakers {
                     "rq_retry_open",
                     "remaining_retries",
                 ),
+                connection_pools: res(
+                    value(t.and_then(|t| t.max_connection_pools.map(|v| v.value)), u64::from(u32::MAX)),
+                    "cx_pool_open",
+                    "remaining_cx_pools",
+                ),
                 retry_budget: t.and_then(|t| t.retry_budget.as_ref()).map(|b| {
                     (
                         b.budget_percent.as_ref().map_or(20.0, |p| p.value),
@@ -152,12 +160,6 @@ impl CircuitBreakers {
                 }),
             }
         };
-        // Envoy also keeps a connection-pool gauge per priority; pools are
-        // not limited here (max_connection_pools is not supported), so it
-        // stays closed.
-        for name in ["default", "high"] {
-            store.gauge(&format!("cluster.{cluster}.circuit_breakers.{name}.cx_pool_open"));
-        }
         Self { default: build(RoutingPriority::Default, "default"), high: build(RoutingPriority::High, "high") }
     }
 }

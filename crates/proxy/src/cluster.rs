@@ -84,6 +84,9 @@ pub struct Host {
     pub od_interval_ok: AtomicU64,
     /// Consecutive local-origin failures (split mode).
     pub od_local: std::sync::atomic::AtomicU32,
+    /// When the host last became healthy (Envoy's last HC pass time), on
+    /// `upstream::clock_ms`; 0 until then. Slow start counts from it.
+    pub healthy_since: AtomicU64,
 }
 
 impl Host {
@@ -125,7 +128,66 @@ impl Host {
             od_interval_rq: AtomicU64::new(0),
             od_interval_ok: AtomicU64::new(0),
             od_local: Default::default(),
+            healthy_since: AtomicU64::new(0),
         }
+    }
+
+    /// Stamps the host as healthy from now (an active check's pass).
+    pub fn mark_healthy_now(&self) {
+        self.healthy_since.store(crate::upstream::clock_ms(), Relaxed);
+    }
+}
+
+/// `slow_start_config`: a host that became healthy less than `window_ms`
+/// ago gets its weight scaled by max(min_weight, (t / window)^(1/aggression)).
+#[derive(Debug, Clone, Copy)]
+pub struct SlowStart {
+    pub window_ms: u64,
+    pub aggression: f64,
+    pub min_weight: f64,
+}
+
+impl SlowStart {
+    pub fn compile(c: &legate_api::pb::envoy::config::cluster::v3::cluster::SlowStartConfig) -> Option<Self> {
+        Self::from_parts(c.slow_start_window.as_ref(), c.aggression.as_ref(), c.min_weight_percent.as_ref())
+    }
+
+    /// The same, from a `load_balancing_policy` extension's config.
+    pub fn compile_typed(
+        c: &legate_api::pb::envoy::extensions::load_balancing_policies::common::v3::SlowStartConfig,
+    ) -> Option<Self> {
+        Self::from_parts(c.slow_start_window.as_ref(), c.aggression.as_ref(), c.min_weight_percent.as_ref())
+    }
+
+    fn from_parts(
+        window: Option<&legate_api::pb::google::protobuf::Duration>,
+        aggression: Option<&legate_api::pb::envoy::config::core::v3::RuntimeDouble>,
+        min_weight: Option<&legate_api::pb::envoy::r#type::v3::Percent>,
+    ) -> Option<Self> {
+        let window_ms = window.map_or(0, |d| (d.seconds.max(0) as u64) * 1000 + (d.nanos.max(0) as u64) / 1_000_000);
+        let aggression = aggression.map_or(1.0, |a| a.default_value);
+        Some(Self {
+            window_ms,
+            // Envoy falls back to 1.0 for a value that is not positive.
+            aggression: if aggression > 0.0 && aggression.is_finite() { aggression } else { 1.0 },
+            min_weight: min_weight.map_or(10.0, |p| p.value) / 100.0,
+        })
+        .filter(|s| s.window_ms > 0)
+    }
+
+    /// A host's weight now: scaled while it is inside the window.
+    pub fn weight(&self, h: &Host, weight: f64, now_ms: u64) -> f64 {
+        let since = h.healthy_since.load(Relaxed);
+        if since == 0 || !h.hc_healthy.load(Relaxed) {
+            return weight;
+        }
+        let in_window = now_ms.saturating_sub(since);
+        if in_window >= self.window_ms {
+            return weight;
+        }
+        let t = in_window.max(1) as f64 / self.window_ms as f64;
+        let f = if self.aggression == 1.0 { t } else { t.powf(1.0 / self.aggression) };
+        weight * f.max(self.min_weight)
     }
 }
 
@@ -145,6 +207,8 @@ pub struct LbParams {
     /// `common_lb_config.locality_weighted_lb_config`: pick a locality by
     /// its weight (scaled by its availability), then a host in it.
     pub locality_weighted: bool,
+    /// ROUND_ROBIN / LEAST_REQUEST `slow_start_config`.
+    pub slow_start: Option<SlowStart>,
 }
 
 impl Default for LbParams {
@@ -156,6 +220,7 @@ impl Default for LbParams {
             choice_count: 2,
             active_request_bias: 1.0,
             locality_weighted: false,
+            slow_start: None,
         }
     }
 }
@@ -190,6 +255,9 @@ pub struct HostSet {
     /// Levels in priority order; only those with load > 0.
     pub levels: Vec<Level>,
     pub healthy: usize,
+    /// With slow start: until when (on `upstream::clock_ms`) some host may
+    /// still be in its window; weights are scaled before then.
+    pub slow_start_until: u64,
 }
 
 impl HostSet {
@@ -217,7 +285,7 @@ impl HostSet {
             })
             .collect();
         if tiers.is_empty() {
-            return Self { all, levels: vec![], healthy };
+            return Self { all, levels: vec![], healthy, slow_start_until: 0 };
         }
         let availability: Vec<u64> = tiers
             .iter()
@@ -269,7 +337,38 @@ impl HostSet {
                 Level { hosts, load, panic, equal_weights, table, localities }
             })
             .collect();
-        Self { all, levels, healthy }
+        // Slow start (Envoy's refresh): a host with no healthy time yet —
+        // no active checks, or none answered — starts its window now.
+        let slow_start_until = match params.slow_start {
+            None => 0,
+            Some(ss) => {
+                let now = crate::upstream::clock_ms();
+                let mut latest = 0;
+                for h in &all {
+                    let since = match h.healthy_since.load(Relaxed) {
+                        0 => {
+                            h.healthy_since.store(now, Relaxed);
+                            now
+                        }
+                        t => t,
+                    };
+                    if now.saturating_sub(since) <= ss.window_ms {
+                        latest = latest.max(since);
+                    }
+                }
+                if latest == 0 {
+                    0
+                } else {
+                    latest + ss.window_ms
+                }
+            }
+        };
+        Self { all, levels, healthy, slow_start_until }
+    }
+
+    /// Whether a host may still be in its slow-start window.
+    fn in_slow_start(&self) -> bool {
+        self.slow_start_until != 0 && crate::upstream::clock_ms() <= self.slow_start_until
     }
 
     /// The level a request goes to: by a draw in 1..=100 against the loads
@@ -343,6 +442,11 @@ pub struct ClusterStats {
     pub update_success: Arc<Counter>,
     pub upstream_rq_retry: Arc<Counter>,
     pub upstream_rq_retry_success: Arc<Counter>,
+    pub upstream_rq_retry_limit_exceeded: Arc<Counter>,
+    pub upstream_cx_idle_timeout: Arc<Counter>,
+    pub upstream_cx_max_requests: Arc<Counter>,
+    pub upstream_cx_pool_overflow: Arc<Counter>,
+    pub upstream_rq_max_duration_reached: Arc<Counter>,
     pub upstream_rq_pending_overflow: Arc<Counter>,
     pub upstream_rq_active_overflow: Arc<Counter>,
     pub upstream_cx_overflow: Arc<Counter>,
@@ -393,6 +497,11 @@ impl ClusterStats {
             update_success: c("update_success"),
             upstream_rq_retry: c("upstream_rq_retry"),
             upstream_rq_retry_success: c("upstream_rq_retry_success"),
+            upstream_rq_retry_limit_exceeded: c("upstream_rq_retry_limit_exceeded"),
+            upstream_cx_idle_timeout: c("upstream_cx_idle_timeout"),
+            upstream_cx_max_requests: c("upstream_cx_max_requests"),
+            upstream_cx_pool_overflow: c("upstream_cx_pool_overflow"),
+            upstream_rq_max_duration_reached: c("upstream_rq_max_duration_reached"),
             upstream_rq_pending_overflow: c("upstream_rq_pending_overflow"),
             upstream_rq_active_overflow: c("upstream_rq_active_overflow"),
             upstream_cx_overflow: c("upstream_cx_overflow"),
@@ -488,6 +597,8 @@ pub struct Cluster {
     pub stats: ClusterStats,
     pub breakers: crate::breakers::CircuitBreakers,
     pub pools: crate::upstream::Pools,
+    /// `common_http_protocol_options` for upstream connections.
+    pub conn_options: crate::upstream::ConnOptions,
     lb: Box<[Mutex<WorkerLb>]>,
     /// For DNS clusters: (hostname, port, weight, priority) to resolve.
     pub dns_targets: Vec<(String, u16, u32, Placement)>,
@@ -523,8 +634,17 @@ impl Cluster {
         let lb = crate::lb_config::LbChoice::compile(c)?;
         let lb_policy = lb.policy;
         let mut http2 = c.http2_protocol_options.is_some();
+        // The deprecated cluster-level fields first; the protocol options
+        // extension, when present, wins.
+        #[allow(deprecated)]
+        let mut common = c.common_http_protocol_options;
+        #[allow(deprecated)]
+        let legacy_max_requests = c.max_requests_per_connection.map(|v| v.value);
         if let Some(any) = c.typed_extension_protocol_options.get(HTTP_PROTOCOL_OPTIONS) {
             let opts: HttpProtocolOptions = legate_api::any::unpack(any)?;
+            if opts.common_http_protocol_options.is_some() {
+                common = opts.common_http_protocol_options;
+            }
             match &opts.upstream_protocol_options {
                 Some(http_protocol_options::UpstreamProtocolOptions::ExplicitHttpConfig(e)) => {
                     use http_protocol_options::explicit_http_config::ProtocolConfig;
@@ -536,6 +656,24 @@ impl Cluster {
                 None => {}
             }
         }
+        let conn_options = {
+            let d = crate::upstream::ConnOptions::default();
+            let common = common.as_ref();
+            crate::upstream::ConnOptions {
+                idle_timeout: match common.and_then(|o| o.idle_timeout.as_ref()) {
+                    Some(t) => Some(duration(&Some(*t), Duration::ZERO)).filter(|t| !t.is_zero()),
+                    None => d.idle_timeout,
+                },
+                max_requests: common
+                    .and_then(|o| o.max_requests_per_connection.map(|v| v.value))
+                    .or(legacy_max_requests)
+                    .filter(|n| *n > 0),
+                max_stream_duration: common
+                    .and_then(|o| o.max_stream_duration.as_ref())
+                    .map(|t| duration(&Some(*t), Duration::ZERO))
+                    .filter(|t| !t.is_zero()),
+            }
+        };
         let mut static_hosts = Vec::new();
         let mut dns_targets = Vec::new();
         if let Some(la) = &c.load_assignment {
@@ -578,6 +716,7 @@ impl Cluster {
             hashing: lb.hashing,
             choice_count: lb.choice_count,
             active_request_bias: lb.active_request_bias,
+            slow_start: lb.slow_start,
             locality_weighted: c.common_lb_config.as_ref().is_some_and(|l| {
                 matches!(
                     l.locality_config_specifier,
@@ -585,6 +724,9 @@ impl Cluster {
                 )
             }),
         };
+        if lb_params.locality_weighted && lb_params.slow_start.is_some() {
+            return Err("common_lb_config.locality_weighted_lb_config: not supported with slow_start_config".into());
+        }
         if lb_params.locality_weighted && lb_policy == LbPolicy::Hashing {
             return Err("common_lb_config.locality_weighted_lb_config: not supported with RING_HASH or MAGLEV".into());
         }
@@ -619,6 +761,7 @@ impl Cluster {
             breakers: crate::breakers::CircuitBreakers::compile(c.circuit_breakers.as_ref(), store, &c.name),
             stats,
             pools: crate::upstream::Pools::new(workers),
+            conn_options,
             lb: (0..=workers).map(|_| Mutex::new(WorkerLb::default())).collect(),
             dns_targets,
             dns_refresh: duration(&c.dns_refresh_rate, Duration::from_secs(5)),
@@ -751,7 +894,7 @@ impl Cluster {
                 level.table.as_ref()?.lookup(h).and_then(|i| hosts.get(i)).cloned()
             }
             LbPolicy::Random => Some(hosts[rand::random_range(0..hosts.len())].clone()),
-            LbPolicy::LeastRequest if level.equal_weights => {
+            LbPolicy::LeastRequest if level.equal_weights && !set.in_slow_start() => {
                 // `choice_count` random samples; the one with the fewest
                 // active requests wins (the earlier sample on a tie).
                 let mut best = &hosts[rand::random_range(0..hosts.len())];
@@ -768,15 +911,21 @@ impl Cluster {
                 // weight, taken each time it is scheduled again, is
                 // weight / (active requests + 1)^active_request_bias.
                 let bias = self.lb_params.active_request_bias;
+                let slow = self.lb_params.slow_start.filter(|_| set.in_slow_start());
+                let now = if slow.is_some() { crate::upstream::clock_ms() } else { 0 };
                 let effective = |h: &Host| {
                     let active = h.rq_active.load(Relaxed) as f64 + 1.0;
                     let w = h.weight as f64;
-                    if bias == 1.0 {
+                    let w = if bias == 1.0 {
                         w / active
                     } else if bias == 0.0 {
                         w
                     } else {
                         w / active.powf(bias)
+                    };
+                    match &slow {
+                        Some(ss) => ss.weight(h, w, now),
+                        None => w,
                     }
                 };
                 let mut st = self.worker_lb(&set);
@@ -797,24 +946,32 @@ impl Cluster {
                 Some(host)
             }
             LbPolicy::RoundRobin => {
+                let slow = self.lb_params.slow_start.filter(|_| set.in_slow_start());
                 let mut st = self.worker_lb(&set);
-                if level.equal_weights {
+                if level.equal_weights && slow.is_none() {
                     let i = st.rr_next[li] % hosts.len();
                     st.rr_next[li] = st.rr_next[li].wrapping_add(1);
                     return Some(hosts[i].clone());
                 }
+                // Weights differ, or slow start scales them: each host's
+                // weight is taken when it is scheduled (again), as in Envoy.
+                let now = if slow.is_some() { crate::upstream::clock_ms() } else { 0 };
+                let weight = |h: &Host| match &slow {
+                    Some(ss) => ss.weight(h, h.weight as f64, now),
+                    None => h.weight as f64,
+                };
                 let edf = st.edf[li].get_or_insert_with(|| Edf {
                     heap: hosts
                         .iter()
                         .enumerate()
-                        .map(|(i, h)| EdfEntry { deadline: 1.0 / h.weight as f64, order: i, index: i })
+                        .map(|(i, h)| EdfEntry { deadline: 1.0 / weight(h), order: i, index: i })
                         .collect(),
                     now: 0.0,
                 });
                 let mut top = edf.heap.pop()?;
                 edf.now = top.deadline;
                 let host = hosts[top.index].clone();
-                top.deadline = edf.now + 1.0 / host.weight as f64;
+                top.deadline = edf.now + 1.0 / weight(&host);
                 top.order += hosts.len();
                 edf.heap.push(top);
                 Some(host)
@@ -981,6 +1138,27 @@ mod tests {
         let exact = LbParams { overprovisioning: 100, ..p };
         let half = [hosts(&[true, false], 0), hosts(&[true], 1)].concat();
         assert_eq!(loads(&HostSet::new(half, exact)), vec![(50, 1, false), (50, 1, false)]);
+    }
+
+    #[test]
+    fn slow_start_scales_weight_over_the_window() {
+        let ss = SlowStart { window_ms: 10_000, aggression: 1.0, min_weight: 0.1 };
+        let h = Host::new("127.0.0.1:1".parse().unwrap(), "h".into(), 1, 0);
+        // Not yet healthy-stamped: full weight.
+        assert_eq!(ss.weight(&h, 4.0, 5_000), 4.0);
+        h.healthy_since.store(1_000, Relaxed);
+        // Early in the window the floor (min_weight_percent) holds.
+        assert!((ss.weight(&h, 4.0, 1_500) - 0.4).abs() < 1e-9);
+        // Linear with aggression 1: half the window, half the weight.
+        assert!((ss.weight(&h, 4.0, 6_000) - 2.0).abs() < 1e-9);
+        // Past the window: the weight as configured.
+        assert_eq!(ss.weight(&h, 4.0, 11_000), 4.0);
+        // Aggression 2 ramps faster: (t/window)^(1/2).
+        let fast = SlowStart { aggression: 2.0, ..ss };
+        assert!((fast.weight(&h, 1.0, 3_500) - 0.5).abs() < 1e-9);
+        // An unhealthy host is not scaled.
+        h.hc_healthy.store(false, Relaxed);
+        assert_eq!(ss.weight(&h, 4.0, 6_000), 4.0);
     }
 
     #[test]

@@ -28,7 +28,10 @@ static X_ENVOY_UPSTREAM_SERVICE_TIME: HeaderName = HeaderName::from_static("x-en
 static X_ENVOY_ORIGINAL_PATH: HeaderName = HeaderName::from_static("x-envoy-original-path");
 static X_ENVOY_EXTERNAL_ADDRESS: HeaderName = HeaderName::from_static("x-envoy-external-address");
 const EXTERNAL_STRIPPED: &[&str] = &[
-    "x-envoy-internal",
+    "x-envoy-retriable-status-codes",
+    "x-envoy-retriable-header-names",
+    "x-envoy-original-url",
+    "x-envoy-hedge-on-per-try-timeout",
     "x-envoy-retry-on",
     "x-envoy-retry-grpc-on",
     "x-envoy-max-retries",
@@ -48,6 +51,9 @@ const EDGE_STRIPPED: &[&str] = &[
     "x-envoy-downstream-service-node",
     "x-envoy-original-path",
 ];
+static X_ENVOY_INTERNAL: HeaderName = HeaderName::from_static("x-envoy-internal");
+static X_ENVOY_UPSTREAM_RQ_TIMEOUT: HeaderName = HeaderName::from_static("x-envoy-upstream-rq-timeout-ms");
+static X_ENVOY_PER_TRY_TIMEOUT: HeaderName = HeaderName::from_static("x-envoy-upstream-rq-per-try-timeout-ms");
 static X_ENVOY_ATTEMPT_COUNT: HeaderName = HeaderName::from_static("x-envoy-attempt-count");
 static X_ENVOY_OVERLOADED: HeaderName = HeaderName::from_static("x-envoy-overloaded");
 static X_ENVOY_ORIGINAL_HOST: HeaderName = HeaderName::from_static("x-envoy-original-host");
@@ -154,6 +160,8 @@ pub struct Hcm {
     pub idle_timeout: Option<Duration>,
     /// Time allowed to receive request headers (HTTP/1), off by default.
     pub request_headers_timeout: Option<Duration>,
+    /// `internal_address_config.cidr_ranges`: clients treated as internal.
+    internal_ranges: Vec<crate::filter_chain::Cidr>,
 }
 
 fn dur(d: &legate_api::pb::google::protobuf::Duration) -> Duration {
@@ -224,11 +232,51 @@ impl Hcm {
                 None => Some(Duration::from_secs(3600)),
             },
             request_headers_timeout: c.request_headers_timeout.as_ref().map(dur).filter(|d| !d.is_zero()),
+            internal_ranges: match &c.internal_address_config {
+                Some(cfg) => cfg
+                    .cidr_ranges
+                    .iter()
+                    .enumerate()
+                    .map(|(i, r)| {
+                        crate::filter_chain::Cidr::parse(r)
+                            .map_err(|e| format!("internal_address_config.cidr_ranges[{i}]: {e}"))
+                    })
+                    .collect::<Result<_, _>>()?,
+                None => Vec::new(),
+            },
         })
     }
 }
 
 impl Hcm {
+    /// Whether a request is internal (headers before x-forwarded-for is
+    /// appended to). Only called when internal ranges are configured.
+    fn is_internal(&self, h: &HeaderMap, peer: SocketAddr) -> bool {
+        let xff: Vec<&str> = h
+            .get_all(&X_FORWARDED_FOR)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .collect();
+        let trusted = if self.use_remote_address {
+            if !xff.is_empty() {
+                return false;
+            }
+            peer.ip()
+        } else {
+            if xff.len() != 1 {
+                return false;
+            }
+            match xff[0].parse::<IpAddr>() {
+                Ok(ip) => ip,
+                Err(_) => return false,
+            }
+        };
+        self.internal_ranges.iter().any(|c| c.contains(trusted))
+    }
+
     /// The `server` header value this HCM writes.
     pub fn server_name(&self) -> &str {
         self.server_name.to_str().unwrap_or("envoy")
@@ -308,7 +356,7 @@ struct Stream {
     /// The request has a body (it did not end with its headers).
     has_body: bool,
     /// The cluster's `max_requests` slot, held until the response ends.
-    rq_slot: Option<crate::breakers::Slot>,
+    rq_slot: crate::upstream::Held,
     client: SocketAddr,
     local: SocketAddr,
     upstream: Option<(Arc<Cluster>, Arc<Host>, Instant)>,
@@ -317,6 +365,9 @@ struct Stream {
     route_name: String,
     /// What the request filters left for the response (CORS headers).
     filter_state: crate::filters::ResponseState,
+    /// From an internal address (`internal_address_config`): its
+    /// `x-envoy-*` retry and timeout headers are honoured.
+    internal: bool,
 }
 
 impl Finish for Stream {
@@ -472,13 +523,14 @@ impl Hcm {
             bytes_received: 0,
             request_progress: None,
             has_body: !http_body::Body::is_end_stream(&body),
-            rq_slot: None,
+            rq_slot: Default::default(),
             client,
             local: conn.local,
             upstream: None,
             cluster: None,
             route_name: String::new(),
             filter_state: Default::default(),
+            internal: false,
         });
 
         // Protocol errors Envoy answers itself, closing the connection.
@@ -509,15 +561,25 @@ impl Hcm {
             return r;
         }
 
-        // Envoy 1.40 treats every request as external unless internal
-        // addresses are configured, and strips the control headers only
-        // internal callers may send.
-        for h in EXTERNAL_STRIPPED {
-            parts.headers.remove(*h);
-        }
-        if self.use_remote_address {
-            for h in EDGE_STRIPPED {
+        // Internal or external, as Envoy decides it: the trusted client
+        // address must be the only one in x-forwarded-for (or there is none,
+        // with use_remote_address) and inside `internal_address_config`;
+        // Envoy 1.40 has no internal addresses unless that names some. An
+        // external request loses the control headers only internal callers
+        // may send; an edge request (use_remote_address) a few more.
+        parts.headers.remove(&X_ENVOY_INTERNAL);
+        stream.internal = !self.internal_ranges.is_empty() && self.is_internal(&parts.headers, conn.remote);
+        let edge = self.use_remote_address && !stream.internal;
+        if stream.internal {
+            parts.headers.insert(X_ENVOY_INTERNAL.clone(), HeaderValue::from_static("true"));
+        } else {
+            for h in EXTERNAL_STRIPPED {
                 parts.headers.remove(*h);
+            }
+            if edge {
+                for h in EDGE_STRIPPED {
+                    parts.headers.remove(*h);
+                }
             }
         }
 
@@ -543,17 +605,17 @@ impl Hcm {
             if self.xff_trusted_hops == 0 || !parts.headers.contains_key(&X_FORWARDED_PROTO) {
                 parts.headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(conn.scheme()));
             }
-            // Envoy 1.40 has no internal addresses unless internal_address_config
-            // names some: every request through a use_remote_address HCM is an
-            // edge request, marked with its client address.
-            if let Ok(v) = HeaderValue::from_str(&client.ip().to_string()) {
-                parts.headers.insert(X_ENVOY_EXTERNAL_ADDRESS.clone(), v);
+            // An edge request is marked with its client address.
+            if edge {
+                if let Ok(v) = HeaderValue::from_str(&client.ip().to_string()) {
+                    parts.headers.insert(X_ENVOY_EXTERNAL_ADDRESS.clone(), v);
+                }
             }
         } else if !parts.headers.contains_key(&X_FORWARDED_PROTO) {
             parts.headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(conn.scheme()));
         }
         if self.generate_request_id {
-            let regenerate = self.use_remote_address && !self.preserve_external_request_id;
+            let regenerate = edge && !self.preserve_external_request_id;
             if regenerate || !parts.headers.contains_key(&X_REQUEST_ID) {
                 let id = uuid::Uuid::new_v4();
                 let mut buf = [0u8; 36];
@@ -915,8 +977,40 @@ impl Hcm {
         if vh.attempt_count_upstream {
             parts.headers.insert(X_ENVOY_ATTEMPT_COUNT.clone(), HeaderValue::from_static("1"));
         }
-        let per_try = ra.retry.as_ref().and_then(|p| p.per_try_timeout);
-        if let Some(ms) = crate::retry::expected_timeout_ms(ra.timeout, per_try, Duration::ZERO) {
+        // An internal caller's x-envoy-* headers shape this request's
+        // timeouts and retries; the router consumes them.
+        let mut route_timeout = ra.timeout;
+        let mut retry_policy: Option<std::borrow::Cow<'_, crate::retry::RetryPolicy>> =
+            ra.retry.as_ref().map(std::borrow::Cow::Borrowed);
+        if stream.internal {
+            let ms = |h: &HeaderName| parts.headers.get(h).and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok());
+            if let Some(ms) = ms(&X_ENVOY_UPSTREAM_RQ_TIMEOUT) {
+                route_timeout = (ms > 0).then(|| Duration::from_millis(ms));
+            }
+            let per_try = ms(&X_ENVOY_PER_TRY_TIMEOUT);
+            let asks_retry = [
+                "x-envoy-retry-on",
+                "x-envoy-retry-grpc-on",
+                "x-envoy-retriable-status-codes",
+                "x-envoy-retriable-header-names",
+            ]
+            .iter()
+            .any(|h| parts.headers.contains_key(*h));
+            if asks_retry || per_try.is_some() {
+                let mut p = ra.retry.clone().unwrap_or_else(crate::retry::RetryPolicy::default_for_headers);
+                p.merge_request_headers(&parts.headers);
+                if let Some(ms) = per_try {
+                    p.per_try_timeout = (ms > 0).then(|| Duration::from_millis(ms));
+                }
+                retry_policy = Some(std::borrow::Cow::Owned(p));
+            }
+            parts.headers.remove(&X_ENVOY_UPSTREAM_RQ_TIMEOUT);
+            for h in crate::retry::RETRY_REQUEST_HEADERS {
+                parts.headers.remove(*h);
+            }
+        }
+        let per_try = retry_policy.as_ref().and_then(|p| p.per_try_timeout);
+        if let Some(ms) = crate::retry::expected_timeout_ms(route_timeout, per_try, Duration::ZERO) {
             parts.headers.insert(X_ENVOY_EXPECTED_TIMEOUT.clone(), HeaderValue::from(ms));
         }
         {
@@ -961,8 +1055,8 @@ impl Hcm {
 
         // With a retry policy the request body is buffered (up to 1 MiB, as
         // Envoy's default buffer limit) so that it can be sent again.
-        let retry = match &ra.retry {
-            Some(policy) if retryable_body(&parts.headers, &body) => Some(policy.clone()),
+        let retry = match retry_policy {
+            Some(policy) if retryable_body(&parts.headers, &body) => Some(policy.into_owned()),
             _ => None,
         };
         // Mirrors get a copy of the request (its body buffered like a
@@ -987,9 +1081,11 @@ impl Hcm {
                     mirror(mc.clone(), &parts, &authority, *keep_host, bytes.clone());
                 }
                 let req = Request::from_parts(parts, ProxyBody::full(bytes));
-                let mut slot = None;
+                let mut slot = crate::upstream::Held::default();
                 let sent = async { (crate::upstream::send(&cluster, &host, req, &mut slot).await, host.clone()) };
-                let waited = self.await_response(sent, ra, &request_done).await;
+                let waited = self
+                    .await_response(sent, ra, route_timeout, cluster.conn_options.max_stream_duration, &request_done)
+                    .await;
                 stream.rq_slot = slot;
                 match waited {
                     Waited::Done(r) => (Waited::Done(r.0), Some(r.1)),
@@ -998,9 +1094,11 @@ impl Hcm {
             }
             None => {
                 let req = Request::from_parts(parts, body.watched(request_done.clone()));
-                let mut slot = None;
+                let mut slot = crate::upstream::Held::default();
                 let sent = async { (crate::upstream::send(&cluster, &host, req, &mut slot).await, host.clone()) };
-                let waited = self.await_response(sent, ra, &request_done).await;
+                let waited = self
+                    .await_response(sent, ra, route_timeout, cluster.conn_options.max_stream_duration, &request_done)
+                    .await;
                 stream.rq_slot = slot;
                 match waited {
                     Waited::Done(r) => (Waited::Done(r.0), Some(r.1)),
@@ -1017,17 +1115,19 @@ impl Hcm {
                 for (mc, keep_host) in &mirrors {
                     mirror(mc.clone(), &parts, &authority, *keep_host, bytes.clone());
                 }
-                let mut slot = None;
+                let mut slot = crate::upstream::Held::default();
                 let sent = send_with_retries(
                     cluster.clone(),
                     host.clone(),
                     parts,
                     bytes,
                     policy,
-                    Attempts { route_timeout: ra.timeout, count_header: vh.attempt_count_upstream },
+                    Attempts { route_timeout, count_header: vh.attempt_count_upstream },
                     &mut slot,
                 );
-                let waited = self.await_response(sent, ra, &request_done).await;
+                let waited = self
+                    .await_response(sent, ra, route_timeout, cluster.conn_options.max_stream_duration, &request_done)
+                    .await;
                 stream.rq_slot = slot;
                 match waited {
                     Waited::Done(r) => {
@@ -1062,6 +1162,19 @@ impl Hcm {
             Waited::RequestTimeout => {
                 return self.local_reply(stream, 408, "request_overall_timeout", "", Some("request timeout".into()));
             }
+            Waited::MaxDuration => {
+                // Envoy: 504 once the whole request was received, else 408.
+                cs.upstream_rq_max_duration_reached.inc();
+                let status = if request_done.done.load(Relaxed) { 504 } else { 408 };
+                return self.router_reply(
+                    stream,
+                    Some(matched),
+                    status,
+                    "upstream_max_stream_duration_reached",
+                    "UMSDR",
+                    Some("upstream max stream duration reached".into()),
+                );
+            }
             Waited::StreamIdle => {
                 // Envoy answers 504 once the whole request was received (the
                 // wait is the upstream's), 408 while it was still arriving.
@@ -1072,6 +1185,19 @@ impl Hcm {
         let upstream_resp = match result {
             Ok(r) => r,
             Err(crate::upstream::UpstreamError::Overflow) => return self.overflow_reply(stream, &cluster, matched),
+            // max_connection_pools: Envoy has no pool for the host and
+            // answers as when no host is healthy.
+            Err(crate::upstream::UpstreamError::PoolOverflow) => {
+                cs.record_status(503);
+                return self.router_reply(
+                    stream,
+                    Some(matched),
+                    503,
+                    "no_healthy_upstream",
+                    "UH",
+                    Some("no healthy upstream".into()),
+                );
+            }
             Err(e) => {
                 cs.record_status(503);
                 if e.response_flag() == "UF" {
@@ -1079,16 +1205,14 @@ impl Hcm {
                 }
                 let details = match e.response_flag() {
                     "UF" => "upstream_reset_before_response_started{remote_connection_failure|delayed_connect_error:_Connection_refused}",
+                    "UR" => "upstream_reset_before_response_started{remote_refused_stream_reset}",
                     _ => "upstream_reset_before_response_started{connection_termination}",
                 };
-                return self.router_reply(
-                    stream,
-                    Some(matched),
-                    503,
-                    details,
-                    e.response_flag(),
-                    Some(e.local_reply_body()),
-                );
+                let mut body = e.local_reply_body();
+                if attempts > 1 {
+                    body = body.replacen("reset reason:", "retried and the latest reset reason:", 1);
+                }
+                return self.router_reply(stream, Some(matched), 503, details, e.response_flag(), Some(body));
             }
         };
         let status = upstream_resp.status().as_u16();
@@ -1105,7 +1229,15 @@ impl Hcm {
         let mut resp = Response::from_parts(rparts, ProxyBody::stream(rbody));
         stream.details = "via_upstream";
         self.finish_response(&mut stream, &mut resp, Some(matched));
-        resp.map(|b| TrackedBody::new(b, Some(stream)))
+        let deadline = cluster.conn_options.max_stream_duration.map(|d| tokio::time::Instant::from_std(started + d));
+        let reached = cs.upstream_rq_max_duration_reached.clone();
+        resp.map(|b| {
+            let body = TrackedBody::new(b, Some(stream));
+            match deadline {
+                Some(at) => body.with_deadline(at, reached),
+                None => body,
+            }
+        })
     }
 }
 
@@ -1154,6 +1286,8 @@ enum Waited<T> {
     RouteTimeout,
     RequestTimeout,
     StreamIdle,
+    /// The cluster's `max_stream_duration` passed before the response.
+    MaxDuration,
 }
 
 impl<T> Waited<T> {
@@ -1163,6 +1297,7 @@ impl<T> Waited<T> {
             Waited::Done(_) | Waited::RouteTimeout => Waited::RouteTimeout,
             Waited::RequestTimeout => Waited::RequestTimeout,
             Waited::StreamIdle => Waited::StreamIdle,
+            Waited::MaxDuration => Waited::MaxDuration,
         }
     }
 }
@@ -1219,7 +1354,7 @@ fn mirror(cluster: Arc<Cluster>, parts: &http::request::Parts, authority: &str, 
     *req.uri_mut() = uri;
     *req.headers_mut() = headers;
     tokio::spawn(async move {
-        let mut slot = None;
+        let mut slot = crate::upstream::Held::default();
         cluster.stats.upstream_rq_active.inc();
         let result = crate::upstream::send(&cluster, &host, req, &mut slot).await;
         let status = match result {
@@ -1249,7 +1384,7 @@ async fn send_with_retries(
     body: bytes::Bytes,
     policy: crate::retry::RetryPolicy,
     attempts: Attempts,
-    rq_slot: &mut Option<crate::breakers::Slot>,
+    rq_slot: &mut crate::upstream::Held,
 ) -> (Result<Response<Incoming>, crate::upstream::UpstreamError>, Arc<Host>, u32) {
     let route_timeout = attempts.route_timeout;
     let started = Instant::now();
@@ -1274,6 +1409,9 @@ async fn send_with_retries(
             Err(e) => policy.retry_error(e),
         };
         if !retriable || attempt >= policy.num_retries {
+            if retriable {
+                cluster.stats.upstream_rq_retry_limit_exceeded.inc();
+            }
             if attempt > 0 && retriable_ok(&result, &policy) {
                 cluster.stats.upstream_rq_retry_success.inc();
             }
@@ -1335,15 +1473,17 @@ impl Hcm {
         &self,
         fut: F,
         ra: &RouteAction,
+        route_timeout: Option<Duration>,
+        max_stream: Option<Duration>,
         request_done: &crate::body::RequestProgress,
     ) -> Waited<F::Output> {
-        let route_timeout = ra.timeout;
         let idle_timeout = ra.idle_timeout.unwrap_or(self.stream_idle_timeout);
         let far = Duration::from_secs(365 * 24 * 3600);
         let route = tokio::time::sleep(route_timeout.unwrap_or(far));
         let request = tokio::time::sleep(self.request_timeout.unwrap_or(far));
         let idle = tokio::time::sleep(idle_timeout.unwrap_or(far));
-        tokio::pin!(fut, route, request, idle);
+        let max = tokio::time::sleep(max_stream.unwrap_or(far));
+        tokio::pin!(fut, route, request, idle, max);
         loop {
             tokio::select! {
                 r = &mut fut => return Waited::Done(r),
@@ -1355,6 +1495,7 @@ impl Hcm {
                     request.as_mut().reset(tokio::time::Instant::now() + far);
                 }
                 _ = &mut idle, if idle_timeout.is_some() => return Waited::StreamIdle,
+                _ = &mut max, if max_stream.is_some() => return Waited::MaxDuration,
             }
         }
     }

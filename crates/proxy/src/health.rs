@@ -203,6 +203,9 @@ impl HealthChecker {
         let was = h.hc_healthy.load(Relaxed);
         if h.hc_pending.swap(false, Relaxed) {
             h.hc_healthy.store(ok, Relaxed);
+            if ok {
+                h.mark_healthy_now();
+            }
             return ok != was;
         }
         if ok {
@@ -210,6 +213,7 @@ impl HealthChecker {
             let passes = h.hc_passes.fetch_add(1, Relaxed) + 1;
             if !was && passes >= self.healthy_threshold {
                 h.hc_healthy.store(true, Relaxed);
+                h.mark_healthy_now();
                 return true;
             }
         } else {

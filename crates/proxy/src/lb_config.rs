@@ -14,6 +14,7 @@ pub struct LbChoice {
     pub hashing: Option<Hashing>,
     pub choice_count: u32,
     pub active_request_bias: f64,
+    pub slow_start: Option<crate::cluster::SlowStart>,
 }
 
 const RING_MIN: u64 = 1024;
@@ -22,7 +23,7 @@ const MAGLEV_SIZE: u64 = 65537;
 
 impl LbChoice {
     fn simple(policy: LbPolicy) -> Self {
-        Self { policy, hashing: None, choice_count: 2, active_request_bias: 1.0 }
+        Self { policy, hashing: None, choice_count: 2, active_request_bias: 1.0, slow_start: None }
     }
 
     pub fn compile(c: &PbCluster) -> Result<Self, String> {
@@ -30,13 +31,22 @@ impl LbChoice {
             return Self::from_policies(lbp);
         }
         Ok(match cluster::LbPolicy::try_from(c.lb_policy) {
-            Ok(cluster::LbPolicy::RoundRobin) => Self::simple(LbPolicy::RoundRobin),
+            Ok(cluster::LbPolicy::RoundRobin) => Self {
+                slow_start: match &c.lb_config {
+                    Some(cluster::LbConfig::RoundRobinLbConfig(r)) => {
+                        r.slow_start_config.as_ref().and_then(crate::cluster::SlowStart::compile)
+                    }
+                    _ => None,
+                },
+                ..Self::simple(LbPolicy::RoundRobin)
+            },
             Ok(cluster::LbPolicy::Random) => Self::simple(LbPolicy::Random),
             Ok(cluster::LbPolicy::LeastRequest) => {
                 let mut choice = Self::simple(LbPolicy::LeastRequest);
                 if let Some(cluster::LbConfig::LeastRequestLbConfig(l)) = &c.lb_config {
                     choice.choice_count = l.choice_count.map_or(2, |v| v.value);
                     choice.active_request_bias = l.active_request_bias.as_ref().map_or(1.0, |b| b.default_value);
+                    choice.slow_start = l.slow_start_config.as_ref().and_then(crate::cluster::SlowStart::compile);
                 }
                 choice
             }
@@ -78,8 +88,11 @@ impl LbChoice {
             let ty = any.type_url.rsplit('/').next().unwrap_or("");
             let choice = match ty {
                 "envoy.extensions.load_balancing_policies.round_robin.v3.RoundRobin" => {
-                    let _: policies::round_robin::v3::RoundRobin = unpack(any)?;
-                    Self::simple(LbPolicy::RoundRobin)
+                    let r: policies::round_robin::v3::RoundRobin = unpack(any)?;
+                    Self {
+                        slow_start: r.slow_start_config.as_ref().and_then(crate::cluster::SlowStart::compile_typed),
+                        ..Self::simple(LbPolicy::RoundRobin)
+                    }
                 }
                 "envoy.extensions.load_balancing_policies.random.v3.Random" => {
                     let _: policies::random::v3::Random = unpack(any)?;
@@ -90,6 +103,7 @@ impl LbChoice {
                     Self {
                         choice_count: l.choice_count.map_or(2, |v| v.value),
                         active_request_bias: l.active_request_bias.as_ref().map_or(1.0, |b| b.default_value),
+                        slow_start: l.slow_start_config.as_ref().and_then(crate::cluster::SlowStart::compile_typed),
                         ..Self::simple(LbPolicy::LeastRequest)
                     }
                 }

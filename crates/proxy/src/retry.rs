@@ -4,14 +4,71 @@ use crate::upstream::UpstreamError;
 use legate_api::pb::envoy::config::route::v3::RetryPolicy as PbRetryPolicy;
 use std::time::Duration;
 
+/// `retry_on` conditions as bits (the route's and `x-envoy-retry-on`'s are
+/// or-ed together, as Envoy merges them).
+pub mod on {
+    pub const FIVE_XX: u32 = 1;
+    pub const GATEWAY_ERROR: u32 = 1 << 1;
+    pub const CONNECT_FAILURE: u32 = 1 << 2;
+    pub const RESET: u32 = 1 << 3;
+    pub const RETRIABLE_4XX: u32 = 1 << 4;
+    pub const RETRIABLE_STATUS_CODES: u32 = 1 << 5;
+    pub const RETRIABLE_HEADERS: u32 = 1 << 6;
+    pub const REFUSED_STREAM: u32 = 1 << 7;
+    pub const ENVOY_RATELIMITED: u32 = 1 << 8;
+    pub const GRPC_CANCELLED: u32 = 1 << 9;
+    pub const GRPC_DEADLINE_EXCEEDED: u32 = 1 << 10;
+    pub const GRPC_INTERNAL: u32 = 1 << 11;
+    pub const GRPC_RESOURCE_EXHAUSTED: u32 = 1 << 12;
+    pub const GRPC_UNAVAILABLE: u32 = 1 << 13;
+    pub const GRPC_ANY: u32 =
+        GRPC_CANCELLED | GRPC_DEADLINE_EXCEEDED | GRPC_INTERNAL | GRPC_RESOURCE_EXHAUSTED | GRPC_UNAVAILABLE;
+}
+
+/// One `retry_on` name's bit (HTTP and gRPC conditions share the list in
+/// a route's `retry_on`; the headers keep them apart).
+fn condition(name: &str, grpc: bool) -> Option<u32> {
+    Some(match (name, grpc) {
+        ("5xx", false) => on::FIVE_XX,
+        ("gateway-error", false) => on::GATEWAY_ERROR,
+        ("connect-failure", false) => on::CONNECT_FAILURE,
+        ("reset", false) => on::RESET,
+        ("retriable-4xx", false) => on::RETRIABLE_4XX,
+        ("retriable-status-codes", false) => on::RETRIABLE_STATUS_CODES,
+        ("retriable-headers", false) => on::RETRIABLE_HEADERS,
+        ("refused-stream", false) => on::REFUSED_STREAM,
+        ("envoy-ratelimited", false) => on::ENVOY_RATELIMITED,
+        ("cancelled", true) => on::GRPC_CANCELLED,
+        ("deadline-exceeded", true) => on::GRPC_DEADLINE_EXCEEDED,
+        ("internal", true) => on::GRPC_INTERNAL,
+        ("resource-exhausted", true) => on::GRPC_RESOURCE_EXHAUSTED,
+        ("unavailable", true) => on::GRPC_UNAVAILABLE,
+        _ => return None,
+    })
+}
+
+/// The bits of a header's comma-separated list; unknown names are skipped,
+/// as Envoy skips them in `x-envoy-retry-on`.
+fn header_conditions(value: &str, grpc: bool) -> u32 {
+    value.split(',').map(str::trim).filter_map(|n| condition(n, grpc)).fold(0, |a, b| a | b)
+}
+
+/// Request headers an internal caller may use to shape the router's retries
+/// and timeouts; the router consumes them (they never go upstream).
+pub const RETRY_REQUEST_HEADERS: &[&str] = &[
+    "x-envoy-retry-on",
+    "x-envoy-retry-grpc-on",
+    "x-envoy-max-retries",
+    "x-envoy-retriable-status-codes",
+    "x-envoy-retriable-header-names",
+    "x-envoy-upstream-rq-per-try-timeout-ms",
+    "x-envoy-hedge-on-per-try-timeout",
+];
+
 #[derive(Debug, Clone)]
 pub struct RetryPolicy {
-    five_xx: bool,
-    gateway_error: bool,
-    connect_failure: bool,
-    reset: bool,
-    retriable_4xx: bool,
-    retriable_status_codes: bool,
+    /// `on::*` bits.
+    on: u32,
     codes: Vec<u16>,
     pub num_retries: u32,
     pub per_try_timeout: Option<Duration>,
@@ -21,7 +78,6 @@ pub struct RetryPolicy {
     pub avoid_previous_hosts: bool,
     pub host_selection_attempts: u32,
     /// `retriable-headers`: a response matching any of `retriable_headers`.
-    retriable_headers_on: bool,
     retriable_headers: Vec<crate::matcher::HeaderMatch>,
 }
 
@@ -51,12 +107,7 @@ fn dur(d: &legate_api::pb::google::protobuf::Duration) -> Duration {
 impl RetryPolicy {
     pub fn compile(p: &PbRetryPolicy) -> Result<Self, String> {
         let mut r = Self {
-            five_xx: false,
-            gateway_error: false,
-            connect_failure: false,
-            reset: false,
-            retriable_4xx: false,
-            retriable_status_codes: false,
+            on: 0,
             codes: p.retriable_status_codes.iter().filter_map(|c| u16::try_from(*c).ok()).collect(),
             num_retries: p.num_retries.map_or(1, |n| n.value),
             per_try_timeout: p.per_try_timeout.as_ref().map(dur).filter(|d| !d.is_zero()),
@@ -64,7 +115,6 @@ impl RetryPolicy {
             max: Duration::from_millis(250),
             avoid_previous_hosts: false,
             host_selection_attempts: (p.host_selection_retry_max_attempts.max(1)) as u32,
-            retriable_headers_on: false,
             retriable_headers: p
                 .retriable_headers
                 .iter()
@@ -73,15 +123,9 @@ impl RetryPolicy {
                 .collect::<Result<_, _>>()?,
         };
         for on in p.retry_on.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-            match on {
-                "5xx" => r.five_xx = true,
-                "gateway-error" => r.gateway_error = true,
-                "connect-failure" => r.connect_failure = true,
-                "reset" => r.reset = true,
-                "retriable-4xx" => r.retriable_4xx = true,
-                "retriable-status-codes" => r.retriable_status_codes = true,
-                "retriable-headers" => r.retriable_headers_on = true,
-                other => return Err(format!("retry_on: '{other}' is not supported")),
+            match condition(on, false).or_else(|| condition(on, true)) {
+                Some(bit) => r.on |= bit,
+                None => return Err(format!("retry_on: '{on}' is not supported")),
             }
         }
         if let Some(b) = &p.retry_back_off {
@@ -102,35 +146,127 @@ impl RetryPolicy {
         Ok(r)
     }
 
-    /// Whether a response with this status is retried.
-    pub fn retry_status(&self, status: u16) -> bool {
-        (self.five_xx && status >= 500)
-            || (self.gateway_error && matches!(status, 502..=504))
-            || (self.retriable_4xx && status == 409)
-            || (self.retriable_status_codes && self.codes.contains(&status))
+    /// The policy Envoy uses when a route has none but an internal request
+    /// asks for retries with `x-envoy-retry-on`: one retry, 25 ms base.
+    pub fn default_for_headers() -> Self {
+        Self {
+            on: 0,
+            codes: Vec::new(),
+            num_retries: 1,
+            per_try_timeout: None,
+            base: Duration::from_millis(25),
+            max: Duration::from_millis(250),
+            avoid_previous_hosts: false,
+            host_selection_attempts: 1,
+            retriable_headers: Vec::new(),
+        }
     }
 
-    /// Whether a response is retried: by its status, or (`retriable-headers`)
-    /// by a header matching one of `retriable_headers`.
+    fn has(&self, bit: u32) -> bool {
+        self.on & bit != 0
+    }
+
+    /// Whether any condition is set (a policy without one never retries).
+    pub fn retries_anything(&self) -> bool {
+        self.on != 0
+    }
+
+    /// Merges an internal request's retry headers into the route's policy as
+    /// Envoy does: `x-envoy-retry-on`/`-grpc-on` add conditions,
+    /// `x-envoy-max-retries` replaces `num_retries` (when any condition is
+    /// set), `x-envoy-retriable-status-codes` adds codes and
+    /// `x-envoy-retriable-header-names` adds name-only header matches.
+    pub fn merge_request_headers(&mut self, h: &http::HeaderMap) {
+        let text = |n: &str| h.get(n).and_then(|v| v.to_str().ok());
+        if let Some(v) = text("x-envoy-retry-on") {
+            self.on |= header_conditions(v, false);
+        }
+        if let Some(v) = text("x-envoy-retry-grpc-on") {
+            self.on |= header_conditions(v, true);
+        }
+        if self.on != 0 {
+            if let Some(n) = text("x-envoy-max-retries").and_then(|v| v.trim().parse::<u32>().ok()) {
+                self.num_retries = n;
+            }
+        }
+        if let Some(v) = text("x-envoy-retriable-status-codes") {
+            self.codes.extend(v.split(',').filter_map(|c| c.trim().parse::<u16>().ok()));
+        }
+        if let Some(v) = text("x-envoy-retriable-header-names") {
+            for name in v.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+                let m = legate_api::pb::envoy::config::route::v3::HeaderMatcher {
+                    name: name.to_ascii_lowercase(),
+                    header_match_specifier: Some(
+                        legate_api::pb::envoy::config::route::v3::header_matcher::HeaderMatchSpecifier::PresentMatch(
+                            true,
+                        ),
+                    ),
+                    ..Default::default()
+                };
+                if let Ok(m) = crate::matcher::HeaderMatch::new(&m) {
+                    self.retriable_headers.push(m);
+                }
+            }
+        }
+    }
+
+    /// Whether a response with this status is retried.
+    pub fn retry_status(&self, status: u16) -> bool {
+        (self.has(on::FIVE_XX) && status >= 500)
+            || (self.has(on::GATEWAY_ERROR) && matches!(status, 502..=504))
+            || (self.has(on::RETRIABLE_4XX) && status == 409)
+            || (self.has(on::RETRIABLE_STATUS_CODES) && self.codes.contains(&status))
+    }
+
+    /// Whether a response is retried, in Envoy's order: a response an
+    /// upstream Envoy rate-limited (`x-envoy-ratelimited`) only under
+    /// `envoy-ratelimited`; then by status, by a header matching one of the
+    /// retriable headers, or by its `grpc-status`.
     pub fn retry_response(&self, status: u16, headers: &http::HeaderMap) -> bool {
+        if headers.contains_key("x-envoy-ratelimited") {
+            return self.has(on::ENVOY_RATELIMITED);
+        }
         self.retry_status(status)
-            || (self.retriable_headers_on && {
+            || (self.has(on::RETRIABLE_HEADERS) && {
                 let pseudo = crate::matcher::Pseudo { method: "", path: "", authority: "", scheme: "" };
                 self.retriable_headers.iter().any(|m| m.matches(headers, &pseudo))
             })
+            || (self.on & on::GRPC_ANY != 0 && self.retry_grpc(headers))
+    }
+
+    fn retry_grpc(&self, headers: &http::HeaderMap) -> bool {
+        let Some(code) = headers.get("grpc-status").and_then(|v| v.to_str().ok()?.parse::<u32>().ok()) else {
+            return false;
+        };
+        let bit = match code {
+            1 => on::GRPC_CANCELLED,
+            4 => on::GRPC_DEADLINE_EXCEEDED,
+            8 => on::GRPC_RESOURCE_EXHAUSTED,
+            13 => on::GRPC_INTERNAL,
+            14 => on::GRPC_UNAVAILABLE,
+            _ => return false,
+        };
+        self.has(bit)
     }
 
     /// Whether a failure before any response is retried.
     pub fn retry_error(&self, e: &UpstreamError) -> bool {
         match e {
             UpstreamError::ConnectFailure(_) | UpstreamError::ConnectTimeout | UpstreamError::Tls(_) => {
-                self.connect_failure || self.five_xx || self.gateway_error
+                self.has(on::CONNECT_FAILURE | on::RESET | on::FIVE_XX | on::GATEWAY_ERROR)
             }
-            UpstreamError::Handshake(_) | UpstreamError::Reset(_) => self.reset || self.five_xx,
+            // A stream the HTTP/2 upstream refused (REFUSED_STREAM) was never
+            // processed: retried under refused-stream, or as any reset.
+            UpstreamError::Reset(e) if crate::upstream::is_refused_stream(e) => {
+                self.has(on::REFUSED_STREAM | on::RESET | on::FIVE_XX | on::GATEWAY_ERROR)
+            }
+            UpstreamError::Handshake(_) | UpstreamError::Reset(_) => {
+                self.has(on::RESET | on::FIVE_XX | on::GATEWAY_ERROR)
+            }
             // A per-try timeout counts as a 504.
             UpstreamError::PerTryTimeout => self.retry_status(504),
             // Envoy never retries a circuit breaker's overflow.
-            UpstreamError::Overflow => false,
+            UpstreamError::Overflow | UpstreamError::PoolOverflow => false,
         }
     }
 

@@ -45,11 +45,27 @@ pub struct VirtualHost {
 pub struct PerFilter {
     pub rbac: Option<Box<crate::filters::rbac::RoutePolicy>>,
     pub cors: Option<Box<crate::filters::cors::Policy>>,
+    /// A `LocalRateLimit` replacing the filter's config here (its own buckets).
+    pub local_ratelimit: Option<std::sync::Arc<crate::filters::local_ratelimit::RateLimit>>,
+    /// The route's or virtual host's `rate_limits`: the descriptors the
+    /// local rate limit matches against.
+    pub rate_limits: Vec<crate::filters::local_ratelimit::DescriptorPolicy>,
 }
 
 impl PerFilter {
-    pub fn compile(m: &HashMap<String, legate_api::pb::google::protobuf::Any>) -> Result<Self, String> {
-        let mut out = Self::default();
+    pub fn compile(
+        m: &HashMap<String, legate_api::pb::google::protobuf::Any>,
+        rate_limits: &[legate_api::pb::envoy::config::route::v3::RateLimit],
+    ) -> Result<Self, String> {
+        let rate_limits = rate_limits
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                crate::filters::local_ratelimit::DescriptorPolicy::compile(r)
+                    .map_err(|e| format!("rate_limits[{i}].{e}"))
+            })
+            .collect::<Result<_, _>>()?;
+        let mut out = Self { rate_limits, ..Self::default() };
         for (name, any) in m {
             let err = |e: String| format!("typed_per_filter_config[\"{name}\"]: {e}");
             match legate_api::any::type_name(any) {
@@ -60,6 +76,12 @@ impl PerFilter {
                 crate::filters::CORS_POLICY_TYPE => {
                     let c = legate_api::any::unpack(any).map_err(err)?;
                     out.cors = Some(Box::new(crate::filters::cors::Policy::new(&c).map_err(err)?));
+                }
+                crate::filters::LOCAL_RATELIMIT_TYPE => {
+                    let c = legate_api::any::unpack(any).map_err(err)?;
+                    let path = format!("typed_per_filter_config[\"{name}\"]");
+                    out.local_ratelimit =
+                        Some(std::sync::Arc::new(crate::filters::local_ratelimit::RateLimit::compile(&c, &path)?));
                 }
                 other => return Err(err(format!("per-route config {other} is not supported"))),
             }
@@ -255,7 +277,7 @@ fn compile_vhost(vh: &rpb::VirtualHost) -> Result<VirtualHost, String> {
         require_tls: vh.require_tls,
         attempt_count_upstream: vh.include_request_attempt_count,
         attempt_count_response: vh.include_attempt_count_in_response,
-        per_filter: PerFilter::compile(&vh.typed_per_filter_config)?,
+        per_filter: PerFilter::compile(&vh.typed_per_filter_config, &vh.rate_limits)?,
     })
 }
 
@@ -310,7 +332,13 @@ fn compile_route(r: &rpb::Route) -> Result<Route, String> {
         action,
         request_headers: HeaderMutations::new(&r.request_headers_to_add, &r.request_headers_to_remove)?,
         response_headers: HeaderMutations::new(&r.response_headers_to_add, &r.response_headers_to_remove)?,
-        per_filter: PerFilter::compile(&r.typed_per_filter_config)?,
+        per_filter: PerFilter::compile(
+            &r.typed_per_filter_config,
+            match &r.action {
+                Some(rpb::route::Action::Route(ra)) => &ra.rate_limits[..],
+                _ => &[][..],
+            },
+        )?,
     })
 }
 

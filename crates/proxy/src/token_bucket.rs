@@ -33,6 +33,21 @@ impl TokenBucket {
         })
     }
 
+    /// Tokens per second, by which Envoy orders matched descriptors.
+    pub fn fill_rate(&self) -> f64 {
+        self.per_fill as f64 / self.interval.as_secs_f64()
+    }
+
+    /// A new, full bucket with the same settings.
+    pub fn fresh(&self) -> Self {
+        Self {
+            max: self.max,
+            per_fill: self.per_fill,
+            interval: self.interval,
+            state: std::sync::Mutex::new((self.max, Instant::now())),
+        }
+    }
+
     /// Takes a token if there is one.
     pub fn take(&self) -> bool {
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());

@@ -20,19 +20,82 @@ use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// Most idle HTTP/1.1 connections kept per host per worker.
 const MAX_IDLE_PER_HOST: usize = 256;
 
+/// What a connection shares with its I/O task: requests in flight on it,
+/// requests it has carried, and since when it has been idle. One Arc per
+/// connection; a request costs two relaxed atomic adds on it.
+#[derive(Default)]
+pub struct ConnState {
+    active: AtomicU32,
+    served: AtomicU32,
+    /// Milliseconds on `clock_ms` since the last request on it ended.
+    idle_since: AtomicU64,
+}
+
+/// Milliseconds since the process first asked (a monotonic clock; never 0).
+pub fn clock_ms() -> u64 {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    START.get_or_init(std::time::Instant::now).elapsed().as_millis() as u64 + 1
+}
+
+/// A request's use of a connection: it is busy (not idle) until this is
+/// dropped, when the response has ended.
+pub struct ConnUse(Arc<ConnState>);
+
+impl ConnUse {
+    fn new(state: &Arc<ConnState>) -> Self {
+        state.active.fetch_add(1, Relaxed);
+        Self(state.clone())
+    }
+}
+
+impl Drop for ConnUse {
+    fn drop(&mut self) {
+        if self.0.active.fetch_sub(1, Relaxed) == 1 {
+            self.0.idle_since.store(clock_ms(), Relaxed);
+        }
+    }
+}
+
+/// What a request holds until its response has ended: its `max_requests`
+/// slot and its use of the connection.
+#[derive(Default)]
+pub struct Held {
+    pub slot: Option<crate::breakers::Slot>,
+    conn: Option<ConnUse>,
+}
+
+/// A cluster's `common_http_protocol_options` for its upstream connections.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnOptions {
+    /// Close a connection idle this long (default 1 h; `None`: never).
+    pub idle_timeout: Option<Duration>,
+    /// Close a connection after this many requests.
+    pub max_requests: Option<u32>,
+    /// Give up on a request whose response has not come in this long.
+    pub max_stream_duration: Option<Duration>,
+}
+
+impl Default for ConnOptions {
+    fn default() -> Self {
+        Self { idle_timeout: Some(IDLE_TIMEOUT), max_requests: None, max_stream_duration: None }
+    }
+}
+
 #[derive(Default)]
 struct HostPool {
-    h1: Vec<http1::SendRequest<ProxyBody>>,
-    h2: Option<http2::SendRequest<ProxyBody>>,
+    h1: Vec<(http1::SendRequest<ProxyBody>, Arc<ConnState>)>,
+    h2: Option<(http2::SendRequest<ProxyBody>, Arc<ConnState>)>,
     /// Connections this worker has open to the host.
     open: usize,
+    /// The pool's `max_connection_pools` slot, held while it has connections.
+    pool_slot: Option<crate::breakers::Slot>,
 }
 
 pub struct Pools {
@@ -82,6 +145,9 @@ pub enum UpstreamError {
     /// The TLS handshake with the upstream failed (bad certificate, ...).
     #[error("TLS: {0}")]
     Tls(Box<dyn std::error::Error + Send + Sync>),
+    /// A new connection pool was needed past `max_connection_pools`.
+    #[error("connection pool overflow")]
+    PoolOverflow,
 }
 
 impl UpstreamError {
@@ -95,6 +161,10 @@ impl UpstreamError {
                 "upstream connect error or disconnect/reset before headers. reset reason: remote connection failure"
                     .into()
             }
+            Self::Reset(e) if is_refused_stream(e) => {
+                "upstream connect error or disconnect/reset before headers. reset reason: remote refused stream reset"
+                    .into()
+            }
             Self::Handshake(_) | Self::Reset(_) => {
                 "upstream connect error or disconnect/reset before headers. reset reason: connection termination".into()
             }
@@ -102,6 +172,7 @@ impl UpstreamError {
             Self::Overflow => {
                 "upstream connect error or disconnect/reset before headers. reset reason: overflow".into()
             }
+            Self::PoolOverflow => "no healthy upstream".into(),
             // Envoy keeps the TLS reason for the access log's details.
             Self::Tls(_) => {
                 "upstream connect error or disconnect/reset before headers. reset reason: remote connection failure"
@@ -113,9 +184,11 @@ impl UpstreamError {
     pub fn response_flag(&self) -> &'static str {
         match self {
             Self::ConnectTimeout | Self::ConnectFailure(_) | Self::Tls(_) => "UF",
+            Self::Reset(e) if is_refused_stream(e) => "UR",
             Self::Handshake(_) | Self::Reset(_) => "UC",
             Self::PerTryTimeout => "UT",
             Self::Overflow => "UO",
+            Self::PoolOverflow => "UH",
         }
     }
 }
@@ -195,23 +268,97 @@ pub async fn connect(
     }
 }
 
-/// Runs a connection's I/O task and keeps the gauges right when it ends.
-fn spawn_conn<F>(cluster: &Arc<Cluster>, host: &Arc<Host>, slot: crate::breakers::Slot, conn: F)
+/// Runs a connection's I/O task, closes it once it has been idle for the
+/// cluster's idle timeout, and keeps the gauges right when it ends. Cost: one
+/// timer per connection, looked at once per idle period.
+fn spawn_conn<F>(cluster: &Arc<Cluster>, host: &Arc<Host>, slot: crate::breakers::Slot, state: Arc<ConnState>, conn: F)
 where
     F: std::future::Future<Output = Result<(), hyper::Error>> + Send + 'static,
 {
     let (cluster, host) = (cluster.clone(), host.clone());
     let worker_pools = crate::stats::worker_index();
+    state.idle_since.store(clock_ms(), Relaxed);
     tokio::spawn(async move {
-        let _ = conn.await;
+        match cluster.conn_options.idle_timeout {
+            None => {
+                let _ = conn.await;
+            }
+            Some(idle) => {
+                let idle_ms = idle.as_millis() as u64;
+                tokio::pin!(conn);
+                let mut wait = idle;
+                loop {
+                    tokio::select! {
+                        _ = &mut conn => break,
+                        _ = tokio::time::sleep(wait) => {
+                            let now = clock_ms();
+                            let since = state.idle_since.load(Relaxed);
+                            if state.active.load(Relaxed) == 0 && now.saturating_sub(since) >= idle_ms {
+                                cluster.stats.upstream_cx_idle_timeout.inc();
+                                break;
+                            }
+                            wait = if state.active.load(Relaxed) == 0 {
+                                Duration::from_millis((since + idle_ms).saturating_sub(now).max(1))
+                            } else {
+                                idle
+                            };
+                        }
+                    }
+                }
+            }
+        }
         drop(slot);
         if let Some(p) = cluster.pools.worker(worker_pools).get_mut(&host.addr) {
             p.open = p.open.saturating_sub(1);
+            if p.open == 0 {
+                p.pool_slot = None;
+            }
         }
         cluster.stats.upstream_cx_active.dec();
         cluster.stats.upstream_cx_destroy.inc();
         host.cx_active.fetch_sub(1, Relaxed);
     });
+}
+
+/// Makes sure this worker's pool for `host` has its `max_connection_pools`
+/// slot before a connection is made; a pool past the limit is an overflow.
+fn ensure_pool(cluster: &Cluster, host: &Host) -> Result<(), UpstreamError> {
+    let mut pools = cluster.pools.mine();
+    let pool = pools.entry(host.addr).or_default();
+    if pool.pool_slot.is_some() {
+        return Ok(());
+    }
+    match cluster.breakers.default.connection_pools.try_acquire() {
+        Some(s) => {
+            pool.pool_slot = Some(s);
+            Ok(())
+        }
+        None => {
+            cluster.stats.upstream_cx_pool_overflow.inc();
+            Err(UpstreamError::PoolOverflow)
+        }
+    }
+}
+
+/// A connection attempt failed: a pool left without connections goes away.
+fn pool_failed(cluster: &Cluster, host: &Host) {
+    let mut pools = cluster.pools.mine();
+    if let Some(p) = pools.get_mut(&host.addr) {
+        if p.open == 0 {
+            p.pool_slot = None;
+        }
+    }
+}
+
+/// Counts a request on a connection; true when it is the connection's last
+/// (`max_requests_per_connection`), which the caller then stops pooling.
+fn count_request(cluster: &Cluster, state: &ConnState) -> bool {
+    let served = state.served.fetch_add(1, Relaxed) + 1;
+    let last = cluster.conn_options.max_requests.is_some_and(|max| served >= max);
+    if last {
+        cluster.stats.upstream_cx_max_requests.inc();
+    }
+    last
 }
 
 /// Sends `req` to `host` on a pooled connection (or a new one). Once it has
@@ -221,7 +368,7 @@ pub async fn send(
     cluster: &Arc<Cluster>,
     host: &Arc<Host>,
     req: http::Request<ProxyBody>,
-    rq_slot: &mut Option<crate::breakers::Slot>,
+    rq_slot: &mut Held,
 ) -> Result<http::Response<Incoming>, UpstreamError> {
     let result = if cluster.http2 {
         send_h2(cluster, host, req, rq_slot).await
@@ -229,7 +376,9 @@ pub async fn send(
         send_h1(cluster, host, req, rq_slot).await
     };
     // An overflow never reached the host: not its failure.
-    if let (Some(o), false) = (&cluster.outlier, matches!(result, Err(UpstreamError::Overflow))) {
+    if let (Some(o), false) =
+        (&cluster.outlier, matches!(result, Err(UpstreamError::Overflow | UpstreamError::PoolOverflow)))
+    {
         o.record(cluster, host, result.as_ref().ok().map(|r| r.status().as_u16()));
     }
     result
@@ -237,10 +386,10 @@ pub async fn send(
 
 /// The request's `max_requests` slot, taken as it is put on a connection
 /// (Envoy checks there, after any wait for the connection).
-fn take_request_slot(cluster: &Cluster, rq_slot: &mut Option<crate::breakers::Slot>) -> Result<(), UpstreamError> {
+fn take_request_slot(cluster: &Cluster, rq_slot: &mut Held) -> Result<(), UpstreamError> {
     match cluster.breakers.default.requests.try_acquire() {
         Some(s) => {
-            *rq_slot = Some(s);
+            rq_slot.slot = Some(s);
             Ok(())
         }
         None => {
@@ -250,11 +399,11 @@ fn take_request_slot(cluster: &Cluster, rq_slot: &mut Option<crate::breakers::Sl
     }
 }
 
-fn return_h1(cluster: &Cluster, host: &Host, sender: http1::SendRequest<ProxyBody>) {
+fn return_h1(cluster: &Cluster, host: &Host, sender: http1::SendRequest<ProxyBody>, state: Arc<ConnState>) {
     let mut pools = cluster.pools.mine();
     let pool = pools.entry(host.addr).or_default();
     if pool.h1.len() < MAX_IDLE_PER_HOST {
-        pool.h1.push(sender);
+        pool.h1.push((sender, state));
     }
 }
 
@@ -262,10 +411,10 @@ async fn send_h1(
     cluster: &Arc<Cluster>,
     host: &Arc<Host>,
     mut req: http::Request<ProxyBody>,
-    rq_slot: &mut Option<crate::breakers::Slot>,
+    rq_slot: &mut Held,
 ) -> Result<http::Response<Incoming>, UpstreamError> {
     *req.version_mut() = http::Version::HTTP_11;
-    let mut sender = match checkout_h1(cluster, host).0 {
+    let (mut sender, state) = match checkout_h1(cluster, host).0 {
         Some(s) => s,
         None => {
             // No ready connection: the request is pending until it has one.
@@ -299,59 +448,77 @@ async fn send_h1(
         }
     };
     if let Err(e) = take_request_slot(cluster, rq_slot) {
-        return_h1(cluster, host, sender);
+        return_h1(cluster, host, sender, state);
         return Err(e);
     }
     // Envoy counts a request once it is on a connection (not on connect failure).
     cluster.stats.upstream_rq_total.inc();
+    rq_slot.conn = Some(ConnUse::new(&state));
+    let last = count_request(cluster, &state);
     let result = sender.send_request(req).await.map_err(reset);
     // Back to the pool at once: it becomes ready again when the response body
-    // has been read, and checkout skips it until then.
-    if result.is_ok() && !sender.is_closed() {
-        return_h1(cluster, host, sender);
+    // has been read, and checkout skips it until then. A connection that has
+    // carried its last request closes once the response is done.
+    if result.is_ok() && !sender.is_closed() && !last {
+        return_h1(cluster, host, sender, state);
     }
     result
 }
 
+type PooledH1 = (http1::SendRequest<ProxyBody>, Arc<ConnState>);
+
 /// A ready pooled HTTP/1.1 sender for `host`, and how many connections this
 /// worker has open to it.
-fn checkout_h1(cluster: &Cluster, host: &Host) -> (Option<http1::SendRequest<ProxyBody>>, usize) {
+fn checkout_h1(cluster: &Cluster, host: &Host) -> (Option<PooledH1>, usize) {
     let mut pools = cluster.pools.mine();
     let pool = pools.entry(host.addr).or_default();
-    pool.h1.retain(|s| !s.is_closed());
-    let ready = pool.h1.iter().position(|s| s.is_ready()).map(|i| pool.h1.swap_remove(i));
+    pool.h1.retain(|(s, _)| !s.is_closed());
+    let ready = pool.h1.iter().position(|(s, _)| s.is_ready()).map(|i| pool.h1.swap_remove(i));
     (ready, pool.open)
 }
 
-async fn connect_h1(cluster: &Arc<Cluster>, host: &Arc<Host>) -> Result<http1::SendRequest<ProxyBody>, UpstreamError> {
-    let (stream, slot) = connect(cluster, host).await?;
-    let (sender, conn) =
-        http1::Builder::new().handshake(TokioIo::new(stream)).await.map_err(UpstreamError::Handshake)?;
+async fn connect_h1(cluster: &Arc<Cluster>, host: &Arc<Host>) -> Result<PooledH1, UpstreamError> {
+    ensure_pool(cluster, host)?;
+    let (stream, slot) = match connect(cluster, host).await {
+        Ok(c) => c,
+        Err(e) => {
+            pool_failed(cluster, host);
+            return Err(e);
+        }
+    };
+    let (sender, conn) = match http1::Builder::new().handshake(TokioIo::new(stream)).await {
+        Ok(h) => h,
+        Err(e) => {
+            pool_failed(cluster, host);
+            return Err(UpstreamError::Handshake(e));
+        }
+    };
     cluster.stats.upstream_cx_http1_total.inc();
     cluster.pools.mine().entry(host.addr).or_default().open += 1;
-    spawn_conn(cluster, host, slot, conn);
-    Ok(sender)
+    let state = Arc::new(ConnState::default());
+    spawn_conn(cluster, host, slot, state.clone(), conn);
+    Ok((sender, state))
 }
 
 async fn send_h2(
     cluster: &Arc<Cluster>,
     host: &Arc<Host>,
     mut req: http::Request<ProxyBody>,
-    rq_slot: &mut Option<crate::breakers::Slot>,
+    rq_slot: &mut Held,
 ) -> Result<http::Response<Incoming>, UpstreamError> {
     *req.version_mut() = http::Version::HTTP_2;
     let existing = {
         let mut pools = cluster.pools.mine();
         let pool = pools.entry(host.addr).or_default();
         match &pool.h2 {
-            Some(s) if !s.is_closed() => Some(s.clone()),
+            Some((s, state)) if !s.is_closed() => Some((s.clone(), state.clone())),
             _ => {
                 pool.h2 = None;
                 None
             }
         }
     };
-    let mut sender = match existing {
+    let (mut sender, state) = match existing {
         Some(s) => s,
         None => {
             // Pending while the connection is made.
@@ -363,26 +530,51 @@ async fn send_h2(
             if !cluster.breakers.default.connections.can_create() {
                 cluster.stats.upstream_cx_overflow.inc();
             }
-            let (stream, slot) = connect(cluster, host).await?;
-            let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+            ensure_pool(cluster, host)?;
+            let (stream, slot) = match connect(cluster, host).await {
+                Ok(c) => c,
+                Err(e) => {
+                    pool_failed(cluster, host);
+                    return Err(e);
+                }
+            };
+            let (sender, conn) = match http2::Builder::new(TokioExecutor::new())
                 .keep_alive_interval(None)
                 .handshake(TokioIo::new(stream))
                 .await
-                .map_err(UpstreamError::Handshake)?;
+            {
+                Ok(h) => h,
+                Err(e) => {
+                    pool_failed(cluster, host);
+                    return Err(UpstreamError::Handshake(e));
+                }
+            };
             cluster.stats.upstream_cx_http2_total.inc();
-            spawn_conn(cluster, host, slot, conn);
+            let state = Arc::new(ConnState::default());
+            spawn_conn(cluster, host, slot, state.clone(), conn);
             {
                 let mut pools = cluster.pools.mine();
                 let pool = pools.entry(host.addr).or_default();
-                pool.h2 = Some(sender.clone());
+                pool.h2 = Some((sender.clone(), state.clone()));
                 pool.open += 1;
             }
-            sender
+            (sender, state)
         }
     };
     sender.ready().await.map_err(reset)?;
     take_request_slot(cluster, rq_slot)?;
     cluster.stats.upstream_rq_total.inc();
+    rq_slot.conn = Some(ConnUse::new(&state));
+    if count_request(cluster, &state) {
+        // Its last stream: new requests get a new connection, and this one
+        // closes when its streams are done.
+        let mut pools = cluster.pools.mine();
+        if let Some(pool) = pools.get_mut(&host.addr) {
+            if pool.h2.as_ref().is_some_and(|(_, s)| Arc::ptr_eq(s, &state)) {
+                pool.h2 = None;
+            }
+        }
+    }
     sender.send_request(req).await.map_err(reset)
 }
 
@@ -397,6 +589,20 @@ fn reset(e: hyper::Error) -> UpstreamError {
     } else {
         UpstreamError::Reset(e)
     }
+}
+
+/// Whether an HTTP/2 upstream refused the stream (RST_STREAM with
+/// REFUSED_STREAM): the request was not processed and can be retried under
+/// `refused-stream`. Walks the error's sources; only called on failure.
+pub fn is_refused_stream(e: &hyper::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(s) = source {
+        if let Some(h2e) = s.downcast_ref::<h2::Error>() {
+            return h2e.reason() == Some(h2::Reason::REFUSED_STREAM);
+        }
+        source = s.source();
+    }
+    false
 }
 
 impl Pools {

@@ -11,12 +11,14 @@ use std::sync::Arc;
 
 pub const GZIP_TYPE: &str = "envoy.extensions.compression.gzip.compressor.v3.Gzip";
 pub const BROTLI_TYPE: &str = "envoy.extensions.compression.brotli.compressor.v3.Brotli";
+pub const ZSTD_TYPE: &str = "envoy.extensions.compression.zstd.compressor.v3.Zstd";
 
 /// The library and its settings.
 #[derive(Clone, Copy)]
 enum Library {
     Gzip { level: u32 },
     Brotli { quality: u32, window_bits: u32 },
+    Zstd { level: i32, checksum: bool, strategy: u32 },
 }
 
 /// Envoy's default compressible content types.
@@ -97,7 +99,21 @@ impl Compressor {
                 let window_bits = br.window_bits.map_or(18, |w| w.value.clamp(10, 24));
                 (Library::Brotli { quality, window_bits }, "br", "brotli")
             }
-            other => return Err(format!("compressor_library: {other} is not supported (gzip and brotli are)")),
+            ZSTD_TYPE => {
+                let z: legate_api::pb::envoy::extensions::compression::zstd::compressor::v3::Zstd =
+                    legate_api::any::unpack(any)?;
+                let level = match z.compression_level.map_or(0, |v| v.value) {
+                    0 => 3,
+                    n => n.min(22) as i32,
+                };
+                let strategy = z.strategy.max(0) as u32;
+                // Refuse now what zstd would refuse per response.
+                if crate::body::Encoder::zstd(level, z.enable_checksum, strategy).is_none() {
+                    return Err("compressor_library.typed_config: zstd refuses these settings".into());
+                }
+                (Library::Zstd { level, checksum: z.enable_checksum, strategy }, "zstd", "zstd")
+            }
+            other => return Err(format!("compressor_library: {other} is not supported (gzip, brotli and zstd are)")),
         };
         let rd = c.response_direction_config.clone().unwrap_or_default();
         let common = rd.common_config.clone().unwrap_or_default();
@@ -226,6 +242,17 @@ impl Compressor {
             && !self.uncompressible.contains(&status);
         let end = http_body::Body::is_end_stream(body);
         if !end && compressible && accepted {
+            // Checked when the config was compiled, so zstd does not refuse here.
+            let encoder = match self.library {
+                Library::Gzip { level } => crate::body::Encoder::gzip(level),
+                Library::Brotli { quality, window_bits } => crate::body::Encoder::brotli(quality, window_bits),
+                Library::Zstd { level, checksum, strategy } => {
+                    match crate::body::Encoder::zstd(level, checksum, strategy) {
+                        Some(e) => e,
+                        None => return,
+                    }
+                }
+            };
             self.stats.compressed.inc();
             let h = resp.headers_mut();
             h.remove(CONTENT_LENGTH);
@@ -244,10 +271,6 @@ impl Compressor {
                 }
             }
             let inner = std::mem::replace(resp.body_mut(), ProxyBody::Empty);
-            let encoder = match self.library {
-                Library::Gzip { level } => crate::body::Encoder::gzip(level),
-                Library::Brotli { quality, window_bits } => crate::body::Encoder::brotli(quality, window_bits),
-            };
             *resp.body_mut() = ProxyBody::compressed(inner, encoder, self.stats.clone());
         } else {
             self.stats.not_compressed.inc();

@@ -43,7 +43,7 @@ enum Filter {
     /// request headers, each with its probability.
     Fault(Box<fault::Fault>),
     /// `envoy.filters.http.local_ratelimit`: a token bucket in front of the router.
-    RateLimit(Box<local_ratelimit::RateLimit>),
+    RateLimit(Box<local_ratelimit::RateLimitFilter>),
     /// `envoy.filters.http.rbac`: 403 unless the rules allow the request.
     Rbac(Box<rbac::Rbac>),
     /// `envoy.filters.http.cors`: the policies live on routes and virtual hosts.
@@ -154,7 +154,9 @@ impl FilterChain {
                 }
                 LOCAL_RATELIMIT_TYPE => {
                     let l = legate_api::any::unpack(any)?;
-                    filters.push(Filter::RateLimit(Box::new(local_ratelimit::RateLimit::compile(&l, store, i)?)));
+                    filters.push(Filter::RateLimit(Box::new(local_ratelimit::RateLimitFilter::compile(
+                        &l, &ctx.store, i,
+                    )?)));
                 }
                 RBAC_TYPE => {
                     let c: rbac::Config = legate_api::any::unpack(any)?;
@@ -292,7 +294,7 @@ impl FilterChain {
                 }
                 Filter::Buffer(_) => {}
                 Filter::RateLimit(rl) => {
-                    if let Some(v) = rl.on_request() {
+                    if let Some(v) = rl.on_request(rq) {
                         return v;
                     }
                 }
