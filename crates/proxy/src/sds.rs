@@ -562,4 +562,42 @@ mod tests {
         assert_eq!(sub.0.load(Ordering::Relaxed), 1);
         let _ = std::fs::remove_dir_all(&dir);
     }
+
+    #[test]
+    fn certificate_files_a_secret_names_are_watched_too() {
+        let dir = temp_dir("files");
+        let (cert, key) = leaf("a.example.com");
+        std::fs::write(dir.join("c.pem"), &cert).expect("write");
+        std::fs::write(dir.join("k.pem"), &key).expect("write");
+        let path = dir.join("s.yaml");
+        let yaml = format!(
+            "resources:\n- \"@type\": {SECRET_TYPE}\n  name: s\n  tls_certificate: {{certificate_chain: {{filename: {}}}, private_key: {{filename: {}}}}}\n",
+            dir.join("c.pem").display(),
+            dir.join("k.pem").display()
+        );
+        std::fs::write(&path, yaml).expect("write");
+        let m = Arc::new(SecretManager::new(&[], true));
+        let slot = m.slot(&file_cfg("s", &path)).expect("slot");
+        assert_eq!(files_of(&slot.get().expect("value")).len(), 2);
+        let sub = Arc::new(Counter(AtomicUsize::new(0)));
+        let weak: Weak<Counter> = Arc::downgrade(&sub);
+        slot.subscribe(weak);
+        // A certificate without its key is refused: nothing changes.
+        let (cert2, key2) = leaf("b.example.com");
+        std::fs::write(dir.join("c.tmp"), &cert2).expect("write");
+        std::fs::rename(dir.join("c.tmp"), dir.join("c.pem")).expect("rename");
+        m.poll_files();
+        std::thread::sleep(FILE_POLL * 2);
+        assert_eq!(sub.0.load(Ordering::Relaxed), 0, "a key that does not match is refused");
+        // Its key moved over the one the secret names: the pair is taken.
+        std::fs::write(dir.join("k.tmp"), &key2).expect("write");
+        std::fs::rename(dir.join("k.tmp"), dir.join("k.pem")).expect("rename");
+        let deadline = std::time::Instant::now() + Duration::from_secs(3);
+        while sub.0.load(Ordering::Relaxed) == 0 && std::time::Instant::now() < deadline {
+            m.poll_files();
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(sub.0.load(Ordering::Relaxed), 1, "the context rebuilds with the new file");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

@@ -272,7 +272,13 @@ fn certified_key(c: &TlsCertificate, path: &str) -> Result<CertifiedKey, TlsErro
         .map_err(|e| err(&format!("{path}.private_key"), format!("cannot read PEM private key: {e}")))?;
     let signer = rustls::crypto::ring::sign::any_supported_type(&key)
         .map_err(|e| err(&format!("{path}.private_key"), format!("unsupported private key: {e}")))?;
-    Ok(CertifiedKey::new(chain, signer))
+    let ck = CertifiedKey::new(chain, signer);
+    // A key that is not the certificate's is refused, as Envoy refuses it
+    // (a rotation that moved only one of the two files in place waits).
+    if let Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch)) = ck.keys_match() {
+        return Err(err(&format!("{path}.private_key"), "the private key does not match the certificate"));
+    }
+    Ok(ck)
 }
 
 /// TLS versions from `tls_params`, limited to what rustls speaks (1.2, 1.3).
