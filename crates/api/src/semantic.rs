@@ -23,6 +23,8 @@ pub fn check_bootstrap(b: &Bootstrap) -> Vec<FieldError> {
     let Some(dynamic) = crate::load::to_dynamic(b) else { return errors };
     walk(&dynamic, "", &mut |m, p| check_message(m, p, &mut errors));
 
+    check_static_secrets(b, &dynamic, &mut errors);
+
     let Some(sr) = &b.static_resources else { return errors };
     let mut cluster_names = HashSet::new();
     for (i, c) in sr.clusters.iter().enumerate() {
@@ -59,6 +61,41 @@ pub fn check_bootstrap(b: &Bootstrap) -> Vec<FieldError> {
         }
     }
     errors
+}
+
+/// Static secrets: names unique per type, and every reference by name alone
+/// (an `SdsSecretConfig` without `sds_config`) to one that exists.
+fn check_static_secrets(b: &Bootstrap, dynamic: &prost_reflect::DynamicMessage, errors: &mut Vec<FieldError>) {
+    use crate::pb::envoy::extensions::transport_sockets::tls::v3::secret::Type;
+    let secrets = b.static_resources.as_ref().map(|s| s.secrets.as_slice()).unwrap_or_default();
+    let mut seen = HashSet::new();
+    for (i, s) in secrets.iter().enumerate() {
+        let kind = match &s.r#type {
+            Some(Type::TlsCertificate(_)) => "TlsCertificate",
+            Some(Type::ValidationContext(_)) => "CertificateValidationContext",
+            Some(Type::SessionTicketKeys(_)) => "TlsSessionTicketKeys",
+            Some(Type::GenericSecret(_)) => "GenericSecret",
+            None => continue,
+        };
+        if !seen.insert((kind, s.name.as_str())) {
+            errors.push(FieldError::new(
+                format!("static_resources.secrets[{i}].name"),
+                format!("Duplicate static {kind} secret name {}", s.name),
+            ));
+        }
+    }
+    let names: HashSet<&str> = secrets.iter().map(|s| s.name.as_str()).collect();
+    walk(dynamic, "", &mut |m, p| {
+        if m.descriptor().full_name() != "envoy.extensions.transport_sockets.tls.v3.SdsSecretConfig"
+            || m.has_field_by_name("sds_config")
+        {
+            return;
+        }
+        let name = m.get_field_by_name("name").and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
+        if !names.contains(name.as_str()) {
+            errors.push(FieldError::new(p, format!("Unknown static secret: {name}")));
+        }
+    });
 }
 
 /// Checks that apply to a message wherever it appears.

@@ -60,7 +60,15 @@ const SUPPORTED_FIELDS: &[(&str, &[&str])] = &[
     ("envoy.config.core.v3.AggregatedConfigSource", &[]),
     ("envoy.extensions.filters.network.http_connection_manager.v3.Rds", &["config_source", "route_config_name"]),
     ("envoy.config.cluster.v3.Cluster.EdsClusterConfig", &["eds_config", "service_name"]),
-    ("envoy.config.bootstrap.v3.Bootstrap.StaticResources", &["listeners", "clusters"]),
+    ("envoy.config.bootstrap.v3.Bootstrap.StaticResources", &["listeners", "clusters", "secrets"]),
+    ("envoy.extensions.transport_sockets.tls.v3.Secret", &["name", "tls_certificate", "validation_context"]),
+    ("envoy.extensions.transport_sockets.tls.v3.SdsSecretConfig", &["name", "sds_config"]),
+    ("envoy.config.core.v3.PathConfigSource", &["path", "watched_directory"]),
+    ("envoy.config.core.v3.WatchedDirectory", &["path"]),
+    (
+        "envoy.extensions.transport_sockets.tls.v3.CommonTlsContext.CombinedCertificateValidationContext",
+        &["default_validation_context", "validation_context_sds_secret_config"],
+    ),
     ("envoy.config.bootstrap.v3.Admin", &["address"]),
     ("envoy.config.core.v3.Node", &["id", "cluster", "metadata", "locality", "user_agent_name"]),
     ("envoy.config.core.v3.Locality", &["region", "zone", "sub_zone"]),
@@ -94,7 +102,15 @@ const SUPPORTED_FIELDS: &[(&str, &[&str])] = &[
     ("envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext", &["common_tls_context", "sni"]),
     (
         "envoy.extensions.transport_sockets.tls.v3.CommonTlsContext",
-        &["tls_params", "tls_certificates", "alpn_protocols", "validation_context"],
+        &[
+            "tls_params",
+            "tls_certificates",
+            "alpn_protocols",
+            "validation_context",
+            "tls_certificate_sds_secret_configs",
+            "validation_context_sds_secret_config",
+            "combined_validation_context",
+        ],
     ),
     ("envoy.extensions.transport_sockets.tls.v3.TlsCertificate", &["certificate_chain", "private_key"]),
     (
@@ -606,16 +622,24 @@ const UNSUPPORTED_VALUES: &[(&str, &str, &[i32], &str)] = &[
     ),
 ];
 
-/// Shared messages Legate implements only in part at one place: (parent
+/// Shared messages whose honoured fields depend on where they are: (parent
 /// message, its field holding the shared message, the fields honoured
 /// there). The HTTP connection manager's `common_http_protocol_options` is
 /// the cluster's message, whose request and stream limits Legate applies
-/// upstream only.
-const NARROWED: &[(&str, &str, &[&str])] = &[(
-    "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
-    "common_http_protocol_options",
-    &["idle_timeout"],
-)];
+/// upstream only. A config source may be a file (`path`,
+/// `path_config_source`) for secrets only.
+const NARROWED: &[(&str, &str, &[&str])] = &[
+    (
+        "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+        "common_http_protocol_options",
+        &["idle_timeout"],
+    ),
+    (
+        "envoy.extensions.transport_sockets.tls.v3.SdsSecretConfig",
+        "sds_config",
+        &["ads", "resource_api_version", "initial_fetch_timeout", "path", "path_config_source"],
+    ),
+];
 
 fn supported_fields(message: &str) -> &'static [&'static str] {
     SUPPORTED_FIELDS.iter().find(|(m, _)| *m == message).map_or(&[], |(_, f)| f)

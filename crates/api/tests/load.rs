@@ -152,3 +152,19 @@ fn unsupported_fields_are_listed_not_ignored() {
         r.unsupported
     );
 }
+
+/// A file config source is implemented for secrets only: under an
+/// `SdsSecretConfig` it is accepted, for CDS it is listed.
+#[test]
+fn file_config_source_only_for_secrets() {
+    let file = concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml");
+    let tls = "static_resources:\n  listeners:\n  - address: {socket_address: {address: 127.0.0.1, port_value: 1}}\n    filter_chains:\n    - transport_socket: {name: tls, typed_config: {\"@type\": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext, common_tls_context: {tls_certificate_sds_secret_configs: [{name: s, sds_config: {path_config_source: {path: FILE, watched_directory: {path: /}}}}], validation_context_sds_secret_config: {name: ca}}}}\n      filters: [{name: tcp, typed_config: {\"@type\": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy, stat_prefix: t, cluster: c}}]\n  secrets:\n  - {name: ca, validation_context: {trusted_ca: {inline_string: x}}}\n";
+    let r = check_bootstrap(&tls.replace("FILE", file));
+    assert!(r.is_valid(), "{:?}", r.errors);
+    assert!(r.unsupported.is_empty(), "{:?}", r.unsupported);
+    let cds = format!("dynamic_resources:\n  cds_config: {{path_config_source: {{path: {file}}}}}\n");
+    let r = check_bootstrap(&cds);
+    assert!(r.is_valid(), "{:?}", r.errors);
+    assert_eq!(r.unsupported.len(), 1, "{:?}", r.unsupported);
+    assert_eq!(r.unsupported[0].path, "dynamic_resources.cds_config.path_config_source");
+}

@@ -326,10 +326,12 @@ pub fn run(args: CtlArgs) -> anyhow::Result<()> {
                     Some(a) => a.clone(),
                     None => vec![v.clone()],
                 };
+                // Secrets get a column with their certificates' earliest expiry.
+                let expiry = items.iter().any(|i| i["kind"] == "Secret");
                 let rows = items
                     .iter()
                     .map(|i| {
-                        vec![
+                        let mut row = vec![
                             i["kind"].as_str().unwrap_or("").to_string(),
                             i["metadata"]["name"].as_str().unwrap_or("").to_string(),
                             i["version"].as_str().unwrap_or("").to_string(),
@@ -338,10 +340,18 @@ pub fn run(args: CtlArgs) -> anyhow::Result<()> {
                             } else {
                                 i["metadata"]["nodes"].to_string()
                             },
-                        ]
+                        ];
+                        if expiry {
+                            row.push(i["status"]["expiration_time"].as_str().unwrap_or("-").to_string());
+                        }
+                        row
                     })
                     .collect();
-                table(&["KIND", "NAME", "VERSION", "NODES"], rows)
+                if expiry {
+                    table(&["KIND", "NAME", "VERSION", "NODES", "EXPIRES"], rows)
+                } else {
+                    table(&["KIND", "NAME", "VERSION", "NODES"], rows)
+                }
             })
         }
         CtlCommand::Delete { kind, name, message } => {

@@ -173,7 +173,19 @@ fn docs_json(ctrl: &Controller, kind: Option<Kind>, name: Option<&str>) -> Vec<s
         .resources
         .iter()
         .filter(|((k, n), _)| kind.is_none_or(|want| *k == want) && name.is_none_or(|want| n == want))
-        .map(|(_, r)| json!({"kind": r.kind.name(), "metadata": r.doc.metadata, "spec": r.doc.spec, "version": r.version}))
+        .map(|(_, r)| {
+            let mut v =
+                json!({"kind": r.kind.name(), "metadata": r.doc.metadata, "spec": r.doc.spec, "version": r.version});
+            if r.kind == Kind::Secret {
+                // Each certificate's validity, read from the secret itself.
+                let certs = crate::certinfo::certificates(&r.any);
+                v["status"] = json!({
+                    "expiration_time": crate::certinfo::earliest_expiry(&certs),
+                    "certificates": certs,
+                });
+            }
+            v
+        })
         .collect()
 }
 

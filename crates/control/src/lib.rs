@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod certinfo;
 pub mod csds;
 pub mod diff;
 pub mod fleet;

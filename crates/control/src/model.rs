@@ -234,6 +234,12 @@ pub fn compile(doc: &Document) -> Result<Resource, Vec<DocError>> {
         Kind::Service | Kind::Gateway | Kind::Route => Err(vec![FieldError::new("kind", "not an Envoy resource kind")]),
     }
     .map_err(to_doc_errors)?;
+    if kind == Kind::Secret {
+        // The PEM a secret carries inline must read, or every proxy would NACK it.
+        if let Some((path, reason)) = crate::certinfo::check(&any) {
+            return Err(err(&path, reason));
+        }
+    }
     if own_name != doc.metadata.name {
         let field = if kind == Kind::ClusterLoadAssignment { "spec.cluster_name" } else { "spec.name" };
         return Err(err(field, format!("must equal metadata.name '{}' (is '{own_name}')", doc.metadata.name)));

@@ -18,6 +18,7 @@ use std::sync::Arc;
 
 const HELP: &[(&str, &str)] = &[
     ("/", "Admin home page"),
+    ("/certs", "print certs on machine"),
     ("/clusters", "upstream cluster status"),
     ("/config_dump", "dump current Envoy configs"),
     ("/drain_listeners", "drain listeners"),
@@ -130,9 +131,10 @@ fn handle(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>> {
         "/server_info" => json_reply(server_info(shared)),
         "/stats" => stats(shared, query),
         "/stats/prometheus" => reply(StatusCode::OK, "text/plain; charset=UTF-8", prometheus(shared)),
+        "/certs" => json_reply(certs(shared)),
         "/clusters" => clusters(shared, query),
         "/listeners" => listeners(shared, query),
-        "/config_dump" => json_reply(config_dump(shared)),
+        "/config_dump" => json_reply(redacted(config_dump(shared))),
         "/healthcheck/fail" => {
             shared.healthy.store(false, Ordering::Relaxed);
             text("OK\n")
@@ -472,6 +474,43 @@ fn listeners(shared: &Shared, query: Option<&str>) -> Response<Full<Bytes>> {
     text(s)
 }
 
+/// Envoy's `/certs`: per TLS context, its CA and its certificates' leaves
+/// with their expiry (days left computed now).
+fn certs(shared: &Shared) -> serde_json::Value {
+    let now = chrono::Utc::now().timestamp();
+    let ts = |secs: i64| {
+        chrono::DateTime::<chrono::Utc>::from_timestamp(secs, 0)
+            .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+            .unwrap_or_default()
+    };
+    let detail = |d: &crate::tls::CertDetail| {
+        let sans: Vec<_> = d.subject_alt_names.iter().map(|(k, v)| json!({ *k: v })).collect();
+        let mut o = serde_json::Map::new();
+        o.insert("path".into(), json!(d.path));
+        o.insert("serial_number".into(), json!(d.serial_number));
+        o.insert("subject_alt_names".into(), json!(sans));
+        // A uint64 in proto JSON: a string; 0 once expired.
+        o.insert("days_until_expiration".into(), json!(((d.expiration_time - now).max(0) / 86_400).to_string()));
+        o.insert("valid_from".into(), json!(ts(d.valid_from)));
+        o.insert("expiration_time".into(), json!(ts(d.expiration_time)));
+        serde_json::Value::Object(o)
+    };
+    let certificates: Vec<_> = shared
+        .ctx
+        .secrets
+        .contexts()
+        .iter()
+        .map(|c| {
+            let info = c.certs();
+            json!({
+                "ca_cert": info.ca_cert.iter().map(detail).collect::<Vec<_>>(),
+                "cert_chain": info.cert_chain.iter().map(detail).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    json!({ "certificates": certificates })
+}
+
 fn rfc3339(t: chrono::DateTime<chrono::Utc>) -> String {
     t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
@@ -528,8 +567,114 @@ fn config_dump(shared: &Shared) -> serde_json::Value {
             {"@type": "type.googleapis.com/envoy.admin.v3.ClustersConfigDump", "static_clusters": static_clusters, "dynamic_active_clusters": dynamic_clusters},
             {"@type": "type.googleapis.com/envoy.admin.v3.ListenersConfigDump", "static_listeners": static_listeners, "dynamic_listeners": dynamic_listeners},
             {"@type": "type.googleapis.com/envoy.admin.v3.RoutesConfigDump", "dynamic_route_configs": dynamic_routes},
+            secrets_dump(shared),
         ]
     })
+}
+
+/// Hides what Envoy's API marks sensitive (a TLS certificate's `private_key`
+/// and `password`) wherever it appears, as Envoy's dumps do: the value's
+/// string becomes `[redacted]` (base64 of it for bytes).
+fn redacted(mut v: serde_json::Value) -> serde_json::Value {
+    fn walk(v: &mut serde_json::Value, depth: usize) {
+        if depth > 64 {
+            return;
+        }
+        match v {
+            serde_json::Value::Object(o) => {
+                for (k, child) in o.iter_mut() {
+                    if k == "private_key" || k == "password" {
+                        if let Some(ds) = child.as_object_mut() {
+                            for (kind, val) in ds.iter_mut() {
+                                *val = match kind.as_str() {
+                                    "inline_bytes" => json!("W3JlZGFjdGVkXQ=="),
+                                    "filename" | "inline_string" | "environment_variable" => json!("[redacted]"),
+                                    _ => continue,
+                                };
+                            }
+                        }
+                        continue;
+                    }
+                    walk(child, depth + 1);
+                }
+            }
+            serde_json::Value::Array(a) => a.iter_mut().for_each(|c| walk(c, depth + 1)),
+            _ => {}
+        }
+    }
+    walk(&mut v, 0);
+    v
+}
+
+/// Envoy's `SecretsConfigDump`: static secrets as configured, secrets from
+/// files and ADS as taken (files they name read in), waiting ones by name;
+/// private keys redacted.
+fn secrets_dump(shared: &Shared) -> serde_json::Value {
+    use legate_api::pb::envoy::config::core::v3::data_source::Specifier;
+    use legate_api::pb::envoy::extensions::transport_sockets::tls::v3::secret;
+    let shown = |s: &legate_api::pb::envoy::extensions::transport_sockets::tls::v3::Secret, inline: bool| {
+        let mut s = s.clone();
+        if let Some(secret::Type::TlsCertificate(t)) = &mut s.r#type {
+            if inline {
+                for ds in t.certificate_chain.iter_mut() {
+                    if let Some(Specifier::Filename(f)) = &ds.specifier {
+                        ds.specifier = Some(Specifier::InlineBytes(std::fs::read(f).unwrap_or_default()));
+                    }
+                }
+            }
+            if let Some(ds) = &mut t.private_key {
+                let redacted = "[redacted]".to_string();
+                ds.specifier = match &ds.specifier {
+                    Some(Specifier::Filename(_)) if !inline => Some(Specifier::Filename(redacted)),
+                    Some(Specifier::InlineString(_)) => Some(Specifier::InlineString(redacted)),
+                    Some(Specifier::EnvironmentVariable(_)) => Some(Specifier::EnvironmentVariable(redacted)),
+                    Some(_) => Some(Specifier::InlineBytes(redacted.into_bytes())),
+                    None => None,
+                };
+            }
+        }
+        if let (true, Some(secret::Type::ValidationContext(v))) = (inline, &mut s.r#type) {
+            for ds in v.trusted_ca.iter_mut() {
+                if let Some(Specifier::Filename(f)) = &ds.specifier {
+                    ds.specifier = Some(Specifier::InlineBytes(std::fs::read(f).unwrap_or_default()));
+                }
+            }
+        }
+        typed_json(&s)
+    };
+    let (statics, dynamic) = shared.ctx.secrets.all();
+    let static_secrets: Vec<_> = statics
+        .iter()
+        .filter_map(|slot| slot.get().map(|s| json!({"name": slot.name, "secret": shown(&s, false)})))
+        .collect();
+    let mut active = Vec::new();
+    let mut warming = Vec::new();
+    for slot in dynamic {
+        let (version, at) = slot.updated();
+        match slot.get() {
+            Some(s) => {
+                let mut o = serde_json::Map::new();
+                o.insert("name".into(), json!(slot.name));
+                if !version.is_empty() {
+                    o.insert("version_info".into(), json!(version));
+                }
+                o.insert("last_updated".into(), json!(rfc3339(at)));
+                o.insert("secret".into(), shown(&s, true));
+                active.push(serde_json::Value::Object(o));
+            }
+            None => warming.push(json!({"name": slot.name})),
+        }
+    }
+    let mut o = serde_json::Map::new();
+    o.insert("@type".into(), json!("type.googleapis.com/envoy.admin.v3.SecretsConfigDump"));
+    for (k, v) in
+        [("static_secrets", static_secrets), ("dynamic_active_secrets", active), ("dynamic_warming_secrets", warming)]
+    {
+        if !v.is_empty() {
+            o.insert(k.into(), json!(v));
+        }
+    }
+    serde_json::Value::Object(o)
 }
 
 fn with_type(mut v: serde_json::Value, ty: &str) -> serde_json::Value {

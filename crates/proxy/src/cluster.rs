@@ -614,7 +614,12 @@ fn duration(d: &Option<legate_api::pb::google::protobuf::Duration>, default: Dur
 }
 
 impl Cluster {
-    pub fn compile(c: &PbCluster, store: &Arc<Store>, workers: usize) -> Result<Arc<Self>, String> {
+    pub fn compile(
+        c: &PbCluster,
+        store: &Arc<Store>,
+        workers: usize,
+        secrets: &Arc<crate::sds::SecretManager>,
+    ) -> Result<Arc<Self>, String> {
         let discovery = match &c.cluster_discovery_type {
             None => Discovery::Static,
             Some(cluster::ClusterDiscoveryType::Type(t)) => match cluster::DiscoveryType::try_from(*t) {
@@ -728,7 +733,7 @@ impl Cluster {
         let tls = c
             .transport_socket
             .as_ref()
-            .map(|ts| crate::tls::upstream(ts, http2))
+            .map(|ts| crate::tls::upstream(ts, http2, secrets))
             .transpose()
             .map_err(|e| e.to_string())?;
         let stats = ClusterStats::new(store, &c.name, tls.is_some());
@@ -1050,7 +1055,7 @@ mod tests {
         );
         let (pb, _) =
             legate_api::load::decode_typed::<PbCluster>(legate_api::load::parse_text(&yaml).unwrap()).unwrap();
-        Cluster::compile(&pb, &Arc::new(Store::default()), 1).unwrap()
+        Cluster::compile(&pb, &Arc::new(Store::default()), 1, &Default::default()).unwrap()
     }
 
     fn counts(c: &Cluster, n: usize) -> Vec<usize> {

@@ -35,6 +35,7 @@ pub mod peer;
 pub mod rds;
 pub mod retry;
 pub mod route;
+pub mod sds;
 pub mod server;
 pub mod stats;
 pub mod tcp_proxy;

@@ -45,7 +45,7 @@ pub struct HttpChain {
 /// One filter chain: its TLS termination, if any, network rate limits in
 /// front, and its terminal network filter.
 pub struct Chain {
-    tls: Option<crate::tls::DownstreamTls>,
+    tls: Option<Arc<crate::tls::ServerTls>>,
     rate_limits: Vec<crate::net_ratelimit::NetRateLimit>,
     /// `envoy.filters.network.rbac` filters, in order (checked on data).
     rbac: Arc<[crate::net_rbac::NetRbac]>,
@@ -80,7 +80,12 @@ const LISTENER_FILTERS_TIMEOUT: Duration = Duration::from_secs(15);
 
 impl Chain {
     fn compile(c: &FilterChain, ctx: &crate::rds::CompileContext) -> Result<Self, String> {
-        let tls = c.transport_socket.as_ref().map(crate::tls::downstream).transpose().map_err(|e| e.to_string())?;
+        let tls = c
+            .transport_socket
+            .as_ref()
+            .map(|ts| crate::tls::downstream(ts, &ctx.secrets))
+            .transpose()
+            .map_err(|e| e.to_string())?;
         // Network local rate limits, then one terminal filter.
         let Some((f, front)) = c.filters.split_last() else {
             return Err("filters: a network filter (http_connection_manager or tcp_proxy) is required".into());
@@ -157,6 +162,12 @@ impl ListenerConfig {
     }
 
     /// The HTTP connection managers of this listener's chains.
+    /// Every TLS context of its chains has its secrets, or stopped waiting
+    /// for them (a listener warms until then).
+    pub fn tls_ready(&self) -> bool {
+        self.chains.iter().chain(self.default_chain.iter()).all(|c| c.tls.as_ref().is_none_or(|t| t.settled()))
+    }
+
     pub fn hcms(&self) -> impl Iterator<Item = &Arc<Hcm>> {
         self.chains.iter().chain(self.default_chain.iter()).filter_map(|c| match &c.filter {
             NetFilter::Http(h) => Some(&h.hcm),
@@ -363,9 +374,17 @@ async fn dispatch(
     // As in Envoy, the requested server name is what the TLS inspector
     // read; without it a terminated connection has none.
     let sni = hello.sni.map(String::into_boxed_str);
-    let Some(dtls) = &chain.tls else {
+    let Some(tls) = &chain.tls else {
         let conn = ConnCtx { remote, local, tls: None, sni };
         return run_chain(listener, &chain, stream, conn, None, phase).await;
+    };
+    // The context's configs as of now; a secret rotation later does not
+    // touch this connection. None only while a secret has not arrived: closed.
+    let Some(dtls) = tls.current() else {
+        if let Some(ssl) = &listener.stats.ssl {
+            ssl.connection_error.inc();
+        }
+        return;
     };
     let (accepted, sigalg) = dtls.accept(stream).await;
     match accepted {

@@ -27,6 +27,8 @@ pub struct CompileContext {
     /// Remote JWKS with `async_fetch` compiled since the last call to
     /// `filters::jwt::start_async_fetches`, which starts their fetching.
     pub jwks_async: Arc<Mutex<Vec<std::sync::Weak<crate::filters::jwt::RemoteJwks>>>>,
+    /// Secrets for TLS contexts (static, files, ADS).
+    pub secrets: Arc<crate::sds::SecretManager>,
 }
 
 struct Entry {

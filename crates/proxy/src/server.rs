@@ -73,9 +73,22 @@ pub fn build(
     let mut map = HashMap::new();
     let clusters = Arc::new(ArcSwap::from_pointee(ClusterMap::new()));
     let (listeners, worker_rxs) = ListenerManager::new(options.concurrency);
+    let secrets = Arc::new(
+        crate::sds::SecretManager::new(
+            b.static_resources.as_ref().map(|s| s.secrets.as_slice()).unwrap_or_default(),
+            {
+                let node = b.node.as_ref();
+                let id = options.service_node.clone().or_else(|| node.map(|n| n.id.clone())).unwrap_or_default();
+                let cluster =
+                    options.service_cluster.clone().or_else(|| node.map(|n| n.cluster.clone())).unwrap_or_default();
+                !id.is_empty() && !cluster.is_empty()
+            },
+        )
+        .with_stats(store.clone()),
+    );
     if let Some(sr) = &b.static_resources {
         for (i, c) in sr.clusters.iter().enumerate() {
-            let cluster = Cluster::compile(c, &store, options.concurrency)
+            let cluster = Cluster::compile(c, &store, options.concurrency, &secrets)
                 .map_err(|reason| ServerError::Config { path: format!("static_resources.clusters[{i}]"), reason })?;
             map.insert(c.name.clone(), cluster);
         }
@@ -95,6 +108,7 @@ pub fn build(
             .and_then(|c| http::HeaderValue::from_str(&c).ok())
             .unwrap_or_else(|| http::HeaderValue::from_static("")),
         jwks_async: Default::default(),
+        secrets,
     };
     if let Some(sr) = &b.static_resources {
         for (i, l) in sr.listeners.iter().enumerate() {

@@ -1,13 +1,18 @@
 //! rustls configs built from Envoy's `DownstreamTlsContext` and
 //! `UpstreamTlsContext` (transport socket `envoy.transport_sockets.tls`).
 //!
-//! Everything is built once per config change; a handshake only reads the
-//! shared `Arc<ServerConfig>` / `Arc<ClientConfig>`.
+//! Everything is built once per config change, or when a secret the context
+//! takes from SDS changes; a handshake only loads the current
+//! `Arc<ServerConfig>` / `Arc<ClientConfig>` from an `ArcSwapOption` (one
+//! atomic load and a reference count, no lock).
 
+use crate::sds::{SecretManager, SecretSlot};
+use arc_swap::{ArcSwap, ArcSwapOption};
+use legate_api::pb::envoy::config::core::v3::{data_source, DataSource};
 use legate_api::pb::envoy::config::core::v3::{transport_socket, TransportSocket};
 use legate_api::pb::envoy::extensions::transport_sockets::tls::v3::{
-    common_tls_context::ValidationContextType, tls_parameters::TlsProtocol, CertificateValidationContext,
-    CommonTlsContext, DownstreamTlsContext, TlsCertificate, TlsParameters, UpstreamTlsContext,
+    common_tls_context::ValidationContextType, secret, tls_parameters::TlsProtocol, CertificateValidationContext,
+    CommonTlsContext, DownstreamTlsContext, Secret, TlsCertificate, TlsParameters, UpstreamTlsContext,
 };
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
@@ -398,7 +403,13 @@ fn certified_key(c: &TlsCertificate, path: &str) -> Result<CertifiedKey, TlsErro
         .map_err(|e| err(&format!("{path}.private_key"), format!("cannot read PEM private key: {e}")))?;
     let signer = rustls::crypto::ring::sign::any_supported_type(&key)
         .map_err(|e| err(&format!("{path}.private_key"), format!("unsupported private key: {e}")))?;
-    Ok(CertifiedKey::new(chain, signer))
+    let ck = CertifiedKey::new(chain, signer);
+    // A key that is not the certificate's is refused, as Envoy refuses it
+    // (a rotation that moved only one of the two files in place waits).
+    if let Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch)) = ck.keys_match() {
+        return Err(err(&format!("{path}.private_key"), "the private key does not match the certificate"));
+    }
+    Ok(ck)
 }
 
 /// TLS versions from `tls_params`, limited to what rustls speaks (1.2, 1.3).
@@ -448,6 +459,300 @@ fn validation_context<'a>(
         Some(_) => Err(err(&format!("{path}.validation_context_type"), "only validation_context is supported")),
     }
 }
+
+/// The secrets a context takes from SDS or `static_resources.secrets`.
+#[derive(Default)]
+struct Deps {
+    certs: Vec<Arc<SecretSlot>>,
+    validation: Option<Arc<SecretSlot>>,
+}
+
+impl Deps {
+    fn find(c: &CommonTlsContext, secrets: &Arc<SecretManager>, path: &str) -> Result<Self, TlsError> {
+        let mut certs = Vec::new();
+        for (i, cfg) in c.tls_certificate_sds_secret_configs.iter().enumerate() {
+            let p = format!("{path}.tls_certificate_sds_secret_configs[{i}]");
+            certs.push(secrets.slot(cfg).map_err(|e| err(&p, e.to_string()))?);
+        }
+        let validation = match &c.validation_context_type {
+            Some(ValidationContextType::ValidationContextSdsSecretConfig(cfg)) => Some(
+                secrets
+                    .slot(cfg)
+                    .map_err(|e| err(&format!("{path}.validation_context_sds_secret_config"), e.to_string()))?,
+            ),
+            Some(ValidationContextType::CombinedValidationContext(cv)) => {
+                let p = format!("{path}.combined_validation_context.validation_context_sds_secret_config");
+                let Some(cfg) = &cv.validation_context_sds_secret_config else { return Err(err(&p, "is required")) };
+                Some(secrets.slot(cfg).map_err(|e| err(&p, e.to_string()))?)
+            }
+            _ => None,
+        };
+        Ok(Self { certs, validation })
+    }
+
+    fn all(&self) -> impl Iterator<Item = &Arc<SecretSlot>> {
+        self.certs.iter().chain(self.validation.iter())
+    }
+}
+
+/// `c` with its secrets put in place: `tls_certificates` gains the SDS
+/// certificates, the validation context becomes a plain one (a combined
+/// context is the default one with the SDS one merged over it, as Envoy
+/// merges them). `None` while a secret has not arrived.
+fn flatten(c: &CommonTlsContext, deps: &Deps, path: &str) -> Result<Option<CommonTlsContext>, TlsError> {
+    let mut out = c.clone();
+    out.tls_certificate_sds_secret_configs.clear();
+    for (i, slot) in deps.certs.iter().enumerate() {
+        let Some(s) = slot.get() else { return Ok(None) };
+        match &s.r#type {
+            Some(secret::Type::TlsCertificate(t)) => {
+                let mut t = t.clone();
+                if slot.source != crate::sds::Source::Static {
+                    inline(&mut t.certificate_chain, path)?;
+                    inline(&mut t.private_key, path)?;
+                }
+                out.tls_certificates.push(t)
+            }
+            _ => {
+                return Err(err(
+                    &format!("{path}.tls_certificate_sds_secret_configs[{i}]"),
+                    format!("secret '{}' is not a tls_certificate", slot.name),
+                ))
+            }
+        }
+    }
+    if let Some(slot) = &deps.validation {
+        let Some(s) = slot.get() else { return Ok(None) };
+        let Some(secret::Type::ValidationContext(v)) = &s.r#type else {
+            return Err(err(
+                &format!("{path}.validation_context_type"),
+                format!("secret '{}' is not a validation_context", slot.name),
+            ));
+        };
+        let mut v = v.clone();
+        if slot.source != crate::sds::Source::Static {
+            inline(&mut v.trusted_ca, path)?;
+        }
+        let merged = match &c.validation_context_type {
+            Some(ValidationContextType::CombinedValidationContext(cv)) => {
+                let mut m = cv.default_validation_context.clone().unwrap_or_default();
+                if v.trusted_ca.is_some() {
+                    m.trusted_ca = v.trusted_ca.clone();
+                }
+                m.match_typed_subject_alt_names.extend(v.match_typed_subject_alt_names.iter().cloned());
+                m
+            }
+            _ => v,
+        };
+        out.validation_context_type = Some(ValidationContextType::ValidationContext(merged));
+    }
+    Ok(Some(out))
+}
+
+/// Reads a file a secret from SDS names into the secret, as Envoy does when
+/// it takes an SDS secret (so `/certs` shows such a certificate as inline).
+fn inline(ds: &mut Option<DataSource>, path: &str) -> Result<(), TlsError> {
+    if let Some(d) = ds {
+        if let Some(data_source::Specifier::Filename(f)) = &d.specifier {
+            let bytes = std::fs::read(f).map_err(|e| err(path, format!("Invalid path: {f}: {e}")))?;
+            d.specifier = Some(data_source::Specifier::InlineBytes(bytes));
+        }
+    }
+    Ok(())
+}
+
+/// Whether a secret's certificate, key or CA can be used: a secret from xDS
+/// or a file is refused (NACKed, or the file update rejected) if not.
+pub fn check_secret_material(s: &Secret) -> Result<(), TlsError> {
+    match &s.r#type {
+        Some(secret::Type::TlsCertificate(c)) => certified_key(c, "tls_certificate").map(|_| ()),
+        Some(secret::Type::ValidationContext(v)) => {
+            roots(v, "validation_context")?;
+            compile_sans(v, "validation_context").map(|_| ())
+        }
+        _ => Err(err("type", "only tls_certificate and validation_context secrets are supported")),
+    }
+}
+
+/// One certificate as `/certs` shows it.
+#[derive(Debug, Clone, Default)]
+pub struct CertDetail {
+    /// The file it came from, or `<inline>`.
+    pub path: String,
+    /// Lowercase hex, as Envoy prints it.
+    pub serial_number: String,
+    /// ("dns" | "uri" | "ip_address", value).
+    pub subject_alt_names: Vec<(&'static str, String)>,
+    /// Seconds since the epoch.
+    pub valid_from: i64,
+    pub expiration_time: i64,
+}
+
+/// The certificates of one TLS context: its CA and its own chains' leaves.
+#[derive(Debug, Clone, Default)]
+pub struct CertsInfo {
+    pub ca_cert: Vec<CertDetail>,
+    pub cert_chain: Vec<CertDetail>,
+}
+
+fn ds_path(ds: &Option<DataSource>) -> String {
+    match ds.as_ref().and_then(|d| d.specifier.as_ref()) {
+        Some(data_source::Specifier::Filename(f)) => f.clone(),
+        _ => "<inline>".into(),
+    }
+}
+
+fn detail(der: &CertificateDer<'_>, path: String) -> Option<CertDetail> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref()).ok()?;
+    let mut sans = Vec::new();
+    if let Ok(Some(ext)) = cert.subject_alternative_name() {
+        for g in &ext.value.general_names {
+            use x509_parser::extensions::GeneralName;
+            match g {
+                GeneralName::DNSName(s) => sans.push(("dns", s.to_string())),
+                GeneralName::URI(s) => sans.push(("uri", s.to_string())),
+                GeneralName::IPAddress(b) if b.len() == 4 => {
+                    sans.push(("ip_address", std::net::Ipv4Addr::new(b[0], b[1], b[2], b[3]).to_string()))
+                }
+                GeneralName::IPAddress(b) if b.len() == 16 => {
+                    let mut a = [0u8; 16];
+                    a.copy_from_slice(b);
+                    sans.push(("ip_address", std::net::Ipv6Addr::from(a).to_string()))
+                }
+                _ => {}
+            }
+        }
+    }
+    // Envoy prints the serial as BoringSSL's BN_bn2hex does (whole bytes,
+    // leading zero bytes dropped), lowercased.
+    let raw = cert.raw_serial();
+    let first = raw.iter().position(|b| *b != 0).unwrap_or(raw.len().saturating_sub(1));
+    let serial_number = raw[first..].iter().map(|b| format!("{b:02x}")).collect();
+    Some(CertDetail {
+        path,
+        serial_number,
+        subject_alt_names: sans,
+        valid_from: cert.validity().not_before.timestamp(),
+        expiration_time: cert.validity().not_after.timestamp(),
+    })
+}
+
+/// What `/certs` shows of a (flattened) context: the first CA of
+/// `trusted_ca`, and the leaf of each certificate chain.
+fn certs_info(c: &CommonTlsContext) -> CertsInfo {
+    let mut info = CertsInfo::default();
+    if let Some(ValidationContextType::ValidationContext(v)) = &c.validation_context_type {
+        if let Some(ds) = &v.trusted_ca {
+            if let Ok(pem) = crate::datasource::read(ds) {
+                if let Some(Ok(der)) = CertificateDer::pem_slice_iter(&pem).next() {
+                    info.ca_cert.extend(detail(&der, ds_path(&v.trusted_ca)));
+                }
+            }
+        }
+    }
+    for t in &c.tls_certificates {
+        if let Some(ds) = &t.certificate_chain {
+            if let Ok(pem) = crate::datasource::read(ds) {
+                if let Some(Ok(der)) = CertificateDer::pem_slice_iter(&pem).next() {
+                    info.cert_chain.extend(detail(&der, ds_path(&t.certificate_chain)));
+                }
+            }
+        }
+    }
+    info
+}
+
+type Builder<C> = Box<dyn Fn(&CommonTlsContext) -> Result<C, TlsError> + Send + Sync>;
+
+/// A TLS context whose rustls config follows its secrets: built when every
+/// secret it names is there, rebuilt (and swapped in) when one changes.
+/// Connections load the current config when they start; one already open
+/// keeps the config it started with.
+pub struct Dynamic<C> {
+    common: CommonTlsContext,
+    deps: Deps,
+    build: Builder<C>,
+    current: ArcSwapOption<C>,
+    info: ArcSwap<CertsInfo>,
+    path: String,
+    /// Held while rebuilding (never by a handshake).
+    rebuilding: std::sync::Mutex<()>,
+}
+
+impl<C: Send + Sync + 'static> Dynamic<C> {
+    fn new(
+        common: CommonTlsContext,
+        secrets: &Arc<SecretManager>,
+        path: &str,
+        build: Builder<C>,
+    ) -> Result<Arc<Self>, TlsError> {
+        let deps = Deps::find(&common, secrets, path)?;
+        let me = Arc::new(Self {
+            common,
+            deps,
+            build,
+            current: ArcSwapOption::empty(),
+            info: ArcSwap::from_pointee(CertsInfo::default()),
+            path: path.to_string(),
+            rebuilding: std::sync::Mutex::new(()),
+        });
+        // Subscribed before the first build, so no update falls in between.
+        for slot in me.deps.all() {
+            let weak: std::sync::Weak<Self> = Arc::downgrade(&me);
+            slot.subscribe(weak);
+        }
+        // A config error with every secret present is the config's error.
+        me.rebuild()?;
+        let weak: std::sync::Weak<Self> = Arc::downgrade(&me);
+        secrets.register(weak);
+        Ok(me)
+    }
+
+    fn rebuild(&self) -> Result<(), TlsError> {
+        // Secrets change on the main thread (ADS) and the file watcher: one
+        // rebuild at a time, so an older build never replaces a newer one.
+        let _one = self.rebuilding.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(flat) = flatten(&self.common, &self.deps, &self.path)? else { return Ok(()) };
+        let cfg = (self.build)(&flat)?;
+        self.info.store(Arc::new(certs_info(&flat)));
+        self.current.store(Some(Arc::new(cfg)));
+        Ok(())
+    }
+
+    /// The config for a new connection; `None` while a secret is awaited.
+    pub fn current(&self) -> Option<Arc<C>> {
+        self.current.load_full()
+    }
+
+    /// Every secret is there (the context can serve).
+    pub fn ready(&self) -> bool {
+        self.current.load().is_some()
+    }
+
+    /// Nothing more to wait for: every secret arrived or its initial fetch
+    /// timed out (a listener or cluster then warms up, as in Envoy, and a
+    /// context still without its secrets refuses connections).
+    pub fn settled(&self) -> bool {
+        self.ready() || self.deps.all().all(|s| s.settled())
+    }
+}
+
+impl<C: Send + Sync + 'static> crate::sds::Subscriber for Dynamic<C> {
+    fn secret_changed(&self) {
+        if let Err(e) = self.rebuild() {
+            tracing::warn!("TLS context not updated from its secrets (the previous one stays): {e}");
+        }
+    }
+}
+
+impl<C: Send + Sync + 'static> crate::sds::CertSource for Dynamic<C> {
+    fn certs(&self) -> CertsInfo {
+        (**self.info.load()).clone()
+    }
+}
+
+/// A listener filter chain's TLS.
+pub type ServerTls = Dynamic<DownstreamTls>;
 
 fn roots(v: &CertificateValidationContext, path: &str) -> Result<Option<Arc<RootCertStore>>, TlsError> {
     if v.trusted_ca.is_none() {
@@ -593,13 +898,23 @@ impl DownstreamTls {
     }
 }
 
-/// A listener filter chain's TLS: the acceptor for its connections.
-pub fn downstream(ts: &TransportSocket) -> Result<DownstreamTls, TlsError> {
+/// A listener filter chain's TLS: the acceptor for its connections, which
+/// follows the secrets it names.
+pub fn downstream(ts: &TransportSocket, secrets: &Arc<SecretManager>) -> Result<Arc<ServerTls>, TlsError> {
     let ctx: DownstreamTlsContext = unpack_socket(ts, DOWNSTREAM)?;
     let path = "transport_socket.typed_config.common_tls_context";
-    let Some(common) = &ctx.common_tls_context else {
+    let Some(common) = ctx.common_tls_context.clone() else {
         return Err(err(path, "a server TLS context needs tls_certificates"));
     };
+    if common.tls_certificates.is_empty() && common.tls_certificate_sds_secret_configs.is_empty() {
+        return Err(err(&format!("{path}.tls_certificates"), "a server TLS context needs at least one certificate"));
+    }
+    Dynamic::new(common, secrets, path, Box::new(move |c| server_config(&ctx, c)))
+}
+
+/// The server configs of a context whose secrets are in place.
+fn server_config(ctx: &DownstreamTlsContext, common: &CommonTlsContext) -> Result<DownstreamTls, TlsError> {
+    let path = "transport_socket.typed_config.common_tls_context";
     if common.tls_certificates.is_empty() {
         return Err(err(&format!("{path}.tls_certificates"), "a server TLS context needs at least one certificate"));
     }
@@ -702,7 +1017,7 @@ fn tls12_server_provider(chacha_first: bool) -> Arc<CryptoProvider> {
 
 /// A cluster's TLS: how its upstream connections are wrapped.
 pub struct UpstreamTls {
-    pub connector: tokio_rustls::TlsConnector,
+    config: Arc<Dynamic<rustls::ClientConfig>>,
     /// `sni`, when set; otherwise no SNI is sent (as Envoy without auto_sni).
     pub sni: Option<ServerName<'static>>,
 }
@@ -712,6 +1027,21 @@ impl UpstreamTls {
     /// address (rustls sends no SNI for an address).
     pub fn server_name(&self, ip: std::net::IpAddr) -> ServerName<'static> {
         self.sni.clone().unwrap_or(ServerName::IpAddress(ip.into()))
+    }
+
+    /// The connector for a new connection; `None` while a secret is awaited.
+    pub fn connector(&self) -> Option<tokio_rustls::TlsConnector> {
+        self.config.current().map(tokio_rustls::TlsConnector::from)
+    }
+
+    /// Every secret it names is there.
+    pub fn ready(&self) -> bool {
+        self.config.ready()
+    }
+
+    /// Every secret it names arrived or timed out.
+    pub fn settled(&self) -> bool {
+        self.config.settled()
     }
 }
 
@@ -777,11 +1107,26 @@ impl ServerCertVerifier for EnvoyServerVerifier {
 
 /// A cluster's `transport_socket`. `http2` picks the ALPN offered when the
 /// context names none (Envoy offers the cluster's protocol).
-pub fn upstream(ts: &TransportSocket, http2: bool) -> Result<UpstreamTls, TlsError> {
+pub fn upstream(ts: &TransportSocket, http2: bool, secrets: &Arc<SecretManager>) -> Result<UpstreamTls, TlsError> {
     let ctx: UpstreamTlsContext = unpack_socket(ts, UPSTREAM)?;
     let path = "transport_socket.typed_config.common_tls_context";
-    let default_common = CommonTlsContext::default();
-    let common = ctx.common_tls_context.as_ref().unwrap_or(&default_common);
+    let common = ctx.common_tls_context.clone().unwrap_or_default();
+    let sni = if ctx.sni.is_empty() {
+        None
+    } else {
+        Some(
+            ServerName::try_from(ctx.sni.clone())
+                .map_err(|_| err("transport_socket.typed_config.sni", "not a valid name"))?,
+        )
+    };
+    let no_sni = sni.is_none();
+    let config = Dynamic::new(common, secrets, path, Box::new(move |c| client_config(c, http2, no_sni)))?;
+    Ok(UpstreamTls { config, sni })
+}
+
+/// A client config from a context whose secrets are in place.
+fn client_config(common: &CommonTlsContext, http2: bool, no_sni: bool) -> Result<rustls::ClientConfig, TlsError> {
+    let path = "transport_socket.typed_config.common_tls_context";
     let versions = versions(common.tls_params.as_ref(), path, 2)?;
     // A client limited to TLS 1.2 offers no TLS 1.3 suite (as BoringSSL).
     let client_provider = if versions.iter().any(|v| v.version == rustls::ProtocolVersion::TLSv1_3) {
@@ -822,16 +1167,10 @@ pub fn upstream(ts: &TransportSocket, http2: bool) -> Result<UpstreamTls, TlsErr
     } else {
         alpn(common)
     };
-    let sni = if ctx.sni.is_empty() {
+    if no_sni {
         cfg.enable_sni = false;
-        None
-    } else {
-        Some(
-            ServerName::try_from(ctx.sni.clone())
-                .map_err(|_| err("transport_socket.typed_config.sni", "not a valid name"))?,
-        )
-    };
-    Ok(UpstreamTls { connector: tokio_rustls::TlsConnector::from(Arc::new(cfg)), sni })
+    }
+    Ok(cfg)
 }
 
 #[cfg(test)]

@@ -234,7 +234,16 @@ pub async fn connect(
     let (stream, slot) = connect_tcp(cluster, host).await?;
     let Some(tls) = &cluster.tls else { return Ok((Box::new(stream), slot)) };
     let left = cluster.connect_timeout.saturating_sub(start.elapsed());
-    let handshake = crate::tls::with_sigalg(tls.connector.connect(tls.server_name(host.addr.ip()), stream));
+    // None only while a secret it names has not arrived.
+    let Some(connector) = tls.connector() else {
+        if let Some(ssl) = &cluster.stats.ssl {
+            ssl.connection_error.inc();
+        }
+        cluster.stats.upstream_cx_connect_fail.inc();
+        host.cx_connect_fail.fetch_add(1, Relaxed);
+        return Err(UpstreamError::Tls(Box::new(std::io::Error::other("TLS secrets not yet available"))));
+    };
+    let handshake = crate::tls::with_sigalg(connector.connect(tls.server_name(host.addr.ip()), stream));
     match tokio::time::timeout(left, handshake).await.map(|(r, sigalg)| r.map(|s| (s, sigalg))) {
         Ok(Ok((s, sigalg))) => {
             if let Some(ssl) = &cluster.stats.ssl {

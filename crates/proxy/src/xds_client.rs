@@ -17,6 +17,7 @@ use legate_api::pb::envoy::config::core::v3::{api_config_source::ApiType, grpc_s
 use legate_api::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use legate_api::pb::envoy::config::listener::v3::Listener as PbListener;
 use legate_api::pb::envoy::config::route::v3::RouteConfiguration;
+use legate_api::pb::envoy::extensions::transport_sockets::tls::v3::Secret;
 use legate_api::pb::envoy::service::discovery::v3::{
     aggregated_discovery_service_client::AggregatedDiscoveryServiceClient, DeltaDiscoveryRequest, DiscoveryRequest,
 };
@@ -33,6 +34,7 @@ pub const CDS: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
 pub const EDS: &str = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
 pub const LDS: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
 pub const RDS: &str = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration";
+pub const SDS: &str = crate::sds::SECRET_TYPE;
 
 /// Where and how to reach the management server.
 #[derive(Debug, Clone)]
@@ -195,7 +197,7 @@ async fn connect(target: &Target) -> Result<AggregatedDiscoveryServiceClient<ton
     let channel = match &target.cluster.tls {
         None => endpoint.connect().await.map_err(|e| format!("connect: {e}"))?,
         Some(tls) => {
-            let connector = tls.connector.clone();
+            let connector = tls.connector().ok_or("the xDS cluster's TLS secrets are not available")?;
             let name = tls.server_name(addr.ip());
             let tls_connect = tower::service_fn(move |_uri: http::Uri| {
                 let (connector, name) = (connector.clone(), name.clone());
@@ -265,8 +267,19 @@ impl Dynamic {
             let cluster = match reuse {
                 Some(existing) => existing.clone(),
                 None => {
-                    let fresh = Cluster::compile(&c, &shared.store, shared.options.concurrency)
+                    let fresh = Cluster::compile(&c, &shared.store, shared.options.concurrency, &shared.ctx.secrets)
                         .map_err(|e| format!("cluster '{}': {e}", c.name))?;
+                    if fresh.tls.as_ref().is_some_and(|t| !t.ready()) {
+                        // A cluster warms until its TLS secrets arrive; the
+                        // version it replaces, if any, serves meanwhile.
+                        let since = self.warming_clusters.get(&c.name).map_or_else(Instant::now, |w| w.1);
+                        warming.insert(c.name.clone(), (fresh, since));
+                        if let Some(old) = old_map.get(&c.name) {
+                            next.insert(c.name.clone(), old.clone());
+                        }
+                        configs.insert(c.name.clone(), c);
+                        continue;
+                    }
                     if fresh.discovery == Discovery::Eds {
                         if let Some(la) = self.assignments.get(&fresh.eds_service_name) {
                             fresh.update_hosts(eds_hosts(la).map_err(|e| format!("cluster '{}': {e}", c.name))?);
@@ -355,7 +368,9 @@ impl Dynamic {
             .warming_clusters
             .iter()
             .filter(|(_, (c, since))| {
-                self.assignments.contains_key(&c.eds_service_name) || timeout.is_some_and(|t| since.elapsed() >= t)
+                let endpoints = c.discovery != Discovery::Eds || self.assignments.contains_key(&c.eds_service_name);
+                let secrets = c.tls.as_ref().is_none_or(|t| t.settled());
+                (endpoints && secrets) || timeout.is_some_and(|t| since.elapsed() >= t)
             })
             .map(|(n, _)| n.clone())
             .collect();
@@ -376,8 +391,15 @@ impl Dynamic {
                 if c.outlier.is_some() {
                     tokio::spawn(crate::outlier::run(Arc::downgrade(&c)));
                 }
-                map.insert(name, c);
-                shared.store.counter("cluster_manager.cluster_added").inc();
+                let replaced = map.insert(name, c).is_some();
+                shared
+                    .store
+                    .counter(if replaced {
+                        "cluster_manager.cluster_modified"
+                    } else {
+                        "cluster_manager.cluster_added"
+                    })
+                    .inc();
             }
         }
         shared.store.gauge("cluster_manager.active_clusters").set(map.len() as i64);
@@ -442,7 +464,7 @@ impl Dynamic {
             .warming
             .iter()
             .filter(|(_, (lc, _, since))| {
-                lc.hcms().all(|h| h.rds_name().is_none_or(|r| shared.ctx.rds.is_ready(r)))
+                (lc.hcms().all(|h| h.rds_name().is_none_or(|r| shared.ctx.rds.is_ready(r))) && lc.tls_ready())
                     || timeout.is_some_and(|t| since.elapsed() >= t)
             })
             .map(|(n, _)| n.clone())
@@ -474,6 +496,29 @@ impl Dynamic {
                 shared.store.counter(&format!("http.{prefix}.rds.{}.update_success", rc.name)).inc();
             }
         }
+        self.activate_warm(shared, None)
+    }
+
+    /// Installs secrets from SDS: every TLS context using one rebuilds its
+    /// config for new connections; listeners and clusters waiting for them
+    /// warm up. A secret that would not build is refused (NACK) whole.
+    fn apply_secrets(&mut self, shared: &Shared, secrets: Vec<Secret>, version: &str) -> Result<(), String> {
+        for s in &secrets {
+            let checked = check(s, &s.name)
+                .and_then(|_| crate::sds::check_secret(s).map_err(|e| format!("secret '{}': {e}", s.name)));
+            if let Err(e) = checked {
+                shared.ctx.secrets.count(&s.name, "update_rejected");
+                return Err(e);
+            }
+        }
+        for s in secrets {
+            let name = s.name.clone();
+            if let Some(slot) = shared.ctx.secrets.ads_slot(&name) {
+                slot.set(s, version);
+                shared.ctx.secrets.count(&name, "update_success");
+            }
+        }
+        self.activate_clusters(shared, None);
         self.activate_warm(shared, None)
     }
 
@@ -512,8 +557,16 @@ impl Dynamic {
                 "rds",
                 decode_all::<RouteConfiguration>(resources, RDS).and_then(|r| self.apply_routes(shared, r, version)),
             ),
+            SDS => ("sds", decode_all::<Secret>(resources, SDS).and_then(|r| self.apply_secrets(shared, r, version))),
             other => return Err(format!("unexpected type {other}")),
         };
+        if type_url == SDS {
+            // Counted per secret (`sds.<name>.*`), as Envoy does.
+            if let Err(e) = &result {
+                tracing::warn!("rejecting {type_url} version {version}: {e}");
+            }
+            return result;
+        }
         shared.store.counter(&format!("{stat}.update_attempt")).inc();
         match &result {
             Ok(()) => shared.store.counter(&format!("{stat}.update_success")).inc(),
@@ -559,7 +612,7 @@ async fn sotw_session(
     if cfg.lds {
         send(LDS, d.versions.get(LDS).cloned().unwrap_or_default(), String::new(), vec![], None);
     }
-    for (ty, names) in [(EDS, d.eds_names(shared)), (RDS, d.rds_names(shared))] {
+    for (ty, names) in [(SDS, shared.ctx.secrets.ads_names()), (EDS, d.eds_names(shared)), (RDS, d.rds_names(shared))] {
         if !names.is_empty() {
             d.subscribed.insert(ty, names.clone());
             send(ty, d.versions.get(ty).cloned().unwrap_or_default(), String::new(), names.into_iter().collect(), None);
@@ -591,6 +644,7 @@ async fn sotw_session(
             EDS => EDS,
             LDS => LDS,
             RDS => RDS,
+            SDS => SDS,
             _ => continue,
         };
         nonces.insert(ty, resp.nonce.clone());
@@ -606,7 +660,9 @@ async fn sotw_session(
             }
         }
         // New named subscriptions follow from clusters and listeners.
-        for (sub_ty, names) in [(EDS, d.eds_names(shared)), (RDS, d.rds_names(shared))] {
+        for (sub_ty, names) in
+            [(SDS, shared.ctx.secrets.ads_names()), (EDS, d.eds_names(shared)), (RDS, d.rds_names(shared))]
+        {
             if d.subscribed.get(sub_ty) != Some(&names) && (!names.is_empty() || d.subscribed.contains_key(sub_ty)) {
                 d.subscribed.insert(sub_ty, names.clone());
                 let version = d.versions.get(sub_ty).cloned().unwrap_or_default();
@@ -647,7 +703,7 @@ async fn delta_session(
             });
         }
     }
-    for (ty, names) in [(EDS, d.eds_names(shared)), (RDS, d.rds_names(shared))] {
+    for (ty, names) in [(SDS, shared.ctx.secrets.ads_names()), (EDS, d.eds_names(shared)), (RDS, d.rds_names(shared))] {
         if !names.is_empty() {
             d.subscribed.insert(ty, names.clone());
             send(DeltaDiscoveryRequest {
@@ -683,6 +739,7 @@ async fn delta_session(
             EDS => EDS,
             LDS => LDS,
             RDS => RDS,
+            SDS => SDS,
             _ => continue,
         };
         // The full set after this response, for the wildcard types; the
@@ -730,7 +787,9 @@ async fn delta_session(
             },
         };
         send(ack);
-        for (sub_ty, names) in [(EDS, d.eds_names(shared)), (RDS, d.rds_names(shared))] {
+        for (sub_ty, names) in
+            [(SDS, shared.ctx.secrets.ads_names()), (EDS, d.eds_names(shared)), (RDS, d.rds_names(shared))]
+        {
             let old = d.subscribed.get(sub_ty).cloned().unwrap_or_default();
             if old != names {
                 let subscribe: Vec<String> = names.difference(&old).cloned().collect();
