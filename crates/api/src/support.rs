@@ -41,6 +41,7 @@ pub const SUPPORTED_EXTENSIONS: &[&str] = &[
     "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
     "envoy.extensions.filters.network.local_ratelimit.v3.LocalRateLimit",
     "envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector",
+    "envoy.extensions.filters.listener.http_inspector.v3.HttpInspector",
     "envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
     "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
 ];
@@ -84,6 +85,7 @@ const SUPPORTED_FIELDS: &[(&str, &[&str])] = &[
     ("envoy.config.core.v3.CidrRange", &["address_prefix", "prefix_len"]),
     ("envoy.config.listener.v3.ListenerFilter", &["name", "typed_config"]),
     ("envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector", &[]),
+    ("envoy.extensions.filters.listener.http_inspector.v3.HttpInspector", &[]),
     ("envoy.config.core.v3.TransportSocket", &["name", "typed_config"]),
     (
         "envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
@@ -132,7 +134,12 @@ const SUPPORTED_FIELDS: &[(&str, &[&str])] = &[
             "request_headers_timeout",
             "common_http_protocol_options",
             "rds",
+            "upgrade_configs",
         ],
+    ),
+    (
+        "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager.UpgradeConfig",
+        &["upgrade_type", "enabled"],
     ),
     ("envoy.extensions.filters.network.http_connection_manager.v3.HttpFilter", &["name", "typed_config"]),
     (
@@ -180,8 +187,18 @@ const SUPPORTED_FIELDS: &[(&str, &[&str])] = &[
     ),
     (
         "envoy.config.route.v3.RouteMatch",
-        &["prefix", "path", "safe_regex", "path_separated_prefix", "case_sensitive", "headers", "query_parameters"],
+        &[
+            "prefix",
+            "path",
+            "safe_regex",
+            "path_separated_prefix",
+            "connect_matcher",
+            "case_sensitive",
+            "headers",
+            "query_parameters",
+        ],
     ),
+    ("envoy.config.route.v3.RouteMatch.ConnectMatcher", &[]),
     ("envoy.type.matcher.v3.RegexMatcher", &["regex", "google_re2"]),
     ("envoy.type.matcher.v3.RegexMatcher.GoogleRE2", &[]),
     (
@@ -218,8 +235,11 @@ const SUPPORTED_FIELDS: &[(&str, &[&str])] = &[
             "hash_policy",
             "request_mirror_policies",
             "idle_timeout",
+            "upgrade_configs",
         ],
     ),
+    ("envoy.config.route.v3.RouteAction.UpgradeConfig", &["upgrade_type", "enabled", "connect_config"]),
+    ("envoy.config.route.v3.RouteAction.UpgradeConfig.ConnectConfig", &[]),
     ("envoy.config.route.v3.WeightedCluster", &["clusters"]),
     (
         "envoy.config.route.v3.RouteAction.RequestMirrorPolicy",

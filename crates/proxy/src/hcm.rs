@@ -11,6 +11,7 @@ use arc_swap::ArcSwap;
 use http::header::{HeaderName, HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, HOST, LOCATION, SERVER};
 use http::{HeaderMap, Request, Response, StatusCode};
 use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
 use legate_api::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
     http_connection_manager::{CodecType, RouteSpecifier, ServerHeaderTransformation},
     HttpConnectionManager,
@@ -94,6 +95,11 @@ pub struct HcmStats {
     pub rq_total: Arc<Counter>,
     /// 413s for request bodies over the buffer filter's limit.
     pub downstream_rq_too_large: Arc<Counter>,
+    /// Upgrades (WebSocket, CONNECT ...) accepted, and those still open.
+    pub downstream_cx_upgrades_total: Arc<Counter>,
+    pub downstream_cx_upgrades_active: Arc<Gauge>,
+    /// Upgrade requests refused with 403 on a route that does not allow them.
+    pub downstream_rq_ws_on_non_ws_route: Arc<Counter>,
 }
 
 impl HcmStats {
@@ -120,6 +126,9 @@ impl HcmStats {
             rq_direct_response: c("rq_direct_response"),
             rq_total: c("rq_total"),
             downstream_rq_too_large: c("downstream_rq_too_large"),
+            downstream_cx_upgrades_total: c("downstream_cx_upgrades_total"),
+            downstream_cx_upgrades_active: store.gauge(&format!("{p}downstream_cx_upgrades_active")),
+            downstream_rq_ws_on_non_ws_route: c("downstream_rq_ws_on_non_ws_route"),
         }
     }
 }
@@ -154,6 +163,9 @@ pub struct Hcm {
     pub idle_timeout: Option<Duration>,
     /// Time allowed to receive request headers (HTTP/1), off by default.
     pub request_headers_timeout: Option<Duration>,
+    /// `upgrade_configs`: (lowercased upgrade type, enabled). A handful at
+    /// most: a linear scan, only for requests that ask for an upgrade.
+    upgrades: Vec<(String, bool)>,
 }
 
 fn dur(d: &legate_api::pb::google::protobuf::Duration) -> Duration {
@@ -196,6 +208,21 @@ impl Hcm {
             .map(|(i, a)| AccessLogger::compile(a).map_err(|e| format!("access_log[{i}].{e}")))
             .collect::<Result<_, _>>()?;
         let server_name = if c.server_name.is_empty() { "envoy" } else { c.server_name.as_str() };
+        let mut upgrades: Vec<(String, bool)> = Vec::new();
+        for (i, u) in c.upgrade_configs.iter().enumerate() {
+            let kind = u.upgrade_type.to_ascii_lowercase();
+            if upgrades.iter().any(|(k, _)| *k == kind) {
+                // Envoy's wording for the same mistake.
+                return Err(format!(
+                    "upgrade_configs[{i}]: Error: multiple upgrade configs with the same name: '{}'",
+                    u.upgrade_type
+                ));
+            }
+            if !u.filters.is_empty() {
+                return Err(format!("upgrade_configs[{i}].filters: upgrade-specific filter chains are not supported"));
+            }
+            upgrades.push((kind, u.enabled.is_none_or(|b| b.value)));
+        }
         Ok(Self {
             stats: HcmStats::new(store, &c.stat_prefix),
             stat_prefix: c.stat_prefix.clone(),
@@ -224,6 +251,7 @@ impl Hcm {
                 None => Some(Duration::from_secs(3600)),
             },
             request_headers_timeout: c.request_headers_timeout.as_ref().map(dur).filter(|d| !d.is_zero()),
+            upgrades,
         })
     }
 }
@@ -258,6 +286,9 @@ pub struct ConnInfo {
     pub length_conflict: std::sync::atomic::AtomicBool,
     /// The connection is TLS (terminated here): its scheme is https.
     pub secure: bool,
+    /// The connection switched protocols (101 or CONNECT): what it carries
+    /// from now on is not HTTP/1 and is passed through untouched.
+    pub upgraded: std::sync::atomic::AtomicBool,
 }
 
 impl ConnInfo {
@@ -280,6 +311,7 @@ impl ConnInfo {
             draining: Default::default(),
             length_conflict: Default::default(),
             secure: false,
+            upgraded: Default::default(),
         }
     }
 }
@@ -317,6 +349,9 @@ struct Stream {
     route_name: String,
     /// What the request filters left for the response (CORS headers).
     filter_state: crate::filters::ResponseState,
+    /// The stream was accepted as an upgrade (counted in
+    /// `downstream_cx_upgrades_active` until it ends).
+    upgraded: bool,
 }
 
 impl Finish for Stream {
@@ -325,6 +360,9 @@ impl Finish for Stream {
             self.conn.idle.notify_one();
         }
         let s = &self.hcm.stats;
+        if self.upgraded {
+            s.downstream_cx_upgrades_active.dec();
+        }
         s.downstream_rq_active.dec();
         s.downstream_rq_completed.inc();
         s.downstream_rq_class.record(self.status);
@@ -479,6 +517,7 @@ impl Hcm {
             cluster: None,
             route_name: String::new(),
             filter_state: Default::default(),
+            upgraded: false,
         });
 
         // Protocol errors Envoy answers itself, closing the connection.
@@ -573,6 +612,37 @@ impl Hcm {
         let found = table.as_deref().and_then(|t| {
             t.route(&stream.authority, &stream.path, &parts.headers, parts.method.as_str(), conn.scheme())
         });
+        // An upgrade (HTTP/1.1 `Upgrade` with `connection: upgrade`, or
+        // CONNECT) is decided before the filters run, as Envoy decides it
+        // when it builds the stream's filter chain: the route's
+        // `upgrade_configs` override the connection manager's. A refused one
+        // on a matched route gets 403 and the connection closes (its bytes
+        // after the head may be the other protocol's).
+        let mut upgrade = None;
+        if let Some(kind) = upgrade_kind(&parts) {
+            match self.upgrade_decision(kind.as_str(), found.map(|(_, r)| r)) {
+                Some(terminate) => {
+                    st.downstream_cx_upgrades_total.inc();
+                    st.downstream_cx_upgrades_active.inc();
+                    stream.upgraded = true;
+                    upgrade = Some(Upgrade {
+                        target: parts.uri.authority().cloned(),
+                        kind,
+                        terminate,
+                        on_upgrade: parts.extensions.remove::<hyper::upgrade::OnUpgrade>(),
+                    });
+                }
+                None if found.is_some() => {
+                    st.downstream_rq_ws_on_non_ws_route.inc();
+                    let mut r = self.local_reply(stream, 403, "upgrade_failed", "", None);
+                    if r.version() != http::Version::HTTP_2 && parts.version != http::Version::HTTP_2 {
+                        r.headers_mut().insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+                    }
+                    return r;
+                }
+                None => {}
+            }
+        }
         let mut body = ProxyBody::stream(body);
         if !self.filters.is_empty() {
             let mut state = crate::filters::ResponseState::default();
@@ -681,7 +751,7 @@ impl Hcm {
                 let location = redirect_location(rd, route, &stream.authority, &stream.path, self.use_remote_address);
                 self.redirect_reply(stream, rd.status, location, (table, vh, route))
             }
-            Action::Forward(ra) => self.forward(stream, parts, body, (table, vh, route), ra).await,
+            Action::Forward(ra) => self.forward(stream, parts, body, (table, vh, route), ra, upgrade).await,
         }
     }
 
@@ -844,6 +914,7 @@ impl Hcm {
         body: ProxyBody,
         matched: Matched<'_>,
         ra: &RouteAction,
+        upgrade: Option<Upgrade>,
     ) -> ProxyResponse {
         let (table, vh, route) = matched;
         let st = &self.stats;
@@ -958,6 +1029,9 @@ impl Hcm {
         host.rq_total.fetch_add(1, Relaxed);
         let started = Instant::now();
         stream.upstream = Some((cluster.clone(), host.clone(), started));
+        if let Some(up) = upgrade {
+            return self.forward_upgrade(stream, parts, matched, ra, cluster, host, up).await;
+        }
 
         // With a retry policy the request body is buffered (up to 1 MiB, as
         // Envoy's default buffer limit) so that it can be sent again.
@@ -1422,4 +1496,266 @@ fn redirect_location(rd: &Redirect, route: &Route, authority: &str, path: &str, 
         Some(port) => format!("{scheme}://{host}:{port}{new_path}"),
         None => format!("{scheme}://{host}{new_path}"),
     }
+}
+
+/// What a request asks to switch to.
+enum UpgradeKind {
+    /// CONNECT (HTTP/1.1, or HTTP/2 without `:protocol`).
+    Connect,
+    /// HTTP/1.1 `Upgrade: <value>` with `connection: upgrade`.
+    Header(HeaderValue),
+}
+
+impl UpgradeKind {
+    /// The name `upgrade_configs` know it by (compared ignoring case).
+    fn as_str(&self) -> &str {
+        match self {
+            UpgradeKind::Connect => "CONNECT",
+            UpgradeKind::Header(v) => v.to_str().unwrap_or(""),
+        }
+    }
+}
+
+/// An accepted upgrade, carried from the connection manager to the router.
+struct Upgrade {
+    kind: UpgradeKind,
+    /// `connect_config` on the route: Legate answers the CONNECT itself.
+    terminate: bool,
+    /// Where the downstream connection (or HTTP/2 stream) is handed over
+    /// once the response has been written.
+    on_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    /// CONNECT's `host:port`.
+    target: Option<http::uri::Authority>,
+}
+
+/// The upgrade a request asks for, if any. Costs a method compare for
+/// ordinary requests, plus a header lookup on HTTP/1.1.
+fn upgrade_kind(parts: &http::request::Parts) -> Option<UpgradeKind> {
+    if parts.method == http::Method::CONNECT {
+        // Extended CONNECT (`:protocol`, RFC 8441) is never advertised, so a
+        // peer cannot send it; refuse it as a plain request if it does.
+        if parts.extensions.get::<hyper::ext::Protocol>().is_some() {
+            return None;
+        }
+        return Some(UpgradeKind::Connect);
+    }
+    if parts.version != http::Version::HTTP_11 {
+        return None;
+    }
+    let value = parts.headers.get(http::header::UPGRADE)?;
+    let asked = parts
+        .headers
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    asked.then(|| UpgradeKind::Header(value.clone()))
+}
+
+impl Hcm {
+    /// Envoy's rule: a route's `upgrade_configs` entry for the type decides
+    /// when present (disabled refuses; enabled allows even when the
+    /// connection manager does not list the type); otherwise the connection
+    /// manager's entry does. `Some(terminate)` when allowed, where
+    /// `terminate` says the route has a `connect_config` for CONNECT.
+    fn upgrade_decision(&self, kind: &str, route: Option<&Route>) -> Option<bool> {
+        let mut route_enabled = false;
+        let mut terminate = false;
+        if let Some(Route { action: Action::Forward(ra), .. }) = route {
+            if let Some(u) = ra.upgrades.iter().find(|u| u.kind.eq_ignore_ascii_case(kind)) {
+                if !u.enabled {
+                    return None;
+                }
+                route_enabled = true;
+                terminate = u.terminate_connect && kind.eq_ignore_ascii_case("connect");
+            }
+        }
+        let hcm_enabled = self.upgrades.iter().any(|(k, enabled)| *enabled && k.eq_ignore_ascii_case(kind));
+        (route_enabled || hcm_enabled).then_some(terminate)
+    }
+
+    /// The router's part of an accepted upgrade. A terminated CONNECT is
+    /// answered 200 once a raw connection to the host is up; otherwise the
+    /// request goes to the host on a connection of its own (HTTP/1.1, never
+    /// pooled), and a 101 (or a 2xx to a CONNECT) switches both sides to a
+    /// byte tunnel that lasts until either side closes or the stream idle
+    /// timeout passes. Any other answer is proxied as a response.
+    #[allow(clippy::too_many_arguments)]
+    async fn forward_upgrade(
+        self: &Arc<Self>,
+        mut stream: Box<Stream>,
+        mut parts: http::request::Parts,
+        matched: Matched<'_>,
+        ra: &RouteAction,
+        cluster: Arc<Cluster>,
+        host: Arc<Host>,
+        up: Upgrade,
+    ) -> ProxyResponse {
+        let cs = &cluster.stats;
+        let idle = ra.idle_timeout.unwrap_or(self.stream_idle_timeout);
+        let Some(on_upgrade) = up.on_upgrade else {
+            return self.router_reply(stream, Some(matched), 503, "upgrade_failed", "", None);
+        };
+        let connect = matches!(up.kind, UpgradeKind::Connect);
+        if connect && up.terminate {
+            return match crate::upstream::connect_owned(&cluster, &host).await {
+                Err(e) => {
+                    cs.record_status(503);
+                    let details = "upstream_reset_before_response_started{remote_connection_failure}";
+                    self.router_reply(
+                        stream,
+                        Some(matched),
+                        503,
+                        details,
+                        e.response_flag(),
+                        Some(e.local_reply_body()),
+                    )
+                }
+                Ok((io, guard)) => {
+                    cs.upstream_rq_total.inc();
+                    cs.record_status(200);
+                    stream.details = "via_upstream";
+                    let mut resp = Response::new(ProxyBody::Empty);
+                    self.finish_response(&mut stream, &mut resp, Some(matched));
+                    resp.headers_mut().remove(http::header::CONNECTION);
+                    stream.conn.upgraded.store(true, Relaxed);
+                    tokio::spawn(tunnel(stream, on_upgrade, io, guard, idle));
+                    resp.map(|b| TrackedBody::new(b, None))
+                }
+            };
+        }
+        if cluster.http2 {
+            // Envoy would carry the upgrade as an extended CONNECT stream;
+            // Legate does not speak that upstream.
+            return self.router_reply(
+                stream,
+                Some(matched),
+                503,
+                "upgrade_failed",
+                "",
+                Some("upgrades to an HTTP/2 cluster are not supported".into()),
+            );
+        }
+        match &up.kind {
+            UpgradeKind::Header(v) => {
+                parts.headers.insert(http::header::CONNECTION, HeaderValue::from_static("upgrade"));
+                parts.headers.insert(http::header::UPGRADE, v.clone());
+            }
+            UpgradeKind::Connect => match up.target.map(http::Uri::from) {
+                Some(u) => parts.uri = u,
+                None => return self.router_reply(stream, Some(matched), 400, "invalid_path", "", None),
+            },
+        }
+        let req = Request::from_parts(parts, ProxyBody::Empty);
+        let request_done = crate::body::RequestProgress::default();
+        request_done.done.store(true, Relaxed);
+        let started = Instant::now();
+        let mut slot = None;
+        let sent = crate::upstream::send_upgrade(&cluster, &host, req, &mut slot);
+        let waited = self.await_response(sent, ra, &request_done).await;
+        stream.rq_slot = slot;
+        let (upstream_resp, guard) = match waited {
+            Waited::Done(Ok(r)) => r,
+            Waited::Done(Err(crate::upstream::UpstreamError::Overflow)) => {
+                return self.overflow_reply(stream, &cluster, matched)
+            }
+            Waited::Done(Err(e)) => {
+                cs.record_status(503);
+                let details = match e.response_flag() {
+                    "UF" => "upstream_reset_before_response_started{remote_connection_failure}",
+                    _ => "upstream_reset_before_response_started{connection_termination}",
+                };
+                return self.router_reply(
+                    stream,
+                    Some(matched),
+                    503,
+                    details,
+                    e.response_flag(),
+                    Some(e.local_reply_body()),
+                );
+            }
+            Waited::RouteTimeout | Waited::StreamIdle | Waited::RequestTimeout => {
+                cs.upstream_rq_timeout.inc();
+                cs.record_status(504);
+                return self.router_reply(
+                    stream,
+                    Some(matched),
+                    504,
+                    "response_timeout",
+                    "UT",
+                    Some("upstream request timeout".into()),
+                );
+            }
+        };
+        let status = upstream_resp.status().as_u16();
+        cs.record_status(status);
+        let switched = status == 101 || (connect && (200..300).contains(&status));
+        let mut upstream_resp = upstream_resp;
+        let upstream_upgrade = switched.then(|| hyper::upgrade::on(&mut upstream_resp));
+        let (mut rparts, rbody) = upstream_resp.into_parts();
+        let upgrade_value = rparts.headers.get(http::header::UPGRADE).cloned();
+        strip_hop_by_hop(&mut rparts.headers);
+        rparts
+            .headers
+            .insert(X_ENVOY_UPSTREAM_SERVICE_TIME.clone(), HeaderValue::from(started.elapsed().as_millis() as u64));
+        rparts.version = http::Version::HTTP_11;
+        let Some(upstream_upgrade) = upstream_upgrade else {
+            // Not switched: an ordinary response on the upgrade's own connection.
+            let mut resp = Response::from_parts(rparts, ProxyBody::stream(rbody));
+            stream.details = "via_upstream";
+            self.finish_response(&mut stream, &mut resp, Some(matched));
+            drop(guard);
+            return resp.map(|b| TrackedBody::new(b, Some(stream)));
+        };
+        let mut resp = Response::from_parts(rparts, ProxyBody::Empty);
+        stream.details = "via_upstream";
+        self.finish_response(&mut stream, &mut resp, Some(matched));
+        resp.headers_mut().remove(http::header::CONNECTION);
+        if status == 101 {
+            resp.headers_mut().insert(http::header::CONNECTION, HeaderValue::from_static("upgrade"));
+            if let Some(v) = upgrade_value {
+                resp.headers_mut().insert(http::header::UPGRADE, v);
+            }
+        }
+        stream.conn.upgraded.store(true, Relaxed);
+        tokio::spawn(async move {
+            match upstream_upgrade.await {
+                Ok(io) => tunnel(stream, on_upgrade, TokioIo::new(io), guard, idle).await,
+                Err(_) => {
+                    drop(guard);
+                    Finish::finish(stream, 0, false);
+                }
+            }
+        });
+        resp.map(|b| TrackedBody::new(b, None))
+    }
+}
+
+/// Bytes both ways between the downstream connection (once hyper has
+/// written the response and handed it over) and the upstream, then the
+/// stream's stats and access log. `bytes_received`/`bytes_sent` count the
+/// tunnelled bytes. Cost: the tcp_proxy's two 16 KiB buffers.
+async fn tunnel<U: crate::tls::Io, G: Send + 'static>(
+    mut stream: Box<Stream>,
+    down: hyper::upgrade::OnUpgrade,
+    up: U,
+    guard: G,
+    idle: Option<Duration>,
+) {
+    let (rx, tx, complete) = match down.await {
+        Ok(d) => {
+            let (rx, tx, timed_out) = crate::tcp_proxy::pipe(TokioIo::new(d), up, idle).await;
+            if timed_out {
+                stream.flags = "SI";
+                stream.details = "stream_idle_timeout";
+            }
+            (rx, tx, true)
+        }
+        Err(_) => (0, 0, false),
+    };
+    drop(guard);
+    stream.request_progress = None;
+    stream.bytes_received = rx;
+    Finish::finish(stream, tx, complete);
 }

@@ -85,6 +85,8 @@ enum PathMatch {
     Exact(String),
     Regex(Regex),
     SeparatedPrefix(String),
+    /// `connect_matcher`: CONNECT requests (and only those), whatever their path.
+    Connect,
 }
 
 struct QueryMatch {
@@ -122,6 +124,21 @@ pub struct RouteAction {
     /// `idle_timeout`: replaces the connection manager's stream idle timeout
     /// for this route (`Some(None)`: turned off with 0s).
     pub idle_timeout: Option<Option<Duration>>,
+    /// `upgrade_configs`: per-route overrides of the connection manager's
+    /// upgrade settings, by lowercased upgrade type. A handful at most: a
+    /// linear scan.
+    pub upgrades: Vec<RouteUpgrade>,
+}
+
+/// One `RouteAction.upgrade_configs` entry.
+#[derive(Debug, Clone)]
+pub struct RouteUpgrade {
+    /// The upgrade type, lowercased (`websocket`, `connect`).
+    pub kind: String,
+    pub enabled: bool,
+    /// `connect_config` is set: Legate terminates the CONNECT and tunnels
+    /// raw bytes to the upstream host.
+    pub terminate_connect: bool,
 }
 
 /// One `request_mirror_policies` entry.
@@ -269,6 +286,7 @@ fn compile_route(r: &rpb::Route) -> Result<Route, String> {
         Some(PathSpecifier::Path(p)) => PathMatch::Exact(fold(p)),
         Some(PathSpecifier::SafeRegex(re)) => PathMatch::Regex(compile_regex(re)?),
         Some(PathSpecifier::PathSeparatedPrefix(p)) => PathMatch::SeparatedPrefix(fold(p)),
+        Some(PathSpecifier::ConnectMatcher(_)) => PathMatch::Connect,
         Some(_) => return Err("this path specifier is not supported".into()),
         None => return Err("path specifier is required".into()),
     };
@@ -369,6 +387,15 @@ fn compile_route_action(ra: &rpb::RouteAction) -> Result<RouteAction, String> {
             .map(|(i, p)| compile_hash_policy(p).map_err(|e| format!("hash_policy[{i}]: {e}")))
             .collect::<Result<_, _>>()?,
         idle_timeout: ra.idle_timeout.as_ref().map(|d| Some(dur(d)).filter(|d| !d.is_zero())),
+        upgrades: ra
+            .upgrade_configs
+            .iter()
+            .map(|u| RouteUpgrade {
+                kind: u.upgrade_type.to_ascii_lowercase(),
+                enabled: u.enabled.is_none_or(|b| b.value),
+                terminate_connect: u.connect_config.is_some(),
+            })
+            .collect(),
         mirrors: ra
             .request_mirror_policies
             .iter()
@@ -470,6 +497,14 @@ fn compile_redirect(rd: &rpb::RedirectAction) -> Result<Redirect, String> {
 
 impl Route {
     fn matches(&self, path_and_query: &str, headers: &http::HeaderMap, pseudo: &Pseudo<'_>) -> bool {
+        // A CONNECT request has no path: only `connect_matcher` routes match
+        // it, and they match nothing else (Envoy's rule).
+        let connect = pseudo.method == "CONNECT";
+        if connect || matches!(self.path, PathMatch::Connect) {
+            return connect
+                && matches!(self.path, PathMatch::Connect)
+                && self.headers.iter().all(|h| h.matches(headers, pseudo));
+        }
         let (path, query) = match path_and_query.find('?') {
             Some(i) => (&path_and_query[..i], Some(&path_and_query[i + 1..])),
             None => (path_and_query, None),
@@ -488,6 +523,7 @@ impl Route {
             PathMatch::SeparatedPrefix(p) => {
                 starts_with(path, p, self.case_sensitive) && matches!(path.as_bytes().get(p.len()), None | Some(b'/'))
             }
+            PathMatch::Connect => false,
         };
         ok && self.headers.iter().all(|h| h.matches(headers, pseudo)) && self.query_matches(query)
     }

@@ -193,7 +193,7 @@ struct LogFacts {
 /// other side, as Envoy's tcp_proxy does. Returns (bytes from downstream,
 /// bytes to downstream, whether the idle timeout ended it). Cost: two 16 KiB
 /// buffers per connection; activity is one relaxed store per read.
-async fn pipe<D: Io, U: Io>(down: D, up: U, idle: Option<Duration>) -> (u64, u64, bool) {
+pub(crate) async fn pipe<D: Io, U: Io>(down: D, up: U, idle: Option<Duration>) -> (u64, u64, bool) {
     let start = Instant::now();
     let last = AtomicU64::new(0);
     let (rx, tx) = (AtomicU64::new(0), AtomicU64::new(0));
