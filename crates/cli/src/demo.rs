@@ -46,6 +46,7 @@ fn start_upstreams() -> anyhow::Result<()> {
                         status: None,
                         log_requests: false,
                         grpc_health: "SERVING".into(),
+                        tcp: false,
                     }),
                 ));
             }

@@ -52,6 +52,7 @@ const EDGE_STRIPPED: &[&str] = &[
 static X_ENVOY_ATTEMPT_COUNT: HeaderName = HeaderName::from_static("x-envoy-attempt-count");
 static X_ENVOY_OVERLOADED: HeaderName = HeaderName::from_static("x-envoy-overloaded");
 static X_ENVOY_ORIGINAL_HOST: HeaderName = HeaderName::from_static("x-envoy-original-host");
+static HTTP2_SETTINGS: HeaderName = HeaderName::from_static("http2-settings");
 
 /// This machine's first non-loopback address of the same family as `like`
 /// (Envoy's "local address"), read once.
@@ -352,6 +353,10 @@ struct Stream {
     /// The stream was accepted as an upgrade (counted in
     /// `downstream_cx_upgrades_active` until it ends).
     upgraded: bool,
+    /// The request asked for an upgrade: an HTTP/1 response that does not
+    /// switch protocols closes the connection, as Envoy's codec does (what
+    /// follows the head may be the other protocol's bytes).
+    upgrade_requested: bool,
 }
 
 impl Finish for Stream {
@@ -476,7 +481,9 @@ impl Hcm {
             .map(|a| a.as_str().to_string())
             .or_else(|| parts.headers.get(HOST).and_then(|h| h.to_str().ok()).map(str::to_owned))
             .unwrap_or_default();
-        let path = parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_string();
+        // A CONNECT (authority form) has no path, as in Envoy.
+        let no_path = if parts.method == http::Method::CONNECT { "" } else { "/" };
+        let path = parts.uri.path_and_query().map_or(no_path, |p| p.as_str()).to_string();
 
         // Who the client is: the connection's peer, or an address taken from
         // x-forwarded-for as Envoy's use_remote_address / xff_num_trusted_hops say.
@@ -518,6 +525,7 @@ impl Hcm {
             route_name: String::new(),
             filter_state: Default::default(),
             upgraded: false,
+            upgrade_requested: false,
         });
 
         // Protocol errors Envoy answers itself, closing the connection.
@@ -619,7 +627,11 @@ impl Hcm {
         // on a matched route gets 403 and the connection closes (its bytes
         // after the head may be the other protocol's).
         let mut upgrade = None;
+        if parts.headers.get(http::header::UPGRADE).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"h2c")) {
+            parts.headers.remove(&HTTP2_SETTINGS);
+        }
         if let Some(kind) = upgrade_kind(&parts) {
+            stream.upgrade_requested = parts.version == http::Version::HTTP_11;
             match self.upgrade_decision(kind.as_str(), found.map(|(_, r)| r)) {
                 Some(terminate) => {
                     st.downstream_cx_upgrades_total.inc();
@@ -634,6 +646,12 @@ impl Hcm {
                 }
                 None if found.is_some() => {
                     st.downstream_rq_ws_on_non_ws_route.inc();
+                    // The route's cluster is known (and logged) by then.
+                    if let Some((_, Route { action: Action::Forward(ra), .. })) = found {
+                        if let ClusterChoice::Name(n) = &ra.cluster {
+                            stream.cluster = self.clusters.load().get(n.as_str()).cloned();
+                        }
+                    }
                     let mut r = self.local_reply(stream, 403, "upgrade_failed", "", None);
                     if r.version() != http::Version::HTTP_2 && parts.version != http::Version::HTTP_2 {
                         r.headers_mut().insert(http::header::CONNECTION, HeaderValue::from_static("close"));
@@ -794,7 +812,9 @@ impl Hcm {
         // drains, or when the request body has not all been read: Envoy does
         // not wait for the rest of a request it has already answered.
         let body_unread = stream.has_body && stream.request_progress.as_ref().is_none_or(|p| !p.done.load(Relaxed));
-        if (body_unread || stream.conn.draining.load(Relaxed)) && stream.protocol != "HTTP/2" {
+        if (body_unread || stream.upgrade_requested || stream.conn.draining.load(Relaxed))
+            && stream.protocol != "HTTP/2"
+        {
             resp.headers_mut().insert(http::header::CONNECTION, HeaderValue::from_static("close"));
         }
         stream.status = resp.status().as_u16();
@@ -971,6 +991,8 @@ impl Hcm {
             }
         }
         let upstream_path = new_path.as_deref().unwrap_or(&original_path);
+        // A CONNECT's target replaces this path (see `forward_upgrade`).
+        let request_path = if upstream_path.is_empty() { "/" } else { upstream_path };
         let authority = if let Some(h) = &ra.host_rewrite {
             h.clone()
         } else if ra.auto_host_rewrite {
@@ -1000,12 +1022,12 @@ impl Hcm {
         }
         let uri = if cluster.http2 {
             parts.headers.remove(HOST);
-            format!("http://{authority}{upstream_path}")
+            format!("http://{authority}{request_path}")
         } else {
             if let Ok(v) = HeaderValue::from_str(&authority) {
                 parts.headers.insert(HOST, v);
             }
-            upstream_path.to_string()
+            request_path.to_string()
         };
         match uri.parse() {
             Ok(u) => parts.uri = u,
@@ -1502,8 +1524,9 @@ fn redirect_location(rd: &Redirect, route: &Route, authority: &str, path: &str, 
 enum UpgradeKind {
     /// CONNECT (HTTP/1.1, or HTTP/2 without `:protocol`).
     Connect,
-    /// HTTP/1.1 `Upgrade: <value>` with `connection: upgrade`.
-    Header(HeaderValue),
+    /// HTTP/1.1 `Upgrade: <value>` with `connection: upgrade`, and the
+    /// `connection` value as received (passed on as it is, as Envoy does).
+    Header(HeaderValue, HeaderValue),
 }
 
 impl UpgradeKind {
@@ -1511,7 +1534,7 @@ impl UpgradeKind {
     fn as_str(&self) -> &str {
         match self {
             UpgradeKind::Connect => "CONNECT",
-            UpgradeKind::Header(v) => v.to_str().unwrap_or(""),
+            UpgradeKind::Header(v, _) => v.to_str().unwrap_or(""),
         }
     }
 }
@@ -1543,14 +1566,17 @@ fn upgrade_kind(parts: &http::request::Parts) -> Option<UpgradeKind> {
         return None;
     }
     let value = parts.headers.get(http::header::UPGRADE)?;
-    let asked = parts
+    // HTTP/1.1 to h2c is not offered: Envoy drops the upgrade headers and
+    // serves the request as HTTP/1.1 (see `strip_h2c_upgrade`).
+    if value.as_bytes().eq_ignore_ascii_case(b"h2c") {
+        return None;
+    }
+    let connection = parts
         .headers
         .get_all(http::header::CONNECTION)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
-    asked.then(|| UpgradeKind::Header(value.clone()))
+        .find(|v| v.to_str().is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade"))))?;
+    Some(UpgradeKind::Header(value.clone(), connection.clone()))
 }
 
 impl Hcm {
@@ -1638,8 +1664,8 @@ impl Hcm {
             );
         }
         match &up.kind {
-            UpgradeKind::Header(v) => {
-                parts.headers.insert(http::header::CONNECTION, HeaderValue::from_static("upgrade"));
+            UpgradeKind::Header(v, connection) => {
+                parts.headers.insert(http::header::CONNECTION, connection.clone());
                 parts.headers.insert(http::header::UPGRADE, v.clone());
             }
             UpgradeKind::Connect => match up.target.map(http::Uri::from) {
@@ -1696,11 +1722,11 @@ impl Hcm {
         let (mut rparts, rbody) = upstream_resp.into_parts();
         let upgrade_value = rparts.headers.get(http::header::UPGRADE).cloned();
         strip_hop_by_hop(&mut rparts.headers);
-        rparts
-            .headers
-            .insert(X_ENVOY_UPSTREAM_SERVICE_TIME.clone(), HeaderValue::from(started.elapsed().as_millis() as u64));
         rparts.version = http::Version::HTTP_11;
         let Some(upstream_upgrade) = upstream_upgrade else {
+            rparts
+                .headers
+                .insert(X_ENVOY_UPSTREAM_SERVICE_TIME.clone(), HeaderValue::from(started.elapsed().as_millis() as u64));
             // Not switched: an ordinary response on the upgrade's own connection.
             let mut resp = Response::from_parts(rparts, ProxyBody::stream(rbody));
             stream.details = "via_upstream";
@@ -1745,12 +1771,16 @@ async fn tunnel<U: crate::tls::Io, G: Send + 'static>(
 ) {
     let (rx, tx, complete) = match down.await {
         Ok(d) => {
-            let (rx, tx, timed_out) = crate::tcp_proxy::pipe(TokioIo::new(d), up, idle).await;
-            if timed_out {
+            let p = crate::tcp_proxy::pipe_ends(TokioIo::new(d), up, idle).await;
+            if p.timed_out {
                 stream.flags = "SI";
                 stream.details = "stream_idle_timeout";
+            } else {
+                // Envoy's flags for a tunnel its upstream, or its
+                // downstream, ended.
+                stream.flags = if p.upstream_first { "UC" } else { "DC" };
             }
-            (rx, tx, true)
+            (p.rx, p.tx, true)
         }
         Err(_) => (0, 0, false),
     };

@@ -186,9 +186,11 @@ impl ListenerConfig {
                 {
                     listener_filters.push(ListenerFilter::Http(Arc::new(crate::http_inspector::Stats::new(store))))
                 }
-                _ => return Err(format!(
+                _ => {
+                    return Err(format!(
                     "listener_filters[{i}]: only envoy.filters.listener.tls_inspector and http_inspector are supported"
-                )),
+                ))
+                }
             }
         }
         let mut chains = Vec::new();
