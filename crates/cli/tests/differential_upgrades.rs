@@ -514,3 +514,60 @@ static_resources:
         assert_eq!(ev, Some(want), "{name} (Envoy)");
     }
 }
+
+/// HTTP/2 CONNECT (prior knowledge): the status, and the bytes the tunnel
+/// echoes back (or the error).
+fn h2_connect(port: u16, target: &str, payload: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    rt.block_on(async {
+        let work = async {
+            let tcp = tokio::net::TcpStream::connect(addr(port)).await.map_err(|e| e.to_string())?;
+            let (mut sender, conn) = hyper::client::conn::http2::handshake(
+                hyper_util::rt::TokioExecutor::new(),
+                hyper_util::rt::TokioIo::new(tcp),
+            )
+            .await
+            .map_err(|e| format!("handshake: {e}"))?;
+            tokio::spawn(conn);
+            let req = http::Request::builder()
+                .method("CONNECT")
+                .uri(target)
+                .body(http_body_util::Empty::<bytes::Bytes>::new())
+                .map_err(|e| e.to_string())?;
+            let mut resp = sender.send_request(req).await.map_err(|e| format!("request: {e}"))?;
+            let status = resp.status().as_u16();
+            if status != 200 {
+                return Ok(format!("status {status}"));
+            }
+            let up = hyper::upgrade::on(&mut resp).await.map_err(|e| format!("upgrade: {e}"))?;
+            let mut io = hyper_util::rt::TokioIo::new(up);
+            io.write_all(payload).await.map_err(|e| e.to_string())?;
+            let mut got = vec![0u8; payload.len()];
+            io.read_exact(&mut got).await.map_err(|e| format!("read: {e}"))?;
+            Ok::<_, String>(format!("status {status}, echoed {:?}", String::from_utf8_lossy(&got)))
+        };
+        match tokio::time::timeout(Duration::from_secs(10), work).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => format!("error: {e}"),
+            Err(_) => "timed out".into(),
+        }
+    })
+}
+
+#[test]
+fn http2_connect_terminated() {
+    let dir = TempDir::new("h2-connect-tcp");
+    let (_tcp, tcp_port) = echo_with("tcp", dir.path(), &["--tcp"]);
+    let template = bootstrap(
+        "",
+        "",
+        &one_vhost("              - { match: { connect_matcher: {} }, route: { cluster: tcp_echo, upgrade_configs: [{ upgrade_type: CONNECT, connect_config: {} }] } }\n"),
+        &cluster("tcp_echo", &[&tcp_port.to_string()]),
+    );
+    let pair = start_pair("h2-connect", &template, &[]);
+    let e = h2_connect(pair.envoy, "example.com:443", b"over an HTTP/2 stream");
+    let l = h2_connect(pair.legate, "example.com:443", b"over an HTTP/2 stream");
+    assert_eq!(l, e);
+    assert!(e.contains("echoed"), "Envoy: {e}");
+}
