@@ -135,6 +135,7 @@ const SUPPORTED_FIELDS: &[(&str, &[&str])] = &[
             "common_http_protocol_options",
             "rds",
             "upgrade_configs",
+            "http2_protocol_options",
         ],
     ),
     (
@@ -347,7 +348,8 @@ const SUPPORTED_FIELDS: &[(&str, &[&str])] = &[
     ),
     ("envoy.config.core.v3.Http1ProtocolOptions", &[]),
     ("envoy.config.core.v3.HttpProtocolOptions", &["idle_timeout"]),
-    ("envoy.config.core.v3.Http2ProtocolOptions", &[]),
+    // `allow_connect` only on a connection manager (see `out_of_place`).
+    ("envoy.config.core.v3.Http2ProtocolOptions", &["allow_connect"]),
     ("envoy.extensions.filters.http.router.v3.Router", &[]),
     ("envoy.extensions.filters.http.health_check.v3.HealthCheck", &["pass_through_mode", "headers"]),
     ("envoy.extensions.filters.http.fault.v3.HTTPFault", &["delay", "abort", "headers"]),
@@ -530,6 +532,16 @@ const UNSUPPORTED_VALUES: &[(&str, &str, &[i32], &str)] = &[
     ),
 ];
 
+/// A field Legate implements in one place and not another.
+fn out_of_place(message: &str, field: &str, path: &str) -> Option<&'static str> {
+    // Extended CONNECT is offered to downstream clients by an HTTP connection
+    // manager (its `typed_config`); Legate never sends it upstream.
+    (message == "envoy.config.core.v3.Http2ProtocolOptions"
+        && field == "allow_connect"
+        && !path.ends_with("typed_config.http2_protocol_options"))
+    .then_some("allow_connect on an upstream (cluster) is not implemented by Legate")
+}
+
 fn supported_fields(message: &str) -> &'static [&'static str] {
     SUPPORTED_FIELDS.iter().find(|(m, _)| *m == message).map_or(&[], |(_, f)| f)
 }
@@ -561,6 +573,10 @@ fn check(msg: &DynamicMessage, path: &str, out: &mut Vec<FieldError>) {
         let p = join(path, field.name());
         if !allowed.contains(&field.name()) {
             out.push(FieldError::new(p, format!("{}.{} is not implemented by Legate", name, field.name())));
+            continue;
+        }
+        if let Some(reason) = out_of_place(name, field.name(), path) {
+            out.push(FieldError::new(p, reason));
             continue;
         }
         if let Value::EnumNumber(n) = value {

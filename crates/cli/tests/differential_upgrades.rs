@@ -571,3 +571,98 @@ fn http2_connect_terminated() {
     assert_eq!(l, e);
     assert!(e.contains("echoed"), "Envoy: {e}");
 }
+
+/// WebSocket over an HTTP/2 stream (extended CONNECT, RFC 8441): the
+/// status, the upstream's view of the request and the echoes.
+fn h2_websocket(port: u16, path: &str, messages: &[&str]) -> (u16, BTreeMap<String, String>, Vec<String>) {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::{protocol::Role, Message};
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    rt.block_on(async {
+        let tcp = tokio::net::TcpStream::connect(addr(port)).await.expect("connect");
+        let (mut sender, conn) = hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            hyper_util::rt::TokioIo::new(tcp),
+        )
+        .await
+        .expect("h2 handshake");
+        tokio::spawn(conn);
+        let mut req = http::Request::builder()
+            .method("CONNECT")
+            .uri(format!("http://example.com{path}"))
+            .header("sec-websocket-version", "13")
+            // RFC 8441 has no key, but the HTTP/1.1 upstream needs one.
+            .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .expect("request");
+        req.extensions_mut().insert(hyper::ext::Protocol::from_static("websocket"));
+        let mut resp = tokio::time::timeout(Duration::from_secs(10), sender.send_request(req))
+            .await
+            .expect("in time")
+            .unwrap_or_else(|e| panic!("extended CONNECT through {port}: {e}"));
+        let status = resp.status().as_u16();
+        if status != 200 {
+            return (status, BTreeMap::new(), Vec::new());
+        }
+        let up = hyper::upgrade::on(&mut resp).await.expect("upgrade");
+        let mut ws =
+            tokio_tungstenite::WebSocketStream::from_raw_socket(hyper_util::rt::TokioIo::new(up), Role::Client, None)
+                .await;
+        let seen: Value = serde_json::from_str(&next_message_io(&mut ws).await).expect("JSON first message");
+        let mut echoes = Vec::new();
+        for m in messages {
+            ws.send(Message::text(m.to_string())).await.expect("send");
+            echoes.push(next_message_io(&mut ws).await);
+        }
+        let _ = ws.close(None).await;
+        (status, upstream_view(&seen), echoes)
+    })
+}
+
+async fn next_message_io<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    ws: &mut tokio_tungstenite::WebSocketStream<S>,
+) -> String {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    match tokio::time::timeout(Duration::from_secs(5), ws.next()).await {
+        Ok(Some(Ok(Message::Text(t)))) => t.to_string(),
+        other => panic!("expected a text message, got {other:?}"),
+    }
+}
+
+#[test]
+fn websocket_over_http2_extended_connect() {
+    let template = bootstrap(
+        "          upgrade_configs: [{ upgrade_type: websocket }]\n          http2_protocol_options: { allow_connect: true }\n",
+        "",
+        &one_vhost("              - { match: { prefix: \"/\" }, route: { cluster: echo } }\n"),
+        &echo_cluster(),
+    );
+    let pair = start_pair("h2-websocket", &template, &["a"]);
+    let e = h2_websocket(pair.envoy, "/chat", &["one", "two"]);
+    let l = h2_websocket(pair.legate, "/chat", &["one", "two"]);
+    assert_eq!(e.0, 200, "Envoy");
+    assert_eq!(l, e);
+    let (ev, lv) = stats_settle(&pair, "http.ingress_http.downstream_cx_upgrades_total", 1);
+    assert_eq!((ev, lv), (Some(1), Some(1)));
+}
+
+/// What is not implemented around upgrades is listed, not ignored: upgrade
+/// filter chains, CONNECT's `allow_post`, and `allow_connect` on a cluster
+/// (it is accepted on the connection manager).
+#[test]
+fn unimplemented_upgrade_settings_are_refused() {
+    let config = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/upgrades-refused.yaml");
+    let out = std::process::Command::new(LEGATE).args(["validate", "-c", config]).output().expect("legate validate");
+    assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    let listed: Vec<&str> = text.lines().filter(|l| l.starts_with("  ")).map(|l| l.trim()).collect();
+    assert_eq!(listed.len(), 3, "{text}");
+    for field in [
+        "connect_config.allow_post:",
+        "typed_config.upgrade_configs[0].filters:",
+        "clusters[0].http2_protocol_options.allow_connect:",
+    ] {
+        assert!(listed.iter().any(|l| l.contains(field)), "{field} not listed:\n{text}");
+    }
+}

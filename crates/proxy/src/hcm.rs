@@ -167,6 +167,9 @@ pub struct Hcm {
     /// `upgrade_configs`: (lowercased upgrade type, enabled). A handful at
     /// most: a linear scan, only for requests that ask for an upgrade.
     upgrades: Vec<(String, bool)>,
+    /// `http2_protocol_options.allow_connect`: extended CONNECT (RFC 8441)
+    /// is offered to HTTP/2 clients, so WebSocket can run over a stream.
+    pub allow_connect: bool,
 }
 
 fn dur(d: &legate_api::pb::google::protobuf::Duration) -> Duration {
@@ -253,6 +256,7 @@ impl Hcm {
             },
             request_headers_timeout: c.request_headers_timeout.as_ref().map(dur).filter(|d| !d.is_zero()),
             upgrades,
+            allow_connect: c.http2_protocol_options.as_ref().is_some_and(|o| o.allow_connect),
         })
     }
 }
@@ -475,6 +479,23 @@ impl Hcm {
             _ => st.downstream_rq_http1_total.inc(),
         }
         let (mut parts, body) = req.into_parts();
+        // Extended CONNECT (`:protocol`, offered only with allow_connect)
+        // is read as the HTTP/1.1 upgrade it stands for, as Envoy's HTTP/2
+        // codec does: GET with `upgrade: <protocol>` and `connection: upgrade`.
+        let extended = parts.method == http::Method::CONNECT
+            && parts.extensions.get::<hyper::ext::Protocol>().is_some_and(|p| {
+                match HeaderValue::from_str(p.as_str()) {
+                    Ok(v) => {
+                        parts.headers.insert(http::header::UPGRADE, v);
+                        true
+                    }
+                    Err(_) => false,
+                }
+            });
+        if extended {
+            parts.method = http::Method::GET;
+            parts.headers.insert(http::header::CONNECTION, HeaderValue::from_static("upgrade"));
+        }
         let authority = parts
             .uri
             .authority()
@@ -630,7 +651,7 @@ impl Hcm {
         if parts.headers.get(http::header::UPGRADE).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"h2c")) {
             parts.headers.remove(&HTTP2_SETTINGS);
         }
-        if let Some(kind) = upgrade_kind(&parts) {
+        if let Some(kind) = upgrade_kind(&parts, extended) {
             stream.upgrade_requested = parts.version == http::Version::HTTP_11;
             match self.upgrade_decision(kind.as_str(), found.map(|(_, r)| r)) {
                 Some(terminate) => {
@@ -1553,16 +1574,16 @@ struct Upgrade {
 
 /// The upgrade a request asks for, if any. Costs a method compare for
 /// ordinary requests, plus a header lookup on HTTP/1.1.
-fn upgrade_kind(parts: &http::request::Parts) -> Option<UpgradeKind> {
+fn upgrade_kind(parts: &http::request::Parts, extended: bool) -> Option<UpgradeKind> {
     if parts.method == http::Method::CONNECT {
-        // Extended CONNECT (`:protocol`, RFC 8441) is never advertised, so a
-        // peer cannot send it; refuse it as a plain request if it does.
+        // An extended CONNECT (`:protocol`) was read as an upgrade already
+        // (`handle`); one left here had an unusable protocol name.
         if parts.extensions.get::<hyper::ext::Protocol>().is_some() {
             return None;
         }
         return Some(UpgradeKind::Connect);
     }
-    if parts.version != http::Version::HTTP_11 {
+    if parts.version != http::Version::HTTP_11 && !extended {
         return None;
     }
     let value = parts.headers.get(http::header::UPGRADE)?;
@@ -1738,7 +1759,13 @@ impl Hcm {
         stream.details = "via_upstream";
         self.finish_response(&mut stream, &mut resp, Some(matched));
         resp.headers_mut().remove(http::header::CONNECTION);
-        if status == 101 {
+        if stream.protocol == "HTTP/2" {
+            // An extended CONNECT is answered 200 (RFC 8441), as Envoy
+            // turns the upstream's 101 around.
+            *resp.status_mut() = StatusCode::OK;
+            resp.headers_mut().remove(http::header::UPGRADE);
+            stream.status = 200;
+        } else if status == 101 {
             resp.headers_mut().insert(http::header::CONNECTION, HeaderValue::from_static("upgrade"));
             if let Some(v) = upgrade_value {
                 resp.headers_mut().insert(http::header::UPGRADE, v);

@@ -125,6 +125,9 @@ impl Chain {
                     .keep_alive(true)
                     .header_read_timeout(hcm.request_headers_timeout);
                 builder.http2().timer(TokioTimer::new()).max_concurrent_streams(Some(2147483647));
+                if hcm.allow_connect {
+                    builder.http2().enable_connect_protocol();
+                }
                 let builder = match hcm.codec {
                     Codec::Auto => builder,
                     Codec::Http1 => builder.http1_only(),
