@@ -288,11 +288,11 @@ fn upgrade_active_while_open() {
 #[test]
 fn upgrades_not_enabled_are_refused_alike() {
     let template = bootstrap(
-        "          upgrade_configs: [{ upgrade_type: websocket }, { upgrade_type: h2c, enabled: false }]\n",
+        "          upgrade_configs: [{ upgrade_type: websocket }, { upgrade_type: foo2, enabled: false }]\n",
         "",
         &one_vhost(concat!(
             "              - { match: { prefix: \"/off\" }, route: { cluster: echo, upgrade_configs: [{ upgrade_type: websocket, enabled: false }] } }\n",
-            "              - { match: { prefix: \"/custom\" }, route: { cluster: echo, upgrade_configs: [{ upgrade_type: h2c }] } }\n",
+            "              - { match: { prefix: \"/custom\" }, route: { cluster: echo, upgrade_configs: [{ upgrade_type: FOO2 }] } }\n",
             "              - { match: { prefix: \"/direct\" }, direct_response: { status: 200, body: { inline_string: direct } } }\n",
             "              - { match: { prefix: \"/\" }, route: { cluster: echo } }\n",
         )),
@@ -305,7 +305,12 @@ fn upgrades_not_enabled_are_refused_alike() {
         // A type the HCM does not list.
         ("unknown-type", upgrade_request("/", "foo", "Upgrade")),
         // Disabled on the HCM.
-        ("hcm-disabled", upgrade_request("/", "h2c", "upgrade")),
+        ("hcm-disabled", upgrade_request("/", "foo2", "upgrade")),
+        // Disabled on the HCM, enabled on the route (case-insensitive): the
+        // upstream gets the upgrade and answers 200 without switching.
+        ("route-enabled", upgrade_request("/custom", "foo2", "keep-alive, Upgrade")),
+        // HTTP/1.1 to h2c is never an upgrade: served as HTTP/1.1.
+        ("h2c", b"GET / HTTP/1.1\r\nhost: example.com\r\nconnection: Upgrade, HTTP2-Settings\r\nupgrade: h2c\r\nhttp2-settings: AAMAAABkAAQAAP__\r\n\r\n".to_vec()),
         // A direct response route with an allowed type: answered directly.
         ("direct", upgrade_request("/direct", "websocket", "upgrade")),
         // No route: 404 whatever the upgrade.
@@ -337,7 +342,7 @@ fn upgrades_not_enabled_are_refused_alike() {
     }
     assert!(problems.is_empty(), "Legate differs from Envoy:\n{}", problems.join("\n"));
     for (name, want) in
-        [("http.ingress_http.downstream_rq_ws_on_non_ws_route", 3), ("http.ingress_http.downstream_rq_4xx", 3)]
+        [("http.ingress_http.downstream_rq_ws_on_non_ws_route", 4), ("http.ingress_http.downstream_rq_4xx", 4)]
     {
         let (ev, lv) = stats_settle(&pair, name, want);
         assert_eq!(lv, ev, "{name}");

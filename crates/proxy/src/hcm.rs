@@ -648,10 +648,7 @@ impl Hcm {
         // on a matched route gets 403 and the connection closes (its bytes
         // after the head may be the other protocol's).
         let mut upgrade = None;
-        if parts.headers.get(http::header::UPGRADE).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"h2c")) {
-            parts.headers.remove(&HTTP2_SETTINGS);
-        }
-        if let Some(kind) = upgrade_kind(&parts, extended) {
+        if let Some(kind) = upgrade_kind(&mut parts, extended) {
             stream.upgrade_requested = parts.version == http::Version::HTTP_11;
             match self.upgrade_decision(kind.as_str(), found.map(|(_, r)| r)) {
                 Some(terminate) => {
@@ -1573,8 +1570,8 @@ struct Upgrade {
 }
 
 /// The upgrade a request asks for, if any. Costs a method compare for
-/// ordinary requests, plus a header lookup on HTTP/1.1.
-fn upgrade_kind(parts: &http::request::Parts, extended: bool) -> Option<UpgradeKind> {
+/// ordinary requests, plus one header lookup on HTTP/1.1.
+fn upgrade_kind(parts: &mut http::request::Parts, extended: bool) -> Option<UpgradeKind> {
     if parts.method == http::Method::CONNECT {
         // An extended CONNECT (`:protocol`) was read as an upgrade already
         // (`handle`); one left here had an unusable protocol name.
@@ -1587,9 +1584,11 @@ fn upgrade_kind(parts: &http::request::Parts, extended: bool) -> Option<UpgradeK
         return None;
     }
     let value = parts.headers.get(http::header::UPGRADE)?;
-    // HTTP/1.1 to h2c is not offered: Envoy drops the upgrade headers and
-    // serves the request as HTTP/1.1 (see `strip_h2c_upgrade`).
+    // HTTP/1.1 to h2c is not offered: Envoy drops the upgrade headers
+    // (`strip_hop_by_hop` removes `upgrade` and `connection`) and
+    // HTTP2-Settings, and serves the request as HTTP/1.1.
     if value.as_bytes().eq_ignore_ascii_case(b"h2c") {
+        parts.headers.remove(&HTTP2_SETTINGS);
         return None;
     }
     let connection = parts
@@ -1697,7 +1696,6 @@ impl Hcm {
         let req = Request::from_parts(parts, ProxyBody::Empty);
         let request_done = crate::body::RequestProgress::default();
         request_done.done.store(true, Relaxed);
-        let started = Instant::now();
         let mut slot = None;
         let sent = crate::upstream::send_upgrade(&cluster, &host, req, &mut slot);
         let waited = self.await_response(sent, ra, &request_done).await;
@@ -1744,10 +1742,9 @@ impl Hcm {
         let upgrade_value = rparts.headers.get(http::header::UPGRADE).cloned();
         strip_hop_by_hop(&mut rparts.headers);
         rparts.version = http::Version::HTTP_11;
+        // Envoy sends no x-envoy-upstream-service-time on an upgrade's
+        // answer, switched or not.
         let Some(upstream_upgrade) = upstream_upgrade else {
-            rparts
-                .headers
-                .insert(X_ENVOY_UPSTREAM_SERVICE_TIME.clone(), HeaderValue::from(started.elapsed().as_millis() as u64));
             // Not switched: an ordinary response on the upgrade's own connection.
             let mut resp = Response::from_parts(rparts, ProxyBody::stream(rbody));
             stream.details = "via_upstream";

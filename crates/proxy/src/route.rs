@@ -668,6 +668,35 @@ virtual_hosts:
     }
 
     #[test]
+    fn connect_matches_only_connect_matcher_routes() {
+        let t = table(
+            r#"
+name: t
+virtual_hosts:
+- name: all
+  domains: ["*"]
+  routes:
+  - match: { prefix: "/" , headers: [{ name: x-only-get, present_match: true }] }
+    direct_response: { status: 201 }
+  - match: { connect_matcher: {} }
+    route: { cluster: c, upgrade_configs: [{ upgrade_type: CONNECT, connect_config: {} }, { upgrade_type: WebSocket, enabled: false }] }
+  - match: { prefix: "" }
+    direct_response: { status: 202 }
+"#,
+        );
+        let h = http::HeaderMap::new();
+        let name = |method: &str, path: &str| t.route("example.com:443", path, &h, method, "http").map(|(_, r)| r);
+        // CONNECT skips the catch-all prefix routes and takes the connect_matcher one.
+        let r = name("CONNECT", "").expect("a CONNECT route");
+        let Action::Forward(ra) = &r.action else { panic!("forward") };
+        assert_eq!(ra.upgrades.len(), 2);
+        assert!(ra.upgrades[0].kind == "connect" && ra.upgrades[0].enabled && ra.upgrades[0].terminate_connect);
+        assert!(ra.upgrades[1].kind == "websocket" && !ra.upgrades[1].enabled && !ra.upgrades[1].terminate_connect);
+        // Other methods never match connect_matcher.
+        assert!(matches!(name("GET", "/").map(|r| &r.action), Some(Action::Direct { status: 202, .. })));
+    }
+
+    #[test]
     fn regex_substitution_uses_envoy_syntax() {
         assert_eq!(envoy_subst(r"/v\1/$x"), "/v${1}/$$x");
     }
