@@ -273,13 +273,19 @@ fn upgrade_active_while_open() {
         assert_eq!(&buf, b"HTTP/1.1 101", "port {port}");
         open.push(s);
     }
-    for name in ["http.ingress_http.downstream_cx_upgrades_active", "http.ingress_http.downstream_rq_active"] {
+    for name in [
+        "http.ingress_http.downstream_cx_upgrades_active",
+        "http.ingress_http.downstream_rq_active",
+        "http.ingress_http.downstream_cx_active",
+    ] {
         let (ev, lv) = stats_settle(&pair, name, 1);
         assert_eq!((ev, lv), (Some(1), Some(1)), "{name} while open");
     }
     drop(open);
-    let (ev, lv) = stats_settle(&pair, "http.ingress_http.downstream_cx_upgrades_active", 0);
-    assert_eq!((ev, lv), (Some(0), Some(0)), "after close");
+    for name in ["http.ingress_http.downstream_cx_upgrades_active", "http.ingress_http.downstream_cx_active"] {
+        let (ev, lv) = stats_settle(&pair, name, 0);
+        assert_eq!((ev, lv), (Some(0), Some(0)), "{name} after close");
+    }
 }
 
 // ---------------------------------------------------------------------------

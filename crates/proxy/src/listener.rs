@@ -516,6 +516,14 @@ async fn serve_http<S: crate::tls::Io>(
             deadline.as_mut().reset(tokio::time::Instant::now() + listener.drain_time);
         }
     }
+    // hyper hands an upgraded connection over and is done with it; the
+    // connection lives on as the tunnel, counted as active until the
+    // tunnel's stream ends (bounded by the stream idle timeout).
+    if conn_info.upgraded.load(Ordering::Relaxed) {
+        while conn_info.active_streams.load(Ordering::Relaxed) > 0 {
+            conn_info.idle.notified().await;
+        }
+    }
     hs.downstream_cx_active.dec();
     hs.downstream_cx_destroy.inc();
 }
