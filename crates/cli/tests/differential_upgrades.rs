@@ -300,9 +300,10 @@ fn upgrades_not_enabled_are_refused_alike() {
             "              - { match: { prefix: \"/off\" }, route: { cluster: echo, upgrade_configs: [{ upgrade_type: websocket, enabled: false }] } }\n",
             "              - { match: { prefix: \"/custom\" }, route: { cluster: echo, upgrade_configs: [{ upgrade_type: FOO2 }] } }\n",
             "              - { match: { prefix: \"/direct\" }, direct_response: { status: 200, body: { inline_string: direct } } }\n",
+            "              - { match: { prefix: \"/dead\" }, route: { cluster: dead } }\n",
             "              - { match: { prefix: \"/\" }, route: { cluster: echo } }\n",
         )),
-        &echo_cluster(),
+        &format!("{}{}", echo_cluster(), cluster("dead", &["{CLOSED}"])),
     );
     let pair = start_pair("ws-refused", &template, &["a"]);
     let cases: Vec<(&str, Vec<u8>)> = vec![
@@ -319,7 +320,9 @@ fn upgrades_not_enabled_are_refused_alike() {
         ("h2c", b"GET / HTTP/1.1\r\nhost: example.com\r\nconnection: Upgrade, HTTP2-Settings\r\nupgrade: h2c\r\nhttp2-settings: AAMAAABkAAQAAP__\r\n\r\n".to_vec()),
         // A direct response route with an allowed type: answered directly.
         ("direct", upgrade_request("/direct", "websocket", "upgrade")),
-        // No route: 404 whatever the upgrade.
+        // An allowed upgrade whose upstream cannot be reached.
+        ("dead-upstream", upgrade_request("/dead", "websocket", "upgrade")),
+        // Any host lands on the `*` virtual host: refused the same way.
         (
             "no-route-host",
             b"GET /x HTTP/1.1\r\nhost: nowhere.test\r\nconnection: upgrade\r\nupgrade: foo\r\n\r\n".to_vec(),
