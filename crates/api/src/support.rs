@@ -43,6 +43,7 @@ pub const SUPPORTED_EXTENSIONS: &[&str] = &[
     "envoy.extensions.filters.network.local_ratelimit.v3.LocalRateLimit",
     "envoy.extensions.filters.network.rbac.v3.RBAC",
     "envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector",
+    "envoy.extensions.filters.listener.http_inspector.v3.HttpInspector",
     "envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
     "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
 ];
@@ -94,6 +95,7 @@ const SUPPORTED_FIELDS: &[(&str, &[&str])] = &[
     ("envoy.config.core.v3.CidrRange", &["address_prefix", "prefix_len"]),
     ("envoy.config.listener.v3.ListenerFilter", &["name", "typed_config"]),
     ("envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector", &[]),
+    ("envoy.extensions.filters.listener.http_inspector.v3.HttpInspector", &[]),
     ("envoy.config.core.v3.TransportSocket", &["name", "typed_config"]),
     (
         "envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
@@ -153,11 +155,17 @@ const SUPPORTED_FIELDS: &[(&str, &[&str])] = &[
             "common_http_protocol_options",
             "rds",
             "internal_address_config",
+            "upgrade_configs",
+            "http2_protocol_options",
         ],
     ),
     (
         "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager.InternalAddressConfig",
         &["cidr_ranges"],
+    ),
+    (
+        "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager.UpgradeConfig",
+        &["upgrade_type", "enabled"],
     ),
     ("envoy.extensions.filters.network.http_connection_manager.v3.HttpFilter", &["name", "typed_config"]),
     (
@@ -206,8 +214,18 @@ const SUPPORTED_FIELDS: &[(&str, &[&str])] = &[
     ),
     (
         "envoy.config.route.v3.RouteMatch",
-        &["prefix", "path", "safe_regex", "path_separated_prefix", "case_sensitive", "headers", "query_parameters"],
+        &[
+            "prefix",
+            "path",
+            "safe_regex",
+            "path_separated_prefix",
+            "connect_matcher",
+            "case_sensitive",
+            "headers",
+            "query_parameters",
+        ],
     ),
+    ("envoy.config.route.v3.RouteMatch.ConnectMatcher", &[]),
     ("envoy.type.matcher.v3.RegexMatcher", &["regex", "google_re2"]),
     ("envoy.type.matcher.v3.RegexMatcher.GoogleRE2", &[]),
     (
@@ -245,8 +263,11 @@ const SUPPORTED_FIELDS: &[(&str, &[&str])] = &[
             "request_mirror_policies",
             "idle_timeout",
             "rate_limits",
+            "upgrade_configs",
         ],
     ),
+    ("envoy.config.route.v3.RouteAction.UpgradeConfig", &["upgrade_type", "enabled", "connect_config"]),
+    ("envoy.config.route.v3.RouteAction.UpgradeConfig.ConnectConfig", &[]),
     ("envoy.config.route.v3.WeightedCluster", &["clusters"]),
     (
         "envoy.config.route.v3.RouteAction.RequestMirrorPolicy",
@@ -373,6 +394,7 @@ const SUPPORTED_FIELDS: &[(&str, &[&str])] = &[
         "envoy.config.core.v3.HttpProtocolOptions",
         &["idle_timeout", "max_requests_per_connection", "max_stream_duration"],
     ),
+    // `allow_connect` only on a connection manager (see `NARROWED`).
     ("envoy.config.core.v3.Http2ProtocolOptions", &[]),
     ("envoy.extensions.filters.http.router.v3.Router", &[]),
     ("envoy.extensions.filters.http.health_check.v3.HealthCheck", &["pass_through_mode", "headers"]),
@@ -627,12 +649,19 @@ const UNSUPPORTED_VALUES: &[(&str, &str, &[i32], &str)] = &[
 /// there). The HTTP connection manager's `common_http_protocol_options` is
 /// the cluster's message, whose request and stream limits Legate applies
 /// upstream only. A config source may be a file (`path`,
-/// `path_config_source`) for secrets only.
+/// `path_config_source`) for secrets only. Extended CONNECT (`allow_connect`)
+/// is offered to downstream clients by a connection manager; Legate never
+/// sends it upstream.
 const NARROWED: &[(&str, &str, &[&str])] = &[
     (
         "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
         "common_http_protocol_options",
         &["idle_timeout"],
+    ),
+    (
+        "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+        "http2_protocol_options",
+        &["allow_connect"],
     ),
     (
         "envoy.extensions.transport_sockets.tls.v3.SdsSecretConfig",

@@ -47,6 +47,7 @@ fn start_upstreams() -> anyhow::Result<()> {
                         log_requests: false,
                         grpc_health: "SERVING".into(),
                         refuse_h2_streams: false,
+                        tcp: false,
                     }),
                 ));
             }

@@ -2,6 +2,14 @@
 //! every request with 200 and a JSON echo of what it received, and names
 //! itself in `x-upstream`. `/status/NNN` answers NNN; `/delay/MS` waits first; `/slow-body/MS`
 //! sends its headers at once and the end of its body MS later (anywhere in the path).
+//!
+//! Upgrades: a WebSocket handshake (`Upgrade: websocket`) is accepted with
+//! a real 101; the upstream then sends one text message, the JSON of the
+//! request it received (as the HTTP echo's body), and echoes every text and
+//! binary message back until the client closes. A CONNECT is answered 200
+//! and its bytes are echoed raw. `--tcp` makes a plain TCP echo instead (a
+//! CONNECT target). tokio-tungstenite does the WebSocket framing: the tests
+//! need a peer that speaks the protocol, not one that only copies bytes.
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -36,12 +44,19 @@ pub struct EchoArgs {
     /// an overloaded upstream, for `retry_on: refused-stream` tests.
     #[arg(long)]
     pub refuse_h2_streams: bool,
+    /// Echo raw TCP bytes instead of speaking HTTP.
+    #[arg(long)]
+    pub tcp: bool,
 }
 
 pub fn run(args: EchoArgs) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind(args.listen).await?;
+        if args.tcp {
+            serve_tcp(listener).await;
+            return Ok(());
+        }
         serve(listener, Arc::new(args)).await;
         Ok(())
     })
@@ -65,17 +80,106 @@ pub async fn serve(listener: tokio::net::TcpListener, args: Arc<EchoArgs>) {
                     if let Some(ms) = slow_body_ms(req.uri().path()) {
                         return Ok::<_, Infallible>(slow_body(&args, ms));
                     }
+                    if req.method() == http::Method::CONNECT {
+                        return Ok(connect_echo(req));
+                    }
+                    if req.headers().get("upgrade").is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket")) {
+                        return Ok(websocket_echo(&args, peer, req));
+                    }
                     Ok::<_, Infallible>(respond(&args, peer, req).await.map(|b| b.map_err(|e| match e {}).boxed()))
                 }
             });
             let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(stream), svc)
+                .serve_connection_with_upgrades(TokioIo::new(stream), svc)
                 .await;
         });
     }
 }
 
 type EchoBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
+
+/// Echoes the bytes of each accepted connection until it closes.
+async fn serve_tcp(listener: tokio::net::TcpListener) {
+    loop {
+        let Ok((mut stream, _)) = listener.accept().await else { continue };
+        tokio::spawn(async move {
+            let (mut r, mut w) = stream.split();
+            let _ = tokio::io::copy(&mut r, &mut w).await;
+        });
+    }
+}
+
+fn empty() -> EchoBody {
+    Full::new(Bytes::new()).map_err(|e| match e {}).boxed()
+}
+
+/// CONNECT: 200, then the tunnel's bytes come back as they are.
+fn connect_echo(req: hyper::Request<Incoming>) -> hyper::Response<EchoBody> {
+    tokio::spawn(async move {
+        if let Ok(up) = hyper::upgrade::on(req).await {
+            let (mut r, mut w) = tokio::io::split(TokioIo::new(up));
+            let _ = tokio::io::copy(&mut r, &mut w).await;
+        }
+    });
+    hyper::Response::new(empty())
+}
+
+/// A WebSocket handshake answered with 101, then the echo described above.
+fn websocket_echo(args: &EchoArgs, peer: SocketAddr, req: hyper::Request<Incoming>) -> hyper::Response<EchoBody> {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::{handshake::derive_accept_key, protocol::Role, Message};
+    let Some(key) = req.headers().get("sec-websocket-key") else {
+        let mut r = hyper::Response::new(empty());
+        *r.status_mut() = http::StatusCode::BAD_REQUEST;
+        return r;
+    };
+    let accept = derive_accept_key(key.as_bytes());
+    let headers: serde_json::Map<String, serde_json::Value> = req
+        .headers()
+        .iter()
+        .map(|(k, v)| {
+            (k.as_str().to_string(), serde_json::Value::String(String::from_utf8_lossy(v.as_bytes()).into_owned()))
+        })
+        .collect();
+    let seen = serde_json::json!({
+        "upstream": args.name,
+        "method": req.method().to_string(),
+        "uri": req.uri().to_string(),
+        "version": format!("{:?}", req.version()),
+        "peer": peer.to_string(),
+        "headers": headers,
+    })
+    .to_string();
+    tokio::spawn(async move {
+        let Ok(up) = hyper::upgrade::on(req).await else { return };
+        let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(TokioIo::new(up), Role::Server, None).await;
+        if ws.send(Message::text(seen)).await.is_err() {
+            return;
+        }
+        while let Some(Ok(msg)) = ws.next().await {
+            let echo = match msg {
+                Message::Text(_) | Message::Binary(_) => msg,
+                Message::Close(_) => break,
+                _ => continue,
+            };
+            if ws.send(echo).await.is_err() {
+                break;
+            }
+        }
+    });
+    let mut r = hyper::Response::new(empty());
+    *r.status_mut() = http::StatusCode::SWITCHING_PROTOCOLS;
+    let h = r.headers_mut();
+    h.insert("upgrade", http::HeaderValue::from_static("websocket"));
+    h.insert("connection", http::HeaderValue::from_static("Upgrade"));
+    if let Ok(v) = http::HeaderValue::from_str(&accept) {
+        h.insert("sec-websocket-accept", v);
+    }
+    if let Ok(v) = http::HeaderValue::from_str(&args.name) {
+        h.insert("x-upstream", v);
+    }
+    r
+}
 
 /// A gRPC health answer: one HealthCheckResponse message (field 1, status:
 /// 1 SERVING or 2 NOT_SERVING) in gRPC framing, then `grpc-status: 0`.

@@ -215,7 +215,8 @@ fn parse_op(token: &str) -> Result<Option<Op>, String> {
 fn header<'a>(map: Option<&'a HeaderMap>, ctx: &'a Context<'_>, name: &str) -> Option<&'a str> {
     match name {
         ":method" => Some(ctx.method),
-        ":path" => Some(ctx.path),
+        // A CONNECT has no path.
+        ":path" => Some(ctx.path).filter(|s| !s.is_empty()),
         ":authority" => Some(ctx.authority).filter(|s| !s.is_empty()),
         ":status" => None,
         _ => map?.get(name).and_then(|v| v.to_str().ok()),

@@ -206,6 +206,10 @@ impl<T: AsyncRead> AsyncRead for EnvoyErrors<T> {
 impl<T: AsyncWrite> AsyncWrite for EnvoyErrors<T> {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         let mut this = self.project();
+        // After an upgrade the bytes are another protocol's: never rewritten.
+        if this.pending.is_none() && this.conn.upgraded.load(Ordering::Relaxed) {
+            return this.inner.poll_write(cx, buf);
+        }
         if this.pending.is_none() {
             match envoy_form(buf, this.server, this.first_head.unsupported_version) {
                 Some(form) => {

@@ -11,6 +11,7 @@ use arc_swap::ArcSwap;
 use http::header::{HeaderName, HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, HOST, LOCATION, SERVER};
 use http::{HeaderMap, Request, Response, StatusCode};
 use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
 use legate_api::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
     http_connection_manager::{CodecType, RouteSpecifier, ServerHeaderTransformation},
     HttpConnectionManager,
@@ -57,6 +58,7 @@ static X_ENVOY_PER_TRY_TIMEOUT: HeaderName = HeaderName::from_static("x-envoy-up
 static X_ENVOY_ATTEMPT_COUNT: HeaderName = HeaderName::from_static("x-envoy-attempt-count");
 static X_ENVOY_OVERLOADED: HeaderName = HeaderName::from_static("x-envoy-overloaded");
 static X_ENVOY_ORIGINAL_HOST: HeaderName = HeaderName::from_static("x-envoy-original-host");
+static HTTP2_SETTINGS: HeaderName = HeaderName::from_static("http2-settings");
 
 /// This machine's first non-loopback address of the same family as `like`
 /// (Envoy's "local address"), read once.
@@ -100,6 +102,11 @@ pub struct HcmStats {
     pub rq_total: Arc<Counter>,
     /// 413s for request bodies over the buffer filter's limit.
     pub downstream_rq_too_large: Arc<Counter>,
+    /// Upgrades (WebSocket, CONNECT ...) accepted, and those still open.
+    pub downstream_cx_upgrades_total: Arc<Counter>,
+    pub downstream_cx_upgrades_active: Arc<Gauge>,
+    /// Upgrade requests refused with 403 on a route that does not allow them.
+    pub downstream_rq_ws_on_non_ws_route: Arc<Counter>,
 }
 
 impl HcmStats {
@@ -126,6 +133,9 @@ impl HcmStats {
             rq_direct_response: c("rq_direct_response"),
             rq_total: c("rq_total"),
             downstream_rq_too_large: c("downstream_rq_too_large"),
+            downstream_cx_upgrades_total: c("downstream_cx_upgrades_total"),
+            downstream_cx_upgrades_active: store.gauge(&format!("{p}downstream_cx_upgrades_active")),
+            downstream_rq_ws_on_non_ws_route: c("downstream_rq_ws_on_non_ws_route"),
         }
     }
 }
@@ -164,6 +174,12 @@ pub struct Hcm {
     internal_ranges: Vec<crate::filter_chain::Cidr>,
     /// `forward_client_cert_details` and `set_current_client_cert_details`.
     xfcc: Xfcc,
+    /// `upgrade_configs`: (lowercased upgrade type, enabled). A handful at
+    /// most: a linear scan, only for requests that ask for an upgrade.
+    upgrades: Vec<(String, bool)>,
+    /// `http2_protocol_options.allow_connect`: extended CONNECT (RFC 8441)
+    /// is offered to HTTP/2 clients, so WebSocket can run over a stream.
+    pub allow_connect: bool,
 }
 
 /// How `x-forwarded-client-cert` is treated (`forward_client_cert_details`).
@@ -350,6 +366,21 @@ impl Hcm {
             .map(|(i, a)| AccessLogger::compile(a).map_err(|e| format!("access_log[{i}].{e}")))
             .collect::<Result<_, _>>()?;
         let server_name = if c.server_name.is_empty() { "envoy" } else { c.server_name.as_str() };
+        let mut upgrades: Vec<(String, bool)> = Vec::new();
+        for (i, u) in c.upgrade_configs.iter().enumerate() {
+            let kind = u.upgrade_type.to_ascii_lowercase();
+            if upgrades.iter().any(|(k, _)| *k == kind) {
+                // Envoy's wording for the same mistake.
+                return Err(format!(
+                    "upgrade_configs[{i}]: Error: multiple upgrade configs with the same name: '{}'",
+                    u.upgrade_type
+                ));
+            }
+            if !u.filters.is_empty() {
+                return Err(format!("upgrade_configs[{i}].filters: upgrade-specific filter chains are not supported"));
+            }
+            upgrades.push((kind, u.enabled.is_none_or(|b| b.value)));
+        }
         Ok(Self {
             stats: HcmStats::new(store, &c.stat_prefix),
             stat_prefix: c.stat_prefix.clone(),
@@ -391,6 +422,8 @@ impl Hcm {
                 None => Vec::new(),
             },
             xfcc: Xfcc::compile(c)?,
+            upgrades,
+            allow_connect: c.http2_protocol_options.as_ref().is_some_and(|o| o.allow_connect),
         })
     }
 }
@@ -457,6 +490,9 @@ pub struct ConnInfo {
     pub tls: Option<Arc<crate::peer::TlsConn>>,
     /// The SNI the TLS inspector read (Envoy's requested server name).
     pub sni: Option<Box<str>>,
+    /// The connection switched protocols (101 or CONNECT): what it carries
+    /// from now on is not HTTP/1 and is passed through untouched.
+    pub upgraded: std::sync::atomic::AtomicBool,
 }
 
 impl ConnInfo {
@@ -481,6 +517,7 @@ impl ConnInfo {
             secure: false,
             tls: None,
             sni: None,
+            upgraded: Default::default(),
         }
     }
 }
@@ -521,6 +558,13 @@ struct Stream {
     /// From an internal address (`internal_address_config`): its
     /// `x-envoy-*` retry and timeout headers are honoured.
     internal: bool,
+    /// The stream was accepted as an upgrade (counted in
+    /// `downstream_cx_upgrades_active` until it ends).
+    upgraded: bool,
+    /// The request asked for an upgrade: an HTTP/1 response that does not
+    /// switch protocols closes the connection, as Envoy's codec does (what
+    /// follows the head may be the other protocol's bytes).
+    upgrade_requested: bool,
 }
 
 impl Finish for Stream {
@@ -529,6 +573,9 @@ impl Finish for Stream {
             self.conn.idle.notify_one();
         }
         let s = &self.hcm.stats;
+        if self.upgraded {
+            s.downstream_cx_upgrades_active.dec();
+        }
         s.downstream_rq_active.dec();
         s.downstream_rq_completed.inc();
         s.downstream_rq_class.record(self.status);
@@ -636,13 +683,32 @@ impl Hcm {
             _ => st.downstream_rq_http1_total.inc(),
         }
         let (mut parts, body) = req.into_parts();
+        // Extended CONNECT (`:protocol`, offered only with allow_connect)
+        // is read as the HTTP/1.1 upgrade it stands for, as Envoy's HTTP/2
+        // codec does: GET with `upgrade: <protocol>` and `connection: upgrade`.
+        let extended = parts.method == http::Method::CONNECT
+            && parts.extensions.get::<hyper::ext::Protocol>().is_some_and(|p| {
+                match HeaderValue::from_str(p.as_str()) {
+                    Ok(v) => {
+                        parts.headers.insert(http::header::UPGRADE, v);
+                        true
+                    }
+                    Err(_) => false,
+                }
+            });
+        if extended {
+            parts.method = http::Method::GET;
+            parts.headers.insert(http::header::CONNECTION, HeaderValue::from_static("upgrade"));
+        }
         let authority = parts
             .uri
             .authority()
             .map(|a| a.as_str().to_string())
             .or_else(|| parts.headers.get(HOST).and_then(|h| h.to_str().ok()).map(str::to_owned))
             .unwrap_or_default();
-        let path = parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_string();
+        // A CONNECT (authority form) has no path, as in Envoy.
+        let no_path = if parts.method == http::Method::CONNECT { "" } else { "/" };
+        let path = parts.uri.path_and_query().map_or(no_path, |p| p.as_str()).to_string();
 
         // Who the client is: the connection's peer, or an address taken from
         // x-forwarded-for as Envoy's use_remote_address / xff_num_trusted_hops say.
@@ -684,6 +750,8 @@ impl Hcm {
             route_name: String::new(),
             filter_state: Default::default(),
             internal: false,
+            upgraded: false,
+            upgrade_requested: false,
         });
 
         // Protocol errors Envoy answers itself, closing the connection.
@@ -789,6 +857,44 @@ impl Hcm {
         let found = table.as_deref().and_then(|t| {
             t.route(&stream.authority, &stream.path, &parts.headers, parts.method.as_str(), conn.scheme())
         });
+        // An upgrade (HTTP/1.1 `Upgrade` with `connection: upgrade`, or
+        // CONNECT) is decided before the filters run, as Envoy decides it
+        // when it builds the stream's filter chain: the route's
+        // `upgrade_configs` override the connection manager's. A refused one
+        // on a matched route gets 403 and the connection closes (its bytes
+        // after the head may be the other protocol's).
+        let mut upgrade = None;
+        if let Some(kind) = upgrade_kind(&mut parts, extended) {
+            stream.upgrade_requested = parts.version == http::Version::HTTP_11;
+            match self.upgrade_decision(kind.as_str(), found.map(|(_, r)| r)) {
+                Some(terminate) => {
+                    st.downstream_cx_upgrades_total.inc();
+                    st.downstream_cx_upgrades_active.inc();
+                    stream.upgraded = true;
+                    upgrade = Some(Upgrade {
+                        target: parts.uri.authority().cloned(),
+                        kind,
+                        terminate,
+                        on_upgrade: parts.extensions.remove::<hyper::upgrade::OnUpgrade>(),
+                    });
+                }
+                None if found.is_some() => {
+                    st.downstream_rq_ws_on_non_ws_route.inc();
+                    // The route's cluster is known (and logged) by then.
+                    if let Some((_, Route { action: Action::Forward(ra), .. })) = found {
+                        if let ClusterChoice::Name(n) = &ra.cluster {
+                            stream.cluster = self.clusters.load().get(n.as_str()).cloned();
+                        }
+                    }
+                    let mut r = self.local_reply(stream, 403, "upgrade_failed", "", None);
+                    if r.version() != http::Version::HTTP_2 && parts.version != http::Version::HTTP_2 {
+                        r.headers_mut().insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+                    }
+                    return r;
+                }
+                None => {}
+            }
+        }
         let mut body = ProxyBody::stream(body);
         if !self.filters.is_empty() {
             let mut state = crate::filters::ResponseState::default();
@@ -899,7 +1005,7 @@ impl Hcm {
                 let location = redirect_location(rd, route, &stream.authority, &stream.path, self.use_remote_address);
                 self.redirect_reply(stream, rd.status, location, (table, vh, route))
             }
-            Action::Forward(ra) => self.forward(stream, parts, body, (table, vh, route), ra).await,
+            Action::Forward(ra) => self.forward(stream, parts, body, (table, vh, route), ra, upgrade).await,
         }
     }
 
@@ -942,7 +1048,9 @@ impl Hcm {
         // drains, or when the request body has not all been read: Envoy does
         // not wait for the rest of a request it has already answered.
         let body_unread = stream.has_body && stream.request_progress.as_ref().is_none_or(|p| !p.done.load(Relaxed));
-        if (body_unread || stream.conn.draining.load(Relaxed)) && stream.protocol != "HTTP/2" {
+        if (body_unread || stream.upgrade_requested || stream.conn.draining.load(Relaxed))
+            && stream.protocol != "HTTP/2"
+        {
             resp.headers_mut().insert(http::header::CONNECTION, HeaderValue::from_static("close"));
         }
         stream.status = resp.status().as_u16();
@@ -1062,6 +1170,7 @@ impl Hcm {
         body: ProxyBody,
         matched: Matched<'_>,
         ra: &RouteAction,
+        upgrade: Option<Upgrade>,
     ) -> ProxyResponse {
         let (table, vh, route) = matched;
         let st = &self.stats;
@@ -1118,6 +1227,8 @@ impl Hcm {
             }
         }
         let upstream_path = new_path.as_deref().unwrap_or(&original_path);
+        // A CONNECT's target replaces this path (see `forward_upgrade`).
+        let request_path = if upstream_path.is_empty() { "/" } else { upstream_path };
         let authority = if let Some(h) = &ra.host_rewrite {
             h.clone()
         } else if ra.auto_host_rewrite {
@@ -1179,12 +1290,12 @@ impl Hcm {
         }
         let uri = if cluster.http2 {
             parts.headers.remove(HOST);
-            format!("http://{authority}{upstream_path}")
+            format!("http://{authority}{request_path}")
         } else {
             if let Ok(v) = HeaderValue::from_str(&authority) {
                 parts.headers.insert(HOST, v);
             }
-            upstream_path.to_string()
+            request_path.to_string()
         };
         match uri.parse() {
             Ok(u) => parts.uri = u,
@@ -1208,6 +1319,9 @@ impl Hcm {
         host.rq_total.fetch_add(1, Relaxed);
         let started = Instant::now();
         stream.upstream = Some((cluster.clone(), host.clone(), started));
+        if let Some(up) = upgrade {
+            return self.forward_upgrade(stream, parts, matched, ra, cluster, host, up).await;
+        }
 
         // With a retry policy the request body is buffered (up to 1 MiB, as
         // Envoy's default buffer limit) so that it can be sent again.
@@ -1719,4 +1833,280 @@ fn redirect_location(rd: &Redirect, route: &Route, authority: &str, path: &str, 
         Some(port) => format!("{scheme}://{host}:{port}{new_path}"),
         None => format!("{scheme}://{host}{new_path}"),
     }
+}
+
+/// What a request asks to switch to.
+enum UpgradeKind {
+    /// CONNECT (HTTP/1.1, or HTTP/2 without `:protocol`).
+    Connect,
+    /// HTTP/1.1 `Upgrade: <value>` with `connection: upgrade`, and the
+    /// `connection` value as received (passed on as it is, as Envoy does).
+    Header(HeaderValue, HeaderValue),
+}
+
+impl UpgradeKind {
+    /// The name `upgrade_configs` know it by (compared ignoring case).
+    fn as_str(&self) -> &str {
+        match self {
+            UpgradeKind::Connect => "CONNECT",
+            UpgradeKind::Header(v, _) => v.to_str().unwrap_or(""),
+        }
+    }
+}
+
+/// An accepted upgrade, carried from the connection manager to the router.
+struct Upgrade {
+    kind: UpgradeKind,
+    /// `connect_config` on the route: Legate answers the CONNECT itself.
+    terminate: bool,
+    /// Where the downstream connection (or HTTP/2 stream) is handed over
+    /// once the response has been written.
+    on_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    /// CONNECT's `host:port`.
+    target: Option<http::uri::Authority>,
+}
+
+/// The upgrade a request asks for, if any. Costs a method compare for
+/// ordinary requests, plus one header lookup on HTTP/1.1.
+fn upgrade_kind(parts: &mut http::request::Parts, extended: bool) -> Option<UpgradeKind> {
+    if parts.method == http::Method::CONNECT {
+        // An extended CONNECT (`:protocol`) was read as an upgrade already
+        // (`handle`); one left here had an unusable protocol name.
+        if parts.extensions.get::<hyper::ext::Protocol>().is_some() {
+            return None;
+        }
+        return Some(UpgradeKind::Connect);
+    }
+    if parts.version != http::Version::HTTP_11 && !extended {
+        return None;
+    }
+    let value = parts.headers.get(http::header::UPGRADE)?;
+    // HTTP/1.1 to h2c is not offered: Envoy drops the upgrade headers
+    // (`strip_hop_by_hop` removes `upgrade` and `connection`) and
+    // HTTP2-Settings, and serves the request as HTTP/1.1.
+    if value.as_bytes().eq_ignore_ascii_case(b"h2c") {
+        parts.headers.remove(&HTTP2_SETTINGS);
+        return None;
+    }
+    let connection = parts
+        .headers
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .find(|v| v.to_str().is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade"))))?;
+    Some(UpgradeKind::Header(value.clone(), connection.clone()))
+}
+
+impl Hcm {
+    /// Envoy's rule: a route's `upgrade_configs` entry for the type decides
+    /// when present (disabled refuses; enabled allows even when the
+    /// connection manager does not list the type); otherwise the connection
+    /// manager's entry does. `Some(terminate)` when allowed, where
+    /// `terminate` says the route has a `connect_config` for CONNECT.
+    fn upgrade_decision(&self, kind: &str, route: Option<&Route>) -> Option<bool> {
+        let mut route_enabled = false;
+        let mut terminate = false;
+        if let Some(Route { action: Action::Forward(ra), .. }) = route {
+            if let Some(u) = ra.upgrades.iter().find(|u| u.kind.eq_ignore_ascii_case(kind)) {
+                if !u.enabled {
+                    return None;
+                }
+                route_enabled = true;
+                terminate = u.terminate_connect && kind.eq_ignore_ascii_case("connect");
+            }
+        }
+        let hcm_enabled = self.upgrades.iter().any(|(k, enabled)| *enabled && k.eq_ignore_ascii_case(kind));
+        (route_enabled || hcm_enabled).then_some(terminate)
+    }
+
+    /// The router's part of an accepted upgrade. A terminated CONNECT is
+    /// answered 200 once a raw connection to the host is up; otherwise the
+    /// request goes to the host on a connection of its own (HTTP/1.1, never
+    /// pooled), and a 101 (or a 2xx to a CONNECT) switches both sides to a
+    /// byte tunnel that lasts until either side closes or the stream idle
+    /// timeout passes. Any other answer is proxied as a response.
+    #[allow(clippy::too_many_arguments)]
+    async fn forward_upgrade(
+        self: &Arc<Self>,
+        mut stream: Box<Stream>,
+        mut parts: http::request::Parts,
+        matched: Matched<'_>,
+        ra: &RouteAction,
+        cluster: Arc<Cluster>,
+        host: Arc<Host>,
+        up: Upgrade,
+    ) -> ProxyResponse {
+        let cs = &cluster.stats;
+        let idle = ra.idle_timeout.unwrap_or(self.stream_idle_timeout);
+        let Some(on_upgrade) = up.on_upgrade else {
+            return self.router_reply(stream, Some(matched), 503, "upgrade_failed", "", None);
+        };
+        let connect = matches!(up.kind, UpgradeKind::Connect);
+        if connect && up.terminate {
+            return match crate::upstream::connect_owned(&cluster, &host).await {
+                Err(e) => {
+                    cs.record_status(503);
+                    let details = "upstream_reset_before_response_started{remote_connection_failure}";
+                    self.router_reply(
+                        stream,
+                        Some(matched),
+                        503,
+                        details,
+                        e.response_flag(),
+                        Some(e.local_reply_body()),
+                    )
+                }
+                Ok((io, guard)) => {
+                    cs.upstream_rq_total.inc();
+                    cs.record_status(200);
+                    stream.details = "via_upstream";
+                    let mut resp = Response::new(ProxyBody::Empty);
+                    self.finish_response(&mut stream, &mut resp, Some(matched));
+                    resp.headers_mut().remove(http::header::CONNECTION);
+                    stream.conn.upgraded.store(true, Relaxed);
+                    tokio::spawn(tunnel(stream, on_upgrade, io, guard, idle));
+                    resp.map(|b| TrackedBody::new(b, None))
+                }
+            };
+        }
+        if cluster.http2 {
+            // Envoy would carry the upgrade as an extended CONNECT stream;
+            // Legate does not speak that upstream.
+            return self.router_reply(
+                stream,
+                Some(matched),
+                503,
+                "upgrade_failed",
+                "",
+                Some("upgrades to an HTTP/2 cluster are not supported".into()),
+            );
+        }
+        match &up.kind {
+            UpgradeKind::Header(v, connection) => {
+                parts.headers.insert(http::header::CONNECTION, connection.clone());
+                parts.headers.insert(http::header::UPGRADE, v.clone());
+            }
+            UpgradeKind::Connect => match up.target.map(http::Uri::from) {
+                Some(u) => parts.uri = u,
+                None => return self.router_reply(stream, Some(matched), 400, "invalid_path", "", None),
+            },
+        }
+        let req = Request::from_parts(parts, ProxyBody::Empty);
+        let request_done = crate::body::RequestProgress::default();
+        request_done.done.store(true, Relaxed);
+        let mut slot = crate::upstream::Held::default();
+        let sent = crate::upstream::send_upgrade(&cluster, &host, req, &mut slot);
+        let waited = self.await_response(sent, ra, ra.timeout, None, &request_done).await;
+        stream.rq_slot = slot;
+        let (upstream_resp, guard) = match waited {
+            Waited::Done(Ok(r)) => r,
+            Waited::Done(Err(crate::upstream::UpstreamError::Overflow)) => {
+                return self.overflow_reply(stream, &cluster, matched)
+            }
+            Waited::Done(Err(e)) => {
+                cs.record_status(503);
+                let details = match e.response_flag() {
+                    "UF" => "upstream_reset_before_response_started{remote_connection_failure}",
+                    _ => "upstream_reset_before_response_started{connection_termination}",
+                };
+                return self.router_reply(
+                    stream,
+                    Some(matched),
+                    503,
+                    details,
+                    e.response_flag(),
+                    Some(e.local_reply_body()),
+                );
+            }
+            Waited::RouteTimeout | Waited::StreamIdle | Waited::RequestTimeout | Waited::MaxDuration => {
+                cs.upstream_rq_timeout.inc();
+                cs.record_status(504);
+                return self.router_reply(
+                    stream,
+                    Some(matched),
+                    504,
+                    "response_timeout",
+                    "UT",
+                    Some("upstream request timeout".into()),
+                );
+            }
+        };
+        let status = upstream_resp.status().as_u16();
+        cs.record_status(status);
+        let switched = status == 101 || (connect && (200..300).contains(&status));
+        let mut upstream_resp = upstream_resp;
+        let upstream_upgrade = switched.then(|| hyper::upgrade::on(&mut upstream_resp));
+        let (mut rparts, rbody) = upstream_resp.into_parts();
+        let upgrade_value = rparts.headers.get(http::header::UPGRADE).cloned();
+        strip_hop_by_hop(&mut rparts.headers);
+        rparts.version = http::Version::HTTP_11;
+        // Envoy sends no x-envoy-upstream-service-time on an upgrade's
+        // answer, switched or not.
+        let Some(upstream_upgrade) = upstream_upgrade else {
+            // Not switched: an ordinary response on the upgrade's own connection.
+            let mut resp = Response::from_parts(rparts, ProxyBody::stream(rbody));
+            stream.details = "via_upstream";
+            self.finish_response(&mut stream, &mut resp, Some(matched));
+            drop(guard);
+            return resp.map(|b| TrackedBody::new(b, Some(stream)));
+        };
+        let mut resp = Response::from_parts(rparts, ProxyBody::Empty);
+        stream.details = "via_upstream";
+        self.finish_response(&mut stream, &mut resp, Some(matched));
+        resp.headers_mut().remove(http::header::CONNECTION);
+        if stream.protocol == "HTTP/2" {
+            // An extended CONNECT is answered 200 (RFC 8441), as Envoy
+            // turns the upstream's 101 around.
+            *resp.status_mut() = StatusCode::OK;
+            resp.headers_mut().remove(http::header::UPGRADE);
+            stream.status = 200;
+        } else if status == 101 {
+            resp.headers_mut().insert(http::header::CONNECTION, HeaderValue::from_static("upgrade"));
+            if let Some(v) = upgrade_value {
+                resp.headers_mut().insert(http::header::UPGRADE, v);
+            }
+        }
+        stream.conn.upgraded.store(true, Relaxed);
+        tokio::spawn(async move {
+            match upstream_upgrade.await {
+                Ok(io) => tunnel(stream, on_upgrade, TokioIo::new(io), guard, idle).await,
+                Err(_) => {
+                    drop(guard);
+                    Finish::finish(stream, 0, false);
+                }
+            }
+        });
+        resp.map(|b| TrackedBody::new(b, None))
+    }
+}
+
+/// Bytes both ways between the downstream connection (once hyper has
+/// written the response and handed it over) and the upstream, then the
+/// stream's stats and access log. `bytes_received`/`bytes_sent` count the
+/// tunnelled bytes. Cost: the tcp_proxy's two 16 KiB buffers.
+async fn tunnel<U: crate::tls::Io, G: Send + 'static>(
+    mut stream: Box<Stream>,
+    down: hyper::upgrade::OnUpgrade,
+    up: U,
+    guard: G,
+    idle: Option<Duration>,
+) {
+    let (rx, tx, complete) = match down.await {
+        Ok(d) => {
+            let p = crate::tcp_proxy::pipe_ends(TokioIo::new(d), up, idle).await;
+            if p.timed_out {
+                stream.flags = "SI";
+                stream.details = "stream_idle_timeout";
+            } else {
+                // Envoy's flags for a tunnel its upstream, or its
+                // downstream, ended.
+                stream.flags = if p.upstream_first { "UC" } else { "DC" };
+            }
+            (p.rx, p.tx, true)
+        }
+        Err(_) => (0, 0, false),
+    };
+    drop(guard);
+    stream.request_progress = None;
+    stream.bytes_received = rx;
+    Finish::finish(stream, tx, complete);
 }

@@ -24,6 +24,7 @@ pub mod hash_lb;
 pub mod hcm;
 pub mod headers;
 pub mod health;
+pub mod http_inspector;
 pub mod lb_config;
 pub mod listener;
 pub mod listener_manager;

@@ -61,8 +61,8 @@ pub struct ListenerConfig {
     chains: Vec<Arc<Chain>>,
     default_chain: Option<Arc<Chain>>,
     selector: crate::filter_chain::Selector,
-    /// `envoy.filters.listener.tls_inspector` is configured.
-    tls_inspector: bool,
+    /// The listener filters, in their configured order.
+    listener_filters: Vec<ListenerFilter>,
     /// Raised when this config is replaced or removed: its connections drain.
     draining: watch::Sender<bool>,
     /// How long a draining connection may take (`--drain-time-s`).
@@ -75,6 +75,15 @@ pub fn stat_name(addr: &SocketAddr) -> String {
 }
 
 const TLS_INSPECTOR: &str = "envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector";
+const HTTP_INSPECTOR: &str = "envoy.extensions.filters.listener.http_inspector.v3.HttpInspector";
+
+/// A listener filter: what it reads from a connection's first bytes.
+enum ListenerFilter {
+    /// TLS or not; SNI and ALPN from the ClientHello.
+    Tls,
+    /// HTTP/1.x or HTTP/2 on a cleartext connection, as the application protocol.
+    Http(Arc<crate::http_inspector::Stats>),
+}
 /// Envoy's `listener_filters_timeout` default.
 const LISTENER_FILTERS_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -135,6 +144,9 @@ impl Chain {
                     .keep_alive(true)
                     .header_read_timeout(hcm.request_headers_timeout);
                 builder.http2().timer(TokioTimer::new()).max_concurrent_streams(Some(2147483647));
+                if hcm.allow_connect {
+                    builder.http2().enable_connect_protocol();
+                }
                 let builder = match hcm.codec {
                     Codec::Auto => builder,
                     Codec::Http1 => builder.http1_only(),
@@ -189,18 +201,23 @@ impl ListenerConfig {
         if l.filter_chains.is_empty() && l.default_filter_chain.is_none() {
             return Err("filter_chains: a listener needs a filter chain or a default_filter_chain".into());
         }
-        let mut tls_inspector = false;
+        let mut listener_filters = Vec::new();
         for (i, lf) in l.listener_filters.iter().enumerate() {
             match &lf.config_type {
                 Some(listener_filter::ConfigType::TypedConfig(any))
                     if legate_api::any::type_name(any) == TLS_INSPECTOR =>
                 {
-                    tls_inspector = true
+                    listener_filters.push(ListenerFilter::Tls)
+                }
+                Some(listener_filter::ConfigType::TypedConfig(any))
+                    if legate_api::any::type_name(any) == HTTP_INSPECTOR =>
+                {
+                    listener_filters.push(ListenerFilter::Http(Arc::new(crate::http_inspector::Stats::new(store))))
                 }
                 _ => {
                     return Err(format!(
-                        "listener_filters[{i}]: only envoy.filters.listener.tls_inspector is supported"
-                    ))
+                    "listener_filters[{i}]: only envoy.filters.listener.tls_inspector and http_inspector are supported"
+                ))
                 }
             }
         }
@@ -230,7 +247,7 @@ impl ListenerConfig {
             chains,
             default_chain,
             selector,
-            tls_inspector,
+            listener_filters,
             stats: ListenerStats {
                 downstream_cx_total: store.counter(&format!("{p}downstream_cx_total")),
                 downstream_cx_active: store.gauge(&format!("{p}downstream_cx_active")),
@@ -351,15 +368,26 @@ async fn dispatch(
     local: SocketAddr,
     phase: watch::Receiver<Phase>,
 ) {
-    let hello = if listener.tls_inspector {
-        match crate::tls_inspector::inspect(&stream, LISTENER_FILTERS_TIMEOUT).await {
-            Ok(Some(h)) => h,
-            // Closed, or timed out before a hello: Envoy closes too.
-            _ => return,
+    // The listener filters share one timeout (Envoy's listener_filters_timeout).
+    let deadline = tokio::time::Instant::now() + LISTENER_FILTERS_TIMEOUT;
+    let mut hello = crate::tls_inspector::Hello::default();
+    for f in &listener.listener_filters {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match f {
+            ListenerFilter::Tls => match crate::tls_inspector::inspect(&stream, left).await {
+                Ok(Some(h)) => hello = h,
+                // Closed, or timed out before a hello: Envoy closes too.
+                _ => return,
+            },
+            // A connection found to be TLS is not inspected (Envoy's rule).
+            ListenerFilter::Http(_) if hello.tls => {}
+            ListenerFilter::Http(stats) => match crate::http_inspector::inspect(&stream, left, stats).await {
+                Ok(Some(protocol)) => hello.alpn = vec![protocol.to_string()],
+                Ok(None) => {}
+                Err(()) => return,
+            },
         }
-    } else {
-        crate::tls_inspector::Hello::default()
-    };
+    }
     let facts = crate::filter_chain::ConnFacts {
         local,
         remote,
@@ -501,7 +529,9 @@ async fn serve_http<S: crate::tls::Io>(
         }
         _ => &http.builder,
     };
-    let conn = builder.serve_connection(TokioIo::new(io), svc);
+    // With upgrades: a 101 (or a 2xx to CONNECT) hands the connection to the
+    // connection manager's tunnel.
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
     tokio::pin!(conn);
     let mut draining = *phase.borrow() == Phase::Drain;
     if draining {
@@ -553,6 +583,14 @@ async fn serve_http<S: crate::tls::Io>(
         }
         if draining && !was_draining {
             deadline.as_mut().reset(tokio::time::Instant::now() + listener.drain_time);
+        }
+    }
+    // hyper hands an upgraded connection over and is done with it; the
+    // connection lives on as the tunnel, counted as active until the
+    // tunnel's stream ends (bounded by the stream idle timeout).
+    if conn_info.upgraded.load(Ordering::Relaxed) {
+        while conn_info.active_streams.load(Ordering::Relaxed) > 0 {
+            conn_info.idle.notified().await;
         }
     }
     hs.downstream_cx_active.dec();

@@ -107,6 +107,8 @@ enum PathMatch {
     Exact(String),
     Regex(Regex),
     SeparatedPrefix(String),
+    /// `connect_matcher`: CONNECT requests (and only those), whatever their path.
+    Connect,
 }
 
 struct QueryMatch {
@@ -144,6 +146,21 @@ pub struct RouteAction {
     /// `idle_timeout`: replaces the connection manager's stream idle timeout
     /// for this route (`Some(None)`: turned off with 0s).
     pub idle_timeout: Option<Option<Duration>>,
+    /// `upgrade_configs`: per-route overrides of the connection manager's
+    /// upgrade settings, by lowercased upgrade type. A handful at most: a
+    /// linear scan.
+    pub upgrades: Vec<RouteUpgrade>,
+}
+
+/// One `RouteAction.upgrade_configs` entry.
+#[derive(Debug, Clone)]
+pub struct RouteUpgrade {
+    /// The upgrade type, lowercased (`websocket`, `connect`).
+    pub kind: String,
+    pub enabled: bool,
+    /// `connect_config` is set: Legate terminates the CONNECT and tunnels
+    /// raw bytes to the upstream host.
+    pub terminate_connect: bool,
 }
 
 /// One `request_mirror_policies` entry.
@@ -291,6 +308,7 @@ fn compile_route(r: &rpb::Route) -> Result<Route, String> {
         Some(PathSpecifier::Path(p)) => PathMatch::Exact(fold(p)),
         Some(PathSpecifier::SafeRegex(re)) => PathMatch::Regex(compile_regex(re)?),
         Some(PathSpecifier::PathSeparatedPrefix(p)) => PathMatch::SeparatedPrefix(fold(p)),
+        Some(PathSpecifier::ConnectMatcher(_)) => PathMatch::Connect,
         Some(_) => return Err("this path specifier is not supported".into()),
         None => return Err("path specifier is required".into()),
     };
@@ -397,6 +415,15 @@ fn compile_route_action(ra: &rpb::RouteAction) -> Result<RouteAction, String> {
             .map(|(i, p)| compile_hash_policy(p).map_err(|e| format!("hash_policy[{i}]: {e}")))
             .collect::<Result<_, _>>()?,
         idle_timeout: ra.idle_timeout.as_ref().map(|d| Some(dur(d)).filter(|d| !d.is_zero())),
+        upgrades: ra
+            .upgrade_configs
+            .iter()
+            .map(|u| RouteUpgrade {
+                kind: u.upgrade_type.to_ascii_lowercase(),
+                enabled: u.enabled.is_none_or(|b| b.value),
+                terminate_connect: u.connect_config.is_some(),
+            })
+            .collect(),
         mirrors: ra
             .request_mirror_policies
             .iter()
@@ -498,6 +525,14 @@ fn compile_redirect(rd: &rpb::RedirectAction) -> Result<Redirect, String> {
 
 impl Route {
     fn matches(&self, path_and_query: &str, headers: &http::HeaderMap, pseudo: &Pseudo<'_>) -> bool {
+        // A CONNECT request has no path: only `connect_matcher` routes match
+        // it, and they match nothing else (Envoy's rule).
+        let connect = pseudo.method == "CONNECT";
+        if connect || matches!(self.path, PathMatch::Connect) {
+            return connect
+                && matches!(self.path, PathMatch::Connect)
+                && self.headers.iter().all(|h| h.matches(headers, pseudo));
+        }
         let (path, query) = match path_and_query.find('?') {
             Some(i) => (&path_and_query[..i], Some(&path_and_query[i + 1..])),
             None => (path_and_query, None),
@@ -516,6 +551,7 @@ impl Route {
             PathMatch::SeparatedPrefix(p) => {
                 starts_with(path, p, self.case_sensitive) && matches!(path.as_bytes().get(p.len()), None | Some(b'/'))
             }
+            PathMatch::Connect => false,
         };
         ok && self.headers.iter().all(|h| h.matches(headers, pseudo)) && self.query_matches(query)
     }
@@ -657,6 +693,35 @@ virtual_hosts:
         assert_eq!(status(&t, h, "/sep", &[]), Some(206));
         assert_eq!(status(&t, h, "/sep/x", &[]), Some(206));
         assert_eq!(status(&t, h, "/separate", &[]), None);
+    }
+
+    #[test]
+    fn connect_matches_only_connect_matcher_routes() {
+        let t = table(
+            r#"
+name: t
+virtual_hosts:
+- name: all
+  domains: ["*"]
+  routes:
+  - match: { prefix: "/" , headers: [{ name: x-only-get, present_match: true }] }
+    direct_response: { status: 201 }
+  - match: { connect_matcher: {} }
+    route: { cluster: c, upgrade_configs: [{ upgrade_type: CONNECT, connect_config: {} }, { upgrade_type: WebSocket, enabled: false }] }
+  - match: { prefix: "" }
+    direct_response: { status: 202 }
+"#,
+        );
+        let h = http::HeaderMap::new();
+        let name = |method: &str, path: &str| t.route("example.com:443", path, &h, method, "http").map(|(_, r)| r);
+        // CONNECT skips the catch-all prefix routes and takes the connect_matcher one.
+        let r = name("CONNECT", "").expect("a CONNECT route");
+        let Action::Forward(ra) = &r.action else { panic!("forward") };
+        assert_eq!(ra.upgrades.len(), 2);
+        assert!(ra.upgrades[0].kind == "connect" && ra.upgrades[0].enabled && ra.upgrades[0].terminate_connect);
+        assert!(ra.upgrades[1].kind == "websocket" && !ra.upgrades[1].enabled && !ra.upgrades[1].terminate_connect);
+        // Other methods never match connect_matcher.
+        assert!(matches!(name("GET", "/").map(|r| &r.action), Some(Action::Direct { status: 202, .. })));
     }
 
     #[test]

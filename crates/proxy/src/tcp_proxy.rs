@@ -194,13 +194,42 @@ struct LogFacts {
 /// bytes to downstream, whether the idle timeout ended it). Cost: two 16 KiB
 /// buffers per connection; activity is one relaxed store per read.
 async fn pipe<D: Io, U: Io>(down: D, up: U, idle: Option<Duration>) -> (u64, u64, bool) {
+    let p = pipe_ends(down, up, idle).await;
+    (p.rx, p.tx, p.timed_out)
+}
+
+/// How a [`pipe_ends`] ended.
+pub(crate) struct Piped {
+    /// Bytes from downstream, and to it.
+    pub rx: u64,
+    pub tx: u64,
+    /// The idle timeout ended it.
+    pub timed_out: bool,
+    /// The upstream finished sending before the downstream did.
+    pub upstream_first: bool,
+}
+
+/// `pipe`, also telling which side finished first (an upgraded HTTP stream
+/// logs `UC` when the upstream closed it).
+pub(crate) async fn pipe_ends<D: Io, U: Io>(down: D, up: U, idle: Option<Duration>) -> Piped {
     let start = Instant::now();
     let last = AtomicU64::new(0);
     let (rx, tx) = (AtomicU64::new(0), AtomicU64::new(0));
+    // 0: neither side has finished; 1: downstream first; 2: upstream first.
+    let first = std::sync::atomic::AtomicU8::new(0);
     let (mut dr, mut dw) = tokio::io::split(down);
     let (mut ur, mut uw) = tokio::io::split(up);
     let both = async {
-        tokio::join!(copy(&mut dr, &mut uw, &rx, &last, start), copy(&mut ur, &mut dw, &tx, &last, start));
+        tokio::join!(
+            async {
+                copy(&mut dr, &mut uw, &rx, &last, start).await;
+                let _ = first.compare_exchange(0, 1, Relaxed, Relaxed);
+            },
+            async {
+                copy(&mut ur, &mut dw, &tx, &last, start).await;
+                let _ = first.compare_exchange(0, 2, Relaxed, Relaxed);
+            }
+        );
     };
     let watchdog = async {
         let Some(idle) = idle else { return std::future::pending::<()>().await };
@@ -217,7 +246,7 @@ async fn pipe<D: Io, U: Io>(down: D, up: U, idle: Option<Duration>) -> (u64, u64
         _ = both => false,
         _ = watchdog => true,
     };
-    (rx.load(Relaxed), tx.load(Relaxed), timed_out)
+    Piped { rx: rx.load(Relaxed), tx: tx.load(Relaxed), timed_out, upstream_first: first.load(Relaxed) == 2 }
 }
 
 /// One direction: reads until EOF or error, writes everything to the other

@@ -616,3 +616,60 @@ impl Pools {
 
 /// How long an idle pool may keep connections (Envoy's default upstream idle timeout is 1h).
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
+
+/// An upstream connection that is not pooled (an upgrade or a CONNECT
+/// tunnel): it keeps the cluster's and host's connection counts and the
+/// `max_connections` slot until the last holder drops it, which for an
+/// upgraded connection is the end of the tunnel.
+pub struct OwnedConn {
+    cluster: Arc<Cluster>,
+    host: Arc<Host>,
+    _slot: crate::breakers::Slot,
+}
+
+impl Drop for OwnedConn {
+    fn drop(&mut self) {
+        self.cluster.stats.upstream_cx_active.dec();
+        self.cluster.stats.upstream_cx_destroy.inc();
+        self.host.cx_active.fetch_sub(1, Relaxed);
+    }
+}
+
+/// A new connection to `host` (never pooled) for a request that may switch
+/// protocols: an HTTP/1.1 `Upgrade` or a CONNECT passed on to an upstream
+/// proxy. Its hyper connection runs with upgrades allowed, so a 101 (or a
+/// 2xx to CONNECT) hands the bytes over to `hyper::upgrade::on`. The request
+/// takes a `max_requests` slot as any other does.
+pub async fn send_upgrade(
+    cluster: &Arc<Cluster>,
+    host: &Arc<Host>,
+    mut req: http::Request<ProxyBody>,
+    rq_slot: &mut Held,
+) -> Result<(http::Response<Incoming>, Arc<OwnedConn>), UpstreamError> {
+    *req.version_mut() = http::Version::HTTP_11;
+    let (io, slot) = connect(cluster, host).await?;
+    let owned = Arc::new(OwnedConn { cluster: cluster.clone(), host: host.clone(), _slot: slot });
+    let (mut sender, conn) =
+        http1::Builder::new().handshake(TokioIo::new(io)).await.map_err(UpstreamError::Handshake)?;
+    cluster.stats.upstream_cx_http1_total.inc();
+    let held = owned.clone();
+    tokio::spawn(async move {
+        let _ = conn.with_upgrades().await;
+        drop(held);
+    });
+    take_request_slot(cluster, rq_slot)?;
+    cluster.stats.upstream_rq_total.inc();
+    let resp = sender.send_request(req).await.map_err(reset)?;
+    Ok((resp, owned))
+}
+
+/// A new raw connection to `host` for a terminated CONNECT: bytes are
+/// tunnelled over it as they come (TLS when the cluster has a transport
+/// socket). Counted as any upstream connection until the guard drops.
+pub async fn connect_owned(
+    cluster: &Arc<Cluster>,
+    host: &Arc<Host>,
+) -> Result<(crate::tls::BoxIo, OwnedConn), UpstreamError> {
+    let (io, slot) = connect(cluster, host).await?;
+    Ok((io, OwnedConn { cluster: cluster.clone(), host: host.clone(), _slot: slot }))
+}
