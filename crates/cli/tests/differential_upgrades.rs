@@ -682,3 +682,30 @@ fn unimplemented_upgrade_settings_are_refused() {
         assert!(listed.iter().any(|l| l.contains(field)), "{field} not listed:\n{text}");
     }
 }
+
+/// A quiet tunnel ends after the route's idle_timeout on both proxies, and
+/// is logged the same way.
+#[test]
+fn idle_tunnel_times_out() {
+    let dir = TempDir::new("idle-tcp");
+    let (_tcp, tcp_port) = echo_with("tcp", dir.path(), &["--tcp"]);
+    let log = dir.path().join("access").display().to_string();
+    let template = bootstrap(
+        &ACCESS_LOG.replace("{LOG}", &log),
+        "",
+        &one_vhost("              - { match: { connect_matcher: {} }, route: { cluster: tcp_echo, idle_timeout: 1s, upgrade_configs: [{ upgrade_type: CONNECT, connect_config: {} }] } }\n"),
+        &cluster("tcp_echo", &[&tcp_port.to_string()]),
+    );
+    let pair = start_pair("idle-tunnel", &template, &[]);
+    let req = b"CONNECT example.com:443 HTTP/1.1\r\nhost: example.com:443\r\n\r\n";
+    // Bytes at first, then quiet for longer than the timeout.
+    let started = Instant::now();
+    let e = raw_exchange(pair.envoy, req, &[b"ping\n"], Duration::from_millis(3000));
+    let envoy_time = started.elapsed();
+    let l = raw_exchange(pair.legate, req, &[b"ping\n"], Duration::from_millis(3000));
+    assert_eq!(l, e);
+    assert!(e.closed && e.rest == "ping\n", "Envoy: {e:?} after {envoy_time:?}");
+    let el = log_lines(&log, pair.envoy_admin, 1);
+    let ll = log_lines(&log, pair.legate_admin, 1);
+    assert_eq!(ll, el, "access log lines differ");
+}
