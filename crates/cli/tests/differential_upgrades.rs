@@ -578,14 +578,21 @@ fn http2_connect_terminated() {
     let template = bootstrap(
         "",
         "",
-        &one_vhost("              - { match: { connect_matcher: {} }, route: { cluster: tcp_echo, upgrade_configs: [{ upgrade_type: CONNECT, connect_config: {} }] } }\n"),
-        &cluster("tcp_echo", &[&tcp_port.to_string()]),
+        &format!(
+            "{}            - name: passthrough\n              domains: [\"proxy.test:*\"]\n              routes:\n{}",
+            one_vhost("              - { match: { connect_matcher: {} }, route: { cluster: tcp_echo, upgrade_configs: [{ upgrade_type: CONNECT, connect_config: {} }] } }\n"),
+            "              - { match: { connect_matcher: {} }, route: { cluster: echo, upgrade_configs: [{ upgrade_type: CONNECT }] } }\n",
+        ),
+        &format!("{}{}", cluster("tcp_echo", &[&tcp_port.to_string()]), echo_cluster()),
     );
-    let pair = start_pair("h2-connect", &template, &[]);
-    let e = h2_connect(pair.envoy, "example.com:443", b"over an HTTP/2 stream");
-    let l = h2_connect(pair.legate, "example.com:443", b"over an HTTP/2 stream");
-    assert_eq!(l, e);
-    assert!(e.contains("echoed"), "Envoy: {e}");
+    let pair = start_pair("h2-connect", &template, &["a"]);
+    // Terminated here, and passed on (as HTTP/1.1) to the echo upstream.
+    for target in ["example.com:443", "proxy.test:443"] {
+        let e = h2_connect(pair.envoy, target, b"over an HTTP/2 stream");
+        let l = h2_connect(pair.legate, target, b"over an HTTP/2 stream");
+        assert_eq!(l, e, "{target}");
+        assert!(e.contains("echoed"), "Envoy, {target}: {e}");
+    }
 }
 
 /// WebSocket over an HTTP/2 stream (extended CONNECT, RFC 8441): the
