@@ -41,14 +41,17 @@ fn raw_exchange(port: u16, first: &[u8], then: &[&[u8]], linger: Duration) -> Ra
     let mut buf = [0u8; 8192];
     let mut closed = false;
     let deadline = Instant::now() + Duration::from_secs(10);
-    // The head first.
-    while !raw.windows(4).any(|w| w == b"\r\n\r\n") && Instant::now() < deadline {
+    // The head first (or, from a byte echo, whatever comes back before a
+    // second of quiet).
+    let mut quiet = 0;
+    while !raw.windows(4).any(|w| w == b"\r\n\r\n") && Instant::now() < deadline && quiet < 5 {
         match s.read(&mut buf) {
             Ok(0) => {
                 closed = true;
                 break;
             }
             Ok(n) => raw.extend_from_slice(&buf[..n]),
+            Err(_) if !raw.is_empty() => quiet += 1,
             Err(_) => {}
         }
     }
@@ -467,6 +470,9 @@ static_resources:
     listener_filters:
     - name: envoy.filters.listener.http_inspector
       typed_config: {{ "@type": type.googleapis.com/envoy.extensions.filters.listener.http_inspector.v3.HttpInspector }}
+    # After the HTTP inspector: on plain text it leaves the protocol found.
+    - name: envoy.filters.listener.tls_inspector
+      typed_config: {{ "@type": type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector }}
     filter_chains:
     - filter_chain_match: {{ application_protocols: ["http/1.1"] }}
       filters:
