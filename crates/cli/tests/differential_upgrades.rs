@@ -263,6 +263,11 @@ fn upgrade_active_while_open() {
         &echo_cluster(),
     );
     let pair = start_pair("ws-active", &template, &["a"]);
+    // A request first: its idle upstream connection then carries the
+    // upgrade, as in Envoy's pool.
+    for port in [pair.envoy, pair.legate] {
+        assert_eq!(send(port, &get("/").keep_alive()).status, 200);
+    }
     let mut open = Vec::new();
     for port in [pair.envoy, pair.legate] {
         let mut s = std::net::TcpStream::connect(addr(port)).expect("connect");
@@ -280,12 +285,18 @@ fn upgrade_active_while_open() {
         "http.ingress_http.downstream_cx_upgrades_active",
         "http.ingress_http.downstream_rq_active",
         "http.ingress_http.downstream_cx_active",
+        "cluster.echo.upstream_cx_total",
+        "cluster.echo.upstream_cx_active",
     ] {
         let (ev, lv) = stats_settle(&pair, name, 1);
         assert_eq!((ev, lv), (Some(1), Some(1)), "{name} while open");
     }
     drop(open);
-    for name in ["http.ingress_http.downstream_cx_upgrades_active", "http.ingress_http.downstream_cx_active"] {
+    for name in [
+        "http.ingress_http.downstream_cx_upgrades_active",
+        "http.ingress_http.downstream_cx_active",
+        "cluster.echo.upstream_cx_active",
+    ] {
         let (ev, lv) = stats_settle(&pair, name, 0);
         assert_eq!((ev, lv), (Some(0), Some(0)), "{name} after close");
     }

@@ -27,9 +27,14 @@ use std::time::Duration;
 /// Most idle HTTP/1.1 connections kept per host per worker.
 const MAX_IDLE_PER_HOST: usize = 256;
 
+/// A pooled HTTP/1.1 connection: its sender, and a weak handle on its
+/// accounting, which an upgrade takes a strong hold of so that the
+/// connection stays counted while it carries the tunnel.
+type H1Conn = (http1::SendRequest<ProxyBody>, std::sync::Weak<OwnedConn>);
+
 #[derive(Default)]
 struct HostPool {
-    h1: Vec<http1::SendRequest<ProxyBody>>,
+    h1: Vec<H1Conn>,
     h2: Option<http2::SendRequest<ProxyBody>>,
     /// Connections this worker has open to the host.
     open: usize,
@@ -186,23 +191,30 @@ pub async fn connect(
     }
 }
 
-/// Runs a connection's I/O task and keeps the gauges right when it ends.
-fn spawn_conn<F>(cluster: &Arc<Cluster>, host: &Arc<Host>, slot: crate::breakers::Slot, conn: F)
+/// Runs a connection's I/O task and keeps the gauges right when it ends
+/// (when the task drops its hold of the accounting, and any upgrade using
+/// the connection has dropped its own). Returns a weak handle on it.
+fn spawn_conn<F>(
+    cluster: &Arc<Cluster>,
+    host: &Arc<Host>,
+    slot: crate::breakers::Slot,
+    conn: F,
+) -> std::sync::Weak<OwnedConn>
 where
     F: std::future::Future<Output = Result<(), hyper::Error>> + Send + 'static,
 {
-    let (cluster, host) = (cluster.clone(), host.clone());
-    let worker_pools = crate::stats::worker_index();
+    let account = Arc::new(OwnedConn {
+        cluster: cluster.clone(),
+        host: host.clone(),
+        _slot: slot,
+        pool_worker: Some(crate::stats::worker_index()),
+    });
+    let weak = Arc::downgrade(&account);
     tokio::spawn(async move {
         let _ = conn.await;
-        drop(slot);
-        if let Some(p) = cluster.pools.worker(worker_pools).get_mut(&host.addr) {
-            p.open = p.open.saturating_sub(1);
-        }
-        cluster.stats.upstream_cx_active.dec();
-        cluster.stats.upstream_cx_destroy.inc();
-        host.cx_active.fetch_sub(1, Relaxed);
+        drop(account);
     });
+    weak
 }
 
 /// Sends `req` to `host` on a pooled connection (or a new one). Once it has
@@ -241,11 +253,11 @@ fn take_request_slot(cluster: &Cluster, rq_slot: &mut Option<crate::breakers::Sl
     }
 }
 
-fn return_h1(cluster: &Cluster, host: &Host, sender: http1::SendRequest<ProxyBody>) {
+fn return_h1(cluster: &Cluster, host: &Host, conn: H1Conn) {
     let mut pools = cluster.pools.mine();
     let pool = pools.entry(host.addr).or_default();
     if pool.h1.len() < MAX_IDLE_PER_HOST {
-        pool.h1.push(sender);
+        pool.h1.push(conn);
     }
 }
 
@@ -256,7 +268,7 @@ async fn send_h1(
     rq_slot: &mut Option<crate::breakers::Slot>,
 ) -> Result<http::Response<Incoming>, UpstreamError> {
     *req.version_mut() = http::Version::HTTP_11;
-    let mut sender = match checkout_h1(cluster, host).0 {
+    let (mut sender, account) = match checkout_h1(cluster, host).0 {
         Some(s) => s,
         None => {
             // No ready connection: the request is pending until it has one.
@@ -290,7 +302,7 @@ async fn send_h1(
         }
     };
     if let Err(e) = take_request_slot(cluster, rq_slot) {
-        return_h1(cluster, host, sender);
+        return_h1(cluster, host, (sender, account));
         return Err(e);
     }
     // Envoy counts a request once it is on a connection (not on connect failure).
@@ -299,29 +311,31 @@ async fn send_h1(
     // Back to the pool at once: it becomes ready again when the response body
     // has been read, and checkout skips it until then.
     if result.is_ok() && !sender.is_closed() {
-        return_h1(cluster, host, sender);
+        return_h1(cluster, host, (sender, account));
     }
     result
 }
 
 /// A ready pooled HTTP/1.1 sender for `host`, and how many connections this
 /// worker has open to it.
-fn checkout_h1(cluster: &Cluster, host: &Host) -> (Option<http1::SendRequest<ProxyBody>>, usize) {
+fn checkout_h1(cluster: &Cluster, host: &Host) -> (Option<H1Conn>, usize) {
     let mut pools = cluster.pools.mine();
     let pool = pools.entry(host.addr).or_default();
-    pool.h1.retain(|s| !s.is_closed());
-    let ready = pool.h1.iter().position(|s| s.is_ready()).map(|i| pool.h1.swap_remove(i));
+    pool.h1.retain(|(s, _)| !s.is_closed());
+    let ready = pool.h1.iter().position(|(s, _)| s.is_ready()).map(|i| pool.h1.swap_remove(i));
     (ready, pool.open)
 }
 
-async fn connect_h1(cluster: &Arc<Cluster>, host: &Arc<Host>) -> Result<http1::SendRequest<ProxyBody>, UpstreamError> {
+async fn connect_h1(cluster: &Arc<Cluster>, host: &Arc<Host>) -> Result<H1Conn, UpstreamError> {
     let (stream, slot) = connect(cluster, host).await?;
     let (sender, conn) =
         http1::Builder::new().handshake(TokioIo::new(stream)).await.map_err(UpstreamError::Handshake)?;
     cluster.stats.upstream_cx_http1_total.inc();
     cluster.pools.mine().entry(host.addr).or_default().open += 1;
-    spawn_conn(cluster, host, slot, conn);
-    Ok(sender)
+    // With upgrades: any pooled connection can carry a WebSocket or
+    // CONNECT, as Envoy's pool does.
+    let weak = spawn_conn(cluster, host, slot, conn.with_upgrades());
+    Ok((sender, weak))
 }
 
 async fn send_h2(
@@ -402,29 +416,39 @@ impl Pools {
 /// How long an idle pool may keep connections (Envoy's default upstream idle timeout is 1h).
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
 
-/// An upstream connection that is not pooled (an upgrade or a CONNECT
-/// tunnel): it keeps the cluster's and host's connection counts and the
-/// `max_connections` slot until the last holder drops it, which for an
-/// upgraded connection is the end of the tunnel.
+/// An upstream connection's accounting: it keeps the cluster's and host's
+/// connection counts and the `max_connections` slot until the last holder
+/// drops it — the connection's I/O task, and an upgrade carried on it until
+/// the tunnel ends.
 pub struct OwnedConn {
     cluster: Arc<Cluster>,
     host: Arc<Host>,
     _slot: crate::breakers::Slot,
+    /// The worker whose pool counts the connection as open, if pooled.
+    pool_worker: Option<usize>,
 }
 
 impl Drop for OwnedConn {
     fn drop(&mut self) {
+        if let Some(w) = self.pool_worker {
+            if let Some(p) = self.cluster.pools.worker(w).get_mut(&self.host.addr) {
+                p.open = p.open.saturating_sub(1);
+            }
+        }
         self.cluster.stats.upstream_cx_active.dec();
         self.cluster.stats.upstream_cx_destroy.inc();
         self.host.cx_active.fetch_sub(1, Relaxed);
     }
 }
 
-/// A new connection to `host` (never pooled) for a request that may switch
-/// protocols: an HTTP/1.1 `Upgrade` or a CONNECT passed on to an upstream
-/// proxy. Its hyper connection runs with upgrades allowed, so a 101 (or a
-/// 2xx to CONNECT) hands the bytes over to `hyper::upgrade::on`. The request
-/// takes a `max_requests` slot as any other does.
+/// Sends a request that may switch protocols (an HTTP/1.1 `Upgrade`, or a
+/// CONNECT passed on to an upstream proxy) on an idle pooled HTTP/1.1
+/// connection, or a new one, as Envoy's pool does; the connection is not
+/// returned to the pool. Its hyper connection runs with upgrades allowed, so
+/// a 101 (or a 2xx to CONNECT) hands the bytes over to
+/// `hyper::upgrade::on`; the returned accounting keeps the connection
+/// counted until the caller drops it. The request takes a `max_requests`
+/// slot as any other does.
 pub async fn send_upgrade(
     cluster: &Arc<Cluster>,
     host: &Arc<Host>,
@@ -432,20 +456,21 @@ pub async fn send_upgrade(
     rq_slot: &mut Option<crate::breakers::Slot>,
 ) -> Result<(http::Response<Incoming>, Arc<OwnedConn>), UpstreamError> {
     *req.version_mut() = http::Version::HTTP_11;
-    let (io, slot) = connect(cluster, host).await?;
-    let owned = Arc::new(OwnedConn { cluster: cluster.clone(), host: host.clone(), _slot: slot });
-    let (mut sender, conn) =
-        http1::Builder::new().handshake(TokioIo::new(io)).await.map_err(UpstreamError::Handshake)?;
-    cluster.stats.upstream_cx_http1_total.inc();
-    let held = owned.clone();
-    tokio::spawn(async move {
-        let _ = conn.with_upgrades().await;
-        drop(held);
-    });
+    let pooled = checkout_h1(cluster, host).0.and_then(|(s, w)| w.upgrade().map(|a| (s, a)));
+    let (mut sender, account) = match pooled {
+        Some(c) => c,
+        None => {
+            let (s, w) = connect_h1(cluster, host).await?;
+            let a = w
+                .upgrade()
+                .ok_or_else(|| UpstreamError::ConnectFailure(std::io::Error::other("the connection closed at once")))?;
+            (s, a)
+        }
+    };
     take_request_slot(cluster, rq_slot)?;
     cluster.stats.upstream_rq_total.inc();
     let resp = sender.send_request(req).await.map_err(reset)?;
-    Ok((resp, owned))
+    Ok((resp, account))
 }
 
 /// A new raw connection to `host` for a terminated CONNECT: bytes are
@@ -456,5 +481,5 @@ pub async fn connect_owned(
     host: &Arc<Host>,
 ) -> Result<(crate::tls::BoxIo, OwnedConn), UpstreamError> {
     let (io, slot) = connect(cluster, host).await?;
-    Ok((io, OwnedConn { cluster: cluster.clone(), host: host.clone(), _slot: slot }))
+    Ok((io, OwnedConn { cluster: cluster.clone(), host: host.clone(), _slot: slot, pool_worker: None }))
 }
