@@ -41,14 +41,17 @@ fn raw_exchange(port: u16, first: &[u8], then: &[&[u8]], linger: Duration) -> Ra
     let mut buf = [0u8; 8192];
     let mut closed = false;
     let deadline = Instant::now() + Duration::from_secs(10);
-    // The head first.
-    while !raw.windows(4).any(|w| w == b"\r\n\r\n") && Instant::now() < deadline {
+    // The head first (or, from a byte echo, whatever comes back before a
+    // second of quiet).
+    let mut quiet = 0;
+    while !raw.windows(4).any(|w| w == b"\r\n\r\n") && Instant::now() < deadline && quiet < 5 {
         match s.read(&mut buf) {
             Ok(0) => {
                 closed = true;
                 break;
             }
             Ok(n) => raw.extend_from_slice(&buf[..n]),
+            Err(_) if !raw.is_empty() => quiet += 1,
             Err(_) => {}
         }
     }
@@ -260,6 +263,11 @@ fn upgrade_active_while_open() {
         &echo_cluster(),
     );
     let pair = start_pair("ws-active", &template, &["a"]);
+    // A request first: its idle upstream connection then carries the
+    // upgrade, as in Envoy's pool.
+    for port in [pair.envoy, pair.legate] {
+        assert_eq!(send(port, &get("/").keep_alive()).status, 200);
+    }
     let mut open = Vec::new();
     for port in [pair.envoy, pair.legate] {
         let mut s = std::net::TcpStream::connect(addr(port)).expect("connect");
@@ -277,12 +285,18 @@ fn upgrade_active_while_open() {
         "http.ingress_http.downstream_cx_upgrades_active",
         "http.ingress_http.downstream_rq_active",
         "http.ingress_http.downstream_cx_active",
+        "cluster.echo.upstream_cx_total",
+        "cluster.echo.upstream_cx_active",
     ] {
         let (ev, lv) = stats_settle(&pair, name, 1);
         assert_eq!((ev, lv), (Some(1), Some(1)), "{name} while open");
     }
     drop(open);
-    for name in ["http.ingress_http.downstream_cx_upgrades_active", "http.ingress_http.downstream_cx_active"] {
+    for name in [
+        "http.ingress_http.downstream_cx_upgrades_active",
+        "http.ingress_http.downstream_cx_active",
+        "cluster.echo.upstream_cx_active",
+    ] {
         let (ev, lv) = stats_settle(&pair, name, 0);
         assert_eq!((ev, lv), (Some(0), Some(0)), "{name} after close");
     }
@@ -467,6 +481,9 @@ static_resources:
     listener_filters:
     - name: envoy.filters.listener.http_inspector
       typed_config: {{ "@type": type.googleapis.com/envoy.extensions.filters.listener.http_inspector.v3.HttpInspector }}
+    # After the HTTP inspector: on plain text it leaves the protocol found.
+    - name: envoy.filters.listener.tls_inspector
+      typed_config: {{ "@type": type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector }}
     filter_chains:
     - filter_chain_match: {{ application_protocols: ["http/1.1"] }}
       filters:
@@ -578,14 +595,21 @@ fn http2_connect_terminated() {
     let template = bootstrap(
         "",
         "",
-        &one_vhost("              - { match: { connect_matcher: {} }, route: { cluster: tcp_echo, upgrade_configs: [{ upgrade_type: CONNECT, connect_config: {} }] } }\n"),
-        &cluster("tcp_echo", &[&tcp_port.to_string()]),
+        &format!(
+            "{}            - name: passthrough\n              domains: [\"proxy.test:*\"]\n              routes:\n{}",
+            one_vhost("              - { match: { connect_matcher: {} }, route: { cluster: tcp_echo, upgrade_configs: [{ upgrade_type: CONNECT, connect_config: {} }] } }\n"),
+            "              - { match: { connect_matcher: {} }, route: { cluster: echo, upgrade_configs: [{ upgrade_type: CONNECT }] } }\n",
+        ),
+        &format!("{}{}", cluster("tcp_echo", &[&tcp_port.to_string()]), echo_cluster()),
     );
-    let pair = start_pair("h2-connect", &template, &[]);
-    let e = h2_connect(pair.envoy, "example.com:443", b"over an HTTP/2 stream");
-    let l = h2_connect(pair.legate, "example.com:443", b"over an HTTP/2 stream");
-    assert_eq!(l, e);
-    assert!(e.contains("echoed"), "Envoy: {e}");
+    let pair = start_pair("h2-connect", &template, &["a"]);
+    // Terminated here, and passed on (as HTTP/1.1) to the echo upstream.
+    for target in ["example.com:443", "proxy.test:443"] {
+        let e = h2_connect(pair.envoy, target, b"over an HTTP/2 stream");
+        let l = h2_connect(pair.legate, target, b"over an HTTP/2 stream");
+        assert_eq!(l, e, "{target}");
+        assert!(e.contains("echoed"), "Envoy, {target}: {e}");
+    }
 }
 
 /// WebSocket over an HTTP/2 stream (extended CONNECT, RFC 8441): the
@@ -681,4 +705,31 @@ fn unimplemented_upgrade_settings_are_refused() {
     ] {
         assert!(listed.iter().any(|l| l.contains(field)), "{field} not listed:\n{text}");
     }
+}
+
+/// A quiet tunnel ends after the route's idle_timeout on both proxies, and
+/// is logged the same way.
+#[test]
+fn idle_tunnel_times_out() {
+    let dir = TempDir::new("idle-tcp");
+    let (_tcp, tcp_port) = echo_with("tcp", dir.path(), &["--tcp"]);
+    let log = dir.path().join("access").display().to_string();
+    let template = bootstrap(
+        &ACCESS_LOG.replace("{LOG}", &log),
+        "",
+        &one_vhost("              - { match: { connect_matcher: {} }, route: { cluster: tcp_echo, idle_timeout: 1s, upgrade_configs: [{ upgrade_type: CONNECT, connect_config: {} }] } }\n"),
+        &cluster("tcp_echo", &[&tcp_port.to_string()]),
+    );
+    let pair = start_pair("idle-tunnel", &template, &[]);
+    let req = b"CONNECT example.com:443 HTTP/1.1\r\nhost: example.com:443\r\n\r\n";
+    // Bytes at first, then quiet for longer than the timeout.
+    let started = Instant::now();
+    let e = raw_exchange(pair.envoy, req, &[b"ping\n"], Duration::from_millis(3000));
+    let envoy_time = started.elapsed();
+    let l = raw_exchange(pair.legate, req, &[b"ping\n"], Duration::from_millis(3000));
+    assert_eq!(l, e);
+    assert!(e.closed && e.rest == "ping\n", "Envoy: {e:?} after {envoy_time:?}");
+    let el = log_lines(&log, pair.envoy_admin, 1);
+    let ll = log_lines(&log, pair.legate_admin, 1);
+    assert_eq!(ll, el, "access log lines differ");
 }

@@ -2082,7 +2082,7 @@ impl Hcm {
 /// Bytes both ways between the downstream connection (once hyper has
 /// written the response and handed it over) and the upstream, then the
 /// stream's stats and access log. `bytes_received`/`bytes_sent` count the
-/// tunnelled bytes. Cost: the tcp_proxy's two 16 KiB buffers.
+/// tunnelled bytes. Cost: the tcp_proxy's two buffers (16 KiB, growing to 64 KiB).
 async fn tunnel<U: crate::tls::Io, G: Send + 'static>(
     mut stream: Box<Stream>,
     down: hyper::upgrade::OnUpgrade,

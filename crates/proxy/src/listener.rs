@@ -375,6 +375,8 @@ async fn dispatch(
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
         match f {
             ListenerFilter::Tls => match crate::tls_inspector::inspect(&stream, left).await {
+                // Plain text leaves what an earlier HTTP inspector found.
+                Ok(Some(h)) if !h.tls => {}
                 Ok(Some(h)) => hello = h,
                 // Closed, or timed out before a hello: Envoy closes too.
                 _ => return,

@@ -88,9 +88,14 @@ impl Default for ConnOptions {
     }
 }
 
+/// A pooled HTTP/1.1 connection: its sender, its request/idle state, and a
+/// weak handle on its accounting, which an upgrade takes a strong hold of so
+/// that the connection stays counted while it carries the tunnel.
+type H1Conn = (http1::SendRequest<ProxyBody>, Arc<ConnState>, std::sync::Weak<OwnedConn>);
+
 #[derive(Default)]
 struct HostPool {
-    h1: Vec<(http1::SendRequest<ProxyBody>, Arc<ConnState>)>,
+    h1: Vec<H1Conn>,
     h2: Option<(http2::SendRequest<ProxyBody>, Arc<ConnState>)>,
     /// Connections this worker has open to the host.
     open: usize,
@@ -269,14 +274,28 @@ pub async fn connect(
 }
 
 /// Runs a connection's I/O task, closes it once it has been idle for the
-/// cluster's idle timeout, and keeps the gauges right when it ends. Cost: one
-/// timer per connection, looked at once per idle period.
-fn spawn_conn<F>(cluster: &Arc<Cluster>, host: &Arc<Host>, slot: crate::breakers::Slot, state: Arc<ConnState>, conn: F)
+/// cluster's idle timeout, and keeps the gauges right when it ends (when the
+/// task drops its hold of the accounting, and any upgrade using the
+/// connection has dropped its own). Returns a weak handle on the
+/// accounting. Cost: one timer per connection, looked at once per idle period.
+fn spawn_conn<F>(
+    cluster: &Arc<Cluster>,
+    host: &Arc<Host>,
+    slot: crate::breakers::Slot,
+    state: Arc<ConnState>,
+    conn: F,
+) -> std::sync::Weak<OwnedConn>
 where
     F: std::future::Future<Output = Result<(), hyper::Error>> + Send + 'static,
 {
-    let (cluster, host) = (cluster.clone(), host.clone());
-    let worker_pools = crate::stats::worker_index();
+    let account = Arc::new(OwnedConn {
+        cluster: cluster.clone(),
+        host: host.clone(),
+        _slot: slot,
+        pool_worker: Some(crate::stats::worker_index()),
+    });
+    let weak = Arc::downgrade(&account);
+    let cluster = cluster.clone();
     state.idle_since.store(clock_ms(), Relaxed);
     tokio::spawn(async move {
         match cluster.conn_options.idle_timeout {
@@ -307,17 +326,9 @@ where
                 }
             }
         }
-        drop(slot);
-        if let Some(p) = cluster.pools.worker(worker_pools).get_mut(&host.addr) {
-            p.open = p.open.saturating_sub(1);
-            if p.open == 0 {
-                p.pool_slot = None;
-            }
-        }
-        cluster.stats.upstream_cx_active.dec();
-        cluster.stats.upstream_cx_destroy.inc();
-        host.cx_active.fetch_sub(1, Relaxed);
+        drop(account);
     });
+    weak
 }
 
 /// Makes sure this worker's pool for `host` has its `max_connection_pools`
@@ -399,11 +410,11 @@ fn take_request_slot(cluster: &Cluster, rq_slot: &mut Held) -> Result<(), Upstre
     }
 }
 
-fn return_h1(cluster: &Cluster, host: &Host, sender: http1::SendRequest<ProxyBody>, state: Arc<ConnState>) {
+fn return_h1(cluster: &Cluster, host: &Host, conn: H1Conn) {
     let mut pools = cluster.pools.mine();
     let pool = pools.entry(host.addr).or_default();
     if pool.h1.len() < MAX_IDLE_PER_HOST {
-        pool.h1.push((sender, state));
+        pool.h1.push(conn);
     }
 }
 
@@ -414,7 +425,7 @@ async fn send_h1(
     rq_slot: &mut Held,
 ) -> Result<http::Response<Incoming>, UpstreamError> {
     *req.version_mut() = http::Version::HTTP_11;
-    let (mut sender, state) = match checkout_h1(cluster, host).0 {
+    let (mut sender, state, account) = match checkout_h1(cluster, host).0 {
         Some(s) => s,
         None => {
             // No ready connection: the request is pending until it has one.
@@ -448,7 +459,7 @@ async fn send_h1(
         }
     };
     if let Err(e) = take_request_slot(cluster, rq_slot) {
-        return_h1(cluster, host, sender, state);
+        return_h1(cluster, host, (sender, state, account));
         return Err(e);
     }
     // Envoy counts a request once it is on a connection (not on connect failure).
@@ -460,24 +471,22 @@ async fn send_h1(
     // has been read, and checkout skips it until then. A connection that has
     // carried its last request closes once the response is done.
     if result.is_ok() && !sender.is_closed() && !last {
-        return_h1(cluster, host, sender, state);
+        return_h1(cluster, host, (sender, state, account));
     }
     result
 }
 
-type PooledH1 = (http1::SendRequest<ProxyBody>, Arc<ConnState>);
-
 /// A ready pooled HTTP/1.1 sender for `host`, and how many connections this
 /// worker has open to it.
-fn checkout_h1(cluster: &Cluster, host: &Host) -> (Option<PooledH1>, usize) {
+fn checkout_h1(cluster: &Cluster, host: &Host) -> (Option<H1Conn>, usize) {
     let mut pools = cluster.pools.mine();
     let pool = pools.entry(host.addr).or_default();
-    pool.h1.retain(|(s, _)| !s.is_closed());
-    let ready = pool.h1.iter().position(|(s, _)| s.is_ready()).map(|i| pool.h1.swap_remove(i));
+    pool.h1.retain(|(s, _, _)| !s.is_closed());
+    let ready = pool.h1.iter().position(|(s, _, _)| s.is_ready()).map(|i| pool.h1.swap_remove(i));
     (ready, pool.open)
 }
 
-async fn connect_h1(cluster: &Arc<Cluster>, host: &Arc<Host>) -> Result<PooledH1, UpstreamError> {
+async fn connect_h1(cluster: &Arc<Cluster>, host: &Arc<Host>) -> Result<H1Conn, UpstreamError> {
     ensure_pool(cluster, host)?;
     let (stream, slot) = match connect(cluster, host).await {
         Ok(c) => c,
@@ -496,8 +505,10 @@ async fn connect_h1(cluster: &Arc<Cluster>, host: &Arc<Host>) -> Result<PooledH1
     cluster.stats.upstream_cx_http1_total.inc();
     cluster.pools.mine().entry(host.addr).or_default().open += 1;
     let state = Arc::new(ConnState::default());
-    spawn_conn(cluster, host, slot, state.clone(), conn);
-    Ok((sender, state))
+    // With upgrades: any pooled connection can carry a WebSocket or
+    // CONNECT, as Envoy's pool does.
+    let weak = spawn_conn(cluster, host, slot, state.clone(), conn.with_upgrades());
+    Ok((sender, state, weak))
 }
 
 async fn send_h2(
@@ -617,29 +628,44 @@ impl Pools {
 /// How long an idle pool may keep connections (Envoy's default upstream idle timeout is 1h).
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
 
-/// An upstream connection that is not pooled (an upgrade or a CONNECT
-/// tunnel): it keeps the cluster's and host's connection counts and the
-/// `max_connections` slot until the last holder drops it, which for an
-/// upgraded connection is the end of the tunnel.
+/// An upstream connection's accounting: it keeps the cluster's and host's
+/// connection counts and the `max_connections` slot until the last holder
+/// drops it — the connection's I/O task, and an upgrade carried on it until
+/// the tunnel ends.
 pub struct OwnedConn {
     cluster: Arc<Cluster>,
     host: Arc<Host>,
     _slot: crate::breakers::Slot,
+    /// The worker whose pool counts the connection as open, if pooled.
+    pool_worker: Option<usize>,
 }
 
 impl Drop for OwnedConn {
     fn drop(&mut self) {
+        if let Some(w) = self.pool_worker {
+            if let Some(p) = self.cluster.pools.worker(w).get_mut(&self.host.addr) {
+                p.open = p.open.saturating_sub(1);
+                // A pool without connections is gone: its
+                // max_connection_pools slot is free again.
+                if p.open == 0 {
+                    p.pool_slot = None;
+                }
+            }
+        }
         self.cluster.stats.upstream_cx_active.dec();
         self.cluster.stats.upstream_cx_destroy.inc();
         self.host.cx_active.fetch_sub(1, Relaxed);
     }
 }
 
-/// A new connection to `host` (never pooled) for a request that may switch
-/// protocols: an HTTP/1.1 `Upgrade` or a CONNECT passed on to an upstream
-/// proxy. Its hyper connection runs with upgrades allowed, so a 101 (or a
-/// 2xx to CONNECT) hands the bytes over to `hyper::upgrade::on`. The request
-/// takes a `max_requests` slot as any other does.
+/// Sends a request that may switch protocols (an HTTP/1.1 `Upgrade`, or a
+/// CONNECT passed on to an upstream proxy) on an idle pooled HTTP/1.1
+/// connection, or a new one, as Envoy's pool does; the connection is not
+/// returned to the pool. Its hyper connection runs with upgrades allowed, so
+/// a 101 (or a 2xx to CONNECT) hands the bytes over to
+/// `hyper::upgrade::on`; the returned accounting keeps the connection
+/// counted until the caller drops it. The request takes a `max_requests`
+/// slot as any other does.
 pub async fn send_upgrade(
     cluster: &Arc<Cluster>,
     host: &Arc<Host>,
@@ -647,20 +673,24 @@ pub async fn send_upgrade(
     rq_slot: &mut Held,
 ) -> Result<(http::Response<Incoming>, Arc<OwnedConn>), UpstreamError> {
     *req.version_mut() = http::Version::HTTP_11;
-    let (io, slot) = connect(cluster, host).await?;
-    let owned = Arc::new(OwnedConn { cluster: cluster.clone(), host: host.clone(), _slot: slot });
-    let (mut sender, conn) =
-        http1::Builder::new().handshake(TokioIo::new(io)).await.map_err(UpstreamError::Handshake)?;
-    cluster.stats.upstream_cx_http1_total.inc();
-    let held = owned.clone();
-    tokio::spawn(async move {
-        let _ = conn.with_upgrades().await;
-        drop(held);
-    });
+    let pooled = checkout_h1(cluster, host).0.and_then(|(s, st, w)| w.upgrade().map(|a| (s, st, a)));
+    let (mut sender, state, account) = match pooled {
+        Some(c) => c,
+        None => {
+            let (s, st, w) = connect_h1(cluster, host).await?;
+            let a = w
+                .upgrade()
+                .ok_or_else(|| UpstreamError::ConnectFailure(std::io::Error::other("the connection closed at once")))?;
+            (s, st, a)
+        }
+    };
+    // Busy while the upgrade is asked for and its tunnel runs: never closed
+    // as idle under it.
+    rq_slot.conn = Some(ConnUse::new(&state));
     take_request_slot(cluster, rq_slot)?;
     cluster.stats.upstream_rq_total.inc();
     let resp = sender.send_request(req).await.map_err(reset)?;
-    Ok((resp, owned))
+    Ok((resp, account))
 }
 
 /// A new raw connection to `host` for a terminated CONNECT: bytes are
@@ -671,5 +701,5 @@ pub async fn connect_owned(
     host: &Arc<Host>,
 ) -> Result<(crate::tls::BoxIo, OwnedConn), UpstreamError> {
     let (io, slot) = connect(cluster, host).await?;
-    Ok((io, OwnedConn { cluster: cluster.clone(), host: host.clone(), _slot: slot }))
+    Ok((io, OwnedConn { cluster: cluster.clone(), host: host.clone(), _slot: slot, pool_worker: None }))
 }
