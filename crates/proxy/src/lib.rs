@@ -29,6 +29,7 @@ pub mod lb_config;
 pub mod listener;
 pub mod listener_manager;
 pub mod matcher;
+pub mod memory;
 pub mod net_ratelimit;
 pub mod net_rbac;
 pub mod outlier;

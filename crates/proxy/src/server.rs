@@ -205,6 +205,13 @@ pub fn run(bootstrap: LoadedBootstrap, options: Options) -> Result<(), ServerErr
     }
 
     tracing::info!("all listeners started; {} worker(s)", workers);
+    // Once the workers have built their listeners, what startup freed goes
+    // back to the kernel (about 14 MiB of resident memory on the benchmark's
+    // bootstrap).
+    main_rt.spawn(async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        crate::memory::release_free();
+    });
     main_rt.block_on(async {
         let flusher = tokio::spawn(async {
             loop {
