@@ -916,8 +916,18 @@ fn outlier_detection_consecutive_5xx() {
         &clusters,
     );
     let pair = start_pair("outlier", &t, &["a"]);
+    // Envoy ejects on its main thread after a worker reports the third 5xx:
+    // a short pause between requests lets that land before the next pick
+    // even on a busy machine (without it Envoy was seen to send 6 requests
+    // to the bad host under a loaded CI run).
     let sequence = |port: u16| -> Vec<String> {
-        (0..14).map(|_| send(port, &get("/x")).header("x-upstream").unwrap_or("-").to_string()).collect()
+        (0..14)
+            .map(|_| {
+                let upstream = send(port, &get("/x")).header("x-upstream").unwrap_or("-").to_string();
+                std::thread::sleep(Duration::from_millis(50));
+                upstream
+            })
+            .collect()
     };
     let (e, l) = (sequence(pair.envoy), sequence(pair.legate));
     let bad = |s: &[String]| s.iter().filter(|u| *u == "bad").count();
