@@ -1147,6 +1147,13 @@ impl Hcm {
         resp.map(|b| TrackedBody::new(b, Some(stream)))
     }
 
+    /// The route's timeout passed before the response: 504 `UT`.
+    fn route_timeout_reply(&self, stream: Box<Stream>, cluster: &Cluster, matched: Matched<'_>) -> ProxyResponse {
+        cluster.stats.upstream_rq_timeout.inc();
+        cluster.stats.record_status(504);
+        self.router_reply(stream, Some(matched), 504, "response_timeout", "UT", Some("upstream request timeout".into()))
+    }
+
     /// A circuit breaker's answer: 503 `UO` with `x-envoy-overloaded`.
     fn overflow_reply(&self, stream: Box<Stream>, cluster: &Cluster, matched: Matched<'_>) -> ProxyResponse {
         cluster.stats.record_status(503);
@@ -1418,16 +1425,7 @@ impl Hcm {
         let result = match result {
             Waited::Done(r) => r,
             Waited::RouteTimeout => {
-                cs.upstream_rq_timeout.inc();
-                cs.record_status(504);
-                return self.router_reply(
-                    stream,
-                    Some(matched),
-                    504,
-                    "response_timeout",
-                    "UT",
-                    Some("upstream request timeout".into()),
-                );
+                return self.route_timeout_reply(stream, &cluster, matched);
             }
             Waited::RequestTimeout => {
                 return self.local_reply(stream, 408, "request_overall_timeout", "", Some("request timeout".into()));
@@ -2018,16 +2016,7 @@ impl Hcm {
                 );
             }
             Waited::RouteTimeout | Waited::StreamIdle | Waited::RequestTimeout | Waited::MaxDuration => {
-                cs.upstream_rq_timeout.inc();
-                cs.record_status(504);
-                return self.router_reply(
-                    stream,
-                    Some(matched),
-                    504,
-                    "response_timeout",
-                    "UT",
-                    Some("upstream request timeout".into()),
-                );
+                return self.route_timeout_reply(stream, &cluster, matched);
             }
         };
         let status = upstream_resp.status().as_u16();
