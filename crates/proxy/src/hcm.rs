@@ -432,27 +432,23 @@ impl Hcm {
     /// Whether a request is internal (headers before x-forwarded-for is
     /// appended to). Only called when internal ranges are configured.
     fn is_internal(&self, h: &HeaderMap, peer: SocketAddr) -> bool {
-        let xff: Vec<&str> = h
+        // The x-forwarded-for entries, counted without collecting them.
+        let mut xff = h
             .get_all(&X_FORWARDED_FOR)
             .iter()
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
             .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .collect();
-        let trusted = if self.use_remote_address {
-            if !xff.is_empty() {
-                return false;
-            }
-            peer.ip()
-        } else {
-            if xff.len() != 1 {
-                return false;
-            }
-            match xff[0].parse::<IpAddr>() {
+            .filter(|s| !s.is_empty());
+        let trusted = match (self.use_remote_address, xff.next(), xff.next()) {
+            // With use_remote_address: the peer, and no x-forwarded-for.
+            (true, None, _) => peer.ip(),
+            // Behind a trusted proxy: the one x-forwarded-for address.
+            (false, Some(only), None) => match only.parse::<IpAddr>() {
                 Ok(ip) => ip,
                 Err(_) => return false,
-            }
+            },
+            _ => return false,
         };
         self.internal_ranges.iter().any(|c| c.contains(trusted))
     }
@@ -1497,12 +1493,16 @@ impl Hcm {
         let mut resp = Response::from_parts(rparts, ProxyBody::stream(rbody));
         stream.details = "via_upstream";
         self.finish_response(&mut stream, &mut resp, Some(matched));
-        let deadline = cluster.conn_options.max_stream_duration.map(|d| tokio::time::Instant::from_std(started + d));
-        let reached = cs.upstream_rq_max_duration_reached.clone();
+        // The stream may not outlive the cluster's max_stream_duration
+        // (nothing to set up, not even a counter clone, when there is none).
+        let max = cluster.conn_options.max_stream_duration;
         resp.map(|b| {
             let body = TrackedBody::new(b, Some(stream));
-            match deadline {
-                Some(at) => body.with_deadline(at, reached),
+            match max {
+                Some(d) => body.with_deadline(
+                    tokio::time::Instant::from_std(started + d),
+                    cs.upstream_rq_max_duration_reached.clone(),
+                ),
                 None => body,
             }
         })
