@@ -3,13 +3,16 @@
 //! - [`pb`]: the typed structs (from the `envoy-types` crate).
 //! - [`pool`]: a descriptor pool built from the very same `.proto` files, used to
 //!   read Envoy's proto3 JSON/YAML form and to read validation rules at run time.
+//! - [`convert`]: JSON to reflective and typed messages and back, with Envoy's
+//!   leniencies and every error reported as `field.path: reason`.
 //! - [`load`]: YAML/JSON text to a typed [`pb::envoy::config::bootstrap::v3::Bootstrap`],
-//!   with Envoy's leniencies and every error reported as `field.path: reason`.
+//!   checked by schema, validation rules and [`semantic`] checks.
 //! - [`validate`]: the protoc-gen-validate rules Envoy enforces, interpreted from
-//!   the descriptors, plus Envoy's semantic checks.
+//!   the descriptors; [`semantic`]: Envoy's checks beyond the schema.
 //! - [`support`]: what Legate implements, so that nothing is silently ignored.
 
 pub mod any;
+pub mod convert;
 pub mod error;
 pub mod lenient;
 pub mod load;

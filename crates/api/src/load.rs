@@ -1,11 +1,15 @@
-//! Envoy config text (YAML or JSON) to typed protos.
+//! Envoy config text (YAML or JSON) to a validated bootstrap, and the full
+//! verdict on one (invalid fields, and fields Legate does not implement).
 
 use crate::error::{FieldError, LoadError, Report};
 use crate::pb::envoy::config::bootstrap::v3::Bootstrap;
-use crate::pool::pool;
-use crate::{lenient, semantic, support, validate};
-use prost_reflect::{DeserializeOptions, DynamicMessage, MessageDescriptor};
+use crate::{semantic, support};
+use prost_reflect::DynamicMessage;
 use serde_json::Value;
+
+/// The conversions between JSON, reflective and typed messages, where their
+/// callers have always found them.
+pub use crate::convert::{decode, decode_typed, to_dynamic, to_json};
 
 /// A bootstrap that decoded and passed validation, with its reflective form kept
 /// for the support check and `/config_dump`.
@@ -17,41 +21,6 @@ pub struct LoadedBootstrap {
 /// Parses YAML or JSON text (JSON is YAML) into a JSON value.
 pub fn parse_text(text: &str) -> Result<Value, LoadError> {
     serde_yaml_ng::from_str::<Value>(text).map_err(|e| LoadError::Syntax(e.to_string()))
-}
-
-/// Decodes `value` as the message `desc` with Envoy's leniencies; every problem
-/// comes back with its field path.
-pub fn decode(mut value: Value, desc: &MessageDescriptor) -> Result<DynamicMessage, Vec<FieldError>> {
-    let mut errors = Vec::new();
-    lenient::normalize(&mut value, desc, "", &mut errors);
-    if !errors.is_empty() {
-        return Err(errors);
-    }
-    let mut track = serde_path_to_error::Track::new();
-    let de = serde_path_to_error::Deserializer::new(value, &mut track);
-    let options = DeserializeOptions::new().deny_unknown_fields(true);
-    DynamicMessage::deserialize_with_options(desc.clone(), de, &options).map_err(|e| {
-        let path = track.path().to_string();
-        vec![FieldError::new(if path == "." { String::new() } else { path }, e.to_string())]
-    })
-}
-
-/// Decodes and validates a message of type `T` from a JSON value.
-pub fn decode_typed<T: prost::Message + prost::Name + Default>(
-    value: Value,
-) -> Result<(T, DynamicMessage), Vec<FieldError>> {
-    let desc = pool()
-        .get_message_by_name(&T::full_name())
-        .ok_or_else(|| vec![FieldError::new("", format!("{} is not in the API", T::full_name()))])?;
-    let dynamic = decode(value, &desc)?;
-    let errors = validate::validate(&dynamic, "");
-    if !errors.is_empty() {
-        return Err(errors);
-    }
-    let typed = dynamic
-        .transcode_to::<T>()
-        .map_err(|e| vec![FieldError::new("", format!("cannot transcode to {}: {e}", T::full_name()))])?;
-    Ok((typed, dynamic))
 }
 
 /// Loads a bootstrap from text: schema, validation rules and Envoy's semantic checks.
@@ -79,16 +48,4 @@ pub fn check_bootstrap(text: &str) -> Report {
         Err(LoadError::Invalid(errors)) => Report { errors, unsupported: Vec::new() },
         Err(other) => Report { errors: vec![FieldError::new("", other.to_string())], unsupported: Vec::new() },
     }
-}
-
-/// The reflective form of a typed message (for dumps and support checks).
-pub fn to_dynamic<T: prost::Message + prost::Name>(msg: &T) -> Option<DynamicMessage> {
-    let desc = pool().get_message_by_name(&T::full_name())?;
-    DynamicMessage::decode(desc, msg.encode_to_vec().as_slice()).ok()
-}
-
-/// JSON of a reflective message in Envoy's style (proto field names, no defaults).
-pub fn to_json(msg: &DynamicMessage) -> Value {
-    let options = prost_reflect::SerializeOptions::new().use_proto_field_name(true).stringify_64_bit_integers(true);
-    msg.serialize_with_options(serde_json::value::Serializer, &options).unwrap_or(Value::Null)
 }

@@ -20,7 +20,7 @@ pub const HCM_TYPE: &str = "envoy.extensions.filters.network.http_connection_man
 /// Every semantic problem in a bootstrap.
 pub fn check_bootstrap(b: &Bootstrap) -> Vec<FieldError> {
     let mut errors = Vec::new();
-    let Some(dynamic) = crate::load::to_dynamic(b) else { return errors };
+    let Some(dynamic) = crate::convert::to_dynamic(b) else { return errors };
     walk(&dynamic, "", &mut |m, p| check_message(m, p, &mut errors));
 
     check_static_secrets(b, &dynamic, &mut errors);

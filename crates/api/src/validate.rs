@@ -242,6 +242,25 @@ fn range_message(gt: Option<String>, gte: Option<String>, lt: Option<String>, lt
     }
 }
 
+/// The `gt`, `gte`, `lt` and `lte` rules (as `bound` reads them) against
+/// `x`; a value out of range is reported with the bounds as `show` writes them.
+fn check_range<T: PartialOrd + Copy>(
+    x: T,
+    bound: impl Fn(&str) -> Option<T>,
+    show: fn(T) -> String,
+    path: &str,
+    errors: &mut Vec<FieldError>,
+) {
+    let (gt, gte, lt, lte) = (bound("gt"), bound("gte"), bound("lt"), bound("lte"));
+    let ok = gt.is_none_or(|v| x > v)
+        && gte.is_none_or(|v| x >= v)
+        && lt.is_none_or(|v| x < v)
+        && lte.is_none_or(|v| x <= v);
+    if !ok {
+        errors.push(FieldError::new(path, range_message(gt.map(show), gte.map(show), lt.map(show), lte.map(show))));
+    }
+}
+
 fn check_number(x: f64, r: &DynamicMessage, path: &str, errors: &mut Vec<FieldError>) {
     let get = |n: &str| rule(r, n).as_ref().and_then(as_f64);
     if let Some(c) = get("const") {
@@ -250,17 +269,7 @@ fn check_number(x: f64, r: &DynamicMessage, path: &str, errors: &mut Vec<FieldEr
         }
         return;
     }
-    let (gt, gte, lt, lte) = (get("gt"), get("gte"), get("lt"), get("lte"));
-    let ok = gt.is_none_or(|v| x > v)
-        && gte.is_none_or(|v| x >= v)
-        && lt.is_none_or(|v| x < v)
-        && lte.is_none_or(|v| x <= v);
-    if !ok {
-        errors.push(FieldError::new(
-            path,
-            range_message(gt.map(fmt_num), gte.map(fmt_num), lt.map(fmt_num), lte.map(fmt_num)),
-        ));
-    }
+    check_range(x, get, fmt_num, path, errors);
     if let Some(Value::List(list)) = rule(r, "in") {
         if !list.is_empty() && !list.iter().filter_map(as_f64).any(|v| v == x) {
             errors.push(FieldError::new(path, "value must be in list"));
@@ -288,17 +297,7 @@ fn check_duration(d: &DynamicMessage, r: &DynamicMessage, path: &str, errors: &m
         Some(Value::Message(m)) => Some(duration_nanos(&m)),
         _ => None,
     };
-    let (gt, gte, lt, lte) = (get("gt"), get("gte"), get("lt"), get("lte"));
-    let ok = gt.is_none_or(|v| x > v)
-        && gte.is_none_or(|v| x >= v)
-        && lt.is_none_or(|v| x < v)
-        && lte.is_none_or(|v| x <= v);
-    if !ok {
-        errors.push(FieldError::new(
-            path,
-            range_message(gt.map(fmt_duration), gte.map(fmt_duration), lt.map(fmt_duration), lte.map(fmt_duration)),
-        ));
-    }
+    check_range(x, get, fmt_duration, path, errors);
     if x < 0 || d.get_field_by_name("nanos").and_then(|v| v.as_i32()).is_some_and(|n| n.abs() >= 1_000_000_000) {
         errors.push(FieldError::new(path, "invalid duration"));
     }
