@@ -72,7 +72,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
 
     // The control plane, with the example config applied as one revision.
     let ctrl = legate_control::controller(&args.data_dir)?;
-    let docs = legate_control::model::parse_documents(DEMO_RESOURCES).map_err(anyhow::Error::msg)?;
+    let docs = legate_control::resources::document::parse_documents(DEMO_RESOURCES).map_err(anyhow::Error::msg)?;
     ctrl.apply(&docs, "demo", "the demo's example config", false).map_err(|e| anyhow::anyhow!("{e:?}"))?;
     let opts = legate_control::Options {
         xds_addr: XDS.parse()?,

@@ -145,7 +145,7 @@ fn main() -> ExitCode {
                 data_dir: args.data_dir,
                 store: args.store,
                 watch: args.watch,
-                tls: args.tls_cert.zip(args.tls_key).map(|(cert, key)| legate_control::tls::TlsFiles {
+                tls: args.tls_cert.zip(args.tls_key).map(|(cert, key)| legate_control::serve::tls::TlsFiles {
                     cert,
                     key,
                     client_ca: args.client_ca,

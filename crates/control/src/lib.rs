@@ -1,21 +1,13 @@
 //! Legate's control plane: an xDS server with a persistent configuration store,
 //! a fleet view of connected proxies, and a REST API.
 
-pub mod api;
-pub mod auth;
-pub mod certinfo;
-pub mod csds;
-pub mod diff;
-pub mod fleet;
-pub mod model;
-pub mod registry;
-pub mod replication;
-pub mod services;
+pub mod clock;
+pub mod discovery;
+pub mod resources;
+pub mod serve;
 pub mod state;
 pub mod store;
-pub mod tls;
-pub mod watch;
-pub mod xds;
+pub mod sync;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -31,7 +23,7 @@ pub struct Options {
     /// A folder of resource files to apply whenever they change.
     pub watch: Option<PathBuf>,
     /// TLS (and optional client certificates) on both listeners.
-    pub tls: Option<tls::TlsFiles>,
+    pub tls: Option<serve::tls::TlsFiles>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -75,7 +67,7 @@ pub async fn serve(ctrl: Arc<state::Controller>, opts: Options) -> Result<(), Co
     if ctrl.store().etcd().is_some() {
         // Other replicas' commits and registry changes arrive by etcd watch;
         // the elected leader expires instances.
-        replication::start(&ctrl);
+        sync::replication::start(&ctrl);
     } else {
         // Registry instances whose TTL lapsed leave EDS within a quarter second.
         let expiring = ctrl.clone();
@@ -88,20 +80,20 @@ pub async fn serve(ctrl: Arc<state::Controller>, opts: Options) -> Result<(), Co
         });
     }
     if let Some(dir) = &opts.watch {
-        tokio::spawn(watch::watch(ctrl.clone(), dir.clone()));
+        tokio::spawn(sync::folder::watch(ctrl.clone(), dir.clone()));
     }
-    let router = api::router(ctrl.clone());
+    let router = serve::api::router(ctrl.clone());
     let xds_tls = match &opts.tls {
-        Some(files) => Some(tls::xds_config(files).map_err(ControlError::Tls)?),
+        Some(files) => Some(serve::tls::xds_config(files).map_err(ControlError::Tls)?),
         None => None,
     };
-    let xds = xds::serve(ctrl.clone(), xds_listener, xds_tls);
+    let xds = serve::xds::serve(ctrl.clone(), xds_listener, xds_tls);
     match &opts.tls {
         Some(files) => {
-            let cfg = tls::api_config(files).map_err(ControlError::Tls)?;
+            let cfg = serve::tls::api_config(files).map_err(ControlError::Tls)?;
             tokio::select! {
                 r = xds => r?,
-                _ = tls::serve_api_tls(api_listener, router, cfg) => {}
+                _ = serve::tls::serve_api_tls(api_listener, router, cfg) => {}
             }
         }
         None => {

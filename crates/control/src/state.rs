@@ -1,7 +1,14 @@
 //! The published configuration and the controller that changes it.
 
-use crate::fleet::Fleet;
-use crate::model::{compile, DocError, Document, Kind, NodeInfo, Resource};
+use crate::discovery::fleet::Fleet;
+use crate::discovery::node::NodeInfo;
+use crate::discovery::registry::{Instance, Registration, Registry, RegistryError};
+use crate::resources::compile::compile;
+use crate::resources::diff::{self, ResourceChange};
+use crate::resources::document::Document;
+use crate::resources::expand::expand;
+use crate::resources::kind::Kind;
+use crate::resources::resource::{DocError, Resource, ResourceMap};
 use crate::store::{Change, RevisionInfo, Store, StoreError};
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -9,14 +16,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
 
-/// Resources by kind and name.
-pub type ResourceMap = BTreeMap<(Kind, String), Arc<Resource>>;
-
 /// One immutable revision of everything the control plane serves.
 #[derive(Default)]
 pub struct ConfigState {
     pub revision: u64,
-    pub resources: BTreeMap<(Kind, String), Arc<Resource>>,
+    pub resources: ResourceMap,
 }
 
 impl ConfigState {
@@ -36,7 +40,7 @@ const COMMIT_ATTEMPTS: usize = 5;
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryOpError {
     #[error(transparent)]
-    Invalid(#[from] crate::registry::RegistryError),
+    Invalid(#[from] RegistryError),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -61,7 +65,7 @@ pub struct ApplyOutcome {
     pub deleted: Vec<String>,
     pub dry_run: bool,
     /// Field by field, what the change does.
-    pub diff: Vec<crate::diff::ResourceChange>,
+    pub diff: Vec<ResourceChange>,
     /// Connected proxies (node ids) that receive something from the change.
     pub proxies: Vec<String>,
 }
@@ -72,7 +76,7 @@ pub struct Controller {
     state: watch::Sender<Arc<ConfigState>>,
     /// The committed resources (the latest revision).
     stored: Mutex<Arc<ConfigState>>,
-    pub registry: Mutex<crate::registry::Registry>,
+    pub registry: Mutex<Registry>,
     /// Serializes changes: validate, commit, publish happen as one step.
     apply_lock: Mutex<()>,
     pub fleet: Fleet,
@@ -122,37 +126,10 @@ impl Controller {
         self.publish();
     }
 
-    /// The Envoy resources that `resources` publish: explicit ones as they
-    /// are, then what Services and Gateways compile to, then one
-    /// ClusterLoadAssignment per registry service. An explicit resource wins
-    /// over a generated one of the same name. Errors name the resource.
-    fn expand(&self, resources: &BTreeMap<(Kind, String), Arc<Resource>>) -> Result<ResourceMap, Vec<DocError>> {
-        let registry = self.registry.lock().unwrap_or_else(|e| e.into_inner());
-        let (generated, problems) = crate::services::generate(resources, &registry);
-        let mut errors: Vec<DocError> =
-            problems.into_iter().map(|(resource, path, reason)| DocError { resource, path, reason }).collect();
-        let mut out = resources.clone();
-        for doc in generated.into_iter().chain(registry.assignments()) {
-            let Some(kind) = Kind::parse(&doc.kind) else { continue };
-            let key = (kind, doc.metadata.name.clone());
-            if out.contains_key(&key) {
-                continue;
-            }
-            match compile(&doc) {
-                Ok(r) => {
-                    out.insert(key, Arc::new(r));
-                }
-                Err(e) => errors.extend(e.into_iter().map(|mut d| {
-                    d.resource = format!("{} (compiled)", d.resource);
-                    d
-                })),
-            }
-        }
-        if errors.is_empty() {
-            Ok(out)
-        } else {
-            Err(errors)
-        }
+    /// What `resources` publish with the registry's instances as they are now.
+    fn expand(&self, resources: &ResourceMap) -> Result<ResourceMap, Vec<DocError>> {
+        let instances = self.registry.lock().unwrap_or_else(|e| e.into_inner()).list();
+        expand(resources, &instances)
     }
 
     /// Publishes the stored resources with everything they compile to.
@@ -210,12 +187,8 @@ impl Controller {
 
     /// Registers an instance (in the shared store when there is one) and
     /// publishes its endpoints.
-    pub fn register(
-        &self,
-        service: &str,
-        r: crate::registry::Registration,
-    ) -> Result<crate::registry::Instance, RegistryOpError> {
-        let inst = crate::registry::Registry::instance(service, r)?;
+    pub fn register(&self, service: &str, r: Registration) -> Result<Instance, RegistryOpError> {
+        let inst = Registry::instance(service, r)?;
         if let Some(etcd) = self.store.etcd() {
             etcd.put_instance(&inst.record())?;
         }
@@ -229,7 +202,7 @@ impl Controller {
             return Ok(self.registry.lock().unwrap_or_else(|e| e.into_inner()).heartbeat(service, id));
         };
         let Some(rec) = etcd.heartbeat_instance(service, id)? else { return Ok(false) };
-        let inst = crate::registry::Instance::from_record(rec);
+        let inst = Instance::from_record(rec);
         self.registry.lock().unwrap_or_else(|e| e.into_inner()).insert(inst);
         Ok(true)
     }
@@ -244,12 +217,12 @@ impl Controller {
         Ok(removed || local)
     }
 
-    pub fn instances(&self) -> Vec<crate::registry::Instance> {
+    pub fn instances(&self) -> Vec<Instance> {
         self.registry.lock().unwrap_or_else(|e| e.into_inner()).list()
     }
 
     /// Changes the registry and republishes.
-    pub fn mirror_registry(&self, f: impl FnOnce(&mut crate::registry::Registry)) {
+    pub fn mirror_registry(&self, f: impl FnOnce(&mut Registry)) {
         f(&mut self.registry.lock().unwrap_or_else(|e| e.into_inner()));
         self.publish();
     }
@@ -367,7 +340,7 @@ impl Controller {
         self.expand(&next).map_err(ApplyError::Invalid)?;
         let before: Vec<Document> = current.resources.values().map(|r| r.doc.clone()).collect();
         let after: Vec<Document> = next.values().map(|r| r.doc.clone()).collect();
-        outcome.diff = crate::diff::diff(&before, &after);
+        outcome.diff = diff::diff(&before, &after);
         outcome.proxies = self.affected(&current, &next);
         if dry_run || changes.is_empty() {
             return Ok(outcome);
@@ -402,7 +375,7 @@ impl Controller {
             unchanged: vec![],
             deleted: vec![format!("{}/{name}", kind.name())],
             dry_run: false,
-            diff: vec![crate::diff::ResourceChange {
+            diff: vec![ResourceChange {
                 resource: format!("{}/{name}", kind.name()),
                 change: "removed",
                 fields: vec![],
@@ -412,7 +385,7 @@ impl Controller {
     }
 
     /// Connected proxies that receive something different in `next`.
-    fn affected(&self, current: &ConfigState, next: &BTreeMap<(Kind, String), Arc<Resource>>) -> Vec<String> {
+    fn affected(&self, current: &ConfigState, next: &ResourceMap) -> Vec<String> {
         let changed: Vec<&Arc<Resource>> = next
             .iter()
             .filter(|(k, r)| {
@@ -439,13 +412,13 @@ impl Controller {
     }
 
     /// The difference between revision `from` and revision `to` (or now).
-    pub fn diff(&self, from: u64, to: Option<u64>) -> Result<Vec<crate::diff::ResourceChange>, ApplyError> {
+    pub fn diff(&self, from: u64, to: Option<u64>) -> Result<Vec<ResourceChange>, ApplyError> {
         let a = self.store.state_at(from)?;
         let b = match to {
             Some(r) => self.store.state_at(r)?,
             None => self.documents(),
         };
-        Ok(crate::diff::diff(&a, &b))
+        Ok(diff::diff(&a, &b))
     }
 
     /// A new revision whose state is revision `rev`'s.
@@ -482,7 +455,7 @@ impl Controller {
             }
         }
         let before: Vec<Document> = current.resources.values().map(|r| r.doc.clone()).collect();
-        let diff = crate::diff::diff(&before, &target);
+        let diff = diff::diff(&before, &target);
         let proxies = self.affected(&current, &compiled);
         let message = if message.is_empty() { format!("rollback to revision {rev}") } else { message.to_string() };
         let revision = if changes.is_empty() {
@@ -506,7 +479,7 @@ impl Controller {
 }
 
 /// Compiles stored documents; one that no longer validates is logged and left out.
-fn compile_stored(docs: Vec<Document>) -> BTreeMap<(Kind, String), Arc<Resource>> {
+fn compile_stored(docs: Vec<Document>) -> ResourceMap {
     let mut resources = BTreeMap::new();
     for d in docs {
         match compile(&d) {

@@ -19,9 +19,11 @@
 //! on this store's own small runtime and the caller waits for the answer, so a
 //! caller on any runtime (or none) cannot starve the etcd I/O it waits for.
 
-use super::{now_rfc3339, AuditEntry, Change, RevisionInfo, StoreError};
-use crate::model::{Document, Kind};
-use crate::registry::{unix_ms, InstanceRecord};
+use crate::clock::{self, unix_ms};
+use crate::discovery::registry::InstanceRecord;
+use crate::resources::document::Document;
+use crate::resources::kind::Kind;
+use crate::store::records::{AuditEntry, Change, RevisionInfo, StoreError};
 use etcdv3client::pb;
 use serde::{Deserialize, Serialize};
 use std::future::Future;
@@ -295,7 +297,7 @@ impl EtcdStore {
         }
         let record = RevisionRecord {
             revision: rev,
-            created_at: now_rfc3339(),
+            created_at: clock::now(),
             author: author.into(),
             message: message.into(),
             changes: records,
@@ -403,7 +405,7 @@ impl EtcdStore {
             name: name.into(),
             role: role.into(),
             secret_sha256: secret_sha256.into(),
-            created_at: now_rfc3339(),
+            created_at: clock::now(),
         };
         let value = serde_json::to_vec(&rec).map_err(|e| corrupt("token", e))?;
         let k = key(&format!("tokens/{id}"));
@@ -460,7 +462,7 @@ impl EtcdStore {
         detail: &str,
     ) -> Result<(), StoreError> {
         let entry = AuditEntry {
-            at: now_rfc3339(),
+            at: clock::now(),
             actor: actor.into(),
             action: action.into(),
             target: target.into(),

@@ -4,109 +4,16 @@
 //! The rest of the control plane does not care which.
 
 pub mod etcd;
+pub mod records;
+pub mod spec;
 pub mod sqlite;
 
-use crate::model::{Document, Kind};
-use serde::Serialize;
-use std::path::PathBuf;
+use crate::resources::document::Document;
 
 pub use etcd::EtcdStore;
+pub use records::{AuditEntry, Change, RevisionInfo, StoreError};
+pub use spec::StoreSpec;
 pub use sqlite::SqliteStore;
-
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error("store: {0}")]
-    Sqlite(#[from] rusqlite::Error),
-    #[error("store: {0}")]
-    Io(#[from] std::io::Error),
-    #[error("store: etcd: {0}")]
-    Etcd(String),
-    #[error("revision {0} does not exist")]
-    NoRevision(u64),
-    #[error("store: corrupt document for {kind}/{name}: {reason}")]
-    Corrupt { kind: String, name: String, reason: String },
-    #[error("store: another writer committed first (expected revision {expected}, found {found})")]
-    Conflict { expected: u64, found: u64 },
-    #[error("--store: {0}")]
-    Spec(String),
-}
-
-/// One change inside a revision.
-#[derive(Debug, Clone)]
-pub enum Change {
-    Apply(Document),
-    Delete { kind: Kind, name: String },
-}
-
-/// One line of the audit log.
-#[derive(Debug, Clone, Serialize, serde::Deserialize)]
-pub struct AuditEntry {
-    pub at: String,
-    pub actor: String,
-    pub action: String,
-    pub target: String,
-    pub allowed: bool,
-    pub detail: String,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct RevisionInfo {
-    pub revision: u64,
-    pub created_at: String,
-    pub author: String,
-    pub message: String,
-    pub changes: Vec<String>,
-}
-
-/// Where the state lives, as given on the command line.
-#[derive(Debug, Clone, PartialEq)]
-pub enum StoreSpec {
-    /// A SQLite file in this folder.
-    Sqlite(PathBuf),
-    /// These etcd endpoints (host:port), tried in turn.
-    Etcd(Vec<String>),
-}
-
-impl StoreSpec {
-    /// `etcd://host:port[,host:port...]` or `sqlite:DIR` (`sqlite://DIR`).
-    pub fn parse(s: &str) -> Result<StoreSpec, StoreError> {
-        if let Some(rest) = s.strip_prefix("etcd://") {
-            let endpoints: Vec<String> = rest
-                .trim_end_matches('/')
-                .split(',')
-                .map(str::trim)
-                .filter(|e| !e.is_empty())
-                .map(String::from)
-                .collect();
-            if endpoints.is_empty() {
-                return Err(StoreError::Spec("etcd:// needs at least one host:port".into()));
-            }
-            for e in &endpoints {
-                let ok = e.rsplit_once(':').is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok());
-                if !ok {
-                    return Err(StoreError::Spec(format!("'{e}' is not host:port")));
-                }
-            }
-            return Ok(StoreSpec::Etcd(endpoints));
-        }
-        if let Some(rest) = s.strip_prefix("sqlite:") {
-            let dir = rest.strip_prefix("//").unwrap_or(rest);
-            if dir.is_empty() {
-                return Err(StoreError::Spec("sqlite: needs a folder".into()));
-            }
-            return Ok(StoreSpec::Sqlite(PathBuf::from(dir)));
-        }
-        Err(StoreError::Spec(format!("'{s}': expected etcd://host:port[,host:port...] or sqlite:DIR")))
-    }
-
-    /// For logs.
-    pub fn describe(&self) -> String {
-        match self {
-            StoreSpec::Sqlite(dir) => format!("SQLite in {}", dir.display()),
-            StoreSpec::Etcd(eps) => format!("etcd at {}", eps.join(",")),
-        }
-    }
-}
 
 /// The two backends behind one set of calls.
 pub enum Store {
@@ -232,26 +139,5 @@ impl Store {
             Store::Sqlite(s) => s.history(limit),
             Store::Etcd(e) => e.history(limit),
         }
-    }
-}
-
-pub(crate) fn now_rfc3339() -> String {
-    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses_store_specs() {
-        assert_eq!(
-            StoreSpec::parse("etcd://127.0.0.1:2379,127.0.0.1:22379").ok(),
-            Some(StoreSpec::Etcd(vec!["127.0.0.1:2379".into(), "127.0.0.1:22379".into()]))
-        );
-        assert_eq!(StoreSpec::parse("sqlite:./d").ok(), Some(StoreSpec::Sqlite("./d".into())));
-        assert!(StoreSpec::parse("etcd://").is_err());
-        assert!(StoreSpec::parse("etcd://host").is_err());
-        assert!(StoreSpec::parse("redis://x:1").is_err());
     }
 }

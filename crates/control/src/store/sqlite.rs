@@ -2,8 +2,10 @@
 //! transaction (WAL, synchronous=FULL) before it is published, so a crash never
 //! loses a revision that was reported committed, nor leaves half of one.
 
-use super::{AuditEntry, Change, RevisionInfo, StoreError};
-use crate::model::{Document, Kind};
+use crate::clock;
+use crate::resources::document::Document;
+use crate::resources::kind::Kind;
+use crate::store::records::{AuditEntry, Change, RevisionInfo, StoreError};
 use rusqlite::{params, Connection, OptionalExtension};
 use std::path::Path;
 use std::sync::Mutex;
@@ -87,7 +89,7 @@ impl SqliteStore {
         if latest != expected {
             return Err(StoreError::Conflict { expected, found: latest });
         }
-        let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        let now = clock::now();
         tx.execute(
             "INSERT INTO revisions (created_at, author, message) VALUES (?1, ?2, ?3)",
             params![now, author, message],
@@ -157,7 +159,7 @@ impl SqliteStore {
     }
 
     pub fn add_token(&self, id: &str, name: &str, role: &str, secret_sha256: &str) -> Result<(), StoreError> {
-        let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        let now = clock::now();
         self.conn().execute(
             "INSERT INTO tokens (id, name, role, secret_sha256, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
             params![id, name, role, secret_sha256, now],
@@ -195,7 +197,7 @@ impl SqliteStore {
         allowed: bool,
         detail: &str,
     ) -> Result<(), StoreError> {
-        let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        let now = clock::now();
         self.conn().execute(
             "INSERT INTO audit (at, actor, action, target, allowed, detail) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             params![now, actor, action, target, allowed as i64, detail],

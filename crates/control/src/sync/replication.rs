@@ -3,7 +3,7 @@
 //! every replica within one push), and one leader, chosen with a lease,
 //! expires registry instances whose heartbeats stopped.
 
-use crate::registry::{Instance, InstanceRecord};
+use crate::discovery::registry::{Instance, InstanceRecord};
 use crate::state::Controller;
 use crate::store::etcd::{self, etcd_err, EtcdClient, LEADER_KEY, REGISTRY_PREFIX, REV_KEY};
 use crate::store::StoreError;

@@ -2,8 +2,10 @@
 //! Every call is authorized by role (see `auth`); every change, and every
 //! denied call, lands in the audit log with who made it.
 
-use crate::auth::{self, Actor, Role};
-use crate::model::{parse_documents, Document, Kind};
+use crate::resources::certinfo;
+use crate::resources::document::{parse_documents, Document};
+use crate::resources::kind::Kind;
+use crate::serve::auth::{self, Actor, Role};
 use crate::state::{ApplyError, Controller};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -178,9 +180,9 @@ fn docs_json(ctrl: &Controller, kind: Option<Kind>, name: Option<&str>) -> Vec<s
                 json!({"kind": r.kind.name(), "metadata": r.doc.metadata, "spec": r.doc.spec, "version": r.version});
             if r.kind == Kind::Secret {
                 // Each certificate's validity, read from the secret itself.
-                let certs = crate::certinfo::certificates(&r.any);
+                let certs = certinfo::certificates(&r.any);
                 v["status"] = json!({
-                    "expiration_time": crate::certinfo::earliest_expiry(&certs),
+                    "expiration_time": certinfo::earliest_expiry(&certs),
                     "certificates": certs,
                 });
             }
@@ -362,7 +364,7 @@ async fn register_instance(
     State(ctrl): State<Arc<Controller>>,
     headers: HeaderMap,
     Path(svc): Path<String>,
-    Json(body): Json<crate::registry::Registration>,
+    Json(body): Json<crate::discovery::registry::Registration>,
 ) -> Response {
     let actor = authorize!(ctrl, headers, Role::Editor, "register", &svc);
     match ctrl.register(&svc, body) {
@@ -457,7 +459,7 @@ async fn envoy_resources(
         Ok(_) => return error(StatusCode::BAD_REQUEST, "kind", "an Envoy kind is needed here", json!([])),
         Err(r) => return *r,
     };
-    let node = crate::model::NodeInfo {
+    let node = crate::discovery::node::NodeInfo {
         id: q.node.clone().unwrap_or_default(),
         cluster: q.cluster.clone().unwrap_or_default(),
         ..Default::default()

@@ -1,7 +1,7 @@
 //! Client Status Discovery Service: what each connected proxy was sent, and
 //! whether it ACKed or NACKed it, for standard tools.
 
-use crate::model::Kind;
+use crate::resources::kind::Kind;
 use crate::state::Controller;
 use legate_api::pb::envoy::admin::v3::ClientResourceStatus;
 use legate_api::pb::envoy::r#type::matcher::v3::string_matcher::MatchPattern;

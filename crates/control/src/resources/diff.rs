@@ -1,6 +1,7 @@
 //! Resource-level and field-level differences between two configurations.
 
-use crate::model::Document;
+use crate::resources::document::Document;
+use crate::resources::kind::Kind;
 use serde::Serialize;
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -24,7 +25,7 @@ pub struct ResourceChange {
 }
 
 fn key(d: &Document) -> String {
-    let kind = crate::model::Kind::parse(&d.kind).map_or(d.kind.clone(), |k| k.name().to_string());
+    let kind = Kind::parse(&d.kind).map_or(d.kind.clone(), |k| k.name().to_string());
     format!("{kind}/{}", d.metadata.name)
 }
 
@@ -87,7 +88,7 @@ mod tests {
     fn doc(kind: &str, name: &str, spec: Value) -> Document {
         Document {
             kind: kind.into(),
-            metadata: crate::model::Metadata { name: name.into(), ..Default::default() },
+            metadata: crate::resources::document::Metadata { name: name.into(), ..Default::default() },
             spec,
         }
     }

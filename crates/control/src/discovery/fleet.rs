@@ -1,6 +1,7 @@
 //! Connected proxies and what each has been sent, ACKed and NACKed.
 
-use crate::model::NodeInfo;
+use crate::clock::now;
+use crate::discovery::node::NodeInfo;
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -40,10 +41,6 @@ pub struct ProxyStatus {
 pub struct Fleet {
     next: AtomicU64,
     streams: Mutex<HashMap<u64, ProxyStatus>>,
-}
-
-pub fn now() -> String {
-    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
 impl Fleet {

@@ -1,10 +1,8 @@
 //! The service registry: instances that register over the API, keep
-//! themselves alive with heartbeats, and vanish when their TTL lapses. Each
-//! service's live instances are published as the ClusterLoadAssignment named
-//! after the service (unless one is applied explicitly under that name), so a
-//! change reaches the proxies' EDS with the next push.
+//! themselves alive with heartbeats, and vanish when their TTL lapses. What
+//! they become for the proxies is `resources::registered`.
 
-use crate::model::{Document, Metadata};
+use crate::clock;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -72,11 +70,6 @@ pub struct InstanceRecord {
     pub expires_at_ms: u64,
 }
 
-/// Milliseconds since the Unix epoch.
-pub fn unix_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
-}
-
 impl Instance {
     pub fn record(&self) -> InstanceRecord {
         let left = self.expires.saturating_duration_since(Instant::now());
@@ -88,12 +81,12 @@ impl Instance {
             labels: self.labels.clone(),
             ttl_seconds: self.ttl_seconds,
             registered_at: self.registered_at.clone(),
-            expires_at_ms: unix_ms() + left.as_millis() as u64,
+            expires_at_ms: clock::unix_ms() + left.as_millis() as u64,
         }
     }
 
     pub fn from_record(r: InstanceRecord) -> Instance {
-        let left = Duration::from_millis(r.expires_at_ms.saturating_sub(unix_ms()));
+        let left = Duration::from_millis(r.expires_at_ms.saturating_sub(clock::unix_ms()));
         Instance {
             service: r.service,
             id: r.id,
@@ -137,7 +130,7 @@ impl Registry {
             port: r.port,
             labels: r.labels,
             ttl_seconds: r.ttl_seconds,
-            registered_at: crate::fleet::now(),
+            registered_at: clock::now(),
             expires_in: r.ttl_seconds as f64,
             expires: Instant::now() + Duration::from_secs(r.ttl_seconds),
         };
@@ -181,30 +174,6 @@ impl Registry {
         self.instances
             .values()
             .map(|i| Instance { expires_in: i.expires.saturating_duration_since(now).as_secs_f64(), ..i.clone() })
-            .collect()
-    }
-
-    /// One ClusterLoadAssignment document per service with live instances.
-    pub fn assignments(&self) -> Vec<Document> {
-        let mut by_service: BTreeMap<&str, Vec<&Instance>> = BTreeMap::new();
-        for i in self.instances.values() {
-            by_service.entry(&i.service).or_default().push(i);
-        }
-        by_service
-            .into_iter()
-            .map(|(svc, insts)| {
-                let eps: Vec<serde_json::Value> = insts
-                    .iter()
-                    .map(|i| {
-                        serde_json::json!({"endpoint": {"address": {"socket_address": {"address": i.address, "port_value": i.port}}}})
-                    })
-                    .collect();
-                Document {
-                    kind: "ClusterLoadAssignment".into(),
-                    metadata: Metadata { name: svc.to_string(), ..Default::default() },
-                    spec: serde_json::json!({"cluster_name": svc, "endpoints": [{"lb_endpoints": eps}]}),
-                }
-            })
             .collect()
     }
 }

@@ -5,8 +5,11 @@
 //! proxy (subscription, ACK, NACK) and a new published revision. Pushes go out
 //! in make-before-break order: secrets, clusters, endpoints, listeners, routes.
 
-use crate::fleet::{now, Nack};
-use crate::model::{content_hash, Kind, NodeInfo, Resource};
+use crate::clock::now;
+use crate::discovery::fleet::Nack;
+use crate::discovery::node::NodeInfo;
+use crate::resources::kind::Kind;
+use crate::resources::resource::{content_hash, Resource};
 use crate::state::{ConfigState, Controller};
 use legate_api::pb::envoy::service::discovery::v3::{
     aggregated_discovery_service_server::AggregatedDiscoveryService, DeltaDiscoveryRequest, DeltaDiscoveryResponse,
@@ -547,7 +550,7 @@ pub async fn serve(
     use service::route::v3::route_discovery_service_server::RouteDiscoveryServiceServer;
     use service::secret::v3::secret_discovery_service_server::SecretDiscoveryServiceServer;
     use service::status::v3::client_status_discovery_service_server::ClientStatusDiscoveryServiceServer;
-    let csds = crate::csds::Csds::new(ctrl.clone());
+    let csds = crate::serve::csds::Csds::new(ctrl.clone());
     let server = XdsServer::new(ctrl);
     let mut builder = tonic::transport::Server::builder();
     if let Some(cfg) = tls {

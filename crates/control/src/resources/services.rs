@@ -14,8 +14,10 @@
 //!
 //! The compiled resources go through the same Envoy loader as everything else.
 
-use crate::model::{content_hash, Document, Kind, Metadata, Resource};
-use crate::registry::Registry;
+use crate::discovery::registry::Instance;
+use crate::resources::document::{Document, Metadata, NodeSelector};
+use crate::resources::kind::Kind;
+use crate::resources::resource::{content_hash, Resource, ResourceMap};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
@@ -402,7 +404,7 @@ pub fn check(kind: Kind, doc: &Document) -> Result<Resource, Problems> {
     })
 }
 
-fn envoy_doc(kind: &str, name: &str, nodes: &crate::model::NodeSelector, spec: Value) -> Document {
+fn envoy_doc(kind: &str, name: &str, nodes: &NodeSelector, spec: Value) -> Document {
     Document { kind: kind.into(), metadata: Metadata { name: name.into(), nodes: nodes.clone() }, spec }
 }
 
@@ -420,14 +422,10 @@ fn lb_policy(lb: Lb) -> &'static str {
 
 /// The Envoy documents the higher-level resources in `resources` stand for, and
 /// the problems found in their references (`(resource, path, reason)`).
-pub fn generate(
-    resources: &BTreeMap<(Kind, String), std::sync::Arc<Resource>>,
-    registry: &Registry,
-) -> (Vec<Document>, Vec<(String, String, String)>) {
+pub fn generate(resources: &ResourceMap, instances: &[Instance]) -> (Vec<Document>, Vec<(String, String, String)>) {
     let mut out = Vec::new();
     let mut problems = Vec::new();
     let mut services: BTreeMap<String, ServiceSpec> = BTreeMap::new();
-    let instances = registry.list();
     for ((kind, name), r) in resources {
         if *kind != Kind::Service {
             continue;

@@ -3,7 +3,8 @@
 //! disappears from the files is deleted in that revision. Polled every half
 //! second, so a saved file reaches the proxies within about a second.
 
-use crate::model::{parse_documents, Kind};
+use crate::resources::document::parse_documents;
+use crate::resources::kind::Kind;
 use crate::state::{ApplyError, Controller};
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};

@@ -1,0 +1,12 @@
+//! Wall-clock time as the control plane records it: RFC 3339 timestamps for
+//! what it shows and logs, Unix milliseconds for expiries that replicas share.
+
+/// Now, in RFC 3339 with milliseconds (UTC).
+pub fn now() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}

@@ -1,0 +1,7 @@
+//! Who is out there: the proxies connected to this control plane (what each
+//! is and what it was sent, ACKed and NACKed) and the service instances that
+//! registered over the API. Everything else builds on these facts.
+
+pub mod fleet;
+pub mod node;
+pub mod registry;

@@ -1,0 +1,80 @@
+//! One document to a validated resource: Envoy kinds through the proxy's own
+//! loader (one parser, one validator), higher-level kinds through their
+//! own checks, and the name in the spec held to the one in `metadata`.
+
+use crate::resources::document::Document;
+use crate::resources::kind::Kind;
+use crate::resources::resource::{content_hash, DocError, Resource};
+use legate_api::pb::envoy::config::cluster::v3::Cluster;
+use legate_api::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
+use legate_api::pb::envoy::config::listener::v3::Listener;
+use legate_api::pb::envoy::config::route::v3::RouteConfiguration;
+use legate_api::pb::envoy::extensions::transport_sockets::tls::v3::Secret;
+use legate_api::pb::google::protobuf::Any;
+use legate_api::FieldError;
+
+fn decode<T: prost::Message + prost::Name + Default>(doc: &Document) -> Result<(T, Any), Vec<FieldError>> {
+    let (msg, _) = legate_api::convert::decode_typed::<T>(doc.spec.clone())?;
+    let any = legate_api::any::pack(&msg);
+    Ok((msg, any))
+}
+
+/// Validates a document with the proxy's own loader (one parser, one validator).
+pub fn compile(doc: &Document) -> Result<Resource, Vec<DocError>> {
+    let label = format!("{}/{}", doc.kind, doc.metadata.name);
+    let err = |path: &str, reason: String| vec![DocError { resource: label.clone(), path: path.to_string(), reason }];
+    let Some(kind) = Kind::parse(&doc.kind) else {
+        return Err(err(
+            "kind",
+            format!(
+                "unknown kind '{}': expected Listener, Cluster, RouteConfiguration, ClusterLoadAssignment or Secret",
+                doc.kind
+            ),
+        ));
+    };
+    if doc.metadata.name.is_empty() {
+        return Err(err("metadata.name", "value is required".into()));
+    }
+    let to_doc_errors = |errs: Vec<FieldError>| -> Vec<DocError> {
+        errs.into_iter()
+            .map(|e| DocError {
+                resource: label.clone(),
+                path: if e.path.is_empty() { "spec".into() } else { format!("spec.{}", e.path) },
+                reason: e.reason,
+            })
+            .collect()
+    };
+    if !kind.is_envoy() {
+        return crate::resources::services::check(kind, doc).map_err(|errs| {
+            errs.into_iter().map(|(path, reason)| DocError { resource: label.clone(), path, reason }).collect()
+        });
+    }
+    let (own_name, any) = match kind {
+        Kind::Cluster => decode::<Cluster>(doc).map(|(m, a)| (m.name, a)),
+        Kind::ClusterLoadAssignment => decode::<ClusterLoadAssignment>(doc).map(|(m, a)| (m.cluster_name, a)),
+        Kind::Listener => decode::<Listener>(doc).map(|(m, a)| (m.name, a)),
+        Kind::RouteConfiguration => decode::<RouteConfiguration>(doc).map(|(m, a)| (m.name, a)),
+        Kind::Secret => decode::<Secret>(doc).map(|(m, a)| (m.name, a)),
+        Kind::Service | Kind::Gateway | Kind::Route => Err(vec![FieldError::new("kind", "not an Envoy resource kind")]),
+    }
+    .map_err(to_doc_errors)?;
+    if kind == Kind::Secret {
+        // The PEM a secret carries inline must read, or every proxy would NACK it.
+        if let Some((path, reason)) = crate::resources::certinfo::check(&any) {
+            return Err(err(&path, reason));
+        }
+    }
+    if own_name != doc.metadata.name {
+        let field = if kind == Kind::ClusterLoadAssignment { "spec.cluster_name" } else { "spec.name" };
+        return Err(err(field, format!("must equal metadata.name '{}' (is '{own_name}')", doc.metadata.name)));
+    }
+    let version = content_hash(&any.value);
+    Ok(Resource {
+        kind,
+        name: doc.metadata.name.clone(),
+        nodes: doc.metadata.nodes.clone(),
+        doc: doc.clone(),
+        any,
+        version,
+    })
+}

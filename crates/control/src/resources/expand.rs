@@ -1,0 +1,42 @@
+//! Everything a set of stored resources publishes: the explicit resources as
+//! they are, what the higher-level kinds compile to, and the registry's
+//! endpoints, each compiled like any document.
+
+use crate::discovery::registry::Instance;
+use crate::resources::compile::compile;
+use crate::resources::kind::Kind;
+use crate::resources::resource::{DocError, ResourceMap};
+use crate::resources::{registered, services};
+use std::sync::Arc;
+
+/// The Envoy resources that `resources` publish: explicit ones as they
+/// are, then what Services and Gateways compile to, then one
+/// ClusterLoadAssignment per registry service. An explicit resource wins
+/// over a generated one of the same name. Errors name the resource.
+pub fn expand(resources: &ResourceMap, instances: &[Instance]) -> Result<ResourceMap, Vec<DocError>> {
+    let (generated, problems) = services::generate(resources, instances);
+    let mut errors: Vec<DocError> =
+        problems.into_iter().map(|(resource, path, reason)| DocError { resource, path, reason }).collect();
+    let mut out = resources.clone();
+    for doc in generated.into_iter().chain(registered::assignments(instances)) {
+        let Some(kind) = Kind::parse(&doc.kind) else { continue };
+        let key = (kind, doc.metadata.name.clone());
+        if out.contains_key(&key) {
+            continue;
+        }
+        match compile(&doc) {
+            Ok(r) => {
+                out.insert(key, Arc::new(r));
+            }
+            Err(e) => errors.extend(e.into_iter().map(|mut d| {
+                d.resource = format!("{} (compiled)", d.resource);
+                d
+            })),
+        }
+    }
+    if errors.is_empty() {
+        Ok(out)
+    } else {
+        Err(errors)
+    }
+}

@@ -1,0 +1,74 @@
+//! The kinds of resource: the Envoy kinds sent over xDS as they are, and the
+//! higher-level kinds compiled into them; their names and xDS type URLs.
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Kind {
+    Cluster,
+    ClusterLoadAssignment,
+    Listener,
+    RouteConfiguration,
+    Secret,
+    /// Higher-level kinds, compiled into the Envoy kinds above (see `mesh`).
+    Service,
+    Gateway,
+    Route,
+}
+
+pub const ALL_KINDS: [Kind; 5] =
+    [Kind::Cluster, Kind::ClusterLoadAssignment, Kind::Listener, Kind::RouteConfiguration, Kind::Secret];
+
+impl Kind {
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s.to_ascii_lowercase().as_str() {
+            "cluster" | "clusters" | "cds" => Self::Cluster,
+            "clusterloadassignment" | "clusterloadassignments" | "endpoints" | "eds" => Self::ClusterLoadAssignment,
+            "listener" | "listeners" | "lds" => Self::Listener,
+            "routeconfiguration" | "routeconfigurations" | "routes" | "rds" => Self::RouteConfiguration,
+            "secret" | "secrets" | "sds" => Self::Secret,
+            "service" | "services" | "svc" => Self::Service,
+            "gateway" | "gateways" | "gw" => Self::Gateway,
+            "route" | "httproute" => Self::Route,
+            _ => return None,
+        })
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Cluster => "Cluster",
+            Self::ClusterLoadAssignment => "ClusterLoadAssignment",
+            Self::Listener => "Listener",
+            Self::RouteConfiguration => "RouteConfiguration",
+            Self::Secret => "Secret",
+            Self::Service => "Service",
+            Self::Gateway => "Gateway",
+            Self::Route => "Route",
+        }
+    }
+
+    /// True for the kinds that are sent over xDS as they are.
+    pub fn is_envoy(self) -> bool {
+        !matches!(self, Self::Service | Self::Gateway | Self::Route)
+    }
+
+    pub fn type_url(self) -> &'static str {
+        match self {
+            Self::Cluster => "type.googleapis.com/envoy.config.cluster.v3.Cluster",
+            Self::ClusterLoadAssignment => "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment",
+            Self::Listener => "type.googleapis.com/envoy.config.listener.v3.Listener",
+            Self::RouteConfiguration => "type.googleapis.com/envoy.config.route.v3.RouteConfiguration",
+            Self::Secret => "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret",
+            Self::Service | Self::Gateway | Self::Route => "",
+        }
+    }
+
+    pub fn from_type_url(url: &str) -> Option<Self> {
+        ALL_KINDS.into_iter().find(|k| k.type_url() == url)
+    }
+
+    /// Listener and Cluster are wildcard types in xDS; the others are named.
+    pub fn is_wildcard(self) -> bool {
+        matches!(self, Self::Cluster | Self::Listener)
+    }
+}

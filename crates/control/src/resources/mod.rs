@@ -1,0 +1,14 @@
+//! The resources users manage and what they compile to: Envoy resources as
+//! documents, validated with the proxy's own loader before anything is stored
+//! or published, and the higher-level kinds (Service, Gateway, Route) that
+//! compile into them.
+
+pub mod certinfo;
+pub mod compile;
+pub mod diff;
+pub mod document;
+pub mod expand;
+pub mod kind;
+pub mod registered;
+pub mod resource;
+pub mod services;

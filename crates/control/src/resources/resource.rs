@@ -1,0 +1,42 @@
+//! A validated resource, ready to publish, and what is wrong with a document
+//! that is not one.
+
+use crate::resources::document::{Document, NodeSelector};
+use crate::resources::kind::Kind;
+use legate_api::pb::google::protobuf::Any;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// Resources by kind and name.
+pub type ResourceMap = BTreeMap<(Kind, String), Arc<Resource>>;
+
+/// A validated resource, ready to publish.
+#[derive(Debug, Clone)]
+pub struct Resource {
+    pub kind: Kind,
+    pub name: String,
+    pub nodes: NodeSelector,
+    pub doc: Document,
+    pub any: Any,
+    /// A content hash: the resource's xDS version.
+    pub version: String,
+}
+
+/// A problem with one document: which resource, where, and why.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct DocError {
+    pub resource: String,
+    pub path: String,
+    pub reason: String,
+}
+
+/// A stable 64-bit FNV-1a hash, hex: equal content, equal version, across restarts.
+pub fn content_hash(bytes: &[u8]) -> String {
+    let mut h: u64 = 0xcbf29ce484222325;
+    for b in bytes {
+        h ^= *b as u64;
+        h = h.wrapping_mul(0x100000001b3);
+    }
+    format!("{h:016x}")
+}

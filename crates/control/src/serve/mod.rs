@@ -1,0 +1,8 @@
+//! What the control plane serves: xDS (with CSDS) to the proxies, and the
+//! REST API with its dashboard to people and tools, optionally over TLS.
+
+pub mod api;
+pub mod auth;
+pub mod csds;
+pub mod tls;
+pub mod xds;

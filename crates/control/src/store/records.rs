@@ -1,0 +1,51 @@
+//! What the store keeps and reports, whichever backend: one change of a
+//! revision, a revision's summary, an audit entry, and what can go wrong.
+
+use crate::resources::document::Document;
+use crate::resources::kind::Kind;
+use serde::Serialize;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("store: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("store: etcd: {0}")]
+    Etcd(String),
+    #[error("revision {0} does not exist")]
+    NoRevision(u64),
+    #[error("store: corrupt document for {kind}/{name}: {reason}")]
+    Corrupt { kind: String, name: String, reason: String },
+    #[error("store: another writer committed first (expected revision {expected}, found {found})")]
+    Conflict { expected: u64, found: u64 },
+    #[error("--store: {0}")]
+    Spec(String),
+}
+
+/// One change inside a revision.
+#[derive(Debug, Clone)]
+pub enum Change {
+    Apply(Document),
+    Delete { kind: Kind, name: String },
+}
+
+/// One line of the audit log.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct AuditEntry {
+    pub at: String,
+    pub actor: String,
+    pub action: String,
+    pub target: String,
+    pub allowed: bool,
+    pub detail: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RevisionInfo {
+    pub revision: u64,
+    pub created_at: String,
+    pub author: String,
+    pub message: String,
+    pub changes: Vec<String>,
+}
