@@ -45,7 +45,7 @@ pub fn compile(doc: &Document) -> Result<Resource, Vec<DocError>> {
             .collect()
     };
     if !kind.is_envoy() {
-        return crate::resources::services::check(kind, doc).map_err(|errs| {
+        return crate::resources::mesh::check::check(kind, doc).map_err(|errs| {
             errs.into_iter().map(|(path, reason)| DocError { resource: label.clone(), path, reason }).collect()
         });
     }

@@ -5,8 +5,9 @@
 use crate::discovery::registry::Instance;
 use crate::resources::compile::compile;
 use crate::resources::kind::Kind;
+use crate::resources::mesh::generate::generate;
+use crate::resources::registered;
 use crate::resources::resource::{DocError, ResourceMap};
-use crate::resources::{registered, services};
 use std::sync::Arc;
 
 /// The Envoy resources that `resources` publish: explicit ones as they
@@ -14,7 +15,7 @@ use std::sync::Arc;
 /// ClusterLoadAssignment per registry service. An explicit resource wins
 /// over a generated one of the same name. Errors name the resource.
 pub fn expand(resources: &ResourceMap, instances: &[Instance]) -> Result<ResourceMap, Vec<DocError>> {
-    let (generated, problems) = services::generate(resources, instances);
+    let (generated, problems) = generate(resources, instances);
     let mut errors: Vec<DocError> =
         problems.into_iter().map(|(resource, path, reason)| DocError { resource, path, reason }).collect();
     let mut out = resources.clone();

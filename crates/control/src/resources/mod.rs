@@ -9,6 +9,6 @@ pub mod diff;
 pub mod document;
 pub mod expand;
 pub mod kind;
+pub mod mesh;
 pub mod registered;
 pub mod resource;
-pub mod services;

@@ -4,7 +4,8 @@
 //! next push.
 
 use crate::discovery::registry::Instance;
-use crate::resources::document::{Document, Metadata};
+use crate::resources::document::{Document, NodeSelector};
+use crate::resources::mesh::envoy::{document, lb_endpoint, load_assignment};
 use std::collections::BTreeMap;
 
 /// One ClusterLoadAssignment document per service with live instances.
@@ -16,17 +17,8 @@ pub fn assignments(instances: &[Instance]) -> Vec<Document> {
     by_service
         .into_iter()
         .map(|(svc, insts)| {
-            let eps: Vec<serde_json::Value> = insts
-                .iter()
-                .map(|i| {
-                    serde_json::json!({"endpoint": {"address": {"socket_address": {"address": i.address, "port_value": i.port}}}})
-                })
-                .collect();
-            Document {
-                kind: "ClusterLoadAssignment".into(),
-                metadata: Metadata { name: svc.to_string(), ..Default::default() },
-                spec: serde_json::json!({"cluster_name": svc, "endpoints": [{"lb_endpoints": eps}]}),
-            }
+            let endpoints = insts.iter().map(|i| lb_endpoint(&i.address, i.port)).collect();
+            document("ClusterLoadAssignment", svc, &NodeSelector::default(), load_assignment(svc, endpoints))
         })
         .collect()
 }

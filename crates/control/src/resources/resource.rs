@@ -40,3 +40,8 @@ pub fn content_hash(bytes: &[u8]) -> String {
     }
     format!("{h:016x}")
 }
+
+/// The resources of one kind, by name (in name order).
+pub fn of_kind(resources: &ResourceMap, kind: Kind) -> impl Iterator<Item = (&String, &Arc<Resource>)> {
+    resources.range((kind, String::new())..).take_while(move |((k, _), _)| *k == kind).map(|((_, name), r)| (name, r))
+}

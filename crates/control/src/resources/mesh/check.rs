@@ -1,0 +1,78 @@
+//! A Service, Gateway or Route document checked on its own (shape and
+//! values), before it is stored; its references are checked when everything
+//! is compiled together (`generate`).
+
+use crate::resources::document::Document;
+use crate::resources::kind::Kind;
+use crate::resources::mesh::spec::{parse, GatewaySpec, Problems, RouteKindSpec, RouteSpec, ServiceSpec};
+use crate::resources::resource::{content_hash, Resource};
+
+/// Checks a Service, Gateway or Route document on its own (shape and values).
+pub fn check(kind: Kind, doc: &Document) -> Result<Resource, Problems> {
+    let problems = match kind {
+        Kind::Service => check_service(&parse(doc)?),
+        Kind::Gateway => check_gateway(&parse(doc)?),
+        Kind::Route => check_route(&parse(doc)?),
+        _ => return Err(vec![("kind".into(), "not a higher-level kind".into())]),
+    };
+    if !problems.is_empty() {
+        return Err(problems);
+    }
+    let version = content_hash(serde_json::to_vec(&doc.spec).unwrap_or_default().as_slice());
+    Ok(Resource {
+        kind,
+        name: doc.metadata.name.clone(),
+        nodes: doc.metadata.nodes.clone(),
+        doc: doc.clone(),
+        any: Default::default(),
+        version,
+    })
+}
+
+fn check_service(s: &ServiceSpec) -> Problems {
+    let mut p = Vec::new();
+    if s.dns.is_some() && !s.endpoints.is_empty() {
+        p.push(("spec.dns".into(), "use either endpoints or dns, not both".into()));
+    }
+    for (i, e) in s.endpoints.iter().enumerate() {
+        if e.address.parse::<std::net::IpAddr>().is_err() {
+            p.push((format!("spec.endpoints[{i}].address"), format!("'{}' is not an IP address", e.address)));
+        }
+    }
+    p
+}
+
+fn check_gateway(g: &GatewaySpec) -> Problems {
+    let mut p = check_routes(&g.routes);
+    if g.tcp.is_some() && !g.routes.is_empty() {
+        p.push(("spec.tcp".into(), "a gateway has either routes or tcp, not both".into()));
+    }
+    if g.address.parse::<std::net::IpAddr>().is_err() {
+        p.push(("spec.address".into(), format!("'{}' is not an IP address", g.address)));
+    }
+    p
+}
+
+fn check_route(r: &RouteKindSpec) -> Problems {
+    let mut p = check_routes(&r.routes);
+    if r.hosts.is_empty() {
+        p.push(("spec.hosts".into(), "at least one host is required".into()));
+    }
+    p
+}
+
+fn check_routes(routes: &[RouteSpec]) -> Problems {
+    let mut p = Vec::new();
+    for (i, r) in routes.iter().enumerate() {
+        let actions =
+            [!r.to.is_empty(), r.redirect.is_some(), r.direct_response.is_some()].iter().filter(|x| **x).count();
+        if actions != 1 {
+            p.push((format!("spec.routes[{i}]"), "needs exactly one of to, redirect, direct_response".into()));
+        }
+        let m = &r.matches;
+        if [m.prefix.is_some(), m.path.is_some(), m.regex.is_some()].iter().filter(|x| **x).count() != 1 {
+            p.push((format!("spec.routes[{i}].match"), "needs exactly one of prefix, path, regex".into()));
+        }
+    }
+    p
+}

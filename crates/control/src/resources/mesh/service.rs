@@ -1,0 +1,151 @@
+//! `Service` to Envoy: a Cluster and, unless the service is found by DNS, a
+//! ClusterLoadAssignment of its endpoints (listed, or the registry's
+//! instances), plus one such pair per subset (`<service>.<subset>`).
+
+use crate::discovery::registry::Instance;
+use crate::resources::document::{Document, NodeSelector};
+use crate::resources::kind::Kind;
+use crate::resources::mesh::envoy::{ads, document, lb_endpoint, load_assignment};
+use crate::resources::mesh::spec::{specs, Lb, Protocol, RefProblems, ServiceSpec};
+use crate::resources::resource::ResourceMap;
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+
+/// Labels by name.
+type Labels = BTreeMap<String, String>;
+
+/// One endpoint of a service: address, port and labels.
+type Endpoint = (String, u16, Labels);
+
+/// Compiles every Service in `resources` into `out`; returns their specs by
+/// name, for the routes that refer to them.
+pub fn compile_services(
+    resources: &ResourceMap,
+    instances: &[Instance],
+    out: &mut Vec<Document>,
+    problems: &mut RefProblems,
+) -> BTreeMap<String, ServiceSpec> {
+    let mut services = BTreeMap::new();
+    for (name, r, s) in specs::<ServiceSpec>(resources, Kind::Service) {
+        let endpoints = endpoints(name, &s, instances);
+        if !s.endpoints.is_empty() {
+            check_subsets(name, &s, &endpoints, problems);
+        }
+        let subsets = s.subsets.iter().map(|(subset, labels)| (format!("{name}.{subset}"), Some(labels)));
+        for (cluster_name, selector) in std::iter::once((name.clone(), None)).chain(subsets) {
+            out.extend(cluster_documents(&s, &cluster_name, selector, &endpoints, &r.nodes));
+        }
+        services.insert(name.clone(), s);
+    }
+    services
+}
+
+/// The endpoints a service lists, or else the registry's instances of it.
+fn endpoints(name: &str, s: &ServiceSpec, instances: &[Instance]) -> Vec<Endpoint> {
+    if !s.endpoints.is_empty() {
+        s.endpoints.iter().map(|e| (e.address.clone(), e.port, e.labels.clone())).collect()
+    } else {
+        instances.iter().filter(|i| i.service == *name).map(|i| (i.address.clone(), i.port, i.labels.clone())).collect()
+    }
+}
+
+/// A subset that no listed endpoint belongs to is a mistake (registry
+/// instances come and go, so they are not held to this).
+fn check_subsets(name: &str, s: &ServiceSpec, endpoints: &[Endpoint], problems: &mut RefProblems) {
+    for (subset, labels) in &s.subsets {
+        if !endpoints.iter().any(|(_, _, l)| has_labels(l, labels)) {
+            problems.push((
+                format!("Service/{name}"),
+                format!("spec.subsets.{subset}"),
+                format!("no endpoint has the labels of subset '{subset}'"),
+            ));
+        }
+    }
+}
+
+fn has_labels(labels: &Labels, wanted: &Labels) -> bool {
+    wanted.iter().all(|(k, v)| labels.get(k) == Some(v))
+}
+
+/// The ClusterLoadAssignment (EDS services) and Cluster named `cluster_name`,
+/// for the endpoints `selector` picks (all when none).
+fn cluster_documents(
+    s: &ServiceSpec,
+    cluster_name: &str,
+    selector: Option<&Labels>,
+    endpoints: &[Endpoint],
+    nodes: &NodeSelector,
+) -> Vec<Document> {
+    let mut docs = Vec::new();
+    let mut cluster = cluster(s, cluster_name);
+    match &s.dns {
+        Some(d) => {
+            cluster["type"] = json!("STRICT_DNS");
+            cluster["load_assignment"] = load_assignment(cluster_name, vec![lb_endpoint(&d.hostname, d.port)]);
+        }
+        None => {
+            cluster["type"] = json!("EDS");
+            cluster["eds_cluster_config"] = json!({"eds_config": ads()});
+            let eps: Vec<Value> = endpoints
+                .iter()
+                .filter(|(_, _, labels)| selector.is_none_or(|sel| has_labels(labels, sel)))
+                .map(|(a, p, _)| lb_endpoint(a, *p))
+                .collect();
+            docs.push(document("ClusterLoadAssignment", cluster_name, nodes, load_assignment(cluster_name, eps)));
+        }
+    }
+    docs.push(document("Cluster", cluster_name, nodes, cluster));
+    docs
+}
+
+/// The cluster's own settings: timeout, balancing, resilience, protocol.
+fn cluster(s: &ServiceSpec, cluster_name: &str) -> Value {
+    let mut cluster = json!({
+        "name": cluster_name,
+        "connect_timeout": s.connect_timeout,
+        "lb_policy": lb_policy(s.lb),
+    });
+    resilience(s, &mut cluster);
+    if matches!(s.protocol, Protocol::Http2 | Protocol::Grpc) {
+        cluster["typed_extension_protocol_options"] = json!({
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                "explicit_http_config": {"http2_protocol_options": {}}
+            }
+        });
+    }
+    cluster
+}
+
+fn lb_policy(lb: Lb) -> &'static str {
+    match lb {
+        Lb::RoundRobin => "ROUND_ROBIN",
+        Lb::LeastRequest => "LEAST_REQUEST",
+        Lb::Random => "RANDOM",
+    }
+}
+
+/// The cluster fields for health checks, outlier detection and breakers.
+fn resilience(s: &ServiceSpec, cluster: &mut Value) {
+    if let Some(h) = &s.health_check {
+        let mut hc = json!({
+            "interval": h.interval,
+            "no_traffic_interval": h.interval,
+            "timeout": h.timeout,
+            "unhealthy_threshold": h.unhealthy_threshold,
+            "healthy_threshold": h.healthy_threshold,
+        });
+        match (&h.path, h.grpc) {
+            (Some(path), _) => hc["http_health_check"] = json!({"path": path}),
+            (None, true) => hc["grpc_health_check"] = json!({}),
+            (None, false) => hc["tcp_health_check"] = json!({}),
+        }
+        cluster["health_checks"] = json!([hc]);
+    }
+    if let Some(o) = &s.outlier_detection {
+        cluster["outlier_detection"] = serde_json::to_value(o).unwrap_or_else(|_| json!({}));
+    }
+    if let Some(b) = &s.circuit_breakers {
+        cluster["circuit_breakers"] = json!({"thresholds": [serde_json::to_value(b).unwrap_or_else(|_| json!({}))]});
+    }
+}
