@@ -49,7 +49,7 @@ pub async fn run(opts: Options) -> Result<(), ControlError> {
 
 /// Serves xDS and the API for an existing controller (the demo applies its
 /// example config first).
-pub async fn serve(ctrl: Arc<state::Controller>, opts: Options) -> Result<(), ControlError> {
+pub async fn serve(ctrl: Arc<state::controller::Controller>, opts: Options) -> Result<(), ControlError> {
     let xds_listener = tokio::net::TcpListener::bind(opts.xds_addr)
         .await
         .map_err(|source| ControlError::Bind { addr: opts.xds_addr, source })?;
@@ -108,11 +108,11 @@ pub async fn serve(ctrl: Arc<state::Controller>, opts: Options) -> Result<(), Co
 }
 
 /// Opens the SQLite store in `data_dir` and the controller on it.
-pub fn controller(data_dir: &std::path::Path) -> Result<Arc<state::Controller>, ControlError> {
-    Ok(state::Controller::open(store::Store::open(data_dir)?)?)
+pub fn controller(data_dir: &std::path::Path) -> Result<Arc<state::controller::Controller>, ControlError> {
+    Ok(state::controller::Controller::open(store::Store::open(data_dir)?)?)
 }
 
 /// Opens the store `spec` names and the controller on it.
-pub fn controller_on(spec: &store::StoreSpec) -> Result<Arc<state::Controller>, ControlError> {
-    Ok(state::Controller::open(store::Store::open_spec(spec)?)?)
+pub fn controller_on(spec: &store::StoreSpec) -> Result<Arc<state::controller::Controller>, ControlError> {
+    Ok(state::controller::Controller::open(store::Store::open_spec(spec)?)?)
 }

@@ -45,3 +45,16 @@ pub fn content_hash(bytes: &[u8]) -> String {
 pub fn of_kind(resources: &ResourceMap, kind: Kind) -> impl Iterator<Item = (&String, &Arc<Resource>)> {
     resources.range((kind, String::new())..).take_while(move |((k, _), _)| *k == kind).map(|((_, name), r)| (name, r))
 }
+
+impl Resource {
+    /// True when `other` would publish exactly what this does: the same
+    /// content to the same proxies.
+    pub fn publishes_same(&self, other: &Resource) -> bool {
+        self.version == other.version && self.nodes == other.nodes
+    }
+}
+
+/// The documents the resources were compiled from, in key order.
+pub fn documents(resources: &ResourceMap) -> Vec<Document> {
+    resources.values().map(|r| r.doc.clone()).collect()
+}

@@ -6,7 +6,9 @@ use crate::resources::certinfo;
 use crate::resources::document::{parse_documents, Document};
 use crate::resources::kind::Kind;
 use crate::serve::auth::{self, Actor, Role};
-use crate::state::{ApplyError, Controller};
+use crate::state::apply::ApplyError;
+use crate::state::controller::Controller;
+use crate::state::instances::RegistryOpError;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -269,7 +271,7 @@ async fn diff(State(ctrl): State<Arc<Controller>>, headers: HeaderMap, Query(q):
     authorize!(ctrl, headers, Role::Viewer, "read", "revisions");
     match ctrl.diff(q.from, q.to) {
         Ok(d) => Json(json!({"from": q.from, "to": q.to, "changes": d})).into_response(),
-        Err(e) => e.into_response(),
+        Err(e) => ApplyError::Store(e).into_response(),
     }
 }
 
@@ -372,12 +374,8 @@ async fn register_instance(
             let _ = ctrl.store().audit(&actor.name, "register", &format!("{svc}/{}", inst.id), true, "");
             Json(inst).into_response()
         }
-        Err(crate::state::RegistryOpError::Invalid(e)) => {
-            error(StatusCode::BAD_REQUEST, "invalid", e.to_string(), json!([]))
-        }
-        Err(crate::state::RegistryOpError::Store(e)) => {
-            error(StatusCode::INTERNAL_SERVER_ERROR, "store", e.to_string(), json!([]))
-        }
+        Err(RegistryOpError::Invalid(e)) => error(StatusCode::BAD_REQUEST, "invalid", e.to_string(), json!([])),
+        Err(RegistryOpError::Store(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, "store", e.to_string(), json!([])),
     }
 }
 

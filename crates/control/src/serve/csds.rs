@@ -2,7 +2,7 @@
 //! whether it ACKed or NACKed it, for standard tools.
 
 use crate::resources::kind::Kind;
-use crate::state::Controller;
+use crate::state::controller::Controller;
 use legate_api::pb::envoy::admin::v3::ClientResourceStatus;
 use legate_api::pb::envoy::r#type::matcher::v3::string_matcher::MatchPattern;
 use legate_api::pb::envoy::service::status::v3::{

@@ -10,7 +10,8 @@ use crate::discovery::fleet::Nack;
 use crate::discovery::node::NodeInfo;
 use crate::resources::kind::Kind;
 use crate::resources::resource::{content_hash, Resource};
-use crate::state::{ConfigState, Controller};
+use crate::state::config::ConfigState;
+use crate::state::controller::Controller;
 use legate_api::pb::envoy::service::discovery::v3::{
     aggregated_discovery_service_server::AggregatedDiscoveryService, DeltaDiscoveryRequest, DeltaDiscoveryResponse,
     DiscoveryRequest, DiscoveryResponse, Resource as DeltaResource,

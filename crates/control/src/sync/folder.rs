@@ -5,7 +5,8 @@
 
 use crate::resources::document::parse_documents;
 use crate::resources::kind::Kind;
-use crate::state::{ApplyError, Controller};
+use crate::state::apply::ApplyError;
+use crate::state::controller::Controller;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

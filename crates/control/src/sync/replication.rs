@@ -4,7 +4,7 @@
 //! expires registry instances whose heartbeats stopped.
 
 use crate::discovery::registry::{Instance, InstanceRecord};
-use crate::state::Controller;
+use crate::state::controller::Controller;
 use crate::store::etcd::{self, etcd_err, EtcdClient, LEADER_KEY, REGISTRY_PREFIX, REV_KEY};
 use crate::store::StoreError;
 use etcdv3client::pb;

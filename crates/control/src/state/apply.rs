@@ -1,0 +1,253 @@
+//! Changing the configuration: apply, delete and rollback each validate
+//! everything first (all or nothing), commit one revision, then publish it;
+//! a commit that another replica got in before is recomputed on its state.
+
+use crate::resources::compile::compile;
+use crate::resources::diff::{self, ResourceChange};
+use crate::resources::document::Document;
+use crate::resources::kind::Kind;
+use crate::resources::resource::{documents, DocError, Resource, ResourceMap};
+use crate::state::config::ConfigState;
+use crate::state::controller::Controller;
+use crate::store::{Change, StoreError};
+use serde::Serialize;
+use std::collections::HashSet;
+use std::sync::Arc;
+
+/// How often a change is recomputed when another replica committed first.
+const COMMIT_ATTEMPTS: usize = 5;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    #[error("invalid resources")]
+    Invalid(Vec<DocError>),
+    #[error("{0} not found")]
+    NotFound(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct ApplyOutcome {
+    /// The new revision, or none when nothing changed (or a dry run).
+    pub revision: Option<u64>,
+    pub created: Vec<String>,
+    pub updated: Vec<String>,
+    pub unchanged: Vec<String>,
+    pub deleted: Vec<String>,
+    pub dry_run: bool,
+    /// Field by field, what the change does.
+    pub diff: Vec<ResourceChange>,
+    /// Connected proxies (node ids) that receive something from the change.
+    pub proxies: Vec<String>,
+}
+
+impl Controller {
+    /// Validates every document (all or nothing), commits one revision, publishes.
+    pub fn apply(
+        &self,
+        docs: &[Document],
+        author: &str,
+        message: &str,
+        dry_run: bool,
+    ) -> Result<ApplyOutcome, ApplyError> {
+        self.apply_with_deletes(docs, &[], author, message, dry_run)
+    }
+
+    /// Like `apply`, with deletions in the same revision (a watched folder
+    /// that lost a resource).
+    pub fn apply_with_deletes(
+        &self,
+        docs: &[Document],
+        deletes: &[(Kind, String)],
+        author: &str,
+        message: &str,
+        dry_run: bool,
+    ) -> Result<ApplyOutcome, ApplyError> {
+        self.retrying(|| self.try_apply(docs, deletes, author, message, dry_run))
+    }
+
+    pub fn delete(&self, kind: Kind, name: &str, author: &str, message: &str) -> Result<ApplyOutcome, ApplyError> {
+        self.retrying(|| self.try_delete(kind, name, author, message))
+    }
+
+    /// A new revision whose state is revision `rev`'s.
+    pub fn rollback(&self, rev: u64, author: &str, message: &str) -> Result<ApplyOutcome, ApplyError> {
+        self.retrying(|| self.try_rollback(rev, author, message))
+    }
+
+    /// Runs `attempt` again after loading what another replica committed,
+    /// when that replica's commit got in first.
+    fn retrying<T>(&self, mut attempt: impl FnMut() -> Result<T, ApplyError>) -> Result<T, ApplyError> {
+        for _ in 1..COMMIT_ATTEMPTS {
+            match attempt() {
+                Err(ApplyError::Store(StoreError::Conflict { expected, found })) => {
+                    tracing::info!("revision {expected} was superseded by {found} from another replica; retrying");
+                    self.reload()?;
+                }
+                other => return other,
+            }
+        }
+        attempt()
+    }
+
+    fn try_apply(
+        &self,
+        docs: &[Document],
+        deletes: &[(Kind, String)],
+        author: &str,
+        message: &str,
+        dry_run: bool,
+    ) -> Result<ApplyOutcome, ApplyError> {
+        let compiled = compile_unique(docs)?;
+        let _guard = self.apply_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let current = self.stored();
+        let mut outcome = ApplyOutcome { dry_run, ..Default::default() };
+        let mut changes = Vec::new();
+        let mut next = current.resources.clone();
+        for r in compiled {
+            let label = format!("{}/{}", r.kind.name(), r.name);
+            match current.resources.get(&(r.kind, r.name.clone())) {
+                Some(old) if old.publishes_same(&r) => {
+                    outcome.unchanged.push(label);
+                    continue;
+                }
+                Some(_) => outcome.updated.push(label),
+                None => outcome.created.push(label),
+            }
+            changes.push(Change::Apply(r.doc.clone()));
+            next.insert((r.kind, r.name.clone()), Arc::new(r));
+        }
+        for (kind, name) in deletes {
+            if next.remove(&(*kind, name.clone())).is_some() {
+                outcome.deleted.push(format!("{}/{name}", kind.name()));
+                changes.push(Change::Delete { kind: *kind, name: name.clone() });
+            }
+        }
+        // References (a route to an unknown service, a subset that does not
+        // exist, two gateways on one address) and what Services and Gateways
+        // compile to are checked before anything is committed.
+        self.expand(&next).map_err(ApplyError::Invalid)?;
+        outcome.diff = diff::diff(&documents(&current.resources), &documents(&next));
+        outcome.proxies = self.affected(&current, &next);
+        if dry_run || changes.is_empty() {
+            return Ok(outcome);
+        }
+        let rev = self.store.commit(current.revision, author, message, &changes)?;
+        outcome.revision = Some(rev);
+        self.set_stored(ConfigState { revision: rev, resources: next });
+        Ok(outcome)
+    }
+
+    fn try_delete(&self, kind: Kind, name: &str, author: &str, message: &str) -> Result<ApplyOutcome, ApplyError> {
+        let _guard = self.apply_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let current = self.stored();
+        let key = (kind, name.to_string());
+        if !current.resources.contains_key(&key) {
+            return Err(ApplyError::NotFound(format!("{}/{name}", kind.name())));
+        }
+        let mut next = current.resources.clone();
+        next.remove(&key);
+        self.expand(&next).map_err(ApplyError::Invalid)?;
+        let rev =
+            self.store.commit(current.revision, author, message, &[Change::Delete { kind, name: name.to_string() }])?;
+        self.set_stored(ConfigState { revision: rev, resources: next });
+        Ok(ApplyOutcome {
+            revision: Some(rev),
+            deleted: vec![format!("{}/{name}", kind.name())],
+            diff: vec![ResourceChange {
+                resource: format!("{}/{name}", kind.name()),
+                change: "removed",
+                fields: vec![],
+            }],
+            ..Default::default()
+        })
+    }
+
+    fn try_rollback(&self, rev: u64, author: &str, message: &str) -> Result<ApplyOutcome, ApplyError> {
+        let target = self.store.state_at(rev)?;
+        let (compiled, errors) = compile_each(&target);
+        if !errors.is_empty() {
+            return Err(ApplyError::Invalid(errors));
+        }
+        let compiled: ResourceMap = compiled.into_iter().map(|r| ((r.kind, r.name.clone()), Arc::new(r))).collect();
+        let _guard = self.apply_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let current = self.stored();
+        let mut changes = Vec::new();
+        for (k, r) in &compiled {
+            if current.resources.get(k).is_none_or(|old| !old.publishes_same(r)) {
+                changes.push(Change::Apply(r.doc.clone()));
+            }
+        }
+        for (kind, name) in current.resources.keys() {
+            if !compiled.contains_key(&(*kind, name.clone())) {
+                changes.push(Change::Delete { kind: *kind, name: name.clone() });
+            }
+        }
+        let diff = diff::diff(&documents(&current.resources), &target);
+        let proxies = self.affected(&current, &compiled);
+        let message = if message.is_empty() { format!("rollback to revision {rev}") } else { message.to_string() };
+        let revision = if changes.is_empty() {
+            None
+        } else {
+            let n = self.store.commit(current.revision, author, &message, &changes)?;
+            self.set_stored(ConfigState { revision: n, resources: compiled });
+            Some(n)
+        };
+        Ok(ApplyOutcome { revision, diff, proxies, ..Default::default() })
+    }
+
+    /// Connected proxies that receive something different in `next`.
+    fn affected(&self, current: &ConfigState, next: &ResourceMap) -> Vec<String> {
+        let changed: Vec<&Arc<Resource>> = next
+            .iter()
+            .filter(|(k, r)| current.resources.get(*k).is_none_or(|old| !old.publishes_same(r)))
+            .map(|(_, r)| r)
+            .chain(current.resources.iter().filter(|(k, _)| !next.contains_key(*k)).map(|(_, r)| r))
+            .collect();
+        let mut ids: Vec<String> = self
+            .fleet
+            .list()
+            .into_iter()
+            .filter(|p| changed.iter().any(|r| r.nodes.matches(&p.node)))
+            .map(|p| p.node.id)
+            .collect();
+        ids.sort();
+        ids.dedup();
+        ids
+    }
+}
+
+/// Compiles every document: the resources that compiled, and the problems
+/// of those that did not.
+fn compile_each(docs: &[Document]) -> (Vec<Resource>, Vec<DocError>) {
+    let mut compiled = Vec::new();
+    let mut errors = Vec::new();
+    for d in docs {
+        match compile(d) {
+            Ok(r) => compiled.push(r),
+            Err(e) => errors.extend(e),
+        }
+    }
+    (compiled, errors)
+}
+
+/// Compiles the documents of one apply, where a resource may appear once.
+fn compile_unique(docs: &[Document]) -> Result<Vec<Resource>, ApplyError> {
+    let (compiled, mut errors) = compile_each(docs);
+    let mut seen = HashSet::new();
+    for r in &compiled {
+        if !seen.insert((r.kind, r.name.clone())) {
+            errors.push(DocError {
+                resource: format!("{}/{}", r.kind.name(), r.name),
+                path: "metadata.name".into(),
+                reason: "appears twice in one apply".into(),
+            });
+        }
+    }
+    if errors.is_empty() {
+        Ok(compiled)
+    } else {
+        Err(ApplyError::Invalid(errors))
+    }
+}
