@@ -87,7 +87,7 @@ pub async fn serve(ctrl: Arc<state::controller::Controller>, opts: Options) -> R
         Some(files) => Some(serve::tls::xds_config(files).map_err(ControlError::Tls)?),
         None => None,
     };
-    let xds = serve::xds::serve(ctrl.clone(), xds_listener, xds_tls);
+    let xds = serve::xds::server::serve(ctrl.clone(), xds_listener, xds_tls);
     match &opts.tls {
         Some(files) => {
             let cfg = serve::tls::api_config(files).map_err(ControlError::Tls)?;

@@ -15,7 +15,11 @@ pub struct ConfigState {
 
 impl ConfigState {
     /// The resources of `kind` that `node` receives.
-    pub fn for_node<'a>(&'a self, kind: Kind, node: &'a NodeInfo) -> impl Iterator<Item = &'a Arc<Resource>> + 'a {
+    pub fn for_node<'a, 'n>(
+        &'a self,
+        kind: Kind,
+        node: &'n NodeInfo,
+    ) -> impl Iterator<Item = &'a Arc<Resource>> + use<'a, 'n> {
         of_kind(&self.resources, kind).map(|(_, r)| r).filter(move |r| r.nodes.matches(node))
     }
 }

@@ -1,0 +1,11 @@
+//! The xDS server: ADS and the per-type services, state of the world and delta.
+//!
+//! Each stream is one task. It holds what it sent per type (version, nonce,
+//! per-resource versions for delta) and wakes on two things: a request from the
+//! proxy (subscription, ACK, NACK) and a new published revision. Pushes go out
+//! in make-before-break order: secrets, clusters, endpoints, listeners, routes.
+
+pub mod delta;
+pub mod server;
+pub mod sotw;
+pub mod stream;

@@ -1,0 +1,185 @@
+//! The gRPC services: ADS and the per-type discovery services (each a stream
+//! of one session kind, plus the unary Fetch calls), with CSDS beside them on
+//! one listener.
+
+use crate::discovery::node::NodeInfo;
+use crate::resources::kind::Kind;
+use crate::serve::csds::Csds;
+use crate::serve::xds::delta::DeltaSession;
+use crate::serve::xds::sotw::SotwSession;
+use crate::serve::xds::stream::{select, serve_stream, set_version};
+use crate::state::controller::Controller;
+use legate_api::pb::envoy::service::discovery::v3::{
+    aggregated_discovery_service_server::AggregatedDiscoveryService, DeltaDiscoveryRequest, DeltaDiscoveryResponse,
+    DiscoveryRequest, DiscoveryResponse,
+};
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+#[derive(Clone)]
+pub struct XdsServer {
+    ctrl: Arc<Controller>,
+}
+
+impl XdsServer {
+    pub fn new(ctrl: Arc<Controller>) -> Self {
+        Self { ctrl }
+    }
+}
+
+type SotwStream = ReceiverStream<Result<DiscoveryResponse, Status>>;
+type DeltaStream = ReceiverStream<Result<DeltaDiscoveryResponse, Status>>;
+
+fn start_sotw(ctrl: &Arc<Controller>, req: Request<Streaming<DiscoveryRequest>>) -> Response<SotwStream> {
+    let (tx, rx) = mpsc::channel(16);
+    tokio::spawn(serve_stream(ctrl.clone(), req.into_inner(), SotwSession::new(ctrl.clone(), tx)));
+    Response::new(ReceiverStream::new(rx))
+}
+
+fn start_delta(ctrl: &Arc<Controller>, req: Request<Streaming<DeltaDiscoveryRequest>>) -> Response<DeltaStream> {
+    let (tx, rx) = mpsc::channel(16);
+    tokio::spawn(serve_stream(ctrl.clone(), req.into_inner(), DeltaSession::new(ctrl.clone(), tx)));
+    Response::new(ReceiverStream::new(rx))
+}
+
+/// The unary Fetch* calls: everything of one type the node receives, now.
+fn fetch(ctrl: &Arc<Controller>, kind: Kind, req: DiscoveryRequest) -> Result<Response<DiscoveryResponse>, Status> {
+    let node = req.node.as_ref().map(NodeInfo::from_node).unwrap_or_default();
+    let state = ctrl.current();
+    let names: Option<BTreeSet<String>> =
+        if req.resource_names.is_empty() { None } else { Some(req.resource_names.iter().cloned().collect()) };
+    let resources = select(&state, kind, &node, names.as_ref());
+    Ok(Response::new(DiscoveryResponse {
+        version_info: set_version(&resources),
+        resources: resources.iter().map(|r| r.any.clone()).collect(),
+        type_url: kind.type_url().to_string(),
+        ..Default::default()
+    }))
+}
+
+#[tonic::async_trait]
+impl AggregatedDiscoveryService for XdsServer {
+    type StreamAggregatedResourcesStream = SotwStream;
+    type DeltaAggregatedResourcesStream = DeltaStream;
+
+    async fn stream_aggregated_resources(
+        &self,
+        req: Request<Streaming<DiscoveryRequest>>,
+    ) -> Result<Response<SotwStream>, Status> {
+        Ok(start_sotw(&self.ctrl, req))
+    }
+
+    async fn delta_aggregated_resources(
+        &self,
+        req: Request<Streaming<DeltaDiscoveryRequest>>,
+    ) -> Result<Response<DeltaStream>, Status> {
+        Ok(start_delta(&self.ctrl, req))
+    }
+}
+
+/// The non-aggregated services share the stream code: a stream only ever asks
+/// for its own type.
+macro_rules! per_type_service {
+    ($trait:path, $kind:expr, $sotw_ty:ident, $sotw:ident, $delta_ty:ident, $delta:ident, $fetch:ident) => {
+        #[tonic::async_trait]
+        impl $trait for XdsServer {
+            type $sotw_ty = SotwStream;
+            type $delta_ty = DeltaStream;
+            async fn $sotw(&self, req: Request<Streaming<DiscoveryRequest>>) -> Result<Response<SotwStream>, Status> {
+                Ok(start_sotw(&self.ctrl, req))
+            }
+            async fn $delta(
+                &self,
+                req: Request<Streaming<DeltaDiscoveryRequest>>,
+            ) -> Result<Response<DeltaStream>, Status> {
+                Ok(start_delta(&self.ctrl, req))
+            }
+            async fn $fetch(&self, req: Request<DiscoveryRequest>) -> Result<Response<DiscoveryResponse>, Status> {
+                fetch(&self.ctrl, $kind, req.into_inner())
+            }
+        }
+    };
+}
+
+use legate_api::pb::envoy::service;
+per_type_service!(
+    service::cluster::v3::cluster_discovery_service_server::ClusterDiscoveryService,
+    Kind::Cluster,
+    StreamClustersStream,
+    stream_clusters,
+    DeltaClustersStream,
+    delta_clusters,
+    fetch_clusters
+);
+per_type_service!(
+    service::listener::v3::listener_discovery_service_server::ListenerDiscoveryService,
+    Kind::Listener,
+    StreamListenersStream,
+    stream_listeners,
+    DeltaListenersStream,
+    delta_listeners,
+    fetch_listeners
+);
+per_type_service!(
+    service::route::v3::route_discovery_service_server::RouteDiscoveryService,
+    Kind::RouteConfiguration,
+    StreamRoutesStream,
+    stream_routes,
+    DeltaRoutesStream,
+    delta_routes,
+    fetch_routes
+);
+per_type_service!(
+    service::endpoint::v3::endpoint_discovery_service_server::EndpointDiscoveryService,
+    Kind::ClusterLoadAssignment,
+    StreamEndpointsStream,
+    stream_endpoints,
+    DeltaEndpointsStream,
+    delta_endpoints,
+    fetch_endpoints
+);
+per_type_service!(
+    service::secret::v3::secret_discovery_service_server::SecretDiscoveryService,
+    Kind::Secret,
+    StreamSecretsStream,
+    stream_secrets,
+    DeltaSecretsStream,
+    delta_secrets,
+    fetch_secrets
+);
+
+/// Serves every xDS service on `addr` until the future is dropped.
+pub async fn serve(
+    ctrl: Arc<Controller>,
+    listener: tokio::net::TcpListener,
+    tls: Option<tonic::transport::ServerTlsConfig>,
+) -> Result<(), tonic::transport::Error> {
+    use service::cluster::v3::cluster_discovery_service_server::ClusterDiscoveryServiceServer;
+    use service::discovery::v3::aggregated_discovery_service_server::AggregatedDiscoveryServiceServer;
+    use service::endpoint::v3::endpoint_discovery_service_server::EndpointDiscoveryServiceServer;
+    use service::listener::v3::listener_discovery_service_server::ListenerDiscoveryServiceServer;
+    use service::route::v3::route_discovery_service_server::RouteDiscoveryServiceServer;
+    use service::secret::v3::secret_discovery_service_server::SecretDiscoveryServiceServer;
+    use service::status::v3::client_status_discovery_service_server::ClientStatusDiscoveryServiceServer;
+    let csds = Csds::new(ctrl.clone());
+    let server = XdsServer::new(ctrl);
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(cfg) = tls {
+        builder = builder.tls_config(cfg)?;
+    }
+    builder
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .add_service(AggregatedDiscoveryServiceServer::new(server.clone()))
+        .add_service(ClusterDiscoveryServiceServer::new(server.clone()))
+        .add_service(ListenerDiscoveryServiceServer::new(server.clone()))
+        .add_service(RouteDiscoveryServiceServer::new(server.clone()))
+        .add_service(EndpointDiscoveryServiceServer::new(server.clone()))
+        .add_service(SecretDiscoveryServiceServer::new(server))
+        .add_service(ClientStatusDiscoveryServiceServer::new(csds))
+        .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+        .await
+}
