@@ -1,6 +1,7 @@
 //! Client Status Discovery Service: what each connected proxy was sent, and
 //! whether it ACKed or NACKed it, for standard tools.
 
+use crate::discovery::fleet::TypeStatus;
 use crate::resources::kind::Kind;
 use crate::state::controller::Controller;
 use legate_api::pb::envoy::admin::v3::ClientResourceStatus;
@@ -42,7 +43,7 @@ impl Csds {
             let mut generic = Vec::new();
             for (kind_name, t) in &p.types {
                 let Some(kind) = Kind::parse(kind_name) else { continue };
-                let nacked = t.last_nack.is_some() && t.acked_version != t.sent_version;
+                let (config_status, client_status) = statuses(t);
                 for name in &t.names {
                     let resource = state.resources.get(&(kind, name.clone()));
                     generic.push(GenericXdsConfig {
@@ -50,20 +51,8 @@ impl Csds {
                         name: name.clone(),
                         version_info: t.sent_version.clone(),
                         xds_config: if req.exclude_resource_contents { None } else { resource.map(|r| r.any.clone()) },
-                        config_status: if nacked {
-                            ConfigStatus::Error as i32
-                        } else if t.acked_version == t.sent_version {
-                            ConfigStatus::Synced as i32
-                        } else {
-                            ConfigStatus::Stale as i32
-                        },
-                        client_status: if nacked {
-                            ClientResourceStatus::Nacked as i32
-                        } else if t.acked_version == t.sent_version {
-                            ClientResourceStatus::Acked as i32
-                        } else {
-                            ClientResourceStatus::Requested as i32
-                        },
+                        config_status: config_status as i32,
+                        client_status: client_status as i32,
                         ..Default::default()
                     });
                 }
@@ -71,6 +60,18 @@ impl Csds {
             config.push(ClientConfig { node: p.raw_node.clone(), generic_xds_configs: generic, ..Default::default() });
         }
         ClientStatusResponse { config }
+    }
+}
+
+/// Where a type stands on one proxy: NACKed (an error), ACKed at the version
+/// sent (synced), or sent and not yet answered (stale, requested).
+fn statuses(t: &TypeStatus) -> (ConfigStatus, ClientResourceStatus) {
+    if t.last_nack.is_some() && t.acked_version != t.sent_version {
+        (ConfigStatus::Error, ClientResourceStatus::Nacked)
+    } else if t.acked_version == t.sent_version {
+        (ConfigStatus::Synced, ClientResourceStatus::Acked)
+    } else {
+        (ConfigStatus::Stale, ClientResourceStatus::Requested)
     }
 }
 

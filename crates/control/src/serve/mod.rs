@@ -2,7 +2,6 @@
 //! REST API with its dashboard to people and tools, optionally over TLS.
 
 pub mod api;
-pub mod auth;
 pub mod csds;
 pub mod tls;
 pub mod xds;

@@ -1,0 +1,66 @@
+//! Who is calling, and whether their role allows what they ask: a bearer
+//! token checked against the store (open until the first token exists).
+//! Denied changes are audited.
+
+use crate::serve::api::auth::{self, Actor, Role};
+use crate::serve::api::reply::{error, store_error};
+use crate::state::controller::Controller;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use serde_json::json;
+
+/// Who is calling, if allowed `need`. Denials of changes are audited.
+pub fn check(
+    ctrl: &Controller,
+    headers: &HeaderMap,
+    need: Role,
+    action: &str,
+    target: &str,
+) -> Result<Actor, Box<Response>> {
+    let store = ctrl.store();
+    let open = store.token_count().map_err(|e| Box::new(store_error(e)))? == 0;
+    if open {
+        return Ok(Actor { name: "anonymous".into(), role: Role::Admin });
+    }
+    let presented = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    let deny = |status: StatusCode, code: &str, msg: &str, who: &str| {
+        if need > Role::Viewer {
+            let _ = store.audit(who, action, target, false, msg);
+        }
+        Box::new(error(status, code, msg, json!([])))
+    };
+    let Some(token) = presented else {
+        return Err(deny(
+            StatusCode::UNAUTHORIZED,
+            "unauthenticated",
+            "a token is required (Authorization: Bearer ...)",
+            "-",
+        ));
+    };
+    let Some((id, secret)) = auth::parse_token(token) else {
+        return Err(deny(StatusCode::UNAUTHORIZED, "unauthenticated", "malformed token", "-"));
+    };
+    let found = store.token(id).map_err(|e| Box::new(store_error(e)))?;
+    let Some((name, role, _)) = found.filter(|(_, _, h)| auth::same_digest(h, &auth::hash_secret(secret))) else {
+        return Err(deny(StatusCode::UNAUTHORIZED, "unauthenticated", "unknown or revoked token", "-"));
+    };
+    let role = Role::parse(&role).unwrap_or(Role::Viewer);
+    if role < need {
+        return Err(deny(StatusCode::FORBIDDEN, "forbidden", &format!("role {} may not {action}", role.name()), &name));
+    }
+    Ok(Actor { name, role })
+}
+
+macro_rules! authorize {
+    ($ctrl:expr, $headers:expr, $need:expr, $action:expr, $target:expr) => {
+        match $crate::serve::api::access::check(&$ctrl, &$headers, $need, $action, $target) {
+            Ok(a) => a,
+            Err(r) => return *r,
+        }
+    };
+}
+pub(crate) use authorize;

@@ -1,0 +1,59 @@
+//! The REST API under `/v1`: JSON in and out, errors as `{code, message, errors}`.
+//! Every call is authorized by role (see `auth`); every change, and every
+//! denied call, lands in the audit log with who made it.
+
+mod access;
+mod admin;
+pub mod auth;
+mod instances;
+mod reply;
+mod resources;
+mod revisions;
+mod status;
+
+use crate::state::controller::Controller;
+use admin::{audit_log, create_token, list_tokens, revoke_token};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post, put};
+use axum::Router;
+use instances::{deregister_instance, heartbeat, list_instances, register_instance};
+use resources::{apply, delete_one, envoy_resources, get_one, list, list_kind};
+use revisions::{diff, revisions, rollback};
+use status::{proxies, replica};
+use std::sync::Arc;
+
+pub fn router(ctrl: Arc<Controller>) -> Router {
+    Router::new()
+        .route("/", get(dashboard))
+        .route("/ui", get(dashboard))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/v1/openapi.json", get(openapi))
+        .route("/v1/apply", post(apply))
+        .route("/v1/resources", get(list))
+        .route("/v1/resources/{kind}", get(list_kind))
+        .route("/v1/resources/{kind}/{name}", get(get_one))
+        .route("/v1/resources/{kind}/{name}", delete(delete_one))
+        .route("/v1/proxies", get(proxies))
+        .route("/v1/revisions", get(revisions))
+        .route("/v1/diff", get(diff))
+        .route("/v1/rollback", post(rollback))
+        .route("/v1/tokens", get(list_tokens).post(create_token))
+        .route("/v1/tokens/{id}", delete(revoke_token))
+        .route("/v1/audit", get(audit_log))
+        .route("/v1/instances", get(list_instances))
+        .route("/v1/replica", get(replica))
+        .route("/v1/envoy/{kind}", get(envoy_resources))
+        .route("/v1/services/{svc}/instances", post(register_instance))
+        .route("/v1/services/{svc}/instances/{id}", delete(deregister_instance))
+        .route("/v1/services/{svc}/instances/{id}/heartbeat", put(heartbeat))
+        .with_state(ctrl)
+}
+
+/// The dashboard: one page that reads the API below.
+async fn dashboard() -> axum::response::Html<&'static str> {
+    axum::response::Html(include_str!("ui/index.html"))
+}
+
+async fn openapi() -> Response {
+    ([(axum::http::header::CONTENT_TYPE, "application/json")], include_str!("openapi.json")).into_response()
+}
