@@ -10,6 +10,7 @@
 //! - [`support`]: what Legate implements, so that nothing is silently ignored.
 
 pub mod any;
+pub mod duration;
 pub mod error;
 pub mod lenient;
 pub mod load;

@@ -76,6 +76,7 @@ fn file_sink(path: &str) -> Result<Arc<Sink>, String> {
     Ok(s)
 }
 
+#[allow(deprecated)] // Envoy still accepts this deprecated field, so Legate reads it.
 fn compile_format(f: Option<&SubstitutionFormatString>) -> Result<Line, String> {
     let Some(f) = f else { return Ok(Line::Text(Format::parse(DEFAULT_ACCESS_LOG_FORMAT)?)) };
     if !f.formatters.is_empty() {
@@ -116,6 +117,7 @@ fn compile_struct(s: &legate_api::pb::google::protobuf::Struct) -> Result<Vec<(S
 }
 
 impl AccessLogger {
+    #[allow(deprecated)] // Envoy still accepts this deprecated field, so Legate reads it.
     pub fn compile(a: &AccessLog) -> Result<Self, String> {
         if a.filter.is_some() {
             return Err("filter: access log filters are not supported".into());

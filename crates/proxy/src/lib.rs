@@ -7,10 +7,6 @@
 //! `tls` builds TLS contexts from config and secrets; `stats` speaks Envoy's
 //! stat names. `docs/ARCHITECTURE.md` draws the map.
 
-// Envoy still accepts its deprecated fields (and so must we), so reading them is
-// deliberate.
-#![allow(deprecated)]
-
 pub mod access_log;
 pub mod body;
 pub mod common;

@@ -114,6 +114,7 @@ pub struct HeaderMatch {
 }
 
 impl HeaderMatch {
+    #[allow(deprecated)] // Envoy still accepts this deprecated field, so Legate reads it.
     pub fn new(m: &HeaderMatcher) -> Result<Self, String> {
         let lower = m.name.to_ascii_lowercase();
         let name = match lower.as_str() {
@@ -205,6 +206,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(deprecated)] // Envoy still accepts this deprecated field, so Legate reads it.
     fn header_matchers() {
         let mut h = http::HeaderMap::new();
         h.insert("x-a", "hello".parse().unwrap());

@@ -17,10 +17,7 @@ pub struct TokenBucket {
 impl TokenBucket {
     /// `path` names the field in errors.
     pub fn compile(tb: &PbTokenBucket, path: &str) -> Result<Self, String> {
-        let interval = tb
-            .fill_interval
-            .as_ref()
-            .map_or(Duration::ZERO, |d| Duration::new(d.seconds.max(0) as u64, d.nanos.max(0) as u32));
+        let interval = tb.fill_interval.as_ref().map_or(Duration::ZERO, legate_api::duration::from_pb);
         if interval.is_zero() {
             return Err(format!("{path}.fill_interval must be greater than 0"));
         }

@@ -326,10 +326,6 @@ impl Xfcc {
         HeaderValue::from_str(&parts.join(";")).unwrap_or_else(|_| HeaderValue::from_static(""))
     }
 }
-fn dur(d: &legate_api::pb::google::protobuf::Duration) -> Duration {
-    Duration::new(d.seconds.max(0) as u64, d.nanos.max(0) as u32)
-}
-
 impl Hcm {
     pub fn compile(c: &HttpConnectionManager, ctx: &crate::http::route::rds::CompileContext) -> Result<Self, String> {
         let store = &ctx.store;
@@ -399,16 +395,20 @@ impl Hcm {
             server_transformation: ServerHeaderTransformation::try_from(c.server_header_transformation)
                 .unwrap_or(ServerHeaderTransformation::Overwrite),
             access_logs,
-            request_timeout: c.request_timeout.as_ref().map(dur).filter(|d| !d.is_zero()),
+            request_timeout: c.request_timeout.as_ref().map(legate_api::duration::from_pb).filter(|d| !d.is_zero()),
             stream_idle_timeout: match &c.stream_idle_timeout {
-                Some(d) => Some(dur(d)).filter(|d| !d.is_zero()),
+                Some(d) => Some(legate_api::duration::from_pb(d)).filter(|d| !d.is_zero()),
                 None => Some(Duration::from_secs(300)),
             },
             idle_timeout: match c.common_http_protocol_options.as_ref().and_then(|o| o.idle_timeout.as_ref()) {
-                Some(d) => Some(dur(d)).filter(|d| !d.is_zero()),
+                Some(d) => Some(legate_api::duration::from_pb(d)).filter(|d| !d.is_zero()),
                 None => Some(Duration::from_secs(3600)),
             },
-            request_headers_timeout: c.request_headers_timeout.as_ref().map(dur).filter(|d| !d.is_zero()),
+            request_headers_timeout: c
+                .request_headers_timeout
+                .as_ref()
+                .map(legate_api::duration::from_pb)
+                .filter(|d| !d.is_zero()),
             internal_ranges: match &c.internal_address_config {
                 Some(cfg) => cfg
                     .cidr_ranges

@@ -29,6 +29,7 @@ pub struct HeaderMutations {
 }
 
 impl HeaderMutations {
+    #[allow(deprecated)] // Envoy still accepts this deprecated field, so Legate reads it.
     pub fn new(add: &[HeaderValueOption], remove: &[String]) -> Result<Self, String> {
         let remove = remove
             .iter()

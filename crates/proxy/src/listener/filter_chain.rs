@@ -201,10 +201,6 @@ impl Selector {
         Ok(Self { matches })
     }
 
-    pub fn needs_tls_facts(&self) -> bool {
-        self.matches.iter().any(ChainMatch::uses_tls_facts)
-    }
-
     /// The index of the chain for a connection, or `None`.
     pub fn select(&self, facts: &ConnFacts<'_>) -> Option<usize> {
         let mut candidates: Vec<usize> = (0..self.matches.len()).collect();

@@ -91,7 +91,7 @@ pub fn ads_config(b: &Bootstrap) -> Result<Option<AdsConfig>, String> {
         .cds_config
         .as_ref()
         .and_then(|c| c.initial_fetch_timeout.as_ref())
-        .map_or(Duration::from_secs(15), |d| Duration::new(d.seconds.max(0) as u64, d.nanos.max(0) as u32));
+        .map_or(Duration::from_secs(15), legate_api::duration::from_pb);
     Ok(Some(AdsConfig {
         delta,
         cluster,

@@ -199,10 +199,7 @@ impl SecretManager {
         if let Some(slot) = dynamic.get(&key).and_then(Weak::upgrade) {
             return Ok(slot);
         }
-        let timeout = cs
-            .initial_fetch_timeout
-            .as_ref()
-            .map_or(Duration::from_secs(15), |d| Duration::new(d.seconds.max(0) as u64, d.nanos.max(0) as u32));
+        let timeout = cs.initial_fetch_timeout.as_ref().map_or(Duration::from_secs(15), legate_api::duration::from_pb);
         let slot = Arc::new(SecretSlot::new(&cfg.name, source.clone(), timeout));
         if let Some(store) = &self.stats {
             // Envoy creates a subscription's counters with it.
@@ -355,6 +352,7 @@ impl SecretManager {
     }
 }
 
+#[allow(deprecated)] // Envoy still accepts this deprecated field, so Legate reads it.
 fn source_of(cs: &ConfigSource) -> Result<Source, SdsError> {
     match &cs.config_source_specifier {
         Some(ConfigSourceSpecifier::Ads(_)) => Ok(Source::Ads),
@@ -474,6 +472,7 @@ mod tests {
         d
     }
 
+    #[allow(deprecated)] // Envoy still accepts this deprecated field, so Legate reads it.
     fn file_cfg(name: &str, path: &Path) -> SdsSecretConfig {
         SdsSecretConfig {
             name: name.into(),

@@ -1,6 +1,5 @@
 //! Clusters: their hosts (static or from DNS), load balancing, and stats.
 
-use crate::body::ProxyBody;
 use crate::stats::{Counter, Gauge, Histogram, Store};
 use arc_swap::ArcSwap;
 use legate_api::pb::envoy::config::cluster::v3::{cluster, Cluster as PbCluster};
@@ -164,7 +163,7 @@ impl SlowStart {
         aggression: Option<&legate_api::pb::envoy::config::core::v3::RuntimeDouble>,
         min_weight: Option<&legate_api::pb::envoy::r#type::v3::Percent>,
     ) -> Option<Self> {
-        let window_ms = window.map_or(0, |d| (d.seconds.max(0) as u64) * 1000 + (d.nanos.max(0) as u64) / 1_000_000);
+        let window_ms = window.map_or(0, |d| legate_api::duration::from_pb(d).as_millis() as u64);
         let aggression = aggression.map_or(1.0, |a| a.default_value);
         Some(Self {
             window_ms,
@@ -609,11 +608,10 @@ pub struct Cluster {
     pub config: PbCluster,
 }
 
-fn duration(d: &Option<legate_api::pb::google::protobuf::Duration>, default: Duration) -> Duration {
-    d.as_ref().map_or(default, |d| Duration::new(d.seconds.max(0) as u64, d.nanos.max(0) as u32))
-}
-
 impl Cluster {
+    // Envoy still accepts the deprecated cluster-level protocol fields
+    // (http2_protocol_options, dns_refresh_rate, ...), so Legate reads them.
+    #[allow(deprecated)]
     pub fn compile(
         c: &PbCluster,
         store: &Arc<Store>,
@@ -636,9 +634,7 @@ impl Cluster {
         let mut http2 = c.http2_protocol_options.is_some();
         // The deprecated cluster-level fields first; the protocol options
         // extension, when present, wins.
-        #[allow(deprecated)]
         let mut common = c.common_http_protocol_options;
-        #[allow(deprecated)]
         let legacy_max_requests = c.max_requests_per_connection.map(|v| v.value);
         if let Some(any) = c.typed_extension_protocol_options.get(HTTP_PROTOCOL_OPTIONS) {
             let opts: HttpProtocolOptions = legate_api::any::unpack(any)?;
@@ -661,7 +657,7 @@ impl Cluster {
             let common = common.as_ref();
             crate::upstream::pool::ConnOptions {
                 idle_timeout: match common.and_then(|o| o.idle_timeout.as_ref()) {
-                    Some(t) => Some(duration(&Some(*t), Duration::ZERO)).filter(|t| !t.is_zero()),
+                    Some(t) => Some(legate_api::duration::from_pb(t)).filter(|t| !t.is_zero()),
                     None => d.idle_timeout,
                 },
                 max_requests: common
@@ -670,7 +666,7 @@ impl Cluster {
                     .filter(|n| *n > 0),
                 max_stream_duration: common
                     .and_then(|o| o.max_stream_duration.as_ref())
-                    .map(|t| duration(&Some(*t), Duration::ZERO))
+                    .map(legate_api::duration::from_pb)
                     .filter(|t| !t.is_zero()),
             }
         };
@@ -756,7 +752,7 @@ impl Cluster {
             lb_policy,
             lb_params,
             hosts: ArcSwap::from_pointee(set),
-            connect_timeout: duration(&c.connect_timeout, Duration::from_secs(5)),
+            connect_timeout: legate_api::duration::or(c.connect_timeout.as_ref(), Duration::from_secs(5)),
             http2,
             tls,
             breakers: crate::upstream::breakers::CircuitBreakers::compile(c.circuit_breakers.as_ref(), store, &c.name),
@@ -765,7 +761,7 @@ impl Cluster {
             conn_options,
             lb: (0..=workers).map(|_| Mutex::new(WorkerLb::default())).collect(),
             dns_targets,
-            dns_refresh: duration(&c.dns_refresh_rate, Duration::from_secs(5)),
+            dns_refresh: legate_api::duration::or(c.dns_refresh_rate.as_ref(), Duration::from_secs(5)),
             dns_family: c.dns_lookup_family,
             eds_service_name,
             config: c.clone(),
@@ -1025,9 +1021,6 @@ pub fn eds_hosts(
 
 /// The cluster manager's view: every cluster by name.
 pub type ClusterMap = HashMap<String, Arc<Cluster>>;
-
-/// Sends on the upstream connection pools; kept here so a cluster owns its pools.
-pub type UpstreamRequest = http::Request<ProxyBody>;
 
 #[cfg(test)]
 mod tests {

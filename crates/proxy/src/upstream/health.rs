@@ -74,10 +74,6 @@ pub struct HealthChecker {
     healthy: Arc<Gauge>,
 }
 
-fn dur(d: &Option<legate_api::pb::google::protobuf::Duration>) -> Duration {
-    d.as_ref().map_or(Duration::ZERO, |d| Duration::new(d.seconds.max(0) as u64, d.nanos.max(0) as u32))
-}
-
 impl HealthChecker {
     pub fn compile(checks: &[HealthCheck], store: &Store, cluster: &str) -> Result<Option<Self>, String> {
         let Some(hc) = (match checks {
@@ -114,12 +110,13 @@ impl HealthChecker {
         let p = format!("cluster.{cluster}.health_check.");
         Ok(Some(Self {
             check,
-            interval: dur(&hc.interval).max(Duration::from_millis(10)),
-            no_traffic_interval: hc.no_traffic_interval.as_ref().map_or(Duration::from_secs(60), |d| {
-                Duration::new(d.seconds.max(0) as u64, d.nanos.max(0) as u32).max(Duration::from_millis(10))
-            }),
-            jitter: dur(&hc.interval_jitter),
-            timeout: dur(&hc.timeout).max(Duration::from_millis(1)),
+            interval: legate_api::duration::or(hc.interval.as_ref(), Duration::ZERO).max(Duration::from_millis(10)),
+            no_traffic_interval: hc
+                .no_traffic_interval
+                .as_ref()
+                .map_or(Duration::from_secs(60), |d| legate_api::duration::from_pb(d).max(Duration::from_millis(10))),
+            jitter: legate_api::duration::or(hc.interval_jitter.as_ref(), Duration::ZERO),
+            timeout: legate_api::duration::or(hc.timeout.as_ref(), Duration::ZERO).max(Duration::from_millis(1)),
             unhealthy_threshold: hc.unhealthy_threshold.map_or(1, |v| v.value).max(1),
             healthy_threshold: hc.healthy_threshold.map_or(1, |v| v.value).max(1),
             attempt: store.counter(&format!("{p}attempt")),

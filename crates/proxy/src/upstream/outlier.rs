@@ -54,10 +54,6 @@ struct Statistic {
     enforced: Arc<Counter>,
 }
 
-fn dur(d: &Option<legate_api::pb::google::protobuf::Duration>, default: Duration) -> Duration {
-    d.as_ref().map_or(default, |d| Duration::new(d.seconds.max(0) as u64, d.nanos.max(0) as u32))
-}
-
 /// A process-wide origin for the ejection times kept in atomics.
 fn epoch() -> Instant {
     static E: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
@@ -77,9 +73,10 @@ impl Outlier {
             enforcing_5xx: o.enforcing_consecutive_5xx.map_or(100, |v| v.value),
             consecutive_gateway: o.consecutive_gateway_failure.map_or(5, |v| v.value),
             enforcing_gateway: o.enforcing_consecutive_gateway_failure.map_or(0, |v| v.value),
-            interval: dur(&o.interval, Duration::from_secs(10)).max(Duration::from_millis(10)),
-            base_ejection: dur(&o.base_ejection_time, Duration::from_secs(30)),
-            max_ejection: dur(&o.max_ejection_time, Duration::from_secs(300)),
+            interval: legate_api::duration::or(o.interval.as_ref(), Duration::from_secs(10))
+                .max(Duration::from_millis(10)),
+            base_ejection: legate_api::duration::or(o.base_ejection_time.as_ref(), Duration::from_secs(30)),
+            max_ejection: legate_api::duration::or(o.max_ejection_time.as_ref(), Duration::from_secs(300)),
             max_ejection_percent: o.max_ejection_percent.map_or(10, |v| v.value),
             success_rate: Statistic {
                 minimum_hosts: o.success_rate_minimum_hosts.map_or(5, |v| u64::from(v.value)),

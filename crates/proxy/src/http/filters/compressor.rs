@@ -78,6 +78,7 @@ pub struct Compressor {
 }
 
 impl Compressor {
+    #[allow(deprecated)] // Envoy still accepts this deprecated field, so Legate reads it.
     pub fn compile(c: &PbCompressor, store: &crate::stats::Store, stat_prefix: &str) -> Result<Self, String> {
         use legate_api::pb::envoy::extensions::compression::brotli::compressor::v3::Brotli;
         use legate_api::pb::envoy::extensions::compression::gzip::compressor::v3::Gzip;

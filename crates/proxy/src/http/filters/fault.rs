@@ -34,9 +34,7 @@ impl Fault {
         let delay = match f.delay.as_ref() {
             Some(d) => {
                 let how = match &d.fault_delay_secifier {
-                    Some(FaultDelaySecifier::FixedDelay(x)) => {
-                        Delay::Fixed(Duration::new(x.seconds.max(0) as u64, x.nanos.max(0) as u32))
-                    }
+                    Some(FaultDelaySecifier::FixedDelay(x)) => Delay::Fixed(legate_api::duration::from_pb(x)),
                     Some(FaultDelaySecifier::HeaderDelay(_)) => Delay::Header,
                     None => return Err(format!("http_filters[{i}].typed_config.delay: a delay is required")),
                 };

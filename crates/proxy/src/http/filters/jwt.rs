@@ -183,9 +183,7 @@ impl RemoteJwks {
             Some(legate_api::pb::envoy::config::core::v3::http_uri::HttpUpstreamType::Cluster(c)) => c.clone(),
             None => return Err("remote_jwks.http_uri.cluster is required".into()),
         };
-        let dur = |d: &legate_api::pb::google::protobuf::Duration| {
-            std::time::Duration::new(d.seconds.max(0) as u64, d.nanos.max(0) as u32)
-        };
+        let dur = |d: &legate_api::pb::google::protobuf::Duration| legate_api::duration::from_pb(d);
         let async_fetch = r.async_fetch.as_ref().map(|a| {
             (a.fast_listener, a.failed_refetch_duration.as_ref().map(dur).unwrap_or(std::time::Duration::from_secs(1)))
         });
@@ -385,9 +383,7 @@ impl JwksRetry {
                 other => return Err(format!("remote_jwks.retry_policy.retry_on: '{other}' is not supported")),
             }
         }
-        let dur = |d: &legate_api::pb::google::protobuf::Duration| {
-            std::time::Duration::new(d.seconds.max(0) as u64, d.nanos.max(0) as u32)
-        };
+        let dur = |d: &legate_api::pb::google::protobuf::Duration| legate_api::duration::from_pb(d);
         let (base, max) = match &r.retry_back_off {
             Some(b) => {
                 let base = b

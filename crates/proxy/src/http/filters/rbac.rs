@@ -153,6 +153,7 @@ impl Permission {
 }
 
 impl Principal {
+    #[allow(deprecated)] // Envoy still accepts this deprecated field, so Legate reads it.
     fn new(p: &PbPrincipal) -> Result<Self, String> {
         Ok(match &p.identifier {
             Some(Identifier::Any(true)) => Self::Any,
@@ -383,6 +384,7 @@ mod tests {
             })),
         }
     }
+    #[allow(deprecated)] // Envoy still accepts this deprecated field, so Legate reads it.
     fn header(name: &str, exact: &str) -> HeaderMatcher {
         HeaderMatcher {
             name: name.into(),
@@ -512,6 +514,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(deprecated)] // Envoy still accepts this deprecated field, so Legate reads it.
     fn unsupported_rules_are_refused() {
         let mut r = PbRbac::default();
         r.policies.insert(

@@ -189,10 +189,6 @@ pub struct Redirect {
 /// Envoy's default route timeout.
 pub const DEFAULT_ROUTE_TIMEOUT: Duration = Duration::from_secs(15);
 
-fn dur(d: &legate_api::pb::google::protobuf::Duration) -> Duration {
-    Duration::new(d.seconds.max(0) as u64, d.nanos.max(0) as u32)
-}
-
 impl RouteTable {
     pub fn compile(rc: &rpb::RouteConfiguration) -> Result<Self, String> {
         let mut exact = HashMap::new();
@@ -397,7 +393,7 @@ fn compile_route_action(ra: &rpb::RouteAction) -> Result<RouteAction, String> {
         None => None,
     };
     let timeout = match &ra.timeout {
-        Some(d) => Some(dur(d)).filter(|d| !d.is_zero()),
+        Some(d) => Some(legate_api::duration::from_pb(d)).filter(|d| !d.is_zero()),
         None => Some(DEFAULT_ROUTE_TIMEOUT),
     };
     Ok(RouteAction {
@@ -419,7 +415,7 @@ fn compile_route_action(ra: &rpb::RouteAction) -> Result<RouteAction, String> {
             .enumerate()
             .map(|(i, p)| compile_hash_policy(p).map_err(|e| format!("hash_policy[{i}]: {e}")))
             .collect::<Result<_, _>>()?,
-        idle_timeout: ra.idle_timeout.as_ref().map(|d| Some(dur(d)).filter(|d| !d.is_zero())),
+        idle_timeout: ra.idle_timeout.as_ref().map(|d| Some(legate_api::duration::from_pb(d)).filter(|d| !d.is_zero())),
         upgrades: ra
             .upgrade_configs
             .iter()

@@ -100,17 +100,13 @@ pub fn expected_timeout_ms(global: Option<Duration>, per_try: Option<Duration>, 
     })
 }
 
-fn dur(d: &legate_api::pb::google::protobuf::Duration) -> Duration {
-    Duration::new(d.seconds.max(0) as u64, d.nanos.max(0) as u32)
-}
-
 impl RetryPolicy {
     pub fn compile(p: &PbRetryPolicy) -> Result<Self, String> {
         let mut r = Self {
             on: 0,
             codes: p.retriable_status_codes.iter().filter_map(|c| u16::try_from(*c).ok()).collect(),
             num_retries: p.num_retries.map_or(1, |n| n.value),
-            per_try_timeout: p.per_try_timeout.as_ref().map(dur).filter(|d| !d.is_zero()),
+            per_try_timeout: p.per_try_timeout.as_ref().map(legate_api::duration::from_pb).filter(|d| !d.is_zero()),
             base: Duration::from_millis(25),
             max: Duration::from_millis(250),
             avoid_previous_hosts: false,
@@ -131,11 +127,11 @@ impl RetryPolicy {
             }
         }
         if let Some(b) = &p.retry_back_off {
-            if let Some(base) = b.base_interval.as_ref().map(dur) {
+            if let Some(base) = b.base_interval.as_ref().map(legate_api::duration::from_pb) {
                 r.base = base;
                 r.max = base * 10;
             }
-            if let Some(max) = b.max_interval.as_ref().map(dur) {
+            if let Some(max) = b.max_interval.as_ref().map(legate_api::duration::from_pb) {
                 r.max = max;
             }
         }
@@ -166,11 +162,6 @@ impl RetryPolicy {
 
     fn has(&self, bit: u32) -> bool {
         self.on & bit != 0
-    }
-
-    /// Whether any condition is set (a policy without one never retries).
-    pub fn retries_anything(&self) -> bool {
-        self.on != 0
     }
 
     /// Merges an internal request's retry headers into the route's policy as

@@ -60,7 +60,7 @@ impl TcpProxyConfig {
         let idle_timeout = match &t.idle_timeout {
             None => Some(DEFAULT_IDLE),
             Some(d) if d.seconds == 0 && d.nanos == 0 => None,
-            Some(d) => Some(Duration::new(d.seconds.max(0) as u64, d.nanos.max(0) as u32)),
+            Some(d) => Some(legate_api::duration::from_pb(d)),
         };
         let access_logs = t
             .access_log

@@ -88,7 +88,7 @@ impl LbChoice {
         use legate_api::any::unpack;
         for p in &lbp.policies {
             let Some(any) = p.typed_extension_config.as_ref().and_then(|t| t.typed_config.as_ref()) else { continue };
-            let ty = any.type_url.rsplit('/').next().unwrap_or("");
+            let ty = legate_api::any::type_name(any);
             let choice = match ty {
                 "envoy.extensions.load_balancing_policies.round_robin.v3.RoundRobin" => {
                     let r: policies::round_robin::v3::RoundRobin = unpack(any)?;
