@@ -127,7 +127,7 @@ pub enum SdsError {
 
 /// Something with TLS certificates to show in `/certs`.
 pub trait CertSource: Send + Sync {
-    fn certs(&self) -> crate::tls::CertsInfo;
+    fn certs(&self) -> crate::tls::certs::CertsInfo;
 }
 
 /// A watched SDS file and the fingerprint of what it depends on.
@@ -441,7 +441,7 @@ pub fn check_secret(s: &Secret) -> Result<(), String> {
     if !problems.is_empty() {
         return Err(problems.join("; "));
     }
-    crate::tls::check_secret_material(s).map_err(|e| e.to_string())
+    crate::tls::verify::check_secret_material(s).map_err(|e| e.to_string())
 }
 
 #[cfg(test)]
