@@ -12,6 +12,8 @@ fi
 
 cargo fmt --all -- --check
 cargo clippy --all-targets -- -D warnings
+# Supply chain (deny.toml): advisories, licenses, duplicate versions, sources.
+bash scripts/deny.sh
 cargo build --all-targets
 # The control-plane replica tests run a real etcd (ETCD_BIN, or etcd on PATH).
 if [ -z "${ETCD_BIN:-}" ] && ! command -v etcd >/dev/null 2>&1; then

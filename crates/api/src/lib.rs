@@ -13,6 +13,7 @@
 
 pub mod any;
 pub mod convert;
+pub mod duration;
 pub mod error;
 pub mod lenient;
 pub mod load;

@@ -1,7 +1,7 @@
 //! Access loggers: `envoy.access_loggers.file` and `envoy.access_loggers.stdout`
 //! / `stderr`, with Envoy's default format, `text_format_source` and `json_format`.
 
-use crate::format::{Context, Format, DEFAULT_ACCESS_LOG_FORMAT};
+use crate::common::format::{Context, Format, DEFAULT_ACCESS_LOG_FORMAT};
 use legate_api::pb::envoy::config::accesslog::v3::{access_log::ConfigType, AccessLog};
 use legate_api::pb::envoy::config::core::v3::{substitution_format_string, SubstitutionFormatString};
 use legate_api::pb::envoy::extensions::access_loggers::file::v3::{file_access_log::AccessLogFormat, FileAccessLog};
@@ -76,6 +76,7 @@ fn file_sink(path: &str) -> Result<Arc<Sink>, String> {
     Ok(s)
 }
 
+#[allow(deprecated)] // Envoy still accepts this deprecated field, so Legate reads it.
 fn compile_format(f: Option<&SubstitutionFormatString>) -> Result<Line, String> {
     let Some(f) = f else { return Ok(Line::Text(Format::parse(DEFAULT_ACCESS_LOG_FORMAT)?)) };
     if !f.formatters.is_empty() {
@@ -84,7 +85,7 @@ fn compile_format(f: Option<&SubstitutionFormatString>) -> Result<Line, String> 
     match &f.format {
         Some(substitution_format_string::Format::TextFormat(t)) => Ok(Line::Text(Format::parse(t)?)),
         Some(substitution_format_string::Format::TextFormatSource(ds)) => {
-            let text = crate::datasource::read(ds)?;
+            let text = crate::common::datasource::read(ds)?;
             Ok(Line::Text(Format::parse(&String::from_utf8_lossy(&text))?))
         }
         Some(substitution_format_string::Format::JsonFormat(s)) => Ok(Line::Json(compile_struct(s)?)),
@@ -116,6 +117,7 @@ fn compile_struct(s: &legate_api::pb::google::protobuf::Struct) -> Result<Vec<(S
 }
 
 impl AccessLogger {
+    #[allow(deprecated)] // Envoy still accepts this deprecated field, so Legate reads it.
     pub fn compile(a: &AccessLog) -> Result<Self, String> {
         if a.filter.is_some() {
             return Err("filter: access log filters are not supported".into());

@@ -102,7 +102,7 @@ pub struct CompressedBody {
     trailers: Option<Frame<Bytes>>,
     uncompressed: u64,
     compressed: u64,
-    stats: std::sync::Arc<crate::filters::compressor::Stats>,
+    stats: std::sync::Arc<crate::http::filters::compressor::Stats>,
 }
 
 impl CompressedBody {
@@ -177,7 +177,7 @@ impl ProxyBody {
     pub fn compressed(
         inner: ProxyBody,
         encoder: Encoder,
-        stats: std::sync::Arc<crate::filters::compressor::Stats>,
+        stats: std::sync::Arc<crate::http::filters::compressor::Stats>,
     ) -> Self {
         Self::Compressed {
             body: Box::new(CompressedBody {

@@ -1,0 +1,10 @@
+//! Small pieces of Envoy's config language that every part uses: data sources,
+//! the `%OPERATOR%` formatter, fractions, string and header matchers, token buckets.
+//!
+//! A leaf: nothing here imports another part of the proxy.
+
+pub mod datasource;
+pub mod format;
+pub mod fraction;
+pub mod matcher;
+pub mod token_bucket;

@@ -1,0 +1,237 @@
+//! `envoy.filters.http.cors` with the `CorsPolicy` of a route or virtual host
+//! (`typed_per_filter_config`). A preflight (OPTIONS with an allowed
+//! `origin` and `access-control-request-method`) is answered by the proxy; an
+//! actual request from an allowed origin gets `access-control-allow-origin`
+//! (and credentials/expose headers) on its response.
+//!
+//! Each field is taken from the most specific policy that sets it (route,
+//! then virtual host), as Envoy does.
+
+use crate::common::matcher::StringMatch;
+use http::{HeaderMap, HeaderName, HeaderValue};
+use legate_api::pb::envoy::extensions::filters::http::cors::v3::CorsPolicy;
+
+/// A compiled `CorsPolicy`; header values are built once here.
+#[derive(Debug, Default)]
+pub struct Policy {
+    origins: Vec<StringMatch>,
+    allow_methods: Option<HeaderValue>,
+    allow_headers: Option<HeaderValue>,
+    expose_headers: Option<HeaderValue>,
+    max_age: Option<HeaderValue>,
+    allow_credentials: Option<bool>,
+    /// `filter_enabled` in parts per million.
+    enabled: Option<u32>,
+    allow_private_network: Option<bool>,
+    forward_not_matching_preflights: Option<bool>,
+}
+
+fn value(s: &str, field: &str) -> Result<Option<HeaderValue>, String> {
+    if s.is_empty() {
+        return Ok(None);
+    }
+    HeaderValue::from_str(s).map(Some).map_err(|_| format!("{field}: not a valid header value"))
+}
+
+impl Policy {
+    pub fn new(p: &CorsPolicy) -> Result<Self, String> {
+        Ok(Self {
+            origins: p
+                .allow_origin_string_match
+                .iter()
+                .map(StringMatch::new)
+                .collect::<Result<_, _>>()
+                .map_err(|e| format!("allow_origin_string_match: {e}"))?,
+            allow_methods: value(&p.allow_methods, "allow_methods")?,
+            allow_headers: value(&p.allow_headers, "allow_headers")?,
+            expose_headers: value(&p.expose_headers, "expose_headers")?,
+            max_age: value(&p.max_age, "max_age")?,
+            allow_credentials: p.allow_credentials.as_ref().map(|b| b.value),
+            enabled: p.filter_enabled.as_ref().map(|f| super::per_million(f.default_value.as_ref())),
+            allow_private_network: p.allow_private_network_access.as_ref().map(|b| b.value),
+            forward_not_matching_preflights: p.forward_not_matching_preflights.as_ref().map(|b| b.value),
+        })
+    }
+
+    /// Whether `origin` is allowed: some matcher matches it, or one matches `*`.
+    pub fn origin_allowed(&self, origin: &str) -> bool {
+        self.origins.iter().any(|m| m.matches(origin) || m.matches("*"))
+    }
+}
+
+/// What the filter decided for one request.
+#[derive(Debug, PartialEq)]
+pub enum Decision {
+    /// Not a CORS request, or not an allowed one: nothing to do.
+    Pass,
+    /// A preflight: answer 200 with these headers.
+    Preflight(Vec<(HeaderName, HeaderValue)>),
+    /// An actual request: add these headers to its response.
+    Actual(Vec<(HeaderName, HeaderValue)>),
+}
+
+/// The field from the most specific policy that sets it.
+fn first<'a, T>(ps: &[&'a Policy], f: impl Fn(&'a Policy) -> Option<T>) -> Option<T> {
+    ps.iter().find_map(|p| f(p))
+}
+
+/// Envoy's CORS decision; `policies` most specific first. Cost: nothing
+/// without an `origin` header; else a small Vec of header values per request.
+pub fn decide(policies: &[&Policy], method: &http::Method, headers: &HeaderMap, stats: &Stats) -> Decision {
+    use http::header::*;
+    if policies.is_empty() {
+        return Decision::Pass;
+    }
+    let Some(origin) = headers.get(ORIGIN).filter(|o| !o.is_empty()) else { return Decision::Pass };
+    let origins = policies.iter().find(|p| !p.origins.is_empty());
+    let preflight =
+        method == http::Method::OPTIONS && headers.get(ACCESS_CONTROL_REQUEST_METHOD).is_some_and(|m| !m.is_empty());
+    if !origins.is_some_and(|p| p.origin_allowed(origin.to_str().unwrap_or(""))) {
+        stats.origin_invalid.inc();
+        // A preflight from another origin goes upstream unless told not to;
+        // then Envoy answers it without the origin headers.
+        let forward = first(policies, |p| p.forward_not_matching_preflights).unwrap_or(true);
+        if preflight && !forward {
+            let mut out = Vec::new();
+            preflight_headers(policies, headers, &mut out);
+            return Decision::Preflight(out);
+        }
+        return Decision::Pass;
+    }
+    stats.origin_valid.inc();
+    // filter_enabled comes from the most specific policy (default: on).
+    if !super::roll(policies[0].enabled.unwrap_or(1_000_000)) {
+        return Decision::Pass;
+    }
+    let credentials = first(policies, |p| p.allow_credentials).unwrap_or(false);
+    let mut out = vec![(ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone())];
+    if credentials {
+        out.push((ACCESS_CONTROL_ALLOW_CREDENTIALS, HeaderValue::from_static("true")));
+    }
+    // Envoy sends the exposed headers on preflights too.
+    if let Some(v) = first(policies, |p| p.expose_headers.clone()) {
+        out.push((ACCESS_CONTROL_EXPOSE_HEADERS, v));
+    }
+    if !preflight {
+        return Decision::Actual(out);
+    }
+    preflight_headers(policies, headers, &mut out);
+    Decision::Preflight(out)
+}
+
+/// What a preflight answer says beyond the origin: methods, headers, max
+/// age, private network access.
+fn preflight_headers(policies: &[&Policy], headers: &HeaderMap, out: &mut Vec<(HeaderName, HeaderValue)>) {
+    use http::header::*;
+    if let Some(v) = first(policies, |p| p.allow_methods.clone()) {
+        out.push((ACCESS_CONTROL_ALLOW_METHODS, v));
+    }
+    if let Some(v) = first(policies, |p| p.allow_headers.clone()) {
+        out.push((ACCESS_CONTROL_ALLOW_HEADERS, v));
+    }
+    if let Some(v) = first(policies, |p| p.max_age.clone()) {
+        out.push((ACCESS_CONTROL_MAX_AGE, v));
+    }
+    let private_network = headers.get("access-control-request-private-network").is_some_and(|v| v == "true");
+    if private_network && first(policies, |p| p.allow_private_network).unwrap_or(false) {
+        out.push((HeaderName::from_static("access-control-allow-private-network"), HeaderValue::from_static("true")));
+    }
+}
+
+/// `http.<prefix>.cors.origin_valid` / `origin_invalid`.
+pub struct Stats {
+    pub origin_valid: std::sync::Arc<crate::stats::Counter>,
+    pub origin_invalid: std::sync::Arc<crate::stats::Counter>,
+}
+
+impl Stats {
+    pub fn new(store: &crate::stats::Store, stat_prefix: &str) -> Self {
+        Self {
+            origin_valid: store.counter(&format!("http.{stat_prefix}.cors.origin_valid")),
+            origin_invalid: store.counter(&format!("http.{stat_prefix}.cors.origin_invalid")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use legate_api::pb::envoy::r#type::matcher::v3::{string_matcher::MatchPattern, StringMatcher};
+
+    fn sm(p: MatchPattern) -> StringMatcher {
+        StringMatcher { match_pattern: Some(p), ignore_case: false }
+    }
+
+    fn policy(origins: Vec<StringMatcher>) -> Policy {
+        Policy::new(&CorsPolicy {
+            allow_origin_string_match: origins,
+            allow_methods: "GET, POST".into(),
+            expose_headers: "x-custom".into(),
+            max_age: "600".into(),
+            ..Default::default()
+        })
+        .expect("compiles")
+    }
+
+    fn stats() -> Stats {
+        Stats::new(&crate::stats::Store::default(), "t")
+    }
+
+    #[test]
+    fn origin_matching() {
+        let p = policy(vec![
+            sm(MatchPattern::Exact("https://a.example".into())),
+            sm(MatchPattern::Suffix(".b.example".into())),
+        ]);
+        assert!(p.origin_allowed("https://a.example"));
+        assert!(p.origin_allowed("https://x.b.example"));
+        assert!(!p.origin_allowed("https://c.example"));
+        assert!(!p.origin_allowed("https://a.example.evil"));
+        // An exact "*" allows every origin.
+        let any = policy(vec![sm(MatchPattern::Exact("*".into()))]);
+        assert!(any.origin_allowed("https://anything"));
+        let none = policy(vec![]);
+        assert!(!none.origin_allowed("https://a.example"));
+    }
+
+    #[test]
+    fn preflight_and_actual() {
+        let p = policy(vec![sm(MatchPattern::Exact("https://a.example".into()))]);
+        let mut h = HeaderMap::new();
+        assert_eq!(decide(&[&p], &http::Method::GET, &h, &stats()), Decision::Pass);
+        h.insert("origin", HeaderValue::from_static("https://a.example"));
+        let Decision::Actual(actual) = decide(&[&p], &http::Method::GET, &h, &stats()) else { panic!("actual") };
+        assert!(actual.iter().any(|(k, v)| k == "access-control-expose-headers" && v == "x-custom"));
+        // OPTIONS without access-control-request-method is an actual request.
+        assert!(matches!(decide(&[&p], &http::Method::OPTIONS, &h, &stats()), Decision::Actual(_)));
+        h.insert("access-control-request-method", HeaderValue::from_static("POST"));
+        let Decision::Preflight(pre) = decide(&[&p], &http::Method::OPTIONS, &h, &stats()) else { panic!("preflight") };
+        let names: Vec<&str> = pre.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "access-control-allow-origin",
+                "access-control-expose-headers",
+                "access-control-allow-methods",
+                "access-control-max-age"
+            ]
+        );
+        h.insert("origin", HeaderValue::from_static("https://evil.example"));
+        assert_eq!(decide(&[&p], &http::Method::OPTIONS, &h, &stats()), Decision::Pass);
+    }
+
+    #[test]
+    fn most_specific_field_wins() {
+        let route = Policy::new(&CorsPolicy {
+            allow_credentials: Some(legate_api::pb::google::protobuf::BoolValue { value: true }),
+            ..Default::default()
+        })
+        .expect("compiles");
+        let vhost = policy(vec![sm(MatchPattern::Prefix("https://".into()))]);
+        let mut h = HeaderMap::new();
+        h.insert("origin", HeaderValue::from_static("https://a.example"));
+        let Decision::Actual(v) = decide(&[&route, &vhost], &http::Method::GET, &h, &stats()) else { panic!() };
+        assert!(v.iter().any(|(k, v)| k == "access-control-allow-credentials" && v == "true"));
+        assert!(v.iter().any(|(k, _)| k == "access-control-expose-headers"));
+    }
+}

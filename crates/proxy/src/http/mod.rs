@@ -1,0 +1,8 @@
+//! HTTP: the connection manager, its filter chain, the route tables and the router.
+
+pub mod conn_manager;
+pub mod filters;
+pub mod h1_errors;
+pub mod header_mutation;
+pub mod route;
+pub mod router;

@@ -1,0 +1,607 @@
+//! Listeners: bound per worker with SO_REUSEPORT (Envoy's model). A connection
+//! passes the listener filters (TLS inspector), gets its filter chain by
+//! Envoy's matching rules, has TLS terminated if the chain says so, and is
+//! served by the chain's network filter: the HTTP connection manager or
+//! tcp_proxy.
+
+pub mod filter_chain;
+pub mod inspectors;
+pub mod manager;
+pub mod network;
+
+use crate::http::conn_manager::{Codec, ConnInfo, Hcm};
+use crate::stats::{Counter, Gauge};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use legate_api::pb::envoy::config::core::v3::{address, socket_address};
+use legate_api::pb::envoy::config::listener::v3::{filter, listener_filter, FilterChain, Listener};
+use legate_api::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpConnectionManager;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+
+pub const HCM_TYPE: &str = legate_api::semantic::HCM_TYPE;
+
+pub struct ListenerStats {
+    pub downstream_cx_total: Arc<Counter>,
+    pub downstream_cx_active: Arc<Gauge>,
+    pub downstream_cx_destroy: Arc<Counter>,
+    pub no_filter_chain_match: Arc<Counter>,
+    /// `ssl.*`, when a chain terminates TLS.
+    pub ssl: Option<crate::tls::SslStats>,
+}
+
+/// What a filter chain runs: HTTP or TCP proxying.
+pub enum NetFilter {
+    Http(HttpChain),
+    Tcp(crate::listener::network::tcp_proxy::TcpProxyConfig),
+}
+
+pub struct HttpChain {
+    pub hcm: Arc<Hcm>,
+    /// The HTTP server settings for this chain's connections.
+    builder: auto::Builder<TokioExecutor>,
+}
+
+/// One filter chain: its TLS termination, if any, network rate limits in
+/// front, and its terminal network filter.
+pub struct Chain {
+    tls: Option<Arc<crate::tls::ServerTls>>,
+    rate_limits: Vec<crate::listener::network::local_ratelimit::NetRateLimit>,
+    /// `envoy.filters.network.rbac` filters, in order (checked on data).
+    rbac: Arc<[crate::listener::network::rbac::NetRbac]>,
+    pub filter: NetFilter,
+}
+
+pub struct ListenerConfig {
+    pub name: String,
+    pub address: SocketAddr,
+    pub stats: ListenerStats,
+    pub config: Listener,
+    /// `filter_chains`, in the order `selector` indexes them.
+    chains: Vec<Arc<Chain>>,
+    default_chain: Option<Arc<Chain>>,
+    selector: crate::listener::filter_chain::Selector,
+    /// The listener filters, in their configured order.
+    listener_filters: Vec<ListenerFilter>,
+    /// Raised when this config is replaced or removed: its connections drain.
+    draining: watch::Sender<bool>,
+    /// How long a draining connection may take (`--drain-time-s`).
+    pub drain_time: Duration,
+}
+
+/// `listener.127.0.0.1_10000.` as Envoy names a listener's stats.
+pub fn stat_name(addr: &SocketAddr) -> String {
+    format!("{}_{}", addr.ip(), addr.port())
+}
+
+const TLS_INSPECTOR: &str = "envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector";
+const HTTP_INSPECTOR: &str = "envoy.extensions.filters.listener.http_inspector.v3.HttpInspector";
+
+/// A listener filter: what it reads from a connection's first bytes.
+enum ListenerFilter {
+    /// TLS or not; SNI and ALPN from the ClientHello.
+    Tls,
+    /// HTTP/1.x or HTTP/2 on a cleartext connection, as the application protocol.
+    Http(Arc<crate::listener::inspectors::http::Stats>),
+}
+/// Envoy's `listener_filters_timeout` default.
+const LISTENER_FILTERS_TIMEOUT: Duration = Duration::from_secs(15);
+
+impl Chain {
+    fn compile(c: &FilterChain, ctx: &crate::http::route::rds::CompileContext) -> Result<Self, String> {
+        let tls = c
+            .transport_socket
+            .as_ref()
+            .map(|ts| crate::tls::downstream(ts, &ctx.secrets))
+            .transpose()
+            .map_err(|e| e.to_string())?;
+        // Network local rate limits, then one terminal filter.
+        let Some((f, front)) = c.filters.split_last() else {
+            return Err("filters: a network filter (http_connection_manager or tcp_proxy) is required".into());
+        };
+        let mut rate_limits = Vec::new();
+        let mut rbac = Vec::new();
+        for (i, pre) in front.iter().enumerate() {
+            let Some(filter::ConfigType::TypedConfig(any)) = &pre.config_type else {
+                return Err(format!("filters[{i}].typed_config is required"));
+            };
+            match legate_api::any::type_name(any) {
+                crate::listener::network::local_ratelimit::TYPE => {
+                    let l = legate_api::any::unpack(any)?;
+                    rate_limits.push(crate::listener::network::local_ratelimit::NetRateLimit::compile(
+                        &l,
+                        &ctx.store,
+                        &format!("filters[{i}].typed_config"),
+                    )?);
+                }
+                crate::listener::network::rbac::TYPE => {
+                    let r = legate_api::any::unpack(any)?;
+                    rbac.push(
+                        crate::listener::network::rbac::NetRbac::compile(&r, &ctx.store)
+                            .map_err(|e| format!("filters[{i}].typed_config.{e}"))?,
+                    );
+                }
+                _ => {
+                    return Err(format!(
+                        "filters[{i}]: only envoy.filters.network.local_ratelimit and envoy.filters.network.rbac may come before the last filter"
+                    ))
+                }
+            }
+        }
+        let last = front.len();
+        let Some(filter::ConfigType::TypedConfig(any)) = &f.config_type else {
+            return Err(format!("filters[{last}].typed_config is required"));
+        };
+        let filter = match legate_api::any::type_name(any) {
+            HCM_TYPE => {
+                let hcm: HttpConnectionManager = legate_api::any::unpack(any)?;
+                let hcm = Hcm::compile(&hcm, ctx).map_err(|e| format!("filters[{last}].typed_config.{e}"))?;
+                let hcm = Arc::new(hcm);
+                let mut builder = auto::Builder::new(TokioExecutor::new());
+                builder
+                    .http1()
+                    .timer(TokioTimer::new())
+                    .keep_alive(true)
+                    .header_read_timeout(hcm.request_headers_timeout);
+                builder.http2().timer(TokioTimer::new()).max_concurrent_streams(Some(2147483647));
+                if hcm.allow_connect {
+                    builder.http2().enable_connect_protocol();
+                }
+                let builder = match hcm.codec {
+                    Codec::Auto => builder,
+                    Codec::Http1 => builder.http1_only(),
+                    Codec::Http2 => builder.http2_only(),
+                };
+                NetFilter::Http(HttpChain { hcm, builder })
+            }
+            crate::listener::network::tcp_proxy::TYPE => {
+                let t = legate_api::any::unpack(any)?;
+                NetFilter::Tcp(
+                    crate::listener::network::tcp_proxy::TcpProxyConfig::compile(&t, &ctx.store, ctx.clusters.clone())
+                        .map_err(|e| format!("filters[{last}].typed_config.{e}"))?,
+                )
+            }
+            other => return Err(format!("filters[{last}]: network filter {other} is not supported")),
+        };
+        Ok(Self { tls, rate_limits, rbac: rbac.into(), filter })
+    }
+}
+
+impl ListenerConfig {
+    /// Tells every connection opened under this config to finish and close.
+    pub fn drain(&self) {
+        let _ = self.draining.send(true);
+    }
+
+    /// The HTTP connection managers of this listener's chains.
+    /// Every TLS context of its chains has its secrets, or stopped waiting
+    /// for them (a listener warms until then).
+    pub fn tls_ready(&self) -> bool {
+        self.chains.iter().chain(self.default_chain.iter()).all(|c| c.tls.as_ref().is_none_or(|t| t.settled()))
+    }
+
+    pub fn hcms(&self) -> impl Iterator<Item = &Arc<Hcm>> {
+        self.chains.iter().chain(self.default_chain.iter()).filter_map(|c| match &c.filter {
+            NetFilter::Http(h) => Some(&h.hcm),
+            NetFilter::Tcp(_) => None,
+        })
+    }
+
+    pub fn compile(l: &Listener, ctx: &crate::http::route::rds::CompileContext) -> Result<Self, String> {
+        let store = &ctx.store;
+        let Some(address::Address::SocketAddress(sa)) = l.address.as_ref().and_then(|a| a.address.as_ref()) else {
+            return Err("address: only socket_address is supported".into());
+        };
+        let Some(socket_address::PortSpecifier::PortValue(port)) = sa.port_specifier else {
+            return Err("address.socket_address.port_value is required".into());
+        };
+        let ip: std::net::IpAddr =
+            sa.address.parse().map_err(|_| format!("address: malformed IP address: {}", sa.address))?;
+        let address = SocketAddr::new(ip, u16::try_from(port).map_err(|_| "port out of range")?);
+        if l.filter_chains.is_empty() && l.default_filter_chain.is_none() {
+            return Err("filter_chains: a listener needs a filter chain or a default_filter_chain".into());
+        }
+        let mut listener_filters = Vec::new();
+        for (i, lf) in l.listener_filters.iter().enumerate() {
+            match &lf.config_type {
+                Some(listener_filter::ConfigType::TypedConfig(any))
+                    if legate_api::any::type_name(any) == TLS_INSPECTOR =>
+                {
+                    listener_filters.push(ListenerFilter::Tls)
+                }
+                Some(listener_filter::ConfigType::TypedConfig(any))
+                    if legate_api::any::type_name(any) == HTTP_INSPECTOR =>
+                {
+                    listener_filters
+                        .push(ListenerFilter::Http(Arc::new(crate::listener::inspectors::http::Stats::new(store))))
+                }
+                _ => {
+                    return Err(format!(
+                    "listener_filters[{i}]: only envoy.filters.listener.tls_inspector and http_inspector are supported"
+                ))
+                }
+            }
+        }
+        let mut chains = Vec::new();
+        let mut matches = Vec::new();
+        for (i, c) in l.filter_chains.iter().enumerate() {
+            matches.push(
+                crate::listener::filter_chain::ChainMatch::compile(c.filter_chain_match.as_ref())
+                    .map_err(|e| format!("filter_chains[{i}].filter_chain_match.{e}"))?,
+            );
+            chains.push(Arc::new(Chain::compile(c, ctx).map_err(|e| format!("filter_chains[{i}].{e}"))?));
+        }
+        let default_chain = l
+            .default_filter_chain
+            .as_ref()
+            .map(|c| Chain::compile(c, ctx).map(Arc::new))
+            .transpose()
+            .map_err(|e| format!("default_filter_chain.{e}"))?;
+        let selector = crate::listener::filter_chain::Selector::new(matches)?;
+        let p = format!("listener.{}.", stat_name(&address));
+        let any_tls = chains.iter().chain(default_chain.iter()).any(|c| c.tls.is_some());
+        Ok(Self {
+            draining: watch::channel(false).0,
+            drain_time: ctx.drain_time,
+            name: if l.name.is_empty() { address.to_string() } else { l.name.clone() },
+            address,
+            chains,
+            default_chain,
+            selector,
+            listener_filters,
+            stats: ListenerStats {
+                downstream_cx_total: store.counter(&format!("{p}downstream_cx_total")),
+                downstream_cx_active: store.gauge(&format!("{p}downstream_cx_active")),
+                downstream_cx_destroy: store.counter(&format!("{p}downstream_cx_destroy")),
+                no_filter_chain_match: store.counter(&format!("{p}no_filter_chain_match")),
+                ssl: any_tls.then(|| crate::tls::SslStats::new(store, &p)),
+            },
+            config: l.clone(),
+        })
+    }
+
+    /// The chain for a connection, in Envoy's precedence, else the default.
+    fn select(&self, facts: &crate::listener::filter_chain::ConnFacts<'_>) -> Option<&Arc<Chain>> {
+        match self.selector.select(facts) {
+            Some(i) => self.chains.get(i),
+            None => self.default_chain.as_ref(),
+        }
+    }
+}
+
+/// Binds one socket for one worker. Every worker binds its own with
+/// SO_REUSEPORT so the kernel spreads connections over workers.
+pub fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let domain = if addr.is_ipv4() { socket2::Domain::IPV4 } else { socket2::Domain::IPV6 };
+    let s = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
+    s.set_reuse_address(true)?;
+    s.set_reuse_port(true)?;
+    if addr.is_ipv6() {
+        s.set_only_v6(true)?;
+    }
+    s.set_nonblocking(true)?;
+    s.bind(&addr.into())?;
+    s.listen(1024)?;
+    Ok(s.into())
+}
+
+/// What the main thread tells workers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    Running,
+    /// Stop accepting; existing connections go on (`/drain_listeners`).
+    StopAccepting,
+    /// Stop accepting and close connections gracefully, then exit.
+    Drain,
+}
+
+/// Accepts on one worker's socket of one listener until it is removed or the
+/// server stops accepting. Each connection takes the listener's current config.
+pub async fn accept_loop(
+    slot: Arc<arc_swap::ArcSwap<ListenerConfig>>,
+    socket: std::net::TcpListener,
+    mut phase: watch::Receiver<Phase>,
+    mut stop: watch::Receiver<bool>,
+    active: Arc<AtomicUsize>,
+) {
+    let Ok(socket) = tokio::net::TcpListener::from_std(socket) else { return };
+    loop {
+        tokio::select! {
+            accepted = socket.accept() => {
+                let Ok((stream, remote)) = accepted else {
+                    // Out of file descriptors and the like: back off briefly.
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                };
+                let _ = stream.set_nodelay(true);
+                let listener = slot.load_full();
+                let local = stream.local_addr().unwrap_or(listener.address);
+                tokio::spawn(serve_connection(listener, stream, remote, local, phase.clone(), active.clone()));
+            }
+            changed = phase.changed() => {
+                if changed.is_err() || *phase.borrow() != Phase::Running {
+                    return;
+                }
+            }
+            changed = stop.changed() => {
+                if changed.is_err() || *stop.borrow() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Begins draining a connection as Envoy does: responses from now on carry
+/// `connection: close`; a connection that already served requests is closed
+/// gracefully now (in-flight requests finish), while one that has not sent its
+/// first request yet gets to send it (bounded by the drain time). Returns
+/// whether to shut down now.
+fn begin_drain(info: &ConnInfo) -> bool {
+    info.draining.store(true, Ordering::Relaxed);
+    info.requests.load(Ordering::Relaxed) > 0
+}
+
+async fn serve_connection(
+    listener: Arc<ListenerConfig>,
+    stream: tokio::net::TcpStream,
+    remote: SocketAddr,
+    local: SocketAddr,
+    phase: watch::Receiver<Phase>,
+    active: Arc<AtomicUsize>,
+) {
+    let ls = &listener.stats;
+    ls.downstream_cx_total.inc();
+    ls.downstream_cx_active.inc();
+    active.fetch_add(1, Ordering::Relaxed);
+    dispatch(&listener, stream, remote, local, phase).await;
+    active.fetch_sub(1, Ordering::Relaxed);
+    ls.downstream_cx_active.dec();
+    ls.downstream_cx_destroy.inc();
+}
+
+/// Listener filters, filter-chain selection, TLS termination, then the
+/// chain's network filter.
+async fn dispatch(
+    listener: &Arc<ListenerConfig>,
+    stream: tokio::net::TcpStream,
+    remote: SocketAddr,
+    local: SocketAddr,
+    phase: watch::Receiver<Phase>,
+) {
+    // The listener filters share one timeout (Envoy's listener_filters_timeout).
+    let deadline = tokio::time::Instant::now() + LISTENER_FILTERS_TIMEOUT;
+    let mut hello = crate::listener::inspectors::tls::Hello::default();
+    for f in &listener.listener_filters {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match f {
+            ListenerFilter::Tls => match crate::listener::inspectors::tls::inspect(&stream, left).await {
+                // Plain text leaves what an earlier HTTP inspector found.
+                Ok(Some(h)) if !h.tls => {}
+                Ok(Some(h)) => hello = h,
+                // Closed, or timed out before a hello: Envoy closes too.
+                _ => return,
+            },
+            // A connection found to be TLS is not inspected (Envoy's rule).
+            ListenerFilter::Http(_) if hello.tls => {}
+            ListenerFilter::Http(stats) => match crate::listener::inspectors::http::inspect(&stream, left, stats).await
+            {
+                Ok(Some(protocol)) => hello.alpn = vec![protocol.to_string()],
+                Ok(None) => {}
+                Err(()) => return,
+            },
+        }
+    }
+    let facts = crate::listener::filter_chain::ConnFacts {
+        local,
+        remote,
+        sni: hello.sni.as_deref(),
+        transport: if hello.tls { "tls" } else { "raw_buffer" },
+        alpn: &hello.alpn,
+    };
+    let Some(chain) = listener.select(&facts).cloned() else {
+        listener.stats.no_filter_chain_match.inc();
+        return;
+    };
+    // As in Envoy, the requested server name is what the TLS inspector
+    // read; without it a terminated connection has none.
+    let sni = hello.sni.map(String::into_boxed_str);
+    let Some(tls) = &chain.tls else {
+        let conn = ConnCtx { remote, local, tls: None, sni };
+        return run_chain(listener, &chain, stream, conn, None, phase).await;
+    };
+    // The context's configs as of now; a secret rotation later does not
+    // touch this connection. None only while a secret has not arrived: closed.
+    let Some(dtls) = tls.current() else {
+        if let Some(ssl) = &listener.stats.ssl {
+            ssl.connection_error.inc();
+        }
+        return;
+    };
+    let (accepted, sigalg) = dtls.accept(stream).await;
+    match accepted {
+        Ok(tls) => {
+            let server = tls.get_ref().1;
+            if let Some(ssl) = &listener.stats.ssl {
+                ssl.handshake_done(server, sigalg);
+            }
+            let h2 = server.alpn_protocol().map(|p| p == b"h2");
+            let conn = ConnCtx { remote, local, tls: Some(Arc::new(dtls.conn_facts(server))), sni };
+            run_chain(listener, &chain, tls, conn, h2, phase).await
+        }
+        Err(e) => {
+            if let Some(ssl) = &listener.stats.ssl {
+                ssl.failed(&e);
+            }
+        }
+    }
+}
+
+/// What the network filters learn of a connection before it is served.
+struct ConnCtx {
+    remote: SocketAddr,
+    local: SocketAddr,
+    /// Set when TLS was terminated here.
+    tls: Option<Arc<crate::tls::peer::TlsConn>>,
+    /// The SNI the TLS inspector read.
+    sni: Option<Box<str>>,
+}
+
+async fn run_chain<S: crate::tls::Io>(
+    listener: &Arc<ListenerConfig>,
+    chain: &Chain,
+    io: S,
+    conn: ConnCtx,
+    alpn_h2: Option<bool>,
+    phase: watch::Receiver<Phase>,
+) {
+    // A connection the rate limit refuses is closed unread.
+    if !chain.rate_limits.iter().all(|r| r.admit()) {
+        return;
+    }
+    if chain.rbac.is_empty() {
+        return serve_filter(listener, chain, io, conn, alpn_h2, phase).await;
+    }
+    // Network RBAC checks the connection when its data comes; the gated
+    // stream is boxed so the terminal filters are built once for it.
+    let subject = crate::listener::network::rbac::ConnSubject {
+        remote: conn.remote,
+        local: conn.local,
+        tls: conn.tls.clone(),
+        sni: conn.sni.clone(),
+    };
+    let gated: crate::tls::BoxIo = Box::new(crate::listener::network::rbac::Gate::new(io, chain.rbac.clone(), subject));
+    serve_filter(listener, chain, gated, conn, alpn_h2, phase).await
+}
+
+async fn serve_filter<S: crate::tls::Io>(
+    listener: &Arc<ListenerConfig>,
+    chain: &Chain,
+    io: S,
+    conn: ConnCtx,
+    alpn_h2: Option<bool>,
+    phase: watch::Receiver<Phase>,
+) {
+    match &chain.filter {
+        NetFilter::Tcp(t) => t.serve(io, conn.remote, conn.local).await,
+        NetFilter::Http(h) => serve_http(listener, h, io, conn, alpn_h2, phase).await,
+    }
+}
+
+async fn serve_http<S: crate::tls::Io>(
+    listener: &Arc<ListenerConfig>,
+    http: &HttpChain,
+    stream: S,
+    conn: ConnCtx,
+    alpn_h2: Option<bool>,
+    mut phase: watch::Receiver<Phase>,
+) {
+    let hs = &http.hcm.stats;
+    hs.downstream_cx_total.inc();
+    hs.downstream_cx_active.inc();
+    let mut info = ConnInfo::new(conn.remote, conn.local);
+    info.secure = conn.tls.is_some();
+    info.tls = conn.tls;
+    info.sni = conn.sni;
+    let info = Arc::new(info);
+    let conn_info = info.clone();
+    let hcm = http.hcm.clone();
+    let svc = service_fn(move |req| {
+        let hcm = hcm.clone();
+        let info = info.clone();
+        async move { Ok::<_, Infallible>(hcm.handle(info, req).await) }
+    });
+    let mut config_drain = listener.draining.subscribe();
+    let io = crate::http::h1_errors::EnvoyErrors::new(
+        stream,
+        http.hcm.server_name(),
+        hs.downstream_cx_protocol_error.clone(),
+        conn_info.clone(),
+    );
+    // With AUTO, TLS's ALPN decides the codec (Envoy: `h2` is HTTP/2,
+    // anything else HTTP/1.1); a plain connection is sniffed for the h2
+    // preface. Cloning the builder costs a few reference counts.
+    let alpn_builder;
+    let builder = match (http.hcm.codec, alpn_h2) {
+        (Codec::Auto, Some(true)) => {
+            alpn_builder = http.builder.clone().http2_only();
+            &alpn_builder
+        }
+        (Codec::Auto, Some(false)) => {
+            alpn_builder = http.builder.clone().http1_only();
+            &alpn_builder
+        }
+        _ => &http.builder,
+    };
+    // With upgrades: a 101 (or a 2xx to CONNECT) hands the connection to the
+    // connection manager's tunnel.
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
+    tokio::pin!(conn);
+    let mut draining = *phase.borrow() == Phase::Drain;
+    if draining {
+        conn.as_mut().graceful_shutdown();
+    }
+    // The connection idle timeout runs while no stream is active; a stream
+    // ending re-arms it.
+    let idle_timeout = http.hcm.idle_timeout;
+    let far = Duration::from_secs(365 * 24 * 3600);
+    let idle = tokio::time::sleep(idle_timeout.unwrap_or(far));
+    tokio::pin!(idle);
+    // A draining connection gets the drain time to finish, then is closed.
+    let deadline = tokio::time::sleep(if draining { listener.drain_time } else { far });
+    tokio::pin!(deadline);
+    loop {
+        let was_draining = draining;
+        tokio::select! {
+            _ = conn.as_mut() => break,
+            _ = &mut deadline, if draining => {
+                hs.downstream_cx_drain_close.inc();
+                break;
+            }
+            _ = conn_info.idle.notified() => {
+                idle.as_mut().reset(tokio::time::Instant::now() + idle_timeout.unwrap_or(far));
+            }
+            _ = &mut idle, if idle_timeout.is_some() && !draining => {
+                if conn_info.active_streams.load(Ordering::Relaxed) == 0 {
+                    hs.downstream_cx_idle_timeout.inc();
+                    draining = true;
+                    conn.as_mut().graceful_shutdown();
+                } else {
+                    idle.as_mut().reset(tokio::time::Instant::now() + idle_timeout.unwrap_or(far));
+                }
+            }
+            _ = config_drain.wait_for(|d| *d), if !draining => {
+                draining = true;
+                if begin_drain(&conn_info) {
+                    conn.as_mut().graceful_shutdown();
+                }
+            }
+            changed = phase.changed(), if !draining => {
+                if changed.is_err() || *phase.borrow() == Phase::Drain {
+                    draining = true;
+                    if begin_drain(&conn_info) {
+                        conn.as_mut().graceful_shutdown();
+                    }
+                }
+            }
+        }
+        if draining && !was_draining {
+            deadline.as_mut().reset(tokio::time::Instant::now() + listener.drain_time);
+        }
+    }
+    // hyper hands an upgraded connection over and is done with it; the
+    // connection lives on as the tunnel, counted as active until the
+    // tunnel's stream ends (bounded by the stream idle timeout).
+    if conn_info.upgraded.load(Ordering::Relaxed) {
+        while conn_info.active_streams.load(Ordering::Relaxed) > 0 {
+            conn_info.idle.notified().await;
+        }
+    }
+    hs.downstream_cx_active.dec();
+    hs.downstream_cx_destroy.inc();
+}

@@ -1,0 +1,326 @@
+//! `envoy.filters.network.rbac`: the RBAC engines (`filters::rbac`) applied to
+//! a connection, in front of `tcp_proxy` or the HTTP connection manager.
+//!
+//! As in Envoy the rules are checked when the connection's first bytes
+//! arrive (`ONE_TIME_ON_FIRST_BYTE`), or on every read (`CONTINUOUS`); a
+//! denied connection is closed without its data being passed on. The
+//! check wraps the connection's read side: nothing is evaluated before data
+//! or the end of the stream comes (a connection closed without data is
+//! checked at its end, as Envoy's onData runs for end of stream too).
+//!
+//! Cost: one policy walk per connection (per read with CONTINUOUS); the
+//! wrapper adds a branch per read.
+
+use crate::http::filters::rbac::{engines_of, Engine, Subject};
+use crate::stats::{Counter, Store};
+use legate_api::pb::envoy::extensions::filters::network::rbac::v3::{rbac::EnforcementType, Rbac as PbRbac};
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+pub const TYPE: &str = "envoy.extensions.filters.network.rbac.v3.RBAC";
+
+/// One compiled network RBAC filter.
+pub struct NetRbac {
+    enforced: Option<Engine>,
+    shadow: Option<Engine>,
+    continuous: bool,
+    allowed: Arc<Counter>,
+    denied: Arc<Counter>,
+    shadow_allowed: Arc<Counter>,
+    shadow_denied: Arc<Counter>,
+}
+
+/// Envoy's `statPrefixJoin`: a dot between the parts unless the prefix ends with one.
+fn join(prefix: &str, rest: &str) -> String {
+    if prefix.is_empty() || prefix.ends_with('.') {
+        format!("{prefix}{rest}")
+    } else {
+        format!("{prefix}.{rest}")
+    }
+}
+
+impl NetRbac {
+    pub fn compile(c: &PbRbac, store: &Store) -> Result<Self, String> {
+        if c.matcher.is_some() || c.shadow_matcher.is_some() {
+            return Err("matcher and shadow_matcher are not supported (use rules)".into());
+        }
+        if c.delay_deny.is_some() {
+            return Err("delay_deny is not supported".into());
+        }
+        if c.stat_prefix.is_empty() {
+            return Err("stat_prefix: value length must be at least 1 characters".into());
+        }
+        let continuous = match EnforcementType::try_from(c.enforcement_type) {
+            Ok(EnforcementType::OneTimeOnFirstByte) => false,
+            Ok(EnforcementType::Continuous) => true,
+            Err(_) => return Err(format!("enforcement_type: unknown value {}", c.enforcement_type)),
+        };
+        let (enforced, shadow) = engines_of(c.rules.as_ref(), c.shadow_rules.as_ref())?;
+        // `<stat_prefix>rbac.allowed`; shadow counters also carry
+        // `shadow_rules_stat_prefix` before their name, as Envoy's do.
+        let p = join(&c.stat_prefix, "rbac.");
+        let sp = format!("{p}{}", c.shadow_rules_stat_prefix);
+        Ok(Self {
+            enforced,
+            shadow,
+            continuous,
+            allowed: store.counter(&format!("{p}allowed")),
+            denied: store.counter(&format!("{p}denied")),
+            shadow_allowed: store.counter(&format!("{sp}shadow_allowed")),
+            shadow_denied: store.counter(&format!("{sp}shadow_denied")),
+        })
+    }
+}
+
+/// What the connection offers the matchers, owned by the read wrapper.
+pub struct ConnSubject {
+    pub remote: SocketAddr,
+    pub local: SocketAddr,
+    pub tls: Option<Arc<crate::tls::peer::TlsConn>>,
+    pub sni: Option<Box<str>>,
+}
+
+static NO_HEADERS: std::sync::LazyLock<http::HeaderMap> = std::sync::LazyLock::new(http::HeaderMap::new);
+
+impl ConnSubject {
+    fn subject(&self) -> Subject<'_> {
+        static NO_PSEUDO: crate::common::matcher::Pseudo<'static> =
+            crate::common::matcher::Pseudo { method: "", path: "", authority: "", scheme: "" };
+        Subject {
+            headers: &NO_HEADERS,
+            pseudo: &NO_PSEUDO,
+            http: false,
+            tls: self.tls.as_deref(),
+            sni: self.sni.as_deref().unwrap_or(""),
+            direct_remote: self.remote.ip(),
+            remote: self.remote.ip(),
+            local: self.local,
+        }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum State {
+    Unchecked,
+    Allowed,
+    Denied,
+}
+
+/// The connection's read side behind the chain's network RBAC filters.
+pub struct Gate<S> {
+    inner: S,
+    filters: Arc<[NetRbac]>,
+    subject: ConnSubject,
+    /// Per filter: whether its shadow rules were counted, and its verdict.
+    shadow_done: Vec<bool>,
+    state: Vec<State>,
+}
+
+impl<S> Gate<S> {
+    pub fn new(inner: S, filters: Arc<[NetRbac]>, subject: ConnSubject) -> Self {
+        let n = filters.len();
+        Self { inner, filters, subject, shadow_done: vec![false; n], state: vec![State::Unchecked; n] }
+    }
+
+    /// Runs the filters in order as data arrives. False: close the connection.
+    fn on_data(&mut self) -> bool {
+        let s = self.subject.subject();
+        for (i, f) in self.filters.iter().enumerate() {
+            if !self.shadow_done[i] {
+                self.shadow_done[i] = true;
+                if let Some(e) = &f.shadow {
+                    if e.allows(&s) {
+                        f.shadow_allowed.inc();
+                    } else {
+                        f.shadow_denied.inc();
+                    }
+                }
+            }
+            if self.state[i] == State::Unchecked || (f.continuous && self.state[i] == State::Allowed) {
+                self.state[i] = match &f.enforced {
+                    Some(e) if e.allows(&s) => {
+                        f.allowed.inc();
+                        State::Allowed
+                    }
+                    Some(_) => {
+                        f.denied.inc();
+                        State::Denied
+                    }
+                    None => State::Allowed,
+                };
+            }
+            if self.state[i] == State::Denied {
+                return false;
+            }
+        }
+        true
+    }
+}
+
+fn denied() -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::PermissionDenied, "rbac: connection denied")
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Gate<S> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        let this = &mut *self;
+        if this.state.contains(&State::Denied) {
+            return Poll::Ready(Err(denied()));
+        }
+        let before = buf.filled().len();
+        match Pin::new(&mut this.inner).poll_read(cx, buf) {
+            // Data, or the end of the stream: Envoy's onData runs for both.
+            Poll::Ready(Ok(())) => {
+                if this.on_data() {
+                    Poll::Ready(Ok(()))
+                } else {
+                    // The data read is dropped, not passed on.
+                    buf.set_filled(before);
+                    Poll::Ready(Err(denied()))
+                }
+            }
+            other => other,
+        }
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Gate<S> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, data)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use legate_api::pb::envoy::config::rbac::v3::{
+        permission::Rule, principal::Identifier, rbac::Action, Permission, Policy, Principal, Rbac as Rules,
+    };
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    fn filter(store: &Store, action: Action, continuous: bool) -> NetRbac {
+        let mut rules = Rules { action: action as i32, ..Default::default() };
+        rules.policies.insert(
+            "all".into(),
+            Policy {
+                permissions: vec![Permission { rule: Some(Rule::Any(true)) }],
+                principals: vec![Principal { identifier: Some(Identifier::Any(true)) }],
+                ..Default::default()
+            },
+        );
+        let c = PbRbac {
+            rules: Some(rules),
+            stat_prefix: "t".into(),
+            enforcement_type: if continuous { EnforcementType::Continuous } else { EnforcementType::OneTimeOnFirstByte }
+                as i32,
+            ..Default::default()
+        };
+        NetRbac::compile(&c, store).expect("compiles")
+    }
+
+    fn subject() -> ConnSubject {
+        let a: SocketAddr = "127.0.0.1:1000".parse().expect("addr");
+        ConnSubject { remote: a, local: a, tls: None, sni: None }
+    }
+
+    /// Reads what the peer writes in two separate chunks.
+    async fn two_chunks(action: Action, continuous: bool) -> (Store, std::io::Result<usize>) {
+        let store = Store::default();
+        let (near, mut far) = tokio::io::duplex(64);
+        let mut gate = Gate::new(near, Arc::from([filter(&store, action, continuous)]), subject());
+        let mut buf = [0u8; 16];
+        far.write_all(b"one").await.expect("write");
+        let first = gate.read(&mut buf).await;
+        if first.is_err() {
+            return (store, first);
+        }
+        far.write_all(b"two").await.expect("write");
+        let second = gate.read(&mut buf).await;
+        (store, second)
+    }
+
+    #[test]
+    fn a_connection_has_no_headers_and_no_path() {
+        use legate_api::pb::envoy::config::route::v3::{header_matcher::HeaderMatchSpecifier, HeaderMatcher};
+        use legate_api::pb::envoy::r#type::matcher::v3::{
+            path_matcher, string_matcher::MatchPattern, PathMatcher, StringMatcher,
+        };
+        let engine = |perm: Rule| {
+            let mut rules = Rules { action: Action::Allow as i32, ..Default::default() };
+            rules.policies.insert(
+                "p".into(),
+                Policy {
+                    permissions: vec![Permission { rule: Some(perm) }],
+                    principals: vec![Principal { identifier: Some(Identifier::Any(true)) }],
+                    ..Default::default()
+                },
+            );
+            Engine::new(&rules).expect("compiles")
+        };
+        let header = |invert: bool| {
+            Rule::Header(HeaderMatcher {
+                name: ":path".into(),
+                header_match_specifier: Some(HeaderMatchSpecifier::PresentMatch(true)),
+                invert_match: invert,
+                ..Default::default()
+            })
+        };
+        let path = Rule::UrlPath(PathMatcher {
+            rule: Some(path_matcher::Rule::Path(StringMatcher {
+                match_pattern: Some(MatchPattern::Prefix(String::new())),
+                ignore_case: false,
+            })),
+        });
+        let conn = subject();
+        let s = conn.subject();
+        assert!(!engine(header(false)).allows(&s), ":path is absent");
+        assert!(engine(header(true)).allows(&s), "an inverted match of an absent header matches");
+        assert!(!engine(path).allows(&s), "url_path never matches a connection");
+    }
+
+    #[tokio::test]
+    async fn one_time_checks_the_first_read_only() {
+        let (store, r) = two_chunks(Action::Allow, false).await;
+        assert_eq!(r.expect("allowed"), 3);
+        assert_eq!(store.counter("t.rbac.allowed").value(), 1);
+    }
+
+    #[tokio::test]
+    async fn continuous_checks_every_read() {
+        let (store, r) = two_chunks(Action::Allow, true).await;
+        assert_eq!(r.expect("allowed"), 3);
+        assert_eq!(store.counter("t.rbac.allowed").value(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_denied_connection_reads_nothing() {
+        let (store, r) = two_chunks(Action::Deny, false).await;
+        assert!(r.is_err_and(|e| e.kind() == std::io::ErrorKind::PermissionDenied));
+        assert_eq!(store.counter("t.rbac.denied").value(), 1);
+    }
+
+    #[test]
+    fn stat_prefix_join() {
+        assert_eq!(join("tcp", "rbac."), "tcp.rbac.");
+        assert_eq!(join("tcp.", "rbac."), "tcp.rbac.");
+    }
+}

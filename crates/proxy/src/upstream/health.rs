@@ -1,0 +1,338 @@
+//! Active health checking (HTTP, TCP with optional send/receive, and gRPC
+//! `grpc.health.v1`), on the main thread.
+//!
+//! Each health-checked cluster has one task: every `interval` (plus jitter;
+//! `no_traffic_interval`, default 60 s, until the cluster has opened a
+//! connection for traffic, as Envoy does) it checks every host; `unhealthy_threshold` consecutive failures take a
+//! host out of the set requests go to, `healthy_threshold` consecutive
+//! successes bring it back. A host's first answer decides at once (Envoy
+//! waits for it before the cluster takes traffic).
+
+use crate::stats::{Counter, Gauge, Store};
+use crate::upstream::cluster::{Cluster, Host};
+use legate_api::pb::envoy::config::core::v3::{health_check::HealthChecker as Kind, HealthCheck};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+enum Check {
+    /// GET `path` with this host header; healthy on an expected status.
+    Http { path: String, host: String, expected: Vec<(i64, i64)> },
+    /// A TCP connect succeeds; with `send`, those bytes are written and the
+    /// answer must contain every `receive` payload, in order.
+    Tcp { send: Vec<u8>, receive: Vec<Vec<u8>> },
+    /// `grpc.health.v1.Health/Check` over HTTP/2 answers SERVING.
+    Grpc { service: String, authority: String },
+}
+
+/// A health-check payload: `text` is hex, `binary` raw bytes.
+fn payload(p: &legate_api::pb::envoy::config::core::v3::health_check::Payload) -> Result<Vec<u8>, String> {
+    use legate_api::pb::envoy::config::core::v3::health_check::payload::Payload as P;
+    match &p.payload {
+        Some(P::Text(hex)) => {
+            let hex = hex.trim();
+            if hex.len() % 2 != 0 {
+                return Err(format!("payload text '{hex}' is not hex"));
+            }
+            (0..hex.len())
+                .step_by(2)
+                .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).map_err(|_| format!("payload text '{hex}' is not hex")))
+                .collect()
+        }
+        Some(P::Binary(b)) => Ok(b.clone()),
+        None => Ok(Vec::new()),
+    }
+}
+
+/// Whether `got` holds every payload of `want`, each after the previous one.
+fn contains_in_order(got: &[u8], want: &[Vec<u8>]) -> bool {
+    let mut from = 0;
+    for w in want {
+        if w.is_empty() {
+            continue;
+        }
+        match got[from..].windows(w.len()).position(|win| win == w.as_slice()) {
+            Some(i) => from += i + w.len(),
+            None => return false,
+        }
+    }
+    true
+}
+
+pub struct HealthChecker {
+    check: Check,
+    interval: Duration,
+    no_traffic_interval: Duration,
+    jitter: Duration,
+    timeout: Duration,
+    unhealthy_threshold: u32,
+    healthy_threshold: u32,
+    attempt: Arc<Counter>,
+    success: Arc<Counter>,
+    failure: Arc<Counter>,
+    network_failure: Arc<Counter>,
+    healthy: Arc<Gauge>,
+}
+
+impl HealthChecker {
+    pub fn compile(checks: &[HealthCheck], store: &Store, cluster: &str) -> Result<Option<Self>, String> {
+        let Some(hc) = (match checks {
+            [] => None,
+            [one] => Some(one),
+            _ => return Err("health_checks: one health check is supported".into()),
+        }) else {
+            return Ok(None);
+        };
+        let check =
+            match &hc.health_checker {
+                Some(Kind::HttpHealthCheck(h)) => Check::Http {
+                    path: h.path.clone(),
+                    host: if h.host.is_empty() { cluster.to_string() } else { h.host.clone() },
+                    expected: if h.expected_statuses.is_empty() {
+                        vec![(200, 201)]
+                    } else {
+                        h.expected_statuses.iter().map(|r| (r.start, r.end)).collect()
+                    },
+                },
+                Some(Kind::TcpHealthCheck(t)) => Check::Tcp {
+                    send: t.send.as_ref().map(payload).transpose()?.unwrap_or_default(),
+                    receive: t.receive.iter().map(payload).collect::<Result<_, _>>()?,
+                },
+                Some(Kind::GrpcHealthCheck(g)) => Check::Grpc {
+                    service: g.service_name.clone(),
+                    authority: if g.authority.is_empty() { cluster.to_string() } else { g.authority.clone() },
+                },
+                _ => return Err(
+                    "health_checks[0]: only http_health_check, tcp_health_check and grpc_health_check are supported"
+                        .into(),
+                ),
+            };
+        let p = format!("cluster.{cluster}.health_check.");
+        Ok(Some(Self {
+            check,
+            interval: legate_api::duration::or(hc.interval.as_ref(), Duration::ZERO).max(Duration::from_millis(10)),
+            no_traffic_interval: hc
+                .no_traffic_interval
+                .as_ref()
+                .map_or(Duration::from_secs(60), |d| legate_api::duration::from_pb(d).max(Duration::from_millis(10))),
+            jitter: legate_api::duration::or(hc.interval_jitter.as_ref(), Duration::ZERO),
+            timeout: legate_api::duration::or(hc.timeout.as_ref(), Duration::ZERO).max(Duration::from_millis(1)),
+            unhealthy_threshold: hc.unhealthy_threshold.map_or(1, |v| v.value).max(1),
+            healthy_threshold: hc.healthy_threshold.map_or(1, |v| v.value).max(1),
+            attempt: store.counter(&format!("{p}attempt")),
+            success: store.counter(&format!("{p}success")),
+            failure: store.counter(&format!("{p}failure")),
+            network_failure: store.counter(&format!("{p}network_failure")),
+            healthy: store.gauge(&format!("{p}healthy")),
+        }))
+    }
+
+    /// One check of `host`: `Ok(healthy)` when it answered, `Err(())` when
+    /// it could not be reached or did not answer in time (a network failure).
+    async fn probe(&self, host: &Host) -> Result<bool, ()> {
+        let attempt = async {
+            let stream = tokio::net::TcpStream::connect(host.addr).await.map_err(|_| ())?;
+            match &self.check {
+                Check::Tcp { send, receive } => {
+                    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                    let mut stream = stream;
+                    if send.is_empty() && receive.is_empty() {
+                        return Ok(true);
+                    }
+                    stream.write_all(send).await.map_err(|_| ())?;
+                    let mut got = Vec::new();
+                    let mut buf = [0u8; 4096];
+                    while !contains_in_order(&got, receive) {
+                        let n = stream.read(&mut buf).await.map_err(|_| ())?;
+                        if n == 0 || got.len() > 64 * 1024 {
+                            return Ok(false);
+                        }
+                        got.extend_from_slice(&buf[..n]);
+                    }
+                    Ok(true)
+                }
+                Check::Http { path, host: authority, expected } => {
+                    let (mut sender, conn) =
+                        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                            .await
+                            .map_err(|_| ())?;
+                    tokio::spawn(conn);
+                    let req = http::Request::get(path.as_str())
+                        .header(http::header::HOST, authority.as_str())
+                        .header(http::header::USER_AGENT, "Envoy/HC")
+                        .body(crate::body::ProxyBody::Empty)
+                        .map_err(|_| ())?;
+                    let status = sender.send_request(req).await.map_err(|_| ())?.status().as_u16() as i64;
+                    Ok(expected.iter().any(|(lo, hi)| status >= *lo && status < *hi))
+                }
+                Check::Grpc { service, authority } => grpc_check(stream, service, authority).await,
+            }
+        };
+        tokio::time::timeout(self.timeout, attempt).await.unwrap_or(Err(()))
+    }
+
+    /// Checks every host once; true when any host's verdict changed.
+    pub async fn round(&self, cluster: &Cluster) -> bool {
+        let hosts = cluster.hosts.load().all.clone();
+        let mut changed = false;
+        for h in hosts {
+            self.attempt.inc();
+            let result = self.probe(&h).await;
+            let ok = result == Ok(true);
+            if ok {
+                self.success.inc();
+            } else {
+                self.failure.inc();
+                if result.is_err() {
+                    self.network_failure.inc();
+                }
+            }
+            changed |= self.record(&h, ok);
+        }
+        if changed {
+            cluster.refresh_health();
+        }
+        self.healthy.set(cluster.hosts.load().healthy as i64);
+        changed
+    }
+
+    fn record(&self, h: &Host, ok: bool) -> bool {
+        let was = h.hc_healthy.load(Relaxed);
+        if h.hc_pending.swap(false, Relaxed) {
+            h.hc_healthy.store(ok, Relaxed);
+            if ok {
+                h.mark_healthy_now();
+            }
+            return ok != was;
+        }
+        if ok {
+            h.hc_fails.store(0, Relaxed);
+            let passes = h.hc_passes.fetch_add(1, Relaxed) + 1;
+            if !was && passes >= self.healthy_threshold {
+                h.hc_healthy.store(true, Relaxed);
+                h.mark_healthy_now();
+                return true;
+            }
+        } else {
+            h.hc_passes.store(0, Relaxed);
+            let fails = h.hc_fails.fetch_add(1, Relaxed) + 1;
+            if was && fails >= self.unhealthy_threshold {
+                h.hc_healthy.store(false, Relaxed);
+                return true;
+            }
+        }
+        false
+    }
+
+    /// The wait before the next round: `no_traffic_interval` until the
+    /// cluster has opened a connection for traffic, then `interval`, plus jitter.
+    fn next_wait(&self, cluster: &Cluster) -> Duration {
+        let base = if cluster.stats.upstream_cx_total.value() == 0 { self.no_traffic_interval } else { self.interval };
+        base + self.jitter.mul_f64(rand::random::<f64>())
+    }
+}
+
+/// `grpc.health.v1.Health/Check` for `service` over HTTP/2: healthy when
+/// the answer is HTTP 200, `grpc-status` 0 and the message says SERVING (1).
+async fn grpc_check(stream: tokio::net::TcpStream, service: &str, authority: &str) -> Result<bool, ()> {
+    use http_body_util::BodyExt;
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .map_err(|_| ())?;
+    tokio::spawn(conn);
+    // HealthCheckRequest { service = 1 } in gRPC framing (uncompressed).
+    let mut message = Vec::with_capacity(service.len() + 2);
+    if !service.is_empty() {
+        message.push(0x0a);
+        prost::encoding::encode_varint(service.len() as u64, &mut message);
+        message.extend_from_slice(service.as_bytes());
+    }
+    let mut framed = vec![0u8];
+    framed.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    framed.extend_from_slice(&message);
+    let req = http::Request::post(format!("http://{authority}/grpc.health.v1.Health/Check"))
+        .header(http::header::CONTENT_TYPE, "application/grpc")
+        .header("te", "trailers")
+        .header(http::header::USER_AGENT, "Envoy/HC")
+        .body(crate::body::ProxyBody::full(framed))
+        .map_err(|_| ())?;
+    let resp = sender.send_request(req).await.map_err(|_| ())?;
+    if resp.status() != http::StatusCode::OK {
+        return Ok(false);
+    }
+    let head_status = resp.headers().get("grpc-status").cloned();
+    let collected = resp.into_body().collect().await.map_err(|_| ())?;
+    let grpc_status = collected.trailers().and_then(|t| t.get("grpc-status").cloned()).or(head_status);
+    if grpc_status.as_ref().map(|v| v.as_bytes()) != Some(b"0") {
+        return Ok(false);
+    }
+    let body = collected.to_bytes();
+    // One framed HealthCheckResponse: status is field 1, a varint.
+    let Some(msg) = body.get(5..) else { return Ok(false) };
+    Ok(serving(msg))
+}
+
+/// Whether a HealthCheckResponse says SERVING (field 1 = 1).
+fn serving(mut msg: &[u8]) -> bool {
+    while !msg.is_empty() {
+        let Ok(key) = prost::encoding::decode_varint(&mut msg) else { return false };
+        match (key >> 3, key & 7) {
+            (1, 0) => return prost::encoding::decode_varint(&mut msg) == Ok(1),
+            (_, 0) => {
+                if prost::encoding::decode_varint(&mut msg).is_err() {
+                    return false;
+                }
+            }
+            (_, 2) => {
+                let Ok(len) = prost::encoding::decode_varint(&mut msg) else { return false };
+                let Some(rest) = msg.get(len as usize..) else { return false };
+                msg = rest;
+            }
+            _ => return false,
+        }
+    }
+    false
+}
+
+/// Checks a cluster until it is gone. `checked` says a first round has
+/// already run (at startup), so the loop begins with the wait.
+pub async fn run(cluster: Weak<Cluster>, checked: bool) {
+    let mut first = !checked;
+    loop {
+        let Some(c) = cluster.upgrade() else { return };
+        let Some(hc) = &c.health_check else { return };
+        if first {
+            hc.round(&c).await;
+            first = false;
+        }
+        let wait = hc.next_wait(&c);
+        drop(c);
+        tokio::time::sleep(wait).await;
+        let Some(c) = cluster.upgrade() else { return };
+        let Some(hc) = &c.health_check else { return };
+        hc.round(&c).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{contains_in_order, serving};
+
+    #[test]
+    fn tcp_receive_payloads_must_appear_in_order() {
+        let want = vec![b"PO".to_vec(), b"NG".to_vec()];
+        assert!(contains_in_order(b"xxPOyyNG", &want));
+        assert!(!contains_in_order(b"NGxxPO", &want));
+        assert!(contains_in_order(b"anything", &[]));
+    }
+
+    #[test]
+    fn grpc_serving_is_field_one_equal_to_one() {
+        assert!(serving(&[0x08, 0x01]));
+        assert!(!serving(&[0x08, 0x02]));
+        assert!(!serving(&[]));
+    }
+}

@@ -1,0 +1,268 @@
+//! Outlier detection: hosts that answer with consecutive 5xx (or gateway
+//! errors), or whose success rate over an interval falls far below the
+//! others' (`success_rate_*`) or whose failure share passes a threshold
+//! (`failure_percentage_*`), are ejected for `base_ejection_time` × the times
+//! they were ejected (up to `max_ejection_time`), and come back on the
+//! `interval` tick after that. Locally originated failures (connect
+//! failures, resets) count as 5xx, as in Envoy when
+//! `split_external_local_origin_errors` is off.
+//!
+//! Per request: two relaxed adds on the host (interval volume and successes)
+//! besides the consecutive counters; the statistics run on the interval tick.
+
+use crate::stats::{Counter, Gauge, Store};
+use crate::upstream::cluster::{Cluster, Host};
+use legate_api::pb::envoy::config::cluster::v3::OutlierDetection;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+pub struct Outlier {
+    /// `split_external_local_origin_errors`: connect failures, timeouts and
+    /// resets count toward `consecutive_local_origin_failure`, not 5xx.
+    split_local: bool,
+    consecutive_local: u32,
+    enforcing_local: u32,
+    detected_local: Arc<Counter>,
+    enforced_local: Arc<Counter>,
+    consecutive_5xx: u32,
+    enforcing_5xx: u32,
+    consecutive_gateway: u32,
+    enforcing_gateway: u32,
+    pub interval: Duration,
+    base_ejection: Duration,
+    max_ejection: Duration,
+    max_ejection_percent: u32,
+    success_rate: Statistic,
+    failure_percentage: Statistic,
+    ejections_active: Arc<Gauge>,
+    enforced_total: Arc<Counter>,
+    enforced_5xx: Arc<Counter>,
+    enforced_gateway: Arc<Counter>,
+    detected_5xx: Arc<Counter>,
+    detected_gateway: Arc<Counter>,
+}
+
+/// The settings of one interval statistic (success rate or failure percentage).
+struct Statistic {
+    minimum_hosts: u64,
+    request_volume: u64,
+    enforcing: u32,
+    /// Success rate: the stdev factor (÷ 1000); failure percentage: the threshold.
+    parameter: f64,
+    detected: Arc<Counter>,
+    enforced: Arc<Counter>,
+}
+
+/// A process-wide origin for the ejection times kept in atomics.
+fn epoch() -> Instant {
+    static E: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    *E.get_or_init(Instant::now)
+}
+
+impl Outlier {
+    pub fn compile(o: &OutlierDetection, store: &Store, cluster: &str) -> Self {
+        let p = format!("cluster.{cluster}.outlier_detection.");
+        Self {
+            split_local: o.split_external_local_origin_errors,
+            consecutive_local: o.consecutive_local_origin_failure.map_or(5, |v| v.value),
+            enforcing_local: o.enforcing_consecutive_local_origin_failure.map_or(100, |v| v.value),
+            detected_local: store.counter(&format!("{p}ejections_detected_consecutive_local_origin_failure")),
+            enforced_local: store.counter(&format!("{p}ejections_enforced_consecutive_local_origin_failure")),
+            consecutive_5xx: o.consecutive_5xx.map_or(5, |v| v.value),
+            enforcing_5xx: o.enforcing_consecutive_5xx.map_or(100, |v| v.value),
+            consecutive_gateway: o.consecutive_gateway_failure.map_or(5, |v| v.value),
+            enforcing_gateway: o.enforcing_consecutive_gateway_failure.map_or(0, |v| v.value),
+            interval: legate_api::duration::or(o.interval.as_ref(), Duration::from_secs(10))
+                .max(Duration::from_millis(10)),
+            base_ejection: legate_api::duration::or(o.base_ejection_time.as_ref(), Duration::from_secs(30)),
+            max_ejection: legate_api::duration::or(o.max_ejection_time.as_ref(), Duration::from_secs(300)),
+            max_ejection_percent: o.max_ejection_percent.map_or(10, |v| v.value),
+            success_rate: Statistic {
+                minimum_hosts: o.success_rate_minimum_hosts.map_or(5, |v| u64::from(v.value)),
+                request_volume: o.success_rate_request_volume.map_or(100, |v| u64::from(v.value)),
+                enforcing: o.enforcing_success_rate.map_or(100, |v| v.value),
+                parameter: o.success_rate_stdev_factor.map_or(1900, |v| v.value) as f64 / 1000.0,
+                detected: store.counter(&format!("{p}ejections_detected_success_rate")),
+                enforced: store.counter(&format!("{p}ejections_enforced_success_rate")),
+            },
+            failure_percentage: Statistic {
+                minimum_hosts: o.failure_percentage_minimum_hosts.map_or(5, |v| u64::from(v.value)),
+                request_volume: o.failure_percentage_request_volume.map_or(50, |v| u64::from(v.value)),
+                enforcing: o.enforcing_failure_percentage.map_or(0, |v| v.value),
+                parameter: o.failure_percentage_threshold.map_or(85, |v| v.value) as f64,
+                detected: store.counter(&format!("{p}ejections_detected_failure_percentage")),
+                enforced: store.counter(&format!("{p}ejections_enforced_failure_percentage")),
+            },
+            ejections_active: store.gauge(&format!("{p}ejections_active")),
+            enforced_total: store.counter(&format!("{p}ejections_enforced_total")),
+            enforced_5xx: store.counter(&format!("{p}ejections_enforced_consecutive_5xx")),
+            enforced_gateway: store.counter(&format!("{p}ejections_enforced_consecutive_gateway_failure")),
+            detected_5xx: store.counter(&format!("{p}ejections_detected_consecutive_5xx")),
+            detected_gateway: store.counter(&format!("{p}ejections_detected_consecutive_gateway_failure")),
+        }
+    }
+
+    /// Ejects `host` if the cap allows (and the enforcing draw says so);
+    /// returns whether it did.
+    fn eject(&self, cluster: &Cluster, host: &Host, enforcing: u32) -> bool {
+        if host.ejected.load(Relaxed) || rand::random_range(0..100) >= enforcing {
+            return false;
+        }
+        let set = cluster.hosts.load();
+        let ejected = set.all.iter().filter(|h| h.ejected.load(Relaxed)).count() as u32;
+        // An ejection is allowed while the ejected share is under the cap.
+        if ejected * 100 >= self.max_ejection_percent * set.all.len() as u32 {
+            return false;
+        }
+        let times = host.od_ejections.fetch_add(1, Relaxed) + 1;
+        let until = Instant::now() + (self.base_ejection * times).min(self.max_ejection.max(self.base_ejection));
+        host.od_until.store(until.duration_since(epoch()).as_millis() as u64, Relaxed);
+        host.ejected.store(true, Relaxed);
+        host.od_5xx.store(0, Relaxed);
+        host.od_gateway.store(0, Relaxed);
+        self.enforced_total.inc();
+        self.ejections_active.set(ejected as i64 + 1);
+        true
+    }
+
+    /// The interval's success-rate and failure-percentage ejections, from
+    /// the results each host saw since the last tick (then reset).
+    fn interval_statistics(&self, cluster: &Cluster) {
+        let set = cluster.hosts.load();
+        // (host, requests, success percent) of hosts not ejected.
+        let rates: Vec<(&Arc<Host>, u64, f64)> = set
+            .all
+            .iter()
+            .map(|h| {
+                let rq = h.od_interval_rq.swap(0, Relaxed);
+                let ok = h.od_interval_ok.swap(0, Relaxed);
+                (h, rq, if rq == 0 { 100.0 } else { ok as f64 * 100.0 / rq as f64 })
+            })
+            .filter(|(h, _, _)| !h.ejected.load(Relaxed))
+            .collect();
+        let mut changed = false;
+        // Success rate: below mean - factor × stdev of the hosts with volume.
+        let sr = &self.success_rate;
+        let valid: Vec<&(&Arc<Host>, u64, f64)> = rates.iter().filter(|(_, rq, _)| *rq >= sr.request_volume).collect();
+        if valid.len() as u64 >= sr.minimum_hosts.max(1) {
+            let n = valid.len() as f64;
+            let mean = valid.iter().map(|(_, _, r)| r).sum::<f64>() / n;
+            let stdev = (valid.iter().map(|(_, _, r)| (r - mean).powi(2)).sum::<f64>() / n).sqrt();
+            let threshold = mean - stdev * sr.parameter;
+            for (h, _, r) in valid {
+                if *r < threshold {
+                    sr.detected.inc();
+                    if self.eject(cluster, h, sr.enforcing) {
+                        sr.enforced.inc();
+                        changed = true;
+                    }
+                }
+            }
+        }
+        // Failure percentage: at or over the threshold.
+        let fp = &self.failure_percentage;
+        let valid: Vec<&(&Arc<Host>, u64, f64)> = rates.iter().filter(|(_, rq, _)| *rq >= fp.request_volume).collect();
+        if valid.len() as u64 >= fp.minimum_hosts.max(1) {
+            for (h, _, r) in valid {
+                if 100.0 - r >= fp.parameter {
+                    fp.detected.inc();
+                    if self.eject(cluster, h, fp.enforcing) {
+                        fp.enforced.inc();
+                        changed = true;
+                    }
+                }
+            }
+        }
+        if changed {
+            cluster.refresh_health();
+        }
+    }
+
+    /// Records one result from `host` (`None`: a local failure, counted as 503).
+    pub fn record(&self, cluster: &Cluster, host: &Host, status: Option<u16>) {
+        if self.split_local {
+            match status {
+                // A local-origin failure: its own consecutive count only.
+                None => {
+                    host.od_interval_rq.fetch_add(1, Relaxed);
+                    let n = host.od_local.fetch_add(1, Relaxed) + 1;
+                    if n == self.consecutive_local && !host.ejected.load(Relaxed) {
+                        self.detected_local.inc();
+                        if self.eject(cluster, host, self.enforcing_local) {
+                            self.enforced_local.inc();
+                            host.od_local.store(0, Relaxed);
+                            cluster.refresh_health();
+                        }
+                    }
+                    return;
+                }
+                // A response arrived: the connection worked.
+                Some(_) => host.od_local.store(0, Relaxed),
+            }
+        }
+        let status = status.unwrap_or(503);
+        host.od_interval_rq.fetch_add(1, Relaxed);
+        if status < 500 {
+            host.od_interval_ok.fetch_add(1, Relaxed);
+            host.od_5xx.store(0, Relaxed);
+            host.od_gateway.store(0, Relaxed);
+            return;
+        }
+        let n5xx = host.od_5xx.fetch_add(1, Relaxed) + 1;
+        let ngw = if matches!(status, 502..=504) { host.od_gateway.fetch_add(1, Relaxed) + 1 } else { 0 };
+        if host.ejected.load(Relaxed) {
+            return;
+        }
+        // Consecutive 5xx first, then consecutive gateway failures, as Envoy checks them.
+        let mut ejected = false;
+        if n5xx == self.consecutive_5xx {
+            self.detected_5xx.inc();
+            if self.eject(cluster, host, self.enforcing_5xx) {
+                self.enforced_5xx.inc();
+                ejected = true;
+            }
+        }
+        if !ejected && ngw == self.consecutive_gateway {
+            self.detected_gateway.inc();
+            if self.eject(cluster, host, self.enforcing_gateway) {
+                self.enforced_gateway.inc();
+                ejected = true;
+            }
+        }
+        if ejected {
+            cluster.refresh_health();
+        }
+    }
+
+    /// Brings back hosts whose ejection ran out.
+    fn uneject(&self, cluster: &Cluster) {
+        let now = Instant::now().duration_since(epoch()).as_millis() as u64;
+        let mut changed = false;
+        let set = cluster.hosts.load();
+        for h in &set.all {
+            if h.ejected.load(Relaxed) && h.od_until.load(Relaxed) <= now {
+                h.ejected.store(false, Relaxed);
+                changed = true;
+            }
+        }
+        if changed {
+            self.ejections_active.set(set.all.iter().filter(|h| h.ejected.load(Relaxed)).count() as i64);
+            cluster.refresh_health();
+        }
+    }
+}
+
+/// The interval timer of a cluster's outlier detection, until the cluster is gone.
+pub async fn run(cluster: Weak<Cluster>) {
+    let _ = epoch();
+    loop {
+        let Some(interval) = cluster.upgrade().and_then(|c| c.outlier.as_ref().map(|o| o.interval)) else { return };
+        tokio::time::sleep(interval).await;
+        let Some(c) = cluster.upgrade() else { return };
+        if let Some(o) = &c.outlier {
+            o.uneject(&c);
+            o.interval_statistics(&c);
+        }
+    }
+}
