@@ -1,5 +1,14 @@
 //! Legate's control plane: an xDS server with a persistent configuration store,
 //! a fleet view of connected proxies, and a REST API.
+//!
+//! From the ground up, each layer using only those below it:
+//! - [`clock`]: the time stamps everything records.
+//! - [`discovery`]: who is out there: connected proxies, registered instances.
+//! - [`resources`]: the resource model and its compilation into Envoy resources.
+//! - [`store`]: committed revisions, tokens and the audit log, in SQLite or etcd.
+//! - [`state`]: the controller: validate, commit, publish.
+//! - [`serve`](mod@serve): xDS and CSDS to the proxies, the REST API to people and tools.
+//! - [`sync`]: state from outside the API: other replicas, a watched folder.
 
 pub mod clock;
 pub mod discovery;

@@ -1,4 +1,4 @@
-//! API tokens with roles, and the audit log.
+//! API tokens and the roles they carry.
 //!
 //! A token is `lgt_<id>_<secret>`; the store keeps the id, a name, the role and
 //! the SHA-256 of the secret, never the secret. Until the first token exists the
