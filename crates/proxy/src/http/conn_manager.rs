@@ -954,16 +954,14 @@ impl Hcm {
             // The buffer filter: the whole body is read before the request
             // goes on; over the limit Envoy answers 413.
             if let Some(limit) = self.filters.buffer_limit() {
-                match read_limited(body, limit).await {
+                match body.read_whole(Some(limit)).await {
                     Ok(bytes) => {
-                        let progress = Arc::new(crate::body::RequestProgress::default());
-                        progress.received.store(bytes.len() as u64, Relaxed);
-                        progress.done.store(true, Relaxed);
-                        stream.request_progress = Some(progress);
+                        stream.request_progress =
+                            Some(Arc::new(crate::body::RequestProgress::whole(bytes.len() as u64)));
                         body = ProxyBody::full(bytes);
                     }
-                    Err(too_large) => {
-                        let (status, details, text) = if too_large {
+                    Err(e) => {
+                        let (status, details, text) = if e == crate::body::ReadError::TooLarge {
                             st.downstream_rq_too_large.inc();
                             (413, "request_payload_too_large", "Payload Too Large")
                         } else {
@@ -1335,7 +1333,7 @@ impl Hcm {
         // With a retry policy the request body is buffered (up to 1 MiB, as
         // Envoy's default buffer limit) so that it can be sent again.
         let retry = match retry_policy {
-            Some(policy) if retryable_body(&parts.headers, &body) => Some(policy.into_owned()),
+            Some(policy) if body.fits(&parts.headers, crate::body::RESEND_BUFFER_LIMIT) => Some(policy.into_owned()),
             _ => None,
         };
         // Mirrors get a copy of the request (its body buffered like a
@@ -1346,16 +1344,15 @@ impl Hcm {
             .filter(|m| crate::common::fraction::roll(m.per_million))
             .filter_map(|m| clusters.get(&m.cluster).map(|c| (c.clone(), m.keep_host)))
             .collect();
-        let buffered = retry.is_some() || (!mirrors.is_empty() && retryable_body(&parts.headers, &body));
+        let buffered =
+            retry.is_some() || (!mirrors.is_empty() && body.fits(&parts.headers, crate::body::RESEND_BUFFER_LIMIT));
         let mut attempts = 1u32;
         let (result, final_host) = match retry {
             None if buffered => {
-                let bytes = match http_body_util::BodyExt::collect(body).await {
-                    Ok(c) => c.to_bytes(),
-                    Err(_) => return self.local_reply(stream, 400, "downstream_remote_disconnect", "DC", None),
+                let Ok(bytes) = body.read_whole(None).await else {
+                    return self.local_reply(stream, 400, "downstream_remote_disconnect", "DC", None);
                 };
-                request_done.received.store(bytes.len() as u64, Relaxed);
-                request_done.done.store(true, Relaxed);
+                request_done.set_whole(bytes.len() as u64);
                 for (mc, keep_host) in &mirrors {
                     mirror(mc.clone(), &parts, &authority, *keep_host, bytes.clone());
                 }
@@ -1385,12 +1382,10 @@ impl Hcm {
                 }
             }
             Some(policy) => {
-                let bytes = match http_body_util::BodyExt::collect(body).await {
-                    Ok(c) => c.to_bytes(),
-                    Err(_) => return self.local_reply(stream, 400, "downstream_remote_disconnect", "DC", None),
+                let Ok(bytes) = body.read_whole(None).await else {
+                    return self.local_reply(stream, 400, "downstream_remote_disconnect", "DC", None);
                 };
-                request_done.received.store(bytes.len() as u64, Relaxed);
-                request_done.done.store(true, Relaxed);
+                request_done.set_whole(bytes.len() as u64);
                 for (mc, keep_host) in &mirrors {
                     mirror(mc.clone(), &parts, &authority, *keep_host, bytes.clone());
                 }
@@ -1528,16 +1523,6 @@ fn set_text_body(resp: &mut Response<ProxyBody>, body: Option<bytes::Bytes>) {
     }
 }
 
-/// Reads a request body whole, refusing more than `limit` bytes:
-/// `Err(true)` when it is too large, `Err(false)` when the client went away.
-async fn read_limited(body: ProxyBody, limit: u64) -> Result<bytes::Bytes, bool> {
-    use http_body_util::BodyExt as _;
-    match http_body_util::Limited::new(body, limit as usize).collect().await {
-        Ok(c) => Ok(c.to_bytes()),
-        Err(e) => Err(e.downcast_ref::<http_body_util::LengthLimitError>().is_some()),
-    }
-}
-
 /// Applies route, virtual host and route-configuration mutations in Envoy's
 /// order (most specific first, unless `most_specific_header_mutations_wins`).
 fn apply_levels(
@@ -1576,18 +1561,6 @@ impl<T> Waited<T> {
             Waited::MaxDuration => Waited::MaxDuration,
         }
     }
-}
-
-/// A body that can be buffered for retries: none, or a declared length of at
-/// most 1 MiB.
-fn retryable_body(headers: &HeaderMap, body: &ProxyBody) -> bool {
-    use http_body::Body as _;
-    body.is_end_stream()
-        || headers
-            .get(CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok())
-            .is_some_and(|n| n <= 1 << 20)
 }
 
 /// What each attempt of a retried request is told.
@@ -1999,8 +1972,8 @@ impl Hcm {
             },
         }
         let req = Request::from_parts(parts, ProxyBody::Empty);
-        let request_done = crate::body::RequestProgress::default();
-        request_done.done.store(true, Relaxed);
+        // No request body follows an upgrade's head.
+        let request_done = crate::body::RequestProgress::whole(0);
         let mut slot = crate::upstream::pool::Held::default();
         let sent = crate::upstream::pool::send_upgrade(&cluster, &host, req, &mut slot);
         let waited = self.await_response(sent, ra, ra.timeout, None, &request_done).await;
