@@ -1,8 +1,8 @@
 //! The HTTP connection manager (Envoy's `HttpConnectionManager`): its
-//! compiled configuration, and what a connection tells it about itself.
-//! `Hcm::handle` (request.rs) serves one request from its headers to the
-//! last byte of its response; the router (`crate::http::router`) is the
-//! last step of that path.
+//! compiled configuration, what a connection tells it about itself, and
+//! the types the request path's steps share. `Hcm::handle` (request.rs)
+//! serves one request from its headers to the last byte of its response;
+//! the router (`crate::http::router`) is the last step of that path.
 
 pub(in crate::http) mod headers;
 mod local_reply;
