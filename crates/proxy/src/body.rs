@@ -164,6 +164,34 @@ pub struct RequestProgress {
     pub received: AtomicU64,
 }
 
+impl RequestProgress {
+    /// The progress of a body that has been read whole: `len` bytes.
+    pub fn whole(len: u64) -> Self {
+        let progress = Self::default();
+        progress.set_whole(len);
+        progress
+    }
+
+    /// Records that the body has been read whole: `len` bytes.
+    pub fn set_whole(&self, len: u64) {
+        self.received.store(len, Relaxed);
+        self.done.store(true, Relaxed);
+    }
+}
+
+/// The most of a request body the router holds to send it again (retries)
+/// or twice (mirrors): Envoy's default per-request buffer limit, 1 MiB.
+pub const RESEND_BUFFER_LIMIT: u64 = 1 << 20;
+
+/// Why a request body could not be read whole.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum ReadError {
+    /// More than the limit arrived.
+    TooLarge,
+    /// The client went away (or broke the stream) first.
+    Disconnected,
+}
+
 impl ProxyBody {
     pub fn full(data: impl Into<Bytes>) -> Self {
         let data: Bytes = data.into();
@@ -205,6 +233,33 @@ impl ProxyBody {
                 }
                 other
             }
+        }
+    }
+
+    /// Whether the whole body is known to fit in `limit` bytes before any of
+    /// it is read: it has ended already, or its declared `content-length`
+    /// is at most `limit`.
+    pub fn fits(&self, headers: &http::HeaderMap, limit: u64) -> bool {
+        self.is_end_stream()
+            || headers
+                .get(http::header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok())
+                .is_some_and(|n| n <= limit)
+    }
+
+    /// Reads the body whole; with a `limit`, refuses more than that many
+    /// bytes. The one place a request body is buffered (the buffer filter,
+    /// retries, mirrors).
+    pub async fn read_whole(self, limit: Option<u64>) -> Result<Bytes, ReadError> {
+        use http_body_util::BodyExt as _;
+        match limit {
+            Some(limit) => match http_body_util::Limited::new(self, limit as usize).collect().await {
+                Ok(c) => Ok(c.to_bytes()),
+                Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => Err(ReadError::TooLarge),
+                Err(_) => Err(ReadError::Disconnected),
+            },
+            None => self.collect().await.map(|c| c.to_bytes()).map_err(|_| ReadError::Disconnected),
         }
     }
 

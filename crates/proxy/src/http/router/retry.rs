@@ -1,8 +1,23 @@
-//! Route retry policies (`retry_policy`) as Envoy defines them.
+//! Route retry policies (`retry_policy`) as Envoy defines them, and the
+//! loop that sends a request again under one (Envoy's `RetryStateImpl`).
 
-use crate::upstream::pool::UpstreamError;
+use crate::body::ProxyBody;
+use crate::upstream::cluster::{Cluster, Host};
+use crate::upstream::pool::{Held, UpstreamError};
+use http::header::{HeaderName, HeaderValue};
+use http::{Request, Response};
+use hyper::body::Incoming;
 use legate_api::pb::envoy::config::route::v3::RetryPolicy as PbRetryPolicy;
-use std::time::Duration;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// The attempt an upstream request is (`include_request_attempt_count`,
+/// `include_attempt_count_in_response`).
+pub(in crate::http) static X_ENVOY_ATTEMPT_COUNT: HeaderName = HeaderName::from_static("x-envoy-attempt-count");
+/// The time an attempt has (`expected_timeout_ms`).
+pub(in crate::http) static X_ENVOY_EXPECTED_TIMEOUT: HeaderName =
+    HeaderName::from_static("x-envoy-expected-rq-timeout-ms");
 
 /// `retry_on` conditions as bits (the route's and `x-envoy-retry-on`'s are
 /// or-ed together, as Envoy merges them).
@@ -268,6 +283,106 @@ impl RetryPolicy {
     pub fn backoff(&self, n: u32) -> Duration {
         let cap = self.base.saturating_mul(1u32 << (n.saturating_sub(1)).min(16)).min(self.max);
         cap.mul_f64(rand::random::<f64>())
+    }
+}
+
+/// What each attempt of a retried request is told.
+pub(super) struct Attempts {
+    pub(super) route_timeout: Option<Duration>,
+    /// Set `x-envoy-attempt-count` on every attempt.
+    pub(super) count_header: bool,
+}
+
+/// Sends with the route's retry policy: on a retriable response or failure,
+/// waits the jittered back-off and tries again, on another host when the
+/// policy avoids previous ones. Returns the last outcome, the host that gave
+/// it and the number of attempts.
+pub(super) async fn send_with_retries(
+    cluster: Arc<Cluster>,
+    first: Arc<Host>,
+    parts: http::request::Parts,
+    body: bytes::Bytes,
+    policy: RetryPolicy,
+    attempts: Attempts,
+    rq_slot: &mut Held,
+) -> (Result<Response<Incoming>, UpstreamError>, Arc<Host>, u32) {
+    let route_timeout = attempts.route_timeout;
+    let started = Instant::now();
+    let mut parts = parts;
+    let mut host = first;
+    let mut tried: Vec<std::net::SocketAddr> = Vec::new();
+    let mut attempt = 0u32;
+    loop {
+        let mut req = Request::new(ProxyBody::full(body.clone()));
+        *req.method_mut() = parts.method.clone();
+        *req.uri_mut() = parts.uri.clone();
+        *req.headers_mut() = parts.headers.clone();
+        let sent = crate::upstream::pool::send(&cluster, &host, req, rq_slot);
+        let result = match policy.per_try_timeout {
+            Some(t) => tokio::time::timeout(t, sent).await.unwrap_or(Err(UpstreamError::PerTryTimeout)),
+            None => sent.await,
+        };
+        let retriable = match &result {
+            Ok(r) => policy.retry_response(r.status().as_u16(), r.headers()),
+            Err(e) => policy.retry_error(e),
+        };
+        if !retriable || attempt >= policy.num_retries {
+            if retriable {
+                cluster.stats.upstream_rq_retry_limit_exceeded.inc();
+            }
+            if attempt > 0 && retriable_ok(&result, &policy) {
+                cluster.stats.upstream_rq_retry_success.inc();
+            }
+            return (result, host, attempt + 1);
+        }
+        // A retried response is not counted in upstream_rq_<code>: Envoy
+        // counts the response the downstream gets.
+        // max_retries: retries in flight across the cluster.
+        let Some(_retry_slot) = cluster.breakers.default.try_retry() else {
+            cluster.stats.upstream_rq_retry_overflow.inc();
+            return (result, host, attempt + 1);
+        };
+        attempt += 1;
+        cluster.stats.upstream_rq_retry.inc();
+        tried.push(host.addr);
+        drop(result);
+        tokio::time::sleep(policy.backoff(attempt)).await;
+        if attempts.count_header {
+            parts.headers.insert(X_ENVOY_ATTEMPT_COUNT.clone(), HeaderValue::from(attempt + 1));
+        }
+        // The next attempt is told the time the route's timeout leaves.
+        if let Some(ms) = expected_timeout_ms(route_timeout, policy.per_try_timeout, started.elapsed()) {
+            parts.headers.insert(X_ENVOY_EXPECTED_TIMEOUT.clone(), HeaderValue::from(ms));
+        }
+        host = next_host(&cluster, &policy, &tried, host);
+    }
+}
+
+/// The host for the next attempt: a new pick, avoiding earlier hosts when
+/// the policy asks to (counted there when it is another); the same host
+/// when none can be picked.
+fn next_host(cluster: &Cluster, policy: &RetryPolicy, tried: &[std::net::SocketAddr], host: Arc<Host>) -> Arc<Host> {
+    let mut next = cluster.pick();
+    for _ in 1..policy.host_selection_attempts.max(if policy.avoid_previous_hosts { 3 } else { 1 }) {
+        match &next {
+            Some(h) if policy.avoid_previous_hosts && tried.contains(&h.addr) => next = cluster.pick(),
+            _ => break,
+        }
+    }
+    match next {
+        Some(n) if !Arc::ptr_eq(&n, &host) => {
+            n.rq_total.fetch_add(1, Relaxed);
+            n
+        }
+        _ => host,
+    }
+}
+
+/// A final outcome that the policy would not have retried (a success).
+fn retriable_ok(result: &Result<Response<Incoming>, UpstreamError>, policy: &RetryPolicy) -> bool {
+    match result {
+        Ok(r) => !policy.retry_response(r.status().as_u16(), r.headers()),
+        Err(_) => false,
     }
 }
 

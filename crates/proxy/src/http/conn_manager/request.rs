@@ -1,0 +1,199 @@
+//! The request path (Envoy's `ActiveStream::decodeHeaders`): one downstream
+//! request from its head through the protocol checks, the connection
+//! manager's headers, the route lookup, an upgrade's acceptance and the
+//! HTTP filters, to the router (`crate::http::router`), its last filter.
+
+use super::stream::Stream;
+use super::{answered, ConnInfo, Found, Hcm, ProxyResponse, Step};
+use crate::body::{ProxyBody, ReadError, RequestProgress};
+use crate::http::filters::{RequestCtx, ResponseState, Verdict};
+use http::header::{HeaderValue, IntoHeaderName};
+use http::request::Parts;
+use http::{Request, Version};
+use hyper::body::Incoming;
+use std::ops::ControlFlow::{Break, Continue};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+
+impl Hcm {
+    /// Serves one request. Never fails: every error becomes Envoy's local reply.
+    pub async fn handle(self: Arc<Self>, conn: Arc<ConnInfo>, req: Request<Incoming>) -> ProxyResponse {
+        answered(self.serve(conn, req).await)
+    }
+
+    /// The request path, step by step; a step that answers ends it.
+    async fn serve(self: &Arc<Self>, conn: Arc<ConnInfo>, req: Request<Incoming>) -> Step<ProxyResponse> {
+        self.count_request(req.version());
+        let (mut parts, body) = req.into_parts();
+        let extended = read_extended_connect(&mut parts);
+        let client = self.client_address(conn.remote, &parts.headers);
+        let has_body = !http_body::Body::is_end_stream(&body);
+        let stream = Stream::begin(self.clone(), conn, &parts, client, has_body);
+        let mut stream = self.reject_malformed(stream, &parts)?;
+        self.set_request_headers(&mut stream, &mut parts.headers);
+        if !self.access_logs.is_empty() {
+            stream.request_headers = Some(parts.headers.clone());
+        }
+        // The route is found before the filters run: they may read its
+        // per-filter config, as Envoy's filters read the cached route.
+        let table = self.routes.load_full();
+        let found = table.as_deref().and_then(|t| {
+            t.route(&stream.authority, &stream.path, &parts.headers, parts.method.as_str(), stream.conn.scheme())
+        });
+        let (stream, upgrade) = self.accept_upgrade(stream, &mut parts, extended, found)?;
+        let body = ProxyBody::stream(body);
+        let (stream, body) = if self.filters.is_empty() {
+            (stream, body)
+        } else {
+            let stream = self.run_filters(stream, &mut parts, found).await?;
+            match self.filters.buffer_limit() {
+                Some(limit) => self.buffer_body(stream, body, limit).await?,
+                None => (stream, body),
+            }
+        };
+        Continue(self.route_request(stream, parts, body, table.as_deref(), found, upgrade).await)
+    }
+
+    fn count_request(&self, version: Version) {
+        let st = &self.stats;
+        st.downstream_rq_total.inc();
+        st.downstream_rq_active.inc();
+        match version {
+            Version::HTTP_2 => st.downstream_rq_http2_total.inc(),
+            _ => st.downstream_rq_http1_total.inc(),
+        }
+    }
+
+    /// Protocol errors Envoy answers itself, closing the connection.
+    fn reject_malformed(&self, stream: Box<Stream>, parts: &Parts) -> Step<Box<Stream>> {
+        let close = |mut r: ProxyResponse| {
+            r.headers_mut().insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+            Break(r)
+        };
+        if parts.version == Version::HTTP_10 || parts.version == Version::HTTP_09 {
+            // http_protocol_options.accept_http_10 is off by default.
+            let mut r = self.local_reply(stream, 426, "low_version", "", Some("Upgrade Required".into()));
+            *r.version_mut() = Version::HTTP_11;
+            return close(r);
+        }
+        // Both content-length and transfer-encoding (request smuggling's
+        // tool): Envoy refuses the request as a codec error.
+        if stream.conn.length_conflict.load(Relaxed) && stream.conn.requests.load(Relaxed) == 1 {
+            self.stats.downstream_cx_protocol_error.inc();
+            let details = "http1.content_length_and_chunked_not_allowed";
+            return close(self.local_reply(stream, 400, details, "DPE", Some("Bad Request".into())));
+        }
+        if parts.version == Version::HTTP_11 && stream.authority.is_empty() {
+            return close(self.local_reply(stream, 400, "missing_host_header", "", None));
+        }
+        Continue(stream)
+    }
+
+    /// The HTTP filters before the router. A filter may answer the request,
+    /// or give it a new path.
+    async fn run_filters(&self, mut stream: Box<Stream>, parts: &mut Parts, found: Found<'_>) -> Step<Box<Stream>> {
+        let mut state = ResponseState::default();
+        let (verdict, new_path) = {
+            let conn = &*stream.conn;
+            let mut rq = RequestCtx {
+                headers: &mut parts.headers,
+                method: &parts.method,
+                pseudo: crate::common::matcher::Pseudo {
+                    method: parts.method.as_str(),
+                    path: &stream.path,
+                    authority: &stream.authority,
+                    scheme: conn.scheme(),
+                },
+                direct_remote: conn.remote.ip(),
+                remote: stream.client.ip(),
+                local: conn.local,
+                tls: conn.tls.as_deref(),
+                sni: conn.sni.as_deref().unwrap_or(""),
+                route: [found.map(|(_, r)| &r.per_filter), found.map(|(vh, _)| &vh.per_filter)],
+                new_path: None,
+            };
+            let v = self.filters.on_request(&mut rq, &mut state).await;
+            (v, rq.new_path)
+        };
+        // The route stays the one found for the original path, as Envoy
+        // keeps its cached route unless a filter clears it.
+        if let Some(p) = new_path {
+            stream.path = p;
+        }
+        stream.filter_state = state;
+        self.filter_verdict(stream, verdict)
+    }
+
+    /// Goes on, or answers as the filter asked.
+    fn filter_verdict(&self, stream: Box<Stream>, verdict: Verdict) -> Step<Box<Stream>> {
+        Break(match verdict {
+            Verdict::Continue => return Continue(stream),
+            Verdict::Respond(status, headers) => {
+                with_headers(self.local_reply(stream, status, "health_check", "", None), headers)
+            }
+            Verdict::Abort { status, body, flag } => {
+                self.local_reply(stream, status, "fault_filter_abort", flag, Some(body.into()))
+            }
+            Verdict::Limited { status, headers } => {
+                let body = Some("local_rate_limited".into());
+                with_headers(self.local_reply(stream, status, "local_rate_limited", "RL", body), headers)
+            }
+            Verdict::Reply { status, body, details, flag, headers } => {
+                let body = (!body.is_empty()).then(|| body.to_string());
+                with_headers(self.local_reply(stream, status, details, flag, body), headers)
+            }
+        })
+    }
+
+    /// The buffer filter: the whole body is read before the request goes
+    /// on; over the limit Envoy answers 413.
+    async fn buffer_body(
+        &self,
+        mut stream: Box<Stream>,
+        body: ProxyBody,
+        limit: u64,
+    ) -> Step<(Box<Stream>, ProxyBody)> {
+        match body.read_whole(Some(limit)).await {
+            Ok(bytes) => {
+                stream.request_progress = Some(Arc::new(RequestProgress::whole(bytes.len() as u64)));
+                Continue((stream, ProxyBody::full(bytes)))
+            }
+            Err(ReadError::TooLarge) => {
+                self.stats.downstream_rq_too_large.inc();
+                let body = Some("Payload Too Large".into());
+                Break(self.local_reply(stream, 413, "request_payload_too_large", "", body))
+            }
+            Err(ReadError::Disconnected) => {
+                Break(self.local_reply(stream, 400, "downstream_remote_disconnect", "", None))
+            }
+        }
+    }
+}
+
+/// Extended CONNECT (`:protocol`, offered only with allow_connect) is read
+/// as the HTTP/1.1 upgrade it stands for, as Envoy's HTTP/2 codec does: GET
+/// with `upgrade: <protocol>` and `connection: upgrade`. Says whether the
+/// request was one.
+fn read_extended_connect(parts: &mut Parts) -> bool {
+    let extended = parts.method == http::Method::CONNECT
+        && parts.extensions.get::<hyper::ext::Protocol>().is_some_and(|p| match HeaderValue::from_str(p.as_str()) {
+            Ok(v) => {
+                parts.headers.insert(http::header::UPGRADE, v);
+                true
+            }
+            Err(_) => false,
+        });
+    if extended {
+        parts.method = http::Method::GET;
+        parts.headers.insert(http::header::CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+    extended
+}
+
+/// A filter's reply with the headers it asked for.
+fn with_headers<K: IntoHeaderName>(mut r: ProxyResponse, headers: Vec<(K, HeaderValue)>) -> ProxyResponse {
+    for (k, v) in headers {
+        r.headers_mut().insert(k, v);
+    }
+    r
+}

@@ -1,0 +1,64 @@
+//! The connection manager's counters, gauges and histograms
+//! (`http.<stat_prefix>.*`).
+
+use crate::stats::{Counter, Gauge, Histogram, StatusClassCounters, Store};
+use std::sync::Arc;
+
+pub struct HcmStats {
+    pub downstream_rq_total: Arc<Counter>,
+    pub downstream_rq_active: Arc<Gauge>,
+    pub downstream_rq_http1_total: Arc<Counter>,
+    pub downstream_rq_http2_total: Arc<Counter>,
+    pub downstream_rq_class: StatusClassCounters,
+    pub downstream_rq_time: Arc<Histogram>,
+    pub downstream_rq_completed: Arc<Counter>,
+    pub downstream_cx_total: Arc<Counter>,
+    pub downstream_cx_active: Arc<Gauge>,
+    pub downstream_cx_destroy: Arc<Counter>,
+    pub downstream_cx_idle_timeout: Arc<Counter>,
+    pub downstream_cx_protocol_error: Arc<Counter>,
+    pub downstream_cx_drain_close: Arc<Counter>,
+    pub no_route: Arc<Counter>,
+    pub no_cluster: Arc<Counter>,
+    pub rq_redirect: Arc<Counter>,
+    pub rq_direct_response: Arc<Counter>,
+    pub rq_total: Arc<Counter>,
+    /// 413s for request bodies over the buffer filter's limit.
+    pub downstream_rq_too_large: Arc<Counter>,
+    /// Upgrades (WebSocket, CONNECT ...) accepted, and those still open.
+    pub downstream_cx_upgrades_total: Arc<Counter>,
+    pub downstream_cx_upgrades_active: Arc<Gauge>,
+    /// Upgrade requests refused with 403 on a route that does not allow them.
+    pub downstream_rq_ws_on_non_ws_route: Arc<Counter>,
+}
+
+impl HcmStats {
+    pub(super) fn new(store: &Store, prefix: &str) -> Self {
+        let p = format!("http.{prefix}.");
+        let c = |n: &str| store.counter(&format!("{p}{n}"));
+        Self {
+            downstream_rq_total: c("downstream_rq_total"),
+            downstream_rq_active: store.gauge(&format!("{p}downstream_rq_active")),
+            downstream_rq_http1_total: c("downstream_rq_http1_total"),
+            downstream_rq_http2_total: c("downstream_rq_http2_total"),
+            downstream_rq_class: StatusClassCounters::new(store, &p, "downstream_rq"),
+            downstream_rq_time: store.histogram(&format!("{p}downstream_rq_time")),
+            downstream_rq_completed: c("downstream_rq_completed"),
+            downstream_cx_total: c("downstream_cx_total"),
+            downstream_cx_active: store.gauge(&format!("{p}downstream_cx_active")),
+            downstream_cx_destroy: c("downstream_cx_destroy"),
+            downstream_cx_idle_timeout: c("downstream_cx_idle_timeout"),
+            downstream_cx_protocol_error: c("downstream_cx_protocol_error"),
+            downstream_cx_drain_close: c("downstream_cx_drain_close"),
+            no_route: c("no_route"),
+            no_cluster: c("no_cluster"),
+            rq_redirect: c("rq_redirect"),
+            rq_direct_response: c("rq_direct_response"),
+            rq_total: c("rq_total"),
+            downstream_rq_too_large: c("downstream_rq_too_large"),
+            downstream_cx_upgrades_total: c("downstream_cx_upgrades_total"),
+            downstream_cx_upgrades_active: store.gauge(&format!("{p}downstream_cx_upgrades_active")),
+            downstream_rq_ws_on_non_ws_route: c("downstream_rq_ws_on_non_ws_route"),
+        }
+    }
+}

@@ -1,0 +1,280 @@
+//! One request through the router (Envoy's `Router::Filter`): pick the
+//! cluster and host, build the upstream request, send it (once, or under
+//! its retry policy, with mirrors), wait under its timeouts, and pass the
+//! response downstream.
+
+use super::mirror;
+use super::retry::{send_with_retries, Attempts, RetryPolicy, X_ENVOY_ATTEMPT_COUNT};
+use super::timeout::TimedOut;
+use super::upstream_request::{Prepared, Target};
+use crate::body::{ProxyBody, TrackedBody, RESEND_BUFFER_LIMIT};
+use crate::http::conn_manager::headers::strip_hop_by_hop;
+use crate::http::conn_manager::stream::Stream;
+use crate::http::conn_manager::upgrade::Upgrade;
+use crate::http::conn_manager::{Hcm, Matched, ProxyResponse, Step};
+use crate::http::route::{ClusterChoice, RouteAction};
+use crate::upstream::cluster::{Cluster, ClusterMap, Host};
+use crate::upstream::pool::{Held, UpstreamError};
+use http::header::{HeaderName, HeaderValue};
+use http::request::Parts;
+use http::{HeaderMap, Request, Response};
+use hyper::body::Incoming;
+use std::borrow::Cow;
+use std::ops::ControlFlow::{Break, Continue};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Instant;
+
+static X_ENVOY_UPSTREAM_SERVICE_TIME: HeaderName = HeaderName::from_static("x-envoy-upstream-service-time");
+
+/// How the request goes upstream.
+enum Outgoing {
+    /// Once, its body streamed (or buffered already).
+    Once(Request<ProxyBody>),
+    /// Under its retry policy, its body buffered to be sent again.
+    Retried { parts: Parts, body: bytes::Bytes, policy: RetryPolicy },
+}
+
+/// What came back: the response or failure of the last attempt, the host
+/// that gave it, and the number of attempts.
+type Sent = (Result<Response<Incoming>, UpstreamError>, Arc<Host>, u32);
+
+impl Hcm {
+    /// The router's part of a request whose route forwards it.
+    pub(super) async fn forward(
+        &self,
+        stream: Box<Stream>,
+        mut parts: Parts,
+        body: ProxyBody,
+        matched: Matched<'_>,
+        ra: &RouteAction,
+        upgrade: Option<Upgrade>,
+    ) -> Step<ProxyResponse> {
+        // Cost: an ArcSwap load and one hash lookup of the cluster name.
+        let clusters = self.clusters.load();
+        let (mut stream, cluster, host) = self.pick_upstream(stream, &parts, matched, ra, &clusters)?;
+        let Some(prepared) = self.prepare_request(&stream, &mut parts, matched, ra, &cluster, &host) else {
+            return Break(self.router_reply(stream, Some(matched), 400, "invalid_path", "", None));
+        };
+        let Prepared { authority, new_path, route_timeout, retry } = prepared;
+        let target = self.begin_upstream(&mut stream, &parts.headers, new_path, authority, cluster, host);
+        if let Some(up) = upgrade {
+            return self.forward_upgrade(stream, parts, matched, ra, &target, up).await;
+        }
+        let mirrors = mirror::chosen(ra, &clusters);
+        let (mut stream, outgoing) = self.outgoing(stream, parts, body, &target, retry, &mirrors).await?;
+        let (_, vh, _) = matched;
+        let attempts = Attempts { route_timeout, count_header: vh.attempt_count_upstream };
+        let (result, last_host, attempts) = match self.send(&mut stream, outgoing, &target, ra, attempts).await {
+            Ok(sent) => sent,
+            Err(timed_out) => {
+                return Break(self.timed_out_reply(stream, timed_out, &target.cluster, matched, &target.request_done))
+            }
+        };
+        move_to_host(&mut stream, &target, last_host);
+        match result {
+            Ok(resp) => Continue(self.upstream_response(stream, resp, matched, &target, attempts)),
+            Err(e) => Break(self.upstream_failure_reply(stream, e, &target.cluster, matched, attempts)),
+        }
+    }
+
+    /// The route's cluster, and one of its hosts (by the route's hash
+    /// policy, when it has one).
+    fn pick_upstream(
+        &self,
+        mut stream: Box<Stream>,
+        parts: &Parts,
+        matched: Matched<'_>,
+        ra: &RouteAction,
+        clusters: &ClusterMap,
+    ) -> Step<(Box<Stream>, Arc<Cluster>, Arc<Host>)> {
+        let Some(cluster) = cluster_name(ra, &parts.headers).and_then(|n| clusters.get(n).cloned()) else {
+            self.stats.no_cluster.inc();
+            return Break(self.router_reply(stream, Some(matched), 503, "cluster_not_found", "NC", None));
+        };
+        stream.cluster = Some(cluster.clone());
+        // Cost when the route hashes: one xxHash64 per policy over the value.
+        let hash = if ra.hash_policy.is_empty() {
+            None
+        } else {
+            crate::upstream::lb::hashing::request_hash(
+                &ra.hash_policy,
+                &parts.headers,
+                parts.uri.query(),
+                stream.client.ip(),
+            )
+        };
+        let Some(host) = cluster.pick_hashed(hash) else {
+            cluster.stats.upstream_cx_none_healthy.inc();
+            return Break(self.no_healthy_upstream_reply(stream, &cluster, matched));
+        };
+        Continue((stream, cluster, host))
+    }
+
+    /// The upstream request begins: counted on its cluster and host, and
+    /// recorded on the stream; the access log sees the request as it goes
+    /// upstream (rewritten path and host, added headers), as Envoy's does.
+    fn begin_upstream(
+        &self,
+        stream: &mut Stream,
+        headers: &HeaderMap,
+        new_path: Option<String>,
+        authority: String,
+        cluster: Arc<Cluster>,
+        host: Arc<Host>,
+    ) -> Target {
+        // The request counts as received when its body has ended (at once for a
+        // request without one): that is what Envoy's request_timeout measures.
+        // A buffered body (buffer filter) has been read already.
+        let request_done = stream.request_progress.clone().unwrap_or_default();
+        stream.request_progress = Some(request_done.clone());
+        if !self.access_logs.is_empty() {
+            stream.request_headers = Some(headers.clone());
+            if let Some(path) = new_path {
+                stream.path = path;
+            }
+            stream.authority = authority.clone();
+        }
+        cluster.stats.upstream_rq_active.inc();
+        host.rq_active.fetch_add(1, Relaxed);
+        host.rq_total.fetch_add(1, Relaxed);
+        let started = Instant::now();
+        stream.upstream = Some((cluster.clone(), host.clone(), started));
+        Target { cluster, host, authority, started, request_done }
+    }
+
+    /// With a retry policy the request body is buffered (up to 1 MiB, as
+    /// Envoy's default buffer limit) so that it can be sent again. Mirrors
+    /// get a copy of the request, its body buffered like a retried one; a
+    /// body too large for that is not mirrored.
+    async fn outgoing(
+        &self,
+        stream: Box<Stream>,
+        parts: Parts,
+        body: ProxyBody,
+        target: &Target,
+        retry: Option<Cow<'_, RetryPolicy>>,
+        mirrors: &[(Arc<Cluster>, bool)],
+    ) -> Step<(Box<Stream>, Outgoing)> {
+        let retry = match retry {
+            Some(policy) if body.fits(&parts.headers, RESEND_BUFFER_LIMIT) => Some(policy.into_owned()),
+            _ => None,
+        };
+        let buffered = retry.is_some() || (!mirrors.is_empty() && body.fits(&parts.headers, RESEND_BUFFER_LIMIT));
+        if !buffered {
+            let req = Request::from_parts(parts, body.watched(target.request_done.clone()));
+            return Continue((stream, Outgoing::Once(req)));
+        }
+        let Ok(bytes) = body.read_whole(None).await else {
+            return Break(self.local_reply(stream, 400, "downstream_remote_disconnect", "DC", None));
+        };
+        target.request_done.set_whole(bytes.len() as u64);
+        mirror::send_all(mirrors, &parts, &target.authority, &bytes);
+        let outgoing = match retry {
+            Some(policy) => Outgoing::Retried { parts, body: bytes, policy },
+            None => Outgoing::Once(Request::from_parts(parts, ProxyBody::full(bytes))),
+        };
+        Continue((stream, outgoing))
+    }
+
+    /// Sends the request and waits for the response headers; the stream
+    /// holds the request's `max_requests` slot from then on.
+    async fn send(
+        &self,
+        stream: &mut Stream,
+        outgoing: Outgoing,
+        target: &Target,
+        ra: &RouteAction,
+        attempts: Attempts,
+    ) -> Result<Sent, TimedOut> {
+        let Target { cluster, host, .. } = target;
+        let route_timeout = attempts.route_timeout;
+        let mut slot = Held::default();
+        let sent = async {
+            match outgoing {
+                Outgoing::Once(req) => {
+                    (crate::upstream::pool::send(cluster, host, req, &mut slot).await, host.clone(), 1)
+                }
+                Outgoing::Retried { parts, body, policy } => {
+                    send_with_retries(cluster.clone(), host.clone(), parts, body, policy, attempts, &mut slot).await
+                }
+            }
+        };
+        let max_stream = cluster.conn_options.max_stream_duration;
+        let waited = self.await_response(sent, ra, route_timeout, max_stream, &target.request_done).await;
+        stream.rq_slot = slot;
+        waited
+    }
+
+    /// The upstream's response on its way downstream. Its body may not
+    /// outlive the cluster's `max_stream_duration`.
+    fn upstream_response(
+        &self,
+        mut stream: Box<Stream>,
+        upstream_resp: Response<Incoming>,
+        matched: Matched<'_>,
+        target: &Target,
+        attempts: u32,
+    ) -> ProxyResponse {
+        let cs = &target.cluster.stats;
+        cs.record_status(upstream_resp.status().as_u16());
+        let (mut rparts, rbody) = upstream_resp.into_parts();
+        strip_hop_by_hop(&mut rparts.headers);
+        let service_time = target.started.elapsed().as_millis() as u64;
+        rparts.headers.insert(X_ENVOY_UPSTREAM_SERVICE_TIME.clone(), HeaderValue::from(service_time));
+        rparts.version = http::Version::HTTP_11;
+        let (_, vh, _) = matched;
+        if vh.attempt_count_response {
+            rparts.headers.insert(X_ENVOY_ATTEMPT_COUNT.clone(), HeaderValue::from(attempts));
+        }
+        let mut resp = Response::from_parts(rparts, ProxyBody::stream(rbody));
+        stream.details = "via_upstream";
+        self.finish_response(&mut stream, &mut resp, Some(matched));
+        // Nothing to set up, not even a counter clone, when there is no
+        // max_stream_duration.
+        let max = target.cluster.conn_options.max_stream_duration;
+        let started = target.started;
+        resp.map(|b| {
+            let body = TrackedBody::new(b, Some(stream));
+            match max {
+                Some(d) => body.with_deadline(
+                    tokio::time::Instant::from_std(started + d),
+                    cs.upstream_rq_max_duration_reached.clone(),
+                ),
+                None => body,
+            }
+        })
+    }
+}
+
+/// The name of the cluster the route sends this request to: its own, the
+/// one a request header names, or a weighted pick.
+fn cluster_name<'a>(ra: &'a RouteAction, headers: &'a HeaderMap) -> Option<&'a str> {
+    match &ra.cluster {
+        ClusterChoice::Name(n) => Some(n.as_str()),
+        ClusterChoice::Header(h) => headers.get(h).and_then(|v| v.to_str().ok()),
+        ClusterChoice::Weighted(list, total) => {
+            let mut x = rand::random_range(0..*total);
+            list.iter()
+                .find(|(_, w)| {
+                    if x < *w as u64 {
+                        true
+                    } else {
+                        x -= *w as u64;
+                        false
+                    }
+                })
+                .map(|(n, _)| n.as_str())
+        }
+    }
+}
+
+/// The request is the last attempt's host's now (for the access log and
+/// the active-request count least-request balancing reads).
+fn move_to_host(stream: &mut Stream, target: &Target, last: Arc<Host>) {
+    if !Arc::ptr_eq(&last, &target.host) {
+        target.host.rq_active.fetch_sub(1, Relaxed);
+        last.rq_active.fetch_add(1, Relaxed);
+        stream.upstream = Some((target.cluster.clone(), last, target.started));
+    }
+}
