@@ -1,0 +1,67 @@
+//! The bootstrap `legate ctl bootstrap` prints: Envoy or `legate proxy`
+//! taking everything over ADS from this control plane.
+
+/// A bootstrap for Envoy or `legate proxy` that takes everything over ADS.
+pub fn bootstrap_yaml(
+    node_id: &str,
+    node_cluster: &str,
+    host: &str,
+    port: &str,
+    delta: bool,
+    admin_port: u16,
+) -> String {
+    let api_type = if delta { "DELTA_GRPC" } else { "GRPC" };
+    format!(
+        r#"node:
+  id: {node_id}
+  cluster: {node_cluster}
+admin:
+  address: {{ socket_address: {{ address: 127.0.0.1, port_value: {admin_port} }} }}
+dynamic_resources:
+  ads_config:
+    api_type: {api_type}
+    transport_api_version: V3
+    grpc_services:
+    - envoy_grpc: {{ cluster_name: xds_cluster }}
+  cds_config: {{ ads: {{}}, resource_api_version: V3 }}
+  lds_config: {{ ads: {{}}, resource_api_version: V3 }}
+static_resources:
+  clusters:
+  - name: xds_cluster
+    type: STATIC
+    connect_timeout: 1s
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config: {{ http2_protocol_options: {{}} }}
+    load_assignment:
+      cluster_name: xds_cluster
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {{ address: {{ socket_address: {{ address: {host}, port_value: {port} }} }} }}
+"#
+    )
+}
+
+/// The bootstrap's xDS cluster, speaking TLS (and presenting a client
+/// certificate when given).
+pub fn with_xds_tls(yaml: &str, ca: &str, client: Option<(String, String)>, sni: &str) -> String {
+    let certs = match client {
+        Some((cert, key)) => format!(
+            "\n          tls_certificates: [{{ certificate_chain: {{ filename: {cert} }}, private_key: {{ filename: {key} }} }}]"
+        ),
+        None => String::new(),
+    };
+    let socket = format!(
+        r#"    connect_timeout: 1s
+    transport_socket:
+      name: envoy.transport_sockets.tls
+      typed_config:
+        "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext
+        sni: {sni}
+        common_tls_context:
+          alpn_protocols: [h2]
+          validation_context: {{ trusted_ca: {{ filename: {ca} }} }}{certs}"#
+    );
+    yaml.replacen("    connect_timeout: 1s", &socket, 1)
+}

@@ -1,0 +1,244 @@
+//! How `legate ctl` shows what the API answered: `-o json`, `-o yaml`, or a
+//! text view per command (tables, diffs).
+
+use serde_json::Value;
+
+/// Prints `v` as JSON, YAML, or the command's own text (`-o`).
+pub fn print(output: &str, v: &Value, table: impl FnOnce(&Value) -> String) -> anyhow::Result<()> {
+    match output {
+        "json" => println!("{}", serde_json::to_string_pretty(v)?),
+        "yaml" => print!("{}", serde_yaml_ng::to_string(v)?),
+        _ => print!("{}", table(v)),
+    }
+    Ok(())
+}
+
+/// Columns padded to their widest cell.
+fn table(headers: &[&str], rows: Vec<Vec<String>>) -> String {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for r in &rows {
+        for (i, c) in r.iter().enumerate() {
+            widths[i] = widths[i].max(c.len());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        cells
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{c:<w$}", w = widths[i]))
+            .collect::<Vec<_>>()
+            .join("  ")
+            .trim_end()
+            .to_string()
+            + "\n"
+    };
+    let mut s = line(headers.iter().map(|h| h.to_string()).collect());
+    for r in rows {
+        s.push_str(&line(r));
+    }
+    s
+}
+
+/// A readable field-level diff.
+pub fn diff_text(changes: &Value) -> String {
+    let mut s = String::new();
+    for c in changes.as_array().into_iter().flatten() {
+        let mark = match c["change"].as_str() {
+            Some("added") => "+",
+            Some("removed") => "-",
+            _ => "~",
+        };
+        s.push_str(&format!("{mark} {}\n", c["resource"].as_str().unwrap_or("")));
+        for f in c["fields"].as_array().into_iter().flatten() {
+            let show = |v: &Value| if v.is_null() { "(none)".to_string() } else { v.to_string() };
+            s.push_str(&format!(
+                "    {}: {} -> {}\n",
+                f["path"].as_str().unwrap_or(""),
+                show(&f["from"]),
+                show(&f["to"])
+            ));
+        }
+    }
+    if s.is_empty() {
+        s.push_str("no changes\n");
+    }
+    s
+}
+
+fn short(v: &str) -> &str {
+    &v[..v.len().min(12)]
+}
+
+/// What `apply` created, updated or left, and for a dry run the diff and
+/// the proxies that would receive it.
+pub fn applied(v: &Value, dry_run: bool) -> String {
+    let mut s = String::new();
+    for (what, key) in [("created", "created"), ("updated", "updated"), ("unchanged", "unchanged")] {
+        for r in v[key].as_array().into_iter().flatten() {
+            s.push_str(&format!("{} {what}{}\n", r.as_str().unwrap_or(""), if dry_run { " (dry run)" } else { "" }));
+        }
+    }
+    if dry_run {
+        s.push_str(&diff_text(&v["diff"]));
+        let proxies: Vec<&str> = v["proxies"].as_array().into_iter().flatten().filter_map(|p| p.as_str()).collect();
+        s.push_str(&format!(
+            "proxies that would receive it: {}\n",
+            if proxies.is_empty() { "none connected".to_string() } else { proxies.join(", ") }
+        ));
+    }
+    if let Some(rev) = v["revision"].as_u64() {
+        s.push_str(&format!("revision {rev}\n"));
+    }
+    s
+}
+
+/// Resources as a table; Secrets get a column with their certificates'
+/// earliest expiry.
+pub fn resources(v: &Value) -> String {
+    let items: Vec<Value> = match v["items"].as_array() {
+        Some(a) => a.clone(),
+        None => vec![v.clone()],
+    };
+    let expiry = items.iter().any(|i| i["kind"] == "Secret");
+    let rows = items
+        .iter()
+        .map(|i| {
+            let mut row = vec![
+                i["kind"].as_str().unwrap_or("").to_string(),
+                i["metadata"]["name"].as_str().unwrap_or("").to_string(),
+                i["version"].as_str().unwrap_or("").to_string(),
+                if i["metadata"]["nodes"].is_null() { "all".into() } else { i["metadata"]["nodes"].to_string() },
+            ];
+            if expiry {
+                row.push(i["status"]["expiration_time"].as_str().unwrap_or("-").to_string());
+            }
+            row
+        })
+        .collect();
+    if expiry {
+        table(&["KIND", "NAME", "VERSION", "NODES", "EXPIRES"], rows)
+    } else {
+        table(&["KIND", "NAME", "VERSION", "NODES"], rows)
+    }
+}
+
+/// Connected proxies with what each ACKed and its last NACK.
+pub fn proxies(v: &Value) -> String {
+    let mut rows = Vec::new();
+    for p in v["proxies"].as_array().into_iter().flatten() {
+        let types = p["types"].as_object().cloned().unwrap_or_default();
+        let acked: Vec<String> =
+            types.iter().map(|(k, t)| format!("{k}={}", short(t["acked_version"].as_str().unwrap_or("-")))).collect();
+        let nack: Vec<String> =
+            types.iter().filter_map(|(k, t)| t["last_nack"]["error"].as_str().map(|e| format!("{k}: {e}"))).collect();
+        rows.push(vec![
+            p["node"]["id"].as_str().unwrap_or("").to_string(),
+            p["node"]["cluster"].as_str().unwrap_or("").to_string(),
+            p["node"]["user_agent"].as_str().unwrap_or("").to_string(),
+            p["mode"].as_str().unwrap_or("").to_string(),
+            p["connected_since"].as_str().unwrap_or("").to_string(),
+            acked.join(" "),
+            if nack.is_empty() { "-".into() } else { nack.join("; ") },
+        ]);
+    }
+    table(&["NODE", "CLUSTER", "BUILD", "MODE", "CONNECTED SINCE", "ACKED", "LAST NACK"], rows)
+}
+
+/// The revisions, newest first as the API lists them.
+pub fn history(v: &Value) -> String {
+    let rows = v["revisions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|r| {
+            vec![
+                r["revision"].to_string(),
+                r["created_at"].as_str().unwrap_or("").to_string(),
+                r["author"].as_str().unwrap_or("").to_string(),
+                r["message"].as_str().unwrap_or("").to_string(),
+                r["changes"]
+                    .as_array()
+                    .map(|c| c.iter().filter_map(|x| x.as_str()).collect::<Vec<_>>().join(", "))
+                    .unwrap_or_default(),
+            ]
+        })
+        .collect();
+    table(&["REVISION", "TIME", "AUTHOR", "MESSAGE", "CHANGES"], rows)
+}
+
+/// A rollback's diff and the revision that restores the old state.
+pub fn rolled_back(v: &Value, rev: u64) -> String {
+    let mut s = diff_text(&v["diff"]);
+    match v["revision"].as_u64() {
+        Some(r) => s.push_str(&format!("revision {r} restores revision {rev}\n")),
+        None => s.push_str(&format!("already at revision {rev}'s state; nothing to do\n")),
+    }
+    s
+}
+
+/// A new token, shown once.
+pub fn token_created(v: &Value) -> String {
+    format!(
+        "token {} ({}, role {}):\n{}\nIt is shown only now; keep it (LEGATE_TOKEN or --token).\n",
+        v["id"].as_str().unwrap_or(""),
+        v["name"].as_str().unwrap_or(""),
+        v["role"].as_str().unwrap_or(""),
+        v["token"].as_str().unwrap_or("")
+    )
+}
+
+pub fn tokens(v: &Value) -> String {
+    let rows = v["tokens"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|t| {
+            ["id", "name", "role", "created_at"].iter().map(|k| t[*k].as_str().unwrap_or("").to_string()).collect()
+        })
+        .collect();
+    table(&["ID", "NAME", "ROLE", "CREATED"], rows)
+}
+
+/// Registry instances with their labels and time left.
+pub fn instances(v: &Value) -> String {
+    let rows = v["instances"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|i| {
+            vec![
+                i["service"].as_str().unwrap_or("").to_string(),
+                i["id"].as_str().unwrap_or("").to_string(),
+                format!("{}:{}", i["address"].as_str().unwrap_or(""), i["port"]),
+                i["labels"]
+                    .as_object()
+                    .map(|l| {
+                        l.iter().map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or(""))).collect::<Vec<_>>().join(",")
+                    })
+                    .unwrap_or_default(),
+                format!("{:.0}s", i["expires_in"].as_f64().unwrap_or(0.0)),
+            ]
+        })
+        .collect();
+    table(&["SERVICE", "ID", "ADDRESS", "LABELS", "EXPIRES IN"], rows)
+}
+
+/// The audit log.
+pub fn audit(v: &Value) -> String {
+    let rows = v["entries"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|e| {
+            vec![
+                e["at"].as_str().unwrap_or("").to_string(),
+                e["actor"].as_str().unwrap_or("").to_string(),
+                e["action"].as_str().unwrap_or("").to_string(),
+                e["target"].as_str().unwrap_or("").to_string(),
+                if e["allowed"].as_bool() == Some(true) { "allowed".into() } else { "DENIED".into() },
+                e["detail"].as_str().unwrap_or("").to_string(),
+            ]
+        })
+        .collect();
+    table(&["TIME", "ACTOR", "ACTION", "TARGET", "RESULT", "DETAIL"], rows)
+}
