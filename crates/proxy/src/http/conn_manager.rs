@@ -346,7 +346,7 @@ impl Hcm {
                 Arc::new(arc_swap::ArcSwapOption::from_pointee(table))
             }
             Some(RouteSpecifier::Rds(rds)) => {
-                if !rds.config_source.as_ref().is_some_and(crate::http::route::rds::is_ads) {
+                if !rds.config_source.as_ref().is_some_and(crate::common::config_source::is_ads) {
                     return Err("rds.config_source: only ads is supported".into());
                 }
                 ctx.rds.slot(&rds.route_config_name, &c.stat_prefix)
@@ -1205,7 +1205,7 @@ impl Hcm {
         let hash = if ra.hash_policy.is_empty() {
             None
         } else {
-            crate::upstream::lb::hashing::request_hash(
+            crate::http::route::hash_policy::request_hash(
                 &ra.hash_policy,
                 &parts.headers,
                 parts.uri.query(),

@@ -83,7 +83,7 @@ pub fn ads_config(b: &Bootstrap) -> Result<Option<AdsConfig>, String> {
         |cs: &Option<legate_api::pb::envoy::config::core::v3::ConfigSource>, what: &str| -> Result<bool, String> {
             match cs {
                 None => Ok(false),
-                Some(cs) if crate::http::route::rds::is_ads(cs) => Ok(true),
+                Some(cs) if crate::common::config_source::is_ads(cs) => Ok(true),
                 Some(_) => Err(format!("dynamic_resources.{what}: only ads is supported")),
             }
         };

@@ -685,7 +685,7 @@ impl Cluster {
         }
         let eds_service_name = match (&discovery, &c.eds_cluster_config) {
             (Discovery::Eds, Some(eds)) => {
-                if !eds.eds_config.as_ref().is_some_and(crate::http::route::rds::is_ads) {
+                if !eds.eds_config.as_ref().is_some_and(crate::common::config_source::is_ads) {
                     return Err("eds_cluster_config.eds_config: only ads is supported".into());
                 }
                 if eds.service_name.is_empty() {
