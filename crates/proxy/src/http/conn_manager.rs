@@ -6,7 +6,8 @@ use crate::body::{Finish, ProxyBody, TrackedBody};
 use crate::common::format::Context;
 use crate::http::route::{Action, ClusterChoice, Redirect, Route, RouteAction, RouteTable, VirtualHost};
 use crate::stats::{Counter, Gauge, Histogram, StatusClassCounters, Store};
-use crate::upstream::cluster::{Cluster, ClusterMap, Host};
+use crate::upstream::cluster::{Cluster, ClusterMap};
+use crate::upstream::host::Host;
 use arc_swap::ArcSwap;
 use http::header::{HeaderName, HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, HOST, LOCATION, SERVER};
 use http::{HeaderMap, Request, Response, StatusCode};
@@ -1153,7 +1154,7 @@ impl Hcm {
     /// A circuit breaker's answer: 503 `UO` with `x-envoy-overloaded`.
     fn overflow_reply(&self, stream: Box<Stream>, cluster: &Cluster, matched: Matched<'_>) -> ProxyResponse {
         cluster.stats.record_status(503);
-        let body = crate::upstream::pool::UpstreamError::Overflow.local_reply_body();
+        let body = crate::upstream::error::UpstreamError::Overflow.local_reply_body();
         let mut r = self.router_reply(
             stream,
             Some(matched),
@@ -1454,12 +1455,12 @@ impl Hcm {
         };
         let upstream_resp = match result {
             Ok(r) => r,
-            Err(crate::upstream::pool::UpstreamError::Overflow) => {
+            Err(crate::upstream::error::UpstreamError::Overflow) => {
                 return self.overflow_reply(stream, &cluster, matched)
             }
             // max_connection_pools: Envoy has no pool for the host and
             // answers as when no host is healthy.
-            Err(crate::upstream::pool::UpstreamError::PoolOverflow) => {
+            Err(crate::upstream::error::UpstreamError::PoolOverflow) => {
                 cs.record_status(503);
                 return self.router_reply(
                     stream,
@@ -1661,7 +1662,7 @@ async fn send_with_retries(
     policy: crate::http::router::retry::RetryPolicy,
     attempts: Attempts,
     rq_slot: &mut crate::upstream::pool::Held,
-) -> (Result<Response<Incoming>, crate::upstream::pool::UpstreamError>, Arc<Host>, u32) {
+) -> (Result<Response<Incoming>, crate::upstream::error::UpstreamError>, Arc<Host>, u32) {
     let route_timeout = attempts.route_timeout;
     let started = Instant::now();
     let mut parts = parts;
@@ -1676,7 +1677,7 @@ async fn send_with_retries(
         let sent = crate::upstream::pool::send(&cluster, &host, req, rq_slot);
         let result = match policy.per_try_timeout {
             Some(t) => {
-                tokio::time::timeout(t, sent).await.unwrap_or(Err(crate::upstream::pool::UpstreamError::PerTryTimeout))
+                tokio::time::timeout(t, sent).await.unwrap_or(Err(crate::upstream::error::UpstreamError::PerTryTimeout))
             }
             None => sent.await,
         };
@@ -1733,7 +1734,7 @@ async fn send_with_retries(
 
 /// A final outcome that the policy would not have retried (a success).
 fn retriable_ok(
-    result: &Result<Response<Incoming>, crate::upstream::pool::UpstreamError>,
+    result: &Result<Response<Incoming>, crate::upstream::error::UpstreamError>,
     policy: &crate::http::router::retry::RetryPolicy,
 ) -> bool {
     match result {
@@ -2007,7 +2008,7 @@ impl Hcm {
         stream.rq_slot = slot;
         let (upstream_resp, guard) = match waited {
             Waited::Done(Ok(r)) => r,
-            Waited::Done(Err(crate::upstream::pool::UpstreamError::Overflow)) => {
+            Waited::Done(Err(crate::upstream::error::UpstreamError::Overflow)) => {
                 return self.overflow_reply(stream, &cluster, matched)
             }
             Waited::Done(Err(e)) => {

@@ -10,7 +10,8 @@
 use crate::http::route::RouteTable;
 use crate::listener::ListenerConfig;
 use crate::server::Shared;
-use crate::upstream::cluster::{eds_hosts, Cluster, ClusterMap, Discovery};
+use crate::upstream::cluster::{Cluster, ClusterMap, Discovery};
+use crate::upstream::endpoints::eds_hosts;
 use legate_api::pb::envoy::config::bootstrap::v3::Bootstrap;
 use legate_api::pb::envoy::config::cluster::v3::Cluster as PbCluster;
 use legate_api::pb::envoy::config::core::v3::{api_config_source::ApiType, grpc_service::TargetSpecifier, Node};

@@ -1,18 +1,17 @@
 //! Clusters: their hosts (static or from DNS), load balancing, and stats.
 
-use crate::stats::{Counter, Gauge, Histogram, Store};
+use crate::stats::Store;
+use crate::upstream::clock::clock_ms;
+use crate::upstream::cluster_stats::ClusterStats;
+use crate::upstream::endpoints::endpoints;
+use crate::upstream::host::{Host, Placement, SlowStart};
 use arc_swap::ArcSwap;
 use legate_api::pb::envoy::config::cluster::v3::{cluster, Cluster as PbCluster};
-use legate_api::pb::envoy::config::core::v3::{address, socket_address};
-use legate_api::pb::envoy::config::endpoint::v3::lb_endpoint::HostIdentifier;
-use legate_api::pb::envoy::extensions::upstreams::http::v3::{http_protocol_options, HttpProtocolOptions};
 use std::collections::{BinaryHeap, HashMap};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
-
-pub const HTTP_PROTOCOL_OPTIONS: &str = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum LbPolicy {
@@ -32,164 +31,6 @@ pub enum Discovery {
     Eds,
 }
 
-/// Where an endpoint sits in its load assignment: its priority, and its
-/// locality (the index of its `LocalityLbEndpoints`) with that locality's
-/// `load_balancing_weight` (0 when unset).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Placement {
-    pub priority: u32,
-    pub locality: u32,
-    pub locality_weight: u32,
-}
-
-impl From<u32> for Placement {
-    fn from(priority: u32) -> Self {
-        Self { priority, ..Default::default() }
-    }
-}
-
-/// One upstream endpoint.
-pub struct Host {
-    pub addr: SocketAddr,
-    /// The name it was resolved from (DNS clusters) or its address.
-    pub hostname: String,
-    pub weight: u32,
-    pub priority: u32,
-    pub locality: u32,
-    pub locality_weight: u32,
-    pub rq_active: AtomicU64,
-    pub cx_active: AtomicU64,
-    pub rq_total: AtomicU64,
-    pub rq_error: AtomicU64,
-    pub rq_success: AtomicU64,
-    pub cx_total: AtomicU64,
-    pub cx_connect_fail: AtomicU64,
-    /// Active health checking's verdict (true when the cluster has none).
-    pub hc_healthy: std::sync::atomic::AtomicBool,
-    /// Consecutive check results, for the thresholds.
-    pub hc_fails: std::sync::atomic::AtomicU32,
-    pub hc_passes: std::sync::atomic::AtomicU32,
-    /// True until the first check has answered.
-    pub hc_pending: std::sync::atomic::AtomicBool,
-    /// Outlier detection: ejected now, consecutive failures, times ejected,
-    /// and until when (milliseconds on the detector's clock).
-    pub ejected: std::sync::atomic::AtomicBool,
-    pub od_5xx: std::sync::atomic::AtomicU32,
-    pub od_gateway: std::sync::atomic::AtomicU32,
-    pub od_ejections: std::sync::atomic::AtomicU32,
-    pub od_until: AtomicU64,
-    /// Results in the current outlier-detection interval: all, and successes.
-    pub od_interval_rq: AtomicU64,
-    pub od_interval_ok: AtomicU64,
-    /// Consecutive local-origin failures (split mode).
-    pub od_local: std::sync::atomic::AtomicU32,
-    /// When the host last became healthy (Envoy's last HC pass time), on
-    /// `upstream::clock_ms`; 0 until then. Slow start counts from it.
-    pub healthy_since: AtomicU64,
-}
-
-impl Host {
-    pub fn placement(&self) -> Placement {
-        Placement { priority: self.priority, locality: self.locality, locality_weight: self.locality_weight }
-    }
-
-    /// A host of a health-checked cluster waits for its first check.
-    pub fn mark_pending(&self) {
-        self.hc_healthy.store(false, Relaxed);
-        self.hc_pending.store(true, Relaxed);
-    }
-
-    pub fn new(addr: SocketAddr, hostname: String, weight: u32, placement: impl Into<Placement>) -> Self {
-        let placement = placement.into();
-        Self {
-            addr,
-            hostname,
-            weight: weight.max(1),
-            priority: placement.priority,
-            locality: placement.locality,
-            locality_weight: placement.locality_weight,
-            rq_active: AtomicU64::new(0),
-            cx_active: AtomicU64::new(0),
-            rq_total: AtomicU64::new(0),
-            rq_error: AtomicU64::new(0),
-            rq_success: AtomicU64::new(0),
-            cx_total: AtomicU64::new(0),
-            cx_connect_fail: AtomicU64::new(0),
-            hc_healthy: std::sync::atomic::AtomicBool::new(true),
-            hc_fails: Default::default(),
-            hc_passes: Default::default(),
-            hc_pending: std::sync::atomic::AtomicBool::new(false),
-            ejected: std::sync::atomic::AtomicBool::new(false),
-            od_5xx: Default::default(),
-            od_gateway: Default::default(),
-            od_ejections: Default::default(),
-            od_until: AtomicU64::new(0),
-            od_interval_rq: AtomicU64::new(0),
-            od_interval_ok: AtomicU64::new(0),
-            od_local: Default::default(),
-            healthy_since: AtomicU64::new(0),
-        }
-    }
-
-    /// Stamps the host as healthy from now (an active check's pass).
-    pub fn mark_healthy_now(&self) {
-        self.healthy_since.store(crate::upstream::pool::clock_ms(), Relaxed);
-    }
-}
-
-/// `slow_start_config`: a host that became healthy less than `window_ms`
-/// ago gets its weight scaled by max(min_weight, (t / window)^(1/aggression)).
-#[derive(Debug, Clone, Copy)]
-pub struct SlowStart {
-    pub window_ms: u64,
-    pub aggression: f64,
-    pub min_weight: f64,
-}
-
-impl SlowStart {
-    pub fn compile(c: &legate_api::pb::envoy::config::cluster::v3::cluster::SlowStartConfig) -> Option<Self> {
-        Self::from_parts(c.slow_start_window.as_ref(), c.aggression.as_ref(), c.min_weight_percent.as_ref())
-    }
-
-    /// The same, from a `load_balancing_policy` extension's config.
-    pub fn compile_typed(
-        c: &legate_api::pb::envoy::extensions::load_balancing_policies::common::v3::SlowStartConfig,
-    ) -> Option<Self> {
-        Self::from_parts(c.slow_start_window.as_ref(), c.aggression.as_ref(), c.min_weight_percent.as_ref())
-    }
-
-    fn from_parts(
-        window: Option<&legate_api::pb::google::protobuf::Duration>,
-        aggression: Option<&legate_api::pb::envoy::config::core::v3::RuntimeDouble>,
-        min_weight: Option<&legate_api::pb::envoy::r#type::v3::Percent>,
-    ) -> Option<Self> {
-        let window_ms = window.map_or(0, |d| legate_api::duration::from_pb(d).as_millis() as u64);
-        let aggression = aggression.map_or(1.0, |a| a.default_value);
-        Some(Self {
-            window_ms,
-            // Envoy falls back to 1.0 for a value that is not positive.
-            aggression: if aggression > 0.0 && aggression.is_finite() { aggression } else { 1.0 },
-            min_weight: min_weight.map_or(10.0, |p| p.value) / 100.0,
-        })
-        .filter(|s| s.window_ms > 0)
-    }
-
-    /// A host's weight now: scaled while it is inside the window.
-    pub fn weight(&self, h: &Host, weight: f64, now_ms: u64) -> f64 {
-        let since = h.healthy_since.load(Relaxed);
-        if since == 0 || !h.hc_healthy.load(Relaxed) {
-            return weight;
-        }
-        let in_window = now_ms.saturating_sub(since);
-        if in_window >= self.window_ms {
-            return weight;
-        }
-        let t = in_window.max(1) as f64 / self.window_ms as f64;
-        let f = if self.aggression == 1.0 { t } else { t.powf(1.0 / self.aggression) };
-        weight * f.max(self.min_weight)
-    }
-}
-
 /// Envoy's priority-load parameters: `overprovisioning_factor` (percent,
 /// default 140) and `healthy_panic_threshold` (percent, default 50).
 #[derive(Debug, Clone, Copy)]
@@ -197,7 +38,7 @@ pub struct LbParams {
     pub overprovisioning: u64,
     pub panic_threshold: f64,
     /// Consistent hashing (RING_HASH, MAGLEV): a table per level.
-    pub hashing: Option<crate::upstream::lb::hashing::Hashing>,
+    pub hashing: Option<crate::upstream::lb::hash_table::Hashing>,
     /// LEAST_REQUEST: hosts sampled per pick when weights are equal
     /// (`choice_count`, default 2), and how strongly active requests lower
     /// a host's weight when they differ (`active_request_bias`, default 1).
@@ -240,7 +81,7 @@ pub struct Level {
     pub panic: bool,
     equal_weights: bool,
     /// The ring or Maglev table over `hosts`, for hashing clusters.
-    table: Option<crate::upstream::lb::hashing::HashTable>,
+    table: Option<crate::upstream::lb::hash_table::HashTable>,
     /// Locality-weighted clusters: the level's localities with weight > 0.
     localities: Vec<LocalityHosts>,
 }
@@ -332,7 +173,7 @@ impl HostSet {
                     if params.locality_weighted { localities(&all_hosts, panic, params) } else { Vec::new() };
                 let hosts = if panic { all_hosts } else { ok };
                 let equal_weights = hosts.windows(2).all(|w| w[0].weight == w[1].weight);
-                let table = params.hashing.and_then(|h| crate::upstream::lb::hashing::HashTable::build(h, &hosts));
+                let table = params.hashing.and_then(|h| crate::upstream::lb::hash_table::HashTable::build(h, &hosts));
                 Level { hosts, load, panic, equal_weights, table, localities }
             })
             .collect();
@@ -341,7 +182,7 @@ impl HostSet {
         let slow_start_until = match params.slow_start {
             None => 0,
             Some(ss) => {
-                let now = crate::upstream::pool::clock_ms();
+                let now = clock_ms();
                 let mut latest = 0;
                 for h in &all {
                     let since = match h.healthy_since.load(Relaxed) {
@@ -367,7 +208,7 @@ impl HostSet {
 
     /// Whether a host may still be in its slow-start window.
     fn in_slow_start(&self) -> bool {
-        self.slow_start_until != 0 && crate::upstream::pool::clock_ms() <= self.slow_start_until
+        self.slow_start_until != 0 && clock_ms() <= self.slow_start_until
     }
 
     /// The level a request goes to: by a draw in 1..=100 against the loads
@@ -408,130 +249,6 @@ fn localities(hosts: &[Arc<Host>], panic: bool, params: LbParams) -> Vec<Localit
             (w > 0.0 && !usable.is_empty()).then_some(LocalityHosts { hosts: usable, weight: w })
         })
         .collect()
-}
-
-pub struct ClusterStats {
-    pub upstream_rq_total: Arc<Counter>,
-    pub upstream_rq_completed: Arc<Counter>,
-    pub upstream_rq_active: Arc<Gauge>,
-    pub upstream_rq_timeout: Arc<Counter>,
-    pub upstream_rq_time: Arc<Histogram>,
-    /// `upstream_rq_1xx`..`5xx`: created on first use, like Envoy's.
-    upstream_rq_class: [OnceLock<Arc<Counter>>; 5],
-    upstream_rq_code: Box<[OnceLock<Arc<Counter>>]>,
-    /// The same under `external.` (every request is external to Envoy 1.40
-    /// without internal_address_config), with `external.upstream_rq_completed`.
-    external_rq_class: [OnceLock<Arc<Counter>>; 5],
-    external_rq_code: Box<[OnceLock<Arc<Counter>>]>,
-    external_rq_completed: OnceLock<Arc<Counter>>,
-    pub upstream_cx_total: Arc<Counter>,
-    pub upstream_cx_active: Arc<Gauge>,
-    pub upstream_cx_http1_total: Arc<Counter>,
-    pub upstream_cx_http2_total: Arc<Counter>,
-    pub upstream_cx_connect_fail: Arc<Counter>,
-    pub upstream_cx_connect_timeout: Arc<Counter>,
-    pub upstream_cx_destroy: Arc<Counter>,
-    pub upstream_rq_pending_total: Arc<Counter>,
-    pub upstream_rq_pending_failure_eject: Arc<Counter>,
-    pub upstream_cx_none_healthy: Arc<Counter>,
-    pub membership_total: Arc<Gauge>,
-    pub membership_healthy: Arc<Gauge>,
-    pub membership_change: Arc<Counter>,
-    pub update_attempt: Arc<Counter>,
-    pub update_success: Arc<Counter>,
-    pub upstream_rq_retry: Arc<Counter>,
-    pub upstream_rq_retry_success: Arc<Counter>,
-    pub upstream_rq_retry_limit_exceeded: Arc<Counter>,
-    pub upstream_cx_idle_timeout: Arc<Counter>,
-    pub upstream_cx_max_requests: Arc<Counter>,
-    pub upstream_cx_pool_overflow: Arc<Counter>,
-    pub upstream_rq_max_duration_reached: Arc<Counter>,
-    pub upstream_rq_pending_overflow: Arc<Counter>,
-    pub upstream_rq_active_overflow: Arc<Counter>,
-    pub upstream_cx_overflow: Arc<Counter>,
-    pub upstream_rq_retry_overflow: Arc<Counter>,
-    pub lb_healthy_panic: Arc<Counter>,
-    /// `ssl.*`, only for a TLS cluster.
-    pub ssl: Option<crate::tls::SslStats>,
-    prefix: String,
-    store: Arc<Store>,
-}
-
-impl ClusterStats {
-    /// A rarely used counter of this cluster, created on first use.
-    pub fn named(&self, n: &str) -> Arc<Counter> {
-        self.store.counter(&format!("{}{n}", self.prefix))
-    }
-
-    fn new(store: &Arc<Store>, name: &str, tls: bool) -> Self {
-        let p = format!("cluster.{name}.");
-        let c = |n: &str| store.counter(&format!("{p}{n}"));
-        let g = |n: &str| store.gauge(&format!("{p}{n}"));
-        Self {
-            upstream_rq_total: c("upstream_rq_total"),
-            upstream_rq_completed: c("upstream_rq_completed"),
-            upstream_rq_active: g("upstream_rq_active"),
-            upstream_rq_timeout: c("upstream_rq_timeout"),
-            upstream_rq_time: store.histogram(&format!("{p}upstream_rq_time")),
-            upstream_rq_class: Default::default(),
-            upstream_rq_code: (0..600).map(|_| OnceLock::new()).collect(),
-            external_rq_class: Default::default(),
-            external_rq_code: (0..600).map(|_| OnceLock::new()).collect(),
-            external_rq_completed: OnceLock::new(),
-            upstream_cx_total: c("upstream_cx_total"),
-            upstream_cx_active: g("upstream_cx_active"),
-            upstream_cx_http1_total: c("upstream_cx_http1_total"),
-            upstream_cx_http2_total: c("upstream_cx_http2_total"),
-            upstream_cx_connect_fail: c("upstream_cx_connect_fail"),
-            upstream_cx_connect_timeout: c("upstream_cx_connect_timeout"),
-            upstream_cx_destroy: c("upstream_cx_destroy"),
-            ssl: tls.then(|| crate::tls::SslStats::new(store, &p)),
-            upstream_rq_pending_total: c("upstream_rq_pending_total"),
-            upstream_rq_pending_failure_eject: c("upstream_rq_pending_failure_eject"),
-            upstream_cx_none_healthy: c("upstream_cx_none_healthy"),
-            membership_total: g("membership_total"),
-            membership_healthy: g("membership_healthy"),
-            membership_change: c("membership_change"),
-            update_attempt: c("update_attempt"),
-            update_success: c("update_success"),
-            upstream_rq_retry: c("upstream_rq_retry"),
-            upstream_rq_retry_success: c("upstream_rq_retry_success"),
-            upstream_rq_retry_limit_exceeded: c("upstream_rq_retry_limit_exceeded"),
-            upstream_cx_idle_timeout: c("upstream_cx_idle_timeout"),
-            upstream_cx_max_requests: c("upstream_cx_max_requests"),
-            upstream_cx_pool_overflow: c("upstream_cx_pool_overflow"),
-            upstream_rq_max_duration_reached: c("upstream_rq_max_duration_reached"),
-            upstream_rq_pending_overflow: c("upstream_rq_pending_overflow"),
-            upstream_rq_active_overflow: c("upstream_rq_active_overflow"),
-            upstream_cx_overflow: c("upstream_cx_overflow"),
-            upstream_rq_retry_overflow: c("upstream_rq_retry_overflow"),
-            lb_healthy_panic: c("lb_healthy_panic"),
-            prefix: p,
-            store: store.clone(),
-        }
-    }
-
-    /// `upstream_rq_<code>` and `upstream_rq_<class>xx`, created on first use
-    /// like Envoy's (a cluster that never saw a 3xx has no `upstream_rq_3xx`);
-    /// afterwards a lock-free `OnceLock` read.
-    pub fn record_status(&self, status: u16) {
-        let class = (status / 100) as usize;
-        if let Some(slot) = class.checked_sub(1).and_then(|i| self.upstream_rq_class.get(i)) {
-            slot.get_or_init(|| self.store.counter(&format!("{}upstream_rq_{class}xx", self.prefix))).inc();
-        }
-        if let Some(slot) = self.upstream_rq_code.get(status as usize) {
-            slot.get_or_init(|| self.store.counter(&format!("{}upstream_rq_{status}", self.prefix))).inc();
-        }
-        if let Some(slot) = class.checked_sub(1).and_then(|i| self.external_rq_class.get(i)) {
-            slot.get_or_init(|| self.store.counter(&format!("{}external.upstream_rq_{class}xx", self.prefix))).inc();
-        }
-        if let Some(slot) = self.external_rq_code.get(status as usize) {
-            slot.get_or_init(|| self.store.counter(&format!("{}external.upstream_rq_{status}", self.prefix))).inc();
-        }
-        self.external_rq_completed
-            .get_or_init(|| self.store.counter(&format!("{}external.upstream_rq_completed", self.prefix)))
-            .inc();
-    }
 }
 
 /// Per-worker load-balancer state: only its own worker touches it, so the
@@ -597,7 +314,7 @@ pub struct Cluster {
     pub breakers: crate::upstream::breakers::CircuitBreakers,
     pub pools: crate::upstream::pool::Pools,
     /// `common_http_protocol_options` for upstream connections.
-    pub conn_options: crate::upstream::pool::ConnOptions,
+    pub conn_options: crate::upstream::protocol::ConnOptions,
     lb: Box<[Mutex<WorkerLb>]>,
     /// For DNS clusters: (hostname, port, weight, priority) to resolve.
     pub dns_targets: Vec<(String, u16, u32, Placement)>,
@@ -631,45 +348,7 @@ impl Cluster {
         };
         let lb = crate::upstream::lb::LbChoice::compile(c)?;
         let lb_policy = lb.policy;
-        let mut http2 = c.http2_protocol_options.is_some();
-        // The deprecated cluster-level fields first; the protocol options
-        // extension, when present, wins.
-        let mut common = c.common_http_protocol_options;
-        let legacy_max_requests = c.max_requests_per_connection.map(|v| v.value);
-        if let Some(any) = c.typed_extension_protocol_options.get(HTTP_PROTOCOL_OPTIONS) {
-            let opts: HttpProtocolOptions = legate_api::any::unpack(any)?;
-            if opts.common_http_protocol_options.is_some() {
-                common = opts.common_http_protocol_options;
-            }
-            match &opts.upstream_protocol_options {
-                Some(http_protocol_options::UpstreamProtocolOptions::ExplicitHttpConfig(e)) => {
-                    use http_protocol_options::explicit_http_config::ProtocolConfig;
-                    http2 = matches!(e.protocol_config, Some(ProtocolConfig::Http2ProtocolOptions(_)));
-                }
-                Some(_) => {
-                    return Err("typed_extension_protocol_options: only explicit_http_config is supported".into())
-                }
-                None => {}
-            }
-        }
-        let conn_options = {
-            let d = crate::upstream::pool::ConnOptions::default();
-            let common = common.as_ref();
-            crate::upstream::pool::ConnOptions {
-                idle_timeout: match common.and_then(|o| o.idle_timeout.as_ref()) {
-                    Some(t) => Some(legate_api::duration::from_pb(t)).filter(|t| !t.is_zero()),
-                    None => d.idle_timeout,
-                },
-                max_requests: common
-                    .and_then(|o| o.max_requests_per_connection.map(|v| v.value))
-                    .or(legacy_max_requests)
-                    .filter(|n| *n > 0),
-                max_stream_duration: common
-                    .and_then(|o| o.max_stream_duration.as_ref())
-                    .map(legate_api::duration::from_pb)
-                    .filter(|t| !t.is_zero()),
-            }
-        };
+        let protocol = crate::upstream::protocol::HttpProtocol::compile(c)?;
         let mut static_hosts = Vec::new();
         let mut dns_targets = Vec::new();
         if let Some(la) = &c.load_assignment {
@@ -729,7 +408,7 @@ impl Cluster {
         let tls = c
             .transport_socket
             .as_ref()
-            .map(|ts| crate::tls::upstream(ts, http2, secrets))
+            .map(|ts| crate::tls::upstream(ts, protocol.http2, secrets))
             .transpose()
             .map_err(|e| e.to_string())?;
         let stats = ClusterStats::new(store, &c.name, tls.is_some());
@@ -753,12 +432,12 @@ impl Cluster {
             lb_params,
             hosts: ArcSwap::from_pointee(set),
             connect_timeout: legate_api::duration::or(c.connect_timeout.as_ref(), Duration::from_secs(5)),
-            http2,
+            http2: protocol.http2,
             tls,
             breakers: crate::upstream::breakers::CircuitBreakers::compile(c.circuit_breakers.as_ref(), store, &c.name),
             stats,
             pools: crate::upstream::pool::Pools::new(workers),
-            conn_options,
+            conn_options: protocol.conn_options,
             lb: (0..=workers).map(|_| Mutex::new(WorkerLb::default())).collect(),
             dns_targets,
             dns_refresh: legate_api::duration::or(c.dns_refresh_rate.as_ref(), Duration::from_secs(5)),
@@ -909,7 +588,7 @@ impl Cluster {
                 // weight / (active requests + 1)^active_request_bias.
                 let bias = self.lb_params.active_request_bias;
                 let slow = self.lb_params.slow_start.filter(|_| set.in_slow_start());
-                let now = if slow.is_some() { crate::upstream::pool::clock_ms() } else { 0 };
+                let now = if slow.is_some() { clock_ms() } else { 0 };
                 let effective = |h: &Host| {
                     let active = h.rq_active.load(Relaxed) as f64 + 1.0;
                     let w = h.weight as f64;
@@ -952,7 +631,7 @@ impl Cluster {
                 }
                 // Weights differ, or slow start scales them: each host's
                 // weight is taken when it is scheduled (again), as in Envoy.
-                let now = if slow.is_some() { crate::upstream::pool::clock_ms() } else { 0 };
+                let now = if slow.is_some() { clock_ms() } else { 0 };
                 let weight = |h: &Host| match &slow {
                     Some(ss) => ss.weight(h, h.weight as f64, now),
                     None => h.weight as f64,
@@ -975,48 +654,6 @@ impl Cluster {
             }
         }
     }
-}
-
-/// (address or hostname, port, weight, placement) of every endpoint.
-pub fn endpoints(
-    la: &legate_api::pb::envoy::config::endpoint::v3::ClusterLoadAssignment,
-) -> Result<Vec<(String, u16, u32, Placement)>, String> {
-    let mut out = Vec::new();
-    for (li, l) in la.endpoints.iter().enumerate() {
-        let placement = Placement {
-            priority: l.priority,
-            locality: li as u32,
-            locality_weight: l.load_balancing_weight.map_or(0, |w| w.value),
-        };
-        for e in &l.lb_endpoints {
-            let weight = e.load_balancing_weight.map(|w| w.value).unwrap_or(1);
-            let Some(HostIdentifier::Endpoint(ep)) = &e.host_identifier else {
-                return Err("load_assignment: only endpoint hosts are supported".into());
-            };
-            let Some(address::Address::SocketAddress(sa)) = ep.address.as_ref().and_then(|a| a.address.as_ref()) else {
-                return Err("load_assignment: only socket addresses are supported".into());
-            };
-            let Some(socket_address::PortSpecifier::PortValue(port)) = sa.port_specifier else {
-                return Err("load_assignment: port_value is required".into());
-            };
-            let port = u16::try_from(port).map_err(|_| "port out of range")?;
-            out.push((sa.address.clone(), port, weight, placement));
-        }
-    }
-    Ok(out)
-}
-
-/// Hosts of an EDS assignment (addresses must be IPs, as in Envoy's EDS).
-pub fn eds_hosts(
-    la: &legate_api::pb::envoy::config::endpoint::v3::ClusterLoadAssignment,
-) -> Result<Vec<(SocketAddr, String, u32, Placement)>, String> {
-    endpoints(la)?
-        .into_iter()
-        .map(|(addr, port, w, p)| {
-            let ip: std::net::IpAddr = addr.parse().map_err(|_| format!("malformed IP address: {addr}"))?;
-            Ok((SocketAddr::new(ip, port), addr, w, p))
-        })
-        .collect()
 }
 
 /// The cluster manager's view: every cluster by name.
@@ -1132,27 +769,6 @@ mod tests {
         let exact = LbParams { overprovisioning: 100, ..p };
         let half = [hosts(&[true, false], 0), hosts(&[true], 1)].concat();
         assert_eq!(loads(&HostSet::new(half, exact)), vec![(50, 1, false), (50, 1, false)]);
-    }
-
-    #[test]
-    fn slow_start_scales_weight_over_the_window() {
-        let ss = SlowStart { window_ms: 10_000, aggression: 1.0, min_weight: 0.1 };
-        let h = Host::new("127.0.0.1:1".parse().unwrap(), "h".into(), 1, 0);
-        // Not yet healthy-stamped: full weight.
-        assert_eq!(ss.weight(&h, 4.0, 5_000), 4.0);
-        h.healthy_since.store(1_000, Relaxed);
-        // Early in the window the floor (min_weight_percent) holds.
-        assert!((ss.weight(&h, 4.0, 1_500) - 0.4).abs() < 1e-9);
-        // Linear with aggression 1: half the window, half the weight.
-        assert!((ss.weight(&h, 4.0, 6_000) - 2.0).abs() < 1e-9);
-        // Past the window: the weight as configured.
-        assert_eq!(ss.weight(&h, 4.0, 11_000), 4.0);
-        // Aggression 2 ramps faster: (t/window)^(1/2).
-        let fast = SlowStart { aggression: 2.0, ..ss };
-        assert!((fast.weight(&h, 1.0, 3_500) - 0.5).abs() < 1e-9);
-        // An unhealthy host is not scaled.
-        h.hc_healthy.store(false, Relaxed);
-        assert_eq!(ss.weight(&h, 4.0, 6_000), 4.0);
     }
 
     #[test]

@@ -21,7 +21,7 @@ pub async fn resolve_once(cluster: &Cluster) {
         let picked =
             if cluster.discovery == Discovery::LogicalDns { picked.into_iter().take(1).collect() } else { picked };
         for a in picked {
-            if !hosts.iter().any(|(h, ..): &(SocketAddr, String, u32, crate::upstream::cluster::Placement)| *h == a) {
+            if !hosts.iter().any(|(h, ..): &(SocketAddr, String, u32, crate::upstream::host::Placement)| *h == a) {
                 hosts.push((a, name.clone(), *weight, *placement));
             }
         }

@@ -9,7 +9,8 @@
 //! waits for it before the cluster takes traffic).
 
 use crate::stats::{Counter, Gauge, Store};
-use crate::upstream::cluster::{Cluster, Host};
+use crate::upstream::cluster::Cluster;
+use crate::upstream::host::Host;
 use legate_api::pb::envoy::config::core::v3::{health_check::HealthChecker as Kind, HealthCheck};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Weak};

@@ -2,9 +2,15 @@
 //! health checking, outlier detection and circuit breakers.
 
 pub mod breakers;
+pub mod clock;
 pub mod cluster;
+pub mod cluster_stats;
 pub mod dns;
+pub mod endpoints;
+pub mod error;
 pub mod health;
+pub mod host;
 pub mod lb;
 pub mod outlier;
 pub mod pool;
+pub mod protocol;

@@ -11,7 +11,8 @@
 //! besides the consecutive counters; the statistics run on the interval tick.
 
 use crate::stats::{Counter, Gauge, Store};
-use crate::upstream::cluster::{Cluster, Host};
+use crate::upstream::cluster::Cluster;
+use crate::upstream::host::Host;
 use legate_api::pb::envoy::config::cluster::v3::OutlierDetection;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Weak};

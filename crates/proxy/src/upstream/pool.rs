@@ -14,7 +14,10 @@
 //! for one of the host's connections to become ready.
 
 use crate::body::ProxyBody;
-use crate::upstream::cluster::{Cluster, Host};
+use crate::upstream::clock::clock_ms;
+use crate::upstream::cluster::Cluster;
+use crate::upstream::error::UpstreamError;
+use crate::upstream::host::Host;
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -36,12 +39,6 @@ pub struct ConnState {
     served: AtomicU32,
     /// Milliseconds on `clock_ms` since the last request on it ended.
     idle_since: AtomicU64,
-}
-
-/// Milliseconds since the process first asked (a monotonic clock; never 0).
-pub fn clock_ms() -> u64 {
-    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
-    START.get_or_init(std::time::Instant::now).elapsed().as_millis() as u64 + 1
 }
 
 /// A request's use of a connection: it is busy (not idle) until this is
@@ -69,23 +66,6 @@ impl Drop for ConnUse {
 pub struct Held {
     pub slot: Option<crate::upstream::breakers::Slot>,
     conn: Option<ConnUse>,
-}
-
-/// A cluster's `common_http_protocol_options` for its upstream connections.
-#[derive(Debug, Clone, Copy)]
-pub struct ConnOptions {
-    /// Close a connection idle this long (default 1 h; `None`: never).
-    pub idle_timeout: Option<Duration>,
-    /// Close a connection after this many requests.
-    pub max_requests: Option<u32>,
-    /// Give up on a request whose response has not come in this long.
-    pub max_stream_duration: Option<Duration>,
-}
-
-impl Default for ConnOptions {
-    fn default() -> Self {
-        Self { idle_timeout: Some(IDLE_TIMEOUT), max_requests: None, max_stream_duration: None }
-    }
 }
 
 /// A pooled HTTP/1.1 connection: its sender, its request/idle state, and a
@@ -127,74 +107,6 @@ impl Pools {
 
     fn worker(&self, w: usize) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, HostPool>> {
         self.per_worker[w % self.per_worker.len()].lock().unwrap_or_else(|e| e.into_inner())
-    }
-}
-
-/// Why an upstream request failed before a response arrived.
-#[derive(Debug, thiserror::Error)]
-pub enum UpstreamError {
-    #[error("connect timeout")]
-    ConnectTimeout,
-    #[error("connect failure: {0}")]
-    ConnectFailure(std::io::Error),
-    #[error("handshake: {0}")]
-    Handshake(hyper::Error),
-    #[error("reset: {0}")]
-    Reset(hyper::Error),
-    /// A retry policy's per_try_timeout ran out on the last attempt.
-    #[error("per-try timeout")]
-    PerTryTimeout,
-    /// A circuit breaker is open (pending requests or requests).
-    #[error("overflow")]
-    Overflow,
-    /// The TLS handshake with the upstream failed (bad certificate, ...).
-    #[error("TLS: {0}")]
-    Tls(Box<dyn std::error::Error + Send + Sync>),
-    /// A new connection pool was needed past `max_connection_pools`.
-    #[error("connection pool overflow")]
-    PoolOverflow,
-}
-
-impl UpstreamError {
-    /// Envoy's local-reply body for this failure (before response headers).
-    pub fn local_reply_body(&self) -> String {
-        match self {
-            Self::ConnectTimeout => {
-                "upstream connect error or disconnect/reset before headers. reset reason: connection timeout".into()
-            }
-            Self::ConnectFailure(_) => {
-                "upstream connect error or disconnect/reset before headers. reset reason: remote connection failure"
-                    .into()
-            }
-            Self::Reset(e) if is_refused_stream(e) => {
-                "upstream connect error or disconnect/reset before headers. reset reason: remote refused stream reset"
-                    .into()
-            }
-            Self::Handshake(_) | Self::Reset(_) => {
-                "upstream connect error or disconnect/reset before headers. reset reason: connection termination".into()
-            }
-            Self::PerTryTimeout => "upstream request timeout".into(),
-            Self::Overflow => {
-                "upstream connect error or disconnect/reset before headers. reset reason: overflow".into()
-            }
-            Self::PoolOverflow => "no healthy upstream".into(),
-            // Envoy keeps the TLS reason for the access log's details.
-            Self::Tls(_) => {
-                "upstream connect error or disconnect/reset before headers. reset reason: remote connection failure"
-                    .into()
-            }
-        }
-    }
-    /// Envoy's response flag: UF (connect failure) or UC (connection termination).
-    pub fn response_flag(&self) -> &'static str {
-        match self {
-            Self::ConnectTimeout | Self::ConnectFailure(_) | Self::Tls(_) => "UF",
-            Self::Reset(e) if is_refused_stream(e) => "UR",
-            Self::Handshake(_) | Self::Reset(_) => "UC",
-            Self::PerTryTimeout => "UT",
-            Self::Overflow => "UO",
-            Self::PoolOverflow => "UH",
-        }
     }
 }
 
@@ -466,7 +378,7 @@ async fn send_h1(
     cluster.stats.upstream_rq_total.inc();
     rq_slot.conn = Some(ConnUse::new(&state));
     let last = count_request(cluster, &state);
-    let result = sender.send_request(req).await.map_err(reset);
+    let result = sender.send_request(req).await.map_err(UpstreamError::from_request);
     // Back to the pool at once: it becomes ready again when the response body
     // has been read, and checkout skips it until then. A connection that has
     // carried its last request closes once the response is done.
@@ -572,7 +484,7 @@ async fn send_h2(
             (sender, state)
         }
     };
-    sender.ready().await.map_err(reset)?;
+    sender.ready().await.map_err(UpstreamError::from_request)?;
     take_request_slot(cluster, rq_slot)?;
     cluster.stats.upstream_rq_total.inc();
     rq_slot.conn = Some(ConnUse::new(&state));
@@ -586,34 +498,7 @@ async fn send_h2(
             }
         }
     }
-    sender.send_request(req).await.map_err(reset)
-}
-
-/// A request failed on its connection. With TLS 1.3 a server refuses a
-/// client certificate only after the client's handshake is done, so the
-/// refusal (an alert) arrives with the first request: Envoy reports that as
-/// a connect failure, and so does this. Walks the error's sources only on
-/// failure.
-fn reset(e: hyper::Error) -> UpstreamError {
-    if crate::tls::is_tls_error(&e) {
-        UpstreamError::Tls(Box::new(e))
-    } else {
-        UpstreamError::Reset(e)
-    }
-}
-
-/// Whether an HTTP/2 upstream refused the stream (RST_STREAM with
-/// REFUSED_STREAM): the request was not processed and can be retried under
-/// `refused-stream`. Walks the error's sources; only called on failure.
-pub fn is_refused_stream(e: &hyper::Error) -> bool {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
-    while let Some(s) = source {
-        if let Some(h2e) = s.downcast_ref::<h2::Error>() {
-            return h2e.reason() == Some(h2::Reason::REFUSED_STREAM);
-        }
-        source = s.source();
-    }
-    false
+    sender.send_request(req).await.map_err(UpstreamError::from_request)
 }
 
 impl Pools {
@@ -624,9 +509,6 @@ impl Pools {
         }
     }
 }
-
-/// How long an idle pool may keep connections (Envoy's default upstream idle timeout is 1h).
-pub const IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
 
 /// An upstream connection's accounting: it keeps the cluster's and host's
 /// connection counts and the `max_connections` slot until the last holder
@@ -689,7 +571,7 @@ pub async fn send_upgrade(
     rq_slot.conn = Some(ConnUse::new(&state));
     take_request_slot(cluster, rq_slot)?;
     cluster.stats.upstream_rq_total.inc();
-    let resp = sender.send_request(req).await.map_err(reset)?;
+    let resp = sender.send_request(req).await.map_err(UpstreamError::from_request)?;
     Ok((resp, account))
 }
 

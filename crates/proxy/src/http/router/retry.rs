@@ -1,6 +1,6 @@
 //! Route retry policies (`retry_policy`) as Envoy defines them.
 
-use crate::upstream::pool::UpstreamError;
+use crate::upstream::error::UpstreamError;
 use legate_api::pb::envoy::config::route::v3::RetryPolicy as PbRetryPolicy;
 use std::time::Duration;
 
@@ -250,7 +250,7 @@ impl RetryPolicy {
             }
             // A stream the HTTP/2 upstream refused (REFUSED_STREAM) was never
             // processed: retried under refused-stream, or as any reset.
-            UpstreamError::Reset(e) if crate::upstream::pool::is_refused_stream(e) => {
+            UpstreamError::Reset(e) if crate::upstream::error::is_refused_stream(e) => {
                 self.has(on::REFUSED_STREAM | on::RESET | on::FIVE_XX | on::GATEWAY_ERROR)
             }
             UpstreamError::Handshake(_) | UpstreamError::Reset(_) => {

@@ -3,10 +3,10 @@
 //! typed extension configs (the first policy Legate supports is used, as
 //! Envoy uses the first it knows).
 
-pub mod hashing;
+pub mod hash_table;
 
 use crate::upstream::cluster::LbPolicy;
-use crate::upstream::lb::hashing::Hashing;
+use crate::upstream::lb::hash_table::Hashing;
 use legate_api::pb::envoy::config::cluster::v3::{cluster, Cluster as PbCluster};
 use legate_api::pb::envoy::extensions::load_balancing_policies as policies;
 
@@ -16,7 +16,7 @@ pub struct LbChoice {
     pub hashing: Option<Hashing>,
     pub choice_count: u32,
     pub active_request_bias: f64,
-    pub slow_start: Option<crate::upstream::cluster::SlowStart>,
+    pub slow_start: Option<crate::upstream::host::SlowStart>,
 }
 
 const RING_MIN: u64 = 1024;
@@ -36,7 +36,7 @@ impl LbChoice {
             Ok(cluster::LbPolicy::RoundRobin) => Self {
                 slow_start: match &c.lb_config {
                     Some(cluster::LbConfig::RoundRobinLbConfig(r)) => {
-                        r.slow_start_config.as_ref().and_then(crate::upstream::cluster::SlowStart::compile)
+                        r.slow_start_config.as_ref().and_then(crate::upstream::host::SlowStart::compile)
                     }
                     _ => None,
                 },
@@ -49,7 +49,7 @@ impl LbChoice {
                     choice.choice_count = l.choice_count.map_or(2, |v| v.value);
                     choice.active_request_bias = l.active_request_bias.as_ref().map_or(1.0, |b| b.default_value);
                     choice.slow_start =
-                        l.slow_start_config.as_ref().and_then(crate::upstream::cluster::SlowStart::compile);
+                        l.slow_start_config.as_ref().and_then(crate::upstream::host::SlowStart::compile);
                 }
                 choice
             }
@@ -96,7 +96,7 @@ impl LbChoice {
                         slow_start: r
                             .slow_start_config
                             .as_ref()
-                            .and_then(crate::upstream::cluster::SlowStart::compile_typed),
+                            .and_then(crate::upstream::host::SlowStart::compile_typed),
                         ..Self::simple(LbPolicy::RoundRobin)
                     }
                 }
@@ -112,7 +112,7 @@ impl LbChoice {
                         slow_start: l
                             .slow_start_config
                             .as_ref()
-                            .and_then(crate::upstream::cluster::SlowStart::compile_typed),
+                            .and_then(crate::upstream::host::SlowStart::compile_typed),
                         ..Self::simple(LbPolicy::LeastRequest)
                     }
                 }

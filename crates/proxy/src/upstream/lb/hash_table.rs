@@ -8,7 +8,7 @@
 //! is built when a host set changes (not per request); a lookup is a binary
 //! search on the ring or one index into the Maglev table.
 
-use crate::upstream::cluster::Host;
+use crate::upstream::host::Host;
 use std::sync::Arc;
 use xxhash_rust::xxh64::xxh64;
 
