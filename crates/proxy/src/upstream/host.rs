@@ -47,7 +47,7 @@ pub struct Host {
     /// True until the first check has answered.
     pub hc_pending: AtomicBool,
     /// Outlier detection: ejected now, consecutive failures, times ejected,
-    /// and until when (milliseconds on the detector's clock).
+    /// and until when (on `upstream::clock::clock_ms`).
     pub ejected: AtomicBool,
     pub od_5xx: AtomicU32,
     pub od_gateway: AtomicU32,
@@ -59,7 +59,7 @@ pub struct Host {
     /// Consecutive local-origin failures (split mode).
     pub od_local: AtomicU32,
     /// When the host last became healthy (Envoy's last HC pass time), on
-    /// `upstream::clock_ms`; 0 until then. Slow start counts from it.
+    /// `upstream::clock::clock_ms`; 0 until then. Slow start counts from it.
     pub healthy_since: AtomicU64,
 }
 

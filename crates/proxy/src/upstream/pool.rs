@@ -302,7 +302,7 @@ pub async fn send(
     if let (Some(o), false) =
         (&cluster.outlier, matches!(result, Err(UpstreamError::Overflow | UpstreamError::PoolOverflow)))
     {
-        o.record(cluster, host, result.as_ref().ok().map(|r| r.status().as_u16()));
+        o.record(&cluster.hosts, host, result.as_ref().ok().map(|r| r.status().as_u16()));
     }
     result
 }
