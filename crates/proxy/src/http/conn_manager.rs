@@ -1951,7 +1951,7 @@ impl Hcm {
         };
         let connect = matches!(up.kind, UpgradeKind::Connect);
         if connect && up.terminate {
-            return match crate::upstream::pool::connect_owned(&cluster, &host).await {
+            return match crate::upstream::connection::connect_owned(&cluster, &host).await {
                 Err(e) => {
                     cs.record_status(503);
                     let details = "upstream_reset_before_response_started{remote_connection_failure}";

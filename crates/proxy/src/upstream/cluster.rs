@@ -101,7 +101,7 @@ pub struct Cluster {
     pub tls: Option<crate::tls::UpstreamTls>,
     pub stats: ClusterStats,
     pub breakers: crate::upstream::breakers::CircuitBreakers,
-    pub pools: crate::upstream::pool::Pools,
+    pub pools: crate::upstream::worker_pools::Pools,
     /// `common_http_protocol_options` for upstream connections.
     pub conn_options: crate::upstream::protocol::ConnOptions,
     lb: Box<[Mutex<WorkerLb>]>,
@@ -216,7 +216,7 @@ impl Cluster {
             tls,
             breakers: crate::upstream::breakers::CircuitBreakers::compile(c.circuit_breakers.as_ref(), store, &c.name),
             stats,
-            pools: crate::upstream::pool::Pools::new(workers),
+            pools: crate::upstream::worker_pools::Pools::new(workers),
             conn_options: protocol.conn_options,
             lb: (0..=workers).map(|_| Mutex::new(WorkerLb::default())).collect(),
             dns: Dns {
