@@ -1,28 +1,18 @@
 //! Clusters: their hosts (static or from DNS), load balancing, and stats.
 
 use crate::stats::Store;
-use crate::upstream::clock::clock_ms;
 use crate::upstream::cluster_stats::ClusterStats;
 use crate::upstream::dns::Dns;
 use crate::upstream::endpoints::endpoints;
 use crate::upstream::host::Host;
-use crate::upstream::host_set::{HostSet, LbParams, Level};
+use crate::upstream::host_set::LbParams;
+use crate::upstream::lb::balancer::Balancer;
 use crate::upstream::membership::{HostEntry, Membership};
 use legate_api::pb::envoy::config::cluster::v3::{cluster, Cluster as PbCluster};
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering::Relaxed;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
-
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum LbPolicy {
-    RoundRobin,
-    LeastRequest,
-    Random,
-    /// `RING_HASH` or `MAGLEV`: the table is in `LbParams::hashing`.
-    Hashing,
-}
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Discovery {
@@ -40,51 +30,6 @@ impl Discovery {
     }
 }
 
-/// Per-worker load-balancer state: only its own worker touches it, so the
-/// mutex around it is never contended (an uncontended lock is ~20 ns).
-#[derive(Default)]
-struct WorkerLb {
-    /// The host set the state below belongs to (compared by pointer only).
-    set: usize,
-    /// Per level: the round-robin position and, when weights differ, the
-    /// earliest-deadline-first schedule; rebuilt when the host set changes.
-    rr_next: Vec<usize>,
-    edf: Vec<Option<Edf>>,
-    /// Locality-weighted: per level, the locality schedule and a
-    /// round-robin position per locality.
-    locality_edf: Vec<Option<Edf>>,
-    locality_rr: Vec<Vec<usize>>,
-}
-
-struct Edf {
-    heap: BinaryHeap<EdfEntry>,
-    now: f64,
-}
-
-struct EdfEntry {
-    deadline: f64,
-    order: usize,
-    index: usize,
-}
-
-impl PartialEq for EdfEntry {
-    fn eq(&self, o: &Self) -> bool {
-        self.deadline == o.deadline && self.order == o.order
-    }
-}
-impl Eq for EdfEntry {}
-impl PartialOrd for EdfEntry {
-    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(o))
-    }
-}
-impl Ord for EdfEntry {
-    // Reversed: BinaryHeap is a max-heap and we want the earliest deadline.
-    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
-        o.deadline.total_cmp(&self.deadline).then(o.order.cmp(&self.order))
-    }
-}
-
 pub struct Cluster {
     /// Active health checking, when configured.
     pub health_check: Option<crate::upstream::health::HealthChecker>,
@@ -92,8 +37,6 @@ pub struct Cluster {
     pub outlier: Option<crate::upstream::outlier::Outlier>,
     pub name: String,
     pub discovery: Discovery,
-    pub lb_policy: LbPolicy,
-    pub lb_params: LbParams,
     pub hosts: Membership,
     pub connect_timeout: Duration,
     pub http2: bool,
@@ -104,7 +47,8 @@ pub struct Cluster {
     pub pools: crate::upstream::worker_pools::Pools,
     /// `common_http_protocol_options` for upstream connections.
     pub conn_options: crate::upstream::protocol::ConnOptions,
-    lb: Box<[Mutex<WorkerLb>]>,
+    /// The load-balancing policy and each worker's state.
+    lb: Balancer,
     /// For DNS clusters: what to resolve, and how often.
     pub dns: Dns,
     /// For EDS clusters: the ClusterLoadAssignment name that feeds them.
@@ -133,8 +77,7 @@ impl Cluster {
             },
             Some(_) => return Err("cluster_type: custom cluster types are not supported".into()),
         };
-        let lb = crate::upstream::lb::LbChoice::compile(c)?;
-        let lb_policy = lb.policy;
+        let policy = crate::upstream::lb::compile(c)?;
         let protocol = crate::upstream::protocol::HttpProtocol::compile(c)?;
         let mut static_hosts = Vec::new();
         let mut dns_targets = Vec::new();
@@ -175,10 +118,8 @@ impl Cluster {
                 .as_ref()
                 .and_then(|l| l.healthy_panic_threshold.as_ref())
                 .map_or(50.0, |p| p.value.round()),
-            hashing: lb.hashing,
-            choice_count: lb.choice_count,
-            active_request_bias: lb.active_request_bias,
-            slow_start: lb.slow_start,
+            hashing: policy.hashing(),
+            slow_start: policy.slow_start(),
             locality_weighted: c.common_lb_config.as_ref().is_some_and(|l| {
                 matches!(
                     l.locality_config_specifier,
@@ -189,7 +130,7 @@ impl Cluster {
         if lb_params.locality_weighted && lb_params.slow_start.is_some() {
             return Err("common_lb_config.locality_weighted_lb_config: not supported with slow_start_config".into());
         }
-        if lb_params.locality_weighted && lb_policy == LbPolicy::Hashing {
+        if lb_params.locality_weighted && lb_params.hashing.is_some() {
             return Err("common_lb_config.locality_weighted_lb_config: not supported with RING_HASH or MAGLEV".into());
         }
         let tls = c
@@ -203,13 +144,12 @@ impl Cluster {
         let hosts = Membership::new(static_hosts, lb_params, health_check.is_some(), &stats);
         let outlier =
             c.outlier_detection.as_ref().map(|o| crate::upstream::outlier::Outlier::compile(o, store, &c.name));
+        let lb = Balancer::new(policy, workers, stats.lb_healthy_panic.clone());
         Ok(Arc::new(Self {
             health_check,
             outlier,
             name: c.name.clone(),
             discovery,
-            lb_policy,
-            lb_params,
             hosts,
             connect_timeout: legate_api::duration::or(c.connect_timeout.as_ref(), Duration::from_secs(5)),
             http2: protocol.http2,
@@ -218,7 +158,7 @@ impl Cluster {
             stats,
             pools: crate::upstream::worker_pools::Pools::new(workers),
             conn_options: protocol.conn_options,
-            lb: (0..=workers).map(|_| Mutex::new(WorkerLb::default())).collect(),
+            lb,
             dns: Dns {
                 targets: dns_targets,
                 refresh: legate_api::duration::or(c.dns_refresh_rate.as_ref(), Duration::from_secs(5)),
@@ -236,62 +176,6 @@ impl Cluster {
         self.hosts.update(new_hosts);
     }
 
-    /// This worker's balancer state, reset when the host set changed.
-    fn worker_lb(&self, set: &Arc<HostSet>) -> std::sync::MutexGuard<'_, WorkerLb> {
-        let w = crate::stats::worker_index() % self.lb.len();
-        let mut st = self.lb[w].lock().unwrap_or_else(|e| e.into_inner());
-        let set_id = Arc::as_ptr(set) as usize;
-        if st.set != set_id || st.rr_next.len() != set.levels.len() {
-            st.set = set_id;
-            st.rr_next = vec![0; set.levels.len()];
-            st.edf = (0..set.levels.len()).map(|_| None).collect();
-            st.locality_edf = (0..set.levels.len()).map(|_| None).collect();
-            st.locality_rr = set.levels.iter().map(|l| vec![0; l.localities.len()]).collect();
-        }
-        st
-    }
-
-    /// Locality-weighted pick: a locality by earliest-deadline-first over
-    /// the effective weights, then a host in it (round robin, or the
-    /// policy's random draws).
-    fn pick_in_locality(&self, set: &Arc<HostSet>, li: usize, level: &Level) -> Option<Arc<Host>> {
-        let mut st = self.worker_lb(set);
-        let edf = st.locality_edf[li].get_or_insert_with(|| Edf {
-            heap: level
-                .localities
-                .iter()
-                .enumerate()
-                .map(|(i, l)| EdfEntry { deadline: 1.0 / l.weight, order: i, index: i })
-                .collect(),
-            now: 0.0,
-        });
-        let mut top = edf.heap.pop()?;
-        edf.now = top.deadline;
-        let locality = &level.localities[top.index];
-        top.deadline = edf.now + 1.0 / locality.weight;
-        top.order += level.localities.len();
-        let index = top.index;
-        edf.heap.push(top);
-        let hosts = &locality.hosts;
-        let i = match self.lb_policy {
-            LbPolicy::RoundRobin => {
-                let n = &mut st.locality_rr[li][index];
-                *n = n.wrapping_add(1);
-                (*n - 1) % hosts.len()
-            }
-            LbPolicy::LeastRequest => {
-                let (a, b) = (rand::random_range(0..hosts.len()), rand::random_range(0..hosts.len()));
-                if hosts[b].rq_active.load(Relaxed) < hosts[a].rq_active.load(Relaxed) {
-                    b
-                } else {
-                    a
-                }
-            }
-            _ => rand::random_range(0..hosts.len()),
-        };
-        hosts.get(i).cloned()
-    }
-
     /// Picks a host for a request, or `None` when the cluster has none.
     /// Cost: an `ArcSwap` load (no lock), a draw for the priority level when
     /// load is split across levels, plus the policy's own work.
@@ -302,107 +186,7 @@ impl Cluster {
     /// Picks a host; hashing clusters look `hash` up in their ring or table
     /// (a request without a hash gets a random one, as in Envoy).
     pub fn pick_hashed(&self, hash: Option<u64>) -> Option<Arc<Host>> {
-        let set = self.hosts.load();
-        let (li, level) = set.level(hash)?;
-        if level.panic {
-            self.stats.lb_healthy_panic.inc();
-        }
-        if !level.localities.is_empty() {
-            return self.pick_in_locality(&set, li, level);
-        }
-        let hosts = &level.hosts;
-        if hosts.len() <= 1 {
-            return hosts.first().cloned();
-        }
-        match self.lb_policy {
-            LbPolicy::Hashing => {
-                let h = hash.unwrap_or_else(rand::random);
-                level.table.as_ref()?.lookup(h).and_then(|i| hosts.get(i)).cloned()
-            }
-            LbPolicy::Random => Some(hosts[rand::random_range(0..hosts.len())].clone()),
-            LbPolicy::LeastRequest if level.equal_weights && !set.in_slow_start() => {
-                // `choice_count` random samples; the one with the fewest
-                // active requests wins (the earlier sample on a tie).
-                let mut best = &hosts[rand::random_range(0..hosts.len())];
-                for _ in 1..self.lb_params.choice_count.max(2) {
-                    let h = &hosts[rand::random_range(0..hosts.len())];
-                    if h.rq_active.load(Relaxed) < best.rq_active.load(Relaxed) {
-                        best = h;
-                    }
-                }
-                Some(best.clone())
-            }
-            LbPolicy::LeastRequest => {
-                // Weights differ: earliest-deadline-first where a host's
-                // weight, taken each time it is scheduled again, is
-                // weight / (active requests + 1)^active_request_bias.
-                let bias = self.lb_params.active_request_bias;
-                let slow = self.lb_params.slow_start.filter(|_| set.in_slow_start());
-                let now = if slow.is_some() { clock_ms() } else { 0 };
-                let effective = |h: &Host| {
-                    let active = h.rq_active.load(Relaxed) as f64 + 1.0;
-                    let w = h.weight as f64;
-                    let w = if bias == 1.0 {
-                        w / active
-                    } else if bias == 0.0 {
-                        w
-                    } else {
-                        w / active.powf(bias)
-                    };
-                    match &slow {
-                        Some(ss) => ss.weight(h, w, now),
-                        None => w,
-                    }
-                };
-                let mut st = self.worker_lb(&set);
-                let edf = st.edf[li].get_or_insert_with(|| Edf {
-                    heap: hosts
-                        .iter()
-                        .enumerate()
-                        .map(|(i, h)| EdfEntry { deadline: 1.0 / effective(h), order: i, index: i })
-                        .collect(),
-                    now: 0.0,
-                });
-                let mut top = edf.heap.pop()?;
-                edf.now = top.deadline;
-                let host = hosts[top.index].clone();
-                top.deadline = edf.now + 1.0 / effective(&host);
-                top.order += hosts.len();
-                edf.heap.push(top);
-                Some(host)
-            }
-            LbPolicy::RoundRobin => {
-                let slow = self.lb_params.slow_start.filter(|_| set.in_slow_start());
-                let mut st = self.worker_lb(&set);
-                if level.equal_weights && slow.is_none() {
-                    let i = st.rr_next[li] % hosts.len();
-                    st.rr_next[li] = st.rr_next[li].wrapping_add(1);
-                    return Some(hosts[i].clone());
-                }
-                // Weights differ, or slow start scales them: each host's
-                // weight is taken when it is scheduled (again), as in Envoy.
-                let now = if slow.is_some() { clock_ms() } else { 0 };
-                let weight = |h: &Host| match &slow {
-                    Some(ss) => ss.weight(h, h.weight as f64, now),
-                    None => h.weight as f64,
-                };
-                let edf = st.edf[li].get_or_insert_with(|| Edf {
-                    heap: hosts
-                        .iter()
-                        .enumerate()
-                        .map(|(i, h)| EdfEntry { deadline: 1.0 / weight(h), order: i, index: i })
-                        .collect(),
-                    now: 0.0,
-                });
-                let mut top = edf.heap.pop()?;
-                edf.now = top.deadline;
-                let host = hosts[top.index].clone();
-                top.deadline = edf.now + 1.0 / weight(&host);
-                top.order += hosts.len();
-                edf.heap.push(top);
-                Some(host)
-            }
-        }
+        self.lb.pick(&self.hosts.load(), hash)
     }
 }
 
@@ -412,6 +196,7 @@ pub type ClusterMap = HashMap<String, Arc<Cluster>>;
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::Ordering::Relaxed;
 
     fn cluster(lb: &str, weights: &[u32]) -> Arc<Cluster> {
         cluster_with(lb, weights, "")

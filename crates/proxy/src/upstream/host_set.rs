@@ -18,11 +18,6 @@ pub struct LbParams {
     pub panic_threshold: f64,
     /// Consistent hashing (RING_HASH, MAGLEV): a table per level.
     pub hashing: Option<Hashing>,
-    /// LEAST_REQUEST: hosts sampled per pick when weights are equal
-    /// (`choice_count`, default 2), and how strongly active requests lower
-    /// a host's weight when they differ (`active_request_bias`, default 1).
-    pub choice_count: u32,
-    pub active_request_bias: f64,
     /// `common_lb_config.locality_weighted_lb_config`: pick a locality by
     /// its weight (scaled by its availability), then a host in it.
     pub locality_weighted: bool,
@@ -32,15 +27,7 @@ pub struct LbParams {
 
 impl Default for LbParams {
     fn default() -> Self {
-        Self {
-            overprovisioning: 140,
-            panic_threshold: 50.0,
-            hashing: None,
-            choice_count: 2,
-            active_request_bias: 1.0,
-            locality_weighted: false,
-            slow_start: None,
-        }
+        Self { overprovisioning: 140, panic_threshold: 50.0, hashing: None, locality_weighted: false, slow_start: None }
     }
 }
 
