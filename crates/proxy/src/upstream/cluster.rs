@@ -3,14 +3,13 @@
 use crate::stats::Store;
 use crate::upstream::cluster_stats::ClusterStats;
 use crate::upstream::dns::Dns;
-use crate::upstream::endpoints::endpoints;
+use crate::upstream::endpoints::{eds_hosts, endpoints, Endpoint, HostEntry};
 use crate::upstream::host::Host;
 use crate::upstream::host_set::LbParams;
 use crate::upstream::lb::balancer::Balancer;
-use crate::upstream::membership::{HostEntry, Membership};
+use crate::upstream::membership::Membership;
 use legate_api::pb::envoy::config::cluster::v3::{cluster, Cluster as PbCluster};
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,6 +23,20 @@ pub enum Discovery {
 }
 
 impl Discovery {
+    fn compile(c: &PbCluster) -> Result<Self, String> {
+        Ok(match &c.cluster_discovery_type {
+            None => Self::Static,
+            Some(cluster::ClusterDiscoveryType::Type(t)) => match cluster::DiscoveryType::try_from(*t) {
+                Ok(cluster::DiscoveryType::Static) => Self::Static,
+                Ok(cluster::DiscoveryType::StrictDns) => Self::StrictDns,
+                Ok(cluster::DiscoveryType::LogicalDns) => Self::LogicalDns,
+                Ok(cluster::DiscoveryType::Eds) => Self::Eds,
+                _ => return Err("type: only STATIC, STRICT_DNS and LOGICAL_DNS clusters are supported".into()),
+            },
+            Some(_) => return Err("cluster_type: custom cluster types are not supported".into()),
+        })
+    }
+
     /// STRICT_DNS or LOGICAL_DNS: hosts come from resolving the load assignment.
     pub fn uses_dns(self) -> bool {
         matches!(self, Self::StrictDns | Self::LogicalDns)
@@ -57,82 +70,21 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    // Envoy still accepts the deprecated cluster-level protocol fields
-    // (http2_protocol_options, dns_refresh_rate, ...), so Legate reads them.
-    #[allow(deprecated)]
+    /// Compiles a cluster, in the order its errors are reported: discovery
+    /// type, load balancing, protocol, load assignment, EDS config, priority
+    /// and locality settings, TLS, health checks.
     pub fn compile(
         c: &PbCluster,
         store: &Arc<Store>,
         workers: usize,
         secrets: &Arc<crate::tls::sds::SecretManager>,
     ) -> Result<Arc<Self>, String> {
-        let discovery = match &c.cluster_discovery_type {
-            None => Discovery::Static,
-            Some(cluster::ClusterDiscoveryType::Type(t)) => match cluster::DiscoveryType::try_from(*t) {
-                Ok(cluster::DiscoveryType::Static) => Discovery::Static,
-                Ok(cluster::DiscoveryType::StrictDns) => Discovery::StrictDns,
-                Ok(cluster::DiscoveryType::LogicalDns) => Discovery::LogicalDns,
-                Ok(cluster::DiscoveryType::Eds) => Discovery::Eds,
-                _ => return Err("type: only STATIC, STRICT_DNS and LOGICAL_DNS clusters are supported".into()),
-            },
-            Some(_) => return Err("cluster_type: custom cluster types are not supported".into()),
-        };
+        let discovery = Discovery::compile(c)?;
         let policy = crate::upstream::lb::compile(c)?;
         let protocol = crate::upstream::protocol::HttpProtocol::compile(c)?;
-        let mut static_hosts = Vec::new();
-        let mut dns_targets = Vec::new();
-        if let Some(la) = &c.load_assignment {
-            for (addr, port, weight, priority) in endpoints(la)? {
-                match discovery {
-                    Discovery::Static => {
-                        let ip: std::net::IpAddr = addr.parse().map_err(|_| format!("malformed IP address: {addr}"))?;
-                        static_hosts.push(Arc::new(Host::new(SocketAddr::new(ip, port), addr, weight, priority)));
-                    }
-                    _ => dns_targets.push((addr, port, weight, priority)),
-                }
-            }
-        }
-        let eds_service_name = match (&discovery, &c.eds_cluster_config) {
-            (Discovery::Eds, Some(eds)) => {
-                if !eds.eds_config.as_ref().is_some_and(crate::common::config_source::is_ads) {
-                    return Err("eds_cluster_config.eds_config: only ads is supported".into());
-                }
-                if eds.service_name.is_empty() {
-                    c.name.clone()
-                } else {
-                    eds.service_name.clone()
-                }
-            }
-            (Discovery::Eds, None) => return Err("eds_cluster_config is required for an EDS cluster".into()),
-            _ => String::new(),
-        };
-        let lb_params = LbParams {
-            overprovisioning: c
-                .load_assignment
-                .as_ref()
-                .and_then(|la| la.policy.as_ref())
-                .and_then(|p| p.overprovisioning_factor.map(|f| u64::from(f.value)))
-                .unwrap_or(140),
-            panic_threshold: c
-                .common_lb_config
-                .as_ref()
-                .and_then(|l| l.healthy_panic_threshold.as_ref())
-                .map_or(50.0, |p| p.value.round()),
-            hashing: policy.hashing(),
-            slow_start: policy.slow_start(),
-            locality_weighted: c.common_lb_config.as_ref().is_some_and(|l| {
-                matches!(
-                    l.locality_config_specifier,
-                    Some(cluster::common_lb_config::LocalityConfigSpecifier::LocalityWeightedLbConfig(_))
-                )
-            }),
-        };
-        if lb_params.locality_weighted && lb_params.slow_start.is_some() {
-            return Err("common_lb_config.locality_weighted_lb_config: not supported with slow_start_config".into());
-        }
-        if lb_params.locality_weighted && lb_params.hashing.is_some() {
-            return Err("common_lb_config.locality_weighted_lb_config: not supported with RING_HASH or MAGLEV".into());
-        }
+        let (static_hosts, dns_targets) = initial_hosts(c, discovery)?;
+        let eds_service_name = eds_service_name(c, discovery)?;
+        let lb_params = LbParams::compile(c, policy.hashing(), policy.slow_start())?;
         let tls = c
             .transport_socket
             .as_ref()
@@ -159,12 +111,7 @@ impl Cluster {
             pools: crate::upstream::worker_pools::Pools::new(workers),
             conn_options: protocol.conn_options,
             lb,
-            dns: Dns {
-                targets: dns_targets,
-                refresh: legate_api::duration::or(c.dns_refresh_rate.as_ref(), Duration::from_secs(5)),
-                family: c.dns_lookup_family,
-                first_address_only: discovery == Discovery::LogicalDns,
-            },
+            dns: Dns::compile(c, dns_targets, discovery == Discovery::LogicalDns),
             eds_service_name,
             config: c.clone(),
         }))
@@ -187,6 +134,32 @@ impl Cluster {
     /// (a request without a hash gets a random one, as in Envoy).
     pub fn pick_hashed(&self, hash: Option<u64>) -> Option<Arc<Host>> {
         self.lb.pick(&self.hosts.load(), hash)
+    }
+}
+
+/// The load assignment's endpoints: the hosts of a STATIC cluster, or what
+/// any other cluster resolves through DNS.
+fn initial_hosts(c: &PbCluster, discovery: Discovery) -> Result<(Vec<Arc<Host>>, Vec<Endpoint>), String> {
+    let Some(la) = &c.load_assignment else { return Ok(Default::default()) };
+    if discovery != Discovery::Static {
+        return Ok((Vec::new(), endpoints(la)?));
+    }
+    let hosts = eds_hosts(la)?.into_iter().map(|(addr, name, w, p)| Arc::new(Host::new(addr, name, w, p))).collect();
+    Ok((hosts, Vec::new()))
+}
+
+/// The ClusterLoadAssignment name an EDS cluster follows (its own name by
+/// default); empty for other clusters.
+fn eds_service_name(c: &PbCluster, discovery: Discovery) -> Result<String, String> {
+    match (discovery, &c.eds_cluster_config) {
+        (Discovery::Eds, Some(eds)) => {
+            if !eds.eds_config.as_ref().is_some_and(crate::common::config_source::is_ads) {
+                return Err("eds_cluster_config.eds_config: only ads is supported".into());
+            }
+            Ok(if eds.service_name.is_empty() { c.name.clone() } else { eds.service_name.clone() })
+        }
+        (Discovery::Eds, None) => Err("eds_cluster_config is required for an EDS cluster".into()),
+        _ => Ok(String::new()),
     }
 }
 

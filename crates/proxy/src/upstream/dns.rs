@@ -1,16 +1,16 @@
 //! DNS for STRICT_DNS and LOGICAL_DNS clusters, on the main thread: what a
 //! cluster resolves, and one resolution of it into the cluster's hosts.
 
-use crate::upstream::host::Placement;
-use crate::upstream::membership::{HostEntry, Membership};
-use legate_api::pb::envoy::config::cluster::v3::cluster::DnsLookupFamily;
+use crate::upstream::endpoints::{Endpoint, HostEntry};
+use crate::upstream::membership::Membership;
+use legate_api::pb::envoy::config::cluster::v3::{cluster::DnsLookupFamily, Cluster as PbCluster};
 use std::net::SocketAddr;
 use std::time::Duration;
 
 /// A cluster's DNS settings.
 pub struct Dns {
-    /// (hostname, port, weight, placement) of each endpoint to resolve.
-    pub targets: Vec<(String, u16, u32, Placement)>,
+    /// The endpoints to resolve (hostnames, or addresses).
+    pub targets: Vec<Endpoint>,
     /// `dns_refresh_rate`: how often the targets are resolved again.
     pub refresh: Duration,
     /// `dns_lookup_family`.
@@ -20,6 +20,17 @@ pub struct Dns {
 }
 
 impl Dns {
+    // Envoy still reads the deprecated cluster-level `dns_refresh_rate`.
+    #[allow(deprecated)]
+    pub fn compile(c: &PbCluster, targets: Vec<Endpoint>, first_address_only: bool) -> Self {
+        Self {
+            targets,
+            refresh: legate_api::duration::or(c.dns_refresh_rate.as_ref(), Duration::from_secs(5)),
+            family: c.dns_lookup_family,
+            first_address_only,
+        }
+    }
+
     /// Resolves every target once and installs the result in `hosts`.
     pub async fn resolve_once(&self, cluster: &str, hosts: &Membership) {
         let family = DnsLookupFamily::try_from(self.family).unwrap_or(DnsLookupFamily::Auto);

@@ -4,13 +4,18 @@
 
 use crate::upstream::host::Placement;
 use legate_api::pb::envoy::config::core::v3::{address, socket_address};
-use legate_api::pb::envoy::config::endpoint::v3::lb_endpoint::HostIdentifier;
+use legate_api::pb::envoy::config::endpoint::v3::{lb_endpoint::HostIdentifier, ClusterLoadAssignment};
 use std::net::SocketAddr;
 
-/// (address or hostname, port, weight, placement) of every endpoint.
-pub fn endpoints(
-    la: &legate_api::pb::envoy::config::endpoint::v3::ClusterLoadAssignment,
-) -> Result<Vec<(String, u16, u32, Placement)>, String> {
+/// An endpoint as configured: address or hostname, port, weight, placement.
+pub type Endpoint = (String, u16, u32, Placement);
+
+/// A host with its socket address: address, the name it came from, weight,
+/// placement.
+pub type HostEntry = (SocketAddr, String, u32, Placement);
+
+/// Every endpoint of the assignment.
+pub fn endpoints(la: &ClusterLoadAssignment) -> Result<Vec<Endpoint>, String> {
     let mut out = Vec::new();
     for (li, l) in la.endpoints.iter().enumerate() {
         let placement = Placement {
@@ -36,10 +41,9 @@ pub fn endpoints(
     Ok(out)
 }
 
-/// Hosts of an EDS assignment (addresses must be IPs, as in Envoy's EDS).
-pub fn eds_hosts(
-    la: &legate_api::pb::envoy::config::endpoint::v3::ClusterLoadAssignment,
-) -> Result<Vec<(SocketAddr, String, u32, Placement)>, String> {
+/// Hosts of an EDS assignment, or of a STATIC cluster's: addresses must be
+/// IPs, as in Envoy.
+pub fn eds_hosts(la: &ClusterLoadAssignment) -> Result<Vec<HostEntry>, String> {
     endpoints(la)?
         .into_iter()
         .map(|(addr, port, w, p)| {

@@ -7,6 +7,9 @@
 use crate::upstream::clock::clock_ms;
 use crate::upstream::host::{Host, SlowStart};
 use crate::upstream::lb::hash_table::{HashTable, Hashing};
+use legate_api::pb::envoy::config::cluster::v3::{
+    cluster::common_lb_config::LocalityConfigSpecifier, Cluster as PbCluster,
+};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
@@ -23,6 +26,38 @@ pub struct LbParams {
     pub locality_weighted: bool,
     /// ROUND_ROBIN / LEAST_REQUEST `slow_start_config`.
     pub slow_start: Option<SlowStart>,
+}
+
+impl LbParams {
+    /// The cluster's priority and locality settings, with what its policy
+    /// needs of the host set (a hash table, slow-start windows).
+    pub fn compile(c: &PbCluster, hashing: Option<Hashing>, slow_start: Option<SlowStart>) -> Result<Self, String> {
+        let params = Self {
+            overprovisioning: c
+                .load_assignment
+                .as_ref()
+                .and_then(|la| la.policy.as_ref())
+                .and_then(|p| p.overprovisioning_factor.map(|f| u64::from(f.value)))
+                .unwrap_or(140),
+            panic_threshold: c
+                .common_lb_config
+                .as_ref()
+                .and_then(|l| l.healthy_panic_threshold.as_ref())
+                .map_or(50.0, |p| p.value.round()),
+            hashing,
+            slow_start,
+            locality_weighted: c.common_lb_config.as_ref().is_some_and(|l| {
+                matches!(l.locality_config_specifier, Some(LocalityConfigSpecifier::LocalityWeightedLbConfig(_)))
+            }),
+        };
+        if params.locality_weighted && params.slow_start.is_some() {
+            return Err("common_lb_config.locality_weighted_lb_config: not supported with slow_start_config".into());
+        }
+        if params.locality_weighted && params.hashing.is_some() {
+            return Err("common_lb_config.locality_weighted_lb_config: not supported with RING_HASH or MAGLEV".into());
+        }
+        Ok(params)
+    }
 }
 
 impl Default for LbParams {

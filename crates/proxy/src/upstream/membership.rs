@@ -5,15 +5,13 @@
 
 use crate::stats::{Counter, Gauge};
 use crate::upstream::cluster_stats::ClusterStats;
-use crate::upstream::host::{Host, Placement};
+use crate::upstream::endpoints::HostEntry;
+use crate::upstream::host::Host;
 use crate::upstream::host_set::{HostSet, LbParams};
 use arc_swap::ArcSwap;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-
-/// A host as DNS or EDS names it: address, hostname, weight, placement.
-pub type HostEntry = (SocketAddr, String, u32, Placement);
 
 pub struct Membership {
     set: ArcSwap<HostSet>,

@@ -44,75 +44,8 @@ impl HashTable {
         }
         let weights = normalized(hosts);
         Some(match hashing {
-            Hashing::Ring { min_size, max_size } => {
-                let min_w = weights.iter().copied().fold(f64::INFINITY, f64::min);
-                // Enough hashes that the lightest host gets a whole number.
-                let scale = ((min_w * min_size as f64).ceil() / min_w).min(max_size as f64);
-                let mut ring = Vec::with_capacity(scale.ceil() as usize);
-                let (mut current, mut target) = (0.0f64, 0.0f64);
-                for (i, (h, w)) in hosts.iter().zip(&weights).enumerate() {
-                    let base = key(h);
-                    target += scale * w;
-                    let mut n = 0u64;
-                    while current < target {
-                        ring.push((xxh64(format!("{base}_{n}").as_bytes(), 0), i as u32));
-                        n += 1;
-                        current += 1.0;
-                    }
-                }
-                ring.sort_by_key(|(hash, _)| *hash);
-                HashTable::Ring(ring)
-            }
-            Hashing::Maglev { table_size } => {
-                let max_w = weights.iter().copied().fold(0.0, f64::max);
-                struct Entry {
-                    offset: u64,
-                    skip: u64,
-                    weight: f64,
-                    target: f64,
-                    next: u64,
-                }
-                let mut entries: Vec<Entry> = hosts
-                    .iter()
-                    .zip(&weights)
-                    .map(|(h, w)| {
-                        let k = key(h);
-                        Entry {
-                            offset: xxh64(k.as_bytes(), 0) % table_size,
-                            skip: xxh64(k.as_bytes(), 1) % (table_size - 1) + 1,
-                            weight: *w,
-                            target: 0.0,
-                            next: 0,
-                        }
-                    })
-                    .collect();
-                let mut table = vec![u32::MAX; table_size as usize];
-                let mut filled = 0u64;
-                let mut iteration = 1u64;
-                while filled < table_size {
-                    for (i, e) in entries.iter_mut().enumerate() {
-                        if filled >= table_size {
-                            break;
-                        }
-                        // A host of the largest weight takes a slot every
-                        // round; one of a third of it, every third round.
-                        if (iteration as f64) * e.weight < e.target {
-                            continue;
-                        }
-                        e.target += max_w;
-                        let mut c = (e.offset + e.skip * e.next) % table_size;
-                        while table[c as usize] != u32::MAX {
-                            e.next += 1;
-                            c = (e.offset + e.skip * e.next) % table_size;
-                        }
-                        table[c as usize] = i as u32;
-                        e.next += 1;
-                        filled += 1;
-                    }
-                    iteration += 1;
-                }
-                HashTable::Maglev(table)
-            }
+            Hashing::Ring { min_size, max_size } => ring(hosts, &weights, min_size, max_size),
+            Hashing::Maglev { table_size } => maglev(hosts, &weights, table_size),
         })
     }
 
@@ -128,6 +61,81 @@ impl HashTable {
             HashTable::Maglev(t) => t.get((hash % t.len() as u64) as usize).map(|h| *h as usize),
         }
     }
+}
+
+/// Envoy's ketama ring: each host hashed `address_n` for n up to its share
+/// of the ring size, sorted by hash.
+fn ring(hosts: &[Arc<Host>], weights: &[f64], min_size: u64, max_size: u64) -> HashTable {
+    let min_w = weights.iter().copied().fold(f64::INFINITY, f64::min);
+    // Enough hashes that the lightest host gets a whole number.
+    let scale = ((min_w * min_size as f64).ceil() / min_w).min(max_size as f64);
+    let mut ring = Vec::with_capacity(scale.ceil() as usize);
+    let (mut current, mut target) = (0.0f64, 0.0f64);
+    for (i, (h, w)) in hosts.iter().zip(weights).enumerate() {
+        let base = key(h);
+        target += scale * w;
+        let mut n = 0u64;
+        while current < target {
+            ring.push((xxh64(format!("{base}_{n}").as_bytes(), 0), i as u32));
+            n += 1;
+            current += 1.0;
+        }
+    }
+    ring.sort_by_key(|(hash, _)| *hash);
+    HashTable::Ring(ring)
+}
+
+/// Envoy's Maglev table: hosts take slots in turn along their own
+/// permutation of the table, as often as their weight allows.
+fn maglev(hosts: &[Arc<Host>], weights: &[f64], table_size: u64) -> HashTable {
+    let max_w = weights.iter().copied().fold(0.0, f64::max);
+    struct Entry {
+        offset: u64,
+        skip: u64,
+        weight: f64,
+        target: f64,
+        next: u64,
+    }
+    let mut entries: Vec<Entry> = hosts
+        .iter()
+        .zip(weights)
+        .map(|(h, w)| {
+            let k = key(h);
+            Entry {
+                offset: xxh64(k.as_bytes(), 0) % table_size,
+                skip: xxh64(k.as_bytes(), 1) % (table_size - 1) + 1,
+                weight: *w,
+                target: 0.0,
+                next: 0,
+            }
+        })
+        .collect();
+    let mut table = vec![u32::MAX; table_size as usize];
+    let mut filled = 0u64;
+    let mut iteration = 1u64;
+    while filled < table_size {
+        for (i, e) in entries.iter_mut().enumerate() {
+            if filled >= table_size {
+                break;
+            }
+            // A host of the largest weight takes a slot every
+            // round; one of a third of it, every third round.
+            if (iteration as f64) * e.weight < e.target {
+                continue;
+            }
+            e.target += max_w;
+            let mut c = (e.offset + e.skip * e.next) % table_size;
+            while table[c as usize] != u32::MAX {
+                e.next += 1;
+                c = (e.offset + e.skip * e.next) % table_size;
+            }
+            table[c as usize] = i as u32;
+            e.next += 1;
+            filled += 1;
+        }
+        iteration += 1;
+    }
+    HashTable::Maglev(table)
 }
 
 #[cfg(test)]
