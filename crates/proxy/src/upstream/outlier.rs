@@ -122,6 +122,17 @@ impl Outlier {
         true
     }
 
+    /// A detector found `host` an outlier: counted as detected, and as
+    /// enforced when it is ejected; returns whether it was.
+    fn detect(&self, hosts: &Membership, host: &Host, enforcing: u32, detected: &Counter, enforced: &Counter) -> bool {
+        detected.inc();
+        let ejected = self.eject(hosts, host, enforcing);
+        if ejected {
+            enforced.inc();
+        }
+        ejected
+    }
+
     /// The interval's success-rate and failure-percentage ejections, from
     /// the results each host saw since the last tick (then reset).
     fn interval_statistics(&self, hosts: &Membership) {
@@ -148,11 +159,7 @@ impl Outlier {
             let threshold = mean - stdev * sr.parameter;
             for (h, _, r) in valid {
                 if *r < threshold {
-                    sr.detected.inc();
-                    if self.eject(hosts, h, sr.enforcing) {
-                        sr.enforced.inc();
-                        changed = true;
-                    }
+                    changed |= self.detect(hosts, h, sr.enforcing, &sr.detected, &sr.enforced);
                 }
             }
         }
@@ -162,11 +169,7 @@ impl Outlier {
         if valid.len() as u64 >= fp.minimum_hosts.max(1) {
             for (h, _, r) in valid {
                 if 100.0 - r >= fp.parameter {
-                    fp.detected.inc();
-                    if self.eject(hosts, h, fp.enforcing) {
-                        fp.enforced.inc();
-                        changed = true;
-                    }
+                    changed |= self.detect(hosts, h, fp.enforcing, &fp.detected, &fp.enforced);
                 }
             }
         }
@@ -183,13 +186,12 @@ impl Outlier {
                 None => {
                     host.od_interval_rq.fetch_add(1, Relaxed);
                     let n = host.od_local.fetch_add(1, Relaxed) + 1;
-                    if n == self.consecutive_local && !host.ejected.load(Relaxed) {
-                        self.detected_local.inc();
-                        if self.eject(hosts, host, self.enforcing_local) {
-                            self.enforced_local.inc();
-                            host.od_local.store(0, Relaxed);
-                            hosts.refresh_health();
-                        }
+                    if n == self.consecutive_local
+                        && !host.ejected.load(Relaxed)
+                        && self.detect(hosts, host, self.enforcing_local, &self.detected_local, &self.enforced_local)
+                    {
+                        host.od_local.store(0, Relaxed);
+                        hosts.refresh_health();
                     }
                     return;
                 }
@@ -213,18 +215,10 @@ impl Outlier {
         // Consecutive 5xx first, then consecutive gateway failures, as Envoy checks them.
         let mut ejected = false;
         if n5xx == self.consecutive_5xx {
-            self.detected_5xx.inc();
-            if self.eject(hosts, host, self.enforcing_5xx) {
-                self.enforced_5xx.inc();
-                ejected = true;
-            }
+            ejected = self.detect(hosts, host, self.enforcing_5xx, &self.detected_5xx, &self.enforced_5xx);
         }
         if !ejected && ngw == self.consecutive_gateway {
-            self.detected_gateway.inc();
-            if self.eject(hosts, host, self.enforcing_gateway) {
-                self.enforced_gateway.inc();
-                ejected = true;
-            }
+            ejected = self.detect(hosts, host, self.enforcing_gateway, &self.detected_gateway, &self.enforced_gateway);
         }
         if ejected {
             hosts.refresh_health();
