@@ -1,4 +1,7 @@
-//! Clusters: their hosts (static or from DNS), load balancing, and stats.
+//! A cluster (`Cluster`): what it is compiled from and what it is made of —
+//! its hosts (`membership`), balancer (`lb`), connection pools, circuit
+//! breakers, stats, TLS, DNS settings, health checker and outlier detector —
+//! and the pick a request makes. The cluster manager's map of them by name.
 
 use crate::stats::Store;
 use crate::upstream::cluster_stats::ClusterStats;
@@ -13,6 +16,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// Where a cluster's hosts come from (`type`).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Discovery {
     Static,
@@ -43,6 +47,8 @@ impl Discovery {
     }
 }
 
+/// An upstream cluster. Shared (`Arc`) by the workers, the main thread's
+/// tasks and every connection it has open.
 pub struct Cluster {
     /// Active health checking, when configured.
     pub health_check: Option<crate::upstream::health::HealthChecker>,

@@ -1,7 +1,7 @@
 //! Active health checking (HTTP, TCP with optional send/receive, and gRPC
 //! `grpc.health.v1`), on the main thread.
 //!
-//! Each health-checked cluster has one task: every `interval` (plus jitter;
+//! Each health-checked cluster has one task (see `tasks`): every `interval` (plus jitter;
 //! `no_traffic_interval`, default 60 s, until the cluster has opened a
 //! connection for traffic, as Envoy does) it checks every host; `unhealthy_threshold` consecutive failures take a
 //! host out of the set requests go to, `healthy_threshold` consecutive

@@ -8,7 +8,8 @@
 //! `split_external_local_origin_errors` is off.
 //!
 //! Per request: two relaxed adds on the host (interval volume and successes)
-//! besides the consecutive counters; the statistics run on the interval tick.
+//! besides the consecutive counters; the statistics run on the interval tick
+//! (the timer is in `tasks`).
 
 use crate::stats::{Counter, Gauge, Store};
 use crate::upstream::clock::clock_ms;
