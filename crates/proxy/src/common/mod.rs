@@ -1,8 +1,9 @@
-//! Small pieces of Envoy's config language that every part uses: data sources,
-//! the `%OPERATOR%` formatter, fractions, string and header matchers, token buckets.
+//! Small pieces of Envoy's config language that every part uses: config and
+//! data sources, the `%OPERATOR%` formatter, fractions, string and header matchers, token buckets.
 //!
 //! A leaf: nothing here imports another part of the proxy.
 
+pub mod config_source;
 pub mod datasource;
 pub mod format;
 pub mod fraction;

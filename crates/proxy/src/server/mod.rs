@@ -11,7 +11,7 @@ pub mod xds;
 use crate::listener::manager::{ListenerManager, WorkerCmd};
 use crate::listener::{ListenerConfig, Phase};
 use crate::stats::Store;
-use crate::upstream::cluster::{Cluster, ClusterMap, Discovery};
+use crate::upstream::cluster::{Cluster, ClusterMap};
 use arc_swap::ArcSwap;
 use legate_api::load::LoadedBootstrap;
 use std::collections::HashMap;
@@ -160,17 +160,7 @@ pub fn run(bootstrap: LoadedBootstrap, options: Options) -> Result<(), ServerErr
         // First DNS resolution and first health check round before traffic,
         // as Envoy's init manager waits for them.
         for c in shared.clusters.load().values() {
-            if c.discovery != Discovery::Static {
-                crate::upstream::dns::resolve_once(c).await;
-                tokio::spawn(crate::upstream::dns::refresh_loop(c.clone()));
-            }
-            if let Some(hc) = &c.health_check {
-                hc.round(c).await;
-                tokio::spawn(crate::upstream::health::run(Arc::downgrade(c), true));
-            }
-            if c.outlier.is_some() {
-                tokio::spawn(crate::upstream::outlier::run(Arc::downgrade(c)));
-            }
+            crate::upstream::tasks::start_before_traffic(c).await;
         }
         // JWKS with async_fetch are fetched before traffic (unless
         // fast_listener), as Envoy's init manager waits for them.

@@ -10,7 +10,8 @@
 use crate::http::route::RouteTable;
 use crate::listener::ListenerConfig;
 use crate::server::Shared;
-use crate::upstream::cluster::{eds_hosts, Cluster, ClusterMap, Discovery};
+use crate::upstream::cluster::{Cluster, ClusterMap, Discovery};
+use crate::upstream::endpoints::eds_hosts;
 use legate_api::pb::envoy::config::bootstrap::v3::Bootstrap;
 use legate_api::pb::envoy::config::cluster::v3::Cluster as PbCluster;
 use legate_api::pb::envoy::config::core::v3::{api_config_source::ApiType, grpc_service::TargetSpecifier, Node};
@@ -83,7 +84,7 @@ pub fn ads_config(b: &Bootstrap) -> Result<Option<AdsConfig>, String> {
         |cs: &Option<legate_api::pb::envoy::config::core::v3::ConfigSource>, what: &str| -> Result<bool, String> {
             match cs {
                 None => Ok(false),
-                Some(cs) if crate::http::route::rds::is_ads(cs) => Ok(true),
+                Some(cs) if crate::common::config_source::is_ads(cs) => Ok(true),
                 Some(_) => Err(format!("dynamic_resources.{what}: only ads is supported")),
             }
         };
@@ -313,12 +314,8 @@ impl Dynamic {
             }
         }
         for (name, c) in &next {
-            let fresh = old_map.get(name).is_none_or(|old| !Arc::ptr_eq(old, c));
-            if fresh && c.health_check.is_some() {
-                tokio::spawn(crate::upstream::health::run(Arc::downgrade(c), false));
-            }
-            if fresh && c.outlier.is_some() {
-                tokio::spawn(crate::upstream::outlier::run(Arc::downgrade(c)));
+            if old_map.get(name).is_none_or(|old| !Arc::ptr_eq(old, c)) {
+                crate::upstream::tasks::start(c);
             }
         }
         shared.store.gauge("cluster_manager.active_clusters").set(next.len() as i64);
@@ -336,19 +333,6 @@ impl Dynamic {
             *dump = fresh;
         }
         self.clusters = configs;
-        // Start DNS for new DNS clusters.
-        for c in shared.clusters.load().values() {
-            if matches!(c.discovery, Discovery::StrictDns | Discovery::LogicalDns)
-                && !statics.contains(&c.name)
-                && c.hosts.load().all.is_empty()
-            {
-                let c = c.clone();
-                tokio::spawn(async move {
-                    crate::upstream::dns::resolve_once(&c).await;
-                    crate::upstream::dns::refresh_loop(c).await;
-                });
-            }
-        }
         Ok(())
     }
 
@@ -385,12 +369,7 @@ impl Dynamic {
                         c.update_hosts(hosts);
                     }
                 }
-                if c.health_check.is_some() {
-                    tokio::spawn(crate::upstream::health::run(Arc::downgrade(&c), false));
-                }
-                if c.outlier.is_some() {
-                    tokio::spawn(crate::upstream::outlier::run(Arc::downgrade(&c)));
-                }
+                crate::upstream::tasks::start(&c);
                 let replaced = map.insert(name, c).is_some();
                 shared
                     .store

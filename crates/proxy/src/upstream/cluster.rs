@@ -1,28 +1,22 @@
-//! Clusters: their hosts (static or from DNS), load balancing, and stats.
+//! A cluster (`Cluster`): what it is compiled from and what it is made of —
+//! its hosts (`membership`), balancer (`lb`), connection pools, circuit
+//! breakers, stats, TLS, DNS settings, health checker and outlier detector —
+//! and the pick a request makes. The cluster manager's map of them by name.
 
-use crate::stats::{Counter, Gauge, Histogram, Store};
-use arc_swap::ArcSwap;
+use crate::stats::Store;
+use crate::upstream::cluster_stats::ClusterStats;
+use crate::upstream::dns::Dns;
+use crate::upstream::endpoints::{eds_hosts, endpoints, Endpoint, HostEntry};
+use crate::upstream::host::Host;
+use crate::upstream::host_set::LbParams;
+use crate::upstream::lb::balancer::Balancer;
+use crate::upstream::membership::Membership;
 use legate_api::pb::envoy::config::cluster::v3::{cluster, Cluster as PbCluster};
-use legate_api::pb::envoy::config::core::v3::{address, socket_address};
-use legate_api::pb::envoy::config::endpoint::v3::lb_endpoint::HostIdentifier;
-use legate_api::pb::envoy::extensions::upstreams::http::v3::{http_protocol_options, HttpProtocolOptions};
-use std::collections::{BinaryHeap, HashMap};
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
-pub const HTTP_PROTOCOL_OPTIONS: &str = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
-
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum LbPolicy {
-    RoundRobin,
-    LeastRequest,
-    Random,
-    /// `RING_HASH` or `MAGLEV`: the table is in `LbParams::hashing`.
-    Hashing,
-}
-
+/// Where a cluster's hosts come from (`type`).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Discovery {
     Static,
@@ -32,553 +26,29 @@ pub enum Discovery {
     Eds,
 }
 
-/// Where an endpoint sits in its load assignment: its priority, and its
-/// locality (the index of its `LocalityLbEndpoints`) with that locality's
-/// `load_balancing_weight` (0 when unset).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Placement {
-    pub priority: u32,
-    pub locality: u32,
-    pub locality_weight: u32,
-}
-
-impl From<u32> for Placement {
-    fn from(priority: u32) -> Self {
-        Self { priority, ..Default::default() }
-    }
-}
-
-/// One upstream endpoint.
-pub struct Host {
-    pub addr: SocketAddr,
-    /// The name it was resolved from (DNS clusters) or its address.
-    pub hostname: String,
-    pub weight: u32,
-    pub priority: u32,
-    pub locality: u32,
-    pub locality_weight: u32,
-    pub rq_active: AtomicU64,
-    pub cx_active: AtomicU64,
-    pub rq_total: AtomicU64,
-    pub rq_error: AtomicU64,
-    pub rq_success: AtomicU64,
-    pub cx_total: AtomicU64,
-    pub cx_connect_fail: AtomicU64,
-    /// Active health checking's verdict (true when the cluster has none).
-    pub hc_healthy: std::sync::atomic::AtomicBool,
-    /// Consecutive check results, for the thresholds.
-    pub hc_fails: std::sync::atomic::AtomicU32,
-    pub hc_passes: std::sync::atomic::AtomicU32,
-    /// True until the first check has answered.
-    pub hc_pending: std::sync::atomic::AtomicBool,
-    /// Outlier detection: ejected now, consecutive failures, times ejected,
-    /// and until when (milliseconds on the detector's clock).
-    pub ejected: std::sync::atomic::AtomicBool,
-    pub od_5xx: std::sync::atomic::AtomicU32,
-    pub od_gateway: std::sync::atomic::AtomicU32,
-    pub od_ejections: std::sync::atomic::AtomicU32,
-    pub od_until: AtomicU64,
-    /// Results in the current outlier-detection interval: all, and successes.
-    pub od_interval_rq: AtomicU64,
-    pub od_interval_ok: AtomicU64,
-    /// Consecutive local-origin failures (split mode).
-    pub od_local: std::sync::atomic::AtomicU32,
-    /// When the host last became healthy (Envoy's last HC pass time), on
-    /// `upstream::clock_ms`; 0 until then. Slow start counts from it.
-    pub healthy_since: AtomicU64,
-}
-
-impl Host {
-    pub fn placement(&self) -> Placement {
-        Placement { priority: self.priority, locality: self.locality, locality_weight: self.locality_weight }
-    }
-
-    /// A host of a health-checked cluster waits for its first check.
-    pub fn mark_pending(&self) {
-        self.hc_healthy.store(false, Relaxed);
-        self.hc_pending.store(true, Relaxed);
-    }
-
-    pub fn new(addr: SocketAddr, hostname: String, weight: u32, placement: impl Into<Placement>) -> Self {
-        let placement = placement.into();
-        Self {
-            addr,
-            hostname,
-            weight: weight.max(1),
-            priority: placement.priority,
-            locality: placement.locality,
-            locality_weight: placement.locality_weight,
-            rq_active: AtomicU64::new(0),
-            cx_active: AtomicU64::new(0),
-            rq_total: AtomicU64::new(0),
-            rq_error: AtomicU64::new(0),
-            rq_success: AtomicU64::new(0),
-            cx_total: AtomicU64::new(0),
-            cx_connect_fail: AtomicU64::new(0),
-            hc_healthy: std::sync::atomic::AtomicBool::new(true),
-            hc_fails: Default::default(),
-            hc_passes: Default::default(),
-            hc_pending: std::sync::atomic::AtomicBool::new(false),
-            ejected: std::sync::atomic::AtomicBool::new(false),
-            od_5xx: Default::default(),
-            od_gateway: Default::default(),
-            od_ejections: Default::default(),
-            od_until: AtomicU64::new(0),
-            od_interval_rq: AtomicU64::new(0),
-            od_interval_ok: AtomicU64::new(0),
-            od_local: Default::default(),
-            healthy_since: AtomicU64::new(0),
-        }
-    }
-
-    /// Stamps the host as healthy from now (an active check's pass).
-    pub fn mark_healthy_now(&self) {
-        self.healthy_since.store(crate::upstream::pool::clock_ms(), Relaxed);
-    }
-}
-
-/// `slow_start_config`: a host that became healthy less than `window_ms`
-/// ago gets its weight scaled by max(min_weight, (t / window)^(1/aggression)).
-#[derive(Debug, Clone, Copy)]
-pub struct SlowStart {
-    pub window_ms: u64,
-    pub aggression: f64,
-    pub min_weight: f64,
-}
-
-impl SlowStart {
-    pub fn compile(c: &legate_api::pb::envoy::config::cluster::v3::cluster::SlowStartConfig) -> Option<Self> {
-        Self::from_parts(c.slow_start_window.as_ref(), c.aggression.as_ref(), c.min_weight_percent.as_ref())
-    }
-
-    /// The same, from a `load_balancing_policy` extension's config.
-    pub fn compile_typed(
-        c: &legate_api::pb::envoy::extensions::load_balancing_policies::common::v3::SlowStartConfig,
-    ) -> Option<Self> {
-        Self::from_parts(c.slow_start_window.as_ref(), c.aggression.as_ref(), c.min_weight_percent.as_ref())
-    }
-
-    fn from_parts(
-        window: Option<&legate_api::pb::google::protobuf::Duration>,
-        aggression: Option<&legate_api::pb::envoy::config::core::v3::RuntimeDouble>,
-        min_weight: Option<&legate_api::pb::envoy::r#type::v3::Percent>,
-    ) -> Option<Self> {
-        let window_ms = window.map_or(0, |d| legate_api::duration::from_pb(d).as_millis() as u64);
-        let aggression = aggression.map_or(1.0, |a| a.default_value);
-        Some(Self {
-            window_ms,
-            // Envoy falls back to 1.0 for a value that is not positive.
-            aggression: if aggression > 0.0 && aggression.is_finite() { aggression } else { 1.0 },
-            min_weight: min_weight.map_or(10.0, |p| p.value) / 100.0,
-        })
-        .filter(|s| s.window_ms > 0)
-    }
-
-    /// A host's weight now: scaled while it is inside the window.
-    pub fn weight(&self, h: &Host, weight: f64, now_ms: u64) -> f64 {
-        let since = h.healthy_since.load(Relaxed);
-        if since == 0 || !h.hc_healthy.load(Relaxed) {
-            return weight;
-        }
-        let in_window = now_ms.saturating_sub(since);
-        if in_window >= self.window_ms {
-            return weight;
-        }
-        let t = in_window.max(1) as f64 / self.window_ms as f64;
-        let f = if self.aggression == 1.0 { t } else { t.powf(1.0 / self.aggression) };
-        weight * f.max(self.min_weight)
-    }
-}
-
-/// Envoy's priority-load parameters: `overprovisioning_factor` (percent,
-/// default 140) and `healthy_panic_threshold` (percent, default 50).
-#[derive(Debug, Clone, Copy)]
-pub struct LbParams {
-    pub overprovisioning: u64,
-    pub panic_threshold: f64,
-    /// Consistent hashing (RING_HASH, MAGLEV): a table per level.
-    pub hashing: Option<crate::upstream::lb::hashing::Hashing>,
-    /// LEAST_REQUEST: hosts sampled per pick when weights are equal
-    /// (`choice_count`, default 2), and how strongly active requests lower
-    /// a host's weight when they differ (`active_request_bias`, default 1).
-    pub choice_count: u32,
-    pub active_request_bias: f64,
-    /// `common_lb_config.locality_weighted_lb_config`: pick a locality by
-    /// its weight (scaled by its availability), then a host in it.
-    pub locality_weighted: bool,
-    /// ROUND_ROBIN / LEAST_REQUEST `slow_start_config`.
-    pub slow_start: Option<SlowStart>,
-}
-
-impl Default for LbParams {
-    fn default() -> Self {
-        Self {
-            overprovisioning: 140,
-            panic_threshold: 50.0,
-            hashing: None,
-            choice_count: 2,
-            active_request_bias: 1.0,
-            locality_weighted: false,
-            slow_start: None,
-        }
-    }
-}
-
-/// A locality of a level, for locality-weighted balancing: the hosts to
-/// pick from and its effective weight.
-pub struct LocalityHosts {
-    pub hosts: Vec<Arc<Host>>,
-    pub weight: f64,
-}
-
-/// One priority level as requests see it: the hosts to pick from (its
-/// healthy hosts, or all of them in panic) and its share of the load.
-pub struct Level {
-    pub hosts: Vec<Arc<Host>>,
-    /// Percent of requests this level takes (all levels sum to 100).
-    pub load: u32,
-    pub panic: bool,
-    equal_weights: bool,
-    /// The ring or Maglev table over `hosts`, for hashing clusters.
-    table: Option<crate::upstream::lb::hashing::HashTable>,
-    /// Locality-weighted clusters: the level's localities with weight > 0.
-    localities: Vec<LocalityHosts>,
-}
-
-/// The hosts of a cluster at one moment; replaced whole when DNS, EDS or a
-/// host's health changes them. Everything a pick needs (per-level load,
-/// panic, the hosts to choose from) is computed here, never per request.
-#[derive(Default)]
-pub struct HostSet {
-    pub all: Vec<Arc<Host>>,
-    /// Levels in priority order; only those with load > 0.
-    pub levels: Vec<Level>,
-    pub healthy: usize,
-    /// With slow start: until when (on `upstream::clock_ms`) some host may
-    /// still be in its window; weights are scaled before then.
-    pub slow_start_until: u64,
-}
-
-impl HostSet {
-    /// Envoy's priority load: each level's availability is
-    /// min(100, overprovisioning × healthy / hosts); load goes to levels in
-    /// order, scaled when the availabilities sum to less than 100, and the
-    /// rounding remainder to the first available level. A level is in panic
-    /// (all its hosts used) when the total is short of 100 and under the
-    /// panic threshold of its hosts are healthy; when every level is, load
-    /// follows host counts instead.
-    pub fn new(all: Vec<Arc<Host>>, params: LbParams) -> Self {
-        let mut by_priority: std::collections::BTreeMap<u32, Vec<Arc<Host>>> = Default::default();
-        for h in &all {
-            by_priority.entry(h.priority).or_default().push(h.clone());
-        }
-        let usable = |h: &Arc<Host>| h.hc_healthy.load(Relaxed) && !h.ejected.load(Relaxed);
-        let healthy = all.iter().filter(|h| usable(h)).count();
-        // Per priority: (all its hosts, its healthy hosts).
-        type Tier = (Vec<Arc<Host>>, Vec<Arc<Host>>);
-        let tiers: Vec<Tier> = by_priority
-            .into_values()
-            .map(|hosts| {
-                let ok: Vec<Arc<Host>> = hosts.iter().filter(|h| usable(h)).cloned().collect();
-                (hosts, ok)
-            })
-            .collect();
-        if tiers.is_empty() {
-            return Self { all, levels: vec![], healthy, slow_start_until: 0 };
-        }
-        let availability: Vec<u64> = tiers
-            .iter()
-            .map(|(hosts, ok)| (params.overprovisioning * ok.len() as u64 / hosts.len() as u64).min(100))
-            .collect();
-        let total: u64 = availability.iter().sum::<u64>().min(100);
-        let in_panic =
-            |(hosts, ok): &Tier| total < 100 && (100.0 * ok.len() as f64 / hosts.len() as f64) < params.panic_threshold;
-        let panic: Vec<bool> = tiers.iter().map(in_panic).collect();
-        let mut loads = vec![0u32; tiers.len()];
-        if panic.iter().all(|p| *p) && params.panic_threshold > 0.0 {
-            // Total panic: load by host count, whatever their health.
-            let count: usize = tiers.iter().map(|(h, _)| h.len()).sum();
-            let mut left = 100u32;
-            for (i, (hosts, _)) in tiers.iter().enumerate() {
-                loads[i] = (100 * hosts.len() / count.max(1)) as u32;
-                left -= loads[i];
-            }
-            loads[0] += left;
-        } else if let Some(share) = (total > 0).then_some(total) {
-            let mut left = 100u64;
-            let mut first = None;
-            for (i, a) in availability.iter().enumerate() {
-                if first.is_none() && *a > 0 {
-                    first = Some(i);
-                }
-                let l = left.min(a * 100 / share);
-                loads[i] = l as u32;
-                left -= l;
-            }
-            if let Some(f) = first {
-                loads[f] += left as u32;
-            }
-        } else {
-            // Panic disabled and nothing healthy: P0 gets the load, and no host.
-            loads[0] = 100;
-        }
-        let levels = tiers
-            .into_iter()
-            .zip(loads)
-            .zip(panic)
-            .filter(|((_, load), _)| *load > 0)
-            .map(|(((all_hosts, ok), load), panic)| {
-                let localities =
-                    if params.locality_weighted { localities(&all_hosts, panic, params) } else { Vec::new() };
-                let hosts = if panic { all_hosts } else { ok };
-                let equal_weights = hosts.windows(2).all(|w| w[0].weight == w[1].weight);
-                let table = params.hashing.and_then(|h| crate::upstream::lb::hashing::HashTable::build(h, &hosts));
-                Level { hosts, load, panic, equal_weights, table, localities }
-            })
-            .collect();
-        // Slow start (Envoy's refresh): a host with no healthy time yet —
-        // no active checks, or none answered — starts its window now.
-        let slow_start_until = match params.slow_start {
-            None => 0,
-            Some(ss) => {
-                let now = crate::upstream::pool::clock_ms();
-                let mut latest = 0;
-                for h in &all {
-                    let since = match h.healthy_since.load(Relaxed) {
-                        0 => {
-                            h.healthy_since.store(now, Relaxed);
-                            now
-                        }
-                        t => t,
-                    };
-                    if now.saturating_sub(since) <= ss.window_ms {
-                        latest = latest.max(since);
-                    }
-                }
-                if latest == 0 {
-                    0
-                } else {
-                    latest + ss.window_ms
-                }
-            }
-        };
-        Self { all, levels, healthy, slow_start_until }
-    }
-
-    /// Whether a host may still be in its slow-start window.
-    fn in_slow_start(&self) -> bool {
-        self.slow_start_until != 0 && crate::upstream::pool::clock_ms() <= self.slow_start_until
-    }
-
-    /// The level a request goes to: by a draw in 1..=100 against the loads
-    /// (the request's hash stands in for the draw when it has one, as in Envoy).
-    fn level(&self, hash: Option<u64>) -> Option<(usize, &Level)> {
-        if self.levels.len() == 1 {
-            return self.levels.first().map(|l| (0, l));
-        }
-        let draw = hash.map_or_else(|| rand::random_range(1..=100u32), |h| (h % 100) as u32 + 1);
-        let mut acc = 0;
-        self.levels.iter().enumerate().find(|(_, l)| {
-            acc += l.load;
-            draw <= acc
+impl Discovery {
+    fn compile(c: &PbCluster) -> Result<Self, String> {
+        Ok(match &c.cluster_discovery_type {
+            None => Self::Static,
+            Some(cluster::ClusterDiscoveryType::Type(t)) => match cluster::DiscoveryType::try_from(*t) {
+                Ok(cluster::DiscoveryType::Static) => Self::Static,
+                Ok(cluster::DiscoveryType::StrictDns) => Self::StrictDns,
+                Ok(cluster::DiscoveryType::LogicalDns) => Self::LogicalDns,
+                Ok(cluster::DiscoveryType::Eds) => Self::Eds,
+                _ => return Err("type: only STATIC, STRICT_DNS and LOGICAL_DNS clusters are supported".into()),
+            },
+            Some(_) => return Err("cluster_type: custom cluster types are not supported".into()),
         })
     }
-}
 
-/// A level's localities as Envoy weighs them: `load_balancing_weight` ×
-/// min(1, overprovisioning × healthy share); those at zero take nothing. In
-/// panic every host counts and the weights stand as configured.
-fn localities(hosts: &[Arc<Host>], panic: bool, params: LbParams) -> Vec<LocalityHosts> {
-    let mut by: std::collections::BTreeMap<u32, (Vec<Arc<Host>>, usize, u32)> = Default::default();
-    for h in hosts {
-        let e = by.entry(h.locality).or_insert_with(|| (Vec::new(), 0, h.locality_weight));
-        e.1 += 1;
-        if panic || (h.hc_healthy.load(Relaxed) && !h.ejected.load(Relaxed)) {
-            e.0.push(h.clone());
-        }
-    }
-    by.into_values()
-        .filter_map(|(usable, total, weight)| {
-            let availability = if panic {
-                1.0
-            } else {
-                (params.overprovisioning as f64 / 100.0 * usable.len() as f64 / total as f64).min(1.0)
-            };
-            let w = weight as f64 * availability;
-            (w > 0.0 && !usable.is_empty()).then_some(LocalityHosts { hosts: usable, weight: w })
-        })
-        .collect()
-}
-
-pub struct ClusterStats {
-    pub upstream_rq_total: Arc<Counter>,
-    pub upstream_rq_completed: Arc<Counter>,
-    pub upstream_rq_active: Arc<Gauge>,
-    pub upstream_rq_timeout: Arc<Counter>,
-    pub upstream_rq_time: Arc<Histogram>,
-    /// `upstream_rq_1xx`..`5xx`: created on first use, like Envoy's.
-    upstream_rq_class: [OnceLock<Arc<Counter>>; 5],
-    upstream_rq_code: Box<[OnceLock<Arc<Counter>>]>,
-    /// The same under `external.` (every request is external to Envoy 1.40
-    /// without internal_address_config), with `external.upstream_rq_completed`.
-    external_rq_class: [OnceLock<Arc<Counter>>; 5],
-    external_rq_code: Box<[OnceLock<Arc<Counter>>]>,
-    external_rq_completed: OnceLock<Arc<Counter>>,
-    pub upstream_cx_total: Arc<Counter>,
-    pub upstream_cx_active: Arc<Gauge>,
-    pub upstream_cx_http1_total: Arc<Counter>,
-    pub upstream_cx_http2_total: Arc<Counter>,
-    pub upstream_cx_connect_fail: Arc<Counter>,
-    pub upstream_cx_connect_timeout: Arc<Counter>,
-    pub upstream_cx_destroy: Arc<Counter>,
-    pub upstream_rq_pending_total: Arc<Counter>,
-    pub upstream_rq_pending_failure_eject: Arc<Counter>,
-    pub upstream_cx_none_healthy: Arc<Counter>,
-    pub membership_total: Arc<Gauge>,
-    pub membership_healthy: Arc<Gauge>,
-    pub membership_change: Arc<Counter>,
-    pub update_attempt: Arc<Counter>,
-    pub update_success: Arc<Counter>,
-    pub upstream_rq_retry: Arc<Counter>,
-    pub upstream_rq_retry_success: Arc<Counter>,
-    pub upstream_rq_retry_limit_exceeded: Arc<Counter>,
-    pub upstream_cx_idle_timeout: Arc<Counter>,
-    pub upstream_cx_max_requests: Arc<Counter>,
-    pub upstream_cx_pool_overflow: Arc<Counter>,
-    pub upstream_rq_max_duration_reached: Arc<Counter>,
-    pub upstream_rq_pending_overflow: Arc<Counter>,
-    pub upstream_rq_active_overflow: Arc<Counter>,
-    pub upstream_cx_overflow: Arc<Counter>,
-    pub upstream_rq_retry_overflow: Arc<Counter>,
-    pub lb_healthy_panic: Arc<Counter>,
-    /// `ssl.*`, only for a TLS cluster.
-    pub ssl: Option<crate::tls::SslStats>,
-    prefix: String,
-    store: Arc<Store>,
-}
-
-impl ClusterStats {
-    /// A rarely used counter of this cluster, created on first use.
-    pub fn named(&self, n: &str) -> Arc<Counter> {
-        self.store.counter(&format!("{}{n}", self.prefix))
-    }
-
-    fn new(store: &Arc<Store>, name: &str, tls: bool) -> Self {
-        let p = format!("cluster.{name}.");
-        let c = |n: &str| store.counter(&format!("{p}{n}"));
-        let g = |n: &str| store.gauge(&format!("{p}{n}"));
-        Self {
-            upstream_rq_total: c("upstream_rq_total"),
-            upstream_rq_completed: c("upstream_rq_completed"),
-            upstream_rq_active: g("upstream_rq_active"),
-            upstream_rq_timeout: c("upstream_rq_timeout"),
-            upstream_rq_time: store.histogram(&format!("{p}upstream_rq_time")),
-            upstream_rq_class: Default::default(),
-            upstream_rq_code: (0..600).map(|_| OnceLock::new()).collect(),
-            external_rq_class: Default::default(),
-            external_rq_code: (0..600).map(|_| OnceLock::new()).collect(),
-            external_rq_completed: OnceLock::new(),
-            upstream_cx_total: c("upstream_cx_total"),
-            upstream_cx_active: g("upstream_cx_active"),
-            upstream_cx_http1_total: c("upstream_cx_http1_total"),
-            upstream_cx_http2_total: c("upstream_cx_http2_total"),
-            upstream_cx_connect_fail: c("upstream_cx_connect_fail"),
-            upstream_cx_connect_timeout: c("upstream_cx_connect_timeout"),
-            upstream_cx_destroy: c("upstream_cx_destroy"),
-            ssl: tls.then(|| crate::tls::SslStats::new(store, &p)),
-            upstream_rq_pending_total: c("upstream_rq_pending_total"),
-            upstream_rq_pending_failure_eject: c("upstream_rq_pending_failure_eject"),
-            upstream_cx_none_healthy: c("upstream_cx_none_healthy"),
-            membership_total: g("membership_total"),
-            membership_healthy: g("membership_healthy"),
-            membership_change: c("membership_change"),
-            update_attempt: c("update_attempt"),
-            update_success: c("update_success"),
-            upstream_rq_retry: c("upstream_rq_retry"),
-            upstream_rq_retry_success: c("upstream_rq_retry_success"),
-            upstream_rq_retry_limit_exceeded: c("upstream_rq_retry_limit_exceeded"),
-            upstream_cx_idle_timeout: c("upstream_cx_idle_timeout"),
-            upstream_cx_max_requests: c("upstream_cx_max_requests"),
-            upstream_cx_pool_overflow: c("upstream_cx_pool_overflow"),
-            upstream_rq_max_duration_reached: c("upstream_rq_max_duration_reached"),
-            upstream_rq_pending_overflow: c("upstream_rq_pending_overflow"),
-            upstream_rq_active_overflow: c("upstream_rq_active_overflow"),
-            upstream_cx_overflow: c("upstream_cx_overflow"),
-            upstream_rq_retry_overflow: c("upstream_rq_retry_overflow"),
-            lb_healthy_panic: c("lb_healthy_panic"),
-            prefix: p,
-            store: store.clone(),
-        }
-    }
-
-    /// `upstream_rq_<code>` and `upstream_rq_<class>xx`, created on first use
-    /// like Envoy's (a cluster that never saw a 3xx has no `upstream_rq_3xx`);
-    /// afterwards a lock-free `OnceLock` read.
-    pub fn record_status(&self, status: u16) {
-        let class = (status / 100) as usize;
-        if let Some(slot) = class.checked_sub(1).and_then(|i| self.upstream_rq_class.get(i)) {
-            slot.get_or_init(|| self.store.counter(&format!("{}upstream_rq_{class}xx", self.prefix))).inc();
-        }
-        if let Some(slot) = self.upstream_rq_code.get(status as usize) {
-            slot.get_or_init(|| self.store.counter(&format!("{}upstream_rq_{status}", self.prefix))).inc();
-        }
-        if let Some(slot) = class.checked_sub(1).and_then(|i| self.external_rq_class.get(i)) {
-            slot.get_or_init(|| self.store.counter(&format!("{}external.upstream_rq_{class}xx", self.prefix))).inc();
-        }
-        if let Some(slot) = self.external_rq_code.get(status as usize) {
-            slot.get_or_init(|| self.store.counter(&format!("{}external.upstream_rq_{status}", self.prefix))).inc();
-        }
-        self.external_rq_completed
-            .get_or_init(|| self.store.counter(&format!("{}external.upstream_rq_completed", self.prefix)))
-            .inc();
+    /// STRICT_DNS or LOGICAL_DNS: hosts come from resolving the load assignment.
+    pub fn uses_dns(self) -> bool {
+        matches!(self, Self::StrictDns | Self::LogicalDns)
     }
 }
 
-/// Per-worker load-balancer state: only its own worker touches it, so the
-/// mutex around it is never contended (an uncontended lock is ~20 ns).
-#[derive(Default)]
-struct WorkerLb {
-    /// The host set the state below belongs to (compared by pointer only).
-    set: usize,
-    /// Per level: the round-robin position and, when weights differ, the
-    /// earliest-deadline-first schedule; rebuilt when the host set changes.
-    rr_next: Vec<usize>,
-    edf: Vec<Option<Edf>>,
-    /// Locality-weighted: per level, the locality schedule and a
-    /// round-robin position per locality.
-    locality_edf: Vec<Option<Edf>>,
-    locality_rr: Vec<Vec<usize>>,
-}
-
-struct Edf {
-    heap: BinaryHeap<EdfEntry>,
-    now: f64,
-}
-
-struct EdfEntry {
-    deadline: f64,
-    order: usize,
-    index: usize,
-}
-
-impl PartialEq for EdfEntry {
-    fn eq(&self, o: &Self) -> bool {
-        self.deadline == o.deadline && self.order == o.order
-    }
-}
-impl Eq for EdfEntry {}
-impl PartialOrd for EdfEntry {
-    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(o))
-    }
-}
-impl Ord for EdfEntry {
-    // Reversed: BinaryHeap is a max-heap and we want the earliest deadline.
-    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
-        o.deadline.total_cmp(&self.deadline).then(o.order.cmp(&self.order))
-    }
-}
-
+/// An upstream cluster. Shared (`Arc`) by the workers, the main thread's
+/// tasks and every connection it has open.
 pub struct Cluster {
     /// Active health checking, when configured.
     pub health_check: Option<crate::upstream::health::HealthChecker>,
@@ -586,281 +56,77 @@ pub struct Cluster {
     pub outlier: Option<crate::upstream::outlier::Outlier>,
     pub name: String,
     pub discovery: Discovery,
-    pub lb_policy: LbPolicy,
-    pub lb_params: LbParams,
-    pub hosts: ArcSwap<HostSet>,
+    pub hosts: Membership,
     pub connect_timeout: Duration,
     pub http2: bool,
     /// The cluster's `transport_socket` (TLS), when it has one.
     pub tls: Option<crate::tls::UpstreamTls>,
     pub stats: ClusterStats,
     pub breakers: crate::upstream::breakers::CircuitBreakers,
-    pub pools: crate::upstream::pool::Pools,
+    pub pools: crate::upstream::worker_pools::Pools,
     /// `common_http_protocol_options` for upstream connections.
-    pub conn_options: crate::upstream::pool::ConnOptions,
-    lb: Box<[Mutex<WorkerLb>]>,
-    /// For DNS clusters: (hostname, port, weight, priority) to resolve.
-    pub dns_targets: Vec<(String, u16, u32, Placement)>,
-    pub dns_refresh: Duration,
-    pub dns_family: i32,
+    pub conn_options: crate::upstream::protocol::ConnOptions,
+    /// The load-balancing policy and each worker's state.
+    lb: Balancer,
+    /// For DNS clusters: what to resolve, and how often.
+    pub dns: Dns,
     /// For EDS clusters: the ClusterLoadAssignment name that feeds them.
     pub eds_service_name: String,
     pub config: PbCluster,
 }
 
 impl Cluster {
-    // Envoy still accepts the deprecated cluster-level protocol fields
-    // (http2_protocol_options, dns_refresh_rate, ...), so Legate reads them.
-    #[allow(deprecated)]
+    /// Compiles a cluster, in the order its errors are reported: discovery
+    /// type, load balancing, protocol, load assignment, EDS config, priority
+    /// and locality settings, TLS, health checks.
     pub fn compile(
         c: &PbCluster,
         store: &Arc<Store>,
         workers: usize,
         secrets: &Arc<crate::tls::sds::SecretManager>,
     ) -> Result<Arc<Self>, String> {
-        let discovery = match &c.cluster_discovery_type {
-            None => Discovery::Static,
-            Some(cluster::ClusterDiscoveryType::Type(t)) => match cluster::DiscoveryType::try_from(*t) {
-                Ok(cluster::DiscoveryType::Static) => Discovery::Static,
-                Ok(cluster::DiscoveryType::StrictDns) => Discovery::StrictDns,
-                Ok(cluster::DiscoveryType::LogicalDns) => Discovery::LogicalDns,
-                Ok(cluster::DiscoveryType::Eds) => Discovery::Eds,
-                _ => return Err("type: only STATIC, STRICT_DNS and LOGICAL_DNS clusters are supported".into()),
-            },
-            Some(_) => return Err("cluster_type: custom cluster types are not supported".into()),
-        };
-        let lb = crate::upstream::lb::LbChoice::compile(c)?;
-        let lb_policy = lb.policy;
-        let mut http2 = c.http2_protocol_options.is_some();
-        // The deprecated cluster-level fields first; the protocol options
-        // extension, when present, wins.
-        let mut common = c.common_http_protocol_options;
-        let legacy_max_requests = c.max_requests_per_connection.map(|v| v.value);
-        if let Some(any) = c.typed_extension_protocol_options.get(HTTP_PROTOCOL_OPTIONS) {
-            let opts: HttpProtocolOptions = legate_api::any::unpack(any)?;
-            if opts.common_http_protocol_options.is_some() {
-                common = opts.common_http_protocol_options;
-            }
-            match &opts.upstream_protocol_options {
-                Some(http_protocol_options::UpstreamProtocolOptions::ExplicitHttpConfig(e)) => {
-                    use http_protocol_options::explicit_http_config::ProtocolConfig;
-                    http2 = matches!(e.protocol_config, Some(ProtocolConfig::Http2ProtocolOptions(_)));
-                }
-                Some(_) => {
-                    return Err("typed_extension_protocol_options: only explicit_http_config is supported".into())
-                }
-                None => {}
-            }
-        }
-        let conn_options = {
-            let d = crate::upstream::pool::ConnOptions::default();
-            let common = common.as_ref();
-            crate::upstream::pool::ConnOptions {
-                idle_timeout: match common.and_then(|o| o.idle_timeout.as_ref()) {
-                    Some(t) => Some(legate_api::duration::from_pb(t)).filter(|t| !t.is_zero()),
-                    None => d.idle_timeout,
-                },
-                max_requests: common
-                    .and_then(|o| o.max_requests_per_connection.map(|v| v.value))
-                    .or(legacy_max_requests)
-                    .filter(|n| *n > 0),
-                max_stream_duration: common
-                    .and_then(|o| o.max_stream_duration.as_ref())
-                    .map(legate_api::duration::from_pb)
-                    .filter(|t| !t.is_zero()),
-            }
-        };
-        let mut static_hosts = Vec::new();
-        let mut dns_targets = Vec::new();
-        if let Some(la) = &c.load_assignment {
-            for (addr, port, weight, priority) in endpoints(la)? {
-                match discovery {
-                    Discovery::Static => {
-                        let ip: std::net::IpAddr = addr.parse().map_err(|_| format!("malformed IP address: {addr}"))?;
-                        static_hosts.push(Arc::new(Host::new(SocketAddr::new(ip, port), addr, weight, priority)));
-                    }
-                    _ => dns_targets.push((addr, port, weight, priority)),
-                }
-            }
-        }
-        let eds_service_name = match (&discovery, &c.eds_cluster_config) {
-            (Discovery::Eds, Some(eds)) => {
-                if !eds.eds_config.as_ref().is_some_and(crate::http::route::rds::is_ads) {
-                    return Err("eds_cluster_config.eds_config: only ads is supported".into());
-                }
-                if eds.service_name.is_empty() {
-                    c.name.clone()
-                } else {
-                    eds.service_name.clone()
-                }
-            }
-            (Discovery::Eds, None) => return Err("eds_cluster_config is required for an EDS cluster".into()),
-            _ => String::new(),
-        };
-        let lb_params = LbParams {
-            overprovisioning: c
-                .load_assignment
-                .as_ref()
-                .and_then(|la| la.policy.as_ref())
-                .and_then(|p| p.overprovisioning_factor.map(|f| u64::from(f.value)))
-                .unwrap_or(140),
-            panic_threshold: c
-                .common_lb_config
-                .as_ref()
-                .and_then(|l| l.healthy_panic_threshold.as_ref())
-                .map_or(50.0, |p| p.value.round()),
-            hashing: lb.hashing,
-            choice_count: lb.choice_count,
-            active_request_bias: lb.active_request_bias,
-            slow_start: lb.slow_start,
-            locality_weighted: c.common_lb_config.as_ref().is_some_and(|l| {
-                matches!(
-                    l.locality_config_specifier,
-                    Some(cluster::common_lb_config::LocalityConfigSpecifier::LocalityWeightedLbConfig(_))
-                )
-            }),
-        };
-        if lb_params.locality_weighted && lb_params.slow_start.is_some() {
-            return Err("common_lb_config.locality_weighted_lb_config: not supported with slow_start_config".into());
-        }
-        if lb_params.locality_weighted && lb_policy == LbPolicy::Hashing {
-            return Err("common_lb_config.locality_weighted_lb_config: not supported with RING_HASH or MAGLEV".into());
-        }
+        let discovery = Discovery::compile(c)?;
+        let policy = crate::upstream::lb::compile(c)?;
+        let protocol = crate::upstream::protocol::HttpProtocol::compile(c)?;
+        let (static_hosts, dns_targets) = initial_hosts(c, discovery)?;
+        let eds_service_name = eds_service_name(c, discovery)?;
+        let lb_params = LbParams::compile(c, policy.hashing(), policy.slow_start())?;
         let tls = c
             .transport_socket
             .as_ref()
-            .map(|ts| crate::tls::upstream(ts, http2, secrets))
+            .map(|ts| crate::tls::upstream(ts, protocol.http2, secrets))
             .transpose()
             .map_err(|e| e.to_string())?;
         let stats = ClusterStats::new(store, &c.name, tls.is_some());
         let health_check = crate::upstream::health::HealthChecker::compile(&c.health_checks, store, &c.name)?;
-        if health_check.is_some() {
-            for h in &static_hosts {
-                h.mark_pending();
-            }
-        }
-        let set = HostSet::new(static_hosts, lb_params);
-        stats.membership_total.set(set.all.len() as i64);
-        stats.membership_healthy.set(set.healthy as i64);
+        let hosts = Membership::new(static_hosts, lb_params, health_check.is_some(), &stats);
         let outlier =
             c.outlier_detection.as_ref().map(|o| crate::upstream::outlier::Outlier::compile(o, store, &c.name));
+        let lb = Balancer::new(policy, workers, stats.lb_healthy_panic.clone());
         Ok(Arc::new(Self {
             health_check,
             outlier,
             name: c.name.clone(),
             discovery,
-            lb_policy,
-            lb_params,
-            hosts: ArcSwap::from_pointee(set),
+            hosts,
             connect_timeout: legate_api::duration::or(c.connect_timeout.as_ref(), Duration::from_secs(5)),
-            http2,
+            http2: protocol.http2,
             tls,
             breakers: crate::upstream::breakers::CircuitBreakers::compile(c.circuit_breakers.as_ref(), store, &c.name),
             stats,
-            pools: crate::upstream::pool::Pools::new(workers),
-            conn_options,
-            lb: (0..=workers).map(|_| Mutex::new(WorkerLb::default())).collect(),
-            dns_targets,
-            dns_refresh: legate_api::duration::or(c.dns_refresh_rate.as_ref(), Duration::from_secs(5)),
-            dns_family: c.dns_lookup_family,
+            pools: crate::upstream::worker_pools::Pools::new(workers),
+            conn_options: protocol.conn_options,
+            lb,
+            dns: Dns::compile(c, dns_targets, discovery == Discovery::LogicalDns),
             eds_service_name,
             config: c.clone(),
         }))
     }
 
-    /// Replaces the host set, keeping the existing `Host` (and its counters) of
-    /// every address that stays.
-    pub fn update_hosts(&self, new_hosts: Vec<(SocketAddr, String, u32, Placement)>) {
-        let old = self.hosts.load();
-        let by_addr: HashMap<SocketAddr, &Arc<Host>> = old.all.iter().map(|h| (h.addr, h)).collect();
-        let mut changed = new_hosts.len() != old.all.len();
-        let hosts: Vec<Arc<Host>> = new_hosts
-            .into_iter()
-            .map(|(addr, name, w, p)| match by_addr.get(&addr) {
-                Some(h) if h.weight == w.max(1) && h.placement() == p => (*h).clone(),
-                _ => {
-                    changed = true;
-                    let h = Arc::new(Host::new(addr, name, w, p));
-                    if self.health_check.is_some() {
-                        h.mark_pending();
-                    }
-                    h
-                }
-            })
-            .collect();
-        self.stats.update_attempt.inc();
-        self.stats.update_success.inc();
-        if !changed {
-            return;
-        }
-        self.stats.membership_change.inc();
-        self.stats.membership_total.set(hosts.len() as i64);
-        let set = HostSet::new(hosts, self.lb_params);
-        self.stats.membership_healthy.set(set.healthy as i64);
-        self.hosts.store(Arc::new(set));
-    }
-
-    /// Rebuilds the set requests go to after a host's health changed.
-    pub fn refresh_health(&self) {
-        let set = HostSet::new(self.hosts.load().all.clone(), self.lb_params);
-        self.stats.membership_healthy.set(set.healthy as i64);
-        self.hosts.store(Arc::new(set));
-    }
-
-    /// This worker's balancer state, reset when the host set changed.
-    fn worker_lb(&self, set: &Arc<HostSet>) -> std::sync::MutexGuard<'_, WorkerLb> {
-        let w = crate::stats::worker_index() % self.lb.len();
-        let mut st = self.lb[w].lock().unwrap_or_else(|e| e.into_inner());
-        let set_id = Arc::as_ptr(set) as usize;
-        if st.set != set_id || st.rr_next.len() != set.levels.len() {
-            st.set = set_id;
-            st.rr_next = vec![0; set.levels.len()];
-            st.edf = (0..set.levels.len()).map(|_| None).collect();
-            st.locality_edf = (0..set.levels.len()).map(|_| None).collect();
-            st.locality_rr = set.levels.iter().map(|l| vec![0; l.localities.len()]).collect();
-        }
-        st
-    }
-
-    /// Locality-weighted pick: a locality by earliest-deadline-first over
-    /// the effective weights, then a host in it (round robin, or the
-    /// policy's random draws).
-    fn pick_in_locality(&self, set: &Arc<HostSet>, li: usize, level: &Level) -> Option<Arc<Host>> {
-        let mut st = self.worker_lb(set);
-        let edf = st.locality_edf[li].get_or_insert_with(|| Edf {
-            heap: level
-                .localities
-                .iter()
-                .enumerate()
-                .map(|(i, l)| EdfEntry { deadline: 1.0 / l.weight, order: i, index: i })
-                .collect(),
-            now: 0.0,
-        });
-        let mut top = edf.heap.pop()?;
-        edf.now = top.deadline;
-        let locality = &level.localities[top.index];
-        top.deadline = edf.now + 1.0 / locality.weight;
-        top.order += level.localities.len();
-        let index = top.index;
-        edf.heap.push(top);
-        let hosts = &locality.hosts;
-        let i = match self.lb_policy {
-            LbPolicy::RoundRobin => {
-                let n = &mut st.locality_rr[li][index];
-                *n = n.wrapping_add(1);
-                (*n - 1) % hosts.len()
-            }
-            LbPolicy::LeastRequest => {
-                let (a, b) = (rand::random_range(0..hosts.len()), rand::random_range(0..hosts.len()));
-                if hosts[b].rq_active.load(Relaxed) < hosts[a].rq_active.load(Relaxed) {
-                    b
-                } else {
-                    a
-                }
-            }
-            _ => rand::random_range(0..hosts.len()),
-        };
-        hosts.get(i).cloned()
+    /// Replaces the host set (from DNS or EDS), keeping the existing `Host`
+    /// (and its counters) of every address that stays.
+    pub fn update_hosts(&self, new_hosts: Vec<HostEntry>) {
+        self.hosts.update(new_hosts);
     }
 
     /// Picks a host for a request, or `None` when the cluster has none.
@@ -873,150 +139,34 @@ impl Cluster {
     /// Picks a host; hashing clusters look `hash` up in their ring or table
     /// (a request without a hash gets a random one, as in Envoy).
     pub fn pick_hashed(&self, hash: Option<u64>) -> Option<Arc<Host>> {
-        let set = self.hosts.load();
-        let (li, level) = set.level(hash)?;
-        if level.panic {
-            self.stats.lb_healthy_panic.inc();
-        }
-        if !level.localities.is_empty() {
-            return self.pick_in_locality(&set, li, level);
-        }
-        let hosts = &level.hosts;
-        if hosts.len() <= 1 {
-            return hosts.first().cloned();
-        }
-        match self.lb_policy {
-            LbPolicy::Hashing => {
-                let h = hash.unwrap_or_else(rand::random);
-                level.table.as_ref()?.lookup(h).and_then(|i| hosts.get(i)).cloned()
-            }
-            LbPolicy::Random => Some(hosts[rand::random_range(0..hosts.len())].clone()),
-            LbPolicy::LeastRequest if level.equal_weights && !set.in_slow_start() => {
-                // `choice_count` random samples; the one with the fewest
-                // active requests wins (the earlier sample on a tie).
-                let mut best = &hosts[rand::random_range(0..hosts.len())];
-                for _ in 1..self.lb_params.choice_count.max(2) {
-                    let h = &hosts[rand::random_range(0..hosts.len())];
-                    if h.rq_active.load(Relaxed) < best.rq_active.load(Relaxed) {
-                        best = h;
-                    }
-                }
-                Some(best.clone())
-            }
-            LbPolicy::LeastRequest => {
-                // Weights differ: earliest-deadline-first where a host's
-                // weight, taken each time it is scheduled again, is
-                // weight / (active requests + 1)^active_request_bias.
-                let bias = self.lb_params.active_request_bias;
-                let slow = self.lb_params.slow_start.filter(|_| set.in_slow_start());
-                let now = if slow.is_some() { crate::upstream::pool::clock_ms() } else { 0 };
-                let effective = |h: &Host| {
-                    let active = h.rq_active.load(Relaxed) as f64 + 1.0;
-                    let w = h.weight as f64;
-                    let w = if bias == 1.0 {
-                        w / active
-                    } else if bias == 0.0 {
-                        w
-                    } else {
-                        w / active.powf(bias)
-                    };
-                    match &slow {
-                        Some(ss) => ss.weight(h, w, now),
-                        None => w,
-                    }
-                };
-                let mut st = self.worker_lb(&set);
-                let edf = st.edf[li].get_or_insert_with(|| Edf {
-                    heap: hosts
-                        .iter()
-                        .enumerate()
-                        .map(|(i, h)| EdfEntry { deadline: 1.0 / effective(h), order: i, index: i })
-                        .collect(),
-                    now: 0.0,
-                });
-                let mut top = edf.heap.pop()?;
-                edf.now = top.deadline;
-                let host = hosts[top.index].clone();
-                top.deadline = edf.now + 1.0 / effective(&host);
-                top.order += hosts.len();
-                edf.heap.push(top);
-                Some(host)
-            }
-            LbPolicy::RoundRobin => {
-                let slow = self.lb_params.slow_start.filter(|_| set.in_slow_start());
-                let mut st = self.worker_lb(&set);
-                if level.equal_weights && slow.is_none() {
-                    let i = st.rr_next[li] % hosts.len();
-                    st.rr_next[li] = st.rr_next[li].wrapping_add(1);
-                    return Some(hosts[i].clone());
-                }
-                // Weights differ, or slow start scales them: each host's
-                // weight is taken when it is scheduled (again), as in Envoy.
-                let now = if slow.is_some() { crate::upstream::pool::clock_ms() } else { 0 };
-                let weight = |h: &Host| match &slow {
-                    Some(ss) => ss.weight(h, h.weight as f64, now),
-                    None => h.weight as f64,
-                };
-                let edf = st.edf[li].get_or_insert_with(|| Edf {
-                    heap: hosts
-                        .iter()
-                        .enumerate()
-                        .map(|(i, h)| EdfEntry { deadline: 1.0 / weight(h), order: i, index: i })
-                        .collect(),
-                    now: 0.0,
-                });
-                let mut top = edf.heap.pop()?;
-                edf.now = top.deadline;
-                let host = hosts[top.index].clone();
-                top.deadline = edf.now + 1.0 / weight(&host);
-                top.order += hosts.len();
-                edf.heap.push(top);
-                Some(host)
-            }
-        }
+        self.lb.pick(&self.hosts.load(), hash)
     }
 }
 
-/// (address or hostname, port, weight, placement) of every endpoint.
-pub fn endpoints(
-    la: &legate_api::pb::envoy::config::endpoint::v3::ClusterLoadAssignment,
-) -> Result<Vec<(String, u16, u32, Placement)>, String> {
-    let mut out = Vec::new();
-    for (li, l) in la.endpoints.iter().enumerate() {
-        let placement = Placement {
-            priority: l.priority,
-            locality: li as u32,
-            locality_weight: l.load_balancing_weight.map_or(0, |w| w.value),
-        };
-        for e in &l.lb_endpoints {
-            let weight = e.load_balancing_weight.map(|w| w.value).unwrap_or(1);
-            let Some(HostIdentifier::Endpoint(ep)) = &e.host_identifier else {
-                return Err("load_assignment: only endpoint hosts are supported".into());
-            };
-            let Some(address::Address::SocketAddress(sa)) = ep.address.as_ref().and_then(|a| a.address.as_ref()) else {
-                return Err("load_assignment: only socket addresses are supported".into());
-            };
-            let Some(socket_address::PortSpecifier::PortValue(port)) = sa.port_specifier else {
-                return Err("load_assignment: port_value is required".into());
-            };
-            let port = u16::try_from(port).map_err(|_| "port out of range")?;
-            out.push((sa.address.clone(), port, weight, placement));
-        }
+/// The load assignment's endpoints: the hosts of a STATIC cluster, or what
+/// any other cluster resolves through DNS.
+fn initial_hosts(c: &PbCluster, discovery: Discovery) -> Result<(Vec<Arc<Host>>, Vec<Endpoint>), String> {
+    let Some(la) = &c.load_assignment else { return Ok(Default::default()) };
+    if discovery != Discovery::Static {
+        return Ok((Vec::new(), endpoints(la)?));
     }
-    Ok(out)
+    let hosts = eds_hosts(la)?.into_iter().map(|(addr, name, w, p)| Arc::new(Host::new(addr, name, w, p))).collect();
+    Ok((hosts, Vec::new()))
 }
 
-/// Hosts of an EDS assignment (addresses must be IPs, as in Envoy's EDS).
-pub fn eds_hosts(
-    la: &legate_api::pb::envoy::config::endpoint::v3::ClusterLoadAssignment,
-) -> Result<Vec<(SocketAddr, String, u32, Placement)>, String> {
-    endpoints(la)?
-        .into_iter()
-        .map(|(addr, port, w, p)| {
-            let ip: std::net::IpAddr = addr.parse().map_err(|_| format!("malformed IP address: {addr}"))?;
-            Ok((SocketAddr::new(ip, port), addr, w, p))
-        })
-        .collect()
+/// The ClusterLoadAssignment name an EDS cluster follows (its own name by
+/// default); empty for other clusters.
+fn eds_service_name(c: &PbCluster, discovery: Discovery) -> Result<String, String> {
+    match (discovery, &c.eds_cluster_config) {
+        (Discovery::Eds, Some(eds)) => {
+            if !eds.eds_config.as_ref().is_some_and(crate::common::config_source::is_ads) {
+                return Err("eds_cluster_config.eds_config: only ads is supported".into());
+            }
+            Ok(if eds.service_name.is_empty() { c.name.clone() } else { eds.service_name.clone() })
+        }
+        (Discovery::Eds, None) => Err("eds_cluster_config is required for an EDS cluster".into()),
+        _ => Ok(String::new()),
+    }
 }
 
 /// The cluster manager's view: every cluster by name.
@@ -1025,6 +175,7 @@ pub type ClusterMap = HashMap<String, Arc<Cluster>>;
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::Ordering::Relaxed;
 
     fn cluster(lb: &str, weights: &[u32]) -> Arc<Cluster> {
         cluster_with(lb, weights, "")
@@ -1059,100 +210,6 @@ mod tests {
             counts[(h.addr.ip().to_string().rsplit('.').next().unwrap().parse::<usize>().unwrap()) - 1] += 1;
         }
         counts
-    }
-
-    fn hosts(healthy: &[bool], priority: u32) -> Vec<Arc<Host>> {
-        healthy
-            .iter()
-            .enumerate()
-            .map(|(i, ok)| {
-                let h = Host::new(SocketAddr::from(([127, 0, 0, 1], 1000 + i as u16)), String::new(), 1, priority);
-                h.hc_healthy.store(*ok, Relaxed);
-                Arc::new(h)
-            })
-            .collect()
-    }
-
-    fn loads(set: &HostSet) -> Vec<(u32, usize, bool)> {
-        set.levels.iter().map(|l| (l.load, l.hosts.len(), l.panic)).collect()
-    }
-
-    #[test]
-    fn locality_weights_scale_with_availability() {
-        let placed = |healthy: &[bool], locality: u32, weight: u32| -> Vec<Arc<Host>> {
-            healthy
-                .iter()
-                .enumerate()
-                .map(|(i, ok)| {
-                    let addr = SocketAddr::from(([127, 0, 0, 1], 2000 + locality as u16 * 10 + i as u16));
-                    let h =
-                        Host::new(addr, String::new(), 1, Placement { priority: 0, locality, locality_weight: weight });
-                    h.hc_healthy.store(*ok, Relaxed);
-                    Arc::new(h)
-                })
-                .collect()
-        };
-        let hosts = [placed(&[true], 0, 2), placed(&[true, false], 1, 2), placed(&[true], 2, 0)].concat();
-        let got: Vec<(usize, f64)> =
-            localities(&hosts, false, LbParams::default()).iter().map(|l| (l.hosts.len(), l.weight)).collect();
-        // Half healthy: 2 × min(1, 1.4 × 0.5) = 1.4; no weight: left out.
-        assert_eq!(got.len(), 2);
-        assert_eq!(got[0], (1, 2.0));
-        assert_eq!(got[1].0, 1);
-        assert!((got[1].1 - 1.4).abs() < 1e-9, "{got:?}");
-    }
-
-    #[test]
-    fn priority_load_follows_overprovisioned_health() {
-        let p = LbParams::default();
-        // All healthy: P0 takes everything.
-        let all = [hosts(&[true, true], 0), hosts(&[true], 1)].concat();
-        assert_eq!(loads(&HostSet::new(all, p)), vec![(100, 2, false)]);
-        // Half of P0 healthy: 1.4 × 50 = 70 % stays, 30 % spills to P1.
-        let half = [hosts(&[true, false], 0), hosts(&[true], 1)].concat();
-        assert_eq!(loads(&HostSet::new(half, p)), vec![(70, 1, false), (30, 1, false)]);
-        // Health short of 100 % overall and every level under the panic
-        // threshold: total panic, load by host count over all hosts.
-        let short = [hosts(&[true, false, false, false], 0), hosts(&[false], 1)].concat();
-        assert_eq!(loads(&HostSet::new(short.clone(), p)), vec![(80, 4, true), (20, 1, true)]);
-        // P0 dead, P1 half healthy (not under the threshold): P1 takes the
-        // whole load from its healthy host; P0's panic gives it no load.
-        let one = [hosts(&[false, false], 0), hosts(&[true, false], 1)].concat();
-        assert_eq!(loads(&HostSet::new(one, p)), vec![(100, 1, false)]);
-        // Scaled split: 35 and 46 of 81.
-        let scaled = [hosts(&[true, false, false, false], 0), hosts(&[true, false, false], 1)].concat();
-        let off = LbParams { panic_threshold: 0.0, ..p };
-        assert_eq!(loads(&HostSet::new(scaled, off)), vec![(44, 1, false), (56, 1, false)]);
-        // Panic disabled: only the healthy host.
-        assert_eq!(loads(&HostSet::new(short, off)), vec![(100, 1, false)]);
-        // Nothing healthy anywhere: total panic, load by host count.
-        let none = [hosts(&[false, false, false], 0), hosts(&[false], 1)].concat();
-        assert_eq!(loads(&HostSet::new(none, p)), vec![(75, 3, true), (25, 1, true)]);
-        // A custom overprovisioning factor of 100: P0 half healthy keeps 50 %.
-        let exact = LbParams { overprovisioning: 100, ..p };
-        let half = [hosts(&[true, false], 0), hosts(&[true], 1)].concat();
-        assert_eq!(loads(&HostSet::new(half, exact)), vec![(50, 1, false), (50, 1, false)]);
-    }
-
-    #[test]
-    fn slow_start_scales_weight_over_the_window() {
-        let ss = SlowStart { window_ms: 10_000, aggression: 1.0, min_weight: 0.1 };
-        let h = Host::new("127.0.0.1:1".parse().unwrap(), "h".into(), 1, 0);
-        // Not yet healthy-stamped: full weight.
-        assert_eq!(ss.weight(&h, 4.0, 5_000), 4.0);
-        h.healthy_since.store(1_000, Relaxed);
-        // Early in the window the floor (min_weight_percent) holds.
-        assert!((ss.weight(&h, 4.0, 1_500) - 0.4).abs() < 1e-9);
-        // Linear with aggression 1: half the window, half the weight.
-        assert!((ss.weight(&h, 4.0, 6_000) - 2.0).abs() < 1e-9);
-        // Past the window: the weight as configured.
-        assert_eq!(ss.weight(&h, 4.0, 11_000), 4.0);
-        // Aggression 2 ramps faster: (t/window)^(1/2).
-        let fast = SlowStart { aggression: 2.0, ..ss };
-        assert!((fast.weight(&h, 1.0, 3_500) - 0.5).abs() < 1e-9);
-        // An unhealthy host is not scaled.
-        h.hc_healthy.store(false, Relaxed);
-        assert_eq!(ss.weight(&h, 4.0, 6_000), 4.0);
     }
 
     #[test]

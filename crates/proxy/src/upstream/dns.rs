@@ -1,32 +1,58 @@
-//! DNS for STRICT_DNS and LOGICAL_DNS clusters, on the main thread.
+//! DNS for STRICT_DNS and LOGICAL_DNS clusters, on the main thread: what a
+//! cluster resolves, and one resolution of it into the cluster's hosts.
 
-use crate::upstream::cluster::{Cluster, Discovery};
-use legate_api::pb::envoy::config::cluster::v3::cluster::DnsLookupFamily;
+use crate::upstream::endpoints::{Endpoint, HostEntry};
+use crate::upstream::membership::Membership;
+use legate_api::pb::envoy::config::cluster::v3::{cluster::DnsLookupFamily, Cluster as PbCluster};
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::time::Duration;
 
-/// Resolves every target of a DNS cluster once and installs the result.
-pub async fn resolve_once(cluster: &Cluster) {
-    let family = DnsLookupFamily::try_from(cluster.dns_family).unwrap_or(DnsLookupFamily::Auto);
-    let mut hosts = Vec::new();
-    for (name, port, weight, placement) in &cluster.dns_targets {
-        let addrs: Vec<SocketAddr> = match tokio::net::lookup_host((name.as_str(), *port)).await {
-            Ok(a) => a.collect(),
-            Err(e) => {
-                tracing::warn!(cluster = %cluster.name, host = %name, "DNS resolution failed: {e}");
-                continue;
-            }
-        };
-        let picked = pick_family(addrs, family);
-        let picked =
-            if cluster.discovery == Discovery::LogicalDns { picked.into_iter().take(1).collect() } else { picked };
-        for a in picked {
-            if !hosts.iter().any(|(h, ..): &(SocketAddr, String, u32, crate::upstream::cluster::Placement)| *h == a) {
-                hosts.push((a, name.clone(), *weight, *placement));
-            }
+/// A cluster's DNS settings.
+pub struct Dns {
+    /// The endpoints to resolve (hostnames, or addresses).
+    pub targets: Vec<Endpoint>,
+    /// `dns_refresh_rate`: how often the targets are resolved again.
+    pub refresh: Duration,
+    /// `dns_lookup_family`.
+    pub family: i32,
+    /// LOGICAL_DNS: only the first address of each name is used.
+    pub first_address_only: bool,
+}
+
+impl Dns {
+    // Envoy still reads the deprecated cluster-level `dns_refresh_rate`.
+    #[allow(deprecated)]
+    pub fn compile(c: &PbCluster, targets: Vec<Endpoint>, first_address_only: bool) -> Self {
+        Self {
+            targets,
+            refresh: legate_api::duration::or(c.dns_refresh_rate.as_ref(), Duration::from_secs(5)),
+            family: c.dns_lookup_family,
+            first_address_only,
         }
     }
-    cluster.update_hosts(hosts);
+
+    /// Resolves every target once and installs the result in `hosts`.
+    pub async fn resolve_once(&self, cluster: &str, hosts: &Membership) {
+        let family = DnsLookupFamily::try_from(self.family).unwrap_or(DnsLookupFamily::Auto);
+        let mut resolved: Vec<HostEntry> = Vec::new();
+        for (name, port, weight, placement) in &self.targets {
+            let addrs: Vec<SocketAddr> = match tokio::net::lookup_host((name.as_str(), *port)).await {
+                Ok(a) => a.collect(),
+                Err(e) => {
+                    tracing::warn!(cluster = %cluster, host = %name, "DNS resolution failed: {e}");
+                    continue;
+                }
+            };
+            let picked = pick_family(addrs, family);
+            let picked = if self.first_address_only { picked.into_iter().take(1).collect() } else { picked };
+            for a in picked {
+                if !resolved.iter().any(|(h, ..)| *h == a) {
+                    resolved.push((a, name.clone(), *weight, *placement));
+                }
+            }
+        }
+        hosts.update(resolved);
+    }
 }
 
 /// Envoy's lookup families: AUTO prefers IPv6 and falls back to IPv4.
@@ -50,13 +76,5 @@ fn pick_family(addrs: Vec<SocketAddr>, family: DnsLookupFamily) -> Vec<SocketAdd
             }
         }
         DnsLookupFamily::All => v4.into_iter().chain(v6).collect(),
-    }
-}
-
-/// Re-resolves a DNS cluster every `dns_refresh_rate`, forever.
-pub async fn refresh_loop(cluster: Arc<Cluster>) {
-    loop {
-        tokio::time::sleep(cluster.dns_refresh).await;
-        resolve_once(&cluster).await;
     }
 }

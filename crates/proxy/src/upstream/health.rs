@@ -1,7 +1,7 @@
 //! Active health checking (HTTP, TCP with optional send/receive, and gRPC
 //! `grpc.health.v1`), on the main thread.
 //!
-//! Each health-checked cluster has one task: every `interval` (plus jitter;
+//! Each health-checked cluster has one task (see `tasks`): every `interval` (plus jitter;
 //! `no_traffic_interval`, default 60 s, until the cluster has opened a
 //! connection for traffic, as Envoy does) it checks every host; `unhealthy_threshold` consecutive failures take a
 //! host out of the set requests go to, `healthy_threshold` consecutive
@@ -9,10 +9,12 @@
 //! waits for it before the cluster takes traffic).
 
 use crate::stats::{Counter, Gauge, Store};
-use crate::upstream::cluster::{Cluster, Host};
+use crate::upstream::cluster_stats::ClusterStats;
+use crate::upstream::host::Host;
+use crate::upstream::membership::Membership;
 use legate_api::pb::envoy::config::core::v3::{health_check::HealthChecker as Kind, HealthCheck};
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::time::Duration;
 
 enum Check {
@@ -172,10 +174,10 @@ impl HealthChecker {
     }
 
     /// Checks every host once; true when any host's verdict changed.
-    pub async fn round(&self, cluster: &Cluster) -> bool {
-        let hosts = cluster.hosts.load().all.clone();
+    pub async fn round(&self, hosts: &Membership) -> bool {
+        let all = hosts.load().all.clone();
         let mut changed = false;
-        for h in hosts {
+        for h in all {
             self.attempt.inc();
             let result = self.probe(&h).await;
             let ok = result == Ok(true);
@@ -190,9 +192,9 @@ impl HealthChecker {
             changed |= self.record(&h, ok);
         }
         if changed {
-            cluster.refresh_health();
+            hosts.refresh_health();
         }
-        self.healthy.set(cluster.hosts.load().healthy as i64);
+        self.healthy.set(hosts.load().healthy as i64);
         changed
     }
 
@@ -226,8 +228,8 @@ impl HealthChecker {
 
     /// The wait before the next round: `no_traffic_interval` until the
     /// cluster has opened a connection for traffic, then `interval`, plus jitter.
-    fn next_wait(&self, cluster: &Cluster) -> Duration {
-        let base = if cluster.stats.upstream_cx_total.value() == 0 { self.no_traffic_interval } else { self.interval };
+    pub fn next_wait(&self, stats: &ClusterStats) -> Duration {
+        let base = if stats.upstream_cx_total.value() == 0 { self.no_traffic_interval } else { self.interval };
         base + self.jitter.mul_f64(rand::random::<f64>())
     }
 }
@@ -295,26 +297,6 @@ fn serving(mut msg: &[u8]) -> bool {
         }
     }
     false
-}
-
-/// Checks a cluster until it is gone. `checked` says a first round has
-/// already run (at startup), so the loop begins with the wait.
-pub async fn run(cluster: Weak<Cluster>, checked: bool) {
-    let mut first = !checked;
-    loop {
-        let Some(c) = cluster.upgrade() else { return };
-        let Some(hc) = &c.health_check else { return };
-        if first {
-            hc.round(&c).await;
-            first = false;
-        }
-        let wait = hc.next_wait(&c);
-        drop(c);
-        tokio::time::sleep(wait).await;
-        let Some(c) = cluster.upgrade() else { return };
-        let Some(hc) = &c.health_check else { return };
-        hc.round(&c).await;
-    }
 }
 
 #[cfg(test)]

@@ -8,14 +8,17 @@
 //! `split_external_local_origin_errors` is off.
 //!
 //! Per request: two relaxed adds on the host (interval volume and successes)
-//! besides the consecutive counters; the statistics run on the interval tick.
+//! besides the consecutive counters; the statistics run on the interval tick
+//! (the timer is in `tasks`).
 
 use crate::stats::{Counter, Gauge, Store};
-use crate::upstream::cluster::{Cluster, Host};
+use crate::upstream::clock::clock_ms;
+use crate::upstream::host::Host;
+use crate::upstream::membership::Membership;
 use legate_api::pb::envoy::config::cluster::v3::OutlierDetection;
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::{Arc, Weak};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 pub struct Outlier {
     /// `split_external_local_origin_errors`: connect failures, timeouts and
@@ -52,12 +55,6 @@ struct Statistic {
     parameter: f64,
     detected: Arc<Counter>,
     enforced: Arc<Counter>,
-}
-
-/// A process-wide origin for the ejection times kept in atomics.
-fn epoch() -> Instant {
-    static E: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
-    *E.get_or_init(Instant::now)
 }
 
 impl Outlier {
@@ -105,19 +102,19 @@ impl Outlier {
 
     /// Ejects `host` if the cap allows (and the enforcing draw says so);
     /// returns whether it did.
-    fn eject(&self, cluster: &Cluster, host: &Host, enforcing: u32) -> bool {
+    fn eject(&self, hosts: &Membership, host: &Host, enforcing: u32) -> bool {
         if host.ejected.load(Relaxed) || rand::random_range(0..100) >= enforcing {
             return false;
         }
-        let set = cluster.hosts.load();
+        let set = hosts.load();
         let ejected = set.all.iter().filter(|h| h.ejected.load(Relaxed)).count() as u32;
         // An ejection is allowed while the ejected share is under the cap.
         if ejected * 100 >= self.max_ejection_percent * set.all.len() as u32 {
             return false;
         }
         let times = host.od_ejections.fetch_add(1, Relaxed) + 1;
-        let until = Instant::now() + (self.base_ejection * times).min(self.max_ejection.max(self.base_ejection));
-        host.od_until.store(until.duration_since(epoch()).as_millis() as u64, Relaxed);
+        let ejection = (self.base_ejection * times).min(self.max_ejection.max(self.base_ejection));
+        host.od_until.store(clock_ms() + ejection.as_millis() as u64, Relaxed);
         host.ejected.store(true, Relaxed);
         host.od_5xx.store(0, Relaxed);
         host.od_gateway.store(0, Relaxed);
@@ -126,10 +123,21 @@ impl Outlier {
         true
     }
 
+    /// A detector found `host` an outlier: counted as detected, and as
+    /// enforced when it is ejected; returns whether it was.
+    fn detect(&self, hosts: &Membership, host: &Host, enforcing: u32, detected: &Counter, enforced: &Counter) -> bool {
+        detected.inc();
+        let ejected = self.eject(hosts, host, enforcing);
+        if ejected {
+            enforced.inc();
+        }
+        ejected
+    }
+
     /// The interval's success-rate and failure-percentage ejections, from
     /// the results each host saw since the last tick (then reset).
-    fn interval_statistics(&self, cluster: &Cluster) {
-        let set = cluster.hosts.load();
+    fn interval_statistics(&self, hosts: &Membership) {
+        let set = hosts.load();
         // (host, requests, success percent) of hosts not ejected.
         let rates: Vec<(&Arc<Host>, u64, f64)> = set
             .all
@@ -152,11 +160,7 @@ impl Outlier {
             let threshold = mean - stdev * sr.parameter;
             for (h, _, r) in valid {
                 if *r < threshold {
-                    sr.detected.inc();
-                    if self.eject(cluster, h, sr.enforcing) {
-                        sr.enforced.inc();
-                        changed = true;
-                    }
+                    changed |= self.detect(hosts, h, sr.enforcing, &sr.detected, &sr.enforced);
                 }
             }
         }
@@ -166,34 +170,29 @@ impl Outlier {
         if valid.len() as u64 >= fp.minimum_hosts.max(1) {
             for (h, _, r) in valid {
                 if 100.0 - r >= fp.parameter {
-                    fp.detected.inc();
-                    if self.eject(cluster, h, fp.enforcing) {
-                        fp.enforced.inc();
-                        changed = true;
-                    }
+                    changed |= self.detect(hosts, h, fp.enforcing, &fp.detected, &fp.enforced);
                 }
             }
         }
         if changed {
-            cluster.refresh_health();
+            hosts.refresh_health();
         }
     }
 
     /// Records one result from `host` (`None`: a local failure, counted as 503).
-    pub fn record(&self, cluster: &Cluster, host: &Host, status: Option<u16>) {
+    pub fn record(&self, hosts: &Membership, host: &Host, status: Option<u16>) {
         if self.split_local {
             match status {
                 // A local-origin failure: its own consecutive count only.
                 None => {
                     host.od_interval_rq.fetch_add(1, Relaxed);
                     let n = host.od_local.fetch_add(1, Relaxed) + 1;
-                    if n == self.consecutive_local && !host.ejected.load(Relaxed) {
-                        self.detected_local.inc();
-                        if self.eject(cluster, host, self.enforcing_local) {
-                            self.enforced_local.inc();
-                            host.od_local.store(0, Relaxed);
-                            cluster.refresh_health();
-                        }
+                    if n == self.consecutive_local
+                        && !host.ejected.load(Relaxed)
+                        && self.detect(hosts, host, self.enforcing_local, &self.detected_local, &self.enforced_local)
+                    {
+                        host.od_local.store(0, Relaxed);
+                        hosts.refresh_health();
                     }
                     return;
                 }
@@ -217,29 +216,28 @@ impl Outlier {
         // Consecutive 5xx first, then consecutive gateway failures, as Envoy checks them.
         let mut ejected = false;
         if n5xx == self.consecutive_5xx {
-            self.detected_5xx.inc();
-            if self.eject(cluster, host, self.enforcing_5xx) {
-                self.enforced_5xx.inc();
-                ejected = true;
-            }
+            ejected = self.detect(hosts, host, self.enforcing_5xx, &self.detected_5xx, &self.enforced_5xx);
         }
         if !ejected && ngw == self.consecutive_gateway {
-            self.detected_gateway.inc();
-            if self.eject(cluster, host, self.enforcing_gateway) {
-                self.enforced_gateway.inc();
-                ejected = true;
-            }
+            ejected = self.detect(hosts, host, self.enforcing_gateway, &self.detected_gateway, &self.enforced_gateway);
         }
         if ejected {
-            cluster.refresh_health();
+            hosts.refresh_health();
         }
     }
 
+    /// The interval tick: hosts whose ejection ran out come back, then the
+    /// interval's statistics may eject others.
+    pub fn tick(&self, hosts: &Membership) {
+        self.uneject(hosts);
+        self.interval_statistics(hosts);
+    }
+
     /// Brings back hosts whose ejection ran out.
-    fn uneject(&self, cluster: &Cluster) {
-        let now = Instant::now().duration_since(epoch()).as_millis() as u64;
+    fn uneject(&self, hosts: &Membership) {
+        let now = clock_ms();
         let mut changed = false;
-        let set = cluster.hosts.load();
+        let set = hosts.load();
         for h in &set.all {
             if h.ejected.load(Relaxed) && h.od_until.load(Relaxed) <= now {
                 h.ejected.store(false, Relaxed);
@@ -248,21 +246,7 @@ impl Outlier {
         }
         if changed {
             self.ejections_active.set(set.all.iter().filter(|h| h.ejected.load(Relaxed)).count() as i64);
-            cluster.refresh_health();
-        }
-    }
-}
-
-/// The interval timer of a cluster's outlier detection, until the cluster is gone.
-pub async fn run(cluster: Weak<Cluster>) {
-    let _ = epoch();
-    loop {
-        let Some(interval) = cluster.upgrade().and_then(|c| c.outlier.as_ref().map(|o| o.interval)) else { return };
-        tokio::time::sleep(interval).await;
-        let Some(c) = cluster.upgrade() else { return };
-        if let Some(o) = &c.outlier {
-            o.uneject(&c);
-            o.interval_statistics(&c);
+            hosts.refresh_health();
         }
     }
 }

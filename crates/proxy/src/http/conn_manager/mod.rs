@@ -179,7 +179,7 @@ fn compile_routes(c: &HttpConnectionManager, ctx: &CompileContext) -> Result<(Ro
             Arc::new(arc_swap::ArcSwapOption::from_pointee(table))
         }
         Some(RouteSpecifier::Rds(rds)) => {
-            if !rds.config_source.as_ref().is_some_and(crate::http::route::rds::is_ads) {
+            if !rds.config_source.as_ref().is_some_and(crate::common::config_source::is_ads) {
                 return Err("rds.config_source: only ads is supported".into());
             }
             ctx.rds.slot(&rds.route_config_name, &c.stat_prefix)

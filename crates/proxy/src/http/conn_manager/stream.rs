@@ -5,7 +5,8 @@
 use super::{ConnInfo, Hcm};
 use crate::body::{Finish, RequestProgress};
 use crate::common::format::Context;
-use crate::upstream::cluster::{Cluster, Host};
+use crate::upstream::cluster::Cluster;
+use crate::upstream::host::Host;
 use http::HeaderMap;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;

@@ -304,7 +304,7 @@ impl RemoteJwks {
         let mut held = crate::upstream::pool::Held::default();
         cluster.stats.upstream_rq_active.inc();
         let result = crate::upstream::pool::send(cluster, &host, req, &mut held).await;
-        use crate::upstream::pool::UpstreamError as E;
+        use crate::upstream::error::UpstreamError as E;
         let out = match result {
             Ok(resp) => {
                 let status = resp.status().as_u16();

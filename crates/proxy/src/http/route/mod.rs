@@ -6,6 +6,7 @@
 //! string compares unless the route uses a regex. Nothing allocates unless a
 //! case-insensitive or query-parameter match needs to.
 
+pub mod hash_policy;
 pub mod rds;
 
 use crate::common::matcher::{compile_regex, compile_search_regex, HeaderMatch, Pseudo, StringMatch};
@@ -143,7 +144,7 @@ pub struct RouteAction {
     pub timeout: Option<Duration>,
     pub retry: Option<crate::http::router::retry::RetryPolicy>,
     /// `hash_policy`, for RING_HASH and MAGLEV clusters.
-    pub hash_policy: Vec<crate::upstream::lb::hashing::HashPolicy>,
+    pub hash_policy: Vec<hash_policy::HashPolicy>,
     /// `request_mirror_policies`: copies of the request sent to these clusters.
     pub mirrors: Vec<Mirror>,
     /// `idle_timeout`: replaces the connection manager's stream idle timeout
@@ -448,8 +449,8 @@ fn compile_route_action(ra: &rpb::RouteAction) -> Result<RouteAction, String> {
     })
 }
 
-fn compile_hash_policy(p: &rpb::route_action::HashPolicy) -> Result<crate::upstream::lb::hashing::HashPolicy, String> {
-    use crate::upstream::lb::hashing::HashSource;
+fn compile_hash_policy(p: &rpb::route_action::HashPolicy) -> Result<hash_policy::HashPolicy, String> {
+    use hash_policy::HashSource;
     use rpb::route_action::hash_policy::PolicySpecifier;
     let source = match &p.policy_specifier {
         Some(PolicySpecifier::Header(h)) => HashSource::Header(
@@ -463,7 +464,7 @@ fn compile_hash_policy(p: &rpb::route_action::HashPolicy) -> Result<crate::upstr
             return Err("only header, cookie, connection_properties.source_ip and query_parameter are supported".into())
         }
     };
-    Ok(crate::upstream::lb::hashing::HashPolicy { source, terminal: p.terminal })
+    Ok(hash_policy::HashPolicy { source, terminal: p.terminal })
 }
 
 /// Envoy (RE2) writes capture groups as `\1`; the regex crate as `${1}`.

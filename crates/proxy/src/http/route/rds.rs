@@ -4,7 +4,6 @@ use crate::http::route::RouteTable;
 use crate::stats::Store;
 use crate::upstream::cluster::ClusterMap;
 use arc_swap::{ArcSwap, ArcSwapOption};
-use legate_api::pb::envoy::config::core::v3::{config_source::ConfigSourceSpecifier, ConfigSource};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 
@@ -115,9 +114,4 @@ impl RdsRegistry {
             })
             .collect()
     }
-}
-
-/// True when a config source says "over the ADS stream".
-pub fn is_ads(cs: &ConfigSource) -> bool {
-    matches!(cs.config_source_specifier, Some(ConfigSourceSpecifier::Ads(_)))
 }

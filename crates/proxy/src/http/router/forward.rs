@@ -13,8 +13,10 @@ use crate::http::conn_manager::stream::Stream;
 use crate::http::conn_manager::upgrade::Upgrade;
 use crate::http::conn_manager::{Hcm, Matched, ProxyResponse, Step};
 use crate::http::route::{ClusterChoice, RouteAction};
-use crate::upstream::cluster::{Cluster, ClusterMap, Host};
-use crate::upstream::pool::{Held, UpstreamError};
+use crate::upstream::cluster::{Cluster, ClusterMap};
+use crate::upstream::error::UpstreamError;
+use crate::upstream::host::Host;
+use crate::upstream::pool::Held;
 use http::header::{HeaderName, HeaderValue};
 use http::request::Parts;
 use http::{HeaderMap, Request, Response};
@@ -97,7 +99,7 @@ impl Hcm {
         let hash = if ra.hash_policy.is_empty() {
             None
         } else {
-            crate::upstream::lb::hashing::request_hash(
+            crate::http::route::hash_policy::request_hash(
                 &ra.hash_policy,
                 &parts.headers,
                 parts.uri.query(),

@@ -8,7 +8,7 @@ use crate::body::RequestProgress;
 use crate::http::conn_manager::stream::Stream;
 use crate::http::conn_manager::{Hcm, Matched, ProxyResponse};
 use crate::upstream::cluster::Cluster;
-use crate::upstream::pool::UpstreamError;
+use crate::upstream::error::UpstreamError;
 use http::header::{HeaderName, HeaderValue};
 use std::sync::atomic::Ordering::Relaxed;
 

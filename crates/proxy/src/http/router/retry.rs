@@ -2,8 +2,10 @@
 //! loop that sends a request again under one (Envoy's `RetryStateImpl`).
 
 use crate::body::ProxyBody;
-use crate::upstream::cluster::{Cluster, Host};
-use crate::upstream::pool::{Held, UpstreamError};
+use crate::upstream::cluster::Cluster;
+use crate::upstream::error::UpstreamError;
+use crate::upstream::host::Host;
+use crate::upstream::pool::Held;
 use http::header::{HeaderName, HeaderValue};
 use http::{Request, Response};
 use hyper::body::Incoming;
@@ -265,7 +267,7 @@ impl RetryPolicy {
             }
             // A stream the HTTP/2 upstream refused (REFUSED_STREAM) was never
             // processed: retried under refused-stream, or as any reset.
-            UpstreamError::Reset(e) if crate::upstream::pool::is_refused_stream(e) => {
+            UpstreamError::Reset(e) if crate::upstream::error::is_refused_stream(e) => {
                 self.has(on::REFUSED_STREAM | on::RESET | on::FIVE_XX | on::GATEWAY_ERROR)
             }
             UpstreamError::Handshake(_) | UpstreamError::Reset(_) => {

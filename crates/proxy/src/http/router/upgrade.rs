@@ -11,7 +11,8 @@ use crate::http::conn_manager::stream::Stream;
 use crate::http::conn_manager::upgrade::{Upgrade, UpgradeKind};
 use crate::http::conn_manager::{Hcm, Matched, ProxyResponse, Step};
 use crate::http::route::RouteAction;
-use crate::upstream::pool::{Held, OwnedConn, UpstreamError};
+use crate::upstream::error::UpstreamError;
+use crate::upstream::pool::Held;
 use http::header::{HeaderValue, CONNECTION, UPGRADE};
 use http::request::Parts;
 use http::{Request, Response, StatusCode};
@@ -84,7 +85,7 @@ impl Hcm {
         down: Downstream,
     ) -> ProxyResponse {
         let cs = &target.cluster.stats;
-        match crate::upstream::pool::connect_owned(&target.cluster, &target.host).await {
+        match crate::upstream::connection::connect_owned(&target.cluster, &target.host).await {
             Err(e) => {
                 cs.record_status(503);
                 let details = "upstream_reset_before_response_started{remote_connection_failure}";
@@ -114,7 +115,7 @@ impl Hcm {
         matched: Matched<'_>,
         ra: &RouteAction,
         target: &Target,
-    ) -> Step<(Box<Stream>, Response<Incoming>, Arc<OwnedConn>)> {
+    ) -> Step<(Box<Stream>, Response<Incoming>, Arc<dyn Send + Sync>)> {
         let cluster = &target.cluster;
         let req = Request::from_parts(parts, ProxyBody::Empty);
         // No request body follows an upgrade's head.
@@ -150,7 +151,7 @@ impl Hcm {
         &self,
         mut stream: Box<Stream>,
         mut upstream_resp: Response<Incoming>,
-        guard: Arc<OwnedConn>,
+        guard: Arc<dyn Send + Sync>,
         matched: Matched<'_>,
         connect: bool,
         down: Downstream,

@@ -130,7 +130,7 @@ impl TcpProxyConfig {
                         break;
                     };
                     log.host = Some(host.addr);
-                    match crate::upstream::pool::connect(&cluster, &host).await {
+                    match crate::upstream::connection::connect(&cluster, &host).await {
                         Ok(conn) => {
                             up = Some((conn, host));
                             break;

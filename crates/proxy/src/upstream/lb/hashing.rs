@@ -1,270 +1,88 @@
-//! Consistent hashing: Envoy's `RING_HASH` (ketama ring) and `MAGLEV`
-//! (lookup table) load balancers, and the route `hash_policy` that feeds them.
-//!
-//! Both are built exactly as Envoy builds them (xxHash64 of each host's
-//! `address:port`, the same ring sizing and table filling), so a given
-//! request key lands on the same host behind Legate as behind Envoy. A table
-//! is built when a host set changes (not per request); a lookup is a binary
-//! search on the ring or one index into the Maglev table.
+//! RING_HASH and MAGLEV: the request's hash (from the route's
+//! `hash_policy`, or a random one) looked up in the level's ring or table
+//! (`hash_table`), built with the host set.
 
-use crate::upstream::cluster::Host;
+use crate::upstream::host::Host;
+use crate::upstream::lb::hash_table::Hashing;
+use crate::upstream::lb::policy::{LoadBalancer, PickContext, Policy};
+use legate_api::pb::envoy::config::cluster::v3::{cluster, Cluster as PbCluster};
+use legate_api::pb::envoy::extensions::load_balancing_policies::{maglev, ring_hash};
+use legate_api::pb::google::protobuf::Any;
 use std::sync::Arc;
-use xxhash_rust::xxh64::xxh64;
 
-/// How a cluster hashes: ring sizes, or the Maglev table size.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Hashing {
-    Ring { min_size: u64, max_size: u64 },
-    Maglev { table_size: u64 },
+pub const RING_HASH: Policy = Policy {
+    lb_policy: cluster::LbPolicy::RingHash,
+    type_name: "envoy.extensions.load_balancing_policies.ring_hash.v3.RingHash",
+    from_cluster: ring_from_cluster,
+    from_typed: ring_from_typed,
+};
+
+pub const MAGLEV: Policy = Policy {
+    lb_policy: cluster::LbPolicy::Maglev,
+    type_name: "envoy.extensions.load_balancing_policies.maglev.v3.Maglev",
+    from_cluster: maglev_from_cluster,
+    from_typed: maglev_from_typed,
+};
+
+const RING_MIN: u64 = 1024;
+const RING_MAX: u64 = 8 << 20;
+const MAGLEV_SIZE: u64 = 65537;
+
+pub struct ConsistentHash {
+    hashing: Hashing,
 }
 
-/// A built ring or table for one priority level's hosts.
-pub enum HashTable {
-    /// (hash, host index), sorted by hash.
-    Ring(Vec<(u64, u32)>),
-    /// Host index per slot.
-    Maglev(Vec<u32>),
+fn boxed(hashing: Hashing) -> Result<Box<dyn LoadBalancer>, String> {
+    Ok(Box::new(ConsistentHash { hashing }))
 }
 
-fn key(h: &Host) -> String {
-    h.addr.to_string()
+fn ring_from_cluster(c: &PbCluster) -> Result<Box<dyn LoadBalancer>, String> {
+    let cfg = match &c.lb_config {
+        Some(cluster::LbConfig::RingHashLbConfig(r)) => Some(r),
+        _ => None,
+    };
+    if cfg.is_some_and(|r| r.hash_function != 0) {
+        return Err("ring_hash_lb_config.hash_function: only XX_HASH is supported".into());
+    }
+    boxed(Hashing::Ring {
+        min_size: cfg.and_then(|r| r.minimum_ring_size.map(|v| v.value)).unwrap_or(RING_MIN),
+        max_size: cfg.and_then(|r| r.maximum_ring_size.map(|v| v.value)).unwrap_or(RING_MAX),
+    })
 }
 
-/// Each host's weight over the total, in the hosts' order.
-fn normalized(hosts: &[Arc<Host>]) -> Vec<f64> {
-    let total: f64 = hosts.iter().map(|h| h.weight as f64).sum();
-    hosts.iter().map(|h| h.weight as f64 / total).collect()
+fn ring_from_typed(any: &Any) -> Result<Box<dyn LoadBalancer>, String> {
+    let r: ring_hash::v3::RingHash = legate_api::any::unpack(any)?;
+    if r.hash_function != 0 {
+        return Err("load_balancing_policy: RingHash hash_function: only XX_HASH is supported".into());
+    }
+    boxed(Hashing::Ring {
+        min_size: r.minimum_ring_size.map_or(RING_MIN, |v| v.value),
+        max_size: r.maximum_ring_size.map_or(RING_MAX, |v| v.value),
+    })
 }
 
-impl HashTable {
-    pub fn build(hashing: Hashing, hosts: &[Arc<Host>]) -> Option<Self> {
-        if hosts.is_empty() {
-            return None;
-        }
-        let weights = normalized(hosts);
-        Some(match hashing {
-            Hashing::Ring { min_size, max_size } => {
-                let min_w = weights.iter().copied().fold(f64::INFINITY, f64::min);
-                // Enough hashes that the lightest host gets a whole number.
-                let scale = ((min_w * min_size as f64).ceil() / min_w).min(max_size as f64);
-                let mut ring = Vec::with_capacity(scale.ceil() as usize);
-                let (mut current, mut target) = (0.0f64, 0.0f64);
-                for (i, (h, w)) in hosts.iter().zip(&weights).enumerate() {
-                    let base = key(h);
-                    target += scale * w;
-                    let mut n = 0u64;
-                    while current < target {
-                        ring.push((xxh64(format!("{base}_{n}").as_bytes(), 0), i as u32));
-                        n += 1;
-                        current += 1.0;
-                    }
-                }
-                ring.sort_by_key(|(hash, _)| *hash);
-                HashTable::Ring(ring)
-            }
-            Hashing::Maglev { table_size } => {
-                let max_w = weights.iter().copied().fold(0.0, f64::max);
-                struct Entry {
-                    offset: u64,
-                    skip: u64,
-                    weight: f64,
-                    target: f64,
-                    next: u64,
-                }
-                let mut entries: Vec<Entry> = hosts
-                    .iter()
-                    .zip(&weights)
-                    .map(|(h, w)| {
-                        let k = key(h);
-                        Entry {
-                            offset: xxh64(k.as_bytes(), 0) % table_size,
-                            skip: xxh64(k.as_bytes(), 1) % (table_size - 1) + 1,
-                            weight: *w,
-                            target: 0.0,
-                            next: 0,
-                        }
-                    })
-                    .collect();
-                let mut table = vec![u32::MAX; table_size as usize];
-                let mut filled = 0u64;
-                let mut iteration = 1u64;
-                while filled < table_size {
-                    for (i, e) in entries.iter_mut().enumerate() {
-                        if filled >= table_size {
-                            break;
-                        }
-                        // A host of the largest weight takes a slot every
-                        // round; one of a third of it, every third round.
-                        if (iteration as f64) * e.weight < e.target {
-                            continue;
-                        }
-                        e.target += max_w;
-                        let mut c = (e.offset + e.skip * e.next) % table_size;
-                        while table[c as usize] != u32::MAX {
-                            e.next += 1;
-                            c = (e.offset + e.skip * e.next) % table_size;
-                        }
-                        table[c as usize] = i as u32;
-                        e.next += 1;
-                        filled += 1;
-                    }
-                    iteration += 1;
-                }
-                HashTable::Maglev(table)
-            }
-        })
+fn maglev_from_cluster(c: &PbCluster) -> Result<Box<dyn LoadBalancer>, String> {
+    boxed(Hashing::Maglev {
+        table_size: match &c.lb_config {
+            Some(cluster::LbConfig::MaglevLbConfig(m)) => m.table_size.map_or(MAGLEV_SIZE, |v| v.value),
+            _ => MAGLEV_SIZE,
+        },
+    })
+}
+
+fn maglev_from_typed(any: &Any) -> Result<Box<dyn LoadBalancer>, String> {
+    let m: maglev::v3::Maglev = legate_api::any::unpack(any)?;
+    boxed(Hashing::Maglev { table_size: m.table_size.map_or(MAGLEV_SIZE, |v| v.value) })
+}
+
+impl LoadBalancer for ConsistentHash {
+    /// A request without a hash gets a random one, as in Envoy.
+    fn pick(&self, at: &PickContext<'_>) -> Option<Arc<Host>> {
+        let h = at.hash.unwrap_or_else(rand::random);
+        at.level.table.as_ref()?.lookup(h).and_then(|i| at.level.hosts.get(i)).cloned()
     }
 
-    /// The host index for `hash`.
-    pub fn lookup(&self, hash: u64) -> Option<usize> {
-        match self {
-            // The first entry at or after the hash, wrapping to the start
-            // (Envoy's ketama search).
-            HashTable::Ring(ring) => {
-                let i = ring.partition_point(|(h, _)| *h < hash);
-                ring.get(if i == ring.len() { 0 } else { i }).map(|(_, host)| *host as usize)
-            }
-            HashTable::Maglev(t) => t.get((hash % t.len() as u64) as usize).map(|h| *h as usize),
-        }
-    }
-}
-
-/// One `hash_policy` entry of a route.
-#[derive(Debug, Clone)]
-pub enum HashSource {
-    Header(http::HeaderName),
-    Cookie(String),
-    SourceIp,
-    QueryParameter(String),
-}
-
-#[derive(Debug, Clone)]
-pub struct HashPolicy {
-    pub source: HashSource,
-    pub terminal: bool,
-}
-
-/// The request's hash under `policies`, as Envoy combines them: each new
-/// value is XORed onto the previous hash rotated left by one; a terminal
-/// policy that produced a hash ends the list. `None` when no policy applies.
-pub fn request_hash(
-    policies: &[HashPolicy],
-    headers: &http::HeaderMap,
-    query: Option<&str>,
-    client: std::net::IpAddr,
-) -> Option<u64> {
-    let mut hash: Option<u64> = None;
-    for p in policies {
-        let value = match &p.source {
-            HashSource::Header(name) => {
-                let all = headers.get_all(name);
-                let mut it = all.iter();
-                match (it.next(), it.next()) {
-                    (None, _) => None,
-                    // The common case: one value, no allocation.
-                    (Some(v), None) => Some(xxh64(v.as_bytes(), 0)),
-                    // Several values: sorted, each hashed with the previous as seed.
-                    _ => {
-                        let mut values: Vec<&[u8]> = all.iter().map(|v| v.as_bytes()).collect();
-                        values.sort();
-                        Some(values.iter().fold(0, |seed, v| xxh64(v, seed)))
-                    }
-                }
-            }
-            HashSource::Cookie(name) => headers
-                .get_all(http::header::COOKIE)
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-                .flat_map(|v| v.split(';'))
-                .filter_map(|c| c.trim().split_once('='))
-                .find(|(k, _)| *k == name)
-                .map(|(_, v)| xxh64(v.as_bytes(), 0)),
-            HashSource::SourceIp => Some(xxh64(client.to_string().as_bytes(), 0)),
-            HashSource::QueryParameter(name) => query.and_then(|q| {
-                q.split('&').find_map(|kv| {
-                    let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-                    (k == name).then(|| xxh64(v.as_bytes(), 0))
-                })
-            }),
-        };
-        if let Some(v) = value {
-            hash = Some(hash.map_or(0, |h| h.rotate_left(1)) ^ v);
-        }
-        if p.terminal && hash.is_some() {
-            break;
-        }
-    }
-    hash
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn hosts(n: usize, weights: Option<&[u32]>) -> Vec<Arc<Host>> {
-        (0..n)
-            .map(|i| {
-                let w = weights.map_or(1, |w| w[i]);
-                Arc::new(Host::new(std::net::SocketAddr::from(([127, 0, 0, 1], 9000 + i as u16)), String::new(), w, 0))
-            })
-            .collect()
-    }
-
-    fn spread(t: &HashTable, n: usize) -> Vec<usize> {
-        let mut counts = vec![0; n];
-        for k in 0..20_000u64 {
-            counts[t.lookup(xxh64(&k.to_le_bytes(), 0)).unwrap()] += 1;
-        }
-        counts
-    }
-
-    #[test]
-    fn ring_and_maglev_spread_keys_by_weight() {
-        for hashing in [Hashing::Ring { min_size: 1024, max_size: 8 << 20 }, Hashing::Maglev { table_size: 65537 }] {
-            let t = HashTable::build(hashing, &hosts(4, None)).unwrap();
-            for c in spread(&t, 4) {
-                assert!((4000..6000).contains(&c), "{hashing:?}: {c} of 20000 not near 5000");
-            }
-            let t = HashTable::build(hashing, &hosts(2, Some(&[1, 3]))).unwrap();
-            let c = spread(&t, 2);
-            let share = c[1] as f64 / 20_000.0;
-            assert!((0.70..0.80).contains(&share), "{hashing:?}: weight 3 of 4 took {share}");
-        }
-    }
-
-    #[test]
-    fn maglev_table_is_full_and_ring_sized_like_envoys() {
-        let Some(HashTable::Maglev(t)) = HashTable::build(Hashing::Maglev { table_size: 65537 }, &hosts(3, None))
-        else {
-            panic!("maglev")
-        };
-        assert!(t.iter().all(|h| *h < 3));
-        let Some(HashTable::Ring(r)) =
-            HashTable::build(Hashing::Ring { min_size: 1024, max_size: 8 << 20 }, &hosts(3, None))
-        else {
-            panic!("ring")
-        };
-        // 1024 × 3 rounded up to whole hashes for the lightest host: 1026.
-        assert_eq!(r.len(), 1026);
-    }
-
-    #[test]
-    fn hash_policies_combine_like_envoys() {
-        let mut h = http::HeaderMap::new();
-        h.insert("x-user", http::HeaderValue::from_static("alice"));
-        h.insert(http::header::COOKIE, http::HeaderValue::from_static("a=1; session=s1"));
-        let ip: std::net::IpAddr = [10, 0, 0, 1].into();
-        let header =
-            HashPolicy { source: HashSource::Header(http::HeaderName::from_static("x-user")), terminal: false };
-        let cookie = HashPolicy { source: HashSource::Cookie("session".into()), terminal: false };
-        let query = HashPolicy { source: HashSource::QueryParameter("id".into()), terminal: true };
-        assert_eq!(request_hash(std::slice::from_ref(&header), &h, None, ip), Some(xxh64(b"alice", 0)));
-        assert_eq!(request_hash(std::slice::from_ref(&cookie), &h, None, ip), Some(xxh64(b"s1", 0)));
-        let both = request_hash(&[header.clone(), cookie.clone()], &h, None, ip);
-        assert_eq!(both, Some(xxh64(b"alice", 0).rotate_left(1) ^ xxh64(b"s1", 0)));
-        // A terminal policy that hashed stops the list.
-        assert_eq!(request_hash(&[query.clone(), header.clone()], &h, Some("id=7&x=1"), ip), Some(xxh64(b"7", 0)));
-        // Nothing to hash: None (the balancer then picks at random).
-        assert_eq!(request_hash(&[query], &http::HeaderMap::new(), None, ip), None);
+    fn hashing(&self) -> Option<Hashing> {
+        Some(self.hashing)
     }
 }

@@ -1,0 +1,54 @@
+//! A `ClusterLoadAssignment` read into endpoint lists: every endpoint with
+//! its port, weight and placement (priority, locality), and for EDS the
+//! hosts with their socket addresses.
+
+use crate::upstream::host::Placement;
+use legate_api::pb::envoy::config::core::v3::{address, socket_address};
+use legate_api::pb::envoy::config::endpoint::v3::{lb_endpoint::HostIdentifier, ClusterLoadAssignment};
+use std::net::SocketAddr;
+
+/// An endpoint as configured: address or hostname, port, weight, placement.
+pub type Endpoint = (String, u16, u32, Placement);
+
+/// A host with its socket address: address, the name it came from, weight,
+/// placement.
+pub type HostEntry = (SocketAddr, String, u32, Placement);
+
+/// Every endpoint of the assignment.
+pub fn endpoints(la: &ClusterLoadAssignment) -> Result<Vec<Endpoint>, String> {
+    let mut out = Vec::new();
+    for (li, l) in la.endpoints.iter().enumerate() {
+        let placement = Placement {
+            priority: l.priority,
+            locality: li as u32,
+            locality_weight: l.load_balancing_weight.map_or(0, |w| w.value),
+        };
+        for e in &l.lb_endpoints {
+            let weight = e.load_balancing_weight.map(|w| w.value).unwrap_or(1);
+            let Some(HostIdentifier::Endpoint(ep)) = &e.host_identifier else {
+                return Err("load_assignment: only endpoint hosts are supported".into());
+            };
+            let Some(address::Address::SocketAddress(sa)) = ep.address.as_ref().and_then(|a| a.address.as_ref()) else {
+                return Err("load_assignment: only socket addresses are supported".into());
+            };
+            let Some(socket_address::PortSpecifier::PortValue(port)) = sa.port_specifier else {
+                return Err("load_assignment: port_value is required".into());
+            };
+            let port = u16::try_from(port).map_err(|_| "port out of range")?;
+            out.push((sa.address.clone(), port, weight, placement));
+        }
+    }
+    Ok(out)
+}
+
+/// Hosts of an EDS assignment, or of a STATIC cluster's: addresses must be
+/// IPs, as in Envoy.
+pub fn eds_hosts(la: &ClusterLoadAssignment) -> Result<Vec<HostEntry>, String> {
+    endpoints(la)?
+        .into_iter()
+        .map(|(addr, port, w, p)| {
+            let ip: std::net::IpAddr = addr.parse().map_err(|_| format!("malformed IP address: {addr}"))?;
+            Ok((SocketAddr::new(ip, port), addr, w, p))
+        })
+        .collect()
+}
