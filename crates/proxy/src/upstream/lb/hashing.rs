@@ -62,17 +62,30 @@ fn ring_from_typed(any: &Any) -> Result<Box<dyn LoadBalancer>, String> {
 }
 
 fn maglev_from_cluster(c: &PbCluster) -> Result<Box<dyn LoadBalancer>, String> {
-    boxed(Hashing::Maglev {
-        table_size: match &c.lb_config {
-            Some(cluster::LbConfig::MaglevLbConfig(m)) => m.table_size.map_or(MAGLEV_SIZE, |v| v.value),
-            _ => MAGLEV_SIZE,
-        },
+    maglev_of_size(match &c.lb_config {
+        Some(cluster::LbConfig::MaglevLbConfig(m)) => m.table_size.map_or(MAGLEV_SIZE, |v| v.value),
+        _ => MAGLEV_SIZE,
     })
 }
 
 fn maglev_from_typed(any: &Any) -> Result<Box<dyn LoadBalancer>, String> {
     let m: maglev::v3::Maglev = legate_api::any::unpack(any)?;
-    boxed(Hashing::Maglev { table_size: m.table_size.map_or(MAGLEV_SIZE, |v| v.value) })
+    maglev_of_size(m.table_size.map_or(MAGLEV_SIZE, |v| v.value))
+}
+
+/// Maglev's permutation only covers the table when its size is prime, so
+/// Envoy refuses any other size; so does Legate (a size of 0 or 1 would
+/// also divide by zero while building the table).
+fn maglev_of_size(table_size: u64) -> Result<Box<dyn LoadBalancer>, String> {
+    if !is_prime(table_size) {
+        return Err("The table size of maglev must be prime number".into());
+    }
+    boxed(Hashing::Maglev { table_size })
+}
+
+/// Trial division; table sizes are at most 5,000,011 (Envoy's bound).
+fn is_prime(n: u64) -> bool {
+    n >= 2 && (2..).take_while(|d| d * d <= n).all(|d| !n.is_multiple_of(d))
 }
 
 impl LoadBalancer for ConsistentHash {
@@ -84,5 +97,19 @@ impl LoadBalancer for ConsistentHash {
 
     fn hashing(&self) -> Option<Hashing> {
         Some(self.hashing)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn maglev_table_sizes_must_be_prime() {
+        assert!(maglev_of_size(65537).is_ok());
+        assert!(maglev_of_size(5_000_011).is_ok());
+        for bad in [0, 1, 8, 100, 65536] {
+            assert_eq!(maglev_of_size(bad).err().as_deref(), Some("The table size of maglev must be prime number"));
+        }
     }
 }
