@@ -327,7 +327,7 @@ impl Xfcc {
     }
 }
 impl Hcm {
-    pub fn compile(c: &HttpConnectionManager, ctx: &crate::http::route::rds::CompileContext) -> Result<Self, String> {
+    pub fn compile(c: &HttpConnectionManager, ctx: &crate::http::context::CompileContext) -> Result<Self, String> {
         let store = &ctx.store;
         let clusters = ctx.clusters.clone();
         let codec = match CodecType::try_from(c.codec_type).unwrap_or(CodecType::Auto) {

@@ -93,7 +93,7 @@ enum ListenerFilter {
 const LISTENER_FILTERS_TIMEOUT: Duration = Duration::from_secs(15);
 
 impl Chain {
-    fn compile(c: &FilterChain, ctx: &crate::http::route::rds::CompileContext) -> Result<Self, String> {
+    fn compile(c: &FilterChain, ctx: &crate::http::context::CompileContext) -> Result<Self, String> {
         let tls = c
             .transport_socket
             .as_ref()
@@ -192,7 +192,7 @@ impl ListenerConfig {
         })
     }
 
-    pub fn compile(l: &Listener, ctx: &crate::http::route::rds::CompileContext) -> Result<Self, String> {
+    pub fn compile(l: &Listener, ctx: &crate::http::context::CompileContext) -> Result<Self, String> {
         let store = &ctx.store;
         let Some(address::Address::SocketAddress(sa)) = l.address.as_ref().and_then(|a| a.address.as_ref()) else {
             return Err("address: only socket_address is supported".into());

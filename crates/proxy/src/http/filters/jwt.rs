@@ -413,7 +413,7 @@ impl JwksRetry {
 /// Starts the `async_fetch` JWKS compiled since the last call: awaits the
 /// first fetch of each (unless `fast_listener`) and leaves their refreshes
 /// running on the current runtime.
-pub async fn start_async_fetches(ctx: &crate::http::route::rds::CompileContext) {
+pub async fn start_async_fetches(ctx: &crate::http::context::CompileContext) {
     let pending: Vec<_> = std::mem::take(&mut *ctx.jwks_async.lock().unwrap_or_else(|e| e.into_inner()));
     for w in pending {
         if let Some(r) = w.upgrade() {
@@ -657,7 +657,7 @@ impl JwtAuthn {
         c: &JwtAuthentication,
         store: &crate::stats::Store,
         stat_prefix: &str,
-        compile: &crate::http::route::rds::CompileContext,
+        compile: &crate::http::context::CompileContext,
     ) -> Result<Self, String> {
         let p = format!("http.{stat_prefix}.jwt_authn.");
         let ctx = JwtContext {

@@ -126,7 +126,7 @@ impl FilterChain {
     /// `ctx` gives the server's health-check state, stats store and cluster.
     pub fn compile(
         pb: &[PbFilter],
-        ctx: &crate::http::route::rds::CompileContext,
+        ctx: &crate::http::context::CompileContext,
         stat_prefix: &str,
     ) -> Result<Self, String> {
         let (healthy, store) = (ctx.healthy.clone(), &*ctx.store);
