@@ -25,7 +25,20 @@ pub struct CompileContext {
     pub local_cluster: http::HeaderValue,
     /// Remote JWKS with `async_fetch` compiled since the last call to
     /// `filters::jwt::start_async_fetches`, which starts their fetching.
-    pub jwks_async: Arc<Mutex<Vec<Weak<crate::http::filters::jwt::RemoteJwks>>>>,
+    pub jwks_async: Arc<Mutex<Vec<Weak<crate::http::filters::jwt::remote_jwks::RemoteJwks>>>>,
     /// Secrets for TLS contexts (static, files, ADS).
     pub secrets: Arc<crate::tls::sds::SecretManager>,
+}
+
+/// The part of the context HTTP filters are compiled with.
+impl<'a> From<&'a CompileContext> for crate::http::filters::ServerParts<'a> {
+    fn from(ctx: &'a CompileContext) -> Self {
+        Self {
+            store: &ctx.store,
+            healthy: &ctx.healthy,
+            local_cluster: &ctx.local_cluster,
+            clusters: &ctx.clusters,
+            jwks_async: &ctx.jwks_async,
+        }
+    }
 }

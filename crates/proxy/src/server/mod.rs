@@ -174,7 +174,7 @@ pub fn run(bootstrap: LoadedBootstrap, options: Options) -> Result<(), ServerErr
         }
         // JWKS with async_fetch are fetched before traffic (unless
         // fast_listener), as Envoy's init manager waits for them.
-        crate::http::filters::jwt::start_async_fetches(&shared.ctx).await;
+        crate::http::filters::jwt::start_async_fetches(&shared.ctx.jwks_async).await;
         crate::server::admin::start(shared.clone()).await
     })?;
     let ads = crate::server::xds::ads_config(&shared.bootstrap.bootstrap)

@@ -11,7 +11,7 @@
 //! Cost: one policy walk per connection (per read with CONTINUOUS); the
 //! wrapper adds a branch per read.
 
-use crate::http::filters::rbac::{engines_of, Engine, Subject};
+use crate::http::filters::rbac::engine::{engines_of, Engine, Subject};
 use crate::stats::{Counter, Store};
 use legate_api::pb::envoy::extensions::filters::network::rbac::v3::{rbac::EnforcementType, Rbac as PbRbac};
 use std::net::SocketAddr;

@@ -10,13 +10,28 @@ mod body;
 mod encoder;
 
 use crate::body::ProxyBody;
+use crate::http::filters::api::{
+    FilterContext, FilterStatus, HttpFilter, Registration, RequestCtx, ResponseHooks, ResponseState,
+};
 use accept_encoding::{add_vary, choose, Choice};
 use body::{ByteTotals, CompressedBody};
 use encoder::Encoder;
 use http::header::{CACHE_CONTROL, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, ETAG};
 use http::{HeaderMap, HeaderValue, Response};
 use legate_api::pb::envoy::extensions::filters::http::compressor::v3::Compressor as PbCompressor;
+use legate_api::pb::google::protobuf::Any;
 use std::sync::Arc;
+
+pub const TYPE: &str = "envoy.extensions.filters.http.compressor.v3.Compressor";
+
+/// Envoy negotiates among all compressors of a chain; Legate does not yet,
+/// so a chain takes one.
+pub const REGISTRATION: Registration = Registration {
+    type_url: TYPE,
+    compile: Compressor::compile_any,
+    per_route: None,
+    one_per_chain: Some("compressor"),
+};
 
 pub const GZIP_TYPE: &str = "envoy.extensions.compression.gzip.compressor.v3.Gzip";
 pub const BROTLI_TYPE: &str = "envoy.extensions.compression.brotli.compressor.v3.Brotli";
@@ -88,6 +103,13 @@ pub struct Compressor {
 }
 
 impl Compressor {
+    fn compile_any(any: &Any, ctx: &FilterContext<'_>) -> Result<Box<dyn HttpFilter>, String> {
+        let c: PbCompressor = legate_api::any::unpack(any)?;
+        let c = Self::compile(&c, ctx.server.store, ctx.stat_prefix)
+            .map_err(|e| format!("http_filters[{}].typed_config.{e}", ctx.index))?;
+        Ok(Box::new(c))
+    }
+
     #[allow(deprecated)] // Envoy still accepts this deprecated field, so Legate reads it.
     pub fn compile(c: &PbCompressor, store: &crate::stats::Store, stat_prefix: &str) -> Result<Self, String> {
         use legate_api::pb::envoy::extensions::compression::brotli::compressor::v3::Brotli;
@@ -174,7 +196,7 @@ impl Compressor {
 
     /// On the request: keeps what the response decision needs (the
     /// client's `accept-encoding`), and drops it from the request if asked.
-    pub fn on_request(&self, headers: &mut HeaderMap) -> Option<HeaderValue> {
+    fn keep_accept_encoding(&self, headers: &mut HeaderMap) -> Option<HeaderValue> {
         // Request bodies are never compressed (request_direction_config is refused).
         self.stats.request_not_compressed.inc();
         let ae = headers.get(http::header::ACCEPT_ENCODING).cloned();
@@ -230,7 +252,7 @@ impl Compressor {
 
     /// On the response: compresses it when it qualifies, and marks it
     /// `vary: accept-encoding` whenever it could have been.
-    pub fn on_response(&self, ae: Option<&HeaderValue>, resp: &mut Response<ProxyBody>) {
+    fn compress(&self, ae: Option<&HeaderValue>, resp: &mut Response<ProxyBody>) {
         let (parts, body) = (resp.headers(), resp.body());
         let status = resp.status().as_u16();
         let etag_ok = !(self.disable_on_etag && !self.weaken_etag && parts.contains_key(ETAG));
@@ -290,5 +312,20 @@ impl Compressor {
         if compressible {
             add_vary(resp.headers_mut());
         }
+    }
+}
+
+impl HttpFilter for Compressor {
+    fn on_request<'r>(&'r self, rq: &'r mut RequestCtx<'_>, state: &'r mut ResponseState) -> FilterStatus<'r> {
+        state.accept_encoding = self.keep_accept_encoding(rq.headers);
+        FilterStatus::Continue
+    }
+
+    fn response_hooks(&self) -> ResponseHooks {
+        ResponseHooks { on_response: true, ..ResponseHooks::default() }
+    }
+
+    fn on_response(&self, state: &ResponseState, resp: &mut Response<ProxyBody>) {
+        self.compress(state.accept_encoding.as_ref(), resp);
     }
 }
