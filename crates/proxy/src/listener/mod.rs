@@ -10,7 +10,7 @@ pub mod manager;
 pub mod network;
 
 use crate::http::conn_manager::{Codec, ConnInfo, Hcm};
-use crate::listener::network::api::{ConnSubject, ConnectionFilter};
+use crate::listener::network::api::{ConnCtx, ConnectionFilter};
 use crate::listener::network::http_connection_manager::HttpChain;
 use crate::listener::network::NetFilter;
 use crate::stats::{Counter, Gauge};
@@ -365,16 +365,6 @@ async fn dispatch(
     }
 }
 
-/// What the network filters learn of a connection before it is served.
-struct ConnCtx {
-    remote: SocketAddr,
-    local: SocketAddr,
-    /// Set when TLS was terminated here.
-    tls: Option<Arc<crate::tls::peer::TlsConn>>,
-    /// The SNI the TLS inspector read.
-    sni: Option<Box<str>>,
-}
-
 async fn run_chain<S: crate::tls::Io>(
     listener: &Arc<ListenerConfig>,
     chain: &Chain,
@@ -392,8 +382,7 @@ async fn run_chain<S: crate::tls::Io>(
     }
     // Network RBAC checks the connection when its data comes; the gated
     // stream is boxed so the terminal filters are built once for it.
-    let subject = ConnSubject { remote: conn.remote, local: conn.local, tls: conn.tls.clone(), sni: conn.sni.clone() };
-    let gate = crate::listener::network::read_gate::Gate::new(io, chain.data_filters.clone(), subject);
+    let gate = crate::listener::network::read_gate::Gate::new(io, chain.data_filters.clone(), conn.clone());
     let gated: crate::tls::BoxIo = Box::new(gate);
     serve_filter(listener, chain, gated, conn, alpn_h2, phase).await
 }

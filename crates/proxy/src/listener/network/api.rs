@@ -1,6 +1,6 @@
 //! What a network filter in front of the terminal one is: the
 //! `ConnectionFilter` trait, with a hook for a new connection and one for
-//! its data, and what it learns of the connection (`ConnSubject`).
+//! its data, and what it learns of the connection (`ConnCtx`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -24,7 +24,7 @@ pub trait ConnectionFilter: Send + Sync {
     /// Data, or the end of the stream, arrived; `before` is this filter's
     /// verdict on the connection so far (`Unchecked` the first time).
     /// `Denied` closes the connection, its data not passed on.
-    fn on_data(&self, _conn: &ConnSubject, _before: DataVerdict) -> DataVerdict {
+    fn on_data(&self, _conn: &ConnCtx, _before: DataVerdict) -> DataVerdict {
         DataVerdict::Allowed
     }
 }
@@ -38,10 +38,13 @@ pub enum DataVerdict {
     Denied,
 }
 
-/// What the connection offers the filters, owned by the read wrapper.
-pub struct ConnSubject {
+/// What the network filters learn of a connection before it is served.
+#[derive(Clone)]
+pub struct ConnCtx {
     pub remote: SocketAddr,
     pub local: SocketAddr,
+    /// Set when TLS was terminated here.
     pub tls: Option<Arc<crate::tls::peer::TlsConn>>,
+    /// The SNI the TLS inspector read.
     pub sni: Option<Box<str>>,
 }

@@ -12,9 +12,9 @@
 //! read gate (`read_gate`) adds a branch per read.
 
 use crate::http::context::CompileContext;
-use crate::http::filters::rbac::engine::{engines_of, Engine, Subject};
-use crate::listener::network::api::{ConnSubject, ConnectionFilter, DataVerdict};
-use crate::stats::{Counter, Store};
+use crate::http::filters::rbac::engine::{engines_of, Counted, Engine, Subject};
+use crate::listener::network::api::{ConnCtx, ConnectionFilter, DataVerdict};
+use crate::stats::Store;
 use legate_api::pb::envoy::extensions::filters::network::rbac::v3::{rbac::EnforcementType, Rbac as PbRbac};
 use legate_api::pb::google::protobuf::Any;
 use std::sync::Arc;
@@ -26,10 +26,7 @@ pub struct NetRbac {
     enforced: Option<Engine>,
     shadow: Option<Engine>,
     continuous: bool,
-    allowed: Arc<Counter>,
-    denied: Arc<Counter>,
-    shadow_allowed: Arc<Counter>,
-    shadow_denied: Arc<Counter>,
+    counted: Counted,
 }
 
 /// Envoy's `statPrefixJoin`: a dot between the parts unless the prefix ends with one.
@@ -73,10 +70,12 @@ impl NetRbac {
             enforced,
             shadow,
             continuous,
-            allowed: store.counter(&format!("{p}allowed")),
-            denied: store.counter(&format!("{p}denied")),
-            shadow_allowed: store.counter(&format!("{sp}shadow_allowed")),
-            shadow_denied: store.counter(&format!("{sp}shadow_denied")),
+            counted: Counted {
+                allowed: store.counter(&format!("{p}allowed")),
+                denied: store.counter(&format!("{p}denied")),
+                shadow_allowed: store.counter(&format!("{sp}shadow_allowed")),
+                shadow_denied: store.counter(&format!("{sp}shadow_denied")),
+            },
         })
     }
 }
@@ -84,7 +83,7 @@ impl NetRbac {
 static NO_HEADERS: std::sync::LazyLock<http::HeaderMap> = std::sync::LazyLock::new(http::HeaderMap::new);
 
 /// What a connection offers the matchers: no headers, no path.
-fn subject(conn: &ConnSubject) -> Subject<'_> {
+fn subject(conn: &ConnCtx) -> Subject<'_> {
     static NO_PSEUDO: crate::common::matcher::Pseudo<'static> =
         crate::common::matcher::Pseudo { method: "", path: "", authority: "", scheme: "" };
     Subject {
@@ -106,31 +105,19 @@ impl ConnectionFilter for NetRbac {
 
     /// The shadow rules are counted once, on the first data; the enforced
     /// rules are checked then, and on every read with CONTINUOUS.
-    fn on_data(&self, conn: &ConnSubject, before: DataVerdict) -> DataVerdict {
+    fn on_data(&self, conn: &ConnCtx, before: DataVerdict) -> DataVerdict {
         let s = subject(conn);
         let first = before == DataVerdict::Unchecked;
         if first {
-            if let Some(e) = &self.shadow {
-                if e.allows(&s) {
-                    self.shadow_allowed.inc();
-                } else {
-                    self.shadow_denied.inc();
-                }
-            }
+            self.counted.shadow(self.shadow.as_ref(), &s);
         }
         if !(first || (self.continuous && before == DataVerdict::Allowed)) {
             return before;
         }
-        match &self.enforced {
-            Some(e) if e.allows(&s) => {
-                self.allowed.inc();
-                DataVerdict::Allowed
-            }
-            Some(_) => {
-                self.denied.inc();
-                DataVerdict::Denied
-            }
-            None => DataVerdict::Allowed,
+        if self.counted.enforce(self.enforced.as_ref(), &s) {
+            DataVerdict::Allowed
+        } else {
+            DataVerdict::Denied
         }
     }
 }
@@ -164,9 +151,9 @@ mod tests {
         NetRbac::compile(&c, store).expect("compiles")
     }
 
-    fn conn() -> ConnSubject {
+    fn conn() -> ConnCtx {
         let a: std::net::SocketAddr = "127.0.0.1:1000".parse().expect("addr");
-        ConnSubject { remote: a, local: a, tls: None, sni: None }
+        ConnCtx { remote: a, local: a, tls: None, sni: None }
     }
 
     /// Reads what the peer writes in two separate chunks.

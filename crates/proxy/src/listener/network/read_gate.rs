@@ -5,7 +5,7 @@
 //!
 //! Cost: a branch per read; the filters' checks when data comes.
 
-use crate::listener::network::api::{ConnSubject, ConnectionFilter, DataVerdict};
+use crate::listener::network::api::{ConnCtx, ConnectionFilter, DataVerdict};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -15,21 +15,21 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 pub struct Gate<S> {
     inner: S,
     filters: Arc<[Arc<dyn ConnectionFilter>]>,
-    subject: ConnSubject,
+    conn: ConnCtx,
     /// Per filter: its verdict so far.
     verdicts: Vec<DataVerdict>,
 }
 
 impl<S> Gate<S> {
-    pub fn new(inner: S, filters: Arc<[Arc<dyn ConnectionFilter>]>, subject: ConnSubject) -> Self {
+    pub fn new(inner: S, filters: Arc<[Arc<dyn ConnectionFilter>]>, conn: ConnCtx) -> Self {
         let n = filters.len();
-        Self { inner, filters, subject, verdicts: vec![DataVerdict::Unchecked; n] }
+        Self { inner, filters, conn, verdicts: vec![DataVerdict::Unchecked; n] }
     }
 
     /// Runs the filters in order as data arrives. False: close the connection.
     fn on_data(&mut self) -> bool {
         for (f, verdict) in self.filters.iter().zip(self.verdicts.iter_mut()) {
-            *verdict = f.on_data(&self.subject, *verdict);
+            *verdict = f.on_data(&self.conn, *verdict);
             if *verdict == DataVerdict::Denied {
                 return false;
             }

@@ -72,33 +72,42 @@ pub fn compile(filters: &[PbFilter], ctx: &CompileContext) -> Result<ChainFilter
     };
     let mut compiled = Vec::with_capacity(front.len());
     for (i, f) in front.iter().enumerate() {
-        let Some(filter::ConfigType::TypedConfig(any)) = &f.config_type else {
-            return Err(format!("filters[{i}].typed_config is required"));
+        let as_front = |r: &Role| match r {
+            Role::Front(compile) => Some(*compile),
+            Role::Terminal(_) => None,
         };
-        let type_url = legate_api::any::type_name(any);
-        let found = NETWORK_FILTERS.iter().find_map(|r| match r.role {
-            Role::Front(compile) if r.type_url == type_url => Some(compile),
-            _ => None,
-        });
-        let Some(compile) = found else {
-            return Err(format!("filters[{i}]: only {} may come before the last filter", front_names()));
-        };
+        let (any, compile) = lookup(f, i, as_front, |_| {
+            format!("filters[{i}]: only {} may come before the last filter", front_names())
+        })?;
         compiled.push(compile(any, ctx, &format!("filters[{i}].typed_config"))?);
     }
     let i = front.len();
-    let Some(filter::ConfigType::TypedConfig(any)) = &last.config_type else {
+    let as_terminal = |r: &Role| match r {
+        Role::Terminal(compile) => Some(*compile),
+        Role::Front(_) => None,
+    };
+    let (any, compile) =
+        lookup(last, i, as_terminal, |type_url| format!("filters[{i}]: network filter {type_url} is not supported"))?;
+    let terminal = compile(any, ctx, &format!("filters[{i}].typed_config"))?;
+    Ok(ChainFilters { front: compiled, terminal })
+}
+
+/// Filter `i`'s config and the compile function its type has in the role
+/// `role` picks; `unsupported` words the error for a type without one.
+fn lookup<C>(
+    f: &PbFilter,
+    i: usize,
+    role: impl Fn(&Role) -> Option<C>,
+    unsupported: impl FnOnce(&str) -> String,
+) -> Result<(&Any, C), String> {
+    let Some(filter::ConfigType::TypedConfig(any)) = &f.config_type else {
         return Err(format!("filters[{i}].typed_config is required"));
     };
     let type_url = legate_api::any::type_name(any);
-    let found = NETWORK_FILTERS.iter().find_map(|r| match r.role {
-        Role::Terminal(compile) if r.type_url == type_url => Some(compile),
-        _ => None,
-    });
-    let Some(compile) = found else {
-        return Err(format!("filters[{i}]: network filter {type_url} is not supported"));
-    };
-    let terminal = compile(any, ctx, &format!("filters[{i}].typed_config"))?;
-    Ok(ChainFilters { front: compiled, terminal })
+    match NETWORK_FILTERS.iter().filter(|r| r.type_url == type_url).find_map(|r| role(&r.role)) {
+        Some(compile) => Ok((any, compile)),
+        None => Err(unsupported(type_url)),
+    }
 }
 
 /// The names of the filters that may stand in front: "a and b", "a, b and c".

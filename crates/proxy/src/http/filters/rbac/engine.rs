@@ -9,6 +9,7 @@
 //! allocates nothing.
 
 use crate::common::matcher::{HeaderMatch, Pseudo, StringMatch};
+use crate::stats::Counter;
 use legate_api::pb::envoy::config::core::v3::CidrRange;
 use legate_api::pb::envoy::config::rbac::v3::{
     permission::Rule, principal::Identifier, rbac::Action as PbAction, Permission as PbPermission, Policy as PbPolicy,
@@ -16,6 +17,7 @@ use legate_api::pb::envoy::config::rbac::v3::{
 };
 use legate_api::pb::envoy::r#type::matcher::v3::{path_matcher, PathMatcher};
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 
 /// An IP network: `address_prefix/prefix_len`.
 #[derive(Debug, Clone, PartialEq)]
@@ -268,6 +270,44 @@ impl Engine {
             Action::Allow => matched,
             Action::Deny => !matched,
             Action::Log => true,
+        }
+    }
+}
+
+/// An RBAC filter's counters (`allowed`, `denied`, `shadow_allowed`,
+/// `shadow_denied`), with the evaluations they count; the HTTP and the
+/// network filter name them differently.
+pub struct Counted {
+    pub allowed: Arc<Counter>,
+    pub denied: Arc<Counter>,
+    pub shadow_allowed: Arc<Counter>,
+    pub shadow_denied: Arc<Counter>,
+}
+
+impl Counted {
+    /// Evaluates the shadow rules, if any: counted, never enforced.
+    pub fn shadow(&self, rules: Option<&Engine>, s: &Subject<'_>) {
+        if let Some(e) = rules {
+            if e.allows(s) {
+                self.shadow_allowed.inc();
+            } else {
+                self.shadow_denied.inc();
+            }
+        }
+    }
+
+    /// Evaluates the enforced rules, if any (counted). False: refuse.
+    pub fn enforce(&self, rules: Option<&Engine>, s: &Subject<'_>) -> bool {
+        match rules {
+            Some(e) if e.allows(s) => {
+                self.allowed.inc();
+                true
+            }
+            Some(_) => {
+                self.denied.inc();
+                false
+            }
+            None => true,
         }
     }
 }

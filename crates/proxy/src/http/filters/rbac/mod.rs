@@ -9,7 +9,7 @@ use crate::http::filters::api::{
     FilterContext, FilterStatus, HttpFilter, PerRouteRegistration, Registration, RequestCtx, ResponseState, Verdict,
 };
 use crate::http::route::per_filter::PerRouteConfig;
-use engine::{engines_of, Engine, Subject};
+use engine::{engines_of, Counted, Engine, Subject};
 use legate_api::pb::google::protobuf::Any;
 use std::sync::Arc;
 
@@ -28,10 +28,7 @@ pub const REGISTRATION: Registration = Registration {
 pub struct Rbac {
     pub enforced: Option<Engine>,
     pub shadow: Option<Engine>,
-    allowed: Arc<crate::stats::Counter>,
-    denied: Arc<crate::stats::Counter>,
-    shadow_allowed: Arc<crate::stats::Counter>,
-    shadow_denied: Arc<crate::stats::Counter>,
+    counted: Counted,
 }
 
 /// The `RBAC` message as the filter and its per-route override carry it.
@@ -59,10 +56,12 @@ impl Rbac {
         Ok(Self {
             enforced,
             shadow,
-            allowed: store.counter(&format!("{p}allowed")),
-            denied: store.counter(&format!("{p}denied")),
-            shadow_allowed: store.counter(&format!("{p}shadow_allowed")),
-            shadow_denied: store.counter(&format!("{p}shadow_denied")),
+            counted: Counted {
+                allowed: store.counter(&format!("{p}allowed")),
+                denied: store.counter(&format!("{p}denied")),
+                shadow_allowed: store.counter(&format!("{p}shadow_allowed")),
+                shadow_denied: store.counter(&format!("{p}shadow_denied")),
+            },
         })
     }
 
@@ -73,24 +72,8 @@ impl Rbac {
             Some(r) => (r.enforced.as_ref(), r.shadow.as_ref()),
             None => (self.enforced.as_ref(), self.shadow.as_ref()),
         };
-        if let Some(e) = shadow {
-            if e.allows(s) {
-                self.shadow_allowed.inc();
-            } else {
-                self.shadow_denied.inc();
-            }
-        }
-        match enforced {
-            Some(e) if e.allows(s) => {
-                self.allowed.inc();
-                true
-            }
-            Some(_) => {
-                self.denied.inc();
-                false
-            }
-            None => true,
-        }
+        self.counted.shadow(shadow, s);
+        self.counted.enforce(enforced, s)
     }
 }
 
