@@ -9,7 +9,7 @@ pub mod inspectors;
 pub mod manager;
 pub mod network;
 
-use crate::http::conn_manager::{Codec, ConnInfo, Hcm};
+use crate::http::conn_manager::{ConnInfo, Hcm};
 use crate::listener::network::api::{ConnCtx, ConnectionFilter};
 use crate::listener::network::http_connection_manager::HttpChain;
 use crate::listener::network::NetFilter;
@@ -431,21 +431,7 @@ async fn serve_http<S: crate::tls::Io>(
         hs.downstream_cx_protocol_error.clone(),
         conn_info.clone(),
     );
-    // With AUTO, TLS's ALPN decides the codec (Envoy: `h2` is HTTP/2,
-    // anything else HTTP/1.1); a plain connection is sniffed for the h2
-    // preface. Cloning the builder costs a few reference counts.
-    let alpn_builder;
-    let builder = match (http.hcm.codec, alpn_h2) {
-        (Codec::Auto, Some(true)) => {
-            alpn_builder = http.builder.clone().http2_only();
-            &alpn_builder
-        }
-        (Codec::Auto, Some(false)) => {
-            alpn_builder = http.builder.clone().http1_only();
-            &alpn_builder
-        }
-        _ => &http.builder,
-    };
+    let builder = http.builder_for(alpn_h2);
     // With upgrades: a 101 (or a 2xx to CONNECT) hands the connection to the
     // connection manager's tunnel.
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);

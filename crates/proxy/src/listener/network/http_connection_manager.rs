@@ -8,6 +8,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyper_util::server::conn::auto;
 use legate_api::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpConnectionManager;
 use legate_api::pb::google::protobuf::Any;
+use std::borrow::Cow;
 use std::sync::Arc;
 
 pub const TYPE: &str = legate_api::semantic::HCM_TYPE;
@@ -36,5 +37,18 @@ impl HttpChain {
             Codec::Http2 => builder.http2_only(),
         };
         Ok(Self { hcm, builder })
+    }
+
+    /// The server settings for a connection whose TLS ALPN said `h2`
+    /// (`Some(true)`) or something else: with AUTO, ALPN decides the codec
+    /// (Envoy: `h2` is HTTP/2, anything else HTTP/1.1); a plain connection
+    /// is sniffed for the h2 preface. Cloning the builder costs a few
+    /// reference counts.
+    pub fn builder_for(&self, alpn_h2: Option<bool>) -> Cow<'_, auto::Builder<TokioExecutor>> {
+        match (self.hcm.codec, alpn_h2) {
+            (Codec::Auto, Some(true)) => Cow::Owned(self.builder.clone().http2_only()),
+            (Codec::Auto, Some(false)) => Cow::Owned(self.builder.clone().http1_only()),
+            _ => Cow::Borrowed(&self.builder),
+        }
     }
 }
