@@ -129,3 +129,123 @@ impl FilterChain {
         Verdict::Continue
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use legate_api::any::pack;
+    use legate_api::pb::envoy::config::core::v3::TypedExtensionConfig;
+    use legate_api::pb::envoy::extensions::compression::gzip::compressor::v3::Gzip;
+    use legate_api::pb::envoy::extensions::filters::http::buffer::v3::Buffer;
+    use legate_api::pb::envoy::extensions::filters::http::compressor::v3::Compressor;
+    use legate_api::pb::envoy::extensions::filters::http::health_check::v3::HealthCheck;
+    use legate_api::pb::envoy::extensions::filters::http::router::v3::Router;
+    use legate_api::pb::google::protobuf::{Any, UInt32Value};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    /// What the server gives a chain, owned by the test.
+    struct Server {
+        store: Arc<crate::stats::Store>,
+        healthy: Arc<AtomicBool>,
+        local_cluster: http::HeaderValue,
+        clusters: Arc<arc_swap::ArcSwap<crate::upstream::cluster::ClusterMap>>,
+        jwks_async: Arc<Mutex<Vec<std::sync::Weak<jwt::RemoteJwks>>>>,
+    }
+
+    impl Default for Server {
+        fn default() -> Self {
+            Self {
+                store: Default::default(),
+                healthy: Arc::new(AtomicBool::new(true)),
+                local_cluster: http::HeaderValue::from_static("local"),
+                clusters: Default::default(),
+                jwks_async: Default::default(),
+            }
+        }
+    }
+
+    impl Server {
+        fn compile(&self, filters: Vec<PbFilter>) -> Result<FilterChain, String> {
+            let parts = ServerParts {
+                store: &self.store,
+                healthy: &self.healthy,
+                local_cluster: &self.local_cluster,
+                clusters: &self.clusters,
+                jwks_async: &self.jwks_async,
+            };
+            FilterChain::compile(&filters, parts, "test")
+        }
+    }
+
+    fn filter(any: Any) -> PbFilter {
+        PbFilter {
+            name: "f".into(),
+            config_type: Some(http_filter::ConfigType::TypedConfig(any)),
+            ..Default::default()
+        }
+    }
+
+    fn router() -> PbFilter {
+        filter(pack(&Router::default()))
+    }
+
+    fn buffer(max: u32) -> PbFilter {
+        filter(pack(&Buffer { max_request_bytes: Some(UInt32Value { value: max }) }))
+    }
+
+    fn gzip() -> PbFilter {
+        let library = TypedExtensionConfig { name: "gzip".into(), typed_config: Some(pack(&Gzip::default())) };
+        filter(pack(&Compressor { compressor_library: Some(library), ..Default::default() }))
+    }
+
+    fn error(server: &Server, filters: Vec<PbFilter>) -> String {
+        server.compile(filters).err().unwrap_or_default()
+    }
+
+    #[test]
+    fn the_router_is_required_and_last() {
+        let s = Server::default();
+        assert_eq!(error(&s, vec![]), "http_filters: the router is required as the last filter");
+        assert_eq!(
+            error(&s, vec![router(), buffer(1)]),
+            "http_filters: the last filter must be envoy.filters.http.router"
+        );
+        assert!(s.compile(vec![router()]).is_ok_and(|c| c.is_empty()));
+    }
+
+    #[test]
+    fn errors_name_the_filter() {
+        let s = Server::default();
+        assert_eq!(error(&s, vec![PbFilter::default(), router()]), "http_filters[0].typed_config is required");
+        assert_eq!(
+            error(&s, vec![buffer(1), filter(pack(&Gzip::default())), router()]),
+            "http_filters[1]: filter envoy.extensions.compression.gzip.compressor.v3.Gzip is not supported"
+        );
+        let no_max = filter(pack(&Buffer::default()));
+        assert_eq!(error(&s, vec![no_max, router()]), "http_filters[0].typed_config.max_request_bytes is required");
+    }
+
+    #[test]
+    fn one_compressor_per_chain() {
+        let s = Server::default();
+        assert!(s.compile(vec![gzip(), router()]).is_ok());
+        assert_eq!(
+            error(&s, vec![gzip(), buffer(1), gzip(), router()]),
+            "http_filters[2]: more than one compressor filter in a chain is not supported"
+        );
+    }
+
+    #[test]
+    fn buffer_limit_and_health_check_header() {
+        let s = Server::default();
+        let hc = filter(pack(&HealthCheck::default()));
+        let chain = s.compile(vec![buffer(100), hc, buffer(50), router()]).expect("compiles");
+        assert_eq!(chain.buffer_limit(), Some(50));
+        assert_eq!(chain.response_header(), None);
+        s.healthy.store(false, Ordering::Relaxed);
+        assert_eq!(chain.response_header(), Some(("x-envoy-immediate-health-check-fail", "true")));
+        let plain = s.compile(vec![buffer(10), router()]).expect("compiles");
+        assert_eq!(plain.response_header(), None);
+    }
+}

@@ -36,3 +36,29 @@ pub fn compile_per_route(name: &str, any: &Any) -> Result<PerRouteConfig, String
         None => Err(format!("{path}: per-route config {type_url} is not supported")),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use legate_api::support::SUPPORTED_EXTENSIONS;
+
+    #[test]
+    fn every_config_type_is_supported_and_registered_once() {
+        let mut seen = Vec::new();
+        for r in HTTP_FILTERS {
+            assert!(SUPPORTED_EXTENSIONS.contains(&r.type_url), "{} is not in the support table", r.type_url);
+            assert!(!seen.contains(&r.type_url), "{} is registered twice", r.type_url);
+            seen.push(r.type_url);
+            if let Some(p) = &r.per_route {
+                assert!(SUPPORTED_EXTENSIONS.contains(&p.type_url), "{} is not in the support table", p.type_url);
+            }
+        }
+    }
+
+    #[test]
+    fn an_unknown_per_route_config_is_named() {
+        let any = legate_api::any::pack(&legate_api::pb::google::protobuf::UInt32Value { value: 1 });
+        let e = compile_per_route("x", &any).err().unwrap_or_default();
+        assert_eq!(e, "typed_per_filter_config[\"x\"]: per-route config google.protobuf.UInt32Value is not supported");
+    }
+}

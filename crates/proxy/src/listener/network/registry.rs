@@ -126,6 +126,16 @@ mod tests {
     use super::*;
 
     #[test]
+    fn every_config_type_is_supported_and_registered_once() {
+        let mut seen = Vec::new();
+        for r in NETWORK_FILTERS {
+            assert!(legate_api::support::SUPPORTED_EXTENSIONS.contains(&r.type_url), "{}", r.type_url);
+            assert!(!seen.contains(&r.type_url), "{} is registered twice", r.type_url);
+            seen.push(r.type_url);
+        }
+    }
+
+    #[test]
     fn the_front_filters_are_named_as_before() {
         assert_eq!(front_names(), "envoy.filters.network.local_ratelimit and envoy.filters.network.rbac");
     }
