@@ -66,17 +66,7 @@ impl NetRbac {
         // `shadow_rules_stat_prefix` before their name, as Envoy's do.
         let p = join(&c.stat_prefix, "rbac.");
         let sp = format!("{p}{}", c.shadow_rules_stat_prefix);
-        Ok(Self {
-            enforced,
-            shadow,
-            continuous,
-            counted: Counted {
-                allowed: store.counter(&format!("{p}allowed")),
-                denied: store.counter(&format!("{p}denied")),
-                shadow_allowed: store.counter(&format!("{sp}shadow_allowed")),
-                shadow_denied: store.counter(&format!("{sp}shadow_denied")),
-            },
-        })
+        Ok(Self { enforced, shadow, continuous, counted: Counted::new(store, &p, &sp) })
     }
 }
 

@@ -285,6 +285,16 @@ pub struct Counted {
 }
 
 impl Counted {
+    /// `<prefix>allowed`, `<prefix>denied`, `<shadow_prefix>shadow_allowed`, `<shadow_prefix>shadow_denied`.
+    pub fn new(store: &crate::stats::Store, prefix: &str, shadow_prefix: &str) -> Self {
+        Self {
+            allowed: store.counter(&format!("{prefix}allowed")),
+            denied: store.counter(&format!("{prefix}denied")),
+            shadow_allowed: store.counter(&format!("{shadow_prefix}shadow_allowed")),
+            shadow_denied: store.counter(&format!("{shadow_prefix}shadow_denied")),
+        }
+    }
+
     /// Evaluates the shadow rules, if any: counted, never enforced.
     pub fn shadow(&self, rules: Option<&Engine>, s: &Subject<'_>) {
         if let Some(e) = rules {

@@ -53,16 +53,7 @@ impl Rbac {
     pub fn compile(c: &Config, store: &crate::stats::Store, stat_prefix: &str) -> Result<Self, String> {
         let (enforced, shadow) = engines(c)?;
         let p = format!("http.{stat_prefix}.rbac.");
-        Ok(Self {
-            enforced,
-            shadow,
-            counted: Counted {
-                allowed: store.counter(&format!("{p}allowed")),
-                denied: store.counter(&format!("{p}denied")),
-                shadow_allowed: store.counter(&format!("{p}shadow_allowed")),
-                shadow_denied: store.counter(&format!("{p}shadow_denied")),
-            },
-        })
+        Ok(Self { enforced, shadow, counted: Counted::new(store, &p, &p) })
     }
 
     /// Evaluates the shadow rules (counted only) and the enforced ones; a
