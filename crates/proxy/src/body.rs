@@ -18,142 +18,16 @@ pin_project_lite::pin_project! {
         Stream { #[pin] body: Incoming },
         /// A streamed request body that counts its bytes and says when it ended.
         Watched { #[pin] body: Incoming, progress: std::sync::Arc<RequestProgress> },
-        /// A response body compressed as it streams (compressor filter).
-        Compressed { body: Box<CompressedBody> },
+        /// A response body rewritten as it streams (the compressor filter's).
+        Rewritten { body: RewrittenBody },
     }
 }
 
-/// A streaming encoder writing into a buffer the body drains.
-pub enum Encoder {
-    Gzip(flate2::write::GzEncoder<Vec<u8>>),
-    Brotli(Box<brotli::CompressorWriter<Vec<u8>>>),
-    Zstd(Box<zstd::stream::write::Encoder<'static, Vec<u8>>>),
-}
-
-impl Encoder {
-    pub fn gzip(level: u32) -> Self {
-        Self::Gzip(flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(level)))
-    }
-
-    /// `quality` 0-11, `window_bits` 10-24 (Envoy's defaults: 3 and 18).
-    pub fn brotli(quality: u32, window_bits: u32) -> Self {
-        Self::Brotli(Box::new(brotli::CompressorWriter::new(Vec::new(), 4096, quality, window_bits)))
-    }
-
-    /// `level` 1-22 (Envoy's default 3), a content checksum, and a
-    /// strategy (0 leaves zstd's choice). `None` if zstd refuses the settings.
-    pub fn zstd(level: i32, checksum: bool, strategy: u32) -> Option<Self> {
-        use zstd::stream::raw::CParameter;
-        let mut e = zstd::stream::write::Encoder::new(Vec::new(), level).ok()?;
-        e.include_checksum(checksum).ok()?;
-        if strategy != 0 {
-            let s = match strategy {
-                1 => zstd::zstd_safe::Strategy::ZSTD_fast,
-                2 => zstd::zstd_safe::Strategy::ZSTD_dfast,
-                3 => zstd::zstd_safe::Strategy::ZSTD_greedy,
-                4 => zstd::zstd_safe::Strategy::ZSTD_lazy,
-                5 => zstd::zstd_safe::Strategy::ZSTD_lazy2,
-                6 => zstd::zstd_safe::Strategy::ZSTD_btlazy2,
-                7 => zstd::zstd_safe::Strategy::ZSTD_btopt,
-                8 => zstd::zstd_safe::Strategy::ZSTD_btultra,
-                _ => zstd::zstd_safe::Strategy::ZSTD_btultra2,
-            };
-            e.set_parameter(CParameter::Strategy(s)).ok()?;
-        }
-        Some(Self::Zstd(Box::new(e)))
-    }
-
-    fn write(&mut self, data: &[u8]) {
-        use std::io::Write as _;
-        // Writing into a Vec cannot fail.
-        let _ = match self {
-            Self::Gzip(e) => e.write_all(data),
-            Self::Brotli(e) => e.write_all(data),
-            Self::Zstd(e) => e.write_all(data),
-        };
-    }
-
-    fn output(&mut self) -> &mut Vec<u8> {
-        match self {
-            Self::Gzip(e) => e.get_mut(),
-            Self::Brotli(e) => e.get_mut(),
-            Self::Zstd(e) => e.get_mut(),
-        }
-    }
-
-    fn finish(self) -> Vec<u8> {
-        match self {
-            Self::Gzip(e) => e.finish().unwrap_or_default(),
-            Self::Brotli(e) => e.into_inner(),
-            Self::Zstd(e) => e.finish().unwrap_or_default(),
-        }
-    }
-}
-
-/// Compresses the frames of `inner` as they arrive: each data frame is
-/// written to the encoder and what it has produced so far goes out; the
-/// stream's end follows the last frame. Per response: one encoder (zlib
-/// state ~256 KiB at gzip level 6; brotli's window at its quality) and its
-/// output buffer.
-pub struct CompressedBody {
-    inner: ProxyBody,
-    encoder: Option<Encoder>,
-    /// A trailers frame held back until the gzip stream is closed.
-    trailers: Option<Frame<Bytes>>,
-    uncompressed: u64,
-    compressed: u64,
-    stats: std::sync::Arc<crate::http::filters::compressor::Stats>,
-}
-
-impl CompressedBody {
-    /// Takes what the encoder has written so far.
-    fn drain(&mut self) -> Bytes {
-        let out = self.encoder.as_mut().map(|e| std::mem::take(e.output())).unwrap_or_default();
-        self.compressed += out.len() as u64;
-        Bytes::from(out)
-    }
-
-    /// Closes the compressed stream: its last bytes.
-    fn finish(&mut self) -> Bytes {
-        let out = self.encoder.take().map(Encoder::finish).unwrap_or_default();
-        self.compressed += out.len() as u64;
-        self.stats.total_uncompressed_bytes.add(self.uncompressed);
-        self.stats.total_compressed_bytes.add(self.compressed);
-        Bytes::from(out)
-    }
-
-    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        loop {
-            if self.encoder.is_none() {
-                return Poll::Ready(self.trailers.take().map(Ok));
-            }
-            match Pin::new(&mut self.inner).poll_frame(cx) {
-                Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
-                    Ok(data) => {
-                        self.uncompressed += data.len() as u64;
-                        if let Some(e) = self.encoder.as_mut() {
-                            e.write(&data);
-                        }
-                        let out = self.drain();
-                        if !out.is_empty() {
-                            return Poll::Ready(Some(Ok(Frame::data(out))));
-                        }
-                    }
-                    Err(trailers) => {
-                        self.trailers = Some(trailers);
-                        let out = self.finish();
-                        return Poll::Ready(Some(Ok(Frame::data(out))));
-                    }
-                },
-                Poll::Ready(None) => {
-                    let out = self.finish();
-                    return Poll::Ready((!out.is_empty()).then(|| Ok(Frame::data(out))));
-                }
-                other => return other,
-            }
-        }
-    }
-}
+/// A body another module rewrites as it streams (the compressor's), behind
+/// one box so that `ProxyBody` does not name the modules that make one. The
+/// box is the one allocation such a response had before; each frame costs an
+/// indirect call.
+pub type RewrittenBody = Box<dyn Body<Data = Bytes, Error = hyper::Error> + Send + Sync + Unpin>;
 
 /// How far a downstream request body has been read: the request timeout only
 /// runs while it is arriving, and the access log reports its size. Shared by
@@ -201,24 +75,6 @@ impl ProxyBody {
             Self::Full { data: Some(data) }
         }
     }
-    /// `inner` compressed by `encoder` as it streams.
-    pub fn compressed(
-        inner: ProxyBody,
-        encoder: Encoder,
-        stats: std::sync::Arc<crate::http::filters::compressor::Stats>,
-    ) -> Self {
-        Self::Compressed {
-            body: Box::new(CompressedBody {
-                inner,
-                encoder: Some(encoder),
-                trailers: None,
-                uncompressed: 0,
-                compressed: 0,
-                stats,
-            }),
-        }
-    }
-
     pub fn stream(body: Incoming) -> Self {
         Self::Stream { body }
     }
@@ -293,13 +149,13 @@ impl Body for ProxyBody {
                 }
                 r
             }
-            ProxyBodyProj::Compressed { body } => body.poll_frame(cx),
+            ProxyBodyProj::Rewritten { body } => Pin::new(&mut **body).poll_frame(cx),
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match self {
-            Self::Compressed { body } => body.encoder.is_none() && body.trailers.is_none(),
+            Self::Rewritten { body } => body.is_end_stream(),
             Self::Empty => true,
             Self::Full { data } => data.is_none(),
             Self::Stream { body } | Self::Watched { body, .. } => body.is_end_stream(),
@@ -311,7 +167,7 @@ impl Body for ProxyBody {
             Self::Empty => SizeHint::with_exact(0),
             Self::Full { data } => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
             Self::Stream { body } | Self::Watched { body, .. } => body.size_hint(),
-            Self::Compressed { .. } => SizeHint::default(),
+            Self::Rewritten { body } => body.size_hint(),
         }
     }
 }
@@ -397,43 +253,5 @@ impl Body for TrackedBody {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::io::Read as _;
-
-    /// Many small writes, drained as they come, then the end: what came out
-    /// decompresses to what went in.
-    fn round_trip(mut enc: Encoder, decode: impl Fn(&[u8]) -> Vec<u8>) {
-        let input: Vec<u8> = (0..5000u32).flat_map(|i| format!("line {i} of a streamed body\n").into_bytes()).collect();
-        let mut out = Vec::new();
-        for chunk in input.chunks(1000) {
-            enc.write(chunk);
-            out.append(enc.output());
-        }
-        out.extend(enc.finish());
-        assert!(out.len() < input.len() / 4, "compressed {} -> {}", input.len(), out.len());
-        assert_eq!(decode(&out), input);
-    }
-
-    #[test]
-    fn gzip_streams() {
-        round_trip(Encoder::gzip(6), |b| {
-            let mut v = Vec::new();
-            flate2::read::GzDecoder::new(b).read_to_end(&mut v).expect("gzip");
-            v
-        });
-    }
-
-    #[test]
-    fn brotli_streams() {
-        round_trip(Encoder::brotli(3, 18), |b| {
-            let mut v = Vec::new();
-            brotli::Decompressor::new(b, 4096).read_to_end(&mut v).expect("brotli");
-            v
-        });
     }
 }

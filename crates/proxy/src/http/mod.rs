@@ -1,6 +1,7 @@
 //! HTTP: the connection manager, its filter chain, the route tables and the router.
 
 pub mod conn_manager;
+pub mod context;
 pub mod filters;
 pub mod h1_errors;
 pub mod header_mutation;

@@ -9,22 +9,21 @@ pub mod inspectors;
 pub mod manager;
 pub mod network;
 
-use crate::http::conn_manager::{Codec, ConnInfo, Hcm};
+use crate::http::conn_manager::{ConnInfo, Hcm};
+use crate::listener::network::api::{ConnCtx, ConnectionFilter};
+use crate::listener::network::http_connection_manager::HttpChain;
+use crate::listener::network::NetFilter;
 use crate::stats::{Counter, Gauge};
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
+use hyper_util::rt::TokioIo;
 use legate_api::pb::envoy::config::core::v3::{address, socket_address};
-use legate_api::pb::envoy::config::listener::v3::{filter, listener_filter, FilterChain, Listener};
-use legate_api::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpConnectionManager;
+use legate_api::pb::envoy::config::listener::v3::{listener_filter, FilterChain, Listener};
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
-
-pub const HCM_TYPE: &str = legate_api::semantic::HCM_TYPE;
 
 pub struct ListenerStats {
     pub downstream_cx_total: Arc<Counter>,
@@ -35,25 +34,14 @@ pub struct ListenerStats {
     pub ssl: Option<crate::tls::SslStats>,
 }
 
-/// What a filter chain runs: HTTP or TCP proxying.
-pub enum NetFilter {
-    Http(HttpChain),
-    Tcp(crate::listener::network::tcp_proxy::TcpProxyConfig),
-}
-
-pub struct HttpChain {
-    pub hcm: Arc<Hcm>,
-    /// The HTTP server settings for this chain's connections.
-    builder: auto::Builder<TokioExecutor>,
-}
-
-/// One filter chain: its TLS termination, if any, network rate limits in
+/// One filter chain: its TLS termination, if any, the network filters in
 /// front, and its terminal network filter.
 pub struct Chain {
     tls: Option<Arc<crate::tls::ServerTls>>,
-    rate_limits: Vec<crate::listener::network::local_ratelimit::NetRateLimit>,
-    /// `envoy.filters.network.rbac` filters, in order (checked on data).
-    rbac: Arc<[crate::listener::network::rbac::NetRbac]>,
+    /// The filters before the last one, in order.
+    front: Box<[Arc<dyn ConnectionFilter>]>,
+    /// Those of them that check the connection's data (`rbac`), in order.
+    data_filters: Arc<[Arc<dyn ConnectionFilter>]>,
     pub filter: NetFilter,
 }
 
@@ -93,82 +81,17 @@ enum ListenerFilter {
 const LISTENER_FILTERS_TIMEOUT: Duration = Duration::from_secs(15);
 
 impl Chain {
-    fn compile(c: &FilterChain, ctx: &crate::http::route::rds::CompileContext) -> Result<Self, String> {
+    fn compile(c: &FilterChain, ctx: &crate::http::context::CompileContext) -> Result<Self, String> {
         let tls = c
             .transport_socket
             .as_ref()
             .map(|ts| crate::tls::downstream(ts, &ctx.secrets))
             .transpose()
             .map_err(|e| e.to_string())?;
-        // Network local rate limits, then one terminal filter.
-        let Some((f, front)) = c.filters.split_last() else {
-            return Err("filters: a network filter (http_connection_manager or tcp_proxy) is required".into());
-        };
-        let mut rate_limits = Vec::new();
-        let mut rbac = Vec::new();
-        for (i, pre) in front.iter().enumerate() {
-            let Some(filter::ConfigType::TypedConfig(any)) = &pre.config_type else {
-                return Err(format!("filters[{i}].typed_config is required"));
-            };
-            match legate_api::any::type_name(any) {
-                crate::listener::network::local_ratelimit::TYPE => {
-                    let l = legate_api::any::unpack(any)?;
-                    rate_limits.push(crate::listener::network::local_ratelimit::NetRateLimit::compile(
-                        &l,
-                        &ctx.store,
-                        &format!("filters[{i}].typed_config"),
-                    )?);
-                }
-                crate::listener::network::rbac::TYPE => {
-                    let r = legate_api::any::unpack(any)?;
-                    rbac.push(
-                        crate::listener::network::rbac::NetRbac::compile(&r, &ctx.store)
-                            .map_err(|e| format!("filters[{i}].typed_config.{e}"))?,
-                    );
-                }
-                _ => {
-                    return Err(format!(
-                        "filters[{i}]: only envoy.filters.network.local_ratelimit and envoy.filters.network.rbac may come before the last filter"
-                    ))
-                }
-            }
-        }
-        let last = front.len();
-        let Some(filter::ConfigType::TypedConfig(any)) = &f.config_type else {
-            return Err(format!("filters[{last}].typed_config is required"));
-        };
-        let filter = match legate_api::any::type_name(any) {
-            HCM_TYPE => {
-                let hcm: HttpConnectionManager = legate_api::any::unpack(any)?;
-                let hcm = Hcm::compile(&hcm, ctx).map_err(|e| format!("filters[{last}].typed_config.{e}"))?;
-                let hcm = Arc::new(hcm);
-                let mut builder = auto::Builder::new(TokioExecutor::new());
-                builder
-                    .http1()
-                    .timer(TokioTimer::new())
-                    .keep_alive(true)
-                    .header_read_timeout(hcm.request_headers_timeout);
-                builder.http2().timer(TokioTimer::new()).max_concurrent_streams(Some(2147483647));
-                if hcm.allow_connect {
-                    builder.http2().enable_connect_protocol();
-                }
-                let builder = match hcm.codec {
-                    Codec::Auto => builder,
-                    Codec::Http1 => builder.http1_only(),
-                    Codec::Http2 => builder.http2_only(),
-                };
-                NetFilter::Http(HttpChain { hcm, builder })
-            }
-            crate::listener::network::tcp_proxy::TYPE => {
-                let t = legate_api::any::unpack(any)?;
-                NetFilter::Tcp(
-                    crate::listener::network::tcp_proxy::TcpProxyConfig::compile(&t, &ctx.store, ctx.clusters.clone())
-                        .map_err(|e| format!("filters[{last}].typed_config.{e}"))?,
-                )
-            }
-            other => return Err(format!("filters[{last}]: network filter {other} is not supported")),
-        };
-        Ok(Self { tls, rate_limits, rbac: rbac.into(), filter })
+        // The filters in front, then one terminal filter.
+        let filters = crate::listener::network::registry::compile(&c.filters, ctx)?;
+        let data_filters = filters.front.iter().filter(|f| f.checks_data()).cloned().collect();
+        Ok(Self { tls, front: filters.front.into(), data_filters, filter: filters.terminal })
     }
 }
 
@@ -192,7 +115,7 @@ impl ListenerConfig {
         })
     }
 
-    pub fn compile(l: &Listener, ctx: &crate::http::route::rds::CompileContext) -> Result<Self, String> {
+    pub fn compile(l: &Listener, ctx: &crate::http::context::CompileContext) -> Result<Self, String> {
         let store = &ctx.store;
         let Some(address::Address::SocketAddress(sa)) = l.address.as_ref().and_then(|a| a.address.as_ref()) else {
             return Err("address: only socket_address is supported".into());
@@ -442,16 +365,6 @@ async fn dispatch(
     }
 }
 
-/// What the network filters learn of a connection before it is served.
-struct ConnCtx {
-    remote: SocketAddr,
-    local: SocketAddr,
-    /// Set when TLS was terminated here.
-    tls: Option<Arc<crate::tls::peer::TlsConn>>,
-    /// The SNI the TLS inspector read.
-    sni: Option<Box<str>>,
-}
-
 async fn run_chain<S: crate::tls::Io>(
     listener: &Arc<ListenerConfig>,
     chain: &Chain,
@@ -460,22 +373,17 @@ async fn run_chain<S: crate::tls::Io>(
     alpn_h2: Option<bool>,
     phase: watch::Receiver<Phase>,
 ) {
-    // A connection the rate limit refuses is closed unread.
-    if !chain.rate_limits.iter().all(|r| r.admit()) {
+    // A connection a filter refuses (the rate limit) is closed unread.
+    if !chain.front.iter().all(|f| f.on_new_connection()) {
         return;
     }
-    if chain.rbac.is_empty() {
+    if chain.data_filters.is_empty() {
         return serve_filter(listener, chain, io, conn, alpn_h2, phase).await;
     }
     // Network RBAC checks the connection when its data comes; the gated
     // stream is boxed so the terminal filters are built once for it.
-    let subject = crate::listener::network::rbac::ConnSubject {
-        remote: conn.remote,
-        local: conn.local,
-        tls: conn.tls.clone(),
-        sni: conn.sni.clone(),
-    };
-    let gated: crate::tls::BoxIo = Box::new(crate::listener::network::rbac::Gate::new(io, chain.rbac.clone(), subject));
+    let gate = crate::listener::network::read_gate::Gate::new(io, chain.data_filters.clone(), conn.clone());
+    let gated: crate::tls::BoxIo = Box::new(gate);
     serve_filter(listener, chain, gated, conn, alpn_h2, phase).await
 }
 
@@ -523,21 +431,7 @@ async fn serve_http<S: crate::tls::Io>(
         hs.downstream_cx_protocol_error.clone(),
         conn_info.clone(),
     );
-    // With AUTO, TLS's ALPN decides the codec (Envoy: `h2` is HTTP/2,
-    // anything else HTTP/1.1); a plain connection is sniffed for the h2
-    // preface. Cloning the builder costs a few reference counts.
-    let alpn_builder;
-    let builder = match (http.hcm.codec, alpn_h2) {
-        (Codec::Auto, Some(true)) => {
-            alpn_builder = http.builder.clone().http2_only();
-            &alpn_builder
-        }
-        (Codec::Auto, Some(false)) => {
-            alpn_builder = http.builder.clone().http1_only();
-            &alpn_builder
-        }
-        _ => &http.builder,
-    };
+    let builder = http.builder_for(alpn_h2);
     // With upgrades: a 101 (or a 2xx to CONNECT) hands the connection to the
     // connection manager's tunnel.
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);

@@ -53,7 +53,7 @@ pub type DynamicClusters = std::collections::BTreeMap<
 pub struct Shared {
     pub store: Arc<Store>,
     pub clusters: Arc<ArcSwap<ClusterMap>>,
-    pub ctx: crate::http::route::rds::CompileContext,
+    pub ctx: crate::http::context::CompileContext,
     pub listeners: Arc<ListenerManager>,
     /// Clusters from CDS with their version and update time (for /config_dump).
     pub dynamic_clusters: std::sync::Mutex<DynamicClusters>,
@@ -99,7 +99,7 @@ pub fn build(
         clusters.store(Arc::new(map));
     }
     let healthy = Arc::new(AtomicBool::new(true));
-    let ctx = crate::http::route::rds::CompileContext {
+    let ctx = crate::http::context::CompileContext {
         store: store.clone(),
         clusters: clusters.clone(),
         rds: Default::default(),
@@ -164,7 +164,7 @@ pub fn run(bootstrap: LoadedBootstrap, options: Options) -> Result<(), ServerErr
         }
         // JWKS with async_fetch are fetched before traffic (unless
         // fast_listener), as Envoy's init manager waits for them.
-        crate::http::filters::jwt::start_async_fetches(&shared.ctx).await;
+        crate::http::filters::jwt::start_async_fetches(&shared.ctx.jwks_async).await;
         crate::server::admin::start(shared.clone()).await
     })?;
     let ads = crate::server::xds::ads_config(&shared.bootstrap.bootstrap)

@@ -419,7 +419,7 @@ impl Dynamic {
         // JWKS with async_fetch start fetching now (their listeners do not
         // wait for them: Envoy's warming would).
         let ctx = shared.ctx.clone();
-        tokio::spawn(async move { crate::http::filters::jwt::start_async_fetches(&ctx).await });
+        tokio::spawn(async move { crate::http::filters::jwt::start_async_fetches(&ctx.jwks_async).await });
         let keep: BTreeSet<&str> = listeners.iter().map(|l| l.name.as_str()).collect();
         for name in shared.listeners.names() {
             if self.listeners.contains_key(&name) && !keep.contains(name.as_str()) {

@@ -17,7 +17,8 @@ pub use stats::HcmStats;
 
 use crate::access_log::AccessLogger;
 use crate::body::TrackedBody;
-use crate::http::route::rds::{CompileContext, RouteSlot};
+use crate::http::context::CompileContext;
+use crate::http::route::rds::RouteSlot;
 use crate::http::route::{Route, RouteTable, VirtualHost};
 use crate::listener::filter_chain::Cidr;
 use crate::upstream::cluster::ClusterMap;

@@ -7,9 +7,27 @@
 //! Each field is taken from the most specific policy that sets it (route,
 //! then virtual host), as Envoy does.
 
+use crate::common::fraction::{per_million, roll};
 use crate::common::matcher::StringMatch;
+use crate::http::filters::api::{
+    FilterContext, FilterStatus, HttpFilter, PerRouteRegistration, Registration, RequestCtx, ResponseState, Verdict,
+};
+use crate::http::route::per_filter::PerRouteConfig;
 use http::{HeaderMap, HeaderName, HeaderValue};
 use legate_api::pb::envoy::extensions::filters::http::cors::v3::CorsPolicy;
+use legate_api::pb::google::protobuf::Any;
+use std::sync::Arc;
+
+pub const TYPE: &str = "envoy.extensions.filters.http.cors.v3.Cors";
+/// The per-route config: a route's or virtual host's policy.
+pub const POLICY_TYPE: &str = "envoy.extensions.filters.http.cors.v3.CorsPolicy";
+
+pub const REGISTRATION: Registration = Registration {
+    type_url: TYPE,
+    compile: Cors::compile,
+    per_route: Some(PerRouteRegistration { type_url: POLICY_TYPE, compile: Policy::compile_per_route }),
+    one_per_chain: None,
+};
 
 /// A compiled `CorsPolicy`; header values are built once here.
 #[derive(Debug, Default)]
@@ -47,10 +65,17 @@ impl Policy {
             expose_headers: value(&p.expose_headers, "expose_headers")?,
             max_age: value(&p.max_age, "max_age")?,
             allow_credentials: p.allow_credentials.as_ref().map(|b| b.value),
-            enabled: p.filter_enabled.as_ref().map(|f| super::per_million(f.default_value.as_ref())),
+            enabled: p.filter_enabled.as_ref().map(|f| per_million(f.default_value.as_ref())),
             allow_private_network: p.allow_private_network_access.as_ref().map(|b| b.value),
             forward_not_matching_preflights: p.forward_not_matching_preflights.as_ref().map(|b| b.value),
         })
+    }
+
+    /// A `typed_per_filter_config` entry; `path` names it in errors.
+    fn compile_per_route(any: &Any, path: &str) -> Result<PerRouteConfig, String> {
+        let err = |e: String| format!("{path}: {e}");
+        let c: CorsPolicy = legate_api::any::unpack(any).map_err(err)?;
+        Ok(Arc::new(Self::new(&c).map_err(err)?))
     }
 
     /// Whether `origin` is allowed: some matcher matches it, or one matches `*`.
@@ -100,7 +125,7 @@ pub fn decide(policies: &[&Policy], method: &http::Method, headers: &HeaderMap, 
     }
     stats.origin_valid.inc();
     // filter_enabled comes from the most specific policy (default: on).
-    if !super::roll(policies[0].enabled.unwrap_or(1_000_000)) {
+    if !roll(policies[0].enabled.unwrap_or(1_000_000)) {
         return Decision::Pass;
     }
     let credentials = first(policies, |p| p.allow_credentials).unwrap_or(false);
@@ -149,6 +174,45 @@ impl Stats {
         Self {
             origin_valid: store.counter(&format!("http.{stat_prefix}.cors.origin_valid")),
             origin_invalid: store.counter(&format!("http.{stat_prefix}.cors.origin_invalid")),
+        }
+    }
+}
+
+/// The filter: the policies live on routes and virtual hosts.
+pub struct Cors {
+    stats: Stats,
+}
+
+impl Cors {
+    fn compile(_: &Any, ctx: &FilterContext<'_>) -> Result<Box<dyn HttpFilter>, String> {
+        Ok(Box::new(Self { stats: Stats::new(ctx.server.store, ctx.stat_prefix) }))
+    }
+}
+
+static DEFAULT_POLICY: std::sync::LazyLock<Policy> = std::sync::LazyLock::new(Policy::default);
+
+impl HttpFilter for Cors {
+    fn on_request<'r>(&'r self, rq: &'r mut RequestCtx<'_>, state: &'r mut ResponseState) -> FilterStatus<'r> {
+        // The route's policy, then the virtual host's.
+        let mut policies: [&Policy; 2] = [&DEFAULT_POLICY; 2];
+        let mut n = 0;
+        for p in rq.route.iter().flatten().filter_map(|p| p.get::<Policy>()) {
+            policies[n] = p;
+            n += 1;
+        }
+        match decide(&policies[..n], rq.method, rq.headers, &self.stats) {
+            Decision::Pass => FilterStatus::Continue,
+            Decision::Actual(h) => {
+                state.headers.extend(h);
+                FilterStatus::Continue
+            }
+            Decision::Preflight(headers) => FilterStatus::Done(Verdict::Reply {
+                status: 200,
+                body: "",
+                details: "cors_response",
+                flag: "",
+                headers,
+            }),
         }
     }
 }

@@ -10,107 +10,27 @@
 //! A descriptor entry with an empty value matches any value and gets a
 //! bucket per value seen (at most `max_dynamic_descriptors`, default 20).
 
-use super::{per_million, roll, Verdict};
+use crate::common::fraction::{per_million, roll};
 use crate::common::token_bucket::TokenBucket;
-use legate_api::pb::envoy::config::route::v3::rate_limit::action::ActionSpecifier;
-use legate_api::pb::envoy::config::route::v3::RateLimit as PbRateLimit;
+use crate::http::filters::api::{
+    FilterContext, FilterStatus, HttpFilter, PerRouteRegistration, Registration, RequestCtx, ResponseState, Verdict,
+};
+use crate::http::route::per_filter::PerRouteConfig;
+use crate::http::route::rate_limit::Entries;
 use legate_api::pb::envoy::extensions::filters::http::local_ratelimit::v3::LocalRateLimit;
+use legate_api::pb::google::protobuf::Any;
 use std::sync::{Arc, Mutex, OnceLock};
 
-/// One descriptor: (key, value) entries in order.
-type Entries = Vec<(String, String)>;
+pub const TYPE: &str = "envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit";
 
-/// A route's `rate_limits` entry, compiled: its stage and the actions
-/// whose entries make one descriptor.
-#[derive(Debug)]
-pub struct DescriptorPolicy {
-    stage: u32,
-    actions: Vec<Action>,
-}
-
-#[derive(Debug)]
-enum Action {
-    GenericKey {
-        key: String,
-        value: String,
-    },
-    RequestHeader {
-        header: http::HeaderName,
-        key: String,
-        skip_if_absent: bool,
-    },
-    RemoteAddress,
-    HeaderValueMatch {
-        key: String,
-        value: String,
-        expect_match: bool,
-        headers: Vec<crate::common::matcher::HeaderMatch>,
-    },
-}
-
-impl DescriptorPolicy {
-    pub fn compile(r: &PbRateLimit) -> Result<Self, String> {
-        let mut actions = Vec::with_capacity(r.actions.len());
-        for (i, a) in r.actions.iter().enumerate() {
-            let err = |m: &str| format!("actions[{i}]: {m}");
-            actions.push(match &a.action_specifier {
-                Some(ActionSpecifier::GenericKey(g)) => Action::GenericKey {
-                    key: if g.descriptor_key.is_empty() { "generic_key".into() } else { g.descriptor_key.clone() },
-                    value: g.descriptor_value.clone(),
-                },
-                Some(ActionSpecifier::RequestHeaders(h)) => Action::RequestHeader {
-                    header: http::HeaderName::from_bytes(h.header_name.to_ascii_lowercase().as_bytes())
-                        .map_err(|_| err("request_headers.header_name: invalid header name"))?,
-                    key: h.descriptor_key.clone(),
-                    skip_if_absent: h.skip_if_absent,
-                },
-                Some(ActionSpecifier::RemoteAddress(_)) => Action::RemoteAddress,
-                Some(ActionSpecifier::HeaderValueMatch(h)) => Action::HeaderValueMatch {
-                    key: if h.descriptor_key.is_empty() { "header_match".into() } else { h.descriptor_key.clone() },
-                    value: h.descriptor_value.clone(),
-                    expect_match: h.expect_match.is_none_or(|b| b.value),
-                    headers: h
-                        .headers
-                        .iter()
-                        .map(crate::common::matcher::HeaderMatch::new)
-                        .collect::<Result<_, _>>()?,
-                },
-                _ => return Err(err(
-                    "only generic_key, request_headers, remote_address and header_value_match actions are supported",
-                )),
-            });
-        }
-        Ok(Self { stage: r.stage.map_or(0, |v| v.value), actions })
-    }
-
-    /// The descriptor for a request, or none when an action has nothing to
-    /// say (a missing header without `skip_if_absent`, a header match that
-    /// did not come out as expected).
-    fn descriptor(&self, rq: &super::RequestCtx<'_>) -> Option<Entries> {
-        let mut entries = Vec::with_capacity(self.actions.len());
-        for a in &self.actions {
-            match a {
-                Action::GenericKey { key, value } => entries.push((key.clone(), value.clone())),
-                Action::RequestHeader { header, key, skip_if_absent } => {
-                    match rq.headers.get(header).and_then(|v| v.to_str().ok()) {
-                        Some(v) => entries.push((key.clone(), v.to_string())),
-                        None if *skip_if_absent => {}
-                        None => return None,
-                    }
-                }
-                Action::RemoteAddress => entries.push(("remote_address".into(), rq.remote.to_string())),
-                Action::HeaderValueMatch { key, value, expect_match, headers } => {
-                    let all = headers.iter().all(|m| m.matches(rq.headers, &rq.pseudo));
-                    if all != *expect_match {
-                        return None;
-                    }
-                    entries.push((key.clone(), value.clone()));
-                }
-            }
-        }
-        (!entries.is_empty()).then_some(entries)
-    }
-}
+/// The filter's config type is also its per-route type: a route's config
+/// replaces the filter's.
+pub const REGISTRATION: Registration = Registration {
+    type_url: TYPE,
+    compile: RateLimitFilter::compile_any,
+    per_route: Some(PerRouteRegistration { type_url: TYPE, compile: RateLimit::compile_per_route }),
+    one_per_chain: None,
+};
 
 /// A configured descriptor with its bucket.
 struct Limited {
@@ -221,6 +141,12 @@ impl RateLimit {
         })
     }
 
+    /// A `typed_per_filter_config` entry; `path` names it in errors.
+    fn compile_per_route(any: &Any, path: &str) -> Result<PerRouteConfig, String> {
+        let c = legate_api::any::unpack(any).map_err(|e| format!("{path}: {e}"))?;
+        Ok(Arc::new(Self::compile(&c, path)?))
+    }
+
     fn stats(&self, store: &crate::stats::Store) -> &Stats {
         self.stats.get_or_init(|| {
             let p = format!("{}.http_local_rate_limit.", self.stat_prefix);
@@ -236,7 +162,7 @@ impl RateLimit {
     /// The request's descriptors from the route's and virtual host's
     /// `rate_limits` of this config's stage (none unless descriptors are
     /// configured, so a plain bucket allocates nothing).
-    fn request_descriptors(&self, rq: &super::RequestCtx<'_>) -> Vec<Entries> {
+    fn request_descriptors(&self, rq: &RequestCtx<'_>) -> Vec<Entries> {
         if self.descriptors.is_empty() {
             return Vec::new();
         }
@@ -247,7 +173,12 @@ impl RateLimit {
             VhRateLimits::Override if route.is_empty() => vhost,
             _ => &[][..],
         };
-        route.iter().chain(vhost).filter(|p| p.stage == self.stage).filter_map(|p| p.descriptor(rq)).collect()
+        route
+            .iter()
+            .chain(vhost)
+            .filter(|p| p.stage() == self.stage)
+            .filter_map(|p| p.descriptor(rq.headers, &rq.pseudo, rq.remote))
+            .collect()
     }
 
     /// Whether the request may go on: a token from every matched
@@ -312,10 +243,14 @@ impl RateLimitFilter {
         Ok(Self { config, store: store.clone() })
     }
 
+    fn compile_any(any: &Any, ctx: &FilterContext<'_>) -> Result<Box<dyn HttpFilter>, String> {
+        let l = legate_api::any::unpack(any)?;
+        Ok(Box::new(Self::compile(&l, ctx.server.store, ctx.index)?))
+    }
+
     /// Takes tokens; `Some` when the request is limited and enforced.
-    pub fn on_request(&self, ctx: &super::RequestCtx<'_>) -> Option<Verdict> {
-        let per_route = ctx.route.iter().flatten().find_map(|p| p.local_ratelimit.as_deref());
-        let cfg = per_route.unwrap_or(&self.config);
+    fn check(&self, ctx: &RequestCtx<'_>) -> Option<Verdict> {
+        let cfg = ctx.per_route::<RateLimit>().unwrap_or(&self.config);
         if !roll(cfg.enabled) {
             return None;
         }
@@ -332,5 +267,14 @@ impl RateLimitFilter {
             return Some(Verdict::Limited { status: cfg.status, headers: cfg.headers.clone() });
         }
         None
+    }
+}
+
+impl HttpFilter for RateLimitFilter {
+    fn on_request<'r>(&'r self, rq: &'r mut RequestCtx<'_>, _: &'r mut ResponseState) -> FilterStatus<'r> {
+        match self.check(rq) {
+            Some(v) => FilterStatus::Done(v),
+            None => FilterStatus::Continue,
+        }
     }
 }

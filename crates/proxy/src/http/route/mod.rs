@@ -7,10 +7,14 @@
 //! case-insensitive or query-parameter match needs to.
 
 pub mod hash_policy;
+pub mod per_filter;
+pub mod rate_limit;
 pub mod rds;
 
 use crate::common::matcher::{compile_regex, compile_search_regex, HeaderMatch, Pseudo, StringMatch};
 use crate::http::header_mutation::HeaderMutations;
+use crate::http::route::per_filter::PerFilter;
+use crate::http::route::rate_limit::DescriptorPolicy;
 use bytes::Bytes;
 use legate_api::pb::envoy::config::route::v3 as rpb;
 use regex::Regex;
@@ -43,55 +47,23 @@ pub struct VirtualHost {
     pub per_filter: PerFilter,
 }
 
-/// `typed_per_filter_config` of a route or virtual host, compiled by type.
-#[derive(Default, Debug)]
-pub struct PerFilter {
-    pub rbac: Option<Box<crate::http::filters::rbac::RoutePolicy>>,
-    pub cors: Option<Box<crate::http::filters::cors::Policy>>,
-    /// A `LocalRateLimit` replacing the filter's config here (its own buckets).
-    pub local_ratelimit: Option<std::sync::Arc<crate::http::filters::local_ratelimit::RateLimit>>,
-    /// The route's or virtual host's `rate_limits`: the descriptors the
-    /// local rate limit matches against.
-    pub rate_limits: Vec<crate::http::filters::local_ratelimit::DescriptorPolicy>,
-}
-
-impl PerFilter {
-    pub fn compile(
-        m: &HashMap<String, legate_api::pb::google::protobuf::Any>,
-        rate_limits: &[legate_api::pb::envoy::config::route::v3::RateLimit],
-    ) -> Result<Self, String> {
-        let rate_limits = rate_limits
-            .iter()
-            .enumerate()
-            .map(|(i, r)| {
-                crate::http::filters::local_ratelimit::DescriptorPolicy::compile(r)
-                    .map_err(|e| format!("rate_limits[{i}].{e}"))
-            })
-            .collect::<Result<_, _>>()?;
-        let mut out = Self { rate_limits, ..Self::default() };
-        for (name, any) in m {
-            let err = |e: String| format!("typed_per_filter_config[\"{name}\"]: {e}");
-            match legate_api::any::type_name(any) {
-                crate::http::filters::RBAC_PER_ROUTE_TYPE => {
-                    let c = legate_api::any::unpack(any).map_err(err)?;
-                    out.rbac = Some(Box::new(crate::http::filters::rbac::RoutePolicy::new(&c).map_err(err)?));
-                }
-                crate::http::filters::CORS_POLICY_TYPE => {
-                    let c = legate_api::any::unpack(any).map_err(err)?;
-                    out.cors = Some(Box::new(crate::http::filters::cors::Policy::new(&c).map_err(err)?));
-                }
-                crate::http::filters::LOCAL_RATELIMIT_TYPE => {
-                    let c = legate_api::any::unpack(any).map_err(err)?;
-                    let path = format!("typed_per_filter_config[\"{name}\"]");
-                    out.local_ratelimit = Some(std::sync::Arc::new(
-                        crate::http::filters::local_ratelimit::RateLimit::compile(&c, &path)?,
-                    ));
-                }
-                other => return Err(err(format!("per-route config {other} is not supported"))),
-            }
-        }
-        Ok(out)
+/// A route's or virtual host's `rate_limits` and `typed_per_filter_config`;
+/// each per-route config is compiled by the filter that reads it, found in
+/// the filters' registry by its type.
+fn compile_per_filter(
+    configs: &HashMap<String, legate_api::pb::google::protobuf::Any>,
+    rate_limits: &[rpb::RateLimit],
+) -> Result<PerFilter, String> {
+    let rate_limits = rate_limits
+        .iter()
+        .enumerate()
+        .map(|(i, r)| DescriptorPolicy::compile(r).map_err(|e| format!("rate_limits[{i}].{e}")))
+        .collect::<Result<_, _>>()?;
+    let mut out = PerFilter::new(rate_limits);
+    for (name, any) in configs {
+        out.insert(crate::http::filters::registry::compile_per_route(name, any)?);
     }
+    Ok(out)
 }
 
 pub struct Route {
@@ -294,7 +266,7 @@ fn compile_vhost(vh: &rpb::VirtualHost) -> Result<VirtualHost, String> {
         require_tls: vh.require_tls,
         attempt_count_upstream: vh.include_request_attempt_count,
         attempt_count_response: vh.include_attempt_count_in_response,
-        per_filter: PerFilter::compile(&vh.typed_per_filter_config, &vh.rate_limits)?,
+        per_filter: compile_per_filter(&vh.typed_per_filter_config, &vh.rate_limits)?,
     })
 }
 
@@ -350,7 +322,7 @@ fn compile_route(r: &rpb::Route) -> Result<Route, String> {
         action,
         request_headers: HeaderMutations::new(&r.request_headers_to_add, &r.request_headers_to_remove)?,
         response_headers: HeaderMutations::new(&r.response_headers_to_add, &r.response_headers_to_remove)?,
-        per_filter: PerFilter::compile(
+        per_filter: compile_per_filter(
             &r.typed_per_filter_config,
             match &r.action {
                 Some(rpb::route::Action::Route(ra)) => &ra.rate_limits[..],

@@ -1,34 +1,12 @@
-//! Route tables by name (RDS), and the context configs are compiled in.
+//! Route tables by name (RDS).
 
 use crate::http::route::RouteTable;
-use crate::stats::Store;
-use crate::upstream::cluster::ClusterMap;
-use arc_swap::{ArcSwap, ArcSwapOption};
+use arc_swap::ArcSwapOption;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 
 /// Where an HCM finds its route table. Empty until RDS delivers it.
 pub type RouteSlot = Arc<ArcSwapOption<RouteTable>>;
-
-/// What compiling a listener or an HCM needs from the server.
-#[derive(Clone)]
-pub struct CompileContext {
-    pub store: Arc<Store>,
-    pub clusters: Arc<ArcSwap<ClusterMap>>,
-    pub rds: Arc<RdsRegistry>,
-    /// How long draining connections may take (`--drain-time-s`).
-    pub drain_time: std::time::Duration,
-    /// The server's health-check state (`/healthcheck/ok|fail`).
-    pub healthy: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    /// This proxy's cluster (`--service-cluster`, else `node.cluster`), which
-    /// the health check filter names in its answers.
-    pub local_cluster: http::HeaderValue,
-    /// Remote JWKS with `async_fetch` compiled since the last call to
-    /// `filters::jwt::start_async_fetches`, which starts their fetching.
-    pub jwks_async: Arc<Mutex<Vec<std::sync::Weak<crate::http::filters::jwt::RemoteJwks>>>>,
-    /// Secrets for TLS contexts (static, files, ADS).
-    pub secrets: Arc<crate::tls::sds::SecretManager>,
-}
 
 struct Entry {
     slot: RouteSlot,

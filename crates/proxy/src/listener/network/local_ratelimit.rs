@@ -3,8 +3,11 @@
 //! before any byte is read, and counted in
 //! `local_rate_limit.<stat_prefix>.rate_limited`.
 
+use crate::http::context::CompileContext;
+use crate::listener::network::api::ConnectionFilter;
 use crate::stats::{Counter, Store};
 use legate_api::pb::envoy::extensions::filters::network::local_ratelimit::v3::LocalRateLimit;
+use legate_api::pb::google::protobuf::Any;
 use std::sync::Arc;
 
 pub const TYPE: &str = "envoy.extensions.filters.network.local_ratelimit.v3.LocalRateLimit";
@@ -17,6 +20,12 @@ pub struct NetRateLimit {
 }
 
 impl NetRateLimit {
+    /// The filter from its `typed_config`; `path` names it in errors.
+    pub fn compile_filter(any: &Any, ctx: &CompileContext, path: &str) -> Result<Arc<dyn ConnectionFilter>, String> {
+        let l = legate_api::any::unpack(any)?;
+        Ok(Arc::new(Self::compile(&l, &ctx.store, path)?))
+    }
+
     /// `path` names the filter in errors.
     pub fn compile(l: &LocalRateLimit, store: &Store, path: &str) -> Result<Self, String> {
         if l.stat_prefix.is_empty() {
@@ -37,5 +46,11 @@ impl NetRateLimit {
         }
         self.rate_limited.inc();
         false
+    }
+}
+
+impl ConnectionFilter for NetRateLimit {
+    fn on_new_connection(&self) -> bool {
+        self.admit()
     }
 }

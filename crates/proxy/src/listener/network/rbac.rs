@@ -9,16 +9,15 @@
 //! checked at its end, as Envoy's onData runs for end of stream too).
 //!
 //! Cost: one policy walk per connection (per read with CONTINUOUS); the
-//! wrapper adds a branch per read.
+//! read gate (`read_gate`) adds a branch per read.
 
-use crate::http::filters::rbac::{engines_of, Engine, Subject};
-use crate::stats::{Counter, Store};
+use crate::http::context::CompileContext;
+use crate::http::filters::rbac::engine::{engines_of, Counted, Engine, Subject};
+use crate::listener::network::api::{ConnCtx, ConnectionFilter, DataVerdict};
+use crate::stats::Store;
 use legate_api::pb::envoy::extensions::filters::network::rbac::v3::{rbac::EnforcementType, Rbac as PbRbac};
-use std::net::SocketAddr;
-use std::pin::Pin;
+use legate_api::pb::google::protobuf::Any;
 use std::sync::Arc;
-use std::task::{Context, Poll};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 pub const TYPE: &str = "envoy.extensions.filters.network.rbac.v3.RBAC";
 
@@ -27,10 +26,7 @@ pub struct NetRbac {
     enforced: Option<Engine>,
     shadow: Option<Engine>,
     continuous: bool,
-    allowed: Arc<Counter>,
-    denied: Arc<Counter>,
-    shadow_allowed: Arc<Counter>,
-    shadow_denied: Arc<Counter>,
+    counted: Counted,
 }
 
 /// Envoy's `statPrefixJoin`: a dot between the parts unless the prefix ends with one.
@@ -43,6 +39,13 @@ fn join(prefix: &str, rest: &str) -> String {
 }
 
 impl NetRbac {
+    /// The filter from its `typed_config`; `path` names it in errors.
+    pub fn compile_filter(any: &Any, ctx: &CompileContext, path: &str) -> Result<Arc<dyn ConnectionFilter>, String> {
+        let r = legate_api::any::unpack(any)?;
+        let f = Self::compile(&r, &ctx.store).map_err(|e| format!("{path}.{e}"))?;
+        Ok(Arc::new(f))
+    }
+
     pub fn compile(c: &PbRbac, store: &Store) -> Result<Self, String> {
         if c.matcher.is_some() || c.shadow_matcher.is_some() {
             return Err("matcher and shadow_matcher are not supported (use rules)".into());
@@ -63,155 +66,56 @@ impl NetRbac {
         // `shadow_rules_stat_prefix` before their name, as Envoy's do.
         let p = join(&c.stat_prefix, "rbac.");
         let sp = format!("{p}{}", c.shadow_rules_stat_prefix);
-        Ok(Self {
-            enforced,
-            shadow,
-            continuous,
-            allowed: store.counter(&format!("{p}allowed")),
-            denied: store.counter(&format!("{p}denied")),
-            shadow_allowed: store.counter(&format!("{sp}shadow_allowed")),
-            shadow_denied: store.counter(&format!("{sp}shadow_denied")),
-        })
+        Ok(Self { enforced, shadow, continuous, counted: Counted::new(store, &p, &sp) })
     }
-}
-
-/// What the connection offers the matchers, owned by the read wrapper.
-pub struct ConnSubject {
-    pub remote: SocketAddr,
-    pub local: SocketAddr,
-    pub tls: Option<Arc<crate::tls::peer::TlsConn>>,
-    pub sni: Option<Box<str>>,
 }
 
 static NO_HEADERS: std::sync::LazyLock<http::HeaderMap> = std::sync::LazyLock::new(http::HeaderMap::new);
 
-impl ConnSubject {
-    fn subject(&self) -> Subject<'_> {
-        static NO_PSEUDO: crate::common::matcher::Pseudo<'static> =
-            crate::common::matcher::Pseudo { method: "", path: "", authority: "", scheme: "" };
-        Subject {
-            headers: &NO_HEADERS,
-            pseudo: &NO_PSEUDO,
-            http: false,
-            tls: self.tls.as_deref(),
-            sni: self.sni.as_deref().unwrap_or(""),
-            direct_remote: self.remote.ip(),
-            remote: self.remote.ip(),
-            local: self.local,
-        }
+/// What a connection offers the matchers: no headers, no path.
+fn subject(conn: &ConnCtx) -> Subject<'_> {
+    static NO_PSEUDO: crate::common::matcher::Pseudo<'static> =
+        crate::common::matcher::Pseudo { method: "", path: "", authority: "", scheme: "" };
+    Subject {
+        headers: &NO_HEADERS,
+        pseudo: &NO_PSEUDO,
+        http: false,
+        tls: conn.tls.as_deref(),
+        sni: conn.sni.as_deref().unwrap_or(""),
+        direct_remote: conn.remote.ip(),
+        remote: conn.remote.ip(),
+        local: conn.local,
     }
 }
 
-#[derive(Clone, Copy, PartialEq)]
-enum State {
-    Unchecked,
-    Allowed,
-    Denied,
-}
-
-/// The connection's read side behind the chain's network RBAC filters.
-pub struct Gate<S> {
-    inner: S,
-    filters: Arc<[NetRbac]>,
-    subject: ConnSubject,
-    /// Per filter: whether its shadow rules were counted, and its verdict.
-    shadow_done: Vec<bool>,
-    state: Vec<State>,
-}
-
-impl<S> Gate<S> {
-    pub fn new(inner: S, filters: Arc<[NetRbac]>, subject: ConnSubject) -> Self {
-        let n = filters.len();
-        Self { inner, filters, subject, shadow_done: vec![false; n], state: vec![State::Unchecked; n] }
-    }
-
-    /// Runs the filters in order as data arrives. False: close the connection.
-    fn on_data(&mut self) -> bool {
-        let s = self.subject.subject();
-        for (i, f) in self.filters.iter().enumerate() {
-            if !self.shadow_done[i] {
-                self.shadow_done[i] = true;
-                if let Some(e) = &f.shadow {
-                    if e.allows(&s) {
-                        f.shadow_allowed.inc();
-                    } else {
-                        f.shadow_denied.inc();
-                    }
-                }
-            }
-            if self.state[i] == State::Unchecked || (f.continuous && self.state[i] == State::Allowed) {
-                self.state[i] = match &f.enforced {
-                    Some(e) if e.allows(&s) => {
-                        f.allowed.inc();
-                        State::Allowed
-                    }
-                    Some(_) => {
-                        f.denied.inc();
-                        State::Denied
-                    }
-                    None => State::Allowed,
-                };
-            }
-            if self.state[i] == State::Denied {
-                return false;
-            }
-        }
+impl ConnectionFilter for NetRbac {
+    fn checks_data(&self) -> bool {
         true
     }
-}
 
-fn denied() -> std::io::Error {
-    std::io::Error::new(std::io::ErrorKind::PermissionDenied, "rbac: connection denied")
-}
-
-impl<S: AsyncRead + Unpin> AsyncRead for Gate<S> {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
-        let this = &mut *self;
-        if this.state.contains(&State::Denied) {
-            return Poll::Ready(Err(denied()));
+    /// The shadow rules are counted once, on the first data; the enforced
+    /// rules are checked then, and on every read with CONTINUOUS.
+    fn on_data(&self, conn: &ConnCtx, before: DataVerdict) -> DataVerdict {
+        let s = subject(conn);
+        let first = before == DataVerdict::Unchecked;
+        if first {
+            self.counted.shadow(self.shadow.as_ref(), &s);
         }
-        let before = buf.filled().len();
-        match Pin::new(&mut this.inner).poll_read(cx, buf) {
-            // Data, or the end of the stream: Envoy's onData runs for both.
-            Poll::Ready(Ok(())) => {
-                if this.on_data() {
-                    Poll::Ready(Ok(()))
-                } else {
-                    // The data read is dropped, not passed on.
-                    buf.set_filled(before);
-                    Poll::Ready(Err(denied()))
-                }
-            }
-            other => other,
+        if !(first || (self.continuous && before == DataVerdict::Allowed)) {
+            return before;
         }
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for Gate<S> {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, data)
-    }
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
-    }
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
+        if self.counted.enforce(self.enforced.as_ref(), &s) {
+            DataVerdict::Allowed
+        } else {
+            DataVerdict::Denied
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::listener::network::read_gate::Gate;
     use legate_api::pb::envoy::config::rbac::v3::{
         permission::Rule, principal::Identifier, rbac::Action, Permission, Policy, Principal, Rbac as Rules,
     };
@@ -237,16 +141,17 @@ mod tests {
         NetRbac::compile(&c, store).expect("compiles")
     }
 
-    fn subject() -> ConnSubject {
-        let a: SocketAddr = "127.0.0.1:1000".parse().expect("addr");
-        ConnSubject { remote: a, local: a, tls: None, sni: None }
+    fn conn() -> ConnCtx {
+        let a: std::net::SocketAddr = "127.0.0.1:1000".parse().expect("addr");
+        ConnCtx { remote: a, local: a, tls: None, sni: None }
     }
 
     /// Reads what the peer writes in two separate chunks.
     async fn two_chunks(action: Action, continuous: bool) -> (Store, std::io::Result<usize>) {
         let store = Store::default();
         let (near, mut far) = tokio::io::duplex(64);
-        let mut gate = Gate::new(near, Arc::from([filter(&store, action, continuous)]), subject());
+        let only: Arc<dyn ConnectionFilter> = Arc::new(filter(&store, action, continuous));
+        let mut gate = Gate::new(near, Arc::from([only]), conn());
         let mut buf = [0u8; 16];
         far.write_all(b"one").await.expect("write");
         let first = gate.read(&mut buf).await;
@@ -290,8 +195,8 @@ mod tests {
                 ignore_case: false,
             })),
         });
-        let conn = subject();
-        let s = conn.subject();
+        let conn = conn();
+        let s = subject(&conn);
         assert!(!engine(header(false)).allows(&s), ":path is absent");
         assert!(engine(header(true)).allows(&s), "an inverted match of an absent header matches");
         assert!(!engine(path).allows(&s), "url_path never matches a connection");

@@ -3,11 +3,13 @@
 //! connect attempts, access logs and Envoy's `tcp.<stat_prefix>.*` stats.
 
 use crate::access_log::AccessLogger;
+use crate::http::context::CompileContext;
 use crate::stats::{Counter, Gauge, Store};
 use crate::tls::Io;
 use crate::upstream::cluster::ClusterMap;
 use arc_swap::ArcSwap;
 use legate_api::pb::envoy::extensions::filters::network::tcp_proxy::v3::{tcp_proxy::ClusterSpecifier, TcpProxy};
+use legate_api::pb::google::protobuf::Any;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
@@ -45,6 +47,12 @@ pub struct TcpProxyConfig {
 }
 
 impl TcpProxyConfig {
+    /// The terminal filter from its `typed_config`; `path` names it in errors.
+    pub fn compile_filter(any: &Any, ctx: &CompileContext, path: &str) -> Result<Self, String> {
+        let t = legate_api::any::unpack(any)?;
+        Self::compile(&t, &ctx.store, ctx.clusters.clone()).map_err(|e| format!("{path}.{e}"))
+    }
+
     pub fn compile(t: &TcpProxy, store: &Store, cluster_map: Arc<ArcSwap<ClusterMap>>) -> Result<Self, String> {
         let clusters = match &t.cluster_specifier {
             Some(ClusterSpecifier::Cluster(c)) => vec![(c.clone(), 1)],

@@ -1,13 +1,37 @@
-//! `envoy.filters.http.compressor` with `envoy.compression.gzip.compressor`
-//! or `envoy.compression.brotli.compressor`: responses are compressed as they
-//! stream when the client accepts the encoding and the response qualifies (content type, length, no `content-encoding`,
-//! no `cache-control: no-transform`, status), following Envoy's checks.
+//! `envoy.filters.http.compressor` with the gzip, brotli or zstd library:
+//! responses are compressed as they stream when the client accepts the
+//! encoding and the response qualifies (content type, length, no
+//! `content-encoding`, no `cache-control: no-transform`, status), following
+//! Envoy's checks. The encoders and the compressed body are in this folder;
+//! `ProxyBody` carries the body boxed, without naming it.
+
+mod accept_encoding;
+mod body;
+mod encoder;
 
 use crate::body::ProxyBody;
-use http::header::{CACHE_CONTROL, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, ETAG, VARY};
+use crate::http::filters::api::{
+    FilterContext, FilterStatus, HttpFilter, Registration, RequestCtx, ResponseHooks, ResponseState,
+};
+use accept_encoding::{add_vary, choose, Choice};
+use body::{ByteTotals, CompressedBody};
+use encoder::Encoder;
+use http::header::{CACHE_CONTROL, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, ETAG};
 use http::{HeaderMap, HeaderValue, Response};
 use legate_api::pb::envoy::extensions::filters::http::compressor::v3::Compressor as PbCompressor;
+use legate_api::pb::google::protobuf::Any;
 use std::sync::Arc;
+
+pub const TYPE: &str = "envoy.extensions.filters.http.compressor.v3.Compressor";
+
+/// Envoy negotiates among all compressors of a chain; Legate does not yet,
+/// so a chain takes one.
+pub const REGISTRATION: Registration = Registration {
+    type_url: TYPE,
+    compile: Compressor::compile_any,
+    per_route: None,
+    one_per_chain: Some("compressor"),
+};
 
 pub const GZIP_TYPE: &str = "envoy.extensions.compression.gzip.compressor.v3.Gzip";
 pub const BROTLI_TYPE: &str = "envoy.extensions.compression.brotli.compressor.v3.Brotli";
@@ -47,7 +71,7 @@ type C = Arc<crate::stats::Counter>;
 
 /// `http.<prefix>.compressor.<library name>.<gzip|brotli>.*`, with Envoy 1.40's
 /// names: the `accept-encoding` outcomes at the top, the rest per direction.
-pub struct Stats {
+struct Stats {
     compressed: C,
     not_compressed: C,
     request_not_compressed: C,
@@ -58,8 +82,9 @@ pub struct Stats {
     header_not_valid: C,
     content_length_too_small: C,
     not_compressed_etag: C,
-    pub total_uncompressed_bytes: C,
-    pub total_compressed_bytes: C,
+    /// `total_uncompressed_bytes` and `total_compressed_bytes`, shared with
+    /// the compressed bodies.
+    totals: Arc<ByteTotals>,
 }
 
 pub struct Compressor {
@@ -74,10 +99,17 @@ pub struct Compressor {
     library: Library,
     /// The `content-encoding` token: `gzip` or `br`.
     encoding: &'static str,
-    stats: Arc<Stats>,
+    stats: Stats,
 }
 
 impl Compressor {
+    fn compile_any(any: &Any, ctx: &FilterContext<'_>) -> Result<Box<dyn HttpFilter>, String> {
+        let c: PbCompressor = legate_api::any::unpack(any)?;
+        let c = Self::compile(&c, ctx.server.store, ctx.stat_prefix)
+            .map_err(|e| format!("http_filters[{}].typed_config.{e}", ctx.index))?;
+        Ok(Box::new(c))
+    }
+
     #[allow(deprecated)] // Envoy still accepts this deprecated field, so Legate reads it.
     pub fn compile(c: &PbCompressor, store: &crate::stats::Store, stat_prefix: &str) -> Result<Self, String> {
         use legate_api::pb::envoy::extensions::compression::brotli::compressor::v3::Brotli;
@@ -109,7 +141,7 @@ impl Compressor {
                 };
                 let strategy = z.strategy.max(0) as u32;
                 // Refuse now what zstd would refuse per response.
-                if crate::body::Encoder::zstd(level, z.enable_checksum, strategy).is_none() {
+                if Encoder::zstd(level, z.enable_checksum, strategy).is_none() {
                     return Err("compressor_library.typed_config: zstd refuses these settings".into());
                 }
                 (Library::Zstd { level, checksum: z.enable_checksum, strategy }, "zstd", "zstd")
@@ -143,7 +175,7 @@ impl Compressor {
                 .collect::<Result<_, _>>()?,
             library,
             encoding,
-            stats: Arc::new(Stats {
+            stats: Stats {
                 compressed: response_counter("compressed"),
                 not_compressed: response_counter("not_compressed"),
                 request_not_compressed: counter("request.not_compressed"),
@@ -154,15 +186,17 @@ impl Compressor {
                 header_not_valid: counter("header_not_valid"),
                 content_length_too_small: response_counter("content_length_too_small"),
                 not_compressed_etag: counter("not_compressed_etag"),
-                total_uncompressed_bytes: response_counter("total_uncompressed_bytes"),
-                total_compressed_bytes: response_counter("total_compressed_bytes"),
-            }),
+                totals: Arc::new(ByteTotals {
+                    uncompressed: response_counter("total_uncompressed_bytes"),
+                    compressed: response_counter("total_compressed_bytes"),
+                }),
+            },
         })
     }
 
     /// On the request: keeps what the response decision needs (the
     /// client's `accept-encoding`), and drops it from the request if asked.
-    pub fn on_request(&self, headers: &mut HeaderMap) -> Option<HeaderValue> {
+    fn keep_accept_encoding(&self, headers: &mut HeaderMap) -> Option<HeaderValue> {
         // Request bodies are never compressed (request_direction_config is refused).
         self.stats.request_not_compressed.inc();
         let ae = headers.get(http::header::ACCEPT_ENCODING).cloned();
@@ -218,7 +252,7 @@ impl Compressor {
 
     /// On the response: compresses it when it qualifies, and marks it
     /// `vary: accept-encoding` whenever it could have been.
-    pub fn on_response(&self, ae: Option<&HeaderValue>, resp: &mut Response<ProxyBody>) {
+    fn compress(&self, ae: Option<&HeaderValue>, resp: &mut Response<ProxyBody>) {
         let (parts, body) = (resp.headers(), resp.body());
         let status = resp.status().as_u16();
         let etag_ok = !(self.disable_on_etag && !self.weaken_etag && parts.contains_key(ETAG));
@@ -245,14 +279,12 @@ impl Compressor {
         if !end && compressible && accepted {
             // Checked when the config was compiled, so zstd does not refuse here.
             let encoder = match self.library {
-                Library::Gzip { level } => crate::body::Encoder::gzip(level),
-                Library::Brotli { quality, window_bits } => crate::body::Encoder::brotli(quality, window_bits),
-                Library::Zstd { level, checksum, strategy } => {
-                    match crate::body::Encoder::zstd(level, checksum, strategy) {
-                        Some(e) => e,
-                        None => return,
-                    }
-                }
+                Library::Gzip { level } => Encoder::gzip(level),
+                Library::Brotli { quality, window_bits } => Encoder::brotli(quality, window_bits),
+                Library::Zstd { level, checksum, strategy } => match Encoder::zstd(level, checksum, strategy) {
+                    Some(e) => e,
+                    None => return,
+                },
             };
             self.stats.compressed.inc();
             let h = resp.headers_mut();
@@ -272,7 +304,8 @@ impl Compressor {
                 }
             }
             let inner = std::mem::replace(resp.body_mut(), ProxyBody::Empty);
-            *resp.body_mut() = ProxyBody::compressed(inner, encoder, self.stats.clone());
+            let compressed = CompressedBody::new(inner, encoder, self.stats.totals.clone());
+            *resp.body_mut() = ProxyBody::Rewritten { body: Box::new(compressed) };
         } else {
             self.stats.not_compressed.inc();
         }
@@ -282,102 +315,17 @@ impl Compressor {
     }
 }
 
-/// `vary: Accept-Encoding`, added to what the response varies on already.
-fn add_vary(h: &mut HeaderMap) {
-    let present = h.get_all(VARY).iter().any(|v| {
-        v.to_str()
-            .is_ok_and(|s| s.split(',').any(|t| t.trim() == "*" || t.trim().eq_ignore_ascii_case("accept-encoding")))
-    });
-    if present {
-        return;
-    }
-    let joined = match h.get(VARY).and_then(|v| v.to_str().ok()) {
-        Some(prev) if !prev.trim().is_empty() => format!("{prev}, Accept-Encoding"),
-        _ => "Accept-Encoding".to_string(),
-    };
-    if let Ok(v) = HeaderValue::from_str(&joined) {
-        h.insert(VARY, v);
-    }
-}
-
-#[derive(Debug, PartialEq)]
-enum Choice {
-    Ours,
-    Identity,
-    Wildcard,
-    None,
-}
-
-/// Parses `accept-encoding` as Envoy does: `token;q=x` items, a q of 0
-/// takes the coding out; the highest q among ours, identity and `*` wins.
-/// Returns the choice and whether ours is still allowed (not `gzip;q=0`).
-fn choose(ae: &str, ours: &str) -> (Choice, bool) {
-    let mut items: Vec<(&str, f32)> = Vec::new();
-    let mut ours_allowed = true;
-    for token in ae.split(',').map(str::trim).filter(|t| !t.is_empty()) {
-        let (name, params) = token.split_once(';').unwrap_or((token, ""));
-        let mut q = 1.0f32;
-        if let Some((k, v)) = params.split_once('=') {
-            if k.trim().eq_ignore_ascii_case("q") {
-                match v.trim().parse::<f32>() {
-                    Ok(x) => q = x,
-                    Err(_) => continue,
-                }
-            }
-        }
-        let name = name.trim();
-        if q == 0.0 {
-            if name.eq_ignore_ascii_case(ours) {
-                ours_allowed = false;
-            }
-            continue;
-        }
-        items.push((name, q));
-    }
-    let mut best: (Choice, f32) = (Choice::None, 0.0);
-    for (name, q) in items {
-        let c = if name.eq_ignore_ascii_case(ours) && ours_allowed {
-            Choice::Ours
-        } else if name.eq_ignore_ascii_case("identity") {
-            Choice::Identity
-        } else if name == "*" {
-            Choice::Wildcard
-        } else {
-            continue;
-        };
-        if q > best.1 {
-            best = (c, q);
-        }
-    }
-    (best.0, ours_allowed)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn accept_encoding_negotiation() {
-        assert_eq!(choose("gzip", "gzip").0, Choice::Ours);
-        assert_eq!(choose("br, gzip;q=0.5", "gzip").0, Choice::Ours);
-        assert_eq!(choose("gzip;q=0.2, identity;q=0.5", "gzip").0, Choice::Identity);
-        assert_eq!(choose("*", "gzip").0, Choice::Wildcard);
-        assert_eq!(choose("gzip;q=0, *", "gzip"), (Choice::Wildcard, false));
-        assert_eq!(choose("br", "gzip").0, Choice::None);
-        assert_eq!(choose("", "gzip").0, Choice::None);
-        assert_eq!(choose("gzip, br", "br").0, Choice::Ours);
-        assert_eq!(choose("gzip;q=0.5, br", "br").0, Choice::Ours);
+impl HttpFilter for Compressor {
+    fn on_request<'r>(&'r self, rq: &'r mut RequestCtx<'_>, state: &'r mut ResponseState) -> FilterStatus<'r> {
+        state.accept_encoding = self.keep_accept_encoding(rq.headers);
+        FilterStatus::Continue
     }
 
-    #[test]
-    fn vary_is_extended_once() {
-        let mut h = HeaderMap::new();
-        add_vary(&mut h);
-        assert_eq!(h.get(VARY).map(|v| v.as_bytes()), Some(&b"Accept-Encoding"[..]));
-        let mut h = HeaderMap::new();
-        h.insert(VARY, HeaderValue::from_static("Origin"));
-        add_vary(&mut h);
-        add_vary(&mut h);
-        assert_eq!(h.get(VARY).map(|v| v.as_bytes()), Some(&b"Origin, Accept-Encoding"[..]));
+    fn response_hooks(&self) -> ResponseHooks {
+        ResponseHooks { on_response: true, ..ResponseHooks::default() }
+    }
+
+    fn on_response(&self, state: &ResponseState, resp: &mut Response<ProxyBody>) {
+        self.compress(state.accept_encoding.as_ref(), resp);
     }
 }

@@ -1,13 +1,15 @@
-//! `envoy.filters.http.rbac`: policies of permissions (what is asked) and
-//! principals (who asks). ALLOW lets a request through when some policy
-//! matches it, DENY refuses it then; LOG lets everything through. The same
-//! engines serve the network filter (`crate::listener::network::rbac`), which has no
-//! request: header matchers see no headers and `url_path` never matches.
+//! The RBAC engine: policies of permissions (what is asked) and principals
+//! (who asks). ALLOW lets a request through when some policy matches it,
+//! DENY refuses it then; LOG lets everything through. The HTTP filter and
+//! the network filter (`crate::listener::network::rbac`) share it; the
+//! network filter has no request: header matchers see no headers and
+//! `url_path` never matches.
 //!
 //! Compiled once per config; evaluating a request walks the policies and
 //! allocates nothing.
 
 use crate::common::matcher::{HeaderMatch, Pseudo, StringMatch};
+use crate::stats::Counter;
 use legate_api::pb::envoy::config::core::v3::CidrRange;
 use legate_api::pb::envoy::config::rbac::v3::{
     permission::Rule, principal::Identifier, rbac::Action as PbAction, Permission as PbPermission, Policy as PbPolicy,
@@ -15,6 +17,7 @@ use legate_api::pb::envoy::config::rbac::v3::{
 };
 use legate_api::pb::envoy::r#type::matcher::v3::{path_matcher, PathMatcher};
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 
 /// An IP network: `address_prefix/prefix_len`.
 #[derive(Debug, Clone, PartialEq)]
@@ -271,63 +274,41 @@ impl Engine {
     }
 }
 
-/// The compiled filter: enforced and shadow engines with their counters.
-pub struct Rbac {
-    pub enforced: Option<Engine>,
-    pub shadow: Option<Engine>,
-    allowed: std::sync::Arc<crate::stats::Counter>,
-    denied: std::sync::Arc<crate::stats::Counter>,
-    shadow_allowed: std::sync::Arc<crate::stats::Counter>,
-    shadow_denied: std::sync::Arc<crate::stats::Counter>,
+/// An RBAC filter's counters (`allowed`, `denied`, `shadow_allowed`,
+/// `shadow_denied`), with the evaluations they count; the HTTP and the
+/// network filter name them differently.
+pub struct Counted {
+    pub allowed: Arc<Counter>,
+    pub denied: Arc<Counter>,
+    pub shadow_allowed: Arc<Counter>,
+    pub shadow_denied: Arc<Counter>,
 }
 
-/// The `RBAC` message as the filter and its per-route override carry it.
-pub type Config = legate_api::pb::envoy::extensions::filters::http::rbac::v3::Rbac;
-
-/// The engines of an `RBAC` message (the filter's, or a route's override).
-pub fn engines(c: &Config) -> Result<(Option<Engine>, Option<Engine>), String> {
-    if c.matcher.is_some() || c.shadow_matcher.is_some() {
-        return Err("matcher and shadow_matcher are not supported (use rules)".into());
-    }
-    engines_of(c.rules.as_ref(), c.shadow_rules.as_ref())
-}
-
-/// The engines of `rules` and `shadow_rules` (HTTP or network filter).
-pub fn engines_of(rules: Option<&PbRbac>, shadow: Option<&PbRbac>) -> Result<(Option<Engine>, Option<Engine>), String> {
-    let enforced = rules.map(Engine::new).transpose().map_err(|e| format!("rules.{e}"))?;
-    let shadow = shadow.map(Engine::new).transpose().map_err(|e| format!("shadow_rules.{e}"))?;
-    Ok((enforced, shadow))
-}
-
-impl Rbac {
-    pub fn compile(c: &Config, store: &crate::stats::Store, stat_prefix: &str) -> Result<Self, String> {
-        let (enforced, shadow) = engines(c)?;
-        let p = format!("http.{stat_prefix}.rbac.");
-        Ok(Self {
-            enforced,
-            shadow,
-            allowed: store.counter(&format!("{p}allowed")),
-            denied: store.counter(&format!("{p}denied")),
-            shadow_allowed: store.counter(&format!("{p}shadow_allowed")),
-            shadow_denied: store.counter(&format!("{p}shadow_denied")),
-        })
+impl Counted {
+    /// `<prefix>allowed`, `<prefix>denied`, `<shadow_prefix>shadow_allowed`, `<shadow_prefix>shadow_denied`.
+    pub fn new(store: &crate::stats::Store, prefix: &str, shadow_prefix: &str) -> Self {
+        Self {
+            allowed: store.counter(&format!("{prefix}allowed")),
+            denied: store.counter(&format!("{prefix}denied")),
+            shadow_allowed: store.counter(&format!("{shadow_prefix}shadow_allowed")),
+            shadow_denied: store.counter(&format!("{shadow_prefix}shadow_denied")),
+        }
     }
 
-    /// Evaluates the shadow rules (counted only) and the enforced ones; a
-    /// route's override, when given, replaces both. False: answer 403.
-    pub fn check(&self, s: &Subject<'_>, route: Option<&RoutePolicy>) -> bool {
-        let (enforced, shadow) = match route {
-            Some(r) => (r.enforced.as_ref(), r.shadow.as_ref()),
-            None => (self.enforced.as_ref(), self.shadow.as_ref()),
-        };
-        if let Some(e) = shadow {
+    /// Evaluates the shadow rules, if any: counted, never enforced.
+    pub fn shadow(&self, rules: Option<&Engine>, s: &Subject<'_>) {
+        if let Some(e) = rules {
             if e.allows(s) {
                 self.shadow_allowed.inc();
             } else {
                 self.shadow_denied.inc();
             }
         }
-        match enforced {
+    }
+
+    /// Evaluates the enforced rules, if any (counted). False: refuse.
+    pub fn enforce(&self, rules: Option<&Engine>, s: &Subject<'_>) -> bool {
+        match rules {
             Some(e) if e.allows(s) => {
                 self.allowed.inc();
                 true
@@ -341,22 +322,11 @@ impl Rbac {
     }
 }
 
-/// `RBACPerRoute`: a route's own rules, replacing the filter's.
-#[derive(Debug)]
-pub struct RoutePolicy {
-    enforced: Option<Engine>,
-    shadow: Option<Engine>,
-}
-
-impl RoutePolicy {
-    pub fn new(p: &legate_api::pb::envoy::extensions::filters::http::rbac::v3::RbacPerRoute) -> Result<Self, String> {
-        let (enforced, shadow) = match &p.rbac {
-            Some(c) => engines(c)?,
-            // An empty override turns the filter off for the route.
-            None => (None, None),
-        };
-        Ok(Self { enforced, shadow })
-    }
+/// The engines of `rules` and `shadow_rules` (HTTP or network filter).
+pub fn engines_of(rules: Option<&PbRbac>, shadow: Option<&PbRbac>) -> Result<(Option<Engine>, Option<Engine>), String> {
+    let enforced = rules.map(Engine::new).transpose().map_err(|e| format!("rules.{e}"))?;
+    let shadow = shadow.map(Engine::new).transpose().map_err(|e| format!("shadow_rules.{e}"))?;
+    Ok((enforced, shadow))
 }
 
 #[cfg(test)]

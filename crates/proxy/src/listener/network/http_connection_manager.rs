@@ -1,0 +1,54 @@
+//! `envoy.filters.network.http_connection_manager` as a chain's terminal
+//! network filter: the compiled connection manager with the HTTP server
+//! settings its connections are served with (the listener serves them).
+
+use crate::http::conn_manager::{Codec, Hcm};
+use crate::http::context::CompileContext;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::server::conn::auto;
+use legate_api::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpConnectionManager;
+use legate_api::pb::google::protobuf::Any;
+use std::borrow::Cow;
+use std::sync::Arc;
+
+pub const TYPE: &str = legate_api::semantic::HCM_TYPE;
+
+pub struct HttpChain {
+    pub hcm: Arc<Hcm>,
+    /// The HTTP server settings for this chain's connections.
+    pub builder: auto::Builder<TokioExecutor>,
+}
+
+impl HttpChain {
+    /// The terminal filter from its `typed_config`; `path` names it in errors.
+    pub fn compile_filter(any: &Any, ctx: &CompileContext, path: &str) -> Result<Self, String> {
+        let hcm: HttpConnectionManager = legate_api::any::unpack(any)?;
+        let hcm = Hcm::compile(&hcm, ctx).map_err(|e| format!("{path}.{e}"))?;
+        let hcm = Arc::new(hcm);
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder.http1().timer(TokioTimer::new()).keep_alive(true).header_read_timeout(hcm.request_headers_timeout);
+        builder.http2().timer(TokioTimer::new()).max_concurrent_streams(Some(2147483647));
+        if hcm.allow_connect {
+            builder.http2().enable_connect_protocol();
+        }
+        let builder = match hcm.codec {
+            Codec::Auto => builder,
+            Codec::Http1 => builder.http1_only(),
+            Codec::Http2 => builder.http2_only(),
+        };
+        Ok(Self { hcm, builder })
+    }
+
+    /// The server settings for a connection whose TLS ALPN said `h2`
+    /// (`Some(true)`) or something else: with AUTO, ALPN decides the codec
+    /// (Envoy: `h2` is HTTP/2, anything else HTTP/1.1); a plain connection
+    /// is sniffed for the h2 preface. Cloning the builder costs a few
+    /// reference counts.
+    pub fn builder_for(&self, alpn_h2: Option<bool>) -> Cow<'_, auto::Builder<TokioExecutor>> {
+        match (self.hcm.codec, alpn_h2) {
+            (Codec::Auto, Some(true)) => Cow::Owned(self.builder.clone().http2_only()),
+            (Codec::Auto, Some(false)) => Cow::Owned(self.builder.clone().http1_only()),
+            _ => Cow::Borrowed(&self.builder),
+        }
+    }
+}
