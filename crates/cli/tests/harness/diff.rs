@@ -3,14 +3,10 @@
 //! what differs by nature), and the checks that both proxies agree on
 //! responses, stats and how traffic spreads.
 
-#[allow(unused_imports)]
-pub use super::admin::stat;
-use super::http_client::{curl_h2, http_request, keep_alive_exchange, Resp};
-#[allow(unused_imports)]
-pub use super::http_client::{get, Req};
+use super::admin::stat;
+use super::http_client::{curl_h2, get, http_request, keep_alive_exchange, Req, Resp};
 use super::process::addr;
-#[allow(unused_imports)]
-pub use super::sides::{start_pair, Pair};
+use super::sides::{start_pair, Pair};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -193,8 +189,3 @@ pub fn staggered(port: u16, paths: &[&str]) -> Vec<Resp> {
 pub fn assert_same<T: PartialEq + std::fmt::Debug>(what: &str, envoy: &T, legate: &T) {
     assert_eq!(envoy, legate, "{what}: Envoy (left) and Legate (right) differ");
 }
-
-// What the scenario files still take from here while they move to the
-// modules that now hold these.
-#[allow(unused_imports)]
-pub use super::template::{bootstrap, cluster, echo_cluster, one_vhost, with_filters};
