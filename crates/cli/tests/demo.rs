@@ -16,12 +16,8 @@ fn demo_serves_what_it_prints() {
         Command::new(LEGATE).args(["demo", "--seconds", "60", "--data-dir"]).arg(dir.path().join("data")),
         dir.path(),
     );
-    let hello = wait_for("the demo proxy", Duration::from_secs(40), || {
-        if !demo.is_running() {
-            panic!("demo exited:\n{}", demo.output());
-        }
-        http_get(addr(10000), "/hello", "demo").ok().filter(|r| r.status == 200)
-    });
+    let hello =
+        wait_http("the demo proxy", &mut demo, 10000, "/hello", "demo", Duration::from_secs(40), |r| r.status == 200);
     assert_eq!(hello.body, "hello from legate\n");
     let r = http_get(addr(10000), "/v2/x", "demo").expect("v2");
     assert_eq!(r.header("x-upstream"), Some("service-v2"));

@@ -2,14 +2,13 @@
 //! Envoy 1.40 and through `legate proxy`; status, the upstream that answered,
 //! the headers that matter and the bodies must agree.
 //!
-//! Each scenario is one #[test]. A bootstrap template names its ports as
-//! `{LISTEN}`, `{ADMIN}` (different for each proxy: both use SO_REUSEPORT and
-//! would otherwise share traffic) and `{UP_<name>}` (shared echo upstreams).
+//! Each scenario is one #[test], its bootstrap a template (`harness::template`).
 //! Legitimate differences are named where they are ignored.
 
 mod harness;
 
 use harness::diff::*;
+use harness::template::*;
 use harness::*;
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -17,23 +16,13 @@ use std::time::Duration;
 
 #[test]
 fn basic_prefix_route_http1() {
-    let t = bootstrap(
-        "",
-        "",
-        &one_vhost("              - { match: { prefix: \"/\" }, route: { cluster: echo } }\n"),
-        &echo_cluster(),
-    );
+    let t = echo_bootstrap("");
     compare("basic", &t, &["a"], &[get("/"), get("/some/path?x=1"), get("/x").header("user-agent", "diff-test")]);
 }
 
 #[test]
 fn h2c_downstream() {
-    let t = bootstrap(
-        "",
-        "",
-        &one_vhost("              - { match: { prefix: \"/\" }, route: { cluster: echo } }\n"),
-        &echo_cluster(),
-    );
+    let t = echo_bootstrap("");
     compare("h2c", &t, &["a"], &[get("/h2").h2(), get("/nothing-special?q=2").h2()]);
 }
 
@@ -320,12 +309,7 @@ fn response_header_mutations_at_three_levels() {
 #[test]
 fn forwarded_headers_edge_proxy() {
     let hcm = "          use_remote_address: true\n";
-    let t = bootstrap(
-        hcm,
-        "",
-        &one_vhost("              - { match: { prefix: \"/\" }, route: { cluster: echo } }\n"),
-        &echo_cluster(),
-    );
+    let t = echo_bootstrap(hcm);
     compare(
         "xff-edge",
         &t,
@@ -349,12 +333,7 @@ fn forwarded_headers_edge_proxy() {
 #[test]
 fn forwarded_headers_trusted_hops() {
     let hcm = "          use_remote_address: true\n          xff_num_trusted_hops: 1\n";
-    let t = bootstrap(
-        hcm,
-        "",
-        &one_vhost("              - { match: { prefix: \"/\" }, route: { cluster: echo } }\n"),
-        &echo_cluster(),
-    );
+    let t = echo_bootstrap(hcm);
     compare(
         "xff-hops",
         &t,
@@ -371,12 +350,7 @@ fn forwarded_headers_trusted_hops() {
 
 #[test]
 fn forwarded_headers_internal_proxy() {
-    let t = bootstrap(
-        "",
-        "",
-        &one_vhost("              - { match: { prefix: \"/\" }, route: { cluster: echo } }\n"),
-        &echo_cluster(),
-    );
+    let t = echo_bootstrap("");
     compare(
         "xff-internal",
         &t,
@@ -502,24 +476,22 @@ fn least_request_and_random_spread() {
 
 #[test]
 fn upstream_http2() {
-    let clusters = "  - name: h2\n    connect_timeout: 1s\n    typed_extension_protocol_options:\n      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:\n        \"@type\": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions\n        explicit_http_config: { http2_protocol_options: {} }\n    load_assignment: { cluster_name: h2, endpoints: [{ lb_endpoints: [{ endpoint: { address: { socket_address: { address: 127.0.0.1, port_value: {UP_a} } } } }] }] }\n";
+    let clusters = format!(
+        "  - name: h2\n    connect_timeout: 1s\n{H2_BLOCK}    load_assignment: {{ cluster_name: h2, endpoints: [{{ lb_endpoints: [{}] }}] }}\n",
+        endpoint("{UP_a}")
+    );
     let t = bootstrap(
         "",
         "",
         &one_vhost("              - { match: { prefix: \"/\" }, route: { cluster: h2 } }\n"),
-        clusters,
+        &clusters,
     );
     compare("upstream-h2", &t, &["a"], &[get("/grpc-like"), get("/x").h2()]);
 }
 
 #[test]
 fn server_header_options() {
-    let t = bootstrap(
-        "          server_name: my-proxy\n",
-        "",
-        &one_vhost("              - { match: { prefix: \"/\" }, route: { cluster: echo } }\n"),
-        &echo_cluster(),
-    );
+    let t = echo_bootstrap("          server_name: my-proxy\n");
     compare("server-name", &t, &["a"], &[get("/")]);
     let t = bootstrap(
         "          server_header_transformation: PASS_THROUGH\n",
@@ -532,12 +504,7 @@ fn server_header_options() {
 
 #[test]
 fn protocol_errors() {
-    let t = bootstrap(
-        "",
-        "",
-        &one_vhost("              - { match: { prefix: \"/\" }, route: { cluster: echo } }\n"),
-        &echo_cluster(),
-    );
+    let t = echo_bootstrap("");
     let pair = start_pair("protocol-errors", &t, &["a"]);
     for (name, raw) in [
         ("no host", "GET / HTTP/1.1\r\n\r\n"),
@@ -558,13 +525,7 @@ fn protocol_errors() {
         ),
     ] {
         let status = |port: u16| {
-            use std::io::{Read, Write};
-            let mut s = std::net::TcpStream::connect(addr(port)).expect("connect");
-            s.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
-            s.write_all(raw.as_bytes()).expect("write");
-            let mut buf = vec![0; 4096];
-            let n = s.read(&mut buf).unwrap_or(0);
-            let text = String::from_utf8_lossy(&buf[..n]).to_string();
+            let text = harness::raw::first_read(port, raw);
             let first = text.lines().next().unwrap_or_default().to_string();
             let body = text.split("\r\n\r\n").nth(1).unwrap_or_default().to_string();
             let close = text.to_ascii_lowercase().contains("connection: close");
@@ -611,13 +572,7 @@ fn access_log_lines() {
         send(pair.envoy, r);
         send(pair.legate, r);
     }
-    let read = |kind: &str, admin: u16| {
-        let p = logs.path().join(format!("{kind}-{admin}.log"));
-        wait_for(&format!("{} lines in {}", reqs.len(), p.display()), Duration::from_secs(10), || {
-            let s = std::fs::read_to_string(&p).ok()?;
-            (s.lines().count() >= reqs.len()).then_some(s)
-        })
-    };
+    let read = |kind: &str, admin: u16| wait_log(&logs.path().join(format!("{kind}-{admin}.log")), reqs.len());
     assert_eq!(read("access", pair.envoy_admin), read("access", pair.legate_admin), "text access log lines");
     let json = |admin| -> Vec<Value> {
         read("json", admin).lines().map(|l| serde_json::from_str(l).expect("json log line")).collect()
@@ -698,19 +653,11 @@ fn stats_agree() {
     let stats = |admin: u16| -> BTreeMap<String, i64> {
         // Counters settle once responses are done.
         std::thread::sleep(Duration::from_millis(200));
-        let body = http_get(addr(admin), "/stats?format=json", "admin").expect("stats").body;
-        let v: Value = serde_json::from_str(&body).expect("stats json");
-        v["stats"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|s| Some((s["name"].as_str()?.to_string(), s["value"].as_i64()?)))
-            .filter(|(n, _)| names.contains(&n.as_str()))
-            .collect()
+        json_stats(admin).into_iter().filter(|(n, _)| names.contains(&n.as_str())).collect()
     };
     assert_eq!(stats(pair.envoy_admin), stats(pair.legate_admin), "stat values");
     for admin in [pair.envoy_admin, pair.legate_admin] {
-        let prom = http_get(addr(admin), "/stats/prometheus", "admin").expect("prometheus").body;
+        let prom = admin_page(admin, "/stats/prometheus");
         assert!(prom.contains("envoy_cluster_upstream_rq_total{envoy_cluster_name=\"echo\"}"), "prometheus on {admin}");
     }
 }
@@ -767,12 +714,7 @@ fn fault_injection_by_header() {
           - name: envoy.filters.http.router
             typed_config: { "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }
 "#;
-    let t = bootstrap(
-        "",
-        "",
-        &one_vhost("              - { match: { prefix: \"/\" }, route: { cluster: echo } }\n"),
-        &echo_cluster(),
-    );
+    let t = echo_bootstrap("");
     let t = with_filters(t, filters);
     assert!(t.contains("HTTPFault"), "template replacement failed");
     let pair = compare(
@@ -795,9 +737,7 @@ fn fault_injection_by_header() {
             started.elapsed()
         );
     }
-    for name in ["http.ingress_http.fault.aborts_injected", "http.ingress_http.fault.delays_injected"] {
-        assert_eq!(stat(pair.envoy_admin, name), stat(pair.legate_admin, name), "{name}");
-    }
+    pair.same_stats(&["http.ingress_http.fault.aborts_injected", "http.ingress_http.fault.delays_injected"]);
 }
 
 #[test]
@@ -814,12 +754,7 @@ fn local_rate_limit() {
           - name: envoy.filters.http.router
             typed_config: { "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }
 "#;
-    let t = bootstrap(
-        "",
-        "",
-        &one_vhost("              - { match: { prefix: \"/\" }, route: { cluster: echo } }\n"),
-        &echo_cluster(),
-    );
+    let t = echo_bootstrap("");
     let t = with_filters(t, filters);
     assert!(t.contains("LocalRateLimit"), "template replacement failed");
     // Three tokens for the minute: the fourth and fifth requests are limited.
@@ -866,14 +801,12 @@ fn retries() {
             assert_eq!((r.status, r.header("x-upstream")), (200, Some("a")), "request {i} on port {port}");
         }
     }
-    for name in [
+    pair.same_stats(&[
         "cluster.echo.upstream_rq_retry",
         "cluster.echo.upstream_rq_503",
         "cluster.echo.upstream_rq_418",
         "cluster.echo.upstream_rq_total",
-    ] {
-        assert_eq!(stat(pair.envoy_admin, name), stat(pair.legate_admin, name), "{name}");
-    }
+    ]);
 }
 
 #[test]
@@ -896,7 +829,7 @@ fn active_health_checks() {
         });
     }
     for admin in [pair.envoy_admin, pair.legate_admin] {
-        let body = http_get(addr(admin), "/clusters", "admin").expect("clusters").body;
+        let body = admin_page(admin, "/clusters");
         assert!(body.contains("health_flags::/failed_active_hc"), "port {admin}:\n{body}");
         assert!(body.contains("health_flags::healthy"), "port {admin}:\n{body}");
     }
@@ -934,30 +867,14 @@ fn outlier_detection_consecutive_5xx() {
     assert_eq!(bad(&e), 3, "Envoy: {e:?}");
     assert_eq!(bad(&l), 3, "Legate (Envoy saw {e:?}): {l:?}");
     assert!(l[8..].iter().all(|u| u == "a"), "after the ejection everything goes to the good host: {l:?}");
-    for name in
-        ["cluster.od.outlier_detection.ejections_enforced_total", "cluster.od.outlier_detection.ejections_active"]
-    {
-        assert_eq!(stat(pair.envoy_admin, name), stat(pair.legate_admin, name), "{name}");
-    }
+    pair.same_stats(&[
+        "cluster.od.outlier_detection.ejections_enforced_total",
+        "cluster.od.outlier_detection.ejections_active",
+    ]);
     for admin in [pair.envoy_admin, pair.legate_admin] {
-        let body = http_get(addr(admin), "/clusters", "admin").expect("clusters").body;
+        let body = admin_page(admin, "/clusters");
         assert!(body.contains("health_flags::/failed_outlier_check"), "port {admin}:\n{body}");
     }
-}
-
-/// Sends `paths` one after another, 100 ms apart, each on its own connection
-/// and thread, and returns the responses in the order they were sent.
-fn staggered(port: u16, paths: &[&str]) -> Vec<Resp> {
-    let handles: Vec<_> = paths
-        .iter()
-        .enumerate()
-        .map(|(i, p)| {
-            let p = p.to_string();
-            std::thread::sleep(Duration::from_millis(if i == 0 { 0 } else { 100 }));
-            std::thread::spawn(move || send(port, &get(&p)))
-        })
-        .collect();
-    handles.into_iter().map(|h| h.join().expect("request thread")).collect()
 }
 
 #[test]
@@ -966,11 +883,7 @@ fn circuit_breakers() {
               - { match: { prefix: "/cx" }, route: { cluster: cx_limited } }
 "#;
     let limited = |name: &str, thresholds: &str| {
-        cluster(name, &["{UP_a}"]).replacen(
-            "connect_timeout: 1s,",
-            &format!("connect_timeout: 1s, circuit_breakers: {{ thresholds: [{thresholds}] }},"),
-            1,
-        )
+        cluster_with(name, &["{UP_a}"], &format!("circuit_breakers: {{ thresholds: [{thresholds}] }}, "))
     };
     let clusters = limited("rq_limited", "{ max_requests: 1, track_remaining: true }")
         + &limited("cx_limited", "{ max_connections: 1, max_pending_requests: 1 }");
@@ -1001,7 +914,7 @@ fn circuit_breakers() {
         assert!(d.is_empty(), "max_connections, request {i}: Legate differs from Envoy:\n{}", d.join("\n"));
     }
     std::thread::sleep(Duration::from_millis(300));
-    for name in [
+    pair.same_stats(&[
         "cluster.rq_limited.upstream_rq_active_overflow",
         "cluster.rq_limited.upstream_rq_pending_overflow",
         "cluster.rq_limited.upstream_cx_total",
@@ -1017,46 +930,12 @@ fn circuit_breakers() {
         "cluster.cx_limited.upstream_rq_total",
         "cluster.cx_limited.circuit_breakers.default.cx_open",
         "cluster.cx_limited.circuit_breakers.default.remaining_cx",
-    ] {
-        assert_eq!(stat(pair.envoy_admin, name), stat(pair.legate_admin, name), "{name}");
-    }
+    ]);
     let limits = |admin: u16| {
-        let body = http_get(addr(admin), "/clusters", "admin").expect("clusters").body;
+        let body = admin_page(admin, "/clusters");
         body.lines().filter(|l| l.contains("_priority::")).map(str::to_string).collect::<Vec<_>>()
     };
     assert_eq!(limits(pair.envoy_admin), limits(pair.legate_admin), "/clusters thresholds");
-}
-
-/// A health-checked cluster whose priority levels hold `levels` (each a list
-/// of endpoint port placeholders), with extra cluster fields.
-fn prioritized(name: &str, levels: &[&[&str]], extra: &str) -> String {
-    let hc = "    health_checks: [{ timeout: 0.5s, interval: 0.2s, unhealthy_threshold: 1, healthy_threshold: 1, tcp_health_check: {} }]\n";
-    let groups: Vec<String> = levels
-        .iter()
-        .enumerate()
-        .map(|(p, ports)| {
-            let eps: Vec<String> = ports
-                .iter()
-                .map(|port| format!("{{ endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {port} }} }} }} }}"))
-                .collect();
-            format!("{{ priority: {p}, lb_endpoints: [{}] }}", eps.join(", "))
-        })
-        .collect();
-    format!(
-        "  - name: {name}\n    connect_timeout: 0.5s\n{hc}{extra}    load_assignment: {{ cluster_name: {name}, endpoints: [{}] }}\n",
-        groups.join(", ")
-    )
-}
-
-/// How `n` requests to `path` ended: count per answering upstream (or status).
-fn spread(port: u16, path: &str, n: usize) -> BTreeMap<String, usize> {
-    let mut m = BTreeMap::new();
-    for _ in 0..n {
-        let r = send(port, &get(path));
-        let key = r.header("x-upstream").map_or_else(|| format!("status {}", r.status), str::to_string);
-        *m.entry(key).or_insert(0) += 1;
-    }
-    m
 }
 
 #[test]
@@ -1108,11 +987,7 @@ fn priority_failover_and_panic() {
 #[test]
 fn consistent_hashing_ring_hash_and_maglev() {
     let hashed = |name: &str, policy: &str| {
-        cluster(name, &["{UP_a}", "{UP_b}", "{UP_c}", "{UP_d}"]).replacen(
-            "connect_timeout: 1s,",
-            &format!("connect_timeout: 1s, lb_policy: {policy},"),
-            1,
-        )
+        cluster_with(name, &["{UP_a}", "{UP_b}", "{UP_c}", "{UP_d}"], &format!("lb_policy: {policy}, "))
     };
     let routes = r#"              - match: { prefix: "/ring" }
                 route: { cluster: ring, hash_policy: [{ header: { header_name: x-user } }] }
@@ -1154,10 +1029,10 @@ fn consistent_hashing_ring_hash_and_maglev() {
 #[test]
 fn weighted_least_request_and_choice_count() {
     let weighted = "  - { name: wlr, connect_timeout: 1s, lb_policy: LEAST_REQUEST, load_assignment: { cluster_name: wlr, endpoints: [{ lb_endpoints: [{ endpoint: { address: { socket_address: { address: 127.0.0.1, port_value: {UP_a} } } }, load_balancing_weight: 1 }, { endpoint: { address: { socket_address: { address: 127.0.0.1, port_value: {UP_b} } } }, load_balancing_weight: 3 }] }] } }\n";
-    let choices = cluster("choices", &["{UP_a}", "{UP_b}", "{UP_c}"]).replacen(
-        "connect_timeout: 1s,",
-        "connect_timeout: 1s, lb_policy: LEAST_REQUEST, least_request_lb_config: { choice_count: 3 },",
-        1,
+    let choices = cluster_with(
+        "choices",
+        &["{UP_a}", "{UP_b}", "{UP_c}"],
+        "lb_policy: LEAST_REQUEST, least_request_lb_config: { choice_count: 3 }, ",
     );
     let routes = r#"              - { match: { prefix: "/wlr" }, route: { cluster: wlr } }
               - { match: { prefix: "/choices" }, route: { cluster: choices } }
@@ -1210,9 +1085,11 @@ fn attempt_count_and_retriable_headers() {
             get("/plain/x").h2(),
         ],
     );
-    for name in ["cluster.echo.upstream_rq_retry", "cluster.echo.upstream_rq_total", "cluster.echo.upstream_rq_503"] {
-        assert_eq!(stat(pair.envoy_admin, name), stat(pair.legate_admin, name), "{name}");
-    }
+    pair.same_stats(&[
+        "cluster.echo.upstream_rq_retry",
+        "cluster.echo.upstream_rq_total",
+        "cluster.echo.upstream_rq_503",
+    ]);
 }
 
 #[test]
@@ -1270,7 +1147,7 @@ fn grpc_and_tcp_payload_health_checks() {
             "  - name: {name}\n    connect_timeout: 0.5s\n{extra}    health_checks: [{{ timeout: 0.5s, interval: 0.2s, no_traffic_interval: 0.2s, unhealthy_threshold: 1, healthy_threshold: 1, {hc} }}]\n    load_assignment: {{ cluster_name: {name}, endpoints: [{{ lb_endpoints: [{{ endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {{UP_a}} }} }} }} }}, {{ endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {sick_port} }} }} }} }}] }}] }}\n"
         )
     };
-    let h2 = "    typed_extension_protocol_options: { envoy.extensions.upstreams.http.v3.HttpProtocolOptions: { \"@type\": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions, explicit_http_config: { http2_protocol_options: {} } } }\n";
+    let h2 = &format!("    {H2_OPTIONS}\n");
     // TCP: "GET / HTTP/1.1\r\nhost: x\r\n\r\n" must be answered "HTTP/1.1 200"
     // (one payload: split ones may match pieces of the body).
     let tcp = "tcp_health_check: { send: { text: 474554202f20485454502f312e310d0a686f73743a20780d0a0d0a }, receive: [{ text: 485454502f312e3120323030 }] }";
@@ -1290,7 +1167,7 @@ fn grpc_and_tcp_payload_health_checks() {
         }
     }
     for admin in [pair.envoy_admin, pair.legate_admin] {
-        let body = http_get(addr(admin), "/clusters", "admin").expect("clusters").body;
+        let body = admin_page(admin, "/clusters");
         for c in ["grpc", "tcp"] {
             assert!(
                 body.lines()
@@ -1308,12 +1185,12 @@ fn grpc_and_tcp_payload_health_checks() {
 #[test]
 fn load_balancing_policy_typed_configs() {
     let typed = |name: &str, policy: &str| {
-        cluster(name, &["{UP_a}", "{UP_b}", "{UP_c}", "{UP_d}"]).replacen(
-            "connect_timeout: 1s,",
+        cluster_with(
+            name,
+            &["{UP_a}", "{UP_b}", "{UP_c}", "{UP_d}"],
             &format!(
-                "connect_timeout: 1s, load_balancing_policy: {{ policies: [{{ typed_extension_config: {{ name: lb, typed_config: {policy} }} }}] }},"
+                "load_balancing_policy: {{ policies: [{{ typed_extension_config: {{ name: lb, typed_config: {policy} }} }}] }}, "
             ),
-            1,
         )
     };
     let clusters = typed(
@@ -1342,59 +1219,17 @@ fn load_balancing_policy_typed_configs() {
     assert_eq!(e, l, "round robin over four hosts");
 }
 
-/// Sends requests back to back to `port` for `run` (at most `max`), and
-/// returns (sent, failed, first failure, last failure) with times since `t0`.
-fn steady_load(
-    port: u16,
-    path: &str,
-    t0: std::time::Instant,
-    run: Duration,
-    max: usize,
-) -> (usize, usize, Option<Duration>, Option<Duration>) {
-    let (mut sent, mut failed, mut first, mut last) = (0, 0, None, None);
-    while t0.elapsed() < run && sent < max {
-        sent += 1;
-        let ok = http_request(addr(port), "GET", path, "example.com", &[], "").is_ok_and(|r| r.status == 200);
-        if !ok {
-            failed += 1;
-            let at = t0.elapsed();
-            first.get_or_insert(at);
-            last = Some(at);
-        }
-    }
-    (sent, failed, first, last)
-}
-
 #[test]
 fn failover_under_load() {
     let dir = TempDir::new("failover");
     let ports = [free_port(), free_port(), free_port()];
-    let start = |name: &str, port: u16, extra: &[&str]| {
-        let mut p = harness::Proc::spawn(
-            &format!("echo-{name}"),
-            std::process::Command::new(LEGATE)
-                .args(["echo", "--listen", &format!("127.0.0.1:{port}"), "--name", name])
-                .args(extra),
-            dir.path(),
-        );
-        wait_for("echo upstream", Duration::from_secs(10), || {
-            assert!(p.is_running(), "echo {name} exited: {}", p.output());
-            std::net::TcpStream::connect(addr(port)).ok()
-        });
-        p
-    };
+    let start = |name: &str, port: u16, extra: &[&str]| echo_at(name, port, extra, dir.path());
     let _a = start("a", ports[0], &[]);
     let mut b = start("b", ports[1], &[]);
     let mut c = start("c", ports[2], &[]);
-    let eps: Vec<String> = ports
-        .iter()
-        .map(|p| {
-            format!("{{ endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {p} }} }} }} }}")
-        })
-        .collect();
     let clusters = format!(
         "  - name: svc\n    connect_timeout: 0.25s\n    outlier_detection: {{ consecutive_5xx: 3, interval: 0.5s, base_ejection_time: 30s, max_ejection_percent: 100 }}\n    load_assignment: {{ cluster_name: svc, endpoints: [{{ lb_endpoints: [{}] }}] }}\n",
-        eps.join(", ")
+        endpoints(&ports)
     );
     let routes = r#"              - match: { prefix: "/" }
                 route:
@@ -1412,7 +1247,7 @@ fn failover_under_load() {
     let run = Duration::from_secs(4);
     let loads: Vec<_> = [pair.envoy, pair.legate]
         .into_iter()
-        .map(|port| std::thread::spawn(move || steady_load(port, "/work", t0, run, 40_000)))
+        .map(|port| std::thread::spawn(move || harness::load::load_for(port, "/work", t0, run, 40_000)))
         .collect();
     // At 1 s endpoint c starts failing (503 to everything); at 2 s b dies.
     std::thread::sleep(Duration::from_secs(1));
@@ -1471,16 +1306,12 @@ fn request_mirroring() {
         assert_eq!(e["headers"][h], l["headers"][h], "mirror header {h}");
     }
     assert_eq!(l["headers"]["host"], "example.com-shadow");
-    for name in ["cluster.shadow.upstream_rq_total", "cluster.shadow.upstream_rq_200"] {
-        assert_eq!(stat(pair.envoy_admin, name), stat(pair.legate_admin, name), "{name}");
-    }
+    pair.same_stats(&["cluster.shadow.upstream_rq_total", "cluster.shadow.upstream_rq_200"]);
 }
 
 #[test]
 fn locality_weighted_balancing() {
-    let ep = |port: &str| {
-        format!("{{ endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {port} }} }} }} }}")
-    };
+    let ep = endpoint;
     // Localities weighted 1 and 3 (one host each, and a second locality of
     // two hosts on the heavy side), and a locality without a weight, which takes nothing.
     let clusters = format!(
@@ -1511,10 +1342,10 @@ fn locality_weighted_balancing() {
 #[test]
 fn retry_budget() {
     let budgeted = |name: &str, budget: &str| {
-        cluster(name, &["{UP_a}"]).replacen(
-            "connect_timeout: 1s,",
-            &format!("connect_timeout: 1s, circuit_breakers: {{ thresholds: [{{ retry_budget: {budget} }}] }},"),
-            1,
+        cluster_with(
+            name,
+            &["{UP_a}"],
+            &format!("circuit_breakers: {{ thresholds: [{{ retry_budget: {budget} }}] }}, "),
         )
     };
     // No budget at all: every retry overflows. A budget with a minimum of
@@ -1526,25 +1357,23 @@ fn retry_budget() {
 "#;
     let t = bootstrap("", "", &one_vhost(routes), &clusters);
     let pair = compare("retry-budget", &t, &["a"], &[get("/none/status/503"), get("/some/status/503")]);
-    for name in [
+    pair.same_stats(&[
         "cluster.none.upstream_rq_retry",
         "cluster.none.upstream_rq_retry_overflow",
         "cluster.none.upstream_rq_total",
         "cluster.some.upstream_rq_retry",
         "cluster.some.upstream_rq_retry_overflow",
         "cluster.some.upstream_rq_total",
-    ] {
-        assert_eq!(stat(pair.envoy_admin, name), stat(pair.legate_admin, name), "{name}");
-    }
+    ]);
     assert_eq!(stat(pair.legate_admin, "cluster.none.upstream_rq_retry_overflow"), Some(1));
 }
 
 #[test]
 fn outlier_detection_local_origin_failures() {
-    let clusters = cluster("split", &["{UP_a}", "{CLOSED}"]).replacen(
-        "connect_timeout: 1s,",
-        "connect_timeout: 1s, outlier_detection: { split_external_local_origin_errors: true, consecutive_local_origin_failure: 2, consecutive_5xx: 100, interval: 10s, base_ejection_time: 30s, max_ejection_percent: 50 },",
-        1,
+    let clusters = cluster_with(
+        "split",
+        &["{UP_a}", "{CLOSED}"],
+        "outlier_detection: { split_external_local_origin_errors: true, consecutive_local_origin_failure: 2, consecutive_5xx: 100, interval: 10s, base_ejection_time: 30s, max_ejection_percent: 50 }, ",
     );
     let t = bootstrap(
         "",
@@ -1558,24 +1387,17 @@ fn outlier_detection_local_origin_failures() {
     let failed = |s: &[u16]| s.iter().filter(|c| **c == 503).count();
     assert_eq!(failed(&e), 2, "Envoy: {e:?}");
     assert_eq!(failed(&l), failed(&e), "Legate {l:?}, Envoy {e:?}");
-    for name in [
+    pair.same_stats(&[
         "cluster.split.outlier_detection.ejections_enforced_consecutive_local_origin_failure",
         "cluster.split.outlier_detection.ejections_detected_consecutive_local_origin_failure",
         "cluster.split.outlier_detection.ejections_enforced_consecutive_5xx",
         "cluster.split.outlier_detection.ejections_active",
-    ] {
-        assert_eq!(stat(pair.envoy_admin, name), stat(pair.legate_admin, name), "{name}");
-    }
+    ]);
 }
 
 #[test]
 fn network_local_rate_limit() {
-    let t = bootstrap(
-        "",
-        "",
-        &one_vhost("              - { match: { prefix: \"/\" }, route: { cluster: echo } }\n"),
-        &echo_cluster(),
-    );
+    let t = echo_bootstrap("");
     let hcm_first = "    - filters:\n      - name: envoy.filters.network.http_connection_manager\n";
     assert!(t.contains(hcm_first), "the bootstrap template changed");
     // Two connections, then one a minute: the third and fourth are refused.

@@ -12,210 +12,42 @@
 
 mod harness;
 
+use harness::config::*;
+use harness::diff::assert_same;
+use harness::jwt::{ec_key, token};
+use harness::raw::{tcp_in_pieces, tcp_request, tcp_silent};
+use harness::tls::{curl_head_body, curl_tls, https, Https};
 use harness::*;
+use rcgen::DnType;
 use serde_json::Value;
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
-// ---------------------------------------------------------------------------
-// Certificates
-
+/// The CA (`ca.pem`), the proxies' certificate and the three clients.
 fn write_certs(dir: &Path) {
-    use rcgen::{
-        BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
-        KeyUsagePurpose, SanType,
-    };
-    let mut p = CertificateParams::new(Vec::<String>::new()).expect("params");
-    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    p.distinguished_name.push(DnType::CommonName, "Legate Access CA");
-    p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
-    let ca = CertifiedIssuer::self_signed(p, KeyPair::generate().expect("key")).expect("CA");
-    std::fs::write(dir.join("ca.pem"), ca.pem()).expect("write");
-    let leaf = |file: &str, dns: &[&str], uri: Option<&str>, dn: &[(DnType, &str)], client: bool| {
-        let mut p = CertificateParams::new(dns.iter().map(|s| s.to_string()).collect::<Vec<_>>()).expect("params");
-        if let Some(u) = uri {
-            p.subject_alt_names.push(SanType::URI(u.try_into().expect("uri")));
-        }
-        for (t, v) in dn {
-            p.distinguished_name.push(t.clone(), *v);
-        }
-        p.extended_key_usages =
-            vec![if client { ExtendedKeyUsagePurpose::ClientAuth } else { ExtendedKeyUsagePurpose::ServerAuth }];
-        let key = KeyPair::generate().expect("key");
-        let cert = p.signed_by(&key, &ca).expect("sign");
-        std::fs::write(dir.join(format!("{file}.pem")), cert.pem()).expect("write");
-        std::fs::write(dir.join(format!("{file}.key")), key.serialize_pem()).expect("write");
-    };
-    leaf(
-        "proxy",
-        &["proxy.example.com"],
-        Some("spiffe://legate.test/proxy"),
-        &[(DnType::CommonName, "proxy.example.com")],
-        false,
-    );
-    leaf(
-        "client1",
-        &["client1.example.com"],
-        Some("spiffe://legate.test/client1"),
-        &[(DnType::OrganizationName, "Legate Tests"), (DnType::CommonName, "client1")],
-        true,
-    );
-    leaf("client2", &["client2.example.com"], None, &[(DnType::CommonName, "client2")], true);
-    leaf(
-        "client3",
-        &[],
-        None,
-        &[(DnType::CountryName, "NL"), (DnType::OrganizationName, "Legate Tests"), (DnType::CommonName, "client3")],
-        true,
-    );
-}
-
-// ---------------------------------------------------------------------------
-// Bootstrap pieces (YAML flow style)
-
-fn p(dir: &Path, f: &str) -> String {
-    dir.join(f).display().to_string()
+    let ca = harness::certs::Ca::new("Legate Access CA");
+    ca.write(dir, "ca.pem");
+    let proxy = harness::certs::server(&["proxy.example.com"]).uri("spiffe://legate.test/proxy");
+    ca.issue(&proxy.cn("proxy.example.com")).write(dir, "proxy");
+    let client1 = harness::certs::client(&["client1.example.com"]).uri("spiffe://legate.test/client1");
+    ca.issue(&client1.subject(DnType::OrganizationName, "Legate Tests").cn("client1")).write(dir, "client1");
+    ca.issue(&harness::certs::client(&["client2.example.com"]).cn("client2")).write(dir, "client2");
+    let client3 = harness::certs::client(&[]).subject(DnType::CountryName, "NL");
+    ca.issue(&client3.subject(DnType::OrganizationName, "Legate Tests").cn("client3")).write(dir, "client3");
 }
 
 /// A filter chain's TLS with the proxy certificate; client certificates are
-/// asked for and verified against the CA, and required when `require`.
-fn down_tls(dir: &Path, require: bool) -> String {
-    format!(
-        "{{name: envoy.transport_sockets.tls, typed_config: {{\"@type\": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext, require_client_certificate: {require}, common_tls_context: {{tls_certificates: [{{certificate_chain: {{filename: \"{}\"}}, private_key: {{filename: \"{}\"}}}}], validation_context: {{trusted_ca: {{filename: \"{}\"}}}}, alpn_protocols: [http/1.1]}}}}}}",
-        p(dir, "proxy.pem"),
-        p(dir, "proxy.key"),
-        p(dir, "ca.pem")
+/// asked for and verified against the CA, not required.
+fn proxy_tls(dir: &Path) -> String {
+    terminate_tls(
+        dir,
+        &["proxy"],
+        "http/1.1",
+        &format!(", {}", trusted_ca(dir, "ca.pem", "")),
+        ", require_client_certificate: false",
     )
 }
-
-const ROUTER: &str = "{name: envoy.filters.http.router, typed_config: {\"@type\": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}";
-
-/// An HTTP connection manager routing everything to `cluster`, with `extra`
-/// HCM fields and `filters` before the router.
-fn hcm(stat: &str, cluster: &str, extra: &str, filters: &str) -> String {
-    format!(
-        "{{name: envoy.filters.network.http_connection_manager, typed_config: {{\"@type\": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager, stat_prefix: {stat}, route_config: {{virtual_hosts: [{{name: all, domains: [\"*\"], routes: [{{match: {{prefix: \"/\"}}, route: {{cluster: {cluster}}}}}]}}]}}, http_filters: [{filters}{ROUTER}]{extra}}}}}"
-    )
-}
-
-fn tcp_proxy(stat: &str, cluster: &str) -> String {
-    format!(
-        "{{name: envoy.filters.network.tcp_proxy, typed_config: {{\"@type\": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy, stat_prefix: {stat}, cluster: {cluster}}}}}"
-    )
-}
-
-/// `envoy.filters.network.rbac` with `body` (rules, shadow_rules, ...).
-fn net_rbac(body: &str) -> String {
-    format!(
-        "{{name: envoy.filters.network.rbac, typed_config: {{\"@type\": type.googleapis.com/envoy.extensions.filters.network.rbac.v3.RBAC, {body}}}}}"
-    )
-}
-
-fn listener(name: &str, port: u16, chain: &str) -> String {
-    format!(
-        "{{name: {name}, address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}, filter_chains: [{chain}]}}"
-    )
-}
-
-/// A listener with the TLS inspector (which gives the requested server name).
-fn inspected_listener(name: &str, port: u16, chain: &str) -> String {
-    format!(
-        "{{name: {name}, address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}, listener_filters: [{{name: envoy.filters.listener.tls_inspector, typed_config: {{\"@type\": type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector}}}}], filter_chains: [{chain}]}}"
-    )
-}
-
-fn cluster(name: &str, port: u16, extra: &str) -> String {
-    format!(
-        "{{name: {name}, connect_timeout: 1s, type: STATIC, load_assignment: {{cluster_name: {name}, endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}}}}}]}}]}}{extra}}}"
-    )
-}
-
-fn bootstrap(admin: u16, listeners: &[String], clusters: &[String]) -> String {
-    let mut s = format!(
-        "admin: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {admin}}}}}}}\nstatic_resources:\n  listeners:\n"
-    );
-    for l in listeners {
-        s.push_str(&format!("  - {l}\n"));
-    }
-    s.push_str("  clusters:\n");
-    for c in clusters {
-        s.push_str(&format!("  - {c}\n"));
-    }
-    s
-}
-
-// ---------------------------------------------------------------------------
-// Processes
-
-#[derive(Clone, Copy, PartialEq)]
-enum Bin {
-    Envoy,
-    Legate,
-}
-
-/// One proxy with its own admin and listener ports.
-struct Side {
-    admin: u16,
-    ports: BTreeMap<&'static str, u16>,
-    _proc: Proc,
-}
-
-impl Side {
-    fn port(&self, name: &str) -> u16 {
-        self.ports[name]
-    }
-
-    fn start(
-        who: &'static str,
-        bin: Bin,
-        dir: &Path,
-        names: &[&'static str],
-        yaml: impl Fn(u16, &BTreeMap<&'static str, u16>) -> String,
-    ) -> Side {
-        let admin = free_port();
-        let ports: BTreeMap<_, _> = names.iter().map(|n| (*n, free_port())).collect();
-        let f = dir.join(format!("{who}.yaml"));
-        std::fs::write(&f, yaml(admin, &ports)).expect("write config");
-        let mut proc_ = match bin {
-            Bin::Envoy => spawn_envoy(who, &f, "error", &[], dir),
-            Bin::Legate => Proc::spawn(
-                who,
-                Command::new(LEGATE).args(["proxy", "--concurrency", "1", "-l", "warn", "-c"]).arg(&f),
-                dir,
-            ),
-        };
-        wait_ready(admin, &mut proc_);
-        Side { admin, ports, _proc: proc_ }
-    }
-
-    /// Every counter and gauge from `/stats` whose name starts with `prefix`,
-    /// the prefix taken off.
-    fn stats(&self, prefix: &str) -> BTreeMap<String, u64> {
-        let r = http_get(addr(self.admin), "/stats", "admin").expect("stats");
-        r.body
-            .lines()
-            .filter_map(|l| l.split_once(": "))
-            .filter_map(|(k, v)| Some((k.strip_prefix(prefix)?.to_string(), v.trim().parse().ok()?)))
-            .collect()
-    }
-}
-
-/// The same config on Envoy and on Legate.
-fn both(
-    dir: &Path,
-    names: &[&'static str],
-    yaml: impl Fn(u16, &BTreeMap<&'static str, u16>) -> String,
-) -> (Side, Side) {
-    let e = Side::start("envoy", Bin::Envoy, dir, names, &yaml);
-    let l = Side::start("legate", Bin::Legate, dir, names, &yaml);
-    (e, l)
-}
-
-// ---------------------------------------------------------------------------
-// Clients
 
 /// One HTTPS request with curl to `port` (as proxy.example.com), with the
 /// client certificate `client` and extra request headers. What it gives:
@@ -223,26 +55,16 @@ fn both(
 /// echo's JSON, and the request headers named in `seen` as the echo
 /// upstream received them.
 fn curl(dir: &Path, port: u16, client: Option<&str>, headers: &[&str], seen: &[&str]) -> BTreeMap<String, String> {
-    let mut cmd = Command::new("curl");
-    cmd.args(["-s", "-i", "--http1.1", "--max-time", "10", "--cacert"]).arg(dir.join("ca.pem"));
-    cmd.args(["--resolve", &format!("proxy.example.com:{port}:127.0.0.1")]);
-    if let Some(c) = client {
-        cmd.arg("--cert").arg(dir.join(format!("{c}.pem"))).arg("--key").arg(dir.join(format!("{c}.key")));
-    }
-    for h in headers {
-        cmd.args(["-H", h]);
-    }
-    let out = cmd.arg(format!("https://proxy.example.com:{port}/path")).output().expect("curl");
+    let out = Https { client, ..https("proxy.example.com") }.send(dir, port, "/path", headers);
     let mut m = BTreeMap::new();
     m.insert("ok".to_string(), out.status.success().to_string());
     if !out.status.success() {
         return m;
     }
-    let text = String::from_utf8_lossy(&out.stdout).replace("\r\n", "\n");
-    let (head, body) = text.split_once("\n\n").unwrap_or((&text, ""));
+    let (head, body) = curl_head_body(&out);
     let status = head.lines().next().and_then(|l| l.split_whitespace().nth(1)).unwrap_or("");
     m.insert("status".into(), status.to_string());
-    match serde_json::from_str::<Value>(body) {
+    match serde_json::from_str::<Value>(&body) {
         Ok(v) => {
             for h in seen {
                 m.insert(format!("upstream:{h}"), v["headers"][h].as_str().unwrap_or("<absent>").to_string());
@@ -253,46 +75,6 @@ fn curl(dir: &Path, port: u16, client: Option<&str>, headers: &[&str], seen: &[&
         }
     }
     m
-}
-
-fn compare(what: &str, e: &BTreeMap<String, String>, l: &BTreeMap<String, String>) {
-    assert_eq!(e, l, "{what}: Envoy (left) and Legate (right) differ");
-}
-
-/// Sends an HTTP/1.1 request over plain TCP and reads until the proxy
-/// closes: the status line, or "closed" when nothing came back.
-fn tcp_request(port: u16) -> String {
-    let Ok(mut s) = std::net::TcpStream::connect(addr(port)) else { return "refused".into() };
-    s.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
-    let _ = s.write_all(b"GET /x HTTP/1.1\r\nhost: t\r\nconnection: close\r\n\r\n");
-    let mut out = Vec::new();
-    let _ = s.read_to_end(&mut out);
-    let text = String::from_utf8_lossy(&out);
-    match text.lines().next() {
-        Some(l) if !l.is_empty() => l.trim().to_string(),
-        _ => "closed".into(),
-    }
-}
-
-/// Sends a request in three pieces 200 ms apart (three reads at the proxy),
-/// then reads the answer.
-fn tcp_in_pieces(port: u16) {
-    let Ok(mut s) = std::net::TcpStream::connect(addr(port)) else { return };
-    s.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
-    for piece in [&b"GET /x HTTP/1.1\r\n"[..], b"host: t\r\n", b"connection: close\r\n\r\n"] {
-        let _ = s.write_all(piece);
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    let mut out = Vec::new();
-    let _ = s.read_to_end(&mut out);
-}
-
-/// Opens a connection and closes it without sending anything.
-fn tcp_silent(port: u16) {
-    if let Ok(s) = std::net::TcpStream::connect(addr(port)) {
-        std::thread::sleep(Duration::from_millis(100));
-        drop(s);
-    }
 }
 
 // ---------------------------------------------------------------------------
@@ -311,7 +93,7 @@ fn network_rbac_allow_deny_and_stats() {
     let d = dir.path();
     write_certs(d);
     let (_echo, up) = echo("up", d);
-    let (e, l) = both(d, &["allow", "deny", "mtls", "cont"], |admin, ports| {
+    let [e, l] = both(d, &[], &["allow", "deny", "mtls", "cont"], |_, admin, ports| {
         let rules = format!(
             "rules: {{action: ALLOW, policies: {{by-port: {{permissions: [{{destination_port: {}}}], principals: [{{direct_remote_ip: {{address_prefix: 127.0.0.0, prefix_len: 8}}}}]}}}}}}, shadow_rules: {{action: DENY, policies: {{loopback: {{permissions: [{{any: true}}], principals: [{{source_ip: {{address_prefix: 127.0.0.1, prefix_len: 32}}}}]}}}}}}",
             ports["allow"]
@@ -326,7 +108,7 @@ fn network_rbac_allow_deny_and_stats() {
                     &format!(
                         "{{filters: [{}, {}]}}",
                         net_rbac(&format!("stat_prefix: net_allow, {rules}")),
-                        tcp_proxy("tcp_allow", "up")
+                        tcp_proxy("tcp_allow", "cluster: up", "")
                     ),
                 ),
                 listener(
@@ -335,7 +117,7 @@ fn network_rbac_allow_deny_and_stats() {
                     &format!(
                         "{{filters: [{}, {}]}}",
                         net_rbac(&format!("stat_prefix: net_deny., {rules}")),
-                        tcp_proxy("tcp_deny", "up")
+                        tcp_proxy("tcp_deny", "cluster: up", "")
                     ),
                 ),
                 listener(
@@ -344,7 +126,7 @@ fn network_rbac_allow_deny_and_stats() {
                     &format!(
                         "{{filters: [{}, {}]}}",
                         net_rbac("stat_prefix: net_cont, enforcement_type: CONTINUOUS, rules: {action: ALLOW, policies: {any: {permissions: [{any: true}], principals: [{any: true}]}}}"),
-                        tcp_proxy("tcp_cont", "up")
+                        tcp_proxy("tcp_cont", "cluster: up", "")
                     ),
                 ),
                 inspected_listener(
@@ -352,9 +134,9 @@ fn network_rbac_allow_deny_and_stats() {
                     ports["mtls"],
                     &format!(
                         "{{transport_socket: {}, filters: [{}, {}]}}",
-                        down_tls(d, false),
+                        proxy_tls(d),
                         net_rbac(&format!("stat_prefix: net_mtls, {mtls_rules}")),
-                        hcm("mtls", "up", "", "")
+                        hcm("mtls", "up")
                     ),
                 ),
             ],
@@ -374,7 +156,7 @@ fn network_rbac_allow_deny_and_stats() {
     for client in [Some("client1"), Some("client2"), Some("client3"), None] {
         let a = curl(d, e.port("mtls"), client, &[], &[]);
         let b = curl(d, l.port("mtls"), client, &[], &[]);
-        compare(&format!("mtls {client:?}"), &a, &b);
+        assert_same(&format!("mtls {client:?}"), &a, &b);
         let want = if client == Some("client1") { "true" } else { "false" };
         assert_eq!(a.get("ok").map(String::as_str), Some(want), "mtls {client:?}: {a:?}");
     }
@@ -401,7 +183,7 @@ fn http_rbac_on_client_certificate() {
     let d = dir.path();
     write_certs(d);
     let (_echo, up) = echo("up", d);
-    let (e, l) = both(d, &["https"], |admin, ports| {
+    let [e, l] = both(d, &[], &["https"], |_, admin, ports| {
         let rbac = "{name: envoy.filters.http.rbac, typed_config: {\"@type\": type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC, rules: {action: ALLOW, policies: {by-uri: {permissions: [{any: true}], principals: [{authenticated: {principal_name: {exact: \"spiffe://legate.test/client1\"}}}]}, by-subject: {permissions: [{any: true}], principals: [{authenticated: {principal_name: {exact: \"O=Legate Tests,C=NL,CN=client3\"}}}]}}}, shadow_rules: {action: ALLOW, policies: {by-dns: {permissions: [{any: true}], principals: [{authenticated: {principal_name: {suffix: \".example.com\"}}}]}}}}}, ";
         bootstrap(
             admin,
@@ -410,8 +192,8 @@ fn http_rbac_on_client_certificate() {
                 ports["https"],
                 &format!(
                     "{{transport_socket: {}, filters: [{}]}}",
-                    down_tls(d, false),
-                    hcm("rbac_https", "up", "", rbac)
+                    proxy_tls(d),
+                    hcm_with("rbac_https", "up", "", rbac)
                 ),
             )],
             &[cluster("up", up, "")],
@@ -420,7 +202,7 @@ fn http_rbac_on_client_certificate() {
     for client in [Some("client1"), Some("client2"), Some("client3"), None] {
         let a = curl(d, e.port("https"), client, &[], &[]);
         let b = curl(d, l.port("https"), client, &[], &[]);
-        compare(&format!("https {client:?}"), &a, &b);
+        assert_same(&format!("https {client:?}"), &a, &b);
         let want = if matches!(client, Some("client1") | Some("client3")) { "200" } else { "403" };
         assert_eq!(a.get("status").map(String::as_str), Some(want), "{client:?}: {a:?}");
     }
@@ -448,14 +230,14 @@ fn xfcc_forward_modes() {
         ("always", ", forward_client_cert_details: ALWAYS_FORWARD_ONLY"),
     ];
     let names: Vec<&'static str> = modes.iter().map(|(n, _)| *n).collect();
-    let (e, l) = both(d, &names, |admin, ports| {
+    let [e, l] = both(d, &[], &names, |_, admin, ports| {
         let listeners: Vec<String> = modes
             .iter()
             .map(|(n, extra)| {
                 listener(
                     n,
                     ports[n],
-                    &format!("{{transport_socket: {}, filters: [{}]}}", down_tls(d, false), hcm(n, "up", extra, "")),
+                    &format!("{{transport_socket: {}, filters: [{}]}}", proxy_tls(d), hcm_with(n, "up", extra, "")),
                 )
             })
             .collect();
@@ -467,7 +249,7 @@ fn xfcc_forward_modes() {
             for headers in [&[][..], &[sent][..]] {
                 let a = curl(d, e.port(mode), client, headers, &["x-forwarded-client-cert"]);
                 let b = curl(d, l.port(mode), client, headers, &["x-forwarded-client-cert"]);
-                compare(&format!("{mode} {client:?} {headers:?}"), &a, &b);
+                assert_same(&format!("{mode} {client:?} {headers:?}"), &a, &b);
             }
         }
     }
@@ -487,33 +269,25 @@ fn tls_handshake_stats() {
     let d = dir.path();
     write_certs(d);
     let (_echo, up) = echo("up", d);
-    let (e, l) = both(d, &["https", "front"], |admin, ports| {
-        let up_tls = format!(
-            ", transport_socket: {{name: envoy.transport_sockets.tls, typed_config: {{\"@type\": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext, sni: proxy.example.com, common_tls_context: {{validation_context: {{trusted_ca: {{filename: \"{}\"}}}}}}}}}}",
-            p(d, "ca.pem")
-        );
+    let [e, l] = both(d, &[], &["https", "front"], |_, admin, ports| {
+        let up_tls = format!(", transport_socket: {}", up_tls("proxy.example.com", &trusted_ca(d, "ca.pem", "")));
         bootstrap(
             admin,
             &[
                 listener(
                     "https",
                     ports["https"],
-                    &format!("{{transport_socket: {}, filters: [{}]}}", down_tls(d, false), hcm("https", "up", "", "")),
+                    &format!("{{transport_socket: {}, filters: [{}]}}", proxy_tls(d), hcm("https", "up")),
                 ),
-                listener("front", ports["front"], &format!("{{filters: [{}]}}", hcm("front", "self_tls", "", ""))),
+                listener("front", ports["front"], &format!("{{filters: [{}]}}", hcm("front", "self_tls"))),
             ],
             &[cluster("up", up, ""), cluster("self_tls", ports["https"], &up_tls)],
         )
     });
     let tls12 = |side: &Side| {
-        let out = Command::new("curl")
-            .args(["-s", "-o", "/dev/null", "--http1.1", "--tls-max", "1.2", "--max-time", "10", "--cacert"])
-            .arg(d.join("ca.pem"))
-            .args(["--resolve", &format!("proxy.example.com:{}:127.0.0.1", side.port("https"))])
-            .arg(format!("https://proxy.example.com:{}/", side.port("https")))
-            .status()
-            .expect("curl");
-        assert!(out.success());
+        let args = ["-o", "/dev/null", "--http1.1", "--tls-max", "1.2"];
+        let out = curl_tls(d, "proxy.example.com", side.port("https"), "/", None, &args);
+        assert!(out.status.success());
     };
     for side in [&e, &l] {
         curl(d, side.port("https"), Some("client1"), &[], &[]);
@@ -546,46 +320,6 @@ fn tls_handshake_stats() {
     assert_eq!(a.get("sigalgs.ecdsa_secp256r1_sha256"), Some(&1), "{a:?}");
 }
 
-/// A third process serving `jwks.json` at `/keys.json`: Envoy answering
-/// directly, 200 with the file on listener `ok`, 500 on `bad`.
-fn jwks_server(d: &Path) -> Side {
-    Side::start("jwks", Bin::Envoy, d, &["ok", "bad"], |admin, ports| {
-        let direct = |status: u16, body: &str| {
-            format!(
-                "{{filters: [{{name: envoy.filters.network.http_connection_manager, typed_config: {{\"@type\": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager, stat_prefix: jwks, route_config: {{virtual_hosts: [{{name: all, domains: [\"*\"], routes: [{{match: {{path: \"/keys.json\"}}, direct_response: {{status: {status}, body: {body}}}}}]}}]}}, http_filters: [{ROUTER}]}}}}]}}"
-            )
-        };
-        let file = format!("{{filename: \"{}\"}}", p(d, "jwks.json"));
-        bootstrap(
-            admin,
-            &[
-                listener("ok", ports["ok"], &direct(200, &file)),
-                listener("bad", ports["bad"], &direct(500, "{inline_string: nope}")),
-            ],
-            &[],
-        )
-    })
-}
-
-/// A P-256 key as a JWK (its public point) and as the signer of tokens.
-fn ec_key(kid: &str) -> (Value, jsonwebtoken::EncodingKey) {
-    use base64::Engine as _;
-    let key = rcgen::KeyPair::generate().expect("key");
-    let point = key.public_key_raw();
-    assert_eq!(point.len(), 65, "an uncompressed P-256 point");
-    let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
-    let jwk = serde_json::json!({ "kty": "EC", "kid": kid, "crv": "P-256", "alg": "ES256", "x": b64(&point[1..33]), "y": b64(&point[33..]) });
-    let enc = jsonwebtoken::EncodingKey::from_ec_pem(key.serialize_pem().as_bytes()).expect("EC key");
-    (jwk, enc)
-}
-
-fn token(key: &jsonwebtoken::EncodingKey, kid: &str, iss: &str) -> String {
-    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
-    header.kid = Some(kid.into());
-    let claims = serde_json::json!({ "iss": iss, "sub": "someone", "exp": 4_000_000_000u64 });
-    jsonwebtoken::encode(&header, &claims, key).expect("sign")
-}
-
 /// jwt_authn with `remote_jwks`: the keys are served by a third process
 /// (Envoy answering with the JWKS file) over a cluster and cached; a valid
 /// token passes (the second one without a new fetch), a token signed by
@@ -603,7 +337,7 @@ fn jwt_authn_with_remote_jwks() {
     let jwks_server = jwks_server(d);
     let (_echo, up) = echo("up", d);
     let (ok_port, bad_port) = (jwks_server.port("ok"), jwks_server.port("bad"));
-    let (e, l) = both(d, &["main"], |admin, ports| {
+    let [e, l] = both(d, &[], &["main"], |_, admin, ports| {
         let remote = |cluster: &str, extra: &str| {
             format!("remote_jwks: {{http_uri: {{uri: \"http://jwks.test/keys.json\", cluster: {cluster}, timeout: 2s}}, cache_duration: 300s{extra}}}")
         };
@@ -614,7 +348,7 @@ fn jwt_authn_with_remote_jwks() {
         );
         bootstrap(
             admin,
-            &[listener("main", ports["main"], &format!("{{filters: [{}]}}", hcm("jwt", "up", "", &jwt)))],
+            &[listener("main", ports["main"], &format!("{{filters: [{}]}}", hcm_with("jwt", "up", "", &jwt)))],
             &[cluster("up", up, ""), cluster("jwks_ok", ok_port, ""), cluster("jwks_bad", bad_port, "")],
         )
     });
@@ -643,7 +377,7 @@ fn jwt_authn_with_remote_jwks() {
             m
         };
         let (a, b) = (view(&e), view(&l));
-        compare(what, &a, &b);
+        assert_same(what, &a, &b);
         let want = if what.starts_with("valid") { "200" } else { "401" };
         assert_eq!(a["status"], want, "{what}: {a:?}");
     }
@@ -676,7 +410,7 @@ fn jwt_authn_remote_jwks_async_fetch() {
     let jwks_server = jwks_server(d);
     let (_echo, up) = echo("up", d);
     let (ok_port, bad_port) = (jwks_server.port("ok"), jwks_server.port("bad"));
-    let (e, l) = both(d, &["main"], |admin, ports| {
+    let [e, l] = both(d, &[], &["main"], |_, admin, ports| {
         let remote = |cluster: &str| {
             format!("remote_jwks: {{http_uri: {{uri: \"http://jwks.test/keys.json\", cluster: {cluster}, timeout: 2s}}, cache_duration: 300s, async_fetch: {{failed_refetch_duration: 0.3s}}}}")
         };
@@ -687,7 +421,7 @@ fn jwt_authn_remote_jwks_async_fetch() {
         );
         bootstrap(
             admin,
-            &[listener("main", ports["main"], &format!("{{filters: [{}]}}", hcm("jwt", "up", "", &jwt)))],
+            &[listener("main", ports["main"], &format!("{{filters: [{}]}}", hcm_with("jwt", "up", "", &jwt)))],
             &[cluster("up", up, ""), cluster("jwks_ok", ok_port, ""), cluster("jwks_bad", bad_port, "")],
         )
     });

@@ -3,28 +3,17 @@
 //! 1.40 and through `legate proxy`; status, the upstream that answered, the
 //! headers that matter, bodies and the filters' stats must agree.
 //!
-//! A bootstrap template names its ports as `{LISTEN}`, `{ADMIN}` (different
-//! for each proxy) and `{UP_<name>}` (shared echo upstreams). The helpers are
-//! the harness's (`harness::diff`).
+//! A bootstrap is a template (`harness::template`); the comparison is the
+//! harness's (`harness::diff`).
 
 mod harness;
 
 use harness::diff::*;
+use harness::jwt::{ec_jwk, key_file, openssl_key, rsa_jwk, sign};
+use harness::template::*;
 use harness::*;
 use serde_json::Value;
 use std::collections::BTreeMap;
-use std::process::Command;
-
-const ROUTER: &str = "          - name: envoy.filters.http.router\n            typed_config: { \"@type\": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }\n";
-
-/// A bootstrap whose HCM runs `filters` (YAML list items, without the router)
-/// in front of the router, with `virtual_hosts` and the echo cluster.
-fn filtered(filters: &str, virtual_hosts: &str) -> String {
-    let t = bootstrap("", "", virtual_hosts, &echo_cluster());
-    let t = with_filters(t, &format!("          http_filters:\n{filters}{ROUTER}"));
-    assert!(!t.contains("http_filters: [{ name: envoy.filters.http.router"), "template replacement failed");
-    t
-}
 
 /// The named stats must have the same values behind Envoy and Legate.
 fn same_stats(pair: &Pair, names: &[&str]) {
@@ -183,7 +172,7 @@ fn buffer_limits_request_bodies() {
               "@type": type.googleapis.com/envoy.extensions.filters.http.buffer.v3.Buffer
               max_request_bytes: 1024
 "#;
-    let t = filtered(filters, &one_vhost("              - { match: { prefix: \"/\" }, route: { cluster: echo } }\n"));
+    let t = filtered(filters, &one_vhost(ALL_TO_ECHO));
     let pair = compare(
         "buffer",
         &t,
@@ -200,79 +189,7 @@ fn buffer_limits_request_bodies() {
 
 /// Every stat whose name contains `needle`, from `/stats?format=json`.
 fn stats_matching(admin: u16, needle: &str) -> BTreeMap<String, i64> {
-    let body = http_get(addr(admin), "/stats?format=json", "admin").expect("stats").body;
-    let v: Value = serde_json::from_str(&body).expect("stats json");
-    v["stats"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|s| Some((s["name"].as_str()?.to_string(), s["value"].as_i64()?)))
-                .filter(|(n, _)| n.contains(needle))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-/// A request whose response body is read as bytes and, when it says
-/// `content-encoding: gzip`, `br` or `zstd`, decompressed (`x-test-decoded: true` then).
-fn send_decoding(port: u16, r: &Req) -> Resp {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr(port)).expect("connect");
-    s.set_read_timeout(Some(std::time::Duration::from_secs(10))).expect("timeout");
-    let mut req = format!("{} {} HTTP/1.1\r\nhost: {}\r\nconnection: close\r\n", r.method, r.path, r.host);
-    for (k, v) in &r.headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    req.push_str("\r\n");
-    s.write_all(req.as_bytes()).expect("write");
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).expect("read");
-    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").expect("a response head");
-    let head = String::from_utf8_lossy(&raw[..split]).to_string();
-    let mut body = raw[split + 4..].to_vec();
-    let mut lines = head.lines();
-    let status = lines.next().and_then(|l| l.split_whitespace().nth(1)).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let mut headers: Vec<(String, String)> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
-        .collect();
-    if headers.iter().any(|(k, v)| k == "transfer-encoding" && v.contains("chunked")) {
-        body = dechunk_bytes(&body);
-    }
-    let encoding = headers.iter().find(|(k, _)| k == "content-encoding").map(|(_, v)| v.clone());
-    let mut out = Vec::new();
-    match encoding.as_deref() {
-        Some("gzip") => {
-            flate2::read::GzDecoder::new(body.as_slice()).read_to_end(&mut out).expect("a valid gzip body");
-        }
-        Some("br") => {
-            brotli::Decompressor::new(body.as_slice(), 4096).read_to_end(&mut out).expect("a valid brotli body");
-        }
-        Some("zstd") => {
-            out = zstd::stream::decode_all(body.as_slice()).expect("a valid zstd body");
-        }
-        _ => {}
-    }
-    if !out.is_empty() {
-        body = out;
-        headers.push(("x-test-decoded".into(), "true".into()));
-    }
-    Resp { status, headers, body: String::from_utf8_lossy(&body).to_string() }
-}
-
-fn dechunk_bytes(mut b: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    while let Some(i) = b.windows(2).position(|w| w == b"\r\n") {
-        let size = String::from_utf8_lossy(&b[..i]);
-        let Ok(n) = usize::from_str_radix(size.trim(), 16) else { break };
-        let rest = &b[i + 2..];
-        if n == 0 || rest.len() < n {
-            break;
-        }
-        out.extend_from_slice(&rest[..n]);
-        b = rest.get(n + 2..).unwrap_or(&[]);
-    }
-    out
+    json_stats(admin).into_iter().filter(|(n, _)| n.contains(needle)).collect()
 }
 
 /// Sends every request to both proxies and compares what they answered, the
@@ -280,7 +197,7 @@ fn dechunk_bytes(mut b: &[u8]) -> Vec<u8> {
 fn compare_decoded(pair: &Pair, requests: &[Req]) {
     let mut problems = Vec::new();
     for r in requests {
-        let (e, l) = (send_decoding(pair.envoy, r), send_decoding(pair.legate, r));
+        let (e, l) = (get_decoded(pair.envoy, r), get_decoded(pair.legate, r));
         let (mut ev, mut lv) = (view(&e), view(&l));
         for (v, resp) in [(&mut ev, &e), (&mut lv, &l)] {
             v.insert("decoded".into(), resp.header("x-test-decoded").is_some().to_string());
@@ -307,6 +224,18 @@ fn same_compressor_stats(pair: &Pair) {
     l.retain(|k, v| !k.ends_with("total_compressed_bytes") && (e.contains_key(k) || *v != 0));
     let e: BTreeMap<_, _> = e.into_iter().filter(|(k, v)| *v != 0 || l.contains_key(k)).collect();
     assert_eq!(e, l, "compressor stats differ");
+}
+
+/// Both proxies with the compressor `filters` answer `requests` alike
+/// (compared decompressed), count alike, and Legate compresses with `encoding`.
+fn compressor_agrees(name: &str, filters: &str, requests: &[Req], encoding: &'static str) {
+    let t = filtered(filters, &one_vhost(ALL_TO_ECHO));
+    let pair = start_pair(name, &t, &["a"]);
+    compare_decoded(&pair, requests);
+    same_compressor_stats(&pair);
+    let r = get_decoded(pair.legate, &get("/json").header("accept-encoding", encoding));
+    assert_eq!(r.header("content-encoding"), Some(encoding));
+    assert!(r.header("x-test-decoded").is_some(), "Legate compressed nothing");
 }
 
 #[test]
@@ -373,60 +302,7 @@ fn gzip_compressor() {
     ];
     compare_decoded(&pair, &requests);
     same_compressor_stats(&pair);
-    assert!(send_decoding(pair.legate, &gz("/json")).header("x-test-decoded").is_some(), "Legate compressed nothing");
-}
-
-/// A private key made by openssl (PKCS#8 PEM) in `dir`.
-fn openssl_key(dir: &std::path::Path, name: &str, args: &[&str]) -> std::path::PathBuf {
-    let path = dir.join(name);
-    let ok = Command::new("openssl")
-        .args(["genpkey", "-quiet", "-out"])
-        .arg(&path)
-        .args(args)
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(ok, "openssl genpkey {args:?} failed (openssl is needed for the JWT scenario)");
-    path
-}
-
-fn b64url(bytes: &[u8]) -> String {
-    use base64::Engine as _;
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
-}
-
-fn hex_bytes(hex: &str) -> Vec<u8> {
-    (0..hex.len() / 2).filter_map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok()).collect()
-}
-
-/// The public half of an RSA key as a JWK.
-fn rsa_jwk(key: &std::path::Path, kid: &str) -> Value {
-    let out = Command::new("openssl").args(["rsa", "-noout", "-modulus", "-in"]).arg(key).output().expect("openssl");
-    let text = String::from_utf8_lossy(&out.stdout);
-    let modulus = text.trim().strip_prefix("Modulus=").expect("openssl prints the modulus");
-    serde_json::json!({ "kty": "RSA", "kid": kid, "alg": "RS256", "use": "sig", "n": b64url(&hex_bytes(modulus)), "e": "AQAB" })
-}
-
-/// The public half of a P-256 key as a JWK: the DER public key ends with the
-/// uncompressed point 04 || x || y.
-fn ec_jwk(key: &std::path::Path, kid: &str) -> Value {
-    let out =
-        Command::new("openssl").args(["pkey", "-pubout", "-outform", "DER", "-in"]).arg(key).output().expect("openssl");
-    let der = out.stdout;
-    assert!(der.len() > 65, "unexpected EC public key");
-    let point = &der[der.len() - 64..];
-    serde_json::json!({ "kty": "EC", "kid": kid, "crv": "P-256", "alg": "ES256", "x": b64url(&point[..32]), "y": b64url(&point[32..]) })
-}
-
-fn sign(key: &std::path::Path, alg: jsonwebtoken::Algorithm, kid: &str, claims: &Value) -> String {
-    let pem = std::fs::read(key).expect("key");
-    let enc = match alg {
-        jsonwebtoken::Algorithm::ES256 => jsonwebtoken::EncodingKey::from_ec_pem(&pem),
-        _ => jsonwebtoken::EncodingKey::from_rsa_pem(&pem),
-    }
-    .expect("a PEM key");
-    let mut header = jsonwebtoken::Header::new(alg);
-    header.kid = Some(kid.into());
-    jsonwebtoken::encode(&header, claims, &enc).expect("sign")
+    assert!(get_decoded(pair.legate, &gz("/json")).header("x-test-decoded").is_some(), "Legate compressed nothing");
 }
 
 #[test]
@@ -440,6 +316,8 @@ fn jwt_authn_with_local_jwks() {
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs();
     let claims = |iss: &str, aud: &str, exp: u64| serde_json::json!({ "iss": iss, "aud": aud, "sub": "user-1", "exp": exp, "iat": now, "plan": { "tier": "gold" } });
     let rs = jsonwebtoken::Algorithm::RS256;
+    let (rsa, other) = (key_file(&rsa, rs), key_file(&other, rs));
+    let ec = key_file(&ec, jsonwebtoken::Algorithm::ES256);
     let good = sign(&rsa, rs, "r1", &claims("https://issuer.example", "api", now + 3600));
     let expired = sign(&rsa, rs, "r1", &claims("https://issuer.example", "api", now - 3600));
     let wrong_iss = sign(&rsa, rs, "r1", &claims("https://other.example", "api", now + 3600));
@@ -483,7 +361,7 @@ fn jwt_authn_with_local_jwks() {
                 requires: {{ requires_any: {{ requirements: [{{ provider_name: rsa }}, {{ allow_missing: {{}} }}] }} }}
 "#
     );
-    let t = filtered(&filters, &one_vhost("              - { match: { prefix: \"/\" }, route: { cluster: echo } }\n"));
+    let t = filtered(&filters, &one_vhost(ALL_TO_ECHO));
     let bearer = |t: &str| format!("Bearer {t}");
     let pair = compare(
         "jwt",
@@ -533,8 +411,6 @@ fn brotli_compressor() {
                   quality: 5
                   window_bits: 16
 "#;
-    let t = filtered(filters, &one_vhost("              - { match: { prefix: \"/\" }, route: { cluster: echo } }\n"));
-    let pair = start_pair("brotli", &t, &["a"]);
     let requests = [
         get("/json").header("accept-encoding", "br"),
         get("/json").header("accept-encoding", "gzip"),
@@ -543,11 +419,7 @@ fn brotli_compressor() {
         get("/json").header("accept-encoding", "*"),
         get("/json"),
     ];
-    compare_decoded(&pair, &requests);
-    same_compressor_stats(&pair);
-    let r = send_decoding(pair.legate, &get("/json").header("accept-encoding", "br"));
-    assert_eq!(r.header("content-encoding"), Some("br"));
-    assert!(r.header("x-test-decoded").is_some(), "Legate compressed nothing");
+    compressor_agrees("brotli", filters, &requests, "br");
 }
 
 #[test]
@@ -563,8 +435,6 @@ fn zstd_compressor() {
                   enable_checksum: true
                   strategy: lazy2
 "#;
-    let t = filtered(filters, &one_vhost("              - { match: { prefix: \"/\" }, route: { cluster: echo } }\n"));
-    let pair = start_pair("zstd", &t, &["a"]);
     let requests = [
         get("/json").header("accept-encoding", "zstd"),
         get("/json").header("accept-encoding", "gzip, br"),
@@ -573,9 +443,5 @@ fn zstd_compressor() {
         get("/json").header("accept-encoding", "*"),
         get("/json"),
     ];
-    compare_decoded(&pair, &requests);
-    same_compressor_stats(&pair);
-    let r = send_decoding(pair.legate, &get("/json").header("accept-encoding", "zstd"));
-    assert_eq!(r.header("content-encoding"), Some("zstd"));
-    assert!(r.header("x-test-decoded").is_some(), "Legate compressed nothing");
+    compressor_agrees("zstd", filters, &requests, "zstd");
 }

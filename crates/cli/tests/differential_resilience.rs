@@ -8,15 +8,8 @@
 mod harness;
 
 use harness::diff::*;
+use harness::template::*;
 use harness::*;
-
-const H2_OPTIONS: &str = r#"typed_extension_protocol_options: { envoy.extensions.upstreams.http.v3.HttpProtocolOptions: { "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions, explicit_http_config: { http2_protocol_options: {} } } }"#;
-
-fn stats_agree(pair: &Pair, names: &[&str]) {
-    for name in names {
-        assert_eq!(stat(pair.envoy_admin, name), stat(pair.legate_admin, name), "{name}");
-    }
-}
 
 #[test]
 fn internal_requests_shape_retries_and_timeouts() {
@@ -47,16 +40,13 @@ fn internal_requests_shape_retries_and_timeouts() {
             get("/x").header("x-forwarded-for", "10.1.2.3").header("x-envoy-upstream-rq-timeout-ms", "100"),
         ],
     );
-    stats_agree(
-        &pair,
-        &[
-            "cluster.echo.upstream_rq_retry",
-            "cluster.echo.upstream_rq_retry_limit_exceeded",
-            "cluster.echo.upstream_rq_timeout",
-            "cluster.echo.upstream_rq_503",
-            "cluster.echo.upstream_rq_418",
-        ],
-    );
+    pair.same_stats(&[
+        "cluster.echo.upstream_rq_retry",
+        "cluster.echo.upstream_rq_retry_limit_exceeded",
+        "cluster.echo.upstream_rq_timeout",
+        "cluster.echo.upstream_rq_503",
+        "cluster.echo.upstream_rq_418",
+    ]);
 }
 
 #[test]
@@ -79,7 +69,7 @@ fn internal_address_from_x_forwarded_for() {
             get("/x").header("x-envoy-retry-on", "5xx"),
         ],
     );
-    stats_agree(&pair, &["cluster.echo.upstream_rq_retry", "cluster.echo.upstream_rq_503"]);
+    pair.same_stats(&["cluster.echo.upstream_rq_retry", "cluster.echo.upstream_rq_503"]);
 }
 
 #[test]
@@ -99,52 +89,11 @@ fn refused_streams_are_retried() {
     let t = bootstrap("", "", &one_vhost(routes), &clusters);
     let pair =
         compare("refused-stream", &t, &[], &[get("/refused"), get("/other"), get("/reset"), get("/refused").h2()]);
-    stats_agree(
-        &pair,
-        &[
-            "cluster.refusing.upstream_rq_retry",
-            "cluster.refusing.upstream_rq_retry_limit_exceeded",
-            "cluster.refusing.upstream_rq_total",
-        ],
-    );
-}
-
-/// One request on its own connection; everything read until the proxy
-/// closes or resets it (a reset is not an error here).
-fn raw_exchange(port: u16, path: &str) -> String {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr(port)).expect("connect");
-    s.set_read_timeout(Some(std::time::Duration::from_secs(5))).expect("timeout");
-    s.write_all(format!("GET {path} HTTP/1.1\r\nhost: example.com\r\nconnection: close\r\n\r\n").as_bytes())
-        .expect("write");
-    let mut raw = Vec::new();
-    let mut buf = [0u8; 4096];
-    while let Ok(n) = s.read(&mut buf) {
-        if n == 0 {
-            break;
-        }
-        raw.extend_from_slice(&buf[..n]);
-    }
-    String::from_utf8_lossy(&raw).into_owned()
-}
-
-fn h1_cluster(name: &str, ports: &[&str], extra: &str) -> String {
-    let eps: Vec<String> = ports
-        .iter()
-        .map(|p| {
-            format!("{{ endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {p} }} }} }} }}")
-        })
-        .collect();
-    format!(
-        "  - {{ name: {name}, connect_timeout: 1s, {extra}load_assignment: {{ cluster_name: {name}, endpoints: [{{ lb_endpoints: [{}] }}] }} }}\n",
-        eps.join(", ")
-    )
-}
-
-fn protocol_options(common: &str) -> String {
-    format!(
-        r#"typed_extension_protocol_options: {{ envoy.extensions.upstreams.http.v3.HttpProtocolOptions: {{ "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions, common_http_protocol_options: {{ {common} }}, explicit_http_config: {{ http_protocol_options: {{}} }} }} }}, "#
-    )
+    pair.same_stats(&[
+        "cluster.refusing.upstream_rq_retry",
+        "cluster.refusing.upstream_rq_retry_limit_exceeded",
+        "cluster.refusing.upstream_rq_total",
+    ]);
 }
 
 #[test]
@@ -158,10 +107,10 @@ fn upstream_connection_limits() {
               - match: { prefix: "/pools" }
                 route: { cluster: pools }
 "#;
-    let clusters = h1_cluster("limited", &["{UP_a}"], &protocol_options("max_requests_per_connection: 2"))
-        + &h1_cluster("idle", &["{UP_a}"], &protocol_options("idle_timeout: 0.4s"))
-        + &h1_cluster("slow", &["{UP_a}"], &protocol_options("max_stream_duration: 0.2s"))
-        + &h1_cluster(
+    let clusters = cluster_with("limited", &["{UP_a}"], &http1_options("max_requests_per_connection: 2"))
+        + &cluster_with("idle", &["{UP_a}"], &http1_options("idle_timeout: 0.4s"))
+        + &cluster_with("slow", &["{UP_a}"], &http1_options("max_stream_duration: 0.2s"))
+        + &cluster_with(
             "pools",
             &["{UP_a}", "{UP_b}"],
             "circuit_breakers: { thresholds: [{ max_connection_pools: 1 }] }, ",
@@ -172,7 +121,7 @@ fn upstream_connection_limits() {
     for port in [pair.envoy, pair.legate] {
         // A response still streaming at the limit is cut off: its headers
         // and first chunk arrived, its end never does.
-        let raw = raw_exchange(port, "/slow/slow-body/900");
+        let raw = harness::raw::get_until_closed(port, "/slow/slow-body/900");
         assert!(raw.starts_with("HTTP/1.1 200"), "port {port}: {raw}");
         assert!(raw.contains("first") && !raw.contains("last"), "port {port}: {raw}");
         assert!(!raw.ends_with("0\r\n\r\n"), "port {port}: the chunked body was ended: {raw}");
@@ -197,30 +146,21 @@ fn upstream_connection_limits() {
     };
     assert_eq!(pools(pair.envoy), pools(pair.legate));
     std::thread::sleep(std::time::Duration::from_millis(1200));
-    stats_agree(
-        &pair,
-        &[
-            "cluster.limited.upstream_cx_total",
-            "cluster.limited.upstream_cx_max_requests",
-            "cluster.limited.upstream_rq_total",
-            "cluster.idle.upstream_cx_total",
-            "cluster.idle.upstream_cx_idle_timeout",
-            "cluster.idle.upstream_cx_active",
-            "cluster.idle.upstream_cx_destroy",
-            "cluster.slow.upstream_rq_max_duration_reached",
-            "cluster.pools.upstream_cx_pool_overflow",
-            "cluster.pools.upstream_cx_total",
-        ],
-    );
+    pair.same_stats(&[
+        "cluster.limited.upstream_cx_total",
+        "cluster.limited.upstream_cx_max_requests",
+        "cluster.limited.upstream_rq_total",
+        "cluster.idle.upstream_cx_total",
+        "cluster.idle.upstream_cx_idle_timeout",
+        "cluster.idle.upstream_cx_active",
+        "cluster.idle.upstream_cx_destroy",
+        "cluster.slow.upstream_rq_max_duration_reached",
+        "cluster.pools.upstream_cx_pool_overflow",
+        "cluster.pools.upstream_cx_total",
+    ]);
     assert_eq!(stat(pair.legate_admin, "cluster.limited.upstream_cx_total"), Some(3));
     assert_eq!(stat(pair.legate_admin, "cluster.idle.upstream_cx_idle_timeout"), Some(1));
     assert_eq!(stat(pair.legate_admin, "cluster.pools.upstream_cx_pool_overflow"), Some(2));
-}
-
-/// Whether `/clusters` shows the host at `port` healthy.
-fn host_healthy(admin: u16, port: u16) -> bool {
-    let Ok(r) = http_get(addr(admin), "/clusters", "admin") else { return false };
-    r.body.lines().any(|l| l.contains(&format!("127.0.0.1:{port}::health_flags::healthy")))
 }
 
 fn share_of_b(r: &[&str]) -> f64 {
@@ -249,11 +189,7 @@ fn slow_start_ramps_a_host_that_became_healthy() {
     // Host a's own window (it became healthy at start) passes first.
     std::thread::sleep(std::time::Duration::from_millis(3300));
     let dir = TempDir::new("slow-start-b");
-    let _b = Proc::spawn(
-        "echo-b",
-        std::process::Command::new(LEGATE).args(["echo", "--listen", &format!("127.0.0.1:{late_port}"), "--name", "b"]),
-        dir.path(),
-    );
+    let _b = spawn_echo("b", late_port, &[], dir.path());
     wait_for("b healthy behind both proxies", std::time::Duration::from_secs(10), || {
         (host_healthy(pair.envoy_admin, late_port) && host_healthy(pair.legate_admin, late_port)).then_some(())
     });
@@ -352,15 +288,12 @@ fn local_rate_limit_per_route_and_by_descriptor() {
     }
     requests.push(get("/by-client/x"));
     let pair = compare("local-ratelimit-routes", &t, &["a"], &requests);
-    stats_agree(
-        &pair,
-        &[
-            "own.http_local_rate_limit.enabled",
-            "own.http_local_rate_limit.rate_limited",
-            "clients.http_local_rate_limit.ok",
-            "clients.http_local_rate_limit.rate_limited",
-            "global.http_local_rate_limit.enabled",
-        ],
-    );
+    pair.same_stats(&[
+        "own.http_local_rate_limit.enabled",
+        "own.http_local_rate_limit.rate_limited",
+        "clients.http_local_rate_limit.ok",
+        "clients.http_local_rate_limit.rate_limited",
+        "global.http_local_rate_limit.enabled",
+    ]);
     assert_eq!(stat(pair.legate_admin, "own.http_local_rate_limit.rate_limited"), Some(1));
 }

@@ -10,312 +10,50 @@
 
 mod harness;
 
+use harness::certs::{client, server, Ca};
+use harness::config::*;
+use harness::diff::assert_same;
+use harness::raw::{tcp_exchange, tcp_exchange_open};
+use harness::tls::{curl_head_body, curl_tls, https, Https};
 use harness::*;
 use serde_json::Value;
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-// ---------------------------------------------------------------------------
-// Certificates
+/// Envoy's access logs reach their files sooner than the 10 s default.
+const FLUSH: [&str; 2] = ["--file-flush-interval-msec", "200"];
 
+/// The ALPN the TLS listeners offer.
+const ALPN: &str = "h2, http/1.1";
+
+/// The CA (`ca.pem`), leaves for a.example.com (`a`), b.example.com and
+/// *.b.example.com (`b`), x.b.example.com (`xb`), a client certificate
+/// (`client`), and an untrusted CA (`wrong-ca.pem`) with its own client
+/// (`rogue`).
 fn write_certs(dir: &Path) {
-    use rcgen::{
-        BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
-        KeyUsagePurpose,
-    };
-    let ca = |cn: &str| {
-        let mut p = CertificateParams::new(Vec::<String>::new()).expect("params");
-        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        p.distinguished_name.push(DnType::CommonName, cn);
-        p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
-        CertifiedIssuer::self_signed(p, KeyPair::generate().expect("key")).expect("CA")
-    };
-    let good = ca("Legate Test CA");
-    let bad = ca("Untrusted Test CA");
-    std::fs::write(dir.join("ca.pem"), good.pem()).expect("write");
-    std::fs::write(dir.join("wrong-ca.pem"), bad.pem()).expect("write");
-    let leaf = |file: &str, sans: &[&str], client: bool, issuer: &CertifiedIssuer<'_, KeyPair>| {
-        let mut p = CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>()).expect("params");
-        p.distinguished_name.push(DnType::CommonName, sans[0]);
-        p.extended_key_usages =
-            vec![if client { ExtendedKeyUsagePurpose::ClientAuth } else { ExtendedKeyUsagePurpose::ServerAuth }];
-        let key = KeyPair::generate().expect("key");
-        let cert = p.signed_by(&key, issuer).expect("sign");
-        std::fs::write(dir.join(format!("{file}.pem")), cert.pem()).expect("write");
-        std::fs::write(dir.join(format!("{file}.key")), key.serialize_pem()).expect("write");
-    };
-    leaf("a", &["a.example.com"], false, &good);
-    leaf("b", &["b.example.com", "*.b.example.com"], false, &good);
-    leaf("xb", &["x.b.example.com"], false, &good);
-    leaf("client", &["client.example.com"], true, &good);
-    leaf("rogue", &["client.example.com"], true, &bad);
-}
-
-// ---------------------------------------------------------------------------
-// Bootstrap pieces (YAML flow style, one line each)
-
-fn p(dir: &Path, f: &str) -> String {
-    dir.join(f).display().to_string()
-}
-
-fn certs_yaml(dir: &Path, names: &[&str]) -> String {
-    let list: Vec<String> = names
-        .iter()
-        .map(|n| {
-            format!(
-                "{{certificate_chain: {{filename: \"{}\"}}, private_key: {{filename: \"{}\"}}}}",
-                p(dir, &format!("{n}.pem")),
-                p(dir, &format!("{n}.key"))
-            )
-        })
-        .collect();
-    format!("[{}]", list.join(", "))
-}
-
-/// A filter chain's transport_socket terminating TLS with `certs`.
-fn down_tls(dir: &Path, certs: &[&str], extra_common: &str, extra: &str) -> String {
-    format!(
-        "{{name: envoy.transport_sockets.tls, typed_config: {{\"@type\": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext, common_tls_context: {{tls_certificates: {}, alpn_protocols: [h2, http/1.1]{extra_common}}}{extra}}}}}",
-        certs_yaml(dir, certs)
-    )
-}
-
-/// A cluster's transport_socket originating TLS.
-fn up_tls(sni: &str, ca: Option<&str>, client: Option<&str>, dir: &Path) -> String {
-    let mut common = Vec::new();
-    if let Some(ca) = ca {
-        common.push(format!("validation_context: {{trusted_ca: {{filename: \"{}\"}}}}", p(dir, ca)));
-    }
-    if let Some(c) = client {
-        common.push(format!("tls_certificates: {}", certs_yaml(dir, &[c])));
-    }
-    format!(
-        "{{name: envoy.transport_sockets.tls, typed_config: {{\"@type\": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext, sni: \"{sni}\", common_tls_context: {{{}}}}}}}",
-        common.join(", ")
-    )
-}
-
-const ROUTER: &str = "{name: envoy.filters.http.router, typed_config: {\"@type\": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}";
-
-/// An HTTP connection manager routing everything to `cluster`.
-fn hcm(stat: &str, cluster: &str) -> String {
-    format!(
-        "{{name: envoy.filters.network.http_connection_manager, typed_config: {{\"@type\": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager, stat_prefix: {stat}, route_config: {{virtual_hosts: [{{name: all, domains: [\"*\"], routes: [{{match: {{prefix: \"/\"}}, route: {{cluster: {cluster}}}}}]}}]}}, http_filters: [{ROUTER}]}}}}"
-    )
-}
-
-/// An HTTP connection manager with path routes (`prefix`, cluster).
-fn hcm_routes(stat: &str, routes: &[(&str, &str)]) -> String {
-    let r: Vec<String> = routes
-        .iter()
-        .map(|(prefix, c)| format!("{{match: {{prefix: \"{prefix}\"}}, route: {{cluster: {c}}}}}"))
-        .collect();
-    format!(
-        "{{name: envoy.filters.network.http_connection_manager, typed_config: {{\"@type\": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager, stat_prefix: {stat}, route_config: {{virtual_hosts: [{{name: all, domains: [\"*\"], routes: [{}]}}]}}, http_filters: [{ROUTER}]}}}}",
-        r.join(", ")
-    )
-}
-
-/// An HTTP connection manager answering directly, naming itself and echoing
-/// what it saw of the connection in response headers.
-fn hcm_direct(stat: &str, name: &str) -> String {
-    format!(
-        "{{name: envoy.filters.network.http_connection_manager, typed_config: {{\"@type\": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager, stat_prefix: {stat}, route_config: {{virtual_hosts: [{{name: all, domains: [\"*\"], routes: [{{match: {{prefix: \"/\"}}, direct_response: {{status: 200, body: {{inline_string: \"backend-{name}\"}}}}}}], response_headers_to_add: [{{header: {{key: x-backend, value: {name}}}}}, {{header: {{key: x-backend-proto, value: \"%PROTOCOL%\"}}}}, {{header: {{key: x-backend-sni, value: \"%REQUESTED_SERVER_NAME%\"}}}}]}}]}}, http_filters: [{ROUTER}]}}}}"
-    )
-}
-
-fn tcp_proxy(stat: &str, target: &str, extra: &str) -> String {
-    format!(
-        "{{name: envoy.filters.network.tcp_proxy, typed_config: {{\"@type\": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy, stat_prefix: {stat}, {target}{extra}}}}}"
-    )
-}
-
-const TLS_INSPECTOR: &str = "[{name: envoy.filters.listener.tls_inspector, typed_config: {\"@type\": type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector}}]";
-
-fn listener(name: &str, port: u16, chains: &[String], extra: &str) -> String {
-    format!(
-        "{{name: {name}, address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}, filter_chains: [{}]{extra}}}",
-        chains.join(", ")
-    )
-}
-
-fn cluster(name: &str, port: u16, extra: &str) -> String {
-    format!(
-        "{{name: {name}, connect_timeout: 1s, type: STATIC, load_assignment: {{cluster_name: {name}, endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}}}}}]}}]}}{extra}}}"
-    )
-}
-
-fn bootstrap(admin: u16, listeners: &[String], clusters: &[String]) -> String {
-    let mut s = format!(
-        "admin: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {admin}}}}}}}\nstatic_resources:\n  listeners:\n"
-    );
-    for l in listeners {
-        s.push_str(&format!("  - {l}\n"));
-    }
-    s.push_str("  clusters:\n");
-    for c in clusters {
-        s.push_str(&format!("  - {c}\n"));
-    }
-    s
-}
-
-// ---------------------------------------------------------------------------
-// Processes
-
-#[derive(Clone, Copy, PartialEq)]
-enum Bin {
-    Envoy,
-    Legate,
-}
-
-/// One proxy with its own admin and listener ports.
-struct Side {
-    who: &'static str,
-    admin: u16,
-    ports: BTreeMap<&'static str, u16>,
-    _proc: Proc,
-}
-
-impl Side {
-    fn port(&self, name: &str) -> u16 {
-        self.ports[name]
-    }
-
-    fn start(
-        who: &'static str,
-        bin: Bin,
-        dir: &Path,
-        names: &[&'static str],
-        yaml: impl Fn(u16, &BTreeMap<&'static str, u16>) -> String,
-    ) -> Side {
-        let admin = free_port();
-        let ports: BTreeMap<_, _> = names.iter().map(|n| (*n, free_port())).collect();
-        let f = dir.join(format!("{who}.yaml"));
-        std::fs::write(&f, yaml(admin, &ports)).expect("write config");
-        let mut proc_ = match bin {
-            // Access logs reach their files sooner than the 10 s default.
-            Bin::Envoy => spawn_envoy(who, &f, "error", &["--file-flush-interval-msec", "200"], dir),
-            Bin::Legate => Proc::spawn(
-                who,
-                Command::new(LEGATE).args(["proxy", "--concurrency", "1", "-l", "warn", "-c"]).arg(&f),
-                dir,
-            ),
-        };
-        wait_ready(admin, &mut proc_);
-        Side { who, admin, ports, _proc: proc_ }
-    }
-
-    /// A counter or gauge from `/stats`, 0 when absent.
-    fn stat(&self, name: &str) -> u64 {
-        let r = http_get(addr(self.admin), "/stats", "admin").expect("stats");
-        r.body
-            .lines()
-            .filter_map(|l| l.split_once(": "))
-            .find(|(k, _)| *k == name)
-            .and_then(|(_, v)| v.trim().parse().ok())
-            .unwrap_or(0)
-    }
-}
-
-/// The same config on Envoy and on Legate.
-fn both(
-    dir: &Path,
-    names: &[&'static str],
-    yaml: impl Fn(&'static str, u16, &BTreeMap<&'static str, u16>) -> String,
-) -> (Side, Side) {
-    let e = Side::start("envoy", Bin::Envoy, dir, names, |a, p| yaml("envoy", a, p));
-    let l = Side::start("legate", Bin::Legate, dir, names, |a, p| yaml("legate", a, p));
-    (e, l)
-}
-
-/// The TLS backend: Envoy terminating TLS on three listeners and answering
-/// directly: `a` (certificate a.example.com), `b` (b.example.com) and `mtls`
-/// (a.example.com, client certificate required).
-fn tls_backend(dir: &Path) -> Side {
-    Side::start("backend", Bin::Envoy, dir, &["a", "b", "mtls"], |admin, ports| {
-        let mtls = down_tls(
-            dir,
-            &["a"],
-            &format!(", validation_context: {{trusted_ca: {{filename: \"{}\"}}}}", p(dir, "ca.pem")),
-            ", require_client_certificate: true",
-        );
-        // The inspector gives %REQUESTED_SERVER_NAME% its value.
-        let inspector = format!(", listener_filters: {TLS_INSPECTOR}");
-        bootstrap(
-            admin,
-            &[
-                listener(
-                    "a",
-                    ports["a"],
-                    &[format!(
-                        "{{transport_socket: {}, filters: [{}]}}",
-                        down_tls(dir, &["a"], "", ""),
-                        hcm_direct("a", "a")
-                    )],
-                    &inspector,
-                ),
-                listener(
-                    "b",
-                    ports["b"],
-                    &[format!(
-                        "{{transport_socket: {}, filters: [{}]}}",
-                        down_tls(dir, &["b"], "", ""),
-                        hcm_direct("b", "b")
-                    )],
-                    &inspector,
-                ),
-                listener(
-                    "mtls",
-                    ports["mtls"],
-                    &[format!("{{transport_socket: {mtls}, filters: [{}]}}", hcm_direct("m", "mtls"))],
-                    &inspector,
-                ),
-            ],
-            &[],
-        )
-    })
-}
-
-// ---------------------------------------------------------------------------
-// Clients
-
-/// One HTTPS request with curl, as `host` (SNI and Host) to `port`.
-#[derive(Clone, Copy)]
-struct Https<'a> {
-    host: &'a str,
-    h2: bool,
-    client: Option<&'a str>,
-    tls_max_12: bool,
-}
-
-fn https(host: &str) -> Https<'_> {
-    Https { host, h2: false, client: None, tls_max_12: false }
+    let (good, bad) = (Ca::new("Legate Test CA"), Ca::new("Untrusted Test CA"));
+    good.write(dir, "ca.pem");
+    bad.write(dir, "wrong-ca.pem");
+    good.issue(&server(&["a.example.com"]).cn("a.example.com")).write(dir, "a");
+    good.issue(&server(&["b.example.com", "*.b.example.com"]).cn("b.example.com")).write(dir, "b");
+    good.issue(&server(&["x.b.example.com"]).cn("x.b.example.com")).write(dir, "xb");
+    good.issue(&client(&["client.example.com"]).cn("client.example.com")).write(dir, "client");
+    bad.issue(&client(&["client.example.com"]).cn("client.example.com")).write(dir, "rogue");
 }
 
 /// What is compared of a curl exchange: whether it worked, the protocol and
 /// status, the headers that matter and what the upstream reported.
 fn curl_https(dir: &Path, port: u16, r: Https<'_>) -> BTreeMap<String, String> {
-    let mut cmd = Command::new("curl");
-    cmd.args(["-s", "-i", "--max-time", "10", "--cacert"]).arg(dir.join("ca.pem"));
-    cmd.args(["--resolve", &format!("{}:{port}:127.0.0.1", r.host)]);
-    cmd.arg(if r.h2 { "--http2" } else { "--http1.1" });
-    if let Some(c) = r.client {
-        cmd.arg("--cert").arg(dir.join(format!("{c}.pem"))).arg("--key").arg(dir.join(format!("{c}.key")));
-    }
-    if r.tls_max_12 {
-        cmd.args(["--tls-max", "1.2"]);
-    }
-    let out = cmd.arg(format!("https://{}:{port}/path", r.host)).output().expect("curl");
+    let out = r.send(dir, port, "/path", &[]);
     let mut m = BTreeMap::new();
     m.insert("ok".to_string(), out.status.success().to_string());
     if !out.status.success() {
         return m;
     }
-    let text = String::from_utf8_lossy(&out.stdout).replace("\r\n", "\n");
-    let (head, body) = text.split_once("\n\n").unwrap_or((&text, ""));
+    let (head, body) = curl_head_body(&out);
     let mut lines = head.lines();
     let status_line = lines.next().unwrap_or("");
     let mut parts = status_line.split_whitespace();
@@ -329,71 +67,13 @@ fn curl_https(dir: &Path, port: u16, r: Https<'_>) -> BTreeMap<String, String> {
             }
         }
     }
-    if let Ok(v) = serde_json::from_str::<Value>(body) {
+    if let Ok(v) = serde_json::from_str::<Value>(&body) {
         m.insert("upstream:name".into(), v["upstream"].to_string());
         m.insert("upstream:x-forwarded-proto".into(), v["headers"]["x-forwarded-proto"].to_string());
     } else {
         m.insert("body".into(), body.trim().to_string());
     }
     m
-}
-
-fn compare(what: &str, e: &BTreeMap<String, String>, l: &BTreeMap<String, String>) {
-    assert_eq!(e, l, "{what}: Envoy (left) and Legate (right) differ");
-}
-
-/// A TCP echo server on a thread (each connection echoes until EOF).
-fn tcp_echo() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let port = l.local_addr().expect("addr").port();
-    std::thread::spawn(move || {
-        for s in l.incoming().flatten() {
-            std::thread::spawn(move || {
-                let mut s = s;
-                let mut buf = [0u8; 4096];
-                while let Ok(n) = s.read(&mut buf) {
-                    if n == 0 || s.write_all(&buf[..n]).is_err() {
-                        break;
-                    }
-                }
-                let _ = s.shutdown(std::net::Shutdown::Write);
-            });
-        }
-    });
-    port
-}
-
-/// Sends `msg`, ends the write side, and reads until the proxy closes.
-fn tcp_exchange(port: u16, msg: &[u8]) -> Vec<u8> {
-    let mut s = std::net::TcpStream::connect(addr(port)).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
-    // The proxy may already have closed (no upstream): then nothing comes back.
-    let _ = s.write_all(msg);
-    let _ = s.shutdown(std::net::Shutdown::Write);
-    let mut out = Vec::new();
-    let _ = s.read_to_end(&mut out);
-    out
-}
-
-/// Sends `msg` and reads as many bytes back, the connection left open.
-fn tcp_exchange_open(port: u16, msg: &[u8]) -> Vec<u8> {
-    let mut s = std::net::TcpStream::connect(addr(port)).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
-    s.write_all(msg).expect("write");
-    let mut out = vec![0u8; msg.len()];
-    match s.read_exact(&mut out) {
-        Ok(()) => out,
-        Err(_) => Vec::new(),
-    }
-}
-
-/// Access log lines once `n` of them are there (logs are flushed each second).
-fn log_lines(path: &Path, n: usize) -> Vec<String> {
-    wait_for(&format!("{n} lines in {}", path.display()), Duration::from_secs(10), || {
-        let text = std::fs::read_to_string(path).unwrap_or_default();
-        let lines: Vec<String> = text.lines().map(str::to_string).collect();
-        (lines.len() >= n).then_some(lines)
-    })
 }
 
 // ---------------------------------------------------------------------------
@@ -414,51 +94,39 @@ fn tls_termination_sni_alpn_and_mtls() {
     let (_em, up_multi) = echo("multi", d);
     let (_et, up_mtls) = echo("mtls", d);
     let yaml = |_who: &'static str, admin: u16, ports: &BTreeMap<&'static str, u16>| {
-        let mtls = down_tls(
+        let mtls = terminate_tls(
             d,
             &["a"],
-            &format!(
-                ", validation_context: {{trusted_ca: {{filename: \"{}\"}}}}, tls_params: {{tls_minimum_protocol_version: TLSv1_3}}",
-                p(d, "ca.pem")
-            ),
+            ALPN,
+            &format!(", {}, tls_params: {{tls_minimum_protocol_version: TLSv1_3}}", trusted_ca(d, "ca.pem", "")),
             ", require_client_certificate: true",
         );
         bootstrap(
             admin,
             &[
-                listener(
+                listener_chains(
                     "sni",
                     ports["sni"],
                     &[
                         format!(
                             "{{filter_chain_match: {{server_names: [a.example.com]}}, transport_socket: {}, filters: [{}]}}",
-                            down_tls(d, &["a"], "", ""),
+                            terminate_tls(d, &["a"], ALPN, "", ""),
                             hcm("a", "up_a")
                         ),
                         format!(
                             "{{filter_chain_match: {{server_names: [\"*.b.example.com\", b.example.com]}}, transport_socket: {}, filters: [{}]}}",
-                            down_tls(d, &["b"], "", ""),
+                            terminate_tls(d, &["b"], ALPN, "", ""),
                             hcm("b", "up_b")
                         ),
                     ],
                     &format!(", listener_filters: {TLS_INSPECTOR}"),
                 ),
-                listener(
-                    "multi",
-                    ports["multi"],
-                    &[format!(
+                listener("multi", ports["multi"], &format!(
                         "{{transport_socket: {}, filters: [{}]}}",
-                        down_tls(d, &["a", "b"], "", ""),
+                        terminate_tls(d, &["a", "b"], ALPN, "", ""),
                         hcm("multi", "up_multi")
-                    )],
-                    "",
-                ),
-                listener(
-                    "mtls",
-                    ports["mtls"],
-                    &[format!("{{transport_socket: {mtls}, filters: [{}]}}", hcm("mtls", "up_mtls"))],
-                    "",
-                ),
+                    )),
+                listener("mtls", ports["mtls"], &format!("{{transport_socket: {mtls}, filters: [{}]}}", hcm("mtls", "up_mtls"))),
             ],
             &[
                 cluster("up_a", up_a, ""),
@@ -468,7 +136,7 @@ fn tls_termination_sni_alpn_and_mtls() {
             ],
         )
     };
-    let (e, l) = both(d, &["sni", "multi", "mtls"], yaml);
+    let [e, l] = both(d, &FLUSH, &["sni", "multi", "mtls"], yaml);
     let cases: Vec<(&str, &str, Https<'_>, Option<&str>)> = vec![
         ("sni", "a over HTTP/1.1", https("a.example.com"), Some("\"a\"")),
         ("sni", "a over h2", Https { h2: true, ..https("a.example.com") }, Some("\"a\"")),
@@ -492,7 +160,7 @@ fn tls_termination_sni_alpn_and_mtls() {
     for (listener_name, what, req, upstream) in cases {
         let ev = curl_https(d, e.port(listener_name), req);
         let lv = curl_https(d, l.port(listener_name), req);
-        compare(what, &ev, &lv);
+        assert_same(what, &ev, &lv);
         match upstream {
             Some(u) => {
                 assert_eq!(lv.get("upstream:name").map(String::as_str), Some(u), "{what}: {lv:?}");
@@ -537,13 +205,13 @@ fn tcp_proxy_echo_passthrough_and_failures() {
     let yaml = |who: &'static str, admin: u16, ports: &BTreeMap<&'static str, u16>| {
         let log = format!(
             ", access_log: [{{name: envoy.access_loggers.file, typed_config: {{\"@type\": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog, path: \"{}\", log_format: {{text_format: {fmt}}}}}}}]",
-            p(d, &format!("{who}-tcp.log"))
+            path(d, &format!("{who}-tcp.log"))
         );
         bootstrap(
             admin,
             &[
-                listener("tcp", ports["tcp"], &[format!("{{filters: [{}]}}", tcp_proxy("echo", "cluster: tcp_echo", &log))], ""),
-                listener(
+                listener("tcp", ports["tcp"], &format!("{{filters: [{}]}}", tcp_proxy("echo", "cluster: tcp_echo", &log))),
+                listener_chains(
                     "pass",
                     ports["pass"],
                     &[
@@ -562,30 +230,10 @@ fn tcp_proxy_echo_passthrough_and_failures() {
                     ],
                     &format!(", listener_filters: {TLS_INSPECTOR}"),
                 ),
-                listener(
-                    "dead",
-                    ports["dead"],
-                    &[format!("{{filters: [{}]}}", tcp_proxy("dead", "cluster: dead", &format!(", max_connect_attempts: 3{log}")))],
-                    "",
-                ),
-                listener(
-                    "nocluster",
-                    ports["nocluster"],
-                    &[format!("{{filters: [{}]}}", tcp_proxy("nocluster", "cluster: missing", &log))],
-                    "",
-                ),
-                listener(
-                    "nohost",
-                    ports["nohost"],
-                    &[format!("{{filters: [{}]}}", tcp_proxy("nohost", "cluster: empty", &log))],
-                    "",
-                ),
-                listener(
-                    "idle",
-                    ports["idle"],
-                    &[format!("{{filters: [{}]}}", tcp_proxy("idle", "cluster: tcp_echo", ", idle_timeout: 1s"))],
-                    "",
-                ),
+                listener("dead", ports["dead"], &format!("{{filters: [{}]}}", tcp_proxy("dead", "cluster: dead", &format!(", max_connect_attempts: 3{log}")))),
+                listener("nocluster", ports["nocluster"], &format!("{{filters: [{}]}}", tcp_proxy("nocluster", "cluster: missing", &log))),
+                listener("nohost", ports["nohost"], &format!("{{filters: [{}]}}", tcp_proxy("nohost", "cluster: empty", &log))),
+                listener("idle", ports["idle"], &format!("{{filters: [{}]}}", tcp_proxy("idle", "cluster: tcp_echo", ", idle_timeout: 1s"))),
             ],
             &[
                 cluster("tcp_echo", echo_port, ""),
@@ -598,7 +246,7 @@ fn tcp_proxy_echo_passthrough_and_failures() {
             ],
         )
     };
-    let (e, l) = both(d, &["tcp", "pass", "dead", "nocluster", "nohost", "idle"], yaml);
+    let [e, l] = both(d, &FLUSH, &["tcp", "pass", "dead", "nocluster", "nohost", "idle"], yaml);
 
     // Plain TCP echo.
     let msg = b"hello through tcp_proxy\n";
@@ -620,7 +268,7 @@ fn tcp_proxy_echo_passthrough_and_failures() {
     ] {
         let ev = curl_https(d, e.port("pass"), req);
         let lv = curl_https(d, l.port("pass"), req);
-        compare(what, &ev, &lv);
+        assert_same(what, &ev, &lv);
         if backend_name.is_empty() {
             assert_eq!(lv["ok"], "false", "{what}");
         } else {
@@ -648,8 +296,10 @@ fn tcp_proxy_echo_passthrough_and_failures() {
         assert!(took >= Duration::from_millis(900) && took < Duration::from_secs(3), "{}: {took:?}", side.who);
     }
     // Access logs and stats agree.
-    let el = log_lines(&d.join("envoy-tcp.log"), 4);
-    let ll = log_lines(&d.join("legate-tcp.log"), 4);
+    let log_lines = |who: &str| -> Vec<String> {
+        wait_log(&d.join(format!("{who}-tcp.log")), 4).lines().map(str::to_string).collect()
+    };
+    let (el, ll) = (log_lines("envoy"), log_lines("legate"));
     assert_eq!(el, ll);
     assert_eq!(ll[0], format!("{} {} 127.0.0.1:{echo_port} tcp_echo -", msg.len(), msg.len()));
     assert_eq!(ll[1], format!("0 0 127.0.0.1:{dead} dead UF,URX"));
@@ -687,14 +337,20 @@ fn upstream_tls_to_a_tls_backend() {
     write_certs(d);
     let backend = tls_backend(d);
     let h2 = ", typed_extension_protocol_options: {envoy.extensions.upstreams.http.v3.HttpProtocolOptions: {\"@type\": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions, explicit_http_config: {http2_protocol_options: {}}}}";
+    let ts = |sni: &str, ca: &str, client: Option<&str>| {
+        let mut common = vec![trusted_ca(d, ca, "")];
+        if let Some(c) = client {
+            common.push(format!("tls_certificates: {}", certs_yaml(d, &[c])));
+        }
+        format!(", transport_socket: {}", up_tls(&format!("\"{sni}\""), &common.join(", ")))
+    };
     let yaml = |_who: &'static str, admin: u16, ports: &BTreeMap<&'static str, u16>| {
-        let ts = |s: String| format!(", transport_socket: {s}");
         bootstrap(
             admin,
             &[listener(
                 "front",
                 ports["front"],
-                &[format!(
+                &format!(
                     "{{filters: [{}]}}",
                     hcm_routes(
                         "front",
@@ -707,24 +363,19 @@ fn upstream_tls_to_a_tls_backend() {
                             ("/nocert", "nocert"),
                         ]
                     )
-                )],
-                "",
+                ),
             )],
             &[
-                cluster("right", backend.port("a"), &ts(up_tls("a.example.com", Some("ca.pem"), None, d))),
-                cluster("wrong", backend.port("a"), &ts(up_tls("a.example.com", Some("wrong-ca.pem"), None, d))),
-                cluster(
-                    "right_h2",
-                    backend.port("b"),
-                    &format!("{}{h2}", ts(up_tls("b.example.com", Some("ca.pem"), None, d))),
-                ),
-                cluster("nosni", backend.port("a"), &ts(up_tls("", Some("ca.pem"), None, d))),
-                cluster("mtls", backend.port("mtls"), &ts(up_tls("a.example.com", Some("ca.pem"), Some("client"), d))),
-                cluster("nocert", backend.port("mtls"), &ts(up_tls("a.example.com", Some("ca.pem"), None, d))),
+                cluster("right", backend.port("a"), &ts("a.example.com", "ca.pem", None)),
+                cluster("wrong", backend.port("a"), &ts("a.example.com", "wrong-ca.pem", None)),
+                cluster("right_h2", backend.port("b"), &format!("{}{h2}", ts("b.example.com", "ca.pem", None))),
+                cluster("nosni", backend.port("a"), &ts("", "ca.pem", None)),
+                cluster("mtls", backend.port("mtls"), &ts("a.example.com", "ca.pem", Some("client"))),
+                cluster("nocert", backend.port("mtls"), &ts("a.example.com", "ca.pem", None)),
             ],
         )
     };
-    let (e, l) = both(d, &["front"], yaml);
+    let [e, l] = both(d, &FLUSH, &["front"], yaml);
     let view = |r: &Resp| {
         let mut m = BTreeMap::new();
         m.insert("status".to_string(), r.status.to_string());
@@ -744,7 +395,7 @@ fn upstream_tls_to_a_tls_backend() {
     ] {
         let er = http_get(addr(e.port("front")), path, "example.com").expect("envoy");
         let lr = http_get(addr(l.port("front")), path, "example.com").expect("legate");
-        compare(path, &view(&er), &view(&lr));
+        assert_same(path, &view(&er), &view(&lr));
         assert_eq!(lr.status, status, "{path}: {lr:?}");
         if status == 200 {
             assert_eq!(lr.header("x-backend-proto"), Some(proto), "{path}");
@@ -764,27 +415,6 @@ fn upstream_tls_to_a_tls_backend() {
     }
 }
 
-/// A TCP server that answers every connection with `name:` and then echoes.
-fn tcp_named(name: &'static str) -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let port = l.local_addr().expect("addr").port();
-    std::thread::spawn(move || {
-        for s in l.incoming().flatten() {
-            std::thread::spawn(move || {
-                let mut s = s;
-                let _ = s.write_all(format!("{name}:").as_bytes());
-                let mut buf = [0u8; 4096];
-                while let Ok(n) = s.read(&mut buf) {
-                    if n == 0 || s.write_all(&buf[..n]).is_err() {
-                        break;
-                    }
-                }
-            });
-        }
-    });
-    port
-}
-
 /// Filter-chain precedence end to end (names avoid YAML's `y`/`n` booleans): a server name beats source ranges
 /// for TLS; without SNI the longest source prefix wins; a destination range
 /// that does not match leaves the default_filter_chain.
@@ -800,7 +430,7 @@ fn filter_chain_precedence_and_default_chain() {
         bootstrap(
             admin,
             &[
-                listener(
+                listener_chains(
                     "lm",
                     ports["lm"],
                     &[
@@ -810,7 +440,7 @@ fn filter_chain_precedence_and_default_chain() {
                     ],
                     &format!(", listener_filters: {TLS_INSPECTOR}{default_chain}"),
                 ),
-                listener(
+                listener_chains(
                     "ln",
                     ports["ln"],
                     &[format!("{{filter_chain_match: {{prefix_ranges: [{{address_prefix: 10.0.0.0, prefix_len: 8}}]}}, filters: [{}]}}", tcp_proxy("sx", "cluster: cx", ""))],
@@ -820,14 +450,14 @@ fn filter_chain_precedence_and_default_chain() {
             &[cluster("backend_a", backend.port("a"), ""), cluster("cx", x, ""), cluster("cy", y, ""), cluster("d", dflt, "")],
         )
     };
-    let (e, l) = both(d, &["lm", "ln"], yaml);
+    let [e, l] = both(d, &FLUSH, &["lm", "ln"], yaml);
     for side in [&e, &l] {
         assert_eq!(tcp_exchange_open(side.port("lm"), b"hello"), b"y:hel", "{}", side.who);
         assert_eq!(tcp_exchange_open(side.port("ln"), b"hello"), b"d:hel", "{}", side.who);
     }
     let ev = curl_https(d, e.port("lm"), https("a.example.com"));
     let lv = curl_https(d, l.port("lm"), https("a.example.com"));
-    compare("SNI beats source ranges", &ev, &lv);
+    assert_same("SNI beats source ranges", &ev, &lv);
     assert_eq!(lv["resp:x-backend"], "a");
 }
 
@@ -847,8 +477,11 @@ fn unsupported_tls_settings_are_refused() {
             &[listener(
                 "l",
                 free_port(),
-                &[format!("{{transport_socket: {}, filters: [{}]}}", down_tls(d, &["a"], extra, ""), hcm("l", "c"))],
-                "",
+                &format!(
+                    "{{transport_socket: {}, filters: [{}]}}",
+                    terminate_tls(d, &["a"], ALPN, extra, ""),
+                    hcm("l", "c")
+                ),
             )],
             &[cluster("c", free_port(), "")],
         );
@@ -864,10 +497,6 @@ fn unsupported_tls_settings_are_refused() {
     }
 }
 
-fn san_matcher(exact: &str) -> String {
-    format!("match_typed_subject_alt_names: [{{san_type: DNS, matcher: {{exact: \"{exact}\"}}}}]")
-}
-
 /// `match_typed_subject_alt_names`: on client certificates (mTLS listener)
 /// and on upstream certificates (an exact DNS matcher also accepts a name
 /// under a `*.` SAN, as Envoy does).
@@ -880,23 +509,17 @@ fn subject_alt_name_matching() {
     let (_echo, up) = echo("san", d);
     let yaml = |_who: &'static str, admin: u16, ports: &BTreeMap<&'static str, u16>| {
         let mtls = |name: &str| {
-            down_tls(
+            terminate_tls(
                 d,
                 &["a"],
-                &format!(
-                    ", validation_context: {{trusted_ca: {{filename: \"{}\"}}, {}}}",
-                    p(d, "ca.pem"),
-                    san_matcher(name)
-                ),
+                ALPN,
+                &format!(", {}", trusted_ca(d, "ca.pem", &format!(", {}", san_matcher(name)))),
                 ", require_client_certificate: true",
             )
         };
         let up_san = |name: &str| {
-            format!(
-                ", transport_socket: {{name: envoy.transport_sockets.tls, typed_config: {{\"@type\": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext, sni: a.example.com, common_tls_context: {{validation_context: {{trusted_ca: {{filename: \"{}\"}}, {}}}}}}}}}",
-                p(d, "ca.pem"),
-                san_matcher(name)
-            )
+            let ca = trusted_ca(d, "ca.pem", &format!(", {}", san_matcher(name)));
+            format!(", transport_socket: {}", up_tls("a.example.com", &ca))
         };
         bootstrap(
             admin,
@@ -904,23 +527,20 @@ fn subject_alt_name_matching() {
                 listener(
                     "san_ok",
                     ports["san_ok"],
-                    &[format!("{{transport_socket: {}, filters: [{}]}}", mtls("client.example.com"), hcm("ok", "up"))],
-                    "",
+                    &format!("{{transport_socket: {}, filters: [{}]}}", mtls("client.example.com"), hcm("ok", "up")),
                 ),
                 listener(
                     "san_bad",
                     ports["san_bad"],
-                    &[format!("{{transport_socket: {}, filters: [{}]}}", mtls("other.example.com"), hcm("bad", "up"))],
-                    "",
+                    &format!("{{transport_socket: {}, filters: [{}]}}", mtls("other.example.com"), hcm("bad", "up")),
                 ),
                 listener(
                     "front",
                     ports["front"],
-                    &[format!(
+                    &format!(
                         "{{filters: [{}]}}",
                         hcm_routes("front", &[("/ok", "up_ok"), ("/bad", "up_bad"), ("/wild", "up_wild")])
-                    )],
-                    "",
+                    ),
                 ),
             ],
             &[
@@ -931,12 +551,12 @@ fn subject_alt_name_matching() {
             ],
         )
     };
-    let (e, l) = both(d, &["san_ok", "san_bad", "front"], yaml);
+    let [e, l] = both(d, &FLUSH, &["san_ok", "san_bad", "front"], yaml);
     let req = Https { client: Some("client"), ..https("a.example.com") };
     for (name, ok) in [("san_ok", true), ("san_bad", false)] {
         let ev = curl_https(d, e.port(name), req);
         let lv = curl_https(d, l.port(name), req);
-        compare(name, &ev, &lv);
+        assert_same(name, &ev, &lv);
         assert_eq!(lv["ok"], ok.to_string(), "{name}: {lv:?}");
     }
     for (path, status) in [("/ok", 200), ("/bad", 503), ("/wild", 200)] {
@@ -960,12 +580,7 @@ fn subject_alt_name_matching() {
 /// The certificate served for an SNI (its subject, as curl reports it), and
 /// whether the request went through.
 fn served_subject(dir: &Path, port: u16, host: &str) -> (String, String) {
-    let out = Command::new("curl")
-        .args(["-s", "-v", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "10", "--cacert"])
-        .arg(dir.join("ca.pem"))
-        .args(["--resolve", &format!("{host}:{port}:127.0.0.1"), &format!("https://{host}:{port}/")])
-        .output()
-        .expect("curl");
+    let out = curl_tls(dir, host, port, "/", None, &["-v", "-o", "/dev/null", "-w", "%{http_code}"]);
     let err = String::from_utf8_lossy(&out.stderr);
     let subject = err.lines().find_map(|l| l.split_once("subject:").map(|(_, s)| s.trim().to_string()));
     (subject.unwrap_or_default(), String::from_utf8_lossy(&out.stdout).to_string())
@@ -995,16 +610,14 @@ fn certificate_choice_by_sni() {
             "routes: [{match: {prefix: \"/\"}",
             "routes: [{match: {prefix: \"/\", headers: [{name: \":scheme\", string_match: {exact: http}}]}, direct_response: {status: 418}}, {match: {prefix: \"/\"}",
         );
-        let ts = format!(
-            "{{name: envoy.transport_sockets.tls, typed_config: {{\"@type\": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext, common_tls_context: {{tls_certificates: {certs}}}}}}}"
-        );
+        let ts = down_tls(&format!("tls_certificates: {certs}"), "");
         bootstrap(
             admin,
-            &[listener("pick", ports["pick"], &[format!("{{transport_socket: {ts}, filters: [{scheme_hcm}]}}")], "")],
+            &[listener("pick", ports["pick"], &format!("{{transport_socket: {ts}, filters: [{scheme_hcm}]}}"))],
             &[cluster("up", up, "")],
         )
     };
-    let (e, l) = both(d, &["pick"], yaml);
+    let [e, l] = both(d, &FLUSH, &["pick"], yaml);
     for (host, subject) in [
         ("x.b.example.com", "CN=x.b.example.com"),
         ("y.b.example.com", "CN=b.example.com"),

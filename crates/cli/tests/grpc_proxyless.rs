@@ -5,35 +5,8 @@
 mod harness;
 
 use harness::*;
-use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
-
-/// A Python venv with grpcio, installed into the cache on first use.
-fn python_with_grpc() -> PathBuf {
-    let root = std::env::var("LEGATE_CACHE").map(PathBuf::from).unwrap_or_else(|_| {
-        PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/tmp".into())).join(".cache/legate")
-    });
-    let venv = root.join("py-grpc");
-    let python = venv.join("bin/python");
-    let ready = |p: &Path| Command::new(p).args(["-c", "import grpc, grpc_health"]).status().is_ok_and(|s| s.success());
-    if ready(&python) {
-        return python;
-    }
-    std::fs::create_dir_all(&root).expect("cache dir");
-    let tmp = root.join(format!("py-grpc-install-{}-{}", std::process::id(), free_port()));
-    let ok = Command::new("python3").args(["-m", "venv"]).arg(&tmp).status().is_ok_and(|s| s.success())
-        && Command::new(tmp.join("bin/pip"))
-            .args(["install", "--quiet", "grpcio", "grpcio-health-checking"])
-            .status()
-            .is_ok_and(|s| s.success());
-    assert!(ok, "cannot install grpcio with pip");
-    // A venv is not relocatable: use it where it was made if another test won the rename.
-    if std::fs::rename(&tmp, &venv).is_err() {
-        return tmp.join("bin/python");
-    }
-    python
-}
 
 const SCRIPTS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/grpc");
 
@@ -47,12 +20,7 @@ fn proxyless_grpc_client_reaches_upstream_through_our_xds() {
         Command::new(&python).arg(format!("{SCRIPTS}/health_server.py")).arg(upstream_port.to_string()),
         dir.path(),
     );
-    wait_for("the gRPC upstream", Duration::from_secs(20), || {
-        if !server.is_running() {
-            panic!("gRPC upstream exited: {}", server.output());
-        }
-        std::net::TcpStream::connect(addr(upstream_port)).ok()
-    });
+    wait_listening("the gRPC upstream", &mut server, upstream_port, Duration::from_secs(20));
 
     let cp = ControlPlane::start(dir.path());
     let xds = cp.xds;
@@ -94,10 +62,7 @@ spec:
     - endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {upstream_port} }} }} }}
 "#
     );
-    let f = dir.path().join("grpc.yaml");
-    std::fs::write(&f, resources).expect("write");
-    let (ok, out) = cp.ctl(&["apply", "-f", f.to_str().expect("path")]);
-    assert!(ok, "apply: {out}");
+    cp.apply(dir.path(), &resources);
 
     let bootstrap = dir.path().join("grpc-bootstrap.json");
     std::fs::write(

@@ -41,7 +41,8 @@ fn exit_code(cmd: &mut Command) -> (i32, String) {
 
 #[test]
 fn validate_agrees_with_envoy() {
-    let envoy = envoy_bin();
+    // Installed (if need be) once, before the validator threads use it.
+    envoy_bin();
     let files = corpus();
     assert!(files.len() > 70, "corpus is too small: {}", files.len());
     // Both validators run from an empty directory, as the examples' relative
@@ -54,17 +55,12 @@ fn validate_agrees_with_envoy() {
         let handles: Vec<_> = chunks
             .iter()
             .map(|chunk| {
-                let (envoy, dir) = (&envoy, dir.path());
+                let dir = dir.path();
                 scope.spawn(move || {
                     chunk
                         .iter()
                         .map(|f| {
-                            let (e, eout) = exit_code(
-                                Command::new(envoy)
-                                    .current_dir(dir)
-                                    .args(["--mode", "validate", "-l", "critical", "--base-id", &base_id(), "-c"])
-                                    .arg(f),
-                            );
+                            let (e, eout) = exit_code(envoy_command(f, "validate").current_dir(dir));
                             let (l, lout) =
                                 exit_code(Command::new(LEGATE).current_dir(dir).args(["validate", "-c"]).arg(f));
                             (f.clone(), e, l, eout, lout)

@@ -3,132 +3,17 @@
 
 mod harness;
 
+use harness::certs::openssl_ca_server_client;
+use harness::load::under_load;
+use harness::xds::web_resources as resources;
 use harness::*;
 use serde_json::Value;
-use std::process::Command;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
-
-fn resources(listen: u16, upstream: u16, node_ids: &[&str], suffix: &str) -> String {
-    let nodes =
-        if node_ids.is_empty() { String::new() } else { format!(", nodes: {{ ids: [{}] }}", node_ids.join(",")) };
-    format!(
-        r#"kind: Cluster
-metadata: {{ name: web{suffix}{nodes} }}
-spec:
-  name: web{suffix}
-  connect_timeout: 1s
-  type: EDS
-  eds_cluster_config: {{ eds_config: {{ ads: {{}}, resource_api_version: V3 }} }}
----
-kind: ClusterLoadAssignment
-metadata: {{ name: web{suffix}{nodes} }}
-spec:
-  cluster_name: web{suffix}
-  endpoints:
-  - lb_endpoints:
-    - endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {upstream} }} }} }}
----
-kind: Listener
-metadata: {{ name: ingress{suffix}{nodes} }}
-spec:
-  name: ingress{suffix}
-  address: {{ socket_address: {{ address: 127.0.0.1, port_value: {listen} }} }}
-  filter_chains:
-  - filters:
-    - name: envoy.filters.network.http_connection_manager
-      typed_config:
-        "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-        stat_prefix: ingress
-        http_filters: [{{ name: envoy.filters.http.router, typed_config: {{ "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }} }}]
-        rds: {{ route_config_name: main{suffix}, config_source: {{ ads: {{}}, resource_api_version: V3 }} }}
----
-kind: RouteConfiguration
-metadata: {{ name: main{suffix}{nodes} }}
-spec:
-  name: main{suffix}
-  virtual_hosts: [{{ name: all, domains: ["*"], routes: [{{ match: {{ prefix: "/" }}, route: {{ cluster: web{suffix} }} }}] }}]
-"#
-    )
-}
-
-#[derive(Clone, Copy, PartialEq, Debug)]
-enum Client {
-    Envoy,
-    Legate,
-}
-
-struct Attached {
-    _proc: Proc,
-    admin: u16,
-}
-
-fn attach(client: Client, cp: &ControlPlane, node: &str, delta: bool, dir: &std::path::Path) -> Attached {
-    let admin = free_port();
-    let mut args = vec![
-        "bootstrap".to_string(),
-        "--node-id".into(),
-        node.into(),
-        "--xds".into(),
-        format!("127.0.0.1:{}", cp.xds),
-        "--admin-port".into(),
-        admin.to_string(),
-    ];
-    if delta {
-        args.push("--delta".into());
-    }
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let (ok, boot) = cp.ctl(&args);
-    assert!(ok, "{boot}");
-    let file = dir.join(format!("bootstrap-{node}.yaml"));
-    std::fs::write(&file, boot).expect("bootstrap");
-    let mut p = match client {
-        Client::Envoy => spawn_envoy(node, &file, "warning", &[], dir),
-        Client::Legate => Proc::spawn(
-            node,
-            Command::new(LEGATE).args(["proxy", "--concurrency", "1", "-l", "info", "-c"]).arg(&file),
-            dir,
-        ),
-    };
-    wait_ready(admin, &mut p);
-    Attached { _proc: p, admin }
-}
-
-/// (type URL, name, client status) of every resource CSDS reports for `node`.
-fn csds(xds_port: u16, node: &str) -> Vec<(String, String, i32)> {
-    use legate_api::pb::envoy::service::status::v3::{
-        client_status_discovery_service_client::ClientStatusDiscoveryServiceClient, ClientStatusRequest,
-    };
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-    rt.block_on(async {
-        let Ok(mut client) = ClientStatusDiscoveryServiceClient::connect(format!("http://127.0.0.1:{xds_port}")).await
-        else {
-            return vec![];
-        };
-        let Ok(resp) = client.fetch_client_status(ClientStatusRequest::default()).await else { return vec![] };
-        resp.into_inner()
-            .config
-            .into_iter()
-            .filter(|c| c.node.as_ref().is_some_and(|n| n.id == node))
-            .flat_map(|c| c.generic_xds_configs)
-            .map(|g| (g.type_url, g.name, g.client_status))
-            .collect()
-    })
-}
-
-fn upstream_of(port: u16) -> Option<String> {
-    http_get(addr(port), "/", "app")
-        .ok()
-        .filter(|r| r.status == 200)
-        .and_then(|r| r.header("x-upstream").map(str::to_owned))
-}
 
 /// `/config_dump` shows the dynamic cluster, listener and route configuration
 /// with their versions, as Envoy lays them out.
 fn check_config_dump(admin: u16) {
-    let body = http_get(addr(admin), "/config_dump", "admin").expect("config_dump").body;
-    let v: Value = serde_json::from_str(&body).expect("config_dump json");
+    let v = admin_json(admin, "/config_dump");
     let config = |ty: &str| -> Value {
         v["configs"]
             .as_array()
@@ -154,28 +39,8 @@ fn check_config_dump(admin: u16) {
     );
 }
 
-/// Sends requests without pause until stopped; counts failures.
-fn steady_load(port: u16) -> (Arc<AtomicBool>, Arc<AtomicUsize>, Arc<AtomicUsize>, std::thread::JoinHandle<()>) {
-    let stop = Arc::new(AtomicBool::new(false));
-    let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-    let (s, o, f) = (stop.clone(), ok.clone(), failed.clone());
-    let h = std::thread::spawn(move || {
-        // Bounded: at most 20k requests or until told to stop.
-        for _ in 0..20_000 {
-            if s.load(Ordering::Relaxed) {
-                break;
-            }
-            match http_get(addr(port), "/load", "app") {
-                Ok(r) if r.status == 200 => o.fetch_add(1, Ordering::Relaxed),
-                _ => f.fetch_add(1, Ordering::Relaxed),
-            };
-        }
-    });
-    (stop, ok, failed, h)
-}
-
 /// Apply, serve, move endpoints under load, NACK, delete: one client kind and mode.
-fn lifecycle(client: Client, delta: bool) {
+fn lifecycle(client: Bin, delta: bool) {
     let dir = TempDir::new(&format!("xds-{client:?}-{delta}"));
     let (_u1, p1) = echo("one", dir.path());
     let (_u2, p2) = echo("two", dir.path());
@@ -196,40 +61,24 @@ fn lifecycle(client: Client, delta: bool) {
     check_config_dump(proxy.admin);
 
     // Move the endpoint while requests flow: none may fail.
-    let (stop, ok, failed, h) = steady_load(listen);
-    std::thread::sleep(Duration::from_millis(300));
-    cp.apply(dir.path(), &resources(listen, p2, &[], ""));
-    wait_for("endpoints to move", Duration::from_secs(10), || upstream_of(listen).filter(|u| u == "two"));
-    std::thread::sleep(Duration::from_millis(300));
-    stop.store(true, Ordering::Relaxed);
-    h.join().expect("load thread");
-    assert_eq!(
-        failed.load(Ordering::Relaxed),
-        0,
-        "requests failed during the endpoint change ({} ok)",
-        ok.load(Ordering::Relaxed)
-    );
-    assert!(ok.load(Ordering::Relaxed) > 10);
+    let (ok, failed) = under_load(listen, Duration::from_millis(300), || {
+        cp.apply(dir.path(), &resources(listen, p2, &[], ""));
+        wait_for("endpoints to move", Duration::from_secs(10), || upstream_of(listen).filter(|u| u == "two"));
+    });
+    assert_eq!(failed, 0, "requests failed during the endpoint change ({ok} ok)");
+    assert!(ok > 10);
 
     // Change the listener itself (its HCM) under load: new connections get the
     // new filter chain, nothing fails.
-    let (stop, ok, failed, h) = steady_load(listen);
-    std::thread::sleep(Duration::from_millis(200));
-    let renamed = resources(listen, p2, &[], "")
-        .replace("stat_prefix: ingress", "stat_prefix: ingress\n        server_name: legate-v2");
-    cp.apply(dir.path(), &renamed);
-    wait_for("the new listener config", Duration::from_secs(10), || {
-        http_get(addr(listen), "/", "app").ok().filter(|r| r.header("server") == Some("legate-v2"))
+    let (ok, failed) = under_load(listen, Duration::from_millis(200), || {
+        let renamed = resources(listen, p2, &[], "")
+            .replace("stat_prefix: ingress", "stat_prefix: ingress\n        server_name: legate-v2");
+        cp.apply(dir.path(), &renamed);
+        wait_for("the new listener config", Duration::from_secs(10), || {
+            http_get(addr(listen), "/", "app").ok().filter(|r| r.header("server") == Some("legate-v2"))
+        });
     });
-    std::thread::sleep(Duration::from_millis(200));
-    stop.store(true, Ordering::Relaxed);
-    h.join().expect("load thread");
-    assert_eq!(
-        failed.load(Ordering::Relaxed),
-        0,
-        "requests failed during the listener change ({} ok)",
-        ok.load(Ordering::Relaxed)
-    );
+    assert_eq!(failed, 0, "requests failed during the listener change ({ok} ok)");
 
     // A listener on a port something else holds: valid config, rejected by the
     // proxy at bind time. The NACK shows up; the old listener keeps serving.
@@ -263,22 +112,22 @@ fn lifecycle(client: Client, delta: bool) {
 
 #[test]
 fn envoy_sotw_lifecycle() {
-    lifecycle(Client::Envoy, false);
+    lifecycle(Bin::Envoy, false);
 }
 
 #[test]
 fn envoy_delta_lifecycle() {
-    lifecycle(Client::Envoy, true);
+    lifecycle(Bin::Envoy, true);
 }
 
 #[test]
 fn legate_sotw_lifecycle() {
-    lifecycle(Client::Legate, false);
+    lifecycle(Bin::Legate, false);
 }
 
 #[test]
 fn legate_delta_lifecycle() {
-    lifecycle(Client::Legate, true);
+    lifecycle(Bin::Legate, true);
 }
 
 /// Envoy and Legate on one control plane, each selected by `metadata.nodes`;
@@ -292,8 +141,8 @@ fn mixed_fleet_and_control_plane_restart() {
     let (le, ll) = (free_port(), free_port());
     cp.apply(dir.path(), &resources(le, p1, &["envoy-1"], "-e"));
     cp.apply(dir.path(), &resources(ll, p2, &["legate-1"], "-l"));
-    let envoy = attach(Client::Envoy, &cp, "envoy-1", false, dir.path());
-    let legate = attach(Client::Legate, &cp, "legate-1", true, dir.path());
+    let envoy = attach(Bin::Envoy, &cp, "envoy-1", false, dir.path());
+    let legate = attach(Bin::Legate, &cp, "legate-1", true, dir.path());
     assert_eq!(wait_for("envoy traffic", Duration::from_secs(20), || upstream_of(le)), "one");
     assert_eq!(wait_for("legate traffic", Duration::from_secs(20), || upstream_of(ll)), "two");
     // Each got only its own listener.
@@ -479,21 +328,14 @@ fn registry_instances_feed_eds() {
         .collect::<Vec<_>>()
         .join("---");
     cp.apply(dir.path(), &docs);
-    let proxy = attach(Client::Legate, &cp, "registry-proxy", true, dir.path());
+    let proxy = attach(Bin::Legate, &cp, "registry-proxy", true, dir.path());
     let register = |port: u16, id: &str, ttl: u64| {
-        let body = format!(
-            r#"{{"id": "{id}", "address": "127.0.0.1", "port": {port}, "labels": {{"version": "v1"}}, "ttl_seconds": {ttl}}}"#
-        );
-        let r = http_request(
-            addr(cp.api),
-            "POST",
-            "/v1/services/web/instances",
-            "cp",
-            &[("content-type", "application/json")],
-            &body,
+        cp.register(
+            "web",
+            &format!(
+                r#"{{"id": "{id}", "address": "127.0.0.1", "port": {port}, "labels": {{"version": "v1"}}, "ttl_seconds": {ttl}}}"#
+            ),
         )
-        .expect("register");
-        assert_eq!(r.status, 200, "{}", r.body);
     };
     let started = std::time::Instant::now();
     register(p1, "one", 2);
@@ -506,17 +348,7 @@ fn registry_instances_feed_eds() {
         (seen.len() == 2).then_some(())
     });
     // "one" heartbeats; "two" does not and expires after its 1 s TTL.
-    let stop = Arc::new(AtomicBool::new(false));
-    let (s, api) = (stop.clone(), cp.api);
-    let beats = std::thread::spawn(move || {
-        for _ in 0..100 {
-            if s.load(Ordering::Relaxed) {
-                break;
-            }
-            let _ = http_request(addr(api), "PUT", "/v1/services/web/instances/one/heartbeat", "cp", &[], "");
-            std::thread::sleep(Duration::from_millis(300));
-        }
-    });
+    let beats = Heartbeats::start(cp.api, "web", "one", 100);
     wait_for("the silent instance to expire", Duration::from_secs(6), || {
         (0..10).all(|_| upstream_of(listen).as_deref() == Some("one")).then_some(())
     });
@@ -525,8 +357,7 @@ fn registry_instances_feed_eds() {
     let v: Value = serde_json::from_str(&out).expect("json");
     let ids: Vec<&str> = v["instances"].as_array().into_iter().flatten().filter_map(|i| i["id"].as_str()).collect();
     assert_eq!(ids, vec!["one"]);
-    stop.store(true, Ordering::Relaxed);
-    beats.join().expect("heartbeats");
+    beats.stop();
     drop(proxy);
 }
 
@@ -573,8 +404,8 @@ fn services_and_gateways() {
             gateway_doc("edge-legate", "legate-gw", gl)
         ),
     );
-    let _envoy = attach(Client::Envoy, &cp, "envoy-gw", false, dir.path());
-    let _legate = attach(Client::Legate, &cp, "legate-gw", true, dir.path());
+    let _envoy = attach(Bin::Envoy, &cp, "envoy-gw", false, dir.path());
+    let _legate = attach(Bin::Legate, &cp, "legate-gw", true, dir.path());
     for (port, name) in [(ge, "edge-envoy"), (gl, "edge-legate")] {
         let r = wait_for("the gateway", Duration::from_secs(20), || {
             http_get(addr(port), "/x", "app").ok().filter(|r| r.status == 200)
@@ -670,100 +501,17 @@ fn watched_folder_applies_changes() {
     assert_eq!(clusters(&cp), ["beta", "gamma"]);
 }
 
-/// Makes a CA, a server certificate for localhost/127.0.0.1 and a client
-/// certificate with openssl. Returns (ca, server cert, server key, client cert, client key).
-fn make_certs(dir: &std::path::Path) -> [String; 5] {
-    let run = |args: &[&str]| {
-        let out =
-            Command::new("openssl").args(args).current_dir(dir).output().expect("openssl is needed for the TLS tests");
-        assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    };
-    run(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-        "-nodes",
-        "-days",
-        "2",
-        "-subj",
-        "/CN=legate-test-ca",
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.pem",
-    ]);
-    std::fs::write(dir.join("server.ext"), "subjectAltName=DNS:localhost,IP:127.0.0.1\n").expect("ext");
-    std::fs::write(dir.join("client.ext"), "extendedKeyUsage=clientAuth\n").expect("ext");
-    for who in ["server", "client"] {
-        run(&[
-            "req",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-subj",
-            &format!("/CN={who}"),
-            "-keyout",
-            &format!("{who}.key"),
-            "-out",
-            &format!("{who}.csr"),
-        ]);
-        run(&[
-            "x509",
-            "-req",
-            "-in",
-            &format!("{who}.csr"),
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-days",
-            "2",
-            "-extfile",
-            &format!("{who}.ext"),
-            "-out",
-            &format!("{who}.pem"),
-        ]);
-    }
-    ["ca.pem", "server.pem", "server.key", "client.pem", "client.key"]
-        .map(|f| dir.join(f).to_string_lossy().into_owned())
-}
-
 /// TLS with client certificates on both listeners: the CLI needs the CA and a
 /// client certificate, and a real Envoy gets its config over mutual-TLS xDS.
 #[test]
 fn tls_and_client_certificates() {
     let dir = TempDir::new("tls");
-    let [ca, cert, key, ccert, ckey] = make_certs(dir.path());
+    let [ca, cert, key, ccert, ckey] = openssl_ca_server_client(dir.path());
     let (xds, api) = (free_port(), free_port());
-    let mut p = Proc::spawn(
-        "control-plane",
-        Command::new(LEGATE)
-            .args([
-                "control-plane",
-                "--xds-addr",
-                &format!("127.0.0.1:{xds}"),
-                "--api-addr",
-                &format!("127.0.0.1:{api}"),
-            ])
-            .arg("--data-dir")
-            .arg(dir.path().join("data"))
-            .args(["--tls-cert", &cert, "--tls-key", &key, "--client-ca", &ca]),
-        dir.path(),
-    );
+    let tls = ["--tls-cert", cert.as_str(), "--tls-key", key.as_str(), "--client-ca", ca.as_str()];
+    let mut p = spawn_control_plane("control-plane", dir.path(), xds, api, &dir.path().join("data"), &tls);
     let server = format!("https://localhost:{api}");
-    let ctl = |extra: &[&str], args: &[&str]| {
-        let out = Command::new(LEGATE).args(["ctl", "--server", &server]).args(extra).args(args).output().expect("ctl");
-        (
-            out.status.success(),
-            format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)),
-        )
-    };
+    let ctl = |extra: &[&str], args: &[&str]| harness::ctl(&server, &[extra, args].concat());
     let full = ["--cacert", ca.as_str(), "--cert", ccert.as_str(), "--key", ckey.as_str()];
     wait_for("the TLS API", Duration::from_secs(20), || {
         if !p.is_running() {
@@ -785,15 +533,11 @@ fn tls_and_client_certificates() {
     // written to a file; with its admin port.
     let tls_bootstrap = |node: &str, client_cert: bool| {
         let admin = free_port();
-        let xds_addr = format!("127.0.0.1:{xds}");
-        let admin_port = admin.to_string();
-        let mut args = vec!["bootstrap", "--node-id", node, "--xds", &xds_addr, "--admin-port", &admin_port];
-        args.extend(["--xds-ca", ca.as_str()]);
+        let mut extra = vec!["--xds-ca", ca.as_str()];
         if client_cert {
-            args.extend(["--xds-cert", ccert.as_str(), "--xds-key", ckey.as_str()]);
+            extra.extend(["--xds-cert", ccert.as_str(), "--xds-key", ckey.as_str()]);
         }
-        let (ok, boot) = ctl(&[], &args);
-        assert!(ok, "{boot}");
+        let boot = ctl_bootstrap(&server, node, xds, admin, &extra);
         let file = dir.path().join(format!("boot-{node}.yaml"));
         std::fs::write(&file, boot).expect("write");
         (file, admin)
@@ -811,11 +555,7 @@ fn tls_and_client_certificates() {
     // both would serve the same listener).
     envoy.kill();
     let (bf, admin) = tls_bootstrap("tls-legate", true);
-    let mut legate = Proc::spawn(
-        "legate-proxy",
-        Command::new(LEGATE).args(["proxy", "--concurrency", "1", "-l", "info", "-c"]).arg(&bf),
-        dir.path(),
-    );
+    let mut legate = spawn_legate("legate-proxy", &bf, &["-l", "info"], dir.path());
     wait_ready(admin, &mut legate);
     let up_name = wait_for("traffic through Legate configured over TLS", Duration::from_secs(20), || {
         assert!(legate.is_running(), "legate exited: {}", legate.output());
@@ -826,25 +566,12 @@ fn tls_and_client_certificates() {
     assert!(ok && out.contains("tls-legate"), "{out}");
     // Without a client certificate the control plane refuses Legate's stream.
     let (bf2, admin2) = tls_bootstrap("tls-anonymous", false);
-    let mut anonymous = Proc::spawn(
-        "legate-anonymous",
-        Command::new(LEGATE).args(["proxy", "--concurrency", "1", "-l", "info", "-c"]).arg(&bf2),
-        dir.path(),
-    );
+    let mut anonymous = spawn_legate("legate-anonymous", &bf2, &["-l", "info"], dir.path());
     wait_ready(admin2, &mut anonymous);
     std::thread::sleep(Duration::from_millis(1500));
-    let connected = |admin: u16| {
-        let v: Value = serde_json::from_str(&http_get(addr(admin), "/stats?format=json", "admin").expect("stats").body)
-            .expect("json");
-        v["stats"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .find(|s| s["name"] == "control_plane.connected_state")
-            .map(|s| s["value"].clone())
-    };
-    assert_eq!(connected(admin), Some(Value::from(1)), "the proxy with a client certificate is connected");
-    assert_eq!(connected(admin2), Some(Value::from(0)), "the proxy without one is refused");
+    let connected = |admin: u16| stat(admin, "control_plane.connected_state");
+    assert_eq!(connected(admin), Some(1), "the proxy with a client certificate is connected");
+    assert_eq!(connected(admin2), Some(0), "the proxy without one is refused");
     let (ok, out) = ctl(&full, &["proxies"]);
     assert!(ok && !out.contains("tls-anonymous"), "{out}");
 }
@@ -880,8 +607,8 @@ spec:
         dir.path(),
         &format!("{service}---\n{}---\n{}", gateway("gw-e", "res-envoy", ge), gateway("gw-l", "res-legate", gl)),
     );
-    let envoy = attach(Client::Envoy, &cp, "res-envoy", false, dir.path());
-    let legate = attach(Client::Legate, &cp, "res-legate", true, dir.path());
+    let envoy = attach(Bin::Envoy, &cp, "res-envoy", false, dir.path());
+    let legate = attach(Bin::Legate, &cp, "res-legate", true, dir.path());
     for (port, admin, who) in [(ge, envoy.admin, "Envoy"), (gl, legate.admin, "Legate")] {
         wait_for(&format!("{who} to fail the dead endpoint"), Duration::from_secs(20), || {
             let body = http_get(addr(admin), "/clusters", "admin").ok()?.body;
@@ -932,8 +659,8 @@ fn tcp_services_and_subset_checks() {
             tcp_gateway("tcp-l", "tcp-legate", gl)
         ),
     );
-    let _envoy = attach(Client::Envoy, &cp, "tcp-envoy", false, dir.path());
-    let _legate = attach(Client::Legate, &cp, "tcp-legate", true, dir.path());
+    let _envoy = attach(Bin::Envoy, &cp, "tcp-envoy", false, dir.path());
+    let _legate = attach(Bin::Legate, &cp, "tcp-legate", true, dir.path());
     for (port, who) in [(ge, "Envoy"), (gl, "Legate")] {
         let r = wait_for(&format!("{who}'s TCP gateway"), Duration::from_secs(20), || {
             http_get(addr(port), "/through", "db.example").ok().filter(|r| r.status == 200)

@@ -1,70 +1,15 @@
-//! The differential tests' common part: one request sent identically to
-//! real Envoy 1.40 and to `legate proxy`, what of a response is compared,
-//! and bootstrap templates. A template names its ports as `{LISTEN}`,
-//! `{ADMIN}` (different for each proxy: both use SO_REUSEPORT and would
-//! otherwise share traffic), `{UP_<name>}` (shared echo upstreams) and
-//! `{CLOSED}`, `{CLOSED2}`... (ports nobody listens on).
+//! The differential tests' comparison: one request sent identically to
+//! Envoy 1.40 and to `legate proxy`, what of a response is compared (and
+//! what differs by nature), and the checks that both proxies agree on
+//! responses, stats and how traffic spreads.
 
-use super::*;
+use super::admin::stat;
+use super::http_client::{curl_h2, get, http_request, keep_alive_exchange, Req, Resp};
+use super::process::addr;
+use super::sides::{start_pair, Pair};
 use serde_json::Value;
 use std::collections::BTreeMap;
-use std::process::Command;
-use std::time::Duration;
-
-/// One request, sent identically to both proxies.
-#[derive(Clone, Debug)]
-pub struct Req {
-    pub method: &'static str,
-    pub path: String,
-    pub host: &'static str,
-    pub headers: Vec<(&'static str, String)>,
-    pub body: String,
-    pub h2: bool,
-    /// HTTP/1.1 without `connection: close`: whether the proxy closes the
-    /// connection after its response is then compared too.
-    pub keep_alive: bool,
-}
-
-pub fn get(path: &str) -> Req {
-    Req {
-        method: "GET",
-        path: path.into(),
-        host: "example.com",
-        headers: vec![],
-        body: String::new(),
-        h2: false,
-        keep_alive: false,
-    }
-}
-
-impl Req {
-    pub fn host(mut self, h: &'static str) -> Self {
-        self.host = h;
-        self
-    }
-    pub fn header(mut self, k: &'static str, v: impl Into<String>) -> Self {
-        self.headers.push((k, v.into()));
-        self
-    }
-    /// A POST carrying `body` (HTTP/1.1 with content-length).
-    pub fn post(mut self, body: impl Into<String>) -> Self {
-        self.method = "POST";
-        self.body = body.into();
-        self
-    }
-    pub fn method(mut self, m: &'static str) -> Self {
-        self.method = m;
-        self
-    }
-    pub fn h2(mut self) -> Self {
-        self.h2 = true;
-        self
-    }
-    pub fn keep_alive(mut self) -> Self {
-        self.keep_alive = true;
-        self
-    }
-}
+use std::time::{Duration, Instant};
 
 /// Response headers compared by value (others differ legitimately or are
 /// checked by presence).
@@ -102,53 +47,6 @@ pub const COMPARED_HEADERS: &[&str] = &[
 /// request id (checked for UUID format instead).
 pub const VOLATILE_UPSTREAM_HEADERS: &[&str] = &["x-request-id"];
 
-pub struct Pair {
-    pub envoy: u16,
-    pub legate: u16,
-    pub envoy_admin: u16,
-    pub legate_admin: u16,
-    pub _procs: Vec<Proc>,
-    pub _dir: TempDir,
-}
-
-pub fn start_pair(name: &str, template: &str, upstreams: &[&str]) -> Pair {
-    let dir = TempDir::new(&format!("diff-{name}"));
-    let mut procs = Vec::new();
-    let mut ups = BTreeMap::new();
-    for u in upstreams {
-        let (p, port) = echo(u, dir.path());
-        procs.push(p);
-        ups.insert(*u, port);
-    }
-    let render = |listen: u16, admin: u16| {
-        let mut s = template.replace("{LISTEN}", &listen.to_string()).replace("{ADMIN}", &admin.to_string());
-        for (u, port) in &ups {
-            s = s.replace(&format!("{{UP_{u}}}"), &port.to_string());
-        }
-        // Dead endpoints: {CLOSED}, and distinct ones as {CLOSED2}, {CLOSED3}...
-        for i in 2..6 {
-            s = s.replace(&format!("{{CLOSED{i}}}"), &free_port().to_string());
-        }
-        s.replace("{CLOSED}", &free_port().to_string())
-    };
-    let (envoy, envoy_admin, legate, legate_admin) = (free_port(), free_port(), free_port(), free_port());
-    let ef = dir.path().join("envoy.yaml");
-    let lf = dir.path().join("legate.yaml");
-    std::fs::write(&ef, render(envoy, envoy_admin)).expect("write");
-    std::fs::write(&lf, render(legate, legate_admin)).expect("write");
-    let mut e = spawn_envoy("envoy", &ef, "error", &[], dir.path());
-    let mut l = Proc::spawn(
-        "legate",
-        Command::new(LEGATE).args(["proxy", "--concurrency", "1", "-l", "warn", "-c"]).arg(&lf),
-        dir.path(),
-    );
-    wait_ready(envoy_admin, &mut e);
-    wait_ready(legate_admin, &mut l);
-    procs.push(e);
-    procs.push(l);
-    Pair { envoy, legate, envoy_admin, legate_admin, _procs: procs, _dir: dir }
-}
-
 pub fn send(port: u16, r: &Req) -> Resp {
     if r.h2 {
         return curl_h2(port, r);
@@ -156,88 +54,8 @@ pub fn send(port: u16, r: &Req) -> Resp {
     if r.keep_alive {
         return keep_alive_exchange(port, r);
     }
-    let headers: Vec<(&str, &str)> = r.headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    http_request(addr(port), r.method, &r.path, r.host, &headers, &r.body)
+    http_request(addr(port), r.method, &r.path, r.host, &r.header_pairs(), &r.body)
         .unwrap_or_else(|e| panic!("{r:?} to {port}: {e}"))
-}
-
-/// One HTTP/1.1 request on a connection left open by the client: the
-/// response is read by its content-length, then the connection is watched for
-/// for 1.5 s more; `x-test-closed` in the result says whether the proxy closed it.
-pub fn keep_alive_exchange(port: u16, r: &Req) -> Resp {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr(port)).expect("connect");
-    s.set_read_timeout(Some(Duration::from_millis(500))).expect("timeout");
-    let mut req = format!("{} {} HTTP/1.1\r\nhost: {}\r\n", r.method, r.path, r.host);
-    if !r.body.is_empty() {
-        req.push_str(&format!("content-length: {}\r\n", r.body.len()));
-    }
-    for (k, v) in &r.headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    req.push_str("\r\n");
-    req.push_str(&r.body);
-    s.write_all(req.as_bytes()).expect("write");
-    let (mut raw, mut buf, mut closed) = (Vec::new(), [0u8; 8192], false);
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while std::time::Instant::now() < deadline {
-        match s.read(&mut buf) {
-            Ok(0) => {
-                closed = true;
-                break;
-            }
-            Ok(n) => raw.extend_from_slice(&buf[..n]),
-            // Quiet for a while after a whole response: left open. Envoy
-            // closes after its delayed-close wait (up to 1 s), so wait longer.
-            Err(_) if response_complete(&raw) => {
-                s.set_read_timeout(Some(Duration::from_millis(1500))).expect("timeout");
-                closed = matches!(s.read(&mut buf), Ok(0));
-                break;
-            }
-            Err(_) => {}
-        }
-    }
-    let text = String::from_utf8_lossy(&raw).to_string();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let mut lines = head.lines();
-    let status = lines.next().and_then(|l| l.split_whitespace().nth(1)).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let mut headers: Vec<(String, String)> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
-        .collect();
-    headers.push(("x-test-closed".into(), closed.to_string()));
-    Resp { status, headers, body: body.to_string() }
-}
-
-pub fn response_complete(raw: &[u8]) -> bool {
-    let text = String::from_utf8_lossy(raw);
-    let Some((head, body)) = text.split_once("\r\n\r\n") else { return false };
-    let len = head
-        .lines()
-        .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_string()))
-        .and_then(|v| v.parse::<usize>().ok())
-        .unwrap_or(0);
-    body.len() >= len
-}
-
-/// HTTP/2 with prior knowledge, through curl.
-pub fn curl_h2(port: u16, r: &Req) -> Resp {
-    let mut cmd = Command::new("curl");
-    cmd.args(["-s", "-i", "--http2-prior-knowledge", "-X", r.method, "-H", &format!("host: {}", r.host)]);
-    for (k, v) in &r.headers {
-        cmd.args(["-H", &format!("{k}: {v}")]);
-    }
-    let out =
-        cmd.arg(format!("http://127.0.0.1:{port}{}", r.path)).output().expect("curl is needed for the h2c scenarios");
-    let text = String::from_utf8_lossy(&out.stdout).replace("\r\n", "\n");
-    let (head, body) = text.split_once("\n\n").unwrap_or((&text, ""));
-    let mut lines = head.lines();
-    let status = lines.next().and_then(|l| l.split_whitespace().nth(1)).and_then(|s| s.parse().ok()).unwrap_or(0);
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
-        .collect();
-    Resp { status, headers, body: body.to_string() }
 }
 
 /// What is compared of one response.
@@ -308,62 +126,66 @@ pub fn compare(name: &str, template: &str, upstreams: &[&str], requests: &[Req])
     pair
 }
 
-/// A bootstrap with one listener and HCM around `routes` (a virtual_hosts list),
-/// plus `extra_hcm` fields and `clusters`.
-pub fn bootstrap(extra_hcm: &str, route_config_extra: &str, virtual_hosts: &str, clusters: &str) -> String {
-    format!(
-        r#"admin: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {{ADMIN}} }} }} }}
-static_resources:
-  listeners:
-  - name: main
-    address: {{ socket_address: {{ address: 127.0.0.1, port_value: {{LISTEN}} }} }}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: ingress_http
-{extra_hcm}          http_filters: [{{ name: envoy.filters.http.router, typed_config: {{ "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }} }}]
-          route_config:
-            name: local
-{route_config_extra}            virtual_hosts:
-{virtual_hosts}
-  clusters:
-{clusters}"#
-    )
+impl Pair {
+    /// Each named stat has the same value behind Envoy and Legate (or is
+    /// absent from both).
+    pub fn same_stats(&self, names: &[&str]) {
+        for name in names {
+            assert_eq!(stat(self.envoy_admin, name), stat(self.legate_admin, name), "{name}");
+        }
+    }
+
+    /// Waits (up to 5 s) until a stat has the value `want` on both
+    /// proxies; returns both (Envoy's, Legate's) as they then are.
+    pub fn stats_settle(&self, name: &str, want: i64) -> (Option<i64>, Option<i64>) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let both = (stat(self.envoy_admin, name), stat(self.legate_admin, name));
+            if (both.0 == Some(want) && both.1 == Some(want)) || Instant::now() > deadline {
+                return both;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Each stat reaches its value behind Envoy (waiting up to 5 s each),
+    /// and Legate's is the same.
+    pub fn stats_reach(&self, expected: &[(&str, i64)]) {
+        for (name, want) in expected {
+            let (ev, lv) = self.stats_settle(name, *want);
+            assert_eq!(lv, ev, "{name}");
+            assert_eq!(ev, Some(*want), "{name} (Envoy)");
+        }
+    }
 }
 
-/// The bootstrap's router-only filter list replaced by `filters` (which must
-/// end with the router).
-pub fn with_filters(template: String, filters: &str) -> String {
-    let router_only = "          http_filters: [{ name: envoy.filters.http.router, typed_config: { \"@type\": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router } }]\n";
-    assert!(template.contains(router_only), "the bootstrap template changed");
-    template.replace(router_only, filters)
+/// How `n` requests to `path` ended: count per answering upstream (or status).
+pub fn spread(port: u16, path: &str, n: usize) -> BTreeMap<String, usize> {
+    let mut m = BTreeMap::new();
+    for _ in 0..n {
+        let r = send(port, &get(path));
+        let key = r.header("x-upstream").map_or_else(|| format!("status {}", r.status), str::to_string);
+        *m.entry(key).or_insert(0) += 1;
+    }
+    m
 }
 
-/// A counter or gauge from an admin's `/stats?format=json`.
-pub fn stat(admin: u16, name: &str) -> Option<i64> {
-    let v: Value = serde_json::from_str(&http_get(addr(admin), "/stats?format=json", "admin").ok()?.body).ok()?;
-    v["stats"].as_array()?.iter().find(|s| s["name"] == name)?["value"].as_i64()
-}
-
-pub fn cluster(name: &str, ports: &[&str]) -> String {
-    let eps: Vec<String> = ports
+/// Sends `paths` one after another, 100 ms apart, each on its own connection
+/// and thread, and returns the responses in the order they were sent.
+pub fn staggered(port: u16, paths: &[&str]) -> Vec<Resp> {
+    let handles: Vec<_> = paths
         .iter()
-        .map(|p| {
-            format!("{{ endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {p} }} }} }} }}")
+        .enumerate()
+        .map(|(i, p)| {
+            let p = p.to_string();
+            std::thread::sleep(Duration::from_millis(if i == 0 { 0 } else { 100 }));
+            std::thread::spawn(move || send(port, &get(&p)))
         })
         .collect();
-    format!(
-        "  - {{ name: {name}, connect_timeout: 1s, load_assignment: {{ cluster_name: {name}, endpoints: [{{ lb_endpoints: [{}] }}] }} }}\n",
-        eps.join(", ")
-    )
+    handles.into_iter().map(|h| h.join().expect("request thread")).collect()
 }
 
-pub fn one_vhost(routes: &str) -> String {
-    format!("            - name: all\n              domains: [\"*\"]\n              routes:\n{routes}")
-}
-
-pub fn echo_cluster() -> String {
-    cluster("echo", &["{UP_a}"])
+/// Two views of the same exchange must be equal.
+pub fn assert_same<T: PartialEq + std::fmt::Debug>(what: &str, envoy: &T, legate: &T) {
+    assert_eq!(envoy, legate, "{what}: Envoy (left) and Legate (right) differ");
 }
