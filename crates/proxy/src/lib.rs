@@ -11,6 +11,7 @@ pub mod access_log;
 pub mod body;
 pub mod common;
 pub mod http;
+pub mod io;
 pub mod listener;
 pub mod server;
 pub mod stats;

@@ -3,6 +3,7 @@
 //!
 //! A leaf: nothing here imports another part of the proxy.
 
+pub mod cidr;
 pub mod config_source;
 pub mod datasource;
 pub mod format;

@@ -12,49 +12,10 @@
 //! Cost per connection: a few passes over the chain list (configs have a
 //! handful of chains), no allocation beyond one small index vector.
 
+use crate::common::cidr::Cidr;
 use legate_api::pb::envoy::config::core::v3::CidrRange;
 use legate_api::pb::envoy::config::listener::v3::FilterChainMatch;
 use std::net::{IpAddr, SocketAddr};
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Cidr {
-    net: IpAddr,
-    len: u8,
-}
-
-impl Cidr {
-    pub fn parse(c: &CidrRange) -> Result<Self, String> {
-        let net: IpAddr =
-            c.address_prefix.parse().map_err(|_| format!("malformed IP address: {}", c.address_prefix))?;
-        let max = if net.is_ipv4() { 32 } else { 128 };
-        let len = c.prefix_len.map_or(0, |v| v.value);
-        if len > max {
-            return Err(format!("prefix_len {len} is too long for {net}"));
-        }
-        Ok(Self { net, len: len as u8 })
-    }
-
-    fn bits(ip: IpAddr) -> (u128, u32) {
-        match ip {
-            IpAddr::V4(a) => (u128::from(u32::from(a)) << 96, 32),
-            IpAddr::V6(a) => (u128::from(a), 128),
-        }
-    }
-
-    pub fn contains(&self, ip: IpAddr) -> bool {
-        // An IPv4-mapped IPv6 peer matches IPv4 ranges.
-        let ip = match ip {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-            v4 => v4,
-        };
-        if self.net.is_ipv4() != ip.is_ipv4() {
-            return false;
-        }
-        let ((a, _), (b, _)) = (Self::bits(self.net), Self::bits(ip));
-        let mask = if self.len == 0 { 0 } else { u128::MAX << (128 - u32::from(self.len)) };
-        a & mask == b & mask
-    }
-}
 
 /// A chain's `filter_chain_match`, compiled. Lists are sorted so that two
 /// chains with the same rules compare equal.
@@ -81,7 +42,7 @@ impl ChainMatch {
         let cidrs = |rs: &[CidrRange], field: &str| -> Result<Vec<Cidr>, String> {
             let mut v =
                 rs.iter().map(Cidr::parse).collect::<Result<Vec<_>, _>>().map_err(|e| format!("{field}: {e}"))?;
-            v.sort_by_key(|c| (c.net, c.len));
+            v.sort();
             Ok(v)
         };
         let port = |p: u32, field: &str| u16::try_from(p).map_err(|_| format!("{field}: port {p} out of range"));
@@ -128,7 +89,7 @@ fn cidr_score(ranges: &[Cidr], ip: IpAddr) -> Option<u32> {
     if ranges.is_empty() {
         return Some(0);
     }
-    ranges.iter().filter(|c| c.contains(ip)).map(|c| u32::from(c.len) + 1).max()
+    ranges.iter().filter(|c| c.contains(ip)).map(|c| u32::from(c.prefix_len()) + 1).max()
 }
 
 /// Exact name beats any wildcard; a longer wildcard suffix beats a shorter.

@@ -365,7 +365,7 @@ async fn dispatch(
     }
 }
 
-async fn run_chain<S: crate::tls::Io>(
+async fn run_chain<S: crate::io::Io>(
     listener: &Arc<ListenerConfig>,
     chain: &Chain,
     io: S,
@@ -383,11 +383,11 @@ async fn run_chain<S: crate::tls::Io>(
     // Network RBAC checks the connection when its data comes; the gated
     // stream is boxed so the terminal filters are built once for it.
     let gate = crate::listener::network::read_gate::Gate::new(io, chain.data_filters.clone(), conn.clone());
-    let gated: crate::tls::BoxIo = Box::new(gate);
+    let gated: crate::io::BoxIo = Box::new(gate);
     serve_filter(listener, chain, gated, conn, alpn_h2, phase).await
 }
 
-async fn serve_filter<S: crate::tls::Io>(
+async fn serve_filter<S: crate::io::Io>(
     listener: &Arc<ListenerConfig>,
     chain: &Chain,
     io: S,
@@ -401,7 +401,7 @@ async fn serve_filter<S: crate::tls::Io>(
     }
 }
 
-async fn serve_http<S: crate::tls::Io>(
+async fn serve_http<S: crate::io::Io>(
     listener: &Arc<ListenerConfig>,
     http: &HttpChain,
     stream: S,

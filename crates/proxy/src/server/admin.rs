@@ -1,7 +1,7 @@
 //! Envoy's admin API on the bootstrap's `admin.address`.
 
 use crate::listener::Phase;
-use crate::server::Shared;
+use crate::server::instance::Shared;
 use crate::stats::{Stat, BUCKETS};
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};

@@ -5,148 +5,18 @@
 //! current-thread runtime with their own listener sockets and upstream pools.
 
 pub mod admin;
+pub mod instance;
 pub mod memory;
 pub mod xds;
 
-use crate::listener::manager::{ListenerManager, WorkerCmd};
-use crate::listener::{ListenerConfig, Phase};
+pub use instance::{build, DynamicClusters, Options, ServerError, Shared};
+
+use crate::listener::Phase;
 use crate::stats::Store;
-use crate::upstream::cluster::{Cluster, ClusterMap};
-use arc_swap::ArcSwap;
 use legate_api::load::LoadedBootstrap;
-use std::collections::HashMap;
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
-use tokio::sync::watch;
-
-/// Envoy's command-line options that shape a running server.
-#[derive(Debug, Clone)]
-pub struct Options {
-    pub concurrency: usize,
-    pub drain_time: Duration,
-    pub base_id: u64,
-    pub log_level: String,
-    pub service_node: Option<String>,
-    pub service_cluster: Option<String>,
-    pub config_path: Option<String>,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum ServerError {
-    #[error("{path}: {reason}")]
-    Config { path: String, reason: String },
-    #[error("cannot bind {addr}: {source}")]
-    Bind { addr: SocketAddr, source: std::io::Error },
-    #[error("runtime: {0}")]
-    Runtime(#[from] std::io::Error),
-}
-
-/// Clusters from CDS: name -> (version, last updated, config).
-pub type DynamicClusters = std::collections::BTreeMap<
-    String,
-    (String, chrono::DateTime<chrono::Utc>, legate_api::pb::envoy::config::cluster::v3::Cluster),
->;
-
-/// Everything the admin endpoint reads.
-pub struct Shared {
-    pub store: Arc<Store>,
-    pub clusters: Arc<ArcSwap<ClusterMap>>,
-    pub ctx: crate::http::context::CompileContext,
-    pub listeners: Arc<ListenerManager>,
-    /// Clusters from CDS with their version and update time (for /config_dump).
-    pub dynamic_clusters: std::sync::Mutex<DynamicClusters>,
-    pub bootstrap: LoadedBootstrap,
-    pub options: Options,
-    pub started: SystemTime,
-    pub started_instant: Instant,
-    pub healthy: Arc<AtomicBool>,
-    pub phase: watch::Sender<Phase>,
-    pub quit: tokio::sync::Notify,
-    pub admin_addr: std::sync::OnceLock<SocketAddr>,
-}
-
-/// Compiles the static config and binds its listeners. Errors name the field.
-pub fn build(
-    bootstrap: LoadedBootstrap,
-    options: Options,
-    store: Arc<Store>,
-) -> Result<(Arc<Shared>, Vec<tokio::sync::mpsc::UnboundedReceiver<WorkerCmd>>), ServerError> {
-    let b = &bootstrap.bootstrap;
-    let mut map = HashMap::new();
-    let clusters = Arc::new(ArcSwap::from_pointee(ClusterMap::new()));
-    let (listeners, worker_rxs) = ListenerManager::new(options.concurrency);
-    let secrets = Arc::new(
-        crate::tls::sds::SecretManager::new(
-            b.static_resources.as_ref().map(|s| s.secrets.as_slice()).unwrap_or_default(),
-            {
-                let node = b.node.as_ref();
-                let id = options.service_node.clone().or_else(|| node.map(|n| n.id.clone())).unwrap_or_default();
-                let cluster =
-                    options.service_cluster.clone().or_else(|| node.map(|n| n.cluster.clone())).unwrap_or_default();
-                !id.is_empty() && !cluster.is_empty()
-            },
-        )
-        .with_stats(store.clone()),
-    );
-    if let Some(sr) = &b.static_resources {
-        for (i, c) in sr.clusters.iter().enumerate() {
-            let cluster = Cluster::compile(c, &store, options.concurrency, &secrets)
-                .map_err(|reason| ServerError::Config { path: format!("static_resources.clusters[{i}]"), reason })?;
-            map.insert(c.name.clone(), cluster);
-        }
-        clusters.store(Arc::new(map));
-    }
-    let healthy = Arc::new(AtomicBool::new(true));
-    let ctx = crate::http::context::CompileContext {
-        store: store.clone(),
-        clusters: clusters.clone(),
-        rds: Default::default(),
-        drain_time: options.drain_time,
-        healthy: healthy.clone(),
-        local_cluster: options
-            .service_cluster
-            .clone()
-            .or_else(|| b.node.as_ref().map(|n| n.cluster.clone()))
-            .and_then(|c| http::HeaderValue::from_str(&c).ok())
-            .unwrap_or_else(|| http::HeaderValue::from_static("")),
-        jwks_async: Default::default(),
-        secrets,
-    };
-    if let Some(sr) = &b.static_resources {
-        for (i, l) in sr.listeners.iter().enumerate() {
-            let path = format!("static_resources.listeners[{i}]");
-            let lc = ListenerConfig::compile(l, &ctx)
-                .map_err(|reason| ServerError::Config { path: path.clone(), reason })?;
-            listeners.apply(lc, None).map_err(|reason| ServerError::Config { path, reason })?;
-        }
-    }
-    store.gauge("cluster_manager.active_clusters").set(clusters.load().len() as i64);
-    store.gauge("listener_manager.total_listeners_active").set(listeners.names().len() as i64);
-    store.gauge("server.concurrency").set(options.concurrency as i64);
-    store.gauge("server.live").set(1);
-    store.gauge("server.state").set(0);
-    let (phase, _) = watch::channel(Phase::Running);
-    Ok((
-        Arc::new(Shared {
-            store,
-            clusters,
-            ctx,
-            listeners,
-            dynamic_clusters: Default::default(),
-            bootstrap,
-            options,
-            started: SystemTime::now(),
-            started_instant: Instant::now(),
-            healthy: healthy.clone(),
-            phase,
-            quit: tokio::sync::Notify::new(),
-            admin_addr: std::sync::OnceLock::new(),
-        }),
-        worker_rxs,
-    ))
-}
+use std::time::{Duration, Instant};
 
 /// Runs the server until SIGTERM (drain, then exit), SIGINT or `/quitquitquit`.
 pub fn run(bootstrap: LoadedBootstrap, options: Options) -> Result<(), ServerError> {

@@ -9,7 +9,7 @@
 
 use crate::http::route::RouteTable;
 use crate::listener::ListenerConfig;
-use crate::server::Shared;
+use crate::server::instance::Shared;
 use crate::upstream::cluster::{Cluster, ClusterMap, Discovery};
 use crate::upstream::endpoints::eds_hosts;
 use legate_api::pb::envoy::config::bootstrap::v3::Bootstrap;

@@ -20,15 +20,7 @@ pub use client::{upstream, UpstreamTls};
 pub use context::Dynamic;
 pub use server::{downstream, DownstreamTls, ServerTls};
 pub use stats::{with_sigalg, SslStats};
-use tokio::io::{AsyncRead, AsyncWrite};
 pub use verify::check_secret_material;
-
-/// A byte stream a connection can run on: plain TCP or TLS over it.
-pub trait Io: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
-impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Io for T {}
-
-/// A boxed stream; costs one indirect call per read or write.
-pub type BoxIo = Box<dyn Io>;
 
 /// Whether an error from a TLS connection came from TLS itself (an alert
 /// from the peer, a certificate problem) rather than from the transport.

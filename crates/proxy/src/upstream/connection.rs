@@ -48,7 +48,7 @@ async fn connect_tcp(cluster: &Cluster, host: &Host) -> Result<(tokio::net::TcpS
 /// Connects to `host`, with TLS when the cluster has a `transport_socket`
 /// (the handshake shares the connect timeout). A plain connection is boxed
 /// too: one indirect call per read or write.
-pub async fn connect(cluster: &Cluster, host: &Host) -> Result<(crate::tls::BoxIo, Slot), UpstreamError> {
+pub async fn connect(cluster: &Cluster, host: &Host) -> Result<(crate::io::BoxIo, Slot), UpstreamError> {
     let start = tokio::time::Instant::now();
     let (stream, slot) = connect_tcp(cluster, host).await?;
     let Some(tls) = &cluster.tls else { return Ok((Box::new(stream), slot)) };
@@ -178,7 +178,7 @@ where
 pub async fn connect_owned(
     cluster: &Arc<Cluster>,
     host: &Arc<Host>,
-) -> Result<(crate::tls::BoxIo, OwnedConn), UpstreamError> {
+) -> Result<(crate::io::BoxIo, OwnedConn), UpstreamError> {
     let (io, slot) = connect(cluster, host).await?;
     Ok((io, OwnedConn { cluster: cluster.clone(), host: host.clone(), _slot: slot, pool_worker: None }))
 }

@@ -99,7 +99,7 @@ fn count_request(cluster: &Cluster, state: &ConnState) -> bool {
 /// A new connection for this worker's pool of `host`: the pool first needs
 /// its `max_connection_pools` slot (past the limit it is an overflow), and a
 /// pool left without connections by a failed attempt goes away.
-async fn connect_pooled(cluster: &Cluster, host: &Host) -> Result<(crate::tls::BoxIo, Slot), UpstreamError> {
+async fn connect_pooled(cluster: &Cluster, host: &Host) -> Result<(crate::io::BoxIo, Slot), UpstreamError> {
     if !cluster.pools.hold_pool_slot(host.addr, &cluster.breakers.default.connection_pools) {
         cluster.stats.upstream_cx_pool_overflow.inc();
         return Err(UpstreamError::PoolOverflow);

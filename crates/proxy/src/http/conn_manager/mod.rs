@@ -17,10 +17,10 @@ pub use stats::HcmStats;
 
 use crate::access_log::AccessLogger;
 use crate::body::TrackedBody;
+use crate::common::cidr::Cidr;
 use crate::http::context::CompileContext;
 use crate::http::route::rds::RouteSlot;
 use crate::http::route::{Route, RouteTable, VirtualHost};
-use crate::listener::filter_chain::Cidr;
 use crate::upstream::cluster::ClusterMap;
 use arc_swap::ArcSwap;
 use http::header::HeaderValue;

@@ -11,7 +11,7 @@ use std::time::Duration;
 /// written the response and handed it over) and the upstream, then the
 /// stream's stats and access log. `bytes_received`/`bytes_sent` count the
 /// tunnelled bytes. Cost: the tcp_proxy's two buffers (16 KiB, growing to 64 KiB).
-pub(super) async fn tunnel<U: crate::tls::Io, G: Send + 'static>(
+pub(super) async fn tunnel<U: crate::io::Io, G: Send + 'static>(
     mut stream: Box<Stream>,
     down: hyper::upgrade::OnUpgrade,
     up: U,
@@ -20,7 +20,7 @@ pub(super) async fn tunnel<U: crate::tls::Io, G: Send + 'static>(
 ) {
     let (rx, tx, complete) = match down.await {
         Ok(d) => {
-            let p = crate::listener::network::tcp_proxy::pipe_ends(TokioIo::new(d), up, idle).await;
+            let p = crate::io::pipe::pipe_ends(TokioIo::new(d), up, idle).await;
             if p.timed_out {
                 stream.flags = "SI";
                 stream.details = "stream_idle_timeout";
