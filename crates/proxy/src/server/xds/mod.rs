@@ -1,0 +1,277 @@
+//! The proxy's xDS client: ADS over gRPC, state of the world or delta.
+//!
+//! It runs on the main thread. What it receives is validated with the same
+//! loader rules as a bootstrap, compiled off the request path, and swapped in:
+//! clusters into the cluster map, endpoints into host sets, route tables into
+//! RDS slots, listeners through the listener manager. What cannot be applied is
+//! NACKed with the reason and the last good config keeps serving. The stream
+//! reconnects with jittered backoff; traffic keeps flowing meanwhile.
+
+mod apply;
+mod delta;
+mod sotw;
+
+use delta::delta_session;
+use sotw::sotw_session;
+
+use crate::listener::ListenerConfig;
+use crate::server::instance::Shared;
+use crate::upstream::cluster::Cluster;
+use legate_api::pb::envoy::config::bootstrap::v3::Bootstrap;
+use legate_api::pb::envoy::config::cluster::v3::Cluster as PbCluster;
+use legate_api::pb::envoy::config::core::v3::{api_config_source::ApiType, grpc_service::TargetSpecifier, Node};
+use legate_api::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
+use legate_api::pb::envoy::config::listener::v3::Listener as PbListener;
+use legate_api::pb::envoy::config::route::v3::RouteConfiguration;
+use legate_api::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+use legate_api::pb::google::protobuf::Any;
+use prost::Message;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+pub const CDS: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
+pub const EDS: &str = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
+pub const LDS: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
+pub const RDS: &str = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration";
+pub const SDS: &str = crate::tls::sds::SECRET_TYPE;
+
+/// Where and how to reach the management server.
+#[derive(Debug, Clone)]
+pub struct AdsConfig {
+    pub delta: bool,
+    /// The first management server's cluster.
+    pub cluster: String,
+    /// Every listed management server's cluster (`grpc_services` in order,
+    /// the first is `cluster`): a failed stream moves on to the next, as
+    /// Envoy cycles through them.
+    pub clusters: Vec<String>,
+    pub cds: bool,
+    pub lds: bool,
+    pub initial_fetch_timeout: Duration,
+}
+
+/// Reads `dynamic_resources` from the bootstrap. `None` when there is none.
+pub fn ads_config(b: &Bootstrap) -> Result<Option<AdsConfig>, String> {
+    let Some(dr) = &b.dynamic_resources else { return Ok(None) };
+    let Some(ads) = &dr.ads_config else {
+        if dr.cds_config.is_some() || dr.lds_config.is_some() {
+            return Err("dynamic_resources: only ads_config (ADS) is supported".into());
+        }
+        return Ok(None);
+    };
+    let delta = match ApiType::try_from(ads.api_type) {
+        Ok(ApiType::Grpc) | Ok(ApiType::AggregatedGrpc) => false,
+        Ok(ApiType::DeltaGrpc) | Ok(ApiType::AggregatedDeltaGrpc) => true,
+        _ => return Err("dynamic_resources.ads_config.api_type: only GRPC and DELTA_GRPC are supported".into()),
+    };
+    let mut clusters = Vec::with_capacity(ads.grpc_services.len());
+    for (i, g) in ads.grpc_services.iter().enumerate() {
+        match g.target_specifier.as_ref() {
+            Some(TargetSpecifier::EnvoyGrpc(e)) if !e.cluster_name.is_empty() => clusters.push(e.cluster_name.clone()),
+            _ => {
+                return Err(format!(
+                    "dynamic_resources.ads_config.grpc_services[{i}]: envoy_grpc with a cluster_name is required"
+                ))
+            }
+        }
+    }
+    let Some(cluster) = clusters.first().cloned() else {
+        return Err("dynamic_resources.ads_config.grpc_services[0]: envoy_grpc with a cluster_name is required".into());
+    };
+    let check =
+        |cs: &Option<legate_api::pb::envoy::config::core::v3::ConfigSource>, what: &str| -> Result<bool, String> {
+            match cs {
+                None => Ok(false),
+                Some(cs) if crate::common::config_source::is_ads(cs) => Ok(true),
+                Some(_) => Err(format!("dynamic_resources.{what}: only ads is supported")),
+            }
+        };
+    let initial_fetch_timeout = dr
+        .cds_config
+        .as_ref()
+        .and_then(|c| c.initial_fetch_timeout.as_ref())
+        .map_or(Duration::from_secs(15), legate_api::duration::from_pb);
+    Ok(Some(AdsConfig {
+        delta,
+        cluster,
+        clusters,
+        cds: check(&dr.cds_config, "cds_config")?,
+        lds: check(&dr.lds_config, "lds_config")?,
+        initial_fetch_timeout,
+    }))
+}
+
+/// The dynamic config the proxy holds (survives reconnects).
+#[derive(Default)]
+struct Dynamic {
+    clusters: BTreeMap<String, PbCluster>,
+    assignments: HashMap<String, ClusterLoadAssignment>,
+    listeners: BTreeMap<String, PbListener>,
+    routes: BTreeMap<String, RouteConfiguration>,
+    /// Listeners compiled but waiting for their route configuration (warming).
+    warming: BTreeMap<String, (ListenerConfig, String, Instant)>,
+    /// New EDS clusters waiting for their first endpoints (cluster warming):
+    /// not used for traffic until then, or until the initial fetch timeout.
+    warming_clusters: BTreeMap<String, (Arc<Cluster>, Instant)>,
+    /// SotW: last accepted version per type. Delta: name -> version per type.
+    versions: HashMap<&'static str, String>,
+    delta_versions: HashMap<&'static str, BTreeMap<String, String>>,
+    /// Named subscriptions last sent.
+    subscribed: HashMap<&'static str, BTreeSet<String>>,
+}
+
+/// Runs the client forever: connect, stream, and reconnect with backoff.
+pub async fn run(shared: Arc<Shared>, cfg: AdsConfig) {
+    let connected = shared.store.gauge("control_plane.connected_state");
+    let mut dynamic = Dynamic::default();
+    let mut backoff = Duration::from_millis(500);
+    // Which of the listed management servers to try next.
+    let mut next = 0usize;
+    loop {
+        let cluster = cfg.clusters.get(next % cfg.clusters.len().max(1)).unwrap_or(&cfg.cluster);
+        next = (next + 1) % cfg.clusters.len().max(1);
+        let target = {
+            let map = shared.clusters.load();
+            map.get(cluster).and_then(|c| c.pick().map(|h| Target { addr: h.addr, cluster: c.clone() }))
+        };
+        let started = Instant::now();
+        match target {
+            Some(target) => {
+                let addr = target.addr;
+                let result = if cfg.delta {
+                    delta_session(&shared, &cfg, &target, &mut dynamic, &connected).await
+                } else {
+                    sotw_session(&shared, &cfg, &target, &mut dynamic, &connected).await
+                };
+                // A stream that was up and then broke (its server died) fails
+                // over to the next server without the grown backoff.
+                if connected.value() == 1 && cfg.clusters.len() > 1 {
+                    backoff = Duration::from_millis(200);
+                }
+                connected.set(0);
+                if let Err(e) = result {
+                    tracing::warn!("xDS stream to {addr} ended: {e}");
+                }
+            }
+            None => tracing::warn!("xDS cluster '{cluster}' has no host"),
+        }
+        if started.elapsed() > Duration::from_secs(30) {
+            backoff = Duration::from_millis(500);
+        }
+        // Full jitter: anywhere up to the current backoff.
+        let wait = backoff.mul_f64(rand::random_range(0.5..1.0));
+        tokio::time::sleep(wait).await;
+        backoff = (backoff * 2).min(Duration::from_secs(30));
+    }
+}
+
+fn node(shared: &Shared) -> Node {
+    let mut n = shared.bootstrap.bootstrap.node.clone().unwrap_or_default();
+    n.user_agent_name = "legate".into();
+    n.user_agent_version_type =
+        Some(legate_api::pb::envoy::config::core::v3::node::UserAgentVersionType::UserAgentVersion(
+            env!("CARGO_PKG_VERSION").into(),
+        ));
+    n
+}
+
+/// A management server to stream from: a host of the xDS cluster, and the
+/// cluster (its `transport_socket` says whether to speak TLS).
+struct Target {
+    addr: SocketAddr,
+    cluster: Arc<Cluster>,
+}
+
+/// A gRPC channel to the management server: plaintext HTTP/2, or over TLS
+/// when the xDS cluster has an `UpstreamTlsContext` (its CA, SNI and client
+/// certificate, as for any upstream).
+async fn connect(target: &Target) -> Result<AggregatedDiscoveryServiceClient<tonic::transport::Channel>, String> {
+    let addr = target.addr;
+    // `http` even for TLS: the connector below does the TLS (tonic would
+    // insist on its own TLS settings for an `https` URI).
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .map_err(|e| e.to_string())?
+        .connect_timeout(Duration::from_secs(5))
+        .http2_keep_alive_interval(Duration::from_secs(30));
+    let channel = match &target.cluster.tls {
+        None => endpoint.connect().await.map_err(|e| format!("connect: {e}"))?,
+        Some(tls) => {
+            let connector = tls.connector().ok_or("the xDS cluster's TLS secrets are not available")?;
+            let name = tls.server_name(addr.ip());
+            let tls_connect = tower::service_fn(move |_uri: http::Uri| {
+                let (connector, name) = (connector.clone(), name.clone());
+                async move {
+                    let tcp = tokio::net::TcpStream::connect(addr).await?;
+                    let _ = tcp.set_nodelay(true);
+                    let stream = connector.connect(name, tcp).await?;
+                    Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+                }
+            });
+            endpoint.connect_with_connector(tls_connect).await.map_err(|e| format!("connect over TLS: {e:?}"))?
+        }
+    };
+    Ok(AggregatedDiscoveryServiceClient::new(channel).max_decoding_message_size(64 << 20))
+}
+
+fn decode_all<T: Message + Default>(resources: &[Any], want: &str) -> Result<Vec<T>, String> {
+    resources
+        .iter()
+        .map(|a| {
+            if a.type_url != want {
+                return Err(format!("resource type {} does not match {want}", a.type_url));
+            }
+            T::decode(a.value.as_slice()).map_err(|e| format!("cannot decode {want}: {e}"))
+        })
+        .collect()
+}
+
+/// One validator for bootstrap and xDS: schema rules, then what Legate implements.
+fn check<T: Message + prost::Name>(msg: &T, name: &str) -> Result<(), String> {
+    let Some(dynamic) = legate_api::load::to_dynamic(msg) else {
+        return Err(format!("{name}: cannot read as {}", T::full_name()));
+    };
+    let mut problems: Vec<String> =
+        legate_api::validate::validate(&dynamic, "").iter().map(|e| format!("{name}: {e}")).collect();
+    problems.extend(legate_api::support::unsupported(&dynamic).iter().map(|e| format!("{name}: {e}")));
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(problems.join("; "))
+    }
+}
+
+/// The type a response is for, when it is one the client handles.
+fn known_type(type_url: &str) -> Option<&'static str> {
+    [CDS, EDS, LDS, RDS, SDS].into_iter().find(|t| *t == type_url)
+}
+
+/// The named types' subscriptions as clusters and listeners now ask for them.
+fn named_subscriptions(shared: &Shared, d: &Dynamic) -> [(&'static str, BTreeSet<String>); 3] {
+    [(SDS, shared.ctx.secrets.ads_names()), (EDS, d.eds_names(shared)), (RDS, d.rds_names(shared))]
+}
+
+/// The next response of a session's stream. Every 500 ms without one, the
+/// warming clusters and listeners whose wait is over are activated and
+/// `None` comes back.
+async fn next_response<T>(
+    responses: &mut tonic::Streaming<T>,
+    tick: &mut tokio::time::Interval,
+    shared: &Shared,
+    cfg: &AdsConfig,
+    d: &mut Dynamic,
+) -> Result<Option<T>, String> {
+    tokio::select! {
+        r = responses.message() => match r {
+            Ok(Some(r)) => Ok(Some(r)),
+            Ok(None) => Err("closed by the server".into()),
+            Err(e) => Err(e.to_string()),
+        },
+        _ = tick.tick() => {
+            d.activate_clusters(shared, Some(cfg.initial_fetch_timeout));
+            let _ = d.activate_warm(shared, Some(cfg.initial_fetch_timeout));
+            Ok(None)
+        }
+    }
+}
