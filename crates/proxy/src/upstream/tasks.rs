@@ -4,17 +4,17 @@
 //! traffic (Envoy's init manager waits for them); a cluster from CDS takes
 //! traffic at once and runs them in the background.
 
-use crate::upstream::cluster::{Cluster, Discovery};
+use crate::upstream::cluster::Cluster;
 use std::sync::{Arc, Weak};
 
 /// Starts a bootstrap cluster's tasks; returns once its first DNS
 /// resolution and first health-check round are done.
 pub async fn start_before_traffic(cluster: &Arc<Cluster>) {
-    // Every cluster that is not STATIC, EDS included, resolves the
-    // endpoints of its load assignment, now and on each refresh.
-    if cluster.discovery != Discovery::Static {
+    // Only DNS clusters resolve: an EDS cluster's hosts come from EDS, and a
+    // resolution of its (empty) load assignment would wipe them.
+    if cluster.discovery.uses_dns() {
         cluster.dns.resolve_once(&cluster.name, &cluster.hosts).await;
-        tokio::spawn(refresh_dns(cluster.clone()));
+        tokio::spawn(refresh_dns(Arc::downgrade(cluster)));
     }
     if let Some(hc) = &cluster.health_check {
         hc.round(&cluster.hosts).await;
@@ -28,7 +28,9 @@ pub fn start(cluster: &Arc<Cluster>) {
         let c = cluster.clone();
         tokio::spawn(async move {
             c.dns.resolve_once(&c.name, &c.hosts).await;
-            refresh_dns(c).await;
+            let cluster = Arc::downgrade(&c);
+            drop(c);
+            refresh_dns(cluster).await;
         });
     }
     spawn_checks(cluster, false);
@@ -45,11 +47,14 @@ fn spawn_checks(cluster: &Arc<Cluster>, checked: bool) {
     }
 }
 
-/// Re-resolves a DNS cluster every `dns_refresh_rate`, forever.
-async fn refresh_dns(cluster: Arc<Cluster>) {
+/// Re-resolves a DNS cluster every `dns_refresh_rate` until the cluster is
+/// gone (removed or replaced by CDS).
+async fn refresh_dns(cluster: Weak<Cluster>) {
     loop {
-        tokio::time::sleep(cluster.dns.refresh).await;
-        cluster.dns.resolve_once(&cluster.name, &cluster.hosts).await;
+        let Some(refresh) = cluster.upgrade().map(|c| c.dns.refresh) else { return };
+        tokio::time::sleep(refresh).await;
+        let Some(c) = cluster.upgrade() else { return };
+        c.dns.resolve_once(&c.name, &c.hosts).await;
     }
 }
 
@@ -82,5 +87,52 @@ async fn detect_outliers(cluster: Weak<Cluster>) {
         if let Some(o) = &c.outlier {
             o.tick(&c.hosts);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stats::Store;
+    use legate_api::pb::envoy::config::cluster::v3::Cluster as PbCluster;
+
+    fn compile(yaml: &str) -> Arc<Cluster> {
+        let (pb, _) = legate_api::load::decode_typed::<PbCluster>(legate_api::load::parse_text(yaml).expect("yaml"))
+            .expect("cluster");
+        Cluster::compile(&pb, &Arc::new(Store::default()), 1, &Default::default()).expect("compiles")
+    }
+
+    #[test]
+    fn a_bootstrap_eds_cluster_keeps_the_hosts_eds_sent() {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        rt.block_on(async {
+            let c = compile(
+                "name: e\nconnect_timeout: 1s\ntype: EDS\ndns_refresh_rate: 0.01s\neds_cluster_config: {eds_config: {ads: {}}}",
+            );
+            start_before_traffic(&c).await;
+            let addr: std::net::SocketAddr = "127.0.0.1:8080".parse().expect("addr");
+            c.hosts.update(vec![(addr, "127.0.0.1".into(), 1, Default::default())]);
+            // Several refresh periods: nothing may resolve the EDS cluster's
+            // empty load assignment over what EDS delivered.
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            assert_eq!(c.hosts.load().all.len(), 1);
+        });
+    }
+
+    #[test]
+    fn a_dropped_dns_cluster_stops_resolving() {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        rt.block_on(async {
+            let c = compile(
+                "name: d\nconnect_timeout: 1s\ntype: STRICT_DNS\ndns_refresh_rate: 0.01s\nload_assignment: {cluster_name: d, endpoints: [{lb_endpoints: [{endpoint: {address: {socket_address: {address: localhost, port_value: 80}}}}]}]}",
+            );
+            start(&c);
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            let weak = Arc::downgrade(&c);
+            drop(c);
+            // The refresh loop held the cluster strongly before; now it lets go.
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            assert!(weak.upgrade().is_none(), "the DNS refresh loop keeps a dropped cluster alive");
+        });
     }
 }
