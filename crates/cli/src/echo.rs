@@ -134,13 +134,7 @@ fn websocket_echo(args: &EchoArgs, peer: SocketAddr, req: hyper::Request<Incomin
         return r;
     };
     let accept = derive_accept_key(key.as_bytes());
-    let headers: serde_json::Map<String, serde_json::Value> = req
-        .headers()
-        .iter()
-        .map(|(k, v)| {
-            (k.as_str().to_string(), serde_json::Value::String(String::from_utf8_lossy(v.as_bytes()).into_owned()))
-        })
-        .collect();
+    let headers = headers_json(req.headers());
     let seen = serde_json::json!({
         "upstream": args.name,
         "method": req.method().to_string(),
@@ -244,13 +238,7 @@ async fn respond(args: &EchoArgs, peer: SocketAddr, req: hyper::Request<Incoming
     let body = if args.plain {
         Bytes::from_static(b"hello from upstream\n")
     } else {
-        let headers: serde_json::Map<String, serde_json::Value> = req
-            .headers()
-            .iter()
-            .map(|(k, v)| {
-                (k.as_str().to_string(), serde_json::Value::String(String::from_utf8_lossy(v.as_bytes()).into_owned()))
-            })
-            .collect();
+        let headers = headers_json(req.headers());
         let method = req.method().to_string();
         let uri = req.uri().to_string();
         let version = format!("{:?}", req.version());
@@ -291,4 +279,14 @@ async fn refuse_streams(listener: tokio::net::TcpListener) {
             }
         });
     }
+}
+
+/// A request's headers as the JSON object the echo answers with.
+fn headers_json(headers: &http::HeaderMap) -> serde_json::Map<String, serde_json::Value> {
+    headers
+        .iter()
+        .map(|(k, v)| {
+            (k.as_str().to_string(), serde_json::Value::String(String::from_utf8_lossy(v.as_bytes()).into_owned()))
+        })
+        .collect()
 }
