@@ -11,6 +11,9 @@
 //!   the descriptors; [`semantic`]: Envoy's checks beyond the schema.
 //! - [`support`]: what Legate implements, so that nothing is silently ignored.
 
+// The project keeps functions under about 100 lines (threshold in clippy.toml).
+#![warn(clippy::too_many_lines)]
+
 pub mod any;
 pub mod convert;
 pub mod duration;

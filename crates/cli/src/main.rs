@@ -1,5 +1,8 @@
 //! The `legate` binary: `proxy`, `validate`, `demo` and the sample `echo` upstream.
 
+// The project keeps functions under about 100 lines (threshold in clippy.toml).
+#![warn(clippy::too_many_lines)]
+
 mod ctl;
 mod demo;
 mod echo;

@@ -10,6 +10,9 @@
 //! - [`serve`](mod@serve): xDS and CSDS to the proxies, the REST API to people and tools.
 //! - [`sync`]: state from outside the API: other replicas, a watched folder.
 
+// The project keeps functions under about 100 lines (threshold in clippy.toml).
+#![warn(clippy::too_many_lines)]
+
 pub mod clock;
 pub mod discovery;
 pub mod resources;
