@@ -97,6 +97,20 @@ pub(in crate::http) type Found<'a> = Option<(&'a VirtualHost, &'a Route)>;
 /// or `Break` with the response when the step has answered the request.
 pub(in crate::http) type Step<T> = ControlFlow<ProxyResponse, T>;
 
+/// `?` for a step inside a function that returns the response itself: a
+/// step that answered returns its answer. (The request path returns the
+/// response directly rather than a `Step` so that no wrapper future holds,
+/// and moves, the whole request's state.)
+macro_rules! step {
+    ($e:expr) => {
+        match $e {
+            std::ops::ControlFlow::Continue(v) => v,
+            std::ops::ControlFlow::Break(answer) => return answer,
+        }
+    };
+}
+pub(in crate::http) use step;
+
 /// The response of a path whose steps may answer early.
 pub(in crate::http) fn answered(step: Step<ProxyResponse>) -> ProxyResponse {
     match step {

@@ -4,7 +4,7 @@
 //! HTTP filters, to the router (`crate::http::router`), its last filter.
 
 use super::stream::Stream;
-use super::{answered, ConnInfo, Found, Hcm, ProxyResponse, Step};
+use super::{answered, step, ConnInfo, Found, Hcm, ProxyResponse, Step};
 use crate::body::{ProxyBody, ReadError, RequestProgress};
 use crate::http::filters::{RequestCtx, ResponseState, Verdict};
 use http::header::{HeaderValue, IntoHeaderName};
@@ -16,20 +16,16 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
 impl Hcm {
-    /// Serves one request. Never fails: every error becomes Envoy's local reply.
+    /// Serves one request, step by step; a step that answers ends it. Never
+    /// fails: every error becomes Envoy's local reply.
     pub async fn handle(self: Arc<Self>, conn: Arc<ConnInfo>, req: Request<Incoming>) -> ProxyResponse {
-        answered(self.serve(conn, req).await)
-    }
-
-    /// The request path, step by step; a step that answers ends it.
-    async fn serve(self: &Arc<Self>, conn: Arc<ConnInfo>, req: Request<Incoming>) -> Step<ProxyResponse> {
         self.count_request(req.version());
         let (mut parts, body) = req.into_parts();
         let extended = read_extended_connect(&mut parts);
         let client = self.client_address(conn.remote, &parts.headers);
         let has_body = !http_body::Body::is_end_stream(&body);
         let stream = Stream::begin(self.clone(), conn, &parts, client, has_body);
-        let mut stream = self.reject_malformed(stream, &parts)?;
+        let mut stream = step!(self.reject_malformed(stream, &parts));
         self.set_request_headers(&mut stream, &mut parts.headers);
         if !self.access_logs.is_empty() {
             stream.request_headers = Some(parts.headers.clone());
@@ -40,18 +36,21 @@ impl Hcm {
         let found = table.as_deref().and_then(|t| {
             t.route(&stream.authority, &stream.path, &parts.headers, parts.method.as_str(), stream.conn.scheme())
         });
-        let (stream, upgrade) = self.accept_upgrade(stream, &mut parts, extended, found)?;
+        let (stream, upgrade) = step!(self.accept_upgrade(stream, &mut parts, extended, found));
         let body = ProxyBody::stream(body);
         let (stream, body) = if self.filters.is_empty() {
             (stream, body)
         } else {
-            let stream = self.run_filters(stream, &mut parts, found).await?;
+            let stream = step!(self.run_filters(stream, &mut parts, found).await);
             match self.filters.buffer_limit() {
-                Some(limit) => self.buffer_body(stream, body, limit).await?,
+                // Boxed: reading a whole body allocates anyway; its state
+                // stays out of every request's future.
+                Some(limit) => step!(Box::pin(self.buffer_body(stream, body, limit)).await),
                 None => (stream, body),
             }
         };
-        Continue(self.route_request(stream, parts, body, table.as_deref(), found, upgrade).await)
+        let (stream, parts, matched, ra) = step!(self.route_request(stream, parts, table.as_deref(), found));
+        answered(self.forward(stream, parts, body, matched, ra, upgrade).await)
     }
 
     fn count_request(&self, version: Version) {

@@ -4,30 +4,29 @@
 //! forwarding upstream.
 
 use super::redirect::redirect_location;
-use crate::body::ProxyBody;
 use crate::http::conn_manager::stream::Stream;
-use crate::http::conn_manager::upgrade::Upgrade;
-use crate::http::conn_manager::{answered, Found, Hcm, ProxyResponse};
-use crate::http::route::{Action, RouteTable};
+use crate::http::conn_manager::{Found, Hcm, Matched, Step};
+use crate::http::route::{Action, RouteAction, RouteTable};
 use http::request::Parts;
+use std::ops::ControlFlow::{Break, Continue};
 
 impl Hcm {
-    /// Answers a request that passed the connection manager and its
-    /// filters, by its route's action (`found`: the route it matched).
-    pub(in crate::http) async fn route_request(
+    /// The router's first step for a request that passed the connection
+    /// manager and its filters (`found`: the route it matched): a direct
+    /// response or a redirect answers it; a forwarding route hands back what
+    /// `forward` needs. Not async, so the common path adds no future of its own.
+    pub(in crate::http) fn route_request<'t>(
         &self,
         mut stream: Box<Stream>,
         parts: Parts,
-        body: ProxyBody,
-        table: Option<&RouteTable>,
-        found: Found<'_>,
-        upgrade: Option<Upgrade>,
-    ) -> ProxyResponse {
+        table: Option<&'t RouteTable>,
+        found: Found<'t>,
+    ) -> Step<(Box<Stream>, Parts, Matched<'t>, &'t RouteAction)> {
         let st = &self.stats;
         st.rq_total.inc();
         let (Some(table), Some((vh, route))) = (table, found) else {
             st.no_route.inc();
-            return self.local_reply(stream, 404, "route_not_found", "NR", None);
+            return Break(self.local_reply(stream, 404, "route_not_found", "NR", None));
         };
         stream.route_name.clone_from(&route.name);
         // Response header values may read the request (%REQ(...)%): keep its
@@ -38,7 +37,7 @@ impl Hcm {
             stream.request_headers = Some(parts.headers.clone());
         }
         let matched = (table, vh, route);
-        match &route.action {
+        Break(match &route.action {
             Action::Direct { status, body } => {
                 st.rq_direct_response.inc();
                 self.direct_reply(stream, *status, body.clone(), matched)
@@ -49,7 +48,7 @@ impl Hcm {
                 let location = redirect_location(rd, route, &stream.authority, &stream.path);
                 self.redirect_reply(stream, rd.status, location, matched)
             }
-            Action::Forward(ra) => answered(self.forward(stream, parts, body, matched, ra, upgrade).await),
-        }
+            Action::Forward(ra) => return Continue((stream, parts, matched, ra)),
+        })
     }
 }

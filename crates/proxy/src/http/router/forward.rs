@@ -43,7 +43,7 @@ type Sent = (Result<Response<Incoming>, UpstreamError>, Arc<Host>, u32);
 
 impl Hcm {
     /// The router's part of a request whose route forwards it.
-    pub(super) async fn forward(
+    pub(in crate::http) async fn forward(
         &self,
         stream: Box<Stream>,
         mut parts: Parts,
@@ -61,10 +61,16 @@ impl Hcm {
         let Prepared { authority, new_path, route_timeout, retry } = prepared;
         let target = self.begin_upstream(&mut stream, &parts.headers, new_path, authority, cluster, host);
         if let Some(up) = upgrade {
-            return self.forward_upgrade(stream, parts, matched, ra, &target, up).await;
+            // Boxed: an upgrade's state stays out of every forwarded request's future.
+            return Box::pin(self.forward_upgrade(stream, parts, matched, ra, &target, up)).await;
         }
         let mirrors = mirror::chosen(ra, &clusters);
-        let (mut stream, outgoing) = self.outgoing(stream, parts, body, &target, retry, &mirrors).await?;
+        let (mut stream, outgoing) = match unbuffered(parts, body, &target, retry, &mirrors) {
+            Ok(once) => (stream, once),
+            // Boxed: buffering for retries or mirrors allocates anyway, and
+            // its state stays out of the plain request's future.
+            Err((parts, body, retry)) => Box::pin(self.buffered(stream, parts, body, &target, retry, &mirrors)).await?,
+        };
         let (_, vh, _) = matched;
         let attempts = Attempts { route_timeout, count_header: vh.attempt_count_upstream };
         let (result, last_host, attempts) = match self.send(&mut stream, outgoing, &target, ra, attempts).await {
@@ -145,28 +151,17 @@ impl Hcm {
         Target { cluster, host, authority, started, request_done }
     }
 
-    /// With a retry policy the request body is buffered (up to 1 MiB, as
-    /// Envoy's default buffer limit) so that it can be sent again. Mirrors
-    /// get a copy of the request, its body buffered like a retried one; a
-    /// body too large for that is not mirrored.
-    async fn outgoing(
+    /// The request buffered (for retries, or for mirrors), the mirrors sent
+    /// a copy; a body that breaks off while being read is answered 400.
+    async fn buffered(
         &self,
         stream: Box<Stream>,
         parts: Parts,
         body: ProxyBody,
         target: &Target,
-        retry: Option<Cow<'_, RetryPolicy>>,
+        retry: Option<RetryPolicy>,
         mirrors: &[(Arc<Cluster>, bool)],
     ) -> Step<(Box<Stream>, Outgoing)> {
-        let retry = match retry {
-            Some(policy) if body.fits(&parts.headers, RESEND_BUFFER_LIMIT) => Some(policy.into_owned()),
-            _ => None,
-        };
-        let buffered = retry.is_some() || (!mirrors.is_empty() && body.fits(&parts.headers, RESEND_BUFFER_LIMIT));
-        if !buffered {
-            let req = Request::from_parts(parts, body.watched(target.request_done.clone()));
-            return Continue((stream, Outgoing::Once(req)));
-        }
         let Ok(bytes) = body.read_whole(None).await else {
             return Break(self.local_reply(stream, 400, "downstream_remote_disconnect", "DC", None));
         };
@@ -198,7 +193,9 @@ impl Hcm {
                     (crate::upstream::pool::send(cluster, host, req, &mut slot).await, host.clone(), 1)
                 }
                 Outgoing::Retried { parts, body, policy } => {
-                    send_with_retries(cluster.clone(), host.clone(), parts, body, policy, attempts, &mut slot).await
+                    // Boxed: the retry loop's state stays out of the plain request's future.
+                    Box::pin(send_with_retries(cluster.clone(), host.clone(), parts, body, policy, attempts, &mut slot))
+                        .await
                 }
             }
         };
@@ -279,4 +276,28 @@ fn move_to_host(stream: &mut Stream, target: &Target, last: Arc<Host>) {
         last.rq_active.fetch_add(1, Relaxed);
         stream.upstream = Some((target.cluster.clone(), last, target.started));
     }
+}
+
+/// The request as it goes upstream when nothing needs its body twice; else
+/// its pieces back, to be buffered. With a retry policy the request body is
+/// buffered (up to 1 MiB, as Envoy's default buffer limit) so that it can be
+/// sent again. Mirrors get a copy of the request, its body buffered like a
+/// retried one; a body too large for that is not mirrored.
+#[allow(clippy::result_large_err)] // The error is the request itself, handed back whole.
+fn unbuffered(
+    parts: Parts,
+    body: ProxyBody,
+    target: &Target,
+    retry: Option<Cow<'_, RetryPolicy>>,
+    mirrors: &[(Arc<Cluster>, bool)],
+) -> Result<Outgoing, (Parts, ProxyBody, Option<RetryPolicy>)> {
+    let retry = match retry {
+        Some(policy) if body.fits(&parts.headers, RESEND_BUFFER_LIMIT) => Some(policy.into_owned()),
+        _ => None,
+    };
+    let buffered = retry.is_some() || (!mirrors.is_empty() && body.fits(&parts.headers, RESEND_BUFFER_LIMIT));
+    if buffered {
+        return Err((parts, body, retry));
+    }
+    Ok(Outgoing::Once(Request::from_parts(parts, body.watched(target.request_done.clone()))))
 }
