@@ -30,14 +30,14 @@ trap cleanup EXIT
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 
-count() { # BIN PROTO -> instructions per request
+count() { # BIN PROTO: sets RESULT to the instructions per request (run in this shell, so the exit trap stops its processes)
   local bin=$1 proto=$2 up listen admin proxy upstream flag dump total
   up=$(free_port) listen=$(free_port) admin=$(free_port)
   sed -e "s/@LISTEN_PORT@/$listen/g" -e "s/@ADMIN_PORT@/$admin/g" -e "s/@UPSTREAM_PORT@/$up/g" \
     "$BENCH_DIR/bootstrap.yaml" >"$WORK/boot.yaml"
   "$bin" echo --listen "127.0.0.1:$up" --name up --plain >"$WORK/up.log" 2>&1 &
   upstream=$!
-  PIDS+=("$upstream")
+  PIDS=("$upstream")
   valgrind --tool=callgrind --callgrind-out-file="$WORK/cg.%p" \
     "$bin" proxy -c "$WORK/boot.yaml" --concurrency 1 -l warning >"$WORK/proxy.log" 2>&1 &
   proxy=$!
@@ -46,6 +46,8 @@ count() { # BIN PROTO -> instructions per request
     curl -sf "http://127.0.0.1:$admin/ready" >/dev/null 2>&1 && break
     sleep 0.5
   done
+  curl -sf "http://127.0.0.1:$admin/ready" >/dev/null 2>&1 ||
+    { echo "$bin did not get ready under valgrind; see its log:" >&2; cat "$WORK/proxy.log" >&2; exit 1; }
   flag=""
   [ "$proto" = h1 ] && flag="--h1"
   h2load $flag -n 500 -c 10 -m 1 "http://127.0.0.1:$listen/" >/dev/null
@@ -57,15 +59,17 @@ count() { # BIN PROTO -> instructions per request
   kill "$proxy" "$upstream"
   wait "$proxy" 2>/dev/null || true
   wait "$upstream" 2>/dev/null || true
+  PIDS=()
   dump=$(ls "$WORK"/cg."$proxy".* | sort | head -1)
   total=$(grep -E '^(summary|totals):' "$dump" | head -1 | awk '{print $2}')
   rm -f "$WORK"/cg.*
-  echo $((total / REQUESTS))
+  RESULT=$((total / REQUESTS))
 }
 
 printf '%-9s %-12s %s\n' protocol instructions binary
 for proto in $PROTOCOLS; do
   for bin in "$@"; do
-    printf '%-9s %-12s %s\n' "$proto" "$(count "$bin" "$proto")" "$bin"
+    count "$bin" "$proto"
+    printf '%-9s %-12s %s\n' "$proto" "$RESULT" "$bin"
   done
 done

@@ -146,22 +146,29 @@ fn graph() -> BTreeMap<PathBuf, BTreeSet<PathBuf>> {
 
 #[test]
 fn each_module_imports_only_the_layers_below_it() {
+    let wrong = breaches(&graph());
+    assert!(wrong.is_empty(), "imports against the layering:\n{}", wrong.join("\n"));
+}
+
+/// Every import of a module above the importer's layer, and every module
+/// that has no place in `LAYERS`.
+fn breaches(g: &BTreeMap<PathBuf, BTreeSet<PathBuf>>) -> Vec<String> {
     let allowed: BTreeMap<&str, &[&str]> = LAYERS.iter().copied().collect();
     let mut wrong = Vec::new();
-    for (file, targets) in graph() {
-        let Some(layer) = module_of(&file).first().cloned() else { continue };
+    for (file, targets) in g {
+        let Some(layer) = module_of(file).first().cloned() else { continue };
         let Some(may) = allowed.get(layer.as_str()) else {
-            wrong.push(format!("{}: module `{layer}` has no place in LAYERS", rel(&file)));
+            wrong.push(format!("{}: module `{layer}` has no place in LAYERS", rel(file)));
             continue;
         };
         for t in targets {
-            let to = module_of(&t).first().cloned().unwrap_or_default();
+            let to = module_of(t).first().cloned().unwrap_or_default();
             if to != layer && !may.contains(&to.as_str()) {
-                wrong.push(format!("{} imports {} (`{layer}` may not use `{to}`)", rel(&file), rel(&t)));
+                wrong.push(format!("{} imports {} (`{layer}` may not use `{to}`)", rel(file), rel(t)));
             }
         }
     }
-    assert!(wrong.is_empty(), "imports against the layering:\n{}", wrong.join("\n"));
+    wrong
 }
 
 #[test]
@@ -247,6 +254,14 @@ fn the_checker_sees_a_loop_and_a_layer_breach() {
     assert_eq!(loops(&circle), vec![vec!["a.rs".to_string(), "b.rs".into(), "c.rs".into()]]);
     let line = BTreeMap::from([(a.clone(), BTreeSet::from([b.clone()])), (b, BTreeSet::from([c]))]);
     assert!(loops(&line).is_empty());
+    let pool = src().join("upstream/pool.rs");
+    let router = src().join("http/router/mod.rs");
+    let upward = BTreeMap::from([(pool.clone(), BTreeSet::from([router.clone()]))]);
+    assert_eq!(
+        breaches(&upward),
+        vec!["upstream/pool.rs imports http/router/mod.rs (`upstream` may not use `http`)".to_string()]
+    );
+    assert!(breaches(&BTreeMap::from([(router, BTreeSet::from([pool]))])).is_empty());
     let g = graph();
     let upstream_files = g.keys().filter(|f| module_of(f).first().is_some_and(|m| m == "upstream")).count();
     assert!(upstream_files > 3, "the source tree was not read");

@@ -65,11 +65,13 @@ impl Hcm {
             return Box::pin(self.forward_upgrade(stream, parts, matched, ra, &target, up)).await;
         }
         let mirrors = mirror::chosen(ra, &clusters);
-        let (mut stream, outgoing) = match unbuffered(parts, body, &target, retry, &mirrors) {
-            Ok(once) => (stream, once),
+        let retry = resend_policy(&parts, &body, retry);
+        let (mut stream, outgoing) = if retry.is_some() || mirrored(&parts, &body, &mirrors) {
             // Boxed: buffering for retries or mirrors allocates anyway, and
             // its state stays out of the plain request's future.
-            Err((parts, body, retry)) => Box::pin(self.buffered(stream, parts, body, &target, retry, &mirrors)).await?,
+            Box::pin(self.buffered(stream, parts, body, &target, retry, &mirrors)).await?
+        } else {
+            (stream, Outgoing::Once(Request::from_parts(parts, body.watched(target.request_done.clone()))))
         };
         let (_, vh, _) = matched;
         let attempts = Attempts { route_timeout, count_header: vh.attempt_count_upstream };
@@ -278,26 +280,15 @@ fn move_to_host(stream: &mut Stream, target: &Target, last: Arc<Host>) {
     }
 }
 
-/// The request as it goes upstream when nothing needs its body twice; else
-/// its pieces back, to be buffered. With a retry policy the request body is
-/// buffered (up to 1 MiB, as Envoy's default buffer limit) so that it can be
-/// sent again. Mirrors get a copy of the request, its body buffered like a
-/// retried one; a body too large for that is not mirrored.
-#[allow(clippy::result_large_err)] // The error is the request itself, handed back whole.
-fn unbuffered(
-    parts: Parts,
-    body: ProxyBody,
-    target: &Target,
-    retry: Option<Cow<'_, RetryPolicy>>,
-    mirrors: &[(Arc<Cluster>, bool)],
-) -> Result<Outgoing, (Parts, ProxyBody, Option<RetryPolicy>)> {
-    let retry = match retry {
-        Some(policy) if body.fits(&parts.headers, RESEND_BUFFER_LIMIT) => Some(policy.into_owned()),
-        _ => None,
-    };
-    let buffered = retry.is_some() || (!mirrors.is_empty() && body.fits(&parts.headers, RESEND_BUFFER_LIMIT));
-    if buffered {
-        return Err((parts, body, retry));
-    }
-    Ok(Outgoing::Once(Request::from_parts(parts, body.watched(target.request_done.clone()))))
+/// The retry policy the request is sent under, when its body can be sent
+/// again: with a retry policy the body is buffered, up to 1 MiB (Envoy's
+/// default buffer limit); a larger one goes once, without retries.
+fn resend_policy(parts: &Parts, body: &ProxyBody, retry: Option<Cow<'_, RetryPolicy>>) -> Option<RetryPolicy> {
+    retry.filter(|_| body.fits(&parts.headers, RESEND_BUFFER_LIMIT)).map(Cow::into_owned)
+}
+
+/// Whether mirrors get a copy of the request: its body is buffered like a
+/// retried one, and a body too large for that is not mirrored.
+fn mirrored(parts: &Parts, body: &ProxyBody, mirrors: &[(Arc<Cluster>, bool)]) -> bool {
+    !mirrors.is_empty() && body.fits(&parts.headers, RESEND_BUFFER_LIMIT)
 }
