@@ -4,6 +4,7 @@
 //! From the ground up, each layer using only those below it:
 //! - [`clock`]: the time stamps everything records.
 //! - [`discovery`]: who is out there: connected proxies, registered instances.
+//! - [`monitor`]: what every proxy reports, as time series and figures.
 //! - [`resources`]: the resource model and its compilation into Envoy resources.
 //! - [`store`]: committed revisions, tokens and the audit log, in SQLite or etcd.
 //! - [`state`]: the controller: validate, commit, publish.
@@ -15,6 +16,7 @@
 
 pub mod clock;
 pub mod discovery;
+pub mod monitor;
 pub mod resources;
 pub mod serve;
 pub mod state;

@@ -4,6 +4,7 @@
 
 use crate::discovery::fleet::Fleet;
 use crate::discovery::registry::Registry;
+use crate::monitor::Monitor;
 use crate::resources::compile::compile;
 use crate::resources::diff::{self, ResourceChange};
 use crate::resources::document::Document;
@@ -26,6 +27,8 @@ pub struct Controller {
     /// Serializes changes: validate, commit, publish happen as one step.
     pub(super) apply_lock: Mutex<()>,
     pub fleet: Fleet,
+    /// What the proxies report about their traffic.
+    pub monitor: Arc<Monitor>,
     /// This replica's name (in etcd's leader key and `/v1/replica`).
     replica_id: String,
     /// Whether this replica expires registry instances (always, on SQLite).
@@ -46,6 +49,7 @@ impl Controller {
             registry: Mutex::new(Default::default()),
             apply_lock: Mutex::new(()),
             fleet: Fleet::default(),
+            monitor: Arc::new(Monitor::default()),
             replica_id,
             leader: AtomicBool::new(leader),
         });
