@@ -68,8 +68,19 @@ struct ControlPlaneArgs {
     /// Require client certificates issued by this CA (PEM) on both listeners.
     #[arg(long, requires = "tls_cert")]
     client_ca: Option<std::path::PathBuf>,
+    /// How often alert rules are evaluated (`1s`, `500ms`, ...).
+    #[arg(long, default_value = "1s", value_parser = parse_interval)]
+    alert_interval: std::time::Duration,
     #[arg(short = 'l', long = "log-level", default_value = "info")]
     log_level: String,
+}
+
+fn parse_interval(s: &str) -> Result<std::time::Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| e.to_string())?;
+    if d < std::time::Duration::from_millis(50) {
+        return Err("at least 50ms".into());
+    }
+    Ok(d)
 }
 
 #[derive(clap::Args, Clone)]
@@ -153,6 +164,7 @@ fn main() -> ExitCode {
                     key,
                     client_ca: args.client_ca,
                 }),
+                alert_period: Some(args.alert_interval),
             };
             let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
                 Ok(rt) => rt,

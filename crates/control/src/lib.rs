@@ -8,12 +8,14 @@
 //! - [`resources`]: the resource model and its compilation into Envoy resources.
 //! - [`store`]: committed revisions, tokens and the audit log, in SQLite or etcd.
 //! - [`state`]: the controller: validate, commit, publish.
+//! - [`alerts`]: AlertRules evaluated against all of the above; webhooks and Alertmanagers notified.
 //! - [`serve`](mod@serve): xDS and CSDS to the proxies, the REST API to people and tools.
 //! - [`sync`]: state from outside the API: other replicas, a watched folder.
 
 // The project keeps functions under about 100 lines (threshold in clippy.toml).
 #![warn(clippy::too_many_lines)]
 
+pub mod alerts;
 pub mod clock;
 pub mod discovery;
 pub mod monitor;
@@ -38,6 +40,8 @@ pub struct Options {
     pub watch: Option<PathBuf>,
     /// TLS (and optional client certificates) on both listeners.
     pub tls: Option<serve::tls::TlsFiles>,
+    /// How often alert rules are evaluated (default: every second).
+    pub alert_period: Option<std::time::Duration>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -93,6 +97,7 @@ pub async fn serve(ctrl: Arc<state::controller::Controller>, opts: Options) -> R
             }
         });
     }
+    start_alerts(&ctrl, &opts);
     if let Some(dir) = &opts.watch {
         tokio::spawn(sync::folder::watch(ctrl.clone(), dir.clone()));
     }
@@ -119,6 +124,19 @@ pub async fn serve(ctrl: Arc<state::controller::Controller>, opts: Options) -> R
         }
     }
     Ok(())
+}
+
+/// Starts alert evaluation; its history is kept in the data directory.
+fn start_alerts(ctrl: &Arc<state::controller::Controller>, opts: &Options) {
+    if std::fs::create_dir_all(&opts.data_dir).is_ok() {
+        ctrl.alerts.history.keep_in(opts.data_dir.join(alerts::history::FILE));
+    }
+    let scheme = if opts.tls.is_some() { "https" } else { "http" };
+    let settings = alerts::Settings {
+        period: opts.alert_period.unwrap_or(alerts::Settings::default().period),
+        external_url: format!("{scheme}://{}", opts.api_addr),
+    };
+    alerts::start(ctrl.clone(), settings);
 }
 
 /// Opens the SQLite store in `data_dir` and the controller on it.

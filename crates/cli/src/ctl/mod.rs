@@ -71,6 +71,8 @@ pub enum CtlCommand {
     },
     /// Every connected proxy and its config state.
     Proxies,
+    /// Alert rules (AlertRule resources) with their state, and what fired and resolved lately.
+    Alerts,
     /// The revision history.
     History,
     /// What changed between revision REV and REV2 (default: now), field by field.
@@ -178,6 +180,7 @@ pub fn run(args: CtlArgs) -> anyhow::Result<()> {
             print(out, &v, |v| format!("{kind}/{name} deleted, revision {}\n", v["revision"]))
         }
         CtlCommand::Proxies => print(out, &api.call("GET", &format!("{base}/v1/proxies"), None)?, render::proxies),
+        CtlCommand::Alerts => print(out, &api.call("GET", &format!("{base}/v1/alerts"), None)?, render::alerts),
         CtlCommand::History => print(out, &api.call("GET", &format!("{base}/v1/revisions"), None)?, render::history),
         CtlCommand::Diff { rev, rev2 } => {
             let url = match rev2 {

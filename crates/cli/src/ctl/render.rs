@@ -242,3 +242,44 @@ pub fn audit(v: &Value) -> String {
         .collect();
     table(&["TIME", "ACTOR", "ACTION", "TARGET", "RESULT", "DETAIL"], rows)
 }
+
+/// A number as alerts show it (up to four decimals), `-` without data.
+fn number(v: &Value) -> String {
+    v.as_f64().map_or("-".to_string(), |x| {
+        let s = format!("{x:.4}");
+        s.trim_end_matches('0').trim_end_matches('.').to_string()
+    })
+}
+
+/// Alert rules with their state, then the latest history (newest first).
+pub fn alerts(v: &Value) -> String {
+    let s = |x: &Value| x.as_str().unwrap_or("-").to_string();
+    let rows = v["rules"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|r| {
+            vec![
+                s(&r["name"]),
+                s(&r["metric"]),
+                s(&r["service"]),
+                s(&r["severity"]),
+                s(&r["state"]).to_uppercase(),
+                number(&r["value"]),
+                format!("{} {}", s(&r["comparison"]), number(&r["threshold"])),
+                s(&r["since"]),
+            ]
+        })
+        .collect();
+    let mut out = table(&["RULE", "METRIC", "SERVICE", "SEVERITY", "STATE", "VALUE", "CONDITION", "SINCE"], rows);
+    let history: Vec<&Value> = v["history"].as_array().into_iter().flatten().rev().take(20).collect();
+    if !history.is_empty() {
+        let rows = history
+            .into_iter()
+            .map(|h| vec![s(&h["at"]), s(&h["rule"]), s(&h["status"]), number(&h["value"]), s(&h["severity"])])
+            .collect();
+        out.push('\n');
+        out.push_str(&table(&["AT", "RULE", "STATUS", "VALUE", "SEVERITY"], rows));
+    }
+    out
+}

@@ -27,7 +27,7 @@ pub fn compile(doc: &Document) -> Result<Resource, Vec<DocError>> {
         return Err(err(
             "kind",
             format!(
-                "unknown kind '{}': expected Listener, Cluster, RouteConfiguration, ClusterLoadAssignment or Secret",
+                "unknown kind '{}': expected Listener, Cluster, RouteConfiguration, ClusterLoadAssignment, Secret, Service, Gateway, Route or AlertRule",
                 doc.kind
             ),
         ));
@@ -44,6 +44,20 @@ pub fn compile(doc: &Document) -> Result<Resource, Vec<DocError>> {
             })
             .collect()
     };
+    if kind == Kind::AlertRule {
+        return crate::alerts::rule::check(doc)
+            .map(|_| Resource {
+                kind,
+                name: doc.metadata.name.clone(),
+                nodes: doc.metadata.nodes.clone(),
+                doc: doc.clone(),
+                any: Default::default(),
+                version: content_hash(serde_json::to_vec(&doc.spec).unwrap_or_default().as_slice()),
+            })
+            .map_err(|errs| {
+                errs.into_iter().map(|(path, reason)| DocError { resource: label.clone(), path, reason }).collect()
+            });
+    }
     if !kind.is_envoy() {
         return crate::resources::mesh::check::check(kind, doc).map_err(|errs| {
             errs.into_iter().map(|(path, reason)| DocError { resource: label.clone(), path, reason }).collect()
@@ -55,7 +69,7 @@ pub fn compile(doc: &Document) -> Result<Resource, Vec<DocError>> {
         Kind::Listener => decode::<Listener>(doc).map(|(m, a)| (m.name, a)),
         Kind::RouteConfiguration => decode::<RouteConfiguration>(doc).map(|(m, a)| (m.name, a)),
         Kind::Secret => decode::<Secret>(doc).map(|(m, a)| (m.name, a)),
-        Kind::Service | Kind::Gateway | Kind::Route => Err(vec![FieldError::new("kind", "not an Envoy resource kind")]),
+        Kind::Service | Kind::Gateway | Kind::Route | Kind::AlertRule => Err(vec![FieldError::new("kind", "not an Envoy resource kind")]),
     }
     .map_err(to_doc_errors)?;
     if kind == Kind::Secret {

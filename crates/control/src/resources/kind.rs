@@ -14,6 +14,8 @@ pub enum Kind {
     Service,
     Gateway,
     Route,
+    /// Evaluated by the control plane (`alerts/`); compiles to nothing.
+    AlertRule,
 }
 
 pub const ALL_KINDS: [Kind; 5] =
@@ -30,6 +32,7 @@ impl Kind {
             "service" | "services" | "svc" => Self::Service,
             "gateway" | "gateways" | "gw" => Self::Gateway,
             "route" | "httproute" => Self::Route,
+            "alertrule" | "alertrules" | "alert" | "alerts" => Self::AlertRule,
             _ => return None,
         })
     }
@@ -44,12 +47,13 @@ impl Kind {
             Self::Service => "Service",
             Self::Gateway => "Gateway",
             Self::Route => "Route",
+            Self::AlertRule => "AlertRule",
         }
     }
 
     /// True for the kinds that are sent over xDS as they are.
     pub fn is_envoy(self) -> bool {
-        !matches!(self, Self::Service | Self::Gateway | Self::Route)
+        !matches!(self, Self::Service | Self::Gateway | Self::Route | Self::AlertRule)
     }
 
     pub fn type_url(self) -> &'static str {
@@ -59,7 +63,7 @@ impl Kind {
             Self::Listener => "type.googleapis.com/envoy.config.listener.v3.Listener",
             Self::RouteConfiguration => "type.googleapis.com/envoy.config.route.v3.RouteConfiguration",
             Self::Secret => "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret",
-            Self::Service | Self::Gateway | Self::Route => "",
+            Self::Service | Self::Gateway | Self::Route | Self::AlertRule => "",
         }
     }
 

@@ -29,6 +29,8 @@ pub struct Controller {
     pub fleet: Fleet,
     /// What the proxies report about their traffic.
     pub monitor: Arc<Monitor>,
+    /// Alert rules' states, their history and notifications.
+    pub alerts: crate::alerts::Alerts,
     /// This replica's name (in etcd's leader key and `/v1/replica`).
     replica_id: String,
     /// Whether this replica expires registry instances (always, on SQLite).
@@ -50,6 +52,7 @@ impl Controller {
             apply_lock: Mutex::new(()),
             fleet: Fleet::default(),
             monitor: Arc::new(Monitor::default()),
+            alerts: Default::default(),
             replica_id,
             leader: AtomicBool::new(leader),
         });

@@ -4,6 +4,7 @@
 
 mod access;
 mod admin;
+mod alerts;
 pub mod auth;
 mod instances;
 mod reply;
@@ -34,6 +35,7 @@ pub fn router(ctrl: Arc<Controller>) -> Router {
         .route("/v1/resources/{kind}/{name}", get(get_one))
         .route("/v1/resources/{kind}/{name}", delete(delete_one))
         .route("/v1/proxies", get(proxies))
+        .route("/v1/alerts", get(alerts::alerts))
         .route("/v1/revisions", get(revisions))
         .route("/v1/diff", get(diff))
         .route("/v1/rollback", post(rollback))

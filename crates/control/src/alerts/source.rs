@@ -1,0 +1,225 @@
+//! What a rule reads: service figures from the monitor, the connected
+//! proxies from the fleet, certificate expiries from the Secrets. [`Source`]
+//! is the seam: the controller implements it, unit tests feed figures
+//! directly. [`measure`] turns one rule and a source into a value.
+//!
+//! `proxy_down` needs memory the fleet does not keep (it forgets a stream
+//! when it ends): [`Seen`] remembers every node id this replica has had
+//! connected; a node whose every stream has ended is down until it connects
+//! again, or until it has been gone for [`FORGET_AFTER`] (then it is taken
+//! to be decommissioned, and a firing alert on it resolves).
+
+use crate::alerts::rule::{Rule, RuleMetric};
+use crate::discovery::node::NodeInfo;
+use crate::monitor::ServiceFigures;
+use crate::resources::kind::Kind;
+use crate::resources::resource::of_kind;
+use crate::state::controller::Controller;
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// How long a node that left counts as down.
+pub const FORGET_AFTER: Duration = Duration::from_secs(3600);
+
+/// One connected proxy as rules see it.
+#[derive(Debug, Clone, Default)]
+pub struct ProxyView {
+    pub node: NodeInfo,
+    /// Some type's last response was NACKed (and nothing newer was ACKed).
+    pub nacked: bool,
+    /// Some type's ACKed version differs from the one last sent.
+    pub lagging: bool,
+}
+
+/// Everything a rule can read.
+pub trait Source {
+    fn service(&self, name: &str, window: Duration) -> Option<ServiceFigures>;
+    /// The connected proxies (one entry per stream).
+    fn proxies(&self) -> Vec<ProxyView>;
+    /// (secret name, Unix seconds of expiry) of every inline certificate.
+    fn certificates(&self) -> Vec<(String, i64)>;
+}
+
+impl Source for Controller {
+    fn service(&self, name: &str, window: Duration) -> Option<ServiceFigures> {
+        self.monitor.service(name, window)
+    }
+
+    fn proxies(&self) -> Vec<ProxyView> {
+        self.fleet
+            .list()
+            .into_iter()
+            .map(|p| ProxyView {
+                nacked: p.types.values().any(|t| t.last_nack.is_some() && t.acked_version != t.sent_version),
+                lagging: p.types.values().any(|t| t.acked_version != t.sent_version),
+                node: p.node,
+            })
+            .collect()
+    }
+
+    fn certificates(&self) -> Vec<(String, i64)> {
+        let state = self.stored();
+        let mut out = Vec::new();
+        for (name, r) in of_kind(&state.resources, Kind::Secret) {
+            for c in crate::resources::certinfo::certificates(&r.any) {
+                let at = c["expiration_time"].as_str().and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok());
+                if let Some(at) = at {
+                    out.push((name.clone(), at.timestamp()));
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Nodes this replica has seen connected: node id to (node, last seen, Unix ms).
+#[derive(Debug, Default)]
+pub struct Seen {
+    nodes: BTreeMap<String, (NodeInfo, u64)>,
+}
+
+impl Seen {
+    /// Records the connected proxies; returns the nodes that are down now.
+    pub fn update(&mut self, connected: &[ProxyView], now_ms: u64) -> Vec<NodeInfo> {
+        for p in connected {
+            self.nodes.insert(p.node.id.clone(), (p.node.clone(), now_ms));
+        }
+        let forget = FORGET_AFTER.as_millis() as u64;
+        self.nodes.retain(|_, (_, last)| now_ms.saturating_sub(*last) < forget);
+        self.nodes.values().filter(|(_, last)| *last < now_ms).map(|(n, _)| n.clone()).collect()
+    }
+}
+
+/// A rule's value now, and what it is about (the nodes or secrets counted).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Measurement {
+    pub value: Option<f64>,
+    pub subjects: Vec<String>,
+}
+
+/// Measures one rule. `down`: the nodes [`Seen`] reports down.
+pub fn measure(rule: &Rule, source: &dyn Source, proxies: &[ProxyView], down: &[NodeInfo], now_s: i64) -> Measurement {
+    let count = |ids: Vec<String>| {
+        let mut ids = ids;
+        ids.sort();
+        ids.dedup();
+        Measurement { value: Some(ids.len() as f64), subjects: ids }
+    };
+    let selected = |p: &&ProxyView| rule.nodes.matches(&p.node);
+    match rule.metric {
+        RuleMetric::ErrorRate | RuleMetric::P99Ms | RuleMetric::Rps => {
+            let figures = rule.service.as_deref().and_then(|s| source.service(s, rule.window));
+            let value = figures.filter(|f| f.requests >= rule.min_requests.max(1)).and_then(|f| match rule.metric {
+                RuleMetric::ErrorRate => Some(f.error_rate),
+                RuleMetric::P99Ms => f.p99_ms,
+                _ => Some(f.rps),
+            });
+            Measurement { value, subjects: rule.service.iter().cloned().collect() }
+        }
+        RuleMetric::ProxyNack => count(proxies.iter().filter(selected).filter(|p| p.nacked).map(id).collect()),
+        RuleMetric::ProxyLag => count(proxies.iter().filter(selected).filter(|p| p.lagging).map(id).collect()),
+        RuleMetric::ProxyDown => {
+            count(down.iter().filter(|n| rule.nodes.matches(n)).map(|n| n.id.clone()).collect())
+        }
+        RuleMetric::CertExpiryDays => {
+            let nearest = source
+                .certificates()
+                .into_iter()
+                .filter(|(name, _)| rule.secrets.is_empty() || rule.secrets.contains(name))
+                .min_by_key(|(_, at)| *at);
+            match nearest {
+                Some((name, at)) => {
+                    Measurement { value: Some((at - now_s) as f64 / 86_400.0), subjects: vec![name] }
+                }
+                None => Measurement::default(),
+            }
+        }
+    }
+}
+
+fn id(p: &ProxyView) -> String {
+    p.node.id.clone()
+}
+
+#[cfg(test)]
+pub mod tests {
+    use super::*;
+    use crate::alerts::rule::check;
+    use crate::resources::document::parse_documents;
+
+    /// Figures fed directly.
+    #[derive(Default)]
+    pub struct Fixed {
+        pub services: Vec<ServiceFigures>,
+        pub proxies: Vec<ProxyView>,
+        pub certs: Vec<(String, i64)>,
+    }
+
+    impl Source for Fixed {
+        fn service(&self, name: &str, _window: Duration) -> Option<ServiceFigures> {
+            self.services.iter().find(|s| s.service == name).cloned()
+        }
+        fn proxies(&self) -> Vec<ProxyView> {
+            self.proxies.clone()
+        }
+        fn certificates(&self) -> Vec<(String, i64)> {
+            self.certs.clone()
+        }
+    }
+
+    pub fn rule(spec: &str) -> Rule {
+        let d = parse_documents(&format!("kind: AlertRule\nmetadata: {{name: r}}\nspec: {spec}\n")).expect("yaml");
+        check(&d[0]).expect("valid rule")
+    }
+
+    pub fn proxy(id: &str, cluster: &str, nacked: bool) -> ProxyView {
+        ProxyView {
+            node: NodeInfo { id: id.into(), cluster: cluster.into(), ..Default::default() },
+            nacked,
+            lagging: nacked,
+        }
+    }
+
+    #[test]
+    fn min_requests_is_no_data() {
+        let figures = ServiceFigures { service: "checkout".into(), requests: 5, error_rate: 0.4, ..Default::default() };
+        let src = Fixed { services: vec![figures], ..Default::default() };
+        let r = rule("{service: checkout, metric: error_rate, above: 0.05, min_requests: 10}");
+        assert_eq!(measure(&r, &src, &[], &[], 0).value, None);
+        let r = rule("{service: checkout, metric: error_rate, above: 0.05, min_requests: 5}");
+        assert_eq!(measure(&r, &src, &[], &[], 0).value, Some(0.4));
+        let r = rule("{service: payments, metric: rps, below: 1}");
+        assert_eq!(measure(&r, &src, &[], &[], 0).value, None, "an unknown service has no data");
+    }
+
+    #[test]
+    fn proxy_metrics_count_selected_nodes() {
+        let proxies = vec![proxy("a", "edge", true), proxy("b", "edge", false), proxy("c", "mesh", true)];
+        let src = Fixed::default();
+        let all = rule("{metric: proxy_nack, above: 0}");
+        assert_eq!(measure(&all, &src, &proxies, &[], 0).subjects, ["a", "c"]);
+        let edge = rule("{metric: proxy_nack, above: 0, nodes: {clusters: [edge]}}");
+        assert_eq!(measure(&edge, &src, &proxies, &[], 0).value, Some(1.0));
+    }
+
+    #[test]
+    fn down_is_seen_then_gone_then_forgotten() {
+        let mut seen = Seen::default();
+        let a = proxy("a", "edge", false);
+        assert!(seen.update(std::slice::from_ref(&a), 1_000).is_empty());
+        let down = seen.update(&[], 2_000);
+        assert_eq!(down.iter().map(|n| n.id.as_str()).collect::<Vec<_>>(), ["a"]);
+        assert!(seen.update(&[a], 3_000).is_empty(), "back");
+        assert!(seen.update(&[], 3_000 + FORGET_AFTER.as_millis() as u64).is_empty(), "forgotten");
+    }
+
+    #[test]
+    fn cert_expiry_reads_the_nearest_selected() {
+        let day = 86_400;
+        let src = Fixed { certs: vec![("web".into(), 30 * day), ("db".into(), 3 * day)], ..Default::default() };
+        let r = rule("{metric: cert_expiry_days, below: 14}");
+        assert_eq!(measure(&r, &src, &[], &[], 0), Measurement { value: Some(3.0), subjects: vec!["db".into()] });
+        let r = rule("{metric: cert_expiry_days, below: 14, secrets: [web]}");
+        assert_eq!(measure(&r, &src, &[], &[], 0).value, Some(30.0));
+    }
+}
