@@ -92,3 +92,37 @@ pub fn etcd_bin() -> PathBuf {
         panic!("etcd is not on PATH and ETCD_BIN is not set: install it (Debian: apt-get install etcd-server)")
     })
 }
+
+/// Alertmanager: `ALERTMANAGER_BIN`, `prometheus-alertmanager` (Debian's
+/// name) or `alertmanager` on PATH, or the Debian package installed with
+/// apt-get on first use. Never skipped: a test that needs it fails and says
+/// how to provide it.
+pub fn alertmanager_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("ALERTMANAGER_BIN") {
+        return PathBuf::from(p);
+    }
+    let find = || {
+        let path = std::env::var_os("PATH").unwrap_or_default();
+        std::env::split_paths(&path)
+            .flat_map(|d| [d.join("prometheus-alertmanager"), d.join("alertmanager")])
+            .find(|p| p.is_file())
+    };
+    if let Some(bin) = find() {
+        return bin;
+    }
+    let apt = |args: &[&str]| {
+        Command::new("apt-get").args(args).env("DEBIAN_FRONTEND", "noninteractive").status().is_ok_and(|s| s.success())
+    };
+    let install = ["install", "-y", "-q", "--no-install-recommends", "prometheus-alertmanager"];
+    if !apt(&install) {
+        // The package lists may be missing or stale.
+        let _ = apt(&["update", "-q"]);
+        apt(&install);
+    }
+    find().unwrap_or_else(|| {
+        panic!(
+            "Alertmanager is not on PATH and could not be installed: install it (Debian: apt-get install \
+             prometheus-alertmanager) or set ALERTMANAGER_BIN"
+        )
+    })
+}

@@ -2,8 +2,9 @@
 //!
 //! - `process`: processes killed by their PID when dropped, Envoy and
 //!   `legate proxy` started on a file, free ports, waiting, scratch dirs;
-//! - `install`: Envoy 1.40, a Python with grpcio and etcd, found or
-//!   installed on first use;
+//! - `install`: Envoy 1.40, a Python with grpcio, etcd and Alertmanager,
+//!   found or installed on first use;
+//! - `alerting`: a webhook receiver and a real Alertmanager;
 //! - `sides`: Envoy and Legate side by side on the same config;
 //! - `diff`: one request to both, what is compared, agreeing stats;
 //! - `template`: block-style bootstrap templates for a `sides::Pair`;
@@ -24,6 +25,7 @@
 #![allow(dead_code)]
 
 pub mod admin;
+pub mod alerting;
 pub mod certs;
 pub mod config;
 pub mod control;
