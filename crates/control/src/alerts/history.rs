@@ -101,7 +101,8 @@ mod tests {
 
     #[test]
     fn bounded_and_kept_in_its_file() {
-        let dir = std::env::temp_dir().join(format!("legate-alert-history-{}-{}", std::process::id(), rand::random::<u32>()));
+        let dir =
+            std::env::temp_dir().join(format!("legate-alert-history-{}-{}", std::process::id(), rand::random::<u32>()));
         std::fs::create_dir_all(&dir).expect("dir");
         let h = History::default();
         h.keep_in(dir.join(FILE));

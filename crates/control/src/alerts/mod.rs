@@ -86,14 +86,16 @@ impl Alerts {
     }
 }
 
-/// A notification to send: the rule it is for, its alert, and whether it
-/// only refreshes a firing alert in Alertmanagers.
+/// A notification to send: the rule it is for, its alert, whether it only
+/// refreshes a firing alert in Alertmanagers (`resend`), and whether it is a
+/// change the history records (`record`).
 #[derive(Debug, Clone)]
 pub struct Event {
     pub rule: Rule,
     pub alert: payload::Alert,
     pub measurement: Measurement,
     pub resend: bool,
+    pub record: bool,
 }
 
 struct Tracked {
@@ -166,7 +168,18 @@ impl Evaluator {
             alert: payload::alert(&t.rule, status, m.value, &m.subjects, (starts, ends), &self.external_url),
             measurement: m.clone(),
             resend,
+            record: !resend,
         }
+    }
+
+    /// Every firing alert again, for a replica that has just become the
+    /// leader (the transition happened while another replica notified).
+    pub fn firing(&self) -> Vec<Event> {
+        self.rules
+            .values()
+            .filter(|t| t.tracker.state == State::Firing)
+            .map(|t| Event { record: false, ..self.event(t, Status::Firing, false) })
+            .collect()
     }
 }
 
@@ -196,7 +209,7 @@ pub fn rules_of(ctrl: &Controller) -> Vec<Rule> {
 
 /// Records an event in the history and, on the leader, sends it.
 fn deliver(alerts: &Alerts, e: &Event, leader: bool, external: &str) {
-    if !e.resend {
+    if e.record {
         alerts.history.push(history::Entry {
             rule: e.rule.name.clone(),
             status: e.alert.status.name().into(),
@@ -229,14 +242,51 @@ pub fn start(ctrl: Arc<Controller>, settings: Settings) {
         let mut evaluator = Evaluator { external_url: settings.external_url.clone(), ..Default::default() };
         let mut tick = tokio::time::interval(settings.period.max(Duration::from_millis(50)));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut was_leader = ctrl.is_leader();
         loop {
             tick.tick().await;
-            let (views, events) = evaluator.tick(rules_of(&ctrl), ctrl.as_ref(), unix_ms());
+            let (views, mut events) = evaluator.tick(rules_of(&ctrl), ctrl.as_ref(), unix_ms());
             ctrl.alerts.set_rules(views);
             let leader = ctrl.is_leader();
+            if leader && !was_leader {
+                events.extend(evaluator.firing());
+            }
+            was_leader = leader;
             for e in &events {
                 deliver(&ctrl.alerts, e, leader, &settings.external_url);
             }
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::alerts::source::tests::{proxy, rule, Fixed};
+
+    fn statuses(events: &[Event]) -> Vec<(&str, bool)> {
+        events.iter().map(|e| (e.alert.status.name(), e.resend)).collect()
+    }
+
+    #[test]
+    fn evaluator_fires_resends_to_alertmanagers_and_resolves_removed_rules() {
+        let mut ev = Evaluator { external_url: "http://cp:9900".into(), ..Default::default() };
+        let r = rule("{metric: proxy_nack, above: 0, for: 1s, alertmanagers: ['http://am:9093']}");
+        let nacking = Fixed { proxies: vec![proxy("a", "edge", true)], ..Default::default() };
+        let (views, events) = ev.tick(vec![r.clone()], &nacking, 10_000);
+        assert_eq!((views[0].state.as_str(), events.len()), ("pending", 0));
+        let (views, events) = ev.tick(vec![r.clone()], &nacking, 11_000);
+        assert_eq!((views[0].state.as_str(), statuses(&events)), ("firing", vec![("firing", false)]));
+        assert_eq!(events[0].alert.starts_at_ms, 10_000);
+        assert_eq!(ev.firing().len(), 1, "a new leader sends what fires");
+        let (_, events) = ev.tick(vec![r.clone()], &nacking, 12_000);
+        assert!(events.is_empty());
+        let later = 11_000 + payload::RESEND.as_millis() as u64;
+        let (_, events) = ev.tick(vec![r.clone()], &nacking, later);
+        assert_eq!(statuses(&events), [("firing", true)], "Alertmanagers hear it again");
+        let (views, events) = ev.tick(vec![], &nacking, later + 1_000);
+        assert!(views.is_empty());
+        assert_eq!(statuses(&events), [("resolved", false)], "a deleted rule resolves");
+        assert_eq!(events[0].alert.ends_at_ms, Some(later + 1_000));
+    }
 }

@@ -128,7 +128,11 @@ mod tests {
                 let n = s.read(&mut buf).await.unwrap_or(0);
                 let text = String::from_utf8_lossy(&buf[..n]).to_string();
                 let status = if i < fail { "503 Service Unavailable" } else { "200 OK" };
-                let _ = s.write_all(format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n").as_bytes()).await;
+                let _ = s
+                    .write_all(
+                        format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n").as_bytes(),
+                    )
+                    .await;
                 if i >= fail {
                     let _ = tx.send(text).await;
                 }

@@ -47,7 +47,14 @@ pub struct Alert {
 }
 
 /// The alert a rule raises with `value` measured over `subjects`.
-pub fn alert(rule: &Rule, status: Status, value: Option<f64>, subjects: &[String], times: (u64, Option<u64>), external: &str) -> Alert {
+pub fn alert(
+    rule: &Rule,
+    status: Status,
+    value: Option<f64>,
+    subjects: &[String],
+    times: (u64, Option<u64>),
+    external: &str,
+) -> Alert {
     let mut labels = rule.labels.clone();
     labels.insert("alertname".into(), rule.name.clone());
     labels.insert("severity".into(), rule.severity.clone());
@@ -141,9 +148,20 @@ mod tests {
     #[test]
     fn webhook_payload_has_alertmanagers_shape() {
         let r = rule("{service: checkout, metric: error_rate, above: 0.05, severity: critical, labels: {team: pay}}");
-        let a = alert(&r, Status::Firing, Some(0.25), &["checkout".into()], (1_700_000_000_000, None), "http://cp:9900/");
+        let a =
+            alert(&r, Status::Firing, Some(0.25), &["checkout".into()], (1_700_000_000_000, None), "http://cp:9900/");
         let v = webhook(&a, "http://cp:9900");
-        for key in ["version", "groupKey", "status", "receiver", "groupLabels", "commonLabels", "commonAnnotations", "externalURL", "alerts"] {
+        for key in [
+            "version",
+            "groupKey",
+            "status",
+            "receiver",
+            "groupLabels",
+            "commonLabels",
+            "commonAnnotations",
+            "externalURL",
+            "alerts",
+        ] {
             assert!(v.get(key).is_some(), "{key} missing in {v}");
         }
         assert_eq!(v["version"], "4");
@@ -161,7 +179,10 @@ mod tests {
         assert_eq!(one["fingerprint"].as_str().map(str::len), Some(16));
         let resolved = alert(&r, Status::Resolved, Some(0.0), &[], (1_700_000_000_000, Some(1_700_000_060_000)), "");
         let v = webhook(&resolved, "");
-        assert_eq!((v["status"].as_str(), v["alerts"][0]["endsAt"].as_str()), (Some("resolved"), Some("2023-11-14T22:14:20.000Z")));
+        assert_eq!(
+            (v["status"].as_str(), v["alerts"][0]["endsAt"].as_str()),
+            (Some("resolved"), Some("2023-11-14T22:14:20.000Z"))
+        );
         assert_eq!(one["fingerprint"], v["alerts"][0]["fingerprint"], "same labels, same fingerprint");
     }
 

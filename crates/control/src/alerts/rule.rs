@@ -298,7 +298,10 @@ mod tests {
         assert_eq!(problems("{metric: proxy_nack, above: 0, below: 1}"), ["spec.below"]);
         assert_eq!(problems("{metric: proxy_nack}"), ["spec.above"]);
         assert_eq!(problems("{metric: proxy_nack, above: 0, window: soon, for: -1s}"), ["spec.window", "spec.for"]);
-        assert_eq!(problems("{metric: proxy_nack, above: 0, webhooks: [ftp://x/, 'http://ok:1/a']}"), ["spec.webhooks[0]"]);
+        assert_eq!(
+            problems("{metric: proxy_nack, above: 0, webhooks: [ftp://x/, 'http://ok:1/a']}"),
+            ["spec.webhooks[0]"]
+        );
         assert_eq!(problems("{metric: proxy_nack, above: 0, alertmanagers: ['not a url']}"), ["spec.alertmanagers[0]"]);
         assert_eq!(problems("{metric: proxy_nack, above: 0, labels: {9x: a}}"), ["spec.labels.9x"]);
         assert_eq!(problems("{metric: proxy_nack, above: 0, colour: red}"), ["spec.colour"]);

@@ -118,9 +118,7 @@ pub fn measure(rule: &Rule, source: &dyn Source, proxies: &[ProxyView], down: &[
         }
         RuleMetric::ProxyNack => count(proxies.iter().filter(selected).filter(|p| p.nacked).map(id).collect()),
         RuleMetric::ProxyLag => count(proxies.iter().filter(selected).filter(|p| p.lagging).map(id).collect()),
-        RuleMetric::ProxyDown => {
-            count(down.iter().filter(|n| rule.nodes.matches(n)).map(|n| n.id.clone()).collect())
-        }
+        RuleMetric::ProxyDown => count(down.iter().filter(|n| rule.nodes.matches(n)).map(|n| n.id.clone()).collect()),
         RuleMetric::CertExpiryDays => {
             let nearest = source
                 .certificates()
@@ -128,9 +126,7 @@ pub fn measure(rule: &Rule, source: &dyn Source, proxies: &[ProxyView], down: &[
                 .filter(|(name, _)| rule.secrets.is_empty() || rule.secrets.contains(name))
                 .min_by_key(|(_, at)| *at);
             match nearest {
-                Some((name, at)) => {
-                    Measurement { value: Some((at - now_s) as f64 / 86_400.0), subjects: vec![name] }
-                }
+                Some((name, at)) => Measurement { value: Some((at - now_s) as f64 / 86_400.0), subjects: vec![name] },
                 None => Measurement::default(),
             }
         }

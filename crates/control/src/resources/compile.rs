@@ -69,7 +69,9 @@ pub fn compile(doc: &Document) -> Result<Resource, Vec<DocError>> {
         Kind::Listener => decode::<Listener>(doc).map(|(m, a)| (m.name, a)),
         Kind::RouteConfiguration => decode::<RouteConfiguration>(doc).map(|(m, a)| (m.name, a)),
         Kind::Secret => decode::<Secret>(doc).map(|(m, a)| (m.name, a)),
-        Kind::Service | Kind::Gateway | Kind::Route | Kind::AlertRule => Err(vec![FieldError::new("kind", "not an Envoy resource kind")]),
+        Kind::Service | Kind::Gateway | Kind::Route | Kind::AlertRule => {
+            Err(vec![FieldError::new("kind", "not an Envoy resource kind")])
+        }
     }
     .map_err(to_doc_errors)?;
     if kind == Kind::Secret {
