@@ -200,6 +200,11 @@ fn bad_rules_are_refused_with_their_fields() {
         let (ok, out) = cp.ctl(&["apply", "-f", f.to_str().expect("path")]);
         assert!(!ok && out.contains(field), "{field}: {out}");
     }
+    // A rule is not sent to proxies: `spec.nodes` selects what it counts.
+    let placed = "kind: AlertRule\nmetadata: {name: bad, nodes: {ids: [a]}}\nspec: {metric: proxy_down, above: 0}\n";
+    std::fs::write(&f, placed).expect("write");
+    let (ok, out) = cp.ctl(&["apply", "-f", f.to_str().expect("path")]);
+    assert!(!ok && out.contains("metadata.nodes"), "{out}");
     // The example from the documentation, as written.
     let example = "kind: AlertRule\nmetadata: {name: checkout-errors}\nspec:\n  service: checkout          # a cluster name\n  metric: error_rate\n  above: 0.05\n  window: 30s\n  for: 10s\n  severity: critical\n  webhooks: [http://127.0.0.1:9099/hook]\n";
     cp.apply(dir.path(), example);

@@ -45,6 +45,10 @@ pub fn compile(doc: &Document) -> Result<Resource, Vec<DocError>> {
             .collect()
     };
     if kind == Kind::AlertRule {
+        if !doc.metadata.nodes.is_empty() {
+            let reason = "an AlertRule is not sent to proxies; spec.nodes selects the proxies it counts";
+            return Err(err("metadata.nodes", reason.into()));
+        }
         return crate::alerts::rule::check(doc)
             .map(|_| Resource {
                 kind,
