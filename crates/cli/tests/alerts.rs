@@ -148,6 +148,15 @@ fn proxy_down_fires_and_resolves() {
     let resolved = wait_payload(&rx, "fleet-down", "resolved", Duration::from_secs(15));
     check_webhook(&resolved, "fleet-down", "warning");
     assert_eq!(rule_state(&cp, "fleet-down").expect("rule")["state"], "inactive");
+
+    // The history survives a restart of the control plane (same data directory).
+    let data = cp.data.clone();
+    drop(cp);
+    let cp = ControlPlane::start_with(dir.path(), free_port(), free_port(), data, &["--alert-interval", "200ms"]);
+    let v = cp.get("/v1/alerts").expect("/v1/alerts");
+    let statuses: Vec<&str> =
+        v["history"].as_array().into_iter().flatten().filter_map(|h| h["status"].as_str()).collect();
+    assert_eq!(statuses, ["firing", "resolved"], "{v}");
 }
 
 /// A rule's alert reaches a real Alertmanager (`POST /api/v2/alerts`) and
