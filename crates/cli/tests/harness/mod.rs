@@ -2,8 +2,8 @@
 //!
 //! - `process`: processes killed by their PID when dropped, Envoy and
 //!   `legate proxy` started on a file, free ports, waiting, scratch dirs;
-//! - `install`: Envoy 1.40, a Python with grpcio and etcd, found or
-//!   installed on first use;
+//! - `install`: Envoy 1.40, a Python with grpcio, etcd and Chromium, found
+//!   or installed on first use;
 //! - `sides`: Envoy and Legate side by side on the same config;
 //! - `diff`: one request to both, what is compared, agreeing stats;
 //! - `template`: block-style bootstrap templates for a `sides::Pair`;
@@ -17,13 +17,15 @@
 //! - `tls`: a certificate-recording rustls client, and curl over TLS;
 //! - `admin`: admin pages, stats and access logs of a proxy;
 //! - `ws`: WebSocket and HTTP/2 CONNECT clients;
-//! - `load`: steady traffic, counted.
+//! - `load`: steady traffic, counted;
+//! - `browser`: headless Chromium over the DevTools Protocol (the console).
 //!
 //! Each test binary compiles all of it and uses a part, hence
 //! `allow(dead_code)`, and `allow(unused_imports)` on the re-exports.
 #![allow(dead_code)]
 
 pub mod admin;
+pub mod browser;
 pub mod certs;
 pub mod config;
 pub mod control;
