@@ -96,6 +96,9 @@ fn check_fleet(b: &mut Browser, cp: &ControlPlane, proxies: &[Value]) {
         let text = text.as_str().unwrap_or("");
         assert!(text.contains(&acked[..10]), "the ACKed Cluster version {acked} of {id} is not shown: {text}");
         assert!(text.contains("in sync") && text.contains("console-fleet"), "{text}");
+        let held = p["types"]["Cluster"]["acked_revision"].as_u64().expect("acked revision");
+        assert_eq!(Some(held), cp.get("/v1/replica").and_then(|r| r["revision"].as_u64()), "{p}");
+        assert!(text.contains(&format!("holds r{held}")), "{text}");
     }
     let summary = b.eval("document.getElementById('summary').innerText");
     assert!(summary.as_str().is_some_and(|s| s.contains(&format!("{} proxies", proxies.len()))), "{summary}");
@@ -111,9 +114,14 @@ fn check_services(b: &mut Browser, cp: &ControlPlane) {
     b.wait_js("web selected", "document.getElementById('charts-title').innerText.startsWith('web ')", WAIT);
     let (status, top) = api_get(cp, "/v1/top/services?window=5m", "");
     if status == 200 && top.as_array().is_some_and(|a| !a.is_empty()) {
-        let web = top.as_array().into_iter().flatten().find(|s| s["service"] == "web").expect("web in /v1/top/services");
+        let web =
+            top.as_array().into_iter().flatten().find(|s| s["service"] == "web").expect("web in /v1/top/services");
         let requests = web["requests"].as_u64().unwrap_or(0).to_string();
-        b.wait_js("web's request count", &format!("document.querySelector('tr[data-service=\"web\"]').innerText.includes('{requests}')"), WAIT);
+        b.wait_js(
+            "web's request count",
+            &format!("document.querySelector('tr[data-service=\"web\"]').innerText.includes('{requests}')"),
+            WAIT,
+        );
     } else {
         assert!(row.as_str().is_some_and(|r| r.contains("no data yet")), "{row}");
     }
@@ -124,9 +132,17 @@ fn check_services(b: &mut Browser, cp: &ControlPlane) {
         b.wait_js("the chart to be drawn", &format!("{chart}.dataset.service === 'web'"), WAIT);
         let values = series["points"].as_array().map(|p| p.iter().filter(|p| p["v"].is_number()).count()).unwrap_or(0);
         if status == 200 && values > 0 {
-            b.wait_js(&format!("{metric} chart's points"), &format!("Number({chart}.dataset.values) > 0 && {chart}.querySelector('canvas') !== null"), WAIT);
+            b.wait_js(
+                &format!("{metric} chart's points"),
+                &format!("Number({chart}.dataset.values) > 0 && {chart}.querySelector('canvas') !== null"),
+                WAIT,
+            );
         } else {
-            b.wait_js(&format!("{metric} chart's empty state"), &format!("{chart}.innerText.includes('no data yet')"), WAIT);
+            b.wait_js(
+                &format!("{metric} chart's empty state"),
+                &format!("{chart}.innerText.includes('no data yet')"),
+                WAIT,
+            );
         }
     }
     b.screenshot("services");
@@ -173,11 +189,39 @@ fn check_charts_on_stand_in_series(b: &mut Browser) {
 /// Endpoints: web's endpoint, healthy, and a registered instance.
 fn check_endpoints(b: &mut Browser, cp: &ControlPlane, upstream: u16) {
     open_tab(b, cp.api, "endpoints");
-    let text = b.wait_js("web's endpoint", "(document.querySelector('tr[data-cluster=\"web\"]') || {}).innerText", WAIT);
+    let text =
+        b.wait_js("web's endpoint", "(document.querySelector('tr[data-cluster=\"web\"]') || {}).innerText", WAIT);
     let text = text.as_str().unwrap_or("");
     assert!(text.contains(&format!("127.0.0.1:{upstream}")) && text.contains("healthy"), "{text}");
     b.wait_js("the registered instance", "document.getElementById('instances').innerText.includes('api-1')", WAIT);
     b.screenshot("endpoints");
+}
+
+/// A listener for `legate-1` on a port something else holds: valid config
+/// the proxy refuses at bind time. The page shows the NACK with its error,
+/// and that proxy one revision behind; Envoy stays in sync.
+fn check_nack(b: &mut Browser, cp: &ControlPlane, dir: &Path, upstream: u16, listeners: &[(&str, u16)]) {
+    let blocker = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let taken = blocker.local_addr().expect("addr").port();
+    let bad = rds_listener("ingress-bad", &nodes(&["legate-1"]), taken, "main");
+    cp.apply(dir, &fleet_resources(upstream, listeners, &bad));
+    let error = wait_for("legate-1's NACK", WAIT, || {
+        let proxies = cp.get("/v1/proxies")?["proxies"].as_array()?.clone();
+        let p = proxies.iter().find(|p| p["node"]["id"] == "legate-1")?;
+        p["types"]["Listener"]["last_nack"]["error"].as_str().map(String::from)
+    });
+    open_tab(b, cp.api, "fleet");
+    let row = b.wait_js(
+        "the NACK on the page",
+        "(() => { const t = (document.querySelector('tr[data-node=\"legate-1\"]') || {}).innerText || ''; return t.includes('1 revision behind') && t.includes('NACK') && t; })()",
+        WAIT,
+    );
+    let row = row.as_str().unwrap_or("");
+    assert!(row.contains(&error[..error.len().min(40)]), "the NACK's error {error:?} is not shown: {row}");
+    let envoy = b.eval("document.querySelector('tr[data-node=\"envoy-1\"]').innerText");
+    assert!(envoy.as_str().is_some_and(|t| t.contains("in sync") && !t.contains("behind")), "{envoy}");
+    b.screenshot("fleet-nack");
+    drop(blocker);
 }
 
 /// Alerts: the rules `/v1/alerts` returns, or "no data yet" without it.
@@ -186,9 +230,21 @@ fn check_alerts(b: &mut Browser, cp: &ControlPlane) {
     let (status, alerts) = api_get(cp, "/v1/alerts", "");
     let first = alerts["rules"].as_array().and_then(|r| r.first()).and_then(|r| r["name"].as_str()).map(String::from);
     match (status, first) {
-        (200, Some(rule)) => b.wait_js("an alert rule", &format!("document.getElementById('alert-rules').innerText.includes('{rule}')"), WAIT),
-        (200, None) => b.wait_js("no alert rule", "document.getElementById('alert-rules').innerText.includes('no alert rule')", WAIT),
-        _ => b.wait_js("alerts' empty state", "document.getElementById('alert-rules').innerText.includes('no data yet')", WAIT),
+        (200, Some(rule)) => b.wait_js(
+            "an alert rule",
+            &format!("document.getElementById('alert-rules').innerText.includes('{rule}')"),
+            WAIT,
+        ),
+        (200, None) => b.wait_js(
+            "no alert rule",
+            "document.getElementById('alert-rules').innerText.includes('no alert rule')",
+            WAIT,
+        ),
+        _ => b.wait_js(
+            "alerts' empty state",
+            "document.getElementById('alert-rules').innerText.includes('no data yet')",
+            WAIT,
+        ),
     };
     b.screenshot("alerts");
 }
@@ -200,13 +256,23 @@ fn rollback_on_page(b: &mut Browser, cp: &ControlPlane, token: &str, to: u64) ->
     let button = format!("button[data-rollback=\"{to}\"]");
     b.wait_js("the rollback button", &format!("document.querySelector('{button}') !== null"), WAIT);
     b.click(&button);
-    b.wait_js("the confirmation", &format!("(document.querySelector('{button}') || {{}}).innerText === 'confirm roll back to {to}'"), WAIT);
+    b.wait_js(
+        "the confirmation",
+        &format!("(document.querySelector('{button}') || {{}}).innerText === 'confirm roll back to {to}'"),
+        WAIT,
+    );
     b.click(&button);
-    let newest = wait_for("the rollback's revision", WAIT, || revision_numbers(cp, token).first().copied().filter(|n| !before.contains(n)));
+    let newest = wait_for("the rollback's revision", WAIT, || {
+        revision_numbers(cp, token).first().copied().filter(|n| !before.contains(n))
+    });
     let (_, revs) = api_get(cp, "/v1/revisions", token);
     let msg = revs["revisions"][0]["message"].as_str().unwrap_or("").to_string();
     assert!(msg.contains(&format!("rollback to {to}")), "the new revision's message: {msg}");
-    b.wait_js("the new revision on the page", &format!("document.querySelector('tr[data-revision=\"{newest}\"]') !== null"), WAIT);
+    b.wait_js(
+        "the new revision on the page",
+        &format!("document.querySelector('tr[data-revision=\"{newest}\"]') !== null"),
+        WAIT,
+    );
     newest
 }
 
@@ -227,7 +293,10 @@ fn console_shows_the_fleet_and_rolls_back() {
     traffic(legate_port, 30);
     // A second revision (a spare cluster) to diff and roll back from.
     cp.apply(dir.path(), &fleet_resources(upstream, &listeners, &eds_cluster("spare", "")));
-    cp.register("api", &json!({"id": "api-1", "address": "127.0.0.1", "port": upstream, "ttl_seconds": 300}).to_string());
+    cp.register(
+        "api",
+        &json!({"id": "api-1", "address": "127.0.0.1", "port": upstream, "ttl_seconds": 300}).to_string(),
+    );
     let proxies = wait_in_sync(&cp, &["envoy-1", "legate-1"], 2);
 
     let mut b = Browser::start(dir.path());
@@ -241,6 +310,7 @@ fn console_shows_the_fleet_and_rolls_back() {
     let (_, diff) = api_get(&cp, &format!("/v1/diff?from={}&to={newest}", newest - 1), "");
     assert!(diff.to_string().contains("spare"), "the rollback removes the spare cluster: {diff}");
     wait_in_sync(&cp, &["envoy-1", "legate-1"], 1);
+    check_nack(&mut b, &cp, dir.path(), upstream, &listeners);
     check_alerts(&mut b, &cp);
 }
 
@@ -272,19 +342,27 @@ fn console_with_tokens_shows_what_each_role_may_do() {
     cp.apply(dir.path(), &fleet_resources(upstream, &[("legate-t", port)], &eds_cluster("spare", "")));
     let _legate = attach(Bin::Legate, &cp, "legate-t", false, dir.path());
     traffic(port, 10);
-    let admin = api_post(&cp, "/v1/tokens", "", &json!({"role": "admin", "name": "ops"}))["token"].as_str().map(String::from);
+    let admin =
+        api_post(&cp, "/v1/tokens", "", &json!({"role": "admin", "name": "ops"}))["token"].as_str().map(String::from);
     let admin = admin.expect("admin token");
-    let token = |role: &str| api_post(&cp, "/v1/tokens", &admin, &json!({"role": role}))["token"].as_str().map(String::from);
+    let token =
+        |role: &str| api_post(&cp, "/v1/tokens", &admin, &json!({"role": role}))["token"].as_str().map(String::from);
     let (viewer, editor) = (token("viewer").expect("viewer token"), token("editor").expect("editor token"));
 
     let mut b = Browser::start(dir.path());
     open_tab(&mut b, cp.api, "revisions");
-    b.wait_js("the 401 banner", "!document.getElementById('problem').hidden && document.getElementById('problem').innerText.includes('401')", WAIT);
+    b.wait_js(
+        "the 401 banner",
+        "!document.getElementById('problem').hidden && document.getElementById('problem').innerText.includes('401')",
+        WAIT,
+    );
     b.screenshot("unauthenticated");
 
     for (role, tok) in [("viewer", &viewer), ("editor", &editor), ("admin", &admin)] {
         let t = serde_json::to_string(tok).expect("token");
-        b.eval(&format!("document.getElementById('token').value = {t}; document.getElementById('token-save').click(); true"));
+        b.eval(&format!(
+            "document.getElementById('token').value = {t}; document.getElementById('token-save').click(); true"
+        ));
         b.wait_js(&format!("signed in as {role}"), &format!("document.body.dataset.role === '{role}'"), WAIT);
         b.wait_js("the revisions", "document.querySelector('tr[data-revision=\"1\"]') !== null", WAIT);
         b.wait_js("the banner gone", "document.getElementById('problem').hidden", WAIT);

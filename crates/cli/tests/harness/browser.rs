@@ -79,7 +79,10 @@ impl Browser {
         drop(browser);
         let page = connect(port, &format!("/devtools/page/{id}"));
         let mut b = Browser { proc_, page, next_id: 10 };
-        b.call("Emulation.setDeviceMetricsOverride", json!({"width": WIDTH, "height": HEIGHT, "deviceScaleFactor": 1, "mobile": false}));
+        b.call(
+            "Emulation.setDeviceMetricsOverride",
+            json!({"width": WIDTH, "height": HEIGHT, "deviceScaleFactor": 1, "mobile": false}),
+        );
         b
     }
 
@@ -118,7 +121,10 @@ impl Browser {
             }
             if start.elapsed() > limit {
                 let body = self.eval("document.body ? document.body.innerText.slice(0, 3000) : ''");
-                panic!("timed out after {limit:?} waiting for {what} ({expr}); the page shows:\n{}", body.as_str().unwrap_or(""));
+                panic!(
+                    "timed out after {limit:?} waiting for {what} ({expr}); the page shows:\n{}",
+                    body.as_str().unwrap_or("")
+                );
             }
             std::thread::sleep(Duration::from_millis(200));
         }
@@ -127,15 +133,21 @@ impl Browser {
     /// Clicks the first element `selector` matches (it must exist).
     pub fn click(&mut self, selector: &str) {
         let sel = serde_json::to_string(selector).expect("selector");
-        let found = self.eval(&format!("(() => {{ const e = document.querySelector({sel}); if (!e) return false; e.click(); return true; }})()"));
+        let found = self.eval(&format!(
+            "(() => {{ const e = document.querySelector({sel}); if (!e) return false; e.click(); return true; }})()"
+        ));
         assert_eq!(found, true, "nothing to click at {selector}");
     }
 
     /// A PNG of the whole page, saved as `<screenshot_dir>/<name>.png`.
     pub fn screenshot(&mut self, name: &str) -> PathBuf {
-        let height = self.eval("Math.max(document.documentElement.scrollHeight, window.innerHeight)").as_f64().unwrap_or(HEIGHT as f64);
+        let height = self
+            .eval("Math.max(document.documentElement.scrollHeight, window.innerHeight)")
+            .as_f64()
+            .unwrap_or(HEIGHT as f64);
         let clip = json!({"x": 0, "y": 0, "width": WIDTH, "height": height.min(4000.0), "scale": 1});
-        let shot = self.call("Page.captureScreenshot", json!({"format": "png", "clip": clip, "captureBeyondViewport": true}));
+        let shot =
+            self.call("Page.captureScreenshot", json!({"format": "png", "clip": clip, "captureBeyondViewport": true}));
         let png = base64::engine::general_purpose::STANDARD
             .decode(shot["data"].as_str().expect("screenshot data"))
             .expect("screenshot base64");

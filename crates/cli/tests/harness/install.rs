@@ -109,7 +109,11 @@ pub fn chromium_bin() -> PathBuf {
     let root = Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.starts_with(b"0\n"));
     if root && on_path("apt-get").is_some() {
         let apt = |args: &[&str]| {
-            Command::new("apt-get").args(args).env("DEBIAN_FRONTEND", "noninteractive").status().is_ok_and(|s| s.success())
+            Command::new("apt-get")
+                .args(args)
+                .env("DEBIAN_FRONTEND", "noninteractive")
+                .status()
+                .is_ok_and(|s| s.success())
         };
         let _ = apt(&["update", "-qq"]);
         let _ = apt(&["install", "-y", "-qq", "chromium"]);

@@ -16,6 +16,9 @@ const dash = '<span class="muted">–</span>';
 const row = (cols, html) => `<tr><td colspan="${cols}" class="muted">${html}</td></tr>`;
 const num = (v, digits) => (v === null || v === undefined || Number.isNaN(v) ? dash : Number(v).toFixed(digits ?? 0));
 const pct = (v) => (v === null || v === undefined ? dash : (100 * v).toFixed(2) + " %");
+const plural = (n, one, many) => `${n} ${n === 1 ? one : many}`;
+// What an empty table says: `none` when the API answered, else why not.
+const emptyRow = (cols, r, path, none) => row(cols, r.status === 200 ? none : `cannot read ${path} (${r.status || "no answer"})`);
 const ago = (ms) => (ms ? `${Math.max(0, Math.round((Date.now() - ms) / 1000))} s ago` : dash);
 
 // One API call: {status, body}. 401 and 403 are noted for the banner; other
@@ -74,33 +77,40 @@ function typeLine(kind, t) {
   const synced = t.sent_version && t.sent_version === t.acked_version;
   const acked = t.acked_version ? esc(t.acked_version.slice(0, 10)) : "none";
   const state = synced ? '<span class="ok">✓</span>' : `<span class="warn">/ ${esc((t.sent_version || "").slice(0, 10))}</span>`;
-  return `<div><code>${esc(kind)}</code> <code class="acked">${acked}</code> ${state} <span class="muted">(${t.resources})</span></div>`;
+  const rev = t.acked_revision ? ` <span class="muted">r${t.acked_revision}</span>` : "";
+  return `<div><code>${esc(kind)}</code> <code class="acked">${acked}</code> ${state}${rev} <span class="muted">(${t.resources})</span></div>`;
 }
 
-function proxyState(p) {
+// The revision the proxy holds (the oldest over its types) and how far
+// behind the current revision that is.
+function proxyState(p, current) {
   const types = Object.values(p.types || {});
-  if (types.some((t) => t.last_nack && t.acked_version !== t.sent_version)) return '<span class="nack">NACK</span>';
+  const held = types.length ? Math.min(...types.map((t) => t.acked_revision || 0)) : 0;
+  const lag = current !== null && held ? current - held : null;
+  const at = held ? `<div class="muted small">holds r${held}${lag ? ` · ${plural(lag, "revision", "revisions")} behind` : ""}</div>` : "";
+  if (types.some((t) => t.last_nack && t.acked_version !== t.sent_version)) return `<span class="nack">NACK</span>${at}`;
   const behind = types.filter((t) => t.sent_version !== t.acked_version).length;
-  return behind ? `<span class="warn">${behind} type(s) waiting for ACK</span>` : '<span class="ok">in sync</span>';
+  if (behind) return `<span class="warn">${behind} type(s) waiting for ACK</span>${at}`;
+  return (lag ? `<span class="warn">lagging</span>` : '<span class="ok">in sync</span>') + at;
 }
 
-function proxyRow(p, reports) {
+function proxyRow(p, reports, current) {
   const types = Object.entries(p.types || {});
   const nack = types.filter(([, t]) => t.last_nack)
     .map(([k, t]) => `<div class="nack"><code>${esc(k)}</code> ${esc(t.last_nack.at)}: ${esc(t.last_nack.error)}</div>`).join("") || dash;
   const rep = reports.get(p.node.id);
   const report = rep ? `${ago(rep.last_report_ms)} <span class="muted">(${esc(rep.source)}, ${num(rep.rps, 1)} rps)</span>` : '<span class="muted">no data yet</span>';
   return `<tr data-node="${esc(p.node.id)}">` + cell(`<b>${esc(p.node.id)}</b>`) + cell(esc(p.node.cluster)) +
-    cell(esc(p.node.user_agent)) + cell(esc(p.mode)) + cell(esc(p.connected_since)) +
-    cell(types.map(([k, t]) => typeLine(k, t)).join("")) + cell(proxyState(p)) + cell(nack) + cell(report) + "</tr>";
+    cell(esc(p.node.user_agent)) + cell(esc(p.mode)) + cell(esc(p.connected_since), "time") +
+    cell(types.map(([k, t]) => typeLine(k, t)).join("")) + cell(proxyState(p, current)) + cell(nack) + cell(report) + "</tr>";
 }
 
 async function renderFleet() {
-  const [p, top] = await Promise.all([api("/v1/proxies"), api("/v1/top/proxies?window=5m")]);
+  const [p, top, rep] = await Promise.all([api("/v1/proxies"), api("/v1/top/proxies?window=5m"), api("/v1/replica")]);
+  const current = rep.status === 200 ? rep.body.revision : null;
   const reports = new Map(listOf(top.status === 200 ? top.body : null, "proxies").map((r) => [r.node, r]));
   const proxies = p.status === 200 ? listOf(p.body, "proxies") : [];
-  $("proxies").innerHTML = proxies.map((x) => proxyRow(x, reports)).join("") ||
-    row(9, p.status === 200 ? "no proxy connected" : `cannot read /v1/proxies (${p.status})`);
+  $("proxies").innerHTML = proxies.map((x) => proxyRow(x, reports, current)).join("") || emptyRow(9, p, "/v1/proxies", "no proxy connected");
 }
 
 // ---- services and their charts --------------------------------------------
@@ -205,11 +215,13 @@ function endpointRows(cla) {
 
 async function renderEndpoints() {
   const [c, i, l] = await Promise.all([api("/v1/envoy/ClusterLoadAssignment"), api("/v1/instances"), api("/v1/load")]);
-  $("endpoints").innerHTML = listOf(c.body, "items").map(endpointRows).join("") || row(6, "no load assignment");
+  $("endpoints").innerHTML = listOf(c.body, "items").map(endpointRows).join("") ||
+    emptyRow(6, c, "/v1/envoy/ClusterLoadAssignment", "no load assignment");
   $("instances").innerHTML = listOf(i.body, "instances").map((x) => "<tr>" + cell(esc(x.service)) + cell(esc(x.id)) +
     cell(`<code>${esc(x.address)}:${esc(x.port)}</code>`) +
     cell(esc(Object.entries(x.labels || {}).map(([k, v]) => `${k}=${v}`).join(", ")) || dash) +
-    cell(esc(x.registered_at)) + cell(`${num(x.expires_in, 1)} s`) + "</tr>").join("") || row(6, "no registered instance");
+    cell(esc(x.registered_at)) + cell(`${num(x.expires_in, 1)} s`) + "</tr>").join("") ||
+    emptyRow(6, i, "/v1/instances", "no registered instance");
   $("load").innerHTML = l.status === 200 ? `<pre>${esc(JSON.stringify(l.body, null, 1))}</pre>` : "no data yet";
 }
 
@@ -228,8 +240,9 @@ async function renderRevisions() {
   $("revisions").innerHTML = revs.map((v) =>
     `<tr class="pick${v.revision === ui.diffFor ? " selected" : ""}" data-revision="${v.revision}">` +
     cell(`<b>${v.revision}</b>${v.revision === current ? ' <span class="ok small">current</span>' : ""}`) +
-    cell(esc(v.created_at)) + cell(esc(v.author)) + cell(esc(v.message)) + cell(esc((v.changes || []).join(", "))) +
-    cell(rollbackButton(v.revision, current)) + "</tr>").join("") || row(6, "no revision yet");
+    cell(esc(v.created_at), "time") + cell(esc(v.author)) + cell(esc(v.message)) + cell(esc((v.changes || []).join(", "))) +
+    cell(rollbackButton(v.revision, current)) + "</tr>").join("") || emptyRow(6, r, "/v1/revisions", "no revision yet");
+  $("rollback-note").textContent = ui.me && !may("rollback") ? `· role ${ui.me.role} may not roll back` : "";
   if (ui.diffFor === null && current !== null) ui.diffFor = current;
   if (ui.diffFor !== null) await renderDiff(ui.diffFor);
 }
@@ -284,7 +297,7 @@ async function renderSummary() {
   if (rep.status !== 200) { $("summary").textContent = "no access to the API"; return; }
   const proxies = listOf(p.body, "proxies");
   const nacks = proxies.filter((x) => Object.values(x.types || {}).some((t) => t.last_nack && t.acked_version !== t.sent_version)).length;
-  $("summary").textContent = `revision ${rep.body.revision} · ${proxies.length} proxies · ${nacks} with a NACK · store ${rep.body.store}`;
+  $("summary").textContent = `revision ${rep.body.revision} · ${plural(proxies.length, "proxy", "proxies")} · ${nacks} with a NACK · store ${rep.body.store}`;
 }
 
 const RENDER = { fleet: renderFleet, services: renderServices, endpoints: renderEndpoints, revisions: renderRevisions, alerts: renderAlerts };
