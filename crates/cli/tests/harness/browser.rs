@@ -40,10 +40,13 @@ pub fn screenshot_dir() -> PathBuf {
 
 fn connect(port: u16, path: &str) -> WebSocket<TcpStream> {
     let stream = TcpStream::connect(("127.0.0.1", port)).expect("connect to Chromium's DevTools port");
-    stream.set_read_timeout(Some(Duration::from_millis(500))).expect("read timeout");
+    // The handshake may take long on a loaded machine; a short read timeout
+    // there interrupts it. Reads after it poll every half second.
+    stream.set_read_timeout(Some(CALL_LIMIT)).expect("read timeout");
     stream.set_write_timeout(Some(CALL_LIMIT)).expect("write timeout");
     let url = format!("ws://127.0.0.1:{port}{path}");
     let (ws, _) = tungstenite::client::client(url.as_str(), stream).expect("DevTools WebSocket handshake");
+    ws.get_ref().set_read_timeout(Some(Duration::from_millis(500))).expect("read timeout");
     ws
 }
 

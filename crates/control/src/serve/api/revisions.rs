@@ -27,8 +27,10 @@ pub async fn diff(State(ctrl): State<Arc<Controller>>, headers: HeaderMap, Query
     }
 }
 
-/// The role a rollback needs (the console shows its button to this role and above).
-pub const ROLLBACK_ROLE: Role = Role::Admin;
+/// The role a rollback needs (the console shows its button to this role and
+/// above). An editor may already apply any earlier content, so a rollback,
+/// which is that apply as one step, needs no more.
+pub const ROLLBACK_ROLE: Role = Role::Editor;
 
 #[derive(Deserialize)]
 pub struct RollbackBody {
