@@ -79,6 +79,9 @@ impl Stream {
         let path = parts.uri.path_and_query().map_or(no_path, |p| p.as_str()).to_string();
         conn.active_streams.fetch_add(1, Relaxed);
         conn.requests.fetch_add(1, Relaxed);
+        if parts.version == http::Version::HTTP_2 {
+            conn.http2.store(true, Relaxed);
+        }
         let local = conn.local;
         Box::new(Stream {
             hcm,
