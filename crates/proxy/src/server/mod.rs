@@ -111,7 +111,7 @@ pub fn run(bootstrap: LoadedBootstrap, options: Options) -> Result<(), ServerErr
         let drain = tokio::select! {
             _ = term.recv() => { tracing::info!("caught SIGTERM: draining"); true }
             _ = int.recv() => { tracing::info!("caught SIGINT: exiting"); false }
-            _ = shared.quit.notified() => { tracing::info!("/quitquitquit: exiting"); false }
+            _ = shared.quit.notified() => { tracing::info!("asked to exit (/quitquitquit, or a hot restart child): exiting"); false }
         };
         if drain {
             shared.store.gauge("server.state").set(2);
