@@ -513,10 +513,16 @@ async fn serve_http<S: crate::io::Io>(
                 }
             }
             _ = &mut restart_close, if restart_pending => {
-                restart_pending = false;
                 conn_info.draining.store(true, Ordering::Relaxed);
                 if alpn_h2 == Some(true) || conn_info.http2.load(Ordering::Relaxed) {
+                    restart_pending = false;
                     conn.as_mut().graceful_shutdown();
+                } else if conn_info.requests.load(Ordering::Relaxed) == 0 {
+                    // No request yet, so the protocol is not known (h2c
+                    // and HTTP/1 look alike until then): look again soon.
+                    restart_close.as_mut().reset(tokio::time::Instant::now() + Duration::from_millis(50));
+                } else {
+                    restart_pending = false;
                 }
             }
             changed = phase.changed(), if !draining => {
