@@ -4,7 +4,8 @@
 //! a different worker count, so sockets are passed to fewer and to more
 //! workers). Not one request may fail and no connection may break; each
 //! parent exits within `--parent-shutdown-time-s`; the counters go on.
-//! Then the refusals: a child without a parent, with the wrong epoch, and a
+//! The same run through Envoy 1.40's own hot restart gives the reference
+//! figures beside Legate's. Then the refusals: a child without a parent, with the wrong epoch, and a
 //! second process on an epoch in use.
 
 mod harness;
@@ -31,13 +32,31 @@ fn config_file(dir: &Path, admin: u16, port: u16, up: u16) -> std::path::PathBuf
     path
 }
 
-/// `legate proxy` at `epoch` of the restart family `base_id`.
-fn legate_epoch(config: &Path, base_id: u64, epoch: u32, workers: usize, dir: &Path) -> Proc {
-    let mut cmd = Command::new(LEGATE);
-    cmd.args(["proxy", "--concurrency", &workers.to_string(), "--base-id", &base_id.to_string()]);
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Proxy {
+    Legate,
+    Envoy,
+}
+
+/// The proxy at `epoch` of the restart family `base_id`, with the same flags
+/// for both proxies.
+fn spawn_epoch(proxy: Proxy, config: &Path, base_id: u64, epoch: u32, workers: usize, dir: &Path) -> Proc {
+    let mut cmd = match proxy {
+        Proxy::Legate => {
+            let mut c = Command::new(LEGATE);
+            c.arg("proxy");
+            c
+        }
+        Proxy::Envoy => Command::new(envoy_bin()),
+    };
+    cmd.args(["--concurrency", &workers.to_string(), "--base-id", &base_id.to_string()]);
     cmd.args(["--restart-epoch", &epoch.to_string(), "--drain-time-s", &DRAIN_S.to_string()]);
     cmd.args(["--parent-shutdown-time-s", &PARENT_SHUTDOWN_S.to_string(), "-l", "info", "-c"]).arg(config);
-    Proc::spawn(&format!("legate-epoch{epoch}"), &mut cmd, dir)
+    Proc::spawn(&format!("{proxy:?}-epoch{epoch}"), &mut cmd, dir)
+}
+
+fn legate_epoch(config: &Path, base_id: u64, epoch: u32, workers: usize, dir: &Path) -> Proc {
+    spawn_epoch(Proxy::Legate, config, base_id, epoch, workers, dir)
 }
 
 /// A base-id no other test uses.
@@ -61,12 +80,21 @@ struct Handover {
     parent_exit_after: Duration,
 }
 
+/// One restart family: its proxy, config, base-id and admin port.
+struct Family {
+    proxy: Proxy,
+    config: std::path::PathBuf,
+    base_id: u64,
+    admin: u16,
+}
+
 /// Starts `epoch` over `parent` and waits for the parent to exit.
-fn hand_over(parent: &mut Proc, config: &Path, base_id: u64, epoch: u32, workers: usize, admin: u16) -> (Proc, Handover) {
+fn hand_over(f: &Family, parent: &mut Proc, epoch: u32, workers: usize) -> (Proc, Handover) {
+    let (config, admin) = (&f.config, f.admin);
     let dir = config.parent().expect("config dir");
     let parent_count = stat(admin, RQ_TOTAL).expect("parent's request count");
     let t0 = Instant::now();
-    let mut child = legate_epoch(config, base_id, epoch, workers, dir);
+    let mut child = spawn_epoch(f.proxy, config, f.base_id, epoch, workers, dir);
     wait_epoch(admin, &mut child, epoch);
     let child_admin_after = t0.elapsed();
     let limit = Duration::from_secs(PARENT_SHUTDOWN_S) + STARTUP_SLACK;
@@ -85,48 +113,74 @@ fn figures(p: &mut Proc, parse: fn(&str) -> Option<Figures>) -> Figures {
     parse(&p.output()).unwrap_or_else(|| panic!("no report from {}:\n{}", p.name, p.output()))
 }
 
-#[test]
-fn legate_hands_over_twice_under_load_without_a_failed_request() {
+/// Two handovers (epochs 0 -> 1 -> 2 with `workers` each) under 16 s of
+/// wrk and h2load: the load generators' figures, each handover's, and the
+/// request count on the last child.
+fn restarts_under_load(proxy: Proxy, workers: [usize; 3]) -> (Figures, Figures, i64) {
     let dir = TempDir::new("hot-restart");
     let (_echo, up) = echo("a", dir.path());
     let (admin, port) = (free_port(), free_port());
-    let config = config_file(dir.path(), admin, port, up);
-    let base_id = fresh_base_id();
-    let mut p0 = legate_epoch(&config, base_id, 0, 2, dir.path());
+    let f = Family { proxy, config: config_file(dir.path(), admin, port, up), base_id: fresh_base_id(), admin };
+    let mut p0 = spawn_epoch(proxy, &f.config, f.base_id, 0, workers[0], dir.path());
     wait_epoch(admin, &mut p0, 0);
 
     let secs = 16;
-    let mut wrk = spawn_wrk("legate", port, secs, 8, dir.path());
-    let mut h2 = spawn_h2load("legate", port, secs, 4, 4, dir.path());
+    let label = format!("{proxy:?}");
+    let mut wrk = spawn_wrk(&label, port, secs, 8, dir.path());
+    let mut h2 = spawn_h2load(&label, port, secs, 4, 4, dir.path());
     std::thread::sleep(Duration::from_millis(2500));
-    // Two workers to one, then one to three.
-    let (mut p1, first) = hand_over(&mut p0, &config, base_id, 1, 1, admin);
+    let (mut p1, first) = hand_over(&f, &mut p0, 1, workers[1]);
     std::thread::sleep(Duration::from_secs(1));
-    let (mut p2, second) = hand_over(&mut p1, &config, base_id, 2, 3, admin);
+    let (mut p2, second) = hand_over(&f, &mut p1, 2, workers[2]);
 
     let (w, h) = (figures(&mut wrk, wrk_figures), figures(&mut h2, h2load_figures));
     for (i, ho) in [&first, &second].iter().enumerate() {
         eprintln!(
-            "handover {}: child's admin after {:?}, parent exited after {:?}; {RQ_TOTAL} parent {} -> child {}",
+            "{proxy:?} handover {}: child's admin after {:?}, parent exited after {:?}; {RQ_TOTAL} parent {} -> child {}",
             i + 1,
             ho.child_admin_after,
             ho.parent_exit_after,
             ho.parent_count,
             ho.child_count
         );
-        assert!(ho.child_count >= ho.parent_count, "the child's count does not go on from the parent's");
+        // Envoy's counters are printed, not checked: read right after its
+        // parent's exit, its second child was seen counting less than the
+        // parent had.
+        if proxy == Proxy::Legate {
+            assert!(ho.child_count >= ho.parent_count, "the child's count does not go on from the parent's");
+        }
     }
     for f in [&w, &h] {
-        eprintln!("{}: {} requests, {} failed, {} connection errors", f.tool, f.requests, f.failed, f.socket_errors);
+        eprintln!("{proxy:?} {}: {} requests, {} failed, {} connection errors", f.tool, f.requests, f.failed, f.socket_errors);
         assert!(f.requests > 500, "{} sent too little to show anything: {f:?}", f.tool);
-        assert_eq!((f.failed, f.socket_errors), (0, 0), "{} saw failures across the handovers: {f:?}", f.tool);
     }
-    // The last child serves, and counted what came through all three.
+    // The last child serves.
     let r = http_get(addr(port), "/after", "app").expect("request after the handovers");
     assert_eq!(r.status, 200);
     let total = stat(admin, RQ_TOTAL).expect("count");
-    assert!(total as u64 >= w.requests + h.requests, "{total} < {} + {}", w.requests, h.requests);
     assert!(p2.is_running(), "{}", p2.output());
+    (w, h, total)
+}
+
+#[test]
+fn legate_hands_over_twice_under_load_without_a_failed_request() {
+    // Two workers to one, then one to three: sockets go to fewer and to more workers.
+    let (w, h, total) = restarts_under_load(Proxy::Legate, [2, 1, 3]);
+    for f in [&w, &h] {
+        assert_eq!((f.failed, f.socket_errors), (0, 0), "{} saw failures across the handovers: {f:?}", f.tool);
+    }
+    // The last child counted what came through all three processes.
+    assert!(total as u64 >= w.requests + h.requests, "{total} < {} + {}", w.requests, h.requests);
+}
+
+/// The reference: Envoy 1.40's own hot restart, same flags, same load (the
+/// same worker count throughout: Envoy passes a socket per worker index).
+#[test]
+fn envoy_hands_over_twice_under_the_same_load() {
+    let (w, h, total) = restarts_under_load(Proxy::Envoy, [2, 2, 2]);
+    for f in [&w, &h] {
+        assert_eq!((f.failed, f.socket_errors), (0, 0), "Envoy's {} saw failures: {f:?}", f.tool);
+    }
 }
 
 #[test]

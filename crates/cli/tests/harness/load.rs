@@ -130,7 +130,9 @@ pub fn spawn_wrk(label: &str, port: u16, secs: u32, conns: u32, dir: &Path) -> P
 /// `clients` connections, `streams` concurrent streams each.
 pub fn spawn_h2load(label: &str, port: u16, secs: u32, clients: u32, streams: u32, dir: &Path) -> Proc {
     let mut cmd = Command::new(h2load_bin());
-    cmd.args(["-c", &clients.to_string(), "-m", &streams.to_string(), "-D", &secs.to_string(), "-T", "5"]);
+    // No `-T`: that is h2load's limit on a connection's life, which cuts
+    // connections (and fails their streams) in the middle of the run.
+    cmd.args(["-c", &clients.to_string(), "-m", &streams.to_string(), "-D", &secs.to_string()]);
     cmd.arg(format!("http://127.0.0.1:{port}/load"));
     Proc::spawn(&format!("h2load-{label}"), &mut cmd, dir)
 }
