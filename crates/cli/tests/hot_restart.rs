@@ -151,7 +151,10 @@ fn restarts_under_load(proxy: Proxy, workers: [usize; 3]) -> (Figures, Figures, 
         }
     }
     for f in [&w, &h] {
-        eprintln!("{proxy:?} {}: {} requests, {} failed, {} connection errors", f.tool, f.requests, f.failed, f.socket_errors);
+        eprintln!(
+            "{proxy:?} {}: {} requests, {} failed, {} connection errors",
+            f.tool, f.requests, f.failed, f.socket_errors
+        );
         assert!(f.requests > 500, "{} sent too little to show anything: {f:?}", f.tool);
     }
     // The last child serves.
@@ -178,6 +181,7 @@ fn legate_hands_over_twice_under_load_without_a_failed_request() {
 #[test]
 fn envoy_hands_over_twice_under_the_same_load() {
     let (w, h, total) = restarts_under_load(Proxy::Envoy, [2, 2, 2]);
+    eprintln!("Envoy's last child counts {total} requests; wrk and h2load sent {}", w.requests + h.requests);
     for f in [&w, &h] {
         assert_eq!((f.failed, f.socket_errors), (0, 0), "Envoy's {} saw failures: {f:?}", f.tool);
     }

@@ -227,7 +227,9 @@ pub enum Phase {
     /// `--drain-strategy`): HTTP/1 by `connection: close` on its next
     /// response rather than by closing it, so a request already on its way
     /// is answered; HTTP/2 by GOAWAY. The process exit closes what is left.
-    HotRestartDrain { gradual: bool },
+    HotRestartDrain {
+        gradual: bool,
+    },
 }
 
 impl Phase {
@@ -286,6 +288,36 @@ fn restart_delay(drain_time: Duration, gradual: bool) -> Duration {
         drain_time.mul_f64(rand::random::<f64>() * 0.5)
     } else {
         Duration::ZERO
+    }
+}
+
+/// In a hot restart's drain, sets when the connection is to be asked to
+/// close; whether it is.
+fn arm_restart_close(phase: Phase, drain_time: Duration, at: std::pin::Pin<&mut tokio::time::Sleep>) -> bool {
+    let Phase::HotRestartDrain { gradual } = phase else { return false };
+    at.reset(tokio::time::Instant::now() + restart_delay(drain_time, gradual));
+    true
+}
+
+enum AskToClose {
+    /// HTTP/2: send GOAWAY.
+    GoAway,
+    /// HTTP/1: its next response carries `connection: close`.
+    Asked,
+    /// No request yet, so the protocol is not known (h2c and HTTP/1 look
+    /// alike until then): look again after this long.
+    Later(Duration),
+}
+
+/// Asks a connection to close in a hot restart's drain.
+fn ask_to_close(info: &ConnInfo, alpn_h2: Option<bool>) -> AskToClose {
+    info.draining.store(true, Ordering::Relaxed);
+    if alpn_h2 == Some(true) || info.http2.load(Ordering::Relaxed) {
+        AskToClose::GoAway
+    } else if info.requests.load(Ordering::Relaxed) == 0 {
+        AskToClose::Later(Duration::from_millis(50))
+    } else {
+        AskToClose::Asked
     }
 }
 
@@ -481,11 +513,8 @@ async fn serve_http<S: crate::io::Io>(
     // A hot restart's drain: when this connection is asked to close.
     let restart_close = tokio::time::sleep(far);
     tokio::pin!(restart_close);
-    let mut restart_pending = false;
-    if let Phase::HotRestartDrain { gradual } = *phase.borrow() {
-        restart_pending = true;
-        restart_close.as_mut().reset(tokio::time::Instant::now() + restart_delay(listener.drain_time, gradual));
-    }
+    let now = *phase.borrow();
+    let mut restart_pending = arm_restart_close(now, listener.drain_time, restart_close.as_mut());
     loop {
         let was_draining = draining;
         tokio::select! {
@@ -512,19 +541,14 @@ async fn serve_http<S: crate::io::Io>(
                     conn.as_mut().graceful_shutdown();
                 }
             }
-            _ = &mut restart_close, if restart_pending => {
-                conn_info.draining.store(true, Ordering::Relaxed);
-                if alpn_h2 == Some(true) || conn_info.http2.load(Ordering::Relaxed) {
+            _ = &mut restart_close, if restart_pending => match ask_to_close(&conn_info, alpn_h2) {
+                AskToClose::GoAway => {
                     restart_pending = false;
                     conn.as_mut().graceful_shutdown();
-                } else if conn_info.requests.load(Ordering::Relaxed) == 0 {
-                    // No request yet, so the protocol is not known (h2c
-                    // and HTTP/1 look alike until then): look again soon.
-                    restart_close.as_mut().reset(tokio::time::Instant::now() + Duration::from_millis(50));
-                } else {
-                    restart_pending = false;
                 }
-            }
+                AskToClose::Asked => restart_pending = false,
+                AskToClose::Later(t) => restart_close.as_mut().reset(tokio::time::Instant::now() + t),
+            },
             changed = phase.changed(), if !draining => {
                 let now = if changed.is_err() { Phase::Drain } else { *phase.borrow() };
                 if now == Phase::Drain {
@@ -532,9 +556,8 @@ async fn serve_http<S: crate::io::Io>(
                     if begin_drain(&conn_info) {
                         conn.as_mut().graceful_shutdown();
                     }
-                } else if let (Phase::HotRestartDrain { gradual }, false) = (now, restart_pending) {
-                    restart_pending = true;
-                    restart_close.as_mut().reset(tokio::time::Instant::now() + restart_delay(listener.drain_time, gradual));
+                } else if !restart_pending {
+                    restart_pending = arm_restart_close(now, listener.drain_time, restart_close.as_mut());
                 }
             }
         }

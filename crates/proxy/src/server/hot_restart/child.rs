@@ -31,8 +31,11 @@ impl Child {
             return Ok(None);
         }
         let (base_id, epoch) = (options.base_id, options.epoch);
-        let link = channel::connect(base_id, epoch - 1)
-            .map_err(|source| HotRestartError::NoParent { base_id, epoch, source })?;
+        let link = channel::connect(base_id, epoch - 1).map_err(|source| HotRestartError::NoParent {
+            base_id,
+            epoch,
+            source,
+        })?;
         link.set_timeout(Some(ANSWER_TIME)).map_err(channel::LinkError::Io)?;
         let mut child = Child { link, options, started: Instant::now() };
         match child.ask(Request::Hello { epoch })? {

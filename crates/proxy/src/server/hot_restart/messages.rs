@@ -32,17 +32,31 @@ pub enum Request {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Reply {
-    Hello { epoch: u32 },
+    Hello {
+        epoch: u32,
+    },
     /// The admin listener is closed; `original_start_time` is when epoch 0
     /// started (seconds since the Unix epoch), carried for `/server_info`.
-    AdminShutDown { original_start_time: u64 },
-    Addresses { addresses: Vec<String> },
+    AdminShutDown {
+        original_start_time: u64,
+    },
+    Addresses {
+        addresses: Vec<String>,
+    },
     /// `count` descriptors travel with this frame.
-    Sockets { address: String, count: usize },
+    Sockets {
+        address: String,
+        count: usize,
+    },
     Draining,
-    Stats { counters: BTreeMap<String, u64>, gauges: BTreeMap<String, i64> },
+    Stats {
+        counters: BTreeMap<String, u64>,
+        gauges: BTreeMap<String, i64>,
+    },
     Terminating,
-    Refused { reason: String },
+    Refused {
+        reason: String,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]

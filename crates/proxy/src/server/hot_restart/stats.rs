@@ -92,9 +92,7 @@ mod tests {
         child.gauge("server.live").set(1);
         let mut m = Merger::default();
         let c = |v| BTreeMap::from([("http.in.downstream_rq_total".to_string(), v)]);
-        let g = |v| {
-            BTreeMap::from([("http.in.downstream_cx_active".to_string(), v), ("server.live".to_string(), 1)])
-        };
+        let g = |v| BTreeMap::from([("http.in.downstream_cx_active".to_string(), v), ("server.live".to_string(), 1)]);
         m.merge(&child, &c(100), &g(7));
         assert_eq!(child.counter("http.in.downstream_rq_total").value(), 105);
         assert_eq!(child.gauge("http.in.downstream_cx_active").value(), 9);
