@@ -211,3 +211,29 @@ fn a_child_without_its_parent_is_refused_with_a_reason() {
     assert_eq!(http_get(addr(port), "/", "app").expect("request").status, 200);
     assert!(p0.is_running());
 }
+
+/// A listener the child's config no longer has: its address is served by
+/// the parent until the parent exits, and then nobody listens there (the
+/// passed socket is closed, not left queueing connections nobody accepts).
+#[test]
+fn a_listener_the_child_drops_stops_listening_when_the_parent_exits() {
+    let dir = TempDir::new("hot-restart-dropped");
+    let (_echo, up) = echo("a", dir.path());
+    let (admin, port, extra) = (free_port(), free_port(), free_port());
+    let chain = format!("{{filters: [{}]}}", hcm("ingress_http", "echo"));
+    let (main, other) = (listener("main", port, &chain), listener("extra", extra, &chain));
+    let with_both = dir.path().join("both.yaml");
+    std::fs::write(&with_both, bootstrap(admin, &[main.clone(), other], &[cluster("echo", up, "")])).expect("config");
+    let config = config_file(dir.path(), admin, port, up);
+    let base_id = fresh_base_id();
+    let mut p0 = legate_epoch(&with_both, base_id, 0, 1, dir.path());
+    wait_epoch(admin, &mut p0, 0);
+    assert_eq!(http_get(addr(extra), "/", "app").expect("extra listener").status, 200);
+    let f = Family { proxy: Proxy::Legate, config, base_id, admin };
+    let (mut p1, _) = hand_over(&f, &mut p0, 1, 1);
+    wait_for("the dropped address to stop listening", Duration::from_secs(3), || {
+        std::net::TcpStream::connect(addr(extra)).is_err().then_some(())
+    });
+    assert_eq!(http_get(addr(port), "/", "app").expect("main listener").status, 200);
+    assert!(p1.is_running());
+}

@@ -112,6 +112,15 @@ impl ListenerManager {
         self.inherited.lock().unwrap_or_else(|e| e.into_inner()).extend(sockets);
     }
 
+    /// Closes the parent's sockets no listener took (the parent has exited:
+    /// nobody would accept the connections queued on them). Returns how many.
+    pub fn close_unclaimed(&self) -> usize {
+        let mut inherited = self.inherited.lock().unwrap_or_else(|e| e.into_inner());
+        let n = inherited.values().map(Vec::len).sum();
+        inherited.clear();
+        n
+    }
+
     /// The addresses listened on, for a hot restart child.
     pub fn listen_addresses(&self) -> Vec<SocketAddr> {
         let mut v: Vec<SocketAddr> = self.lock().values().map(|a| a.slot.load().address).collect();

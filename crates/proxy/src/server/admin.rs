@@ -204,6 +204,9 @@ fn server_info(shared: &Shared) -> serde_json::Value {
             "service_cluster": shared.options.service_cluster.clone().unwrap_or_default(),
             "service_node": shared.options.service_node.clone().unwrap_or_default(),
             "drain_time": format!("{}s", shared.options.drain_time.as_secs()),
+            "restart_epoch": shared.options.restart_epoch,
+            "parent_shutdown_time": format!("{}s", shared.options.parent_shutdown_time.as_secs()),
+            "drain_strategy": if shared.options.drain_strategy_gradual { "Gradual" } else { "Immediate" },
             "mode": "Serve",
         },
         "node": {

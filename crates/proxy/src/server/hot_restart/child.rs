@@ -93,6 +93,11 @@ impl Child {
             tracing::warn!("hot restart: {e}; the parent's stats are no longer merged");
         }
         merger.finish(&shared.store);
+        // As Envoy's parent closes the sockets no child asked for when it exits.
+        let closed = shared.listeners.close_unclaimed();
+        if closed > 0 {
+            tracing::info!("hot restart: closed {closed} socket(s) of the parent that no listener took");
+        }
     }
 
     fn drain_and_wait(&mut self, shared: &Shared, merger: &mut Merger) -> Result<(), HotRestartError> {
