@@ -100,11 +100,23 @@ struct ProxyArgs {
     /// Worker threads (Envoy's default: the number of hardware threads).
     #[arg(long)]
     concurrency: Option<usize>,
+    /// Names the hot restart sockets: processes that hand over to each other
+    /// share it; unrelated proxies on one host need different ones.
     #[arg(long = "base-id", default_value_t = 0)]
     base_id: u64,
-    /// Seconds to drain connections on SIGTERM.
+    /// Hot restart: 0 for the first process; one more than the running
+    /// process's epoch (same --base-id) to take over its sockets.
+    #[arg(long = "restart-epoch", default_value_t = 0)]
+    restart_epoch: u32,
+    /// Seconds to drain connections on SIGTERM, and in a hot restart parent.
     #[arg(long = "drain-time-s", default_value_t = 600)]
     drain_time_s: u64,
+    /// Hot restart: seconds after the child starts before it asks its parent to exit.
+    #[arg(long = "parent-shutdown-time-s", default_value_t = 900)]
+    parent_shutdown_time_s: u64,
+    /// How draining connections are asked to close: `gradual` or `immediate`.
+    #[arg(long = "drain-strategy", default_value = "gradual", value_parser = ["gradual", "immediate"])]
+    drain_strategy: String,
     #[arg(short = 'l', long = "log-level", default_value = "info")]
     log_level: String,
     #[arg(long = "service-node")]
@@ -320,6 +332,9 @@ fn run_proxy(args: ProxyArgs) -> anyhow::Result<()> {
         service_node: args.service_node.clone(),
         service_cluster: args.service_cluster.clone(),
         config_path: args.config.config_path.clone(),
+        restart_epoch: args.restart_epoch,
+        parent_shutdown_time: Duration::from_secs(args.parent_shutdown_time_s),
+        drain_strategy_gradual: args.drain_strategy == "gradual",
     };
     legate_proxy::server::run(loaded, options)?;
     Ok(())

@@ -58,6 +58,10 @@ impl Gauge {
     pub fn set(&self, v: i64) {
         self.0.store(v, Relaxed);
     }
+    /// Adds `n` (negative to subtract): a hot restart child adds its parent's value.
+    pub fn add(&self, n: i64) {
+        self.0.fetch_add(n, Relaxed);
+    }
     pub fn value(&self) -> i64 {
         self.0.load(Relaxed)
     }

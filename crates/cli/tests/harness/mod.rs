@@ -2,7 +2,7 @@
 //!
 //! - `process`: processes killed by their PID when dropped, Envoy and
 //!   `legate proxy` started on a file, free ports, waiting, scratch dirs;
-//! - `install`: Envoy 1.40, a Python with grpcio, etcd and Alertmanager,
+//! - `install`: Envoy 1.40, a Python with grpcio, etcd, Chromium and Alertmanager,
 //!   found or installed on first use;
 //! - `alerting`: a webhook receiver and a real Alertmanager;
 //! - `sides`: Envoy and Legate side by side on the same config;
@@ -18,7 +18,8 @@
 //! - `tls`: a certificate-recording rustls client, and curl over TLS;
 //! - `admin`: admin pages, stats and access logs of a proxy;
 //! - `ws`: WebSocket and HTTP/2 CONNECT clients;
-//! - `load`: steady traffic, counted.
+//! - `load`: steady traffic, counted;
+//! - `browser`: headless Chromium over the DevTools Protocol (the console).
 //!
 //! Each test binary compiles all of it and uses a part, hence
 //! `allow(dead_code)`, and `allow(unused_imports)` on the re-exports.
@@ -26,6 +27,7 @@
 
 pub mod admin;
 pub mod alerting;
+pub mod browser;
 pub mod certs;
 pub mod config;
 pub mod control;

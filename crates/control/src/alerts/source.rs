@@ -27,7 +27,8 @@ pub struct ProxyView {
     pub node: NodeInfo,
     /// Some type's last response was NACKed (and nothing newer was ACKed).
     pub nacked: bool,
-    /// Some type's ACKed version differs from the one last sent.
+    /// Some type's ACKed revision is behind the one last sent (the
+    /// current revision's config for it), or its version differs.
     pub lagging: bool,
 }
 
@@ -51,7 +52,10 @@ impl Source for Controller {
             .into_iter()
             .map(|p| ProxyView {
                 nacked: p.types.values().any(|t| t.last_nack.is_some() && t.acked_version != t.sent_version),
-                lagging: p.types.values().any(|t| t.acked_version != t.sent_version),
+                lagging: p
+                    .types
+                    .values()
+                    .any(|t| t.acked_revision < t.sent_revision || t.acked_version != t.sent_version),
                 node: p.node,
             })
             .collect()

@@ -7,10 +7,15 @@
 //! connection: replacing it (same address) makes new connections use the new
 //! filter chains at once, while connections already open keep the config they
 //! started with and are told to drain.
+//!
+//! Hot restart: a child process starts with the sockets its parent listens
+//! on (`inherit`); a listener on one of those addresses takes the parent's
+//! sockets instead of binding, so connections queued on them carry over.
 
 use crate::listener::{accept_loop, bind, ListenerConfig, Phase};
 use arc_swap::ArcSwap;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::net::{SocketAddr, TcpListener};
 use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, watch};
@@ -25,6 +30,9 @@ struct Active {
     /// From xDS (with its version), or static.
     version: Option<String>,
     last_updated: chrono::DateTime<chrono::Utc>,
+    /// The listening sockets the workers accept on (duplicates), for a hot
+    /// restart child to take over.
+    sockets: Vec<TcpListener>,
 }
 
 /// A listener as the admin shows it.
@@ -37,13 +45,15 @@ pub struct ListenerView {
 pub struct ListenerManager {
     workers: Vec<mpsc::UnboundedSender<WorkerCmd>>,
     active: Mutex<BTreeMap<String, Active>>,
+    /// Sockets passed by a hot restart parent, by address, not yet used.
+    inherited: Mutex<HashMap<SocketAddr, Vec<TcpListener>>>,
 }
 
 impl ListenerManager {
     /// A manager for `n` workers, with each worker's command receiver.
     pub fn new(n: usize) -> (Arc<Self>, Vec<mpsc::UnboundedReceiver<WorkerCmd>>) {
         let (txs, rxs): (Vec<_>, Vec<_>) = (0..n).map(|_| mpsc::unbounded_channel()).unzip();
-        (Arc::new(Self { workers: txs, active: Mutex::new(BTreeMap::new()) }), rxs)
+        (Arc::new(Self { workers: txs, active: Mutex::new(BTreeMap::new()), inherited: Mutex::default() }), rxs)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Active>> {
@@ -65,20 +75,65 @@ impl ListenerManager {
             }
         }
         // New address (or new listener): bind first, then retire the old one.
-        let mut sockets = Vec::with_capacity(self.workers.len());
-        for _ in &self.workers {
-            sockets.push(bind(config.address).map_err(|e| format!("cannot bind '{}': {e}", config.address))?);
-        }
+        let sockets = self.sockets_for(config.address)?;
+        let kept = sockets.iter().map(TcpListener::try_clone).collect::<Result<Vec<_>, _>>();
+        let kept = kept.map_err(|e| format!("cannot duplicate the socket of '{}': {e}", config.address))?;
         if let Some(old) = active.remove(&config.name) {
             retire(old);
         }
         let slot = Arc::new(ArcSwap::from(config.clone()));
         let (stop, stop_rx) = watch::channel(false);
-        for (w, socket) in self.workers.iter().zip(sockets) {
+        // Inherited sockets may outnumber the workers (the parent ran more):
+        // each is accepted on by some worker, as the kernel keeps queueing
+        // connections on every socket of the SO_REUSEPORT group.
+        for (i, socket) in sockets.into_iter().enumerate() {
+            let w = &self.workers[i % self.workers.len()];
             let _ = w.send(WorkerCmd::Add { slot: slot.clone(), socket, stop: stop_rx.clone() });
         }
-        active.insert(config.name.clone(), Active { slot, stop, version, last_updated: chrono::Utc::now() });
+        let last_updated = chrono::Utc::now();
+        active.insert(config.name.clone(), Active { slot, stop, version, last_updated, sockets: kept });
         Ok(())
+    }
+
+    /// One socket per worker: the parent's (hot restart) first, then new ones.
+    fn sockets_for(&self, addr: SocketAddr) -> Result<Vec<TcpListener>, String> {
+        let mut sockets = self.inherited.lock().unwrap_or_else(|e| e.into_inner()).remove(&addr).unwrap_or_default();
+        if !sockets.is_empty() {
+            tracing::info!("listener {addr}: took over {} socket(s) from the parent process", sockets.len());
+        }
+        while sockets.len() < self.workers.len() {
+            sockets.push(bind(addr).map_err(|e| format!("cannot bind '{addr}': {e}"))?);
+        }
+        Ok(sockets)
+    }
+
+    /// Sockets a hot restart parent passed, for listeners to take by address.
+    pub fn inherit(&self, sockets: HashMap<SocketAddr, Vec<TcpListener>>) {
+        self.inherited.lock().unwrap_or_else(|e| e.into_inner()).extend(sockets);
+    }
+
+    /// Closes the parent's sockets no listener took (the parent has exited:
+    /// nobody would accept the connections queued on them). Returns how many.
+    pub fn close_unclaimed(&self) -> usize {
+        let mut inherited = self.inherited.lock().unwrap_or_else(|e| e.into_inner());
+        let n = inherited.values().map(Vec::len).sum();
+        inherited.clear();
+        n
+    }
+
+    /// The addresses listened on, for a hot restart child.
+    pub fn listen_addresses(&self) -> Vec<SocketAddr> {
+        let mut v: Vec<SocketAddr> = self.lock().values().map(|a| a.slot.load().address).collect();
+        v.sort();
+        v.dedup();
+        v
+    }
+
+    /// Duplicates of every socket listening on `addr` (one per worker).
+    pub fn sockets_of(&self, addr: SocketAddr) -> std::io::Result<Vec<TcpListener>> {
+        let active = self.lock();
+        let of_addr = active.values().filter(|a| a.slot.load().address == addr);
+        of_addr.flat_map(|a| a.sockets.iter().map(TcpListener::try_clone)).collect()
     }
 
     /// Removes a listener: it stops accepting and its connections drain.
@@ -130,6 +185,8 @@ pub async fn worker(
                 None => break,
             },
             changed = phase_rx.changed() => {
+                // A hot restart parent keeps its workers (and their
+                // connections) until the child asks it to exit.
                 if changed.is_err() || *phase_rx.borrow() == Phase::Drain {
                     break;
                 }

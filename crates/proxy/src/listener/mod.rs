@@ -221,6 +221,21 @@ pub enum Phase {
     StopAccepting,
     /// Stop accepting and close connections gracefully, then exit.
     Drain,
+    /// A hot restart child took over the sockets: stop accepting. Each
+    /// connection is asked to close at a time within the drain time (at
+    /// random with `gradual`, at once with `immediate`, as Envoy's
+    /// `--drain-strategy`): HTTP/1 by `connection: close` on its next
+    /// response rather than by closing it, so a request already on its way
+    /// is answered; HTTP/2 by GOAWAY. The process exit closes what is left.
+    HotRestartDrain {
+        gradual: bool,
+    },
+}
+
+impl Phase {
+    pub fn draining(self) -> bool {
+        matches!(self, Phase::Drain | Phase::HotRestartDrain { .. })
+    }
 }
 
 /// Accepts on one worker's socket of one listener until it is removed or the
@@ -232,6 +247,10 @@ pub async fn accept_loop(
     mut stop: watch::Receiver<bool>,
     active: Arc<AtomicUsize>,
 ) {
+    // A listener added while the server no longer accepts stays idle.
+    if *phase.borrow() != Phase::Running {
+        return;
+    }
     let Ok(socket) = tokio::net::TcpListener::from_std(socket) else { return };
     loop {
         tokio::select! {
@@ -257,6 +276,48 @@ pub async fn accept_loop(
                 }
             }
         }
+    }
+}
+
+/// When a connection is asked to close in a hot restart's drain: spread over
+/// the first half of the drain time with `gradual` (so the clients reconnect
+/// to the new process gradually, and each connection still has time for the
+/// response that carries `connection: close`), at once with `immediate`.
+fn restart_delay(drain_time: Duration, gradual: bool) -> Duration {
+    if gradual {
+        drain_time.mul_f64(rand::random::<f64>() * 0.5)
+    } else {
+        Duration::ZERO
+    }
+}
+
+/// In a hot restart's drain, sets when the connection is to be asked to
+/// close; whether it is.
+fn arm_restart_close(phase: Phase, drain_time: Duration, at: std::pin::Pin<&mut tokio::time::Sleep>) -> bool {
+    let Phase::HotRestartDrain { gradual } = phase else { return false };
+    at.reset(tokio::time::Instant::now() + restart_delay(drain_time, gradual));
+    true
+}
+
+enum AskToClose {
+    /// HTTP/2: send GOAWAY.
+    GoAway,
+    /// HTTP/1: its next response carries `connection: close`.
+    Asked,
+    /// No request yet, so the protocol is not known (h2c and HTTP/1 look
+    /// alike until then): look again after this long.
+    Later(Duration),
+}
+
+/// Asks a connection to close in a hot restart's drain.
+fn ask_to_close(info: &ConnInfo, alpn_h2: Option<bool>) -> AskToClose {
+    info.draining.store(true, Ordering::Relaxed);
+    if alpn_h2 == Some(true) || info.http2.load(Ordering::Relaxed) {
+        AskToClose::GoAway
+    } else if info.requests.load(Ordering::Relaxed) == 0 {
+        AskToClose::Later(Duration::from_millis(50))
+    } else {
+        AskToClose::Asked
     }
 }
 
@@ -449,6 +510,11 @@ async fn serve_http<S: crate::io::Io>(
     // A draining connection gets the drain time to finish, then is closed.
     let deadline = tokio::time::sleep(if draining { listener.drain_time } else { far });
     tokio::pin!(deadline);
+    // A hot restart's drain: when this connection is asked to close.
+    let restart_close = tokio::time::sleep(far);
+    tokio::pin!(restart_close);
+    let now = *phase.borrow();
+    let mut restart_pending = arm_restart_close(now, listener.drain_time, restart_close.as_mut());
     loop {
         let was_draining = draining;
         tokio::select! {
@@ -475,12 +541,23 @@ async fn serve_http<S: crate::io::Io>(
                     conn.as_mut().graceful_shutdown();
                 }
             }
+            _ = &mut restart_close, if restart_pending => match ask_to_close(&conn_info, alpn_h2) {
+                AskToClose::GoAway => {
+                    restart_pending = false;
+                    conn.as_mut().graceful_shutdown();
+                }
+                AskToClose::Asked => restart_pending = false,
+                AskToClose::Later(t) => restart_close.as_mut().reset(tokio::time::Instant::now() + t),
+            },
             changed = phase.changed(), if !draining => {
-                if changed.is_err() || *phase.borrow() == Phase::Drain {
+                let now = if changed.is_err() { Phase::Drain } else { *phase.borrow() };
+                if now == Phase::Drain {
                     draining = true;
                     if begin_drain(&conn_info) {
                         conn.as_mut().graceful_shutdown();
                     }
+                } else if !restart_pending {
+                    restart_pending = arm_restart_close(now, listener.drain_time, restart_close.as_mut());
                 }
             }
         }

@@ -36,9 +36,13 @@ const HELP: &[(&str, &str)] = &[
 /// Binds the admin listener (when the bootstrap has one) and serves it on the
 /// main thread's runtime.
 pub async fn start(shared: Arc<Shared>) -> std::io::Result<()> {
-    let Some(admin) = &shared.bootstrap.bootstrap.admin else { return Ok(()) };
+    let none = || {
+        shared.admin_closed.store(true, Ordering::Release);
+        Ok(())
+    };
+    let Some(admin) = &shared.bootstrap.bootstrap.admin else { return none() };
     let Some(address::Address::SocketAddress(sa)) = admin.address.as_ref().and_then(|a| a.address.as_ref()) else {
-        return Ok(());
+        return none();
     };
     let port = match sa.port_specifier {
         Some(socket_address::PortSpecifier::PortValue(p)) => p as u16,
@@ -55,9 +59,15 @@ pub async fn start(shared: Arc<Shared>) -> std::io::Result<()> {
         let _ = std::fs::write(admin.address_path_for_tests(), bound.to_string());
     }
     tracing::info!("admin address: {bound}");
+    let mut stop = shared.admin_stop.subscribe();
     tokio::spawn(async move {
         loop {
-            let Ok((stream, _)) = listener.accept().await else { continue };
+            let accepted = tokio::select! {
+                a = listener.accept() => a,
+                // A hot restart child takes the address over.
+                _ = stop.wait_for(|s| *s) => break,
+            };
+            let Ok((stream, _)) = accepted else { continue };
             let shared = shared.clone();
             tokio::spawn(async move {
                 let svc = service_fn(move |req| {
@@ -67,6 +77,8 @@ pub async fn start(shared: Arc<Shared>) -> std::io::Result<()> {
                 let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
             });
         }
+        drop(listener);
+        shared.admin_closed.store(true, Ordering::Release);
     });
     Ok(())
 }
@@ -123,7 +135,7 @@ fn handle(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>> {
     match path {
         "/ready" => {
             let (status, state) = match *shared.phase.borrow() {
-                Phase::Drain => (StatusCode::SERVICE_UNAVAILABLE, "DRAINING"),
+                Phase::Drain | Phase::HotRestartDrain { .. } => (StatusCode::SERVICE_UNAVAILABLE, "DRAINING"),
                 _ => (StatusCode::OK, "LIVE"),
             };
             reply(status, "text/plain; charset=UTF-8", format!("{state}\n"))
@@ -177,7 +189,7 @@ fn server_info(shared: &Shared) -> serde_json::Value {
     let uptime = shared.started_instant.elapsed().as_secs();
     let node = shared.bootstrap.bootstrap.node.as_ref();
     let state = match *shared.phase.borrow() {
-        Phase::Drain => "DRAINING",
+        Phase::Drain | Phase::HotRestartDrain { .. } => "DRAINING",
         _ => "LIVE",
     };
     json!({
@@ -192,6 +204,9 @@ fn server_info(shared: &Shared) -> serde_json::Value {
             "service_cluster": shared.options.service_cluster.clone().unwrap_or_default(),
             "service_node": shared.options.service_node.clone().unwrap_or_default(),
             "drain_time": format!("{}s", shared.options.drain_time.as_secs()),
+            "restart_epoch": shared.options.restart_epoch,
+            "parent_shutdown_time": format!("{}s", shared.options.parent_shutdown_time.as_secs()),
+            "drain_strategy": if shared.options.drain_strategy_gradual { "Gradual" } else { "Immediate" },
             "mode": "Serve",
         },
         "node": {
@@ -200,8 +215,14 @@ fn server_info(shared: &Shared) -> serde_json::Value {
             "user_agent_name": "legate",
         },
         "uptime_current_epoch": format!("{uptime}s"),
-        "uptime_all_epochs": format!("{uptime}s"),
+        "uptime_all_epochs": format!("{}s", all_epochs(shared).max(uptime)),
     })
+}
+
+/// Seconds since epoch 0 started (hot restarts carry its start time).
+fn all_epochs(shared: &Shared) -> u64 {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    now.saturating_sub(shared.original_start_time())
 }
 
 fn filtered(shared: &Shared, query: Option<&str>) -> Vec<(String, Stat)> {

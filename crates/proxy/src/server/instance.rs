@@ -26,6 +26,12 @@ pub struct Options {
     pub service_node: Option<String>,
     pub service_cluster: Option<String>,
     pub config_path: Option<String>,
+    /// `--restart-epoch`: 0 for a first process, N+1 to take over from epoch N.
+    pub restart_epoch: u32,
+    /// `--parent-shutdown-time-s`: when a hot restart child asks its parent to exit.
+    pub parent_shutdown_time: Duration,
+    /// `--drain-strategy gradual` (else `immediate`).
+    pub drain_strategy_gradual: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -36,6 +42,8 @@ pub enum ServerError {
     Bind { addr: SocketAddr, source: std::io::Error },
     #[error("runtime: {0}")]
     Runtime(#[from] std::io::Error),
+    #[error("{0}")]
+    HotRestart(#[from] crate::server::hot_restart::HotRestartError),
 }
 
 /// Clusters from CDS: name -> (version, last updated, config).
@@ -60,18 +68,34 @@ pub struct Shared {
     pub phase: watch::Sender<Phase>,
     pub quit: tokio::sync::Notify,
     pub admin_addr: std::sync::OnceLock<SocketAddr>,
+    /// Raised when a hot restart child takes the admin address over.
+    pub admin_stop: watch::Sender<bool>,
+    /// Set once the admin listener is closed (or there is none).
+    pub admin_closed: AtomicBool,
+    /// When epoch 0 started (seconds since the Unix epoch), carried across
+    /// hot restarts.
+    pub original_start: std::sync::atomic::AtomicU64,
 }
 
-/// Compiles the static config and binds its listeners. Errors name the field.
+impl Shared {
+    pub fn original_start_time(&self) -> u64 {
+        self.original_start.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// Compiles the static config and binds its listeners (or takes those a hot
+/// restart parent passed, `inherited`). Errors name the field.
 pub fn build(
     bootstrap: LoadedBootstrap,
     options: Options,
     store: Arc<Store>,
+    inherited: HashMap<SocketAddr, Vec<std::net::TcpListener>>,
 ) -> Result<(Arc<Shared>, Vec<tokio::sync::mpsc::UnboundedReceiver<WorkerCmd>>), ServerError> {
     let b = &bootstrap.bootstrap;
     let mut map = HashMap::new();
     let clusters = Arc::new(ArcSwap::from_pointee(ClusterMap::new()));
     let (listeners, worker_rxs) = ListenerManager::new(options.concurrency);
+    listeners.inherit(inherited);
     let secrets = Arc::new(
         crate::tls::sds::SecretManager::new(
             b.static_resources.as_ref().map(|s| s.secrets.as_slice()).unwrap_or_default(),
@@ -122,7 +146,10 @@ pub fn build(
     store.gauge("server.concurrency").set(options.concurrency as i64);
     store.gauge("server.live").set(1);
     store.gauge("server.state").set(0);
+    store.gauge("server.hot_restart_epoch").set(i64::from(options.restart_epoch));
     let (phase, _) = watch::channel(Phase::Running);
+    let started = SystemTime::now();
+    let since_epoch = started.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
     Ok((
         Arc::new(Shared {
             store,
@@ -132,12 +159,15 @@ pub fn build(
             dynamic_clusters: Default::default(),
             bootstrap,
             options,
-            started: SystemTime::now(),
+            started,
             started_instant: Instant::now(),
             healthy: healthy.clone(),
             phase,
             quit: tokio::sync::Notify::new(),
             admin_addr: std::sync::OnceLock::new(),
+            admin_stop: watch::channel(false).0,
+            admin_closed: AtomicBool::new(false),
+            original_start: since_epoch.into(),
         }),
         worker_rxs,
     ))

@@ -5,6 +5,7 @@
 //! current-thread runtime with their own listener sockets and upstream pools.
 
 pub mod admin;
+pub mod hot_restart;
 pub mod instance;
 pub mod memory;
 pub mod xds;
@@ -18,11 +19,28 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Runs the server until SIGTERM (drain, then exit), SIGINT or `/quitquitquit`.
+/// Runs the server until SIGTERM (drain, then exit), SIGINT, `/quitquitquit`
+/// or, after a hot restart, its child's request to exit.
 pub fn run(bootstrap: LoadedBootstrap, options: Options) -> Result<(), ServerError> {
     crate::stats::set_concurrency(options.concurrency);
     let store = Arc::new(Store::default());
-    let (shared, worker_rxs) = build(bootstrap, options, store)?;
+    let restart = hot_restart::RestartOptions {
+        base_id: options.base_id,
+        epoch: options.restart_epoch,
+        parent_shutdown_time: options.parent_shutdown_time,
+    };
+    // Claimed first: a second process on the same base-id and epoch stops here.
+    let own_socket = hot_restart::listen(&restart)?;
+    let mut child = hot_restart::child::Child::connect(restart)?;
+    let inherited = match child.as_mut() {
+        Some(c) => c.take_sockets()?,
+        None => Default::default(),
+    };
+    let (shared, worker_rxs) = build(bootstrap, options, store, inherited)?;
+    if let Some(c) = child.as_mut() {
+        let start = c.shutdown_parent_admin()?;
+        shared.original_start.store(start, Ordering::Relaxed);
+    }
     let workers = shared.options.concurrency;
 
     let main_rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
@@ -69,6 +87,11 @@ pub fn run(bootstrap: LoadedBootstrap, options: Options) -> Result<(), ServerErr
     }
 
     tracing::info!("all listeners started; {} worker(s)", workers);
+    hot_restart::parent::spawn(own_socket, shared.clone(), restart.epoch)?;
+    // The workers accept on the parent's sockets now: the parent may stop.
+    if let Some(c) = child {
+        c.spawn(shared.clone())?;
+    }
     // Once the workers have built their listeners, what startup freed goes
     // back to the kernel (about 14 MiB of resident memory on the benchmark's
     // bootstrap).
@@ -88,7 +111,7 @@ pub fn run(bootstrap: LoadedBootstrap, options: Options) -> Result<(), ServerErr
         let drain = tokio::select! {
             _ = term.recv() => { tracing::info!("caught SIGTERM: draining"); true }
             _ = int.recv() => { tracing::info!("caught SIGINT: exiting"); false }
-            _ = shared.quit.notified() => { tracing::info!("/quitquitquit: exiting"); false }
+            _ = shared.quit.notified() => { tracing::info!("asked to exit (/quitquitquit, or a hot restart child): exiting"); false }
         };
         if drain {
             shared.store.gauge("server.state").set(2);

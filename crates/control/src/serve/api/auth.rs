@@ -13,9 +13,9 @@ use sha2::{Digest, Sha256};
 pub enum Role {
     /// Read everything.
     Viewer,
-    /// Also apply and delete.
+    /// Also apply, delete and roll back.
     Editor,
-    /// Also tokens, rollback and the audit log.
+    /// Also tokens and the audit log.
     Admin,
 }
 

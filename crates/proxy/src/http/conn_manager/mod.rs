@@ -263,6 +263,8 @@ pub struct ConnInfo {
     /// The connection switched protocols (101 or CONNECT): what it carries
     /// from now on is not HTTP/1 and is passed through untouched.
     pub upgraded: AtomicBool,
+    /// A request came over HTTP/2 (a hot restart drain sends it GOAWAY).
+    pub http2: AtomicBool,
 }
 
 impl ConnInfo {
@@ -288,6 +290,7 @@ impl ConnInfo {
             tls: None,
             sni: None,
             upgraded: Default::default(),
+            http2: Default::default(),
         }
     }
 }

@@ -78,6 +78,11 @@ impl Stream {
         let no_path = if parts.method == http::Method::CONNECT { "" } else { "/" };
         let path = parts.uri.path_and_query().map_or(no_path, |p| p.as_str()).to_string();
         conn.active_streams.fetch_add(1, Relaxed);
+        // Marked before the request is counted: a hot restart drain reads
+        // a counted request without the mark as HTTP/1.
+        if parts.version == http::Version::HTTP_2 {
+            conn.http2.store(true, Relaxed);
+        }
         conn.requests.fetch_add(1, Relaxed);
         let local = conn.local;
         Box::new(Stream {
