@@ -30,8 +30,14 @@ pub fn run(bootstrap: LoadedBootstrap, options: Options) -> Result<(), ServerErr
         parent_shutdown_time: options.parent_shutdown_time,
     };
     // Claimed first: a second process on the same base-id and epoch stops here.
-    let own_socket = hot_restart::listen(&restart)?;
-    let mut child = hot_restart::child::Child::connect(restart)?;
+    let own_socket = match options.hot_restart_disabled {
+        true => None,
+        false => Some(hot_restart::listen(&restart)?),
+    };
+    let mut child = match options.hot_restart_disabled {
+        true => None,
+        false => hot_restart::child::Child::connect(restart)?,
+    };
     let inherited = match child.as_mut() {
         Some(c) => c.take_sockets()?,
         None => Default::default(),
@@ -87,7 +93,9 @@ pub fn run(bootstrap: LoadedBootstrap, options: Options) -> Result<(), ServerErr
     }
 
     tracing::info!("all listeners started; {} worker(s)", workers);
-    hot_restart::parent::spawn(own_socket, shared.clone(), restart.epoch)?;
+    if let Some(socket) = own_socket {
+        hot_restart::parent::spawn(socket, shared.clone(), restart.epoch)?;
+    }
     // The workers accept on the parent's sockets now: the parent may stop.
     if let Some(c) = child {
         c.spawn(shared.clone())?;
