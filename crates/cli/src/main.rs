@@ -108,6 +108,9 @@ struct ProxyArgs {
     /// process's epoch (same --base-id) to take over its sockets.
     #[arg(long = "restart-epoch", default_value_t = 0)]
     restart_epoch: u32,
+    /// As Envoy's flag: no hot restart socket is claimed and none is taken over.
+    #[arg(long = "disable-hot-restart", conflicts_with = "restart_epoch")]
+    disable_hot_restart: bool,
     /// Seconds to drain connections on SIGTERM, and in a hot restart parent.
     #[arg(long = "drain-time-s", default_value_t = 600)]
     drain_time_s: u64,
@@ -333,6 +336,7 @@ fn run_proxy(args: ProxyArgs) -> anyhow::Result<()> {
         service_cluster: args.service_cluster.clone(),
         config_path: args.config.config_path.clone(),
         restart_epoch: args.restart_epoch,
+        hot_restart_disabled: args.disable_hot_restart,
         parent_shutdown_time: Duration::from_secs(args.parent_shutdown_time_s),
         drain_strategy_gradual: args.drain_strategy == "gradual",
     };

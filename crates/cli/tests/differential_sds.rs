@@ -315,7 +315,11 @@ fn unknown_static_secret_refused_like_envoy() {
     let f = dir.join("bad.yaml");
     std::fs::write(&f, yaml).expect("write");
     let envoy = envoy_command(&f, "init_only").output().expect("envoy");
-    let legate = Command::new(LEGATE).args(["proxy", "-l", "error", "-c"]).arg(&f).output().expect("legate");
+    let legate = Command::new(LEGATE)
+        .args(["proxy", "--disable-hot-restart", "-l", "error", "-c"])
+        .arg(&f)
+        .output()
+        .expect("legate");
     let (e, l) = (String::from_utf8_lossy(&envoy.stderr), String::from_utf8_lossy(&legate.stderr));
     assert!(!envoy.status.success() && e.contains("Unknown static secret: nope"), "envoy: {e}");
     assert!(!legate.status.success() && l.contains("Unknown static secret: nope"), "legate: {l}");

@@ -491,7 +491,7 @@ fn unsupported_tls_settings_are_refused() {
         let text = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(3), "{text}");
         assert!(text.contains(reason), "{text}");
-        let out = Command::new(LEGATE).args(["proxy", "-c"]).arg(&f).output().expect("proxy");
+        let out = Command::new(LEGATE).args(["proxy", "--disable-hot-restart", "-c"]).arg(&f).output().expect("proxy");
         assert!(!out.status.success());
         assert!(String::from_utf8_lossy(&out.stderr).contains(reason));
     }

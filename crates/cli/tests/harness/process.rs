@@ -193,7 +193,7 @@ pub fn envoy_command(config: &Path, mode: &str) -> Command {
     cmd
 }
 
-/// A unique `--base-id` per Envoy so several can run at once.
+/// A unique `--base-id` per Envoy or Legate so several can run at once.
 pub fn base_id() -> String {
     (free_port() as u32 + std::process::id() % 1000 * 100).to_string()
 }
@@ -201,5 +201,6 @@ pub fn base_id() -> String {
 /// `legate proxy` on `config` with one worker and `flags` (e.g. `-l warn`);
 /// its output goes to `<name>.log` in `dir`.
 pub fn spawn_legate(name: &str, config: &Path, flags: &[&str], dir: &Path) -> Proc {
-    Proc::spawn(name, Command::new(LEGATE).args(["proxy", "--concurrency", "1"]).args(flags).arg("-c").arg(config), dir)
+    let base = ["proxy", "--concurrency", "1", "--base-id", &base_id()];
+    Proc::spawn(name, Command::new(LEGATE).args(base).args(flags).arg("-c").arg(config), dir)
 }

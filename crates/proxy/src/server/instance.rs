@@ -28,6 +28,9 @@ pub struct Options {
     pub config_path: Option<String>,
     /// `--restart-epoch`: 0 for a first process, N+1 to take over from epoch N.
     pub restart_epoch: u32,
+    /// `--disable-hot-restart`: claim no hot restart socket (so any number of
+    /// proxies run on one host without distinct base-ids), take over nothing.
+    pub hot_restart_disabled: bool,
     /// `--parent-shutdown-time-s`: when a hot restart child asks its parent to exit.
     pub parent_shutdown_time: Duration,
     /// `--drain-strategy gradual` (else `immediate`).

@@ -19,6 +19,20 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// Claims this process's hot restart socket (first: a second process on the
+/// same base-id and epoch stops here) and connects to the parent, if any;
+/// nothing with `--disable-hot-restart`.
+fn claim_hot_restart(
+    options: &Options,
+    restart: hot_restart::RestartOptions,
+) -> Result<(Option<std::os::unix::net::UnixListener>, Option<hot_restart::child::Child>), ServerError> {
+    if options.hot_restart_disabled {
+        return Ok((None, None));
+    }
+    let own_socket = hot_restart::listen(&restart)?;
+    Ok((Some(own_socket), hot_restart::child::Child::connect(restart)?))
+}
+
 /// Runs the server until SIGTERM (drain, then exit), SIGINT, `/quitquitquit`
 /// or, after a hot restart, its child's request to exit.
 pub fn run(bootstrap: LoadedBootstrap, options: Options) -> Result<(), ServerError> {
@@ -29,9 +43,7 @@ pub fn run(bootstrap: LoadedBootstrap, options: Options) -> Result<(), ServerErr
         epoch: options.restart_epoch,
         parent_shutdown_time: options.parent_shutdown_time,
     };
-    // Claimed first: a second process on the same base-id and epoch stops here.
-    let own_socket = hot_restart::listen(&restart)?;
-    let mut child = hot_restart::child::Child::connect(restart)?;
+    let (own_socket, mut child) = claim_hot_restart(&options, restart)?;
     let inherited = match child.as_mut() {
         Some(c) => c.take_sockets()?,
         None => Default::default(),
@@ -87,7 +99,9 @@ pub fn run(bootstrap: LoadedBootstrap, options: Options) -> Result<(), ServerErr
     }
 
     tracing::info!("all listeners started; {} worker(s)", workers);
-    hot_restart::parent::spawn(own_socket, shared.clone(), restart.epoch)?;
+    if let Some(socket) = own_socket {
+        hot_restart::parent::spawn(socket, shared.clone(), restart.epoch)?;
+    }
     // The workers accept on the parent's sockets now: the parent may stop.
     if let Some(c) = child {
         c.spawn(shared.clone())?;
