@@ -5,7 +5,7 @@
 
 use super::http_client::{http_get, http_request};
 use super::install::etcd_bin;
-use super::process::{addr, base_id, free_port, spawn_envoy, spawn_legate, wait_http, wait_ready, Proc, LEGATE};
+use super::process::{addr, free_port, spawn_envoy, spawn_legate, wait_http, wait_ready, Proc, LEGATE};
 use super::sides::Bin;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -218,9 +218,7 @@ pub fn attach(bin: Bin, cp: &ControlPlane, node: &str, delta: bool, dir: &Path) 
     std::fs::write(&file, boot).expect("bootstrap");
     let mut p = match bin {
         Bin::Envoy => spawn_envoy(node, &file, "warning", &[], dir),
-        // Its own hot-restart family, so proxies attached side by side (or by
-        // tests running at once) do not take each other for a parent.
-        Bin::Legate => spawn_legate(node, &file, &["-l", "info", "--base-id", &base_id()], dir),
+        Bin::Legate => spawn_legate(node, &file, &["-l", "info"], dir),
     };
     wait_ready(admin, &mut p);
     Attached { proc_: p, admin }
