@@ -70,7 +70,7 @@ const SUPPORTED_FIELDS: &[(&str, &[&str])] = &[
         "envoy.extensions.transport_sockets.tls.v3.CommonTlsContext.CombinedCertificateValidationContext",
         &["default_validation_context", "validation_context_sds_secret_config"],
     ),
-    ("envoy.config.bootstrap.v3.Admin", &["address"]),
+    ("envoy.config.bootstrap.v3.Admin", &["address", "access_log_path", "access_log"]),
     ("envoy.config.core.v3.Node", &["id", "cluster", "metadata", "locality", "user_agent_name"]),
     ("envoy.config.core.v3.Locality", &["region", "zone", "sub_zone"]),
     ("envoy.config.core.v3.Address", &["socket_address"]),
