@@ -651,7 +651,8 @@ const UNSUPPORTED_VALUES: &[(&str, &str, &[i32], &str)] = &[
 /// upstream only. A config source may be a file (`path`,
 /// `path_config_source`) for secrets only. Extended CONNECT (`allow_connect`)
 /// is offered to downstream clients by a connection manager; Legate never
-/// sends it upstream.
+/// sends it upstream. A connection manager's HTTP/2 stream limit and windows
+/// are its server's; a cluster's are not honoured yet.
 const NARROWED: &[(&str, &str, &[&str])] = &[
     (
         "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
@@ -661,7 +662,7 @@ const NARROWED: &[(&str, &str, &[&str])] = &[
     (
         "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
         "http2_protocol_options",
-        &["allow_connect"],
+        &["allow_connect", "max_concurrent_streams", "initial_stream_window_size", "initial_connection_window_size"],
     ),
     (
         "envoy.extensions.transport_sockets.tls.v3.SdsSecretConfig",

@@ -3,6 +3,7 @@
 
 mod harness;
 
+use harness::template::echo_bootstrap;
 use harness::*;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -82,4 +83,60 @@ fn admin_access_log_path_and_access_log() {
     );
     assert_eq!(a.len(), 2, "Envoy's custom admin log: {a:?}");
     assert_eq!(a, b, "admin access_log: Envoy (left) and Legate (right) differ");
+}
+
+/// What a proxy's HTTP/2 server says first to an h2c client: its SETTINGS
+/// (identifier to value) and the connection window increments it grants.
+fn h2_greeting(port: u16) -> (std::collections::BTreeMap<u16, u32>, u32) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_millis(300))).expect("timeout");
+    // The preface and an empty SETTINGS frame.
+    s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00").expect("preface");
+    let mut raw = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut buf = [0u8; 4096];
+    // Read until the peer goes quiet for 300 ms (or 5 s pass).
+    while Instant::now() < deadline {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => raw.extend_from_slice(&buf[..n]),
+        }
+    }
+    let (mut settings, mut window) = (std::collections::BTreeMap::new(), 0u32);
+    let mut at = 0;
+    while at + 9 <= raw.len() {
+        let len = u32::from_be_bytes([0, raw[at], raw[at + 1], raw[at + 2]]) as usize;
+        let (kind, flags) = (raw[at + 3], raw[at + 4]);
+        let stream = u32::from_be_bytes([raw[at + 5], raw[at + 6], raw[at + 7], raw[at + 8]]) & 0x7fff_ffff;
+        let Some(payload) = raw.get(at + 9..at + 9 + len) else { break };
+        match (kind, flags & 1, stream) {
+            (4, 0, 0) => {
+                for p in payload.chunks_exact(6) {
+                    settings.insert(u16::from_be_bytes([p[0], p[1]]), u32::from_be_bytes([p[2], p[3], p[4], p[5]]));
+                }
+            }
+            (8, _, 0) if payload.len() == 4 => {
+                window += u32::from_be_bytes([payload[0], payload[1], payload[2], payload[3]]) & 0x7fff_ffff;
+            }
+            _ => {}
+        }
+        at += 9 + len;
+    }
+    (settings, window)
+}
+
+#[test]
+fn hcm_http2_stream_limit_and_windows() {
+    const MAX_CONCURRENT_STREAMS: u16 = 3;
+    const INITIAL_WINDOW_SIZE: u16 = 4;
+    let hcm = "          codec_type: HTTP2\n          http2_protocol_options: { max_concurrent_streams: 7, initial_stream_window_size: 131072, initial_connection_window_size: 1048576 }\n";
+    let p = start_pair("compat-h2-settings", &echo_bootstrap(hcm), &["a"]);
+    let (e, l) = (h2_greeting(p.envoy), h2_greeting(p.legate));
+    assert_eq!(e.0.get(&MAX_CONCURRENT_STREAMS), Some(&7), "Envoy's SETTINGS: {e:?}");
+    for id in [MAX_CONCURRENT_STREAMS, INITIAL_WINDOW_SIZE] {
+        assert_eq!(e.0.get(&id), l.0.get(&id), "SETTINGS {id}: Envoy {e:?}, Legate {l:?}");
+    }
+    assert_eq!(e.1, 1048576 - 65535, "Envoy's connection WINDOW_UPDATE: {e:?}");
+    assert_eq!(e.1, l.1, "connection window: Envoy {e:?}, Legate {l:?}");
 }
