@@ -140,3 +140,19 @@ fn hcm_http2_stream_limit_and_windows() {
     assert_eq!(e.1, 1048576 - 65535, "Envoy's connection WINDOW_UPDATE: {e:?}");
     assert_eq!(e.1, l.1, "connection window: Envoy {e:?}, Legate {l:?}");
 }
+
+#[test]
+fn router_suppress_envoy_headers() {
+    let router = "          http_filters:\n          - name: envoy.filters.http.router\n            typed_config: { \"@type\": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router, suppress_envoy_headers: true }\n";
+    let template = harness::template::with_filters(echo_bootstrap(""), router);
+    let requests = [get("/"), get("/timed").header("x-envoy-upstream-rq-timeout-ms", "2000")];
+    let p = harness::diff::compare("compat-suppress-envoy-headers", &template, &["a"], &requests);
+    // What the comparison saw is what Envoy does: no service time
+    // downstream, no expected timeout upstream.
+    for port in [p.envoy, p.legate] {
+        let r = harness::diff::send(port, &get("/"));
+        assert_eq!(r.status, 200, "{r:?}");
+        assert!(r.header("x-envoy-upstream-service-time").is_none(), "{port}: {r:?}");
+        assert!(!r.body.contains("x-envoy-expected-rq-timeout-ms"), "{port}: {}", r.body);
+    }
+}

@@ -163,6 +163,11 @@ impl Hcm {
         })
     }
 
+    /// The router's `suppress_envoy_headers`.
+    pub(in crate::http) fn suppress_envoy_headers(&self) -> bool {
+        self.filters.suppress_envoy_headers
+    }
+
     /// The `server` header value this HCM writes.
     pub fn server_name(&self) -> &str {
         self.server_name.to_str().unwrap_or("envoy")

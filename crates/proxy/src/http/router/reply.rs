@@ -33,7 +33,9 @@ impl Hcm {
         let body = UpstreamError::Overflow.local_reply_body();
         let details = "upstream_reset_before_response_started{overflow}";
         let mut r = self.router_reply(stream, Some(matched), 503, details, "UO", Some(body));
-        r.headers_mut().insert(X_ENVOY_OVERLOADED.clone(), HeaderValue::from_static("true"));
+        if !self.suppress_envoy_headers() {
+            r.headers_mut().insert(X_ENVOY_OVERLOADED.clone(), HeaderValue::from_static("true"));
+        }
         r
     }
 
