@@ -195,6 +195,7 @@ const SUPPORTED_FIELDS: &[(&str, &[&str])] = &[
             "include_attempt_count_in_response",
             "typed_per_filter_config",
             "rate_limits",
+            "cors",
         ],
     ),
     (
@@ -264,6 +265,7 @@ const SUPPORTED_FIELDS: &[(&str, &[&str])] = &[
             "idle_timeout",
             "rate_limits",
             "upgrade_configs",
+            "cors",
         ],
     ),
     ("envoy.config.route.v3.RouteAction.UpgradeConfig", &["upgrade_type", "enabled", "connect_config"]),
@@ -539,6 +541,20 @@ const SUPPORTED_FIELDS: &[(&str, &[&str])] = &[
     ("envoy.config.core.v3.CidrRange", &["address_prefix", "prefix_len"]),
     ("envoy.type.matcher.v3.PathMatcher", &["path"]),
     ("envoy.extensions.filters.http.cors.v3.Cors", &[]),
+    (
+        "envoy.config.route.v3.CorsPolicy",
+        &[
+            "allow_origin_string_match",
+            "allow_methods",
+            "allow_headers",
+            "expose_headers",
+            "max_age",
+            "allow_credentials",
+            "filter_enabled",
+            "allow_private_network_access",
+            "forward_not_matching_preflights",
+        ],
+    ),
     (
         "envoy.extensions.filters.http.cors.v3.CorsPolicy",
         &[

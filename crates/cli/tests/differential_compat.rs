@@ -156,3 +156,55 @@ fn router_suppress_envoy_headers() {
         assert!(!r.body.contains("x-envoy-expected-rq-timeout-ms"), "{port}: {}", r.body);
     }
 }
+
+#[test]
+fn deprecated_cors_fields_of_virtual_hosts_and_routes() {
+    let filters = "          - name: envoy.filters.http.cors\n            typed_config: { \"@type\": type.googleapis.com/envoy.extensions.filters.http.cors.v3.Cors }\n";
+    // The grpc-web examples' form: the policy in the virtual host's `cors`;
+    // a route action's own `cors`; and a typed policy, which wins over both.
+    let vhosts = r#"            - name: all
+              domains: ["*"]
+              cors:
+                allow_origin_string_match: [{ prefix: "https://a." }]
+                allow_methods: "GET, PUT, DELETE, POST, OPTIONS"
+                allow_headers: "keep-alive,user-agent,cache-control,content-type,x-grpc-web,grpc-timeout"
+                expose_headers: "grpc-status,grpc-message"
+                max_age: "1728000"
+              routes:
+              - match: { prefix: "/route" }
+                route:
+                  cluster: echo
+                  cors: { allow_methods: "PATCH", allow_credentials: true }
+              - match: { prefix: "/typed" }
+                route: { cluster: echo }
+                typed_per_filter_config:
+                  envoy.filters.http.cors:
+                    "@type": type.googleapis.com/envoy.extensions.filters.http.cors.v3.CorsPolicy
+                    allow_origin_string_match: [{ exact: "https://typed.example" }]
+              - { match: { prefix: "/" }, route: { cluster: echo } }
+"#;
+    let t = harness::template::filtered(filters, vhosts);
+    let preflight = |path: &str, origin: &'static str| {
+        get(path).method("OPTIONS").header("origin", origin).header("access-control-request-method", "POST")
+    };
+    let pair = harness::diff::compare(
+        "compat-legacy-cors",
+        &t,
+        &["a"],
+        &[
+            get("/plain"),
+            get("/plain").header("origin", "https://a.example"),
+            get("/plain").header("origin", "https://evil.example"),
+            preflight("/plain", "https://a.example"),
+            preflight("/plain", "https://evil.example"),
+            get("/route").header("origin", "https://a.example"),
+            preflight("/route", "https://a.example"),
+            preflight("/typed", "https://a.example"),
+            preflight("/typed", "https://typed.example"),
+            get("/typed").header("origin", "https://typed.example"),
+        ],
+    );
+    pair.same_stats(&["http.ingress_http.cors.origin_valid", "http.ingress_http.cors.origin_invalid"]);
+    let r = harness::diff::send(pair.envoy, &preflight("/plain", "https://a.example"));
+    assert_eq!(r.header("access-control-max-age"), Some("1728000"), "Envoy honours the virtual host's cors: {r:?}");
+}
