@@ -208,3 +208,24 @@ fn deprecated_cors_fields_of_virtual_hosts_and_routes() {
     let r = harness::diff::send(pair.envoy, &preflight("/plain", "https://a.example"));
     assert_eq!(r.header("access-control-max-age"), Some("1728000"), "Envoy honours the virtual host's cors: {r:?}");
 }
+
+#[test]
+fn router_without_dynamic_stats() {
+    use harness::template::{bootstrap, cluster, echo_cluster, one_vhost, with_filters};
+    let router = "          http_filters:\n          - name: envoy.filters.http.router\n            typed_config: { \"@type\": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router, dynamic_stats: false }\n";
+    let routes = "              - { match: { prefix: \"/dead\" }, route: { cluster: dead } }\n              - { match: { prefix: \"/\" }, route: { cluster: echo } }\n";
+    let clusters = format!("{}{}", echo_cluster(), cluster("dead", &["{CLOSED}"]));
+    let template = with_filters(bootstrap("", "", &one_vhost(routes), &clusters), router);
+    let requests = [get("/"), get("/again"), get("/dead")];
+    let p = harness::diff::compare("compat-no-dynamic-stats", &template, &["a"], &requests);
+    p.stats_reach(&[("cluster.echo.upstream_rq_total", 2), ("cluster.dead.upstream_cx_connect_fail", 1)]);
+    let mut names = Vec::new();
+    for c in ["echo", "dead"] {
+        for s in ["upstream_rq_completed", "upstream_rq_200", "upstream_rq_2xx", "upstream_rq_503", "upstream_rq_5xx"] {
+            names.push(format!("cluster.{c}.{s}"));
+            names.push(format!("cluster.{c}.external.{s}"));
+        }
+    }
+    p.same_stats(&names.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(stat(p.envoy_admin, "cluster.echo.upstream_rq_200"), None, "Envoy charged a dynamic stat");
+}

@@ -41,7 +41,8 @@ impl AdminLogs {
         #[allow(deprecated)] // Envoy 1.40 still honours this deprecated field.
         let path = &admin.access_log_path;
         if !path.is_empty() {
-            loggers.push(AccessLogger::file_with_default_format(path).map_err(|e| format!("admin.access_log_path: {e}"))?);
+            loggers
+                .push(AccessLogger::file_with_default_format(path).map_err(|e| format!("admin.access_log_path: {e}"))?);
         }
         for (i, a) in admin.access_log.iter().enumerate() {
             loggers.push(AccessLogger::compile(a).map_err(|e| format!("admin.access_log[{i}]: {e}"))?);

@@ -38,6 +38,11 @@ pub struct FilterChain {
     /// `x-envoy-*` headers (the expected timeout upstream, the service time
     /// and `x-envoy-overloaded` downstream).
     pub suppress_envoy_headers: bool,
+    /// The router's `dynamic_stats` (default true): without them the
+    /// cluster's `upstream_rq_completed`, `upstream_rq_<code>` and
+    /// `_<class>` (with their `external.` twins) and `upstream_rq_time` are
+    /// not charged.
+    pub dynamic_stats: bool,
 }
 
 impl FilterChain {
@@ -90,6 +95,7 @@ impl FilterChain {
             header_filters: with_hook(|h| h.response_header),
             buffer_limit: filters.iter().filter_map(|f| f.buffer_limit()).min(),
             suppress_envoy_headers: router.suppress_envoy_headers,
+            dynamic_stats: router.dynamic_stats.is_none_or(|v| v.value),
             filters,
         })
     }

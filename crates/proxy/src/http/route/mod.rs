@@ -276,7 +276,10 @@ fn compile_vhost(vh: &rpb::VirtualHost) -> Result<VirtualHost, String> {
         require_tls: vh.require_tls,
         attempt_count_upstream: vh.include_request_attempt_count,
         attempt_count_response: vh.include_attempt_count_in_response,
-        per_filter: with_legacy_cors(compile_per_filter(&vh.typed_per_filter_config, &vh.rate_limits)?, vh.cors.as_ref())?,
+        per_filter: with_legacy_cors(
+            compile_per_filter(&vh.typed_per_filter_config, &vh.rate_limits)?,
+            vh.cors.as_ref(),
+        )?,
     })
 }
 

@@ -222,7 +222,7 @@ impl Hcm {
         attempts: u32,
     ) -> ProxyResponse {
         let cs = &target.cluster.stats;
-        cs.record_status(upstream_resp.status().as_u16());
+        self.charge_status(cs, upstream_resp.status().as_u16());
         let (mut rparts, rbody) = upstream_resp.into_parts();
         strip_hop_by_hop(&mut rparts.headers);
         let service_time = target.started.elapsed().as_millis() as u64;
