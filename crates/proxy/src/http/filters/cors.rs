@@ -40,10 +40,7 @@ pub fn legacy(p: &RouteCorsPolicy) -> Result<PerRouteConfig, String> {
         expose_headers: p.expose_headers.clone(),
         max_age: p.max_age.clone(),
         allow_credentials: p.allow_credentials,
-        filter_enabled: match &p.enabled_specifier {
-            Some(EnabledSpecifier::FilterEnabled(f)) => Some(f.clone()),
-            None => None,
-        },
+        filter_enabled: p.enabled_specifier.as_ref().map(|EnabledSpecifier::FilterEnabled(f)| f.clone()),
         shadow_enabled: p.shadow_enabled.clone(),
         allow_private_network_access: p.allow_private_network_access,
         forward_not_matching_preflights: p.forward_not_matching_preflights,
