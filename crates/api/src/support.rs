@@ -70,7 +70,7 @@ const SUPPORTED_FIELDS: &[(&str, &[&str])] = &[
         "envoy.extensions.transport_sockets.tls.v3.CommonTlsContext.CombinedCertificateValidationContext",
         &["default_validation_context", "validation_context_sds_secret_config"],
     ),
-    ("envoy.config.bootstrap.v3.Admin", &["address"]),
+    ("envoy.config.bootstrap.v3.Admin", &["address", "access_log_path", "access_log"]),
     ("envoy.config.core.v3.Node", &["id", "cluster", "metadata", "locality", "user_agent_name"]),
     ("envoy.config.core.v3.Locality", &["region", "zone", "sub_zone"]),
     ("envoy.config.core.v3.Address", &["socket_address"]),
@@ -195,6 +195,7 @@ const SUPPORTED_FIELDS: &[(&str, &[&str])] = &[
             "include_attempt_count_in_response",
             "typed_per_filter_config",
             "rate_limits",
+            "cors",
         ],
     ),
     (
@@ -264,6 +265,7 @@ const SUPPORTED_FIELDS: &[(&str, &[&str])] = &[
             "idle_timeout",
             "rate_limits",
             "upgrade_configs",
+            "cors",
         ],
     ),
     ("envoy.config.route.v3.RouteAction.UpgradeConfig", &["upgrade_type", "enabled", "connect_config"]),
@@ -396,7 +398,7 @@ const SUPPORTED_FIELDS: &[(&str, &[&str])] = &[
     ),
     // `allow_connect` only on a connection manager (see `NARROWED`).
     ("envoy.config.core.v3.Http2ProtocolOptions", &[]),
-    ("envoy.extensions.filters.http.router.v3.Router", &[]),
+    ("envoy.extensions.filters.http.router.v3.Router", &["suppress_envoy_headers", "dynamic_stats"]),
     ("envoy.extensions.filters.http.health_check.v3.HealthCheck", &["pass_through_mode", "headers"]),
     ("envoy.extensions.filters.http.fault.v3.HTTPFault", &["delay", "abort", "headers"]),
     ("envoy.extensions.filters.common.fault.v3.FaultDelay", &["fixed_delay", "header_delay", "percentage"]),
@@ -540,6 +542,20 @@ const SUPPORTED_FIELDS: &[(&str, &[&str])] = &[
     ("envoy.type.matcher.v3.PathMatcher", &["path"]),
     ("envoy.extensions.filters.http.cors.v3.Cors", &[]),
     (
+        "envoy.config.route.v3.CorsPolicy",
+        &[
+            "allow_origin_string_match",
+            "allow_methods",
+            "allow_headers",
+            "expose_headers",
+            "max_age",
+            "allow_credentials",
+            "filter_enabled",
+            "allow_private_network_access",
+            "forward_not_matching_preflights",
+        ],
+    ),
+    (
         "envoy.extensions.filters.http.cors.v3.CorsPolicy",
         &[
             "allow_origin_string_match",
@@ -651,7 +667,8 @@ const UNSUPPORTED_VALUES: &[(&str, &str, &[i32], &str)] = &[
 /// upstream only. A config source may be a file (`path`,
 /// `path_config_source`) for secrets only. Extended CONNECT (`allow_connect`)
 /// is offered to downstream clients by a connection manager; Legate never
-/// sends it upstream.
+/// sends it upstream. A connection manager's HTTP/2 stream limit and windows
+/// are its server's; a cluster's are not honoured yet.
 const NARROWED: &[(&str, &str, &[&str])] = &[
     (
         "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
@@ -661,7 +678,7 @@ const NARROWED: &[(&str, &str, &[&str])] = &[
     (
         "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
         "http2_protocol_options",
-        &["allow_connect"],
+        &["allow_connect", "max_concurrent_streams", "initial_stream_window_size", "initial_connection_window_size"],
     ),
     (
         "envoy.extensions.transport_sockets.tls.v3.SdsSecretConfig",

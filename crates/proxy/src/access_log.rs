@@ -153,6 +153,11 @@ impl AccessLogger {
         Ok(Self { line, sink })
     }
 
+    /// A file logger in Envoy's default format, as `admin.access_log_path` makes.
+    pub fn file_with_default_format(path: &str) -> Result<Self, String> {
+        Ok(Self { line: compile_format(None)?, sink: file_sink(path)? })
+    }
+
     pub fn log(&self, ctx: &Context<'_>) {
         let mut s = String::with_capacity(256);
         match &self.line {

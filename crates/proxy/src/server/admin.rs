@@ -1,6 +1,7 @@
 //! Envoy's admin API on the bootstrap's `admin.address`.
 
 use crate::listener::Phase;
+use crate::server::admin_log::AdminLogs;
 use crate::server::instance::Shared;
 use crate::stats::{Stat, BUCKETS};
 use bytes::Bytes;
@@ -59,6 +60,7 @@ pub async fn start(shared: Arc<Shared>) -> std::io::Result<()> {
         let _ = std::fs::write(admin.address_path_for_tests(), bound.to_string());
     }
     tracing::info!("admin address: {bound}");
+    let logs = AdminLogs::compile(admin).map_err(std::io::Error::other)?.map(Arc::new);
     let mut stop = shared.admin_stop.subscribe();
     tokio::spawn(async move {
         loop {
@@ -67,12 +69,21 @@ pub async fn start(shared: Arc<Shared>) -> std::io::Result<()> {
                 // A hot restart child takes the address over.
                 _ = stop.wait_for(|s| *s) => break,
             };
-            let Ok((stream, _)) = accepted else { continue };
+            let Ok((stream, remote)) = accepted else { continue };
             let shared = shared.clone();
+            let logs = logs.clone();
             tokio::spawn(async move {
                 let svc = service_fn(move |req| {
                     let shared = shared.clone();
-                    async move { Ok::<_, Infallible>(handle(&shared, req)) }
+                    let logs = logs.clone();
+                    async move {
+                        let seen = logs.as_ref().map(|_| AdminLogs::seen(&req));
+                        let resp = handle(&shared, req);
+                        if let (Some(logs), Some(seen)) = (&logs, &seen) {
+                            logs.log(seen, &resp, remote, bound);
+                        }
+                        Ok::<_, Infallible>(resp)
+                    }
                 });
                 let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
             });

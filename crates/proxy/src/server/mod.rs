@@ -5,6 +5,7 @@
 //! current-thread runtime with their own listener sockets and upstream pools.
 
 pub mod admin;
+mod admin_log;
 pub mod hot_restart;
 pub mod instance;
 pub mod memory;

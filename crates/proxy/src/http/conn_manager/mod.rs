@@ -163,6 +163,24 @@ impl Hcm {
         })
     }
 
+    /// A response status in the cluster's code and class counters, unless
+    /// the router's `dynamic_stats` is off.
+    pub(in crate::http) fn charge_status(&self, stats: &crate::upstream::cluster_stats::ClusterStats, status: u16) {
+        if self.filters.dynamic_stats {
+            stats.record_status(status);
+        }
+    }
+
+    /// The router's `dynamic_stats`.
+    pub(in crate::http) fn dynamic_stats(&self) -> bool {
+        self.filters.dynamic_stats
+    }
+
+    /// The router's `suppress_envoy_headers`.
+    pub(in crate::http) fn suppress_envoy_headers(&self) -> bool {
+        self.filters.suppress_envoy_headers
+    }
+
     /// The `server` header value this HCM writes.
     pub fn server_name(&self) -> &str {
         self.server_name.to_str().unwrap_or("envoy")

@@ -155,8 +155,10 @@ impl Stream {
         let Some((cluster, host, started)) = &self.upstream else { return };
         let cs = &cluster.stats;
         cs.upstream_rq_active.dec();
-        cs.upstream_rq_completed.inc();
-        cs.upstream_rq_time.record(started.elapsed().as_secs_f64() * 1000.0);
+        if self.hcm.dynamic_stats() {
+            cs.upstream_rq_completed.inc();
+            cs.upstream_rq_time.record(started.elapsed().as_secs_f64() * 1000.0);
+        }
         host.rq_active.fetch_sub(1, Relaxed);
         cluster.pools.release();
         if (500..600).contains(&self.status) || !complete {

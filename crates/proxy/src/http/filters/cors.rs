@@ -5,7 +5,10 @@
 //! (and credentials/expose headers) on its response.
 //!
 //! Each field is taken from the most specific policy that sets it (route,
-//! then virtual host), as Envoy does.
+//! then virtual host), as Envoy does. When neither level has a typed policy,
+//! the deprecated `cors` fields of the route action and the virtual host
+//! (`envoy.config.route.v3.CorsPolicy`) are used instead, as Envoy falls
+//! back to them.
 
 use crate::common::fraction::{per_million, roll};
 use crate::common::matcher::StringMatch;
@@ -14,6 +17,7 @@ use crate::http::filters::api::{
 };
 use crate::http::route::per_filter::PerRouteConfig;
 use http::{HeaderMap, HeaderName, HeaderValue};
+use legate_api::pb::envoy::config::route::v3::CorsPolicy as RouteCorsPolicy;
 use legate_api::pb::envoy::extensions::filters::http::cors::v3::CorsPolicy;
 use legate_api::pb::google::protobuf::Any;
 use std::sync::Arc;
@@ -21,6 +25,28 @@ use std::sync::Arc;
 pub const TYPE: &str = "envoy.extensions.filters.http.cors.v3.Cors";
 /// The per-route config: a route's or virtual host's policy.
 pub const POLICY_TYPE: &str = "envoy.extensions.filters.http.cors.v3.CorsPolicy";
+
+/// A route action's or virtual host's deprecated `cors` field, compiled.
+pub struct LegacyPolicy(Policy);
+
+/// The deprecated `cors` field of a route action or virtual host as a
+/// per-route config the filter falls back to.
+pub fn legacy(p: &RouteCorsPolicy) -> Result<PerRouteConfig, String> {
+    use legate_api::pb::envoy::config::route::v3::cors_policy::EnabledSpecifier;
+    let typed = CorsPolicy {
+        allow_origin_string_match: p.allow_origin_string_match.clone(),
+        allow_methods: p.allow_methods.clone(),
+        allow_headers: p.allow_headers.clone(),
+        expose_headers: p.expose_headers.clone(),
+        max_age: p.max_age.clone(),
+        allow_credentials: p.allow_credentials,
+        filter_enabled: p.enabled_specifier.as_ref().map(|EnabledSpecifier::FilterEnabled(f)| f.clone()),
+        shadow_enabled: p.shadow_enabled.clone(),
+        allow_private_network_access: p.allow_private_network_access,
+        forward_not_matching_preflights: p.forward_not_matching_preflights,
+    };
+    Ok(Arc::new(LegacyPolicy(Policy::new(&typed)?)))
+}
 
 pub const REGISTRATION: Registration = Registration {
     type_url: TYPE,
@@ -193,12 +219,19 @@ static DEFAULT_POLICY: std::sync::LazyLock<Policy> = std::sync::LazyLock::new(Po
 
 impl HttpFilter for Cors {
     fn on_request<'r>(&'r self, rq: &'r mut RequestCtx<'_>, state: &'r mut ResponseState) -> FilterStatus<'r> {
-        // The route's policy, then the virtual host's.
+        // The route's policy, then the virtual host's; without a typed
+        // policy at either level, their deprecated `cors` fields.
         let mut policies: [&Policy; 2] = [&DEFAULT_POLICY; 2];
         let mut n = 0;
         for p in rq.route.iter().flatten().filter_map(|p| p.get::<Policy>()) {
             policies[n] = p;
             n += 1;
+        }
+        if n == 0 {
+            for p in rq.route.iter().flatten().filter_map(|p| p.get::<LegacyPolicy>()) {
+                policies[n] = &p.0;
+                n += 1;
+            }
         }
         match decide(&policies[..n], rq.method, rq.headers, &self.stats) {
             Decision::Pass => FilterStatus::Continue,

@@ -34,6 +34,15 @@ pub struct FilterChain {
     header_filters: Vec<usize>,
     /// The smallest `buffer_limit` of the filters.
     buffer_limit: Option<u64>,
+    /// The router's `suppress_envoy_headers`: it adds none of its own
+    /// `x-envoy-*` headers (the expected timeout upstream, the service time
+    /// and `x-envoy-overloaded` downstream).
+    pub suppress_envoy_headers: bool,
+    /// The router's `dynamic_stats` (default true): without them the
+    /// cluster's `upstream_rq_completed`, `upstream_rq_<code>` and
+    /// `_<class>` (with their `external.` twins) and `upstream_rq_time` are
+    /// not charged.
+    pub dynamic_stats: bool,
 }
 
 impl FilterChain {
@@ -52,9 +61,11 @@ impl FilterChain {
         let Some((last, rest)) = pb.split_last() else {
             return Err("http_filters: the router is required as the last filter".into());
         };
-        if type_of(last).is_none_or(|a| legate_api::any::type_name(a) != ROUTER_TYPE) {
+        let Some(router) = type_of(last).filter(|a| legate_api::any::type_name(a) == ROUTER_TYPE) else {
             return Err("http_filters: the last filter must be envoy.filters.http.router".into());
-        }
+        };
+        let router: legate_api::pb::envoy::extensions::filters::http::router::v3::Router =
+            legate_api::any::unpack(router).map_err(|e| format!("http_filters[{}]: {e}", pb.len() - 1))?;
         let mut filters = Vec::new();
         // The kinds a chain may hold only one of, once seen.
         let mut seen_once: Vec<&str> = Vec::new();
@@ -83,6 +94,8 @@ impl FilterChain {
             response_filters: with_hook(|h| h.on_response),
             header_filters: with_hook(|h| h.response_header),
             buffer_limit: filters.iter().filter_map(|f| f.buffer_limit()).min(),
+            suppress_envoy_headers: router.suppress_envoy_headers,
+            dynamic_stats: router.dynamic_stats.is_none_or(|v| v.value),
             filters,
         })
     }

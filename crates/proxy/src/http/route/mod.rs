@@ -50,6 +50,15 @@ pub struct VirtualHost {
 /// A route's or virtual host's `rate_limits` and `typed_per_filter_config`;
 /// each per-route config is compiled by the filter that reads it, found in
 /// the filters' registry by its type.
+/// `per_filter` with a route action's or virtual host's deprecated `cors`
+/// field, for the CORS filter to fall back to.
+fn with_legacy_cors(mut per_filter: PerFilter, cors: Option<&rpb::CorsPolicy>) -> Result<PerFilter, String> {
+    if let Some(c) = cors {
+        per_filter.insert(crate::http::filters::cors::legacy(c).map_err(|e| format!("cors.{e}"))?);
+    }
+    Ok(per_filter)
+}
+
 fn compile_per_filter(
     configs: &HashMap<String, legate_api::pb::google::protobuf::Any>,
     rate_limits: &[rpb::RateLimit],
@@ -251,6 +260,7 @@ impl RouteTable {
     }
 }
 
+#[allow(deprecated)] // Envoy 1.40 still honours the deprecated `cors` field, so Legate reads it.
 fn compile_vhost(vh: &rpb::VirtualHost) -> Result<VirtualHost, String> {
     let routes = vh
         .routes
@@ -266,10 +276,14 @@ fn compile_vhost(vh: &rpb::VirtualHost) -> Result<VirtualHost, String> {
         require_tls: vh.require_tls,
         attempt_count_upstream: vh.include_request_attempt_count,
         attempt_count_response: vh.include_attempt_count_in_response,
-        per_filter: compile_per_filter(&vh.typed_per_filter_config, &vh.rate_limits)?,
+        per_filter: with_legacy_cors(
+            compile_per_filter(&vh.typed_per_filter_config, &vh.rate_limits)?,
+            vh.cors.as_ref(),
+        )?,
     })
 }
 
+#[allow(deprecated)] // Envoy 1.40 still honours the deprecated `cors` field, so Legate reads it.
 fn compile_route(r: &rpb::Route) -> Result<Route, String> {
     use rpb::route_match::PathSpecifier;
     let m = r.r#match.as_ref().ok_or("match is required")?;
@@ -322,13 +336,20 @@ fn compile_route(r: &rpb::Route) -> Result<Route, String> {
         action,
         request_headers: HeaderMutations::new(&r.request_headers_to_add, &r.request_headers_to_remove)?,
         response_headers: HeaderMutations::new(&r.response_headers_to_add, &r.response_headers_to_remove)?,
-        per_filter: compile_per_filter(
-            &r.typed_per_filter_config,
+        per_filter: with_legacy_cors(
+            compile_per_filter(
+                &r.typed_per_filter_config,
+                match &r.action {
+                    Some(rpb::route::Action::Route(ra)) => &ra.rate_limits[..],
+                    _ => &[][..],
+                },
+            )?,
             match &r.action {
-                Some(rpb::route::Action::Route(ra)) => &ra.rate_limits[..],
-                _ => &[][..],
+                Some(rpb::route::Action::Route(ra)) => ra.cors.as_ref(),
+                _ => None,
             },
-        )?,
+        )
+        .map_err(|e| format!("route.{e}"))?,
     })
 }
 

@@ -74,7 +74,11 @@ impl Hcm {
             (stream, Outgoing::Once(Request::from_parts(parts, body.watched(target.request_done.clone()))))
         };
         let (_, vh, _) = matched;
-        let attempts = Attempts { route_timeout, count_header: vh.attempt_count_upstream };
+        let attempts = Attempts {
+            route_timeout,
+            count_header: vh.attempt_count_upstream,
+            timeout_header: !self.suppress_envoy_headers(),
+        };
         let (result, last_host, attempts) = match self.send(&mut stream, outgoing, &target, ra, attempts).await {
             Ok(sent) => sent,
             Err(timed_out) => {
@@ -218,11 +222,13 @@ impl Hcm {
         attempts: u32,
     ) -> ProxyResponse {
         let cs = &target.cluster.stats;
-        cs.record_status(upstream_resp.status().as_u16());
+        self.charge_status(cs, upstream_resp.status().as_u16());
         let (mut rparts, rbody) = upstream_resp.into_parts();
         strip_hop_by_hop(&mut rparts.headers);
         let service_time = target.started.elapsed().as_millis() as u64;
-        rparts.headers.insert(X_ENVOY_UPSTREAM_SERVICE_TIME.clone(), HeaderValue::from(service_time));
+        if !self.suppress_envoy_headers() {
+            rparts.headers.insert(X_ENVOY_UPSTREAM_SERVICE_TIME.clone(), HeaderValue::from(service_time));
+        }
         rparts.version = http::Version::HTTP_11;
         let (_, vh, _) = matched;
         if vh.attempt_count_response {

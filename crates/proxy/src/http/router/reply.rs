@@ -23,17 +23,19 @@ impl Hcm {
         matched: Matched<'_>,
     ) -> ProxyResponse {
         cluster.stats.upstream_rq_timeout.inc();
-        cluster.stats.record_status(504);
+        self.charge_status(&cluster.stats, 504);
         self.router_reply(stream, Some(matched), 504, "response_timeout", "UT", Some("upstream request timeout".into()))
     }
 
     /// A circuit breaker's answer: 503 `UO` with `x-envoy-overloaded`.
     pub(super) fn overflow_reply(&self, stream: Box<Stream>, cluster: &Cluster, matched: Matched<'_>) -> ProxyResponse {
-        cluster.stats.record_status(503);
+        self.charge_status(&cluster.stats, 503);
         let body = UpstreamError::Overflow.local_reply_body();
         let details = "upstream_reset_before_response_started{overflow}";
         let mut r = self.router_reply(stream, Some(matched), 503, details, "UO", Some(body));
-        r.headers_mut().insert(X_ENVOY_OVERLOADED.clone(), HeaderValue::from_static("true"));
+        if !self.suppress_envoy_headers() {
+            r.headers_mut().insert(X_ENVOY_OVERLOADED.clone(), HeaderValue::from_static("true"));
+        }
         r
     }
 
@@ -44,7 +46,7 @@ impl Hcm {
         cluster: &Cluster,
         matched: Matched<'_>,
     ) -> ProxyResponse {
-        cluster.stats.record_status(503);
+        self.charge_status(&cluster.stats, 503);
         let body = Some("no healthy upstream".into());
         self.router_reply(stream, Some(matched), 503, "no_healthy_upstream", "UH", body)
     }
@@ -98,7 +100,7 @@ impl Hcm {
             UpstreamError::PoolOverflow => return self.no_healthy_upstream_reply(stream, cluster, matched),
             _ => {}
         }
-        cs.record_status(503);
+        self.charge_status(cs, 503);
         if error.response_flag() == "UF" {
             cs.upstream_rq_pending_failure_eject.inc();
         }

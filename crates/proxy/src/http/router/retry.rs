@@ -293,6 +293,8 @@ pub(super) struct Attempts {
     pub(super) route_timeout: Option<Duration>,
     /// Set `x-envoy-attempt-count` on every attempt.
     pub(super) count_header: bool,
+    /// Set `x-envoy-expected-rq-timeout-ms` (unless the router suppresses it).
+    pub(super) timeout_header: bool,
 }
 
 /// Sends with the route's retry policy: on a retriable response or failure,
@@ -354,7 +356,9 @@ pub(super) async fn send_with_retries(
         }
         // The next attempt is told the time the route's timeout leaves.
         if let Some(ms) = expected_timeout_ms(route_timeout, policy.per_try_timeout, started.elapsed()) {
-            parts.headers.insert(X_ENVOY_EXPECTED_TIMEOUT.clone(), HeaderValue::from(ms));
+            if attempts.timeout_header {
+                parts.headers.insert(X_ENVOY_EXPECTED_TIMEOUT.clone(), HeaderValue::from(ms));
+            }
         }
         host = next_host(&cluster, &policy, &tried, host);
     }

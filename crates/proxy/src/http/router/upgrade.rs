@@ -87,13 +87,13 @@ impl Hcm {
         let cs = &target.cluster.stats;
         match crate::upstream::connection::connect_owned(&target.cluster, &target.host).await {
             Err(e) => {
-                cs.record_status(503);
+                self.charge_status(cs, 503);
                 let details = "upstream_reset_before_response_started{remote_connection_failure}";
                 self.router_reply(stream, Some(matched), 503, details, e.response_flag(), Some(e.local_reply_body()))
             }
             Ok((io, guard)) => {
                 cs.upstream_rq_total.inc();
-                cs.record_status(200);
+                self.charge_status(cs, 200);
                 stream.details = "via_upstream";
                 let mut resp = Response::new(ProxyBody::Empty);
                 self.finish_response(&mut stream, &mut resp, Some(matched));
@@ -129,7 +129,7 @@ impl Hcm {
             Ok(Ok(r)) => r,
             Ok(Err(UpstreamError::Overflow)) => return Break(self.overflow_reply(stream, cluster, matched)),
             Ok(Err(e)) => {
-                cs.record_status(503);
+                self.charge_status(cs, 503);
                 let details = match e.response_flag() {
                     "UF" => "upstream_reset_before_response_started{remote_connection_failure}",
                     _ => "upstream_reset_before_response_started{connection_termination}",
@@ -140,7 +140,7 @@ impl Hcm {
             // Any timer that ends the wait answers as the route timeout.
             Err(_) => return Break(self.route_timeout_reply(stream, cluster, matched)),
         };
-        cs.record_status(upstream_resp.status().as_u16());
+        self.charge_status(cs, upstream_resp.status().as_u16());
         Continue((stream, upstream_resp, guard))
     }
 

@@ -80,7 +80,9 @@ impl Hcm {
         };
         let per_try = retry.as_ref().and_then(|p| p.per_try_timeout);
         if let Some(ms) = expected_timeout_ms(route_timeout, per_try, Duration::ZERO) {
-            parts.headers.insert(X_ENVOY_EXPECTED_TIMEOUT.clone(), HeaderValue::from(ms));
+            if !self.suppress_envoy_headers() {
+                parts.headers.insert(X_ENVOY_EXPECTED_TIMEOUT.clone(), HeaderValue::from(ms));
+            }
         }
         {
             // Values may read the request's own headers (%REQ(...)%): a

@@ -6,6 +6,7 @@ use crate::http::conn_manager::{Codec, Hcm};
 use crate::http::context::CompileContext;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyper_util::server::conn::auto;
+use legate_api::pb::envoy::config::core::v3::Http2ProtocolOptions;
 use legate_api::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpConnectionManager;
 use legate_api::pb::google::protobuf::Any;
 use std::borrow::Cow;
@@ -22,12 +23,12 @@ pub struct HttpChain {
 impl HttpChain {
     /// The terminal filter from its `typed_config`; `path` names it in errors.
     pub fn compile_filter(any: &Any, ctx: &CompileContext, path: &str) -> Result<Self, String> {
-        let hcm: HttpConnectionManager = legate_api::any::unpack(any)?;
-        let hcm = Hcm::compile(&hcm, ctx).map_err(|e| format!("{path}.{e}"))?;
+        let pb: HttpConnectionManager = legate_api::any::unpack(any)?;
+        let hcm = Hcm::compile(&pb, ctx).map_err(|e| format!("{path}.{e}"))?;
         let hcm = Arc::new(hcm);
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder.http1().timer(TokioTimer::new()).keep_alive(true).header_read_timeout(hcm.request_headers_timeout);
-        builder.http2().timer(TokioTimer::new()).max_concurrent_streams(Some(2147483647));
+        h2_settings(&mut builder, pb.http2_protocol_options.as_ref());
         if hcm.allow_connect {
             builder.http2().enable_connect_protocol();
         }
@@ -50,5 +51,23 @@ impl HttpChain {
             (Codec::Auto, Some(false)) => Cow::Owned(self.builder.clone().http1_only()),
             _ => Cow::Borrowed(&self.builder),
         }
+    }
+}
+
+/// `http2_protocol_options` a connection manager's HTTP/2 connections are
+/// served with: `max_concurrent_streams` (Envoy's default, 2^31 - 1, when
+/// unset) and, when set, `initial_stream_window_size` (the SETTINGS
+/// initial window) and `initial_connection_window_size` (the connection
+/// window, opened with a WINDOW_UPDATE after the preface), as Envoy sends
+/// them. The PGV rules have bounded the values already.
+fn h2_settings(builder: &mut auto::Builder<TokioExecutor>, options: Option<&Http2ProtocolOptions>) {
+    let max_streams = options.and_then(|o| o.max_concurrent_streams).map_or(2147483647, |v| v.value);
+    let mut h2 = builder.http2();
+    h2.timer(TokioTimer::new()).max_concurrent_streams(Some(max_streams));
+    if let Some(w) = options.and_then(|o| o.initial_stream_window_size) {
+        h2.initial_stream_window_size(Some(w.value));
+    }
+    if let Some(w) = options.and_then(|o| o.initial_connection_window_size) {
+        h2.initial_connection_window_size(Some(w.value));
     }
 }

@@ -1,0 +1,231 @@
+//! Fields that real-world configs use most and Legate learnt for them (see
+//! `breadth.rs`), each run through Envoy 1.40 and Legate side by side.
+
+mod harness;
+
+use harness::template::echo_bootstrap;
+use harness::*;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// The lines of the log at `path` that contain `marker`, once there are `n`
+/// of them (polled for up to 10 s; what is there then, however many).
+fn marked_lines(path: &Path, marker: &str, n: usize) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        let lines: Vec<String> = text.lines().filter(|l| l.contains(marker)).map(str::to_string).collect();
+        if lines.len() >= n || Instant::now() > deadline {
+            return lines;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A default-format line without what differs from run to run: the start
+/// time and the duration.
+fn without_times(line: &str) -> String {
+    let rest = line.split_once("] ").map(|(_, r)| r).unwrap_or(line);
+    // `"GET /p HTTP/1.1" 200 - 0 5 0 - "..."`: the duration is the fifth
+    // token after the request line.
+    let Some((request, after)) = rest.split_once("\" ") else { return rest.to_string() };
+    let mut tokens: Vec<&str> = after.splitn(6, ' ').collect();
+    if tokens.len() == 6 {
+        tokens[4] = "<ms>";
+    }
+    format!("{request}\" {}", tokens.join(" "))
+}
+
+#[test]
+fn admin_access_log_path_and_access_log() {
+    let dir = TempDir::new("compat-admin-log");
+    let d = dir.path();
+    let custom = "%REQ(:METHOD)% %REQ(:PATH)% %RESPONSE_CODE% %BYTES_SENT% %PROTOCOL% %DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT% %RESPONSE_CODE_DETAILS% %ROUTE_NAME% %UPSTREAM_CLUSTER% %REQ(X-FORWARDED-FOR)%\\n";
+    let [e, l] = both(d, &[], &[], |who, admin, _| {
+        format!(
+            "admin:\n  access_log_path: {dir}/{who}-admin.log\n  access_log:\n  - name: envoy.access_loggers.file\n    typed_config:\n      \"@type\": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog\n      path: {dir}/{who}-admin-custom.log\n      log_format: {{text_format: \"{custom}\"}}\n  address: {{socket_address: {{address: 127.0.0.1, port_value: {admin}}}}}\n",
+            dir = d.display()
+        )
+    });
+    for side in [&e, &l] {
+        let addr: SocketAddr = ([127, 0, 0, 1], side.admin).into();
+        let ready = http_request(
+            addr,
+            "GET",
+            "/ready?probe=1",
+            "admin.test",
+            &[("user-agent", "compat/1"), ("x-request-id", "rid-1")],
+            "",
+        )
+        .expect("GET /ready");
+        assert_eq!(ready.status, 200, "{}: {ready:?}", side.who);
+        let refused = http_request(
+            addr,
+            "GET",
+            "/healthcheck/fail?probe=2",
+            "admin.test",
+            &[("user-agent", "compat/2"), ("x-forwarded-for", "10.0.0.1")],
+            "",
+        )
+        .expect("GET /healthcheck/fail");
+        assert_eq!(refused.status, 405, "{}: {refused:?}", side.who);
+    }
+    let default_lines = |who: &str| -> Vec<String> {
+        marked_lines(&d.join(format!("{who}-admin.log")), "probe=", 2).iter().map(|l| without_times(l)).collect()
+    };
+    let (a, b) = (default_lines("envoy"), default_lines("legate"));
+    assert_eq!(a.len(), 2, "Envoy's admin log: {a:?}");
+    assert_eq!(a, b, "admin access_log_path: Envoy (left) and Legate (right) differ");
+    let (a, b) = (
+        marked_lines(&d.join("envoy-admin-custom.log"), "probe=", 2),
+        marked_lines(&d.join("legate-admin-custom.log"), "probe=", 2),
+    );
+    assert_eq!(a.len(), 2, "Envoy's custom admin log: {a:?}");
+    assert_eq!(a, b, "admin access_log: Envoy (left) and Legate (right) differ");
+}
+
+/// What a proxy's HTTP/2 server says first to an h2c client: its SETTINGS
+/// (identifier to value) and the connection window increments it grants.
+fn h2_greeting(port: u16) -> (std::collections::BTreeMap<u16, u32>, u32) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_millis(300))).expect("timeout");
+    // The preface and an empty SETTINGS frame.
+    s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00").expect("preface");
+    let mut raw = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut buf = [0u8; 4096];
+    // Read until the peer goes quiet for 300 ms (or 5 s pass).
+    while Instant::now() < deadline {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => raw.extend_from_slice(&buf[..n]),
+        }
+    }
+    let (mut settings, mut window) = (std::collections::BTreeMap::new(), 0u32);
+    let mut at = 0;
+    while at + 9 <= raw.len() {
+        let len = u32::from_be_bytes([0, raw[at], raw[at + 1], raw[at + 2]]) as usize;
+        let (kind, flags) = (raw[at + 3], raw[at + 4]);
+        let stream = u32::from_be_bytes([raw[at + 5], raw[at + 6], raw[at + 7], raw[at + 8]]) & 0x7fff_ffff;
+        let Some(payload) = raw.get(at + 9..at + 9 + len) else { break };
+        match (kind, flags & 1, stream) {
+            (4, 0, 0) => {
+                for p in payload.chunks_exact(6) {
+                    settings.insert(u16::from_be_bytes([p[0], p[1]]), u32::from_be_bytes([p[2], p[3], p[4], p[5]]));
+                }
+            }
+            (8, _, 0) if payload.len() == 4 => {
+                window += u32::from_be_bytes([payload[0], payload[1], payload[2], payload[3]]) & 0x7fff_ffff;
+            }
+            _ => {}
+        }
+        at += 9 + len;
+    }
+    (settings, window)
+}
+
+#[test]
+fn hcm_http2_stream_limit_and_windows() {
+    const MAX_CONCURRENT_STREAMS: u16 = 3;
+    const INITIAL_WINDOW_SIZE: u16 = 4;
+    let hcm = "          codec_type: HTTP2\n          http2_protocol_options: { max_concurrent_streams: 7, initial_stream_window_size: 131072, initial_connection_window_size: 1048576 }\n";
+    let p = start_pair("compat-h2-settings", &echo_bootstrap(hcm), &["a"]);
+    let (e, l) = (h2_greeting(p.envoy), h2_greeting(p.legate));
+    assert_eq!(e.0.get(&MAX_CONCURRENT_STREAMS), Some(&7), "Envoy's SETTINGS: {e:?}");
+    for id in [MAX_CONCURRENT_STREAMS, INITIAL_WINDOW_SIZE] {
+        assert_eq!(e.0.get(&id), l.0.get(&id), "SETTINGS {id}: Envoy {e:?}, Legate {l:?}");
+    }
+    assert_eq!(e.1, 1048576 - 65535, "Envoy's connection WINDOW_UPDATE: {e:?}");
+    assert_eq!(e.1, l.1, "connection window: Envoy {e:?}, Legate {l:?}");
+}
+
+#[test]
+fn router_suppress_envoy_headers() {
+    let router = "          http_filters:\n          - name: envoy.filters.http.router\n            typed_config: { \"@type\": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router, suppress_envoy_headers: true }\n";
+    let template = harness::template::with_filters(echo_bootstrap(""), router);
+    let requests = [get("/"), get("/timed").header("x-envoy-upstream-rq-timeout-ms", "2000")];
+    let p = harness::diff::compare("compat-suppress-envoy-headers", &template, &["a"], &requests);
+    // What the comparison saw is what Envoy does: no service time
+    // downstream, no expected timeout upstream.
+    for port in [p.envoy, p.legate] {
+        let r = harness::diff::send(port, &get("/"));
+        assert_eq!(r.status, 200, "{r:?}");
+        assert!(r.header("x-envoy-upstream-service-time").is_none(), "{port}: {r:?}");
+        assert!(!r.body.contains("x-envoy-expected-rq-timeout-ms"), "{port}: {}", r.body);
+    }
+}
+
+#[test]
+fn deprecated_cors_fields_of_virtual_hosts_and_routes() {
+    let filters = "          - name: envoy.filters.http.cors\n            typed_config: { \"@type\": type.googleapis.com/envoy.extensions.filters.http.cors.v3.Cors }\n";
+    // The grpc-web examples' form: the policy in the virtual host's `cors`;
+    // a route action's own `cors`; and a typed policy, which wins over both.
+    let vhosts = r#"            - name: all
+              domains: ["*"]
+              cors:
+                allow_origin_string_match: [{ prefix: "https://a." }]
+                allow_methods: "GET, PUT, DELETE, POST, OPTIONS"
+                allow_headers: "keep-alive,user-agent,cache-control,content-type,x-grpc-web,grpc-timeout"
+                expose_headers: "grpc-status,grpc-message"
+                max_age: "1728000"
+              routes:
+              - match: { prefix: "/route" }
+                route:
+                  cluster: echo
+                  cors: { allow_methods: "PATCH", allow_credentials: true }
+              - match: { prefix: "/typed" }
+                route: { cluster: echo }
+                typed_per_filter_config:
+                  envoy.filters.http.cors:
+                    "@type": type.googleapis.com/envoy.extensions.filters.http.cors.v3.CorsPolicy
+                    allow_origin_string_match: [{ exact: "https://typed.example" }]
+              - { match: { prefix: "/" }, route: { cluster: echo } }
+"#;
+    let t = harness::template::filtered(filters, vhosts);
+    let preflight = |path: &str, origin: &'static str| {
+        get(path).method("OPTIONS").header("origin", origin).header("access-control-request-method", "POST")
+    };
+    let pair = harness::diff::compare(
+        "compat-legacy-cors",
+        &t,
+        &["a"],
+        &[
+            get("/plain"),
+            get("/plain").header("origin", "https://a.example"),
+            get("/plain").header("origin", "https://evil.example"),
+            preflight("/plain", "https://a.example"),
+            preflight("/plain", "https://evil.example"),
+            get("/route").header("origin", "https://a.example"),
+            preflight("/route", "https://a.example"),
+            preflight("/typed", "https://a.example"),
+            preflight("/typed", "https://typed.example"),
+            get("/typed").header("origin", "https://typed.example"),
+        ],
+    );
+    pair.same_stats(&["http.ingress_http.cors.origin_valid", "http.ingress_http.cors.origin_invalid"]);
+    let r = harness::diff::send(pair.envoy, &preflight("/plain", "https://a.example"));
+    assert_eq!(r.header("access-control-max-age"), Some("1728000"), "Envoy honours the virtual host's cors: {r:?}");
+}
+
+#[test]
+fn router_without_dynamic_stats() {
+    use harness::template::{bootstrap, cluster, echo_cluster, one_vhost, with_filters};
+    let router = "          http_filters:\n          - name: envoy.filters.http.router\n            typed_config: { \"@type\": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router, dynamic_stats: false }\n";
+    let routes = "              - { match: { prefix: \"/dead\" }, route: { cluster: dead } }\n              - { match: { prefix: \"/\" }, route: { cluster: echo } }\n";
+    let clusters = format!("{}{}", echo_cluster(), cluster("dead", &["{CLOSED}"]));
+    let template = with_filters(bootstrap("", "", &one_vhost(routes), &clusters), router);
+    let requests = [get("/"), get("/again"), get("/dead")];
+    let p = harness::diff::compare("compat-no-dynamic-stats", &template, &["a"], &requests);
+    p.stats_reach(&[("cluster.echo.upstream_rq_total", 2), ("cluster.dead.upstream_cx_connect_fail", 1)]);
+    let mut names = Vec::new();
+    for c in ["echo", "dead"] {
+        for s in ["upstream_rq_completed", "upstream_rq_200", "upstream_rq_2xx", "upstream_rq_503", "upstream_rq_5xx"] {
+            names.push(format!("cluster.{c}.{s}"));
+            names.push(format!("cluster.{c}.external.{s}"));
+        }
+    }
+    p.same_stats(&names.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(stat(p.envoy_admin, "cluster.echo.upstream_rq_200"), None, "Envoy charged a dynamic stat");
+}
