@@ -160,11 +160,17 @@ fn metrics_service_and_load_reports_match_envoy() {
     }
     let (e, l) = (&metrics["envoy"], &metrics["legate"]);
     for (who, msgs) in [("envoy", e), ("legate", l)] {
-        let node = msgs[0].1.identifier.as_ref().and_then(|i| i.node.as_ref()).expect("identifier on the first message");
+        let node =
+            msgs[0].1.identifier.as_ref().and_then(|i| i.node.as_ref()).expect("identifier on the first message");
         assert_eq!((node.id.as_str(), node.cluster.as_str()), (who, "sinks-test"));
         assert!(msgs.iter().skip(1).filter(|(s, _)| *s == msgs[0].0).all(|(_, m)| m.identifier.is_none()), "{who}");
-        assert!(msgs.iter().all(|(_, m)| m.envoy_metrics.iter().all(|f| f.metric.len() == 1
-            && f.metric[0].timestamp_ms.is_some())), "{who}: one metric with a timestamp per family");
+        assert!(
+            msgs.iter().all(|(_, m)| m
+                .envoy_metrics
+                .iter()
+                .all(|f| f.metric.len() == 1 && f.metric[0].timestamp_ms.is_some())),
+            "{who}: one metric with a timestamp per family"
+        );
     }
     let (el, ll) = (families(&e[e.len() - 1].1), families(&l[l.len() - 1].1));
     let ours = |k: &(String, i32)| k.0.starts_with("cluster.echo.") || k.0.starts_with("http.ingress.");
@@ -174,6 +180,10 @@ fn metrics_service_and_load_reports_match_envoy() {
         f.keys().filter(|k| ours(k) && shared.contains(&k.0)).cloned().collect::<BTreeSet<_>>()
     };
     assert_eq!(types(&el), types(&ll), "the same stats with the same types");
+    // Only used stats: nothing of the cluster's or the connection manager's
+    // that Envoy leaves out as never touched.
+    let unused: Vec<_> = ll.keys().filter(|k| ours(k) && !el.contains_key(*k)).collect();
+    assert!(unused.is_empty(), "legate sends what envoy does not: {unused:?}");
     let want = [
         ("cluster.echo.upstream_rq_total", TOTAL),
         ("cluster.echo.upstream_rq_completed", TOTAL),

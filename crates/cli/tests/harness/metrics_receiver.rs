@@ -81,12 +81,8 @@ impl Receiver {
     /// answered with `answer` after their first request.
     pub fn start(answer: LoadStatsResponse) -> Receiver {
         let port = free_port();
-        let recorder = Recorder {
-            metrics: Default::default(),
-            loads: Default::default(),
-            streams: Default::default(),
-            answer,
-        };
+        let recorder =
+            Recorder { metrics: Default::default(), loads: Default::default(), streams: Default::default(), answer };
         let (metrics, loads) = (recorder.metrics.clone(), recorder.loads.clone());
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
