@@ -110,15 +110,19 @@ fn reports_echo(r: &LoadStatsRequest) -> bool {
     r.cluster_stats.iter().any(|c| c.cluster_name == "echo")
 }
 
-#[test]
-fn metrics_service_and_load_reports_match_envoy() {
-    let answer = LoadStatsResponse {
+/// The collector's answer to a load-report stream: `echo` every second, by endpoint.
+fn answer() -> LoadStatsResponse {
+    LoadStatsResponse {
         clusters: vec!["echo".into()],
         load_reporting_interval: Some(legate_api::pb::google::protobuf::Duration { seconds: 1, nanos: 0 }),
         report_endpoint_granularity: true,
         ..Default::default()
-    };
-    let collector = Receiver::start(answer);
+    }
+}
+
+#[test]
+fn metrics_service_and_load_reports_match_envoy() {
+    let collector = Receiver::start(answer());
     let dir = TempDir::new("diff-sinks");
     let (ea, a) = echo("a", dir.path());
     let (eb, b) = echo("b", dir.path());
@@ -227,6 +231,46 @@ fn metrics_service_and_load_reports_match_envoy() {
         assert!(node.client_features.iter().any(|f| f == "envoy.lrs.supports_send_all_clusters"), "{who}");
         let c = reports.iter().rev().find(|r| reports_echo(r)).map(|r| &r.cluster_stats[0]);
         assert!(c.and_then(|c| c.load_report_interval.as_ref()).is_some(), "{who}: load_report_interval");
+    }
+    drop(sides);
+    drop((ea, eb));
+}
+
+/// The collector goes away and comes back on the same port: both proxies
+/// open their streams again, the node on the first message of each.
+#[test]
+fn streams_reopen_after_the_collector_returns() {
+    let first = Receiver::start(answer());
+    let port = first.port;
+    let dir = TempDir::new("diff-sinks-reopen");
+    let (ea, a) = echo("a", dir.path());
+    let (eb, b) = echo("b", dir.path());
+    let sides = both(dir.path(), &[], &["listen"], |who, admin, ports| {
+        config(who, admin, ports["listen"], [a, b], port)
+    });
+    for s in &sides {
+        wait_for(&format!("{}'s metrics", s.who), Duration::from_secs(20), || {
+            (!first.metrics_of(s.who).is_empty()).then_some(())
+        });
+        wait_for(&format!("{}'s load reports", s.who), Duration::from_secs(20), || {
+            (!first.loads_of(s.who).is_empty()).then_some(())
+        });
+    }
+    drop(first);
+    // A few flushes find no collector.
+    std::thread::sleep(Duration::from_millis(2_500));
+    let second = Receiver::start_on(port, answer());
+    for s in &sides {
+        // Envoy waits 5 s before it opens a load-report stream again; Legate's backoff is shorter.
+        let msgs = wait_for(&format!("{}'s metrics again", s.who), Duration::from_secs(30), || {
+            let m = second.metrics_of(s.who);
+            (!m.is_empty()).then_some(m)
+        });
+        let node = msgs[0].1.identifier.as_ref().and_then(|i| i.node.as_ref());
+        assert_eq!(node.map(|n| n.id.as_str()), Some(s.who), "the identifier on the new stream's first message");
+        wait_for(&format!("{}'s load reports again", s.who), Duration::from_secs(30), || {
+            (!second.loads_of(s.who).is_empty()).then_some(())
+        });
     }
     drop(sides);
     drop((ea, eb));

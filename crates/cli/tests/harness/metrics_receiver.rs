@@ -80,7 +80,11 @@ impl Receiver {
     /// Starts both services on a fresh port; load-report streams are
     /// answered with `answer` after their first request.
     pub fn start(answer: LoadStatsResponse) -> Receiver {
-        let port = free_port();
+        Self::start_on(free_port(), answer)
+    }
+
+    /// The same on `port` (a collector coming back where one was).
+    pub fn start_on(port: u16, answer: LoadStatsResponse) -> Receiver {
         let recorder =
             Recorder { metrics: Default::default(), loads: Default::default(), streams: Default::default(), answer };
         let (metrics, loads) = (recorder.metrics.clone(), recorder.loads.clone());
