@@ -245,9 +245,8 @@ fn streams_reopen_after_the_collector_returns() {
     let dir = TempDir::new("diff-sinks-reopen");
     let (ea, a) = echo("a", dir.path());
     let (eb, b) = echo("b", dir.path());
-    let sides = both(dir.path(), &[], &["listen"], |who, admin, ports| {
-        config(who, admin, ports["listen"], [a, b], port)
-    });
+    let sides =
+        both(dir.path(), &[], &["listen"], |who, admin, ports| config(who, admin, ports["listen"], [a, b], port));
     for s in &sides {
         wait_for(&format!("{}'s metrics", s.who), Duration::from_secs(20), || {
             (!first.metrics_of(s.who).is_empty()).then_some(())

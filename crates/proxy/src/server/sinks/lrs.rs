@@ -222,3 +222,64 @@ fn address_of(addr: SocketAddr) -> Address {
         })),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stats::Store;
+    use legate_api::pb::envoy::config::cluster::v3::Cluster as PbCluster;
+
+    /// Zone `a` with 127.0.0.1 and .2, zone `b` with .3.
+    fn cluster() -> Arc<Cluster> {
+        let ep =
+            |i: u32| format!("{{endpoint: {{address: {{socket_address: {{address: 127.0.0.{i}, port_value: 80}}}}}}}}");
+        let yaml = format!(
+            "name: c\nconnect_timeout: 1s\nload_assignment: {{cluster_name: c, endpoints: [{{locality: {{zone: a}}, lb_endpoints: [{}, {}]}}, {{locality: {{zone: b}}, lb_endpoints: [{}]}}]}}",
+            ep(1),
+            ep(2),
+            ep(3)
+        );
+        let text = legate_api::load::parse_text(&yaml).expect("yaml");
+        let (pb, _) = legate_api::load::decode_typed::<PbCluster>(text).expect("cluster");
+        Cluster::compile(&pb, &Arc::new(Store::default()), 1, &Default::default()).expect("compile")
+    }
+
+    fn served(h: &Host, ok: u64, err: u64) {
+        h.rq_total.fetch_add(ok + err, Relaxed);
+        h.rq_success.fetch_add(ok, Relaxed);
+        h.rq_error.fetch_add(err, Relaxed);
+    }
+
+    #[test]
+    fn reports_are_deltas_per_locality_and_endpoint() {
+        let c = cluster();
+        let hosts = c.hosts.load().all.clone();
+        let mut r = Reporter::default();
+        served(&hosts[0], 5, 1);
+        for h in hosts.iter() {
+            r.latch("c", h);
+        }
+        served(&hosts[0], 3, 1);
+        served(&hosts[1], 2, 0);
+        hosts[1].rq_active.store(1, Relaxed);
+        let report = r.localities("c", &c, true);
+        // Zone b had nothing: left out. Zone a: what happened since the latch.
+        assert_eq!(report.len(), 1);
+        let a = &report[0];
+        assert_eq!(a.locality.as_ref().map(|l| l.zone.as_str()), Some("a"));
+        let totals = (a.total_successful_requests, a.total_error_requests, a.total_issued_requests);
+        assert_eq!((totals, a.total_requests_in_progress), ((5, 1, 6), 1));
+        assert_eq!(a.upstream_endpoint_stats.len(), 2);
+        assert_eq!(a.upstream_endpoint_stats[0].address, Some(address_of(hosts[0].addr)));
+        assert_eq!(a.upstream_endpoint_stats[0].total_issued_requests, 4);
+        // Next report: only the request still in progress, no endpoint breakdown.
+        let report = r.localities("c", &c, false);
+        assert_eq!(report.len(), 1);
+        assert_eq!((report[0].total_issued_requests, report[0].total_requests_in_progress), (0, 1));
+        assert!(report[0].upstream_endpoint_stats.is_empty());
+        // A new host at a known address counts from its own zero.
+        let fresh = Arc::new(Host::new(hosts[2].addr, String::new(), 1, hosts[2].placement()));
+        served(&fresh, 1, 0);
+        assert_eq!(r.latch("c", &fresh), (1, 0, 1));
+    }
+}
