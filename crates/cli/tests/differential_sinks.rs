@@ -27,6 +27,11 @@ const TOTAL: u64 = 2 * (OK_PAIRS + ERR_PAIRS);
 /// The bootstrap both proxies run: node `who`, stats flushed every second
 /// to the collector, load reports to it, and `echo` over two localities.
 fn config(who: &str, admin: u16, listen: u16, ups: [u16; 2], collector: u16) -> String {
+    config_with(who, admin, listen, ups, collector, "")
+}
+
+/// The same with `sink` fields added to the `MetricsServiceConfig`.
+fn config_with(who: &str, admin: u16, listen: u16, ups: [u16; 2], collector: u16, sink: &str) -> String {
     let locality = |zone: &str, port: u16| {
         format!("{{locality: {{region: r1, zone: {zone}}}, lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}}}}}]}}")
     };
@@ -35,7 +40,7 @@ fn config(who: &str, admin: u16, listen: u16, ups: [u16; 2], collector: u16) -> 
         locality("za", ups[0]),
         locality("zb", ups[1])
     );
-    let sinks = "stats_flush_interval: 1s\nstats_sinks: [{name: envoy.stat_sinks.metrics_service, typed_config: {\"@type\": type.googleapis.com/envoy.config.metrics.v3.MetricsServiceConfig, transport_api_version: V3, grpc_service: {envoy_grpc: {cluster_name: collector}}}}]\ncluster_manager: {load_stats_config: {api_type: GRPC, transport_api_version: V3, grpc_services: [{envoy_grpc: {cluster_name: collector}}]}}\n";
+    let sinks = format!("stats_flush_interval: 1s\nstats_sinks: [{{name: envoy.stat_sinks.metrics_service, typed_config: {{\"@type\": type.googleapis.com/envoy.config.metrics.v3.MetricsServiceConfig, transport_api_version: V3{sink}, grpc_service: {{envoy_grpc: {{cluster_name: collector}}}}}}}}]\ncluster_manager: {{load_stats_config: {{api_type: GRPC, transport_api_version: V3, grpc_services: [{{envoy_grpc: {{cluster_name: collector}}}}]}}}}\n");
     format!(
         "node: {{id: {who}, cluster: sinks-test}}\n{sinks}{}",
         bootstrap(
@@ -270,6 +275,49 @@ fn streams_reopen_after_the_collector_returns() {
         wait_for(&format!("{}'s load reports again", s.who), Duration::from_secs(30), || {
             (!second.loads_of(s.who).is_empty()).then_some(())
         });
+    }
+    drop(sides);
+    drop((ea, eb));
+}
+
+/// Counters as deltas, histograms only as histograms: the deltas add up to
+/// the same totals, and no summary is sent.
+#[test]
+fn counter_deltas_and_histogram_mode_match_envoy() {
+    let collector = Receiver::start(answer());
+    let dir = TempDir::new("diff-sinks-deltas");
+    let (ea, a) = echo("a", dir.path());
+    let (eb, b) = echo("b", dir.path());
+    let sink = ", report_counters_as_deltas: true, histogram_emit_mode: HISTOGRAM";
+    let sides = both(dir.path(), &[], &["listen"], |who, admin, ports| {
+        config_with(who, admin, ports["listen"], [a, b], collector.port, sink)
+    });
+    for s in &sides {
+        for (path, status, pairs) in [("/ok", 200, OK_PAIRS), ("/status/503", 503, ERR_PAIRS)] {
+            for _ in 0..2 * pairs {
+                let r = http_get(addr(s.port("listen")), path, "app").expect("request");
+                assert_eq!(r.status, status, "{} {path}", s.who);
+            }
+        }
+    }
+    let sum = |msgs: &[(usize, StreamMetricsMessage)], name: &str| -> f64 {
+        msgs.iter().filter_map(|(_, m)| counter(m, name)).sum()
+    };
+    for s in &sides {
+        let msgs = wait_for(&format!("{}'s metrics", s.who), Duration::from_secs(20), || {
+            let msgs = collector.metrics_of(s.who);
+            let done = sum(&msgs, "cluster.echo.upstream_rq_total") == TOTAL as f64
+                && histogram_totals(&msgs, "cluster.echo.upstream_rq_time").0 == TOTAL;
+            done.then_some(msgs)
+        });
+        assert_eq!(sum(&msgs, "cluster.echo.upstream_rq_5xx"), (2 * ERR_PAIRS) as f64, "{}", s.who);
+        assert_eq!(sum(&msgs, "http.ingress.downstream_rq_total"), TOTAL as f64, "{}", s.who);
+        let summaries = msgs
+            .iter()
+            .flat_map(|(_, m)| m.envoy_metrics.iter())
+            .filter(|f| f.r#type == Some(MetricType::Summary as i32))
+            .count();
+        assert_eq!(summaries, 0, "{}: histograms only", s.who);
     }
     drop(sides);
     drop((ea, eb));
