@@ -68,6 +68,10 @@ struct ControlPlaneArgs {
     /// Require client certificates issued by this CA (PEM) on both listeners.
     #[arg(long, requires = "tls_cert")]
     client_ca: Option<std::path::PathBuf>,
+    /// How long the fleet's series are kept: RES:KEEP for services at a fine
+    /// resolution, then RES:KEEP at a coarse one (proxies: the fine one, at most 1h).
+    #[arg(long, default_value = "10s:24h,5m:30d")]
+    metrics_retention: legate_control::monitor::Retention,
     #[arg(short = 'l', long = "log-level", default_value = "info")]
     log_level: String,
 }
@@ -153,6 +157,7 @@ fn main() -> ExitCode {
                     key,
                     client_ca: args.client_ca,
                 }),
+                metrics_retention: args.metrics_retention,
             };
             let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
                 Ok(rt) => rt,

@@ -83,6 +83,11 @@ impl Monitor {
         Self { state: Mutex::new(State::new(retention)), disk: Mutex::new(None), load: Default::default() }
     }
 
+    /// Sets the retention (before anything is ingested: the series start empty).
+    pub fn configure(&self, retention: Retention) {
+        *self.lock() = State::new(retention);
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
