@@ -92,3 +92,29 @@ pub fn etcd_bin() -> PathBuf {
         panic!("etcd is not on PATH and ETCD_BIN is not set: install it (Debian: apt-get install etcd-server)")
     })
 }
+
+/// Prometheus: `PROMETHEUS_BIN`, `prometheus` on PATH, or installed with
+/// apt-get (Debian's `prometheus` package) on first use. Never skipped: a
+/// test that needs it fails when it cannot be had.
+pub fn prometheus_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("PROMETHEUS_BIN") {
+        return PathBuf::from(p);
+    }
+    let on_path = || {
+        let path = std::env::var_os("PATH").unwrap_or_default();
+        std::env::split_paths(&path).map(|d| d.join("prometheus")).find(|p| p.is_file())
+    };
+    if let Some(p) = on_path() {
+        return p;
+    }
+    let apt = |args: &[&str]| {
+        Command::new("apt-get").args(args).env("DEBIAN_FRONTEND", "noninteractive").status().is_ok_and(|s| s.success())
+    };
+    let _ = apt(&["install", "-y", "--no-install-recommends", "prometheus"])
+        || (apt(&["update"]) && apt(&["install", "-y", "--no-install-recommends", "prometheus"]));
+    on_path().unwrap_or_else(|| {
+        panic!(
+            "Prometheus is not on PATH and could not be installed: apt-get install prometheus, or set PROMETHEUS_BIN"
+        )
+    })
+}

@@ -2,7 +2,7 @@
 //!
 //! - `process`: processes killed by their PID when dropped, Envoy and
 //!   `legate proxy` started on a file, free ports, waiting, scratch dirs;
-//! - `install`: Envoy 1.40, a Python with grpcio and etcd, found or
+//! - `install`: Envoy 1.40, a Python with grpcio, etcd and Prometheus, found or
 //!   installed on first use;
 //! - `sides`: Envoy and Legate side by side on the same config;
 //! - `diff`: one request to both, what is compared, agreeing stats;
@@ -17,7 +17,8 @@
 //! - `tls`: a certificate-recording rustls client, and curl over TLS;
 //! - `admin`: admin pages, stats and access logs of a proxy;
 //! - `ws`: WebSocket and HTTP/2 CONNECT clients;
-//! - `load`: steady traffic, counted.
+//! - `load`: steady traffic, counted;
+//! - `prometheus`: a real Prometheus scraping the control plane.
 //!
 //! Each test binary compiles all of it and uses a part, hence
 //! `allow(dead_code)`, and `allow(unused_imports)` on the re-exports.
@@ -33,6 +34,7 @@ pub mod install;
 pub mod jwt;
 pub mod load;
 pub mod process;
+pub mod prometheus;
 pub mod raw;
 pub mod sides;
 pub mod template;
