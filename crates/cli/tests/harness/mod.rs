@@ -2,8 +2,8 @@
 //!
 //! - `process`: processes killed by their PID when dropped, Envoy and
 //!   `legate proxy` started on a file, free ports, waiting, scratch dirs;
-//! - `install`: Envoy 1.40, a Python with grpcio, etcd and Prometheus, found or
-//!   installed on first use;
+//! - `install`: Envoy 1.40, a Python with grpcio, etcd, Chromium and
+//!   Prometheus, found or installed on first use;
 //! - `sides`: Envoy and Legate side by side on the same config;
 //! - `diff`: one request to both, what is compared, agreeing stats;
 //! - `template`: block-style bootstrap templates for a `sides::Pair`;
@@ -18,6 +18,7 @@
 //! - `admin`: admin pages, stats and access logs of a proxy;
 //! - `ws`: WebSocket and HTTP/2 CONNECT clients;
 //! - `load`: steady traffic, counted;
+//! - `browser`: headless Chromium over the DevTools Protocol (the console);
 //! - `prometheus`: a real Prometheus scraping the control plane.
 //!
 //! Each test binary compiles all of it and uses a part, hence
@@ -25,6 +26,7 @@
 #![allow(dead_code)]
 
 pub mod admin;
+pub mod browser;
 pub mod certs;
 pub mod config;
 pub mod control;

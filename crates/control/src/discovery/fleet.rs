@@ -22,6 +22,15 @@ pub struct TypeStatus {
     pub acked_version: String,
     pub resources: usize,
     pub last_nack: Option<Nack>,
+    /// The revision whose config for this type was last sent (or found
+    /// unchanged, so what was sent before still stands for it).
+    pub sent_revision: u64,
+    /// The revision whose config for this type the proxy holds: the sent
+    /// revision once it ACKed the last response.
+    pub acked_revision: u64,
+    /// A response not yet ACKed or NACKed.
+    #[serde(skip)]
+    pub awaiting: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]

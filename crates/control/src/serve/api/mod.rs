@@ -11,6 +11,7 @@ mod reply;
 mod resources;
 mod revisions;
 mod status;
+mod ui;
 
 use crate::state::controller::Controller;
 use admin::{audit_log, create_token, list_tokens, revoke_token};
@@ -21,13 +22,11 @@ use instances::{deregister_instance, heartbeat, list_instances, register_instanc
 use monitor::{load, metrics, series, top_proxies, top_services};
 use resources::{apply, delete_one, envoy_resources, get_one, list, list_kind};
 use revisions::{diff, revisions, rollback};
-use status::{proxies, replica};
+use status::{proxies, replica, whoami};
 use std::sync::Arc;
 
 pub fn router(ctrl: Arc<Controller>) -> Router {
-    Router::new()
-        .route("/", get(dashboard))
-        .route("/ui", get(dashboard))
+    ui::routes(Router::new())
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/v1/openapi.json", get(openapi))
         .route("/v1/apply", post(apply))
@@ -36,6 +35,7 @@ pub fn router(ctrl: Arc<Controller>) -> Router {
         .route("/v1/resources/{kind}/{name}", get(get_one))
         .route("/v1/resources/{kind}/{name}", delete(delete_one))
         .route("/v1/proxies", get(proxies))
+        .route("/v1/whoami", get(whoami))
         .route("/v1/revisions", get(revisions))
         .route("/v1/diff", get(diff))
         .route("/v1/rollback", post(rollback))
@@ -54,11 +54,6 @@ pub fn router(ctrl: Arc<Controller>) -> Router {
         .route("/v1/services/{svc}/instances/{id}", delete(deregister_instance))
         .route("/v1/services/{svc}/instances/{id}/heartbeat", put(heartbeat))
         .with_state(ctrl)
-}
-
-/// The dashboard: one page that reads the API below.
-async fn dashboard() -> axum::response::Html<&'static str> {
-    axum::response::Html(include_str!("ui/index.html"))
 }
 
 async fn openapi() -> Response {

@@ -27,6 +27,9 @@ pub async fn diff(State(ctrl): State<Arc<Controller>>, headers: HeaderMap, Query
     }
 }
 
+/// The role a rollback needs (the console shows its button to this role and above).
+pub const ROLLBACK_ROLE: Role = Role::Admin;
+
 #[derive(Deserialize)]
 pub struct RollbackBody {
     revision: u64,
@@ -40,7 +43,7 @@ pub async fn rollback(
     Json(body): Json<RollbackBody>,
 ) -> Response {
     let target = format!("revision {}", body.revision);
-    let actor = authorize!(ctrl, headers, Role::Admin, "rollback", &target);
+    let actor = authorize!(ctrl, headers, ROLLBACK_ROLE, "rollback", &target);
     match ctrl.rollback(body.revision, &actor.name, &body.message) {
         Ok(o) => {
             let _ =

@@ -28,3 +28,25 @@ pub async fn replica(State(ctrl): State<Arc<Controller>>, headers: HeaderMap) ->
     }))
     .into_response()
 }
+
+/// Who the caller is and what their role may do, so the console shows only
+/// the actions the API would allow (`open` while no token exists).
+pub async fn whoami(State(ctrl): State<Arc<Controller>>, headers: HeaderMap) -> Response {
+    let actor = authorize!(ctrl, headers, Role::Viewer, "read", "whoami");
+    let open = ctrl.store().token_count().map(|n| n == 0).unwrap_or(false);
+    let may = |need: Role| actor.role >= need;
+    Json(json!({
+        "name": actor.name,
+        "role": actor.role.name(),
+        "open": open,
+        "may": {
+            "read": true,
+            "apply": may(Role::Editor),
+            "delete": may(Role::Editor),
+            "rollback": may(super::revisions::ROLLBACK_ROLE),
+            "tokens": may(Role::Admin),
+            "audit": may(Role::Admin),
+        },
+    }))
+    .into_response()
+}

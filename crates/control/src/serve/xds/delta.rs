@@ -55,6 +55,7 @@ impl DeltaSession {
             ts.sent.keys().filter(|n| !present.contains(n.as_str())).cloned().collect()
         };
         if updated.is_empty() && removed.is_empty() && ts.responded {
+            self.peer.at_revision(kind, state.revision);
             return Ok(());
         }
         let nonce = self.peer.next_nonce();
@@ -85,6 +86,7 @@ impl DeltaSession {
         let mut names: Vec<String> = ts.sent.keys().cloned().collect();
         names.sort();
         self.peer.sent(kind, state.revision.to_string(), ts.sent.len(), names);
+        self.peer.at_revision(kind, state.revision);
         self.peer.send(resp).await
     }
 }

@@ -56,6 +56,7 @@ impl SotwSession {
         }
         let version = set_version(&resources);
         if !force && ts.sent_version.as_deref() == Some(version.as_str()) {
+            self.peer.at_revision(kind, state.revision);
             return Ok(());
         }
         let count = resources.len();
@@ -77,6 +78,7 @@ impl SotwSession {
         }
         if to_send.is_empty() && !force && !kind.is_wildcard() {
             ts.sent_version = Some(version);
+            self.peer.at_revision(kind, state.revision);
             return Ok(());
         }
         let nonce = self.peer.next_nonce();
@@ -90,6 +92,7 @@ impl SotwSession {
         ts.sent_version = Some(version.clone());
         ts.nonce = nonce;
         self.peer.sent(kind, version, count, names);
+        self.peer.at_revision(kind, state.revision);
         self.peer.send(resp).await
     }
 }

@@ -83,14 +83,21 @@ impl<R> Peer<R> {
 
     /// Records that the proxy accepted `version` of `kind`.
     pub fn ack(&self, kind: Kind, version: String) {
-        self.ctrl.fleet.update(self.fleet_id.unwrap_or(0), kind.name(), |t| t.acked_version = version);
+        self.ctrl.fleet.update(self.fleet_id.unwrap_or(0), kind.name(), |t| {
+            t.acked_version = version;
+            t.acked_revision = t.sent_revision;
+            t.awaiting = false;
+        });
     }
 
     /// Records (and logs) that the proxy refused `version` of `kind`.
     pub fn nack(&self, kind: Kind, version: String, message: &str) {
         let nack = Nack { version, error: message.to_string(), at: now() };
         tracing::warn!(node = ?self.node.as_ref().map(|n| &n.id), kind = kind.name(), "NACK: {message}");
-        self.ctrl.fleet.update(self.fleet_id.unwrap_or(0), kind.name(), |t| t.last_nack = Some(nack));
+        self.ctrl.fleet.update(self.fleet_id.unwrap_or(0), kind.name(), |t| {
+            t.last_nack = Some(nack);
+            t.awaiting = false;
+        });
     }
 
     /// Records what the proxy was last sent of `kind`.
@@ -99,6 +106,19 @@ impl<R> Peer<R> {
             t.sent_version = version;
             t.resources = resources;
             t.names = names;
+            t.awaiting = true;
+        });
+    }
+
+    /// Records that `kind`'s config for the proxy is what `revision` gives
+    /// (just sent, or unchanged); it holds that revision already when
+    /// nothing it was sent waits for an answer.
+    pub fn at_revision(&self, kind: Kind, revision: u64) {
+        self.ctrl.fleet.update(self.fleet_id.unwrap_or(0), kind.name(), |t| {
+            t.sent_revision = revision;
+            if !t.awaiting {
+                t.acked_revision = revision;
+            }
         });
     }
 
