@@ -6,6 +6,7 @@
 mod ctl;
 mod demo;
 mod echo;
+mod metrics_load;
 mod xds_load;
 
 use anyhow::Context as _;
@@ -39,6 +40,9 @@ enum Command {
     /// Simulated proxies for the control plane's scale benchmark (bench/xds-scale.sh).
     #[command(hide = true)]
     XdsLoad(xds_load::LoadArgs),
+    /// Simulated proxies streaming metrics, for the monitoring cost benchmark (bench/metrics-scale.sh).
+    #[command(hide = true)]
+    MetricsLoad(metrics_load::MetricsLoadArgs),
 }
 
 #[derive(clap::Args)]
@@ -182,6 +186,13 @@ fn main() -> ExitCode {
             }
         },
         Command::XdsLoad(args) => match xds_load::run(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::from(1)
+            }
+        },
+        Command::MetricsLoad(args) => match metrics_load::run(args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("error: {e:#}");

@@ -122,7 +122,11 @@ fn apt_install(package: &str) {
     let root = Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.starts_with(b"0\n"));
     if root && on_path("apt-get").is_some() {
         let apt = |args: &[&str]| {
-            Command::new("apt-get").args(args).env("DEBIAN_FRONTEND", "noninteractive").status().is_ok_and(|s| s.success())
+            Command::new("apt-get")
+                .args(args)
+                .env("DEBIAN_FRONTEND", "noninteractive")
+                .status()
+                .is_ok_and(|s| s.success())
         };
         let _ = apt(&["update", "-qq"]);
         let _ = apt(&["install", "-y", "-qq", "--no-install-recommends", package]);
@@ -143,6 +147,8 @@ pub fn prometheus_bin() -> PathBuf {
     }
     apt_install("prometheus");
     on_path("prometheus").unwrap_or_else(|| {
-        panic!("prometheus is not on PATH and PROMETHEUS_BIN is not set: install it (Debian: apt-get install prometheus)")
+        panic!(
+            "prometheus is not on PATH and PROMETHEUS_BIN is not set: install it (Debian: apt-get install prometheus)"
+        )
     })
 }
