@@ -55,6 +55,8 @@ pub struct State {
     pub(super) proxy_totals: BTreeMap<Arc<str>, Agg>,
     names: HashSet<Arc<str>>,
     bounds: Vec<Arc<[f64]>>,
+    /// When proxies gone quiet were last forgotten.
+    forgotten_ms: u64,
 }
 
 /// One service's (or the proxy's) differences in one report.
@@ -103,6 +105,7 @@ impl State {
             proxy_totals: BTreeMap::new(),
             names: HashSet::new(),
             bounds: Vec::new(),
+            forgotten_ms: 0,
         }
     }
 
@@ -176,6 +179,27 @@ impl State {
         self.fine.prune(now);
         self.coarse.prune(now);
         self.proxies.prune(now);
+        self.forget_quiet(now);
+    }
+
+    /// Once a minute: proxies silent for longer than their series are kept
+    /// are forgotten (their baseline, last gauges and names), so a fleet
+    /// whose node ids change does not grow the monitor for ever.
+    fn forget_quiet(&mut self, now_ms: u64) {
+        if now_ms < self.forgotten_ms + 60_000 {
+            return;
+        }
+        self.forgotten_ms = now_ms;
+        let since = now_ms.saturating_sub(self.proxies.retention_ms);
+        let quiet: Vec<Arc<str>> = self.latest.iter().filter(|(_, l)| l.at_ms < since).map(|(n, _)| n.clone()).collect();
+        for node in quiet {
+            self.latest.remove(&node);
+            self.baselines.remove(node.as_ref());
+            self.proxy_totals.remove(&node);
+        }
+        // Names no series, total or proxy still holds.
+        let held = |n: &Arc<str>| Arc::strong_count(n) > 1;
+        self.names.retain(held);
     }
 
     fn set_latest(&mut self, r: &Report, node: &Arc<str>, reset: bool) {
@@ -198,5 +222,28 @@ impl State {
         latest.resets += u64::from(reset);
         latest.proxy = proxy;
         latest.services = services;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proxies_gone_quiet_are_forgotten() {
+        let now = crate::clock::unix_ms();
+        let mut st = State::new(Retention::default());
+        let report = |node: &str, at_ms| Report {
+            node: node.into(),
+            at_ms,
+            counters: vec![("http.ingress.downstream_rq_completed".into(), 1)],
+            ..Default::default()
+        };
+        st.ingest(&report("old", now - 2 * 3_600_000));
+        st.forgotten_ms = 0;
+        st.ingest(&report("new", now));
+        assert_eq!(st.baselines.len(), 1);
+        assert!(st.latest.keys().all(|n| n.as_ref() == "new"));
+        assert!(!st.names.iter().any(|n| n.as_ref() == "old"));
     }
 }

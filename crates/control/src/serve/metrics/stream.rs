@@ -111,3 +111,51 @@ impl MetricsService for MetricsServer {
         Ok(Response::new(StreamMetricsResponse {}))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use legate_api::pb::io::prometheus::client::{Bucket, Counter, LabelPair};
+
+    fn label(name: &str, value: &str) -> LabelPair {
+        LabelPair { name: Some(name.into()), value: Some(value.into()) }
+    }
+
+    #[test]
+    fn tagged_families_become_plain_stats_and_deltas_are_summed() {
+        let counter = MetricFamily {
+            name: Some("cluster.upstream_rq_xx".into()),
+            r#type: Some(MetricType::Counter as i32),
+            metric: vec![Metric {
+                label: vec![label("envoy_response_code_class", "5"), label("envoy_cluster_name", "web")],
+                counter: Some(Counter { value: Some(3.0), ..Default::default() }),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let hist = MetricFamily {
+            name: Some("cluster.web.upstream_rq_time".into()),
+            r#type: Some(MetricType::Histogram as i32),
+            metric: vec![Metric {
+                histogram: Some(legate_api::pb::io::prometheus::client::Histogram {
+                    sample_count: Some(4),
+                    sample_sum: Some(9.0),
+                    bucket: vec![
+                        Bucket { upper_bound: Some(1.0), cumulative_count: Some(1), ..Default::default() },
+                        Bucket { upper_bound: Some(5.0), cumulative_count: Some(4), ..Default::default() },
+                    ],
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let mut r = to_report(&[counter, hist]);
+        assert_eq!(r.counters, vec![("cluster.web.upstream_rq_5xx".to_string(), 3)]);
+        assert_eq!(r.histograms[0].1.cumulative, vec![1, 4]);
+        let mut sums = Summed::default();
+        sums.apply(&mut r);
+        sums.apply(&mut r);
+        assert_eq!(r.counters[0].1, 6, "deltas 3 then 3 are a cumulative 6");
+    }
+}
