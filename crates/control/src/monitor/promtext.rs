@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, HashMap};
 #[derive(Debug, Clone, PartialEq)]
 pub struct Sample {
     pub name: String,
-    pub labels: Vec<(String, String)>,
+    pub labels: Labels,
     pub value: f64,
 }
 
@@ -19,8 +19,11 @@ pub struct ParseError {
     pub reason: &'static str,
 }
 
+/// Label names and values, in order.
+pub type Labels = Vec<(String, String)>;
+
 /// `{a="x",b="y"}` (escapes `\\`, `\"`, `\n`); returns the labels and the rest.
-fn labels(s: &str) -> Result<(Vec<(String, String)>, &str), &'static str> {
+fn labels(s: &str) -> Result<(Labels, &str), &'static str> {
     let mut out = Vec::new();
     let mut rest = s.strip_prefix('{').ok_or("expected {")?;
     loop {
