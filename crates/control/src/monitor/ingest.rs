@@ -191,7 +191,8 @@ impl State {
         }
         self.forgotten_ms = now_ms;
         let since = now_ms.saturating_sub(self.proxies.retention_ms);
-        let quiet: Vec<Arc<str>> = self.latest.iter().filter(|(_, l)| l.at_ms < since).map(|(n, _)| n.clone()).collect();
+        let quiet: Vec<Arc<str>> =
+            self.latest.iter().filter(|(_, l)| l.at_ms < since).map(|(n, _)| n.clone()).collect();
         for node in quiet {
             self.latest.remove(&node);
             self.baselines.remove(node.as_ref());
