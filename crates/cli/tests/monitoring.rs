@@ -237,11 +237,13 @@ fn top_services_counts_exactly_what_envoy_and_legate_served() {
     assert_eq!(api, (before.1 .0 + legate.answered, before.1 .1 + legate.errors), "api (Legate, scraped)");
 
     let rate = envoy.rps();
+    eprintln!("web: {web:?} counted; rps {mid_rps:.1} over 10 s mid-load against the generator's {rate:.1}");
     assert!((mid_rps - rate).abs() <= 0.25 * rate, "web rps {mid_rps} against the generator's {rate}");
     let list = top(&f.cp, "services", "1m");
     for (service, traffic) in [("web", &mut envoy), ("api", &mut legate)] {
         let s = find(&list, "service", service).expect("service listed");
         let (p99, client) = (s["p99_ms"].as_f64().expect("p99"), traffic.p99());
+        eprintln!("{service}: p99 {p99:.1} ms, the client's {client:.1} ms");
         assert!((p99 - client).abs() <= 15.0, "{service}: p99 {p99} ms against the client's {client} ms");
         for key in ["service", "requests", "errors", "rps", "error_rate", "p50_ms", "p99_ms"] {
             assert!(s.get(key).is_some(), "{key} in {s}");
