@@ -148,7 +148,7 @@ impl State {
     pub fn ingest(&mut self, r: &Report) {
         let base = self.baselines.entry(r.node.clone()).or_default();
         if base.first() && started_after(r, self.started_ms) {
-            base.from_zero();
+            base.count_from_zero();
         }
         let mut services: BTreeMap<&str, Pending> = BTreeMap::new();
         let mut proxy = Pending::default();
@@ -286,7 +286,7 @@ mod tests {
         let mut deltas = |r: &Report| {
             let base = st.baselines.entry(r.node.clone()).or_default();
             if base.first() && started_after(r, 1_000_000) {
-                base.from_zero();
+                base.count_from_zero();
             }
             base.counter("cluster.web.upstream_rq_completed", 7).value
         };

@@ -33,7 +33,7 @@ impl Baseline {
     }
 
     /// Counts the next report from zero: the proxy started after us.
-    pub fn from_zero(&mut self) {
+    pub fn count_from_zero(&mut self) {
         self.seen = true;
     }
 
