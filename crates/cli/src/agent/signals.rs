@@ -10,7 +10,9 @@ pub fn on_terminate() -> anyhow::Result<Arc<AtomicBool>> {
     let flag = stop.clone();
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     // Registered here, before the proxy starts, so no signal is missed.
-    let (mut term, mut int) = rt.block_on(async { Ok::<_, std::io::Error>((signal(SignalKind::terminate())?, signal(SignalKind::interrupt())?)) })?;
+    let (mut term, mut int) = rt.block_on(async {
+        Ok::<_, std::io::Error>((signal(SignalKind::terminate())?, signal(SignalKind::interrupt())?))
+    })?;
     std::thread::Builder::new().name("agent-signals".into()).spawn(move || {
         rt.block_on(async {
             tokio::select! {

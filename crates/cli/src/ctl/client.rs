@@ -67,7 +67,13 @@ impl Api {
     }
 }
 
-fn call(agent: &ureq::Agent, token: Option<&str>, method: &str, url: &str, body: Option<Value>) -> anyhow::Result<Value> {
+fn call(
+    agent: &ureq::Agent,
+    token: Option<&str>,
+    method: &str,
+    url: &str,
+    body: Option<Value>,
+) -> anyhow::Result<Value> {
     let auth = token.map(|t| format!("Bearer {t}"));
     let mut resp = match (method, body) {
         ("POST", Some(b)) => authorized(agent.post(url), &auth).send_json(b),

@@ -3,8 +3,8 @@
 pub(crate) mod client;
 mod render;
 
-pub use legate_control::discovery::bootstrap::{bootstrap_yaml, with_xds_tls};
 use client::{read_input, urlencode, Api, Tls};
+pub use legate_control::discovery::bootstrap::{bootstrap_yaml, with_xds_tls};
 use render::{diff_text, print};
 
 use anyhow::{bail, Context as _};
@@ -223,7 +223,9 @@ pub fn run(args: CtlArgs) -> anyhow::Result<()> {
 fn agent_command(api: &Api, out: &str, node: &str, action: &str) -> anyhow::Result<()> {
     let url = format!("{}/v1/agents/{}/commands", api.base, urlencode(node));
     let v = api.call("POST", &url, Some(json!({"action": action})))?;
-    print(out, &v, |v| format!("{action} of {node} queued (command {}); its agent takes it with its next report\n", v["command"]))
+    print(out, &v, |v| {
+        format!("{action} of {node} queued (command {}); its agent takes it with its next report\n", v["command"])
+    })
 }
 
 /// `legate ctl token create|list|revoke`.

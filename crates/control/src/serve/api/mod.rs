@@ -14,8 +14,8 @@ mod status;
 mod ui;
 
 use crate::state::controller::Controller;
-use agents::{agent_command, agent_report, bootstrap};
 use admin::{audit_log, create_token, list_tokens, revoke_token};
+use agents::{agent_command, agent_report, bootstrap};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post, put};
 use axum::Router;
