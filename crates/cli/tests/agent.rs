@@ -25,6 +25,18 @@ struct Agent {
 
 impl Agent {
     fn start(cp: &ControlPlane, node: &str, proxy: &str, bin: Option<&Path>, admin: u16, dir: &Path) -> Agent {
+        Self::start_with(cp, node, proxy, bin, admin, dir, &[])
+    }
+
+    fn start_with(
+        cp: &ControlPlane,
+        node: &str,
+        proxy: &str,
+        bin: Option<&Path>,
+        admin: u16,
+        dir: &Path,
+        extra: &[&str],
+    ) -> Agent {
         let server = format!("http://127.0.0.1:{}", cp.api);
         let mut cmd = Command::new(LEGATE);
         cmd.args(["agent", "--server", &server, "--node-id", node, "--cluster", "agents", "--proxy", proxy]);
@@ -34,6 +46,7 @@ impl Agent {
         cmd.args(["--admin-port", &admin.to_string(), "--base-id", &base_id(), "--concurrency", "1"]);
         cmd.args(["--drain-time-s", "2", "--parent-shutdown-time-s", "4", "--report-interval-ms", "300"]);
         cmd.args(["--crash-pause-s", "60", "-l", "warning"]).arg("--work-dir").arg(dir.join(format!("work-{node}")));
+        cmd.args(extra);
         Agent { proc_: Proc::spawn(&format!("agent-{node}"), &mut cmd, dir), proxy_pids: Vec::new() }
     }
 
@@ -186,9 +199,7 @@ fn ctl_restart_hot_restarts_envoy_without_a_failed_request() {
 fn a_proxy_that_keeps_failing_is_reported_in_crash_loop() {
     let dir = TempDir::new("agent-crash");
     let cp = ControlPlane::start(dir.path());
-    let script = dir.path().join("failing-proxy.sh");
-    std::fs::write(&script, "#!/bin/sh\necho failing on purpose >&2\nexit 1\n").expect("script");
-    let _ = Command::new("chmod").arg("+x").arg(&script).status();
+    let script = failing_script(dir.path());
     let node = "agent-crash";
     let agent = Agent::start(&cp, node, "envoy", Some(&script), free_port(), dir.path());
     let t0 = Instant::now();
@@ -223,4 +234,61 @@ fn ctl_drain_fails_the_health_checks_and_reports_draining() {
     let (ok, out) = cp.ctl(&["restart", "no-such-node"]);
     assert!(!ok && out.contains("no agent"), "{out}");
     stop_and_check(agent);
+}
+
+/// A script that exits 1 at once, as `--envoy-bin`.
+fn failing_script(dir: &Path) -> std::path::PathBuf {
+    let script = dir.join("failing-proxy.sh");
+    std::fs::write(&script, "#!/bin/sh\necho failing on purpose >&2\nexit 1\n").expect("script");
+    let _ = Command::new("chmod").arg("+x").arg(&script).status();
+    script
+}
+
+#[test]
+fn agents_report_with_an_editor_token_and_viewers_may_not_restart() {
+    let dir = TempDir::new("agent-tokens");
+    let cp = ControlPlane::start(dir.path());
+    let server = format!("http://127.0.0.1:{}", cp.api);
+    let with = |token: &str, args: &[&str]| {
+        let mut all = vec!["--token", token];
+        all.extend(args);
+        ctl(&server, &all)
+    };
+    let token_of = |out: &str| -> String {
+        let v: Value = serde_json::from_str(out).unwrap_or_else(|_| panic!("token json: {out}"));
+        v["token"].as_str().expect("token").to_string()
+    };
+    let (ok, out) = cp.ctl(&["token", "create", "--role", "admin", "--name", "root", "-o", "json"]);
+    assert!(ok, "{out}");
+    let admin = token_of(&out);
+    let (editor, viewer) = (
+        token_of(&with(&admin, &["token", "create", "--role", "editor", "--name", "agent", "-o", "json"]).1),
+        token_of(&with(&admin, &["token", "create", "--role", "viewer", "--name", "watcher", "-o", "json"]).1),
+    );
+    let script = failing_script(dir.path());
+    let port = free_port();
+    let agent = Agent::start_with(&cp, "agent-tok", "envoy", Some(&script), port, dir.path(), &["--token", &editor]);
+    let anon = Agent::start(&cp, "agent-anon", "envoy", Some(&script), free_port(), dir.path());
+    let nodes = || -> Vec<String> {
+        let (ok, out) = with(&viewer, &["proxies", "-o", "json"]);
+        assert!(ok, "{out}");
+        let v: Value = serde_json::from_str(&out).expect("json");
+        v["proxies"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|p| p["node"]["id"].as_str().map(String::from))
+            .collect()
+    };
+    wait_for("the agent with a token to report", Duration::from_secs(10), || {
+        nodes().contains(&"agent-tok".to_string()).then_some(())
+    });
+    assert!(!nodes().contains(&"agent-anon".to_string()), "an agent without a token was accepted");
+    assert!(anon.proc_.output().contains("a token is required"), "{}", anon.proc_.output());
+    let (ok, out) = with(&viewer, &["restart", "agent-tok"]);
+    assert!(!ok && out.contains("may not"), "a viewer restarted a proxy: {out}");
+    let (ok, out) = with(&editor, &["drain", "agent-tok"]);
+    assert!(ok, "{out}");
+    stop_and_check(agent);
+    stop_and_check(anon);
 }
