@@ -150,6 +150,9 @@ fn a_killed_proxy_is_back_within_two_seconds() {
     let (ok, table) = cp.ctl(&["proxies"]);
     assert!(ok && table.contains("PROCESS") && table.contains("running pid="), "{table}");
     stop_and_check(agent);
+    // Its last report says so.
+    let a = agent_of(&cp, node).expect("the last report");
+    assert!(a["state"] == "stopped" && a["pid"].is_null(), "{a}");
 }
 
 /// `ctl restart` under 8 s of wrk (HTTP/1.1 keep-alive): no failed request,
@@ -180,6 +183,9 @@ fn restart_under_load(proxy: &str) {
     assert!(f.requests > 500, "{f:?}");
     assert_eq!((f.failed, f.socket_errors), (0, 0), "{proxy}: requests failed across ctl restart: {f:?}");
     assert_eq!(a["restarts"], 1, "{a}");
+    assert_eq!(a["proxy"], proxy, "{a}");
+    let version = a["version"].as_str().unwrap_or("");
+    assert!(!version.is_empty() && version != "unknown", "{a}");
     // The parent exits within its parent-shutdown time; the agent reaps it.
     wait_for("the parent to exit", Duration::from_secs(10), || (!alive(old)).then_some(()));
     stop_and_check(agent);
