@@ -152,7 +152,7 @@ fn a_killed_proxy_is_back_within_two_seconds() {
     stop_and_check(agent);
     // Its last report says so.
     let a = agent_of(&cp, node).expect("the last report");
-    assert!(a["state"] == "stopped" && a["pid"].is_null(), "{a}");
+    assert!(a["state"] == "stopped" && a["pid"].is_null() && a["stale"] == false, "{a}");
 }
 
 /// `ctl restart` under 8 s of wrk (HTTP/1.1 keep-alive): no failed request,

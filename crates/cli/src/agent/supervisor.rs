@@ -235,6 +235,7 @@ impl Supervisor {
             r.version.clone_from(&self.version);
             r.cluster.clone_from(&self.s.cluster);
             r.last_command = self.last_command;
+            r.interval_ms = u64::try_from(self.s.report_interval.as_millis()).unwrap_or(u64::MAX);
         });
     }
 

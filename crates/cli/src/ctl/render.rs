@@ -136,8 +136,9 @@ pub fn proxies(v: &Value) -> String {
             "-".to_string()
         } else {
             format!(
-                "{} pid={} restarts={} epoch={}",
+                "{}{} pid={} restarts={} epoch={}",
                 agent["state"].as_str().unwrap_or("?"),
+                if agent["stale"] == true { " (stale)" } else { "" },
                 agent["pid"].as_u64().map_or("-".to_string(), |p| p.to_string()),
                 agent["restarts"],
                 agent["epoch"]

@@ -44,6 +44,9 @@ pub struct AgentReport {
     /// The id of the last command the agent carried out.
     #[serde(default)]
     pub last_command: Option<u64>,
+    /// How often the agent reports, in milliseconds.
+    #[serde(default)]
+    pub interval_ms: u64,
 }
 
 /// An action asked of an agent.
@@ -81,9 +84,26 @@ pub struct AgentStatus {
     #[serde(flatten)]
     pub report: AgentReport,
     pub reported_at: String,
+    /// No report for three of the agent's intervals (at least 10 s): the
+    /// agent (or its host, or the way to it) is down, and what it said last
+    /// may no longer hold.
+    pub stale: bool,
     /// Commands not yet handed to the agent.
     pub pending: Vec<AgentCommand>,
+    #[serde(skip)]
+    received: Option<std::time::Instant>,
 }
+
+impl AgentStatus {
+    fn with_staleness(mut self) -> Self {
+        let limit = std::time::Duration::from_millis(self.report.interval_ms.saturating_mul(3)).max(STALE_AFTER);
+        self.stale = self.received.is_none_or(|t| t.elapsed() > limit);
+        self
+    }
+}
+
+/// The least time without a report before an agent is shown stale.
+const STALE_AFTER: std::time::Duration = std::time::Duration::from_secs(10);
 
 #[derive(Default)]
 pub struct Agents {
@@ -98,10 +118,13 @@ impl Agents {
         let entry = nodes.entry(node.to_string()).or_insert_with(|| AgentStatus {
             report: AgentReport::default(),
             reported_at: String::new(),
+            stale: false,
             pending: Vec::new(),
+            received: None,
         });
         entry.report = report;
         entry.reported_at = now();
+        entry.received = Some(std::time::Instant::now());
         std::mem::take(&mut entry.pending)
     }
 
@@ -116,12 +139,12 @@ impl Agents {
     }
 
     pub fn get(&self, node: &str) -> Option<AgentStatus> {
-        self.lock().get(node).cloned()
+        self.lock().get(node).cloned().map(AgentStatus::with_staleness)
     }
 
     /// Every node with an agent, by node id.
     pub fn list(&self) -> BTreeMap<String, AgentStatus> {
-        self.lock().clone()
+        self.lock().iter().map(|(k, v)| (k.clone(), v.clone().with_staleness())).collect()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, AgentStatus>> {
@@ -146,5 +169,6 @@ mod tests {
         assert_eq!((handed[0].id, handed[0].action), (id, Action::Restart));
         assert!(agents.report("n1", report).is_empty());
         assert_eq!(agents.get("n1").and_then(|a| a.report.pid), Some(42));
+        assert_eq!(agents.get("n1").map(|a| a.stale), Some(false));
     }
 }
