@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 struct Agent {
     proc_: Proc,
     proxy_pids: Vec<u32>,
+    base_id: String,
 }
 
 impl Agent {
@@ -43,11 +44,12 @@ impl Agent {
         if let Some(b) = bin {
             cmd.arg("--envoy-bin").arg(b);
         }
-        cmd.args(["--admin-port", &admin.to_string(), "--base-id", &base_id(), "--concurrency", "1"]);
+        let (base, extra) = split_base_id(extra);
+        cmd.args(["--admin-port", &admin.to_string(), "--base-id", &base, "--concurrency", "1"]);
         cmd.args(["--drain-time-s", "2", "--parent-shutdown-time-s", "4", "--report-interval-ms", "300"]);
         cmd.args(["--crash-pause-s", "60", "-l", "warning"]).arg("--work-dir").arg(dir.join(format!("work-{node}")));
         cmd.args(extra);
-        Agent { proc_: Proc::spawn(&format!("agent-{node}"), &mut cmd, dir), proxy_pids: Vec::new() }
+        Agent { proc_: Proc::spawn(&format!("agent-{node}"), &mut cmd, dir), proxy_pids: Vec::new(), base_id: base }
     }
 
     /// SIGTERM; the agent's exit status, within 15 s.
@@ -67,6 +69,19 @@ impl Drop for Agent {
                 let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
             }
         }
+    }
+}
+
+/// `--base-id B` taken out of `extra` (the agent takes it once): B, or a
+/// fresh one, and the other arguments.
+fn split_base_id<'a>(extra: &[&'a str]) -> (String, Vec<&'a str>) {
+    match extra.iter().position(|a| *a == "--base-id") {
+        Some(i) => {
+            let base = extra.get(i + 1).map_or_else(base_id, |b| b.to_string());
+            let rest = extra.iter().enumerate().filter(|(j, _)| *j != i && *j != i + 1).map(|(_, a)| *a).collect();
+            (base, rest)
+        }
+        None => (base_id(), extra.to_vec()),
     }
 }
 
@@ -297,4 +312,35 @@ fn agents_report_with_an_editor_token_and_viewers_may_not_restart() {
     assert!(ok, "{out}");
     stop_and_check(agent);
     stop_and_check(anon);
+}
+
+/// An agent killed with SIGKILL leaves its proxy serving; the next agent
+/// for the node takes over from it by a hot restart, under wrk, without a
+/// failed request.
+#[test]
+fn a_new_agent_takes_over_the_proxy_a_killed_agent_left() {
+    let dir = TempDir::new("agent-adopt");
+    let node = "agent-adopt";
+    let (cp, _echo, mut first, admin, listen) = setup(dir.path(), node, "legate");
+    let orphan = pid_of(&agent_of(&cp, node).expect("report"));
+    let base = first.base_id.clone();
+    first.proxy_pids.push(orphan);
+    first.proc_.kill();
+    assert!(alive(orphan), "the proxy died with its agent");
+    let mut wrk = spawn_wrk("adopt", listen, 8, 8, dir.path());
+    std::thread::sleep(Duration::from_millis(2000));
+    let extra = ["--base-id", base.as_str()];
+    let mut second = Agent::start_with(&cp, node, "legate", None, admin, dir.path(), &extra);
+    second.proxy_pids.push(orphan);
+    let a = wait_agent(&cp, node, "the new agent's epoch 1", Duration::from_secs(20), |a| {
+        a["epoch"] == 1 && a["state"] == "running" && a["pid"].as_u64().is_some_and(|p| p != u64::from(orphan))
+    });
+    second.proxy_pids.push(pid_of(&a));
+    assert!(wrk.wait_exit(Duration::from_secs(30)).is_some(), "wrk did not finish");
+    let f = wrk_figures(&wrk.output()).unwrap_or_else(|| panic!("no wrk report:\n{}", wrk.output()));
+    eprintln!("agent replaced: wrk {} requests, {} failed, {} socket errors", f.requests, f.failed, f.socket_errors);
+    assert!(f.requests > 500, "{f:?}");
+    assert_eq!((f.failed, f.socket_errors), (0, 0), "requests failed while the new agent took over: {f:?}");
+    assert!(!alive(orphan), "the old proxy still runs after its parent-shutdown time");
+    stop_and_check(second);
 }

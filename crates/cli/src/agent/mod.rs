@@ -9,12 +9,14 @@
 //! - `launch`: the proxy's command line per hot restart epoch, its version;
 //! - `backoff`: restart delays and the crash-loop limit;
 //! - `admin`: the proxy's admin (`/ready`, `/healthcheck/fail`);
+//! - `adopt`: a proxy left running by an agent that died, taken over;
 //! - `supervisor`: the process, its state, restarts;
 //! - `report`: the bootstrap fetch and the state reports;
 //! - `commands`: what the control plane asks;
 //! - `signals`: SIGTERM and SIGINT.
 
 mod admin;
+mod adopt;
 mod backoff;
 mod commands;
 mod config;

@@ -5,7 +5,7 @@
 use super::backoff::{Backoff, Next};
 use super::config::Settings;
 use super::report::{fetch_bootstrap, Reporter};
-use super::{admin, launch};
+use super::{admin, adopt, launch};
 use std::os::unix::process::ExitStatusExt as _;
 use std::process::{Child, ExitStatus};
 use std::time::{Duration, Instant};
@@ -55,6 +55,8 @@ pub struct Supervisor {
     current: Option<Current>,
     /// Hot restart parents, draining until they exit.
     retiring: Vec<Child>,
+    /// A parent a previous agent left running (not our child: watched by pid).
+    adopted: Vec<u32>,
     pub state: State,
     restarts: u64,
     started_once: bool,
@@ -75,6 +77,7 @@ impl Supervisor {
             backoff,
             current: None,
             retiring: Vec::new(),
+            adopted: Vec::new(),
             state: State::Starting,
             restarts: 0,
             started_once: false,
@@ -86,8 +89,22 @@ impl Supervisor {
         }
     }
 
+    /// The first start: a hot restart from a proxy a previous agent left
+    /// running, else epoch 0.
     pub fn start_first(&mut self) {
-        self.start(0);
+        match adopt::left_running(&self.s) {
+            Some((pid, epoch)) => {
+                tracing::info!("agent: pid {pid} (epoch {epoch}) was left running; taking over from it");
+                self.adopted.push(pid);
+                self.start(epoch + 1);
+            }
+            None => self.start(0),
+        }
+    }
+
+    /// No parent (ours or adopted) is still draining.
+    fn no_parents(&self) -> bool {
+        self.retiring.is_empty() && self.adopted.is_empty()
     }
 
     /// Starts the process at `epoch` (0 unless it takes over from a running one).
@@ -102,6 +119,7 @@ impl Supervisor {
                 if std::mem::replace(&mut self.started_once, true) {
                     self.restarts += 1;
                 }
+                adopt::record(&self.s, child.id(), epoch);
                 let now = Instant::now();
                 let cur = Current { child, started: now, epoch, ready_once: false, failures: 0, last_probe: now };
                 if let Some(old) = self.current.replace(cur) {
@@ -116,6 +134,7 @@ impl Supervisor {
     /// Looks at the processes once: exits, `/ready`, a start that is due.
     pub fn tick(&mut self) {
         self.retiring.retain_mut(|c| matches!(c.try_wait(), Ok(None)));
+        self.adopted.retain(|p| adopt::alive(*p));
         let exited = match self.current.as_mut().map(|c| c.child.try_wait()) {
             Some(Ok(Some(status))) => Some(describe(status)),
             Some(Err(e)) => Some(format!("cannot wait for it: {e}")),
@@ -152,7 +171,7 @@ impl Supervisor {
         if admin::ready(port) {
             cur.failures = 0;
             cur.ready_once = true;
-            if matches!(self.state, State::Starting | State::Restarting) && self.retiring.is_empty() {
+            if matches!(self.state, State::Starting | State::Restarting) && self.no_parents() {
                 self.set_state(State::Running);
             }
             return;
@@ -179,6 +198,10 @@ impl Supervisor {
             let _ = c.kill();
             let _ = c.wait();
         }
+        for pid in self.adopted.drain(..) {
+            adopt::signal(pid, "KILL");
+        }
+        adopt::clear(&self.s);
         match self.backoff.stopped(Instant::now()) {
             Next::RestartAfter(d) => {
                 self.next_start = Some(Instant::now() + d);
@@ -198,7 +221,7 @@ impl Supervisor {
     /// plain start when none runs, ending a crash-loop pause).
     pub fn hot_restart(&mut self) {
         match self.current.as_ref().map(|c| c.epoch) {
-            Some(epoch) if self.retiring.is_empty() => self.start(epoch + 1),
+            Some(epoch) if self.no_parents() => self.start(epoch + 1),
             Some(_) => tracing::warn!("agent: a hot restart is still draining its parent; restart ignored"),
             None => {
                 self.crash_until = None;
@@ -244,26 +267,26 @@ impl Supervisor {
     pub fn stop_all(&mut self) {
         let mut all: Vec<Child> = self.retiring.drain(..).collect();
         all.extend(self.current.take().map(|c| c.child));
-        for c in &all {
-            terminate(c);
+        // Not reaped yet, so each pid is still its own.
+        for pid in all.iter().map(Child::id).chain(self.adopted.iter().copied()) {
+            adopt::signal(pid, "TERM");
         }
         let limit = Instant::now() + Duration::from_secs(self.s.drain_time_s + 5);
-        while Instant::now() < limit && all.iter_mut().any(|c| matches!(c.try_wait(), Ok(None))) {
+        let running = |all: &mut Vec<Child>, adopted: &[u32]| {
+            all.iter_mut().any(|c| matches!(c.try_wait(), Ok(None))) || adopted.iter().any(|p| adopt::alive(*p))
+        };
+        while Instant::now() < limit && running(&mut all, &self.adopted) {
             std::thread::sleep(Duration::from_millis(50));
         }
         for mut c in all {
             let _ = c.kill();
             let _ = c.wait();
         }
+        for pid in self.adopted.drain(..).filter(|p| adopt::alive(*p)) {
+            adopt::signal(pid, "KILL");
+        }
+        adopt::clear(&self.s);
         self.set_state(State::Stopped);
-    }
-}
-
-/// SIGTERM to `child` (not reaped yet, so its pid is still its own).
-fn terminate(child: &Child) {
-    let pid = child.id().to_string();
-    if let Err(e) = std::process::Command::new("kill").args(["-TERM", &pid]).status() {
-        tracing::warn!("agent: cannot signal pid {pid}: {e}");
     }
 }
 
