@@ -4,6 +4,7 @@
 
 mod access;
 mod admin;
+mod agents;
 mod alerts;
 pub mod auth;
 mod instances;
@@ -16,6 +17,7 @@ mod ui;
 
 use crate::state::controller::Controller;
 use admin::{audit_log, create_token, list_tokens, revoke_token};
+use agents::{agent_command, agent_report, bootstrap};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post, put};
 use axum::Router;
@@ -38,6 +40,9 @@ pub fn router(ctrl: Arc<Controller>) -> Router {
         .route("/v1/proxies", get(proxies))
         .route("/v1/alerts", get(alerts::alerts))
         .route("/v1/whoami", get(whoami))
+        .route("/v1/bootstrap", get(bootstrap))
+        .route("/v1/agents/{node}", put(agent_report))
+        .route("/v1/agents/{node}/commands", post(agent_command))
         .route("/v1/revisions", get(revisions))
         .route("/v1/diff", get(diff))
         .route("/v1/rollback", post(rollback))
