@@ -220,3 +220,77 @@ fn bad_rules_are_refused_with_their_fields() {
     let (ok, out) = cp.ctl(&["get", "alertrules", "-o", "json"]);
     assert!(ok && out.contains("checkout-errors"), "{out}");
 }
+
+/// Requests to `path` on `port` every 20 ms from a thread, while `on`; at
+/// most 3,000 (a minute), however long the test waits.
+fn steady_load(
+    port: u16,
+    path: std::sync::Arc<std::sync::Mutex<&'static str>>,
+    on: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        for _ in 0..3_000 {
+            if !on.load(std::sync::atomic::Ordering::Relaxed) {
+                return;
+            }
+            let p = *path.lock().unwrap_or_else(|e| e.into_inner());
+            let _ = http_get(addr(port), p, "app");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    })
+}
+
+/// A real Envoy streams its stats (every second) to the control plane; its
+/// upstream starts answering 503: the `error_rate` rule fires within its
+/// `for:` plus one flush interval (and the evaluation period), and resolves
+/// once the errors stop and leave the window.
+#[test]
+fn error_rate_fires_when_envoy_serves_5xx_and_resolves() {
+    let dir = TempDir::new("alerts-error-rate");
+    let (_up, up_port) = echo("one", dir.path());
+    // One-second slots, so a 4 s window is 4 s.
+    let extra = ["--alert-interval", "200ms", "--metrics-retention", "1s:1h,1m:1d"];
+    let cp = ControlPlane::start_with(dir.path(), free_port(), free_port(), dir.path().join("cp-data"), &extra);
+    let listen = free_port();
+    cp.apply(dir.path(), &web_resources(listen, up_port, &[], ""));
+    let admin = free_port();
+    let boot = ctl_bootstrap(&format!("http://127.0.0.1:{}", cp.api), "errors-envoy", cp.xds, admin, &[]);
+    let boot = boot.replacen("stats_flush_interval: 5s\n", "stats_flush_interval: 1s\n", 1);
+    let file = dir.path().join("bootstrap-errors-envoy.yaml");
+    std::fs::write(&file, boot).expect("bootstrap");
+    let mut envoy = spawn_envoy("errors-envoy", &file, "warning", &[], dir.path());
+    wait_ready(admin, &mut envoy);
+    wait_for("traffic through Envoy", Duration::from_secs(20), || upstream_of(listen));
+
+    let rx = WebhookReceiver::start();
+    let spec = format!(
+        "  service: web\n  metric: error_rate\n  above: 0.05\n  window: 4s\n  for: 2s\n  min_requests: 5\n  severity: critical\n  webhooks: [{}]\n",
+        rx.url("/hook")
+    );
+    cp.apply(dir.path(), &rule("web-errors", &spec));
+    let path = std::sync::Arc::new(std::sync::Mutex::new("/ok"));
+    let on = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let load = steady_load(listen, path.clone(), on.clone());
+    let quiet = wait_for("the rule inactive on good traffic", Duration::from_secs(15), || {
+        rule_state(&cp, "web-errors").filter(|r| r["state"] == "inactive" && r["value"].as_f64() == Some(0.0))
+    });
+    eprintln!("before the errors: {quiet}");
+
+    *path.lock().unwrap_or_else(|e| e.into_inner()) = "/status/503";
+    let errors_from = std::time::Instant::now();
+    let fired = wait_payload(&rx, "web-errors", "firing", Duration::from_secs(20));
+    let took = errors_from.elapsed();
+    check_webhook(&fired, "web-errors", "critical");
+    eprintln!("error_rate fired {took:?} after the first 5xx (for: 2s, flush 1s, evaluation 200 ms)");
+    // for: + one flush + one evaluation, and a second for a loaded machine.
+    assert!(took <= Duration::from_millis(2_000 + 1_000 + 200 + 1_000), "fired after {took:?}");
+
+    *path.lock().unwrap_or_else(|e| e.into_inner()) = "/ok";
+    let healthy_from = std::time::Instant::now();
+    wait_payload(&rx, "web-errors", "resolved", Duration::from_secs(20));
+    eprintln!("resolved {:?} after the errors stopped (window 4s)", healthy_from.elapsed());
+    on.store(false, std::sync::atomic::Ordering::Relaxed);
+    let _ = load.join();
+    let state = rule_state(&cp, "web-errors").expect("rule");
+    assert_eq!(state["state"], "inactive", "{state}");
+}
