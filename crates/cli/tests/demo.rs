@@ -25,8 +25,8 @@ fn demo_serves_what_it_prints() {
         .filter_map(|_| http_get(addr(10000), "/anything", "demo").ok()?.header("x-upstream").map(str::to_owned))
         .collect();
     assert_eq!(upstreams.len(), 2, "round robin over service_v1: {upstreams:?}");
-    let dash = http_get(addr(9900), "/", "demo").expect("dashboard");
-    assert!(dash.status == 200 && dash.body.contains("Legate control plane"));
+    let console = http_get(addr(9900), "/", "demo").expect("console");
+    assert!(console.status == 200 && console.body.contains("Legate console"), "{}", console.body);
     let proxies = http_get(addr(9900), "/v1/proxies", "demo").expect("proxies");
     assert!(proxies.body.contains("demo-proxy"), "{}", proxies.body);
     // The demo prints once it has seen the proxy serve; give it that moment.
