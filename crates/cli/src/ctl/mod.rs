@@ -2,6 +2,7 @@
 
 mod bootstrap;
 mod client;
+mod release;
 mod render;
 
 pub use bootstrap::bootstrap_yaml;
@@ -73,6 +74,11 @@ pub enum CtlCommand {
     Proxies,
     /// Alert rules (AlertRule resources) with their state, and what fired and resolved lately.
     Alerts,
+    /// Releases (canary): start, list, status, pause, resume, promote, abort.
+    Release {
+        #[command(subcommand)]
+        command: release::ReleaseCommand,
+    },
     /// The revision history.
     History,
     /// What changed between revision REV and REV2 (default: now), field by field.
@@ -195,6 +201,7 @@ pub fn run(args: CtlArgs) -> anyhow::Result<()> {
             print(out, &v, |v| render::rolled_back(v, rev))
         }
         CtlCommand::Token { command } => token(&api, out, command),
+        CtlCommand::Release { command } => release::run(&api, out, command),
         CtlCommand::Instances => {
             print(out, &api.call("GET", &format!("{base}/v1/instances"), None)?, render::instances)
         }
