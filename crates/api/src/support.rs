@@ -46,10 +46,30 @@ pub const SUPPORTED_EXTENSIONS: &[&str] = &[
     "envoy.extensions.filters.listener.http_inspector.v3.HttpInspector",
     "envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
     "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+    "envoy.config.metrics.v3.MetricsServiceConfig",
 ];
 
 const SUPPORTED_FIELDS: &[(&str, &[&str])] = &[
-    ("envoy.config.bootstrap.v3.Bootstrap", &["node", "static_resources", "dynamic_resources", "admin"]),
+    (
+        "envoy.config.bootstrap.v3.Bootstrap",
+        &[
+            "node",
+            "static_resources",
+            "dynamic_resources",
+            "admin",
+            "stats_sinks",
+            "stats_flush_interval",
+            "cluster_manager",
+        ],
+    ),
+    // Load reports: `load_stats_config` (a GRPC `ApiConfigSource`).
+    ("envoy.config.bootstrap.v3.ClusterManager", &["load_stats_config"]),
+    ("envoy.config.metrics.v3.StatsSink", &["name", "typed_config"]),
+    // `emit_tags_as_labels` (Envoy's tag extraction) and `batch_size` are not built.
+    (
+        "envoy.config.metrics.v3.MetricsServiceConfig",
+        &["grpc_service", "transport_api_version", "report_counters_as_deltas", "histogram_emit_mode"],
+    ),
     ("envoy.config.bootstrap.v3.Bootstrap.DynamicResources", &["ads_config", "cds_config", "lds_config"]),
     (
         "envoy.config.core.v3.ApiConfigSource",

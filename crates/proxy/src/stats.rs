@@ -43,27 +43,40 @@ impl Counter {
 
 /// A gauge goes up and down from any thread; it is a single atomic because
 /// increments and decrements of one request may run on different threads.
+/// `used` is Envoy's "used" flag (set once the gauge is changed): stats sinks
+/// send only used stats. Its store lands on the cache line the add just took.
 #[derive(Default)]
-pub struct Gauge(AtomicI64);
+pub struct Gauge {
+    value: AtomicI64,
+    used: std::sync::atomic::AtomicBool,
+}
 
 impl Gauge {
     #[inline]
     pub fn inc(&self) {
-        self.0.fetch_add(1, Relaxed);
+        self.value.fetch_add(1, Relaxed);
+        self.used.store(true, Relaxed);
     }
     #[inline]
     pub fn dec(&self) {
-        self.0.fetch_sub(1, Relaxed);
+        self.value.fetch_sub(1, Relaxed);
+        self.used.store(true, Relaxed);
     }
     pub fn set(&self, v: i64) {
-        self.0.store(v, Relaxed);
+        self.value.store(v, Relaxed);
+        self.used.store(true, Relaxed);
     }
     /// Adds `n` (negative to subtract): a hot restart child adds its parent's value.
     pub fn add(&self, n: i64) {
-        self.0.fetch_add(n, Relaxed);
+        self.value.fetch_add(n, Relaxed);
+        self.used.store(true, Relaxed);
     }
     pub fn value(&self) -> i64 {
-        self.0.load(Relaxed)
+        self.value.load(Relaxed)
+    }
+    /// Whether the gauge was ever set, raised or lowered.
+    pub fn used(&self) -> bool {
+        self.used.load(Relaxed)
     }
 }
 
@@ -105,6 +118,7 @@ impl Histogram {
     }
 }
 
+#[derive(Clone, Default)]
 pub struct HistogramSnapshot {
     pub buckets: [u64; BUCKETS.len() + 1],
     pub count: u64,

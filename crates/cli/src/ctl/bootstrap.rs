@@ -1,5 +1,6 @@
 //! The bootstrap `legate ctl bootstrap` prints: Envoy or `legate proxy`
-//! taking everything over ADS from this control plane.
+//! taking everything over ADS from this control plane, and sending its stats
+//! there (the metrics service sink, every 5 s) for fleet monitoring.
 
 /// A bootstrap for Envoy or `legate proxy` that takes everything over ADS.
 pub fn bootstrap_yaml(
@@ -17,6 +18,13 @@ pub fn bootstrap_yaml(
   cluster: {node_cluster}
 admin:
   address: {{ socket_address: {{ address: 127.0.0.1, port_value: {admin_port} }} }}
+stats_flush_interval: 5s
+stats_sinks:
+- name: envoy.stat_sinks.metrics_service
+  typed_config:
+    "@type": type.googleapis.com/envoy.config.metrics.v3.MetricsServiceConfig
+    transport_api_version: V3
+    grpc_service: {{ envoy_grpc: {{ cluster_name: xds_cluster }} }}
 dynamic_resources:
   ads_config:
     api_type: {api_type}

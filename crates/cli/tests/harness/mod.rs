@@ -19,7 +19,9 @@
 //! - `admin`: admin pages, stats and access logs of a proxy;
 //! - `ws`: WebSocket and HTTP/2 CONNECT clients;
 //! - `load`: steady traffic, counted;
-//! - `browser`: headless Chromium over the DevTools Protocol (the console).
+//! - `browser`: headless Chromium over the DevTools Protocol (the console);
+//! - `metrics_receiver`: a metrics and load-report collector that records
+//!   what proxies send.
 //!
 //! Each test binary compiles all of it and uses a part, hence
 //! `allow(dead_code)`, and `allow(unused_imports)` on the re-exports.
@@ -36,6 +38,7 @@ pub mod http_client;
 pub mod install;
 pub mod jwt;
 pub mod load;
+pub mod metrics_receiver;
 pub mod process;
 pub mod raw;
 pub mod sides;

@@ -9,6 +9,7 @@ mod admin_log;
 pub mod hot_restart;
 pub mod instance;
 pub mod memory;
+pub mod sinks;
 pub mod xds;
 
 pub use instance::{build, DynamicClusters, Options, ServerError, Shared};
@@ -79,6 +80,13 @@ pub fn run(bootstrap: LoadedBootstrap, options: Options) -> Result<(), ServerErr
         }
         main_rt.spawn(crate::server::xds::run(shared.clone(), cfg));
     }
+    let sinks = sinks::SinksConfig::read(&shared.bootstrap.bootstrap)
+        .and_then(|cfg| {
+            let _runtime = main_rt.enter();
+            sinks::start(&shared, cfg)
+        })
+        .map_err(|e| ServerError::Config { path: e.path, reason: e.reason });
+    sinks?;
 
     let active = Arc::new(AtomicUsize::new(0));
     let mut handles = Vec::new();

@@ -27,9 +27,15 @@ pub struct Resource {
 
 impl Resource {
     fn new(max: u64, open: Arc<Gauge>, remaining: Option<Arc<Gauge>>) -> Arc<Self> {
-        let r = Arc::new(Self { max, current: AtomicU64::new(0), open, remaining });
-        r.show(0);
-        r
+        // As Envoy: `remaining_*` starts at the limit; `*_open` is left
+        // untouched (unused, so stats sinks skip it) until traffic moves it.
+        if let Some(rem) = &remaining {
+            rem.set(max as i64);
+        }
+        if max == 0 {
+            open.set(1);
+        }
+        Arc::new(Self { max, current: AtomicU64::new(0), open, remaining })
     }
 
     pub fn max(&self) -> u64 {

@@ -12,6 +12,8 @@ use crate::upstream::host_set::LbParams;
 use crate::upstream::lb::balancer::Balancer;
 use crate::upstream::membership::Membership;
 use legate_api::pb::envoy::config::cluster::v3::{cluster, Cluster as PbCluster};
+use legate_api::pb::envoy::config::core::v3::Locality;
+use legate_api::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -72,6 +74,9 @@ pub struct Cluster {
     pub dns: Dns,
     /// For EDS clusters: the ClusterLoadAssignment name that feeds them.
     pub eds_service_name: String,
+    /// The load assignment's localities by index (`Host::locality`), for
+    /// load reports.
+    pub localities: arc_swap::ArcSwap<Vec<Locality>>,
     pub config: PbCluster,
 }
 
@@ -119,6 +124,7 @@ impl Cluster {
             lb,
             dns: Dns::compile(c, dns_targets, discovery == Discovery::LogicalDns),
             eds_service_name,
+            localities: arc_swap::ArcSwap::from_pointee(c.load_assignment.as_ref().map(localities).unwrap_or_default()),
             config: c.clone(),
         }))
     }
@@ -127,6 +133,11 @@ impl Cluster {
     /// (and its counters) of every address that stays.
     pub fn update_hosts(&self, new_hosts: Vec<HostEntry>) {
         self.hosts.update(new_hosts);
+    }
+
+    /// Records the localities of the load assignment EDS sent.
+    pub fn set_localities(&self, la: &ClusterLoadAssignment) {
+        self.localities.store(Arc::new(localities(la)));
     }
 
     /// Picks a host for a request, or `None` when the cluster has none.
@@ -141,6 +152,10 @@ impl Cluster {
     pub fn pick_hashed(&self, hash: Option<u64>) -> Option<Arc<Host>> {
         self.lb.pick(&self.hosts.load(), hash)
     }
+}
+
+fn localities(la: &ClusterLoadAssignment) -> Vec<Locality> {
+    la.endpoints.iter().map(|l| l.locality.clone().unwrap_or_default()).collect()
 }
 
 /// The load assignment's endpoints: the hosts of a STATIC cluster, or what

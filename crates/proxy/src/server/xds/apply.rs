@@ -64,6 +64,7 @@ impl Dynamic {
                     if fresh.discovery == Discovery::Eds {
                         if let Some(la) = self.assignments.get(&fresh.eds_service_name) {
                             fresh.update_hosts(eds_hosts(la).map_err(|e| format!("cluster '{}': {e}", c.name))?);
+                            fresh.set_localities(la);
                         } else if let Some(prev) = old_map.get(&c.name) {
                             // Keep serving the old endpoints until EDS says otherwise.
                             fresh.hosts.store(prev.hosts.load_full());
@@ -147,6 +148,7 @@ impl Dynamic {
                 if let Some(la) = self.assignments.get(&c.eds_service_name) {
                     if let Ok(hosts) = eds_hosts(la) {
                         c.update_hosts(hosts);
+                        c.set_localities(la);
                     }
                 }
                 crate::upstream::tasks::start(&c);
@@ -181,6 +183,7 @@ impl Dynamic {
         for (la, hosts) in parsed {
             for c in map.values().filter(|c| c.discovery == Discovery::Eds && c.eds_service_name == la.cluster_name) {
                 c.update_hosts(hosts.clone());
+                c.set_localities(&la);
             }
             self.assignments.insert(la.cluster_name.clone(), la);
         }

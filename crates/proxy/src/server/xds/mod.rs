@@ -132,10 +132,7 @@ pub async fn run(shared: Arc<Shared>, cfg: AdsConfig) {
     loop {
         let cluster = cfg.clusters.get(next % cfg.clusters.len().max(1)).unwrap_or(&cfg.cluster);
         next = (next + 1) % cfg.clusters.len().max(1);
-        let target = {
-            let map = shared.clusters.load();
-            map.get(cluster).and_then(|c| c.pick().map(|h| Target { addr: h.addr, cluster: c.clone() }))
-        };
+        let target = Target::pick(&shared, cluster);
         let started = Instant::now();
         match target {
             Some(target) => {
@@ -167,7 +164,8 @@ pub async fn run(shared: Arc<Shared>, cfg: AdsConfig) {
     }
 }
 
-fn node(shared: &Shared) -> Node {
+/// The node this proxy says it is, to management servers and sinks.
+pub(crate) fn node(shared: &Shared) -> Node {
     let mut n = shared.bootstrap.bootstrap.node.clone().unwrap_or_default();
     n.user_agent_name = "legate".into();
     n.user_agent_version_type =
@@ -179,15 +177,28 @@ fn node(shared: &Shared) -> Node {
 
 /// A management server to stream from: a host of the xDS cluster, and the
 /// cluster (its `transport_socket` says whether to speak TLS).
-struct Target {
-    addr: SocketAddr,
+pub(crate) struct Target {
+    pub(crate) addr: SocketAddr,
     cluster: Arc<Cluster>,
 }
 
-/// A gRPC channel to the management server: plaintext HTTP/2, or over TLS
-/// when the xDS cluster has an `UpstreamTlsContext` (its CA, SNI and client
-/// certificate, as for any upstream).
+impl Target {
+    /// A host of the cluster named `name`, picked by its load balancer.
+    pub(crate) fn pick(shared: &Shared, name: &str) -> Option<Target> {
+        let map = shared.clusters.load();
+        map.get(name).and_then(|c| c.pick().map(|h| Target { addr: h.addr, cluster: c.clone() }))
+    }
+}
+
 async fn connect(target: &Target) -> Result<AggregatedDiscoveryServiceClient<tonic::transport::Channel>, String> {
+    Ok(AggregatedDiscoveryServiceClient::new(channel(target).await?).max_decoding_message_size(64 << 20))
+}
+
+/// A gRPC channel to a host of a gRPC client cluster (a management server,
+/// a metrics or load-report sink): plaintext HTTP/2, or over TLS when the
+/// cluster has an `UpstreamTlsContext` (its CA, SNI and client certificate,
+/// as for any upstream).
+pub(crate) async fn channel(target: &Target) -> Result<tonic::transport::Channel, String> {
     let addr = target.addr;
     // `http` even for TLS: the connector below does the TLS (tonic would
     // insist on its own TLS settings for an `https` URI).
@@ -195,10 +206,10 @@ async fn connect(target: &Target) -> Result<AggregatedDiscoveryServiceClient<ton
         .map_err(|e| e.to_string())?
         .connect_timeout(Duration::from_secs(5))
         .http2_keep_alive_interval(Duration::from_secs(30));
-    let channel = match &target.cluster.tls {
-        None => endpoint.connect().await.map_err(|e| format!("connect: {e}"))?,
+    match &target.cluster.tls {
+        None => endpoint.connect().await.map_err(|e| format!("connect: {e}")),
         Some(tls) => {
-            let connector = tls.connector().ok_or("the xDS cluster's TLS secrets are not available")?;
+            let connector = tls.connector().ok_or("the cluster's TLS secrets are not available")?;
             let name = tls.server_name(addr.ip());
             let tls_connect = tower::service_fn(move |_uri: http::Uri| {
                 let (connector, name) = (connector.clone(), name.clone());
@@ -209,10 +220,9 @@ async fn connect(target: &Target) -> Result<AggregatedDiscoveryServiceClient<ton
                     Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
                 }
             });
-            endpoint.connect_with_connector(tls_connect).await.map_err(|e| format!("connect over TLS: {e:?}"))?
+            endpoint.connect_with_connector(tls_connect).await.map_err(|e| format!("connect over TLS: {e:?}"))
         }
-    };
-    Ok(AggregatedDiscoveryServiceClient::new(channel).max_decoding_message_size(64 << 20))
+    }
 }
 
 fn decode_all<T: Message + Default>(resources: &[Any], want: &str) -> Result<Vec<T>, String> {

@@ -1,0 +1,324 @@
+//! What Envoy 1.40 and `legate proxy` send on their own, compared: the
+//! metrics service sink's `StreamMetrics` messages and the load reports
+//! (LRS), both to one collector of the test's, after the same requests
+//! through the same bootstrap.
+
+mod harness;
+
+use harness::config::{bootstrap, cluster, hcm, listener};
+use harness::metrics_receiver::Receiver;
+use harness::*;
+use legate_api::pb::envoy::config::core::v3::{address, socket_address};
+use legate_api::pb::envoy::service::load_stats::v3::{LoadStatsRequest, LoadStatsResponse};
+use legate_api::pb::envoy::service::metrics::v3::StreamMetricsMessage;
+use legate_api::pb::io::prometheus::client::{MetricFamily, MetricType};
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+const H2: &str = ", typed_extension_protocol_options: {envoy.extensions.upstreams.http.v3.HttpProtocolOptions: {\"@type\": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions, explicit_http_config: {http2_protocol_options: {}}}}";
+
+/// Requests per endpoint: successes and upstream 503s. They go in pairs,
+/// so that round robin over the two endpoints gives each one of every pair
+/// whichever endpoint it starts with.
+const OK_PAIRS: u64 = 10;
+const ERR_PAIRS: u64 = 3;
+const TOTAL: u64 = 2 * (OK_PAIRS + ERR_PAIRS);
+
+/// The bootstrap both proxies run: node `who`, stats flushed every second
+/// to the collector, load reports to it, and `echo` over two localities.
+fn config(who: &str, admin: u16, listen: u16, ups: [u16; 2], collector: u16) -> String {
+    config_with(who, admin, listen, ups, collector, "")
+}
+
+/// The same with `sink` fields added to the `MetricsServiceConfig`.
+fn config_with(who: &str, admin: u16, listen: u16, ups: [u16; 2], collector: u16, sink: &str) -> String {
+    let locality = |zone: &str, port: u16| {
+        format!("{{locality: {{region: r1, zone: {zone}}}, lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}}}}}]}}")
+    };
+    let echo = format!(
+        "{{name: echo, connect_timeout: 1s, type: STATIC, load_assignment: {{cluster_name: echo, endpoints: [{}, {}]}}}}",
+        locality("za", ups[0]),
+        locality("zb", ups[1])
+    );
+    let sinks = format!("stats_flush_interval: 1s\nstats_sinks: [{{name: envoy.stat_sinks.metrics_service, typed_config: {{\"@type\": type.googleapis.com/envoy.config.metrics.v3.MetricsServiceConfig, transport_api_version: V3{sink}, grpc_service: {{envoy_grpc: {{cluster_name: collector}}}}}}}}]\ncluster_manager: {{load_stats_config: {{api_type: GRPC, transport_api_version: V3, grpc_services: [{{envoy_grpc: {{cluster_name: collector}}}}]}}}}\n");
+    format!(
+        "node: {{id: {who}, cluster: sinks-test}}\n{sinks}{}",
+        bootstrap(
+            admin,
+            &[listener("in", listen, &format!("{{filters: [{}]}}", hcm("ingress", "echo")))],
+            &[echo, cluster("collector", collector, H2)],
+        )
+    )
+}
+
+/// The families of one message by (name, type).
+fn families(m: &StreamMetricsMessage) -> BTreeMap<(String, i32), &MetricFamily> {
+    m.envoy_metrics.iter().map(|f| ((f.name.clone().unwrap_or_default(), f.r#type.unwrap_or(-1)), f)).collect()
+}
+
+fn counter(m: &StreamMetricsMessage, name: &str) -> Option<f64> {
+    families(m).get(&(name.to_string(), MetricType::Counter as i32))?.metric.first()?.counter.as_ref()?.value
+}
+
+/// Over every message: the histogram's samples, its count at the last
+/// bound, and its bounds.
+fn histogram_totals(msgs: &[(usize, StreamMetricsMessage)], name: &str) -> (u64, u64, Vec<f64>) {
+    let (mut count, mut last, mut bounds) = (0, 0, Vec::new());
+    for (_, m) in msgs {
+        let fams = families(m);
+        let Some(h) = fams
+            .get(&(name.to_string(), MetricType::Histogram as i32))
+            .and_then(|f| f.metric.first())
+            .and_then(|m| m.histogram.as_ref())
+        else {
+            continue;
+        };
+        count += h.sample_count.unwrap_or(0);
+        last += h.bucket.last().and_then(|b| b.cumulative_count).unwrap_or(0);
+        bounds = h.bucket.iter().filter_map(|b| b.upper_bound).collect();
+    }
+    (count, last, bounds)
+}
+
+/// Load reported for `echo` per (zone, endpoint port): successes, errors,
+/// issued, summed over `reports`; and what the last one has in progress.
+type Loads = BTreeMap<(String, u32), [u64; 3]>;
+fn echo_loads(reports: &[LoadStatsRequest]) -> (Loads, u64) {
+    let mut out = Loads::new();
+    let mut in_progress = 0;
+    for r in reports {
+        in_progress = 0;
+        for c in r.cluster_stats.iter().filter(|c| c.cluster_name == "echo") {
+            for l in &c.upstream_locality_stats {
+                let zone = l.locality.as_ref().map(|l| l.zone.clone()).unwrap_or_default();
+                in_progress += l.total_requests_in_progress;
+                for e in &l.upstream_endpoint_stats {
+                    let Some(address::Address::SocketAddress(sa)) = e.address.as_ref().and_then(|a| a.address.as_ref())
+                    else {
+                        panic!("endpoint stats without a socket address: {e:?}");
+                    };
+                    let Some(socket_address::PortSpecifier::PortValue(port)) = sa.port_specifier else {
+                        panic!("endpoint stats without a port: {sa:?}");
+                    };
+                    let slot = out.entry((zone.clone(), port)).or_default();
+                    slot[0] += e.total_successful_requests;
+                    slot[1] += e.total_error_requests;
+                    slot[2] += e.total_issued_requests;
+                }
+            }
+        }
+    }
+    (out, in_progress)
+}
+
+fn reports_echo(r: &LoadStatsRequest) -> bool {
+    r.cluster_stats.iter().any(|c| c.cluster_name == "echo")
+}
+
+/// The collector's answer to a load-report stream: `echo` every second, by endpoint.
+fn answer() -> LoadStatsResponse {
+    LoadStatsResponse {
+        clusters: vec!["echo".into()],
+        load_reporting_interval: Some(legate_api::pb::google::protobuf::Duration { seconds: 1, nanos: 0 }),
+        report_endpoint_granularity: true,
+        ..Default::default()
+    }
+}
+
+#[test]
+fn metrics_service_and_load_reports_match_envoy() {
+    let collector = Receiver::start(answer());
+    let dir = TempDir::new("diff-sinks");
+    let (ea, a) = echo("a", dir.path());
+    let (eb, b) = echo("b", dir.path());
+    let sides = both(dir.path(), &[], &["listen"], |who, admin, ports| {
+        config(who, admin, ports["listen"], [a, b], collector.port)
+    });
+
+    // Traffic starts once each proxy reports `echo` (it has the server's
+    // answer): what follows is counted in full.
+    let mut baseline = BTreeMap::new();
+    for s in &sides {
+        let n = wait_for(&format!("{}'s first load report", s.who), Duration::from_secs(20), || {
+            let r = collector.loads_of(s.who);
+            r.iter().position(reports_echo).map(|_| r.len())
+        });
+        baseline.insert(s.who, n);
+    }
+    for s in &sides {
+        for (path, status, pairs) in [("/ok", 200, OK_PAIRS), ("/status/503", 503, ERR_PAIRS)] {
+            for _ in 0..2 * pairs {
+                let r = http_get(addr(s.port("listen")), path, "app").expect("request");
+                assert_eq!(r.status, status, "{} {path}", s.who);
+            }
+        }
+    }
+
+    // Metrics: until the cumulative request count and every histogram
+    // sample have arrived.
+    let mut metrics = BTreeMap::new();
+    for s in &sides {
+        let msgs = wait_for(&format!("{}'s metrics", s.who), Duration::from_secs(20), || {
+            let msgs = collector.metrics_of(s.who);
+            let last = msgs.last().map(|(_, m)| m)?;
+            let done = counter(last, "cluster.echo.upstream_rq_total") == Some(TOTAL as f64)
+                && histogram_totals(&msgs, "cluster.echo.upstream_rq_time").0 == TOTAL;
+            done.then_some(msgs)
+        });
+        metrics.insert(s.who, msgs);
+    }
+    let (e, l) = (&metrics["envoy"], &metrics["legate"]);
+    for (who, msgs) in [("envoy", e), ("legate", l)] {
+        let node =
+            msgs[0].1.identifier.as_ref().and_then(|i| i.node.as_ref()).expect("identifier on the first message");
+        assert_eq!((node.id.as_str(), node.cluster.as_str()), (who, "sinks-test"));
+        assert!(msgs.iter().skip(1).filter(|(s, _)| *s == msgs[0].0).all(|(_, m)| m.identifier.is_none()), "{who}");
+        assert!(
+            msgs.iter().all(|(_, m)| m
+                .envoy_metrics
+                .iter()
+                .all(|f| f.metric.len() == 1 && f.metric[0].timestamp_ms.is_some())),
+            "{who}: one metric with a timestamp per family"
+        );
+    }
+    let (el, ll) = (families(&e[e.len() - 1].1), families(&l[l.len() - 1].1));
+    let ours = |k: &(String, i32)| k.0.starts_with("cluster.echo.") || k.0.starts_with("http.ingress.");
+    let names = |f: &BTreeMap<(String, i32), &MetricFamily>| f.keys().map(|k| k.0.clone()).collect::<BTreeSet<_>>();
+    let shared: BTreeSet<String> = names(&el).intersection(&names(&ll)).cloned().collect();
+    let types = |f: &BTreeMap<(String, i32), &MetricFamily>| {
+        f.keys().filter(|k| ours(k) && shared.contains(&k.0)).cloned().collect::<BTreeSet<_>>()
+    };
+    assert_eq!(types(&el), types(&ll), "the same stats with the same types");
+    // Only used stats: nothing of the cluster's or the connection manager's
+    // that Envoy leaves out as never touched.
+    let unused: Vec<_> = ll.keys().filter(|k| ours(k) && !el.contains_key(*k)).collect();
+    assert!(unused.is_empty(), "legate sends what envoy does not: {unused:?}");
+    let want = [
+        ("cluster.echo.upstream_rq_total", TOTAL),
+        ("cluster.echo.upstream_rq_completed", TOTAL),
+        ("cluster.echo.upstream_rq_2xx", 2 * OK_PAIRS),
+        ("cluster.echo.upstream_rq_5xx", 2 * ERR_PAIRS),
+        ("cluster.echo.upstream_rq_503", 2 * ERR_PAIRS),
+        ("http.ingress.downstream_rq_total", TOTAL),
+        ("http.ingress.downstream_rq_5xx", 2 * ERR_PAIRS),
+    ];
+    for (name, n) in want {
+        let (ev, lv) = (counter(&e[e.len() - 1].1, name), counter(&l[l.len() - 1].1, name));
+        assert_eq!((ev, lv), (Some(n as f64), Some(n as f64)), "{name}: envoy, legate");
+    }
+    for name in ["cluster.echo.upstream_rq_time", "http.ingress.downstream_rq_time"] {
+        let (et, lt) = (histogram_totals(e, name), histogram_totals(l, name));
+        assert_eq!(et, lt, "{name}: samples, count at the last bound, bounds");
+        assert_eq!(et.0, TOTAL, "{name}");
+        for (who, last) in [("envoy", &el), ("legate", &ll)] {
+            assert!(last.contains_key(&(name.to_string(), MetricType::Summary as i32)), "{who}: {name} summary");
+        }
+    }
+
+    // Load reports: until every request is reported and none is in progress.
+    let mut loads = BTreeMap::new();
+    for s in &sides {
+        let got = wait_for(&format!("{}'s load reports", s.who), Duration::from_secs(20), || {
+            let all = collector.loads_of(s.who);
+            let (loads, in_progress) = echo_loads(&all[baseline[s.who]..]);
+            let issued: u64 = loads.values().map(|v| v[2]).sum();
+            (issued == TOTAL && in_progress == 0).then_some((loads, all))
+        });
+        loads.insert(s.who, got);
+    }
+    let ((el, ereports), (ll, lreports)) = (&loads["envoy"], &loads["legate"]);
+    assert_eq!(el, ll, "load per locality and endpoint: envoy, legate");
+    let per_endpoint = [OK_PAIRS, ERR_PAIRS, OK_PAIRS + ERR_PAIRS];
+    assert_eq!(el.get(&("za".to_string(), a as u32)), Some(&per_endpoint), "{el:?}");
+    assert_eq!(el.get(&("zb".to_string(), b as u32)), Some(&per_endpoint), "{el:?}");
+    for (who, reports) in [("envoy", ereports), ("legate", lreports)] {
+        let node = reports[0].node.as_ref().expect("node");
+        assert!(node.client_features.iter().any(|f| f == "envoy.lrs.supports_send_all_clusters"), "{who}");
+        let c = reports.iter().rev().find(|r| reports_echo(r)).map(|r| &r.cluster_stats[0]);
+        assert!(c.and_then(|c| c.load_report_interval.as_ref()).is_some(), "{who}: load_report_interval");
+    }
+    drop(sides);
+    drop((ea, eb));
+}
+
+/// The collector goes away and comes back on the same port: both proxies
+/// open their streams again, the node on the first message of each.
+#[test]
+fn streams_reopen_after_the_collector_returns() {
+    let first = Receiver::start(answer());
+    let port = first.port;
+    let dir = TempDir::new("diff-sinks-reopen");
+    let (ea, a) = echo("a", dir.path());
+    let (eb, b) = echo("b", dir.path());
+    let sides =
+        both(dir.path(), &[], &["listen"], |who, admin, ports| config(who, admin, ports["listen"], [a, b], port));
+    for s in &sides {
+        wait_for(&format!("{}'s metrics", s.who), Duration::from_secs(20), || {
+            (!first.metrics_of(s.who).is_empty()).then_some(())
+        });
+        wait_for(&format!("{}'s load reports", s.who), Duration::from_secs(20), || {
+            (!first.loads_of(s.who).is_empty()).then_some(())
+        });
+    }
+    drop(first);
+    // A few flushes find no collector.
+    std::thread::sleep(Duration::from_millis(2_500));
+    let second = Receiver::start_on(port, answer());
+    for s in &sides {
+        // Envoy waits 5 s before it opens a load-report stream again; Legate's backoff is shorter.
+        let msgs = wait_for(&format!("{}'s metrics again", s.who), Duration::from_secs(30), || {
+            let m = second.metrics_of(s.who);
+            (!m.is_empty()).then_some(m)
+        });
+        let node = msgs[0].1.identifier.as_ref().and_then(|i| i.node.as_ref());
+        assert_eq!(node.map(|n| n.id.as_str()), Some(s.who), "the identifier on the new stream's first message");
+        wait_for(&format!("{}'s load reports again", s.who), Duration::from_secs(30), || {
+            (!second.loads_of(s.who).is_empty()).then_some(())
+        });
+    }
+    drop(sides);
+    drop((ea, eb));
+}
+
+/// Counters as deltas, histograms only as histograms: the deltas add up to
+/// the same totals, and no summary is sent.
+#[test]
+fn counter_deltas_and_histogram_mode_match_envoy() {
+    let collector = Receiver::start(answer());
+    let dir = TempDir::new("diff-sinks-deltas");
+    let (ea, a) = echo("a", dir.path());
+    let (eb, b) = echo("b", dir.path());
+    let sink = ", report_counters_as_deltas: true, histogram_emit_mode: HISTOGRAM";
+    let sides = both(dir.path(), &[], &["listen"], |who, admin, ports| {
+        config_with(who, admin, ports["listen"], [a, b], collector.port, sink)
+    });
+    for s in &sides {
+        for (path, status, pairs) in [("/ok", 200, OK_PAIRS), ("/status/503", 503, ERR_PAIRS)] {
+            for _ in 0..2 * pairs {
+                let r = http_get(addr(s.port("listen")), path, "app").expect("request");
+                assert_eq!(r.status, status, "{} {path}", s.who);
+            }
+        }
+    }
+    let sum = |msgs: &[(usize, StreamMetricsMessage)], name: &str| -> f64 {
+        msgs.iter().filter_map(|(_, m)| counter(m, name)).sum()
+    };
+    for s in &sides {
+        let msgs = wait_for(&format!("{}'s metrics", s.who), Duration::from_secs(20), || {
+            let msgs = collector.metrics_of(s.who);
+            let done = sum(&msgs, "cluster.echo.upstream_rq_total") == TOTAL as f64
+                && histogram_totals(&msgs, "cluster.echo.upstream_rq_time").0 == TOTAL;
+            done.then_some(msgs)
+        });
+        assert_eq!(sum(&msgs, "cluster.echo.upstream_rq_5xx"), (2 * ERR_PAIRS) as f64, "{}", s.who);
+        assert_eq!(sum(&msgs, "http.ingress.downstream_rq_total"), TOTAL as f64, "{}", s.who);
+        let summaries = msgs
+            .iter()
+            .flat_map(|(_, m)| m.envoy_metrics.iter())
+            .filter(|f| f.r#type == Some(MetricType::Summary as i32))
+            .count();
+        assert_eq!(summaries, 0, "{}: histograms only", s.who);
+    }
+    drop(sides);
+    drop((ea, eb));
+}
