@@ -29,7 +29,8 @@ pub enum Verdict {
 /// Analyses step `step` (at `weight`) of `release` at `now_ms`.
 pub fn analyse(release: &Release, figures: &dyn Figures, step: usize, weight: u32, now_ms: u64) -> Verdict {
     let cand = figures.service(&release.candidate_cluster(), release.window).unwrap_or_default();
-    if cand.requests < release.min_requests.max(1) {
+    // `minRequests: 0` decides even on an empty window.
+    if cand.requests < release.min_requests {
         return Verdict::Wait(cand.requests);
     }
     let stable = figures.service(&release.stable_cluster(), release.window).unwrap_or_default();

@@ -10,17 +10,26 @@ use crate::resources::kind::Kind;
 use crate::resources::resource::of_kind;
 use crate::state::apply::ApplyError;
 use crate::state::controller::Controller;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// How long a release waits for proxies to hold its version clusters
+/// before it starts anyway.
+pub const WARM_LIMIT: Duration = Duration::from_secs(10);
+
 /// Advances every running release once; returns how many changed.
-pub fn tick(ctrl: &Controller, figures: &dyn Figures, now_ms: u64) -> usize {
+/// `waiting` remembers since when each release has waited to start.
+pub fn tick(ctrl: &Controller, figures: &dyn Figures, now_ms: u64, waiting: &mut BTreeMap<String, u64>) -> usize {
     let state = ctrl.stored();
     let mut changed = 0;
+    let warm = clusters_held(ctrl, state.revision);
     for (name, r) in of_kind(&state.resources, Kind::Release) {
         let Ok(release) = check(&r.doc) else { continue };
         let status = Status::of(&r.doc);
-        let Some(next) = advance(&release, &status, figures, now_ms) else { continue };
+        let since = *waiting.entry(name.clone()).or_insert(now_ms);
+        let ready = warm || now_ms.saturating_sub(since) >= WARM_LIMIT.as_millis() as u64;
+        let Some(next) = advance(&release, &status, figures, now_ms, ready) else { continue };
         let author = format!("release/{name}");
         match ctrl.set_status(Kind::Release, name, next.to_value(), &author, &next.message) {
             Ok(_) => {
@@ -31,6 +40,16 @@ pub fn tick(ctrl: &Controller, figures: &dyn Figures, now_ms: u64) -> usize {
         }
     }
     changed
+}
+
+/// True when every connected proxy has ACKed revision `revision`'s clusters
+/// and endpoints (so a release's new version clusters are warm).
+fn clusters_held(ctrl: &Controller, revision: u64) -> bool {
+    ctrl.fleet.list().iter().all(|p| {
+        [Kind::Cluster, Kind::ClusterLoadAssignment]
+            .iter()
+            .all(|k| p.types.get(k.name()).is_none_or(|t| t.acked_revision >= revision))
+    })
 }
 
 /// An operator's action on release `name`, committed by `author`.
@@ -58,6 +77,7 @@ pub enum OperateError {
 /// Drives releases every `period` until the process ends (only the leader acts).
 pub fn start(ctrl: Arc<Controller>, period: Duration) {
     tokio::spawn(async move {
+        let mut waiting = BTreeMap::new();
         let mut every = tokio::time::interval(period.max(Duration::from_millis(50)));
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -65,7 +85,15 @@ pub fn start(ctrl: Arc<Controller>, period: Duration) {
             if ctrl.is_leader() {
                 // Commits go to the store (SQLite or etcd): off the async workers.
                 let c = ctrl.clone();
-                let _ = tokio::task::spawn_blocking(move || tick(&c, c.as_ref(), unix_ms())).await;
+                let mut w = std::mem::take(&mut waiting);
+                if let Ok(back) = tokio::task::spawn_blocking(move || {
+                    tick(&c, c.as_ref(), unix_ms(), &mut w);
+                    w
+                })
+                .await
+                {
+                    waiting = back;
+                }
             }
         }
     });

@@ -7,12 +7,23 @@ use crate::releases::analysis::{analyse, Figures, Verdict};
 use crate::releases::spec::{Phase, Release, Status};
 
 /// The next status of a running release, or None when nothing changes now.
-pub fn advance(release: &Release, status: &Status, figures: &dyn Figures, now_ms: u64) -> Option<Status> {
+/// A release starts (its first weights) only once `ready`: the proxies hold
+/// its version clusters.
+pub fn advance(
+    release: &Release,
+    status: &Status,
+    figures: &dyn Figures,
+    now_ms: u64,
+    ready: bool,
+) -> Option<Status> {
     if status.phase != Phase::Progressing {
         return None;
     }
     let first = *release.steps.first()?;
     if status.step_started_ms == 0 {
+        if !ready {
+            return None;
+        }
         let mut next = status.clone();
         (next.step, next.weight, next.step_started_ms) = (0, first, now_ms);
         next.message = format!("step 1 of {}: {first}% to the candidate", release.steps.len());

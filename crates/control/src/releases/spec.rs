@@ -55,7 +55,8 @@ fn default_hold() -> String {
 pub struct AnalysisSpec {
     #[serde(default = "default_window")]
     pub window: String,
-    /// Fewer candidate requests than this in the window: no decision yet.
+    /// Fewer candidate requests than this in the window: no decision yet
+    /// (0: decide even on a window without requests).
     #[serde(default = "default_min_requests")]
     pub min_requests: u64,
     #[serde(default = "default_max_error_rate")]

@@ -48,39 +48,40 @@ const S: u64 = 1000;
 fn a_good_candidate_goes_through_every_step_and_is_promoted() {
     let r = release();
     let good = Fixed::candidate(100, 1, 40.0);
-    let st = advance(&r, &Status::default(), &good, 10 * S).expect("starts");
+    assert_eq!(advance(&r, &Status::default(), &good, 9 * S, false), None, "clusters not yet warm");
+    let st = advance(&r, &Status::default(), &good, 10 * S, true).expect("starts");
     assert_eq!((st.phase, st.step, st.weight, st.step_started_ms), (Phase::Progressing, 0, 20, 10 * S));
-    assert_eq!(advance(&r, &st, &good, 14 * S), None, "held for 5s");
-    let st = advance(&r, &st, &good, 15 * S).expect("step 2");
+    assert_eq!(advance(&r, &st, &good, 14 * S, true), None, "held for 5s");
+    let st = advance(&r, &st, &good, 15 * S, true).expect("step 2");
     assert_eq!((st.step, st.weight, st.analyses.len()), (1, 50, 1));
     assert_eq!((st.analyses[0].requests, st.analyses[0].result.as_str()), (100, "passed"));
-    let st = advance(&r, &st, &good, 20 * S).expect("step 3");
+    let st = advance(&r, &st, &good, 20 * S, true).expect("step 3");
     assert_eq!((st.step, st.weight), (2, 100));
-    let st = advance(&r, &st, &good, 25 * S).expect("promoted");
+    let st = advance(&r, &st, &good, 25 * S, true).expect("promoted");
     assert_eq!((st.phase, st.weight, st.analyses.len()), (Phase::Promoted, 100, 3));
-    assert_eq!(advance(&r, &st, &good, 60 * S), None, "a finished release stays");
+    assert_eq!(advance(&r, &st, &good, 60 * S, true), None, "a finished release stays");
 }
 
 #[test]
 fn too_few_requests_wait_then_pause() {
     let r = release();
     let quiet = Fixed::candidate(19, 0, 40.0);
-    let st = advance(&r, &Status::default(), &quiet, 10 * S).expect("starts");
-    assert_eq!(advance(&r, &st, &quiet, 15 * S), None, "no decision below minRequests");
-    assert_eq!(advance(&r, &st, &quiet, 64 * S), None, "still waiting within maxWait (50s)");
-    let paused = advance(&r, &st, &quiet, 65 * S).expect("bounded wait");
+    let st = advance(&r, &Status::default(), &quiet, 10 * S, true).expect("starts");
+    assert_eq!(advance(&r, &st, &quiet, 15 * S, true), None, "no decision below minRequests");
+    assert_eq!(advance(&r, &st, &quiet, 64 * S, true), None, "still waiting within maxWait (50s)");
+    let paused = advance(&r, &st, &quiet, 65 * S, true).expect("bounded wait");
     assert_eq!((paused.phase, paused.weight), (Phase::Paused, 20));
     assert!(paused.message.contains("19 candidate requests"), "{}", paused.message);
     let busy = Fixed::candidate(20, 0, 40.0);
-    assert_eq!(advance(&r, &st, &busy, 15 * S).map(|s| s.weight), Some(50), "20 is enough");
+    assert_eq!(advance(&r, &st, &busy, 15 * S, true).map(|s| s.weight), Some(50), "20 is enough");
 }
 
 #[test]
 fn errors_roll_back_at_once() {
     let r = release();
-    let st = advance(&r, &Status::default(), &Fixed::default(), 10 * S).expect("starts");
+    let st = advance(&r, &Status::default(), &Fixed::default(), 10 * S, true).expect("starts");
     let bad = Fixed::candidate(100, 6, 40.0);
-    let st = advance(&r, &st, &bad, 15 * S).expect("decided");
+    let st = advance(&r, &st, &bad, 15 * S, true).expect("decided");
     assert_eq!((st.phase, st.weight), (Phase::RolledBack, 0));
     assert_eq!(st.analyses[0].result, "failed");
     assert!(st.message.contains("error rate 0.0600 above 0.05"), "{}", st.message);
@@ -89,11 +90,11 @@ fn errors_roll_back_at_once() {
 #[test]
 fn latency_rolls_back() {
     let r = release();
-    let st = advance(&r, &Status::default(), &Fixed::default(), 10 * S).expect("starts");
+    let st = advance(&r, &Status::default(), &Fixed::default(), 10 * S, true).expect("starts");
     let good = Fixed::candidate(100, 0, 40.0);
-    let st = advance(&r, &st, &good, 15 * S).expect("step 2");
+    let st = advance(&r, &st, &good, 15 * S, true).expect("step 2");
     let slow = Fixed::candidate(100, 0, 800.0);
-    let st = advance(&r, &st, &slow, 20 * S).expect("decided");
+    let st = advance(&r, &st, &slow, 20 * S, true).expect("decided");
     assert_eq!((st.phase, st.weight, st.analyses.len()), (Phase::RolledBack, 0, 2));
     assert!(st.message.contains("p99 800.0 ms above 500 ms"), "{}", st.message);
 }
@@ -102,13 +103,13 @@ fn latency_rolls_back() {
 fn pause_resume_promote_abort() {
     let r = release();
     let good = Fixed::candidate(100, 0, 40.0);
-    let st = advance(&r, &Status::default(), &good, 10 * S).expect("starts");
+    let st = advance(&r, &Status::default(), &good, 10 * S, true).expect("starts");
     let paused = act(&st, Action::Pause, 11 * S).expect("pause");
-    assert_eq!(advance(&r, &paused, &good, 30 * S), None, "a paused release stays");
+    assert_eq!(advance(&r, &paused, &good, 30 * S, true), None, "a paused release stays");
     assert!(act(&paused, Action::Pause, 12 * S).is_err());
     let resumed = act(&paused, Action::Resume, 30 * S).expect("resume");
     assert_eq!((resumed.phase, resumed.step_started_ms, resumed.weight), (Phase::Progressing, 30 * S, 20));
-    assert_eq!(advance(&r, &resumed, &good, 34 * S), None, "held again from the resume");
+    assert_eq!(advance(&r, &resumed, &good, 34 * S, true), None, "held again from the resume");
     let promoted = act(&resumed, Action::Promote, 31 * S).expect("promote");
     assert_eq!((promoted.phase, promoted.weight), (Phase::Promoted, 100));
     assert!(act(&promoted, Action::Abort, 32 * S).is_err(), "finished");

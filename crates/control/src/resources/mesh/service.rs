@@ -43,11 +43,15 @@ pub fn compile_services(
                 clusters.push((release.stable_cluster(), Some(&release.stable)));
                 clusters.push((release.candidate_cluster(), Some(&release.candidate)));
             }
-            s.split = Some(Split {
-                stable: release.stable_cluster(),
-                candidate: release.candidate_cluster(),
-                weight: *weight,
-            });
+            // Before its first step the version clusters exist but routes do
+            // not use them yet: proxies warm them first (make before break).
+            if let Some(weight) = weight {
+                s.split = Some(Split {
+                    stable: release.stable_cluster(),
+                    candidate: release.candidate_cluster(),
+                    weight: *weight,
+                });
+            }
         }
         for (cluster_name, selector) in clusters {
             out.extend(cluster_documents(&s, &cluster_name, selector, &endpoints, &r.nodes));
@@ -60,12 +64,18 @@ pub fn compile_services(
     services
 }
 
-/// Each Service's Release (at most one) with the candidate's weight now.
-fn releases_by_service(resources: &ResourceMap, problems: &mut RefProblems) -> BTreeMap<String, (Release, u32)> {
-    let mut out: BTreeMap<String, (Release, u32)> = BTreeMap::new();
+/// Each Service's Release (at most one) with the candidate's weight now
+/// (None before the release's first step).
+fn releases_by_service(
+    resources: &ResourceMap,
+    problems: &mut RefProblems,
+) -> BTreeMap<String, (Release, Option<u32>)> {
+    let mut out: BTreeMap<String, (Release, Option<u32>)> = BTreeMap::new();
     for (name, r) in of_kind(resources, Kind::Release) {
         let Ok(release) = releases::spec::check(&r.doc) else { continue };
-        let weight = candidate_weight(&Status::of(&r.doc));
+        let status = Status::of(&r.doc);
+        let started = status.step_started_ms != 0 || status.phase.is_final();
+        let weight = started.then(|| candidate_weight(&status));
         if let Some((other, _)) = out.get(&release.service) {
             problems.push((
                 format!("Release/{name}"),
