@@ -116,3 +116,78 @@ fn pause_resume_promote_abort() {
     let aborted = act(&resumed, Action::Abort, 31 * S).expect("abort");
     assert_eq!((aborted.phase, aborted.weight), (Phase::Aborted, 0));
 }
+
+mod expansion {
+    use super::EXAMPLE;
+    use crate::releases::spec::{Phase, Status};
+    use crate::resources::document::parse_documents;
+    use crate::resources::kind::Kind;
+    use crate::state::controller::Controller;
+    use crate::store::Store;
+    use serde_json::Value;
+    use std::sync::Arc;
+
+    const MESH: &str = "kind: Service\nmetadata: {name: checkout}\nspec:\n  endpoints:\n  - {address: 127.0.0.1, port: 8001, labels: {version: v1}}\n  - {address: 127.0.0.1, port: 8002, labels: {version: v2}}\n---\nkind: Gateway\nmetadata: {name: edge}\nspec:\n  port: 8080\n  routes:\n  - match: {prefix: /}\n    to: [{service: checkout}]\n";
+
+    fn temp_controller() -> (Arc<Controller>, std::path::PathBuf) {
+        let dir = std::env::temp_dir().join(format!("legate-release-{}-{}", std::process::id(), rand::random::<u32>()));
+        let store = Store::open(&dir).expect("store");
+        (Controller::open(store).expect("controller"), dir)
+    }
+
+    fn route_action(ctrl: &Controller) -> Value {
+        let state = ctrl.current();
+        let r = state.resources.get(&(Kind::RouteConfiguration, "gateway.edge".into())).expect("routes");
+        r.doc.spec["virtual_hosts"][0]["routes"][0]["route"].clone()
+    }
+
+    fn endpoints_of(ctrl: &Controller, cluster: &str) -> Vec<u64> {
+        let state = ctrl.current();
+        let r = state.resources.get(&(Kind::ClusterLoadAssignment, cluster.into())).expect("assignment");
+        let eps = r.doc.spec["endpoints"][0]["lb_endpoints"].as_array().cloned().unwrap_or_default();
+        eps.iter().filter_map(|e| e["endpoint"]["address"]["socket_address"]["port_value"].as_u64()).collect()
+    }
+
+    #[test]
+    fn a_release_splits_its_service_and_survives_a_restart() {
+        let (ctrl, dir) = temp_controller();
+        let docs = parse_documents(&format!("{MESH}---\n{EXAMPLE}")).expect("yaml");
+        ctrl.apply(&docs, "test", "", false).expect("applied");
+        assert_eq!((endpoints_of(&ctrl, "checkout~v1"), endpoints_of(&ctrl, "checkout~v2")), (vec![8001], vec![8002]));
+        assert_eq!(route_action(&ctrl)["cluster"], "checkout", "not started: routes as before");
+        let started = Status { step_started_ms: 1, weight: 20, ..Default::default() };
+        ctrl.set_status(Kind::Release, "checkout-v2", started.to_value(), "release/checkout-v2", "step 1").expect("step");
+        let w = &route_action(&ctrl)["weighted_clusters"]["clusters"];
+        assert_eq!((&w[0]["name"], &w[0]["weight"]), (&Value::from("checkout~v1"), &Value::from(80)), "{w}");
+        assert_eq!((&w[1]["name"], &w[1]["weight"]), (&Value::from("checkout~v2"), &Value::from(20)), "{w}");
+        // A user's apply keeps the driver's status.
+        ctrl.apply(&parse_documents(EXAMPLE).expect("yaml"), "test", "", false).expect("re-applied");
+        drop(ctrl);
+        let ctrl = Controller::open(Store::open(&dir).expect("store")).expect("reopened");
+        let state = ctrl.stored();
+        let r = state.resources.get(&(Kind::Release, "checkout-v2".into())).expect("release");
+        assert_eq!(Status::of(&r.doc).weight, 20, "the step survives a restart");
+        let rolled = Status { phase: Phase::RolledBack, step_started_ms: 1, ..Default::default() };
+        ctrl.set_status(Kind::Release, "checkout-v2", rolled.to_value(), "release/checkout-v2", "back").expect("back");
+        assert_eq!(route_action(&ctrl)["cluster"], "checkout~v1", "rolled back: stable only");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn references_are_checked() {
+        let (ctrl, dir) = temp_controller();
+        let other = EXAMPLE.replace("service: checkout", "service: payments");
+        let docs = parse_documents(&format!("{MESH}---\n{other}")).expect("yaml");
+        let Err(crate::state::apply::ApplyError::Invalid(errs)) = ctrl.apply(&docs, "t", "", false) else {
+            panic!("accepted")
+        };
+        assert_eq!((errs[0].resource.as_str(), errs[0].path.as_str()), ("Release/checkout-v2", "spec.service"));
+        let none = EXAMPLE.replace("candidate: {version: v2}", "candidate: {version: v3}");
+        let docs = parse_documents(&format!("{MESH}---\n{none}")).expect("yaml");
+        let Err(crate::state::apply::ApplyError::Invalid(errs)) = ctrl.apply(&docs, "t", "", false) else {
+            panic!("accepted")
+        };
+        assert_eq!(errs[0].path, "spec.candidate", "{errs:?}");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
