@@ -131,7 +131,10 @@ fn a_5xx_candidate_waits_at_its_first_step_and_is_aborted_to_stable() {
     // Held at 20%: the analysis waits for minRequests (the monitor reports none).
     std::thread::sleep(Duration::from_secs(3));
     let s = status(&cp, "checkout-v2");
-    assert_eq!((s["phase"].as_str(), s["weight"].as_u64(), s["step"].as_u64()), (Some("Progressing"), Some(20), Some(1)));
+    assert_eq!(
+        (s["phase"].as_str(), s["weight"].as_u64(), s["step"].as_u64()),
+        (Some("Progressing"), Some(20), Some(1))
+    );
     let a = load.snapshot();
     std::thread::sleep(Duration::from_secs(2));
     let b = load.snapshot();

@@ -81,7 +81,10 @@ fn one(r: &Value) -> String {
     );
     let analyses = r["analyses"].as_array().cloned().unwrap_or_default();
     if !analyses.is_empty() {
-        s.push_str(&format!("{:>5} {:>7} {:>9} {:>7} {:>10} {:>9}  {}\n", "STEP", "WEIGHT", "REQUESTS", "ERRORS", "ERROR RATE", "P99 MS", "RESULT"));
+        s.push_str(&format!(
+            "{:>5} {:>7} {:>9} {:>7} {:>10} {:>9}  {}\n",
+            "STEP", "WEIGHT", "REQUESTS", "ERRORS", "ERROR RATE", "P99 MS", "RESULT"
+        ));
     }
     for a in analyses {
         s.push_str(&format!(

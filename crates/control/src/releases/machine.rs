@@ -9,13 +9,7 @@ use crate::releases::spec::{Phase, Release, Status};
 /// The next status of a running release, or None when nothing changes now.
 /// A release starts (its first weights) only once `ready`: the proxies hold
 /// its version clusters.
-pub fn advance(
-    release: &Release,
-    status: &Status,
-    figures: &dyn Figures,
-    now_ms: u64,
-    ready: bool,
-) -> Option<Status> {
+pub fn advance(release: &Release, status: &Status, figures: &dyn Figures, now_ms: u64, ready: bool) -> Option<Status> {
     if status.phase != Phase::Progressing {
         return None;
     }

@@ -308,7 +308,10 @@ mod tests {
         let doc = parse_documents(EXAMPLE).expect("yaml").remove(0);
         let r = check(&doc).expect("valid");
         assert_eq!(r.steps, [20, 50, 100]);
-        assert_eq!((r.hold, r.window, r.max_wait), (Duration::from_secs(5), Duration::from_secs(5), Duration::from_secs(50)));
+        assert_eq!(
+            (r.hold, r.window, r.max_wait),
+            (Duration::from_secs(5), Duration::from_secs(5), Duration::from_secs(50))
+        );
         assert_eq!((r.stable_cluster().as_str(), r.candidate_cluster().as_str()), ("checkout~v1", "checkout~v2"));
     }
 

@@ -156,7 +156,8 @@ mod expansion {
         assert_eq!((endpoints_of(&ctrl, "checkout~v1"), endpoints_of(&ctrl, "checkout~v2")), (vec![8001], vec![8002]));
         assert_eq!(route_action(&ctrl)["cluster"], "checkout", "not started: routes as before");
         let started = Status { step_started_ms: 1, weight: 20, ..Default::default() };
-        ctrl.set_status(Kind::Release, "checkout-v2", started.to_value(), "release/checkout-v2", "step 1").expect("step");
+        ctrl.set_status(Kind::Release, "checkout-v2", started.to_value(), "release/checkout-v2", "step 1")
+            .expect("step");
         let w = &route_action(&ctrl)["weighted_clusters"]["clusters"];
         assert_eq!((&w[0]["name"], &w[0]["weight"]), (&Value::from("checkout~v1"), &Value::from(80)), "{w}");
         assert_eq!((&w[1]["name"], &w[1]["weight"]), (&Value::from("checkout~v2"), &Value::from(20)), "{w}");

@@ -3,12 +3,12 @@
 //! instances), plus one such pair per subset (`<service>.<subset>`).
 
 use crate::discovery::registry::Instance;
-use crate::resources::document::{Document, NodeSelector};
-use crate::resources::kind::Kind;
-use crate::resources::mesh::envoy::{ads, document, lb_endpoint, load_assignment};
 use crate::releases;
 use crate::releases::machine::candidate_weight;
 use crate::releases::spec::{Release, Status};
+use crate::resources::document::{Document, NodeSelector};
+use crate::resources::kind::Kind;
+use crate::resources::mesh::envoy::{ads, document, lb_endpoint, load_assignment};
 use crate::resources::mesh::spec::{specs, Lb, Protocol, RefProblems, ServiceSpec, Split};
 use crate::resources::resource::{of_kind, ResourceMap};
 use serde_json::{json, Value};
@@ -36,7 +36,8 @@ pub fn compile_services(
             check_subsets(name, &s, &endpoints, problems);
         }
         let subsets = s.subsets.iter().map(|(subset, labels)| (format!("{name}.{subset}"), Some(labels)));
-        let mut clusters: Vec<(String, Option<&Labels>)> = std::iter::once((name.clone(), None)).chain(subsets).collect();
+        let mut clusters: Vec<(String, Option<&Labels>)> =
+            std::iter::once((name.clone(), None)).chain(subsets).collect();
         let release = releases.remove(name);
         if let Some((release, weight)) = &release {
             if check_release(release, &s, &endpoints, problems) {
@@ -59,7 +60,11 @@ pub fn compile_services(
         services.insert(name.clone(), s);
     }
     for (service, (release, _)) in releases {
-        problems.push((format!("Release/{}", release.name), "spec.service".into(), format!("unknown service '{service}'")));
+        problems.push((
+            format!("Release/{}", release.name),
+            "spec.service".into(),
+            format!("unknown service '{service}'"),
+        ));
     }
     services
 }
@@ -95,7 +100,10 @@ fn check_release(release: &Release, s: &ServiceSpec, endpoints: &[Endpoint], pro
     let label = format!("Release/{}", release.name);
     let mut problem = |path: &str, reason: String| problems.push((label.clone(), path.into(), reason));
     if s.dns.is_some() {
-        problem("spec.service", format!("service '{}' is found by DNS: its endpoints carry no labels", release.service));
+        problem(
+            "spec.service",
+            format!("service '{}' is found by DNS: its endpoints carry no labels", release.service),
+        );
         return false;
     }
     if s.protocol == Protocol::Tcp {
