@@ -6,6 +6,7 @@
 mod ctl;
 mod demo;
 mod echo;
+mod metrics_load;
 mod xds_load;
 
 use anyhow::Context as _;
@@ -39,6 +40,9 @@ enum Command {
     /// Simulated proxies for the control plane's scale benchmark (bench/xds-scale.sh).
     #[command(hide = true)]
     XdsLoad(xds_load::LoadArgs),
+    /// Simulated proxies streaming metrics, for the monitoring cost benchmark (bench/metrics-scale.sh).
+    #[command(hide = true)]
+    MetricsLoad(metrics_load::MetricsLoadArgs),
 }
 
 #[derive(clap::Args)]
@@ -71,6 +75,10 @@ struct ControlPlaneArgs {
     /// How often alert rules are evaluated (`1s`, `500ms`, ...).
     #[arg(long, default_value = "1s", value_parser = parse_interval)]
     alert_interval: std::time::Duration,
+    /// How long the fleet's series are kept: RES:KEEP for services at a fine
+    /// resolution, then RES:KEEP at a coarse one (proxies: the fine one, at most 1h).
+    #[arg(long, default_value = "10s:24h,5m:30d")]
+    metrics_retention: legate_control::monitor::Retention,
     #[arg(short = 'l', long = "log-level", default_value = "info")]
     log_level: String,
 }
@@ -180,6 +188,7 @@ fn main() -> ExitCode {
                     client_ca: args.client_ca,
                 }),
                 alert_period: Some(args.alert_interval),
+                metrics_retention: args.metrics_retention,
             };
             let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
                 Ok(rt) => rt,
@@ -204,6 +213,13 @@ fn main() -> ExitCode {
             }
         },
         Command::XdsLoad(args) => match xds_load::run(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::from(1)
+            }
+        },
+        Command::MetricsLoad(args) => match metrics_load::run(args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("error: {e:#}");

@@ -51,7 +51,7 @@ pub struct LoadArgs {
 }
 
 /// (RSS bytes, CPU seconds) of a process.
-fn proc_usage(pid: u32) -> Option<(u64, f64)> {
+pub fn proc_usage(pid: u32) -> Option<(u64, f64)> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let rss_kb: u64 = status.lines().find(|l| l.starts_with("VmRSS:"))?.split_whitespace().nth(1)?.parse().ok()?;
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;

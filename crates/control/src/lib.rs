@@ -44,6 +44,8 @@ pub struct Options {
     pub tls: Option<serve::tls::TlsFiles>,
     /// How often alert rules are evaluated (default: every second).
     pub alert_period: Option<std::time::Duration>,
+    /// How long the fleet's series are kept, at which resolutions.
+    pub metrics_retention: monitor::Retention,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -100,6 +102,7 @@ pub async fn serve(ctrl: Arc<state::controller::Controller>, opts: Options) -> R
         });
     }
     start_alerts(&ctrl, &opts);
+    start_monitoring(&ctrl, &opts);
     // Releases advance twice a second (only the leader acts).
     releases::driver::start(ctrl.clone(), std::time::Duration::from_millis(500));
     if let Some(dir) = &opts.watch {
@@ -141,6 +144,30 @@ fn start_alerts(ctrl: &Arc<state::controller::Controller>, opts: &Options) {
         external_url: format!("{scheme}://{}", opts.api_addr),
     };
     alerts::start(ctrl.clone(), settings);
+}
+
+/// The fleet's series: kept in `data_dir` (read back first), written every
+/// 10 s; proxies that do not stream are scraped.
+fn start_monitoring(ctrl: &Arc<state::controller::Controller>, opts: &Options) {
+    ctrl.monitor.configure(opts.metrics_retention);
+    match ctrl.monitor.attach_disk(&opts.data_dir) {
+        Ok(n) => tracing::info!("monitor: {n} stored slots read from {}", opts.data_dir.display()),
+        Err(e) => tracing::warn!("monitor: series are not kept across restarts: {e}"),
+    }
+    let monitor = ctrl.monitor.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(10));
+        loop {
+            tick.tick().await;
+            let m = monitor.clone();
+            match tokio::task::spawn_blocking(move || m.flush()).await {
+                Ok(Err(e)) => tracing::warn!("monitor: {e}"),
+                Err(e) => tracing::warn!("monitor: {e}"),
+                Ok(Ok(())) => {}
+            }
+        }
+    });
+    tokio::spawn(serve::metrics::scrape::run(ctrl.clone()));
 }
 
 /// Opens the SQLite store in `data_dir` and the controller on it.

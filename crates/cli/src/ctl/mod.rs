@@ -98,6 +98,15 @@ pub enum CtlCommand {
     Audit,
     /// Service instances in the registry (registered over the API, kept alive by heartbeats).
     Instances,
+    /// The fleet's traffic over a window: `top services` (per upstream
+    /// cluster, summed over proxies) or `top proxies`.
+    Top {
+        #[arg(value_enum)]
+        what: TopWhat,
+        /// How far back: 30s, 5m, 1h, 7d...
+        #[arg(long, default_value = "5m")]
+        window: String,
+    },
     /// Print shell completions (bash, zsh, fish, ...).
     Completions { shell: clap_complete::Shell },
     /// Print a bootstrap that points a proxy (Envoy or Legate) at this control plane over ADS.
@@ -127,6 +136,12 @@ pub enum CtlCommand {
         #[arg(long, default_value = "localhost")]
         xds_sni: String,
     },
+}
+
+#[derive(clap::ValueEnum, Clone, Copy)]
+pub enum TopWhat {
+    Services,
+    Proxies,
 }
 
 #[derive(clap::Subcommand)]
@@ -202,6 +217,7 @@ pub fn run(args: CtlArgs) -> anyhow::Result<()> {
         }
         CtlCommand::Token { command } => token(&api, out, command),
         CtlCommand::Release { command } => release::run(&api, out, command),
+        CtlCommand::Top { what, window } => top(&api, out, what, &window),
         CtlCommand::Instances => {
             print(out, &api.call("GET", &format!("{base}/v1/instances"), None)?, render::instances)
         }
@@ -221,6 +237,18 @@ pub fn run(args: CtlArgs) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// `legate ctl top services|proxies`: the list as the API gives it (json,
+/// yaml) or a table.
+fn top(api: &Api, out: &str, what: TopWhat, window: &str) -> anyhow::Result<()> {
+    let base = &api.base;
+    let (path, table): (&str, fn(&serde_json::Value) -> String) = match what {
+        TopWhat::Services => ("services", render::top_services),
+        TopWhat::Proxies => ("proxies", render::top_proxies),
+    };
+    let v = api.call("GET", &format!("{base}/v1/top/{path}?window={}", urlencode(window)), None)?;
+    print(out, &v, table)
 }
 
 /// `legate ctl token create|list|revoke`.

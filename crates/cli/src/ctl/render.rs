@@ -283,3 +283,52 @@ pub fn alerts(v: &Value) -> String {
     }
     out
 }
+
+/// A number with two decimals, `-` without a value.
+fn num(v: &Value) -> String {
+    v.as_f64().map_or_else(|| "-".to_string(), |f| format!("{f:.2}"))
+}
+
+/// `top services`: busiest first, as the API sorts them.
+pub fn top_services(v: &Value) -> String {
+    let rows = v
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|s| {
+            vec![
+                s["service"].as_str().unwrap_or("").to_string(),
+                s["requests"].to_string(),
+                s["errors"].to_string(),
+                num(&s["rps"]),
+                format!("{:.2}%", s["error_rate"].as_f64().unwrap_or(0.0) * 100.0),
+                num(&s["p50_ms"]),
+                num(&s["p99_ms"]),
+                s["proxies"].to_string(),
+            ]
+        })
+        .collect();
+    table(&["SERVICE", "REQUESTS", "ERRORS", "RPS", "ERROR%", "P50 MS", "P99 MS", "PROXIES"], rows)
+}
+
+/// `top proxies`.
+pub fn top_proxies(v: &Value) -> String {
+    let rows = v
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|p| {
+            vec![
+                p["node"].as_str().unwrap_or("").to_string(),
+                p["node_cluster"].as_str().unwrap_or("").to_string(),
+                p["requests"].to_string(),
+                p["errors"].to_string(),
+                num(&p["rps"]),
+                num(&p["p99_ms"]),
+                p["source"].as_str().unwrap_or("").to_string(),
+                p["resets"].to_string(),
+            ]
+        })
+        .collect();
+    table(&["NODE", "CLUSTER", "REQUESTS", "ERRORS", "RPS", "P99 MS", "SOURCE", "RESETS"], rows)
+}

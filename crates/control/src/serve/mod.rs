@@ -3,5 +3,6 @@
 
 pub mod api;
 pub mod csds;
+pub mod metrics;
 pub mod tls;
 pub mod xds;

@@ -35,29 +35,10 @@ fn claim_hot_restart(
     Ok((Some(own_socket), hot_restart::child::Child::connect(restart)?))
 }
 
-/// Runs the server until SIGTERM (drain, then exit), SIGINT, `/quitquitquit`
-/// or, after a hot restart, its child's request to exit.
-pub fn run(bootstrap: LoadedBootstrap, options: Options) -> Result<(), ServerError> {
-    crate::stats::set_concurrency(options.concurrency);
-    let store = Arc::new(Store::default());
-    let restart = hot_restart::RestartOptions {
-        base_id: options.base_id,
-        epoch: options.restart_epoch,
-        parent_shutdown_time: options.parent_shutdown_time,
-    };
-    let (own_socket, mut child) = claim_hot_restart(&options, restart)?;
-    let inherited = match child.as_mut() {
-        Some(c) => c.take_sockets()?,
-        None => Default::default(),
-    };
-    let (shared, worker_rxs) = build(bootstrap, options, store, inherited)?;
-    if let Some(c) = child.as_mut() {
-        let start = c.shutdown_parent_admin()?;
-        shared.original_start.store(start, Ordering::Relaxed);
-    }
-    let workers = shared.options.concurrency;
-
-    let main_rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+/// The main thread's work before traffic (first DNS answers, first health
+/// checks, JWKS, the admin listener), then the xDS client and the stats
+/// sinks on `main_rt`.
+fn start_main_thread(main_rt: &tokio::runtime::Runtime, shared: &Arc<Shared>) -> Result<(), ServerError> {
     main_rt.block_on(async {
         // First DNS resolution and first health check round before traffic,
         // as Envoy's init manager waits for them.
@@ -83,10 +64,37 @@ pub fn run(bootstrap: LoadedBootstrap, options: Options) -> Result<(), ServerErr
     let sinks = sinks::SinksConfig::read(&shared.bootstrap.bootstrap)
         .and_then(|cfg| {
             let _runtime = main_rt.enter();
-            sinks::start(&shared, cfg)
+            sinks::start(shared, cfg)
         })
         .map_err(|e| ServerError::Config { path: e.path, reason: e.reason });
     sinks?;
+    Ok(())
+}
+
+/// Runs the server until SIGTERM (drain, then exit), SIGINT, `/quitquitquit`
+/// or, after a hot restart, its child's request to exit.
+pub fn run(bootstrap: LoadedBootstrap, options: Options) -> Result<(), ServerError> {
+    crate::stats::set_concurrency(options.concurrency);
+    let store = Arc::new(Store::default());
+    let restart = hot_restart::RestartOptions {
+        base_id: options.base_id,
+        epoch: options.restart_epoch,
+        parent_shutdown_time: options.parent_shutdown_time,
+    };
+    let (own_socket, mut child) = claim_hot_restart(&options, restart)?;
+    let inherited = match child.as_mut() {
+        Some(c) => c.take_sockets()?,
+        None => Default::default(),
+    };
+    let (shared, worker_rxs) = build(bootstrap, options, store, inherited)?;
+    if let Some(c) = child.as_mut() {
+        let start = c.shutdown_parent_admin()?;
+        shared.original_start.store(start, Ordering::Relaxed);
+    }
+    let workers = shared.options.concurrency;
+
+    let main_rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    start_main_thread(&main_rt, &shared)?;
 
     let active = Arc::new(AtomicUsize::new(0));
     let mut handles = Vec::new();

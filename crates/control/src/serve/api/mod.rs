@@ -7,6 +7,7 @@ mod admin;
 mod alerts;
 pub mod auth;
 mod instances;
+mod monitor;
 mod releases;
 mod reply;
 mod resources;
@@ -20,6 +21,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post, put};
 use axum::Router;
 use instances::{deregister_instance, heartbeat, list_instances, register_instance};
+use monitor::{load, metrics, series, top_proxies, top_services};
 use resources::{apply, delete_one, envoy_resources, get_one, list, list_kind};
 use revisions::{diff, revisions, rollback};
 use status::{proxies, replica, whoami};
@@ -48,6 +50,11 @@ pub fn router(ctrl: Arc<Controller>) -> Router {
         .route("/v1/audit", get(audit_log))
         .route("/v1/instances", get(list_instances))
         .route("/v1/replica", get(replica))
+        .route("/v1/top/services", get(top_services))
+        .route("/v1/top/proxies", get(top_proxies))
+        .route("/v1/series", get(series))
+        .route("/v1/load", get(load))
+        .route("/metrics", get(metrics))
         .route("/v1/envoy/{kind}", get(envoy_resources))
         .route("/v1/services/{svc}/instances", post(register_instance))
         .route("/v1/services/{svc}/instances/{id}", delete(deregister_instance))

@@ -1,6 +1,6 @@
 //! The gRPC services: ADS and the per-type discovery services (each a stream
 //! of one session kind, plus the unary Fetch calls), with CSDS beside them on
-//! one listener.
+//! one listener, and the metrics and load-reporting services (`serve::metrics`).
 
 use crate::discovery::node::NodeInfo;
 use crate::resources::kind::Kind;
@@ -158,13 +158,18 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     tls: Option<tonic::transport::ServerTlsConfig>,
 ) -> Result<(), tonic::transport::Error> {
+    use crate::serve::metrics::{lrs::LoadServer, stream::MetricsServer};
     use service::cluster::v3::cluster_discovery_service_server::ClusterDiscoveryServiceServer;
     use service::discovery::v3::aggregated_discovery_service_server::AggregatedDiscoveryServiceServer;
     use service::endpoint::v3::endpoint_discovery_service_server::EndpointDiscoveryServiceServer;
     use service::listener::v3::listener_discovery_service_server::ListenerDiscoveryServiceServer;
+    use service::load_stats::v3::load_reporting_service_server::LoadReportingServiceServer;
+    use service::metrics::v3::metrics_service_server::MetricsServiceServer;
     use service::route::v3::route_discovery_service_server::RouteDiscoveryServiceServer;
     use service::secret::v3::secret_discovery_service_server::SecretDiscoveryServiceServer;
     use service::status::v3::client_status_discovery_service_server::ClientStatusDiscoveryServiceServer;
+    let metrics = MetricsServer::new(ctrl.monitor.clone());
+    let load = LoadServer::new(ctrl.monitor.clone());
     let csds = Csds::new(ctrl.clone());
     let server = XdsServer::new(ctrl);
     let mut builder = tonic::transport::Server::builder();
@@ -180,6 +185,8 @@ pub async fn serve(
         .add_service(EndpointDiscoveryServiceServer::new(server.clone()))
         .add_service(SecretDiscoveryServiceServer::new(server))
         .add_service(ClientStatusDiscoveryServiceServer::new(csds))
+        .add_service(MetricsServiceServer::new(metrics))
+        .add_service(LoadReportingServiceServer::new(load))
         .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
         .await
 }

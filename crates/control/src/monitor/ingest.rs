@@ -1,0 +1,250 @@
+//! A report into the series: differences per stat (`rates`), summed per
+//! service and for the proxy, added to every tier and to the running totals;
+//! gauges kept as the latest per proxy.
+
+use super::rates::Baseline;
+use super::retention::Retention;
+use super::series::{Agg, Tier};
+use super::stat::{self, CounterStat, GaugeStat, Target};
+use super::Report;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+
+/// The latest gauges of one service (or of the proxy itself) on one proxy.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Gauges {
+    pub active_rq: f64,
+    pub active_cx: f64,
+    pub ejected: f64,
+    pub healthy: f64,
+    pub membership: f64,
+}
+
+impl Gauges {
+    fn set(&mut self, g: GaugeStat, v: f64) {
+        match g {
+            GaugeStat::ActiveRq => self.active_rq += v,
+            GaugeStat::ActiveCx => self.active_cx += v,
+            GaugeStat::Ejected => self.ejected += v,
+            GaugeStat::Healthy => self.healthy += v,
+            GaugeStat::Membership => self.membership += v,
+        }
+    }
+}
+
+/// What the last report of a proxy said, beside its differences.
+#[derive(Debug, Clone, Default)]
+pub struct Latest {
+    pub node_cluster: String,
+    pub at_ms: u64,
+    pub source: String,
+    pub resets: u64,
+    pub proxy: Gauges,
+    pub services: BTreeMap<Arc<str>, Gauges>,
+}
+
+pub struct State {
+    pub(super) baselines: HashMap<String, Baseline>,
+    pub(super) latest: HashMap<Arc<str>, Latest>,
+    /// Services at the fine and the coarse resolution; proxies at the fine one.
+    pub(super) fine: Tier,
+    pub(super) coarse: Tier,
+    pub(super) proxies: Tier,
+    /// Everything since this control plane started (`/metrics` counters).
+    pub(super) totals: BTreeMap<Arc<str>, Agg>,
+    pub(super) proxy_totals: BTreeMap<Arc<str>, Agg>,
+    names: HashSet<Arc<str>>,
+    bounds: Vec<Arc<[f64]>>,
+    /// When proxies gone quiet were last forgotten.
+    forgotten_ms: u64,
+}
+
+/// One service's (or the proxy's) differences in one report.
+#[derive(Default)]
+struct Pending {
+    completed: Option<u64>,
+    total: u64,
+    agg: Agg,
+}
+
+impl Pending {
+    fn count(&mut self, stat: CounterStat, v: u64) {
+        let a = &mut self.agg;
+        match stat {
+            CounterStat::Completed => self.completed = Some(self.completed.unwrap_or(0) + v),
+            CounterStat::Total => self.total += v,
+            CounterStat::Rq2xx => a.rq_2xx += v,
+            CounterStat::Rq4xx => a.rq_4xx += v,
+            CounterStat::Rq5xx => {
+                a.rq_5xx += v;
+                a.errors += v;
+            }
+            CounterStat::Retry => a.retries += v,
+            CounterStat::Timeout => a.timeouts += v,
+        }
+    }
+
+    /// `requests` counts completed requests (what the response classes
+    /// count); `*_rq_total` only for a proxy that does not report them.
+    fn finish(mut self) -> Agg {
+        self.agg.requests = self.completed.unwrap_or(self.total);
+        self.agg
+    }
+}
+
+impl State {
+    pub fn new(r: Retention) -> Self {
+        let ms = |d: std::time::Duration| d.as_millis() as u64;
+        Self {
+            baselines: HashMap::new(),
+            latest: HashMap::new(),
+            fine: Tier::new(ms(r.fine.0), ms(r.fine.1)),
+            coarse: Tier::new(ms(r.coarse.0), ms(r.coarse.1)),
+            proxies: Tier::new(ms(r.fine.0), ms(r.proxies)),
+            totals: BTreeMap::new(),
+            proxy_totals: BTreeMap::new(),
+            names: HashSet::new(),
+            bounds: Vec::new(),
+            forgotten_ms: 0,
+        }
+    }
+
+    /// One shared copy of each name and each set of bucket bounds.
+    pub(super) fn intern(&mut self, name: &str) -> Arc<str> {
+        if let Some(n) = self.names.get(name) {
+            return n.clone();
+        }
+        let n: Arc<str> = Arc::from(name);
+        self.names.insert(n.clone());
+        n
+    }
+
+    pub(super) fn shared_bounds(&mut self, mut agg: Agg) -> Agg {
+        if agg.latency.counts.is_empty() {
+            return agg;
+        }
+        match self.bounds.iter().find(|b| **b == agg.latency.bounds) {
+            Some(b) => agg.latency.bounds = b.clone(),
+            None if self.bounds.len() < 16 => self.bounds.push(agg.latency.bounds.clone()),
+            None => {}
+        }
+        agg.latency = agg.latency.trimmed();
+        agg
+    }
+
+    pub fn ingest(&mut self, r: &Report) {
+        let base = self.baselines.entry(r.node.clone()).or_default();
+        let mut services: BTreeMap<&str, Pending> = BTreeMap::new();
+        let mut proxy = Pending::default();
+        let mut reset = false;
+        for (name, v) in &r.counters {
+            let Some((target, s)) = stat::counter(name) else { continue };
+            let d = base.counter(name, *v);
+            reset |= d.reset;
+            match target {
+                Target::Service(svc) => services.entry(svc).or_default().count(s, d.value),
+                Target::Proxy => proxy.count(s, d.value),
+            }
+        }
+        for (name, h) in &r.histograms {
+            let Some(target) = stat::histogram(name) else { continue };
+            let (d, rs) = base.histogram(name, h);
+            reset |= rs;
+            let Some(d) = d else { continue };
+            match target {
+                Target::Service(svc) => services.entry(svc).or_default().agg.latency.merge(&d),
+                Target::Proxy => proxy.agg.latency.merge(&d),
+            }
+        }
+        base.seen();
+        let node = self.intern(&r.node);
+        self.set_latest(r, &node, reset);
+        for (svc, p) in services {
+            let agg = p.finish();
+            if agg.is_empty() {
+                continue;
+            }
+            let (name, agg) = (self.intern(svc), self.shared_bounds(agg));
+            self.fine.add(r.at_ms, &name, &agg);
+            self.coarse.add(r.at_ms, &name, &agg);
+            self.totals.entry(name).or_default().add(&agg);
+        }
+        let agg = proxy.finish();
+        if !agg.is_empty() {
+            let agg = self.shared_bounds(agg);
+            self.proxies.add(r.at_ms, &node, &agg);
+            self.proxy_totals.entry(node.clone()).or_default().add(&agg);
+        }
+        let now = crate::clock::unix_ms().max(r.at_ms);
+        self.fine.prune(now);
+        self.coarse.prune(now);
+        self.proxies.prune(now);
+        self.forget_quiet(now);
+    }
+
+    /// Once a minute: proxies silent for longer than their series are kept
+    /// are forgotten (their baseline, last gauges and names), so a fleet
+    /// whose node ids change does not grow the monitor for ever.
+    fn forget_quiet(&mut self, now_ms: u64) {
+        if now_ms < self.forgotten_ms + 60_000 {
+            return;
+        }
+        self.forgotten_ms = now_ms;
+        let since = now_ms.saturating_sub(self.proxies.retention_ms);
+        let quiet: Vec<Arc<str>> =
+            self.latest.iter().filter(|(_, l)| l.at_ms < since).map(|(n, _)| n.clone()).collect();
+        for node in quiet {
+            self.latest.remove(&node);
+            self.baselines.remove(node.as_ref());
+            self.proxy_totals.remove(&node);
+        }
+        // Names no series, total or proxy still holds.
+        let held = |n: &Arc<str>| Arc::strong_count(n) > 1;
+        self.names.retain(held);
+    }
+
+    fn set_latest(&mut self, r: &Report, node: &Arc<str>, reset: bool) {
+        let mut services: BTreeMap<Arc<str>, Gauges> = BTreeMap::new();
+        let mut proxy = Gauges::default();
+        for (name, v) in &r.gauges {
+            match stat::gauge(name) {
+                Some((Target::Service(svc), g)) => {
+                    let svc = self.intern(svc);
+                    services.entry(svc).or_default().set(g, *v);
+                }
+                Some((Target::Proxy, g)) => proxy.set(g, *v),
+                None => {}
+            }
+        }
+        let latest = self.latest.entry(node.clone()).or_default();
+        latest.node_cluster.clone_from(&r.node_cluster);
+        latest.at_ms = r.at_ms;
+        latest.source.clone_from(&r.source);
+        latest.resets += u64::from(reset);
+        latest.proxy = proxy;
+        latest.services = services;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proxies_gone_quiet_are_forgotten() {
+        let now = crate::clock::unix_ms();
+        let mut st = State::new(Retention::default());
+        let report = |node: &str, at_ms| Report {
+            node: node.into(),
+            at_ms,
+            counters: vec![("http.ingress.downstream_rq_completed".into(), 1)],
+            ..Default::default()
+        };
+        st.ingest(&report("old", now - 2 * 3_600_000));
+        st.forgotten_ms = 0;
+        st.ingest(&report("new", now));
+        assert_eq!(st.baselines.len(), 1);
+        assert!(st.latest.keys().all(|n| n.as_ref() == "new"));
+        assert!(!st.names.iter().any(|n| n.as_ref() == "old"));
+    }
+}

@@ -1,0 +1,169 @@
+//! Which Envoy stats the figures read, by name: a cluster's (`cluster.<name>.<stat>`,
+//! a service) and a connection manager's (`http.<prefix>.<stat>`, the proxy's
+//! own traffic). Names may come tagged (`cluster.upstream_rq_xx` with
+//! `envoy_cluster_name`, or Prometheus' `envoy_cluster_upstream_rq_xx`):
+//! [`untag`] puts the plain Envoy name back together.
+
+/// Whose figure a stat is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target<'a> {
+    /// An upstream cluster.
+    Service(&'a str),
+    /// The proxy itself (its connection managers, summed).
+    Proxy,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CounterStat {
+    /// `upstream_rq_completed` / `downstream_rq_completed`: what `requests` counts.
+    Completed,
+    /// `*_rq_total`: `requests` when a proxy does not report `completed`.
+    Total,
+    Rq2xx,
+    Rq4xx,
+    Rq5xx,
+    Retry,
+    Timeout,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GaugeStat {
+    ActiveRq,
+    ActiveCx,
+    Ejected,
+    Healthy,
+    Membership,
+}
+
+const CLUSTER_COUNTERS: &[(&str, CounterStat)] = &[
+    ("upstream_rq_completed", CounterStat::Completed),
+    ("upstream_rq_total", CounterStat::Total),
+    ("upstream_rq_2xx", CounterStat::Rq2xx),
+    ("upstream_rq_4xx", CounterStat::Rq4xx),
+    ("upstream_rq_5xx", CounterStat::Rq5xx),
+    ("upstream_rq_retry", CounterStat::Retry),
+    ("upstream_rq_timeout", CounterStat::Timeout),
+];
+const HTTP_COUNTERS: &[(&str, CounterStat)] = &[
+    ("downstream_rq_completed", CounterStat::Completed),
+    ("downstream_rq_total", CounterStat::Total),
+    ("downstream_rq_2xx", CounterStat::Rq2xx),
+    ("downstream_rq_4xx", CounterStat::Rq4xx),
+    ("downstream_rq_5xx", CounterStat::Rq5xx),
+];
+const CLUSTER_GAUGES: &[(&str, GaugeStat)] = &[
+    ("upstream_rq_active", GaugeStat::ActiveRq),
+    ("upstream_cx_active", GaugeStat::ActiveCx),
+    ("outlier_detection.ejections_active", GaugeStat::Ejected),
+    ("membership_healthy", GaugeStat::Healthy),
+    ("membership_total", GaugeStat::Membership),
+];
+const HTTP_GAUGES: &[(&str, GaugeStat)] =
+    &[("downstream_rq_active", GaugeStat::ActiveRq), ("downstream_cx_active", GaugeStat::ActiveCx)];
+
+/// `cluster.<name>.<stat>` or `http.<prefix>.<stat>` for one of `stats`.
+fn split<'a, T: Copy>(name: &'a str, stats: &[(&str, T)], scope: &str) -> Option<(&'a str, T)> {
+    let rest = name.strip_prefix(scope)?;
+    stats.iter().find_map(|(stat, t)| {
+        let owner = rest.strip_suffix(stat)?.strip_suffix('.')?;
+        (!owner.is_empty()).then_some((owner, *t))
+    })
+}
+
+/// A cluster's own stats, not its `internal.`/`external.`/`canary.`/zone views.
+fn plain_cluster(owner: &str) -> bool {
+    ![".internal", ".external", ".canary"].iter().any(|s| owner.ends_with(s)) && !owner.contains(".zone.")
+}
+
+/// Envoy's admin listener (`http.admin.`) is left out: scraping it must not
+/// count as the proxy's traffic. Prefixes with dots are per-user-agent or
+/// per-route views.
+fn plain_http(prefix: &str) -> bool {
+    prefix != "admin" && !prefix.contains('.')
+}
+
+fn classify<'a, T: Copy>(name: &'a str, cluster: &[(&str, T)], http: &[(&str, T)]) -> Option<(Target<'a>, T)> {
+    if let Some((owner, t)) = split(name, cluster, "cluster.") {
+        return plain_cluster(owner).then_some((Target::Service(owner), t));
+    }
+    let (prefix, t) = split(name, http, "http.")?;
+    plain_http(prefix).then_some((Target::Proxy, t))
+}
+
+pub fn counter(name: &str) -> Option<(Target<'_>, CounterStat)> {
+    classify(name, CLUSTER_COUNTERS, HTTP_COUNTERS)
+}
+
+pub fn gauge(name: &str) -> Option<(Target<'_>, GaugeStat)> {
+    classify(name, CLUSTER_GAUGES, HTTP_GAUGES)
+}
+
+/// `upstream_rq_time` of a cluster, `downstream_rq_time` of a connection manager.
+pub fn histogram(name: &str) -> Option<Target<'_>> {
+    classify(name, &[("upstream_rq_time", ())], &[("downstream_rq_time", ())]).map(|(t, ())| t)
+}
+
+/// The plain Envoy name of a tagged stat: `cluster.upstream_rq_xx` (or
+/// Prometheus' `envoy_cluster_upstream_rq_xx`) with `envoy_cluster_name=a`
+/// and `envoy_response_code_class=5` is `cluster.a.upstream_rq_5xx`. Names
+/// without those tags come back as they are.
+pub fn untag(name: &str, labels: &[(String, String)]) -> String {
+    let label = |k: &str| labels.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+    let prom = name.starts_with("envoy_");
+    let bare = name.strip_prefix("envoy_").unwrap_or(name);
+    let (scope, owner) = if let Some(c) = label("envoy_cluster_name") {
+        ("cluster", c)
+    } else if let Some(p) = label("envoy_http_conn_manager_prefix") {
+        ("http", p)
+    } else {
+        return name.to_string();
+    };
+    let Some(stat) = bare.strip_prefix(scope).and_then(|s| s.strip_prefix(['.', '_'])) else {
+        return name.to_string();
+    };
+    let mut stat = stat.to_string();
+    if prom {
+        if let Some(rest) = stat.strip_prefix("outlier_detection_") {
+            stat = format!("outlier_detection.{rest}");
+        }
+    }
+    if let (Some(head), Some(class)) = (stat.strip_suffix("_rq_xx"), label("envoy_response_code_class")) {
+        stat = format!("{head}_rq_{class}xx");
+    }
+    format!("{scope}.{owner}.{stat}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cluster_and_http_stats_are_read_by_suffix() {
+        assert_eq!(counter("cluster.a.b.upstream_rq_5xx"), Some((Target::Service("a.b"), CounterStat::Rq5xx)));
+        assert_eq!(counter("cluster.a.external.upstream_rq_completed"), None);
+        assert_eq!(counter("http.ingress.downstream_rq_total"), Some((Target::Proxy, CounterStat::Total)));
+        assert_eq!(counter("http.admin.downstream_rq_total"), None);
+        assert_eq!(
+            gauge("cluster.a.outlier_detection.ejections_active"),
+            Some((Target::Service("a"), GaugeStat::Ejected))
+        );
+        assert_eq!(histogram("cluster.a.upstream_rq_time"), Some(Target::Service("a")));
+        assert_eq!(counter("cluster.a.upstream_rq_503"), None);
+    }
+
+    #[test]
+    fn tagged_names_come_back_plain() {
+        let l = |v: &[(&str, &str)]| v.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect::<Vec<_>>();
+        let tags = l(&[("envoy_response_code_class", "5"), ("envoy_cluster_name", "web")]);
+        assert_eq!(untag("envoy_cluster_upstream_rq_xx", &tags), "cluster.web.upstream_rq_5xx");
+        assert_eq!(untag("cluster.upstream_rq_xx", &tags), "cluster.web.upstream_rq_5xx");
+        let c = l(&[("envoy_cluster_name", "web")]);
+        assert_eq!(
+            untag("envoy_cluster_outlier_detection_ejections_active", &c),
+            "cluster.web.outlier_detection.ejections_active"
+        );
+        let h = l(&[("envoy_http_conn_manager_prefix", "ingress")]);
+        assert_eq!(untag("envoy_http_downstream_rq_time", &h), "http.ingress.downstream_rq_time");
+        assert_eq!(untag("server.uptime", &[]), "server.uptime");
+    }
+}

@@ -1,0 +1,102 @@
+//! The pull fallback: every [`EVERY`], each connected proxy whose node
+//! metadata names its admin address ([`super::ADMIN_ADDRESS_KEY`]) and that
+//! has not streamed metrics lately is scraped at `/stats/prometheus`.
+
+use crate::monitor::promtext;
+use crate::state::controller::Controller;
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Bytes;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub const EVERY: Duration = Duration::from_secs(5);
+/// A scrape gives up after this long.
+const TIMEOUT: Duration = Duration::from_secs(3);
+/// Largest scrape body read.
+const MAX_BODY: usize = 16 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ScrapeError {
+    #[error("connect: {0}")]
+    Connect(std::io::Error),
+    #[error("http: {0}")]
+    Http(#[from] hyper::Error),
+    #[error("request: {0}")]
+    Request(#[from] hyper::http::Error),
+    #[error("status {0}")]
+    Status(u16),
+    #[error("timed out")]
+    Timeout,
+    #[error("body larger than {MAX_BODY} bytes")]
+    TooLarge,
+    #[error("body is not UTF-8")]
+    Utf8,
+    #[error("{0}")]
+    Parse(#[from] promtext::ParseError),
+}
+
+/// `GET http://{addr}/stats/prometheus` (HTTP/1.1, one connection).
+pub async fn fetch(addr: &str) -> Result<String, ScrapeError> {
+    let go = async {
+        let tcp = tokio::net::TcpStream::connect(addr).await.map_err(ScrapeError::Connect)?;
+        let (mut send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp)).await?;
+        tokio::spawn(conn);
+        let req = hyper::Request::get("/stats/prometheus").header("host", addr).body(Empty::<Bytes>::new())?;
+        let resp = send.send_request(req).await?;
+        if !resp.status().is_success() {
+            return Err(ScrapeError::Status(resp.status().as_u16()));
+        }
+        let body = http_body_util::Limited::new(resp.into_body(), MAX_BODY)
+            .collect()
+            .await
+            .map_err(|_| ScrapeError::TooLarge)?;
+        String::from_utf8(body.to_bytes().to_vec()).map_err(|_| ScrapeError::Utf8)
+    };
+    tokio::time::timeout(TIMEOUT, go).await.map_err(|_| ScrapeError::Timeout)?
+}
+
+/// The proxies to scrape now: node id -> (cluster, admin address), for
+/// connected nodes naming an admin address and not streaming.
+fn targets(ctrl: &Controller) -> BTreeMap<String, (String, String)> {
+    let streaming: std::collections::BTreeSet<String> = ctrl
+        .monitor
+        .reporting(3 * EVERY)
+        .into_iter()
+        .filter(|(_, src, _)| src == "stream")
+        .map(|(n, _, _)| n)
+        .collect();
+    ctrl.fleet
+        .list()
+        .into_iter()
+        .filter(|p| !streaming.contains(&p.node.id))
+        .filter_map(|p| {
+            let addr = p.node.metadata.get(super::ADMIN_ADDRESS_KEY)?.clone();
+            Some((p.node.id.clone(), (p.node.cluster.clone(), addr)))
+        })
+        .collect()
+}
+
+async fn scrape_one(ctrl: Arc<Controller>, node: String, cluster: String, addr: String) {
+    let result = async {
+        let text = fetch(&addr).await?;
+        Ok::<_, ScrapeError>(promtext::to_report(&text, &node, &cluster, crate::clock::unix_ms())?)
+    }
+    .await;
+    match result {
+        Ok(report) => ctrl.monitor.ingest(report),
+        Err(e) => tracing::debug!("scrape of {node} at {addr}: {e}"),
+    }
+}
+
+/// Scrapes every [`EVERY`] until the task is dropped.
+pub async fn run(ctrl: Arc<Controller>) {
+    let mut tick = tokio::time::interval(EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        for (node, (cluster, addr)) in targets(&ctrl) {
+            tokio::spawn(scrape_one(ctrl.clone(), node, cluster, addr));
+        }
+    }
+}
