@@ -166,3 +166,48 @@ fn a_5xx_candidate_is_rolled_back_at_the_first_analysis() {
     let (ok, out) = cp.ctl(&["release", "resume", "checkout-v2"]);
     assert!(!ok && out.contains("already RolledBack"), "{out}");
 }
+
+/// Without proxies: a bad Release is refused with its fields' paths, and an
+/// operator pauses, resumes and promotes one with `legate ctl release`.
+#[test]
+fn releases_are_checked_and_operated_from_ctl() {
+    let dir = TempDir::new("release-ctl");
+    let cp = ControlPlane::start(dir.path());
+    cp.apply(dir.path(), &mesh(18001, 18002, "nobody", free_port()));
+    let file = dir.path().join("bad.yaml");
+    let bad = RELEASE
+        .replace("service: checkout", "service: payments")
+        .replace("[20, 50, 100]", "[50, 20, 90]")
+        .replace("candidate: {version: v2}", "candidate: {version: v3}");
+    std::fs::write(&file, &bad).expect("write");
+    let (ok, out) = cp.ctl(&["release", "start", "-f", &file.to_string_lossy()]);
+    assert!(!ok && out.contains("spec.strategy.canary.steps[1]") && out.contains("the last step must be 100"), "{out}");
+    std::fs::write(&file, RELEASE.replace("candidate: {version: v2}", "candidate: {version: v3}")).expect("write");
+    let (ok, out) = cp.ctl(&["release", "start", "-f", &file.to_string_lossy()]);
+    assert!(!ok && out.contains("spec.candidate"), "no endpoint is v3: {out}");
+    std::fs::write(&file, RELEASE.replace("service: checkout", "service: payments")).expect("write");
+    let (ok, out) = cp.ctl(&["release", "start", "-f", &file.to_string_lossy()]);
+    assert!(!ok && out.contains("spec.service") && out.contains("unknown service 'payments'"), "{out}");
+    let bg = RELEASE.replace("canary: {steps: [20, 50, 100], hold: 5s}", "blueGreen: {}");
+    std::fs::write(&file, bg).expect("write");
+    let (ok, out) = cp.ctl(&["release", "start", "-f", &file.to_string_lossy()]);
+    assert!(!ok && out.contains("blueGreen releases are not built yet"), "{out}");
+    start_release(&cp, dir.path(), RELEASE);
+    let s = wait_for("the first step", Duration::from_secs(10), || {
+        let s = status(&cp, "checkout-v2");
+        (s["weight"] == 20).then_some(s)
+    });
+    assert_eq!((s["phase"].as_str(), s["step"].as_u64()), (Some("Progressing"), Some(1)));
+    for (action, phase, weight) in
+        [("pause", "Paused", 20), ("resume", "Progressing", 20), ("promote", "Promoted", 100)]
+    {
+        let (ok, out) = cp.ctl(&["release", action, "checkout-v2", "-o", "json"]);
+        assert!(ok, "{action}: {out}");
+        let v: Value = serde_json::from_str(&out).expect("json");
+        assert_eq!((v["phase"].as_str(), v["weight"].as_u64()), (Some(phase), Some(weight)), "{action}");
+    }
+    let (ok, out) = cp.ctl(&["get", "envoy", "routes", "--node", "nobody", "-o", "json"]);
+    assert!(ok && out.contains("checkout~v2") && !out.contains("\"checkout~v1\""), "promoted: {out}");
+    let (ok, out) = cp.ctl(&["release", "list"]);
+    assert!(ok && out.contains("checkout-v2") && out.contains("Promoted"), "{out}");
+}

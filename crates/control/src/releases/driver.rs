@@ -24,6 +24,7 @@ pub fn tick(ctrl: &Controller, figures: &dyn Figures, now_ms: u64, waiting: &mut
     let state = ctrl.stored();
     let mut changed = 0;
     let warm = clusters_held(ctrl, state.revision);
+    waiting.retain(|name, _| state.resources.contains_key(&(Kind::Release, name.clone())));
     for (name, r) in of_kind(&state.resources, Kind::Release) {
         let Ok(release) = check(&r.doc) else { continue };
         let status = Status::of(&r.doc);
