@@ -188,10 +188,10 @@ fn releases_are_checked_and_operated_from_ctl() {
     std::fs::write(&file, RELEASE.replace("service: checkout", "service: payments")).expect("write");
     let (ok, out) = cp.ctl(&["release", "start", "-f", &file.to_string_lossy()]);
     assert!(!ok && out.contains("spec.service") && out.contains("unknown service 'payments'"), "{out}");
-    let bg = RELEASE.replace("canary: {steps: [20, 50, 100], hold: 5s}", "blueGreen: {}");
+    let bg = RELEASE.replace("canary: {steps: [20, 50, 100], hold: 5s}", "abTest: {}");
     std::fs::write(&file, bg).expect("write");
     let (ok, out) = cp.ctl(&["release", "start", "-f", &file.to_string_lossy()]);
-    assert!(!ok && out.contains("blueGreen releases are not built yet"), "{out}");
+    assert!(!ok && out.contains("abTest releases are not built yet"), "{out}");
     start_release(&cp, dir.path(), RELEASE);
     let s = wait_for("the first step", Duration::from_secs(10), || {
         let s = status(&cp, "checkout-v2");
@@ -210,4 +210,62 @@ fn releases_are_checked_and_operated_from_ctl() {
     assert!(ok && out.contains("checkout~v2") && !out.contains("\"checkout~v1\""), "promoted: {out}");
     let (ok, out) = cp.ctl(&["release", "list"]);
     assert!(ok && out.contains("checkout-v2") && out.contains("Promoted"), "{out}");
+}
+
+/// Blue-green with real figures: requests with the preview header reach the
+/// candidate while everyone else stays on stable; after the preview's
+/// analysis all traffic switches at once, and after the switch's, the
+/// release is promoted — with no failed request.
+#[test]
+fn blue_green_previews_by_header_then_switches_without_a_failed_request() {
+    let dir = TempDir::new("release-bg");
+    let (_v1, p1) = echo("v1", dir.path());
+    let (_v2, p2) = echo("v2", dir.path());
+    let cp = ControlPlane::start(dir.path());
+    let port = free_port();
+    cp.apply(dir.path(), &mesh(p1, p2, "bg-envoy", port));
+    let _envoy = envoy(&cp, "bg-envoy", dir.path());
+    wait_for("the gateway", Duration::from_secs(20), || upstream_of(port));
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = UpstreamLoad::start(port, stop.clone(), 200_000, Duration::from_millis(2));
+    let previewed: Arc<std::sync::Mutex<Counts>> = Arc::default();
+    let (p, s) = (previewed.clone(), stop.clone());
+    let preview = std::thread::spawn(move || {
+        for _ in 0..5_000 {
+            if s.load(Ordering::Relaxed) {
+                break;
+            }
+            let h = [("x-release-preview", "candidate")];
+            let key = match http_request(addr(port), "GET", "/preview", "app", &h, "") {
+                Ok(r) => (r.header("x-upstream").unwrap_or("-").to_string(), r.status),
+                Err(_) => ("-".to_string(), 0),
+            };
+            *p.lock().unwrap_or_else(|e| e.into_inner()).entry(key).or_default() += 1;
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    });
+    let bg = RELEASE.replace("canary: {steps: [20, 50, 100], hold: 5s}", "blueGreen: {hold: 4s}");
+    start_release(&cp, dir.path(), &bg);
+    wait_for("the preview", Duration::from_secs(20), || (status(&cp, "checkout-v2")["started"] == true).then_some(()));
+    std::thread::sleep(Duration::from_secs(1));
+    let (a, pa) = (load.snapshot(), previewed.lock().map(|c| c.clone()).unwrap_or_default());
+    std::thread::sleep(Duration::from_secs(1));
+    let (b, pb) = (load.snapshot(), previewed.lock().map(|c| c.clone()).unwrap_or_default());
+    assert_eq!(status(&cp, "checkout-v2")["weight"], 0, "still previewing");
+    assert_eq!(added(&a, &b, "v2"), 0, "without the header: stable only");
+    assert!(added(&pa, &pb, "v2") > 0 && added(&pa, &pb, "v1") == 0, "with it: the candidate ({pb:?})");
+    let done = wait_for("the release to be promoted", Duration::from_secs(60), || {
+        std::thread::sleep(Duration::from_millis(200));
+        let s = status(&cp, "checkout-v2");
+        (s["phase"] == "Promoted").then_some(s)
+    });
+    stop.store(true, Ordering::Relaxed);
+    let after = load.join();
+    let _ = preview.join();
+    let previewed = previewed.lock().map(|c| c.clone()).unwrap_or_default();
+    eprintln!("blue-green: {done}\nrequests {after:?}; preview requests {previewed:?}");
+    let analyses = done["analyses"].as_array().cloned().unwrap_or_default();
+    assert_eq!(analyses.iter().map(|a| a["weight"].as_u64()).collect::<Vec<_>>(), [Some(0), Some(100)], "{done}");
+    assert!(analyses.iter().all(|a| a["result"] == "passed" && a["requests"].as_u64() >= Some(20)), "{done}");
+    assert_eq!(failed(&after) + failed(&previewed), 0, "no request failed");
 }

@@ -28,12 +28,47 @@ pub struct ReleaseSpec {
 pub struct StrategySpec {
     #[serde(default)]
     pub canary: Option<CanarySpec>,
-    /// Not built yet: refused with a message.
     #[serde(default)]
-    pub blue_green: Option<serde_json::Value>,
+    pub blue_green: Option<BlueGreenSpec>,
     /// Not built yet: refused with a message.
     #[serde(default)]
     pub ab_test: Option<serde_json::Value>,
+}
+
+/// Blue-green: the candidate is first reached only by requests carrying
+/// the preview header (analysed after `hold`), then takes all traffic at
+/// once (analysed again); stable keeps its cluster, ready for a rollback.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BlueGreenSpec {
+    #[serde(default)]
+    pub preview: PreviewSpec,
+    #[serde(default = "default_hold")]
+    pub hold: String,
+}
+
+/// The header (exact value) that previews the candidate.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PreviewSpec {
+    #[serde(default = "default_preview_header")]
+    pub header: String,
+    #[serde(default = "default_preview_value")]
+    pub value: String,
+}
+
+impl Default for PreviewSpec {
+    fn default() -> Self {
+        Self { header: default_preview_header(), value: default_preview_value() }
+    }
+}
+
+fn default_preview_header() -> String {
+    "x-release-preview".into()
+}
+
+fn default_preview_value() -> String {
+    "candidate".into()
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -100,7 +135,11 @@ pub struct Release {
     pub service: String,
     pub stable: Selector,
     pub candidate: Selector,
+    /// The candidate's percent at each step (blue-green: 0 then 100).
     pub steps: Vec<u32>,
+    /// Blue-green: requests with this header (exact value) go to the candidate
+    /// until the release is finished.
+    pub preview: Option<(String, String)>,
     pub hold: Duration,
     pub window: Duration,
     pub min_requests: u64,
@@ -194,27 +233,8 @@ impl Status {
 pub fn check(doc: &Document) -> Result<Release, Problems> {
     let spec: ReleaseSpec = parse(doc)?;
     let mut p = Vec::new();
-    let s = &spec.strategy;
-    if s.blue_green.is_some() {
-        p.push(("spec.strategy.blueGreen".into(), "blueGreen releases are not built yet; use canary".into()));
-    }
-    if s.ab_test.is_some() {
-        p.push(("spec.strategy.abTest".into(), "abTest releases are not built yet; use canary".into()));
-    }
-    let canary = match &s.canary {
-        Some(c) => Some(c),
-        None if p.is_empty() => {
-            p.push(("spec.strategy".into(), "needs canary".into()));
-            None
-        }
-        None => None,
-    };
+    let (steps, preview, hold) = strategy(&spec.strategy, &mut p);
     check_selectors(&spec, &mut p);
-    let steps = canary.map(|c| c.steps.clone()).unwrap_or_default();
-    if canary.is_some() {
-        check_steps(&steps, &mut p);
-    }
-    let hold = duration(&mut p, "spec.strategy.canary.hold", canary.map(|c| c.hold.as_str()).unwrap_or("30s"));
     let a = &spec.analysis;
     let window = duration(&mut p, "spec.analysis.window", &a.window);
     if window.is_zero() {
@@ -239,6 +259,7 @@ pub fn check(doc: &Document) -> Result<Release, Problems> {
         stable: spec.stable,
         candidate: spec.candidate,
         steps,
+        preview,
         hold,
         window,
         min_requests: a.min_requests,
@@ -246,6 +267,36 @@ pub fn check(doc: &Document) -> Result<Release, Problems> {
         max_p99_ms: a.max_p99_ms,
         max_wait,
     })
+}
+
+/// The steps, preview header and hold of the one strategy given.
+fn strategy(s: &StrategySpec, p: &mut Problems) -> (Vec<u32>, Option<(String, String)>, Duration) {
+    if s.ab_test.is_some() {
+        p.push(("spec.strategy.abTest".into(), "abTest releases are not built yet; use canary or blueGreen".into()));
+    }
+    match (&s.canary, &s.blue_green) {
+        (Some(_), Some(_)) => {
+            p.push(("spec.strategy".into(), "needs one of canary or blueGreen, not both".into()));
+            (Vec::new(), None, Duration::ZERO)
+        }
+        (Some(c), None) => {
+            check_steps(&c.steps, p);
+            (c.steps.clone(), None, duration(p, "spec.strategy.canary.hold", &c.hold))
+        }
+        (None, Some(b)) => {
+            if b.preview.header.is_empty() || b.preview.value.is_empty() {
+                p.push(("spec.strategy.blueGreen.preview".into(), "needs a header name and value".into()));
+            }
+            let preview = Some((b.preview.header.to_ascii_lowercase(), b.preview.value.clone()));
+            (vec![0, 100], preview, duration(p, "spec.strategy.blueGreen.hold", &b.hold))
+        }
+        (None, None) => {
+            if s.ab_test.is_none() {
+                p.push(("spec.strategy".into(), "needs canary or blueGreen".into()));
+            }
+            (Vec::new(), None, Duration::ZERO)
+        }
+    }
 }
 
 fn check_selectors(spec: &ReleaseSpec, p: &mut Problems) {
@@ -322,8 +373,11 @@ mod tests {
             paths(&bad),
             ["spec.strategy.canary.steps[1]", "spec.strategy.canary.steps", "spec.strategy.canary.hold"]
         );
-        let bg = EXAMPLE.replace("canary: {steps: [20, 50, 100], hold: 5s}", "blueGreen: {}");
-        assert_eq!(paths(&bg), ["spec.strategy.blueGreen"]);
+        let ab = EXAMPLE.replace("canary: {steps: [20, 50, 100], hold: 5s}", "abTest: {}");
+        assert_eq!(paths(&ab), ["spec.strategy.abTest"]);
+        let bg = EXAMPLE.replace("canary: {steps: [20, 50, 100], hold: 5s}", "blueGreen: {hold: 2s}");
+        let r = check(&parse_documents(&bg).expect("yaml").remove(0)).expect("blue-green");
+        assert_eq!((r.steps, r.preview), (vec![0, 100], Some(("x-release-preview".into(), "candidate".into()))));
         let same = EXAMPLE.replace("candidate: {version: v2}", "candidate: {version: v1}");
         assert_eq!(paths(&same), ["spec.candidate"]);
         let rate = EXAMPLE.replace("maxErrorRate: 0.05", "maxErrorRate: 5");

@@ -192,3 +192,55 @@ mod expansion {
         let _ = std::fs::remove_dir_all(dir);
     }
 }
+
+mod blue_green {
+    use super::Fixed;
+    use crate::releases::machine::advance;
+    use crate::releases::spec::{check, Phase, Status};
+    use crate::resources::document::parse_documents;
+    use crate::resources::kind::Kind;
+    use crate::state::controller::Controller;
+    use crate::store::Store;
+    use serde_json::json;
+
+    const BG: &str = "kind: Release\nmetadata: {name: checkout-bg}\nspec:\n  service: checkout\n  stable: {version: v1}\n  candidate: {version: v2}\n  strategy:\n    blueGreen: {preview: {header: X-Preview, value: 'yes'}, hold: 5s}\n  analysis: {window: 5s, minRequests: 20, maxErrorRate: 0.05}\n";
+    const MESH: &str = "kind: Service\nmetadata: {name: checkout}\nspec:\n  endpoints:\n  - {address: 127.0.0.1, port: 8001, labels: {version: v1}}\n  - {address: 127.0.0.1, port: 8002, labels: {version: v2}}\n---\nkind: Gateway\nmetadata: {name: edge}\nspec:\n  port: 8080\n  routes:\n  - match: {prefix: /}\n    to: [{service: checkout}]\n    response_headers: {x-gw: edge}\n";
+
+    #[test]
+    fn preview_then_switch_then_promote() {
+        let r = check(&parse_documents(BG).expect("yaml").remove(0)).expect("valid");
+        let good = Fixed::candidate(30, 0, 10.0);
+        let st = advance(&r, &Status::default(), &good, 1_000, true).expect("preview");
+        assert_eq!((st.step, st.weight), (0, 0));
+        let st = advance(&r, &st, &good, 6_000, true).expect("switch");
+        assert_eq!((st.step, st.weight, st.phase), (1, 100, Phase::Progressing));
+        let st = advance(&r, &st, &good, 11_000, true).expect("promoted");
+        assert_eq!((st.phase, st.weight), (Phase::Promoted, 100));
+    }
+
+    #[test]
+    fn the_preview_header_reaches_the_candidate_until_the_release_ends() {
+        let dir = std::env::temp_dir().join(format!("legate-bg-{}-{}", std::process::id(), rand::random::<u32>()));
+        let ctrl = Controller::open(Store::open(&dir).expect("store")).expect("controller");
+        let docs = parse_documents(&format!("{MESH}---\n{BG}")).expect("yaml");
+        ctrl.apply(&docs, "test", "", false).expect("applied");
+        let routes = |ctrl: &Controller| {
+            let state = ctrl.current();
+            let r = state.resources.get(&(Kind::RouteConfiguration, "gateway.edge".into())).expect("routes");
+            r.doc.spec["virtual_hosts"][0]["routes"].clone()
+        };
+        assert_eq!(routes(&ctrl).as_array().map(Vec::len), Some(1), "not started");
+        let preview = Status { step_started_ms: 1, ..Default::default() };
+        ctrl.set_status(Kind::Release, "checkout-bg", preview.to_value(), "release/checkout-bg", "").expect("step");
+        let rs = routes(&ctrl);
+        assert_eq!(rs[0]["match"]["headers"], json!([{"name": "x-preview", "string_match": {"exact": "yes"}}]));
+        assert_eq!(rs[0]["route"]["cluster"], "checkout~v2");
+        assert_eq!(rs[0]["response_headers_to_add"], rs[1]["response_headers_to_add"]);
+        assert_eq!(rs[1]["route"]["cluster"], "checkout~v1", "everyone else: stable");
+        let back = Status { phase: Phase::RolledBack, step_started_ms: 1, ..Default::default() };
+        ctrl.set_status(Kind::Release, "checkout-bg", back.to_value(), "release/checkout-bg", "").expect("back");
+        let rs = routes(&ctrl);
+        assert_eq!((rs.as_array().map(Vec::len), &rs[0]["route"]["cluster"]), (Some(1), &json!("checkout~v1")));
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}

@@ -33,9 +33,34 @@ pub fn compile_routes(
         if !rt.response_headers.is_empty() {
             route["response_headers_to_add"] = headers_to_add(&rt.response_headers);
         }
+        if let Some(preview) = preview_route(rt, &route, services) {
+            out.push(preview);
+        }
         out.push(route);
     }
     out
+}
+
+/// Blue-green's preview: the route again, first, for requests carrying the
+/// preview header of a release on one of its services, to its candidate.
+fn preview_route(rt: &RouteSpec, route: &Value, services: &BTreeMap<String, ServiceSpec>) -> Option<Value> {
+    let split = rt
+        .to
+        .iter()
+        .filter(|t| t.subset.is_none())
+        .find_map(|t| services.get(&t.service)?.split.as_ref().filter(|s| s.preview.is_some()))?;
+    let (header, value) = split.preview.as_ref()?;
+    let mut preview = route.clone();
+    let matcher = json!({"name": header, "string_match": {"exact": value}});
+    match preview["match"]["headers"].as_array_mut() {
+        Some(headers) => headers.push(matcher),
+        None => preview["match"]["headers"] = json!([matcher]),
+    }
+    if let Some(action) = preview["route"].as_object_mut() {
+        action.remove("weighted_clusters");
+        action.insert("cluster".into(), json!(split.candidate));
+    }
+    Some(preview)
 }
 
 fn route_match(m: &MatchSpec) -> Value {

@@ -51,6 +51,7 @@ pub fn compile_services(
                     stable: release.stable_cluster(),
                     candidate: release.candidate_cluster(),
                     weight: *weight,
+                    preview: release.preview.clone(),
                 });
             }
         }
@@ -77,10 +78,14 @@ fn releases_by_service(
 ) -> BTreeMap<String, (Release, Option<u32>)> {
     let mut out: BTreeMap<String, (Release, Option<u32>)> = BTreeMap::new();
     for (name, r) in of_kind(resources, Kind::Release) {
-        let Ok(release) = releases::spec::check(&r.doc) else { continue };
+        let Ok(mut release) = releases::spec::check(&r.doc) else { continue };
         let status = Status::of(&r.doc);
         let started = status.step_started_ms != 0 || status.phase.is_final();
         let weight = started.then(|| candidate_weight(&status));
+        if status.phase.is_final() {
+            // A finished release previews nothing.
+            release.preview = None;
+        }
         if let Some((other, _)) = out.get(&release.service) {
             problems.push((
                 format!("Release/{name}"),

@@ -89,6 +89,9 @@ pub struct Split {
     pub stable: String,
     pub candidate: String,
     pub weight: u32,
+    /// Blue-green's preview: requests with this header (exact value) go to
+    /// the candidate, whatever the weights.
+    pub preview: Option<(String, String)>,
 }
 
 /// Active health checking: HTTP when `path` is set, gRPC with `grpc`,
