@@ -1,6 +1,7 @@
 //! Releases: a `Release` moves a Service's traffic from its stable version
-//! to a candidate step by step (canary), analysing each step against the
-//! monitor's figures of the candidate's own cluster.
+//! to a candidate step by step (canary; or blue-green: a preview by header,
+//! then all at once), analysing each step against the monitor's figures of
+//! the candidate's own cluster.
 //!
 //! - [`spec`]: the spec as written (checked with field paths; `resources/compile`
 //!   calls it), the cluster names (`<service>~<version>`) and the status;
