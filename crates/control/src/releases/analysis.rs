@@ -51,6 +51,14 @@ pub fn analyse(release: &Release, figures: &dyn Figures, step: usize, weight: u3
     if cand.error_rate > release.max_error_rate {
         reasons.push(format!("error rate {:.4} above {}", cand.error_rate, release.max_error_rate));
     }
+    if let Some(over) = release.max_error_rate_over_stable {
+        if stable.requests >= release.min_requests && cand.error_rate - stable.error_rate > over {
+            reasons.push(format!(
+                "error rate {:.4} above stable's {:.4} by more than {over}",
+                cand.error_rate, stable.error_rate
+            ));
+        }
+    }
     if let (Some(max), Some(p99)) = (release.max_p99_ms, cand.p99_ms) {
         if p99 > max {
             reasons.push(format!("p99 {p99:.1} ms above {max} ms"));

@@ -98,6 +98,10 @@ pub struct AnalysisSpec {
     pub max_error_rate: f64,
     #[serde(default)]
     pub max_p99_ms: Option<f64>,
+    /// The candidate's error rate may exceed stable's by at most this
+    /// (judged when stable also has `minRequests` in the window).
+    #[serde(default)]
+    pub max_error_rate_over_stable: Option<f64>,
     /// How long a step may wait for `minRequests` before the release pauses
     /// (default: ten windows).
     #[serde(default)]
@@ -111,6 +115,7 @@ impl Default for AnalysisSpec {
             min_requests: default_min_requests(),
             max_error_rate: default_max_error_rate(),
             max_p99_ms: None,
+            max_error_rate_over_stable: None,
             max_wait: None,
         }
     }
@@ -145,6 +150,7 @@ pub struct Release {
     pub min_requests: u64,
     pub max_error_rate: f64,
     pub max_p99_ms: Option<f64>,
+    pub max_error_rate_over_stable: Option<f64>,
     pub max_wait: Duration,
 }
 
@@ -243,6 +249,9 @@ pub fn check(doc: &Document) -> Result<Release, Problems> {
     if !(0.0..=1.0).contains(&a.max_error_rate) {
         p.push(("spec.analysis.maxErrorRate".into(), "must be between 0 and 1".into()));
     }
+    if a.max_error_rate_over_stable.is_some_and(|v| !(0.0..=1.0).contains(&v)) {
+        p.push(("spec.analysis.maxErrorRateOverStable".into(), "must be between 0 and 1".into()));
+    }
     if a.max_p99_ms.is_some_and(|v| v.is_nan() || v <= 0.0) {
         p.push(("spec.analysis.maxP99Ms".into(), "must be above 0".into()));
     }
@@ -265,6 +274,7 @@ pub fn check(doc: &Document) -> Result<Release, Problems> {
         min_requests: a.min_requests,
         max_error_rate: a.max_error_rate,
         max_p99_ms: a.max_p99_ms,
+        max_error_rate_over_stable: a.max_error_rate_over_stable,
         max_wait,
     })
 }

@@ -88,6 +88,18 @@ fn errors_roll_back_at_once() {
 }
 
 #[test]
+fn an_error_rate_above_stables_rolls_back() {
+    let doc = EXAMPLE.replace("maxErrorRate: 0.05,", "maxErrorRate: 0.05, maxErrorRateOverStable: 0.01,");
+    let r = check(&parse_documents(&doc).expect("yaml").remove(0)).expect("valid");
+    let st = advance(&r, &Status::default(), &Fixed::default(), 10 * S, true).expect("starts");
+    // 3% is under maxErrorRate but 3 points above stable's 0%.
+    let st = advance(&r, &st, &Fixed::candidate(100, 3, 40.0), 15 * S, true).expect("decided");
+    assert_eq!(st.phase, Phase::RolledBack);
+    assert!(st.message.contains("above stable's 0.0000 by more than 0.01"), "{}", st.message);
+    assert_eq!(st.analyses[0].stable_requests, 400);
+}
+
+#[test]
 fn latency_rolls_back() {
     let r = release();
     let st = advance(&r, &Status::default(), &Fixed::default(), 10 * S, true).expect("starts");
