@@ -269,3 +269,27 @@ fn blue_green_previews_by_header_then_switches_without_a_failed_request() {
     assert!(analyses.iter().all(|a| a["result"] == "passed" && a["requests"].as_u64() >= Some(20)), "{done}");
     assert_eq!(failed(&after) + failed(&previewed), 0, "no request failed");
 }
+
+/// A control plane stopped mid-release and started again on its data
+/// continues from the step it was at (the status is in the store).
+#[test]
+fn a_release_continues_from_its_step_after_a_restart() {
+    let dir = TempDir::new("release-restart");
+    let (xds, api, data) = (free_port(), free_port(), dir.path().join("cp-data"));
+    let mut cp = ControlPlane::start_at(dir.path(), xds, api, data.clone());
+    cp.apply(dir.path(), &mesh(18001, 18002, "nobody", free_port()));
+    let quick = RELEASE.replace("hold: 5s", "hold: 2s").replace("minRequests: 20", "minRequests: 0");
+    start_release(&cp, dir.path(), &quick);
+    wait_for("the second step", Duration::from_secs(20), || (status(&cp, "checkout-v2")["weight"] == 50).then_some(()));
+    cp.proc_.kill();
+    drop(cp);
+    let cp = ControlPlane::start_at(dir.path(), xds, api, data);
+    let s = status(&cp, "checkout-v2");
+    assert!(s["weight"].as_u64() >= Some(50) && s["analyses"].as_array().map(Vec::len) >= Some(1), "{s}");
+    let done = wait_for("the release to be promoted", Duration::from_secs(30), || {
+        std::thread::sleep(Duration::from_millis(200));
+        let s = status(&cp, "checkout-v2");
+        (s["phase"] == "Promoted").then_some(s)
+    });
+    assert_eq!(done["analyses"].as_array().map(Vec::len), Some(3), "{done}");
+}
