@@ -153,6 +153,9 @@ impl Controller {
                 let old = current.resources.get(&(r.kind, r.name.clone()));
                 r.doc.status = old.and_then(|o| o.doc.status.clone());
                 r.version = release_version(&r.doc);
+            } else {
+                // Only a Release has a status; what a user sends is dropped.
+                r.doc.status = None;
             }
             let label = format!("{}/{}", r.kind.name(), r.name);
             match current.resources.get(&(r.kind, r.name.clone())) {
