@@ -3,6 +3,7 @@
 // The project keeps functions under about 100 lines (threshold in clippy.toml).
 #![warn(clippy::too_many_lines)]
 
+mod agent;
 mod ctl;
 mod demo;
 mod echo;
@@ -37,6 +38,8 @@ enum Command {
     ControlPlane(ControlPlaneArgs),
     /// Talk to the control plane: apply, get, delete, proxies, history, bootstrap.
     Ctl(ctl::CtlArgs),
+    /// Run and supervise a node's proxy (`legate proxy` or Envoy) for the control plane.
+    Agent(agent::AgentArgs),
     /// Simulated proxies for the control plane's scale benchmark (bench/xds-scale.sh).
     #[command(hide = true)]
     XdsLoad(xds_load::LoadArgs),
@@ -212,6 +215,16 @@ fn main() -> ExitCode {
                 ExitCode::from(1)
             }
         },
+        Command::Agent(args) => {
+            init_logging("info");
+            match agent::run(args) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::from(1)
+                }
+            }
+        }
         Command::XdsLoad(args) => match xds_load::run(args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

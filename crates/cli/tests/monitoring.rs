@@ -53,19 +53,19 @@ fn resources(envoy_listen: u16, legate_listen: u16, upstream: u16) -> String {
     .join("---\n")
 }
 
-/// `ctl bootstrap` plus the metrics-service sink on the xDS cluster, flushed every second.
+/// `ctl bootstrap` (which streams to the metrics service), flushed every second.
 fn envoy_bootstrap(cp: &ControlPlane, node: &str, admin: u16) -> String {
     let boot = ctl_bootstrap(&format!("http://127.0.0.1:{}", cp.api), node, cp.xds, admin, &[]);
-    format!(
-        "{boot}stats_flush_interval: 1s\nstats_sinks:\n- name: envoy.stat_sinks.metrics_service\n  typed_config:\n    \
-         \"@type\": type.googleapis.com/envoy.config.metrics.v3.MetricsServiceConfig\n    transport_api_version: V3\n    \
-         grpc_service: {{ envoy_grpc: {{ cluster_name: xds_cluster }} }}\n"
-    )
+    assert!(boot.contains("envoy.stat_sinks.metrics_service"), "ctl bootstrap has the sink:\n{boot}");
+    boot.replacen("stats_flush_interval: 5s\n", "stats_flush_interval: 1s\n", 1)
 }
 
-/// `ctl bootstrap` with the admin address in the node metadata (scraped).
+/// `ctl bootstrap` without its sink, with the admin address in the node
+/// metadata: the control plane scrapes it (the pull fallback).
 fn legate_bootstrap(cp: &ControlPlane, node: &str, admin: u16) -> String {
     let boot = ctl_bootstrap(&format!("http://127.0.0.1:{}", cp.api), node, cp.xds, admin, &[]);
+    let (start, end) = (boot.find("stats_sinks:\n").expect("sink"), boot.find("dynamic_resources:").expect("ADS"));
+    let boot = format!("{}{}", &boot[..start], &boot[end..]);
     boot.replacen(
         "  cluster: legate\n",
         &format!("  cluster: legate\n  metadata: {{ legate.admin_address: \"127.0.0.1:{admin}\" }}\n"),

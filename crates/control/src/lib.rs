@@ -79,6 +79,7 @@ pub async fn serve(ctrl: Arc<state::controller::Controller>, opts: Options) -> R
         .await
         .map_err(|source| ControlError::Bind { addr: opts.api_addr, source })?;
     let spec = opts.store.clone().unwrap_or_else(|| store::StoreSpec::Sqlite(opts.data_dir.clone()));
+    let _ = ctrl.xds_addr.set(xds_listener.local_addr().unwrap_or(opts.xds_addr));
     tracing::info!(
         "control plane: xDS on {}, API on http://{}, state in {}, revision {}",
         opts.xds_addr,

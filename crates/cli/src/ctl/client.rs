@@ -11,7 +11,7 @@ pub struct Tls {
     pub cert: Option<(std::path::PathBuf, std::path::PathBuf)>,
 }
 
-fn agent(tls: &Tls) -> anyhow::Result<ureq::Agent> {
+fn agent(tls: &Tls, timeout: Option<std::time::Duration>) -> anyhow::Result<ureq::Agent> {
     use ureq::tls::{Certificate, ClientCert, PrivateKey, RootCerts, TlsConfig};
     let mut cfg = TlsConfig::builder();
     if let Some(ca) = &tls.cacert {
@@ -30,7 +30,8 @@ fn agent(tls: &Tls) -> anyhow::Result<ureq::Agent> {
         let key = PrivateKey::from_pem(&std::fs::read(key).with_context(|| format!("cannot read {}", key.display()))?)?;
         cfg = cfg.client_cert(Some(ClientCert::new_with_certs(&[chain], key)));
     }
-    Ok(ureq::Agent::config_builder().http_status_as_error(false).tls_config(cfg.build()).build().into())
+    let config = ureq::Agent::config_builder().http_status_as_error(false).timeout_global(timeout);
+    Ok(config.tls_config(cfg.build()).build().into())
 }
 
 /// The control plane's API: where it is, how to reach it, who calls.
@@ -38,21 +39,45 @@ pub struct Api {
     pub tls: Tls,
     pub token: Option<String>,
     pub base: String,
+    /// A limit on each call (none for `ctl`; the node agent's calls have one).
+    pub timeout: Option<std::time::Duration>,
 }
 
 impl Api {
     /// One request; a non-2xx answer becomes an error with the API's message
     /// and, for refused resources, each `resource: path: reason`.
     pub fn call(&self, method: &str, url: &str, body: Option<Value>) -> anyhow::Result<Value> {
-        call(&self.tls, self.token.as_deref(), method, url, body)
+        let agent = agent(&self.tls, self.timeout)?;
+        call(&agent, self.token.as_deref(), method, url, body)
+    }
+
+    /// `GET url` answered with text (a bootstrap), not JSON.
+    pub fn text(&self, url: &str) -> anyhow::Result<String> {
+        let agent = agent(&self.tls, self.timeout)?;
+        let auth = self.token.as_deref().map(|t| format!("Bearer {t}"));
+        let mut resp = authorized(agent.get(url), &auth)
+            .call()
+            .with_context(|| format!("cannot reach the control plane at {url}"))?;
+        let status = resp.status();
+        let text = resp.body_mut().read_to_string()?;
+        if !status.is_success() {
+            bail!("{url} answered {}: {text}", status.as_u16());
+        }
+        Ok(text)
     }
 }
 
-fn call(tls: &Tls, token: Option<&str>, method: &str, url: &str, body: Option<Value>) -> anyhow::Result<Value> {
-    let agent = agent(tls)?;
+fn call(
+    agent: &ureq::Agent,
+    token: Option<&str>,
+    method: &str,
+    url: &str,
+    body: Option<Value>,
+) -> anyhow::Result<Value> {
     let auth = token.map(|t| format!("Bearer {t}"));
     let mut resp = match (method, body) {
         ("POST", Some(b)) => authorized(agent.post(url), &auth).send_json(b),
+        ("PUT", Some(b)) => authorized(agent.put(url), &auth).send_json(b),
         ("DELETE", _) => authorized(agent.delete(url), &auth).call(),
         _ => authorized(agent.get(url), &auth).call(),
     }

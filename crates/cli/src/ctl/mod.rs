@@ -1,13 +1,11 @@
 //! `legate ctl`: the control plane's REST API from the command line.
 
-mod bootstrap;
-mod client;
+pub(crate) mod client;
 mod release;
 mod render;
 
-pub use bootstrap::bootstrap_yaml;
-use bootstrap::with_xds_tls;
 use client::{read_input, urlencode, Api, Tls};
+pub use legate_control::discovery::bootstrap::{bootstrap_yaml, with_xds_tls};
 use render::{diff_text, print};
 
 use anyhow::{bail, Context as _};
@@ -70,7 +68,7 @@ pub enum CtlCommand {
         #[arg(short = 'm', long, default_value = "")]
         message: String,
     },
-    /// Every connected proxy and its config state.
+    /// Every connected proxy and its config state; with a node agent, its process.
     Proxies,
     /// Alert rules (AlertRule resources) with their state, and what fired and resolved lately.
     Alerts,
@@ -79,6 +77,12 @@ pub enum CtlCommand {
         #[command(subcommand)]
         command: release::ReleaseCommand,
     },
+    /// Hot restart a node's proxy through its agent (`legate agent`): epoch N+1
+    /// takes the sockets over from epoch N.
+    Restart { node: String },
+    /// Drain a node's proxy through its agent: it fails its health checks
+    /// (`/healthcheck/fail`), so load balancers move traffic away.
+    Drain { node: String },
     /// The revision history.
     History,
     /// What changed between revision REV and REV2 (default: now), field by field.
@@ -163,7 +167,7 @@ pub enum TokenCommand {
 pub fn run(args: CtlArgs) -> anyhow::Result<()> {
     let base = args.server.trim_end_matches('/').to_string();
     let tls = Tls { cacert: args.cacert.clone(), cert: args.cert.clone().zip(args.key.clone()) };
-    let api = Api { tls, token: args.token.clone(), base };
+    let api = Api { tls, token: args.token.clone(), base, timeout: None };
     let out = args.output.as_str();
     let base = &api.base;
     match args.command {
@@ -202,6 +206,8 @@ pub fn run(args: CtlArgs) -> anyhow::Result<()> {
         }
         CtlCommand::Proxies => print(out, &api.call("GET", &format!("{base}/v1/proxies"), None)?, render::proxies),
         CtlCommand::Alerts => print(out, &api.call("GET", &format!("{base}/v1/alerts"), None)?, render::alerts),
+        CtlCommand::Restart { node } => agent_command(&api, out, &node, "restart"),
+        CtlCommand::Drain { node } => agent_command(&api, out, &node, "drain"),
         CtlCommand::History => print(out, &api.call("GET", &format!("{base}/v1/revisions"), None)?, render::history),
         CtlCommand::Diff { rev, rev2 } => {
             let url = match rev2 {
@@ -249,6 +255,15 @@ fn top(api: &Api, out: &str, what: TopWhat, window: &str) -> anyhow::Result<()> 
     };
     let v = api.call("GET", &format!("{base}/v1/top/{path}?window={}", urlencode(window)), None)?;
     print(out, &v, table)
+}
+
+/// Queues `action` for `node`'s agent, which takes it with its next report.
+fn agent_command(api: &Api, out: &str, node: &str, action: &str) -> anyhow::Result<()> {
+    let url = format!("{}/v1/agents/{}/commands", api.base, urlencode(node));
+    let v = api.call("POST", &url, Some(json!({"action": action})))?;
+    print(out, &v, |v| {
+        format!("{action} of {node} queued (command {}); its agent takes it with its next report\n", v["command"])
+    })
 }
 
 /// `legate ctl token create|list|revoke`.

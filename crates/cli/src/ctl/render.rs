@@ -131,6 +131,19 @@ pub fn proxies(v: &Value) -> String {
             types.iter().map(|(k, t)| format!("{k}={}", short(t["acked_version"].as_str().unwrap_or("-")))).collect();
         let nack: Vec<String> =
             types.iter().filter_map(|(k, t)| t["last_nack"]["error"].as_str().map(|e| format!("{k}: {e}"))).collect();
+        let agent = &p["agent"];
+        let process = if agent.is_null() {
+            "-".to_string()
+        } else {
+            format!(
+                "{}{} pid={} restarts={} epoch={}",
+                agent["state"].as_str().unwrap_or("?"),
+                if agent["stale"] == true { " (stale)" } else { "" },
+                agent["pid"].as_u64().map_or("-".to_string(), |p| p.to_string()),
+                agent["restarts"],
+                agent["epoch"]
+            )
+        };
         rows.push(vec![
             p["node"]["id"].as_str().unwrap_or("").to_string(),
             p["node"]["cluster"].as_str().unwrap_or("").to_string(),
@@ -139,9 +152,10 @@ pub fn proxies(v: &Value) -> String {
             p["connected_since"].as_str().unwrap_or("").to_string(),
             acked.join(" "),
             if nack.is_empty() { "-".into() } else { nack.join("; ") },
+            process,
         ]);
     }
-    table(&["NODE", "CLUSTER", "BUILD", "MODE", "CONNECTED SINCE", "ACKED", "LAST NACK"], rows)
+    table(&["NODE", "CLUSTER", "BUILD", "MODE", "CONNECTED SINCE", "ACKED", "LAST NACK", "PROCESS"], rows)
 }
 
 /// The revisions, newest first as the API lists them.

@@ -2,6 +2,8 @@
 //! is and what it was sent, ACKed and NACKed) and the service instances that
 //! registered over the API. Everything else builds on these facts.
 
+pub mod agents;
+pub mod bootstrap;
 pub mod fleet;
 pub mod node;
 pub mod registry;

@@ -2,6 +2,7 @@
 //! service and for the proxy, added to every tier and to the running totals;
 //! gauges kept as the latest per proxy.
 
+use super::buckets::Buckets;
 use super::rates::Baseline;
 use super::retention::Retention;
 use super::series::{Agg, Tier};
@@ -57,6 +58,8 @@ pub struct State {
     bounds: Vec<Arc<[f64]>>,
     /// When proxies gone quiet were last forgotten.
     forgotten_ms: u64,
+    /// When this monitor started: a proxy that started later is counted from zero.
+    started_ms: u64,
 }
 
 /// One service's (or the proxy's) differences in one report.
@@ -92,10 +95,20 @@ impl Pending {
     }
 }
 
+/// Whether the reporting proxy started after `started_ms`, by its
+/// `server.uptime` gauge (whole seconds, rounded down: a proxy that started
+/// up to a second before us may count as after, which counts at most that
+/// second's traffic, never misses any).
+fn started_after(r: &Report, started_ms: u64) -> bool {
+    let uptime = r.gauges.iter().find(|(n, _)| n == "server.uptime").map(|(_, v)| *v);
+    uptime.is_some_and(|s| s >= 0.0 && r.at_ms.saturating_sub((s * 1000.0) as u64) >= started_ms)
+}
+
 impl State {
     pub fn new(r: Retention) -> Self {
         let ms = |d: std::time::Duration| d.as_millis() as u64;
         Self {
+            started_ms: crate::clock::unix_ms(),
             baselines: HashMap::new(),
             latest: HashMap::new(),
             fine: Tier::new(ms(r.fine.0), ms(r.fine.1)),
@@ -134,6 +147,9 @@ impl State {
 
     pub fn ingest(&mut self, r: &Report) {
         let base = self.baselines.entry(r.node.clone()).or_default();
+        if base.first() && started_after(r, self.started_ms) {
+            base.count_from_zero();
+        }
         let mut services: BTreeMap<&str, Pending> = BTreeMap::new();
         let mut proxy = Pending::default();
         let mut reset = false;
@@ -148,9 +164,14 @@ impl State {
         }
         for (name, h) in &r.histograms {
             let Some(target) = stat::histogram(name) else { continue };
-            let (d, rs) = base.histogram(name, h);
-            reset |= rs;
-            let Some(d) = d else { continue };
+            let d = if r.histograms_per_interval {
+                Buckets::from_cumulative(h)
+            } else {
+                let (d, rs) = base.histogram(name, h);
+                reset |= rs;
+                let Some(d) = d else { continue };
+                d
+            };
             match target {
                 Target::Service(svc) => services.entry(svc).or_default().agg.latency.merge(&d),
                 Target::Proxy => proxy.agg.latency.merge(&d),
@@ -246,5 +267,31 @@ mod tests {
         assert_eq!(st.baselines.len(), 1);
         assert!(st.latest.keys().all(|n| n.as_ref() == "new"));
         assert!(!st.names.iter().any(|n| n.as_ref() == "old"));
+    }
+
+    /// A proxy that started after the control plane is counted from zero;
+    /// one that was already running (or says nothing of its uptime) sets
+    /// the baseline with its first report.
+    #[test]
+    fn a_proxy_started_after_us_counts_from_zero() {
+        let mut st = State::new(Retention::default());
+        st.started_ms = 1_000_000;
+        let report = |node: &str, uptime_s: Option<f64>| Report {
+            node: node.into(),
+            at_ms: 1_030_000,
+            counters: vec![("cluster.web.upstream_rq_completed".into(), 7)],
+            gauges: uptime_s.map(|s| ("server.uptime".to_string(), s)).into_iter().collect(),
+            ..Default::default()
+        };
+        let mut deltas = |r: &Report| {
+            let base = st.baselines.entry(r.node.clone()).or_default();
+            if base.first() && started_after(r, 1_000_000) {
+                base.count_from_zero();
+            }
+            base.counter("cluster.web.upstream_rq_completed", 7).value
+        };
+        assert_eq!(deltas(&report("young", Some(10.0))), 7, "started 20 s after us");
+        assert_eq!(deltas(&report("old", Some(100.0))), 0, "running before us: baseline");
+        assert_eq!(deltas(&report("silent", None)), 0, "no uptime: baseline");
     }
 }

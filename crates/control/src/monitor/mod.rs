@@ -50,6 +50,10 @@ pub struct Report {
     pub histograms: Vec<(String, Histogram)>,
     /// How it came: `stream` (metrics service) or `scrape` (admin endpoint).
     pub source: String,
+    /// Histograms hold only the samples since the proxy's last report (the
+    /// metrics service sends each flush interval's, as Envoy does), not
+    /// since its start (a Prometheus scrape).
+    pub histograms_per_interval: bool,
 }
 
 /// A cumulative histogram as Envoy's metrics service and Prometheus carry it.

@@ -1,6 +1,8 @@
 //! Cumulative counters to differences, per proxy and stat. The first report
 //! of a proxy only sets the baseline (a control plane that restarts must not
-//! count a proxy's whole past again); a stat first seen later counts from
+//! count a proxy's whole past again) unless the proxy started after this
+//! control plane did (its `server.uptime` says so): then all it counted
+//! happened while we listened and counts from zero. A stat first seen later counts from
 //! zero (Envoy creates `upstream_rq_5xx` at the first 5xx). A value lower
 //! than the last is a restart: the new value is the difference from zero,
 //! never a negative or doubled rate.
@@ -28,6 +30,11 @@ impl Baseline {
     /// Whether this is the proxy's first report (differences are all zero).
     pub fn first(&self) -> bool {
         !self.seen
+    }
+
+    /// Counts the next report from zero: the proxy started after us.
+    pub fn count_from_zero(&mut self) {
+        self.seen = true;
     }
 
     /// Marks the end of a report.

@@ -2,6 +2,7 @@
 //! it (with the registry's endpoints), the fleet of connected proxies, and
 //! this replica's place among others.
 
+use crate::discovery::agents::Agents;
 use crate::discovery::fleet::Fleet;
 use crate::discovery::registry::Registry;
 use crate::monitor::Monitor;
@@ -27,6 +28,10 @@ pub struct Controller {
     /// Serializes changes: validate, commit, publish happen as one step.
     pub(super) apply_lock: Mutex<()>,
     pub fleet: Fleet,
+    /// Node agents: the proxy processes they supervise, commands for them.
+    pub agents: Agents,
+    /// Where this control plane serves xDS (the bootstraps it hands out point there).
+    pub xds_addr: std::sync::OnceLock<std::net::SocketAddr>,
     /// What the proxies report about their traffic.
     pub monitor: Arc<Monitor>,
     /// Alert rules' states, their history and notifications.
@@ -51,6 +56,8 @@ impl Controller {
             registry: Mutex::new(Default::default()),
             apply_lock: Mutex::new(()),
             fleet: Fleet::default(),
+            agents: Agents::default(),
+            xds_addr: std::sync::OnceLock::new(),
             monitor: Arc::new(Monitor::default()),
             alerts: Default::default(),
             replica_id,

@@ -4,6 +4,7 @@
 
 mod access;
 mod admin;
+mod agents;
 mod alerts;
 pub mod auth;
 mod instances;
@@ -17,6 +18,7 @@ mod ui;
 
 use crate::state::controller::Controller;
 use admin::{audit_log, create_token, list_tokens, revoke_token};
+use agents::{agent_command, agent_report, bootstrap};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post, put};
 use axum::Router;
@@ -42,6 +44,9 @@ pub fn router(ctrl: Arc<Controller>) -> Router {
         .route("/v1/releases/{name}", get(releases::get_one))
         .route("/v1/releases/{name}/{action}", post(releases::act))
         .route("/v1/whoami", get(whoami))
+        .route("/v1/bootstrap", get(bootstrap))
+        .route("/v1/agents/{node}", put(agent_report))
+        .route("/v1/agents/{node}/commands", post(agent_command))
         .route("/v1/revisions", get(revisions))
         .route("/v1/diff", get(diff))
         .route("/v1/rollback", post(rollback))

@@ -13,7 +13,42 @@ use std::sync::Arc;
 
 pub async fn proxies(State(ctrl): State<Arc<Controller>>, headers: HeaderMap) -> Response {
     authorize!(ctrl, headers, Role::Viewer, "read", "proxies");
-    Json(json!({"proxies": ctrl.fleet.list()})).into_response()
+    Json(json!({"proxies": proxies_with_agents(&ctrl)})).into_response()
+}
+
+/// The connected proxies, each with its node agent's report (`agent`) when
+/// it has one; then the supervised nodes whose proxy is not connected (down,
+/// restarting, crash-looping), with `connected: false`.
+fn proxies_with_agents(ctrl: &Controller) -> Vec<serde_json::Value> {
+    let mut agents = ctrl.agents.list();
+    let mut out: Vec<serde_json::Value> = ctrl
+        .fleet
+        .list()
+        .into_iter()
+        .map(|p| {
+            let agent = agents.get(&p.node.id).cloned();
+            let mut v = serde_json::to_value(&p).unwrap_or_default();
+            v["connected"] = json!(true);
+            if let Some(a) = agent {
+                v["agent"] = serde_json::to_value(a).unwrap_or_default();
+            }
+            v
+        })
+        .collect();
+    let connected: std::collections::BTreeSet<String> =
+        out.iter().filter_map(|p| p["node"]["id"].as_str().map(String::from)).collect();
+    agents.retain(|node, _| !connected.contains(node));
+    for (node, a) in agents {
+        let cluster = a.report.cluster.clone();
+        out.push(json!({
+            "node": {"id": node, "cluster": cluster},
+            "mode": "-",
+            "connected": false,
+            "types": {},
+            "agent": a,
+        }));
+    }
+    out
 }
 
 /// Which store this replica uses, its name, and whether it leads (expires

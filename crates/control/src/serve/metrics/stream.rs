@@ -45,7 +45,7 @@ fn histogram(m: &Metric) -> Option<Histogram> {
 
 /// One message's families as a report (`node` and `at_ms` filled by the caller).
 pub fn to_report(families: &[MetricFamily]) -> Report {
-    let mut r = Report { source: "stream".into(), ..Default::default() };
+    let mut r = Report { source: "stream".into(), histograms_per_interval: true, ..Default::default() };
     for f in families {
         let name = f.name.as_deref().unwrap_or_default();
         let kind = f.r#type.and_then(|t| MetricType::try_from(t).ok());

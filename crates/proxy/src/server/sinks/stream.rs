@@ -39,6 +39,9 @@ pub async fn run(shared: Arc<Shared>, sink: MetricsSink, every: Duration) {
     loop {
         tick.tick().await;
         let now_ms = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+        // Envoy flushes its uptime with the other stats; a collector tells
+        // from it whether it saw the proxy's counters from their start.
+        shared.store.gauge("server.uptime").set(shared.started_instant.elapsed().as_secs() as i64);
         let families = flusher.flush(&shared.store, now_ms);
         if open.as_ref().is_some_and(|o| o.call.is_finished()) {
             open = None;

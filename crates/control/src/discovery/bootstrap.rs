@@ -1,6 +1,7 @@
-//! The bootstrap `legate ctl bootstrap` prints: Envoy or `legate proxy`
-//! taking everything over ADS from this control plane, and sending its stats
-//! there (the metrics service sink, every 5 s) for fleet monitoring.
+//! The bootstrap a node starts from: Envoy or `legate proxy` taking
+//! everything over ADS from this control plane, and sending its stats there
+//! (the metrics service sink, every 5 s) for fleet monitoring. `legate ctl
+//! bootstrap` prints it and `GET /v1/bootstrap` serves it (to the node agent).
 
 /// A bootstrap for Envoy or `legate proxy` that takes everything over ADS.
 pub fn bootstrap_yaml(
