@@ -9,6 +9,7 @@
 //! - [`store`]: committed revisions, tokens and the audit log, in SQLite or etcd.
 //! - [`state`]: the controller: validate, commit, publish.
 //! - [`alerts`]: AlertRules evaluated against all of the above; webhooks and Alertmanagers notified.
+//! - [`releases`]: Releases driven step by step, analysed against the monitor's figures.
 //! - [`serve`](mod@serve): xDS and CSDS to the proxies, the REST API to people and tools.
 //! - [`sync`]: state from outside the API: other replicas, a watched folder.
 
@@ -19,6 +20,7 @@ pub mod alerts;
 pub mod clock;
 pub mod discovery;
 pub mod monitor;
+pub mod releases;
 pub mod resources;
 pub mod serve;
 pub mod state;
@@ -102,6 +104,8 @@ pub async fn serve(ctrl: Arc<state::controller::Controller>, opts: Options) -> R
     }
     start_alerts(&ctrl, &opts);
     start_monitoring(&ctrl, &opts);
+    // Releases advance twice a second (only the leader acts).
+    releases::driver::start(ctrl.clone(), std::time::Duration::from_millis(500));
     if let Some(dir) = &opts.watch {
         tokio::spawn(sync::folder::watch(ctrl.clone(), dir.clone()));
     }

@@ -1,6 +1,7 @@
 //! `legate ctl`: the control plane's REST API from the command line.
 
 pub(crate) mod client;
+mod release;
 mod render;
 
 use client::{read_input, urlencode, Api, Tls};
@@ -71,6 +72,11 @@ pub enum CtlCommand {
     Proxies,
     /// Alert rules (AlertRule resources) with their state, and what fired and resolved lately.
     Alerts,
+    /// Releases (canary): start, list, status, pause, resume, promote, abort.
+    Release {
+        #[command(subcommand)]
+        command: release::ReleaseCommand,
+    },
     /// Hot restart a node's proxy through its agent (`legate agent`): epoch N+1
     /// takes the sockets over from epoch N.
     Restart { node: String },
@@ -216,6 +222,7 @@ pub fn run(args: CtlArgs) -> anyhow::Result<()> {
             print(out, &v, |v| render::rolled_back(v, rev))
         }
         CtlCommand::Token { command } => token(&api, out, command),
+        CtlCommand::Release { command } => release::run(&api, out, command),
         CtlCommand::Top { what, window } => top(&api, out, what, &window),
         CtlCommand::Instances => {
             print(out, &api.call("GET", &format!("{base}/v1/instances"), None)?, render::instances)

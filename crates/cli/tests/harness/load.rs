@@ -175,3 +175,48 @@ pub fn h2load_figures(out: &str) -> Option<Figures> {
     let not_2xx: u64 = ["4xx", "5xx"].iter().filter_map(|k| count_before(codes, k)).sum();
     Some(Figures { tool: "h2load", requests, failed: failed.max(not_2xx), socket_errors: broken })
 }
+
+/// GET /load (host `app`) requests from a thread, counted by the upstream
+/// that answered (`x-upstream`) and by status.
+pub struct UpstreamLoad {
+    /// (upstream, status) -> count; failures to get an answer under ("-", 0).
+    pub counts: Arc<std::sync::Mutex<std::collections::BTreeMap<(String, u16), usize>>>,
+    thread: JoinHandle<()>,
+}
+
+impl UpstreamLoad {
+    /// Requests `port` until `stop` is set or `max` were sent, `pause` apart.
+    pub fn start(port: u16, stop: Arc<AtomicBool>, max: usize, pause: Duration) -> UpstreamLoad {
+        let counts: Arc<std::sync::Mutex<std::collections::BTreeMap<(String, u16), usize>>> = Arc::default();
+        let c = counts.clone();
+        let thread = std::thread::spawn(move || {
+            for _ in 0..max {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                let key = match http_get(addr(port), "/load", "app") {
+                    Ok(r) => (r.header("x-upstream").unwrap_or("-").to_string(), r.status),
+                    Err(_) => ("-".to_string(), 0),
+                };
+                *c.lock().unwrap_or_else(|e| e.into_inner()).entry(key).or_default() += 1;
+                if !pause.is_zero() {
+                    std::thread::sleep(pause);
+                }
+            }
+        });
+        UpstreamLoad { counts, thread }
+    }
+
+    /// The counts so far.
+    pub fn snapshot(&self) -> std::collections::BTreeMap<(String, u16), usize> {
+        self.counts.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Waits for the thread (stop it first): the final counts.
+    pub fn join(self) -> std::collections::BTreeMap<(String, u16), usize> {
+        let UpstreamLoad { counts, thread } = self;
+        let _ = thread.join();
+        let c = counts.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        c
+    }
+}

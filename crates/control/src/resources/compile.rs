@@ -27,7 +27,7 @@ pub fn compile(doc: &Document) -> Result<Resource, Vec<DocError>> {
         return Err(err(
             "kind",
             format!(
-                "unknown kind '{}': expected Listener, Cluster, RouteConfiguration, ClusterLoadAssignment, Secret, Service, Gateway, Route or AlertRule",
+                "unknown kind '{}': expected Listener, Cluster, RouteConfiguration, ClusterLoadAssignment, Secret, Service, Gateway, Route, AlertRule or Release",
                 doc.kind
             ),
         ));
@@ -62,6 +62,23 @@ pub fn compile(doc: &Document) -> Result<Resource, Vec<DocError>> {
                 errs.into_iter().map(|(path, reason)| DocError { resource: label.clone(), path, reason }).collect()
             });
     }
+    if kind == Kind::Release {
+        if !doc.metadata.nodes.is_empty() {
+            return Err(err("metadata.nodes", "a Release is not sent to proxies; its Service's nodes apply".into()));
+        }
+        return crate::releases::spec::check(doc)
+            .map(|_| Resource {
+                kind,
+                name: doc.metadata.name.clone(),
+                nodes: doc.metadata.nodes.clone(),
+                doc: doc.clone(),
+                any: Default::default(),
+                version: release_version(doc),
+            })
+            .map_err(|errs| {
+                errs.into_iter().map(|(path, reason)| DocError { resource: label.clone(), path, reason }).collect()
+            });
+    }
     if !kind.is_envoy() {
         return crate::resources::mesh::check::check(kind, doc).map_err(|errs| {
             errs.into_iter().map(|(path, reason)| DocError { resource: label.clone(), path, reason }).collect()
@@ -73,7 +90,7 @@ pub fn compile(doc: &Document) -> Result<Resource, Vec<DocError>> {
         Kind::Listener => decode::<Listener>(doc).map(|(m, a)| (m.name, a)),
         Kind::RouteConfiguration => decode::<RouteConfiguration>(doc).map(|(m, a)| (m.name, a)),
         Kind::Secret => decode::<Secret>(doc).map(|(m, a)| (m.name, a)),
-        Kind::Service | Kind::Gateway | Kind::Route | Kind::AlertRule => {
+        Kind::Service | Kind::Gateway | Kind::Route | Kind::AlertRule | Kind::Release => {
             Err(vec![FieldError::new("kind", "not an Envoy resource kind")])
         }
     }
@@ -97,4 +114,9 @@ pub fn compile(doc: &Document) -> Result<Resource, Vec<DocError>> {
         any,
         version,
     })
+}
+
+/// A Release's version covers its status too: a step is a change.
+pub fn release_version(doc: &Document) -> String {
+    content_hash(serde_json::to_vec(&(&doc.spec, &doc.status)).unwrap_or_default().as_slice())
 }

@@ -43,6 +43,7 @@ pub fn diff(from: &[Document], to: &[Document]) -> Vec<ResourceChange> {
                 let new_v = serde_json::to_value(new).unwrap_or(Value::Null);
                 values(&old_v["metadata"], &new_v["metadata"], "metadata", &mut fields);
                 values(&old_v["spec"], &new_v["spec"], "spec", &mut fields);
+                values(&old_v["status"], &new_v["status"], "status", &mut fields);
                 if !fields.is_empty() {
                     out.push(ResourceChange { resource: k.clone(), change: "modified", fields });
                 }
@@ -90,6 +91,7 @@ mod tests {
             kind: kind.into(),
             metadata: crate::resources::document::Metadata { name: name.into(), ..Default::default() },
             spec,
+            status: None,
         }
     }
 

@@ -47,6 +47,10 @@ pub struct Document {
     pub kind: String,
     pub metadata: Metadata,
     pub spec: serde_json::Value,
+    /// What the control plane records about the resource (a Release's phase,
+    /// step and analysis); written by the control plane, never by users.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<serde_json::Value>,
 }
 
 /// Parses a YAML/JSON stream of documents (`---` separated, or a JSON array).

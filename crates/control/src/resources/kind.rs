@@ -16,6 +16,8 @@ pub enum Kind {
     Route,
     /// Evaluated by the control plane (`alerts/`); compiles to nothing.
     AlertRule,
+    /// Driven by the control plane (`releases/`); splits its Service's clusters.
+    Release,
 }
 
 pub const ALL_KINDS: [Kind; 5] =
@@ -33,6 +35,7 @@ impl Kind {
             "gateway" | "gateways" | "gw" => Self::Gateway,
             "route" | "httproute" => Self::Route,
             "alertrule" | "alertrules" | "alert" | "alerts" => Self::AlertRule,
+            "release" | "releases" => Self::Release,
             _ => return None,
         })
     }
@@ -48,12 +51,13 @@ impl Kind {
             Self::Gateway => "Gateway",
             Self::Route => "Route",
             Self::AlertRule => "AlertRule",
+            Self::Release => "Release",
         }
     }
 
     /// True for the kinds that are sent over xDS as they are.
     pub fn is_envoy(self) -> bool {
-        !matches!(self, Self::Service | Self::Gateway | Self::Route | Self::AlertRule)
+        !matches!(self, Self::Service | Self::Gateway | Self::Route | Self::AlertRule | Self::Release)
     }
 
     pub fn type_url(self) -> &'static str {
@@ -63,7 +67,7 @@ impl Kind {
             Self::Listener => "type.googleapis.com/envoy.config.listener.v3.Listener",
             Self::RouteConfiguration => "type.googleapis.com/envoy.config.route.v3.RouteConfiguration",
             Self::Secret => "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret",
-            Self::Service | Self::Gateway | Self::Route | Self::AlertRule => "",
+            Self::Service | Self::Gateway | Self::Route | Self::AlertRule | Self::Release => "",
         }
     }
 

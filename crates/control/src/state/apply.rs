@@ -2,7 +2,7 @@
 //! everything first (all or nothing), commit one revision, then publish it;
 //! a commit that another replica got in before is recomputed on its state.
 
-use crate::resources::compile::compile;
+use crate::resources::compile::{compile, release_version};
 use crate::resources::diff::{self, ResourceChange};
 use crate::resources::document::Document;
 use crate::resources::kind::Kind;
@@ -76,6 +76,48 @@ impl Controller {
         self.retrying(|| self.try_rollback(rev, author, message))
     }
 
+    /// Records a resource's `status` (a Release's step) as a new revision.
+    pub fn set_status(
+        &self,
+        kind: Kind,
+        name: &str,
+        status: serde_json::Value,
+        author: &str,
+        message: &str,
+    ) -> Result<ApplyOutcome, ApplyError> {
+        self.retrying(|| self.try_set_status(kind, name, status.clone(), author, message))
+    }
+
+    fn try_set_status(
+        &self,
+        kind: Kind,
+        name: &str,
+        status: serde_json::Value,
+        author: &str,
+        message: &str,
+    ) -> Result<ApplyOutcome, ApplyError> {
+        let _guard = self.apply_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let current = self.stored();
+        let key = (kind, name.to_string());
+        let old = current.resources.get(&key).ok_or_else(|| ApplyError::NotFound(format!("{}/{name}", kind.name())))?;
+        let mut doc = old.doc.clone();
+        doc.status = Some(status);
+        let r = compile(&doc).map_err(ApplyError::Invalid)?;
+        let mut next = current.resources.clone();
+        next.insert(key, Arc::new(r));
+        self.expand(&next).map_err(ApplyError::Invalid)?;
+        let mut outcome = ApplyOutcome {
+            diff: diff::diff(&documents(&current.resources), &documents(&next)),
+            proxies: self.affected(&current, &next),
+            updated: vec![format!("{}/{name}", kind.name())],
+            ..Default::default()
+        };
+        let rev = self.store.commit(current.revision, author, message, &[Change::Apply(doc)])?;
+        outcome.revision = Some(rev);
+        self.set_stored(ConfigState { revision: rev, resources: next });
+        Ok(outcome)
+    }
+
     /// Runs `attempt` again after loading what another replica committed,
     /// when that replica's commit got in first.
     fn retrying<T>(&self, mut attempt: impl FnMut() -> Result<T, ApplyError>) -> Result<T, ApplyError> {
@@ -105,7 +147,16 @@ impl Controller {
         let mut outcome = ApplyOutcome { dry_run, ..Default::default() };
         let mut changes = Vec::new();
         let mut next = current.resources.clone();
-        for r in compiled {
+        for mut r in compiled {
+            if r.kind == Kind::Release {
+                // The status belongs to the control plane: a user's apply keeps it.
+                let old = current.resources.get(&(r.kind, r.name.clone()));
+                r.doc.status = old.and_then(|o| o.doc.status.clone());
+                r.version = release_version(&r.doc);
+            } else {
+                // Only a Release has a status; what a user sends is dropped.
+                r.doc.status = None;
+            }
             let label = format!("{}/{}", r.kind.name(), r.name);
             match current.resources.get(&(r.kind, r.name.clone())) {
                 Some(old) if old.publishes_same(&r) => {

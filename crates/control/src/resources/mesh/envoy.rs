@@ -6,7 +6,7 @@ use serde_json::{json, Value};
 
 /// A generated document of an Envoy `kind`, for the proxies `nodes` selects.
 pub fn document(kind: &str, name: &str, nodes: &NodeSelector, spec: Value) -> Document {
-    Document { kind: kind.into(), metadata: Metadata { name: name.into(), nodes: nodes.clone() }, spec }
+    Document { kind: kind.into(), metadata: Metadata { name: name.into(), nodes: nodes.clone() }, spec, status: None }
 }
 
 /// The config source that says "over this ADS stream".

@@ -5,7 +5,9 @@
 //!   registry), its protocol, load balancing, named subsets by label, and its
 //!   resilience: active health checks, outlier detection, circuit breakers,
 //!   and the retries routes to it use. Compiles to a Cluster and a
-//!   ClusterLoadAssignment, plus one pair per subset (`<service>.<subset>`).
+//!   ClusterLoadAssignment, plus one pair per subset (`<service>.<subset>`)
+//!   and, while a `Release` runs on it, one per version (`<service>~<version>`)
+//!   with its routes weighted between them (see `releases`).
 //! - `Gateway`: a listener address with hosts and routes to services or
 //!   weighted subsets, redirects, rewrites, header changes and direct
 //!   responses. Compiles to a Listener and a RouteConfiguration named

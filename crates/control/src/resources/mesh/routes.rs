@@ -3,7 +3,7 @@
 //! the retry policy of the route or of the one service it goes to.
 
 use crate::resources::mesh::spec::{
-    DirectSpec, MatchSpec, Protocol, RedirectSpec, RefProblems, RetrySpec, RouteSpec, ServiceSpec,
+    DirectSpec, MatchSpec, Protocol, RedirectSpec, RefProblems, RetrySpec, RouteSpec, ServiceSpec, Split,
 };
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
@@ -33,9 +33,34 @@ pub fn compile_routes(
         if !rt.response_headers.is_empty() {
             route["response_headers_to_add"] = headers_to_add(&rt.response_headers);
         }
+        if let Some(preview) = preview_route(rt, &route, services) {
+            out.push(preview);
+        }
         out.push(route);
     }
     out
+}
+
+/// Blue-green's preview: the route again, first, for requests carrying the
+/// preview header of a release on one of its services, to its candidate.
+fn preview_route(rt: &RouteSpec, route: &Value, services: &BTreeMap<String, ServiceSpec>) -> Option<Value> {
+    let split = rt
+        .to
+        .iter()
+        .filter(|t| t.subset.is_none())
+        .find_map(|t| services.get(&t.service)?.split.as_ref().filter(|s| s.preview.is_some()))?;
+    let (header, value) = split.preview.as_ref()?;
+    let mut preview = route.clone();
+    let matcher = json!({"name": header, "string_match": {"exact": value}});
+    match preview["match"]["headers"].as_array_mut() {
+        Some(headers) => headers.push(matcher),
+        None => preview["match"]["headers"] = json!([matcher]),
+    }
+    if let Some(action) = preview["route"].as_object_mut() {
+        action.remove("weighted_clusters");
+        action.insert("cluster".into(), json!(split.candidate));
+    }
+    Some(preview)
 }
 
 fn route_match(m: &MatchSpec) -> Value {
@@ -151,18 +176,38 @@ impl Targets<'_> {
                 problem("service", format!("service '{}' is tcp: reach it through a Gateway's spec.tcp", t.service));
                 continue;
             }
-            let cluster = match &t.subset {
-                Some(sub) if !svc.subsets.contains_key(sub) => {
+            match (&t.subset, &svc.split) {
+                (Some(sub), _) if !svc.subsets.contains_key(sub) => {
                     problem("subset", format!("service '{}' has no subset '{sub}'", t.service));
-                    continue;
                 }
-                Some(sub) => format!("{}.{sub}", t.service),
-                None => t.service.clone(),
-            };
-            clusters.push((cluster, t.weight));
+                (Some(sub), _) => clusters.push((format!("{}.{sub}", t.service), t.weight, None)),
+                (None, split) => clusters.push((t.service.clone(), t.weight, split.clone())),
+            }
         }
-        clusters
+        split_weights(clusters)
     }
+}
+
+/// Targets as (cluster, weight, its service's release split) to weighted
+/// clusters: with a split anywhere, weights become percents (a split
+/// target's weight shared out between its stable and candidate clusters);
+/// clusters left at weight 0 are left out.
+fn split_weights(targets: Vec<(String, u32, Option<Split>)>) -> Vec<(String, u32)> {
+    if targets.iter().all(|(_, _, s)| s.is_none()) {
+        return targets.into_iter().map(|(c, w, _)| (c, w)).collect();
+    }
+    let mut out = Vec::new();
+    for (cluster, weight, split) in targets {
+        match split {
+            Some(s) => {
+                out.push((s.stable, weight.saturating_mul(100 - s.weight.min(100))));
+                out.push((s.candidate, weight.saturating_mul(s.weight.min(100))));
+            }
+            None => out.push((cluster, weight.saturating_mul(100))),
+        }
+    }
+    out.retain(|(_, w)| *w > 0);
+    out
 }
 
 /// A retry policy: `on` is Envoy's `retry_on`; retries go to other hosts.

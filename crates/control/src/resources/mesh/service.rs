@@ -3,11 +3,14 @@
 //! instances), plus one such pair per subset (`<service>.<subset>`).
 
 use crate::discovery::registry::Instance;
+use crate::releases;
+use crate::releases::machine::candidate_weight;
+use crate::releases::spec::{Release, Status};
 use crate::resources::document::{Document, NodeSelector};
 use crate::resources::kind::Kind;
 use crate::resources::mesh::envoy::{ads, document, lb_endpoint, load_assignment};
-use crate::resources::mesh::spec::{specs, Lb, Protocol, RefProblems, ServiceSpec};
-use crate::resources::resource::ResourceMap;
+use crate::resources::mesh::spec::{specs, Lb, Protocol, RefProblems, ServiceSpec, Split};
+use crate::resources::resource::{of_kind, ResourceMap};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 
@@ -26,18 +29,100 @@ pub fn compile_services(
     problems: &mut RefProblems,
 ) -> BTreeMap<String, ServiceSpec> {
     let mut services = BTreeMap::new();
-    for (name, r, s) in specs::<ServiceSpec>(resources, Kind::Service) {
+    let mut releases = releases_by_service(resources, problems);
+    for (name, r, mut s) in specs::<ServiceSpec>(resources, Kind::Service) {
         let endpoints = endpoints(name, &s, instances);
         if !s.endpoints.is_empty() {
             check_subsets(name, &s, &endpoints, problems);
         }
         let subsets = s.subsets.iter().map(|(subset, labels)| (format!("{name}.{subset}"), Some(labels)));
-        for (cluster_name, selector) in std::iter::once((name.clone(), None)).chain(subsets) {
+        let mut clusters: Vec<(String, Option<&Labels>)> =
+            std::iter::once((name.clone(), None)).chain(subsets).collect();
+        let release = releases.remove(name);
+        if let Some((release, weight)) = &release {
+            if check_release(release, &s, &endpoints, problems) {
+                clusters.push((release.stable_cluster(), Some(&release.stable)));
+                clusters.push((release.candidate_cluster(), Some(&release.candidate)));
+            }
+            // Before its first step the version clusters exist but routes do
+            // not use them yet: proxies warm them first (make before break).
+            if let Some(weight) = weight {
+                s.split = Some(Split {
+                    stable: release.stable_cluster(),
+                    candidate: release.candidate_cluster(),
+                    weight: *weight,
+                    preview: release.preview.clone(),
+                });
+            }
+        }
+        for (cluster_name, selector) in clusters {
             out.extend(cluster_documents(&s, &cluster_name, selector, &endpoints, &r.nodes));
         }
         services.insert(name.clone(), s);
     }
+    for (service, (release, _)) in releases {
+        problems.push((
+            format!("Release/{}", release.name),
+            "spec.service".into(),
+            format!("unknown service '{service}'"),
+        ));
+    }
     services
+}
+
+/// Each Service's Release (at most one) with the candidate's weight now
+/// (None before the release's first step).
+fn releases_by_service(
+    resources: &ResourceMap,
+    problems: &mut RefProblems,
+) -> BTreeMap<String, (Release, Option<u32>)> {
+    let mut out: BTreeMap<String, (Release, Option<u32>)> = BTreeMap::new();
+    for (name, r) in of_kind(resources, Kind::Release) {
+        let Ok(mut release) = releases::spec::check(&r.doc) else { continue };
+        let status = Status::of(&r.doc);
+        let started = status.step_started_ms != 0 || status.phase.is_final();
+        let weight = started.then(|| candidate_weight(&status));
+        if status.phase.is_final() {
+            // A finished release previews nothing.
+            release.preview = None;
+        }
+        if let Some((other, _)) = out.get(&release.service) {
+            problems.push((
+                format!("Release/{name}"),
+                "spec.service".into(),
+                format!("service '{}' already has Release/{}", release.service, other.name),
+            ));
+            continue;
+        }
+        out.insert(release.service.clone(), (release, weight));
+    }
+    out
+}
+
+/// A Release needs a service of listed or registered endpoints (not DNS),
+/// reached by HTTP routes, and listed endpoints for both its selectors.
+fn check_release(release: &Release, s: &ServiceSpec, endpoints: &[Endpoint], problems: &mut RefProblems) -> bool {
+    let label = format!("Release/{}", release.name);
+    let mut problem = |path: &str, reason: String| problems.push((label.clone(), path.into(), reason));
+    if s.dns.is_some() {
+        problem(
+            "spec.service",
+            format!("service '{}' is found by DNS: its endpoints carry no labels", release.service),
+        );
+        return false;
+    }
+    if s.protocol == Protocol::Tcp {
+        problem("spec.service", format!("service '{}' is tcp: releases split HTTP routes", release.service));
+        return false;
+    }
+    let mut ok = true;
+    for (path, selector) in [("spec.stable", &release.stable), ("spec.candidate", &release.candidate)] {
+        if !s.endpoints.is_empty() && !endpoints.iter().any(|(_, _, l)| has_labels(l, selector)) {
+            problem(path, format!("no endpoint of service '{}' has the labels {selector:?}", release.service));
+            ok = false;
+        }
+    }
+    ok
 }
 
 /// The endpoints a service lists, or else the registry's instances of it.

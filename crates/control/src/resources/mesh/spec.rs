@@ -77,6 +77,21 @@ pub struct ServiceSpec {
     /// Retries for routes to this service (a route's own `retries` wins).
     #[serde(default)]
     pub retries: Option<RetrySpec>,
+    /// Set when a Release runs on the service: routes to it are split.
+    #[serde(skip)]
+    pub split: Option<Split>,
+}
+
+/// A service split by a running Release: its stable and candidate clusters
+/// (`<service>~<version>`) and the candidate's percent of traffic.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Split {
+    pub stable: String,
+    pub candidate: String,
+    pub weight: u32,
+    /// Blue-green's preview: requests with this header (exact value) go to
+    /// the candidate, whatever the weights.
+    pub preview: Option<(String, String)>,
 }
 
 /// Active health checking: HTTP when `path` is set, gRPC with `grpc`,

@@ -9,6 +9,7 @@ mod alerts;
 pub mod auth;
 mod instances;
 mod monitor;
+mod releases;
 mod reply;
 mod resources;
 mod revisions;
@@ -39,6 +40,9 @@ pub fn router(ctrl: Arc<Controller>) -> Router {
         .route("/v1/resources/{kind}/{name}", delete(delete_one))
         .route("/v1/proxies", get(proxies))
         .route("/v1/alerts", get(alerts::alerts))
+        .route("/v1/releases", get(releases::list).post(releases::start))
+        .route("/v1/releases/{name}", get(releases::get_one))
+        .route("/v1/releases/{name}/{action}", post(releases::act))
         .route("/v1/whoami", get(whoami))
         .route("/v1/bootstrap", get(bootstrap))
         .route("/v1/agents/{node}", put(agent_report))

@@ -61,6 +61,9 @@ fn docs_json(ctrl: &Controller, kind: Option<Kind>, name: Option<&str>) -> Vec<s
         .map(|(_, r)| {
             let mut v =
                 json!({"kind": r.kind.name(), "metadata": r.doc.metadata, "spec": r.doc.spec, "version": r.version});
+            if let Some(status) = &r.doc.status {
+                v["status"] = status.clone();
+            }
             if r.kind == Kind::Secret {
                 // Each certificate's validity, read from the secret itself.
                 let certs = certinfo::certificates(&r.any);

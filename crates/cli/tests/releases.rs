@@ -1,0 +1,295 @@
+//! Releases end to end: a `Service` of two `legate echo` upstreams labelled
+//! v1 and v2 behind a Gateway served by a real Envoy 1.40 over ADS (its
+//! metrics-service sink streaming to the control plane every second), under
+//! steady load, while a `Release` (started with `legate ctl release`) moves
+//! traffic between them and the control plane analyses each step on the
+//! figures Envoy reports for each version's cluster. Each weight change is
+//! a revision the proxy swaps in whole, so no request may fail on the way.
+
+mod harness;
+
+use harness::load::UpstreamLoad;
+use harness::*;
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+type Counts = BTreeMap<(String, u16), usize>;
+
+/// The Service `checkout` (v1 on `p1`, v2 on `p2`) and a Gateway for `node` on `port`.
+fn mesh(p1: u16, p2: u16, node: &str, port: u16) -> String {
+    format!(
+        "kind: Service\nmetadata: {{ name: checkout }}\nspec:\n  endpoints:\n  - {{ address: 127.0.0.1, port: {p1}, labels: {{ version: v1 }} }}\n  - {{ address: 127.0.0.1, port: {p2}, labels: {{ version: v2 }} }}\n---\nkind: Gateway\nmetadata: {{ name: edge, nodes: {{ ids: [{node}] }} }}\nspec:\n  address: 127.0.0.1\n  port: {port}\n  routes:\n  - match: {{ prefix: / }}\n    to: [{{ service: checkout }}]\n"
+    )
+}
+
+/// The Release exactly as users write it.
+const RELEASE: &str = "kind: Release
+metadata: {name: checkout-v2}
+spec:
+  service: checkout
+  stable: {version: v1}
+  candidate: {version: v2}
+  strategy:
+    canary: {steps: [20, 50, 100], hold: 5s}
+  analysis: {window: 5s, minRequests: 20, maxErrorRate: 0.05, maxP99Ms: 500}
+";
+
+/// Envoy on `ctl bootstrap` (ADS and the metrics-service sink to the control
+/// plane), its stats flushed every second.
+fn envoy(cp: &ControlPlane, node: &str, dir: &Path) -> Proc {
+    let admin = free_port();
+    let boot = ctl_bootstrap(&format!("http://127.0.0.1:{}", cp.api), node, cp.xds, admin, &[]);
+    assert!(boot.contains("stats_flush_interval: 5s"), "{boot}");
+    let file = dir.join(format!("bootstrap-{node}.yaml"));
+    std::fs::write(&file, boot.replace("stats_flush_interval: 5s", "stats_flush_interval: 1s")).expect("bootstrap");
+    let mut p = spawn_envoy(node, &file, "warning", &[], dir);
+    wait_ready(admin, &mut p);
+    p
+}
+
+/// `ctl release status NAME -o json`.
+fn status(cp: &ControlPlane, name: &str) -> Value {
+    let (ok, out) = cp.ctl(&["release", "status", name, "-o", "json"]);
+    assert!(ok, "{out}");
+    serde_json::from_str(&out).expect("status json")
+}
+
+fn start_release(cp: &ControlPlane, dir: &Path, yaml: &str) {
+    let file = dir.join("release.yaml");
+    std::fs::write(&file, yaml).expect("write release");
+    let (ok, out) = cp.ctl(&["release", "start", "-f", &file.to_string_lossy()]);
+    assert!(ok, "{out}");
+}
+
+/// Requests per upstream added between two snapshots.
+fn added(before: &Counts, after: &Counts, upstream: &str) -> usize {
+    let sum = |c: &Counts| c.iter().filter(|((u, _), _)| u == upstream).map(|(_, n)| n).sum::<usize>();
+    sum(after) - sum(before)
+}
+
+fn failed(c: &Counts) -> usize {
+    c.iter().filter(|((_, s), _)| *s != 200).map(|(_, n)| n).sum()
+}
+
+#[test]
+fn a_good_candidate_is_promoted_through_every_step_without_a_failed_request() {
+    let dir = TempDir::new("release-good");
+    let (_v1, p1) = echo("v1", dir.path());
+    let (_v2, p2) = echo("v2", dir.path());
+    let cp = ControlPlane::start(dir.path());
+    let port = free_port();
+    cp.apply(dir.path(), &mesh(p1, p2, "rel-envoy", port));
+    let _envoy = envoy(&cp, "rel-envoy", dir.path());
+    wait_for("the gateway", Duration::from_secs(20), || upstream_of(port));
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = UpstreamLoad::start(port, stop.clone(), 200_000, Duration::from_millis(2));
+    std::thread::sleep(Duration::from_secs(1));
+    let before = load.snapshot();
+    start_release(&cp, dir.path(), RELEASE);
+    let mut seen_steps = Vec::new();
+    let done = wait_for("the release to be promoted", Duration::from_secs(90), || {
+        let s = status(&cp, "checkout-v2");
+        let w = s["weight"].as_u64().unwrap_or(0);
+        if seen_steps.last() != Some(&w) {
+            seen_steps.push(w);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        (s["phase"] == "Promoted").then_some(s)
+    });
+    let at_promotion = load.snapshot();
+    std::thread::sleep(Duration::from_secs(2));
+    stop.store(true, Ordering::Relaxed);
+    let after = load.join();
+    eprintln!("weights seen {seen_steps:?}; requests {after:?}");
+    assert_eq!(failed(&after), 0, "no request failed: {after:?}");
+    assert!(seen_steps.contains(&20) && seen_steps.contains(&50), "every step: {seen_steps:?}");
+    let analyses = done["analyses"].as_array().cloned().unwrap_or_default();
+    assert_eq!(analyses.len(), 3, "{done}");
+    assert!(analyses.iter().all(|a| a["result"] == "passed"), "{done}");
+    for (a, weight) in analyses.iter().zip([20, 50, 100]) {
+        assert_eq!(a["weight"], weight, "{a}");
+        assert!(a["requests"].as_u64().is_some_and(|n| n >= 20), "decided on enough requests: {a}");
+        assert_eq!(a["errors"], 0, "{a}");
+        assert!(a["p99Ms"].as_f64().is_some_and(|p| p < 500.0), "{a}");
+    }
+    eprintln!("analyses: {}", serde_json::to_string(&analyses).unwrap_or_default());
+    assert!(added(&before, &at_promotion, "v2") > 0 && added(&before, &at_promotion, "v1") > 0);
+    assert_eq!(added(&at_promotion, &after, "v1"), 0, "promoted: v1 gets nothing: {after:?}");
+    // Every step is a revision by the release.
+    let (ok, out) = cp.ctl(&["history", "-o", "json"]);
+    assert!(ok && out.matches("release/checkout-v2").count() >= 4, "{out}");
+}
+
+#[test]
+fn a_5xx_candidate_is_rolled_back_at_the_first_analysis() {
+    let dir = TempDir::new("release-bad");
+    let (_v1, p1) = echo("v1", dir.path());
+    let (_v2, p2) = echo_with("v2", dir.path(), &["--status", "503"]);
+    let cp = ControlPlane::start(dir.path());
+    let port = free_port();
+    cp.apply(dir.path(), &mesh(p1, p2, "bad-envoy", port));
+    let _envoy = envoy(&cp, "bad-envoy", dir.path());
+    wait_for("the gateway", Duration::from_secs(20), || upstream_of(port));
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = UpstreamLoad::start(port, stop.clone(), 200_000, Duration::from_millis(2));
+    start_release(&cp, dir.path(), RELEASE);
+    let done = wait_for("the release to be rolled back", Duration::from_secs(60), || {
+        std::thread::sleep(Duration::from_millis(100));
+        let s = status(&cp, "checkout-v2");
+        (s["phase"] == "RolledBack").then_some(s)
+    });
+    let at_rollback = load.snapshot();
+    eprintln!("rolled back: {done}");
+    assert_eq!((done["weight"].as_u64(), done["step"].as_u64()), (Some(0), Some(1)), "at the first analysis");
+    let a = &done["analyses"][0];
+    assert_eq!(a["result"], "failed", "{a}");
+    assert!(a["errorRate"].as_f64().is_some_and(|r| r > 0.9) && a["requests"].as_u64() >= Some(20), "{a}");
+    assert!(done["message"].as_str().is_some_and(|m| m.contains("error rate")), "{done}");
+    std::thread::sleep(Duration::from_secs(1));
+    let settled = load.snapshot();
+    std::thread::sleep(Duration::from_secs(2));
+    stop.store(true, Ordering::Relaxed);
+    let after = load.join();
+    let to_candidate: usize = after.iter().filter(|((u, _), _)| u == "v2").map(|(_, n)| n).sum();
+    let total: usize = after.values().sum();
+    eprintln!(
+        "requests {after:?}; {to_candidate} of {total} reached the candidate ({} after the rollback was recorded)",
+        added(&at_rollback, &after, "v2")
+    );
+    assert_eq!(added(&settled, &after, "v2"), 0, "rolled back: v2 gets nothing");
+    assert_eq!(after.get(&("-".to_string(), 0)), None, "every request was answered");
+    assert_eq!(failed(&after), to_candidate, "only the candidate's answers failed");
+    let (ok, out) = cp.ctl(&["release", "resume", "checkout-v2"]);
+    assert!(!ok && out.contains("already RolledBack"), "{out}");
+}
+
+/// Without proxies: a bad Release is refused with its fields' paths, and an
+/// operator pauses, resumes and promotes one with `legate ctl release`.
+#[test]
+fn releases_are_checked_and_operated_from_ctl() {
+    let dir = TempDir::new("release-ctl");
+    let cp = ControlPlane::start(dir.path());
+    cp.apply(dir.path(), &mesh(18001, 18002, "nobody", free_port()));
+    let file = dir.path().join("bad.yaml");
+    let bad = RELEASE
+        .replace("service: checkout", "service: payments")
+        .replace("[20, 50, 100]", "[50, 20, 90]")
+        .replace("candidate: {version: v2}", "candidate: {version: v3}");
+    std::fs::write(&file, &bad).expect("write");
+    let (ok, out) = cp.ctl(&["release", "start", "-f", &file.to_string_lossy()]);
+    assert!(!ok && out.contains("spec.strategy.canary.steps[1]") && out.contains("the last step must be 100"), "{out}");
+    std::fs::write(&file, RELEASE.replace("candidate: {version: v2}", "candidate: {version: v3}")).expect("write");
+    let (ok, out) = cp.ctl(&["release", "start", "-f", &file.to_string_lossy()]);
+    assert!(!ok && out.contains("spec.candidate"), "no endpoint is v3: {out}");
+    std::fs::write(&file, RELEASE.replace("service: checkout", "service: payments")).expect("write");
+    let (ok, out) = cp.ctl(&["release", "start", "-f", &file.to_string_lossy()]);
+    assert!(!ok && out.contains("spec.service") && out.contains("unknown service 'payments'"), "{out}");
+    let bg = RELEASE.replace("canary: {steps: [20, 50, 100], hold: 5s}", "abTest: {}");
+    std::fs::write(&file, bg).expect("write");
+    let (ok, out) = cp.ctl(&["release", "start", "-f", &file.to_string_lossy()]);
+    assert!(!ok && out.contains("abTest releases are not built yet"), "{out}");
+    start_release(&cp, dir.path(), RELEASE);
+    let s = wait_for("the first step", Duration::from_secs(10), || {
+        let s = status(&cp, "checkout-v2");
+        (s["weight"] == 20).then_some(s)
+    });
+    assert_eq!((s["phase"].as_str(), s["step"].as_u64()), (Some("Progressing"), Some(1)));
+    for (action, phase, weight) in
+        [("pause", "Paused", 20), ("resume", "Progressing", 20), ("promote", "Promoted", 100)]
+    {
+        let (ok, out) = cp.ctl(&["release", action, "checkout-v2", "-o", "json"]);
+        assert!(ok, "{action}: {out}");
+        let v: Value = serde_json::from_str(&out).expect("json");
+        assert_eq!((v["phase"].as_str(), v["weight"].as_u64()), (Some(phase), Some(weight)), "{action}");
+    }
+    let (ok, out) = cp.ctl(&["get", "envoy", "routes", "--node", "nobody", "-o", "json"]);
+    assert!(ok && out.contains("checkout~v2") && !out.contains("\"checkout~v1\""), "promoted: {out}");
+    let (ok, out) = cp.ctl(&["release", "list"]);
+    assert!(ok && out.contains("checkout-v2") && out.contains("Promoted"), "{out}");
+}
+
+/// Blue-green with real figures: requests with the preview header reach the
+/// candidate while everyone else stays on stable; after the preview's
+/// analysis all traffic switches at once, and after the switch's, the
+/// release is promoted — with no failed request.
+#[test]
+fn blue_green_previews_by_header_then_switches_without_a_failed_request() {
+    let dir = TempDir::new("release-bg");
+    let (_v1, p1) = echo("v1", dir.path());
+    let (_v2, p2) = echo("v2", dir.path());
+    let cp = ControlPlane::start(dir.path());
+    let port = free_port();
+    cp.apply(dir.path(), &mesh(p1, p2, "bg-envoy", port));
+    let _envoy = envoy(&cp, "bg-envoy", dir.path());
+    wait_for("the gateway", Duration::from_secs(20), || upstream_of(port));
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = UpstreamLoad::start(port, stop.clone(), 200_000, Duration::from_millis(2));
+    let previewed: Arc<std::sync::Mutex<Counts>> = Arc::default();
+    let (p, s) = (previewed.clone(), stop.clone());
+    let preview = std::thread::spawn(move || {
+        for _ in 0..5_000 {
+            if s.load(Ordering::Relaxed) {
+                break;
+            }
+            let h = [("x-release-preview", "candidate")];
+            let key = match http_request(addr(port), "GET", "/preview", "app", &h, "") {
+                Ok(r) => (r.header("x-upstream").unwrap_or("-").to_string(), r.status),
+                Err(_) => ("-".to_string(), 0),
+            };
+            *p.lock().unwrap_or_else(|e| e.into_inner()).entry(key).or_default() += 1;
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    });
+    let bg = RELEASE.replace("canary: {steps: [20, 50, 100], hold: 5s}", "blueGreen: {hold: 4s}");
+    start_release(&cp, dir.path(), &bg);
+    wait_for("the preview", Duration::from_secs(20), || (status(&cp, "checkout-v2")["started"] == true).then_some(()));
+    std::thread::sleep(Duration::from_secs(1));
+    let (a, pa) = (load.snapshot(), previewed.lock().map(|c| c.clone()).unwrap_or_default());
+    std::thread::sleep(Duration::from_secs(1));
+    let (b, pb) = (load.snapshot(), previewed.lock().map(|c| c.clone()).unwrap_or_default());
+    assert_eq!(status(&cp, "checkout-v2")["weight"], 0, "still previewing");
+    assert_eq!(added(&a, &b, "v2"), 0, "without the header: stable only");
+    assert!(added(&pa, &pb, "v2") > 0 && added(&pa, &pb, "v1") == 0, "with it: the candidate ({pb:?})");
+    let done = wait_for("the release to be promoted", Duration::from_secs(60), || {
+        std::thread::sleep(Duration::from_millis(200));
+        let s = status(&cp, "checkout-v2");
+        (s["phase"] == "Promoted").then_some(s)
+    });
+    stop.store(true, Ordering::Relaxed);
+    let after = load.join();
+    let _ = preview.join();
+    let previewed = previewed.lock().map(|c| c.clone()).unwrap_or_default();
+    eprintln!("blue-green: {done}\nrequests {after:?}; preview requests {previewed:?}");
+    let analyses = done["analyses"].as_array().cloned().unwrap_or_default();
+    assert_eq!(analyses.iter().map(|a| a["weight"].as_u64()).collect::<Vec<_>>(), [Some(0), Some(100)], "{done}");
+    assert!(analyses.iter().all(|a| a["result"] == "passed" && a["requests"].as_u64() >= Some(20)), "{done}");
+    assert_eq!(failed(&after) + failed(&previewed), 0, "no request failed");
+}
+
+/// A control plane stopped mid-release and started again on its data
+/// continues from the step it was at (the status is in the store).
+#[test]
+fn a_release_continues_from_its_step_after_a_restart() {
+    let dir = TempDir::new("release-restart");
+    let (xds, api, data) = (free_port(), free_port(), dir.path().join("cp-data"));
+    let mut cp = ControlPlane::start_at(dir.path(), xds, api, data.clone());
+    cp.apply(dir.path(), &mesh(18001, 18002, "nobody", free_port()));
+    let quick = RELEASE.replace("hold: 5s", "hold: 2s").replace("minRequests: 20", "minRequests: 0");
+    start_release(&cp, dir.path(), &quick);
+    wait_for("the second step", Duration::from_secs(20), || (status(&cp, "checkout-v2")["weight"] == 50).then_some(()));
+    cp.proc_.kill();
+    drop(cp);
+    let cp = ControlPlane::start_at(dir.path(), xds, api, data);
+    let s = status(&cp, "checkout-v2");
+    assert!(s["weight"].as_u64() >= Some(50) && s["analyses"].as_array().map(Vec::len) >= Some(1), "{s}");
+    let done = wait_for("the release to be promoted", Duration::from_secs(30), || {
+        std::thread::sleep(Duration::from_millis(200));
+        let s = status(&cp, "checkout-v2");
+        (s["phase"] == "Promoted").then_some(s)
+    });
+    assert_eq!(done["analyses"].as_array().map(Vec::len), Some(3), "{done}");
+}

@@ -1,0 +1,101 @@
+//! The task that drives releases: on the leader only, every tick, each
+//! running Release is advanced by the state machine; a new status is
+//! committed as a revision by `release/NAME` and so published.
+
+use crate::clock::unix_ms;
+use crate::releases::analysis::Figures;
+use crate::releases::machine::{act, advance, Action};
+use crate::releases::spec::{check, Status};
+use crate::resources::kind::Kind;
+use crate::resources::resource::of_kind;
+use crate::state::apply::ApplyError;
+use crate::state::controller::Controller;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How long a release waits for proxies to hold its version clusters
+/// before it starts anyway.
+pub const WARM_LIMIT: Duration = Duration::from_secs(10);
+
+/// Advances every running release once; returns how many changed.
+/// `waiting` remembers since when each release has waited to start.
+pub fn tick(ctrl: &Controller, figures: &dyn Figures, now_ms: u64, waiting: &mut BTreeMap<String, u64>) -> usize {
+    let state = ctrl.stored();
+    let mut changed = 0;
+    let warm = clusters_held(ctrl, state.revision);
+    waiting.retain(|name, _| state.resources.contains_key(&(Kind::Release, name.clone())));
+    for (name, r) in of_kind(&state.resources, Kind::Release) {
+        let Ok(release) = check(&r.doc) else { continue };
+        let status = Status::of(&r.doc);
+        let since = *waiting.entry(name.clone()).or_insert(now_ms);
+        let ready = warm || now_ms.saturating_sub(since) >= WARM_LIMIT.as_millis() as u64;
+        let Some(next) = advance(&release, &status, figures, now_ms, ready) else { continue };
+        let author = format!("release/{name}");
+        match ctrl.set_status(Kind::Release, name, next.to_value(), &author, &next.message) {
+            Ok(_) => {
+                tracing::info!(release = name.as_str(), phase = ?next.phase, weight = next.weight, "{}", next.message);
+                changed += 1;
+            }
+            Err(e) => tracing::warn!(release = name.as_str(), "cannot record the release's step: {e}"),
+        }
+    }
+    changed
+}
+
+/// True when every connected proxy has ACKed revision `revision`'s clusters
+/// and endpoints (so a release's new version clusters are warm).
+fn clusters_held(ctrl: &Controller, revision: u64) -> bool {
+    ctrl.fleet.list().iter().all(|p| {
+        [Kind::Cluster, Kind::ClusterLoadAssignment]
+            .iter()
+            .all(|k| p.types.get(k.name()).is_none_or(|t| t.acked_revision >= revision))
+    })
+}
+
+/// An operator's action on release `name`, committed by `author`.
+pub fn operate(ctrl: &Controller, name: &str, action: Action, author: &str) -> Result<Status, OperateError> {
+    let state = ctrl.stored();
+    let r = state
+        .resources
+        .get(&(Kind::Release, name.to_string()))
+        .ok_or_else(|| OperateError::NotFound(format!("Release/{name}")))?;
+    let next = act(&Status::of(&r.doc), action, unix_ms()).map_err(OperateError::Refused)?;
+    ctrl.set_status(Kind::Release, name, next.to_value(), author, &next.message)?;
+    Ok(next)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum OperateError {
+    #[error("{0} not found")]
+    NotFound(String),
+    #[error("{0}")]
+    Refused(String),
+    #[error(transparent)]
+    Apply(#[from] ApplyError),
+}
+
+/// Drives releases every `period` until the process ends (only the leader acts).
+pub fn start(ctrl: Arc<Controller>, period: Duration) {
+    tokio::spawn(async move {
+        let mut waiting = BTreeMap::new();
+        let mut every = tokio::time::interval(period.max(Duration::from_millis(50)));
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            every.tick().await;
+            if ctrl.is_leader() {
+                // Commits go to the store (SQLite or etcd): off the async workers.
+                let c = ctrl.clone();
+                let mut w = std::mem::take(&mut waiting);
+                if let Ok(back) = tokio::task::spawn_blocking(move || {
+                    tick(&c, c.as_ref(), unix_ms(), &mut w);
+                    w
+                })
+                .await
+                {
+                    waiting = back;
+                }
+            }
+        }
+    });
+}
