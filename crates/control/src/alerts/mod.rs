@@ -4,6 +4,7 @@
 //! - [`rule`]: the spec as written and the compiled rule (also used by
 //!   `resources/compile` to refuse a bad rule at apply);
 //! - [`source`]: what a rule reads (monitor, fleet, Secrets), behind a trait;
+//! - [`board`]: what the controller holds and the API reads (rule states, history, notifier);
 //! - [`evaluate`]: one rule's state machine: inactive, pending, firing;
 //! - [`payload`]: Alertmanager's webhook payload and its `/api/v2/alerts` list;
 //! - [`notify`]: bounded per-destination queues, retries with backoff;
@@ -12,6 +13,7 @@
 //! Every replica evaluates (so each answers `/v1/alerts`); only the leader
 //! (`Controller::is_leader`, always true on SQLite) notifies.
 
+pub mod board;
 pub mod evaluate;
 pub mod history;
 pub mod notify;
@@ -23,13 +25,13 @@ use crate::clock::unix_ms;
 use crate::resources::kind::Kind;
 use crate::resources::resource::of_kind;
 use crate::state::controller::Controller;
+pub use board::{Alerts, RuleView};
 use evaluate::{State, Tracker, Transition};
 use payload::Status;
 use rule::Rule;
-use serde::Serialize;
 use source::{measure, Measurement, Seen, Source};
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// How the evaluation runs.
@@ -44,45 +46,6 @@ pub struct Settings {
 impl Default for Settings {
     fn default() -> Self {
         Self { period: Duration::from_secs(1), external_url: String::new() }
-    }
-}
-
-/// One rule as `GET /v1/alerts` shows it.
-#[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct RuleView {
-    pub name: String,
-    pub service: Option<String>,
-    pub metric: String,
-    pub severity: String,
-    pub state: String,
-    pub value: Option<f64>,
-    pub threshold: f64,
-    /// `above` or `below`.
-    pub comparison: String,
-    /// When the current state began (RFC 3339).
-    pub since: String,
-    pub window: String,
-    #[serde(rename = "for")]
-    pub for_: String,
-    /// The nodes, secrets or service the value is about.
-    pub subjects: Vec<String>,
-}
-
-/// What the API reads: each rule's state and the history.
-#[derive(Default)]
-pub struct Alerts {
-    rules: Mutex<Vec<RuleView>>,
-    pub history: history::History,
-    pub notifier: notify::Notifier,
-}
-
-impl Alerts {
-    pub fn rules(&self) -> Vec<RuleView> {
-        self.rules.lock().unwrap_or_else(|e| e.into_inner()).clone()
-    }
-
-    fn set_rules(&self, views: Vec<RuleView>) {
-        *self.rules.lock().unwrap_or_else(|e| e.into_inner()) = views;
     }
 }
 

@@ -114,12 +114,3 @@ pub fn act(status: &Status, action: Action, now_ms: u64) -> Result<Status, Strin
     }
     Ok(next)
 }
-
-/// The candidate's percent of traffic a status routes.
-pub fn candidate_weight(status: &Status) -> u32 {
-    match status.phase {
-        Phase::Progressing | Phase::Paused => status.weight.min(100),
-        Phase::Promoted => 100,
-        Phase::RolledBack | Phase::Aborted => 0,
-    }
-}

@@ -352,6 +352,15 @@ fn duration(p: &mut Problems, field: &str, text: &str) -> Duration {
     })
 }
 
+/// The candidate's percent of traffic a status routes.
+pub fn candidate_weight(status: &Status) -> u32 {
+    match status.phase {
+        Phase::Progressing | Phase::Paused => status.weight.min(100),
+        Phase::Promoted => 100,
+        Phase::RolledBack | Phase::Aborted => 0,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

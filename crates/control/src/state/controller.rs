@@ -35,7 +35,7 @@ pub struct Controller {
     /// What the proxies report about their traffic.
     pub monitor: Arc<Monitor>,
     /// Alert rules' states, their history and notifications.
-    pub alerts: crate::alerts::Alerts,
+    pub alerts: crate::alerts::board::Alerts,
     /// This replica's name (in etcd's leader key and `/v1/replica`).
     replica_id: String,
     /// Whether this replica expires registry instances (always, on SQLite).

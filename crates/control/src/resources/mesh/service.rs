@@ -4,7 +4,7 @@
 
 use crate::discovery::registry::Instance;
 use crate::releases;
-use crate::releases::machine::candidate_weight;
+use crate::releases::spec::candidate_weight;
 use crate::releases::spec::{Release, Status};
 use crate::resources::document::{Document, NodeSelector};
 use crate::resources::kind::Kind;

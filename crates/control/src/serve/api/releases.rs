@@ -2,7 +2,8 @@
 //! Release document), and act on one (pause, resume, promote, abort).
 
 use crate::releases::driver::{operate, OperateError};
-use crate::releases::machine::{candidate_weight, Action};
+use crate::releases::machine::Action;
+use crate::releases::spec::candidate_weight;
 use crate::releases::spec::{check, Status};
 use crate::resources::document::{parse_documents, Document};
 use crate::resources::kind::Kind;
