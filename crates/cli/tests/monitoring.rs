@@ -311,3 +311,66 @@ fn prometheus_scrapes_the_fleet_series() {
     assert!(errors >= load.errors as f64, "{errors}");
     let _ = &f.legate;
 }
+
+/// (success, error, issued) in `node`'s load reports for `cluster` so far,
+/// summed over localities; None before its first report.
+fn load_of(cp: &ControlPlane, node: &str, cluster: &str) -> Option<(u64, u64, u64)> {
+    let v = cp.get("/v1/load")?;
+    let c = v["clusters"].as_array()?.iter().find(|c| c["node"] == node && c["cluster"] == cluster)?.clone();
+    let mut sum = (0, 0, 0);
+    for l in c["localities"].as_array()? {
+        let t = &l["total"];
+        sum.0 += t["success"].as_u64()?;
+        sum.1 += t["error"].as_u64()?;
+        sum.2 += t["issued"].as_u64()?;
+    }
+    Some(sum)
+}
+
+/// When `node` last reported `cluster`'s load (Unix ms; 0 before any report).
+fn reported_ms(cp: &ControlPlane, node: &str, cluster: &str) -> u64 {
+    let v = cp.get("/v1/load").unwrap_or_default();
+    let list = v["clusters"].as_array().cloned().unwrap_or_default();
+    let c = list.iter().find(|c| c["node"] == node && c["cluster"] == cluster);
+    c.and_then(|c| c["reported_ms"].as_u64()).unwrap_or(0)
+}
+
+/// Load reports: Envoy 1.40 and `legate proxy`, their bootstraps'
+/// `cluster_manager.load_stats_config` naming the control plane, report the
+/// requests each sent to its cluster; `/v1/load` shows exactly those (one
+/// in five answered 503: an error in LRS terms).
+#[test]
+fn load_reports_from_envoy_and_legate_reach_v1_load() {
+    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = TempDir::new("monitoring-lrs");
+    let (_upstream, up) = echo("echo", dir.path());
+    let cp = ControlPlane::start_with(dir.path(), free_port(), free_port(), dir.path().join("cp-data"), RETENTION);
+    let (envoy_listen, legate_listen) = (free_port(), free_port());
+    cp.apply(dir.path(), &resources(envoy_listen, legate_listen, up));
+    let lrs = "cluster_manager:\n  load_stats_config:\n    api_type: GRPC\n    transport_api_version: V3\n    \
+               grpc_services: [{ envoy_grpc: { cluster_name: xds_cluster } }]\n";
+    let (ea, la) = (free_port(), free_port());
+    let envoy_boot = format!("{}{lrs}", envoy_bootstrap(&cp, "envoy-1", ea));
+    let legate_boot = format!("{}{lrs}", legate_bootstrap(&cp, "legate-1", la));
+    let _envoy = start_proxy(Bin::Envoy, &envoy_boot, "envoy-1", ea, dir.path());
+    let _legate = start_proxy(Bin::Legate, &legate_boot, "legate-1", la, dir.path());
+    for (node, cluster, port) in [("envoy-1", "web", envoy_listen), ("legate-1", "api", legate_listen)] {
+        until_routed(port);
+        // A report made after the routing probes: from here on every request
+        // is in a later one.
+        let probed = now_ms();
+        let before = wait_for(&format!("{node}'s load report after the probes"), Duration::from_secs(20), || {
+            load_of(&cp, node, cluster).filter(|_| reported_ms(&cp, node, cluster) > probed)
+        });
+        for i in 0..20 {
+            let path = if i % 5 == 4 { "/status/503" } else { "/ok" };
+            let r = http_get(addr(port), path, "app").expect("request through the proxy");
+            assert!(r.status == 200 || r.status == 503, "{}", r.status);
+        }
+        let after = wait_for(&format!("{node}'s 20 requests in /v1/load"), Duration::from_secs(20), || {
+            load_of(&cp, node, cluster).filter(|l| l.2 >= before.2 + 20)
+        });
+        eprintln!("{node} {cluster}: load before {before:?}, after {after:?}");
+        assert_eq!((after.0 - before.0, after.1 - before.1, after.2 - before.2), (16, 4, 20), "{node}");
+    }
+}
