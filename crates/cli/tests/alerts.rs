@@ -256,10 +256,7 @@ fn error_rate_fires_when_envoy_serves_5xx_and_resolves() {
     let admin = free_port();
     let boot = ctl_bootstrap(&format!("http://127.0.0.1:{}", cp.api), "errors-envoy", cp.xds, admin, &[]);
     let boot = boot.replacen("stats_flush_interval: 5s\n", "stats_flush_interval: 1s\n", 1);
-    let file = dir.path().join("bootstrap-errors-envoy.yaml");
-    std::fs::write(&file, boot).expect("bootstrap");
-    let mut envoy = spawn_envoy("errors-envoy", &file, "warning", &[], dir.path());
-    wait_ready(admin, &mut envoy);
+    let _envoy = start_on(Bin::Envoy, &boot, "errors-envoy", admin, dir.path());
     wait_for("traffic through Envoy", Duration::from_secs(20), || upstream_of(listen));
 
     let rx = WebhookReceiver::start();

@@ -248,8 +248,8 @@ fn console_shows_the_fleet_and_rolls_back() {
     let (envoy_port, legate_port) = (free_port(), free_port());
     let listeners = [("envoy-1", envoy_port), ("legate-1", legate_port)];
     cp.apply(dir.path(), &fleet_resources(upstream, &listeners, ""));
-    let _envoy = attach_in(Bin::Envoy, &cp, "envoy-1", dir.path());
-    let _legate = attach_in(Bin::Legate, &cp, "legate-1", dir.path());
+    let _envoy = attach_with(Bin::Envoy, &cp, "envoy-1", &["--node-cluster", "console-fleet"], dir.path());
+    let _legate = attach_with(Bin::Legate, &cp, "legate-1", &["--node-cluster", "console-fleet"], dir.path());
     traffic(envoy_port, 30);
     traffic(legate_port, 30);
     // Both proxies' requests to web (wait_for's probes included).
@@ -274,22 +274,6 @@ fn console_shows_the_fleet_and_rolls_back() {
     wait_in_sync(&cp, &["envoy-1", "legate-1"], 1);
     check_nack(&mut b, &cp, dir.path(), upstream, &listeners);
     check_alerts(&mut b, &cp, dir.path());
-}
-
-/// Envoy or Legate as node `node` of cluster `console-fleet`, on a bootstrap
-/// `legate ctl bootstrap` wrote, once ready.
-fn attach_in(bin: Bin, cp: &ControlPlane, node: &str, dir: &Path) -> Attached {
-    let admin = free_port();
-    let server = format!("http://127.0.0.1:{}", cp.api);
-    let boot = ctl_bootstrap(&server, node, cp.xds, admin, &["--node-cluster", "console-fleet"]);
-    let file = dir.join(format!("bootstrap-{node}.yaml"));
-    std::fs::write(&file, boot).expect("bootstrap");
-    let mut p = match bin {
-        Bin::Envoy => spawn_envoy(node, &file, "warning", &[], dir),
-        Bin::Legate => spawn_legate(node, &file, &["-l", "info"], dir),
-    };
-    wait_ready(admin, &mut p);
-    Attached { proc_: p, admin }
 }
 
 /// Once tokens exist: without one the page says 401 plainly; a viewer sees

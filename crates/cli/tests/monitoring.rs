@@ -73,17 +73,6 @@ fn legate_bootstrap(cp: &ControlPlane, node: &str, admin: u16) -> String {
     )
 }
 
-fn start_proxy(bin: Bin, boot: &str, node: &str, admin: u16, dir: &std::path::Path) -> Attached {
-    let file = dir.join(format!("bootstrap-{node}.yaml"));
-    std::fs::write(&file, boot).expect("bootstrap");
-    let mut p = match bin {
-        Bin::Envoy => spawn_envoy(node, &file, "warning", &[], dir),
-        Bin::Legate => spawn_legate(node, &file, &["-l", "warn"], dir),
-    };
-    wait_ready(admin, &mut p);
-    Attached { proc_: p, admin }
-}
-
 /// What the load generator saw.
 #[derive(Debug, Default)]
 struct Traffic {
@@ -204,8 +193,8 @@ fn fleet(label: &str) -> Fleet {
     cp.apply(dir.path(), &resources(envoy_listen, legate_listen, up));
     let (ea, la) = (free_port(), free_port());
     let envoy_boot = envoy_bootstrap(&cp, "envoy-1", ea);
-    let envoy = start_proxy(Bin::Envoy, &envoy_boot, "envoy-1", ea, dir.path());
-    let legate = start_proxy(Bin::Legate, &legate_bootstrap(&cp, "legate-1", la), "legate-1", la, dir.path());
+    let envoy = start_on(Bin::Envoy, &envoy_boot, "envoy-1", ea, dir.path());
+    let legate = start_on(Bin::Legate, &legate_bootstrap(&cp, "legate-1", la), "legate-1", la, dir.path());
     until_routed(envoy_listen);
     until_routed(legate_listen);
     // From here on every answer the proxies give is counted.
@@ -265,7 +254,7 @@ fn a_restarted_proxy_keeps_totals_exact() {
 
     f.envoy.proc_.kill();
     let admin = f.envoy.admin;
-    f.envoy = start_proxy(Bin::Envoy, &f.envoy_boot, "envoy-1", admin, f.dir.path());
+    f.envoy = start_on(Bin::Envoy, &f.envoy_boot, "envoy-1", admin, f.dir.path());
     let probes = until_routed(f.envoy_listen);
     let second = paced_load(f.envoy_listen, 100, 50.0);
     let expected = before + first.answered + probes + second.answered;
@@ -352,8 +341,8 @@ fn load_reports_from_envoy_and_legate_reach_v1_load() {
     let (ea, la) = (free_port(), free_port());
     let envoy_boot = format!("{}{lrs}", envoy_bootstrap(&cp, "envoy-1", ea));
     let legate_boot = format!("{}{lrs}", legate_bootstrap(&cp, "legate-1", la));
-    let _envoy = start_proxy(Bin::Envoy, &envoy_boot, "envoy-1", ea, dir.path());
-    let _legate = start_proxy(Bin::Legate, &legate_boot, "legate-1", la, dir.path());
+    let _envoy = start_on(Bin::Envoy, &envoy_boot, "envoy-1", ea, dir.path());
+    let _legate = start_on(Bin::Legate, &legate_boot, "legate-1", la, dir.path());
     for (node, cluster, port) in [("envoy-1", "web", envoy_listen), ("legate-1", "api", legate_listen)] {
         until_routed(port);
         // A report made after the routing probes: from here on every request

@@ -211,9 +211,19 @@ pub struct Attached {
 /// Envoy or Legate as node `node` on a bootstrap `legate ctl bootstrap`
 /// wrote for `cp` (delta xDS when `delta`), once ready.
 pub fn attach(bin: Bin, cp: &ControlPlane, node: &str, delta: bool, dir: &Path) -> Attached {
+    attach_with(bin, cp, node, if delta { &["--delta"] } else { &[] }, dir)
+}
+
+/// [`attach`] with `ctl bootstrap` flags of the caller's (`--node-cluster`, ...).
+pub fn attach_with(bin: Bin, cp: &ControlPlane, node: &str, flags: &[&str], dir: &Path) -> Attached {
     let admin = free_port();
     let server = format!("http://127.0.0.1:{}", cp.api);
-    let boot = ctl_bootstrap(&server, node, cp.xds, admin, if delta { &["--delta"] } else { &[] });
+    start_on(bin, &ctl_bootstrap(&server, node, cp.xds, admin, flags), node, admin, dir)
+}
+
+/// Envoy or Legate as node `node` on the bootstrap text `boot` (its admin
+/// on `admin`), once ready.
+pub fn start_on(bin: Bin, boot: &str, node: &str, admin: u16, dir: &Path) -> Attached {
     let file = dir.join(format!("bootstrap-{node}.yaml"));
     std::fs::write(&file, boot).expect("bootstrap");
     let mut p = match bin {
