@@ -135,6 +135,8 @@ pub fn build(
             .unwrap_or_else(|| http::HeaderValue::from_static("")),
         jwks_async: Default::default(),
         secrets,
+        conn_limit: crate::server::overload::conn_limit(b)
+            .map_err(|(path, reason)| ServerError::Config { path, reason })?,
     };
     if let Some(sr) = &b.static_resources {
         for (i, l) in sr.listeners.iter().enumerate() {
