@@ -429,7 +429,7 @@ async fn dispatch(
         }
         return;
     };
-    let (accepted, sigalg) = dtls.accept(stream).await;
+    let (accepted, sigalg) = Box::pin(dtls.accept(stream)).await;
     match accepted {
         Ok(tls) => {
             let server = tls.get_ref().1;
@@ -478,11 +478,19 @@ async fn serve_filter<S: crate::io::Io>(
     alpn_h2: Option<bool>,
     phase: watch::Receiver<Phase>,
 ) {
+    // Each terminal filter's future is boxed: a connection's task is as
+    // large as the largest of its futures, so unboxed, every connection
+    // would keep room for the largest filter, whichever it runs.
     match &chain.filter {
-        NetFilter::Tcp(t) => t.serve(io, conn.remote, conn.local).await,
-        NetFilter::Http(h) => serve_http(listener, h, io, conn, alpn_h2, phase).await,
+        NetFilter::Tcp(t) => Box::pin(t.serve(io, conn.remote, conn.local)).await,
+        NetFilter::Http(h) => Box::pin(serve_http(listener, h, io, conn, alpn_h2, phase)).await,
     }
 }
+
+/// What the connection manager answers one request with, boxed.
+type RequestFuture = std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<crate::http::conn_manager::ProxyResponse, Infallible>> + Send>,
+>;
 
 async fn serve_http<S: crate::io::Io>(
     listener: &Arc<ListenerConfig>,
@@ -502,10 +510,12 @@ async fn serve_http<S: crate::io::Io>(
     let info = Arc::new(info);
     let conn_info = info.clone();
     let hcm = http.hcm.clone();
-    let svc = service_fn(move |req| {
+    // A request's future is boxed: hyper keeps room for one in every
+    // connection (idle ones too), and the request path's future is large.
+    let svc = service_fn(move |req| -> RequestFuture {
         let hcm = hcm.clone();
         let info = info.clone();
-        async move { Ok::<_, Infallible>(hcm.handle(info, req).await) }
+        Box::pin(async move { Ok::<_, Infallible>(hcm.handle(info, req).await) })
     });
     let mut config_drain = listener.draining.subscribe();
     let io = crate::http::h1_errors::EnvoyErrors::new(
@@ -517,8 +527,9 @@ async fn serve_http<S: crate::io::Io>(
     let builder = http.builder_for(alpn_h2);
     // With upgrades: a 101 (or a 2xx to CONNECT) hands the connection to the
     // connection manager's tunnel.
-    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
-    tokio::pin!(conn);
+    // Boxed, so that the connection's task holds only what this protocol
+    // needs, not room for the largest of every path that leads here.
+    let mut conn = Box::pin(builder.serve_connection_with_upgrades(TokioIo::new(io), svc));
     let mut draining = *phase.borrow() == Phase::Drain;
     if draining {
         conn.as_mut().graceful_shutdown();
