@@ -5,12 +5,14 @@
 use crate::resources::certinfo;
 use crate::resources::document::{parse_documents, Document};
 use crate::resources::kind::Kind;
+use crate::rollouts::board::{Policy, PolicySpec};
 use crate::serve::api::access::authorize;
 use crate::serve::api::auth::Role;
-use crate::serve::api::reply::{bad_request, not_found};
+use crate::serve::api::reply::{bad_request, error, not_found};
 use crate::state::controller::Controller;
 use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
@@ -28,6 +30,10 @@ pub struct ApplyBody {
     message: String,
     #[serde(default)]
     dry_run: bool,
+    /// Stage the change: a canary share (or named proxies) first, the rest
+    /// after the hold if the canary does no worse.
+    #[serde(default)]
+    rollout: Option<serde_json::Value>,
 }
 
 pub async fn apply(State(ctrl): State<Arc<Controller>>, headers: HeaderMap, Json(body): Json<ApplyBody>) -> Response {
@@ -40,7 +46,16 @@ pub async fn apply(State(ctrl): State<Arc<Controller>>, headers: HeaderMap, Json
             Err(e) => return bad_request("parse", e),
         }
     }
-    match ctrl.apply(&docs, &actor.name, &body.message, body.dry_run) {
+    let policy = match body.rollout.as_ref().map(rollout_policy) {
+        Some(Ok(p)) if !body.dry_run => Some(p),
+        Some(Err(r)) => return *r,
+        _ => None,
+    };
+    let result = match &policy {
+        Some(p) => ctrl.apply_staged(&docs, &actor.name, &body.message, p),
+        None => ctrl.apply(&docs, &actor.name, &body.message, body.dry_run),
+    };
+    match result {
         Ok(outcome) => {
             if let Some(rev) = outcome.revision {
                 let changed: Vec<String> = outcome.created.iter().chain(&outcome.updated).cloned().collect();
@@ -50,6 +65,24 @@ pub async fn apply(State(ctrl): State<Arc<Controller>>, headers: HeaderMap, Json
         }
         Err(e) => e.into_response(),
     }
+}
+
+/// The `rollout` of an apply, or a 400 naming its bad fields.
+fn rollout_policy(v: &serde_json::Value) -> Result<Policy, Box<Response>> {
+    let spec: PolicySpec =
+        serde_json::from_value(v.clone()).map_err(|e| Box::new(bad_request("rollout", format!("rollout: {e}"))))?;
+    spec.check("rollout").map_err(|problems| {
+        let errors: Vec<serde_json::Value> = problems
+            .iter()
+            .map(|(path, reason)| json!({"resource": "apply", "path": path, "reason": reason}))
+            .collect();
+        Box::new(error(
+            StatusCode::BAD_REQUEST,
+            "invalid",
+            "the rollout is invalid; nothing was applied",
+            json!(errors),
+        ))
+    })
 }
 
 fn docs_json(ctrl: &Controller, kind: Option<Kind>, name: Option<&str>) -> Vec<serde_json::Value> {
