@@ -293,3 +293,101 @@ fn a_release_continues_from_its_step_after_a_restart() {
     });
     assert_eq!(done["analyses"].as_array().map(Vec::len), Some(3), "{done}");
 }
+
+/// `legate proxy` on `ctl bootstrap`, its stats streamed every second.
+fn legate(cp: &ControlPlane, node: &str, dir: &Path) -> Attached {
+    let admin = free_port();
+    let boot = ctl_bootstrap(&format!("http://127.0.0.1:{}", cp.api), node, cp.xds, admin, &[]);
+    start_on(Bin::Legate, &boot.replace("stats_flush_interval: 5s", "stats_flush_interval: 1s"), node, admin, dir)
+}
+
+/// A slow candidate (every answer 700 ms late) behind Envoy 1.40 and
+/// `legate proxy` is rolled back at its first analysis on its p99, and the
+/// rollback reaches both proxies within one second of the decision: from
+/// the analysis' time to each proxy's ACK of the rollback's routes.
+#[test]
+fn a_slow_candidate_is_rolled_back_and_every_proxy_has_the_rollback_within_a_second() {
+    let dir = TempDir::new("release-slow");
+    let (_v1, p1) = echo("v1", dir.path());
+    let (_v2, p2) = echo_with("v2", dir.path(), &["--delay-ms", "700"]);
+    let cp = ControlPlane::start(dir.path());
+    let (pe, pl) = (free_port(), free_port());
+    let legate_gateway = format!(
+        "---\nkind: Gateway\nmetadata: {{ name: edge-legate, nodes: {{ ids: [slow-legate] }} }}\nspec:\n  address: 127.0.0.1\n  port: {pl}\n  routes:\n  - match: {{ prefix: / }}\n    to: [{{ service: checkout }}]\n"
+    );
+    cp.apply(dir.path(), &(mesh(p1, p2, "slow-envoy", pe) + &legate_gateway));
+    let _envoy = envoy(&cp, "slow-envoy", dir.path());
+    let _legate = legate(&cp, "slow-legate", dir.path());
+    for port in [pe, pl] {
+        wait_for("the gateways", Duration::from_secs(20), || upstream_of(port));
+    }
+    // Several clients per proxy, so slow answers do not starve the analysis of requests.
+    let stop = Arc::new(AtomicBool::new(false));
+    let loads: Vec<UpstreamLoad> = [pe, pe, pe, pl, pl, pl]
+        .iter()
+        .map(|p| UpstreamLoad::start(*p, stop.clone(), 100_000, Duration::from_millis(2)))
+        .collect();
+    start_release(&cp, dir.path(), &RELEASE.replace("minRequests: 20", "minRequests: 10"));
+    let done = wait_for("the release to be rolled back", Duration::from_secs(60), || {
+        std::thread::sleep(Duration::from_millis(100));
+        let s = status(&cp, "checkout-v2");
+        (s["phase"] == "RolledBack").then_some(s)
+    });
+    let history = cp.get("/v1/revisions").expect("revisions");
+    let rollback = history["revisions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|r| {
+            r["author"] == "release/checkout-v2" && r["message"].as_str().is_some_and(|m| m.starts_with("rolled back"))
+        })
+        .and_then(|r| r["revision"].as_u64())
+        .expect("the rollback's revision");
+    let decided = done["analyses"][0]["atMs"].as_u64().expect("decision time");
+    let acks = wait_for("both proxies to ACK the rollback", Duration::from_secs(10), || {
+        let routes: Vec<(String, u64, u64)> = cp
+            .proxies()
+            .iter()
+            .map(|p| {
+                let t = &p["types"]["RouteConfiguration"];
+                let id = p["node"]["id"].as_str().unwrap_or("").to_string();
+                (id, t["acked_revision"].as_u64().unwrap_or(0), t["acked_at_ms"].as_u64().unwrap_or(0))
+            })
+            .collect();
+        (routes.len() == 2 && routes.iter().all(|(_, rev, _)| *rev >= rollback)).then_some(routes)
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    stop.store(true, Ordering::Relaxed);
+    let mut total = Counts::new();
+    for l in loads {
+        for (k, n) in l.join() {
+            *total.entry(k).or_default() += n;
+        }
+    }
+    let to_candidate: usize = total.iter().filter(|((u, _), _)| u == "v2").map(|(_, n)| n).sum();
+    let a = &done["analyses"][0];
+    eprintln!("rolled back: {done}");
+    eprintln!(
+        "slow candidate: {to_candidate} of {} requests reached it; analysed on {} candidate requests, p99 {} ms",
+        total.values().sum::<usize>(),
+        a["requests"],
+        a["p99Ms"]
+    );
+    for (node, _, at) in &acks {
+        eprintln!(
+            "rollback (revision {rollback}) ACKed by {node} {} ms after the decision",
+            at.saturating_sub(decided)
+        );
+    }
+    assert_eq!(done["step"].as_u64(), Some(1), "at the first analysis: {done}");
+    assert!(a["result"] == "failed" && a["reason"].as_str().is_some_and(|r| r.contains("p99")), "{a}");
+    assert!(a["p99Ms"].as_f64().is_some_and(|p| p > 500.0), "{a}");
+    assert_eq!(failed(&total), 0, "slow, not failing: {total:?}");
+    for (node, _, at) in &acks {
+        assert!(
+            *at >= decided && at - decided <= 1000,
+            "{node} ACKed the rollback {} ms after the decision",
+            at.saturating_sub(decided)
+        );
+    }
+}
