@@ -293,13 +293,34 @@ fn rollouts_are_checked_and_hold_other_changes() {
     // No proxy receives it: nothing to stage, applied at once.
     let (ok, out) = staged_apply(&cp, dir.path(), &mesh(&[p1, 18003], &[(node, port)]), "25%", "30s");
     assert!(ok && out.contains("no connected proxy receives the change"), "{out}");
-    let _proxy = attach(Bin::Legate, &cp, node, false, dir.path());
-    wait_for("the proxy", Duration::from_secs(20), || upstream_of(port));
     let f = dir.path().join("more.yaml");
     std::fs::write(&f, mesh(&[p1], &[(node, port)])).expect("write");
     let fs = f.to_string_lossy().to_string();
-    let (ok, out) = cp.ctl(&["apply", "-f", &fs, "--canary-nodes", node, "--hold", "30s", "--no-wait"]);
-    assert!(ok && out.contains("staged"), "{out}");
+    let (ok, out) = cp.ctl(&["apply", "-f", &fs, "--canary-nodes", node, "--hold", "30s"]);
+    assert!(!ok && out.contains("none of the named proxies"), "the named canary is not connected: {out}");
+    let _proxy = attach(Bin::Legate, &cp, node, false, dir.path());
+    wait_for("the proxy", Duration::from_secs(20), || upstream_of(port));
+    // A Rollout policy stages every apply that gives none.
+    let policy =
+        |name: &str| format!("kind: Rollout\nmetadata: {{ name: {name} }}\nspec: {{ nodes: [{node}], hold: 30s }}\n");
+    let (ok, out) = staged_policy(&cp, dir.path(), &policy("sometimes"));
+    assert!(!ok && out.contains("metadata.name") && out.contains("'default'"), "{out}");
+    let (ok, out) = staged_policy(&cp, dir.path(), &policy("default"));
+    assert!(
+        ok && out.contains("Rollout/default created") && !out.contains("staged"),
+        "the policy itself is not staged: {out}"
+    );
+    let (ok, out) = cp.ctl(&["apply", "-f", &fs, "--no-wait"]);
+    assert!(ok && out.contains(&format!("staged on {node}")), "staged by the policy: {out}");
+    let (ok, table) = cp.ctl(&["proxies"]);
+    assert!(ok && table.contains("canary of"), "{table}");
     let (ok, out) = cp.ctl(&["delete", "gateway", "edge-0"]);
     assert!(!ok && out.contains("is being rolled out"), "changes wait for the rollout: {out}");
+}
+
+/// `ctl apply -f` of `yaml`: whether it succeeded and what it printed.
+fn staged_policy(cp: &ControlPlane, dir: &Path, yaml: &str) -> (bool, String) {
+    let f = dir.join(format!("policy-{}.yaml", free_port()));
+    std::fs::write(&f, yaml).expect("write");
+    cp.ctl(&["apply", "-f", &f.to_string_lossy()])
 }

@@ -191,7 +191,7 @@ fn releases_are_checked_and_operated_from_ctl() {
     let bg = RELEASE.replace("canary: {steps: [20, 50, 100], hold: 5s}", "abTest: {}");
     std::fs::write(&file, bg).expect("write");
     let (ok, out) = cp.ctl(&["release", "start", "-f", &file.to_string_lossy()]);
-    assert!(!ok && out.contains("abTest releases are not built yet"), "{out}");
+    assert!(!ok && out.contains("spec.strategy.abTest") && out.contains("needs headers or cookies"), "{out}");
     start_release(&cp, dir.path(), RELEASE);
     let s = wait_for("the first step", Duration::from_secs(10), || {
         let s = status(&cp, "checkout-v2");

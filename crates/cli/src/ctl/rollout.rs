@@ -26,11 +26,17 @@ pub struct StageArgs {
     /// Print the staged state and return without waiting for the outcome.
     #[arg(long)]
     pub no_wait: bool,
+    /// Apply to every proxy at once even when a `Rollout` policy would stage it.
+    #[arg(long, conflicts_with_all = ["canary", "canary_nodes"])]
+    pub no_canary: bool,
 }
 
 impl StageArgs {
     /// The `rollout` of the apply's body, when staged.
     pub fn body(&self) -> Option<Value> {
+        if self.no_canary {
+            return Some(json!(false));
+        }
         if self.canary.is_none() && self.canary_nodes.is_empty() {
             return None;
         }

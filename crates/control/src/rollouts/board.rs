@@ -104,6 +104,25 @@ impl PolicySpec {
     }
 }
 
+/// The one `Rollout` resource's name: the policy every apply through the
+/// API is staged with unless it gives its own.
+pub const POLICY_NAME: &str = "default";
+
+/// Checks a `Rollout` document: named `default`, for no nodes, its spec a policy.
+pub fn check_document(doc: &crate::resources::document::Document) -> Result<Policy, Vec<(String, String)>> {
+    if doc.metadata.name != POLICY_NAME {
+        let reason = format!("the rollout policy is the Rollout named '{POLICY_NAME}'");
+        return Err(vec![("metadata.name".into(), reason)]);
+    }
+    if !doc.metadata.nodes.is_empty() {
+        let reason = "a Rollout is not sent to proxies; its canary picks among them".to_string();
+        return Err(vec![("metadata.nodes".into(), reason)]);
+    }
+    let spec: PolicySpec =
+        serde_json::from_value(doc.spec.clone()).map_err(|e| vec![("spec".to_string(), e.to_string())])?;
+    spec.check("spec")
+}
+
 fn duration(p: &mut Vec<(String, String)>, field: &str, text: &str) -> Duration {
     humantime::parse_duration(text.trim()).unwrap_or_else(|e| {
         p.push((field.into(), format!("'{text}' is not a duration such as 30s or 1m: {e}")));

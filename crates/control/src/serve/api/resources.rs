@@ -46,10 +46,15 @@ pub async fn apply(State(ctrl): State<Arc<Controller>>, headers: HeaderMap, Json
             Err(e) => return bad_request("parse", e),
         }
     }
-    let policy = match body.rollout.as_ref().map(rollout_policy) {
-        Some(Ok(p)) if !body.dry_run => Some(p),
-        Some(Err(r)) => return *r,
-        _ => None,
+    let policy = match body.rollout.as_ref() {
+        // `rollout: false`: applied to every proxy at once, whatever the Rollout policy.
+        Some(serde_json::Value::Bool(false)) => None,
+        Some(v) => match rollout_policy(v) {
+            Ok(p) => Some(p).filter(|_| !body.dry_run),
+            Err(r) => return *r,
+        },
+        None if body.dry_run || docs.iter().all(|d| Kind::parse(&d.kind) == Some(Kind::Rollout)) => None,
+        None => default_policy(&ctrl),
     };
     let result = match &policy {
         Some(p) => ctrl.apply_staged(&docs, &actor.name, &body.message, p),
@@ -65,6 +70,14 @@ pub async fn apply(State(ctrl): State<Arc<Controller>>, headers: HeaderMap, Json
         }
         Err(e) => e.into_response(),
     }
+}
+
+/// The policy of the `Rollout` resource, when there is one: every apply
+/// that gives none is staged with it (except one that changes only the policy).
+fn default_policy(ctrl: &Controller) -> Option<Policy> {
+    let state = ctrl.stored();
+    let r = state.resources.get(&(Kind::Rollout, crate::rollouts::board::POLICY_NAME.to_string()))?;
+    crate::rollouts::board::check_document(&r.doc).ok()
 }
 
 /// The `rollout` of an apply, or a 400 naming its bad fields.
