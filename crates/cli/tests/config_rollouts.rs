@@ -316,6 +316,18 @@ fn rollouts_are_checked_and_hold_other_changes() {
     assert!(ok && table.contains("canary of"), "{table}");
     let (ok, out) = cp.ctl(&["delete", "gateway", "edge-0"]);
     assert!(!ok && out.contains("is being rolled out"), "changes wait for the rollout: {out}");
+    // A control plane stopped during the hold rolls the staged revision back when it starts.
+    let staged = cp.get("/v1/rollouts").expect("rollouts")["current"]["revision"].as_u64().expect("staged");
+    let data = cp.data.clone();
+    drop(cp);
+    let cp = ControlPlane::start_at(dir.path(), free_port(), free_port(), data);
+    let (ok, hist) = cp.ctl(&["history"]);
+    assert!(
+        ok && hist.contains(&format!("rollout of revision {staged} rolled back"))
+            && hist.contains("restarted during its hold"),
+        "{hist}"
+    );
+    assert!(cp.get("/v1/rollouts").expect("rollouts")["current"].is_null());
 }
 
 /// `ctl apply -f` of `yaml`: whether it succeeded and what it printed.
