@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 /// The flags of a staged apply.
 #[derive(clap::Args, Default)]
+#[command(group(clap::ArgGroup::new("canary_target").args(["canary", "canary_nodes"])))]
 pub struct StageArgs {
     /// Stage the change: this share of the proxies that would receive it
     /// (`10%`) gets it first; the rest after the hold, if those did no worse.
@@ -21,7 +22,7 @@ pub struct StageArgs {
     #[arg(long, value_delimiter = ',', conflicts_with = "canary")]
     pub canary_nodes: Vec<String>,
     /// How long the canary runs the change before it is judged (default 30s).
-    #[arg(long)]
+    #[arg(long, requires = "canary_target")]
     pub hold: Option<String>,
     /// Print the staged state and return without waiting for the outcome.
     #[arg(long)]
