@@ -144,16 +144,28 @@ fn watch(cp: &ControlPlane) -> Watch {
     Watch { stop, thread }
 }
 
-/// `ctl apply -f FILE --canary SHARE --hold HOLD` from a thread: whether it
-/// succeeded and what it printed.
+/// `ctl apply -f FILE --canary SHARE --hold HOLD` (SHARE a percent, or
+/// node ids for `--canary-nodes`): whether it succeeded and what it printed.
 fn staged_apply(cp: &ControlPlane, dir: &Path, yaml: &str, share: &str, hold: &str) -> (bool, String) {
     let f = dir.join(format!("staged-{}.yaml", free_port()));
     std::fs::write(&f, yaml).expect("write");
-    cp.ctl(&["apply", "-f", &f.to_string_lossy(), "--canary", share, "--hold", hold, "-m", "staged change"])
+    let flag = if share.ends_with('%') { "--canary" } else { "--canary-nodes" };
+    cp.ctl(&["apply", "-f", &f.to_string_lossy(), flag, share, "--hold", hold, "-m", "staged change"])
 }
 
+/// 25 % of the four: the canary the control plane picks (an Envoy, for these node ids).
 #[test]
 fn a_broken_change_is_rolled_back_after_reaching_only_the_canary() {
+    broken_change_rolled_back("25%");
+}
+
+/// The same with a `legate proxy` named as the canary.
+#[test]
+fn a_broken_change_on_a_named_legate_canary_is_rolled_back() {
+    broken_change_rolled_back("cr-legate-2");
+}
+
+fn broken_change_rolled_back(canary_flag: &str) {
     let dir = TempDir::new("rollout-bad");
     let (_live, live) = echo("live", dir.path());
     let dead = free_port();
@@ -167,7 +179,7 @@ fn a_broken_change_is_rolled_back_after_reaching_only_the_canary() {
     let before = loads.snapshot();
     let w = watch(&cp);
     let started = Instant::now();
-    let (ok, out) = staged_apply(&cp, dir.path(), &mesh(&[dead], &f.ports), "25%", "5s");
+    let (ok, out) = staged_apply(&cp, dir.path(), &mesh(&[dead], &f.ports), canary_flag, "5s");
     let took = started.elapsed();
     let rollouts = cp.get("/v1/rollouts").expect("rollouts");
     let r = rollouts["history"][0].clone();
@@ -187,6 +199,9 @@ fn a_broken_change_is_rolled_back_after_reaching_only_the_canary() {
     let canary: Vec<String> =
         r["canary"].as_array().into_iter().flatten().filter_map(|c| c.as_str().map(String::from)).collect();
     assert_eq!(canary.len(), 1, "25% of four proxies is one: {r}");
+    if !canary_flag.ends_with('%') {
+        assert_eq!(canary, [canary_flag], "the named canary: {r}");
+    }
     assert_eq!(r["others"].as_array().map(Vec::len), Some(3), "{r}");
     let (staged, previous) = (r["revision"].as_u64().expect("revision"), r["previous"].as_u64().expect("previous"));
     let e = &r["evidence"];
@@ -250,7 +265,7 @@ fn a_good_change_goes_to_every_proxy_after_the_hold() {
     let loads = Loads::start(&f);
     std::thread::sleep(Duration::from_secs(3));
     let w = watch(&cp);
-    let (ok, out) = staged_apply(&cp, dir.path(), &mesh(&[p2], &f.ports), "50%", "4s");
+    let (ok, out) = staged_apply(&cp, dir.path(), &mesh(&[p2], &f.ports), "cr-envoy-1,cr-legate-1", "4s");
     let r = cp.get("/v1/rollouts").expect("rollouts")["history"][0].clone();
     serving(&f, "v2");
     let after = loads.join();
@@ -260,7 +275,7 @@ fn a_good_change_goes_to_every_proxy_after_the_hold() {
     assert!(ok && out.contains("promoted"), "{out}");
     assert_eq!(r["state"], "promoted", "{r}");
     let canary: Vec<&str> = r["canary"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
-    assert_eq!(canary.len(), 2, "half of four proxies: {r}");
+    assert_eq!(canary, ["cr-envoy-1", "cr-legate-1"], "an Envoy and a Legate named: {r}");
     let staged = r["revision"].as_u64().expect("revision");
     for (node, _) in &f.ports {
         let sent = seen.get(*node).cloned().unwrap_or_default();
