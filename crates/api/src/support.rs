@@ -300,7 +300,7 @@ const SUPPORTED_FIELDS: &[(&str, &[&str])] = &[
     ),
     ("envoy.config.route.v3.RouteAction.UpgradeConfig", &["upgrade_type", "enabled", "connect_config"]),
     ("envoy.config.route.v3.RouteAction.UpgradeConfig.ConnectConfig", &[]),
-    ("envoy.config.route.v3.WeightedCluster", &["clusters"]),
+    ("envoy.config.route.v3.WeightedCluster", &["clusters", "header_name", "use_hash_policy"]),
     (
         "envoy.config.route.v3.RouteAction.RequestMirrorPolicy",
         &["cluster", "runtime_fraction", "disable_shadow_host_suffix_append"],

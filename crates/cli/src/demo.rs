@@ -44,6 +44,7 @@ fn start_upstreams() -> anyhow::Result<()> {
                         name: name.into(),
                         plain: false,
                         status: None,
+                        delay_ms: None,
                         log_requests: false,
                         grpc_health: "SERVING".into(),
                         refuse_h2_streams: false,

@@ -34,6 +34,9 @@ pub struct EchoArgs {
     /// Answer every request with this status (a failing upstream for tests).
     #[arg(long)]
     pub status: Option<u16>,
+    /// Wait this long before every answer (a slow upstream for tests).
+    #[arg(long)]
+    pub delay_ms: Option<u64>,
     /// Print each request received as one JSON line on stdout (what it saw).
     #[arg(long)]
     pub log_requests: bool,
@@ -232,7 +235,7 @@ async fn respond(args: &EchoArgs, peer: SocketAddr, req: hyper::Request<Incoming
     if let Some(code) = segment_after("status").and_then(|c| u16::try_from(c).ok()) {
         status = code;
     }
-    if let Some(ms) = segment_after("delay") {
+    if let Some(ms) = segment_after("delay").or(args.delay_ms) {
         tokio::time::sleep(std::time::Duration::from_millis(ms.min(60_000))).await;
     }
     let body = if args.plain {

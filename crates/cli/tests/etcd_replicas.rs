@@ -164,3 +164,53 @@ fn replicas_share_config_fail_over_and_elect_a_registry_leader() {
     let (ok2, h2) = r2.ctl(&["history"]);
     assert!(ok && ok2 && h1 == h2 && h1.lines().count() == 4, "history:\n{h1}\n{h2}");
 }
+
+/// A Release on two replicas sharing etcd: only the leader drives it (each
+/// step committed once, by the leader, whichever replica it was started
+/// on), and when the leader dies mid-release the new leader goes on from
+/// the step it had reached to `Promoted`.
+#[test]
+fn one_replica_drives_a_release_and_a_new_leader_continues_it() {
+    let dir = TempDir::new("etcd-release");
+    let etcd = Etcd::start(dir.path());
+    let mut r0 = replica("replica-0", &etcd, dir.path());
+    wait_for("replica-0 to lead", Duration::from_secs(10), || r0.is_leader().then_some(()));
+    let r1 = replica("replica-1", &etcd, dir.path());
+    assert!(!r1.is_leader(), "one leader");
+    let mesh = "kind: Service\nmetadata: { name: checkout }\nspec:\n  endpoints:\n  - { address: 127.0.0.1, port: 18001, labels: { version: v1 } }\n  - { address: 127.0.0.1, port: 18002, labels: { version: v2 } }\n---\nkind: Gateway\nmetadata: { name: edge, nodes: { ids: [nobody] } }\nspec:\n  address: 127.0.0.1\n  port: 18080\n  routes:\n  - match: { prefix: / }\n    to: [{ service: checkout }]\n";
+    r0.apply(dir.path(), mesh);
+    let release = "kind: Release\nmetadata: {name: checkout-v2}\nspec:\n  service: checkout\n  stable: {version: v1}\n  candidate: {version: v2}\n  strategy:\n    canary: {steps: [20, 50, 100], hold: 2s}\n  analysis: {window: 2s, minRequests: 0}\n";
+    // Started on the replica that does not lead.
+    let file = dir.path().join("release.yaml");
+    std::fs::write(&file, release).expect("write");
+    let (ok, out) = r1.ctl(&["release", "start", "-f", &file.to_string_lossy()]);
+    assert!(ok, "{out}");
+    let status = |cp: &ControlPlane| -> serde_json::Value {
+        let (ok, out) = cp.ctl(&["release", "status", "checkout-v2", "-o", "json"]);
+        assert!(ok, "{out}");
+        serde_json::from_str(&out).expect("json")
+    };
+    wait_for("the second step", Duration::from_secs(20), || (status(&r1)["weight"] == 50).then_some(()));
+    let (log0, log1) = (r0.output(), r1.output());
+    assert!(log0.contains("step 2 of 3"), "the leader drove the steps: {log0}");
+    assert!(!log1.contains("step 1 of 3") && !log1.contains("step 2 of 3"), "the other replica did not: {log1}");
+    // The leader dies; replica-1 takes over and goes on from step 2.
+    let killed = Instant::now();
+    r0.proc_.kill();
+    wait_for("replica-1 to lead", Duration::from_secs(15), || r1.is_leader().then_some(()));
+    let done = wait_for("the release to be promoted", Duration::from_secs(30), || {
+        std::thread::sleep(Duration::from_millis(200));
+        let s = status(&r1);
+        (s["phase"] == "Promoted").then_some(s)
+    });
+    eprintln!("promoted {:?} after the leader was killed: {done}", killed.elapsed());
+    let log1 = r1.output();
+    assert!(log1.contains("step 3 of 3") && log1.contains("promoted: every step passed"), "{log1}");
+    // Every step committed once, by the release, across both leaders.
+    let (ok, hist) = r1.ctl(&["history", "-o", "json"]);
+    assert!(ok, "{hist}");
+    for step in ["step 1 of 3", "step 2 of 3", "step 3 of 3", "promoted: every step passed"] {
+        assert_eq!(hist.matches(step).count(), 1, "{step} committed once: {hist}");
+    }
+    assert_eq!(done["analyses"].as_array().map(Vec::len), Some(3), "{done}");
+}

@@ -191,7 +191,7 @@ fn releases_are_checked_and_operated_from_ctl() {
     let bg = RELEASE.replace("canary: {steps: [20, 50, 100], hold: 5s}", "abTest: {}");
     std::fs::write(&file, bg).expect("write");
     let (ok, out) = cp.ctl(&["release", "start", "-f", &file.to_string_lossy()]);
-    assert!(!ok && out.contains("abTest releases are not built yet"), "{out}");
+    assert!(!ok && out.contains("spec.strategy.abTest") && out.contains("needs headers or cookies"), "{out}");
     start_release(&cp, dir.path(), RELEASE);
     let s = wait_for("the first step", Duration::from_secs(10), || {
         let s = status(&cp, "checkout-v2");
@@ -292,4 +292,283 @@ fn a_release_continues_from_its_step_after_a_restart() {
         (s["phase"] == "Promoted").then_some(s)
     });
     assert_eq!(done["analyses"].as_array().map(Vec::len), Some(3), "{done}");
+}
+
+/// `legate proxy` on `ctl bootstrap`, its stats streamed every second.
+fn legate(cp: &ControlPlane, node: &str, dir: &Path) -> Attached {
+    let admin = free_port();
+    let boot = ctl_bootstrap(&format!("http://127.0.0.1:{}", cp.api), node, cp.xds, admin, &[]);
+    start_on(Bin::Legate, &boot.replace("stats_flush_interval: 5s", "stats_flush_interval: 1s"), node, admin, dir)
+}
+
+/// A slow candidate (every answer 700 ms late) behind Envoy 1.40 and
+/// `legate proxy` is rolled back at its first analysis on its p99, and the
+/// rollback reaches both proxies within one second of the decision: from
+/// the analysis' time to each proxy's ACK of the rollback's routes.
+#[test]
+fn a_slow_candidate_is_rolled_back_and_every_proxy_has_the_rollback_within_a_second() {
+    let dir = TempDir::new("release-slow");
+    let (_v1, p1) = echo("v1", dir.path());
+    let (_v2, p2) = echo_with("v2", dir.path(), &["--delay-ms", "700"]);
+    let cp = ControlPlane::start(dir.path());
+    let (pe, pl) = (free_port(), free_port());
+    let legate_gateway = format!(
+        "---\nkind: Gateway\nmetadata: {{ name: edge-legate, nodes: {{ ids: [slow-legate] }} }}\nspec:\n  address: 127.0.0.1\n  port: {pl}\n  routes:\n  - match: {{ prefix: / }}\n    to: [{{ service: checkout }}]\n"
+    );
+    cp.apply(dir.path(), &(mesh(p1, p2, "slow-envoy", pe) + &legate_gateway));
+    let _envoy = envoy(&cp, "slow-envoy", dir.path());
+    let _legate = legate(&cp, "slow-legate", dir.path());
+    for port in [pe, pl] {
+        wait_for("the gateways", Duration::from_secs(20), || upstream_of(port));
+    }
+    // Several clients per proxy, so slow answers do not starve the analysis of requests.
+    let stop = Arc::new(AtomicBool::new(false));
+    let loads: Vec<UpstreamLoad> = [pe, pe, pe, pl, pl, pl]
+        .iter()
+        .map(|p| UpstreamLoad::start(*p, stop.clone(), 100_000, Duration::from_millis(2)))
+        .collect();
+    start_release(&cp, dir.path(), &RELEASE.replace("minRequests: 20", "minRequests: 10"));
+    let done = wait_for("the release to be rolled back", Duration::from_secs(60), || {
+        std::thread::sleep(Duration::from_millis(100));
+        let s = status(&cp, "checkout-v2");
+        (s["phase"] == "RolledBack").then_some(s)
+    });
+    let history = cp.get("/v1/revisions").expect("revisions");
+    let rollback = history["revisions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|r| {
+            r["author"] == "release/checkout-v2" && r["message"].as_str().is_some_and(|m| m.starts_with("rolled back"))
+        })
+        .and_then(|r| r["revision"].as_u64())
+        .expect("the rollback's revision");
+    let decided = done["analyses"][0]["atMs"].as_u64().expect("decision time");
+    let acks = wait_for("both proxies to ACK the rollback", Duration::from_secs(10), || {
+        let routes: Vec<(String, u64, u64)> = cp
+            .proxies()
+            .iter()
+            .map(|p| {
+                let t = &p["types"]["RouteConfiguration"];
+                let id = p["node"]["id"].as_str().unwrap_or("").to_string();
+                (id, t["acked_revision"].as_u64().unwrap_or(0), t["acked_at_ms"].as_u64().unwrap_or(0))
+            })
+            .collect();
+        (routes.len() == 2 && routes.iter().all(|(_, rev, _)| *rev >= rollback)).then_some(routes)
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    stop.store(true, Ordering::Relaxed);
+    let mut total = Counts::new();
+    for l in loads {
+        for (k, n) in l.join() {
+            *total.entry(k).or_default() += n;
+        }
+    }
+    let to_candidate: usize = total.iter().filter(|((u, _), _)| u == "v2").map(|(_, n)| n).sum();
+    let a = &done["analyses"][0];
+    eprintln!("rolled back: {done}");
+    eprintln!(
+        "slow candidate: {to_candidate} of {} requests reached it; analysed on {} candidate requests, p99 {} ms",
+        total.values().sum::<usize>(),
+        a["requests"],
+        a["p99Ms"]
+    );
+    for (node, _, at) in &acks {
+        eprintln!(
+            "rollback (revision {rollback}) ACKed by {node} {} ms after the decision",
+            at.saturating_sub(decided)
+        );
+    }
+    assert_eq!(done["step"].as_u64(), Some(1), "at the first analysis: {done}");
+    assert!(a["result"] == "failed" && a["reason"].as_str().is_some_and(|r| r.contains("p99")), "{a}");
+    assert!(a["p99Ms"].as_f64().is_some_and(|p| p > 500.0), "{a}");
+    assert_eq!(failed(&total), 0, "slow, not failing: {total:?}");
+    for (node, _, at) in &acks {
+        assert!(
+            *at >= decided && at - decided <= 1000,
+            "{node} ACKed the rollback {} ms after the decision",
+            at.saturating_sub(decided)
+        );
+    }
+}
+
+/// The Gateway of `node` on `port` to the Service `checkout` (a second proxy's).
+fn gateway(name: &str, node: &str, port: u16) -> String {
+    format!(
+        "---\nkind: Gateway\nmetadata: {{ name: {name}, nodes: {{ ids: [{node}] }} }}\nspec:\n  address: 127.0.0.1\n  port: {port}\n  routes:\n  - match: {{ prefix: / }}\n    to: [{{ service: checkout }}]\n"
+    )
+}
+
+/// Which upstream answered `n` requests with `headers` on `port`.
+fn answers(port: u16, headers: &[(&str, &str)], n: usize) -> Counts {
+    let mut c = Counts::new();
+    for _ in 0..n {
+        let key = match http_request(addr(port), "GET", "/ab", "app", headers, "") {
+            Ok(r) => (r.header("x-upstream").unwrap_or("-").to_string(), r.status),
+            Err(_) => ("-".to_string(), 0),
+        };
+        *c.entry(key).or_default() += 1;
+    }
+    c
+}
+
+/// An A/B test behind Envoy 1.40 and `legate proxy`: requests with the
+/// header or the cookie reach the candidate, every other request stays on
+/// stable; after the analysis (on the candidate's A/B traffic) it is
+/// promoted and everyone gets the candidate — no request failed.
+#[test]
+fn an_ab_test_sends_header_and_cookie_requests_to_the_candidate_then_promotes() {
+    let dir = TempDir::new("release-ab");
+    let (_v1, p1) = echo("v1", dir.path());
+    let (_v2, p2) = echo("v2", dir.path());
+    let cp = ControlPlane::start(dir.path());
+    let (pe, pl) = (free_port(), free_port());
+    cp.apply(dir.path(), &(mesh(p1, p2, "ab-envoy", pe) + &gateway("edge-legate", "ab-legate", pl)));
+    let _envoy = envoy(&cp, "ab-envoy", dir.path());
+    let _legate = legate(&cp, "ab-legate", dir.path());
+    for port in [pe, pl] {
+        wait_for("the gateways", Duration::from_secs(20), || upstream_of(port));
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let plain: Vec<UpstreamLoad> =
+        [pe, pl].iter().map(|p| UpstreamLoad::start(*p, stop.clone(), 100_000, Duration::from_millis(3))).collect();
+    let ab = RELEASE.replace(
+        "canary: {steps: [20, 50, 100], hold: 5s}",
+        "abTest: {headers: {x-beta: 'on'}, cookies: {group: beta}, hold: 5s}",
+    );
+    start_release(&cp, dir.path(), &ab);
+    wait_for("the A/B test", Duration::from_secs(20), || (status(&cp, "checkout-v2")["started"] == true).then_some(()));
+    std::thread::sleep(Duration::from_millis(500));
+    let before: Vec<Counts> = plain.iter().map(UpstreamLoad::snapshot).collect();
+    let cookie = [("cookie", "theme=dark; group=beta")];
+    let not_quite = [("cookie", "group=betamax; x-beta=on")];
+    let mut by_proxy = Vec::new();
+    // A/B traffic, enough for the analysis: through both proxies.
+    for _ in 0..4 {
+        for port in [pe, pl] {
+            let header = answers(port, &[("x-beta", "on")], 10);
+            let cookie = answers(port, &cookie, 10);
+            let other = answers(port, &not_quite, 5);
+            by_proxy.push((port, header, cookie, other));
+        }
+    }
+    let after: Vec<Counts> = plain.iter().map(UpstreamLoad::snapshot).collect();
+    eprintln!("A/B answers (port, header, cookie, neither): {by_proxy:?}");
+    for (port, header, cookie, other) in &by_proxy {
+        assert_eq!(header.get(&("v2".to_string(), 200)), Some(&10), "{port}: the header goes to the candidate");
+        assert_eq!(cookie.get(&("v2".to_string(), 200)), Some(&10), "{port}: the cookie goes to the candidate");
+        assert_eq!(other.get(&("v1".to_string(), 200)), Some(&5), "{port}: a near miss stays on stable");
+    }
+    for (b, a) in before.iter().zip(&after) {
+        assert_eq!(added(b, a, "v2"), 0, "without the header or cookie: stable only");
+        assert!(added(b, a, "v1") > 0);
+    }
+    let done = wait_for("the A/B test to be promoted", Duration::from_secs(60), || {
+        answers(pe, &[("x-beta", "on")], 5);
+        answers(pl, &cookie, 5);
+        let s = status(&cp, "checkout-v2");
+        (s["phase"].as_str().is_some_and(|p| p != "Progressing")).then_some(s)
+    });
+    assert_eq!(done["phase"], "Promoted", "{done}");
+    std::thread::sleep(Duration::from_secs(1));
+    let promoted: Vec<Counts> = plain.iter().map(UpstreamLoad::snapshot).collect();
+    std::thread::sleep(Duration::from_secs(1));
+    stop.store(true, Ordering::Relaxed);
+    let last: Vec<Counts> = plain.into_iter().map(UpstreamLoad::join).collect();
+    eprintln!("A/B test: {done}");
+    let a = &done["analyses"][0];
+    assert!(a["result"] == "passed" && a["requests"].as_u64() >= Some(20) && a["weight"] == 0, "{a}");
+    for (p, l) in promoted.iter().zip(&last) {
+        assert!(added(p, l, "v2") > 0 && added(p, l, "v1") == 0, "promoted: everyone on the candidate: {l:?}");
+        assert_eq!(failed(l), 0, "no request failed: {l:?}");
+    }
+}
+
+/// A sticky canary (`stickiness: {header: x-user}`) behind Envoy 1.40 and
+/// `legate proxy` at 50 %: every user's requests land on one version, the
+/// same one through both proxies (the route's hash policy drives the
+/// weighted pick, `use_hash_policy`), and users are spread over both.
+#[test]
+fn a_sticky_canary_keeps_each_user_on_one_version_through_envoy_and_legate() {
+    let dir = TempDir::new("release-sticky");
+    let (_v1, p1) = echo("v1", dir.path());
+    let (_v2, p2) = echo("v2", dir.path());
+    let cp = ControlPlane::start(dir.path());
+    let (pe, pl) = (free_port(), free_port());
+    cp.apply(dir.path(), &(mesh(p1, p2, "st-envoy", pe) + &gateway("edge-legate", "st-legate", pl)));
+    let _envoy = envoy(&cp, "st-envoy", dir.path());
+    let _legate = legate(&cp, "st-legate", dir.path());
+    for port in [pe, pl] {
+        wait_for("the gateways", Duration::from_secs(20), || upstream_of(port));
+    }
+    let sticky = RELEASE
+        .replace("[20, 50, 100], hold: 5s", "[50, 100], hold: 10m, stickiness: {header: x-user}")
+        .replace("minRequests: 20", "minRequests: 0");
+    start_release(&cp, dir.path(), &sticky);
+    wait_for("the first step", Duration::from_secs(20), || (status(&cp, "checkout-v2")["weight"] == 50).then_some(()));
+    // Both proxies hold the step's routes.
+    std::thread::sleep(Duration::from_secs(1));
+    let mut placement: BTreeMap<String, (String, String)> = BTreeMap::new();
+    for u in 0..40 {
+        let user = format!("user-{u}");
+        let h = [("x-user", user.as_str())];
+        let (on_envoy, on_legate) = (answers(pe, &h, 6), answers(pl, &h, 6));
+        assert_eq!(
+            (on_envoy.len(), on_legate.len()),
+            (1, 1),
+            "{user} stays on one version: {on_envoy:?} {on_legate:?}"
+        );
+        let version = |c: &Counts| c.keys().next().map(|(u, _)| u.clone()).unwrap_or_default();
+        placement.insert(user, (version(&on_envoy), version(&on_legate)));
+    }
+    eprintln!("sticky placement (envoy, legate): {placement:?}");
+    assert!(placement.values().all(|(e, l)| e == l), "the same version through Envoy and Legate: {placement:?}");
+    let on_candidate = placement.values().filter(|(e, _)| e == "v2").count();
+    assert!((8..=32).contains(&on_candidate), "users spread over both versions: {on_candidate} of 40 on v2");
+    // Without the header the pick is random: both versions answer.
+    let anonymous = answers(pe, &[], 60);
+    assert!(
+        added(&Counts::new(), &anonymous, "v1") > 0 && added(&Counts::new(), &anonymous, "v2") > 0,
+        "{anonymous:?}"
+    );
+}
+
+/// Webhook gates: a step starts only once every gate answers 2xx to a POST
+/// of the release and step; a gate that keeps refusing for `maxWait`
+/// pauses the release, and `resume` tries again.
+#[test]
+fn gates_hold_each_step_until_they_answer_2xx() {
+    let dir = TempDir::new("release-gates");
+    let gate = harness::alerting::WebhookReceiver::start();
+    gate.answer(503);
+    let cp = ControlPlane::start(dir.path());
+    cp.apply(dir.path(), &mesh(18001, 18002, "nobody", free_port()));
+    let gated = RELEASE
+        .replace("hold: 5s", "hold: 1s")
+        .replace("minRequests: 20", &format!("minRequests: 0, maxWait: 3s, gates: ['{}']", gate.url("/gate")));
+    start_release(&cp, dir.path(), &gated);
+    std::thread::sleep(Duration::from_secs(2));
+    let s = status(&cp, "checkout-v2");
+    assert!(s["started"] == false && s["phase"] == "Progressing", "the gate holds the first step: {s}");
+    let paused = wait_for("the release to pause", Duration::from_secs(10), || {
+        let s = status(&cp, "checkout-v2");
+        (s["phase"] == "Paused").then_some(s)
+    });
+    assert!(paused["message"].as_str().is_some_and(|m| m.contains("before step 1") && m.contains("503")), "{paused}");
+    gate.answer(200);
+    let (ok, out) = cp.ctl(&["release", "resume", "checkout-v2"]);
+    assert!(ok, "{out}");
+    let done = wait_for("the release to be promoted", Duration::from_secs(30), || {
+        std::thread::sleep(Duration::from_millis(200));
+        let s = status(&cp, "checkout-v2");
+        (s["phase"] == "Promoted").then_some(s)
+    });
+    let asked = gate.received();
+    eprintln!("gated release: {done}\ngate asked: {asked:?}");
+    let granted: Vec<(u64, u64)> =
+        asked.iter().filter_map(|b| Some((b["step"].as_u64()?, b["weight"].as_u64()?))).collect();
+    for step in [(1, 20), (2, 50), (3, 100)] {
+        assert!(granted.contains(&step), "the gate was asked before step {step:?}: {granted:?}");
+    }
+    assert!(asked.iter().all(|b| b["release"] == "checkout-v2" && b["service"] == "checkout"), "{asked:?}");
 }

@@ -10,6 +10,7 @@
 //! - [`state`]: the controller: validate, commit, publish.
 //! - [`alerts`]: AlertRules evaluated against all of the above; webhooks and Alertmanagers notified.
 //! - [`releases`]: Releases driven step by step, analysed against the monitor's figures.
+//! - [`rollouts`]: staged config rollouts: the canary's ACKs and figures against the other proxies'.
 //! - [`serve`](mod@serve): xDS and CSDS to the proxies, the REST API to people and tools.
 //! - [`sync`]: state from outside the API: other replicas, a watched folder.
 
@@ -22,6 +23,7 @@ pub mod discovery;
 pub mod monitor;
 pub mod releases;
 pub mod resources;
+pub mod rollouts;
 pub mod serve;
 pub mod state;
 pub mod store;
@@ -108,6 +110,8 @@ pub async fn serve(ctrl: Arc<state::controller::Controller>, opts: Options) -> R
     start_monitoring(&ctrl, &opts);
     // Releases advance twice a second (only the leader acts).
     releases::driver::start(ctrl.clone(), std::time::Duration::from_millis(500));
+    // A staged rollout is judged as soon as its hold is over.
+    rollouts::driver::start(ctrl.clone(), std::time::Duration::from_millis(100));
     if let Some(dir) = &opts.watch {
         tokio::spawn(sync::folder::watch(ctrl.clone(), dir.clone()));
     }

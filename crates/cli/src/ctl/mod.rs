@@ -3,6 +3,7 @@
 pub(crate) mod client;
 mod release;
 mod render;
+mod rollout;
 
 use client::{read_input, urlencode, Api, Tls};
 pub use legate_control::discovery::bootstrap::{bootstrap_yaml, with_xds_tls};
@@ -46,6 +47,8 @@ pub enum CtlCommand {
         /// Validate and show what would change; change nothing.
         #[arg(long)]
         dry_run: bool,
+        #[command(flatten)]
+        stage: rollout::StageArgs,
     },
     /// Show resources: `get clusters`, `get cluster NAME`, `get services`; and what a
     /// proxy receives, compiled resources included: `get envoy clusters [NAME] --node ID`.
@@ -175,9 +178,19 @@ pub fn run(args: CtlArgs) -> anyhow::Result<()> {
     let out = args.output.as_str();
     let base = &api.base;
     match args.command {
-        CtlCommand::Apply { file, message, dry_run } => {
-            let body = json!({"text": read_input(&file)?, "message": message, "dry_run": dry_run});
+        CtlCommand::Apply { file, message, dry_run, stage } => {
+            let mut body = json!({"text": read_input(&file)?, "message": message, "dry_run": dry_run});
+            if let Some(r) = stage.body() {
+                body["rollout"] = r;
+            }
             let v = api.call("POST", &format!("{base}/v1/apply"), Some(body))?;
+            if v["rollout"].is_object() {
+                if out == "table" {
+                    print!("{}", render::applied(&v, dry_run));
+                }
+                // Waits for the outcome; json and yaml print the rollout's record.
+                return rollout::follow(&api, out, &v, stage.no_wait);
+            }
             print(out, &v, |v| render::applied(v, dry_run))
         }
         CtlCommand::Get { kind, name, resource, node, cluster } if kind == "envoy" => {

@@ -131,6 +131,20 @@ pub fn proxies(v: &Value) -> String {
             types.iter().map(|(k, t)| format!("{k}={}", short(t["acked_version"].as_str().unwrap_or("-")))).collect();
         let nack: Vec<String> =
             types.iter().filter_map(|(k, t)| t["last_nack"]["error"].as_str().map(|e| format!("{k}: {e}"))).collect();
+        // The revision it runs: the oldest any of its types holds, and the
+        // newest sent when it has not ACKed that yet.
+        let held = types.values().filter_map(|t| t["acked_revision"].as_u64()).min();
+        let sent = types.values().filter_map(|t| t["sent_revision"].as_u64()).max();
+        let revision = match (held, sent) {
+            (Some(h), Some(s)) if s > h => format!("{h} ({s} sent)"),
+            (Some(h), _) => h.to_string(),
+            _ => "-".into(),
+        };
+        let revision = match p["rollout"]["canary"].as_bool() {
+            Some(true) => format!("{revision} canary of {}", p["rollout"]["revision"]),
+            Some(false) => format!("{revision} kept (staged {})", p["rollout"]["revision"]),
+            None => revision,
+        };
         let agent = &p["agent"];
         let process = if agent.is_null() {
             "-".to_string()
@@ -150,12 +164,13 @@ pub fn proxies(v: &Value) -> String {
             p["node"]["user_agent"].as_str().unwrap_or("").to_string(),
             p["mode"].as_str().unwrap_or("").to_string(),
             p["connected_since"].as_str().unwrap_or("").to_string(),
+            revision,
             acked.join(" "),
             if nack.is_empty() { "-".into() } else { nack.join("; ") },
             process,
         ]);
     }
-    table(&["NODE", "CLUSTER", "BUILD", "MODE", "CONNECTED SINCE", "ACKED", "LAST NACK", "PROCESS"], rows)
+    table(&["NODE", "CLUSTER", "BUILD", "MODE", "CONNECTED SINCE", "REVISION", "ACKED", "LAST NACK", "PROCESS"], rows)
 }
 
 /// The revisions, newest first as the API lists them.

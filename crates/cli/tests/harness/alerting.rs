@@ -9,15 +9,16 @@ use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// An HTTP server on loopback that answers 200 to every POST and keeps the
-/// JSON bodies, in order, until dropped.
+/// An HTTP server on loopback that answers 200 (or the status set with
+/// `answer`) to every POST and keeps the JSON bodies, in order, until dropped.
 pub struct WebhookReceiver {
     pub port: u16,
     got: Arc<Mutex<Vec<Value>>>,
+    status: Arc<AtomicU16>,
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -28,12 +29,13 @@ impl WebhookReceiver {
         let port = listener.local_addr().expect("addr").port();
         listener.set_nonblocking(true).expect("nonblocking");
         let (got, stop) = (Arc::new(Mutex::new(Vec::new())), Arc::new(AtomicBool::new(false)));
-        let (g, s) = (got.clone(), stop.clone());
+        let status = Arc::new(AtomicU16::new(200));
+        let (g, s, st) = (got.clone(), stop.clone(), status.clone());
         let thread = std::thread::spawn(move || {
             while !s.load(Ordering::Relaxed) {
                 match listener.accept() {
                     Ok((conn, _)) => {
-                        if let Some(v) = serve_one(conn) {
+                        if let Some(v) = serve_one(conn, st.load(Ordering::Relaxed)) {
                             g.lock().unwrap_or_else(|e| e.into_inner()).push(v);
                         }
                     }
@@ -41,7 +43,12 @@ impl WebhookReceiver {
                 }
             }
         });
-        WebhookReceiver { port, got, stop, thread: Some(thread) }
+        WebhookReceiver { port, got, status, stop, thread: Some(thread) }
+    }
+
+    /// Answer `status` from now on.
+    pub fn answer(&self, status: u16) {
+        self.status.store(status, Ordering::Relaxed);
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -64,8 +71,8 @@ impl Drop for WebhookReceiver {
 }
 
 /// Reads one request (head, then `content-length` bytes, within 5 s),
-/// answers 200 and closes; the body as JSON.
-fn serve_one(mut conn: TcpStream) -> Option<Value> {
+/// answers `status` and closes; the body as JSON.
+fn serve_one(mut conn: TcpStream, status: u16) -> Option<Value> {
     conn.set_nonblocking(false).ok()?;
     conn.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
     let started = Instant::now();
@@ -87,7 +94,8 @@ fn serve_one(mut conn: TcpStream) -> Option<Value> {
         let n = conn.read(&mut buf).ok().filter(|n| *n > 0)?;
         raw.extend_from_slice(&buf[..n]);
     }
-    let _ = conn.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+    let head = format!("HTTP/1.1 {status} Status\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+    let _ = conn.write_all(head.as_bytes());
     serde_json::from_slice(raw.get(body_start..body_start + len)?).ok()
 }
 

@@ -28,6 +28,8 @@ pub struct TypeStatus {
     /// The revision whose config for this type the proxy holds: the sent
     /// revision once it ACKed the last response.
     pub acked_revision: u64,
+    /// When the proxy last ACKed this type (Unix ms; 0: never).
+    pub acked_at_ms: u64,
     /// A response not yet ACKed or NACKed.
     #[serde(skip)]
     pub awaiting: bool,

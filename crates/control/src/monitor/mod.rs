@@ -116,6 +116,11 @@ impl Monitor {
         self.lock().proxies(crate::clock::unix_ms(), window)
     }
 
+    /// Requests, errors and p99 of the proxies `nodes` together over the window.
+    pub fn proxy_group(&self, nodes: &[String], window: Duration) -> (u64, u64, Option<f64>) {
+        self.lock().proxy_group(crate::clock::unix_ms(), window, nodes)
+    }
+
     /// `metric` of `service` over the window, one point per `step`.
     pub fn series(&self, service: &str, metric: Metric, window: Duration, step: Duration) -> Vec<Point> {
         self.lock().series(crate::clock::unix_ms(), service, metric, window, step)

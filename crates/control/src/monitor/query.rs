@@ -136,6 +136,20 @@ impl State {
         out
     }
 
+    /// Requests, errors and p99 of a set of proxies together (their
+    /// latency histograms merged) over `window`.
+    pub fn proxy_group(&self, now_ms: u64, window: Duration, nodes: &[String]) -> (u64, u64, Option<f64>) {
+        let (from, _) = span(&self.proxies, now_ms, window);
+        let sums = sum(&self.proxies, from, u64::MAX);
+        let mut agg = Agg::default();
+        for n in nodes {
+            if let Some(a) = sums.get(n.as_str()) {
+                agg.add(a);
+            }
+        }
+        (agg.requests, agg.errors, agg.latency.quantile(0.99))
+    }
+
     pub fn series(&self, now_ms: u64, service: &str, metric: Metric, window: Duration, step: Duration) -> Vec<Point> {
         let tier = self.service_tier(window);
         let res = tier.resolution_ms;

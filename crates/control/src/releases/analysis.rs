@@ -43,6 +43,7 @@ pub fn analyse(release: &Release, figures: &dyn Figures, step: usize, weight: u3
         p99_ms: cand.p99_ms,
         stable_requests: stable.requests,
         stable_error_rate: stable.error_rate,
+        stable_p99_ms: stable.p99_ms,
         result: "passed".into(),
         reason: String::new(),
         at_ms: now_ms,
@@ -62,6 +63,11 @@ pub fn analyse(release: &Release, figures: &dyn Figures, step: usize, weight: u3
     if let (Some(max), Some(p99)) = (release.max_p99_ms, cand.p99_ms) {
         if p99 > max {
             reasons.push(format!("p99 {p99:.1} ms above {max} ms"));
+        }
+    }
+    if let (Some(ratio), Some(p99), Some(base)) = (release.max_p99_over_stable, cand.p99_ms, stable.p99_ms) {
+        if stable.requests >= release.min_requests && p99 > base * ratio {
+            reasons.push(format!("p99 {p99:.1} ms above {ratio} times stable's {base:.1} ms"));
         }
     }
     if reasons.is_empty() {

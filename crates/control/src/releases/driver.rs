@@ -4,8 +4,9 @@
 
 use crate::clock::unix_ms;
 use crate::releases::analysis::Figures;
+use crate::releases::gates;
 use crate::releases::machine::{act, advance, Action};
-use crate::releases::spec::{check, Status};
+use crate::releases::spec::{check, Phase, Status};
 use crate::resources::kind::Kind;
 use crate::resources::resource::of_kind;
 use crate::state::apply::ApplyError;
@@ -18,19 +19,50 @@ use std::time::Duration;
 /// before it starts anyway.
 pub const WARM_LIMIT: Duration = Duration::from_secs(10);
 
+/// What the driver remembers between ticks, per release: since when it
+/// has waited to start (its clusters warming), and since when its next
+/// step has waited for its gates.
+#[derive(Default)]
+pub struct Waiting {
+    warm: BTreeMap<String, u64>,
+    gates: BTreeMap<String, u64>,
+}
+
 /// Advances every running release once; returns how many changed.
-/// `waiting` remembers since when each release has waited to start.
-pub fn tick(ctrl: &Controller, figures: &dyn Figures, now_ms: u64, waiting: &mut BTreeMap<String, u64>) -> usize {
+pub fn tick(ctrl: &Controller, figures: &dyn Figures, now_ms: u64, waiting: &mut Waiting) -> usize {
     let state = ctrl.stored();
     let mut changed = 0;
     let warm = clusters_held(ctrl, state.revision);
-    waiting.retain(|name, _| state.resources.contains_key(&(Kind::Release, name.clone())));
+    let exists = |name: &String| state.resources.contains_key(&(Kind::Release, name.clone()));
+    waiting.warm.retain(|name, _| exists(name));
+    waiting.gates.retain(|name, _| exists(name));
     for (name, r) in of_kind(&state.resources, Kind::Release) {
         let Ok(release) = check(&r.doc) else { continue };
         let status = Status::of(&r.doc);
-        let since = *waiting.entry(name.clone()).or_insert(now_ms);
+        let since = *waiting.warm.entry(name.clone()).or_insert(now_ms);
         let ready = warm || now_ms.saturating_sub(since) >= WARM_LIMIT.as_millis() as u64;
-        let Some(next) = advance(&release, &status, figures, now_ms, ready) else { continue };
+        let Some(mut next) = advance(&release, &status, figures, now_ms, ready) else { continue };
+        let starts_step = next.phase == Phase::Progressing && next.step_started_ms != status.step_started_ms;
+        if starts_step && !release.gates.is_empty() {
+            match gates::ask(&release, &next) {
+                Ok(()) => {
+                    waiting.gates.remove(name);
+                }
+                Err(why) => {
+                    let since = *waiting.gates.entry(name.clone()).or_insert(now_ms);
+                    if now_ms.saturating_sub(since) < release.max_wait.as_millis() as u64 {
+                        tracing::info!(release = name.as_str(), "step {} waits: {why}", next.step + 1);
+                        continue;
+                    }
+                    // Waited long enough: the release pauses where it was.
+                    waiting.gates.remove(name);
+                    let step = next.step + 1;
+                    next = status.clone();
+                    next.phase = Phase::Paused;
+                    next.message = format!("paused before step {step}: {why}");
+                }
+            }
+        }
         let author = format!("release/{name}");
         match ctrl.set_status(Kind::Release, name, next.to_value(), &author, &next.message) {
             Ok(_) => {
@@ -78,7 +110,7 @@ pub enum OperateError {
 /// Drives releases every `period` until the process ends (only the leader acts).
 pub fn start(ctrl: Arc<Controller>, period: Duration) {
     tokio::spawn(async move {
-        let mut waiting = BTreeMap::new();
+        let mut waiting = Waiting::default();
         let mut every = tokio::time::interval(period.max(Duration::from_millis(50)));
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {

@@ -5,6 +5,8 @@
 //!
 //! - [`spec`]: the spec as written (checked with field paths; `resources/compile`
 //!   calls it), the cluster names (`<service>~<version>`) and the status;
+//! - [`strategy`]: canary (steps, optional stickiness), blueGreen (a preview
+//!   header, then all at once) or abTest (headers and cookies), checked;
 //! - [`analysis`]: one step's figures against the thresholds, behind the
 //!   [`analysis::Figures`] trait unit tests feed directly;
 //! - [`machine`]: the pure state machine (steps, hold, wait, roll back,
@@ -20,8 +22,10 @@
 
 pub mod analysis;
 pub mod driver;
+pub mod gates;
 pub mod machine;
 pub mod spec;
+pub mod strategy;
 
 #[cfg(test)]
 mod tests;

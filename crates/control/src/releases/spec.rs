@@ -3,8 +3,9 @@
 //! analysis of each step). The status lives in the Release document's
 //! `status`, so it is part of every revision and survives a restart.
 
+use crate::releases::strategy::{duration, strategy, StrategySpec};
 use crate::resources::document::Document;
-use crate::resources::mesh::spec::{parse, Problems};
+use crate::resources::mesh::spec::{parse, Problems, Sticky, ToCandidate};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -25,68 +26,6 @@ pub struct ReleaseSpec {
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct StrategySpec {
-    #[serde(default)]
-    pub canary: Option<CanarySpec>,
-    #[serde(default)]
-    pub blue_green: Option<BlueGreenSpec>,
-    /// Not built yet: refused with a message.
-    #[serde(default)]
-    pub ab_test: Option<serde_json::Value>,
-}
-
-/// Blue-green: the candidate is first reached only by requests carrying
-/// the preview header (analysed after `hold`), then takes all traffic at
-/// once (analysed again); stable keeps its cluster, ready for a rollback.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct BlueGreenSpec {
-    #[serde(default)]
-    pub preview: PreviewSpec,
-    #[serde(default = "default_hold")]
-    pub hold: String,
-}
-
-/// The header (exact value) that previews the candidate.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PreviewSpec {
-    #[serde(default = "default_preview_header")]
-    pub header: String,
-    #[serde(default = "default_preview_value")]
-    pub value: String,
-}
-
-impl Default for PreviewSpec {
-    fn default() -> Self {
-        Self { header: default_preview_header(), value: default_preview_value() }
-    }
-}
-
-fn default_preview_header() -> String {
-    "x-release-preview".into()
-}
-
-fn default_preview_value() -> String {
-    "candidate".into()
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CanarySpec {
-    /// The candidate's percent of traffic at each step, increasing, ending at 100.
-    pub steps: Vec<u32>,
-    /// How long each step runs before it is analysed.
-    #[serde(default = "default_hold")]
-    pub hold: String,
-}
-
-fn default_hold() -> String {
-    "30s".into()
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct AnalysisSpec {
     #[serde(default = "default_window")]
     pub window: String,
@@ -102,6 +41,14 @@ pub struct AnalysisSpec {
     /// (judged when stable also has `minRequests` in the window).
     #[serde(default)]
     pub max_error_rate_over_stable: Option<f64>,
+    /// The candidate's p99 may be at most this many times stable's over
+    /// the same window (judged when stable also has `minRequests`).
+    #[serde(default)]
+    pub max_p99_over_stable: Option<f64>,
+    /// `http://` URLs that must each answer 2xx (to a POST of the release's
+    /// name, step and weight) before each step starts, the first included.
+    #[serde(default)]
+    pub gates: Vec<String>,
     /// How long a step may wait for `minRequests` before the release pauses
     /// (default: ten windows).
     #[serde(default)]
@@ -116,6 +63,8 @@ impl Default for AnalysisSpec {
             max_error_rate: default_max_error_rate(),
             max_p99_ms: None,
             max_error_rate_over_stable: None,
+            max_p99_over_stable: None,
+            gates: Vec::new(),
             max_wait: None,
         }
     }
@@ -142,15 +91,20 @@ pub struct Release {
     pub candidate: Selector,
     /// The candidate's percent at each step (blue-green: 0 then 100).
     pub steps: Vec<u32>,
-    /// Blue-green: requests with this header (exact value) go to the candidate
-    /// until the release is finished.
-    pub preview: Option<(String, String)>,
+    /// Requests that go to the candidate whatever the weights, until the
+    /// release is finished (blue-green's preview header, an A/B test's
+    /// headers and cookies).
+    pub preview: Vec<ToCandidate>,
+    /// A canary's stickiness: the header or cookie the weighted pick hashes.
+    pub sticky: Option<Sticky>,
     pub hold: Duration,
     pub window: Duration,
     pub min_requests: u64,
     pub max_error_rate: f64,
     pub max_p99_ms: Option<f64>,
     pub max_error_rate_over_stable: Option<f64>,
+    pub max_p99_over_stable: Option<f64>,
+    pub gates: Vec<String>,
     pub max_wait: Duration,
 }
 
@@ -203,6 +157,7 @@ pub struct StepAnalysis {
     /// The stable version's figures over the same window.
     pub stable_requests: u64,
     pub stable_error_rate: f64,
+    pub stable_p99_ms: Option<f64>,
     /// `passed` or `failed`.
     pub result: String,
     pub reason: String,
@@ -239,7 +194,7 @@ impl Status {
 pub fn check(doc: &Document) -> Result<Release, Problems> {
     let spec: ReleaseSpec = parse(doc)?;
     let mut p = Vec::new();
-    let (steps, preview, hold) = strategy(&spec.strategy, &mut p);
+    let st = strategy(&spec.strategy, &mut p);
     check_selectors(&spec, &mut p);
     let a = &spec.analysis;
     let window = duration(&mut p, "spec.analysis.window", &a.window);
@@ -255,6 +210,14 @@ pub fn check(doc: &Document) -> Result<Release, Problems> {
     if a.max_p99_ms.is_some_and(|v| v.is_nan() || v <= 0.0) {
         p.push(("spec.analysis.maxP99Ms".into(), "must be above 0".into()));
     }
+    if a.max_p99_over_stable.is_some_and(|v| v.is_nan() || v < 1.0) {
+        p.push(("spec.analysis.maxP99OverStable".into(), "must be 1 or more (a ratio to stable's p99)".into()));
+    }
+    for (i, g) in a.gates.iter().enumerate() {
+        if !g.starts_with("http://") || g.len() <= "http://".len() {
+            p.push((format!("spec.analysis.gates[{i}]"), format!("'{g}' is not an http:// URL")));
+        }
+    }
     let max_wait = match &a.max_wait {
         Some(t) => duration(&mut p, "spec.analysis.maxWait", t),
         None => window * 10,
@@ -267,46 +230,19 @@ pub fn check(doc: &Document) -> Result<Release, Problems> {
         service: spec.service,
         stable: spec.stable,
         candidate: spec.candidate,
-        steps,
-        preview,
-        hold,
+        steps: st.steps,
+        preview: st.preview,
+        sticky: st.sticky,
+        hold: st.hold,
         window,
         min_requests: a.min_requests,
         max_error_rate: a.max_error_rate,
         max_p99_ms: a.max_p99_ms,
         max_error_rate_over_stable: a.max_error_rate_over_stable,
+        max_p99_over_stable: a.max_p99_over_stable,
+        gates: a.gates.clone(),
         max_wait,
     })
-}
-
-/// The steps, preview header and hold of the one strategy given.
-fn strategy(s: &StrategySpec, p: &mut Problems) -> (Vec<u32>, Option<(String, String)>, Duration) {
-    if s.ab_test.is_some() {
-        p.push(("spec.strategy.abTest".into(), "abTest releases are not built yet; use canary or blueGreen".into()));
-    }
-    match (&s.canary, &s.blue_green) {
-        (Some(_), Some(_)) => {
-            p.push(("spec.strategy".into(), "needs one of canary or blueGreen, not both".into()));
-            (Vec::new(), None, Duration::ZERO)
-        }
-        (Some(c), None) => {
-            check_steps(&c.steps, p);
-            (c.steps.clone(), None, duration(p, "spec.strategy.canary.hold", &c.hold))
-        }
-        (None, Some(b)) => {
-            if b.preview.header.is_empty() || b.preview.value.is_empty() {
-                p.push(("spec.strategy.blueGreen.preview".into(), "needs a header name and value".into()));
-            }
-            let preview = Some((b.preview.header.to_ascii_lowercase(), b.preview.value.clone()));
-            (vec![0, 100], preview, duration(p, "spec.strategy.blueGreen.hold", &b.hold))
-        }
-        (None, None) => {
-            if s.ab_test.is_none() {
-                p.push(("spec.strategy".into(), "needs canary or blueGreen".into()));
-            }
-            (Vec::new(), None, Duration::ZERO)
-        }
-    }
 }
 
 fn check_selectors(spec: &ReleaseSpec, p: &mut Problems) {
@@ -324,32 +260,6 @@ fn check_selectors(spec: &ReleaseSpec, p: &mut Problems) {
     } else if version_cluster("", &spec.stable) == version_cluster("", &spec.candidate) {
         p.push(("spec.candidate".into(), "its label values must differ from spec.stable's".into()));
     }
-}
-
-fn check_steps(steps: &[u32], p: &mut Problems) {
-    let path = "spec.strategy.canary.steps";
-    if steps.is_empty() {
-        p.push((path.into(), "needs at least one step".into()));
-        return;
-    }
-    for (i, w) in steps.iter().enumerate() {
-        if *w == 0 || *w > 100 {
-            p.push((format!("{path}[{i}]"), format!("{w} is not a percent from 1 to 100")));
-        } else if i > 0 && *w <= steps[i - 1] {
-            p.push((format!("{path}[{i}]"), format!("{w} does not increase on {}", steps[i - 1])));
-        }
-    }
-    if steps.last() != Some(&100) {
-        p.push((path.into(), "the last step must be 100".into()));
-    }
-}
-
-/// A duration such as `5s`, `1m30s`, `500ms`.
-fn duration(p: &mut Problems, field: &str, text: &str) -> Duration {
-    humantime::parse_duration(text.trim()).unwrap_or_else(|e| {
-        p.push((field.into(), format!("'{text}' is not a duration such as 5s or 1m: {e}")));
-        Duration::ZERO
-    })
 }
 
 /// The candidate's percent of traffic a status routes.
@@ -394,9 +304,31 @@ mod tests {
         );
         let ab = EXAMPLE.replace("canary: {steps: [20, 50, 100], hold: 5s}", "abTest: {}");
         assert_eq!(paths(&ab), ["spec.strategy.abTest"]);
+        let ab = EXAMPLE.replace(
+            "canary: {steps: [20, 50, 100], hold: 5s}",
+            "abTest: {headers: {X-Beta: 'yes'}, cookies: {beta: '1', 'bad;name': x}}",
+        );
+        assert_eq!(paths(&ab), ["spec.strategy.abTest.cookies.bad;name"]);
+        let ab = ab.replace(", 'bad;name': x", "");
+        let r = check(&parse_documents(&ab).expect("yaml").remove(0)).expect("abTest");
+        assert_eq!(r.steps, [0]);
+        assert_eq!(
+            r.preview,
+            [ToCandidate::Header("x-beta".into(), "yes".into()), ToCandidate::Cookie("beta".into(), "1".into())]
+        );
+        let sticky = EXAMPLE.replace("hold: 5s}", "hold: 5s, stickiness: {header: X-User}}");
+        let r = check(&parse_documents(&sticky).expect("yaml").remove(0)).expect("sticky");
+        assert_eq!(r.sticky, Some(Sticky::Header("x-user".into())));
+        let both = EXAMPLE.replace("hold: 5s}", "hold: 5s, stickiness: {header: a, cookie: b}}");
+        assert_eq!(paths(&both), ["spec.strategy.canary.stickiness"]);
+        let gates = EXAMPLE.replace("maxP99Ms: 500}", "maxP99Ms: 500, maxP99OverStable: 0.5, gates: [ftp://x]}");
+        assert_eq!(paths(&gates), ["spec.analysis.maxP99OverStable", "spec.analysis.gates[0]"]);
         let bg = EXAMPLE.replace("canary: {steps: [20, 50, 100], hold: 5s}", "blueGreen: {hold: 2s}");
         let r = check(&parse_documents(&bg).expect("yaml").remove(0)).expect("blue-green");
-        assert_eq!((r.steps, r.preview), (vec![0, 100], Some(("x-release-preview".into(), "candidate".into()))));
+        assert_eq!(
+            (r.steps, r.preview),
+            (vec![0, 100], vec![ToCandidate::Header("x-release-preview".into(), "candidate".into())])
+        );
         let same = EXAMPLE.replace("candidate: {version: v2}", "candidate: {version: v1}");
         assert_eq!(paths(&same), ["spec.candidate"]);
         let rate = EXAMPLE.replace("maxErrorRate: 0.05", "maxErrorRate: 5");

@@ -255,4 +255,75 @@ mod blue_green {
         assert_eq!((rs.as_array().map(Vec::len), &rs[0]["route"]["cluster"]), (Some(1), &json!("checkout~v1")));
         let _ = std::fs::remove_dir_all(dir);
     }
+
+    #[test]
+    fn an_ab_test_sends_matching_requests_to_the_candidate_and_a_canary_can_be_sticky() {
+        let dir = std::env::temp_dir().join(format!("legate-ab-{}-{}", std::process::id(), rand::random::<u32>()));
+        let ctrl = Controller::open(Store::open(&dir).expect("store")).expect("controller");
+        let ab = BG.replace(
+            "blueGreen: {preview: {header: X-Preview, value: 'yes'}, hold: 5s}",
+            "abTest: {headers: {X-Beta: 'on'}, cookies: {group: b.2}, hold: 5s}",
+        );
+        let docs = parse_documents(&format!("{MESH}---\n{ab}")).expect("yaml");
+        ctrl.apply(&docs, "test", "", false).expect("applied");
+        let routes = |ctrl: &Controller| {
+            let state = ctrl.current();
+            let r = state.resources.get(&(Kind::RouteConfiguration, "gateway.edge".into())).expect("routes");
+            r.doc.spec["virtual_hosts"][0]["routes"].clone()
+        };
+        let started = Status { step_started_ms: 1, ..Default::default() };
+        ctrl.set_status(Kind::Release, "checkout-bg", started.to_value(), "release/checkout-bg", "").expect("step");
+        let rs = routes(&ctrl);
+        assert_eq!(rs.as_array().map(Vec::len), Some(3), "{rs}");
+        assert_eq!(rs[0]["match"]["headers"], json!([{"name": "x-beta", "string_match": {"exact": "on"}}]));
+        let cookie =
+            json!([{"name": "cookie", "string_match": {"safe_regex": {"regex": "(.*;\\s*)?group=b\\.2(;.*)?"}}}]);
+        assert_eq!(rs[1]["match"]["headers"], cookie);
+        assert_eq!(
+            (&rs[0]["route"]["cluster"], &rs[1]["route"]["cluster"]),
+            (&json!("checkout~v2"), &json!("checkout~v2"))
+        );
+        assert_eq!(rs[2]["route"]["cluster"], "checkout~v1", "everyone else: stable");
+        // A sticky canary hashes the header for the weighted pick.
+        let sticky = ab.replace(
+            "abTest: {headers: {X-Beta: 'on'}, cookies: {group: b.2}, hold: 5s}",
+            "canary: {steps: [30, 100], hold: 5s, stickiness: {header: X-User}}",
+        );
+        ctrl.apply(&parse_documents(&sticky).expect("yaml"), "test", "", false).expect("applied");
+        let step = Status { step_started_ms: 1, weight: 30, ..Default::default() };
+        ctrl.set_status(Kind::Release, "checkout-bg", step.to_value(), "release/checkout-bg", "").expect("step");
+        let rs = routes(&ctrl);
+        assert_eq!(rs.as_array().map(Vec::len), Some(1), "{rs}");
+        let action = &rs[0]["route"];
+        assert_eq!(action["hash_policy"], json!([{"header": {"header_name": "x-user"}}]));
+        assert_eq!(action["weighted_clusters"]["use_hash_policy"], true);
+        let names: Vec<&str> = action["weighted_clusters"]["clusters"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|c| c["name"].as_str())
+            .collect();
+        assert_eq!(names, ["checkout~v1", "checkout~v2"], "the candidate last, so its clients stay on it");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
+#[test]
+fn a_p99_above_stables_by_the_ratio_rolls_back() {
+    let doc = EXAMPLE.replace("maxP99Ms: 500}", "maxP99Over Stable: 2}").replace("Over Stable", "OverStable");
+    let r = check(&parse_documents(&doc).expect("yaml").remove(0)).expect("valid");
+    let mut figures = Fixed::candidate(100, 0, 90.0);
+    if let Some(s) = figures.0.get_mut("checkout~v1") {
+        s.p99_ms = Some(40.0);
+    }
+    let st = advance(&r, &Status::default(), &figures, S, true).expect("starts");
+    let st = advance(&r, &st, &figures, 6 * S, true).expect("analysed");
+    assert_eq!(st.phase, Phase::RolledBack, "{st:?}");
+    assert!(st.message.contains("2 times stable's 40.0 ms"), "{}", st.message);
+    assert_eq!(st.analyses[0].stable_p99_ms, Some(40.0));
+    if let Some(s) = figures.0.get_mut("checkout~v1") {
+        s.p99_ms = Some(50.0);
+    }
+    let st = advance(&r, &Status::default(), &figures, S, true).expect("starts");
+    assert_eq!(advance(&r, &st, &figures, 6 * S, true).map(|s| s.phase), Some(Phase::Progressing), "90 <= 2 x 50");
 }

@@ -27,7 +27,7 @@ pub fn compile(doc: &Document) -> Result<Resource, Vec<DocError>> {
         return Err(err(
             "kind",
             format!(
-                "unknown kind '{}': expected Listener, Cluster, RouteConfiguration, ClusterLoadAssignment, Secret, Service, Gateway, Route, AlertRule or Release",
+                "unknown kind '{}': expected Listener, Cluster, RouteConfiguration, ClusterLoadAssignment, Secret, Service, Gateway, Route, AlertRule, Release or Rollout",
                 doc.kind
             ),
         ));
@@ -44,40 +44,10 @@ pub fn compile(doc: &Document) -> Result<Resource, Vec<DocError>> {
             })
             .collect()
     };
-    if kind == Kind::AlertRule {
-        if !doc.metadata.nodes.is_empty() {
-            let reason = "an AlertRule is not sent to proxies; spec.nodes selects the proxies it counts";
-            return Err(err("metadata.nodes", reason.into()));
-        }
-        return crate::alerts::rule::check(doc)
-            .map(|_| Resource {
-                kind,
-                name: doc.metadata.name.clone(),
-                nodes: doc.metadata.nodes.clone(),
-                doc: doc.clone(),
-                any: Default::default(),
-                version: content_hash(serde_json::to_vec(&doc.spec).unwrap_or_default().as_slice()),
-            })
-            .map_err(|errs| {
-                errs.into_iter().map(|(path, reason)| DocError { resource: label.clone(), path, reason }).collect()
-            });
-    }
-    if kind == Kind::Release {
-        if !doc.metadata.nodes.is_empty() {
-            return Err(err("metadata.nodes", "a Release is not sent to proxies; its Service's nodes apply".into()));
-        }
-        return crate::releases::spec::check(doc)
-            .map(|_| Resource {
-                kind,
-                name: doc.metadata.name.clone(),
-                nodes: doc.metadata.nodes.clone(),
-                doc: doc.clone(),
-                any: Default::default(),
-                version: release_version(doc),
-            })
-            .map_err(|errs| {
-                errs.into_iter().map(|(path, reason)| DocError { resource: label.clone(), path, reason }).collect()
-            });
+    if let Some(checked) = control_plane_kind(kind, doc) {
+        return checked.map_err(|errs| {
+            errs.into_iter().map(|(path, reason)| DocError { resource: label.clone(), path, reason }).collect()
+        });
     }
     if !kind.is_envoy() {
         return crate::resources::mesh::check::check(kind, doc).map_err(|errs| {
@@ -90,7 +60,7 @@ pub fn compile(doc: &Document) -> Result<Resource, Vec<DocError>> {
         Kind::Listener => decode::<Listener>(doc).map(|(m, a)| (m.name, a)),
         Kind::RouteConfiguration => decode::<RouteConfiguration>(doc).map(|(m, a)| (m.name, a)),
         Kind::Secret => decode::<Secret>(doc).map(|(m, a)| (m.name, a)),
-        Kind::Service | Kind::Gateway | Kind::Route | Kind::AlertRule | Kind::Release => {
+        Kind::Service | Kind::Gateway | Kind::Route | Kind::AlertRule | Kind::Release | Kind::Rollout => {
             Err(vec![FieldError::new("kind", "not an Envoy resource kind")])
         }
     }
@@ -119,4 +89,35 @@ pub fn compile(doc: &Document) -> Result<Resource, Vec<DocError>> {
 /// A Release's version covers its status too: a step is a change.
 pub fn release_version(doc: &Document) -> String {
     content_hash(serde_json::to_vec(&(&doc.spec, &doc.status)).unwrap_or_default().as_slice())
+}
+
+/// The kinds the control plane reads itself and sends to no proxy
+/// (`AlertRule`, `Release`, `Rollout`), each checked by its own module;
+/// None for the other kinds.
+fn control_plane_kind(kind: Kind, doc: &Document) -> Option<Result<Resource, Vec<(String, String)>>> {
+    let nodes = |reason: &str| Err(vec![("metadata.nodes".to_string(), reason.to_string())]);
+    let checked = match kind {
+        Kind::AlertRule if !doc.metadata.nodes.is_empty() => {
+            nodes("an AlertRule is not sent to proxies; spec.nodes selects the proxies it counts")
+        }
+        Kind::AlertRule => crate::alerts::rule::check(doc).map(|_| ()),
+        Kind::Release if !doc.metadata.nodes.is_empty() => {
+            nodes("a Release is not sent to proxies; its Service's nodes apply")
+        }
+        Kind::Release => crate::releases::spec::check(doc).map(|_| ()),
+        Kind::Rollout => crate::rollouts::board::check_document(doc).map(|_| ()),
+        _ => return None,
+    };
+    let version = match kind {
+        Kind::Release => release_version(doc),
+        _ => content_hash(serde_json::to_vec(&doc.spec).unwrap_or_default().as_slice()),
+    };
+    Some(checked.map(|()| Resource {
+        kind,
+        name: doc.metadata.name.clone(),
+        nodes: doc.metadata.nodes.clone(),
+        doc: doc.clone(),
+        any: Default::default(),
+        version,
+    }))
 }

@@ -18,6 +18,8 @@ pub enum Kind {
     AlertRule,
     /// Driven by the control plane (`releases/`); splits its Service's clusters.
     Release,
+    /// The default policy of staged config rollouts (`rollouts/`); compiles to nothing.
+    Rollout,
 }
 
 pub const ALL_KINDS: [Kind; 5] =
@@ -36,6 +38,7 @@ impl Kind {
             "route" | "httproute" => Self::Route,
             "alertrule" | "alertrules" | "alert" | "alerts" => Self::AlertRule,
             "release" | "releases" => Self::Release,
+            "rollout" | "rollouts" => Self::Rollout,
             _ => return None,
         })
     }
@@ -52,12 +55,13 @@ impl Kind {
             Self::Route => "Route",
             Self::AlertRule => "AlertRule",
             Self::Release => "Release",
+            Self::Rollout => "Rollout",
         }
     }
 
     /// True for the kinds that are sent over xDS as they are.
     pub fn is_envoy(self) -> bool {
-        !matches!(self, Self::Service | Self::Gateway | Self::Route | Self::AlertRule | Self::Release)
+        !matches!(self, Self::Service | Self::Gateway | Self::Route | Self::AlertRule | Self::Release | Self::Rollout)
     }
 
     pub fn type_url(self) -> &'static str {
@@ -67,7 +71,7 @@ impl Kind {
             Self::Listener => "type.googleapis.com/envoy.config.listener.v3.Listener",
             Self::RouteConfiguration => "type.googleapis.com/envoy.config.route.v3.RouteConfiguration",
             Self::Secret => "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret",
-            Self::Service | Self::Gateway | Self::Route | Self::AlertRule | Self::Release => "",
+            Self::Service | Self::Gateway | Self::Route | Self::AlertRule | Self::Release | Self::Rollout => "",
         }
     }
 

@@ -45,7 +45,7 @@ impl Csds {
                 let Some(kind) = Kind::parse(kind_name) else { continue };
                 let (config_status, client_status) = statuses(t);
                 for name in &t.names {
-                    let resource = state.resources.get(&(kind, name.clone()));
+                    let resource = state.view(&p.node).resources.get(&(kind, name.clone()));
                     generic.push(GenericXdsConfig {
                         type_url: kind.type_url().to_string(),
                         name: name.clone(),

@@ -7,8 +7,10 @@ use crate::resources::diff::{self, ResourceChange};
 use crate::resources::document::Document;
 use crate::resources::kind::Kind;
 use crate::resources::resource::{documents, DocError, Resource, ResourceMap};
+use crate::rollouts::board::{Policy, Record};
 use crate::state::config::ConfigState;
 use crate::state::controller::Controller;
+use crate::state::staged::STAGED_PREFIX;
 use crate::store::{Change, StoreError};
 use serde::Serialize;
 use std::collections::HashSet;
@@ -23,6 +25,9 @@ pub enum ApplyError {
     Invalid(Vec<DocError>),
     #[error("{0} not found")]
     NotFound(String),
+    /// A staged rollout is in progress (or cannot be staged here).
+    #[error("{0}")]
+    Busy(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -40,6 +45,9 @@ pub struct ApplyOutcome {
     pub diff: Vec<ResourceChange>,
     /// Connected proxies (node ids) that receive something from the change.
     pub proxies: Vec<String>,
+    /// A staged apply: the rollout (its canary, or why nothing was staged).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<Record>,
 }
 
 impl Controller {
@@ -64,7 +72,25 @@ impl Controller {
         message: &str,
         dry_run: bool,
     ) -> Result<ApplyOutcome, ApplyError> {
-        self.retrying(|| self.try_apply(docs, deletes, author, message, dry_run))
+        self.retrying(|| self.try_apply(docs, deletes, author, message, dry_run, None))
+    }
+
+    /// Like `apply`, staged: the new revision goes to the canary `policy`
+    /// picks among the connected proxies that would receive it; the others
+    /// keep the current revision until the rollout task decides.
+    pub fn apply_staged(
+        &self,
+        docs: &[Document],
+        author: &str,
+        message: &str,
+        policy: &Policy,
+    ) -> Result<ApplyOutcome, ApplyError> {
+        if self.store.etcd().is_some() {
+            return Err(ApplyError::Busy(
+                "staged rollouts are served by one control plane; this one shares its store with other replicas".into(),
+            ));
+        }
+        self.retrying(|| self.try_apply(docs, &[], author, message, false, Some(policy)))
     }
 
     pub fn delete(&self, kind: Kind, name: &str, author: &str, message: &str) -> Result<ApplyOutcome, ApplyError> {
@@ -97,6 +123,7 @@ impl Controller {
         message: &str,
     ) -> Result<ApplyOutcome, ApplyError> {
         let _guard = self.apply_lock.lock().unwrap_or_else(|e| e.into_inner());
+        self.refuse_while_staged()?;
         let current = self.stored();
         let key = (kind, name.to_string());
         let old = current.resources.get(&key).ok_or_else(|| ApplyError::NotFound(format!("{}/{name}", kind.name())))?;
@@ -114,7 +141,7 @@ impl Controller {
         };
         let rev = self.store.commit(current.revision, author, message, &[Change::Apply(doc)])?;
         outcome.revision = Some(rev);
-        self.set_stored(ConfigState { revision: rev, resources: next });
+        self.set_stored(ConfigState { revision: rev, resources: next, staging: None });
         Ok(outcome)
     }
 
@@ -140,9 +167,13 @@ impl Controller {
         author: &str,
         message: &str,
         dry_run: bool,
+        policy: Option<&Policy>,
     ) -> Result<ApplyOutcome, ApplyError> {
         let compiled = compile_unique(docs)?;
         let _guard = self.apply_lock.lock().unwrap_or_else(|e| e.into_inner());
+        if !dry_run {
+            self.refuse_while_staged()?;
+        }
         let current = self.stored();
         let mut outcome = ApplyOutcome { dry_run, ..Default::default() };
         let mut changes = Vec::new();
@@ -184,14 +215,42 @@ impl Controller {
         if dry_run || changes.is_empty() {
             return Ok(outcome);
         }
-        let rev = self.store.commit(current.revision, author, message, &changes)?;
+        let canary = policy.map(|p| (p, p.pick(&outcome.proxies, current.revision + 1)));
+        if let Some((p, c)) = &canary {
+            if c.is_empty() && !p.nodes.is_empty() {
+                return Err(ApplyError::Busy(format!(
+                    "none of the named proxies ({}) is connected and receives the change (it goes to: {})",
+                    p.nodes.join(", "),
+                    outcome.proxies.join(", ")
+                )));
+            }
+        }
+        let message = match &canary {
+            Some((p, c)) if !c.is_empty() => format!(
+                "{STAGED_PREFIX} to {} of {} proxies ({}), hold {} ms: {message}",
+                c.len(),
+                outcome.proxies.len(),
+                c.join(", "),
+                p.hold_ms
+            ),
+            _ => message.to_string(),
+        };
+        let rev = self.store.commit(current.revision, author, &message, &changes)?;
         outcome.revision = Some(rev);
-        self.set_stored(ConfigState { revision: rev, resources: next });
+        if let Some((p, c)) = canary {
+            outcome.rollout = Some(if c.is_empty() {
+                self.unstaged(rev, current.revision, author, p, "no connected proxy receives the change")
+            } else {
+                self.stage(current.clone(), rev, author, p, c, &outcome.proxies)
+            });
+        }
+        self.set_stored(ConfigState { revision: rev, resources: next, staging: None });
         Ok(outcome)
     }
 
     fn try_delete(&self, kind: Kind, name: &str, author: &str, message: &str) -> Result<ApplyOutcome, ApplyError> {
         let _guard = self.apply_lock.lock().unwrap_or_else(|e| e.into_inner());
+        self.refuse_while_staged()?;
         let current = self.stored();
         let key = (kind, name.to_string());
         if !current.resources.contains_key(&key) {
@@ -202,7 +261,7 @@ impl Controller {
         self.expand(&next).map_err(ApplyError::Invalid)?;
         let rev =
             self.store.commit(current.revision, author, message, &[Change::Delete { kind, name: name.to_string() }])?;
-        self.set_stored(ConfigState { revision: rev, resources: next });
+        self.set_stored(ConfigState { revision: rev, resources: next, staging: None });
         Ok(ApplyOutcome {
             revision: Some(rev),
             deleted: vec![format!("{}/{name}", kind.name())],
@@ -223,6 +282,7 @@ impl Controller {
         }
         let compiled: ResourceMap = compiled.into_iter().map(|r| ((r.kind, r.name.clone()), Arc::new(r))).collect();
         let _guard = self.apply_lock.lock().unwrap_or_else(|e| e.into_inner());
+        self.refuse_while_staged()?;
         let current = self.stored();
         let mut changes = Vec::new();
         for (k, r) in &compiled {
@@ -242,7 +302,7 @@ impl Controller {
             None
         } else {
             let n = self.store.commit(current.revision, author, &message, &changes)?;
-            self.set_stored(ConfigState { revision: n, resources: compiled });
+            self.set_stored(ConfigState { revision: n, resources: compiled, staging: None });
             Some(n)
         };
         Ok(ApplyOutcome { revision, diff, proxies, ..Default::default() })

@@ -36,6 +36,10 @@ pub struct Controller {
     pub monitor: Arc<Monitor>,
     /// Alert rules' states, their history and notifications.
     pub alerts: crate::alerts::board::Alerts,
+    /// A staged rollout in progress (see `state::staged`).
+    pub(super) staged: Mutex<Option<crate::state::staged::Staged>>,
+    /// Finished staged rollouts, for the API.
+    pub rollouts: crate::rollouts::board::History,
     /// This replica's name (in etcd's leader key and `/v1/replica`).
     replica_id: String,
     /// Whether this replica expires registry instances (always, on SQLite).
@@ -45,7 +49,7 @@ pub struct Controller {
 impl Controller {
     pub fn open(store: Store) -> Result<Arc<Self>, StoreError> {
         let (revision, docs) = store.load_current()?;
-        let stored = Arc::new(ConfigState { revision, resources: compile_stored(docs) });
+        let stored = Arc::new(ConfigState { revision, resources: compile_stored(docs), staging: None });
         let leader = store.etcd().is_none();
         let replica_id = format!("{}-{:08x}", std::process::id(), rand::random::<u32>());
         let (state, _) = watch::channel(stored.clone());
@@ -60,10 +64,15 @@ impl Controller {
             xds_addr: std::sync::OnceLock::new(),
             monitor: Arc::new(Monitor::default()),
             alerts: Default::default(),
+            staged: Mutex::new(None),
+            rollouts: Default::default(),
             replica_id,
             leader: AtomicBool::new(leader),
         });
         ctrl.publish();
+        if leader {
+            ctrl.undo_unfinished_rollout();
+        }
         Ok(ctrl)
     }
 
@@ -108,7 +117,8 @@ impl Controller {
                 return;
             }
         };
-        self.state.send_replace(Arc::new(ConfigState { revision: stored.revision, resources }));
+        let staging = self.staging();
+        self.state.send_replace(Arc::new(ConfigState { revision: stored.revision, resources, staging }));
     }
 
     /// Loads the latest committed revision when it is newer than the one
@@ -119,7 +129,7 @@ impl Controller {
         if revision <= self.stored().revision {
             return Ok(None);
         }
-        self.set_stored(ConfigState { revision, resources: compile_stored(docs) });
+        self.set_stored(ConfigState { revision, resources: compile_stored(docs), staging: None });
         Ok(Some(revision))
     }
 

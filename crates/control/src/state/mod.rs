@@ -6,3 +6,4 @@ pub mod apply;
 pub mod config;
 pub mod controller;
 pub mod instances;
+pub mod staged;

@@ -3,7 +3,8 @@
 //! the retry policy of the route or of the one service it goes to.
 
 use crate::resources::mesh::spec::{
-    DirectSpec, MatchSpec, Protocol, RedirectSpec, RefProblems, RetrySpec, RouteSpec, ServiceSpec, Split,
+    DirectSpec, MatchSpec, Protocol, RedirectSpec, RefProblems, RetrySpec, RouteSpec, ServiceSpec, Split, Sticky,
+    ToCandidate,
 };
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
@@ -33,34 +34,58 @@ pub fn compile_routes(
         if !rt.response_headers.is_empty() {
             route["response_headers_to_add"] = headers_to_add(&rt.response_headers);
         }
-        if let Some(preview) = preview_route(rt, &route, services) {
-            out.push(preview);
-        }
+        out.extend(preview_routes(rt, &route, services));
         out.push(route);
     }
     out
 }
 
-/// Blue-green's preview: the route again, first, for requests carrying the
-/// preview header of a release on one of its services, to its candidate.
-fn preview_route(rt: &RouteSpec, route: &Value, services: &BTreeMap<String, ServiceSpec>) -> Option<Value> {
-    let split = rt
-        .to
+/// The split of a release on one of the services a route goes to (not to a subset).
+fn release_split<'a>(rt: &RouteSpec, services: &'a BTreeMap<String, ServiceSpec>) -> Option<&'a Split> {
+    rt.to.iter().filter(|t| t.subset.is_none()).find_map(|t| services.get(&t.service)?.split.as_ref())
+}
+
+/// Requests a release's candidate takes whatever the weights (blue-green's
+/// preview, an A/B test's headers and cookies): the route again, first,
+/// once per header or cookie, with it as one more match, to the candidate.
+fn preview_routes(rt: &RouteSpec, route: &Value, services: &BTreeMap<String, ServiceSpec>) -> Vec<Value> {
+    let Some(split) = release_split(rt, services) else { return Vec::new() };
+    split
+        .preview
         .iter()
-        .filter(|t| t.subset.is_none())
-        .find_map(|t| services.get(&t.service)?.split.as_ref().filter(|s| s.preview.is_some()))?;
-    let (header, value) = split.preview.as_ref()?;
-    let mut preview = route.clone();
-    let matcher = json!({"name": header, "string_match": {"exact": value}});
-    match preview["match"]["headers"].as_array_mut() {
-        Some(headers) => headers.push(matcher),
-        None => preview["match"]["headers"] = json!([matcher]),
+        .map(|m| {
+            let mut preview = route.clone();
+            let matcher = match m {
+                ToCandidate::Header(name, value) => json!({"name": name, "string_match": {"exact": value}}),
+                // Envoy matches no cookie by itself: a regex over the Cookie
+                // header (the whole value must match) finds `name=value` among the pairs.
+                ToCandidate::Cookie(name, value) => json!({"name": "cookie", "string_match": {"safe_regex": {
+                    "regex": format!("(.*;\\s*)?{}={}(;.*)?", regex_escape(name), regex_escape(value))}}}),
+            };
+            match preview["match"]["headers"].as_array_mut() {
+                Some(headers) => headers.push(matcher),
+                None => preview["match"]["headers"] = json!([matcher]),
+            }
+            if let Some(action) = preview["route"].as_object_mut() {
+                action.remove("weighted_clusters");
+                action.remove("hash_policy");
+                action.insert("cluster".into(), json!(split.candidate));
+            }
+            preview
+        })
+        .collect()
+}
+
+/// `text` with every character a regular expression could read as syntax escaped.
+fn regex_escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if !c.is_ascii_alphanumeric() {
+            out.push('\\');
+        }
+        out.push(c);
     }
-    if let Some(action) = preview["route"].as_object_mut() {
-        action.remove("weighted_clusters");
-        action.insert("cluster".into(), json!(split.candidate));
-    }
-    Some(preview)
+    out
 }
 
 fn route_match(m: &MatchSpec) -> Value {
@@ -140,6 +165,16 @@ impl Targets<'_> {
                 json!({"weighted_clusters": {"clusters": many.iter().map(|(c, w)| json!({"name": c, "weight": w})).collect::<Vec<_>>()}})
             }
         };
+        if let (Some(sticky), true) =
+            (release_split(rt, self.services).and_then(|s| s.sticky.as_ref()), clusters.len() > 1)
+        {
+            // The weighted pick hashes the client's header or cookie.
+            action["weighted_clusters"]["use_hash_policy"] = json!(true);
+            action["hash_policy"] = match sticky {
+                Sticky::Header(h) => json!([{"header": {"header_name": h}}]),
+                Sticky::Cookie(c) => json!([{"cookie": {"name": c}}]),
+            };
+        }
         if let Some(t) = &rt.timeout {
             action["timeout"] = json!(t);
         }

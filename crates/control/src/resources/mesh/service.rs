@@ -52,6 +52,7 @@ pub fn compile_services(
                     candidate: release.candidate_cluster(),
                     weight: *weight,
                     preview: release.preview.clone(),
+                    sticky: release.sticky.clone(),
                 });
             }
         }
@@ -84,7 +85,8 @@ fn releases_by_service(
         let weight = started.then(|| candidate_weight(&status));
         if status.phase.is_final() {
             // A finished release previews nothing.
-            release.preview = None;
+            release.preview.clear();
+            release.sticky = None;
         }
         if let Some((other, _)) = out.get(&release.service) {
             problems.push((

@@ -89,9 +89,29 @@ pub struct Split {
     pub stable: String,
     pub candidate: String,
     pub weight: u32,
-    /// Blue-green's preview: requests with this header (exact value) go to
-    /// the candidate, whatever the weights.
-    pub preview: Option<(String, String)>,
+    /// Requests the candidate takes whatever the weights: blue-green's
+    /// preview header, an A/B test's headers and cookies (any one of them).
+    pub preview: Vec<ToCandidate>,
+    /// What keeps one client on one version while the weights split traffic.
+    pub sticky: Option<Sticky>,
+}
+
+/// A request a release's candidate takes whatever the weights: one that
+/// carries this header, or this cookie, with this exact value.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ToCandidate {
+    Header(String, String),
+    Cookie(String, String),
+}
+
+/// Stickiness: the weighted pick hashes this header or cookie of the
+/// request (the route's `hash_policy` with `weighted_clusters.use_hash_policy`),
+/// so one client lands on one version while the weights hold, and stays on
+/// the candidate as its weight grows (the candidate is listed last).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Sticky {
+    Header(String),
+    Cookie(String),
 }
 
 /// Active health checking: HTTP when `path` is set, gRPC with `grpc`,

@@ -14,6 +14,7 @@ mod releases;
 mod reply;
 mod resources;
 mod revisions;
+mod rollouts;
 mod status;
 mod ui;
 
@@ -47,6 +48,8 @@ pub fn router(ctrl: Arc<Controller>, lockout: guard::Lockout) -> Router {
         .route("/v1/releases", get(releases::list).post(releases::start))
         .route("/v1/releases/{name}", get(releases::get_one))
         .route("/v1/releases/{name}/{action}", post(releases::act))
+        .route("/v1/rollouts", get(rollouts::list))
+        .route("/v1/rollouts/{revision}", get(rollouts::get_one))
         .route("/v1/whoami", get(whoami))
         .route("/v1/bootstrap", get(bootstrap))
         .route("/v1/agents/{node}", put(agent_report))

@@ -36,6 +36,7 @@ impl IntoResponse for ApplyError {
             ApplyError::NotFound(what) => not_found(format!("{what} not found")),
             ApplyError::Store(StoreError::NoRevision(r)) => not_found(format!("revision {r} does not exist")),
             ApplyError::Store(e) => store_error(e),
+            ApplyError::Busy(why) => error(StatusCode::CONFLICT, "busy", why, json!([])),
         }
     }
 }

@@ -6,6 +6,7 @@ use crate::resources::certinfo;
 use crate::resources::document::{parse_documents, Document};
 use crate::resources::kind::Kind;
 use crate::resources::redact;
+use crate::rollouts::board::{Policy, PolicySpec};
 use crate::serve::api::access::authorize;
 use crate::serve::api::auth::Role;
 use crate::serve::api::reply::{bad_request, error, not_found};
@@ -29,6 +30,10 @@ pub struct ApplyBody {
     message: String,
     #[serde(default)]
     dry_run: bool,
+    /// Stage the change: a canary share (or named proxies) first, the rest
+    /// after the hold if the canary does no worse.
+    #[serde(default)]
+    rollout: Option<serde_json::Value>,
 }
 
 pub async fn apply(State(ctrl): State<Arc<Controller>>, headers: HeaderMap, Json(body): Json<ApplyBody>) -> Response {
@@ -48,7 +53,21 @@ pub async fn apply(State(ctrl): State<Arc<Controller>>, headers: HeaderMap, Json
     if let Err(r) = restore_secrets(&ctrl, &mut docs) {
         return *r;
     }
-    match ctrl.apply(&docs, &actor.name, &body.message, body.dry_run) {
+    let policy = match body.rollout.as_ref() {
+        // `rollout: false`: applied to every proxy at once, whatever the Rollout policy.
+        Some(serde_json::Value::Bool(false)) => None,
+        Some(v) => match rollout_policy(v) {
+            Ok(p) => Some(p).filter(|_| !body.dry_run),
+            Err(r) => return *r,
+        },
+        None if body.dry_run || docs.iter().all(|d| Kind::parse(&d.kind) == Some(Kind::Rollout)) => None,
+        None => default_policy(&ctrl),
+    };
+    let result = match &policy {
+        Some(p) => ctrl.apply_staged(&docs, &actor.name, &body.message, p),
+        None => ctrl.apply(&docs, &actor.name, &body.message, body.dry_run),
+    };
+    match result {
         Ok(outcome) => {
             if let Some(rev) = outcome.revision {
                 let changed: Vec<String> = outcome.created.iter().chain(&outcome.updated).cloned().collect();
@@ -58,6 +77,32 @@ pub async fn apply(State(ctrl): State<Arc<Controller>>, headers: HeaderMap, Json
         }
         Err(e) => e.into_response(),
     }
+}
+
+/// The policy of the `Rollout` resource, when there is one: every apply
+/// that gives none is staged with it (except one that changes only the policy).
+fn default_policy(ctrl: &Controller) -> Option<Policy> {
+    let state = ctrl.stored();
+    let r = state.resources.get(&(Kind::Rollout, crate::rollouts::board::POLICY_NAME.to_string()))?;
+    crate::rollouts::board::check_document(&r.doc).ok()
+}
+
+/// The `rollout` of an apply, or a 400 naming its bad fields.
+fn rollout_policy(v: &serde_json::Value) -> Result<Policy, Box<Response>> {
+    let spec: PolicySpec =
+        serde_json::from_value(v.clone()).map_err(|e| Box::new(bad_request("rollout", format!("rollout: {e}"))))?;
+    spec.check("rollout").map_err(|problems| {
+        let errors: Vec<serde_json::Value> = problems
+            .iter()
+            .map(|(path, reason)| json!({"resource": "apply", "path": path, "reason": reason}))
+            .collect();
+        Box::new(error(
+            StatusCode::BAD_REQUEST,
+            "invalid",
+            "the rollout is invalid; nothing was applied",
+            json!(errors),
+        ))
+    })
 }
 
 /// The most documents one apply takes (a bound on the work and memory one

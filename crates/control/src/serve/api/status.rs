@@ -21,6 +21,7 @@ pub async fn proxies(State(ctrl): State<Arc<Controller>>, headers: HeaderMap) ->
 /// restarting, crash-looping), with `connected: false`.
 fn proxies_with_agents(ctrl: &Controller) -> Vec<serde_json::Value> {
     let mut agents = ctrl.agents.list();
+    let staged = ctrl.staged_rollout();
     let mut out: Vec<serde_json::Value> = ctrl
         .fleet
         .list()
@@ -29,6 +30,13 @@ fn proxies_with_agents(ctrl: &Controller) -> Vec<serde_json::Value> {
             let agent = agents.get(&p.node.id).cloned();
             let mut v = serde_json::to_value(&p).unwrap_or_default();
             v["connected"] = json!(true);
+            if let Some(r) = &staged {
+                // During a staged rollout: whether this proxy is served the
+                // staged revision (canary) or keeps the previous one.
+                let canary = r.canary.contains(&p.node.id);
+                let serves = if canary { r.revision } else { r.previous };
+                v["rollout"] = json!({"revision": r.revision, "canary": canary, "serves": serves});
+            }
             if let Some(a) = agent {
                 v["agent"] = serde_json::to_value(a).unwrap_or_default();
             }

@@ -44,6 +44,8 @@ impl DeltaSession {
     async fn push(&mut self, kind: Kind, state: &ConfigState, defer_removals: bool) -> Result<(), Status> {
         let Some(node) = &self.peer.node else { return Ok(()) };
         let Some(ts) = self.types.get_mut(&kind) else { return Ok(()) };
+        // During a staged rollout a proxy outside the canary keeps the previous revision.
+        let state = state.view(node);
         let in_scope: Vec<&Arc<Resource>> =
             state.for_node(kind, node).filter(|r| ts.wildcard || ts.names.contains(&r.name)).collect();
         let updated: Vec<&Arc<Resource>> =

@@ -47,6 +47,9 @@ impl SotwSession {
     ) -> Result<(), Status> {
         let Some(node) = &self.peer.node else { return Ok(()) };
         let Some(ts) = self.types.get_mut(&kind) else { return Ok(()) };
+        // During a staged rollout a proxy outside the canary keeps the previous revision.
+        let state = state.view(node);
+        let keep_from = keep_from.map(|prev| prev.view(node));
         let mut resources = select(state, kind, node, ts.names.as_ref());
         if let Some(prev) = keep_from {
             let present: BTreeSet<String> = resources.iter().map(|r| r.name.clone()).collect();

@@ -86,6 +86,7 @@ impl<R> Peer<R> {
         self.ctrl.fleet.update(self.fleet_id.unwrap_or(0), kind.name(), |t| {
             t.acked_version = version;
             t.acked_revision = t.sent_revision;
+            t.acked_at_ms = crate::clock::unix_ms();
             t.awaiting = false;
         });
     }

@@ -111,8 +111,19 @@ pub enum Action {
 pub enum ClusterChoice {
     Name(String),
     Header(http::HeaderName),
-    /// (name, weight), with the total of weights.
-    Weighted(Vec<(String, u32)>, u64),
+    /// (name, weight), with the total of weights, and where the value that
+    /// picks among them comes from.
+    Weighted(Vec<(String, u32)>, u64, WeightedValue),
+}
+
+/// Where a weighted pick's value comes from (Envoy's `random_value_specifier`):
+/// a random number, a request header holding an unsigned number
+/// (`header_name`), or the route's `hash_policy` (`use_hash_policy`); the
+/// last two fall back to a random number when the request gives none.
+pub enum WeightedValue {
+    Random,
+    Header(http::HeaderName),
+    HashPolicy,
 }
 
 pub struct RouteAction {
@@ -368,7 +379,16 @@ fn compile_route_action(ra: &rpb::RouteAction) -> Result<RouteAction, String> {
             if total == 0 {
                 return Err("weighted_clusters: the sum of weights must be greater than 0".into());
             }
-            ClusterChoice::Weighted(list, total)
+            use rpb::weighted_cluster::RandomValueSpecifier;
+            let from = match &wc.random_value_specifier {
+                Some(RandomValueSpecifier::HeaderName(h)) => WeightedValue::Header(
+                    http::HeaderName::from_bytes(h.to_ascii_lowercase().as_bytes())
+                        .map_err(|_| format!("weighted_clusters.header_name: invalid header '{h}'"))?,
+                ),
+                Some(RandomValueSpecifier::UseHashPolicy(b)) if b.value => WeightedValue::HashPolicy,
+                _ => WeightedValue::Random,
+            };
+            ClusterChoice::Weighted(list, total, from)
         }
         Some(_) => return Err("this cluster specifier is not supported".into()),
         None => return Err("cluster specifier is required".into()),

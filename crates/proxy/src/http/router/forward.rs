@@ -12,7 +12,7 @@ use crate::http::conn_manager::headers::strip_hop_by_hop;
 use crate::http::conn_manager::stream::Stream;
 use crate::http::conn_manager::upgrade::Upgrade;
 use crate::http::conn_manager::{Hcm, Matched, ProxyResponse, Step};
-use crate::http::route::{ClusterChoice, RouteAction};
+use crate::http::route::{ClusterChoice, RouteAction, WeightedValue};
 use crate::upstream::cluster::{Cluster, ClusterMap};
 use crate::upstream::error::UpstreamError;
 use crate::upstream::host::Host;
@@ -102,11 +102,6 @@ impl Hcm {
         ra: &RouteAction,
         clusters: &ClusterMap,
     ) -> Step<(Box<Stream>, Arc<Cluster>, Arc<Host>)> {
-        let Some(cluster) = cluster_name(ra, &parts.headers).and_then(|n| clusters.get(n).cloned()) else {
-            self.stats.no_cluster.inc();
-            return Break(self.router_reply(stream, Some(matched), 503, "cluster_not_found", "NC", None));
-        };
-        stream.cluster = Some(cluster.clone());
         // Cost when the route hashes: one xxHash64 per policy over the value.
         let hash = if ra.hash_policy.is_empty() {
             None
@@ -118,6 +113,11 @@ impl Hcm {
                 stream.client.ip(),
             )
         };
+        let Some(cluster) = cluster_name(ra, &parts.headers, hash).and_then(|n| clusters.get(n).cloned()) else {
+            self.stats.no_cluster.inc();
+            return Break(self.router_reply(stream, Some(matched), 503, "cluster_not_found", "NC", None));
+        };
+        stream.cluster = Some(cluster.clone());
         let Some(host) = cluster.pick_hashed(hash) else {
             cluster.stats.upstream_cx_none_healthy.inc();
             return Break(self.no_healthy_upstream_reply(stream, &cluster, matched));
@@ -255,25 +255,46 @@ impl Hcm {
 }
 
 /// The name of the cluster the route sends this request to: its own, the
-/// one a request header names, or a weighted pick.
-fn cluster_name<'a>(ra: &'a RouteAction, headers: &'a HeaderMap) -> Option<&'a str> {
+/// one a request header names, or a weighted pick (by a random number, a
+/// header's number, or the route's hash `hash`, as the route says).
+fn cluster_name<'a>(ra: &'a RouteAction, headers: &'a HeaderMap, hash: Option<u64>) -> Option<&'a str> {
     match &ra.cluster {
         ClusterChoice::Name(n) => Some(n.as_str()),
         ClusterChoice::Header(h) => headers.get(h).and_then(|v| v.to_str().ok()),
-        ClusterChoice::Weighted(list, total) => {
-            let mut x = rand::random_range(0..*total);
-            list.iter()
-                .find(|(_, w)| {
-                    if x < *w as u64 {
-                        true
-                    } else {
-                        x -= *w as u64;
-                        false
-                    }
-                })
-                .map(|(n, _)| n.as_str())
+        ClusterChoice::Weighted(list, total, from) => {
+            let value = match from {
+                WeightedValue::Random => None,
+                WeightedValue::Header(h) => header_number(headers, h),
+                WeightedValue::HashPolicy => hash,
+            };
+            pick_weighted(list, *total, value.unwrap_or_else(|| rand::random_range(0..*total)))
         }
     }
+}
+
+/// A single-valued header holding an unsigned 64-bit number (Envoy's
+/// `SimpleAtoi`: surrounding spaces and a leading `+` allowed).
+fn header_number(headers: &HeaderMap, name: &http::HeaderName) -> Option<u64> {
+    let mut values = headers.get_all(name).iter();
+    let (Some(v), None) = (values.next(), values.next()) else { return None };
+    let text = v.to_str().ok()?.trim_matches(|c: char| c.is_ascii_whitespace());
+    text.strip_prefix('+').unwrap_or(text).parse().ok()
+}
+
+/// Envoy's pick among weighted clusters: `value` modulo the total falls in
+/// one cluster's interval, `[0, w1)`, `[w1, w1 + w2)`, ...
+fn pick_weighted(list: &[(String, u32)], total: u64, value: u64) -> Option<&str> {
+    let mut x = value % total.max(1);
+    list.iter()
+        .find(|(_, w)| {
+            if x < *w as u64 {
+                true
+            } else {
+                x -= *w as u64;
+                false
+            }
+        })
+        .map(|(n, _)| n.as_str())
 }
 
 /// The request is the last attempt's host's now (for the access log and
@@ -297,4 +318,36 @@ fn resend_policy(parts: &Parts, body: &ProxyBody, retry: Option<Cow<'_, RetryPol
 /// retried one, and a body too large for that is not mirrored.
 fn mirrored(parts: &Parts, body: &ProxyBody, mirrors: &[(Arc<Cluster>, bool)]) -> bool {
     !mirrors.is_empty() && body.fits(&parts.headers, RESEND_BUFFER_LIMIT)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn weighted_picks_follow_envoys_intervals() {
+        let list = vec![("stable".to_string(), 80), ("candidate".to_string(), 20)];
+        assert_eq!(pick_weighted(&list, 100, 0), Some("stable"));
+        assert_eq!(pick_weighted(&list, 100, 79), Some("stable"));
+        assert_eq!(pick_weighted(&list, 100, 80), Some("candidate"));
+        assert_eq!(pick_weighted(&list, 100, 199), Some("candidate"), "modulo the total");
+        // A value on the candidate stays there as its weight grows (it is last).
+        let later = vec![("stable".to_string(), 50), ("candidate".to_string(), 50)];
+        assert!((0..1000u64)
+            .all(|v| pick_weighted(&list, 100, v) != Some("candidate")
+                || pick_weighted(&later, 100, v) == Some("candidate")));
+    }
+
+    #[test]
+    fn the_random_value_header_is_one_unsigned_number() {
+        let name = http::HeaderName::from_static("x-rv");
+        let mut h = HeaderMap::new();
+        assert_eq!(header_number(&h, &name), None);
+        h.insert(&name, http::HeaderValue::from_static(" +42 "));
+        assert_eq!(header_number(&h, &name), Some(42));
+        h.append(&name, http::HeaderValue::from_static("7"));
+        assert_eq!(header_number(&h, &name), None, "several values: none");
+        h.insert(&name, http::HeaderValue::from_static("-1"));
+        assert_eq!(header_number(&h, &name), None);
+    }
 }
