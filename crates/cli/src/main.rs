@@ -82,8 +82,83 @@ struct ControlPlaneArgs {
     /// resolution, then RES:KEEP at a coarse one (proxies: the fine one, at most 1h).
     #[arg(long, default_value = "10s:24h,5m:30d")]
     metrics_retention: legate_control::monitor::Retention,
+    #[command(flatten)]
+    fault: FaultArgs,
     #[arg(short = 'l', long = "log-level", default_value = "info")]
     log_level: String,
+}
+
+impl ControlPlaneArgs {
+    fn options(self) -> legate_control::Options {
+        legate_control::Options {
+            xds_addr: self.xds_addr,
+            api_addr: self.api_addr,
+            data_dir: self.data_dir,
+            store: self.store,
+            watch: self.watch,
+            tls: self.tls_cert.zip(self.tls_key).map(|(cert, key)| legate_control::serve::tls::TlsFiles {
+                cert,
+                key,
+                client_ca: self.client_ca,
+            }),
+            alert_period: Some(self.alert_interval),
+            metrics_retention: self.metrics_retention,
+            fault: self.fault.settings(),
+        }
+    }
+}
+
+/// Abnormal nodes: detection thresholds and repair.
+#[derive(clap::Args)]
+struct FaultArgs {
+    /// How long a node must be down, or lag behind the revision it was sent,
+    /// before it is abnormal (a NACK or a crash loop is at once).
+    #[arg(long, default_value = "30s", value_parser = parse_interval)]
+    abnormal_after: std::time::Duration,
+    /// How long a node that reported metrics may stay silent before it is abnormal.
+    #[arg(long, default_value = "60s", value_parser = parse_interval)]
+    abnormal_silence: std::time::Duration,
+    /// Restart a node through its agent once it has been abnormal this long;
+    /// `off`: never (abnormal nodes stay isolated until they recover).
+    #[arg(long, default_value = "60s", value_parser = parse_optional_interval)]
+    repair_after: RepairAfter,
+    /// Repairs in progress at most (restarted and not yet verified).
+    #[arg(long, default_value_t = 1)]
+    repair_max_concurrent: usize,
+    /// The least time between two repairs started, fleet-wide.
+    #[arg(long, default_value = "30s", value_parser = parse_interval)]
+    repair_interval: std::time::Duration,
+    /// How long after its restart a node must be normal again; if not, the
+    /// repair failed: the node stays isolated and `repair_failed` counts it.
+    #[arg(long, default_value = "60s", value_parser = parse_interval)]
+    repair_verify: std::time::Duration,
+}
+
+impl FaultArgs {
+    fn settings(&self) -> legate_control::fault::Settings {
+        use legate_control::fault::{detect::Thresholds, repair::RepairSettings, Settings};
+        Settings {
+            thresholds: Thresholds { after: self.abnormal_after, silence: self.abnormal_silence },
+            repair: RepairSettings {
+                after: self.repair_after.0,
+                max_concurrent: self.repair_max_concurrent.max(1),
+                interval: self.repair_interval,
+                verify: self.repair_verify,
+            },
+            ..Settings::default()
+        }
+    }
+}
+
+/// `--repair-after`: a time, or `off`.
+#[derive(Clone, Copy)]
+struct RepairAfter(Option<std::time::Duration>);
+
+fn parse_optional_interval(s: &str) -> Result<RepairAfter, String> {
+    if s == "off" {
+        return Ok(RepairAfter(None));
+    }
+    parse_interval(s).map(|d| RepairAfter(Some(d)))
 }
 
 fn parse_interval(s: &str) -> Result<std::time::Duration, String> {
@@ -179,20 +254,7 @@ fn main() -> ExitCode {
         }
         Command::ControlPlane(args) => {
             init_logging(&args.log_level);
-            let opts = legate_control::Options {
-                xds_addr: args.xds_addr,
-                api_addr: args.api_addr,
-                data_dir: args.data_dir,
-                store: args.store,
-                watch: args.watch,
-                tls: args.tls_cert.zip(args.tls_key).map(|(cert, key)| legate_control::serve::tls::TlsFiles {
-                    cert,
-                    key,
-                    client_ca: args.client_ca,
-                }),
-                alert_period: Some(args.alert_interval),
-                metrics_retention: args.metrics_retention,
-            };
+            let opts = args.options();
             let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
                 Ok(rt) => rt,
                 Err(e) => {

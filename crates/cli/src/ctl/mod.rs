@@ -72,6 +72,9 @@ pub enum CtlCommand {
     Proxies,
     /// Alert rules (AlertRule resources) with their state, and what fired and resolved lately.
     Alerts,
+    /// Abnormal nodes: each cause with its evidence, the endpoints isolated
+    /// from EDS (or held back by the service's cap), and the node's repair.
+    Abnormal,
     /// Releases (canary): start, list, status, pause, resume, promote, abort.
     Release {
         #[command(subcommand)]
@@ -206,6 +209,7 @@ pub fn run(args: CtlArgs) -> anyhow::Result<()> {
         }
         CtlCommand::Proxies => print(out, &api.call("GET", &format!("{base}/v1/proxies"), None)?, render::proxies),
         CtlCommand::Alerts => print(out, &api.call("GET", &format!("{base}/v1/alerts"), None)?, render::alerts),
+        CtlCommand::Abnormal => print(out, &api.call("GET", &format!("{base}/v1/abnormal"), None)?, render::abnormal),
         CtlCommand::Restart { node } => agent_command(&api, out, &node, "restart"),
         CtlCommand::Drain { node } => agent_command(&api, out, &node, "drain"),
         CtlCommand::History => print(out, &api.call("GET", &format!("{base}/v1/revisions"), None)?, render::history),

@@ -298,6 +298,48 @@ pub fn alerts(v: &Value) -> String {
     out
 }
 
+/// Abnormal nodes: one row per cause with its evidence, then where each
+/// node is isolated and its repair.
+pub fn abnormal(v: &Value) -> String {
+    let s = |x: &Value| x.as_str().unwrap_or("-").to_string();
+    let nodes: Vec<&Value> = v["nodes"].as_array().into_iter().flatten().collect();
+    if nodes.is_empty() {
+        return "no abnormal node\n".into();
+    }
+    let mut rows = Vec::new();
+    for n in &nodes {
+        for c in n["causes"].as_array().into_iter().flatten() {
+            rows.push(vec![s(&n["node"]), s(&c["cause"]).to_uppercase(), s(&c["since"]), s(&c["evidence"])]);
+        }
+    }
+    let mut out = table(&["NODE", "CAUSE", "SINCE", "EVIDENCE"], rows);
+    let list = |x: &Value| {
+        let items: Vec<String> =
+            x.as_array().into_iter().flatten().filter_map(|i| i.as_str().map(String::from)).collect();
+        if items.is_empty() {
+            "-".to_string()
+        } else {
+            items.join(", ")
+        }
+    };
+    let rows = nodes
+        .iter()
+        .map(|n| {
+            let r = &n["repair"];
+            let repair = match r["reason"].as_str() {
+                Some(why) => format!("{}: {why}", s(&r["state"])),
+                None => s(&r["state"]),
+            };
+            vec![s(&n["node"]), list(&n["isolated"]), list(&n["held"]), repair]
+        })
+        .collect();
+    out.push('\n');
+    out.push_str(&table(&["NODE", "ISOLATED FROM", "HELD IN (CAP)", "REPAIR"], rows));
+    let c = &v["repairs"];
+    out.push_str(&format!("\nrepairs: {} started, {} repaired, {} failed\n", c["started"], c["repaired"], c["failed"]));
+    out
+}
+
 /// A number with two decimals, `-` without a value.
 fn num(v: &Value) -> String {
     v.as_f64().map_or_else(|| "-".to_string(), |f| format!("{f:.2}"))

@@ -4,6 +4,7 @@
 //!   `legate proxy` started on a file, free ports, waiting, scratch dirs;
 //! - `install`: Envoy 1.40, a Python with grpcio, etcd, wrk, h2load,
 //!   Chromium, Prometheus and Alertmanager, found or installed on first use;
+//! - `agent`: `legate agent` for a node, stopped with its proxies;
 //! - `alerting`: a webhook receiver and a real Alertmanager;
 //! - `sides`: Envoy and Legate side by side on the same config;
 //! - `diff`: one request to both, what is compared, agreeing stats;
@@ -29,6 +30,7 @@
 #![allow(dead_code)]
 
 pub mod admin;
+pub mod agent;
 pub mod alerting;
 pub mod browser;
 pub mod certs;

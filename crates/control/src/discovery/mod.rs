@@ -5,5 +5,6 @@
 pub mod agents;
 pub mod bootstrap;
 pub mod fleet;
+pub mod health;
 pub mod node;
 pub mod registry;

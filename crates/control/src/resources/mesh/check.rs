@@ -39,6 +39,9 @@ fn check_service(s: &ServiceSpec) -> Problems {
             p.push((format!("spec.endpoints[{i}].address"), format!("'{}' is not an IP address", e.address)));
         }
     }
+    if let Some(iso) = &s.isolation {
+        p.extend(crate::resources::isolate::check(iso, "spec.isolation"));
+    }
     p
 }
 

@@ -2,11 +2,13 @@
 //! ClusterLoadAssignment of its endpoints (listed, or the registry's
 //! instances), plus one such pair per subset (`<service>.<subset>`).
 
+use crate::discovery::health::EndpointHealth;
 use crate::discovery::registry::Instance;
 use crate::releases;
 use crate::releases::spec::candidate_weight;
 use crate::releases::spec::{Release, Status};
 use crate::resources::document::{Document, NodeSelector};
+use crate::resources::isolate::{self, Decision};
 use crate::resources::kind::Kind;
 use crate::resources::mesh::envoy::{ads, document, lb_endpoint, load_assignment};
 use crate::resources::mesh::spec::{specs, Lb, Protocol, RefProblems, ServiceSpec, Split};
@@ -25,16 +27,18 @@ type Endpoint = (String, u16, Labels);
 pub fn compile_services(
     resources: &ResourceMap,
     instances: &[Instance],
+    health: &EndpointHealth,
     out: &mut Vec<Document>,
     problems: &mut RefProblems,
 ) -> BTreeMap<String, ServiceSpec> {
     let mut services = BTreeMap::new();
     let mut releases = releases_by_service(resources, problems);
     for (name, r, mut s) in specs::<ServiceSpec>(resources, Kind::Service) {
-        let endpoints = endpoints(name, &s, instances);
+        let all = endpoints(name, &s, instances);
         if !s.endpoints.is_empty() {
-            check_subsets(name, &s, &endpoints, problems);
+            check_subsets(name, &s, &all, problems);
         }
+        let endpoints = isolate::kept(&all, &isolation(&s, &all, health));
         let subsets = s.subsets.iter().map(|(subset, labels)| (format!("{name}.{subset}"), Some(labels)));
         let mut clusters: Vec<(String, Option<&Labels>)> =
             std::iter::once((name.clone(), None)).chain(subsets).collect();
@@ -123,6 +127,19 @@ fn check_release(release: &Release, s: &ServiceSpec, endpoints: &[Endpoint], pro
         }
     }
     ok
+}
+
+/// What isolation does to a service's endpoints (`all`), by its policy.
+fn isolation(s: &ServiceSpec, all: &[Endpoint], health: &EndpointHealth) -> Decision {
+    isolate::decide(&s.isolation.unwrap_or_default(), all, health)
+}
+
+/// What isolation does to each Service's endpoints now (for the fault view).
+pub fn decisions(resources: &ResourceMap, instances: &[Instance], health: &EndpointHealth) -> Vec<(String, Decision)> {
+    specs::<ServiceSpec>(resources, Kind::Service)
+        .filter(|(_, _, s)| s.dns.is_none())
+        .map(|(name, _, s)| (name.clone(), isolation(&s, &endpoints(name, &s, instances), health)))
+        .collect()
 }
 
 /// The endpoints a service lists, or else the registry's instances of it.

@@ -77,6 +77,10 @@ pub struct ServiceSpec {
     /// Retries for routes to this service (a route's own `retries` wins).
     #[serde(default)]
     pub retries: Option<RetrySpec>,
+    /// Whether endpoints of abnormal nodes leave the service, and at most
+    /// what share of its endpoints (default: on, 50 %).
+    #[serde(default)]
+    pub isolation: Option<crate::resources::isolate::IsolationSpec>,
     /// Set when a Release runs on the service: routes to it are split.
     #[serde(skip)]
     pub split: Option<Split>,
