@@ -43,19 +43,6 @@ fn gateways(endpoints: &[(u16, &str)], max_percent: u32) -> String {
     )
 }
 
-/// The ports of cluster `cluster`'s hosts in a proxy's admin `/clusters`.
-fn hosts(admin: u16, cluster: &str) -> Vec<u16> {
-    let prefix = format!("{cluster}::127.0.0.1:");
-    let mut ports: Vec<u16> = admin_page(admin, "/clusters")
-        .lines()
-        .filter_map(|l| l.strip_prefix(&prefix))
-        .filter_map(|rest| rest.split("::").next()?.parse().ok())
-        .collect();
-    ports.sort();
-    ports.dedup();
-    ports
-}
-
 /// `node` as `GET /v1/abnormal` shows it, when abnormal.
 fn abnormal(cp: &ControlPlane, node: &str) -> Option<Value> {
     let v = cp.get("/v1/abnormal")?;
@@ -116,7 +103,7 @@ fn a_nacking_gateway_is_isolated_restarted_and_left_isolated_with_an_alert() {
     };
     let (all, others) = (sorted(vec![gw_port, gw2, gw3]), sorted(vec![gw2, gw3]));
     wait_for("Envoy to hold the three gateways", Duration::from_secs(20), || {
-        (hosts(edge.admin, "gateways") == all).then_some(())
+        (cluster_ports(edge.admin, "gateways") == all).then_some(())
     });
     assert!(abnormal(&cp, "gw-bad").is_none(), "{:?}", cp.get("/v1/abnormal"));
 
@@ -133,7 +120,7 @@ fn a_nacking_gateway_is_isolated_restarted_and_left_isolated_with_an_alert() {
     let evidence = nack["evidence"].as_str().unwrap_or("");
     assert!(evidence.contains("Listener") && evidence.contains(&format!("127.0.0.1:{taken}")), "{node}");
     wait_for("gw-bad out of Envoy's EDS", Duration::from_secs(10), || {
-        (hosts(edge.admin, "gateways") == others).then_some(())
+        (cluster_ports(edge.admin, "gateways") == others).then_some(())
     });
     let left = t0.elapsed();
     let node = abnormal(&cp, "gw-bad").expect("still abnormal");
@@ -155,7 +142,7 @@ fn a_nacking_gateway_is_isolated_restarted_and_left_isolated_with_an_alert() {
     wait_for("the repair_failed alert to fire", Duration::from_secs(5), || {
         (alert_state(&cp, "unrepaired").as_deref() == Some("firing")).then_some(())
     });
-    assert!(!hosts(edge.admin, "gateways").contains(&gw_port), "a failed repair stays isolated");
+    assert!(!cluster_ports(edge.admin, "gateways").contains(&gw_port), "a failed repair stays isolated");
     let (ok, table) = cp.ctl(&["abnormal"]);
     assert!(ok && table.contains("NACK") && table.contains("cannot bind") && table.contains("failed"), "{table}");
     let v = cp.get("/v1/abnormal").expect("abnormal");
@@ -168,7 +155,7 @@ fn a_nacking_gateway_is_isolated_restarted_and_left_isolated_with_an_alert() {
     assert!(ok, "{out}");
     let returned = (0..100).any(|_| {
         std::thread::sleep(Duration::from_millis(100));
-        hosts(edge.admin, "gateways") == all
+        cluster_ports(edge.admin, "gateways") == all
     });
     assert!(returned, "gw-bad not back in Envoy's EDS within 10 s: {:?}", cp.get("/v1/abnormal"));
     let back = t1.elapsed();

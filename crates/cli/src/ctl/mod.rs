@@ -128,6 +128,10 @@ pub enum CtlCommand {
         /// Use incremental (delta) xDS.
         #[arg(long)]
         delta: bool,
+        /// Offer to check endpoints for the control plane (`hds_config`:
+        /// Health Discovery Service over the xDS cluster).
+        #[arg(long)]
+        hds: bool,
         #[arg(long, default_value_t = 9901)]
         admin_port: u16,
         /// Reach a TLS control plane: trust this CA (PEM file path, as the proxy sees it).
@@ -237,9 +241,23 @@ pub fn run(args: CtlArgs) -> anyhow::Result<()> {
             clap_complete::generate(shell, &mut cmd, "legate", &mut std::io::stdout());
             Ok(())
         }
-        CtlCommand::Bootstrap { node_id, node_cluster, xds, delta, admin_port, xds_ca, xds_cert, xds_key, xds_sni } => {
+        CtlCommand::Bootstrap {
+            node_id,
+            node_cluster,
+            xds,
+            delta,
+            hds,
+            admin_port,
+            xds_ca,
+            xds_cert,
+            xds_key,
+            xds_sni,
+        } => {
             let (host, port) = xds.rsplit_once(':').context("--xds must be HOST:PORT")?;
             let mut yaml = bootstrap_yaml(&node_id, &node_cluster, host, port, delta, admin_port);
+            if hds {
+                yaml = legate_control::discovery::bootstrap::with_hds(&yaml);
+            }
             if let Some(ca) = xds_ca {
                 yaml = with_xds_tls(&yaml, &ca, xds_cert.zip(xds_key), &xds_sni);
             }

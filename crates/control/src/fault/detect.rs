@@ -89,6 +89,8 @@ pub struct Observation {
     pub last_report_ms: BTreeMap<String, u64>,
     /// Per proxy figures over the outlier window.
     pub figures: Vec<ProxyFigures>,
+    /// (service, `address:port`) of endpoints HDS checkers report down.
+    pub down: BTreeSet<(String, String)>,
 }
 
 /// A node found abnormal.

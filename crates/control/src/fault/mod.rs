@@ -14,6 +14,7 @@
 
 pub mod board;
 pub mod detect;
+pub mod hds;
 pub mod repair;
 #[cfg(test)]
 mod tests;
@@ -58,6 +59,7 @@ pub fn observe(ctrl: &Controller, now_ms: u64) -> Observation {
         agents: ctrl.agents.list(),
         last_report_ms: ctrl.monitor.reporting(detect::FORGET_AFTER).into_iter().map(|(n, _, at)| (n, at)).collect(),
         figures: ctrl.monitor.proxies(OUTLIER_WINDOW),
+        down: ctrl.checks.down(),
     }
 }
 
@@ -79,7 +81,10 @@ impl Evaluator {
         leader: bool,
     ) -> (EndpointHealth, Vec<NodeView>, Vec<repair::Restart>) {
         let findings = self.detector.observe(o, &s.thresholds);
-        let health = EndpointHealth { abnormal: findings.iter().map(|f| (f.node.clone(), f.since_ms())).collect() };
+        let health = EndpointHealth {
+            abnormal: findings.iter().map(|f| (f.node.clone(), f.since_ms())).collect(),
+            down: o.down.clone(),
+        };
         let restarts = if leader {
             let agents: BTreeMap<String, AgentProgress> = o
                 .agents

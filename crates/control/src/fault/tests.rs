@@ -114,6 +114,7 @@ fn crash_loops_silence_and_error_outliers() {
         agents: agents.list(),
         last_report_ms: BTreeMap::from([("quiet".into(), 80_000), ("p1".into(), 99_000)]),
         figures: vec![fig("noisy", 1000, 300), fig("p1", 1000, 10), fig("p2", 1000, 20), fig("fine", 1000, 25)],
+        ..Default::default()
     };
     let f = Detector::default().observe(&o, &thresholds());
     let causes: Vec<(&str, CauseKind)> =

@@ -107,7 +107,7 @@ mod tests {
     }
 
     fn health(nodes: &[(&str, u64)]) -> EndpointHealth {
-        EndpointHealth { abnormal: nodes.iter().map(|(n, s)| (n.to_string(), *s)).collect() }
+        EndpointHealth { abnormal: nodes.iter().map(|(n, s)| (n.to_string(), *s)).collect(), ..Default::default() }
     }
 
     #[test]

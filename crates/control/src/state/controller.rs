@@ -37,6 +37,8 @@ pub struct Controller {
     pub monitor: Arc<Monitor>,
     /// Alert rules' states, their history and notifications.
     pub alerts: crate::alerts::board::Alerts,
+    /// Proxies checking endpoints for the control plane (HDS), and their results.
+    pub checks: crate::discovery::checks::Checks,
     /// Abnormal nodes with their causes and repairs, as last evaluated.
     pub faults: crate::fault::board::Faults,
     /// What EDS holds against endpoints (abnormal nodes), set by `fault/`.
@@ -66,6 +68,7 @@ impl Controller {
             monitor: Arc::new(Monitor::default()),
             alerts: Default::default(),
             faults: Default::default(),
+            checks: Default::default(),
             health: Mutex::new(Arc::new(EndpointHealth::default())),
             replica_id,
             leader: AtomicBool::new(leader),

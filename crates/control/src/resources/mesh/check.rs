@@ -39,6 +39,14 @@ fn check_service(s: &ServiceSpec) -> Problems {
             p.push((format!("spec.endpoints[{i}].address"), format!("'{}' is not an IP address", e.address)));
         }
     }
+    if let Some(h) = s.health_check.as_ref().filter(|h| h.hds) {
+        // Sent to proxies as it is (HDS), not inside a cluster: checked here.
+        let hc = crate::resources::mesh::service::health_check(h);
+        type Hc = legate_api::pb::envoy::config::core::v3::HealthCheck;
+        if let Err(errors) = legate_api::convert::decode_typed::<Hc>(hc) {
+            p.extend(errors.into_iter().map(|e| (format!("spec.health_check.{}", e.path), e.reason)));
+        }
+    }
     if let Some(iso) = &s.isolation {
         p.extend(crate::resources::isolate::check(iso, "spec.isolation"));
     }

@@ -116,6 +116,11 @@ pub struct HealthCheckSpec {
     pub unhealthy_threshold: u32,
     #[serde(default = "one")]
     pub healthy_threshold: u32,
+    /// Checked once for the fleet instead of by every proxy: the control
+    /// plane assigns each endpoint's check to one proxy that offers HDS
+    /// (Envoy's `hds_config`), and endpoints reported down leave EDS.
+    #[serde(default)]
+    pub hds: bool,
 }
 
 fn default_hc_interval() -> String {
