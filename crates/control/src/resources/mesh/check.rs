@@ -87,3 +87,30 @@ fn check_routes(routes: &[RouteSpec]) -> Problems {
     }
     p
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resources::document::parse_documents;
+
+    fn problems(spec: &str) -> Vec<String> {
+        let d = parse_documents(&format!("kind: Service\nmetadata: {{name: web}}\nspec: {spec}\n")).expect("yaml");
+        match check(Kind::Service, &d[0]) {
+            Ok(_) => Vec::new(),
+            Err(p) => p.into_iter().map(|(path, _)| path).collect(),
+        }
+    }
+
+    #[test]
+    fn isolation_and_hds_health_checks_are_checked_with_their_paths() {
+        let eps = "endpoints: [{address: 127.0.0.1, port: 80}]";
+        assert!(problems(&format!("{{{eps}, isolation: {{max_percent: 34}}}}")).is_empty());
+        assert_eq!(problems(&format!("{{{eps}, isolation: {{max_percent: 101}}}}")), ["spec.isolation.max_percent"]);
+        assert!(problems(&format!("{{{eps}, health_check: {{path: /, interval: 0.5s, hds: true}}}}")).is_empty());
+        // Sent to proxies as it is: a duration Envoy would not read is refused at apply.
+        assert_eq!(
+            problems(&format!("{{{eps}, health_check: {{path: /, interval: 500ms, hds: true}}}}")),
+            ["spec.health_check.interval"]
+        );
+    }
+}

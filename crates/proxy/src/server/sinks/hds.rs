@@ -14,6 +14,7 @@ use super::Backoff;
 use crate::server::instance::Shared;
 use crate::server::xds::{channel, node, Target};
 use crate::stats::Store;
+use crate::tls::sds::SecretManager;
 use crate::upstream::cluster::Cluster;
 use crate::upstream::health::HealthChecker;
 use legate_api::pb::envoy::config::cluster::v3::Cluster as PbCluster;
@@ -116,13 +117,7 @@ async fn session(shared: &Shared, target: &Target) -> Result<(), String> {
 fn compile(shared: &Shared, spec: &HealthCheckSpecifier) -> Vec<Checked> {
     let mut out = Vec::new();
     for c in &spec.cluster_health_checks {
-        let store = Arc::new(Store::default());
-        let checked = Cluster::compile(&as_cluster(c), &store, 1, &shared.ctx.secrets).and_then(|cluster| {
-            let checker = HealthChecker::compile(&c.health_checks, &store, &c.cluster_name)?
-                .ok_or_else(|| "no health check".to_string())?;
-            Ok((cluster, checker))
-        });
-        match checked {
+        match checker(c, &shared.ctx.secrets) {
             Ok((cluster, checker)) => {
                 let hosts = cluster.clone();
                 let task = tokio::spawn(async move {
@@ -137,6 +132,16 @@ fn compile(shared: &Shared, spec: &HealthCheckSpecifier) -> Vec<Checked> {
         }
     }
     out
+}
+
+/// A specified cluster compiled, and its checker, with their own stats (a
+/// health-checked cluster's hosts start pending: unknown until checked).
+fn checker(c: &ClusterHealthCheck, secrets: &Arc<SecretManager>) -> Result<(Arc<Cluster>, HealthChecker), String> {
+    let store = Arc::new(Store::default());
+    let cluster = Cluster::compile(&as_cluster(c), &store, 1, secrets)?;
+    let checker = HealthChecker::compile(&c.health_checks, &store, &c.cluster_name)?
+        .ok_or_else(|| "no health check".to_string())?;
+    Ok((cluster, checker))
 }
 
 /// A static cluster of the specified endpoints with the specified checks.
@@ -211,5 +216,59 @@ fn address_of(addr: std::net::SocketAddr) -> Address {
             port_specifier: Some(socket_address::PortSpecifier::PortValue(u32::from(addr.port()))),
             ..Default::default()
         })),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use legate_api::pb::envoy::service::health::v3::LocalityEndpoints;
+
+    fn endpoint(port: u16) -> Endpoint {
+        Endpoint { address: Some(address_of(([127, 0, 0, 1], port).into())), ..Default::default() }
+    }
+
+    #[tokio::test]
+    async fn a_specified_cluster_is_checked_and_reported_per_endpoint() {
+        let up = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let open = up.local_addr().expect("addr").port();
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+        let text = legate_api::load::parse_text(
+            "{timeout: 1s, interval: 1s, unhealthy_threshold: 1, healthy_threshold: 1, tcp_health_check: {}}",
+        )
+        .expect("yaml");
+        let (hc, _) = legate_api::load::decode_typed(text).expect("health check");
+        let spec = ClusterHealthCheck {
+            cluster_name: "web".into(),
+            health_checks: vec![hc],
+            locality_endpoints: vec![LocalityEndpoints {
+                locality: None,
+                endpoints: vec![endpoint(open), endpoint(closed)],
+            }],
+            ..Default::default()
+        };
+        let (cluster, checker) = checker(&spec, &Arc::new(SecretManager::default())).expect("compiles");
+        let task = tokio::spawn(async {});
+        let checked = vec![Checked { cluster: cluster.clone(), task }];
+        assert!(
+            report(&checked).cluster_endpoints_health[0].locality_endpoints_health[0].endpoints_health.is_empty(),
+            "nothing checked yet"
+        );
+        checker.round(&cluster.hosts).await;
+        let r = report(&checked);
+        assert_eq!(r.cluster_endpoints_health[0].cluster_name, "web");
+        let health: Vec<(Option<Address>, i32)> = r.cluster_endpoints_health[0].locality_endpoints_health[0]
+            .endpoints_health
+            .iter()
+            .map(|e| (e.endpoint.as_ref().and_then(|e| e.address.clone()), e.health_status))
+            .collect();
+        assert_eq!(
+            health,
+            [
+                (endpoint(open).address, HealthStatus::Healthy as i32),
+                (endpoint(closed).address, HealthStatus::Unhealthy as i32)
+            ]
+        );
+        drop(up);
     }
 }
