@@ -89,6 +89,8 @@ fn stop_and_start(checker: Bin) {
     let left = until_both(&admins, &rest, "the stopped endpoint to leave both proxies' EDS", t0);
     let c = checks(&cp);
     assert!(c.contains(&(format!("127.0.0.1:{port}"), false, "hds-checker".into())), "{c:?}");
+    let (ok, table) = cp.ctl(&["abnormal"]);
+    assert!(ok && table.contains(&format!("127.0.0.1:{port}")) && table.contains("unhealthy"), "{table}");
 
     // Start it again on the same port.
     let t1 = Instant::now();

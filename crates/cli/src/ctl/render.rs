@@ -299,15 +299,33 @@ pub fn alerts(v: &Value) -> String {
 }
 
 /// Abnormal nodes: one row per cause with its evidence, then where each
-/// node is isolated and its repair.
+/// node is isolated and its repair; then the endpoints checked over HDS.
 pub fn abnormal(v: &Value) -> String {
     let s = |x: &Value| x.as_str().unwrap_or("-").to_string();
     let nodes: Vec<&Value> = v["nodes"].as_array().into_iter().flatten().collect();
-    if nodes.is_empty() {
-        return "no abnormal node\n".into();
+    let mut out = if nodes.is_empty() { "no abnormal node\n".to_string() } else { abnormal_nodes(&nodes) };
+    let c = &v["repairs"];
+    out.push_str(&format!("repairs: {} started, {} repaired, {} failed\n", c["started"], c["repaired"], c["failed"]));
+    let checks: Vec<Vec<String>> = v["checks"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|c| {
+            let health = if c["healthy"] == true { "healthy".to_string() } else { s(&c["status"]).to_lowercase() };
+            vec![s(&c["service"]), s(&c["endpoint"]), health, s(&c["checked_by"]), s(&c["since"])]
+        })
+        .collect();
+    if !checks.is_empty() {
+        out.push('\n');
+        out.push_str(&table(&["SERVICE", "ENDPOINT", "HEALTH (HDS)", "CHECKED BY", "SINCE"], checks));
     }
+    out
+}
+
+fn abnormal_nodes(nodes: &[&Value]) -> String {
+    let s = |x: &Value| x.as_str().unwrap_or("-").to_string();
     let mut rows = Vec::new();
-    for n in &nodes {
+    for n in nodes {
         for c in n["causes"].as_array().into_iter().flatten() {
             rows.push(vec![s(&n["node"]), s(&c["cause"]).to_uppercase(), s(&c["since"]), s(&c["evidence"])]);
         }
@@ -335,8 +353,7 @@ pub fn abnormal(v: &Value) -> String {
         .collect();
     out.push('\n');
     out.push_str(&table(&["NODE", "ISOLATED FROM", "HELD IN (CAP)", "REPAIR"], rows));
-    let c = &v["repairs"];
-    out.push_str(&format!("\nrepairs: {} started, {} repaired, {} failed\n", c["started"], c["repaired"], c["failed"]));
+    out.push('\n');
     out
 }
 
