@@ -19,7 +19,7 @@ use legate_api::pb::envoy::service::health::v3::{
     ClusterHealthCheck, EndpointHealthResponse, HealthCheckRequestOrEndpointHealthResponse, HealthCheckSpecifier,
     LocalityEndpoints,
 };
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -35,18 +35,39 @@ const RECHECK: Duration = Duration::from_millis(500);
 #[derive(Clone)]
 pub struct HdsServer {
     ctrl: Arc<Controller>,
+    shares: Arc<Shares>,
 }
 
 impl HdsServer {
     pub fn new(ctrl: Arc<Controller>) -> Self {
-        Self { ctrl }
+        Self { ctrl, shares: Arc::default() }
     }
 }
 
-/// Stream `id`'s share now.
-fn share(ctrl: &Controller, id: u64) -> Share {
-    let targets = hds_targets(&ctrl.stored().resources, &ctrl.instances());
-    assign(&targets, &ctrl.checks.checkers()).remove(&id).unwrap_or_default()
+/// The assignment of every stream, computed once for all streams at most
+/// every [`RECHECK`] (and when the checkers change), not once per stream.
+#[derive(Default)]
+struct Shares {
+    last: std::sync::Mutex<Option<Computed>>,
+}
+
+/// When the shares were computed, for which streams, and the shares.
+type Computed = (std::time::Instant, Vec<u64>, BTreeMap<u64, Share>);
+
+impl Shares {
+    /// Stream `id`'s share now.
+    fn of(&self, ctrl: &Controller, id: u64) -> Share {
+        let checkers = ctrl.checks.checkers();
+        let ids: Vec<u64> = checkers.keys().copied().collect();
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        let fresh = last.as_ref().is_some_and(|(at, c, _)| at.elapsed() < RECHECK && *c == ids);
+        if !fresh {
+            let targets = hds_targets(&ctrl.stored().resources, &ctrl.instances());
+            let shares = assign(&targets, &checkers);
+            *last = Some((std::time::Instant::now(), ids, shares));
+        }
+        last.as_ref().and_then(|(_, _, shares)| shares.get(&id).cloned()).unwrap_or_default()
+    }
 }
 
 /// The (service, `address:port`) pairs of a share.
@@ -119,6 +140,7 @@ fn record(ctrl: &Controller, id: u64, r: &EndpointHealthResponse, assigned: &BTr
 
 async fn serve(
     ctrl: Arc<Controller>,
+    shares: Arc<Shares>,
     mut stream: Streaming<HealthCheckRequestOrEndpointHealthResponse>,
     tx: mpsc::Sender<Result<HealthCheckSpecifier, Status>>,
 ) {
@@ -143,7 +165,7 @@ async fn serve(
                 _ => break,
             },
             _ = tick.tick() => {
-                let now = share(&ctrl, id);
+                let now = shares.of(&ctrl, id);
                 if sent.as_ref() != Some(&now) {
                     assigned = keys(&now);
                     ctrl.checks.retain(id, &assigned);
@@ -168,7 +190,7 @@ impl HealthDiscoveryService for HdsServer {
         req: Request<Streaming<HealthCheckRequestOrEndpointHealthResponse>>,
     ) -> Result<Response<Self::StreamHealthCheckStream>, Status> {
         let (tx, rx) = mpsc::channel(4);
-        tokio::spawn(serve(self.ctrl.clone(), req.into_inner(), tx));
+        tokio::spawn(serve(self.ctrl.clone(), self.shares.clone(), req.into_inner(), tx));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 
