@@ -11,5 +11,6 @@ pub mod expand;
 pub mod isolate;
 pub mod kind;
 pub mod mesh;
+pub mod redact;
 pub mod registered;
 pub mod resource;
