@@ -208,3 +208,35 @@ fn oversized_and_malformed_input_is_refused_and_changes_nothing() {
     // Still serving.
     assert_eq!(api(&cp, "GET", "/v1/resources/cluster/a", None, b"").0, 200);
 }
+
+#[test]
+fn an_instance_token_registers_only_its_own_service_and_reads_nothing() {
+    let dir = TempDir::new("api-instance-token");
+    let cp = ControlPlane::start(dir.path());
+    let token_of = |out: &str| out.lines().find(|l| l.starts_with("lgt_")).map(str::to_owned);
+    let (ok, out) = cp.ctl(&["token", "create", "--role", "admin", "--name", "root"]);
+    assert!(ok, "{out}");
+    let admin = token_of(&out).expect("admin token");
+    let (ok, out) = cp.ctl(&["--token", &admin, "token", "create", "--role", "instance", "--service", "checkout"]);
+    assert!(ok, "{out}");
+    let inst = token_of(&out).expect("instance token");
+    let (ok, out) = cp.ctl(&["--token", &admin, "token", "create", "--role", "instance"]);
+    assert!(!ok && out.contains("service"), "an instance token without its service: {out}");
+
+    let body = br#"{"id": "i1", "address": "127.0.0.1", "port": 9000}"#;
+    let call = |method: &str, path: &str, body: &[u8]| api(&cp, method, path, Some(&inst), body);
+    assert_eq!(call("POST", "/v1/services/checkout/instances", body).0, 200, "its own service");
+    assert_eq!(call("PUT", "/v1/services/checkout/instances/i1/heartbeat", b"").0, 200);
+    let (status, _, answer) = call("POST", "/v1/services/payments/instances", body);
+    assert_eq!(status, 403, "another service: {answer}");
+    assert!(answer.contains("may not register for 'payments'"), "{answer}");
+    for path in ["/v1/resources", "/v1/instances", "/v1/proxies"] {
+        assert_eq!(call("GET", path, b"").0, 403, "{path} is not an instance's to read");
+    }
+    assert_eq!(call("DELETE", "/v1/services/checkout/instances/i1", b"").0, 200);
+    // A viewer may read but not register.
+    let (_, out) = cp.ctl(&["--token", &admin, "token", "create", "--role", "viewer"]);
+    let viewer = token_of(&out).expect("viewer token");
+    assert_eq!(api(&cp, "POST", "/v1/services/checkout/instances", Some(&viewer), body).0, 403);
+    assert_eq!(api(&cp, "GET", "/v1/instances", Some(&viewer), b"").0, 200);
+}
