@@ -61,6 +61,8 @@ const SUPPORTED_FIELDS: &[(&str, &[&str])] = &[
             "stats_sinks",
             "stats_flush_interval",
             "cluster_manager",
+            // Health checks delegated by the management server (HDS): a GRPC `ApiConfigSource`.
+            "hds_config",
             "overload_manager",
         ],
     ),

@@ -89,6 +89,8 @@ struct ControlPlaneArgs {
     /// ...for this long (also the window they are counted in).
     #[arg(long, default_value = "60s", value_parser = parse_interval)]
     auth_lockout: std::time::Duration,
+    #[command(flatten)]
+    fault: FaultArgs,
     #[arg(short = 'l', long = "log-level", default_value = "info")]
     log_level: String,
 }
@@ -112,7 +114,61 @@ fn control_options(args: ControlPlaneArgs) -> legate_control::Options {
             limit: args.auth_failure_limit.max(1),
             duration: args.auth_lockout,
         },
+        fault: args.fault.settings(),
     }
+}
+
+/// Abnormal nodes: detection thresholds and repair.
+#[derive(clap::Args)]
+struct FaultArgs {
+    /// How long a node must be down, or lag behind the revision it was sent,
+    /// before it is abnormal (a NACK or a crash loop is at once).
+    #[arg(long, default_value = "30s", value_parser = parse_interval)]
+    abnormal_after: std::time::Duration,
+    /// How long a node that reported metrics may stay silent before it is abnormal.
+    #[arg(long, default_value = "60s", value_parser = parse_interval)]
+    abnormal_silence: std::time::Duration,
+    /// Restart a node through its agent once it has been abnormal this long;
+    /// `off`: never (abnormal nodes stay isolated until they recover).
+    #[arg(long, default_value = "60s", value_parser = parse_optional_interval)]
+    repair_after: RepairAfter,
+    /// Repairs in progress at most (restarted and not yet verified).
+    #[arg(long, default_value_t = 1)]
+    repair_max_concurrent: usize,
+    /// The least time between two repairs started, fleet-wide.
+    #[arg(long, default_value = "30s", value_parser = parse_interval)]
+    repair_interval: std::time::Duration,
+    /// How long after its restart a node must be normal again; if not, the
+    /// repair failed: the node stays isolated and `repair_failed` counts it.
+    #[arg(long, default_value = "60s", value_parser = parse_interval)]
+    repair_verify: std::time::Duration,
+}
+
+impl FaultArgs {
+    fn settings(&self) -> legate_control::fault::Settings {
+        use legate_control::fault::{detect::Thresholds, repair::RepairSettings, Settings};
+        Settings {
+            thresholds: Thresholds { after: self.abnormal_after, silence: self.abnormal_silence },
+            repair: RepairSettings {
+                after: self.repair_after.0,
+                max_concurrent: self.repair_max_concurrent.max(1),
+                interval: self.repair_interval,
+                verify: self.repair_verify,
+            },
+            ..Settings::default()
+        }
+    }
+}
+
+/// `--repair-after`: a time, or `off`.
+#[derive(Clone, Copy)]
+struct RepairAfter(Option<std::time::Duration>);
+
+fn parse_optional_interval(s: &str) -> Result<RepairAfter, String> {
+    if s == "off" {
+        return Ok(RepairAfter(None));
+    }
+    parse_interval(s).map(|d| RepairAfter(Some(d)))
 }
 
 fn parse_interval(s: &str) -> Result<std::time::Duration, String> {

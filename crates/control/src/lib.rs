@@ -8,6 +8,7 @@
 //! - [`resources`]: the resource model and its compilation into Envoy resources.
 //! - [`store`]: committed revisions, tokens and the audit log, in SQLite or etcd.
 //! - [`state`]: the controller: validate, commit, publish.
+//! - [`fault`]: abnormal nodes detected with their causes, isolated from EDS, repaired through their agents.
 //! - [`alerts`]: AlertRules evaluated against all of the above; webhooks and Alertmanagers notified.
 //! - [`releases`]: Releases driven step by step, analysed against the monitor's figures.
 //! - [`rollouts`]: staged config rollouts: the canary's ACKs and figures against the other proxies'.
@@ -20,6 +21,7 @@
 pub mod alerts;
 pub mod clock;
 pub mod discovery;
+pub mod fault;
 pub mod monitor;
 pub mod releases;
 pub mod resources;
@@ -48,6 +50,8 @@ pub struct Options {
     pub alert_period: Option<std::time::Duration>,
     /// How long the fleet's series are kept, at which resolutions.
     pub metrics_retention: monitor::Retention,
+    /// Detection thresholds and repair settings.
+    pub fault: fault::Settings,
     /// Failed authentications from one address before it is locked out.
     pub auth_lockout: serve::api::guard::Lockout,
 }
@@ -106,6 +110,7 @@ pub async fn serve(ctrl: Arc<state::controller::Controller>, opts: Options) -> R
             }
         });
     }
+    fault::start(ctrl.clone(), opts.fault);
     start_alerts(&ctrl, &opts);
     start_monitoring(&ctrl, &opts);
     // Releases advance twice a second (only the leader acts).

@@ -75,6 +75,9 @@ pub enum CtlCommand {
     Proxies,
     /// Alert rules (AlertRule resources) with their state, and what fired and resolved lately.
     Alerts,
+    /// Abnormal nodes: each cause with its evidence, the endpoints isolated
+    /// from EDS (or held back by the service's cap), and the node's repair.
+    Abnormal,
     /// Releases (canary): start, list, status, pause, resume, promote, abort.
     Release {
         #[command(subcommand)]
@@ -128,6 +131,10 @@ pub enum CtlCommand {
         /// Use incremental (delta) xDS.
         #[arg(long)]
         delta: bool,
+        /// Offer to check endpoints for the control plane (`hds_config`:
+        /// Health Discovery Service over the xDS cluster).
+        #[arg(long)]
+        hds: bool,
         #[arg(long, default_value_t = 9901)]
         admin_port: u16,
         /// Reach a TLS control plane: trust this CA (PEM file path, as the proxy sees it).
@@ -223,6 +230,7 @@ pub fn run(args: CtlArgs) -> anyhow::Result<()> {
         }
         CtlCommand::Proxies => print(out, &api.call("GET", &format!("{base}/v1/proxies"), None)?, render::proxies),
         CtlCommand::Alerts => print(out, &api.call("GET", &format!("{base}/v1/alerts"), None)?, render::alerts),
+        CtlCommand::Abnormal => print(out, &api.call("GET", &format!("{base}/v1/abnormal"), None)?, render::abnormal),
         CtlCommand::Restart { node } => agent_command(&api, out, &node, "restart"),
         CtlCommand::Drain { node } => agent_command(&api, out, &node, "drain"),
         CtlCommand::History => print(out, &api.call("GET", &format!("{base}/v1/revisions"), None)?, render::history),
@@ -250,9 +258,23 @@ pub fn run(args: CtlArgs) -> anyhow::Result<()> {
             clap_complete::generate(shell, &mut cmd, "legate", &mut std::io::stdout());
             Ok(())
         }
-        CtlCommand::Bootstrap { node_id, node_cluster, xds, delta, admin_port, xds_ca, xds_cert, xds_key, xds_sni } => {
+        CtlCommand::Bootstrap {
+            node_id,
+            node_cluster,
+            xds,
+            delta,
+            hds,
+            admin_port,
+            xds_ca,
+            xds_cert,
+            xds_key,
+            xds_sni,
+        } => {
             let (host, port) = xds.rsplit_once(':').context("--xds must be HOST:PORT")?;
             let mut yaml = bootstrap_yaml(&node_id, &node_cluster, host, port, delta, admin_port);
+            if hds {
+                yaml = legate_control::discovery::bootstrap::with_hds(&yaml);
+            }
             if let Some(ca) = xds_ca {
                 yaml = with_xds_tls(&yaml, &ca, xds_cert.zip(xds_key), &xds_sni);
             }

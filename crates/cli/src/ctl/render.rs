@@ -313,6 +313,65 @@ pub fn alerts(v: &Value) -> String {
     out
 }
 
+/// Abnormal nodes: one row per cause with its evidence, then where each
+/// node is isolated and its repair; then the endpoints checked over HDS.
+pub fn abnormal(v: &Value) -> String {
+    let s = |x: &Value| x.as_str().unwrap_or("-").to_string();
+    let nodes: Vec<&Value> = v["nodes"].as_array().into_iter().flatten().collect();
+    let mut out = if nodes.is_empty() { "no abnormal node\n".to_string() } else { abnormal_nodes(&nodes) };
+    let c = &v["repairs"];
+    out.push_str(&format!("repairs: {} started, {} repaired, {} failed\n", c["started"], c["repaired"], c["failed"]));
+    let checks: Vec<Vec<String>> = v["checks"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|c| {
+            let health = if c["healthy"] == true { "healthy".to_string() } else { s(&c["status"]).to_lowercase() };
+            vec![s(&c["service"]), s(&c["endpoint"]), health, s(&c["checked_by"]), s(&c["since"])]
+        })
+        .collect();
+    if !checks.is_empty() {
+        out.push('\n');
+        out.push_str(&table(&["SERVICE", "ENDPOINT", "HEALTH (HDS)", "CHECKED BY", "SINCE"], checks));
+    }
+    out
+}
+
+fn abnormal_nodes(nodes: &[&Value]) -> String {
+    let s = |x: &Value| x.as_str().unwrap_or("-").to_string();
+    let mut rows = Vec::new();
+    for n in nodes {
+        for c in n["causes"].as_array().into_iter().flatten() {
+            rows.push(vec![s(&n["node"]), s(&c["cause"]).to_uppercase(), s(&c["since"]), s(&c["evidence"])]);
+        }
+    }
+    let mut out = table(&["NODE", "CAUSE", "SINCE", "EVIDENCE"], rows);
+    let list = |x: &Value| {
+        let items: Vec<String> =
+            x.as_array().into_iter().flatten().filter_map(|i| i.as_str().map(String::from)).collect();
+        if items.is_empty() {
+            "-".to_string()
+        } else {
+            items.join(", ")
+        }
+    };
+    let rows = nodes
+        .iter()
+        .map(|n| {
+            let r = &n["repair"];
+            let repair = match r["reason"].as_str() {
+                Some(why) => format!("{}: {why}", s(&r["state"])),
+                None => s(&r["state"]),
+            };
+            vec![s(&n["node"]), list(&n["isolated"]), list(&n["held"]), repair]
+        })
+        .collect();
+    out.push('\n');
+    out.push_str(&table(&["NODE", "ISOLATED FROM", "HELD IN (CAP)", "REPAIR"], rows));
+    out.push('\n');
+    out
+}
+
 /// A number with two decimals, `-` without a value.
 fn num(v: &Value) -> String {
     v.as_f64().map_or_else(|| "-".to_string(), |f| format!("{f:.2}"))

@@ -28,6 +28,22 @@ pub fn host_healthy(admin: u16, port: u16) -> bool {
     r.body.lines().any(|l| l.contains(&format!("127.0.0.1:{port}::health_flags::healthy")))
 }
 
+/// The ports of `cluster`'s hosts on 127.0.0.1 in an admin's `/clusters`
+/// (what EDS gave the proxy), sorted; empty when the admin does not answer.
+pub fn cluster_ports(admin: u16, cluster: &str) -> Vec<u16> {
+    let Ok(r) = http_get(addr(admin), "/clusters", "admin") else { return Vec::new() };
+    let prefix = format!("{cluster}::127.0.0.1:");
+    let mut ports: Vec<u16> = r
+        .body
+        .lines()
+        .filter_map(|l| l.strip_prefix(&prefix))
+        .filter_map(|rest| rest.split("::").next()?.parse().ok())
+        .collect();
+    ports.sort_unstable();
+    ports.dedup();
+    ports
+}
+
 /// A counter or gauge from an admin's `/stats?format=json`.
 pub fn stat(admin: u16, name: &str) -> Option<i64> {
     let v: Value = serde_json::from_str(&http_get(addr(admin), "/stats?format=json", "admin").ok()?.body).ok()?;

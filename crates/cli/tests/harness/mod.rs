@@ -4,6 +4,7 @@
 //!   `legate proxy` started on a file, free ports, waiting, scratch dirs;
 //! - `install`: Envoy 1.40, a Python with grpcio, etcd, wrk,
 //!   Chromium, Prometheus and Alertmanager, found or installed on first use;
+//! - `agent`: `legate agent` for a node, stopped with its proxies;
 //! - `alerting`: a webhook receiver and a real Alertmanager;
 //! - `h2_load`: HTTP/2 load that resends what a draining server did not process;
 //! - `sides`: Envoy and Legate side by side on the same config;
@@ -30,6 +31,7 @@
 #![allow(dead_code)]
 
 pub mod admin;
+pub mod agent;
 pub mod alerting;
 pub mod browser;
 pub mod certs;

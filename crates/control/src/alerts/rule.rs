@@ -28,9 +28,15 @@ pub enum RuleMetric {
     ProxyDown,
     /// Days until the nearest expiry among the Secrets' certificates.
     CertExpiryDays,
+    /// Nodes the fault detector finds abnormal (any cause).
+    NodeAbnormal,
+    /// Abnormal nodes whose repair failed (a restart did not help, or no
+    /// agent could restart them).
+    RepairFailed,
 }
 
-pub const METRICS: &str = "error_rate, p99_ms, rps, proxy_nack, proxy_lag, proxy_down, cert_expiry_days";
+pub const METRICS: &str =
+    "error_rate, p99_ms, rps, proxy_nack, proxy_lag, proxy_down, cert_expiry_days, node_abnormal, repair_failed";
 
 impl RuleMetric {
     pub fn parse(s: &str) -> Option<Self> {
@@ -46,6 +52,8 @@ impl RuleMetric {
             Self::ProxyLag => "proxy_lag",
             Self::ProxyDown => "proxy_down",
             Self::CertExpiryDays => "cert_expiry_days",
+            Self::NodeAbnormal => "node_abnormal",
+            Self::RepairFailed => "repair_failed",
         }
     }
 
@@ -56,7 +64,7 @@ impl RuleMetric {
 
     /// Metrics that count proxies (the rule's `nodes` selects which).
     pub fn is_proxy(self) -> bool {
-        matches!(self, Self::ProxyNack | Self::ProxyLag | Self::ProxyDown)
+        matches!(self, Self::ProxyNack | Self::ProxyLag | Self::ProxyDown | Self::NodeAbnormal | Self::RepairFailed)
     }
 }
 

@@ -39,6 +39,8 @@ pub trait Source {
     fn proxies(&self) -> Vec<ProxyView>;
     /// (secret name, Unix seconds of expiry) of every inline certificate.
     fn certificates(&self) -> Vec<(String, i64)>;
+    /// The abnormal nodes, each with whether its repair failed.
+    fn abnormal(&self) -> Vec<(NodeInfo, bool)>;
 }
 
 impl Source for Controller {
@@ -73,6 +75,17 @@ impl Source for Controller {
             }
         }
         out
+    }
+
+    fn abnormal(&self) -> Vec<(NodeInfo, bool)> {
+        self.faults
+            .nodes()
+            .into_iter()
+            .map(|v| {
+                let failed = v.repair_failed();
+                (NodeInfo { id: v.node, cluster: v.cluster, ..Default::default() }, failed)
+            })
+            .collect()
     }
 }
 
@@ -123,6 +136,12 @@ pub fn measure(rule: &Rule, source: &dyn Source, proxies: &[ProxyView], down: &[
         RuleMetric::ProxyNack => count(proxies.iter().filter(selected).filter(|p| p.nacked).map(id).collect()),
         RuleMetric::ProxyLag => count(proxies.iter().filter(selected).filter(|p| p.lagging).map(id).collect()),
         RuleMetric::ProxyDown => count(down.iter().filter(|n| rule.nodes.matches(n)).map(|n| n.id.clone()).collect()),
+        RuleMetric::NodeAbnormal | RuleMetric::RepairFailed => {
+            let failed_only = rule.metric == RuleMetric::RepairFailed;
+            let nodes =
+                source.abnormal().into_iter().filter(|(n, failed)| rule.nodes.matches(n) && (*failed || !failed_only));
+            count(nodes.map(|(n, _)| n.id).collect())
+        }
         RuleMetric::CertExpiryDays => {
             let nearest = source
                 .certificates()
@@ -153,6 +172,7 @@ pub mod tests {
         pub services: Vec<ServiceFigures>,
         pub proxies: Vec<ProxyView>,
         pub certs: Vec<(String, i64)>,
+        pub abnormal: Vec<(NodeInfo, bool)>,
     }
 
     impl Source for Fixed {
@@ -164,6 +184,9 @@ pub mod tests {
         }
         fn certificates(&self) -> Vec<(String, i64)> {
             self.certs.clone()
+        }
+        fn abnormal(&self) -> Vec<(NodeInfo, bool)> {
+            self.abnormal.clone()
         }
     }
 
@@ -200,6 +223,18 @@ pub mod tests {
         assert_eq!(measure(&all, &src, &proxies, &[], 0).subjects, ["a", "c"]);
         let edge = rule("{metric: proxy_nack, above: 0, nodes: {clusters: [edge]}}");
         assert_eq!(measure(&edge, &src, &proxies, &[], 0).value, Some(1.0));
+    }
+
+    #[test]
+    fn abnormal_and_failed_repairs_count_selected_nodes() {
+        let node = |id: &str| NodeInfo { id: id.into(), cluster: "edge".into(), ..Default::default() };
+        let src = Fixed { abnormal: vec![(node("a"), false), (node("b"), true)], ..Default::default() };
+        let r = rule("{metric: node_abnormal, above: 0}");
+        assert_eq!(measure(&r, &src, &[], &[], 0).subjects, ["a", "b"]);
+        let r = rule("{metric: repair_failed, above: 0}");
+        assert_eq!(measure(&r, &src, &[], &[], 0), Measurement { value: Some(1.0), subjects: vec!["b".into()] });
+        let r = rule("{metric: repair_failed, above: 0, nodes: {clusters: [mesh]}}");
+        assert_eq!(measure(&r, &src, &[], &[], 0).value, Some(0.0));
     }
 
     #[test]

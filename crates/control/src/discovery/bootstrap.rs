@@ -52,6 +52,14 @@ static_resources:
     )
 }
 
+/// The bootstrap with `hds_config`: the proxy offers to check endpoints for
+/// the control plane (Health Discovery Service) over the xDS cluster.
+pub fn with_hds(yaml: &str) -> String {
+    format!(
+        "{yaml}hds_config:\n  api_type: GRPC\n  transport_api_version: V3\n  grpc_services:\n  - envoy_grpc: {{ cluster_name: xds_cluster }}\n"
+    )
+}
+
 /// The bootstrap's xDS cluster, speaking TLS (and presenting a client
 /// certificate when given).
 pub fn with_xds_tls(yaml: &str, ca: &str, client: Option<(String, String)>, sni: &str) -> String {

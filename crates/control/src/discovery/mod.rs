@@ -4,6 +4,8 @@
 
 pub mod agents;
 pub mod bootstrap;
+pub mod checks;
 pub mod fleet;
+pub mod health;
 pub mod node;
 pub mod registry;

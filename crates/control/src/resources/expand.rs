@@ -2,6 +2,7 @@
 //! they are, what the higher-level kinds compile to, and the registry's
 //! endpoints, each compiled like any document.
 
+use crate::discovery::health::EndpointHealth;
 use crate::discovery::registry::Instance;
 use crate::resources::compile::compile;
 use crate::resources::kind::Kind;
@@ -13,13 +14,19 @@ use std::sync::Arc;
 /// The Envoy resources that `resources` publish: explicit ones as they
 /// are, then what Services and Gateways compile to, then one
 /// ClusterLoadAssignment per registry service. An explicit resource wins
-/// over a generated one of the same name. Errors name the resource.
-pub fn expand(resources: &ResourceMap, instances: &[Instance]) -> Result<ResourceMap, Vec<DocError>> {
-    let (generated, problems) = generate(resources, instances);
+/// over a generated one of the same name. Endpoints of the abnormal nodes in
+/// `health` are left out as each service's isolation policy says. Errors
+/// name the resource.
+pub fn expand(
+    resources: &ResourceMap,
+    instances: &[Instance],
+    health: &EndpointHealth,
+) -> Result<ResourceMap, Vec<DocError>> {
+    let (generated, problems) = generate(resources, instances, health);
     let mut errors: Vec<DocError> =
         problems.into_iter().map(|(resource, path, reason)| DocError { resource, path, reason }).collect();
     let mut out = resources.clone();
-    for doc in generated.into_iter().chain(registered::assignments(instances)) {
+    for doc in generated.into_iter().chain(registered::assignments(instances, health)) {
         let Some(kind) = Kind::parse(&doc.kind) else { continue };
         let key = (kind, doc.metadata.name.clone());
         if out.contains_key(&key) {

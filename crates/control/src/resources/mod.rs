@@ -8,6 +8,7 @@ pub mod compile;
 pub mod diff;
 pub mod document;
 pub mod expand;
+pub mod isolate;
 pub mod kind;
 pub mod mesh;
 pub mod redact;

@@ -4,6 +4,7 @@
 
 use crate::discovery::agents::Agents;
 use crate::discovery::fleet::Fleet;
+use crate::discovery::health::EndpointHealth;
 use crate::discovery::registry::Registry;
 use crate::monitor::Monitor;
 use crate::resources::compile::compile;
@@ -40,6 +41,12 @@ pub struct Controller {
     pub(super) staged: Mutex<Option<crate::state::staged::Staged>>,
     /// Finished staged rollouts, for the API.
     pub rollouts: crate::rollouts::board::History,
+    /// Proxies checking endpoints for the control plane (HDS), and their results.
+    pub checks: crate::discovery::checks::Checks,
+    /// Abnormal nodes with their causes and repairs, as last evaluated.
+    pub faults: crate::fault::board::Faults,
+    /// What EDS holds against endpoints (abnormal nodes), set by `fault/`.
+    health: Mutex<Arc<EndpointHealth>>,
     /// This replica's name (in etcd's leader key and `/v1/replica`).
     replica_id: String,
     /// Whether this replica expires registry instances (always, on SQLite).
@@ -66,6 +73,9 @@ impl Controller {
             alerts: Default::default(),
             staged: Mutex::new(None),
             rollouts: Default::default(),
+            faults: Default::default(),
+            checks: Default::default(),
+            health: Mutex::new(Arc::new(EndpointHealth::default())),
             replica_id,
             leader: AtomicBool::new(leader),
         });
@@ -103,7 +113,26 @@ impl Controller {
     /// What `resources` publish with the registry's instances as they are now.
     pub(super) fn expand(&self, resources: &ResourceMap) -> Result<ResourceMap, Vec<DocError>> {
         let instances = self.lock_registry().list();
-        expand(resources, &instances)
+        expand(resources, &instances, &self.health())
+    }
+
+    /// What EDS holds against endpoints now.
+    pub fn health(&self) -> Arc<EndpointHealth> {
+        self.health.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Sets what EDS holds against endpoints and, when it changed,
+    /// publishes again (proxies get the new load assignments).
+    pub fn set_health(&self, health: EndpointHealth) {
+        {
+            let mut h = self.health.lock().unwrap_or_else(|e| e.into_inner());
+            if **h == health {
+                return;
+            }
+            *h = Arc::new(health);
+        }
+        let _guard = self.apply_lock.lock().unwrap_or_else(|e| e.into_inner());
+        self.publish();
     }
 
     /// Publishes the stored resources with everything they compile to.

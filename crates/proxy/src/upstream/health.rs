@@ -226,6 +226,11 @@ impl HealthChecker {
         false
     }
 
+    /// The configured interval between rounds.
+    pub fn interval(&self) -> Duration {
+        self.interval
+    }
+
     /// The wait before the next round: `no_traffic_interval` until the
     /// cluster has opened a connection for traffic, then `interval`, plus jitter.
     pub fn next_wait(&self, stats: &ClusterStats) -> Duration {

@@ -39,6 +39,17 @@ fn check_service(s: &ServiceSpec) -> Problems {
             p.push((format!("spec.endpoints[{i}].address"), format!("'{}' is not an IP address", e.address)));
         }
     }
+    if let Some(h) = s.health_check.as_ref().filter(|h| h.hds) {
+        // Sent to proxies as it is (HDS), not inside a cluster: checked here.
+        let hc = crate::resources::mesh::service::health_check(h);
+        type Hc = legate_api::pb::envoy::config::core::v3::HealthCheck;
+        if let Err(errors) = legate_api::convert::decode_typed::<Hc>(hc) {
+            p.extend(errors.into_iter().map(|e| (format!("spec.health_check.{}", e.path), e.reason)));
+        }
+    }
+    if let Some(iso) = &s.isolation {
+        p.extend(crate::resources::isolate::check(iso, "spec.isolation"));
+    }
     p
 }
 
@@ -75,4 +86,31 @@ fn check_routes(routes: &[RouteSpec]) -> Problems {
         }
     }
     p
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resources::document::parse_documents;
+
+    fn problems(spec: &str) -> Vec<String> {
+        let d = parse_documents(&format!("kind: Service\nmetadata: {{name: web}}\nspec: {spec}\n")).expect("yaml");
+        match check(Kind::Service, &d[0]) {
+            Ok(_) => Vec::new(),
+            Err(p) => p.into_iter().map(|(path, _)| path).collect(),
+        }
+    }
+
+    #[test]
+    fn isolation_and_hds_health_checks_are_checked_with_their_paths() {
+        let eps = "endpoints: [{address: 127.0.0.1, port: 80}]";
+        assert!(problems(&format!("{{{eps}, isolation: {{max_percent: 34}}}}")).is_empty());
+        assert_eq!(problems(&format!("{{{eps}, isolation: {{max_percent: 101}}}}")), ["spec.isolation.max_percent"]);
+        assert!(problems(&format!("{{{eps}, health_check: {{path: /, interval: 0.5s, hds: true}}}}")).is_empty());
+        // Sent to proxies as it is: a duration Envoy would not read is refused at apply.
+        assert_eq!(
+            problems(&format!("{{{eps}, health_check: {{path: /, interval: 500ms, hds: true}}}}")),
+            ["spec.health_check.interval"]
+        );
+    }
 }

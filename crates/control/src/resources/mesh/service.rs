@@ -2,14 +2,16 @@
 //! ClusterLoadAssignment of its endpoints (listed, or the registry's
 //! instances), plus one such pair per subset (`<service>.<subset>`).
 
+use crate::discovery::health::EndpointHealth;
 use crate::discovery::registry::Instance;
 use crate::releases;
 use crate::releases::spec::candidate_weight;
 use crate::releases::spec::{Release, Status};
 use crate::resources::document::{Document, NodeSelector};
+use crate::resources::isolate::{self, Decision};
 use crate::resources::kind::Kind;
 use crate::resources::mesh::envoy::{ads, document, lb_endpoint, load_assignment};
-use crate::resources::mesh::spec::{specs, Lb, Protocol, RefProblems, ServiceSpec, Split};
+use crate::resources::mesh::spec::{specs, HealthCheckSpec, Lb, Protocol, RefProblems, ServiceSpec, Split};
 use crate::resources::resource::{of_kind, ResourceMap};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
@@ -25,15 +27,20 @@ type Endpoint = (String, u16, Labels);
 pub fn compile_services(
     resources: &ResourceMap,
     instances: &[Instance],
+    health: &EndpointHealth,
     out: &mut Vec<Document>,
     problems: &mut RefProblems,
 ) -> BTreeMap<String, ServiceSpec> {
     let mut services = BTreeMap::new();
     let mut releases = releases_by_service(resources, problems);
     for (name, r, mut s) in specs::<ServiceSpec>(resources, Kind::Service) {
-        let endpoints = endpoints(name, &s, instances);
+        let all = endpoints(name, &s, instances);
         if !s.endpoints.is_empty() {
-            check_subsets(name, &s, &endpoints, problems);
+            check_subsets(name, &s, &all, problems);
+        }
+        let mut endpoints = isolate::kept(&all, &isolation(&s, &all, health));
+        if s.health_check.as_ref().is_some_and(|h| h.hds) {
+            endpoints.retain(|(a, p, _)| !health.down.contains(&(name.clone(), format!("{a}:{p}"))));
         }
         let subsets = s.subsets.iter().map(|(subset, labels)| (format!("{name}.{subset}"), Some(labels)));
         let mut clusters: Vec<(String, Option<&Labels>)> =
@@ -127,6 +134,19 @@ fn check_release(release: &Release, s: &ServiceSpec, endpoints: &[Endpoint], pro
     ok
 }
 
+/// What isolation does to a service's endpoints (`all`), by its policy.
+fn isolation(s: &ServiceSpec, all: &[Endpoint], health: &EndpointHealth) -> Decision {
+    isolate::decide(&s.isolation.unwrap_or_default(), all, health)
+}
+
+/// What isolation does to each Service's endpoints now (for the fault view).
+pub fn decisions(resources: &ResourceMap, instances: &[Instance], health: &EndpointHealth) -> Vec<(String, Decision)> {
+    specs::<ServiceSpec>(resources, Kind::Service)
+        .filter(|(_, _, s)| s.dns.is_none())
+        .map(|(name, _, s)| (name.clone(), isolation(&s, &endpoints(name, &s, instances), health)))
+        .collect()
+}
+
 /// The endpoints a service lists, or else the registry's instances of it.
 fn endpoints(name: &str, s: &ServiceSpec, instances: &[Instance]) -> Vec<Endpoint> {
     if !s.endpoints.is_empty() {
@@ -212,22 +232,51 @@ fn lb_policy(lb: Lb) -> &'static str {
     }
 }
 
+/// Envoy's `HealthCheck` for a service's `health_check`.
+pub fn health_check(h: &HealthCheckSpec) -> Value {
+    let mut hc = json!({
+        "interval": h.interval,
+        "no_traffic_interval": h.interval,
+        "timeout": h.timeout,
+        "unhealthy_threshold": h.unhealthy_threshold,
+        "healthy_threshold": h.healthy_threshold,
+    });
+    match (&h.path, h.grpc) {
+        (Some(path), _) => hc["http_health_check"] = json!({"path": path}),
+        (None, true) => hc["grpc_health_check"] = json!({}),
+        (None, false) => hc["tcp_health_check"] = json!({}),
+    }
+    hc
+}
+
+/// A service checked through HDS: its health check (Envoy JSON) and every
+/// endpoint (`address`, `port`), down or not.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HdsTarget {
+    pub service: String,
+    pub health_check: Value,
+    pub endpoints: Vec<(String, u16)>,
+}
+
+/// The services whose `health_check` has `hds: true`.
+pub fn hds_targets(resources: &ResourceMap, instances: &[Instance]) -> Vec<HdsTarget> {
+    specs::<ServiceSpec>(resources, Kind::Service)
+        .filter(|(_, _, s)| s.dns.is_none())
+        .filter_map(|(name, _, s)| {
+            let h = s.health_check.as_ref().filter(|h| h.hds)?;
+            Some(HdsTarget {
+                service: name.clone(),
+                health_check: health_check(h),
+                endpoints: endpoints(name, &s, instances).into_iter().map(|(a, p, _)| (a, p)).collect(),
+            })
+        })
+        .collect()
+}
+
 /// The cluster fields for health checks, outlier detection and breakers.
 fn resilience(s: &ServiceSpec, cluster: &mut Value) {
-    if let Some(h) = &s.health_check {
-        let mut hc = json!({
-            "interval": h.interval,
-            "no_traffic_interval": h.interval,
-            "timeout": h.timeout,
-            "unhealthy_threshold": h.unhealthy_threshold,
-            "healthy_threshold": h.healthy_threshold,
-        });
-        match (&h.path, h.grpc) {
-            (Some(path), _) => hc["http_health_check"] = json!({"path": path}),
-            (None, true) => hc["grpc_health_check"] = json!({}),
-            (None, false) => hc["tcp_health_check"] = json!({}),
-        }
-        cluster["health_checks"] = json!([hc]);
+    if let Some(h) = s.health_check.as_ref().filter(|h| !h.hds) {
+        cluster["health_checks"] = json!([health_check(h)]);
     }
     if let Some(o) = &s.outlier_detection {
         cluster["outlier_detection"] = serde_json::to_value(o).unwrap_or_else(|_| json!({}));

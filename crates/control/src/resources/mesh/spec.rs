@@ -77,6 +77,10 @@ pub struct ServiceSpec {
     /// Retries for routes to this service (a route's own `retries` wins).
     #[serde(default)]
     pub retries: Option<RetrySpec>,
+    /// Whether endpoints of abnormal nodes leave the service, and at most
+    /// what share of its endpoints (default: on, 50 %).
+    #[serde(default)]
+    pub isolation: Option<crate::resources::isolate::IsolationSpec>,
     /// Set when a Release runs on the service: routes to it are split.
     #[serde(skip)]
     pub split: Option<Split>,
@@ -132,6 +136,11 @@ pub struct HealthCheckSpec {
     pub unhealthy_threshold: u32,
     #[serde(default = "one")]
     pub healthy_threshold: u32,
+    /// Checked once for the fleet instead of by every proxy: the control
+    /// plane assigns each endpoint's check to one proxy that offers HDS
+    /// (Envoy's `hds_config`), and endpoints reported down leave EDS.
+    #[serde(default)]
+    pub hds: bool,
 }
 
 fn default_hc_interval() -> String {

@@ -3,7 +3,7 @@
 //! commands people queue for it (`ctl restart`, `ctl drain`).
 
 use crate::discovery::agents::{Action, AgentReport};
-use crate::discovery::bootstrap::bootstrap_yaml;
+use crate::discovery::bootstrap::{bootstrap_yaml, with_hds};
 use crate::serve::api::access::authorize;
 use crate::serve::api::auth::Role;
 use crate::serve::api::reply::{bad_request, not_found};
@@ -25,6 +25,9 @@ pub struct BootstrapQuery {
     admin_port: u16,
     #[serde(default)]
     delta: bool,
+    /// With `hds_config`: the proxy checks endpoints for the control plane.
+    #[serde(default)]
+    hds: bool,
     /// The xDS address the proxy dials; default: where this control plane serves it.
     xds: Option<String>,
 }
@@ -60,7 +63,10 @@ pub async fn bootstrap(
     let Some((host, port)) = xds.rsplit_once(':') else {
         return bad_request("invalid", "xds must be HOST:PORT");
     };
-    let yaml = bootstrap_yaml(&q.node, &q.cluster, host.trim_matches(['[', ']']), port, q.delta, q.admin_port);
+    let mut yaml = bootstrap_yaml(&q.node, &q.cluster, host.trim_matches(['[', ']']), port, q.delta, q.admin_port);
+    if q.hds {
+        yaml = with_hds(&yaml);
+    }
     ([(axum::http::header::CONTENT_TYPE, "application/yaml")], yaml).into_response()
 }
 

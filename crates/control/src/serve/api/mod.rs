@@ -7,6 +7,7 @@ mod admin;
 mod agents;
 mod alerts;
 pub mod auth;
+mod faults;
 pub mod guard;
 mod instances;
 mod monitor;
@@ -45,6 +46,7 @@ pub fn router(ctrl: Arc<Controller>, lockout: guard::Lockout) -> Router {
         .route("/v1/resources/{kind}/{name}", delete(delete_one))
         .route("/v1/proxies", get(proxies))
         .route("/v1/alerts", get(alerts::alerts))
+        .route("/v1/abnormal", get(faults::abnormal))
         .route("/v1/releases", get(releases::list).post(releases::start))
         .route("/v1/releases/{name}", get(releases::get_one))
         .route("/v1/releases/{name}/{action}", post(releases::act))

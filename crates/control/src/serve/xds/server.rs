@@ -162,6 +162,7 @@ pub async fn serve(
     use service::cluster::v3::cluster_discovery_service_server::ClusterDiscoveryServiceServer;
     use service::discovery::v3::aggregated_discovery_service_server::AggregatedDiscoveryServiceServer;
     use service::endpoint::v3::endpoint_discovery_service_server::EndpointDiscoveryServiceServer;
+    use service::health::v3::health_discovery_service_server::HealthDiscoveryServiceServer;
     use service::listener::v3::listener_discovery_service_server::ListenerDiscoveryServiceServer;
     use service::load_stats::v3::load_reporting_service_server::LoadReportingServiceServer;
     use service::metrics::v3::metrics_service_server::MetricsServiceServer;
@@ -171,6 +172,7 @@ pub async fn serve(
     let metrics = MetricsServer::new(ctrl.monitor.clone());
     let load = LoadServer::new(ctrl.monitor.clone());
     let csds = Csds::new(ctrl.clone());
+    let hds = crate::serve::hds::HdsServer::new(ctrl.clone());
     let server = XdsServer::new(ctrl);
     let mut builder = tonic::transport::Server::builder();
     if let Some(cfg) = tls {
@@ -187,6 +189,7 @@ pub async fn serve(
         .add_service(ClientStatusDiscoveryServiceServer::new(csds))
         .add_service(MetricsServiceServer::new(metrics))
         .add_service(LoadReportingServiceServer::new(load))
+        .add_service(HealthDiscoveryServiceServer::new(hds))
         .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
         .await
 }

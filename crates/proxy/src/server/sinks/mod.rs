@@ -2,12 +2,14 @@
 //! `envoy.stat_sinks.metrics_service` sink (`metrics`: one flush's metric
 //! families; `stream`: the `StreamMetrics` stream, every
 //! `stats_flush_interval`), and load reports to the server named by
-//! `cluster_manager.load_stats_config` (`lrs`).
+//! `cluster_manager.load_stats_config` (`lrs`), and endpoints' health to
+//! the server named by `hds_config` (`hds`: health checks it delegates).
 //!
 //! Both run on the main thread's runtime and read what the workers count
 //! (sharded stats, host atomics); nothing here runs on a worker or waits on
 //! the request path.
 
+pub mod hds;
 pub mod lrs;
 pub mod metrics;
 pub mod stream;
@@ -51,6 +53,8 @@ pub struct SinksConfig {
     pub metrics: Vec<MetricsSink>,
     /// `cluster_manager.load_stats_config`'s cluster.
     pub lrs_cluster: Option<String>,
+    /// `hds_config`'s cluster.
+    pub hds_cluster: Option<String>,
 }
 
 impl SinksConfig {
@@ -62,10 +66,11 @@ impl SinksConfig {
             metrics.push(metrics_sink(sink, &format!("stats_sinks[{i}]"))?);
         }
         let lrs_cluster = match b.cluster_manager.as_ref().and_then(|cm| cm.load_stats_config.as_ref()) {
-            Some(source) => Some(lrs_cluster(source)?),
+            Some(source) => Some(grpc_source(source, "cluster_manager.load_stats_config")?),
             None => None,
         };
-        Ok(Self { flush_interval, metrics, lrs_cluster })
+        let hds_cluster = b.hds_config.as_ref().map(|s| grpc_source(s, "hds_config")).transpose()?;
+        Ok(Self { flush_interval, metrics, lrs_cluster, hds_cluster })
     }
 
     /// Every gRPC client cluster named here, with its field.
@@ -78,6 +83,9 @@ impl SinksConfig {
             .collect();
         if let Some(c) = &self.lrs_cluster {
             out.push(("cluster_manager.load_stats_config".into(), c.as_str()));
+        }
+        if let Some(c) = &self.hds_cluster {
+            out.push(("hds_config".into(), c.as_str()));
         }
         out
     }
@@ -117,10 +125,10 @@ fn envoy_grpc_cluster(g: Option<&GrpcService>, path: &str) -> Result<String, Sin
     }
 }
 
-fn lrs_cluster(s: &ApiConfigSource) -> Result<String, SinkConfigError> {
-    let path = "cluster_manager.load_stats_config";
+/// The cluster of a GRPC `ApiConfigSource` at `path` (load reports, HDS).
+fn grpc_source(s: &ApiConfigSource, path: &str) -> Result<String, SinkConfigError> {
     if ApiType::try_from(s.api_type) != Ok(ApiType::Grpc) {
-        return Err(err(format!("{path}.api_type"), "only GRPC is supported for load reporting"));
+        return Err(err(format!("{path}.api_type"), "only GRPC is supported"));
     }
     if s.transport_api_version != ApiVersion::V3 as i32 {
         return Err(err(format!("{path}.transport_api_version"), "only V3 is supported (as in Envoy)"));
@@ -148,6 +156,9 @@ pub fn start(shared: &Arc<Shared>, cfg: SinksConfig) -> Result<(), SinkConfigErr
     }
     if let Some(cluster) = cfg.lrs_cluster {
         tokio::spawn(lrs::run(shared.clone(), cluster));
+    }
+    if let Some(cluster) = cfg.hds_cluster {
+        tokio::spawn(hds::run(shared.clone(), cluster));
     }
     Ok(())
 }

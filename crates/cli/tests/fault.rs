@@ -1,0 +1,168 @@
+//! Abnormal nodes end to end: a gateway proxy (`legate proxy` under its
+//! agent) that NACKs a listener only it cannot bind is found abnormal with
+//! the NACK as evidence; being an endpoint of a service, it leaves the EDS a
+//! real Envoy 1.40 receives (within the service's cap); the control plane
+//! restarts it through its agent; still NACKing after the restart, it stays
+//! isolated and the `repair_failed` alert fires; fixed, it comes back.
+
+mod harness;
+
+use harness::agent::Agent;
+use harness::xds::{hcm_filter, web_resources};
+use harness::*;
+use serde_json::Value;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// A control plane detecting quickly: lag and down after 2 s, repairs 2 s
+/// after a node turns abnormal, verified 6 s after the restart.
+fn control_plane(dir: &Path) -> ControlPlane {
+    let flags = [
+        "--alert-interval",
+        "200ms",
+        "--abnormal-after",
+        "2s",
+        "--repair-after",
+        "2s",
+        "--repair-verify",
+        "6s",
+        "--repair-interval",
+        "1s",
+    ];
+    ControlPlane::start_with(dir, free_port(), free_port(), dir.join("cp-data"), &flags)
+}
+
+/// Service `gateways` for the node `edge`: one endpoint per (port, node).
+fn gateways(endpoints: &[(u16, &str)], max_percent: u32) -> String {
+    let eps: String = endpoints
+        .iter()
+        .map(|(port, node)| format!("  - {{ address: 127.0.0.1, port: {port}, labels: {{ node: {node} }} }}\n"))
+        .collect();
+    format!(
+        "kind: Service\nmetadata: {{ name: gateways, nodes: {{ ids: [edge] }} }}\nspec:\n  endpoints:\n{eps}  isolation: {{ enabled: true, max_percent: {max_percent} }}\n"
+    )
+}
+
+/// `node` as `GET /v1/abnormal` shows it, when abnormal.
+fn abnormal(cp: &ControlPlane, node: &str) -> Option<Value> {
+    let v = cp.get("/v1/abnormal")?;
+    v["nodes"].as_array()?.iter().find(|n| n["node"] == node).cloned()
+}
+
+/// `name`'s state in `/v1/alerts`.
+fn alert_state(cp: &ControlPlane, name: &str) -> Option<String> {
+    let v = cp.get("/v1/alerts")?;
+    let r = v["rules"].as_array()?.iter().find(|r| r["name"] == name)?.clone();
+    r["state"].as_str().map(String::from)
+}
+
+/// `node`'s agent report as `/v1/proxies` shows it.
+fn agent_of(cp: &ControlPlane, node: &str) -> Option<Value> {
+    cp.proxies().into_iter().find(|p| p["node"]["id"] == node).map(|p| p["agent"].clone()).filter(|a| !a.is_null())
+}
+
+/// A listener for gw-bad only on 127.0.0.1:`port`, its routes inline (so
+/// its bind is refused with its LDS update, whatever RDS does).
+fn blocked_listener(port: u16, cluster: &str) -> String {
+    let routes = format!(
+        "route_config: {{ virtual_hosts: [{{ name: all, domains: [\"*\"], routes: [{{ match: {{ prefix: \"/\" }}, route: {{ cluster: {cluster} }} }}] }}] }}"
+    );
+    format!(
+        "kind: Listener\nmetadata: {{ name: blocked-gw, nodes: {{ ids: [gw-bad] }} }}\nspec:\n  name: blocked-gw\n  address: {{ socket_address: {{ address: 127.0.0.1, port_value: {port} }} }}\n  filter_chains:\n  - filters:\n{}",
+        hcm_filter("blocked", &routes)
+    )
+}
+
+#[test]
+fn a_nacking_gateway_is_isolated_restarted_and_left_isolated_with_an_alert() {
+    let dir = TempDir::new("fault-nack");
+    let d = dir.path();
+    let (_up, up) = echo("up", d);
+    let (_gw2, gw2) = echo("gw-2", d);
+    let (_gw3, gw3) = echo("gw-3", d);
+    let cp = control_plane(d);
+    // gw-bad serves on gw_port (to the upstream); it is the first of three
+    // endpoints of `gateways`, which only `edge` (Envoy) receives.
+    let gw_port = free_port();
+    cp.apply(d, &web_resources(gw_port, up, &["gw-bad"], "-gw"));
+    cp.apply(d, &gateways(&[(gw_port, "gw-bad"), (gw2, "gw-2"), (gw3, "gw-3")], 34));
+    let rule = "kind: AlertRule\nmetadata: { name: unrepaired }\nspec: { metric: repair_failed, above: 0, nodes: { ids: [gw-bad] } }\n";
+    cp.apply(d, rule);
+    let mut agent = Agent::start(&cp, "gw-bad", "legate", None, free_port(), d);
+    let a = wait_for("gw-bad's proxy to run", Duration::from_secs(40), || {
+        agent_of(&cp, "gw-bad").filter(|a| a["state"] == "running")
+    });
+    agent.proxy_pids.push(a["pid"].as_u64().and_then(|p| u32::try_from(p).ok()).expect("pid"));
+    wait_for("gw-bad to serve", Duration::from_secs(20), || {
+        http_get(addr(gw_port), "/", "gw").ok().filter(|r| r.status == 200)
+    });
+    let edge = attach(Bin::Envoy, &cp, "edge", false, d);
+    let sorted = |mut v: Vec<u16>| {
+        v.sort();
+        v
+    };
+    let (all, others) = (sorted(vec![gw_port, gw2, gw3]), sorted(vec![gw2, gw3]));
+    wait_for("Envoy to hold the three gateways", Duration::from_secs(20), || {
+        (cluster_ports(edge.admin, "gateways") == all).then_some(())
+    });
+    assert!(abnormal(&cp, "gw-bad").is_none(), "{:?}", cp.get("/v1/abnormal"));
+
+    // A listener only gw-bad receives, on a port something else holds.
+    let blocker = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let taken = blocker.local_addr().expect("addr").port();
+    let bad = blocked_listener(taken, "web-gw");
+    let t0 = Instant::now();
+    cp.apply(d, &bad);
+    let node = wait_for("gw-bad abnormal", Duration::from_secs(10), || abnormal(&cp, "gw-bad"));
+    let found = t0.elapsed();
+    let nack =
+        node["causes"].as_array().and_then(|c| c.iter().find(|c| c["cause"] == "nack")).cloned().expect("nack cause");
+    let evidence = nack["evidence"].as_str().unwrap_or("");
+    assert!(evidence.contains("Listener") && evidence.contains(&format!("127.0.0.1:{taken}")), "{node}");
+    wait_for("gw-bad out of Envoy's EDS", Duration::from_secs(10), || {
+        (cluster_ports(edge.admin, "gateways") == others).then_some(())
+    });
+    let left = t0.elapsed();
+    let node = abnormal(&cp, "gw-bad").expect("still abnormal");
+    assert_eq!(node["isolated"], serde_json::json!([format!("gateways 127.0.0.1:{gw_port}")]), "{node}");
+    eprintln!("NACK: abnormal after {found:?} (evidence: {evidence}); out of Envoy's EDS after {left:?}");
+
+    // The repair: a hot restart through the agent (epoch 1) ...
+    let a = wait_for("the repair's restart", Duration::from_secs(15), || {
+        agent_of(&cp, "gw-bad").filter(|a| a["epoch"] == 1 && a["state"] == "running")
+    });
+    let restarted = t0.elapsed();
+    agent.proxy_pids.push(a["pid"].as_u64().and_then(|p| u32::try_from(p).ok()).expect("pid"));
+    // ... does not help: the new process NACKs the same listener.
+    let node = wait_for("the repair to fail", Duration::from_secs(20), || {
+        abnormal(&cp, "gw-bad").filter(|n| n["repair"]["state"] == "failed")
+    });
+    let failed = t0.elapsed();
+    assert!(node["repair"]["reason"].as_str().is_some_and(|r| r.contains("after its restart")), "{node}");
+    wait_for("the repair_failed alert to fire", Duration::from_secs(5), || {
+        (alert_state(&cp, "unrepaired").as_deref() == Some("firing")).then_some(())
+    });
+    assert!(!cluster_ports(edge.admin, "gateways").contains(&gw_port), "a failed repair stays isolated");
+    let (ok, table) = cp.ctl(&["abnormal"]);
+    assert!(ok && table.contains("NACK") && table.contains("cannot bind") && table.contains("failed"), "{table}");
+    let v = cp.get("/v1/abnormal").expect("abnormal");
+    assert_eq!((v["repairs"]["started"].as_u64(), v["repairs"]["failed"].as_u64()), (Some(1), Some(1)), "{v}");
+    eprintln!("repair: restarted (epoch 1) after {restarted:?}, failed after {failed:?}; alert firing");
+
+    // Fixed: the node is normal, back in EDS, and the alert resolves.
+    let t1 = Instant::now();
+    let (ok, out) = cp.ctl(&["delete", "listener", "blocked-gw"]);
+    assert!(ok, "{out}");
+    let returned = (0..100).any(|_| {
+        std::thread::sleep(Duration::from_millis(100));
+        cluster_ports(edge.admin, "gateways") == all
+    });
+    assert!(returned, "gw-bad not back in Envoy's EDS within 10 s: {:?}", cp.get("/v1/abnormal"));
+    let back = t1.elapsed();
+    assert!(abnormal(&cp, "gw-bad").is_none());
+    wait_for("the alert to resolve", Duration::from_secs(5), || {
+        (alert_state(&cp, "unrepaired").as_deref() == Some("inactive")).then_some(())
+    });
+    eprintln!("fixed: back in Envoy's EDS after {back:?}");
+    drop(blocker);
+}
