@@ -49,6 +49,8 @@ pub const SUPPORTED_EXTENSIONS: &[&str] = &[
     "envoy.config.metrics.v3.MetricsServiceConfig",
 ];
 
+use crate::support_tracing::{TRACING_EXTENSIONS, TRACING_FIELDS, TRACING_UNSUPPORTED_VALUES};
+
 const SUPPORTED_FIELDS: &[(&str, &[&str])] = &[
     (
         "envoy.config.bootstrap.v3.Bootstrap",
@@ -75,7 +77,7 @@ const SUPPORTED_FIELDS: &[(&str, &[&str])] = &[
         "envoy.config.core.v3.ApiConfigSource",
         &["api_type", "transport_api_version", "grpc_services", "set_node_on_first_message_only"],
     ),
-    ("envoy.config.core.v3.GrpcService", &["envoy_grpc"]),
+    ("envoy.config.core.v3.GrpcService", &["envoy_grpc", "timeout"]),
     ("envoy.config.core.v3.GrpcService.EnvoyGrpc", &["cluster_name"]),
     ("envoy.config.core.v3.ConfigSource", &["ads", "resource_api_version", "initial_fetch_timeout"]),
     ("envoy.config.core.v3.AggregatedConfigSource", &[]),
@@ -97,7 +99,7 @@ const SUPPORTED_FIELDS: &[(&str, &[&str])] = &[
     ("envoy.config.core.v3.SocketAddress", &["address", "port_value", "protocol"]),
     (
         "envoy.config.listener.v3.Listener",
-        &["name", "address", "filter_chains", "default_filter_chain", "listener_filters"],
+        &["name", "address", "filter_chains", "default_filter_chain", "listener_filters", "traffic_direction"],
     ),
     ("envoy.config.listener.v3.FilterChain", &["filters", "name", "filter_chain_match", "transport_socket"]),
     (
@@ -177,6 +179,7 @@ const SUPPORTED_FIELDS: &[(&str, &[&str])] = &[
             "internal_address_config",
             "upgrade_configs",
             "http2_protocol_options",
+            "tracing",
         ],
     ),
     (
@@ -231,6 +234,7 @@ const SUPPORTED_FIELDS: &[(&str, &[&str])] = &[
             "response_headers_to_add",
             "response_headers_to_remove",
             "typed_per_filter_config",
+            "decorator",
         ],
     ),
     (
@@ -708,7 +712,11 @@ const NARROWED: &[(&str, &str, &[&str])] = &[
 ];
 
 fn supported_fields(message: &str) -> &'static [&'static str] {
-    SUPPORTED_FIELDS.iter().find(|(m, _)| *m == message).map_or(&[], |(_, f)| f)
+    SUPPORTED_FIELDS.iter().chain(TRACING_FIELDS).find(|(m, _)| *m == message).map_or(&[], |(_, f)| f)
+}
+
+fn supported_extension(ty: &str) -> bool {
+    SUPPORTED_EXTENSIONS.contains(&ty) || TRACING_EXTENSIONS.contains(&ty)
 }
 
 /// Every set field and extension in `msg` that Legate does not implement.
@@ -724,7 +732,7 @@ fn check(msg: &DynamicMessage, path: &str, only: Option<&[&str]>, out: &mut Vec<
     if name == "google.protobuf.Any" {
         let Some(inner) = decode_any(msg) else { return };
         let ty = inner.descriptor().full_name().to_string();
-        if !SUPPORTED_EXTENSIONS.contains(&ty.as_str()) {
+        if !supported_extension(&ty) {
             out.push(FieldError::new(path, format!("extension {ty} is not implemented by Legate")));
             return;
         }
@@ -744,6 +752,7 @@ fn check(msg: &DynamicMessage, path: &str, only: Option<&[&str]>, out: &mut Vec<
         if let Value::EnumNumber(n) = value {
             let refused = UNSUPPORTED_VALUES
                 .iter()
+                .chain(TRACING_UNSUPPORTED_VALUES)
                 .find(|(m, f, values, _)| *m == name && *f == field.name() && values.contains(n));
             if let Some((_, _, _, reason)) = refused {
                 out.push(FieldError::new(p, *reason));

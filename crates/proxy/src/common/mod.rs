@@ -8,5 +8,6 @@ pub mod config_source;
 pub mod datasource;
 pub mod format;
 pub mod fraction;
+pub mod local_address;
 pub mod matcher;
 pub mod token_bucket;

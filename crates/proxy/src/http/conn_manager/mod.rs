@@ -10,6 +10,7 @@ mod request;
 mod response;
 mod stats;
 pub(in crate::http) mod stream;
+pub(in crate::http) mod tracing;
 pub(in crate::http) mod upgrade;
 mod xfcc;
 
@@ -83,6 +84,8 @@ pub struct Hcm {
     /// `http2_protocol_options.allow_connect`: extended CONNECT (RFC 8441)
     /// is offered to HTTP/2 clients, so WebSocket can run over a stream.
     pub allow_connect: bool,
+    /// `tracing`, on the listener's `traffic_direction`.
+    pub(in crate::http) tracing: Option<crate::trace::Tracing>,
 }
 
 pub type ProxyResponse = Response<TrackedBody>;
@@ -160,6 +163,7 @@ impl Hcm {
             xfcc: Xfcc::compile(c)?,
             upgrades,
             allow_connect: c.http2_protocol_options.as_ref().is_some_and(|o| o.allow_connect),
+            tracing: compile_tracing(c, ctx)?,
         })
     }
 
@@ -198,6 +202,22 @@ fn compile_codec(c: &HttpConnectionManager) -> Result<Codec, String> {
         CodecType::Http2 => Codec::Http2,
         CodecType::Http3 => return Err("codec_type: HTTP3 is not supported".into()),
     })
+}
+
+/// `tracing`, with the listener's direction and the server's exporters.
+fn compile_tracing(c: &HttpConnectionManager, ctx: &CompileContext) -> Result<Option<crate::trace::Tracing>, String> {
+    let Some(t) = &c.tracing else { return Ok(None) };
+    let local_cluster = ctx.local_cluster.to_str().unwrap_or_default();
+    let dctx = crate::trace::driver::DriverContext {
+        store: &ctx.store,
+        clusters: &ctx.clusters,
+        local_cluster,
+        node_id: &ctx.node_id,
+        zone: &ctx.zone,
+        exporters: &ctx.trace_exporters,
+    };
+    let start_child_span = false;
+    crate::trace::Tracing::compile(t, ctx.egress, start_child_span, &dctx, &c.stat_prefix).map(Some)
 }
 
 /// The route table's slot (inline, or RDS's) and the RDS name, if any.

@@ -36,6 +36,9 @@ impl Hcm {
         let found = table.as_deref().and_then(|t| {
             t.route(&stream.authority, &stream.path, &parts.headers, parts.method.as_str(), stream.conn.scheme())
         });
+        if self.tracing.is_some() {
+            self.start_trace(&mut stream, &mut parts.headers, found);
+        }
         let (stream, upgrade) = step!(self.accept_upgrade(stream, &mut parts, extended, found));
         let body = ProxyBody::stream(body);
         let (stream, body) = if self.filters.is_empty() {

@@ -43,6 +43,9 @@ impl Hcm {
         if !self.filters.is_empty() {
             self.filters.on_response(&stream.filter_state, resp);
         }
+        if self.tracing.is_some() {
+            self.trace_response(stream, resp.headers_mut());
+        }
         if closes_connection(stream) {
             resp.headers_mut().insert(http::header::CONNECTION, HeaderValue::from_static("close"));
         }

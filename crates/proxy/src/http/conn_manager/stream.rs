@@ -56,6 +56,8 @@ pub(in crate::http) struct Stream {
     /// switch protocols closes the connection, as Envoy's codec does (what
     /// follows the head may be the other protocol's bytes).
     pub(in crate::http) upgrade_requested: bool,
+    /// The stream's spans, when its connection manager traces.
+    pub(in crate::http) trace: Option<Box<super::tracing::StreamTrace>>,
 }
 
 impl Stream {
@@ -112,6 +114,7 @@ impl Stream {
             internal: false,
             upgraded: false,
             upgrade_requested: false,
+            trace: None,
         })
     }
 
@@ -186,10 +189,14 @@ impl Stream {
 }
 
 impl Finish for Stream {
-    fn finish(self: Box<Self>, bytes_sent: u64, complete: bool) {
+    fn finish(mut self: Box<Self>, bytes_sent: u64, complete: bool) {
         let elapsed = self.start.elapsed();
         self.record_stats(elapsed);
         self.record_upstream(complete);
+        if self.trace.is_some() {
+            let received = self.request_progress.as_ref().map_or(self.bytes_received, |p| p.received.load(Relaxed));
+            self.finish_trace(received, bytes_sent, complete);
+        }
         if !self.hcm.access_logs.is_empty() {
             self.write_access_logs(bytes_sent, complete, elapsed);
         }
