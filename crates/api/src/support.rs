@@ -422,7 +422,10 @@ const SUPPORTED_FIELDS: &[(&str, &[&str])] = &[
     ),
     // `allow_connect` only on a connection manager (see `NARROWED`).
     ("envoy.config.core.v3.Http2ProtocolOptions", &[]),
-    ("envoy.extensions.filters.http.router.v3.Router", &["suppress_envoy_headers", "dynamic_stats"]),
+    (
+        "envoy.extensions.filters.http.router.v3.Router",
+        &["suppress_envoy_headers", "dynamic_stats", "start_child_span"],
+    ),
     ("envoy.extensions.filters.http.health_check.v3.HealthCheck", &["pass_through_mode", "headers"]),
     ("envoy.extensions.filters.http.fault.v3.HTTPFault", &["delay", "abort", "headers"]),
     ("envoy.extensions.filters.common.fault.v3.FaultDelay", &["fixed_delay", "header_delay", "percentage"]),

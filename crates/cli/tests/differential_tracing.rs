@@ -24,10 +24,10 @@ const ARRIVAL: Duration = Duration::from_secs(20);
 /// A connection manager with `tracing` (`provider` and other fields), its
 /// routes: `/dec` decorated as `myOp`, `/fail` to a closed port, the rest
 /// to the echo upstream.
-fn traced_hcm(stat: &str, tracing: &str, extra: &str) -> String {
+fn traced_hcm(stat: &str, tracing: &str, extra: &str, router: &str) -> String {
     let routes = "[{match: {prefix: \"/dec\"}, route: {cluster: echo}, decorator: {operation: myOp}}, {match: {prefix: \"/fail\"}, route: {cluster: closed}}, {match: {prefix: \"/\"}, route: {cluster: echo}}]";
     format!(
-        "{{filters: [{{name: envoy.filters.network.http_connection_manager, typed_config: {{\"@type\": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager, stat_prefix: {stat}, tracing: {{{tracing}}}, route_config: {{virtual_hosts: [{{name: all, domains: [\"*\"], routes: {routes}}}]}}, http_filters: [{{name: envoy.filters.http.router, typed_config: {{\"@type\": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}}}]{extra}}}}}]}}"
+        "{{filters: [{{name: envoy.filters.network.http_connection_manager, typed_config: {{\"@type\": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager, stat_prefix: {stat}, tracing: {{{tracing}}}, route_config: {{virtual_hosts: [{{name: all, domains: [\"*\"], routes: {routes}}}]}}, http_filters: [{{name: envoy.filters.http.router, typed_config: {{\"@type\": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router{router}}}}}]{extra}}}}}]}}"
     )
 }
 
@@ -45,6 +45,10 @@ struct Setup {
     envoy_collector: u16,
     legate_collector: u16,
     grpc: bool,
+    /// A port nobody listens on (the `closed` cluster), the same for both.
+    closed: u16,
+    /// Router fields (`, start_child_span: true`).
+    router: &'static str,
 }
 
 /// Node `trace-node` of cluster `trace-test`: an OUTBOUND listener `out`
@@ -53,9 +57,19 @@ struct Setup {
 fn config(who: &str, admin: u16, ports: &Ports, setup: &Setup, out: &str, inb: &str, extra: &str) -> String {
     let collector = if who == "envoy" { setup.envoy_collector } else { setup.legate_collector };
     let (echo, grpc) = (setup.echo, setup.grpc);
-    let out = listener_chains("out", ports["out"], &[traced_hcm("out", out, extra)], ", traffic_direction: OUTBOUND");
-    let inb = listener_chains("in", ports["in"], &[traced_hcm("in", inb, extra)], ", traffic_direction: INBOUND");
-    let closed = free_port();
+    let out = listener_chains(
+        "out",
+        ports["out"],
+        &[traced_hcm("out", out, extra, setup.router)],
+        ", traffic_direction: OUTBOUND",
+    );
+    let inb = listener_chains(
+        "in",
+        ports["in"],
+        &[traced_hcm("in", inb, extra, setup.router)],
+        ", traffic_direction: INBOUND",
+    );
+    let closed = setup.closed;
     format!(
         "node: {{id: trace-node, cluster: trace-test}}\n{}",
         bootstrap(
@@ -173,18 +187,20 @@ fn tracing_stats(listener: &str) -> Vec<String> {
         .collect()
 }
 
-fn start(
-    name: &str,
-    grpc: bool,
-    out: &str,
-    inb: &str,
-    extra: &str,
-) -> (TempDir, Collector, Collector, [Side; 2], Proc) {
+/// The running pieces of a scenario: scratch dir, Envoy's and Legate's
+/// collectors, the two proxies, the echo upstream.
+type Running = (TempDir, Collector, Collector, [Side; 2], Proc);
+
+fn start(name: &str, grpc: bool, out: &str, inb: &str, extra: &str) -> Running {
+    start_with(name, grpc, out, inb, extra, "")
+}
+
+fn start_with(name: &str, grpc: bool, out: &str, inb: &str, extra: &str, router: &'static str) -> Running {
     let dir = TempDir::new(name);
     let (echo_proc, echo) = echo("a", dir.path());
     let make = || if grpc { Collector::otlp() } else { Collector::zipkin() };
     let (ec, lc) = (make(), make());
-    let setup = Setup { echo, envoy_collector: ec.port, legate_collector: lc.port, grpc };
+    let setup = Setup { echo, envoy_collector: ec.port, legate_collector: lc.port, grpc, closed: free_port(), router };
     let sides =
         both(dir.path(), &[], &["out", "in"], |who, admin, ports| config(who, admin, ports, &setup, out, inb, extra));
     (dir, ec, lc, sides, echo_proc)
@@ -342,4 +358,86 @@ fn sampling_decisions_match_envoy() {
     compare_stats(&sides, &names.iter().map(String::as_str).collect::<Vec<_>>());
     assert_eq!(sides[1].stat("http.out.tracing.not_traceable"), 2);
     assert_eq!(sides[1].stat("http.in.tracing.not_traceable"), 2);
+}
+
+/// The spans of one side, the upstream spans keyed by their parent's path.
+fn split_children(spans: &[Recorded]) -> (BTreeMap<String, Recorded>, BTreeMap<String, Recorded>) {
+    let (children, parents): (Vec<Recorded>, Vec<Recorded>) =
+        spans.iter().cloned().partition(|s| s.name.starts_with("router "));
+    let parents = by_path(&parents);
+    let children = children
+        .into_iter()
+        .filter_map(|c| {
+            // Same trace: on an ingress listener Envoy's Zipkin child shares
+            // its parent's id rather than naming it as parent.
+            let path = parents.iter().find(|(_, p)| p.trace_id == c.trace_id)?.0.clone();
+            Some((path, c))
+        })
+        .collect();
+    (parents, children)
+}
+
+/// With upstream spans (`router_fields` or `tracing_fields`), custom tags
+/// and a short `max_path_tag_length`: both proxies' spans, parents and
+/// children, compared; the upstream request carries the child's context.
+fn child_spans_match(name: &str, grpc: bool, tracing_fields: &str, router_fields: &'static str) {
+    let provider = if grpc { otel_provider() } else { zipkin_provider() };
+    let tags = "custom_tags: [{tag: ltag, literal: {value: lv}}, {tag: htag, request_header: {name: x-tag, default_value: none}}, {tag: etag, environment: {name: LEGATE_TRACE_TEST_UNSET, default_value: d}}]";
+    let tracing = format!("{provider}, max_path_tag_length: 6, {tags}{tracing_fields}");
+    let (_dir, ec, lc, sides, _echo) = start_with(name, grpc, &tracing, &tracing, "", router_fields);
+    let requests: Vec<Request> = vec![
+        ("out", "GET", "/plain/1?long=query", vec![], ""),
+        ("in", "GET", "/dec/2", vec![("x-tag", "hv")], ""),
+        ("in", "GET", "/fail/3", vec![], ""),
+    ];
+    let seen: Vec<BTreeMap<String, Exchange>> = sides.iter().map(|s| exchange_all(s, &requests)).collect();
+    let n = 2 * requests.len();
+    let (e, l) = (ec.wait_spans(n, ARRIVAL), lc.wait_spans(n, ARRIVAL));
+    std::thread::sleep(Duration::from_secs(6));
+    assert_eq!((ec.spans().len(), lc.spans().len()), (n, n), "span counts:\nEnvoy {e:#?}\nLegate {l:#?}");
+    let (ep, ech) = split_children(&e);
+    let (lp, lch) = split_children(&l);
+    assert_eq!(ep.keys().collect::<Vec<_>>(), ["/dec/2", "/fail/", "/plain"], "Envoy's truncated paths");
+    assert_eq!(ech.len(), requests.len(), "Envoy's children: {e:#?}");
+    for (side, parents, children) in [("envoy", &ep, &ech), ("legate", &lp, &lch)] {
+        assert_eq!(parents.keys().collect::<Vec<_>>(), ep.keys().collect::<Vec<_>>(), "{side}");
+        assert_eq!(children.keys().collect::<Vec<_>>(), ech.keys().collect::<Vec<_>>(), "{side}");
+    }
+    for path in ep.keys() {
+        assert_eq!(
+            comparable(&ep[path]),
+            comparable(&lp[path]),
+            "span of {path}:\nEnvoy  {:#?}\nLegate {:#?}",
+            ep[path],
+            lp[path]
+        );
+        let (a, b) = (&ech[path], &lch[path]);
+        assert_eq!(comparable(a), comparable(b), "upstream span of {path}:\nEnvoy  {a:#?}\nLegate {b:#?}");
+        assert_eq!(a.trace_id.len(), ep[path].trace_id.len());
+    }
+    for (i, (parents, children)) in [(&ep, &ech), (&lp, &lch)].into_iter().enumerate() {
+        for (path, full) in [("/plain", "/plain/1?long=query"), ("/dec/2", "/dec/2")] {
+            let (up, child) = (&seen[i][full].upstream, &children[path]);
+            if grpc {
+                assert_eq!(up.get("traceparent"), Some(&format!("00-{}-{}-01", child.trace_id, child.id)), "{path}");
+            } else {
+                assert_eq!(up.get("x-b3-spanid"), Some(&child.id), "{path}");
+                assert_eq!(up.get("x-b3-parentspanid"), child.parent_id.as_ref(), "{path}");
+            }
+            assert_eq!(child.trace_id, parents[path].trace_id);
+        }
+        assert_eq!(parents["/dec/2"].tag("htag"), Some("hv"));
+        assert_eq!(parents["/plain"].tag("htag"), Some("none"));
+        assert_eq!((parents["/plain"].tag("ltag"), parents["/plain"].tag("etag")), (Some("lv"), Some("d")));
+    }
+}
+
+#[test]
+fn zipkin_router_child_spans_and_custom_tags_match_envoy() {
+    child_spans_match("trace-child-zipkin", false, "", ", start_child_span: true");
+}
+
+#[test]
+fn opentelemetry_upstream_spans_match_envoy() {
+    child_spans_match("trace-child-otel", true, ", spawn_upstream_span: true", "");
 }

@@ -87,9 +87,12 @@ pub struct Tracing {
     /// `max_path_tag_length` (Envoy's default: 256).
     pub max_path_tag_length: usize,
     pub custom_tags: Vec<tags::CustomTag>,
-    /// `spawn_upstream_span`, or the router's `start_child_span`: the
-    /// upstream request gets its own child span.
+    /// `spawn_upstream_span` (the connection manager's span is then the
+    /// server side of the hop, whatever the direction).
     pub spawn_upstream_span: bool,
+    /// `spawn_upstream_span` or the router's `start_child_span`: each
+    /// upstream request gets its own child span.
+    pub child_spans: bool,
     /// From the listener's `traffic_direction`: OUTBOUND is egress,
     /// anything else ingress (Envoy's legacy default).
     pub egress: bool,
@@ -127,7 +130,8 @@ impl Tracing {
             overall_sampling: Fraction::from_percent(t.overall_sampling.as_ref()),
             max_path_tag_length: t.max_path_tag_length.as_ref().map_or(256, |v| v.value as usize),
             custom_tags,
-            spawn_upstream_span: t.spawn_upstream_span.as_ref().is_some_and(|b| b.value) || start_child_span,
+            spawn_upstream_span: t.spawn_upstream_span.as_ref().is_some_and(|b| b.value),
+            child_spans: t.spawn_upstream_span.as_ref().is_some_and(|b| b.value) || start_child_span,
             egress,
             node_id: ctx.node_id.to_string(),
             zone: ctx.zone.to_string(),

@@ -24,6 +24,7 @@ pub const UPSTREAM_ADDRESS: &str = "upstream_address";
 pub const PEER_ADDRESS: &str = "peer.address";
 pub const RESPONSE_FLAGS: &str = "response_flags";
 pub const ERROR: &str = "error";
+pub const ERROR_REASON: &str = "error.reason";
 pub const TRUE: &str = "true";
 
 /// One of `custom_tags`: a literal, an environment variable (read once,

@@ -92,14 +92,23 @@ impl super::Driver for Zipkin {
         })
     }
 
+    /// Envoy's Zipkin child is started as its parent was, from the
+    /// parent's context: on an ingress listener a server span that shares
+    /// the parent's id (with `shared_span_context`), on egress a client
+    /// span whose parent is the connection manager's.
     fn child(&self, parent: &Span, name: String, start: SystemTime) -> Span {
-        let context =
-            SpanContext { span_id: random_id(), parent_id: Some(parent.context.span_id), ..parent.context.clone() };
+        let p = &parent.context;
+        let shared = parent.kind == Kind::Server && self.shared_span_context;
+        let context = if shared {
+            p.clone()
+        } else {
+            SpanContext { span_id: random_id(), parent_id: Some(p.span_id), ..p.clone() }
+        };
         Span {
             name,
-            kind: Kind::Client,
+            kind: parent.kind,
             context,
-            shared: false,
+            shared,
             start,
             tags: Vec::new(),
             tracestate: None,

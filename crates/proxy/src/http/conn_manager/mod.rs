@@ -136,6 +136,7 @@ impl Hcm {
         let server_name = if c.server_name.is_empty() { "envoy" } else { c.server_name.as_str() };
         let upgrades = compile_upgrades(c)?;
         let idle_timeout = c.common_http_protocol_options.as_ref().and_then(|o| o.idle_timeout.as_ref());
+        let tracing = compile_tracing(c, ctx, filters.start_child_span)?;
         Ok(Self {
             stats: HcmStats::new(&ctx.store, &c.stat_prefix),
             stat_prefix: c.stat_prefix.clone(),
@@ -163,7 +164,7 @@ impl Hcm {
             xfcc: Xfcc::compile(c)?,
             upgrades,
             allow_connect: c.http2_protocol_options.as_ref().is_some_and(|o| o.allow_connect),
-            tracing: compile_tracing(c, ctx)?,
+            tracing,
         })
     }
 
@@ -205,7 +206,11 @@ fn compile_codec(c: &HttpConnectionManager) -> Result<Codec, String> {
 }
 
 /// `tracing`, with the listener's direction and the server's exporters.
-fn compile_tracing(c: &HttpConnectionManager, ctx: &CompileContext) -> Result<Option<crate::trace::Tracing>, String> {
+fn compile_tracing(
+    c: &HttpConnectionManager,
+    ctx: &CompileContext,
+    start_child_span: bool,
+) -> Result<Option<crate::trace::Tracing>, String> {
     let Some(t) = &c.tracing else { return Ok(None) };
     let local_cluster = ctx.local_cluster.to_str().unwrap_or_default();
     let dctx = crate::trace::driver::DriverContext {
@@ -216,7 +221,6 @@ fn compile_tracing(c: &HttpConnectionManager, ctx: &CompileContext) -> Result<Op
         zone: &ctx.zone,
         exporters: &ctx.trace_exporters,
     };
-    let start_child_span = false;
     crate::trace::Tracing::compile(t, ctx.egress, start_child_span, &dctx, &c.stat_prefix).map(Some)
 }
 

@@ -101,13 +101,11 @@ impl Hcm {
     /// the upstream request.
     pub(in crate::http) fn start_upstream_span(&self, stream: &mut Stream, h: &mut HeaderMap, cluster: &str) {
         let (Some(t), Some(st)) = (&self.tracing, stream.trace.as_mut()) else { return };
-        if !t.spawn_upstream_span {
+        if !t.child_spans {
             return;
         }
         let Some(parent) = &st.span else { return };
-        let mut child = t.driver.child(parent, format!("router {cluster} egress"), SystemTime::now());
-        child.set_tag(tags::NODE_ID, t.node_id.as_str());
-        child.set_tag(tags::ZONE, t.zone.as_str());
+        let child = t.driver.child(parent, format!("router {cluster} egress"), SystemTime::now());
         t.driver.inject(&child, h);
         st.upstream = Some(child);
     }
@@ -134,6 +132,31 @@ impl Hcm {
 }
 
 impl Stream {
+    /// The upstream span's own tags: the upstream's protocol and address,
+    /// and, when no response came, status 0 and why (Envoy's reset reason).
+    fn upstream_tags(&self, up: &mut Span, flags: &str) {
+        let reason = match flags {
+            "UF" => Some("remote connection failure"),
+            "UO" => Some("overflow"),
+            "UC" => Some("connection termination"),
+            "UR" => Some("remote reset"),
+            _ => None,
+        };
+        let http2 = self.cluster.as_ref().is_some_and(|c| c.http2);
+        match reason {
+            Some(r) => {
+                up.set_tag(tags::HTTP_PROTOCOL, "-");
+                up.set_tag(tags::HTTP_STATUS_CODE, "0");
+                up.set_tag(tags::ERROR_REASON, r);
+            }
+            None => up.set_tag(tags::HTTP_PROTOCOL, if http2 { "HTTP/2" } else { "HTTP/1.1" }),
+        }
+        if let Some((_, host, _)) = &self.upstream {
+            up.set_tag(tags::UPSTREAM_ADDRESS, host.addr.to_string());
+            up.set_tag(tags::PEER_ADDRESS, host.addr.to_string());
+        }
+    }
+
     /// The stream has ended: its spans get the response's tags and go to
     /// the tracer.
     pub(super) fn finish_trace(&mut self, bytes_received: u64, bytes_sent: u64, complete: bool) {
@@ -161,11 +184,7 @@ impl Stream {
         };
         if let Some(mut up) = upstream {
             common(&mut up);
-            up.set_tag(tags::HTTP_PROTOCOL, self.protocol);
-            if let Some((_, host, _)) = &self.upstream {
-                up.set_tag(tags::UPSTREAM_ADDRESS, host.addr.to_string());
-                up.set_tag(tags::PEER_ADDRESS, host.addr.to_string());
-            }
+            self.upstream_tags(&mut up, flags);
             t.driver.finish(up, end);
         }
         if let Some(mut s) = span {
