@@ -219,3 +219,52 @@ impl Sender {
         sent
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::trace::span::{Kind, SpanContext};
+
+    struct Nothing;
+    impl Encode for Nothing {
+        fn encode(&self, _: &[Finished]) -> Encoded {
+            Encoded { path: "/".into(), content_type: "x", body: Bytes::new(), grpc: false }
+        }
+        fn accepted(&self, _: u16, _: Option<&str>) -> bool {
+            true
+        }
+    }
+
+    fn finished() -> Finished {
+        let span = Span {
+            name: "s".into(),
+            kind: Kind::Server,
+            context: SpanContext::default(),
+            shared: false,
+            start: SystemTime::now(),
+            tags: Vec::new(),
+            tracestate: None,
+            b3_single: false,
+        };
+        Finished { span, end: SystemTime::now() }
+    }
+
+    #[test]
+    fn a_full_queue_drops_and_counts_without_waiting() {
+        let store = Arc::new(Store::default());
+        let target = Target {
+            cluster: "none".into(),
+            authority: "none".into(),
+            timeout: Duration::from_secs(1),
+            clusters: Default::default(),
+        };
+        let pending = Mutex::new(Vec::new());
+        let e = Exporter::new(target, Box::new(Nothing), ExportStats::new(&store, "test"), &pending);
+        // Never started: nothing drains the queue.
+        for _ in 0..QUEUE + 7 {
+            e.push(finished());
+        }
+        assert_eq!(store.counter("tracing.test.spans_dropped").value(), 7);
+        assert_eq!(pending.lock().map(|p| p.len()).unwrap_or(0), 1);
+    }
+}

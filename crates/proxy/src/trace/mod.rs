@@ -179,3 +179,72 @@ impl Tracing {
         reason
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::header::HeaderValue;
+
+    struct Never;
+    impl Driver for Never {
+        fn start(&self, _: &HeaderMap, _: &Operation<'_>, _: bool, _: std::time::SystemTime) -> Option<Span> {
+            None
+        }
+        fn child(&self, parent: &Span, _: String, _: std::time::SystemTime) -> Span {
+            parent.clone()
+        }
+        fn inject(&self, _: &Span, _: &mut HeaderMap) {}
+        fn finish(&self, _: Span, _: std::time::SystemTime) {}
+    }
+
+    fn tracing(random: f64, overall: f64) -> Tracing {
+        let store = Store::default();
+        Tracing {
+            driver: Arc::new(Never),
+            client_sampling: Fraction::ALL,
+            random_sampling: Fraction::from_percent(Some(&Percent { value: random })),
+            overall_sampling: Fraction::from_percent(Some(&Percent { value: overall })),
+            max_path_tag_length: 256,
+            custom_tags: Vec::new(),
+            spawn_upstream_span: false,
+            child_spans: false,
+            egress: false,
+            node_id: String::new(),
+            zone: String::new(),
+            stats: TracingStats::new(&store, "t"),
+        }
+    }
+
+    fn with_id(id: &'static str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(X_REQUEST_ID.clone(), HeaderValue::from_static(id));
+        h
+    }
+
+    #[test]
+    fn the_request_ids_number_is_drawn_against_the_percentages() {
+        // 0x00000bb8 = 3000: 3000 % 10000 falls inside 50 % (5000), not 20 %.
+        let id = "00000bb8-0000-4000-8000-000000000000";
+        let mut h = with_id(id);
+        assert_eq!(tracing(50.0, 100.0).decide(&mut h), Reason::Sampling);
+        assert_eq!(h[&X_REQUEST_ID], "00000bb8-0000-9000-8000-000000000000");
+        let mut h = with_id(id);
+        assert_eq!(tracing(20.0, 100.0).decide(&mut h), Reason::NotTraceable);
+        assert_eq!(h[&X_REQUEST_ID], id, "unchanged when nothing changed");
+        // A carried decision stands, unless overall sampling turns it off.
+        let mut h = with_id("00000bb8-0000-9000-8000-000000000000");
+        assert_eq!(tracing(0.0, 100.0).decide(&mut h), Reason::Sampling);
+        let mut h = with_id("00000bb8-0000-b000-8000-000000000000");
+        assert_eq!(tracing(100.0, 20.0).decide(&mut h), Reason::NotTraceable);
+        assert_eq!(h[&X_REQUEST_ID], "00000bb8-0000-4000-8000-000000000000");
+        // The client's own trace id, and a forced trace.
+        let mut h = with_id(id);
+        h.insert(X_CLIENT_TRACE_ID.clone(), HeaderValue::from_static("c"));
+        assert_eq!(tracing(0.0, 100.0).decide(&mut h), Reason::ClientForced);
+        let mut h = with_id(id);
+        h.insert(X_ENVOY_FORCE_TRACE.clone(), HeaderValue::from_static("1"));
+        assert_eq!(tracing(0.0, 100.0).decide(&mut h), Reason::ServiceForced);
+        // No usable id: not traced.
+        assert_eq!(tracing(100.0, 100.0).decide(&mut with_id("zz")), Reason::NotTraceable);
+    }
+}
