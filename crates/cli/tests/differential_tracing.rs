@@ -196,9 +196,21 @@ fn start(name: &str, grpc: bool, out: &str, inb: &str, extra: &str) -> Running {
 }
 
 fn start_with(name: &str, grpc: bool, out: &str, inb: &str, extra: &str, router: &'static str) -> Running {
+    let make = || if grpc { Collector::otlp() } else { Collector::zipkin() };
+    start_collecting(name, grpc, out, inb, extra, router, make)
+}
+
+fn start_collecting(
+    name: &str,
+    grpc: bool,
+    out: &str,
+    inb: &str,
+    extra: &str,
+    router: &'static str,
+    make: impl Fn() -> Collector,
+) -> Running {
     let dir = TempDir::new(name);
     let (echo_proc, echo) = echo("a", dir.path());
-    let make = || if grpc { Collector::otlp() } else { Collector::zipkin() };
     let (ec, lc) = (make(), make());
     let setup = Setup { echo, envoy_collector: ec.port, legate_collector: lc.port, grpc, closed: free_port(), router };
     let sides =
@@ -440,4 +452,50 @@ fn zipkin_router_child_spans_and_custom_tags_match_envoy() {
 #[test]
 fn opentelemetry_upstream_spans_match_envoy() {
     child_spans_match("trace-child-otel", true, ", spawn_upstream_span: true", "");
+}
+
+/// A collector that refuses every batch (503), and one that is not there:
+/// requests are served as ever, and the spans sent and the reports dropped
+/// or failed are counted as Envoy counts them.
+#[test]
+fn collector_failures_are_counted_as_envoy_counts_them() {
+    let z = zipkin_provider();
+    let (_dir, ec, lc, sides, _echo) =
+        start_collecting("trace-refused", false, &z, &z, "", "", || Collector::zipkin_answering(503));
+    let requests: Vec<Request> = (0..5).map(|_| ("in", "GET", "/plain/refused", vec![], "")).collect();
+    for side in &sides {
+        for (l, m, p, h, b) in &requests {
+            assert_eq!(send(side.port(l), m, p, h, b).resp.status, 200);
+        }
+    }
+    for (side, c) in sides.iter().zip([&ec, &lc]) {
+        c.wait_spans(5, ARRIVAL);
+        wait_for("the batch's answer counted", ARRIVAL, || {
+            (side.stat("tracing.zipkin.reports_dropped") >= 1).then_some(())
+        });
+    }
+    for side in &sides {
+        let (sent, dropped, ok) = (
+            side.stat("tracing.zipkin.spans_sent"),
+            side.stat("tracing.zipkin.reports_dropped"),
+            side.stat("tracing.zipkin.reports_sent"),
+        );
+        println!("{}: spans_sent {sent}, reports_dropped {dropped}, reports_sent {ok}", side.who);
+        assert_eq!((sent, ok), (5, 0), "{}", side.who);
+    }
+    drop((ec, lc));
+    // No collector at all: the same requests; Envoy's async client answers
+    // the refused connection itself (503), so the report counts as dropped.
+    let (_dir2, _ec2, _lc2, sides2, _echo2) = start_collecting("trace-down", false, &z, &z, "", "", Collector::absent);
+    for side in &sides2 {
+        for (l, m, p, h, b) in &requests {
+            assert_eq!(send(side.port(l), m, p, h, b).resp.status, 200);
+        }
+        wait_for("the unanswered report counted", ARRIVAL, || {
+            (side.stat("tracing.zipkin.reports_dropped") >= 1).then_some(())
+        });
+    }
+    let names = ["tracing.zipkin.spans_sent", "tracing.zipkin.reports_sent", "tracing.zipkin.reports_failed"];
+    compare_stats(&sides2, &names);
+    assert_eq!(sides2[1].stat("tracing.zipkin.spans_sent"), 5);
 }

@@ -95,7 +95,17 @@ impl Collector {
 
     /// A Zipkin collector (JSON v2 over HTTP/1.1), answering 202 as Zipkin does.
     pub fn zipkin() -> Collector {
-        start(|listener, received, mut stopped| async move {
+        Self::zipkin_answering(202)
+    }
+
+    /// A port where no collector listens (a collector that is down).
+    pub fn absent() -> Collector {
+        Collector { port: free_port(), received: Default::default(), stop: None, thread: None }
+    }
+
+    /// A Zipkin collector that records what comes and answers `status`.
+    pub fn zipkin_answering(status: u16) -> Collector {
+        start(move |listener, received, mut stopped| async move {
             loop {
                 let accepted = tokio::select! {
                     a = listener.accept() => a,
@@ -104,7 +114,7 @@ impl Collector {
                 let Ok((io, _)) = accepted else { continue };
                 let received = received.clone();
                 tokio::spawn(async move {
-                    let svc = hyper::service::service_fn(move |req| zipkin_request(req, received.clone()));
+                    let svc = hyper::service::service_fn(move |req| zipkin_request(req, received.clone(), status));
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(hyper_util::rt::TokioIo::new(io), svc)
                         .await;
@@ -213,6 +223,7 @@ impl TraceService for Otlp {
 async fn zipkin_request(
     req: hyper::Request<hyper::body::Incoming>,
     received: Shared,
+    status: u16,
 ) -> Result<hyper::Response<http_body_util::Full<bytes::Bytes>>, std::convert::Infallible> {
     let path = req.uri().path().to_string();
     let ct = req.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
@@ -224,7 +235,7 @@ async fn zipkin_request(
         got.spans.push(zipkin_span(s));
     }
     let mut resp = hyper::Response::new(http_body_util::Full::new(bytes::Bytes::new()));
-    *resp.status_mut() = hyper::StatusCode::ACCEPTED;
+    *resp.status_mut() = hyper::StatusCode::from_u16(status).unwrap_or(hyper::StatusCode::ACCEPTED);
     Ok(resp)
 }
 

@@ -22,6 +22,16 @@ const QUEUE: usize = 10_000;
 const MIN_FLUSH_SPANS: usize = 5;
 const FLUSH_INTERVAL: Duration = Duration::from_secs(5);
 
+/// How one batch's request went.
+enum Sent {
+    /// A response: its status and gRPC status.
+    Answered(u16, Option<String>),
+    /// None came (no host, connect failure, time limit).
+    NoResponse,
+    /// The response was cut off.
+    Reset,
+}
+
 /// A span and when it ended.
 pub struct Finished {
     pub span: Span,
@@ -171,47 +181,53 @@ impl Sender {
         };
         let encoded = self.encoder.encode(&spans);
         self.stats.spans_sent.add(spans.len() as u64);
+        // No response at all (no host, refused, timed out) is Envoy's
+        // async client's local 503/504: a dropped report, as a refusing
+        // collector's; a response cut off is a failed one.
         match self.send(&cluster, encoded).await {
-            Some((status, grpc)) if self.encoder.accepted(status, grpc.as_deref()) => self.stats.reports_sent.inc(),
-            Some(_) => self.stats.reports_dropped.inc(),
-            None => self.stats.reports_failed.inc(),
+            Sent::Answered(status, grpc) if self.encoder.accepted(status, grpc.as_deref()) => {
+                self.stats.reports_sent.inc()
+            }
+            Sent::Answered(..) | Sent::NoResponse => self.stats.reports_dropped.inc(),
+            Sent::Reset => self.stats.reports_failed.inc(),
         }
     }
 
-    /// One request to a host of the cluster: its status and gRPC status,
-    /// or None when it failed.
-    async fn send(&self, cluster: &Arc<Cluster>, e: Encoded) -> Option<(u16, Option<String>)> {
-        let host = cluster.pick()?;
+    /// One request to a host of the cluster.
+    async fn send(&self, cluster: &Arc<Cluster>, e: Encoded) -> Sent {
+        let Some(host) = cluster.pick() else { return Sent::NoResponse };
         let t = &self.target;
         let uri = if cluster.http2 { format!("http://{}{}", t.authority, e.path) } else { e.path.clone() };
+        let (Ok(uri), Ok(authority)) = (uri.parse::<http::Uri>(), HeaderValue::from_str(&t.authority)) else {
+            return Sent::NoResponse;
+        };
         let mut req = http::Request::new(ProxyBody::full(e.body));
         *req.method_mut() = http::Method::POST;
-        *req.uri_mut() = uri.parse().ok()?;
+        *req.uri_mut() = uri;
         let h = req.headers_mut();
         h.insert(CONTENT_TYPE, HeaderValue::from_static(e.content_type));
         if e.grpc {
             h.insert(http::header::TE, HeaderValue::from_static("trailers"));
         }
         if !cluster.http2 {
-            h.insert(HOST, HeaderValue::from_str(&t.authority).ok()?);
+            h.insert(HOST, authority);
         }
         let mut held = crate::upstream::pool::Held::default();
         cluster.stats.upstream_rq_active.inc();
         let sent = tokio::time::timeout(t.timeout, async {
-            let resp = crate::upstream::pool::send(cluster, &host, req, &mut held).await.ok()?;
+            let Ok(resp) = crate::upstream::pool::send(cluster, &host, req, &mut held).await else {
+                return Sent::NoResponse;
+            };
             let status = resp.status().as_u16();
+            cluster.stats.record_status(status);
             let header = resp.headers().get("grpc-status").and_then(|v| v.to_str().ok()).map(str::to_owned);
-            let body = resp.into_body().collect().await.ok()?;
+            let Ok(body) = resp.into_body().collect().await else { return Sent::Reset };
             let trailer =
                 body.trailers().and_then(|t| t.get("grpc-status")).and_then(|v| v.to_str().ok()).map(str::to_owned);
-            Some((status, header.or(trailer)))
+            Sent::Answered(status, header.or(trailer))
         })
         .await
-        .ok()
-        .flatten();
-        if let Some((status, _)) = &sent {
-            cluster.stats.record_status(*status);
-        }
+        .unwrap_or(Sent::NoResponse);
         cluster.stats.upstream_rq_active.dec();
         cluster.stats.upstream_rq_completed.inc();
         drop(held);
