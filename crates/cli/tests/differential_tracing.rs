@@ -363,6 +363,14 @@ fn sampling_decisions_match_envoy() {
             .map(|p| x[*p].upstream.get("x-b3-sampled").map_or("", String::as_str))
             .collect();
         assert_eq!(sampled, ["0", "1", "1", "0"], "{who}: x-b3-sampled upstream");
+        // A forced trace's request id comes back with the response.
+        let forced = &x["/s/3"];
+        assert_eq!(
+            forced.resp.header("x-request-id"),
+            forced.upstream.get("x-request-id").map(String::as_str),
+            "{who}"
+        );
+        assert_eq!(x["/s/1"].resp.header("x-request-id"), None, "{who}");
         assert_eq!(spans[i].keys().collect::<Vec<_>>(), ["/s/2", "/s/3", "/s/4"], "{who}: spans");
     }
     let mut names = tracing_stats("out");

@@ -56,6 +56,9 @@ pub(in crate::http) struct Stream {
     /// switch protocols closes the connection, as Envoy's codec does (what
     /// follows the head may be the other protocol's bytes).
     pub(in crate::http) upgrade_requested: bool,
+    /// The request id to send back (`always_set_request_id_in_response`, or
+    /// a request that forced its trace with `x-envoy-force-trace`).
+    pub(in crate::http) response_request_id: Option<http::HeaderValue>,
     /// The stream's spans, when its connection manager traces.
     pub(in crate::http) trace: Option<Box<super::tracing::StreamTrace>>,
 }
@@ -114,6 +117,7 @@ impl Stream {
             internal: false,
             upgraded: false,
             upgrade_requested: false,
+            response_request_id: None,
             trace: None,
         })
     }

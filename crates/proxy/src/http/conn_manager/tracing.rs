@@ -25,9 +25,6 @@ pub(in crate::http) struct StreamTrace {
     decorated: Option<String>,
     /// Custom tags are read from the request as it went upstream.
     custom: Vec<(String, String)>,
-    /// The request id, sent back when the request forced its trace
-    /// (`x-envoy-force-trace`), as Envoy does.
-    forced_id: Option<HeaderValue>,
 }
 
 impl Hcm {
@@ -66,12 +63,7 @@ impl Hcm {
             t.driver.inject(s, h);
         }
         let custom = t.custom_tags.iter().filter_map(|c| c.value(h).map(|v| (c.tag.clone(), v.to_string()))).collect();
-        let forced_id = if h.contains_key(&crate::trace::X_ENVOY_FORCE_TRACE) {
-            h.get(&crate::trace::X_REQUEST_ID).cloned()
-        } else {
-            None
-        };
-        stream.trace = Some(Box::new(StreamTrace { span, upstream: None, decorated, custom, forced_id }));
+        stream.trace = Some(Box::new(StreamTrace { span, upstream: None, decorated, custom }));
     }
 
     /// What Envoy tags a span with from the request.
@@ -114,9 +106,6 @@ impl Hcm {
     /// decorator's operation; an egress response may rename the span.
     pub(super) fn trace_response(&self, stream: &mut Stream, resp: &mut HeaderMap) {
         let (Some(t), Some(st)) = (&self.tracing, stream.trace.as_mut()) else { return };
-        if let Some(id) = &st.forced_id {
-            resp.insert(crate::trace::X_REQUEST_ID.clone(), id.clone());
-        }
         if !t.egress {
             if let Some(v) = st.decorated.as_deref().and_then(|d| HeaderValue::from_str(d).ok()) {
                 resp.insert(X_ENVOY_DECORATOR_OPERATION.clone(), v);
