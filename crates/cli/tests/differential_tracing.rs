@@ -468,12 +468,18 @@ fn opentelemetry_upstream_spans_match_envoy() {
 #[test]
 fn collector_failures_are_counted_as_envoy_counts_them() {
     let z = zipkin_provider();
+    let always = ", always_set_request_id_in_response: true";
     let (_dir, ec, lc, sides, _echo) =
-        start_collecting("trace-refused", false, &z, &z, "", "", || Collector::zipkin_answering(503));
+        start_collecting("trace-refused", false, &z, &z, always, "", || Collector::zipkin_answering(503));
     let requests: Vec<Request> = (0..5).map(|_| ("in", "GET", "/plain/refused", vec![], "")).collect();
     for side in &sides {
         for (l, m, p, h, b) in &requests {
-            assert_eq!(send(side.port(l), m, p, h, b).resp.status, 200);
+            let x = send(side.port(l), m, p, h, b);
+            assert_eq!(x.resp.status, 200);
+            // always_set_request_id_in_response: the id the upstream saw, traced.
+            let id = x.resp.header("x-request-id").unwrap_or_default();
+            assert_eq!(Some(id), x.upstream.get("x-request-id").map(String::as_str), "{}", side.who);
+            assert_eq!(id.chars().nth(14), Some('9'), "{}", side.who);
         }
     }
     for (side, c) in sides.iter().zip([&ec, &lc]) {
