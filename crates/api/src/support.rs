@@ -47,9 +47,10 @@ pub const SUPPORTED_EXTENSIONS: &[&str] = &[
     "envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
     "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
     "envoy.config.metrics.v3.MetricsServiceConfig",
+    "envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig",
 ];
 
-use crate::support_tracing::{TRACING_EXTENSIONS, TRACING_FIELDS, TRACING_UNSUPPORTED_VALUES};
+use crate::support_tracing::{TRACING_ADDED, TRACING_EXTENSIONS, TRACING_FIELDS, TRACING_UNSUPPORTED_VALUES};
 
 const SUPPORTED_FIELDS: &[(&str, &[&str])] = &[
     (
@@ -62,7 +63,16 @@ const SUPPORTED_FIELDS: &[(&str, &[&str])] = &[
             "stats_sinks",
             "stats_flush_interval",
             "cluster_manager",
+            "overload_manager",
         ],
+    ),
+    // The overload manager with the global downstream connection limit;
+    // other resource monitors, and actions, are not built.
+    ("envoy.config.overload.v3.OverloadManager", &["refresh_interval", "resource_monitors"]),
+    ("envoy.config.overload.v3.ResourceMonitor", &["name", "typed_config"]),
+    (
+        "envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig",
+        &["max_active_downstream_connections"],
     ),
     // Load reports: `load_stats_config` (a GRPC `ApiConfigSource`).
     ("envoy.config.bootstrap.v3.ClusterManager", &["load_stats_config"]),
@@ -99,7 +109,7 @@ const SUPPORTED_FIELDS: &[(&str, &[&str])] = &[
     ("envoy.config.core.v3.SocketAddress", &["address", "port_value", "protocol"]),
     (
         "envoy.config.listener.v3.Listener",
-        &["name", "address", "filter_chains", "default_filter_chain", "listener_filters", "traffic_direction"],
+        &["name", "address", "filter_chains", "default_filter_chain", "listener_filters", "ignore_global_conn_limit"],
     ),
     ("envoy.config.listener.v3.FilterChain", &["filters", "name", "filter_chain_match", "transport_socket"]),
     (
@@ -179,7 +189,6 @@ const SUPPORTED_FIELDS: &[(&str, &[&str])] = &[
             "internal_address_config",
             "upgrade_configs",
             "http2_protocol_options",
-            "tracing",
         ],
     ),
     (
@@ -234,7 +243,6 @@ const SUPPORTED_FIELDS: &[(&str, &[&str])] = &[
             "response_headers_to_add",
             "response_headers_to_remove",
             "typed_per_filter_config",
-            "decorator",
         ],
     ),
     (
@@ -422,10 +430,7 @@ const SUPPORTED_FIELDS: &[(&str, &[&str])] = &[
     ),
     // `allow_connect` only on a connection manager (see `NARROWED`).
     ("envoy.config.core.v3.Http2ProtocolOptions", &[]),
-    (
-        "envoy.extensions.filters.http.router.v3.Router",
-        &["suppress_envoy_headers", "dynamic_stats", "start_child_span"],
-    ),
+    ("envoy.extensions.filters.http.router.v3.Router", &["suppress_envoy_headers", "dynamic_stats"]),
     ("envoy.extensions.filters.http.health_check.v3.HealthCheck", &["pass_through_mode", "headers"]),
     ("envoy.extensions.filters.http.fault.v3.HTTPFault", &["delay", "abort", "headers"]),
     ("envoy.extensions.filters.common.fault.v3.FaultDelay", &["fixed_delay", "header_delay", "percentage"]),
@@ -748,7 +753,8 @@ fn check(msg: &DynamicMessage, path: &str, only: Option<&[&str]>, out: &mut Vec<
     for (field, value) in msg.fields() {
         let p = join(path, field.name());
         let narrowed = NARROWED.iter().find(|(m, f, _)| *m == name && *f == field.name()).map(|(_, _, fields)| *fields);
-        if !allowed.contains(&field.name()) {
+        let added = only.is_none() && TRACING_ADDED.contains(&(name, field.name()));
+        if !allowed.contains(&field.name()) && !added {
             out.push(FieldError::new(p, format!("{}.{} is not implemented by Legate", name, field.name())));
             continue;
         }

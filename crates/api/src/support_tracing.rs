@@ -3,6 +3,15 @@
 //! route decorators and a listener's traffic direction. `support` reads
 //! these beside its own lists.
 
+/// Fields tracing adds to messages of the main table: (message, field).
+pub const TRACING_ADDED: &[(&str, &str)] = &[
+    ("envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager", "tracing"),
+    ("envoy.config.listener.v3.Listener", "traffic_direction"),
+    ("envoy.config.route.v3.Route", "decorator"),
+    // Deprecated for `spawn_upstream_span`; Envoy 1.40 still honours it.
+    ("envoy.extensions.filters.http.router.v3.Router", "start_child_span"),
+];
+
 /// Tracer configs (`tracing.provider.typed_config`) the proxy drives.
 pub const TRACING_EXTENSIONS: &[&str] =
     &["envoy.config.trace.v3.ZipkinConfig", "envoy.config.trace.v3.OpenTelemetryConfig"];

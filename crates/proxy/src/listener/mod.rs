@@ -30,6 +30,8 @@ pub struct ListenerStats {
     pub downstream_cx_active: Arc<Gauge>,
     pub downstream_cx_destroy: Arc<Counter>,
     pub no_filter_chain_match: Arc<Counter>,
+    /// Connections closed at accept: the global connection limit was reached.
+    pub downstream_global_cx_overflow: Arc<Counter>,
     /// `ssl.*`, when a chain terminates TLS.
     pub ssl: Option<crate::tls::SslStats>,
 }
@@ -60,6 +62,9 @@ pub struct ListenerConfig {
     draining: watch::Sender<bool>,
     /// How long a draining connection may take (`--drain-time-s`).
     pub drain_time: Duration,
+    /// The global connection limit its connections count against (none with
+    /// `ignore_global_conn_limit`).
+    conn_limit: Option<Arc<crate::common::conn_limit::ConnLimit>>,
 }
 
 /// `listener.127.0.0.1_10000.` as Envoy names a listener's stats.
@@ -176,6 +181,7 @@ impl ListenerConfig {
         Ok(Self {
             draining: watch::channel(false).0,
             drain_time: ctx.drain_time,
+            conn_limit: (!l.ignore_global_conn_limit).then(|| ctx.conn_limit.clone()),
             name: if l.name.is_empty() { address.to_string() } else { l.name.clone() },
             address,
             chains,
@@ -187,6 +193,7 @@ impl ListenerConfig {
                 downstream_cx_active: store.gauge(&format!("{p}downstream_cx_active")),
                 downstream_cx_destroy: store.counter(&format!("{p}downstream_cx_destroy")),
                 no_filter_chain_match: store.counter(&format!("{p}no_filter_chain_match")),
+                downstream_global_cx_overflow: store.counter(&format!("{p}downstream_global_cx_overflow")),
                 ssl: any_tls.then(|| crate::tls::SslStats::new(store, &p)),
             },
             config: l.clone(),
@@ -265,10 +272,25 @@ pub async fn accept_loop(
                     tokio::time::sleep(Duration::from_millis(10)).await;
                     continue;
                 };
-                let _ = stream.set_nodelay(true);
                 let listener = slot.load_full();
+                // Over the global limit: closed at once, as Envoy does.
+                let place = match &listener.conn_limit {
+                    Some(limit) => match limit.try_take() {
+                        Some(p) => Some(p),
+                        None => {
+                            listener.stats.downstream_global_cx_overflow.inc();
+                            continue;
+                        }
+                    },
+                    None => None,
+                };
+                let _ = stream.set_nodelay(true);
                 let local = stream.local_addr().unwrap_or(listener.address);
-                tokio::spawn(serve_connection(listener, stream, remote, local, phase.clone(), active.clone()));
+                let (phase, active) = (phase.clone(), active.clone());
+                tokio::spawn(async move {
+                    serve_connection(listener, stream, remote, local, phase, active).await;
+                    drop(place);
+                });
             }
             changed = phase.changed() => {
                 if changed.is_err() || *phase.borrow() != Phase::Running {

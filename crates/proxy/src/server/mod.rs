@@ -9,6 +9,7 @@ mod admin_log;
 pub mod hot_restart;
 pub mod instance;
 pub mod memory;
+mod overload;
 pub mod sinks;
 pub mod xds;
 

@@ -1,6 +1,6 @@
 //! Who is calling, and whether their role allows what they ask: a bearer
 //! token checked against the store (open until the first token exists).
-//! Denied changes are audited.
+//! Every denial is audited.
 
 use crate::serve::api::auth::{self, Actor, Role};
 use crate::serve::api::reply::{error, store_error};
@@ -9,7 +9,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use serde_json::json;
 
-/// Who is calling, if allowed `need`. Denials of changes are audited.
+/// Who is calling, if allowed `need`. Denials are audited.
 pub fn check(
     ctrl: &Controller,
     headers: &HeaderMap,
@@ -27,10 +27,10 @@ pub fn check(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim);
+    // Every denial is audited, reads too (the API's lockout bounds how many
+    // one client can cause).
     let deny = |status: StatusCode, code: &str, msg: &str, who: &str| {
-        if need > Role::Viewer {
-            let _ = store.audit(who, action, target, false, msg);
-        }
+        let _ = store.audit(who, action, target, false, msg);
         Box::new(error(status, code, msg, json!([])))
     };
     let Some(token) = presented else {
