@@ -23,6 +23,7 @@ pub mod load;
 pub mod pool;
 pub mod semantic;
 pub mod support;
+pub mod support_tracing;
 pub mod validate;
 mod walk;
 

@@ -17,6 +17,9 @@ use std::net::IpAddr;
 
 pub const HCM_TYPE: &str = "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
 
+/// Envoy 1.40 refuses Zipkin's default (deprecated) endpoint version.
+pub const ZIPKIN_DEFAULT_VERSION: &str = "collector_endpoint_version: Using the default now-deprecated value DEPRECATED_AND_UNAVAILABLE_DO_NOT_USE for enum 'envoy.config.trace.v3.ZipkinConfig.collector_endpoint_version'; a non-default value must now be explicitly set";
+
 /// Every semantic problem in a bootstrap.
 pub fn check_bootstrap(b: &Bootstrap) -> Vec<FieldError> {
     let mut errors = Vec::new();
@@ -53,10 +56,11 @@ pub fn check_bootstrap(b: &Bootstrap) -> Vec<FieldError> {
                     continue;
                 }
                 let Ok(hcm) = unpack::<HttpConnectionManager>(any) else { continue };
+                let hcm_path = format!("{path}.filter_chains[{ci}].filters[{fi}].typed_config");
                 if let Some(RouteSpecifier::RouteConfig(rc)) = &hcm.route_specifier {
-                    let rc_path = format!("{path}.filter_chains[{ci}].filters[{fi}].typed_config.route_config");
-                    check_route_clusters(rc, &cluster_names, &rc_path, &mut errors);
+                    check_route_clusters(rc, &cluster_names, &format!("{hcm_path}.route_config"), &mut errors);
                 }
+                check_zipkin(&hcm, &cluster_names, &hcm_path, &mut errors);
             }
         }
     }
@@ -197,6 +201,26 @@ fn check_cluster_endpoints(
                 ));
             }
         }
+    }
+}
+
+/// Envoy's checks when it creates a Zipkin tracer: the endpoint version is
+/// set and the collector cluster exists.
+fn check_zipkin(hcm: &HttpConnectionManager, clusters: &HashSet<&str>, path: &str, errors: &mut Vec<FieldError>) {
+    use crate::pb::envoy::config::trace::v3::{tracing::http::ConfigType, ZipkinConfig};
+    let provider = hcm.tracing.as_ref().and_then(|t| t.provider.as_ref());
+    let Some(ConfigType::TypedConfig(any)) = provider.and_then(|p| p.config_type.as_ref()) else { return };
+    let Ok(z) = unpack::<ZipkinConfig>(any) else { return };
+    let p = format!("{path}.tracing.provider.typed_config");
+    if z.collector_endpoint_version == 0 {
+        let (field, reason) = ZIPKIN_DEFAULT_VERSION.split_once(": ").unwrap_or(("", ZIPKIN_DEFAULT_VERSION));
+        errors.push(FieldError::new(format!("{p}.{field}"), reason));
+    }
+    if !clusters.contains(z.collector_cluster.as_str()) {
+        errors.push(FieldError::new(
+            format!("{p}.collector_cluster"),
+            format!("envoy.tracers.zipkin: unknown cluster '{}'", z.collector_cluster),
+        ));
     }
 }
 

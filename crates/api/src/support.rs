@@ -50,6 +50,8 @@ pub const SUPPORTED_EXTENSIONS: &[&str] = &[
     "envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig",
 ];
 
+use crate::support_tracing::{TRACING_ADDED, TRACING_EXTENSIONS, TRACING_FIELDS, TRACING_UNSUPPORTED_VALUES};
+
 const SUPPORTED_FIELDS: &[(&str, &[&str])] = &[
     (
         "envoy.config.bootstrap.v3.Bootstrap",
@@ -87,7 +89,7 @@ const SUPPORTED_FIELDS: &[(&str, &[&str])] = &[
         "envoy.config.core.v3.ApiConfigSource",
         &["api_type", "transport_api_version", "grpc_services", "set_node_on_first_message_only"],
     ),
-    ("envoy.config.core.v3.GrpcService", &["envoy_grpc"]),
+    ("envoy.config.core.v3.GrpcService", &["envoy_grpc", "timeout"]),
     ("envoy.config.core.v3.GrpcService.EnvoyGrpc", &["cluster_name"]),
     ("envoy.config.core.v3.ConfigSource", &["ads", "resource_api_version", "initial_fetch_timeout"]),
     ("envoy.config.core.v3.AggregatedConfigSource", &[]),
@@ -720,7 +722,11 @@ const NARROWED: &[(&str, &str, &[&str])] = &[
 ];
 
 fn supported_fields(message: &str) -> &'static [&'static str] {
-    SUPPORTED_FIELDS.iter().find(|(m, _)| *m == message).map_or(&[], |(_, f)| f)
+    SUPPORTED_FIELDS.iter().chain(TRACING_FIELDS).find(|(m, _)| *m == message).map_or(&[], |(_, f)| f)
+}
+
+fn supported_extension(ty: &str) -> bool {
+    SUPPORTED_EXTENSIONS.contains(&ty) || TRACING_EXTENSIONS.contains(&ty)
 }
 
 /// Every set field and extension in `msg` that Legate does not implement.
@@ -736,7 +742,7 @@ fn check(msg: &DynamicMessage, path: &str, only: Option<&[&str]>, out: &mut Vec<
     if name == "google.protobuf.Any" {
         let Some(inner) = decode_any(msg) else { return };
         let ty = inner.descriptor().full_name().to_string();
-        if !SUPPORTED_EXTENSIONS.contains(&ty.as_str()) {
+        if !supported_extension(&ty) {
             out.push(FieldError::new(path, format!("extension {ty} is not implemented by Legate")));
             return;
         }
@@ -749,13 +755,15 @@ fn check(msg: &DynamicMessage, path: &str, only: Option<&[&str]>, out: &mut Vec<
     for (field, value) in msg.fields() {
         let p = join(path, field.name());
         let narrowed = NARROWED.iter().find(|(m, f, _)| *m == name && *f == field.name()).map(|(_, _, fields)| *fields);
-        if !allowed.contains(&field.name()) {
+        let added = only.is_none() && TRACING_ADDED.contains(&(name, field.name()));
+        if !allowed.contains(&field.name()) && !added {
             out.push(FieldError::new(p, format!("{}.{} is not implemented by Legate", name, field.name())));
             continue;
         }
         if let Value::EnumNumber(n) = value {
             let refused = UNSUPPORTED_VALUES
                 .iter()
+                .chain(TRACING_UNSUPPORTED_VALUES)
                 .find(|(m, f, values, _)| *m == name && *f == field.name() && values.contains(n));
             if let Some((_, _, _, reason)) = refused {
                 out.push(FieldError::new(p, *reason));

@@ -191,3 +191,35 @@ fn stats_sinks_and_load_reports_in_the_support_table() {
         r.unsupported
     );
 }
+
+#[test]
+fn tracing_in_the_support_table() {
+    let with = |tracing: &str| {
+        listener(ROUTER, "c").replace(
+            "          stat_prefix: ingress\n",
+            &format!("          stat_prefix: ingress\n          tracing: {{{tracing}}}\n"),
+        )
+    };
+    let zipkin = |fields: &str| {
+        format!("provider: {{name: envoy.tracers.zipkin, typed_config: {{\"@type\": type.googleapis.com/envoy.config.trace.v3.ZipkinConfig, collector_cluster: c, collector_endpoint: /api/v2/spans, {fields}}}}}")
+    };
+    let full = format!(
+        "{}, random_sampling: {{value: 50}}, client_sampling: {{value: 100}}, overall_sampling: {{value: 100}}, max_path_tag_length: 64, spawn_upstream_span: true, custom_tags: [{{tag: a, literal: {{value: b}}}}, {{tag: h, request_header: {{name: x-h, default_value: d}}}}, {{tag: e, environment: {{name: E, default_value: d}}}}]",
+        zipkin("collector_endpoint_version: HTTP_JSON, trace_id_128bit: true, shared_span_context: false, collector_hostname: z")
+    );
+    let ok = check_bootstrap(&with(&full));
+    assert!(ok.is_valid() && ok.unsupported.is_empty(), "{:?} {:?}", ok.errors, ok.unsupported);
+    let otel = "provider: {name: envoy.tracers.opentelemetry, typed_config: {\"@type\": type.googleapis.com/envoy.config.trace.v3.OpenTelemetryConfig, grpc_service: {envoy_grpc: {cluster_name: c}, timeout: 1s}, service_name: s}}";
+    let ok = check_bootstrap(&with(otel));
+    assert!(ok.is_valid() && ok.unsupported.is_empty(), "{:?} {:?}", ok.errors, ok.unsupported);
+    let tail = |r: &legate_api::Report| -> Vec<String> {
+        r.unsupported.iter().map(|e| e.path.rsplit(".tracing.").next().unwrap_or_default().to_string()).collect()
+    };
+    let r = check_bootstrap(&with(&format!("{}, verbose: true", zipkin("collector_endpoint_version: HTTP_JSON"))));
+    assert_eq!(tail(&r), ["verbose"]);
+    let r = check_bootstrap(&with(&zipkin("collector_endpoint_version: GRPC")));
+    assert_eq!(tail(&r), ["provider.typed_config.collector_endpoint_version"]);
+    let sky = "provider: {name: envoy.tracers.skywalking, typed_config: {\"@type\": type.googleapis.com/envoy.config.trace.v3.SkyWalkingConfig, grpc_service: {envoy_grpc: {cluster_name: c}}}}";
+    let r = check_bootstrap(&with(sky));
+    assert!(r.unsupported.iter().any(|e| e.reason.contains("SkyWalkingConfig")), "{:?}", r.unsupported);
+}

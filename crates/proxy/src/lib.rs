@@ -19,4 +19,5 @@ pub mod listener;
 pub mod server;
 pub mod stats;
 pub mod tls;
+pub mod trace;
 pub mod upstream;

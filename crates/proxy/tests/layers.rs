@@ -19,9 +19,10 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("access_log", &["common"]),
     ("tls", &["common", "stats", "io"]),
     ("upstream", &["common", "stats", "io", "body", "tls"]),
-    ("http", &["common", "stats", "io", "body", "tls", "upstream", "access_log"]),
-    ("listener", &["common", "stats", "io", "body", "tls", "upstream", "access_log", "http"]),
-    ("server", &["common", "stats", "io", "body", "tls", "upstream", "access_log", "http", "listener"]),
+    ("trace", &["common", "stats", "io", "body", "tls", "upstream"]),
+    ("http", &["common", "stats", "io", "body", "tls", "upstream", "access_log", "trace"]),
+    ("listener", &["common", "stats", "io", "body", "tls", "upstream", "access_log", "trace", "http"]),
+    ("server", &["common", "stats", "io", "body", "tls", "upstream", "access_log", "trace", "http", "listener"]),
 ];
 
 fn src() -> PathBuf {

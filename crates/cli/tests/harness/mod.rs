@@ -24,7 +24,9 @@
 //! - `browser`: headless Chromium over the DevTools Protocol (the console);
 //! - `metrics_receiver`: a metrics and load-report collector that records
 //!   what proxies send;
-//! - `prometheus`: a real Prometheus scraping the control plane.
+//! - `prometheus`: a real Prometheus scraping the control plane;
+//! - `trace_collector`: OTLP/gRPC and Zipkin collectors that decode the
+//!   spans proxies send.
 //!
 //! Each test binary compiles all of it and uses a part, hence
 //! `allow(dead_code)`, and `allow(unused_imports)` on the re-exports.
@@ -50,6 +52,7 @@ pub mod raw;
 pub mod sides;
 pub mod template;
 pub mod tls;
+pub mod trace_collector;
 pub mod upstream;
 pub mod ws;
 pub mod xds;

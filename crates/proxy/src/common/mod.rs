@@ -9,5 +9,6 @@ pub mod conn_limit;
 pub mod datasource;
 pub mod format;
 pub mod fraction;
+pub mod local_address;
 pub mod matcher;
 pub mod token_bucket;

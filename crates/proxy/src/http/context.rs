@@ -1,7 +1,8 @@
 //! What compiling a listener's filters needs from the server: the stats
 //! store, the clusters, the RDS registry, the drain time, the health-check
-//! flag, this proxy's cluster name, the JWKS waiting to be fetched, and the
-//! secrets.
+//! flag, this proxy's cluster name and node id, the JWKS waiting to be
+//! fetched, the secrets, the listener's traffic direction and the span
+//! exporters waiting to be started.
 
 use crate::http::route::rds::RdsRegistry;
 use crate::stats::Store;
@@ -30,6 +31,17 @@ pub struct CompileContext {
     pub secrets: Arc<crate::tls::sds::SecretManager>,
     /// The overload manager's global downstream connection limit.
     pub conn_limit: Arc<crate::common::conn_limit::ConnLimit>,
+    /// This proxy's node id (`--service-node`, else `node.id`): the spans'
+    /// `node_id` tag.
+    pub node_id: String,
+    /// `node.locality.zone`: the spans' `zone` tag.
+    pub zone: String,
+    /// The listener being compiled is OUTBOUND (`traffic_direction`): its
+    /// connection managers trace egress.
+    pub egress: bool,
+    /// Span exporters compiled since `trace::export::start_exporters` was
+    /// last called, which starts their sending.
+    pub trace_exporters: Arc<Mutex<Vec<Weak<crate::trace::export::Exporter>>>>,
 }
 
 /// The part of the context HTTP filters are compiled with.

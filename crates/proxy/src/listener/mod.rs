@@ -121,6 +121,11 @@ impl ListenerConfig {
     }
 
     pub fn compile(l: &Listener, ctx: &crate::http::context::CompileContext) -> Result<Self, String> {
+        // `traffic_direction`: an OUTBOUND listener's connection managers
+        // trace egress (what Envoy reads it for on the HTTP path).
+        let outbound =
+            l.traffic_direction == legate_api::pb::envoy::config::core::v3::TrafficDirection::Outbound as i32;
+        let ctx = &crate::http::context::CompileContext { egress: outbound, ..ctx.clone() };
         let store = &ctx.store;
         let Some(address::Address::SocketAddress(sa)) = l.address.as_ref().and_then(|a| a.address.as_ref()) else {
             return Err("address: only socket_address is supported".into());

@@ -141,6 +141,10 @@ pub fn build(
         secrets,
         conn_limit: crate::server::overload::conn_limit(b)
             .map_err(|(path, reason)| ServerError::Config { path, reason })?,
+        node_id: options.service_node.clone().or_else(|| b.node.as_ref().map(|n| n.id.clone())).unwrap_or_default(),
+        zone: b.node.as_ref().and_then(|n| n.locality.as_ref()).map(|l| l.zone.clone()).unwrap_or_default(),
+        egress: false,
+        trace_exporters: Default::default(),
     };
     if let Some(sr) = &b.static_resources {
         for (i, l) in sr.listeners.iter().enumerate() {

@@ -49,6 +49,7 @@ fn start_main_thread(main_rt: &tokio::runtime::Runtime, shared: &Arc<Shared>) ->
         // JWKS with async_fetch are fetched before traffic (unless
         // fast_listener), as Envoy's init manager waits for them.
         crate::http::filters::jwt::start_async_fetches(&shared.ctx.jwks_async).await;
+        crate::trace::export::start_exporters(&shared.ctx.trace_exporters);
         crate::server::admin::start(shared.clone()).await
     })?;
     let ads = crate::server::xds::ads_config(&shared.bootstrap)

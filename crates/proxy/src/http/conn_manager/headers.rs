@@ -8,6 +8,7 @@
 use super::stream::Stream;
 use super::{ConnInfo, Hcm};
 use crate::common::format::Context;
+use crate::common::local_address::local_address;
 use crate::http::header_mutation::HeaderMutations;
 use http::header::{HeaderName, HeaderValue};
 use http::HeaderMap;
@@ -43,20 +44,6 @@ const EDGE_STRIPPED: &[&str] = &[
     "x-envoy-downstream-service-node",
     "x-envoy-original-path",
 ];
-
-/// This machine's first non-loopback address of the same family as `like`
-/// (Envoy's "local address"), read once.
-fn local_address(like: IpAddr) -> IpAddr {
-    static V4: std::sync::OnceLock<IpAddr> = std::sync::OnceLock::new();
-    static V6: std::sync::OnceLock<IpAddr> = std::sync::OnceLock::new();
-    let (cell, v4) = if like.is_ipv4() { (&V4, true) } else { (&V6, false) };
-    *cell.get_or_init(|| {
-        if_addrs::get_if_addrs()
-            .ok()
-            .and_then(|ifs| ifs.into_iter().map(|i| i.ip()).find(|ip| !ip.is_loopback() && ip.is_ipv4() == v4))
-            .unwrap_or(like)
-    })
-}
 
 impl Hcm {
     /// Who the client is: the connection's peer, or an address taken from

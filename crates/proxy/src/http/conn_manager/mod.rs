@@ -10,6 +10,7 @@ mod request;
 mod response;
 mod stats;
 pub(in crate::http) mod stream;
+pub(in crate::http) mod tracing;
 pub(in crate::http) mod upgrade;
 mod xfcc;
 
@@ -83,6 +84,8 @@ pub struct Hcm {
     /// `http2_protocol_options.allow_connect`: extended CONNECT (RFC 8441)
     /// is offered to HTTP/2 clients, so WebSocket can run over a stream.
     pub allow_connect: bool,
+    /// `tracing`, on the listener's `traffic_direction`.
+    pub(in crate::http) tracing: Option<crate::trace::Tracing>,
 }
 
 pub type ProxyResponse = Response<TrackedBody>;
@@ -133,6 +136,7 @@ impl Hcm {
         let server_name = if c.server_name.is_empty() { "envoy" } else { c.server_name.as_str() };
         let upgrades = compile_upgrades(c)?;
         let idle_timeout = c.common_http_protocol_options.as_ref().and_then(|o| o.idle_timeout.as_ref());
+        let tracing = compile_tracing(c, ctx, filters.start_child_span)?;
         Ok(Self {
             stats: HcmStats::new(&ctx.store, &c.stat_prefix),
             stat_prefix: c.stat_prefix.clone(),
@@ -160,6 +164,7 @@ impl Hcm {
             xfcc: Xfcc::compile(c)?,
             upgrades,
             allow_connect: c.http2_protocol_options.as_ref().is_some_and(|o| o.allow_connect),
+            tracing,
         })
     }
 
@@ -198,6 +203,25 @@ fn compile_codec(c: &HttpConnectionManager) -> Result<Codec, String> {
         CodecType::Http2 => Codec::Http2,
         CodecType::Http3 => return Err("codec_type: HTTP3 is not supported".into()),
     })
+}
+
+/// `tracing`, with the listener's direction and the server's exporters.
+fn compile_tracing(
+    c: &HttpConnectionManager,
+    ctx: &CompileContext,
+    start_child_span: bool,
+) -> Result<Option<crate::trace::Tracing>, String> {
+    let Some(t) = &c.tracing else { return Ok(None) };
+    let local_cluster = ctx.local_cluster.to_str().unwrap_or_default();
+    let dctx = crate::trace::driver::DriverContext {
+        store: &ctx.store,
+        clusters: &ctx.clusters,
+        local_cluster,
+        node_id: &ctx.node_id,
+        zone: &ctx.zone,
+        exporters: &ctx.trace_exporters,
+    };
+    crate::trace::Tracing::compile(t, ctx.egress, start_child_span, &dctx, &c.stat_prefix).map(Some)
 }
 
 /// The route table's slot (inline, or RDS's) and the RDS name, if any.

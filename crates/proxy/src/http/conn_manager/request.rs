@@ -27,6 +27,9 @@ impl Hcm {
         let stream = Stream::begin(self.clone(), conn, &parts, client, has_body);
         let mut stream = step!(self.reject_malformed(stream, &parts));
         self.set_request_headers(&mut stream, &mut parts.headers);
+        if self.always_set_request_id_in_response || parts.headers.contains_key(&crate::trace::X_ENVOY_FORCE_TRACE) {
+            stream.response_request_id = parts.headers.get(&crate::trace::X_REQUEST_ID).cloned();
+        }
         if !self.access_logs.is_empty() {
             stream.request_headers = Some(parts.headers.clone());
         }
@@ -36,6 +39,12 @@ impl Hcm {
         let found = table.as_deref().and_then(|t| {
             t.route(&stream.authority, &stream.path, &parts.headers, parts.method.as_str(), stream.conn.scheme())
         });
+        if self.tracing.is_some() {
+            self.start_trace(&mut stream, &mut parts.headers, found);
+            if stream.response_request_id.is_some() {
+                stream.response_request_id = parts.headers.get(&crate::trace::X_REQUEST_ID).cloned();
+            }
+        }
         let (stream, upgrade) = step!(self.accept_upgrade(stream, &mut parts, extended, found));
         let body = ProxyBody::stream(body);
         let (stream, body) = if self.filters.is_empty() {

@@ -29,10 +29,10 @@ impl Hcm {
             apply_levels(levels, table.most_specific_wins, &mut hm, &ctx);
             *resp.headers_mut() = hm;
         }
-        if self.always_set_request_id_in_response {
-            if let Some(id) = stream.request_headers.as_ref().and_then(|h| h.get(&X_REQUEST_ID)) {
-                resp.headers_mut().insert(X_REQUEST_ID.clone(), id.clone());
-            }
+        // The request id goes back with `always_set_request_id_in_response`
+        // or when the request forced its trace (Envoy's `mutateResponseHeaders`).
+        if let Some(id) = &stream.response_request_id {
+            resp.headers_mut().insert(X_REQUEST_ID.clone(), id.clone());
         }
         if let Some((k, v)) = self.filters.response_header() {
             resp.headers_mut().insert(k, HeaderValue::from_static(v));
@@ -42,6 +42,9 @@ impl Hcm {
         }
         if !self.filters.is_empty() {
             self.filters.on_response(&stream.filter_state, resp);
+        }
+        if self.tracing.is_some() {
+            self.trace_response(stream, resp.headers_mut());
         }
         if closes_connection(stream) {
             resp.headers_mut().insert(http::header::CONNECTION, HeaderValue::from_static("close"));

@@ -56,6 +56,11 @@ pub(in crate::http) struct Stream {
     /// switch protocols closes the connection, as Envoy's codec does (what
     /// follows the head may be the other protocol's bytes).
     pub(in crate::http) upgrade_requested: bool,
+    /// The request id to send back (`always_set_request_id_in_response`, or
+    /// a request that forced its trace with `x-envoy-force-trace`).
+    pub(in crate::http) response_request_id: Option<http::HeaderValue>,
+    /// The stream's spans, when its connection manager traces.
+    pub(in crate::http) trace: Option<Box<super::tracing::StreamTrace>>,
 }
 
 impl Stream {
@@ -112,6 +117,8 @@ impl Stream {
             internal: false,
             upgraded: false,
             upgrade_requested: false,
+            response_request_id: None,
+            trace: None,
         })
     }
 
@@ -186,10 +193,14 @@ impl Stream {
 }
 
 impl Finish for Stream {
-    fn finish(self: Box<Self>, bytes_sent: u64, complete: bool) {
+    fn finish(mut self: Box<Self>, bytes_sent: u64, complete: bool) {
         let elapsed = self.start.elapsed();
         self.record_stats(elapsed);
         self.record_upstream(complete);
+        if self.trace.is_some() {
+            let received = self.request_progress.as_ref().map_or(self.bytes_received, |p| p.received.load(Relaxed));
+            self.finish_trace(received, bytes_sent, complete);
+        }
         if !self.hcm.access_logs.is_empty() {
             self.write_access_logs(bytes_sent, complete, elapsed);
         }

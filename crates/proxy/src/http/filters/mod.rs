@@ -43,6 +43,9 @@ pub struct FilterChain {
     /// `_<class>` (with their `external.` twins) and `upstream_rq_time` are
     /// not charged.
     pub dynamic_stats: bool,
+    /// The router's `start_child_span`: each upstream request gets its own
+    /// span, a child of the connection manager's.
+    pub start_child_span: bool,
 }
 
 impl FilterChain {
@@ -90,12 +93,17 @@ impl FilterChain {
         let with_hook = |hook: fn(api::ResponseHooks) -> bool| {
             filters.iter().enumerate().filter(|(_, f)| hook(f.response_hooks())).map(|(i, _)| i).collect()
         };
+        // Deprecated for the connection manager's `spawn_upstream_span`, yet
+        // Envoy 1.40 honours it (Envoy's own examples set it).
+        #[allow(deprecated)]
+        let start_child_span = router.start_child_span;
         Ok(Self {
             response_filters: with_hook(|h| h.on_response),
             header_filters: with_hook(|h| h.response_header),
             buffer_limit: filters.iter().filter_map(|f| f.buffer_limit()).min(),
             suppress_envoy_headers: router.suppress_envoy_headers,
             dynamic_stats: router.dynamic_stats.is_none_or(|v| v.value),
+            start_child_span,
             filters,
         })
     }

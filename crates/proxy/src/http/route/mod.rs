@@ -85,6 +85,14 @@ pub struct Route {
     pub request_headers: HeaderMutations,
     pub response_headers: HeaderMutations,
     pub per_filter: PerFilter,
+    /// `decorator`: the span's operation name, and whether it is passed on
+    /// in `x-envoy-decorator-operation`.
+    pub decorator: Option<Decorator>,
+}
+
+pub struct Decorator {
+    pub operation: String,
+    pub propagate: bool,
 }
 
 enum PathMatch {
@@ -338,7 +346,12 @@ fn compile_route(r: &rpb::Route) -> Result<Route, String> {
         Some(_) => return Err("this route action is not supported".into()),
         None => return Err("route action is required".into()),
     };
+    let decorator = r
+        .decorator
+        .as_ref()
+        .map(|d| Decorator { operation: d.operation.clone(), propagate: d.propagate.is_none_or(|b| b.value) });
     Ok(Route {
+        decorator,
         name: r.name.clone(),
         path,
         case_sensitive,

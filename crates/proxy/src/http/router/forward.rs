@@ -59,6 +59,9 @@ impl Hcm {
             return Break(self.router_reply(stream, Some(matched), 400, "invalid_path", "", None));
         };
         let Prepared { authority, new_path, route_timeout, retry } = prepared;
+        if stream.trace.is_some() {
+            self.start_upstream_span(&mut stream, &mut parts.headers, &cluster.name);
+        }
         let target = self.begin_upstream(&mut stream, &parts.headers, new_path, authority, cluster, host);
         if let Some(up) = upgrade {
             // Boxed: an upgrade's state stays out of every forwarded request's future.

@@ -211,6 +211,8 @@ impl Dynamic {
         // wait for them: Envoy's warming would).
         let ctx = shared.ctx.clone();
         tokio::spawn(async move { crate::http::filters::jwt::start_async_fetches(&ctx.jwks_async).await });
+        // Their span exporters start sending.
+        crate::trace::export::start_exporters(&shared.ctx.trace_exporters);
         let keep: BTreeSet<&str> = listeners.iter().map(|l| l.name.as_str()).collect();
         for name in shared.listeners.names() {
             if self.listeners.contains_key(&name) && !keep.contains(name.as_str()) {

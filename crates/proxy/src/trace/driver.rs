@@ -1,0 +1,100 @@
+//! The one interface every tracer implements, and the table that names
+//! them: a new tracer is a module implementing `Driver` and one line in
+//! `DRIVERS` (and its config's fields in the support table).
+
+use super::export::Exporter;
+use super::span::Span;
+use crate::stats::Store;
+use crate::upstream::cluster::ClusterMap;
+use arc_swap::ArcSwap;
+use http::HeaderMap;
+use legate_api::pb::envoy::config::trace::v3::tracing::{http::ConfigType, Http as ProviderPb};
+use legate_api::pb::google::protobuf::Any;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::SystemTime;
+
+/// What the connection manager tells a driver about the span it starts.
+pub struct Operation<'a> {
+    /// Egress (an OUTBOUND listener): a client span; else a server span.
+    pub egress: bool,
+    /// The request's host (`:authority`).
+    pub host: &'a str,
+    /// The upstream request gets its own span (`spawn_upstream_span`).
+    pub spawn_upstream_span: bool,
+}
+
+impl Operation<'_> {
+    /// Envoy's operation name before any decorator: `ingress`, or `egress`
+    /// and the host.
+    pub fn name(&self) -> String {
+        if self.egress {
+            format!("egress {}", self.host)
+        } else {
+            "ingress".to_string()
+        }
+    }
+}
+
+/// A tracer: starts spans from a request's propagated context, writes a
+/// span's context into the upstream request, and reports finished spans.
+pub trait Driver: Send + Sync {
+    /// The connection manager's span for a request with headers `h`;
+    /// `traced` is the connection manager's sampling decision (a sampling
+    /// decision the request carries wins). None when the request carries a
+    /// context the tracer cannot read (Envoy's null span: nothing is
+    /// propagated or reported).
+    fn start(&self, h: &HeaderMap, op: &Operation<'_>, traced: bool, start: SystemTime) -> Option<Span>;
+    /// A child of `parent` (the router's upstream span), a client span.
+    fn child(&self, parent: &Span, name: String, start: SystemTime) -> Span;
+    /// `span`'s context into the upstream request's headers.
+    fn inject(&self, span: &Span, h: &mut HeaderMap);
+    /// The span ended at `end`: reported when sampled.
+    fn finish(&self, span: Span, end: SystemTime);
+}
+
+/// What compiling a driver needs from the server.
+pub struct DriverContext<'a> {
+    pub store: &'a Arc<Store>,
+    pub clusters: &'a Arc<ArcSwap<ClusterMap>>,
+    /// This proxy's cluster (`--service-cluster` or `node.cluster`).
+    pub local_cluster: &'a str,
+    pub node_id: &'a str,
+    /// `node.locality.zone`.
+    pub zone: &'a str,
+    /// Exporters compiled since the server last started them.
+    pub exporters: &'a Arc<Mutex<Vec<Weak<Exporter>>>>,
+}
+
+/// How a tracer's driver is compiled from its `typed_config`.
+pub type CompileFn = fn(&Any, &DriverContext<'_>) -> Result<Arc<dyn Driver>, String>;
+
+/// One tracer: its config type and how it is compiled.
+pub struct Registration {
+    pub type_url: &'static str,
+    pub compile: CompileFn,
+}
+
+/// Every tracer Legate drives.
+pub const DRIVERS: &[Registration] = &[super::zipkin::REGISTRATION, super::otel::REGISTRATION];
+
+/// The provider's driver; errors name the field under `provider`.
+pub fn compile(p: &ProviderPb, ctx: &DriverContext<'_>) -> Result<Arc<dyn Driver>, String> {
+    let Some(ConfigType::TypedConfig(any)) = &p.config_type else {
+        return Err("typed_config is required".into());
+    };
+    let ty = any.type_url.rsplit('/').next().unwrap_or_default();
+    let Some(r) = DRIVERS.iter().find(|r| r.type_url == ty) else {
+        return Err(format!("typed_config: tracer {ty} is not implemented by Legate"));
+    };
+    (r.compile)(any, ctx).map_err(|e| format!("typed_config.{e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn every_driver_is_in_the_support_table() {
+        for r in super::DRIVERS {
+            assert!(legate_api::support_tracing::TRACING_EXTENSIONS.contains(&r.type_url), "{}", r.type_url);
+        }
+    }
+}
