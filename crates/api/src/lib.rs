@@ -24,7 +24,7 @@ pub mod pool;
 pub mod semantic;
 pub mod support;
 pub mod validate;
-mod walk;
+pub mod walk;
 
 pub use envoy_types::pb;
 pub use error::{FieldError, LoadError, Report};

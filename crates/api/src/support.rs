@@ -7,6 +7,8 @@
 //! reported once at its path. Well-known types (`google.protobuf.*`) are leaves.
 //! When the proxy learns a feature, its fields join this table in the same change.
 
+mod compat;
+
 use crate::error::FieldError;
 use crate::lenient::join;
 use crate::walk::decode_any;
@@ -711,6 +713,16 @@ fn supported_fields(message: &str) -> &'static [&'static str] {
     SUPPORTED_FIELDS.iter().find(|(m, _)| *m == message).map_or(&[], |(_, f)| f)
 }
 
+/// A field of `message` is honoured: in `only` when its place narrows the
+/// message, else in the main table or the one of fields learnt for
+/// real-world configs (`compat`).
+fn honoured(message: &str, field: &str, only: Option<&[&str]>) -> bool {
+    match only {
+        Some(fields) => fields.contains(&field),
+        None => supported_fields(message).contains(&field) || compat::fields(message).contains(&field),
+    }
+}
+
 /// Every set field and extension in `msg` that Legate does not implement.
 pub fn unsupported(msg: &DynamicMessage) -> Vec<FieldError> {
     let mut out = Vec::new();
@@ -724,7 +736,7 @@ fn check(msg: &DynamicMessage, path: &str, only: Option<&[&str]>, out: &mut Vec<
     if name == "google.protobuf.Any" {
         let Some(inner) = decode_any(msg) else { return };
         let ty = inner.descriptor().full_name().to_string();
-        if !SUPPORTED_EXTENSIONS.contains(&ty.as_str()) {
+        if !SUPPORTED_EXTENSIONS.contains(&ty.as_str()) && !compat::EXTENSIONS.contains(&ty.as_str()) {
             out.push(FieldError::new(path, format!("extension {ty} is not implemented by Legate")));
             return;
         }
@@ -733,17 +745,21 @@ fn check(msg: &DynamicMessage, path: &str, only: Option<&[&str]>, out: &mut Vec<
     if name.starts_with("google.protobuf.") {
         return;
     }
-    let allowed = only.unwrap_or_else(|| supported_fields(name));
     for (field, value) in msg.fields() {
         let p = join(path, field.name());
-        let narrowed = NARROWED.iter().find(|(m, f, _)| *m == name && *f == field.name()).map(|(_, _, fields)| *fields);
-        if !allowed.contains(&field.name()) {
+        let narrowed = NARROWED
+            .iter()
+            .find(|(m, f, _)| *m == name && *f == field.name())
+            .map(|(_, _, fields)| *fields)
+            .or_else(|| compat::narrowed(name, field.name()));
+        if !honoured(name, field.name(), only) {
             out.push(FieldError::new(p, format!("{}.{} is not implemented by Legate", name, field.name())));
             continue;
         }
         if let Value::EnumNumber(n) = value {
             let refused = UNSUPPORTED_VALUES
                 .iter()
+                .chain(compat::UNSUPPORTED_VALUES)
                 .find(|(m, f, values, _)| *m == name && *f == field.name() && values.contains(n));
             if let Some((_, _, _, reason)) = refused {
                 out.push(FieldError::new(p, *reason));

@@ -229,3 +229,222 @@ fn router_without_dynamic_stats() {
     p.same_stats(&names.iter().map(String::as_str).collect::<Vec<_>>());
     assert_eq!(stat(p.envoy_admin, "cluster.echo.upstream_rq_200"), None, "Envoy charged a dynamic stat");
 }
+
+#[test]
+fn route_max_stream_duration_and_grpc_timeouts() {
+    use harness::template::{bootstrap, echo_cluster, one_vhost};
+    let routes = r#"              - match: { prefix: "/limit" }
+                route: { cluster: echo, max_stream_duration: { max_stream_duration: 0.5s } }
+              - match: { prefix: "/header" }
+                route: { cluster: echo, timeout: 0.3s, max_stream_duration: { grpc_timeout_header_max: 0s } }
+              - match: { prefix: "/offset" }
+                route: { cluster: echo, max_stream_duration: { grpc_timeout_header_max: 1s, grpc_timeout_header_offset: 0.1s } }
+              - match: { prefix: "/legacy" }
+                route: { cluster: echo, max_grpc_timeout: 0s, grpc_timeout_offset: 0.05s }
+"#;
+    let template = bootstrap("", "", &one_vhost(routes), &echo_cluster());
+    let grpc = |path: &str, timeout: Option<&'static str>| {
+        let r = get(path).method("POST").header("content-type", "application/grpc");
+        match timeout {
+            Some(t) => r.header("grpc-timeout", t),
+            None => r,
+        }
+    };
+    let requests = [
+        // The stream limit ends a slow answer: 504 "downstream duration timeout".
+        get("/limit/delay/1500"),
+        get("/limit/fast"),
+        // Under max_stream_duration the route timeout is off...
+        get("/header/delay/600"),
+        // ... and a grpc-timeout header sets the limit (any content type).
+        get("/header/delay/1500").header("grpc-timeout", "200m"),
+        // A gRPC request's grpc-timeout is rewritten to the limit upstream.
+        grpc("/header/x", Some("2S")),
+        grpc("/header/x", None),
+        grpc("/offset/x", Some("5S")),
+        grpc("/offset/x", Some("300m")),
+        // The deprecated fields: the route timeout from grpc-timeout, less
+        // the offset, written back as the expected timeout.
+        grpc("/legacy/x", Some("3S")),
+        grpc("/legacy/x", None),
+        get("/legacy/x").header("grpc-timeout", "3S"),
+    ];
+    let p = harness::diff::compare("compat-max-stream-duration", &template, &["a"], &requests);
+    p.stats_reach(&[("http.ingress_http.downstream_rq_max_duration_reached", 2)]);
+    let r = harness::diff::send(p.legate, &get("/limit/delay/1500"));
+    assert_eq!((r.status, r.body.as_str()), (504, "downstream duration timeout"), "{r:?}");
+    let r = harness::diff::send(p.envoy, &grpc("/offset/x", Some("5S")));
+    assert!(r.body.contains("\"grpc-timeout\":\"900m\""), "Envoy's upstream saw: {}", r.body);
+}
+
+#[test]
+fn cluster_http2_keepalive_and_windows() {
+    use harness::h2_raw::H2Upstream;
+    let dir = TempDir::new("compat-h2-keepalive");
+    // Per proxy: one upstream that answers PINGs and one that does not.
+    let ups: std::collections::BTreeMap<&str, (H2Upstream, H2Upstream)> =
+        ["envoy", "legate"].into_iter().map(|who| (who, (H2Upstream::start(true), H2Upstream::start(false)))).collect();
+    let h2 = "http2_protocol_options: { initial_stream_window_size: 131072, initial_connection_window_size: 1048576, connection_keepalive: { interval: 1s, timeout: 1s, interval_jitter: { value: 0 } } }";
+    let [e, l] = both(dir.path(), &[], &["http"], |who, admin, ports| {
+        let (ack, silent) = &ups[who];
+        let cluster = |name: &str, port: u16| {
+            format!("  - {{ name: {name}, connect_timeout: 1s, {h2}, load_assignment: {{ cluster_name: {name}, endpoints: [{{ lb_endpoints: [{}] }}] }} }}\n", harness::template::endpoint(port))
+        };
+        let routes = "              - { match: { prefix: \"/silent\" }, route: { cluster: silent } }\n              - { match: { prefix: \"/\" }, route: { cluster: ack } }\n";
+        harness::template::bootstrap(
+            "",
+            "",
+            &harness::template::one_vhost(routes),
+            &format!("{}{}", cluster("ack", ack.port), cluster("silent", silent.port)),
+        )
+        .replace("{ADMIN}", &admin.to_string())
+        .replace("{LISTEN}", &ports["http"].to_string())
+    });
+    let start = Instant::now();
+    for side in [&e, &l] {
+        for path in ["/", "/silent"] {
+            let r = http_request(([127, 0, 0, 1], side.port("http")).into(), "GET", path, "h2.test", &[], "")
+                .expect("request");
+            assert_eq!(r.status, 200, "{}: {path}: {r:?}", side.who);
+        }
+    }
+    std::thread::sleep(Duration::from_millis(3600).saturating_sub(start.elapsed()));
+    let (ea, es) = (ups["envoy"].0.seen(), ups["envoy"].1.seen());
+    let (la, ls) = (ups["legate"].0.seen(), ups["legate"].1.seen());
+    // The SETTINGS window and the connection window, as configured.
+    const INITIAL_WINDOW_SIZE: u16 = 4;
+    assert_eq!(ea.settings.get(&INITIAL_WINDOW_SIZE), Some(&131072), "Envoy's SETTINGS: {:?}", ea.settings);
+    assert_eq!(la.settings.get(&INITIAL_WINDOW_SIZE), Some(&131072), "Legate's SETTINGS: {:?}", la.settings);
+    assert_eq!(ea.connection_window, 1048576 - 65535, "Envoy's connection window");
+    assert_eq!(la.connection_window, ea.connection_window, "connection window");
+    // PINGs every second on a connection that answers them.
+    let (en, ln) = (ea.pings.len(), la.pings.len());
+    assert!((2..=4).contains(&en), "Envoy sent {en} PINGs in 3.6 s");
+    assert!(en.abs_diff(ln) <= 1, "PINGs in 3.6 s: Envoy {en}, Legate {ln}");
+    assert!(ea.closed.is_empty() && la.closed.is_empty(), "an answered connection closed: {ea:?} {la:?}");
+    // An unanswered PING closes the connection after the timeout.
+    let closed_after = |s: &harness::h2_raw::Seen| s.closed.first().zip(s.opened.first()).map(|(c, o)| *c - *o);
+    let (ec, lc) = (closed_after(&es), closed_after(&ls));
+    let window = Duration::from_millis(1500)..Duration::from_millis(3400);
+    assert!(ec.is_some_and(|d| window.contains(&d)), "Envoy closed the silent connection after {ec:?}: {es:?}");
+    assert!(lc.is_some_and(|d| window.contains(&d)), "Legate closed the silent connection after {lc:?}: {ls:?}");
+}
+
+#[test]
+fn stats_matcher_lists_and_reject_all() {
+    let names = [
+        "cluster.echo.upstream_rq_total",
+        "cluster.echo.upstream_cx_total",
+        "cluster.echo.upstream_cx_active",
+        "http.ingress_http.downstream_rq_total",
+        "http.ingress_http.downstream_rq_active",
+        "http.ingress_http.downstream_cx_total",
+    ];
+    let matchers = [
+        "stats_matcher: { exclusion_list: { patterns: [{ prefix: \"cluster.echo.upstream_rq\" }, { suffix: \"_active\" }] } }",
+        "stats_matcher: { inclusion_list: { patterns: [{ exact: \"cluster.echo.upstream_cx_total\" }, { safe_regex: { regex: \"^http\\\\.ingress_http\\\\.downstream_rq_.*\" } }] } }",
+        "stats_matcher: { reject_all: true }",
+    ];
+    for (i, m) in matchers.iter().enumerate() {
+        let template = format!("stats_config: {{ {m} }}\n{}", harness::template::echo_bootstrap(""));
+        let p = harness::diff::compare(&format!("compat-stats-matcher-{i}"), &template, &["a"], &[get("/"), get("/x")]);
+        let seen: Vec<(&str, Option<i64>, Option<i64>)> =
+            names.iter().map(|n| (*n, stat(p.envoy_admin, n), stat(p.legate_admin, n))).collect();
+        for (n, e, l) in &seen {
+            assert_eq!(e, l, "matcher {i}, {n}: Envoy {e:?}, Legate {l:?}");
+        }
+        let shown = seen.iter().filter(|(_, e, _)| e.is_some()).count();
+        let expected = [3, 3, 0][i];
+        assert_eq!(shown, expected, "matcher {i}: Envoy shows {seen:?}");
+    }
+}
+
+#[test]
+fn hcm_accepts_http_10_with_a_default_host() {
+    use harness::raw::raw_exchange;
+    let hcm = "          http_protocol_options: { accept_http_10: true, default_host_for_http_10: legacy.example }\n";
+    let vhosts = "            - name: legacy\n              domains: [\"legacy.example\"]\n              routes:\n              - { match: { prefix: \"/\" }, route: { cluster: echo } }\n";
+    let template = harness::template::bootstrap(hcm, "", vhosts, &harness::template::echo_cluster());
+    let p = start_pair("compat-http10", &template, &["a"]);
+    let requests: [&[u8]; 4] = [
+        b"GET /plain HTTP/1.0\r\n\r\n",
+        b"GET /named HTTP/1.0\r\nHost: other.example\r\n\r\n",
+        b"GET /kept HTTP/1.0\r\nConnection: keep-alive\r\n\r\n",
+        b"GET /eleven HTTP/1.1\r\nHost: legacy.example\r\nConnection: close\r\n\r\n",
+    ];
+    for raw in requests {
+        // Past Envoy's delayed close (1 s) after a local reply.
+        let view = |port: u16| {
+            let r = raw_exchange(port, raw, &[], Duration::from_millis(1500));
+            let body: serde_json::Value = serde_json::from_str(&r.rest).unwrap_or_default();
+            (
+                r.status.clone(),
+                ["connection", "content-length", "content-type"].map(|h| r.headers.get(h).cloned()),
+                r.closed,
+                body["headers"]["host"].clone(),
+                body["version"].clone(),
+                body["uri"].clone(),
+            )
+        };
+        let (e, l) = (view(p.envoy), view(p.legate));
+        harness::diff::assert_same(&String::from_utf8_lossy(raw), &e, &l);
+    }
+    let first = raw_exchange(p.envoy, requests[0], &[], Duration::from_millis(500));
+    assert!(first.status.contains(" 200"), "Envoy answers HTTP/1.0: {first:?}");
+}
+
+/// A bootstrap whose clusters and listeners come over one gRPC stream per
+/// type (`api_config_source`, no ADS) from the control plane at `xds`.
+fn per_type_bootstrap(node: &str, admin: u16, xds: u16, api_type: &str) -> String {
+    let source = format!("{{ resource_api_version: V3, api_config_source: {{ api_type: {api_type}, transport_api_version: V3, grpc_services: [{{ envoy_grpc: {{ cluster_name: xds }} }}], set_node_on_first_message_only: true }} }}");
+    format!(
+        "node: {{ id: {node}, cluster: per-type-test }}\nadmin: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {admin} }} }} }}\ndynamic_resources:\n  cds_config: {source}\n  lds_config: {source}\nstatic_resources:\n  clusters:\n  - name: xds\n    type: STATIC\n    connect_timeout: 1s\n{}    load_assignment: {{ cluster_name: xds, endpoints: [{{ lb_endpoints: [{}] }}] }}\n",
+        harness::template::H2_BLOCK,
+        harness::template::endpoint(xds)
+    )
+}
+
+#[test]
+fn xds_without_ads_one_stream_per_type() {
+    use harness::xds::web_resources;
+    let dir = TempDir::new("compat-per-type-xds");
+    let d = dir.path();
+    let cp = ControlPlane::start(d);
+    let (_up, up) = echo("a", d);
+    let source = "api_config_source: { api_type: API, transport_api_version: V3, grpc_services: [{ envoy_grpc: { cluster_name: xds } }] }";
+    for (api_type, tag) in [("GRPC", "sotw"), ("DELTA_GRPC", "delta")] {
+        let mut ports = Vec::new();
+        let mut procs = Vec::new();
+        for bin in [Bin::Envoy, Bin::Legate] {
+            let node = format!("{tag}-{}", if bin == Bin::Envoy { "envoy" } else { "legate" });
+            let (admin, listen) = (free_port(), free_port());
+            // The resources' own config sources (EDS, RDS) say the same server.
+            let resources = web_resources(listen, up, &[&node], &format!("-{node}"))
+                .replace("ads: {}", &source.replace("API", api_type));
+            cp.apply(d, &resources);
+            procs.push(start_on(bin, &per_type_bootstrap(&node, admin, cp.xds, api_type), &node, admin, d));
+            ports.push((node, listen, admin));
+        }
+        let deadline = Instant::now() + Duration::from_secs(20);
+        for (node, listen, _) in &ports {
+            while upstream_of(*listen).as_deref() != Some("a") {
+                assert!(Instant::now() < deadline, "{node}: not served over per-type xDS");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        for r in [get("/"), get("/path?q=1").header("x-test", "1")] {
+            let (e, l) = (
+                harness::diff::view(&harness::diff::send(ports[0].1, &r)),
+                harness::diff::view(&harness::diff::send(ports[1].1, &r)),
+            );
+            let diff = harness::diff::diff(&e, &l);
+            assert!(diff.is_empty(), "{tag}: {}", diff.join("\n"));
+        }
+        // Both hold the cluster and listener the control plane gave them.
+        for (node, _, admin) in &ports {
+            let clusters = admin_page(*admin, "/clusters");
+            assert!(clusters.contains(&format!("web-{node}::")), "{node}: {clusters}");
+        }
+        drop(procs);
+    }
+}

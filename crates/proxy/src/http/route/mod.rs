@@ -10,6 +10,7 @@ pub mod hash_policy;
 pub mod per_filter;
 pub mod rate_limit;
 pub mod rds;
+pub mod stream_timeouts;
 
 use crate::common::matcher::{compile_regex, compile_search_regex, HeaderMatch, Pseudo, StringMatch};
 use crate::http::header_mutation::HeaderMutations;
@@ -123,6 +124,8 @@ pub struct RouteAction {
     pub auto_host_rewrite: bool,
     /// `None` disables the timeout (Envoy: `timeout: 0s`).
     pub timeout: Option<Duration>,
+    /// `max_stream_duration` and the deprecated gRPC timeouts.
+    pub stream_timeouts: stream_timeouts::StreamTimeouts,
     pub retry: Option<crate::http::router::retry::RetryPolicy>,
     /// `hash_policy`, for RING_HASH and MAGLEV clusters.
     pub hash_policy: Vec<hash_policy::HashPolicy>,
@@ -397,6 +400,7 @@ fn compile_route_action(ra: &rpb::RouteAction) -> Result<RouteAction, String> {
         host_rewrite,
         auto_host_rewrite,
         timeout,
+        stream_timeouts: stream_timeouts::StreamTimeouts::compile(ra),
         retry: match &ra.retry_policy {
             Some(p) => {
                 Some(crate::http::router::retry::RetryPolicy::compile(p).map_err(|e| format!("retry_policy.{e}"))?)

@@ -75,6 +75,12 @@ impl Hcm {
                 let details = "upstream_max_stream_duration_reached";
                 self.router_reply(stream, Some(matched), status, details, "UMSDR", body)
             }
+            TimedOut::StreamDuration => {
+                self.stats.downstream_rq_max_duration_reached.inc();
+                let status = if received { 504 } else { 408 };
+                let body = Some("downstream duration timeout".into());
+                self.local_reply(stream, status, "max_duration_timeout", "DT", body)
+            }
             TimedOut::StreamIdle => {
                 let status = if received { 504 } else { 408 };
                 self.local_reply(stream, status, "stream_idle_timeout", "SI", Some("stream timeout".into()))

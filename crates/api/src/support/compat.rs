@@ -1,0 +1,58 @@
+//! Fields Legate learnt for the configs people run (see the breadth test in
+//! the CLI's end-to-end tests), by message. They join the main table's
+//! fields for the same message; a message whose place narrows it (see
+//! `NARROWED` in the main table) honours only what is listed there.
+
+/// Extension types learnt for real-world configs.
+pub(super) const EXTENSIONS: &[&str] = &[];
+
+const FIELDS: &[(&str, &[&str])] = &[
+    // A route's stream duration, and the deprecated gRPC timeouts it replaces.
+    ("envoy.config.route.v3.RouteAction", &["max_stream_duration", "max_grpc_timeout", "grpc_timeout_offset"]),
+    (
+        "envoy.config.route.v3.RouteAction.MaxStreamDuration",
+        &["max_stream_duration", "grpc_timeout_header_max", "grpc_timeout_header_offset"],
+    ),
+    // A cluster's HTTP/2 connections: PINGs and flow-control windows (a
+    // connection manager's are narrowed in the main table).
+    (
+        "envoy.config.core.v3.Http2ProtocolOptions",
+        &["connection_keepalive", "initial_stream_window_size", "initial_connection_window_size"],
+    ),
+    ("envoy.config.core.v3.KeepaliveSettings", &["interval", "timeout", "interval_jitter"]),
+    // Which stats exist.
+    ("envoy.config.bootstrap.v3.Bootstrap", &["stats_config"]),
+    ("envoy.config.metrics.v3.StatsConfig", &["stats_matcher"]),
+    ("envoy.config.metrics.v3.StatsMatcher", &["reject_all", "exclusion_list", "inclusion_list"]),
+    ("envoy.type.matcher.v3.ListStringMatcher", &["patterns"]),
+    // xDS without ADS: a gRPC stream per type to the management server.
+    ("envoy.config.core.v3.ConfigSource", &["api_config_source"]),
+    // HTTP/1.0 clients of a connection manager.
+    ("envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager", &["http_protocol_options"]),
+];
+
+/// Enum values refused in a field learnt here: (message, field, values, reason).
+pub(super) const UNSUPPORTED_VALUES: &[(&str, &str, &[i32], &str)] = &[(
+    "envoy.config.core.v3.ApiConfigSource",
+    "api_type",
+    &[1],
+    "REST config sources (api_type REST) are not implemented by Legate",
+)];
+
+/// Shared messages honoured only in part where they are: (parent message,
+/// its field, the fields honoured there).
+const NARROWED: &[(&str, &str, &[&str])] = &[(
+    "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+    "http_protocol_options",
+    &["accept_http_10", "default_host_for_http_10"],
+)];
+
+/// The fields honoured in `parent.field` when this table narrows it.
+pub(super) fn narrowed(parent: &str, field: &str) -> Option<&'static [&'static str]> {
+    NARROWED.iter().find(|(m, f, _)| *m == parent && *f == field).map(|(_, _, fields)| *fields)
+}
+
+/// The fields of `message` learnt here (none when it is not listed).
+pub(super) fn fields(message: &str) -> &'static [&'static str] {
+    FIELDS.iter().find(|(m, _)| *m == message).map_or(&[], |(_, f)| f)
+}
