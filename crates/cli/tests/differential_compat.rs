@@ -448,3 +448,144 @@ fn xds_without_ads_one_stream_per_type() {
         drop(procs);
     }
 }
+
+#[test]
+fn retries_end_in_per_try_timeouts_and_connect_failures() {
+    use harness::template::{bootstrap, cluster, echo_cluster};
+    let vhosts = r#"            - name: all
+              domains: ["*"]
+              include_attempt_count_in_response: true
+              routes:
+              - match: { prefix: "/pertry" }
+                route: { cluster: echo, retry_policy: { retry_on: 5xx, num_retries: 1, per_try_timeout: 0.2s } }
+              - match: { prefix: "/dead" }
+                route: { cluster: dead, retry_policy: { retry_on: connect-failure, num_retries: 2 } }
+"#;
+    let clusters = format!("{}{}", echo_cluster(), cluster("dead", &["{CLOSED}"]));
+    let template = bootstrap("", "", vhosts, &clusters);
+    // Every try times out: 504 with the tries counted; every try is refused:
+    // 503 saying how many tries there were.
+    let requests = [get("/pertry/delay/1000"), get("/dead")];
+    let p = harness::diff::compare("compat-retries-end", &template, &["a"], &requests);
+    p.stats_reach(&[
+        ("cluster.echo.upstream_rq_per_try_timeout", 2),
+        ("cluster.echo.upstream_rq_retry", 1),
+        ("cluster.echo.upstream_rq_504", 1),
+        ("cluster.dead.upstream_cx_connect_fail", 3),
+        ("cluster.dead.upstream_rq_retry", 2),
+    ]);
+    let r = harness::diff::send(p.legate, &get("/pertry/delay/1000"));
+    assert_eq!((r.status, r.header("x-envoy-attempt-count")), (504, Some("2")), "{r:?}");
+    let r = harness::diff::send(p.envoy, &get("/dead"));
+    assert_eq!((r.status, r.header("x-envoy-attempt-count")), (503, Some("3")), "Envoy: {r:?}");
+}
+
+#[test]
+fn outlier_ejections_overflow_at_max_ejection_percent() {
+    use harness::template::{bootstrap, cluster_with, one_vhost, ALL_TO_ECHO};
+    let od =
+        "outlier_detection: { consecutive_5xx: 1, interval: 10s, base_ejection_time: 30s, max_ejection_percent: 50 }, ";
+    let template = bootstrap("", "", &one_vhost(ALL_TO_ECHO), &cluster_with("echo", &["{UP_a}", "{UP_b}"], od));
+    // The first 503 ejects its host (none ejected yet); the other host's
+    // would eject half of two: the cap stops it. (Which host answers first
+    // is the balancer's pick, not compared.)
+    let p = start_pair("compat-outlier-overflow", &template, &["a", "b"]);
+    for port in [p.envoy, p.legate] {
+        assert_eq!(harness::diff::send(port, &get("/status/503")).status, 503);
+    }
+    p.stats_reach(&[("cluster.echo.outlier_detection.ejections_active", 1)]);
+    for port in [p.envoy, p.legate] {
+        assert_eq!(harness::diff::send(port, &get("/status/503")).status, 503);
+    }
+    p.stats_reach(&[
+        ("cluster.echo.outlier_detection.ejections_overflow", 1),
+        ("cluster.echo.outlier_detection.ejections_active", 1),
+        ("cluster.echo.outlier_detection.ejections_enforced_total", 1),
+    ]);
+}
+
+#[test]
+fn tcp_proxy_to_a_dead_cluster_counts_the_attempt() {
+    use harness::config::{cluster, listener, tcp_proxy};
+    let dir = TempDir::new("compat-tcp-dead");
+    let dead = free_port();
+    let [e, l] = both(dir.path(), &[], &["tcp"], |_, admin, ports| {
+        let chain = format!("{{filters: [{}]}}", tcp_proxy("dead_tcp", "cluster: dead", ""));
+        format!(
+            "admin: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {admin} }} }} }}\nstatic_resources:\n  listeners:\n  - {}\n  clusters:\n  - {}\n",
+            listener("tcp", ports["tcp"], &chain),
+            cluster("dead", dead, "")
+        )
+    });
+    for side in [&e, &l] {
+        let out = harness::raw::tcp_exchange(side.port("tcp"), b"hello");
+        assert!(out.is_empty(), "{}: a dead upstream answered {out:?}", side.who);
+    }
+    let names = [
+        "upstream_cx_total",
+        "upstream_cx_connect_fail",
+        "upstream_cx_destroy",
+        "upstream_cx_destroy_remote",
+        "upstream_cx_active",
+        "upstream_cx_none_healthy",
+    ];
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while e.stat("cluster.dead.upstream_cx_connect_fail") < 1 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for n in names {
+        let name = format!("cluster.dead.{n}");
+        assert_eq!(l.stat(&name), e.stat(&name), "{name}: Legate (left), Envoy (right)");
+    }
+    assert_eq!(e.stat("cluster.dead.upstream_cx_total"), 1, "Envoy counts the attempt");
+    assert_eq!(l.stat("tcp.dead_tcp.downstream_cx_total"), e.stat("tcp.dead_tcp.downstream_cx_total"));
+}
+
+#[test]
+fn healthcheck_fail_makes_the_server_draining() {
+    let dir = TempDir::new("compat-hc-fail");
+    let [e, l] = both(dir.path(), &[], &[], |_, admin, _| {
+        format!("admin: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {admin} }} }} }}\n")
+    });
+    let view = |admin: u16| {
+        let addr: SocketAddr = ([127, 0, 0, 1], admin).into();
+        let ready = http_request(addr, "GET", "/ready", "admin", &[], "").expect("/ready");
+        let info: serde_json::Value = serde_json::from_str(&admin_page(admin, "/server_info")).unwrap_or_default();
+        (ready.status, ready.body.clone(), info["state"].clone())
+    };
+    for step in ["/healthcheck/fail", "/healthcheck/ok"] {
+        for side in [&e, &l] {
+            let addr: SocketAddr = ([127, 0, 0, 1], side.admin).into();
+            let r = http_request(addr, "POST", step, "admin", &[], "").expect("healthcheck");
+            assert_eq!(r.status, 200, "{}: {step}: {r:?}", side.who);
+        }
+        let (a, b) = (view(e.admin), view(l.admin));
+        harness::diff::assert_same(step, &a, &b);
+        let want = if step == "/healthcheck/fail" { 503 } else { 200 };
+        assert_eq!(a.0, want, "Envoy after {step}: {a:?}");
+    }
+}
+
+#[test]
+fn expect_100_continue_answered_by_the_proxy() {
+    use harness::raw::raw_exchange;
+    let p = start_pair("compat-expect", &harness::template::echo_bootstrap(""), &["a"]);
+    let head = b"POST /upload HTTP/1.1\r\nHost: app\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n";
+    let view = |port: u16| {
+        // The head alone; the body only once the interim answer came.
+        let r = raw_exchange(port, head, &[b"hello"], Duration::from_millis(1500));
+        let (final_head, body) = r.rest.split_once("\r\n\r\n").unwrap_or((&r.rest, ""));
+        let upstream: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
+        (
+            r.status.clone(),
+            final_head.lines().next().unwrap_or_default().to_string(),
+            upstream["headers"]["expect"].clone(),
+            upstream["headers"]["content-length"].clone(),
+            upstream["method"].clone(),
+        )
+    };
+    let (e, l) = (view(p.envoy), view(p.legate));
+    harness::diff::assert_same("Expect: 100-continue", &e, &l);
+    assert_eq!(e.0, "HTTP/1.1 100 Continue", "Envoy's interim answer: {e:?}");
+    assert_eq!(e.2, serde_json::Value::Null, "Envoy forwarded Expect: {e:?}");
+}

@@ -325,7 +325,10 @@ pub(super) async fn send_with_retries(
         *req.headers_mut() = parts.headers.clone();
         let sent = crate::upstream::pool::send(&cluster, &host, req, rq_slot);
         let result = match policy.per_try_timeout {
-            Some(t) => tokio::time::timeout(t, sent).await.unwrap_or(Err(UpstreamError::PerTryTimeout)),
+            Some(t) => tokio::time::timeout(t, sent).await.unwrap_or_else(|_| {
+                cluster.stats.upstream_rq_per_try_timeout.inc();
+                Err(UpstreamError::PerTryTimeout)
+            }),
             None => sent.await,
         };
         let retriable = match &result {

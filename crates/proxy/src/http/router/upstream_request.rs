@@ -14,7 +14,7 @@ use crate::http::conn_manager::{Hcm, Matched};
 use crate::http::route::{stream_timeouts, RouteAction};
 use crate::upstream::cluster::Cluster;
 use crate::upstream::host::Host;
-use http::header::{HeaderName, HeaderValue, HOST};
+use http::header::{HeaderName, HeaderValue, EXPECT, HOST};
 use http::request::Parts;
 use http::HeaderMap;
 use std::borrow::Cow;
@@ -67,6 +67,11 @@ impl Hcm {
     ) -> Option<Prepared<'r>> {
         let (table, vh, route) = matched;
         strip_hop_by_hop(&mut parts.headers);
+        // `Expect: 100-continue` is the proxy's to answer (hyper sends the
+        // 100 as the body is first read), not the upstream's: Envoy drops it.
+        if parts.headers.get(EXPECT).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue")) {
+            parts.headers.remove(EXPECT);
+        }
         let new_path = route.rewrite_path(ra, &stream.path);
         if new_path.is_some() {
             if let Ok(v) = HeaderValue::from_str(&stream.path) {
