@@ -589,3 +589,35 @@ fn expect_100_continue_answered_by_the_proxy() {
     assert_eq!(e.0, "HTTP/1.1 100 Continue", "Envoy's interim answer: {e:?}");
     assert_eq!(e.2, serde_json::Value::Null, "Envoy forwarded Expect: {e:?}");
 }
+
+#[test]
+fn grpc_route_match_and_add_user_agent() {
+    use harness::template::{bootstrap, echo_cluster};
+    let vhosts = r#"            - name: all
+              domains: ["*"]
+              routes:
+              - match: { prefix: "/", grpc: {} }
+                route: { cluster: echo }
+                request_headers_to_add: [{ header: { key: x-matched, value: grpc } }]
+              - match: { prefix: "/" }
+                route: { cluster: echo }
+                request_headers_to_add: [{ header: { key: x-matched, value: plain } }]
+"#;
+    let hcm = "          add_user_agent: true\n";
+    let template = format!("node: {{ id: node-7, cluster: front }}\n{}", bootstrap(hcm, "", vhosts, &echo_cluster()));
+    let requests = [
+        get("/svc/Method").method("POST").header("content-type", "application/grpc"),
+        get("/svc/Method").method("POST").header("content-type", "application/grpc+proto"),
+        get("/svc/Method").method("POST").header("content-type", "application/grpc-web"),
+        get("/plain"),
+        get("/agent").header("user-agent", "curl/8"),
+        get("/spoofed")
+            .header("x-envoy-downstream-service-cluster", "other")
+            .header("x-envoy-downstream-service-node", "n"),
+    ];
+    let p = harness::diff::compare("compat-grpc-match-user-agent", &template, &["a"], &requests);
+    let r = harness::diff::send(p.envoy, &get("/plain"));
+    assert!(r.body.contains("\"x-envoy-downstream-service-cluster\":\"front\""), "Envoy's upstream saw: {}", r.body);
+    let r = harness::diff::send(p.legate, &requests[0]);
+    assert!(r.body.contains("\"x-matched\":\"grpc\""), "Legate's upstream saw: {}", r.body);
+}

@@ -27,8 +27,15 @@ const FIELDS: &[(&str, &[&str])] = &[
     ("envoy.type.matcher.v3.ListStringMatcher", &["patterns"]),
     // xDS without ADS: a gRPC stream per type to the management server.
     ("envoy.config.core.v3.ConfigSource", &["api_config_source"]),
-    // HTTP/1.0 clients of a connection manager.
-    ("envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager", &["http_protocol_options"]),
+    // HTTP/1.0 clients of a connection manager; the downstream service's
+    // headers it adds.
+    (
+        "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+        &["http_protocol_options", "add_user_agent"],
+    ),
+    // Routes for gRPC requests only.
+    ("envoy.config.route.v3.RouteMatch", &["grpc"]),
+    ("envoy.config.route.v3.RouteMatch.GrpcRouteMatchOptions", &[]),
 ];
 
 /// Enum values refused in a field learnt here: (message, field, values, reason).

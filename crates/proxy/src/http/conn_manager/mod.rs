@@ -89,6 +89,10 @@ pub struct Hcm {
     /// `http_protocol_options.default_host_for_http_10`: the host of an
     /// HTTP/1.0 request that names none.
     pub(in crate::http) default_host_for_http_10: Option<HeaderValue>,
+    /// `add_user_agent`: this proxy's cluster and node, which requests
+    /// carry on as the downstream service's (and as their user agent when
+    /// they name none).
+    add_user_agent: Option<(HeaderValue, HeaderValue)>,
 }
 
 pub type ProxyResponse = Response<TrackedBody>;
@@ -167,6 +171,10 @@ impl Hcm {
             upgrades,
             allow_connect: c.http2_protocol_options.as_ref().is_some_and(|o| o.allow_connect),
             accept_http_10: c.http_protocol_options.as_ref().is_some_and(|o| o.accept_http_10),
+            add_user_agent: c
+                .add_user_agent
+                .is_some_and(|b| b.value)
+                .then(|| (ctx.local_cluster.clone(), ctx.local_node.clone())),
             default_host_for_http_10: match c
                 .http_protocol_options
                 .as_ref()

@@ -82,6 +82,8 @@ pub struct Route {
     case_sensitive: bool,
     headers: Vec<HeaderMatch>,
     query: Vec<QueryMatch>,
+    /// `match.grpc`: only gRPC requests (by their content type) match.
+    grpc: bool,
     pub action: Action,
     pub request_headers: HeaderMutations,
     pub response_headers: HeaderMutations,
@@ -333,6 +335,7 @@ fn compile_route(r: &rpb::Route) -> Result<Route, String> {
     Ok(Route {
         name: r.name.clone(),
         path,
+        grpc: m.grpc.is_some(),
         case_sensitive,
         headers,
         query,
@@ -552,7 +555,9 @@ impl Route {
             }
             PathMatch::Connect => false,
         };
-        ok && self.headers.iter().all(|h| h.matches(headers, pseudo)) && self.query_matches(query)
+        ok && (!self.grpc || stream_timeouts::is_grpc(headers))
+            && self.headers.iter().all(|h| h.matches(headers, pseudo))
+            && self.query_matches(query)
     }
 
     fn query_matches(&self, query: Option<&str>) -> bool {
