@@ -621,3 +621,45 @@ fn grpc_route_match_and_add_user_agent() {
     let r = harness::diff::send(p.legate, &requests[0]);
     assert!(r.body.contains("\"x-matched\":\"grpc\""), "Legate's upstream saw: {}", r.body);
 }
+
+#[test]
+fn access_log_filters() {
+    use harness::template::{bootstrap, cluster, echo_cluster, one_vhost};
+    let dir = TempDir::new("compat-log-filters");
+    let d = dir.path().display().to_string();
+    let format = "%REQ(:PATH)% %RESPONSE_CODE% %RESPONSE_FLAGS%\\n";
+    let logger = |n: usize, filter: &str| {
+        format!("          - name: envoy.access_loggers.file\n            filter: {filter}\n            typed_config: {{ \"@type\": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog, path: \"{d}/{{ADMIN}}-{n}.log\", log_format: {{ text_format: \"{format}\" }} }}\n")
+    };
+    let filters = [
+        "{ status_code_filter: { comparison: { op: GE, value: { default_value: 400, runtime_key: log.min_status } } } }",
+        "{ or_filter: { filters: [{ status_code_filter: { comparison: { value: { default_value: 200, runtime_key: k } } } }, { header_filter: { header: { name: x-log, present_match: true } } }] } }",
+        "{ and_filter: { filters: [{ response_flag_filter: { flags: [UF, NR] } }, { duration_filter: { comparison: { op: LE, value: { default_value: 10000, runtime_key: k } } } }] } }",
+        "{ duration_filter: { comparison: { op: GE, value: { default_value: 300, runtime_key: k } } } }",
+        "{ response_flag_filter: {} }",
+    ];
+    let loggers: String = filters.iter().enumerate().map(|(i, f)| logger(i, f)).collect();
+    let routes = "              - { match: { prefix: \"/dead\" }, route: { cluster: dead } }\n              - { match: { prefix: \"/\" }, route: { cluster: echo } }\n";
+    let clusters = format!("{}{}", echo_cluster(), cluster("dead", &["{CLOSED}"]));
+    let template = bootstrap(&format!("          access_log:\n{loggers}"), "", &one_vhost(routes), &clusters);
+    let requests = [
+        get("/ok"),
+        get("/status/404"),
+        get("/status/503").header("x-log", "1"),
+        get("/dead"),
+        get("/delay/400"),
+        get("/logged").header("x-log", "yes"),
+    ];
+    let p = harness::diff::compare("compat-log-filters", &template, &["a"], &requests);
+    // Legate flushes its logs every second, Envoy every ten
+    // (`--file-flush-interval-msec`): Envoy's are awaited, as many lines
+    // as Legate's (or what is there after 10 s).
+    std::thread::sleep(Duration::from_millis(2500));
+    for (n, filter) in filters.iter().enumerate() {
+        let file = |admin: u16| dir.path().join(format!("{admin}-{n}.log"));
+        let l = marked_lines(&file(p.legate_admin), "/", 0);
+        let e = marked_lines(&file(p.envoy_admin), "/", l.len().max(1));
+        assert!(!e.is_empty(), "Envoy's log {n} is empty");
+        assert_eq!(e, l, "logger {n} ({filter}): Envoy (left), Legate (right)");
+    }
+}

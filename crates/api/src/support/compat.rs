@@ -33,6 +33,21 @@ const FIELDS: &[(&str, &[&str])] = &[
         "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
         &["http_protocol_options", "add_user_agent"],
     ),
+    // Which streams an access logger writes (runtime keys have no runtime
+    // to read in Legate: their defaults hold).
+    ("envoy.config.accesslog.v3.AccessLog", &["filter"]),
+    (
+        "envoy.config.accesslog.v3.AccessLogFilter",
+        &["status_code_filter", "duration_filter", "response_flag_filter", "header_filter", "and_filter", "or_filter"],
+    ),
+    ("envoy.config.accesslog.v3.StatusCodeFilter", &["comparison"]),
+    ("envoy.config.accesslog.v3.DurationFilter", &["comparison"]),
+    ("envoy.config.accesslog.v3.ComparisonFilter", &["op", "value"]),
+    ("envoy.config.core.v3.RuntimeUInt32", &["default_value", "runtime_key"]),
+    ("envoy.config.accesslog.v3.ResponseFlagFilter", &["flags"]),
+    ("envoy.config.accesslog.v3.HeaderFilter", &["header"]),
+    ("envoy.config.accesslog.v3.AndFilter", &["filters"]),
+    ("envoy.config.accesslog.v3.OrFilter", &["filters"]),
     // Routes for gRPC requests only.
     ("envoy.config.route.v3.RouteMatch", &["grpc"]),
     ("envoy.config.route.v3.RouteMatch.GrpcRouteMatchOptions", &[]),
