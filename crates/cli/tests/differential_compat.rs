@@ -663,3 +663,49 @@ fn access_log_filters() {
         assert_eq!(e, l, "logger {n} ({filter}): Envoy (left), Legate (right)");
     }
 }
+
+/// The keepalive timer of the established TCP connections to 127.0.0.1:`port`
+/// as `ss` shows them (`keepalive,<left>,<probes>`), one per connection.
+fn keepalive_timers(port: u16) -> Vec<String> {
+    let out = std::process::Command::new("ss")
+        .args(["-tnoH", "state", "established", &format!("( dport = :{port} )")])
+        .output()
+        .expect("run ss");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| l.split("timer:(").nth(1).and_then(|t| t.split(')').next()).unwrap_or("none").to_string())
+        .collect()
+}
+
+#[test]
+fn upstream_tcp_keepalive() {
+    let dir = TempDir::new("compat-tcp-keepalive");
+    let d = dir.path();
+    let ups: std::collections::BTreeMap<&str, (Proc, u16)> =
+        ["envoy", "legate"].into_iter().map(|who| (who, echo(who, d))).collect();
+    let options = "upstream_connection_options: { tcp_keepalive: { keepalive_probes: 3, keepalive_time: 30, keepalive_interval: 5 } }, ";
+    let [e, l] = both(d, &[], &["http"], |who, admin, ports| {
+        let clusters = harness::template::cluster_with("echo", &[&ups[who].1.to_string()], options);
+        harness::template::bootstrap("", "", &harness::template::one_vhost(harness::template::ALL_TO_ECHO), &clusters)
+            .replace("{ADMIN}", &admin.to_string())
+            .replace("{LISTEN}", &ports["http"].to_string())
+    });
+    let mut timers = Vec::new();
+    for side in [&e, &l] {
+        // A keep-alive exchange leaves the pooled upstream connection open.
+        let r = keep_alive_exchange(side.port("http"), &get("/"));
+        assert_eq!(r.status, 200, "{}: {r:?}", side.who);
+        let t = keepalive_timers(ups[side.who].1);
+        assert_eq!(t.len(), 1, "{}: upstream connections {t:?}", side.who);
+        timers.push(t[0].clone());
+    }
+    // `keepalive,<seconds left>sec,0`: at most the 30 s idle time on both.
+    for (who, t) in ["envoy", "legate"].iter().zip(&timers) {
+        let left: Option<f64> =
+            t.strip_prefix("keepalive,").and_then(|r| r.split("sec").next()).and_then(|s| s.parse().ok());
+        assert!(
+            left.is_some_and(|s| s > 0.0 && s <= 30.0),
+            "{who}'s upstream connection: timer {t:?} (both: {timers:?})"
+        );
+    }
+}

@@ -20,6 +20,10 @@ const FIELDS: &[(&str, &[&str])] = &[
         &["connection_keepalive", "initial_stream_window_size", "initial_connection_window_size"],
     ),
     ("envoy.config.core.v3.KeepaliveSettings", &["interval", "timeout", "interval_jitter"]),
+    // TCP keepalive on upstream connections.
+    ("envoy.config.cluster.v3.Cluster", &["upstream_connection_options"]),
+    ("envoy.config.cluster.v3.UpstreamConnectionOptions", &["tcp_keepalive"]),
+    ("envoy.config.core.v3.TcpKeepalive", &["keepalive_probes", "keepalive_time", "keepalive_interval"]),
     // Which stats exist.
     ("envoy.config.bootstrap.v3.Bootstrap", &["stats_config"]),
     ("envoy.config.metrics.v3.StatsConfig", &["stats_matcher"]),

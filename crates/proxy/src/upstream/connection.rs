@@ -20,6 +20,24 @@ fn count_connect_failure(stats: &ClusterStats, host: &Host) {
     host.cx_connect_fail.fetch_add(1, Relaxed);
 }
 
+/// `upstream_connection_options.tcp_keepalive`: TCP keepalive on, with
+/// the probes, idle time and interval it sets (the system's otherwise).
+fn set_keepalive(stream: &tokio::net::TcpStream, k: &legate_api::pb::envoy::config::core::v3::TcpKeepalive) {
+    let mut ka = socket2::TcpKeepalive::new();
+    if let Some(t) = k.keepalive_time {
+        ka = ka.with_time(Duration::from_secs(u64::from(t.value)));
+    }
+    if let Some(i) = k.keepalive_interval {
+        ka = ka.with_interval(Duration::from_secs(u64::from(i.value)));
+    }
+    if let Some(p) = k.keepalive_probes {
+        ka = ka.with_retries(p.value);
+    }
+    if let Err(e) = socket2::SockRef::from(stream).set_tcp_keepalive(&ka) {
+        tracing::debug!("TCP keepalive on an upstream connection: {e}");
+    }
+}
+
 /// A connection that never connected is destroyed: `side` says by whom.
 fn count_never_connected(stats: &ClusterStats, side: &str) {
     stats.upstream_cx_destroy.inc();
@@ -51,6 +69,9 @@ async fn connect_tcp(cluster: &Cluster, host: &Host) -> Result<(tokio::net::TcpS
         Ok(Ok(s)) => s,
     };
     let _ = stream.set_nodelay(true);
+    if let Some(k) = cluster.config.upstream_connection_options.as_ref().and_then(|o| o.tcp_keepalive.as_ref()) {
+        set_keepalive(&stream, k);
+    }
     stats.upstream_cx_active.inc();
     host.cx_active.fetch_add(1, Relaxed);
     Ok((stream, slot))
