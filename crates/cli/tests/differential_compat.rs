@@ -709,3 +709,40 @@ fn upstream_tcp_keepalive() {
         );
     }
 }
+
+#[test]
+fn virtual_host_require_tls_redirects() {
+    use harness::template::{bootstrap, echo_cluster};
+    let vhosts = r#"            - name: secure
+              domains: ["secure.example"]
+              require_tls: ALL
+              response_headers_to_add: [{ header: { key: x-vhost, value: secure } }]
+              routes: [{ match: { prefix: "/" }, route: { cluster: echo } }]
+            - name: external
+              domains: ["ext.example"]
+              require_tls: EXTERNAL_ONLY
+              routes: [{ match: { prefix: "/only" }, route: { cluster: echo } }]
+            - name: plain
+              domains: ["*"]
+              routes: [{ match: { prefix: "/" }, route: { cluster: echo } }]
+"#;
+    let template = bootstrap("", "", vhosts, &echo_cluster());
+    let host = |h: &'static str, path: &str| {
+        let mut r = get(path);
+        r.host = h;
+        r
+    };
+    let requests = [
+        host("secure.example", "/a/b?q=1"),
+        // A client's own x-forwarded-proto is kept without use_remote_address.
+        host("secure.example", "/a").header("x-forwarded-proto", "https"),
+        host("ext.example", "/only/x"),
+        // No route matches, yet the virtual host redirects.
+        host("ext.example", "/elsewhere"),
+        host("other.example", "/plain"),
+    ];
+    let p = harness::diff::compare("compat-require-tls", &template, &["a"], &requests);
+    p.same_stats(&["http.ingress_http.rq_direct_response", "http.ingress_http.downstream_rq_3xx"]);
+    let r = harness::diff::send(p.envoy, &requests[0]);
+    assert_eq!((r.status, r.header("location")), (301, Some("https://secure.example/a/b?q=1")), "Envoy: {r:?}");
+}

@@ -52,6 +52,8 @@ const FIELDS: &[(&str, &[&str])] = &[
     ("envoy.config.accesslog.v3.HeaderFilter", &["header"]),
     ("envoy.config.accesslog.v3.AndFilter", &["filters"]),
     ("envoy.config.accesslog.v3.OrFilter", &["filters"]),
+    // Virtual hosts that redirect plain HTTP to https.
+    ("envoy.config.route.v3.VirtualHost", &["require_tls"]),
     // Routes for gRPC requests only.
     ("envoy.config.route.v3.RouteMatch", &["grpc"]),
     ("envoy.config.route.v3.RouteMatch.GrpcRouteMatchOptions", &[]),

@@ -525,6 +525,22 @@ fn compile_redirect(rd: &rpb::RedirectAction) -> Result<Redirect, String> {
     })
 }
 
+impl VirtualHost {
+    /// `require_tls`: a request that did not come over TLS (by its
+    /// `x-forwarded-proto`, which the connection manager has set) is
+    /// redirected, always (ALL) or unless it is internal (EXTERNAL_ONLY).
+    pub fn redirects_to_tls(&self, headers: &http::HeaderMap) -> bool {
+        use rpb::virtual_host::TlsRequirementType as Tls;
+        let secure = headers.get("x-forwarded-proto").is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"https"));
+        let internal = headers.get("x-envoy-internal").is_some_and(|v| v.as_bytes() == b"true");
+        match Tls::try_from(self.require_tls) {
+            Ok(Tls::All) => !secure,
+            Ok(Tls::ExternalOnly) => !secure && !internal,
+            _ => false,
+        }
+    }
+}
+
 impl Route {
     fn matches(&self, path_and_query: &str, headers: &http::HeaderMap, pseudo: &Pseudo<'_>) -> bool {
         // A CONNECT request has no path: only `connect_matcher` routes match
