@@ -196,7 +196,15 @@ def cpu_others(a_path, b_path, hz, secs):
 # ---------------------------------------------------------------------------
 # The report.
 
-TARGETS = [("direct", "direct (no proxy)"), ("envoy", "Envoy 1.40"), ("legate", "Legate")]
+TARGETS = [
+    ("direct", "direct (no proxy)"),
+    ("envoy", "Envoy 1.40"),
+    ("legate", "Legate"),
+    ("envoy2", "Envoy 1.40, 2 workers"),
+    ("legate2", "Legate, 2 workers"),
+]
+# Ratio tables: (Legate target, Envoy target, title).
+PAIRS = [("legate", "envoy", "Legate / Envoy"), ("legate2", "envoy2", "Legate / Envoy, 2 workers (unpinned)")]
 PROTOCOLS = [
     ("h1", "HTTP/1.1 keep-alive (wrk)"),
     ("h2c", "h2c (h2load)"),
@@ -274,9 +282,11 @@ def table(results_path, meta_path):
                 f" | {fmt(cpu10k, 4)} | {fmt(cpu_pct, 0)} | {fmt(idle, 1)} | {fmt(peak, 1)} | {fmt(d['others_pct'], 0)} |"
             )
         out.append("")
-        if "legate" in derived and "envoy" in derived:
-            lg, ev = derived["legate"], derived["envoy"]
-            out.append("| Legate / Envoy | ratio | bar | verdict |")
+        for lt, et, title in PAIRS:
+            if lt not in derived or et not in derived:
+                continue
+            lg, ev = derived[lt], derived[et]
+            out.append(f"| {title} | ratio | bar | verdict |")
             out.append("|---|--:|---|---|")
             for key, label, higher, bar in (
                 ("rps", "req/s", True, ">= 1.00"),

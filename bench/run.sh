@@ -3,6 +3,8 @@
 #   direct  - the load generator straight at the upstream (the ceiling),
 #   envoy   - Envoy 1.40, --concurrency 1,
 #   legate  - legate proxy, --concurrency 1,
+#   envoy2, legate2 - the same with --concurrency 2, unpinned (as is the
+#             load generator): the multi-worker row,
 # with HTTP/1.1 keep-alive (wrk), h2c (h2load) and HTTPS (wrk over TLS 1.3
 # terminated at the proxy, bench/bootstrap-tls.yaml, a certificate made per
 # run with openssl; no direct run: the upstream speaks plain HTTP). The proxy
@@ -18,7 +20,9 @@
 #   WRK_THREADS=1 WRK_CONNS=50
 #   H2_CLIENTS=10 H2_STREAMS=10
 #   BENCH_PROXY_CPU=0 BENCH_LOAD_CPU=1
-#   BENCH_TARGETS="direct envoy legate"   BENCH_PROTOCOLS="h1 h2c https"
+#   BENCH_TARGETS="direct envoy legate envoy2 legate2"   BENCH_PROTOCOLS="h1 h2c https"
+#   BENCH_MEMORY=1         then bench/memory.py: idle and per-connection memory (0: skip)
+#   BENCH_MEMORY_CONNS=10000  connections per protocol for it
 #   BENCH_QUIET_WAIT=300   seconds to wait, before each target, for other load to stop
 #   BENCH_RETRIES=2        times to redo a run that other processes disturbed (>= 10% of a CPU)
 #   ENVOY_BIN              use this envoy instead of installing 1.40.0 with pip
@@ -42,7 +46,9 @@ H2_CLIENTS="${H2_CLIENTS:-10}"
 H2_STREAMS="${H2_STREAMS:-10}"
 PROXY_CPU="${BENCH_PROXY_CPU:-0}"
 LOAD_CPU="${BENCH_LOAD_CPU:-1}"
-TARGETS="${BENCH_TARGETS:-direct envoy legate}"
+TARGETS="${BENCH_TARGETS:-direct envoy legate envoy2 legate2}"
+MEMORY="${BENCH_MEMORY:-1}"
+MEMORY_CONNS="${BENCH_MEMORY_CONNS:-10000}"
 PROTOCOLS="${BENCH_PROTOCOLS:-h1 h2c https}"
 QUIET_WAIT="${BENCH_QUIET_WAIT:-300}"
 RETRIES="${BENCH_RETRIES:-2}"
@@ -55,12 +61,13 @@ die() {
   exit 1
 }
 
-for v in SECS WARMUP WRK_THREADS WRK_CONNS H2_CLIENTS H2_STREAMS PROXY_CPU LOAD_CPU QUIET_WAIT RETRIES; do
+for v in SECS WARMUP WRK_THREADS WRK_CONNS H2_CLIENTS H2_STREAMS PROXY_CPU LOAD_CPU QUIET_WAIT RETRIES MEMORY MEMORY_CONNS; do
   [[ "${!v}" =~ ^[0-9]+$ ]] || die "$v must be a non-negative integer, got '${!v}'"
 done
 ((SECS > 0)) || die "BENCH_SECS must be > 0"
 for t in $TARGETS; do
-  [[ "$t" == direct || "$t" == envoy || "$t" == legate ]] || die "unknown target '$t' in BENCH_TARGETS (direct envoy legate)"
+  [[ "$t" =~ ^(direct|envoy|legate|envoy2|legate2)$ ]] ||
+    die "unknown target '$t' in BENCH_TARGETS (direct envoy legate envoy2 legate2)"
 done
 for p in $PROTOCOLS; do
   [[ "$p" == h1 || "$p" == h2c || "$p" == https ]] || die "unknown protocol '$p' in BENCH_PROTOCOLS (h1 h2c https)"
@@ -147,7 +154,7 @@ install_envoy() {
   fi
   ENVOY_BIN="$bin"
 }
-if [[ " $TARGETS " == *" envoy "* ]]; then
+if [[ " $TARGETS " == *" envoy "* || " $TARGETS " == *" envoy2 "* || "$MEMORY" != 0 ]]; then
   if [[ -n "${ENVOY_BIN:-}" ]]; then
     [[ -x "$ENVOY_BIN" ]] || die "ENVOY_BIN=$ENVOY_BIN is not an executable"
   else
@@ -272,21 +279,34 @@ precheck() { # proto url name
   else
     code="$(curl -s -o /dev/null -w '%{http_code} %{http_version}' --http2-prior-knowledge --max-time 5 "$url" || true)"
     [[ "$code" == "200 2" ]] || die "$name answered '${code:-nothing}' (want '200 2') to an h2c prior-knowledge GET $url"
-    out="$(taskset -c "$LOAD_CPU" timeout 20 h2load -n 20 -c 1 -m 5 "$url" 2>&1)" ||
+    out="$("${LOAD_PIN[@]}" timeout 20 h2load -n 20 -c 1 -m 5 "$url" 2>&1)" ||
       { echo "$out" >&2; die "h2load precheck against $name failed"; }
     grep -q '^status codes: 20 2xx' <<<"$out" || { echo "$out" >&2; die "h2load precheck against $name: not 20 x 2xx"; }
   fi
 }
 
+# Pinning of the proxy and of the load generator: the multi-worker targets
+# (envoy2, legate2) run both unpinned.
+PROXY_PIN=()
+LOAD_PIN=()
+set_pinning() { # target
+  if [[ "$1" == *2 ]]; then
+    PROXY_PIN=() LOAD_PIN=()
+  else
+    PROXY_PIN=(taskset -c "$PROXY_CPU") LOAD_PIN=(taskset -c "$LOAD_CPU")
+  fi
+}
+set_pinning direct
+
 # One load run, bounded by `timeout` (duration + 30 s).
 load() { # proto url seconds output h2load-logfile
   local proto=$1 url=$2 secs=$3 out=$4 logfile=$5 limit=$(($3 + 30)) rc=0
   if [[ "$proto" == h1 || "$proto" == https ]]; then
-    taskset -c "$LOAD_CPU" timeout "$limit" \
+    "${LOAD_PIN[@]}" timeout "$limit" \
       wrk -t"$WRK_THREADS" -c"$WRK_CONNS" -d"${secs}s" --latency "$url" >"$out" 2>&1 || rc=$?
   else
     # An http:// URI makes h2load speak h2c with prior knowledge (its default --no-tls-proto=h2c).
-    taskset -c "$LOAD_CPU" timeout "$limit" \
+    "${LOAD_PIN[@]}" timeout "$limit" \
       h2load -c"$H2_CLIENTS" -m"$H2_STREAMS" -D "$secs" --log-file="$logfile" "$url" >"$out" 2>&1 || rc=$?
   fi
   if ((rc == 124)); then
@@ -348,18 +368,22 @@ start_proxy() { # target proto
     grep -q "port_value: $want\b" "$cfg" || die "$BOOTSTRAP lacks a placeholder: port $want is not in $cfg"
   done
   PROXY_LOG="$RAW_DIR/$target-$proto.log"
+  local workers=1
+  [[ "$target" == *2 ]] && workers=2
   case "$target" in
-    envoy)
+    envoy | envoy2)
       PROXY_NAME="Envoy"
+      ((workers == 1)) || PROXY_NAME="Envoy (2 workers)"
       # --disable-hot-restart: no shared memory, so no base-id clash with other Envoys here.
-      taskset -c "$PROXY_CPU" "$ENVOY_BIN" -c "$cfg" --concurrency 1 -l warning --disable-hot-restart \
+      "${PROXY_PIN[@]}" "$ENVOY_BIN" -c "$cfg" --concurrency "$workers" -l warning --disable-hot-restart \
         >"$PROXY_LOG" 2>&1 &
       ;;
-    legate)
+    legate | legate2)
       PROXY_NAME="Legate"
+      ((workers == 1)) || PROXY_NAME="Legate (2 workers)"
       "$LEGATE_BIN" validate -c "$cfg" >"$RAW_DIR/validate-$proto.log" 2>&1 || vrc=$?
       ((vrc == 0)) || { cat "$RAW_DIR/validate-$proto.log" >&2; die "legate validate -c $cfg exited $vrc (want 0)"; }
-      taskset -c "$PROXY_CPU" "$LEGATE_BIN" proxy -c "$cfg" --concurrency 1 -l warning \
+      "${PROXY_PIN[@]}" "$LEGATE_BIN" proxy -c "$cfg" --concurrency "$workers" -l warning \
         >"$PROXY_LOG" 2>&1 &
       ;;
   esac
@@ -398,6 +422,7 @@ for proto in $PROTOCOLS; do
     # The upstream speaks plain HTTP: there is no direct HTTPS run.
     if [[ "$proto" == https && "$target" == direct ]]; then continue; fi
     idle="-" peak="-" cpu="-" t0=0 t1=0
+    set_pinning "$target"
     if [[ "$target" == direct ]]; then
       url="http://127.0.0.1:$UP_PORT/"
       name="the upstream (direct)"
@@ -474,11 +499,17 @@ META="$RAW_DIR/meta.tsv"
     "$PROXY_CPU" "$LOAD_CPU"
   printf 'load\tHTTP/1.1 and HTTPS (TLS 1.3, P-256 certificate, keep-alive): wrk -t%s -c%s -d%ss --latency; h2c: h2load -c%s -m%s -D %s (prior knowledge); warm-up before each: %ss\n' \
     "$WRK_THREADS" "$WRK_CONNS" "$SECS" "$H2_CLIENTS" "$H2_STREAMS" "$SECS" "$WARMUP"
-  printf 'proxies\t--concurrency 1 -l warning (Envoy also --disable-hot-restart), bench/bootstrap.yaml (HTTPS: bench/bootstrap-tls.yaml)\n'
+  printf 'proxies\t--concurrency 1 -l warning (Envoy also --disable-hot-restart), bench/bootstrap.yaml (HTTPS: bench/bootstrap-tls.yaml); the "2 workers" rows: --concurrency 2, the proxy and the load generator unpinned\n'
   printf 'background load\t%s%% of a CPU at the first check; per run, see "other load"\n' "${BG_PCT:-?}"
 } >"$META"
 
 python3 "$REPORT" table "$RESULTS" "$META" >"$RESULTS_DIR/latest.md" || die "could not render the report"
+if [[ "$MEMORY" != 0 ]]; then
+  log "memory: bench/memory.py with $MEMORY_CONNS connections per protocol"
+  python3 "$BENCH_DIR/memory.py" "$LEGATE_BIN" "$ENVOY_BIN" --conns "$MEMORY_CONNS" --out "$RAW_DIR/memory.md" ||
+    die "bench/memory.py failed"
+  { echo; cat "$RAW_DIR/memory.md"; } >>"$RESULTS_DIR/latest.md"
+fi
 echo
 cat "$RESULTS_DIR/latest.md"
 echo

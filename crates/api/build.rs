@@ -42,6 +42,10 @@ fn main() {
     }
     let status = cmd.status().expect("run protoc");
     assert!(status.success(), "protoc failed on envoy-types' protos");
+    // Kept compressed in the binary: the pool decompresses it only to decode.
+    let raw = std::fs::read(&out).expect("read the descriptor set");
+    let packed = zstd::stream::encode_all(raw.as_slice(), 19).expect("compress the descriptor set");
+    std::fs::write(out.with_extension("bin.zst"), packed).expect("write the compressed descriptor set");
 }
 
 fn collect_protos(dir: &Path, out: &mut Vec<PathBuf>) {

@@ -8,7 +8,7 @@
 //! field paths, which the decoder itself cannot do.
 
 use crate::error::FieldError;
-use crate::pool::message_by_type_url;
+use crate::pool::message_in;
 use prost_reflect::{FieldDescriptor, Kind, MessageDescriptor};
 use serde_json::{Map, Value};
 
@@ -23,7 +23,7 @@ pub fn normalize(value: &mut Value, desc: &MessageDescriptor, path: &str, errors
         | "google.protobuf.Timestamp"
         | "google.protobuf.FieldMask"
         | "google.protobuf.Empty" => return,
-        "google.protobuf.Any" => return normalize_any(value, path, errors),
+        "google.protobuf.Any" => return normalize_any(value, desc, path, errors),
         name if is_wrapper(name) => {
             if let Some(inner) = desc.get_field_by_name("value") {
                 normalize_scalar(value, &inner.kind());
@@ -131,7 +131,7 @@ fn as_i64(v: &Value) -> Option<i64> {
     }
 }
 
-fn normalize_any(v: &mut Value, path: &str, errors: &mut Vec<FieldError>) {
+fn normalize_any(v: &mut Value, any: &MessageDescriptor, path: &str, errors: &mut Vec<FieldError>) {
     let Value::Object(obj) = v else { return };
     let Some(type_url) = obj.get("@type").and_then(Value::as_str).map(str::to_owned) else {
         if !obj.is_empty() {
@@ -139,7 +139,7 @@ fn normalize_any(v: &mut Value, path: &str, errors: &mut Vec<FieldError>) {
         }
         return;
     };
-    let Some(desc) = message_by_type_url(&type_url) else {
+    let Some(desc) = message_in(any.parent_pool(), &type_url) else {
         errors.push(FieldError::new(path, format!("could not find @type '{type_url}'")));
         // Leave an empty Any so that decoding can go on and find other problems.
         obj.retain(|k, _| k == "@type");

@@ -49,6 +49,7 @@ pub const SUPPORTED_EXTENSIONS: &[&str] = &[
     "envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
     "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
     "envoy.config.metrics.v3.MetricsServiceConfig",
+    "envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig",
 ];
 
 const SUPPORTED_FIELDS: &[(&str, &[&str])] = &[
@@ -62,7 +63,16 @@ const SUPPORTED_FIELDS: &[(&str, &[&str])] = &[
             "stats_sinks",
             "stats_flush_interval",
             "cluster_manager",
+            "overload_manager",
         ],
+    ),
+    // The overload manager with the global downstream connection limit;
+    // other resource monitors, and actions, are not built.
+    ("envoy.config.overload.v3.OverloadManager", &["refresh_interval", "resource_monitors"]),
+    ("envoy.config.overload.v3.ResourceMonitor", &["name", "typed_config"]),
+    (
+        "envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig",
+        &["max_active_downstream_connections"],
     ),
     // Load reports: `load_stats_config` (a GRPC `ApiConfigSource`).
     ("envoy.config.bootstrap.v3.ClusterManager", &["load_stats_config"]),
@@ -99,7 +109,7 @@ const SUPPORTED_FIELDS: &[(&str, &[&str])] = &[
     ("envoy.config.core.v3.SocketAddress", &["address", "port_value", "protocol"]),
     (
         "envoy.config.listener.v3.Listener",
-        &["name", "address", "filter_chains", "default_filter_chain", "listener_filters"],
+        &["name", "address", "filter_chains", "default_filter_chain", "listener_filters", "ignore_global_conn_limit"],
     ),
     ("envoy.config.listener.v3.FilterChain", &["filters", "name", "filter_chain_match", "transport_socket"]),
     (

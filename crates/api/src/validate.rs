@@ -8,10 +8,8 @@
 
 use crate::error::FieldError;
 use crate::lenient::join;
-use crate::pool::pool;
 use crate::walk::walk;
 use prost_reflect::{DynamicMessage, ExtensionDescriptor, FieldDescriptor, Kind, ReflectMessage, Value};
-use std::sync::OnceLock;
 
 struct Extensions {
     field_rules: Option<ExtensionDescriptor>,
@@ -20,20 +18,26 @@ struct Extensions {
     message_ignored: Option<ExtensionDescriptor>,
 }
 
-fn extensions() -> &'static Extensions {
-    static EXT: OnceLock<Extensions> = OnceLock::new();
-    EXT.get_or_init(|| Extensions {
-        field_rules: pool().get_extension_by_name("validate.rules"),
-        oneof_required: pool().get_extension_by_name("validate.required"),
-        message_disabled: pool().get_extension_by_name("validate.disabled"),
-        message_ignored: pool().get_extension_by_name("validate.ignored"),
-    })
+impl Extensions {
+    /// The rule extensions in the pool `msg` was read through (the pool is not
+    /// kept between readings: see [`crate::pool`]).
+    fn of(msg: &DynamicMessage) -> Self {
+        let desc = msg.descriptor();
+        let pool = desc.parent_pool();
+        Extensions {
+            field_rules: pool.get_extension_by_name("validate.rules"),
+            oneof_required: pool.get_extension_by_name("validate.required"),
+            message_disabled: pool.get_extension_by_name("validate.disabled"),
+            message_ignored: pool.get_extension_by_name("validate.ignored"),
+        }
+    }
 }
 
 /// Every rule violation in `msg` and below, with field paths.
 pub fn validate(msg: &DynamicMessage, path: &str) -> Vec<FieldError> {
     let mut errors = Vec::new();
-    walk(msg, path, &mut |m, p| validate_message(m, p, &mut errors));
+    let ext = Extensions::of(msg);
+    walk(msg, path, &mut |m, p| validate_message(m, p, &ext, &mut errors));
     errors
 }
 
@@ -44,9 +48,8 @@ fn option_true(options: &DynamicMessage, ext: &Option<ExtensionDescriptor>) -> b
     }
 }
 
-fn validate_message(msg: &DynamicMessage, path: &str, errors: &mut Vec<FieldError>) {
+fn validate_message(msg: &DynamicMessage, path: &str, ext: &Extensions, errors: &mut Vec<FieldError>) {
     let desc = msg.descriptor();
-    let ext = extensions();
     let opts = desc.options();
     if option_true(&opts, &ext.message_disabled) || option_true(&opts, &ext.message_ignored) {
         return;

@@ -1,7 +1,7 @@
 //! Walks a decoded config tree with field paths, into `Any` payloads too.
 
 use crate::lenient::join;
-use crate::pool::message_by_type_url;
+use crate::pool::message_in;
 use prost_reflect::{DynamicMessage, MapKey, ReflectMessage, Value};
 
 /// Calls `f(message, path)` for `msg` and for every message below it. `Any`s are
@@ -40,7 +40,7 @@ pub(crate) fn walk(msg: &DynamicMessage, path: &str, f: &mut dyn FnMut(&DynamicM
 /// The message an `Any` holds, when its type is in the pool.
 pub(crate) fn decode_any(any: &DynamicMessage) -> Option<DynamicMessage> {
     let type_url = any.get_field_by_name("type_url")?;
-    let desc = message_by_type_url(type_url.as_str()?)?;
+    let desc = message_in(any.descriptor().parent_pool(), type_url.as_str()?)?;
     let bytes = any.get_field_by_name("value")?;
     DynamicMessage::decode(desc, bytes.as_bytes()?.clone()).ok()
 }

@@ -82,8 +82,37 @@ struct ControlPlaneArgs {
     /// resolution, then RES:KEEP at a coarse one (proxies: the fine one, at most 1h).
     #[arg(long, default_value = "10s:24h,5m:30d")]
     metrics_retention: legate_control::monitor::Retention,
+    /// Failed authentications (401) from one client address that lock it
+    /// out of the API (429) ...
+    #[arg(long, default_value_t = 10)]
+    auth_failure_limit: u32,
+    /// ...for this long (also the window they are counted in).
+    #[arg(long, default_value = "60s", value_parser = parse_interval)]
+    auth_lockout: std::time::Duration,
     #[arg(short = 'l', long = "log-level", default_value = "info")]
     log_level: String,
+}
+
+/// The control plane's options from its flags.
+fn control_options(args: ControlPlaneArgs) -> legate_control::Options {
+    legate_control::Options {
+        xds_addr: args.xds_addr,
+        api_addr: args.api_addr,
+        data_dir: args.data_dir,
+        store: args.store,
+        watch: args.watch,
+        tls: args.tls_cert.zip(args.tls_key).map(|(cert, key)| legate_control::serve::tls::TlsFiles {
+            cert,
+            key,
+            client_ca: args.client_ca,
+        }),
+        alert_period: Some(args.alert_interval),
+        metrics_retention: args.metrics_retention,
+        auth_lockout: legate_control::serve::api::guard::Lockout {
+            limit: args.auth_failure_limit.max(1),
+            duration: args.auth_lockout,
+        },
+    }
 }
 
 fn parse_interval(s: &str) -> Result<std::time::Duration, String> {
@@ -179,20 +208,7 @@ fn main() -> ExitCode {
         }
         Command::ControlPlane(args) => {
             init_logging(&args.log_level);
-            let opts = legate_control::Options {
-                xds_addr: args.xds_addr,
-                api_addr: args.api_addr,
-                data_dir: args.data_dir,
-                store: args.store,
-                watch: args.watch,
-                tls: args.tls_cert.zip(args.tls_key).map(|(cert, key)| legate_control::serve::tls::TlsFiles {
-                    cert,
-                    key,
-                    client_ca: args.client_ca,
-                }),
-                alert_period: Some(args.alert_interval),
-                metrics_retention: args.metrics_retention,
-            };
+            let opts = control_options(args);
             let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
                 Ok(rt) => rt,
                 Err(e) => {

@@ -30,14 +30,8 @@ const BOUNDS: [f64; 19] = [
 
 #[derive(clap::Args)]
 pub struct MetricsLoadArgs {
-    #[arg(long, default_value = "127.0.0.1:18000")]
-    pub xds: String,
-    #[arg(long, default_value = "http://127.0.0.1:9900")]
-    pub api: String,
-    #[arg(long)]
-    pub cp_pid: Option<u32>,
-    #[arg(long, default_value_t = 1000)]
-    pub streams: usize,
+    #[command(flatten)]
+    pub fleet: crate::xds_load::Fleet,
     #[arg(long, default_value_t = 10)]
     pub clusters: usize,
     /// Seconds between two flushes of one proxy.
@@ -140,20 +134,20 @@ pub fn run(args: MetricsLoadArgs) -> anyhow::Result<()> {
 
 async fn run_async(args: Arc<MetricsLoadArgs>) -> anyhow::Result<()> {
     let usage = |pid: Option<u32>| pid.and_then(crate::xds_load::proc_usage);
-    let before = usage(args.cp_pid);
+    let before = usage(args.fleet.cp_pid);
     let sent = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
     let mut channel = None;
-    for i in 0..args.streams {
+    for i in 0..args.fleet.streams {
         if i % 100 == 0 {
-            let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{}", args.xds))?;
+            let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{}", args.fleet.xds))?;
             channel = Some(endpoint.connect().await.context("connect to the xDS address")?);
         }
         let ch = channel.clone().context("channel")?;
         tasks.push(tokio::spawn(proxy(ch, i, args.clone(), sent.clone())));
     }
     tokio::time::sleep(Duration::from_secs(args.duration)).await;
-    let after = usage(args.cp_pid);
+    let after = usage(args.fleet.cp_pid);
     for t in tasks {
         let _ = tokio::time::timeout(Duration::from_secs(3 * args.every), t).await;
     }
@@ -167,10 +161,10 @@ fn report(
     after: Option<(u64, f64)>,
     sent: u64,
 ) -> anyhow::Result<()> {
-    let per_s = args.streams as f64 / args.every as f64;
+    let per_s = args.fleet.streams as f64 / args.every as f64;
     println!(
         "{} streams, {} clusters each, one flush every {} s ({per_s:.0} reports/s, {} stats per report)",
-        args.streams,
+        args.fleet.streams,
         args.clusters,
         args.every,
         args.clusters * 13 + 2
@@ -187,7 +181,8 @@ fn report(
         );
     }
     let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
-    let body = agent.get(&format!("{}/v1/top/services?window=1h", args.api)).call()?.body_mut().read_to_string()?;
+    let body =
+        agent.get(&format!("{}/v1/top/services?window=1h", args.fleet.api)).call()?.body_mut().read_to_string()?;
     let list: Vec<serde_json::Value> = serde_json::from_str(&body)?;
     let counted: u64 = list.iter().filter_map(|s| s["requests"].as_u64()).sum();
     println!("requests reported by the streams: {sent}; counted by the control plane: {counted}");

@@ -21,8 +21,10 @@ use tokio::sync::mpsc;
 const CDS: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
 const EDS: &str = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
 
+/// Which control plane a simulated fleet talks to, and how many proxies it
+/// has (shared by the xDS and the metrics load).
 #[derive(clap::Args)]
-pub struct LoadArgs {
+pub struct Fleet {
     /// The control plane's xDS address.
     #[arg(long, default_value = "127.0.0.1:18000")]
     pub xds: String,
@@ -32,8 +34,15 @@ pub struct LoadArgs {
     /// The control plane's PID, to read its memory and CPU.
     #[arg(long)]
     pub cp_pid: Option<u32>,
+    /// Simulated proxies, one stream each.
     #[arg(long, default_value_t = 1000)]
     pub streams: usize,
+}
+
+#[derive(clap::Args)]
+pub struct LoadArgs {
+    #[command(flatten)]
+    pub fleet: Fleet,
     /// ADS streams per HTTP/2 connection.
     #[arg(long, default_value_t = 100)]
     pub per_connection: usize,
@@ -113,6 +122,16 @@ struct Shared {
     start: Instant,
 }
 
+impl Shared {
+    /// Stream `i` received c0's assignment: the round it carries, and when.
+    fn note(&self, i: usize, cla: &ClusterLoadAssignment) {
+        if let Some(round) = round_of(cla) {
+            self.seen_at[i].store(self.start.elapsed().as_nanos() as u64, Ordering::Relaxed);
+            self.seen_round[i].store(round, Ordering::Relaxed);
+        }
+    }
+}
+
 async fn sotw_stream(
     channel: tonic::transport::Channel,
     i: usize,
@@ -133,10 +152,7 @@ async fn sotw_stream(
             for any in &resp.resources {
                 if let Ok(cla) = ClusterLoadAssignment::decode(any.value.as_slice()) {
                     if cla.cluster_name == "c0" {
-                        if let Some(r) = round_of(&cla) {
-                            shared.seen_at[i].store(shared.start.elapsed().as_nanos() as u64, Ordering::Relaxed);
-                            shared.seen_round[i].store(r, Ordering::Relaxed);
-                        }
+                        shared.note(i, &cla);
                     }
                 }
             }
@@ -175,10 +191,7 @@ async fn delta_stream(
                 if let Some(cla) =
                     r.resource.as_ref().and_then(|a| ClusterLoadAssignment::decode(a.value.as_slice()).ok())
                 {
-                    if let Some(round) = round_of(&cla) {
-                        shared.seen_at[i].store(shared.start.elapsed().as_nanos() as u64, Ordering::Relaxed);
-                        shared.seen_round[i].store(round, Ordering::Relaxed);
-                    }
+                    shared.note(i, &cla);
                 }
             }
         }
@@ -201,26 +214,26 @@ pub fn run(args: LoadArgs) -> anyhow::Result<()> {
 
 async fn run_async(args: LoadArgs) -> anyhow::Result<()> {
     let round0 = 1;
-    apply(&args.api, &documents(args.clusters, args.endpoints, round0)).context("initial config")?;
-    let base = args.cp_pid.and_then(proc_usage);
+    apply(&args.fleet.api, &documents(args.clusters, args.endpoints, round0)).context("initial config")?;
+    let base = args.fleet.cp_pid.and_then(proc_usage);
     let shared = Arc::new(Shared {
-        seen_round: (0..args.streams).map(|_| AtomicUsize::new(0)).collect(),
-        seen_at: (0..args.streams).map(|_| AtomicU64::new(0)).collect(),
+        seen_round: (0..args.fleet.streams).map(|_| AtomicUsize::new(0)).collect(),
+        seen_at: (0..args.fleet.streams).map(|_| AtomicU64::new(0)).collect(),
         start: Instant::now(),
     });
     let names: Vec<String> = (0..args.clusters).map(|c| format!("c{c}")).collect();
-    let connections = args.streams.div_ceil(args.per_connection.max(1));
+    let connections = args.fleet.streams.div_ceil(args.per_connection.max(1));
     let errors = Arc::new(AtomicUsize::new(0));
     let t_connect = Instant::now();
     for c in 0..connections {
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", args.xds))?
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", args.fleet.xds))?
             .initial_stream_window_size(Some(1 << 20))
             .connect()
             .await
-            .with_context(|| format!("connect {}", args.xds))?;
+            .with_context(|| format!("connect {}", args.fleet.xds))?;
         for s in 0..args.per_connection {
             let i = c * args.per_connection + s;
-            if i >= args.streams {
+            if i >= args.fleet.streams {
                 break;
             }
             let (ch, names, shared, errors, delta) =
@@ -245,24 +258,24 @@ async fn run_async(args: LoadArgs) -> anyhow::Result<()> {
     }
     let initial = t_connect.elapsed();
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let loaded = args.cp_pid.and_then(proc_usage);
+    let loaded = args.fleet.cp_pid.and_then(proc_usage);
     let mut latencies = Vec::new();
     let mut cpu_per_push = Vec::new();
     for round in round0 + 1..=round0 + args.rounds {
-        let before = args.cp_pid.and_then(proc_usage);
+        let before = args.fleet.cp_pid.and_then(proc_usage);
         let t0 = shared.start.elapsed().as_nanos() as u64;
-        apply(&args.api, &assignment(0, args.endpoints, round))?;
+        apply(&args.fleet.api, &assignment(0, args.endpoints, round))?;
         let deadline = Instant::now() + Duration::from_secs(120);
         while shared.seen_round.iter().any(|r| r.load(Ordering::Relaxed) != round) {
             anyhow::ensure!(Instant::now() < deadline, "round {round}: not every stream got the change");
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        let after = args.cp_pid.and_then(proc_usage);
+        let after = args.fleet.cp_pid.and_then(proc_usage);
         for at in &shared.seen_at {
             latencies.push((at.load(Ordering::Relaxed).saturating_sub(t0)) as f64 / 1e6);
         }
         if let (Some(b), Some(a)) = (before, after) {
-            cpu_per_push.push((a.1 - b.1) / args.streams as f64);
+            cpu_per_push.push((a.1 - b.1) / args.fleet.streams as f64);
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -270,7 +283,7 @@ async fn run_async(args: LoadArgs) -> anyhow::Result<()> {
     let mode = if args.delta { "delta" } else { "sotw" };
     println!(
         "xds-load {mode}: streams={} clusters={} endpoints/cluster={} connections={connections} stream_errors={}",
-        args.streams,
+        args.fleet.streams,
         args.clusters,
         args.endpoints,
         errors.load(Ordering::Relaxed)
@@ -288,7 +301,7 @@ async fn run_async(args: LoadArgs) -> anyhow::Result<()> {
             "  control plane RSS: {:.1} MiB before streams, {:.1} MiB with them: {:.1} KiB per stream",
             b.0 as f64 / 1048576.0,
             l.0 as f64 / 1048576.0,
-            (l.0.saturating_sub(b.0)) as f64 / 1024.0 / args.streams as f64
+            (l.0.saturating_sub(b.0)) as f64 / 1024.0 / args.fleet.streams as f64
         );
     }
     if !cpu_per_push.is_empty() {

@@ -6,6 +6,7 @@
 
 mod harness;
 
+use harness::h2_load::spawn_h2_load;
 use harness::load::{spawn_wrk, steady_load, wrk_figures};
 use harness::xds::web_resources;
 use harness::*;
@@ -170,14 +171,16 @@ fn a_killed_proxy_is_back_within_two_seconds() {
     assert!(a["state"] == "stopped" && a["pid"].is_null() && a["stale"] == false, "{a}");
 }
 
-/// `ctl restart` under 8 s of wrk (HTTP/1.1 keep-alive): no failed request,
-/// the epoch goes up, a new pid serves.
+/// `ctl restart` under 8 s of wrk (HTTP/1.1 keep-alive) and HTTP/2 load
+/// (keep-alive connections, 4 streams each): no failed request, the epoch
+/// goes up, a new pid serves.
 fn restart_under_load(proxy: &str) {
     let dir = TempDir::new(&format!("agent-restart-{proxy}"));
     let node = format!("agent-restart-{proxy}");
     let (cp, _echo, mut agent, _admin, listen) = setup(dir.path(), &node, proxy);
     let old = pid_of(&agent_of(&cp, &node).expect("report"));
     let mut wrk = spawn_wrk(proxy, listen, 8, 8, dir.path());
+    let h2 = spawn_h2_load(listen, 4, 4, Duration::from_secs(8));
     std::thread::sleep(Duration::from_millis(2000));
     let t0 = Instant::now();
     let (ok, out) = cp.ctl(&["restart", &node]);
@@ -197,6 +200,10 @@ fn restart_under_load(proxy: &str) {
     );
     assert!(f.requests > 500, "{f:?}");
     assert_eq!((f.failed, f.socket_errors), (0, 0), "{proxy}: requests failed across ctl restart: {f:?}");
+    let h = h2.finish();
+    eprintln!("{proxy}: HTTP/2 {h:?}");
+    assert!(h.ok > 500, "{h:?}");
+    assert_eq!((h.failed, h.connect_errors), (0, 0), "{proxy}: HTTP/2 requests failed across ctl restart: {h:?}");
     assert_eq!(a["restarts"], 1, "{a}");
     assert_eq!(a["proxy"], proxy, "{a}");
     let version = a["version"].as_str().unwrap_or("");

@@ -1,6 +1,8 @@
 //! Hot restart of `legate proxy` (`--restart-epoch`, Envoy's contract) under
-//! steady load: wrk over HTTP/1.1 keep-alive connections and h2load over
-//! HTTP/2, both running through two handovers (epoch 0 -> 1 -> 2, each with
+//! steady load: wrk over HTTP/1.1 keep-alive connections and an HTTP/2 load
+//! over keep-alive connections (`harness::h2_load`: a request the server did
+//! not process is sent again, as HTTP/2 clients do; any other failure counts),
+//! both running through two handovers (epoch 0 -> 1 -> 2, each with
 //! a different worker count, so sockets are passed to fewer and to more
 //! workers). Not one request may fail and no connection may break; each
 //! parent exits within `--parent-shutdown-time-s`; the counters go on.
@@ -11,7 +13,8 @@
 mod harness;
 
 use harness::config::{bootstrap, cluster, hcm, listener};
-use harness::load::{h2load_figures, spawn_h2load, spawn_wrk, wrk_figures, Figures};
+use harness::h2_load::{spawn_h2_load, H2Figures};
+use harness::load::{spawn_wrk, wrk_figures, Figures};
 use harness::*;
 use std::path::Path;
 use std::process::Command;
@@ -113,9 +116,19 @@ fn figures(p: &mut Proc, parse: fn(&str) -> Option<Figures>) -> Figures {
     parse(&p.output()).unwrap_or_else(|| panic!("no report from {}:\n{}", p.name, p.output()))
 }
 
+/// The HTTP/2 load's figures in the shape wrk's are kept in; the requests
+/// the server did not process (sent again) are printed.
+fn h2_figures(proxy: Proxy, h: H2Figures) -> Figures {
+    eprintln!(
+        "{proxy:?} h2: {} connections; {} requests the server did not process (GOAWAY or REFUSED_STREAM) were sent again",
+        h.connections, h.unprocessed
+    );
+    Figures { tool: "h2", requests: h.ok + h.failed, failed: h.failed, socket_errors: h.connect_errors }
+}
+
 /// Two handovers (epochs 0 -> 1 -> 2 with `workers` each) under 16 s of
-/// wrk and h2load: the load generators' figures, each handover's, and the
-/// request count on the last child.
+/// wrk and HTTP/2 load: the load generators' figures, each handover's, and
+/// the request count on the last child.
 fn restarts_under_load(proxy: Proxy, workers: [usize; 3]) -> (Figures, Figures, i64) {
     let dir = TempDir::new("hot-restart");
     let (_echo, up) = echo("a", dir.path());
@@ -127,13 +140,13 @@ fn restarts_under_load(proxy: Proxy, workers: [usize; 3]) -> (Figures, Figures, 
     let secs = 16;
     let label = format!("{proxy:?}");
     let mut wrk = spawn_wrk(&label, port, secs, 8, dir.path());
-    let mut h2 = spawn_h2load(&label, port, secs, 4, 4, dir.path());
+    let h2 = spawn_h2_load(port, 4, 4, Duration::from_secs(secs.into()));
     std::thread::sleep(Duration::from_millis(2500));
     let (mut p1, first) = hand_over(&f, &mut p0, 1, workers[1]);
     std::thread::sleep(Duration::from_secs(1));
     let (mut p2, second) = hand_over(&f, &mut p1, 2, workers[2]);
 
-    let (w, h) = (figures(&mut wrk, wrk_figures), figures(&mut h2, h2load_figures));
+    let (w, h) = (figures(&mut wrk, wrk_figures), h2_figures(proxy, h2.finish()));
     for (i, ho) in [&first, &second].iter().enumerate() {
         eprintln!(
             "{proxy:?} handover {}: child's admin after {:?}, parent exited after {:?}; {RQ_TOTAL} parent {} -> child {}",
@@ -184,7 +197,7 @@ fn legate_hands_over_twice_under_load_without_a_failed_request() {
 #[test]
 fn envoy_hands_over_twice_under_the_same_load() {
     let (w, h, total) = restarts_under_load(Proxy::Envoy, [2, 2, 2]);
-    eprintln!("Envoy's last child counts {total} requests; wrk and h2load sent {}", w.requests + h.requests);
+    eprintln!("Envoy's last child counts {total} requests; wrk and the HTTP/2 load sent {}", w.requests + h.requests);
     for f in [&w, &h] {
         eprintln!(
             "Envoy's {}: {} requests, {} failed, {} socket errors",

@@ -46,6 +46,8 @@ pub struct Options {
     pub alert_period: Option<std::time::Duration>,
     /// How long the fleet's series are kept, at which resolutions.
     pub metrics_retention: monitor::Retention,
+    /// Failed authentications from one address before it is locked out.
+    pub auth_lockout: serve::api::guard::Lockout,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -109,7 +111,7 @@ pub async fn serve(ctrl: Arc<state::controller::Controller>, opts: Options) -> R
     if let Some(dir) = &opts.watch {
         tokio::spawn(sync::folder::watch(ctrl.clone(), dir.clone()));
     }
-    let router = serve::api::router(ctrl.clone());
+    let router = serve::api::router(ctrl.clone(), opts.auth_lockout);
     let xds_tls = match &opts.tls {
         Some(files) => Some(serve::tls::xds_config(files).map_err(ControlError::Tls)?),
         None => None,
@@ -124,7 +126,7 @@ pub async fn serve(ctrl: Arc<state::controller::Controller>, opts: Options) -> R
             }
         }
         None => {
-            let api = axum::serve(api_listener, router);
+            let api = axum::serve(api_listener, router.into_make_service_with_connect_info::<SocketAddr>());
             tokio::select! {
                 r = xds => r?,
                 r = api => r.map_err(ControlError::Api)?,

@@ -151,11 +151,15 @@ pub enum TopWhat {
 #[derive(clap::Subcommand)]
 pub enum TokenCommand {
     Create {
-        /// viewer (read), editor (apply/delete), admin (tokens, rollback, audit).
+        /// viewer (read), editor (apply/delete), admin (tokens, rollback, audit),
+        /// or instance (register and heartbeat instances of `--service` only).
         #[arg(long)]
         role: String,
         #[arg(long, default_value = "")]
         name: String,
+        /// The service an instance token may register.
+        #[arg(long, default_value = "")]
+        service: String,
     },
     List,
     Revoke {
@@ -270,8 +274,9 @@ fn agent_command(api: &Api, out: &str, node: &str, action: &str) -> anyhow::Resu
 fn token(api: &Api, out: &str, command: TokenCommand) -> anyhow::Result<()> {
     let base = &api.base;
     match command {
-        TokenCommand::Create { role, name } => {
-            let v = api.call("POST", &format!("{base}/v1/tokens"), Some(json!({"role": role, "name": name})))?;
+        TokenCommand::Create { role, name, service } => {
+            let body = json!({"role": role, "name": name, "service": service});
+            let v = api.call("POST", &format!("{base}/v1/tokens"), Some(body))?;
             print(out, &v, render::token_created)
         }
         TokenCommand::List => print(out, &api.call("GET", &format!("{base}/v1/tokens"), None)?, render::tokens),

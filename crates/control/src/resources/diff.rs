@@ -39,8 +39,11 @@ pub fn diff(from: &[Document], to: &[Document]) -> Vec<ResourceChange> {
             None => out.push(ResourceChange { resource: k.clone(), change: "removed", fields: vec![] }),
             Some(new) => {
                 let mut fields = Vec::new();
-                let old_v = serde_json::to_value(old).unwrap_or(Value::Null);
-                let new_v = serde_json::to_value(new).unwrap_or(Value::Null);
+                // Shown to people: secret material as fingerprints only.
+                let mut old_v = serde_json::to_value(old).unwrap_or(Value::Null);
+                let mut new_v = serde_json::to_value(new).unwrap_or(Value::Null);
+                super::redact::redact(&mut old_v);
+                super::redact::redact(&mut new_v);
                 values(&old_v["metadata"], &new_v["metadata"], "metadata", &mut fields);
                 values(&old_v["spec"], &new_v["spec"], "spec", &mut fields);
                 values(&old_v["status"], &new_v["status"], "status", &mut fields);

@@ -10,5 +10,6 @@ pub mod document;
 pub mod expand;
 pub mod kind;
 pub mod mesh;
+pub mod redact;
 pub mod registered;
 pub mod resource;

@@ -61,11 +61,14 @@ pub fn api_config(files: &TlsFiles) -> Result<Arc<rustls::ServerConfig>, String>
 pub async fn serve_api_tls(listener: tokio::net::TcpListener, router: axum::Router, cfg: Arc<rustls::ServerConfig>) {
     let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
     loop {
-        let Ok((tcp, _)) = listener.accept().await else { continue };
+        let Ok((tcp, peer)) = listener.accept().await else { continue };
         let (acceptor, router) = (acceptor.clone(), router.clone());
         tokio::spawn(async move {
             // A failed handshake (wrong or missing client certificate) just ends the connection.
             let Ok(tls) = acceptor.accept(tcp).await else { return };
+            // The peer's address, as the plain listener passes it (the
+            // API's lockout counts failures per address).
+            let router = router.layer(axum::Extension(axum::extract::ConnectInfo(peer)));
             let svc = hyper_util::service::TowerToHyperService::new(router);
             let _ = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
                 .serve_connection(hyper_util::rt::TokioIo::new(tls), svc)

@@ -171,7 +171,10 @@ fn parse_header_op(arg: &str, max: Option<usize>) -> (String, Option<String>, Op
 fn parse_op(token: &str) -> Result<Option<Op>, String> {
     let (name, arg, max) = match token.find('(') {
         Some(open) => {
-            let close = token.rfind(')').ok_or_else(|| format!("unterminated operator %{token}%"))?;
+            // The last `)` after the `(` (a `)` before it, as in `%A)B(C%`,
+            // does not close it).
+            let close =
+                token[open..].rfind(')').map(|c| open + c).ok_or_else(|| format!("unterminated operator %{token}%"))?;
             let max = token[close + 1..].strip_prefix(':').and_then(|m| m.parse().ok());
             (&token[..open], Some(&token[open + 1..close]), max)
         }
@@ -323,6 +326,15 @@ pub fn hostname() -> &'static str {
 
 #[cfg(test)]
 mod tests {
+    /// Found by the fuzzer (`crates/proxy/tests/fuzz.rs`): a `)` before the
+    /// `(` sliced the operator backwards and panicked while loading config.
+    #[test]
+    fn a_close_before_the_open_is_an_error_not_a_panic() {
+        for bad in ["%RESP)A(%", "%REQ)x(%", "%START_TIME)(%", "a %)(% b"] {
+            assert!(Format::parse(bad).is_err(), "{bad}");
+        }
+    }
+
     use super::*;
 
     #[test]

@@ -1,10 +1,11 @@
 //! Small pieces of Envoy's config language that every part uses: config and
-//! data sources, the `%OPERATOR%` formatter, fractions, string and header matchers, token buckets.
+//! data sources, the `%OPERATOR%` formatter, the global connection limit, fractions, string and header matchers, token buckets.
 //!
 //! A leaf: nothing here imports another part of the proxy.
 
 pub mod cidr;
 pub mod config_source;
+pub mod conn_limit;
 pub mod datasource;
 pub mod format;
 pub mod fraction;

@@ -30,6 +30,8 @@ pub struct CompileContext {
     pub jwks_async: Arc<Mutex<Vec<Weak<crate::http::filters::jwt::remote_jwks::RemoteJwks>>>>,
     /// Secrets for TLS contexts (static, files, ADS).
     pub secrets: Arc<crate::tls::sds::SecretManager>,
+    /// The overload manager's global downstream connection limit.
+    pub conn_limit: Arc<crate::common::conn_limit::ConnLimit>,
 }
 
 /// The part of the context HTTP filters are compiled with.

@@ -30,6 +30,8 @@ pub struct ListenerStats {
     pub downstream_cx_active: Arc<Gauge>,
     pub downstream_cx_destroy: Arc<Counter>,
     pub no_filter_chain_match: Arc<Counter>,
+    /// Connections closed at accept: the global connection limit was reached.
+    pub downstream_global_cx_overflow: Arc<Counter>,
     /// `ssl.*`, when a chain terminates TLS.
     pub ssl: Option<crate::tls::SslStats>,
 }
@@ -60,6 +62,9 @@ pub struct ListenerConfig {
     draining: watch::Sender<bool>,
     /// How long a draining connection may take (`--drain-time-s`).
     pub drain_time: Duration,
+    /// The global connection limit its connections count against (none with
+    /// `ignore_global_conn_limit`).
+    conn_limit: Option<Arc<crate::common::conn_limit::ConnLimit>>,
 }
 
 /// `listener.127.0.0.1_10000.` as Envoy names a listener's stats.
@@ -171,6 +176,7 @@ impl ListenerConfig {
         Ok(Self {
             draining: watch::channel(false).0,
             drain_time: ctx.drain_time,
+            conn_limit: (!l.ignore_global_conn_limit).then(|| ctx.conn_limit.clone()),
             name: if l.name.is_empty() { address.to_string() } else { l.name.clone() },
             address,
             chains,
@@ -182,6 +188,7 @@ impl ListenerConfig {
                 downstream_cx_active: store.gauge(&format!("{p}downstream_cx_active")),
                 downstream_cx_destroy: store.counter(&format!("{p}downstream_cx_destroy")),
                 no_filter_chain_match: store.counter(&format!("{p}no_filter_chain_match")),
+                downstream_global_cx_overflow: store.counter(&format!("{p}downstream_global_cx_overflow")),
                 ssl: any_tls.then(|| crate::tls::SslStats::new(store, &p)),
             },
             config: l.clone(),
@@ -260,10 +267,25 @@ pub async fn accept_loop(
                     tokio::time::sleep(Duration::from_millis(10)).await;
                     continue;
                 };
-                let _ = stream.set_nodelay(true);
                 let listener = slot.load_full();
+                // Over the global limit: closed at once, as Envoy does.
+                let place = match &listener.conn_limit {
+                    Some(limit) => match limit.try_take() {
+                        Some(p) => Some(p),
+                        None => {
+                            listener.stats.downstream_global_cx_overflow.inc();
+                            continue;
+                        }
+                    },
+                    None => None,
+                };
+                let _ = stream.set_nodelay(true);
                 let local = stream.local_addr().unwrap_or(listener.address);
-                tokio::spawn(serve_connection(listener, stream, remote, local, phase.clone(), active.clone()));
+                let (phase, active) = (phase.clone(), active.clone());
+                tokio::spawn(async move {
+                    serve_connection(listener, stream, remote, local, phase, active).await;
+                    drop(place);
+                });
             }
             changed = phase.changed() => {
                 if changed.is_err() || *phase.borrow() != Phase::Running {
@@ -407,7 +429,7 @@ async fn dispatch(
         }
         return;
     };
-    let (accepted, sigalg) = dtls.accept(stream).await;
+    let (accepted, sigalg) = Box::pin(dtls.accept(stream)).await;
     match accepted {
         Ok(tls) => {
             let server = tls.get_ref().1;
@@ -456,11 +478,19 @@ async fn serve_filter<S: crate::io::Io>(
     alpn_h2: Option<bool>,
     phase: watch::Receiver<Phase>,
 ) {
+    // Each terminal filter's future is boxed: a connection's task is as
+    // large as the largest of its futures, so unboxed, every connection
+    // would keep room for the largest filter, whichever it runs.
     match &chain.filter {
-        NetFilter::Tcp(t) => t.serve(io, conn.remote, conn.local).await,
-        NetFilter::Http(h) => serve_http(listener, h, io, conn, alpn_h2, phase).await,
+        NetFilter::Tcp(t) => Box::pin(t.serve(io, conn.remote, conn.local)).await,
+        NetFilter::Http(h) => Box::pin(serve_http(listener, h, io, conn, alpn_h2, phase)).await,
     }
 }
+
+/// What the connection manager answers one request with, boxed.
+type RequestFuture = std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<crate::http::conn_manager::ProxyResponse, Infallible>> + Send>,
+>;
 
 async fn serve_http<S: crate::io::Io>(
     listener: &Arc<ListenerConfig>,
@@ -480,10 +510,12 @@ async fn serve_http<S: crate::io::Io>(
     let info = Arc::new(info);
     let conn_info = info.clone();
     let hcm = http.hcm.clone();
-    let svc = service_fn(move |req| {
+    // A request's future is boxed: hyper keeps room for one in every
+    // connection (idle ones too), and the request path's future is large.
+    let svc = service_fn(move |req| -> RequestFuture {
         let hcm = hcm.clone();
         let info = info.clone();
-        async move { Ok::<_, Infallible>(hcm.handle(info, req).await) }
+        Box::pin(async move { Ok::<_, Infallible>(hcm.handle(info, req).await) })
     });
     let mut config_drain = listener.draining.subscribe();
     let io = crate::http::h1_errors::EnvoyErrors::new(
@@ -496,8 +528,9 @@ async fn serve_http<S: crate::io::Io>(
     let builder = http.builder_for(alpn_h2);
     // With upgrades: a 101 (or a 2xx to CONNECT) hands the connection to the
     // connection manager's tunnel.
-    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
-    tokio::pin!(conn);
+    // Boxed, so that the connection's task holds only what this protocol
+    // needs, not room for the largest of every path that leads here.
+    let mut conn = Box::pin(builder.serve_connection_with_upgrades(TokioIo::new(io), svc));
     let mut draining = *phase.borrow() == Phase::Drain;
     if draining {
         conn.as_mut().graceful_shutdown();

@@ -41,7 +41,7 @@ pub async fn start(shared: Arc<Shared>) -> std::io::Result<()> {
         shared.admin_closed.store(true, Ordering::Release);
         Ok(())
     };
-    let Some(admin) = &shared.bootstrap.bootstrap.admin else { return none() };
+    let Some(admin) = &shared.bootstrap.admin else { return none() };
     let Some(address::Address::SocketAddress(sa)) = admin.address.as_ref().and_then(|a| a.address.as_ref()) else {
         return none();
     };
@@ -210,7 +210,7 @@ fn server_state(shared: &Shared) -> &'static str {
 
 fn server_info(shared: &Shared) -> serde_json::Value {
     let uptime = shared.started_instant.elapsed().as_secs();
-    let node = shared.bootstrap.bootstrap.node.as_ref();
+    let node = shared.bootstrap.node.as_ref();
     let state = server_state(shared);
     json!({
         "version": version(),
@@ -565,8 +565,10 @@ fn typed_json<T: prost::Message + prost::Name>(msg: &T) -> serde_json::Value {
 /// configurations, static and dynamic (with version and update time).
 fn config_dump(shared: &Shared) -> serde_json::Value {
     let ts = rfc3339(chrono::DateTime::<chrono::Utc>::from(shared.started));
-    let bootstrap = legate_api::load::to_json(&shared.bootstrap.dynamic);
-    let statics = shared.bootstrap.bootstrap.static_resources.clone().unwrap_or_default();
+    let bootstrap = legate_api::load::to_dynamic(&shared.bootstrap)
+        .map(|d| legate_api::load::to_json(&d))
+        .unwrap_or(serde_json::Value::Null);
+    let statics = shared.bootstrap.static_resources.clone().unwrap_or_default();
     let static_clusters: Vec<_> =
         statics.clusters.iter().map(|c| json!({"cluster": typed_json(c), "last_updated": ts})).collect();
     let dynamic_clusters: Vec<_> = shared

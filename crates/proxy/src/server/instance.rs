@@ -9,6 +9,7 @@ use crate::stats::Store;
 use crate::upstream::cluster::{Cluster, ClusterMap};
 use arc_swap::ArcSwap;
 use legate_api::load::LoadedBootstrap;
+use legate_api::pb::envoy::config::bootstrap::v3::Bootstrap;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicBool;
@@ -63,7 +64,9 @@ pub struct Shared {
     pub listeners: Arc<ListenerManager>,
     /// Clusters from CDS with their version and update time (for /config_dump).
     pub dynamic_clusters: std::sync::Mutex<DynamicClusters>,
-    pub bootstrap: LoadedBootstrap,
+    /// The typed bootstrap only: its reflective form would keep the API's
+    /// descriptor pool alive (see `legate_api::pool`).
+    pub bootstrap: Bootstrap,
     pub options: Options,
     pub started: SystemTime,
     pub started_instant: Instant,
@@ -94,7 +97,8 @@ pub fn build(
     store: Arc<Store>,
     inherited: HashMap<SocketAddr, Vec<std::net::TcpListener>>,
 ) -> Result<(Arc<Shared>, Vec<tokio::sync::mpsc::UnboundedReceiver<WorkerCmd>>), ServerError> {
-    let b = &bootstrap.bootstrap;
+    let LoadedBootstrap { bootstrap, .. } = bootstrap;
+    let b = &bootstrap;
     let mut map = HashMap::new();
     let clusters = Arc::new(ArcSwap::from_pointee(ClusterMap::new()));
     let (listeners, worker_rxs) = ListenerManager::new(options.concurrency);
@@ -141,6 +145,8 @@ pub fn build(
             .unwrap_or_else(|| http::HeaderValue::from_static("")),
         jwks_async: Default::default(),
         secrets,
+        conn_limit: crate::server::overload::conn_limit(b)
+            .map_err(|(path, reason)| ServerError::Config { path, reason })?,
     };
     if let Some(sr) = &b.static_resources {
         for (i, l) in sr.listeners.iter().enumerate() {

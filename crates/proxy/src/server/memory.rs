@@ -1,9 +1,39 @@
-//! Giving freed heap memory back to the kernel once startup is done.
+//! Keeping the proxy's resident memory to what serving needs.
 //!
-//! Loading a bootstrap (descriptor-driven validation, compiling routes,
-//! clusters and TLS contexts) allocates and frees tens of MiB; glibc's
-//! allocator keeps freed pages mapped until asked to return them, and they
-//! would count in the proxy's resident size for its whole life.
+//! Reading a config (descriptor-driven decoding and validation, compiling
+//! routes, clusters and TLS contexts) needs the descriptor pool of Envoy's
+//! whole API, about 26 MiB of heap, and allocates and frees tens of MiB more.
+//! None of it serves a request. After startup the pool is dropped (a later
+//! reading decodes it again, see `legate_api::pool`), and freed heap pages
+//! are given back to the kernel, which glibc's allocator otherwise keeps
+//! mapped for the process's whole life.
+
+use std::time::Duration;
+
+/// How long after startup the pool is dropped: by then the workers have
+/// built their listeners.
+const AFTER_STARTUP: Duration = Duration::from_millis(300);
+/// A pool unused this long is dropped (xDS updates often come in bursts).
+const POOL_IDLE: Duration = Duration::from_secs(30);
+/// How often the idle pool is looked for.
+const CHECK_EVERY: Duration = Duration::from_secs(10);
+
+/// Runs on the main thread for the process's life: drops the descriptor
+/// pool after startup and whenever it has been idle for [`POOL_IDLE`], then
+/// returns the freed memory to the kernel.
+pub async fn keep_lean() {
+    tokio::time::sleep(AFTER_STARTUP).await;
+    legate_api::pool::release_if_idle(Duration::ZERO);
+    release_free();
+    let mut tick = tokio::time::interval(CHECK_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if legate_api::pool::release_if_idle(POOL_IDLE) {
+            release_free();
+        }
+    }
+}
 
 /// Returns the allocator's free pages to the kernel (glibc `malloc_trim`).
 /// Costs a walk of the heap (about a millisecond); called off the hot path.

@@ -9,6 +9,7 @@ mod admin_log;
 pub mod hot_restart;
 pub mod instance;
 pub mod memory;
+mod overload;
 pub mod sinks;
 mod stats_matcher;
 pub mod xds;
@@ -50,7 +51,7 @@ fn start_main_thread(main_rt: &tokio::runtime::Runtime, shared: &Arc<Shared>) ->
         crate::http::filters::jwt::start_async_fetches(&shared.ctx.jwks_async).await;
         crate::server::admin::start(shared.clone()).await
     })?;
-    let ads = crate::server::xds::ads_config(&shared.bootstrap.bootstrap)
+    let ads = crate::server::xds::ads_config(&shared.bootstrap)
         .map_err(|reason| ServerError::Config { path: "dynamic_resources".into(), reason })?;
     if let Some(cfg) = ads {
         if !shared.clusters.load().contains_key(&cfg.cluster) {
@@ -61,7 +62,7 @@ fn start_main_thread(main_rt: &tokio::runtime::Runtime, shared: &Arc<Shared>) ->
         }
         main_rt.spawn(crate::server::xds::run(shared.clone(), cfg));
     }
-    let sinks = sinks::SinksConfig::read(&shared.bootstrap.bootstrap)
+    let sinks = sinks::SinksConfig::read(&shared.bootstrap)
         .and_then(|cfg| {
             let _runtime = main_rt.enter();
             sinks::start(shared, cfg)
@@ -123,13 +124,10 @@ pub fn run(bootstrap: LoadedBootstrap, options: Options) -> Result<(), ServerErr
     if let Some(c) = child {
         c.spawn(shared.clone())?;
     }
-    // Once the workers have built their listeners, what startup freed goes
-    // back to the kernel (about 14 MiB of resident memory on the benchmark's
-    // bootstrap).
-    main_rt.spawn(async {
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        crate::server::memory::release_free();
-    });
+    // Once the workers have built their listeners, the API's descriptor pool
+    // is dropped and what startup freed goes back to the kernel; later
+    // readings (xDS, SDS files, config dumps) decode the pool again.
+    main_rt.spawn(crate::server::memory::keep_lean());
     main_rt.block_on(async {
         let flusher = tokio::spawn(async {
             loop {

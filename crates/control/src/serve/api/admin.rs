@@ -18,6 +18,9 @@ pub struct TokenBody {
     role: String,
     #[serde(default)]
     name: String,
+    /// The service an `instance` token may register.
+    #[serde(default)]
+    service: String,
 }
 
 pub async fn create_token(
@@ -26,17 +29,23 @@ pub async fn create_token(
     Json(body): Json<TokenBody>,
 ) -> Response {
     let actor = authorize!(ctrl, headers, Role::Admin, "create token", &body.name);
-    let Some(role) = Role::parse(&body.role) else {
-        return bad_request("role", format!("role must be viewer, editor or admin, not '{}'", body.role));
+    let stored = match (body.role.as_str(), body.service.as_str()) {
+        ("instance", "") => return bad_request("service", "an instance token needs the service it registers"),
+        ("instance", svc) => format!("instance:{svc}"),
+        (_, "") => body.role.clone(),
+        (_, _) => return bad_request("service", "only an instance token is for one service"),
+    };
+    let Some(role) = Role::parse(&stored) else {
+        return bad_request("role", format!("role must be instance, viewer, editor or admin, not '{}'", body.role));
     };
     let (id, secret, token) = auth::new_token();
     let name = if body.name.is_empty() { format!("{}-{id}", role.name()) } else { body.name.clone() };
-    if let Err(e) = ctrl.store().add_token(&id, &name, role.name(), &auth::hash_secret(&secret)) {
+    if let Err(e) = ctrl.store().add_token(&id, &name, &stored, &auth::hash_secret(&secret)) {
         return store_error(e);
     }
-    let _ = ctrl.store().audit(&actor.name, "create token", &name, true, role.name());
+    let _ = ctrl.store().audit(&actor.name, "create token", &name, true, &stored);
     // The only time the secret is shown.
-    Json(json!({"id": id, "name": name, "role": role.name(), "token": token})).into_response()
+    Json(json!({"id": id, "name": name, "role": stored, "token": token})).into_response()
 }
 
 pub async fn list_tokens(State(ctrl): State<Arc<Controller>>, headers: HeaderMap) -> Response {

@@ -11,6 +11,9 @@ use sha2::{Digest, Sha256};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
+    /// Register, heartbeat and deregister instances of one service, and
+    /// nothing else (a token for the instances themselves).
+    Instance,
     /// Read everything.
     Viewer,
     /// Also apply, delete and roll back.
@@ -20,7 +23,11 @@ pub enum Role {
 }
 
 impl Role {
+    /// A stored role: `viewer`, `editor`, `admin`, or `instance:<service>`.
     pub fn parse(s: &str) -> Option<Self> {
+        if s.strip_prefix("instance:").is_some_and(|svc| !svc.is_empty()) {
+            return Some(Self::Instance);
+        }
         match s {
             "viewer" => Some(Self::Viewer),
             "editor" => Some(Self::Editor),
@@ -30,6 +37,7 @@ impl Role {
     }
     pub fn name(self) -> &'static str {
         match self {
+            Self::Instance => "instance",
             Self::Viewer => "viewer",
             Self::Editor => "editor",
             Self::Admin => "admin",
@@ -37,11 +45,18 @@ impl Role {
     }
 }
 
+/// The service an `instance:<service>` role is for.
+pub fn scope(stored_role: &str) -> Option<&str> {
+    stored_role.strip_prefix("instance:").filter(|svc| !svc.is_empty())
+}
+
 /// Who is calling.
 #[derive(Debug, Clone)]
 pub struct Actor {
     pub name: String,
     pub role: Role,
+    /// The one service an instance token may register.
+    pub service: Option<String>,
 }
 
 pub fn hash_secret(secret: &str) -> String {

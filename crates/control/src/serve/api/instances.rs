@@ -1,8 +1,9 @@
 //! The service registry over HTTP: instances register, send heartbeats,
-//! deregister; anyone may list them.
+//! deregister (editors, or an instance token for that one service); viewers
+//! may list them.
 
 use crate::discovery::registry::Registration;
-use crate::serve::api::access::authorize;
+use crate::serve::api::access::{authorize, authorize_registry};
 use crate::serve::api::auth::Role;
 use crate::serve::api::reply::{bad_request, not_found, store_error};
 use crate::state::controller::Controller;
@@ -20,7 +21,7 @@ pub async fn register_instance(
     Path(svc): Path<String>,
     Json(body): Json<Registration>,
 ) -> Response {
-    let actor = authorize!(ctrl, headers, Role::Editor, "register", &svc);
+    let actor = authorize_registry!(ctrl, headers, "register", &svc);
     match ctrl.register(&svc, body) {
         Ok(inst) => {
             let _ = ctrl.store().audit(&actor.name, "register", &format!("{svc}/{}", inst.id), true, "");
@@ -36,7 +37,7 @@ pub async fn heartbeat(
     headers: HeaderMap,
     Path((svc, id)): Path<(String, String)>,
 ) -> Response {
-    authorize!(ctrl, headers, Role::Editor, "heartbeat", &svc);
+    authorize_registry!(ctrl, headers, "heartbeat", &svc);
     match ctrl.heartbeat(&svc, &id) {
         Ok(true) => Json(json!({"service": svc, "id": id})).into_response(),
         Ok(false) => not_found(format!("instance {svc}/{id} is not registered (expired?)")),
@@ -49,7 +50,7 @@ pub async fn deregister_instance(
     headers: HeaderMap,
     Path((svc, id)): Path<(String, String)>,
 ) -> Response {
-    let actor = authorize!(ctrl, headers, Role::Editor, "deregister", &svc);
+    let actor = authorize_registry!(ctrl, headers, "deregister", &svc);
     match ctrl.deregister(&svc, &id) {
         Ok(true) => {}
         Ok(false) => return not_found(format!("instance {svc}/{id} not found")),

@@ -7,6 +7,7 @@ mod admin;
 mod agents;
 mod alerts;
 pub mod auth;
+pub mod guard;
 mod instances;
 mod monitor;
 mod releases;
@@ -29,7 +30,10 @@ use revisions::{diff, revisions, rollback};
 use status::{proxies, replica, whoami};
 use std::sync::Arc;
 
-pub fn router(ctrl: Arc<Controller>) -> Router {
+/// The API, with token guessing slowed by `lockout` (the server must pass
+/// each connection's peer address as `ConnectInfo<SocketAddr>`).
+pub fn router(ctrl: Arc<Controller>, lockout: guard::Lockout) -> Router {
+    let guard = Arc::new(guard::Guard::new(lockout));
     ui::routes(Router::new())
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/v1/openapi.json", get(openapi))
@@ -64,6 +68,7 @@ pub fn router(ctrl: Arc<Controller>) -> Router {
         .route("/v1/services/{svc}/instances", post(register_instance))
         .route("/v1/services/{svc}/instances/{id}", delete(deregister_instance))
         .route("/v1/services/{svc}/instances/{id}/heartbeat", put(heartbeat))
+        .layer(axum::middleware::from_fn_with_state((ctrl.clone(), guard), guard::limit))
         .with_state(ctrl)
 }
 

@@ -5,12 +5,13 @@
 use crate::resources::certinfo;
 use crate::resources::document::{parse_documents, Document};
 use crate::resources::kind::Kind;
+use crate::resources::redact;
 use crate::serve::api::access::authorize;
 use crate::serve::api::auth::Role;
-use crate::serve::api::reply::{bad_request, not_found};
+use crate::serve::api::reply::{bad_request, error, not_found};
 use crate::state::controller::Controller;
 use axum::extract::{Path, Query, State};
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
@@ -40,6 +41,13 @@ pub async fn apply(State(ctrl): State<Arc<Controller>>, headers: HeaderMap, Json
             Err(e) => return bad_request("parse", e),
         }
     }
+    if docs.len() > MAX_DOCUMENTS {
+        let msg = format!("{} documents in one apply; at most {MAX_DOCUMENTS}: split it", docs.len());
+        return error(StatusCode::PAYLOAD_TOO_LARGE, "too_many_documents", msg, json!([]));
+    }
+    if let Err(r) = restore_secrets(&ctrl, &mut docs) {
+        return *r;
+    }
     match ctrl.apply(&docs, &actor.name, &body.message, body.dry_run) {
         Ok(outcome) => {
             if let Some(rev) = outcome.revision {
@@ -52,6 +60,22 @@ pub async fn apply(State(ctrl): State<Arc<Controller>>, headers: HeaderMap, Json
     }
 }
 
+/// The most documents one apply takes (a bound on the work and memory one
+/// request can ask for; the request body is bounded too).
+const MAX_DOCUMENTS: usize = 10_000;
+
+/// Puts back the secrets a redacted copy (read from this API) stands for.
+fn restore_secrets(ctrl: &Controller, docs: &mut [Document]) -> Result<(), Box<Response>> {
+    let state = ctrl.stored();
+    for (i, d) in docs.iter_mut().enumerate() {
+        let stored = Kind::parse(&d.kind).and_then(|k| state.resources.get(&(k, d.metadata.name.clone())));
+        let path = format!("documents[{i}].spec");
+        redact::restore(&mut d.spec, stored.map(|r| &r.doc.spec), &path)
+            .map_err(|e| Box::new(bad_request("secret", e)))?;
+    }
+    Ok(())
+}
+
 fn docs_json(ctrl: &Controller, kind: Option<Kind>, name: Option<&str>) -> Vec<serde_json::Value> {
     let state = ctrl.stored();
     state
@@ -59,8 +83,9 @@ fn docs_json(ctrl: &Controller, kind: Option<Kind>, name: Option<&str>) -> Vec<s
         .iter()
         .filter(|((k, n), _)| kind.is_none_or(|want| *k == want) && name.is_none_or(|want| n == want))
         .map(|(_, r)| {
-            let mut v =
-                json!({"kind": r.kind.name(), "metadata": r.doc.metadata, "spec": r.doc.spec, "version": r.version});
+            let mut spec = r.doc.spec.clone();
+            redact::redact(&mut spec);
+            let mut v = json!({"kind": r.kind.name(), "metadata": r.doc.metadata, "spec": spec, "version": r.version});
             if let Some(status) = &r.doc.status {
                 v["status"] = status.clone();
             }
@@ -173,7 +198,11 @@ pub async fn envoy_resources(
         .for_node(k, &node)
         .filter(|r| q.node.is_some() || r.nodes.is_empty())
         .filter(|r| q.name.as_ref().is_none_or(|n| *n == r.name))
-        .map(|r| json!({"kind": r.kind.name(), "name": r.name, "version": r.version, "resource": r.doc.spec}))
+        .map(|r| {
+            let mut resource = r.doc.spec.clone();
+            redact::redact(&mut resource);
+            json!({"kind": r.kind.name(), "name": r.name, "version": r.version, "resource": resource})
+        })
         .collect();
     Json(json!({ "items": items })).into_response()
 }

@@ -30,7 +30,6 @@ impl Dynamic {
         let old_map = shared.clusters.load_full();
         let statics: BTreeSet<String> = shared
             .bootstrap
-            .bootstrap
             .static_resources
             .as_ref()
             .map(|s| s.clusters.iter().map(|c| c.name.clone()).collect())

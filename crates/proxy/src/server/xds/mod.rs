@@ -231,7 +231,7 @@ pub async fn run(shared: Arc<Shared>, cfg: AdsConfig) {
 
 /// The node this proxy says it is, to management servers and sinks.
 pub(crate) fn node(shared: &Shared) -> Node {
-    let mut n = shared.bootstrap.bootstrap.node.clone().unwrap_or_default();
+    let mut n = shared.bootstrap.node.clone().unwrap_or_default();
     n.user_agent_name = "legate".into();
     n.user_agent_version_type =
         Some(legate_api::pb::envoy::config::core::v3::node::UserAgentVersionType::UserAgentVersion(

@@ -309,7 +309,8 @@ function refresh() {
   running = (async () => {
     try {
       await refreshMe();
-      await Promise.all([renderSummary(), RENDER[ui.tab]()]);
+      // Not signed in: one call said so; the rest would only be refused too.
+      if (ui.me) await Promise.all([renderSummary(), RENDER[ui.tab]()]);
     } catch (e) {
       ui.problems.push("the console failed: " + e.message);
     }
@@ -355,7 +356,8 @@ function setup() {
   window.addEventListener("hashchange", selectTab);
   window.consoleRefresh = refresh;
   selectTab();
-  setInterval(refresh, REFRESH_MS);
+  // Refreshed while signed in; without a token, after one is entered.
+  setInterval(() => { if (ui.me) refresh(); }, REFRESH_MS);
 }
 
 setup();
