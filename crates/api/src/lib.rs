@@ -25,7 +25,7 @@ pub mod semantic;
 pub mod support;
 pub mod support_tracing;
 pub mod validate;
-mod walk;
+pub mod walk;
 
 pub use envoy_types::pb;
 pub use error::{FieldError, LoadError, Report};

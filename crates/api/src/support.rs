@@ -7,6 +7,8 @@
 //! reported once at its path. Well-known types (`google.protobuf.*`) are leaves.
 //! When the proxy learns a feature, its fields join this table in the same change.
 
+mod compat;
+
 use crate::error::FieldError;
 use crate::lenient::join;
 use crate::walk::decode_any;
@@ -729,6 +731,16 @@ fn supported_extension(ty: &str) -> bool {
     SUPPORTED_EXTENSIONS.contains(&ty) || TRACING_EXTENSIONS.contains(&ty)
 }
 
+/// A field of `message` is honoured: in `only` when its place narrows the
+/// message, else in the main table or the one of fields learnt for
+/// real-world configs (`compat`).
+fn honoured(message: &str, field: &str, only: Option<&[&str]>) -> bool {
+    match only {
+        Some(fields) => fields.contains(&field),
+        None => supported_fields(message).contains(&field) || compat::fields(message).contains(&field),
+    }
+}
+
 /// Every set field and extension in `msg` that Legate does not implement.
 pub fn unsupported(msg: &DynamicMessage) -> Vec<FieldError> {
     let mut out = Vec::new();
@@ -742,7 +754,7 @@ fn check(msg: &DynamicMessage, path: &str, only: Option<&[&str]>, out: &mut Vec<
     if name == "google.protobuf.Any" {
         let Some(inner) = decode_any(msg) else { return };
         let ty = inner.descriptor().full_name().to_string();
-        if !supported_extension(&ty) {
+        if !supported_extension(&ty) && !compat::EXTENSIONS.contains(&ty.as_str()) {
             out.push(FieldError::new(path, format!("extension {ty} is not implemented by Legate")));
             return;
         }
@@ -751,12 +763,15 @@ fn check(msg: &DynamicMessage, path: &str, only: Option<&[&str]>, out: &mut Vec<
     if name.starts_with("google.protobuf.") {
         return;
     }
-    let allowed = only.unwrap_or_else(|| supported_fields(name));
     for (field, value) in msg.fields() {
         let p = join(path, field.name());
-        let narrowed = NARROWED.iter().find(|(m, f, _)| *m == name && *f == field.name()).map(|(_, _, fields)| *fields);
+        let narrowed = NARROWED
+            .iter()
+            .find(|(m, f, _)| *m == name && *f == field.name())
+            .map(|(_, _, fields)| *fields)
+            .or_else(|| compat::narrowed(name, field.name()));
         let added = only.is_none() && TRACING_ADDED.contains(&(name, field.name()));
-        if !allowed.contains(&field.name()) && !added {
+        if !honoured(name, field.name(), only) && !added {
             out.push(FieldError::new(p, format!("{}.{} is not implemented by Legate", name, field.name())));
             continue;
         }
@@ -764,6 +779,7 @@ fn check(msg: &DynamicMessage, path: &str, only: Option<&[&str]>, out: &mut Vec<
             let refused = UNSUPPORTED_VALUES
                 .iter()
                 .chain(TRACING_UNSUPPORTED_VALUES)
+                .chain(compat::UNSUPPORTED_VALUES)
                 .find(|(m, f, values, _)| *m == name && *f == field.name() && values.contains(n));
             if let Some((_, _, _, reason)) = refused {
                 out.push(FieldError::new(p, *reason));

@@ -51,3 +51,30 @@ fn key_text(k: &MapKey) -> String {
         other => format!("{other:?}"),
     }
 }
+
+/// The management servers' clusters that the `ApiConfigSource`s in `msg`
+/// name (`grpc_services[].envoy_grpc.cluster_name`), with their paths.
+pub fn api_config_clusters(msg: &DynamicMessage) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    walk(msg, "", &mut |m, path| {
+        if m.descriptor().full_name() != "envoy.config.core.v3.ApiConfigSource" {
+            return;
+        }
+        let Some(services) = m.get_field_by_name("grpc_services") else { return };
+        let Some(list) = services.as_list() else { return };
+        for (i, s) in list.iter().enumerate() {
+            let Some(service) = s.as_message() else { continue };
+            if !service.has_field_by_name("envoy_grpc") {
+                continue;
+            }
+            let Some(envoy_grpc) = service.get_field_by_name("envoy_grpc") else { continue };
+            let cluster = envoy_grpc
+                .as_message()
+                .and_then(|e| e.get_field_by_name("cluster_name").and_then(|c| c.as_str().map(str::to_string)));
+            if let Some(c) = cluster.filter(|c| !c.is_empty()) {
+                out.push((format!("{path}.grpc_services[{i}]"), c));
+            }
+        }
+    });
+    out
+}

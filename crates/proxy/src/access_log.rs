@@ -1,6 +1,8 @@
 //! Access loggers: `envoy.access_loggers.file` and `envoy.access_loggers.stdout`
 //! / `stderr`, with Envoy's default format, `text_format_source` and `json_format`.
 
+mod filter;
+
 use crate::common::format::{Context, Format, DEFAULT_ACCESS_LOG_FORMAT};
 use legate_api::pb::envoy::config::accesslog::v3::{access_log::ConfigType, AccessLog};
 use legate_api::pb::envoy::config::core::v3::{substitution_format_string, SubstitutionFormatString};
@@ -26,6 +28,8 @@ enum JsonValue {
 pub struct AccessLogger {
     line: Line,
     sink: Arc<Sink>,
+    /// `filter`: the streams this logger writes (all without one).
+    filter: Option<filter::Filter>,
 }
 
 /// Where lines go. Buffered; flushed every second by [`flush_all`] (Envoy's
@@ -119,9 +123,10 @@ fn compile_struct(s: &legate_api::pb::google::protobuf::Struct) -> Result<Vec<(S
 impl AccessLogger {
     #[allow(deprecated)] // Envoy still accepts this deprecated field, so Legate reads it.
     pub fn compile(a: &AccessLog) -> Result<Self, String> {
-        if a.filter.is_some() {
-            return Err("filter: access log filters are not supported".into());
-        }
+        let filter = match &a.filter {
+            Some(f) => Some(filter::Filter::compile(f).map_err(|e| format!("filter.{e}"))?),
+            None => None,
+        };
         let Some(ConfigType::TypedConfig(any)) = &a.config_type else {
             return Err("typed_config is required".into());
         };
@@ -150,15 +155,18 @@ impl AccessLogger {
             }
             other => return Err(format!("access logger {other} is not supported")),
         };
-        Ok(Self { line, sink })
+        Ok(Self { line, sink, filter })
     }
 
     /// A file logger in Envoy's default format, as `admin.access_log_path` makes.
     pub fn file_with_default_format(path: &str) -> Result<Self, String> {
-        Ok(Self { line: compile_format(None)?, sink: file_sink(path)? })
+        Ok(Self { line: compile_format(None)?, sink: file_sink(path)?, filter: None })
     }
 
     pub fn log(&self, ctx: &Context<'_>) {
+        if self.filter.as_ref().is_some_and(|f| !f.passes(ctx)) {
+            return;
+        }
         let mut s = String::with_capacity(256);
         match &self.line {
             Line::Text(f) => f.render(ctx, &mut s),

@@ -176,42 +176,63 @@ pub enum Stat {
     Histogram(Arc<Histogram>),
 }
 
+/// Which stat names the store shows (Envoy's `stats_config.stats_matcher`).
+pub type StatFilter = Box<dyn Fn(&str) -> bool + Send + Sync>;
+
 /// The registry of every stat by name. Locked only when a config is compiled
 /// (to create stats) and when the admin reads them; never per request.
 #[derive(Default)]
 pub struct Store {
     stats: Mutex<BTreeMap<String, Stat>>,
+    /// Stats the filter rejects: they work for whoever holds them (the same
+    /// one for the same name) but nobody reads them, as Envoy's rejected
+    /// stats are never shown or sent.
+    hidden: Mutex<BTreeMap<String, Stat>>,
+    accept: Option<StatFilter>,
 }
 
 impl Store {
-    pub fn counter(&self, name: &str) -> Arc<Counter> {
-        let mut m = self.stats.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(Stat::Counter(c)) = m.get(name) {
-            return c.clone();
+    /// A store that shows only the stats `accept` takes.
+    pub fn with_filter(accept: StatFilter) -> Self {
+        Self { accept: Some(accept), ..Self::default() }
+    }
+
+    fn get_or_make(&self, name: &str, make: impl FnOnce() -> Stat, same: impl Fn(&Stat) -> bool) -> Stat {
+        let shown = self.accept.as_ref().is_none_or(|f| f(name));
+        let map = if shown { &self.stats } else { &self.hidden };
+        let mut m = map.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(s) = m.get(name).filter(|s| same(s)) {
+            return s.clone();
         }
-        let c = Arc::new(Counter::new());
-        m.insert(name.to_string(), Stat::Counter(c.clone()));
-        c
+        let s = make();
+        m.insert(name.to_string(), s.clone());
+        s
+    }
+
+    pub fn counter(&self, name: &str) -> Arc<Counter> {
+        let made =
+            self.get_or_make(name, || Stat::Counter(Arc::new(Counter::new())), |s| matches!(s, Stat::Counter(_)));
+        match made {
+            Stat::Counter(c) => c,
+            _ => Arc::new(Counter::new()),
+        }
     }
     pub fn gauge(&self, name: &str) -> Arc<Gauge> {
-        let mut m = self.stats.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(Stat::Gauge(g)) = m.get(name) {
-            return g.clone();
+        let made = self.get_or_make(name, || Stat::Gauge(Arc::new(Gauge::default())), |s| matches!(s, Stat::Gauge(_)));
+        match made {
+            Stat::Gauge(g) => g,
+            _ => Arc::new(Gauge::default()),
         }
-        let g = Arc::new(Gauge::default());
-        m.insert(name.to_string(), Stat::Gauge(g.clone()));
-        g
     }
     pub fn histogram(&self, name: &str) -> Arc<Histogram> {
-        let mut m = self.stats.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(Stat::Histogram(h)) = m.get(name) {
-            return h.clone();
+        let made =
+            self.get_or_make(name, || Stat::Histogram(Arc::new(Histogram::new())), |s| matches!(s, Stat::Histogram(_)));
+        match made {
+            Stat::Histogram(h) => h,
+            _ => Arc::new(Histogram::new()),
         }
-        let h = Arc::new(Histogram::new());
-        m.insert(name.to_string(), Stat::Histogram(h.clone()));
-        h
     }
-    /// Every stat, sorted by name.
+    /// Every stat shown, sorted by name.
     pub fn all(&self) -> Vec<(String, Stat)> {
         let m = self.stats.lock().unwrap_or_else(|e| e.into_inner());
         m.iter().map(|(k, v)| (k.clone(), v.clone())).collect()

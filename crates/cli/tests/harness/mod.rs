@@ -16,6 +16,7 @@
 //! - `certs`: test CAs and the certificates they issue;
 //! - `jwt`: keys, JWKs and tokens;
 //! - `upstream`: echo and TCP upstreams, Envoy as TLS or JWKS backend;
+//! - `h2_raw`: an HTTP/2 upstream written frame by frame (SETTINGS, PINGs);
 //! - `http_client`: HTTP/1.1 and h2c clients; `raw`: bytes on a socket;
 //! - `tls`: a certificate-recording rustls client, and curl over TLS;
 //! - `admin`: admin pages, stats and access logs of a proxy;
@@ -41,6 +42,7 @@ pub mod config;
 pub mod control;
 pub mod diff;
 pub mod h2_load;
+pub mod h2_raw;
 pub mod http_client;
 pub mod install;
 pub mod jwt;

@@ -24,6 +24,8 @@ pub struct CompileContext {
     /// This proxy's cluster (`--service-cluster`, else `node.cluster`), which
     /// the health check filter names in its answers.
     pub local_cluster: http::HeaderValue,
+    /// This proxy's node (`--service-node`, else `node.id`).
+    pub local_node: http::HeaderValue,
     /// Remote JWKS with `async_fetch` compiled since the last call to
     /// `filters::jwt::start_async_fetches`, which starts their fetching.
     pub jwks_async: Arc<Mutex<Vec<Weak<crate::http::filters::jwt::remote_jwks::RemoteJwks>>>>,

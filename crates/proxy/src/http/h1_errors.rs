@@ -20,8 +20,10 @@
 //! inspected and keep hyper's answers (400 for a bad version; chunked wins
 //! over content-length, and the connection closes after the response).
 //! hyper also writes an `HTTP/1.0` status line to an HTTP/1.0 client, whose
-//! only answer from us is Envoy's 426; Envoy writes `HTTP/1.1`, so that
-//! status line's version is rewritten in place.
+//! only answer from us is Envoy's 426 unless the connection manager accepts
+//! HTTP/1.0; Envoy writes that 426 as `HTTP/1.1`, so that status line's
+//! version is rewritten in place (an accepted HTTP/1.0 request's response
+//! keeps `HTTP/1.0`, as Envoy's does).
 
 use bytes::Bytes;
 use std::io;
@@ -45,6 +47,9 @@ pin_project_lite::pin_project! {
         // content-length and transfer-encoding; the connection manager
         // answers that request with 400.
         conn: Arc<crate::http::conn_manager::ConnInfo>,
+        // The connection manager serves HTTP/1.0 (`accept_http_10`): its
+        // responses keep hyper's `HTTP/1.0` status line, as Envoy's do.
+        http_10: bool,
     }
 }
 
@@ -62,7 +67,15 @@ impl<T> EnvoyErrors<T> {
             pending: None,
             first_head: FirstHead::default(),
             conn,
+            http_10: false,
         }
+    }
+
+    /// Leaves `HTTP/1.0` status lines as they are: the connection manager
+    /// serves HTTP/1.0 clients.
+    pub fn serving_http_10(mut self, yes: bool) -> Self {
+        self.http_10 = yes;
+        self
     }
 }
 
@@ -217,7 +230,7 @@ impl<T: AsyncWrite> AsyncWrite for EnvoyErrors<T> {
                     *this.pending = Some((Bytes::from(form), 0, buf.len()));
                 }
                 // hyper's HTTP/1.0 status line (only ever on our 426) as Envoy's HTTP/1.1.
-                None if buf.starts_with(b"HTTP/1.0 ") => {
+                None if !*this.http_10 && buf.starts_with(b"HTTP/1.0 ") => {
                     let mut v = buf.to_vec();
                     v[7] = b'1';
                     *this.pending = Some((Bytes::from(v), 0, buf.len()));

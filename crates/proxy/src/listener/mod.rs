@@ -528,7 +528,8 @@ async fn serve_http<S: crate::io::Io>(
         http.hcm.server_name(),
         hs.downstream_cx_protocol_error.clone(),
         conn_info.clone(),
-    );
+    )
+    .serving_http_10(http.hcm.accepts_http_10());
     let builder = http.builder_for(alpn_h2);
     // With upgrades: a 101 (or a 2xx to CONNECT) hands the connection to the
     // connection manager's tunnel.

@@ -145,10 +145,8 @@ fn handle(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>> {
     }
     match path {
         "/ready" => {
-            let (status, state) = match *shared.phase.borrow() {
-                Phase::Drain | Phase::HotRestartDrain { .. } => (StatusCode::SERVICE_UNAVAILABLE, "DRAINING"),
-                _ => (StatusCode::OK, "LIVE"),
-            };
+            let state = server_state(shared);
+            let status = if state == "LIVE" { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
             reply(status, "text/plain; charset=UTF-8", format!("{state}\n"))
         }
         "/server_info" => json_reply(server_info(shared)),
@@ -160,10 +158,14 @@ fn handle(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>> {
         "/config_dump" => json_reply(redacted(config_dump(shared))),
         "/healthcheck/fail" => {
             shared.healthy.store(false, Ordering::Relaxed);
+            shared.store.gauge("server.state").set(1);
             text("OK\n")
         }
         "/healthcheck/ok" => {
             shared.healthy.store(true, Ordering::Relaxed);
+            if server_state(shared) == "LIVE" {
+                shared.store.gauge("server.state").set(0);
+            }
             text("OK\n")
         }
         "/drain_listeners" => {
@@ -196,13 +198,20 @@ pub fn version() -> String {
     format!("legate/{}/Clean/RELEASE/rustls", env!("CARGO_PKG_VERSION"))
 }
 
+/// Envoy's server state: DRAINING while the listeners drain or after
+/// `/healthcheck/fail` (until `/healthcheck/ok`), else LIVE.
+fn server_state(shared: &Shared) -> &'static str {
+    match *shared.phase.borrow() {
+        Phase::Drain | Phase::HotRestartDrain { .. } => "DRAINING",
+        _ if !shared.healthy.load(Ordering::Relaxed) => "DRAINING",
+        _ => "LIVE",
+    }
+}
+
 fn server_info(shared: &Shared) -> serde_json::Value {
     let uptime = shared.started_instant.elapsed().as_secs();
     let node = shared.bootstrap.node.as_ref();
-    let state = match *shared.phase.borrow() {
-        Phase::Drain | Phase::HotRestartDrain { .. } => "DRAINING",
-        _ => "LIVE",
-    };
+    let state = server_state(shared);
     json!({
         "version": version(),
         "state": state,

@@ -137,6 +137,12 @@ pub fn build(
             .or_else(|| b.node.as_ref().map(|n| n.cluster.clone()))
             .and_then(|c| http::HeaderValue::from_str(&c).ok())
             .unwrap_or_else(|| http::HeaderValue::from_static("")),
+        local_node: options
+            .service_node
+            .clone()
+            .or_else(|| b.node.as_ref().map(|n| n.id.clone()))
+            .and_then(|c| http::HeaderValue::from_str(&c).ok())
+            .unwrap_or_else(|| http::HeaderValue::from_static("")),
         jwks_async: Default::default(),
         secrets,
         conn_limit: crate::server::overload::conn_limit(b)

@@ -11,12 +11,12 @@ pub mod instance;
 pub mod memory;
 mod overload;
 pub mod sinks;
+mod stats_matcher;
 pub mod xds;
 
 pub use instance::{build, DynamicClusters, Options, ServerError, Shared};
 
 use crate::listener::Phase;
-use crate::stats::Store;
 use legate_api::load::LoadedBootstrap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -77,7 +77,7 @@ fn start_main_thread(main_rt: &tokio::runtime::Runtime, shared: &Arc<Shared>) ->
 /// or, after a hot restart, its child's request to exit.
 pub fn run(bootstrap: LoadedBootstrap, options: Options) -> Result<(), ServerError> {
     crate::stats::set_concurrency(options.concurrency);
-    let store = Arc::new(Store::default());
+    let store = Arc::new(stats_matcher::store(&bootstrap.bootstrap)?);
     let restart = hot_restart::RestartOptions {
         base_id: options.base_id,
         epoch: options.restart_epoch,

@@ -61,6 +61,8 @@ pub struct Cluster {
     pub hosts: Membership,
     pub connect_timeout: Duration,
     pub http2: bool,
+    /// `http2_protocol_options` for its HTTP/2 connections.
+    pub h2: crate::upstream::protocol::H2Options,
     /// The cluster's `transport_socket` (TLS), when it has one.
     pub tls: Option<crate::tls::UpstreamTls>,
     pub stats: ClusterStats,
@@ -116,6 +118,7 @@ impl Cluster {
             hosts,
             connect_timeout: legate_api::duration::or(c.connect_timeout.as_ref(), Duration::from_secs(5)),
             http2: protocol.http2,
+            h2: protocol.h2,
             tls,
             breakers: crate::upstream::breakers::CircuitBreakers::compile(c.circuit_breakers.as_ref(), store, &c.name),
             stats,
@@ -174,8 +177,8 @@ fn initial_hosts(c: &PbCluster, discovery: Discovery) -> Result<(Vec<Arc<Host>>,
 fn eds_service_name(c: &PbCluster, discovery: Discovery) -> Result<String, String> {
     match (discovery, &c.eds_cluster_config) {
         (Discovery::Eds, Some(eds)) => {
-            if !eds.eds_config.as_ref().is_some_and(crate::common::config_source::is_ads) {
-                return Err("eds_cluster_config.eds_config: only ads is supported".into());
+            if !eds.eds_config.as_ref().is_some_and(crate::common::config_source::is_dynamic) {
+                return Err("eds_cluster_config.eds_config: only ads or a gRPC api_config_source is supported".into());
             }
             Ok(if eds.service_name.is_empty() { c.name.clone() } else { eds.service_name.clone() })
         }

@@ -36,6 +36,8 @@ pub struct ClusterStats {
     pub update_attempt: Arc<Counter>,
     pub update_success: Arc<Counter>,
     pub upstream_rq_retry: Arc<Counter>,
+    /// Attempts a retry policy's `per_try_timeout` ended.
+    pub upstream_rq_per_try_timeout: Arc<Counter>,
     pub upstream_rq_retry_success: Arc<Counter>,
     pub upstream_rq_retry_limit_exceeded: Arc<Counter>,
     pub upstream_cx_idle_timeout: Arc<Counter>,
@@ -91,6 +93,7 @@ impl ClusterStats {
             update_attempt: c("update_attempt"),
             update_success: c("update_success"),
             upstream_rq_retry: c("upstream_rq_retry"),
+            upstream_rq_per_try_timeout: c("upstream_rq_per_try_timeout"),
             upstream_rq_retry_success: c("upstream_rq_retry_success"),
             upstream_rq_retry_limit_exceeded: c("upstream_rq_retry_limit_exceeded"),
             upstream_cx_idle_timeout: c("upstream_cx_idle_timeout"),

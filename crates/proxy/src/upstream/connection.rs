@@ -20,27 +20,59 @@ fn count_connect_failure(stats: &ClusterStats, host: &Host) {
     host.cx_connect_fail.fetch_add(1, Relaxed);
 }
 
+/// `upstream_connection_options.tcp_keepalive`: TCP keepalive on, with
+/// the probes, idle time and interval it sets (the system's otherwise).
+fn set_keepalive(stream: &tokio::net::TcpStream, k: &legate_api::pb::envoy::config::core::v3::TcpKeepalive) {
+    let mut ka = socket2::TcpKeepalive::new();
+    if let Some(t) = k.keepalive_time {
+        ka = ka.with_time(Duration::from_secs(u64::from(t.value)));
+    }
+    if let Some(i) = k.keepalive_interval {
+        ka = ka.with_interval(Duration::from_secs(u64::from(i.value)));
+    }
+    if let Some(p) = k.keepalive_probes {
+        ka = ka.with_retries(p.value);
+    }
+    if let Err(e) = socket2::SockRef::from(stream).set_tcp_keepalive(&ka) {
+        tracing::debug!("TCP keepalive on an upstream connection: {e}");
+    }
+}
+
+/// A connection that never connected is destroyed: `side` says by whom.
+fn count_never_connected(stats: &ClusterStats, side: &str) {
+    stats.upstream_cx_destroy.inc();
+    stats.named(side).inc();
+}
+
 async fn connect_tcp(cluster: &Cluster, host: &Host) -> Result<(tokio::net::TcpStream, Slot), UpstreamError> {
     let stats = &cluster.stats;
     // Room was checked (or waived) by the caller; the slot counts the
     // connection for as long as it lives.
     let slot = cluster.breakers.default.connections.acquire_anyway();
+    // Every attempt counts as a connection, as Envoy counts a connection
+    // when it creates it; one that never connects is destroyed (locally
+    // when the connect timeout closes it, remotely when it is refused).
+    stats.upstream_cx_total.inc();
+    host.cx_total.fetch_add(1, Relaxed);
     let stream = match tokio::time::timeout(cluster.connect_timeout, tokio::net::TcpStream::connect(host.addr)).await {
         Err(_) => {
             stats.upstream_cx_connect_timeout.inc();
             count_connect_failure(stats, host);
+            count_never_connected(stats, "upstream_cx_destroy_local");
             return Err(UpstreamError::ConnectTimeout);
         }
         Ok(Err(e)) => {
             count_connect_failure(stats, host);
+            count_never_connected(stats, "upstream_cx_destroy_remote");
             return Err(UpstreamError::ConnectFailure(e));
         }
         Ok(Ok(s)) => s,
     };
     let _ = stream.set_nodelay(true);
-    stats.upstream_cx_total.inc();
+    if let Some(k) = cluster.config.upstream_connection_options.as_ref().and_then(|o| o.tcp_keepalive.as_ref()) {
+        set_keepalive(&stream, k);
+    }
     stats.upstream_cx_active.inc();
-    host.cx_total.fetch_add(1, Relaxed);
     host.cx_active.fetch_add(1, Relaxed);
     Ok((stream, slot))
 }

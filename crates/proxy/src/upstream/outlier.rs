@@ -39,6 +39,8 @@ pub struct Outlier {
     success_rate: Statistic,
     failure_percentage: Statistic,
     ejections_active: Arc<Gauge>,
+    /// Ejections the `max_ejection_percent` cap stopped.
+    ejections_overflow: Arc<Counter>,
     enforced_total: Arc<Counter>,
     enforced_5xx: Arc<Counter>,
     enforced_gateway: Arc<Counter>,
@@ -92,6 +94,7 @@ impl Outlier {
                 enforced: store.counter(&format!("{p}ejections_enforced_failure_percentage")),
             },
             ejections_active: store.gauge(&format!("{p}ejections_active")),
+            ejections_overflow: store.counter(&format!("{p}ejections_overflow")),
             enforced_total: store.counter(&format!("{p}ejections_enforced_total")),
             enforced_5xx: store.counter(&format!("{p}ejections_enforced_consecutive_5xx")),
             enforced_gateway: store.counter(&format!("{p}ejections_enforced_consecutive_gateway_failure")),
@@ -103,13 +106,19 @@ impl Outlier {
     /// Ejects `host` if the cap allows (and the enforcing draw says so);
     /// returns whether it did.
     fn eject(&self, hosts: &Membership, host: &Host, enforcing: u32) -> bool {
-        if host.ejected.load(Relaxed) || rand::random_range(0..100) >= enforcing {
+        if host.ejected.load(Relaxed) {
             return false;
         }
         let set = hosts.load();
         let ejected = set.all.iter().filter(|h| h.ejected.load(Relaxed)).count() as u32;
-        // An ejection is allowed while the ejected share is under the cap.
+        // An ejection is allowed while the ejected share is under the cap;
+        // one the cap stops is counted, as Envoy does, before the
+        // enforcing draw.
         if ejected * 100 >= self.max_ejection_percent * set.all.len() as u32 {
+            self.ejections_overflow.inc();
+            return false;
+        }
+        if rand::random_range(0..100) >= enforcing {
             return false;
         }
         let times = host.od_ejections.fetch_add(1, Relaxed) + 1;

@@ -221,11 +221,23 @@ async fn connect_h2(
     host: &Arc<Host>,
 ) -> Result<(http2::SendRequest<ProxyBody>, Arc<ConnState>), UpstreamError> {
     let (stream, slot) = connect_pooled(cluster, host).await?;
-    let (sender, conn) = http2::Builder::new(TokioExecutor::new())
-        .keep_alive_interval(None)
-        .handshake(TokioIo::new(stream))
-        .await
-        .map_err(|e| handshake_failed(cluster, host, e))?;
+    let mut builder = http2::Builder::new(TokioExecutor::new());
+    builder.timer(hyper_util::rt::TokioTimer::new());
+    let h2 = &cluster.h2;
+    match &h2.keepalive {
+        Some(k) => {
+            builder.keep_alive_interval(k.jittered_interval()).keep_alive_timeout(k.timeout).keep_alive_while_idle(true)
+        }
+        None => builder.keep_alive_interval(None),
+    };
+    if let Some(w) = h2.stream_window {
+        builder.initial_stream_window_size(w);
+    }
+    if let Some(w) = h2.connection_window {
+        builder.initial_connection_window_size(w);
+    }
+    let (sender, conn) =
+        builder.handshake(TokioIo::new(stream)).await.map_err(|e| handshake_failed(cluster, host, e))?;
     cluster.stats.upstream_cx_http2_total.inc();
     let state = Arc::new(ConnState::default());
     spawn_pooled(cluster, host, slot, state.clone(), conn);

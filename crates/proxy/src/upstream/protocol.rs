@@ -3,6 +3,7 @@
 //! `common_http_protocol_options` for its connections.
 
 use legate_api::pb::envoy::config::cluster::v3::Cluster as PbCluster;
+use legate_api::pb::envoy::config::core::v3::Http2ProtocolOptions;
 use legate_api::pb::envoy::extensions::upstreams::http::v3::{http_protocol_options, HttpProtocolOptions};
 use std::time::Duration;
 
@@ -28,10 +29,55 @@ impl Default for ConnOptions {
 /// How long an idle pool may keep connections (Envoy's default upstream idle timeout is 1h).
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
 
+/// A cluster's `http2_protocol_options` for its HTTP/2 connections.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct H2Options {
+    /// `connection_keepalive`: a PING every `interval` (plus up to
+    /// `jitter` of it, drawn per connection), the connection closed when
+    /// no answer comes within `timeout`.
+    pub keepalive: Option<Keepalive>,
+    /// `initial_stream_window_size` (the SETTINGS initial window).
+    pub stream_window: Option<u32>,
+    /// `initial_connection_window_size`.
+    pub connection_window: Option<u32>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Keepalive {
+    pub interval: Duration,
+    pub timeout: Duration,
+    /// A share of `interval` (Envoy's default 15%).
+    pub jitter: f64,
+}
+
+impl Keepalive {
+    /// This connection's interval: `interval` plus a random share of the jitter.
+    pub fn jittered_interval(&self) -> Duration {
+        self.interval + self.interval.mul_f64(self.jitter * rand::random::<f64>())
+    }
+}
+
+impl H2Options {
+    fn compile(o: &Http2ProtocolOptions) -> Self {
+        let keepalive = o.connection_keepalive.as_ref().map(|k| Keepalive {
+            interval: k.interval.as_ref().map_or(Duration::ZERO, legate_api::duration::from_pb),
+            timeout: k.timeout.as_ref().map_or(Duration::ZERO, legate_api::duration::from_pb),
+            jitter: k.interval_jitter.as_ref().map_or(15.0, |p| p.value) / 100.0,
+        });
+        Self {
+            // Without an interval Envoy sends no PING on its own.
+            keepalive: keepalive.filter(|k| !k.interval.is_zero()),
+            stream_window: o.initial_stream_window_size.map(|v| v.value),
+            connection_window: o.initial_connection_window_size.map(|v| v.value),
+        }
+    }
+}
+
 /// How a cluster talks to its hosts.
 #[derive(Debug, Clone, Copy)]
 pub struct HttpProtocol {
     pub http2: bool,
+    pub h2: H2Options,
     pub conn_options: ConnOptions,
 }
 
@@ -41,6 +87,7 @@ impl HttpProtocol {
     #[allow(deprecated)]
     pub fn compile(c: &PbCluster) -> Result<Self, String> {
         let mut http2 = c.http2_protocol_options.is_some();
+        let mut h2 = c.http2_protocol_options.as_ref().map(H2Options::compile).unwrap_or_default();
         // The deprecated cluster-level fields first; the protocol options
         // extension, when present, wins.
         let mut common = c.common_http_protocol_options;
@@ -54,6 +101,9 @@ impl HttpProtocol {
                 Some(http_protocol_options::UpstreamProtocolOptions::ExplicitHttpConfig(e)) => {
                     use http_protocol_options::explicit_http_config::ProtocolConfig;
                     http2 = matches!(e.protocol_config, Some(ProtocolConfig::Http2ProtocolOptions(_)));
+                    if let Some(ProtocolConfig::Http2ProtocolOptions(o)) = &e.protocol_config {
+                        h2 = H2Options::compile(o);
+                    }
                 }
                 Some(_) => {
                     return Err("typed_extension_protocol_options: only explicit_http_config is supported".into())
@@ -79,6 +129,6 @@ impl HttpProtocol {
                     .filter(|t| !t.is_zero()),
             }
         };
-        Ok(Self { http2, conn_options })
+        Ok(Self { http2, h2, conn_options })
     }
 }

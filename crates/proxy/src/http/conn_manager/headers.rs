@@ -38,6 +38,9 @@ const EXTERNAL_STRIPPED: &[&str] = &[
 ];
 /// Headers a client may not set on an edge request (use_remote_address):
 /// Envoy strips them there and passes them on from internal hops.
+static X_ENVOY_DOWNSTREAM_SERVICE_CLUSTER: HeaderName = HeaderName::from_static("x-envoy-downstream-service-cluster");
+static X_ENVOY_DOWNSTREAM_SERVICE_NODE: HeaderName = HeaderName::from_static("x-envoy-downstream-service-node");
+
 const EDGE_STRIPPED: &[&str] = &[
     "x-envoy-decorator-operation",
     "x-envoy-downstream-service-cluster",
@@ -105,6 +108,15 @@ impl Hcm {
             }
         }
         self.set_forwarded_headers(h, &stream.conn, stream.client, edge);
+        if let Some((cluster, node)) = &self.add_user_agent {
+            h.insert(X_ENVOY_DOWNSTREAM_SERVICE_CLUSTER.clone(), cluster.clone());
+            if h.get(http::header::USER_AGENT).is_none_or(|v| v.is_empty()) {
+                h.insert(http::header::USER_AGENT, cluster.clone());
+            }
+            if !node.is_empty() {
+                h.insert(X_ENVOY_DOWNSTREAM_SERVICE_NODE.clone(), node.clone());
+            }
+        }
         self.set_request_id(h, edge);
         self.xfcc.apply(h, stream.conn.tls.as_deref());
     }

@@ -86,6 +86,16 @@ pub struct Hcm {
     pub allow_connect: bool,
     /// `tracing`, on the listener's `traffic_direction`.
     pub(in crate::http) tracing: Option<crate::trace::Tracing>,
+    /// `http_protocol_options.accept_http_10`: HTTP/1.0 requests are
+    /// served (else answered 426).
+    pub(in crate::http) accept_http_10: bool,
+    /// `http_protocol_options.default_host_for_http_10`: the host of an
+    /// HTTP/1.0 request that names none.
+    pub(in crate::http) default_host_for_http_10: Option<HeaderValue>,
+    /// `add_user_agent`: this proxy's cluster and node, which requests
+    /// carry on as the downstream service's (and as their user agent when
+    /// they name none).
+    add_user_agent: Option<(HeaderValue, HeaderValue)>,
 }
 
 pub type ProxyResponse = Response<TrackedBody>;
@@ -165,6 +175,22 @@ impl Hcm {
             upgrades,
             allow_connect: c.http2_protocol_options.as_ref().is_some_and(|o| o.allow_connect),
             tracing,
+            accept_http_10: c.http_protocol_options.as_ref().is_some_and(|o| o.accept_http_10),
+            add_user_agent: c
+                .add_user_agent
+                .is_some_and(|b| b.value)
+                .then(|| (ctx.local_cluster.clone(), ctx.local_node.clone())),
+            default_host_for_http_10: match c
+                .http_protocol_options
+                .as_ref()
+                .map(|o| o.default_host_for_http_10.as_str())
+            {
+                Some(h) if !h.is_empty() => Some(
+                    HeaderValue::from_str(h)
+                        .map_err(|_| "http_protocol_options.default_host_for_http_10: invalid host")?,
+                ),
+                _ => None,
+            },
         })
     }
 
@@ -189,6 +215,11 @@ impl Hcm {
     /// The `server` header value this HCM writes.
     pub fn server_name(&self) -> &str {
         self.server_name.to_str().unwrap_or("envoy")
+    }
+
+    /// `http_protocol_options.accept_http_10`.
+    pub fn accepts_http_10(&self) -> bool {
+        self.accept_http_10
     }
 
     pub fn rds_name(&self) -> Option<&str> {
@@ -236,8 +267,8 @@ fn compile_routes(c: &HttpConnectionManager, ctx: &CompileContext) -> Result<(Ro
             Arc::new(arc_swap::ArcSwapOption::from_pointee(table))
         }
         Some(RouteSpecifier::Rds(rds)) => {
-            if !rds.config_source.as_ref().is_some_and(crate::common::config_source::is_ads) {
-                return Err("rds.config_source: only ads is supported".into());
+            if !rds.config_source.as_ref().is_some_and(crate::common::config_source::is_dynamic) {
+                return Err("rds.config_source: only ads or a gRPC api_config_source is supported".into());
             }
             ctx.rds.slot(&rds.route_config_name, &c.stat_prefix)
         }

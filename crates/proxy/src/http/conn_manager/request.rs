@@ -19,13 +19,27 @@ impl Hcm {
     /// Serves one request, step by step; a step that answers ends it. Never
     /// fails: every error becomes Envoy's local reply.
     pub async fn handle(self: Arc<Self>, conn: Arc<ConnInfo>, req: Request<Incoming>) -> ProxyResponse {
+        // An HTTP/1.0 connection is used once unless the client asks to keep it.
+        let http_10_close = req.version() == Version::HTTP_10
+            && !req
+                .headers()
+                .get(http::header::CONNECTION)
+                .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"keep-alive"));
+        let mut resp = self.serve(conn, req).await;
+        if http_10_close {
+            resp.headers_mut().insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        resp
+    }
+
+    async fn serve(self: Arc<Self>, conn: Arc<ConnInfo>, req: Request<Incoming>) -> ProxyResponse {
         self.count_request(req.version());
         let (mut parts, body) = req.into_parts();
         let extended = read_extended_connect(&mut parts);
         let client = self.client_address(conn.remote, &parts.headers);
         let has_body = !http_body::Body::is_end_stream(&body);
         let stream = Stream::begin(self.clone(), conn, &parts, client, has_body);
-        let mut stream = step!(self.reject_malformed(stream, &parts));
+        let mut stream = step!(self.reject_malformed(stream, &mut parts));
         self.set_request_headers(&mut stream, &mut parts.headers);
         if self.always_set_request_id_in_response || parts.headers.contains_key(&crate::trace::X_ENVOY_FORCE_TRACE) {
             stream.response_request_id = parts.headers.get(&crate::trace::X_REQUEST_ID).cloned();
@@ -73,16 +87,22 @@ impl Hcm {
     }
 
     /// Protocol errors Envoy answers itself, closing the connection.
-    fn reject_malformed(&self, stream: Box<Stream>, parts: &Parts) -> Step<Box<Stream>> {
+    fn reject_malformed(&self, mut stream: Box<Stream>, parts: &mut Parts) -> Step<Box<Stream>> {
         let close = |mut r: ProxyResponse| {
             r.headers_mut().insert(http::header::CONNECTION, HeaderValue::from_static("close"));
             Break(r)
         };
         if parts.version == Version::HTTP_10 || parts.version == Version::HTTP_09 {
-            // http_protocol_options.accept_http_10 is off by default.
-            let mut r = self.local_reply(stream, 426, "low_version", "", Some("Upgrade Required".into()));
-            *r.version_mut() = Version::HTTP_11;
-            return close(r);
+            if !self.accept_http_10 {
+                let mut r = self.local_reply(stream, 426, "low_version", "", Some("Upgrade Required".into()));
+                *r.version_mut() = Version::HTTP_11;
+                return close(r);
+            }
+            // An HTTP/1.0 request without a host takes the configured one.
+            if let Some(host) = self.default_host_for_http_10.as_ref().filter(|_| stream.authority.is_empty()) {
+                stream.authority = host.to_str().unwrap_or_default().to_string();
+                parts.headers.insert(http::header::HOST, host.clone());
+            }
         }
         // Both content-length and transfer-encoding (request smuggling's
         // tool): Envoy refuses the request as a codec error.
@@ -91,7 +111,7 @@ impl Hcm {
             let details = "http1.content_length_and_chunked_not_allowed";
             return close(self.local_reply(stream, 400, details, "DPE", Some("Bad Request".into())));
         }
-        if parts.version == Version::HTTP_11 && stream.authority.is_empty() {
+        if parts.version != Version::HTTP_2 && stream.authority.is_empty() {
             return close(self.local_reply(stream, 400, "missing_host_header", "", None));
         }
         Continue(stream)

@@ -30,6 +30,8 @@ pub struct HcmStats {
     pub downstream_cx_upgrades_active: Arc<Gauge>,
     /// Upgrade requests refused with 403 on a route that does not allow them.
     pub downstream_rq_ws_on_non_ws_route: Arc<Counter>,
+    /// Streams ended by their route's `max_stream_duration`.
+    pub downstream_rq_max_duration_reached: Arc<Counter>,
 }
 
 impl HcmStats {
@@ -59,6 +61,7 @@ impl HcmStats {
             downstream_cx_upgrades_total: c("downstream_cx_upgrades_total"),
             downstream_cx_upgrades_active: store.gauge(&format!("{p}downstream_cx_upgrades_active")),
             downstream_rq_ws_on_non_ws_route: c("downstream_rq_ws_on_non_ws_route"),
+            downstream_rq_max_duration_reached: c("downstream_rq_max_duration_reached"),
         }
     }
 }

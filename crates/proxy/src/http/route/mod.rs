@@ -10,6 +10,7 @@ pub mod hash_policy;
 pub mod per_filter;
 pub mod rate_limit;
 pub mod rds;
+pub mod stream_timeouts;
 
 use crate::common::matcher::{compile_regex, compile_search_regex, HeaderMatch, Pseudo, StringMatch};
 use crate::http::header_mutation::HeaderMutations;
@@ -81,6 +82,8 @@ pub struct Route {
     case_sensitive: bool,
     headers: Vec<HeaderMatch>,
     query: Vec<QueryMatch>,
+    /// `match.grpc`: only gRPC requests (by their content type) match.
+    grpc: bool,
     pub action: Action,
     pub request_headers: HeaderMutations,
     pub response_headers: HeaderMutations,
@@ -142,6 +145,8 @@ pub struct RouteAction {
     pub auto_host_rewrite: bool,
     /// `None` disables the timeout (Envoy: `timeout: 0s`).
     pub timeout: Option<Duration>,
+    /// `max_stream_duration` and the deprecated gRPC timeouts.
+    pub stream_timeouts: stream_timeouts::StreamTimeouts,
     pub retry: Option<crate::http::router::retry::RetryPolicy>,
     /// `hash_policy`, for RING_HASH and MAGLEV clusters.
     pub hash_policy: Vec<hash_policy::HashPolicy>,
@@ -354,6 +359,7 @@ fn compile_route(r: &rpb::Route) -> Result<Route, String> {
         decorator,
         name: r.name.clone(),
         path,
+        grpc: m.grpc.is_some(),
         case_sensitive,
         headers,
         query,
@@ -430,6 +436,7 @@ fn compile_route_action(ra: &rpb::RouteAction) -> Result<RouteAction, String> {
         host_rewrite,
         auto_host_rewrite,
         timeout,
+        stream_timeouts: stream_timeouts::StreamTimeouts::compile(ra),
         retry: match &ra.retry_policy {
             Some(p) => {
                 Some(crate::http::router::retry::RetryPolicy::compile(p).map_err(|e| format!("retry_policy.{e}"))?)
@@ -551,6 +558,22 @@ fn compile_redirect(rd: &rpb::RedirectAction) -> Result<Redirect, String> {
     })
 }
 
+impl VirtualHost {
+    /// `require_tls`: a request that did not come over TLS (by its
+    /// `x-forwarded-proto`, which the connection manager has set) is
+    /// redirected, always (ALL) or unless it is internal (EXTERNAL_ONLY).
+    pub fn redirects_to_tls(&self, headers: &http::HeaderMap) -> bool {
+        use rpb::virtual_host::TlsRequirementType as Tls;
+        let secure = headers.get("x-forwarded-proto").is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"https"));
+        let internal = headers.get("x-envoy-internal").is_some_and(|v| v.as_bytes() == b"true");
+        match Tls::try_from(self.require_tls) {
+            Ok(Tls::All) => !secure,
+            Ok(Tls::ExternalOnly) => !secure && !internal,
+            _ => false,
+        }
+    }
+}
+
 impl Route {
     fn matches(&self, path_and_query: &str, headers: &http::HeaderMap, pseudo: &Pseudo<'_>) -> bool {
         // A CONNECT request has no path: only `connect_matcher` routes match
@@ -581,7 +604,9 @@ impl Route {
             }
             PathMatch::Connect => false,
         };
-        ok && self.headers.iter().all(|h| h.matches(headers, pseudo)) && self.query_matches(query)
+        ok && (!self.grpc || stream_timeouts::is_grpc(headers))
+            && self.headers.iter().all(|h| h.matches(headers, pseudo))
+            && self.query_matches(query)
     }
 
     fn query_matches(&self, query: Option<&str>) -> bool {

@@ -24,6 +24,19 @@ impl Hcm {
     ) -> Step<(Box<Stream>, Parts, Matched<'t>, &'t RouteAction)> {
         let st = &self.stats;
         st.rq_total.inc();
+        if let Some(vh) = table.and_then(|t| t.find_vhost(&stream.authority)) {
+            if vh.redirects_to_tls(&parts.headers) {
+                // Envoy's SSL redirect route: 301 to the same host and path
+                // over https, without the route levels' header mutations.
+                st.rq_direct_response.inc();
+                let location = format!("https://{}{}", stream.authority, stream.path);
+                let mut r = self.router_reply(stream, None, 301, "direct_response", "", None);
+                if let Ok(v) = http::HeaderValue::from_str(&location) {
+                    r.headers_mut().insert(http::header::LOCATION, v);
+                }
+                return Break(r);
+            }
+        }
         let (Some(table), Some((vh, route))) = (table, found) else {
             st.no_route.inc();
             return Break(self.local_reply(stream, 404, "route_not_found", "NR", None));

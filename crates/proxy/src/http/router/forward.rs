@@ -5,7 +5,7 @@
 
 use super::mirror;
 use super::retry::{send_with_retries, Attempts, RetryPolicy, X_ENVOY_ATTEMPT_COUNT};
-use super::timeout::TimedOut;
+use super::timeout::{TimedOut, Timers};
 use super::upstream_request::{Prepared, Target};
 use crate::body::{ProxyBody, TrackedBody, RESEND_BUFFER_LIMIT};
 use crate::http::conn_manager::headers::strip_hop_by_hop;
@@ -58,7 +58,8 @@ impl Hcm {
         let Some(prepared) = self.prepare_request(&stream, &mut parts, matched, ra, &cluster, &host) else {
             return Break(self.router_reply(stream, Some(matched), 400, "invalid_path", "", None));
         };
-        let Prepared { authority, new_path, route_timeout, retry } = prepared;
+        let Prepared { authority, new_path, route_timeout, retry, stream_limit, grpc_timeout_header } = prepared;
+        let stream_deadline = stream_limit.map(|d| tokio::time::Instant::from_std(stream.start + d));
         if stream.trace.is_some() {
             self.start_upstream_span(&mut stream, &mut parts.headers, &cluster.name);
         }
@@ -81,8 +82,10 @@ impl Hcm {
             route_timeout,
             count_header: vh.attempt_count_upstream,
             timeout_header: !self.suppress_envoy_headers(),
+            grpc_timeout_header,
         };
-        let (result, last_host, attempts) = match self.send(&mut stream, outgoing, &target, ra, attempts).await {
+        let sent = self.send(&mut stream, outgoing, &target, ra, attempts, stream_deadline).await;
+        let (result, last_host, attempts) = match sent {
             Ok(sent) => sent,
             Err(timed_out) => {
                 return Break(self.timed_out_reply(stream, timed_out, &target.cluster, matched, &target.request_done))
@@ -90,7 +93,7 @@ impl Hcm {
         };
         move_to_host(&mut stream, &target, last_host);
         match result {
-            Ok(resp) => Continue(self.upstream_response(stream, resp, matched, &target, attempts)),
+            Ok(resp) => Continue(self.upstream_response(stream, resp, matched, &target, (attempts, stream_deadline))),
             Err(e) => Break(self.upstream_failure_reply(stream, e, &target.cluster, matched, attempts)),
         }
     }
@@ -192,6 +195,7 @@ impl Hcm {
         target: &Target,
         ra: &RouteAction,
         attempts: Attempts,
+        stream_deadline: Option<tokio::time::Instant>,
     ) -> Result<Sent, TimedOut> {
         let Target { cluster, host, .. } = target;
         let route_timeout = attempts.route_timeout;
@@ -208,8 +212,9 @@ impl Hcm {
                 }
             }
         };
-        let max_stream = cluster.conn_options.max_stream_duration;
-        let waited = self.await_response(sent, ra, route_timeout, max_stream, &target.request_done).await;
+        let timers =
+            Timers { route: route_timeout, max_stream: cluster.conn_options.max_stream_duration, stream_deadline };
+        let waited = self.await_response(sent, ra, timers, &target.request_done).await;
         stream.rq_slot = slot;
         waited
     }
@@ -222,7 +227,7 @@ impl Hcm {
         upstream_resp: Response<Incoming>,
         matched: Matched<'_>,
         target: &Target,
-        attempts: u32,
+        (attempts, stream_deadline): (u32, Option<tokio::time::Instant>),
     ) -> ProxyResponse {
         let cs = &target.cluster.stats;
         self.charge_status(cs, upstream_resp.status().as_u16());
@@ -244,13 +249,18 @@ impl Hcm {
         // max_stream_duration.
         let max = target.cluster.conn_options.max_stream_duration;
         let started = target.started;
+        let cluster_deadline = max.map(|d| tokio::time::Instant::from_std(started + d));
+        // The earlier of the cluster's and the route's limits cuts the body.
+        let deadline = match (cluster_deadline, stream_deadline) {
+            (Some(c), Some(s)) if s < c => Some((s, self.stats.downstream_rq_max_duration_reached.clone())),
+            (Some(c), _) => Some((c, cs.upstream_rq_max_duration_reached.clone())),
+            (None, Some(s)) => Some((s, self.stats.downstream_rq_max_duration_reached.clone())),
+            (None, None) => None,
+        };
         resp.map(|b| {
             let body = TrackedBody::new(b, Some(stream));
-            match max {
-                Some(d) => body.with_deadline(
-                    tokio::time::Instant::from_std(started + d),
-                    cs.upstream_rq_max_duration_reached.clone(),
-                ),
+            match deadline {
+                Some((at, reached)) => body.with_deadline(at, reached),
                 None => body,
             }
         })

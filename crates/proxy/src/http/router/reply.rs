@@ -3,6 +3,7 @@
 //! timer that ran out (Envoy's `onUpstreamAbort`, `onResponseTimeout`).
 //! Each is a local reply with the route's response header mutations.
 
+use super::retry::X_ENVOY_ATTEMPT_COUNT;
 use super::timeout::TimedOut;
 use crate::body::RequestProgress;
 use crate::http::conn_manager::stream::Stream;
@@ -75,6 +76,12 @@ impl Hcm {
                 let details = "upstream_max_stream_duration_reached";
                 self.router_reply(stream, Some(matched), status, details, "UMSDR", body)
             }
+            TimedOut::StreamDuration => {
+                self.stats.downstream_rq_max_duration_reached.inc();
+                let status = if received { 504 } else { 408 };
+                let body = Some("downstream duration timeout".into());
+                self.local_reply(stream, status, "max_duration_timeout", "DT", body)
+            }
             TimedOut::StreamIdle => {
                 let status = if received { 504 } else { 408 };
                 self.local_reply(stream, status, "stream_idle_timeout", "SI", Some("stream timeout".into()))
@@ -93,8 +100,19 @@ impl Hcm {
         attempts: u32,
     ) -> ProxyResponse {
         let cs = &cluster.stats;
+        let (_, vh, _) = matched;
         match error {
             UpstreamError::Overflow => return self.overflow_reply(stream, cluster, matched),
+            // The last try's per-try timeout: Envoy's 504 "upstream request timeout".
+            UpstreamError::PerTryTimeout => {
+                self.charge_status(cs, 504);
+                let body = Some("upstream request timeout".into());
+                let mut r = self.router_reply(stream, Some(matched), 504, "upstream_per_try_timeout", "UT", body);
+                if vh.attempt_count_response {
+                    r.headers_mut().insert(X_ENVOY_ATTEMPT_COUNT.clone(), HeaderValue::from(attempts));
+                }
+                return r;
+            }
             // max_connection_pools: Envoy has no pool for the host and
             // answers as when no host is healthy.
             UpstreamError::PoolOverflow => return self.no_healthy_upstream_reply(stream, cluster, matched),
@@ -113,6 +131,12 @@ impl Hcm {
         if attempts > 1 {
             body = body.replacen("reset reason:", "retried and the latest reset reason:", 1);
         }
-        self.router_reply(stream, Some(matched), 503, details, error.response_flag(), Some(body))
+        let mut r = self.router_reply(stream, Some(matched), 503, details, error.response_flag(), Some(body));
+        // Envoy's local reply after an upstream failure says how many tries
+        // there were, when the virtual host asks for it.
+        if vh.attempt_count_response {
+            r.headers_mut().insert(X_ENVOY_ATTEMPT_COUNT.clone(), HeaderValue::from(attempts));
+        }
+        r
     }
 }

@@ -295,6 +295,8 @@ pub(super) struct Attempts {
     pub(super) count_header: bool,
     /// Set `x-envoy-expected-rq-timeout-ms` (unless the router suppresses it).
     pub(super) timeout_header: bool,
+    /// Set the expected timeout in `grpc-timeout` too (`max_grpc_timeout`).
+    pub(super) grpc_timeout_header: bool,
 }
 
 /// Sends with the route's retry policy: on a retriable response or failure,
@@ -323,7 +325,10 @@ pub(super) async fn send_with_retries(
         *req.headers_mut() = parts.headers.clone();
         let sent = crate::upstream::pool::send(&cluster, &host, req, rq_slot);
         let result = match policy.per_try_timeout {
-            Some(t) => tokio::time::timeout(t, sent).await.unwrap_or(Err(UpstreamError::PerTryTimeout)),
+            Some(t) => tokio::time::timeout(t, sent).await.unwrap_or_else(|_| {
+                cluster.stats.upstream_rq_per_try_timeout.inc();
+                Err(UpstreamError::PerTryTimeout)
+            }),
             None => sent.await,
         };
         let retriable = match &result {
@@ -358,6 +363,9 @@ pub(super) async fn send_with_retries(
         if let Some(ms) = expected_timeout_ms(route_timeout, policy.per_try_timeout, started.elapsed()) {
             if attempts.timeout_header {
                 parts.headers.insert(X_ENVOY_EXPECTED_TIMEOUT.clone(), HeaderValue::from(ms));
+            }
+            if attempts.grpc_timeout_header {
+                crate::http::route::stream_timeouts::set_grpc_timeout(&mut parts.headers, Duration::from_millis(ms));
             }
         }
         host = next_host(&cluster, &policy, &tried, host);

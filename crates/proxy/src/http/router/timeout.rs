@@ -1,6 +1,7 @@
 //! Waiting for the upstream's response headers under the timers that may
 //! end the wait first: the route timeout, the connection manager's request
-//! timeout, the stream idle timeout and the cluster's max stream duration.
+//! timeout, the stream idle timeout, the cluster's max stream duration and
+//! the stream's duration limit under the route's `max_stream_duration`.
 
 use crate::body::RequestProgress;
 use crate::http::conn_manager::Hcm;
@@ -20,6 +21,19 @@ pub(super) enum TimedOut {
     StreamIdle,
     /// The cluster's `max_stream_duration` passed before the response.
     MaxDuration,
+    /// The stream's limit under the route's `max_stream_duration` passed.
+    StreamDuration,
+}
+
+/// The timers a wait for response headers runs under, besides the
+/// connection manager's own.
+pub(super) struct Timers {
+    /// The route timeout (`None`: off).
+    pub(super) route: Option<Duration>,
+    /// The cluster's `max_stream_duration`.
+    pub(super) max_stream: Option<Duration>,
+    /// When the stream's own duration limit passes.
+    pub(super) stream_deadline: Option<tokio::time::Instant>,
 }
 
 impl Hcm {
@@ -31,17 +45,18 @@ impl Hcm {
         &self,
         fut: F,
         ra: &RouteAction,
-        route_timeout: Option<Duration>,
-        max_stream: Option<Duration>,
+        timers: Timers,
         request_done: &RequestProgress,
     ) -> Result<F::Output, TimedOut> {
+        let Timers { route: route_timeout, max_stream, stream_deadline } = timers;
         let idle_timeout = ra.idle_timeout.unwrap_or(self.stream_idle_timeout);
         let far = Duration::from_secs(365 * 24 * 3600);
         let route = tokio::time::sleep(route_timeout.unwrap_or(far));
         let request = tokio::time::sleep(self.request_timeout.unwrap_or(far));
         let idle = tokio::time::sleep(idle_timeout.unwrap_or(far));
         let max = tokio::time::sleep(max_stream.unwrap_or(far));
-        tokio::pin!(fut, route, request, idle, max);
+        let limit = tokio::time::sleep_until(stream_deadline.unwrap_or_else(|| tokio::time::Instant::now() + far));
+        tokio::pin!(fut, route, request, idle, max, limit);
         loop {
             tokio::select! {
                 r = &mut fut => return Ok(r),
@@ -54,6 +69,7 @@ impl Hcm {
                 }
                 _ = &mut idle, if idle_timeout.is_some() => return Err(TimedOut::StreamIdle),
                 _ = &mut max, if max_stream.is_some() => return Err(TimedOut::MaxDuration),
+                _ = &mut limit, if stream_deadline.is_some() => return Err(TimedOut::StreamDuration),
             }
         }
     }

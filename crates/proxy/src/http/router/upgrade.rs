@@ -122,7 +122,10 @@ impl Hcm {
         let request_done = RequestProgress::whole(0);
         let mut slot = Held::default();
         let sent = crate::upstream::pool::send_upgrade(cluster, &target.host, req, &mut slot);
-        let waited = self.await_response(sent, ra, ra.timeout, None, &request_done).await;
+        // An upgrade is no gRPC request: only `max_stream_duration` turns the route timeout off.
+        let route = ra.stream_timeouts.route_timeout(ra.timeout, &http::HeaderMap::new(), false);
+        let timers = super::timeout::Timers { route, max_stream: None, stream_deadline: None };
+        let waited = self.await_response(sent, ra, timers, &request_done).await;
         stream.rq_slot = slot;
         let cs = &cluster.stats;
         let (upstream_resp, guard) = match waited {

@@ -11,10 +11,10 @@ use crate::body::RequestProgress;
 use crate::http::conn_manager::headers::{apply_levels, strip_hop_by_hop};
 use crate::http::conn_manager::stream::Stream;
 use crate::http::conn_manager::{Hcm, Matched};
-use crate::http::route::RouteAction;
+use crate::http::route::{stream_timeouts, RouteAction};
 use crate::upstream::cluster::Cluster;
 use crate::upstream::host::Host;
-use http::header::{HeaderName, HeaderValue, HOST};
+use http::header::{HeaderName, HeaderValue, EXPECT, HOST};
 use http::request::Parts;
 use http::HeaderMap;
 use std::borrow::Cow;
@@ -35,6 +35,10 @@ pub(super) struct Prepared<'r> {
     pub(super) new_path: Option<String>,
     pub(super) route_timeout: Option<Duration>,
     pub(super) retry: Option<Cow<'r, RetryPolicy>>,
+    /// The stream's duration limit under the route's `max_stream_duration`.
+    pub(super) stream_limit: Option<Duration>,
+    /// The route writes each attempt's expected timeout into `grpc-timeout`.
+    pub(super) grpc_timeout_header: bool,
 }
 
 /// Where one request goes upstream, from the moment it is counted there.
@@ -63,6 +67,11 @@ impl Hcm {
     ) -> Option<Prepared<'r>> {
         let (table, vh, route) = matched;
         strip_hop_by_hop(&mut parts.headers);
+        // `Expect: 100-continue` is the proxy's to answer (hyper sends the
+        // 100 as the body is first read), not the upstream's: Envoy drops it.
+        if parts.headers.get(EXPECT).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue")) {
+            parts.headers.remove(EXPECT);
+        }
         let new_path = route.rewrite_path(ra, &stream.path);
         if new_path.is_some() {
             if let Ok(v) = HeaderValue::from_str(&stream.path) {
@@ -73,15 +82,24 @@ impl Hcm {
         if vh.attempt_count_upstream {
             parts.headers.insert(X_ENVOY_ATTEMPT_COUNT.clone(), HeaderValue::from_static("1"));
         }
+        let timeouts = &ra.stream_timeouts;
+        let grpc = stream_timeouts::is_grpc(&parts.headers);
+        let stream_limit = timeouts.stream_limit(&parts.headers);
+        timeouts.set_stream_grpc_timeout(&mut parts.headers, stream_limit, grpc);
+        let configured = timeouts.route_timeout(ra.timeout, &parts.headers, grpc);
         let (route_timeout, retry) = if stream.internal {
-            internal_overrides(&mut parts.headers, ra)
+            internal_overrides(&mut parts.headers, configured, ra)
         } else {
-            (ra.timeout, ra.retry.as_ref().map(Cow::Borrowed))
+            (configured, ra.retry.as_ref().map(Cow::Borrowed))
         };
         let per_try = retry.as_ref().and_then(|p| p.per_try_timeout);
+        let grpc_timeout_header = timeouts.rewrites_grpc_timeout(grpc);
         if let Some(ms) = expected_timeout_ms(route_timeout, per_try, Duration::ZERO) {
             if !self.suppress_envoy_headers() {
                 parts.headers.insert(X_ENVOY_EXPECTED_TIMEOUT.clone(), HeaderValue::from(ms));
+            }
+            if grpc_timeout_header {
+                stream_timeouts::set_grpc_timeout(&mut parts.headers, Duration::from_millis(ms));
             }
         }
         {
@@ -96,7 +114,7 @@ impl Hcm {
         if !set_uri(parts, cluster.http2, &authority, upstream_path) {
             return None;
         }
-        Some(Prepared { authority, new_path, route_timeout, retry })
+        Some(Prepared { authority, new_path, route_timeout, retry, stream_limit, grpc_timeout_header })
     }
 }
 
@@ -133,9 +151,10 @@ fn format_port(host: &Host) -> String {
 /// consumes them.
 fn internal_overrides<'r>(
     headers: &mut HeaderMap,
+    configured: Option<Duration>,
     ra: &'r RouteAction,
 ) -> (Option<Duration>, Option<Cow<'r, RetryPolicy>>) {
-    let mut route_timeout = ra.timeout;
+    let mut route_timeout = configured;
     let mut retry_policy = ra.retry.as_ref().map(Cow::Borrowed);
     let ms = |h: &HeaderName| headers.get(h).and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok());
     if let Some(ms) = ms(&X_ENVOY_UPSTREAM_RQ_TIMEOUT) {

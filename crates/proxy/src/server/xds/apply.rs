@@ -43,6 +43,7 @@ impl Dynamic {
                 return Err(format!("cluster '{}': a static cluster of that name exists", c.name));
             }
             check(&c, &c.name)?;
+            foreign_sources(&c, &self.servers).map_err(|e| format!("{}: {e}", c.name))?;
             let reuse = self.clusters.get(&c.name).filter(|old| **old == c).and_then(|_| old_map.get(&c.name));
             let cluster = match reuse {
                 Some(existing) => existing.clone(),
@@ -201,6 +202,7 @@ impl Dynamic {
         let mut compiled = Vec::new();
         for l in &listeners {
             check(l, &l.name)?;
+            foreign_sources(l, &self.servers).map_err(|e| format!("{}: {e}", l.name))?;
             if self.listeners.get(&l.name) == Some(l) {
                 continue;
             }

@@ -19,7 +19,7 @@ pub(super) async fn delta_session(
     d: &mut Dynamic,
     connected: &crate::stats::Gauge,
 ) -> Result<(), String> {
-    let mut client = connect(target).await?;
+    let mut conn = Conn::open(cfg, target).await?;
     let (tx, rx) = mpsc::unbounded_channel::<DeltaDiscoveryRequest>();
     let node = node(shared);
     let mut first = true;
@@ -32,11 +32,16 @@ pub(super) async fn delta_session(
         let _ = tx.send(req);
     };
     initial_requests(&mut send, shared, cfg, d);
-    let mut responses = client
-        .delta_aggregated_resources(tokio_stream::wrappers::UnboundedReceiverStream::new(rx))
-        .await
-        .map_err(|e| format!("stream: {e}"))?
-        .into_inner();
+    let mut responses: Incoming<DeltaDiscoveryResponse> = match &mut conn {
+        Conn::Ads(client) => Box::pin(
+            client
+                .delta_aggregated_resources(tokio_stream::wrappers::UnboundedReceiverStream::new(rx))
+                .await
+                .map_err(|e| format!("stream: {e}"))?
+                .into_inner(),
+        ),
+        Conn::PerType(channel) => Box::pin(super::per_type::delta(channel.clone(), rx, super::node(shared))),
+    };
     connected.set(1);
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     loop {

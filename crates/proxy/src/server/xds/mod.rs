@@ -9,17 +9,22 @@
 
 mod apply;
 mod delta;
+mod per_type;
 mod sotw;
 
 use delta::delta_session;
 use sotw::sotw_session;
 
+use crate::common::config_source::grpc_source;
 use crate::listener::ListenerConfig;
 use crate::server::instance::Shared;
 use crate::upstream::cluster::Cluster;
+use legate_api::pb::envoy::config::bootstrap::v3::bootstrap::DynamicResources;
 use legate_api::pb::envoy::config::bootstrap::v3::Bootstrap;
 use legate_api::pb::envoy::config::cluster::v3::Cluster as PbCluster;
-use legate_api::pb::envoy::config::core::v3::{api_config_source::ApiType, grpc_service::TargetSpecifier, Node};
+use legate_api::pb::envoy::config::core::v3::{
+    api_config_source::ApiType, config_source::ConfigSourceSpecifier, ApiConfigSource, ConfigSource, Node,
+};
 use legate_api::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use legate_api::pb::envoy::config::listener::v3::Listener as PbListener;
 use legate_api::pb::envoy::config::route::v3::RouteConfiguration;
@@ -41,6 +46,9 @@ pub const SDS: &str = crate::tls::sds::SECRET_TYPE;
 #[derive(Debug, Clone)]
 pub struct AdsConfig {
     pub delta: bool,
+    /// One aggregated stream (ADS), or one stream per type on the
+    /// per-type services (`api_config_source` in `cds_config`, `lds_config`).
+    pub aggregated: bool,
     /// The first management server's cluster.
     pub cluster: String,
     /// Every listed management server's cluster (`grpc_services` in order,
@@ -55,52 +63,107 @@ pub struct AdsConfig {
 /// Reads `dynamic_resources` from the bootstrap. `None` when there is none.
 pub fn ads_config(b: &Bootstrap) -> Result<Option<AdsConfig>, String> {
     let Some(dr) = &b.dynamic_resources else { return Ok(None) };
-    let Some(ads) = &dr.ads_config else {
-        if dr.cds_config.is_some() || dr.lds_config.is_some() {
-            return Err("dynamic_resources: only ads_config (ADS) is supported".into());
-        }
-        return Ok(None);
-    };
-    let delta = match ApiType::try_from(ads.api_type) {
-        Ok(ApiType::Grpc) | Ok(ApiType::AggregatedGrpc) => false,
-        Ok(ApiType::DeltaGrpc) | Ok(ApiType::AggregatedDeltaGrpc) => true,
-        _ => return Err("dynamic_resources.ads_config.api_type: only GRPC and DELTA_GRPC are supported".into()),
-    };
-    let mut clusters = Vec::with_capacity(ads.grpc_services.len());
-    for (i, g) in ads.grpc_services.iter().enumerate() {
-        match g.target_specifier.as_ref() {
-            Some(TargetSpecifier::EnvoyGrpc(e)) if !e.cluster_name.is_empty() => clusters.push(e.cluster_name.clone()),
-            _ => {
-                return Err(format!(
-                    "dynamic_resources.ads_config.grpc_services[{i}]: envoy_grpc with a cluster_name is required"
-                ))
-            }
-        }
-    }
-    let Some(cluster) = clusters.first().cloned() else {
-        return Err("dynamic_resources.ads_config.grpc_services[0]: envoy_grpc with a cluster_name is required".into());
-    };
-    let check =
-        |cs: &Option<legate_api::pb::envoy::config::core::v3::ConfigSource>, what: &str| -> Result<bool, String> {
-            match cs {
-                None => Ok(false),
-                Some(cs) if crate::common::config_source::is_ads(cs) => Ok(true),
-                Some(_) => Err(format!("dynamic_resources.{what}: only ads is supported")),
-            }
-        };
     let initial_fetch_timeout = dr
         .cds_config
         .as_ref()
         .and_then(|c| c.initial_fetch_timeout.as_ref())
         .map_or(Duration::from_secs(15), legate_api::duration::from_pb);
-    Ok(Some(AdsConfig {
-        delta,
-        cluster,
-        clusters,
-        cds: check(&dr.cds_config, "cds_config")?,
-        lds: check(&dr.lds_config, "lds_config")?,
-        initial_fetch_timeout,
-    }))
+    let cfg = match &dr.ads_config {
+        Some(ads) => {
+            let delta = match ApiType::try_from(ads.api_type) {
+                Ok(ApiType::Grpc) | Ok(ApiType::AggregatedGrpc) => false,
+                Ok(ApiType::DeltaGrpc) | Ok(ApiType::AggregatedDeltaGrpc) => true,
+                _ => return Err("dynamic_resources.ads_config.api_type: only GRPC and DELTA_GRPC are supported".into()),
+            };
+            let (_, clusters) = grpc_source(&ApiConfigSource { api_type: ApiType::Grpc as i32, ..ads.clone() })
+                .map_err(|e| format!("dynamic_resources.ads_config.{e}"))?;
+            let cds = source(&dr.cds_config, "cds_config", &clusters, delta)?;
+            let lds = source(&dr.lds_config, "lds_config", &clusters, delta)?;
+            AdsConfig {
+                delta,
+                aggregated: true,
+                cluster: clusters[0].clone(),
+                clusters,
+                cds,
+                lds,
+                initial_fetch_timeout,
+            }
+        }
+        None => {
+            // One stream per type: the sources must name the same servers.
+            let Some((delta, clusters)) = per_type_server(dr)? else { return Ok(None) };
+            let cds = source(&dr.cds_config, "cds_config", &clusters, delta)?;
+            let lds = source(&dr.lds_config, "lds_config", &clusters, delta)?;
+            AdsConfig {
+                delta,
+                aggregated: false,
+                cluster: clusters[0].clone(),
+                clusters,
+                cds,
+                lds,
+                initial_fetch_timeout,
+            }
+        }
+    };
+    // Config sources in the static resources follow the same server.
+    if let Some(statics) = &b.static_resources {
+        for c in &statics.clusters {
+            foreign_sources(c, &cfg.clusters).map_err(|e| format!("static_resources.clusters '{}': {e}", c.name))?;
+        }
+        for l in &statics.listeners {
+            foreign_sources(l, &cfg.clusters).map_err(|e| format!("static_resources.listeners '{}': {e}", l.name))?;
+        }
+    }
+    Ok(Some(cfg))
+}
+
+/// The delta flag and servers of the bootstrap's per-type sources (CDS
+/// first, then LDS), when there is one.
+fn per_type_server(dr: &DynamicResources) -> Result<Option<(bool, Vec<String>)>, String> {
+    for (cs, what) in [(&dr.cds_config, "cds_config"), (&dr.lds_config, "lds_config")] {
+        match cs.as_ref().map(|c| &c.config_source_specifier) {
+            Some(Some(ConfigSourceSpecifier::ApiConfigSource(a))) => {
+                return grpc_source(a).map(Some).map_err(|e| format!("dynamic_resources.{what}.api_config_source.{e}"))
+            }
+            Some(_) => return Err(format!("dynamic_resources.{what}: ads without ads_config")),
+            None => {}
+        }
+    }
+    Ok(None)
+}
+
+/// Whether the type is followed: a config source must be ADS (with
+/// `ads_config`) or a gRPC `api_config_source` on the same servers, of the
+/// same kind (delta or not).
+fn source(cs: &Option<ConfigSource>, what: &str, clusters: &[String], delta: bool) -> Result<bool, String> {
+    match cs.as_ref().map(|c| &c.config_source_specifier) {
+        None => Ok(false),
+        Some(Some(ConfigSourceSpecifier::Ads(_))) => Ok(true),
+        Some(Some(ConfigSourceSpecifier::ApiConfigSource(a))) => {
+            let (d, cs) = grpc_source(a).map_err(|e| format!("dynamic_resources.{what}.api_config_source.{e}"))?;
+            if cs != clusters || d != delta {
+                return Err(format!(
+                    "dynamic_resources.{what}: config sources on other management servers (or of another api_type) are not implemented by Legate"
+                ));
+            }
+            Ok(true)
+        }
+        Some(_) => Err(format!("dynamic_resources.{what}: only ads or a gRPC api_config_source is supported")),
+    }
+}
+
+/// Refuses a resource whose `api_config_source`s name a management server
+/// other than the one Legate follows.
+pub(super) fn foreign_sources<T: Message + prost::Name>(msg: &T, clusters: &[String]) -> Result<(), String> {
+    let Some(dynamic) = legate_api::load::to_dynamic(msg) else { return Ok(()) };
+    for (path, cluster) in legate_api::walk::api_config_clusters(&dynamic) {
+        if !clusters.contains(&cluster) {
+            return Err(format!(
+                "{path}: a config source on cluster '{cluster}', not the management server's, is not implemented by Legate"
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The dynamic config the proxy holds (survives reconnects).
@@ -120,12 +183,14 @@ struct Dynamic {
     delta_versions: HashMap<&'static str, BTreeMap<String, String>>,
     /// Named subscriptions last sent.
     subscribed: HashMap<&'static str, BTreeSet<String>>,
+    /// The management servers' clusters: resources may name no other.
+    servers: Vec<String>,
 }
 
 /// Runs the client forever: connect, stream, and reconnect with backoff.
 pub async fn run(shared: Arc<Shared>, cfg: AdsConfig) {
     let connected = shared.store.gauge("control_plane.connected_state");
-    let mut dynamic = Dynamic::default();
+    let mut dynamic = Dynamic { servers: cfg.clusters.clone(), ..Dynamic::default() };
     let mut backoff = Duration::from_millis(500);
     // Which of the listed management servers to try next.
     let mut next = 0usize;
@@ -190,9 +255,26 @@ impl Target {
     }
 }
 
-async fn connect(target: &Target) -> Result<AggregatedDiscoveryServiceClient<tonic::transport::Channel>, String> {
-    Ok(AggregatedDiscoveryServiceClient::new(channel(target).await?).max_decoding_message_size(64 << 20))
+/// The connection a session streams on: the ADS client, or the channel
+/// the per-type streams share.
+enum Conn {
+    Ads(AggregatedDiscoveryServiceClient<tonic::transport::Channel>),
+    PerType(tonic::transport::Channel),
 }
+
+impl Conn {
+    async fn open(cfg: &AdsConfig, target: &Target) -> Result<Conn, String> {
+        let ch = channel(target).await?;
+        Ok(if cfg.aggregated {
+            Conn::Ads(AggregatedDiscoveryServiceClient::new(ch).max_decoding_message_size(64 << 20))
+        } else {
+            Conn::PerType(ch)
+        })
+    }
+}
+
+/// A session's responses, from one stream or merged from several.
+type Incoming<T> = std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<T, tonic::Status>> + Send>>;
 
 /// A gRPC channel to a host of a gRPC client cluster (a management server,
 /// a metrics or load-report sink): plaintext HTTP/2, or over TLS when the
@@ -266,17 +348,17 @@ fn named_subscriptions(shared: &Shared, d: &Dynamic) -> [(&'static str, BTreeSet
 /// warming clusters and listeners whose wait is over are activated and
 /// `None` comes back.
 async fn next_response<T>(
-    responses: &mut tonic::Streaming<T>,
+    responses: &mut Incoming<T>,
     tick: &mut tokio::time::Interval,
     shared: &Shared,
     cfg: &AdsConfig,
     d: &mut Dynamic,
 ) -> Result<Option<T>, String> {
     tokio::select! {
-        r = responses.message() => match r {
-            Ok(Some(r)) => Ok(Some(r)),
-            Ok(None) => Err("closed by the server".into()),
-            Err(e) => Err(e.to_string()),
+        r = tokio_stream::StreamExt::next(responses) => match r {
+            Some(Ok(r)) => Ok(Some(r)),
+            None => Err("closed by the server".into()),
+            Some(Err(e)) => Err(e.to_string()),
         },
         _ = tick.tick() => {
             d.activate_clusters(shared, Some(cfg.initial_fetch_timeout));

@@ -2,7 +2,7 @@
 //! set (or the named resources asked for); the ACK repeats its version.
 
 use crate::server::instance::Shared;
-use legate_api::pb::envoy::service::discovery::v3::DiscoveryRequest;
+use legate_api::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
 use legate_api::pb::google::rpc::Status as RpcStatus;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -18,7 +18,7 @@ pub(super) async fn sotw_session(
     d: &mut Dynamic,
     connected: &crate::stats::Gauge,
 ) -> Result<(), String> {
-    let mut client = connect(target).await?;
+    let mut conn = Conn::open(cfg, target).await?;
     let (tx, rx) = mpsc::unbounded_channel::<DiscoveryRequest>();
     let node = node(shared);
     let mut first = true;
@@ -48,11 +48,16 @@ pub(super) async fn sotw_session(
             send(ty, d.versions.get(ty).cloned().unwrap_or_default(), String::new(), names.into_iter().collect(), None);
         }
     }
-    let mut responses = client
-        .stream_aggregated_resources(tokio_stream::wrappers::UnboundedReceiverStream::new(rx))
-        .await
-        .map_err(|e| format!("stream: {e}"))?
-        .into_inner();
+    let mut responses: Incoming<DiscoveryResponse> = match &mut conn {
+        Conn::Ads(client) => Box::pin(
+            client
+                .stream_aggregated_resources(tokio_stream::wrappers::UnboundedReceiverStream::new(rx))
+                .await
+                .map_err(|e| format!("stream: {e}"))?
+                .into_inner(),
+        ),
+        Conn::PerType(channel) => Box::pin(super::per_type::sotw(channel.clone(), rx, super::node(shared))),
+    };
     connected.set(1);
     let mut nonces: HashMap<&'static str, String> = HashMap::new();
     let mut tick = tokio::time::interval(Duration::from_millis(500));

@@ -1,0 +1,86 @@
+//! Fields Legate learnt for the configs people run (see the breadth test in
+//! the CLI's end-to-end tests), by message. They join the main table's
+//! fields for the same message; a message whose place narrows it (see
+//! `NARROWED` in the main table) honours only what is listed there.
+
+/// Extension types learnt for real-world configs.
+pub(super) const EXTENSIONS: &[&str] = &[];
+
+const FIELDS: &[(&str, &[&str])] = &[
+    // A route's stream duration, and the deprecated gRPC timeouts it replaces.
+    ("envoy.config.route.v3.RouteAction", &["max_stream_duration", "max_grpc_timeout", "grpc_timeout_offset"]),
+    (
+        "envoy.config.route.v3.RouteAction.MaxStreamDuration",
+        &["max_stream_duration", "grpc_timeout_header_max", "grpc_timeout_header_offset"],
+    ),
+    // A cluster's HTTP/2 connections: PINGs and flow-control windows (a
+    // connection manager's are narrowed in the main table).
+    (
+        "envoy.config.core.v3.Http2ProtocolOptions",
+        &["connection_keepalive", "initial_stream_window_size", "initial_connection_window_size"],
+    ),
+    ("envoy.config.core.v3.KeepaliveSettings", &["interval", "timeout", "interval_jitter"]),
+    // TCP keepalive on upstream connections.
+    ("envoy.config.cluster.v3.Cluster", &["upstream_connection_options"]),
+    ("envoy.config.cluster.v3.UpstreamConnectionOptions", &["tcp_keepalive"]),
+    ("envoy.config.core.v3.TcpKeepalive", &["keepalive_probes", "keepalive_time", "keepalive_interval"]),
+    // Which stats exist.
+    ("envoy.config.bootstrap.v3.Bootstrap", &["stats_config"]),
+    ("envoy.config.metrics.v3.StatsConfig", &["stats_matcher"]),
+    ("envoy.config.metrics.v3.StatsMatcher", &["reject_all", "exclusion_list", "inclusion_list"]),
+    ("envoy.type.matcher.v3.ListStringMatcher", &["patterns"]),
+    // xDS without ADS: a gRPC stream per type to the management server.
+    ("envoy.config.core.v3.ConfigSource", &["api_config_source"]),
+    // HTTP/1.0 clients of a connection manager; the downstream service's
+    // headers it adds.
+    (
+        "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+        &["http_protocol_options", "add_user_agent"],
+    ),
+    // Which streams an access logger writes (runtime keys have no runtime
+    // to read in Legate: their defaults hold).
+    ("envoy.config.accesslog.v3.AccessLog", &["filter"]),
+    (
+        "envoy.config.accesslog.v3.AccessLogFilter",
+        &["status_code_filter", "duration_filter", "response_flag_filter", "header_filter", "and_filter", "or_filter"],
+    ),
+    ("envoy.config.accesslog.v3.StatusCodeFilter", &["comparison"]),
+    ("envoy.config.accesslog.v3.DurationFilter", &["comparison"]),
+    ("envoy.config.accesslog.v3.ComparisonFilter", &["op", "value"]),
+    ("envoy.config.core.v3.RuntimeUInt32", &["default_value", "runtime_key"]),
+    ("envoy.config.accesslog.v3.ResponseFlagFilter", &["flags"]),
+    ("envoy.config.accesslog.v3.HeaderFilter", &["header"]),
+    ("envoy.config.accesslog.v3.AndFilter", &["filters"]),
+    ("envoy.config.accesslog.v3.OrFilter", &["filters"]),
+    // Virtual hosts that redirect plain HTTP to https.
+    ("envoy.config.route.v3.VirtualHost", &["require_tls"]),
+    // Routes for gRPC requests only.
+    ("envoy.config.route.v3.RouteMatch", &["grpc"]),
+    ("envoy.config.route.v3.RouteMatch.GrpcRouteMatchOptions", &[]),
+];
+
+/// Enum values refused in a field learnt here: (message, field, values, reason).
+pub(super) const UNSUPPORTED_VALUES: &[(&str, &str, &[i32], &str)] = &[(
+    "envoy.config.core.v3.ApiConfigSource",
+    "api_type",
+    &[1],
+    "REST config sources (api_type REST) are not implemented by Legate",
+)];
+
+/// Shared messages honoured only in part where they are: (parent message,
+/// its field, the fields honoured there).
+const NARROWED: &[(&str, &str, &[&str])] = &[(
+    "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+    "http_protocol_options",
+    &["accept_http_10", "default_host_for_http_10"],
+)];
+
+/// The fields honoured in `parent.field` when this table narrows it.
+pub(super) fn narrowed(parent: &str, field: &str) -> Option<&'static [&'static str]> {
+    NARROWED.iter().find(|(m, f, _)| *m == parent && *f == field).map(|(_, _, fields)| *fields)
+}
+
+/// The fields of `message` learnt here (none when it is not listed).
+pub(super) fn fields(message: &str) -> &'static [&'static str] {
+    FIELDS.iter().find(|(m, _)| *m == message).map_or(&[], |(_, f)| f)
+}
