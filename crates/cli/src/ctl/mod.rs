@@ -185,21 +185,7 @@ pub fn run(args: CtlArgs) -> anyhow::Result<()> {
     let out = args.output.as_str();
     let base = &api.base;
     match args.command {
-        CtlCommand::Apply { file, message, dry_run, stage } => {
-            let mut body = json!({"text": read_input(&file)?, "message": message, "dry_run": dry_run});
-            if let Some(r) = stage.body() {
-                body["rollout"] = r;
-            }
-            let v = api.call("POST", &format!("{base}/v1/apply"), Some(body))?;
-            if v["rollout"].is_object() {
-                if out == "table" {
-                    print!("{}", render::applied(&v, dry_run));
-                }
-                // Waits for the outcome; json and yaml print the rollout's record.
-                return rollout::follow(&api, out, &v, stage.no_wait);
-            }
-            print(out, &v, |v| render::applied(v, dry_run))
-        }
+        CtlCommand::Apply { file, message, dry_run, stage } => apply(&api, out, &file, message, dry_run, stage),
         CtlCommand::Get { kind, name, resource, node, cluster } if kind == "envoy" => {
             let Some(envoy_kind) = name else { bail!("usage: legate ctl get envoy KIND [NAME] --node ID") };
             let mut url = format!("{base}/v1/envoy/{envoy_kind}?");
@@ -282,6 +268,31 @@ pub fn run(args: CtlArgs) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// `legate ctl apply`: one revision, or a staged rollout followed to its end.
+fn apply(
+    api: &Api,
+    out: &str,
+    file: &str,
+    message: String,
+    dry_run: bool,
+    stage: rollout::StageArgs,
+) -> anyhow::Result<()> {
+    let base = &api.base;
+    let mut body = json!({"text": read_input(file)?, "message": message, "dry_run": dry_run});
+    if let Some(r) = stage.body() {
+        body["rollout"] = r;
+    }
+    let v = api.call("POST", &format!("{base}/v1/apply"), Some(body))?;
+    if v["rollout"].is_object() {
+        if out == "table" {
+            print!("{}", render::applied(&v, dry_run));
+        }
+        // Waits for the outcome; json and yaml print the rollout's record.
+        return rollout::follow(api, out, &v, stage.no_wait);
+    }
+    print(out, &v, |v| render::applied(v, dry_run))
 }
 
 /// `legate ctl top services|proxies`: the list as the API gives it (json,

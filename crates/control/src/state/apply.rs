@@ -10,7 +10,7 @@ use crate::resources::resource::{documents, DocError, Resource, ResourceMap};
 use crate::rollouts::board::{Policy, Record};
 use crate::state::config::ConfigState;
 use crate::state::controller::Controller;
-use crate::state::staged::STAGED_PREFIX;
+use crate::state::stage::STAGED_PREFIX;
 use crate::store::{Change, StoreError};
 use serde::Serialize;
 use std::collections::HashSet;

@@ -38,7 +38,7 @@ pub struct Controller {
     /// Alert rules' states, their history and notifications.
     pub alerts: crate::alerts::board::Alerts,
     /// A staged rollout in progress (see `state::staged`).
-    pub(super) staged: Mutex<Option<crate::state::staged::Staged>>,
+    pub(super) staged: Mutex<Option<crate::state::stage::Staged>>,
     /// Finished staged rollouts, for the API.
     pub rollouts: crate::rollouts::board::History,
     /// Proxies checking endpoints for the control plane (HDS), and their results.

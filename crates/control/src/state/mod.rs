@@ -6,4 +6,5 @@ pub mod apply;
 pub mod config;
 pub mod controller;
 pub mod instances;
+pub mod stage;
 pub mod staged;

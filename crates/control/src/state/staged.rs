@@ -11,19 +11,10 @@ use crate::rollouts::board::{Evidence, Policy, Record, RolloutState};
 use crate::state::apply::ApplyError;
 use crate::state::config::{ConfigState, Staging};
 use crate::state::controller::Controller;
+use crate::state::stage::{Staged, STAGED_PREFIX};
 use crate::store::Change;
 use std::collections::BTreeSet;
 use std::sync::Arc;
-
-/// Commit messages of staged revisions start with this (a restarted
-/// control plane finds an unfinished one by it).
-pub const STAGED_PREFIX: &str = "staged rollout";
-
-/// The rollout in progress: the revision the other proxies keep, and its record.
-pub struct Staged {
-    pub previous: Arc<ConfigState>,
-    pub record: Record,
-}
 
 impl Controller {
     /// The rollout in progress, if any.

@@ -1,6 +1,6 @@
 //! The one interface every tracer implements, and the table that names
 //! them: a new tracer is a module implementing `Driver` and one line in
-//! `DRIVERS` (and its config's fields in the support table).
+//! `registry::DRIVERS` (and its config's fields in the support table).
 
 use super::export::Exporter;
 use super::span::Span;
@@ -8,7 +8,6 @@ use crate::stats::Store;
 use crate::upstream::cluster::ClusterMap;
 use arc_swap::ArcSwap;
 use http::HeaderMap;
-use legate_api::pb::envoy::config::trace::v3::tracing::{http::ConfigType, Http as ProviderPb};
 use legate_api::pb::google::protobuf::Any;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::SystemTime;
@@ -72,29 +71,4 @@ pub type CompileFn = fn(&Any, &DriverContext<'_>) -> Result<Arc<dyn Driver>, Str
 pub struct Registration {
     pub type_url: &'static str,
     pub compile: CompileFn,
-}
-
-/// Every tracer Legate drives.
-pub const DRIVERS: &[Registration] = &[super::zipkin::REGISTRATION, super::otel::REGISTRATION];
-
-/// The provider's driver; errors name the field under `provider`.
-pub fn compile(p: &ProviderPb, ctx: &DriverContext<'_>) -> Result<Arc<dyn Driver>, String> {
-    let Some(ConfigType::TypedConfig(any)) = &p.config_type else {
-        return Err("typed_config is required".into());
-    };
-    let ty = any.type_url.rsplit('/').next().unwrap_or_default();
-    let Some(r) = DRIVERS.iter().find(|r| r.type_url == ty) else {
-        return Err(format!("typed_config: tracer {ty} is not implemented by Legate"));
-    };
-    (r.compile)(any, ctx).map_err(|e| format!("typed_config.{e}"))
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn every_driver_is_in_the_support_table() {
-        for r in super::DRIVERS {
-            assert!(legate_api::support_tracing::TRACING_EXTENSIONS.contains(&r.type_url), "{}", r.type_url);
-        }
-    }
 }

@@ -1,7 +1,7 @@
 //! Distributed tracing (Envoy's `Tracing::Tracer` and its drivers): what a
 //! connection manager's `tracing` compiles to, the sampling decision Envoy
 //! makes from `x-request-id`, and the tracers users pick, one driver per
-//! provider in one table (`driver::DRIVERS`): `zipkin` (B3 headers, JSON v2
+//! provider in one table (`registry::DRIVERS`): `zipkin` (B3 headers, JSON v2
 //! over HTTP, which Jaeger also accepts) and `otel` (W3C `traceparent`, OTLP
 //! over gRPC). Spans are built per request by the connection manager
 //! (`http/conn_manager/tracing.rs`); finished spans go to the driver's
@@ -10,6 +10,7 @@
 pub mod driver;
 pub mod export;
 pub mod otel;
+pub mod registry;
 pub mod request_id;
 pub mod span;
 pub mod tags;
@@ -113,7 +114,7 @@ impl Tracing {
         stat_prefix: &str,
     ) -> Result<Self, String> {
         let driver = match &t.provider {
-            Some(p) => driver::compile(p, ctx).map_err(|e| format!("tracing.provider.{e}"))?,
+            Some(p) => registry::compile(p, ctx).map_err(|e| format!("tracing.provider.{e}"))?,
             // Envoy 1.40 traces nothing without a provider.
             None => return Err("tracing.provider: a tracer is required (Envoy 1.40 has no default)".into()),
         };

@@ -10,6 +10,7 @@ mod request;
 mod response;
 mod stats;
 pub(in crate::http) mod stream;
+mod stream_trace;
 pub(in crate::http) mod tracing;
 pub(in crate::http) mod upgrade;
 mod xfcc;

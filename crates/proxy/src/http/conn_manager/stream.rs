@@ -60,7 +60,7 @@ pub(in crate::http) struct Stream {
     /// a request that forced its trace with `x-envoy-force-trace`).
     pub(in crate::http) response_request_id: Option<http::HeaderValue>,
     /// The stream's spans, when its connection manager traces.
-    pub(in crate::http) trace: Option<Box<super::tracing::StreamTrace>>,
+    pub(in crate::http) trace: Option<Box<super::stream_trace::StreamTrace>>,
 }
 
 impl Stream {

@@ -5,6 +5,7 @@
 //! stream's end the response's tags and the span reported.
 
 use super::stream::Stream;
+use super::stream_trace::StreamTrace;
 use super::{Found, Hcm};
 use crate::trace::{tags, Operation, Span};
 use http::header::{HeaderName, HeaderValue};
@@ -14,18 +15,6 @@ use std::time::SystemTime;
 static X_ENVOY_DECORATOR_OPERATION: HeaderName = HeaderName::from_static("x-envoy-decorator-operation");
 static X_ENVOY_DOWNSTREAM_SERVICE_CLUSTER: HeaderName = HeaderName::from_static("x-envoy-downstream-service-cluster");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-
-/// A traced stream's spans and what its response needs.
-pub(in crate::http) struct StreamTrace {
-    /// None when the request carried a context the tracer could not read.
-    span: Option<Span>,
-    /// The router's span for the upstream request (`spawn_upstream_span`).
-    upstream: Option<Span>,
-    /// The decorator's operation, sent back on an ingress response.
-    decorated: Option<String>,
-    /// Custom tags are read from the request as it went upstream.
-    custom: Vec<(String, String)>,
-}
 
 impl Hcm {
     /// Envoy's `traceRequest`, once the request's headers are the
