@@ -277,3 +277,72 @@ fn a_new_agent_takes_over_the_proxy_a_killed_agent_left() {
     assert!(!alive(orphan), "the old proxy still runs after its parent-shutdown time");
     stop_and_check(second);
 }
+
+/// A front proxy whose cluster is the two nodes' listeners, retrying a
+/// reset or refused attempt on the other node (`previous_hosts`).
+fn retrying_front(dir: &Path, admin: u16, port: u16, nodes: [u16; 2]) -> std::path::PathBuf {
+    let ep = |p: u16| format!("{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {p}}}}}}}}}");
+    let yaml = format!(
+        "admin: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {admin}}}}}}}\n\
+         static_resources:\n  listeners:\n  - name: front\n    address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}\n    \
+         filter_chains: [{{filters: [{{name: envoy.filters.network.http_connection_manager, typed_config: {{\"@type\": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager, stat_prefix: front, \
+         route_config: {{virtual_hosts: [{{name: all, domains: [\"*\"], routes: [{{match: {{prefix: \"/\"}}, route: {{cluster: nodes, \
+         retry_policy: {{retry_on: \"connect-failure,reset\", num_retries: 3, retry_host_predicate: [{{name: envoy.retry_host_predicates.previous_hosts, typed_config: {{\"@type\": type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate}}}}]}}}}}}]}}]}}, \
+         http_filters: [{{name: envoy.filters.http.router, typed_config: {{\"@type\": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}}}]}}}}]}}]\n  \
+         clusters:\n  - name: nodes\n    connect_timeout: 1s\n    type: STATIC\n    \
+         load_assignment: {{cluster_name: nodes, endpoints: [{{lb_endpoints: [{}, {}]}}]}}\n",
+        ep(nodes[0]),
+        ep(nodes[1])
+    );
+    let f = dir.join("front.yaml");
+    std::fs::write(&f, yaml).expect("write front config");
+    f
+}
+
+#[test]
+fn a_killed_proxy_behind_a_client_that_retries_on_the_other_loses_nothing() {
+    let dir = TempDir::new("agent-kill-pair");
+    let d = dir.path();
+    let (_echo, up) = echo("up", d);
+    let cp = ControlPlane::start(d);
+    let (listen_a, listen_b) = (free_port(), free_port());
+    cp.apply(d, &web_resources(listen_a, up, &["pair-a"], "-a"));
+    cp.apply(d, &web_resources(listen_b, up, &["pair-b"], "-b"));
+    let (admin_a, admin_b) = (free_port(), free_port());
+    let mut a = Agent::start(&cp, "pair-a", "legate", None, admin_a, d);
+    let mut b = Agent::start(&cp, "pair-b", "legate", None, admin_b, d);
+    for (node, listen, agent) in [("pair-a", listen_a, &mut a), ("pair-b", listen_b, &mut b)] {
+        let r = wait_agent(&cp, node, "the agent's proxy to run", Duration::from_secs(40), |r| r["state"] == "running");
+        agent.proxy_pids.push(pid_of(&r));
+        wait_for("the proxy to serve", Duration::from_secs(20), || {
+            http_get(addr(listen), "/", "app").ok().filter(|r| r.status == 200)
+        });
+    }
+    let (front_admin, front_port) = (free_port(), free_port());
+    let mut front = spawn_legate("front", &retrying_front(d, front_admin, front_port, [listen_a, listen_b]), &[], d);
+    wait_ready(front_admin, &mut front);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = steady_load(front_port, stop.clone(), 50_000, Duration::from_millis(2));
+    std::thread::sleep(Duration::from_millis(800));
+    let old = pid_of(&agent_of(&cp, "pair-a").expect("report"));
+    let t0 = Instant::now();
+    assert!(Command::new("kill").args(["-KILL", &old.to_string()]).status().expect("kill").success());
+    let back = wait_for("node a to serve again", Duration::from_secs(10), || {
+        http_get(addr(listen_a), "/", "app").ok().filter(|r| r.status == 200).map(|_| t0.elapsed())
+    });
+    std::thread::sleep(Duration::from_millis(800));
+    stop.store(true, Ordering::Relaxed);
+    let (ok, failed, errors) = load.join();
+    let retried = stat(front_admin, "cluster.nodes.upstream_rq_retry").unwrap_or(0);
+    eprintln!(
+        "kill -9 behind a retrying client: node a back after {back:?}; {ok} ok, {failed} failed, {retried} retried"
+    );
+    assert!(back < Duration::from_secs(2), "node a came back after {back:?}");
+    assert!(ok > 300, "the load ran: {ok}");
+    assert_eq!(failed, 0, "requests lost: {errors:?}");
+    let r = wait_agent(&cp, "pair-a", "the restart in the report", Duration::from_secs(5), |r| r["restarts"] == 1);
+    a.proxy_pids.push(pid_of(&r));
+    stop_and_check(a);
+    stop_and_check(b);
+}
