@@ -136,9 +136,11 @@ impl Controller {
         (done.decided_ms, done.final_revision) = (Some(unix_ms()), Some(rev));
         done.reason = reason.to_string();
         done.evidence = Some(evidence);
+        // Into the history before it stops being the current rollout, so a
+        // reader of `/v1/rollouts/{rev}` always finds it in one or the other.
+        self.rollouts.push(done.clone());
         *self.staged.lock().unwrap_or_else(|e| e.into_inner()) = None;
         self.set_stored(ConfigState { revision: rev, resources, staging: None });
-        self.rollouts.push(done.clone());
         tracing::info!("{message}");
         Ok(done)
     }
