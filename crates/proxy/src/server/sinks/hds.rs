@@ -10,7 +10,6 @@
 //! are not in the cluster map). An endpoint is reported once its first
 //! check has answered.
 
-use super::Backoff;
 use crate::server::instance::Shared;
 use crate::server::xds::{channel, node, Target};
 use crate::stats::Store;
@@ -29,7 +28,7 @@ use legate_api::pb::envoy::service::health::v3::{
 };
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::sync::mpsc;
 
 /// The shortest reporting interval honoured.
@@ -37,23 +36,7 @@ const MIN_INTERVAL: Duration = Duration::from_millis(100);
 
 /// Runs the client forever: stream, and open it again after a backoff.
 pub async fn run(shared: Arc<Shared>, cluster: String) {
-    let mut backoff = Backoff::new();
-    loop {
-        let started = Instant::now();
-        match Target::pick(&shared, &cluster) {
-            Some(target) => {
-                if let Err(e) = session(&shared, &target).await {
-                    tracing::warn!("health discovery stream to {} ended: {e}", target.addr);
-                }
-            }
-            None => tracing::warn!("health discovery cluster '{cluster}' has no host"),
-        }
-        shared.store.counter("hds_delegate.errors").inc();
-        if started.elapsed() > Duration::from_secs(30) {
-            backoff.reset();
-        }
-        tokio::time::sleep(backoff.failed()).await;
-    }
+    super::keep_open(shared, cluster, "health discovery", "hds_delegate.errors", None, session).await;
 }
 
 /// One cluster to check, and the task checking it.

@@ -7,7 +7,6 @@
 //! (`rq_total`, `rq_success`, `rq_error`, `rq_active`); the reporter keeps
 //! the last values it read and reports the differences.
 
-use super::Backoff;
 use crate::server::instance::Shared;
 use crate::server::xds::{channel, node, Target};
 use crate::upstream::cluster::Cluster;
@@ -29,24 +28,8 @@ const MIN_INTERVAL: Duration = Duration::from_millis(100);
 
 /// Runs the reporter forever: stream, and open it again after a backoff.
 pub async fn run(shared: Arc<Shared>, cluster: String) {
-    let mut backoff = Backoff::new();
-    loop {
-        let started = Instant::now();
-        match Target::pick(&shared, &cluster) {
-            Some(target) => {
-                if let Err(e) = session(&shared, &target).await {
-                    tracing::warn!("load report stream to {} ended: {e}", target.addr);
-                }
-            }
-            None => tracing::warn!("load report cluster '{cluster}' has no host"),
-        }
-        shared.store.counter("load_reporter.errors").inc();
-        if started.elapsed() > Duration::from_secs(30) {
-            backoff.reset();
-        }
-        tokio::time::sleep(backoff.failed()).await;
-        shared.store.counter("load_reporter.retries").inc();
-    }
+    let retries = Some("load_reporter.retries");
+    super::keep_open(shared, cluster, "load report", "load_reporter.errors", retries, session).await;
 }
 
 async fn session(shared: &Shared, target: &Target) -> Result<(), String> {

@@ -163,6 +163,42 @@ pub fn start(shared: &Arc<Shared>, cfg: SinksConfig) -> Result<(), SinkConfigErr
     Ok(())
 }
 
+/// Keeps one client stream open to a host of `cluster` (`what` names it in
+/// the log): `session` runs it; when it ends, `errors` is counted and it is
+/// opened again after a jittered backoff (reset after a stream that lived
+/// 30 s), counting `retries` when given. Runs forever.
+pub(crate) async fn keep_open<F>(
+    shared: Arc<Shared>,
+    cluster: String,
+    what: &str,
+    errors: &str,
+    retries: Option<&str>,
+    session: F,
+) where
+    F: AsyncFn(&Shared, &crate::server::xds::Target) -> Result<(), String>,
+{
+    let mut backoff = Backoff::new();
+    loop {
+        let started = std::time::Instant::now();
+        match crate::server::xds::Target::pick(&shared, &cluster) {
+            Some(target) => {
+                if let Err(e) = session(&shared, &target).await {
+                    tracing::warn!("{what} stream to {} ended: {e}", target.addr);
+                }
+            }
+            None => tracing::warn!("{what} cluster '{cluster}' has no host"),
+        }
+        shared.store.counter(errors).inc();
+        if started.elapsed() > Duration::from_secs(30) {
+            backoff.reset();
+        }
+        tokio::time::sleep(backoff.failed()).await;
+        if let Some(r) = retries {
+            shared.store.counter(r).inc();
+        }
+    }
+}
+
 /// Jittered exponential backoff between reconnects, as the xDS client's.
 pub(crate) struct Backoff {
     next: Duration,
