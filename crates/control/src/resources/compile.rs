@@ -112,12 +112,5 @@ fn control_plane_kind(kind: Kind, doc: &Document) -> Option<Result<Resource, Vec
         Kind::Release => release_version(doc),
         _ => content_hash(serde_json::to_vec(&doc.spec).unwrap_or_default().as_slice()),
     };
-    Some(checked.map(|()| Resource {
-        kind,
-        name: doc.metadata.name.clone(),
-        nodes: doc.metadata.nodes.clone(),
-        doc: doc.clone(),
-        any: Default::default(),
-        version,
-    }))
+    Some(checked.map(|()| Resource::from_document(kind, doc, version)))
 }

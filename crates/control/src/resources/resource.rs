@@ -47,6 +47,19 @@ pub fn of_kind(resources: &ResourceMap, kind: Kind) -> impl Iterator<Item = (&St
 }
 
 impl Resource {
+    /// A kind that is not itself an Envoy resource (a `Service`, a
+    /// `Release`, ...): the document, at `version`.
+    pub fn from_document(kind: Kind, doc: &Document, version: String) -> Resource {
+        Resource {
+            kind,
+            name: doc.metadata.name.clone(),
+            nodes: doc.metadata.nodes.clone(),
+            doc: doc.clone(),
+            any: Any::default(),
+            version,
+        }
+    }
+
     /// True when `other` would publish exactly what this does: the same
     /// content to the same proxies.
     pub fn publishes_same(&self, other: &Resource) -> bool {

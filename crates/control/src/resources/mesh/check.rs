@@ -19,14 +19,7 @@ pub fn check(kind: Kind, doc: &Document) -> Result<Resource, Problems> {
         return Err(problems);
     }
     let version = content_hash(serde_json::to_vec(&doc.spec).unwrap_or_default().as_slice());
-    Ok(Resource {
-        kind,
-        name: doc.metadata.name.clone(),
-        nodes: doc.metadata.nodes.clone(),
-        doc: doc.clone(),
-        any: Default::default(),
-        version,
-    })
+    Ok(Resource::from_document(kind, doc, version))
 }
 
 fn check_service(s: &ServiceSpec) -> Problems {
