@@ -43,6 +43,11 @@ impl ConnLimit {
             .map(|_| ConnPlace(self.clone()))
     }
 
+    /// Whether there is a limit (without one, listeners need not count).
+    pub fn is_limited(&self) -> bool {
+        self.max.is_some()
+    }
+
     /// Connections holding a place now.
     pub fn current(&self) -> usize {
         self.current.load(Ordering::Acquire)

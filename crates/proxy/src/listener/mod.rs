@@ -63,7 +63,7 @@ pub struct ListenerConfig {
     /// How long a draining connection may take (`--drain-time-s`).
     pub drain_time: Duration,
     /// The global connection limit its connections count against (none with
-    /// `ignore_global_conn_limit`).
+    /// `ignore_global_conn_limit`, or when there is no limit).
     conn_limit: Option<Arc<crate::common::conn_limit::ConnLimit>>,
 }
 
@@ -181,7 +181,8 @@ impl ListenerConfig {
         Ok(Self {
             draining: watch::channel(false).0,
             drain_time: ctx.drain_time,
-            conn_limit: (!l.ignore_global_conn_limit).then(|| ctx.conn_limit.clone()),
+            // Without a limit nothing is counted at accept.
+            conn_limit: (!l.ignore_global_conn_limit && ctx.conn_limit.is_limited()).then(|| ctx.conn_limit.clone()),
             name: if l.name.is_empty() { address.to_string() } else { l.name.clone() },
             address,
             chains,
