@@ -132,15 +132,26 @@ impl Shared {
     }
 }
 
-async fn sotw_stream(
+/// One simulated proxy's stream: its index, the channel it shares, the
+/// EDS names it subscribes to.
+struct SimStream {
     channel: tonic::transport::Channel,
     i: usize,
     names: Vec<String>,
     shared: Arc<Shared>,
-) -> anyhow::Result<()> {
-    let mut client = AggregatedDiscoveryServiceClient::new(channel).max_decoding_message_size(256 << 20);
+}
+
+impl SimStream {
+    fn client(&self) -> (AggregatedDiscoveryServiceClient<tonic::transport::Channel>, Node) {
+        let client = AggregatedDiscoveryServiceClient::new(self.channel.clone()).max_decoding_message_size(256 << 20);
+        (client, Node { id: format!("sim-{}", self.i), cluster: "sim".into(), ..Default::default() })
+    }
+}
+
+async fn sotw_stream(sim: SimStream) -> anyhow::Result<()> {
+    let (mut client, node) = sim.client();
+    let SimStream { i, names, shared, .. } = sim;
     let (tx, rx) = mpsc::unbounded_channel();
-    let node = Node { id: format!("sim-{i}"), cluster: "sim".into(), ..Default::default() };
     tx.send(DiscoveryRequest { node: Some(node), type_url: CDS.into(), ..Default::default() })?;
     tx.send(DiscoveryRequest { type_url: EDS.into(), resource_names: names.clone(), ..Default::default() })?;
     let mut stream = client
@@ -169,15 +180,10 @@ async fn sotw_stream(
     Ok(())
 }
 
-async fn delta_stream(
-    channel: tonic::transport::Channel,
-    i: usize,
-    names: Vec<String>,
-    shared: Arc<Shared>,
-) -> anyhow::Result<()> {
-    let mut client = AggregatedDiscoveryServiceClient::new(channel).max_decoding_message_size(256 << 20);
+async fn delta_stream(sim: SimStream) -> anyhow::Result<()> {
+    let (mut client, node) = sim.client();
+    let SimStream { i, names, shared, .. } = sim;
     let (tx, rx) = mpsc::unbounded_channel();
-    let node = Node { id: format!("sim-{i}"), cluster: "sim".into(), ..Default::default() };
     tx.send(DeltaDiscoveryRequest { node: Some(node), type_url: CDS.into(), ..Default::default() })?;
     tx.send(DeltaDiscoveryRequest { type_url: EDS.into(), resource_names_subscribe: names, ..Default::default() })?;
     let mut stream =
@@ -236,14 +242,10 @@ async fn run_async(args: LoadArgs) -> anyhow::Result<()> {
             if i >= args.fleet.streams {
                 break;
             }
-            let (ch, names, shared, errors, delta) =
-                (channel.clone(), names.clone(), shared.clone(), errors.clone(), args.delta);
+            let sim = SimStream { channel: channel.clone(), i, names: names.clone(), shared: shared.clone() };
+            let (errors, delta) = (errors.clone(), args.delta);
             tokio::spawn(async move {
-                let r = if delta {
-                    delta_stream(ch, i, names, shared).await
-                } else {
-                    sotw_stream(ch, i, names, shared).await
-                };
+                let r = if delta { delta_stream(sim).await } else { sotw_stream(sim).await };
                 if r.is_err() {
                     errors.fetch_add(1, Ordering::Relaxed);
                 }

@@ -46,10 +46,12 @@ impl Disk {
     pub fn open(dir: &Path) -> Result<Self, PersistError> {
         std::fs::create_dir_all(dir)?;
         let conn = Connection::open(dir.join("monitor.db"))?;
+        // Figures can be rebuilt from the next reports, so a crash may lose
+        // the last writes (NORMAL), unlike the config store (FULL).
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.execute_batch(
-            "PRAGMA journal_mode=WAL;
-             PRAGMA synchronous=NORMAL;
-             CREATE TABLE IF NOT EXISTS slots (
+            "CREATE TABLE IF NOT EXISTS slots (
                 tier INTEGER NOT NULL, start_ms INTEGER NOT NULL, name TEXT NOT NULL, agg TEXT NOT NULL,
                 PRIMARY KEY (tier, start_ms, name));",
         )?;

@@ -111,38 +111,30 @@ impl Controller {
         author: &str,
         message: &str,
     ) -> Result<ApplyOutcome, ApplyError> {
-        self.retrying(|| self.try_set_status(kind, name, status.clone(), author, message))
-    }
-
-    fn try_set_status(
-        &self,
-        kind: Kind,
-        name: &str,
-        status: serde_json::Value,
-        author: &str,
-        message: &str,
-    ) -> Result<ApplyOutcome, ApplyError> {
-        let _guard = self.apply_lock.lock().unwrap_or_else(|e| e.into_inner());
-        self.refuse_while_staged()?;
-        let current = self.stored();
-        let key = (kind, name.to_string());
-        let old = current.resources.get(&key).ok_or_else(|| ApplyError::NotFound(format!("{}/{name}", kind.name())))?;
-        let mut doc = old.doc.clone();
-        doc.status = Some(status);
-        let r = compile(&doc).map_err(ApplyError::Invalid)?;
-        let mut next = current.resources.clone();
-        next.insert(key, Arc::new(r));
-        self.expand(&next).map_err(ApplyError::Invalid)?;
-        let mut outcome = ApplyOutcome {
-            diff: diff::diff(&documents(&current.resources), &documents(&next)),
-            proxies: self.affected(&current, &next),
-            updated: vec![format!("{}/{name}", kind.name())],
-            ..Default::default()
-        };
-        let rev = self.store.commit(current.revision, author, message, &[Change::Apply(doc)])?;
-        outcome.revision = Some(rev);
-        self.set_stored(ConfigState { revision: rev, resources: next, staging: None });
-        Ok(outcome)
+        self.retrying(|| {
+            let _guard = self.apply_lock.lock().unwrap_or_else(|e| e.into_inner());
+            self.refuse_while_staged()?;
+            let current = self.stored();
+            let key = (kind, name.to_string());
+            let old =
+                current.resources.get(&key).ok_or_else(|| ApplyError::NotFound(format!("{}/{name}", kind.name())))?;
+            let mut doc = old.doc.clone();
+            doc.status = Some(status.clone());
+            let r = compile(&doc).map_err(ApplyError::Invalid)?;
+            let mut next = current.resources.clone();
+            next.insert(key, Arc::new(r));
+            self.expand(&next).map_err(ApplyError::Invalid)?;
+            let mut outcome = ApplyOutcome {
+                diff: diff::diff(&documents(&current.resources), &documents(&next)),
+                proxies: self.affected(&current, &next),
+                updated: vec![format!("{}/{name}", kind.name())],
+                ..Default::default()
+            };
+            let rev = self.store.commit(current.revision, author, message, &[Change::Apply(doc)])?;
+            outcome.revision = Some(rev);
+            self.set_stored(ConfigState { revision: rev, resources: next, staging: None });
+            Ok(outcome)
+        })
     }
 
     /// Runs `attempt` again after loading what another replica committed,

@@ -453,23 +453,8 @@ impl EtcdStore {
         })
     }
 
-    pub fn audit(
-        &self,
-        actor: &str,
-        action: &str,
-        target: &str,
-        allowed: bool,
-        detail: &str,
-    ) -> Result<(), StoreError> {
-        let entry = AuditEntry {
-            at: clock::now(),
-            actor: actor.into(),
-            action: action.into(),
-            target: target.into(),
-            allowed,
-            detail: detail.into(),
-        };
-        let value = serde_json::to_vec(&entry).map_err(|e| corrupt("audit", e))?;
+    pub fn audit(&self, entry: &AuditEntry) -> Result<(), StoreError> {
+        let value = serde_json::to_vec(entry).map_err(|e| corrupt("audit", e))?;
         // Time first so keys sort in order; the random part keeps two replicas
         // writing in the same microsecond apart.
         let micros =

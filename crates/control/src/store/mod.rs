@@ -119,9 +119,17 @@ impl Store {
         allowed: bool,
         detail: &str,
     ) -> Result<(), StoreError> {
+        let entry = AuditEntry {
+            at: crate::clock::now(),
+            actor: actor.into(),
+            action: action.into(),
+            target: target.into(),
+            allowed,
+            detail: detail.into(),
+        };
         match self {
-            Store::Sqlite(s) => s.audit(actor, action, target, allowed, detail),
-            Store::Etcd(e) => e.audit(actor, action, target, allowed, detail),
+            Store::Sqlite(s) => s.audit(&entry),
+            Store::Etcd(e) => e.audit(&entry),
         }
     }
 

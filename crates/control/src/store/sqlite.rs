@@ -189,18 +189,10 @@ impl SqliteStore {
         Ok(self.conn().execute("DELETE FROM tokens WHERE id = ?1", params![id])? > 0)
     }
 
-    pub fn audit(
-        &self,
-        actor: &str,
-        action: &str,
-        target: &str,
-        allowed: bool,
-        detail: &str,
-    ) -> Result<(), StoreError> {
-        let now = clock::now();
+    pub fn audit(&self, e: &AuditEntry) -> Result<(), StoreError> {
         self.conn().execute(
             "INSERT INTO audit (at, actor, action, target, allowed, detail) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![now, actor, action, target, allowed as i64, detail],
+            params![e.at, e.actor, e.action, e.target, e.allowed as i64, e.detail],
         )?;
         Ok(())
     }

@@ -84,31 +84,13 @@ impl super::Driver for OpenTelemetry {
                 sampled: traced,
             },
         };
-        Some(Span {
-            name: op.name(),
-            kind,
-            context,
-            shared: false,
-            start,
-            tags: Vec::new(),
-            tracestate: parent.tracestate,
-            b3_single: false,
-        })
+        Some(Span { tracestate: parent.tracestate, ..Span::new(op.name(), kind, context, start) })
     }
 
     fn child(&self, parent: &Span, name: String, start: SystemTime) -> Span {
         let context =
             SpanContext { span_id: random_id(), parent_id: Some(parent.context.span_id), ..parent.context.clone() };
-        Span {
-            name,
-            kind: Kind::Client,
-            context,
-            shared: false,
-            start,
-            tags: Vec::new(),
-            tracestate: parent.tracestate.clone(),
-            b3_single: false,
-        }
+        Span { tracestate: parent.tracestate.clone(), ..Span::new(name, Kind::Client, context, start) }
     }
 
     fn inject(&self, span: &Span, h: &mut HeaderMap) {

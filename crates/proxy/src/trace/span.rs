@@ -67,6 +67,12 @@ pub struct Span {
 }
 
 impl Span {
+    /// A span with no tags, not shared, without tracestate, propagated in
+    /// B3's multi-header form; drivers set what differs.
+    pub fn new(name: String, kind: Kind, context: SpanContext, start: SystemTime) -> Self {
+        Self { name, kind, context, shared: false, start, tags: Vec::new(), tracestate: None, b3_single: false }
+    }
+
     /// A tag, replacing one of the same name (as Envoy's tracers keep one
     /// value per tag).
     pub fn set_tag(&mut self, name: &str, value: impl Into<String>) {

@@ -80,16 +80,7 @@ impl super::Driver for Zipkin {
             Some(p) => SpanContext { span_id: random_id(), parent_id: Some(p.span_id), sampled, ..p.clone() },
         };
         // Zipkin names the span after the host until a decorator renames it.
-        Some(Span {
-            name: op.host.to_string(),
-            kind,
-            context,
-            shared,
-            start,
-            tags: Vec::new(),
-            tracestate: None,
-            b3_single: parent.b3_single,
-        })
+        Some(Span { shared, b3_single: parent.b3_single, ..Span::new(op.host.to_string(), kind, context, start) })
     }
 
     /// Envoy's Zipkin child is started as its parent was, from the
@@ -104,16 +95,7 @@ impl super::Driver for Zipkin {
         } else {
             SpanContext { span_id: random_id(), parent_id: Some(p.span_id), ..p.clone() }
         };
-        Span {
-            name,
-            kind: parent.kind,
-            context,
-            shared,
-            start,
-            tags: Vec::new(),
-            tracestate: None,
-            b3_single: parent.b3_single,
-        }
+        Span { shared, b3_single: parent.b3_single, ..Span::new(name, parent.kind, context, start) }
     }
 
     fn inject(&self, span: &Span, h: &mut HeaderMap) {

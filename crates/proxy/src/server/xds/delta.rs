@@ -6,19 +6,13 @@ use legate_api::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, Delta
 use legate_api::pb::google::protobuf::Any;
 use legate_api::pb::google::rpc::Status as RpcStatus;
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
 
 use super::*;
 
-pub(super) async fn delta_session(
-    shared: &Arc<Shared>,
-    cfg: &AdsConfig,
-    target: &Target,
-    d: &mut Dynamic,
-    connected: &crate::stats::Gauge,
-) -> Result<(), String> {
+pub(super) async fn delta_session(session: Session<'_>, d: &mut Dynamic) -> Result<(), String> {
+    let Session { shared, cfg, target, connected } = session;
     let mut conn = Conn::open(cfg, target).await?;
     let (tx, rx) = mpsc::unbounded_channel::<DeltaDiscoveryRequest>();
     let node = node(shared);

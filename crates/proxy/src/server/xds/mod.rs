@@ -187,6 +187,15 @@ struct Dynamic {
     servers: Vec<String>,
 }
 
+/// What one stream to a management server runs with, SotW or delta.
+struct Session<'a> {
+    shared: &'a Arc<Shared>,
+    cfg: &'a AdsConfig,
+    target: &'a Target,
+    /// `control_plane.connected_state`: set once the stream is open.
+    connected: &'a crate::stats::Gauge,
+}
+
 /// Runs the client forever: connect, stream, and reconnect with backoff.
 pub async fn run(shared: Arc<Shared>, cfg: AdsConfig) {
     let connected = shared.store.gauge("control_plane.connected_state");
@@ -202,10 +211,11 @@ pub async fn run(shared: Arc<Shared>, cfg: AdsConfig) {
         match target {
             Some(target) => {
                 let addr = target.addr;
+                let session = Session { shared: &shared, cfg: &cfg, target: &target, connected: &connected };
                 let result = if cfg.delta {
-                    delta_session(&shared, &cfg, &target, &mut dynamic, &connected).await
+                    delta_session(session, &mut dynamic).await
                 } else {
-                    sotw_session(&shared, &cfg, &target, &mut dynamic, &connected).await
+                    sotw_session(session, &mut dynamic).await
                 };
                 // A stream that was up and then broke (its server died) fails
                 // over to the next server without the grown backoff.

@@ -1,23 +1,16 @@
 //! The state-of-the-world ADS session: every response carries a type's whole
 //! set (or the named resources asked for); the ACK repeats its version.
 
-use crate::server::instance::Shared;
 use legate_api::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
 use legate_api::pb::google::rpc::Status as RpcStatus;
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
 
 use super::*;
 
-pub(super) async fn sotw_session(
-    shared: &Arc<Shared>,
-    cfg: &AdsConfig,
-    target: &Target,
-    d: &mut Dynamic,
-    connected: &crate::stats::Gauge,
-) -> Result<(), String> {
+pub(super) async fn sotw_session(session: Session<'_>, d: &mut Dynamic) -> Result<(), String> {
+    let Session { shared, cfg, target, connected } = session;
     let mut conn = Conn::open(cfg, target).await?;
     let (tx, rx) = mpsc::unbounded_channel::<DiscoveryRequest>();
     let node = node(shared);
