@@ -25,10 +25,15 @@ const FIELDS: &[(&str, &[&str])] = &[
     ("envoy.config.cluster.v3.UpstreamConnectionOptions", &["tcp_keepalive"]),
     ("envoy.config.core.v3.TcpKeepalive", &["keepalive_probes", "keepalive_time", "keepalive_interval"]),
     // Which stats exist.
-    ("envoy.config.bootstrap.v3.Bootstrap", &["stats_config"]),
+    ("envoy.config.bootstrap.v3.Bootstrap", &["stats_config", "layered_runtime"]),
     ("envoy.config.metrics.v3.StatsConfig", &["stats_matcher"]),
     ("envoy.config.metrics.v3.StatsMatcher", &["reject_all", "exclusion_list", "inclusion_list"]),
     ("envoy.type.matcher.v3.ListStringMatcher", &["patterns"]),
+    // The runtime: static, disk and admin layers (RTDS is not built).
+    ("envoy.config.bootstrap.v3.LayeredRuntime", &["layers"]),
+    ("envoy.config.bootstrap.v3.RuntimeLayer", &["name", "static_layer", "disk_layer", "admin_layer"]),
+    ("envoy.config.bootstrap.v3.RuntimeLayer.DiskLayer", &["symlink_root", "subdirectory", "append_service_cluster"]),
+    ("envoy.config.bootstrap.v3.RuntimeLayer.AdminLayer", &[]),
     // xDS without ADS: a gRPC stream per type to the management server.
     ("envoy.config.core.v3.ConfigSource", &["api_config_source"]),
     // HTTP/1.0 clients of a connection manager; the downstream service's
@@ -55,7 +60,7 @@ const FIELDS: &[(&str, &[&str])] = &[
     // Virtual hosts that redirect plain HTTP to https.
     ("envoy.config.route.v3.VirtualHost", &["require_tls"]),
     // Routes for gRPC requests only.
-    ("envoy.config.route.v3.RouteMatch", &["grpc"]),
+    ("envoy.config.route.v3.RouteMatch", &["grpc", "runtime_fraction"]),
     ("envoy.config.route.v3.RouteMatch.GrpcRouteMatchOptions", &[]),
 ];
 

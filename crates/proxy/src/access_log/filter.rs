@@ -1,20 +1,21 @@
 //! Access log filters (`AccessLog.filter`): which streams a logger writes,
 //! as Envoy decides it from the finished stream: its response code, its
 //! duration, its response flags, a request header, and `and`/`or` of those.
-//! The comparisons' runtime keys have nothing to override them (Legate has
-//! no runtime), so their default values hold, as in Envoy without one.
+//! A comparison's value is read from the runtime under its `runtime_key`
+//! when a layer sets it.
 
 use crate::common::format::Context;
 use crate::common::matcher::{HeaderMatch, Pseudo};
+use crate::common::runtime::RuntimeU32;
 use legate_api::pb::envoy::config::accesslog::v3::{
     access_log_filter::FilterSpecifier, comparison_filter::Op, AccessLogFilter, ComparisonFilter,
 };
 
 pub enum Filter {
     /// The response code (0 without one) compared to a value.
-    Status(Op, u32),
+    Status(Op, RuntimeU32),
     /// The duration in milliseconds compared to a value.
-    Duration(Op, u32),
+    Duration(Op, RuntimeU32),
     /// Any of these flags (any flag at all when empty).
     Flags(Vec<String>),
     Header(HeaderMatch),
@@ -22,10 +23,10 @@ pub enum Filter {
     Or(Vec<Filter>),
 }
 
-fn comparison(c: Option<&ComparisonFilter>, what: &str) -> Result<(Op, u32), String> {
+fn comparison(c: Option<&ComparisonFilter>, what: &str) -> Result<(Op, RuntimeU32), String> {
     let c = c.ok_or_else(|| format!("{what}.comparison is required"))?;
     let op = Op::try_from(c.op).map_err(|_| format!("{what}.comparison.op: unknown operator"))?;
-    Ok((op, c.value.as_ref().map_or(0, |v| v.default_value)))
+    Ok((op, RuntimeU32::new(c.value.as_ref())))
 }
 
 impl Filter {
@@ -54,9 +55,9 @@ impl Filter {
     /// Whether the finished stream `ctx` is logged.
     pub fn passes(&self, ctx: &Context<'_>) -> bool {
         match self {
-            Filter::Status(op, v) => compare(*op, u64::from(ctx.status.unwrap_or(0)), u64::from(*v)),
+            Filter::Status(op, v) => compare(*op, u64::from(ctx.status.unwrap_or(0)), u64::from(v.value())),
             Filter::Duration(op, v) => match ctx.duration {
-                Some(d) => compare(*op, d.as_millis() as u64, u64::from(*v)),
+                Some(d) => compare(*op, d.as_millis() as u64, u64::from(v.value())),
                 None => false,
             },
             Filter::Flags(wanted) => {

@@ -7,11 +7,25 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-/// The limit (none: unlimited) and the connections holding a place.
+/// The runtime key that limits connections when no resource monitor does
+/// (deprecated in Envoy, still honoured).
+const RUNTIME_KEY: &str = "overload.global_downstream_max_connections";
+
+/// The limit and the connections holding a place.
 #[derive(Debug, Default)]
 pub struct ConnLimit {
-    max: Option<usize>,
+    max: Limit,
     current: AtomicUsize,
+}
+
+#[derive(Debug, Default)]
+enum Limit {
+    #[default]
+    None,
+    Fixed(usize),
+    /// Whatever the runtime says under this key at each accept (none set:
+    /// unlimited).
+    Runtime(Box<str>),
 }
 
 /// A place held by one connection, given back when dropped.
@@ -26,16 +40,38 @@ impl Drop for ConnPlace {
 
 impl ConnLimit {
     pub fn new(max: Option<usize>) -> Arc<ConnLimit> {
+        let max = match max {
+            Some(n) => Limit::Fixed(n),
+            None if crate::common::runtime::configured() => Limit::Runtime(RUNTIME_KEY.into()),
+            None => Limit::None,
+        };
         Arc::new(ConnLimit { max, current: AtomicUsize::new(0) })
+    }
+
+    /// A listener's own limit, Envoy's runtime key
+    /// `envoy.resource_limits.listener.<name>.connection_limit` (none
+    /// without runtime layers: nothing could set it).
+    pub fn for_listener(name: &str) -> Option<Arc<ConnLimit>> {
+        crate::common::runtime::configured().then(|| {
+            let key = format!("envoy.resource_limits.listener.{name}.connection_limit");
+            Arc::new(ConnLimit { max: Limit::Runtime(key.into()), current: AtomicUsize::new(0) })
+        })
     }
 
     /// A place for one more connection, if the limit allows it (as Envoy's
     /// `tryAllocateResource`: never over the limit, even with many workers
     /// accepting at once).
     pub fn try_take(self: &Arc<Self>) -> Option<ConnPlace> {
-        let Some(max) = self.max else {
-            self.current.fetch_add(1, Ordering::AcqRel);
-            return Some(ConnPlace(self.clone()));
+        let max = match &self.max {
+            Limit::Fixed(n) => *n,
+            Limit::Runtime(key) => {
+                let n = crate::common::runtime::snapshot().integer(key, u64::MAX);
+                usize::try_from(n).unwrap_or(usize::MAX)
+            }
+            Limit::None => {
+                self.current.fetch_add(1, Ordering::AcqRel);
+                return Some(ConnPlace(self.clone()));
+            }
         };
         self.current
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1))
@@ -45,7 +81,13 @@ impl ConnLimit {
 
     /// Whether there is a limit (without one, listeners need not count).
     pub fn is_limited(&self) -> bool {
-        self.max.is_some()
+        !matches!(self.max, Limit::None)
+    }
+
+    /// Whether the admin listener takes a place too: Envoy limits it under
+    /// the runtime key's limit, not under the resource monitor's.
+    pub fn limits_admin(&self) -> bool {
+        matches!(self.max, Limit::Runtime(_))
     }
 
     /// Connections holding a place now.

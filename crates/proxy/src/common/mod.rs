@@ -11,4 +11,5 @@ pub mod format;
 pub mod fraction;
 pub mod local_address;
 pub mod matcher;
+pub mod runtime;
 pub mod token_bucket;

@@ -32,6 +32,8 @@ pub struct ListenerStats {
     pub no_filter_chain_match: Arc<Counter>,
     /// Connections closed at accept: the global connection limit was reached.
     pub downstream_global_cx_overflow: Arc<Counter>,
+    /// Connections closed at accept: the listener's own limit was reached.
+    pub downstream_cx_overflow: Arc<Counter>,
     /// `ssl.*`, when a chain terminates TLS.
     pub ssl: Option<crate::tls::SslStats>,
 }
@@ -65,6 +67,8 @@ pub struct ListenerConfig {
     /// The global connection limit its connections count against (none with
     /// `ignore_global_conn_limit`, or when there is no limit).
     conn_limit: Option<Arc<crate::common::conn_limit::ConnLimit>>,
+    /// This listener's own limit, from the runtime.
+    own_limit: Option<Arc<crate::common::conn_limit::ConnLimit>>,
 }
 
 /// `listener.127.0.0.1_10000.` as Envoy names a listener's stats.
@@ -178,12 +182,18 @@ impl ListenerConfig {
         let selector = crate::listener::filter_chain::Selector::new(matches)?;
         let p = format!("listener.{}.", stat_name(&address));
         let any_tls = chains.iter().chain(default_chain.iter()).any(|c| c.tls.is_some());
+        let address_name = address.to_string();
         Ok(Self {
             draining: watch::channel(false).0,
             drain_time: ctx.drain_time,
             // Without a limit nothing is counted at accept.
             conn_limit: (!l.ignore_global_conn_limit && ctx.conn_limit.is_limited()).then(|| ctx.conn_limit.clone()),
-            name: if l.name.is_empty() { address.to_string() } else { l.name.clone() },
+            own_limit: crate::common::conn_limit::ConnLimit::for_listener(if l.name.is_empty() {
+                &address_name
+            } else {
+                &l.name
+            }),
+            name: if l.name.is_empty() { address_name.clone() } else { l.name.clone() },
             address,
             chains,
             default_chain,
@@ -195,6 +205,7 @@ impl ListenerConfig {
                 downstream_cx_destroy: store.counter(&format!("{p}downstream_cx_destroy")),
                 no_filter_chain_match: store.counter(&format!("{p}no_filter_chain_match")),
                 downstream_global_cx_overflow: store.counter(&format!("{p}downstream_global_cx_overflow")),
+                downstream_cx_overflow: store.counter(&format!("{p}downstream_cx_overflow")),
                 ssl: any_tls.then(|| crate::tls::SslStats::new(store, &p)),
             },
             config: l.clone(),
@@ -285,12 +296,23 @@ pub async fn accept_loop(
                     },
                     None => None,
                 };
+                // Over the listener's own limit: closed too, counted apart.
+                let own = match &listener.own_limit {
+                    Some(limit) => match limit.try_take() {
+                        Some(p) => Some(p),
+                        None => {
+                            listener.stats.downstream_cx_overflow.inc();
+                            continue;
+                        }
+                    },
+                    None => None,
+                };
                 let _ = stream.set_nodelay(true);
                 let local = stream.local_addr().unwrap_or(listener.address);
                 let (phase, active) = (phase.clone(), active.clone());
                 tokio::spawn(async move {
                     serve_connection(listener, stream, remote, local, phase, active).await;
-                    drop(place);
+                    drop((place, own));
                 });
             }
             changed = phase.changed() => {
@@ -425,7 +447,7 @@ async fn dispatch(
     let sni = hello.sni.map(String::into_boxed_str);
     let Some(tls) = &chain.tls else {
         let conn = ConnCtx { remote, local, tls: None, sni };
-        return run_chain(listener, &chain, stream, conn, None, phase).await;
+        return run_chain(Accepted { listener, chain: &chain, conn, alpn_h2: None, phase }, stream).await;
     };
     // The context's configs as of now; a secret rotation later does not
     // touch this connection. None only while a secret has not arrived: closed.
@@ -444,7 +466,7 @@ async fn dispatch(
             }
             let h2 = server.alpn_protocol().map(|p| p == b"h2");
             let conn = ConnCtx { remote, local, tls: Some(Arc::new(dtls.conn_facts(server))), sni };
-            run_chain(listener, &chain, tls, conn, h2, phase).await
+            run_chain(Accepted { listener, chain: &chain, conn, alpn_h2: h2, phase }, tls).await
         }
         Err(e) => {
             if let Some(ssl) = &listener.stats.ssl {
@@ -454,42 +476,39 @@ async fn dispatch(
     }
 }
 
-async fn run_chain<S: crate::io::Io>(
-    listener: &Arc<ListenerConfig>,
-    chain: &Chain,
-    io: S,
+/// A connection whose filter chain is chosen (and whose TLS, if any, is
+/// done): what running the chain needs besides the byte stream.
+struct Accepted<'a> {
+    listener: &'a Arc<ListenerConfig>,
+    chain: &'a Chain,
     conn: ConnCtx,
+    /// The negotiated ALPN said h2 (Some(true)), something else, or nothing.
     alpn_h2: Option<bool>,
     phase: watch::Receiver<Phase>,
-) {
+}
+
+async fn run_chain<S: crate::io::Io>(a: Accepted<'_>, io: S) {
     // A connection a filter refuses (the rate limit) is closed unread.
-    if !chain.front.iter().all(|f| f.on_new_connection()) {
+    if !a.chain.front.iter().all(|f| f.on_new_connection()) {
         return;
     }
-    if chain.data_filters.is_empty() {
-        return serve_filter(listener, chain, io, conn, alpn_h2, phase).await;
+    if a.chain.data_filters.is_empty() {
+        return serve_filter(a, io).await;
     }
     // Network RBAC checks the connection when its data comes; the gated
     // stream is boxed so the terminal filters are built once for it.
-    let gate = crate::listener::network::read_gate::Gate::new(io, chain.data_filters.clone(), conn.clone());
+    let gate = crate::listener::network::read_gate::Gate::new(io, a.chain.data_filters.clone(), a.conn.clone());
     let gated: crate::io::BoxIo = Box::new(gate);
-    serve_filter(listener, chain, gated, conn, alpn_h2, phase).await
+    serve_filter(a, gated).await
 }
 
-async fn serve_filter<S: crate::io::Io>(
-    listener: &Arc<ListenerConfig>,
-    chain: &Chain,
-    io: S,
-    conn: ConnCtx,
-    alpn_h2: Option<bool>,
-    phase: watch::Receiver<Phase>,
-) {
+async fn serve_filter<S: crate::io::Io>(a: Accepted<'_>, io: S) {
     // Each terminal filter's future is boxed: a connection's task is as
     // large as the largest of its futures, so unboxed, every connection
     // would keep room for the largest filter, whichever it runs.
-    match &chain.filter {
-        NetFilter::Tcp(t) => Box::pin(t.serve(io, conn.remote, conn.local)).await,
-        NetFilter::Http(h) => Box::pin(serve_http(listener, h, io, conn, alpn_h2, phase)).await,
+    match &a.chain.filter {
+        NetFilter::Tcp(t) => Box::pin(t.serve(io, a.conn.remote, a.conn.local)).await,
+        NetFilter::Http(h) => Box::pin(serve_http(a.listener, h, io, a.conn, a.alpn_h2, a.phase)).await,
     }
 }
 

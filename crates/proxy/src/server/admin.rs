@@ -29,6 +29,8 @@ const HELP: &[(&str, &str)] = &[
     ("/listeners", "print listener info"),
     ("/quitquitquit", "exit the server"),
     ("/ready", "print server state, return 200 if LIVE, otherwise return 503"),
+    ("/runtime", "print runtime values"),
+    ("/runtime_modify", "Adds or modifies existing runtime values."),
     ("/server_info", "print server version/status information"),
     ("/stats", "print server stats"),
     ("/stats/prometheus", "print server stats in prometheus format"),
@@ -62,6 +64,9 @@ pub async fn start(shared: Arc<Shared>) -> std::io::Result<()> {
     tracing::info!("admin address: {bound}");
     let logs = AdminLogs::compile(admin).map_err(std::io::Error::other)?.map(Arc::new);
     let mut stop = shared.admin_stop.subscribe();
+    let limit = (!admin.ignore_global_conn_limit && shared.ctx.conn_limit.limits_admin())
+        .then(|| shared.ctx.conn_limit.clone());
+    let overflow = limit.as_ref().map(|_| shared.store.counter("listener.admin.downstream_global_cx_overflow"));
     tokio::spawn(async move {
         loop {
             let accepted = tokio::select! {
@@ -70,6 +75,21 @@ pub async fn start(shared: Arc<Shared>) -> std::io::Result<()> {
                 _ = stop.wait_for(|s| *s) => break,
             };
             let Ok((stream, remote)) = accepted else { continue };
+            // Under the runtime key's global limit the admin listener takes
+            // a place too, unless it says otherwise (as Envoy: the resource
+            // monitor's limit leaves it alone).
+            let place = match &limit {
+                Some(l) => match l.try_take() {
+                    Some(p) => Some(p),
+                    None => {
+                        if let Some(c) = &overflow {
+                            c.inc();
+                        }
+                        continue;
+                    }
+                },
+                None => None,
+            };
             let shared = shared.clone();
             let logs = logs.clone();
             tokio::spawn(async move {
@@ -86,6 +106,7 @@ pub async fn start(shared: Arc<Shared>) -> std::io::Result<()> {
                     }
                 });
                 let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
+                drop(place);
             });
         }
         drop(listener);
@@ -135,7 +156,10 @@ fn query_param<'a>(q: Option<&'a str>, name: &str) -> Option<&'a str> {
 fn handle(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let path = req.uri().path();
     let query = req.uri().query();
-    let mutating = matches!(path, "/healthcheck/fail" | "/healthcheck/ok" | "/drain_listeners" | "/quitquitquit");
+    let mutating = matches!(
+        path,
+        "/healthcheck/fail" | "/healthcheck/ok" | "/drain_listeners" | "/quitquitquit" | "/runtime_modify"
+    );
     if mutating && req.method() != Method::POST {
         return reply(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -150,6 +174,20 @@ fn handle(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>> {
             reply(status, "text/plain; charset=UTF-8", format!("{state}\n"))
         }
         "/server_info" => json_reply(server_info(shared)),
+        "/runtime" => json_reply(crate::server::runtime::admin_json()),
+        "/runtime_modify" => {
+            let params: Vec<(String, String)> = query
+                .map(|q| form_urlencoded::parse(q.as_bytes()).map(|(k, v)| (k.into_owned(), v.into_owned())).collect())
+                .unwrap_or_default();
+            match shared.runtime.modify(&params) {
+                Ok(()) => text("OK\n"),
+                Err((status, msg)) => reply(
+                    StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST),
+                    "text/plain; charset=UTF-8",
+                    msg,
+                ),
+            }
+        }
         "/stats" => stats(shared, query),
         "/stats/prometheus" => reply(StatusCode::OK, "text/plain; charset=UTF-8", prometheus(shared)),
         "/certs" => json_reply(certs(shared)),

@@ -81,12 +81,30 @@ pub struct Shared {
     /// When epoch 0 started (seconds since the Unix epoch), carried across
     /// hot restarts.
     pub original_start: std::sync::atomic::AtomicU64,
+    /// The bootstrap's `layered_runtime` (an empty runtime without one).
+    pub runtime: Arc<crate::server::runtime::Loader>,
 }
 
 impl Shared {
     pub fn original_start_time(&self) -> u64 {
         self.original_start.load(std::sync::atomic::Ordering::Relaxed)
     }
+}
+
+/// The bootstrap's `layered_runtime`, loaded and installed.
+fn start_runtime(
+    b: &Bootstrap,
+    options: &Options,
+    store: &Store,
+) -> Result<Arc<crate::server::runtime::Loader>, ServerError> {
+    let service_cluster =
+        options.service_cluster.clone().or_else(|| b.node.as_ref().map(|n| n.cluster.clone())).unwrap_or_default();
+    crate::server::runtime::Loader::start(b.layered_runtime.as_ref(), store, &service_cluster).map_err(|e| {
+        match e.split_once(": ") {
+            Some((path, reason)) => ServerError::Config { path: path.to_string(), reason: reason.to_string() },
+            None => ServerError::Config { path: "layered_runtime".into(), reason: e },
+        }
+    })
 }
 
 /// Compiles the static config and binds its listeners (or takes those a hot
@@ -99,6 +117,8 @@ pub fn build(
 ) -> Result<(Arc<Shared>, Vec<tokio::sync::mpsc::UnboundedReceiver<WorkerCmd>>), ServerError> {
     let LoadedBootstrap { bootstrap, .. } = bootstrap;
     let b = &bootstrap;
+    // Loaded first: what is compiled next may read it.
+    let runtime = start_runtime(b, &options, &store)?;
     let mut map = HashMap::new();
     let clusters = Arc::new(ArcSwap::from_pointee(ClusterMap::new()));
     let (listeners, worker_rxs) = ListenerManager::new(options.concurrency);
@@ -187,6 +207,7 @@ pub fn build(
             admin_stop: watch::channel(false).0,
             admin_closed: AtomicBool::new(false),
             original_start: since_epoch.into(),
+            runtime,
         }),
         worker_rxs,
     ))

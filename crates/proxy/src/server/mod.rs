@@ -10,6 +10,7 @@ pub mod hot_restart;
 pub mod instance;
 pub mod memory;
 mod overload;
+pub mod runtime;
 pub mod sinks;
 mod stats_matcher;
 pub mod xds;
@@ -129,6 +130,7 @@ pub fn run(bootstrap: LoadedBootstrap, options: Options) -> Result<(), ServerErr
     // is dropped and what startup freed goes back to the kernel; later
     // readings (xDS, SDS files, config dumps) decode the pool again.
     main_rt.spawn(crate::server::memory::keep_lean());
+    main_rt.spawn(shared.runtime.clone().watch_disk());
     main_rt.block_on(async {
         let flusher = tokio::spawn(async {
             loop {

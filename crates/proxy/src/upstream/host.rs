@@ -114,10 +114,10 @@ impl Host {
 
 /// `slow_start_config`: a host that became healthy less than `window_ms`
 /// ago gets its weight scaled by max(min_weight, (t / window)^(1/aggression)).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct SlowStart {
     pub window_ms: u64,
-    pub aggression: f64,
+    pub aggression: crate::common::runtime::RuntimeDouble,
     pub min_weight: f64,
 }
 
@@ -139,11 +139,9 @@ impl SlowStart {
         min_weight: Option<&legate_api::pb::envoy::r#type::v3::Percent>,
     ) -> Option<Self> {
         let window_ms = window.map_or(0, |d| legate_api::duration::from_pb(d).as_millis() as u64);
-        let aggression = aggression.map_or(1.0, |a| a.default_value);
         Some(Self {
             window_ms,
-            // Envoy falls back to 1.0 for a value that is not positive.
-            aggression: if aggression > 0.0 && aggression.is_finite() { aggression } else { 1.0 },
+            aggression: crate::common::runtime::RuntimeDouble::new(aggression, 1.0),
             min_weight: min_weight.map_or(10.0, |p| p.value) / 100.0,
         })
         .filter(|s| s.window_ms > 0)
@@ -160,7 +158,9 @@ impl SlowStart {
             return weight;
         }
         let t = in_window.max(1) as f64 / self.window_ms as f64;
-        let f = if self.aggression == 1.0 { t } else { t.powf(1.0 / self.aggression) };
+        // Envoy falls back to 1.0 for a value that is not positive.
+        let a = Some(self.aggression.value()).filter(|a| *a > 0.0 && a.is_finite()).unwrap_or(1.0);
+        let f = if a == 1.0 { t } else { t.powf(1.0 / a) };
         weight * f.max(self.min_weight)
     }
 }
@@ -171,7 +171,11 @@ mod tests {
 
     #[test]
     fn slow_start_scales_weight_over_the_window() {
-        let ss = SlowStart { window_ms: 10_000, aggression: 1.0, min_weight: 0.1 };
+        let ss = SlowStart {
+            window_ms: 10_000,
+            aggression: crate::common::runtime::RuntimeDouble::fixed(1.0),
+            min_weight: 0.1,
+        };
         let h = Host::new("127.0.0.1:1".parse().unwrap(), "h".into(), 1, 0);
         // Not yet healthy-stamped: full weight.
         assert_eq!(ss.weight(&h, 4.0, 5_000), 4.0);
@@ -183,7 +187,7 @@ mod tests {
         // Past the window: the weight as configured.
         assert_eq!(ss.weight(&h, 4.0, 11_000), 4.0);
         // Aggression 2 ramps faster: (t/window)^(1/2).
-        let fast = SlowStart { aggression: 2.0, ..ss };
+        let fast = SlowStart { aggression: crate::common::runtime::RuntimeDouble::fixed(2.0), ..ss.clone() };
         assert!((fast.weight(&h, 1.0, 3_500) - 0.5).abs() < 1e-9);
         // An unhealthy host is not scaled.
         h.hc_healthy.store(false, Relaxed);

@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 /// Envoy's priority-load parameters: `overprovisioning_factor` (percent,
 /// default 140) and `healthy_panic_threshold` (percent, default 50).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct LbParams {
     pub overprovisioning: u64,
     pub panic_threshold: f64,
@@ -110,7 +110,7 @@ impl HostSet {
     /// (all its hosts used) when the total is short of 100 and under the
     /// panic threshold of its hosts are healthy; when every level is, load
     /// follows host counts instead.
-    pub fn new(all: Vec<Arc<Host>>, params: LbParams) -> Self {
+    pub fn new(all: Vec<Arc<Host>>, params: &LbParams) -> Self {
         let mut by_priority: std::collections::BTreeMap<u32, Vec<Arc<Host>>> = Default::default();
         for h in &all {
             by_priority.entry(h.priority).or_default().push(h.clone());
@@ -142,7 +142,7 @@ impl HostSet {
                 Level { hosts, load, panic, equal_weights, table, localities }
             })
             .collect();
-        let slow_start_until = params.slow_start.map_or(0, |ss| slow_start_until(&all, ss));
+        let slow_start_until = params.slow_start.as_ref().map_or(0, |ss| slow_start_until(&all, ss));
         Self { all, levels, healthy, slow_start_until }
     }
 
@@ -169,7 +169,7 @@ impl HostSet {
 /// A level's localities as Envoy weighs them: `load_balancing_weight` ×
 /// min(1, overprovisioning × healthy share); those at zero take nothing. In
 /// panic every host counts and the weights stand as configured.
-fn localities(hosts: &[Arc<Host>], panic: bool, params: LbParams) -> Vec<LocalityHosts> {
+fn localities(hosts: &[Arc<Host>], panic: bool, params: &LbParams) -> Vec<LocalityHosts> {
     let mut by: std::collections::BTreeMap<u32, (Vec<Arc<Host>>, usize, u32)> = Default::default();
     for h in hosts {
         let e = by.entry(h.locality).or_insert_with(|| (Vec::new(), 0, h.locality_weight));
@@ -197,7 +197,7 @@ type Tier = (Vec<Arc<Host>>, Vec<Arc<Host>>);
 
 /// Each level's share of the load (percent) and whether it is in panic, as
 /// `HostSet::new` describes.
-fn priority_loads(tiers: &[Tier], params: LbParams) -> (Vec<u32>, Vec<bool>) {
+fn priority_loads(tiers: &[Tier], params: &LbParams) -> (Vec<u32>, Vec<bool>) {
     let availability: Vec<u64> = tiers
         .iter()
         .map(|(hosts, ok)| (params.overprovisioning * ok.len() as u64 / hosts.len() as u64).min(100))
@@ -240,7 +240,7 @@ fn priority_loads(tiers: &[Tier], params: LbParams) -> (Vec<u32>, Vec<bool>) {
 /// Slow start (Envoy's refresh): until when some host may still be in its
 /// window. A host with no healthy time yet (no active checks, or none
 /// answered) starts its window now.
-fn slow_start_until(all: &[Arc<Host>], ss: SlowStart) -> u64 {
+fn slow_start_until(all: &[Arc<Host>], ss: &SlowStart) -> u64 {
     let now = clock_ms();
     let mut latest = 0;
     for h in all {
@@ -301,7 +301,7 @@ mod tests {
         };
         let hosts = [placed(&[true], 0, 2), placed(&[true, false], 1, 2), placed(&[true], 2, 0)].concat();
         let got: Vec<(usize, f64)> =
-            localities(&hosts, false, LbParams::default()).iter().map(|l| (l.hosts.len(), l.weight)).collect();
+            localities(&hosts, false, &LbParams::default()).iter().map(|l| (l.hosts.len(), l.weight)).collect();
         // Half healthy: 2 × min(1, 1.4 × 0.5) = 1.4; no weight: left out.
         assert_eq!(got.len(), 2);
         assert_eq!(got[0], (1, 2.0));
@@ -314,30 +314,30 @@ mod tests {
         let p = LbParams::default();
         // All healthy: P0 takes everything.
         let all = [hosts(&[true, true], 0), hosts(&[true], 1)].concat();
-        assert_eq!(loads(&HostSet::new(all, p)), vec![(100, 2, false)]);
+        assert_eq!(loads(&HostSet::new(all, &p)), vec![(100, 2, false)]);
         // Half of P0 healthy: 1.4 × 50 = 70 % stays, 30 % spills to P1.
         let half = [hosts(&[true, false], 0), hosts(&[true], 1)].concat();
-        assert_eq!(loads(&HostSet::new(half, p)), vec![(70, 1, false), (30, 1, false)]);
+        assert_eq!(loads(&HostSet::new(half, &p)), vec![(70, 1, false), (30, 1, false)]);
         // Health short of 100 % overall and every level under the panic
         // threshold: total panic, load by host count over all hosts.
         let short = [hosts(&[true, false, false, false], 0), hosts(&[false], 1)].concat();
-        assert_eq!(loads(&HostSet::new(short.clone(), p)), vec![(80, 4, true), (20, 1, true)]);
+        assert_eq!(loads(&HostSet::new(short.clone(), &p)), vec![(80, 4, true), (20, 1, true)]);
         // P0 dead, P1 half healthy (not under the threshold): P1 takes the
         // whole load from its healthy host; P0's panic gives it no load.
         let one = [hosts(&[false, false], 0), hosts(&[true, false], 1)].concat();
-        assert_eq!(loads(&HostSet::new(one, p)), vec![(100, 1, false)]);
+        assert_eq!(loads(&HostSet::new(one, &p)), vec![(100, 1, false)]);
         // Scaled split: 35 and 46 of 81.
         let scaled = [hosts(&[true, false, false, false], 0), hosts(&[true, false, false], 1)].concat();
-        let off = LbParams { panic_threshold: 0.0, ..p };
-        assert_eq!(loads(&HostSet::new(scaled, off)), vec![(44, 1, false), (56, 1, false)]);
+        let off = LbParams { panic_threshold: 0.0, ..p.clone() };
+        assert_eq!(loads(&HostSet::new(scaled, &off)), vec![(44, 1, false), (56, 1, false)]);
         // Panic disabled: only the healthy host.
-        assert_eq!(loads(&HostSet::new(short, off)), vec![(100, 1, false)]);
+        assert_eq!(loads(&HostSet::new(short, &off)), vec![(100, 1, false)]);
         // Nothing healthy anywhere: total panic, load by host count.
         let none = [hosts(&[false, false, false], 0), hosts(&[false], 1)].concat();
-        assert_eq!(loads(&HostSet::new(none, p)), vec![(75, 3, true), (25, 1, true)]);
+        assert_eq!(loads(&HostSet::new(none, &p)), vec![(75, 3, true), (25, 1, true)]);
         // A custom overprovisioning factor of 100: P0 half healthy keeps 50 %.
-        let exact = LbParams { overprovisioning: 100, ..p };
+        let exact = LbParams { overprovisioning: 100, ..p.clone() };
         let half = [hosts(&[true, false], 0), hosts(&[true], 1)].concat();
-        assert_eq!(loads(&HostSet::new(half, exact)), vec![(50, 1, false), (50, 1, false)]);
+        assert_eq!(loads(&HostSet::new(half, &exact)), vec![(50, 1, false), (50, 1, false)]);
     }
 }

@@ -33,7 +33,7 @@ impl Membership {
                 h.mark_pending();
             }
         }
-        let set = HostSet::new(hosts, params);
+        let set = HostSet::new(hosts, &params);
         stats.membership_total.set(set.all.len() as i64);
         stats.membership_healthy.set(set.healthy as i64);
         Self {
@@ -89,14 +89,14 @@ impl Membership {
         }
         self.change.inc();
         self.total.set(hosts.len() as i64);
-        let set = HostSet::new(hosts, self.params);
+        let set = HostSet::new(hosts, &self.params);
         self.healthy.set(set.healthy as i64);
         self.set.store(Arc::new(set));
     }
 
     /// Rebuilds the set requests go to after a host's health changed.
     pub fn refresh_health(&self) {
-        let set = HostSet::new(self.set.load().all.clone(), self.params);
+        let set = HostSet::new(self.set.load().all.clone(), &self.params);
         self.healthy.set(set.healthy as i64);
         self.set.store(Arc::new(set));
     }

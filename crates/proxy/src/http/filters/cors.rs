@@ -10,7 +10,6 @@
 //! (`envoy.config.route.v3.CorsPolicy`) are used instead, as Envoy falls
 //! back to them.
 
-use crate::common::fraction::{per_million, roll};
 use crate::common::matcher::StringMatch;
 use crate::http::filters::api::{
     FilterContext, FilterStatus, HttpFilter, PerRouteRegistration, Registration, RequestCtx, ResponseState, Verdict,
@@ -64,8 +63,8 @@ pub struct Policy {
     expose_headers: Option<HeaderValue>,
     max_age: Option<HeaderValue>,
     allow_credentials: Option<bool>,
-    /// `filter_enabled` in parts per million.
-    enabled: Option<u32>,
+    /// `filter_enabled`.
+    enabled: Option<crate::common::runtime::RuntimeFraction>,
     allow_private_network: Option<bool>,
     forward_not_matching_preflights: Option<bool>,
 }
@@ -91,7 +90,7 @@ impl Policy {
             expose_headers: value(&p.expose_headers, "expose_headers")?,
             max_age: value(&p.max_age, "max_age")?,
             allow_credentials: p.allow_credentials.as_ref().map(|b| b.value),
-            enabled: p.filter_enabled.as_ref().map(|f| per_million(f.default_value.as_ref())),
+            enabled: p.filter_enabled.as_ref().map(crate::common::runtime::RuntimeFraction::new),
             allow_private_network: p.allow_private_network_access.as_ref().map(|b| b.value),
             forward_not_matching_preflights: p.forward_not_matching_preflights.as_ref().map(|b| b.value),
         })
@@ -151,7 +150,7 @@ pub fn decide(policies: &[&Policy], method: &http::Method, headers: &HeaderMap, 
     }
     stats.origin_valid.inc();
     // filter_enabled comes from the most specific policy (default: on).
-    if !roll(policies[0].enabled.unwrap_or(1_000_000)) {
+    if !policies[0].enabled.as_ref().is_none_or(|f| f.roll()) {
         return Decision::Pass;
     }
     let credentials = first(policies, |p| p.allow_credentials).unwrap_or(false);

@@ -3,6 +3,7 @@
 
 use crate::common::fraction::{per_million, roll};
 use crate::common::matcher::HeaderMatch;
+use crate::common::runtime;
 use crate::http::filters::api::{
     FilterContext, FilterStatus, HttpFilter, Registration, RequestCtx, ResponseState, Verdict,
 };
@@ -34,10 +35,24 @@ enum Abort {
     Header,
 }
 
+/// The runtime keys that override a fault's chance, status and delay (the
+/// filter's `*_runtime` fields, or Envoy's defaults).
+struct Keys {
+    abort_percent: String,
+    abort_status: String,
+    delay_percent: String,
+    delay_ms: String,
+}
+
+/// The request's downstream cluster, whose own keys
+/// (`fault.http.<cluster>.abort.abort_percent`, ...) also apply.
+const DOWNSTREAM_CLUSTER: &str = "x-envoy-downstream-service-cluster";
+
 pub struct Fault {
     headers: Vec<HeaderMatch>,
     delay: Option<(Delay, u32)>,
     abort: Option<(Abort, u32)>,
+    keys: Keys,
     delays_injected: Arc<crate::stats::Counter>,
     aborts_injected: Arc<crate::stats::Counter>,
 }
@@ -75,10 +90,18 @@ impl Fault {
         };
         let headers = f.headers.iter().map(HeaderMatch::new).collect::<Result<_, _>>()?;
         let p = format!("http.{stat_prefix}.fault.");
+        let key = |set: &str, default: &str| if set.is_empty() { default.to_string() } else { set.to_string() };
+        let keys = Keys {
+            abort_percent: key(&f.abort_percent_runtime, "fault.http.abort.abort_percent"),
+            abort_status: key(&f.abort_http_status_runtime, "fault.http.abort.http_status"),
+            delay_percent: key(&f.delay_percent_runtime, "fault.http.delay.fixed_delay_percent"),
+            delay_ms: key(&f.delay_duration_runtime, "fault.http.delay.fixed_duration_ms"),
+        };
         Ok(Fault {
             headers,
             delay,
             abort,
+            keys,
             delays_injected: store.counter(&format!("{p}delays_injected")),
             aborts_injected: store.counter(&format!("{p}aborts_injected")),
         })
@@ -91,15 +114,45 @@ impl Fault {
 
     /// The abort, if one is drawn: `header_status` is the status the request
     /// asked for in `x-envoy-fault-abort-request`.
-    fn abort(&self, header_status: Option<u64>) -> Option<Verdict> {
+    fn abort(&self, header_status: Option<u64>, cluster: Option<&str>) -> Option<Verdict> {
         let (how, chance) = self.abort.as_ref()?;
         let status = match how {
-            Abort::Status(s) => Some(*s),
-            Abort::Header => header_status.and_then(|s| u16::try_from(s).ok()),
-        };
-        let status = status.filter(|s| (200..600).contains(s) && roll(*chance))?;
+            Abort::Status(s) => Some(u64::from(*s)),
+            Abort::Header => header_status,
+        }?;
+        // As Envoy: the runtime may override the status and the chance, and
+        // the downstream cluster's own keys may add a chance and override
+        // the status again.
+        let rt = runtime::snapshot();
+        let mut status = rt.integer(&self.keys.abort_status, status);
+        let mut enabled = roll(rt.fraction_per_million(&self.keys.abort_percent, *chance));
+        if let Some(c) = cluster {
+            enabled |= roll(rt.fraction_per_million(&format!("fault.http.{c}.abort.abort_percent"), *chance));
+            status = rt.integer(&format!("fault.http.{c}.abort.http_status"), status);
+        }
+        let status = u16::try_from(status).ok().filter(|s| (200..600).contains(s) && enabled)?;
         self.aborts_injected.inc();
         Some(Verdict::Abort { status, body: "fault filter abort", flag: "FI" })
+    }
+}
+
+impl Fault {
+    /// The delay, if one is drawn: the configured (or asked for) duration,
+    /// unless the runtime overrides it or its chance.
+    fn delay(&self, headers: &http::HeaderMap, cluster: Option<&str>) -> Option<Duration> {
+        let (how, chance) = self.delay.as_ref()?;
+        let ms = match how {
+            Delay::Fixed(d) => d.as_millis() as u64,
+            Delay::Header => header_num(headers, DELAY_HEADER)?,
+        };
+        let rt = runtime::snapshot();
+        let mut ms = rt.integer(&self.keys.delay_ms, ms);
+        let mut enabled = roll(rt.fraction_per_million(&self.keys.delay_percent, *chance));
+        if let Some(c) = cluster {
+            enabled |= roll(rt.fraction_per_million(&format!("fault.http.{c}.delay.fixed_delay_percent"), *chance));
+            ms = rt.integer(&format!("fault.http.{c}.delay.fixed_duration_ms"), ms);
+        }
+        enabled.then(|| Duration::from_millis(ms))
     }
 }
 
@@ -121,20 +174,16 @@ impl HttpFilter for Fault {
             Some((Abort::Header, _)) => header_num(headers, ABORT_HEADER),
             _ => None,
         };
-        if let Some((how, chance)) = &self.delay {
-            let d = match how {
-                Delay::Fixed(d) => Some(*d),
-                Delay::Header => header_num(headers, DELAY_HEADER).map(Duration::from_millis),
-            };
-            if let Some(d) = d.filter(|_| roll(*chance)) {
-                self.delays_injected.inc();
-                return FilterStatus::Wait(Box::pin(async move {
-                    tokio::time::sleep(d).await;
-                    self.abort(abort_header).unwrap_or(Verdict::Continue)
-                }));
-            }
+        let cluster = headers.get(DOWNSTREAM_CLUSTER).and_then(|v| v.to_str().ok()).filter(|c| !c.is_empty());
+        if let Some(d) = self.delay(headers, cluster) {
+            self.delays_injected.inc();
+            let cluster = cluster.map(str::to_string);
+            return FilterStatus::Wait(Box::pin(async move {
+                tokio::time::sleep(d).await;
+                self.abort(abort_header, cluster.as_deref()).unwrap_or(Verdict::Continue)
+            }));
         }
-        match self.abort(abort_header) {
+        match self.abort(abort_header, cluster) {
             Some(v) => FilterStatus::Done(v),
             None => FilterStatus::Continue,
         }

@@ -10,7 +10,8 @@
 //! A descriptor entry with an empty value matches any value and gets a
 //! bucket per value seen (at most `max_dynamic_descriptors`, default 20).
 
-use crate::common::fraction::{per_million, roll};
+use crate::common::fraction::roll;
+use crate::common::runtime::RuntimeFraction;
 use crate::common::token_bucket::TokenBucket;
 use crate::http::filters::api::{
     FilterContext, FilterStatus, HttpFilter, PerRouteRegistration, Registration, RequestCtx, ResponseState, Verdict,
@@ -66,8 +67,8 @@ pub struct RateLimit {
     always_consume_default: bool,
     stage: u32,
     vh_rate_limits: VhRateLimits,
-    enabled: u32,
-    enforced: u32,
+    enabled: RuntimeFraction,
+    enforced: RuntimeFraction,
     status: u16,
     headers: Vec<(http::HeaderName, http::HeaderValue)>,
     stat_prefix: String,
@@ -106,7 +107,7 @@ impl RateLimit {
             })
             .collect::<Result<Vec<_>, String>>()?;
         let pct = |r: &Option<legate_api::pb::envoy::config::core::v3::RuntimeFractionalPercent>| {
-            r.as_ref().map_or(0, |r| per_million(r.default_value.as_ref()))
+            r.as_ref().map_or(RuntimeFraction::keyed("", 0), RuntimeFraction::new)
         };
         let headers = l
             .response_headers_to_add
@@ -251,7 +252,7 @@ impl RateLimitFilter {
     /// Takes tokens; `Some` when the request is limited and enforced.
     fn check(&self, ctx: &RequestCtx<'_>) -> Option<Verdict> {
         let cfg = ctx.per_route::<RateLimit>().unwrap_or(&self.config);
-        if !roll(cfg.enabled) {
+        if !cfg.enabled.roll() {
             return None;
         }
         let stats = cfg.stats(&self.store);
@@ -262,7 +263,8 @@ impl RateLimitFilter {
             return None;
         }
         stats.limited.inc();
-        if cfg.enforced > 0 && roll(cfg.enforced) {
+        let enforced = cfg.enforced.per_million();
+        if enforced > 0 && roll(enforced) {
             stats.enforced.inc();
             return Some(Verdict::Limited { status: cfg.status, headers: cfg.headers.clone() });
         }

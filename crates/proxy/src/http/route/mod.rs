@@ -84,6 +84,8 @@ pub struct Route {
     query: Vec<QueryMatch>,
     /// `match.grpc`: only gRPC requests (by their content type) match.
     grpc: bool,
+    /// `match.runtime_fraction`: the share of requests the route matches.
+    runtime_fraction: Option<crate::common::runtime::RuntimeFraction>,
     pub action: Action,
     pub request_headers: HeaderMutations,
     pub response_headers: HeaderMutations,
@@ -175,8 +177,8 @@ pub struct RouteUpgrade {
 /// One `request_mirror_policies` entry.
 pub struct Mirror {
     pub cluster: String,
-    /// Share of requests mirrored, in parts per million.
-    pub per_million: u32,
+    /// `runtime_fraction`: the share mirrored (none: every request).
+    pub chance: Option<crate::common::runtime::RuntimeFraction>,
     /// Leave the host as it is instead of appending `-shadow`.
     pub keep_host: bool,
 }
@@ -360,6 +362,7 @@ fn compile_route(r: &rpb::Route) -> Result<Route, String> {
         name: r.name.clone(),
         path,
         grpc: m.grpc.is_some(),
+        runtime_fraction: m.runtime_fraction.as_ref().map(crate::common::runtime::RuntimeFraction::new),
         case_sensitive,
         headers,
         query,
@@ -471,10 +474,7 @@ fn compile_route_action(ra: &rpb::RouteAction) -> Result<RouteAction, String> {
                 }
                 Ok(Mirror {
                     cluster: m.cluster.clone(),
-                    per_million: m
-                        .runtime_fraction
-                        .as_ref()
-                        .map_or(1_000_000, |f| crate::common::fraction::per_million(f.default_value.as_ref())),
+                    chance: m.runtime_fraction.as_ref().map(crate::common::runtime::RuntimeFraction::new),
                     keep_host: m.disable_shadow_host_suffix_append,
                 })
             })
@@ -607,6 +607,7 @@ impl Route {
         ok && (!self.grpc || stream_timeouts::is_grpc(headers))
             && self.headers.iter().all(|h| h.matches(headers, pseudo))
             && self.query_matches(query)
+            && self.runtime_fraction.as_ref().is_none_or(|f| f.roll())
     }
 
     fn query_matches(&self, query: Option<&str>) -> bool {

@@ -14,7 +14,7 @@ use std::sync::Arc;
 pub(super) fn chosen(ra: &RouteAction, clusters: &ClusterMap) -> Vec<(Arc<Cluster>, bool)> {
     ra.mirrors
         .iter()
-        .filter(|m| crate::common::fraction::roll(m.per_million))
+        .filter(|m| m.chance.as_ref().is_none_or(|c| c.roll()))
         .filter_map(|m| clusters.get(&m.cluster).map(|c| (c.clone(), m.keep_host)))
         .collect()
 }

@@ -14,8 +14,8 @@ pub const TYPE: &str = "envoy.extensions.filters.network.local_ratelimit.v3.Loca
 
 pub struct NetRateLimit {
     bucket: crate::common::token_bucket::TokenBucket,
-    /// `runtime_enabled.default_value` (on when unset).
-    enabled: bool,
+    /// `runtime_enabled` (on when unset).
+    enabled: crate::common::runtime::RuntimeFlag,
     rate_limited: Arc<Counter>,
 }
 
@@ -34,14 +34,14 @@ impl NetRateLimit {
         let tb = l.token_bucket.as_ref().ok_or(format!("{path}.token_bucket is required"))?;
         Ok(Self {
             bucket: crate::common::token_bucket::TokenBucket::compile(tb, &format!("{path}.token_bucket"))?,
-            enabled: l.runtime_enabled.as_ref().is_none_or(|r| r.default_value.is_none_or(|v| v.value)),
+            enabled: crate::common::runtime::RuntimeFlag::new(l.runtime_enabled.as_ref(), true),
             rate_limited: store.counter(&format!("local_rate_limit.{}.rate_limited", l.stat_prefix)),
         })
     }
 
     /// Whether a new connection may go on (takes a token when enabled).
     pub fn admit(&self) -> bool {
-        if !self.enabled || self.bucket.take() {
+        if !self.enabled.enabled() || self.bucket.take() {
             return true;
         }
         self.rate_limited.inc();

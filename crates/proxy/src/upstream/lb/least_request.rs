@@ -3,6 +3,7 @@
 //! them), earliest-deadline-first over weight / (active + 1)^bias. Inside a
 //! locality, the better of two random samples.
 
+use crate::common::runtime::RuntimeDouble;
 use crate::upstream::clock::clock_ms;
 use crate::upstream::host::{Host, SlowStart};
 use crate::upstream::lb::edf::Edf;
@@ -25,13 +26,13 @@ pub struct LeastRequest {
     choice_count: u32,
     /// How strongly active requests lower a host's weight when weights
     /// differ (`active_request_bias`, default 1).
-    active_request_bias: f64,
+    active_request_bias: RuntimeDouble,
     slow_start: Option<SlowStart>,
 }
 
 impl Default for LeastRequest {
     fn default() -> Self {
-        Self { choice_count: 2, active_request_bias: 1.0, slow_start: None }
+        Self { choice_count: 2, active_request_bias: RuntimeDouble::fixed(1.0), slow_start: None }
     }
 }
 
@@ -39,7 +40,7 @@ fn from_cluster(c: &PbCluster) -> Result<Box<dyn LoadBalancer>, String> {
     let mut lr = LeastRequest::default();
     if let Some(cluster::LbConfig::LeastRequestLbConfig(l)) = &c.lb_config {
         lr.choice_count = l.choice_count.map_or(2, |v| v.value);
-        lr.active_request_bias = l.active_request_bias.as_ref().map_or(1.0, |b| b.default_value);
+        lr.active_request_bias = RuntimeDouble::new(l.active_request_bias.as_ref(), 1.0);
         lr.slow_start = l.slow_start_config.as_ref().and_then(SlowStart::compile);
     }
     Ok(Box::new(lr))
@@ -49,7 +50,7 @@ fn from_typed(any: &Any) -> Result<Box<dyn LoadBalancer>, String> {
     let l: typed::LeastRequest = legate_api::any::unpack(any)?;
     Ok(Box::new(LeastRequest {
         choice_count: l.choice_count.map_or(2, |v| v.value),
-        active_request_bias: l.active_request_bias.as_ref().map_or(1.0, |b| b.default_value),
+        active_request_bias: RuntimeDouble::new(l.active_request_bias.as_ref(), 1.0),
         slow_start: l.slow_start_config.as_ref().and_then(SlowStart::compile_typed),
     }))
 }
@@ -73,8 +74,8 @@ impl LeastRequest {
     /// weight / (active requests + 1)^active_request_bias.
     fn weighted(&self, at: &PickContext<'_>) -> Option<Arc<Host>> {
         let hosts = &at.level.hosts;
-        let bias = self.active_request_bias;
-        let slow = self.slow_start.filter(|_| at.set.in_slow_start());
+        let bias = self.active_request_bias.value();
+        let slow = self.slow_start.as_ref().filter(|_| at.set.in_slow_start());
         let now = if slow.is_some() { clock_ms() } else { 0 };
         let effective = |h: &Host| {
             let active = h.rq_active.load(Relaxed) as f64 + 1.0;
@@ -116,6 +117,6 @@ impl LoadBalancer for LeastRequest {
     }
 
     fn slow_start(&self) -> Option<SlowStart> {
-        self.slow_start
+        self.slow_start.clone()
     }
 }

@@ -38,7 +38,7 @@ fn from_typed(any: &Any) -> Result<Box<dyn LoadBalancer>, String> {
 impl LoadBalancer for RoundRobin {
     fn pick(&self, at: &PickContext<'_>) -> Option<Arc<Host>> {
         let (li, hosts) = (at.level_index, &at.level.hosts);
-        let slow = self.slow_start.filter(|_| at.set.in_slow_start());
+        let slow = self.slow_start.as_ref().filter(|_| at.set.in_slow_start());
         let mut st = at.workers.lock(at.set);
         if at.level.equal_weights && slow.is_none() {
             let i = st.rr_next[li] % hosts.len();
@@ -62,6 +62,6 @@ impl LoadBalancer for RoundRobin {
     }
 
     fn slow_start(&self) -> Option<SlowStart> {
-        self.slow_start
+        self.slow_start.clone()
     }
 }
