@@ -8,9 +8,9 @@
 mod harness;
 
 use harness::config::{hcm_answer, listener, listener_chains};
+use harness::raw::{answered_keep_alive, closed_unanswered};
 use harness::sides::{both, Side};
 use harness::*;
-use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
@@ -33,25 +33,6 @@ fn config(admin: u16, main: u16, free: u16) -> String {
     )
 }
 
-/// A keep-alive connection that has been answered once (so it is counted).
-fn answered(port: u16) -> Option<TcpStream> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
-    s.write_all(b"GET / HTTP/1.1\r\nhost: a\r\n\r\n").ok()?;
-    let mut buf = [0u8; 512];
-    let n = s.read(&mut buf).ok()?;
-    String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200").then_some(s)
-}
-
-/// What a connection over the limit sees: closed without an answer.
-fn refused(port: u16) -> bool {
-    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else { return true };
-    let _ = s.set_read_timeout(Some(Duration::from_secs(3)));
-    let _ = s.write_all(b"GET / HTTP/1.1\r\nhost: a\r\n\r\n");
-    let mut buf = [0u8; 512];
-    matches!(s.read(&mut buf), Ok(0) | Err(_))
-}
-
 fn overflow(side: &Side) -> u64 {
     side.stat(&format!("listener.127.0.0.1_{}.downstream_global_cx_overflow", side.port("main")))
 }
@@ -63,20 +44,20 @@ fn global_downstream_max_connections_closes_what_is_over_the_limit() {
     let mut figures = Vec::new();
     for side in &sides {
         let main = side.port("main");
-        let held: Vec<TcpStream> = (0..MAX).filter_map(|_| answered(main)).collect();
+        let held: Vec<TcpStream> = (0..MAX).filter_map(|_| answered_keep_alive(main)).collect();
         assert_eq!(held.len(), MAX, "{}: the first {MAX} connections are served", side.who);
-        assert!(refused(main), "{}: a connection over the limit is closed unanswered", side.who);
+        assert!(closed_unanswered(main), "{}: a connection over the limit is closed unanswered", side.who);
         // The ignoring listener is not limited, and does not take a place.
-        let free = answered(side.port("free"));
+        let free = answered_keep_alive(side.port("free"));
         assert!(free.is_some(), "{}: ignore_global_conn_limit", side.who);
-        assert!(refused(main), "{}: still full with the free listener's connection open", side.who);
+        assert!(closed_unanswered(main), "{}: still full with the free listener's connection open", side.who);
         drop(held);
         // Once the proxy has seen them close, their places are free again.
         let active = format!("listener.127.0.0.1_{main}.downstream_cx_active");
         wait_for(&format!("{}: the closed connections to go", side.who), Duration::from_secs(5), || {
             (side.stat(&active) == 0).then_some(())
         });
-        let back = answered(main);
+        let back = answered_keep_alive(main);
         assert!(back.is_some(), "{}: a closed connection gives its place back", side.who);
         figures.push(overflow(side));
         drop(back);

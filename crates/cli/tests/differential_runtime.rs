@@ -8,9 +8,9 @@
 mod harness;
 
 use harness::config::{hcm_answer, hcm_vhost, listener};
+use harness::raw::{answered_keep_alive, closed_unanswered};
 use harness::sides::{both, Side};
 use harness::*;
-use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
 use std::time::Duration;
@@ -67,25 +67,6 @@ fn modify(side: &Side, method: &str, query: &str) -> u16 {
         .status
 }
 
-/// A keep-alive connection answered once (so the proxy holds it open).
-fn answered(port: u16) -> Option<TcpStream> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
-    s.write_all(b"GET / HTTP/1.1\r\nhost: a\r\n\r\n").ok()?;
-    let mut buf = [0u8; 512];
-    let n = s.read(&mut buf).ok()?;
-    String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200").then_some(s)
-}
-
-/// Closed without an answer.
-fn refused(port: u16) -> bool {
-    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else { return true };
-    let _ = s.set_read_timeout(Some(Duration::from_secs(3)));
-    let _ = s.write_all(b"GET / HTTP/1.1\r\nhost: a\r\n\r\n");
-    let mut buf = [0u8; 512];
-    matches!(s.read(&mut buf), Ok(0) | Err(_))
-}
-
 fn runtime_stats(side: &Side) -> Vec<(String, u64)> {
     ["num_layers", "num_keys", "admin_overrides_active", "load_success", "load_error", "override_dir_not_exists"]
         .iter()
@@ -137,9 +118,9 @@ fn static_disk_and_admin_layers_change_what_is_served_as_in_envoy() {
     // The static layer's listener limit: one connection.
     let mut overflow = Vec::new();
     for side in &sides {
-        let held = answered(side.port("limited"));
+        let held = answered_keep_alive(side.port("limited"));
         assert!(held.is_some(), "{}: the first connection", side.who);
-        assert!(refused(side.port("limited")), "{}: the second is over the listener's limit", side.who);
+        assert!(closed_unanswered(side.port("limited")), "{}: the second is over the listener's limit", side.who);
         // Envoy closes the socket before it counts the overflow.
         let name = format!("listener.127.0.0.1_{}.downstream_cx_overflow", side.port("limited"));
         wait_for(&format!("{}: the overflow counted", side.who), Duration::from_secs(2), || {
@@ -169,12 +150,12 @@ fn the_global_connection_limit_runtime_key_closes_what_is_over_it() {
     let mut figures = Vec::new();
     for side in &sides {
         let main = side.port("main");
-        let held: Vec<TcpStream> = (0..2).filter_map(|_| answered(main)).collect();
+        let held: Vec<TcpStream> = (0..2).filter_map(|_| answered_keep_alive(main)).collect();
         assert_eq!(held.len(), 2, "{}: two connections are served", side.who);
-        assert!(refused(main), "{}: a third is over the runtime's limit", side.who);
+        assert!(closed_unanswered(main), "{}: a third is over the runtime's limit", side.who);
         // Under this limit (not the resource monitor's) the admin listener
         // takes a place too.
-        assert!(refused(side.admin), "{}: the admin listener is full too", side.who);
+        assert!(closed_unanswered(side.admin), "{}: the admin listener is full too", side.who);
         drop(held);
         let name = format!("listener.127.0.0.1_{main}.downstream_global_cx_overflow");
         let main_overflow =

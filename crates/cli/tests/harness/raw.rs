@@ -164,3 +164,24 @@ pub fn raw_exchange(port: u16, first: &[u8], then: &[&[u8]], linger: Duration) -
         .collect();
     Raw { status, headers, rest: rest.to_string(), closed }
 }
+
+/// A keep-alive connection answered 200 once, so the proxy holds it open
+/// (and counts it against its connection limits); None otherwise.
+pub fn answered_keep_alive(port: u16) -> Option<TcpStream> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
+    s.write_all(b"GET / HTTP/1.1\r\nhost: a\r\n\r\n").ok()?;
+    let mut buf = [0u8; 512];
+    let n = s.read(&mut buf).ok()?;
+    String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200").then_some(s)
+}
+
+/// Whether a new connection is closed without an answer (what a proxy does
+/// to a connection over a limit).
+pub fn closed_unanswered(port: u16) -> bool {
+    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else { return true };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(3)));
+    let _ = s.write_all(b"GET / HTTP/1.1\r\nhost: a\r\n\r\n");
+    let mut buf = [0u8; 512];
+    matches!(s.read(&mut buf), Ok(0) | Err(_))
+}

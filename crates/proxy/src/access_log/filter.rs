@@ -26,7 +26,7 @@ pub enum Filter {
 fn comparison(c: Option<&ComparisonFilter>, what: &str) -> Result<(Op, RuntimeU32), String> {
     let c = c.ok_or_else(|| format!("{what}.comparison is required"))?;
     let op = Op::try_from(c.op).map_err(|_| format!("{what}.comparison.op: unknown operator"))?;
-    Ok((op, RuntimeU32::new(c.value.as_ref())))
+    Ok((op, RuntimeU32::uint(c.value.as_ref())))
 }
 
 impl Filter {

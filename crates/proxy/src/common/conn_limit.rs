@@ -28,6 +28,10 @@ enum Limit {
     Runtime(Box<str>),
 }
 
+/// A limit had no place left.
+#[derive(Debug)]
+pub struct Full;
+
 /// A place held by one connection, given back when dropped.
 #[derive(Debug)]
 pub struct ConnPlace(Arc<ConnLimit>);
@@ -77,6 +81,14 @@ impl ConnLimit {
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1))
             .ok()
             .map(|_| ConnPlace(self.clone()))
+    }
+
+    /// A place under `limit` when there is one; Err when it is full.
+    pub fn admit(limit: Option<&Arc<Self>>) -> Result<Option<ConnPlace>, Full> {
+        match limit {
+            Some(l) => l.try_take().map(Some).ok_or(Full),
+            None => Ok(None),
+        }
     }
 
     /// Whether there is a limit (without one, listeners need not count).

@@ -193,78 +193,81 @@ impl RuntimeFraction {
     }
 }
 
-/// A `RuntimeFeatureFlag`: on or off, overridden by its key.
-#[derive(Debug, Clone)]
-pub struct RuntimeFlag {
-    key: Option<Box<str>>,
-    default: bool,
+/// What a typed runtime field reads from a snapshot under its key.
+pub trait RuntimeRead: Copy {
+    fn read(s: &Snapshot, key: &str, default: Self) -> Self;
 }
+
+impl RuntimeRead for bool {
+    fn read(s: &Snapshot, key: &str, default: bool) -> bool {
+        s.boolean(key, default)
+    }
+}
+
+impl RuntimeRead for f64 {
+    fn read(s: &Snapshot, key: &str, default: f64) -> f64 {
+        s.double(key, default)
+    }
+}
+
+impl RuntimeRead for u32 {
+    fn read(s: &Snapshot, key: &str, default: u32) -> u32 {
+        u32::try_from(s.integer(key, u64::from(default))).unwrap_or(u32::MAX)
+    }
+}
+
+/// A config value overridden by its runtime key (`RuntimeFeatureFlag`,
+/// `RuntimeDouble`, `RuntimeUInt32`).
+#[derive(Debug, Clone)]
+pub struct Keyed<T> {
+    key: Option<Box<str>>,
+    default: T,
+}
+
+impl<T: RuntimeRead> Keyed<T> {
+    /// `default` under `key` (none when empty).
+    pub fn new(key: &str, default: T) -> Self {
+        Keyed { key: (!key.is_empty()).then(|| key.into()), default }
+    }
+
+    /// A value no key overrides.
+    pub fn fixed(default: T) -> Self {
+        Keyed { key: None, default }
+    }
+
+    pub fn value(&self) -> T {
+        match &self.key {
+            Some(k) => T::read(&snapshot(), k, self.default),
+            None => self.default,
+        }
+    }
+}
+
+/// A `RuntimeFeatureFlag`.
+pub type RuntimeFlag = Keyed<bool>;
+/// A `RuntimeDouble`.
+pub type RuntimeDouble = Keyed<f64>;
+/// A `RuntimeUInt32`.
+pub type RuntimeU32 = Keyed<u32>;
 
 impl RuntimeFlag {
     /// `default` when the field (or its `default_value`) is unset.
-    pub fn new(f: Option<&legate_api::pb::envoy::config::core::v3::RuntimeFeatureFlag>, default: bool) -> Self {
-        let Some(f) = f else { return RuntimeFlag { key: None, default } };
-        RuntimeFlag {
-            key: (!f.runtime_key.is_empty()).then(|| f.runtime_key.as_str().into()),
-            default: f.default_value.as_ref().map_or(default, |v| v.value),
-        }
+    pub fn flag(f: Option<&legate_api::pb::envoy::config::core::v3::RuntimeFeatureFlag>, default: bool) -> Self {
+        f.map_or(Keyed::fixed(default), |f| {
+            Keyed::new(&f.runtime_key, f.default_value.as_ref().map_or(default, |v| v.value))
+        })
     }
-
-    pub fn enabled(&self) -> bool {
-        match &self.key {
-            Some(k) => snapshot().boolean(k, self.default),
-            None => self.default,
-        }
-    }
-}
-
-/// A `RuntimeDouble`.
-#[derive(Debug, Clone)]
-pub struct RuntimeDouble {
-    key: Option<Box<str>>,
-    default: f64,
 }
 
 impl RuntimeDouble {
-    /// A value no key overrides.
-    pub fn fixed(default: f64) -> Self {
-        RuntimeDouble { key: None, default }
+    pub fn double(f: Option<&legate_api::pb::envoy::config::core::v3::RuntimeDouble>, default: f64) -> Self {
+        f.map_or(Keyed::fixed(default), |f| Keyed::new(&f.runtime_key, f.default_value))
     }
-
-    pub fn new(f: Option<&legate_api::pb::envoy::config::core::v3::RuntimeDouble>, default: f64) -> Self {
-        let Some(f) = f else { return RuntimeDouble { key: None, default } };
-        RuntimeDouble {
-            key: (!f.runtime_key.is_empty()).then(|| f.runtime_key.as_str().into()),
-            default: f.default_value,
-        }
-    }
-
-    pub fn value(&self) -> f64 {
-        match &self.key {
-            Some(k) => snapshot().double(k, self.default),
-            None => self.default,
-        }
-    }
-}
-
-/// A `RuntimeUInt32`.
-#[derive(Debug, Clone)]
-pub struct RuntimeU32 {
-    key: Option<Box<str>>,
-    default: u32,
 }
 
 impl RuntimeU32 {
-    pub fn new(f: Option<&legate_api::pb::envoy::config::core::v3::RuntimeUInt32>) -> Self {
-        let Some(f) = f else { return RuntimeU32 { key: None, default: 0 } };
-        RuntimeU32 { key: (!f.runtime_key.is_empty()).then(|| f.runtime_key.as_str().into()), default: f.default_value }
-    }
-
-    pub fn value(&self) -> u32 {
-        match &self.key {
-            Some(k) => u32::try_from(snapshot().integer(k, u64::from(self.default))).unwrap_or(u32::MAX),
-            None => self.default,
-        }
+    pub fn uint(f: Option<&legate_api::pb::envoy::config::core::v3::RuntimeUInt32>) -> Self {
+        f.map_or(Keyed::fixed(0), |f| Keyed::new(&f.runtime_key, f.default_value))
     }
 }
 

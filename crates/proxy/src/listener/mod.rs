@@ -9,6 +9,7 @@ pub mod inspectors;
 pub mod manager;
 pub mod network;
 
+use crate::common::conn_limit::ConnLimit;
 use crate::http::conn_manager::{ConnInfo, Hcm};
 use crate::listener::network::api::{ConnCtx, ConnectionFilter};
 use crate::listener::network::http_connection_manager::HttpChain;
@@ -286,26 +287,14 @@ pub async fn accept_loop(
                 };
                 let listener = slot.load_full();
                 // Over the global limit: closed at once, as Envoy does.
-                let place = match &listener.conn_limit {
-                    Some(limit) => match limit.try_take() {
-                        Some(p) => Some(p),
-                        None => {
-                            listener.stats.downstream_global_cx_overflow.inc();
-                            continue;
-                        }
-                    },
-                    None => None,
+                let Ok(place) = ConnLimit::admit(listener.conn_limit.as_ref()) else {
+                    listener.stats.downstream_global_cx_overflow.inc();
+                    continue;
                 };
                 // Over the listener's own limit: closed too, counted apart.
-                let own = match &listener.own_limit {
-                    Some(limit) => match limit.try_take() {
-                        Some(p) => Some(p),
-                        None => {
-                            listener.stats.downstream_cx_overflow.inc();
-                            continue;
-                        }
-                    },
-                    None => None,
+                let Ok(own) = ConnLimit::admit(listener.own_limit.as_ref()) else {
+                    listener.stats.downstream_cx_overflow.inc();
+                    continue;
                 };
                 let _ = stream.set_nodelay(true);
                 let local = stream.local_addr().unwrap_or(listener.address);

@@ -78,17 +78,11 @@ pub async fn start(shared: Arc<Shared>) -> std::io::Result<()> {
             // Under the runtime key's global limit the admin listener takes
             // a place too, unless it says otherwise (as Envoy: the resource
             // monitor's limit leaves it alone).
-            let place = match &limit {
-                Some(l) => match l.try_take() {
-                    Some(p) => Some(p),
-                    None => {
-                        if let Some(c) = &overflow {
-                            c.inc();
-                        }
-                        continue;
-                    }
-                },
-                None => None,
+            let Ok(place) = crate::common::conn_limit::ConnLimit::admit(limit.as_ref()) else {
+                if let Some(c) = &overflow {
+                    c.inc();
+                }
+                continue;
             };
             let shared = shared.clone();
             let logs = logs.clone();

@@ -141,7 +141,7 @@ impl SlowStart {
         let window_ms = window.map_or(0, |d| legate_api::duration::from_pb(d).as_millis() as u64);
         Some(Self {
             window_ms,
-            aggression: crate::common::runtime::RuntimeDouble::new(aggression, 1.0),
+            aggression: crate::common::runtime::RuntimeDouble::double(aggression, 1.0),
             min_weight: min_weight.map_or(10.0, |p| p.value) / 100.0,
         })
         .filter(|s| s.window_ms > 0)

@@ -120,16 +120,8 @@ impl Fault {
             Abort::Status(s) => Some(u64::from(*s)),
             Abort::Header => header_status,
         }?;
-        // As Envoy: the runtime may override the status and the chance, and
-        // the downstream cluster's own keys may add a chance and override
-        // the status again.
-        let rt = runtime::snapshot();
-        let mut status = rt.integer(&self.keys.abort_status, status);
-        let mut enabled = roll(rt.fraction_per_million(&self.keys.abort_percent, *chance));
-        if let Some(c) = cluster {
-            enabled |= roll(rt.fraction_per_million(&format!("fault.http.{c}.abort.abort_percent"), *chance));
-            status = rt.integer(&format!("fault.http.{c}.abort.http_status"), status);
-        }
+        let knob = Knob { percent: &self.keys.abort_percent, value: &self.keys.abort_status, what: "abort" };
+        let (enabled, status) = knob.draw(cluster, *chance, status);
         let status = u16::try_from(status).ok().filter(|s| (200..600).contains(s) && enabled)?;
         self.aborts_injected.inc();
         Some(Verdict::Abort { status, body: "fault filter abort", flag: "FI" })
@@ -145,14 +137,40 @@ impl Fault {
             Delay::Fixed(d) => d.as_millis() as u64,
             Delay::Header => header_num(headers, DELAY_HEADER)?,
         };
-        let rt = runtime::snapshot();
-        let mut ms = rt.integer(&self.keys.delay_ms, ms);
-        let mut enabled = roll(rt.fraction_per_million(&self.keys.delay_percent, *chance));
-        if let Some(c) = cluster {
-            enabled |= roll(rt.fraction_per_million(&format!("fault.http.{c}.delay.fixed_delay_percent"), *chance));
-            ms = rt.integer(&format!("fault.http.{c}.delay.fixed_duration_ms"), ms);
-        }
+        let knob = Knob { percent: &self.keys.delay_percent, value: &self.keys.delay_ms, what: "delay" };
+        let (enabled, ms) = knob.draw(cluster, *chance, ms);
         enabled.then(|| Duration::from_millis(ms))
+    }
+}
+
+/// A fault's runtime keys: its chance and its value (status or duration).
+struct Knob<'a> {
+    percent: &'a str,
+    value: &'a str,
+    /// `abort` or `delay`, for the downstream cluster's keys.
+    what: &'static str,
+}
+
+impl Knob<'_> {
+    /// Draws the fault and reads its value, as Envoy: the runtime may
+    /// override both, and the downstream cluster's own keys
+    /// (`fault.http.<cluster>.abort.abort_percent`, `.http_status`;
+    /// `.delay.fixed_delay_percent`, `.fixed_duration_ms`) may add a chance
+    /// and override the value again.
+    fn draw(&self, cluster: Option<&str>, chance: u32, value: u64) -> (bool, u64) {
+        let rt = runtime::snapshot();
+        let mut value = rt.integer(self.value, value);
+        let mut enabled = roll(rt.fraction_per_million(self.percent, chance));
+        if let Some(c) = cluster {
+            let (percent, leaf) = if self.what == "abort" {
+                ("abort_percent", "http_status")
+            } else {
+                ("fixed_delay_percent", "fixed_duration_ms")
+            };
+            enabled |= roll(rt.fraction_per_million(&format!("fault.http.{c}.{}.{percent}", self.what), chance));
+            value = rt.integer(&format!("fault.http.{c}.{}.{leaf}", self.what), value);
+        }
+        (enabled, value)
     }
 }
 

@@ -34,14 +34,14 @@ impl NetRateLimit {
         let tb = l.token_bucket.as_ref().ok_or(format!("{path}.token_bucket is required"))?;
         Ok(Self {
             bucket: crate::common::token_bucket::TokenBucket::compile(tb, &format!("{path}.token_bucket"))?,
-            enabled: crate::common::runtime::RuntimeFlag::new(l.runtime_enabled.as_ref(), true),
+            enabled: crate::common::runtime::RuntimeFlag::flag(l.runtime_enabled.as_ref(), true),
             rate_limited: store.counter(&format!("local_rate_limit.{}.rate_limited", l.stat_prefix)),
         })
     }
 
     /// Whether a new connection may go on (takes a token when enabled).
     pub fn admit(&self) -> bool {
-        if !self.enabled.enabled() || self.bucket.take() {
+        if !self.enabled.value() || self.bucket.take() {
             return true;
         }
         self.rate_limited.inc();

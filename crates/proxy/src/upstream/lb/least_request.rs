@@ -40,7 +40,7 @@ fn from_cluster(c: &PbCluster) -> Result<Box<dyn LoadBalancer>, String> {
     let mut lr = LeastRequest::default();
     if let Some(cluster::LbConfig::LeastRequestLbConfig(l)) = &c.lb_config {
         lr.choice_count = l.choice_count.map_or(2, |v| v.value);
-        lr.active_request_bias = RuntimeDouble::new(l.active_request_bias.as_ref(), 1.0);
+        lr.active_request_bias = RuntimeDouble::double(l.active_request_bias.as_ref(), 1.0);
         lr.slow_start = l.slow_start_config.as_ref().and_then(SlowStart::compile);
     }
     Ok(Box::new(lr))
@@ -50,7 +50,7 @@ fn from_typed(any: &Any) -> Result<Box<dyn LoadBalancer>, String> {
     let l: typed::LeastRequest = legate_api::any::unpack(any)?;
     Ok(Box::new(LeastRequest {
         choice_count: l.choice_count.map_or(2, |v| v.value),
-        active_request_bias: RuntimeDouble::new(l.active_request_bias.as_ref(), 1.0),
+        active_request_bias: RuntimeDouble::double(l.active_request_bias.as_ref(), 1.0),
         slow_start: l.slow_start_config.as_ref().and_then(SlowStart::compile_typed),
     }))
 }

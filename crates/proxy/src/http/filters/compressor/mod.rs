@@ -163,7 +163,7 @@ impl Compressor {
         let dir = if c.response_direction_config.is_some() { "response." } else { "" };
         let response_counter = |n: &str| counter(&format!("{dir}{n}"));
         Ok(Self {
-            enabled: crate::common::runtime::RuntimeFlag::new(common.enabled.as_ref(), true),
+            enabled: crate::common::runtime::RuntimeFlag::flag(common.enabled.as_ref(), true),
             min_length: common.min_content_length.as_ref().map_or(30, |v| u64::from(v.value)),
             content_types: types,
             disable_on_etag: rd.disable_on_etag_header,
@@ -259,7 +259,7 @@ impl Compressor {
         let etag_ok = !(self.disable_on_etag && !self.weaken_etag && parts.contains_key(ETAG));
         // Envoy's order: length, then the accept-encoding choice (which
         // counts its stats), then the other checks.
-        let long_enough = self.enabled.enabled() && self.long_enough(parts, body);
+        let long_enough = self.enabled.value() && self.long_enough(parts, body);
         let type_ok = self.content_type_allowed(parts);
         let accepted = long_enough && self.accepts_gzip(ae, type_ok);
         let compressible = long_enough
