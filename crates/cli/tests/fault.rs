@@ -166,3 +166,72 @@ fn a_nacking_gateway_is_isolated_restarted_and_left_isolated_with_an_alert() {
     eprintln!("fixed: back in Envoy's EDS after {back:?}");
     drop(blocker);
 }
+
+/// A repair that cures: gw-bad NACKs a listener whose port is held; the
+/// port is freed while it is isolated; the control plane restarts it
+/// through its agent; the new process binds and ACKs: the node is normal,
+/// the repair counted as repaired, back in Envoy's EDS, and neither the
+/// `node_abnormal` nor the `repair_failed` alert stays firing.
+#[test]
+fn a_restart_through_the_agent_cures_a_nacking_gateway() {
+    let dir = TempDir::new("fault-cure");
+    let d = dir.path();
+    let (_up, up) = echo("up", d);
+    let (_gw2, gw2) = echo("gw-2", d);
+    let (_gw3, gw3) = echo("gw-3", d);
+    let cp = control_plane(d);
+    let gw_port = free_port();
+    cp.apply(d, &web_resources(gw_port, up, &["gw-bad"], "-gw"));
+    cp.apply(d, &gateways(&[(gw_port, "gw-bad"), (gw2, "gw-2"), (gw3, "gw-3")], 34));
+    let rules = "kind: AlertRule\nmetadata: { name: gw-abnormal }\nspec: { metric: node_abnormal, above: 0, nodes: { ids: [gw-bad] } }\n---\nkind: AlertRule\nmetadata: { name: unrepaired }\nspec: { metric: repair_failed, above: 0, nodes: { ids: [gw-bad] } }\n";
+    cp.apply(d, rules);
+    let mut agent = Agent::start(&cp, "gw-bad", "legate", None, free_port(), d);
+    let a = wait_for("gw-bad's proxy to run", Duration::from_secs(40), || {
+        agent_of(&cp, "gw-bad").filter(|a| a["state"] == "running")
+    });
+    agent.proxy_pids.push(a["pid"].as_u64().and_then(|p| u32::try_from(p).ok()).expect("pid"));
+    let edge = attach(Bin::Envoy, &cp, "edge", false, d);
+    let mut all = vec![gw_port, gw2, gw3];
+    all.sort_unstable();
+    wait_for("Envoy to hold the three gateways", Duration::from_secs(20), || {
+        (cluster_ports(edge.admin, "gateways") == all).then_some(())
+    });
+
+    let blocker = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let taken = blocker.local_addr().expect("addr").port();
+    let t0 = Instant::now();
+    cp.apply(d, &blocked_listener(taken, "web-gw"));
+    let node = wait_for("gw-bad abnormal", Duration::from_secs(10), || abnormal(&cp, "gw-bad"));
+    assert!(node["causes"].as_array().is_some_and(|c| c.iter().any(|c| c["cause"] == "nack")), "{node}");
+    // Freed before the repair (2 s after the node turned abnormal).
+    drop(blocker);
+    wait_for("gw-bad out of Envoy's EDS", Duration::from_secs(10), || {
+        (!cluster_ports(edge.admin, "gateways").contains(&gw_port)).then_some(())
+    });
+    wait_for("the node_abnormal alert to fire", Duration::from_secs(5), || {
+        (alert_state(&cp, "gw-abnormal").as_deref() == Some("firing")).then_some(())
+    });
+    let a = wait_for("the repair's restart", Duration::from_secs(15), || {
+        agent_of(&cp, "gw-bad").filter(|a| a["epoch"] == 1 && a["state"] == "running")
+    });
+    let restarted = t0.elapsed();
+    agent.proxy_pids.push(a["pid"].as_u64().and_then(|p| u32::try_from(p).ok()).expect("pid"));
+    wait_for("gw-bad normal", Duration::from_secs(15), || abnormal(&cp, "gw-bad").is_none().then_some(()));
+    let normal = t0.elapsed();
+    let v = cp.get("/v1/abnormal").expect("abnormal");
+    assert_eq!((v["repairs"]["repaired"].as_u64(), v["repairs"]["failed"].as_u64()), (Some(1), Some(0)), "{v}");
+    wait_for("gw-bad back in Envoy's EDS", Duration::from_secs(10), || {
+        (cluster_ports(edge.admin, "gateways") == all).then_some(())
+    });
+    let back = t0.elapsed();
+    wait_for("the alert to resolve", Duration::from_secs(5), || {
+        (alert_state(&cp, "gw-abnormal").as_deref() == Some("inactive")).then_some(())
+    });
+    assert_eq!(alert_state(&cp, "unrepaired").as_deref(), Some("inactive"));
+    // The restarted process serves on the once-held port.
+    let served = http_get(addr(taken), "/", "gw").map(|r| r.status).ok();
+    assert_eq!(served, Some(200), "the listener on the freed port");
+    eprintln!(
+        "cure: restarted (epoch 1) {restarted:?} after the apply, normal after {normal:?}, back in EDS after {back:?}"
+    );
+}
