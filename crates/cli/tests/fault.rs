@@ -235,3 +235,48 @@ fn a_restart_through_the_agent_cures_a_nacking_gateway() {
         "cure: restarted (epoch 1) {restarted:?} after the apply, normal after {normal:?}, back in EDS after {back:?}"
     );
 }
+
+/// A hand-written ClusterLoadAssignment names each endpoint's node in its
+/// metadata (`filter_metadata.legate.node`): when that node is down, its
+/// endpoint leaves what a real Envoy 1.40 receives, and comes back when the
+/// node is back.
+#[test]
+fn a_hand_written_assignment_isolates_the_endpoint_of_a_down_node() {
+    let dir = TempDir::new("fault-cla");
+    let d = dir.path();
+    let (_a, a) = echo("a", d);
+    let (_b, b) = echo("b", d);
+    let cp = control_plane(d);
+    let ep = |port: u16, node: &str| {
+        format!(
+            "    - endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {port} }} }} }}\n      metadata: {{ filter_metadata: {{ legate: {{ node: {node} }} }} }}\n"
+        )
+    };
+    let cla = format!(
+        "kind: ClusterLoadAssignment\nmetadata: {{ name: handmade, nodes: {{ ids: [edge] }} }}\nspec:\n  cluster_name: handmade\n  endpoints:\n  - lb_endpoints:\n{}{}",
+        ep(a, "node-a"),
+        ep(b, "node-b")
+    );
+    cp.apply(d, &[harness::xds::eds_cluster("handmade", ", nodes: { ids: [edge] }"), cla].join("---\n"));
+    let mut node_a = attach(Bin::Legate, &cp, "node-a", false, d);
+    let edge = attach(Bin::Envoy, &cp, "edge", false, d);
+    let mut both = vec![a, b];
+    both.sort_unstable();
+    wait_for("Envoy to hold both endpoints", Duration::from_secs(20), || {
+        (cluster_ports(edge.admin, "handmade") == both).then_some(())
+    });
+    let t0 = Instant::now();
+    node_a.proc_.kill();
+    wait_for("node-a's endpoint out of Envoy's EDS", Duration::from_secs(15), || {
+        (cluster_ports(edge.admin, "handmade") == vec![b]).then_some(())
+    });
+    let left = t0.elapsed();
+    let node = abnormal(&cp, "node-a").expect("node-a abnormal");
+    assert_eq!(node["isolated"], serde_json::json!([format!("handmade 127.0.0.1:{a}")]), "{node}");
+    let t1 = Instant::now();
+    let _again = attach(Bin::Legate, &cp, "node-a", false, d);
+    wait_for("node-a's endpoint back", Duration::from_secs(15), || {
+        (cluster_ports(edge.admin, "handmade") == both).then_some(())
+    });
+    eprintln!("hand-written assignment: node-a down, its endpoint out of Envoy's EDS after {left:?}; back {:?} after it reconnected", t1.elapsed());
+}

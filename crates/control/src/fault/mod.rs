@@ -147,6 +147,11 @@ fn isolation(ctrl: &Controller, instances: &[Instance], health: &EndpointHealth)
             out.push((svc, d));
         }
     }
+    for (name, r) in of_kind(&stored.resources, Kind::ClusterLoadAssignment) {
+        if let Some((_, d)) = crate::resources::isolate::assignment(&r.doc.spec, health) {
+            out.push((name.clone(), d));
+        }
+    }
     out
 }
 
