@@ -4,7 +4,7 @@ use serde::Serialize;
 use std::collections::BTreeMap;
 
 /// What the control plane knows of a connected node.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
 pub struct NodeInfo {
     pub id: String,
     pub cluster: String,
@@ -18,7 +18,7 @@ pub struct NodeInfo {
 /// A node says it in its bootstrap (`node.locality`); an endpoint of a
 /// `Service` or registry instance by its labels `region`, `zone` and
 /// `sub_zone`.
-#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Locality {
     pub region: String,
     pub zone: String,
