@@ -350,7 +350,8 @@ fn a_killed_proxy_behind_a_client_that_retries_on_the_other_loses_nothing() {
 /// A control plane serving its API and xDS over mutual TLS: the agent,
 /// given the CA and a client certificate (`--ca-file`, `--cert-file`,
 /// `--key-file`), takes its bootstrap and reports over TLS, and its
-/// `legate proxy` gets its xDS over mutual TLS with the same files.
+/// `legate proxy` gets its xDS over mutual TLS with the same files (and
+/// the node's `--locality`).
 #[test]
 fn an_agent_reaches_a_mutual_tls_control_plane() {
     let dir = TempDir::new("agent-tls");
@@ -369,7 +370,7 @@ fn an_agent_reaches_a_mutual_tls_control_plane() {
     let admin = free_port();
     let mut cmd = Command::new(LEGATE);
     cmd.args(["agent", "--server", &server, "--node-id", "tls-node", "--proxy", "legate"]);
-    cmd.args(["--ca-file", &ca, "--cert-file", &ccert, "--key-file", &ckey]);
+    cmd.args(["--ca-file", &ca, "--cert-file", &ccert, "--key-file", &ckey, "--locality", "eu/a"]);
     cmd.args(["--admin-port", &admin.to_string(), "--base-id", &base_id(), "--concurrency", "1"]);
     cmd.args(["--report-interval-ms", "300", "-l", "warning"]).arg("--work-dir").arg(d.join("work"));
     let mut agent =
@@ -388,5 +389,6 @@ fn an_agent_reaches_a_mutual_tls_control_plane() {
     assert!(p["types"].is_object(), "the proxy streams xDS: {p}");
     let boot = std::fs::read_to_string(d.join("work").join("bootstrap.yaml")).expect("bootstrap");
     assert!(boot.contains("transport_socket") && boot.contains("tls_certificates"), "{boot}");
+    assert_eq!(p["node"]["locality"]["zone"], "a", "the node's locality from --locality: {p}");
     stop_and_check(agent);
 }

@@ -42,6 +42,10 @@ pub struct AgentArgs {
     /// on the xDS connection).
     #[arg(long, default_value = "localhost")]
     pub server_name: String,
+    /// Where the node runs, `REGION[/ZONE[/SUB_ZONE]]`: its bootstrap's
+    /// `node.locality` (HDS gives its proxy the endpoints nearest to it).
+    #[arg(long)]
+    pub locality: Option<String>,
     /// The proxy's hot restart family; default: derived from the node id.
     #[arg(long)]
     pub base_id: Option<u64>,
@@ -105,6 +109,7 @@ pub struct Settings {
     /// TLS to an https:// control plane (API and the proxy's xDS).
     pub tls: crate::ctl::client::Tls,
     pub server_name: String,
+    pub locality: Option<String>,
     pub base_id: u64,
     pub bootstrap: PathBuf,
     pub concurrency: Option<usize>,
@@ -141,6 +146,7 @@ impl Settings {
             token: a.token,
             tls: crate::ctl::client::Tls { cacert: a.ca_file, cert: a.cert_file.zip(a.key_file) },
             server_name: a.server_name,
+            locality: a.locality,
             bootstrap: work.join("bootstrap.yaml"),
             concurrency: a.concurrency,
             drain_time_s: a.drain_time_s,

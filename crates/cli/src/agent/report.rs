@@ -98,13 +98,16 @@ fn with_tls(s: &Settings, yaml: String) -> String {
 /// The node's bootstrap from the control plane, written to the work dir;
 /// when the control plane cannot be reached, the one written before stays.
 pub fn fetch_bootstrap(s: &Settings) -> anyhow::Result<()> {
-    let url = format!(
+    let mut url = format!(
         "{}/v1/bootstrap?node={}&cluster={}&admin_port={}",
         s.server,
         urlencode(&s.node),
         urlencode(&s.cluster),
         s.admin_port
     );
+    if let Some(l) = &s.locality {
+        url.push_str(&format!("&locality={}", urlencode(l)));
+    }
     match api(s).text(&url) {
         Ok(yaml) => {
             std::fs::write(&s.bootstrap, with_tls(s, yaml))?;
