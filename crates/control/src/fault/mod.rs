@@ -29,7 +29,6 @@ use crate::resources::kind::Kind;
 use crate::resources::resource::of_kind;
 use crate::resources::{mesh, registered};
 use crate::state::controller::Controller;
-use crate::store::{EtcdStore, StoreError};
 use board::{NodeView, RepairCounts};
 use detect::{Detector, Finding, Observation, Thresholds};
 use repair::{AgentProgress, Planner, RepairSettings};
@@ -71,6 +70,7 @@ pub fn observe(ctrl: &Controller, now_ms: u64) -> Observation {
 pub struct Evaluator {
     detector: Detector,
     planner: Planner,
+    relay: shared::Relay,
 }
 
 impl Evaluator {
@@ -182,14 +182,15 @@ async fn evaluate(ctrl: &Arc<Controller>, evaluator: &mut Evaluator, settings: &
     let o = if etcd {
         let (key, slice) = (shared::slice_key(ctrl.replica_id()), serde_json::to_vec(&shared::Slice::of(&local)));
         if let Ok(slice) = slice {
-            on_store(ctrl, move |s| s.put_value(key, slice)).await;
+            shared::on_store(ctrl, move |s| s.put_value(key, slice)).await;
         }
+        evaluator.relay.serve(ctrl, now).await;
         if leader {
-            let slices = on_store(ctrl, |s| s.values_under(shared::slices_prefix())).await.unwrap_or_default();
+            let slices = shared::on_store(ctrl, |s| s.values_under(shared::slices_prefix())).await.unwrap_or_default();
             let slices = slices.iter().filter_map(|v| serde_json::from_slice(v).ok()).collect();
             shared::merge(slices, now)
         } else {
-            let board = on_store(ctrl, |s| s.value(shared::board_key())).await.flatten();
+            let board = shared::on_store(ctrl, |s| s.value(shared::board_key())).await.flatten();
             let board = board.and_then(|v| serde_json::from_slice::<shared::Board>(&v).ok());
             if let Some(b) = board.and_then(|b| shared::fresh_board(b, now)) {
                 ctrl.set_health(b.health);
@@ -201,6 +202,11 @@ async fn evaluate(ctrl: &Arc<Controller>, evaluator: &mut Evaluator, settings: &
     } else {
         local
     };
+    if etcd && leader {
+        for (node, id) in evaluator.relay.answers(ctrl).await {
+            evaluator.issued(&node, id);
+        }
+    }
     let instances = ctrl.instances();
     let isolate = |h: &EndpointHealth| isolation(ctrl, &instances, h);
     let (health, views, restarts) = evaluator.tick(&o, &isolate, settings, leader);
@@ -213,34 +219,23 @@ async fn evaluate(ctrl: &Arc<Controller>, evaluator: &mut Evaluator, settings: &
             counts: evaluator.counts(),
         };
         if let Ok(v) = serde_json::to_vec(&board) {
-            on_store(ctrl, move |s| s.put_value(shared::board_key(), v)).await;
+            shared::on_store(ctrl, move |s| s.put_value(shared::board_key(), v)).await;
         }
     }
     ctrl.set_health(health);
     ctrl.faults.set(views, evaluator.counts());
     for r in restarts {
+        if etcd && !shared::Relay::is_local(ctrl, &r.node) {
+            tracing::warn!(node = r.node, "repair: asking the replica its agent reports to for a restart");
+            evaluator.relay.request(ctrl, &r.node, now).await;
+            let _ = ctrl.store().audit("repair", "restart", &r.node, true, "abnormal node (another replica's agent)");
+            continue;
+        }
         let id = ctrl.agents.command(&r.node, Action::Restart, "repair");
         tracing::warn!(node = r.node, command = ?id, "repair: restarting an abnormal node through its agent");
         if let Some(id) = id {
             evaluator.issued(&r.node, id);
         }
         let _ = ctrl.store().audit("repair", "restart", &r.node, id.is_some(), "abnormal node");
-    }
-}
-
-/// `f` on the etcd store, off this runtime (its calls block); `None` when
-/// it fails (logged) or the store is not etcd.
-async fn on_store<T: Send + 'static>(
-    ctrl: &Arc<Controller>,
-    f: impl FnOnce(&EtcdStore) -> Result<T, StoreError> + Send + 'static,
-) -> Option<T> {
-    let c = ctrl.clone();
-    match tokio::task::spawn_blocking(move || c.store().etcd().map(f)).await {
-        Ok(Some(Ok(v))) => Some(v),
-        Ok(Some(Err(e))) => {
-            tracing::warn!("fault: shared state: {e}");
-            None
-        }
-        _ => None,
     }
 }

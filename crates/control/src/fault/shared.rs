@@ -8,17 +8,27 @@
 //! show what the board says. A slice older than [`FRESH`] is left out (its
 //! replica is gone: its proxies count as down until they reconnect
 //! elsewhere); without a fresh board a replica evaluates what it sees.
+//!
+//! Repairs: a restart the leader plans for a node whose agent reports to
+//! another replica is asked through the store (`restarts/<node>`); the
+//! replica the agent reports to queues the agent command and answers with
+//! its id (`issued/<node>`), which the leader's planner then follows in the
+//! agent's reports, as for its own agents ([`Relay`]).
 
 use super::board::{NodeView, RepairCounts};
 use super::detect::Observation;
+use crate::discovery::agents::Action;
 use crate::discovery::agents::AgentStatus;
 use crate::discovery::fleet::{ProxyStatus, TypeStatus};
 use crate::discovery::health::EndpointHealth;
 use crate::discovery::node::NodeInfo;
 use crate::monitor::ProxyFigures;
+use crate::state::controller::Controller;
 use crate::store::etcd::FAULT_PREFIX;
+use crate::store::{EtcdStore, StoreError};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// How old a slice or board may be and still count.
@@ -119,6 +129,102 @@ pub fn merge(slices: Vec<Slice>, now_ms: u64) -> Observation {
         o.down.extend(s.down);
     }
     o
+}
+
+/// `f` on the etcd store, off this runtime (its calls block); `None` when
+/// it fails (logged) or the store is not etcd.
+pub async fn on_store<T: Send + 'static>(
+    ctrl: &Arc<Controller>,
+    f: impl FnOnce(&EtcdStore) -> Result<T, StoreError> + Send + 'static,
+) -> Option<T> {
+    let c = ctrl.clone();
+    match tokio::task::spawn_blocking(move || c.store().etcd().map(f)).await {
+        Ok(Some(Ok(v))) => Some(v),
+        Ok(Some(Err(e))) => {
+            tracing::warn!("fault: shared state: {e}");
+            None
+        }
+        _ => None,
+    }
+}
+
+/// A restart the leader asks of the replica `node`'s agent reports to.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct RestartRequest {
+    node: String,
+    seq: u64,
+}
+
+/// That replica's answer: the agent command carrying it out.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct RestartIssued {
+    node: String,
+    seq: u64,
+    command: u64,
+}
+
+/// Restarts relayed between replicas.
+#[derive(Default)]
+pub struct Relay {
+    /// On the leader: node to the request it is waiting on.
+    requested: BTreeMap<String, u64>,
+    /// On each replica: node to the last request it carried out.
+    handled: BTreeMap<String, u64>,
+}
+
+fn local_agent(ctrl: &Controller, node: &str) -> bool {
+    ctrl.agents.list().get(node).is_some_and(|a| !a.stale)
+}
+
+impl Relay {
+    /// On the leader: asks for `node`'s restart (its agent reports elsewhere).
+    pub async fn request(&mut self, ctrl: &Arc<Controller>, node: &str, now_ms: u64) {
+        let req = RestartRequest { node: node.to_string(), seq: now_ms };
+        let (key, Ok(v)) = (format!("{FAULT_PREFIX}restarts/{node}"), serde_json::to_vec(&req)) else { return };
+        on_store(ctrl, move |s| s.put_value(key, v)).await;
+        self.requested.insert(node.to_string(), now_ms);
+    }
+
+    /// On every replica: queues the fresh requests for agents reporting here
+    /// and answers each with the command's id.
+    pub async fn serve(&mut self, ctrl: &Arc<Controller>, now_ms: u64) {
+        let values = on_store(ctrl, |s| s.values_under(format!("{FAULT_PREFIX}restarts/"))).await.unwrap_or_default();
+        for r in values.iter().filter_map(|v| serde_json::from_slice::<RestartRequest>(v).ok()) {
+            if !fresh(r.seq, now_ms) || self.handled.get(&r.node) == Some(&r.seq) || !local_agent(ctrl, &r.node) {
+                continue;
+            }
+            self.handled.insert(r.node.clone(), r.seq);
+            let Some(command) = ctrl.agents.command(&r.node, Action::Restart, "repair") else { continue };
+            tracing::warn!(node = r.node, command, "repair: restarting a node for the leader through its agent");
+            let answer = RestartIssued { node: r.node.clone(), seq: r.seq, command };
+            let (key, Ok(v)) = (format!("{FAULT_PREFIX}issued/{}", r.node), serde_json::to_vec(&answer)) else {
+                continue;
+            };
+            on_store(ctrl, move |s| s.put_value(key, v)).await;
+        }
+    }
+
+    /// On the leader: the commands other replicas queued for its requests,
+    /// as (node, command id).
+    pub async fn answers(&mut self, ctrl: &Arc<Controller>) -> Vec<(String, u64)> {
+        if self.requested.is_empty() {
+            return Vec::new();
+        }
+        let values = on_store(ctrl, |s| s.values_under(format!("{FAULT_PREFIX}issued/"))).await.unwrap_or_default();
+        let mut out = Vec::new();
+        for a in values.iter().filter_map(|v| serde_json::from_slice::<RestartIssued>(v).ok()) {
+            if self.requested.get(&a.node) == Some(&a.seq) {
+                self.requested.remove(&a.node);
+                out.push((a.node, a.command));
+            }
+        }
+        out
+    }
+
+    /// Whether `node`'s agent reports to this replica.
+    pub fn is_local(ctrl: &Controller, node: &str) -> bool {
+        local_agent(ctrl, node)
+    }
 }
 
 #[cfg(test)]
