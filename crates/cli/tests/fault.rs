@@ -85,7 +85,9 @@ fn a_nacking_gateway_is_isolated_restarted_and_left_isolated_with_an_alert() {
     let (_up, up) = echo("up", d);
     let (_gw2, gw2) = echo("gw-2", d);
     let (_gw3, gw3) = echo("gw-3", d);
-    let cp = control_plane(d);
+    // Verified 12 s after the restart: a hot restart under load (its parent
+    // draining for 4 s) can take more than 6 s to report done.
+    let cp = control_plane_verifying(d, "12s");
     // gw-bad serves on gw_port (to the upstream); it is the first of three
     // endpoints of `gateways`, which only `edge` (Envoy) receives.
     let gw_port = free_port();
