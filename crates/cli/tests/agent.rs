@@ -346,3 +346,49 @@ fn a_killed_proxy_behind_a_client_that_retries_on_the_other_loses_nothing() {
     stop_and_check(a);
     stop_and_check(b);
 }
+
+/// A control plane serving its API and xDS over mutual TLS: the agent,
+/// given the CA and a client certificate (`--ca-file`, `--cert-file`,
+/// `--key-file`), takes its bootstrap and reports over TLS, and its
+/// `legate proxy` gets its xDS over mutual TLS with the same files (and
+/// the node's `--locality`).
+#[test]
+fn an_agent_reaches_a_mutual_tls_control_plane() {
+    let dir = TempDir::new("agent-tls");
+    let d = dir.path();
+    let [ca, cert, key, ccert, ckey] = harness::certs::openssl_ca_server_client(d);
+    let (xds, api) = (free_port(), free_port());
+    let tls = ["--tls-cert", cert.as_str(), "--tls-key", key.as_str(), "--client-ca", ca.as_str()];
+    let mut cp = spawn_control_plane("control-plane", d, xds, api, &d.join("data"), &tls);
+    let server = format!("https://localhost:{api}");
+    let creds = ["--cacert", ca.as_str(), "--cert", ccert.as_str(), "--key", ckey.as_str()];
+    let ctl = |args: &[&str]| harness::ctl(&server, &[&creds[..], args].concat());
+    wait_for("the TLS API", Duration::from_secs(20), || {
+        assert!(cp.is_running(), "control plane exited: {}", cp.output());
+        ctl(&["history"]).0.then_some(())
+    });
+    let admin = free_port();
+    let mut cmd = Command::new(LEGATE);
+    cmd.args(["agent", "--server", &server, "--node-id", "tls-node", "--proxy", "legate"]);
+    cmd.args(["--ca-file", &ca, "--cert-file", &ccert, "--key-file", &ckey, "--locality", "eu/a"]);
+    cmd.args(["--admin-port", &admin.to_string(), "--base-id", &base_id(), "--concurrency", "1"]);
+    cmd.args(["--report-interval-ms", "300", "-l", "warning"]).arg("--work-dir").arg(d.join("work"));
+    let mut agent =
+        Agent { proc_: Proc::spawn("agent-tls", &mut cmd, d), proxy_pids: Vec::new(), base_id: String::new() };
+    let proxies = || -> Vec<Value> {
+        let (ok, out) = ctl(&["proxies", "-o", "json"]);
+        let v: Value = serde_json::from_str(&out).ok().filter(|_| ok).unwrap_or_default();
+        v["proxies"].as_array().cloned().unwrap_or_default()
+    };
+    let p = wait_for("the agent's report and its proxy's xDS stream", Duration::from_secs(40), || {
+        proxies()
+            .into_iter()
+            .find(|p| p["node"]["id"] == "tls-node" && p["agent"]["state"] == "running" && p["connected"] != false)
+    });
+    agent.proxy_pids.push(pid_of(&p["agent"]));
+    assert!(p["types"].is_object(), "the proxy streams xDS: {p}");
+    let boot = std::fs::read_to_string(d.join("work").join("bootstrap.yaml")).expect("bootstrap");
+    assert!(boot.contains("transport_socket") && boot.contains("tls_certificates"), "{boot}");
+    assert_eq!(p["node"]["locality"]["zone"], "a", "the node's locality from --locality: {p}");
+    stop_and_check(agent);
+}

@@ -214,3 +214,139 @@ fn one_replica_drives_a_release_and_a_new_leader_continues_it() {
     }
     assert_eq!(done["analyses"].as_array().map(Vec::len), Some(3), "{done}");
 }
+
+/// Detection and isolation are one decision across replicas: a `legate
+/// proxy` streaming from a follower NACKs a listener only it receives (a
+/// port in use); the leader, merging what every replica sees (through
+/// etcd), finds it abnormal and leaves its endpoint out of the EDS a real
+/// Envoy on the leader receives; both replicas show it in `/v1/abnormal`;
+/// fixed, it is back.
+#[test]
+fn the_leader_isolates_a_node_that_streams_from_another_replica() {
+    let dir = TempDir::new("etcd-fault");
+    let d = dir.path();
+    let etcd = Etcd::start(d);
+    let ups: Vec<(Proc, u16)> = ["g1", "g2", "g3"].iter().map(|n| echo(n, d)).collect();
+    let store = etcd.store_url();
+    let start = |name: &str| {
+        let f = ["--store", store.as_str(), "--repair-after", "off"];
+        ControlPlane::start_named(name, d, free_port(), free_port(), d.join(format!("{name}-data")), &f)
+    };
+    let r0 = start("replica-0");
+    wait_for("replica-0 to lead", Duration::from_secs(10), || r0.is_leader().then_some(()));
+    let r1 = start("replica-1");
+    assert!(!r1.is_leader());
+    let nodes_of = ["far-node", "n2", "n3"];
+    let eps: String = ups
+        .iter()
+        .zip(nodes_of)
+        .map(|((_, p), n)| format!("  - {{ address: 127.0.0.1, port: {p}, labels: {{ node: {n} }} }}\n"))
+        .collect();
+    let svc = format!(
+        "kind: Service\nmetadata: {{ name: gw, nodes: {{ ids: [edge] }} }}\nspec:\n  endpoints:\n{eps}  isolation: {{ enabled: true, max_percent: 34 }}\n"
+    );
+    r0.apply(d, &svc);
+    let _far = attach(Bin::Legate, &r1, "far-node", false, d);
+    let edge = attach(Bin::Envoy, &r0, "edge", false, d);
+    let mut all: Vec<u16> = ups.iter().map(|(_, p)| *p).collect();
+    all.sort_unstable();
+    wait_for("Envoy to hold the three endpoints", Duration::from_secs(20), || {
+        (cluster_ports(edge.admin, "gw") == all).then_some(())
+    });
+    let streams = r0.proxy_ids();
+    assert!(streams.contains(&"edge".to_string()) && !streams.contains(&"far-node".to_string()), "{streams:?}");
+
+    let blocker = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let taken = blocker.local_addr().expect("addr").port();
+    let routes = "route_config: { virtual_hosts: [{ name: all, domains: [\"*\"], routes: [{ match: { prefix: \"/\" }, direct_response: { status: 200 } }] }] }";
+    let listener = format!(
+        "kind: Listener\nmetadata: {{ name: blocked, nodes: {{ ids: [far-node] }} }}\nspec:\n  name: blocked\n  address: {{ socket_address: {{ address: 127.0.0.1, port_value: {taken} }} }}\n  filter_chains:\n  - filters:\n{}",
+        harness::xds::hcm_filter("blocked", routes)
+    );
+    let t0 = Instant::now();
+    r0.apply(d, &listener);
+    let far_port = ups[0].1;
+    wait_for("far-node out of the leader's EDS", Duration::from_secs(15), || {
+        (!cluster_ports(edge.admin, "gw").contains(&far_port)).then_some(())
+    });
+    let left = t0.elapsed();
+    for r in [&r0, &r1] {
+        let v = wait_for("far-node in /v1/abnormal", Duration::from_secs(10), || {
+            let v = r.get("/v1/abnormal")?;
+            v["nodes"].as_array()?.iter().find(|n| n["node"] == "far-node").cloned()
+        });
+        assert_eq!(v["causes"][0]["cause"], "nack", "{v}");
+        assert_eq!(v["isolated"], serde_json::json!([format!("gw 127.0.0.1:{far_port}")]), "{v}");
+    }
+    let t1 = Instant::now();
+    let (ok, out) = r1.ctl(&["delete", "listener", "blocked"]);
+    assert!(ok, "{out}");
+    wait_for("far-node back in the leader's EDS", Duration::from_secs(15), || {
+        (cluster_ports(edge.admin, "gw") == all).then_some(())
+    });
+    eprintln!(
+        "across replicas: a NACK on replica-1 took far-node out of an Envoy's EDS on the leader after {left:?}; back {:?} after the fix",
+        t1.elapsed()
+    );
+    drop(blocker);
+}
+
+/// A repair across replicas: `legate proxy` under its agent, both talking
+/// to a follower, NACKs; the leader plans its restart, the follower queues
+/// it for the agent (through etcd) and answers with the command's id; the
+/// agent hot restarts its proxy (epoch 1), and the leader's view follows
+/// the restart it asked for (the command, and when the agent carried it out).
+#[test]
+fn the_leader_repairs_a_node_whose_agent_reports_to_another_replica() {
+    let dir = TempDir::new("etcd-repair");
+    let d = dir.path();
+    let etcd = Etcd::start(d);
+    let store = etcd.store_url();
+    let start = |name: &str| {
+        let f =
+            ["--store", store.as_str(), "--repair-after", "1s", "--repair-verify", "30s", "--repair-interval", "1s"];
+        ControlPlane::start_named(name, d, free_port(), free_port(), d.join(format!("{name}-data")), &f)
+    };
+    let r0 = start("replica-0");
+    wait_for("replica-0 to lead", Duration::from_secs(10), || r0.is_leader().then_some(()));
+    let r1 = start("replica-1");
+    let mut agent = harness::agent::Agent::start(&r1, "remote-gw", "legate", None, free_port(), d);
+    let a = wait_for("the agent's proxy to run", Duration::from_secs(40), || {
+        r1.proxies()
+            .into_iter()
+            .find(|p| p["node"]["id"] == "remote-gw")
+            .map(|p| p["agent"].clone())
+            .filter(|a| a["state"] == "running")
+    });
+    agent.proxy_pids.push(a["pid"].as_u64().and_then(|p| u32::try_from(p).ok()).expect("pid"));
+    assert!(!r0.proxy_ids().contains(&"remote-gw".to_string()), "remote-gw streams from replica-1");
+
+    let blocker = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let taken = blocker.local_addr().expect("addr").port();
+    let routes = "route_config: { virtual_hosts: [{ name: all, domains: [\"*\"], routes: [{ match: { prefix: \"/\" }, direct_response: { status: 200 } }] }] }";
+    let listener = format!(
+        "kind: Listener\nmetadata: {{ name: blocked, nodes: {{ ids: [remote-gw] }} }}\nspec:\n  name: blocked\n  address: {{ socket_address: {{ address: 127.0.0.1, port_value: {taken} }} }}\n  filter_chains:\n  - filters:\n{}",
+        harness::xds::hcm_filter("blocked", routes)
+    );
+    let t0 = Instant::now();
+    r0.apply(d, &listener);
+    let a = wait_for("the agent to restart its proxy (epoch 1)", Duration::from_secs(30), || {
+        r1.proxies()
+            .into_iter()
+            .find(|p| p["node"]["id"] == "remote-gw")
+            .map(|p| p["agent"].clone())
+            .filter(|a| a["epoch"] == 1 && a["state"] == "running")
+    });
+    let restarted = t0.elapsed();
+    agent.proxy_pids.push(a["pid"].as_u64().and_then(|p| u32::try_from(p).ok()).expect("pid"));
+    let repair = wait_for("the leader to follow the restart", Duration::from_secs(15), || {
+        let v = r0.get("/v1/abnormal")?;
+        let n = v["nodes"].as_array()?.iter().find(|n| n["node"] == "remote-gw")?.clone();
+        (n["repair"]["state"] == "restarting" && n["repair"]["command"].is_u64() && n["repair"]["done_ms"].is_u64())
+            .then(|| n["repair"].clone())
+    });
+    let v = r0.get("/v1/abnormal").expect("abnormal");
+    assert_eq!(v["repairs"]["started"], 1, "{v}");
+    eprintln!("across replicas: restarted (epoch 1) through replica-1 {restarted:?} after the apply on the leader; leader's view {repair}");
+    drop(blocker);
+}

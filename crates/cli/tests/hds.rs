@@ -112,3 +112,84 @@ fn envoy_checks_and_a_stopped_endpoint_leaves_the_fleets_eds() {
 fn legate_proxy_checks_and_a_stopped_endpoint_leaves_the_fleets_eds() {
     stop_and_start(Bin::Legate);
 }
+
+/// Service `web` whose endpoints say their zone (`labels: {region, zone}`).
+fn web_in_zones(endpoints: &[(u16, &str)]) -> String {
+    let eps: String = endpoints
+        .iter()
+        .map(|(p, z)| format!("  - {{ address: 127.0.0.1, port: {p}, labels: {{ region: eu, zone: {z} }} }}\n"))
+        .collect();
+    format!(
+        "kind: Service\nmetadata: {{ name: web }}\nspec:\n  endpoints:\n{eps}  health_check: {{ path: /, interval: 0.5s, timeout: 0.4s, unhealthy_threshold: 2, healthy_threshold: 1, hds: true }}\n"
+    )
+}
+
+/// Two checkers in two zones (Envoy 1.40 in eu/a, `legate proxy` in eu/b),
+/// two endpoints in each: every endpoint is checked by the checker of its
+/// zone; an endpoint stopped in each zone is found by that zone's checker
+/// and leaves both proxies' EDS.
+#[test]
+fn endpoints_are_checked_by_the_proxy_in_their_zone() {
+    let dir = TempDir::new("hds-zones");
+    let d = dir.path();
+    let mut ups: Vec<(Proc, u16, &str)> = [("a1", "a"), ("a2", "a"), ("b1", "b"), ("b2", "b")]
+        .iter()
+        .map(|(n, z)| {
+            let (p, port) = echo(n, d);
+            (p, port, *z)
+        })
+        .collect();
+    let cp = ControlPlane::start(d);
+    let zones: Vec<(u16, &str)> = ups.iter().map(|(_, p, z)| (*p, *z)).collect();
+    cp.apply(d, &web_in_zones(&zones));
+    let mut all: Vec<u16> = zones.iter().map(|(p, _)| *p).collect();
+    all.sort_unstable();
+    let in_a = attach_with(Bin::Envoy, &cp, "checker-a", &["--hds", "--locality", "eu/a"], d);
+    let in_b = attach_with(Bin::Legate, &cp, "checker-b", &["--hds", "--locality", "eu/b"], d);
+    let admins = [in_a.admin, in_b.admin];
+    until_both(&admins, &all, "both proxies to hold web's four endpoints", Instant::now());
+    let checker_of = |zone: &str| if zone == "a" { "checker-a" } else { "checker-b" };
+    let expected: Vec<(String, bool, String)> = {
+        let mut v: Vec<_> =
+            zones.iter().map(|(p, z)| (format!("127.0.0.1:{p}"), true, checker_of(z).to_string())).collect();
+        v.sort();
+        v
+    };
+    let t0 = Instant::now();
+    let reported = (0..150).any(|_| {
+        std::thread::sleep(Duration::from_millis(100));
+        checks(&cp) == expected
+    });
+    assert!(reported, "not each checked in its zone: {:?}, expected {expected:?}", checks(&cp));
+    let v = cp.get("/v1/abnormal").expect("abnormal");
+    let mut checkers: Vec<String> = v["checkers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|c| format!("{} {}/{}", c["node"].as_str().unwrap_or(""), c["locality"]["region"], c["locality"]["zone"]))
+        .collect();
+    checkers.sort();
+    assert_eq!(checkers, ["checker-a \"eu\"/\"a\"", "checker-b \"eu\"/\"b\""], "{v}");
+    eprintln!(
+        "HDS by zone: each of 4 endpoints reported by its zone's checker {:?} after both held them",
+        t0.elapsed()
+    );
+
+    // Stop one endpoint in each zone: its zone's checker finds it.
+    let mut rest = all.clone();
+    for zone in ["a", "b"] {
+        let i = ups.iter().position(|(_, _, z)| *z == zone).expect("one in the zone");
+        let (mut stopped, port, _) = ups.remove(i);
+        let t = Instant::now();
+        stopped.kill();
+        rest.retain(|p| *p != port);
+        let left = until_both(&admins, &rest, "the stopped endpoint to leave both proxies' EDS", t);
+        let c = checks(&cp);
+        assert!(c.contains(&(format!("127.0.0.1:{port}"), false, checker_of(zone).into())), "{c:?}");
+        eprintln!(
+            "HDS by zone: an endpoint stopped in zone {zone} (checked by {}) left both EDS after {left:?}",
+            checker_of(zone)
+        );
+        assert!(left < Duration::from_secs(6), "took {left:?}");
+    }
+}

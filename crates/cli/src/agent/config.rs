@@ -27,6 +27,25 @@ pub struct AgentArgs {
     /// API token (`lgt_...`, editor role); also read from LEGATE_TOKEN.
     #[arg(long, env = "LEGATE_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// Reach an https:// control plane: trust this CA (PEM). Its proxy's
+    /// xDS cluster then speaks TLS too, trusting the same CA.
+    #[arg(long)]
+    pub ca_file: Option<PathBuf>,
+    /// Present this client certificate (PEM) to it (mutual TLS: `control-plane
+    /// --client-ca`), on the API and on the proxy's xDS connection...
+    #[arg(long, requires = "key_file", requires = "ca_file")]
+    pub cert_file: Option<PathBuf>,
+    /// ...with this private key (PEM).
+    #[arg(long, requires = "cert_file")]
+    pub key_file: Option<PathBuf>,
+    /// The name the control plane's certificate carries (the proxy's SNI
+    /// on the xDS connection).
+    #[arg(long, default_value = "localhost")]
+    pub server_name: String,
+    /// Where the node runs, `REGION[/ZONE[/SUB_ZONE]]`: its bootstrap's
+    /// `node.locality` (HDS gives its proxy the endpoints nearest to it).
+    #[arg(long)]
+    pub locality: Option<String>,
     /// The proxy's hot restart family; default: derived from the node id.
     #[arg(long)]
     pub base_id: Option<u64>,
@@ -87,6 +106,10 @@ pub struct Settings {
     pub bin: PathBuf,
     pub admin_port: u16,
     pub token: Option<String>,
+    /// TLS to an https:// control plane (API and the proxy's xDS).
+    pub tls: crate::ctl::client::Tls,
+    pub server_name: String,
+    pub locality: Option<String>,
     pub base_id: u64,
     pub bootstrap: PathBuf,
     pub concurrency: Option<usize>,
@@ -121,6 +144,9 @@ impl Settings {
             bin,
             admin_port: a.admin_port,
             token: a.token,
+            tls: crate::ctl::client::Tls { cacert: a.ca_file, cert: a.cert_file.zip(a.key_file) },
+            server_name: a.server_name,
+            locality: a.locality,
             bootstrap: work.join("bootstrap.yaml"),
             concurrency: a.concurrency,
             drain_time_s: a.drain_time_s,

@@ -3,7 +3,7 @@
 //! after a change), whose answers carry the commands queued for the agent.
 
 use super::config::Settings;
-use crate::ctl::client::{urlencode, Api, Tls};
+use crate::ctl::client::{urlencode, Api};
 use legate_control::discovery::agents::{AgentCommand, AgentReport};
 use serde_json::Value;
 use std::sync::mpsc::{channel, Receiver, Sender};
@@ -19,7 +19,7 @@ pub struct Reporter {
 }
 
 fn api(s: &Settings) -> Api {
-    Api { tls: Tls::default(), token: s.token.clone(), base: s.server.clone(), timeout: Some(Duration::from_secs(3)) }
+    Api { tls: s.tls.clone(), token: s.token.clone(), base: s.server.clone(), timeout: Some(Duration::from_secs(3)) }
 }
 
 impl Reporter {
@@ -86,19 +86,31 @@ impl Reporter {
     }
 }
 
+/// With `--ca-file`, the proxy reaches the control plane's xDS over TLS as
+/// the agent reaches its API: the same CA, client certificate and name.
+fn with_tls(s: &Settings, yaml: String) -> String {
+    let Some(ca) = &s.tls.cacert else { return yaml };
+    let path = |p: &std::path::Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf()).display().to_string();
+    let client = s.tls.cert.as_ref().map(|(c, k)| (path(c), path(k)));
+    legate_control::discovery::bootstrap::with_xds_tls(&yaml, &path(ca), client, &s.server_name)
+}
+
 /// The node's bootstrap from the control plane, written to the work dir;
 /// when the control plane cannot be reached, the one written before stays.
 pub fn fetch_bootstrap(s: &Settings) -> anyhow::Result<()> {
-    let url = format!(
+    let mut url = format!(
         "{}/v1/bootstrap?node={}&cluster={}&admin_port={}",
         s.server,
         urlencode(&s.node),
         urlencode(&s.cluster),
         s.admin_port
     );
+    if let Some(l) = &s.locality {
+        url.push_str(&format!("&locality={}", urlencode(l)));
+    }
     match api(s).text(&url) {
         Ok(yaml) => {
-            std::fs::write(&s.bootstrap, yaml)?;
+            std::fs::write(&s.bootstrap, with_tls(s, yaml))?;
             Ok(())
         }
         Err(e) if s.bootstrap.exists() => {

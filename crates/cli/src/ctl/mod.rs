@@ -135,6 +135,10 @@ pub enum CtlCommand {
         /// Health Discovery Service over the xDS cluster).
         #[arg(long)]
         hds: bool,
+        /// Where the node runs, `REGION[/ZONE[/SUB_ZONE]]` (`node.locality`;
+        /// HDS gives a checker the endpoints nearest to it).
+        #[arg(long)]
+        locality: Option<String>,
         #[arg(long, default_value_t = 9901)]
         admin_port: u16,
         /// Reach a TLS control plane: trust this CA (PEM file path, as the proxy sees it).
@@ -250,6 +254,7 @@ pub fn run(args: CtlArgs) -> anyhow::Result<()> {
             xds,
             delta,
             hds,
+            locality,
             admin_port,
             xds_ca,
             xds_cert,
@@ -260,6 +265,9 @@ pub fn run(args: CtlArgs) -> anyhow::Result<()> {
             let mut yaml = bootstrap_yaml(&node_id, &node_cluster, host, port, delta, admin_port);
             if hds {
                 yaml = legate_control::discovery::bootstrap::with_hds(&yaml);
+            }
+            if let Some(l) = locality {
+                yaml = legate_control::discovery::bootstrap::with_locality(&yaml, &l).map_err(anyhow::Error::msg)?;
             }
             if let Some(ca) = xds_ca {
                 yaml = with_xds_tls(&yaml, &ca, xds_cert.zip(xds_key), &xds_sni);

@@ -39,7 +39,10 @@ impl Agent {
         let (base, extra) = split_base_id(extra);
         cmd.args(["--admin-port", &admin.to_string(), "--base-id", &base, "--concurrency", "1"]);
         cmd.args(["--drain-time-s", "2", "--parent-shutdown-time-s", "4", "--report-interval-ms", "300"]);
-        cmd.args(["--crash-pause-s", "60", "-l", "warning"]).arg("--work-dir").arg(dir.join(format!("work-{node}")));
+        if !extra.contains(&"--crash-pause-s") {
+            cmd.args(["--crash-pause-s", "60"]);
+        }
+        cmd.args(["-l", "warning"]).arg("--work-dir").arg(dir.join(format!("work-{node}")));
         cmd.args(extra);
         Agent { proc_: Proc::spawn(&format!("agent-{node}"), &mut cmd, dir), proxy_pids: Vec::new(), base_id: base }
     }

@@ -79,7 +79,7 @@ pub struct AgentCommand {
 }
 
 /// One node's agent as the control plane knows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct AgentStatus {
     #[serde(flatten)]
     pub report: AgentReport,

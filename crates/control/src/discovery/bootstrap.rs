@@ -60,6 +60,22 @@ pub fn with_hds(yaml: &str) -> String {
     )
 }
 
+/// The bootstrap with `node.locality` from `REGION[/ZONE[/SUB_ZONE]]` (HDS
+/// gives endpoints to the nearest checkers by it); `Err` names the problem.
+pub fn with_locality(yaml: &str, locality: &str) -> Result<String, String> {
+    let parts: Vec<&str> = locality.split('/').collect();
+    if parts.len() > 3 || parts.iter().any(|p| p.is_empty()) {
+        return Err(format!("locality '{locality}': REGION[/ZONE[/SUB_ZONE]], no part empty"));
+    }
+    let field = |i: usize| serde_json::to_string(parts.get(i).copied().unwrap_or("")).unwrap_or_default();
+    let line = format!("  locality: {{ region: {}, zone: {}, sub_zone: {} }}\n", field(0), field(1), field(2));
+    // After the node's `cluster` line, the last line of the node block.
+    let Some(at) = yaml.find("\n  cluster: ").and_then(|i| yaml[i + 1..].find('\n').map(|j| i + j + 2)) else {
+        return Err("the bootstrap has no node cluster line".into());
+    };
+    Ok(format!("{}{line}{}", &yaml[..at], &yaml[at..]))
+}
+
 /// The bootstrap's xDS cluster, speaking TLS (and presenting a client
 /// certificate when given).
 pub fn with_xds_tls(yaml: &str, ca: &str, client: Option<(String, String)>, sni: &str) -> String {

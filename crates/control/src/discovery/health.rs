@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 /// Abnormal nodes (node id to when it became abnormal, Unix ms), and the
 /// endpoints of services checked through HDS that were reported down.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct EndpointHealth {
     pub abnormal: BTreeMap<String, u64>,
     /// (service, `address:port`).

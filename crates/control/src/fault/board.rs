@@ -5,20 +5,20 @@
 
 use super::detect::Finding;
 use super::repair::Repair;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::sync::Mutex;
 
 /// One cause as `GET /v1/abnormal` shows it.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct CauseView {
-    pub cause: &'static str,
+    pub cause: String,
     /// When the condition was first seen (RFC 3339).
     pub since: String,
     pub evidence: String,
 }
 
 /// One abnormal node as `GET /v1/abnormal` shows it.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct NodeView {
     pub node: String,
     pub cluster: String,
@@ -43,7 +43,7 @@ impl NodeView {
                 .causes
                 .iter()
                 .map(|c| CauseView {
-                    cause: c.cause.name(),
+                    cause: c.cause.name().to_string(),
                     since: crate::clock::rfc3339(c.since_ms),
                     evidence: c.evidence.clone(),
                 })
@@ -60,7 +60,7 @@ impl NodeView {
 }
 
 /// Repair counts since this control plane started.
-#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct RepairCounts {
     pub started: u64,
     pub repaired: u64,

@@ -10,12 +10,14 @@
 //! monitor, hands the abnormal nodes to the controller (which leaves their
 //! endpoints out of EDS as each service's isolation policy says, see
 //! `resources::isolate`), and on the leader queues the restarts the planner
-//! says are due. Each replica isolates by what it sees of its own proxies.
+//! says are due. With several replicas on etcd the leader evaluates what
+//! every replica sees and the others follow its board ([`shared`]).
 
 pub mod board;
 pub mod detect;
 pub mod hds;
 pub mod repair;
+pub mod shared;
 #[cfg(test)]
 mod tests;
 
@@ -68,6 +70,7 @@ pub fn observe(ctrl: &Controller, now_ms: u64) -> Observation {
 pub struct Evaluator {
     detector: Detector,
     planner: Planner,
+    relay: shared::Relay,
 }
 
 impl Evaluator {
@@ -147,6 +150,11 @@ fn isolation(ctrl: &Controller, instances: &[Instance], health: &EndpointHealth)
             out.push((svc, d));
         }
     }
+    for (name, r) in of_kind(&stored.resources, Kind::ClusterLoadAssignment) {
+        if let Some((_, d)) = crate::resources::isolate::assignment(&r.doc.spec, health) {
+            out.push((name.clone(), d));
+        }
+    }
     out
 }
 
@@ -158,20 +166,76 @@ pub fn start(ctrl: Arc<Controller>, settings: Settings) {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            let o = observe(&ctrl, crate::clock::unix_ms());
-            let instances = ctrl.instances();
-            let isolate = |h: &EndpointHealth| isolation(&ctrl, &instances, h);
-            let (health, views, restarts) = evaluator.tick(&o, &isolate, &settings, ctrl.is_leader());
-            ctrl.set_health(health);
-            ctrl.faults.set(views, evaluator.counts());
-            for r in restarts {
-                let id = ctrl.agents.command(&r.node, Action::Restart, "repair");
-                tracing::warn!(node = r.node, command = ?id, "repair: restarting an abnormal node through its agent");
-                if let Some(id) = id {
-                    evaluator.issued(&r.node, id);
-                }
-                let _ = ctrl.store().audit("repair", "restart", &r.node, id.is_some(), "abnormal node");
-            }
+            evaluate(&ctrl, &mut evaluator, &settings).await;
         }
     });
+}
+
+/// One evaluation: of what this replica sees (SQLite), or with several
+/// replicas on etcd, of what all of them see on the leader, the others
+/// taking the leader's board (see `shared`).
+async fn evaluate(ctrl: &Arc<Controller>, evaluator: &mut Evaluator, settings: &Settings) {
+    let now = crate::clock::unix_ms();
+    let local = observe(ctrl, now);
+    let leader = ctrl.is_leader();
+    let etcd = ctrl.store().etcd().is_some();
+    let o = if etcd {
+        let (key, slice) = (shared::slice_key(ctrl.replica_id()), serde_json::to_vec(&shared::Slice::of(&local)));
+        if let Ok(slice) = slice {
+            shared::on_store(ctrl, move |s| s.put_value(key, slice)).await;
+        }
+        evaluator.relay.serve(ctrl, now).await;
+        if leader {
+            let slices = shared::on_store(ctrl, |s| s.values_under(shared::slices_prefix())).await.unwrap_or_default();
+            let slices = slices.iter().filter_map(|v| serde_json::from_slice(v).ok()).collect();
+            shared::merge(slices, now)
+        } else {
+            let board = shared::on_store(ctrl, |s| s.value(shared::board_key())).await.flatten();
+            let board = board.and_then(|v| serde_json::from_slice::<shared::Board>(&v).ok());
+            if let Some(b) = board.and_then(|b| shared::fresh_board(b, now)) {
+                ctrl.set_health(b.health);
+                ctrl.faults.set(b.views, b.counts);
+                return;
+            }
+            local
+        }
+    } else {
+        local
+    };
+    if etcd && leader {
+        for (node, id) in evaluator.relay.answers(ctrl).await {
+            evaluator.issued(&node, id);
+        }
+    }
+    let instances = ctrl.instances();
+    let isolate = |h: &EndpointHealth| isolation(ctrl, &instances, h);
+    let (health, views, restarts) = evaluator.tick(&o, &isolate, settings, leader);
+    if etcd && leader {
+        let board = shared::Board {
+            at_ms: now,
+            leader: ctrl.replica_id().to_string(),
+            health: health.clone(),
+            views: views.clone(),
+            counts: evaluator.counts(),
+        };
+        if let Ok(v) = serde_json::to_vec(&board) {
+            shared::on_store(ctrl, move |s| s.put_value(shared::board_key(), v)).await;
+        }
+    }
+    ctrl.set_health(health);
+    ctrl.faults.set(views, evaluator.counts());
+    for r in restarts {
+        if etcd && !shared::Relay::is_local(ctrl, &r.node) {
+            tracing::warn!(node = r.node, "repair: asking the replica its agent reports to for a restart");
+            evaluator.relay.request(ctrl, &r.node, now).await;
+            let _ = ctrl.store().audit("repair", "restart", &r.node, true, "abnormal node (another replica's agent)");
+            continue;
+        }
+        let id = ctrl.agents.command(&r.node, Action::Restart, "repair");
+        tracing::warn!(node = r.node, command = ?id, "repair: restarting an abnormal node through its agent");
+        if let Some(id) = id {
+            evaluator.issued(&r.node, id);
+        }
+        let _ = ctrl.store().audit("repair", "restart", &r.node, id.is_some(), "abnormal node");
+    }
 }

@@ -43,7 +43,7 @@ impl Default for RepairSettings {
 }
 
 /// Where a node's repair stands.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(tag = "state", rename_all = "snake_case")]
 pub enum Repair {
     /// Abnormal, not yet due or waiting for a free slot.

@@ -6,13 +6,23 @@
 //! at most `max_percent` of the service's endpoints isolated at once (as
 //! Envoy's `max_ejection_percent`), the longest abnormal first; the others
 //! stay in and are reported as held back.
+//!
+//! A `ClusterLoadAssignment` written by hand has no labels: an endpoint
+//! there names its node in its metadata, `lb_endpoints[].metadata.
+//! filter_metadata.legate.node` ([`METADATA_NAMESPACE`]), and is isolated
+//! with the default policy (on, at most half of the assignment's endpoints).
 
 use crate::discovery::health::EndpointHealth;
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use std::collections::BTreeMap;
 
 /// The endpoint label that names the node (proxy) an endpoint is.
 pub const NODE_LABEL: &str = "node";
+
+/// The endpoint metadata namespace whose `node` key names an endpoint's
+/// node in a hand-written `ClusterLoadAssignment`.
+pub const METADATA_NAMESPACE: &str = "legate";
 
 /// A service's isolation policy.
 #[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
@@ -89,6 +99,45 @@ pub fn kept<T: Clone>(items: &[T], decision: &Decision) -> Vec<T> {
     items.iter().zip(&decision.keep).filter(|(_, k)| **k).map(|(e, _)| e.clone()).collect()
 }
 
+/// The endpoints of a hand-written `ClusterLoadAssignment` spec (Envoy
+/// JSON, field names in snake case), in order: address, port and, as the
+/// label [`NODE_LABEL`], the node its metadata names.
+fn assignment_endpoints(spec: &Value) -> Vec<(String, u16, BTreeMap<String, String>)> {
+    let groups = spec["endpoints"].as_array().into_iter().flatten();
+    groups
+        .flat_map(|g| g["lb_endpoints"].as_array().into_iter().flatten())
+        .map(|e| {
+            let socket = &e["endpoint"]["address"]["socket_address"];
+            let address = socket["address"].as_str().unwrap_or_default().to_string();
+            let port = socket["port_value"].as_u64().and_then(|p| u16::try_from(p).ok()).unwrap_or(0);
+            let node = e["metadata"]["filter_metadata"][METADATA_NAMESPACE][NODE_LABEL].as_str();
+            let labels = node.map(|n| (NODE_LABEL.to_string(), n.to_string())).into_iter().collect();
+            (address, port, labels)
+        })
+        .collect()
+}
+
+/// What the default policy does to a hand-written `ClusterLoadAssignment`:
+/// the decision, and the spec without the endpoints it takes out (`None`
+/// when none of its endpoints names a node).
+pub fn assignment(spec: &Value, health: &EndpointHealth) -> Option<(Value, Decision)> {
+    let eps = assignment_endpoints(spec);
+    if eps.iter().all(|(_, _, l)| l.is_empty()) {
+        return None;
+    }
+    let decision = decide(&IsolationSpec::default(), &eps, health);
+    let mut out = spec.clone();
+    let mut keep = decision.keep.iter();
+    if let Some(groups) = out["endpoints"].as_array_mut() {
+        for g in groups {
+            if let Some(lbs) = g["lb_endpoints"].as_array_mut() {
+                lbs.retain(|_| keep.next().copied().unwrap_or(true));
+            }
+        }
+    }
+    Some((out, decision))
+}
+
 /// A policy's problems, with their field paths under `path`.
 pub fn check(spec: &IsolationSpec, path: &str) -> Vec<(String, String)> {
     if spec.max_percent > 100 {
@@ -132,6 +181,30 @@ mod tests {
         let d = decide(&IsolationSpec { enabled: false, max_percent: 100 }, &eps, &h);
         assert_eq!((d.isolated.len(), d.held.len()), (0, 1));
         assert!(decide(&IsolationSpec::default(), &eps, &EndpointHealth::default()).held.is_empty());
+    }
+
+    #[test]
+    fn a_hand_written_assignment_names_nodes_in_endpoint_metadata() {
+        let ep = |port: u16, node: Option<&str>| {
+            let mut e = serde_json::json!({"endpoint": {"address": {"socket_address": {"address": "10.0.0.1", "port_value": port}}}});
+            if let Some(n) = node {
+                e["metadata"] = serde_json::json!({"filter_metadata": {"legate": {"node": n}}});
+            }
+            e
+        };
+        let spec = serde_json::json!({"cluster_name": "c", "endpoints": [
+            {"lb_endpoints": [ep(1, Some("a")), ep(2, None)]},
+            {"lb_endpoints": [ep(3, Some("b"))], "priority": 1},
+        ]});
+        let (out, d) = assignment(&spec, &health(&[("b", 1)])).expect("names nodes");
+        assert_eq!(d.isolated, [("b".to_string(), "10.0.0.1:3".to_string())]);
+        assert_eq!(out["endpoints"][0]["lb_endpoints"].as_array().map(Vec::len), Some(2));
+        assert_eq!(out["endpoints"][1]["lb_endpoints"], serde_json::json!([]));
+        assert_eq!(out["endpoints"][1]["priority"], 1);
+        let (_, d) = assignment(&spec, &health(&[("a", 1), ("b", 2)])).expect("names nodes");
+        assert_eq!((d.isolated.len(), d.held.len()), (1, 1), "at most half of three");
+        let plain = serde_json::json!({"cluster_name": "c", "endpoints": [{"lb_endpoints": [ep(1, None)]}]});
+        assert!(assignment(&plain, &health(&[("a", 1)])).is_none());
     }
 
     #[test]

@@ -42,6 +42,9 @@ pub fn key(rest: &str) -> String {
 pub const REV_KEY: &str = "/legate/rev";
 pub const LEADER_KEY: &str = "/legate/leader";
 pub const REGISTRY_PREFIX: &str = "/legate/registry/";
+/// Fault state shared by replicas: `slices/<replica>` (what each sees of
+/// its own proxies) and `board` (what the leader decided).
+pub const FAULT_PREFIX: &str = "/legate/fault/";
 
 fn revision_key(rev: u64) -> String {
     key(&format!("revisions/{rev:020}"))
@@ -510,6 +513,31 @@ impl EtcdStore {
                 }
             }
             Err(etcd_err("instance changed underneath five heartbeats in a row"))
+        })
+    }
+
+    /// Puts `value` at `key` (no history: shared state that is overwritten).
+    pub fn put_value(&self, key: String, value: Vec<u8>) -> Result<(), StoreError> {
+        self.run(move |mut c| async move {
+            c.kv.put(pb::PutRequest { key: key.into_bytes(), value, ..Default::default() }).await.map_err(etcd_err)?;
+            Ok(())
+        })
+    }
+
+    /// The value at `key`, when there is one.
+    pub fn value(&self, key: String) -> Result<Option<Vec<u8>>, StoreError> {
+        self.run(move |mut c| async move {
+            let resp = c.kv.range(range(key, vec![])).await.map_err(etcd_err)?;
+            Ok(resp.kvs.into_iter().next().map(|kv| kv.value))
+        })
+    }
+
+    /// Every value under `prefix`.
+    pub fn values_under(&self, prefix: String) -> Result<Vec<Vec<u8>>, StoreError> {
+        self.run(move |mut c| async move {
+            let end = prefix_end(&prefix);
+            let resp = c.kv.range(range(prefix, end)).await.map_err(etcd_err)?;
+            Ok(resp.kvs.into_iter().map(|kv| kv.value).collect())
         })
     }
 

@@ -8,6 +8,12 @@
 //! filter chains at once, while connections already open keep the config they
 //! started with and are told to drain.
 //!
+//! A listener that warms (waiting for its routes or secrets) binds its
+//! sockets when it is added, as Envoy does (`reserve`), so a bind failure
+//! rejects the LDS update that brought it, not the later update it waited
+//! for; the sockets wait, reserved by the listener's name, until it is put
+//! into service.
+//!
 //! Hot restart: a child process starts with the sockets its parent listens
 //! on (`inherit`); a listener on one of those addresses takes the parent's
 //! sockets instead of binding, so connections queued on them carry over.
@@ -47,13 +53,19 @@ pub struct ListenerManager {
     active: Mutex<BTreeMap<String, Active>>,
     /// Sockets passed by a hot restart parent, by address, not yet used.
     inherited: Mutex<HashMap<SocketAddr, Vec<TcpListener>>>,
+    /// Sockets bound for warming listeners, by listener name.
+    reserved: Mutex<HashMap<String, (SocketAddr, Vec<TcpListener>)>>,
 }
 
 impl ListenerManager {
     /// A manager for `n` workers, with each worker's command receiver.
     pub fn new(n: usize) -> (Arc<Self>, Vec<mpsc::UnboundedReceiver<WorkerCmd>>) {
         let (txs, rxs): (Vec<_>, Vec<_>) = (0..n).map(|_| mpsc::unbounded_channel()).unzip();
-        (Arc::new(Self { workers: txs, active: Mutex::new(BTreeMap::new()), inherited: Mutex::default() }), rxs)
+        let reserved = Mutex::default();
+        (
+            Arc::new(Self { workers: txs, active: Mutex::new(BTreeMap::new()), inherited: Mutex::default(), reserved }),
+            rxs,
+        )
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Active>> {
@@ -74,8 +86,13 @@ impl ListenerManager {
                 return Ok(());
             }
         }
-        // New address (or new listener): bind first, then retire the old one.
-        let sockets = self.sockets_for(config.address)?;
+        // New address (or new listener): bind first (or take what `reserve`
+        // bound), then retire the old one.
+        let reserved = self.reserved().remove(&config.name).filter(|(addr, _)| *addr == config.address);
+        let sockets = match reserved {
+            Some((_, sockets)) => sockets,
+            None => self.sockets_for(config.address)?,
+        };
         let kept = sockets.iter().map(TcpListener::try_clone).collect::<Result<Vec<_>, _>>();
         let kept = kept.map_err(|e| format!("cannot duplicate the socket of '{}': {e}", config.address))?;
         if let Some(old) = active.remove(&config.name) {
@@ -95,6 +112,30 @@ impl ListenerManager {
         Ok(())
     }
 
+    fn reserved(&self) -> std::sync::MutexGuard<'_, HashMap<String, (SocketAddr, Vec<TcpListener>)>> {
+        self.reserved.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Binds the sockets listener `name` will need on `addr` now (it warms
+    /// before [`apply`](Self::apply) puts it into service): nothing when it
+    /// already listens or has reserved there. `Ok(true)` when it bound.
+    pub fn reserve(&self, name: &str, addr: SocketAddr) -> Result<bool, String> {
+        if self.lock().get(name).is_some_and(|a| a.slot.load().address == addr) {
+            return Ok(false);
+        }
+        if self.reserved().get(name).is_some_and(|(a, _)| *a == addr) {
+            return Ok(false);
+        }
+        let sockets = self.sockets_for(addr)?;
+        self.reserved().insert(name.to_string(), (addr, sockets));
+        Ok(true)
+    }
+
+    /// Closes what listener `name` reserved (it will not be put into service).
+    pub fn release(&self, name: &str) {
+        self.reserved().remove(name);
+    }
+
     /// One socket per worker: the parent's (hot restart) first, then new ones.
     fn sockets_for(&self, addr: SocketAddr) -> Result<Vec<TcpListener>, String> {
         let mut sockets = self.inherited.lock().unwrap_or_else(|e| e.into_inner()).remove(&addr).unwrap_or_default();
@@ -102,7 +143,7 @@ impl ListenerManager {
             tracing::info!("listener {addr}: took over {} socket(s) from the parent process", sockets.len());
         }
         while sockets.len() < self.workers.len() {
-            sockets.push(bind(addr).map_err(|e| format!("cannot bind '{addr}': {e}"))?);
+            sockets.push(bind(addr).map_err(|e| bind_error(addr, &e))?);
         }
         Ok(sockets)
     }
@@ -161,6 +202,13 @@ impl ListenerManager {
             })
             .collect()
     }
+}
+
+/// Envoy's words for a failed bind: `cannot bind '<addr>': <strerror>`.
+fn bind_error(addr: SocketAddr, e: &std::io::Error) -> String {
+    let text = e.to_string();
+    let reason = text.split(" (os error").next().unwrap_or(&text);
+    format!("cannot bind '{addr}': {reason}")
 }
 
 fn retire(a: Active) {

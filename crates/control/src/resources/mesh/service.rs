@@ -3,6 +3,7 @@
 //! instances), plus one such pair per subset (`<service>.<subset>`).
 
 use crate::discovery::health::EndpointHealth;
+use crate::discovery::node::Locality;
 use crate::discovery::registry::Instance;
 use crate::releases;
 use crate::releases::spec::candidate_weight;
@@ -250,12 +251,12 @@ pub fn health_check(h: &HealthCheckSpec) -> Value {
 }
 
 /// A service checked through HDS: its health check (Envoy JSON) and every
-/// endpoint (`address`, `port`), down or not.
+/// endpoint (`address`, `port`, the locality its labels give), down or not.
 #[derive(Debug, Clone, PartialEq)]
 pub struct HdsTarget {
     pub service: String,
     pub health_check: Value,
-    pub endpoints: Vec<(String, u16)>,
+    pub endpoints: Vec<(String, u16, Locality)>,
 }
 
 /// The services whose `health_check` has `hds: true`.
@@ -267,7 +268,10 @@ pub fn hds_targets(resources: &ResourceMap, instances: &[Instance]) -> Vec<HdsTa
             Some(HdsTarget {
                 service: name.clone(),
                 health_check: health_check(h),
-                endpoints: endpoints(name, &s, instances).into_iter().map(|(a, p, _)| (a, p)).collect(),
+                endpoints: endpoints(name, &s, instances)
+                    .into_iter()
+                    .map(|(a, p, labels)| (a, p, Locality::from_labels(&labels)))
+                    .collect(),
             })
         })
         .collect()

@@ -3,7 +3,7 @@
 //! commands people queue for it (`ctl restart`, `ctl drain`).
 
 use crate::discovery::agents::{Action, AgentReport};
-use crate::discovery::bootstrap::{bootstrap_yaml, with_hds};
+use crate::discovery::bootstrap::{bootstrap_yaml, with_hds, with_locality};
 use crate::serve::api::access::authorize;
 use crate::serve::api::auth::Role;
 use crate::serve::api::reply::{bad_request, not_found};
@@ -30,6 +30,8 @@ pub struct BootstrapQuery {
     hds: bool,
     /// The xDS address the proxy dials; default: where this control plane serves it.
     xds: Option<String>,
+    /// `REGION[/ZONE[/SUB_ZONE]]`: the node's `locality`.
+    locality: Option<String>,
 }
 
 fn default_cluster() -> String {
@@ -66,6 +68,12 @@ pub async fn bootstrap(
     let mut yaml = bootstrap_yaml(&q.node, &q.cluster, host.trim_matches(['[', ']']), port, q.delta, q.admin_port);
     if q.hds {
         yaml = with_hds(&yaml);
+    }
+    if let Some(l) = &q.locality {
+        yaml = match with_locality(&yaml, l) {
+            Ok(y) => y,
+            Err(e) => return bad_request("invalid", e),
+        };
     }
     ([(axum::http::header::CONTENT_TYPE, "application/yaml")], yaml).into_response()
 }

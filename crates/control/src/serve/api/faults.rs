@@ -13,7 +13,8 @@ use serde_json::json;
 use std::sync::Arc;
 
 /// `{nodes: [...], repairs: {started, repaired, failed}, checks: [...], leader}`;
-/// `checks`: every endpoint's last result from the proxies checking it (HDS).
+/// `checks`: every endpoint's last result from the proxies checking it (HDS);
+/// `checkers`: the proxies offering to check (HDS streams) with their locality.
 pub async fn abnormal(State(ctrl): State<Arc<Controller>>, headers: HeaderMap) -> Response {
     authorize!(ctrl, headers, Role::Viewer, "read", "abnormal");
     let (nodes, repairs) = ctrl.faults.get();
@@ -27,5 +28,9 @@ pub async fn abnormal(State(ctrl): State<Arc<Controller>>, headers: HeaderMap) -
             v
         })
         .collect();
-    Json(json!({"nodes": nodes, "repairs": repairs, "checks": checks, "leader": ctrl.is_leader()})).into_response()
+    let checkers: Vec<serde_json::Value> =
+        ctrl.checks.checkers().into_values().map(|n| json!({"node": n.id, "locality": n.locality})).collect();
+    let body =
+        json!({"nodes": nodes, "repairs": repairs, "checks": checks, "checkers": checkers, "leader": ctrl.is_leader()});
+    Json(body).into_response()
 }

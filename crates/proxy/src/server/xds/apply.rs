@@ -19,6 +19,28 @@ use std::time::{Duration, Instant};
 
 use super::*;
 
+/// Binds the sockets of every new listener (or new address) now, as Envoy
+/// does when a listener is added: a bind failure refuses this LDS update in
+/// Envoy's words, even for a listener that would warm (waiting for RDS) and
+/// be put into service later. All or nothing: what this update bound is
+/// closed again when one fails.
+fn reserve_sockets(shared: &Shared, compiled: &[ListenerConfig]) -> Result<(), String> {
+    let mut bound = Vec::new();
+    for lc in compiled {
+        match shared.listeners.reserve(&lc.name, lc.address) {
+            Ok(true) => bound.push(lc.name.as_str()),
+            Ok(false) => {}
+            Err(e) => {
+                for name in bound {
+                    shared.listeners.release(name);
+                }
+                return Err(format!("Error adding/updating listener(s) {}: {e}\n", lc.name));
+            }
+        }
+    }
+    Ok(())
+}
+
 impl Dynamic {
     /// Installs the full set of dynamic clusters.
     pub(super) fn apply_clusters(
@@ -209,6 +231,7 @@ impl Dynamic {
             let lc = ListenerConfig::compile(l, &shared.ctx).map_err(|e| format!("listener '{}': {e}", l.name))?;
             compiled.push(lc);
         }
+        reserve_sockets(shared, &compiled)?;
         // JWKS with async_fetch start fetching now (their listeners do not
         // wait for them: Envoy's warming would).
         let ctx = shared.ctx.clone();
@@ -222,7 +245,13 @@ impl Dynamic {
                 shared.store.counter("listener_manager.listener_removed").inc();
             }
         }
-        self.warming.retain(|n, _| keep.contains(n.as_str()));
+        self.warming.retain(|n, _| {
+            let kept = keep.contains(n.as_str());
+            if !kept {
+                shared.listeners.release(n);
+            }
+            kept
+        });
         for lc in compiled {
             let name = lc.name.clone();
             self.warming.insert(name, (lc, version.to_string(), Instant::now()));
