@@ -111,7 +111,7 @@ impl Authorization for Grpc {
         if http.path.starts_with("/grpc-error") {
             return Err(tonic::Status::unavailable("down for the test"));
         }
-        if http.path.starts_with("/deny") || http.headers.get("x-deny").is_some() {
+        if http.path.starts_with("/deny") || http.headers.contains_key("x-deny") {
             let denied = DeniedHttpResponse {
                 status: Some(HttpStatus { code: 401 }),
                 headers: vec![header("x-deny-reason", "bad", None), header("content-type", "text/custom", None)],
@@ -233,6 +233,9 @@ fn start_servers() -> AuthzServers {
     AuthzServers { grpc, http, seen, stops, threads }
 }
 
+/// (listener, method, path, headers, body).
+type Case<'a> = (&'a str, &'a str, &'a str, &'a [(&'a str, &'a str)], &'a str);
+
 const EXT_AUTHZ: &str = "envoy.filters.http.ext_authz";
 
 fn filter(fields: &str) -> String {
@@ -329,7 +332,7 @@ fn ext_authz_matches_envoy() {
             config(admin, ports, &servers[1], echo, closed)
         }),
     ];
-    let cases: &[(&str, &str, &str, &[(&str, &str)], &str)] = &[
+    let cases: &[Case] = &[
         (
             "grpc",
             "GET",
