@@ -17,7 +17,7 @@ mod harness;
 
 use harness::config::{bootstrap, cluster, hcm_vhost, listener};
 use harness::*;
-use legate_api::pb::envoy::config::core::v3::{HeaderValue, HeaderValueOption};
+use legate_api::pb::envoy::config::core::v3::{HeaderValue, HeaderValueOption, QueryParameter};
 use legate_api::pb::envoy::r#type::v3::HttpStatus;
 use legate_api::pb::envoy::service::auth::v3::authorization_server::{Authorization, AuthorizationServer};
 use legate_api::pb::envoy::service::auth::v3::check_response::HttpResponse;
@@ -135,6 +135,15 @@ impl Authorization for Grpc {
             ],
             headers_to_remove: vec!["x-remove-me".into()],
             response_headers_to_add: vec![header("x-resp-added", "yes", None)],
+            query_parameters_to_set: if http.path.contains("q=") {
+                vec![
+                    QueryParameter { key: "set".into(), value: "1".into() },
+                    QueryParameter { key: "q".into(), value: "2".into() },
+                ]
+            } else {
+                Vec::new()
+            },
+            query_parameters_to_remove: vec!["drop".into()],
             ..Default::default()
         };
         Ok(tonic::Response::new(CheckResponse {
@@ -314,7 +323,8 @@ fn exchange(port: u16, method: &str, path: &str, headers: &[(&str, &str)], body:
         .filter(|(k, _)| !matches!(k.as_str(), "date" | "x-envoy-upstream-service-time" | "server"))
         .cloned()
         .collect();
-    let body = if echoed.is_null() { resp.body.clone() } else { format!("(echo of {})", echoed["body"]) };
+    let body =
+        if echoed.is_null() { resp.body.clone() } else { format!("(echo of {} at {})", echoed["body"], echoed["uri"]) };
     format!("status={} headers={client_headers:?} body={body} upstream={upstream:?}", resp.status)
 }
 
@@ -336,7 +346,7 @@ fn ext_authz_matches_envoy() {
         (
             "grpc",
             "GET",
-            "/allow?q=1",
+            "/allow?q=1&z=3&drop=x&a=0",
             &[("x-remove-me", "gone"), ("x-appended", "first"), ("x-set", "old"), ("x-user", "bob")],
             "",
         ),

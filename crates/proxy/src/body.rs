@@ -127,17 +127,22 @@ impl ProxyBody {
     }
 }
 
+/// The part of a request body a filter read before it ran.
+pub struct ReadBody {
+    /// At most `BodyWant::max` bytes.
+    pub bytes: bytes::Bytes,
+    /// More arrived than `bytes` holds.
+    pub partial: bool,
+    /// How many bytes arrived before the filters ran.
+    pub received: u64,
+}
+
 /// Reads the start of a request body for a filter that looks at it before
 /// the request goes on (ext_authz's `with_request_body`): the whole body up
 /// to `max` bytes (more is `TooLarge`), or with `partial` whatever arrived
 /// once `max` bytes did. Gives the bytes read (at most `max`) and the body
 /// to send on, whole again.
-pub async fn read_prefix(
-    body: ProxyBody,
-    max: u64,
-    partial: bool,
-) -> Result<(crate::http::filters::api::ReadBody, ProxyBody), ReadError> {
-    use crate::http::filters::api::ReadBody;
+pub async fn read_prefix(body: ProxyBody, max: u64, partial: bool) -> Result<(ReadBody, ProxyBody), ReadError> {
     use http_body_util::BodyExt as _;
     if !partial {
         let bytes = body.read_whole(Some(max)).await?;

@@ -67,14 +67,7 @@ pub struct BodyWant {
 }
 
 /// The part of a request body read before the filters ran.
-pub struct ReadBody {
-    /// At most `BodyWant::max` bytes.
-    pub bytes: bytes::Bytes,
-    /// More arrived than `bytes` holds.
-    pub partial: bool,
-    /// How many bytes arrived before the filters ran.
-    pub received: u64,
-}
+pub use crate::body::ReadBody;
 
 /// The response hooks a filter has.
 #[derive(Debug, Default, Clone, Copy)]

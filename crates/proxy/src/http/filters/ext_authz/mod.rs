@@ -114,6 +114,10 @@ impl ExtAuthz {
         match d {
             Decision::Ok(a) => {
                 a.apply(rq.headers);
+                let path = rq.new_path.as_deref().unwrap_or(rq.pseudo.path);
+                if let Some(p) = a.new_path(path) {
+                    rq.new_path = Some(p);
+                }
                 state.appended.extend(a.response_add.iter().cloned());
                 state.headers.extend(a.response_set.iter().cloned());
                 self.cluster_counter(rq, "ok");
