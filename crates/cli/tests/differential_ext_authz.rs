@@ -11,7 +11,10 @@
 //! that is down with `failure_mode_allow` true (and its header) and false
 //! (`status_on_error`), `with_request_body` (partial and whole, as bytes),
 //! per-route `disabled`, `context_extensions` merged from the virtual host
-//! and the route, and `disable_request_body_buffering`.
+//! and the route, and `disable_request_body_buffering`; and the network
+//! filter (`envoy.filters.network.ext_authz` in front of tcp_proxy): a
+//! connection allowed, closed when the service is down, served when down
+//! with `failure_mode_allow`.
 
 mod harness;
 
@@ -82,7 +85,7 @@ fn describe(r: &CheckRequest) -> String {
     }
     let ext: BTreeMap<_, _> = a.context_extensions.iter().collect();
     format!(
-        "src={} dst={} method={} path={} host={} scheme={} protocol={} size={} body={:?} raw_body={:?} query={:?} headers={headers:?} ext={ext:?} metadata={:?} time={}",
+        "src={} dst={} method={} path={} host={} scheme={} protocol={} size={} body={:?} raw_body={:?} query={:?} headers={headers:?} ext={ext:?} metadata={:?} route_metadata={:?} tls={:?} time={}",
         ip(&a.source),
         ip(&a.destination),
         http.method,
@@ -95,6 +98,8 @@ fn describe(r: &CheckRequest) -> String {
         String::from_utf8_lossy(&http.raw_body),
         http.query,
         a.metadata_context.is_some(),
+        a.route_metadata_context.is_some(),
+        a.tls_session.is_some(),
         a.request.as_ref().is_some_and(|r| r.time.is_some()),
     )
 }
@@ -268,7 +273,15 @@ fn grpc_vhost() -> String {
     )
 }
 
-const LISTENERS: &[&str] = &["grpc", "whole", "down_allow", "down_deny", "http"];
+const LISTENERS: &[&str] = &["grpc", "whole", "down_allow", "down_deny", "http", "tcp", "tcp_down", "tcp_down_allow"];
+
+/// `envoy.filters.network.ext_authz` (`fields`) in front of tcp_proxy to the echo upstream.
+fn tcp_chain(stat: &str, fields: &str) -> String {
+    format!(
+        "{{filters: [{{name: envoy.filters.network.ext_authz, typed_config: {{\"@type\": type.googleapis.com/envoy.extensions.filters.network.ext_authz.v3.ExtAuthz, stat_prefix: {stat}, transport_api_version: V3, {fields}}}}}, {}]}}",
+        harness::config::tcp_proxy(stat, "cluster: echo", "")
+    )
+}
 
 fn config(admin: u16, ports: &Ports, authz: &AuthzServers, echo: u16, closed: u16) -> String {
     let echo_routes = "routes: [{match: {prefix: \"/\"}, route: {cluster: echo}}]";
@@ -280,12 +293,19 @@ fn config(admin: u16, ports: &Ports, authz: &AuthzServers, echo: u16, closed: u1
         ("down_deny", echo_routes.to_string(), format!("{}, status_on_error: {{code: 503}}, stat_prefix: downd", grpc("authz_down"))),
         ("http", echo_routes.to_string(), "http_service: {server_uri: {uri: \"http://authz.local\", cluster: authz_http, timeout: 2s}, path_prefix: /authz, authorization_request: {headers_to_add: [{key: x-from-proxy, value: \"yes\"}]}, authorization_response: {allowed_upstream_headers: {patterns: [{exact: x-auth-user}]}, allowed_client_headers: {patterns: [{exact: x-deny-reason}]}, allowed_client_headers_on_success: {patterns: [{exact: x-client-ok}]}}}, allowed_headers: {patterns: [{exact: x-user}]}".to_string()),
     ];
-    let listeners: Vec<String> = chains
+    let mut listeners: Vec<String> = chains
         .iter()
         .map(|(name, vhost, fields)| {
             listener(name, ports[name], &format!("{{filters: [{}]}}", hcm_vhost(name, vhost, &filter(fields), "")))
         })
         .collect();
+    for (name, fields) in [
+        ("tcp", grpc("authz_grpc")),
+        ("tcp_down", grpc("authz_down")),
+        ("tcp_down_allow", format!("{}, failure_mode_allow: true", grpc("authz_down"))),
+    ] {
+        listeners.push(listener(name, ports[name], &tcp_chain(name, &fields)));
+    }
     bootstrap(
         admin,
         &listeners,
@@ -300,7 +320,11 @@ fn config(admin: u16, ports: &Ports, authz: &AuthzServers, echo: u16, closed: u1
 
 /// What the client and the upstream got for one request.
 fn exchange(port: u16, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> String {
-    let resp = http_request(addr(port), method, path, "example.com", headers, body).expect("request");
+    let resp = match http_request(addr(port), method, path, "example.com", headers, body) {
+        Ok(r) => r,
+        // A connection closed unanswered (network ext_authz).
+        Err(e) => return format!("no response: {:?}", e.kind()),
+    };
     let echoed: Value = serde_json::from_str(&resp.body).unwrap_or(Value::Null);
     let upstream: BTreeMap<String, String> = echoed["headers"]
         .as_object()
@@ -372,6 +396,9 @@ fn ext_authz_matches_envoy() {
         ),
         ("http", "POST", "/deny/x", &[("x-user", "eve")], "payload"),
         ("http", "GET", "/error", &[], ""),
+        ("tcp", "GET", "/over-tcp", &[], ""),
+        ("tcp_down", "GET", "/over-tcp", &[], ""),
+        ("tcp_down_allow", "GET", "/over-tcp", &[], ""),
     ];
     let mut mismatches = Vec::new();
     for (listener, method, path, headers, body) in cases {
@@ -397,6 +424,9 @@ fn ext_authz_matches_envoy() {
         "http.down_deny.ext_authz.",
         "http.http.ext_authz.",
         "cluster.echo.ext_authz.",
+        "ext_authz.tcp.",
+        "ext_authz.tcp_down.",
+        "ext_authz.tcp_down_allow.",
         "cluster.echo.upstream_rq_4",
         "cluster.echo.upstream_rq_completed",
         "cluster.echo.internal.",
@@ -408,5 +438,6 @@ fn ext_authz_matches_envoy() {
         }
     }
     assert!(sides[0].stat("http.grpc.ext_authz.ok") > 0, "the gRPC service allowed requests behind Envoy");
+    assert!(sides[0].stat("ext_authz.tcp.ok") > 0, "the gRPC service allowed a connection behind Envoy");
     assert!(mismatches.is_empty(), "{} differences:\n{}", mismatches.len(), mismatches.join("\n"));
 }

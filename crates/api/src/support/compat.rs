@@ -7,6 +7,11 @@
 pub(super) const EXTENSIONS: &[&str] = &[];
 
 const FIELDS: &[(&str, &[&str])] = &[
+    // External authorization of connections, over gRPC.
+    (
+        "envoy.extensions.filters.network.ext_authz.v3.ExtAuthz",
+        &["stat_prefix", "grpc_service", "failure_mode_allow", "transport_api_version"],
+    ),
     // External authorization (HTTP filter), over gRPC or HTTP.
     (
         "envoy.extensions.filters.http.ext_authz.v3.ExtAuthz",

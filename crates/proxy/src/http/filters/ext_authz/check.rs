@@ -65,6 +65,7 @@ pub(super) fn build(
             request: Some(Request { time: Some(time), http: Some(http) }),
             context_extensions: extensions,
             metadata_context: Some(Default::default()),
+            route_metadata_context: Some(Default::default()),
             ..Default::default()
         }),
     }
@@ -122,5 +123,17 @@ fn address_of(a: std::net::SocketAddr) -> Address {
             port_specifier: Some(socket_address::PortSpecifier::PortValue(u32::from(a.port()))),
             ..Default::default()
         })),
+    }
+}
+
+/// The check of a TCP connection (Envoy's `createTcpCheck`): its two peers.
+pub(crate) fn build_tcp(remote: std::net::SocketAddr, local: std::net::SocketAddr) -> CheckRequest {
+    CheckRequest {
+        attributes: Some(AttributeContext {
+            source: Some(Peer { address: Some(address_of(remote)), ..Default::default() }),
+            destination: Some(Peer { address: Some(address_of(local)), ..Default::default() }),
+            metadata_context: Some(Default::default()),
+            ..Default::default()
+        }),
     }
 }

@@ -20,20 +20,20 @@ const CHECK_PATH: &str = "/envoy.service.auth.v3.Authorization/Check";
 const HEADERS_TO_REMOVE: &str = "x-envoy-auth-headers-to-remove";
 
 /// Where checks go.
-pub(super) struct Service {
+pub(crate) struct Service {
     pub cluster: String,
     pub timeout: Duration,
     pub clusters: Arc<ArcSwap<ClusterMap>>,
     pub kind: Kind,
 }
 
-pub(super) enum Kind {
+pub(crate) enum Kind {
     Grpc,
     Http(Box<HttpService>),
 }
 
 /// `http_service`, compiled.
-pub(super) struct HttpService {
+pub(crate) struct HttpService {
     /// `server_uri`'s authority is not sent: the request keeps the client's.
     pub path_prefix: String,
     /// The request headers sent (`authorization`, `:method`, `:path`,
@@ -53,7 +53,7 @@ fn any(ms: &[StringMatch], name: &str) -> bool {
 
 impl Service {
     /// Asks the service; every failure is `Decision::Error`.
-    pub async fn check(&self, check: &CheckRequest) -> Decision {
+    pub(crate) async fn check(&self, check: &CheckRequest) -> Decision {
         let cluster = self.clusters.load().get(&self.cluster).cloned();
         let Some(cluster) = cluster else { return Decision::Error };
         match &self.kind {

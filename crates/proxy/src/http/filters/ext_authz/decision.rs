@@ -6,10 +6,10 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 use legate_api::pb::envoy::config::core::v3::{header_value_option::HeaderAppendAction, HeaderValueOption};
 use legate_api::pb::envoy::service::auth::v3::{check_response::HttpResponse, CheckResponse};
 
-pub(super) type Headers = Vec<(HeaderName, HeaderValue)>;
+pub(crate) type Headers = Vec<(HeaderName, HeaderValue)>;
 
 /// The decision on one request.
-pub(super) enum Decision {
+pub(crate) enum Decision {
     Ok(Box<Allowed>),
     Denied {
         status: u16,
@@ -22,7 +22,7 @@ pub(super) enum Decision {
 
 /// An allowed request's changes.
 #[derive(Default)]
-pub(super) struct Allowed {
+pub(crate) struct Allowed {
     /// Replace the request header.
     pub set: Headers,
     /// Add another value of the request header.

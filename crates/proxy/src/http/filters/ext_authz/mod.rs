@@ -11,10 +11,10 @@
 //! `denied`, `error`, `failure_mode_allowed`, ... and the same under the
 //! routed cluster (`cluster.<name>.ext_authz.[<stat_prefix>.]*`).
 
-mod check;
-mod client;
+pub(crate) mod check;
+pub(crate) mod client;
 mod config;
-mod decision;
+pub(crate) mod decision;
 
 use crate::http::filters::api::{BodyWant, FilterStatus, HttpFilter, RequestCtx, ResponseState, Verdict};
 use crate::stats::{Counter, Store};
@@ -36,7 +36,7 @@ struct Stats {
 }
 
 /// What the check itself reads of the config.
-pub(super) struct Settings {
+pub(crate) struct Settings {
     /// `allowed_headers` (gRPC service): only these headers are sent.
     allowed: Option<Vec<crate::common::matcher::StringMatch>>,
     disallowed: Vec<crate::common::matcher::StringMatch>,
