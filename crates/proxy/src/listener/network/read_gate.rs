@@ -158,3 +158,60 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Gate<S> {
         self.inner.is_write_vectored()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A filter whose check waits `delay`, then answers `allow`; it counts
+    /// how often it was asked.
+    struct Waits {
+        allow: bool,
+        asked: std::sync::atomic::AtomicUsize,
+    }
+
+    impl ConnectionFilter for Waits {
+        fn checks_data(&self) -> bool {
+            true
+        }
+        fn check_first_data(&self, _: &ConnCtx) -> Option<Check> {
+            self.asked.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let allow = self.allow;
+            Some(Box::pin(async move {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                allow
+            }))
+        }
+    }
+
+    fn gate(allow: bool) -> (Gate<tokio::io::DuplexStream>, tokio::io::DuplexStream, Arc<Waits>) {
+        let (a, b) = tokio::io::duplex(64);
+        let f = Arc::new(Waits { allow, asked: Default::default() });
+        let filters: Arc<[Arc<dyn ConnectionFilter>]> = Arc::new([f.clone() as Arc<dyn ConnectionFilter>]);
+        let addr: std::net::SocketAddr = ([127, 0, 0, 1], 1).into();
+        (Gate::new(a, filters, ConnCtx { remote: addr, local: addr, tls: None, sni: None }), b, f)
+    }
+
+    #[tokio::test]
+    async fn the_first_data_waits_for_the_check_which_is_asked_once() {
+        let (mut g, mut peer, f) = gate(true);
+        peer.write_all(b"hello").await.expect("write");
+        let mut buf = [0u8; 16];
+        let n = g.read(&mut buf).await.expect("allowed");
+        assert_eq!(&buf[..n], b"hello");
+        peer.write_all(b"more").await.expect("write");
+        let n = g.read(&mut buf).await.expect("allowed");
+        assert_eq!(&buf[..n], b"more");
+        assert_eq!(f.asked.load(std::sync::atomic::Ordering::Relaxed), 1);
+    }
+
+    #[tokio::test]
+    async fn a_denied_check_drops_the_held_data() {
+        let (mut g, mut peer, _) = gate(false);
+        peer.write_all(b"hello").await.expect("write");
+        let mut buf = [0u8; 16];
+        assert!(g.read(&mut buf).await.is_err());
+        assert!(g.read(&mut buf).await.is_err());
+    }
+}
