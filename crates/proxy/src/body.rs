@@ -127,6 +127,83 @@ impl ProxyBody {
     }
 }
 
+/// The part of a request body a filter read before it ran.
+pub struct ReadBody {
+    /// At most `BodyWant::max` bytes.
+    pub bytes: bytes::Bytes,
+    /// More arrived than `bytes` holds.
+    pub partial: bool,
+    /// How many bytes arrived before the filters ran.
+    pub received: u64,
+}
+
+/// Reads the start of a request body for a filter that looks at it before
+/// the request goes on (ext_authz's `with_request_body`): the whole body up
+/// to `max` bytes (more is `TooLarge`), or with `partial` whatever arrived
+/// once `max` bytes did. Gives the bytes read (at most `max`) and the body
+/// to send on, whole again.
+pub async fn read_prefix(body: ProxyBody, max: u64, partial: bool) -> Result<(ReadBody, ProxyBody), ReadError> {
+    use http_body_util::BodyExt as _;
+    if !partial {
+        let bytes = body.read_whole(Some(max)).await?;
+        return Ok((
+            ReadBody { received: bytes.len() as u64, bytes: bytes.clone(), partial: false },
+            ProxyBody::full(bytes),
+        ));
+    }
+    let mut body = body;
+    let mut read = bytes::BytesMut::new();
+    let mut ended = false;
+    while (read.len() as u64) < max {
+        match body.frame().await {
+            Some(Ok(f)) => match f.into_data() {
+                Ok(d) => read.extend_from_slice(&d),
+                // Trailers end the body.
+                Err(_) => {
+                    ended = true;
+                    break;
+                }
+            },
+            Some(Err(_)) => return Err(ReadError::Disconnected),
+            None => {
+                ended = true;
+                break;
+            }
+        }
+    }
+    let read = read.freeze();
+    let cut = read.slice(..read.len().min(max as usize));
+    let seen = ReadBody { partial: cut.len() < read.len(), received: read.len() as u64, bytes: cut };
+    let rest = if ended || body.is_end_stream() {
+        ProxyBody::full(read)
+    } else {
+        ProxyBody::Rewritten { body: Box::new(Prefixed { prefix: Some(read), rest: body }) }
+    };
+    Ok((seen, rest))
+}
+
+/// Bytes already read, then the rest of the body.
+struct Prefixed {
+    prefix: Option<Bytes>,
+    rest: ProxyBody,
+}
+
+impl Body for Prefixed {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        if let Some(p) = self.prefix.take() {
+            return Poll::Ready(Some(Ok(Frame::data(p))));
+        }
+        Pin::new(&mut self.rest).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.prefix.is_none() && self.rest.is_end_stream()
+    }
+}
+
 impl Body for ProxyBody {
     type Data = Bytes;
     type Error = hyper::Error;

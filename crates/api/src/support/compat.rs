@@ -7,6 +7,51 @@
 pub(super) const EXTENSIONS: &[&str] = &[];
 
 const FIELDS: &[(&str, &[&str])] = &[
+    // External authorization of connections, over gRPC.
+    (
+        "envoy.extensions.filters.network.ext_authz.v3.ExtAuthz",
+        &["stat_prefix", "grpc_service", "failure_mode_allow", "transport_api_version"],
+    ),
+    // External authorization (HTTP filter), over gRPC or HTTP.
+    (
+        "envoy.extensions.filters.http.ext_authz.v3.ExtAuthz",
+        &[
+            "grpc_service",
+            "http_service",
+            "transport_api_version",
+            "failure_mode_allow",
+            "failure_mode_allow_header_add",
+            "with_request_body",
+            "status_on_error",
+            "stat_prefix",
+            "allowed_headers",
+            "disallowed_headers",
+            "charge_cluster_response_stats",
+        ],
+    ),
+    (
+        "envoy.extensions.filters.http.ext_authz.v3.BufferSettings",
+        &["max_request_bytes", "allow_partial_message", "pack_as_bytes"],
+    ),
+    (
+        "envoy.extensions.filters.http.ext_authz.v3.HttpService",
+        &["server_uri", "path_prefix", "authorization_request", "authorization_response"],
+    ),
+    ("envoy.extensions.filters.http.ext_authz.v3.AuthorizationRequest", &["allowed_headers", "headers_to_add"]),
+    (
+        "envoy.extensions.filters.http.ext_authz.v3.AuthorizationResponse",
+        &[
+            "allowed_upstream_headers",
+            "allowed_upstream_headers_to_append",
+            "allowed_client_headers",
+            "allowed_client_headers_on_success",
+        ],
+    ),
+    ("envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute", &["disabled", "check_settings"]),
+    (
+        "envoy.extensions.filters.http.ext_authz.v3.CheckSettings",
+        &["context_extensions", "disable_request_body_buffering", "with_request_body"],
+    ),
     // A route's stream duration, and the deprecated gRPC timeouts it replaces.
     ("envoy.config.route.v3.RouteAction", &["max_stream_duration", "max_grpc_timeout", "grpc_timeout_offset"]),
     (

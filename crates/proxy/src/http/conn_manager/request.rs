@@ -64,7 +64,7 @@ impl Hcm {
         let (stream, body) = if self.filters.is_empty() {
             (stream, body)
         } else {
-            let stream = step!(self.run_filters(stream, &mut parts, found).await);
+            let (stream, body) = step!(self.run_filters(stream, &mut parts, found, body).await);
             match self.filters.buffer_limit() {
                 // Boxed: reading a whole body allocates anyway; its state
                 // stays out of every request's future.
@@ -118,14 +118,29 @@ impl Hcm {
     }
 
     /// The HTTP filters before the router. A filter may answer the request,
-    /// or give it a new path.
-    async fn run_filters(&self, mut stream: Box<Stream>, parts: &mut Parts, found: Found<'_>) -> Step<Box<Stream>> {
+    /// or give it a new path; one may read (part of) the body first.
+    async fn run_filters(
+        &self,
+        mut stream: Box<Stream>,
+        parts: &mut Parts,
+        found: Found<'_>,
+        mut body: ProxyBody,
+    ) -> Step<(Box<Stream>, ProxyBody)> {
         let mut state = ResponseState::default();
+        let route_cluster = found.and_then(|(_, r)| match &r.action {
+            crate::http::route::Action::Forward(ra) => match &ra.cluster {
+                crate::http::route::ClusterChoice::Name(n) => Some(n.as_str()),
+                _ => None,
+            },
+            _ => None,
+        });
         let (verdict, new_path) = {
             let conn = &*stream.conn;
             let mut rq = RequestCtx {
                 headers: &mut parts.headers,
                 method: &parts.method,
+                version: parts.version,
+                peer: conn.remote,
                 pseudo: crate::common::matcher::Pseudo {
                     method: parts.method.as_str(),
                     path: &stream.path,
@@ -139,7 +154,26 @@ impl Hcm {
                 sni: conn.sni.as_deref().unwrap_or(""),
                 route: [found.map(|(_, r)| &r.per_filter), found.map(|(vh, _)| &vh.per_filter)],
                 new_path: None,
+                route_cluster,
+                body: None,
             };
+            let want = if http_body::Body::is_end_stream(&body) || rq.headers.contains_key(http::header::UPGRADE) {
+                None
+            } else {
+                self.filters.request_body(&rq)
+            };
+            if let Some(want) = want {
+                match crate::body::read_prefix(body, want.max, want.partial).await {
+                    Ok((read, rest)) => {
+                        rq.body = Some(read);
+                        body = rest;
+                    }
+                    Err(e) => {
+                        drop(rq);
+                        return Break(self.body_read_failed(stream, e));
+                    }
+                }
+            }
             let v = self.filters.on_request(&mut rq, &mut state).await;
             (v, rq.new_path)
         };
@@ -149,7 +183,22 @@ impl Hcm {
             stream.path = p;
         }
         stream.filter_state = state;
-        self.filter_verdict(stream, verdict)
+        match self.filter_verdict(stream, verdict) {
+            Continue(s) => Continue((s, body)),
+            Break(r) => Break(r),
+        }
+    }
+
+    /// A body a filter had to read whole was too large (413) or cut off.
+    fn body_read_failed(&self, stream: Box<Stream>, e: ReadError) -> ProxyResponse {
+        match e {
+            ReadError::TooLarge => {
+                self.stats.downstream_rq_too_large.inc();
+                let body = Some("Payload Too Large".into());
+                self.local_reply(stream, 413, "request_payload_too_large", "", body)
+            }
+            ReadError::Disconnected => self.local_reply(stream, 400, "downstream_remote_disconnect", "", None),
+        }
     }
 
     /// Goes on, or answers as the filter asked.
@@ -169,6 +218,10 @@ impl Hcm {
             Verdict::Reply { status, body, details, flag, headers } => {
                 let body = (!body.is_empty()).then(|| body.to_string());
                 with_headers(self.local_reply(stream, status, details, flag, body), headers)
+            }
+            Verdict::Denied { status, body, details, headers } => {
+                let body = (!body.is_empty()).then_some(body);
+                denied_headers(self.local_reply(stream, status, details, "UAEX", body), headers)
             }
         })
     }
@@ -219,6 +272,35 @@ fn read_extended_connect(parts: &mut Parts) -> bool {
 }
 
 /// A filter's reply with the headers it asked for.
+/// A denial's headers as Envoy's local reply writes them: the service's
+/// first, in its order (its `content-length` given the reply's length),
+/// then the reply's length and `content-type` where the service gave none,
+/// then the rest of the reply's.
+fn denied_headers(mut r: ProxyResponse, headers: Vec<(http::HeaderName, HeaderValue)>) -> ProxyResponse {
+    use http::header::{CONTENT_LENGTH, CONTENT_TYPE};
+    let mut own = std::mem::take(r.headers_mut());
+    let mut out = http::HeaderMap::with_capacity(own.len() + headers.len());
+    let length = own.remove(CONTENT_LENGTH);
+    for (k, _) in &headers {
+        own.remove(k);
+    }
+    for (k, v) in headers {
+        let v = if k == CONTENT_LENGTH { length.clone().unwrap_or(v) } else { v };
+        out.append(k, v);
+    }
+    if let Some(l) = length.filter(|_| !out.contains_key(CONTENT_LENGTH)) {
+        out.insert(CONTENT_LENGTH, l);
+    }
+    if let Some(t) = own.remove(CONTENT_TYPE).filter(|_| !out.contains_key(CONTENT_TYPE)) {
+        out.insert(CONTENT_TYPE, t);
+    }
+    for (k, v) in own.drain().filter_map(|(k, v)| k.map(|k| (k, v))) {
+        out.append(k, v);
+    }
+    *r.headers_mut() = out;
+    r
+}
+
 fn with_headers<K: IntoHeaderName>(mut r: ProxyResponse, headers: Vec<(K, HeaderValue)>) -> ProxyResponse {
     for (k, v) in headers {
         r.headers_mut().insert(k, v);

@@ -40,6 +40,9 @@ impl Hcm {
         for (k, v) in &stream.filter_state.headers {
             resp.headers_mut().insert(k.clone(), v.clone());
         }
+        for (k, v) in &stream.filter_state.appended {
+            resp.headers_mut().append(k.clone(), v.clone());
+        }
         if !self.filters.is_empty() {
             self.filters.on_response(&stream.filter_state, resp);
         }

@@ -47,7 +47,27 @@ pub trait HttpFilter: Send + Sync {
     fn buffer_limit(&self) -> Option<u64> {
         None
     }
+
+    /// The request body this filter reads before it runs (ext_authz's
+    /// `with_request_body`), for this request; `RequestCtx::body` then
+    /// holds it.
+    fn request_body(&self, _rq: &RequestCtx<'_>) -> Option<BodyWant> {
+        None
+    }
 }
+
+/// How much of a request body a filter reads before it runs.
+#[derive(Debug, Clone, Copy)]
+pub struct BodyWant {
+    /// At most this many bytes.
+    pub max: u64,
+    /// A longer body goes on with its first `max` bytes read (else it is
+    /// refused with 413).
+    pub partial: bool,
+}
+
+/// The part of a request body read before the filters ran.
+pub use crate::body::ReadBody;
 
 /// The response hooks a filter has.
 #[derive(Debug, Default, Clone, Copy)]
@@ -56,6 +76,8 @@ pub struct ResponseHooks {
     pub on_response: bool,
     /// `response_header` may add a header to every response.
     pub response_header: bool,
+    /// `request_body` may ask for the request body.
+    pub request_body: bool,
 }
 
 /// What a filter's request hook decided.
@@ -72,7 +94,10 @@ pub enum FilterStatus<'r> {
 pub struct RequestCtx<'a> {
     pub headers: &'a mut http::HeaderMap,
     pub method: &'a http::Method,
+    pub version: http::Version,
     pub pseudo: Pseudo<'a>,
+    /// The connection's peer, with its port.
+    pub peer: std::net::SocketAddr,
     /// The connection's peer.
     pub direct_remote: std::net::IpAddr,
     /// The client, after x-forwarded-for.
@@ -86,6 +111,11 @@ pub struct RequestCtx<'a> {
     pub route: [Option<&'a PerFilter>; 2],
     /// A new path for the request (jwt_authn taking out `access_token`).
     pub new_path: Option<String>,
+    /// The cluster the matched route names (a single `cluster`), for the
+    /// stats filters charge to it.
+    pub route_cluster: Option<&'a str>,
+    /// The body a filter asked for (`HttpFilter::request_body`).
+    pub body: Option<ReadBody>,
 }
 
 impl RequestCtx<'_> {
@@ -105,6 +135,9 @@ pub struct ResponseState {
     /// The request's `accept-encoding`, kept when the chain compresses
     /// (a reference-counted copy of the value).
     pub accept_encoding: Option<http::HeaderValue>,
+    /// Headers added to the response beside any of the same name (ext_authz's
+    /// `response_headers_to_add`).
+    pub appended: Vec<(http::HeaderName, http::HeaderValue)>,
 }
 
 /// What a filter decided for a request.
@@ -130,6 +163,15 @@ pub enum Verdict {
         body: &'static str,
         details: &'static str,
         flag: &'static str,
+        headers: Vec<(http::HeaderName, http::HeaderValue)>,
+    },
+    /// Denied by an authorization service: its status, body (`text/plain`
+    /// unless its headers say otherwise; none when empty) and headers, which
+    /// replace the reply's own of the same names (ext_authz). Flag `UAEX`.
+    Denied {
+        status: u16,
+        body: String,
+        details: &'static str,
         headers: Vec<(http::HeaderName, http::HeaderValue)>,
     },
 }

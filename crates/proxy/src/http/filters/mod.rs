@@ -10,6 +10,7 @@ pub mod api;
 pub mod buffer;
 pub mod compressor;
 pub mod cors;
+pub mod ext_authz;
 pub mod fault;
 pub mod health_check;
 pub mod jwt;
@@ -34,6 +35,8 @@ pub struct FilterChain {
     header_filters: Vec<usize>,
     /// The smallest `buffer_limit` of the filters.
     buffer_limit: Option<u64>,
+    /// The filters that may read the body before they run, by index.
+    body_filters: Vec<usize>,
     /// The router's `suppress_envoy_headers`: it adds none of its own
     /// `x-envoy-*` headers (the expected timeout upstream, the service time
     /// and `x-envoy-overloaded` downstream).
@@ -93,6 +96,8 @@ impl FilterChain {
         let with_hook = |hook: fn(api::ResponseHooks) -> bool| {
             filters.iter().enumerate().filter(|(_, f)| hook(f.response_hooks())).map(|(i, _)| i).collect()
         };
+        let body_filters =
+            filters.iter().enumerate().filter(|(_, f)| f.response_hooks().request_body).map(|(i, _)| i).collect();
         // Deprecated for the connection manager's `spawn_upstream_span`, yet
         // Envoy 1.40 honours it (Envoy's own examples set it).
         #[allow(deprecated)]
@@ -101,6 +106,7 @@ impl FilterChain {
             response_filters: with_hook(|h| h.on_response),
             header_filters: with_hook(|h| h.response_header),
             buffer_limit: filters.iter().filter_map(|f| f.buffer_limit()).min(),
+            body_filters,
             suppress_envoy_headers: router.suppress_envoy_headers,
             dynamic_stats: router.dynamic_stats.is_none_or(|v| v.value),
             start_child_span,
@@ -132,6 +138,15 @@ impl FilterChain {
     /// body is read whole before routing when there is one.
     pub fn buffer_limit(&self) -> Option<u64> {
         self.buffer_limit
+    }
+
+    /// How much of the body the filters read before they run for this
+    /// request: the most any of them asks for (partial only if all allow it).
+    pub fn request_body(&self, rq: &RequestCtx<'_>) -> Option<api::BodyWant> {
+        self.body_filters
+            .iter()
+            .filter_map(|&i| self.filters[i].request_body(rq))
+            .reduce(|a, b| api::BodyWant { max: a.max.max(b.max), partial: a.partial && b.partial })
     }
 
     /// Runs the request filters. Cost: nothing when the chain has only the

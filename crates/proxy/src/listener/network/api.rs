@@ -27,7 +27,17 @@ pub trait ConnectionFilter: Send + Sync {
     fn on_data(&self, _conn: &ConnCtx, _before: DataVerdict) -> DataVerdict {
         DataVerdict::Allowed
     }
+
+    /// A check that waits (ext_authz), started when the connection's first
+    /// data arrives; the data is held until it answers. False closes the
+    /// connection, the data not passed on.
+    fn check_first_data(&self, _conn: &ConnCtx) -> Option<Check> {
+        None
+    }
 }
+
+/// A check a filter waits for.
+pub type Check = std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send>>;
 
 /// A filter's verdict on a connection's data so far.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -4,6 +4,7 @@
 //! HTTP connection manager). `registry` finds each by its config type.
 
 pub mod api;
+pub mod ext_authz;
 pub mod http_connection_manager;
 pub mod local_ratelimit;
 pub mod rbac;

@@ -6,7 +6,7 @@
 use crate::http::context::CompileContext;
 use crate::listener::network::api::ConnectionFilter;
 use crate::listener::network::http_connection_manager::{self, HttpChain};
-use crate::listener::network::{local_ratelimit, rbac, tcp_proxy, NetFilter};
+use crate::listener::network::{ext_authz, local_ratelimit, rbac, tcp_proxy, NetFilter};
 use legate_api::pb::envoy::config::listener::v3::{filter, Filter as PbFilter};
 use legate_api::pb::google::protobuf::Any;
 use std::sync::Arc;
@@ -55,6 +55,11 @@ pub static NETWORK_FILTERS: &[Registration] = &[
         type_url: rbac::TYPE,
         name: "envoy.filters.network.rbac",
         role: Role::Front(rbac::NetRbac::compile_filter),
+    },
+    Registration {
+        type_url: ext_authz::TYPE,
+        name: "envoy.filters.network.ext_authz",
+        role: Role::Front(ext_authz::NetExtAuthz::compile_filter),
     },
 ];
 
@@ -137,6 +142,9 @@ mod tests {
 
     #[test]
     fn the_front_filters_are_named_as_before() {
-        assert_eq!(front_names(), "envoy.filters.network.local_ratelimit and envoy.filters.network.rbac");
+        assert_eq!(
+            front_names(),
+            "envoy.filters.network.local_ratelimit, envoy.filters.network.rbac and envoy.filters.network.ext_authz"
+        );
     }
 }
