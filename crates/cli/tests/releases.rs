@@ -679,8 +679,11 @@ fn blue_green_rolls_back_to_stable_within_a_second_under_load() {
     let _v2_good = echo_at("v2", p2, &[], dir.path());
     let (ok, out) = cp.ctl(&["delete", "release", "checkout-v2"]);
     assert!(ok, "{out}");
-    start_release(&cp, dir.path(), &bg.replace("hold: 3s", "hold: 60s").replace("checkout-v2}", "checkout-v2b}"));
+    start_release(&cp, dir.path(), &bg.replace("checkout-v2}", "checkout-v2b}"));
     wait_for("the switch", Duration::from_secs(30), || (status(&cp, "checkout-v2b")["weight"] == 100).then_some(()));
+    // Held on the candidate (before the switch's analysis would promote it).
+    let (ok, out) = cp.ctl(&["release", "pause", "checkout-v2b"]);
+    assert!(ok, "{out}");
     wait_for("the candidate serving", Duration::from_secs(10), || {
         (upstream_of(pe).as_deref() == Some("v2") && upstream_of(pl).as_deref() == Some("v2")).then_some(())
     });
@@ -713,4 +716,52 @@ fn blue_green_rolls_back_to_stable_within_a_second_under_load() {
     );
     assert_eq!(failed(&during), 0, "an abort fails no request: {during:?}");
     assert_eq!(status(&cp, "checkout-v2b")["phase"], "Aborted");
+}
+
+/// An `https://` gate: the control plane verifies it against `--gate-ca`
+/// (a test CA). Presenting a certificate of another CA, the gate is not
+/// believed and the release pauses with the TLS error; presenting one of
+/// the test CA, every step is asked for and the release is promoted.
+#[test]
+fn https_gates_are_verified_against_the_gate_ca() {
+    let dir = TempDir::new("release-https-gate");
+    let (ca, other) = (certs::Ca::new("gate test CA"), certs::Ca::new("unknown CA"));
+    ca.write(dir.path(), "gate-ca.pem");
+    let leaf = certs::server(&["localhost"]).ip("127.0.0.1");
+    let (trusted, untrusted) = (ca.issue(&leaf), other.issue(&leaf));
+    let gate = harness::alerting::WebhookReceiver::start_tls(&untrusted.pem, &untrusted.key);
+    let ca_file = dir.path().join("gate-ca.pem").to_string_lossy().to_string();
+    let cp = ControlPlane::start_with(
+        dir.path(),
+        free_port(),
+        free_port(),
+        dir.path().join("data"),
+        &["--gate-ca", &ca_file],
+    );
+    cp.apply(dir.path(), &mesh(18001, 18002, "nobody", free_port()));
+    let url = gate.url("/gate");
+    assert!(url.starts_with("https://127.0.0.1:"), "{url}");
+    let gated = RELEASE
+        .replace("hold: 5s", "hold: 1s")
+        .replace("minRequests: 20", &format!("minRequests: 0, maxWait: 3s, gates: ['{url}']"));
+    start_release(&cp, dir.path(), &gated);
+    let paused = wait_for("the release to pause", Duration::from_secs(15), || {
+        let s = status(&cp, "checkout-v2");
+        (s["phase"] == "Paused").then_some(s)
+    });
+    eprintln!("untrusted gate: {}", paused["message"]);
+    assert!(paused["message"].as_str().is_some_and(|m| m.contains("TLS") && m.contains("certificate")), "{paused}");
+    assert!(gate.received().is_empty(), "nothing was posted to an unverified gate");
+    gate.present(&trusted.pem, &trusted.key);
+    let (ok, out) = cp.ctl(&["release", "resume", "checkout-v2"]);
+    assert!(ok, "{out}");
+    let done = wait_for("the release to be promoted", Duration::from_secs(30), || {
+        std::thread::sleep(Duration::from_millis(200));
+        let s = status(&cp, "checkout-v2");
+        (s["phase"] == "Promoted").then_some(s)
+    });
+    let asked = gate.received();
+    eprintln!("https gate asked: {asked:?}\n{done}");
+    let granted: Vec<u64> = asked.iter().filter_map(|b| b["weight"].as_u64()).collect();
+    assert_eq!(granted, [20, 50, 100], "asked over TLS before every step");
 }
