@@ -590,6 +590,20 @@ fn route_acks(cp: &ControlPlane, rev: u64, proxies: usize) -> Vec<(String, u64)>
     })
 }
 
+/// Waits (at most a minute) for release `name` to switch all traffic to
+/// its candidate; otherwise fails with its status.
+fn switched(cp: &ControlPlane, name: &str) {
+    let started = std::time::Instant::now();
+    loop {
+        let s = status(cp, name);
+        if s["weight"] == 100 && s["phase"] == "Progressing" {
+            return;
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "{name} did not switch: {s}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// The newest revision (by `author`, unless empty) whose message starts with `prefix`.
 fn revision_by(cp: &ControlPlane, author: &str, prefix: &str) -> u64 {
     let history = cp.get("/v1/revisions").expect("revisions");
@@ -642,7 +656,7 @@ fn blue_green_rolls_back_to_stable_within_a_second_under_load() {
         .replace("canary: {steps: [20, 50, 100], hold: 5s}", "blueGreen: {hold: 3s}")
         .replace("window: 5s, minRequests: 20", "window: 3s, minRequests: 0");
     start_release(&cp, dir.path(), &bg);
-    wait_for("the switch", Duration::from_secs(30), || (status(&cp, "checkout-v2")["weight"] == 100).then_some(()));
+    switched(&cp, "checkout-v2");
     // The candidate starts failing: restarted on its port answering 503.
     v2.kill();
     let _v2_failing = echo_at("v2", p2, &["--status", "503"], dir.path());
@@ -680,7 +694,7 @@ fn blue_green_rolls_back_to_stable_within_a_second_under_load() {
     let (ok, out) = cp.ctl(&["delete", "release", "checkout-v2"]);
     assert!(ok, "{out}");
     start_release(&cp, dir.path(), &bg.replace("checkout-v2}", "checkout-v2b}"));
-    wait_for("the switch", Duration::from_secs(30), || (status(&cp, "checkout-v2b")["weight"] == 100).then_some(()));
+    switched(&cp, "checkout-v2b");
     // Held on the candidate (before the switch's analysis would promote it).
     let (ok, out) = cp.ctl(&["release", "pause", "checkout-v2b"]);
     assert!(ok, "{out}");
