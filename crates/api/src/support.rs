@@ -393,7 +393,7 @@ const SUPPORTED_FIELDS: &[(&str, &[&str])] = &[
         &["header", "cookie", "connection_properties", "query_parameter", "terminal"],
     ),
     ("envoy.config.route.v3.RouteAction.HashPolicy.Header", &["header_name"]),
-    ("envoy.config.route.v3.RouteAction.HashPolicy.Cookie", &["name"]),
+    ("envoy.config.route.v3.RouteAction.HashPolicy.Cookie", &["name", "ttl", "path"]),
     ("envoy.config.route.v3.RouteAction.HashPolicy.ConnectionProperties", &["source_ip"]),
     ("envoy.config.route.v3.RouteAction.HashPolicy.QueryParameter", &["name"]),
     ("envoy.config.cluster.v3.Cluster.CommonLbConfig", &["healthy_panic_threshold", "locality_weighted_lb_config"]),

@@ -91,6 +91,10 @@ struct ControlPlaneArgs {
     auth_lockout: std::time::Duration,
     #[command(flatten)]
     fault: FaultArgs,
+    /// CA certificates (PEM) that `https://` release gates must chain to
+    /// (default: the Mozilla root certificates built into the binary).
+    #[arg(long)]
+    gate_ca: Option<std::path::PathBuf>,
     #[arg(short = 'l', long = "log-level", default_value = "info")]
     log_level: String,
 }
@@ -115,6 +119,7 @@ fn control_options(args: ControlPlaneArgs) -> legate_control::Options {
             duration: args.auth_lockout,
         },
         fault: args.fault.settings(),
+        gate_ca: args.gate_ca,
     }
 }
 

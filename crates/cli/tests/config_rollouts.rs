@@ -351,3 +351,73 @@ fn staged_policy(cp: &ControlPlane, dir: &Path, yaml: &str) -> (bool, String) {
     std::fs::write(&f, yaml).expect("write");
     cp.ctl(&["apply", "-f", &f.to_string_lossy()])
 }
+
+/// The watched folder's changes are staged by the `Rollout` policy named
+/// `default` as API applies are: a saved file reaches only the canary, then
+/// every proxy after the hold; a file saved during the hold waits for the
+/// rollout to end and is applied (staged in turn) after it.
+#[test]
+fn the_watched_folder_is_staged_by_the_rollout_policy() {
+    let dir = TempDir::new("rollout-folder");
+    let (_v1, p1) = echo("v1", dir.path());
+    let (_v2, p2) = echo("v2", dir.path());
+    let (_v3, p3) = echo("v3", dir.path());
+    let folder = dir.path().join("config");
+    std::fs::create_dir_all(&folder).expect("folder");
+    let ports: Vec<(&str, u16)> = vec![("cr-envoy-1", free_port()), ("cr-legate-1", free_port())];
+    std::fs::write(folder.join("mesh.yaml"), mesh(&[p1], &ports)).expect("write");
+    let policy =
+        "kind: Rollout\nmetadata: { name: default }\nspec: { nodes: [cr-legate-1], hold: 4s, minRequests: 0 }\n";
+    std::fs::write(folder.join("rollout.yaml"), policy).expect("write");
+    let watch_dir = folder.to_string_lossy().to_string();
+    let cp = ControlPlane::start_with(
+        dir.path(),
+        free_port(),
+        free_port(),
+        dir.path().join("data"),
+        &["--watch", &watch_dir],
+    );
+    let _envoy = attach(Bin::Envoy, &cp, "cr-envoy-1", false, dir.path());
+    let _legate = attach(Bin::Legate, &cp, "cr-legate-1", false, dir.path());
+    for (node, port) in &ports {
+        wait_for(&format!("{node} on v1"), Duration::from_secs(20), || {
+            (upstream_of(*port).as_deref() == Some("v1")).then_some(())
+        });
+    }
+    let w = watch(&cp);
+    std::fs::write(folder.join("mesh.yaml"), mesh(&[p2], &ports)).expect("write");
+    let staged = wait_for("the folder's change staged", Duration::from_secs(10), || {
+        cp.get("/v1/rollouts").and_then(|v| v["current"]["revision"].as_u64())
+    });
+    wait_for("the canary on v2", Duration::from_secs(10), || {
+        (upstream_of(ports[1].1).as_deref() == Some("v2")).then_some(())
+    });
+    assert_eq!(upstream_of(ports[0].1).as_deref(), Some("v1"), "the other proxy keeps the previous revision");
+    // Saved during the hold: waits, then goes out after the rollout ends.
+    std::fs::write(folder.join("mesh.yaml"), mesh(&[p3], &ports)).expect("write");
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(cp.get("/v1/rollouts").expect("rollouts")["current"]["revision"].as_u64(), Some(staged), "held");
+    let done = wait_for("the first rollout to end", Duration::from_secs(30), || {
+        let v = cp.get(&format!("/v1/rollouts/{staged}"))?;
+        (v["state"] != "staged").then_some(v)
+    });
+    assert_eq!(done["state"], "promoted", "{done}");
+    let second = wait_for("the waiting change staged", Duration::from_secs(10), || {
+        cp.get("/v1/rollouts").and_then(|v| v["current"]["revision"].as_u64()).filter(|r| *r > staged)
+    });
+    for (node, port) in &ports {
+        wait_for(&format!("{node} on v3"), Duration::from_secs(30), || {
+            (upstream_of(*port).as_deref() == Some("v3")).then_some(())
+        });
+    }
+    w.stop.store(true, Ordering::Relaxed);
+    let (seen, _) = w.thread.join().expect("watch");
+    let (ok, hist) = cp.ctl(&["history"]);
+    eprintln!("revisions sent: {seen:?}\n{hist}");
+    for rev in [staged, second] {
+        assert!(seen["cr-legate-1"].contains(&rev), "the canary got {rev}: {seen:?}");
+        assert!(!seen["cr-envoy-1"].contains(&rev), "the other proxy never got {rev}: {seen:?}");
+    }
+    assert!(ok && hist.matches("staged rollout to 1 of 2 proxies").count() == 2, "{hist}");
+    assert!(hist.matches("promoted to every proxy").count() == 2 && hist.contains("watch:"), "{hist}");
+}

@@ -572,3 +572,210 @@ fn gates_hold_each_step_until_they_answer_2xx() {
     }
     assert!(asked.iter().all(|b| b["release"] == "checkout-v2" && b["service"] == "checkout"), "{asked:?}");
 }
+
+/// When each proxy's stream ACKed its routes at `rev` or later: (node, Unix ms).
+fn route_acks(cp: &ControlPlane, rev: u64, proxies: usize) -> Vec<(String, u64)> {
+    wait_for("every proxy to ACK the routes", Duration::from_secs(10), || {
+        let routes: Vec<(String, u64, u64)> = cp
+            .proxies()
+            .iter()
+            .map(|p| {
+                let t = &p["types"]["RouteConfiguration"];
+                let id = p["node"]["id"].as_str().unwrap_or("").to_string();
+                (id, t["acked_revision"].as_u64().unwrap_or(0), t["acked_at_ms"].as_u64().unwrap_or(0))
+            })
+            .collect();
+        (routes.len() == proxies && routes.iter().all(|(_, r, _)| *r >= rev))
+            .then(|| routes.into_iter().map(|(n, _, at)| (n, at)).collect())
+    })
+}
+
+/// Waits (at most a minute) for release `name` to switch all traffic to
+/// its candidate; otherwise fails with its status.
+fn switched(cp: &ControlPlane, name: &str) {
+    let started = std::time::Instant::now();
+    loop {
+        let s = status(cp, name);
+        if s["weight"] == 100 && s["phase"] == "Progressing" {
+            return;
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "{name} did not switch: {s}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The newest revision (by `author`, unless empty) whose message starts with `prefix`.
+fn revision_by(cp: &ControlPlane, author: &str, prefix: &str) -> u64 {
+    let history = cp.get("/v1/revisions").expect("revisions");
+    history["revisions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|r| {
+            (author.is_empty() || r["author"] == author) && r["message"].as_str().is_some_and(|m| m.starts_with(prefix))
+        })
+        .and_then(|r| r["revision"].as_u64())
+        .unwrap_or_else(|| panic!("no revision by {author} starting with '{prefix}': {history}"))
+}
+
+/// Blue-green's instant rollback under steady load through Envoy 1.40 and
+/// `legate proxy`: switched to a candidate that then starts answering 503,
+/// the release is rolled back at the switch's analysis and every proxy
+/// ACKs all traffic on stable within a second of the decision; the only
+/// failed requests are the candidate's own 503s (and, while it is
+/// restarted as a failing upstream, the proxies' 503 for its refused
+/// connections). Then a good candidate switched to and aborted by an
+/// operator: every proxy on stable within a second of the abort, and no
+/// request failed.
+#[test]
+fn blue_green_rolls_back_to_stable_within_a_second_under_load() {
+    let dir = TempDir::new("release-bg-rollback");
+    let (_v1, p1) = echo("v1", dir.path());
+    let (mut v2, p2) = echo("v2", dir.path());
+    let cp = ControlPlane::start(dir.path());
+    let (pe, pl) = (free_port(), free_port());
+    cp.apply(dir.path(), &(mesh(p1, p2, "bgr-envoy", pe) + &gateway("edge-legate", "bgr-legate", pl)));
+    let _envoy = envoy(&cp, "bgr-envoy", dir.path());
+    let _legate = legate(&cp, "bgr-legate", dir.path());
+    for port in [pe, pl] {
+        wait_for("the gateways", Duration::from_secs(20), || upstream_of(port));
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let loads: Vec<UpstreamLoad> = [pe, pe, pl, pl]
+        .iter()
+        .map(|p| UpstreamLoad::start(*p, stop.clone(), 200_000, Duration::from_millis(2)))
+        .collect();
+    let counts = |loads: &[UpstreamLoad]| {
+        let mut total = Counts::new();
+        for (k, n) in loads.iter().flat_map(UpstreamLoad::snapshot) {
+            *total.entry(k).or_default() += n;
+        }
+        total
+    };
+    let bg = RELEASE
+        .replace("canary: {steps: [20, 50, 100], hold: 5s}", "blueGreen: {hold: 3s}")
+        .replace("window: 5s, minRequests: 20", "window: 3s, minRequests: 0");
+    start_release(&cp, dir.path(), &bg);
+    switched(&cp, "checkout-v2");
+    // The candidate starts failing: restarted on its port answering 503.
+    v2.kill();
+    let _v2_failing = echo_at("v2", p2, &["--status", "503"], dir.path());
+    let done = wait_for("the rollback", Duration::from_secs(30), || {
+        std::thread::sleep(Duration::from_millis(50));
+        let s = status(&cp, "checkout-v2");
+        (s["phase"] == "RolledBack").then_some(s)
+    });
+    let decided = done["analyses"].as_array().and_then(|a| a.last()).and_then(|a| a["atMs"].as_u64()).expect("at");
+    let rollback = revision_by(&cp, "release/checkout-v2", "rolled back");
+    let acks = route_acks(&cp, rollback, 2);
+    let settled = counts(&loads);
+    std::thread::sleep(Duration::from_secs(2));
+    let after = counts(&loads);
+    let failures: Counts = settled.iter().filter(|((_, s), _)| *s != 200).map(|(k, n)| (k.clone(), *n)).collect();
+    eprintln!("rolled back: {done}\nrequests until every proxy ACKed: {settled:?}");
+    for (node, at) in &acks {
+        eprintln!("failing candidate: {node} ACKed the rollback {} ms after the decision", at.saturating_sub(decided));
+        assert!(*at >= decided && at - decided <= 1000, "{node}: {} ms", at.saturating_sub(decided));
+    }
+    let from_candidate: usize = failures.iter().filter(|((u, s), _)| u == "v2" && *s == 503).map(|(_, n)| n).sum();
+    let refused: usize = failures.iter().filter(|((u, s), _)| u == "-" && *s == 503).map(|(_, n)| n).sum();
+    eprintln!(
+        "failing candidate: {} requests, {from_candidate} answered 503 by the candidate, {refused} refused while it restarted, none other",
+        settled.values().sum::<usize>()
+    );
+    assert_eq!(failures.values().sum::<usize>(), from_candidate + refused, "only the candidate failed: {failures:?}");
+    assert!(from_candidate > 0, "the candidate's 503s were seen: {failures:?}");
+    assert_eq!(failed(&after) - failed(&settled), 0, "nothing fails once every proxy ACKed: {after:?}");
+    assert_eq!(added(&settled, &after, "v2"), 0, "stable only after the rollback");
+
+    // A good candidate, switched to, then aborted by an operator.
+    drop(_v2_failing);
+    let _v2_good = echo_at("v2", p2, &[], dir.path());
+    let (ok, out) = cp.ctl(&["delete", "release", "checkout-v2"]);
+    assert!(ok, "{out}");
+    start_release(&cp, dir.path(), &bg.replace("checkout-v2}", "checkout-v2b}"));
+    switched(&cp, "checkout-v2b");
+    // Held on the candidate (before the switch's analysis would promote it).
+    let (ok, out) = cp.ctl(&["release", "pause", "checkout-v2b"]);
+    assert!(ok, "{out}");
+    wait_for("the candidate serving", Duration::from_secs(10), || {
+        (upstream_of(pe).as_deref() == Some("v2") && upstream_of(pl).as_deref() == Some("v2")).then_some(())
+    });
+    let before = counts(&loads);
+    let asked = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_millis() as u64;
+    let (ok, out) = cp.ctl(&["release", "abort", "checkout-v2b"]);
+    assert!(ok, "{out}");
+    let aborted = revision_by(&cp, "", "aborted");
+    let acks = route_acks(&cp, aborted, 2);
+    std::thread::sleep(Duration::from_secs(2));
+    stop.store(true, Ordering::Relaxed);
+    let mut total = Counts::new();
+    for l in loads {
+        for (k, n) in l.join() {
+            *total.entry(k).or_default() += n;
+        }
+    }
+    let during = total.iter().map(|(k, n)| (k.clone(), n - before.get(k).copied().unwrap_or(0))).collect::<Counts>();
+    for (node, at) in &acks {
+        eprintln!(
+            "abort: {node} ACKed all traffic on stable {} ms after `ctl release abort` was run",
+            at.saturating_sub(asked)
+        );
+        assert!(*at >= asked && at - asked <= 1000, "{node}: {} ms", at.saturating_sub(asked));
+    }
+    eprintln!(
+        "abort: {} requests from the abort on, {} failed: {during:?}",
+        during.values().sum::<usize>(),
+        failed(&during)
+    );
+    assert_eq!(failed(&during), 0, "an abort fails no request: {during:?}");
+    assert_eq!(status(&cp, "checkout-v2b")["phase"], "Aborted");
+}
+
+/// An `https://` gate: the control plane verifies it against `--gate-ca`
+/// (a test CA). Presenting a certificate of another CA, the gate is not
+/// believed and the release pauses with the TLS error; presenting one of
+/// the test CA, every step is asked for and the release is promoted.
+#[test]
+fn https_gates_are_verified_against_the_gate_ca() {
+    let dir = TempDir::new("release-https-gate");
+    let (ca, other) = (certs::Ca::new("gate test CA"), certs::Ca::new("unknown CA"));
+    ca.write(dir.path(), "gate-ca.pem");
+    let leaf = certs::server(&["localhost"]).ip("127.0.0.1");
+    let (trusted, untrusted) = (ca.issue(&leaf), other.issue(&leaf));
+    let gate = harness::alerting::WebhookReceiver::start_tls(&untrusted.pem, &untrusted.key);
+    let ca_file = dir.path().join("gate-ca.pem").to_string_lossy().to_string();
+    let cp = ControlPlane::start_with(
+        dir.path(),
+        free_port(),
+        free_port(),
+        dir.path().join("data"),
+        &["--gate-ca", &ca_file],
+    );
+    cp.apply(dir.path(), &mesh(18001, 18002, "nobody", free_port()));
+    let url = gate.url("/gate");
+    assert!(url.starts_with("https://127.0.0.1:"), "{url}");
+    let gated = RELEASE
+        .replace("hold: 5s", "hold: 1s")
+        .replace("minRequests: 20", &format!("minRequests: 0, maxWait: 3s, gates: ['{url}']"));
+    start_release(&cp, dir.path(), &gated);
+    let paused = wait_for("the release to pause", Duration::from_secs(15), || {
+        let s = status(&cp, "checkout-v2");
+        (s["phase"] == "Paused").then_some(s)
+    });
+    eprintln!("untrusted gate: {}", paused["message"]);
+    assert!(paused["message"].as_str().is_some_and(|m| m.contains("TLS") && m.contains("certificate")), "{paused}");
+    assert!(gate.received().is_empty(), "nothing was posted to an unverified gate");
+    gate.present(&trusted.pem, &trusted.key);
+    let (ok, out) = cp.ctl(&["release", "resume", "checkout-v2"]);
+    assert!(ok, "{out}");
+    let done = wait_for("the release to be promoted", Duration::from_secs(30), || {
+        std::thread::sleep(Duration::from_millis(200));
+        let s = status(&cp, "checkout-v2");
+        (s["phase"] == "Promoted").then_some(s)
+    });
+    let asked = gate.received();
+    eprintln!("https gate asked: {asked:?}\n{done}");
+    let granted: Vec<u64> = asked.iter().filter_map(|b| b["weight"].as_u64()).collect();
+    assert_eq!(granted, [20, 50, 100], "asked over TLS before every step");
+}

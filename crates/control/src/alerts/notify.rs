@@ -92,12 +92,21 @@ async fn deliver(url: &str, body: Vec<u8>) -> bool {
 pub async fn post(url: &str, body: Bytes) -> Result<u16, String> {
     let (host, port, path) = parse_url(url)?;
     let stream = tokio::net::TcpStream::connect((host.as_str(), port)).await.map_err(|e| e.to_string())?;
-    let io = hyper_util::rt::TokioIo::new(stream);
+    let authority = if port == 80 { host.clone() } else { format!("{host}:{port}") };
+    post_over(stream, &authority, &path, body).await
+}
+
+/// One HTTP/1.1 POST of JSON over `io` (plain TCP, or TLS for an https
+/// gate) to `authority` and `path`; the status.
+pub async fn post_over<IO>(io: IO, authority: &str, path: &str, body: Bytes) -> Result<u16, String>
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let io = hyper_util::rt::TokioIo::new(io);
     let (mut sender, conn) = hyper::client::conn::http1::handshake(io).await.map_err(|e| e.to_string())?;
     tokio::spawn(async move {
         let _ = conn.await;
     });
-    let authority = if port == 80 { host.clone() } else { format!("{host}:{port}") };
     let req = hyper::Request::post(path)
         .header(hyper::header::HOST, authority)
         .header(hyper::header::CONTENT_TYPE, "application/json")

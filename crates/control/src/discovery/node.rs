@@ -1,10 +1,10 @@
 //! What the control plane knows of a connected node: who it says it is.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 /// What the control plane knows of a connected node.
-#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct NodeInfo {
     pub id: String,
     pub cluster: String,

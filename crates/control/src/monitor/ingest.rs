@@ -60,6 +60,9 @@ pub struct State {
     forgotten_ms: u64,
     /// When this monitor started: a proxy that started later is counted from zero.
     started_ms: u64,
+    /// Per-proxy sums of every report taken in since a mark was set (a
+    /// staged rollout's window starts at its staging), by the mark's id.
+    pub(super) marks: BTreeMap<u64, BTreeMap<Arc<str>, Agg>>,
 }
 
 /// One service's (or the proxy's) differences in one report.
@@ -119,6 +122,7 @@ impl State {
             names: HashSet::new(),
             bounds: Vec::new(),
             forgotten_ms: 0,
+            marks: BTreeMap::new(),
         }
     }
 
@@ -195,6 +199,9 @@ impl State {
             let agg = self.shared_bounds(agg);
             self.proxies.add(r.at_ms, &node, &agg);
             self.proxy_totals.entry(node.clone()).or_default().add(&agg);
+            for by in self.marks.values_mut() {
+                by.entry(node.clone()).or_default().add(&agg);
+            }
         }
         let now = crate::clock::unix_ms().max(r.at_ms);
         self.fine.prune(now);

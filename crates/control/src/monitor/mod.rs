@@ -32,6 +32,7 @@ pub use figures::{Metric, Point, ProxyFigures, ServiceFigures};
 pub use retention::Retention;
 
 use ingest::State;
+use series::Agg;
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -119,6 +120,38 @@ impl Monitor {
     /// Requests, errors and p99 of the proxies `nodes` together over the window.
     pub fn proxy_group(&self, nodes: &[String], window: Duration) -> (u64, u64, Option<f64>) {
         self.lock().proxy_group(crate::clock::unix_ms(), window, nodes)
+    }
+
+    /// Starts counting every proxy's reports from now under `id` (a staged
+    /// rollout's revision); a mark already set is kept as it is.
+    pub fn set_mark(&self, id: u64) {
+        self.lock().marks.entry(id).or_default();
+    }
+
+    /// Stops counting under `id`.
+    pub fn clear_mark(&self, id: u64) {
+        self.lock().marks.remove(&id);
+    }
+
+    /// What the proxies `nodes` reported together since mark `id` was set
+    /// (empty when it is not set).
+    pub fn since_mark(&self, id: u64, nodes: &[String]) -> Agg {
+        let state = self.lock();
+        let mut agg = Agg::default();
+        if let Some(by) = state.marks.get(&id) {
+            for n in nodes {
+                if let Some(a) = by.get(n.as_str()) {
+                    agg.add(a);
+                }
+            }
+        }
+        agg
+    }
+
+    /// Each proxy's sum since mark `id` was set.
+    pub fn mark_by_node(&self, id: u64) -> std::collections::BTreeMap<String, Agg> {
+        let state = self.lock();
+        state.marks.get(&id).map(|by| by.iter().map(|(n, a)| (n.to_string(), a.clone())).collect()).unwrap_or_default()
     }
 
     /// `metric` of `service` over the window, one point per `step`.

@@ -244,4 +244,45 @@ mod tests {
         assert_eq!(total, 190.0);
         assert!(points.iter().all(|p| p.v.unwrap_or(0.0) >= 0.0));
     }
+
+    fn proxy_report(node: &str, at_ms: u64, completed: u64, errors: u64) -> Report {
+        Report {
+            node: node.into(),
+            at_ms,
+            counters: vec![
+                ("http.ingress.downstream_rq_completed".into(), completed),
+                ("http.ingress.downstream_rq_5xx".into(), errors),
+            ],
+            source: "stream".into(),
+            ..Default::default()
+        }
+    }
+
+    /// A staged rollout's window starts at its staging, not at the start of
+    /// the 10 s slot it falls in: errors reported before the mark are left
+    /// out, even in the same slot, while the slot-based window counts them.
+    #[test]
+    fn a_mark_counts_only_what_is_reported_after_it() {
+        let mut st = State::new(Retention::default());
+        let slot = crate::clock::unix_ms() / 10_000 * 10_000 - 20_000;
+        st.ingest(&proxy_report("a", slot + 1_000, 100, 0)); // baseline
+        st.ingest(&proxy_report("a", slot + 2_000, 200, 60)); // 100 requests, 60 errors, before
+        st.marks.entry(7).or_default();
+        st.ingest(&proxy_report("a", slot + 3_000, 250, 61)); // 50 requests, 1 error, after
+        st.ingest(&proxy_report("b", slot + 3_000, 10, 0)); // b's baseline: nothing counted
+        st.ingest(&proxy_report("b", slot + 4_000, 30, 0));
+        let marked = |nodes: &[&str]| {
+            let mut agg = Agg::default();
+            for n in nodes {
+                if let Some(a) = st.marks[&7].get(*n) {
+                    agg.add(a);
+                }
+            }
+            (agg.requests, agg.errors)
+        };
+        assert_eq!(marked(&["a"]), (50, 1));
+        assert_eq!(marked(&["a", "b"]), (70, 1));
+        let (requests, errors, _) = st.proxy_group(slot + 5_000, Duration::from_secs(3), &["a".to_string()]);
+        assert_eq!((requests, errors), (150, 61), "the slot holds the errors from before the mark");
+    }
 }

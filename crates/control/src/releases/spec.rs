@@ -45,7 +45,7 @@ pub struct AnalysisSpec {
     /// the same window (judged when stable also has `minRequests`).
     #[serde(default)]
     pub max_p99_over_stable: Option<f64>,
-    /// `http://` URLs that must each answer 2xx (to a POST of the release's
+    /// `http://` or `https://` URLs that must each answer 2xx (to a POST of the release's
     /// name, step and weight) before each step starts, the first included.
     #[serde(default)]
     pub gates: Vec<String>,
@@ -214,8 +214,9 @@ pub fn check(doc: &Document) -> Result<Release, Problems> {
         p.push(("spec.analysis.maxP99OverStable".into(), "must be 1 or more (a ratio to stable's p99)".into()));
     }
     for (i, g) in a.gates.iter().enumerate() {
-        if !g.starts_with("http://") || g.len() <= "http://".len() {
-            p.push((format!("spec.analysis.gates[{i}]"), format!("'{g}' is not an http:// URL")));
+        let scheme = ["http://", "https://"].into_iter().find(|s| g.starts_with(s));
+        if scheme.is_none_or(|s| g.len() <= s.len()) {
+            p.push((format!("spec.analysis.gates[{i}]"), format!("'{g}' is not an http:// or https:// URL")));
         }
     }
     let max_wait = match &a.max_wait {

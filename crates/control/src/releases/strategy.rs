@@ -33,7 +33,9 @@ pub struct CanarySpec {
     pub stickiness: Option<StickinessSpec>,
 }
 
-/// `{header: x-user}` or `{cookie: session}` (an existing cookie; none is set).
+/// `{header: x-user}`, `{cookie: session}` (a cookie the client has), or
+/// `{cookie: NAME, ttl: 1h}`: the proxy sets the cookie (for `ttl`) on a
+/// client's first response when the request has none.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StickinessSpec {
@@ -41,6 +43,8 @@ pub struct StickinessSpec {
     pub header: Option<String>,
     #[serde(default)]
     pub cookie: Option<String>,
+    #[serde(default)]
+    pub ttl: Option<String>,
 }
 
 /// Blue-green: the candidate is first reached only by requests carrying
@@ -166,9 +170,23 @@ fn ab_matches(ab: &AbTestSpec, p: &mut Problems) -> Vec<ToCandidate> {
 
 fn stickiness(s: &StickinessSpec, p: &mut Problems) -> Option<Sticky> {
     let path = "spec.strategy.canary.stickiness";
+    let ttl = match (&s.ttl, &s.cookie) {
+        (None, _) => None,
+        (Some(_), None) => {
+            p.push((format!("{path}.ttl"), "only a cookie has a ttl (the proxy sets the cookie)".into()));
+            return None;
+        }
+        (Some(t), Some(_)) => match humantime::parse_duration(t.trim()) {
+            Ok(d) if d.as_secs() >= 1 => Some(d.as_secs()),
+            _ => {
+                p.push((format!("{path}.ttl"), format!("'{t}' is not a duration of a second or more, such as 1h")));
+                return None;
+            }
+        },
+    };
     match (&s.header, &s.cookie) {
         (Some(h), None) if token(h) => Some(Sticky::Header(h.to_ascii_lowercase())),
-        (None, Some(c)) if token(c) => Some(Sticky::Cookie(c.clone())),
+        (None, Some(c)) if token(c) => Some(Sticky::Cookie { name: c.clone(), ttl_s: ttl }),
         (Some(_), None) | (None, Some(_)) => {
             p.push((path.into(), "needs a header or cookie name".into()));
             None

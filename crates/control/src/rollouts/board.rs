@@ -40,7 +40,7 @@ pub struct PolicySpec {
 }
 
 /// A checked policy.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Policy {
     /// Percent of the proxies, when no nodes are named.
@@ -159,7 +159,7 @@ fn fnv(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3))
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RolloutState {
     /// Only the canary runs the revision.
@@ -171,7 +171,7 @@ pub enum RolloutState {
 }
 
 /// One group of proxies' figures over the rollout's window.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Group {
     pub proxies: usize,
@@ -182,7 +182,7 @@ pub struct Group {
 }
 
 /// Whether a canary proxy holds the staged revision.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct AckState {
     pub node: String,
@@ -193,7 +193,7 @@ pub struct AckState {
 }
 
 /// What the decision rested on.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Evidence {
     pub canary: Group,
@@ -203,7 +203,7 @@ pub struct Evidence {
 }
 
 /// One staged rollout: what went where, and how it ended.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Record {
     /// The staged revision.
@@ -223,6 +223,29 @@ pub struct Record {
     pub evidence: Option<Evidence>,
 }
 
+/// What one replica tells the others through the shared store (etcd),
+/// written every 250 ms under a lease that lapses with the replica: the
+/// proxies connected to it and, during a staged rollout, what only it
+/// knows of that rollout.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ReplicaReport {
+    pub replica: String,
+    pub at_ms: u64,
+    pub proxies: Vec<crate::discovery::node::NodeInfo>,
+    #[serde(default)]
+    pub rollout: Option<SharedRollout>,
+}
+
+/// One replica's part of a staged rollout: the ACKs of the staged revision
+/// by the canary proxies connected to it, and what each of its proxies
+/// reported since it learnt of the staging.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct SharedRollout {
+    pub revision: u64,
+    pub acks: Vec<AckState>,
+    pub figures: std::collections::BTreeMap<String, crate::monitor::series::Agg>,
+}
+
 /// Finished rollouts, newest last.
 #[derive(Default)]
 pub struct History {
@@ -240,6 +263,14 @@ impl History {
 
     pub fn list(&self) -> Vec<Record> {
         self.done.lock().unwrap_or_else(|e| e.into_inner()).iter().cloned().collect()
+    }
+
+    /// Adds `r` unless a rollout of its revision is kept already (another
+    /// replica's decision, learnt from the store).
+    pub fn push_new(&self, r: Record) {
+        if !self.done.lock().unwrap_or_else(|e| e.into_inner()).iter().any(|d| d.revision == r.revision) {
+            self.push(r);
+        }
     }
 }
 

@@ -3,6 +3,7 @@
 
 use crate::clock::unix_ms;
 use crate::rollouts::judge::{judge, Verdict};
+use crate::rollouts::shared::Fleetwide;
 use crate::state::controller::Controller;
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,7 +11,9 @@ use std::time::Duration;
 /// Judges the staged rollout once; true when it ended.
 pub fn tick(ctrl: &Controller, now_ms: u64) -> bool {
     let Some(record) = ctrl.staged_rollout() else { return false };
-    let (promote, reason, evidence) = match judge(&record, &ctrl.fleet.list(), ctrl, now_ms) {
+    let fleetwide = Fleetwide::new(ctrl, &record);
+    let acks = fleetwide.acks(&record.canary);
+    let (promote, reason, evidence) = match judge(&record, acks, &fleetwide, now_ms) {
         Verdict::Wait => return false,
         Verdict::Promote(why, e) => (true, why, e),
         Verdict::RollBack(why, e) => (false, why, e),

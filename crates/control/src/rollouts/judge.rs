@@ -5,18 +5,12 @@
 
 use crate::discovery::fleet::ProxyStatus;
 use crate::rollouts::board::{AckState, Evidence, Group, Record, P99_SLACK_MS};
-use std::time::Duration;
 
-/// Where proxies' figures come from: the monitor, or fixed figures in tests.
+/// Where proxies' figures come from: the monitor of every replica
+/// (`shared::Fleetwide`), or fixed figures in tests.
 pub trait ProxyFigures {
-    /// Requests, errors and p99 of `nodes` together over `window`.
-    fn group(&self, nodes: &[String], window: Duration) -> (u64, u64, Option<f64>);
-}
-
-impl ProxyFigures for crate::state::controller::Controller {
-    fn group(&self, nodes: &[String], window: Duration) -> (u64, u64, Option<f64>) {
-        self.monitor.proxy_group(nodes, window)
-    }
+    /// Requests, errors and p99 of `nodes` together since the staging.
+    fn group(&self, nodes: &[String]) -> (u64, u64, Option<f64>);
 }
 
 /// What the judge decided.
@@ -57,25 +51,24 @@ pub fn acks(canary: &[String], fleet: &[ProxyStatus], revision: u64) -> Vec<AckS
         .collect()
 }
 
-fn group(figures: &dyn ProxyFigures, nodes: &[String], window: Duration) -> Group {
-    let (requests, errors, p99_ms) = figures.group(nodes, window);
+fn group(figures: &dyn ProxyFigures, nodes: &[String]) -> Group {
+    let (requests, errors, p99_ms) = figures.group(nodes);
     let error_rate = if requests == 0 { 0.0 } else { errors as f64 / requests as f64 };
     Group { proxies: nodes.len(), requests, errors, error_rate, p99_ms }
 }
 
-/// Judges `record` at `now_ms`.
-pub fn judge(record: &Record, fleet: &[ProxyStatus], figures: &dyn ProxyFigures, now_ms: u64) -> Verdict {
+/// Judges `record` at `now_ms`, given the canary proxies' ACK states.
+pub fn judge(record: &Record, acks: Vec<AckState>, figures: &dyn ProxyFigures, now_ms: u64) -> Verdict {
     let p = &record.policy;
     let held = now_ms.saturating_sub(record.started_ms);
     if held < p.hold_ms {
         return Verdict::Wait;
     }
     let waited_out = held >= p.hold_ms.saturating_add(p.max_wait_ms);
-    let window = Duration::from_millis(held);
     let evidence = Evidence {
-        canary: group(figures, &record.canary, window),
-        others: group(figures, &record.others, window),
-        acks: acks(&record.canary, fleet, record.revision),
+        canary: group(figures, &record.canary),
+        others: group(figures, &record.others),
+        acks,
         window_ms: held,
     };
     let refused: Vec<String> = evidence

@@ -8,7 +8,9 @@
 //!   rollout and the last ones kept (a leaf the controller holds);
 //! - [`judge`]: the canary's ACKs and figures against the other proxies'
 //!   (pure, behind the [`judge::ProxyFigures`] trait);
-//! - [`driver`]: the task that judges and ends the rollout in progress.
+//! - [`driver`]: the task that judges and ends the rollout in progress;
+//! - [`shared`]: the rollout over several replicas: each replica's
+//!   proxies, ACKs and figures, merged for the leader's judge.
 //!
 //! Serving two revisions at once is `state::config::ConfigState::view`;
 //! staging, promoting and rolling back are `state::staged`.
@@ -16,6 +18,7 @@
 pub mod board;
 pub mod driver;
 pub mod judge;
+pub mod shared;
 
 #[cfg(test)]
 mod tests;

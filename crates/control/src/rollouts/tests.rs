@@ -1,17 +1,16 @@
 //! The judge on fixed fleets and figures.
 
 use super::board::{PolicySpec, Record, RolloutState};
-use super::judge::{judge, ProxyFigures, Verdict};
+use super::judge::{acks, ProxyFigures, Verdict};
 use crate::discovery::fleet::{Nack, ProxyStatus, TypeStatus};
 use crate::discovery::node::NodeInfo;
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 /// Figures per node: (requests, errors, p99).
 struct Fixed(BTreeMap<String, (u64, u64, Option<f64>)>);
 
 impl ProxyFigures for Fixed {
-    fn group(&self, nodes: &[String], _window: Duration) -> (u64, u64, Option<f64>) {
+    fn group(&self, nodes: &[String]) -> (u64, u64, Option<f64>) {
         let mut out = (0, 0, None::<f64>);
         for n in nodes {
             if let Some((r, e, p)) = self.0.get(n) {
@@ -25,6 +24,11 @@ impl ProxyFigures for Fixed {
         }
         out
     }
+}
+
+/// The judge with the canary's ACKs taken from `fleet`.
+fn judge(r: &Record, fleet: &[ProxyStatus], f: &dyn ProxyFigures, now_ms: u64) -> Verdict {
+    super::judge::judge(r, acks(&r.canary, fleet, r.revision), f, now_ms)
 }
 
 fn figures(rows: &[(&str, u64, u64, f64)]) -> Fixed {

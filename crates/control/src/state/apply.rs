@@ -85,12 +85,20 @@ impl Controller {
         message: &str,
         policy: &Policy,
     ) -> Result<ApplyOutcome, ApplyError> {
-        if self.store.etcd().is_some() {
-            return Err(ApplyError::Busy(
-                "staged rollouts are served by one control plane; this one shares its store with other replicas".into(),
-            ));
-        }
-        self.retrying(|| self.try_apply(docs, &[], author, message, false, Some(policy)))
+        self.apply_staged_with_deletes(docs, &[], author, message, policy)
+    }
+
+    /// Like `apply_staged`, with deletions in the same revision (the
+    /// watched folder's apply under the `Rollout` policy).
+    pub fn apply_staged_with_deletes(
+        &self,
+        docs: &[Document],
+        deletes: &[(Kind, String)],
+        author: &str,
+        message: &str,
+        policy: &Policy,
+    ) -> Result<ApplyOutcome, ApplyError> {
+        self.retrying(|| self.try_apply(docs, deletes, author, message, false, Some(policy)))
     }
 
     pub fn delete(&self, kind: Kind, name: &str, author: &str, message: &str) -> Result<ApplyOutcome, ApplyError> {
@@ -207,6 +215,8 @@ impl Controller {
         if dry_run || changes.is_empty() {
             return Ok(outcome);
         }
+        // A change of the rollout policy alone is never staged.
+        let policy = policy.filter(|_| !changes.iter().all(|c| c.kind() == Some(Kind::Rollout)));
         let canary = policy.map(|p| (p, p.pick(&outcome.proxies, current.revision + 1)));
         if let Some((p, c)) = &canary {
             if c.is_empty() && !p.nodes.is_empty() {
@@ -227,14 +237,22 @@ impl Controller {
             ),
             _ => message.to_string(),
         };
-        let rev = self.store.commit(current.revision, author, &message, &changes)?;
+        let staged = match &canary {
+            Some((p, c)) if !c.is_empty() => {
+                Some(self.staged_record(&current, current.revision + 1, author, p, c.clone(), &outcome.proxies))
+            }
+            _ => None,
+        };
+        let text =
+            staged.as_ref().map(serde_json::to_string).transpose().map_err(|e| ApplyError::Busy(e.to_string()))?;
+        let rev = self.store.commit_rollout(current.revision, author, &message, &changes, text.as_deref())?;
         outcome.revision = Some(rev);
-        if let Some((p, c)) = canary {
-            outcome.rollout = Some(if c.is_empty() {
-                self.unstaged(rev, current.revision, author, p, "no connected proxy receives the change")
-            } else {
-                self.stage(current.clone(), rev, author, p, c, &outcome.proxies)
-            });
+        if let Some(record) = staged {
+            self.install_staged(current.resources.clone(), record.clone());
+            outcome.rollout = Some(record);
+        } else if let Some((p, _)) = canary {
+            outcome.rollout =
+                Some(self.unstaged(rev, current.revision, author, p, "no connected proxy receives the change"));
         }
         self.set_stored(ConfigState { revision: rev, resources: next, staging: None });
         Ok(outcome)
@@ -308,12 +326,16 @@ impl Controller {
             .map(|(_, r)| r)
             .chain(current.resources.iter().filter(|(k, _)| !next.contains_key(*k)).map(|(_, r)| r))
             .collect();
+        // On etcd, the proxies of the other replicas too.
+        let remote = self.remote_reports().into_iter().flat_map(|r| r.proxies);
         let mut ids: Vec<String> = self
             .fleet
             .list()
             .into_iter()
-            .filter(|p| changed.iter().any(|r| r.nodes.matches(&p.node)))
-            .map(|p| p.node.id)
+            .map(|p| p.node)
+            .chain(remote)
+            .filter(|n| changed.iter().any(|r| r.nodes.matches(n)))
+            .map(|n| n.id)
             .collect();
         ids.sort();
         ids.dedup();

@@ -55,7 +55,7 @@ pub struct Controller {
 
 impl Controller {
     pub fn open(store: Store) -> Result<Arc<Self>, StoreError> {
-        let (revision, docs) = store.load_current()?;
+        let (revision, docs, rollout) = store.load_current()?;
         let stored = Arc::new(ConfigState { revision, resources: compile_stored(docs), staging: None });
         let leader = store.etcd().is_none();
         let replica_id = format!("{}-{:08x}", std::process::id(), rand::random::<u32>());
@@ -79,6 +79,7 @@ impl Controller {
             replica_id,
             leader: AtomicBool::new(leader),
         });
+        ctrl.adopt_rollout(revision, rollout.as_deref());
         ctrl.publish();
         if leader {
             ctrl.undo_unfinished_rollout();
@@ -154,10 +155,13 @@ impl Controller {
     /// held (another replica committed it); returns its number if so.
     pub fn reload(&self) -> Result<Option<u64>, StoreError> {
         let _guard = self.apply_lock.lock().unwrap_or_else(|e| e.into_inner());
-        let (revision, docs) = self.store.load_current()?;
+        let (revision, docs, rollout) = self.store.load_current()?;
         if revision <= self.stored().revision {
             return Ok(None);
         }
+        // The rollout first: a proxy outside a staged rollout's canary is
+        // never published the staged revision.
+        self.adopt_rollout(revision, rollout.as_deref());
         self.set_stored(ConfigState { revision, resources: compile_stored(docs), staging: None });
         Ok(Some(revision))
     }
@@ -200,7 +204,7 @@ impl Controller {
 }
 
 /// Compiles stored documents; one that no longer validates is logged and left out.
-fn compile_stored(docs: Vec<Document>) -> ResourceMap {
+pub(super) fn compile_stored(docs: Vec<Document>) -> ResourceMap {
     let mut resources = BTreeMap::new();
     for d in docs {
         match compile(&d) {

@@ -6,8 +6,9 @@
 //! committed meanwhile. The record of each rollout is on `Controller::rollouts`.
 
 use crate::clock::unix_ms;
+use crate::resources::kind::Kind;
 use crate::resources::resource::ResourceMap;
-use crate::rollouts::board::{Evidence, Policy, Record, RolloutState};
+use crate::rollouts::board::{check_document, Evidence, Policy, Record, ReplicaReport, RolloutState, POLICY_NAME};
 use crate::state::apply::ApplyError;
 use crate::state::config::{ConfigState, Staging};
 use crate::state::controller::Controller;
@@ -20,6 +21,15 @@ impl Controller {
     /// The rollout in progress, if any.
     pub fn staged_rollout(&self) -> Option<Record> {
         self.staged.lock().unwrap_or_else(|e| e.into_inner()).as_ref().map(|s| s.record.clone())
+    }
+
+    /// The policy of the `Rollout` resource named `default`, when there is
+    /// one: applies that give none (through the API, or from the watched
+    /// folder) are staged with it.
+    pub fn default_rollout_policy(&self) -> Option<Policy> {
+        let state = self.stored();
+        let r = state.resources.get(&(Kind::Rollout, POLICY_NAME.to_string()))?;
+        check_document(&r.doc).ok()
     }
 
     /// The staging to publish with the stored revision: the canary, and the
@@ -55,11 +65,11 @@ impl Controller {
         }
     }
 
-    /// Stages revision `rev` (just committed over `current`) for `canary`
-    /// among `receivers`; called under the apply lock, before it is published.
-    pub(super) fn stage(
+    /// The record of revision `rev`, about to be committed over `current`
+    /// and staged for `canary` among `receivers`.
+    pub(super) fn staged_record(
         &self,
-        current: Arc<ConfigState>,
+        current: &ConfigState,
         rev: u64,
         author: &str,
         policy: &Policy,
@@ -67,7 +77,7 @@ impl Controller {
         receivers: &[String],
     ) -> Record {
         let others = receivers.iter().filter(|p| !canary.contains(p)).cloned().collect();
-        let record = Record {
+        Record {
             revision: rev,
             previous: current.revision,
             state: RolloutState::Staged,
@@ -80,11 +90,73 @@ impl Controller {
             final_revision: None,
             reason: String::new(),
             evidence: None,
-        };
-        let previous =
-            Arc::new(ConfigState { revision: current.revision, resources: current.resources.clone(), staging: None });
-        *self.staged.lock().unwrap_or_else(|e| e.into_inner()) = Some(Staged { previous, record: record.clone() });
-        record
+        }
+    }
+
+    /// Holds `record` as the rollout in progress, `previous` being what the
+    /// other proxies keep; the monitor counts the rollout's figures from now.
+    /// Called under the apply lock, before the staged revision is published.
+    pub(super) fn install_staged(&self, previous: ResourceMap, record: Record) {
+        self.monitor.set_mark(record.revision);
+        let previous = Arc::new(ConfigState { revision: record.previous, resources: previous, staging: None });
+        *self.staged.lock().unwrap_or_else(|e| e.into_inner()) = Some(Staged { previous, record });
+    }
+
+    /// Takes the rollout record the store holds with revision `rev` (loaded
+    /// from the store, another replica may have written it): a rollout
+    /// staged at `rev` is served as this replica's own (the previous
+    /// revision read from the store), one that ended is kept in the
+    /// history and no longer served. Called under the apply lock, before
+    /// `rev` is published.
+    pub(super) fn adopt_rollout(&self, rev: u64, text: Option<&str>) {
+        let record = text.and_then(|t| match serde_json::from_str::<Record>(t) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                tracing::error!("unreadable rollout record in the store: {e}");
+                None
+            }
+        });
+        let held = self.staged_rollout().map(|r| r.revision);
+        match record {
+            Some(r) if r.state == RolloutState::Staged && r.revision == rev => {
+                if held == Some(rev) {
+                    return;
+                }
+                match self.store.state_at(r.previous) {
+                    Ok(docs) => {
+                        tracing::info!("revision {rev} is staged on {} (rollout from the store)", r.canary.join(", "));
+                        self.install_staged(super::controller::compile_stored(docs), r);
+                    }
+                    Err(e) => tracing::error!("cannot read revision {} for the staged rollout: {e}", r.previous),
+                }
+            }
+            other => {
+                if let Some(r) = other.filter(|r| r.state != RolloutState::Staged) {
+                    self.rollouts.push_new(r);
+                }
+                if let Some(h) = held {
+                    self.monitor.clear_mark(h);
+                    *self.staged.lock().unwrap_or_else(|e| e.into_inner()) = None;
+                }
+            }
+        }
+    }
+
+    /// The other replicas' reports (none on SQLite, or when the store
+    /// cannot be read: then only this replica's proxies are known).
+    pub fn remote_reports(&self) -> Vec<ReplicaReport> {
+        let Some(etcd) = self.store.etcd() else { return Vec::new() };
+        match etcd.replica_reports() {
+            Ok(raw) => raw
+                .iter()
+                .filter_map(|r| serde_json::from_slice::<ReplicaReport>(r).ok())
+                .filter(|r| r.replica != self.replica_id())
+                .collect(),
+            Err(e) => {
+                tracing::warn!("cannot read the other replicas' reports: {e}");
+                Vec::new()
+            }
+        }
     }
 
     /// The record of a staged apply that nobody needed to wait for
@@ -130,16 +202,18 @@ impl Controller {
             );
             (staged.resources.clone(), changes_to(&current.resources, &staged.resources), m)
         };
-        let rev = self.store.commit(current.revision, "rollout", &message, &changes)?;
         let mut done = record;
         done.state = if promote { RolloutState::Promoted } else { RolloutState::RolledBack };
-        (done.decided_ms, done.final_revision) = (Some(unix_ms()), Some(rev));
+        (done.decided_ms, done.final_revision) = (Some(unix_ms()), Some(current.revision + 1));
         done.reason = reason.to_string();
         done.evidence = Some(evidence);
+        let text = serde_json::to_string(&done).map_err(|e| ApplyError::Busy(format!("rollout record: {e}")))?;
+        let rev = self.store.commit_rollout(current.revision, "rollout", &message, &changes, Some(&text))?;
         // Into the history before it stops being the current rollout, so a
         // reader of `/v1/rollouts/{rev}` always finds it in one or the other.
         self.rollouts.push(done.clone());
         *self.staged.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        self.monitor.clear_mark(done.revision);
         self.set_stored(ConfigState { revision: rev, resources, staging: None });
         tracing::info!("{message}");
         Ok(done)

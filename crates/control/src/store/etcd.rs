@@ -14,6 +14,11 @@
 //! - `resources/<kind>/<name>`: the current documents.
 //! - `tokens/<id>`, `audit/<time>-<random>`, `registry/<service>/<id>`,
 //!   `leader` (held under a lease by the replica that expires instances).
+//! - `rollout`: the last staged rollout's record, committed with the
+//!   revision that staged it and replaced by the one that ended it, so every
+//!   replica serves the same two revisions and any leader can end it.
+//! - `replicas/<id>`: each replica's connected proxies and its part of a
+//!   staged rollout, under that replica's lease.
 //!
 //! The control plane's calls are synchronous (as SQLite's are); each one runs
 //! on this store's own small runtime and the caller waits for the answer, so a
@@ -45,6 +50,11 @@ pub const REGISTRY_PREFIX: &str = "/legate/registry/";
 /// Fault state shared by replicas: `slices/<replica>` (what each sees of
 /// its own proxies) and `board` (what the leader decided).
 pub const FAULT_PREFIX: &str = "/legate/fault/";
+/// The last staged rollout's record (staged, or how it ended), written in
+/// the transaction of the revision that staged or ended it.
+pub const ROLLOUT_KEY: &str = "/legate/rollout";
+/// `replicas/<id>`: what each replica reports to the others, under its lease.
+pub const REPLICAS_PREFIX: &str = "/legate/replicas/";
 
 fn revision_key(rev: u64) -> String {
     key(&format!("revisions/{rev:020}"))
@@ -247,18 +257,23 @@ impl EtcdStore {
 
     /// The latest revision and its documents, read in one transaction so the
     /// two agree.
-    pub fn load_current(&self) -> Result<(u64, Vec<Document>), StoreError> {
+    pub fn load_current(&self) -> Result<(u64, Vec<Document>, Option<String>), StoreError> {
         self.run(|mut c| async move {
             let res = key("resources/");
             let txn = pb::TxnRequest {
                 compare: vec![],
-                success: vec![range_op(range(REV_KEY, vec![])), range_op(range(res.clone(), prefix_end(&res)))],
+                success: vec![
+                    range_op(range(REV_KEY, vec![])),
+                    range_op(range(res.clone(), prefix_end(&res))),
+                    range_op(range(ROLLOUT_KEY, vec![])),
+                ],
                 failure: vec![],
             };
             let mut rs = ranges(c.kv.txn(txn).await.map_err(etcd_err)?).into_iter();
-            let (Some(rev), Some(docs)) = (rs.next(), rs.next()) else {
+            let (Some(rev), Some(docs), Some(rollout)) = (rs.next(), rs.next(), rs.next()) else {
                 return Err(etcd_err("short transaction response"));
             };
+            let rollout = rollout.kvs.first().map(|kv| String::from_utf8_lossy(&kv.value).into_owned());
             let rev = parse_rev(&rev.kvs)?;
             let mut out = Vec::with_capacity(docs.kvs.len());
             for kv in docs.kvs {
@@ -266,11 +281,20 @@ impl EtcdStore {
                     serde_json::from_slice(&kv.value).map_err(|e| corrupt(&String::from_utf8_lossy(&kv.key), e))?;
                 out.push(d);
             }
-            Ok((rev, out))
+            Ok((rev, out, rollout))
         })
     }
 
-    pub fn commit(&self, expected: u64, author: &str, message: &str, changes: &[Change]) -> Result<u64, StoreError> {
+    /// Commits `changes` as revision `expected + 1`, with `rollout` as the
+    /// rollout record when given.
+    pub fn commit(
+        &self,
+        expected: u64,
+        author: &str,
+        message: &str,
+        changes: &[Change],
+        rollout: Option<&str>,
+    ) -> Result<u64, StoreError> {
         let rev = expected + 1;
         let mut ops = Vec::with_capacity(changes.len() + 2);
         let mut records = Vec::with_capacity(changes.len());
@@ -308,6 +332,9 @@ impl EtcdStore {
         let record = serde_json::to_vec(&record).map_err(|e| corrupt("revision", e))?;
         ops.push(put_op(revision_key(rev), record));
         ops.push(put_op(REV_KEY.into(), rev.to_string().into_bytes()));
+        if let Some(r) = rollout {
+            ops.push(put_op(ROLLOUT_KEY.into(), r.as_bytes().to_vec()));
+        }
         let guard = if expected == 0 {
             absent(REV_KEY)
         } else {
@@ -552,6 +579,28 @@ impl EtcdStore {
 
 /// Every registered instance and the etcd revision they were read at (a watch
 /// from the next one misses nothing).
+/// Writes this replica's report under `lease`.
+pub async fn put_replica_report(c: &mut EtcdClient, id: &str, report: Vec<u8>, lease: i64) -> Result<(), StoreError> {
+    let put = pb::PutRequest {
+        key: format!("{REPLICAS_PREFIX}{id}").into_bytes(),
+        value: report,
+        lease,
+        ..Default::default()
+    };
+    c.kv.put(put).await.map_err(etcd_err)?;
+    Ok(())
+}
+
+impl EtcdStore {
+    /// Every live replica's report (raw JSON).
+    pub fn replica_reports(&self) -> Result<Vec<Vec<u8>>, StoreError> {
+        self.run(|mut c| async move {
+            let resp = c.kv.range(range(REPLICAS_PREFIX, prefix_end(REPLICAS_PREFIX))).await.map_err(etcd_err)?;
+            Ok(resp.kvs.into_iter().map(|kv| kv.value).collect())
+        })
+    }
+}
+
 pub async fn list_instances(c: &mut EtcdClient) -> Result<(Vec<InstanceRecord>, i64), StoreError> {
     let resp = c.kv.range(range(REGISTRY_PREFIX, prefix_end(REGISTRY_PREFIX))).await.map_err(etcd_err)?;
     let at = resp.header.as_ref().map_or(0, |h| h.revision);

@@ -49,10 +49,11 @@ impl Store {
         }
     }
 
-    /// The latest revision number and every current resource.
-    pub fn load_current(&self) -> Result<(u64, Vec<Document>), StoreError> {
+    /// The latest revision number, every current resource, and (on etcd)
+    /// the last staged rollout's record.
+    pub fn load_current(&self) -> Result<(u64, Vec<Document>, Option<String>), StoreError> {
         match self {
-            Store::Sqlite(s) => s.load_current(),
+            Store::Sqlite(s) => s.load_current().map(|(r, d)| (r, d, None)),
             Store::Etcd(e) => e.load_current(),
         }
     }
@@ -60,9 +61,23 @@ impl Store {
     /// Commits `changes` as revision `expected + 1`; `Conflict` when another
     /// writer committed since `expected` was read.
     pub fn commit(&self, expected: u64, author: &str, message: &str, changes: &[Change]) -> Result<u64, StoreError> {
+        self.commit_rollout(expected, author, message, changes, None)
+    }
+
+    /// Like `commit`, with the rollout record (`state::staged`) in the same
+    /// transaction when given; on SQLite, where one control plane holds the
+    /// rollout, it is not stored.
+    pub fn commit_rollout(
+        &self,
+        expected: u64,
+        author: &str,
+        message: &str,
+        changes: &[Change],
+        rollout: Option<&str>,
+    ) -> Result<u64, StoreError> {
         match self {
             Store::Sqlite(s) => s.commit(expected, author, message, changes),
-            Store::Etcd(e) => e.commit(expected, author, message, changes),
+            Store::Etcd(e) => e.commit(expected, author, message, changes, rollout),
         }
     }
 

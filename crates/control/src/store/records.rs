@@ -30,6 +30,16 @@ pub enum Change {
     Delete { kind: Kind, name: String },
 }
 
+impl Change {
+    /// The kind of resource changed (none for an unknown kind).
+    pub fn kind(&self) -> Option<Kind> {
+        match self {
+            Change::Apply(d) => Kind::parse(&d.kind),
+            Change::Delete { kind, .. } => Some(*kind),
+        }
+    }
+}
+
 /// One line of the audit log.
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct AuditEntry {

@@ -1,7 +1,9 @@
 //! Several replicas on one etcd: each follows the revision counter and the
 //! registry with etcd watches (a commit on any replica reaches the proxies of
 //! every replica within one push), and one leader, chosen with a lease,
-//! expires registry instances whose heartbeats stopped.
+//! expires registry instances whose heartbeats stopped. Each replica also
+//! writes what only it knows — its proxies, its part of a staged rollout —
+//! for the others (`rollouts::shared`).
 
 use crate::discovery::registry::{Instance, InstanceRecord};
 use crate::state::controller::Controller;
@@ -29,6 +31,43 @@ pub fn start(ctrl: &Arc<Controller>) {
     handle.spawn(forever("revision watch", ctrl.clone(), store.client(), follow_revisions));
     handle.spawn(forever("registry watch", ctrl.clone(), store.client(), follow_registry));
     handle.spawn(forever("leader election", ctrl.clone(), store.client(), campaign));
+    handle.spawn(forever("replica report", ctrl.clone(), store.client(), share));
+}
+
+/// How often a replica writes its report (its proxies, its part of a
+/// staged rollout) for the others.
+const SHARE_EVERY: Duration = Duration::from_millis(250);
+
+/// Writes this replica's report every `SHARE_EVERY` under a lease of its
+/// own, so a replica that dies stops being counted within the lease's TTL.
+async fn share(ctrl: Arc<Controller>, mut client: EtcdClient) -> Result<(), StoreError> {
+    let grant =
+        timed("lease grant", client.lease.lease_grant(pb::LeaseGrantRequest { ttl: LEADER_TTL_SECS, id: 0 })).await?;
+    let lease = grant.id;
+    let (renew, requests) = tokio::sync::mpsc::channel(1);
+    let renewal = pb::LeaseKeepAliveRequest { id: lease };
+    renew.send(renewal).await.map_err(etcd_err)?;
+    let mut keep =
+        timed("lease keep-alive", client.lease.lease_keep_alive(tokio_stream::wrappers::ReceiverStream::new(requests)))
+            .await?;
+    timed("lease keep-alive", keep.message()).await?;
+    let mut renewed = Instant::now();
+    let mut tick = tokio::time::interval(SHARE_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if renewed.elapsed() >= RENEW_EVERY {
+            renew.send(renewal).await.map_err(etcd_err)?;
+            let resp = timed("lease keep-alive", keep.message()).await?;
+            if resp.is_none_or(|r| r.ttl <= 0) {
+                return Err(etcd_err("report lease lost"));
+            }
+            renewed = Instant::now();
+        }
+        let report = crate::rollouts::shared::local_report(&ctrl);
+        let text = serde_json::to_vec(&report).map_err(etcd_err)?;
+        timed("replica report", etcd::put_replica_report(&mut client, ctrl.replica_id(), text, lease)).await?;
+    }
 }
 
 /// Runs `task` again (after a pause) whenever it ends.

@@ -152,6 +152,12 @@ impl Cluster {
 
     /// Picks a host; hashing clusters look `hash` up in their ring or table
     /// (a request without a hash gets a random one, as in Envoy).
+    /// Whether the balancer picks hosts by the request's hash (then a cookie
+    /// hash policy with a `ttl` makes its cookie, as Envoy's does).
+    pub fn hashes(&self) -> bool {
+        self.lb.hashes()
+    }
+
     pub fn pick_hashed(&self, hash: Option<u64>) -> Option<Arc<Host>> {
         self.lb.pick(&self.hosts.load(), hash)
     }

@@ -172,7 +172,10 @@ impl Targets<'_> {
             action["weighted_clusters"]["use_hash_policy"] = json!(true);
             action["hash_policy"] = match sticky {
                 Sticky::Header(h) => json!([{"header": {"header_name": h}}]),
-                Sticky::Cookie(c) => json!([{"cookie": {"name": c}}]),
+                Sticky::Cookie { name, ttl_s: None } => json!([{"cookie": {"name": name}}]),
+                Sticky::Cookie { name, ttl_s: Some(t) } => {
+                    json!([{"cookie": {"name": name, "ttl": format!("{t}s"), "path": "/"}}])
+                }
             };
         }
         if let Some(t) = &rt.timeout {

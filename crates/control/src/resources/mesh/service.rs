@@ -12,7 +12,7 @@ use crate::resources::document::{Document, NodeSelector};
 use crate::resources::isolate::{self, Decision};
 use crate::resources::kind::Kind;
 use crate::resources::mesh::envoy::{ads, document, lb_endpoint, load_assignment};
-use crate::resources::mesh::spec::{specs, HealthCheckSpec, Lb, Protocol, RefProblems, ServiceSpec, Split};
+use crate::resources::mesh::spec::{specs, HealthCheckSpec, Lb, Protocol, RefProblems, ServiceSpec, Split, Sticky};
 use crate::resources::resource::{of_kind, ResourceMap};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
@@ -64,8 +64,24 @@ pub fn compile_services(
                 });
             }
         }
+        // A sticky cookie the proxy sets itself: Envoy makes the cookie
+        // only when the cluster's balancer hashes, so the version clusters
+        // use RING_HASH (the first request is placed at random; the cookie
+        // then keeps the client on one version).
+        let cookie_clusters = match &release {
+            Some((rel, _)) if matches!(rel.sticky, Some(Sticky::Cookie { ttl_s: Some(_), .. })) => {
+                vec![rel.stable_cluster(), rel.candidate_cluster()]
+            }
+            _ => Vec::new(),
+        };
         for (cluster_name, selector) in clusters {
-            out.extend(cluster_documents(&s, &cluster_name, selector, &endpoints, &r.nodes));
+            let mut docs = cluster_documents(&s, &cluster_name, selector, &endpoints, &r.nodes);
+            if cookie_clusters.contains(&cluster_name) {
+                if let Some(c) = docs.iter_mut().find(|d| d.kind == "Cluster") {
+                    c.spec["lb_policy"] = json!("RING_HASH");
+                }
+            }
+            out.extend(docs);
         }
         services.insert(name.clone(), s);
     }

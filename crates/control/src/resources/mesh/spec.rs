@@ -115,7 +115,12 @@ pub enum ToCandidate {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Sticky {
     Header(String),
-    Cookie(String),
+    /// A cookie; with `ttl_s`, the proxy sets it (for that many seconds,
+    /// path `/`) when the request has none.
+    Cookie {
+        name: String,
+        ttl_s: Option<u64>,
+    },
 }
 
 /// Active health checking: HTTP when `path` is set, gRPC with `grpc`,

@@ -61,7 +61,7 @@ pub async fn apply(State(ctrl): State<Arc<Controller>>, headers: HeaderMap, Json
             Err(r) => return *r,
         },
         None if body.dry_run || docs.iter().all(|d| Kind::parse(&d.kind) == Some(Kind::Rollout)) => None,
-        None => default_policy(&ctrl),
+        None => ctrl.default_rollout_policy(),
     };
     let result = match &policy {
         Some(p) => ctrl.apply_staged(&docs, &actor.name, &body.message, p),
@@ -77,14 +77,6 @@ pub async fn apply(State(ctrl): State<Arc<Controller>>, headers: HeaderMap, Json
         }
         Err(e) => e.into_response(),
     }
-}
-
-/// The policy of the `Rollout` resource, when there is one: every apply
-/// that gives none is staged with it (except one that changes only the policy).
-fn default_policy(ctrl: &Controller) -> Option<Policy> {
-    let state = ctrl.stored();
-    let r = state.resources.get(&(Kind::Rollout, crate::rollouts::board::POLICY_NAME.to_string()))?;
-    crate::rollouts::board::check_document(&r.doc).ok()
 }
 
 /// The `rollout` of an apply, or a 400 naming its bad fields.

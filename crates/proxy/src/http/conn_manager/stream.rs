@@ -61,6 +61,9 @@ pub(in crate::http) struct Stream {
     pub(in crate::http) response_request_id: Option<http::HeaderValue>,
     /// The stream's spans, when its connection manager traces.
     pub(in crate::http) trace: Option<Box<super::stream_trace::StreamTrace>>,
+    /// A cookie the route's hash policy generated (a cookie policy with a
+    /// `ttl` and no cookie in the request): set on the upstream's response.
+    pub(in crate::http) set_cookie: Option<http::HeaderValue>,
 }
 
 impl Stream {
@@ -117,6 +120,7 @@ impl Stream {
             internal: false,
             upgraded: false,
             upgrade_requested: false,
+            set_cookie: None,
             response_request_id: None,
             trace: None,
         })

@@ -490,7 +490,11 @@ fn compile_hash_policy(p: &rpb::route_action::HashPolicy) -> Result<hash_policy:
             http::HeaderName::from_bytes(h.header_name.to_ascii_lowercase().as_bytes())
                 .map_err(|_| format!("invalid header name '{}'", h.header_name))?,
         ),
-        Some(PolicySpecifier::Cookie(c)) => HashSource::Cookie(c.name.clone()),
+        Some(PolicySpecifier::Cookie(c)) => HashSource::Cookie(hash_policy::CookieSource {
+            name: c.name.clone(),
+            ttl: c.ttl.as_ref().map(|d| std::time::Duration::new(d.seconds.max(0) as u64, d.nanos.max(0) as u32)),
+            path: c.path.clone(),
+        }),
         Some(PolicySpecifier::ConnectionProperties(c)) if c.source_ip => HashSource::SourceIp,
         Some(PolicySpecifier::QueryParameter(q)) => HashSource::QueryParameter(q.name.clone()),
         _ => {

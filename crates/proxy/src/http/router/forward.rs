@@ -109,20 +109,23 @@ impl Hcm {
         clusters: &ClusterMap,
     ) -> Step<(Box<Stream>, Arc<Cluster>, Arc<Host>)> {
         // Cost when the route hashes: one xxHash64 per policy over the value.
-        let hash = if ra.hash_policy.is_empty() {
+        use crate::http::route::hash_policy::{request_hash, Conn};
+        let conn = Conn { client: stream.client.ip(), remote: stream.conn.remote, local: stream.conn.local };
+        let mut hash = if ra.hash_policy.is_empty() {
             None
         } else {
-            crate::http::route::hash_policy::request_hash(
-                &ra.hash_policy,
-                &parts.headers,
-                parts.uri.query(),
-                stream.client.ip(),
-            )
+            request_hash(&ra.hash_policy, &parts.headers, parts.uri.query(), &conn, false).0
         };
         let Some(cluster) = cluster_name(ra, &parts.headers, hash).and_then(|n| clusters.get(n).cloned()) else {
             self.stats.no_cluster.inc();
             return Break(self.router_reply(stream, Some(matched), 503, "cluster_not_found", "NC", None));
         };
+        // A hashing balancer's host pick may make a cookie (Envoy's
+        // `addDownstreamSetCookie`), set on the response.
+        if !ra.hash_policy.is_empty() && cluster.hashes() {
+            let (h, set_cookie) = request_hash(&ra.hash_policy, &parts.headers, parts.uri.query(), &conn, true);
+            (hash, stream.set_cookie) = (h, set_cookie);
+        }
         stream.cluster = Some(cluster.clone());
         let Some(host) = cluster.pick_hashed(hash) else {
             cluster.stats.upstream_cx_none_healthy.inc();
@@ -241,6 +244,9 @@ impl Hcm {
         let (_, vh, _) = matched;
         if vh.attempt_count_response {
             rparts.headers.insert(X_ENVOY_ATTEMPT_COUNT.clone(), HeaderValue::from(attempts));
+        }
+        if let Some(cookie) = stream.set_cookie.take() {
+            rparts.headers.append(http::header::SET_COOKIE, cookie);
         }
         let mut resp = Response::from_parts(rparts, ProxyBody::stream(rbody));
         stream.details = "via_upstream";

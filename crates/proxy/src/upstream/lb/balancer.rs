@@ -26,6 +26,11 @@ impl Balancer {
     /// A host of `set` for a request, or `None` when there is none. Cost: a
     /// draw for the priority level when load is split across levels, plus
     /// the policy's own work.
+    /// Whether the policy picks hosts by the request's hash (ring hash, Maglev).
+    pub fn hashes(&self) -> bool {
+        self.policy.hashing().is_some()
+    }
+
     pub fn pick(&self, set: &Arc<HostSet>, hash: Option<u64>) -> Option<Arc<Host>> {
         let (li, level) = set.level(hash)?;
         if level.panic {
