@@ -86,6 +86,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         metrics_retention: Default::default(),
         fault: Default::default(),
         auth_lockout: Default::default(),
+        advertise_api: None,
     };
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
     let cp = rt.spawn(legate_control::serve(ctrl, opts));

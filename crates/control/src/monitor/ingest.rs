@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 /// The latest gauges of one service (or of the proxy itself) on one proxy.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Gauges {
     pub active_rq: f64,
     pub active_cx: f64,
@@ -34,7 +34,7 @@ impl Gauges {
 }
 
 /// What the last report of a proxy said, beside its differences.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct Latest {
     pub node_cluster: String,
     pub at_ms: u64,
@@ -107,13 +107,21 @@ fn started_after(r: &Report, started_ms: u64) -> bool {
 impl State {
     pub fn new(r: Retention) -> Self {
         let ms = |d: std::time::Duration| d.as_millis() as u64;
+        Self::with_tiers(
+            Tier::new(ms(r.fine.0), ms(r.fine.1)),
+            Tier::new(ms(r.coarse.0), ms(r.coarse.1)),
+            Tier::new(ms(r.fine.0), ms(r.proxies)),
+        )
+    }
+
+    pub(super) fn with_tiers(fine: Tier, coarse: Tier, proxies: Tier) -> Self {
         Self {
             started_ms: crate::clock::unix_ms(),
             baselines: HashMap::new(),
             latest: HashMap::new(),
-            fine: Tier::new(ms(r.fine.0), ms(r.fine.1)),
-            coarse: Tier::new(ms(r.coarse.0), ms(r.coarse.1)),
-            proxies: Tier::new(ms(r.fine.0), ms(r.proxies)),
+            fine,
+            coarse,
+            proxies,
             totals: BTreeMap::new(),
             proxy_totals: BTreeMap::new(),
             names: HashSet::new(),

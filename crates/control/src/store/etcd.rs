@@ -13,7 +13,9 @@
 //!   history, replayed for diff and rollback).
 //! - `resources/<kind>/<name>`: the current documents.
 //! - `tokens/<id>`, `audit/<time>-<random>`, `registry/<service>/<id>`,
-//!   `leader` (held under a lease by the replica that expires instances).
+//!   `leader` (held under a lease by the replica that expires instances),
+//!   `replicas/<replica id>` (each live replica's API address, under its own
+//!   lease, so a query of the fleet's figures can ask every replica).
 //!
 //! The control plane's calls are synchronous (as SQLite's are); each one runs
 //! on this store's own small runtime and the caller waits for the answer, so a
@@ -42,6 +44,8 @@ pub fn key(rest: &str) -> String {
 pub const REV_KEY: &str = "/legate/rev";
 pub const LEADER_KEY: &str = "/legate/leader";
 pub const REGISTRY_PREFIX: &str = "/legate/registry/";
+/// Each live replica's API address, under its own lease.
+pub const REPLICAS_PREFIX: &str = "/legate/replicas/";
 
 fn revision_key(rev: u64) -> String {
     key(&format!("revisions/{rev:020}"))
@@ -550,6 +554,19 @@ pub async fn list_instances(c: &mut EtcdClient) -> Result<(Vec<InstanceRecord>, 
         }
     }
     Ok((out, at))
+}
+
+/// Every live replica's announcement (see `sync::peers`).
+pub async fn list_replicas(c: &mut EtcdClient) -> Result<Vec<crate::discovery::replicas::Replica>, StoreError> {
+    let resp = c.kv.range(range(REPLICAS_PREFIX, prefix_end(REPLICAS_PREFIX))).await.map_err(etcd_err)?;
+    let mut out = Vec::with_capacity(resp.kvs.len());
+    for kv in resp.kvs {
+        match serde_json::from_slice(&kv.value) {
+            Ok(r) => out.push(r),
+            Err(e) => tracing::warn!("skipping unreadable replica entry {}: {e}", String::from_utf8_lossy(&kv.key)),
+        }
+    }
+    Ok(out)
 }
 
 /// Deletes the instances whose expiry has passed (the leader's job); each

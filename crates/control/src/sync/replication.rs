@@ -29,6 +29,9 @@ pub fn start(ctrl: &Arc<Controller>) {
     handle.spawn(forever("revision watch", ctrl.clone(), store.client(), follow_revisions));
     handle.spawn(forever("registry watch", ctrl.clone(), store.client(), follow_registry));
     handle.spawn(forever("leader election", ctrl.clone(), store.client(), campaign));
+    if ctrl.replicas.me().is_some() {
+        handle.spawn(forever("replica announcement", ctrl.clone(), store.client(), super::peers::announce));
+    }
 }
 
 /// Runs `task` again (after a pause) whenever it ends.
