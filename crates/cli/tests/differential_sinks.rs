@@ -322,3 +322,63 @@ fn counter_deltas_and_histogram_mode_match_envoy() {
     drop(sides);
     drop((ea, eb));
 }
+
+/// Load counts from the server's first `LoadStatsResponse`, not from when
+/// the stream opened: requests served while the collector holds its answer
+/// are in no report, of Envoy's (its `startLoadReportPeriod` latches the
+/// hosts' counters when the answer arrives) or Legate's; those after it are
+/// reported exactly.
+#[test]
+fn load_counts_from_the_first_response_as_envoy() {
+    const BEFORE: u64 = 6;
+    const AFTER: u64 = 4;
+    let collector = Receiver::start_held(answer());
+    let dir = TempDir::new("diff-sinks-lrs-start");
+    let (ea, a) = echo("a", dir.path());
+    let (eb, b) = echo("b", dir.path());
+    let sides = both(dir.path(), &[], &["listen"], |who, admin, ports| {
+        config(who, admin, ports["listen"], [a, b], collector.port)
+    });
+    // Each stream is open (its first request, the node, arrived) and waits.
+    for s in &sides {
+        wait_for(&format!("{}'s load-report stream", s.who), Duration::from_secs(20), || {
+            (!collector.loads_of(s.who).is_empty()).then_some(())
+        });
+    }
+    let serve = |n: u64| {
+        for s in &sides {
+            for _ in 0..n {
+                let r = http_get(addr(s.port("listen")), "/ok", "app").expect("request");
+                assert_eq!(r.status, 200, "{}", s.who);
+            }
+        }
+    };
+    serve(BEFORE);
+    collector.release();
+    // The answer has arrived once a report names `echo`.
+    for s in &sides {
+        wait_for(&format!("{}'s first report of echo", s.who), Duration::from_secs(20), || {
+            collector.loads_of(s.who).iter().any(reports_echo).then_some(())
+        });
+    }
+    serve(AFTER);
+    let mut issued = BTreeMap::new();
+    for s in &sides {
+        let got = wait_for(&format!("{}'s reports of the later requests", s.who), Duration::from_secs(20), || {
+            let (loads, in_progress) = echo_loads(&collector.loads_of(s.who));
+            let n: u64 = loads.values().map(|v| v[2]).sum();
+            (n >= AFTER && in_progress == 0).then_some(n)
+        });
+        // Two more report intervals: nothing more arrives.
+        std::thread::sleep(Duration::from_millis(2_500));
+        let (loads, _) = echo_loads(&collector.loads_of(s.who));
+        let n: u64 = loads.values().map(|v| v[2]).sum();
+        assert_eq!(n, got, "{}", s.who);
+        issued.insert(s.who, n);
+    }
+    eprintln!("issued requests reported: {issued:?} ({BEFORE} served before the answer, {AFTER} after)");
+    assert_eq!(issued["envoy"], AFTER, "Envoy counts from the answer");
+    assert_eq!(issued["legate"], AFTER, "Legate counts from the answer, as Envoy");
+    drop(sides);
+    drop((ea, eb));
+}
