@@ -382,3 +382,63 @@ fn load_counts_from_the_first_response_as_envoy() {
     drop(sides);
     drop((ea, eb));
 }
+
+/// `batch_size`: each flush goes as several messages of at most that many
+/// metric families, the node only on the stream's first; all of them
+/// together carry the same counts as without batching.
+#[test]
+fn batch_size_splits_a_flush_as_envoy() {
+    const BATCH: usize = 7;
+    let collector = Receiver::start(answer());
+    let dir = TempDir::new("diff-sinks-batch");
+    let (ea, a) = echo("a", dir.path());
+    let (eb, b) = echo("b", dir.path());
+    let sink = format!(", batch_size: {BATCH}");
+    let sides = both(dir.path(), &[], &["listen"], |who, admin, ports| {
+        config_with(who, admin, ports["listen"], [a, b], collector.port, &sink)
+    });
+    for s in &sides {
+        for (path, status, pairs) in [("/ok", 200, OK_PAIRS), ("/status/503", 503, ERR_PAIRS)] {
+            for _ in 0..2 * pairs {
+                let r = http_get(addr(s.port("listen")), path, "app").expect("request");
+                assert_eq!(r.status, status, "{} {path}", s.who);
+            }
+        }
+    }
+    // The latest value of a counter over every message (cumulative counters).
+    let latest = |msgs: &[(usize, StreamMetricsMessage)], name: &str| -> Option<f64> {
+        msgs.iter().rev().find_map(|(_, m)| counter(m, name))
+    };
+    for s in &sides {
+        let msgs = wait_for(&format!("{}'s metrics", s.who), Duration::from_secs(20), || {
+            let msgs = collector.metrics_of(s.who);
+            let done = latest(&msgs, "cluster.echo.upstream_rq_total") == Some(TOTAL as f64)
+                && latest(&msgs, "http.ingress.downstream_rq_5xx") == Some((2 * ERR_PAIRS) as f64);
+            done.then_some(msgs)
+        });
+        let sizes: Vec<usize> = msgs.iter().map(|(_, m)| m.envoy_metrics.len()).collect();
+        assert!(sizes.iter().all(|n| (1..=BATCH).contains(n)), "{}: message sizes {sizes:?}", s.who);
+        assert!(msgs.len() > 3, "{}: a flush is several messages: {sizes:?}", s.who);
+        assert!(msgs[0].1.identifier.is_some(), "{}: the node on the first message", s.who);
+        let identified = msgs.iter().filter(|(_, m)| m.identifier.is_some()).count();
+        assert_eq!(identified, 1, "{}: the node on the stream's first message only", s.who);
+        assert_eq!(latest(&msgs, "cluster.echo.upstream_rq_5xx"), Some((2 * ERR_PAIRS) as f64), "{}", s.who);
+        // Per flush (its metrics share the snapshot's timestamp): full
+        // messages, then one with the rest.
+        let mut flushes: Vec<(i64, Vec<usize>)> = Vec::new();
+        for (_, m) in &msgs {
+            let t = m.envoy_metrics.first().and_then(|f| f.metric.first()).and_then(|m| m.timestamp_ms).unwrap_or(0);
+            match flushes.last_mut() {
+                Some((last, sizes)) if *last == t => sizes.push(m.envoy_metrics.len()),
+                _ => flushes.push((t, vec![m.envoy_metrics.len()])),
+            }
+        }
+        for (t, sizes) in &flushes {
+            let (last, full) = sizes.split_last().expect("a message");
+            assert!(full.iter().all(|n| *n == BATCH) && *last <= BATCH, "{} flush at {t}: {sizes:?}", s.who);
+        }
+        eprintln!("{}: {} messages in {} flushes, e.g. {:?}", s.who, msgs.len(), flushes.len(), flushes[0].1);
+    }
+    drop(sides);
+    drop((ea, eb));
+}

@@ -44,6 +44,8 @@ pub struct MetricsSink {
     pub cluster: String,
     pub deltas: bool,
     pub mode: EmitMode,
+    /// At most this many metric families in one message (0: one message a flush).
+    pub batch_size: u32,
 }
 
 /// The bootstrap's sinks and load reporting, read once at start.
@@ -115,7 +117,8 @@ fn metrics_sink(
         Ok(HistogramEmitMode::Histogram) => EmitMode { summary: false, histogram: true },
         Err(_) => return Err(err(format!("{path}.histogram_emit_mode"), "unknown value")),
     };
-    Ok(MetricsSink { cluster, deltas: c.report_counters_as_deltas.is_some_and(|b| b.value), mode })
+    let deltas = c.report_counters_as_deltas.is_some_and(|b| b.value);
+    Ok(MetricsSink { cluster, deltas, mode, batch_size: c.batch_size })
 }
 
 fn envoy_grpc_cluster(g: Option<&GrpcService>, path: &str) -> Result<String, SinkConfigError> {
