@@ -442,3 +442,93 @@ fn batch_size_splits_a_flush_as_envoy() {
     drop(sides);
     drop((ea, eb));
 }
+
+/// A family's name, type and labels: what `emit_tags_as_labels` decides.
+type Labelled = (String, i32, Vec<(String, String)>);
+
+fn labelled(f: &MetricFamily) -> Labelled {
+    let labels = f.metric.first().map_or_else(Vec::new, |m| {
+        m.label.iter().map(|l| (l.name.clone().unwrap_or_default(), l.value.clone().unwrap_or_default())).collect()
+    });
+    (f.name.clone().unwrap_or_default(), f.r#type.unwrap_or(-1), labels)
+}
+
+/// `emit_tags_as_labels`: families named by Envoy's tag-extracted names with
+/// the tags as labels in Envoy's order (`cluster.upstream_rq` with
+/// `envoy.response_code=503, envoy.cluster_name=echo`); every family of the
+/// cluster's and the connection manager's that both send has the same name,
+/// type and labels, and the counters the same values.
+#[test]
+fn tags_as_labels_match_envoy() {
+    let collector = Receiver::start(answer());
+    let dir = TempDir::new("diff-sinks-labels");
+    let (ea, a) = echo("a", dir.path());
+    let (eb, b) = echo("b", dir.path());
+    let sides = both(dir.path(), &[], &["listen"], |who, admin, ports| {
+        config_with(who, admin, ports["listen"], [a, b], collector.port, ", emit_tags_as_labels: true")
+    });
+    for s in &sides {
+        for (path, status, pairs) in [("/ok", 200, OK_PAIRS), ("/status/503", 503, ERR_PAIRS)] {
+            for _ in 0..2 * pairs {
+                let r = http_get(addr(s.port("listen")), path, "app").expect("request");
+                assert_eq!(r.status, status, "{} {path}", s.who);
+            }
+        }
+    }
+    let echo_503 = || {
+        let l = vec![
+            ("envoy.response_code".to_string(), "503".to_string()),
+            ("envoy.cluster_name".to_string(), "echo".to_string()),
+        ];
+        ("cluster.upstream_rq".to_string(), MetricType::Counter as i32, l)
+    };
+    let value = |m: &StreamMetricsMessage, key: &Labelled| -> Option<f64> {
+        m.envoy_metrics.iter().find(|f| labelled(f) == *key)?.metric.first()?.counter.as_ref()?.value
+    };
+    let total = || {
+        let l = vec![("envoy.cluster_name".to_string(), "echo".to_string())];
+        ("cluster.upstream_rq_total".to_string(), MetricType::Counter as i32, l)
+    };
+    let mut last = BTreeMap::new();
+    for s in &sides {
+        let m = wait_for(&format!("{}'s metrics", s.who), Duration::from_secs(20), || {
+            let msgs = collector.metrics_of(s.who);
+            let (_, m) = msgs.last()?;
+            (value(m, &total()) == Some(TOTAL as f64)).then(|| m.clone())
+        });
+        assert_eq!(value(&m, &echo_503()), Some((2 * ERR_PAIRS) as f64), "{}: {:?}", s.who, echo_503());
+        last.insert(s.who, m);
+    }
+    let keyed = |m: &StreamMetricsMessage| -> BTreeMap<Labelled, Option<f64>> {
+        m.envoy_metrics
+            .iter()
+            .filter(|f| {
+                f.metric.first().is_some_and(|m| {
+                    m.label.iter().any(|l| {
+                        let (k, v) = (l.name.as_deref(), l.value.as_deref());
+                        (k == Some("envoy.cluster_name") && v == Some("echo"))
+                            || (k == Some("envoy.http_conn_manager_prefix") && v == Some("ingress"))
+                    })
+                })
+            })
+            .map(|f| (labelled(f), f.metric.first().and_then(|m| m.counter.as_ref()).and_then(|c| c.value)))
+            .collect()
+    };
+    let (e, l) = (keyed(&last["envoy"]), keyed(&last["legate"]));
+    let shared: Vec<&Labelled> = e.keys().filter(|k| l.contains_key(*k)).collect();
+    eprintln!(
+        "{} families of echo and ingress from both, e.g. {:?}",
+        shared.len(),
+        shared.iter().take(6).collect::<Vec<_>>()
+    );
+    assert!(shared.len() >= 8, "families both send: {shared:?}");
+    let only_legate: Vec<&Labelled> = l.keys().filter(|k| !e.contains_key(*k)).collect();
+    assert!(only_legate.is_empty(), "Legate's names or labels that Envoy does not send: {only_legate:?}");
+    for k in &shared {
+        if k.1 == MetricType::Counter as i32 {
+            assert_eq!(e[*k], l[*k], "{k:?}: envoy, legate");
+        }
+    }
+    drop(sides);
+    drop((ea, eb));
+}

@@ -35,7 +35,7 @@ struct Open {
 
 /// Runs the sink forever.
 pub async fn run(shared: Arc<Shared>, sink: MetricsSink, every: Duration) {
-    let mut flusher = Flusher::new(sink.deltas, sink.mode);
+    let mut flusher = Flusher::new(sink.deltas, sink.mode).with_labels(sink.labels);
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut open: Option<Open> = None;
