@@ -158,7 +158,8 @@ impl State {
         if base.first() && started_after(r, self.started_ms) {
             base.count_from_zero();
         }
-        let mut services: BTreeMap<&str, Pending> = BTreeMap::new();
+        // Services by cluster name; routes by their key (`stat::route_key`).
+        let mut services: BTreeMap<std::borrow::Cow<'_, str>, Pending> = BTreeMap::new();
         let mut proxy = Pending::default();
         let mut reset = false;
         for (name, v) in &r.counters {
@@ -166,7 +167,8 @@ impl State {
             let d = base.counter(name, *v);
             reset |= d.reset;
             match target {
-                Target::Service(svc) => services.entry(svc).or_default().count(s, d.value),
+                Target::Service(svc) => services.entry(svc.into()).or_default().count(s, d.value),
+                Target::Route(vh, vc) => services.entry(stat::route_key(vh, vc).into()).or_default().count(s, d.value),
                 Target::Proxy => proxy.count(s, d.value),
             }
         }
@@ -181,7 +183,10 @@ impl State {
                 d
             };
             match target {
-                Target::Service(svc) => services.entry(svc).or_default().agg.latency.merge(&d),
+                Target::Service(svc) => services.entry(svc.into()).or_default().agg.latency.merge(&d),
+                Target::Route(vh, vc) => {
+                    services.entry(stat::route_key(vh, vc).into()).or_default().agg.latency.merge(&d)
+                }
                 Target::Proxy => proxy.agg.latency.merge(&d),
             }
         }
@@ -193,7 +198,7 @@ impl State {
             if agg.is_empty() {
                 continue;
             }
-            let (name, agg) = (self.intern(svc), self.shared_bounds(agg));
+            let (name, agg) = (self.intern(&svc), self.shared_bounds(agg));
             self.fine.add(r.at_ms, &name, &agg);
             self.coarse.add(r.at_ms, &name, &agg);
             self.totals.entry(name).or_default().add(&agg);
@@ -242,7 +247,7 @@ impl State {
                     services.entry(svc).or_default().set(g, *v);
                 }
                 Some((Target::Proxy, g)) => proxy.set(g, *v),
-                None => {}
+                Some((Target::Route(..), _)) | None => {}
             }
         }
         let latest = self.latest.entry(node.clone()).or_default();

@@ -30,7 +30,7 @@ pub mod series;
 pub mod shard;
 pub mod stat;
 
-pub use figures::{Metric, Point, ProxyFigures, ServiceFigures};
+pub use figures::{Metric, Point, ProxyFigures, RouteFigures, ServiceFigures};
 pub use retention::Retention;
 pub use shard::Shard;
 
@@ -112,6 +112,11 @@ impl Monitor {
     /// One service's figures over the window.
     pub fn service(&self, name: &str, window: Duration) -> Option<ServiceFigures> {
         self.services(window).into_iter().find(|s| s.service == name)
+    }
+
+    /// Every virtual cluster of every virtual host counted in the window.
+    pub fn routes(&self, window: Duration) -> Vec<RouteFigures> {
+        self.lock().routes(crate::clock::unix_ms(), window)
     }
 
     /// Every proxy that reported in the window.

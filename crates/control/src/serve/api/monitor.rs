@@ -1,4 +1,4 @@
-//! The fleet's traffic: `GET /v1/top/services`, `/v1/top/proxies`,
+//! The fleet's traffic: `GET /v1/top/services`, `/v1/top/routes`, `/v1/top/proxies`,
 //! `/v1/series`, `/v1/load`, and `GET /metrics` (Prometheus text). Every
 //! one needs the viewer role.
 //!
@@ -129,6 +129,14 @@ pub async fn top_proxies(State(ctrl): State<Arc<Controller>>, headers: HeaderMap
     authorize!(ctrl, headers, Role::Viewer, "read", "metrics");
     match window_view(&ctrl, &headers, &q).await {
         Ok((w, view)) => view.reply(Json(view.monitor(&ctrl).proxies(w))),
+        Err(r) => *r,
+    }
+}
+
+pub async fn top_routes(State(ctrl): State<Arc<Controller>>, headers: HeaderMap, q: Query<WindowQuery>) -> Response {
+    authorize!(ctrl, headers, Role::Viewer, "read", "metrics");
+    match window_view(&ctrl, &headers, &q).await {
+        Ok((w, view)) => view.reply(Json(view.monitor(&ctrl).routes(w))),
         Err(r) => *r,
     }
 }
