@@ -84,10 +84,16 @@ const SUPPORTED_FIELDS: &[(&str, &[&str])] = &[
     // Load reports: `load_stats_config` (a GRPC `ApiConfigSource`).
     ("envoy.config.bootstrap.v3.ClusterManager", &["load_stats_config"]),
     ("envoy.config.metrics.v3.StatsSink", &["name", "typed_config"]),
-    // `emit_tags_as_labels` (Envoy's tag extraction) and `batch_size` are not built.
     (
         "envoy.config.metrics.v3.MetricsServiceConfig",
-        &["grpc_service", "transport_api_version", "report_counters_as_deltas", "histogram_emit_mode"],
+        &[
+            "grpc_service",
+            "transport_api_version",
+            "report_counters_as_deltas",
+            "emit_tags_as_labels",
+            "histogram_emit_mode",
+            "batch_size",
+        ],
     ),
     ("envoy.config.bootstrap.v3.Bootstrap.DynamicResources", &["ads_config", "cds_config", "lds_config"]),
     (

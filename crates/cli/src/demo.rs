@@ -87,6 +87,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         fault: Default::default(),
         auth_lockout: Default::default(),
         gate_ca: None,
+        advertise_api: None,
     };
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
     let cp = rt.spawn(legate_control::serve(ctrl, opts));

@@ -89,6 +89,11 @@ struct ControlPlaneArgs {
     /// ...for this long (also the window they are counted in).
     #[arg(long, default_value = "60s", value_parser = parse_interval)]
     auth_lockout: std::time::Duration,
+    /// With several replicas on etcd: HOST:PORT the other replicas reach
+    /// this one's API at, to merge the fleet's figures (default: --api-addr,
+    /// 127.0.0.1 for 0.0.0.0).
+    #[arg(long)]
+    advertise_api: Option<String>,
     #[command(flatten)]
     fault: FaultArgs,
     /// CA certificates (PEM) that `https://` release gates must chain to
@@ -120,6 +125,7 @@ fn control_options(args: ControlPlaneArgs) -> legate_control::Options {
         },
         fault: args.fault.settings(),
         gate_ca: args.gate_ca,
+        advertise_api: args.advertise_api,
     }
 }
 

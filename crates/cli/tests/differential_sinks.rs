@@ -322,3 +322,213 @@ fn counter_deltas_and_histogram_mode_match_envoy() {
     drop(sides);
     drop((ea, eb));
 }
+
+/// Load counts from the server's first `LoadStatsResponse`, not from when
+/// the stream opened: requests served while the collector holds its answer
+/// are in no report, of Envoy's (its `startLoadReportPeriod` latches the
+/// hosts' counters when the answer arrives) or Legate's; those after it are
+/// reported exactly.
+#[test]
+fn load_counts_from_the_first_response_as_envoy() {
+    const BEFORE: u64 = 6;
+    const AFTER: u64 = 4;
+    let collector = Receiver::start_held(answer());
+    let dir = TempDir::new("diff-sinks-lrs-start");
+    let (ea, a) = echo("a", dir.path());
+    let (eb, b) = echo("b", dir.path());
+    let sides = both(dir.path(), &[], &["listen"], |who, admin, ports| {
+        config(who, admin, ports["listen"], [a, b], collector.port)
+    });
+    // Each stream is open (its first request, the node, arrived) and waits.
+    for s in &sides {
+        wait_for(&format!("{}'s load-report stream", s.who), Duration::from_secs(20), || {
+            (!collector.loads_of(s.who).is_empty()).then_some(())
+        });
+    }
+    let serve = |n: u64| {
+        for s in &sides {
+            for _ in 0..n {
+                let r = http_get(addr(s.port("listen")), "/ok", "app").expect("request");
+                assert_eq!(r.status, 200, "{}", s.who);
+            }
+        }
+    };
+    serve(BEFORE);
+    collector.release();
+    // The answer has arrived once a report names `echo`.
+    for s in &sides {
+        wait_for(&format!("{}'s first report of echo", s.who), Duration::from_secs(20), || {
+            collector.loads_of(s.who).iter().any(reports_echo).then_some(())
+        });
+    }
+    serve(AFTER);
+    let mut issued = BTreeMap::new();
+    for s in &sides {
+        let got = wait_for(&format!("{}'s reports of the later requests", s.who), Duration::from_secs(20), || {
+            let (loads, in_progress) = echo_loads(&collector.loads_of(s.who));
+            let n: u64 = loads.values().map(|v| v[2]).sum();
+            (n >= AFTER && in_progress == 0).then_some(n)
+        });
+        // Two more report intervals: nothing more arrives.
+        std::thread::sleep(Duration::from_millis(2_500));
+        let (loads, _) = echo_loads(&collector.loads_of(s.who));
+        let n: u64 = loads.values().map(|v| v[2]).sum();
+        assert_eq!(n, got, "{}", s.who);
+        issued.insert(s.who, n);
+    }
+    eprintln!("issued requests reported: {issued:?} ({BEFORE} served before the answer, {AFTER} after)");
+    assert_eq!(issued["envoy"], AFTER, "Envoy counts from the answer");
+    assert_eq!(issued["legate"], AFTER, "Legate counts from the answer, as Envoy");
+    drop(sides);
+    drop((ea, eb));
+}
+
+/// `batch_size`: each flush goes as several messages of at most that many
+/// metric families, the node only on the stream's first; all of them
+/// together carry the same counts as without batching.
+#[test]
+fn batch_size_splits_a_flush_as_envoy() {
+    const BATCH: usize = 7;
+    let collector = Receiver::start(answer());
+    let dir = TempDir::new("diff-sinks-batch");
+    let (ea, a) = echo("a", dir.path());
+    let (eb, b) = echo("b", dir.path());
+    let sink = format!(", batch_size: {BATCH}");
+    let sides = both(dir.path(), &[], &["listen"], |who, admin, ports| {
+        config_with(who, admin, ports["listen"], [a, b], collector.port, &sink)
+    });
+    for s in &sides {
+        for (path, status, pairs) in [("/ok", 200, OK_PAIRS), ("/status/503", 503, ERR_PAIRS)] {
+            for _ in 0..2 * pairs {
+                let r = http_get(addr(s.port("listen")), path, "app").expect("request");
+                assert_eq!(r.status, status, "{} {path}", s.who);
+            }
+        }
+    }
+    // The latest value of a counter over every message (cumulative counters).
+    let latest = |msgs: &[(usize, StreamMetricsMessage)], name: &str| -> Option<f64> {
+        msgs.iter().rev().find_map(|(_, m)| counter(m, name))
+    };
+    for s in &sides {
+        let msgs = wait_for(&format!("{}'s metrics", s.who), Duration::from_secs(20), || {
+            let msgs = collector.metrics_of(s.who);
+            let done = latest(&msgs, "cluster.echo.upstream_rq_total") == Some(TOTAL as f64)
+                && latest(&msgs, "http.ingress.downstream_rq_5xx") == Some((2 * ERR_PAIRS) as f64);
+            done.then_some(msgs)
+        });
+        let sizes: Vec<usize> = msgs.iter().map(|(_, m)| m.envoy_metrics.len()).collect();
+        assert!(sizes.iter().all(|n| (1..=BATCH).contains(n)), "{}: message sizes {sizes:?}", s.who);
+        assert!(msgs.len() > 3, "{}: a flush is several messages: {sizes:?}", s.who);
+        assert!(msgs[0].1.identifier.is_some(), "{}: the node on the first message", s.who);
+        let identified = msgs.iter().filter(|(_, m)| m.identifier.is_some()).count();
+        assert_eq!(identified, 1, "{}: the node on the stream's first message only", s.who);
+        assert_eq!(latest(&msgs, "cluster.echo.upstream_rq_5xx"), Some((2 * ERR_PAIRS) as f64), "{}", s.who);
+        // Per flush (its metrics share the snapshot's timestamp): full
+        // messages, then one with the rest.
+        let mut flushes: Vec<(i64, Vec<usize>)> = Vec::new();
+        for (_, m) in &msgs {
+            let t = m.envoy_metrics.first().and_then(|f| f.metric.first()).and_then(|m| m.timestamp_ms).unwrap_or(0);
+            match flushes.last_mut() {
+                Some((last, sizes)) if *last == t => sizes.push(m.envoy_metrics.len()),
+                _ => flushes.push((t, vec![m.envoy_metrics.len()])),
+            }
+        }
+        for (t, sizes) in &flushes {
+            let (last, full) = sizes.split_last().expect("a message");
+            assert!(full.iter().all(|n| *n == BATCH) && *last <= BATCH, "{} flush at {t}: {sizes:?}", s.who);
+        }
+        eprintln!("{}: {} messages in {} flushes, e.g. {:?}", s.who, msgs.len(), flushes.len(), flushes[0].1);
+    }
+    drop(sides);
+    drop((ea, eb));
+}
+
+/// A family's name, type and labels: what `emit_tags_as_labels` decides.
+type Labelled = (String, i32, Vec<(String, String)>);
+
+fn labelled(f: &MetricFamily) -> Labelled {
+    let labels = f.metric.first().map_or_else(Vec::new, |m| {
+        m.label.iter().map(|l| (l.name.clone().unwrap_or_default(), l.value.clone().unwrap_or_default())).collect()
+    });
+    (f.name.clone().unwrap_or_default(), f.r#type.unwrap_or(-1), labels)
+}
+
+/// `emit_tags_as_labels`: families named by Envoy's tag-extracted names with
+/// the tags as labels in Envoy's order (`cluster.upstream_rq` with
+/// `envoy.response_code=503, envoy.cluster_name=echo`); every family of the
+/// cluster's and the connection manager's that both send has the same name,
+/// type and labels, and the counters the same values.
+#[test]
+fn tags_as_labels_match_envoy() {
+    let collector = Receiver::start(answer());
+    let dir = TempDir::new("diff-sinks-labels");
+    let (ea, a) = echo("a", dir.path());
+    let (eb, b) = echo("b", dir.path());
+    let sides = both(dir.path(), &[], &["listen"], |who, admin, ports| {
+        config_with(who, admin, ports["listen"], [a, b], collector.port, ", emit_tags_as_labels: true")
+    });
+    for s in &sides {
+        for (path, status, pairs) in [("/ok", 200, OK_PAIRS), ("/status/503", 503, ERR_PAIRS)] {
+            for _ in 0..2 * pairs {
+                let r = http_get(addr(s.port("listen")), path, "app").expect("request");
+                assert_eq!(r.status, status, "{} {path}", s.who);
+            }
+        }
+    }
+    let echo_503 = || {
+        let l = vec![
+            ("envoy.response_code".to_string(), "503".to_string()),
+            ("envoy.cluster_name".to_string(), "echo".to_string()),
+        ];
+        ("cluster.upstream_rq".to_string(), MetricType::Counter as i32, l)
+    };
+    let value = |m: &StreamMetricsMessage, key: &Labelled| -> Option<f64> {
+        m.envoy_metrics.iter().find(|f| labelled(f) == *key)?.metric.first()?.counter.as_ref()?.value
+    };
+    let total = || {
+        let l = vec![("envoy.cluster_name".to_string(), "echo".to_string())];
+        ("cluster.upstream_rq_total".to_string(), MetricType::Counter as i32, l)
+    };
+    let mut last = BTreeMap::new();
+    for s in &sides {
+        let m = wait_for(&format!("{}'s metrics", s.who), Duration::from_secs(20), || {
+            let msgs = collector.metrics_of(s.who);
+            let (_, m) = msgs.last()?;
+            (value(m, &total()) == Some(TOTAL as f64)).then(|| m.clone())
+        });
+        assert_eq!(value(&m, &echo_503()), Some((2 * ERR_PAIRS) as f64), "{}: {:?}", s.who, echo_503());
+        last.insert(s.who, m);
+    }
+    let keyed = |m: &StreamMetricsMessage| -> BTreeMap<Labelled, Option<f64>> {
+        m.envoy_metrics
+            .iter()
+            .filter(|f| {
+                f.metric.first().is_some_and(|m| {
+                    m.label.iter().any(|l| {
+                        let (k, v) = (l.name.as_deref(), l.value.as_deref());
+                        (k == Some("envoy.cluster_name") && v == Some("echo"))
+                            || (k == Some("envoy.http_conn_manager_prefix") && v == Some("ingress"))
+                    })
+                })
+            })
+            .map(|f| (labelled(f), f.metric.first().and_then(|m| m.counter.as_ref()).and_then(|c| c.value)))
+            .collect()
+    };
+    let (e, l) = (keyed(&last["envoy"]), keyed(&last["legate"]));
+    let shared: Vec<&Labelled> = e.keys().filter(|k| l.contains_key(*k)).collect();
+    eprintln!(
+        "{} families of echo and ingress from both, e.g. {:?}",
+        shared.len(),
+        shared.iter().take(6).collect::<Vec<_>>()
+    );
+    assert!(shared.len() >= 8, "families both send: {shared:?}");
+    let only_legate: Vec<&Labelled> = l.keys().filter(|k| !e.contains_key(*k)).collect();
+    assert!(only_legate.is_empty(), "Legate's names or labels that Envoy does not send: {only_legate:?}");
+    for k in &shared {
+        if k.1 == MetricType::Counter as i32 {
+            assert_eq!(e[*k], l[*k], "{k:?}: envoy, legate");
+        }
+    }
+    drop(sides);
+    drop((ea, eb));
+}

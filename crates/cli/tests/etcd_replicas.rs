@@ -13,7 +13,7 @@ use harness::xds::{envoy_bootstrap_by_priority, legate_bootstrap_listing};
 use harness::*;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// One `legate control-plane --store etcd://...`, killed by its PID on drop.
 fn replica(name: &str, etcd: &Etcd, dir: &std::path::Path) -> ControlPlane {
@@ -349,4 +349,108 @@ fn the_leader_repairs_a_node_whose_agent_reports_to_another_replica() {
     assert_eq!(v["repairs"]["started"], 1, "{v}");
     eprintln!("across replicas: restarted (epoch 1) through replica-1 {restarted:?} after the apply on the leader; leader's view {repair}");
     drop(blocker);
+}
+
+/// `ctl top services` (or proxies) on `cp`, over the last hour, as JSON.
+fn top(cp: &ControlPlane, what: &str) -> Vec<serde_json::Value> {
+    let (ok, out) = cp.ctl(&["top", what, "--window", "1h", "-o", "json"]);
+    assert!(ok, "{out}");
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
+}
+
+/// (requests, errors) of `service` in `list`.
+fn figures(list: &[serde_json::Value], service: &str) -> (u64, u64) {
+    list.iter()
+        .find(|s| s["service"] == service)
+        .map_or((0, 0), |s| (s["requests"].as_u64().expect("requests"), s["errors"].as_u64().expect("errors")))
+}
+
+/// `n` requests through `port`, every tenth answered 503 by the upstream:
+/// (answered by the upstream, of which 503).
+fn bounded_load(port: u16, n: u64) -> (u64, u64) {
+    let (mut answered, mut errors) = (0, 0);
+    for i in 0..n {
+        let path = if i % 10 == 9 { "/status/503" } else { "/ok" };
+        let r = http_get(addr(port), path, "app").expect("request through the proxy");
+        match r.status {
+            200 => answered += 1,
+            503 => {
+                answered += 1;
+                errors += 1;
+            }
+            s => panic!("unexpected status {s}: {}", r.body),
+        }
+    }
+    (answered, errors)
+}
+
+/// Fleet monitoring over two replicas: a real Envoy streams its stats to
+/// replica-0, a `legate proxy` to replica-1, both sending to cluster `web`
+/// under a bounded load with a known number of 503s. `ctl top services`
+/// against either replica counts exactly both proxies' requests and errors
+/// (each replica merges the other's raw slots); each replica's own part
+/// (`scope=local`) holds only its proxy's; `/metrics` is local unless asked
+/// for the fleet, so scraping every replica counts each proxy once.
+#[test]
+fn either_replica_answers_for_the_whole_fleet() {
+    let dir = TempDir::new("etcd-monitor");
+    let etcd = Etcd::start(dir.path());
+    let (_up, up) = echo("one", dir.path());
+    let r0 = replica("replica-0", &etcd, dir.path());
+    let r1 = replica("replica-1", &etcd, dir.path());
+    let (legate_listen, envoy_listen) = (free_port(), free_port());
+    r0.apply(dir.path(), &resources(legate_listen, envoy_listen, up));
+    let flush = |b: String| b.replacen("stats_flush_interval: 5s\n", "stats_flush_interval: 1s\n", 1);
+    let (ea, la) = (free_port(), free_port());
+    let server = |cp: &ControlPlane| format!("http://127.0.0.1:{}", cp.api);
+    let envoy_boot = flush(ctl_bootstrap(&server(&r0), "envoy-proxy", r0.xds, ea, &[]));
+    let legate_boot = flush(ctl_bootstrap(&server(&r1), "legate-proxy", r1.xds, la, &[]));
+    let _envoy = start_on(Bin::Envoy, &envoy_boot, "envoy-proxy", ea, dir.path());
+    let _legate = start_on(Bin::Legate, &legate_boot, "legate-proxy", la, dir.path());
+    time_until_served(envoy_listen, "one", Duration::from_secs(30), Instant::now());
+    time_until_served(legate_listen, "one", Duration::from_secs(30), Instant::now());
+    // Both proxies reported after their routing probes, to their own replica.
+    let probed = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+    wait_for("both proxies to report after the probes", Duration::from_secs(30), || {
+        let list = top(&r0, "proxies");
+        let after = |n: &str| {
+            list.iter().any(|p| p["node"] == n && p["last_report_ms"].as_u64().is_some_and(|t| t > probed + 1000))
+        };
+        (after("envoy-proxy") && after("legate-proxy")).then_some(())
+    });
+    let before = [figures(&top(&r0, "services"), "web"), figures(&top(&r1, "services"), "web")];
+    assert_eq!(before[0], before[1], "both replicas answer the same before the load");
+
+    let legate_load = std::thread::spawn(move || bounded_load(legate_listen, 200));
+    let envoy = bounded_load(envoy_listen, 300);
+    let legate = legate_load.join().expect("legate load");
+    let want = (before[0].0 + envoy.0 + legate.0, before[0].1 + envoy.1 + legate.1);
+    for (name, cp) in [("replica-0", &r0), ("replica-1", &r1)] {
+        let got = wait_for(&format!("{name} to count the fleet's load"), Duration::from_secs(30), || {
+            let f = figures(&top(cp, "services"), "web");
+            (f.0 >= want.0).then_some(f)
+        });
+        // One more report cycle: a count past the expected one would show.
+        std::thread::sleep(Duration::from_secs(3));
+        let again = figures(&top(cp, "services"), "web");
+        println!("{name}: web {got:?} then {again:?}, want {want:?} (Envoy {envoy:?}, Legate {legate:?})");
+        assert_eq!(again, want, "{name}: the fleet's exact requests and errors");
+    }
+    // Each replica's own part is its proxy's alone; the two add up.
+    let local = |cp: &ControlPlane| {
+        let v = cp.get("/v1/top/services?window=1h&scope=local").expect("local figures");
+        figures(v.as_array().expect("list"), "web")
+    };
+    let (l0, l1) = (local(&r0), local(&r1));
+    assert_eq!((l0.0 + l1.0, l0.1 + l1.1), want, "local parts {l0:?} + {l1:?}");
+    assert!(l0.0 >= envoy.0 && l1.0 >= legate.0 && l0.0 < want.0 && l1.0 < want.0, "{l0:?} {l1:?}");
+    // `/metrics`: local by default, the fleet's with scope=fleet.
+    let total = |cp: &ControlPlane, path: &str| -> u64 {
+        let body = http_get(addr(cp.api), path, "cp").expect("metrics").body;
+        let line = body.lines().find(|l| l.starts_with("legate_service_requests_total{service=\"web\"}"));
+        line.and_then(|l| l.rsplit(' ').next()).and_then(|v| v.parse().ok()).unwrap_or(0)
+    };
+    let (m0, m1) = (total(&r0, "/metrics"), total(&r1, "/metrics"));
+    assert_eq!(total(&r0, "/metrics?scope=fleet"), m0 + m1, "fleet totals from replica-0");
+    assert_eq!(total(&r1, "/metrics?scope=fleet"), m0 + m1, "fleet totals from replica-1");
 }

@@ -363,3 +363,70 @@ fn load_reports_from_envoy_and_legate_reach_v1_load() {
         assert_eq!((after.0 - before.0, after.1 - before.1, after.2 - before.2), (16, 4, 20), "{node}");
     }
 }
+
+/// (requests, errors) of virtual cluster `vc` of virtual host `vh` over the last hour.
+fn route_counted(cp: &ControlPlane, vh: &str, vc: &str) -> (u64, u64) {
+    let list = top(cp, "routes", "1h");
+    let r = list.iter().find(|r| r["virtual_host"] == vh && r["virtual_cluster"] == vc);
+    r.map_or((0, 0), |r| (r["requests"].as_u64().expect("requests"), r["errors"].as_u64().expect("errors")))
+}
+
+/// Per virtual host and virtual cluster: Envoy 1.40 with `virtual_clusters`
+/// (`ok` for `/ok`, `failing` for `/status/`) counts each in
+/// `vhost.shop.vcluster.<vc>.*` and streams it; `ctl top routes` shows
+/// exactly the requests and 503s each virtual cluster saw, the routing
+/// probes in `other` (Envoy's catch-all), and the service figures are not
+/// changed by them.
+#[test]
+fn top_routes_counts_envoys_virtual_clusters() {
+    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = TempDir::new("monitoring-routes");
+    let (_upstream, up) = echo("echo", dir.path());
+    let cp = ControlPlane::start_with(dir.path(), free_port(), free_port(), dir.path().join("cp-data"), RETENTION);
+    let listen = free_port();
+    let e = nodes(&["envoy-1"]);
+    let route = format!(
+        r#"kind: RouteConfiguration
+metadata: {{ name: shop{e} }}
+spec:
+  name: shop
+  virtual_hosts:
+  - name: shop
+    domains: ["*"]
+    routes: [{{ match: {{ prefix: "/" }}, route: {{ cluster: web }} }}]
+    virtual_clusters:
+    - {{ name: ok, headers: [{{ name: ":path", string_match: {{ prefix: "/ok" }} }}] }}
+    - {{ name: failing, headers: [{{ name: ":path", string_match: {{ prefix: "/status/" }} }}] }}
+"#
+    );
+    let res = [eds_cluster("web", ""), endpoints("web", "", up), route, rds_listener("in-envoy", &e, listen, "shop")];
+    cp.apply(dir.path(), &res.join("---\n"));
+    let ea = free_port();
+    let _envoy = start_on(Bin::Envoy, &envoy_bootstrap(&cp, "envoy-1", ea), "envoy-1", ea, dir.path());
+    let probes = until_routed(listen);
+    reported_after(&cp, "envoy-1", now_ms());
+    let before = [route_counted(&cp, "shop", "ok"), route_counted(&cp, "shop", "failing")];
+    let (ok, failing) = (40, 12);
+    for (path, n, status) in [("/ok", ok, 200), ("/status/503", failing, 503)] {
+        for _ in 0..n {
+            assert_eq!(http_get(addr(listen), path, "app").expect("request").status, status, "{path}");
+        }
+    }
+    let want_ok = (before[0].0 + ok, before[0].1);
+    wait_for("the virtual clusters' counts", Duration::from_secs(20), || {
+        (route_counted(&cp, "shop", "ok").0 >= want_ok.0).then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    let got = (route_counted(&cp, "shop", "ok"), route_counted(&cp, "shop", "failing"));
+    eprintln!(
+        "shop/ok {:?}, shop/failing {:?} ({probes} probes in other: {:?})",
+        got.0,
+        got.1,
+        route_counted(&cp, "shop", "other")
+    );
+    assert_eq!(got.0, want_ok, "shop/ok");
+    assert_eq!(got.1, (before[1].0 + failing, before[1].1 + failing), "shop/failing: every one a 503");
+    let services = top(&cp, "services", "1h");
+    assert!(services.iter().all(|s| !s["service"].as_str().unwrap_or("").starts_with("vhost")), "{services:?}");
+    assert!(find(&services, "service", "web").is_some(), "{services:?}");
+}

@@ -57,6 +57,9 @@ pub struct Options {
     /// CA certificates (PEM) that https release gates are verified against
     /// (default: the built-in Mozilla roots).
     pub gate_ca: Option<PathBuf>,
+    /// `HOST:PORT` the other replicas reach this one's API at (default: the
+    /// API address, 127.0.0.1 for an unspecified one).
+    pub advertise_api: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -99,6 +102,7 @@ pub async fn serve(ctrl: Arc<state::controller::Controller>, opts: Options) -> R
         ctrl.current().revision
     );
     if ctrl.store().etcd().is_some() {
+        announce_as(&ctrl, &opts, api_listener.local_addr().unwrap_or(opts.api_addr));
         // Other replicas' commits and registry changes arrive by etcd watch;
         // the elected leader expires instances.
         sync::replication::start(&ctrl);
@@ -147,6 +151,20 @@ pub async fn serve(ctrl: Arc<state::controller::Controller>, opts: Options) -> R
         }
     }
     Ok(())
+}
+
+/// What this replica tells the others: its id and API address. Over TLS
+/// the replicas do not ask each other (each answers for its own proxies).
+fn announce_as(ctrl: &Arc<state::controller::Controller>, opts: &Options, bound: SocketAddr) {
+    if opts.tls.is_some() {
+        tracing::warn!("API over TLS: fleet queries answer for this replica's proxies only");
+        return;
+    }
+    let api = opts.advertise_api.clone().unwrap_or_else(|| {
+        let ip = if bound.ip().is_unspecified() { std::net::Ipv4Addr::LOCALHOST.into() } else { bound.ip() };
+        SocketAddr::new(ip, bound.port()).to_string()
+    });
+    ctrl.replicas.set_me(discovery::replicas::Replica { id: ctrl.replica_id().to_string(), api });
 }
 
 /// Starts alert evaluation; its history is kept in the data directory.

@@ -160,6 +160,8 @@ pub enum CtlCommand {
 pub enum TopWhat {
     Services,
     Proxies,
+    /// Virtual clusters of virtual hosts (`virtual_clusters` in a route configuration).
+    Routes,
 }
 
 #[derive(clap::Subcommand)]
@@ -303,13 +305,14 @@ fn apply(
     print(out, &v, |v| render::applied(v, dry_run))
 }
 
-/// `legate ctl top services|proxies`: the list as the API gives it (json,
+/// `legate ctl top services|proxies|routes`: the list as the API gives it (json,
 /// yaml) or a table.
 fn top(api: &Api, out: &str, what: TopWhat, window: &str) -> anyhow::Result<()> {
     let base = &api.base;
     let (path, table): (&str, fn(&serde_json::Value) -> String) = match what {
         TopWhat::Services => ("services", render::top_services),
         TopWhat::Proxies => ("proxies", render::top_proxies),
+        TopWhat::Routes => ("routes", render::top_routes),
     };
     let v = api.call("GET", &format!("{base}/v1/top/{path}?window={}", urlencode(window)), None)?;
     print(out, &v, table)

@@ -399,6 +399,28 @@ pub fn top_services(v: &Value) -> String {
     table(&["SERVICE", "REQUESTS", "ERRORS", "RPS", "ERROR%", "P50 MS", "P99 MS", "PROXIES"], rows)
 }
 
+/// `top routes`: per virtual host and virtual cluster.
+pub fn top_routes(v: &Value) -> String {
+    let rows = v
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|r| {
+            vec![
+                r["virtual_host"].as_str().unwrap_or("").to_string(),
+                r["virtual_cluster"].as_str().unwrap_or("").to_string(),
+                r["requests"].to_string(),
+                r["errors"].to_string(),
+                num(&r["rps"]),
+                format!("{:.2}%", r["error_rate"].as_f64().unwrap_or(0.0) * 100.0),
+                num(&r["p50_ms"]),
+                num(&r["p99_ms"]),
+            ]
+        })
+        .collect();
+    table(&["VIRTUAL HOST", "VIRTUAL CLUSTER", "REQUESTS", "ERRORS", "RPS", "ERROR%", "P50 MS", "P99 MS"], rows)
+}
+
 /// `top proxies`.
 pub fn top_proxies(v: &Value) -> String {
     let rows = v

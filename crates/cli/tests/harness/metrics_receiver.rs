@@ -1,7 +1,8 @@
 //! A collector for what proxies send on their own: a MetricsService and a
 //! LoadReportingService (tonic, on a thread of the test) that record every
 //! message, by stream, and answer each load-report stream with a set
-//! `LoadStatsResponse`. Stopped when dropped.
+//! `LoadStatsResponse` after its first request (or, held, only once
+//! released). Stopped when dropped.
 
 use super::process::free_port;
 use legate_api::pb::envoy::service::load_stats::v3::load_reporting_service_server::{
@@ -10,7 +11,7 @@ use legate_api::pb::envoy::service::load_stats::v3::load_reporting_service_serve
 use legate_api::pb::envoy::service::load_stats::v3::{LoadStatsRequest, LoadStatsResponse};
 use legate_api::pb::envoy::service::metrics::v3::metrics_service_server::{MetricsService, MetricsServiceServer};
 use legate_api::pb::envoy::service::metrics::v3::{StreamMetricsMessage, StreamMetricsResponse};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio_stream::wrappers::UnboundedReceiverStream;
@@ -24,6 +25,8 @@ struct Recorder {
     loads: Log<LoadStatsRequest>,
     streams: Arc<AtomicUsize>,
     answer: LoadStatsResponse,
+    /// While set, load-report streams wait for their answer.
+    held: Arc<AtomicBool>,
 }
 
 #[tonic::async_trait]
@@ -52,15 +55,21 @@ impl LoadReportingService for Recorder {
         let id = self.streams.fetch_add(1, Ordering::Relaxed);
         let mut stream = request.into_inner();
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        let (loads, answer) = (self.loads.clone(), self.answer.clone());
+        let (loads, answer, held) = (self.loads.clone(), self.answer.clone(), self.held.clone());
         tokio::spawn(async move {
-            let mut answered = false;
+            if let Ok(Some(m)) = stream.message().await {
+                loads.lock().unwrap_or_else(|e| e.into_inner()).push((id, m));
+                // Bounded: a held answer goes out within a minute anyway.
+                for _ in 0..3000 {
+                    if !held.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                let _ = tx.send(Ok(answer.clone()));
+            }
             while let Ok(Some(m)) = stream.message().await {
                 loads.lock().unwrap_or_else(|e| e.into_inner()).push((id, m));
-                if !answered {
-                    answered = true;
-                    let _ = tx.send(Ok(answer.clone()));
-                }
             }
         });
         Ok(tonic::Response::new(UnboundedReceiverStream::new(rx)))
@@ -72,6 +81,7 @@ pub struct Receiver {
     pub port: u16,
     pub metrics: Log<StreamMetricsMessage>,
     pub loads: Log<LoadStatsRequest>,
+    held: Arc<AtomicBool>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -85,8 +95,28 @@ impl Receiver {
 
     /// The same on `port` (a collector coming back where one was).
     pub fn start_on(port: u16, answer: LoadStatsResponse) -> Receiver {
-        let recorder =
-            Recorder { metrics: Default::default(), loads: Default::default(), streams: Default::default(), answer };
+        Self::start_with(port, answer, false)
+    }
+
+    /// The same, its load-report streams unanswered until [`Receiver::release`].
+    pub fn start_held(answer: LoadStatsResponse) -> Receiver {
+        Self::start_with(free_port(), answer, true)
+    }
+
+    /// Answers the load-report streams held so far, and every later one at once.
+    pub fn release(&self) {
+        self.held.store(false, Ordering::Relaxed);
+    }
+
+    fn start_with(port: u16, answer: LoadStatsResponse, held: bool) -> Receiver {
+        let held = Arc::new(AtomicBool::new(held));
+        let recorder = Recorder {
+            metrics: Default::default(),
+            loads: Default::default(),
+            streams: Default::default(),
+            answer,
+            held: held.clone(),
+        };
         let (metrics, loads) = (recorder.metrics.clone(), recorder.loads.clone());
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
@@ -108,7 +138,7 @@ impl Receiver {
             });
         });
         ready_rx.recv_timeout(Duration::from_secs(10)).expect("collector started");
-        Receiver { port, metrics, loads, stop: Some(stop), thread: Some(thread) }
+        Receiver { port, metrics, loads, held, stop: Some(stop), thread: Some(thread) }
     }
 
     /// The metrics messages of the streams whose first message names node `id`.

@@ -1,6 +1,7 @@
 //! Who is out there: the proxies connected to this control plane (what each
 //! is and what it was sent, ACKed and NACKed) and the service instances that
-//! registered over the API. Everything else builds on these facts.
+//! registered over the API; the other control-plane replicas on the same
+//! store. Everything else builds on these facts.
 
 pub mod agents;
 pub mod bootstrap;
@@ -9,3 +10,4 @@ pub mod fleet;
 pub mod health;
 pub mod node;
 pub mod registry;
+pub mod replicas;

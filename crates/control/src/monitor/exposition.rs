@@ -30,8 +30,12 @@ fn histogram(out: &mut String, name: &str, labels: &str, b: &Buckets) {
 
 pub fn render(st: &State) -> String {
     let mut out = String::new();
-    let services: Vec<(String, &super::series::Agg)> =
-        st.totals.iter().map(|(n, a)| (format!("service=\"{}\"", esc(n)), a)).collect();
+    let services: Vec<(String, &super::series::Agg)> = st
+        .totals
+        .iter()
+        .filter(|(n, _)| !n.starts_with(super::stat::ROUTE_PREFIX))
+        .map(|(n, a)| (format!("service=\"{}\"", esc(n)), a))
+        .collect();
     type Field = fn(&super::series::Agg) -> u64;
     let counters: [(&str, &str, Field); 5] = [
         ("legate_service_requests_total", "Requests completed by the service's upstreams", |a| a.requests),

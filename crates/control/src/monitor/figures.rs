@@ -53,6 +53,26 @@ pub struct ProxyFigures {
     pub resets: u64,
 }
 
+/// One virtual cluster of one virtual host (summed over every proxy) over a
+/// window: what Envoy counts in `vhost.<vh>.vcluster.<vc>.*`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct RouteFigures {
+    pub virtual_host: String,
+    pub virtual_cluster: String,
+    pub requests: u64,
+    pub errors: u64,
+    pub rq_2xx: u64,
+    pub rq_4xx: u64,
+    pub rq_5xx: u64,
+    pub rps: f64,
+    pub error_rate: f64,
+    pub p50_ms: Option<f64>,
+    pub p90_ms: Option<f64>,
+    pub p99_ms: Option<f64>,
+    pub retries: u64,
+    pub timeouts: u64,
+}
+
 /// What a series or an alert rule measures.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Hash)]
 #[serde(rename_all = "snake_case")]

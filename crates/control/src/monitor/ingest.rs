@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 /// The latest gauges of one service (or of the proxy itself) on one proxy.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Gauges {
     pub active_rq: f64,
     pub active_cx: f64,
@@ -34,7 +34,7 @@ impl Gauges {
 }
 
 /// What the last report of a proxy said, beside its differences.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct Latest {
     pub node_cluster: String,
     pub at_ms: u64,
@@ -110,13 +110,21 @@ fn started_after(r: &Report, started_ms: u64) -> bool {
 impl State {
     pub fn new(r: Retention) -> Self {
         let ms = |d: std::time::Duration| d.as_millis() as u64;
+        Self::with_tiers(
+            Tier::new(ms(r.fine.0), ms(r.fine.1)),
+            Tier::new(ms(r.coarse.0), ms(r.coarse.1)),
+            Tier::new(ms(r.fine.0), ms(r.proxies)),
+        )
+    }
+
+    pub(super) fn with_tiers(fine: Tier, coarse: Tier, proxies: Tier) -> Self {
         Self {
             started_ms: crate::clock::unix_ms(),
             baselines: HashMap::new(),
             latest: HashMap::new(),
-            fine: Tier::new(ms(r.fine.0), ms(r.fine.1)),
-            coarse: Tier::new(ms(r.coarse.0), ms(r.coarse.1)),
-            proxies: Tier::new(ms(r.fine.0), ms(r.proxies)),
+            fine,
+            coarse,
+            proxies,
             totals: BTreeMap::new(),
             proxy_totals: BTreeMap::new(),
             names: HashSet::new(),
@@ -154,7 +162,8 @@ impl State {
         if base.first() && started_after(r, self.started_ms) {
             base.count_from_zero();
         }
-        let mut services: BTreeMap<&str, Pending> = BTreeMap::new();
+        // Services by cluster name; routes by their key (`stat::route_key`).
+        let mut services: BTreeMap<std::borrow::Cow<'_, str>, Pending> = BTreeMap::new();
         let mut proxy = Pending::default();
         let mut reset = false;
         for (name, v) in &r.counters {
@@ -162,7 +171,8 @@ impl State {
             let d = base.counter(name, *v);
             reset |= d.reset;
             match target {
-                Target::Service(svc) => services.entry(svc).or_default().count(s, d.value),
+                Target::Service(svc) => services.entry(svc.into()).or_default().count(s, d.value),
+                Target::Route(vh, vc) => services.entry(stat::route_key(vh, vc).into()).or_default().count(s, d.value),
                 Target::Proxy => proxy.count(s, d.value),
             }
         }
@@ -177,7 +187,10 @@ impl State {
                 d
             };
             match target {
-                Target::Service(svc) => services.entry(svc).or_default().agg.latency.merge(&d),
+                Target::Service(svc) => services.entry(svc.into()).or_default().agg.latency.merge(&d),
+                Target::Route(vh, vc) => {
+                    services.entry(stat::route_key(vh, vc).into()).or_default().agg.latency.merge(&d)
+                }
                 Target::Proxy => proxy.agg.latency.merge(&d),
             }
         }
@@ -189,7 +202,7 @@ impl State {
             if agg.is_empty() {
                 continue;
             }
-            let (name, agg) = (self.intern(svc), self.shared_bounds(agg));
+            let (name, agg) = (self.intern(&svc), self.shared_bounds(agg));
             self.fine.add(r.at_ms, &name, &agg);
             self.coarse.add(r.at_ms, &name, &agg);
             self.totals.entry(name).or_default().add(&agg);
@@ -241,7 +254,7 @@ impl State {
                     services.entry(svc).or_default().set(g, *v);
                 }
                 Some((Target::Proxy, g)) => proxy.set(g, *v),
-                None => {}
+                Some((Target::Route(..), _)) | None => {}
             }
         }
         let latest = self.latest.entry(node.clone()).or_default();

@@ -13,7 +13,8 @@
 //! percentiles), `series` (slots, tiers, downsampling), `retention`,
 //! `ingest` (a report into the series), `query` (figures and series out),
 //! `exposition` (Prometheus text out), `promtext` (Prometheus text in),
-//! `persist` (the series on disk), `load` (load reports, kept as they came).
+//! `persist` (the series on disk), `load` (load reports, kept as they came),
+//! `shard` (one replica's raw part of the fleet, merged across replicas).
 
 pub mod buckets;
 pub mod exposition;
@@ -26,10 +27,12 @@ mod query;
 pub mod rates;
 pub mod retention;
 pub mod series;
+pub mod shard;
 pub mod stat;
 
-pub use figures::{Metric, Point, ProxyFigures, ServiceFigures};
+pub use figures::{Metric, Point, ProxyFigures, RouteFigures, ServiceFigures};
 pub use retention::Retention;
+pub use shard::Shard;
 
 use ingest::State;
 use series::Agg;
@@ -112,6 +115,11 @@ impl Monitor {
         self.services(window).into_iter().find(|s| s.service == name)
     }
 
+    /// Every virtual cluster of every virtual host counted in the window.
+    pub fn routes(&self, window: Duration) -> Vec<RouteFigures> {
+        self.lock().routes(crate::clock::unix_ms(), window)
+    }
+
     /// Every proxy that reported in the window.
     pub fn proxies(&self, window: Duration) -> Vec<ProxyFigures> {
         self.lock().proxies(crate::clock::unix_ms(), window)
@@ -162,6 +170,26 @@ impl Monitor {
     /// The fleet's totals in Prometheus' text format (`GET /metrics`).
     pub fn prometheus(&self) -> String {
         exposition::render(&self.lock())
+    }
+
+    /// This replica's part of the fleet's series over the last `window`
+    /// (and one slot more), as raw data another replica merges.
+    pub fn shard(&self, window: Duration) -> Shard {
+        self.lock().shard(crate::clock::unix_ms(), window.as_millis() as u64)
+    }
+
+    /// A monitor holding this replica's shard over `window` and `peers`
+    /// merged: every figure of it is the fleet's.
+    pub fn merged(&self, window: Duration, peers: &[Shard]) -> Monitor {
+        let (mine, mut state) = {
+            let st = self.lock();
+            (st.shard(crate::clock::unix_ms(), window.as_millis() as u64), st.empty_like())
+        };
+        state.absorb(&mine);
+        for p in peers {
+            state.absorb(p);
+        }
+        Monitor { state: Mutex::new(state), disk: Mutex::new(None), load: Default::default() }
     }
 
     /// The proxies (node id, last report) that reported within `within`.

@@ -5,7 +5,8 @@
 use super::buckets::Buckets;
 use super::ingest::{Gauges, State};
 use super::series::{Agg, Tier};
-use super::{Metric, Point, ProxyFigures, ServiceFigures};
+use super::stat::{route_of, ROUTE_PREFIX};
+use super::{Metric, Point, ProxyFigures, RouteFigures, ServiceFigures};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -91,7 +92,8 @@ impl State {
             }
         }
         let empty = Agg::default();
-        let mut names: Vec<&Arc<str>> = sums.keys().chain(gauges.keys()).collect();
+        let mut names: Vec<&Arc<str>> =
+            sums.keys().chain(gauges.keys()).filter(|n| !n.starts_with(ROUTE_PREFIX)).collect();
         names.sort();
         names.dedup();
         let mut out: Vec<ServiceFigures> = names
@@ -102,6 +104,41 @@ impl State {
             })
             .collect();
         out.sort_by(|a, b| b.requests.cmp(&a.requests).then_with(|| a.service.cmp(&b.service)));
+        out
+    }
+
+    /// Every virtual cluster counted in the window, busiest first.
+    pub fn routes(&self, now_ms: u64, window: Duration) -> Vec<RouteFigures> {
+        let tier = self.service_tier(window);
+        let (from, secs) = span(tier, now_ms, window);
+        let mut out: Vec<RouteFigures> = sum(tier, from, u64::MAX)
+            .iter()
+            .filter_map(|(key, agg)| {
+                let (vh, vc) = route_of(key)?;
+                let f = service_figures(key, agg, secs, &Gauges::default(), 0);
+                Some(RouteFigures {
+                    virtual_host: vh.to_string(),
+                    virtual_cluster: vc.to_string(),
+                    requests: f.requests,
+                    errors: f.errors,
+                    rq_2xx: f.rq_2xx,
+                    rq_4xx: f.rq_4xx,
+                    rq_5xx: f.rq_5xx,
+                    rps: f.rps,
+                    error_rate: f.error_rate,
+                    p50_ms: f.p50_ms,
+                    p90_ms: f.p90_ms,
+                    p99_ms: f.p99_ms,
+                    retries: f.retries,
+                    timeouts: f.timeouts,
+                })
+            })
+            .collect();
+        out.sort_by(|a, b| {
+            b.requests
+                .cmp(&a.requests)
+                .then_with(|| (&a.virtual_host, &a.virtual_cluster).cmp(&(&b.virtual_host, &b.virtual_cluster)))
+        });
         out
     }
 

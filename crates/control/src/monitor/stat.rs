@@ -1,5 +1,6 @@
 //! Which Envoy stats the figures read, by name: a cluster's (`cluster.<name>.<stat>`,
-//! a service) and a connection manager's (`http.<prefix>.<stat>`, the proxy's
+//! a service), a virtual cluster's (`vhost.<vh>.vcluster.<vc>.<stat>`, a
+//! route) and a connection manager's (`http.<prefix>.<stat>`, the proxy's
 //! own traffic). Names may come tagged (`cluster.upstream_rq_xx` with
 //! `envoy_cluster_name`, or Prometheus' `envoy_cluster_upstream_rq_xx`):
 //! [`untag`] puts the plain Envoy name back together.
@@ -9,8 +10,33 @@
 pub enum Target<'a> {
     /// An upstream cluster.
     Service(&'a str),
+    /// A virtual host's virtual cluster (Envoy counts it only where the
+    /// route configuration defines `virtual_clusters`, and in `other`).
+    Route(&'a str, &'a str),
     /// The proxy itself (its connection managers, summed).
     Proxy,
+}
+
+/// Routes share the services' series under a name no cluster stat can have
+/// (Envoy turns `:` in stat names into `_`): `vhost:<vh>:<vc>`.
+pub const ROUTE_PREFIX: &str = "vhost:";
+
+pub fn route_key(vh: &str, vc: &str) -> String {
+    format!("{ROUTE_PREFIX}{vh}:{vc}")
+}
+
+/// The virtual host and virtual cluster of a route key.
+pub fn route_of(key: &str) -> Option<(&str, &str)> {
+    key.strip_prefix(ROUTE_PREFIX)?.split_once(':')
+}
+
+/// `vhost.<vh>.vcluster.<vc>.<stat>` for one of `stats`.
+fn split_route<'a, T: Copy>(name: &'a str, stats: &[(&str, T)]) -> Option<(Target<'a>, T)> {
+    let (vh, tail) = name.strip_prefix("vhost.")?.split_once(".vcluster.")?;
+    stats.iter().find_map(|(stat, t)| {
+        let vc = tail.strip_suffix(stat)?.strip_suffix('.')?;
+        (!vh.is_empty() && !vc.is_empty() && !vc.contains('.')).then_some((Target::Route(vh, vc), *t))
+    })
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,7 +117,7 @@ fn classify<'a, T: Copy>(name: &'a str, cluster: &[(&str, T)], http: &[(&str, T)
 }
 
 pub fn counter(name: &str) -> Option<(Target<'_>, CounterStat)> {
-    classify(name, CLUSTER_COUNTERS, HTTP_COUNTERS)
+    classify(name, CLUSTER_COUNTERS, HTTP_COUNTERS).or_else(|| split_route(name, CLUSTER_COUNTERS))
 }
 
 pub fn gauge(name: &str) -> Option<(Target<'_>, GaugeStat)> {
@@ -100,7 +126,8 @@ pub fn gauge(name: &str) -> Option<(Target<'_>, GaugeStat)> {
 
 /// `upstream_rq_time` of a cluster, `downstream_rq_time` of a connection manager.
 pub fn histogram(name: &str) -> Option<Target<'_>> {
-    classify(name, &[("upstream_rq_time", ())], &[("downstream_rq_time", ())]).map(|(t, ())| t)
+    let time = &[("upstream_rq_time", ())];
+    classify(name, time, &[("downstream_rq_time", ())]).or_else(|| split_route(name, time)).map(|(t, ())| t)
 }
 
 /// The plain Envoy name of a tagged stat: `cluster.upstream_rq_xx` (or
@@ -108,13 +135,30 @@ pub fn histogram(name: &str) -> Option<Target<'_>> {
 /// and `envoy_response_code_class=5` is `cluster.a.upstream_rq_5xx`. Names
 /// without those tags come back as they are.
 pub fn untag(name: &str, labels: &[(String, String)]) -> String {
-    let label = |k: &str| labels.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+    // Prometheus' label names (`envoy_cluster_name`) or the metrics
+    // service's tags as labels (`envoy.cluster_name`).
+    let label = |k: &str| {
+        let dotted = k.replacen('_', ".", 1);
+        labels.iter().find(|(n, _)| n == k || *n == dotted).map(|(_, v)| v.as_str())
+    };
     let prom = name.starts_with("envoy_");
     let bare = name.strip_prefix("envoy_").unwrap_or(name);
+    let owned;
     let (scope, owner) = if let Some(c) = label("envoy_cluster_name") {
         ("cluster", c)
     } else if let Some(p) = label("envoy_http_conn_manager_prefix") {
         ("http", p)
+    } else if let (Some(vh), Some(vc)) = (label("envoy_virtual_host"), label("envoy_virtual_cluster")) {
+        owned = format!("{vh}.vcluster.{vc}");
+        let Some(stat) = bare.strip_prefix("vhost").and_then(|s| s.strip_prefix(['.', '_'])) else {
+            return name.to_string();
+        };
+        let stat = stat.strip_prefix("vcluster").and_then(|s| s.strip_prefix(['.', '_'])).unwrap_or(stat);
+        let stat = match (stat.strip_suffix("_rq_xx"), label("envoy_response_code_class")) {
+            (Some(head), Some(class)) => format!("{head}_rq_{class}xx"),
+            _ => stat.to_string(),
+        };
+        return format!("vhost.{owned}.{stat}");
     } else {
         return name.to_string();
     };
@@ -149,6 +193,12 @@ mod tests {
         );
         assert_eq!(histogram("cluster.a.upstream_rq_time"), Some(Target::Service("a")));
         assert_eq!(counter("cluster.a.upstream_rq_503"), None);
+        assert_eq!(
+            counter("vhost.web.vcluster.api.upstream_rq_5xx"),
+            Some((Target::Route("web", "api"), CounterStat::Rq5xx))
+        );
+        assert_eq!(histogram("vhost.web.vcluster.other.upstream_rq_time"), Some(Target::Route("web", "other")));
+        assert_eq!(route_of(&route_key("web", "api")), Some(("web", "api")));
     }
 
     #[test]
@@ -165,5 +215,9 @@ mod tests {
         let h = l(&[("envoy_http_conn_manager_prefix", "ingress")]);
         assert_eq!(untag("envoy_http_downstream_rq_time", &h), "http.ingress.downstream_rq_time");
         assert_eq!(untag("server.uptime", &[]), "server.uptime");
+        let dotted = l(&[("envoy.response_code_class", "5"), ("envoy.cluster_name", "web")]);
+        assert_eq!(untag("cluster.upstream_rq_xx", &dotted), "cluster.web.upstream_rq_5xx");
+        let v = l(&[("envoy.response_code_class", "2"), ("envoy.virtual_cluster", "api"), ("envoy.virtual_host", "w")]);
+        assert_eq!(untag("vhost.vcluster.upstream_rq_xx", &v), "vhost.w.vcluster.api.upstream_rq_2xx");
     }
 }

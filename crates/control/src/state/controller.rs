@@ -49,6 +49,8 @@ pub struct Controller {
     health: Mutex<Arc<EndpointHealth>>,
     /// This replica's name (in etcd's leader key and `/v1/replica`).
     replica_id: String,
+    /// The other replicas on the same store (their API addresses).
+    pub replicas: crate::discovery::replicas::Replicas,
     /// Whether this replica expires registry instances (always, on SQLite).
     leader: AtomicBool,
 }
@@ -77,6 +79,7 @@ impl Controller {
             checks: Default::default(),
             health: Mutex::new(Arc::new(EndpointHealth::default())),
             replica_id,
+            replicas: Default::default(),
             leader: AtomicBool::new(leader),
         });
         ctrl.adopt_rollout(revision, rollout.as_deref());

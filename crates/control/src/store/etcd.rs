@@ -19,6 +19,8 @@
 //!   replica serves the same two revisions and any leader can end it.
 //! - `replicas/<id>`: each replica's connected proxies and its part of a
 //!   staged rollout, under that replica's lease.
+//! - `apis/<replica id>`: each live replica's API address, under its own
+//!   lease, so a query of the fleet's figures can ask every replica.
 //!
 //! The control plane's calls are synchronous (as SQLite's are); each one runs
 //! on this store's own small runtime and the caller waits for the answer, so a
@@ -55,6 +57,8 @@ pub const FAULT_PREFIX: &str = "/legate/fault/";
 pub const ROLLOUT_KEY: &str = "/legate/rollout";
 /// `replicas/<id>`: what each replica reports to the others, under its lease.
 pub const REPLICAS_PREFIX: &str = "/legate/replicas/";
+/// Each live replica's API address, under its own lease.
+pub const API_ADDRESS_PREFIX: &str = "/legate/apis/";
 
 fn revision_key(rev: u64) -> String {
     key(&format!("revisions/{rev:020}"))
@@ -612,6 +616,19 @@ pub async fn list_instances(c: &mut EtcdClient) -> Result<(Vec<InstanceRecord>, 
         }
     }
     Ok((out, at))
+}
+
+/// Every live replica's announcement (see `sync::peers`).
+pub async fn list_replicas(c: &mut EtcdClient) -> Result<Vec<crate::discovery::replicas::Replica>, StoreError> {
+    let resp = c.kv.range(range(API_ADDRESS_PREFIX, prefix_end(API_ADDRESS_PREFIX))).await.map_err(etcd_err)?;
+    let mut out = Vec::with_capacity(resp.kvs.len());
+    for kv in resp.kvs {
+        match serde_json::from_slice(&kv.value) {
+            Ok(r) => out.push(r),
+            Err(e) => tracing::warn!("skipping unreadable replica entry {}: {e}", String::from_utf8_lossy(&kv.key)),
+        }
+    }
+    Ok(out)
 }
 
 /// Deletes the instances whose expiry has passed (the leader's job); each

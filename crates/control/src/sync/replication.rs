@@ -32,6 +32,9 @@ pub fn start(ctrl: &Arc<Controller>) {
     handle.spawn(forever("registry watch", ctrl.clone(), store.client(), follow_registry));
     handle.spawn(forever("leader election", ctrl.clone(), store.client(), campaign));
     handle.spawn(forever("replica report", ctrl.clone(), store.client(), share));
+    if ctrl.replicas.me().is_some() {
+        handle.spawn(forever("replica announcement", ctrl.clone(), store.client(), super::peers::announce));
+    }
 }
 
 /// How often a replica writes its report (its proxies, its part of a

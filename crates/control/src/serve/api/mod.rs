@@ -26,7 +26,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post, put};
 use axum::Router;
 use instances::{deregister_instance, heartbeat, list_instances, register_instance};
-use monitor::{load, metrics, series, top_proxies, top_services};
+use monitor::{internal_shard, load, metrics, series, top_proxies, top_routes, top_services};
 use resources::{apply, delete_one, envoy_resources, get_one, list, list_kind};
 use revisions::{diff, revisions, rollback};
 use status::{proxies, replica, whoami};
@@ -66,7 +66,9 @@ pub fn router(ctrl: Arc<Controller>, lockout: guard::Lockout) -> Router {
         .route("/v1/replica", get(replica))
         .route("/v1/top/services", get(top_services))
         .route("/v1/top/proxies", get(top_proxies))
+        .route("/v1/top/routes", get(top_routes))
         .route("/v1/series", get(series))
+        .route("/v1/internal/monitor", get(internal_shard))
         .route("/v1/load", get(load))
         .route("/metrics", get(metrics))
         .route("/v1/envoy/{kind}", get(envoy_resources))

@@ -5,7 +5,7 @@
 
 use crate::stats::{HistogramSnapshot, Stat, Store, BUCKETS};
 use legate_api::pb::io::prometheus::client::{
-    Bucket, Counter, Gauge, Histogram, Metric, MetricFamily, MetricType, Quantile, Summary,
+    Bucket, Counter, Gauge, Histogram, LabelPair, Metric, MetricFamily, MetricType, Quantile, Summary,
 };
 use std::collections::HashMap;
 
@@ -24,13 +24,31 @@ pub struct EmitMode {
 pub struct Flusher {
     deltas: bool,
     mode: EmitMode,
+    /// `emit_tags_as_labels`: families named by the tag-extracted name,
+    /// the tags as labels.
+    labels: bool,
     counters: HashMap<String, u64>,
     histograms: HashMap<String, HistogramSnapshot>,
 }
 
 impl Flusher {
     pub fn new(deltas: bool, mode: EmitMode) -> Self {
-        Self { deltas, mode, counters: HashMap::new(), histograms: HashMap::new() }
+        Self { deltas, mode, labels: false, counters: HashMap::new(), histograms: HashMap::new() }
+    }
+
+    /// With `emit_tags_as_labels`.
+    pub fn with_labels(mut self, labels: bool) -> Self {
+        self.labels = labels;
+        self
+    }
+
+    fn family(&self, name: &str, ty: MetricType, mut m: Metric) -> MetricFamily {
+        if !self.labels {
+            return family(name, ty, m);
+        }
+        let (extracted, tags) = super::tags::extract(name);
+        m.label = tags.into_iter().map(|(k, v)| LabelPair { name: Some(k.to_string()), value: Some(v) }).collect();
+        family(&extracted, ty, m)
     }
 
     /// One flush: counters, then gauges, then histograms, each by name.
@@ -47,7 +65,7 @@ impl Flusher {
                         counter: Some(Counter { value: Some(v as f64), ..Default::default() }),
                         ..metric(now_ms)
                     };
-                    out.push(family(name, MetricType::Counter, m));
+                    out.push(self.family(name, MetricType::Counter, m));
                 }
             }
         }
@@ -55,7 +73,7 @@ impl Flusher {
             if let Stat::Gauge(g) = stat {
                 if g.used() {
                     let m = Metric { gauge: Some(Gauge { value: Some(g.value() as f64) }), ..metric(now_ms) };
-                    out.push(family(name, MetricType::Gauge, m));
+                    out.push(self.family(name, MetricType::Gauge, m));
                 }
             }
         }
@@ -69,11 +87,11 @@ impl Flusher {
                 let interval = interval(&now, &last);
                 if self.mode.summary {
                     let m = Metric { summary: Some(summary(&interval)), ..metric(now_ms) };
-                    out.push(family(name, MetricType::Summary, m));
+                    out.push(self.family(name, MetricType::Summary, m));
                 }
                 if self.mode.histogram {
                     let m = Metric { histogram: Some(histogram(&interval)), ..metric(now_ms) };
-                    out.push(family(name, MetricType::Histogram, m));
+                    out.push(self.family(name, MetricType::Histogram, m));
                 }
             }
         }

@@ -1,7 +1,8 @@
 //! What the proxy sends to collectors on its own: stats through the
 //! `envoy.stat_sinks.metrics_service` sink (`metrics`: one flush's metric
 //! families; `stream`: the `StreamMetrics` stream, every
-//! `stats_flush_interval`), and load reports to the server named by
+//! `stats_flush_interval`; `tags`: Envoy's default tag extraction for
+//! `emit_tags_as_labels`), and load reports to the server named by
 //! `cluster_manager.load_stats_config` (`lrs`), and endpoints' health to
 //! the server named by `hds_config` (`hds`: health checks it delegates).
 //!
@@ -13,6 +14,7 @@ pub mod hds;
 pub mod lrs;
 pub mod metrics;
 pub mod stream;
+pub mod tags;
 
 use crate::server::instance::Shared;
 use legate_api::pb::envoy::config::bootstrap::v3::Bootstrap;
@@ -44,6 +46,10 @@ pub struct MetricsSink {
     pub cluster: String,
     pub deltas: bool,
     pub mode: EmitMode,
+    /// At most this many metric families in one message (0: one message a flush).
+    pub batch_size: u32,
+    /// `emit_tags_as_labels`: tag-extracted names, tags as labels (`tags`).
+    pub labels: bool,
 }
 
 /// The bootstrap's sinks and load reporting, read once at start.
@@ -115,7 +121,8 @@ fn metrics_sink(
         Ok(HistogramEmitMode::Histogram) => EmitMode { summary: false, histogram: true },
         Err(_) => return Err(err(format!("{path}.histogram_emit_mode"), "unknown value")),
     };
-    Ok(MetricsSink { cluster, deltas: c.report_counters_as_deltas.is_some_and(|b| b.value), mode })
+    let deltas = c.report_counters_as_deltas.is_some_and(|b| b.value);
+    Ok(MetricsSink { cluster, deltas, mode, batch_size: c.batch_size, labels: c.emit_tags_as_labels })
 }
 
 fn envoy_grpc_cluster(g: Option<&GrpcService>, path: &str) -> Result<String, SinkConfigError> {
