@@ -27,6 +27,8 @@ pub const SUPPORTED_EXTENSIONS: &[&str] = &[
     "envoy.extensions.filters.http.cors.v3.CorsPolicy",
     "envoy.extensions.filters.http.buffer.v3.Buffer",
     "envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication",
+    "envoy.extensions.filters.http.lua.v3.Lua",
+    "envoy.extensions.filters.http.lua.v3.LuaPerRoute",
     "envoy.extensions.filters.http.compressor.v3.Compressor",
     "envoy.extensions.compression.gzip.compressor.v3.Gzip",
     "envoy.extensions.compression.brotli.compressor.v3.Brotli",
@@ -247,6 +249,8 @@ const SUPPORTED_FIELDS: &[(&str, &[&str])] = &[
             "response_headers_to_add",
             "response_headers_to_remove",
             "typed_per_filter_config",
+            // `filter_metadata`, read by the Lua filter's `metadata()`.
+            "metadata",
         ],
     ),
     (
@@ -606,6 +610,14 @@ const SUPPORTED_FIELDS: &[(&str, &[&str])] = &[
         ],
     ),
     ("envoy.extensions.filters.http.buffer.v3.Buffer", &["max_request_bytes"]),
+    // Lua: the route cache is not cleared when a script changes headers
+    // (`clear_route_cache`), and no `filter_context` or package paths.
+    (
+        "envoy.extensions.filters.http.lua.v3.Lua",
+        &["inline_code", "default_source_code", "source_codes", "stat_prefix"],
+    ),
+    ("envoy.extensions.filters.http.lua.v3.LuaPerRoute", &["disabled", "name", "source_code"]),
+    ("envoy.config.core.v3.Metadata", &["filter_metadata"]),
     ("envoy.extensions.filters.http.compressor.v3.Compressor", &["compressor_library", "response_direction_config"]),
     (
         "envoy.extensions.filters.http.compressor.v3.Compressor.ResponseDirectionConfig",

@@ -60,11 +60,11 @@ impl Hcm {
             }
         }
         let (stream, upgrade) = step!(self.accept_upgrade(stream, &mut parts, extended, found));
-        let body = ProxyBody::stream(body);
+        let mut body = ProxyBody::stream(body);
         let (stream, body) = if self.filters.is_empty() {
             (stream, body)
         } else {
-            let stream = step!(self.run_filters(stream, &mut parts, found).await);
+            let stream = step!(self.run_filters(stream, &mut parts, &mut body, found).await);
             match self.filters.buffer_limit() {
                 // Boxed: reading a whole body allocates anyway; its state
                 // stays out of every request's future.
@@ -119,7 +119,13 @@ impl Hcm {
 
     /// The HTTP filters before the router. A filter may answer the request,
     /// or give it a new path.
-    async fn run_filters(&self, mut stream: Box<Stream>, parts: &mut Parts, found: Found<'_>) -> Step<Box<Stream>> {
+    async fn run_filters(
+        &self,
+        mut stream: Box<Stream>,
+        parts: &mut Parts,
+        body: &mut ProxyBody,
+        found: Found<'_>,
+    ) -> Step<Box<Stream>> {
         let mut state = ResponseState::default();
         let (verdict, new_path) = {
             let conn = &*stream.conn;
@@ -132,6 +138,10 @@ impl Hcm {
                     authority: &stream.authority,
                     scheme: conn.scheme(),
                 },
+                protocol: stream.protocol,
+                body,
+                peer: conn.remote,
+                client: stream.client,
                 direct_remote: conn.remote.ip(),
                 remote: stream.client.ip(),
                 local: conn.local,
@@ -148,8 +158,32 @@ impl Hcm {
         if let Some(p) = new_path {
             stream.path = p;
         }
+        // A filter's reply goes through the response hooks that wait, as
+        // Envoy's encoder filters see a local reply.
+        let carried = match verdict {
+            Verdict::Continue => Vec::new(),
+            _ => std::mem::take(&mut state.carried),
+        };
         stream.filter_state = state;
-        self.filter_verdict(stream, verdict)
+        match self.filter_verdict(stream, verdict) {
+            Break(resp) if !carried.is_empty() => Break(Box::pin(self.reply_through_filters(resp, carried)).await),
+            step => step,
+        }
+    }
+
+    /// A filter's local reply through the filters' waiting response hooks.
+    async fn reply_through_filters(
+        &self,
+        resp: ProxyResponse,
+        carried: Vec<Box<dyn std::any::Any + Send + Sync>>,
+    ) -> ProxyResponse {
+        let mut state = ResponseState { carried, ..ResponseState::default() };
+        let (parts, mut tracked) = resp.into_parts();
+        let mut resp = http::Response::from_parts(parts, std::mem::replace(tracked.inner_mut(), ProxyBody::Empty));
+        self.filters.on_response_wait(&mut state, &mut resp).await;
+        let (parts, body) = resp.into_parts();
+        *tracked.inner_mut() = body;
+        http::Response::from_parts(parts, tracked)
     }
 
     /// Goes on, or answers as the filter asked.
@@ -165,6 +199,22 @@ impl Hcm {
             Verdict::Limited { status, headers } => {
                 let body = Some("local_rate_limited".into());
                 with_headers(self.local_reply(stream, status, "local_rate_limited", "RL", body), headers)
+            }
+            Verdict::Local { status, headers, body, details } => {
+                let body = body.map(|b| String::from_utf8_lossy(&b).into_owned());
+                let mut r = self.local_reply(stream, status, details, "", body);
+                let mut seen = Vec::new();
+                for (k, v) in headers {
+                    // The script's headers replace the reply's own; a name
+                    // given twice keeps both values.
+                    if seen.contains(&k) {
+                        r.headers_mut().append(k, v);
+                    } else {
+                        seen.push(k.clone());
+                        r.headers_mut().insert(k, v);
+                    }
+                }
+                r
             }
             Verdict::Reply { status, body, details, flag, headers } => {
                 let body = (!body.is_empty()).then(|| body.to_string());
