@@ -237,3 +237,74 @@ fn lua_scripts_on_requests_and_responses() {
     let errors = harness::admin::stat(pair.envoy_admin, "http.ingress_http.lua.errors");
     assert!(errors.is_some_and(|n| n >= 2), "errors: {errors:?}");
 }
+
+/// Every Lua script of a YAML value: the `inline_code`, `inline_string`
+/// or `source_codes` of each Lua filter config in it.
+fn lua_scripts(v: &serde_yaml_ng::Value, out: &mut Vec<String>) {
+    use serde_yaml_ng::Value as Y;
+    match v {
+        Y::Mapping(m) => {
+            let is_lua = m
+                .get("@type")
+                .and_then(Y::as_str)
+                .is_some_and(|t| t.ends_with("envoy.extensions.filters.http.lua.v3.Lua"));
+            if is_lua {
+                let inline = m.get("inline_code").and_then(Y::as_str);
+                let default = m.get("default_source_code").and_then(|d| d.get("inline_string")).and_then(Y::as_str);
+                out.extend(inline.into_iter().chain(default).map(str::to_string));
+            }
+            m.values().for_each(|x| lua_scripts(x, out));
+        }
+        Y::Sequence(s) => s.iter().for_each(|x| lua_scripts(x, out)),
+        _ => {}
+    }
+}
+
+/// The scripts of the real-world configs that use Lua, each run in the same
+/// bootstrap behind Envoy and Legate: the same answers, errors and runs.
+#[test]
+fn real_world_lua_scripts_run_alike() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/real-world");
+    let mut scripts = Vec::new();
+    let mut entries: Vec<_> =
+        std::fs::read_dir(&dir).expect("real-world configs").flatten().map(|e| e.path()).collect();
+    entries.sort();
+    for path in entries {
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        if !text.contains("lua.v3.Lua") {
+            continue;
+        }
+        let Ok(v) = serde_yaml_ng::from_str::<serde_yaml_ng::Value>(&text) else { continue };
+        lua_scripts(&v, &mut scripts);
+    }
+    scripts.sort();
+    scripts.dedup();
+    assert!(scripts.len() >= 2, "real-world Lua scripts found: {}", scripts.len());
+    let filters = scripts
+        .iter()
+        .enumerate()
+        .map(|(i, code)| {
+            format!(
+                "          - name: lua-{i}\n            typed_config:\n              \"@type\": type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua\n              stat_prefix: s{i}\n              default_source_code:\n                inline_string: |\n{}",
+                block(code, 18)
+            )
+        })
+        .collect::<String>();
+    let t = with_filters(
+        bootstrap("", "", &one_vhost(ALL_TO_ECHO), &echo_cluster()),
+        &format!("          http_filters:\n{filters}{ROUTER}"),
+    );
+    let pair = harness::sides::start_pair("lua-real-world", &t, &["a"]);
+    for r in [harness::http_client::get("/"), harness::http_client::get("/v1/models").post("{}")] {
+        let (e, l) = (lua_view(&send(pair.envoy, &r)), lua_view(&send(pair.legate, &r)));
+        let d = diff(&e, &l);
+        assert!(d.is_empty(), "{} {}: Legate differs from Envoy:\n{}", r.method, r.path, d.join("\n"));
+    }
+    let names: Vec<String> = (0..scripts.len())
+        .flat_map(|i| ["errors", "executions"].map(|s| format!("http.ingress_http.lua.s{i}.{s}")))
+        .collect();
+    for n in &names {
+        assert!(harness::admin::stat(pair.envoy_admin, n).is_some(), "Envoy has no stat {n}");
+    }
+    pair.same_stats(&names.iter().map(String::as_str).collect::<Vec<_>>());
+}
