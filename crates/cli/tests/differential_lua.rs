@@ -74,7 +74,7 @@ function envoy_on_response(h)
   hd:remove("x-upstream")
   local dyn = h:streamInfo():dynamicMetadata():get("legate.test")
   hd:add("x-lua-dyn", dyn and dyn["path"] or "none")
-  if dyn and dyn["path"] == "/rewrite" then
+  if dyn and (dyn["path"] == "/rewrite" or dyn["path"] == "/direct-rewrite") then
     local b = h:body()
     b:setBytes("rewritten " .. tostring(b:length() > 10))
   end
@@ -157,7 +157,9 @@ fn template() -> String {
                     "@type": type.googleapis.com/envoy.extensions.filters.http.lua.v3.LuaPerRoute
                     source_code:
                       inline_string: |
-{own}{all}"#,
+{own}              - match: {{ prefix: "/direct" }}
+                direct_response: {{ status: 200, body: {{ inline_string: "made here" }} }}
+{all}"#,
         own = block(ROUTE_SCRIPT, 24),
         all = ALL_TO_ECHO,
     );
@@ -198,6 +200,8 @@ fn requests() -> Vec<Req> {
         get("/body").post("hello body"),
         get("/call").header("x-lua-call", "1"),
         get("/rewrite"),
+        get("/direct"),
+        get("/direct-rewrite"),
         get("/over-h2").h2(),
     ]
 }

@@ -72,7 +72,11 @@ impl Hcm {
                 None => (stream, body),
             }
         };
-        let (stream, parts, matched, ra) = step!(self.route_request(stream, parts, table.as_deref(), found));
+        let (stream, parts, matched, ra) = if self.filters.waits_on_response() {
+            step!(Box::pin(self.route_request_through_filters(stream, parts, table.as_deref(), found)).await)
+        } else {
+            step!(self.route_request(stream, parts, table.as_deref(), found))
+        };
         answered(self.forward(stream, parts, body, matched, ra, upgrade).await)
     }
 
@@ -168,6 +172,27 @@ impl Hcm {
         match self.filter_verdict(stream, verdict) {
             Break(resp) if !carried.is_empty() => Break(Box::pin(self.reply_through_filters(resp, carried)).await),
             step => step,
+        }
+    }
+
+    /// The router's first step when response hooks wait: a direct
+    /// response, redirect or 404 goes through them, as through Envoy's
+    /// encoder filters.
+    async fn route_request_through_filters<'t>(
+        &self,
+        mut stream: Box<Stream>,
+        parts: Parts,
+        table: Option<&'t crate::http::route::RouteTable>,
+        found: Found<'t>,
+    ) -> Step<(Box<Stream>, Parts, super::Matched<'t>, &'t crate::http::route::RouteAction)> {
+        let carried = std::mem::take(&mut stream.filter_state.carried);
+        match self.route_request(stream, parts, table, found) {
+            Continue((mut stream, parts, matched, ra)) => {
+                stream.filter_state.carried = carried;
+                Continue((stream, parts, matched, ra))
+            }
+            Break(resp) if carried.is_empty() => Break(resp),
+            Break(resp) => Break(self.reply_through_filters(resp, carried).await),
         }
     }
 
