@@ -610,11 +610,10 @@ const SUPPORTED_FIELDS: &[(&str, &[&str])] = &[
         ],
     ),
     ("envoy.extensions.filters.http.buffer.v3.Buffer", &["max_request_bytes"]),
-    // Lua: the route cache is not cleared when a script changes headers
-    // (`clear_route_cache`), and no `filter_context` or package paths.
+    // Lua: no `filter_context` or package paths.
     (
         "envoy.extensions.filters.http.lua.v3.Lua",
-        &["inline_code", "default_source_code", "source_codes", "stat_prefix"],
+        &["inline_code", "default_source_code", "source_codes", "stat_prefix", "clear_route_cache"],
     ),
     ("envoy.extensions.filters.http.lua.v3.LuaPerRoute", &["disabled", "name", "source_code"]),
     ("envoy.config.core.v3.Metadata", &["filter_metadata"]),

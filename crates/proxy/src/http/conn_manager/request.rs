@@ -50,7 +50,7 @@ impl Hcm {
         // The route is found before the filters run: they may read its
         // per-filter config, as Envoy's filters read the cached route.
         let table = self.routes.load_full();
-        let found = table.as_deref().and_then(|t| {
+        let mut found = table.as_deref().and_then(|t| {
             t.route(&stream.authority, &stream.path, &parts.headers, parts.method.as_str(), stream.conn.scheme())
         });
         if self.tracing.is_some() {
@@ -64,7 +64,20 @@ impl Hcm {
         let (stream, body) = if self.filters.is_empty() {
             (stream, body)
         } else {
-            let stream = step!(self.run_filters(stream, &mut parts, &mut body, found).await);
+            let (stream, clear_route) = step!(self.run_filters(stream, &mut parts, &mut body, found).await);
+            // A filter changed what routing reads (a script's headers): the
+            // route is found again, as after Envoy's `clearRouteCache`.
+            if clear_route {
+                found = table.as_deref().and_then(|t| {
+                    t.route(
+                        &stream.authority,
+                        &stream.path,
+                        &parts.headers,
+                        parts.method.as_str(),
+                        stream.conn.scheme(),
+                    )
+                });
+            }
             match self.filters.buffer_limit() {
                 // Boxed: reading a whole body allocates anyway; its state
                 // stays out of every request's future.
@@ -129,9 +142,9 @@ impl Hcm {
         parts: &mut Parts,
         body: &mut ProxyBody,
         found: Found<'_>,
-    ) -> Step<Box<Stream>> {
+    ) -> Step<(Box<Stream>, bool)> {
         let mut state = ResponseState::default();
-        let (verdict, new_path) = {
+        let (verdict, new_path, clear_route) = {
             let conn = &*stream.conn;
             let mut rq = RequestCtx {
                 headers: &mut parts.headers,
@@ -153,9 +166,10 @@ impl Hcm {
                 sni: conn.sni.as_deref().unwrap_or(""),
                 route: [found.map(|(_, r)| &r.per_filter), found.map(|(vh, _)| &vh.per_filter)],
                 new_path: None,
+                clear_route_cache: false,
             };
             let v = self.filters.on_request(&mut rq, &mut state).await;
-            (v, rq.new_path)
+            (v, rq.new_path, rq.clear_route_cache)
         };
         // The route stays the one found for the original path, as Envoy
         // keeps its cached route unless a filter clears it.
@@ -171,7 +185,8 @@ impl Hcm {
         stream.filter_state = state;
         match self.filter_verdict(stream, verdict) {
             Break(resp) if !carried.is_empty() => Break(Box::pin(self.reply_through_filters(resp, carried)).await),
-            step => step,
+            Break(resp) => Break(resp),
+            Continue(stream) => Continue((stream, clear_route)),
         }
     }
 

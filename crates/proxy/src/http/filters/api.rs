@@ -113,6 +113,9 @@ pub struct RequestCtx<'a> {
     pub route: [Option<&'a PerFilter>; 2],
     /// A new path for the request (jwt_authn taking out `access_token`).
     pub new_path: Option<String>,
+    /// The route is to be found again after the filters (Envoy's
+    /// `clearRouteCache`: a Lua script changed the request's headers).
+    pub clear_route_cache: bool,
 }
 
 impl RequestCtx<'_> {

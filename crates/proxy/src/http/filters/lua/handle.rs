@@ -49,6 +49,8 @@ pub struct StreamState {
     pub response: bool,
     /// What a chunk iterator has passed so far.
     seen: Vec<u8>,
+    /// A script changed the headers (the route is found again).
+    pub headers_changed: bool,
     /// Counts the script's yields: objects it got before a yield are dead
     /// after it, as Envoy's wrappers are.
     pub generation: u64,
@@ -142,7 +144,17 @@ impl Handle {
 
 impl StreamState {
     pub fn new(headers: HeaderList, body: Body, response: bool) -> Self {
-        Self { headers, body, body_set: false, trailers: None, reply: None, response, seen: Vec::new(), generation: 0 }
+        Self {
+            headers,
+            body,
+            body_set: false,
+            trailers: None,
+            reply: None,
+            response,
+            seen: Vec::new(),
+            headers_changed: false,
+            generation: 0,
+        }
     }
 
     /// The chunks an iterator has passed, kept to send on.

@@ -57,6 +57,8 @@ pub struct LuaFilter {
     executions: Arc<Counter>,
     clusters: Arc<ArcSwap<ClusterMap>>,
     any_response: bool,
+    /// `clear_route_cache` (default true): changed request headers route again.
+    clear_route_cache: bool,
 }
 
 /// `LuaPerRoute`, compiled, with the filter name it was given under.
@@ -135,6 +137,7 @@ impl LuaFilter {
             id: NEXT_FILTER.fetch_add(1, Relaxed),
             name: ctx.name.to_string(),
             any_response: true,
+            clear_route_cache: c.clear_route_cache.as_ref().is_none_or(|b| b.value),
             default,
             named,
             errors: store.counter(&format!("{prefix}errors")),
@@ -221,6 +224,7 @@ impl LuaFilter {
         if let Some(r) = s.reply.take() {
             return local_reply(r);
         }
+        rq.clear_route_cache |= self.clear_route_cache && s.headers_changed;
         write_request(&mut s, rq);
         Verdict::Continue
     }

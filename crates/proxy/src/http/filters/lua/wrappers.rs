@@ -66,6 +66,7 @@ impl HeadersUd {
             check(&name, v)?;
         }
         let mut s = lock(&self.state);
+        s.headers_changed |= !self.trailers;
         if self.trailers {
             let Some(t) = s.trailers.as_mut() else { return Ok(()) };
             let Ok(n) = http::HeaderName::from_bytes(name.as_bytes()) else { return Ok(()) };
