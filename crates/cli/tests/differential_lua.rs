@@ -133,6 +133,8 @@ fn template() -> String {
     let routes = format!(
         r#"              - match: {{ prefix: "/reroute", headers: [{{ name: x-lua-route, string_match: {{ exact: side }} }}] }}
                 route: {{ cluster: side }}
+              - match: {{ prefix: "/nohost" }}
+                route: {{ cluster: empty }}
               - match: {{ prefix: "/md" }}
                 route: {{ cluster: echo }}
                 metadata: {{ filter_metadata: {{ envoy.filters.http.lua: {{ tag: route-tag }} }} }}
@@ -168,7 +170,11 @@ fn template() -> String {
         own = block(ROUTE_SCRIPT, 24),
         all = ALL_TO_ECHO,
     );
-    let t = bootstrap("", "", &one_vhost(&routes), &format!("{}{}", echo_cluster(), cluster("side", &["{UP_b}"])));
+    let t = bootstrap("", "", &one_vhost(&routes), &format!(
+            "{}{}  - {{ name: empty, connect_timeout: 1s, load_assignment: {{ cluster_name: empty, endpoints: [] }} }}\n",
+            echo_cluster(),
+            cluster("side", &["{UP_b}"])
+        ));
     with_filters(t, &format!("          http_filters:\n{filters}{ROUTER}"))
 }
 
@@ -208,6 +214,7 @@ fn requests() -> Vec<Req> {
         get("/direct"),
         get("/direct-rewrite"),
         get("/reroute"),
+        get("/nohost"),
         get("/repath"),
         get("/over-h2").h2(),
     ]

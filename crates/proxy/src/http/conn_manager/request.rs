@@ -90,7 +90,17 @@ impl Hcm {
         } else {
             step!(self.route_request(stream, parts, table.as_deref(), found))
         };
-        answered(self.forward(stream, parts, body, matched, ra, upgrade).await)
+        if !self.filters.waits_on_response() || stream.filter_state.carried.is_empty() {
+            return answered(self.forward(stream, parts, body, matched, ra, upgrade).await);
+        }
+        // The router's own replies (503, 504 ...) go through the waiting
+        // response hooks too; a proxied response has been through them.
+        let carried = stream.filter_state.carried.clone();
+        let resp = answered(self.forward(stream, parts, body, matched, ra, upgrade).await);
+        if resp.extensions().get::<crate::http::filters::api::ResponseHooksRan>().is_some() {
+            return resp;
+        }
+        Box::pin(self.reply_through_filters(resp, carried)).await
     }
 
     fn count_request(&self, version: Version) {
@@ -215,7 +225,7 @@ impl Hcm {
     async fn reply_through_filters(
         &self,
         resp: ProxyResponse,
-        carried: Vec<Box<dyn std::any::Any + Send + Sync>>,
+        carried: Vec<Arc<dyn std::any::Any + Send + Sync>>,
     ) -> ProxyResponse {
         let mut state = ResponseState { carried, ..ResponseState::default() };
         let (parts, mut tracked) = resp.into_parts();

@@ -138,8 +138,13 @@ pub struct ResponseState {
     /// What a filter carries from the request to its response hooks (the
     /// Lua filter's script, stream facts and dynamic metadata); each filter
     /// finds its own by type.
-    pub carried: Vec<Box<dyn std::any::Any + Send + Sync>>,
+    pub carried: Vec<std::sync::Arc<dyn std::any::Any + Send + Sync>>,
 }
+
+/// Marks a response the waiting response hooks have already seen (in a
+/// response's extensions, never sent).
+#[derive(Clone, Copy, Debug)]
+pub struct ResponseHooksRan;
 
 /// What a filter decided for a request.
 pub enum Verdict {

@@ -248,6 +248,7 @@ impl Hcm {
         if self.filters.waits_on_response() {
             // Boxed: only chains with such a filter carry its state.
             Box::pin(self.filters.on_response_wait(&mut stream.filter_state, &mut resp)).await;
+            resp.extensions_mut().insert(crate::http::filters::api::ResponseHooksRan);
         }
         stream.details = "via_upstream";
         self.finish_response(&mut stream, &mut resp, Some(matched));

@@ -210,7 +210,7 @@ impl LuaFilter {
         };
         let facts = Arc::new(self.facts(rq));
         if script.has_response {
-            state.carried.push(Box::new(Carried { filter: self.id, script: script.clone(), facts: facts.clone() }));
+            state.carried.push(Arc::new(Carried { filter: self.id, script: script.clone(), facts: facts.clone() }));
         }
         let Some(f) = loaded.on_request.as_ref() else { return Verdict::Continue };
         let body = if http_body::Body::is_end_stream(&*rq.body) {
@@ -230,7 +230,8 @@ impl LuaFilter {
     }
 
     async fn response(&self, state: &mut ResponseState, resp: &mut http::Response<ProxyBody>) {
-        let carried = state.carried.iter().find_map(|c| c.downcast_ref::<Carried>().filter(|c| c.filter == self.id));
+        let carried =
+            state.carried.iter().find_map(|c| (**c).downcast_ref::<Carried>().filter(|c| c.filter == self.id));
         let Some(carried) = carried else { return };
         let loaded = match carried.script.loaded() {
             Ok(l) => l,
@@ -366,7 +367,7 @@ impl HttpFilter for LuaFilter {
     fn on_request_skipped(&self, rq: &RequestCtx<'_>, state: &mut ResponseState) {
         if let Some(script) = self.script_for(rq).filter(|s| s.has_response) {
             let facts = Arc::new(self.facts(rq));
-            state.carried.push(Box::new(Carried { filter: self.id, script, facts }));
+            state.carried.push(Arc::new(Carried { filter: self.id, script, facts }));
         }
     }
 
