@@ -29,6 +29,8 @@ pub const SUPPORTED_EXTENSIONS: &[&str] = &[
     "envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication",
     "envoy.extensions.filters.http.ext_authz.v3.ExtAuthz",
     "envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute",
+    "envoy.extensions.filters.http.lua.v3.Lua",
+    "envoy.extensions.filters.http.lua.v3.LuaPerRoute",
     "envoy.extensions.filters.http.compressor.v3.Compressor",
     "envoy.extensions.compression.gzip.compressor.v3.Gzip",
     "envoy.extensions.compression.brotli.compressor.v3.Brotli",
@@ -256,6 +258,8 @@ const SUPPORTED_FIELDS: &[(&str, &[&str])] = &[
             "response_headers_to_add",
             "response_headers_to_remove",
             "typed_per_filter_config",
+            // `filter_metadata`, read by the Lua filter's `metadata()`.
+            "metadata",
         ],
     ),
     (
@@ -626,6 +630,13 @@ const SUPPORTED_FIELDS: &[(&str, &[&str])] = &[
         ],
     ),
     ("envoy.extensions.filters.http.buffer.v3.Buffer", &["max_request_bytes"]),
+    // Lua: no `filter_context` or package paths.
+    (
+        "envoy.extensions.filters.http.lua.v3.Lua",
+        &["inline_code", "default_source_code", "source_codes", "stat_prefix", "clear_route_cache"],
+    ),
+    ("envoy.extensions.filters.http.lua.v3.LuaPerRoute", &["disabled", "name", "source_code"]),
+    ("envoy.config.core.v3.Metadata", &["filter_metadata"]),
     ("envoy.extensions.filters.http.compressor.v3.Compressor", &["compressor_library", "response_direction_config"]),
     (
         "envoy.extensions.filters.http.compressor.v3.Compressor.ResponseDirectionConfig",

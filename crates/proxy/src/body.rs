@@ -286,6 +286,11 @@ impl TrackedBody {
         Self { inner, sent: 0, done: false, finish, deadline: None }
     }
 
+    /// The body inside, before it is sent (a filter rewriting a reply).
+    pub fn inner_mut(&mut self) -> &mut ProxyBody {
+        &mut self.inner
+    }
+
     /// Resets the stream if it has not ended by `at` (counting it in `reached`).
     pub fn with_deadline(mut self, at: tokio::time::Instant, reached: std::sync::Arc<crate::stats::Counter>) -> Self {
         self.deadline = Some((Box::pin(tokio::time::sleep_until(at)), reached));

@@ -56,7 +56,7 @@ pub struct Hcm {
     /// The RDS route configuration name, when routes come from RDS.
     rds_name: Option<String>,
     /// HTTP filters before the router.
-    filters: crate::http::filters::FilterChain,
+    pub(in crate::http) filters: crate::http::filters::FilterChain,
     pub(in crate::http) clusters: Arc<ArcSwap<ClusterMap>>,
     use_remote_address: bool,
     xff_trusted_hops: usize,

@@ -50,7 +50,7 @@ impl Hcm {
         // The route is found before the filters run: they may read its
         // per-filter config, as Envoy's filters read the cached route.
         let table = self.routes.load_full();
-        let found = table.as_deref().and_then(|t| {
+        let mut found = table.as_deref().and_then(|t| {
             t.route(&stream.authority, &stream.path, &parts.headers, parts.method.as_str(), stream.conn.scheme())
         });
         if self.tracing.is_some() {
@@ -60,11 +60,24 @@ impl Hcm {
             }
         }
         let (stream, upgrade) = step!(self.accept_upgrade(stream, &mut parts, extended, found));
-        let body = ProxyBody::stream(body);
+        let mut body = ProxyBody::stream(body);
         let (stream, body) = if self.filters.is_empty() {
             (stream, body)
         } else {
-            let (stream, body) = step!(self.run_filters(stream, &mut parts, found, body).await);
+            let (stream, clear_route) = step!(self.run_filters(stream, &mut parts, &mut body, found).await);
+            // A filter changed what routing reads (a script's headers): the
+            // route is found again, as after Envoy's `clearRouteCache`.
+            if clear_route {
+                found = table.as_deref().and_then(|t| {
+                    t.route(
+                        &stream.authority,
+                        &stream.path,
+                        &parts.headers,
+                        parts.method.as_str(),
+                        stream.conn.scheme(),
+                    )
+                });
+            }
             match self.filters.buffer_limit() {
                 // Boxed: reading a whole body allocates anyway; its state
                 // stays out of every request's future.
@@ -72,8 +85,22 @@ impl Hcm {
                 None => (stream, body),
             }
         };
-        let (stream, parts, matched, ra) = step!(self.route_request(stream, parts, table.as_deref(), found));
-        answered(self.forward(stream, parts, body, matched, ra, upgrade).await)
+        let (stream, parts, matched, ra) = if self.filters.waits_on_response() {
+            step!(Box::pin(self.route_request_through_filters(stream, parts, table.as_deref(), found)).await)
+        } else {
+            step!(self.route_request(stream, parts, table.as_deref(), found))
+        };
+        if !self.filters.waits_on_response() || stream.filter_state.carried.is_empty() {
+            return answered(self.forward(stream, parts, body, matched, ra, upgrade).await);
+        }
+        // The router's own replies (503, 504 ...) go through the waiting
+        // response hooks too; a proxied response has been through them.
+        let carried = stream.filter_state.carried.clone();
+        let resp = answered(self.forward(stream, parts, body, matched, ra, upgrade).await);
+        if resp.extensions().get::<crate::http::filters::api::ResponseHooksRan>().is_some() {
+            return resp;
+        }
+        Box::pin(self.reply_through_filters(resp, carried)).await
     }
 
     fn count_request(&self, version: Version) {
@@ -123,9 +150,9 @@ impl Hcm {
         &self,
         mut stream: Box<Stream>,
         parts: &mut Parts,
+        body: &mut ProxyBody,
         found: Found<'_>,
-        mut body: ProxyBody,
-    ) -> Step<(Box<Stream>, ProxyBody)> {
+    ) -> Step<(Box<Stream>, bool)> {
         let mut state = ResponseState::default();
         let route_cluster = found.and_then(|(_, r)| match &r.action {
             crate::http::route::Action::Forward(ra) => match &ra.cluster {
@@ -134,19 +161,22 @@ impl Hcm {
             },
             _ => None,
         });
-        let (verdict, new_path) = {
+        let (verdict, new_path, clear_route) = {
             let conn = &*stream.conn;
             let mut rq = RequestCtx {
                 headers: &mut parts.headers,
                 method: &parts.method,
                 version: parts.version,
-                peer: conn.remote,
                 pseudo: crate::common::matcher::Pseudo {
                     method: parts.method.as_str(),
                     path: &stream.path,
                     authority: &stream.authority,
                     scheme: conn.scheme(),
                 },
+                protocol: stream.protocol,
+                body,
+                peer: conn.remote,
+                client: stream.client,
                 direct_remote: conn.remote.ip(),
                 remote: stream.client.ip(),
                 local: conn.local,
@@ -155,18 +185,20 @@ impl Hcm {
                 route: [found.map(|(_, r)| &r.per_filter), found.map(|(vh, _)| &vh.per_filter)],
                 new_path: None,
                 route_cluster,
-                body: None,
+                read_body: None,
+                clear_route_cache: false,
             };
-            let want = if http_body::Body::is_end_stream(&body) || rq.headers.contains_key(http::header::UPGRADE) {
+            let want = if http_body::Body::is_end_stream(&*rq.body) || rq.headers.contains_key(http::header::UPGRADE) {
                 None
             } else {
                 self.filters.request_body(&rq)
             };
             if let Some(want) = want {
-                match crate::body::read_prefix(body, want.max, want.partial).await {
+                let whole = std::mem::replace(&mut *rq.body, ProxyBody::Empty);
+                match crate::body::read_prefix(whole, want.max, want.partial).await {
                     Ok((read, rest)) => {
-                        rq.body = Some(read);
-                        body = rest;
+                        rq.read_body = Some(read);
+                        *rq.body = rest;
                     }
                     Err(e) => {
                         drop(rq);
@@ -175,18 +207,61 @@ impl Hcm {
                 }
             }
             let v = self.filters.on_request(&mut rq, &mut state).await;
-            (v, rq.new_path)
+            (v, rq.new_path, rq.clear_route_cache)
         };
         // The route stays the one found for the original path, as Envoy
         // keeps its cached route unless a filter clears it.
         if let Some(p) = new_path {
             stream.path = p;
         }
+        // A filter's reply goes through the response hooks that wait, as
+        // Envoy's encoder filters see a local reply.
+        let carried = match verdict {
+            Verdict::Continue => Vec::new(),
+            _ => std::mem::take(&mut state.carried),
+        };
         stream.filter_state = state;
         match self.filter_verdict(stream, verdict) {
-            Continue(s) => Continue((s, body)),
-            Break(r) => Break(r),
+            Break(resp) if !carried.is_empty() => Break(Box::pin(self.reply_through_filters(resp, carried)).await),
+            Break(resp) => Break(resp),
+            Continue(stream) => Continue((stream, clear_route)),
         }
+    }
+
+    /// The router's first step when response hooks wait: a direct
+    /// response, redirect or 404 goes through them, as through Envoy's
+    /// encoder filters.
+    async fn route_request_through_filters<'t>(
+        &self,
+        mut stream: Box<Stream>,
+        parts: Parts,
+        table: Option<&'t crate::http::route::RouteTable>,
+        found: Found<'t>,
+    ) -> Step<(Box<Stream>, Parts, super::Matched<'t>, &'t crate::http::route::RouteAction)> {
+        let carried = std::mem::take(&mut stream.filter_state.carried);
+        match self.route_request(stream, parts, table, found) {
+            Continue((mut stream, parts, matched, ra)) => {
+                stream.filter_state.carried = carried;
+                Continue((stream, parts, matched, ra))
+            }
+            Break(resp) if carried.is_empty() => Break(resp),
+            Break(resp) => Break(self.reply_through_filters(resp, carried).await),
+        }
+    }
+
+    /// A filter's local reply through the filters' waiting response hooks.
+    async fn reply_through_filters(
+        &self,
+        resp: ProxyResponse,
+        carried: Vec<Arc<dyn std::any::Any + Send + Sync>>,
+    ) -> ProxyResponse {
+        let mut state = ResponseState { carried, ..ResponseState::default() };
+        let (parts, mut tracked) = resp.into_parts();
+        let mut resp = http::Response::from_parts(parts, std::mem::replace(tracked.inner_mut(), ProxyBody::Empty));
+        self.filters.on_response_wait(&mut state, &mut resp).await;
+        let (parts, body) = resp.into_parts();
+        *tracked.inner_mut() = body;
+        http::Response::from_parts(parts, tracked)
     }
 
     /// A body a filter had to read whole was too large (413) or cut off.
@@ -214,6 +289,22 @@ impl Hcm {
             Verdict::Limited { status, headers } => {
                 let body = Some("local_rate_limited".into());
                 with_headers(self.local_reply(stream, status, "local_rate_limited", "RL", body), headers)
+            }
+            Verdict::Local { status, headers, body, details } => {
+                let body = body.map(|b| String::from_utf8_lossy(&b).into_owned());
+                let mut r = self.local_reply(stream, status, details, "", body);
+                let mut seen = Vec::new();
+                for (k, v) in headers {
+                    // The script's headers replace the reply's own; a name
+                    // given twice keeps both values.
+                    if seen.contains(&k) {
+                        r.headers_mut().append(k, v);
+                    } else {
+                        seen.push(k.clone());
+                        r.headers_mut().insert(k, v);
+                    }
+                }
+                r
             }
             Verdict::Reply { status, body, details, flag, headers } => {
                 let body = (!body.is_empty()).then(|| body.to_string());

@@ -26,6 +26,11 @@ pub trait HttpFilter: Send + Sync {
     /// returned without allocating.
     fn on_request<'r>(&'r self, rq: &'r mut RequestCtx<'_>, state: &'r mut ResponseState) -> FilterStatus<'r>;
 
+    /// Called, instead of `on_request`, on a filter with a waiting response
+    /// hook when a filter before it answered the request: Envoy's encoder
+    /// filters all see a local reply, so its hook may still run on it.
+    fn on_request_skipped(&self, _rq: &RequestCtx<'_>, _state: &mut ResponseState) {}
+
     /// Which response hooks the chain calls for this filter. Asked once,
     /// when the chain is compiled, so a filter without any costs nothing on
     /// the response.
@@ -36,6 +41,18 @@ pub trait HttpFilter: Send + Sync {
     /// Changes a response (filters run in reverse order, as Envoy's encoder
     /// filters do). Called when `response_hooks().on_response`.
     fn on_response(&self, _state: &ResponseState, _resp: &mut http::Response<ProxyBody>) {}
+
+    /// Changes a proxied response before its headers go downstream, waiting
+    /// as long as it needs (a script reading the whole body, or calling
+    /// out). Runs before `on_response`, in reverse order. Called when
+    /// `response_hooks().wait`.
+    fn on_response_wait<'r>(
+        &'r self,
+        _state: &'r mut ResponseState,
+        _resp: &'r mut http::Response<ProxyBody>,
+    ) -> Option<Pin<Box<dyn Future<Output = ()> + Send + 'r>>> {
+        None
+    }
 
     /// A header every response gets now. Called when `response_hooks().response_header`.
     fn response_header(&self) -> Option<(&'static str, &'static str)> {
@@ -49,7 +66,7 @@ pub trait HttpFilter: Send + Sync {
     }
 
     /// The request body this filter reads before it runs (ext_authz's
-    /// `with_request_body`), for this request; `RequestCtx::body` then
+    /// `with_request_body`), for this request; `RequestCtx::read_body` then
     /// holds it.
     fn request_body(&self, _rq: &RequestCtx<'_>) -> Option<BodyWant> {
         None
@@ -78,6 +95,8 @@ pub struct ResponseHooks {
     pub response_header: bool,
     /// `request_body` may ask for the request body.
     pub request_body: bool,
+    /// `on_response_wait` changes proxied responses and may wait.
+    pub wait: bool,
 }
 
 /// What a filter's request hook decided.
@@ -96,8 +115,14 @@ pub struct RequestCtx<'a> {
     pub method: &'a http::Method,
     pub version: http::Version,
     pub pseudo: Pseudo<'a>,
+    /// `HTTP/1.1`, `HTTP/2` ... as the access log names it.
+    pub protocol: &'static str,
+    /// The request body; a filter may read it whole and put it back.
+    pub body: &'a mut ProxyBody,
     /// The connection's peer, with its port.
     pub peer: std::net::SocketAddr,
+    /// The client, after x-forwarded-for, with the peer's port.
+    pub client: std::net::SocketAddr,
     /// The connection's peer.
     pub direct_remote: std::net::IpAddr,
     /// The client, after x-forwarded-for.
@@ -114,8 +139,12 @@ pub struct RequestCtx<'a> {
     /// The cluster the matched route names (a single `cluster`), for the
     /// stats filters charge to it.
     pub route_cluster: Option<&'a str>,
-    /// The body a filter asked for (`HttpFilter::request_body`).
-    pub body: Option<ReadBody>,
+    /// The body a filter asked for (`HttpFilter::request_body`), read
+    /// before the filters run.
+    pub read_body: Option<ReadBody>,
+    /// The route is to be found again after the filters (Envoy's
+    /// `clearRouteCache`: a Lua script changed the request's headers).
+    pub clear_route_cache: bool,
 }
 
 impl RequestCtx<'_> {
@@ -138,7 +167,16 @@ pub struct ResponseState {
     /// Headers added to the response beside any of the same name (ext_authz's
     /// `response_headers_to_add`).
     pub appended: Vec<(http::HeaderName, http::HeaderValue)>,
+    /// What a filter carries from the request to its response hooks (the
+    /// Lua filter's script, stream facts and dynamic metadata); each filter
+    /// finds its own by type.
+    pub carried: Vec<std::sync::Arc<dyn std::any::Any + Send + Sync>>,
 }
+
+/// Marks a response the waiting response hooks have already seen (in a
+/// response's extensions, never sent).
+#[derive(Clone, Copy, Debug)]
+pub struct ResponseHooksRan;
 
 /// What a filter decided for a request.
 pub enum Verdict {
@@ -155,6 +193,14 @@ pub enum Verdict {
     Limited {
         status: u16,
         headers: Vec<(http::HeaderName, http::HeaderValue)>,
+    },
+    /// A local reply a filter made whole (a script's `respond()`): status,
+    /// these headers, a `text/plain` body when there is one.
+    Local {
+        status: u16,
+        headers: Vec<(http::HeaderName, http::HeaderValue)>,
+        body: Option<bytes::Bytes>,
+        details: &'static str,
     },
     /// A local reply: status, `text/plain` body (none when empty), response
     /// code details and flag for the access log, extra headers.
@@ -196,6 +242,8 @@ pub struct ServerParts<'a> {
 pub struct FilterContext<'a> {
     /// The filter's index in `http_filters`, for error paths.
     pub index: usize,
+    /// The filter's `name` (route metadata is read under it).
+    pub name: &'a str,
     /// The connection manager's `stat_prefix`.
     pub stat_prefix: &'a str,
     pub server: ServerParts<'a>,

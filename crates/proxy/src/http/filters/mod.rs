@@ -15,6 +15,7 @@ pub mod fault;
 pub mod health_check;
 pub mod jwt;
 pub mod local_ratelimit;
+pub mod lua;
 pub mod rbac;
 pub mod registry;
 
@@ -33,6 +34,8 @@ pub struct FilterChain {
     response_filters: Vec<usize>,
     /// The filters that may add a header to every response, by index.
     header_filters: Vec<usize>,
+    /// The filters with an `on_response_wait` hook, by index.
+    wait_filters: Vec<usize>,
     /// The smallest `buffer_limit` of the filters.
     buffer_limit: Option<u64>,
     /// The filters that may read the body before they run, by index.
@@ -81,7 +84,7 @@ impl FilterChain {
             let Some(entry) = registry::find(type_url) else {
                 return Err(format!("http_filters[{i}]: filter {type_url} is not supported"));
             };
-            let ctx = FilterContext { index: i, stat_prefix, server };
+            let ctx = FilterContext { index: i, name: &f.name, stat_prefix, server };
             let filter = (entry.compile)(any, &ctx)?;
             if let Some(kind) = entry.one_per_chain {
                 // Envoy negotiates among all compressors of a chain; Legate
@@ -105,6 +108,7 @@ impl FilterChain {
         Ok(Self {
             response_filters: with_hook(|h| h.on_response),
             header_filters: with_hook(|h| h.response_header),
+            wait_filters: with_hook(|h| h.wait),
             buffer_limit: filters.iter().filter_map(|f| f.buffer_limit()).min(),
             body_filters,
             suppress_envoy_headers: router.suppress_envoy_headers,
@@ -134,6 +138,21 @@ impl FilterChain {
         }
     }
 
+    /// Whether a filter changes proxied responses and may wait for it.
+    pub fn waits_on_response(&self) -> bool {
+        !self.wait_filters.is_empty()
+    }
+
+    /// Lets the filters that may wait change a proxied response before it
+    /// goes downstream, in reverse order.
+    pub async fn on_response_wait(&self, state: &mut ResponseState, resp: &mut http::Response<crate::body::ProxyBody>) {
+        for &i in self.wait_filters.iter().rev() {
+            if let Some(work) = self.filters[i].on_response_wait(state, resp) {
+                work.await;
+            }
+        }
+    }
+
     /// The smallest `max_request_bytes` of the buffer filters: the request
     /// body is read whole before routing when there is one.
     pub fn buffer_limit(&self) -> Option<u64> {
@@ -152,13 +171,16 @@ impl FilterChain {
     /// Runs the request filters. Cost: nothing when the chain has only the
     /// router; a box only for a filter that waits.
     pub async fn on_request(&self, rq: &mut RequestCtx<'_>, state: &mut ResponseState) -> Verdict {
-        for f in &self.filters {
+        for (i, f) in self.filters.iter().enumerate() {
             let verdict = match f.on_request(rq, state) {
                 FilterStatus::Continue => continue,
                 FilterStatus::Done(v) => v,
                 FilterStatus::Wait(work) => work.await,
             };
             if !matches!(verdict, Verdict::Continue) {
+                for &later in self.wait_filters.iter().filter(|&&j| j > i) {
+                    self.filters[later].on_request_skipped(rq, state);
+                }
                 return verdict;
             }
         }

@@ -3,7 +3,9 @@
 //! support table; the chain and the connection manager do not change.
 
 use crate::http::filters::api::Registration;
-use crate::http::filters::{buffer, compressor, cors, ext_authz, fault, health_check, jwt, local_ratelimit, rbac};
+use crate::http::filters::{
+    buffer, compressor, cors, ext_authz, fault, health_check, jwt, local_ratelimit, lua, rbac,
+};
 use crate::http::route::per_filter::PerRouteConfig;
 use legate_api::pb::google::protobuf::Any;
 
@@ -18,6 +20,7 @@ pub static HTTP_FILTERS: &[Registration] = &[
     cors::REGISTRATION,
     compressor::REGISTRATION,
     jwt::REGISTRATION,
+    lua::REGISTRATION,
     buffer::REGISTRATION,
 ];
 

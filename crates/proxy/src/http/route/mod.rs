@@ -382,7 +382,11 @@ fn compile_route(r: &rpb::Route) -> Result<Route, String> {
                 _ => None,
             },
         )
-        .map_err(|e| format!("route.{e}"))?,
+        .map_err(|e| format!("route.{e}"))
+        .map(|mut p| {
+            p.set_metadata(r.metadata.as_ref());
+            p
+        })?,
     })
 }
 

@@ -18,11 +18,21 @@ pub struct PerFilter {
     /// The route's or virtual host's `rate_limits`: the descriptors the
     /// local rate limit matches against.
     pub rate_limits: Vec<DescriptorPolicy>,
+    /// The route's `metadata.filter_metadata`, by filter name, as JSON
+    /// (what a Lua script's `metadata()` reads).
+    pub filter_metadata: Option<Arc<serde_json::Map<String, serde_json::Value>>>,
 }
 
 impl PerFilter {
     pub fn new(rate_limits: Vec<DescriptorPolicy>) -> Self {
-        Self { configs: Vec::new(), rate_limits }
+        Self { configs: Vec::new(), rate_limits, filter_metadata: None }
+    }
+
+    /// Keeps a route's `metadata.filter_metadata` (none when empty).
+    pub fn set_metadata(&mut self, m: Option<&legate_api::pb::envoy::config::core::v3::Metadata>) {
+        let Some(m) = m.filter(|m| !m.filter_metadata.is_empty()) else { return };
+        let map = m.filter_metadata.iter().map(|(k, s)| (k.clone(), struct_json(s))).collect();
+        self.filter_metadata = Some(Arc::new(map));
     }
 
     /// Adds a compiled per-route config; one of the same type is replaced.
@@ -37,6 +47,23 @@ impl PerFilter {
     /// The per-route config of type `T`, if there is one.
     pub fn get<T: Any>(&self) -> Option<&T> {
         self.configs.iter().find_map(|c| c.downcast_ref::<T>())
+    }
+}
+
+/// A protobuf `Struct` as JSON.
+pub fn struct_json(s: &legate_api::pb::google::protobuf::Struct) -> serde_json::Value {
+    serde_json::Value::Object(s.fields.iter().map(|(k, v)| (k.clone(), value_json(v))).collect())
+}
+
+fn value_json(v: &legate_api::pb::google::protobuf::Value) -> serde_json::Value {
+    use legate_api::pb::google::protobuf::value::Kind;
+    match &v.kind {
+        None | Some(Kind::NullValue(_)) => serde_json::Value::Null,
+        Some(Kind::NumberValue(n)) => serde_json::Number::from_f64(*n).map_or(serde_json::Value::Null, Into::into),
+        Some(Kind::StringValue(s)) => s.clone().into(),
+        Some(Kind::BoolValue(b)) => (*b).into(),
+        Some(Kind::StructValue(s)) => struct_json(s),
+        Some(Kind::ListValue(l)) => l.values.iter().map(value_json).collect(),
     }
 }
 

@@ -93,7 +93,9 @@ impl Hcm {
         };
         move_to_host(&mut stream, &target, last_host);
         match result {
-            Ok(resp) => Continue(self.upstream_response(stream, resp, matched, &target, (attempts, stream_deadline))),
+            Ok(resp) => {
+                Continue(self.upstream_response(stream, resp, matched, &target, (attempts, stream_deadline)).await)
+            }
             Err(e) => Break(self.upstream_failure_reply(stream, e, &target.cluster, matched, attempts)),
         }
     }
@@ -224,7 +226,7 @@ impl Hcm {
 
     /// The upstream's response on its way downstream. Its body may not
     /// outlive the cluster's `max_stream_duration`.
-    fn upstream_response(
+    async fn upstream_response(
         &self,
         mut stream: Box<Stream>,
         upstream_resp: Response<Incoming>,
@@ -249,6 +251,11 @@ impl Hcm {
             rparts.headers.append(http::header::SET_COOKIE, cookie);
         }
         let mut resp = Response::from_parts(rparts, ProxyBody::stream(rbody));
+        if self.filters.waits_on_response() {
+            // Boxed: only chains with such a filter carry its state.
+            Box::pin(self.filters.on_response_wait(&mut stream.filter_state, &mut resp)).await;
+            resp.extensions_mut().insert(crate::http::filters::api::ResponseHooksRan);
+        }
         stream.details = "via_upstream";
         self.finish_response(&mut stream, &mut resp, Some(matched));
         // Nothing to set up, not even a counter clone, when there is no

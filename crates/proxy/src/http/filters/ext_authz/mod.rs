@@ -164,7 +164,7 @@ impl HttpFilter for ExtAuthz {
         }
         FilterStatus::Wait(Box::pin(async move {
             let body =
-                rq.body.as_ref().map(|b| CheckBody { bytes: &b.bytes, partial: b.partial, received: b.received });
+                rq.read_body.as_ref().map(|b| CheckBody { bytes: &b.bytes, partial: b.partial, received: b.received });
             let check = check::build(&self.settings, rq, extensions, body);
             let decision = self.service.check(&check).await;
             self.conclude(rq, state, decision)
