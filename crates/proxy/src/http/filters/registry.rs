@@ -3,9 +3,7 @@
 //! support table; the chain and the connection manager do not change.
 
 use crate::http::filters::api::Registration;
-use crate::http::filters::{
-    buffer, compressor, cors, ext_authz, fault, health_check, jwt, local_ratelimit, lua, rbac,
-};
+use crate::http::filters::{buffer, compressor, cors, ext_authz, fault, health_check, jwt, local_ratelimit, lua, rbac};
 use crate::http::route::per_filter::PerRouteConfig;
 use legate_api::pb::google::protobuf::Any;
 
