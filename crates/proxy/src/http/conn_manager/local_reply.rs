@@ -37,6 +37,7 @@ impl Hcm {
         stream.details = details;
         let mut resp = with_status(status, StatusCode::INTERNAL_SERVER_ERROR);
         set_text_body(&mut resp, body.map(bytes::Bytes::from));
+        resp.extensions_mut().insert(crate::http::filters::api::LocalReply);
         self.send_generated(stream, resp, matched)
     }
 

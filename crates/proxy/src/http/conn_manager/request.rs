@@ -65,6 +65,7 @@ impl Hcm {
             (stream, body)
         } else {
             let stream = step!(self.run_filters(stream, &mut parts, found).await);
+            let body = self.filters.on_request_body(&stream.filter_state, body);
             match self.filters.buffer_limit() {
                 // Boxed: reading a whole body allocates anyway; its state
                 // stays out of every request's future.
@@ -139,6 +140,7 @@ impl Hcm {
                 sni: conn.sni.as_deref().unwrap_or(""),
                 route: [found.map(|(_, r)| &r.per_filter), found.map(|(vh, _)| &vh.per_filter)],
                 new_path: None,
+                cluster: found.and_then(|(_, r)| named_cluster(r)),
             };
             let v = self.filters.on_request(&mut rq, &mut state).await;
             (v, rq.new_path)
@@ -216,6 +218,18 @@ fn read_extended_connect(parts: &mut Parts) -> bool {
         parts.headers.insert(http::header::CONNECTION, HeaderValue::from_static("upgrade"));
     }
     extended
+}
+
+/// The cluster a route names outright.
+fn named_cluster(r: &crate::http::route::Route) -> Option<&str> {
+    use crate::http::route::{Action, ClusterChoice};
+    match &r.action {
+        Action::Forward(a) => match &a.cluster {
+            ClusterChoice::Name(n) => Some(n.as_str()),
+            _ => None,
+        },
+        _ => None,
+    }
 }
 
 /// A filter's reply with the headers it asked for.

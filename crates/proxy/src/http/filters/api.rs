@@ -42,6 +42,12 @@ pub trait HttpFilter: Send + Sync {
         None
     }
 
+    /// Rewrites the request body as it streams (grpc_web's base64 text).
+    /// Called when `response_hooks().request_body`, in chain order.
+    fn on_request_body(&self, _state: &ResponseState, body: ProxyBody) -> ProxyBody {
+        body
+    }
+
     /// The request body is read whole, at most this many bytes, before it
     /// goes upstream (the buffer filter).
     fn buffer_limit(&self) -> Option<u64> {
@@ -56,6 +62,8 @@ pub struct ResponseHooks {
     pub on_response: bool,
     /// `response_header` may add a header to every response.
     pub response_header: bool,
+    /// `on_request_body` rewrites request bodies.
+    pub request_body: bool,
 }
 
 /// What a filter's request hook decided.
@@ -86,6 +94,9 @@ pub struct RequestCtx<'a> {
     pub route: [Option<&'a PerFilter>; 2],
     /// A new path for the request (jwt_authn taking out `access_token`).
     pub new_path: Option<String>,
+    /// The cluster the matched route names, when it names one (not a
+    /// header's or a weighted choice).
+    pub cluster: Option<&'a str>,
 }
 
 impl RequestCtx<'_> {
@@ -105,7 +116,14 @@ pub struct ResponseState {
     /// The request's `accept-encoding`, kept when the chain compresses
     /// (a reference-counted copy of the value).
     pub accept_encoding: Option<http::HeaderValue>,
+    /// A gRPC-Web request: what its response is turned back into.
+    pub grpc_web: Option<crate::http::filters::grpc_web::exchange::Exchange>,
 }
+
+/// Marks a response the proxy wrote itself (a local reply), for filters
+/// that answer such replies in their own protocol (grpc_web).
+#[derive(Debug, Clone, Copy)]
+pub struct LocalReply;
 
 /// What a filter decided for a request.
 pub enum Verdict {
