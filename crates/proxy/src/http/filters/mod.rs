@@ -10,6 +10,7 @@ pub mod api;
 pub mod buffer;
 pub mod compressor;
 pub mod cors;
+pub mod csrf;
 pub mod fault;
 pub mod grpc_web;
 pub mod health_check;

@@ -3,7 +3,7 @@
 //! support table; the chain and the connection manager do not change.
 
 use crate::http::filters::api::Registration;
-use crate::http::filters::{buffer, compressor, cors, fault, grpc_web, health_check, jwt, local_ratelimit, rbac};
+use crate::http::filters::{buffer, compressor, cors, csrf, fault, grpc_web, health_check, jwt, local_ratelimit, rbac};
 use crate::http::route::per_filter::PerRouteConfig;
 use legate_api::pb::google::protobuf::Any;
 
@@ -16,6 +16,7 @@ pub static HTTP_FILTERS: &[Registration] = &[
     rbac::REGISTRATION,
     cors::REGISTRATION,
     grpc_web::REGISTRATION,
+    csrf::REGISTRATION,
     compressor::REGISTRATION,
     jwt::REGISTRATION,
     buffer::REGISTRATION,
