@@ -28,6 +28,7 @@ pub const SUPPORTED_EXTENSIONS: &[&str] = &[
     "envoy.extensions.filters.http.buffer.v3.Buffer",
     "envoy.extensions.filters.http.grpc_web.v3.GrpcWeb",
     "envoy.extensions.filters.http.csrf.v3.CsrfPolicy",
+    "envoy.extensions.filters.http.grpc_http1_bridge.v3.Config",
     "envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication",
     "envoy.extensions.filters.http.compressor.v3.Compressor",
     "envoy.extensions.compression.gzip.compressor.v3.Gzip",
@@ -609,6 +610,7 @@ const SUPPORTED_FIELDS: &[(&str, &[&str])] = &[
     ),
     ("envoy.extensions.filters.http.buffer.v3.Buffer", &["max_request_bytes"]),
     ("envoy.extensions.filters.http.grpc_web.v3.GrpcWeb", &[]),
+    ("envoy.extensions.filters.http.grpc_http1_bridge.v3.Config", &[]),
     ("envoy.extensions.filters.http.csrf.v3.CsrfPolicy", &["filter_enabled", "shadow_enabled", "additional_origins"]),
     ("envoy.extensions.filters.http.compressor.v3.Compressor", &["compressor_library", "response_direction_config"]),
     (

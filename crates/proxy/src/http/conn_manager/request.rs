@@ -141,6 +141,7 @@ impl Hcm {
                 route: [found.map(|(_, r)| &r.per_filter), found.map(|(vh, _)| &vh.per_filter)],
                 new_path: None,
                 cluster: found.and_then(|(_, r)| named_cluster(r)),
+                version: parts.version,
             };
             let v = self.filters.on_request(&mut rq, &mut state).await;
             (v, rq.new_path)

@@ -97,6 +97,8 @@ pub struct RequestCtx<'a> {
     /// The cluster the matched route names, when it names one (not a
     /// header's or a weighted choice).
     pub cluster: Option<&'a str>,
+    /// The downstream protocol's version.
+    pub version: http::Version,
 }
 
 impl RequestCtx<'_> {
@@ -118,6 +120,19 @@ pub struct ResponseState {
     pub accept_encoding: Option<http::HeaderValue>,
     /// A gRPC-Web request: what its response is turned back into.
     pub grpc_web: Option<crate::http::filters::grpc_web::exchange::Exchange>,
+    /// A gRPC request the HTTP/1 bridge saw.
+    pub grpc_bridge: Option<crate::http::filters::grpc_http1_bridge::state::Bridged>,
+    /// A filter needs this upstream response whole before it changes its
+    /// headers (grpc_http1_bridge, grpc_web on a response that is not
+    /// gRPC): the router reads the body (and trailers) first when this says so.
+    pub whole_response: Option<fn(&http::response::Parts) -> bool>,
+}
+
+/// On a response read whole (see `ResponseState::whole_response`): its
+/// trailers, the body being `ProxyBody::Full`.
+#[derive(Debug, Clone, Default)]
+pub struct WholeResponse {
+    pub trailers: Option<http::HeaderMap>,
 }
 
 /// Marks a response the proxy wrote itself (a local reply), for filters

@@ -3,7 +3,9 @@
 //! support table; the chain and the connection manager do not change.
 
 use crate::http::filters::api::Registration;
-use crate::http::filters::{buffer, compressor, cors, csrf, fault, grpc_web, health_check, jwt, local_ratelimit, rbac};
+use crate::http::filters::{
+    buffer, compressor, cors, csrf, fault, grpc_http1_bridge, grpc_web, health_check, jwt, local_ratelimit, rbac,
+};
 use crate::http::route::per_filter::PerRouteConfig;
 use legate_api::pb::google::protobuf::Any;
 
@@ -17,6 +19,7 @@ pub static HTTP_FILTERS: &[Registration] = &[
     cors::REGISTRATION,
     grpc_web::REGISTRATION,
     csrf::REGISTRATION,
+    grpc_http1_bridge::REGISTRATION,
     compressor::REGISTRATION,
     jwt::REGISTRATION,
     buffer::REGISTRATION,

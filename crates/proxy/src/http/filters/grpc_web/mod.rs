@@ -16,6 +16,7 @@ use crate::body::ProxyBody;
 use crate::http::filters::api::{
     FilterContext, FilterStatus, HttpFilter, LocalReply, Registration, RequestCtx, ResponseHooks, ResponseState,
 };
+use crate::http::grpc::{grpc_content_type, grpc_status_of, percent_encode};
 use crate::stats::Store;
 use crate::upstream::cluster::ClusterMap;
 use arc_swap::ArcSwap;
@@ -54,7 +55,7 @@ impl GrpcWebFilter {
     /// Envoy counts on the route's cluster when it exists.
     fn stats(&self, rq: &RequestCtx<'_>) -> Option<Arc<GrpcStats>> {
         let cluster = rq.cluster.filter(|c| self.clusters.load().contains_key(*c))?;
-        GrpcStats::new(&self.store, cluster, rq.pseudo.path).map(Arc::new)
+        GrpcStats::new(&self.store, "grpc-web", cluster, rq.pseudo.path).map(Arc::new)
     }
 }
 
@@ -83,11 +84,7 @@ fn is_grpc_response(resp: &Response<ProxyBody>, end_stream: bool) -> bool {
     if end_stream {
         return resp.headers().contains_key(GRPC_STATUS);
     }
-    let grpc = resp.headers().get(CONTENT_TYPE).is_some_and(|v| {
-        let b = v.as_bytes();
-        b.starts_with(b"application/grpc") && matches!(b.get(16), None | Some(b'+') | Some(b';'))
-    });
-    resp.status() == StatusCode::OK && grpc
+    resp.status() == StatusCode::OK && grpc_content_type(resp.headers())
 }
 
 /// A 200 that is already gRPC-Web (binary, proto).
@@ -95,32 +92,6 @@ fn is_web_response(resp: &Response<ProxyBody>) -> bool {
     resp.status() == StatusCode::OK
         && media_type(resp.headers())
             .is_some_and(|m| m.eq_ignore_ascii_case(GRPC_WEB_PROTO) || m.eq_ignore_ascii_case(GRPC_WEB))
-}
-
-/// Envoy's `httpToGrpcStatus`.
-fn grpc_status_of(http: u16) -> u16 {
-    match http {
-        400 => 13,
-        401 => 16,
-        403 => 7,
-        404 => 12,
-        429 | 502 | 503 | 504 => 14,
-        _ => 2,
-    }
-}
-
-/// Envoy's percent-encoding of a `grpc-message`: `%` and bytes outside
-/// printable ASCII.
-fn percent_encode(text: &[u8]) -> HeaderValue {
-    let mut out = String::with_capacity(text.len());
-    for &b in text {
-        if !(b' '..=b'~').contains(&b) || b == b'%' {
-            out.push_str(&format!("%{b:02X}"));
-        } else {
-            out.push(char::from(b));
-        }
-    }
-    HeaderValue::from_str(&out).unwrap_or_else(|_| HeaderValue::from_static(""))
 }
 
 /// A buffered body's bytes (a local reply's text), none for a streamed one.
@@ -160,9 +131,9 @@ impl GrpcWebFilter {
             return;
         }
         if transform {
-            // Not gRPC: its status and text become the gRPC status and
-            // message, with no body. A streamed body is dropped unread (its
-            // text would be the message in Envoy).
+            // Not gRPC: its status and text (read whole by the router, at
+            // most 16 KiB of it taken) become the gRPC status and message,
+            // with no body.
             let text = full_bytes(resp.body_mut()).unwrap_or_default();
             let status = grpc_status_of(resp.status().as_u16());
             *resp.body_mut() = ProxyBody::Empty;
@@ -192,6 +163,9 @@ impl HttpFilter for GrpcWebFilter {
         }
         let failed = text.then(|| Arc::new(Failure::default()));
         state.grpc_web = Some(Exchange { text_response, failed, stats });
+        // A response that is not gRPC is read whole: its text becomes the
+        // grpc-message header.
+        state.whole_response = Some(|p| !(p.status == StatusCode::OK && grpc_content_type(&p.headers)));
         FilterStatus::Continue
     }
 
@@ -218,11 +192,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn grpc_messages_are_percent_encoded() {
-        assert_eq!(percent_encode(b"a b%\n\xff"), "a b%25%0A%FF");
-    }
-
-    #[test]
     fn which_requests_are_grpc_web() {
         let mut h = HeaderMap::new();
         assert_eq!(web_request(&h), None);
@@ -232,7 +201,5 @@ mod tests {
         assert_eq!(web_request(&h), Some(false));
         h.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc-web; charset=utf-8"));
         assert_eq!(web_request(&h), None);
-        assert_eq!(grpc_status_of(503), 14);
-        assert_eq!(grpc_status_of(418), 2);
     }
 }
