@@ -140,14 +140,14 @@ fn unsupported_fields_are_listed_not_ignored() {
         "{:?}",
         r.unsupported
     );
-    let with_grpc_web = listener(ROUTER, "c").replace(
+    let with_lua = listener(ROUTER, "c").replace(
         "          - name: envoy.filters.http.router\n",
-        "          - name: envoy.filters.http.grpc_web\n            typed_config: {\"@type\": type.googleapis.com/envoy.extensions.filters.http.grpc_web.v3.GrpcWeb}\n          - name: envoy.filters.http.router\n",
+        "          - name: envoy.filters.http.lua\n            typed_config: {\"@type\": type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua}\n          - name: envoy.filters.http.router\n",
     );
-    let r = check_bootstrap(&with_grpc_web);
+    let r = check_bootstrap(&with_lua);
     assert!(r.is_valid(), "{:?}", r.errors);
     assert!(
-        r.unsupported.iter().any(|e| e.reason.contains("envoy.extensions.filters.http.grpc_web.v3.GrpcWeb")),
+        r.unsupported.iter().any(|e| e.reason.contains("envoy.extensions.filters.http.lua.v3.Lua")),
         "{:?}",
         r.unsupported
     );

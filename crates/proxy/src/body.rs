@@ -27,7 +27,11 @@ pin_project_lite::pin_project! {
 /// one box so that `ProxyBody` does not name the modules that make one. The
 /// box is the one allocation such a response had before; each frame costs an
 /// indirect call.
-pub type RewrittenBody = Box<dyn Body<Data = Bytes, Error = hyper::Error> + Send + Sync + Unpin>;
+pub type RewrittenBody = Box<dyn Body<Data = Bytes, Error = BodyError> + Send + Sync + Unpin>;
+
+/// Why a body stopped: the peer's stream broke (hyper), or a filter could
+/// not rewrite what arrived (grpc_web's base64).
+pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
 
 /// How far a downstream request body has been read: the request timeout only
 /// runs while it is arriving, and the access log reports its size. Shared by
@@ -190,9 +194,9 @@ struct Prefixed {
 
 impl Body for Prefixed {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         if let Some(p) = self.prefix.take() {
             return Poll::Ready(Some(Ok(Frame::data(p))));
         }
@@ -206,13 +210,13 @@ impl Body for Prefixed {
 
 impl Body for ProxyBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         match self.project() {
             ProxyBodyProj::Empty => Poll::Ready(None),
             ProxyBodyProj::Full { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
-            ProxyBodyProj::Stream { body } => body.poll_frame(cx),
+            ProxyBodyProj::Stream { body } => body.poll_frame(cx).map_err(Into::into),
             ProxyBodyProj::Watched { body, progress } => {
                 let r = body.poll_frame(cx);
                 match &r {
@@ -224,7 +228,7 @@ impl Body for ProxyBody {
                     Poll::Ready(None) | Poll::Ready(Some(Err(_))) => progress.done.store(true, Relaxed),
                     Poll::Pending => {}
                 }
-                r
+                r.map_err(Into::into)
             }
             ProxyBodyProj::Rewritten { body } => Pin::new(&mut **body).poll_frame(cx),
         }
@@ -326,7 +330,7 @@ impl Body for TrackedBody {
             Poll::Ready(None) => *this.done = true,
             _ => {}
         }
-        r.map(|o| o.map(|x| x.map_err(Into::into)))
+        r
     }
 
     fn is_end_stream(&self) -> bool {

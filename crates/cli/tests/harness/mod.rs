@@ -9,6 +9,7 @@
 //! - `h2_load`: HTTP/2 load that resends what a draining server did not process;
 //! - `sides`: Envoy and Legate side by side on the same config;
 //! - `diff`: one request to both, what is compared, agreeing stats;
+//! - `grpc_echo`: a gRPC server (tonic) and gRPC requests framed by hand;
 //! - `template`: block-style bootstrap templates for a `sides::Pair`;
 //! - `config`: flow-style bootstrap pieces for configs built per side;
 //! - `xds`: control-plane resources and ADS bootstraps;
@@ -41,6 +42,7 @@ pub mod certs;
 pub mod config;
 pub mod control;
 pub mod diff;
+pub mod grpc_echo;
 pub mod h2_load;
 pub mod h2_raw;
 pub mod http_client;

@@ -3,6 +3,7 @@
 pub mod conn_manager;
 pub mod context;
 pub mod filters;
+pub mod grpc;
 pub mod h1_errors;
 pub mod header_mutation;
 pub mod route;

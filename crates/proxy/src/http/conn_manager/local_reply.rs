@@ -36,7 +36,12 @@ impl Hcm {
         stream.flags = flags;
         stream.details = details;
         let mut resp = with_status(status, StatusCode::INTERNAL_SERVER_ERROR);
-        set_text_body(&mut resp, body.map(bytes::Bytes::from));
+        if stream.grpc {
+            grpc_reply(&mut resp, body);
+        } else {
+            set_text_body(&mut resp, body.map(bytes::Bytes::from));
+        }
+        resp.extensions_mut().insert(crate::http::filters::api::LocalReply);
         self.send_generated(stream, resp, matched)
     }
 
@@ -94,6 +99,21 @@ fn with_status(status: u16, invalid: StatusCode) -> Response<ProxyBody> {
     let mut resp = Response::new(ProxyBody::Empty);
     *resp.status_mut() = StatusCode::from_u16(status).unwrap_or(invalid);
     resp
+}
+
+/// Envoy's local reply to a gRPC request: trailers-only, 200,
+/// `application/grpc`, `grpc-status` from the HTTP status and the text as a
+/// percent-encoded `grpc-message`.
+fn grpc_reply(resp: &mut Response<ProxyBody>, body: Option<String>) {
+    use crate::http::grpc::{grpc_status_of, percent_encode};
+    let status = grpc_status_of(resp.status().as_u16());
+    *resp.status_mut() = StatusCode::OK;
+    let h = resp.headers_mut();
+    h.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+    h.insert("grpc-status", HeaderValue::from(status));
+    if let Some(text) = body.filter(|b| !b.is_empty()) {
+        h.insert("grpc-message", percent_encode(text.as_bytes()));
+    }
 }
 
 /// A generated body: `text/plain` with its length. An empty body gets no

@@ -78,6 +78,7 @@ impl Hcm {
                     )
                 });
             }
+            let body = self.filters.on_request_body(&stream.filter_state, body);
             match self.filters.buffer_limit() {
                 // Boxed: reading a whole body allocates anyway; its state
                 // stays out of every request's future.
@@ -154,13 +155,7 @@ impl Hcm {
         found: Found<'_>,
     ) -> Step<(Box<Stream>, bool)> {
         let mut state = ResponseState::default();
-        let route_cluster = found.and_then(|(_, r)| match &r.action {
-            crate::http::route::Action::Forward(ra) => match &ra.cluster {
-                crate::http::route::ClusterChoice::Name(n) => Some(n.as_str()),
-                _ => None,
-            },
-            _ => None,
-        });
+        let route_cluster = found.and_then(|(_, r)| named_cluster(r));
         let (verdict, new_path, clear_route) = {
             let conn = &*stream.conn;
             let mut rq = RequestCtx {
@@ -360,6 +355,18 @@ fn read_extended_connect(parts: &mut Parts) -> bool {
         parts.headers.insert(http::header::CONNECTION, HeaderValue::from_static("upgrade"));
     }
     extended
+}
+
+/// The cluster a route names outright.
+fn named_cluster(r: &crate::http::route::Route) -> Option<&str> {
+    use crate::http::route::{Action, ClusterChoice};
+    match &r.action {
+        Action::Forward(a) => match &a.cluster {
+            ClusterChoice::Name(n) => Some(n.as_str()),
+            _ => None,
+        },
+        _ => None,
+    }
 }
 
 /// A filter's reply with the headers it asked for.

@@ -36,6 +36,9 @@ pub(in crate::http) struct Stream {
     pub(in crate::http) request_progress: Option<Arc<RequestProgress>>,
     /// The request has a body (it did not end with its headers).
     pub(in crate::http) has_body: bool,
+    /// The request is gRPC (by its content type as it arrived): local
+    /// replies to it are trailers-only gRPC answers.
+    pub(in crate::http) grpc: bool,
     /// The cluster's `max_requests` slot, held until the response ends.
     pub(in crate::http) rq_slot: crate::upstream::pool::Held,
     pub(in crate::http) client: SocketAddr,
@@ -110,6 +113,7 @@ impl Stream {
             bytes_received: 0,
             request_progress: None,
             has_body,
+            grpc: crate::http::grpc::grpc_content_type(&parts.headers),
             rq_slot: Default::default(),
             client,
             local,

@@ -59,6 +59,12 @@ pub trait HttpFilter: Send + Sync {
         None
     }
 
+    /// Rewrites the request body as it streams (grpc_web's base64 text).
+    /// Called when `response_hooks().rewrites_request_body`, in chain order.
+    fn on_request_body(&self, _state: &ResponseState, body: ProxyBody) -> ProxyBody {
+        body
+    }
+
     /// The request body is read whole, at most this many bytes, before it
     /// goes upstream (the buffer filter).
     fn buffer_limit(&self) -> Option<u64> {
@@ -97,6 +103,8 @@ pub struct ResponseHooks {
     pub request_body: bool,
     /// `on_response_wait` changes proxied responses and may wait.
     pub wait: bool,
+    /// `on_request_body` rewrites request bodies as they stream.
+    pub rewrites_request_body: bool,
 }
 
 /// What a filter's request hook decided.
@@ -171,12 +179,32 @@ pub struct ResponseState {
     /// Lua filter's script, stream facts and dynamic metadata); each filter
     /// finds its own by type.
     pub carried: Vec<std::sync::Arc<dyn std::any::Any + Send + Sync>>,
+    /// A gRPC-Web request: what its response is turned back into.
+    pub grpc_web: Option<crate::http::filters::grpc_web::exchange::Exchange>,
+    /// A gRPC request the HTTP/1 bridge saw.
+    pub grpc_bridge: Option<crate::http::filters::grpc_http1_bridge::state::Bridged>,
+    /// A filter needs this upstream response whole before it changes its
+    /// headers (grpc_http1_bridge, grpc_web on a response that is not
+    /// gRPC): the router reads the body (and trailers) first when this says so.
+    pub whole_response: Option<fn(&http::response::Parts) -> bool>,
 }
 
 /// Marks a response the waiting response hooks have already seen (in a
 /// response's extensions, never sent).
 #[derive(Clone, Copy, Debug)]
 pub struct ResponseHooksRan;
+
+/// On a response read whole (see `ResponseState::whole_response`): its
+/// trailers, the body being `ProxyBody::Full`.
+#[derive(Debug, Clone, Default)]
+pub struct WholeResponse {
+    pub trailers: Option<http::HeaderMap>,
+}
+
+/// Marks a response the proxy wrote itself (a local reply), for filters
+/// that answer such replies in their own protocol (grpc_web).
+#[derive(Debug, Clone, Copy)]
+pub struct LocalReply;
 
 /// What a filter decided for a request.
 pub enum Verdict {

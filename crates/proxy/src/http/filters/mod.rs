@@ -10,8 +10,11 @@ pub mod api;
 pub mod buffer;
 pub mod compressor;
 pub mod cors;
+pub mod csrf;
 pub mod ext_authz;
 pub mod fault;
+pub mod grpc_http1_bridge;
+pub mod grpc_web;
 pub mod health_check;
 pub mod jwt;
 pub mod local_ratelimit;
@@ -36,6 +39,9 @@ pub struct FilterChain {
     header_filters: Vec<usize>,
     /// The filters with an `on_response_wait` hook, by index.
     wait_filters: Vec<usize>,
+    /// The filters that rewrite request bodies as they stream, by index,
+    /// in chain order.
+    body_rewriters: Vec<usize>,
     /// The smallest `buffer_limit` of the filters.
     buffer_limit: Option<u64>,
     /// The filters that may read the body before they run, by index.
@@ -109,6 +115,7 @@ impl FilterChain {
             response_filters: with_hook(|h| h.on_response),
             header_filters: with_hook(|h| h.response_header),
             wait_filters: with_hook(|h| h.wait),
+            body_rewriters: with_hook(|h| h.rewrites_request_body),
             buffer_limit: filters.iter().filter_map(|f| f.buffer_limit()).min(),
             body_filters,
             suppress_envoy_headers: router.suppress_envoy_headers,
@@ -151,6 +158,15 @@ impl FilterChain {
                 work.await;
             }
         }
+    }
+
+    /// Lets the filters rewrite the request body as it streams, in chain
+    /// order. Cost: nothing unless a filter has the hook (grpc_web).
+    pub fn on_request_body(&self, state: &ResponseState, mut body: crate::body::ProxyBody) -> crate::body::ProxyBody {
+        for &i in &self.body_rewriters {
+            body = self.filters[i].on_request_body(state, body);
+        }
+        body
     }
 
     /// The smallest `max_request_bytes` of the buffer filters: the request

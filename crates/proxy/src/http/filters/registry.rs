@@ -3,7 +3,10 @@
 //! support table; the chain and the connection manager do not change.
 
 use crate::http::filters::api::Registration;
-use crate::http::filters::{buffer, compressor, cors, ext_authz, fault, health_check, jwt, local_ratelimit, lua, rbac};
+use crate::http::filters::{
+    buffer, compressor, cors, csrf, ext_authz, fault, grpc_http1_bridge, grpc_web, health_check, jwt, local_ratelimit,
+    lua, rbac,
+};
 use crate::http::route::per_filter::PerRouteConfig;
 use legate_api::pb::google::protobuf::Any;
 
@@ -16,6 +19,9 @@ pub static HTTP_FILTERS: &[Registration] = &[
     rbac::REGISTRATION,
     ext_authz::REGISTRATION,
     cors::REGISTRATION,
+    grpc_web::REGISTRATION,
+    csrf::REGISTRATION,
+    grpc_http1_bridge::REGISTRATION,
     compressor::REGISTRATION,
     jwt::REGISTRATION,
     lua::REGISTRATION,

@@ -94,6 +94,17 @@ impl Hcm {
         move_to_host(&mut stream, &target, last_host);
         match result {
             Ok(resp) => {
+                let resp = match stream.filter_state.whole_response {
+                    // Boxed: reading a whole response stays out of every request's future.
+                    Some(wants) if wants(&resp_parts(&resp)) => match Box::pin(read_response(resp)).await {
+                        Ok(resp) => resp,
+                        Err(status) => {
+                            let details = "upstream_reset_after_response_started";
+                            return Break(self.router_reply(stream, Some(matched), status, details, "UR", None));
+                        }
+                    },
+                    _ => resp.map(ProxyBody::stream),
+                };
                 Continue(self.upstream_response(stream, resp, matched, &target, (attempts, stream_deadline)).await)
             }
             Err(e) => Break(self.upstream_failure_reply(stream, e, &target.cluster, matched, attempts)),
@@ -229,7 +240,7 @@ impl Hcm {
     async fn upstream_response(
         &self,
         mut stream: Box<Stream>,
-        upstream_resp: Response<Incoming>,
+        upstream_resp: Response<ProxyBody>,
         matched: Matched<'_>,
         target: &Target,
         (attempts, stream_deadline): (u32, Option<tokio::time::Instant>),
@@ -250,7 +261,7 @@ impl Hcm {
         if let Some(cookie) = stream.set_cookie.take() {
             rparts.headers.append(http::header::SET_COOKIE, cookie);
         }
-        let mut resp = Response::from_parts(rparts, ProxyBody::stream(rbody));
+        let mut resp = Response::from_parts(rparts, rbody);
         if self.filters.waits_on_response() {
             // Boxed: only chains with such a filter carry its state.
             Box::pin(self.filters.on_response_wait(&mut stream.filter_state, &mut resp)).await;
@@ -278,6 +289,32 @@ impl Hcm {
             }
         })
     }
+}
+
+/// A response's head without its body, for a filter to decide on.
+fn resp_parts(resp: &Response<Incoming>) -> http::response::Parts {
+    let mut head = Response::new(());
+    *head.status_mut() = resp.status();
+    *head.headers_mut() = resp.headers().clone();
+    head.into_parts().0
+}
+
+/// Reads an upstream response whole, for a filter that changes its headers
+/// by what follows them: the body (at most Envoy's default buffer limit,
+/// else 500 as Envoy's buffer overflow) and its trailers, kept as a
+/// `WholeResponse` extension. A body that breaks off is a 503.
+async fn read_response(resp: Response<Incoming>) -> Result<Response<ProxyBody>, u16> {
+    use http_body_util::BodyExt as _;
+    let (mut parts, body) = resp.into_parts();
+    let limit = crate::body::RESEND_BUFFER_LIMIT as usize;
+    let collected = match http_body_util::Limited::new(body, limit).collect().await {
+        Ok(c) => c,
+        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => return Err(500),
+        Err(_) => return Err(503),
+    };
+    let trailers = collected.trailers().cloned();
+    parts.extensions.insert(crate::http::filters::api::WholeResponse { trailers });
+    Ok(Response::from_parts(parts, ProxyBody::full(collected.to_bytes())))
 }
 
 /// The name of the cluster the route sends this request to: its own, the

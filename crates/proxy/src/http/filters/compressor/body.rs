@@ -55,7 +55,7 @@ impl CompressedBody {
         Bytes::from(out)
     }
 
-    fn next_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn next_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, crate::body::BodyError>>> {
         loop {
             if self.encoder.is_none() {
                 return Poll::Ready(self.trailers.take().map(Ok));
@@ -90,9 +90,12 @@ impl CompressedBody {
 
 impl Body for CompressedBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = crate::body::BodyError;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, crate::body::BodyError>>> {
         self.get_mut().next_frame(cx)
     }
 

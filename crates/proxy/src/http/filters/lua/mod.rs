@@ -340,7 +340,7 @@ fn take_body(s: &mut StreamState, headers: &mut http::HeaderMap) -> Option<Proxy
 /// A buffered body, with the trailers that followed it.
 fn with_trailers(data: bytes::Bytes, trailers: Option<http::HeaderMap>) -> ProxyBody {
     let Some(t) = trailers else { return ProxyBody::full(data) };
-    let frames: Vec<Result<http_body::Frame<bytes::Bytes>, hyper::Error>> =
+    let frames: Vec<Result<http_body::Frame<bytes::Bytes>, crate::body::BodyError>> =
         vec![Ok(http_body::Frame::data(data)), Ok(http_body::Frame::trailers(t))];
     ProxyBody::Rewritten { body: Box::new(http_body_util::StreamBody::new(tokio_stream::iter(frames))) }
 }
