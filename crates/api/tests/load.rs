@@ -128,26 +128,26 @@ fn unsupported_fields_are_listed_not_ignored() {
     assert_eq!(r.unsupported.len(), 1, "{:?}", r.unsupported);
     assert_eq!(r.unsupported[0].path, "static_resources.clusters[0].circuit_breakers.per_host_thresholds");
     // The same message is honoured on a cluster and refused, in part, on
-    // the HTTP connection manager (request limits apply upstream only).
+    // the HTTP connection manager (the stream duration applies upstream only).
     let downstream_limits = listener(ROUTER, "c").replace(
         "stat_prefix: ingress\n",
-        "stat_prefix: ingress\n          common_http_protocol_options: { idle_timeout: 10s, max_requests_per_connection: 3 }\n",
+        "stat_prefix: ingress\n          common_http_protocol_options: { idle_timeout: 10s, max_requests_per_connection: 3, max_stream_duration: 5s }\n",
     );
     let r = check_bootstrap(&downstream_limits);
     assert_eq!(r.unsupported.len(), 1, "{:?}", r.unsupported);
     assert!(
-        r.unsupported[0].path.ends_with("typed_config.common_http_protocol_options.max_requests_per_connection"),
+        r.unsupported[0].path.ends_with("typed_config.common_http_protocol_options.max_stream_duration"),
         "{:?}",
         r.unsupported
     );
-    let with_lua = listener(ROUTER, "c").replace(
+    let with_ext_proc = listener(ROUTER, "c").replace(
         "          - name: envoy.filters.http.router\n",
-        "          - name: envoy.filters.http.lua\n            typed_config: {\"@type\": type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua}\n          - name: envoy.filters.http.router\n",
+        "          - name: envoy.filters.http.ext_proc\n            typed_config: {\"@type\": type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor}\n          - name: envoy.filters.http.router\n",
     );
-    let r = check_bootstrap(&with_lua);
+    let r = check_bootstrap(&with_ext_proc);
     assert!(r.is_valid(), "{:?}", r.errors);
     assert!(
-        r.unsupported.iter().any(|e| e.reason.contains("envoy.extensions.filters.http.lua.v3.Lua")),
+        r.unsupported.iter().any(|e| e.reason.contains("envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor")),
         "{:?}",
         r.unsupported
     );

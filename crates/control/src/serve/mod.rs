@@ -6,6 +6,7 @@
 pub mod api;
 pub mod csds;
 pub mod hds;
+pub mod http_get;
 pub mod metrics;
 pub mod peers;
 pub mod tls;

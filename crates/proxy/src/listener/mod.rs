@@ -506,6 +506,15 @@ type RequestFuture = std::pin::Pin<
     Box<dyn std::future::Future<Output = Result<crate::http::conn_manager::ProxyResponse, Infallible>> + Send>,
 >;
 
+/// What the connection manager knows of an accepted connection.
+fn conn_info_of(conn: ConnCtx) -> Arc<ConnInfo> {
+    let mut info = ConnInfo::new(conn.remote, conn.local);
+    info.secure = conn.tls.is_some();
+    info.tls = conn.tls;
+    info.sni = conn.sni;
+    Arc::new(info)
+}
+
 async fn serve_http<S: crate::io::Io>(
     listener: &Arc<ListenerConfig>,
     http: &HttpChain,
@@ -517,11 +526,7 @@ async fn serve_http<S: crate::io::Io>(
     let hs = &http.hcm.stats;
     hs.downstream_cx_total.inc();
     hs.downstream_cx_active.inc();
-    let mut info = ConnInfo::new(conn.remote, conn.local);
-    info.secure = conn.tls.is_some();
-    info.tls = conn.tls;
-    info.sni = conn.sni;
-    let info = Arc::new(info);
+    let info = conn_info_of(conn);
     let conn_info = info.clone();
     let hcm = http.hcm.clone();
     // A request's future is boxed: hyper keeps room for one in every

@@ -4,8 +4,6 @@
 
 use crate::monitor::promtext;
 use crate::state::controller::Controller;
-use http_body_util::{BodyExt, Empty};
-use hyper::body::Bytes;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,18 +16,8 @@ const MAX_BODY: usize = 16 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ScrapeError {
-    #[error("connect: {0}")]
-    Connect(std::io::Error),
-    #[error("http: {0}")]
-    Http(#[from] hyper::Error),
-    #[error("request: {0}")]
-    Request(#[from] hyper::http::Error),
-    #[error("status {0}")]
-    Status(u16),
-    #[error("timed out")]
-    Timeout,
-    #[error("body larger than {MAX_BODY} bytes")]
-    TooLarge,
+    #[error("{0}")]
+    Get(#[from] crate::serve::http_get::GetError),
     #[error("body is not UTF-8")]
     Utf8,
     #[error("{0}")]
@@ -38,22 +26,8 @@ pub enum ScrapeError {
 
 /// `GET http://{addr}/stats/prometheus` (HTTP/1.1, one connection).
 pub async fn fetch(addr: &str) -> Result<String, ScrapeError> {
-    let go = async {
-        let tcp = tokio::net::TcpStream::connect(addr).await.map_err(ScrapeError::Connect)?;
-        let (mut send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp)).await?;
-        tokio::spawn(conn);
-        let req = hyper::Request::get("/stats/prometheus").header("host", addr).body(Empty::<Bytes>::new())?;
-        let resp = send.send_request(req).await?;
-        if !resp.status().is_success() {
-            return Err(ScrapeError::Status(resp.status().as_u16()));
-        }
-        let body = http_body_util::Limited::new(resp.into_body(), MAX_BODY)
-            .collect()
-            .await
-            .map_err(|_| ScrapeError::TooLarge)?;
-        String::from_utf8(body.to_bytes().to_vec()).map_err(|_| ScrapeError::Utf8)
-    };
-    tokio::time::timeout(TIMEOUT, go).await.map_err(|_| ScrapeError::Timeout)?
+    let body = crate::serve::http_get::get(addr, "/stats/prometheus", None, MAX_BODY, TIMEOUT).await?;
+    String::from_utf8(body.to_vec()).map_err(|_| ScrapeError::Utf8)
 }
 
 /// The proxies to scrape now: node id -> (cluster, admin address), for

@@ -14,6 +14,7 @@
 
 mod call;
 mod handle;
+mod state;
 mod vm;
 mod wrappers;
 
@@ -26,9 +27,10 @@ use crate::http::route::per_filter::PerRouteConfig;
 use crate::stats::Counter;
 use crate::upstream::cluster::ClusterMap;
 use arc_swap::ArcSwap;
-use handle::{lock, Body, Handle, HeaderList, StreamState};
+use handle::Handle;
 use legate_api::pb::envoy::extensions::filters::http::lua::v3::{lua_per_route::Override, Lua as PbLua, LuaPerRoute};
 use legate_api::pb::google::protobuf::Any;
+use state::{lock, Body, HeaderList, StreamState};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -190,7 +192,7 @@ impl LuaFilter {
 
     /// Runs a script function; an error is logged and counted, and the
     /// stream goes on.
-    async fn execute(&self, lua: &mlua::Lua, f: &mlua::Function, state: &handle::Shared, facts: &Arc<Facts>) {
+    async fn execute(&self, lua: &mlua::Lua, f: &mlua::Function, state: &state::Shared, facts: &Arc<Facts>) {
         self.executions.inc();
         let h = Handle { state: state.clone(), facts: facts.clone() };
         if let Err(e) = handle::run(lua, f, h).await {
@@ -345,7 +347,7 @@ fn with_trailers(data: bytes::Bytes, trailers: Option<http::HeaderMap>) -> Proxy
     ProxyBody::Rewritten { body: Box::new(http_body_util::StreamBody::new(tokio_stream::iter(frames))) }
 }
 
-fn local_reply(r: handle::Reply) -> Verdict {
+fn local_reply(r: state::Reply) -> Verdict {
     let headers = r
         .headers
         .into_iter()

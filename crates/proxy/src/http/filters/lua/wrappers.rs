@@ -3,7 +3,7 @@
 //! metadata, the connection and its TLS facts. Each reads or changes the
 //! stream's state through the handle's shared state.
 
-use super::handle::{lock, Body, Shared};
+use super::state::{lock, Body, Shared};
 use super::Facts;
 use bytes::Bytes;
 use mlua::{Lua, MetaMethod, UserData, UserDataMethods, Value};
