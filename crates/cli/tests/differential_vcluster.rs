@@ -1,6 +1,7 @@
 //! A virtual host's `virtual_clusters` through Envoy 1.40 and `legate
 //! proxy` side by side: the same requests (answered by the upstream with
-//! 200 or 503, retried, timed out, failed to connect, answered directly,
+//! 200 or 503, retried, timed out, failed to connect, with no host,
+//! answered directly,
 //! matching no virtual cluster) leave the same `vhost.*` stats, and the same
 //! ones exist before any traffic.
 
@@ -18,6 +19,7 @@ const VIRTUAL_HOSTS: &str = r#"            - name: shop
               routes:
               - { match: { prefix: "/direct" }, direct_response: { status: 204 } }
               - { match: { prefix: "/closed" }, route: { cluster: closed } }
+              - { match: { prefix: "/empty" }, route: { cluster: empty } }
               - { match: { prefix: "/slow" }, route: { cluster: echo, timeout: 0.3s } }
               - match: { prefix: "/retry" }
                 route: { cluster: echo, retry_policy: { retry_on: "5xx", num_retries: 2 } }
@@ -58,7 +60,7 @@ fn vhost_stats(admin: u16) -> (BTreeMap<String, u64>, BTreeSet<String>) {
 
 #[test]
 fn virtual_cluster_stats_match_envoys() {
-    let clusters = format!("{}{}", echo_cluster(), cluster("closed", &["{CLOSED}"]));
+    let clusters = format!("{}{}{}", echo_cluster(), cluster("closed", &["{CLOSED}"]), cluster("empty", &[]));
     let t = bootstrap("", "", VIRTUAL_HOSTS, &clusters);
     let pair = start_pair("vcluster", &t, &["a"]);
     // Before traffic: each virtual cluster's and `other`'s counters, none
@@ -83,6 +85,7 @@ fn virtual_cluster_stats_match_envoys() {
         (get("/retry/x"), 200),
         (get("/slow/delay/2000"), 504),
         (get("/closed"), 503),
+        (get("/empty"), 503),
         (get("/direct"), 204),
         (get("/anything"), 200),
         (get("/gold").header("x-tenant", "gold"), 200),
