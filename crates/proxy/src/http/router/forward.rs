@@ -45,7 +45,7 @@ impl Hcm {
     /// The router's part of a request whose route forwards it.
     pub(in crate::http) async fn forward(
         &self,
-        stream: Box<Stream>,
+        mut stream: Box<Stream>,
         mut parts: Parts,
         body: ProxyBody,
         matched: Matched<'_>,
@@ -54,7 +54,7 @@ impl Hcm {
     ) -> Step<ProxyResponse> {
         // Cost: an ArcSwap load and one hash lookup of the cluster name.
         let clusters = self.clusters.load();
-        let mut stream = stream;
+        // Only a virtual host with virtual clusters pays for the pick.
         if let Some(vcs) = &matched.1.virtual_clusters {
             stream.vcluster = Some(pick_vcluster(vcs, &stream, &parts).clone());
         }
