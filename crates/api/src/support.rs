@@ -246,8 +246,10 @@ const SUPPORTED_FIELDS: &[(&str, &[&str])] = &[
             "typed_per_filter_config",
             "rate_limits",
             "cors",
+            "virtual_clusters",
         ],
     ),
+    ("envoy.config.route.v3.VirtualCluster", &["name", "headers"]),
     (
         "envoy.config.route.v3.Route",
         &[

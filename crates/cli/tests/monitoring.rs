@@ -379,12 +379,24 @@ fn route_counted(cp: &ControlPlane, vh: &str, vc: &str) -> (u64, u64) {
 /// changed by them.
 #[test]
 fn top_routes_counts_envoys_virtual_clusters() {
+    top_routes_count_virtual_clusters(Bin::Envoy, "envoy-1");
+}
+
+/// The same with `legate proxy` (the same route configuration, streaming
+/// over the metrics service as `ctl bootstrap` configures it): its own
+/// `vhost.shop.vcluster.<vc>.*` give the same exact figures.
+#[test]
+fn top_routes_counts_legates_virtual_clusters() {
+    top_routes_count_virtual_clusters(Bin::Legate, "legate-1");
+}
+
+fn top_routes_count_virtual_clusters(bin: Bin, node: &str) {
     let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let dir = TempDir::new("monitoring-routes");
     let (_upstream, up) = echo("echo", dir.path());
     let cp = ControlPlane::start_with(dir.path(), free_port(), free_port(), dir.path().join("cp-data"), RETENTION);
     let listen = free_port();
-    let e = nodes(&["envoy-1"]);
+    let e = nodes(&[node]);
     let route = format!(
         r#"kind: RouteConfiguration
 metadata: {{ name: shop{e} }}
@@ -399,12 +411,13 @@ spec:
     - {{ name: failing, headers: [{{ name: ":path", string_match: {{ prefix: "/status/" }} }}] }}
 "#
     );
-    let res = [eds_cluster("web", ""), endpoints("web", "", up), route, rds_listener("in-envoy", &e, listen, "shop")];
+    let res = [eds_cluster("web", ""), endpoints("web", "", up), route, rds_listener("in-shop", &e, listen, "shop")];
     cp.apply(dir.path(), &res.join("---\n"));
-    let ea = free_port();
-    let _envoy = start_on(Bin::Envoy, &envoy_bootstrap(&cp, "envoy-1", ea), "envoy-1", ea, dir.path());
+    let admin = free_port();
+    // Both stream their stats (`ctl bootstrap`'s sink, flushed every second).
+    let _proxy = start_on(bin, &envoy_bootstrap(&cp, node, admin), node, admin, dir.path());
     let probes = until_routed(listen);
-    reported_after(&cp, "envoy-1", now_ms());
+    reported_after(&cp, node, now_ms());
     let before = [route_counted(&cp, "shop", "ok"), route_counted(&cp, "shop", "failing")];
     let (ok, failing) = (40, 12);
     for (path, n, status) in [("/ok", ok, 200), ("/status/503", failing, 503)] {
@@ -419,7 +432,7 @@ spec:
     std::thread::sleep(Duration::from_secs(3));
     let got = (route_counted(&cp, "shop", "ok"), route_counted(&cp, "shop", "failing"));
     eprintln!(
-        "shop/ok {:?}, shop/failing {:?} ({probes} probes in other: {:?})",
+        "{node}: shop/ok {:?}, shop/failing {:?} ({probes} probes in other: {:?})",
         got.0,
         got.1,
         route_counted(&cp, "shop", "other")

@@ -34,6 +34,9 @@ use std::time::Duration;
 pub struct Held {
     pub slot: Option<Slot>,
     conn: Option<ConnUse>,
+    /// Counted with the cluster's `upstream_rq_total` for each request put
+    /// on a connection (a virtual cluster's).
+    pub also_total: Option<Arc<crate::stats::Counter>>,
 }
 
 /// Sends `req` to `host` on a pooled connection (or a new one). Once it has
@@ -85,6 +88,14 @@ fn take_request_slot(cluster: &Cluster, rq_slot: &mut Held) -> Result<(), Upstre
     }
 }
 
+/// `upstream_rq_total`: the request is on a connection.
+fn count_total(cluster: &Cluster, rq_slot: &Held) {
+    cluster.stats.upstream_rq_total.inc();
+    if let Some(c) = &rq_slot.also_total {
+        c.inc();
+    }
+}
+
 /// Counts a request on a connection; true when it is the connection's last
 /// (`max_requests_per_connection`), which the caller then stops pooling.
 fn count_request(cluster: &Cluster, state: &ConnState) -> bool {
@@ -132,7 +143,7 @@ async fn send_h1(
         return Err(e);
     }
     // Envoy counts a request once it is on a connection (not on connect failure).
-    cluster.stats.upstream_rq_total.inc();
+    count_total(cluster, rq_slot);
     rq_slot.conn = Some(ConnUse::new(&state));
     let last = count_request(cluster, &state);
     let result = sender.send_request(req).await.map_err(UpstreamError::from_request);
@@ -206,7 +217,7 @@ async fn send_h2(
     };
     sender.ready().await.map_err(UpstreamError::from_request)?;
     take_request_slot(cluster, rq_slot)?;
-    cluster.stats.upstream_rq_total.inc();
+    count_total(cluster, rq_slot);
     rq_slot.conn = Some(ConnUse::new(&state));
     if count_request(cluster, &state) {
         // Its last stream: new requests get a new connection, and this one
@@ -275,7 +286,7 @@ pub async fn send_upgrade(
     // as idle under it.
     rq_slot.conn = Some(ConnUse::new(&state));
     take_request_slot(cluster, rq_slot)?;
-    cluster.stats.upstream_rq_total.inc();
+    count_total(cluster, rq_slot);
     let resp = sender.send_request(req).await.map_err(UpstreamError::from_request)?;
     Ok((resp, account))
 }

@@ -206,9 +206,19 @@ impl Hcm {
 
     /// A response status in the cluster's code and class counters, unless
     /// the router's `dynamic_stats` is off.
-    pub(in crate::http) fn charge_status(&self, stats: &crate::upstream::cluster_stats::ClusterStats, status: u16) {
+    /// The status the router answers with (an upstream's or its own), in
+    /// the cluster's stats and the stream's virtual cluster's.
+    pub(in crate::http) fn charge_status(
+        &self,
+        stream: &stream::Stream,
+        stats: &crate::upstream::cluster_stats::ClusterStats,
+        status: u16,
+    ) {
         if self.filters.dynamic_stats {
             stats.record_status(status);
+            if let Some(vc) = &stream.vcluster {
+                vc.record_status(status);
+            }
         }
     }
 
@@ -273,7 +283,7 @@ fn compile_routes(c: &HttpConnectionManager, ctx: &CompileContext) -> Result<(Ro
     };
     let routes = match &c.route_specifier {
         Some(RouteSpecifier::RouteConfig(rc)) => {
-            let table = RouteTable::compile(rc).map_err(|e| format!("route_config.{e}"))?;
+            let table = RouteTable::compile(rc, &ctx.store).map_err(|e| format!("route_config.{e}"))?;
             Arc::new(arc_swap::ArcSwapOption::from_pointee(table))
         }
         Some(RouteSpecifier::Rds(rds)) => {

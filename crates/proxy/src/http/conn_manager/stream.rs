@@ -67,6 +67,9 @@ pub(in crate::http) struct Stream {
     /// A cookie the route's hash policy generated (a cookie policy with a
     /// `ttl` and no cookie in the request): set on the upstream's response.
     pub(in crate::http) set_cookie: Option<http::HeaderValue>,
+    /// The virtual cluster the router counts the request in, when its
+    /// virtual host has `virtual_clusters`.
+    pub(in crate::http) vcluster: Option<Arc<crate::http::route::virtual_cluster::VirtualClusterStats>>,
 }
 
 impl Stream {
@@ -135,6 +138,7 @@ impl Stream {
             upgraded: false,
             upgrade_requested: false,
             set_cookie: None,
+            vcluster: None,
             response_request_id: None,
             trace: None,
         })
@@ -183,6 +187,11 @@ impl Stream {
         if self.hcm.dynamic_stats() {
             cs.upstream_rq_completed.inc();
             cs.upstream_rq_time.record(started.elapsed().as_secs_f64() * 1000.0);
+            // Envoy times a virtual cluster's request only when the
+            // upstream's response ended.
+            if let Some(vc) = self.vcluster.as_ref().filter(|_| complete && self.details == "via_upstream") {
+                vc.record_time(started.elapsed().as_secs_f64() * 1000.0);
+            }
         }
         host.rq_active.fetch_sub(1, Relaxed);
         cluster.pools.release();

@@ -11,6 +11,7 @@ pub mod per_filter;
 pub mod rate_limit;
 pub mod rds;
 pub mod stream_timeouts;
+pub mod virtual_cluster;
 
 use crate::common::matcher::{compile_regex, compile_search_regex, HeaderMatch, Pseudo, StringMatch};
 use crate::http::header_mutation::HeaderMutations;
@@ -46,6 +47,8 @@ pub struct VirtualHost {
     pub attempt_count_upstream: bool,
     pub attempt_count_response: bool,
     pub per_filter: PerFilter,
+    /// `virtual_clusters`, when the virtual host defines any.
+    pub virtual_clusters: Option<virtual_cluster::VirtualClusters>,
 }
 
 /// A route's or virtual host's `rate_limits` and `typed_per_filter_config`;
@@ -198,7 +201,8 @@ pub struct Redirect {
 pub const DEFAULT_ROUTE_TIMEOUT: Duration = Duration::from_secs(15);
 
 impl RouteTable {
-    pub fn compile(rc: &rpb::RouteConfiguration) -> Result<Self, String> {
+    /// `store` holds the virtual clusters' stats.
+    pub fn compile(rc: &rpb::RouteConfiguration, store: &std::sync::Arc<crate::stats::Store>) -> Result<Self, String> {
         let mut exact = HashMap::new();
         let mut suffixes = Vec::new();
         let mut prefixes = Vec::new();
@@ -225,7 +229,7 @@ impl RouteTable {
                     ));
                 }
             }
-            vhosts.push(compile_vhost(vh).map_err(|e| format!("virtual_hosts[{i}]: {e}"))?);
+            vhosts.push(compile_vhost(vh, store).map_err(|e| format!("virtual_hosts[{i}]: {e}"))?);
         }
         // Longest wildcard first; among equals, the first declared.
         suffixes.sort_by_key(|s| std::cmp::Reverse(s.0.len()));
@@ -287,7 +291,7 @@ impl RouteTable {
 }
 
 #[allow(deprecated)] // Envoy 1.40 still honours the deprecated `cors` field, so Legate reads it.
-fn compile_vhost(vh: &rpb::VirtualHost) -> Result<VirtualHost, String> {
+fn compile_vhost(vh: &rpb::VirtualHost, store: &std::sync::Arc<crate::stats::Store>) -> Result<VirtualHost, String> {
     let routes = vh
         .routes
         .iter()
@@ -306,6 +310,7 @@ fn compile_vhost(vh: &rpb::VirtualHost) -> Result<VirtualHost, String> {
             compile_per_filter(&vh.typed_per_filter_config, &vh.rate_limits)?,
             vh.cors.as_ref(),
         )?,
+        virtual_clusters: virtual_cluster::VirtualClusters::compile(vh, store)?,
     })
 }
 
@@ -677,7 +682,7 @@ mod tests {
     fn table(yaml: &str) -> RouteTable {
         let v = legate_api::load::parse_text(yaml).unwrap();
         let (rc, _) = legate_api::load::decode_typed::<rpb::RouteConfiguration>(v).unwrap();
-        RouteTable::compile(&rc).unwrap()
+        RouteTable::compile(&rc, &Default::default()).unwrap()
     }
 
     const TABLE: &str = r#"

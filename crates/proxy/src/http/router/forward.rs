@@ -45,7 +45,7 @@ impl Hcm {
     /// The router's part of a request whose route forwards it.
     pub(in crate::http) async fn forward(
         &self,
-        stream: Box<Stream>,
+        mut stream: Box<Stream>,
         mut parts: Parts,
         body: ProxyBody,
         matched: Matched<'_>,
@@ -54,6 +54,10 @@ impl Hcm {
     ) -> Step<ProxyResponse> {
         // Cost: an ArcSwap load and one hash lookup of the cluster name.
         let clusters = self.clusters.load();
+        // Only a virtual host with virtual clusters pays for the pick.
+        if let Some(vcs) = &matched.1.virtual_clusters {
+            stream.vcluster = Some(pick_vcluster(vcs, &stream, &parts).clone());
+        }
         let (mut stream, cluster, host) = self.pick_upstream(stream, &parts, matched, ra, &clusters)?;
         let Some(prepared) = self.prepare_request(&stream, &mut parts, matched, ra, &cluster, &host) else {
             return Break(self.router_reply(stream, Some(matched), 400, "invalid_path", "", None));
@@ -83,6 +87,7 @@ impl Hcm {
             count_header: vh.attempt_count_upstream,
             timeout_header: !self.suppress_envoy_headers(),
             grpc_timeout_header,
+            vcluster: stream.vcluster.clone(),
         };
         let sent = self.send(&mut stream, outgoing, &target, ra, attempts, stream_deadline).await;
         let (result, last_host, attempts) = match sent {
@@ -216,6 +221,7 @@ impl Hcm {
         let Target { cluster, host, .. } = target;
         let route_timeout = attempts.route_timeout;
         let mut slot = Held::default();
+        slot.also_total = stream.vcluster.as_ref().map(|v| v.upstream_rq_total.clone());
         let sent = async {
             match outgoing {
                 Outgoing::Once(req) => {
@@ -246,7 +252,7 @@ impl Hcm {
         (attempts, stream_deadline): (u32, Option<tokio::time::Instant>),
     ) -> ProxyResponse {
         let cs = &target.cluster.stats;
-        self.charge_status(cs, upstream_resp.status().as_u16());
+        self.charge_status(&stream, cs, upstream_resp.status().as_u16());
         let (mut rparts, rbody) = upstream_resp.into_parts();
         strip_hop_by_hop(&mut rparts.headers);
         let service_time = target.started.elapsed().as_millis() as u64;
@@ -289,6 +295,21 @@ impl Hcm {
             }
         })
     }
+}
+
+/// The request's virtual cluster (Envoy picks it before any rewrite).
+fn pick_vcluster<'v>(
+    vcs: &'v crate::http::route::virtual_cluster::VirtualClusters,
+    stream: &Stream,
+    parts: &Parts,
+) -> &'v Arc<crate::http::route::virtual_cluster::VirtualClusterStats> {
+    let pseudo = crate::common::matcher::Pseudo {
+        method: parts.method.as_str(),
+        path: &stream.path,
+        authority: &stream.authority,
+        scheme: stream.conn.scheme(),
+    };
+    vcs.pick(&parts.headers, &pseudo)
 }
 
 /// A response's head without its body, for a filter to decide on.

@@ -24,13 +24,16 @@ impl Hcm {
         matched: Matched<'_>,
     ) -> ProxyResponse {
         cluster.stats.upstream_rq_timeout.inc();
-        self.charge_status(&cluster.stats, 504);
+        if let Some(vc) = &stream.vcluster {
+            vc.upstream_rq_timeout.inc();
+        }
+        self.charge_status(&stream, &cluster.stats, 504);
         self.router_reply(stream, Some(matched), 504, "response_timeout", "UT", Some("upstream request timeout".into()))
     }
 
     /// A circuit breaker's answer: 503 `UO` with `x-envoy-overloaded`.
     pub(super) fn overflow_reply(&self, stream: Box<Stream>, cluster: &Cluster, matched: Matched<'_>) -> ProxyResponse {
-        self.charge_status(&cluster.stats, 503);
+        self.charge_status(&stream, &cluster.stats, 503);
         let body = UpstreamError::Overflow.local_reply_body();
         let details = "upstream_reset_before_response_started{overflow}";
         let mut r = self.router_reply(stream, Some(matched), 503, details, "UO", Some(body));
@@ -47,7 +50,7 @@ impl Hcm {
         cluster: &Cluster,
         matched: Matched<'_>,
     ) -> ProxyResponse {
-        self.charge_status(&cluster.stats, 503);
+        self.charge_status(&stream, &cluster.stats, 503);
         let body = Some("no healthy upstream".into());
         self.router_reply(stream, Some(matched), 503, "no_healthy_upstream", "UH", body)
     }
@@ -105,7 +108,7 @@ impl Hcm {
             UpstreamError::Overflow => return self.overflow_reply(stream, cluster, matched),
             // The last try's per-try timeout: Envoy's 504 "upstream request timeout".
             UpstreamError::PerTryTimeout => {
-                self.charge_status(cs, 504);
+                self.charge_status(&stream, cs, 504);
                 let body = Some("upstream request timeout".into());
                 let mut r = self.router_reply(stream, Some(matched), 504, "upstream_per_try_timeout", "UT", body);
                 if vh.attempt_count_response {
@@ -118,7 +121,7 @@ impl Hcm {
             UpstreamError::PoolOverflow => return self.no_healthy_upstream_reply(stream, cluster, matched),
             _ => {}
         }
-        self.charge_status(cs, 503);
+        self.charge_status(&stream, cs, 503);
         if error.response_flag() == "UF" {
             cs.upstream_rq_pending_failure_eject.inc();
         }

@@ -87,13 +87,16 @@ impl Hcm {
         let cs = &target.cluster.stats;
         match crate::upstream::connection::connect_owned(&target.cluster, &target.host).await {
             Err(e) => {
-                self.charge_status(cs, 503);
+                self.charge_status(&stream, cs, 503);
                 let details = "upstream_reset_before_response_started{remote_connection_failure}";
                 self.router_reply(stream, Some(matched), 503, details, e.response_flag(), Some(e.local_reply_body()))
             }
             Ok((io, guard)) => {
                 cs.upstream_rq_total.inc();
-                self.charge_status(cs, 200);
+                if let Some(vc) = &stream.vcluster {
+                    vc.upstream_rq_total.inc();
+                }
+                self.charge_status(&stream, cs, 200);
                 stream.details = "via_upstream";
                 let mut resp = Response::new(ProxyBody::Empty);
                 self.finish_response(&mut stream, &mut resp, Some(matched));
@@ -121,6 +124,7 @@ impl Hcm {
         // No request body follows an upgrade's head.
         let request_done = RequestProgress::whole(0);
         let mut slot = Held::default();
+        slot.also_total = stream.vcluster.as_ref().map(|v| v.upstream_rq_total.clone());
         let sent = crate::upstream::pool::send_upgrade(cluster, &target.host, req, &mut slot);
         // An upgrade is no gRPC request: only `max_stream_duration` turns the route timeout off.
         let route = ra.stream_timeouts.route_timeout(ra.timeout, &http::HeaderMap::new(), false);
@@ -132,7 +136,7 @@ impl Hcm {
             Ok(Ok(r)) => r,
             Ok(Err(UpstreamError::Overflow)) => return Break(self.overflow_reply(stream, cluster, matched)),
             Ok(Err(e)) => {
-                self.charge_status(cs, 503);
+                self.charge_status(&stream, cs, 503);
                 let details = match e.response_flag() {
                     "UF" => "upstream_reset_before_response_started{remote_connection_failure}",
                     _ => "upstream_reset_before_response_started{connection_termination}",
@@ -143,7 +147,7 @@ impl Hcm {
             // Any timer that ends the wait answers as the route timeout.
             Err(_) => return Break(self.route_timeout_reply(stream, cluster, matched)),
         };
-        self.charge_status(cs, upstream_resp.status().as_u16());
+        self.charge_status(&stream, cs, upstream_resp.status().as_u16());
         Continue((stream, upstream_resp, guard))
     }
 

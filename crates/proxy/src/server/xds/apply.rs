@@ -295,7 +295,8 @@ impl Dynamic {
         let mut compiled = Vec::new();
         for rc in routes {
             check(&rc, &rc.name)?;
-            let table = RouteTable::compile(&rc).map_err(|e| format!("route configuration '{}': {e}", rc.name))?;
+            let table = RouteTable::compile(&rc, &shared.store)
+                .map_err(|e| format!("route configuration '{}': {e}", rc.name))?;
             compiled.push((rc, table));
         }
         for (rc, table) in compiled {
