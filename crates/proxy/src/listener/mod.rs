@@ -538,7 +538,8 @@ async fn serve_http<S: crate::io::Io>(
         hs.downstream_cx_protocol_error.clone(),
         conn_info.clone(),
     )
-    .serving_http_10(http.hcm.accepts_http_10());
+    .serving_http_10(http.hcm.accepts_http_10())
+    .counting_refused_heads(http.refused_head.clone());
     let builder = http.builder_for(alpn_h2);
     // With upgrades: a 101 (or a 2xx to CONNECT) hands the connection to the
     // connection manager's tunnel.
