@@ -1,8 +1,9 @@
 //! The connection manager's request header limits, each run through Envoy
 //! 1.40 and Legate side by side: `max_request_headers_kb`,
 //! `common_http_protocol_options.max_headers_count` and
-//! `headers_with_underscores_action`, over HTTP/1.1 raw requests. Both
-//! proxies must give the same status, body, headers, closing and stats.
+//! `headers_with_underscores_action`, over HTTP/1.1 raw requests (both
+//! proxies must give the same status, body, headers, closing and stats)
+//! and over HTTP/2 (the same stream reset, its code, and stats).
 
 mod harness;
 
@@ -123,5 +124,50 @@ fn headers_with_underscores_action_over_http1() {
             assert_eq!(views[0].2, format!("upstream saw x_under: {kept}"), "Envoy {action}");
         }
         assert!(views[1].0.contains(" 200"), "Envoy {action} without underscores: {:?}", views[1]);
+    }
+}
+
+/// One HTTP/2 (prior knowledge) GET with `headers` through curl: its exit
+/// code (92 when the stream was reset), the status line it printed and its
+/// error (with the reset's code).
+fn h2_get(port: u16, headers: &[(String, String)]) -> (Option<i32>, String, String) {
+    let mut cmd = std::process::Command::new("curl");
+    cmd.args(["-sS", "-i", "--http2-prior-knowledge", "--max-time", "10"]);
+    for (k, v) in headers {
+        cmd.args(["-H", &format!("{k}: {v}")]);
+    }
+    let out = cmd.arg(format!("http://127.0.0.1:{port}/limits")).output().expect("curl is needed for HTTP/2");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let err = String::from_utf8_lossy(&out.stderr).trim().to_string();
+    (out.status.code(), text.lines().next().unwrap_or_default().trim().to_string(), err)
+}
+
+#[test]
+fn header_limits_over_http2_reset_the_stream() {
+    let extra = "          max_request_headers_kb: 4\n          common_http_protocol_options: { headers_with_underscores_action: REJECT_REQUEST }\n";
+    let p = start_pair("headers-h2", &echo_bootstrap(extra), &["a"]);
+    let stats = [
+        "http.ingress_http.downstream_rq_total",
+        "http.ingress_http.downstream_rq_4xx",
+        "http.ingress_http.downstream_rq_rx_reset",
+        "http.ingress_http.downstream_cx_protocol_error",
+        "http2.requests_rejected_with_underscores_in_headers",
+        "http2.header_overflow",
+    ];
+    let cases = [
+        ("under the limit", big(3500)),
+        ("over the limit", big(4200)),
+        ("an underscore", vec![("x_under".to_string(), "1".to_string())]),
+    ];
+    for (name, headers) in &cases {
+        let mut seen = Vec::new();
+        for (port, admin) in [(p.envoy, p.envoy_admin), (p.legate, p.legate_admin)] {
+            let r = h2_get(port, headers);
+            let s: Vec<(&str, i64)> = stats.iter().map(|s| (*s, stat_text(admin, s).unwrap_or(0))).collect();
+            seen.push((r, s));
+        }
+        harness::diff::assert_same(name, &seen[0], &seen[1]);
+        let expected = if *name == "under the limit" { Some(0) } else { Some(92) };
+        assert_eq!(seen[0].0 .0, expected, "Envoy {name}: {:?}", seen[0]);
     }
 }

@@ -22,6 +22,11 @@ const DEFAULT_KB: u32 = 60;
 /// Envoy's default `max_headers_count`.
 const DEFAULT_COUNT: u32 = 100;
 
+/// Marks a response that is not to be sent: the HTTP/2 server resets the
+/// request's stream instead, with this code.
+#[derive(Debug, Clone, Copy)]
+pub struct ResetStream(pub h2::Reason);
+
 /// What a request's headers broke, if anything.
 pub(in crate::http) enum Breach {
     /// Over `max_request_headers_kb`: 431.
@@ -81,8 +86,10 @@ impl HeaderLimits {
 
     /// HTTP/2's `SETTINGS_MAX_HEADER_LIST_SIZE`: names and values plus the
     /// 32 bytes a header counts for there (RFC 9113), pseudo-headers too.
+    /// Past the limit, so that the connection manager sees (and resets, as
+    /// Envoy does) every request up to this size.
     pub fn h2_list_size(&self) -> u32 {
-        let size = self.max_bytes + 32 * (self.max_count + 4);
+        let size = self.max_bytes + 32 * (self.max_count + 4) + 64 * 1024;
         u32::try_from(size).unwrap_or(u32::MAX)
     }
 
@@ -107,6 +114,29 @@ impl HeaderLimits {
             return Err(Breach::TooLarge);
         }
         Ok(())
+    }
+}
+
+impl super::Hcm {
+    /// Envoy's answer to an HTTP/2 request over the limits: its stream
+    /// reset (`downstream_rq_rx_reset`), no status counted.
+    pub(in crate::http) fn reset_stream(
+        &self,
+        mut stream: Box<super::stream::Stream>,
+        breach: Breach,
+    ) -> super::ProxyResponse {
+        use crate::body::Finish;
+        self.stats.downstream_rq_rx_reset.inc();
+        stream.details = match breach {
+            Breach::TooLarge => "http2.too_many_headers",
+            Breach::Underscore => "http2.unexpected_underscore",
+        };
+        stream.finish(0, false);
+        let mut resp =
+            http::Response::new(crate::body::TrackedBody::new(crate::body::ProxyBody::full(bytes::Bytes::new()), None));
+        // Envoy's code for both, as its HTTP/2 codec sends it.
+        resp.extensions_mut().insert(ResetStream(h2::Reason::INTERNAL_ERROR));
+        resp
     }
 }
 

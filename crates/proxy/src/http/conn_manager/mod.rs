@@ -16,6 +16,7 @@ pub(in crate::http) mod tracing;
 pub(in crate::http) mod upgrade;
 mod xfcc;
 
+pub use limits::ResetStream;
 pub use stats::HcmStats;
 
 use crate::access_log::AccessLogger;

@@ -141,6 +141,10 @@ impl Hcm {
             return close(self.local_reply(stream, 400, details, "DPE", Some("Bad Request".into())));
         }
         if let Err(breach) = self.header_limits.check(parts) {
+            if parts.version == Version::HTTP_2 {
+                // Envoy's HTTP/2 codec resets the stream; nothing is answered.
+                return Break(self.reset_stream(stream, breach));
+            }
             self.stats.downstream_cx_protocol_error.inc();
             let (status, details, body) = match breach {
                 Breach::TooLarge => (431, "http1.headers_too_large", "Request Header Fields Too Large"),
