@@ -746,3 +746,34 @@ fn virtual_host_require_tls_redirects() {
     let r = harness::diff::send(p.envoy, &requests[0]);
     assert_eq!((r.status, r.header("location")), (301, Some("https://secure.example/a/b?q=1")), "Envoy: {r:?}");
 }
+
+#[test]
+fn hcm_max_requests_per_connection_drains_the_connection() {
+    use harness::raw::raw_exchange;
+    let hcm = "          common_http_protocol_options: { max_requests_per_connection: 2 }\n";
+    let p = start_pair("compat-max-requests", &echo_bootstrap(hcm), &["a"]);
+    let one: &[u8] = b"GET /one HTTP/1.1\r\nHost: a\r\n\r\n";
+    let two: &[u8] = b"GET /two HTTP/1.1\r\nHost: a\r\n\r\n";
+    let three: &[u8] = b"GET /three HTTP/1.1\r\nHost: a\r\n\r\n";
+    // Two requests on one keep-alive connection, then a third written after
+    // the second's answer: the second answer closes the connection.
+    let view = |port: u16| {
+        let r = raw_exchange(port, one, &[two, three], Duration::from_millis(1500));
+        let answers = r.rest.matches("HTTP/1.1 200").count() + usize::from(r.status.contains(" 200"));
+        (
+            r.status.clone(),
+            r.headers.get("connection").cloned(),
+            answers,
+            r.rest.contains("connection: close"),
+            r.closed,
+        )
+    };
+    let (e, l) = (view(p.envoy), view(p.legate));
+    eprintln!("Envoy {e:?}\nLegate {l:?}");
+    assert_eq!(e.2, 2, "Envoy answers two requests: {e:?}");
+    assert!(e.3 && e.4, "Envoy's second answer closes the connection: {e:?}");
+    harness::diff::assert_same("max_requests_per_connection", &e, &l);
+    let reached = |admin: u16| stat(admin, "http.ingress_http.downstream_cx_max_requests_reached").unwrap_or(-1);
+    assert_eq!(reached(p.legate_admin), reached(p.envoy_admin), "downstream_cx_max_requests_reached");
+    assert_eq!(reached(p.envoy_admin), 1);
+}

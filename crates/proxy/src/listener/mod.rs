@@ -580,6 +580,10 @@ async fn serve_http<S: crate::io::Io>(
                 hs.downstream_cx_drain_close.inc();
                 break;
             }
+            _ = conn_info.close_asked.notified(), if !draining => {
+                draining = true;
+                conn.as_mut().graceful_shutdown();
+            }
             _ = conn_info.idle.notified() => {
                 idle.as_mut().reset(tokio::time::Instant::now() + idle_timeout.unwrap_or(far));
             }

@@ -75,6 +75,9 @@ pub struct Hcm {
     pub stream_idle_timeout: Option<Duration>,
     /// A connection with no active stream for this long is closed (default 1 h).
     pub idle_timeout: Option<Duration>,
+    /// `common_http_protocol_options.max_requests_per_connection`: the
+    /// request that reaches it drains the connection (none: unlimited).
+    pub max_requests_per_connection: Option<u64>,
     /// Time allowed to receive request headers (HTTP/1), off by default.
     pub request_headers_timeout: Option<Duration>,
     /// `internal_address_config.cidr_ranges`: clients treated as internal.
@@ -176,6 +179,12 @@ impl Hcm {
             stream_idle_timeout: Some(or(c.stream_idle_timeout.as_ref(), Duration::from_secs(300)))
                 .filter(|d| !d.is_zero()),
             idle_timeout: Some(or(idle_timeout, Duration::from_secs(3600))).filter(|d| !d.is_zero()),
+            max_requests_per_connection: c
+                .common_http_protocol_options
+                .as_ref()
+                .and_then(|o| o.max_requests_per_connection)
+                .map(|v| u64::from(v.value))
+                .filter(|n| *n > 0),
             request_headers_timeout: c.request_headers_timeout.as_ref().map(from_pb).filter(|d| !d.is_zero()),
             internal_ranges: compile_internal_ranges(c)?,
             xfcc: Xfcc::compile(c)?,
@@ -353,6 +362,9 @@ pub struct ConnInfo {
     pub upgraded: AtomicBool,
     /// A request came over HTTP/2 (a hot restart drain sends it GOAWAY).
     pub http2: AtomicBool,
+    /// The request path asks the connection to close (an HTTP/2 connection
+    /// that reached `max_requests_per_connection` gets its GOAWAY).
+    pub close_asked: tokio::sync::Notify,
 }
 
 impl ConnInfo {
@@ -379,6 +391,7 @@ impl ConnInfo {
             sni: None,
             upgraded: Default::default(),
             http2: Default::default(),
+            close_asked: tokio::sync::Notify::new(),
         }
     }
 }

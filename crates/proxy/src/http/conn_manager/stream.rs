@@ -94,7 +94,17 @@ impl Stream {
         if parts.version == http::Version::HTTP_2 {
             conn.http2.store(true, Relaxed);
         }
-        conn.requests.fetch_add(1, Relaxed);
+        let served = conn.requests.fetch_add(1, Relaxed) + 1;
+        // As Envoy: the request that reaches the limit drains the
+        // connection (HTTP/1: `connection: close` on its response; HTTP/2:
+        // GOAWAY), and each request at or past it is counted.
+        if hcm.max_requests_per_connection.is_some_and(|max| served >= max) {
+            hcm.stats.downstream_cx_max_requests_reached.inc();
+            conn.draining.store(true, Relaxed);
+            if parts.version == http::Version::HTTP_2 {
+                conn.close_asked.notify_one();
+            }
+        }
         let local = conn.local;
         Box::new(Stream {
             hcm,
