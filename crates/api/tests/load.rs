@@ -128,15 +128,16 @@ fn unsupported_fields_are_listed_not_ignored() {
     assert_eq!(r.unsupported.len(), 1, "{:?}", r.unsupported);
     assert_eq!(r.unsupported[0].path, "static_resources.clusters[0].circuit_breakers.per_host_thresholds");
     // The same message is honoured on a cluster and refused, in part, on
-    // the HTTP connection manager (request limits apply upstream only).
+    // the HTTP connection manager (the stream duration applies upstream
+    // only; the header limits downstream only).
     let downstream_limits = listener(ROUTER, "c").replace(
         "stat_prefix: ingress\n",
-        "stat_prefix: ingress\n          common_http_protocol_options: { idle_timeout: 10s, max_requests_per_connection: 3 }\n",
+        "stat_prefix: ingress\n          max_request_headers_kb: 8\n          common_http_protocol_options: { idle_timeout: 10s, max_requests_per_connection: 3, max_headers_count: 50, headers_with_underscores_action: DROP_HEADER, max_stream_duration: 1s }\n",
     );
     let r = check_bootstrap(&downstream_limits);
     assert_eq!(r.unsupported.len(), 1, "{:?}", r.unsupported);
     assert!(
-        r.unsupported[0].path.ends_with("typed_config.common_http_protocol_options.max_requests_per_connection"),
+        r.unsupported[0].path.ends_with("typed_config.common_http_protocol_options.max_stream_duration"),
         "{:?}",
         r.unsupported
     );
