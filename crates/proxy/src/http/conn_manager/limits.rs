@@ -8,7 +8,9 @@
 //! a head past them with 431, written in Envoy's form by `h1_errors`. What
 //! the parser cannot tell exactly (Envoy counts names and values only, not
 //! the request line or separators) is checked here, once per request, with
-//! no allocation.
+//! no allocation unless headers are dropped. Over HTTP/2 a request that
+//! breaks a limit is not answered: its stream is reset, as Envoy's codec
+//! resets it.
 
 use crate::stats::{Counter, Store};
 use http::request::Parts;
