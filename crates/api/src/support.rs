@@ -203,6 +203,7 @@ const SUPPORTED_FIELDS: &[(&str, &[&str])] = &[
             "stream_idle_timeout",
             "request_headers_timeout",
             "common_http_protocol_options",
+            "max_request_headers_kb",
             "rds",
             "internal_address_config",
             "upgrade_configs",
@@ -739,7 +740,8 @@ const UNSUPPORTED_VALUES: &[(&str, &str, &[i32], &str)] = &[
 /// message, its field holding the shared message, the fields honoured
 /// there). The HTTP connection manager's `common_http_protocol_options` is
 /// the cluster's message, whose stream duration Legate applies upstream
-/// only. A config source may be a file (`path`,
+/// only, and whose header count and underscore action only downstream. A
+/// config source may be a file (`path`,
 /// `path_config_source`) for secrets only. Extended CONNECT (`allow_connect`)
 /// is offered to downstream clients by a connection manager; Legate never
 /// sends it upstream. A connection manager's HTTP/2 stream limit and windows
@@ -748,7 +750,7 @@ const NARROWED: &[(&str, &str, &[&str])] = &[
     (
         "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
         "common_http_protocol_options",
-        &["idle_timeout", "max_requests_per_connection"],
+        &["idle_timeout", "max_requests_per_connection", "max_headers_count", "headers_with_underscores_action"],
     ),
     (
         "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",

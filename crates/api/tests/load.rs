@@ -128,10 +128,11 @@ fn unsupported_fields_are_listed_not_ignored() {
     assert_eq!(r.unsupported.len(), 1, "{:?}", r.unsupported);
     assert_eq!(r.unsupported[0].path, "static_resources.clusters[0].circuit_breakers.per_host_thresholds");
     // The same message is honoured on a cluster and refused, in part, on
-    // the HTTP connection manager (the stream duration applies upstream only).
+    // the HTTP connection manager (the stream duration applies upstream
+    // only; the header limits downstream only).
     let downstream_limits = listener(ROUTER, "c").replace(
         "stat_prefix: ingress\n",
-        "stat_prefix: ingress\n          common_http_protocol_options: { idle_timeout: 10s, max_requests_per_connection: 3, max_stream_duration: 5s }\n",
+        "stat_prefix: ingress\n          max_request_headers_kb: 8\n          common_http_protocol_options: { idle_timeout: 10s, max_requests_per_connection: 3, max_headers_count: 50, headers_with_underscores_action: DROP_HEADER, max_stream_duration: 1s }\n",
     );
     let r = check_bootstrap(&downstream_limits);
     assert_eq!(r.unsupported.len(), 1, "{:?}", r.unsupported);

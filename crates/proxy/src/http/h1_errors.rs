@@ -39,6 +39,10 @@ pin_project_lite::pin_project! {
         inner: T,
         server: Bytes,
         protocol_errors: Arc<crate::stats::Counter>,
+        // Bumped when hyper refuses a head as too large (431): Envoy's codec
+        // had begun that request's stream, so it counts as a request
+        // begun and completed with a 4xx.
+        refused_head: Arc<[Arc<crate::stats::Counter>]>,
         // A replacement being written, how much of it is out, and the length
         // of the original write it stands for.
         pending: Option<(Bytes, usize, usize)>,
@@ -64,11 +68,18 @@ impl<T> EnvoyErrors<T> {
             inner,
             server: Bytes::copy_from_slice(server.as_bytes()),
             protocol_errors,
+            refused_head: Arc::new([]),
             pending: None,
             first_head: FirstHead::default(),
             conn,
             http_10: false,
         }
+    }
+
+    /// The counters a head refused as too large (hyper's 431) bumps.
+    pub fn counting_refused_heads(mut self, counters: Arc<[Arc<crate::stats::Counter>]>) -> Self {
+        self.refused_head = counters;
+        self
     }
 
     /// Leaves `HTTP/1.0` status lines as they are: the connection manager
@@ -227,6 +238,9 @@ impl<T: AsyncWrite> AsyncWrite for EnvoyErrors<T> {
             match envoy_form(buf, this.server, this.first_head.unsupported_version) {
                 Some(form) => {
                     this.protocol_errors.inc();
+                    if buf.starts_with(b"HTTP/1.1 431 ") {
+                        this.refused_head.iter().for_each(|c| c.inc());
+                    }
                     *this.pending = Some((Bytes::from(form), 0, buf.len()));
                 }
                 // hyper's HTTP/1.0 status line (only ever on our 426) as Envoy's HTTP/1.1.

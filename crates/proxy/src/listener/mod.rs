@@ -19,7 +19,6 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use legate_api::pb::envoy::config::core::v3::{address, socket_address};
 use legate_api::pb::envoy::config::listener::v3::{listener_filter, FilterChain, Listener};
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -502,8 +501,9 @@ async fn serve_filter<S: crate::io::Io>(a: Accepted<'_>, io: S) {
 }
 
 /// What the connection manager answers one request with, boxed.
+/// Its error resets the request's HTTP/2 stream (`ResetStream`).
 type RequestFuture = std::pin::Pin<
-    Box<dyn std::future::Future<Output = Result<crate::http::conn_manager::ProxyResponse, Infallible>> + Send>,
+    Box<dyn std::future::Future<Output = Result<crate::http::conn_manager::ProxyResponse, h2::Error>> + Send>,
 >;
 
 /// What the connection manager knows of an accepted connection.
@@ -513,6 +513,18 @@ fn conn_info_of(conn: ConnCtx) -> Arc<ConnInfo> {
     info.tls = conn.tls;
     info.sni = conn.sni;
     Arc::new(info)
+}
+
+/// One request through the connection manager; a response it marks
+/// `ResetStream` resets the HTTP/2 stream instead of being sent.
+fn serve_request(hcm: Arc<Hcm>, info: Arc<ConnInfo>, req: http::Request<hyper::body::Incoming>) -> RequestFuture {
+    Box::pin(async move {
+        let resp = hcm.handle(info, req).await;
+        if let Some(reset) = resp.extensions().get::<crate::http::conn_manager::ResetStream>() {
+            return Err(h2::Error::from(reset.0));
+        }
+        Ok(resp)
+    })
 }
 
 async fn serve_http<S: crate::io::Io>(
@@ -531,11 +543,7 @@ async fn serve_http<S: crate::io::Io>(
     let hcm = http.hcm.clone();
     // A request's future is boxed: hyper keeps room for one in every
     // connection (idle ones too), and the request path's future is large.
-    let svc = service_fn(move |req| -> RequestFuture {
-        let hcm = hcm.clone();
-        let info = info.clone();
-        Box::pin(async move { Ok::<_, Infallible>(hcm.handle(info, req).await) })
-    });
+    let svc = service_fn(move |req| serve_request(hcm.clone(), info.clone(), req));
     let mut config_drain = listener.draining.subscribe();
     let io = crate::http::h1_errors::EnvoyErrors::new(
         stream,
@@ -543,7 +551,8 @@ async fn serve_http<S: crate::io::Io>(
         hs.downstream_cx_protocol_error.clone(),
         conn_info.clone(),
     )
-    .serving_http_10(http.hcm.accepts_http_10());
+    .serving_http_10(http.hcm.accepts_http_10())
+    .counting_refused_heads(http.refused_head.clone());
     let builder = http.builder_for(alpn_h2);
     // With upgrades: a 101 (or a 2xx to CONNECT) hands the connection to the
     // connection manager's tunnel.

@@ -5,6 +5,7 @@
 //! the router (`crate::http::router`) is the last step of that path.
 
 pub(in crate::http) mod headers;
+mod limits;
 mod local_reply;
 mod request;
 mod response;
@@ -15,6 +16,7 @@ pub(in crate::http) mod tracing;
 pub(in crate::http) mod upgrade;
 mod xfcc;
 
+pub use limits::ResetStream;
 pub use stats::HcmStats;
 
 use crate::access_log::AccessLogger;
@@ -100,6 +102,9 @@ pub struct Hcm {
     /// carry on as the downstream service's (and as their user agent when
     /// they name none).
     add_user_agent: Option<(HeaderValue, HeaderValue)>,
+    /// `max_request_headers_kb`, `max_headers_count` and
+    /// `headers_with_underscores_action`.
+    pub(in crate::http) header_limits: limits::HeaderLimits,
 }
 
 pub type ProxyResponse = Response<TrackedBody>;
@@ -153,6 +158,7 @@ impl Hcm {
         let tracing = compile_tracing(c, ctx, filters.start_child_span)?;
         Ok(Self {
             stats: HcmStats::new(&ctx.store, &c.stat_prefix),
+            header_limits: limits::HeaderLimits::compile(c, &ctx.store),
             stat_prefix: c.stat_prefix.clone(),
             codec,
             routes,
@@ -240,6 +246,14 @@ impl Hcm {
     /// `http_protocol_options.accept_http_10`.
     pub fn accepts_http_10(&self) -> bool {
         self.accept_http_10
+    }
+
+    /// The HTTP/1 parser's header count and buffer, and HTTP/2's header
+    /// list size, for the server this connection manager's connections
+    /// are served with.
+    pub fn parser_limits(&self) -> (usize, usize, u32) {
+        let l = &self.header_limits;
+        (l.max_count, l.h1_buffer(), l.h2_list_size())
     }
 
     pub fn rds_name(&self) -> Option<&str> {

@@ -3,6 +3,7 @@
 //! manager's headers, the route lookup, an upgrade's acceptance and the
 //! HTTP filters, to the router (`crate::http::router`), its last filter.
 
+use super::limits::Breach;
 use super::stream::Stream;
 use super::{answered, step, ConnInfo, Found, Hcm, ProxyResponse, Step};
 use crate::body::{ProxyBody, ReadError, RequestProgress};
@@ -138,6 +139,18 @@ impl Hcm {
             self.stats.downstream_cx_protocol_error.inc();
             let details = "http1.content_length_and_chunked_not_allowed";
             return close(self.local_reply(stream, 400, details, "DPE", Some("Bad Request".into())));
+        }
+        if let Err(breach) = self.header_limits.check(parts) {
+            if parts.version == Version::HTTP_2 {
+                // Envoy's HTTP/2 codec resets the stream; nothing is answered.
+                return Break(self.reset_stream(stream, breach));
+            }
+            self.stats.downstream_cx_protocol_error.inc();
+            let (status, details, body) = match breach {
+                Breach::TooLarge => (431, "http1.headers_too_large", "Request Header Fields Too Large"),
+                Breach::Underscore => (400, "http1.unexpected_underscore", "Bad Request"),
+            };
+            return close(self.local_reply(stream, status, details, "DPE", Some(body.into())));
         }
         if parts.version != Version::HTTP_2 && stream.authority.is_empty() {
             return close(self.local_reply(stream, 400, "missing_host_header", "", None));

@@ -33,6 +33,8 @@ pub struct HcmStats {
     pub downstream_rq_ws_on_non_ws_route: Arc<Counter>,
     /// Streams ended by their route's `max_stream_duration`.
     pub downstream_rq_max_duration_reached: Arc<Counter>,
+    /// Streams reset (an HTTP/2 request over the header limits).
+    pub downstream_rq_rx_reset: Arc<Counter>,
 }
 
 impl HcmStats {
@@ -64,6 +66,7 @@ impl HcmStats {
             downstream_cx_upgrades_active: store.gauge(&format!("{p}downstream_cx_upgrades_active")),
             downstream_rq_ws_on_non_ws_route: c("downstream_rq_ws_on_non_ws_route"),
             downstream_rq_max_duration_reached: c("downstream_rq_max_duration_reached"),
+            downstream_rq_rx_reset: c("downstream_rq_rx_reset"),
         }
     }
 }

@@ -18,6 +18,10 @@ pub struct HttpChain {
     pub hcm: Arc<Hcm>,
     /// The HTTP server settings for this chain's connections.
     pub builder: auto::Builder<TokioExecutor>,
+    /// What a head the HTTP/1 parser refuses as too large counts: Envoy's
+    /// codec had begun its stream, so a request begun and completed with a
+    /// 4xx. Built once; each connection shares it.
+    pub refused_head: Arc<[Arc<crate::stats::Counter>]>,
 }
 
 impl HttpChain {
@@ -27,8 +31,17 @@ impl HttpChain {
         let hcm = Hcm::compile(&pb, ctx).map_err(|e| format!("{path}.{e}"))?;
         let hcm = Arc::new(hcm);
         let mut builder = auto::Builder::new(TokioExecutor::new());
-        builder.http1().timer(TokioTimer::new()).keep_alive(true).header_read_timeout(hcm.request_headers_timeout);
+        // The header limits are the parsers' own: no request pays for them.
+        let (max_headers, h1_buffer, h2_list) = hcm.parser_limits();
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .keep_alive(true)
+            .header_read_timeout(hcm.request_headers_timeout)
+            .max_headers(max_headers)
+            .max_buf_size(h1_buffer);
         h2_settings(&mut builder, pb.http2_protocol_options.as_ref());
+        builder.http2().max_header_list_size(h2_list);
         if hcm.allow_connect {
             builder.http2().enable_connect_protocol();
         }
@@ -37,7 +50,14 @@ impl HttpChain {
             Codec::Http1 => builder.http1_only(),
             Codec::Http2 => builder.http2_only(),
         };
-        Ok(Self { hcm, builder })
+        let st = &hcm.stats;
+        let refused_head = Arc::new([
+            st.downstream_rq_total.clone(),
+            st.downstream_rq_http1_total.clone(),
+            st.downstream_rq_completed.clone(),
+            st.downstream_rq_class.by_class[3].clone(),
+        ]);
+        Ok(Self { hcm, builder, refused_head })
     }
 
     /// The server settings for a connection whose TLS ALPN said `h2`
