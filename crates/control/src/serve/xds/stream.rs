@@ -113,11 +113,12 @@ impl<R> Peer<R> {
 
     /// Records that `kind`'s config for the proxy is what `revision` gives
     /// (just sent, or unchanged); it holds that revision already when
-    /// nothing it was sent waits for an answer.
+    /// nothing it was sent waits for an answer and what it last accepted is
+    /// what it was sent (after a NACK it still holds the earlier revision).
     pub fn at_revision(&self, kind: Kind, revision: u64) {
         self.ctrl.fleet.update(self.fleet_id.unwrap_or(0), kind.name(), |t| {
             t.sent_revision = revision;
-            if !t.awaiting {
+            if !t.awaiting && t.acked_version == t.sent_version {
                 t.acked_revision = revision;
             }
         });
