@@ -274,6 +274,12 @@ fn a_hand_written_assignment_isolates_the_endpoint_of_a_down_node() {
     wait_for("Envoy to hold both endpoints", Duration::from_secs(20), || {
         (cluster_ports(edge.admin, "handmade") == both).then_some(())
     });
+    // The detector must have seen node-a connected (it evaluates once a
+    // second) before its stream ends, or it has nothing to call down.
+    wait_for("node-a's stream", Duration::from_secs(10), || {
+        cp.proxy_ids().contains(&"node-a".to_string()).then_some(())
+    });
+    std::thread::sleep(Duration::from_millis(2500));
     let t0 = Instant::now();
     node_a.proc_.kill();
     wait_for("node-a's endpoint out of Envoy's EDS", Duration::from_secs(15), || {
