@@ -133,6 +133,21 @@ fn cors_preflight_and_actual_requests() {
                     "@type": type.googleapis.com/envoy.extensions.filters.http.cors.v3.CorsPolicy
                     forward_not_matching_preflights: false
                     allow_private_network_access: true
+              - match: { prefix: "/shadow" }
+                route: { cluster: echo }
+                typed_per_filter_config:
+                  envoy.filters.http.cors:
+                    "@type": type.googleapis.com/envoy.extensions.filters.http.cors.v3.CorsPolicy
+                    allow_origin_string_match: [{ exact: "https://a.example" }]
+                    filter_enabled: { default_value: { numerator: 0 } }
+                    shadow_enabled: { default_value: { numerator: 100 } }
+              - match: { prefix: "/off" }
+                route: { cluster: echo }
+                typed_per_filter_config:
+                  envoy.filters.http.cors:
+                    "@type": type.googleapis.com/envoy.extensions.filters.http.cors.v3.CorsPolicy
+                    allow_origin_string_match: [{ exact: "https://a.example" }]
+                    filter_enabled: { default_value: { numerator: 0 } }
               - { match: { prefix: "/" }, route: { cluster: echo } }
 "#;
     let t = filtered(filters, vhosts);
@@ -160,6 +175,12 @@ fn cors_preflight_and_actual_requests() {
             preflight("/strict", "https://a.example").header("access-control-request-private-network", "true"),
             preflight("/plain", "https://a.example").header("access-control-request-private-network", "true"),
             get("/strict").header("origin", "https://evil.example"),
+            // Shadow: counted, not enforced; disabled: neither.
+            get("/shadow").header("origin", "https://a.example"),
+            get("/shadow").header("origin", "https://evil.example"),
+            preflight("/shadow", "https://a.example"),
+            get("/off").header("origin", "https://a.example"),
+            preflight("/off", "https://evil.example"),
         ],
     );
     same_stats(&pair, &["http.ingress_http.cors.origin_valid", "http.ingress_http.cors.origin_invalid"]);

@@ -65,6 +65,8 @@ pub struct Policy {
     allow_credentials: Option<bool>,
     /// `filter_enabled`.
     enabled: Option<crate::common::runtime::RuntimeFraction>,
+    /// `shadow_enabled`: evaluated and counted, not enforced.
+    shadow: Option<crate::common::runtime::RuntimeFraction>,
     allow_private_network: Option<bool>,
     forward_not_matching_preflights: Option<bool>,
 }
@@ -91,6 +93,7 @@ impl Policy {
             max_age: value(&p.max_age, "max_age")?,
             allow_credentials: p.allow_credentials.as_ref().map(|b| b.value),
             enabled: p.filter_enabled.as_ref().map(crate::common::runtime::RuntimeFraction::new),
+            shadow: p.shadow_enabled.as_ref().map(crate::common::runtime::RuntimeFraction::new),
             allow_private_network: p.allow_private_network_access.as_ref().map(|b| b.value),
             forward_not_matching_preflights: p.forward_not_matching_preflights.as_ref().map(|b| b.value),
         })
@@ -132,12 +135,23 @@ pub fn decide(policies: &[&Policy], method: &http::Method, headers: &HeaderMap, 
     if policies.is_empty() {
         return Decision::Pass;
     }
+    // As Envoy: `filter_enabled` (default on) and `shadow_enabled` (default
+    // off) come from the most specific policy; with neither, nothing is
+    // evaluated or counted; in shadow only the origin is counted.
+    let enabled = policies[0].enabled.as_ref().is_none_or(|f| f.roll());
+    let shadow = !enabled && policies[0].shadow.as_ref().is_some_and(|f| f.roll());
+    if !enabled && !shadow {
+        return Decision::Pass;
+    }
     let Some(origin) = headers.get(ORIGIN).filter(|o| !o.is_empty()) else { return Decision::Pass };
     let origins = policies.iter().find(|p| !p.origins.is_empty());
     let preflight =
         method == http::Method::OPTIONS && headers.get(ACCESS_CONTROL_REQUEST_METHOD).is_some_and(|m| !m.is_empty());
     if !origins.is_some_and(|p| p.origin_allowed(origin.to_str().unwrap_or(""))) {
         stats.origin_invalid.inc();
+        if shadow {
+            return Decision::Pass;
+        }
         // A preflight from another origin goes upstream unless told not to;
         // then Envoy answers it without the origin headers.
         let forward = first(policies, |p| p.forward_not_matching_preflights).unwrap_or(true);
@@ -149,8 +163,7 @@ pub fn decide(policies: &[&Policy], method: &http::Method, headers: &HeaderMap, 
         return Decision::Pass;
     }
     stats.origin_valid.inc();
-    // filter_enabled comes from the most specific policy (default: on).
-    if !policies[0].enabled.as_ref().is_none_or(|f| f.roll()) {
+    if shadow {
         return Decision::Pass;
     }
     let credentials = first(policies, |p| p.allow_credentials).unwrap_or(false);
