@@ -328,7 +328,7 @@ const SUPPORTED_FIELDS: &[(&str, &[&str])] = &[
     ("envoy.config.route.v3.WeightedCluster", &["clusters", "header_name", "use_hash_policy"]),
     (
         "envoy.config.route.v3.RouteAction.RequestMirrorPolicy",
-        &["cluster", "runtime_fraction", "disable_shadow_host_suffix_append"],
+        &["cluster", "cluster_header", "runtime_fraction", "disable_shadow_host_suffix_append"],
     ),
     ("envoy.config.route.v3.WeightedCluster.ClusterWeight", &["name", "weight"]),
     ("envoy.type.matcher.v3.RegexMatchAndSubstitute", &["pattern", "substitution"]),

@@ -1288,7 +1288,9 @@ fn request_mirroring() {
     let dir = TempDir::new("mirror");
     let (mirror_proc, mirror_port) = echo_with("m", dir.path(), &["--log-requests"]);
     let clusters = echo_cluster() + &cluster("shadow", &[&mirror_port.to_string()]);
-    let routes = r#"              - match: { prefix: "/" }
+    let routes = r#"              - match: { prefix: "/by-header" }
+                route: { cluster: echo, request_mirror_policies: [{ cluster_header: x-mirror-to }] }
+              - match: { prefix: "/" }
                 route: { cluster: echo, request_mirror_policies: [{ cluster: shadow }] }
 "#;
     let t = bootstrap("", "", &one_vhost(routes), &clusters);
@@ -1315,6 +1317,24 @@ fn request_mirroring() {
         assert_eq!(e["headers"][h], l["headers"][h], "mirror header {h}");
     }
     assert_eq!(l["headers"]["host"], "example.com-shadow");
+    // `cluster_header`: the copy goes to the cluster the request names; none
+    // when it names no cluster or has no such header.
+    for (who, port) in [("envoy", pair.envoy), ("legate", pair.legate)] {
+        for r in [
+            get("/by-header").header("x-mirror-to", "shadow").header("x-test-proxy", format!("{who}-header")),
+            get("/by-header").header("x-mirror-to", "nowhere"),
+            get("/by-header"),
+        ] {
+            assert_eq!(send(port, &r).status, 200, "{who}: {r:?}");
+        }
+        seen(&format!("{who}-header"));
+    }
+    wait_for("both mirrors' counts", Duration::from_secs(10), || {
+        [pair.envoy_admin, pair.legate_admin]
+            .iter()
+            .all(|a| stat(*a, "cluster.shadow.upstream_rq_total") == Some(2))
+            .then_some(())
+    });
     pair.same_stats(&["cluster.shadow.upstream_rq_total", "cluster.shadow.upstream_rq_200"]);
 }
 

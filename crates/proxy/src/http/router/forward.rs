@@ -72,7 +72,7 @@ impl Hcm {
             // Boxed: an upgrade's state stays out of every forwarded request's future.
             return Box::pin(self.forward_upgrade(stream, parts, matched, ra, &target, up)).await;
         }
-        let mirrors = mirror::chosen(ra, &clusters);
+        let mirrors = mirror::chosen(ra, &clusters, &parts.headers);
         let retry = resend_policy(&parts, &body, retry);
         let (mut stream, outgoing) = if retry.is_some() || mirrored(&parts, &body, &mirrors) {
             // Boxed: buffering for retries or mirrors allocates anyway, and

@@ -3,7 +3,7 @@
 //! answer is counted there and dropped.
 
 use crate::body::ProxyBody;
-use crate::http::route::RouteAction;
+use crate::http::route::{MirrorTarget, RouteAction};
 use crate::upstream::cluster::{Cluster, ClusterMap};
 use http::header::{HeaderValue, HOST};
 use http::Request;
@@ -11,11 +11,17 @@ use std::sync::Arc;
 
 /// The mirrors this request goes to (each policy's share rolled once),
 /// with their `keep_host`.
-pub(super) fn chosen(ra: &RouteAction, clusters: &ClusterMap) -> Vec<(Arc<Cluster>, bool)> {
+pub(super) fn chosen(ra: &RouteAction, clusters: &ClusterMap, headers: &http::HeaderMap) -> Vec<(Arc<Cluster>, bool)> {
     ra.mirrors
         .iter()
         .filter(|m| m.chance.as_ref().is_none_or(|c| c.roll()))
-        .filter_map(|m| clusters.get(&m.cluster).map(|c| (c.clone(), m.keep_host)))
+        .filter_map(|m| {
+            let name = match &m.cluster {
+                MirrorTarget::Named(n) => n.as_str(),
+                MirrorTarget::Header(h) => headers.get(h)?.to_str().ok()?,
+            };
+            clusters.get(name).map(|c| (c.clone(), m.keep_host))
+        })
         .collect()
 }
 
