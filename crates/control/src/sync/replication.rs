@@ -9,6 +9,7 @@ use crate::discovery::registry::{Instance, InstanceRecord};
 use crate::state::controller::Controller;
 use crate::store::etcd::{self, etcd_err, EtcdClient, LEADER_KEY, REGISTRY_PREFIX, REV_KEY};
 use crate::store::StoreError;
+use crate::sync::lease::{self, timed, KeepAlive};
 use etcdv3client::pb;
 use std::future::IntoFuture;
 use std::sync::Arc;
@@ -18,8 +19,6 @@ use std::time::{Duration, Instant};
 const LEADER_TTL_SECS: i64 = 3;
 /// How often the leader renews its lease.
 const RENEW_EVERY: Duration = Duration::from_secs(1);
-/// An etcd call that takes longer is treated as a lost connection.
-const CALL_TIMEOUT: Duration = Duration::from_secs(3);
 /// Wait before re-opening a broken watch, or a follower's next try to lead.
 const RETRY: Duration = Duration::from_millis(500);
 
@@ -44,27 +43,15 @@ const SHARE_EVERY: Duration = Duration::from_millis(250);
 /// Writes this replica's report every `SHARE_EVERY` under a lease of its
 /// own, so a replica that dies stops being counted within the lease's TTL.
 async fn share(ctrl: Arc<Controller>, mut client: EtcdClient) -> Result<(), StoreError> {
-    let grant =
-        timed("lease grant", client.lease.lease_grant(pb::LeaseGrantRequest { ttl: LEADER_TTL_SECS, id: 0 })).await?;
-    let lease = grant.id;
-    let (renew, requests) = tokio::sync::mpsc::channel(1);
-    let renewal = pb::LeaseKeepAliveRequest { id: lease };
-    renew.send(renewal).await.map_err(etcd_err)?;
-    let mut keep =
-        timed("lease keep-alive", client.lease.lease_keep_alive(tokio_stream::wrappers::ReceiverStream::new(requests)))
-            .await?;
-    timed("lease keep-alive", keep.message()).await?;
+    let lease = lease::grant(&mut client, LEADER_TTL_SECS).await?;
+    let mut keep = KeepAlive::open(&mut client, lease).await?;
     let mut renewed = Instant::now();
     let mut tick = tokio::time::interval(SHARE_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
         if renewed.elapsed() >= RENEW_EVERY {
-            renew.send(renewal).await.map_err(etcd_err)?;
-            let resp = timed("lease keep-alive", keep.message()).await?;
-            if resp.is_none_or(|r| r.ttl <= 0) {
-                return Err(etcd_err("report lease lost"));
-            }
+            keep.renew().await?;
             renewed = Instant::now();
         }
         let report = crate::rollouts::shared::local_report(&ctrl);
@@ -85,16 +72,6 @@ where
             Err(e) => tracing::warn!("{what}: {e}; retrying"),
         }
         tokio::time::sleep(RETRY).await;
-    }
-}
-
-async fn timed<T, E: std::fmt::Display>(
-    what: &str,
-    f: impl std::future::Future<Output = Result<T, E>>,
-) -> Result<T, StoreError> {
-    match tokio::time::timeout(CALL_TIMEOUT, f).await {
-        Ok(r) => r.map_err(etcd_err),
-        Err(_) => Err(etcd_err(format!("{what}: no answer within {CALL_TIMEOUT:?}"))),
     }
 }
 
@@ -171,9 +148,7 @@ async fn follow_registry(ctrl: Arc<Controller>, mut client: EtcdClient) -> Resul
 /// instances. Returns when leadership is lost (or was not won).
 async fn campaign(ctrl: Arc<Controller>, mut client: EtcdClient) -> Result<(), StoreError> {
     ctrl.set_leader(false);
-    let grant =
-        timed("lease grant", client.lease.lease_grant(pb::LeaseGrantRequest { ttl: LEADER_TTL_SECS, id: 0 })).await?;
-    let lease = grant.id;
+    let lease = lease::grant(&mut client, LEADER_TTL_SECS).await?;
     let put = pb::RequestOp {
         request: Some(pb::request_op::Request::RequestPut(pb::PutRequest {
             key: LEADER_KEY.into(),
@@ -191,14 +166,7 @@ async fn campaign(ctrl: Arc<Controller>, mut client: EtcdClient) -> Result<(), S
     // The leader key's revision fences the leader's writes: once the key
     // lapses (a new leader), this replica's expiry transactions fail.
     let fence = won.header.map_or(0, |h| h.revision);
-    // The keep-alive stream: one request out, one answer back, per renewal.
-    let (renew, requests) = tokio::sync::mpsc::channel(1);
-    let renewal = pb::LeaseKeepAliveRequest { id: lease };
-    renew.send(renewal).await.map_err(etcd_err)?;
-    let mut keep =
-        timed("lease keep-alive", client.lease.lease_keep_alive(tokio_stream::wrappers::ReceiverStream::new(requests)))
-            .await?;
-    timed("lease keep-alive", keep.message()).await?;
+    let mut keep = KeepAlive::open(&mut client, lease).await?;
     ctrl.set_leader(true);
     tracing::info!("this replica ({}) now expires registry instances (leader)", ctrl.replica_id());
     let mut renewed = Instant::now();
@@ -206,11 +174,9 @@ async fn campaign(ctrl: Arc<Controller>, mut client: EtcdClient) -> Result<(), S
     loop {
         tick.tick().await;
         if renewed.elapsed() >= RENEW_EVERY {
-            renew.send(renewal).await.map_err(etcd_err)?;
-            let resp = timed("lease keep-alive", keep.message()).await?;
-            if resp.is_none_or(|r| r.ttl <= 0) {
+            if let Err(e) = keep.renew().await {
                 ctrl.set_leader(false);
-                return Err(etcd_err("leader lease lost"));
+                return Err(e);
             }
             renewed = Instant::now();
         }

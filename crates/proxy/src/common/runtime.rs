@@ -87,6 +87,10 @@ impl Snapshot {
     }
 
     fn entry(&self, key: &str) -> Option<&Entry> {
+        // Without runtime layers (the common case) no key is hashed.
+        if self.merged.is_empty() {
+            return None;
+        }
         let layer = self.merged.get(key)?;
         self.layers.get(*layer)?.values.get(key)
     }
