@@ -51,6 +51,8 @@ pub struct State {
     pub(super) fine: Tier,
     pub(super) coarse: Tier,
     pub(super) proxies: Tier,
+    /// Services at one second for a few minutes (short windows).
+    pub(super) recent: Tier,
     /// Everything since this control plane started (`/metrics` counters).
     pub(super) totals: BTreeMap<Arc<str>, Agg>,
     pub(super) proxy_totals: BTreeMap<Arc<str>, Agg>,
@@ -114,10 +116,11 @@ impl State {
             Tier::new(ms(r.fine.0), ms(r.fine.1)),
             Tier::new(ms(r.coarse.0), ms(r.coarse.1)),
             Tier::new(ms(r.fine.0), ms(r.proxies)),
+            Tier::new(ms(r.recent.0), ms(r.recent.1)),
         )
     }
 
-    pub(super) fn with_tiers(fine: Tier, coarse: Tier, proxies: Tier) -> Self {
+    pub(super) fn with_tiers(fine: Tier, coarse: Tier, proxies: Tier, recent: Tier) -> Self {
         Self {
             started_ms: crate::clock::unix_ms(),
             baselines: HashMap::new(),
@@ -125,6 +128,7 @@ impl State {
             fine,
             coarse,
             proxies,
+            recent,
             totals: BTreeMap::new(),
             proxy_totals: BTreeMap::new(),
             names: HashSet::new(),
@@ -203,6 +207,7 @@ impl State {
                 continue;
             }
             let (name, agg) = (self.intern(&svc), self.shared_bounds(agg));
+            self.recent.add(r.at_ms, &name, &agg);
             self.fine.add(r.at_ms, &name, &agg);
             self.coarse.add(r.at_ms, &name, &agg);
             self.totals.entry(name).or_default().add(&agg);
@@ -217,6 +222,7 @@ impl State {
             }
         }
         let now = crate::clock::unix_ms().max(r.at_ms);
+        self.recent.prune(now);
         self.fine.prune(now);
         self.coarse.prune(now);
         self.proxies.prune(now);

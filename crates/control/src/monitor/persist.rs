@@ -23,14 +23,19 @@ pub struct Disk {
     written_to_ms: u64,
 }
 
+/// How far before the last write a report may still land (a slot of the
+/// one-second tier changes for longer than two of its slots).
+const LATE_MS: u64 = 20_000;
+
 /// The tiers by number in the table.
-const TIERS: [&str; 3] = ["fine", "coarse", "proxies"];
+const TIERS: [&str; 4] = ["fine", "coarse", "proxies", "recent"];
 
 fn tier_mut(st: &mut State, i: usize) -> &mut Tier {
     match i {
         0 => &mut st.fine,
         1 => &mut st.coarse,
-        _ => &mut st.proxies,
+        2 => &mut st.proxies,
+        _ => &mut st.recent,
     }
 }
 
@@ -38,7 +43,8 @@ fn tier(st: &State, i: usize) -> &Tier {
     match i {
         0 => &st.fine,
         1 => &st.coarse,
-        _ => &st.proxies,
+        2 => &st.proxies,
+        _ => &st.recent,
     }
 }
 
@@ -90,7 +96,7 @@ impl Disk {
         let mut out = Vec::new();
         for t in 0..TIERS.len() {
             let tr = tier(st, t);
-            let from = self.written_to_ms.saturating_sub(2 * tr.resolution_ms);
+            let from = self.written_to_ms.saturating_sub((2 * tr.resolution_ms).max(LATE_MS));
             for slot in tr.range(from, u64::MAX) {
                 out.extend(slot.by.iter().map(|(n, a)| (t, slot.start_ms, n.clone(), a.clone())));
             }
@@ -102,7 +108,7 @@ impl Disk {
     pub fn write(
         &mut self,
         rows: &[(usize, u64, Arc<str>, Agg)],
-        retention_ms: [u64; 3],
+        retention_ms: [u64; TIERS.len()],
         now_ms: u64,
     ) -> Result<(), PersistError> {
         let tx = self.conn.transaction()?;
@@ -139,7 +145,10 @@ impl super::Monitor {
         let Some(disk) = guard.as_mut() else { return Ok(()) };
         let (rows, keep) = {
             let st = self.lock();
-            (disk.pending(&st), [st.fine.retention_ms, st.coarse.retention_ms, st.proxies.retention_ms])
+            (
+                disk.pending(&st),
+                [st.fine.retention_ms, st.coarse.retention_ms, st.proxies.retention_ms, st.recent.retention_ms],
+            )
         };
         disk.write(&rows, keep, crate::clock::unix_ms())
     }

@@ -64,9 +64,12 @@ fn service_figures(name: &str, agg: &Agg, secs: f64, gauges: &Gauges, proxies: u
 }
 
 impl State {
-    /// The tier that still holds the whole window.
-    fn service_tier(&self, window: Duration) -> &Tier {
-        if window.as_millis() as u64 <= self.fine.retention_ms {
+    /// The finest services' tier that still holds the whole window.
+    pub(super) fn service_tier(&self, window: Duration) -> &Tier {
+        let w = window.as_millis() as u64;
+        if w <= self.recent.retention_ms && self.recent.resolution_ms < self.fine.resolution_ms {
+            &self.recent
+        } else if w <= self.fine.retention_ms {
             &self.fine
         } else {
             &self.coarse
@@ -280,6 +283,26 @@ mod tests {
         let total: f64 = points.iter().filter_map(|p| p.v).sum();
         assert_eq!(total, 190.0);
         assert!(points.iter().all(|p| p.v.unwrap_or(0.0) >= 0.0));
+    }
+
+    /// A 3 s window counts the last three seconds, not the whole 10 s slot
+    /// around them: errors reported 5 s ago are out of it, and a chart of
+    /// the last minute has one-second points.
+    #[test]
+    fn a_short_window_counts_only_its_own_seconds() {
+        let mut st = State::new(Retention::default());
+        let slot = crate::clock::unix_ms() / 10_000 * 10_000 - 20_000;
+        st.ingest(&report(slot + 1_000, 100, 0, 100)); // baseline
+        st.ingest(&report(slot + 2_000, 300, 200, 300)); // 200 failed, 6 s before `now`
+        st.ingest(&report(slot + 7_000, 310, 200, 310)); // 10 good
+        let now = slot + 8_000;
+        let s = st.services(now, Duration::from_secs(3));
+        assert_eq!((s[0].requests, s[0].errors), (10, 0), "{s:?}");
+        let s = st.services(now, Duration::from_secs(60));
+        assert_eq!((s[0].requests, s[0].errors), (210, 200));
+        let points = st.series(now, "web", Metric::Requests, Duration::from_secs(60), Duration::from_secs(1));
+        assert!(points.len() >= 60, "{}", points.len());
+        assert_eq!(points.iter().filter_map(|p| p.v).sum::<f64>(), 210.0);
     }
 
     fn proxy_report(node: &str, at_ms: u64, completed: u64, errors: u64) -> Report {

@@ -2,6 +2,9 @@
 //! `--metrics-retention 10s:24h,5m:30d` (the default) keeps services at 10 s
 //! for a day and at 5 min for 30 days; proxies at the fine resolution for
 //! at most an hour (a thousand proxies at 10 s for a day would not be small).
+//! Services are also kept at one second for five minutes, so a short window
+//! (a release step's analysis, an alert's) counts that window and not the
+//! whole ten-second slot around it.
 
 use std::time::Duration;
 
@@ -11,7 +14,11 @@ pub struct Retention {
     pub coarse: (Duration, Duration),
     /// How long per-proxy series are kept (at the fine resolution).
     pub proxies: Duration,
+    /// Services at one second, for short windows.
+    pub recent: (Duration, Duration),
 }
+
+const RECENT: (Duration, Duration) = (Duration::from_secs(1), Duration::from_secs(300));
 
 impl Default for Retention {
     fn default() -> Self {
@@ -19,6 +26,7 @@ impl Default for Retention {
             fine: (Duration::from_secs(10), Duration::from_secs(24 * 3600)),
             coarse: (Duration::from_secs(300), Duration::from_secs(30 * 24 * 3600)),
             proxies: Duration::from_secs(3600),
+            recent: RECENT,
         }
     }
 }
@@ -49,7 +57,7 @@ impl std::str::FromStr for Retention {
         if coarse.0.as_millis() % fine.0.as_millis() != 0 {
             return Err(bad());
         }
-        Ok(Self { fine, coarse, proxies: fine.1.min(Duration::from_secs(3600)) })
+        Ok(Self { fine, coarse, proxies: fine.1.min(Duration::from_secs(3600)), recent: RECENT })
     }
 }
 

@@ -27,6 +27,9 @@ pub struct Shard {
     pub fine: Vec<SlotData>,
     pub coarse: Vec<SlotData>,
     pub proxies: Vec<SlotData>,
+    /// Services at one second (windows of a few minutes).
+    #[serde(default)]
+    pub recent: Vec<SlotData>,
     /// The last report of each proxy streaming to (or scraped by) this replica.
     pub latest: BTreeMap<String, LatestData>,
     /// Since the replica started (`/metrics?fleet=1`).
@@ -62,7 +65,9 @@ impl State {
     /// query of that window reads.
     pub fn shard(&self, now_ms: u64, window_ms: u64) -> Shard {
         let since_ms = now_ms.saturating_sub(window_ms);
-        let fine = window_ms <= self.fine.retention_ms;
+        // Only the tier a query of this window reads is sent.
+        let read = self.service_tier(std::time::Duration::from_millis(window_ms));
+        let of = |tier: &Tier| if std::ptr::eq(read, tier) { slots(tier, since_ms) } else { Vec::new() };
         let latest = self
             .latest
             .iter()
@@ -81,9 +86,10 @@ impl State {
             .collect();
         Shard {
             since_ms,
-            fine: if fine { slots(&self.fine, since_ms) } else { Vec::new() },
-            coarse: if fine { Vec::new() } else { slots(&self.coarse, since_ms) },
+            fine: of(&self.fine),
+            coarse: of(&self.coarse),
             proxies: slots(&self.proxies, since_ms),
+            recent: of(&self.recent),
             latest,
             totals: plain(&self.totals),
             proxy_totals: plain(&self.proxy_totals),
@@ -96,13 +102,14 @@ impl State {
             Tier::new(self.fine.resolution_ms, self.fine.retention_ms),
             Tier::new(self.coarse.resolution_ms, self.coarse.retention_ms),
             Tier::new(self.proxies.resolution_ms, self.proxies.retention_ms),
+            Tier::new(self.recent.resolution_ms, self.recent.retention_ms),
         )
     }
 
     /// Adds a shard in: slots and totals add up; a proxy known from two
     /// replicas (it moved) keeps its latest report.
     pub fn absorb(&mut self, shard: &Shard) {
-        for (tier, data) in [(0, &shard.fine), (1, &shard.coarse), (2, &shard.proxies)] {
+        for (tier, data) in [(0, &shard.fine), (1, &shard.coarse), (2, &shard.proxies), (3, &shard.recent)] {
             for slot in data {
                 for (name, agg) in &slot.by {
                     let name = self.intern(name);
@@ -110,7 +117,8 @@ impl State {
                     let t = match tier {
                         0 => &mut self.fine,
                         1 => &mut self.coarse,
-                        _ => &mut self.proxies,
+                        2 => &mut self.proxies,
+                        _ => &mut self.recent,
                     };
                     t.add(slot.start_ms, &name, &agg);
                 }

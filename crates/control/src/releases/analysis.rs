@@ -26,14 +26,21 @@ pub enum Verdict {
     Failed(StepAnalysis),
 }
 
-/// Analyses step `step` (at `weight`) of `release` at `now_ms`.
-pub fn analyse(release: &Release, figures: &dyn Figures, step: usize, weight: u32, now_ms: u64) -> Verdict {
-    let cand = figures.service(&release.candidate_cluster(), release.window).unwrap_or_default();
+/// Analyses step `step` (at `weight`) of `release` over `window` ending at `now_ms`.
+pub fn analyse(
+    release: &Release,
+    figures: &dyn Figures,
+    window: Duration,
+    step: usize,
+    weight: u32,
+    now_ms: u64,
+) -> Verdict {
+    let cand = figures.service(&release.candidate_cluster(), window).unwrap_or_default();
     // `minRequests: 0` decides even on an empty window.
     if cand.requests < release.min_requests {
         return Verdict::Wait(cand.requests);
     }
-    let stable = figures.service(&release.stable_cluster(), release.window).unwrap_or_default();
+    let stable = figures.service(&release.stable_cluster(), window).unwrap_or_default();
     let mut a = StepAnalysis {
         step,
         weight,

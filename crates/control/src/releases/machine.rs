@@ -5,6 +5,7 @@
 
 use crate::releases::analysis::{analyse, Figures, Verdict};
 use crate::releases::spec::{Phase, Release, Status};
+use std::time::Duration;
 
 /// The next status of a running release, or None when nothing changes now.
 /// A release starts (its first weights) only once `ready`: the proxies hold
@@ -28,7 +29,11 @@ pub fn advance(release: &Release, status: &Status, figures: &dyn Figures, now_ms
         return None;
     }
     let mut next = status.clone();
-    match analyse(release, figures, status.step, status.weight, now_ms) {
+    // Only this step's traffic: a window reaching back before the step
+    // started would judge the candidate on the previous weight's (or a
+    // previous release's) requests.
+    let window = release.window.min(Duration::from_millis(now_ms.saturating_sub(status.step_started_ms)));
+    match analyse(release, figures, window, status.step, status.weight, now_ms) {
         Verdict::Wait(seen) => {
             if now_ms < analyse_at.saturating_add(release.max_wait.as_millis() as u64) {
                 return None;

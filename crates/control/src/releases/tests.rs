@@ -327,3 +327,30 @@ fn a_p99_above_stables_by_the_ratio_rolls_back() {
     let st = advance(&r, &Status::default(), &figures, S, true).expect("starts");
     assert_eq!(advance(&r, &st, &figures, 6 * S, true).map(|s| s.phase), Some(Phase::Progressing), "90 <= 2 x 50");
 }
+
+/// Figures that remember the windows they were asked for.
+#[derive(Default)]
+struct Asked(std::cell::RefCell<Vec<Duration>>);
+
+impl Figures for Asked {
+    fn service(&self, _cluster: &str, window: Duration) -> Option<ServiceFigures> {
+        self.0.borrow_mut().push(window);
+        None
+    }
+}
+
+/// A step is judged on its own traffic: with a hold shorter than the
+/// window, the window starts at the step, not before it.
+#[test]
+fn the_window_never_reaches_back_before_the_step() {
+    let r = release();
+    let short_hold = Release { hold: Duration::from_secs(2), min_requests: 0, ..r.clone() };
+    let asked = Asked::default();
+    let st = advance(&short_hold, &Status::default(), &asked, 10 * S, true).expect("starts");
+    let st = advance(&short_hold, &st, &asked, 12 * S, true).expect("decided on an empty window");
+    assert_eq!(st.step, 1);
+    assert_eq!(asked.0.borrow().as_slice(), [Duration::from_secs(2); 2], "candidate and stable over the step's 2 s");
+    asked.0.borrow_mut().clear();
+    advance(&short_hold, &st, &asked, 40 * S, true).expect("next step");
+    assert_eq!(asked.0.borrow().as_slice(), [r.window; 2], "the configured 5 s once the step is older");
+}
