@@ -96,6 +96,10 @@ struct ControlPlaneArgs {
     advertise_api: Option<String>,
     #[command(flatten)]
     fault: FaultArgs,
+    /// With several replicas and TLS: CA certificates (PEM) the other
+    /// replicas' API certificates must chain to (default: --client-ca).
+    #[arg(long, requires = "tls_cert")]
+    peer_ca: Option<std::path::PathBuf>,
     /// CA certificates (PEM) that `https://` release gates must chain to
     /// (default: the Mozilla root certificates built into the binary).
     #[arg(long)]
@@ -126,6 +130,7 @@ fn control_options(args: ControlPlaneArgs) -> legate_control::Options {
         fault: args.fault.settings(),
         gate_ca: args.gate_ca,
         advertise_api: args.advertise_api,
+        peer_ca: args.peer_ca,
     }
 }
 
