@@ -266,6 +266,8 @@ const SUPPORTED_FIELDS: &[(&str, &[&str])] = &[
             "typed_per_filter_config",
             // `filter_metadata`, read by the Lua filter's `metadata()`.
             "metadata",
+            // `vhost.<vh>.route.<stat_prefix>.*`, the virtual clusters' stats.
+            "stat_prefix",
         ],
     ),
     (

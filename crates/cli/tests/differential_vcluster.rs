@@ -1,9 +1,8 @@
-//! A virtual host's `virtual_clusters` through Envoy 1.40 and `legate
-//! proxy` side by side: the same requests (answered by the upstream with
-//! 200 or 503, retried, timed out, failed to connect, with no host,
-//! answered directly,
-//! matching no virtual cluster) leave the same `vhost.*` stats, and the same
-//! ones exist before any traffic.
+//! A virtual host's `virtual_clusters` and routes' `stat_prefix` through
+//! Envoy 1.40 and `legate proxy` side by side: the same requests (answered
+//! by the upstream with 200 or 503, retried, timed out, failed to connect,
+//! with no host, answered directly, matching no virtual cluster) leave the
+//! same `vhost.*` stats, and the same ones exist before any traffic.
 
 mod harness;
 
@@ -18,12 +17,13 @@ const VIRTUAL_HOSTS: &str = r#"            - name: shop
               domains: ["*"]
               routes:
               - { match: { prefix: "/direct" }, direct_response: { status: 204 } }
-              - { match: { prefix: "/closed" }, route: { cluster: closed } }
+              - { match: { prefix: "/closed" }, route: { cluster: closed }, stat_prefix: refused }
               - { match: { prefix: "/empty" }, route: { cluster: empty } }
-              - { match: { prefix: "/slow" }, route: { cluster: echo, timeout: 0.3s } }
+              - { match: { prefix: "/slow" }, route: { cluster: echo, timeout: 0.3s }, stat_prefix: slow }
               - match: { prefix: "/retry" }
+                stat_prefix: retrying
                 route: { cluster: echo, retry_policy: { retry_on: "5xx", num_retries: 2 } }
-              - { match: { prefix: "/" }, route: { cluster: echo } }
+              - { match: { prefix: "/" }, route: { cluster: echo }, stat_prefix: main }
               virtual_clusters:
               - { name: ok, headers: [{ name: ":path", string_match: { prefix: "/ok" } }] }
               - { name: shadowed, headers: [{ name: ":path", string_match: { prefix: "/o" } }] }
@@ -36,7 +36,7 @@ const VIRTUAL_HOSTS: &str = r#"            - name: shop
             - name: plain
               domains: ["plain.test"]
               routes:
-              - { match: { prefix: "/" }, route: { cluster: echo } }
+              - { match: { prefix: "/" }, route: { cluster: echo }, stat_prefix: all }
 "#;
 
 /// Every `vhost.*` line of the text `/stats` page: counters with their
@@ -59,7 +59,7 @@ fn vhost_stats(admin: u16) -> (BTreeMap<String, u64>, BTreeSet<String>) {
 }
 
 #[test]
-fn virtual_cluster_stats_match_envoys() {
+fn virtual_cluster_and_route_stats_match_envoys() {
     let clusters = format!("{}{}{}", echo_cluster(), cluster("closed", &["{CLOSED}"]), cluster("empty", &[]));
     let t = bootstrap("", "", VIRTUAL_HOSTS, &clusters);
     let pair = start_pair("vcluster", &t, &["a"]);
@@ -113,7 +113,9 @@ fn virtual_cluster_stats_match_envoys() {
     eprintln!("histograms: {:?}", e.1);
     assert_eq!(e.0.get("vhost.shop.vcluster.ok.upstream_rq_200"), Some(&2), "Envoy: {e:?}");
     assert_eq!(e.0.get("vhost.shop.vcluster.retried.upstream_rq_total"), Some(&4), "Envoy: {e:?}");
-    assert!(!e.0.keys().any(|k| k.starts_with("vhost.plain.")), "{e:?}");
+    assert!(!e.0.keys().any(|k| k.starts_with("vhost.plain.vcluster.")), "{e:?}");
+    assert_eq!(e.0.get("vhost.shop.route.retrying.upstream_rq_total"), Some(&4), "Envoy: {e:?}");
+    assert!(e.0.contains_key("vhost.plain.route.all.upstream_rq_200"), "Envoy: {e:?}");
     assert_same("vhost counters after traffic", &e.0, &l.0);
     assert_same("vhost histograms after traffic", &e.1, &l.1);
 }

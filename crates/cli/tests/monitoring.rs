@@ -371,11 +371,19 @@ fn route_counted(cp: &ControlPlane, vh: &str, vc: &str) -> (u64, u64) {
     r.map_or((0, 0), |r| (r["requests"].as_u64().expect("requests"), r["errors"].as_u64().expect("errors")))
 }
 
+/// (requests, errors) of the route with `stat_prefix` `route` in `ctl top routes`.
+fn route_stat_counted(cp: &ControlPlane, vh: &str, route: &str) -> (u64, u64) {
+    let list = top(cp, "routes", "1h");
+    let r = list.iter().find(|r| r["virtual_host"] == vh && r["route"] == route && r["virtual_cluster"] == "");
+    r.map_or((0, 0), |r| (r["requests"].as_u64().expect("requests"), r["errors"].as_u64().expect("errors")))
+}
+
 /// Per virtual host and virtual cluster: Envoy 1.40 with `virtual_clusters`
 /// (`ok` for `/ok`, `failing` for `/status/`) counts each in
 /// `vhost.shop.vcluster.<vc>.*` and streams it; `ctl top routes` shows
 /// exactly the requests and 503s each virtual cluster saw, the routing
-/// probes in `other` (Envoy's catch-all), and the service figures are not
+/// probes in `other` (Envoy's catch-all), the route's `stat_prefix` row
+/// (`vhost.shop.route.all.*`) all of them, and the service figures are not
 /// changed by them.
 #[test]
 fn top_routes_counts_envoys_virtual_clusters() {
@@ -405,7 +413,7 @@ spec:
   virtual_hosts:
   - name: shop
     domains: ["*"]
-    routes: [{{ match: {{ prefix: "/" }}, route: {{ cluster: web }} }}]
+    routes: [{{ match: {{ prefix: "/" }}, route: {{ cluster: web }}, stat_prefix: all }}]
     virtual_clusters:
     - {{ name: ok, headers: [{{ name: ":path", string_match: {{ prefix: "/ok" }} }}] }}
     - {{ name: failing, headers: [{{ name: ":path", string_match: {{ prefix: "/status/" }} }}] }}
@@ -419,6 +427,7 @@ spec:
     let probes = until_routed(listen);
     reported_after(&cp, node, now_ms());
     let before = [route_counted(&cp, "shop", "ok"), route_counted(&cp, "shop", "failing")];
+    let all_before = route_stat_counted(&cp, "shop", "all");
     let (ok, failing) = (40, 12);
     for (path, n, status) in [("/ok", ok, 200), ("/status/503", failing, 503)] {
         for _ in 0..n {
@@ -439,6 +448,10 @@ spec:
     );
     assert_eq!(got.0, want_ok, "shop/ok");
     assert_eq!(got.1, (before[1].0 + failing, before[1].1 + failing), "shop/failing: every one a 503");
+    // The route's `stat_prefix` row counts both.
+    let all = route_stat_counted(&cp, "shop", "all");
+    eprintln!("{node}: route shop/all {all:?}");
+    assert_eq!(all, (all_before.0 + ok + failing, all_before.1 + failing), "route shop/all");
     let services = top(&cp, "services", "1h");
     assert!(services.iter().all(|s| !s["service"].as_str().unwrap_or("").starts_with("vhost")), "{services:?}");
     assert!(find(&services, "service", "web").is_some(), "{services:?}");

@@ -399,7 +399,7 @@ pub fn top_services(v: &Value) -> String {
     table(&["SERVICE", "REQUESTS", "ERRORS", "RPS", "ERROR%", "P50 MS", "P99 MS", "PROXIES"], rows)
 }
 
-/// `top routes`: per virtual host and virtual cluster.
+/// `top routes`: per virtual host and virtual cluster, or route (`stat_prefix`).
 pub fn top_routes(v: &Value) -> String {
     let rows = v
         .as_array()
@@ -409,6 +409,7 @@ pub fn top_routes(v: &Value) -> String {
             vec![
                 r["virtual_host"].as_str().unwrap_or("").to_string(),
                 r["virtual_cluster"].as_str().unwrap_or("").to_string(),
+                r["route"].as_str().unwrap_or("").to_string(),
                 r["requests"].to_string(),
                 r["errors"].to_string(),
                 num(&r["rps"]),
@@ -418,7 +419,8 @@ pub fn top_routes(v: &Value) -> String {
             ]
         })
         .collect();
-    table(&["VIRTUAL HOST", "VIRTUAL CLUSTER", "REQUESTS", "ERRORS", "RPS", "ERROR%", "P50 MS", "P99 MS"], rows)
+    let head = ["VIRTUAL HOST", "VIRTUAL CLUSTER", "ROUTE", "REQUESTS", "ERRORS", "RPS", "ERROR%", "P50 MS", "P99 MS"];
+    table(&head, rows)
 }
 
 /// `top proxies`.

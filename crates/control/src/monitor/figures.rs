@@ -53,12 +53,17 @@ pub struct ProxyFigures {
     pub resets: u64,
 }
 
-/// One virtual cluster of one virtual host (summed over every proxy) over a
-/// window: what Envoy counts in `vhost.<vh>.vcluster.<vc>.*`.
+/// One virtual cluster of one virtual host, or one route with a
+/// `stat_prefix` (summed over every proxy) over a window: what Envoy counts
+/// in `vhost.<vh>.vcluster.<vc>.*` or `vhost.<vh>.route.<stat_prefix>.*`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct RouteFigures {
     pub virtual_host: String,
+    /// Empty on a route's row.
     pub virtual_cluster: String,
+    /// The route's `stat_prefix`; empty on a virtual cluster's row.
+    #[serde(default)]
+    pub route: String,
     pub requests: u64,
     pub errors: u64,
     pub rq_2xx: u64,

@@ -5,7 +5,7 @@
 use super::buckets::Buckets;
 use super::ingest::{Gauges, State};
 use super::series::{Agg, Tier};
-use super::stat::{route_of, ROUTE_PREFIX};
+use super::stat::{route_of, route_stat_prefix, ROUTE_PREFIX};
 use super::{Metric, Point, ProxyFigures, RouteFigures, ServiceFigures};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -121,7 +121,8 @@ impl State {
                 let f = service_figures(key, agg, secs, &Gauges::default(), 0);
                 Some(RouteFigures {
                     virtual_host: vh.to_string(),
-                    virtual_cluster: vc.to_string(),
+                    virtual_cluster: if route_stat_prefix(vc).is_some() { String::new() } else { vc.to_string() },
+                    route: route_stat_prefix(vc).unwrap_or_default().to_string(),
                     requests: f.requests,
                     errors: f.errors,
                     rq_2xx: f.rq_2xx,
@@ -138,9 +139,9 @@ impl State {
             })
             .collect();
         out.sort_by(|a, b| {
-            b.requests
-                .cmp(&a.requests)
-                .then_with(|| (&a.virtual_host, &a.virtual_cluster).cmp(&(&b.virtual_host, &b.virtual_cluster)))
+            b.requests.cmp(&a.requests).then_with(|| {
+                (&a.virtual_host, &a.virtual_cluster, &a.route).cmp(&(&b.virtual_host, &b.virtual_cluster, &b.route))
+            })
         });
         out
     }

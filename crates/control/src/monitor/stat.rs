@@ -11,7 +11,8 @@ pub enum Target<'a> {
     /// An upstream cluster.
     Service(&'a str),
     /// A virtual host's virtual cluster (Envoy counts it only where the
-    /// route configuration defines `virtual_clusters`, and in `other`).
+    /// route configuration defines `virtual_clusters`, and in `other`), or
+    /// a route with a `stat_prefix` (`route.<prefix>`).
     Route(&'a str, &'a str),
     /// The proxy itself (its connection managers, summed).
     Proxy,
@@ -30,13 +31,28 @@ pub fn route_of(key: &str) -> Option<(&str, &str)> {
     key.strip_prefix(ROUTE_PREFIX)?.split_once(':')
 }
 
-/// `vhost.<vh>.vcluster.<vc>.<stat>` for one of `stats`.
+/// `vhost.<vh>.vcluster.<vc>.<stat>` for one of `stats`, or a route's
+/// `vhost.<vh>.route.<stat_prefix>.<stat>` (its target named
+/// `route.<stat_prefix>`: no virtual cluster's name holds a dot).
 fn split_route<'a, T: Copy>(name: &'a str, stats: &[(&str, T)]) -> Option<(Target<'a>, T)> {
-    let (vh, tail) = name.strip_prefix("vhost.")?.split_once(".vcluster.")?;
+    let rest = name.strip_prefix("vhost.")?;
+    let (vh, tail, route) = match rest.split_once(".vcluster.") {
+        Some((vh, tail)) => (vh, tail, false),
+        None => {
+            let at = rest.find(".route.")?;
+            (&rest[..at], &rest[at + 1..], true)
+        }
+    };
     stats.iter().find_map(|(stat, t)| {
-        let vc = tail.strip_suffix(stat)?.strip_suffix('.')?;
-        (!vh.is_empty() && !vc.is_empty() && !vc.contains('.')).then_some((Target::Route(vh, vc), *t))
+        let who = tail.strip_suffix(stat)?.strip_suffix('.')?;
+        let own = if route { who.strip_prefix("route.")? } else { who };
+        (!vh.is_empty() && !own.is_empty() && !own.contains('.')).then_some((Target::Route(vh, who), *t))
     })
+}
+
+/// The route's `stat_prefix` of a route target's name (`route.<prefix>`).
+pub fn route_stat_prefix(who: &str) -> Option<&str> {
+    who.strip_prefix("route.")
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -199,6 +215,14 @@ mod tests {
         );
         assert_eq!(histogram("vhost.web.vcluster.other.upstream_rq_time"), Some(Target::Route("web", "other")));
         assert_eq!(route_of(&route_key("web", "api")), Some(("web", "api")));
+        // A route's `stat_prefix`, in a virtual host whose name has dots.
+        assert_eq!(
+            counter("vhost.shop.example.route.checkout.upstream_rq_completed"),
+            Some((Target::Route("shop.example", "route.checkout"), CounterStat::Completed))
+        );
+        assert_eq!(histogram("vhost.w.route.main.upstream_rq_time"), Some(Target::Route("w", "route.main")));
+        assert_eq!(route_stat_prefix("route.main"), Some("main"));
+        assert_eq!(counter("vhost.w.route.a.b.upstream_rq_completed"), None, "a prefix has no dot");
     }
 
     #[test]

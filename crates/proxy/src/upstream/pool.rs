@@ -36,7 +36,7 @@ pub struct Held {
     conn: Option<ConnUse>,
     /// Counted with the cluster's `upstream_rq_total` for each request put
     /// on a connection (a virtual cluster's).
-    pub also_total: Option<Arc<crate::stats::Counter>>,
+    pub also_total: [Option<Arc<crate::stats::Counter>>; 2],
 }
 
 /// Sends `req` to `host` on a pooled connection (or a new one). Once it has
@@ -91,7 +91,7 @@ fn take_request_slot(cluster: &Cluster, rq_slot: &mut Held) -> Result<(), Upstre
 /// `upstream_rq_total`: the request is on a connection.
 fn count_total(cluster: &Cluster, rq_slot: &Held) {
     cluster.stats.upstream_rq_total.inc();
-    if let Some(c) = &rq_slot.also_total {
+    for c in rq_slot.also_total.iter().flatten() {
         c.inc();
     }
 }

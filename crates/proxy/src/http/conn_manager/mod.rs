@@ -222,9 +222,7 @@ impl Hcm {
     ) {
         if self.filters.dynamic_stats {
             stats.record_status(status);
-            if let Some(vc) = &stream.vcluster {
-                vc.record_status(status);
-            }
+            stream.charged.each().for_each(|s| s.record_status(status));
         }
     }
 

@@ -69,7 +69,7 @@ pub(in crate::http) struct Stream {
     pub(in crate::http) set_cookie: Option<http::HeaderValue>,
     /// The virtual cluster the router counts the request in, when its
     /// virtual host has `virtual_clusters`.
-    pub(in crate::http) vcluster: Option<Arc<crate::http::route::virtual_cluster::VirtualClusterStats>>,
+    pub(in crate::http) charged: crate::http::route::virtual_cluster::Charged,
 }
 
 impl Stream {
@@ -138,7 +138,7 @@ impl Stream {
             upgraded: false,
             upgrade_requested: false,
             set_cookie: None,
-            vcluster: None,
+            charged: Default::default(),
             response_request_id: None,
             trace: None,
         })
@@ -189,8 +189,9 @@ impl Stream {
             cs.upstream_rq_time.record(started.elapsed().as_secs_f64() * 1000.0);
             // Envoy times a virtual cluster's request only when the
             // upstream's response ended.
-            if let Some(vc) = self.vcluster.as_ref().filter(|_| complete && self.details == "via_upstream") {
-                vc.record_time(started.elapsed().as_secs_f64() * 1000.0);
+            if complete && self.details == "via_upstream" {
+                let ms = started.elapsed().as_secs_f64() * 1000.0;
+                self.charged.each().for_each(|s| s.record_time(ms));
             }
         }
         host.rq_active.fetch_sub(1, Relaxed);

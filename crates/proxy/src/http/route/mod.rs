@@ -96,6 +96,8 @@ pub struct Route {
     /// `decorator`: the span's operation name, and whether it is passed on
     /// in `x-envoy-decorator-operation`.
     pub decorator: Option<Decorator>,
+    /// `stat_prefix`: `vhost.<vh>.route.<stat_prefix>.*`.
+    pub stats: Option<std::sync::Arc<virtual_cluster::VirtualClusterStats>>,
 }
 
 pub struct Decorator {
@@ -305,7 +307,7 @@ fn compile_vhost(vh: &rpb::VirtualHost, store: &std::sync::Arc<crate::stats::Sto
         .routes
         .iter()
         .enumerate()
-        .map(|(i, r)| compile_route(r).map_err(|e| format!("routes[{i}]: {e}")))
+        .map(|(i, r)| compile_route(r, &vh.name, store).map_err(|e| format!("routes[{i}]: {e}")))
         .collect::<Result<_, _>>()?;
     Ok(VirtualHost {
         name: vh.name.clone(),
@@ -324,7 +326,7 @@ fn compile_vhost(vh: &rpb::VirtualHost, store: &std::sync::Arc<crate::stats::Sto
 }
 
 #[allow(deprecated)] // Envoy 1.40 still honours the deprecated `cors` field, so Legate reads it.
-fn compile_route(r: &rpb::Route) -> Result<Route, String> {
+fn compile_route(r: &rpb::Route, vh: &str, store: &std::sync::Arc<crate::stats::Store>) -> Result<Route, String> {
     use rpb::route_match::PathSpecifier;
     let m = r.r#match.as_ref().ok_or("match is required")?;
     let case_sensitive = m.case_sensitive.map(|b| b.value).unwrap_or(true);
@@ -371,8 +373,11 @@ fn compile_route(r: &rpb::Route) -> Result<Route, String> {
         .decorator
         .as_ref()
         .map(|d| Decorator { operation: d.operation.clone(), propagate: d.propagate.is_none_or(|b| b.value) });
+    let stats = (!r.stat_prefix.is_empty())
+        .then(|| virtual_cluster::VirtualClusterStats::new(store, format!("vhost.{vh}.route.{}.", r.stat_prefix)));
     Ok(Route {
         decorator,
+        stats,
         name: r.name.clone(),
         path,
         grpc: m.grpc.is_some(),

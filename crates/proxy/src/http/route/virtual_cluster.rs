@@ -3,7 +3,9 @@
 //! the catch-all `other`) and counted in `vhost.<vh>.vcluster.<vc>.*`, as
 //! Envoy 1.40 counts them. Only a virtual host that defines virtual clusters
 //! has any: the router looks them up once per forwarded request and charges
-//! them where it charges the cluster.
+//! them where it charges the cluster. A route's `stat_prefix` counts the
+//! same stats under `vhost.<vh>.route.<stat_prefix>.*`; a request may be
+//! charged to both ([`Charged`]).
 
 use crate::common::matcher::{HeaderMatch, Pseudo};
 use crate::stats::{Counter, Histogram, Store};
@@ -34,9 +36,10 @@ impl VirtualClusters {
                 .enumerate()
                 .map(|(j, h)| HeaderMatch::new(h).map_err(|e| format!("virtual_clusters[{i}].headers[{j}]: {e}")))
                 .collect::<Result<_, _>>()?;
-            list.push((headers, VirtualClusterStats::new(store, &vh.name, &vc.name)));
+            list.push((headers, VirtualClusterStats::new(store, format!("vhost.{}.vcluster.{}.", vh.name, vc.name))));
         }
-        Ok(Some(Self { list, other: VirtualClusterStats::new(store, &vh.name, "other") }))
+        let other = VirtualClusterStats::new(store, format!("vhost.{}.vcluster.other.", vh.name));
+        Ok(Some(Self { list, other }))
     }
 
     /// The first virtual cluster whose header matchers all match, else `other`.
@@ -45,9 +48,34 @@ impl VirtualClusters {
     }
 }
 
-/// `vhost.<vh>.vcluster.<vc>.*`: the counters Envoy creates with the route
-/// table, and the per-status counters and the time histogram it creates on
-/// first use.
+/// The stats a request is charged to beside its cluster's: its virtual
+/// cluster's and its route's (`stat_prefix`), each when there is one.
+#[derive(Clone, Default)]
+pub struct Charged([Option<Arc<VirtualClusterStats>>; 2]);
+
+impl Charged {
+    pub fn set_virtual_cluster(&mut self, s: Arc<VirtualClusterStats>) {
+        self.0[0] = Some(s);
+    }
+
+    pub fn set_route(&mut self, s: Arc<VirtualClusterStats>) {
+        self.0[1] = Some(s);
+    }
+
+    pub fn each(&self) -> impl Iterator<Item = &Arc<VirtualClusterStats>> {
+        self.0.iter().flatten()
+    }
+
+    /// Their `upstream_rq_total` counters (for the pool to count a request
+    /// put on a connection).
+    pub fn totals(&self) -> [Option<Arc<Counter>>; 2] {
+        self.0.clone().map(|s| s.map(|s| s.upstream_rq_total.clone()))
+    }
+}
+
+/// `vhost.<vh>.vcluster.<vc>.*` (or `vhost.<vh>.route.<stat_prefix>.*`):
+/// the counters Envoy creates with the route table, and the per-status
+/// counters and the time histogram it creates on first use.
 pub struct VirtualClusterStats {
     pub upstream_rq_total: Arc<Counter>,
     pub upstream_rq_timeout: Arc<Counter>,
@@ -65,8 +93,8 @@ pub struct VirtualClusterStats {
 }
 
 impl VirtualClusterStats {
-    fn new(store: &Arc<Store>, vh: &str, vc: &str) -> Arc<Self> {
-        let prefix = format!("vhost.{vh}.vcluster.{vc}.");
+    /// The stats under `prefix` (ending in a dot).
+    pub fn new(store: &Arc<Store>, prefix: String) -> Arc<Self> {
         let c = |n: &str| store.counter(&format!("{prefix}{n}"));
         Arc::new(Self {
             upstream_rq_total: c("upstream_rq_total"),

@@ -56,7 +56,10 @@ impl Hcm {
         let clusters = self.clusters.load();
         // Only a virtual host with virtual clusters pays for the pick.
         if let Some(vcs) = &matched.1.virtual_clusters {
-            stream.vcluster = Some(pick_vcluster(vcs, &stream, &parts).clone());
+            stream.charged.set_virtual_cluster(pick_vcluster(vcs, &stream, &parts).clone());
+        }
+        if let Some(s) = &matched.2.stats {
+            stream.charged.set_route(s.clone());
         }
         let (mut stream, cluster, host) = self.pick_upstream(stream, &parts, matched, ra, &clusters)?;
         let Some(prepared) = self.prepare_request(&stream, &mut parts, matched, ra, &cluster, &host) else {
@@ -87,7 +90,7 @@ impl Hcm {
             count_header: vh.attempt_count_upstream,
             timeout_header: !self.suppress_envoy_headers(),
             grpc_timeout_header,
-            vcluster: stream.vcluster.clone(),
+            charged: stream.charged.clone(),
         };
         let sent = self.send(&mut stream, outgoing, &target, ra, attempts, stream_deadline).await;
         let (result, last_host, attempts) = match sent {
@@ -221,7 +224,7 @@ impl Hcm {
         let Target { cluster, host, .. } = target;
         let route_timeout = attempts.route_timeout;
         let mut slot = Held::default();
-        slot.also_total = stream.vcluster.as_ref().map(|v| v.upstream_rq_total.clone());
+        slot.also_total = stream.charged.totals();
         let sent = async {
             match outgoing {
                 Outgoing::Once(req) => {

@@ -24,9 +24,7 @@ impl Hcm {
         matched: Matched<'_>,
     ) -> ProxyResponse {
         cluster.stats.upstream_rq_timeout.inc();
-        if let Some(vc) = &stream.vcluster {
-            vc.upstream_rq_timeout.inc();
-        }
+        stream.charged.each().for_each(|s| s.upstream_rq_timeout.inc());
         self.charge_status(&stream, &cluster.stats, 504);
         self.router_reply(stream, Some(matched), 504, "response_timeout", "UT", Some("upstream request timeout".into()))
     }

@@ -298,7 +298,7 @@ pub(super) struct Attempts {
     /// Set the expected timeout in `grpc-timeout` too (`max_grpc_timeout`).
     pub(super) grpc_timeout_header: bool,
     /// The request's virtual cluster, counting retries as its cluster does.
-    pub(super) vcluster: Option<Arc<crate::http::route::virtual_cluster::VirtualClusterStats>>,
+    pub(super) charged: crate::http::route::virtual_cluster::Charged,
 }
 
 /// Sends with the route's retry policy: on a retriable response or failure,
@@ -340,11 +340,11 @@ pub(super) async fn send_with_retries(
         if !retriable || attempt >= policy.num_retries {
             if retriable {
                 cluster.stats.upstream_rq_retry_limit_exceeded.inc();
-                attempts.vcluster.as_ref().inspect(|v| v.upstream_rq_retry_limit_exceeded.inc());
+                attempts.charged.each().for_each(|s| s.upstream_rq_retry_limit_exceeded.inc());
             }
             if attempt > 0 && retriable_ok(&result, &policy) {
                 cluster.stats.upstream_rq_retry_success.inc();
-                attempts.vcluster.as_ref().inspect(|v| v.upstream_rq_retry_success.inc());
+                attempts.charged.each().for_each(|s| s.upstream_rq_retry_success.inc());
             }
             return (result, host, attempt + 1);
         }
@@ -353,12 +353,12 @@ pub(super) async fn send_with_retries(
         // max_retries: retries in flight across the cluster.
         let Some(_retry_slot) = cluster.breakers.default.try_retry() else {
             cluster.stats.upstream_rq_retry_overflow.inc();
-            attempts.vcluster.as_ref().inspect(|v| v.upstream_rq_retry_overflow.inc());
+            attempts.charged.each().for_each(|s| s.upstream_rq_retry_overflow.inc());
             return (result, host, attempt + 1);
         };
         attempt += 1;
         cluster.stats.upstream_rq_retry.inc();
-        attempts.vcluster.as_ref().inspect(|v| v.upstream_rq_retry.inc());
+        attempts.charged.each().for_each(|s| s.upstream_rq_retry.inc());
         tried.push(host.addr);
         drop(result);
         tokio::time::sleep(policy.backoff(attempt)).await;

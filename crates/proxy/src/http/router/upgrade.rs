@@ -93,9 +93,7 @@ impl Hcm {
             }
             Ok((io, guard)) => {
                 cs.upstream_rq_total.inc();
-                if let Some(vc) = &stream.vcluster {
-                    vc.upstream_rq_total.inc();
-                }
+                stream.charged.each().for_each(|s| s.upstream_rq_total.inc());
                 self.charge_status(&stream, cs, 200);
                 stream.details = "via_upstream";
                 let mut resp = Response::new(ProxyBody::Empty);
@@ -124,7 +122,7 @@ impl Hcm {
         // No request body follows an upgrade's head.
         let request_done = RequestProgress::whole(0);
         let mut slot = Held::default();
-        slot.also_total = stream.vcluster.as_ref().map(|v| v.upstream_rq_total.clone());
+        slot.also_total = stream.charged.totals();
         let sent = crate::upstream::pool::send_upgrade(cluster, &target.host, req, &mut slot);
         // An upgrade is no gRPC request: only `max_stream_duration` turns the route timeout off.
         let route = ra.stream_timeouts.route_timeout(ra.timeout, &http::HeaderMap::new(), false);
