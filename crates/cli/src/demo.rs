@@ -80,6 +80,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         api_addr: API.parse()?,
         data_dir: args.data_dir.clone(),
         store: None,
+        store_settings: Default::default(),
         watch: None,
         tls: None,
         alert_period: None,

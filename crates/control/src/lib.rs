@@ -42,6 +42,8 @@ pub struct Options {
     pub data_dir: PathBuf,
     /// Where state lives: SQLite in `data_dir` (the default) or etcd.
     pub store: Option<store::StoreSpec>,
+    /// etcd's client TLS and the key secrets are encrypted with at rest.
+    pub store_settings: store::StoreSettings,
     /// A folder of resource files to apply whenever they change.
     pub watch: Option<PathBuf>,
     /// TLS (and optional client certificates) on both listeners.
@@ -79,7 +81,7 @@ pub enum ControlError {
 /// Runs the control plane until the process ends.
 pub async fn run(opts: Options) -> Result<(), ControlError> {
     let spec = opts.store.clone().unwrap_or_else(|| store::StoreSpec::Sqlite(opts.data_dir.clone()));
-    let ctrl = controller_on(&spec)?;
+    let ctrl = controller_with(&spec, &opts.store_settings)?;
     serve(ctrl, opts).await
 }
 
@@ -211,5 +213,14 @@ pub fn controller(data_dir: &std::path::Path) -> Result<Arc<state::controller::C
 
 /// Opens the store `spec` names and the controller on it.
 pub fn controller_on(spec: &store::StoreSpec) -> Result<Arc<state::controller::Controller>, ControlError> {
-    Ok(state::controller::Controller::open(store::Store::open_spec(spec)?)?)
+    controller_with(spec, &store::StoreSettings::default())
+}
+
+/// Opens the store `spec` names with `settings` (etcd's TLS, the key
+/// secrets are encrypted with at rest) and the controller on it.
+pub fn controller_with(
+    spec: &store::StoreSpec,
+    settings: &store::StoreSettings,
+) -> Result<Arc<state::controller::Controller>, ControlError> {
+    Ok(state::controller::Controller::open(store::Store::open_with(spec, settings)?)?)
 }
