@@ -1,0 +1,305 @@
+//! A hostile xDS client cannot exhaust the control plane's memory: garbage
+//! gRPC frames, a request of 100,000 resource names, one over the message
+//! size, a delta stream subscribing name after name, many streams on one
+//! connection, and hundreds of streams holding as many names as they may
+//! and never ACKing — each refused with a gRPC status naming its bound,
+//! while the control plane's RSS (read from /proc) stays under a stated
+//! figure and it goes on serving a well-behaved stream.
+
+mod harness;
+
+use harness::*;
+use legate_api::pb::envoy::config::core::v3::Node;
+use legate_api::pb::envoy::service::discovery::v3::{
+    aggregated_discovery_service_client::AggregatedDiscoveryServiceClient, DeltaDiscoveryRequest, DiscoveryRequest,
+};
+use std::time::{Duration, Instant};
+use tonic::transport::Channel;
+
+const CDS: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
+const EDS: &str = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
+/// The control plane's RSS must stay under this through every flood.
+const RSS_BOUND_MIB: u64 = 256;
+
+fn rss_mib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let kib = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok());
+    kib.unwrap_or(0) / 1024
+}
+
+async fn channel(port: u16) -> Channel {
+    tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
+        .expect("uri")
+        .connect_timeout(Duration::from_secs(5))
+        .connect()
+        .await
+        .expect("connect")
+}
+
+fn node(id: &str) -> Option<Node> {
+    Some(Node { id: id.into(), cluster: "flood".into(), ..Default::default() })
+}
+
+fn names(n: usize, len: usize, tag: &str) -> Vec<String> {
+    (0..n).map(|i| format!("{tag}-{i:0>width$}", width = len.saturating_sub(tag.len() + 1))).collect()
+}
+
+/// Opens a SotW stream sending `reqs` and never ACKing: the first status it
+/// ends with, or None while it stays open (after `wait`).
+async fn sotw_status(ch: Channel, reqs: Vec<DiscoveryRequest>, wait: Duration) -> Option<tonic::Status> {
+    let mut client = AggregatedDiscoveryServiceClient::new(ch).max_decoding_message_size(64 << 20);
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    for r in reqs {
+        let _ = tx.try_send(r);
+    }
+    let call = client.stream_aggregated_resources(tokio_stream::wrappers::ReceiverStream::new(rx));
+    let outcome = tokio::time::timeout(wait, async {
+        let mut stream = match call.await {
+            Ok(s) => s.into_inner(),
+            Err(status) => return Some(status),
+        };
+        loop {
+            match stream.message().await {
+                Ok(Some(_)) => continue,
+                Ok(None) => return None,
+                Err(status) => return Some(status),
+            }
+        }
+    })
+    .await;
+    drop(tx);
+    outcome.ok().flatten()
+}
+
+fn exhausted(status: &Option<tonic::Status>, bound: &str, what: &str) {
+    refused_with(status, tonic::Code::ResourceExhausted, bound, what);
+}
+
+fn refused_with(status: &Option<tonic::Status>, code: tonic::Code, bound: &str, what: &str) {
+    let s = status.as_ref().unwrap_or_else(|| panic!("{what}: the stream was not refused"));
+    assert_eq!(s.code(), code, "{what}: {s:?}");
+    assert!(s.message().contains(bound), "{what}: the status must name the bound '{bound}': {}", s.message());
+    println!("{what}: {:?}: {}", s.code(), s.message());
+}
+
+/// Garbage on the connection and in gRPC frames: refused, nothing kept.
+async fn garbage(port: u16) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut raw = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.expect("connect");
+    raw.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\xff\xff\xff\xff\xff\xff\xff\xff\xff garbage")
+        .await
+        .expect("write");
+    let mut buf = vec![0u8; 4096];
+    let closed = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match raw.read(&mut buf).await {
+                Ok(0) | Err(_) => return true,
+                Ok(_) => continue,
+            }
+        }
+    })
+    .await;
+    assert_eq!(closed, Ok(true), "a connection of garbage frames must be closed");
+
+    // A gRPC message announcing 2 GiB, and one that is not a protobuf.
+    for (what, body) in [
+        ("a 2 GiB length prefix", vec![0, 0x7f, 0xff, 0xff, 0xff, 1, 2, 3]),
+        ("bytes that are not a DiscoveryRequest", vec![0, 0, 0, 0, 6, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]),
+    ] {
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.expect("connect");
+        let (mut h2, conn) = h2::client::handshake(tcp).await.expect("h2");
+        tokio::spawn(conn);
+        let req = http::Request::post(format!(
+            "http://127.0.0.1:{port}/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources"
+        ))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())
+        .expect("request");
+        let (resp, mut send) = h2.send_request(req, false).expect("send");
+        send.send_data(body.into(), true).expect("data");
+        let resp = tokio::time::timeout(Duration::from_secs(5), resp).await.expect("an answer").expect("response");
+        let mut body = resp.into_body();
+        let status = tokio::time::timeout(Duration::from_secs(5), async {
+            while body.data().await.is_some() {}
+            body.trailers().await.ok().flatten()
+        })
+        .await
+        .expect("trailers");
+        let code = status.as_ref().and_then(|t| t.get("grpc-status")).and_then(|v| v.to_str().ok()).map(String::from);
+        assert!(code.as_deref().is_some_and(|c| c != "0"), "{what}: expected a gRPC error, got {status:?}");
+        println!("garbage gRPC frame ({what}): grpc-status {}", code.unwrap_or_default());
+    }
+}
+
+#[test]
+fn a_hostile_xds_client_cannot_exhaust_the_control_plane() {
+    let tmp = TempDir::new("xds-bounds");
+    let dir = tmp.path();
+    let cp = ControlPlane::start(dir);
+    let clusters: Vec<String> = (0..10)
+        .map(|c| format!("kind: Cluster\nmetadata: {{ name: c{c} }}\nspec: {{ name: c{c}, connect_timeout: 1s, type: EDS, eds_cluster_config: {{ eds_config: {{ ads: {{}} }} }} }}\n"))
+        .collect();
+    cp.apply(dir, &clusters.join("---\n"));
+    let pid = cp.proc_.pid();
+    let port = cp.xds;
+    let baseline = rss_mib(pid);
+    println!("control plane RSS at start: {baseline} MiB");
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    let peak = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(baseline));
+    let sampling = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let sampler = {
+        let (peak, sampling) = (peak.clone(), sampling.clone());
+        std::thread::spawn(move || {
+            let start = Instant::now();
+            while sampling.load(std::sync::atomic::Ordering::Relaxed) && start.elapsed() < Duration::from_secs(300) {
+                peak.fetch_max(rss_mib(pid), std::sync::atomic::Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        })
+    };
+
+    rt.block_on(async {
+        garbage(port).await;
+        let ch = channel(port).await;
+
+        // One request naming 100,000 resources; one over 4 MiB.
+        let flood = DiscoveryRequest {
+            node: node("names-100k"),
+            type_url: EDS.into(),
+            resource_names: names(100_000, 8, "n"),
+            ..Default::default()
+        };
+        exhausted(
+            &sotw_status(ch.clone(), vec![flood], Duration::from_secs(20)).await,
+            "at most 10000",
+            "100,000 names in one request",
+        );
+        let big = DiscoveryRequest {
+            node: node("names-5mib"),
+            type_url: EDS.into(),
+            resource_names: names(200_000, 24, "n"),
+            ..Default::default()
+        };
+        let status = sotw_status(ch.clone(), vec![big], Duration::from_secs(20)).await;
+        refused_with(&status, tonic::Code::OutOfRange, "the limit is: 4194304 bytes", "a 5 MiB request");
+
+        // A delta stream subscribing 2,000 names at a time.
+        let mut client = AggregatedDiscoveryServiceClient::new(ch.clone());
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        let mut stream = client
+            .delta_aggregated_resources(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+            .expect("delta stream")
+            .into_inner();
+        let mut sent = 0;
+        let mut refused = None;
+        for chunk in 0..20 {
+            let subscribe = names(2_000, 12, &format!("d{chunk}"));
+            let first = chunk == 0;
+            let req = DeltaDiscoveryRequest {
+                node: if first { node("delta-flood") } else { None },
+                type_url: EDS.into(),
+                resource_names_subscribe: subscribe,
+                ..Default::default()
+            };
+            if tx.send(req).await.is_err() {
+                break;
+            }
+            sent += 2_000;
+            match tokio::time::timeout(Duration::from_secs(5), stream.message()).await {
+                Ok(Err(status)) => {
+                    refused = Some(status);
+                    break;
+                }
+                Ok(Ok(Some(_))) | Err(_) => {}
+                Ok(Ok(None)) => break,
+            }
+        }
+        exhausted(&refused, "at most 10000", &format!("delta subscriptions ({sent} names sent)"));
+    });
+
+    // Hundreds of streams, each holding 9,000 names of 40 bytes and never
+    // ACKing, over a few connections: the server-wide budget refuses the rest.
+    let (held, refused) = rt.block_on(async {
+        let mut tasks = Vec::new();
+        for c in 0..3 {
+            let ch = channel(port).await;
+            for s in 0..100 {
+                let req = DiscoveryRequest {
+                    node: node(&format!("hold-{c}-{s}")),
+                    type_url: EDS.into(),
+                    resource_names: names(9_000, 40, &format!("h{c}-{s}")),
+                    ..Default::default()
+                };
+                let wildcard = DiscoveryRequest { type_url: CDS.into(), ..Default::default() };
+                tasks.push(tokio::spawn(sotw_status(ch.clone(), vec![req, wildcard], Duration::from_secs(20))));
+            }
+        }
+        let (mut held, mut refused) = (0, Vec::new());
+        for t in tasks {
+            match t.await.expect("task") {
+                None => held += 1,
+                Some(s) => refused.push(s),
+            }
+        }
+        (held, refused)
+    });
+    println!("300 streams of 9,000 names each: {held} held (never ACKing), {} refused", refused.len());
+    assert!(held > 0 && !refused.is_empty(), "the budget must hold some and refuse the rest");
+    exhausted(&refused.first().cloned(), "bytes of subscribed resource names", "the server-wide name budget");
+
+    // 300 streams on one connection: at most 100 are open at once.
+    rt.block_on(async {
+        let ch = channel(port).await;
+        for s in 0..300 {
+            let req =
+                DiscoveryRequest { node: node(&format!("one-conn-{s}")), type_url: CDS.into(), ..Default::default() };
+            tokio::spawn(sotw_status(ch.clone(), vec![req], Duration::from_secs(20)));
+        }
+    });
+    let count = || cp.proxy_ids().iter().filter(|id| id.starts_with("one-conn-")).count();
+    let open = wait_for("streams on one connection", Duration::from_secs(15), || {
+        let n = count();
+        (n >= 100).then_some(n)
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    let open = open.max(count());
+    println!("300 streams started on one connection: {open} open at once");
+    assert_eq!(open, 100, "streams open at once on one connection");
+
+    sampling.store(false, std::sync::atomic::Ordering::Relaxed);
+    sampler.join().expect("sampler");
+    let peak = peak.load(std::sync::atomic::Ordering::Relaxed);
+    println!(
+        "control plane RSS: {baseline} MiB at start, {peak} MiB at the peak of the floods (bound {RSS_BOUND_MIB} MiB)"
+    );
+    assert!(peak < RSS_BOUND_MIB, "RSS reached {peak} MiB");
+
+    // Still serving a well-behaved stream.
+    let ok = rt.block_on(async {
+        let ch = channel(port).await;
+        let mut client = AggregatedDiscoveryServiceClient::new(ch);
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        tx.send(DiscoveryRequest { node: node("after"), type_url: CDS.into(), ..Default::default() })
+            .await
+            .expect("send");
+        let mut s = client
+            .stream_aggregated_resources(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+            .expect("stream")
+            .into_inner();
+        tokio::time::timeout(Duration::from_secs(10), s.message())
+            .await
+            .ok()
+            .and_then(|r| r.ok())
+            .flatten()
+            .map(|r| r.resources.len())
+    });
+    assert_eq!(ok, Some(10), "a well-behaved stream after the floods gets the 10 clusters");
+    println!("after the floods: a new stream got its 10 clusters");
+    drop(rt);
+}
