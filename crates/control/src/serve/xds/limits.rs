@@ -49,7 +49,7 @@ fn take(counter: &AtomicUsize, n: usize, limit: usize) -> bool {
 }
 
 impl Budget {
-    /// A stream's share of the budget: one stream, no names yet; `None`
+    /// A stream's share of the budget: one stream, no names yet; refused
     /// when the server already serves `MAX_STREAMS`.
     pub fn open_stream(self: &Arc<Self>) -> Result<StreamCharge, Status> {
         if !take(&self.streams, 1, MAX_STREAMS) {
@@ -127,6 +127,17 @@ mod tests {
         assert_eq!(budget.name_bytes.load(Ordering::Acquire), 400);
         drop(s);
         assert_eq!((budget.streams(), budget.name_bytes.load(Ordering::Acquire)), (0, 0));
+    }
+
+    #[test]
+    fn the_server_refuses_a_stream_over_its_stream_count() {
+        let budget = Arc::new(Budget::default());
+        let held: Vec<StreamCharge> = (0..MAX_STREAMS).map(|_| budget.open_stream().expect("stream")).collect();
+        let e = budget.open_stream().err().expect("one over");
+        assert_eq!(e.code(), tonic::Code::ResourceExhausted);
+        assert!(e.message().contains("at most 20000 xDS streams"), "{}", e.message());
+        drop(held);
+        assert!(budget.open_stream().is_ok());
     }
 
     #[test]
