@@ -74,6 +74,10 @@ struct ControlPlaneArgs {
     /// ...and its private key (PEM).
     #[arg(long, requires = "etcd_cert")]
     etcd_key: Option<std::path::PathBuf>,
+    /// Connections one client address may hold open to the xDS address at
+    /// once (each carries at most 100 streams); 0: no bound.
+    #[arg(long, default_value_t = legate_control::serve::xds::limits::MAX_CONNECTIONS_PER_ADDRESS)]
+    xds_max_connections_per_address: usize,
     /// Encrypt secret material (private keys, passwords, generic secrets) in
     /// the store with this 32-byte key (raw, hex or base64), AES-256-GCM.
     #[arg(long)]
@@ -149,6 +153,7 @@ fn control_options(args: ControlPlaneArgs) -> legate_control::Options {
         fault: args.fault.settings(),
         gate_ca: args.gate_ca,
         advertise_api: args.advertise_api,
+        xds_max_connections_per_address: args.xds_max_connections_per_address,
     }
 }
 

@@ -20,6 +20,8 @@ const CDS: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
 const EDS: &str = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
 /// The control plane's RSS must stay under this through every flood.
 const RSS_BOUND_MIB: u64 = 256;
+/// `--xds-max-connections-per-address` for this test.
+const PER_ADDRESS: usize = 20;
 
 fn rss_mib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
@@ -135,11 +137,36 @@ async fn garbage(port: u16) {
     }
 }
 
+/// 30 connections at once from one address: those over the bound are
+/// closed as they are accepted; the others wait for HTTP/2.
+async fn connections(port: u16) {
+    use tokio::io::AsyncReadExt;
+    let mut conns = Vec::new();
+    for _ in 0..30 {
+        conns.push(tokio::net::TcpStream::connect(("127.0.0.1", port)).await.expect("connect"));
+    }
+    let mut closed = 0;
+    for c in &mut conns {
+        let mut b = [0u8; 1];
+        if let Ok(Ok(0) | Err(_)) = tokio::time::timeout(Duration::from_millis(500), c.read(&mut b)).await {
+            closed += 1;
+        }
+    }
+    println!("30 connections from one address (bound {PER_ADDRESS}): {closed} closed at accept");
+    assert_eq!(closed, 30 - PER_ADDRESS, "connections over the per-address bound");
+}
+
 #[test]
 fn a_hostile_xds_client_cannot_exhaust_the_control_plane() {
     let tmp = TempDir::new("xds-bounds");
     let dir = tmp.path();
-    let cp = ControlPlane::start(dir);
+    let cp = ControlPlane::start_with(
+        dir,
+        free_port(),
+        free_port(),
+        dir.join("cp-data"),
+        &["--xds-max-connections-per-address", &PER_ADDRESS.to_string()],
+    );
     let clusters: Vec<String> = (0..10)
         .map(|c| format!("kind: Cluster\nmetadata: {{ name: c{c} }}\nspec: {{ name: c{c}, connect_timeout: 1s, type: EDS, eds_cluster_config: {{ eds_config: {{ ads: {{}} }} }} }}\n"))
         .collect();
@@ -163,6 +190,7 @@ fn a_hostile_xds_client_cannot_exhaust_the_control_plane() {
     };
 
     rt.block_on(async {
+        connections(port).await;
         garbage(port).await;
         let ch = channel(port).await;
 

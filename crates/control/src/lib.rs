@@ -59,6 +59,9 @@ pub struct Options {
     /// CA certificates (PEM) that https release gates are verified against
     /// (default: the built-in Mozilla roots).
     pub gate_ca: Option<PathBuf>,
+    /// Connections one client address may hold open to the xDS address
+    /// (0: no bound).
+    pub xds_max_connections_per_address: usize,
     /// `HOST:PORT` the other replicas reach this one's API at (default: the
     /// API address, 127.0.0.1 for an unspecified one).
     pub advertise_api: Option<String>,
@@ -135,7 +138,7 @@ pub async fn serve(ctrl: Arc<state::controller::Controller>, opts: Options) -> R
         Some(files) => Some(serve::tls::xds_config(files).map_err(ControlError::Tls)?),
         None => None,
     };
-    let xds = serve::xds::server::serve(ctrl.clone(), xds_listener, xds_tls);
+    let xds = serve::xds::server::serve(ctrl.clone(), xds_listener, xds_tls, opts.xds_max_connections_per_address);
     match &opts.tls {
         Some(files) => {
             let cfg = serve::tls::api_config(files).map_err(ControlError::Tls)?;

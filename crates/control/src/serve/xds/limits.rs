@@ -12,6 +12,8 @@
 //! - a stream: at most `MAX_NAMES_PER_STREAM` subscribed resource names (and
 //!   delta's `initial_resource_versions`) over all its types, and
 //!   `MAX_NAME_BYTES_PER_STREAM` of them;
+//! - a client address: at most `--xds-max-connections-per-address`
+//!   connections (default `MAX_CONNECTIONS_PER_ADDRESS`; `incoming`);
 //! - the server: at most `MAX_STREAMS` streams, and `NAME_BUDGET_BYTES` of
 //!   subscribed names over all streams (each name counted with
 //!   `NAME_OVERHEAD` for the set that holds it).
@@ -25,6 +27,8 @@ use std::sync::Arc;
 use tonic::Status;
 
 pub const MAX_MESSAGE_BYTES: usize = 4 << 20;
+/// The default of `--xds-max-connections-per-address` (`incoming`).
+pub const MAX_CONNECTIONS_PER_ADDRESS: usize = 1_000;
 pub const MAX_STREAMS_PER_CONNECTION: u32 = 100;
 pub const MAX_HEADER_LIST_BYTES: u32 = 16 << 10;
 pub const MAX_PENDING_RESETS: usize = 64;

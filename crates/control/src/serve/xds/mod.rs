@@ -7,6 +7,7 @@
 //! What one client can make the server hold is bounded (`limits`).
 
 pub mod delta;
+pub mod incoming;
 pub mod limits;
 pub mod server;
 pub mod sotw;

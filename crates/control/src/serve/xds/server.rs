@@ -163,11 +163,13 @@ macro_rules! bounded {
     };
 }
 
-/// Serves every xDS service on `addr` until the future is dropped.
+/// Serves every xDS service on `listener` until the future is dropped, at
+/// most `per_address` connections from one client address (0: no bound).
 pub async fn serve(
     ctrl: Arc<Controller>,
     listener: tokio::net::TcpListener,
     tls: Option<tonic::transport::ServerTlsConfig>,
+    per_address: usize,
 ) -> Result<(), tonic::transport::Error> {
     use crate::serve::metrics::{lrs::LoadServer, stream::MetricsServer};
     use service::cluster::v3::cluster_discovery_service_server::ClusterDiscoveryServiceServer;
@@ -205,6 +207,6 @@ pub async fn serve(
         .add_service(bounded!(MetricsServiceServer::new(metrics)))
         .add_service(bounded!(LoadReportingServiceServer::new(load)))
         .add_service(bounded!(HealthDiscoveryServiceServer::new(hds)))
-        .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+        .serve_with_incoming(crate::serve::xds::incoming::incoming(listener, per_address))
         .await
 }
