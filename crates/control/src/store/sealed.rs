@@ -31,6 +31,7 @@ use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
 use ring::rand::{SecureRandom, SystemRandom};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
+use std::borrow::Cow;
 use std::path::Path;
 
 /// What a sealed value starts with (the format's version included).
@@ -123,9 +124,9 @@ fn aad(doc: &Document) -> String {
 }
 
 /// `changes` with every inline secret sealed (unchanged without a key).
-pub fn seal_changes(key: Option<&SecretKey>, changes: &[Change]) -> Result<Vec<Change>, StoreError> {
-    let Some(key) = key else { return Ok(changes.to_vec()) };
-    changes
+pub fn seal_changes<'a>(key: Option<&SecretKey>, changes: &'a [Change]) -> Result<Cow<'a, [Change]>, StoreError> {
+    let Some(key) = key else { return Ok(Cow::Borrowed(changes)) };
+    let sealed: Result<Vec<Change>, StoreError> = changes
         .iter()
         .map(|c| match c {
             Change::Apply(doc) => {
@@ -136,7 +137,8 @@ pub fn seal_changes(key: Option<&SecretKey>, changes: &[Change]) -> Result<Vec<C
             }
             other => Ok(other.clone()),
         })
-        .collect()
+        .collect();
+    Ok(Cow::Owned(sealed?))
 }
 
 fn seal_in(key: &SecretKey, aad: &str, v: &mut Value) -> Result<(), StoreError> {
@@ -231,7 +233,8 @@ mod tests {
             "certificate_chain": {"inline_string": "CERT"},
             "private_key": {"inline_string": "-----BEGIN PRIVATE KEY-----\nKEY"},
             "password": {"inline_bytes": "cGFzcw=="}}});
-        let sealed = seal_changes(Some(&key), &[Change::Apply(secret(spec.clone()))]).expect("seal");
+        let changes = [Change::Apply(secret(spec.clone()))];
+        let sealed = seal_changes(Some(&key), &changes).expect("seal");
         let Change::Apply(doc) = &sealed[0] else { panic!("apply") };
         let text = serde_json::to_string(doc).expect("json");
         assert!(!text.contains("PRIVATE KEY") && !text.contains("cGFzcw=="), "{text}");
@@ -246,7 +249,8 @@ mod tests {
     fn a_wrong_key_or_no_key_or_another_resource_is_refused() {
         let key = SecretKey::new(&[7u8; 32]).expect("key");
         let spec = json!({"generic_secret": {"secret": {"inline_string": "s3cret"}}});
-        let sealed = seal_changes(Some(&key), &[Change::Apply(secret(spec))]).expect("seal");
+        let changes = [Change::Apply(secret(spec))];
+        let sealed = seal_changes(Some(&key), &changes).expect("seal");
         let Change::Apply(doc) = &sealed[0] else { panic!("apply") };
         let wrong = SecretKey::new(&[8u8; 32]).expect("key");
         let e = open_docs(Some(&wrong), &mut [doc.clone()]).expect_err("wrong key").to_string();
