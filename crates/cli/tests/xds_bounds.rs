@@ -13,6 +13,8 @@ use legate_api::pb::envoy::config::core::v3::Node;
 use legate_api::pb::envoy::service::discovery::v3::{
     aggregated_discovery_service_client::AggregatedDiscoveryServiceClient, DeltaDiscoveryRequest, DiscoveryRequest,
 };
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tonic::transport::Channel;
 
@@ -156,133 +158,93 @@ async fn connections(port: u16) {
     assert_eq!(closed, 30 - PER_ADDRESS, "connections over the per-address bound");
 }
 
-#[test]
-fn a_hostile_xds_client_cannot_exhaust_the_control_plane() {
-    let tmp = TempDir::new("xds-bounds");
-    let dir = tmp.path();
-    let cp = ControlPlane::start_with(
-        dir,
-        free_port(),
-        free_port(),
-        dir.join("cp-data"),
-        &["--xds-max-connections-per-address", &PER_ADDRESS.to_string()],
-    );
-    let clusters: Vec<String> = (0..10)
-        .map(|c| format!("kind: Cluster\nmetadata: {{ name: c{c} }}\nspec: {{ name: c{c}, connect_timeout: 1s, type: EDS, eds_cluster_config: {{ eds_config: {{ ads: {{}} }} }} }}\n"))
-        .collect();
-    cp.apply(dir, &clusters.join("---\n"));
-    let pid = cp.proc_.pid();
-    let port = cp.xds;
-    let baseline = rss_mib(pid);
-    println!("control plane RSS at start: {baseline} MiB");
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
-    let peak = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(baseline));
-    let sampling = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
-    let sampler = {
-        let (peak, sampling) = (peak.clone(), sampling.clone());
-        std::thread::spawn(move || {
-            let start = Instant::now();
-            while sampling.load(std::sync::atomic::Ordering::Relaxed) && start.elapsed() < Duration::from_secs(300) {
-                peak.fetch_max(rss_mib(pid), std::sync::atomic::Ordering::Relaxed);
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        })
+/// One request of 100,000 names, one over 4 MiB, and a delta stream
+/// subscribing 2,000 names at a time: each refused.
+async fn request_floods(port: u16) {
+    let ch = channel(port).await;
+    let flood = DiscoveryRequest {
+        node: node("names-100k"),
+        type_url: EDS.into(),
+        resource_names: names(100_000, 8, "n"),
+        ..Default::default()
     };
+    let status = sotw_status(ch.clone(), vec![flood], Duration::from_secs(20)).await;
+    exhausted(&status, "at most 10000", "100,000 names in one request");
+    let big = DiscoveryRequest {
+        node: node("names-5mib"),
+        type_url: EDS.into(),
+        resource_names: names(200_000, 24, "n"),
+        ..Default::default()
+    };
+    let status = sotw_status(ch.clone(), vec![big], Duration::from_secs(20)).await;
+    refused_with(&status, tonic::Code::OutOfRange, "the limit is: 4194304 bytes", "a 5 MiB request");
 
-    rt.block_on(async {
-        connections(port).await;
-        garbage(port).await;
-        let ch = channel(port).await;
-
-        // One request naming 100,000 resources; one over 4 MiB.
-        let flood = DiscoveryRequest {
-            node: node("names-100k"),
+    let mut client = AggregatedDiscoveryServiceClient::new(ch);
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    let mut stream = client
+        .delta_aggregated_resources(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .expect("delta stream")
+        .into_inner();
+    let (mut sent, mut refused) = (0, None);
+    for chunk in 0..20 {
+        let req = DeltaDiscoveryRequest {
+            node: if chunk == 0 { node("delta-flood") } else { None },
             type_url: EDS.into(),
-            resource_names: names(100_000, 8, "n"),
+            resource_names_subscribe: names(2_000, 12, &format!("d{chunk}")),
             ..Default::default()
         };
-        exhausted(
-            &sotw_status(ch.clone(), vec![flood], Duration::from_secs(20)).await,
-            "at most 10000",
-            "100,000 names in one request",
-        );
-        let big = DiscoveryRequest {
-            node: node("names-5mib"),
-            type_url: EDS.into(),
-            resource_names: names(200_000, 24, "n"),
-            ..Default::default()
-        };
-        let status = sotw_status(ch.clone(), vec![big], Duration::from_secs(20)).await;
-        refused_with(&status, tonic::Code::OutOfRange, "the limit is: 4194304 bytes", "a 5 MiB request");
-
-        // A delta stream subscribing 2,000 names at a time.
-        let mut client = AggregatedDiscoveryServiceClient::new(ch.clone());
-        let (tx, rx) = tokio::sync::mpsc::channel(16);
-        let mut stream = client
-            .delta_aggregated_resources(tokio_stream::wrappers::ReceiverStream::new(rx))
-            .await
-            .expect("delta stream")
-            .into_inner();
-        let mut sent = 0;
-        let mut refused = None;
-        for chunk in 0..20 {
-            let subscribe = names(2_000, 12, &format!("d{chunk}"));
-            let first = chunk == 0;
-            let req = DeltaDiscoveryRequest {
-                node: if first { node("delta-flood") } else { None },
-                type_url: EDS.into(),
-                resource_names_subscribe: subscribe,
-                ..Default::default()
-            };
-            if tx.send(req).await.is_err() {
+        if tx.send(req).await.is_err() {
+            break;
+        }
+        sent += 2_000;
+        match tokio::time::timeout(Duration::from_secs(5), stream.message()).await {
+            Ok(Err(status)) => {
+                refused = Some(status);
                 break;
             }
-            sent += 2_000;
-            match tokio::time::timeout(Duration::from_secs(5), stream.message()).await {
-                Ok(Err(status)) => {
-                    refused = Some(status);
-                    break;
-                }
-                Ok(Ok(Some(_))) | Err(_) => {}
-                Ok(Ok(None)) => break,
-            }
+            Ok(Ok(Some(_))) | Err(_) => {}
+            Ok(Ok(None)) => break,
         }
-        exhausted(&refused, "at most 10000", &format!("delta subscriptions ({sent} names sent)"));
-    });
+    }
+    exhausted(&refused, "at most 10000", &format!("delta subscriptions ({sent} names sent)"));
+}
 
-    // Hundreds of streams, each holding 9,000 names of 40 bytes and never
-    // ACKing, over a few connections: the server-wide budget refuses the rest.
-    let (held, refused) = rt.block_on(async {
-        let mut tasks = Vec::new();
-        for c in 0..3 {
-            let ch = channel(port).await;
-            for s in 0..100 {
-                let req = DiscoveryRequest {
-                    node: node(&format!("hold-{c}-{s}")),
-                    type_url: EDS.into(),
-                    resource_names: names(9_000, 40, &format!("h{c}-{s}")),
-                    ..Default::default()
-                };
-                let wildcard = DiscoveryRequest { type_url: CDS.into(), ..Default::default() };
-                tasks.push(tokio::spawn(sotw_status(ch.clone(), vec![req, wildcard], Duration::from_secs(20))));
-            }
+/// 300 streams over 3 connections, each holding 9,000 names of 40 bytes and
+/// a wildcard CDS subscription, never ACKing: the server-wide budget holds
+/// some and refuses the rest.
+async fn held_streams(port: u16) {
+    let mut tasks = Vec::new();
+    for c in 0..3 {
+        let ch = channel(port).await;
+        for s in 0..100 {
+            let req = DiscoveryRequest {
+                node: node(&format!("hold-{c}-{s}")),
+                type_url: EDS.into(),
+                resource_names: names(9_000, 40, &format!("h{c}-{s}")),
+                ..Default::default()
+            };
+            let wildcard = DiscoveryRequest { type_url: CDS.into(), ..Default::default() };
+            tasks.push(tokio::spawn(sotw_status(ch.clone(), vec![req, wildcard], Duration::from_secs(20))));
         }
-        let (mut held, mut refused) = (0, Vec::new());
-        for t in tasks {
-            match t.await.expect("task") {
-                None => held += 1,
-                Some(s) => refused.push(s),
-            }
+    }
+    let (mut held, mut refused) = (0, Vec::new());
+    for t in tasks {
+        match t.await.expect("task") {
+            None => held += 1,
+            Some(s) => refused.push(s),
         }
-        (held, refused)
-    });
+    }
     println!("300 streams of 9,000 names each: {held} held (never ACKing), {} refused", refused.len());
     assert!(held > 0 && !refused.is_empty(), "the budget must hold some and refuse the rest");
     exhausted(&refused.first().cloned(), "bytes of subscribed resource names", "the server-wide name budget");
+}
 
-    // 300 streams on one connection: at most 100 are open at once.
+/// 300 streams started on one connection: how many the control plane
+/// counts open at once.
+fn streams_on_one_connection(rt: &tokio::runtime::Runtime, cp: &ControlPlane) -> usize {
     rt.block_on(async {
-        let ch = channel(port).await;
+        let ch = channel(cp.xds).await;
         for s in 0..300 {
             let req =
                 DiscoveryRequest { node: node(&format!("one-conn-{s}")), type_url: CDS.into(), ..Default::default() };
@@ -295,39 +257,72 @@ fn a_hostile_xds_client_cannot_exhaust_the_control_plane() {
         (n >= 100).then_some(n)
     });
     std::thread::sleep(Duration::from_secs(1));
-    let open = open.max(count());
+    open.max(count())
+}
+
+/// A well-behaved stream: how many clusters its first response carries.
+async fn clusters_served(port: u16) -> Option<usize> {
+    let mut client = AggregatedDiscoveryServiceClient::new(channel(port).await);
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    tx.send(DiscoveryRequest { node: node("after"), type_url: CDS.into(), ..Default::default() }).await.ok()?;
+    let mut s =
+        client.stream_aggregated_resources(tokio_stream::wrappers::ReceiverStream::new(rx)).await.ok()?.into_inner();
+    let first = tokio::time::timeout(Duration::from_secs(10), s.message()).await.ok()?.ok()??;
+    Some(first.resources.len())
+}
+
+/// Samples `pid`'s RSS every 50 ms until `stop`: the highest seen.
+fn sample_rss(pid: u32, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<u64> {
+    std::thread::spawn(move || {
+        let (start, mut peak) = (Instant::now(), 0);
+        while !stop.load(Ordering::Relaxed) && start.elapsed() < Duration::from_secs(300) {
+            peak = peak.max(rss_mib(pid));
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        peak
+    })
+}
+
+#[test]
+fn a_hostile_xds_client_cannot_exhaust_the_control_plane() {
+    let tmp = TempDir::new("xds-bounds");
+    let dir = tmp.path();
+    let limit = PER_ADDRESS.to_string();
+    let cp = ControlPlane::start_with(
+        dir,
+        free_port(),
+        free_port(),
+        dir.join("cp-data"),
+        &["--xds-max-connections-per-address", &limit],
+    );
+    let clusters: Vec<String> = (0..10)
+        .map(|c| format!("kind: Cluster\nmetadata: {{ name: c{c} }}\nspec: {{ name: c{c}, connect_timeout: 1s, type: EDS, eds_cluster_config: {{ eds_config: {{ ads: {{}} }} }} }}\n"))
+        .collect();
+    cp.apply(dir, &clusters.join("---\n"));
+    let baseline = rss_mib(cp.proc_.pid());
+    println!("control plane RSS at start: {baseline} MiB");
+    let stop = Arc::new(AtomicBool::new(false));
+    let sampler = sample_rss(cp.proc_.pid(), stop.clone());
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+
+    rt.block_on(async {
+        connections(cp.xds).await;
+        garbage(cp.xds).await;
+        request_floods(cp.xds).await;
+        held_streams(cp.xds).await;
+    });
+    let open = streams_on_one_connection(&rt, &cp);
     println!("300 streams started on one connection: {open} open at once");
     assert_eq!(open, 100, "streams open at once on one connection");
 
-    sampling.store(false, std::sync::atomic::Ordering::Relaxed);
-    sampler.join().expect("sampler");
-    let peak = peak.load(std::sync::atomic::Ordering::Relaxed);
+    stop.store(true, Ordering::Relaxed);
+    let peak = sampler.join().expect("sampler").max(baseline);
     println!(
         "control plane RSS: {baseline} MiB at start, {peak} MiB at the peak of the floods (bound {RSS_BOUND_MIB} MiB)"
     );
     assert!(peak < RSS_BOUND_MIB, "RSS reached {peak} MiB");
 
-    // Still serving a well-behaved stream.
-    let ok = rt.block_on(async {
-        let ch = channel(port).await;
-        let mut client = AggregatedDiscoveryServiceClient::new(ch);
-        let (tx, rx) = tokio::sync::mpsc::channel(1);
-        tx.send(DiscoveryRequest { node: node("after"), type_url: CDS.into(), ..Default::default() })
-            .await
-            .expect("send");
-        let mut s = client
-            .stream_aggregated_resources(tokio_stream::wrappers::ReceiverStream::new(rx))
-            .await
-            .expect("stream")
-            .into_inner();
-        tokio::time::timeout(Duration::from_secs(10), s.message())
-            .await
-            .ok()
-            .and_then(|r| r.ok())
-            .flatten()
-            .map(|r| r.resources.len())
-    });
-    assert_eq!(ok, Some(10), "a well-behaved stream after the floods gets the 10 clusters");
+    let served = rt.block_on(clusters_served(cp.xds));
+    assert_eq!(served, Some(10), "a well-behaved stream after the floods gets the 10 clusters");
     println!("after the floods: a new stream got its 10 clusters");
-    drop(rt);
 }
