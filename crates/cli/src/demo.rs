@@ -90,6 +90,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         gate_ca: None,
         advertise_api: None,
         xds_max_connections_per_address: legate_control::serve::xds::limits::MAX_CONNECTIONS_PER_ADDRESS,
+        peer_ca: None,
     };
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
     let cp = rt.spawn(legate_control::serve(ctrl, opts));

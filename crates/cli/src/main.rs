@@ -115,6 +115,10 @@ struct ControlPlaneArgs {
     advertise_api: Option<String>,
     #[command(flatten)]
     fault: FaultArgs,
+    /// With several replicas and TLS: CA certificates (PEM) the other
+    /// replicas' API certificates must chain to (default: --client-ca).
+    #[arg(long, requires = "tls_cert")]
+    peer_ca: Option<std::path::PathBuf>,
     /// CA certificates (PEM) that `https://` release gates must chain to
     /// (default: the Mozilla root certificates built into the binary).
     #[arg(long)]
@@ -154,6 +158,7 @@ fn control_options(args: ControlPlaneArgs) -> legate_control::Options {
         gate_ca: args.gate_ca,
         advertise_api: args.advertise_api,
         xds_max_connections_per_address: args.xds_max_connections_per_address,
+        peer_ca: args.peer_ca,
     }
 }
 

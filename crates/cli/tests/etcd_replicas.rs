@@ -7,6 +7,7 @@
 
 mod harness;
 
+use harness::alerting::WebhookReceiver;
 use harness::load::steady_load;
 use harness::xds::{eds_cluster, endpoints, nodes, rds_listener, route_to};
 use harness::xds::{envoy_bootstrap_by_priority, legate_bootstrap_listing};
@@ -453,4 +454,120 @@ fn either_replica_answers_for_the_whole_fleet() {
     let (m0, m1) = (total(&r0, "/metrics"), total(&r1, "/metrics"));
     assert_eq!(total(&r0, "/metrics?scope=fleet"), m0 + m1, "fleet totals from replica-0");
     assert_eq!(total(&r1, "/metrics?scope=fleet"), m0 + m1, "fleet totals from replica-1");
+}
+
+/// `legate ctl` against a TLS replica's API, as the client certificate
+/// holder, with `token` when given.
+fn ctl_tls(d: &std::path::Path, api: u16, token: Option<&str>, args: &[&str]) -> (bool, String) {
+    let (ca, cert, key) = (d.join("ca.pem"), d.join("client.pem"), d.join("client.key"));
+    let mut all: Vec<&str> = vec!["--cacert", ca.to_str().expect("path")];
+    all.extend(["--cert", cert.to_str().expect("path"), "--key", key.to_str().expect("path")]);
+    if let Some(t) = token {
+        all.extend(["--token", t]);
+    }
+    all.extend(args);
+    ctl(&format!("https://localhost:{api}"), &all)
+}
+
+/// GET `path` on a TLS replica's API with curl: the JSON it answered.
+fn get_tls(d: &std::path::Path, api: u16, token: Option<&str>, path: &str) -> Option<serde_json::Value> {
+    let auth = token.map(|t| format!("authorization: Bearer {t}"));
+    let args: Vec<&str> = auth.as_deref().map(|a| vec!["-H", a]).unwrap_or_default();
+    let out = harness::tls::curl_tls(d, "localhost", api, path, Some("client"), &args);
+    serde_json::from_slice(&out.stdout).ok()
+}
+
+/// Fleet monitoring with the APIs over mutual TLS and closed by a token:
+/// a `legate proxy` streams its stats over TLS to the replica that is not
+/// the leader, and serves 503s. The leader's own part holds none of them,
+/// yet its `error_rate` rule fires to a webhook (the leader reads the other
+/// replica's part with the store's peer secret, over TLS verified against
+/// the client CA, presenting its own certificate), and `ctl top services`
+/// on the leader counts the proxy's requests exactly.
+#[test]
+fn the_leader_alerts_on_a_proxy_streaming_to_another_tls_replica() {
+    let dir = TempDir::new("etcd-tls-fleet");
+    let d = dir.path();
+    let etcd = Etcd::start(d);
+    let [ca, cert, key, ..] = harness::certs::openssl_ca_server_client(d);
+    let (_up, up) = echo("one", d);
+    let tls = ["--tls-cert", cert.as_str(), "--tls-key", key.as_str(), "--client-ca", ca.as_str()];
+    let store = etcd.store_url();
+    let mut replicas = Vec::new();
+    for name in ["tls-0", "tls-1"] {
+        let (xds, api) = (free_port(), free_port());
+        let extra = [&tls[..], &["--store", &store, "--alert-interval", "200ms"]].concat();
+        let mut p = spawn_control_plane(name, d, xds, api, &d.join(format!("{name}-data")), &extra);
+        wait_for(&format!("{name}'s TLS API"), Duration::from_secs(20), || {
+            assert!(p.is_running(), "{name} exited: {}", p.output());
+            get_tls(d, api, None, "/v1/replica").filter(|v| v["replica"].is_string())
+        });
+        replicas.push((p, xds, api));
+    }
+    let leader_of = |api: u16| get_tls(d, api, None, "/v1/replica").is_some_and(|v| v["leader"] == true);
+    let (leader, other) =
+        wait_for("a leader", Duration::from_secs(20), || match (leader_of(replicas[0].2), leader_of(replicas[1].2)) {
+            (true, false) => Some((0, 1)),
+            (false, true) => Some((1, 0)),
+            _ => None,
+        });
+    let (l_api, (o_xds, o_api)) = (replicas[leader].2, (replicas[other].1, replicas[other].2));
+    // The first token closes both replicas' APIs (tokens live in the store).
+    let (ok, out) = ctl_tls(d, l_api, None, &["token", "create", "--role", "admin", "--name", "root", "-o", "json"]);
+    assert!(ok, "{out}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    let token = v["token"].as_str().expect("token").to_string();
+    let tok = Some(token.as_str());
+    assert!(get_tls(d, o_api, None, "/v1/replica").is_none_or(|v| v["replica"].is_null()), "closed without a token");
+
+    let listen = free_port();
+    let rx = WebhookReceiver::start();
+    let rule = format!(
+        "kind: AlertRule\nmetadata: {{name: web-errors}}\nspec:\n  service: web\n  metric: error_rate\n  above: 0.05\n  window: 5s\n  for: 1s\n  min_requests: 5\n  webhooks: [{}]\n",
+        rx.url("/hook")
+    );
+    let file = d.join("fleet.yaml");
+    std::fs::write(&file, resources(listen, free_port(), up) + "---\n" + &rule).expect("write");
+    let (ok, out) = ctl_tls(d, l_api, tok, &["apply", "-f", file.to_str().expect("path")]);
+    assert!(ok, "{out}");
+    let admin = free_port();
+    let xds_tls =
+        ["--xds-ca", ca.as_str(), "--xds-cert", cert.as_str(), "--xds-key", key.as_str(), "--xds-sni", "localhost"];
+    let (ok, boot) = ctl_tls(
+        d,
+        o_api,
+        tok,
+        &[
+            &["bootstrap", "--node-id", "legate-proxy"][..],
+            &["--xds", &format!("127.0.0.1:{o_xds}"), "--admin-port", &admin.to_string()],
+            &xds_tls,
+        ]
+        .concat(),
+    );
+    assert!(ok, "{boot}");
+    let boot = boot.replacen("stats_flush_interval: 5s\n", "stats_flush_interval: 1s\n", 1);
+    let _legate = start_on(Bin::Legate, &boot, "legate-proxy", admin, d);
+    time_until_served(listen, "one", Duration::from_secs(30), Instant::now());
+
+    let started = Instant::now();
+    let (answered, errors) = (0..200).fold((0u64, 0u64), |(a, e), i| {
+        let path = if i % 2 == 0 { "/status/503" } else { "/ok" };
+        let r = http_get(addr(listen), path, "app").expect("request through the proxy");
+        (a + 1, e + u64::from(r.status == 503))
+    });
+    assert_eq!((answered, errors), (200, 100));
+    let fired = wait_for("the leader's webhook", Duration::from_secs(20), || {
+        rx.received().into_iter().find(|p| p["status"] == "firing")
+    });
+    eprintln!("fired {:?} after the load started: {fired}", started.elapsed());
+    let local = get_tls(d, l_api, tok, "/v1/top/services?window=1h&scope=local").expect("local figures");
+    let list = local.as_array().cloned().unwrap_or_default();
+    assert_eq!(figures(&list, "web"), (0, 0), "the leader's own part holds none of the proxy's requests");
+    let (ok, out) = ctl_tls(d, l_api, tok, &["top", "services", "--window", "1h", "-o", "json"]);
+    assert!(ok, "{out}");
+    let fleet: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    let (requests, errs) = figures(&fleet, "web");
+    eprintln!("leader's fleet view of web: {requests} requests, {errs} errors (the load: {answered}, {errors})");
+    assert!(requests >= answered, "the leader counts the other replica's proxy: {fleet:?}");
+    assert_eq!(errs, errors, "every 503, exactly once: {fleet:?}");
 }

@@ -24,6 +24,7 @@ pub mod discovery;
 pub mod fault;
 pub mod monitor;
 pub mod releases;
+pub mod remote;
 pub mod resources;
 pub mod rollouts;
 pub mod serve;
@@ -65,6 +66,9 @@ pub struct Options {
     /// `HOST:PORT` the other replicas reach this one's API at (default: the
     /// API address, 127.0.0.1 for an unspecified one).
     pub advertise_api: Option<String>,
+    /// CA certificates (PEM) the other replicas' TLS APIs are verified
+    /// against (default: the client CA).
+    pub peer_ca: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -107,7 +111,7 @@ pub async fn serve(ctrl: Arc<state::controller::Controller>, opts: Options) -> R
         ctrl.current().revision
     );
     if ctrl.store().etcd().is_some() {
-        announce_as(&ctrl, &opts, api_listener.local_addr().unwrap_or(opts.api_addr));
+        announce_as(&ctrl, &opts, api_listener.local_addr().unwrap_or(opts.api_addr))?;
         // Other replicas' commits and registry changes arrive by etcd watch;
         // the elected leader expires instances.
         sync::replication::start(&ctrl);
@@ -159,17 +163,28 @@ pub async fn serve(ctrl: Arc<state::controller::Controller>, opts: Options) -> R
 }
 
 /// What this replica tells the others: its id and API address. Over TLS
-/// the replicas do not ask each other (each answers for its own proxies).
-fn announce_as(ctrl: &Arc<state::controller::Controller>, opts: &Options, bound: SocketAddr) {
-    if opts.tls.is_some() {
-        tracing::warn!("API over TLS: fleet queries answer for this replica's proxies only");
-        return;
+/// it reaches the others' APIs verifying them against `--peer-ca` (or the
+/// client CA), presenting its own certificate; with neither CA the
+/// replicas do not ask each other (each answers for its own proxies).
+fn announce_as(
+    ctrl: &Arc<state::controller::Controller>,
+    opts: &Options,
+    bound: SocketAddr,
+) -> Result<(), ControlError> {
+    if let Some(files) = &opts.tls {
+        let Some(ca) = opts.peer_ca.as_ref().or(files.client_ca.as_ref()) else {
+            tracing::warn!("API over TLS without --peer-ca: fleet queries answer for this replica's proxies only");
+            return Ok(());
+        };
+        ctrl.replicas.set_client_tls(serve::tls::peer_client(files, ca).map_err(ControlError::Tls)?);
     }
     let api = opts.advertise_api.clone().unwrap_or_else(|| {
         let ip = if bound.ip().is_unspecified() { std::net::Ipv4Addr::LOCALHOST.into() } else { bound.ip() };
         SocketAddr::new(ip, bound.port()).to_string()
     });
-    ctrl.replicas.set_me(discovery::replicas::Replica { id: ctrl.replica_id().to_string(), api });
+    let tls = opts.tls.is_some();
+    ctrl.replicas.set_me(discovery::replicas::Replica { id: ctrl.replica_id().to_string(), api, tls });
+    Ok(())
 }
 
 /// Starts alert evaluation; its history is kept in the data directory.

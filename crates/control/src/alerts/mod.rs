@@ -208,7 +208,18 @@ pub fn start(ctrl: Arc<Controller>, settings: Settings) {
         let mut was_leader = ctrl.is_leader();
         loop {
             tick.tick().await;
-            let (views, mut events) = evaluator.tick(rules_of(&ctrl), ctrl.as_ref(), unix_ms());
+            let rules = rules_of(&ctrl);
+            // With other replicas, the services' figures are the fleet's.
+            let fleet = match source::ask_for(&rules) {
+                Some(ask) => crate::remote::shards::fleet_monitor(&ctrl, &ask).await,
+                None => None,
+            };
+            let with_fleet = fleet.as_ref().map(|monitor| source::WithFleet { ctrl: &ctrl, monitor });
+            let from: &dyn Source = match &with_fleet {
+                Some(w) => w,
+                None => ctrl.as_ref(),
+            };
+            let (views, mut events) = evaluator.tick(rules, from, unix_ms());
             ctrl.alerts.set_rules(views);
             let leader = ctrl.is_leader();
             if leader && !was_leader {

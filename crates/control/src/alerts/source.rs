@@ -89,6 +89,41 @@ impl Source for Controller {
     }
 }
 
+/// The controller, with service figures from a monitor merging every
+/// replica's part of the fleet.
+pub struct WithFleet<'a> {
+    pub ctrl: &'a Controller,
+    pub monitor: &'a crate::monitor::Monitor,
+}
+
+impl Source for WithFleet<'_> {
+    fn service(&self, name: &str, window: Duration) -> Option<ServiceFigures> {
+        self.monitor.service(name, window)
+    }
+    fn proxies(&self) -> Vec<ProxyView> {
+        self.ctrl.proxies()
+    }
+    fn certificates(&self) -> Vec<(String, i64)> {
+        self.ctrl.certificates()
+    }
+    fn abnormal(&self) -> Vec<(NodeInfo, bool)> {
+        self.ctrl.abnormal()
+    }
+}
+
+/// What `rules` read of the fleet's figures: the longest window of a
+/// service rule, and those services; `None` without a service rule.
+pub fn ask_for(rules: &[Rule]) -> Option<crate::remote::shards::Ask> {
+    let mut ask = crate::remote::shards::Ask::default();
+    for r in rules {
+        if let Some(service) = &r.service {
+            ask.window = ask.window.max(r.window);
+            ask.services.push(service.clone());
+        }
+    }
+    (!ask.services.is_empty()).then_some(ask)
+}
+
 /// Nodes this replica has seen connected: node id to (node, last seen, Unix ms).
 #[derive(Debug, Default)]
 pub struct Seen {

@@ -173,9 +173,10 @@ impl Monitor {
     }
 
     /// This replica's part of the fleet's series over the last `window`
-    /// (and one slot more), as raw data another replica merges.
-    pub fn shard(&self, window: Duration) -> Shard {
-        self.lock().shard(crate::clock::unix_ms(), window.as_millis() as u64)
+    /// (and one slot more), of the services `only` (all when empty), as raw
+    /// data another replica merges.
+    pub fn shard(&self, window: Duration, only: &[String]) -> Shard {
+        self.lock().shard(crate::clock::unix_ms(), window.as_millis() as u64, only)
     }
 
     /// A monitor holding this replica's shard over `window` and `peers`
@@ -183,7 +184,7 @@ impl Monitor {
     pub fn merged(&self, window: Duration, peers: &[Shard]) -> Monitor {
         let (mine, mut state) = {
             let st = self.lock();
-            (st.shard(crate::clock::unix_ms(), window.as_millis() as u64), st.empty_like())
+            (st.shard(crate::clock::unix_ms(), window.as_millis() as u64, &[]), st.empty_like())
         };
         state.absorb(&mine);
         for p in peers {

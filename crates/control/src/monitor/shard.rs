@@ -48,26 +48,36 @@ pub struct LatestData {
     pub services: BTreeMap<String, super::ingest::Gauges>,
 }
 
-fn slots(tier: &Tier, since_ms: u64) -> Vec<SlotData> {
+/// The names a shard holds: every one, or only those asked for.
+fn wanted<'a>(only: &'a [String]) -> impl Fn(&str) -> bool + Copy + 'a {
+    move |name| only.is_empty() || only.iter().any(|o| o == name)
+}
+
+fn slots(tier: &Tier, since_ms: u64, keep: impl Fn(&str) -> bool) -> Vec<SlotData> {
     tier.slots()
         .filter(|s| s.start_ms + tier.resolution_ms > since_ms)
-        .map(|s| SlotData { start_ms: s.start_ms, by: s.by.iter().map(|(n, a)| (n.to_string(), a.clone())).collect() })
+        .map(|s| SlotData {
+            start_ms: s.start_ms,
+            by: s.by.iter().filter(|(n, _)| keep(n)).map(|(n, a)| (n.to_string(), a.clone())).collect(),
+        })
         .collect()
 }
 
-fn plain(m: &BTreeMap<Arc<str>, Agg>) -> BTreeMap<String, Agg> {
-    m.iter().map(|(n, a)| (n.to_string(), a.clone())).collect()
+fn plain(m: &BTreeMap<Arc<str>, Agg>, keep: impl Fn(&str) -> bool) -> BTreeMap<String, Agg> {
+    m.iter().filter(|(n, _)| keep(n)).map(|(n, a)| (n.to_string(), a.clone())).collect()
 }
 
 impl State {
     /// Everything of a window of `window_ms` ending at `now_ms`, from the
     /// slot holding its start on; of the services' tiers only the one a
-    /// query of that window reads.
-    pub fn shard(&self, now_ms: u64, window_ms: u64) -> Shard {
+    /// query of that window reads; of the services only `only` (all when
+    /// empty).
+    pub fn shard(&self, now_ms: u64, window_ms: u64, only: &[String]) -> Shard {
+        let keep = wanted(only);
         let since_ms = now_ms.saturating_sub(window_ms);
         // Only the tier a query of this window reads is sent.
         let read = self.service_tier(std::time::Duration::from_millis(window_ms));
-        let of = |tier: &Tier| if std::ptr::eq(read, tier) { slots(tier, since_ms) } else { Vec::new() };
+        let of = |tier: &Tier| if std::ptr::eq(read, tier) { slots(tier, since_ms, keep) } else { Vec::new() };
         let latest = self
             .latest
             .iter()
@@ -88,11 +98,14 @@ impl State {
             since_ms,
             fine: of(&self.fine),
             coarse: of(&self.coarse),
-            proxies: slots(&self.proxies, since_ms),
-            recent: of(&self.recent),
+            proxies: slots(&self.proxies, since_ms, |_| true),
+            // A shard of named services (for the control plane's own
+            // decisions, which judge shorter windows inside this one) has
+            // the one-second slots too.
+            recent: if only.is_empty() { of(&self.recent) } else { slots(&self.recent, since_ms, keep) },
             latest,
-            totals: plain(&self.totals),
-            proxy_totals: plain(&self.proxy_totals),
+            totals: plain(&self.totals, keep),
+            proxy_totals: plain(&self.proxy_totals, |_| true),
         }
     }
 
@@ -196,8 +209,8 @@ mod tests {
             st.ingest(&report("p2", now - 20_000, 10, 1, 0));
         }
         let mut merged = a.empty_like();
-        merged.absorb(&a.shard(now, 60_000));
-        let wire = serde_json::to_string(&b.shard(now, 60_000)).expect("json");
+        merged.absorb(&a.shard(now, 60_000, &[]));
+        let wire = serde_json::to_string(&b.shard(now, 60_000, &[])).expect("json");
         merged.absorb(&serde_json::from_str(&wire).expect("shard"));
         let w = Duration::from_secs(60);
         let (m, one) = (merged.services(now, w), both.services(now, w));
@@ -208,5 +221,25 @@ mod tests {
         assert_ne!(m[0].p99_ms, pa.zip(pb).map(|(x, y)| (x + y) / 2.0), "not an average of percentiles");
         let nodes: Vec<String> = merged.proxies(now, w).into_iter().map(|p| p.node).collect();
         assert_eq!(nodes.len(), 2);
+    }
+
+    /// A shard asked for named services (a release's clusters) holds only
+    /// those, and its one-second slots: a window of 10 minutes asked, a
+    /// step's 30 s read from the merged state still counts.
+    #[test]
+    fn a_shard_of_named_services_serves_shorter_windows_too() {
+        let now = crate::clock::unix_ms();
+        let mut a = State::new(Retention::default());
+        a.ingest(&report("p1", now - 20_000, 0, 0, 0));
+        a.ingest(&report("p1", now - 10_000, 50, 5, 50));
+        let mut other = report("p1", now - 5_000, 60, 5, 60);
+        other.counters.push(("cluster.admin.upstream_rq_completed".into(), 9));
+        a.ingest(&other);
+        let shard = a.shard(now, 600_000, &["web".to_string()]);
+        assert!(shard.fine.iter().chain(&shard.recent).all(|s| s.by.keys().all(|n| n == "web")), "{shard:?}");
+        let mut merged = a.empty_like();
+        merged.absorb(&shard);
+        let s = merged.services(now, Duration::from_secs(30));
+        assert_eq!((s[0].service.as_str(), s[0].requests, s[0].errors), ("web", 60, 5));
     }
 }

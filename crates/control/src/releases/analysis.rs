@@ -11,6 +11,12 @@ pub trait Figures {
     fn service(&self, cluster: &str, window: Duration) -> Option<ServiceFigures>;
 }
 
+impl Figures for crate::monitor::Monitor {
+    fn service(&self, cluster: &str, window: Duration) -> Option<ServiceFigures> {
+        crate::monitor::Monitor::service(self, cluster, window)
+    }
+}
+
 impl Figures for crate::state::controller::Controller {
     fn service(&self, cluster: &str, window: Duration) -> Option<ServiceFigures> {
         self.monitor.service(cluster, window)

@@ -7,6 +7,7 @@ use crate::releases::analysis::Figures;
 use crate::releases::gates;
 use crate::releases::machine::{act, advance, Action};
 use crate::releases::spec::{check, Phase, Status};
+use crate::remote::shards;
 use crate::resources::kind::Kind;
 use crate::resources::resource::of_kind;
 use crate::state::apply::ApplyError;
@@ -107,6 +108,22 @@ pub enum OperateError {
     Apply(#[from] ApplyError),
 }
 
+/// What the running releases' analyses read: the longest window, and the
+/// stable and candidate clusters; `None` when no release is running.
+fn ask_for(ctrl: &Controller) -> Option<shards::Ask> {
+    let state = ctrl.stored();
+    let mut ask = shards::Ask::default();
+    for (_, r) in of_kind(&state.resources, Kind::Release) {
+        let Ok(release) = check(&r.doc) else { continue };
+        if Status::of(&r.doc).phase != Phase::Progressing {
+            continue;
+        }
+        ask.window = ask.window.max(release.window);
+        ask.services.extend([release.stable_cluster(), release.candidate_cluster()]);
+    }
+    (!ask.services.is_empty()).then_some(ask)
+}
+
 /// Drives releases every `period` until the process ends (only the leader acts).
 pub fn start(ctrl: Arc<Controller>, period: Duration) {
     tokio::spawn(async move {
@@ -116,11 +133,20 @@ pub fn start(ctrl: Arc<Controller>, period: Duration) {
         loop {
             every.tick().await;
             if ctrl.is_leader() {
+                // With other replicas, their proxies' figures too.
+                let fleet = match ask_for(&ctrl) {
+                    Some(ask) => shards::fleet_monitor(&ctrl, &ask).await,
+                    None => None,
+                };
                 // Commits go to the store (SQLite or etcd): off the async workers.
                 let c = ctrl.clone();
                 let mut w = std::mem::take(&mut waiting);
                 if let Ok(back) = tokio::task::spawn_blocking(move || {
-                    tick(&c, c.as_ref(), unix_ms(), &mut w);
+                    let figures: &dyn Figures = match &fleet {
+                        Some(m) => m,
+                        None => c.as_ref(),
+                    };
+                    tick(&c, figures, unix_ms(), &mut w);
                     w
                 })
                 .await

@@ -6,8 +6,6 @@
 pub mod api;
 pub mod csds;
 pub mod hds;
-pub mod http_get;
 pub mod metrics;
-pub mod peers;
 pub mod tls;
 pub mod xds;

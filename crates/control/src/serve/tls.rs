@@ -57,6 +57,33 @@ pub fn api_config(files: &TlsFiles) -> Result<Arc<rustls::ServerConfig>, String>
     Ok(Arc::new(cfg))
 }
 
+/// The TLS client a replica reaches the others' APIs with: their
+/// certificates verified against `ca`, this replica's own certificate and
+/// key presented (for APIs that require client certificates).
+pub fn peer_client(files: &TlsFiles, ca: &PathBuf) -> Result<Arc<rustls::ClientConfig>, String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(&read(ca)?) {
+        roots.add(c.map_err(|e| format!("{}: {e}", ca.display()))?).map_err(|e| e.to_string())?;
+    }
+    if roots.is_empty() {
+        return Err(format!("{}: no PEM certificate in it", ca.display()));
+    }
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&read(&files.cert)?)
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("{}: {e}", files.cert.display()))?;
+    let key = PrivateKeyDer::from_pem_slice(&read(&files.key)?).map_err(|e| format!("{}: {e}", files.key.display()))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(certs, key)
+        .map_err(|e| e.to_string())?;
+    Ok(Arc::new(cfg))
+}
+
 /// Serves the API router over TLS.
 pub async fn serve_api_tls(listener: tokio::net::TcpListener, router: axum::Router, cfg: Arc<rustls::ServerConfig>) {
     let acceptor = tokio_rustls::TlsAcceptor::from(cfg);

@@ -2,7 +2,7 @@
 //! `/legate/apis/<id>` with its own lease (renewed every second, lapsing
 //! 3 s after the replica dies) and reads the prefix every second into
 //! `Controller::replicas`. A query of the fleet's figures asks the replicas
-//! read there (`serve::peers`).
+//! read there (`remote::shards`).
 
 use crate::discovery::replicas::Replica;
 use crate::state::controller::Controller;
@@ -13,6 +13,9 @@ use etcdv3client::pb;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// The secret replicas show each other on their own internal calls.
+const PEER_SECRET_KEY: &str = "/legate/internal/peer-secret";
+
 /// A dead replica's key lapses within this.
 const TTL_SECS: i64 = 3;
 /// How often the lease is renewed and the replicas read.
@@ -20,6 +23,9 @@ const EVERY: Duration = Duration::from_secs(1);
 /// Announces this replica and follows the others until a call fails.
 pub async fn announce(ctrl: Arc<Controller>, mut client: EtcdClient) -> Result<(), StoreError> {
     let Some(me) = ctrl.replicas.me().cloned() else { return Ok(()) };
+    if ctrl.replicas.secret().is_none() {
+        ctrl.replicas.set_secret(peer_secret(&mut client).await?);
+    }
     let lease = lease::grant(&mut client, TTL_SECS).await?;
     let value = serde_json::to_vec(&me).map_err(etcd_err)?;
     let put = pb::PutRequest {
@@ -41,4 +47,31 @@ pub async fn announce(ctrl: Arc<Controller>, mut client: EtcdClient) -> Result<(
         let live: Vec<Replica> = timed("list replicas", etcd::list_replicas(&mut client)).await?;
         ctrl.replicas.set_live(live);
     }
+}
+
+/// The peer secret in the store: the one there, or a new one put there by
+/// whichever replica comes first.
+async fn peer_secret(client: &mut EtcdClient) -> Result<String, StoreError> {
+    let fresh: String = (0..32).map(|_| format!("{:02x}", rand::random::<u8>())).collect();
+    let key = PEER_SECRET_KEY.as_bytes().to_vec();
+    let put = pb::PutRequest { key: key.clone(), value: fresh.clone().into_bytes(), ..Default::default() };
+    let get = pb::RangeRequest { key, ..Default::default() };
+    let txn = pb::TxnRequest {
+        compare: vec![etcd::absent(PEER_SECRET_KEY)],
+        success: vec![pb::RequestOp { request: Some(pb::request_op::Request::RequestPut(put)) }],
+        failure: vec![pb::RequestOp { request: Some(pb::request_op::Request::RequestRange(get)) }],
+    };
+    let resp = timed("peer secret", client.kv.txn(txn)).await?;
+    if resp.succeeded {
+        return Ok(fresh);
+    }
+    resp.responses
+        .into_iter()
+        .find_map(|r| match r.response {
+            Some(pb::response_op::Response::ResponseRange(range)) => range.kvs.into_iter().next(),
+            _ => None,
+        })
+        .and_then(|kv| String::from_utf8(kv.value).ok())
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| etcd::etcd_err("the peer secret in the store is empty or not text"))
 }

@@ -9,12 +9,13 @@
 //! Prometheus scraping every replica and summing counts each proxy once;
 //! `/metrics?scope=fleet` gives the merged totals from any one replica.
 
+use crate::discovery::replicas::PEER_SECRET_HEADER;
 use crate::monitor::{Metric, Monitor};
 use crate::serve::api::access::authorize;
 use crate::serve::api::auth::Role;
 use crate::serve::api::reply::bad_request;
 use crate::state::controller::Controller;
-use axum::extract::{Query, State};
+use axum::extract::{Query, RawQuery, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -75,7 +76,9 @@ impl View {
             return Ok(View { merged: None, answered: 1, missing: Vec::new() });
         }
         let auth = headers.get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-        let (shards, missing) = crate::serve::peers::shards(ctrl, auth, window).await;
+        let ask = crate::remote::shards::Ask { window, services: Vec::new() };
+        let (shards, missing) =
+            crate::remote::shards::shards(ctrl, crate::remote::shards::Caller::Operator(auth), &ask).await;
         Ok(View { answered: 1 + shards.len(), merged: Some(ctrl.monitor.merged(window, &shards)), missing })
     }
 
@@ -141,15 +144,28 @@ pub async fn top_routes(State(ctrl): State<Arc<Controller>>, headers: HeaderMap,
     }
 }
 
-/// This replica's own part, as raw mergeable data (`serve::peers` asks it).
+/// This replica's own part, as raw mergeable data (`remote::shards` asks it).
+/// `GET /v1/internal/monitor?window=W[&service=S...]`: this replica's
+/// shard, for another replica (with the viewer role, or the peer secret).
 pub async fn internal_shard(
     State(ctrl): State<Arc<Controller>>,
     headers: HeaderMap,
-    q: Query<WindowQuery>,
+    RawQuery(query): RawQuery,
 ) -> Response {
-    authorize!(ctrl, headers, Role::Viewer, "read", "metrics");
-    match duration(q.window.as_deref(), Duration::from_secs(300), "window") {
-        Ok(w) => Json(ctrl.monitor.shard(w)).into_response(),
+    let peer = headers.get(PEER_SECRET_HEADER).and_then(|v| v.to_str().ok()).is_some_and(|s| ctrl.replicas.admits(s));
+    if !peer {
+        authorize!(ctrl, headers, Role::Viewer, "read", "metrics");
+    }
+    let (mut window, mut services) = (None, Vec::new());
+    for (k, v) in form_urlencoded::parse(query.as_deref().unwrap_or("").as_bytes()) {
+        match k.as_ref() {
+            "window" => window = Some(v.into_owned()),
+            "service" => services.push(v.into_owned()),
+            _ => {}
+        }
+    }
+    match duration(window.as_deref(), Duration::from_secs(300), "window") {
+        Ok(w) => Json(ctrl.monitor.shard(w, &services)).into_response(),
         Err(r) => *r,
     }
 }

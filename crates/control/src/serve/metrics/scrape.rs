@@ -17,7 +17,7 @@ const MAX_BODY: usize = 16 << 20;
 #[derive(Debug, thiserror::Error)]
 pub enum ScrapeError {
     #[error("{0}")]
-    Get(#[from] crate::serve::http_get::GetError),
+    Get(#[from] crate::remote::http_get::GetError),
     #[error("body is not UTF-8")]
     Utf8,
     #[error("{0}")]
@@ -26,7 +26,7 @@ pub enum ScrapeError {
 
 /// `GET http://{addr}/stats/prometheus` (HTTP/1.1, one connection).
 pub async fn fetch(addr: &str) -> Result<String, ScrapeError> {
-    let body = crate::serve::http_get::get(addr, "/stats/prometheus", None, MAX_BODY, TIMEOUT).await?;
+    let body = crate::remote::http_get::get(addr, "/stats/prometheus", None, MAX_BODY, TIMEOUT).await?;
     String::from_utf8(body.to_vec()).map_err(|_| ScrapeError::Utf8)
 }
 
