@@ -80,6 +80,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         api_addr: API.parse()?,
         data_dir: args.data_dir.clone(),
         store: None,
+        store_settings: Default::default(),
         watch: None,
         tls: None,
         alert_period: None,
@@ -88,6 +89,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         auth_lockout: Default::default(),
         gate_ca: None,
         advertise_api: None,
+        xds_max_connections_per_address: legate_control::serve::xds::limits::MAX_CONNECTIONS_PER_ADDRESS,
         peer_ca: None,
     };
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;

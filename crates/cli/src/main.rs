@@ -35,7 +35,7 @@ enum Command {
     /// A sample upstream that echoes each request back as JSON.
     Echo(echo::EchoArgs),
     /// Run the control plane: xDS server, REST API, configuration store.
-    ControlPlane(ControlPlaneArgs),
+    ControlPlane(Box<ControlPlaneArgs>),
     /// Talk to the control plane: apply, get, delete, proxies, history, bootstrap.
     Ctl(ctl::CtlArgs),
     /// Run and supervise a node's proxy (`legate proxy` or Envoy) for the control plane.
@@ -60,9 +60,28 @@ struct ControlPlaneArgs {
     #[arg(long, default_value = "./legate-data")]
     data_dir: std::path::PathBuf,
     /// Keep state in etcd so several replicas share it:
-    /// `etcd://host:port[,host:port...]`; or `sqlite:DIR`. Default: SQLite in --data-dir.
+    /// `etcd://host:port[,host:port...]`, `etcds://...` over TLS; or `sqlite:DIR`.
+    /// Default: SQLite in --data-dir.
     #[arg(long, value_parser = parse_store)]
     store: Option<legate_control::store::StoreSpec>,
+    /// With `etcds://`: CA certificates (PEM) etcd's certificate must chain to
+    /// (default: the built-in Mozilla roots).
+    #[arg(long)]
+    etcd_ca: Option<std::path::PathBuf>,
+    /// With `etcds://`: the client certificate (PEM) shown to etcd...
+    #[arg(long, requires = "etcd_key")]
+    etcd_cert: Option<std::path::PathBuf>,
+    /// ...and its private key (PEM).
+    #[arg(long, requires = "etcd_cert")]
+    etcd_key: Option<std::path::PathBuf>,
+    /// Connections one client address may hold open to the xDS address at
+    /// once (each carries at most 100 streams); 0: no bound.
+    #[arg(long, default_value_t = legate_control::serve::xds::limits::MAX_CONNECTIONS_PER_ADDRESS)]
+    xds_max_connections_per_address: usize,
+    /// Encrypt secret material (private keys, passwords, generic secrets) in
+    /// the store with this 32-byte key (raw, hex or base64), AES-256-GCM.
+    #[arg(long)]
+    secret_key_file: Option<std::path::PathBuf>,
     /// Apply the resource files in this folder whenever they change (GitOps).
     #[arg(long)]
     watch: Option<std::path::PathBuf>,
@@ -115,6 +134,14 @@ fn control_options(args: ControlPlaneArgs) -> legate_control::Options {
         api_addr: args.api_addr,
         data_dir: args.data_dir,
         store: args.store,
+        store_settings: legate_control::store::StoreSettings {
+            etcd_tls: legate_control::store::etcd_tls::EtcdTlsFiles {
+                ca: args.etcd_ca,
+                cert: args.etcd_cert,
+                key: args.etcd_key,
+            },
+            secret_key_file: args.secret_key_file,
+        },
         watch: args.watch,
         tls: args.tls_cert.zip(args.tls_key).map(|(cert, key)| legate_control::serve::tls::TlsFiles {
             cert,
@@ -130,6 +157,7 @@ fn control_options(args: ControlPlaneArgs) -> legate_control::Options {
         fault: args.fault.settings(),
         gate_ca: args.gate_ca,
         advertise_api: args.advertise_api,
+        xds_max_connections_per_address: args.xds_max_connections_per_address,
         peer_ca: args.peer_ca,
     }
 }
@@ -280,7 +308,7 @@ fn main() -> ExitCode {
         }
         Command::ControlPlane(args) => {
             init_logging(&args.log_level);
-            let opts = control_options(args);
+            let opts = control_options(*args);
             let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
                 Ok(rt) => rt,
                 Err(e) => {

@@ -43,6 +43,8 @@ pub struct Options {
     pub data_dir: PathBuf,
     /// Where state lives: SQLite in `data_dir` (the default) or etcd.
     pub store: Option<store::StoreSpec>,
+    /// etcd's client TLS and the key secrets are encrypted with at rest.
+    pub store_settings: store::StoreSettings,
     /// A folder of resource files to apply whenever they change.
     pub watch: Option<PathBuf>,
     /// TLS (and optional client certificates) on both listeners.
@@ -58,6 +60,9 @@ pub struct Options {
     /// CA certificates (PEM) that https release gates are verified against
     /// (default: the built-in Mozilla roots).
     pub gate_ca: Option<PathBuf>,
+    /// Connections one client address may hold open to the xDS address
+    /// (0: no bound).
+    pub xds_max_connections_per_address: usize,
     /// `HOST:PORT` the other replicas reach this one's API at (default: the
     /// API address, 127.0.0.1 for an unspecified one).
     pub advertise_api: Option<String>,
@@ -83,7 +88,7 @@ pub enum ControlError {
 /// Runs the control plane until the process ends.
 pub async fn run(opts: Options) -> Result<(), ControlError> {
     let spec = opts.store.clone().unwrap_or_else(|| store::StoreSpec::Sqlite(opts.data_dir.clone()));
-    let ctrl = controller_on(&spec)?;
+    let ctrl = controller_with(&spec, &opts.store_settings)?;
     serve(ctrl, opts).await
 }
 
@@ -137,7 +142,7 @@ pub async fn serve(ctrl: Arc<state::controller::Controller>, opts: Options) -> R
         Some(files) => Some(serve::tls::xds_config(files).map_err(ControlError::Tls)?),
         None => None,
     };
-    let xds = serve::xds::server::serve(ctrl.clone(), xds_listener, xds_tls);
+    let xds = serve::xds::server::serve(ctrl.clone(), xds_listener, xds_tls, opts.xds_max_connections_per_address);
     match &opts.tls {
         Some(files) => {
             let cfg = serve::tls::api_config(files).map_err(ControlError::Tls)?;
@@ -226,5 +231,14 @@ pub fn controller(data_dir: &std::path::Path) -> Result<Arc<state::controller::C
 
 /// Opens the store `spec` names and the controller on it.
 pub fn controller_on(spec: &store::StoreSpec) -> Result<Arc<state::controller::Controller>, ControlError> {
-    Ok(state::controller::Controller::open(store::Store::open_spec(spec)?)?)
+    controller_with(spec, &store::StoreSettings::default())
+}
+
+/// Opens the store `spec` names with `settings` (etcd's TLS, the key
+/// secrets are encrypted with at rest) and the controller on it.
+pub fn controller_with(
+    spec: &store::StoreSpec,
+    settings: &store::StoreSettings,
+) -> Result<Arc<state::controller::Controller>, ControlError> {
+    Ok(state::controller::Controller::open(store::Store::open_with(spec, settings)?)?)
 }

@@ -266,4 +266,41 @@ impl Etcd {
     pub fn store_url(&self) -> String {
         format!("etcd://127.0.0.1:{}", self.client_port)
     }
+
+    /// A single-member etcd serving clients over TLS only, with `cert` and
+    /// `key` (PEM), asking for client certificates issued by `ca`
+    /// (`--client-cert-auth`); its health is read on a plain metrics port.
+    pub fn start_tls(dir: &Path, ca: &Path, cert: &Path, key: &Path) -> Etcd {
+        let (client_port, peer_port, metrics_port) = (free_port(), free_port(), free_port());
+        let client = format!("https://127.0.0.1:{client_port}");
+        let peer = format!("http://127.0.0.1:{peer_port}");
+        let mut p = Proc::spawn(
+            "etcd-tls",
+            Command::new(etcd_bin())
+                .args(["--name", "legate-test", "--data-dir"])
+                .arg(dir.join("etcd-data"))
+                .args(["--listen-client-urls", &client, "--advertise-client-urls", &client])
+                .args(["--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer])
+                .args(["--initial-cluster", &format!("legate-test={peer}")])
+                .args(["--listen-metrics-urls", &format!("http://127.0.0.1:{metrics_port}")])
+                .arg("--client-cert-auth")
+                .arg("--trusted-ca-file")
+                .arg(ca)
+                .arg("--cert-file")
+                .arg(cert)
+                .arg("--key-file")
+                .arg(key)
+                .args(["--log-level", "warn"]),
+            dir,
+        );
+        wait_http("etcd to be healthy", &mut p, metrics_port, "/health", "etcd", Duration::from_secs(20), |r| {
+            r.status == 200 && r.body.contains("true")
+        });
+        Etcd { _proc: p, client_port }
+    }
+
+    /// The `--store` value for control planes on this etcd over TLS.
+    pub fn store_url_tls(&self) -> String {
+        format!("etcds://127.0.0.1:{}", self.client_port)
+    }
 }

@@ -13,11 +13,11 @@ use sha2::{Digest, Sha256};
 /// Fields that hold secret material in Envoy's API (`TlsCertificate.
 /// private_key`, `.password`, `.pkcs12`; `GenericSecret.secret`;
 /// `TlsSessionTicketKeys.keys`).
-const SENSITIVE: &[&str] = &["private_key", "password", "pkcs12", "secret", "keys"];
+pub(crate) const SENSITIVE: &[&str] = &["private_key", "password", "pkcs12", "secret", "keys"];
 
 /// The places a `DataSource` holds its bytes in (`filename` and
 /// `environment_variable` only name where they are, and are kept).
-const INLINE: &[&str] = &["inline_string", "inline_bytes"];
+pub(crate) const INLINE: &[&str] = &["inline_string", "inline_bytes"];
 
 /// Redacts every inline secret in `v`, in place.
 pub fn redact(v: &mut Value) {

@@ -221,18 +221,40 @@ fn parse_rev(kvs: &[pb::KeyValue]) -> Result<u64, StoreError> {
 }
 
 impl EtcdStore {
-    /// Connects (lazily when several endpoints are given) and checks that etcd answers.
-    pub fn connect(endpoints: &[String]) -> Result<Self, StoreError> {
+    /// Connects (lazily when several endpoints are given in plaintext; over
+    /// TLS when `tls` is given) and checks that etcd answers.
+    pub fn connect(endpoints: &[String], tls: Option<&super::etcd_tls::EtcdTlsFiles>) -> Result<Self, StoreError> {
         let rt =
             tokio::runtime::Builder::new_multi_thread().worker_threads(1).thread_name("etcd").enable_all().build()?;
         let handle = rt.handle().clone();
-        let urls: Vec<String> = endpoints.iter().map(|e| format!("http://{e}")).collect();
-        let client = block_on(&handle, async move {
-            EtcdClient::new(urls, None).await.map_err(|e| etcd_err(format!("connect: {e}")))
-        })?;
+        let client = match tls {
+            Some(files) => {
+                let (endpoints, files) = (endpoints.to_vec(), files.clone());
+                block_on(&handle, async move { super::etcd_tls::client(&endpoints, &files).await })
+            }
+            None => {
+                let urls: Vec<String> = endpoints.iter().map(|e| format!("http://{e}")).collect();
+                block_on(&handle, async move {
+                    EtcdClient::new(urls, None).await.map_err(|e| etcd_err(format!("connect: {e}")))
+                })
+            }
+        };
+        let client = match client {
+            Ok(c) => c,
+            Err(e) => {
+                // Dropping a runtime inside another one's context panics.
+                rt.shutdown_background();
+                return Err(e);
+            }
+        };
         let store = EtcdStore { rt: Some(rt), handle, client, endpoints: endpoints.to_vec() };
-        // A first read, so a wrong address fails at start rather than at the first apply.
-        store.latest_revision()?;
+        // A first read, so a wrong address (or certificate) fails at start
+        // rather than at the first apply.
+        store.run(|mut c| async move {
+            c.kv.range(range(REV_KEY, vec![]))
+                .await
+                .map_err(|e| etcd_err(format!("first read: {}", super::etcd_tls::chain(&e))))
+        })?;
         Ok(store)
     }
 

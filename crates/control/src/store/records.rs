@@ -21,6 +21,8 @@ pub enum StoreError {
     Conflict { expected: u64, found: u64 },
     #[error("--store: {0}")]
     Spec(String),
+    #[error("store: secrets at rest: {0}")]
+    Secret(String),
 }
 
 /// One change inside a revision.

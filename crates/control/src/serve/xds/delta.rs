@@ -3,6 +3,7 @@
 
 use crate::resources::kind::Kind;
 use crate::resources::resource::Resource;
+use crate::serve::xds::limits::{footprint, StreamCharge};
 use crate::serve::xds::stream::{Peer, Session, PUSH_ORDER};
 use crate::state::config::ConfigState;
 use crate::state::controller::Controller;
@@ -27,6 +28,9 @@ struct DeltaType {
     sent: HashMap<String, String>,
     nonce: String,
     responded: bool,
+    /// The count and charged bytes of the `initial_resource_versions` the
+    /// proxy gave (`limits`).
+    initial: (usize, usize),
 }
 
 pub struct DeltaSession {
@@ -35,8 +39,23 @@ pub struct DeltaSession {
 }
 
 impl DeltaSession {
-    pub fn new(ctrl: Arc<Controller>, tx: mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>) -> Self {
-        Self { peer: Peer::new(ctrl, tx), types: HashMap::new() }
+    pub fn new(
+        ctrl: Arc<Controller>,
+        tx: mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
+        charge: StreamCharge,
+    ) -> Self {
+        Self { peer: Peer::new(ctrl, tx, charge), types: HashMap::new() }
+    }
+
+    /// Charges the stream's subscriptions against the bounds (`limits`).
+    fn charge(&mut self) -> Result<(), Status> {
+        let (mut count, mut bytes) = (0, 0);
+        for t in self.types.values() {
+            let (c, b) = footprint(t.names.iter());
+            count += c + t.initial.0;
+            bytes += b + t.initial.1;
+        }
+        self.peer.charge.set_names(count, bytes)
     }
 
     /// Sends what changed for `kind`; with `defer_removals`, removals wait for
@@ -108,6 +127,7 @@ impl Session for DeltaSession {
         let ts = self.types.entry(kind).or_default();
         if first {
             ts.wildcard = kind.is_wildcard() && req.resource_names_subscribe.is_empty();
+            ts.initial = footprint(req.initial_resource_versions.keys());
             ts.sent.extend(req.initial_resource_versions.iter().map(|(k, v)| (k.clone(), v.clone())));
         }
         if !req.response_nonce.is_empty() && req.response_nonce == ts.nonce {
@@ -131,6 +151,7 @@ impl Session for DeltaSession {
                 ts.sent.remove(n);
             }
         }
+        self.charge()?;
         self.push(kind, state, false).await
     }
 

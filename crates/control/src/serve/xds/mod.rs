@@ -4,8 +4,11 @@
 //! per-resource versions for delta) and wakes on two things: a request from the
 //! proxy (subscription, ACK, NACK) and a new published revision. Pushes go out
 //! in make-before-break order: secrets, clusters, endpoints, listeners, routes.
+//! What one client can make the server hold is bounded (`limits`).
 
 pub mod delta;
+pub mod incoming;
+pub mod limits;
 pub mod server;
 pub mod sotw;
 pub mod stream;

@@ -6,6 +6,7 @@ use crate::discovery::node::NodeInfo;
 use crate::resources::kind::Kind;
 use crate::serve::csds::Csds;
 use crate::serve::xds::delta::DeltaSession;
+use crate::serve::xds::limits::{self, Budget};
 use crate::serve::xds::sotw::SotwSession;
 use crate::serve::xds::stream::{select, serve_stream, set_version};
 use crate::state::controller::Controller;
@@ -23,27 +24,30 @@ use tonic::{Request, Response, Status, Streaming};
 #[derive(Clone)]
 pub struct XdsServer {
     ctrl: Arc<Controller>,
+    budget: Arc<Budget>,
 }
 
 impl XdsServer {
     pub fn new(ctrl: Arc<Controller>) -> Self {
-        Self { ctrl }
+        Self { ctrl, budget: Arc::new(Budget::default()) }
     }
 }
 
 type SotwStream = ReceiverStream<Result<DiscoveryResponse, Status>>;
 type DeltaStream = ReceiverStream<Result<DeltaDiscoveryResponse, Status>>;
 
-fn start_sotw(ctrl: &Arc<Controller>, req: Request<Streaming<DiscoveryRequest>>) -> Response<SotwStream> {
+fn start_sotw(s: &XdsServer, req: Request<Streaming<DiscoveryRequest>>) -> Result<Response<SotwStream>, Status> {
+    let charge = s.budget.open_stream()?;
     let (tx, rx) = mpsc::channel(16);
-    tokio::spawn(serve_stream(ctrl.clone(), req.into_inner(), SotwSession::new(ctrl.clone(), tx)));
-    Response::new(ReceiverStream::new(rx))
+    tokio::spawn(serve_stream(s.ctrl.clone(), req.into_inner(), SotwSession::new(s.ctrl.clone(), tx, charge)));
+    Ok(Response::new(ReceiverStream::new(rx)))
 }
 
-fn start_delta(ctrl: &Arc<Controller>, req: Request<Streaming<DeltaDiscoveryRequest>>) -> Response<DeltaStream> {
+fn start_delta(s: &XdsServer, req: Request<Streaming<DeltaDiscoveryRequest>>) -> Result<Response<DeltaStream>, Status> {
+    let charge = s.budget.open_stream()?;
     let (tx, rx) = mpsc::channel(16);
-    tokio::spawn(serve_stream(ctrl.clone(), req.into_inner(), DeltaSession::new(ctrl.clone(), tx)));
-    Response::new(ReceiverStream::new(rx))
+    tokio::spawn(serve_stream(s.ctrl.clone(), req.into_inner(), DeltaSession::new(s.ctrl.clone(), tx, charge)));
+    Ok(Response::new(ReceiverStream::new(rx)))
 }
 
 /// The unary Fetch* calls: everything of one type the node receives, now.
@@ -70,14 +74,14 @@ impl AggregatedDiscoveryService for XdsServer {
         &self,
         req: Request<Streaming<DiscoveryRequest>>,
     ) -> Result<Response<SotwStream>, Status> {
-        Ok(start_sotw(&self.ctrl, req))
+        start_sotw(self, req)
     }
 
     async fn delta_aggregated_resources(
         &self,
         req: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<DeltaStream>, Status> {
-        Ok(start_delta(&self.ctrl, req))
+        start_delta(self, req)
     }
 }
 
@@ -90,13 +94,13 @@ macro_rules! per_type_service {
             type $sotw_ty = SotwStream;
             type $delta_ty = DeltaStream;
             async fn $sotw(&self, req: Request<Streaming<DiscoveryRequest>>) -> Result<Response<SotwStream>, Status> {
-                Ok(start_sotw(&self.ctrl, req))
+                start_sotw(self, req)
             }
             async fn $delta(
                 &self,
                 req: Request<Streaming<DeltaDiscoveryRequest>>,
             ) -> Result<Response<DeltaStream>, Status> {
-                Ok(start_delta(&self.ctrl, req))
+                start_delta(self, req)
             }
             async fn $fetch(&self, req: Request<DiscoveryRequest>) -> Result<Response<DiscoveryResponse>, Status> {
                 fetch(&self.ctrl, $kind, req.into_inner())
@@ -152,11 +156,20 @@ per_type_service!(
     fetch_secrets
 );
 
-/// Serves every xDS service on `addr` until the future is dropped.
+/// A service with the request size bound (`limits::MAX_MESSAGE_BYTES`).
+macro_rules! bounded {
+    ($svc:expr) => {
+        $svc.max_decoding_message_size(limits::MAX_MESSAGE_BYTES)
+    };
+}
+
+/// Serves every xDS service on `listener` until the future is dropped, at
+/// most `per_address` connections from one client address (0: no bound).
 pub async fn serve(
     ctrl: Arc<Controller>,
     listener: tokio::net::TcpListener,
     tls: Option<tonic::transport::ServerTlsConfig>,
+    per_address: usize,
 ) -> Result<(), tonic::transport::Error> {
     use crate::serve::metrics::{lrs::LoadServer, stream::MetricsServer};
     use service::cluster::v3::cluster_discovery_service_server::ClusterDiscoveryServiceServer;
@@ -178,18 +191,22 @@ pub async fn serve(
     if let Some(cfg) = tls {
         builder = builder.tls_config(cfg)?;
     }
+    // Bounds on what one client can make the server hold (`limits`).
     builder
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
-        .add_service(AggregatedDiscoveryServiceServer::new(server.clone()))
-        .add_service(ClusterDiscoveryServiceServer::new(server.clone()))
-        .add_service(ListenerDiscoveryServiceServer::new(server.clone()))
-        .add_service(RouteDiscoveryServiceServer::new(server.clone()))
-        .add_service(EndpointDiscoveryServiceServer::new(server.clone()))
-        .add_service(SecretDiscoveryServiceServer::new(server))
-        .add_service(ClientStatusDiscoveryServiceServer::new(csds))
-        .add_service(MetricsServiceServer::new(metrics))
-        .add_service(LoadReportingServiceServer::new(load))
-        .add_service(HealthDiscoveryServiceServer::new(hds))
-        .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+        .max_concurrent_streams(limits::MAX_STREAMS_PER_CONNECTION)
+        .http2_max_header_list_size(limits::MAX_HEADER_LIST_BYTES)
+        .http2_max_pending_accept_reset_streams(Some(limits::MAX_PENDING_RESETS))
+        .add_service(bounded!(AggregatedDiscoveryServiceServer::new(server.clone())))
+        .add_service(bounded!(ClusterDiscoveryServiceServer::new(server.clone())))
+        .add_service(bounded!(ListenerDiscoveryServiceServer::new(server.clone())))
+        .add_service(bounded!(RouteDiscoveryServiceServer::new(server.clone())))
+        .add_service(bounded!(EndpointDiscoveryServiceServer::new(server.clone())))
+        .add_service(bounded!(SecretDiscoveryServiceServer::new(server)))
+        .add_service(bounded!(ClientStatusDiscoveryServiceServer::new(csds)))
+        .add_service(bounded!(MetricsServiceServer::new(metrics)))
+        .add_service(bounded!(LoadReportingServiceServer::new(load)))
+        .add_service(bounded!(HealthDiscoveryServiceServer::new(hds)))
+        .serve_with_incoming(crate::serve::xds::incoming::incoming(listener, per_address))
         .await
 }

@@ -4,6 +4,7 @@
 
 use crate::resources::kind::Kind;
 use crate::resources::resource::Resource;
+use crate::serve::xds::limits::{footprint, StreamCharge};
 use crate::serve::xds::stream::{select, set_version, Peer, Session, PUSH_ORDER};
 use crate::state::config::ConfigState;
 use crate::state::controller::Controller;
@@ -31,8 +32,25 @@ pub struct SotwSession {
 }
 
 impl SotwSession {
-    pub fn new(ctrl: Arc<Controller>, tx: mpsc::Sender<Result<DiscoveryResponse, Status>>) -> Self {
-        Self { peer: Peer::new(ctrl, tx), types: HashMap::new() }
+    pub fn new(
+        ctrl: Arc<Controller>,
+        tx: mpsc::Sender<Result<DiscoveryResponse, Status>>,
+        charge: StreamCharge,
+    ) -> Self {
+        Self { peer: Peer::new(ctrl, tx, charge), types: HashMap::new() }
+    }
+
+    /// Charges the stream's subscriptions, with `names` for `kind`, against
+    /// the bounds (`limits`).
+    fn charge(&mut self, kind: Kind, names: Option<&BTreeSet<String>>) -> Result<(), Status> {
+        let (mut count, mut bytes) = names.map_or((0, 0), |n| footprint(n.iter()));
+        for (k, t) in &self.types {
+            if let (true, Some(n)) = (*k != kind, &t.names) {
+                let (c, b) = footprint(n.iter());
+                (count, bytes) = (count + c, bytes + b);
+            }
+        }
+        self.peer.charge.set_names(count, bytes)
     }
 
     /// Pushes `kind` if what the proxy should hold changed. With `keep_from`,
@@ -114,6 +132,13 @@ impl Session for SotwSession {
             tracing::debug!("ignoring request for unsupported type {}", req.type_url);
             return Ok(());
         };
+        let names: Option<BTreeSet<String>> =
+            if kind.is_wildcard() && (req.resource_names.is_empty() || req.resource_names.iter().any(|n| n == "*")) {
+                None
+            } else {
+                Some(req.resource_names.iter().cloned().collect())
+            };
+        self.charge(kind, names.as_ref())?;
         let ts = self.types.entry(kind).or_default();
         if !req.response_nonce.is_empty() {
             if req.response_nonce != ts.nonce {
@@ -125,12 +150,6 @@ impl Session for SotwSession {
                 None => self.peer.ack(kind, req.version_info.clone()),
             }
         }
-        let names: Option<BTreeSet<String>> =
-            if kind.is_wildcard() && (req.resource_names.is_empty() || req.resource_names.iter().any(|n| n == "*")) {
-                None
-            } else {
-                Some(req.resource_names.iter().cloned().collect())
-            };
         let first = ts.nonce.is_empty();
         let changed = ts.names != names;
         ts.names = names;

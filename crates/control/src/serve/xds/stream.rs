@@ -8,6 +8,7 @@ use crate::discovery::fleet::Nack;
 use crate::discovery::node::NodeInfo;
 use crate::resources::kind::Kind;
 use crate::resources::resource::{content_hash, Resource};
+use crate::serve::xds::limits::StreamCharge;
 use crate::state::config::ConfigState;
 use crate::state::controller::Controller;
 use legate_api::pb::envoy::config::core::v3::Node;
@@ -56,11 +57,13 @@ pub struct Peer<R> {
     pub node: Option<NodeInfo>,
     fleet_id: Option<u64>,
     nonce: u64,
+    /// What the stream holds of the server's bounds (`limits`).
+    pub charge: StreamCharge,
 }
 
 impl<R> Peer<R> {
-    pub fn new(ctrl: Arc<Controller>, tx: mpsc::Sender<Result<R, Status>>) -> Self {
-        Self { ctrl, tx, node: None, fleet_id: None, nonce: 0 }
+    pub fn new(ctrl: Arc<Controller>, tx: mpsc::Sender<Result<R, Status>>, charge: StreamCharge) -> Self {
+        Self { ctrl, tx, node: None, fleet_id: None, nonce: 0, charge }
     }
 
     /// Takes the node from the stream's first request and joins the fleet
@@ -159,7 +162,14 @@ pub async fn serve_stream<S: Session>(ctrl: Arc<Controller>, mut requests: Strea
             msg = requests.message() => {
                 let req = match msg {
                     Ok(Some(r)) => r,
-                    Ok(None) | Err(_) => break,
+                    Ok(None) => break,
+                    Err(status) => {
+                        // A request that does not decode (or is over the size
+                        // bound) ends the stream with its status; never waits
+                        // on a client that does not read.
+                        let _ = s.peer().tx.try_send(Err(status));
+                        break;
+                    }
                 };
                 let state = updates.borrow().clone();
                 if let Err(e) = s.on_request(req, &state).await {
