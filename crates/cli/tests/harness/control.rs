@@ -242,24 +242,7 @@ pub struct Etcd {
 
 impl Etcd {
     pub fn start(dir: &Path) -> Etcd {
-        let (client_port, peer_port) = (free_port(), free_port());
-        let client = format!("http://127.0.0.1:{client_port}");
-        let peer = format!("http://127.0.0.1:{peer_port}");
-        let mut p = Proc::spawn(
-            "etcd",
-            Command::new(etcd_bin())
-                .args(["--name", "legate-test", "--data-dir"])
-                .arg(dir.join("etcd-data"))
-                .args(["--listen-client-urls", &client, "--advertise-client-urls", &client])
-                .args(["--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer])
-                .args(["--initial-cluster", &format!("legate-test={peer}")])
-                .args(["--log-level", "warn"]),
-            dir,
-        );
-        wait_http("etcd to be healthy", &mut p, client_port, "/health", "etcd", Duration::from_secs(20), |r| {
-            r.status == 200 && r.body.contains("true")
-        });
-        Etcd { _proc: p, client_port }
+        Self::spawn("etcd", dir, "http", |_| {})
     }
 
     /// The `--store` value for control planes on this etcd.
@@ -271,28 +254,28 @@ impl Etcd {
     /// `key` (PEM), asking for client certificates issued by `ca`
     /// (`--client-cert-auth`); its health is read on a plain metrics port.
     pub fn start_tls(dir: &Path, ca: &Path, cert: &Path, key: &Path) -> Etcd {
+        Self::spawn("etcd-tls", dir, "https", |cmd| {
+            cmd.arg("--client-cert-auth").arg("--trusted-ca-file").arg(ca);
+            cmd.arg("--cert-file").arg(cert).arg("--key-file").arg(key);
+        })
+    }
+
+    /// One member on loopback, clients at `scheme`, health on a plain
+    /// metrics port, with `more` flags.
+    fn spawn(name: &str, dir: &Path, scheme: &str, more: impl FnOnce(&mut Command)) -> Etcd {
         let (client_port, peer_port, metrics_port) = (free_port(), free_port(), free_port());
-        let client = format!("https://127.0.0.1:{client_port}");
+        let client = format!("{scheme}://127.0.0.1:{client_port}");
         let peer = format!("http://127.0.0.1:{peer_port}");
-        let mut p = Proc::spawn(
-            "etcd-tls",
-            Command::new(etcd_bin())
-                .args(["--name", "legate-test", "--data-dir"])
-                .arg(dir.join("etcd-data"))
-                .args(["--listen-client-urls", &client, "--advertise-client-urls", &client])
-                .args(["--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer])
-                .args(["--initial-cluster", &format!("legate-test={peer}")])
-                .args(["--listen-metrics-urls", &format!("http://127.0.0.1:{metrics_port}")])
-                .arg("--client-cert-auth")
-                .arg("--trusted-ca-file")
-                .arg(ca)
-                .arg("--cert-file")
-                .arg(cert)
-                .arg("--key-file")
-                .arg(key)
-                .args(["--log-level", "warn"]),
-            dir,
-        );
+        let mut cmd = Command::new(etcd_bin());
+        cmd.args(["--name", "legate-test", "--data-dir"])
+            .arg(dir.join("etcd-data"))
+            .args(["--listen-client-urls", &client, "--advertise-client-urls", &client])
+            .args(["--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer])
+            .args(["--initial-cluster", &format!("legate-test={peer}")])
+            .args(["--listen-metrics-urls", &format!("http://127.0.0.1:{metrics_port}")])
+            .args(["--log-level", "warn"]);
+        more(&mut cmd);
+        let mut p = Proc::spawn(name, &mut cmd, dir);
         wait_http("etcd to be healthy", &mut p, metrics_port, "/health", "etcd", Duration::from_secs(20), |r| {
             r.status == 200 && r.body.contains("true")
         });

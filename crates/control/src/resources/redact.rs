@@ -13,51 +13,64 @@ use sha2::{Digest, Sha256};
 /// Fields that hold secret material in Envoy's API (`TlsCertificate.
 /// private_key`, `.password`, `.pkcs12`; `GenericSecret.secret`;
 /// `TlsSessionTicketKeys.keys`).
-pub(crate) const SENSITIVE: &[&str] = &["private_key", "password", "pkcs12", "secret", "keys"];
+const SENSITIVE: &[&str] = &["private_key", "password", "pkcs12", "secret", "keys"];
 
 /// The places a `DataSource` holds its bytes in (`filename` and
 /// `environment_variable` only name where they are, and are kept).
-pub(crate) const INLINE: &[&str] = &["inline_string", "inline_bytes"];
+const INLINE: &[&str] = &["inline_string", "inline_bytes"];
 
 /// Redacts every inline secret in `v`, in place.
 pub fn redact(v: &mut Value) {
+    let done: Result<(), std::convert::Infallible> = each_secret(v, &mut |inline| {
+        *inline = Value::String(fingerprint(inline));
+        Ok(())
+    });
+    let Ok(()) = done;
+}
+
+/// Calls `f` on every inline secret value in `v` (what the API redacts and
+/// the store seals): under a sensitive field, a data source's inline value,
+/// each of a list of data sources, or the value itself.
+pub(crate) fn each_secret<E>(v: &mut Value, f: &mut impl FnMut(&mut Value) -> Result<(), E>) -> Result<(), E> {
     match v {
         Value::Object(map) => {
             for (key, field) in map.iter_mut() {
                 if SENSITIVE.contains(&key.as_str()) {
-                    redact_material(field);
+                    each_material(field, f)?;
                 } else {
-                    redact(field);
+                    each_secret(field, f)?;
                 }
             }
+            Ok(())
         }
-        Value::Array(items) => items.iter_mut().for_each(redact),
-        _ => {}
+        Value::Array(items) => items.iter_mut().try_for_each(|i| each_secret(i, f)),
+        _ => Ok(()),
     }
 }
 
 /// `v` is a sensitive field: a `DataSource`, a list of them, or (in a
 /// document written by hand) the value itself.
-fn redact_material(v: &mut Value) {
+fn each_material<E>(v: &mut Value, f: &mut impl FnMut(&mut Value) -> Result<(), E>) -> Result<(), E> {
     match v {
         Value::Object(map) => {
             let mut any_inline = false;
             for key in INLINE {
                 if let Some(inline) = map.get_mut(*key) {
-                    *inline = Value::String(fingerprint(inline));
+                    f(inline)?;
                     any_inline = true;
                 }
             }
             // Not a data source (a message with its own fields): look inside.
             if !any_inline {
                 for field in map.values_mut() {
-                    redact(field);
+                    each_secret(field, f)?;
                 }
             }
+            Ok(())
         }
-        Value::Array(items) => items.iter_mut().for_each(redact_material),
-        Value::String(_) => *v = Value::String(fingerprint(v)),
-        _ => {}
+        Value::Array(items) => items.iter_mut().try_for_each(|i| each_material(i, f)),
+        Value::String(_) => f(v),
+        _ => Ok(()),
     }
 }
 

@@ -24,7 +24,6 @@
 
 use crate::resources::document::Document;
 use crate::resources::kind::Kind;
-use crate::resources::redact::{INLINE, SENSITIVE};
 use crate::store::records::{Change, StoreError};
 use base64::Engine;
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
@@ -142,48 +141,10 @@ pub fn seal_changes<'a>(key: Option<&SecretKey>, changes: &'a [Change]) -> Resul
 }
 
 fn seal_in(key: &SecretKey, aad: &str, v: &mut Value) -> Result<(), StoreError> {
-    match v {
-        Value::Object(map) => {
-            for (name, field) in map.iter_mut() {
-                if SENSITIVE.contains(&name.as_str()) {
-                    seal_material(key, aad, field)?;
-                } else {
-                    seal_in(key, aad, field)?;
-                }
-            }
-            Ok(())
-        }
-        Value::Array(items) => items.iter_mut().try_for_each(|i| seal_in(key, aad, i)),
-        _ => Ok(()),
-    }
-}
-
-/// As `redact::redact_material`: a data source's inline value, a list of
-/// data sources, or the value itself.
-fn seal_material(key: &SecretKey, aad: &str, v: &mut Value) -> Result<(), StoreError> {
-    match v {
-        Value::Object(map) => {
-            let mut any_inline = false;
-            for name in INLINE {
-                if let Some(inline) = map.get_mut(*name) {
-                    *inline = Value::String(key.seal(aad, inline)?);
-                    any_inline = true;
-                }
-            }
-            if !any_inline {
-                for field in map.values_mut() {
-                    seal_in(key, aad, field)?;
-                }
-            }
-            Ok(())
-        }
-        Value::Array(items) => items.iter_mut().try_for_each(|i| seal_material(key, aad, i)),
-        Value::String(_) => {
-            *v = Value::String(key.seal(aad, v)?);
-            Ok(())
-        }
-        _ => Ok(()),
-    }
+    crate::resources::redact::each_secret(v, &mut |inline| {
+        *inline = Value::String(key.seal(aad, inline)?);
+        Ok(())
+    })
 }
 
 /// Opens every sealed value in `docs`, in place; an error names the
