@@ -107,6 +107,11 @@ const FIELDS: &[(&str, &[&str])] = &[
     // Routes for gRPC requests only.
     ("envoy.config.route.v3.RouteMatch", &["grpc", "runtime_fraction"]),
     ("envoy.config.route.v3.RouteMatch.GrpcRouteMatchOptions", &[]),
+    // An endpoint's name (auto_host_rewrite, /clusters, `%UPSTREAM_HOST_NAME%`)
+    // and metadata (`%UPSTREAM_METADATA%`, the hashing balancers' `envoy.lb`
+    // `hash_key`).
+    ("envoy.config.endpoint.v3.Endpoint", &["hostname"]),
+    ("envoy.config.endpoint.v3.LbEndpoint", &["metadata"]),
 ];
 
 /// Enum values refused in a field learnt here: (message, field, values, reason).

@@ -174,7 +174,10 @@ fn initial_hosts(c: &PbCluster, discovery: Discovery) -> Result<(Vec<Arc<Host>>,
     if discovery != Discovery::Static {
         return Ok((Vec::new(), endpoints(la)?));
     }
-    let hosts = eds_hosts(la)?.into_iter().map(|(addr, name, w, p)| Arc::new(Host::new(addr, name, w, p))).collect();
+    let hosts = eds_hosts(la)?
+        .into_iter()
+        .map(|(addr, name, w, p, meta)| Arc::new(Host::new(addr, name, w, p).with_metadata(meta)))
+        .collect();
     Ok((hosts, Vec::new()))
 }
 

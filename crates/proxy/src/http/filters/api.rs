@@ -187,6 +187,9 @@ pub struct ResponseState {
     /// headers (grpc_http1_bridge, grpc_web on a response that is not
     /// gRPC): the router reads the body (and trailers) first when this says so.
     pub whole_response: Option<fn(&http::response::Parts) -> bool>,
+    /// The request's dynamic metadata: filters write it (on the request
+    /// and on the response), access logs read it.
+    pub dynamic_metadata: crate::common::metadata::Dynamic,
 }
 
 /// Marks a response the waiting response hooks have already seen (in a

@@ -86,7 +86,9 @@ pub struct Facts {
     /// The route's metadata under the filter's name (an empty object without).
     metadata: Arc<serde_json::Value>,
     clusters: Arc<ArcSwap<ClusterMap>>,
-    dynamic: Mutex<serde_json::Map<String, serde_json::Value>>,
+    /// The stream's dynamic metadata, shared with the other filters and
+    /// the access log.
+    dynamic: Arc<Mutex<serde_json::Map<String, serde_json::Value>>>,
 }
 
 impl Facts {
@@ -159,7 +161,7 @@ impl LuaFilter {
         }
     }
 
-    fn facts(&self, rq: &RequestCtx<'_>) -> Facts {
+    fn facts(&self, rq: &RequestCtx<'_>, dynamic: Arc<Mutex<crate::common::metadata::Map>>) -> Facts {
         let metadata = rq.route[0]
             .and_then(|p| p.filter_metadata.as_ref())
             .and_then(|m| m.get(&self.name))
@@ -186,7 +188,7 @@ impl LuaFilter {
             tls,
             metadata: Arc::new(metadata),
             clusters: self.clusters.clone(),
-            dynamic: Mutex::new(Default::default()),
+            dynamic,
         }
     }
 
@@ -210,7 +212,7 @@ impl LuaFilter {
                 return Verdict::Continue;
             }
         };
-        let facts = Arc::new(self.facts(rq));
+        let facts = Arc::new(self.facts(rq, state.dynamic_metadata.shared()));
         if script.has_response {
             state.carried.push(Arc::new(Carried { filter: self.id, script: script.clone(), facts: facts.clone() }));
         }
@@ -368,7 +370,7 @@ impl HttpFilter for LuaFilter {
 
     fn on_request_skipped(&self, rq: &RequestCtx<'_>, state: &mut ResponseState) {
         if let Some(script) = self.script_for(rq).filter(|s| s.has_response) {
-            let facts = Arc::new(self.facts(rq));
+            let facts = Arc::new(self.facts(rq, state.dynamic_metadata.shared()));
             state.carried.push(Arc::new(Carried { filter: self.id, script, facts }));
         }
     }
