@@ -150,6 +150,9 @@ pub struct RequestCtx<'a> {
     /// The body a filter asked for (`HttpFilter::request_body`), read
     /// before the filters run.
     pub read_body: Option<ReadBody>,
+    /// The listener's `per_connection_buffer_limit_bytes`: the most of a
+    /// body a filter may hold whole (a Lua script's `body()`).
+    pub buffer_limit: u64,
     /// The route is to be found again after the filters (Envoy's
     /// `clearRouteCache`: a Lua script changed the request's headers).
     pub clear_route_cache: bool,

@@ -89,6 +89,8 @@ pub struct Facts {
     /// The stream's dynamic metadata, shared with the other filters and
     /// the access log.
     dynamic: Arc<Mutex<serde_json::Map<String, serde_json::Value>>>,
+    /// The listener's buffer limit: the most of a body `body()` reads.
+    buffer_limit: usize,
 }
 
 impl Facts {
@@ -189,6 +191,7 @@ impl LuaFilter {
             metadata: Arc::new(metadata),
             clusters: self.clusters.clone(),
             dynamic,
+            buffer_limit: usize::try_from(rq.buffer_limit).unwrap_or(usize::MAX),
         }
     }
 
@@ -222,7 +225,9 @@ impl LuaFilter {
         } else {
             Body::Unread(std::mem::replace(rq.body, ProxyBody::Empty))
         };
-        let shared = Arc::new(Mutex::new(StreamState::new(request_headers(rq), body, false)));
+        let mut st = StreamState::new(request_headers(rq), body, false);
+        st.limit = facts.buffer_limit;
+        let shared = Arc::new(Mutex::new(st));
         self.execute(&loaded.lua, f, &shared, &facts).await;
         let mut s = lock(&shared);
         if let Some(r) = s.reply.take() {
@@ -249,7 +254,9 @@ impl LuaFilter {
         } else {
             Body::Unread(std::mem::replace(resp.body_mut(), ProxyBody::Empty))
         };
-        let shared = Arc::new(Mutex::new(StreamState::new(headers, body, true)));
+        let mut st = StreamState::new(headers, body, true);
+        st.limit = carried.facts.buffer_limit;
+        let shared = Arc::new(Mutex::new(st));
         self.execute(&loaded.lua, f, &shared, &carried.facts).await;
         let mut s = lock(&shared);
         let mut map = http::HeaderMap::new();
