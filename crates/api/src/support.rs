@@ -26,6 +26,7 @@ pub const SUPPORTED_EXTENSIONS: &[&str] = &[
     "envoy.extensions.filters.http.cors.v3.Cors",
     "envoy.extensions.filters.http.cors.v3.CorsPolicy",
     "envoy.extensions.filters.http.buffer.v3.Buffer",
+    "envoy.extensions.filters.http.header_to_metadata.v3.Config",
     "envoy.extensions.filters.http.grpc_web.v3.GrpcWeb",
     "envoy.extensions.filters.http.csrf.v3.CsrfPolicy",
     "envoy.extensions.filters.http.grpc_http1_bridge.v3.Config",
@@ -640,6 +641,16 @@ const SUPPORTED_FIELDS: &[(&str, &[&str])] = &[
         ],
     ),
     ("envoy.extensions.filters.http.buffer.v3.Buffer", &["max_request_bytes"]),
+    // header_to_metadata: rules on headers (not cookies).
+    ("envoy.extensions.filters.http.header_to_metadata.v3.Config", &["request_rules", "response_rules", "stat_prefix"]),
+    (
+        "envoy.extensions.filters.http.header_to_metadata.v3.Config.Rule",
+        &["header", "on_header_present", "on_header_missing", "remove"],
+    ),
+    (
+        "envoy.extensions.filters.http.header_to_metadata.v3.Config.KeyValuePair",
+        &["metadata_namespace", "key", "value", "regex_value_rewrite", "type", "encode"],
+    ),
     // Lua: no `filter_context` or package paths.
     (
         "envoy.extensions.filters.http.lua.v3.Lua",

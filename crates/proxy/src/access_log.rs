@@ -189,25 +189,33 @@ fn render_json(fields: &[(String, JsonValue)], ctx: &Context<'_>, s: &mut String
         s.push_str(&serde_json::to_string(k).unwrap_or_default());
         s.push(':');
         match v {
-            JsonValue::Text(f) => {
-                // Formats here are in header mode: a missing value renders
-                // empty, which Envoy writes as null; a lone number operator
-                // is written as a JSON number.
-                let text = f.render_string(ctx);
-                if text.is_empty() && f.literal().is_none() {
-                    s.push_str("null");
-                } else if f.literal().is_none()
-                    && !text.is_empty()
-                    && text.parse::<f64>().is_ok()
-                    && !text.starts_with('+')
-                {
-                    s.push_str(&text);
-                } else {
-                    s.push_str(&serde_json::to_string(&text).unwrap_or_default());
-                }
-            }
+            // A metadata operator alone keeps its value's type.
+            JsonValue::Text(f) => match f.typed_value(ctx) {
+                Some(Some(v)) => crate::common::metadata::write_json(&v, s),
+                Some(None) => s.push_str("null"),
+                None => text_json(f, ctx, s),
+            },
             JsonValue::Nested(inner) => render_json(inner, ctx, s),
         }
     }
     s.push('}');
+}
+
+/// A text value in a JSON log. An operator alone renders empty when its
+/// value is missing, which Envoy writes as null, and a number operator is
+/// written as a JSON number; in a longer string a missing value is `-`.
+fn text_json(f: &Format, ctx: &Context<'_>, s: &mut String) {
+    if !f.single_op() {
+        let text = if f.literal().is_some() { f.render_string(ctx) } else { f.render_log(ctx) };
+        s.push_str(&serde_json::to_string(&text).unwrap_or_default());
+        return;
+    }
+    let text = f.render_string(ctx);
+    if text.is_empty() {
+        s.push_str("null");
+    } else if text.parse::<f64>().is_ok() && !text.starts_with('+') {
+        s.push_str(&text);
+    } else {
+        s.push_str(&serde_json::to_string(&text).unwrap_or_default());
+    }
 }

@@ -139,6 +139,9 @@ fn context<'a>(request: &'a ::http::HeaderMap) -> Context<'a> {
         route_name: "r",
         downstream_remote: None,
         downstream_local: None,
+        upstream_hostname: "",
+        upstream_metadata: None,
+        dynamic_metadata: None,
     }
 }
 

@@ -66,7 +66,10 @@ const FIELDS: &[(&str, &[&str])] = &[
     ),
     ("envoy.config.core.v3.KeepaliveSettings", &["interval", "timeout", "interval_jitter"]),
     // TCP keepalive on upstream connections.
-    ("envoy.config.cluster.v3.Cluster", &["upstream_connection_options"]),
+    // Per-connection buffer limits: what a stream holds whole (listener),
+    // what an upstream connection buffers (cluster).
+    ("envoy.config.cluster.v3.Cluster", &["upstream_connection_options", "per_connection_buffer_limit_bytes"]),
+    ("envoy.config.listener.v3.Listener", &["per_connection_buffer_limit_bytes"]),
     ("envoy.config.cluster.v3.UpstreamConnectionOptions", &["tcp_keepalive"]),
     ("envoy.config.core.v3.TcpKeepalive", &["keepalive_probes", "keepalive_time", "keepalive_interval"]),
     // Which stats exist.
@@ -107,6 +110,11 @@ const FIELDS: &[(&str, &[&str])] = &[
     // Routes for gRPC requests only.
     ("envoy.config.route.v3.RouteMatch", &["grpc", "runtime_fraction"]),
     ("envoy.config.route.v3.RouteMatch.GrpcRouteMatchOptions", &[]),
+    // An endpoint's name (auto_host_rewrite, /clusters, `%UPSTREAM_HOST_NAME%`)
+    // and metadata (`%UPSTREAM_METADATA%`, the hashing balancers' `envoy.lb`
+    // `hash_key`).
+    ("envoy.config.endpoint.v3.Endpoint", &["hostname"]),
+    ("envoy.config.endpoint.v3.LbEndpoint", &["metadata"]),
 ];
 
 /// Enum values refused in a field learnt here: (message, field, values, reason).

@@ -16,6 +16,24 @@ pub fn compile_search_regex(m: &RegexMatcher) -> Result<Regex, String> {
     Regex::new(&m.regex).map_err(|e| format!("invalid regex '{}': {e}", m.regex))
 }
 
+/// Envoy's substitution text (`\\1` for a group) in the `regex` crate's
+/// syntax (`${1}`, a literal `$` doubled).
+pub fn envoy_substitution(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        match (c, chars.peek()) {
+            ('\\', Some(d)) if d.is_ascii_digit() => {
+                out.push_str(&format!("${{{d}}}"));
+                chars.next();
+            }
+            ('$', _) => out.push_str("$$"),
+            _ => out.push(c),
+        }
+    }
+    out
+}
+
 #[derive(Debug, Clone)]
 pub enum StrMatch {
     Exact(String),

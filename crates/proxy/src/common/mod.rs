@@ -11,5 +11,6 @@ pub mod format;
 pub mod fraction;
 pub mod local_address;
 pub mod matcher;
+pub mod metadata;
 pub mod runtime;
 pub mod token_bucket;

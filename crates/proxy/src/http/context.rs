@@ -41,6 +41,11 @@ pub struct CompileContext {
     /// The listener being compiled is OUTBOUND (`traffic_direction`): its
     /// connection managers trace egress.
     pub egress: bool,
+    /// The listener's `per_connection_buffer_limit_bytes` (Envoy's default,
+    /// 1 MiB): the most of a request or response body a stream holds whole
+    /// (for retries and mirrors, a Lua script, a filter needing a whole
+    /// response).
+    pub buffer_limit: u64,
     /// Span exporters compiled since `trace::export::start_exporters` was
     /// last called, which starts their sending.
     pub trace_exporters: Arc<Mutex<Vec<Weak<crate::trace::export::Exporter>>>>,

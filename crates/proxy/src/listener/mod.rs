@@ -129,7 +129,10 @@ impl ListenerConfig {
         // trace egress (what Envoy reads it for on the HTTP path).
         let outbound =
             l.traffic_direction == legate_api::pb::envoy::config::core::v3::TrafficDirection::Outbound as i32;
-        let ctx = &crate::http::context::CompileContext { egress: outbound, ..ctx.clone() };
+        // `per_connection_buffer_limit_bytes`: what its streams may hold whole.
+        let buffer_limit =
+            l.per_connection_buffer_limit_bytes.map_or(crate::body::RESEND_BUFFER_LIMIT, |v| u64::from(v.value));
+        let ctx = &crate::http::context::CompileContext { egress: outbound, buffer_limit, ..ctx.clone() };
         let store = &ctx.store;
         let Some(address::Address::SocketAddress(sa)) = l.address.as_ref().and_then(|a| a.address.as_ref()) else {
             return Err("address: only socket_address is supported".into());

@@ -459,7 +459,7 @@ fn clusters(shared: &Shared, query: Option<&str>) -> Response<Full<Bytes>> {
                     .all
                     .iter()
                     .map(|h| {
-                        json!({
+                        let mut status = json!({
                             "address": {"socket_address": {"address": h.addr.ip().to_string(), "port_value": h.addr.port()}},
                             "stats": [
                                 {"name": "cx_total", "value": h.cx_total.load(Ordering::Relaxed).to_string(), "type": "COUNTER"},
@@ -472,9 +472,13 @@ fn clusters(shared: &Shared, query: Option<&str>) -> Response<Full<Bytes>> {
                                 json!({"eds_health_status": "HEALTHY", "failed_active_health_check": true})
                             },
                             "weight": h.weight,
-                            "hostname": h.hostname,
                             "priority": h.priority,
-                        })
+                        });
+                        // Envoy's JSON leaves an empty name out.
+                        if !h.hostname.is_empty() {
+                            status["hostname"] = json!(h.hostname);
+                        }
+                        status
                     })
                     .collect();
                 json!({"name": n, "added_via_api": false, "host_statuses": hosts})

@@ -98,6 +98,7 @@ impl AdminLogs {
             route_name: "",
             downstream_remote: Some(remote),
             downstream_local: Some(local),
+            ..Default::default()
         };
         for l in &self.loggers {
             l.log(&ctx);

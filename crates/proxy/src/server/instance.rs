@@ -170,6 +170,7 @@ pub fn build(
         node_id: options.service_node.clone().or_else(|| b.node.as_ref().map(|n| n.id.clone())).unwrap_or_default(),
         zone: b.node.as_ref().and_then(|n| n.locality.as_ref()).map(|l| l.zone.clone()).unwrap_or_default(),
         egress: false,
+        buffer_limit: crate::body::RESEND_BUFFER_LIMIT,
         trace_exporters: Default::default(),
     };
     if let Some(sr) = &b.static_resources {

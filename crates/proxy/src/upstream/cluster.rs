@@ -70,6 +70,10 @@ pub struct Cluster {
     pub pools: crate::upstream::worker_pools::Pools,
     /// `common_http_protocol_options` for upstream connections.
     pub conn_options: crate::upstream::protocol::ConnOptions,
+    /// `per_connection_buffer_limit_bytes`: the most an upstream connection
+    /// buffers in each direction (HTTP/1.1: hyper's read and write buffers,
+    /// at least its 8 KiB floor; HTTP/2: data queued to send).
+    pub buffer_limit: Option<usize>,
     /// The load-balancing policy and each worker's state.
     lb: Balancer,
     /// For DNS clusters: what to resolve, and how often.
@@ -124,6 +128,7 @@ impl Cluster {
             stats,
             pools: crate::upstream::worker_pools::Pools::new(workers),
             conn_options: protocol.conn_options,
+            buffer_limit: c.per_connection_buffer_limit_bytes.map(|v| v.value as usize),
             lb,
             dns: Dns::compile(c, dns_targets, discovery == Discovery::LogicalDns),
             eds_service_name,
@@ -174,7 +179,10 @@ fn initial_hosts(c: &PbCluster, discovery: Discovery) -> Result<(Vec<Arc<Host>>,
     if discovery != Discovery::Static {
         return Ok((Vec::new(), endpoints(la)?));
     }
-    let hosts = eds_hosts(la)?.into_iter().map(|(addr, name, w, p)| Arc::new(Host::new(addr, name, w, p))).collect();
+    let hosts = eds_hosts(la)?
+        .into_iter()
+        .map(|(addr, name, w, p, meta)| Arc::new(Host::new(addr, name, w, p).with_metadata(meta)))
+        .collect();
     Ok((hosts, Vec::new()))
 }
 

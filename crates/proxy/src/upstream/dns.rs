@@ -35,7 +35,7 @@ impl Dns {
     pub async fn resolve_once(&self, cluster: &str, hosts: &Membership) {
         let family = DnsLookupFamily::try_from(self.family).unwrap_or(DnsLookupFamily::Auto);
         let mut resolved: Vec<HostEntry> = Vec::new();
-        for (name, port, weight, placement) in &self.targets {
+        for (name, port, weight, placement, named) in &self.targets {
             let addrs: Vec<SocketAddr> = match tokio::net::lookup_host((name.as_str(), *port)).await {
                 Ok(a) => a.collect(),
                 Err(e) => {
@@ -47,7 +47,10 @@ impl Dns {
             let picked = if self.first_address_only { picked.into_iter().take(1).collect() } else { picked };
             for a in picked {
                 if !resolved.iter().any(|(h, ..)| *h == a) {
-                    resolved.push((a, name.clone(), *weight, *placement));
+                    // Envoy names a resolved host by its `Endpoint.hostname`,
+                    // else by the name it resolved.
+                    let hostname = if named.hostname.is_empty() { name } else { &named.hostname };
+                    resolved.push((a, hostname.clone(), *weight, *placement, named.metadata.clone()));
                 }
             }
         }

@@ -2,17 +2,28 @@
 //! its port, weight and placement (priority, locality), and for EDS the
 //! hosts with their socket addresses.
 
+use crate::common::metadata::{metadata_json, Map};
 use crate::upstream::host::Placement;
 use legate_api::pb::envoy::config::core::v3::{address, socket_address};
 use legate_api::pb::envoy::config::endpoint::v3::{lb_endpoint::HostIdentifier, ClusterLoadAssignment};
 use std::net::SocketAddr;
+use std::sync::Arc;
 
-/// An endpoint as configured: address or hostname, port, weight, placement.
-pub type Endpoint = (String, u16, u32, Placement);
+/// An endpoint as configured: address or hostname, port, weight,
+/// placement, and what it is known by.
+pub type Endpoint = (String, u16, u32, Placement, Named);
 
-/// A host with its socket address: address, the name it came from, weight,
-/// placement.
-pub type HostEntry = (SocketAddr, String, u32, Placement);
+/// A host with its socket address: address, its host name (see `Named`),
+/// weight, placement, metadata.
+pub type HostEntry = (SocketAddr, String, u32, Placement, Option<Arc<Map>>);
+
+/// What an endpoint is known by besides its address: `Endpoint.hostname`
+/// (empty when unset) and `LbEndpoint.metadata`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Named {
+    pub hostname: String,
+    pub metadata: Option<Arc<Map>>,
+}
 
 /// Every endpoint of the assignment.
 pub fn endpoints(la: &ClusterLoadAssignment) -> Result<Vec<Endpoint>, String> {
@@ -35,20 +46,22 @@ pub fn endpoints(la: &ClusterLoadAssignment) -> Result<Vec<Endpoint>, String> {
                 return Err("load_assignment: port_value is required".into());
             };
             let port = u16::try_from(port).map_err(|_| "port out of range")?;
-            out.push((sa.address.clone(), port, weight, placement));
+            let named = Named { hostname: ep.hostname.clone(), metadata: metadata_json(e.metadata.as_ref()) };
+            out.push((sa.address.clone(), port, weight, placement, named));
         }
     }
     Ok(out)
 }
 
 /// Hosts of an EDS assignment, or of a STATIC cluster's: addresses must be
-/// IPs, as in Envoy.
+/// IPs, as in Envoy; a host's name is its `Endpoint.hostname` (none by
+/// default, as Envoy's).
 pub fn eds_hosts(la: &ClusterLoadAssignment) -> Result<Vec<HostEntry>, String> {
     endpoints(la)?
         .into_iter()
-        .map(|(addr, port, w, p)| {
+        .map(|(addr, port, w, p, named)| {
             let ip: std::net::IpAddr = addr.parse().map_err(|_| format!("malformed IP address: {addr}"))?;
-            Ok((SocketAddr::new(ip, port), addr, w, p))
+            Ok((SocketAddr::new(ip, port), named.hostname, w, p, named.metadata))
         })
         .collect()
 }

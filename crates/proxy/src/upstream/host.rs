@@ -3,9 +3,11 @@
 //! active checks and outlier detection see it; and slow start, which scales
 //! the weight of a host that became healthy recently.
 
+use crate::common::metadata::Map;
 use crate::upstream::clock::clock_ms;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
 
 /// Where an endpoint sits in its load assignment: its priority, and its
 /// locality (the index of its `LocalityLbEndpoints`) with that locality's
@@ -26,8 +28,11 @@ impl From<u32> for Placement {
 /// One upstream endpoint.
 pub struct Host {
     pub addr: SocketAddr,
-    /// The name it was resolved from (DNS clusters) or its address.
+    /// Envoy's host name: `Endpoint.hostname`, else (DNS clusters) the name
+    /// it was resolved from; empty for an IP endpoint without one.
     pub hostname: String,
+    /// `LbEndpoint.metadata`, by namespace.
+    pub metadata: Option<Arc<Map>>,
     pub weight: u32,
     pub priority: u32,
     pub locality: u32,
@@ -79,6 +84,7 @@ impl Host {
         Self {
             addr,
             hostname,
+            metadata: None,
             weight: weight.max(1),
             priority: placement.priority,
             locality: placement.locality,
@@ -104,6 +110,12 @@ impl Host {
             od_local: Default::default(),
             healthy_since: AtomicU64::new(0),
         }
+    }
+
+    /// The same host with this `LbEndpoint.metadata`.
+    pub fn with_metadata(mut self, metadata: Option<Arc<Map>>) -> Self {
+        self.metadata = metadata;
+        self
     }
 
     /// Stamps the host as healthy from now (an active check's pass).

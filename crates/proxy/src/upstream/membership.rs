@@ -70,11 +70,13 @@ impl Membership {
         let mut changed = new_hosts.len() != old.all.len();
         let hosts: Vec<Arc<Host>> = new_hosts
             .into_iter()
-            .map(|(addr, name, w, p)| match by_addr.get(&addr) {
-                Some(h) if h.weight == w.max(1) && h.placement() == p => (*h).clone(),
+            .map(|(addr, name, w, p, meta)| match by_addr.get(&addr) {
+                Some(h) if h.weight == w.max(1) && h.placement() == p && h.hostname == name && h.metadata == meta => {
+                    (*h).clone()
+                }
                 _ => {
                     changed = true;
-                    let h = Arc::new(Host::new(addr, name, w, p));
+                    let h = Arc::new(Host::new(addr, name, w, p).with_metadata(meta));
                     if self.health_checked {
                         h.mark_pending();
                     }

@@ -186,8 +186,13 @@ async fn wait_for_h1(cluster: &Arc<Cluster>, host: &Arc<Host>) -> Result<H1Conn,
 
 async fn connect_h1(cluster: &Arc<Cluster>, host: &Arc<Host>) -> Result<H1Conn, UpstreamError> {
     let (stream, slot) = connect_pooled(cluster, host).await?;
+    let mut builder = http1::Builder::new();
+    if let Some(limit) = cluster.buffer_limit {
+        // hyper refuses less than 8 KiB.
+        builder.max_buf_size(limit.max(8192));
+    }
     let (sender, conn) =
-        http1::Builder::new().handshake(TokioIo::new(stream)).await.map_err(|e| handshake_failed(cluster, host, e))?;
+        builder.handshake(TokioIo::new(stream)).await.map_err(|e| handshake_failed(cluster, host, e))?;
     cluster.stats.upstream_cx_http1_total.inc();
     cluster.pools.opened_h1(host.addr);
     let state = Arc::new(ConnState::default());
@@ -246,6 +251,9 @@ async fn connect_h2(
     }
     if let Some(w) = h2.connection_window {
         builder.initial_connection_window_size(w);
+    }
+    if let Some(limit) = cluster.buffer_limit {
+        builder.max_send_buf_size(limit);
     }
     let (sender, conn) =
         builder.handshake(TokioIo::new(stream)).await.map_err(|e| handshake_failed(cluster, host, e))?;

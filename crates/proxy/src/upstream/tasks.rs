@@ -111,7 +111,7 @@ mod tests {
             );
             start_before_traffic(&c).await;
             let addr: std::net::SocketAddr = "127.0.0.1:8080".parse().expect("addr");
-            c.hosts.update(vec![(addr, "127.0.0.1".into(), 1, Default::default())]);
+            c.hosts.update(vec![(addr, "127.0.0.1".into(), 1, Default::default(), None)]);
             // Several refresh periods: nothing may resolve the EDS cluster's
             // empty load assignment over what EDS delivered.
             tokio::time::sleep(std::time::Duration::from_millis(100)).await;

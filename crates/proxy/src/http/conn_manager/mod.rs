@@ -78,6 +78,9 @@ pub struct Hcm {
     /// `common_http_protocol_options.max_requests_per_connection`: the
     /// request that reaches it drains the connection (none: unlimited).
     pub max_requests_per_connection: Option<u64>,
+    /// The listener's `per_connection_buffer_limit_bytes`: the most of a
+    /// body a stream holds whole.
+    pub buffer_limit: u64,
     /// Time allowed to receive request headers (HTTP/1), off by default.
     pub request_headers_timeout: Option<Duration>,
     /// `internal_address_config.cidr_ranges`: clients treated as internal.
@@ -185,6 +188,7 @@ impl Hcm {
                 .and_then(|o| o.max_requests_per_connection)
                 .map(|v| u64::from(v.value))
                 .filter(|n| *n > 0),
+            buffer_limit: ctx.buffer_limit,
             request_headers_timeout: c.request_headers_timeout.as_ref().map(from_pb).filter(|d| !d.is_zero()),
             internal_ranges: compile_internal_ranges(c)?,
             xfcc: Xfcc::compile(c)?,

@@ -194,6 +194,7 @@ impl Hcm {
                 new_path: None,
                 route_cluster,
                 read_body: None,
+                buffer_limit: self.buffer_limit,
                 clear_route_cache: false,
             };
             let want = if http_body::Body::is_end_stream(&*rq.body) || rq.headers.contains_key(http::header::UPGRADE) {

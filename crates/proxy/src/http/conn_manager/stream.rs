@@ -156,6 +156,8 @@ impl Stream {
             downstream_remote: Some(self.client),
             downstream_local: Some(self.local),
             upstream_host: self.upstream.as_ref().map(|u| u.1.addr),
+            upstream_hostname: self.upstream.as_ref().map_or("", |u| u.1.hostname.as_str()),
+            upstream_metadata: self.upstream.as_ref().and_then(|u| u.1.metadata.as_deref()),
             upstream_cluster: self.cluster.as_ref().map_or("", |c| c.name.as_str()),
             start_time: Some(self.start_time),
             route_name: &self.route_name,
@@ -204,7 +206,9 @@ impl Stream {
     }
 
     fn write_access_logs(&self, bytes_sent: u64, complete: bool, elapsed: Duration) {
+        let dynamic = self.filter_state.dynamic_metadata.read();
         let ctx = Context {
+            dynamic_metadata: dynamic.as_deref(),
             response: self.response_headers.as_ref(),
             status: Some(self.status),
             response_flags: if !complete && self.flags.is_empty() { "DC" } else { self.flags },

@@ -150,6 +150,9 @@ pub struct RequestCtx<'a> {
     /// The body a filter asked for (`HttpFilter::request_body`), read
     /// before the filters run.
     pub read_body: Option<ReadBody>,
+    /// The listener's `per_connection_buffer_limit_bytes`: the most of a
+    /// body a filter may hold whole (a Lua script's `body()`).
+    pub buffer_limit: u64,
     /// The route is to be found again after the filters (Envoy's
     /// `clearRouteCache`: a Lua script changed the request's headers).
     pub clear_route_cache: bool,
@@ -187,6 +190,9 @@ pub struct ResponseState {
     /// headers (grpc_http1_bridge, grpc_web on a response that is not
     /// gRPC): the router reads the body (and trailers) first when this says so.
     pub whole_response: Option<fn(&http::response::Parts) -> bool>,
+    /// The request's dynamic metadata: filters write it (on the request
+    /// and on the response), access logs read it.
+    pub dynamic_metadata: crate::common::metadata::Dynamic,
 }
 
 /// Marks a response the waiting response hooks have already seen (in a

@@ -15,6 +15,7 @@ pub mod ext_authz;
 pub mod fault;
 pub mod grpc_http1_bridge;
 pub mod grpc_web;
+pub mod header_to_metadata;
 pub mod health_check;
 pub mod jwt;
 pub mod local_ratelimit;

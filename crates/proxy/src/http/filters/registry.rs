@@ -4,8 +4,8 @@
 
 use crate::http::filters::api::Registration;
 use crate::http::filters::{
-    buffer, compressor, cors, csrf, ext_authz, fault, grpc_http1_bridge, grpc_web, health_check, jwt, local_ratelimit,
-    lua, rbac,
+    buffer, compressor, cors, csrf, ext_authz, fault, grpc_http1_bridge, grpc_web, header_to_metadata, health_check,
+    jwt, local_ratelimit, lua, rbac,
 };
 use crate::http::route::per_filter::PerRouteConfig;
 use legate_api::pb::google::protobuf::Any;
@@ -26,6 +26,7 @@ pub static HTTP_FILTERS: &[Registration] = &[
     jwt::REGISTRATION,
     lua::REGISTRATION,
     buffer::REGISTRATION,
+    header_to_metadata::REGISTRATION,
 ];
 
 /// The filter whose config has this type.

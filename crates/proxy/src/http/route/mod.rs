@@ -13,6 +13,7 @@ pub mod rds;
 pub mod stream_timeouts;
 pub mod virtual_cluster;
 
+use crate::common::matcher::envoy_substitution as envoy_subst;
 use crate::common::matcher::{compile_regex, compile_search_regex, HeaderMatch, Pseudo, StringMatch};
 use crate::http::header_mutation::HeaderMutations;
 use crate::http::route::per_filter::PerFilter;
@@ -533,22 +534,6 @@ fn compile_hash_policy(p: &rpb::route_action::HashPolicy) -> Result<hash_policy:
 }
 
 /// Envoy (RE2) writes capture groups as `\1`; the regex crate as `${1}`.
-fn envoy_subst(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let mut chars = s.chars().peekable();
-    while let Some(c) = chars.next() {
-        match (c, chars.peek()) {
-            ('\\', Some(d)) if d.is_ascii_digit() => {
-                out.push_str(&format!("${{{d}}}"));
-                chars.next();
-            }
-            ('$', _) => out.push_str("$$"),
-            _ => out.push(c),
-        }
-    }
-    out
-}
-
 fn compile_redirect(rd: &rpb::RedirectAction) -> Result<Redirect, String> {
     use rpb::redirect_action::{PathRewriteSpecifier, RedirectResponseCode, SchemeRewriteSpecifier};
     let scheme = match &rd.scheme_rewrite_specifier {

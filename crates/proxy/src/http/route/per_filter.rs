@@ -50,22 +50,7 @@ impl PerFilter {
     }
 }
 
-/// A protobuf `Struct` as JSON.
-pub fn struct_json(s: &legate_api::pb::google::protobuf::Struct) -> serde_json::Value {
-    serde_json::Value::Object(s.fields.iter().map(|(k, v)| (k.clone(), value_json(v))).collect())
-}
-
-fn value_json(v: &legate_api::pb::google::protobuf::Value) -> serde_json::Value {
-    use legate_api::pb::google::protobuf::value::Kind;
-    match &v.kind {
-        None | Some(Kind::NullValue(_)) => serde_json::Value::Null,
-        Some(Kind::NumberValue(n)) => serde_json::Number::from_f64(*n).map_or(serde_json::Value::Null, Into::into),
-        Some(Kind::StringValue(s)) => s.clone().into(),
-        Some(Kind::BoolValue(b)) => (*b).into(),
-        Some(Kind::StructValue(s)) => struct_json(s),
-        Some(Kind::ListValue(l)) => l.values.iter().map(value_json).collect(),
-    }
-}
+pub use crate::common::metadata::struct_json;
 
 impl std::fmt::Debug for PerFilter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

@@ -7,7 +7,7 @@ use super::mirror;
 use super::retry::{send_with_retries, Attempts, RetryPolicy, X_ENVOY_ATTEMPT_COUNT};
 use super::timeout::{TimedOut, Timers};
 use super::upstream_request::{Prepared, Target};
-use crate::body::{ProxyBody, TrackedBody, RESEND_BUFFER_LIMIT};
+use crate::body::{ProxyBody, TrackedBody};
 use crate::http::conn_manager::headers::strip_hop_by_hop;
 use crate::http::conn_manager::stream::Stream;
 use crate::http::conn_manager::upgrade::Upgrade;
@@ -76,8 +76,8 @@ impl Hcm {
             return Box::pin(self.forward_upgrade(stream, parts, matched, ra, &target, up)).await;
         }
         let mirrors = mirror::chosen(ra, &clusters, &parts.headers);
-        let retry = resend_policy(&parts, &body, retry);
-        let (mut stream, outgoing) = if retry.is_some() || mirrored(&parts, &body, &mirrors) {
+        let retry = resend_policy(&parts, &body, retry, self.buffer_limit);
+        let (mut stream, outgoing) = if retry.is_some() || mirrored(&parts, &body, &mirrors, self.buffer_limit) {
             // Boxed: buffering for retries or mirrors allocates anyway, and
             // its state stays out of the plain request's future.
             Box::pin(self.buffered(stream, parts, body, &target, retry, &mirrors)).await?
@@ -104,13 +104,15 @@ impl Hcm {
             Ok(resp) => {
                 let resp = match stream.filter_state.whole_response {
                     // Boxed: reading a whole response stays out of every request's future.
-                    Some(wants) if wants(&resp_parts(&resp)) => match Box::pin(read_response(resp)).await {
-                        Ok(resp) => resp,
-                        Err(status) => {
-                            let details = "upstream_reset_after_response_started";
-                            return Break(self.router_reply(stream, Some(matched), status, details, "UR", None));
+                    Some(wants) if wants(&resp_parts(&resp)) => {
+                        match Box::pin(read_response(resp, self.buffer_limit)).await {
+                            Ok(resp) => resp,
+                            Err(status) => {
+                                let details = "upstream_reset_after_response_started";
+                                return Break(self.router_reply(stream, Some(matched), status, details, "UR", None));
+                            }
                         }
-                    },
+                    }
                     _ => resp.map(ProxyBody::stream),
                 };
                 Continue(self.upstream_response(stream, resp, matched, &target, (attempts, stream_deadline)).await)
@@ -324,13 +326,13 @@ fn resp_parts(resp: &Response<Incoming>) -> http::response::Parts {
 }
 
 /// Reads an upstream response whole, for a filter that changes its headers
-/// by what follows them: the body (at most Envoy's default buffer limit,
+/// by what follows them: the body (at most the listener's buffer limit,
 /// else 500 as Envoy's buffer overflow) and its trailers, kept as a
 /// `WholeResponse` extension. A body that breaks off is a 503.
-async fn read_response(resp: Response<Incoming>) -> Result<Response<ProxyBody>, u16> {
+async fn read_response(resp: Response<Incoming>, limit: u64) -> Result<Response<ProxyBody>, u16> {
     use http_body_util::BodyExt as _;
     let (mut parts, body) = resp.into_parts();
-    let limit = crate::body::RESEND_BUFFER_LIMIT as usize;
+    let limit = usize::try_from(limit).unwrap_or(usize::MAX);
     let collected = match http_body_util::Limited::new(body, limit).collect().await {
         Ok(c) => c,
         Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => return Err(500),
@@ -395,16 +397,21 @@ fn move_to_host(stream: &mut Stream, target: &Target, last: Arc<Host>) {
 }
 
 /// The retry policy the request is sent under, when its body can be sent
-/// again: with a retry policy the body is buffered, up to 1 MiB (Envoy's
-/// default buffer limit); a larger one goes once, without retries.
-fn resend_policy(parts: &Parts, body: &ProxyBody, retry: Option<Cow<'_, RetryPolicy>>) -> Option<RetryPolicy> {
-    retry.filter(|_| body.fits(&parts.headers, RESEND_BUFFER_LIMIT)).map(Cow::into_owned)
+/// again: with a retry policy the body is buffered, up to the listener's
+/// buffer limit (1 MiB by default); a larger one goes once, without retries.
+fn resend_policy(
+    parts: &Parts,
+    body: &ProxyBody,
+    retry: Option<Cow<'_, RetryPolicy>>,
+    limit: u64,
+) -> Option<RetryPolicy> {
+    retry.filter(|_| body.fits(&parts.headers, limit)).map(Cow::into_owned)
 }
 
 /// Whether mirrors get a copy of the request: its body is buffered like a
 /// retried one, and a body too large for that is not mirrored.
-fn mirrored(parts: &Parts, body: &ProxyBody, mirrors: &[(Arc<Cluster>, bool)]) -> bool {
-    !mirrors.is_empty() && body.fits(&parts.headers, RESEND_BUFFER_LIMIT)
+fn mirrored(parts: &Parts, body: &ProxyBody, mirrors: &[(Arc<Cluster>, bool)], limit: u64) -> bool {
+    !mirrors.is_empty() && body.fits(&parts.headers, limit)
 }
 
 #[cfg(test)]

@@ -18,7 +18,6 @@ use http::header::{HeaderName, HeaderValue, EXPECT, HOST};
 use http::request::Parts;
 use http::HeaderMap;
 use std::borrow::Cow;
-use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -124,8 +123,10 @@ impl Hcm {
 fn upstream_authority(stream: &Stream, headers: &mut HeaderMap, ra: &RouteAction, host: &Host) -> String {
     let authority = if let Some(h) = &ra.host_rewrite {
         h.clone()
-    } else if ra.auto_host_rewrite {
-        host.hostname.clone() + &format_port(host)
+    } else if ra.auto_host_rewrite && !host.hostname.is_empty() {
+        // As Envoy: the host's name as it is; a host without one (an IP
+        // endpoint without `hostname`) leaves the request's.
+        host.hostname.clone()
     } else {
         stream.authority.clone()
     };
@@ -135,15 +136,6 @@ fn upstream_authority(stream: &Stream, headers: &mut HeaderMap, ra: &RouteAction
         }
     }
     authority
-}
-
-/// `:port` after an IP host name (a DNS name goes without its port).
-fn format_port(host: &Host) -> String {
-    if host.hostname.parse::<IpAddr>().is_ok() {
-        format!(":{}", host.addr.port())
-    } else {
-        String::new()
-    }
 }
 
 /// An internal caller's x-envoy-* headers shape this request's timeouts

@@ -42,6 +42,8 @@ impl HttpChain {
             .max_buf_size(h1_buffer);
         h2_settings(&mut builder, pb.http2_protocol_options.as_ref());
         builder.http2().max_header_list_size(h2_list);
+        // The listener's buffer limit bounds what an HTTP/2 connection queues to send.
+        builder.http2().max_send_buf_size(usize::try_from(hcm.buffer_limit).unwrap_or(usize::MAX));
         if hcm.allow_connect {
             builder.http2().enable_connect_protocol();
         }

@@ -136,7 +136,7 @@ impl TcpProxyConfig {
                         log.flags = "UH";
                         break;
                     };
-                    log.host = Some(host.addr);
+                    log.host = Some(host.clone());
                     match crate::upstream::connection::connect(&cluster, &host).await {
                         Ok(conn) => {
                             up = Some((conn, host));
@@ -176,7 +176,9 @@ impl TcpProxyConfig {
                 bytes_sent: log.tx,
                 duration: Some(start.elapsed()),
                 start_time: Some(start_time),
-                upstream_host: log.host,
+                upstream_host: log.host.as_ref().map(|h| h.addr),
+                upstream_hostname: log.host.as_ref().map_or("", |h| h.hostname.as_str()),
+                upstream_metadata: log.host.as_ref().and_then(|h| h.metadata.as_deref()),
                 upstream_cluster: logged_cluster,
                 downstream_remote: Some(remote),
                 downstream_local: Some(local),
@@ -191,7 +193,7 @@ impl TcpProxyConfig {
 
 struct LogFacts {
     flags: &'static str,
-    host: Option<SocketAddr>,
+    host: Option<Arc<crate::upstream::host::Host>>,
     rx: u64,
     tx: u64,
 }

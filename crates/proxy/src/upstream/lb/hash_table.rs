@@ -3,7 +3,7 @@
 //! `hash_policy` (`crate::http::route::hash_policy`).
 //!
 //! Both are built exactly as Envoy builds them (xxHash64 of each host's
-//! `address:port`, the same ring sizing and table filling), so a given
+//! `address:port`, or its `envoy.lb` `hash_key` metadata, the same ring sizing and table filling), so a given
 //! request key lands on the same host behind Legate as behind Envoy. A table
 //! is built when a host set changes (not per request); a lookup is a binary
 //! search on the ring or one index into the Maglev table.
@@ -27,8 +27,14 @@ pub enum HashTable {
     Maglev(Vec<u32>),
 }
 
+/// What a host is hashed by: its `envoy.lb` metadata's `hash_key` when it
+/// is a non-empty string, as in Envoy, else its `address:port`.
 fn key(h: &Host) -> String {
-    h.addr.to_string()
+    let hash_key = h.metadata.as_ref().and_then(|m| m.get("envoy.lb")?.get("hash_key")?.as_str());
+    match hash_key {
+        Some(k) if !k.is_empty() => k.to_string(),
+        _ => h.addr.to_string(),
+    }
 }
 
 /// Each host's weight over the total, in the hosts' order.

@@ -5,7 +5,7 @@
 //! runtime), as Envoy's coroutine yields to its dispatcher.
 
 use super::call::{self, CallArgs};
-use super::state::{lock, Body, Reply, Shared, BODY_LIMIT};
+use super::state::{lock, Body, Reply, Shared};
 use super::wrappers::{BufferUd, ChunkUd, ConnectionUd, HeadersUd, MetadataUd, StreamInfoUd};
 use super::Facts;
 use bytes::Bytes;
@@ -19,7 +19,7 @@ pub struct Handle {
 }
 
 impl Handle {
-    /// Reads the rest of the body whole (at most `BODY_LIMIT`), with its
+    /// Reads the rest of the body whole (at most the state's `limit`), with its
     /// trailers. A body over the limit ends the script: the request is
     /// answered 413 as Envoy's buffer overflow is.
     async fn read_whole(state: &Shared) -> mlua::Result<()> {
@@ -30,7 +30,8 @@ impl Handle {
                 return Ok(());
             }
         };
-        let collected = http_body_util::BodyExt::collect(http_body_util::Limited::new(body, BODY_LIMIT)).await;
+        let limit = lock(state).limit;
+        let collected = http_body_util::BodyExt::collect(http_body_util::Limited::new(body, limit)).await;
         let mut s = lock(state);
         s.generation += 1;
         match collected {

@@ -86,7 +86,11 @@ pub struct Facts {
     /// The route's metadata under the filter's name (an empty object without).
     metadata: Arc<serde_json::Value>,
     clusters: Arc<ArcSwap<ClusterMap>>,
-    dynamic: Mutex<serde_json::Map<String, serde_json::Value>>,
+    /// The stream's dynamic metadata, shared with the other filters and
+    /// the access log.
+    dynamic: Arc<Mutex<serde_json::Map<String, serde_json::Value>>>,
+    /// The listener's buffer limit: the most of a body `body()` reads.
+    buffer_limit: usize,
 }
 
 impl Facts {
@@ -159,7 +163,7 @@ impl LuaFilter {
         }
     }
 
-    fn facts(&self, rq: &RequestCtx<'_>) -> Facts {
+    fn facts(&self, rq: &RequestCtx<'_>, dynamic: Arc<Mutex<crate::common::metadata::Map>>) -> Facts {
         let metadata = rq.route[0]
             .and_then(|p| p.filter_metadata.as_ref())
             .and_then(|m| m.get(&self.name))
@@ -186,7 +190,8 @@ impl LuaFilter {
             tls,
             metadata: Arc::new(metadata),
             clusters: self.clusters.clone(),
-            dynamic: Mutex::new(Default::default()),
+            dynamic,
+            buffer_limit: usize::try_from(rq.buffer_limit).unwrap_or(usize::MAX),
         }
     }
 
@@ -210,7 +215,7 @@ impl LuaFilter {
                 return Verdict::Continue;
             }
         };
-        let facts = Arc::new(self.facts(rq));
+        let facts = Arc::new(self.facts(rq, state.dynamic_metadata.shared()));
         if script.has_response {
             state.carried.push(Arc::new(Carried { filter: self.id, script: script.clone(), facts: facts.clone() }));
         }
@@ -220,7 +225,9 @@ impl LuaFilter {
         } else {
             Body::Unread(std::mem::replace(rq.body, ProxyBody::Empty))
         };
-        let shared = Arc::new(Mutex::new(StreamState::new(request_headers(rq), body, false)));
+        let mut st = StreamState::new(request_headers(rq), body, false);
+        st.limit = facts.buffer_limit;
+        let shared = Arc::new(Mutex::new(st));
         self.execute(&loaded.lua, f, &shared, &facts).await;
         let mut s = lock(&shared);
         if let Some(r) = s.reply.take() {
@@ -247,7 +254,9 @@ impl LuaFilter {
         } else {
             Body::Unread(std::mem::replace(resp.body_mut(), ProxyBody::Empty))
         };
-        let shared = Arc::new(Mutex::new(StreamState::new(headers, body, true)));
+        let mut st = StreamState::new(headers, body, true);
+        st.limit = carried.facts.buffer_limit;
+        let shared = Arc::new(Mutex::new(st));
         self.execute(&loaded.lua, f, &shared, &carried.facts).await;
         let mut s = lock(&shared);
         let mut map = http::HeaderMap::new();
@@ -368,7 +377,7 @@ impl HttpFilter for LuaFilter {
 
     fn on_request_skipped(&self, rq: &RequestCtx<'_>, state: &mut ResponseState) {
         if let Some(script) = self.script_for(rq).filter(|s| s.has_response) {
-            let facts = Arc::new(self.facts(rq));
+            let facts = Arc::new(self.facts(rq, state.dynamic_metadata.shared()));
             state.carried.push(Arc::new(Carried { filter: self.id, script, facts }));
         }
     }

@@ -45,6 +45,8 @@ pub struct StreamState {
     seen: Vec<u8>,
     /// A script changed the headers (the route is found again).
     pub headers_changed: bool,
+    /// The most of the body `body()` reads whole: the listener's buffer limit.
+    pub limit: usize,
     /// Counts the script's yields: objects it got before a yield are dead
     /// after it, as Envoy's wrappers are.
     pub generation: u64,
@@ -68,6 +70,7 @@ impl StreamState {
             response,
             seen: Vec::new(),
             headers_changed: false,
+            limit: BODY_LIMIT,
             generation: 0,
         }
     }
