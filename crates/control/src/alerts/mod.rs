@@ -202,7 +202,8 @@ fn deliver(alerts: &Alerts, e: &Event, leader: bool, external: &str) {
 /// Evaluates every `settings.period` until the process ends.
 pub fn start(ctrl: Arc<Controller>, settings: Settings) {
     tokio::spawn(async move {
-        let mut evaluator = Evaluator { external_url: settings.external_url.clone(), ..Default::default() };
+        let fresh = || Evaluator { external_url: settings.external_url.clone(), ..Default::default() };
+        let mut evaluator = fresh();
         let mut tick = tokio::time::interval(settings.period.max(Duration::from_millis(50)));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut was_leader = ctrl.is_leader();
@@ -214,12 +215,21 @@ pub fn start(ctrl: Arc<Controller>, settings: Settings) {
                 Some(ask) => crate::remote::shards::fleet_monitor(&ctrl, &ask).await,
                 None => None,
             };
-            let with_fleet = fleet.as_ref().map(|monitor| source::WithFleet { ctrl: &ctrl, monitor });
-            let from: &dyn Source = match &with_fleet {
-                Some(w) => w,
-                None => ctrl.as_ref(),
-            };
-            let (views, mut events) = evaluator.tick(rules, from, unix_ms());
+            // The other replicas' proxies are read from the store: off the
+            // async workers.
+            let (c, mut ev) = (ctrl.clone(), std::mem::replace(&mut evaluator, fresh()));
+            let ticked = tokio::task::spawn_blocking(move || {
+                let with_fleet = fleet.as_ref().map(|monitor| source::WithFleet { ctrl: &c, monitor });
+                let from: &dyn Source = match &with_fleet {
+                    Some(w) => w,
+                    None => c.as_ref(),
+                };
+                let out = ev.tick(rules, from, unix_ms());
+                (ev, out)
+            })
+            .await;
+            let Ok((ev, (views, mut events))) = ticked else { continue };
+            evaluator = ev;
             ctrl.alerts.set_rules(views);
             let leader = ctrl.is_leader();
             if leader && !was_leader {

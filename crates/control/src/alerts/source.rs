@@ -49,18 +49,24 @@ impl Source for Controller {
     }
 
     fn proxies(&self) -> Vec<ProxyView> {
-        self.fleet
+        let mut views: Vec<ProxyView> = self
+            .fleet
             .list()
             .into_iter()
-            .map(|p| ProxyView {
-                nacked: p.types.values().any(|t| t.last_nack.is_some() && t.acked_version != t.sent_version),
-                lagging: p
-                    .types
-                    .values()
-                    .any(|t| t.acked_revision < t.sent_revision || t.acked_version != t.sent_version),
-                node: p.node,
-            })
-            .collect()
+            .map(|p| ProxyView { nacked: p.nacked(), lagging: p.lagging(), node: p.node })
+            .collect();
+        // With other replicas (etcd), their proxies as they last reported
+        // them; one this replica streams too is taken from here.
+        for r in self.remote_reports() {
+            for node in r.proxies {
+                if views.iter().any(|v| v.node.id == node.id) {
+                    continue;
+                }
+                let (nacked, lagging) = (r.nacked.contains(&node.id), r.lagging.contains(&node.id));
+                views.push(ProxyView { node, nacked, lagging });
+            }
+        }
+        views
     }
 
     fn certificates(&self) -> Vec<(String, i64)> {

@@ -48,6 +48,19 @@ pub struct ProxyStatus {
     pub raw_node: Option<legate_api::pb::envoy::config::core::v3::Node>,
 }
 
+impl ProxyStatus {
+    /// Some type's last response was NACKed (and nothing newer was ACKed).
+    pub fn nacked(&self) -> bool {
+        self.types.values().any(|t| t.last_nack.is_some() && t.acked_version != t.sent_version)
+    }
+
+    /// Some type's ACKed revision is behind the one last sent, or its
+    /// version differs.
+    pub fn lagging(&self) -> bool {
+        self.types.values().any(|t| t.acked_revision < t.sent_revision || t.acked_version != t.sent_version)
+    }
+}
+
 #[derive(Default)]
 pub struct Fleet {
     next: AtomicU64,

@@ -234,6 +234,12 @@ pub struct ReplicaReport {
     pub proxies: Vec<crate::discovery::node::NodeInfo>,
     #[serde(default)]
     pub rollout: Option<SharedRollout>,
+    /// The node ids of `proxies` whose last response was NACKed, and of
+    /// those behind the current revision (for the leader's alert rules).
+    #[serde(default)]
+    pub nacked: Vec<String>,
+    #[serde(default)]
+    pub lagging: Vec<String>,
 }
 
 /// One replica's part of a staged rollout: the ACKs of the staged revision

@@ -21,10 +21,17 @@ pub fn local_report(ctrl: &Controller) -> ReplicaReport {
             figures: ctrl.monitor.mark_by_node(r.revision),
         }
     });
+    let ids = |keep: fn(&crate::discovery::fleet::ProxyStatus) -> bool| -> Vec<String> {
+        let mut v: Vec<String> = fleet.iter().filter(|p| keep(p)).map(|p| p.node.id.clone()).collect();
+        v.dedup();
+        v
+    };
+    let (nacked, lagging) = (ids(|p| p.nacked()), ids(|p| p.lagging()));
     let mut proxies: Vec<_> = fleet.into_iter().map(|p| p.node).collect();
     proxies.sort_by(|a, b| a.id.cmp(&b.id));
     proxies.dedup_by(|a, b| a.id == b.id);
-    ReplicaReport { replica: ctrl.replica_id().to_string(), at_ms: crate::clock::unix_ms(), proxies, rollout }
+    let at_ms = crate::clock::unix_ms();
+    ReplicaReport { replica: ctrl.replica_id().to_string(), at_ms, proxies, rollout, nacked, lagging }
 }
 
 /// Every replica's view of one staged rollout: this replica's fleet and
