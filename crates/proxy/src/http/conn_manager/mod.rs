@@ -357,10 +357,9 @@ pub struct ConnInfo {
     /// The connection's listener config is being drained: responses carry
     /// `connection: close` so HTTP/1 clients move to the new config.
     pub draining: AtomicBool,
-    /// The first request's head carried both content-length and
-    /// transfer-encoding (seen by the connection's read side, which hyper
-    /// does not report); Envoy answers such a request with 400.
-    pub length_conflict: AtomicBool,
+    /// The first request Envoy's HTTP/1 codec would refuse and why (seen
+    /// by the connection's read side; hyper does not report it).
+    pub refused: crate::http::h1_framing::Refused,
     /// The connection is TLS (terminated here): its scheme is https.
     pub secure: bool,
     /// The TLS connection's peer certificate and local names, when TLS.
@@ -395,7 +394,7 @@ impl ConnInfo {
             idle: tokio::sync::Notify::new(),
             requests: Default::default(),
             draining: Default::default(),
-            length_conflict: Default::default(),
+            refused: Default::default(),
             secure: false,
             tls: None,
             sni: None,

@@ -8,6 +8,7 @@ use super::stream::Stream;
 use super::{answered, step, ConnInfo, Found, Hcm, ProxyResponse, Step};
 use crate::body::{ProxyBody, ReadError, RequestProgress};
 use crate::http::filters::{RequestCtx, ResponseState, Verdict};
+use crate::http::h1_framing::Refusal;
 use http::header::{HeaderValue, IntoHeaderName};
 use http::request::Parts;
 use http::{Request, Version};
@@ -26,7 +27,17 @@ impl Hcm {
                 .headers()
                 .get(http::header::CONNECTION)
                 .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"keep-alive"));
-        let mut resp = self.serve(conn, req).await;
+        let h1 = req.version() != Version::HTTP_2;
+        let mut resp = self.clone().serve(conn.clone(), req).await;
+        // The body broke Envoy's chunked framing (a chunk size not hex, or
+        // too large): Envoy answers with its codec's 400, not the router's
+        // failure, and closes. Over HTTP/1 the request is the connection's
+        // latest one.
+        let broken = || conn.refused.of(conn.requests.load(Relaxed)) == Some(Refusal::ChunkSize);
+        if h1 && resp.status().is_server_error() && broken() {
+            self.stats.downstream_cx_protocol_error.inc();
+            codec_error(&mut resp, &self.server_name);
+        }
         if http_10_close {
             resp.headers_mut().insert(http::header::CONNECTION, HeaderValue::from_static("close"));
         }
@@ -133,12 +144,16 @@ impl Hcm {
                 parts.headers.insert(http::header::HOST, host.clone());
             }
         }
-        // Both content-length and transfer-encoding (request smuggling's
-        // tool): Envoy refuses the request as a codec error.
-        if stream.conn.length_conflict.load(Relaxed) && stream.conn.requests.load(Relaxed) == 1 {
+        // A head Envoy's codec refuses (request smuggling's tools among
+        // them: both content-length and transfer-encoding, two lengths, a
+        // coding other than chunked), on any request of the connection.
+        let refusal = match parts.version {
+            Version::HTTP_2 => None,
+            _ => stream.conn.refused.of(stream.conn.requests.load(Relaxed)).filter(|r| r.at_head()),
+        };
+        if let Some(r) = refusal {
             self.stats.downstream_cx_protocol_error.inc();
-            let details = "http1.content_length_and_chunked_not_allowed";
-            return close(self.local_reply(stream, 400, details, "DPE", Some("Bad Request".into())));
+            return close(self.local_reply(stream, r.status(), r.details(), "DPE", Some(r.reason().into())));
         }
         if let Err(breach) = self.header_limits.check(parts) {
             if parts.version == Version::HTTP_2 {
@@ -417,4 +432,18 @@ fn with_headers<K: IntoHeaderName>(mut r: ProxyResponse, headers: Vec<(K, Header
         r.headers_mut().insert(k, v);
     }
     r
+}
+
+/// `resp` made Envoy's answer to a request its codec refused after the
+/// head: 400 `Bad Request` in `text/plain`, the connection closed.
+fn codec_error(resp: &mut ProxyResponse, server: &HeaderValue) {
+    let reason = Refusal::ChunkSize.reason();
+    *resp.status_mut() = http::StatusCode::BAD_REQUEST;
+    let h = resp.headers_mut();
+    h.clear();
+    h.insert(http::header::CONTENT_LENGTH, HeaderValue::from(reason.len()));
+    h.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    h.insert(http::header::SERVER, server.clone());
+    h.insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+    *resp.body_mut().inner_mut() = crate::body::ProxyBody::full(reason);
 }
