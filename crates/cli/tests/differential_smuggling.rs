@@ -322,3 +322,60 @@ fn pipelined_request_after_an_error_is_not_served() {
     assert!(envoy[0].statuses.first().is_some_and(|s| s.contains(" 200")), "{:?}", envoy[0]);
     assert!(!envoy[0].upstream.iter().any(|u| u.contains("/after")), "{:?}", envoy[0]);
 }
+
+/// What a path case showed: status line, `location`, the target the
+/// upstream received (or the local reply's body), and the two path stats.
+fn path_view(port: u16, admin: u16, target: &str, grpc: bool) -> (String, Option<String>, String, [i64; 2]) {
+    let ct = if grpc { "content-type: application/grpc\r\n" } else { "" };
+    let raw = format!("GET {target} HTTP/1.1\r\nhost: a\r\n{ct}connection: close\r\n\r\n");
+    let r = harness::raw::raw_exchange(port, raw.as_bytes(), &[], Duration::from_millis(1500));
+    let seen = match serde_json::from_str::<serde_json::Value>(&r.rest) {
+        Ok(v) => format!("upstream got {}", v["uri"]),
+        Err(_) => format!("body {:?}", r.rest),
+    };
+    let stat = |n: &str| stat_text(admin, &format!("http.ingress_http.{n}")).unwrap_or(0);
+    let stats =
+        [stat("downstream_rq_failed_path_normalization"), stat("downstream_rq_redirected_with_normalized_path")];
+    (r.status, r.headers.get("location").cloned(), seen, stats)
+}
+
+#[test]
+fn path_normalization_options_as_envoy() {
+    let routes = "              - { match: { prefix: \"/secret\" }, direct_response: { status: 403, body: { inline_string: blocked } } }\n              - { match: { prefix: \"/\" }, route: { cluster: echo } }\n";
+    let targets = [
+        "/a/./b/../c",
+        "/public/../secret/x",
+        "/%2e%2e/secret",
+        "/a//b///c/",
+        "/a%2Fb%2fc",
+        "/a%2F..%2Fsecret",
+        "/a%41%7e%20?q=/../x//y",
+        "/a%00b",
+    ];
+    let configs = [
+        "",
+        "          normalize_path: true\n",
+        "          merge_slashes: true\n",
+        "          normalize_path: true\n          merge_slashes: true\n          path_with_escaped_slashes_action: UNESCAPE_AND_FORWARD\n",
+        "          path_with_escaped_slashes_action: REJECT_REQUEST\n",
+        "          normalize_path: true\n          path_with_escaped_slashes_action: UNESCAPE_AND_REDIRECT\n",
+        "          path_with_escaped_slashes_action: KEEP_UNCHANGED\n          normalize_path: true\n",
+    ];
+    let mut refused_or_redirected = 0;
+    for extra in configs {
+        let p = start_pair("paths", &bootstrap(extra, "", &one_vhost(routes), &echo_cluster()), &["a"]);
+        let mut cases: Vec<(&str, bool)> = targets.iter().map(|t| (*t, false)).collect();
+        cases.push(("/g%2Fpath", true));
+        for (target, grpc) in cases {
+            let e = path_view(p.envoy, p.envoy_admin, target, grpc);
+            let l = path_view(p.legate, p.legate_admin, target, grpc);
+            println!("{extra:?} {target} grpc={grpc}: envoy {e:?}");
+            harness::diff::assert_same(&format!("{extra:?} {target} grpc={grpc}"), &e, &l);
+            if e.0.contains(" 400") || e.0.contains(" 307") {
+                refused_or_redirected += 1;
+            }
+        }
+    }
+    // The options did refuse and redirect at the reference, not only pass.
+    assert!(refused_or_redirected >= 4, "{refused_or_redirected}");
+}

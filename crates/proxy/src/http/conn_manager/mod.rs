@@ -7,6 +7,7 @@
 pub(in crate::http) mod headers;
 mod limits;
 mod local_reply;
+pub(in crate::http) mod path;
 mod request;
 mod response;
 mod stats;
@@ -105,6 +106,8 @@ pub struct Hcm {
     /// `max_request_headers_kb`, `max_headers_count` and
     /// `headers_with_underscores_action`.
     pub(in crate::http) header_limits: limits::HeaderLimits,
+    /// `normalize_path`, `merge_slashes`, `path_with_escaped_slashes_action`.
+    pub(in crate::http) path_options: path::PathOptions,
 }
 
 pub type ProxyResponse = Response<TrackedBody>;
@@ -159,6 +162,7 @@ impl Hcm {
         Ok(Self {
             stats: HcmStats::new(&ctx.store, &c.stat_prefix),
             header_limits: limits::HeaderLimits::compile(c, &ctx.store),
+            path_options: path::PathOptions::compile(c),
             stat_prefix: c.stat_prefix.clone(),
             codec,
             routes,

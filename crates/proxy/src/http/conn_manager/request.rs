@@ -4,6 +4,7 @@
 //! HTTP filters, to the router (`crate::http::router`), its last filter.
 
 use super::limits::Breach;
+use super::path::PathAction;
 use super::stream::Stream;
 use super::{answered, step, ConnInfo, Found, Hcm, ProxyResponse, Step};
 use crate::body::{ProxyBody, ReadError, RequestProgress};
@@ -51,7 +52,8 @@ impl Hcm {
         let client = self.client_address(conn.remote, &parts.headers);
         let has_body = !http_body::Body::is_end_stream(&body);
         let stream = Stream::begin(self.clone(), conn, &parts, client, has_body);
-        let mut stream = step!(self.reject_malformed(stream, &mut parts));
+        let stream = step!(self.reject_malformed(stream, &mut parts));
+        let mut stream = step!(self.normalize_path(stream, &mut parts));
         self.set_request_headers(&mut stream, &mut parts.headers);
         if self.always_set_request_id_in_response || parts.headers.contains_key(&crate::trace::X_ENVOY_FORCE_TRACE) {
             stream.response_request_id = parts.headers.get(&crate::trace::X_REQUEST_ID).cloned();
@@ -171,6 +173,41 @@ impl Hcm {
             return close(self.local_reply(stream, 400, "missing_host_header", "", None));
         }
         Continue(stream)
+    }
+
+    /// The path options, before routing: the path routes match and the
+    /// upstream gets, or Envoy's 400 or 307.
+    fn normalize_path(&self, mut stream: Box<Stream>, parts: &mut Parts) -> Step<Box<Stream>> {
+        if !self.path_options.active() || parts.method == http::Method::CONNECT {
+            return Continue(stream);
+        }
+        let details = "path_normalization_failed";
+        match self.path_options.apply(&stream.path, stream.grpc) {
+            PathAction::Continue(None) => Continue(stream),
+            PathAction::Continue(Some(p)) => {
+                let mut uri = http::uri::Builder::new();
+                if let (Some(scheme), Some(authority)) = (parts.uri.scheme(), parts.uri.authority()) {
+                    uri = uri.scheme(scheme.clone()).authority(authority.clone());
+                }
+                if let Ok(u) = uri.path_and_query(p.as_str()).build() {
+                    parts.uri = u;
+                }
+                stream.path = p;
+                Continue(stream)
+            }
+            PathAction::Reject => {
+                self.stats.downstream_rq_failed_path_normalization.inc();
+                Break(self.local_reply(stream, 400, details, "", None))
+            }
+            PathAction::Redirect(p) => {
+                self.stats.downstream_rq_redirected_with_normalized_path.inc();
+                let mut r = self.local_reply(stream, 307, details, "", None);
+                if let Ok(v) = HeaderValue::from_str(&p) {
+                    r.headers_mut().insert(http::header::LOCATION, v);
+                }
+                Break(r)
+            }
+        }
     }
 
     /// The HTTP filters before the router. A filter may answer the request,

@@ -35,6 +35,9 @@ pub struct HcmStats {
     pub downstream_rq_max_duration_reached: Arc<Counter>,
     /// Streams reset (an HTTP/2 request over the header limits).
     pub downstream_rq_rx_reset: Arc<Counter>,
+    /// Paths refused (400) or redirected (307) by the path options.
+    pub downstream_rq_failed_path_normalization: Arc<Counter>,
+    pub downstream_rq_redirected_with_normalized_path: Arc<Counter>,
 }
 
 impl HcmStats {
@@ -67,6 +70,8 @@ impl HcmStats {
             downstream_rq_ws_on_non_ws_route: c("downstream_rq_ws_on_non_ws_route"),
             downstream_rq_max_duration_reached: c("downstream_rq_max_duration_reached"),
             downstream_rq_rx_reset: c("downstream_rq_rx_reset"),
+            downstream_rq_failed_path_normalization: c("downstream_rq_failed_path_normalization"),
+            downstream_rq_redirected_with_normalized_path: c("downstream_rq_redirected_with_normalized_path"),
         }
     }
 }
