@@ -379,3 +379,129 @@ fn path_normalization_options_as_envoy() {
     // The options did refuse and redirect at the reference, not only pass.
     assert!(refused_or_redirected >= 4, "{refused_or_redirected}");
 }
+
+/// A client that sends `first` at once, then `drip` a byte every 100 ms:
+/// how long until the proxy cut it (answered, or closed without an answer;
+/// from the connect), and the status line it wrote, if any. Gives up
+/// after `limit`.
+fn slow_client(port: u16, first: &[u8], drip: &[u8], limit: Duration) -> (Option<Duration>, String) {
+    let start = Instant::now();
+    let mut s = connect(port, Duration::from_millis(5));
+    let _ = s.write_all(first);
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let mut drip = drip.iter();
+    let mut next_byte = Instant::now() + Duration::from_millis(100);
+    let mut answered = None;
+    while start.elapsed() < limit {
+        match s.read(&mut buf) {
+            Ok(0) => return (answered.or(Some(start.elapsed())), status_lines(&got).join(",")),
+            Ok(n) => {
+                got.extend_from_slice(&buf[..n]);
+                answered = answered.or(Some(start.elapsed()));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {
+                return (answered.or(Some(start.elapsed())), status_lines(&got).join(","))
+            }
+            Err(_) => {}
+        }
+        if Instant::now() >= next_byte {
+            if let Some(b) = drip.next() {
+                if s.write_all(&[*b]).is_err() {
+                    return (answered.or(Some(start.elapsed())), status_lines(&got).join(","));
+                }
+            }
+            next_byte += Duration::from_millis(100);
+        }
+    }
+    (None, status_lines(&got).join(","))
+}
+
+/// GETs on new connections every 100 ms while `busy` runs: their
+/// latencies in ms, sorted.
+fn probe_latency(port: u16, busy: impl FnOnce()) -> Vec<u128> {
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        let probe = s.spawn(|| {
+            let mut lat = Vec::new();
+            // At most 200 probes (20 s), stopped with the slow clients.
+            for _ in 0..200 {
+                if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    break;
+                }
+                let t = Instant::now();
+                let (statuses, _) = exchange(
+                    port,
+                    b"GET /probe HTTP/1.1\r\nhost: a\r\nconnection: close\r\n\r\n",
+                    Duration::from_millis(2000),
+                );
+                assert_eq!(statuses, ["HTTP/1.1 200 OK"], "a normal client was not served");
+                lat.push(t.elapsed().as_millis());
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            lat
+        });
+        busy();
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let mut lat = probe.join().expect("probe");
+        lat.sort();
+        lat
+    })
+}
+
+#[test]
+fn slow_clients_cut_at_the_configured_timeouts_as_envoy() {
+    // Each case: the HCM's timeouts, what the client sends at once and
+    // then byte by byte, and the time the reference should cut it at.
+    let head = "GET /slow HTTP/1.1\r\nhost: a\r\nx-pad: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n\r\n";
+    let post = "POST /slow HTTP/1.1\r\nhost: a\r\ncontent-length: 200\r\n\r\n";
+    let body = "b".repeat(200);
+    let cases: [(&str, &str, &str, &str, u64); 3] = [
+        (
+            "headers a byte at a time",
+            "          request_headers_timeout: 2s\n          request_timeout: 6s\n",
+            "",
+            head,
+            2000,
+        ),
+        (
+            "a body a byte at a time",
+            "          request_headers_timeout: 2s\n          request_timeout: 3s\n",
+            post,
+            &body,
+            3000,
+        ),
+        // The idle timer runs from the last body byte (sent at 200 ms).
+        ("a body that stops", "          stream_idle_timeout: 1.5s\n", post, "bb", 1700),
+    ];
+    // Tolerance around the configured time, for timer granularity and a
+    // shared machine.
+    let tolerance = Duration::from_millis(300);
+    for (name, extra, first, drip, want_ms) in cases {
+        let (mut pair, _dir) = start("slowloris", &bootstrap(extra, "", &one_vhost(ALL_TO_ECHO), &echo_cluster()));
+        let want = Duration::from_millis(want_ms);
+        let mut seen = Vec::new();
+        for side in pair.iter_mut() {
+            let port = side.side.port("main");
+            let mut cut = (None, String::new());
+            let lat = probe_latency(port, || {
+                cut = slow_client(port, first.as_bytes(), drip.as_bytes(), Duration::from_secs(12))
+            });
+            let (p50, max) = (lat[lat.len() / 2], lat[lat.len() - 1]);
+            println!("{name}, {}: cut after {:?} (expected {want:?}) answering {:?}; other client's latency p50 {p50} ms, max {max} ms over {} requests", side.side.who, cut.0, cut.1, lat.len());
+            let at = cut.0.unwrap_or_else(|| panic!("{name}: {} never cut the slow client", side.side.who));
+            assert!(
+                at + tolerance >= want && at <= want + tolerance,
+                "{name}: {} cut after {at:?}, expected {want:?}",
+                side.side.who
+            );
+            assert!(
+                p50 < 100 && max < 1000,
+                "{name}: {} slowed another client: p50 {p50} ms, max {max} ms",
+                side.side.who
+            );
+            seen.push(cut.1);
+        }
+        harness::diff::assert_same(name, &seen[0], &seen[1]);
+    }
+}

@@ -27,6 +27,7 @@
 
 use crate::http::h1_framing::{Framing, Refusal};
 use bytes::Bytes;
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
@@ -53,6 +54,11 @@ pin_project_lite::pin_project! {
         // The connection manager serves HTTP/1.0 (`accept_http_10`): its
         // responses keep hyper's `HTTP/1.0` status line, as Envoy's do.
         http_10: bool,
+        // `request_headers_timeout`, and when the head being read times out.
+        head_timeout: Option<std::time::Duration>,
+        head_deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+        // Envoy's 408 for a head that timed out, and how much of it is out.
+        timed_out: Option<(Bytes, usize)>,
     }
 }
 
@@ -72,7 +78,17 @@ impl<T> EnvoyErrors<T> {
             framing: Framing::default(),
             conn,
             http_10: false,
+            head_timeout: None,
+            head_deadline: None,
+            timed_out: None,
         }
+    }
+
+    /// `request_headers_timeout`: a request head begun and not finished
+    /// in time is answered 408 and the connection closed, as Envoy does.
+    pub fn head_timeout(mut self, timeout: Option<std::time::Duration>) -> Self {
+        self.head_timeout = timeout;
+        self
     }
 
     /// The counters a head refused as too large (hyper's 431) bumps.
@@ -136,39 +152,92 @@ fn envoy_form(buf: &[u8], server: &[u8], refusal: Option<Refusal>) -> Option<Vec
     Some(out)
 }
 
-impl<T: AsyncRead> AsyncRead for EnvoyErrors<T> {
+/// Envoy's answer to a request head that took longer than
+/// `request_headers_timeout`.
+fn head_timeout_reply(server: &[u8]) -> Bytes {
+    let date = httpdate::fmt_http_date(std::time::SystemTime::now());
+    let mut out = format!(
+        "HTTP/1.1 408 Request Timeout\r\ncontent-length: 15\r\ncontent-type: text/plain\r\ndate: {date}\r\nserver: "
+    )
+    .into_bytes();
+    out.extend_from_slice(server);
+    out.extend_from_slice(b"\r\nconnection: close\r\n\r\nrequest timeout");
+    Bytes::from(out)
+}
+
+impl<T: AsyncRead + AsyncWrite> AsyncRead for EnvoyErrors<T> {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let mut this = self.project();
-        loop {
-            let before = buf.filled().len();
-            // What the last read held back goes first.
-            let held = this.framing.take_held();
-            if !held.is_empty() && buf.remaining() <= held.len() {
-                // No room to read more (hyper always leaves some).
-                if buf.remaining() == held.len() {
-                    buf.put_slice(held);
+        // A head that timed out: Envoy's 408 goes out, then hyper reads
+        // the end of the connection.
+        if this.head_deadline.as_mut().is_some_and(|d| d.as_mut().poll(cx).is_ready()) {
+            *this.head_deadline = None;
+            *this.timed_out = Some((head_timeout_reply(this.server), 0));
+        }
+        if let Some((reply, done)) = this.timed_out.as_mut() {
+            while *done < reply.len() {
+                match this.inner.as_mut().poll_write(cx, &reply[*done..]) {
+                    Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(Ok(())),
+                    Poll::Ready(Ok(n)) => *done += n,
+                    Poll::Pending => return Poll::Pending,
+                }
+            }
+            let _ = this.inner.as_mut().poll_flush(cx);
+            return Poll::Ready(Ok(()));
+        }
+        let r = read_framed(this.inner.as_mut(), this.framing, &this.conn.refused, cx, buf);
+        // The timer runs from a head's first byte to its last.
+        match (this.framing.in_head(), this.head_timeout, this.head_deadline.is_some()) {
+            (true, Some(t), false) => {
+                let mut d = Box::pin(tokio::time::sleep(*t));
+                // Registered now, so the deadline wakes the connection.
+                let _ = d.as_mut().poll(cx);
+                *this.head_deadline = Some(d);
+            }
+            (false, _, true) => *this.head_deadline = None,
+            _ => {}
+        }
+        r
+    }
+}
+
+/// One read from `inner`, through `framing` (see [`Framing::feed`]).
+fn read_framed<T: AsyncRead>(
+    mut inner: Pin<&mut T>,
+    framing: &mut Framing,
+    refused: &crate::http::h1_framing::Refused,
+    cx: &mut Context<'_>,
+    buf: &mut ReadBuf<'_>,
+) -> Poll<io::Result<()>> {
+    loop {
+        let before = buf.filled().len();
+        // What the last read held back goes first.
+        let held = framing.take_held();
+        if !held.is_empty() && buf.remaining() <= held.len() {
+            // No room to read more (hyper always leaves some).
+            if buf.remaining() == held.len() {
+                buf.put_slice(held);
+                return Poll::Ready(Ok(()));
+            }
+            framing.restore_held(held);
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
+        buf.put_slice(held);
+        match inner.as_mut().poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                let eof = buf.filled().len() == before + held.len();
+                let n = framing.feed(&mut buf.filled_mut()[before..], refused, eof);
+                buf.set_filled(before + n);
+                // All of it held back: read on rather than report an end.
+                if n > 0 || eof {
                     return Poll::Ready(Ok(()));
                 }
-                this.framing.restore_held(held);
-                cx.waker().wake_by_ref();
-                return Poll::Pending;
             }
-            buf.put_slice(held);
-            match this.inner.as_mut().poll_read(cx, buf) {
-                Poll::Ready(Ok(())) => {
-                    let eof = buf.filled().len() == before + held.len();
-                    let n = this.framing.feed(&mut buf.filled_mut()[before..], &this.conn.refused, eof);
-                    buf.set_filled(before + n);
-                    // All of it held back: read on rather than report an end.
-                    if n > 0 || eof {
-                        return Poll::Ready(Ok(()));
-                    }
-                }
-                other => {
-                    buf.set_filled(before);
-                    this.framing.restore_held(held);
-                    return other;
-                }
+            other => {
+                buf.set_filled(before);
+                framing.restore_held(held);
+                return other;
             }
         }
     }

@@ -281,6 +281,11 @@ impl Framing {
         w
     }
 
+    /// A request head has begun and not ended.
+    pub fn in_head(&self) -> bool {
+        matches!(self.state, State::RequestLine | State::Headers)
+    }
+
     /// The bytes held back from the last read (see [`Framing::feed`]).
     pub fn take_held(&mut self) -> &'static [u8] {
         let held: &'static [u8] = match self.held {
