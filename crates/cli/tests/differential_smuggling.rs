@@ -500,7 +500,15 @@ fn slow_clients_cut_at_the_configured_timeouts_as_envoy() {
                 "{name}: {} slowed another client: p50 {p50} ms, max {max} ms",
                 side.side.who
             );
-            seen.push(cut.1);
+            // The timeouts' counters, and the slow request counted as a 4xx.
+            let stats = [
+                "downstream_rq_header_timeout",
+                "downstream_rq_timeout",
+                "downstream_rq_idle_timeout",
+                "downstream_rq_4xx",
+            ]
+            .map(|n| side.side.stat(&format!("http.ingress_http.{n}")));
+            seen.push(format!("{} {stats:?}", cut.1));
         }
         harness::diff::assert_same(name, &seen[0], &seen[1]);
     }

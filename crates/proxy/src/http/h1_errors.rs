@@ -55,7 +55,7 @@ pin_project_lite::pin_project! {
         // responses keep hyper's `HTTP/1.0` status line, as Envoy's do.
         http_10: bool,
         // `request_headers_timeout`, and when the head being read times out.
-        head_timeout: Option<std::time::Duration>,
+        head_timeout: Option<(std::time::Duration, Arc<crate::stats::Counter>)>,
         head_deadline: Option<Pin<Box<tokio::time::Sleep>>>,
         // Envoy's 408 for a head that timed out, and how much of it is out.
         timed_out: Option<(Bytes, usize)>,
@@ -85,9 +85,12 @@ impl<T> EnvoyErrors<T> {
     }
 
     /// `request_headers_timeout`: a request head begun and not finished
-    /// in time is answered 408 and the connection closed, as Envoy does.
-    pub fn head_timeout(mut self, timeout: Option<std::time::Duration>) -> Self {
-        self.head_timeout = timeout;
+    /// in time is answered 408 and the connection closed, as Envoy does;
+    /// `counter` counts it (`downstream_rq_header_timeout`), and, as Envoy's
+    /// stream had begun, the counters of a refused head count it as a
+    /// request completed with a 4xx.
+    pub fn head_timeout(mut self, timeout: Option<std::time::Duration>, counter: Arc<crate::stats::Counter>) -> Self {
+        self.head_timeout = timeout.map(|t| (t, counter));
         self
     }
 
@@ -173,6 +176,10 @@ impl<T: AsyncRead + AsyncWrite> AsyncRead for EnvoyErrors<T> {
         if this.head_deadline.as_mut().is_some_and(|d| d.as_mut().poll(cx).is_ready()) {
             *this.head_deadline = None;
             *this.timed_out = Some((head_timeout_reply(this.server), 0));
+            if let Some((_, counter)) = this.head_timeout.as_ref() {
+                counter.inc();
+                this.refused_head.iter().for_each(|c| c.inc());
+            }
         }
         if let Some((reply, done)) = this.timed_out.as_mut() {
             while *done < reply.len() {
@@ -188,7 +195,7 @@ impl<T: AsyncRead + AsyncWrite> AsyncRead for EnvoyErrors<T> {
         let r = read_framed(this.inner.as_mut(), this.framing, &this.conn.refused, cx, buf);
         // The timer runs from a head's first byte to its last.
         match (this.framing.in_head(), this.head_timeout, this.head_deadline.is_some()) {
-            (true, Some(t), false) => {
+            (true, Some((t, _)), false) => {
                 let mut d = Box::pin(tokio::time::sleep(*t));
                 // Registered now, so the deadline wakes the connection.
                 let _ = d.as_mut().poll(cx);
