@@ -209,6 +209,9 @@ const SUPPORTED_FIELDS: &[(&str, &[&str])] = &[
             "internal_address_config",
             "upgrade_configs",
             "http2_protocol_options",
+            "normalize_path",
+            "merge_slashes",
+            "path_with_escaped_slashes_action",
         ],
     ),
     (

@@ -40,9 +40,29 @@ pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
 pub struct RequestProgress {
     pub done: AtomicBool,
     pub received: AtomicU64,
+    /// When body data last arrived, in ms from [`clock_base`] (0: never):
+    /// the stream idle timeout runs from it.
+    last_data_ms: AtomicU64,
+}
+
+/// The moment body arrival times are counted from.
+fn clock_base() -> std::time::Instant {
+    static BASE: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    *BASE.get_or_init(std::time::Instant::now)
 }
 
 impl RequestProgress {
+    /// Records that body data arrived now.
+    fn data_arrived(&self) {
+        self.last_data_ms.store(clock_base().elapsed().as_millis() as u64 + 1, Relaxed);
+    }
+
+    /// When body data last arrived.
+    pub fn last_data(&self) -> Option<std::time::Instant> {
+        let ms = self.last_data_ms.load(Relaxed);
+        (ms > 0).then(|| clock_base() + std::time::Duration::from_millis(ms - 1))
+    }
+
     /// The progress of a body that has been read whole: `len` bytes.
     pub fn whole(len: u64) -> Self {
         let progress = Self::default();
@@ -223,6 +243,7 @@ impl Body for ProxyBody {
                     Poll::Ready(Some(Ok(frame))) => {
                         if let Some(d) = frame.data_ref() {
                             progress.received.fetch_add(d.len() as u64, Relaxed);
+                            progress.data_arrived();
                         }
                     }
                     Poll::Ready(None) | Poll::Ready(Some(Err(_))) => progress.done.store(true, Relaxed),

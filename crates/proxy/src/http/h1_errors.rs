@@ -10,22 +10,24 @@
 //! and writes Envoy's form instead. Every other byte passes through untouched;
 //! the check costs one prefix compare per write.
 //!
-//! Two more of Envoy's answers need to know what the client sent, which
-//! hyper does not tell: a version token `HTTP/d.d` other than 1.1 gets `426
-//! Upgrade Required` (hyper says 400), and a request with both
-//! `content-length` and `transfer-encoding` gets `400` (hyper reads it as
-//! chunked). The read side therefore looks at the first request head of each
-//! connection as it passes ([`FirstHead`]: a few bytes of state, no copy, done
-//! after the head); later requests on a keep-alive connection are not
-//! inspected and keep hyper's answers (400 for a bad version; chunked wins
-//! over content-length, and the connection closes after the response).
+//! Other answers of Envoy's need to know what the client sent, which hyper
+//! does not tell: the read side follows every request head of the
+//! connection as it passes ([`Framing`]) and keeps the first that Envoy's
+//! codec would refuse. When hyper refuses that request itself (400), its
+//! answer takes the refusal's status (a version `HTTP/d.d` other than 1.1
+//! gets `426 Upgrade Required`, a transfer coding other than `chunked`
+//! `501 Not Implemented`); when hyper serves it, the connection manager
+//! answers it. hyper's `414 URI Too Long` is Envoy's 431: Envoy counts the
+//! request line in the header limit.
 //! hyper also writes an `HTTP/1.0` status line to an HTTP/1.0 client, whose
 //! only answer from us is Envoy's 426 unless the connection manager accepts
 //! HTTP/1.0; Envoy writes that 426 as `HTTP/1.1`, so that status line's
 //! version is rewritten in place (an accepted HTTP/1.0 request's response
 //! keeps `HTTP/1.0`, as Envoy's does).
 
+use crate::http::h1_framing::{Framing, Refusal};
 use bytes::Bytes;
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
@@ -46,14 +48,17 @@ pin_project_lite::pin_project! {
         // A replacement being written, how much of it is out, and the length
         // of the original write it stands for.
         pending: Option<(Bytes, usize, usize)>,
-        first_head: FirstHead,
-        // Its `length_conflict` is set when the first request carries both
-        // content-length and transfer-encoding; the connection manager
-        // answers that request with 400.
+        framing: Framing,
+        // Its `refused` holds the first request Envoy's codec refuses.
         conn: Arc<crate::http::conn_manager::ConnInfo>,
         // The connection manager serves HTTP/1.0 (`accept_http_10`): its
         // responses keep hyper's `HTTP/1.0` status line, as Envoy's do.
         http_10: bool,
+        // `request_headers_timeout`, and when the head being read times out.
+        head_timeout: Option<(std::time::Duration, Arc<crate::stats::Counter>)>,
+        head_deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+        // Envoy's 408 for a head that timed out, and how much of it is out.
+        timed_out: Option<(Bytes, usize)>,
     }
 }
 
@@ -70,10 +75,23 @@ impl<T> EnvoyErrors<T> {
             protocol_errors,
             refused_head: Arc::new([]),
             pending: None,
-            first_head: FirstHead::default(),
+            framing: Framing::default(),
             conn,
             http_10: false,
+            head_timeout: None,
+            head_deadline: None,
+            timed_out: None,
         }
+    }
+
+    /// `request_headers_timeout`: a request head begun and not finished
+    /// in time is answered 408 and the connection closed, as Envoy does;
+    /// `counter` counts it (`downstream_rq_header_timeout`), and, as Envoy's
+    /// stream had begun, the counters of a refused head count it as a
+    /// request completed with a 4xx.
+    pub fn head_timeout(mut self, timeout: Option<std::time::Duration>, counter: Arc<crate::stats::Counter>) -> Self {
+        self.head_timeout = timeout.map(|t| (t, counter));
+        self
     }
 
     /// The counters a head refused as too large (hyper's 431) bumps.
@@ -90,84 +108,10 @@ impl<T> EnvoyErrors<T> {
     }
 }
 
-/// What the first request head of a connection says, learnt byte by byte as
-/// reads pass (the head may arrive in pieces). Keeps the last bytes of the
-/// request line (for its version) and the first bytes of each header line
-/// (for its name); nothing else.
-#[derive(Default)]
-struct FirstHead {
-    done: bool,
-    in_request_line: bool,
-    started: bool,
-    // The request line's last 8 bytes, or a header line's first 18.
-    window: [u8; 18],
-    len: usize,
-    line_empty: bool,
-    content_length: bool,
-    transfer_encoding: bool,
-    /// The request line names a version `HTTP/d.d` that is not 1.1 or 1.0.
-    unsupported_version: bool,
-}
-
-impl FirstHead {
-    fn feed(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            if self.done {
-                return;
-            }
-            if !self.started {
-                self.started = true;
-                self.in_request_line = true;
-                self.line_empty = true;
-            }
-            match b {
-                b'\r' => {}
-                b'\n' => self.end_line(),
-                _ => {
-                    self.line_empty = false;
-                    if self.in_request_line {
-                        // Rolling tail of the request line.
-                        if self.len == 8 {
-                            self.window.copy_within(1..8, 0);
-                            self.len = 7;
-                        }
-                        self.window[self.len] = b;
-                        self.len += 1;
-                    } else if self.len < self.window.len() {
-                        self.window[self.len] = b.to_ascii_lowercase();
-                        self.len += 1;
-                    }
-                }
-            }
-        }
-    }
-
-    fn end_line(&mut self) {
-        let w = &self.window[..self.len];
-        if self.in_request_line {
-            self.in_request_line = false;
-            // Envoy's parser reads any single-digit HTTP/d.d; all but 1.1
-            // (and 1.0, which the connection manager answers) are 426.
-            if let [b'H', b'T', b'T', b'P', b'/', major, b'.', minor] = *w {
-                self.unsupported_version = major.is_ascii_digit()
-                    && minor.is_ascii_digit()
-                    && !(major == b'1' && (minor == b'1' || minor == b'0'));
-            }
-        } else if self.line_empty {
-            self.done = true;
-        } else if w.starts_with(b"content-length:") {
-            self.content_length = true;
-        } else if w.starts_with(b"transfer-encoding:") {
-            self.transfer_encoding = true;
-        }
-        self.len = 0;
-        self.line_empty = true;
-    }
-}
-
 /// Envoy's response for hyper's error head, or `None` when `buf` is not one.
-/// `upgrade` turns hyper's 400 into Envoy's 426 for an unsupported version.
-fn envoy_form(buf: &[u8], server: &[u8], upgrade: bool) -> Option<Vec<u8>> {
+/// `refusal` is what Envoy's codec says of the request hyper refuses: its
+/// status replaces hyper's 400.
+fn envoy_form(buf: &[u8], server: &[u8], refusal: Option<Refusal>) -> Option<Vec<u8>> {
     if !(buf.starts_with(b"HTTP/1.1 4") || buf.starts_with(b"HTTP/1.0 4")) {
         return None;
     }
@@ -192,10 +136,12 @@ fn envoy_form(buf: &[u8], server: &[u8], upgrade: bool) -> Option<Vec<u8>> {
         return None;
     }
     let mut parts = status_line.splitn(3, ' ');
-    let (_, mut code, mut reason) = (parts.next()?, parts.next()?, parts.next().unwrap_or(""));
-    if upgrade && code == "400" {
-        (code, reason) = ("426", "Upgrade Required");
-    }
+    let (_, code, reason) = (parts.next()?, parts.next()?, parts.next().unwrap_or(""));
+    let (code, reason) = match (code, refusal) {
+        ("400", Some(r)) => (r.status().to_string(), r.reason()),
+        ("414", _) => ("431".to_string(), "Request Header Fields Too Large"),
+        _ => (code.to_string(), reason),
+    };
     let mut out =
         format!("HTTP/1.1 {code} {reason}\r\ncontent-length: {}\r\ncontent-type: text/plain\r\n", reason.len());
     if let Some(d) = date {
@@ -209,21 +155,98 @@ fn envoy_form(buf: &[u8], server: &[u8], upgrade: bool) -> Option<Vec<u8>> {
     Some(out)
 }
 
-impl<T: AsyncRead> AsyncRead for EnvoyErrors<T> {
+/// Envoy's answer to a request head that took longer than
+/// `request_headers_timeout`.
+fn head_timeout_reply(server: &[u8]) -> Bytes {
+    let date = httpdate::fmt_http_date(std::time::SystemTime::now());
+    let mut out = format!(
+        "HTTP/1.1 408 Request Timeout\r\ncontent-length: 15\r\ncontent-type: text/plain\r\ndate: {date}\r\nserver: "
+    )
+    .into_bytes();
+    out.extend_from_slice(server);
+    out.extend_from_slice(b"\r\nconnection: close\r\n\r\nrequest timeout");
+    Bytes::from(out)
+}
+
+impl<T: AsyncRead + AsyncWrite> AsyncRead for EnvoyErrors<T> {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        let this = self.project();
-        if this.first_head.done {
-            return this.inner.poll_read(cx, buf);
-        }
-        let before = buf.filled().len();
-        let r = this.inner.poll_read(cx, buf);
-        if let Poll::Ready(Ok(())) = r {
-            this.first_head.feed(&buf.filled()[before..]);
-            if this.first_head.done && this.first_head.content_length && this.first_head.transfer_encoding {
-                this.conn.length_conflict.store(true, Ordering::Relaxed);
+        let mut this = self.project();
+        // A head that timed out: Envoy's 408 goes out, then hyper reads
+        // the end of the connection.
+        if this.head_deadline.as_mut().is_some_and(|d| d.as_mut().poll(cx).is_ready()) {
+            *this.head_deadline = None;
+            *this.timed_out = Some((head_timeout_reply(this.server), 0));
+            if let Some((_, counter)) = this.head_timeout.as_ref() {
+                counter.inc();
+                this.refused_head.iter().for_each(|c| c.inc());
             }
         }
+        if let Some((reply, done)) = this.timed_out.as_mut() {
+            while *done < reply.len() {
+                match this.inner.as_mut().poll_write(cx, &reply[*done..]) {
+                    Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(Ok(())),
+                    Poll::Ready(Ok(n)) => *done += n,
+                    Poll::Pending => return Poll::Pending,
+                }
+            }
+            let _ = this.inner.as_mut().poll_flush(cx);
+            return Poll::Ready(Ok(()));
+        }
+        let r = read_framed(this.inner.as_mut(), this.framing, &this.conn.refused, cx, buf);
+        // The timer runs from a head's first byte to its last.
+        match (this.framing.in_head(), this.head_timeout, this.head_deadline.is_some()) {
+            (true, Some((t, _)), false) => {
+                let mut d = Box::pin(tokio::time::sleep(*t));
+                // Registered now, so the deadline wakes the connection.
+                let _ = d.as_mut().poll(cx);
+                *this.head_deadline = Some(d);
+            }
+            (false, _, true) => *this.head_deadline = None,
+            _ => {}
+        }
         r
+    }
+}
+
+/// One read from `inner`, through `framing` (see [`Framing::feed`]).
+fn read_framed<T: AsyncRead>(
+    mut inner: Pin<&mut T>,
+    framing: &mut Framing,
+    refused: &crate::http::h1_framing::Refused,
+    cx: &mut Context<'_>,
+    buf: &mut ReadBuf<'_>,
+) -> Poll<io::Result<()>> {
+    loop {
+        let before = buf.filled().len();
+        // What the last read held back goes first.
+        let held = framing.take_held();
+        if !held.is_empty() && buf.remaining() <= held.len() {
+            // No room to read more (hyper always leaves some).
+            if buf.remaining() == held.len() {
+                buf.put_slice(held);
+                return Poll::Ready(Ok(()));
+            }
+            framing.restore_held(held);
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
+        buf.put_slice(held);
+        match inner.as_mut().poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                let eof = buf.filled().len() == before + held.len();
+                let n = framing.feed(&mut buf.filled_mut()[before..], refused, eof);
+                buf.set_filled(before + n);
+                // All of it held back: read on rather than report an end.
+                if n > 0 || eof {
+                    return Poll::Ready(Ok(()));
+                }
+            }
+            other => {
+                buf.set_filled(before);
+                framing.restore_held(held);
+                return other;
+            }
+        }
     }
 }
 
@@ -235,10 +258,13 @@ impl<T: AsyncWrite> AsyncWrite for EnvoyErrors<T> {
             return this.inner.poll_write(cx, buf);
         }
         if this.pending.is_none() {
-            match envoy_form(buf, this.server, this.first_head.unsupported_version) {
+            // The request hyper refuses is the one after those it served.
+            let served = this.conn.requests.load(Ordering::Relaxed);
+            let refusal = this.conn.refused.of(served + 1);
+            match envoy_form(buf, this.server, refusal) {
                 Some(form) => {
                     this.protocol_errors.inc();
-                    if buf.starts_with(b"HTTP/1.1 431 ") {
+                    if buf.starts_with(b"HTTP/1.1 431 ") || buf.starts_with(b"HTTP/1.1 414 ") {
                         this.refused_head.iter().for_each(|c| c.inc());
                     }
                     *this.pending = Some((Bytes::from(form), 0, buf.len()));
@@ -285,43 +311,26 @@ impl<T: AsyncWrite> AsyncWrite for EnvoyErrors<T> {
 
 #[cfg(test)]
 mod tests {
-    use super::{envoy_form, FirstHead};
-
-    fn head(pieces: &[&[u8]]) -> FirstHead {
-        let mut h = FirstHead::default();
-        for p in pieces {
-            h.feed(p);
-        }
-        h
-    }
+    use super::envoy_form;
+    use crate::http::h1_framing::Refusal;
 
     #[test]
-    fn first_head_finds_version_and_length_headers_across_reads() {
-        let h = head(&[b"GET / HT", b"TP/1.7\r\nHost: a\r\n\r\nGET / HTTP/1.1\r\n"]);
-        assert!(h.done && h.unsupported_version && !h.content_length);
-        for ok in ["HTTP/1.1", "HTTP/1.0", "HTTP/1.12", "HTTX/1.7"] {
-            let line = format!("GET / {ok}\r\n\r\n");
-            assert!(!head(&[line.as_bytes()]).unsupported_version, "{ok}");
-        }
-        let h = head(&[b"POST / HTTP/1.1\r\nContent-Length: 3\r\nTransfer-", b"Encoding: chunked\r\n\r\n3\r\n"]);
-        assert!(h.done && h.content_length && h.transfer_encoding);
-        // Body bytes after the head are not looked at.
-        let h = head(&[b"POST / HTTP/1.1\r\nContent-Length: 40\r\n\r\ntransfer-encoding: x\r\n"]);
-        assert!(h.content_length && !h.transfer_encoding);
-    }
-
-    #[test]
-    fn unsupported_version_becomes_426() {
+    fn refusals_replace_hypers_400() {
         let hyper = b"HTTP/1.1 400 Bad Request\r\nconnection: close\r\ncontent-length: 0\r\n\r\n";
-        let out = String::from_utf8(envoy_form(hyper, b"envoy", true).unwrap()).unwrap();
+        let out = String::from_utf8(envoy_form(hyper, b"envoy", Some(Refusal::Version)).unwrap()).unwrap();
         assert!(out.starts_with("HTTP/1.1 426 Upgrade Required\r\ncontent-length: 16\r\n"), "{out}");
         assert!(out.ends_with("\r\n\r\nUpgrade Required"), "{out}");
+        let out = String::from_utf8(envoy_form(hyper, b"envoy", Some(Refusal::TransferEncoding)).unwrap()).unwrap();
+        assert!(out.starts_with("HTTP/1.1 501 Not Implemented\r\n"), "{out}");
+        let uri = b"HTTP/1.1 414 URI Too Long\r\nconnection: close\r\ncontent-length: 0\r\n\r\n";
+        let out = String::from_utf8(envoy_form(uri, b"envoy", None).unwrap()).unwrap();
+        assert!(out.starts_with("HTTP/1.1 431 Request Header Fields Too Large\r\n"), "{out}");
     }
 
     #[test]
     fn rewrites_only_hypers_bare_error_head() {
         let hyper = b"HTTP/1.1 400 Bad Request\r\nconnection: close\r\ncontent-length: 0\r\ndate: Mon, 23 Nov 2026 06:00:00 GMT\r\n\r\n";
-        let out = String::from_utf8(envoy_form(hyper, b"envoy", false).unwrap()).unwrap();
+        let out = String::from_utf8(envoy_form(hyper, b"envoy", None).unwrap()).unwrap();
         assert_eq!(
             out,
             "HTTP/1.1 400 Bad Request\r\ncontent-length: 11\r\ncontent-type: text/plain\r\ndate: Mon, 23 Nov 2026 06:00:00 GMT\r\nserver: envoy\r\nconnection: close\r\n\r\nBad Request"
@@ -330,15 +339,15 @@ mod tests {
         assert!(envoy_form(
             b"HTTP/1.1 400 Bad Request\r\nserver: envoy\r\nconnection: close\r\ncontent-length: 0\r\n\r\n",
             b"envoy",
-            false
+            None
         )
         .is_none());
         assert!(envoy_form(
             b"HTTP/1.1 400 Bad Request\r\nconnection: close\r\ncontent-length: 0\r\n\r\nx",
             b"envoy",
-            false
+            None
         )
         .is_none());
-        assert!(envoy_form(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n", b"envoy", true).is_none());
+        assert!(envoy_form(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n", b"envoy", Some(Refusal::Version)).is_none());
     }
 }

@@ -555,6 +555,7 @@ async fn serve_http<S: crate::io::Io>(
         conn_info.clone(),
     )
     .serving_http_10(http.hcm.accepts_http_10())
+    .head_timeout(http.hcm.request_headers_timeout, hs.downstream_rq_header_timeout.clone())
     .counting_refused_heads(http.refused_head.clone());
     let builder = http.builder_for(alpn_h2);
     // With upgrades: a 101 (or a 2xx to CONNECT) hands the connection to the

@@ -7,6 +7,7 @@
 pub(in crate::http) mod headers;
 mod limits;
 mod local_reply;
+pub(in crate::http) mod path;
 mod request;
 mod response;
 mod stats;
@@ -108,6 +109,8 @@ pub struct Hcm {
     /// `max_request_headers_kb`, `max_headers_count` and
     /// `headers_with_underscores_action`.
     pub(in crate::http) header_limits: limits::HeaderLimits,
+    /// `normalize_path`, `merge_slashes`, `path_with_escaped_slashes_action`.
+    pub(in crate::http) path_options: path::PathOptions,
 }
 
 pub type ProxyResponse = Response<TrackedBody>;
@@ -162,6 +165,7 @@ impl Hcm {
         Ok(Self {
             stats: HcmStats::new(&ctx.store, &c.stat_prefix),
             header_limits: limits::HeaderLimits::compile(c, &ctx.store),
+            path_options: path::PathOptions::compile(c),
             stat_prefix: c.stat_prefix.clone(),
             codec,
             routes,
@@ -359,10 +363,9 @@ pub struct ConnInfo {
     /// The connection's listener config is being drained: responses carry
     /// `connection: close` so HTTP/1 clients move to the new config.
     pub draining: AtomicBool,
-    /// The first request's head carried both content-length and
-    /// transfer-encoding (seen by the connection's read side, which hyper
-    /// does not report); Envoy answers such a request with 400.
-    pub length_conflict: AtomicBool,
+    /// The first request Envoy's HTTP/1 codec would refuse and why (seen
+    /// by the connection's read side; hyper does not report it).
+    pub refused: crate::http::h1_framing::Refused,
     /// The connection is TLS (terminated here): its scheme is https.
     pub secure: bool,
     /// The TLS connection's peer certificate and local names, when TLS.
@@ -397,7 +400,7 @@ impl ConnInfo {
             idle: tokio::sync::Notify::new(),
             requests: Default::default(),
             draining: Default::default(),
-            length_conflict: Default::default(),
+            refused: Default::default(),
             secure: false,
             tls: None,
             sni: None,

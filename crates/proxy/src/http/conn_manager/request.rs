@@ -4,10 +4,12 @@
 //! HTTP filters, to the router (`crate::http::router`), its last filter.
 
 use super::limits::Breach;
+use super::path::PathAction;
 use super::stream::Stream;
 use super::{answered, step, ConnInfo, Found, Hcm, ProxyResponse, Step};
 use crate::body::{ProxyBody, ReadError, RequestProgress};
 use crate::http::filters::{RequestCtx, ResponseState, Verdict};
+use crate::http::h1_framing::Refusal;
 use http::header::{HeaderValue, IntoHeaderName};
 use http::request::Parts;
 use http::{Request, Version};
@@ -26,7 +28,17 @@ impl Hcm {
                 .headers()
                 .get(http::header::CONNECTION)
                 .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"keep-alive"));
-        let mut resp = self.serve(conn, req).await;
+        let h1 = req.version() != Version::HTTP_2;
+        let mut resp = self.clone().serve(conn.clone(), req).await;
+        // The body broke Envoy's chunked framing (a chunk size not hex, or
+        // too large): Envoy answers with its codec's 400, not the router's
+        // failure, and closes. Over HTTP/1 the request is the connection's
+        // latest one.
+        let broken = || conn.refused.of(conn.requests.load(Relaxed)) == Some(Refusal::ChunkSize);
+        if h1 && resp.status().is_server_error() && broken() {
+            self.stats.downstream_cx_protocol_error.inc();
+            codec_error(&mut resp, &self.server_name);
+        }
         if http_10_close {
             resp.headers_mut().insert(http::header::CONNECTION, HeaderValue::from_static("close"));
         }
@@ -40,7 +52,8 @@ impl Hcm {
         let client = self.client_address(conn.remote, &parts.headers);
         let has_body = !http_body::Body::is_end_stream(&body);
         let stream = Stream::begin(self.clone(), conn, &parts, client, has_body);
-        let mut stream = step!(self.reject_malformed(stream, &mut parts));
+        let stream = step!(self.reject_malformed(stream, &mut parts));
+        let mut stream = step!(self.normalize_path(stream, &mut parts));
         self.set_request_headers(&mut stream, &mut parts.headers);
         if self.always_set_request_id_in_response || parts.headers.contains_key(&crate::trace::X_ENVOY_FORCE_TRACE) {
             stream.response_request_id = parts.headers.get(&crate::trace::X_REQUEST_ID).cloned();
@@ -133,12 +146,16 @@ impl Hcm {
                 parts.headers.insert(http::header::HOST, host.clone());
             }
         }
-        // Both content-length and transfer-encoding (request smuggling's
-        // tool): Envoy refuses the request as a codec error.
-        if stream.conn.length_conflict.load(Relaxed) && stream.conn.requests.load(Relaxed) == 1 {
+        // A head Envoy's codec refuses (request smuggling's tools among
+        // them: both content-length and transfer-encoding, two lengths, a
+        // coding other than chunked), on any request of the connection.
+        let refusal = match parts.version {
+            Version::HTTP_2 => None,
+            _ => stream.conn.refused.of(stream.conn.requests.load(Relaxed)).filter(|r| r.at_head()),
+        };
+        if let Some(r) = refusal {
             self.stats.downstream_cx_protocol_error.inc();
-            let details = "http1.content_length_and_chunked_not_allowed";
-            return close(self.local_reply(stream, 400, details, "DPE", Some("Bad Request".into())));
+            return close(self.local_reply(stream, r.status(), r.details(), "DPE", Some(r.reason().into())));
         }
         if let Err(breach) = self.header_limits.check(parts) {
             if parts.version == Version::HTTP_2 {
@@ -156,6 +173,41 @@ impl Hcm {
             return close(self.local_reply(stream, 400, "missing_host_header", "", None));
         }
         Continue(stream)
+    }
+
+    /// The path options, before routing: the path routes match and the
+    /// upstream gets, or Envoy's 400 or 307.
+    fn normalize_path(&self, mut stream: Box<Stream>, parts: &mut Parts) -> Step<Box<Stream>> {
+        if !self.path_options.active() || parts.method == http::Method::CONNECT {
+            return Continue(stream);
+        }
+        let details = "path_normalization_failed";
+        match self.path_options.apply(&stream.path, stream.grpc) {
+            PathAction::Continue(None) => Continue(stream),
+            PathAction::Continue(Some(p)) => {
+                let mut uri = http::uri::Builder::new();
+                if let (Some(scheme), Some(authority)) = (parts.uri.scheme(), parts.uri.authority()) {
+                    uri = uri.scheme(scheme.clone()).authority(authority.clone());
+                }
+                if let Ok(u) = uri.path_and_query(p.as_str()).build() {
+                    parts.uri = u;
+                }
+                stream.path = p;
+                Continue(stream)
+            }
+            PathAction::Reject => {
+                self.stats.downstream_rq_failed_path_normalization.inc();
+                Break(self.local_reply(stream, 400, details, "", None))
+            }
+            PathAction::Redirect(p) => {
+                self.stats.downstream_rq_redirected_with_normalized_path.inc();
+                let mut r = self.local_reply(stream, 307, details, "", None);
+                if let Ok(v) = HeaderValue::from_str(&p) {
+                    r.headers_mut().insert(http::header::LOCATION, v);
+                }
+                Break(r)
+            }
+        }
     }
 
     /// The HTTP filters before the router. A filter may answer the request,
@@ -418,4 +470,18 @@ fn with_headers<K: IntoHeaderName>(mut r: ProxyResponse, headers: Vec<(K, Header
         r.headers_mut().insert(k, v);
     }
     r
+}
+
+/// `resp` made Envoy's answer to a request its codec refused after the
+/// head: 400 `Bad Request` in `text/plain`, the connection closed.
+fn codec_error(resp: &mut ProxyResponse, server: &HeaderValue) {
+    let reason = Refusal::ChunkSize.reason();
+    *resp.status_mut() = http::StatusCode::BAD_REQUEST;
+    let h = resp.headers_mut();
+    h.clear();
+    h.insert(http::header::CONTENT_LENGTH, HeaderValue::from(reason.len()));
+    h.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    h.insert(http::header::SERVER, server.clone());
+    h.insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+    *resp.body_mut().inner_mut() = crate::body::ProxyBody::full(reason);
 }

@@ -35,6 +35,14 @@ pub struct HcmStats {
     pub downstream_rq_max_duration_reached: Arc<Counter>,
     /// Streams reset (an HTTP/2 request over the header limits).
     pub downstream_rq_rx_reset: Arc<Counter>,
+    /// Paths refused (400) or redirected (307) by the path options.
+    pub downstream_rq_failed_path_normalization: Arc<Counter>,
+    pub downstream_rq_redirected_with_normalized_path: Arc<Counter>,
+    /// Requests ended by `request_headers_timeout`, `request_timeout` and
+    /// the stream idle timeout.
+    pub downstream_rq_header_timeout: Arc<Counter>,
+    pub downstream_rq_timeout: Arc<Counter>,
+    pub downstream_rq_idle_timeout: Arc<Counter>,
 }
 
 impl HcmStats {
@@ -67,6 +75,11 @@ impl HcmStats {
             downstream_rq_ws_on_non_ws_route: c("downstream_rq_ws_on_non_ws_route"),
             downstream_rq_max_duration_reached: c("downstream_rq_max_duration_reached"),
             downstream_rq_rx_reset: c("downstream_rq_rx_reset"),
+            downstream_rq_failed_path_normalization: c("downstream_rq_failed_path_normalization"),
+            downstream_rq_redirected_with_normalized_path: c("downstream_rq_redirected_with_normalized_path"),
+            downstream_rq_header_timeout: c("downstream_rq_header_timeout"),
+            downstream_rq_timeout: c("downstream_rq_timeout"),
+            downstream_rq_idle_timeout: c("downstream_rq_idle_timeout"),
         }
     }
 }

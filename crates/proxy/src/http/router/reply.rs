@@ -68,6 +68,7 @@ impl Hcm {
         match timed_out {
             TimedOut::Route => self.route_timeout_reply(stream, cluster, matched),
             TimedOut::Request => {
+                self.stats.downstream_rq_timeout.inc();
                 self.local_reply(stream, 408, "request_overall_timeout", "", Some("request timeout".into()))
             }
             TimedOut::MaxDuration => {
@@ -84,6 +85,7 @@ impl Hcm {
                 self.local_reply(stream, status, "max_duration_timeout", "DT", body)
             }
             TimedOut::StreamIdle => {
+                self.stats.downstream_rq_idle_timeout.inc();
                 let status = if received { 504 } else { 408 };
                 self.local_reply(stream, status, "stream_idle_timeout", "SI", Some("stream timeout".into()))
             }

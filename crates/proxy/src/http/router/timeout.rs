@@ -67,7 +67,14 @@ impl Hcm {
                     }
                     request.as_mut().reset(tokio::time::Instant::now() + far);
                 }
-                _ = &mut idle, if idle_timeout.is_some() => return Err(TimedOut::StreamIdle),
+                // Request body data is activity: the timer runs from its last byte.
+                _ = &mut idle, if idle_timeout.is_some() => {
+                    let again = request_done.last_data().zip(idle_timeout).map(|(t, d)| tokio::time::Instant::from_std(t + d));
+                    match again {
+                        Some(at) if at > tokio::time::Instant::now() => idle.as_mut().reset(at),
+                        _ => return Err(TimedOut::StreamIdle),
+                    }
+                }
                 _ = &mut max, if max_stream.is_some() => return Err(TimedOut::MaxDuration),
                 _ = &mut limit, if stream_deadline.is_some() => return Err(TimedOut::StreamDuration),
             }

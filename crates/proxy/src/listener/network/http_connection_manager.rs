@@ -37,7 +37,9 @@ impl HttpChain {
             .http1()
             .timer(TokioTimer::new())
             .keep_alive(true)
-            .header_read_timeout(hcm.request_headers_timeout)
+            // `request_headers_timeout` is the connection's reader's (Envoy's
+            // 408, timed from a head's first byte), not hyper's.
+            .header_read_timeout(None)
             .max_headers(max_headers)
             .max_buf_size(h1_buffer);
         h2_settings(&mut builder, pb.http2_protocol_options.as_ref());
