@@ -52,6 +52,33 @@ const FIELDS: &[(&str, &[&str])] = &[
         "envoy.extensions.filters.http.ext_authz.v3.CheckSettings",
         &["context_extensions", "disable_request_body_buffering", "with_request_body"],
     ),
+    // External processing over gRPC: headers and whole bodies.
+    (
+        "envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor",
+        &[
+            "grpc_service",
+            "failure_mode_allow",
+            "processing_mode",
+            "message_timeout",
+            "stat_prefix",
+            "allow_mode_override",
+            "disable_immediate_response",
+            "status_on_error",
+        ],
+    ),
+    (
+        "envoy.extensions.filters.http.ext_proc.v3.ProcessingMode",
+        &[
+            "request_header_mode",
+            "response_header_mode",
+            "request_body_mode",
+            "response_body_mode",
+            "request_trailer_mode",
+            "response_trailer_mode",
+        ],
+    ),
+    ("envoy.extensions.filters.http.ext_proc.v3.ExtProcPerRoute", &["disabled", "overrides"]),
+    ("envoy.extensions.filters.http.ext_proc.v3.ExtProcOverrides", &["processing_mode"]),
     // A route's stream duration, and the deprecated gRPC timeouts it replaces.
     ("envoy.config.route.v3.RouteAction", &["max_stream_duration", "max_grpc_timeout", "grpc_timeout_offset"]),
     (
@@ -110,12 +137,38 @@ const FIELDS: &[(&str, &[&str])] = &[
 ];
 
 /// Enum values refused in a field learnt here: (message, field, values, reason).
-pub(super) const UNSUPPORTED_VALUES: &[(&str, &str, &[i32], &str)] = &[(
-    "envoy.config.core.v3.ApiConfigSource",
-    "api_type",
-    &[1],
-    "REST config sources (api_type REST) are not implemented by Legate",
-)];
+pub(super) const UNSUPPORTED_VALUES: &[(&str, &str, &[i32], &str)] = &[
+    (
+        "envoy.config.core.v3.ApiConfigSource",
+        "api_type",
+        &[1],
+        "REST config sources (api_type REST) are not implemented by Legate",
+    ),
+    (
+        "envoy.extensions.filters.http.ext_proc.v3.ProcessingMode",
+        "request_body_mode",
+        &[1, 3, 4, 5],
+        "ext_proc body modes STREAMED, BUFFERED_PARTIAL, FULL_DUPLEX_STREAMED and GRPC are not implemented by Legate",
+    ),
+    (
+        "envoy.extensions.filters.http.ext_proc.v3.ProcessingMode",
+        "response_body_mode",
+        &[1, 3, 4, 5],
+        "ext_proc body modes STREAMED, BUFFERED_PARTIAL, FULL_DUPLEX_STREAMED and GRPC are not implemented by Legate",
+    ),
+    (
+        "envoy.extensions.filters.http.ext_proc.v3.ProcessingMode",
+        "request_trailer_mode",
+        &[1],
+        "ext_proc trailer mode SEND is not implemented by Legate",
+    ),
+    (
+        "envoy.extensions.filters.http.ext_proc.v3.ProcessingMode",
+        "response_trailer_mode",
+        &[1],
+        "ext_proc trailer mode SEND is not implemented by Legate",
+    ),
+];
 
 /// Shared messages honoured only in part where they are: (parent message,
 /// its field, the fields honoured there).
