@@ -8,7 +8,9 @@
 //! `:path`, and the ones the default rules refuse), whole request and
 //! response bodies replaced (BUFFERED), an immediate response, a
 //! `CONTINUE_AND_REPLACE` in the headers' answer, `mode_override`, a
-//! spurious answer, the processor closing the stream, per-route
+//! spurious answer, the processor closing the stream, `clear_route_cache`
+//! (with and without a header mutation), bodies replaced without a new
+//! `content-length`, per-route
 //! `disabled` and `overrides.processing_mode`, a processor that is down
 //! (with and without `failure_mode_allow`) and one slower than
 //! `message_timeout` (with and without `failure_mode_allow`).
@@ -76,6 +78,10 @@ fn describe(r: &ProcessingRequest) -> String {
             .map(|m| {
                 m.headers
                     .iter()
+                    // A direct response reaches Legate's processor with the
+                    // `server` header the connection manager already added
+                    // (a known difference).
+                    .filter(|h| h.key != "server")
                     .map(|h| {
                         let value = match h.key.as_str() {
                             "x-request-id" | "x-forwarded-for" | "date" | "x-envoy-upstream-service-time" => {
@@ -160,7 +166,14 @@ async fn answer(path: &str, r: &ProcessingRequest) -> Option<ProcessingResponse>
             if path.starts_with("/rewrite") {
                 m.set_headers.push(set(":path", "/rewritten?by=processor", None));
             }
+            if path.starts_with("/reroute") || path.starts_with("/noclear") {
+                m.set_headers.push(set("x-route", "b", None));
+            }
             let mut common = headers_answer(m);
+            common.clear_route_cache = path.starts_with("/reroute") || path.starts_with("/clearonly");
+            if path.starts_with("/clearonly") {
+                common.header_mutation = None;
+            }
             if path.starts_with("/replace") {
                 common.status = ResponseStatus::ContinueAndReplace as i32;
                 common.body_mutation = Some(BodyMutation {
@@ -182,10 +195,10 @@ async fn answer(path: &str, r: &ProcessingRequest) -> Option<ProcessingResponse>
         }
         Some(Rq::RequestBody(b)) => {
             let new = format!("processed({})", String::from_utf8_lossy(&b.body));
-            let m = HeaderMutation {
-                set_headers: vec![set("content-length", &new.len().to_string(), None), set("x-body-seen", "1", None)],
-                remove_headers: vec![],
-            };
+            let mut m = HeaderMutation { set_headers: vec![set("x-body-seen", "1", None)], remove_headers: vec![] };
+            if !path.starts_with("/nolength") {
+                m.set_headers.push(set("content-length", &new.len().to_string(), None));
+            }
             let common = CommonResponse {
                 header_mutation: Some(m),
                 body_mutation: Some(BodyMutation { mutation: Some(body_mutation::Mutation::Body(new.into_bytes())) }),
@@ -211,10 +224,10 @@ async fn answer(path: &str, r: &ProcessingRequest) -> Option<ProcessingResponse>
         }
         Some(Rq::ResponseBody(b)) => {
             let new = format!("processed:{}", String::from_utf8_lossy(&b.body));
-            let m = HeaderMutation {
-                set_headers: vec![set("content-length", &new.len().to_string(), None)],
-                remove_headers: vec![],
-            };
+            let mut m = HeaderMutation::default();
+            if !path.starts_with("/nolength") {
+                m.set_headers.push(set("content-length", &new.len().to_string(), None));
+            }
             let common = CommonResponse {
                 header_mutation: Some(m),
                 body_mutation: Some(BodyMutation { mutation: Some(body_mutation::Mutation::Body(new.into_bytes())) }),
@@ -302,11 +315,13 @@ fn per_route(fields: &str) -> String {
 
 const BUFFERED: &str = "processing_mode: {request_header_mode: SEND, response_header_mode: SEND, request_body_mode: BUFFERED, response_body_mode: BUFFERED, request_trailer_mode: SKIP, response_trailer_mode: SKIP}";
 
-/// The routes of the main listener: `/off` without processing, `/hdrs`
-/// with request headers only, the rest to the echo upstream.
+/// The routes of the main listener: `x-route: b` answered by the proxy
+/// (a processor's header, when the route is found again), `/off` without
+/// processing, `/hdrs` with request headers only, the rest to the echo
+/// upstream.
 fn main_vhost() -> String {
     format!(
-        "routes: [{{match: {{prefix: \"/off\"}}, route: {{cluster: echo}}, {off}}}, {{match: {{prefix: \"/hdrs\"}}, route: {{cluster: echo}}, {hdrs}}}, {{match: {{prefix: \"/\"}}, route: {{cluster: echo}}}}]",
+        "routes: [{{match: {{prefix: \"/\", headers: [{{name: x-route, string_match: {{exact: b}}}}]}}, direct_response: {{status: 200, body: {{inline_string: rerouted}}}}}}, {{match: {{prefix: \"/off\"}}, route: {{cluster: echo}}, {off}}}, {{match: {{prefix: \"/hdrs\"}}, route: {{cluster: echo}}, {hdrs}}}, {{match: {{prefix: \"/\"}}, route: {{cluster: echo}}}}]",
         off = per_route("disabled: true"),
         hdrs = per_route("overrides: {processing_mode: {response_header_mode: SKIP}}"),
     )
@@ -412,6 +427,10 @@ fn ext_proc_matches_envoy() {
         ("main", "POST", "/replace", &[], "original"),
         ("main", "POST", "/override", &[], "kept"),
         ("main", "GET", "/spurious", mutate, ""),
+        ("main", "GET", "/reroute", &[], ""),
+        ("main", "GET", "/noclear", &[], ""),
+        ("main", "GET", "/clearonly", &[], ""),
+        ("main", "POST", "/nolength", &[], "no length"),
         ("main", "GET", "/close", mutate, ""),
         ("main", "POST", "/off", mutate, "untouched"),
         ("main", "POST", "/hdrs", mutate, "request body"),

@@ -64,6 +64,8 @@ const FIELDS: &[(&str, &[&str])] = &[
             "allow_mode_override",
             "disable_immediate_response",
             "status_on_error",
+            "route_cache_action",
+            "disable_clear_route_cache",
         ],
     ),
     (
@@ -147,26 +149,62 @@ pub(super) const UNSUPPORTED_VALUES: &[(&str, &str, &[i32], &str)] = &[
     (
         "envoy.extensions.filters.http.ext_proc.v3.ProcessingMode",
         "request_body_mode",
-        &[1, 3, 4, 5],
-        "ext_proc body modes STREAMED, BUFFERED_PARTIAL, FULL_DUPLEX_STREAMED and GRPC are not implemented by Legate",
+        &[1],
+        "the ext_proc body mode STREAMED is not implemented by Legate",
+    ),
+    (
+        "envoy.extensions.filters.http.ext_proc.v3.ProcessingMode",
+        "request_body_mode",
+        &[3],
+        "the ext_proc body mode BUFFERED_PARTIAL is not implemented by Legate",
+    ),
+    (
+        "envoy.extensions.filters.http.ext_proc.v3.ProcessingMode",
+        "request_body_mode",
+        &[4],
+        "the ext_proc body mode FULL_DUPLEX_STREAMED is not implemented by Legate",
+    ),
+    (
+        "envoy.extensions.filters.http.ext_proc.v3.ProcessingMode",
+        "request_body_mode",
+        &[5],
+        "the ext_proc body mode GRPC is not implemented by Legate",
     ),
     (
         "envoy.extensions.filters.http.ext_proc.v3.ProcessingMode",
         "response_body_mode",
-        &[1, 3, 4, 5],
-        "ext_proc body modes STREAMED, BUFFERED_PARTIAL, FULL_DUPLEX_STREAMED and GRPC are not implemented by Legate",
+        &[1],
+        "the ext_proc body mode STREAMED is not implemented by Legate",
+    ),
+    (
+        "envoy.extensions.filters.http.ext_proc.v3.ProcessingMode",
+        "response_body_mode",
+        &[3],
+        "the ext_proc body mode BUFFERED_PARTIAL is not implemented by Legate",
+    ),
+    (
+        "envoy.extensions.filters.http.ext_proc.v3.ProcessingMode",
+        "response_body_mode",
+        &[4],
+        "the ext_proc body mode FULL_DUPLEX_STREAMED is not implemented by Legate",
+    ),
+    (
+        "envoy.extensions.filters.http.ext_proc.v3.ProcessingMode",
+        "response_body_mode",
+        &[5],
+        "the ext_proc body mode GRPC is not implemented by Legate",
     ),
     (
         "envoy.extensions.filters.http.ext_proc.v3.ProcessingMode",
         "request_trailer_mode",
         &[1],
-        "ext_proc trailer mode SEND is not implemented by Legate",
+        "the ext_proc trailer mode SEND is not implemented by Legate",
     ),
     (
         "envoy.extensions.filters.http.ext_proc.v3.ProcessingMode",
         "response_trailer_mode",
         &[1],
-        "ext_proc trailer mode SEND is not implemented by Legate",
+        "the ext_proc trailer mode SEND is not implemented by Legate",
     ),
 ];
 

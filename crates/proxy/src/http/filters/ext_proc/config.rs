@@ -1,7 +1,7 @@
 //! Compiling `ExternalProcessor` and `ExtProcPerRoute`.
 
 use super::filter::ExtProc;
-use super::{Mode, PerRoute, Shared, Stats};
+use super::{Mode, PerRoute, RouteCache, Shared, Stats};
 use crate::http::filters::api::{FilterContext, HttpFilter, PerRouteRegistration, Registration};
 use crate::http::route::per_filter::PerRouteConfig;
 use legate_api::pb::envoy::config::core::v3::grpc_service::TargetSpecifier;
@@ -34,6 +34,20 @@ fn compile(any: &Any, ctx: &FilterContext<'_>) -> Result<Box<dyn HttpFilter>, St
     };
     let message_timeout = c.message_timeout.as_ref().map_or(DEFAULT_MESSAGE_TIMEOUT, legate_api::duration::from_pb);
     let status_on_error = c.status_on_error.as_ref().map_or(0, |s| s.code);
+    let route_cache = match pb::external_processor::RouteCacheAction::try_from(c.route_cache_action) {
+        Ok(pb::external_processor::RouteCacheAction::Clear) => RouteCache::Clear,
+        Ok(pb::external_processor::RouteCacheAction::Retain) => RouteCache::Retain,
+        _ => RouteCache::Default,
+    };
+    let route_cache = match (c.disable_clear_route_cache, route_cache) {
+        (false, r) => r,
+        (true, RouteCache::Default) => RouteCache::Retain,
+        (true, _) => {
+            return Err(format!(
+            "{base}: disable_clear_route_cache and route_cache_action can not be set to none-default at the same time"
+        ))
+        }
+    };
     let shared = Shared {
         clusters: ctx.server.clusters.clone(),
         cluster: eg.cluster_name.clone(),
@@ -43,6 +57,7 @@ fn compile(any: &Any, ctx: &FilterContext<'_>) -> Result<Box<dyn HttpFilter>, St
         disable_immediate_response: c.disable_immediate_response,
         // An unset (or unknown) code is 500.
         status_on_error: if (200..600).contains(&status_on_error) { status_on_error as u16 } else { 500 },
+        route_cache,
         stats: Arc::new(stats(ctx, &c.stat_prefix)),
     };
     let mode = Mode::from_pb(&c.processing_mode.unwrap_or_default());
@@ -57,13 +72,7 @@ fn stats(ctx: &FilterContext<'_>, stat_prefix: &str) -> Stats {
     };
     let store = ctx.server.store;
     let counter = |n: &str| store.counter(&format!("{prefix}{n}"));
-    for n in [
-        "override_message_timeout_received",
-        "clear_route_cache_ignored",
-        "clear_route_cache_disabled",
-        "clear_route_cache_upstream_ignored",
-        "http_not_ok_resp_received",
-    ] {
+    for n in ["override_message_timeout_received", "clear_route_cache_upstream_ignored", "http_not_ok_resp_received"] {
         counter(n);
     }
     Stats {
@@ -79,6 +88,8 @@ fn stats(ctx: &FilterContext<'_>, stat_prefix: &str) -> Stats {
         override_message_timeout_ignored: counter("override_message_timeout_ignored"),
         immediate_responses_sent: counter("immediate_responses_sent"),
         server_half_closed: counter("server_half_closed"),
+        clear_route_cache_ignored: counter("clear_route_cache_ignored"),
+        clear_route_cache_disabled: counter("clear_route_cache_disabled"),
     }
 }
 

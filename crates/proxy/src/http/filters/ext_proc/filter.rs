@@ -89,6 +89,7 @@ impl ExtProc {
                 return local(status, headers, body, grpc_status, rq.headers);
             }
         }
+        rq.clear_route_cache |= s.clear_route_cache;
         write_request(rq, headers, body);
         Verdict::Continue
     }

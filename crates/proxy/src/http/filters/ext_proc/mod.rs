@@ -47,6 +47,19 @@ pub(super) struct Stats {
     override_message_timeout_ignored: Arc<Counter>,
     immediate_responses_sent: Arc<Counter>,
     server_half_closed: Arc<Counter>,
+    clear_route_cache_ignored: Arc<Counter>,
+    clear_route_cache_disabled: Arc<Counter>,
+}
+
+/// What an answer to the request's messages does to the route found.
+#[derive(Clone, Copy, PartialEq, Debug)]
+pub(super) enum RouteCache {
+    /// Found again when the answer changes headers and asks to.
+    Default,
+    /// Found again whenever the answer changes headers.
+    Clear,
+    /// Never found again.
+    Retain,
 }
 
 /// What every request's session reads of the config.
@@ -60,6 +73,8 @@ pub(super) struct Shared {
     disable_immediate_response: bool,
     /// `status_on_error` (500).
     status_on_error: u16,
+    /// `route_cache_action` (`disable_clear_route_cache` is RETAIN).
+    route_cache: RouteCache,
     stats: Arc<Stats>,
 }
 

@@ -25,19 +25,11 @@ fn has(list: &HeaderList, name: &str) -> bool {
     list.iter().any(|(k, _)| k == name)
 }
 
-/// Envoy's `setCopy`: the first entry takes the value, the others go.
+/// Envoy's `setCopy`: every entry of the name goes, the new one is added
+/// at the end.
 fn set(list: &mut HeaderList, name: &str, value: &[u8]) {
-    match list.iter().position(|(k, _)| k == name) {
-        Some(i) => {
-            list[i].1 = value.to_vec();
-            let mut n = 0;
-            list.retain(|(k, _)| {
-                n += usize::from(k == name);
-                k != name || n == 1
-            });
-        }
-        None => list.push((name.to_string(), value.to_vec())),
-    }
+    list.retain(|(k, _)| k != name);
+    list.push((name.to_string(), value.to_vec()));
 }
 
 /// How a mutation is applied.
@@ -201,7 +193,7 @@ mod tests {
         assert!(apply_headers(&m, &mut l, How::default(), &rejected).is_ok());
         assert_eq!(
             l,
-            list(&[(":authority", "a"), (":path", "/new"), ("x-a", "3"), ("host", "h"), ("x-b", "b"), ("x-b", "c")])
+            list(&[(":authority", "a"), ("host", "h"), ("x-a", "3"), ("x-b", "b"), ("x-b", "c"), (":path", "/new")])
         );
         // host and :path removals, :authority and x-envoy-foo sets, :path appended.
         assert_eq!(rejected.value(), 5);

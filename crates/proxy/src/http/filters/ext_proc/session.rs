@@ -6,7 +6,7 @@
 
 use super::mutation::{self, HeaderList, How};
 use super::stream::{Event, Stream, OK};
-use super::{Mode, Shared};
+use super::{Mode, RouteCache, Shared};
 use bytes::Bytes;
 use legate_api::pb::envoy::service::ext_proc::v3::processing_response::Response;
 use legate_api::pb::envoy::service::ext_proc::v3::{
@@ -55,6 +55,8 @@ pub(super) struct Session {
     pub mode: Mode,
     /// Nothing more goes to the processor (Envoy's `processing_complete_`).
     pub complete: bool,
+    /// An answer asked for the route to be found again.
+    pub clear_route_cache: bool,
 }
 
 impl Drop for Session {
@@ -67,7 +69,7 @@ impl Drop for Session {
 
 impl Session {
     pub(super) fn new(shared: Arc<Shared>, mode: Mode) -> Self {
-        Self { shared, stream: None, mode, complete: false }
+        Self { shared, stream: None, mode, complete: false, clear_route_cache: false }
     }
 
     /// Closes the stream from this side, counted when it was open.
@@ -216,11 +218,6 @@ impl Session {
     /// replacing the whole message) the body mutation.
     fn common(&mut self, c: &CommonResponse, stage: Stage<'_>) -> Result<(), &'static str> {
         let replacing = c.status == ResponseStatus::ContinueAndReplace as i32;
-        if !stage.phase.headers() {
-            // Envoy 1.40 (without `allow_content_length_header`) keeps no
-            // length once a body went to the processor: the answer may set one.
-            stage.headers.retain(|(k, _)| k != "content-length");
-        }
         let body_mode = match stage.phase {
             Phase::RequestHeaders | Phase::RequestBody => self.mode.request_body,
             _ => self.mode.response_body,
@@ -232,6 +229,9 @@ impl Session {
         };
         if let Some(m) = &c.header_mutation {
             mutation::apply_headers(m, stage.headers, how, &self.shared.stats.rejected_header_mutations)?;
+        }
+        if matches!(stage.phase, Phase::RequestHeaders | Phase::RequestBody) {
+            self.route_cache(c);
         }
         let Some(bm) = &c.body_mutation else { return Ok(()) };
         if stage.phase.headers() {
@@ -258,6 +258,25 @@ impl Session {
             *stage.body = Some(b);
         }
         Ok(())
+    }
+}
+
+impl Session {
+    /// Envoy's `DecodingProcessorState::clearRouteCache`.
+    fn route_cache(&mut self, c: &CommonResponse) {
+        let st = &self.shared.stats;
+        if c.header_mutation.is_none() {
+            if c.clear_route_cache {
+                st.clear_route_cache_ignored.inc();
+            }
+            return;
+        }
+        match self.shared.route_cache {
+            RouteCache::Default => self.clear_route_cache |= c.clear_route_cache,
+            RouteCache::Clear => self.clear_route_cache = true,
+            RouteCache::Retain if c.clear_route_cache => st.clear_route_cache_disabled.inc(),
+            RouteCache::Retain => {}
+        }
     }
 }
 
