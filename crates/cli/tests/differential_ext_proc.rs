@@ -10,7 +10,7 @@
 //! `CONTINUE_AND_REPLACE` in the headers' answer, `mode_override`, a
 //! spurious answer, the processor closing the stream, `clear_route_cache`
 //! (with and without a header mutation), bodies replaced without a new
-//! `content-length`, per-route
+//! `content-length`, a request body STREAMED, per-route
 //! `disabled` and `overrides.processing_mode`, a processor that is down
 //! (with and without `failure_mode_allow`) and one slower than
 //! `message_timeout` (with and without `failure_mode_allow`).
@@ -327,7 +327,11 @@ fn main_vhost() -> String {
     )
 }
 
-const LISTENERS: &[&str] = &["main", "down", "down_allow", "slow", "slow_allow"];
+const LISTENERS: &[&str] = &["main", "streamed", "down", "down_allow", "slow", "slow_allow"];
+
+/// A request body STREAMED (as semantic-router's configs run it), the
+/// response's BUFFERED.
+const STREAMED: &str = "processing_mode: {request_header_mode: SEND, response_header_mode: SEND, request_body_mode: STREAMED, response_body_mode: BUFFERED}, failure_mode_allow: true, allow_mode_override: true";
 
 fn config(admin: u16, ports: &Ports, processor: u16, echo: u16, closed: u16) -> String {
     let echo_routes = "routes: [{match: {prefix: \"/\"}, route: {cluster: echo}}]";
@@ -338,6 +342,7 @@ fn config(admin: u16, ports: &Ports, processor: u16, echo: u16, closed: u16) -> 
             main_vhost(),
             format!("{}, {BUFFERED}, allow_mode_override: true, message_timeout: 2s", grpc("processor")),
         ),
+        ("streamed", echo_routes.to_string(), format!("{}, {STREAMED}", grpc("processor"))),
         ("down", echo_routes.to_string(), format!("{}, stat_prefix: down", grpc("processor_down"))),
         ("down_allow", echo_routes.to_string(), format!("{}, failure_mode_allow: true", grpc("processor_down"))),
         ("slow", echo_routes.to_string(), format!("{}, message_timeout: 0.2s", grpc("processor"))),
@@ -434,6 +439,9 @@ fn ext_proc_matches_envoy() {
         ("main", "GET", "/close", mutate, ""),
         ("main", "POST", "/off", mutate, "untouched"),
         ("main", "POST", "/hdrs", mutate, "request body"),
+        ("streamed", "POST", "/stream", &[("x-set", "old")], "streamed body"),
+        ("streamed", "GET", "/stream-nobody", &[], ""),
+        ("streamed", "POST", "/nolength", &[], "chunk"),
         ("down", "GET", "/down", &[], ""),
         ("down_allow", "GET", "/down", &[], ""),
         ("slow", "GET", "/slow", &[], ""),

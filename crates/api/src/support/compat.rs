@@ -149,12 +149,6 @@ pub(super) const UNSUPPORTED_VALUES: &[(&str, &str, &[i32], &str)] = &[
     (
         "envoy.extensions.filters.http.ext_proc.v3.ProcessingMode",
         "request_body_mode",
-        &[1],
-        "the ext_proc body mode STREAMED is not implemented by Legate",
-    ),
-    (
-        "envoy.extensions.filters.http.ext_proc.v3.ProcessingMode",
-        "request_body_mode",
         &[3],
         "the ext_proc body mode BUFFERED_PARTIAL is not implemented by Legate",
     ),
@@ -174,7 +168,7 @@ pub(super) const UNSUPPORTED_VALUES: &[(&str, &str, &[i32], &str)] = &[
         "envoy.extensions.filters.http.ext_proc.v3.ProcessingMode",
         "response_body_mode",
         &[1],
-        "the ext_proc body mode STREAMED is not implemented by Legate",
+        "the ext_proc response body mode STREAMED is not implemented by Legate",
     ),
     (
         "envoy.extensions.filters.http.ext_proc.v3.ProcessingMode",

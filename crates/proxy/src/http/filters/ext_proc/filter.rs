@@ -6,6 +6,7 @@
 
 use super::mutation::HeaderList;
 use super::session::{Outcome, Phase, Session, Stage};
+use super::streamed::{self, Slot};
 use super::{Mode, PerRoute, Shared};
 use crate::body::{ProxyBody, ReadError, RESEND_BUFFER_LIMIT};
 use crate::http::filters::api::{FilterStatus, HttpFilter, RequestCtx, ResponseHooks, ResponseState, Verdict};
@@ -23,10 +24,11 @@ pub(super) struct ExtProc {
     mode: Mode,
 }
 
-/// What a request leaves for its response.
+/// What a request leaves for its response (a streamed request body's task
+/// puts the session back when the body has ended).
 struct Carried {
     filter: u64,
-    session: Mutex<Option<Session>>,
+    session: Slot,
 }
 
 impl ExtProc {
@@ -45,15 +47,25 @@ impl ExtProc {
         }
     }
 
-    fn carry(&self, state: &mut ResponseState, session: Session) {
-        state.carried.push(Arc::new(Carried { filter: self.id, session: Mutex::new(Some(session)) }));
+    fn carry(&self, state: &mut ResponseState, session: Option<Session>) -> Slot {
+        let slot = Arc::new(Mutex::new(session));
+        state.carried.push(Arc::new(Carried { filter: self.id, session: slot.clone() }));
+        slot
     }
 
     async fn request(&self, rq: &mut RequestCtx<'_>, state: &mut ResponseState) -> Verdict {
         let mut s = Session::new(self.shared.clone(), self.mode_for(rq));
         let verdict = self.process_request(&mut s, rq).await;
-        if matches!(verdict, Verdict::Continue) && !s.complete && s.mode.on_response() {
-            self.carry(state, s);
+        if !matches!(verdict, Verdict::Continue) || s.complete {
+            return verdict;
+        }
+        let keep = s.mode.on_response();
+        if s.mode.request_streamed && !http_body::Body::is_end_stream(&*rq.body) {
+            let slot = if keep { self.carry(state, None) } else { Arc::default() };
+            let body = std::mem::replace(rq.body, ProxyBody::Empty);
+            *rq.body = streamed::body(s, body, slot, keep);
+        } else if keep {
+            self.carry(state, Some(s));
         }
         verdict
     }
@@ -89,9 +101,55 @@ impl ExtProc {
                 return local(status, headers, body, grpc_status, rq.headers);
             }
         }
+        if s.mode.request_streamed && !s.complete {
+            // Envoy keeps no length for a body streamed through the processor.
+            headers.retain(|(k, _)| k != "content-length");
+            if has_body && body.is_none() {
+                if let Err(v) = self.first_chunk(s, rq, &mut headers, &mut body).await {
+                    return v;
+                }
+            }
+        }
         rq.clear_route_cache |= s.clear_route_cache;
         write_request(rq, headers, body);
         Verdict::Continue
+    }
+
+    /// A STREAMED request body's first chunk. When it is the whole body it
+    /// goes now, its answer still changing the headers (as in Envoy, whose
+    /// headers wait for a body that arrived with them); else it waits at the
+    /// front of the body for the streaming task.
+    async fn first_chunk(
+        &self,
+        s: &mut Session,
+        rq: &mut RequestCtx<'_>,
+        headers: &mut HeaderList,
+        body: &mut Option<Bytes>,
+    ) -> Result<(), Verdict> {
+        use http_body_util::BodyExt as _;
+        let first = match rq.body.frame().await {
+            Some(Ok(f)) => f,
+            Some(Err(_)) => return Err(read_failed(ReadError::Disconnected)),
+            None => return Ok(()),
+        };
+        let whole = http_body::Body::is_end_stream(&*rq.body);
+        match first.into_data() {
+            Ok(d) if whole => {
+                *body = Some(d);
+                let stage = Stage { phase: Phase::RequestBody, headers, body, end_of_stream: true };
+                let outcome = s.run(stage).await;
+                // Nothing of the body is left to stream.
+                s.mode.request_streamed = false;
+                if let Outcome::Immediate { status, headers, body, grpc_status } = outcome {
+                    return Err(local(status, headers, body, grpc_status, rq.headers));
+                }
+            }
+            Ok(d) => {
+                *rq.body = streamed::prepend(http_body::Frame::data(d), std::mem::replace(rq.body, ProxyBody::Empty))
+            }
+            Err(trailers) => *rq.body = streamed::prepend(trailers, ProxyBody::Empty),
+        }
+        Ok(())
     }
 
     async fn response(&self, state: &mut ResponseState, resp: &mut http::Response<ProxyBody>) {
@@ -138,11 +196,11 @@ impl ExtProc {
 impl HttpFilter for ExtProc {
     fn on_request<'r>(&'r self, rq: &'r mut RequestCtx<'_>, state: &'r mut ResponseState) -> FilterStatus<'r> {
         let mode = self.mode_for(rq);
-        if mode.request_headers || mode.request_body {
+        if mode.request_headers || mode.request_body || mode.request_streamed {
             return FilterStatus::Wait(Box::pin(self.request(rq, state)));
         }
         if mode.on_response() {
-            self.carry(state, Session::new(self.shared.clone(), mode));
+            self.carry(state, Some(Session::new(self.shared.clone(), mode)));
         }
         FilterStatus::Continue
     }
@@ -152,7 +210,7 @@ impl HttpFilter for ExtProc {
     fn on_request_skipped(&self, rq: &RequestCtx<'_>, state: &mut ResponseState) {
         let mode = self.mode_for(rq);
         if mode.on_response() {
-            self.carry(state, Session::new(self.shared.clone(), mode));
+            self.carry(state, Some(Session::new(self.shared.clone(), mode)));
         }
     }
 

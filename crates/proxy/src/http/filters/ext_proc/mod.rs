@@ -22,6 +22,7 @@ mod filter;
 mod mutation;
 mod session;
 mod stream;
+mod streamed;
 
 use crate::stats::Counter;
 use crate::upstream::cluster::ClusterMap;
@@ -79,45 +80,62 @@ pub(super) struct Shared {
 }
 
 /// The processing mode in force for a request: which headers are sent,
-/// which bodies are sent whole (BUFFERED).
+/// which bodies are sent whole (BUFFERED), and whether the request body
+/// goes chunk by chunk (STREAMED).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub(super) struct Mode {
     request_headers: bool,
     response_headers: bool,
     request_body: bool,
     response_body: bool,
+    request_streamed: bool,
 }
 
 impl Mode {
     /// Nothing sent (a route that disables the filter).
-    const OFF: Mode =
-        Mode { request_headers: false, response_headers: false, request_body: false, response_body: false };
+    const OFF: Mode = Mode {
+        request_headers: false,
+        response_headers: false,
+        request_body: false,
+        response_body: false,
+        request_streamed: false,
+    };
 
     /// A configured or overriding `ProcessingMode`. Headers DEFAULT is SEND.
-    /// A body mode other than NONE is taken as BUFFERED: the config refuses
-    /// the others, and a processor's `mode_override` asking for one gets the
-    /// whole body in one message (trailers are never sent).
+    /// A request body STREAMED goes chunk by chunk; any other body mode but
+    /// NONE is taken as BUFFERED: the config refuses the others, and a
+    /// processor's `mode_override` asking for one gets the whole body in one
+    /// message (trailers are never sent).
     fn from_pb(m: &ProcessingMode) -> Mode {
         let send = |v: i32| v != processing_mode::HeaderSendMode::Skip as i32;
         let body = |v: i32| v != processing_mode::BodySendMode::None as i32;
+        let streamed = m.request_body_mode == processing_mode::BodySendMode::Streamed as i32;
         Mode {
             request_headers: send(m.request_header_mode),
             response_headers: send(m.response_header_mode),
-            request_body: body(m.request_body_mode),
+            request_body: body(m.request_body_mode) && !streamed,
             response_body: body(m.response_body_mode),
+            request_streamed: streamed,
         }
     }
 
-    fn sends_headers(&self, phase: Phase) -> bool {
+    /// Envoy's `shouldRemoveContentLength`: a body the processor may change
+    /// after the headers went on keeps no length.
+    fn drops_length(&self, phase: Phase) -> bool {
         match phase {
-            Phase::RequestHeaders | Phase::RequestBody => self.request_headers,
-            Phase::ResponseHeaders | Phase::ResponseBody => self.response_headers,
+            Phase::RequestHeaders | Phase::RequestBody => {
+                self.request_streamed || (self.request_body && !self.request_headers)
+            }
+            Phase::ResponseHeaders | Phase::ResponseBody => self.response_body && !self.response_headers,
         }
     }
 
     fn set_body(&mut self, phase: Phase, on: bool) {
         match phase {
-            Phase::RequestHeaders | Phase::RequestBody => self.request_body = on,
+            Phase::RequestHeaders | Phase::RequestBody => {
+                self.request_body = on;
+                self.request_streamed &= on;
+            }
             Phase::ResponseHeaders | Phase::ResponseBody => self.response_body = on,
         }
     }
@@ -131,8 +149,13 @@ impl Mode {
                 processing_mode::BodySendMode::None as i32
             }
         };
+        let request_body_mode = if self.request_streamed {
+            processing_mode::BodySendMode::Streamed as i32
+        } else {
+            mode(self.request_body)
+        };
         legate_api::pb::envoy::service::ext_proc::v3::ProtocolConfiguration {
-            request_body_mode: mode(self.request_body),
+            request_body_mode,
             response_body_mode: mode(self.response_body),
             send_body_without_waiting_for_header_response: false,
         }
@@ -160,7 +183,13 @@ mod tests {
         let m = Mode::from_pb(&ProcessingMode::default());
         assert_eq!(
             m,
-            Mode { request_headers: true, response_headers: true, request_body: false, response_body: false }
+            Mode {
+                request_headers: true,
+                response_headers: true,
+                request_body: false,
+                response_body: false,
+                request_streamed: false
+            }
         );
         let skip = ProcessingMode {
             request_header_mode: processing_mode::HeaderSendMode::Skip as i32,

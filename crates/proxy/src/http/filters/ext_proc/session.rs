@@ -218,15 +218,7 @@ impl Session {
     /// replacing the whole message) the body mutation.
     fn common(&mut self, c: &CommonResponse, stage: Stage<'_>) -> Result<(), &'static str> {
         let replacing = c.status == ResponseStatus::ContinueAndReplace as i32;
-        let body_mode = match stage.phase {
-            Phase::RequestHeaders | Phase::RequestBody => self.mode.request_body,
-            _ => self.mode.response_body,
-        };
-        let how = How {
-            replacing,
-            skip_content_length: body_mode && !self.mode.sends_headers(stage.phase),
-            permissive: false,
-        };
+        let how = How { replacing, skip_content_length: self.mode.drops_length(stage.phase), permissive: false };
         if let Some(m) = &c.header_mutation {
             mutation::apply_headers(m, stage.headers, how, &self.shared.stats.rejected_header_mutations)?;
         }
@@ -315,7 +307,7 @@ fn request(stage: &Stage<'_>) -> ProcessingRequest {
     };
     let body = || HttpBody {
         body: stage.body.as_ref().map(|b| b.to_vec()).unwrap_or_default(),
-        end_of_stream: true,
+        end_of_stream: stage.end_of_stream,
         ..Default::default()
     };
     let request = match stage.phase {
