@@ -405,6 +405,33 @@ fn exchange(port: u16, method: &str, path: &str, headers: &[(&str, &str)], body:
     format!("status={} headers={client_headers:?} body={body} upstream={upstream:?}", resp.status)
 }
 
+/// A request body in two pieces 300 ms apart (its length given), so that
+/// the second arrives after the first went through the processor: what the
+/// client got (status, whether the body was processed) and the upstream's
+/// headers.
+fn in_pieces(port: u16) -> String {
+    use std::io::Write;
+    let mut s = harness::raw::connect(port, Duration::from_secs(5));
+    let head = "POST /pieces HTTP/1.1\r\nhost: example.com\r\ncontent-length: 10\r\nconnection: close\r\n\r\nfirst";
+    s.write_all(head.as_bytes()).expect("write");
+    std::thread::sleep(Duration::from_millis(300));
+    s.write_all(b"-half").expect("write");
+    let raw = String::from_utf8_lossy(&harness::raw::read_until_closed(&mut s)).into_owned();
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
+    let status = head.lines().next().unwrap_or_default().to_string();
+    let echoed: Value = serde_json::from_str(body.strip_prefix("processed:").unwrap_or(body)).unwrap_or(Value::Null);
+    let upstream: BTreeMap<String, String> = echoed["headers"]
+        .as_object()
+        .map(|o| {
+            o.iter()
+                .filter(|(k, _)| matches!(k.as_str(), "content-length" | "transfer-encoding" | "x-extproc-added"))
+                .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
+                .collect()
+        })
+        .unwrap_or_default();
+    format!("{status} processed={} upstream={upstream:?}", body.starts_with("processed:"))
+}
+
 /// (listener, method, path, headers, body).
 type Case<'a> = (&'a str, &'a str, &'a str, &'a [(&'a str, &'a str)], &'a str);
 
@@ -441,6 +468,7 @@ fn ext_proc_matches_envoy() {
         ("main", "POST", "/hdrs", mutate, "request body"),
         ("streamed", "POST", "/stream", &[("x-set", "old")], "streamed body"),
         ("streamed", "GET", "/stream-nobody", &[], ""),
+        ("streamed", "POST", "/pieces", &[], ""),
         ("streamed", "POST", "/nolength", &[], "chunk"),
         ("down", "GET", "/down", &[], ""),
         ("down_allow", "GET", "/down", &[], ""),
@@ -449,7 +477,13 @@ fn ext_proc_matches_envoy() {
     ];
     let mut mismatches = Vec::new();
     for (listener, method, path, headers, body) in cases {
-        let got: Vec<String> = sides.iter().map(|s| exchange(s.port(listener), method, path, headers, body)).collect();
+        let got: Vec<String> = sides
+            .iter()
+            .map(|s| match *path {
+                "/pieces" => in_pieces(s.port(listener)),
+                _ => exchange(s.port(listener), method, path, headers, body),
+            })
+            .collect();
         // A slow processor's late answer, and closes, land after the reply.
         std::thread::sleep(Duration::from_millis(if path.starts_with("/slow") { 700 } else { 50 }));
         let seen: Vec<Vec<String>> =

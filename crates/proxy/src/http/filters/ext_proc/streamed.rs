@@ -57,7 +57,7 @@ async fn pump(mut s: Session, mut body: ProxyBody, slot: Slot, keep: bool, tx: m
             },
             Some(Err(e)) => {
                 put_back(s);
-                let _ = tx.send(Err(e.into())).await;
+                let _ = tx.send(Err(e)).await;
                 return;
             }
             // The body ended after its last chunk: an empty one says so.
