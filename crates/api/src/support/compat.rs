@@ -66,8 +66,10 @@ const FIELDS: &[(&str, &[&str])] = &[
             "status_on_error",
             "route_cache_action",
             "disable_clear_route_cache",
+            "forward_rules",
         ],
     ),
+    ("envoy.extensions.filters.http.ext_proc.v3.HeaderForwardingRules", &["allowed_headers", "disallowed_headers"]),
     (
         "envoy.extensions.filters.http.ext_proc.v3.ProcessingMode",
         &[

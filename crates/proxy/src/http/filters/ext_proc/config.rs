@@ -1,7 +1,8 @@
 //! Compiling `ExternalProcessor` and `ExtProcPerRoute`.
 
 use super::filter::ExtProc;
-use super::{Mode, PerRoute, RouteCache, Shared, Stats};
+use super::{Forward, Mode, PerRoute, RouteCache, Shared, Stats};
+use crate::common::matcher::StringMatch;
 use crate::http::filters::api::{FilterContext, HttpFilter, PerRouteRegistration, Registration};
 use crate::http::route::per_filter::PerRouteConfig;
 use legate_api::pb::envoy::config::core::v3::grpc_service::TargetSpecifier;
@@ -58,10 +59,25 @@ fn compile(any: &Any, ctx: &FilterContext<'_>) -> Result<Box<dyn HttpFilter>, St
         // An unset (or unknown) code is 500.
         status_on_error: if (200..600).contains(&status_on_error) { status_on_error as u16 } else { 500 },
         route_cache,
+        forward: forward(c.forward_rules.as_ref()).map_err(|e| format!("{base}.forward_rules.{e}"))?,
         stats: Arc::new(stats(ctx, &c.stat_prefix)),
     };
     let mode = Mode::from_pb(&c.processing_mode.unwrap_or_default());
     Ok(Box::new(ExtProc::new(Arc::new(shared), mode)))
+}
+
+fn forward(rules: Option<&pb::HeaderForwardingRules>) -> Result<Forward, String> {
+    let Some(r) = rules else { return Ok(Forward::default()) };
+    let list = |l: &Option<legate_api::pb::envoy::r#type::matcher::v3::ListStringMatcher>, field: &str| {
+        l.iter()
+            .flat_map(|l| l.patterns.iter().enumerate())
+            .map(|(i, m)| StringMatch::new(m).map_err(|e| format!("{field}.patterns[{i}]: {e}")))
+            .collect::<Result<Vec<_>, String>>()
+    };
+    Ok(Forward {
+        allowed: list(&r.allowed_headers, "allowed_headers")?,
+        disallowed: list(&r.disallowed_headers, "disallowed_headers")?,
+    })
 }
 
 /// The counters, all made with the filter as Envoy makes them.

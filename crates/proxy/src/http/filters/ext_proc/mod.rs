@@ -76,7 +76,25 @@ pub(super) struct Shared {
     status_on_error: u16,
     /// `route_cache_action` (`disable_clear_route_cache` is RETAIN).
     route_cache: RouteCache,
+    /// `forward_rules`: the headers the processor is sent.
+    forward: Forward,
     stats: Arc<Stats>,
+}
+
+/// `forward_rules`: a header goes to the processor unless a disallowed
+/// pattern matches it, and when allowed patterns are given, only if one
+/// matches it (Envoy's `headerCanBeForwarded`).
+#[derive(Default)]
+pub(super) struct Forward {
+    allowed: Vec<crate::common::matcher::StringMatch>,
+    disallowed: Vec<crate::common::matcher::StringMatch>,
+}
+
+impl Forward {
+    fn sends(&self, name: &str) -> bool {
+        !self.disallowed.iter().any(|m| m.matches(name))
+            && (self.allowed.is_empty() || self.allowed.iter().any(|m| m.matches(name)))
+    }
 }
 
 /// The processing mode in force for a request: which headers are sent,

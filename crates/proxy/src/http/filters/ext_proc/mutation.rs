@@ -11,11 +11,12 @@ use legate_api::pb::envoy::service::ext_proc::v3::{body_mutation, BodyMutation, 
 pub(super) type HeaderList = Vec<(String, Vec<u8>)>;
 
 /// The list as the processor is sent it (values in `raw_value`, as Envoy
-/// 1.40 sends them).
-pub(super) fn to_proto(list: &HeaderList) -> PbHeaderMap {
+/// 1.40 sends them), the headers `send` lets through.
+pub(super) fn to_proto(list: &HeaderList, send: impl Fn(&str) -> bool) -> PbHeaderMap {
     PbHeaderMap {
         headers: list
             .iter()
+            .filter(|(k, _)| send(k))
             .map(|(k, v)| PbHeaderValue { key: k.clone(), raw_value: v.clone(), ..Default::default() })
             .collect(),
     }

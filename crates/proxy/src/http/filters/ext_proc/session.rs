@@ -90,7 +90,7 @@ impl Session {
         if self.complete {
             return Outcome::Continue;
         }
-        let mut msg = request(&stage);
+        let mut msg = request(&stage, &self.shared.forward);
         if self.stream.is_none() {
             msg.protocol_config = Some(self.mode.protocol_config());
         }
@@ -297,11 +297,11 @@ fn immediate(i: &ImmediateResponse, rejected: &crate::stats::Counter) -> Outcome
 }
 
 /// The `ProcessingRequest` of a stage.
-fn request(stage: &Stage<'_>) -> ProcessingRequest {
+fn request(stage: &Stage<'_>, forward: &super::Forward) -> ProcessingRequest {
     use legate_api::pb::envoy::service::ext_proc::v3::processing_request::Request;
     use legate_api::pb::envoy::service::ext_proc::v3::{HttpBody, HttpHeaders};
     let headers = || HttpHeaders {
-        headers: Some(mutation::to_proto(stage.headers)),
+        headers: Some(mutation::to_proto(stage.headers, |k| forward.sends(k))),
         end_of_stream: stage.end_of_stream,
         ..Default::default()
     };
