@@ -10,7 +10,8 @@
 //! `CONTINUE_AND_REPLACE` in the headers' answer, `mode_override`, a
 //! spurious answer, the processor closing the stream, `clear_route_cache`
 //! (with and without a header mutation), bodies replaced without a new
-//! `content-length`, a request body STREAMED, `forward_rules`, per-route
+//! `content-length`, a request body STREAMED, `forward_rules`,
+//! `mutation_rules`, per-route
 //! `disabled` and `overrides.processing_mode`, a processor that is down
 //! (with and without `failure_mode_allow`) and one slower than
 //! `message_timeout` (with and without `failure_mode_allow`).
@@ -331,8 +332,9 @@ const LISTENERS: &[&str] = &["main", "streamed", "down", "down_allow", "slow", "
 
 /// A request body STREAMED (as semantic-router's configs run it), the
 /// response's BUFFERED.
-/// Only some headers go to its processor (`forward_rules`).
-const STREAMED: &str = "processing_mode: {request_header_mode: SEND, response_header_mode: SEND, request_body_mode: STREAMED, response_body_mode: BUFFERED}, failure_mode_allow: true, allow_mode_override: true, forward_rules: {allowed_headers: {patterns: [{prefix: \":\"}, {prefix: x-}, {exact: content-type}]}, disallowed_headers: {patterns: [{exact: x-request-id}, {exact: x-set}]}}";
+/// Only some headers go to its processor (`forward_rules`), and its
+/// mutations go by `mutation_rules`.
+const STREAMED: &str = "processing_mode: {request_header_mode: SEND, response_header_mode: SEND, request_body_mode: STREAMED, response_body_mode: BUFFERED}, failure_mode_allow: true, allow_mode_override: true, forward_rules: {allowed_headers: {patterns: [{prefix: \":\"}, {prefix: x-}, {exact: content-type}]}, disallowed_headers: {patterns: [{exact: x-request-id}, {exact: x-set}]}}, mutation_rules: {allow_envoy: true, disallow_expression: {regex: \"x-set|x-appended\"}}";
 
 fn config(admin: u16, ports: &Ports, processor: u16, echo: u16, closed: u16) -> String {
     let echo_routes = "routes: [{match: {prefix: \"/\"}, route: {cluster: echo}}]";

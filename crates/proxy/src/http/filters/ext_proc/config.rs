@@ -60,6 +60,7 @@ fn compile(any: &Any, ctx: &FilterContext<'_>) -> Result<Box<dyn HttpFilter>, St
         status_on_error: if (200..600).contains(&status_on_error) { status_on_error as u16 } else { 500 },
         route_cache,
         forward: forward(c.forward_rules.as_ref()).map_err(|e| format!("{base}.forward_rules.{e}"))?,
+        rules: rules(c.mutation_rules.as_ref()).map_err(|e| format!("{base}.mutation_rules.{e}"))?,
         stats: Arc::new(stats(ctx, &c.stat_prefix)),
     };
     let mode = Mode::from_pb(&c.processing_mode.unwrap_or_default());
@@ -77,6 +78,26 @@ fn forward(rules: Option<&pb::HeaderForwardingRules>) -> Result<Forward, String>
     Ok(Forward {
         allowed: list(&r.allowed_headers, "allowed_headers")?,
         disallowed: list(&r.disallowed_headers, "disallowed_headers")?,
+    })
+}
+
+fn rules(
+    r: Option<&legate_api::pb::envoy::config::common::mutation_rules::v3::HeaderMutationRules>,
+) -> Result<super::mutation::Rules, String> {
+    use super::mutation::Rules;
+    let Some(r) = r else { return Ok(Rules::DEFAULT) };
+    let flag = |b: &Option<legate_api::pb::google::protobuf::BoolValue>| b.as_ref().is_some_and(|b| b.value);
+    let regex = |m: &Option<legate_api::pb::envoy::r#type::matcher::v3::RegexMatcher>, field: &str| {
+        m.as_ref().map(crate::common::matcher::compile_regex).transpose().map_err(|e| format!("{field}: {e}"))
+    };
+    Ok(Rules {
+        allow_all_routing: flag(&r.allow_all_routing),
+        allow_envoy: flag(&r.allow_envoy),
+        disallow_system: flag(&r.disallow_system),
+        disallow_all: flag(&r.disallow_all),
+        disallow_is_error: flag(&r.disallow_is_error),
+        allow: regex(&r.allow_expression, "allow_expression")?,
+        disallow: regex(&r.disallow_expression, "disallow_expression")?,
     })
 }
 

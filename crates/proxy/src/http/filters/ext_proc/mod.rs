@@ -78,6 +78,8 @@ pub(super) struct Shared {
     route_cache: RouteCache,
     /// `forward_rules`: the headers the processor is sent.
     forward: Forward,
+    /// `mutation_rules`.
+    rules: mutation::Rules,
     stats: Arc<Stats>,
 }
 

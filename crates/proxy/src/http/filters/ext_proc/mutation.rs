@@ -34,14 +34,73 @@ fn set(list: &mut HeaderList, name: &str, value: &[u8]) {
 }
 
 /// How a mutation is applied.
-#[derive(Clone, Copy, Default)]
-pub(super) struct How {
+#[derive(Clone, Copy)]
+pub(super) struct How<'a> {
     /// The answer replaces the whole message (`CONTINUE_AND_REPLACE`).
     pub replacing: bool,
     /// A new `content-length` is not taken (the body may change later).
     pub skip_content_length: bool,
-    /// An immediate response's headers.
-    pub permissive: bool,
+    /// `mutation_rules` (Envoy's defaults without), or the permissive
+    /// rules of an immediate response's headers.
+    pub rules: &'a Rules,
+}
+
+impl Default for How<'_> {
+    fn default() -> Self {
+        Self { replacing: false, skip_content_length: false, rules: &Rules::DEFAULT }
+    }
+}
+
+/// `HeaderMutationRules`, compiled (Envoy's `MutationRules::Checker`).
+pub(super) struct Rules {
+    pub allow_all_routing: bool,
+    pub allow_envoy: bool,
+    pub disallow_system: bool,
+    pub disallow_all: bool,
+    pub disallow_is_error: bool,
+    pub allow: Option<regex::Regex>,
+    pub disallow: Option<regex::Regex>,
+}
+
+impl Rules {
+    pub const DEFAULT: Rules = Rules {
+        allow_all_routing: false,
+        allow_envoy: false,
+        disallow_system: false,
+        disallow_all: false,
+        disallow_is_error: false,
+        allow: None,
+        disallow: None,
+    };
+    /// An immediate response's headers: routing and `x-envoy-*` allowed.
+    pub const PERMISSIVE: Rules = Rules { allow_all_routing: true, allow_envoy: true, ..Rules::DEFAULT };
+
+    /// Whether the change is allowed (Envoy's `isAllowed` and `isValidValue`).
+    fn allows(&self, op: Op, name: &str, value: &[u8]) -> bool {
+        (op == Op::Remove || valid_value(name, value)) && self.allowed_name(op, name)
+    }
+
+    fn allowed_name(&self, op: Op, name: &str) -> bool {
+        if op == Op::Remove && (name.starts_with(':') || name == "host") {
+            return false;
+        }
+        if self.disallow.as_ref().is_some_and(|r| r.is_match(name)) {
+            return false;
+        }
+        if self.allow.as_ref().is_some_and(|r| r.is_match(name)) {
+            return true;
+        }
+        if self.disallow_all {
+            return false;
+        }
+        if !self.allow_all_routing && matches!(name, "host" | ":authority" | ":method" | ":scheme") {
+            return false;
+        }
+        if name.starts_with(':') && (op == Op::Append || self.disallow_system) {
+            return false;
+        }
+        self.allow_envoy || !name.starts_with("x-envoy")
+    }
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -49,27 +108,6 @@ enum Op {
     Set,
     Append,
     Remove,
-}
-
-/// Envoy's default `HeaderMutationRules` (no `mutation_rules`): routing
-/// headers, `x-envoy-*` and appended pseudo-headers are not changed; `host`
-/// and pseudo-headers are never removed; a value must be valid. An
-/// immediate response's headers go by Envoy's permissive rules (routing
-/// and `x-envoy-*` headers allowed).
-fn allowed(op: Op, name: &str, value: &[u8], permissive: bool) -> bool {
-    if op == Op::Remove && (name.starts_with(':') || name == "host") {
-        return false;
-    }
-    if !permissive && matches!(name, "host" | ":authority" | ":method" | ":scheme") {
-        return false;
-    }
-    if name.starts_with(':') && op == Op::Append {
-        return false;
-    }
-    if !permissive && name.starts_with("x-envoy") {
-        return false;
-    }
-    op == Op::Remove || valid_value(name, value)
 }
 
 fn valid_value(name: &str, value: &[u8]) -> bool {
@@ -98,20 +136,23 @@ fn name_valid(name: &str) -> bool {
 pub(super) fn apply_headers(
     m: &HeaderMutation,
     list: &mut HeaderList,
-    how: How,
+    how: How<'_>,
     rejected: &Counter,
 ) -> Result<(), &'static str> {
-    let How { replacing, skip_content_length, permissive } = how;
+    let How { replacing, skip_content_length, rules } = how;
     for name in &m.remove_headers {
         if !name_valid(name) {
             rejected.inc();
             return Err("Invalid character in remove_headers mutation.");
         }
         let name = name.to_ascii_lowercase();
-        if allowed(Op::Remove, &name, b"", permissive) {
+        if rules.allows(Op::Remove, &name, b"") {
             list.retain(|(k, _)| *k != name);
         } else {
             rejected.inc();
+            if rules.disallow_is_error {
+                return Err("Invalid attempt to remove a header");
+            }
         }
     }
     for sh in &m.set_headers {
@@ -133,8 +174,11 @@ pub(super) fn apply_headers(
         let append = sh.append.as_ref().is_some_and(|b| b.value);
         let op = if append && has(list, &name) { Op::Append } else { Op::Set };
         // `:method` may change when the whole message is replaced.
-        if !(allowed(op, &name, value, permissive) || (replacing && name == ":method")) {
+        if !(rules.allows(op, &name, value) || (replacing && name == ":method")) {
             rejected.inc();
+            if rules.disallow_is_error {
+                return Err("Invalid attempt to modify a header");
+            }
             continue;
         }
         if append {

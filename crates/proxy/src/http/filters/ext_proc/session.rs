@@ -218,7 +218,8 @@ impl Session {
     /// replacing the whole message) the body mutation.
     fn common(&mut self, c: &CommonResponse, stage: Stage<'_>) -> Result<(), &'static str> {
         let replacing = c.status == ResponseStatus::ContinueAndReplace as i32;
-        let how = How { replacing, skip_content_length: self.mode.drops_length(stage.phase), permissive: false };
+        let how =
+            How { replacing, skip_content_length: self.mode.drops_length(stage.phase), rules: &self.shared.rules };
         if let Some(m) = &c.header_mutation {
             mutation::apply_headers(m, stage.headers, how, &self.shared.stats.rejected_header_mutations)?;
         }
@@ -283,7 +284,7 @@ fn immediate(i: &ImmediateResponse, rejected: &crate::stats::Counter) -> Outcome
     let status = if (200..1000).contains(&status) { status as u16 } else { 200 };
     let mut headers = HeaderList::new();
     if let Some(m) = &i.headers {
-        let how = How { permissive: true, ..How::default() };
+        let how = How { rules: &mutation::Rules::PERMISSIVE, ..How::default() };
         if mutation::apply_headers(m, &mut headers, how, rejected).is_err() {
             headers.clear();
         }
