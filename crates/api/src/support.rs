@@ -33,6 +33,8 @@ pub const SUPPORTED_EXTENSIONS: &[&str] = &[
     "envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication",
     "envoy.extensions.filters.http.ext_authz.v3.ExtAuthz",
     "envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute",
+    "envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor",
+    "envoy.extensions.filters.http.ext_proc.v3.ExtProcPerRoute",
     "envoy.extensions.filters.http.lua.v3.Lua",
     "envoy.extensions.filters.http.lua.v3.LuaPerRoute",
     "envoy.extensions.filters.http.compressor.v3.Compressor",

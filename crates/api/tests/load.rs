@@ -143,7 +143,7 @@ fn unsupported_fields_are_listed_not_ignored() {
     );
     let with_ext_proc = listener(ROUTER, "c").replace(
         "          - name: envoy.filters.http.router\n",
-        "          - name: envoy.filters.http.ext_proc\n            typed_config: {\"@type\": type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor}\n          - name: envoy.filters.http.router\n",
+        "          - name: envoy.filters.http.ext_proc\n            typed_config: {\"@type\": type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor, observability_mode: true}\n          - name: envoy.filters.http.router\n",
     );
     let r = check_bootstrap(&with_ext_proc);
     assert!(r.is_valid(), "{:?}", r.errors);

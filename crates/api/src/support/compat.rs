@@ -52,6 +52,50 @@ const FIELDS: &[(&str, &[&str])] = &[
         "envoy.extensions.filters.http.ext_authz.v3.CheckSettings",
         &["context_extensions", "disable_request_body_buffering", "with_request_body"],
     ),
+    // External processing over gRPC: headers and whole bodies.
+    (
+        "envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor",
+        &[
+            "grpc_service",
+            "failure_mode_allow",
+            "processing_mode",
+            "message_timeout",
+            "stat_prefix",
+            "allow_mode_override",
+            "disable_immediate_response",
+            "status_on_error",
+            "route_cache_action",
+            "disable_clear_route_cache",
+            "forward_rules",
+            "mutation_rules",
+        ],
+    ),
+    (
+        "envoy.config.common.mutation_rules.v3.HeaderMutationRules",
+        &[
+            "allow_all_routing",
+            "allow_envoy",
+            "disallow_system",
+            "disallow_all",
+            "allow_expression",
+            "disallow_expression",
+            "disallow_is_error",
+        ],
+    ),
+    ("envoy.extensions.filters.http.ext_proc.v3.HeaderForwardingRules", &["allowed_headers", "disallowed_headers"]),
+    (
+        "envoy.extensions.filters.http.ext_proc.v3.ProcessingMode",
+        &[
+            "request_header_mode",
+            "response_header_mode",
+            "request_body_mode",
+            "response_body_mode",
+            "request_trailer_mode",
+            "response_trailer_mode",
+        ],
+    ),
+    ("envoy.extensions.filters.http.ext_proc.v3.ExtProcPerRoute", &["disabled", "overrides"]),
+    ("envoy.extensions.filters.http.ext_proc.v3.ExtProcOverrides", &["processing_mode"]),
     // A route's stream duration, and the deprecated gRPC timeouts it replaces.
     ("envoy.config.route.v3.RouteAction", &["max_stream_duration", "max_grpc_timeout", "grpc_timeout_offset"]),
     (
@@ -118,12 +162,68 @@ const FIELDS: &[(&str, &[&str])] = &[
 ];
 
 /// Enum values refused in a field learnt here: (message, field, values, reason).
-pub(super) const UNSUPPORTED_VALUES: &[(&str, &str, &[i32], &str)] = &[(
-    "envoy.config.core.v3.ApiConfigSource",
-    "api_type",
-    &[1],
-    "REST config sources (api_type REST) are not implemented by Legate",
-)];
+pub(super) const UNSUPPORTED_VALUES: &[(&str, &str, &[i32], &str)] = &[
+    (
+        "envoy.config.core.v3.ApiConfigSource",
+        "api_type",
+        &[1],
+        "REST config sources (api_type REST) are not implemented by Legate",
+    ),
+    (
+        "envoy.extensions.filters.http.ext_proc.v3.ProcessingMode",
+        "request_body_mode",
+        &[3],
+        "the ext_proc body mode BUFFERED_PARTIAL is not implemented by Legate",
+    ),
+    (
+        "envoy.extensions.filters.http.ext_proc.v3.ProcessingMode",
+        "request_body_mode",
+        &[4],
+        "the ext_proc body mode FULL_DUPLEX_STREAMED is not implemented by Legate",
+    ),
+    (
+        "envoy.extensions.filters.http.ext_proc.v3.ProcessingMode",
+        "request_body_mode",
+        &[5],
+        "the ext_proc body mode GRPC is not implemented by Legate",
+    ),
+    (
+        "envoy.extensions.filters.http.ext_proc.v3.ProcessingMode",
+        "response_body_mode",
+        &[1],
+        "the ext_proc response body mode STREAMED is not implemented by Legate",
+    ),
+    (
+        "envoy.extensions.filters.http.ext_proc.v3.ProcessingMode",
+        "response_body_mode",
+        &[3],
+        "the ext_proc body mode BUFFERED_PARTIAL is not implemented by Legate",
+    ),
+    (
+        "envoy.extensions.filters.http.ext_proc.v3.ProcessingMode",
+        "response_body_mode",
+        &[4],
+        "the ext_proc body mode FULL_DUPLEX_STREAMED is not implemented by Legate",
+    ),
+    (
+        "envoy.extensions.filters.http.ext_proc.v3.ProcessingMode",
+        "response_body_mode",
+        &[5],
+        "the ext_proc body mode GRPC is not implemented by Legate",
+    ),
+    (
+        "envoy.extensions.filters.http.ext_proc.v3.ProcessingMode",
+        "request_trailer_mode",
+        &[1],
+        "the ext_proc trailer mode SEND is not implemented by Legate",
+    ),
+    (
+        "envoy.extensions.filters.http.ext_proc.v3.ProcessingMode",
+        "response_trailer_mode",
+        &[1],
+        "the ext_proc trailer mode SEND is not implemented by Legate",
+    ),
+];
 
 /// Shared messages honoured only in part where they are: (parent message,
 /// its field, the fields honoured there).

@@ -12,6 +12,7 @@ pub mod compressor;
 pub mod cors;
 pub mod csrf;
 pub mod ext_authz;
+pub mod ext_proc;
 pub mod fault;
 pub mod grpc_http1_bridge;
 pub mod grpc_web;

@@ -1,0 +1,108 @@
+//! A request body sent STREAMED: each chunk goes to the processor as it
+//! arrives and on upstream as the processor's answer changed it, in order.
+//! A task of its own carries the session meanwhile and puts it back for the
+//! response side once the last chunk is answered.
+
+use super::mutation::HeaderList;
+use super::session::{Outcome, Phase, Session, Stage};
+use crate::body::{BodyError, ProxyBody};
+use bytes::Bytes;
+use http_body::{Body, Frame};
+use http_body_util::BodyExt as _;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use tokio::sync::mpsc;
+use tokio_stream::StreamExt as _;
+
+/// Where the session goes back for the response side.
+pub(super) type Slot = Arc<Mutex<Option<Session>>>;
+
+/// The request body to send on: `body` chunk by chunk through the
+/// processor. The session is put in `slot` at the end (when `keep`).
+pub(super) fn body(s: Session, body: ProxyBody, slot: Slot, keep: bool) -> ProxyBody {
+    let (tx, rx) = mpsc::channel(1);
+    tokio::spawn(pump(s, body, slot, keep, tx));
+    ProxyBody::Rewritten { body: Box::new(Chunks(rx)) }
+}
+
+type Item = Result<Frame<Bytes>, BodyError>;
+
+/// A frame already read, then the rest of `body`.
+pub(super) fn prepend(first: Frame<Bytes>, body: ProxyBody) -> ProxyBody {
+    let first = tokio_stream::iter([Ok(first)]);
+    let rest = http_body_util::BodyStream::new(body);
+    ProxyBody::Rewritten { body: Box::new(http_body_util::StreamBody::new(first.chain(rest))) }
+}
+
+async fn pump(mut s: Session, mut body: ProxyBody, slot: Slot, keep: bool, tx: mpsc::Sender<Item>) {
+    let put_back = |s: Session| {
+        if keep {
+            *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(s);
+        }
+    };
+    loop {
+        let (data, end) = match body.frame().await {
+            Some(Ok(f)) => match f.into_data() {
+                Ok(d) => {
+                    let end = body.is_end_stream();
+                    (d, end)
+                }
+                // Trailers (never sent to the processor) end the body.
+                Err(trailers) => {
+                    put_back(s);
+                    let _ = tx.send(Ok(trailers)).await;
+                    return;
+                }
+            },
+            Some(Err(e)) => {
+                put_back(s);
+                let _ = tx.send(Err(e)).await;
+                return;
+            }
+            // The body ended after its last chunk: an empty one says so.
+            None => (Bytes::new(), true),
+        };
+        let out = chunk(&mut s, data, end).await;
+        if end {
+            put_back(s);
+            if let Some(item) = out.filter(|i| !matches!(i, Ok(f) if f.data_ref().is_some_and(|d| d.is_empty()))) {
+                let _ = tx.send(item).await;
+            }
+            return;
+        }
+        if let Some(item) = out {
+            if tx.send(item).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// One chunk through the processor; once processing is over, unchanged. A
+/// failure the request cannot be answered for any more (its headers went
+/// on) breaks the body.
+async fn chunk(s: &mut Session, data: Bytes, end: bool) -> Option<Item> {
+    if s.complete {
+        return Some(Ok(Frame::data(data)));
+    }
+    let mut headers = HeaderList::new();
+    let mut body = Some(data);
+    let stage = Stage { phase: Phase::RequestBody, headers: &mut headers, body: &mut body, end_of_stream: end };
+    match s.run(stage).await {
+        Outcome::Continue => Some(Ok(Frame::data(body.unwrap_or_default()))),
+        Outcome::Immediate { .. } => Some(Err("the external processor failed on a streamed request body".into())),
+    }
+}
+
+/// The processed chunks, as the request body.
+struct Chunks(mpsc::Receiver<Item>);
+
+impl Body for Chunks {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Item>> {
+        self.0.poll_recv(cx)
+    }
+}
