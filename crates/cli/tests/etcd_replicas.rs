@@ -483,7 +483,9 @@ fn get_tls(d: &std::path::Path, api: u16, token: Option<&str>, path: &str) -> Op
 /// yet its `error_rate` rule fires to a webhook (the leader reads the other
 /// replica's part with the store's peer secret, over TLS verified against
 /// the client CA, presenting its own certificate), and `ctl top services`
-/// on the leader counts the proxy's requests exactly.
+/// on the leader counts the proxy's requests exactly. Then the proxy NACKs
+/// a listener: the leader's `proxy_nack` rule fires from the other
+/// replica's report.
 #[test]
 fn the_leader_alerts_on_a_proxy_streaming_to_another_tls_replica() {
     let dir = TempDir::new("etcd-tls-fleet");
@@ -570,4 +572,21 @@ fn the_leader_alerts_on_a_proxy_streaming_to_another_tls_replica() {
     eprintln!("leader's fleet view of web: {requests} requests, {errs} errors (the load: {answered}, {errors})");
     assert!(requests >= answered, "the leader counts the other replica's proxy: {fleet:?}");
     assert_eq!(errs, errors, "every 503, exactly once: {fleet:?}");
+
+    // A NACK by that proxy reaches the leader's `proxy_nack` rule through
+    // the other replica's report: a listener on the proxy's admin port
+    // cannot bind.
+    let nack_rule = format!(
+        "kind: AlertRule\nmetadata: {{name: nacks}}\nspec:\n  metric: proxy_nack\n  above: 0\n  for: 500ms\n  webhooks: [{}]\n",
+        rx.url("/nack")
+    );
+    let bad = rds_listener("taken", &nodes(&["legate-proxy"]), admin, "main");
+    std::fs::write(&file, nack_rule + "---\n" + &bad).expect("write");
+    let (ok, out) = ctl_tls(d, l_api, tok, &["apply", "-f", file.to_str().expect("path")]);
+    assert!(ok, "{out}");
+    let nacked = wait_for("the leader's proxy_nack webhook", Duration::from_secs(20), || {
+        rx.received().into_iter().find(|p| p["status"] == "firing" && p["groupLabels"]["alertname"] == "nacks")
+    });
+    eprintln!("proxy_nack fired on the leader: {}", nacked["commonAnnotations"]);
+    assert!(nacked.to_string().contains("legate-proxy"), "the NACKing node is named: {nacked}");
 }
