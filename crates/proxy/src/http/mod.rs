@@ -5,6 +5,7 @@ pub mod context;
 pub mod filters;
 pub mod grpc;
 pub mod h1_errors;
+pub mod h2_frames;
 pub mod header_mutation;
 pub mod route;
 pub mod router;
