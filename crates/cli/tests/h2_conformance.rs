@@ -1,5 +1,6 @@
-//! HTTP/2 conformance, Envoy 1.40 and Legate side by side: the frame-level
-//! client `data/h2_conformance.py` (h2spec's server cases: frame sizes,
+//! HTTP/2 conformance, Envoy 1.40 and Legate side by side: the cases of
+//! `data/h2_conformance.py`, on the frame-level client `data/h2_client.py`
+//! (h2spec's server cases: frame sizes,
 //! stream states, flow control, SETTINGS, PING, GOAWAY, CONTINUATION,
 //! HTTP messages, HPACK; the connection manager's header limits; and the
 //! attacks: rapid reset, CONTINUATION flood, SETTINGS and PING floods,
