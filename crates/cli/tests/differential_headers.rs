@@ -171,3 +171,49 @@ fn header_limits_over_http2_reset_the_stream() {
         assert_eq!(seen[0].0 .0, expected, "Envoy {name}: {:?}", seen[0]);
     }
 }
+
+/// The HTTP/2 cases of a pair: each request's curl result (exit code,
+/// status line, error with the reset's code) and `stats` on both proxies,
+/// compared; returns Envoy's results.
+fn compare_h2(p: &Pair, cases: &[(&str, Vec<(String, String)>)], stats: &[&str]) -> Vec<(Option<i32>, String, String)> {
+    let mut out = Vec::new();
+    for (name, headers) in cases {
+        let mut seen = Vec::new();
+        for (port, admin) in [(p.envoy, p.envoy_admin), (p.legate, p.legate_admin)] {
+            let r = h2_get(port, headers);
+            let s: Vec<(&str, i64)> = stats.iter().map(|s| (*s, stat_text(admin, s).unwrap_or(0))).collect();
+            seen.push((r, s));
+        }
+        harness::diff::assert_same(name, &seen[0], &seen[1]);
+        out.push(seen.swap_remove(0).0);
+    }
+    out
+}
+
+#[test]
+fn max_headers_count_over_http2_resets_the_stream() {
+    // Envoy's HTTP/2 codec counts the pseudo-headers: curl sends four and
+    // `user-agent` and `accept`, so 2 more make 8, 3 more one over.
+    let headers = |n: usize| -> Vec<(String, String)> { (0..n).map(|i| (format!("x-h{i}"), "v".into())).collect() };
+    let direct =
+        "              - { match: { prefix: \"/\" }, direct_response: { status: 200, body: { inline_string: ok } } }\n";
+    let stats = [
+        "http.ingress_http.downstream_rq_total",
+        "http.ingress_http.downstream_rq_2xx",
+        "http.ingress_http.downstream_rq_4xx",
+        "http.ingress_http.downstream_rq_rx_reset",
+        "http.ingress_http.downstream_cx_protocol_error",
+        "http2.header_overflow",
+        "http2.rx_reset",
+        "http2.tx_reset",
+    ];
+    let count = "          common_http_protocol_options: { max_headers_count: 8 }\n";
+    for (extra, fits) in [(count, 2), ("", 94)] {
+        let template = bootstrap(extra, "", &one_vhost(direct), &echo_cluster());
+        let p = start_pair("headers-count-h2", &template, &["a"]);
+        let cases = [("at the count", headers(fits)), ("one over", headers(fits + 1))];
+        let seen = compare_h2(&p, &cases, &stats);
+        assert_eq!(seen[0].0, Some(0), "Envoy at the count {extra:?}: {:?}", seen[0]);
+        assert_eq!(seen[1].0, Some(92), "Envoy one over {extra:?}: {:?}", seen[1]);
+    }
+}

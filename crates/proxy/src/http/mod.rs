@@ -6,6 +6,7 @@ pub mod filters;
 pub mod grpc;
 pub mod h1_errors;
 pub mod h1_framing;
+pub mod h2_frames;
 pub mod header_mutation;
 pub mod route;
 pub mod router;

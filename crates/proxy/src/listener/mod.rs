@@ -562,6 +562,7 @@ async fn serve_http<S: crate::io::Io>(
     // connection manager's tunnel.
     // Boxed, so that the connection's task holds only what this protocol
     // needs, not room for the largest of every path that leads here.
+    let io = crate::http::h2_frames::H2Frames::new(io);
     let mut conn = Box::pin(builder.serve_connection_with_upgrades(TokioIo::new(io), svc));
     let mut draining = *phase.borrow() == Phase::Drain;
     if draining {

@@ -24,6 +24,13 @@ const DEFAULT_KB: u32 = 60;
 /// Envoy's default `max_headers_count`.
 const DEFAULT_COUNT: u32 = 100;
 
+/// The least header list the HTTP/2 codec decodes before refusing a
+/// request itself: Envoy resets a stream with INTERNAL_ERROR whatever the
+/// size of its header block (seen up to 18 MB), Legate up to this. The
+/// codec keeps at most this much of one block at a time per connection, and
+/// allows `this / 16 KiB` x 1.25 CONTINUATION frames before a GOAWAY.
+const H2_DECODED_FLOOR: usize = 1024 * 1024;
+
 /// Marks a response that is not to be sent: the HTTP/2 server resets the
 /// request's stream instead, with this code.
 #[derive(Debug, Clone, Copy)]
@@ -33,6 +40,9 @@ pub struct ResetStream(pub h2::Reason);
 pub(in crate::http) enum Breach {
     /// Over `max_request_headers_kb`: 431.
     TooLarge,
+    /// Over `max_headers_count`: 431 (the HTTP/1 parser's own), over
+    /// HTTP/2 a reset counted as `http2.header_overflow`.
+    TooMany,
     /// A name with an underscore under `REJECT_REQUEST`: 400.
     Underscore,
 }
@@ -60,6 +70,11 @@ pub(in crate::http) struct HeaderLimits {
     action: Action,
     http1: CodecStats,
     http2: CodecStats,
+    /// `http2.header_overflow`: requests over `max_headers_count` (the
+    /// HTTP/1 parser refuses those itself).
+    h2_header_overflow: Arc<Counter>,
+    /// `http2.tx_reset`: streams reset for a breach.
+    h2_tx_reset: Arc<Counter>,
 }
 
 impl HeaderLimits {
@@ -76,6 +91,8 @@ impl HeaderLimits {
             action,
             http1: CodecStats::new(store, "http1"),
             http2: CodecStats::new(store, "http2"),
+            h2_header_overflow: store.counter("http2.header_overflow"),
+            h2_tx_reset: store.counter("http2.tx_reset"),
         }
     }
 
@@ -87,11 +104,13 @@ impl HeaderLimits {
     }
 
     /// HTTP/2's `SETTINGS_MAX_HEADER_LIST_SIZE`: names and values plus the
-    /// 32 bytes a header counts for there (RFC 9113), pseudo-headers too.
-    /// Past the limit, so that the connection manager sees (and resets, as
-    /// Envoy does) every request up to this size.
+    /// 32 bytes a header counts for there (RFC 9113), pseudo-headers too,
+    /// and at least `H2_DECODED_FLOOR`. Far past the limit, so that the
+    /// connection manager sees (and resets with INTERNAL_ERROR, as Envoy
+    /// does) every request up to this size; the HTTP/2 codec would answer a
+    /// larger one 431 and reset it with another code.
     pub fn h2_list_size(&self) -> u32 {
-        let size = self.max_bytes + 32 * (self.max_count + 4) + 64 * 1024;
+        let size = (self.max_bytes + 32 * (self.max_count + 4) + 64 * 1024).max(H2_DECODED_FLOOR);
         u32::try_from(size).unwrap_or(u32::MAX)
     }
 
@@ -109,8 +128,14 @@ impl HeaderLimits {
         }
         let mut bytes: usize = parts.headers.iter().map(|(k, v)| k.as_str().len() + v.len()).sum();
         if parts.version == Version::HTTP_2 {
-            // Envoy's HTTP/2 header map holds the pseudo-headers too.
+            // Envoy's HTTP/2 header map holds the pseudo-headers too, and
+            // the cookie crumbs joined into one header. The HTTP/1 parser
+            // counted its headers itself.
             bytes += pseudo_bytes(parts);
+            if h2_count(parts) > self.max_count {
+                self.h2_header_overflow.inc();
+                return Err(Breach::TooMany);
+            }
         }
         if bytes > self.max_bytes {
             return Err(Breach::TooLarge);
@@ -129,8 +154,9 @@ impl super::Hcm {
     ) -> super::ProxyResponse {
         use crate::body::Finish;
         self.stats.downstream_rq_rx_reset.inc();
+        self.header_limits.h2_tx_reset.inc();
         stream.details = match breach {
-            Breach::TooLarge => "http2.too_many_headers",
+            Breach::TooLarge | Breach::TooMany => "http2.too_many_headers",
             Breach::Underscore => "http2.unexpected_underscore",
         };
         stream.finish(0, false);
@@ -152,6 +178,19 @@ fn drop_underscored(headers: &mut HeaderMap) -> usize {
         }
     }
     dropped
+}
+
+/// How many headers Envoy's HTTP/2 codec counts: the pseudo-headers a
+/// request has, every value of every header, the cookies as one.
+fn h2_count(parts: &Parts) -> usize {
+    let cookies = parts.headers.get_all(http::header::COOKIE).iter().count();
+    let uri = &parts.uri;
+    let pseudo = 1
+        + usize::from(uri.scheme().is_some())
+        + usize::from(uri.path_and_query().is_some())
+        + usize::from(uri.authority().is_some())
+        + usize::from(parts.extensions.get::<hyper::ext::Protocol>().is_some());
+    parts.headers.len() - cookies.saturating_sub(1) + pseudo
 }
 
 /// `:method`, `:path`, `:scheme` and `:authority`, names and values.

@@ -164,7 +164,9 @@ impl Hcm {
             }
             self.stats.downstream_cx_protocol_error.inc();
             let (status, details, body) = match breach {
-                Breach::TooLarge => (431, "http1.headers_too_large", "Request Header Fields Too Large"),
+                Breach::TooLarge | Breach::TooMany => {
+                    (431, "http1.headers_too_large", "Request Header Fields Too Large")
+                }
                 Breach::Underscore => (400, "http1.unexpected_underscore", "Bad Request"),
             };
             return close(self.local_reply(stream, status, details, "DPE", Some(body.into())));

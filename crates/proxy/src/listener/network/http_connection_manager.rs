@@ -79,13 +79,17 @@ impl HttpChain {
 }
 
 /// `http2_protocol_options` a connection manager's HTTP/2 connections are
-/// served with: `max_concurrent_streams` (Envoy's default, 2^31 - 1, when
+/// served with: `max_concurrent_streams` (Envoy 1.40's default, 1024, when
 /// unset) and, when set, `initial_stream_window_size` (the SETTINGS
 /// initial window) and `initial_connection_window_size` (the connection
 /// window, opened with a WINDOW_UPDATE after the preface), as Envoy sends
 /// them. The PGV rules have bounded the values already.
+/// The SETTINGS_MAX_CONCURRENT_STREAMS Envoy 1.40 sends when
+/// `max_concurrent_streams` is unset (its API still documents 2^31 - 1).
+const DEFAULT_MAX_STREAMS: u32 = 1024;
+
 fn h2_settings(builder: &mut auto::Builder<TokioExecutor>, options: Option<&Http2ProtocolOptions>) {
-    let max_streams = options.and_then(|o| o.max_concurrent_streams).map_or(2147483647, |v| v.value);
+    let max_streams = options.and_then(|o| o.max_concurrent_streams).map_or(DEFAULT_MAX_STREAMS, |v| v.value);
     let mut h2 = builder.http2();
     h2.timer(TokioTimer::new()).max_concurrent_streams(Some(max_streams));
     if let Some(w) = options.and_then(|o| o.initial_stream_window_size) {
