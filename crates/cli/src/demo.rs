@@ -87,7 +87,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         metrics_retention: Default::default(),
         fault: Default::default(),
         auth_lockout: Default::default(),
-        gate_ca: None,
+        webhook_ca: None,
         advertise_api: None,
         xds_max_connections_per_address: legate_control::serve::xds::limits::MAX_CONNECTIONS_PER_ADDRESS,
         peer_ca: None,

@@ -119,10 +119,11 @@ struct ControlPlaneArgs {
     /// replicas' API certificates must chain to (default: --client-ca).
     #[arg(long, requires = "tls_cert")]
     peer_ca: Option<std::path::PathBuf>,
-    /// CA certificates (PEM) that `https://` release gates must chain to
-    /// (default: the Mozilla root certificates built into the binary).
-    #[arg(long)]
-    gate_ca: Option<std::path::PathBuf>,
+    /// CA certificates (PEM) that `https://` webhooks — alert receivers,
+    /// Alertmanagers, release gates — must chain to (default: the Mozilla
+    /// root certificates built into the binary). `--gate-ca` is its old name.
+    #[arg(long, alias = "gate-ca")]
+    webhook_ca: Option<std::path::PathBuf>,
     #[arg(short = 'l', long = "log-level", default_value = "info")]
     log_level: String,
 }
@@ -155,7 +156,7 @@ fn control_options(args: ControlPlaneArgs) -> legate_control::Options {
             duration: args.auth_lockout,
         },
         fault: args.fault.settings(),
-        gate_ca: args.gate_ca,
+        webhook_ca: args.webhook_ca,
         advertise_api: args.advertise_api,
         xds_max_connections_per_address: args.xds_max_connections_per_address,
         peer_ca: args.peer_ca,

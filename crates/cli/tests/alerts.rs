@@ -191,6 +191,39 @@ fn alert_reaches_a_real_alertmanager() {
     });
 }
 
+/// An `https://` webhook is verified against `--webhook-ca`: while the
+/// receiver presents a certificate of another CA nothing is delivered (the
+/// notification is retried); once it presents one of the trusted CA, the
+/// next attempt delivers the alert.
+#[test]
+fn an_https_webhook_is_verified_against_the_webhook_ca() {
+    let dir = TempDir::new("alerts-https");
+    let (ca, other) = (Ca::new("webhook test CA"), Ca::new("unknown CA"));
+    ca.write(dir.path(), "webhook-ca.pem");
+    let leaf = server(&["localhost"]).ip("127.0.0.1");
+    let (trusted, untrusted) = (ca.issue(&leaf), other.issue(&leaf));
+    let rx = WebhookReceiver::start_tls(&untrusted.pem, &untrusted.key);
+    let ca_file = dir.path().join("webhook-ca.pem").to_string_lossy().to_string();
+    let extra = ["--alert-interval", "200ms", "--webhook-ca", &ca_file];
+    let cp = ControlPlane::start_with(dir.path(), free_port(), free_port(), dir.path().join("cp-data"), &extra);
+    let issued = Ca::new("alerts-ca").issue(&server(&["web.internal"]).valid_days(10));
+    cp.apply(dir.path(), &tls_secret("web-cert", &issued.pem, &issued.key));
+    let url = rx.url("/hook");
+    assert!(url.starts_with("https://127.0.0.1:"), "{url}");
+    cp.apply(
+        dir.path(),
+        &rule("cert-soon", &format!("  metric: cert_expiry_days\n  below: 14\n  webhooks: [{url}]\n")),
+    );
+    wait_for("the rule to fire", Duration::from_secs(10), || {
+        rule_state(&cp, "cert-soon").filter(|r| r["state"] == "firing")
+    });
+    std::thread::sleep(Duration::from_millis(1000));
+    assert!(rx.received().is_empty(), "nothing posted to a receiver of an untrusted CA");
+    rx.present(&trusted.pem, &trusted.key);
+    let got = wait_payload(&rx, "cert-soon", "firing", Duration::from_secs(15));
+    eprintln!("delivered over TLS once trusted: {}", got["commonAnnotations"]);
+}
+
 /// Bad rules are refused at apply with the field and the reason.
 #[test]
 fn bad_rules_are_refused_with_their_fields() {

@@ -57,9 +57,10 @@ pub struct Options {
     pub fault: fault::Settings,
     /// Failed authentications from one address before it is locked out.
     pub auth_lockout: serve::api::guard::Lockout,
-    /// CA certificates (PEM) that https release gates are verified against
-    /// (default: the built-in Mozilla roots).
-    pub gate_ca: Option<PathBuf>,
+    /// CA certificates (PEM) that https webhooks (alert receivers,
+    /// Alertmanagers, release gates) are verified against (default: the
+    /// built-in Mozilla roots).
+    pub webhook_ca: Option<PathBuf>,
     /// Connections one client address may hold open to the xDS address
     /// (0: no bound).
     pub xds_max_connections_per_address: usize,
@@ -129,7 +130,7 @@ pub async fn serve(ctrl: Arc<state::controller::Controller>, opts: Options) -> R
     fault::start(ctrl.clone(), opts.fault);
     start_alerts(&ctrl, &opts);
     start_monitoring(&ctrl, &opts);
-    releases::gates::configure(opts.gate_ca.as_deref()).map_err(ControlError::Tls)?;
+    remote::webhook::configure(opts.webhook_ca.as_deref()).map_err(ControlError::Tls)?;
     // Releases advance twice a second (only the leader acts).
     releases::driver::start(ctrl.clone(), std::time::Duration::from_millis(500));
     // A staged rollout is judged as soon as its hold is over.

@@ -4,8 +4,6 @@
 //! queue drops the notification and counts it. A failed post (no
 //! connection, a timeout, 5xx or 429) is retried with doubling backoff.
 
-use crate::alerts::rule::parse_url;
-use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use serde_json::Value;
 use std::collections::HashMap;
@@ -69,7 +67,7 @@ async fn deliver(url: &str, body: Vec<u8>) -> bool {
     let body = Bytes::from(body);
     let mut backoff = FIRST_BACKOFF;
     for attempt in 1..=ATTEMPTS {
-        match tokio::time::timeout(TIMEOUT, post(url, body.clone())).await {
+        match tokio::time::timeout(TIMEOUT, crate::remote::webhook::post(url, body.clone(), "legate-alerts")).await {
             Ok(Ok(status)) if (200..300).contains(&status) => return true,
             Ok(Ok(status)) if status != 429 && status < 500 => {
                 tracing::warn!(url, status, "alert notification refused; not retried");
@@ -86,38 +84,6 @@ async fn deliver(url: &str, body: Vec<u8>) -> bool {
     }
     tracing::warn!(url, "alert notification undelivered after {ATTEMPTS} attempts");
     false
-}
-
-/// One HTTP/1.1 POST of JSON; the status.
-pub async fn post(url: &str, body: Bytes) -> Result<u16, String> {
-    let (host, port, path) = parse_url(url)?;
-    let stream = tokio::net::TcpStream::connect((host.as_str(), port)).await.map_err(|e| e.to_string())?;
-    let authority = if port == 80 { host.clone() } else { format!("{host}:{port}") };
-    post_over(stream, &authority, &path, body).await
-}
-
-/// One HTTP/1.1 POST of JSON over `io` (plain TCP, or TLS for an https
-/// gate) to `authority` and `path`; the status.
-pub async fn post_over<IO>(io: IO, authority: &str, path: &str, body: Bytes) -> Result<u16, String>
-where
-    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
-    let io = hyper_util::rt::TokioIo::new(io);
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(io).await.map_err(|e| e.to_string())?;
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    let req = hyper::Request::post(path)
-        .header(hyper::header::HOST, authority)
-        .header(hyper::header::CONTENT_TYPE, "application/json")
-        .header(hyper::header::USER_AGENT, "legate-alerts")
-        .body(Full::new(body))
-        .map_err(|e| e.to_string())?;
-    let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
-    let status = resp.status().as_u16();
-    // Read the answer so the connection ends cleanly.
-    let _ = resp.into_body().collect().await;
-    Ok(status)
 }
 
 #[cfg(test)]

@@ -247,24 +247,10 @@ fn duration(p: &mut Problems, field: &str, text: Option<&str>, default: Duration
 /// Webhook and Alertmanager URLs: absolute `http://` URLs with a host.
 fn check_urls(p: &mut Problems, field: &str, urls: &[String]) {
     for (i, u) in urls.iter().enumerate() {
-        if let Err(reason) = parse_url(u) {
+        if let Err(reason) = crate::remote::webhook::parse_url(u) {
             p.push((format!("{field}[{i}]"), format!("'{u}': {reason}")));
         }
     }
-}
-
-/// An `http://host[:port]/path` URL, split for the client: (host, port, path and query).
-pub fn parse_url(u: &str) -> Result<(String, u16, String), String> {
-    let uri: http::Uri = u.parse().map_err(|e| format!("not a URL: {e}"))?;
-    match uri.scheme_str() {
-        Some("http") => {}
-        Some("https") => return Err("https is not supported yet; use http (or a local TLS-originating proxy)".into()),
-        _ => return Err("must start with http://".into()),
-    }
-    let host = uri.host().filter(|h| !h.is_empty()).ok_or("has no host")?;
-    let path = uri.path_and_query().map_or("/".to_string(), |p| p.as_str().to_string());
-    let host = host.trim_start_matches('[').trim_end_matches(']').to_string();
-    Ok((host, uri.port_u16().unwrap_or(80), if path.is_empty() { "/".into() } else { path }))
 }
 
 /// A Prometheus label name.
@@ -291,7 +277,8 @@ mod tests {
         assert_eq!(r.threshold, Threshold::Above(0.05));
         assert_eq!((r.window, r.for_), (Duration::from_secs(30), Duration::from_secs(10)));
         assert_eq!(r.service.as_deref(), Some("checkout"));
-        assert_eq!(parse_url(&r.webhooks[0]), Ok(("127.0.0.1".into(), 9099, "/hook".into())));
+        let t = crate::remote::webhook::parse_url(&r.webhooks[0]).expect("url");
+        assert_eq!((t.host.as_str(), t.port, t.path.as_str()), ("127.0.0.1", 9099, "/hook"));
     }
 
     fn problems(spec: &str) -> Vec<String> {
