@@ -191,6 +191,43 @@ fn alert_reaches_a_real_alertmanager() {
     });
 }
 
+/// A `legate proxy` that stays connected but stops sending metrics (stopped
+/// with SIGSTOP: the kernel keeps its connections open): the `proxy_silent`
+/// rule fires once it has not been heard of for its window; it resolves
+/// when the proxy reports again (SIGCONT).
+#[test]
+fn proxy_silent_fires_and_resolves() {
+    let dir = TempDir::new("alerts-silent");
+    let (_up, up_port) = echo("one", dir.path());
+    let cp = control_plane(dir.path());
+    cp.apply(dir.path(), &web_resources(free_port(), up_port, &[], ""));
+    let admin = free_port();
+    let boot = ctl_bootstrap(&format!("http://127.0.0.1:{}", cp.api), "quiet-legate", cp.xds, admin, &[]);
+    let boot = boot.replacen("stats_flush_interval: 5s\n", "stats_flush_interval: 1s\n", 1);
+    let proxy = start_on(Bin::Legate, &boot, "quiet-legate", admin, dir.path());
+    let rx = WebhookReceiver::start();
+    let spec = format!("  metric: proxy_silent\n  above: 0\n  window: 3s\n  webhooks: [{}]\n", rx.url("/silent"));
+    cp.apply(dir.path(), &rule("silent", &spec));
+    wait_for("the proxy reporting, the rule inactive", Duration::from_secs(15), || {
+        let reported = cp.get("/v1/top/proxies?window=1m").is_some_and(|v| v.to_string().contains("quiet-legate"));
+        let state = rule_state(&cp, "silent").filter(|r| r["state"] == "inactive" && r["value"].as_f64() == Some(0.0));
+        state.filter(|_| reported)
+    });
+    let pid = proxy.proc_.pid().to_string();
+    let stopped = std::time::Instant::now();
+    assert!(std::process::Command::new("kill").args(["-STOP", &pid]).status().expect("kill").success());
+    let firing = wait_payload(&rx, "silent", "firing", Duration::from_secs(15));
+    let took = stopped.elapsed();
+    let connected = cp.proxy_ids().contains(&"quiet-legate".to_string());
+    let _ = std::process::Command::new("kill").args(["-CONT", &pid]).status();
+    eprintln!("proxy_silent fired {took:?} after the proxy stopped (window 3s, flush 1s)");
+    assert_eq!(firing["alerts"][0]["annotations"]["subjects"], "quiet-legate");
+    assert!(connected, "still connected while silent");
+    assert!(took >= Duration::from_secs(3), "not before the window: {took:?}");
+    let resolved = wait_payload(&rx, "silent", "resolved", Duration::from_secs(15));
+    check_webhook(&resolved, "silent", "warning");
+}
+
 /// An `https://` webhook is verified against `--webhook-ca`: while the
 /// receiver presents a certificate of another CA nothing is delivered (the
 /// notification is retried); once it presents one of the trusted CA, the

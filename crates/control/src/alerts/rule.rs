@@ -26,6 +26,8 @@ pub enum RuleMetric {
     ProxyLag,
     /// Proxies seen connected that are no longer connected.
     ProxyDown,
+    /// Connected proxies that have sent no metrics report for `window`.
+    ProxySilent,
     /// Days until the nearest expiry among the Secrets' certificates.
     CertExpiryDays,
     /// Nodes the fault detector finds abnormal (any cause).
@@ -36,7 +38,7 @@ pub enum RuleMetric {
 }
 
 pub const METRICS: &str =
-    "error_rate, p99_ms, rps, proxy_nack, proxy_lag, proxy_down, cert_expiry_days, node_abnormal, repair_failed";
+    "error_rate, p99_ms, rps, proxy_nack, proxy_lag, proxy_down, proxy_silent, cert_expiry_days, node_abnormal, repair_failed";
 
 impl RuleMetric {
     pub fn parse(s: &str) -> Option<Self> {
@@ -51,6 +53,7 @@ impl RuleMetric {
             Self::ProxyNack => "proxy_nack",
             Self::ProxyLag => "proxy_lag",
             Self::ProxyDown => "proxy_down",
+            Self::ProxySilent => "proxy_silent",
             Self::CertExpiryDays => "cert_expiry_days",
             Self::NodeAbnormal => "node_abnormal",
             Self::RepairFailed => "repair_failed",
@@ -64,7 +67,15 @@ impl RuleMetric {
 
     /// Metrics that count proxies (the rule's `nodes` selects which).
     pub fn is_proxy(self) -> bool {
-        matches!(self, Self::ProxyNack | Self::ProxyLag | Self::ProxyDown | Self::NodeAbnormal | Self::RepairFailed)
+        matches!(
+            self,
+            Self::ProxyNack
+                | Self::ProxyLag
+                | Self::ProxyDown
+                | Self::ProxySilent
+                | Self::NodeAbnormal
+                | Self::RepairFailed
+        )
     }
 }
 

@@ -30,6 +30,9 @@ pub struct ProxyView {
     /// Some type's ACKed revision is behind the one last sent (the
     /// current revision's config for it), or its version differs.
     pub lagging: bool,
+    /// When it was last heard of: its last metrics report, or its
+    /// connection when later (Unix ms).
+    pub heard_ms: u64,
 }
 
 /// Everything a rule can read.
@@ -49,11 +52,18 @@ impl Source for Controller {
     }
 
     fn proxies(&self) -> Vec<ProxyView> {
+        let reported: BTreeMap<String, u64> =
+            self.monitor.reporting(FORGET_AFTER).into_iter().map(|(node, _, at)| (node, at)).collect();
         let mut views: Vec<ProxyView> = self
             .fleet
             .list()
             .into_iter()
-            .map(|p| ProxyView { nacked: p.nacked(), lagging: p.lagging(), node: p.node })
+            .map(|p| ProxyView {
+                nacked: p.nacked(),
+                lagging: p.lagging(),
+                heard_ms: reported.get(&p.node.id).copied().unwrap_or(0).max(p.connected_ms),
+                node: p.node,
+            })
             .collect();
         // With other replicas (etcd), their proxies as they last reported
         // them; one this replica streams too is taken from here.
@@ -63,7 +73,9 @@ impl Source for Controller {
                     continue;
                 }
                 let (nacked, lagging) = (r.nacked.contains(&node.id), r.lagging.contains(&node.id));
-                views.push(ProxyView { node, nacked, lagging });
+                // A report without it (an older replica) vouches for it now.
+                let heard_ms = r.heard.get(&node.id).copied().unwrap_or(r.at_ms);
+                views.push(ProxyView { node, nacked, lagging, heard_ms });
             }
         }
         views
@@ -176,6 +188,12 @@ pub fn measure(rule: &Rule, source: &dyn Source, proxies: &[ProxyView], down: &[
         }
         RuleMetric::ProxyNack => count(proxies.iter().filter(selected).filter(|p| p.nacked).map(id).collect()),
         RuleMetric::ProxyLag => count(proxies.iter().filter(selected).filter(|p| p.lagging).map(id).collect()),
+        RuleMetric::ProxySilent => {
+            let quiet = |p: &&ProxyView| {
+                (now_s.max(0) as u64 * 1000).saturating_sub(p.heard_ms) > rule.window.as_millis() as u64
+            };
+            count(proxies.iter().filter(selected).filter(quiet).map(id).collect())
+        }
         RuleMetric::ProxyDown => count(down.iter().filter(|n| rule.nodes.matches(n)).map(|n| n.id.clone()).collect()),
         RuleMetric::NodeAbnormal | RuleMetric::RepairFailed => {
             let failed_only = rule.metric == RuleMetric::RepairFailed;
@@ -241,7 +259,19 @@ pub mod tests {
             node: NodeInfo { id: id.into(), cluster: cluster.into(), ..Default::default() },
             nacked,
             lagging: nacked,
+            heard_ms: 0,
         }
+    }
+
+    /// `proxy_silent`: connected proxies not heard of (no metrics report,
+    /// nor a connection) for longer than the window.
+    #[test]
+    fn silent_proxies_are_those_not_heard_of_for_the_window() {
+        let r = rule("{metric: proxy_silent, above: 0, window: 5s}");
+        let heard = |id: &str, at: u64| ProxyView { heard_ms: at, ..proxy(id, "edge", false) };
+        let proxies = [heard("quiet", 10_000), heard("fresh", 19_000), heard("edge", 15_000)];
+        let m = measure(&r, &Fixed::default(), &proxies, &[], 20);
+        assert_eq!((m.value, m.subjects), (Some(1.0), vec!["quiet".to_string()]), "15 s is exactly the window");
     }
 
     #[test]

@@ -41,6 +41,9 @@ pub struct ProxyStatus {
     pub node: NodeInfo,
     pub mode: &'static str,
     pub connected_since: String,
+    /// The same, in Unix milliseconds.
+    #[serde(skip)]
+    pub connected_ms: u64,
     /// By resource kind name (Cluster, Listener, ...).
     pub types: BTreeMap<String, TypeStatus>,
     /// The node as the proxy described itself (for CSDS).
@@ -80,6 +83,7 @@ impl Fleet {
             node,
             mode,
             connected_since: now(),
+            connected_ms: crate::clock::unix_ms(),
             types: BTreeMap::new(),
             raw_node: Some(raw_node),
         };

@@ -108,6 +108,7 @@ pub fn merge(slices: Vec<Slice>, now_ms: u64) -> Observation {
                 node: p.node,
                 mode: "shared",
                 connected_since: String::new(),
+                connected_ms: 0,
                 types: p.types,
                 raw_node: None,
             });

@@ -18,6 +18,7 @@ fn proxy(id: &str, types: &[(&str, TypeStatus)]) -> ProxyStatus {
         node: NodeInfo { id: id.into(), cluster: "gw".into(), ..Default::default() },
         mode: "sotw",
         connected_since: String::new(),
+        connected_ms: 0,
         types: types.iter().map(|(k, t)| (k.to_string(), t.clone())).collect(),
         raw_node: None,
     }

@@ -240,6 +240,10 @@ pub struct ReplicaReport {
     pub nacked: Vec<String>,
     #[serde(default)]
     pub lagging: Vec<String>,
+    /// When each of `proxies` was last heard of (its last metrics report,
+    /// or its connection when later; Unix ms).
+    #[serde(default)]
+    pub heard: std::collections::BTreeMap<String, u64>,
 }
 
 /// One replica's part of a staged rollout: the ACKs of the staged revision

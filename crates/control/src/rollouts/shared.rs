@@ -27,11 +27,17 @@ pub fn local_report(ctrl: &Controller) -> ReplicaReport {
         v
     };
     let (nacked, lagging) = (ids(|p| p.nacked()), ids(|p| p.lagging()));
+    let reported: std::collections::BTreeMap<String, u64> =
+        ctrl.monitor.reporting(std::time::Duration::from_secs(3600)).into_iter().map(|(n, _, at)| (n, at)).collect();
+    let heard = fleet
+        .iter()
+        .map(|p| (p.node.id.clone(), reported.get(&p.node.id).copied().unwrap_or(0).max(p.connected_ms)))
+        .collect();
     let mut proxies: Vec<_> = fleet.into_iter().map(|p| p.node).collect();
     proxies.sort_by(|a, b| a.id.cmp(&b.id));
     proxies.dedup_by(|a, b| a.id == b.id);
     let at_ms = crate::clock::unix_ms();
-    ReplicaReport { replica: ctrl.replica_id().to_string(), at_ms, proxies, rollout, nacked, lagging }
+    ReplicaReport { replica: ctrl.replica_id().to_string(), at_ms, proxies, rollout, nacked, lagging, heard }
 }
 
 /// Every replica's view of one staged rollout: this replica's fleet and

@@ -66,6 +66,7 @@ fn proxy(id: &str, acked: u64, nack: Option<&str>) -> ProxyStatus {
         node: NodeInfo { id: id.into(), ..Default::default() },
         mode: "sotw",
         connected_since: String::new(),
+        connected_ms: 0,
         types: [("Cluster".to_string(), t)].into_iter().collect(),
         raw_node: None,
     }
