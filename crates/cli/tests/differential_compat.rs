@@ -3,25 +3,12 @@
 
 mod harness;
 
+use harness::diff::marked_lines;
+
 use harness::template::echo_bootstrap;
 use harness::*;
 use std::net::SocketAddr;
-use std::path::Path;
 use std::time::{Duration, Instant};
-
-/// The lines of the log at `path` that contain `marker`, once there are `n`
-/// of them (polled for up to 10 s; what is there then, however many).
-fn marked_lines(path: &Path, marker: &str, n: usize) -> Vec<String> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let text = std::fs::read_to_string(path).unwrap_or_default();
-        let lines: Vec<String> = text.lines().filter(|l| l.contains(marker)).map(str::to_string).collect();
-        if lines.len() >= n || Instant::now() > deadline {
-            return lines;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
 
 /// A default-format line without what differs from run to run: the start
 /// time and the duration.

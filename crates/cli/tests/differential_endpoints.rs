@@ -11,21 +11,6 @@ use harness::admin::{admin_json, admin_page};
 use harness::diff::*;
 use harness::template::*;
 use harness::*;
-use std::path::Path;
-use std::time::{Duration, Instant};
-
-/// The lines of `path` holding `marker`, once there are `n` (or after 10 s).
-fn marked_lines(path: &Path, marker: &str, n: usize) -> Vec<String> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let text = std::fs::read_to_string(path).unwrap_or_default();
-        let lines: Vec<String> = text.lines().filter(|l| l.contains(marker)).map(str::to_string).collect();
-        if lines.len() >= n || Instant::now() > deadline {
-            return lines;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
 
 const METADATA: &str = "metadata: { filter_metadata: { app: { version: v1, shard: 3, weight: 0.25, tags: { tier: gold, n: 2 } }, envoy.lb: { canary: true } } }";
 

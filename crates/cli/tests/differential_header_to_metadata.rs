@@ -13,21 +13,6 @@ use harness::diff::*;
 use harness::template::*;
 use harness::*;
 use std::collections::BTreeMap;
-use std::path::Path;
-use std::time::{Duration, Instant};
-
-/// The lines of `path` holding `marker`, once there are `n` (or after 10 s).
-fn marked_lines(path: &Path, marker: &str, n: usize) -> Vec<String> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let text = std::fs::read_to_string(path).unwrap_or_default();
-        let lines: Vec<String> = text.lines().filter(|l| l.contains(marker)).map(str::to_string).collect();
-        if lines.len() >= n || Instant::now() > deadline {
-            return lines;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
 
 const FILTERS: &str = r#"          - name: envoy.filters.http.header_to_metadata
             typed_config:

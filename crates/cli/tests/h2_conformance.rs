@@ -88,9 +88,15 @@ fn h2spec_cases_and_attacks_pass_where_envoy_passes() {
     let [e, l] = both(d, &[], &["h2c", "tls"], |_, admin, ports| config(d, admin, ports));
     let mut failures = Vec::new();
     let mut gaps_seen = Vec::new();
-    for (listener, tls) in [("h2c", false), ("tls", true)] {
-        let envoy = run_client(e.port(listener), tls);
-        let legate = run_client(l.port(listener), tls);
+    // The four runs at once: the client mostly waits on answers and time limits.
+    let runs: Vec<std::thread::JoinHandle<Run>> = [("h2c", false), ("tls", true)]
+        .iter()
+        .flat_map(|(listener, tls)| [(e.port(listener), *tls), (l.port(listener), *tls)])
+        .map(|(port, tls)| std::thread::spawn(move || run_client(port, tls)))
+        .collect();
+    let mut runs = runs.into_iter().map(|h| h.join().expect("a client run"));
+    for (listener, _) in [("h2c", false), ("tls", true)] {
+        let (envoy, legate) = (runs.next().expect("Envoy's run"), runs.next().expect("Legate's run"));
         assert_eq!(envoy.keys().collect::<Vec<_>>(), legate.keys().collect::<Vec<_>>(), "the same cases");
         println!("== {listener}: case, Envoy, Legate");
         for (id, (ep, eseen)) in &envoy {

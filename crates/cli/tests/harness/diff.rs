@@ -189,3 +189,17 @@ pub fn staggered(port: u16, paths: &[&str]) -> Vec<Resp> {
 pub fn assert_same<T: PartialEq + std::fmt::Debug>(what: &str, envoy: &T, legate: &T) {
     assert_eq!(envoy, legate, "{what}: Envoy (left) and Legate (right) differ");
 }
+
+/// The lines of the log at `path` that contain `marker`, once there are `n`
+/// of them (polled for up to 10 s; what is there then, however many).
+pub fn marked_lines(path: &std::path::Path, marker: &str, n: usize) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        let lines: Vec<String> = text.lines().filter(|l| l.contains(marker)).map(str::to_string).collect();
+        if lines.len() >= n || Instant::now() > deadline {
+            return lines;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
