@@ -52,16 +52,14 @@ impl Source for Controller {
     }
 
     fn proxies(&self) -> Vec<ProxyView> {
-        let reported: BTreeMap<String, u64> =
-            self.monitor.reporting(FORGET_AFTER).into_iter().map(|(node, _, at)| (node, at)).collect();
-        let mut views: Vec<ProxyView> = self
-            .fleet
-            .list()
+        let fleet = self.fleet.list();
+        let heard = self.monitor.last_heard(&fleet);
+        let mut views: Vec<ProxyView> = fleet
             .into_iter()
             .map(|p| ProxyView {
                 nacked: p.nacked(),
                 lagging: p.lagging(),
-                heard_ms: reported.get(&p.node.id).copied().unwrap_or(0).max(p.connected_ms),
+                heard_ms: heard.get(&p.node.id).copied().unwrap_or(p.connected_ms),
                 node: p.node,
             })
             .collect();

@@ -193,6 +193,22 @@ impl Monitor {
         Monitor { state: Mutex::new(state), disk: Mutex::new(None), load: Default::default() }
     }
 
+    /// When each of `proxies` was last heard of: its last metrics report,
+    /// or its connection when later (Unix ms), by node id.
+    pub fn last_heard(
+        &self,
+        proxies: &[crate::discovery::fleet::ProxyStatus],
+    ) -> std::collections::BTreeMap<String, u64> {
+        let st = self.lock();
+        proxies
+            .iter()
+            .map(|p| {
+                let reported = st.latest.get(p.node.id.as_str()).map_or(0, |l| l.at_ms);
+                (p.node.id.clone(), reported.max(p.connected_ms))
+            })
+            .collect()
+    }
+
     /// The proxies (node id, last report) that reported within `within`.
     pub fn reporting(&self, within: Duration) -> Vec<(String, String, u64)> {
         self.lock().reporting(crate::clock::unix_ms(), within)

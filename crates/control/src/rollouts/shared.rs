@@ -27,12 +27,7 @@ pub fn local_report(ctrl: &Controller) -> ReplicaReport {
         v
     };
     let (nacked, lagging) = (ids(|p| p.nacked()), ids(|p| p.lagging()));
-    let reported: std::collections::BTreeMap<String, u64> =
-        ctrl.monitor.reporting(std::time::Duration::from_secs(3600)).into_iter().map(|(n, _, at)| (n, at)).collect();
-    let heard = fleet
-        .iter()
-        .map(|p| (p.node.id.clone(), reported.get(&p.node.id).copied().unwrap_or(0).max(p.connected_ms)))
-        .collect();
+    let heard = ctrl.monitor.last_heard(&fleet);
     let mut proxies: Vec<_> = fleet.into_iter().map(|p| p.node).collect();
     proxies.sort_by(|a, b| a.id.cmp(&b.id));
     proxies.dedup_by(|a, b| a.id == b.id);
