@@ -84,6 +84,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         watch: None,
         tls: None,
         alert_period: None,
+        scrape_period: None,
         metrics_retention: Default::default(),
         fault: Default::default(),
         auth_lockout: Default::default(),

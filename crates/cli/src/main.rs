@@ -97,6 +97,10 @@ struct ControlPlaneArgs {
     /// How often alert rules are evaluated (`1s`, `500ms`, ...).
     #[arg(long, default_value = "1s", value_parser = parse_interval)]
     alert_interval: std::time::Duration,
+    /// How often connected proxies that name their admin address and do not
+    /// stream metrics are scraped at `/stats/prometheus`.
+    #[arg(long, default_value = "5s", value_parser = parse_interval)]
+    scrape_interval: std::time::Duration,
     /// How long the fleet's series are kept: RES:KEEP for services at a fine
     /// resolution, then RES:KEEP at a coarse one (proxies: the fine one, at most 1h).
     #[arg(long, default_value = "10s:24h,5m:30d")]
@@ -150,6 +154,7 @@ fn control_options(args: ControlPlaneArgs) -> legate_control::Options {
             client_ca: args.client_ca,
         }),
         alert_period: Some(args.alert_interval),
+        scrape_period: Some(args.scrape_interval),
         metrics_retention: args.metrics_retention,
         auth_lockout: legate_control::serve::api::guard::Lockout {
             limit: args.auth_failure_limit.max(1),

@@ -14,7 +14,7 @@
 //!   `legate_service_requests_total` back through `/api/v1/query`.
 //!
 //! The control plane runs with `--metrics-retention 1s:1h,10s:1d` so that
-//! windows are exact to the second.
+//! windows are exact to the second, and scrapes `legate proxy` every second.
 
 mod harness;
 
@@ -28,7 +28,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 /// One test at a time: the paced loads compare rates on two shared cores.
 static SERIAL: Mutex<()> = Mutex::new(());
 
-const RETENTION: &[&str] = &["--metrics-retention", "1s:1h,10s:1d"];
+const RETENTION: &[&str] = &["--metrics-retention", "1s:1h,10s:1d", "--scrape-interval", "1s"];
 /// The upstream answers after this long, so latencies are well above noise.
 const DELAY_MS: u64 = 20;
 
@@ -166,8 +166,9 @@ fn settle(cp: &ControlPlane, service: &str, expected: u64) -> (u64, u64) {
     loop {
         let c = counted(cp, service);
         if c.0 >= expected || Instant::now() > deadline {
-            // One more report cycle: a count past the expected one would show.
-            std::thread::sleep(Duration::from_secs(6));
+            // Two more report cycles (every proxy reports each second): a
+            // count past the expected one would show.
+            std::thread::sleep(Duration::from_secs(2));
             return counted(cp, service);
         }
         std::thread::sleep(Duration::from_millis(500));

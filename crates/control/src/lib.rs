@@ -51,6 +51,8 @@ pub struct Options {
     pub tls: Option<serve::tls::TlsFiles>,
     /// How often alert rules are evaluated (default: every second).
     pub alert_period: Option<std::time::Duration>,
+    /// How often proxies that do not stream metrics are scraped (default 5 s).
+    pub scrape_period: Option<std::time::Duration>,
     /// How long the fleet's series are kept, at which resolutions.
     pub metrics_retention: monitor::Retention,
     /// Detection thresholds and repair settings.
@@ -222,7 +224,10 @@ fn start_monitoring(ctrl: &Arc<state::controller::Controller>, opts: &Options) {
             }
         }
     });
-    tokio::spawn(serve::metrics::scrape::run(ctrl.clone()));
+    tokio::spawn(serve::metrics::scrape::run(
+        ctrl.clone(),
+        opts.scrape_period.unwrap_or(serve::metrics::scrape::EVERY),
+    ));
 }
 
 /// Opens the SQLite store in `data_dir` and the controller on it.

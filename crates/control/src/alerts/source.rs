@@ -177,11 +177,12 @@ pub fn measure(rule: &Rule, source: &dyn Source, proxies: &[ProxyView], down: &[
     match rule.metric {
         RuleMetric::ErrorRate | RuleMetric::P99Ms | RuleMetric::Rps => {
             let figures = rule.service.as_deref().and_then(|s| source.service(s, rule.window));
-            let value = figures.filter(|f| f.requests >= rule.min_requests.max(1)).and_then(|f| match rule.metric {
-                RuleMetric::ErrorRate => Some(f.error_rate),
-                RuleMetric::P99Ms => f.p99_ms,
-                _ => Some(f.rps),
-            });
+            let value =
+                figures.filter(|f| f.traffic.requests >= rule.min_requests.max(1)).and_then(|f| match rule.metric {
+                    RuleMetric::ErrorRate => Some(f.traffic.error_rate),
+                    RuleMetric::P99Ms => f.traffic.p99_ms,
+                    _ => Some(f.traffic.rps),
+                });
             Measurement { value, subjects: rule.service.iter().cloned().collect() }
         }
         RuleMetric::ProxyNack => count(proxies.iter().filter(selected).filter(|p| p.nacked).map(id).collect()),
@@ -221,6 +222,7 @@ fn id(p: &ProxyView) -> String {
 pub mod tests {
     use super::*;
     use crate::alerts::rule::check;
+    use crate::monitor::RequestFigures;
     use crate::resources::document::parse_documents;
 
     /// Figures fed directly.
@@ -274,7 +276,11 @@ pub mod tests {
 
     #[test]
     fn min_requests_is_no_data() {
-        let figures = ServiceFigures { service: "checkout".into(), requests: 5, error_rate: 0.4, ..Default::default() };
+        let figures = ServiceFigures {
+            service: "checkout".into(),
+            traffic: RequestFigures { requests: 5, error_rate: 0.4, ..Default::default() },
+            ..Default::default()
+        };
         let src = Fixed { services: vec![figures], ..Default::default() };
         let r = rule("{service: checkout, metric: error_rate, above: 0.05, min_requests: 10}");
         assert_eq!(measure(&r, &src, &[], &[], 0).value, None);

@@ -3,10 +3,10 @@
 
 use serde::{Deserialize, Serialize};
 
-/// One service (an upstream cluster, summed over every proxy) over a window.
+/// What a window of requests came to: the figures a service and a route
+/// share (flattened into each one's JSON).
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-pub struct ServiceFigures {
-    pub service: String,
+pub struct RequestFigures {
     /// Requests completed in the window (exact: a counter difference).
     pub requests: u64,
     /// 5xx responses in the window.
@@ -23,6 +23,14 @@ pub struct ServiceFigures {
     pub p99_ms: Option<f64>,
     pub retries: u64,
     pub timeouts: u64,
+}
+
+/// One service (an upstream cluster, summed over every proxy) over a window.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct ServiceFigures {
+    pub service: String,
+    #[serde(flatten)]
+    pub traffic: RequestFigures,
     /// Latest gauges, summed over proxies.
     pub active_rq: f64,
     pub active_cx: f64,
@@ -64,18 +72,8 @@ pub struct RouteFigures {
     /// The route's `stat_prefix`; empty on a virtual cluster's row.
     #[serde(default)]
     pub route: String,
-    pub requests: u64,
-    pub errors: u64,
-    pub rq_2xx: u64,
-    pub rq_4xx: u64,
-    pub rq_5xx: u64,
-    pub rps: f64,
-    pub error_rate: f64,
-    pub p50_ms: Option<f64>,
-    pub p90_ms: Option<f64>,
-    pub p99_ms: Option<f64>,
-    pub retries: u64,
-    pub timeouts: u64,
+    #[serde(flatten)]
+    pub traffic: RequestFigures,
 }
 
 /// What a series or an alert rule measures.

@@ -33,15 +33,30 @@ impl Gauges {
     }
 }
 
-/// What the last report of a proxy said, beside its differences.
-#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
-pub struct Latest {
+/// What the last report of a proxy said, beside its differences; services
+/// by interned name here, by plain name in a shard (`LatestData`).
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Latest<Name: Ord = Arc<str>> {
     pub node_cluster: String,
     pub at_ms: u64,
     pub source: String,
     pub resets: u64,
     pub proxy: Gauges,
-    pub services: BTreeMap<Arc<str>, Gauges>,
+    pub services: BTreeMap<Name, Gauges>,
+}
+
+impl<Name: Ord> Latest<Name> {
+    /// The same report with each service's name turned by `rename`.
+    pub fn renamed<To: Ord>(&self, mut rename: impl FnMut(&Name) -> To) -> Latest<To> {
+        Latest {
+            node_cluster: self.node_cluster.clone(),
+            at_ms: self.at_ms,
+            source: self.source.clone(),
+            resets: self.resets,
+            proxy: self.proxy,
+            services: self.services.iter().map(|(s, g)| (rename(s), *g)).collect(),
+        }
+    }
 }
 
 pub struct State {

@@ -29,8 +29,36 @@ pub mod retention;
 pub mod series;
 pub mod shard;
 pub mod stat;
+#[cfg(test)]
+mod test_report {
+    //! A report of one service, `web`, for the monitor's unit tests.
+    use super::{Histogram, Report};
 
-pub use figures::{Metric, Point, ProxyFigures, RouteFigures, ServiceFigures};
+    pub fn report(node: &str, at_ms: u64, total: u64, errors: u64, fast: u64) -> Report {
+        Report {
+            node: node.into(),
+            node_cluster: "edge".into(),
+            at_ms,
+            counters: vec![
+                ("cluster.web.upstream_rq_completed".into(), total),
+                ("cluster.web.upstream_rq_5xx".into(), errors),
+            ],
+            histograms: vec![(
+                "cluster.web.upstream_rq_time".into(),
+                Histogram {
+                    bounds: vec![1.0, 10.0, 100.0],
+                    cumulative: vec![fast, total, total],
+                    count: total,
+                    sum: 0.0,
+                },
+            )],
+            source: "stream".into(),
+            ..Default::default()
+        }
+    }
+}
+
+pub use figures::{Metric, Point, ProxyFigures, RequestFigures, RouteFigures, ServiceFigures};
 pub use retention::Retention;
 pub use shard::Shard;
 

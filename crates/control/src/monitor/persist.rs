@@ -176,7 +176,7 @@ mod tests {
         m.flush().expect("writes");
         let again = Monitor::new(Retention::default());
         assert!(again.attach_disk(&dir).expect("reads") >= 2);
-        let s = again.service("web", Duration::from_secs(60)).map(|s| s.requests);
+        let s = again.service("web", Duration::from_secs(60)).map(|s| s.traffic.requests);
         assert_eq!(s, Some(20));
         let _ = std::fs::remove_dir_all(&dir);
     }

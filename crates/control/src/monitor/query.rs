@@ -6,7 +6,7 @@ use super::buckets::Buckets;
 use super::ingest::{Gauges, State};
 use super::series::{Agg, Tier};
 use super::stat::{route_of, route_stat_prefix, ROUTE_PREFIX};
-use super::{Metric, Point, ProxyFigures, RouteFigures, ServiceFigures};
+use super::{Metric, Point, ProxyFigures, RequestFigures, RouteFigures, ServiceFigures};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -39,10 +39,9 @@ fn ratio(errors: u64, requests: u64) -> f64 {
     }
 }
 
-fn service_figures(name: &str, agg: &Agg, secs: f64, gauges: &Gauges, proxies: usize) -> ServiceFigures {
+fn request_figures(agg: &Agg, secs: f64) -> RequestFigures {
     let q = |p| agg.latency.quantile(p);
-    ServiceFigures {
-        service: name.to_string(),
+    RequestFigures {
         requests: agg.requests,
         errors: agg.errors,
         rq_2xx: agg.rq_2xx,
@@ -55,6 +54,13 @@ fn service_figures(name: &str, agg: &Agg, secs: f64, gauges: &Gauges, proxies: u
         p99_ms: q(0.99),
         retries: agg.retries,
         timeouts: agg.timeouts,
+    }
+}
+
+fn service_figures(name: &str, agg: &Agg, secs: f64, gauges: &Gauges, proxies: usize) -> ServiceFigures {
+    ServiceFigures {
+        service: name.to_string(),
+        traffic: request_figures(agg, secs),
         active_rq: gauges.active_rq,
         active_cx: gauges.active_cx,
         ejected: gauges.ejected,
@@ -106,7 +112,7 @@ impl State {
                 service_figures(n, sums.get(n).unwrap_or(&empty), secs, &g, proxies)
             })
             .collect();
-        out.sort_by(|a, b| b.requests.cmp(&a.requests).then_with(|| a.service.cmp(&b.service)));
+        out.sort_by(|a, b| b.traffic.requests.cmp(&a.traffic.requests).then_with(|| a.service.cmp(&b.service)));
         out
     }
 
@@ -118,28 +124,16 @@ impl State {
             .iter()
             .filter_map(|(key, agg)| {
                 let (vh, vc) = route_of(key)?;
-                let f = service_figures(key, agg, secs, &Gauges::default(), 0);
                 Some(RouteFigures {
                     virtual_host: vh.to_string(),
                     virtual_cluster: if route_stat_prefix(vc).is_some() { String::new() } else { vc.to_string() },
                     route: route_stat_prefix(vc).unwrap_or_default().to_string(),
-                    requests: f.requests,
-                    errors: f.errors,
-                    rq_2xx: f.rq_2xx,
-                    rq_4xx: f.rq_4xx,
-                    rq_5xx: f.rq_5xx,
-                    rps: f.rps,
-                    error_rate: f.error_rate,
-                    p50_ms: f.p50_ms,
-                    p90_ms: f.p90_ms,
-                    p99_ms: f.p99_ms,
-                    retries: f.retries,
-                    timeouts: f.timeouts,
+                    traffic: request_figures(agg, secs),
                 })
             })
             .collect();
         out.sort_by(|a, b| {
-            b.requests.cmp(&a.requests).then_with(|| {
+            b.traffic.requests.cmp(&a.traffic.requests).then_with(|| {
                 (&a.virtual_host, &a.virtual_cluster, &a.route).cmp(&(&b.virtual_host, &b.virtual_cluster, &b.route))
             })
         });
@@ -245,39 +239,22 @@ fn value(metric: Metric, agg: &Agg, secs: f64) -> Option<f64> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::{Histogram, Report, Retention};
+    use super::super::test_report::report;
+    use super::super::{Report, Retention};
     use super::*;
-
-    fn report(at_ms: u64, total: u64, errors: u64, fast: u64) -> Report {
-        Report {
-            node: "n1".into(),
-            node_cluster: "edge".into(),
-            at_ms,
-            counters: vec![
-                ("cluster.web.upstream_rq_completed".into(), total),
-                ("cluster.web.upstream_rq_5xx".into(), errors),
-            ],
-            histograms: vec![(
-                "cluster.web.upstream_rq_time".into(),
-                Histogram { bounds: vec![1.0, 10.0], cumulative: vec![fast, total], count: total, sum: 0.0 },
-            )],
-            source: "stream".into(),
-            ..Default::default()
-        }
-    }
 
     #[test]
     fn window_totals_are_exact_across_a_restart() {
         let now = crate::clock::unix_ms();
         let mut st = State::new(Retention::default());
-        st.ingest(&report(now - 40_000, 1000, 10, 1000)); // baseline
-        st.ingest(&report(now - 30_000, 1100, 15, 1050));
-        st.ingest(&report(now - 20_000, 40, 2, 40)); // restarted
-        st.ingest(&report(now - 10_000, 90, 3, 80));
+        st.ingest(&report("n1", now - 40_000, 1000, 10, 1000)); // baseline
+        st.ingest(&report("n1", now - 30_000, 1100, 15, 1050));
+        st.ingest(&report("n1", now - 20_000, 40, 2, 40)); // restarted
+        st.ingest(&report("n1", now - 10_000, 90, 3, 80));
         let s = st.services(now, Duration::from_secs(60));
         assert_eq!(s.len(), 1);
-        assert_eq!((s[0].requests, s[0].errors), (100 + 40 + 50, 5 + 2 + 1));
-        assert!(s[0].rps > 0.0 && s[0].rps <= 190.0 / 50.0);
+        assert_eq!((s[0].traffic.requests, s[0].traffic.errors), (100 + 40 + 50, 5 + 2 + 1));
+        assert!(s[0].traffic.rps > 0.0 && s[0].traffic.rps <= 190.0 / 50.0);
         let p = st.proxies(now, Duration::from_secs(60));
         assert_eq!(p[0].resets, 1);
         let points = st.series(now, "web", Metric::Requests, Duration::from_secs(60), Duration::from_secs(10));
@@ -293,14 +270,14 @@ mod tests {
     fn a_short_window_counts_only_its_own_seconds() {
         let mut st = State::new(Retention::default());
         let slot = crate::clock::unix_ms() / 10_000 * 10_000 - 20_000;
-        st.ingest(&report(slot + 1_000, 100, 0, 100)); // baseline
-        st.ingest(&report(slot + 2_000, 300, 200, 300)); // 200 failed, 6 s before `now`
-        st.ingest(&report(slot + 7_000, 310, 200, 310)); // 10 good
+        st.ingest(&report("n1", slot + 1_000, 100, 0, 100)); // baseline
+        st.ingest(&report("n1", slot + 2_000, 300, 200, 300)); // 200 failed, 6 s before `now`
+        st.ingest(&report("n1", slot + 7_000, 310, 200, 310)); // 10 good
         let now = slot + 8_000;
         let s = st.services(now, Duration::from_secs(3));
-        assert_eq!((s[0].requests, s[0].errors), (10, 0), "{s:?}");
+        assert_eq!((s[0].traffic.requests, s[0].traffic.errors), (10, 0), "{s:?}");
         let s = st.services(now, Duration::from_secs(60));
-        assert_eq!((s[0].requests, s[0].errors), (210, 200));
+        assert_eq!((s[0].traffic.requests, s[0].traffic.errors), (210, 200));
         let points = st.series(now, "web", Metric::Requests, Duration::from_secs(60), Duration::from_secs(1));
         assert!(points.len() >= 60, "{}", points.len());
         assert_eq!(points.iter().filter_map(|p| p.v).sum::<f64>(), 210.0);

@@ -38,15 +38,7 @@ pub struct Shard {
 }
 
 /// [`Latest`] with plain names.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-pub struct LatestData {
-    pub node_cluster: String,
-    pub at_ms: u64,
-    pub source: String,
-    pub resets: u64,
-    pub proxy: super::ingest::Gauges,
-    pub services: BTreeMap<String, super::ingest::Gauges>,
-}
+pub type LatestData = Latest<String>;
 
 /// The names a shard holds: every one, or only those asked for.
 fn wanted<'a>(only: &'a [String]) -> impl Fn(&str) -> bool + Copy + 'a {
@@ -78,22 +70,7 @@ impl State {
         // Only the tier a query of this window reads is sent.
         let read = self.service_tier(std::time::Duration::from_millis(window_ms));
         let of = |tier: &Tier| if std::ptr::eq(read, tier) { slots(tier, since_ms, keep) } else { Vec::new() };
-        let latest = self
-            .latest
-            .iter()
-            .map(|(n, l)| {
-                let services = l.services.iter().map(|(s, g)| (s.to_string(), *g)).collect();
-                let data = LatestData {
-                    node_cluster: l.node_cluster.clone(),
-                    at_ms: l.at_ms,
-                    source: l.source.clone(),
-                    resets: l.resets,
-                    proxy: l.proxy,
-                    services,
-                };
-                (n.to_string(), data)
-            })
-            .collect();
+        let latest = self.latest.iter().map(|(n, l)| (n.to_string(), l.renamed(|s| s.to_string()))).collect();
         Shard {
             since_ms,
             fine: of(&self.fine),
@@ -149,15 +126,7 @@ impl State {
             if self.latest.get(&node).is_some_and(|have| have.at_ms >= l.at_ms) {
                 continue;
             }
-            let services = l.services.iter().map(|(s, g)| (self.intern(s), *g)).collect();
-            let latest = Latest {
-                node_cluster: l.node_cluster.clone(),
-                at_ms: l.at_ms,
-                source: l.source.clone(),
-                resets: l.resets,
-                proxy: l.proxy,
-                services,
-            };
+            let latest = l.renamed(|s| self.intern(s));
             self.latest.insert(node, latest);
         }
     }
@@ -165,32 +134,10 @@ impl State {
 
 #[cfg(test)]
 mod tests {
-    use super::super::{Histogram, Report, Retention};
+    use super::super::test_report::report;
+    use super::super::Retention;
     use super::*;
     use std::time::Duration;
-
-    fn report(node: &str, at_ms: u64, total: u64, errors: u64, fast: u64) -> Report {
-        Report {
-            node: node.into(),
-            node_cluster: "edge".into(),
-            at_ms,
-            counters: vec![
-                ("cluster.web.upstream_rq_completed".into(), total),
-                ("cluster.web.upstream_rq_5xx".into(), errors),
-            ],
-            histograms: vec![(
-                "cluster.web.upstream_rq_time".into(),
-                Histogram {
-                    bounds: vec![1.0, 10.0, 100.0],
-                    cumulative: vec![fast, total, total],
-                    count: total,
-                    sum: 0.0,
-                },
-            )],
-            source: "stream".into(),
-            ..Default::default()
-        }
-    }
 
     /// Two replicas, one proxy each: the merged shards count exactly the
     /// sum, and the p99 is the one of the merged buckets (what one state
@@ -214,11 +161,11 @@ mod tests {
         merged.absorb(&serde_json::from_str(&wire).expect("shard"));
         let w = Duration::from_secs(60);
         let (m, one) = (merged.services(now, w), both.services(now, w));
-        assert_eq!((m[0].requests, m[0].errors), (110, 8));
-        assert_eq!(m[0].p99_ms, one[0].p99_ms);
+        assert_eq!((m[0].traffic.requests, m[0].traffic.errors), (110, 8));
+        assert_eq!(m[0].traffic.p99_ms, one[0].traffic.p99_ms);
         assert_eq!(m[0].proxies, one[0].proxies);
-        let (pa, pb) = (a.services(now, w)[0].p99_ms, b.services(now, w)[0].p99_ms);
-        assert_ne!(m[0].p99_ms, pa.zip(pb).map(|(x, y)| (x + y) / 2.0), "not an average of percentiles");
+        let (pa, pb) = (a.services(now, w)[0].traffic.p99_ms, b.services(now, w)[0].traffic.p99_ms);
+        assert_ne!(m[0].traffic.p99_ms, pa.zip(pb).map(|(x, y)| (x + y) / 2.0), "not an average of percentiles");
         let nodes: Vec<String> = merged.proxies(now, w).into_iter().map(|p| p.node).collect();
         assert_eq!(nodes.len(), 2);
     }
@@ -240,6 +187,6 @@ mod tests {
         let mut merged = a.empty_like();
         merged.absorb(&shard);
         let s = merged.services(now, Duration::from_secs(30));
-        assert_eq!((s[0].service.as_str(), s[0].requests, s[0].errors), ("web", 60, 5));
+        assert_eq!((s[0].service.as_str(), s[0].traffic.requests, s[0].traffic.errors), ("web", 60, 5));
     }
 }

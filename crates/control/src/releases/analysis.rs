@@ -43,48 +43,51 @@ pub fn analyse(
 ) -> Verdict {
     let cand = figures.service(&release.candidate_cluster(), window).unwrap_or_default();
     // `minRequests: 0` decides even on an empty window.
-    if cand.requests < release.min_requests {
-        return Verdict::Wait(cand.requests);
+    if cand.traffic.requests < release.min_requests {
+        return Verdict::Wait(cand.traffic.requests);
     }
     let stable = figures.service(&release.stable_cluster(), window).unwrap_or_default();
     let mut a = StepAnalysis {
         step,
         weight,
-        requests: cand.requests,
-        errors: cand.errors,
-        error_rate: cand.error_rate,
-        p99_ms: cand.p99_ms,
-        stable_requests: stable.requests,
-        stable_error_rate: stable.error_rate,
-        stable_p99_ms: stable.p99_ms,
+        requests: cand.traffic.requests,
+        errors: cand.traffic.errors,
+        error_rate: cand.traffic.error_rate,
+        p99_ms: cand.traffic.p99_ms,
+        stable_requests: stable.traffic.requests,
+        stable_error_rate: stable.traffic.error_rate,
+        stable_p99_ms: stable.traffic.p99_ms,
         result: "passed".into(),
         reason: String::new(),
         at_ms: now_ms,
     };
     let mut reasons = Vec::new();
-    if cand.error_rate > release.max_error_rate {
-        reasons.push(format!("error rate {:.4} above {}", cand.error_rate, release.max_error_rate));
+    if cand.traffic.error_rate > release.max_error_rate {
+        reasons.push(format!("error rate {:.4} above {}", cand.traffic.error_rate, release.max_error_rate));
     }
     if let Some(over) = release.max_error_rate_over_stable {
-        if stable.requests >= release.min_requests && cand.error_rate - stable.error_rate > over {
+        if stable.traffic.requests >= release.min_requests && cand.traffic.error_rate - stable.traffic.error_rate > over
+        {
             reasons.push(format!(
                 "error rate {:.4} above stable's {:.4} by more than {over}",
-                cand.error_rate, stable.error_rate
+                cand.traffic.error_rate, stable.traffic.error_rate
             ));
         }
     }
-    if let (Some(max), Some(p99)) = (release.max_p99_ms, cand.p99_ms) {
+    if let (Some(max), Some(p99)) = (release.max_p99_ms, cand.traffic.p99_ms) {
         if p99 > max {
             reasons.push(format!("p99 {p99:.1} ms above {max} ms"));
         }
     }
-    if let (Some(ratio), Some(p99), Some(base)) = (release.max_p99_over_stable, cand.p99_ms, stable.p99_ms) {
-        if stable.requests >= release.min_requests && p99 > base * ratio {
+    if let (Some(ratio), Some(p99), Some(base)) =
+        (release.max_p99_over_stable, cand.traffic.p99_ms, stable.traffic.p99_ms)
+    {
+        if stable.traffic.requests >= release.min_requests && p99 > base * ratio {
             reasons.push(format!("p99 {p99:.1} ms above {ratio} times stable's {base:.1} ms"));
         }
     }
     if reasons.is_empty() {
-        a.reason = format!("{} requests, error rate {:.4}", cand.requests, cand.error_rate);
+        a.reason = format!("{} requests, error rate {:.4}", cand.traffic.requests, cand.traffic.error_rate);
         Verdict::Passed(a)
     } else {
         a.result = "failed".into();

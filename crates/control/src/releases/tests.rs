@@ -1,7 +1,7 @@
 //! The state machine with figures fed directly: steps, hold, the wait for
 //! minRequests, roll back on errors and on latency, promote, pause/resume.
 
-use crate::monitor::ServiceFigures;
+use crate::monitor::{RequestFigures, ServiceFigures};
 use crate::releases::analysis::Figures;
 use crate::releases::machine::{act, advance, Action};
 use crate::releases::spec::{check, Phase, Release, Status};
@@ -24,10 +24,13 @@ impl Fixed {
         let mut m = BTreeMap::new();
         let f = |service: &str, requests: u64, errors: u64| ServiceFigures {
             service: service.into(),
-            requests,
-            errors,
-            error_rate: if requests == 0 { 0.0 } else { errors as f64 / requests as f64 },
-            p99_ms: Some(p99),
+            traffic: RequestFigures {
+                requests,
+                errors,
+                error_rate: if requests == 0 { 0.0 } else { errors as f64 / requests as f64 },
+                p99_ms: Some(p99),
+                ..Default::default()
+            },
             ..Default::default()
         };
         m.insert("checkout~v2".into(), f("checkout~v2", requests, errors));
@@ -314,7 +317,7 @@ fn a_p99_above_stables_by_the_ratio_rolls_back() {
     let r = check(&parse_documents(&doc).expect("yaml").remove(0)).expect("valid");
     let mut figures = Fixed::candidate(100, 0, 90.0);
     if let Some(s) = figures.0.get_mut("checkout~v1") {
-        s.p99_ms = Some(40.0);
+        s.traffic.p99_ms = Some(40.0);
     }
     let st = advance(&r, &Status::default(), &figures, S, true).expect("starts");
     let st = advance(&r, &st, &figures, 6 * S, true).expect("analysed");
@@ -322,7 +325,7 @@ fn a_p99_above_stables_by_the_ratio_rolls_back() {
     assert!(st.message.contains("2 times stable's 40.0 ms"), "{}", st.message);
     assert_eq!(st.analyses[0].stable_p99_ms, Some(40.0));
     if let Some(s) = figures.0.get_mut("checkout~v1") {
-        s.p99_ms = Some(50.0);
+        s.traffic.p99_ms = Some(50.0);
     }
     let st = advance(&r, &Status::default(), &figures, S, true).expect("starts");
     assert_eq!(advance(&r, &st, &figures, 6 * S, true).map(|s| s.phase), Some(Phase::Progressing), "90 <= 2 x 50");

@@ -1,4 +1,4 @@
-//! The pull fallback: every [`EVERY`], each connected proxy whose node
+//! The pull fallback: every scrape period ([`EVERY`] by default), each connected proxy whose node
 //! metadata names its admin address ([`super::ADMIN_ADDRESS_KEY`]) and that
 //! has not streamed metrics lately is scraped at `/stats/prometheus`.
 
@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// The default scrape period.
 pub const EVERY: Duration = Duration::from_secs(5);
 /// A scrape gives up after this long.
 const TIMEOUT: Duration = Duration::from_secs(3);
@@ -32,10 +33,10 @@ pub async fn fetch(addr: &str) -> Result<String, ScrapeError> {
 
 /// The proxies to scrape now: node id -> (cluster, admin address), for
 /// connected nodes naming an admin address and not streaming.
-fn targets(ctrl: &Controller) -> BTreeMap<String, (String, String)> {
+fn targets(ctrl: &Controller, every: Duration) -> BTreeMap<String, (String, String)> {
     let streaming: std::collections::BTreeSet<String> = ctrl
         .monitor
-        .reporting(3 * EVERY)
+        .reporting(3 * every)
         .into_iter()
         .filter(|(_, src, _)| src == "stream")
         .map(|(n, _, _)| n)
@@ -63,13 +64,13 @@ async fn scrape_one(ctrl: Arc<Controller>, node: String, cluster: String, addr: 
     }
 }
 
-/// Scrapes every [`EVERY`] until the task is dropped.
-pub async fn run(ctrl: Arc<Controller>) {
-    let mut tick = tokio::time::interval(EVERY);
+/// Scrapes every `every` until the task is dropped.
+pub async fn run(ctrl: Arc<Controller>, every: Duration) {
+    let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        for (node, (cluster, addr)) in targets(&ctrl) {
+        for (node, (cluster, addr)) in targets(&ctrl, every) {
             tokio::spawn(scrape_one(ctrl.clone(), node, cluster, addr));
         }
     }
