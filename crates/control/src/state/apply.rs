@@ -11,7 +11,7 @@ use crate::rollouts::board::{Policy, Record};
 use crate::state::config::ConfigState;
 use crate::state::controller::Controller;
 use crate::state::stage::STAGED_PREFIX;
-use crate::store::{Change, StoreError};
+use crate::store::{Change, Commit, StoreError};
 use serde::Serialize;
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -138,7 +138,7 @@ impl Controller {
                 updated: vec![format!("{}/{name}", kind.name())],
                 ..Default::default()
             };
-            let rev = self.store.commit(current.revision, author, message, &[Change::Apply(doc)])?;
+            let rev = self.store.commit(Commit::new(current.revision, author, message, &[Change::Apply(doc)]))?;
             outcome.revision = Some(rev);
             self.set_stored(ConfigState { revision: rev, resources: next, staging: None });
             Ok(outcome)
@@ -245,7 +245,9 @@ impl Controller {
         };
         let text =
             staged.as_ref().map(serde_json::to_string).transpose().map_err(|e| ApplyError::Busy(e.to_string()))?;
-        let rev = self.store.commit_rollout(current.revision, author, &message, &changes, text.as_deref())?;
+        let rev = self
+            .store
+            .commit(Commit { rollout: text.as_deref(), ..Commit::new(current.revision, author, &message, &changes) })?;
         outcome.revision = Some(rev);
         if let Some(record) = staged {
             self.install_staged(current.resources.clone(), record.clone());
@@ -269,8 +271,12 @@ impl Controller {
         let mut next = current.resources.clone();
         next.remove(&key);
         self.expand(&next).map_err(ApplyError::Invalid)?;
-        let rev =
-            self.store.commit(current.revision, author, message, &[Change::Delete { kind, name: name.to_string() }])?;
+        let rev = self.store.commit(Commit::new(
+            current.revision,
+            author,
+            message,
+            &[Change::Delete { kind, name: name.to_string() }],
+        ))?;
         self.set_stored(ConfigState { revision: rev, resources: next, staging: None });
         Ok(ApplyOutcome {
             revision: Some(rev),
@@ -311,7 +317,7 @@ impl Controller {
         let revision = if changes.is_empty() {
             None
         } else {
-            let n = self.store.commit(current.revision, author, &message, &changes)?;
+            let n = self.store.commit(Commit::new(current.revision, author, &message, &changes))?;
             self.set_stored(ConfigState { revision: n, resources: compiled, staging: None });
             Some(n)
         };

@@ -13,7 +13,7 @@ use crate::state::apply::ApplyError;
 use crate::state::config::{ConfigState, Staging};
 use crate::state::controller::Controller;
 use crate::state::stage::{Staged, STAGED_PREFIX};
-use crate::store::Change;
+use crate::store::{Change, Commit};
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
@@ -208,7 +208,9 @@ impl Controller {
         done.reason = reason.to_string();
         done.evidence = Some(evidence);
         let text = serde_json::to_string(&done).map_err(|e| ApplyError::Busy(format!("rollout record: {e}")))?;
-        let rev = self.store.commit_rollout(current.revision, "rollout", &message, &changes, Some(&text))?;
+        let rev = self
+            .store
+            .commit(Commit { rollout: Some(&text), ..Commit::new(current.revision, "rollout", &message, &changes) })?;
         // Into the history before it stops being the current rollout, so a
         // reader of `/v1/rollouts/{rev}` always finds it in one or the other.
         self.rollouts.push(done.clone());

@@ -30,7 +30,7 @@ use crate::clock::{self, unix_ms};
 use crate::discovery::registry::InstanceRecord;
 use crate::resources::document::Document;
 use crate::resources::kind::Kind;
-use crate::store::records::{AuditEntry, Change, RevisionInfo, StoreError};
+use crate::store::records::{AuditEntry, Change, Commit, RevisionInfo, StoreError};
 use etcdv3client::pb;
 use serde::{Deserialize, Serialize};
 use std::future::Future;
@@ -313,14 +313,8 @@ impl EtcdStore {
 
     /// Commits `changes` as revision `expected + 1`, with `rollout` as the
     /// rollout record when given.
-    pub fn commit(
-        &self,
-        expected: u64,
-        author: &str,
-        message: &str,
-        changes: &[Change],
-        rollout: Option<&str>,
-    ) -> Result<u64, StoreError> {
+    pub fn commit(&self, c: &Commit<'_>) -> Result<u64, StoreError> {
+        let Commit { expected, author, message, changes, rollout } = *c;
         let rev = expected + 1;
         let mut ops = Vec::with_capacity(changes.len() + 2);
         let mut records = Vec::with_capacity(changes.len());

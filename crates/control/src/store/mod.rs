@@ -13,7 +13,7 @@ pub mod sqlite;
 use crate::resources::document::Document;
 
 pub use etcd::EtcdStore;
-pub use records::{AuditEntry, Change, RevisionInfo, StoreError};
+pub use records::{AuditEntry, Change, Commit, RevisionInfo, StoreError};
 pub use spec::StoreSpec;
 pub use sqlite::SqliteStore;
 
@@ -93,27 +93,14 @@ impl Store {
         Ok((rev, docs, rollout))
     }
 
-    /// Commits `changes` as revision `expected + 1`; `Conflict` when another
-    /// writer committed since `expected` was read.
-    pub fn commit(&self, expected: u64, author: &str, message: &str, changes: &[Change]) -> Result<u64, StoreError> {
-        self.commit_rollout(expected, author, message, changes, None)
-    }
-
-    /// Like `commit`, with the rollout record (`state::staged`) in the same
-    /// transaction when given; on SQLite, where one control plane holds the
-    /// rollout, it is not stored.
-    pub fn commit_rollout(
-        &self,
-        expected: u64,
-        author: &str,
-        message: &str,
-        changes: &[Change],
-        rollout: Option<&str>,
-    ) -> Result<u64, StoreError> {
-        let changes = sealed::seal_changes(self.key.as_ref(), changes)?;
+    /// Commits `c.changes` as revision `c.expected + 1`; `Conflict` when
+    /// another writer committed since `c.expected` was read.
+    pub fn commit(&self, c: Commit<'_>) -> Result<u64, StoreError> {
+        let changes = sealed::seal_changes(self.key.as_ref(), c.changes)?;
+        let c = Commit { changes: &changes, ..c };
         match &self.backend {
-            Backend::Sqlite(s) => s.commit(expected, author, message, &changes),
-            Backend::Etcd(e) => e.commit(expected, author, message, &changes, rollout),
+            Backend::Sqlite(s) => s.commit(&c),
+            Backend::Etcd(e) => e.commit(&c),
         }
     }
 

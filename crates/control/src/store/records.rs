@@ -25,6 +25,27 @@ pub enum StoreError {
     Secret(String),
 }
 
+/// A revision to commit: the changes, who made them and why, and the
+/// rollout record stored in the same transaction (on etcd; with SQLite one
+/// control plane holds the rollout, so it is not stored).
+#[derive(Debug, Clone, Copy)]
+pub struct Commit<'a> {
+    /// The revision the changes were made against: another writer's commit
+    /// since is a `Conflict`.
+    pub expected: u64,
+    pub author: &'a str,
+    pub message: &'a str,
+    pub changes: &'a [Change],
+    pub rollout: Option<&'a str>,
+}
+
+impl<'a> Commit<'a> {
+    /// `changes` on top of revision `expected`, without a rollout record.
+    pub fn new(expected: u64, author: &'a str, message: &'a str, changes: &'a [Change]) -> Self {
+        Commit { expected, author, message, changes, rollout: None }
+    }
+}
+
 /// One change inside a revision.
 #[derive(Debug, Clone)]
 pub enum Change {

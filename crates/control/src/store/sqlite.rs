@@ -5,7 +5,7 @@
 use crate::clock;
 use crate::resources::document::Document;
 use crate::resources::kind::Kind;
-use crate::store::records::{AuditEntry, Change, RevisionInfo, StoreError};
+use crate::store::records::{AuditEntry, Change, Commit, RevisionInfo, StoreError};
 use rusqlite::{params, Connection, OptionalExtension};
 use std::path::Path;
 use std::sync::Mutex;
@@ -81,7 +81,8 @@ impl SqliteStore {
 
     /// Commits `changes` as one revision and returns its number, unless the
     /// latest revision is no longer `expected`.
-    pub fn commit(&self, expected: u64, author: &str, message: &str, changes: &[Change]) -> Result<u64, StoreError> {
+    pub fn commit(&self, c: &Commit<'_>) -> Result<u64, StoreError> {
+        let Commit { expected, author, message, changes, .. } = *c;
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         let latest: Option<i64> = tx.query_row("SELECT MAX(rev) FROM revisions", [], |r| r.get(0))?;
