@@ -445,7 +445,11 @@ const SUPPORTED_FIELDS: &[(&str, &[&str])] = &[
         &["lb_endpoints", "priority", "locality", "load_balancing_weight"],
     ),
     ("envoy.config.endpoint.v3.LbEndpoint", &["endpoint", "load_balancing_weight"]),
-    ("envoy.config.endpoint.v3.Endpoint", &["address"]),
+    ("envoy.config.endpoint.v3.Endpoint", &["address", "health_check_config"]),
+    (
+        "envoy.config.endpoint.v3.Endpoint.HealthCheckConfig",
+        &["port_value", "hostname", "address", "disable_active_health_check"],
+    ),
     (
         "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
         &["explicit_http_config", "common_http_protocol_options"],
@@ -538,6 +542,10 @@ const SUPPORTED_FIELDS: &[(&str, &[&str])] = &[
             "tcp_health_check",
             "grpc_health_check",
             "no_traffic_interval",
+            "no_traffic_healthy_interval",
+            "unhealthy_interval",
+            "unhealthy_edge_interval",
+            "healthy_edge_interval",
         ],
     ),
     ("envoy.config.core.v3.HealthCheck.HttpHealthCheck", &["path", "host", "expected_statuses"]),

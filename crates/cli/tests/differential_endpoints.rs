@@ -11,6 +11,7 @@ use harness::admin::{admin_json, admin_page};
 use harness::diff::*;
 use harness::template::*;
 use harness::*;
+use std::time::Duration;
 
 const METADATA: &str = "metadata: { filter_metadata: { app: { version: v1, shard: 3, weight: 0.25, tags: { tier: gold, n: 2 } }, envoy.lb: { canary: true } } }";
 
@@ -144,4 +145,108 @@ fn endpoint_hostname_and_metadata_match_envoys() {
         assert_eq!(e.len(), 8, "{log}: {e:?}");
         assert_eq!(e, l, "{log} access log: Envoy (left), Legate (right)");
     }
+}
+
+/// The `/clusters` `health_flags` of each host of `cluster`, in the order
+/// of its endpoints.
+fn health_flags(admin: u16, cluster: &str) -> Vec<String> {
+    admin_page(admin, "/clusters")
+        .lines()
+        .filter_map(|l| l.strip_prefix(&format!("{cluster}::127.0.0.1:")))
+        .filter_map(|l| l.split_once("::health_flags::"))
+        .map(|(_, flags)| flags.to_string())
+        .collect()
+}
+
+/// An endpoint's `health_check_config` through Envoy and Legate: checks sent
+/// to another port (each proxy's own listener, whose virtual hosts answer
+/// `/health` 200 for the host `hc.example` and 503 for any other) or
+/// another address, with another host header, or none at all
+/// (`disable_active_health_check`: healthy though nothing listens). And the
+/// health checker's intervals: without traffic a healthy host waits
+/// `no_traffic_healthy_interval` while a failing one is checked every
+/// `no_traffic_interval`; once the cluster has carried traffic a failing
+/// host waits `unhealthy_interval`.
+#[test]
+fn endpoint_health_check_config_and_intervals_match_envoys() {
+    let hc = |host: &str, extra: &str| {
+        format!("health_checks: [{{ timeout: 0.5s, interval: 0.1s, no_traffic_interval: 0.1s, unhealthy_threshold: 1, healthy_threshold: 1{extra}, http_health_check: {{ path: /health, host: {host} }} }}]")
+    };
+    let ep = |port: &str, cfg: &str| {
+        format!("{{ endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {port} }} }}, health_check_config: {{ {cfg} }} }} }}")
+    };
+    let checked = [
+        ep("{UP_a}", "port_value: {LISTEN}"),
+        ep("{UP_b}", "port_value: {LISTEN}, hostname: other.example"),
+        ep("{UP_c}", "address: { socket_address: { address: 127.0.0.1, port_value: {CLOSED2} } }"),
+        ep("{CLOSED}", "disable_active_health_check: true"),
+    ];
+    let plain = |port: &str| {
+        format!("{{ endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {port} }} }} }} }}")
+    };
+    let cluster = |name: &str, hc: String, eps: &[String]| {
+        format!(
+            "  - {{ name: {name}, connect_timeout: 0.5s, {hc}, load_assignment: {{ cluster_name: {name}, endpoints: [{{ lb_endpoints: [{}] }}] }} }}\n",
+            eps.join(", ")
+        )
+    };
+    let quiet = ", no_traffic_healthy_interval: 20s, unhealthy_interval: 20s";
+    let clusters = [
+        cluster("checked", hc("hc.example", ""), &checked),
+        // Healthy and idle: one check, then 20 s.
+        cluster("idle", hc("x", quiet), &[plain("{UP_a}")]),
+        // A live and a dead host: the dead one is checked every 0.1 s until
+        // a request has gone through, then every 20 s.
+        cluster("busy", hc("x", quiet), &[plain("{UP_a}"), plain("{CLOSED3}")]),
+    ]
+    .concat();
+    let vhosts = r#"            - name: hc
+              domains: ["hc.example"]
+              routes:
+              - { match: { path: "/health" }, direct_response: { status: 200 } }
+            - name: all
+              domains: ["*"]
+              routes:
+              - { match: { path: "/health" }, direct_response: { status: 503 } }
+              - { match: { prefix: "/busy" }, route: { cluster: busy } }
+"#;
+    let t = bootstrap("", "", vhosts, &clusters);
+    let pair = start_pair("endpoint-hc", &t, &["a", "b", "c"]);
+    // a: checked on the listener as hc.example; b: as other.example; c: at
+    // a closed address; the last: not checked.
+    let want = ["healthy", "/failed_active_hc", "/failed_active_hc", "healthy"];
+    for (who, admin) in [("Envoy", pair.envoy_admin), ("Legate", pair.legate_admin)] {
+        wait_for(&format!("{who}'s verdicts"), Duration::from_secs(10), || {
+            let got = health_flags(admin, "checked");
+            if got != want {
+                eprintln!("{who}: {got:?}");
+            }
+            (got == want).then_some(())
+        });
+    }
+    let attempts = |admin: u16, c: &str| stat(admin, &format!("cluster.{c}.health_check.attempt")).unwrap_or(-1);
+    // Without traffic: the idle cluster's one host was checked once; the
+    // busy cluster's dead host keeps being checked.
+    for (who, admin) in [("Envoy", pair.envoy_admin), ("Legate", pair.legate_admin)] {
+        wait_for(&format!("{who} to check the dead host again"), Duration::from_secs(10), || {
+            (attempts(admin, "busy") >= 6).then_some(())
+        });
+        assert_eq!(attempts(admin, "idle"), 1, "{who}: a healthy idle host waits no_traffic_healthy_interval");
+    }
+    // Traffic: the dead host's next wait is unhealthy_interval.
+    for port in [pair.envoy, pair.legate] {
+        assert_eq!(send(port, &get("/busy/x")).status, 200);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let before = [attempts(pair.envoy_admin, "busy"), attempts(pair.legate_admin, "busy")];
+    std::thread::sleep(Duration::from_millis(700));
+    let after = [attempts(pair.envoy_admin, "busy"), attempts(pair.legate_admin, "busy")];
+    eprintln!("busy cluster checks after traffic (Envoy, Legate): {before:?} then {after:?}");
+    assert_eq!(before, after, "after traffic, a failing host waits unhealthy_interval");
+    for admin in [pair.envoy_admin, pair.legate_admin] {
+        assert_eq!(attempts(admin, "idle"), 1);
+    }
+    let healthy = |admin: u16| stat(admin, "cluster.checked.membership_healthy");
+    assert_eq!(healthy(pair.envoy_admin), Some(2));
+    assert_eq!(healthy(pair.legate_admin), healthy(pair.envoy_admin));
 }

@@ -415,6 +415,80 @@ fn upstream_tls_to_a_tls_backend() {
     }
 }
 
+/// `auto_host_sni`: the host's name is the SNI — an endpoint's `hostname`,
+/// or the name a DNS cluster resolved — and without one the configured
+/// `sni` stays. `auto_sni_san_validation`: the certificate must have a DNS
+/// SAN for the SNI sent (a covering wildcard will do), in place of the
+/// configured SAN matchers, which still apply when no SNI was sent.
+#[test]
+fn upstream_sni_from_the_host_name() {
+    let dir = TempDir::new("tls-host-sni");
+    let d = dir.path();
+    write_certs(d);
+    let backend = tls_backend(d);
+    let auto = |san: bool, sni: &str, matcher: &str| {
+        let ctx = format!(
+            "{{name: envoy.transport_sockets.tls, typed_config: {{\"@type\": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext, sni: \"{sni}\", auto_host_sni: true, auto_sni_san_validation: {san}, common_tls_context: {{{}}}}}}}",
+            trusted_ca(d, "ca.pem", matcher)
+        );
+        format!(", transport_socket: {ctx}")
+    };
+    let named = |name: &str, host: &str, port: u16, extra: &str| {
+        format!(
+            "{{name: {name}, connect_timeout: 1s, type: STATIC, load_assignment: {{cluster_name: {name}, endpoints: [{{lb_endpoints: [{{endpoint: {{hostname: \"{host}\", address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}}}}}]}}]}}{extra}}}"
+        )
+    };
+    let (a, b) = (backend.port("a"), backend.port("b"));
+    let only_a = format!(", {}", san_matcher("a.example.com"));
+    let clusters = [
+        // The endpoint's hostname is the SNI.
+        named("named", "a.example.com", a, &auto(false, "", "")),
+        // No hostname: the configured SNI.
+        cluster("fallback", b, &auto(false, "b.example.com", "")),
+        // A DNS cluster: the name it resolved.
+        format!(
+            "{{name: dns, connect_timeout: 1s, type: STRICT_DNS, dns_lookup_family: V4_ONLY, load_assignment: {{cluster_name: dns, endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: localhost, port_value: {a}}}}}}}}}]}}]}}{}}}",
+            auto(false, "", "")
+        ),
+        // SAN for the SNI: the wildcard of b covers x.b.example.com ...
+        named("san_wild", "x.b.example.com", b, &auto(true, "", "")),
+        // ... a.example.com's certificate does not name c.example.com, even
+        // though the configured matcher accepts it ...
+        named("san_bad", "c.example.com", a, &auto(true, "", &only_a)),
+        // ... and without the SAN check the same connection goes through.
+        named("san_off", "c.example.com", a, &auto(false, "", &only_a)),
+    ];
+    let routes = ["named", "fallback", "dns", "san_wild", "san_bad", "san_off"];
+    let yaml = |_who: &'static str, admin: u16, ports: &BTreeMap<&'static str, u16>| {
+        let table: Vec<(String, &str)> = routes.iter().map(|r| (format!("/{r}"), *r)).collect();
+        let table: Vec<(&str, &str)> = table.iter().map(|(p, c)| (p.as_str(), *c)).collect();
+        bootstrap(
+            admin,
+            &[listener("front", ports["front"], &format!("{{filters: [{}]}}", hcm_routes("front", &table)))],
+            &clusters,
+        )
+    };
+    let [e, l] = both(d, &FLUSH, &["front"], yaml);
+    for (path, status, sni) in [
+        ("/named", 200, "a.example.com"),
+        ("/fallback", 200, "b.example.com"),
+        ("/dns", 200, "localhost"),
+        ("/san_wild", 200, "x.b.example.com"),
+        ("/san_bad", 503, ""),
+        ("/san_off", 200, "c.example.com"),
+    ] {
+        let er = http_get(addr(e.port("front")), path, "example.com").expect("envoy");
+        let lr = http_get(addr(l.port("front")), path, "example.com").expect("legate");
+        let view = |r: &Resp| (r.status, r.header("x-backend-sni").unwrap_or("").to_string());
+        assert_eq!(view(&er), view(&lr), "{path}: Envoy (left), Legate (right)");
+        assert_eq!(view(&lr), (status, sni.to_string()), "{path}");
+    }
+    for name in ["cluster.san_bad.ssl.fail_verify_san", "cluster.san_wild.ssl.handshake", "cluster.dns.ssl.handshake"] {
+        assert_eq!(e.stat(name), l.stat(name), "{name}");
+        assert!(l.stat(name) >= 1, "{name}");
+    }
+}
+
 /// Filter-chain precedence end to end (names avoid YAML's `y`/`n` booleans): a server name beats source ranges
 /// for TLS; without SNI the longest source prefix wins; a destination range
 /// that does not match leaves the default_filter_chain.

@@ -159,6 +159,9 @@ const FIELDS: &[(&str, &[&str])] = &[
     // `hash_key`).
     ("envoy.config.endpoint.v3.Endpoint", &["hostname"]),
     ("envoy.config.endpoint.v3.LbEndpoint", &["metadata"]),
+    // The host's name as the SNI, and the certificate checked against the
+    // SNI sent.
+    ("envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext", &["auto_host_sni", "auto_sni_san_validation"]),
 ];
 
 /// Enum values refused in a field learnt here: (message, field, values, reason).

@@ -18,12 +18,24 @@ pub struct UpstreamTls {
     config: Arc<Dynamic<rustls::ClientConfig>>,
     /// `sni`, when set; otherwise no SNI is sent (as Envoy without auto_sni).
     pub sni: Option<ServerName<'static>>,
+    /// `auto_host_sni`: the host's name, when it has one, is the SNI.
+    auto_host_sni: bool,
 }
 
 impl UpstreamTls {
-    /// The name handed to rustls for a connection to `ip`: the SNI, or the
-    /// address (rustls sends no SNI for an address).
-    pub fn server_name(&self, ip: std::net::IpAddr) -> ServerName<'static> {
+    /// The name handed to rustls for a connection to `ip`, a host known as
+    /// `hostname` (`Endpoint.hostname`, or a DNS cluster's name): with
+    /// `auto_host_sni` that name, else the SNI, else the address (rustls
+    /// sends no SNI for an address). As Envoy, a name that cannot be an SNI
+    /// falls back to the configured one.
+    pub fn server_name(&self, ip: std::net::IpAddr, hostname: &str) -> ServerName<'static> {
+        if self.auto_host_sni && !hostname.is_empty() {
+            if let Ok(name) = ServerName::try_from(hostname.to_string()) {
+                if matches!(name, ServerName::DnsName(_)) {
+                    return name;
+                }
+            }
+        }
         self.sni.clone().unwrap_or(ServerName::IpAddress(ip.into()))
     }
 
@@ -57,17 +69,32 @@ pub fn upstream(ts: &TransportSocket, http2: bool, secrets: &Arc<SecretManager>)
                 .map_err(|_| err("transport_socket.typed_config.sni", "not a valid name"))?,
         )
     };
-    let no_sni = sni.is_none();
-    let config = Dynamic::new(common, secrets, path, Box::new(move |c| client_config(c, http2, no_sni)))?;
-    Ok(UpstreamTls { config, sni })
+    let no_sni = sni.is_none() && !ctx.auto_host_sni;
+    let auto_san = ctx.auto_sni_san_validation;
+    let config = Dynamic::new(
+        common,
+        secrets,
+        path,
+        Box::new(move |c| client_config(c, ClientOptions { http2, no_sni, auto_san })),
+    )?;
+    Ok(UpstreamTls { config, sni, auto_host_sni: ctx.auto_host_sni })
+}
+
+/// What a cluster's context adds to its `common_tls_context`.
+#[derive(Clone, Copy)]
+pub(super) struct ClientOptions {
+    /// The ALPN offered when the context names none.
+    pub http2: bool,
+    /// No SNI is ever sent.
+    pub no_sni: bool,
+    /// `auto_sni_san_validation`: the certificate must have a DNS SAN for
+    /// the SNI sent, in place of `match_typed_subject_alt_names`.
+    pub auto_san: bool,
 }
 
 /// A client config from a context whose secrets are in place.
-pub(super) fn client_config(
-    common: &CommonTlsContext,
-    http2: bool,
-    no_sni: bool,
-) -> Result<rustls::ClientConfig, TlsError> {
+pub(super) fn client_config(common: &CommonTlsContext, opts: ClientOptions) -> Result<rustls::ClientConfig, TlsError> {
+    let ClientOptions { http2, no_sni, auto_san } = opts;
     let path = "transport_socket.typed_config.common_tls_context";
     let versions = versions(common.tls_params.as_ref(), path, 2)?;
     // A client limited to TLS 1.2 offers no TLS 1.3 suite (as BoringSSL).
@@ -80,7 +107,15 @@ pub(super) fn client_config(
     };
     let validation = validation_context(common, path)?;
     let sans = validation.map(|v| compile_sans(v, path)).transpose()?.unwrap_or_default();
-    let chain = match validation.map(|v| roots(v, path)).transpose()?.flatten() {
+    let roots = validation.map(|v| roots(v, path)).transpose()?.flatten();
+    if auto_san && roots.is_none() {
+        // Envoy refuses it: with no CA, any certificate could name the host.
+        return Err(err(
+            "transport_socket.typed_config.auto_sni_san_validation",
+            "'auto_sni_san_validation' was configured without configuring a trusted CA",
+        ));
+    }
+    let chain = match roots {
         Some(roots) => Some(
             rustls::client::WebPkiServerVerifier::builder_with_provider(roots, provider())
                 .build()
@@ -92,7 +127,12 @@ pub(super) fn client_config(
         .with_protocol_versions(&versions)
         .map_err(|e| err(path, e.to_string()))?
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(EnvoyServerVerifier { chain, sans, provider: provider() }));
+        .with_custom_certificate_verifier(Arc::new(EnvoyServerVerifier {
+            chain,
+            sans,
+            auto_san,
+            provider: provider(),
+        }));
     let mut cfg = match common.tls_certificates.as_slice() {
         [] => builder.with_no_client_auth(),
         [c] => {

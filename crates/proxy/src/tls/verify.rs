@@ -166,7 +166,23 @@ pub(super) fn roots(v: &CertificateValidationContext, path: &str) -> Result<Opti
 pub(super) struct EnvoyServerVerifier {
     pub(super) chain: Option<Arc<rustls::client::WebPkiServerVerifier>>,
     pub(super) sans: Vec<SanMatcher>,
+    /// `auto_sni_san_validation`: a connection that sent an SNI needs a DNS
+    /// SAN for it (a wildcard SAN covering it will do), whatever `sans` say.
+    pub(super) auto_san: bool,
     pub(super) provider: Arc<CryptoProvider>,
+}
+
+/// Whether the certificate has a DNS SAN naming `sni`, exactly (any case) or
+/// by a one-label wildcard, as Envoy's matcher for the SNI sent.
+fn dns_san_names(der: &CertificateDer<'_>, sni: &str) -> bool {
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(der.as_ref()) else { return false };
+    let Ok(Some(ext)) = cert.subject_alternative_name() else { return false };
+    ext.value.general_names.iter().any(|g| match g {
+        x509_parser::extensions::GeneralName::DNSName(san) => {
+            san.eq_ignore_ascii_case(sni) || dns_wildcard_covers(san, sni)
+        }
+        _ => false,
+    })
 }
 
 impl ServerCertVerifier for EnvoyServerVerifier {
@@ -187,7 +203,12 @@ impl ServerCertVerifier for EnvoyServerVerifier {
                 Ok(_) => {}
             }
         }
-        if sans_match(&self.sans, end_entity) {
+        let named = match server_name {
+            // A DNS name is the SNI sent; an address means none was.
+            ServerName::DnsName(sni) if self.auto_san => dns_san_names(end_entity, sni.as_ref()),
+            _ => sans_match(&self.sans, end_entity),
+        };
+        if named {
             Ok(ServerCertVerified::assertion())
         } else {
             Err(san_mismatch())

@@ -181,7 +181,7 @@ fn initial_hosts(c: &PbCluster, discovery: Discovery) -> Result<(Vec<Arc<Host>>,
     }
     let hosts = eds_hosts(la)?
         .into_iter()
-        .map(|(addr, name, w, p, meta)| Arc::new(Host::new(addr, name, w, p).with_metadata(meta)))
+        .map(|(addr, name, w, p, extra)| Arc::new(Host::new(addr, name, w, p).with_extra(extra)))
         .collect();
     Ok((hosts, Vec::new()))
 }

@@ -94,7 +94,7 @@ pub async fn connect(cluster: &Cluster, host: &Host) -> Result<(crate::io::BoxIo
         count_connect_failure(stats, host);
         return Err(UpstreamError::Tls(Box::new(std::io::Error::other("TLS secrets not yet available"))));
     };
-    let handshake = crate::tls::with_sigalg(connector.connect(tls.server_name(host.addr.ip()), stream));
+    let handshake = crate::tls::with_sigalg(connector.connect(tls.server_name(host.addr.ip(), &host.hostname), stream));
     match tokio::time::timeout(left, handshake).await.map(|(r, sigalg)| r.map(|s| (s, sigalg))) {
         Ok(Ok((s, sigalg))) => {
             if let Some(ssl) = &stats.ssl {

@@ -50,7 +50,7 @@ impl Dns {
                     // Envoy names a resolved host by its `Endpoint.hostname`,
                     // else by the name it resolved.
                     let hostname = if named.hostname.is_empty() { name } else { &named.hostname };
-                    resolved.push((a, hostname.clone(), *weight, *placement, named.metadata.clone()));
+                    resolved.push((a, hostname.clone(), *weight, *placement, named.extra.clone()));
                 }
             }
         }

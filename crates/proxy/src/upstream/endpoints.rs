@@ -2,8 +2,8 @@
 //! its port, weight and placement (priority, locality), and for EDS the
 //! hosts with their socket addresses.
 
-use crate::common::metadata::{metadata_json, Map};
-use crate::upstream::host::Placement;
+use crate::common::metadata::metadata_json;
+use crate::upstream::host::{Extra, HealthCheckTarget, Placement};
 use legate_api::pb::envoy::config::core::v3::{address, socket_address};
 use legate_api::pb::envoy::config::endpoint::v3::{lb_endpoint::HostIdentifier, ClusterLoadAssignment};
 use std::net::SocketAddr;
@@ -14,15 +14,46 @@ use std::sync::Arc;
 pub type Endpoint = (String, u16, u32, Placement, Named);
 
 /// A host with its socket address: address, its host name (see `Named`),
-/// weight, placement, metadata.
-pub type HostEntry = (SocketAddr, String, u32, Placement, Option<Arc<Map>>);
+/// weight, placement, and what else it carries.
+pub type HostEntry = (SocketAddr, String, u32, Placement, Extra);
 
 /// What an endpoint is known by besides its address: `Endpoint.hostname`
-/// (empty when unset) and `LbEndpoint.metadata`.
+/// (empty when unset), and what else it carries.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Named {
     pub hostname: String,
-    pub metadata: Option<Arc<Map>>,
+    pub extra: Extra,
+}
+
+/// `Endpoint.health_check_config`, `None` when absent.
+fn health_check_target(
+    c: Option<&legate_api::pb::envoy::config::endpoint::v3::endpoint::HealthCheckConfig>,
+) -> Result<Option<Arc<HealthCheckTarget>>, String> {
+    let Some(c) = c else { return Ok(None) };
+    let address = match c.address.as_ref().and_then(|a| a.address.as_ref()) {
+        None => None,
+        Some(address::Address::SocketAddress(sa)) => {
+            let ip: std::net::IpAddr = sa
+                .address
+                .parse()
+                .map_err(|_| format!("health_check_config.address: malformed IP address: {}", sa.address))?;
+            let port = match sa.port_specifier {
+                Some(socket_address::PortSpecifier::PortValue(p)) => p,
+                _ => 0,
+            };
+            Some(SocketAddr::new(
+                ip,
+                u16::try_from(port).map_err(|_| "health_check_config.address: port out of range")?,
+            ))
+        }
+        Some(_) => return Err("health_check_config.address: only socket addresses are supported".into()),
+    };
+    Ok(Some(Arc::new(HealthCheckTarget {
+        address,
+        port: u16::try_from(c.port_value).map_err(|_| "health_check_config.port_value: out of range")?,
+        hostname: c.hostname.clone(),
+        disabled: c.disable_active_health_check,
+    })))
 }
 
 /// Every endpoint of the assignment.
@@ -46,7 +77,11 @@ pub fn endpoints(la: &ClusterLoadAssignment) -> Result<Vec<Endpoint>, String> {
                 return Err("load_assignment: port_value is required".into());
             };
             let port = u16::try_from(port).map_err(|_| "port out of range")?;
-            let named = Named { hostname: ep.hostname.clone(), metadata: metadata_json(e.metadata.as_ref()) };
+            let extra = Extra {
+                metadata: metadata_json(e.metadata.as_ref()),
+                health_check: health_check_target(ep.health_check_config.as_ref())?,
+            };
+            let named = Named { hostname: ep.hostname.clone(), extra };
             out.push((sa.address.clone(), port, weight, placement, named));
         }
     }
@@ -61,7 +96,7 @@ pub fn eds_hosts(la: &ClusterLoadAssignment) -> Result<Vec<HostEntry>, String> {
         .into_iter()
         .map(|(addr, port, w, p, named)| {
             let ip: std::net::IpAddr = addr.parse().map_err(|_| format!("malformed IP address: {addr}"))?;
-            Ok((SocketAddr::new(ip, port), named.hostname, w, p, named.metadata))
+            Ok((SocketAddr::new(ip, port), named.hostname, w, p, named.extra))
         })
         .collect()
 }

@@ -1,15 +1,22 @@
 //! Active health checking (HTTP, TCP with optional send/receive, and gRPC
 //! `grpc.health.v1`), on the main thread.
 //!
-//! Each health-checked cluster has one task (see `tasks`): every `interval` (plus jitter;
-//! `no_traffic_interval`, default 60 s, until the cluster has opened a
-//! connection for traffic, as Envoy does) it checks every host; `unhealthy_threshold` consecutive failures take a
-//! host out of the set requests go to, `healthy_threshold` consecutive
-//! successes bring it back. A host's first answer decides at once (Envoy
-//! waits for it before the cluster takes traffic).
+//! Each health-checked cluster has one task (see `tasks`) that checks each
+//! host when it is due. As Envoy's, a host's next check waits (plus
+//! jitter), until the cluster has opened a connection for traffic,
+//! `no_traffic_interval` (default 60 s; `no_traffic_healthy_interval` after
+//! a pass that left the host healthy), then `interval` after a pass,
+//! `unhealthy_interval` after a failure, and `healthy_edge_interval` /
+//! `unhealthy_edge_interval` while a change of verdict waits for its
+//! threshold. `unhealthy_threshold` consecutive failures take a host out of
+//! the set requests go to, `healthy_threshold` consecutive successes bring
+//! it back. A host's first answer decides at once (Envoy waits for it
+//! before the cluster takes traffic). An endpoint's `health_check_config`
+//! gives its checks another address or port, another host header, or none
+//! at all (`disable_active_health_check`: always healthy).
 
 use crate::stats::{Counter, Gauge, Store};
-use crate::upstream::cluster_stats::ClusterStats;
+use crate::upstream::clock::clock_ms;
 use crate::upstream::host::Host;
 use crate::upstream::membership::Membership;
 use legate_api::pb::envoy::config::core::v3::{health_check::HealthChecker as Kind, HealthCheck};
@@ -61,10 +68,62 @@ fn contains_in_order(got: &[u8], want: &[Vec<u8>]) -> bool {
     true
 }
 
+/// What a check's result did to the host's verdict (Envoy's
+/// `HealthTransition`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Transition {
+    Unchanged,
+    Changed,
+    /// The result differs from the verdict but its threshold is not reached.
+    ChangePending,
+}
+
+/// The waits between a host's checks (see the module's comment).
+struct Intervals {
+    interval: Duration,
+    unhealthy: Duration,
+    unhealthy_edge: Duration,
+    healthy_edge: Duration,
+    no_traffic: Duration,
+    no_traffic_healthy: Duration,
+}
+
+impl Intervals {
+    fn compile(hc: &HealthCheck) -> Self {
+        let at_least = |d: &legate_api::pb::google::protobuf::Duration| {
+            legate_api::duration::from_pb(d).max(Duration::from_millis(10))
+        };
+        let interval = legate_api::duration::or(hc.interval.as_ref(), Duration::ZERO).max(Duration::from_millis(10));
+        let unhealthy = hc.unhealthy_interval.as_ref().map_or(interval, at_least);
+        let no_traffic = hc.no_traffic_interval.as_ref().map_or(Duration::from_secs(60), at_least);
+        Self {
+            interval,
+            unhealthy,
+            unhealthy_edge: hc.unhealthy_edge_interval.as_ref().map_or(unhealthy, at_least),
+            healthy_edge: hc.healthy_edge_interval.as_ref().map_or(interval, at_least),
+            no_traffic,
+            no_traffic_healthy: hc.no_traffic_healthy_interval.as_ref().map_or(no_traffic, at_least),
+        }
+    }
+
+    /// Envoy's `HealthCheckerImplBase::interval`: the wait after a check
+    /// that passed (`ok`) or not, with what it did to the verdict.
+    fn after(&self, ok: bool, change: Transition, traffic: bool) -> Duration {
+        let pending = change == Transition::ChangePending;
+        match (traffic, ok, pending) {
+            (false, true, false) => self.no_traffic_healthy,
+            (false, ..) => self.no_traffic,
+            (true, false, true) => self.unhealthy_edge,
+            (true, false, false) => self.unhealthy,
+            (true, true, true) => self.healthy_edge,
+            (true, true, false) => self.interval,
+        }
+    }
+}
+
 pub struct HealthChecker {
     check: Check,
-    interval: Duration,
-    no_traffic_interval: Duration,
+    intervals: Intervals,
     jitter: Duration,
     timeout: Duration,
     unhealthy_threshold: u32,
@@ -112,11 +171,7 @@ impl HealthChecker {
         let p = format!("cluster.{cluster}.health_check.");
         Ok(Some(Self {
             check,
-            interval: legate_api::duration::or(hc.interval.as_ref(), Duration::ZERO).max(Duration::from_millis(10)),
-            no_traffic_interval: hc
-                .no_traffic_interval
-                .as_ref()
-                .map_or(Duration::from_secs(60), |d| legate_api::duration::from_pb(d).max(Duration::from_millis(10))),
+            intervals: Intervals::compile(hc),
             jitter: legate_api::duration::or(hc.interval_jitter.as_ref(), Duration::ZERO),
             timeout: legate_api::duration::or(hc.timeout.as_ref(), Duration::ZERO).max(Duration::from_millis(1)),
             unhealthy_threshold: hc.unhealthy_threshold.map_or(1, |v| v.value).max(1),
@@ -133,7 +188,9 @@ impl HealthChecker {
     /// it could not be reached or did not answer in time (a network failure).
     async fn probe(&self, host: &Host) -> Result<bool, ()> {
         let attempt = async {
-            let stream = tokio::net::TcpStream::connect(host.addr).await.map_err(|_| ())?;
+            let stream = tokio::net::TcpStream::connect(host.health_check_address()).await.map_err(|_| ())?;
+            // `health_check_config.hostname` names the host to its checks.
+            let named = host.health_check.as_ref().map(|c| c.hostname.as_str()).filter(|n| !n.is_empty());
             match &self.check {
                 Check::Tcp { send, receive } => {
                     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -160,26 +217,29 @@ impl HealthChecker {
                             .map_err(|_| ())?;
                     tokio::spawn(conn);
                     let req = http::Request::get(path.as_str())
-                        .header(http::header::HOST, authority.as_str())
+                        .header(http::header::HOST, named.unwrap_or(authority))
                         .header(http::header::USER_AGENT, "Envoy/HC")
                         .body(crate::body::ProxyBody::Empty)
                         .map_err(|_| ())?;
                     let status = sender.send_request(req).await.map_err(|_| ())?.status().as_u16() as i64;
                     Ok(expected.iter().any(|(lo, hi)| status >= *lo && status < *hi))
                 }
-                Check::Grpc { service, authority } => grpc_check(stream, service, authority).await,
+                Check::Grpc { service, authority } => grpc_check(stream, service, named.unwrap_or(authority)).await,
             }
         };
         tokio::time::timeout(self.timeout, attempt).await.unwrap_or(Err(()))
     }
 
-    /// Checks every host once; true when any host's verdict changed.
-    pub async fn round(&self, hosts: &Membership) -> bool {
+    /// Checks every host whose check is due (all of them, the first time);
+    /// true when any host's verdict changed. `traffic`: the cluster has
+    /// opened a connection for traffic.
+    pub async fn round(&self, hosts: &Membership, traffic: bool) -> bool {
         let all = hosts.load().all.clone();
         let mut changed = false;
-        for h in all {
+        let now = clock_ms();
+        for h in all.iter().filter(|h| h.actively_checked() && h.hc_due.load(Relaxed) <= now) {
             self.attempt.inc();
-            let result = self.probe(&h).await;
+            let result = self.probe(h).await;
             let ok = result == Ok(true);
             if ok {
                 self.success.inc();
@@ -189,7 +249,10 @@ impl HealthChecker {
                     self.network_failure.inc();
                 }
             }
-            changed |= self.record(&h, ok);
+            let change = self.record(h, ok);
+            changed |= change == Transition::Changed;
+            let wait = self.intervals.after(ok, change, traffic) + self.jitter.mul_f64(rand::random::<f64>());
+            h.hc_due.store(clock_ms() + wait.as_millis() as u64, Relaxed);
         }
         if changed {
             hosts.refresh_health();
@@ -198,44 +261,48 @@ impl HealthChecker {
         changed
     }
 
-    fn record(&self, h: &Host, ok: bool) -> bool {
+    fn record(&self, h: &Host, ok: bool) -> Transition {
         let was = h.hc_healthy.load(Relaxed);
+        let changed = |now: bool| if now { Transition::Changed } else { Transition::Unchanged };
         if h.hc_pending.swap(false, Relaxed) {
             h.hc_healthy.store(ok, Relaxed);
             if ok {
                 h.mark_healthy_now();
             }
-            return ok != was;
+            return changed(ok != was);
         }
         if ok {
             h.hc_fails.store(0, Relaxed);
             let passes = h.hc_passes.fetch_add(1, Relaxed) + 1;
-            if !was && passes >= self.healthy_threshold {
+            if was {
+                return Transition::Unchanged;
+            }
+            if passes >= self.healthy_threshold {
                 h.hc_healthy.store(true, Relaxed);
                 h.mark_healthy_now();
-                return true;
+                return Transition::Changed;
             }
         } else {
             h.hc_passes.store(0, Relaxed);
             let fails = h.hc_fails.fetch_add(1, Relaxed) + 1;
-            if was && fails >= self.unhealthy_threshold {
+            if !was {
+                return Transition::Unchanged;
+            }
+            if fails >= self.unhealthy_threshold {
                 h.hc_healthy.store(false, Relaxed);
-                return true;
+                return Transition::Changed;
             }
         }
-        false
+        Transition::ChangePending
     }
 
-    /// The configured interval between rounds.
-    pub fn interval(&self) -> Duration {
-        self.interval
-    }
-
-    /// The wait before the next round: `no_traffic_interval` until the
-    /// cluster has opened a connection for traffic, then `interval`, plus jitter.
-    pub fn next_wait(&self, stats: &ClusterStats) -> Duration {
-        let base = if stats.upstream_cx_total.value() == 0 { self.no_traffic_interval } else { self.interval };
-        base + self.jitter.mul_f64(rand::random::<f64>())
+    /// The wait before the next host is due (at most a second, so hosts
+    /// that DNS or EDS add are checked soon).
+    pub fn next_wait(&self, hosts: &Membership) -> Duration {
+        let now = clock_ms();
+        let next = hosts.load().all.iter().filter(|h| h.actively_checked()).map(|h| h.hc_due.load(Relaxed)).min();
+        let wait = next.map_or(1000, |due| due.saturating_sub(now)).clamp(1, 1000);
+        Duration::from_millis(wait)
     }
 }
 
@@ -306,7 +373,38 @@ fn serving(mut msg: &[u8]) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::{contains_in_order, serving};
+    use super::{contains_in_order, serving, HealthCheck, Intervals, Transition};
+    use std::time::Duration;
+
+    #[test]
+    fn the_wait_after_a_check_follows_envoys_intervals() {
+        let s = |secs: i64| Some(legate_api::pb::google::protobuf::Duration { seconds: secs, nanos: 0 });
+        let hc = HealthCheck {
+            interval: s(1),
+            unhealthy_interval: s(2),
+            unhealthy_edge_interval: s(3),
+            healthy_edge_interval: s(4),
+            no_traffic_interval: s(5),
+            no_traffic_healthy_interval: s(6),
+            ..Default::default()
+        };
+        let i = Intervals::compile(&hc);
+        let secs = |ok, change, traffic| i.after(ok, change, traffic).as_secs();
+        assert_eq!(secs(true, Transition::Unchanged, true), 1);
+        assert_eq!(secs(true, Transition::Changed, true), 1);
+        assert_eq!(secs(false, Transition::Unchanged, true), 2);
+        assert_eq!(secs(false, Transition::Changed, true), 2);
+        assert_eq!(secs(false, Transition::ChangePending, true), 3);
+        assert_eq!(secs(true, Transition::ChangePending, true), 4);
+        assert_eq!(secs(false, Transition::Unchanged, false), 5);
+        assert_eq!(secs(true, Transition::ChangePending, false), 5);
+        assert_eq!(secs(true, Transition::Unchanged, false), 6);
+        // Unset: the edges fall back to their intervals, no-traffic ones to 60 s.
+        let d = Intervals::compile(&HealthCheck { interval: s(1), unhealthy_interval: s(2), ..Default::default() });
+        assert_eq!(d.after(false, Transition::ChangePending, true), Duration::from_secs(2));
+        assert_eq!(d.after(true, Transition::ChangePending, true), Duration::from_secs(1));
+        assert_eq!(d.after(true, Transition::Unchanged, false), Duration::from_secs(60));
+    }
 
     #[test]
     fn tcp_receive_payloads_must_appear_in_order() {

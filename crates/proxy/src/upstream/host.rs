@@ -9,6 +9,40 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 
+/// What a host carries besides its address, name, weight and placement:
+/// `LbEndpoint.metadata` and `Endpoint.health_check_config`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Extra {
+    pub metadata: Option<Arc<Map>>,
+    pub health_check: Option<Arc<HealthCheckTarget>>,
+}
+
+/// `Endpoint.health_check_config`: where and how active health checks reach
+/// the host.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct HealthCheckTarget {
+    /// `address` (an IP, as Envoy expects), with its port.
+    pub address: Option<SocketAddr>,
+    /// `port_value`: the port checked instead of the host's (0: the host's).
+    pub port: u16,
+    /// `hostname`: the HTTP check's host header, gRPC's authority.
+    pub hostname: String,
+    /// `disable_active_health_check`: never checked, always healthy.
+    pub disabled: bool,
+}
+
+impl HealthCheckTarget {
+    /// The address the checks of a host at `addr` connect to.
+    pub fn address_for(&self, addr: SocketAddr) -> SocketAddr {
+        let base = self.address.unwrap_or(addr);
+        if self.port == 0 {
+            base
+        } else {
+            SocketAddr::new(base.ip(), self.port)
+        }
+    }
+}
+
 /// Where an endpoint sits in its load assignment: its priority, and its
 /// locality (the index of its `LocalityLbEndpoints`) with that locality's
 /// `load_balancing_weight` (0 when unset).
@@ -33,6 +67,8 @@ pub struct Host {
     pub hostname: String,
     /// `LbEndpoint.metadata`, by namespace.
     pub metadata: Option<Arc<Map>>,
+    /// `Endpoint.health_check_config`.
+    pub health_check: Option<Arc<HealthCheckTarget>>,
     pub weight: u32,
     pub priority: u32,
     pub locality: u32,
@@ -51,6 +87,9 @@ pub struct Host {
     pub hc_passes: AtomicU32,
     /// True until the first check has answered.
     pub hc_pending: AtomicBool,
+    /// When its next active check is due, on `upstream::clock::clock_ms`
+    /// (0: at once).
+    pub hc_due: AtomicU64,
     /// Outlier detection: ejected now, consecutive failures, times ejected,
     /// and until when (on `upstream::clock::clock_ms`).
     pub ejected: AtomicBool,
@@ -85,6 +124,7 @@ impl Host {
             addr,
             hostname,
             metadata: None,
+            health_check: None,
             weight: weight.max(1),
             priority: placement.priority,
             locality: placement.locality,
@@ -100,6 +140,7 @@ impl Host {
             hc_fails: Default::default(),
             hc_passes: Default::default(),
             hc_pending: AtomicBool::new(false),
+            hc_due: AtomicU64::new(0),
             ejected: AtomicBool::new(false),
             od_5xx: Default::default(),
             od_gateway: Default::default(),
@@ -112,10 +153,21 @@ impl Host {
         }
     }
 
-    /// The same host with this `LbEndpoint.metadata`.
-    pub fn with_metadata(mut self, metadata: Option<Arc<Map>>) -> Self {
-        self.metadata = metadata;
+    /// The same host with this `LbEndpoint.metadata` and health check target.
+    pub fn with_extra(mut self, extra: Extra) -> Self {
+        self.metadata = extra.metadata;
+        self.health_check = extra.health_check;
         self
+    }
+
+    /// Whether active health checks check it (not `disable_active_health_check`).
+    pub fn actively_checked(&self) -> bool {
+        !self.health_check.as_ref().is_some_and(|c| c.disabled)
+    }
+
+    /// Where its active health checks connect.
+    pub fn health_check_address(&self) -> SocketAddr {
+        self.health_check.as_ref().map_or(self.addr, |c| c.address_for(self.addr))
     }
 
     /// Stamps the host as healthy from now (an active check's pass).

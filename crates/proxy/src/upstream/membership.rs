@@ -29,7 +29,7 @@ impl Membership {
     /// The cluster's first hosts (its static ones, or none).
     pub fn new(hosts: Vec<Arc<Host>>, params: LbParams, health_checked: bool, stats: &ClusterStats) -> Self {
         if health_checked {
-            for h in &hosts {
+            for h in hosts.iter().filter(|h| h.actively_checked()) {
                 h.mark_pending();
             }
         }
@@ -70,14 +70,20 @@ impl Membership {
         let mut changed = new_hosts.len() != old.all.len();
         let hosts: Vec<Arc<Host>> = new_hosts
             .into_iter()
-            .map(|(addr, name, w, p, meta)| match by_addr.get(&addr) {
-                Some(h) if h.weight == w.max(1) && h.placement() == p && h.hostname == name && h.metadata == meta => {
+            .map(|(addr, name, w, p, extra)| match by_addr.get(&addr) {
+                Some(h)
+                    if h.weight == w.max(1)
+                        && h.placement() == p
+                        && h.hostname == name
+                        && h.metadata == extra.metadata
+                        && h.health_check == extra.health_check =>
+                {
                     (*h).clone()
                 }
                 _ => {
                     changed = true;
-                    let h = Arc::new(Host::new(addr, name, w, p).with_metadata(meta));
-                    if self.health_checked {
+                    let h = Arc::new(Host::new(addr, name, w, p).with_extra(extra));
+                    if self.health_checked && h.actively_checked() {
                         h.mark_pending();
                     }
                     h

@@ -17,7 +17,7 @@ pub async fn start_before_traffic(cluster: &Arc<Cluster>) {
         tokio::spawn(refresh_dns(Arc::downgrade(cluster)));
     }
     if let Some(hc) = &cluster.health_check {
-        hc.round(&cluster.hosts).await;
+        hc.round(&cluster.hosts, cluster.stats.upstream_cx_total.value() > 0).await;
     }
     spawn_checks(cluster, true);
 }
@@ -66,15 +66,15 @@ async fn check_health(cluster: Weak<Cluster>, checked: bool) {
         let Some(c) = cluster.upgrade() else { return };
         let Some(hc) = &c.health_check else { return };
         if first {
-            hc.round(&c.hosts).await;
+            hc.round(&c.hosts, c.stats.upstream_cx_total.value() > 0).await;
             first = false;
         }
-        let wait = hc.next_wait(&c.stats);
+        let wait = hc.next_wait(&c.hosts);
         drop(c);
         tokio::time::sleep(wait).await;
         let Some(c) = cluster.upgrade() else { return };
         let Some(hc) = &c.health_check else { return };
-        hc.round(&c.hosts).await;
+        hc.round(&c.hosts, c.stats.upstream_cx_total.value() > 0).await;
     }
 }
 
@@ -111,7 +111,7 @@ mod tests {
             );
             start_before_traffic(&c).await;
             let addr: std::net::SocketAddr = "127.0.0.1:8080".parse().expect("addr");
-            c.hosts.update(vec![(addr, "127.0.0.1".into(), 1, Default::default(), None)]);
+            c.hosts.update(vec![(addr, "127.0.0.1".into(), 1, Default::default(), Default::default())]);
             // Several refresh periods: nothing may resolve the EDS cluster's
             // empty load assignment over what EDS delivered.
             tokio::time::sleep(std::time::Duration::from_millis(100)).await;

@@ -105,8 +105,9 @@ fn compile(shared: &Shared, spec: &HealthCheckSpecifier) -> Vec<Checked> {
                 let hosts = cluster.clone();
                 let task = tokio::spawn(async move {
                     loop {
-                        checker.round(&hosts.hosts).await;
-                        tokio::time::sleep(checker.interval()).await;
+                        // Checked as a cluster with traffic: at `interval`.
+                        checker.round(&hosts.hosts, true).await;
+                        tokio::time::sleep(checker.next_wait(&hosts.hosts)).await;
                     }
                 });
                 out.push(Checked { cluster, task });
@@ -237,7 +238,7 @@ mod tests {
             report(&checked).cluster_endpoints_health[0].locality_endpoints_health[0].endpoints_health.is_empty(),
             "nothing checked yet"
         );
-        checker.round(&cluster.hosts).await;
+        checker.round(&cluster.hosts, true).await;
         let r = report(&checked);
         assert_eq!(r.cluster_endpoints_health[0].cluster_name, "web");
         let health: Vec<(Option<Address>, i32)> = r.cluster_endpoints_health[0].locality_endpoints_health[0]

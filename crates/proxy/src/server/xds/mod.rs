@@ -254,6 +254,8 @@ pub(crate) fn node(shared: &Shared) -> Node {
 /// cluster (its `transport_socket` says whether to speak TLS).
 pub(crate) struct Target {
     pub(crate) addr: SocketAddr,
+    /// The host's name (the SNI with `auto_host_sni`).
+    hostname: String,
     cluster: Arc<Cluster>,
 }
 
@@ -261,7 +263,8 @@ impl Target {
     /// A host of the cluster named `name`, picked by its load balancer.
     pub(crate) fn pick(shared: &Shared, name: &str) -> Option<Target> {
         let map = shared.clusters.load();
-        map.get(name).and_then(|c| c.pick().map(|h| Target { addr: h.addr, cluster: c.clone() }))
+        map.get(name)
+            .and_then(|c| c.pick().map(|h| Target { addr: h.addr, hostname: h.hostname.clone(), cluster: c.clone() }))
     }
 }
 
@@ -302,7 +305,7 @@ pub(crate) async fn channel(target: &Target) -> Result<tonic::transport::Channel
         None => endpoint.connect().await.map_err(|e| format!("connect: {e}")),
         Some(tls) => {
             let connector = tls.connector().ok_or("the cluster's TLS secrets are not available")?;
-            let name = tls.server_name(addr.ip());
+            let name = tls.server_name(addr.ip(), &target.hostname);
             let tls_connect = tower::service_fn(move |_uri: http::Uri| {
                 let (connector, name) = (connector.clone(), name.clone());
                 async move {
