@@ -1,7 +1,8 @@
 //! Fuzz targets for what reads bytes and text a peer or user controls: the
-//! TLS and HTTP inspectors' peek parsers, `%FORMAT%` strings and header
-//! mutations fed with hostile request headers, bootstrap loading and
-//! validation, and the xDS resource decode path.
+//! TLS and HTTP inspectors' peek parsers, the HTTP/1.1 request framing
+//! checks, `%FORMAT%` strings and header mutations fed with hostile request
+//! headers, bootstrap loading and validation, and the xDS resource decode
+//! path.
 //!
 //! Each target mutates real seeds (a ClientHello from rustls, request heads,
 //! Envoy's default log format, the real-world configs kept in the repository,
@@ -15,6 +16,7 @@ use bolero::check;
 use legate_api::pb::envoy::config::core::v3::{HeaderValue as PbHeader, HeaderValueOption};
 use legate_api::pb::envoy::config::listener::v3::Listener;
 use legate_proxy::common::format::{Context, Format, DEFAULT_ACCESS_LOG_FORMAT};
+use legate_proxy::http::h1_framing::{Framing, Refusal, Refused};
 use legate_proxy::http::header_mutation::HeaderMutations;
 use legate_proxy::listener::inspectors::{http, tls};
 use prost::Message;
@@ -115,6 +117,53 @@ fn fuzz_http_inspector() {
             if early != http::Sniff::NeedMore {
                 assert_eq!(whole, early, "decided on {at} bytes of {bytes:?}, then changed its mind");
             }
+        },
+    );
+}
+
+/// `bytes` through the HTTP/1.1 framing checks as reads cut at `cuts`
+/// (the bytes held back by one read go first in the next, as the
+/// connection's reader does): what hyper would see, and the refusal.
+fn framed(bytes: &[u8], cuts: &[usize]) -> (Vec<u8>, Option<(u64, Refusal)>) {
+    let (mut framing, refused) = (Framing::default(), Refused::default());
+    let mut out = Vec::new();
+    let mut from = 0;
+    for (i, &to) in cuts.iter().chain([&bytes.len()]).enumerate() {
+        let mut read = framing.take_held().to_vec();
+        read.extend_from_slice(&bytes[from..to]);
+        let n = framing.feed(&mut read, &refused, i == cuts.len());
+        out.extend_from_slice(&read[..n]);
+        from = to;
+    }
+    (out, refused.get())
+}
+
+/// `part` keeps the order of `whole`'s bytes with some taken out.
+fn is_subsequence(part: &[u8], whole: &[u8]) -> bool {
+    let mut rest = whole.iter();
+    part.iter().all(|b| rest.any(|w| w == b))
+}
+
+#[test]
+fn fuzz_http1_request_framing() {
+    let seeds: [&[u8]; 5] = [
+        b"GET /a HTTP/1.1\r\nhost: x\r\nx-fold: a\r\n b\r\n\r\nGET /b HTTP/1.1\r\nhost: x\r\n\r\n",
+        b"POST / HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n3;ext=1\r\nabc\r\n0\r\nt: 1\r\n\r\n",
+        b"POST / HTTP/1.1\r\ncontent-length: 5\r\n\r\nhelloGET / HTTP/1.1\r\ncontent-length: 1\r\ntransfer-encoding: chunked\r\n\r\n",
+        b"PUT /x HTTP/1.0\r\ncontent-length: 2\r\ncontent-length: 2\r\n\r\nab",
+        b"CONNECT a:443 HTTP/1.1\r\nhost: a:443\r\n\r\n\x16\x03\x01",
+    ];
+    check!().with_test_time(budget()).with_type::<(u8, Vec<(u16, u8)>, u16, Vec<u16>)>().for_each(
+        |(which, edits, cut, cuts)| {
+            let bytes = mutate(seeds[usize::from(*which) % seeds.len()], edits, *cut);
+            let (whole, refusal) = framed(&bytes, &[]);
+            // Bytes are only ever taken out, never added or reordered.
+            assert!(is_subsequence(&whole, &bytes), "{bytes:?} became {whole:?}");
+            // However the bytes arrive, hyper sees the same and the same
+            // request is refused for the same reason.
+            let mut cuts: Vec<usize> = cuts.iter().take(4).map(|c| usize::from(*c) % (bytes.len() + 1)).collect();
+            cuts.sort_unstable();
+            assert_eq!(framed(&bytes, &cuts), (whole, refusal), "{bytes:?} read in pieces at {cuts:?}");
         },
     );
 }
