@@ -1,8 +1,9 @@
 //! Fuzz targets for what reads bytes and text a peer or user controls: the
 //! TLS and HTTP inspectors' peek parsers, the HTTP/1.1 request framing
-//! checks, `%FORMAT%` strings and header mutations fed with hostile request
-//! headers, bootstrap loading and validation, and the xDS resource decode
-//! path.
+//! checks, route tables (mutated route configurations compiled, then
+//! matched against hostile requests), `%FORMAT%` strings and header mutations
+//! fed with hostile request headers, bootstrap loading and validation, and
+//! the xDS resource decode path.
 //!
 //! Each target mutates real seeds (a ClientHello from rustls, request heads,
 //! Envoy's default log format, the real-world configs kept in the repository,
@@ -301,5 +302,61 @@ fn fuzz_xds_listener_decode() {
                 let _ = legate_api::support::unsupported(&d);
             }
         }
+    });
+}
+
+/// The inline route configurations of the real-world configs' connection
+/// managers, encoded.
+fn real_world_route_configs() -> Vec<Vec<u8>> {
+    use legate_api::pb::envoy::config::listener::v3::filter::ConfigType;
+    use legate_api::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
+        http_connection_manager::RouteSpecifier, HttpConnectionManager,
+    };
+    let listeners: Vec<Listener> = real_world_configs()
+        .iter()
+        .filter_map(|c| legate_api::load::load_bootstrap(&String::from_utf8_lossy(c)).ok())
+        .flat_map(|b| b.bootstrap.static_resources.map(|s| s.listeners).unwrap_or_default())
+        .collect();
+    let filters = listeners.iter().flat_map(|l| l.filter_chains.iter()).flat_map(|c| c.filters.iter());
+    filters
+        .filter_map(|f| match &f.config_type {
+            Some(ConfigType::TypedConfig(any)) => legate_api::any::unpack::<HttpConnectionManager>(any).ok(),
+            _ => None,
+        })
+        .filter_map(|hcm| match hcm.route_specifier {
+            Some(RouteSpecifier::RouteConfig(rc)) => Some(rc.encode_to_vec()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn fuzz_route_matching() {
+    use legate_api::pb::envoy::config::route::v3::RouteConfiguration;
+    use legate_proxy::http::route::RouteTable;
+    let seeds = real_world_route_configs();
+    assert!(seeds.len() > 20, "route configurations to start from: {}", seeds.len());
+    let paths: [&[u8]; 4] = [b"/", b"/api/v1/items?id=1&x=%2F", b"/grpc.health.v1.Health/Check", b"//a/../b/./c"];
+    let hosts: [&[u8]; 3] = [b"example.com", b"localhost:8080", b"*.a"];
+    type Input = (u16, Vec<(u16, u8)>, u16, (u8, Vec<(u16, u8)>), (u8, Vec<(u16, u8)>), Vec<u8>);
+    check!().with_test_time(budget()).with_type::<Input>().for_each(|(which, edits, cut, path, host, header)| {
+        let bytes = mutate(&seeds[usize::from(*which) % seeds.len()], edits, *cut);
+        let Ok(rc) = RouteConfiguration::decode(bytes.as_slice()) else { return };
+        // A configuration that compiles must route any request without
+        // panicking, whatever its path, host and headers.
+        let store = Arc::new(legate_proxy::stats::Store::default());
+        let Ok(table) = RouteTable::compile(&rc, &store) else { return };
+        let path = String::from_utf8_lossy(&mutate(paths[usize::from(path.0) % paths.len()], &path.1, 0)).into_owned();
+        let host = String::from_utf8_lossy(&mutate(hosts[usize::from(host.0) % hosts.len()], &host.1, 0)).into_owned();
+        let mut headers = ::http::HeaderMap::new();
+        if let Ok(v) = ::http::HeaderValue::from_bytes(header) {
+            headers.insert("x-fuzz", v.clone());
+            headers.insert("content-type", v);
+        }
+        let routed =
+            table.route(&host, &path, &headers, "GET", "http").map(|(vh, r)| (vh.name.clone(), r.name.clone()));
+        // Virtual hosts are chosen by the host without regard to case.
+        let upper = table.route(&host.to_ascii_uppercase(), &path, &headers, "GET", "http");
+        assert_eq!(routed.as_ref().map(|(vh, _)| vh), upper.map(|(vh, _)| &vh.name), "host {host:?} by case");
     });
 }
