@@ -10,7 +10,7 @@
 
 mod harness;
 
-use harness::config::{hcm_answer, listener, listener_chains};
+use harness::config::{hcm_answer, hcm_vhost, listener, listener_chains};
 use harness::raw::{answered_keep_alive, closed_unanswered, raw_exchange, Raw};
 use harness::sides::{both, Side};
 use harness::*;
@@ -89,6 +89,10 @@ fn injected_config(admin: u16, main: u16, file: &Path) -> String {
         .iter()
         .map(|(a, t)| format!("{{name: envoy.overload_actions.{a}, triggers: [{{name: {INJECTED}, {t}}}]}}"))
         .collect();
+    injected_bootstrap(admin, file, &actions, &listener("main", main, &chain))
+}
+
+fn injected_bootstrap(admin: u16, file: &Path, actions: &[String], listener: &str) -> String {
     format!(
         "admin: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {admin}}}}}}}\n\
          overload_manager:\n  refresh_interval: 0.05s\n  resource_monitors:\n  \
@@ -98,7 +102,7 @@ fn injected_config(admin: u16, main: u16, file: &Path) -> String {
          static_resources:\n  listeners: [{}]\n",
         file.display(),
         actions.join(", "),
-        listener("main", main, &chain)
+        listener
     )
 }
 
@@ -234,4 +238,94 @@ fn injected_pressure_drives_the_actions_as_envoys() {
             (side.stat(&failed) > 0).then_some(())
         });
     }
+}
+
+/// `reduce_timeouts` on the connection idle timer (1.5 s, down to 0.3 s),
+/// from a scaled trigger between pressures 0.5 and 1.
+fn timeouts_config(admin: u16, main: u16, file: &Path) -> String {
+    let hcm = hcm_vhost(
+        "ingress",
+        "routes: [{match: {prefix: \"/\"}, direct_response: {status: 200, body: {inline_string: ok}}}]",
+        "",
+        ", common_http_protocol_options: {idle_timeout: 1.5s}",
+    );
+    let action = format!(
+        "{{name: envoy.overload_actions.reduce_timeouts, triggers: [{{name: {INJECTED}, scaled: {{scaling_threshold: 0.5, saturation_threshold: 1.0}}}}], \
+         typed_config: {{\"@type\": type.googleapis.com/envoy.config.overload.v3.ScaleTimersOverloadActionConfig, \
+         timer_scale_factors: [{{timer: HTTP_DOWNSTREAM_CONNECTION_IDLE, min_timeout: 0.3s}}]}}}}"
+    );
+    injected_bootstrap(admin, file, &[action], &listener("main", main, &format!("{{filters: [{hcm}]}}")))
+}
+
+/// On each side at once: one request on a new connection, then how long
+/// until the proxy counts the connection's idle timeout (Envoy 1.40 counts
+/// it on time but was seen to leave the socket open for the client to
+/// close, so the count is what both are timed by); `meanwhile` runs once
+/// the answers are in.
+fn idle_lifetimes(sides: &[Side], meanwhile: impl FnOnce()) -> Vec<Duration> {
+    std::thread::scope(|s| {
+        let handles: Vec<_> = sides
+            .iter()
+            .map(|side| {
+                let port = side.port("main");
+                s.spawn(move || {
+                    let counted = || side.stat("http.ingress.downstream_cx_idle_timeout");
+                    let before = counted();
+                    let mut c = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+                    c.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+                    c.write_all(b"GET / HTTP/1.1\r\nhost: a\r\n\r\n").expect("write");
+                    let mut buf = [0u8; 1024];
+                    let n = c.read(&mut buf).expect("answer");
+                    assert!(buf[..n].starts_with(b"HTTP/1.1 200"), "answered");
+                    let start = std::time::Instant::now();
+                    while counted() == before && start.elapsed() < Duration::from_secs(5) {
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
+                    start.elapsed()
+                })
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(200));
+        meanwhile();
+        handles.into_iter().map(|h| h.join().expect("idle")).collect()
+    })
+}
+
+#[test]
+fn reduce_timeouts_scales_the_connection_idle_timer_as_envoys() {
+    let dir = TempDir::new("overload-timeouts");
+    let file = dir.path().join("pressure");
+    inject(&file, "0.75");
+    let sides = both(dir.path(), &[], &["main"], |_, admin, p| timeouts_config(admin, p["main"], &file));
+    let scale = "overload.envoy.overload_actions.reduce_timeouts.scale_percent";
+    let settle = |level: &str, percent: u64| {
+        inject(&file, level);
+        for side in &sides {
+            wait_for(&format!("{}: scale at {level}", side.who), Duration::from_secs(5), || {
+                (side.stat(scale) == percent).then_some(())
+            });
+        }
+    };
+    settle("0.75", 50);
+    // Half way: 0.3 s + half of the other 1.2 s.
+    let half = idle_lifetimes(&sides, || {});
+    settle("1", 100);
+    let saturated = idle_lifetimes(&sides, || {});
+    // Idle at no pressure, then saturated while it waits: re-timed from
+    // when it was armed, so it closes at once.
+    settle("0", 0);
+    let raised = idle_lifetimes(&sides, || inject(&file, "1"));
+    let idle = "http.ingress.downstream_cx_idle_timeout";
+    let counts: Vec<u64> = sides.iter().map(|s| s.stat(idle)).collect();
+    eprintln!(
+        "idle timeout counted after (Envoy, Legate): scale 50 %: {half:?}; saturated: {saturated:?}; \
+         saturated while idle: {raised:?}; {idle}: {counts:?}"
+    );
+    for (what, got, want) in [("half", &half, 900), ("saturated", &saturated, 300), ("raised", &raised, 300)] {
+        let ms: Vec<i64> = got.iter().map(|d| d.as_millis() as i64).collect();
+        assert!((ms[0] - want).abs() < 250, "{what}: Envoy closed after {} ms, expected about {want}", ms[0]);
+        assert!((ms[1] - ms[0]).abs() < 250, "{what}: Legate {} ms, Envoy {} ms", ms[1], ms[0]);
+    }
+    assert_eq!(counts[1], counts[0], "{idle}");
+    assert_eq!(counts[0], 3);
 }

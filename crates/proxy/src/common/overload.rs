@@ -10,7 +10,7 @@
 //! value) do so here too.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
-use std::sync::LazyLock;
+use std::sync::{LazyLock, OnceLock};
 use tokio::sync::watch;
 
 /// A saturated action's state.
@@ -23,6 +23,9 @@ pub enum Action {
     StopAcceptingRequests,
     /// `envoy.overload_actions.disable_http_keepalive` (request word).
     DisableHttpKeepalive,
+    /// `envoy.overload_actions.reduce_timeouts` (request word): the
+    /// connection idle timer scaled.
+    ReduceTimeouts,
     /// `envoy.overload_actions.stop_accepting_connections` (accept word).
     StopAcceptingConnections,
     /// `envoy.overload_actions.reject_incoming_connections` (accept word).
@@ -33,18 +36,20 @@ pub enum Action {
 
 impl Action {
     /// Every action, in the order of [`Action::NAMES`].
-    pub const ALL: [Action; 5] = [
+    pub const ALL: [Action; 6] = [
         Action::StopAcceptingRequests,
         Action::DisableHttpKeepalive,
+        Action::ReduceTimeouts,
         Action::StopAcceptingConnections,
         Action::RejectIncomingConnections,
         Action::ShrinkHeap,
     ];
 
     /// Envoy's names, in the order of [`Action::ALL`].
-    pub const NAMES: [&'static str; 5] = [
+    pub const NAMES: [&'static str; 6] = [
         "envoy.overload_actions.stop_accepting_requests",
         "envoy.overload_actions.disable_http_keepalive",
+        "envoy.overload_actions.reduce_timeouts",
         "envoy.overload_actions.stop_accepting_connections",
         "envoy.overload_actions.reject_incoming_connections",
         "envoy.overload_actions.shrink_heap",
@@ -60,6 +65,7 @@ impl Action {
         match self {
             Action::StopAcceptingRequests => Some((&REQUEST, 0)),
             Action::DisableHttpKeepalive => Some((&REQUEST, 16)),
+            Action::ReduceTimeouts => Some((&REQUEST, 32)),
             Action::StopAcceptingConnections => Some((&ACCEPT, 0)),
             Action::RejectIncomingConnections => Some((&ACCEPT, 16)),
             Action::ShrinkHeap => None,
@@ -71,6 +77,22 @@ static REQUEST: AtomicU64 = AtomicU64::new(0);
 /// An accept-side action is configured: accept loops watch for changes.
 static ACCEPT_WATCHED: AtomicBool = AtomicBool::new(false);
 static ACCEPT: AtomicU64 = AtomicU64::new(0);
+/// `reduce_timeouts`' floor for the connection idle timer, when that
+/// action scales it.
+static IDLE_MIN: OnceLock<IdleMin> = OnceLock::new();
+/// Raised whenever `reduce_timeouts` changes (connections re-time their
+/// idle timers, as Envoy's scaled range timers follow the action).
+static TIMEOUTS_CHANGED: LazyLock<watch::Sender<u16>> = LazyLock::new(|| watch::channel(0).0);
+
+/// Where a scaled timer stops shrinking (`ScaleTimer.overload_adjust`).
+#[derive(Debug, Clone, Copy)]
+pub enum IdleMin {
+    /// `min_timeout`.
+    Timeout(std::time::Duration),
+    /// `min_scale`: this fraction of the timer's own duration.
+    Scale(f64),
+}
+
 /// Raised whenever the accept word changes: a listener that stopped
 /// accepting waits on it.
 static ACCEPT_CHANGED: LazyLock<watch::Sender<u64>> = LazyLock::new(|| watch::channel(0).0);
@@ -95,6 +117,8 @@ pub fn set(action: Action, state: u16) {
         word.store(new, Relaxed);
         if std::ptr::eq(word, &ACCEPT) {
             ACCEPT_CHANGED.send_replace(new);
+        } else if action == Action::ReduceTimeouts {
+            TIMEOUTS_CHANGED.send_replace(state);
         }
     }
 }
@@ -184,6 +208,78 @@ pub async fn accept_change(rx: &mut watch::Receiver<u64>, stopped: bool) {
     }
 }
 
+/// `reduce_timeouts` scales the connection idle timer down to `min` (set
+/// once, by the manager, before the workers start).
+pub fn scale_idle_timer(min: IdleMin) {
+    let _ = IDLE_MIN.set(min);
+}
+
+/// An HTTP connection's idle timer: its timeout, scaled by
+/// `reduce_timeouts` when that action is configured (and then re-timed
+/// whenever the action changes, from when it was armed, as Envoy's scaled
+/// range timer follows the action).
+pub struct IdleTimer {
+    max: Option<std::time::Duration>,
+    changes: Option<watch::Receiver<u16>>,
+    armed: tokio::time::Instant,
+}
+
+/// What an unset timer waits: as good as for ever.
+const FAR: std::time::Duration = std::time::Duration::from_secs(365 * 24 * 3600);
+
+impl IdleTimer {
+    pub fn new(max: Option<std::time::Duration>) -> Self {
+        let changes = max.and(IDLE_MIN.get()).map(|_| TIMEOUTS_CHANGED.subscribe());
+        IdleTimer { max, changes, armed: tokio::time::Instant::now() }
+    }
+
+    /// There is an idle timeout.
+    pub fn is_set(&self) -> bool {
+        self.max.is_some()
+    }
+
+    /// The timeout follows `reduce_timeouts`.
+    pub fn scaled(&self) -> bool {
+        self.changes.is_some()
+    }
+
+    /// Armed from now: when it fires.
+    pub fn arm(&mut self) -> tokio::time::Instant {
+        self.armed = tokio::time::Instant::now();
+        self.deadline()
+    }
+
+    /// When it fires, armed when it last was.
+    pub fn deadline(&self) -> tokio::time::Instant {
+        let timeout = match (self.max, IDLE_MIN.get()) {
+            (Some(max), Some(min)) if self.scaled() => {
+                scaled(max, *min, f64::from(field(REQUEST.load(Relaxed), 32)) / f64::from(SATURATED))
+            }
+            (Some(max), _) => max,
+            (None, _) => FAR,
+        };
+        self.armed + timeout
+    }
+
+    /// Returns when `reduce_timeouts` changes (never when not scaled).
+    pub async fn changed(&mut self) {
+        let Some(rx) = self.changes.as_mut() else { return std::future::pending().await };
+        if rx.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+/// `max` scaled towards its floor by an action value: the floor plus the
+/// rest of the range times one less the value.
+fn scaled(max: std::time::Duration, min: IdleMin, value: f64) -> std::time::Duration {
+    let min = match min {
+        IdleMin::Timeout(d) => d.min(max),
+        IdleMin::Scale(f) => max.mul_f64(f.clamp(0.0, 1.0)),
+    };
+    min + (max - min).mul_f64(1.0 - value.clamp(0.0, 1.0))
+}
+
 /// A state from a trigger value in [0, 1] (1 and over: saturated).
 pub fn encode(value: f64) -> u16 {
     if value >= 1.0 {
@@ -210,5 +306,10 @@ mod tests {
         assert!(bernoulli(SATURATED));
         let hits = (0..10_000).filter(|_| bernoulli(encode(0.5))).count();
         assert!((4_000..6_000).contains(&hits), "{hits}");
+        let (max, s) = (std::time::Duration::from_secs(10), std::time::Duration::from_secs);
+        assert_eq!(scaled(max, IdleMin::Timeout(s(2)), 0.0), max);
+        assert_eq!(scaled(max, IdleMin::Timeout(s(2)), 0.5), s(6));
+        assert_eq!(scaled(max, IdleMin::Timeout(s(2)), 1.0), s(2));
+        assert_eq!(scaled(max, IdleMin::Scale(0.5), 1.0), s(5));
     }
 }

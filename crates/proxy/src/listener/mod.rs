@@ -592,9 +592,10 @@ async fn serve_http<S: crate::io::Io>(
     }
     // The connection idle timeout runs while no stream is active; a stream
     // ending re-arms it.
-    let idle_timeout = http.hcm.idle_timeout;
+    // (scaled by the overload manager's `reduce_timeouts` when configured).
+    let mut idle_timer = crate::common::overload::IdleTimer::new(http.hcm.idle_timeout);
     let far = Duration::from_secs(365 * 24 * 3600);
-    let idle = tokio::time::sleep(idle_timeout.unwrap_or(far));
+    let idle = tokio::time::sleep_until(idle_timer.arm());
     tokio::pin!(idle);
     // A draining connection gets the drain time to finish, then is closed.
     let deadline = tokio::time::sleep(if draining { listener.drain_time } else { far });
@@ -616,16 +617,15 @@ async fn serve_http<S: crate::io::Io>(
                 draining = true;
                 conn.as_mut().graceful_shutdown();
             }
-            _ = conn_info.idle.notified() => {
-                idle.as_mut().reset(tokio::time::Instant::now() + idle_timeout.unwrap_or(far));
-            }
-            _ = &mut idle, if idle_timeout.is_some() && !draining => {
+            _ = conn_info.idle.notified() => idle.as_mut().reset(idle_timer.arm()),
+            () = idle_timer.changed(), if idle_timer.scaled() && !draining => idle.as_mut().reset(idle_timer.deadline()),
+            _ = &mut idle, if idle_timer.is_set() && !draining => {
                 if conn_info.active_streams.load(Ordering::Relaxed) == 0 {
                     hs.downstream_cx_idle_timeout.inc();
                     draining = true;
                     conn.as_mut().graceful_shutdown();
                 } else {
-                    idle.as_mut().reset(tokio::time::Instant::now() + idle_timeout.unwrap_or(far));
+                    idle.as_mut().reset(idle_timer.arm());
                 }
             }
             _ = config_drain.wait_for(|d| *d), if !draining => {

@@ -8,6 +8,7 @@
 //! trigger's resource.
 
 mod monitors;
+mod timers;
 
 use crate::common::conn_limit::ConnLimit;
 use crate::common::overload::{self as state, Action};
@@ -169,6 +170,21 @@ fn compile_actions(
                 None => return Err((tpath, "a threshold or scaled trigger is required".into())),
             };
             triggers.push((r, trigger));
+        }
+        match (&a.typed_config, action) {
+            (Some(any), Action::ReduceTimeouts) => {
+                let min =
+                    timers::idle_min(any).map_err(|(field, reason)| (format!("{path}.typed_config{field}"), reason))?;
+                state::scale_idle_timer(min);
+            }
+            (None, Action::ReduceTimeouts) => {
+                return Err((
+                    format!("{path}.typed_config"),
+                    "reduce_timeouts needs a ScaleTimersOverloadActionConfig".into(),
+                ))
+            }
+            (Some(_), _) => return Err((format!("{path}.typed_config"), format!("{} takes no typed_config", a.name))),
+            (None, _) => {}
         }
         let stat = |what: &str| format!("overload.{}.{what}", a.name);
         actions.push(ActionSlot {
