@@ -61,6 +61,9 @@ pub const SUPPORTED_EXTENSIONS: &[&str] = &[
     "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
     "envoy.config.metrics.v3.MetricsServiceConfig",
     "envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig",
+    "envoy.extensions.resource_monitors.fixed_heap.v3.FixedHeapConfig",
+    "envoy.extensions.resource_monitors.injected_resource.v3.InjectedResourceConfig",
+    "envoy.config.overload.v3.ScaleTimersOverloadActionConfig",
 ];
 
 use crate::support_tracing::{TRACING_ADDED, TRACING_EXTENSIONS, TRACING_FIELDS, TRACING_UNSUPPORTED_VALUES};
@@ -81,10 +84,21 @@ const SUPPORTED_FIELDS: &[(&str, &[&str])] = &[
             "overload_manager",
         ],
     ),
-    // The overload manager with the global downstream connection limit;
-    // other resource monitors, and actions, are not built.
-    ("envoy.config.overload.v3.OverloadManager", &["refresh_interval", "resource_monitors"]),
+    // The overload manager: the global downstream connection limit, the
+    // fixed heap and injected resource monitors, threshold and scaled
+    // triggers; the actions it takes are checked by name when the proxy
+    // reads them, and so are `reduce_timeouts`' timers (the connection
+    // idle timer only).
+    ("envoy.config.overload.v3.OverloadManager", &["refresh_interval", "resource_monitors", "actions"]),
     ("envoy.config.overload.v3.ResourceMonitor", &["name", "typed_config"]),
+    ("envoy.config.overload.v3.OverloadAction", &["name", "triggers", "typed_config"]),
+    ("envoy.config.overload.v3.ScaleTimersOverloadActionConfig", &["timer_scale_factors"]),
+    ("envoy.config.overload.v3.ScaleTimersOverloadActionConfig.ScaleTimer", &["timer", "min_timeout", "min_scale"]),
+    ("envoy.config.overload.v3.Trigger", &["name", "threshold", "scaled"]),
+    ("envoy.config.overload.v3.ThresholdTrigger", &["value"]),
+    ("envoy.config.overload.v3.ScaledTrigger", &["scaling_threshold", "saturation_threshold"]),
+    ("envoy.extensions.resource_monitors.fixed_heap.v3.FixedHeapConfig", &["max_heap_size_bytes"]),
+    ("envoy.extensions.resource_monitors.injected_resource.v3.InjectedResourceConfig", &["filename"]),
     (
         "envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig",
         &["max_active_downstream_connections"],

@@ -12,5 +12,6 @@ pub mod fraction;
 pub mod local_address;
 pub mod matcher;
 pub mod metadata;
+pub mod overload;
 pub mod runtime;
 pub mod token_bucket;

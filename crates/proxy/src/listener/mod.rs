@@ -34,6 +34,8 @@ pub struct ListenerStats {
     pub downstream_global_cx_overflow: Arc<Counter>,
     /// Connections closed at accept: the listener's own limit was reached.
     pub downstream_cx_overflow: Arc<Counter>,
+    /// Closed at accept by the overload manager's `reject_incoming_connections`.
+    pub downstream_cx_overload_reject: Arc<Counter>,
     /// `ssl.*`, when a chain terminates TLS.
     pub ssl: Option<crate::tls::SslStats>,
 }
@@ -209,6 +211,7 @@ impl ListenerConfig {
                 no_filter_chain_match: store.counter(&format!("{p}no_filter_chain_match")),
                 downstream_global_cx_overflow: store.counter(&format!("{p}downstream_global_cx_overflow")),
                 downstream_cx_overflow: store.counter(&format!("{p}downstream_cx_overflow")),
+                downstream_cx_overload_reject: store.counter(&format!("{p}downstream_cx_overload_reject")),
                 ssl: any_tls.then(|| crate::tls::SslStats::new(store, &p)),
             },
             config: l.clone(),
@@ -279,9 +282,22 @@ pub async fn accept_loop(
         return;
     }
     let Ok(socket) = tokio::net::TcpListener::from_std(socket) else { return };
+    // The overload manager's accept-side actions: one relaxed load an
+    // accept; a change wakes the loop only when such an action is set.
+    let mut overload = crate::common::overload::accept_changes();
+    let watched = crate::common::overload::accept_watched();
+    let mut state = crate::common::overload::accept_state();
     loop {
+        // `stop_accepting_connections` saturated: connections wait in the
+        // kernel's backlog until it is not, as behind Envoy's disabled
+        // listener.
+        let stopped = state.stop_accepting();
         tokio::select! {
-            accepted = socket.accept() => {
+            () = crate::common::overload::accept_change(&mut overload, stopped), if stopped || watched => {
+                state = crate::common::overload::accept_state();
+            }
+            accepted = socket.accept(), if !stopped => {
+                state = crate::common::overload::accept_state();
                 let Ok((stream, remote)) = accepted else {
                     // Out of file descriptors and the like: back off briefly.
                     tokio::time::sleep(Duration::from_millis(10)).await;
@@ -293,6 +309,12 @@ pub async fn accept_loop(
                     listener.stats.downstream_global_cx_overflow.inc();
                     continue;
                 };
+                // `reject_incoming_connections`: closed at once, in the
+                // action's share, as Envoy does.
+                if state.reject() {
+                    listener.stats.downstream_cx_overload_reject.inc();
+                    continue;
+                }
                 // Over the listener's own limit: closed too, counted apart.
                 let Ok(own) = ConnLimit::admit(listener.own_limit.as_ref()) else {
                     listener.stats.downstream_cx_overflow.inc();
@@ -570,9 +592,10 @@ async fn serve_http<S: crate::io::Io>(
     }
     // The connection idle timeout runs while no stream is active; a stream
     // ending re-arms it.
-    let idle_timeout = http.hcm.idle_timeout;
+    // (scaled by the overload manager's `reduce_timeouts` when configured).
+    let mut idle_timer = crate::common::overload::IdleTimer::new(http.hcm.idle_timeout);
     let far = Duration::from_secs(365 * 24 * 3600);
-    let idle = tokio::time::sleep(idle_timeout.unwrap_or(far));
+    let idle = tokio::time::sleep_until(idle_timer.arm());
     tokio::pin!(idle);
     // A draining connection gets the drain time to finish, then is closed.
     let deadline = tokio::time::sleep(if draining { listener.drain_time } else { far });
@@ -594,16 +617,15 @@ async fn serve_http<S: crate::io::Io>(
                 draining = true;
                 conn.as_mut().graceful_shutdown();
             }
-            _ = conn_info.idle.notified() => {
-                idle.as_mut().reset(tokio::time::Instant::now() + idle_timeout.unwrap_or(far));
-            }
-            _ = &mut idle, if idle_timeout.is_some() && !draining => {
+            _ = conn_info.idle.notified() => idle.as_mut().reset(idle_timer.arm()),
+            () = idle_timer.changed(), if idle_timer.scaled() && !draining => idle.as_mut().reset(idle_timer.deadline()),
+            _ = &mut idle, if idle_timer.is_set() && !draining => {
                 if conn_info.active_streams.load(Ordering::Relaxed) == 0 {
                     hs.downstream_cx_idle_timeout.inc();
                     draining = true;
                     conn.as_mut().graceful_shutdown();
                 } else {
-                    idle.as_mut().reset(tokio::time::Instant::now() + idle_timeout.unwrap_or(far));
+                    idle.as_mut().reset(idle_timer.arm());
                 }
             }
             _ = config_drain.wait_for(|d| *d), if !draining => {

@@ -83,6 +83,9 @@ pub struct Shared {
     pub original_start: std::sync::atomic::AtomicU64,
     /// The bootstrap's `layered_runtime` (an empty runtime without one).
     pub runtime: Arc<crate::server::runtime::Loader>,
+    /// The overload manager's sampled monitors and actions, taken by the
+    /// main thread when it starts (none configured: none).
+    pub overload: std::sync::Mutex<Option<crate::server::overload::Manager>>,
 }
 
 impl Shared {
@@ -119,6 +122,8 @@ pub fn build(
     let b = &bootstrap;
     // Loaded first: what is compiled next may read it.
     let runtime = start_runtime(b, &options, &store)?;
+    let overload =
+        crate::server::overload::build(b, &store).map_err(|(path, reason)| ServerError::Config { path, reason })?;
     let mut map = HashMap::new();
     let clusters = Arc::new(ArcSwap::from_pointee(ClusterMap::new()));
     let (listeners, worker_rxs) = ListenerManager::new(options.concurrency);
@@ -165,8 +170,7 @@ pub fn build(
             .unwrap_or_else(|| http::HeaderValue::from_static("")),
         jwks_async: Default::default(),
         secrets,
-        conn_limit: crate::server::overload::conn_limit(b)
-            .map_err(|(path, reason)| ServerError::Config { path, reason })?,
+        conn_limit: overload.conn_limit,
         node_id: options.service_node.clone().or_else(|| b.node.as_ref().map(|n| n.id.clone())).unwrap_or_default(),
         zone: b.node.as_ref().and_then(|n| n.locality.as_ref()).map(|l| l.zone.clone()).unwrap_or_default(),
         egress: false,
@@ -209,6 +213,7 @@ pub fn build(
             admin_closed: AtomicBool::new(false),
             original_start: since_epoch.into(),
             runtime,
+            overload: std::sync::Mutex::new(overload.manager),
         }),
         worker_rxs,
     ))

@@ -131,6 +131,9 @@ pub fn run(bootstrap: LoadedBootstrap, options: Options) -> Result<(), ServerErr
     // readings (xDS, SDS files, config dumps) decode the pool again.
     main_rt.spawn(crate::server::memory::keep_lean());
     main_rt.spawn(shared.runtime.clone().watch_disk());
+    if let Some(overload) = shared.overload.lock().ok().and_then(|mut m| m.take()) {
+        main_rt.spawn(overload.run());
+    }
     main_rt.block_on(async {
         let flusher = tokio::spawn(async {
             loop {

@@ -51,7 +51,14 @@ impl Hcm {
         let extended = read_extended_connect(&mut parts);
         let client = self.client_address(conn.remote, &parts.headers);
         let has_body = !http_body::Body::is_end_stream(&body);
-        let stream = Stream::begin(self.clone(), conn, &parts, client, has_body);
+        let overload = crate::common::overload::request_state();
+        let stream = Stream::begin(self.clone(), conn, &parts, client, has_body, overload);
+        // Envoy drops a new request under `stop_accepting_requests` as soon
+        // as its headers are decoded, before any other check.
+        if !overload.idle() && overload.stop_request() {
+            self.stats.downstream_rq_overload_close.inc();
+            return self.local_reply(stream, 503, "overload", "OM", Some("envoy overloaded".into()));
+        }
         let stream = step!(self.reject_malformed(stream, &mut parts));
         let mut stream = step!(self.normalize_path(stream, &mut parts));
         self.set_request_headers(&mut stream, &mut parts.headers);

@@ -17,6 +17,10 @@ pub struct HcmStats {
     pub downstream_cx_destroy: Arc<Counter>,
     pub downstream_cx_idle_timeout: Arc<Counter>,
     pub downstream_cx_max_requests_reached: Arc<Counter>,
+    /// Requests the overload manager answered 503 (`stop_accepting_requests`).
+    pub downstream_rq_overload_close: Arc<Counter>,
+    /// Connections the overload manager drained (`disable_http_keepalive`).
+    pub downstream_cx_overload_disable_keepalive: Arc<Counter>,
     pub downstream_cx_protocol_error: Arc<Counter>,
     pub downstream_cx_drain_close: Arc<Counter>,
     pub no_route: Arc<Counter>,
@@ -62,6 +66,8 @@ impl HcmStats {
             downstream_cx_destroy: c("downstream_cx_destroy"),
             downstream_cx_idle_timeout: c("downstream_cx_idle_timeout"),
             downstream_cx_max_requests_reached: c("downstream_cx_max_requests_reached"),
+            downstream_rq_overload_close: c("downstream_rq_overload_close"),
+            downstream_cx_overload_disable_keepalive: c("downstream_cx_overload_disable_keepalive"),
             downstream_cx_protocol_error: c("downstream_cx_protocol_error"),
             downstream_cx_drain_close: c("downstream_cx_drain_close"),
             no_route: c("no_route"),

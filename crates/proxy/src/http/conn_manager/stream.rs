@@ -81,6 +81,7 @@ impl Stream {
         parts: &http::request::Parts,
         client: SocketAddr,
         has_body: bool,
+        overload: crate::common::overload::RequestState,
     ) -> Box<Self> {
         let authority = parts
             .uri
@@ -101,8 +102,17 @@ impl Stream {
         // As Envoy: the request that reaches the limit drains the
         // connection (HTTP/1: `connection: close` on its response; HTTP/2:
         // GOAWAY), and each request at or past it is counted.
-        if hcm.max_requests_per_connection.is_some_and(|max| served >= max) {
+        let max_reached = hcm.max_requests_per_connection.is_some_and(|max| served >= max);
+        if max_reached {
             hcm.stats.downstream_cx_max_requests_reached.inc();
+        }
+        // The overload manager's `disable_http_keepalive` drains the
+        // connection the same way, counted once a connection as Envoy does.
+        let overload = !overload.idle() && overload.disable_keepalive() && !conn.draining.load(Relaxed);
+        if overload {
+            hcm.stats.downstream_cx_overload_disable_keepalive.inc();
+        }
+        if max_reached || overload {
             conn.draining.store(true, Relaxed);
             if parts.version == http::Version::HTTP_2 {
                 conn.close_asked.notify_one();
