@@ -14,7 +14,9 @@
 //! `mutation_rules`, per-route
 //! `disabled` and `overrides.processing_mode`, a processor that is down
 //! (with and without `failure_mode_allow`) and one slower than
-//! `message_timeout` (with and without `failure_mode_allow`).
+//! `message_timeout` (with and without `failure_mode_allow`), and
+//! `metadata_options` (namespaces forwarded and received, a route's
+//! override; the access log's `%DYNAMIC_METADATA%` compared too).
 
 mod harness;
 

@@ -5,7 +5,9 @@
 //! place. What is sent follows `processing_mode` (headers SEND or SKIP,
 //! bodies NONE or BUFFERED, trailers SKIP), per route `ExtProcPerRoute`
 //! (`disabled`, `overrides.processing_mode`) and, with
-//! `allow_mode_override`, the processor's `mode_override`.
+//! `allow_mode_override`, the processor's `mode_override`. `metadata_options`
+//! send namespaces of the stream's dynamic metadata to the processor and
+//! let its answers write others.
 //!
 //! `stream`: the gRPC call over the cluster's HTTP/2 pool; `session`: one
 //! request's exchange (timeouts, failures, spurious answers, as Envoy
