@@ -151,6 +151,18 @@ fn unsupported_fields_are_listed_not_ignored() {
         r.unsupported.iter().any(|e| e.reason.contains("envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor")),
         "{:?}",
         r.unsupported
+    ); // `metadata_options` is honoured but for cluster metadata, refused by name.
+    let with_metadata = with_ext_proc.replace(
+        "observability_mode: true",
+        "metadata_options: {forwarding_namespaces: {untyped: [a], typed: [b]}, receiving_namespaces: {untyped: [c]}, cluster_metadata_forwarding_namespaces: {untyped: [d]}}",
+    );
+    let r = check_bootstrap(&with_metadata);
+    assert!(r.is_valid(), "{:?}", r.errors);
+    assert_eq!(r.unsupported.len(), 1, "{:?}", r.unsupported);
+    assert!(
+        r.unsupported[0].path.ends_with("typed_config.metadata_options.cluster_metadata_forwarding_namespaces"),
+        "{:?}",
+        r.unsupported
     );
 }
 

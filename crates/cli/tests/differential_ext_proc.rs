@@ -14,7 +14,9 @@
 //! `mutation_rules`, per-route
 //! `disabled` and `overrides.processing_mode`, a processor that is down
 //! (with and without `failure_mode_allow`) and one slower than
-//! `message_timeout` (with and without `failure_mode_allow`).
+//! `message_timeout` (with and without `failure_mode_allow`), and
+//! `metadata_options` (namespaces forwarded and received, a route's
+//! override; the access log's `%DYNAMIC_METADATA%` compared too).
 
 mod harness;
 
@@ -113,12 +115,50 @@ fn describe(r: &ProcessingRequest) -> String {
         other => format!("other {other:?}"),
     };
     format!(
-        "{what} metadata={} attributes={} observability={} protocol_config={:?}",
-        r.metadata_context.is_some(),
+        "{what} metadata={:?} attributes={} observability={} protocol_config={:?}",
+        r.metadata_context.as_ref().map(metadata_context),
         r.attributes.len(),
         r.observability_mode,
         r.protocol_config
     )
+}
+
+/// A `metadata_context` as the test compares it: each namespace (typed
+/// ones by name) with its fields, sorted.
+fn metadata_context(m: &legate_api::pb::envoy::config::core::v3::Metadata) -> Vec<String> {
+    let mut out: Vec<String> = m
+        .filter_metadata
+        .iter()
+        .map(|(ns, s)| {
+            let fields: BTreeMap<&String, String> =
+                s.fields.iter().map(|(k, v)| (k, format!("{:?}", v.kind))).collect();
+            format!("{ns}={fields:?}")
+        })
+        .collect();
+    out.extend(m.typed_filter_metadata.keys().map(|ns| format!("typed {ns}")));
+    out.sort();
+    out
+}
+
+/// The `dynamic_metadata` the processor sends for a `/meta` request: some
+/// in a namespace the filter receives, some in one only a route receives.
+fn meta_answer(r: &ProcessingRequest) -> Option<legate_api::pb::google::protobuf::Struct> {
+    use legate_api::pb::google::protobuf::{value::Kind, Struct, Value as Pb};
+    let s = |v: &str| Pb { kind: Some(Kind::StringValue(v.into())) };
+    let ns = |fields: Vec<(&str, Pb)>| Pb {
+        kind: Some(Kind::StructValue(Struct { fields: fields.into_iter().map(|(k, v)| (k.to_string(), v)).collect() })),
+    };
+    let fields = match &r.request {
+        Some(Rq::RequestHeaders(_)) => vec![
+            ("recv", ns(vec![("k", s("v")), ("n", Pb { kind: Some(Kind::NumberValue(2.0)) })])),
+            ("other", ns(vec![("x", s("early"))])),
+        ],
+        Some(Rq::ResponseHeaders(_)) => {
+            vec![("recv", ns(vec![("resp", s("r"))])), ("other", ns(vec![("x", s("late"))])), ("flat", s("str"))]
+        }
+        _ => return None,
+    };
+    Some(Struct { fields: fields.into_iter().map(|(k, v)| (k.to_string(), v)).collect() })
 }
 
 fn headers_answer(m: HeaderMutation) -> CommonResponse {
@@ -268,7 +308,10 @@ impl ExternalProcessor for Grpc {
                 }
                 seen.lock().expect("seen").push(describe(&r));
                 match answer(&path, &r).await {
-                    Some(a) => {
+                    Some(mut a) => {
+                        if path.starts_with("/meta") {
+                            a.dynamic_metadata = meta_answer(&r);
+                        }
                         if tx.send(Ok(a)).await.is_err() {
                             return;
                         }
@@ -328,7 +371,24 @@ fn main_vhost() -> String {
     )
 }
 
-const LISTENERS: &[&str] = &["main", "streamed", "down", "down_allow", "slow", "slow_allow"];
+const LISTENERS: &[&str] = &["main", "streamed", "down", "down_allow", "slow", "slow_allow", "meta"];
+
+/// The `meta` listener: header_to_metadata writes `fwd` before ext_proc,
+/// whose `metadata_options` forward `fwd` (and an absent namespace) and
+/// receive `recv`; `/meta-route` overrides them (nothing forwarded, `recv`
+/// and `other` received, `flat` not a struct). The access log shows what
+/// the stream's dynamic metadata ended with.
+fn meta_chain(logs: &str) -> (String, String) {
+    let h2m = "{name: envoy.filters.http.header_to_metadata, typed_config: {\"@type\": type.googleapis.com/envoy.extensions.filters.http.header_to_metadata.v3.Config, request_rules: [{header: x-tenant, on_header_present: {metadata_namespace: fwd, key: tenant, type: STRING}}]}}, ";
+    let ext_proc = filter("grpc_service: {envoy_grpc: {cluster_name: processor}}, message_timeout: 2s, metadata_options: {forwarding_namespaces: {untyped: [fwd, absent], typed: [fwd]}, receiving_namespaces: {untyped: [recv]}}");
+    let vhost = format!(
+        "routes: [{{match: {{prefix: \"/meta-route\"}}, route: {{cluster: echo}}, {}}}, {{match: {{prefix: \"/\"}}, route: {{cluster: echo}}}}]",
+        per_route("overrides: {metadata_options: {forwarding_namespaces: {untyped: []}, receiving_namespaces: {untyped: [recv, other, flat]}}}")
+    );
+    let format = "%REQ(:PATH)% fwd=%DYNAMIC_METADATA(fwd)% recv=%DYNAMIC_METADATA(recv)% k=%DYNAMIC_METADATA(recv:k)% other=%DYNAMIC_METADATA(other)% flat=%DYNAMIC_METADATA(flat)%\\n";
+    let log = format!(", access_log: [{{name: envoy.access_loggers.file, typed_config: {{\"@type\": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog, path: \"{logs}\", log_format: {{text_format: \"{format}\"}}}}}}]");
+    (vhost, format!("{h2m}{ext_proc}|{log}"))
+}
 
 /// A request body STREAMED (as semantic-router's configs run it), the
 /// response's BUFFERED.
@@ -336,7 +396,7 @@ const LISTENERS: &[&str] = &["main", "streamed", "down", "down_allow", "slow", "
 /// mutations go by `mutation_rules`.
 const STREAMED: &str = "processing_mode: {request_header_mode: SEND, response_header_mode: SEND, request_body_mode: STREAMED, response_body_mode: BUFFERED}, failure_mode_allow: true, allow_mode_override: true, forward_rules: {allowed_headers: {patterns: [{prefix: \":\"}, {prefix: x-}, {exact: content-type}]}, disallowed_headers: {patterns: [{exact: x-request-id}, {exact: x-set}]}}, mutation_rules: {allow_envoy: true, disallow_expression: {regex: \"x-set|x-appended\"}}";
 
-fn config(admin: u16, ports: &Ports, processor: u16, echo: u16, closed: u16) -> String {
+fn config(admin: u16, ports: &Ports, processor: u16, echo: u16, closed: u16, logs: &str) -> String {
     let echo_routes = "routes: [{match: {prefix: \"/\"}, route: {cluster: echo}}]";
     let grpc = |cluster: &str| format!("grpc_service: {{envoy_grpc: {{cluster_name: {cluster}}}}}");
     let chains = [
@@ -355,12 +415,19 @@ fn config(admin: u16, ports: &Ports, processor: u16, echo: u16, closed: u16) -> 
             format!("{}, message_timeout: 0.2s, failure_mode_allow: true", grpc("processor")),
         ),
     ];
-    let listeners: Vec<String> = chains
+    let mut listeners: Vec<String> = chains
         .iter()
         .map(|(name, vhost, fields)| {
             listener(name, ports[name], &format!("{{filters: [{}]}}", hcm_vhost(name, vhost, &filter(fields), "")))
         })
         .collect();
+    let (vhost, filters) = meta_chain(&format!("{logs}/{admin}-meta.log"));
+    let (filters, log) = filters.split_once('|').unwrap_or((&filters, ""));
+    listeners.push(listener(
+        "meta",
+        ports["meta"],
+        &format!("{{filters: [{}]}}", hcm_vhost("meta", &vhost, filters, log)),
+    ));
     bootstrap(
         admin,
         &listeners,
@@ -444,12 +511,13 @@ fn ext_proc_matches_envoy() {
     let (_echo, echo) = echo("extproc-echo", dir.path());
     let closed = free_port();
     let processors = [start_processor(), start_processor()];
+    let logs = dir.path().display().to_string();
     let sides = [
         Side::start("envoy", Bin::Envoy, &[], dir.path(), LISTENERS, |_, admin, ports| {
-            config(admin, ports, processors[0].port, echo, closed)
+            config(admin, ports, processors[0].port, echo, closed, &logs)
         }),
         Side::start("legate", Bin::Legate, &[], dir.path(), LISTENERS, |_, admin, ports| {
-            config(admin, ports, processors[1].port, echo, closed)
+            config(admin, ports, processors[1].port, echo, closed, &logs)
         }),
     ];
     let mutate: &[(&str, &str)] = &[("x-remove-me", "gone"), ("x-set", "old"), ("x-appended", "first")];
@@ -477,6 +545,9 @@ fn ext_proc_matches_envoy() {
         ("down_allow", "GET", "/down", &[], ""),
         ("slow", "GET", "/slow", &[], ""),
         ("slow_allow", "GET", "/slow", mutate, ""),
+        ("meta", "GET", "/meta", &[("x-tenant", "t-1")], ""),
+        ("meta", "GET", "/meta-route", &[("x-tenant", "t-2")], ""),
+        ("meta", "GET", "/meta-none", &[], ""),
     ];
     let mut mismatches = Vec::new();
     for (listener, method, path, headers, body) in cases {
@@ -513,6 +584,13 @@ fn ext_proc_matches_envoy() {
         if stats[0] != stats[1] {
             mismatches.push(format!("stats {prefix}\n  envoy:  {:?}\n  legate: {:?}", stats[0], stats[1]));
         }
+    }
+    let log = |s: &Side| harness::diff::marked_lines(&dir.path().join(format!("{}-meta.log", s.admin)), "/meta", 3);
+    let (e, l) = (log(&sides[0]), log(&sides[1]));
+    println!("meta access log\n  envoy:  {e:#?}\n  legate: {l:#?}");
+    assert!(e.iter().any(|l| l.contains("k=v")), "Envoy wrote the processor's metadata: {e:?}");
+    if e != l {
+        mismatches.push(format!("meta access log\n  envoy:  {e:#?}\n  legate: {l:#?}"));
     }
     assert!(sides[0].stat("http.main.ext_proc.stream_msgs_received") > 10, "the processor answered Envoy");
     assert!(sides[0].stat("http.slow.ext_proc.message_timeouts") > 0, "Envoy timed the slow processor out");

@@ -68,8 +68,13 @@ const FIELDS: &[(&str, &[&str])] = &[
             "disable_clear_route_cache",
             "forward_rules",
             "mutation_rules",
+            "metadata_options",
         ],
     ),
+    // The dynamic metadata sent to the processor and written from its
+    // answers (cluster metadata is not forwarded).
+    ("envoy.extensions.filters.http.ext_proc.v3.MetadataOptions", &["forwarding_namespaces", "receiving_namespaces"]),
+    ("envoy.extensions.filters.http.ext_proc.v3.MetadataOptions.MetadataNamespaces", &["untyped", "typed"]),
     (
         "envoy.config.common.mutation_rules.v3.HeaderMutationRules",
         &[
@@ -95,7 +100,7 @@ const FIELDS: &[(&str, &[&str])] = &[
         ],
     ),
     ("envoy.extensions.filters.http.ext_proc.v3.ExtProcPerRoute", &["disabled", "overrides"]),
-    ("envoy.extensions.filters.http.ext_proc.v3.ExtProcOverrides", &["processing_mode"]),
+    ("envoy.extensions.filters.http.ext_proc.v3.ExtProcOverrides", &["processing_mode", "metadata_options"]),
     // A route's stream duration, and the deprecated gRPC timeouts it replaces.
     ("envoy.config.route.v3.RouteAction", &["max_stream_duration", "max_grpc_timeout", "grpc_timeout_offset"]),
     (

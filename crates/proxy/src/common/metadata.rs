@@ -28,6 +28,26 @@ pub fn value_json(v: &PbValue) -> Value {
     }
 }
 
+/// JSON as a protobuf `Value` (the inverse of `value_json`).
+pub fn json_value(v: &Value) -> PbValue {
+    let kind = match v {
+        Value::Null => Kind::NullValue(0),
+        Value::Bool(b) => Kind::BoolValue(*b),
+        Value::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or_default()),
+        Value::String(s) => Kind::StringValue(s.clone()),
+        Value::Array(a) => {
+            Kind::ListValue(legate_api::pb::google::protobuf::ListValue { values: a.iter().map(json_value).collect() })
+        }
+        Value::Object(o) => Kind::StructValue(json_struct(o)),
+    };
+    PbValue { kind: Some(kind) }
+}
+
+/// A JSON object as a protobuf `Struct`.
+pub fn json_struct(o: &Map) -> Struct {
+    Struct { fields: o.iter().map(|(k, v)| (k.clone(), json_value(v))).collect() }
+}
+
 /// A config's `filter_metadata`, by namespace; `None` when it has none.
 pub fn metadata_json(m: Option<&Metadata>) -> Option<Arc<Map>> {
     let m = m.filter(|m| !m.filter_metadata.is_empty())?;

@@ -1,7 +1,7 @@
 //! Compiling `ExternalProcessor` and `ExtProcPerRoute`.
 
 use super::filter::ExtProc;
-use super::{Forward, Mode, PerRoute, RouteCache, Shared, Stats};
+use super::{Forward, Mode, Namespaces, PerRoute, RouteCache, Shared, Stats};
 use crate::common::matcher::StringMatch;
 use crate::http::filters::api::{FilterContext, HttpFilter, PerRouteRegistration, Registration};
 use crate::http::route::per_filter::PerRouteConfig;
@@ -61,10 +61,26 @@ fn compile(any: &Any, ctx: &FilterContext<'_>) -> Result<Box<dyn HttpFilter>, St
         route_cache,
         forward: forward(c.forward_rules.as_ref()).map_err(|e| format!("{base}.forward_rules.{e}"))?,
         rules: rules(c.mutation_rules.as_ref()).map_err(|e| format!("{base}.mutation_rules.{e}"))?,
+        namespaces: Arc::new(namespaces(c.metadata_options.as_ref())),
         stats: Arc::new(stats(ctx, &c.stat_prefix)),
     };
     let mode = Mode::from_pb(&c.processing_mode.unwrap_or_default());
     Ok(Box::new(ExtProc::new(Arc::new(shared), mode)))
+}
+
+/// `metadata_options`, as Envoy reads them: forwarding untyped and typed,
+/// receiving untyped.
+fn namespaces(m: Option<&pb::MetadataOptions>) -> Namespaces {
+    let (forward, forward_typed) = forwarding(m).unwrap_or_default();
+    Namespaces { forward, forward_typed, receive: receiving(m).unwrap_or_default() }
+}
+
+fn forwarding(m: Option<&pb::MetadataOptions>) -> Option<(Vec<String>, Vec<String>)> {
+    m?.forwarding_namespaces.as_ref().map(|f| (f.untyped.clone(), f.typed.clone()))
+}
+
+fn receiving(m: Option<&pb::MetadataOptions>) -> Option<Vec<String>> {
+    m?.receiving_namespaces.as_ref().map(|r| r.untyped.clone())
 }
 
 fn forward(rules: Option<&pb::HeaderForwardingRules>) -> Result<Forward, String> {
@@ -133,10 +149,15 @@ fn stats(ctx: &FilterContext<'_>, stat_prefix: &str) -> Stats {
 fn compile_per_route(any: &Any, path: &str) -> Result<PerRouteConfig, String> {
     let c: pb::ExtProcPerRoute = legate_api::any::unpack(any).map_err(|e| format!("{path}: {e}"))?;
     let per_route = match c.r#override {
-        Some(pb::ext_proc_per_route::Override::Disabled(d)) => PerRoute { disabled: d, mode: None },
-        Some(pb::ext_proc_per_route::Override::Overrides(o)) => {
-            PerRoute { disabled: false, mode: o.processing_mode.as_ref().map(Mode::from_pb) }
+        Some(pb::ext_proc_per_route::Override::Disabled(d)) => {
+            PerRoute { disabled: d, mode: None, forward: None, receive: None }
         }
+        Some(pb::ext_proc_per_route::Override::Overrides(o)) => PerRoute {
+            disabled: false,
+            mode: o.processing_mode.as_ref().map(Mode::from_pb),
+            forward: forwarding(o.metadata_options.as_ref()),
+            receive: receiving(o.metadata_options.as_ref()),
+        },
         None => return Err(format!("{path}: one of disabled or overrides is required")),
     };
     Ok(Arc::new(per_route))

@@ -7,7 +7,7 @@
 use super::mutation::HeaderList;
 use super::session::{Outcome, Phase, Session, Stage};
 use super::streamed::{self, Slot};
-use super::{Mode, PerRoute, Shared};
+use super::{Mode, Namespaces, PerRoute, Shared};
 use crate::body::{ProxyBody, ReadError, RESEND_BUFFER_LIMIT};
 use crate::http::filters::api::{FilterStatus, HttpFilter, RequestCtx, ResponseHooks, ResponseState, Verdict};
 use bytes::Bytes;
@@ -47,6 +47,25 @@ impl ExtProc {
         }
     }
 
+    /// The request's `metadata_options`: each list from the most specific
+    /// level that sets it, else the filter's (Envoy's `mergePerRouteConfig`).
+    fn namespaces_for(&self, rq: &RequestCtx<'_>) -> Arc<Namespaces> {
+        let levels = || rq.route.iter().flatten().filter_map(|p| p.get::<PerRoute>());
+        let forward = levels().find_map(|p| p.forward.clone());
+        let receive = levels().find_map(|p| p.receive.clone());
+        if forward.is_none() && receive.is_none() {
+            return self.shared.namespaces.clone();
+        }
+        let base = &self.shared.namespaces;
+        let (forward, forward_typed) = forward.unwrap_or_else(|| (base.forward.clone(), base.forward_typed.clone()));
+        Arc::new(Namespaces { forward, forward_typed, receive: receive.unwrap_or_else(|| base.receive.clone()) })
+    }
+
+    /// A session for this request in `mode`, with its metadata options.
+    fn session(&self, rq: &RequestCtx<'_>, state: &ResponseState, mode: Mode) -> Session {
+        Session::new(self.shared.clone(), mode).with_metadata(self.namespaces_for(rq), &state.dynamic_metadata)
+    }
+
     fn carry(&self, state: &mut ResponseState, session: Option<Session>) -> Slot {
         let slot = Arc::new(Mutex::new(session));
         state.carried.push(Arc::new(Carried { filter: self.id, session: slot.clone() }));
@@ -54,7 +73,7 @@ impl ExtProc {
     }
 
     async fn request(&self, rq: &mut RequestCtx<'_>, state: &mut ResponseState) -> Verdict {
-        let mut s = Session::new(self.shared.clone(), self.mode_for(rq));
+        let mut s = self.session(rq, state, self.mode_for(rq));
         let verdict = self.process_request(&mut s, rq).await;
         if !matches!(verdict, Verdict::Continue) || s.complete {
             return verdict;
@@ -200,7 +219,8 @@ impl HttpFilter for ExtProc {
             return FilterStatus::Wait(Box::pin(self.request(rq, state)));
         }
         if mode.on_response() {
-            self.carry(state, Some(Session::new(self.shared.clone(), mode)));
+            let s = self.session(rq, state, mode);
+            self.carry(state, Some(s));
         }
         FilterStatus::Continue
     }
@@ -210,7 +230,8 @@ impl HttpFilter for ExtProc {
     fn on_request_skipped(&self, rq: &RequestCtx<'_>, state: &mut ResponseState) {
         let mode = self.mode_for(rq);
         if mode.on_response() {
-            self.carry(state, Some(Session::new(self.shared.clone(), mode)));
+            let s = self.session(rq, state, mode);
+            self.carry(state, Some(s));
         }
     }
 

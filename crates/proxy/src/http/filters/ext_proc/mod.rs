@@ -5,7 +5,9 @@
 //! place. What is sent follows `processing_mode` (headers SEND or SKIP,
 //! bodies NONE or BUFFERED, trailers SKIP), per route `ExtProcPerRoute`
 //! (`disabled`, `overrides.processing_mode`) and, with
-//! `allow_mode_override`, the processor's `mode_override`.
+//! `allow_mode_override`, the processor's `mode_override`. `metadata_options`
+//! send namespaces of the stream's dynamic metadata to the processor and
+//! let its answers write others.
 //!
 //! `stream`: the gRPC call over the cluster's HTTP/2 pool; `session`: one
 //! request's exchange (timeouts, failures, spurious answers, as Envoy
@@ -80,7 +82,30 @@ pub(super) struct Shared {
     forward: Forward,
     /// `mutation_rules`.
     rules: mutation::Rules,
+    /// `metadata_options`.
+    namespaces: Arc<Namespaces>,
     stats: Arc<Stats>,
+}
+
+/// `metadata_options`: the dynamic metadata namespaces sent to the
+/// processor in each message's `metadata_context`, and those an answer's
+/// `dynamic_metadata` may write.
+#[derive(Clone, Default, Debug, PartialEq)]
+pub(super) struct Namespaces {
+    /// `forwarding_namespaces.untyped`.
+    forward: Vec<String>,
+    /// `forwarding_namespaces.typed`: the stream's typed dynamic metadata,
+    /// which no filter of Legate's writes, so none is ever sent.
+    forward_typed: Vec<String>,
+    /// `receiving_namespaces.untyped` (Envoy 1.40 writes no typed ones).
+    receive: Vec<String>,
+}
+
+impl Namespaces {
+    /// Nothing is read from or written to the stream's metadata.
+    fn is_empty(&self) -> bool {
+        self.forward.is_empty() && self.receive.is_empty()
+    }
 }
 
 /// `forward_rules`: a header goes to the processor unless a disallowed
@@ -192,6 +217,10 @@ pub(super) struct PerRoute {
     disabled: bool,
     /// `overrides.processing_mode`.
     mode: Option<Mode>,
+    /// `overrides.metadata_options.forwarding_namespaces` (untyped, typed).
+    forward: Option<(Vec<String>, Vec<String>)>,
+    /// `overrides.metadata_options.receiving_namespaces.untyped`.
+    receive: Option<Vec<String>>,
 }
 
 #[cfg(test)]

@@ -6,13 +6,14 @@
 
 use super::mutation::{self, HeaderList, How};
 use super::stream::{Event, Stream, OK};
-use super::{Mode, RouteCache, Shared};
+use super::{Mode, Namespaces, RouteCache, Shared};
+use crate::common::metadata::{self, Map};
 use bytes::Bytes;
 use legate_api::pb::envoy::service::ext_proc::v3::processing_response::Response;
 use legate_api::pb::envoy::service::ext_proc::v3::{
     common_response::ResponseStatus, CommonResponse, ImmediateResponse, ProcessingRequest, ProcessingResponse,
 };
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 /// Which message an answer is awaited for.
 #[derive(Clone, Copy, PartialEq, Debug)]
@@ -57,6 +58,10 @@ pub(super) struct Session {
     pub complete: bool,
     /// An answer asked for the route to be found again.
     pub clear_route_cache: bool,
+    /// `metadata_options` in force for the request.
+    namespaces: Arc<Namespaces>,
+    /// The stream's dynamic metadata, when namespaces are read or written.
+    dynamic: Option<Arc<Mutex<Map>>>,
 }
 
 impl Drop for Session {
@@ -69,7 +74,50 @@ impl Drop for Session {
 
 impl Session {
     pub(super) fn new(shared: Arc<Shared>, mode: Mode) -> Self {
-        Self { shared, stream: None, mode, complete: false, clear_route_cache: false }
+        let namespaces = shared.namespaces.clone();
+        Self { shared, stream: None, mode, complete: false, clear_route_cache: false, namespaces, dynamic: None }
+    }
+
+    /// The request's `metadata_options` (the route's, over the filter's),
+    /// and its dynamic metadata when they read or write any.
+    pub(super) fn with_metadata(mut self, namespaces: Arc<Namespaces>, dynamic: &metadata::Dynamic) -> Self {
+        if !namespaces.is_empty() {
+            self.dynamic = Some(dynamic.shared());
+        }
+        self.namespaces = namespaces;
+        self
+    }
+
+    /// Envoy's `addDynamicMetadata`: the forwarded namespaces the stream's
+    /// metadata holds (typed ones: Legate's filters write none).
+    fn metadata_context(&self) -> legate_api::pb::envoy::config::core::v3::Metadata {
+        let mut out = legate_api::pb::envoy::config::core::v3::Metadata::default();
+        let Some(store) = &self.dynamic else { return out };
+        let all = metadata::lock(store);
+        for ns in &self.namespaces.forward {
+            if let Some(serde_json::Value::Object(o)) = all.get(ns) {
+                out.filter_metadata.insert(ns.clone(), metadata::json_struct(o));
+            }
+        }
+        out
+    }
+
+    /// Envoy's `setDynamicMetadata`: an answer's `dynamic_metadata` in the
+    /// receiving namespaces is merged into the stream's (a value that is not
+    /// a struct as an empty one).
+    fn receive_metadata(&self, answer: &ProcessingResponse) {
+        let (Some(store), Some(dm)) = (&self.dynamic, &answer.dynamic_metadata) else { return };
+        let mut all = metadata::lock(store);
+        for (ns, v) in dm.fields.iter().filter(|(ns, _)| self.namespaces.receive.contains(ns)) {
+            let fields = match &v.kind {
+                Some(legate_api::pb::google::protobuf::value::Kind::StructValue(s)) => match metadata::struct_json(s) {
+                    serde_json::Value::Object(o) => o,
+                    _ => Map::new(),
+                },
+                _ => Map::new(),
+            };
+            metadata::merge_into(&mut all, ns, fields);
+        }
     }
 
     /// Closes the stream from this side, counted when it was open.
@@ -91,6 +139,7 @@ impl Session {
             return Outcome::Continue;
         }
         let mut msg = request(&stage, &self.shared.forward);
+        msg.metadata_context = Some(self.metadata_context());
         if self.stream.is_none() {
             msg.protocol_config = Some(self.mode.protocol_config());
         }
@@ -184,6 +233,12 @@ impl Session {
             if let Some(m) = &answer.mode_override {
                 self.mode = Mode::from_pb(m);
             }
+        }
+        // Written before the answer is looked at, whatever it then does.
+        match &answer.response {
+            None => {}
+            Some(Response::ImmediateResponse(_)) if self.shared.disable_immediate_response => {}
+            Some(_) => self.receive_metadata(&answer),
         }
         let common = match (stage.phase, answer.response) {
             (Phase::RequestHeaders, Some(Response::RequestHeaders(h)))
@@ -317,5 +372,5 @@ fn request(stage: &Stage<'_>, forward: &super::Forward) -> ProcessingRequest {
         Phase::RequestBody => Request::RequestBody(body()),
         Phase::ResponseBody => Request::ResponseBody(body()),
     };
-    ProcessingRequest { request: Some(request), metadata_context: Some(Default::default()), ..Default::default() }
+    ProcessingRequest { request: Some(request), ..Default::default() }
 }
