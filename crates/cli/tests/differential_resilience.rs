@@ -297,3 +297,36 @@ fn local_rate_limit_per_route_and_by_descriptor() {
     ]);
     assert_eq!(stat(pair.legate_admin, "own.http_local_rate_limit.rate_limited"), Some(1));
 }
+
+#[test]
+fn virtual_host_retry_policy_for_routes_without_their_own() {
+    // The virtual host's policy retries 5xx twice; a route with its own
+    // policy (retriable-4xx once) keeps it whole, as Envoy does: the two
+    // are not merged field by field.
+    let vhost = r#"            - name: all
+              domains: ["*"]
+              include_attempt_count_in_response: true
+              retry_policy: { retry_on: 5xx, num_retries: 2, retry_back_off: { base_interval: 0.01s } }
+              routes:
+              - match: { prefix: "/", headers: [{ name: x-own, present_match: true }] }
+                route: { cluster: echo, retry_policy: { retry_on: retriable-4xx, num_retries: 1, retry_back_off: { base_interval: 0.01s } } }
+              - match: { prefix: "/" }
+                route: { cluster: echo }
+"#;
+    let t = bootstrap("", "", vhost, &echo_cluster());
+    let pair = compare(
+        "vhost-retry-policy",
+        &t,
+        &["a"],
+        &[
+            get("/status/503"),
+            get("/status/409"),
+            get("/status/503").header("x-own", "1"),
+            get("/status/409").header("x-own", "1"),
+        ],
+    );
+    // 2 + 1 retries, on both.
+    pair.stats_reach(&[("cluster.echo.upstream_rq_retry", 3)]);
+    let inherited = harness::diff::send(pair.legate, &get("/status/503"));
+    assert_eq!(inherited.header("x-envoy-attempt-count"), Some("3"), "the virtual host's policy retried twice");
+}

@@ -304,11 +304,18 @@ impl RouteTable {
 
 #[allow(deprecated)] // Envoy 1.40 still honours the deprecated `cors` field, so Legate reads it.
 fn compile_vhost(vh: &rpb::VirtualHost, store: &std::sync::Arc<crate::stats::Store>) -> Result<VirtualHost, String> {
+    // Envoy's `buildRetryPolicy`: a route's own `retry_policy` wins whole;
+    // a route without one takes the virtual host's (fields are not merged).
+    let vh_retry = vh
+        .retry_policy
+        .as_ref()
+        .map(|p| crate::http::router::retry::RetryPolicy::compile(p).map_err(|e| format!("retry_policy.{e}")))
+        .transpose()?;
     let routes = vh
         .routes
         .iter()
         .enumerate()
-        .map(|(i, r)| compile_route(r, &vh.name, store).map_err(|e| format!("routes[{i}]: {e}")))
+        .map(|(i, r)| compile_route(r, &vh.name, vh_retry.as_ref(), store).map_err(|e| format!("routes[{i}]: {e}")))
         .collect::<Result<_, _>>()?;
     Ok(VirtualHost {
         name: vh.name.clone(),
@@ -327,7 +334,12 @@ fn compile_vhost(vh: &rpb::VirtualHost, store: &std::sync::Arc<crate::stats::Sto
 }
 
 #[allow(deprecated)] // Envoy 1.40 still honours the deprecated `cors` field, so Legate reads it.
-fn compile_route(r: &rpb::Route, vh: &str, store: &std::sync::Arc<crate::stats::Store>) -> Result<Route, String> {
+fn compile_route(
+    r: &rpb::Route,
+    vh: &str,
+    vh_retry: Option<&crate::http::router::retry::RetryPolicy>,
+    store: &std::sync::Arc<crate::stats::Store>,
+) -> Result<Route, String> {
     use rpb::route_match::PathSpecifier;
     let m = r.r#match.as_ref().ok_or("match is required")?;
     let case_sensitive = m.case_sensitive.map(|b| b.value).unwrap_or(true);
@@ -357,7 +369,13 @@ fn compile_route(r: &rpb::Route, vh: &str, store: &std::sync::Arc<crate::stats::
         })
         .collect::<Result<_, String>>()?;
     let action = match &r.action {
-        Some(rpb::route::Action::Route(ra)) => Action::Forward(Box::new(compile_route_action(ra)?)),
+        Some(rpb::route::Action::Route(ra)) => {
+            let mut action = compile_route_action(ra)?;
+            if action.retry.is_none() {
+                action.retry = vh_retry.cloned();
+            }
+            Action::Forward(Box::new(action))
+        }
         Some(rpb::route::Action::Redirect(rd)) => Action::Redirect(Box::new(compile_redirect(rd)?)),
         Some(rpb::route::Action::DirectResponse(dr)) => {
             let status = u16::try_from(dr.status).map_err(|_| "invalid status")?;
@@ -474,7 +492,7 @@ fn compile_route_action(ra: &rpb::RouteAction) -> Result<RouteAction, String> {
             .hash_policy
             .iter()
             .enumerate()
-            .map(|(i, p)| compile_hash_policy(p).map_err(|e| format!("hash_policy[{i}]: {e}")))
+            .map(|(i, p)| hash_policy::HashPolicy::compile(p).map_err(|e| format!("hash_policy[{i}]: {e}")))
             .collect::<Result<_, _>>()?,
         idle_timeout: ra.idle_timeout.as_ref().map(|d| Some(legate_api::duration::from_pb(d)).filter(|d| !d.is_zero())),
         upgrades: ra
@@ -509,28 +527,6 @@ fn compile_route_action(ra: &rpb::RouteAction) -> Result<RouteAction, String> {
             })
             .collect::<Result<_, _>>()?,
     })
-}
-
-fn compile_hash_policy(p: &rpb::route_action::HashPolicy) -> Result<hash_policy::HashPolicy, String> {
-    use hash_policy::HashSource;
-    use rpb::route_action::hash_policy::PolicySpecifier;
-    let source = match &p.policy_specifier {
-        Some(PolicySpecifier::Header(h)) => HashSource::Header(
-            http::HeaderName::from_bytes(h.header_name.to_ascii_lowercase().as_bytes())
-                .map_err(|_| format!("invalid header name '{}'", h.header_name))?,
-        ),
-        Some(PolicySpecifier::Cookie(c)) => HashSource::Cookie(hash_policy::CookieSource {
-            name: c.name.clone(),
-            ttl: c.ttl.as_ref().map(|d| std::time::Duration::new(d.seconds.max(0) as u64, d.nanos.max(0) as u32)),
-            path: c.path.clone(),
-        }),
-        Some(PolicySpecifier::ConnectionProperties(c)) if c.source_ip => HashSource::SourceIp,
-        Some(PolicySpecifier::QueryParameter(q)) => HashSource::QueryParameter(q.name.clone()),
-        _ => {
-            return Err("only header, cookie, connection_properties.source_ip and query_parameter are supported".into())
-        }
-    };
-    Ok(hash_policy::HashPolicy { source, terminal: p.terminal })
 }
 
 /// Envoy (RE2) writes capture groups as `\1`; the regex crate as `${1}`.
