@@ -683,7 +683,10 @@ const SUPPORTED_FIELDS: &[(&str, &[&str])] = &[
     ),
     ("envoy.config.core.v3.RuntimeFeatureFlag", &["default_value", "runtime_key"]),
     ("envoy.config.core.v3.TypedExtensionConfig", &["name", "typed_config"]),
-    ("envoy.extensions.compression.gzip.compressor.v3.Gzip", &["compression_level"]),
+    (
+        "envoy.extensions.compression.gzip.compressor.v3.Gzip",
+        &["compression_level", "compression_strategy", "memory_level", "window_bits", "chunk_size"],
+    ),
     ("envoy.extensions.compression.zstd.compressor.v3.Zstd", &["compression_level", "enable_checksum", "strategy"]),
     ("envoy.extensions.compression.brotli.compressor.v3.Brotli", &["quality", "window_bits"]),
     ("envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication", &["providers", "rules"]),
