@@ -319,6 +319,7 @@ const SUPPORTED_FIELDS: &[(&str, &[&str])] = &[
             "weighted_clusters",
             "prefix_rewrite",
             "regex_rewrite",
+            "path_rewrite",
             "host_rewrite_literal",
             "auto_host_rewrite",
             "timeout",

@@ -7,11 +7,14 @@
 //! case-insensitive or query-parameter match needs to.
 
 pub mod hash_policy;
+pub mod mirror_policy;
 pub mod per_filter;
 pub mod rate_limit;
 pub mod rds;
 pub mod stream_timeouts;
 pub mod virtual_cluster;
+
+pub use mirror_policy::{Mirror, MirrorTarget};
 
 use crate::common::matcher::envoy_substitution as envoy_subst;
 use crate::common::matcher::{compile_regex, compile_search_regex, HeaderMatch, Pseudo, StringMatch};
@@ -149,6 +152,9 @@ pub struct RouteAction {
     pub cluster: ClusterChoice,
     pub prefix_rewrite: Option<String>,
     pub regex_rewrite: Option<(Regex, String)>,
+    /// `path_rewrite`: the whole path (not the query), a substitution
+    /// format rendered on the request as the router sends it.
+    pub path_rewrite: Option<crate::common::format::Format>,
     pub host_rewrite: Option<String>,
     pub auto_host_rewrite: bool,
     /// `None` disables the timeout (Envoy: `timeout: 0s`).
@@ -178,24 +184,6 @@ pub struct RouteUpgrade {
     /// `connect_config` is set: Legate terminates the CONNECT and tunnels
     /// raw bytes to the upstream host.
     pub terminate_connect: bool,
-}
-
-/// Where a mirror sends its copy.
-pub enum MirrorTarget {
-    /// `cluster`.
-    Named(String),
-    /// `cluster_header`: the cluster the request names in this header (no
-    /// copy when the header is absent or names no cluster, as in Envoy).
-    Header(http::HeaderName),
-}
-
-/// One `request_mirror_policies` entry.
-pub struct Mirror {
-    pub cluster: MirrorTarget,
-    /// `runtime_fraction`: the share mirrored (none: every request).
-    pub chance: Option<crate::common::runtime::RuntimeFraction>,
-    /// Leave the host as it is instead of appending `-shadow`.
-    pub keep_host: bool,
 }
 
 pub struct Redirect {
@@ -478,6 +466,11 @@ fn compile_route_action(ra: &rpb::RouteAction) -> Result<RouteAction, String> {
         cluster,
         prefix_rewrite: Some(ra.prefix_rewrite.clone()).filter(|p| !p.is_empty()),
         regex_rewrite,
+        path_rewrite: Some(ra.path_rewrite.as_str())
+            .filter(|p| !p.is_empty())
+            .map(|p| crate::common::format::Format::parse(p).map(crate::common::format::Format::for_header))
+            .transpose()
+            .map_err(|e| format!("path_rewrite: {e}"))?,
         host_rewrite,
         auto_host_rewrite,
         timeout,
@@ -504,28 +497,7 @@ fn compile_route_action(ra: &rpb::RouteAction) -> Result<RouteAction, String> {
                 terminate_connect: u.connect_config.is_some(),
             })
             .collect(),
-        mirrors: ra
-            .request_mirror_policies
-            .iter()
-            .enumerate()
-            .map(|(i, m)| {
-                let cluster = match (m.cluster.is_empty(), m.cluster_header.is_empty()) {
-                    (false, _) => MirrorTarget::Named(m.cluster.clone()),
-                    (true, false) => MirrorTarget::Header(
-                        http::HeaderName::from_bytes(m.cluster_header.to_ascii_lowercase().as_bytes())
-                            .map_err(|_| format!("request_mirror_policies[{i}].cluster_header: invalid header name"))?,
-                    ),
-                    (true, true) => {
-                        return Err(format!("request_mirror_policies[{i}]: cluster or cluster_header is required"))
-                    }
-                };
-                Ok(Mirror {
-                    cluster,
-                    chance: m.runtime_fraction.as_ref().map(crate::common::runtime::RuntimeFraction::new),
-                    keep_host: m.disable_shadow_host_suffix_append,
-                })
-            })
-            .collect::<Result<_, _>>()?,
+        mirrors: mirror_policy::compile(&ra.request_mirror_policies)?,
     })
 }
 
