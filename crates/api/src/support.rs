@@ -502,8 +502,17 @@ const SUPPORTED_FIELDS: &[(&str, &[&str])] = &[
     ("envoy.config.route.v3.RateLimit", &["stage", "actions"]),
     (
         "envoy.config.route.v3.RateLimit.Action",
-        &["generic_key", "request_headers", "remote_address", "header_value_match"],
+        &[
+            "generic_key",
+            "request_headers",
+            "remote_address",
+            "source_cluster",
+            "destination_cluster",
+            "header_value_match",
+        ],
     ),
+    ("envoy.config.route.v3.RateLimit.Action.SourceCluster", &[]),
+    ("envoy.config.route.v3.RateLimit.Action.DestinationCluster", &[]),
     ("envoy.config.route.v3.RateLimit.Action.GenericKey", &["descriptor_value", "descriptor_key"]),
     ("envoy.config.route.v3.RateLimit.Action.RequestHeaders", &["header_name", "descriptor_key", "skip_if_absent"]),
     ("envoy.config.route.v3.RateLimit.Action.RemoteAddress", &[]),
