@@ -764,3 +764,21 @@ fn hcm_max_requests_per_connection_drains_the_connection() {
     assert_eq!(reached(p.legate_admin), reached(p.envoy_admin), "downstream_cx_max_requests_reached");
     assert_eq!(reached(p.envoy_admin), 1);
 }
+
+#[test]
+fn route_path_rewrite_formats_the_whole_path() {
+    use harness::template::{bootstrap, echo_cluster, one_vhost};
+    // The route's request header is added before the path is rendered.
+    let routes = r#"              - match: { prefix: "/mcp", headers: [{ name: x-backend, present_match: true }] }
+                route: { cluster: echo, path_rewrite: "/to/%REQ(x-backend)%/%REQ(x-added)%" }
+                request_headers_to_add: [{ header: { key: x-added, value: "added" } }]
+              - { match: { prefix: "/empty" }, route: { cluster: echo, path_rewrite: "%REQ(x-none)%" } }
+              - { match: { prefix: "/" }, route: { cluster: echo, path_rewrite: /mcp } }
+"#;
+    let template = bootstrap("", "", &one_vhost(routes), &echo_cluster());
+    let requests =
+        [get("/anything/here?q=1&r=2"), get("/mcp/x?keep=1").header("x-backend", "github"), get("/empty/path?z=3")];
+    let p = harness::diff::compare("compat-path-rewrite", &template, &["a"], &requests);
+    let r = harness::diff::send(p.legate, &requests[0]);
+    assert!(r.body.contains("\"uri\":\"/mcp"), "Legate rewrote nothing: {}", r.body);
+}

@@ -466,3 +466,82 @@ fn zstd_compressor() {
     ];
     compressor_agrees("zstd", filters, &requests, "zstd");
 }
+
+/// Inflates a gzip body with zlib (Python's) and a window of `window_bits`,
+/// taking 64 bytes of output at a time so that back references reach into
+/// the window, not the output: zlib refuses a stream that refers further
+/// back than its window.
+fn inflate_with_window(body: &[u8], window_bits: u32) -> Result<Vec<u8>, String> {
+    use std::io::Write as _;
+    const SCRIPT: &str = "import sys, zlib\n\
+        d = zlib.decompressobj(16 + int(sys.argv[1])); out = b''; buf = sys.stdin.buffer.read()\n\
+        try:\n\
+        \x20   while not d.eof:\n\
+        \x20       r = d.decompress(buf, 64); out += r; buf = d.unconsumed_tail\n\
+        \x20       if not r and not buf: break\n\
+        except zlib.error as e:\n\
+        \x20   print(e); sys.exit(3)\n\
+        if not d.eof: print('truncated'); sys.exit(3)\n\
+        sys.stdout.buffer.write(out)\n";
+    let mut child = std::process::Command::new("python3")
+        .args(["-c", SCRIPT, &window_bits.to_string()])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 (the harness installs Envoy with it)");
+    child.stdin.take().expect("stdin").write_all(body).expect("write");
+    let out = child.wait_with_output().expect("python3");
+    match out.status.code() {
+        Some(0) => Ok(out.stdout),
+        _ => Err(String::from_utf8_lossy(&out.stdout).trim().to_string()),
+    }
+}
+
+#[test]
+fn gzip_window_bits_and_memory_level() {
+    // A 1000-byte block seen three times: with a 512-byte window (9 bits)
+    // no copy can reach the block before.
+    let mut x = 12345u32;
+    let block: String = (0..1000)
+        .map(|_| {
+            x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
+            char::from(b"abcdefghijklmnopqrstuvwxyz0123456789"[(x >> 16) as usize % 36])
+        })
+        .collect();
+    let body = block.repeat(3);
+    let filters = r#"          - name: envoy.filters.http.compressor
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.compressor.v3.Compressor
+              response_direction_config: { common_config: { content_type: [text/plain] } }
+              compressor_library:
+                name: small_window
+                typed_config:
+                  "@type": type.googleapis.com/envoy.extensions.compression.gzip.compressor.v3.Gzip
+                  compression_level: BEST_COMPRESSION
+                  memory_level: 1
+                  window_bits: 9
+                  chunk_size: 8192
+"#;
+    let routes = format!(
+        "              - {{ match: {{ prefix: \"/\" }}, direct_response: {{ status: 200, body: {{ inline_string: \"{body}\" }} }} }}\n"
+    );
+    let pair = start_pair("gzip-window", &filtered(filters, &one_vhost(&routes)), &["a"]);
+    let req = get("/").header("accept-encoding", "gzip");
+    let (envoy, legate) = (get_bytes(pair.envoy, &req), get_bytes(pair.legate, &req));
+    for (side, (status, headers, gz)) in [("Envoy", &envoy), ("Legate", &legate)] {
+        assert_eq!(*status, 200, "{side}");
+        assert!(headers.iter().any(|(k, v)| k == "content-encoding" && v == "gzip"), "{side} compressed nothing");
+        let plain = inflate_with_window(gz, 9).unwrap_or_else(|e| panic!("{side}'s body in a 9-bit window: {e}"));
+        assert_eq!(plain, body.as_bytes(), "{side}");
+        println!("{side}: {} bytes gzip, header {:02x?}", gz.len(), &gz[..10]);
+    }
+    // The gzip headers agree (flags, extra flags for the level, OS).
+    assert_eq!(envoy.2[..10], legate.2[..10], "gzip header");
+    // The check has teeth: a 32 KiB-window stream of the same body is refused.
+    let mut wide = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    std::io::Write::write_all(&mut wide, body.as_bytes()).expect("gzip");
+    let wide = wide.finish().expect("gzip");
+    assert!(inflate_with_window(&wide, 9).is_err(), "a 15-bit window stream passed a 9-bit window");
+    assert_eq!(inflate_with_window(&wide, 15).expect("15-bit window"), body.as_bytes());
+    same_compressor_stats(&pair);
+}

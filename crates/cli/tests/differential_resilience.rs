@@ -297,3 +297,73 @@ fn local_rate_limit_per_route_and_by_descriptor() {
     ]);
     assert_eq!(stat(pair.legate_admin, "own.http_local_rate_limit.rate_limited"), Some(1));
 }
+
+#[test]
+fn virtual_host_retry_policy_for_routes_without_their_own() {
+    // The virtual host's policy retries 5xx twice; a route with its own
+    // policy (retriable-4xx once) keeps it whole, as Envoy does: the two
+    // are not merged field by field.
+    let vhost = r#"            - name: all
+              domains: ["*"]
+              include_attempt_count_in_response: true
+              retry_policy: { retry_on: 5xx, num_retries: 2, retry_back_off: { base_interval: 0.01s } }
+              routes:
+              - match: { prefix: "/", headers: [{ name: x-own, present_match: true }] }
+                route: { cluster: echo, retry_policy: { retry_on: retriable-4xx, num_retries: 1, retry_back_off: { base_interval: 0.01s } } }
+              - match: { prefix: "/" }
+                route: { cluster: echo }
+"#;
+    let t = bootstrap("", "", vhost, &echo_cluster());
+    let pair = compare(
+        "vhost-retry-policy",
+        &t,
+        &["a"],
+        &[
+            get("/status/503"),
+            get("/status/409"),
+            get("/status/503").header("x-own", "1"),
+            get("/status/409").header("x-own", "1"),
+        ],
+    );
+    // 2 + 1 retries, on both.
+    pair.stats_reach(&[("cluster.echo.upstream_rq_retry", 3)]);
+    let inherited = harness::diff::send(pair.legate, &get("/status/503"));
+    assert_eq!(inherited.header("x-envoy-attempt-count"), Some("3"), "the virtual host's policy retried twice");
+}
+
+#[test]
+fn local_rate_limit_by_source_and_destination_cluster() {
+    // Descriptors from the node's cluster (`edge`) and the route's cluster.
+    let filters = r#"          http_filters:
+          - name: envoy.filters.http.local_ratelimit
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit
+              stat_prefix: clusters
+              token_bucket: { max_tokens: 100, tokens_per_fill: 100, fill_interval: 60s }
+              filter_enabled: { runtime_key: e, default_value: { numerator: 100, denominator: HUNDRED } }
+              filter_enforced: { runtime_key: f, default_value: { numerator: 100, denominator: HUNDRED } }
+              descriptors:
+              - entries: [{ key: destination_cluster, value: echo }]
+                token_bucket: { max_tokens: 2, tokens_per_fill: 2, fill_interval: 60s }
+              - entries: [{ key: source_cluster, value: edge }]
+                token_bucket: { max_tokens: 3, tokens_per_fill: 3, fill_interval: 60s }
+          - name: envoy.filters.http.router
+            typed_config: { "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }
+"#;
+    let routes = r#"              - match: { prefix: "/dest" }
+                route: { cluster: echo, rate_limits: [{ actions: [{ destination_cluster: {} }] }] }
+              - match: { prefix: "/src" }
+                route: { cluster: echo, rate_limits: [{ actions: [{ source_cluster: {} }] }] }
+"#;
+    let t = with_filters(bootstrap("", "", &one_vhost(routes), &echo_cluster()), filters);
+    let t = format!("node: {{ id: n1, cluster: edge }}\n{t}");
+    let mut requests = vec![];
+    for _ in 0..4 {
+        requests.push(get("/dest/x"));
+        requests.push(get("/src/x"));
+    }
+    let pair = compare("local-ratelimit-clusters", &t, &["a"], &requests);
+    pair.same_stats(&["clusters.http_local_rate_limit.ok", "clusters.http_local_rate_limit.rate_limited"]);
+    // Two over the destination's bucket, one over the source's.
+    assert_eq!(stat(pair.legate_admin, "clusters.http_local_rate_limit.rate_limited"), Some(3));
+}

@@ -154,8 +154,9 @@ const FIELDS: &[(&str, &[&str])] = &[
     ("envoy.config.accesslog.v3.HeaderFilter", &["header"]),
     ("envoy.config.accesslog.v3.AndFilter", &["filters"]),
     ("envoy.config.accesslog.v3.OrFilter", &["filters"]),
-    // Virtual hosts that redirect plain HTTP to https.
-    ("envoy.config.route.v3.VirtualHost", &["require_tls"]),
+    // Virtual hosts that redirect plain HTTP to https; the retry policy of
+    // the routes without their own.
+    ("envoy.config.route.v3.VirtualHost", &["require_tls", "retry_policy"]),
     // Routes for gRPC requests only.
     ("envoy.config.route.v3.RouteMatch", &["grpc", "runtime_fraction"]),
     ("envoy.config.route.v3.RouteMatch.GrpcRouteMatchOptions", &[]),

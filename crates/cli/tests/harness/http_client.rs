@@ -252,22 +252,7 @@ pub fn curl_h2(port: u16, r: &Req) -> Resp {
 /// bytes and, when it says `content-encoding: gzip`, `br` or `zstd`,
 /// decompressed (`x-test-decoded: true` then).
 pub fn get_decoded(port: u16, r: &Req) -> Resp {
-    let mut s = TcpStream::connect(addr(port)).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
-    let mut req = format!("{} {} HTTP/1.1\r\nhost: {}\r\nconnection: close\r\n", r.method, r.path, r.host);
-    for (k, v) in &r.headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    req.push_str("\r\n");
-    s.write_all(req.as_bytes()).expect("write");
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).expect("read");
-    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").expect("a response head");
-    let (status, mut headers) = parse_head(&String::from_utf8_lossy(&raw[..split]));
-    let mut body = raw[split + 4..].to_vec();
-    if headers.iter().any(|(k, v)| k == "transfer-encoding" && v.contains("chunked")) {
-        body = dechunk_bytes(&body);
-    }
+    let (status, mut headers, mut body) = get_bytes(port, r);
     let encoding = headers.iter().find(|(k, _)| k == "content-encoding").map(|(_, v)| v.clone());
     let mut out = Vec::new();
     match encoding.as_deref() {
@@ -287,4 +272,26 @@ pub fn get_decoded(port: u16, r: &Req) -> Resp {
         headers.push(("x-test-decoded".into(), "true".into()));
     }
     Resp { status, headers, body: String::from_utf8_lossy(&body).to_string() }
+}
+
+/// One HTTP/1.1 request (connection: close): the status, headers and the
+/// body's bytes as sent (de-chunked, not decompressed).
+pub fn get_bytes(port: u16, r: &Req) -> (u16, Vec<(String, String)>, Vec<u8>) {
+    let mut s = TcpStream::connect(addr(port)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    let mut req = format!("{} {} HTTP/1.1\r\nhost: {}\r\nconnection: close\r\n", r.method, r.path, r.host);
+    for (k, v) in &r.headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).expect("write");
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).expect("read");
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").expect("a response head");
+    let (status, headers) = parse_head(&String::from_utf8_lossy(&raw[..split]));
+    let mut body = raw[split + 4..].to_vec();
+    if headers.iter().any(|(k, v)| k == "transfer-encoding" && v.contains("chunked")) {
+        body = dechunk_bytes(&body);
+    }
+    (status, headers, body)
 }

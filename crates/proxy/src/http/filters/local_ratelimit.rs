@@ -163,7 +163,7 @@ impl RateLimit {
     /// The request's descriptors from the route's and virtual host's
     /// `rate_limits` of this config's stage (none unless descriptors are
     /// configured, so a plain bucket allocates nothing).
-    fn request_descriptors(&self, rq: &RequestCtx<'_>) -> Vec<Entries> {
+    fn request_descriptors(&self, rq: &RequestCtx<'_>, local_cluster: &str) -> Vec<Entries> {
         if self.descriptors.is_empty() {
             return Vec::new();
         }
@@ -178,7 +178,7 @@ impl RateLimit {
             .iter()
             .chain(vhost)
             .filter(|p| p.stage() == self.stage)
-            .filter_map(|p| p.descriptor(rq.headers, &rq.pseudo, rq.remote))
+            .filter_map(|p| p.descriptor(rq.headers, &rq.pseudo, rq.remote, (local_cluster, rq.route_cluster)))
             .collect()
     }
 
@@ -234,19 +234,27 @@ impl RateLimit {
 pub struct RateLimitFilter {
     config: RateLimit,
     store: Arc<crate::stats::Store>,
+    /// This proxy's cluster, for `source_cluster` descriptor entries.
+    local_cluster: String,
 }
 
 impl RateLimitFilter {
     /// `i` is the filter's index, for error paths.
-    pub fn compile(l: &LocalRateLimit, store: &Arc<crate::stats::Store>, i: usize) -> Result<Self, String> {
+    pub fn compile(
+        l: &LocalRateLimit,
+        store: &Arc<crate::stats::Store>,
+        i: usize,
+        local_cluster: &str,
+    ) -> Result<Self, String> {
         let config = RateLimit::compile(l, &format!("http_filters[{i}].typed_config"))?;
         config.stats(store);
-        Ok(Self { config, store: store.clone() })
+        Ok(Self { config, store: store.clone(), local_cluster: local_cluster.to_string() })
     }
 
     fn compile_any(any: &Any, ctx: &FilterContext<'_>) -> Result<Box<dyn HttpFilter>, String> {
         let l = legate_api::any::unpack(any)?;
-        Ok(Box::new(Self::compile(&l, ctx.server.store, ctx.index)?))
+        let local_cluster = ctx.server.local_cluster.to_str().unwrap_or_default();
+        Ok(Box::new(Self::compile(&l, ctx.server.store, ctx.index, local_cluster)?))
     }
 
     /// Takes tokens; `Some` when the request is limited and enforced.
@@ -257,7 +265,7 @@ impl RateLimitFilter {
         }
         let stats = cfg.stats(&self.store);
         stats.enabled.inc();
-        let descriptors = cfg.request_descriptors(ctx);
+        let descriptors = cfg.request_descriptors(ctx, &self.local_cluster);
         if cfg.allowed(&descriptors) {
             stats.ok.inc();
             return None;

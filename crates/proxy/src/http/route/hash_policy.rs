@@ -138,6 +138,32 @@ pub fn request_hash(
     (hash, set_cookie)
 }
 
+impl HashPolicy {
+    /// One of a route's `hash_policy` entries.
+    pub fn compile(p: &legate_api::pb::envoy::config::route::v3::route_action::HashPolicy) -> Result<Self, String> {
+        use legate_api::pb::envoy::config::route::v3::route_action::hash_policy::PolicySpecifier;
+        let source = match &p.policy_specifier {
+            Some(PolicySpecifier::Header(h)) => HashSource::Header(
+                http::HeaderName::from_bytes(h.header_name.to_ascii_lowercase().as_bytes())
+                    .map_err(|_| format!("invalid header name '{}'", h.header_name))?,
+            ),
+            Some(PolicySpecifier::Cookie(c)) => HashSource::Cookie(CookieSource {
+                name: c.name.clone(),
+                ttl: c.ttl.as_ref().map(|d| std::time::Duration::new(d.seconds.max(0) as u64, d.nanos.max(0) as u32)),
+                path: c.path.clone(),
+            }),
+            Some(PolicySpecifier::ConnectionProperties(c)) if c.source_ip => HashSource::SourceIp,
+            Some(PolicySpecifier::QueryParameter(q)) => HashSource::QueryParameter(q.name.clone()),
+            _ => {
+                return Err(
+                    "only header, cookie, connection_properties.source_ip and query_parameter are supported".into()
+                )
+            }
+        };
+        Ok(Self { source, terminal: p.terminal })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

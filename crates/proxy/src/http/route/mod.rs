@@ -7,11 +7,14 @@
 //! case-insensitive or query-parameter match needs to.
 
 pub mod hash_policy;
+pub mod mirror_policy;
 pub mod per_filter;
 pub mod rate_limit;
 pub mod rds;
 pub mod stream_timeouts;
 pub mod virtual_cluster;
+
+pub use mirror_policy::{Mirror, MirrorTarget};
 
 use crate::common::matcher::envoy_substitution as envoy_subst;
 use crate::common::matcher::{compile_regex, compile_search_regex, HeaderMatch, Pseudo, StringMatch};
@@ -149,6 +152,9 @@ pub struct RouteAction {
     pub cluster: ClusterChoice,
     pub prefix_rewrite: Option<String>,
     pub regex_rewrite: Option<(Regex, String)>,
+    /// `path_rewrite`: the whole path (not the query), a substitution
+    /// format rendered on the request as the router sends it.
+    pub path_rewrite: Option<crate::common::format::Format>,
     pub host_rewrite: Option<String>,
     pub auto_host_rewrite: bool,
     /// `None` disables the timeout (Envoy: `timeout: 0s`).
@@ -178,24 +184,6 @@ pub struct RouteUpgrade {
     /// `connect_config` is set: Legate terminates the CONNECT and tunnels
     /// raw bytes to the upstream host.
     pub terminate_connect: bool,
-}
-
-/// Where a mirror sends its copy.
-pub enum MirrorTarget {
-    /// `cluster`.
-    Named(String),
-    /// `cluster_header`: the cluster the request names in this header (no
-    /// copy when the header is absent or names no cluster, as in Envoy).
-    Header(http::HeaderName),
-}
-
-/// One `request_mirror_policies` entry.
-pub struct Mirror {
-    pub cluster: MirrorTarget,
-    /// `runtime_fraction`: the share mirrored (none: every request).
-    pub chance: Option<crate::common::runtime::RuntimeFraction>,
-    /// Leave the host as it is instead of appending `-shadow`.
-    pub keep_host: bool,
 }
 
 pub struct Redirect {
@@ -304,11 +292,18 @@ impl RouteTable {
 
 #[allow(deprecated)] // Envoy 1.40 still honours the deprecated `cors` field, so Legate reads it.
 fn compile_vhost(vh: &rpb::VirtualHost, store: &std::sync::Arc<crate::stats::Store>) -> Result<VirtualHost, String> {
+    // Envoy's `buildRetryPolicy`: a route's own `retry_policy` wins whole;
+    // a route without one takes the virtual host's (fields are not merged).
+    let vh_retry = vh
+        .retry_policy
+        .as_ref()
+        .map(|p| crate::http::router::retry::RetryPolicy::compile(p).map_err(|e| format!("retry_policy.{e}")))
+        .transpose()?;
     let routes = vh
         .routes
         .iter()
         .enumerate()
-        .map(|(i, r)| compile_route(r, &vh.name, store).map_err(|e| format!("routes[{i}]: {e}")))
+        .map(|(i, r)| compile_route(r, &vh.name, vh_retry.as_ref(), store).map_err(|e| format!("routes[{i}]: {e}")))
         .collect::<Result<_, _>>()?;
     Ok(VirtualHost {
         name: vh.name.clone(),
@@ -327,7 +322,12 @@ fn compile_vhost(vh: &rpb::VirtualHost, store: &std::sync::Arc<crate::stats::Sto
 }
 
 #[allow(deprecated)] // Envoy 1.40 still honours the deprecated `cors` field, so Legate reads it.
-fn compile_route(r: &rpb::Route, vh: &str, store: &std::sync::Arc<crate::stats::Store>) -> Result<Route, String> {
+fn compile_route(
+    r: &rpb::Route,
+    vh: &str,
+    vh_retry: Option<&crate::http::router::retry::RetryPolicy>,
+    store: &std::sync::Arc<crate::stats::Store>,
+) -> Result<Route, String> {
     use rpb::route_match::PathSpecifier;
     let m = r.r#match.as_ref().ok_or("match is required")?;
     let case_sensitive = m.case_sensitive.map(|b| b.value).unwrap_or(true);
@@ -357,7 +357,13 @@ fn compile_route(r: &rpb::Route, vh: &str, store: &std::sync::Arc<crate::stats::
         })
         .collect::<Result<_, String>>()?;
     let action = match &r.action {
-        Some(rpb::route::Action::Route(ra)) => Action::Forward(Box::new(compile_route_action(ra)?)),
+        Some(rpb::route::Action::Route(ra)) => {
+            let mut action = compile_route_action(ra)?;
+            if action.retry.is_none() {
+                action.retry = vh_retry.cloned();
+            }
+            Action::Forward(Box::new(action))
+        }
         Some(rpb::route::Action::Redirect(rd)) => Action::Redirect(Box::new(compile_redirect(rd)?)),
         Some(rpb::route::Action::DirectResponse(dr)) => {
             let status = u16::try_from(dr.status).map_err(|_| "invalid status")?;
@@ -460,6 +466,11 @@ fn compile_route_action(ra: &rpb::RouteAction) -> Result<RouteAction, String> {
         cluster,
         prefix_rewrite: Some(ra.prefix_rewrite.clone()).filter(|p| !p.is_empty()),
         regex_rewrite,
+        path_rewrite: Some(ra.path_rewrite.as_str())
+            .filter(|p| !p.is_empty())
+            .map(|p| crate::common::format::Format::parse(p).map(crate::common::format::Format::for_header))
+            .transpose()
+            .map_err(|e| format!("path_rewrite: {e}"))?,
         host_rewrite,
         auto_host_rewrite,
         timeout,
@@ -474,7 +485,7 @@ fn compile_route_action(ra: &rpb::RouteAction) -> Result<RouteAction, String> {
             .hash_policy
             .iter()
             .enumerate()
-            .map(|(i, p)| compile_hash_policy(p).map_err(|e| format!("hash_policy[{i}]: {e}")))
+            .map(|(i, p)| hash_policy::HashPolicy::compile(p).map_err(|e| format!("hash_policy[{i}]: {e}")))
             .collect::<Result<_, _>>()?,
         idle_timeout: ra.idle_timeout.as_ref().map(|d| Some(legate_api::duration::from_pb(d)).filter(|d| !d.is_zero())),
         upgrades: ra
@@ -486,51 +497,8 @@ fn compile_route_action(ra: &rpb::RouteAction) -> Result<RouteAction, String> {
                 terminate_connect: u.connect_config.is_some(),
             })
             .collect(),
-        mirrors: ra
-            .request_mirror_policies
-            .iter()
-            .enumerate()
-            .map(|(i, m)| {
-                let cluster = match (m.cluster.is_empty(), m.cluster_header.is_empty()) {
-                    (false, _) => MirrorTarget::Named(m.cluster.clone()),
-                    (true, false) => MirrorTarget::Header(
-                        http::HeaderName::from_bytes(m.cluster_header.to_ascii_lowercase().as_bytes())
-                            .map_err(|_| format!("request_mirror_policies[{i}].cluster_header: invalid header name"))?,
-                    ),
-                    (true, true) => {
-                        return Err(format!("request_mirror_policies[{i}]: cluster or cluster_header is required"))
-                    }
-                };
-                Ok(Mirror {
-                    cluster,
-                    chance: m.runtime_fraction.as_ref().map(crate::common::runtime::RuntimeFraction::new),
-                    keep_host: m.disable_shadow_host_suffix_append,
-                })
-            })
-            .collect::<Result<_, _>>()?,
+        mirrors: mirror_policy::compile(&ra.request_mirror_policies)?,
     })
-}
-
-fn compile_hash_policy(p: &rpb::route_action::HashPolicy) -> Result<hash_policy::HashPolicy, String> {
-    use hash_policy::HashSource;
-    use rpb::route_action::hash_policy::PolicySpecifier;
-    let source = match &p.policy_specifier {
-        Some(PolicySpecifier::Header(h)) => HashSource::Header(
-            http::HeaderName::from_bytes(h.header_name.to_ascii_lowercase().as_bytes())
-                .map_err(|_| format!("invalid header name '{}'", h.header_name))?,
-        ),
-        Some(PolicySpecifier::Cookie(c)) => HashSource::Cookie(hash_policy::CookieSource {
-            name: c.name.clone(),
-            ttl: c.ttl.as_ref().map(|d| std::time::Duration::new(d.seconds.max(0) as u64, d.nanos.max(0) as u32)),
-            path: c.path.clone(),
-        }),
-        Some(PolicySpecifier::ConnectionProperties(c)) if c.source_ip => HashSource::SourceIp,
-        Some(PolicySpecifier::QueryParameter(q)) => HashSource::QueryParameter(q.name.clone()),
-        _ => {
-            return Err("only header, cookie, connection_properties.source_ip and query_parameter are supported".into())
-        }
-    };
-    Ok(hash_policy::HashPolicy { source, terminal: p.terminal })
 }
 
 /// Envoy (RE2) writes capture groups as `\1`; the regex crate as `${1}`.

@@ -1,6 +1,6 @@
 //! A route's or virtual host's `rate_limits`: the actions that make a
 //! request's rate limit descriptors (generic key, request header, remote
-//! address, header value match), by stage. The local rate limit filter
+//! address, source and destination cluster, header value match), by stage. The local rate limit filter
 //! matches the descriptors against its buckets.
 
 use crate::common::matcher::{HeaderMatch, Pseudo};
@@ -21,10 +21,26 @@ pub struct DescriptorPolicy {
 
 #[derive(Debug)]
 enum Action {
-    GenericKey { key: String, value: String },
-    RequestHeader { header: http::HeaderName, key: String, skip_if_absent: bool },
+    GenericKey {
+        key: String,
+        value: String,
+    },
+    RequestHeader {
+        header: http::HeaderName,
+        key: String,
+        skip_if_absent: bool,
+    },
     RemoteAddress,
-    HeaderValueMatch { key: String, value: String, expect_match: bool, headers: Vec<HeaderMatch> },
+    /// `source_cluster`: this proxy's cluster (the node's `cluster`).
+    SourceCluster,
+    /// `destination_cluster`: the cluster the route sends to.
+    DestinationCluster,
+    HeaderValueMatch {
+        key: String,
+        value: String,
+        expect_match: bool,
+        headers: Vec<HeaderMatch>,
+    },
 }
 
 impl DescriptorPolicy {
@@ -44,6 +60,8 @@ impl DescriptorPolicy {
                     skip_if_absent: h.skip_if_absent,
                 },
                 Some(ActionSpecifier::RemoteAddress(_)) => Action::RemoteAddress,
+                Some(ActionSpecifier::SourceCluster(_)) => Action::SourceCluster,
+                Some(ActionSpecifier::DestinationCluster(_)) => Action::DestinationCluster,
                 Some(ActionSpecifier::HeaderValueMatch(h)) => Action::HeaderValueMatch {
                     key: if h.descriptor_key.is_empty() { "header_match".into() } else { h.descriptor_key.clone() },
                     value: h.descriptor_value.clone(),
@@ -51,7 +69,7 @@ impl DescriptorPolicy {
                     headers: h.headers.iter().map(HeaderMatch::new).collect::<Result<_, _>>()?,
                 },
                 _ => return Err(err(
-                    "only generic_key, request_headers, remote_address and header_value_match actions are supported",
+                    "only generic_key, request_headers, remote_address, source_cluster, destination_cluster and header_value_match actions are supported",
                 )),
             });
         }
@@ -66,12 +84,15 @@ impl DescriptorPolicy {
     /// The descriptor for a request (`remote` is the client after
     /// x-forwarded-for), or none when an action has nothing to say (a
     /// missing header without `skip_if_absent`, a header match that did not
-    /// come out as expected).
+    /// come out as expected, a destination cluster the route does not name
+    /// by itself: `weighted_clusters` or `cluster_header`). `clusters` are
+    /// this proxy's cluster and the route's.
     pub fn descriptor(
         &self,
         request_headers: &http::HeaderMap,
         pseudo: &Pseudo<'_>,
         remote: IpAddr,
+        clusters: (&str, Option<&str>),
     ) -> Option<Entries> {
         let mut entries = Vec::with_capacity(self.actions.len());
         for a in &self.actions {
@@ -85,6 +106,8 @@ impl DescriptorPolicy {
                     }
                 }
                 Action::RemoteAddress => entries.push(("remote_address".into(), remote.to_string())),
+                Action::SourceCluster => entries.push(("source_cluster".into(), clusters.0.to_string())),
+                Action::DestinationCluster => entries.push(("destination_cluster".into(), clusters.1?.to_string())),
                 Action::HeaderValueMatch { key, value, expect_match, headers } => {
                     let all = headers.iter().all(|m| m.matches(request_headers, pseudo));
                     if all != *expect_match {

@@ -73,9 +73,7 @@ impl Hcm {
         }
         let new_path = route.rewrite_path(ra, &stream.path);
         if new_path.is_some() {
-            if let Ok(v) = HeaderValue::from_str(&stream.path) {
-                parts.headers.insert(X_ENVOY_ORIGINAL_PATH.clone(), v);
-            }
+            original_path(stream, &mut parts.headers);
         }
         let authority = upstream_authority(stream, &mut parts.headers, ra, host);
         if vh.attempt_count_upstream {
@@ -109,11 +107,33 @@ impl Hcm {
             let ctx = stream.context(snapshot.as_ref());
             apply_levels(levels, table.most_specific_wins, &mut parts.headers, &ctx);
         }
+        // As Envoy's `finalizeRequestHeaders`: `path_rewrite` is rendered
+        // after the header mutations, on the headers they leave; an empty
+        // result leaves the path as it was.
+        let new_path = match &ra.path_rewrite {
+            Some(format) => {
+                let path = format.render_string(&stream.context(Some(&parts.headers)));
+                if path.is_empty() {
+                    new_path
+                } else {
+                    original_path(stream, &mut parts.headers);
+                    Some(format!("{path}{}", crate::http::route::split_query(&stream.path).1))
+                }
+            }
+            None => new_path,
+        };
         let upstream_path = new_path.as_deref().unwrap_or(&stream.path);
         if !set_uri(parts, cluster.http2, &authority, upstream_path) {
             return None;
         }
         Some(Prepared { authority, new_path, route_timeout, retry, stream_limit, grpc_timeout_header })
+    }
+}
+
+/// `x-envoy-original-path`: the request's path before a rewrite.
+fn original_path(stream: &Stream, headers: &mut HeaderMap) {
+    if let Ok(v) = HeaderValue::from_str(&stream.path) {
+        headers.insert(X_ENVOY_ORIGINAL_PATH.clone(), v);
     }
 }
 

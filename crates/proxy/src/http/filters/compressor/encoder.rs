@@ -3,14 +3,14 @@
 
 /// A streaming encoder writing into a buffer the body drains.
 pub enum Encoder {
-    Gzip(flate2::write::GzEncoder<Vec<u8>>),
+    Gzip(Box<super::gzip::GzipStream>),
     Brotli(Box<brotli::CompressorWriter<Vec<u8>>>),
     Zstd(Box<zstd::stream::write::Encoder<'static, Vec<u8>>>),
 }
 
 impl Encoder {
-    pub fn gzip(level: u32) -> Self {
-        Self::Gzip(flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(level)))
+    pub fn gzip(settings: super::gzip::GzipSettings) -> Self {
+        Self::Gzip(Box::new(super::gzip::GzipStream::new(settings)))
     }
 
     /// `quality` 0-11, `window_bits` 10-24 (Envoy's defaults: 3 and 18).
@@ -45,7 +45,10 @@ impl Encoder {
         use std::io::Write as _;
         // Writing into a Vec cannot fail.
         let _ = match self {
-            Self::Gzip(e) => e.write_all(data),
+            Self::Gzip(e) => {
+                e.write(data);
+                Ok(())
+            }
             Self::Brotli(e) => e.write_all(data),
             Self::Zstd(e) => e.write_all(data),
         };
@@ -53,7 +56,7 @@ impl Encoder {
 
     pub(super) fn output(&mut self) -> &mut Vec<u8> {
         match self {
-            Self::Gzip(e) => e.get_mut(),
+            Self::Gzip(e) => e.output(),
             Self::Brotli(e) => e.get_mut(),
             Self::Zstd(e) => e.get_mut(),
         }
@@ -61,7 +64,7 @@ impl Encoder {
 
     pub(super) fn finish(self) -> Vec<u8> {
         match self {
-            Self::Gzip(e) => e.finish().unwrap_or_default(),
+            Self::Gzip(e) => e.finish(),
             Self::Brotli(e) => e.into_inner(),
             Self::Zstd(e) => e.finish().unwrap_or_default(),
         }
@@ -89,7 +92,8 @@ mod tests {
 
     #[test]
     fn gzip_streams() {
-        round_trip(Encoder::gzip(6), |b| {
+        let settings = super::super::gzip::GzipSettings::compile(&Default::default()).expect("defaults");
+        round_trip(Encoder::gzip(settings), |b| {
             let mut v = Vec::new();
             flate2::read::GzDecoder::new(b).read_to_end(&mut v).expect("gzip");
             v

@@ -8,6 +8,7 @@
 mod accept_encoding;
 mod body;
 mod encoder;
+mod gzip;
 
 use crate::body::ProxyBody;
 use crate::http::filters::api::{
@@ -40,7 +41,7 @@ pub const ZSTD_TYPE: &str = "envoy.extensions.compression.zstd.compressor.v3.Zst
 /// The library and its settings.
 #[derive(Clone, Copy)]
 enum Library {
-    Gzip { level: u32 },
+    Gzip(gzip::GzipSettings),
     Brotli { quality: u32, window_bits: u32 },
     Zstd { level: i32, checksum: bool, strategy: u32 },
 }
@@ -120,12 +121,9 @@ impl Compressor {
         let (library, encoding, lib_stats) = match legate_api::any::type_name(any) {
             GZIP_TYPE => {
                 let gz: Gzip = legate_api::any::unpack(any)?;
-                let level = match gz.compression_level {
-                    0 => 6,
-                    n @ 1..=9 => n as u32,
-                    n => return Err(format!("compressor_library.typed_config.compression_level: unknown level {n}")),
-                };
-                (Library::Gzip { level }, "gzip", "gzip")
+                let settings =
+                    gzip::GzipSettings::compile(&gz).map_err(|e| format!("compressor_library.typed_config.{e}"))?;
+                (Library::Gzip(settings), "gzip", "gzip")
             }
             BROTLI_TYPE => {
                 let br: Brotli = legate_api::any::unpack(any)?;
@@ -280,7 +278,7 @@ impl Compressor {
         if !end && compressible && accepted {
             // Checked when the config was compiled, so zstd does not refuse here.
             let encoder = match self.library {
-                Library::Gzip { level } => Encoder::gzip(level),
+                Library::Gzip(settings) => Encoder::gzip(settings),
                 Library::Brotli { quality, window_bits } => Encoder::brotli(quality, window_bits),
                 Library::Zstd { level, checksum, strategy } => match Encoder::zstd(level, checksum, strategy) {
                     Some(e) => e,
