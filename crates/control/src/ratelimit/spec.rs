@@ -98,6 +98,7 @@ pub struct Descriptor {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Spec {
+    #[serde(default)]
     pub domain: String,
     #[serde(default)]
     pub descriptors: Vec<Descriptor>,
@@ -109,8 +110,11 @@ pub fn check(doc: &Document) -> Result<Spec, Vec<(String, String)>> {
     if !doc.metadata.nodes.is_empty() {
         return Err(vec![("metadata.nodes".into(), "a RateLimit is not sent to proxies".into())]);
     }
-    let spec: Spec = serde_path_to_error::deserialize(doc.spec.clone())
-        .map_err(|e| vec![(format!("spec.{}", e.path()), e.inner().to_string())])?;
+    let spec: Spec = serde_path_to_error::deserialize(doc.spec.clone()).map_err(|e| {
+        let path = e.path().to_string();
+        let path = if path == "." { "spec".to_string() } else { format!("spec.{path}") };
+        vec![(path, e.inner().to_string())]
+    })?;
     let mut errs = Vec::new();
     if spec.domain.is_empty() {
         errs.push(("spec.domain".into(), "value is required".into()));
@@ -137,5 +141,45 @@ fn check_level(level: &[Descriptor], path: &str, errs: &mut Vec<(String, String)
             errs.push((format!("{p}.rate_limit.requests_per_unit"), "must be above 0 (or set unlimited)".into()));
         }
         check_level(&d.descriptors, &format!("{p}.descriptors"), errs);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn doc(spec: serde_json::Value) -> Document {
+        serde_json::from_value(serde_json::json!({"kind": "RateLimit", "metadata": {"name": "x"}, "spec": spec}))
+            .expect("document")
+    }
+
+    fn errors(spec: serde_json::Value) -> Vec<(String, String)> {
+        check(&doc(spec)).err().unwrap_or_default()
+    }
+
+    #[test]
+    fn problems_are_named_by_field_path() {
+        assert!(check(&doc(serde_json::json!({"domain": "d", "descriptors": [{"key": "k"}]}))).is_ok());
+        assert_eq!(
+            errors(serde_json::json!({"descriptors": []})),
+            [("spec.domain".into(), "value is required".into())]
+        );
+        let bad_unit = errors(
+            serde_json::json!({"domain": "d", "descriptors": [{"key": "k", "rate_limit": {"unit": "fortnight", "requests_per_unit": 1}}]}),
+        );
+        assert_eq!(bad_unit.first().map(|e| e.0.as_str()), Some("spec.descriptors[0].rate_limit.unit"), "{bad_unit:?}");
+        let unknown = errors(serde_json::json!({"domain": "d", "descriptors": [{"key": "k", "shadow_mode": true}]}));
+        assert!(unknown.first().is_some_and(|e| e.1.contains("shadow_mode")), "{unknown:?}");
+        let nested = errors(serde_json::json!({"domain": "d", "descriptors": [{"key": "k", "descriptors": [
+            {"key": "a", "value": "1"}, {"key": "a", "value": "1"}, {"key": "", "rate_limit": {"unit": "second", "requests_per_unit": 0}}]}]}));
+        let paths: Vec<&str> = nested.iter().map(|e| e.0.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "spec.descriptors[0].descriptors[1]",
+                "spec.descriptors[0].descriptors[2].key",
+                "spec.descriptors[0].descriptors[2].rate_limit.requests_per_unit"
+            ]
+        );
     }
 }
