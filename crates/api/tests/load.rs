@@ -235,3 +235,23 @@ fn tracing_in_the_support_table() {
     let r = check_bootstrap(&with(sky));
     assert!(r.unsupported.iter().any(|e| e.reason.contains("SkyWalkingConfig")), "{:?}", r.unsupported);
 }
+
+/// The global rate limit filter's fields Legate reads load as they are;
+/// those it does not are named.
+#[test]
+fn global_rate_limit_in_the_support_table() {
+    let with = |fields: &str| {
+        listener(ROUTER, "c").replace(
+            "          http_filters:\n",
+            &format!("          http_filters:\n          - name: envoy.filters.http.ratelimit\n            typed_config: {{\"@type\": type.googleapis.com/envoy.extensions.filters.http.ratelimit.v3.RateLimit, domain: d, rate_limit_service: {{grpc_service: {{envoy_grpc: {{cluster_name: c}}}}, transport_api_version: V3}}{fields}}}\n"),
+        )
+    };
+    let ok = check_bootstrap(&with(", stage: 1, request_type: external, timeout: 1s, failure_mode_deny: true, enable_x_ratelimit_headers: DRAFT_VERSION_03, disable_x_envoy_ratelimited_header: true, rate_limited_status: {code: 503}, status_on_error: {code: 500}, stat_prefix: p"));
+    assert!(ok.is_valid() && ok.unsupported.is_empty(), "{:?} {:?}", ok.errors, ok.unsupported);
+    let r = check_bootstrap(&with(", rate_limited_as_resource_exhausted: true"));
+    assert!(
+        r.unsupported.iter().any(|e| e.path.ends_with("typed_config.rate_limited_as_resource_exhausted")),
+        "{:?}",
+        r.unsupported
+    );
+}

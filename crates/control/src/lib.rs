@@ -23,6 +23,7 @@ pub mod clock;
 pub mod discovery;
 pub mod fault;
 pub mod monitor;
+pub mod ratelimit;
 pub mod releases;
 pub mod remote;
 pub mod resources;

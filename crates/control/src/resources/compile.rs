@@ -27,7 +27,7 @@ pub fn compile(doc: &Document) -> Result<Resource, Vec<DocError>> {
         return Err(err(
             "kind",
             format!(
-                "unknown kind '{}': expected Listener, Cluster, RouteConfiguration, ClusterLoadAssignment, Secret, Service, Gateway, Route, AlertRule, Release or Rollout",
+                "unknown kind '{}': expected Listener, Cluster, RouteConfiguration, ClusterLoadAssignment, Secret, Service, Gateway, Route, AlertRule, Release, Rollout or RateLimit",
                 doc.kind
             ),
         ));
@@ -60,9 +60,13 @@ pub fn compile(doc: &Document) -> Result<Resource, Vec<DocError>> {
         Kind::Listener => decode::<Listener>(doc).map(|(m, a)| (m.name, a)),
         Kind::RouteConfiguration => decode::<RouteConfiguration>(doc).map(|(m, a)| (m.name, a)),
         Kind::Secret => decode::<Secret>(doc).map(|(m, a)| (m.name, a)),
-        Kind::Service | Kind::Gateway | Kind::Route | Kind::AlertRule | Kind::Release | Kind::Rollout => {
-            Err(vec![FieldError::new("kind", "not an Envoy resource kind")])
-        }
+        Kind::Service
+        | Kind::Gateway
+        | Kind::Route
+        | Kind::AlertRule
+        | Kind::Release
+        | Kind::Rollout
+        | Kind::RateLimit => Err(vec![FieldError::new("kind", "not an Envoy resource kind")]),
     }
     .map_err(to_doc_errors)?;
     if kind == Kind::Secret {
@@ -92,7 +96,7 @@ pub fn release_version(doc: &Document) -> String {
 }
 
 /// The kinds the control plane reads itself and sends to no proxy
-/// (`AlertRule`, `Release`, `Rollout`), each checked by its own module;
+/// (`AlertRule`, `Release`, `Rollout`, `RateLimit`), each checked by its own module;
 /// None for the other kinds.
 fn control_plane_kind(kind: Kind, doc: &Document) -> Option<Result<Resource, Vec<(String, String)>>> {
     let nodes = |reason: &str| Err(vec![("metadata.nodes".to_string(), reason.to_string())]);
@@ -106,6 +110,7 @@ fn control_plane_kind(kind: Kind, doc: &Document) -> Option<Result<Resource, Vec
         }
         Kind::Release => crate::releases::spec::check(doc).map(|_| ()),
         Kind::Rollout => crate::rollouts::board::check_document(doc).map(|_| ()),
+        Kind::RateLimit => crate::ratelimit::spec::check(doc).map(|_| ()),
         _ => return None,
     };
     let version = match kind {

@@ -20,6 +20,9 @@ pub enum Kind {
     Release,
     /// The default policy of staged config rollouts (`rollouts/`); compiles to nothing.
     Rollout,
+    /// A domain's global rate limits, served by the control plane's own
+    /// rate limit service (`ratelimit/`); compiles to nothing.
+    RateLimit,
 }
 
 pub const ALL_KINDS: [Kind; 5] =
@@ -39,6 +42,7 @@ impl Kind {
             "alertrule" | "alertrules" | "alert" | "alerts" => Self::AlertRule,
             "release" | "releases" => Self::Release,
             "rollout" | "rollouts" => Self::Rollout,
+            "ratelimit" | "ratelimits" => Self::RateLimit,
             _ => return None,
         })
     }
@@ -56,12 +60,22 @@ impl Kind {
             Self::AlertRule => "AlertRule",
             Self::Release => "Release",
             Self::Rollout => "Rollout",
+            Self::RateLimit => "RateLimit",
         }
     }
 
     /// True for the kinds that are sent over xDS as they are.
     pub fn is_envoy(self) -> bool {
-        !matches!(self, Self::Service | Self::Gateway | Self::Route | Self::AlertRule | Self::Release | Self::Rollout)
+        !matches!(
+            self,
+            Self::Service
+                | Self::Gateway
+                | Self::Route
+                | Self::AlertRule
+                | Self::Release
+                | Self::Rollout
+                | Self::RateLimit
+        )
     }
 
     pub fn type_url(self) -> &'static str {
@@ -71,7 +85,13 @@ impl Kind {
             Self::Listener => "type.googleapis.com/envoy.config.listener.v3.Listener",
             Self::RouteConfiguration => "type.googleapis.com/envoy.config.route.v3.RouteConfiguration",
             Self::Secret => "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret",
-            Self::Service | Self::Gateway | Self::Route | Self::AlertRule | Self::Release | Self::Rollout => "",
+            Self::Service
+            | Self::Gateway
+            | Self::Route
+            | Self::AlertRule
+            | Self::Release
+            | Self::Rollout
+            | Self::RateLimit => "",
         }
     }
 

@@ -179,6 +179,7 @@ pub async fn serve(
     use service::listener::v3::listener_discovery_service_server::ListenerDiscoveryServiceServer;
     use service::load_stats::v3::load_reporting_service_server::LoadReportingServiceServer;
     use service::metrics::v3::metrics_service_server::MetricsServiceServer;
+    use service::ratelimit::v3::rate_limit_service_server::RateLimitServiceServer;
     use service::route::v3::route_discovery_service_server::RouteDiscoveryServiceServer;
     use service::secret::v3::secret_discovery_service_server::SecretDiscoveryServiceServer;
     use service::status::v3::client_status_discovery_service_server::ClientStatusDiscoveryServiceServer;
@@ -186,6 +187,7 @@ pub async fn serve(
     let load = LoadServer::new(ctrl.monitor.clone());
     let csds = Csds::new(ctrl.clone());
     let hds = crate::serve::hds::HdsServer::new(ctrl.clone());
+    let rls = crate::ratelimit::service::RlsServer::new(ctrl.clone());
     let server = XdsServer::new(ctrl);
     let mut builder = tonic::transport::Server::builder();
     if let Some(cfg) = tls {
@@ -207,6 +209,7 @@ pub async fn serve(
         .add_service(bounded!(MetricsServiceServer::new(metrics)))
         .add_service(bounded!(LoadReportingServiceServer::new(load)))
         .add_service(bounded!(HealthDiscoveryServiceServer::new(hds)))
+        .add_service(bounded!(RateLimitServiceServer::new(rls)))
         .serve_with_incoming(crate::serve::xds::incoming::incoming(listener, per_address))
         .await
 }

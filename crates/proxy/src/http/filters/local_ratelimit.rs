@@ -17,7 +17,7 @@ use crate::http::filters::api::{
     FilterContext, FilterStatus, HttpFilter, PerRouteRegistration, Registration, RequestCtx, ResponseState, Verdict,
 };
 use crate::http::route::per_filter::PerRouteConfig;
-use crate::http::route::rate_limit::Entries;
+use crate::http::route::rate_limit::{request_descriptors, Entries, VhRateLimits};
 use legate_api::pb::envoy::extensions::filters::http::local_ratelimit::v3::LocalRateLimit;
 use legate_api::pb::google::protobuf::Any;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -39,13 +39,6 @@ struct Limited {
     bucket: TokenBucket,
     /// Some value is empty (matches any): a bucket per value seen.
     wildcard: bool,
-}
-
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum VhRateLimits {
-    Override,
-    Include,
-    Ignore,
 }
 
 struct Stats {
@@ -169,17 +162,14 @@ impl RateLimit {
         }
         let route = rq.route[0].map_or(&[][..], |p| &p.rate_limits[..]);
         let vhost = rq.route[1].map_or(&[][..], |p| &p.rate_limits[..]);
-        let vhost = match self.vh_rate_limits {
-            VhRateLimits::Include => vhost,
-            VhRateLimits::Override if route.is_empty() => vhost,
-            _ => &[][..],
-        };
-        route
-            .iter()
-            .chain(vhost)
-            .filter(|p| p.stage() == self.stage)
-            .filter_map(|p| p.descriptor(rq.headers, &rq.pseudo, rq.remote, (local_cluster, rq.route_cluster)))
-            .collect()
+        let clusters = (local_cluster, rq.route_cluster);
+        request_descriptors(
+            route,
+            vhost,
+            self.vh_rate_limits,
+            self.stage,
+            (rq.headers, &rq.pseudo, rq.remote, clusters),
+        )
     }
 
     /// Whether the request may go on: a token from every matched

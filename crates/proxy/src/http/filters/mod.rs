@@ -21,8 +21,10 @@ pub mod health_check;
 pub mod jwt;
 pub mod local_ratelimit;
 pub mod lua;
+pub mod ratelimit;
 pub mod rbac;
 pub mod registry;
+pub(crate) mod service;
 
 pub use api::{FilterStatus, HttpFilter, RequestCtx, ResponseState, ServerParts, Verdict};
 

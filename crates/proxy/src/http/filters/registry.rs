@@ -5,7 +5,7 @@
 use crate::http::filters::api::Registration;
 use crate::http::filters::{
     buffer, compressor, cors, csrf, ext_authz, ext_proc, fault, grpc_http1_bridge, grpc_web, header_to_metadata,
-    health_check, jwt, local_ratelimit, lua, rbac,
+    health_check, jwt, local_ratelimit, lua, ratelimit, rbac,
 };
 use crate::http::route::per_filter::PerRouteConfig;
 use legate_api::pb::google::protobuf::Any;
@@ -16,6 +16,7 @@ pub static HTTP_FILTERS: &[Registration] = &[
     health_check::REGISTRATION,
     fault::REGISTRATION,
     local_ratelimit::REGISTRATION,
+    ratelimit::REGISTRATION,
     rbac::REGISTRATION,
     ext_authz::REGISTRATION,
     ext_proc::REGISTRATION,

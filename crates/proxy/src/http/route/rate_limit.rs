@@ -1,7 +1,9 @@
 //! A route's or virtual host's `rate_limits`: the actions that make a
 //! request's rate limit descriptors (generic key, request header, remote
-//! address, source and destination cluster, header value match), by stage. The local rate limit filter
-//! matches the descriptors against its buckets.
+//! address, source and destination cluster, header value match), by stage,
+//! and which of a virtual host's
+//! join a route's. The local rate limit filter matches the descriptors
+//! against its buckets; the rate limit filter sends them to its service.
 
 use crate::common::matcher::{HeaderMatch, Pseudo};
 use legate_api::pb::envoy::config::route::v3::rate_limit::action::ActionSpecifier;
@@ -119,4 +121,39 @@ impl DescriptorPolicy {
         }
         (!entries.is_empty()).then_some(entries)
     }
+}
+
+/// How a virtual host's `rate_limits` join a route's (`vh_rate_limits`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum VhRateLimits {
+    /// The virtual host's only when the route has none.
+    #[default]
+    Override,
+    /// Both.
+    Include,
+    /// The route's only.
+    Ignore,
+}
+
+/// A request's descriptors from the route's `rate_limits`, then the
+/// virtual host's as `vh` says, those of `stage` only; `clusters` are this
+/// proxy's cluster and the route's (see [`DescriptorPolicy::descriptor`]).
+pub fn request_descriptors(
+    route: &[DescriptorPolicy],
+    vhost: &[DescriptorPolicy],
+    vh: VhRateLimits,
+    stage: u32,
+    (headers, pseudo, remote, clusters): (&http::HeaderMap, &Pseudo<'_>, IpAddr, (&str, Option<&str>)),
+) -> Vec<Entries> {
+    let vhost = match vh {
+        VhRateLimits::Include => vhost,
+        VhRateLimits::Override if route.is_empty() => vhost,
+        _ => &[][..],
+    };
+    route
+        .iter()
+        .chain(vhost)
+        .filter(|p| p.stage() == stage)
+        .filter_map(|p| p.descriptor(headers, pseudo, remote, clusters))
+        .collect()
 }

@@ -5,11 +5,11 @@
 use super::decision::{Allowed, Decision, Headers};
 use crate::body::ProxyBody;
 use crate::common::matcher::StringMatch;
+use crate::http::filters::service;
 use crate::upstream::cluster::{Cluster, ClusterMap};
 use arc_swap::ArcSwap;
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue};
-use http_body_util::BodyExt as _;
 use legate_api::pb::envoy::service::auth::v3::{CheckRequest, CheckResponse};
 use prost::Message as _;
 use std::sync::Arc;
@@ -64,30 +64,10 @@ impl Service {
 
     async fn grpc(&self, cluster: &Arc<Cluster>, check: &CheckRequest) -> Decision {
         let msg = check.encode_to_vec();
-        let mut framed = BytesMut::with_capacity(msg.len() + 5);
-        framed.put_u8(0);
-        framed.put_u32(msg.len() as u32);
-        framed.extend_from_slice(&msg);
-        let mut req = http::Request::new(ProxyBody::full(framed.freeze()));
-        *req.method_mut() = http::Method::POST;
-        let Ok(uri) = format!("http://{}{CHECK_PATH}", self.cluster).parse::<http::Uri>() else {
+        let Some(bytes) = service::unary(cluster, &self.cluster, CHECK_PATH, &msg, self.timeout).await else {
             return Decision::Error;
         };
-        *req.uri_mut() = uri;
-        let h = req.headers_mut();
-        h.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
-        h.insert(http::header::TE, HeaderValue::from_static("trailers"));
-        if let Ok(v) = HeaderValue::from_str(&format!("{}m", self.timeout.as_millis())) {
-            h.insert("grpc-timeout", v);
-        }
-        let Some((status, head, body)) = self.send(cluster, req).await else { return Decision::Error };
-        let grpc_status = |m: &HeaderMap| m.get("grpc-status").and_then(|v| v.to_str().ok()).map(str::to_owned);
-        let trailers = body.trailers().and_then(grpc_status);
-        let bytes = body.to_bytes();
-        if status != 200 || grpc_status(&head).or(trailers).as_deref() != Some("0") || bytes.len() < 5 {
-            return Decision::Error;
-        }
-        match CheckResponse::decode(&bytes[5..]) {
+        match CheckResponse::decode(bytes) {
             Ok(r) => super::decision::from_grpc(r),
             Err(_) => Decision::Error,
         }
@@ -130,35 +110,10 @@ impl Service {
             let Ok(a) = HeaderValue::from_str(&authority) else { return Decision::Error };
             req.headers_mut().insert(http::header::HOST, a);
         }
-        let Some((status, head, body)) = self.send(cluster, req).await else { return Decision::Error };
+        let Some((status, head, body)) = service::send(cluster, req, self.timeout).await else {
+            return Decision::Error;
+        };
         from_http(s, status, head, body.to_bytes())
-    }
-
-    /// One request to a host of the cluster, within the timeout.
-    async fn send(
-        &self,
-        cluster: &Arc<Cluster>,
-        req: http::Request<ProxyBody>,
-    ) -> Option<(u16, HeaderMap, http_body_util::Collected<Bytes>)> {
-        let host = cluster.pick()?;
-        let mut held = crate::upstream::pool::Held::default();
-        cluster.stats.upstream_rq_active.inc();
-        let out = tokio::time::timeout(self.timeout, async {
-            let resp = crate::upstream::pool::send(cluster, &host, req, &mut held).await.ok()?;
-            let status = resp.status().as_u16();
-            cluster.stats.record_status(status);
-            let (parts, body) = resp.into_parts();
-            let body = body.collect().await.ok()?;
-            Some((status, parts.headers, body))
-        })
-        .await
-        .ok()
-        .flatten();
-        cluster.stats.upstream_rq_active.dec();
-        cluster.stats.upstream_rq_completed.inc();
-        drop(held);
-        cluster.pools.release();
-        out
     }
 }
 

@@ -96,17 +96,7 @@ impl ExtAuthz {
     /// status (Envoy's `charge_cluster_response_stats`).
     fn charge_denied(&self, rq: &RequestCtx<'_>, status: u16) {
         let Some(c) = rq.route_cluster.filter(|_| self.charge_cluster_response_stats) else { return };
-        let class = status / 100;
-        for name in [
-            "upstream_rq_completed".to_string(),
-            format!("upstream_rq_{class}xx"),
-            format!("upstream_rq_{status}"),
-            format!("internal.upstream_rq_{class}xx"),
-            format!("internal.upstream_rq_{status}"),
-            "internal.upstream_rq_completed".to_string(),
-        ] {
-            self.store.counter(&format!("cluster.{c}.{name}")).inc();
-        }
+        crate::http::filters::service::charge_response(&self.store, c, status);
     }
 
     /// What the filter does with a decision.
