@@ -252,14 +252,25 @@ pub fn curl_h2(port: u16, r: &Req) -> Resp {
 /// bytes and, when it says `content-encoding: gzip`, `br` or `zstd`,
 /// decompressed (`x-test-decoded: true` then).
 pub fn get_decoded(port: u16, r: &Req) -> Resp {
+    send_bytes_decoded(port, r, &[])
+}
+
+/// As [`get_decoded`], with `body` (any bytes, with its `content-length`)
+/// sent after the head when it is not empty.
+pub fn send_bytes_decoded(port: u16, r: &Req, body: &[u8]) -> Resp {
     let mut s = TcpStream::connect(addr(port)).expect("connect");
     s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
     let mut req = format!("{} {} HTTP/1.1\r\nhost: {}\r\nconnection: close\r\n", r.method, r.path, r.host);
+    if !body.is_empty() {
+        req.push_str(&format!("content-length: {}\r\n", body.len()));
+    }
     for (k, v) in &r.headers {
         req.push_str(&format!("{k}: {v}\r\n"));
     }
     req.push_str("\r\n");
-    s.write_all(req.as_bytes()).expect("write");
+    let mut bytes = req.into_bytes();
+    bytes.extend_from_slice(body);
+    s.write_all(&bytes).expect("write");
     let mut raw = Vec::new();
     s.read_to_end(&mut raw).expect("read");
     let split = raw.windows(4).position(|w| w == b"\r\n\r\n").expect("a response head");

@@ -3,14 +3,14 @@
 
 /// A streaming encoder writing into a buffer the body drains.
 pub enum Encoder {
-    Gzip(flate2::write::GzEncoder<Vec<u8>>),
+    Gzip(Box<flate2::write::GzEncoder<Vec<u8>>>),
     Brotli(Box<brotli::CompressorWriter<Vec<u8>>>),
     Zstd(Box<zstd::stream::write::Encoder<'static, Vec<u8>>>),
 }
 
 impl Encoder {
     pub fn gzip(level: u32) -> Self {
-        Self::Gzip(flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(level)))
+        Self::Gzip(Box::new(flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(level))))
     }
 
     /// `quality` 0-11, `window_bits` 10-24 (Envoy's defaults: 3 and 18).
