@@ -2,6 +2,9 @@
 //! every request with 200 and a JSON echo of what it received, and names
 //! itself in `x-upstream`. `/status/NNN` answers NNN; `/delay/MS` waits first; `/slow-body/MS`
 //! sends its headers at once and the end of its body MS later (anywhere in the path).
+//! `/with-body` adds the request body to the echo; `/zeros/N` answers N zero
+//! bytes instead; `/encode/<gzip|br|zstd>` compresses the answer with that
+//! coding and says so in `content-encoding`.
 //!
 //! Upgrades: a WebSocket handshake (`Upgrade: websocket`) is accepted with
 //! a real 101; the upstream then sends one text message, the JSON of the
@@ -255,18 +258,57 @@ async fn respond(args: &EchoArgs, peer: SocketAddr, req: hyper::Request<Incoming
             "headers": headers,
             "body_bytes": received.len(),
         });
+        let mut v = v;
+        if path.split('/').any(|p| p == "with-body") {
+            v["body"] = serde_json::Value::String(String::from_utf8_lossy(&received).into_owned());
+        }
         if args.log_requests {
             println!("{v}");
         }
         Bytes::from(serde_json::to_vec(&v).unwrap_or_default())
     };
+    let body = match segment_after("zeros") {
+        Some(n) => Bytes::from(vec![0u8; n.min(64 << 20) as usize]),
+        None => body,
+    };
+    let coding = {
+        let mut parts = path.split('/');
+        parts.by_ref().find(|p| *p == "encode").and(parts.next()).map(str::to_owned)
+    };
+    let (body, coding) = match coding.as_deref().and_then(|c| encode(c, &body).map(|b| (b, c))) {
+        Some((b, c)) => (Bytes::from(b), Some(c)),
+        None => (body, None),
+    };
     let mut resp = hyper::Response::new(Full::new(body));
+    if let Some(c) = coding.and_then(|c| http::HeaderValue::from_str(c).ok()) {
+        resp.headers_mut().insert("content-encoding", c);
+    }
     *resp.status_mut() = http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::OK);
     resp.headers_mut().insert("content-type", http::HeaderValue::from_static("application/json"));
     if let Ok(v) = http::HeaderValue::from_str(&args.name) {
         resp.headers_mut().insert("x-upstream", v);
     }
     resp
+}
+
+/// `body` compressed with `coding` (`gzip`, `br` or `zstd`), for
+/// `/encode/<coding>`.
+fn encode(coding: &str, body: &[u8]) -> Option<Vec<u8>> {
+    use std::io::Write as _;
+    match coding {
+        "gzip" => {
+            let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+            e.write_all(body).ok()?;
+            e.finish().ok()
+        }
+        "br" => {
+            let mut w = brotli::CompressorWriter::new(Vec::new(), 4096, 5, 22);
+            w.write_all(body).ok()?;
+            Some(w.into_inner())
+        }
+        "zstd" => zstd::stream::encode_all(body, 3).ok(),
+        _ => None,
+    }
 }
 
 /// An HTTP/2 server that refuses every stream it is sent, and counts them

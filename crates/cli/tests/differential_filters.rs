@@ -545,3 +545,226 @@ fn gzip_window_bits_and_memory_level() {
     assert_eq!(inflate_with_window(&wide, 15).expect("15-bit window"), body.as_bytes());
     same_compressor_stats(&pair);
 }
+
+/// `data` compressed with `coding` (gzip, br or zstd).
+fn packed(coding: &str, data: &[u8]) -> Vec<u8> {
+    use std::io::Write as _;
+    match coding {
+        "gzip" => {
+            let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+            e.write_all(data).expect("gzip");
+            e.finish().expect("gzip")
+        }
+        "br" => {
+            let mut w = brotli::CompressorWriter::new(Vec::new(), 4096, 5, 22);
+            w.write_all(data).expect("brotli");
+            w.into_inner()
+        }
+        _ => zstd::stream::encode_all(data, 3).expect("zstd"),
+    }
+}
+
+/// Three decompressors (gzip, brotli, zstd) in one chain, each with other
+/// settings: request bodies and responses decompressed in both directions,
+/// only the first coding taken, `no-transform` honoured or ignored,
+/// `accept-encoding` advertised upstream (or not), stats alike, and a
+/// decompression bomb cut at the inflate ratio by both.
+#[test]
+fn decompressor_both_directions_three_libraries() {
+    let filters = r#"          - name: envoy.filters.http.decompressor
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.decompressor.v3.Decompressor
+              decompressor_library:
+                name: gz
+                typed_config: { "@type": type.googleapis.com/envoy.extensions.compression.gzip.decompressor.v3.Gzip, chunk_size: 8192, max_inflate_ratio: 100 }
+          - name: decompress-br
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.decompressor.v3.Decompressor
+              decompressor_library:
+                name: brl
+                typed_config: { "@type": type.googleapis.com/envoy.extensions.compression.brotli.decompressor.v3.Brotli, disable_ring_buffer_reallocation: true }
+              request_direction_config: { advertise_accept_encoding: false }
+          - name: decompress-zstd
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.decompressor.v3.Decompressor
+              decompressor_library:
+                name: zs
+                typed_config: { "@type": type.googleapis.com/envoy.extensions.compression.zstd.decompressor.v3.Zstd, chunk_size: 4096 }
+              request_direction_config: { common_config: { ignore_no_transform_header: true } }
+              response_direction_config: { common_config: { enabled: { default_value: false, runtime_key: zstd_responses } } }
+"#;
+    let t = filtered(filters, &one_vhost(ALL_TO_ECHO));
+    let pair = start_pair("decompressor", &t, &["a"]);
+    let text: String = (0..400).map(|i| format!("line {i} of an uploaded body\n")).collect();
+    let post = |ce: &str| get("/up/with-body").method("POST").header("content-encoding", ce.to_string());
+    let gz_br = packed("gzip", &packed("br", text.as_bytes()));
+    let cases: Vec<(Req, Vec<u8>)> = vec![
+        (post("gzip"), packed("gzip", text.as_bytes())),
+        (post("br"), packed("br", text.as_bytes())),
+        (post("zstd"), packed("zstd", text.as_bytes())),
+        (post("gzip, br"), gz_br.clone()),
+        (post("br, gzip"), gz_br),
+        (post("deflate"), text.as_bytes().to_vec()),
+        (post("gzip").header("cache-control", "no-transform"), packed("gzip", text.as_bytes())),
+        (post("zstd").header("cache-control", "no-transform"), packed("zstd", text.as_bytes())),
+        (get("/down/encode/gzip"), vec![]),
+        (get("/down/encode/br").header("accept-encoding", "br;q=0.5, gzip;q=0.2"), vec![]),
+        (get("/down/encode/zstd").header("accept-encoding", "zstd"), vec![]),
+        (get("/down/status/204"), vec![]),
+    ];
+    let mut problems = Vec::new();
+    for (r, body) in &cases {
+        let (e, l) = (send_bytes_decoded(pair.envoy, r, body), send_bytes_decoded(pair.legate, r, body));
+        let (mut ev, mut lv) = (view(&e), view(&l));
+        for (v, resp) in [(&mut ev, &e), (&mut lv, &l)] {
+            let echo: Option<Value> = serde_json::from_str(&resp.body).ok();
+            let received = echo.as_ref().and_then(|j| j["body"].as_str()).map(|b| (b == text).to_string());
+            v.insert("upstream received the text".into(), format!("{received:?}"));
+            v.insert("decoded by the client".into(), resp.header("x-test-decoded").is_some().to_string());
+            // A body that stays compressed holds the random x-request-id:
+            // its length varies.
+            if resp.header("x-test-decoded").is_some() {
+                v.remove("resp:content-length");
+            }
+        }
+        let d = diff(&ev, &lv);
+        if !d.is_empty() {
+            problems.push(format!("{} {} {:?}:\n{}", r.method, r.path, r.headers, d.join("\n")));
+        }
+    }
+    assert!(problems.is_empty(), "Legate differs from Envoy:\n{}", problems.join("\n"));
+    // Every decompressor counter alike (the bytes too: they are the same
+    // bodies, decompressed).
+    // Not the compressed bytes of responses: those hold the random request id.
+    let stats = |admin| {
+        let mut m = stats_matching(admin, ".decompressor.");
+        m.retain(|k, _| !k.ends_with("response.total_compressed_bytes"));
+        m
+    };
+    let (e, l) = (stats(pair.envoy_admin), stats(pair.legate_admin));
+    let e: BTreeMap<_, _> = e.into_iter().filter(|(k, v)| *v != 0 || l.contains_key(k)).collect();
+    let l: BTreeMap<_, _> = l.into_iter().filter(|(k, v)| *v != 0 || e.contains_key(k)).collect();
+    assert_eq!(e, l, "decompressor stats differ");
+    assert!(e.get("http.ingress_http.decompressor.gz.gzip.request.decompressed").is_some_and(|v| *v >= 2), "{e:?}");
+
+    // A bomb: 16 MiB of zeros in about 16 KiB of gzip. Both stop near 100
+    // times what arrived; the zlib error counts it.
+    let bomb = get("/down/zeros/16777216/encode/gzip");
+    let (e, l) = (send_bytes_decoded(pair.envoy, &bomb, &[]), send_bytes_decoded(pair.legate, &bomb, &[]));
+    assert_eq!((e.status, l.status), (200, 200));
+    let compressed = packed("gzip", &vec![0u8; 16 << 20]).len();
+    for (who, r) in [("envoy", &e), ("legate", &l)] {
+        assert!(r.body.len() < 16 << 20, "{who} inflated the whole bomb");
+        assert!(r.body.len() <= 100 * compressed + 8192, "{who} gave {} bytes for {compressed}", r.body.len());
+        assert!(r.body.bytes().all(|b| b == 0), "{who} gave other bytes");
+    }
+    let err = "http.ingress_http.decompressor.gz.gzip.decompressor_library.zlib_data_error";
+    let (ee, le) = (stat(pair.envoy_admin, err), stat(pair.legate_admin, err));
+    assert!(ee.is_some_and(|v| v >= 1) && le.is_some_and(|v| v >= 1), "{err}: envoy={ee:?} legate={le:?}");
+    println!("bomb of {compressed} bytes: envoy gave {} bytes, legate {}", e.body.len(), l.body.len());
+}
+
+/// A request header input, in the matcher's YAML.
+fn header_input(name: &str) -> String {
+    format!(
+        r#"{{ name: h, typed_config: {{ "@type": type.googleapis.com/envoy.type.matcher.v3.HttpRequestHeaderMatchInput, header_name: "{name}" }} }}"#
+    )
+}
+
+/// An RBAC action, in the matcher's YAML.
+fn rbac_action(name: &str, action: &str) -> String {
+    format!(
+        r#"{{ action: {{ name: a, typed_config: {{ "@type": type.googleapis.com/envoy.config.rbac.v3.Action, name: {name}, action: {action} }} }} }}"#
+    )
+}
+
+/// RBAC's `matcher` (a list of and/or/not/single predicates over headers,
+/// pseudo-headers, addresses and ports, a nested tree, `on_no_match`)
+/// and `shadow_matcher` (an exact map), through both proxies.
+#[test]
+fn rbac_matcher_and_shadow_matcher() {
+    let net = "type.googleapis.com/envoy.extensions.matching.common_inputs.network.v3";
+    let filters = format!(
+        r#"          - name: envoy.filters.http.rbac
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC
+              rules: {{ action: DENY }}
+              matcher:
+                matcher_list:
+                  matchers:
+                  - predicate:
+                      and_matcher:
+                        predicate:
+                        - single_predicate: {{ input: {role}, value_match: {{ exact: admin }} }}
+                        - single_predicate: {{ input: {{ name: ip, typed_config: {{ "@type": {net}.SourceIPInput }} }}, value_match: {{ exact: 127.0.0.1 }} }}
+                    on_match:
+                      matcher:
+                        matcher_tree:
+                          input: {{ name: m, typed_config: {{ "@type": type.googleapis.com/envoy.type.matcher.v3.HttpRequestHeaderMatchInput, header_name: ":method" }} }}
+                          exact_match_map: {{ map: {{ GET: {allow_admin}, DELETE: {deny_delete} }} }}
+                  - predicate:
+                      or_matcher:
+                        predicate:
+                        - single_predicate: {{ input: {forbidden}, value_match: {{ safe_regex: {{ google_re2: {{}}, regex: ".*" }} }} }}
+                        - single_predicate: {{ input: {{ name: p, typed_config: {{ "@type": {net}.DestinationPortInput }} }}, value_match: {{ exact: "1" }} }}
+                        - single_predicate: {{ input: {path}, value_match: {{ prefix: /private, ignore_case: true }} }}
+                    on_match: {forbid}
+                  - predicate:
+                      not_matcher:
+                        single_predicate:
+                          input: {referer}
+                          value_match: {{ safe_regex: {{ google_re2: {{}}, regex: "https?://(www\\.)?example\\.com/.*" }} }}
+                    on_match: {illegal}
+                on_no_match: {pass}
+              shadow_matcher:
+                matcher_tree:
+                  input: {tenant}
+                  prefix_match_map: {{ map: {{ "a": {allow_a}, "ab": {deny_ab} }} }}
+                on_no_match: {deny_rest}
+"#,
+        role = header_input("x-role"),
+        forbidden = header_input("x-forbidden"),
+        path = header_input(":path"),
+        referer = header_input("referer"),
+        tenant = header_input("x-tenant"),
+        allow_admin = rbac_action("admin", "ALLOW"),
+        deny_delete = rbac_action("no-delete", "DENY"),
+        forbid = rbac_action("forbidden", "DENY"),
+        illegal = rbac_action("illegal-referer", "DENY"),
+        pass = rbac_action("all-pass", "ALLOW"),
+        allow_a = rbac_action("tenant-a", "ALLOW"),
+        deny_ab = rbac_action("tenant-ab", "DENY"),
+        deny_rest = rbac_action("others", "DENY"),
+    );
+    let ok = |p: &str| get(p).header("referer", "https://example.com/docs");
+    let pair = compare(
+        "rbac-matcher",
+        &filtered(&filters, &one_vhost(ALL_TO_ECHO)),
+        &["a"],
+        &[
+            ok("/"),
+            get("/"),
+            get("/").header("referer", "https://evil.example/"),
+            get("/").header("x-role", "admin"),
+            get("/").method("DELETE").header("x-role", "admin"),
+            get("/").method("POST").header("x-role", "admin"),
+            get("/").header("x-role", "admin").header("x-role", "other"),
+            get("/").header("x-role", "admin").header("x-forwarded-for", "192.0.2.7"),
+            ok("/?deny=1"),
+            ok("/a").header("x-forbidden", "yes"),
+            ok("/PRIVATE/x"),
+            ok("/t").header("x-tenant", "a1"),
+            ok("/t").header("x-tenant", "abc"),
+            ok("/t").header("x-tenant", "b"),
+        ],
+    );
+    same_stats(
+        &pair,
+        &[
+            "http.ingress_http.rbac.allowed",
+            "http.ingress_http.rbac.denied",
+            "http.ingress_http.rbac.shadow_allowed",
+            "http.ingress_http.rbac.shadow_denied",
+        ],
+    );
+}

@@ -252,7 +252,13 @@ pub fn curl_h2(port: u16, r: &Req) -> Resp {
 /// bytes and, when it says `content-encoding: gzip`, `br` or `zstd`,
 /// decompressed (`x-test-decoded: true` then).
 pub fn get_decoded(port: u16, r: &Req) -> Resp {
-    let (status, mut headers, mut body) = get_bytes(port, r);
+    send_bytes_decoded(port, r, &[])
+}
+
+/// As [`get_decoded`], with `body` (any bytes, with its `content-length`)
+/// sent after the head when it is not empty.
+pub fn send_bytes_decoded(port: u16, r: &Req, body: &[u8]) -> Resp {
+    let (status, mut headers, mut body) = send_bytes(port, r, body);
     let encoding = headers.iter().find(|(k, _)| k == "content-encoding").map(|(_, v)| v.clone());
     let mut out = Vec::new();
     match encoding.as_deref() {
@@ -277,14 +283,25 @@ pub fn get_decoded(port: u16, r: &Req) -> Resp {
 /// One HTTP/1.1 request (connection: close): the status, headers and the
 /// body's bytes as sent (de-chunked, not decompressed).
 pub fn get_bytes(port: u16, r: &Req) -> (u16, Vec<(String, String)>, Vec<u8>) {
+    send_bytes(port, r, &[])
+}
+
+/// As [`get_bytes`], with `body` (any bytes, with its `content-length`)
+/// sent after the head when it is not empty.
+pub fn send_bytes(port: u16, r: &Req, body: &[u8]) -> (u16, Vec<(String, String)>, Vec<u8>) {
     let mut s = TcpStream::connect(addr(port)).expect("connect");
     s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
     let mut req = format!("{} {} HTTP/1.1\r\nhost: {}\r\nconnection: close\r\n", r.method, r.path, r.host);
+    if !body.is_empty() {
+        req.push_str(&format!("content-length: {}\r\n", body.len()));
+    }
     for (k, v) in &r.headers {
         req.push_str(&format!("{k}: {v}\r\n"));
     }
     req.push_str("\r\n");
-    s.write_all(req.as_bytes()).expect("write");
+    let mut bytes = req.into_bytes();
+    bytes.extend_from_slice(body);
+    s.write_all(&bytes).expect("write");
     let mut raw = Vec::new();
     s.read_to_end(&mut raw).expect("read");
     let split = raw.windows(4).position(|w| w == b"\r\n\r\n").expect("a response head");

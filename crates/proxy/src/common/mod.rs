@@ -10,6 +10,7 @@ pub mod datasource;
 pub mod format;
 pub mod fraction;
 pub mod local_address;
+pub mod match_tree;
 pub mod matcher;
 pub mod metadata;
 pub mod overload;

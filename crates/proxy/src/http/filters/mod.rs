@@ -11,6 +11,7 @@ pub mod buffer;
 pub mod compressor;
 pub mod cors;
 pub mod csrf;
+pub mod decompressor;
 pub mod ext_authz;
 pub mod ext_proc;
 pub mod fault;

@@ -4,8 +4,8 @@
 
 use crate::http::filters::api::Registration;
 use crate::http::filters::{
-    buffer, compressor, cors, csrf, ext_authz, ext_proc, fault, grpc_http1_bridge, grpc_web, header_to_metadata,
-    health_check, jwt, local_ratelimit, lua, ratelimit, rbac,
+    buffer, compressor, cors, csrf, decompressor, ext_authz, ext_proc, fault, grpc_http1_bridge, grpc_web,
+    header_to_metadata, health_check, jwt, local_ratelimit, lua, ratelimit, rbac,
 };
 use crate::http::route::per_filter::PerRouteConfig;
 use legate_api::pb::google::protobuf::Any;
@@ -25,6 +25,7 @@ pub static HTTP_FILTERS: &[Registration] = &[
     csrf::REGISTRATION,
     grpc_http1_bridge::REGISTRATION,
     compressor::REGISTRATION,
+    decompressor::REGISTRATION,
     jwt::REGISTRATION,
     lua::REGISTRATION,
     buffer::REGISTRATION,

@@ -84,6 +84,7 @@ fn subject(conn: &ConnCtx) -> Subject<'_> {
         sni: conn.sni.as_deref().unwrap_or(""),
         direct_remote: conn.remote.ip(),
         remote: conn.remote.ip(),
+        peer_port: conn.remote.port(),
         local: conn.local,
     }
 }

@@ -73,6 +73,8 @@ pub struct Subject<'a> {
     pub direct_remote: IpAddr,
     /// The client as x-forwarded-for tells it (`remote_ip`).
     pub remote: IpAddr,
+    /// The connection's peer's port (the matcher's source port input).
+    pub peer_port: u16,
     /// The address the connection came in on (`destination_port`, `destination_ip`).
     pub local: SocketAddr,
 }
@@ -204,7 +206,7 @@ impl Principal {
 }
 
 #[derive(Debug)]
-struct Policy {
+pub struct Policy {
     permissions: Vec<Permission>,
     principals: Vec<Principal>,
 }
@@ -227,18 +229,22 @@ impl Policy {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
-enum Action {
+pub enum Action {
     Allow,
     Deny,
     Log,
 }
 
-/// One set of rules (`rules` or `shadow_rules`).
+/// One set of rules (`rules` or `shadow_rules`), or a matcher (`matcher`
+/// or `shadow_matcher`, see `super::matcher`).
 #[derive(Debug)]
-pub struct Engine {
-    action: Action,
-    /// Sorted by name, so evaluation order does not depend on map order.
-    policies: Vec<(String, Policy)>,
+pub enum Engine {
+    Policies {
+        action: Action,
+        /// Sorted by name, so evaluation order does not depend on map order.
+        policies: Vec<(String, Policy)>,
+    },
+    Matcher(super::matcher::RbacTree),
 }
 
 impl Engine {
@@ -260,13 +266,17 @@ impl Engine {
             })
             .collect::<Result<Vec<_>, _>>()?;
         policies.sort_by(|a, b| a.0.cmp(&b.0));
-        Ok(Self { action, policies })
+        Ok(Self::Policies { action, policies })
     }
 
     /// Whether the request may pass.
     pub fn allows(&self, s: &Subject<'_>) -> bool {
-        let matched = self.policies.iter().any(|(_, p)| p.matches(s));
-        match self.action {
+        let (action, policies) = match self {
+            Self::Policies { action, policies } => (action, policies),
+            Self::Matcher(t) => return super::matcher::allows(t, s),
+        };
+        let matched = policies.iter().any(|(_, p)| p.matches(s));
+        match action {
             Action::Allow => matched,
             Action::Deny => !matched,
             Action::Log => true,
@@ -395,6 +405,7 @@ mod tests {
                 sni: "",
                 direct_remote: self.direct,
                 remote: self.remote,
+                peer_port: 40000,
                 local: SocketAddr::new("127.0.0.1".parse().expect("ip"), self.port),
             };
             e.allows(&s)

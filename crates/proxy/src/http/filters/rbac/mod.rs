@@ -1,9 +1,11 @@
 //! `envoy.filters.http.rbac`: a request passes when the enforced rules of
 //! the filter (or of the route's `RBACPerRoute`, which replaces them) allow
 //! it, else it is answered 403; shadow rules are only counted. The rules
-//! are evaluated by the engine in `engine`.
+//! are evaluated by the engine in `engine`, or by the match tree of
+//! `matcher` / `shadow_matcher` (`matcher`).
 
 pub mod engine;
+pub mod matcher;
 
 use crate::http::filters::api::{
     FilterContext, FilterStatus, HttpFilter, PerRouteRegistration, Registration, RequestCtx, ResponseState, Verdict,
@@ -35,11 +37,22 @@ pub struct Rbac {
 pub type Config = legate_api::pb::envoy::extensions::filters::http::rbac::v3::Rbac;
 
 /// The engines of an `RBAC` message (the filter's, or a route's override).
+/// As in Envoy, a `matcher` wins over `rules` (and `shadow_matcher` over
+/// `shadow_rules`), which are then ignored.
 pub fn engines(c: &Config) -> Result<(Option<Engine>, Option<Engine>), String> {
-    if c.matcher.is_some() || c.shadow_matcher.is_some() {
-        return Err("matcher and shadow_matcher are not supported (use rules)".into());
-    }
-    engines_of(c.rules.as_ref(), c.shadow_rules.as_ref())
+    let (rules, shadow) = engines_of(
+        c.rules.as_ref().filter(|_| c.matcher.is_none()),
+        c.shadow_rules.as_ref().filter(|_| c.shadow_matcher.is_none()),
+    )?;
+    let enforced = match &c.matcher {
+        Some(m) => Some(matcher::engine(m, "matcher")?),
+        None => rules,
+    };
+    let shadow = match &c.shadow_matcher {
+        Some(m) => Some(matcher::engine(m, "shadow_matcher")?),
+        None => shadow,
+    };
+    Ok((enforced, shadow))
 }
 
 impl Rbac {
@@ -103,6 +116,7 @@ impl HttpFilter for Rbac {
             sni: rq.sni,
             direct_remote: rq.direct_remote,
             remote: rq.remote,
+            peer_port: rq.peer.port(),
             local: rq.local,
         };
         if self.check(&subject, rq.per_route::<RoutePolicy>()) {
