@@ -10,6 +10,8 @@ pub enum Kind {
     Listener,
     RouteConfiguration,
     Secret,
+    /// An RTDS layer's values (`envoy.service.runtime.v3.Runtime`).
+    Runtime,
     /// Higher-level kinds, compiled into the Envoy kinds above (see `mesh`).
     Service,
     Gateway,
@@ -22,8 +24,8 @@ pub enum Kind {
     Rollout,
 }
 
-pub const ALL_KINDS: [Kind; 5] =
-    [Kind::Cluster, Kind::ClusterLoadAssignment, Kind::Listener, Kind::RouteConfiguration, Kind::Secret];
+pub const ALL_KINDS: [Kind; 6] =
+    [Kind::Cluster, Kind::ClusterLoadAssignment, Kind::Listener, Kind::RouteConfiguration, Kind::Secret, Kind::Runtime];
 
 impl Kind {
     pub fn parse(s: &str) -> Option<Self> {
@@ -33,6 +35,7 @@ impl Kind {
             "listener" | "listeners" | "lds" => Self::Listener,
             "routeconfiguration" | "routeconfigurations" | "routes" | "rds" => Self::RouteConfiguration,
             "secret" | "secrets" | "sds" => Self::Secret,
+            "runtime" | "runtimes" | "rtds" => Self::Runtime,
             "service" | "services" | "svc" => Self::Service,
             "gateway" | "gateways" | "gw" => Self::Gateway,
             "route" | "httproute" => Self::Route,
@@ -50,6 +53,7 @@ impl Kind {
             Self::Listener => "Listener",
             Self::RouteConfiguration => "RouteConfiguration",
             Self::Secret => "Secret",
+            Self::Runtime => "Runtime",
             Self::Service => "Service",
             Self::Gateway => "Gateway",
             Self::Route => "Route",
@@ -71,6 +75,7 @@ impl Kind {
             Self::Listener => "type.googleapis.com/envoy.config.listener.v3.Listener",
             Self::RouteConfiguration => "type.googleapis.com/envoy.config.route.v3.RouteConfiguration",
             Self::Secret => "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret",
+            Self::Runtime => "type.googleapis.com/envoy.service.runtime.v3.Runtime",
             Self::Service | Self::Gateway | Self::Route | Self::AlertRule | Self::Release | Self::Rollout => "",
         }
     }
