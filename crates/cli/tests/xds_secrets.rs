@@ -58,10 +58,15 @@ fn sds_over_ads_to_envoy_and_legate() {
         attach("legate-delta", "sds-legate-delta", &cp, true, dir),
     ];
 
-    // Listeners first, their secret later: they warm, serving nothing.
+    // Listeners first, their secret later: refused unless forced; forced,
+    // they warm, serving nothing.
     let mut docs: Vec<String> =
         proxies.iter().map(|p| ads_tls_listener(&format!("tls-{}", p.who), p.node, p.port, "server")).collect();
-    cp.apply(dir, &docs.join("---\n"));
+    let early = dir.join("early-listeners.yaml");
+    std::fs::write(&early, docs.join("---\n")).expect("write");
+    let (ok, out) = cp.ctl(&["apply", "-f", early.to_str().expect("path")]);
+    assert!(!ok && out.contains("no Secret named 'server'") && out.contains("--force"), "{out}");
+    cp.apply_forced(dir, &docs.join("---\n"));
     for p in &proxies {
         wait_for(&format!("{}: a listener warming", p.who), Duration::from_secs(10), || {
             (stat_text(p.admin, "listener_manager.total_listeners_warming") == Some(1)).then_some(())
