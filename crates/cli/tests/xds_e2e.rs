@@ -369,13 +369,14 @@ fn registry_instances_feed_eds() {
     let cp = ControlPlane::start(dir.path());
     let listen = free_port();
     // The service's cluster, listener and routes, but no ClusterLoadAssignment:
-    // the registry supplies it.
+    // the registry supplies it once an instance registers (until then the
+    // EDS cluster has no assignment: a forced apply).
     let docs: String = resources(listen, 1, &[], "")
         .split("---")
         .filter(|d| !d.contains("kind: ClusterLoadAssignment"))
         .collect::<Vec<_>>()
         .join("---");
-    cp.apply(dir.path(), &docs);
+    cp.apply_forced(dir.path(), &docs);
     let proxy = attach(Bin::Legate, &cp, "registry-proxy", true, dir.path());
     let register = |port: u16, id: &str, ttl: u64| {
         cp.register(
