@@ -170,3 +170,118 @@ fn the_global_connection_limit_runtime_key_closes_what_is_over_it() {
         assert!(*admin >= 1, "{who}: the admin connection refused");
     }
 }
+
+/// A `Runtime` resource for every proxy: the RTDS layer `name`'s abort share.
+fn runtime_doc(name: &str, percent: u32) -> String {
+    format!(
+        "kind: Runtime\nmetadata: {{ name: {name} }}\nspec:\n  name: {name}\n  layer:\n    \
+         fault: {{ http: {{ abort: {{ abort_percent: {percent} }} }} }}\n    feature: {{ on: true }}\n"
+    )
+}
+
+/// Envoy 1.40 and `legate proxy` on one control plane, each with a static
+/// layer aborting every request and an RTDS layer above it: what an apply
+/// of the `Runtime` resource says is what both serve and show. The
+/// listeners come only after the RTDS layer's first resource (CDS and LDS
+/// wait for it), so no request ever sees the static layer alone.
+#[test]
+fn rtds_layers_from_the_control_plane_as_in_envoy() {
+    let dir = TempDir::new("runtime-rtds");
+    let (_up, upstream) = echo("up", dir.path());
+    let cp = ControlPlane::start(dir.path());
+    cp.apply(dir.path(), &runtime_doc("rt", 0));
+    let fault = "http_filters: [".to_string() + FAULT;
+    let mut sides = Vec::new();
+    for (bin, node, delta) in
+        [(Bin::Envoy, "envoy-rt", false), (Bin::Legate, "legate-rt", false), (Bin::Legate, "legate-rt-delta", true)]
+    {
+        let listen = free_port();
+        let docs = harness::xds::web_resources(listen, upstream, &[node], node).replace("http_filters: [", &fault);
+        cp.apply(dir.path(), &docs);
+        let admin = free_port();
+        let server = format!("http://127.0.0.1:{}", cp.api);
+        let flags: &[&str] = if delta { &["--delta"] } else { &[] };
+        let boot = harness::control::ctl_bootstrap(&server, node, cp.xds, admin, flags)
+            + "layered_runtime:\n  layers:\n  - name: base\n    static_layer: { fault.http.abort.abort_percent: 100 }\n  \
+               - name: rtds\n    rtds_layer: { name: rt, rtds_config: { ads: {}, resource_api_version: V3 } }\n";
+        let proxy = harness::control::start_on(bin, &boot, node, admin, dir.path());
+        // From its first answer on, the RTDS layer's 0 holds.
+        let first =
+            wait_for(&format!("{node}: traffic"), Duration::from_secs(20), || http_get(addr(listen), "/", "app").ok());
+        assert_eq!(first.status, 200, "{node}: the first request sees the RTDS layer");
+        sides.push((node, proxy, listen));
+    }
+    let shown: Vec<_> = sides.iter().map(|(_, p, _)| admin_json(p.admin, "/runtime")).collect();
+    eprintln!("/runtime: {}", shown[0]);
+    assert_eq!(shown[0]["layers"], serde_json::json!(["base", "rtds"]), "Envoy's layer order");
+    assert_eq!(shown[0]["entries"]["fault.http.abort.abort_percent"]["final_value"], "0");
+    for s in &shown[1..] {
+        assert_eq!(*s, shown[0], "/runtime as Envoy shows it");
+    }
+
+    // An apply changes the layer: every request aborted, on every proxy.
+    cp.apply(dir.path(), &runtime_doc("rt", 100));
+    for (node, _, listen) in &sides {
+        wait_for(&format!("{node}: the new RTDS layer"), Duration::from_secs(10), || {
+            (http_get(addr(*listen), "/", "app").ok()?.status == 503).then_some(())
+        });
+    }
+    let shown: Vec<_> = sides.iter().map(|(_, p, _)| admin_json(p.admin, "/runtime")).collect();
+    for s in &shown[1..] {
+        assert_eq!(*s, shown[0], "/runtime after the apply");
+    }
+    assert_eq!(
+        shown[0]["entries"]["fault.http.abort.abort_percent"]["layer_values"],
+        serde_json::json!(["100", "100"])
+    );
+    let stats: Vec<_> = sides
+        .iter()
+        .map(|(_, p, _)| {
+            ["runtime.update_success", "runtime.update_rejected", "runtime.num_layers"].map(|n| (n, stat(p.admin, n)))
+        })
+        .collect();
+    eprintln!("RTDS stats: {stats:?}");
+    assert_eq!(stats[1], stats[0], "runtime stats as Envoy counts them");
+    // A layer whose resource does not exist yet: the proxies start after
+    // its initial fetch timeout, on the layers below, and take the
+    // resource when an apply brings it.
+    let mut late = Vec::new();
+    for (bin, node) in [(Bin::Envoy, "envoy-late"), (Bin::Legate, "legate-late")] {
+        let listen = free_port();
+        let docs = harness::xds::web_resources(listen, upstream, &[node], node).replace("http_filters: [", &fault);
+        cp.apply(dir.path(), &docs);
+        let admin = free_port();
+        let server = format!("http://127.0.0.1:{}", cp.api);
+        let boot = harness::control::ctl_bootstrap(&server, node, cp.xds, admin, &[])
+            + "layered_runtime:\n  layers:\n  - name: base\n    static_layer: { fault.http.abort.abort_percent: 100 }\n  \
+               - name: later\n    rtds_layer: { name: rt-late, rtds_config: { ads: {}, initial_fetch_timeout: 1s } }\n";
+        let proxy = harness::control::start_on(bin, &boot, node, admin, dir.path());
+        let first =
+            wait_for(&format!("{node}: traffic"), Duration::from_secs(20), || http_get(addr(listen), "/", "app").ok());
+        assert_eq!(first.status, 503, "{node}: the static layer alone");
+        late.push((node, proxy, listen));
+    }
+    cp.apply(dir.path(), &runtime_doc("rt-late", 0));
+    for (node, _, listen) in &late {
+        wait_for(&format!("{node}: the late RTDS layer"), Duration::from_secs(10), || {
+            (http_get(addr(*listen), "/", "app").ok()?.status == 200).then_some(())
+        });
+    }
+    let shown: Vec<_> = late.iter().map(|(_, p, _)| admin_json(p.admin, "/runtime")).collect();
+    assert_eq!(shown[1], shown[0], "/runtime with the late layer");
+    let stats: Vec<_> = late
+        .iter()
+        .map(|(_, p, _)| ["runtime.init_fetch_timeout", "runtime.update_success"].map(|n| (n, stat(p.admin, n))))
+        .collect();
+    eprintln!("late RTDS stats: {stats:?}");
+    assert_eq!(stats[1], stats[0], "runtime stats as Envoy counts them");
+
+    // Every proxy ACKed the Runtime resource (CSDS).
+    for (node, _, _) in &sides {
+        wait_for(&format!("{node}: Runtime ACKed"), Duration::from_secs(10), || {
+            csds(cp.xds, node)
+                .into_iter()
+                .find(|(ty, name, status)| ty.ends_with("Runtime") && name == "rt" && *status == 3)
+        });
+    }
+}

@@ -194,6 +194,51 @@ fn apply_refuses_invalid_resources() {
     assert!(ok);
     let v: Value = serde_json::from_str(&out).expect("json");
     assert_eq!(v["items"].as_array().map(Vec::len), Some(0), "nothing was published");
+
+    // References: a route to a cluster, an RDS name, an EDS cluster's
+    // endpoints that no resource defines are refused, with their fields.
+    let route = harness::xds::route_to("main", "", "ghost");
+    let listener = harness::xds::rds_listener("ingress", "", free_port(), "main");
+    let cluster = harness::xds::eds_cluster("web", "");
+    let apply = |yaml: &str, force: bool| {
+        std::fs::write(&f, yaml).expect("write");
+        let path = f.to_str().expect("path");
+        cp.ctl(&if force { vec!["apply", "--force", "-f", path] } else { vec!["apply", "-f", path] })
+    };
+    let (ok, out) = apply(&route, false);
+    assert!(
+        !ok && out.contains(
+            "RouteConfiguration/main: spec.virtual_hosts[0].routes[0].route.cluster: no Cluster named 'ghost'"
+        ),
+        "{out}"
+    );
+    assert!(out.contains("--force"), "the refusal says how to force it: {out}");
+    let (ok, out) = apply(&[listener.as_str(), cluster.as_str()].join("---\n"), false);
+    assert!(!ok && out.contains("rds.route_config_name: no RouteConfiguration named 'main'"), "{out}");
+    assert!(out.contains("Cluster/web: spec.name: no ClusterLoadAssignment named 'web'"), "{out}");
+    let (ok, out) = cp.ctl(&["get", "clusters", "-o", "json"]);
+    let v: Value = serde_json::from_str(&out).expect("json");
+    assert!(ok && v["items"].as_array().map(Vec::len) == Some(0), "nothing was published: {out}");
+    // Whole, the batch is accepted; a forced dangling route stays accepted
+    // while later applies do not touch it.
+    let whole = [
+        cluster.clone(),
+        harness::xds::endpoints("web", "", 1),
+        harness::xds::route_to("main", "", "web"),
+        listener.clone(),
+    ];
+    let (ok, out) = apply(&whole.join("---\n"), false);
+    assert!(ok, "{out}");
+    let (ok, out) = apply(&harness::xds::route_to("spare", "", "ghost"), true);
+    assert!(ok, "forced: {out}");
+    let other = "kind: Cluster\nmetadata: { name: other }\nspec: { name: other, connect_timeout: 1s }\n";
+    let (ok, out) = apply(other, false);
+    assert!(ok, "an apply that touches no broken reference: {out}");
+    // A delete is not judged; the next apply naming what it removed is.
+    let (ok, out) = cp.ctl(&["delete", "cluster", "other"]);
+    assert!(ok, "{out}");
+    let (ok, out) = apply(&harness::xds::route_to("main", "", "other"), false);
+    assert!(!ok && out.contains("no Cluster named 'other'"), "{out}");
 }
 
 /// Revisions: history, a field-level diff, a dry run that changes nothing, a
@@ -324,13 +369,14 @@ fn registry_instances_feed_eds() {
     let cp = ControlPlane::start(dir.path());
     let listen = free_port();
     // The service's cluster, listener and routes, but no ClusterLoadAssignment:
-    // the registry supplies it.
+    // the registry supplies it once an instance registers (until then the
+    // EDS cluster has no assignment: a forced apply).
     let docs: String = resources(listen, 1, &[], "")
         .split("---")
         .filter(|d| !d.contains("kind: ClusterLoadAssignment"))
         .collect::<Vec<_>>()
         .join("---");
-    cp.apply(dir.path(), &docs);
+    cp.apply_forced(dir.path(), &docs);
     let proxy = attach(Bin::Legate, &cp, "registry-proxy", true, dir.path());
     let register = |port: u16, id: &str, ttl: u64| {
         cp.register(

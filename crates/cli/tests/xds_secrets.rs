@@ -58,10 +58,15 @@ fn sds_over_ads_to_envoy_and_legate() {
         attach("legate-delta", "sds-legate-delta", &cp, true, dir),
     ];
 
-    // Listeners first, their secret later: they warm, serving nothing.
+    // Listeners first, their secret later: refused unless forced; forced,
+    // they warm, serving nothing.
     let mut docs: Vec<String> =
         proxies.iter().map(|p| ads_tls_listener(&format!("tls-{}", p.who), p.node, p.port, "server")).collect();
-    cp.apply(dir, &docs.join("---\n"));
+    let early = dir.join("early-listeners.yaml");
+    std::fs::write(&early, docs.join("---\n")).expect("write");
+    let (ok, out) = cp.ctl(&["apply", "-f", early.to_str().expect("path")]);
+    assert!(!ok && out.contains("no Secret named 'server'") && out.contains("--force"), "{out}");
+    cp.apply_forced(dir, &docs.join("---\n"));
     for p in &proxies {
         wait_for(&format!("{}: a listener warming", p.who), Duration::from_secs(10), || {
             (stat_text(p.admin, "listener_manager.total_listeners_warming") == Some(1)).then_some(())
@@ -145,7 +150,7 @@ fn sds_over_ads_to_envoy_and_legate() {
     // it meanwhile: 503, as to a cluster that does not exist), then carries
     // requests to the TLS listener, verified with that CA.
     let docs: Vec<String> = proxies.iter().map(|p| ads_tls_upstream(p.who, p.node, p.port, p.plain, "ca")).collect();
-    cp.apply(dir, &docs.join("---\n"));
+    cp.apply_forced(dir, &docs.join("---\n"));
     let mut waiting = Vec::new();
     for p in &proxies {
         wait_for(&format!("{}: a cluster warming", p.who), Duration::from_secs(10), || {
@@ -171,7 +176,7 @@ fn sds_over_ads_to_envoy_and_legate() {
     // The cluster changed to a CA secret not published yet: the new version
     // warms while the old one keeps serving; then the new one takes over.
     let docs: Vec<String> = proxies.iter().map(|p| ads_tls_upstream(p.who, p.node, p.port, p.plain, "ca2")).collect();
-    cp.apply(dir, &docs.join("---\n"));
+    cp.apply_forced(dir, &docs.join("---\n"));
     for p in &proxies {
         wait_for(&format!("{}: the new cluster version warming", p.who), Duration::from_secs(10), || {
             (stat_text(p.admin, "cluster_manager.warming_clusters") == Some(1)).then_some(())
@@ -200,7 +205,7 @@ fn sds_over_ads_to_envoy_and_legate() {
         })
         .collect();
     assert!(docs[0].contains("initial_fetch_timeout: 1s"), "{}", docs[0]);
-    cp.apply(dir, &docs.join("---\n"));
+    cp.apply_forced(dir, &docs.join("---\n"));
     for (p, port) in proxies.iter().zip(&ports) {
         wait_for(&format!("{}: the listener done warming without its secret", p.who), Duration::from_secs(10), || {
             (stat_text(p.admin, "listener_manager.total_listeners_active") == Some(3)

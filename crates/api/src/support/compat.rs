@@ -126,9 +126,11 @@ const FIELDS: &[(&str, &[&str])] = &[
     ("envoy.config.metrics.v3.StatsConfig", &["stats_matcher"]),
     ("envoy.config.metrics.v3.StatsMatcher", &["reject_all", "exclusion_list", "inclusion_list"]),
     ("envoy.type.matcher.v3.ListStringMatcher", &["patterns"]),
-    // The runtime: static, disk and admin layers (RTDS is not built).
+    // The runtime: static, disk, admin and RTDS layers.
     ("envoy.config.bootstrap.v3.LayeredRuntime", &["layers"]),
-    ("envoy.config.bootstrap.v3.RuntimeLayer", &["name", "static_layer", "disk_layer", "admin_layer"]),
+    ("envoy.config.bootstrap.v3.RuntimeLayer", &["name", "static_layer", "disk_layer", "admin_layer", "rtds_layer"]),
+    ("envoy.config.bootstrap.v3.RuntimeLayer.RtdsLayer", &["name", "rtds_config"]),
+    ("envoy.service.runtime.v3.Runtime", &["name", "layer"]),
     ("envoy.config.bootstrap.v3.RuntimeLayer.DiskLayer", &["symlink_root", "subdirectory", "append_service_cluster"]),
     ("envoy.config.bootstrap.v3.RuntimeLayer.AdminLayer", &[]),
     // xDS without ADS: a gRPC stream per type to the management server.

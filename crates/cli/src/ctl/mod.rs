@@ -47,6 +47,11 @@ pub enum CtlCommand {
         /// Validate and show what would change; change nothing.
         #[arg(long)]
         dry_run: bool,
+        /// Apply even when a reference is unresolved (a route to a cluster,
+        /// an RDS, EDS or SDS name no resource defines for the proxies
+        /// receiving it): for resources the proxies' bootstraps hold.
+        #[arg(long)]
+        force: bool,
         #[command(flatten)]
         stage: rollout::StageArgs,
     },
@@ -191,7 +196,9 @@ pub fn run(args: CtlArgs) -> anyhow::Result<()> {
     let out = args.output.as_str();
     let base = &api.base;
     match args.command {
-        CtlCommand::Apply { file, message, dry_run, stage } => apply(&api, out, &file, message, dry_run, stage),
+        CtlCommand::Apply { file, message, dry_run, force, stage } => {
+            apply(&api, out, &file, message, (dry_run, force), stage)
+        }
         CtlCommand::Get { kind, name, resource, node, cluster } if kind == "envoy" => {
             let Some(envoy_kind) = name else { bail!("usage: legate ctl get envoy KIND [NAME] --node ID") };
             let mut url = format!("{base}/v1/envoy/{envoy_kind}?");
@@ -286,11 +293,11 @@ fn apply(
     out: &str,
     file: &str,
     message: String,
-    dry_run: bool,
+    (dry_run, force): (bool, bool),
     stage: rollout::StageArgs,
 ) -> anyhow::Result<()> {
     let base = &api.base;
-    let mut body = json!({"text": read_input(file)?, "message": message, "dry_run": dry_run});
+    let mut body = json!({"text": read_input(file)?, "message": message, "dry_run": dry_run, "force": force});
     if let Some(r) = stage.body() {
         body["rollout"] = r;
     }

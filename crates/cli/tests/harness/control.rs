@@ -98,6 +98,15 @@ impl ControlPlane {
         assert!(ok, "apply on {} failed: {out}", self.proc_.name);
     }
 
+    /// [`apply`](Self::apply) with `--force`: references no applied
+    /// resource defines are accepted (a listener before its secret).
+    pub fn apply_forced(&self, dir: &Path, yaml: &str) {
+        let f = dir.join(format!("apply-{}.yaml", free_port()));
+        std::fs::write(&f, yaml).expect("write resources");
+        let (ok, out) = self.ctl(&["apply", "--force", "-f", f.to_str().expect("path")]);
+        assert!(ok, "forced apply on {} failed: {out}", self.proc_.name);
+    }
+
     /// `ctl proxies`: every proxy streaming from this control plane.
     pub fn proxies(&self) -> Vec<Value> {
         let (ok, out) = self.ctl(&["proxies", "-o", "json"]);

@@ -10,6 +10,7 @@ use legate_api::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use legate_api::pb::envoy::config::listener::v3::Listener;
 use legate_api::pb::envoy::config::route::v3::RouteConfiguration;
 use legate_api::pb::envoy::extensions::transport_sockets::tls::v3::Secret;
+use legate_api::pb::envoy::service::runtime::v3::Runtime;
 use legate_api::pb::google::protobuf::Any;
 use legate_api::FieldError;
 
@@ -27,7 +28,7 @@ pub fn compile(doc: &Document) -> Result<Resource, Vec<DocError>> {
         return Err(err(
             "kind",
             format!(
-                "unknown kind '{}': expected Listener, Cluster, RouteConfiguration, ClusterLoadAssignment, Secret, Service, Gateway, Route, AlertRule, Release, Rollout or RateLimit",
+                "unknown kind '{}': expected Listener, Cluster, RouteConfiguration, ClusterLoadAssignment, Secret, Runtime, Service, Gateway, Route, AlertRule, Release, Rollout or RateLimit",
                 doc.kind
             ),
         ));
@@ -60,6 +61,7 @@ pub fn compile(doc: &Document) -> Result<Resource, Vec<DocError>> {
         Kind::Listener => decode::<Listener>(doc).map(|(m, a)| (m.name, a)),
         Kind::RouteConfiguration => decode::<RouteConfiguration>(doc).map(|(m, a)| (m.name, a)),
         Kind::Secret => decode::<Secret>(doc).map(|(m, a)| (m.name, a)),
+        Kind::Runtime => decode::<Runtime>(doc).and_then(|(m, a)| runtime_values(&m).map(|()| (m.name, a))),
         Kind::Service
         | Kind::Gateway
         | Kind::Route
@@ -88,6 +90,29 @@ pub fn compile(doc: &Document) -> Result<Resource, Vec<DocError>> {
         any,
         version,
     })
+}
+
+/// A `Runtime`'s layer as a proxy reads it: every value a number, a
+/// string, a boolean or a map (a fractional percent, or nested keys), as
+/// Envoy refuses lists and nulls (`Invalid runtime entry value`).
+fn runtime_values(r: &Runtime) -> Result<(), Vec<FieldError>> {
+    use legate_api::pb::google::protobuf::{value::Kind as V, Value};
+    fn walk(v: &Value, path: &str, key: &str) -> Result<(), FieldError> {
+        match &v.kind {
+            Some(V::StructValue(s)) => {
+                s.fields.iter().try_for_each(|(k, v)| walk(v, &format!("{path}.{k}"), &format!("{key}.{k}")))
+            }
+            Some(V::NullValue(_) | V::ListValue(_)) | None => {
+                Err(FieldError::new(path, format!("Invalid runtime entry value for {key}")))
+            }
+            Some(_) => Ok(()),
+        }
+    }
+    let fields = r.layer.as_ref().map(|l| &l.fields);
+    for (k, v) in fields.into_iter().flatten() {
+        walk(v, &format!("layer.{k}"), k).map_err(|e| vec![e])?;
+    }
+    Ok(())
 }
 
 /// A Release's version covers its status too: a step is a change.

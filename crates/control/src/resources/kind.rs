@@ -10,6 +10,8 @@ pub enum Kind {
     Listener,
     RouteConfiguration,
     Secret,
+    /// An RTDS layer's values (`envoy.service.runtime.v3.Runtime`).
+    Runtime,
     /// Higher-level kinds, compiled into the Envoy kinds above (see `mesh`).
     Service,
     Gateway,
@@ -25,8 +27,8 @@ pub enum Kind {
     RateLimit,
 }
 
-pub const ALL_KINDS: [Kind; 5] =
-    [Kind::Cluster, Kind::ClusterLoadAssignment, Kind::Listener, Kind::RouteConfiguration, Kind::Secret];
+pub const ALL_KINDS: [Kind; 6] =
+    [Kind::Cluster, Kind::ClusterLoadAssignment, Kind::Listener, Kind::RouteConfiguration, Kind::Secret, Kind::Runtime];
 
 impl Kind {
     pub fn parse(s: &str) -> Option<Self> {
@@ -36,6 +38,7 @@ impl Kind {
             "listener" | "listeners" | "lds" => Self::Listener,
             "routeconfiguration" | "routeconfigurations" | "routes" | "rds" => Self::RouteConfiguration,
             "secret" | "secrets" | "sds" => Self::Secret,
+            "runtime" | "runtimes" | "rtds" => Self::Runtime,
             "service" | "services" | "svc" => Self::Service,
             "gateway" | "gateways" | "gw" => Self::Gateway,
             "route" | "httproute" => Self::Route,
@@ -54,6 +57,7 @@ impl Kind {
             Self::Listener => "Listener",
             Self::RouteConfiguration => "RouteConfiguration",
             Self::Secret => "Secret",
+            Self::Runtime => "Runtime",
             Self::Service => "Service",
             Self::Gateway => "Gateway",
             Self::Route => "Route",
@@ -85,6 +89,7 @@ impl Kind {
             Self::Listener => "type.googleapis.com/envoy.config.listener.v3.Listener",
             Self::RouteConfiguration => "type.googleapis.com/envoy.config.route.v3.RouteConfiguration",
             Self::Secret => "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret",
+            Self::Runtime => "type.googleapis.com/envoy.service.runtime.v3.Runtime",
             Self::Service
             | Self::Gateway
             | Self::Route

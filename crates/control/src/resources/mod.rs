@@ -12,5 +12,6 @@ pub mod isolate;
 pub mod kind;
 pub mod mesh;
 pub mod redact;
+pub mod references;
 pub mod registered;
 pub mod resource;

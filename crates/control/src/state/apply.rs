@@ -6,6 +6,7 @@ use crate::resources::compile::{compile, release_version};
 use crate::resources::diff::{self, ResourceChange};
 use crate::resources::document::Document;
 use crate::resources::kind::Kind;
+use crate::resources::references;
 use crate::resources::resource::{documents, DocError, Resource, ResourceMap};
 use crate::rollouts::board::{Policy, Record};
 use crate::state::config::ConfigState;
@@ -13,7 +14,7 @@ use crate::state::controller::Controller;
 use crate::state::stage::STAGED_PREFIX;
 use crate::store::{Change, Commit, StoreError};
 use serde::Serialize;
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
 use std::sync::Arc;
 
 /// How often a change is recomputed when another replica committed first.
@@ -23,6 +24,10 @@ const COMMIT_ATTEMPTS: usize = 5;
 pub enum ApplyError {
     #[error("invalid resources")]
     Invalid(Vec<DocError>),
+    /// References the change leaves unresolved (`resources/references`);
+    /// a forced apply accepts them.
+    #[error("unresolved references")]
+    Dangling(Vec<DocError>),
     #[error("{0} not found")]
     NotFound(String),
     /// A staged rollout is in progress (or cannot be staged here).
@@ -62,6 +67,20 @@ impl Controller {
         self.apply_with_deletes(docs, &[], author, message, dry_run)
     }
 
+    /// `apply` with `force`: references the change leaves unresolved
+    /// (a route to a cluster no resource defines, ...) are accepted.
+    pub fn apply_forced(
+        &self,
+        docs: &[Document],
+        author: &str,
+        message: &str,
+        dry_run: bool,
+        force: bool,
+    ) -> Result<ApplyOutcome, ApplyError> {
+        let how = How { dry_run, policy: None, force };
+        self.retrying(|| self.try_apply(docs, &[], author, message, how))
+    }
+
     /// Like `apply`, with deletions in the same revision (a watched folder
     /// that lost a resource).
     pub fn apply_with_deletes(
@@ -72,7 +91,8 @@ impl Controller {
         message: &str,
         dry_run: bool,
     ) -> Result<ApplyOutcome, ApplyError> {
-        self.retrying(|| self.try_apply(docs, deletes, author, message, dry_run, None))
+        let how = How { dry_run, policy: None, force: false };
+        self.retrying(|| self.try_apply(docs, deletes, author, message, how))
     }
 
     /// Like `apply`, staged: the new revision goes to the canary `policy`
@@ -88,6 +108,19 @@ impl Controller {
         self.apply_staged_with_deletes(docs, &[], author, message, policy)
     }
 
+    /// `apply_staged` with `force` (see `apply_forced`).
+    pub fn apply_staged_forced(
+        &self,
+        docs: &[Document],
+        author: &str,
+        message: &str,
+        policy: &Policy,
+        force: bool,
+    ) -> Result<ApplyOutcome, ApplyError> {
+        let how = How { dry_run: false, policy: Some(policy), force };
+        self.retrying(|| self.try_apply(docs, &[], author, message, how))
+    }
+
     /// Like `apply_staged`, with deletions in the same revision (the
     /// watched folder's apply under the `Rollout` policy).
     pub fn apply_staged_with_deletes(
@@ -98,7 +131,8 @@ impl Controller {
         message: &str,
         policy: &Policy,
     ) -> Result<ApplyOutcome, ApplyError> {
-        self.retrying(|| self.try_apply(docs, deletes, author, message, false, Some(policy)))
+        let how = How { dry_run: false, policy: Some(policy), force: false };
+        self.retrying(|| self.try_apply(docs, deletes, author, message, how))
     }
 
     pub fn delete(&self, kind: Kind, name: &str, author: &str, message: &str) -> Result<ApplyOutcome, ApplyError> {
@@ -166,9 +200,9 @@ impl Controller {
         deletes: &[(Kind, String)],
         author: &str,
         message: &str,
-        dry_run: bool,
-        policy: Option<&Policy>,
+        how: How<'_>,
     ) -> Result<ApplyOutcome, ApplyError> {
+        let How { dry_run, policy, force } = how;
         let compiled = compile_unique(docs)?;
         let _guard = self.apply_lock.lock().unwrap_or_else(|e| e.into_inner());
         if !dry_run {
@@ -209,7 +243,22 @@ impl Controller {
         // References (a route to an unknown service, a subset that does not
         // exist, two gateways on one address) and what Services and Gateways
         // compile to are checked before anything is committed.
-        self.expand(&next).map_err(ApplyError::Invalid)?;
+        let published = self.expand(&next).map_err(ApplyError::Invalid)?;
+        if !force {
+            // References between raw Envoy resources: only those this change
+            // could have broken are judged.
+            let touched: BTreeSet<(Kind, String)> = changes
+                .iter()
+                .filter_map(|c| match c {
+                    Change::Apply(d) => Kind::parse(&d.kind).map(|k| (k, d.metadata.name.clone())),
+                    Change::Delete { kind, name } => Some((*kind, name.clone())),
+                })
+                .collect();
+            let dangling = references::dangling(&next, &published, &touched, &self.connected_nodes());
+            if !dangling.is_empty() {
+                return Err(ApplyError::Dangling(dangling));
+            }
+        }
         outcome.diff = diff::diff(&documents(&current.resources), &documents(&next));
         outcome.proxies = self.affected(&current, &next);
         if dry_run || changes.is_empty() {
@@ -324,6 +373,12 @@ impl Controller {
         Ok(ApplyOutcome { revision, diff, proxies, ..Default::default() })
     }
 
+    /// The connected proxies, this replica's and (on etcd) the others'.
+    fn connected_nodes(&self) -> Vec<crate::discovery::node::NodeInfo> {
+        let remote = self.remote_reports().into_iter().flat_map(|r| r.proxies);
+        self.fleet.list().into_iter().map(|p| p.node).chain(remote).collect()
+    }
+
     /// Connected proxies that receive something different in `next`.
     fn affected(&self, current: &ConfigState, next: &ResourceMap) -> Vec<String> {
         let changed: Vec<&Arc<Resource>> = next
@@ -347,6 +402,15 @@ impl Controller {
         ids.dedup();
         ids
     }
+}
+
+/// How an apply goes: a dry run, staged with a rollout policy, forced past
+/// unresolved references.
+#[derive(Clone, Copy)]
+struct How<'a> {
+    dry_run: bool,
+    policy: Option<&'a Policy>,
+    force: bool,
 }
 
 /// Compiles every document: the resources that compiled, and the problems

@@ -75,6 +75,10 @@ pub fn sync_once(
             let list: Vec<String> = errs.iter().map(|e| format!("{}: {}: {}", e.resource, e.path, e.reason)).collect();
             Err(SyncError::Invalid(format!("not applied, the files are invalid:\n  {}", list.join("\n  "))))
         }
+        Err(ApplyError::Dangling(errs)) => {
+            let list: Vec<String> = errs.iter().map(|e| format!("{}: {}: {}", e.resource, e.path, e.reason)).collect();
+            Err(SyncError::Invalid(format!("not applied, unresolved references:\n  {}", list.join("\n  "))))
+        }
         // A staged rollout holds changes: the files are applied again once it ends.
         Err(ApplyError::Busy(why)) => Err(SyncError::Wait(why)),
         Err(e) => Err(SyncError::Invalid(e.to_string())),

@@ -1,7 +1,10 @@
 //! The bootstrap's `layered_runtime`: builds the runtime snapshot from its
-//! static, disk and admin layers, rebuilds it when the disk layer's symlink
-//! is swapped or `/runtime_modify` changes the admin layer, and answers the
-//! admin endpoints `/runtime` and `/runtime_modify` with Envoy's shapes.
+//! static, disk, admin and RTDS layers, rebuilds it when the disk layer's
+//! symlink is swapped, `/runtime_modify` changes the admin layer or the xDS
+//! client (`server/xds`) brings an RTDS layer's `Runtime` resource, and
+//! answers the admin endpoints `/runtime` and `/runtime_modify` with Envoy's
+//! shapes. An RTDS layer holds its place in the layer order from the start,
+//! empty until its first resource arrives, as Envoy's does.
 //!
 //! Envoy watches a disk layer's `symlink_root` for a rename onto it (the
 //! atomic swap the docs prescribe); Legate checks where the link points once
@@ -10,6 +13,7 @@
 use crate::common::runtime::{self, Entry, Layer, Snapshot};
 use crate::stats::{Counter, Gauge, Store};
 use legate_api::pb::envoy::config::bootstrap::v3::{runtime_layer::LayerSpecifier, LayeredRuntime};
+use legate_api::pb::envoy::config::core::v3::ConfigSource;
 use legate_api::pb::envoy::r#type::v3::fractional_percent::DenominatorType;
 use legate_api::pb::google::protobuf::{value::Kind, Struct, Value};
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -33,14 +37,24 @@ struct Stats {
 
 enum Source {
     Static(Layer),
-    Disk { root: PathBuf, path: PathBuf },
+    Disk {
+        root: PathBuf,
+        path: PathBuf,
+    },
     Admin,
+    /// An RTDS layer: the `Runtime` resource of this name, from `config`.
+    Rtds {
+        resource: String,
+        config: ConfigSource,
+    },
 }
 
-/// The configured layers and the admin layer's overrides.
+/// The configured layers, the admin layer's overrides and what each RTDS
+/// layer last received (by resource name).
 pub struct Loader {
     layers: Vec<(String, Source)>,
     admin: Mutex<BTreeMap<String, String>>,
+    rtds: Mutex<HashMap<String, HashMap<String, Entry>>>,
     stats: Stats,
 }
 
@@ -58,7 +72,9 @@ impl Loader {
                 return Err(format!("{path}.name: duplicate layer name: {}", l.name));
             }
             let source = match &l.layer_specifier {
-                Some(LayerSpecifier::StaticLayer(s)) => Source::Static(static_layer(&l.name, s, &path)?),
+                Some(LayerSpecifier::StaticLayer(s)) => {
+                    Source::Static(static_layer(&l.name, s, &format!("{path}.static_layer"))?)
+                }
                 Some(LayerSpecifier::DiskLayer(d)) => {
                     let mut p = Path::new(&d.symlink_root).join(&d.subdirectory);
                     if d.append_service_cluster {
@@ -75,7 +91,13 @@ impl Loader {
                     }
                     Source::Admin
                 }
-                Some(LayerSpecifier::RtdsLayer(_)) => return Err(format!("{path}.rtds_layer: not supported")),
+                Some(LayerSpecifier::RtdsLayer(r)) => Source::Rtds {
+                    resource: r.name.clone(),
+                    config: r
+                        .rtds_config
+                        .clone()
+                        .ok_or_else(|| format!("{path}.rtds_layer.rtds_config: value is required"))?,
+                },
                 None => return Err(format!("{path}: layer specifier not set")),
             };
             layers.push((l.name.clone(), source));
@@ -93,8 +115,15 @@ impl Loader {
         };
         // Envoy's counters as it shows them.
         let _ = (c("deprecated_feature_use"), g("deprecated_feature_seen_since_process_start"));
+        if layers.iter().any(|(_, s)| matches!(s, Source::Rtds { .. })) {
+            // The RTDS subscription's stats, as Envoy makes them when it starts.
+            for n in ["update_attempt", "update_success", "update_rejected", "update_failure", "init_fetch_timeout"] {
+                let _ = c(n);
+            }
+        }
         runtime::set_configured(!layers.is_empty());
-        let loader = Arc::new(Loader { layers, admin: Mutex::new(BTreeMap::new()), stats });
+        let loader =
+            Arc::new(Loader { layers, admin: Mutex::new(BTreeMap::new()), rtds: Mutex::new(HashMap::new()), stats });
         // Envoy builds its snapshot twice while starting (at creation and
         // when the workers start), and counts both loads.
         loader.reload();
@@ -128,6 +157,11 @@ impl Loader {
                     let values = admin.iter().map(|(k, v)| (k.clone(), from_yaml_text(v))).collect();
                     layers.push(Layer { name: name.clone(), values });
                 }
+                Source::Rtds { resource, .. } => {
+                    let rtds = self.rtds.lock().unwrap_or_else(|e| e.into_inner());
+                    let values = rtds.get(resource).cloned().unwrap_or_default();
+                    layers.push(Layer { name: name.clone(), values });
+                }
             }
         }
         self.stats.num_layers.set(layers.len() as i64);
@@ -136,6 +170,47 @@ impl Loader {
         let snapshot = Snapshot::new(layers);
         self.stats.num_keys.set(snapshot.keys().count() as i64);
         runtime::install(snapshot);
+    }
+
+    /// The RTDS layers: each one's resource name and config source, in
+    /// layer order.
+    pub fn rtds_layers(&self) -> impl Iterator<Item = (&str, &ConfigSource)> {
+        self.layers.iter().filter_map(|(_, s)| match s {
+            Source::Rtds { resource, config } => Some((resource.as_str(), config)),
+            _ => None,
+        })
+    }
+
+    /// The `Runtime` resource names the RTDS layers subscribe to.
+    pub fn rtds_names(&self) -> std::collections::BTreeSet<String> {
+        self.rtds_layers().map(|(n, _)| n.to_string()).collect()
+    }
+
+    /// Reads the RTDS resources `resources` (name, layer) as Envoy reads
+    /// a layer's `Struct`; all or nothing: a value that cannot be read
+    /// refuses the whole update and the layers keep what they had.
+    pub fn set_rtds(&self, resources: &[(String, Struct)]) -> Result<(), String> {
+        let mut read = Vec::with_capacity(resources.len());
+        for (name, s) in resources {
+            let layer = static_layer(name, s, &format!("Runtime '{name}'"))?;
+            read.push((name.clone(), layer.values));
+        }
+        self.rtds.lock().unwrap_or_else(|e| e.into_inner()).extend(read);
+        self.reload();
+        Ok(())
+    }
+
+    /// Whether the RTDS layer of resource `name` has received one.
+    pub fn rtds_received(&self, name: &str) -> bool {
+        self.rtds.lock().unwrap_or_else(|e| e.into_inner()).contains_key(name)
+    }
+
+    /// An RTDS resource removed (delta xDS): its layer is empty again.
+    pub fn clear_rtds(&self, name: &str) {
+        let removed = self.rtds.lock().unwrap_or_else(|e| e.into_inner()).remove(name).is_some();
+        if removed {
+            self.reload();
+        }
     }
 
     /// `/runtime_modify`: sets (or, with an empty value, removes) admin
@@ -215,7 +290,7 @@ pub fn admin_json() -> serde_json::Value {
 fn static_layer(name: &str, s: &Struct, path: &str) -> Result<Layer, String> {
     let mut values = HashMap::new();
     for (k, v) in &s.fields {
-        walk_value(v, k, &mut values).map_err(|e| format!("{path}.static_layer: {e}"))?;
+        walk_value(v, k, &mut values).map_err(|e| format!("{path}: {e}"))?;
     }
     Ok(Layer { name: name.to_string(), values })
 }

@@ -33,6 +33,12 @@ impl IntoResponse for ApplyError {
             ApplyError::Invalid(errs) => {
                 error(StatusCode::BAD_REQUEST, "invalid", "the resources are invalid; nothing was applied", json!(errs))
             }
+            ApplyError::Dangling(errs) => error(
+                StatusCode::BAD_REQUEST,
+                "unresolved_references",
+                "references no resource the receiving proxies get defines; nothing was applied (force: true, or ctl apply --force, applies it anyway)",
+                json!(errs),
+            ),
             ApplyError::NotFound(what) => not_found(format!("{what} not found")),
             ApplyError::Store(StoreError::NoRevision(r)) => not_found(format!("revision {r} does not exist")),
             ApplyError::Store(e) => store_error(e),

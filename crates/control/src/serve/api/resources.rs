@@ -30,6 +30,10 @@ pub struct ApplyBody {
     message: String,
     #[serde(default)]
     dry_run: bool,
+    /// Accept references no resource defines (a route to a cluster only
+    /// the proxies' bootstraps hold, ...).
+    #[serde(default)]
+    force: bool,
     /// Stage the change: a canary share (or named proxies) first, the rest
     /// after the hold if the canary does no worse.
     #[serde(default)]
@@ -64,8 +68,8 @@ pub async fn apply(State(ctrl): State<Arc<Controller>>, headers: HeaderMap, Json
         None => ctrl.default_rollout_policy(),
     };
     let result = match &policy {
-        Some(p) => ctrl.apply_staged(&docs, &actor.name, &body.message, p),
-        None => ctrl.apply(&docs, &actor.name, &body.message, body.dry_run),
+        Some(p) => ctrl.apply_staged_forced(&docs, &actor.name, &body.message, p, body.force),
+        None => ctrl.apply_forced(&docs, &actor.name, &body.message, body.dry_run, body.force),
     };
     match result {
         Ok(outcome) => {

@@ -16,8 +16,8 @@ use tokio::sync::mpsc;
 use tonic::Status;
 
 /// The order in which removals follow, once everything new has been sent.
-const REMOVE_ORDER: [Kind; 5] =
-    [Kind::RouteConfiguration, Kind::Listener, Kind::Cluster, Kind::ClusterLoadAssignment, Kind::Secret];
+const REMOVE_ORDER: [Kind; 6] =
+    [Kind::RouteConfiguration, Kind::Listener, Kind::Cluster, Kind::ClusterLoadAssignment, Kind::Secret, Kind::Runtime];
 
 /// What one type's subscription holds on a stream.
 #[derive(Default)]

@@ -155,6 +155,15 @@ per_type_service!(
     delta_secrets,
     fetch_secrets
 );
+per_type_service!(
+    service::runtime::v3::runtime_discovery_service_server::RuntimeDiscoveryService,
+    Kind::Runtime,
+    StreamRuntimeStream,
+    stream_runtime,
+    DeltaRuntimeStream,
+    delta_runtime,
+    fetch_runtime
+);
 
 /// A service with the request size bound (`limits::MAX_MESSAGE_BYTES`).
 macro_rules! bounded {
@@ -181,6 +190,7 @@ pub async fn serve(
     use service::metrics::v3::metrics_service_server::MetricsServiceServer;
     use service::ratelimit::v3::rate_limit_service_server::RateLimitServiceServer;
     use service::route::v3::route_discovery_service_server::RouteDiscoveryServiceServer;
+    use service::runtime::v3::runtime_discovery_service_server::RuntimeDiscoveryServiceServer;
     use service::secret::v3::secret_discovery_service_server::SecretDiscoveryServiceServer;
     use service::status::v3::client_status_discovery_service_server::ClientStatusDiscoveryServiceServer;
     let metrics = MetricsServer::new(ctrl.monitor.clone());
@@ -204,7 +214,8 @@ pub async fn serve(
         .add_service(bounded!(ListenerDiscoveryServiceServer::new(server.clone())))
         .add_service(bounded!(RouteDiscoveryServiceServer::new(server.clone())))
         .add_service(bounded!(EndpointDiscoveryServiceServer::new(server.clone())))
-        .add_service(bounded!(SecretDiscoveryServiceServer::new(server)))
+        .add_service(bounded!(SecretDiscoveryServiceServer::new(server.clone())))
+        .add_service(bounded!(RuntimeDiscoveryServiceServer::new(server)))
         .add_service(bounded!(ClientStatusDiscoveryServiceServer::new(csds)))
         .add_service(bounded!(MetricsServiceServer::new(metrics)))
         .add_service(bounded!(LoadReportingServiceServer::new(load)))

@@ -20,8 +20,8 @@ use tokio::sync::mpsc;
 use tonic::{Status, Streaming};
 
 /// The order in which a change is pushed on an aggregated stream.
-pub const PUSH_ORDER: [Kind; 5] =
-    [Kind::Secret, Kind::Cluster, Kind::ClusterLoadAssignment, Kind::Listener, Kind::RouteConfiguration];
+pub const PUSH_ORDER: [Kind; 6] =
+    [Kind::Runtime, Kind::Secret, Kind::Cluster, Kind::ClusterLoadAssignment, Kind::Listener, Kind::RouteConfiguration];
 
 /// Changes that arrive within this window are pushed together.
 const DEBOUNCE: Duration = Duration::from_millis(20);

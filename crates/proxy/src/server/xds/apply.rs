@@ -12,6 +12,7 @@ use legate_api::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use legate_api::pb::envoy::config::listener::v3::Listener as PbListener;
 use legate_api::pb::envoy::config::route::v3::RouteConfiguration;
 use legate_api::pb::envoy::extensions::transport_sockets::tls::v3::Secret;
+use legate_api::pb::envoy::service::runtime::v3::Runtime;
 use legate_api::pb::google::protobuf::Any;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -39,6 +40,37 @@ fn reserve_sockets(shared: &Shared, compiled: &[ListenerConfig]) -> Result<(), S
         }
     }
     Ok(())
+}
+
+/// The RTDS layers' resources: each subscribed name's `Runtime` read into
+/// its layer, all or nothing. As Envoy's watches: a response without a
+/// layer's resource leaves a layer that never had one waiting (`None`: not
+/// an update), and is refused for a layer that had one (`Unexpected RTDS
+/// resource length`); resources no layer asked for are left aside.
+fn apply_runtime(shared: &Shared, resources: Vec<Runtime>) -> Result<Option<()>, String> {
+    let wanted = shared.runtime.rtds_names();
+    let mut layers: Vec<(String, legate_api::pb::google::protobuf::Struct)> = Vec::new();
+    for r in &resources {
+        check(r, &r.name)?;
+        if !wanted.contains(&r.name) {
+            continue;
+        }
+        if layers.iter().any(|(n, _)| *n == r.name) {
+            return Err(format!("duplicate RTDS resource '{}'", r.name));
+        }
+        layers.push((r.name.clone(), r.layer.clone().unwrap_or_default()));
+    }
+    for name in &wanted {
+        if shared.runtime.rtds_received(name) && !layers.iter().any(|(n, _)| n == name) {
+            return Err(format!(
+                "Unexpected RTDS resource length for '{name}', number of added resources 0, number of removed resources 0"
+            ));
+        }
+    }
+    if layers.is_empty() {
+        return Ok(None);
+    }
+    shared.runtime.set_rtds(&layers).map(Some)
 }
 
 impl Dynamic {
@@ -373,6 +405,11 @@ impl Dynamic {
                 decode_all::<RouteConfiguration>(resources, RDS).and_then(|r| self.apply_routes(shared, r, version)),
             ),
             SDS => ("sds", decode_all::<Secret>(resources, SDS).and_then(|r| self.apply_secrets(shared, r, version))),
+            RTDS => match decode_all::<Runtime>(resources, RTDS).and_then(|r| apply_runtime(shared, r)) {
+                // Nothing for any layer: not an update (Envoy's watch is not called).
+                Ok(None) => return Ok(()),
+                r => ("runtime", r.map(|_| ())),
+            },
             other => return Err(format!("unexpected type {other}")),
         };
         if type_url == SDS {

@@ -6,7 +6,7 @@ use legate_api::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, Delta
 use legate_api::pb::google::protobuf::Any;
 use legate_api::pb::google::rpc::Status as RpcStatus;
 use std::collections::BTreeMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 use super::*;
@@ -25,7 +25,9 @@ pub(super) async fn delta_session(session: Session<'_>, d: &mut Dynamic) -> Resu
         }
         let _ = tx.send(req);
     };
-    initial_requests(&mut send, shared, cfg, d);
+    let since = Instant::now();
+    let mut wildcards_sent = rtds_settled(shared, cfg, d, since);
+    initial_requests(&mut send, shared, cfg, d, wildcards_sent);
     let mut responses: Incoming<DeltaDiscoveryResponse> = match &mut conn {
         Conn::Ads(client) => Box::pin(
             client
@@ -39,19 +41,40 @@ pub(super) async fn delta_session(session: Session<'_>, d: &mut Dynamic) -> Resu
     connected.set(1);
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     loop {
+        if !wildcards_sent && rtds_settled(shared, cfg, d, since) {
+            wildcard_requests(&mut send, cfg, d);
+            wildcards_sent = true;
+        }
         let Some(resp) = next_response(&mut responses, &mut tick, shared, cfg, d).await? else { continue };
         let Some(ty) = known_type(&resp.type_url) else { continue };
         let to_apply = resources_to_apply(d, ty, &resp);
-        let result = d.apply(shared, ty, &to_apply, &resp.system_version_info);
+        let result = if ty == RTDS {
+            // A removed layer is empty again; a response of removals alone
+            // has nothing else to read.
+            for n in &resp.removed_resources {
+                shared.runtime.clear_rtds(n);
+            }
+            if to_apply.is_empty() && !resp.removed_resources.is_empty() {
+                Ok(())
+            } else {
+                d.apply(shared, ty, &to_apply, &resp.system_version_info)
+            }
+        } else {
+            d.apply(shared, ty, &to_apply, &resp.system_version_info)
+        };
+        note_rtds(shared, d, ty, &result);
         send(ack(d, ty, &resp, result));
         resubscribe(&mut send, shared, d);
     }
 }
 
-/// The wildcard types (with the versions held, after a reconnect), then the
-/// named subscriptions held.
-fn initial_requests(send: &mut impl FnMut(DeltaDiscoveryRequest), shared: &Shared, cfg: &AdsConfig, d: &mut Dynamic) {
-    let held = |d: &Dynamic, ty: &str| d.delta_versions.get(ty).cloned().unwrap_or_default().into_iter().collect();
+/// The versions held of a type (after a reconnect).
+fn held(d: &Dynamic, ty: &str) -> std::collections::HashMap<String, String> {
+    d.delta_versions.get(ty).cloned().unwrap_or_default().into_iter().collect()
+}
+
+/// The wildcard types, with the versions held.
+fn wildcard_requests(send: &mut impl FnMut(DeltaDiscoveryRequest), cfg: &AdsConfig, d: &Dynamic) {
     for (enabled, ty) in [(cfg.cds, CDS), (cfg.lds, LDS)] {
         if enabled {
             send(DeltaDiscoveryRequest {
@@ -60,6 +83,20 @@ fn initial_requests(send: &mut impl FnMut(DeltaDiscoveryRequest), shared: &Share
                 ..Default::default()
             });
         }
+    }
+}
+
+/// The wildcard types (unless they wait for RTDS), then the named
+/// subscriptions held.
+fn initial_requests(
+    send: &mut impl FnMut(DeltaDiscoveryRequest),
+    shared: &Shared,
+    cfg: &AdsConfig,
+    d: &mut Dynamic,
+    wildcards: bool,
+) {
+    if wildcards {
+        wildcard_requests(send, cfg, d);
     }
     for (ty, names) in named_subscriptions(shared, d) {
         if !names.is_empty() {

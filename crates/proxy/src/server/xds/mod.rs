@@ -41,6 +41,7 @@ pub const EDS: &str = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadA
 pub const LDS: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
 pub const RDS: &str = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration";
 pub const SDS: &str = crate::tls::sds::SECRET_TYPE;
+pub const RTDS: &str = "type.googleapis.com/envoy.service.runtime.v3.Runtime";
 
 /// Where and how to reach the management server.
 #[derive(Debug, Clone)]
@@ -58,11 +59,24 @@ pub struct AdsConfig {
     pub cds: bool,
     pub lds: bool,
     pub initial_fetch_timeout: Duration,
+    /// The runtime has RTDS layers: CDS and LDS are asked for only once
+    /// their first resources arrived (or `rtds_timeout` passed), as Envoy's
+    /// init manager starts them after RTDS.
+    pub rtds: bool,
+    /// The first RTDS layer's `initial_fetch_timeout` (15 s by default;
+    /// zero waits for ever).
+    pub rtds_timeout: Option<Duration>,
 }
 
 /// Reads `dynamic_resources` from the bootstrap. `None` when there is none.
 pub fn ads_config(b: &Bootstrap) -> Result<Option<AdsConfig>, String> {
-    let Some(dr) = &b.dynamic_resources else { return Ok(None) };
+    let rtds = rtds_sources(b);
+    let Some(dr) = &b.dynamic_resources else {
+        return match rtds.first() {
+            Some((path, _)) => Err(format!("{path}: RTDS without dynamic_resources is not implemented by Legate")),
+            None => Ok(None),
+        };
+    };
     let initial_fetch_timeout = dr
         .cds_config
         .as_ref()
@@ -77,8 +91,8 @@ pub fn ads_config(b: &Bootstrap) -> Result<Option<AdsConfig>, String> {
             };
             let (_, clusters) = grpc_source(&ApiConfigSource { api_type: ApiType::Grpc as i32, ..ads.clone() })
                 .map_err(|e| format!("dynamic_resources.ads_config.{e}"))?;
-            let cds = source(&dr.cds_config, "cds_config", &clusters, delta)?;
-            let lds = source(&dr.lds_config, "lds_config", &clusters, delta)?;
+            let cds = source(&dr.cds_config, "dynamic_resources.cds_config", &clusters, delta)?;
+            let lds = source(&dr.lds_config, "dynamic_resources.lds_config", &clusters, delta)?;
             AdsConfig {
                 delta,
                 aggregated: true,
@@ -87,13 +101,22 @@ pub fn ads_config(b: &Bootstrap) -> Result<Option<AdsConfig>, String> {
                 cds,
                 lds,
                 initial_fetch_timeout,
+                rtds: false,
+                rtds_timeout: None,
             }
         }
         None => {
             // One stream per type: the sources must name the same servers.
-            let Some((delta, clusters)) = per_type_server(dr)? else { return Ok(None) };
-            let cds = source(&dr.cds_config, "cds_config", &clusters, delta)?;
-            let lds = source(&dr.lds_config, "lds_config", &clusters, delta)?;
+            let Some((delta, clusters)) = per_type_server(dr)? else {
+                return match rtds.first() {
+                    Some((path, _)) => {
+                        Err(format!("{path}: RTDS without a CDS or LDS config source is not implemented by Legate"))
+                    }
+                    None => Ok(None),
+                };
+            };
+            let cds = source(&dr.cds_config, "dynamic_resources.cds_config", &clusters, delta)?;
+            let lds = source(&dr.lds_config, "dynamic_resources.lds_config", &clusters, delta)?;
             AdsConfig {
                 delta,
                 aggregated: false,
@@ -102,9 +125,23 @@ pub fn ads_config(b: &Bootstrap) -> Result<Option<AdsConfig>, String> {
                 cds,
                 lds,
                 initial_fetch_timeout,
+                rtds: false,
+                rtds_timeout: None,
             }
         }
     };
+    let mut cfg = cfg;
+    for (path, cs) in &rtds {
+        source(&Some((*cs).clone()), path, &cfg.clusters, cfg.delta)?;
+    }
+    if let Some((_, cs)) = rtds.first() {
+        cfg.rtds = true;
+        cfg.rtds_timeout = match cs.initial_fetch_timeout.as_ref().map(legate_api::duration::from_pb) {
+            Some(d) if d.is_zero() => None,
+            Some(d) => Some(d),
+            None => Some(Duration::from_secs(15)),
+        };
+    }
     // Config sources in the static resources follow the same server.
     if let Some(statics) = &b.static_resources {
         for c in &statics.clusters {
@@ -115,6 +152,22 @@ pub fn ads_config(b: &Bootstrap) -> Result<Option<AdsConfig>, String> {
         }
     }
     Ok(Some(cfg))
+}
+
+/// The RTDS layers' config sources, with their paths.
+fn rtds_sources(b: &Bootstrap) -> Vec<(String, &ConfigSource)> {
+    use legate_api::pb::envoy::config::bootstrap::v3::runtime_layer::LayerSpecifier;
+    let layers = b.layered_runtime.as_ref().map(|r| r.layers.as_slice()).unwrap_or_default();
+    layers
+        .iter()
+        .enumerate()
+        .filter_map(|(i, l)| match &l.layer_specifier {
+            Some(LayerSpecifier::RtdsLayer(r)) => {
+                r.rtds_config.as_ref().map(|c| (format!("layered_runtime.layers[{i}].rtds_layer.rtds_config"), c))
+            }
+            _ => None,
+        })
+        .collect()
 }
 
 /// The delta flag and servers of the bootstrap's per-type sources (CDS
@@ -135,20 +188,20 @@ fn per_type_server(dr: &DynamicResources) -> Result<Option<(bool, Vec<String>)>,
 /// Whether the type is followed: a config source must be ADS (with
 /// `ads_config`) or a gRPC `api_config_source` on the same servers, of the
 /// same kind (delta or not).
-fn source(cs: &Option<ConfigSource>, what: &str, clusters: &[String], delta: bool) -> Result<bool, String> {
+fn source(cs: &Option<ConfigSource>, path: &str, clusters: &[String], delta: bool) -> Result<bool, String> {
     match cs.as_ref().map(|c| &c.config_source_specifier) {
         None => Ok(false),
         Some(Some(ConfigSourceSpecifier::Ads(_))) => Ok(true),
         Some(Some(ConfigSourceSpecifier::ApiConfigSource(a))) => {
-            let (d, cs) = grpc_source(a).map_err(|e| format!("dynamic_resources.{what}.api_config_source.{e}"))?;
+            let (d, cs) = grpc_source(a).map_err(|e| format!("{path}.api_config_source.{e}"))?;
             if cs != clusters || d != delta {
                 return Err(format!(
-                    "dynamic_resources.{what}: config sources on other management servers (or of another api_type) are not implemented by Legate"
+                    "{path}: config sources on other management servers (or of another api_type) are not implemented by Legate"
                 ));
             }
             Ok(true)
         }
-        Some(_) => Err(format!("dynamic_resources.{what}: only ads or a gRPC api_config_source is supported")),
+        Some(_) => Err(format!("{path}: only ads or a gRPC api_config_source is supported")),
     }
 }
 
@@ -185,6 +238,8 @@ struct Dynamic {
     subscribed: HashMap<&'static str, BTreeSet<String>>,
     /// The management servers' clusters: resources may name no other.
     servers: Vec<String>,
+    /// The RTDS layers' first response came (or its wait is over).
+    rtds_ready: bool,
 }
 
 /// What one stream to a management server runs with, SotW or delta.
@@ -349,12 +404,38 @@ fn check<T: Message + prost::Name>(msg: &T, name: &str) -> Result<(), String> {
 
 /// The type a response is for, when it is one the client handles.
 fn known_type(type_url: &str) -> Option<&'static str> {
-    [CDS, EDS, LDS, RDS, SDS].into_iter().find(|t| *t == type_url)
+    [CDS, EDS, LDS, RDS, SDS, RTDS].into_iter().find(|t| *t == type_url)
 }
 
-/// The named types' subscriptions as clusters and listeners now ask for them.
-fn named_subscriptions(shared: &Shared, d: &Dynamic) -> [(&'static str, BTreeSet<String>); 3] {
-    [(SDS, shared.ctx.secrets.ads_names()), (EDS, d.eds_names(shared)), (RDS, d.rds_names(shared))]
+/// The named types' subscriptions as the runtime's RTDS layers, clusters
+/// and listeners now ask for them.
+fn named_subscriptions(shared: &Shared, d: &Dynamic) -> [(&'static str, BTreeSet<String>); 4] {
+    [
+        (RTDS, shared.runtime.rtds_names()),
+        (SDS, shared.ctx.secrets.ads_names()),
+        (EDS, d.eds_names(shared)),
+        (RDS, d.rds_names(shared)),
+    ]
+}
+
+/// After a response of `ty`: RTDS is ready once a layer received its
+/// resource or one was refused (Envoy's init target is ready either way).
+fn note_rtds(shared: &Shared, d: &mut Dynamic, ty: &str, result: &Result<(), String>) {
+    if ty == RTDS && (result.is_err() || shared.runtime.rtds_names().iter().any(|n| shared.runtime.rtds_received(n))) {
+        d.rtds_ready = true;
+    }
+}
+
+/// Whether CDS and LDS may be asked for: no RTDS layer, or their first
+/// resources arrived, or `rtds_timeout` passed since `since` (Envoy's init
+/// manager starts the secondary clusters and listeners after RTDS).
+fn rtds_settled(shared: &Shared, cfg: &AdsConfig, d: &mut Dynamic, since: Instant) -> bool {
+    if cfg.rtds && !d.rtds_ready && cfg.rtds_timeout.is_some_and(|t| since.elapsed() >= t) {
+        tracing::warn!("RTDS: initial fetch timed out; starting without it");
+        shared.store.counter("runtime.init_fetch_timeout").inc();
+        d.rtds_ready = true;
+    }
+    !cfg.rtds || d.rtds_ready
 }
 
 /// The next response of a session's stream. Every 500 ms without one, the

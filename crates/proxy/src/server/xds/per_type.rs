@@ -1,11 +1,11 @@
 //! Without ADS: one gRPC stream per resource type on the per-type services
-//! (CDS, LDS, RDS, EDS, SDS), as Envoy opens them for `api_config_source`
+//! (CDS, LDS, RDS, EDS, SDS, RTDS), as Envoy opens them for `api_config_source`
 //! config sources, behind the shape of one aggregated stream: the session
 //! sends every request into one channel and reads every response from one
 //! stream. Each type's stream opens with its first request, which names
 //! the node; a failed stream ends the session (all reconnect).
 
-use super::{CDS, EDS, LDS, RDS, SDS};
+use super::{CDS, EDS, LDS, RDS, RTDS, SDS};
 use legate_api::pb::envoy::config::core::v3::Node;
 use legate_api::pb::envoy::service::cluster::v3::cluster_discovery_service_client::ClusterDiscoveryServiceClient as Cds;
 use legate_api::pb::envoy::service::discovery::v3::{
@@ -14,6 +14,7 @@ use legate_api::pb::envoy::service::discovery::v3::{
 use legate_api::pb::envoy::service::endpoint::v3::endpoint_discovery_service_client::EndpointDiscoveryServiceClient as Eds;
 use legate_api::pb::envoy::service::listener::v3::listener_discovery_service_client::ListenerDiscoveryServiceClient as Lds;
 use legate_api::pb::envoy::service::route::v3::route_discovery_service_client::RouteDiscoveryServiceClient as Rds;
+use legate_api::pb::envoy::service::runtime::v3::runtime_discovery_service_client::RuntimeDiscoveryServiceClient as Rtds;
 use legate_api::pb::envoy::service::secret::v3::secret_discovery_service_client::SecretDiscoveryServiceClient as Sds;
 use std::collections::HashMap;
 use std::future::Future;
@@ -70,6 +71,7 @@ pub(super) fn sotw(
                 RDS => Rds::new(ch).max_decoding_message_size(MAX_MESSAGE).stream_routes(reqs).await,
                 EDS => Eds::new(ch).max_decoding_message_size(MAX_MESSAGE).stream_endpoints(reqs).await,
                 SDS => Sds::new(ch).max_decoding_message_size(MAX_MESSAGE).stream_secrets(reqs).await,
+                RTDS => Rtds::new(ch).max_decoding_message_size(MAX_MESSAGE).stream_runtime(reqs).await,
                 other => return Err(Status::unimplemented(format!("no per-type service for {other}"))),
             };
             opened.map(tonic::Response::into_inner)
@@ -93,6 +95,7 @@ pub(super) fn delta(
                 RDS => Rds::new(ch).max_decoding_message_size(MAX_MESSAGE).delta_routes(reqs).await,
                 EDS => Eds::new(ch).max_decoding_message_size(MAX_MESSAGE).delta_endpoints(reqs).await,
                 SDS => Sds::new(ch).max_decoding_message_size(MAX_MESSAGE).delta_secrets(reqs).await,
+                RTDS => Rtds::new(ch).max_decoding_message_size(MAX_MESSAGE).delta_runtime(reqs).await,
                 other => return Err(Status::unimplemented(format!("no per-type service for {other}"))),
             };
             opened.map(tonic::Response::into_inner)

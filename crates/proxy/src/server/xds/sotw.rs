@@ -4,7 +4,7 @@
 use legate_api::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
 use legate_api::pb::google::rpc::Status as RpcStatus;
 use std::collections::HashMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 use super::*;
@@ -28,12 +28,22 @@ pub(super) async fn sotw_session(session: Session<'_>, d: &mut Dynamic) -> Resul
         first = false;
         let _ = tx.send(req);
     };
-    // Initial requests: the wildcard types, then any named subscriptions held.
-    if cfg.cds {
-        send(CDS, d.versions.get(CDS).cloned().unwrap_or_default(), String::new(), vec![], None);
-    }
-    if cfg.lds {
-        send(LDS, d.versions.get(LDS).cloned().unwrap_or_default(), String::new(), vec![], None);
+    // Initial requests: the wildcard types (once RTDS is settled), then any
+    // named subscriptions held.
+    let since = Instant::now();
+    let mut wildcards_sent = false;
+    let wildcards = |d: &Dynamic| -> Vec<(&'static str, String)> {
+        [(cfg.cds, CDS), (cfg.lds, LDS)]
+            .into_iter()
+            .filter(|(enabled, _)| *enabled)
+            .map(|(_, ty)| (ty, d.versions.get(ty).cloned().unwrap_or_default()))
+            .collect()
+    };
+    if rtds_settled(shared, cfg, d, since) {
+        for (ty, version) in wildcards(d) {
+            send(ty, version, String::new(), vec![], None);
+        }
+        wildcards_sent = true;
     }
     for (ty, names) in named_subscriptions(shared, d) {
         if !names.is_empty() {
@@ -55,11 +65,19 @@ pub(super) async fn sotw_session(session: Session<'_>, d: &mut Dynamic) -> Resul
     let mut nonces: HashMap<&'static str, String> = HashMap::new();
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     loop {
+        if !wildcards_sent && rtds_settled(shared, cfg, d, since) {
+            for (ty, version) in wildcards(d) {
+                send(ty, version, String::new(), vec![], None);
+            }
+            wildcards_sent = true;
+        }
         let Some(resp) = next_response(&mut responses, &mut tick, shared, cfg, d).await? else { continue };
         let Some(ty) = known_type(&resp.type_url) else { continue };
         nonces.insert(ty, resp.nonce.clone());
         let names = d.subscribed.get(ty).map(|s| s.iter().cloned().collect()).unwrap_or_default();
-        match d.apply(shared, ty, &resp.resources, &resp.version_info) {
+        let result = d.apply(shared, ty, &resp.resources, &resp.version_info);
+        note_rtds(shared, d, ty, &result);
+        match result {
             Ok(()) => {
                 d.versions.insert(ty, resp.version_info.clone());
                 send(ty, resp.version_info.clone(), resp.nonce.clone(), names, None);
