@@ -8,7 +8,7 @@
 //! Compiled once per config; evaluating a request walks the policies and
 //! allocates nothing.
 
-use crate::common::matcher::{HeaderMatch, Pseudo, StringMatch};
+use crate::common::matcher::{HeaderMatch, StringMatch};
 use crate::stats::Counter;
 use legate_api::pb::envoy::config::core::v3::CidrRange;
 use legate_api::pb::envoy::config::rbac::v3::{
@@ -16,8 +16,10 @@ use legate_api::pb::envoy::config::rbac::v3::{
     Principal as PbPrincipal, Rbac as PbRbac,
 };
 use legate_api::pb::envoy::r#type::matcher::v3::{path_matcher, PathMatcher};
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::Arc;
+
+pub use super::subject::Subject;
 
 /// An IP network: `address_prefix/prefix_len`.
 #[derive(Debug, Clone, PartialEq)]
@@ -55,35 +57,6 @@ impl Cidr {
             }
             _ => false,
         }
-    }
-}
-
-/// What a request (or, for the network filter, a connection) offers to the matchers.
-pub struct Subject<'a> {
-    pub headers: &'a http::HeaderMap,
-    pub pseudo: &'a Pseudo<'a>,
-    /// There is an HTTP request (false in the network filter: `url_path`
-    /// never matches there, as Envoy's path matcher needs a `:path`).
-    pub http: bool,
-    /// The TLS connection's facts (`authenticated`), None for plain TCP.
-    pub tls: Option<&'a crate::tls::peer::TlsConn>,
-    /// The SNI the client asked for (`requested_server_name`), "" without one.
-    pub sni: &'a str,
-    /// The connection's peer (`direct_remote_ip`, `source_ip`).
-    pub direct_remote: IpAddr,
-    /// The client as x-forwarded-for tells it (`remote_ip`).
-    pub remote: IpAddr,
-    /// The connection's peer's port (the matcher's source port input).
-    pub peer_port: u16,
-    /// The address the connection came in on (`destination_port`, `destination_ip`).
-    pub local: SocketAddr,
-}
-
-impl Subject<'_> {
-    /// The path without query or fragment, which `url_path` matches.
-    fn path(&self) -> &str {
-        let p = self.pseudo.path;
-        p.split(['?', '#']).next().unwrap_or(p)
     }
 }
 
@@ -342,10 +315,12 @@ pub fn engines_of(rules: Option<&PbRbac>, shadow: Option<&PbRbac>) -> Result<(Op
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::common::matcher::Pseudo;
     use legate_api::pb::envoy::config::rbac::v3::{permission, principal};
     use legate_api::pb::envoy::config::route::v3::{header_matcher::HeaderMatchSpecifier, HeaderMatcher};
     use legate_api::pb::envoy::r#type::matcher::v3::{string_matcher::MatchPattern, StringMatcher};
     use legate_api::pb::google::protobuf::UInt32Value;
+    use std::net::SocketAddr;
 
     fn cidr(a: &str, len: u32) -> CidrRange {
         CidrRange { address_prefix: a.into(), prefix_len: Some(UInt32Value { value: len }) }

@@ -4,7 +4,7 @@
 //! found decides (ALLOW and LOG let the request through, DENY refuses it),
 //! and a request no matcher takes, without `on_no_match`, is refused.
 
-use super::engine::{Engine, Subject};
+use super::subject::Subject;
 use crate::common::match_tree::{Build, Data, Input, Tree};
 use legate_api::pb::envoy::config::rbac::v3::{rbac::Action as PbAction, Action as PbRbacAction};
 use legate_api::pb::xds::core::v3::TypedExtensionConfig;
@@ -42,10 +42,10 @@ fn allowed(i: &Input) -> bool {
     !matches!(i, Input::QueryParam(_))
 }
 
-/// The engine of a `matcher` (or `shadow_matcher`: `field` names it).
-pub fn engine(m: &Matcher, field: &str) -> Result<Engine, String> {
+/// The tree of a `matcher` (or `shadow_matcher`: `field` names it).
+pub fn compile(m: &Matcher, field: &str) -> Result<RbacTree, String> {
     let b = Build { action: &action, allowed: &allowed, user: "RBAC HTTP filter" };
-    Ok(Engine::Matcher(Tree::compile(m, field, &b)?))
+    Tree::compile(m, field, &b)
 }
 
 /// Whether the tree lets `s` through.

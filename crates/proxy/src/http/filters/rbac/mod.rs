@@ -6,6 +6,7 @@
 
 pub mod engine;
 pub mod matcher;
+pub mod subject;
 
 use crate::http::filters::api::{
     FilterContext, FilterStatus, HttpFilter, PerRouteRegistration, Registration, RequestCtx, ResponseState, Verdict,
@@ -45,11 +46,11 @@ pub fn engines(c: &Config) -> Result<(Option<Engine>, Option<Engine>), String> {
         c.shadow_rules.as_ref().filter(|_| c.shadow_matcher.is_none()),
     )?;
     let enforced = match &c.matcher {
-        Some(m) => Some(matcher::engine(m, "matcher")?),
+        Some(m) => Some(Engine::Matcher(matcher::compile(m, "matcher")?)),
         None => rules,
     };
     let shadow = match &c.shadow_matcher {
-        Some(m) => Some(matcher::engine(m, "shadow_matcher")?),
+        Some(m) => Some(Engine::Matcher(matcher::compile(m, "shadow_matcher")?)),
         None => shadow,
     };
     Ok((enforced, shadow))
