@@ -70,18 +70,11 @@ impl Kind {
 
     /// True for the kinds that are sent over xDS as they are.
     pub fn is_envoy(self) -> bool {
-        !matches!(
-            self,
-            Self::Service
-                | Self::Gateway
-                | Self::Route
-                | Self::AlertRule
-                | Self::Release
-                | Self::Rollout
-                | Self::RateLimit
-        )
+        !self.type_url().is_empty()
     }
 
+    /// The xDS type URL; empty for the kinds the control plane compiles
+    /// into others or keeps for itself.
     pub fn type_url(self) -> &'static str {
         match self {
             Self::Cluster => "type.googleapis.com/envoy.config.cluster.v3.Cluster",
