@@ -254,7 +254,8 @@ fn console_shows_the_fleet_and_rolls_back() {
     traffic(legate_port, 30);
     // Both proxies' requests to web (wait_for's probes included).
     // A second revision (a spare cluster) to diff and roll back from.
-    cp.apply(dir.path(), &fleet_resources(upstream, &listeners, &eds_cluster("spare", "")));
+    let spare = format!("{}---\n{}", eds_cluster("spare", ""), endpoints("spare", "", upstream));
+    cp.apply(dir.path(), &fleet_resources(upstream, &listeners, &spare));
     cp.register(
         "api",
         &json!({"id": "api-1", "address": "127.0.0.1", "port": upstream, "ttl_seconds": 300}).to_string(),
@@ -286,7 +287,8 @@ fn console_with_tokens_shows_what_each_role_may_do() {
     let cp = ControlPlane::start(dir.path());
     let port = free_port();
     cp.apply(dir.path(), &fleet_resources(upstream, &[("legate-t", port)], ""));
-    cp.apply(dir.path(), &fleet_resources(upstream, &[("legate-t", port)], &eds_cluster("spare", "")));
+    let spare = format!("{}---\n{}", eds_cluster("spare", ""), endpoints("spare", "", upstream));
+    cp.apply(dir.path(), &fleet_resources(upstream, &[("legate-t", port)], &spare));
     let _legate = attach(Bin::Legate, &cp, "legate-t", false, dir.path());
     traffic(port, 10);
     let admin =
