@@ -20,6 +20,8 @@
 
 mod harness;
 
+use harness::grpc_server::{self, GrpcServer};
+
 use harness::config::{bootstrap, cluster, hcm_vhost, listener};
 use harness::*;
 use legate_api::pb::envoy::config::core::v3::{HeaderValue, HeaderValueOption};
@@ -46,21 +48,8 @@ type Seen = Arc<Mutex<Vec<String>>>;
 
 /// One side's processor, on a thread of the test until dropped.
 struct Processor {
-    port: u16,
+    server: GrpcServer,
     seen: Seen,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Drop for Processor {
-    fn drop(&mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
 }
 
 fn set(k: &str, v: &str, append: Option<bool>) -> HeaderValueOption {
@@ -326,25 +315,11 @@ impl ExternalProcessor for Grpc {
 
 fn start_processor() -> Processor {
     let seen: Seen = Default::default();
-    let port = free_port();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-    let s = seen.clone();
-    let thread = std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-        rt.block_on(async move {
-            let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.expect("bind processor");
-            let _ = ready_tx.send(());
-            let serve = tonic::transport::Server::builder()
-                .add_service(ExternalProcessorServer::new(Grpc(s)))
-                .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), async {
-                    let _ = stopped.await;
-                });
-            let _ = serve.await;
-        });
+    let served = seen.clone();
+    let server = grpc_server::serve("the processor", move || {
+        tonic::transport::Server::builder().add_service(ExternalProcessorServer::new(Grpc(served)))
     });
-    ready_rx.recv_timeout(Duration::from_secs(10)).expect("processor started");
-    Processor { port, seen, stop: Some(stop), thread: Some(thread) }
+    Processor { server, seen }
 }
 
 const EXT_PROC: &str = "envoy.filters.http.ext_proc";
@@ -514,10 +489,10 @@ fn ext_proc_matches_envoy() {
     let logs = dir.path().display().to_string();
     let sides = [
         Side::start("envoy", Bin::Envoy, &[], dir.path(), LISTENERS, |_, admin, ports| {
-            config(admin, ports, processors[0].port, echo, closed, &logs)
+            config(admin, ports, processors[0].server.port, echo, closed, &logs)
         }),
         Side::start("legate", Bin::Legate, &[], dir.path(), LISTENERS, |_, admin, ports| {
-            config(admin, ports, processors[1].port, echo, closed, &logs)
+            config(admin, ports, processors[1].server.port, echo, closed, &logs)
         }),
     ];
     let mutate: &[(&str, &str)] = &[("x-remove-me", "gone"), ("x-set", "old"), ("x-appended", "first")];

@@ -25,6 +25,8 @@
 
 mod harness;
 
+use harness::grpc_server::{self, GrpcServer};
+
 use harness::config::{bootstrap, cluster, hcm_vhost, listener};
 use harness::*;
 use legate_api::pb::envoy::config::core::v3::HeaderValue;
@@ -38,7 +40,6 @@ use legate_api::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimitR
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 const H2: &str = ", typed_extension_protocol_options: {envoy.extensions.upstreams.http.v3.HttpProtocolOptions: {\"@type\": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions, explicit_http_config: {http2_protocol_options: {}}}}";
 
@@ -47,21 +48,8 @@ type Seen = Arc<Mutex<Vec<String>>>;
 
 /// One side's rate limit service, on a thread of the test until dropped.
 struct Rls {
-    port: u16,
+    server: GrpcServer,
     seen: Seen,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Drop for Rls {
-    fn drop(&mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
 }
 
 fn describe(r: &RateLimitRequest) -> String {
@@ -123,25 +111,11 @@ impl RateLimitService for Service {
 
 fn start_rls() -> Rls {
     let seen: Seen = Default::default();
-    let port = free_port();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let served = seen.clone();
-    let thread = std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-        rt.block_on(async move {
-            let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.expect("bind rls");
-            let _ = ready_tx.send(());
-            let serve = tonic::transport::Server::builder()
-                .add_service(RateLimitServiceServer::new(Service(served)))
-                .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), async {
-                    let _ = stopped.await;
-                });
-            let _ = serve.await;
-        });
+    let server = grpc_server::serve("the rate limit service", move || {
+        tonic::transport::Server::builder().add_service(RateLimitServiceServer::new(Service(served)))
     });
-    ready_rx.recv_timeout(Duration::from_secs(10)).expect("rls started");
-    Rls { port, seen, stop: Some(stop), thread: Some(thread) }
+    Rls { server, seen }
 }
 
 const RATELIMIT: &str = "envoy.filters.http.ratelimit";
@@ -263,10 +237,10 @@ fn ratelimit_filter_matches_envoy() {
     let services = [start_rls(), start_rls()];
     let sides = [
         Side::start("envoy", Bin::Envoy, &[], dir.path(), LISTENERS, |_, admin, ports| {
-            config(admin, ports, services[0].port, echo, closed)
+            config(admin, ports, services[0].server.port, echo, closed)
         }),
         Side::start("legate", Bin::Legate, &[], dir.path(), LISTENERS, |_, admin, ports| {
-            config(admin, ports, services[1].port, echo, closed)
+            config(admin, ports, services[1].server.port, echo, closed)
         }),
     ];
     let mut mismatches = Vec::new();

@@ -43,6 +43,7 @@ pub mod config;
 pub mod control;
 pub mod diff;
 pub mod grpc_echo;
+pub mod grpc_server;
 pub mod h2_load;
 pub mod h2_raw;
 pub mod http_client;
