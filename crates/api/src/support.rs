@@ -101,10 +101,14 @@ const SUPPORTED_FIELDS: &[(&str, &[&str])] = &[
     ),
     // The overload manager: the global downstream connection limit, the
     // fixed heap and injected resource monitors, threshold and scaled
-    // triggers; the actions it takes are checked by name when the proxy
-    // reads them, and so are `reduce_timeouts`' timers (the connection
-    // idle timer only).
-    ("envoy.config.overload.v3.OverloadManager", &["refresh_interval", "resource_monitors", "actions"]),
+    // triggers; the actions it takes and its load shed points are checked
+    // by name when the proxy reads them, and so are `reduce_timeouts`'
+    // timers (the connection idle timer only).
+    (
+        "envoy.config.overload.v3.OverloadManager",
+        &["refresh_interval", "resource_monitors", "actions", "loadshed_points"],
+    ),
+    ("envoy.config.overload.v3.LoadShedPoint", &["name", "triggers"]),
     ("envoy.config.overload.v3.ResourceMonitor", &["name", "typed_config"]),
     ("envoy.config.overload.v3.OverloadAction", &["name", "triggers", "typed_config"]),
     ("envoy.config.overload.v3.ScaleTimersOverloadActionConfig", &["timer_scale_factors"]),
