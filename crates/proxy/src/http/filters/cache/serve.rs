@@ -15,6 +15,10 @@ pub fn hit(e: &Entry, age: u64, head: bool, range: Option<&HeaderValue>) -> Resp
     *r.status_mut() = StatusCode::from_u16(e.status).unwrap_or(StatusCode::OK);
     *r.headers_mut() = e.headers.clone();
     r.headers_mut().insert(http::header::AGE, HeaderValue::from(age));
+    // A body that came chunked is sent whole, with its length.
+    if r.headers_mut().remove(http::header::TRANSFER_ENCODING).is_some() || !r.headers().contains_key(CONTENT_LENGTH) {
+        r.headers_mut().insert(CONTENT_LENGTH, HeaderValue::from(e.body.len()));
+    }
     let len = e.body.len() as u64;
     let mut body = e.body.clone();
     if e.status == 200 {
