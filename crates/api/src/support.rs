@@ -28,6 +28,8 @@ pub const SUPPORTED_EXTENSIONS: &[&str] = &[
     "envoy.extensions.filters.http.cors.v3.Cors",
     "envoy.extensions.filters.http.cors.v3.CorsPolicy",
     "envoy.extensions.filters.http.buffer.v3.Buffer",
+    "envoy.extensions.filters.http.cache.v3.CacheConfig",
+    "envoy.extensions.http.cache.simple_http_cache.v3.SimpleHttpCacheConfig",
     "envoy.extensions.filters.http.header_to_metadata.v3.Config",
     "envoy.extensions.filters.http.grpc_web.v3.GrpcWeb",
     "envoy.extensions.filters.http.csrf.v3.CsrfPolicy",
@@ -740,6 +742,21 @@ const SUPPORTED_FIELDS: &[(&str, &[&str])] = &[
         ],
     ),
     ("envoy.extensions.filters.http.buffer.v3.Buffer", &["max_request_bytes"]),
+    // cache: the simple in-memory cache; the key's query parameter
+    // matchers are refused.
+    (
+        "envoy.extensions.filters.http.cache.v3.CacheConfig",
+        &[
+            "typed_config",
+            "disabled",
+            "allowed_vary_headers",
+            "key_creator_params",
+            "max_body_bytes",
+            "ignore_request_cache_control_header",
+        ],
+    ),
+    ("envoy.extensions.filters.http.cache.v3.CacheConfig.KeyCreatorParams", &["exclude_scheme", "exclude_host"]),
+    ("envoy.extensions.http.cache.simple_http_cache.v3.SimpleHttpCacheConfig", &[]),
     // header_to_metadata: rules on headers (not cookies).
     ("envoy.extensions.filters.http.header_to_metadata.v3.Config", &["request_rules", "response_rules", "stat_prefix"]),
     (

@@ -38,6 +38,7 @@ pub mod admin;
 pub mod agent;
 pub mod alerting;
 pub mod browser;
+pub mod cache_origin;
 pub mod certs;
 pub mod config;
 pub mod control;
