@@ -209,7 +209,7 @@ const SUPPORTED_FIELDS: &[(&str, &[&str])] = &[
     ),
     (
         "envoy.extensions.transport_sockets.tls.v3.CertificateValidationContext",
-        &["trusted_ca", "match_typed_subject_alt_names"],
+        &["trusted_ca", "match_typed_subject_alt_names", "match_subject_alt_names"],
     ),
     ("envoy.extensions.transport_sockets.tls.v3.SubjectAltNameMatcher", &["san_type", "matcher"]),
     (

@@ -255,3 +255,64 @@ fn global_rate_limit_in_the_support_table() {
         r.unsupported
     );
 }
+
+/// `google_grpc` (and `initial_metadata`) only where a filter calls it
+/// (ext_authz); the rate limit filter's service stays `envoy_grpc` only,
+/// and what a Google gRPC client Legate lacks is named.
+#[test]
+fn google_grpc_only_where_built() {
+    let filter = |name: &str, ty: &str, grpc: &str, extra: &str| {
+        listener(ROUTER, "c").replace(
+            "          http_filters:\n",
+            &format!("          http_filters:\n          - name: {name}\n            typed_config: {{\"@type\": type.googleapis.com/{ty}, {extra}{grpc}}}\n"),
+        )
+    };
+    let authz = |grpc: &str| {
+        filter(
+            "envoy.filters.http.ext_authz",
+            "envoy.extensions.filters.http.ext_authz.v3.ExtAuthz",
+            &format!("grpc_service: {grpc}"),
+            "transport_api_version: V3, ",
+        )
+    };
+    let google = "{google_grpc: {target_uri: \"127.0.0.1:9191\", stat_prefix: authz, channel_credentials: {ssl_credentials: {root_certs: {inline_string: x}}}}, timeout: 0.5s, initial_metadata: [{key: x-tenant, value: a}]}";
+    let ok = check_bootstrap(&authz(google));
+    assert!(ok.is_valid() && ok.unsupported.is_empty(), "{:?} {:?}", ok.errors, ok.unsupported);
+    let r = check_bootstrap(&authz(
+        "{google_grpc: {target_uri: \"127.0.0.1:9191\", stat_prefix: a, call_credentials: [{access_token: t}]}}",
+    ));
+    assert!(
+        r.unsupported.iter().any(|e| e.path.ends_with("grpc_service.google_grpc.call_credentials")),
+        "{:?}",
+        r.unsupported
+    );
+    let r = check_bootstrap(&filter(
+        "envoy.filters.http.ratelimit",
+        "envoy.extensions.filters.http.ratelimit.v3.RateLimit",
+        &format!("rate_limit_service: {{grpc_service: {google}, transport_api_version: V3}}"),
+        "domain: d, ",
+    ));
+    assert!(
+        r.unsupported.iter().any(|e| e.path.ends_with("rate_limit_service.grpc_service.google_grpc")),
+        "{:?}",
+        r.unsupported
+    );
+}
+
+/// `refresh_delay` is read by Envoy for REST sources only: a gRPC source
+/// with it runs as without it; a REST source stays refused.
+#[test]
+fn refresh_delay_on_a_grpc_source() {
+    let source = |api_type: &str| {
+        format!("{}dynamic_resources:\n  cds_config:\n    resource_api_version: V3\n    api_config_source: {{api_type: {api_type}, transport_api_version: V3, grpc_services: [{{envoy_grpc: {{cluster_name: c}}}}], refresh_delay: 5s}}\nnode: {{id: n, cluster: k}}\n", listener(ROUTER, "c"))
+    };
+    let ok = check_bootstrap(&source("GRPC"));
+    assert!(ok.is_valid() && ok.unsupported.is_empty(), "{:?} {:?}", ok.errors, ok.unsupported);
+    let r = check_bootstrap(&source("REST"));
+    assert!(
+        r.unsupported.iter().any(|e| e.path.ends_with("api_config_source.api_type")),
+        "{:?} {:?}",
+        r.errors,
+        r.unsupported
+    );
+}
