@@ -12,11 +12,12 @@ pub mod export;
 pub mod otel;
 pub mod registry;
 pub mod request_id;
+pub mod skywalking;
 pub mod span;
 pub mod tags;
 pub mod zipkin;
 
-pub use driver::{Driver, Operation};
+pub use driver::{Driver, Operation, Upstream};
 pub use request_id::Reason;
 pub use span::{Kind, Span};
 
@@ -194,7 +195,7 @@ mod tests {
         fn child(&self, parent: &Span, _: String, _: std::time::SystemTime) -> Span {
             parent.clone()
         }
-        fn inject(&self, _: &Span, _: &mut HeaderMap) {}
+        fn inject(&self, _: &mut Span, _: &mut HeaderMap, _: &driver::Upstream<'_>) {}
         fn finish(&self, _: Span, _: std::time::SystemTime) {}
     }
 
