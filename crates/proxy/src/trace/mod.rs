@@ -2,8 +2,8 @@
 //! connection manager's `tracing` compiles to, the sampling decision Envoy
 //! makes from `x-request-id`, and the tracers users pick, one driver per
 //! provider in one table (`registry::DRIVERS`): `zipkin` (B3 headers, JSON v2
-//! over HTTP, which Jaeger also accepts) and `otel` (W3C `traceparent`, OTLP
-//! over gRPC). Spans are built per request by the connection manager
+//! over HTTP, which Jaeger also accepts), `otel` (W3C `traceparent`, OTLP
+//! over gRPC) and `skywalking` (`sw8`, segments over gRPC). Spans are built per request by the connection manager
 //! (`http/conn_manager/tracing.rs`); finished spans go to the driver's
 //! `export::Exporter`, which batches and sends them off the request path.
 
