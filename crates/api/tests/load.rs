@@ -231,9 +231,12 @@ fn tracing_in_the_support_table() {
     assert_eq!(tail(&r), ["verbose"]);
     let r = check_bootstrap(&with(&zipkin("collector_endpoint_version: GRPC")));
     assert_eq!(tail(&r), ["provider.typed_config.collector_endpoint_version"]);
-    let sky = "provider: {name: envoy.tracers.skywalking, typed_config: {\"@type\": type.googleapis.com/envoy.config.trace.v3.SkyWalkingConfig, grpc_service: {envoy_grpc: {cluster_name: c}}}}";
-    let r = check_bootstrap(&with(sky));
-    assert!(r.unsupported.iter().any(|e| e.reason.contains("SkyWalkingConfig")), "{:?}", r.unsupported);
+    let sky = "provider: {name: envoy.tracers.skywalking, typed_config: {\"@type\": type.googleapis.com/envoy.config.trace.v3.SkyWalkingConfig, grpc_service: {envoy_grpc: {cluster_name: c}, timeout: 0.25s}, client_config: {service_name: s, instance_name: i, backend_token: t, max_cache_size: 10}}}";
+    let ok = check_bootstrap(&with(sky));
+    assert!(ok.is_valid() && ok.unsupported.is_empty(), "{:?} {:?}", ok.errors, ok.unsupported);
+    let dd = "provider: {name: envoy.tracers.datadog, typed_config: {\"@type\": type.googleapis.com/envoy.config.trace.v3.DatadogConfig, collector_cluster: c, service_name: s}}";
+    let r = check_bootstrap(&with(dd));
+    assert!(r.unsupported.iter().any(|e| e.reason.contains("DatadogConfig")), "{:?}", r.unsupported);
 }
 
 /// The global rate limit filter's fields Legate reads load as they are;
