@@ -368,8 +368,10 @@ fn local_rate_limit_by_source_and_destination_cluster() {
     assert_eq!(stat(pair.legate_admin, "clusters.http_local_rate_limit.rate_limited"), Some(3));
 }
 
-/// Legate's `legate.lb.v1.LeastResponseTime`, as a cluster names it.
-const LEAST_RESPONSE_TIME: &str = "load_balancing_policy: { policies: [{ typed_extension_config: { name: legate.lb.least_response_time, typed_config: { \"@type\": type.googleapis.com/legate.lb.v1.LeastResponseTime } } }] }, ";
+/// Legate's `legate.lb.v1.LeastResponseTime`, as a cluster names it; a
+/// short `decay` so that a fast host's one slow answer (a busy machine) is
+/// soon forgotten.
+const LEAST_RESPONSE_TIME: &str = "load_balancing_policy: { policies: [{ typed_extension_config: { name: legate.lb.least_response_time, typed_config: { \"@type\": type.googleapis.com/legate.lb.v1.LeastResponseTime, decay: 1s } } }] }, ";
 
 #[test]
 fn least_response_time_keeps_away_from_a_slow_host() {
