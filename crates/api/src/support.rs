@@ -68,6 +68,7 @@ pub const SUPPORTED_EXTENSIONS: &[&str] = &[
     "envoy.extensions.load_balancing_policies.least_request.v3.LeastRequest",
     "envoy.extensions.load_balancing_policies.ring_hash.v3.RingHash",
     "envoy.extensions.load_balancing_policies.maglev.v3.Maglev",
+    "legate.lb.v1.LeastResponseTime",
     "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
     "envoy.extensions.filters.network.local_ratelimit.v3.LocalRateLimit",
     "envoy.extensions.filters.network.rbac.v3.RBAC",
@@ -441,6 +442,7 @@ const SUPPORTED_FIELDS: &[(&str, &[&str])] = &[
         &["hash_function", "minimum_ring_size", "maximum_ring_size"],
     ),
     ("envoy.extensions.load_balancing_policies.maglev.v3.Maglev", &["table_size"]),
+    ("legate.lb.v1.LeastResponseTime", &["decay", "default_rtt"]),
     (
         "envoy.config.cluster.v3.Cluster.LeastRequestLbConfig",
         &["choice_count", "active_request_bias", "slow_start_config"],

@@ -319,3 +319,27 @@ fn refresh_delay_on_a_grpc_source() {
         r.unsupported
     );
 }
+
+#[test]
+fn legates_least_response_time_policy_loads_with_its_rules() {
+    let with = |cfg: &str| {
+        CLUSTER.replace("PORT", "80").replace(
+            "    lb_policy: round_robin\n",
+            &format!("    load_balancing_policy:\n      policies:\n      - typed_extension_config:\n          name: legate.lb.least_response_time\n          typed_config: {{\"@type\": type.googleapis.com/legate.lb.v1.LeastResponseTime{cfg}}}\n"),
+        )
+    };
+    let ok = check_bootstrap(&with(", decay: 5s, default_rtt: 0.02s"));
+    assert!(ok.is_valid() && ok.unsupported.is_empty(), "{:?} {:?}", ok.errors, ok.unsupported);
+    let loaded = load_bootstrap(&with(", decay: 5s")).expect("valid");
+    let c = &loaded.bootstrap.static_resources.as_ref().unwrap().clusters[0];
+    let any = c.load_balancing_policy.as_ref().unwrap().policies[0].typed_extension_config.as_ref().unwrap();
+    let cfg: legate_api::legate::lb::v1::LeastResponseTime =
+        legate_api::any::unpack(any.typed_config.as_ref().unwrap()).expect("typed");
+    assert_eq!(cfg.decay.unwrap().seconds, 5);
+    let e = errors(&with(", decay: 0s"));
+    assert_eq!(e, ["static_resources.clusters[0].load_balancing_policy.policies[0].typed_extension_config.typed_config.decay: value must be greater than 0s"]);
+    let r = check_bootstrap(&with(", bogus: 1"));
+    assert!(!r.is_valid(), "an unknown field of the policy is refused");
+    let unknown = with("").replace("legate.lb.v1.LeastResponseTime", "legate.lb.v1.Fastest");
+    assert!(!errors(&unknown).is_empty(), "an unknown policy stays refused");
+}
