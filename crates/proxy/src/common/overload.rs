@@ -9,9 +9,8 @@
 //! Envoy applies to a fraction of requests or connections (`bernoulli` on the
 //! value) do so here too.
 
-use crate::stats::Counter;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, LazyLock, OnceLock};
+use std::sync::{LazyLock, OnceLock};
 use tokio::sync::watch;
 
 /// A saturated action's state.
@@ -80,9 +79,9 @@ impl Action {
     }
 
     /// Counts each time this load shed point sheds (the manager, once).
-    pub fn count_sheds(self, counter: Arc<Counter>) {
+    pub fn count_sheds(self, count: ShedCount) {
         if let Some(i) = Self::POINTS.iter().position(|(a, _)| *a == self) {
-            let _ = SHED_COUNTS[i].set(counter);
+            let _ = SHED_COUNTS[i].set(count);
         }
     }
 
@@ -103,9 +102,12 @@ impl Action {
 }
 
 static REQUEST: AtomicU64 = AtomicU64::new(0);
-/// Each load shed point's `shed_load_count`, in the order of
-/// [`Action::POINTS`] (set by the manager when the point is configured).
-static SHED_COUNTS: [OnceLock<Arc<Counter>>; 2] = [OnceLock::new(), OnceLock::new()];
+/// What counts each load shed point's sheds (its `shed_load_count`), in the
+/// order of [`Action::POINTS`]; set by the manager, which owns the stats.
+static SHED_COUNTS: [OnceLock<ShedCount>; 2] = [OnceLock::new(), OnceLock::new()];
+
+/// Counts one shed of a load shed point.
+pub type ShedCount = Box<dyn Fn() + Send + Sync>;
 /// An accept-side action is configured: accept loops watch for changes.
 static ACCEPT_WATCHED: AtomicBool = AtomicBool::new(false);
 static ACCEPT: AtomicU64 = AtomicU64::new(0);
@@ -179,8 +181,8 @@ fn field(word: u64, shift: u32) -> u16 {
 fn shed(state: u16, point: usize) -> bool {
     let fired = bernoulli(state);
     if fired {
-        if let Some(c) = SHED_COUNTS[point].get() {
-            c.inc();
+        if let Some(count) = SHED_COUNTS[point].get() {
+            count();
         }
     }
     fired

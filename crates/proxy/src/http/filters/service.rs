@@ -107,7 +107,7 @@ async fn call(
         Failure::Failed => INTERNAL,
     })?;
     if status != 200 {
-        return Err(status_from_http(status));
+        return Err(u32::from(crate::http::grpc::grpc_status_of(status)));
     }
     let grpc_status = |m: &HeaderMap| m.get("grpc-status").and_then(|v| v.to_str().ok()?.parse::<u32>().ok());
     let code = grpc_status(&head).or_else(|| body.trailers().and_then(grpc_status));
@@ -125,19 +125,6 @@ async fn call(
         return Err(INTERNAL);
     }
     Ok(bytes.slice(5..5 + len))
-}
-
-/// The gRPC status of an answer that is not HTTP 200 (gRPC's
-/// `http-grpc-status-mapping`).
-fn status_from_http(status: u16) -> u32 {
-    match status {
-        400 => 13,
-        401 => 16,
-        403 => 7,
-        404 => 12,
-        429 | 502 | 503 | 504 => 14,
-        _ => 2,
-    }
 }
 
 /// Where a filter's gRPC calls go (`GrpcService`): a cluster of the

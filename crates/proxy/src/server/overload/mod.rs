@@ -194,7 +194,8 @@ fn compile_points(om: &OverloadManager, resources: &[Resource], store: &Store) -
         }
         let triggers = compile_triggers(&p.triggers, resources, &path, &format!("load shed point {}", p.name))?;
         let scale_percent = store.gauge(&format!("overload.{}.scale_percent", p.name));
-        action.count_sheds(store.counter(&format!("overload.{}.shed_load_count", p.name)));
+        let sheds = store.counter(&format!("overload.{}.shed_load_count", p.name));
+        action.count_sheds(Box::new(move || sheds.inc()));
         points.push(ActionSlot { action, triggers, active: None, scale_percent });
     }
     Ok(points)
