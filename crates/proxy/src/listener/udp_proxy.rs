@@ -181,6 +181,15 @@ fn on_no_match_cluster(m: &legate_api::pb::xds::r#type::matcher::v3::Matcher) ->
 struct Session {
     upstream: Arc<UdpSocket>,
     last: Arc<AtomicU64>,
+    /// The task carrying answers back: stopped with the session (when the
+    /// listener stops, its sessions end at once).
+    carrier: tokio::task::AbortHandle,
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.carrier.abort();
+    }
 }
 
 /// Serves one UDP listener socket until `stop` turns true. `current` gives
@@ -271,8 +280,17 @@ async fn open(
     p.stats.total.inc();
     p.stats.active.inc();
     let last = Arc::new(AtomicU64::new(epoch.elapsed().as_millis() as u64));
-    tokio::spawn(carry_back(p.clone(), upstream.clone(), downstream.clone(), peer, epoch, last.clone(), ended.clone()));
-    Some(Session { upstream, last })
+    let carrier = tokio::spawn(carry_back(
+        p.clone(),
+        upstream.clone(),
+        downstream.clone(),
+        peer,
+        epoch,
+        last.clone(),
+        ended.clone(),
+    ))
+    .abort_handle();
+    Some(Session { upstream, last, carrier })
 }
 
 /// A session's answers from upstream to its peer, until it has been idle
@@ -313,4 +331,44 @@ async fn carry_back(
         }
     }
     let _ = ended.send((peer, p.stats.active.clone()));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn compile(yaml: &str) -> Result<UdpProxy, String> {
+        let v = legate_api::load::parse_text(yaml).map_err(|e| e.to_string())?;
+        let (c, _) = legate_api::load::decode_typed::<UdpProxyConfig>(v).map_err(|e| format!("{e:?}"))?;
+        UdpProxy::compile(&c, &Store::default(), Arc::new(ArcSwap::from_pointee(ClusterMap::default())))
+    }
+
+    #[test]
+    fn the_cluster_comes_from_on_no_match_or_the_cluster_field() {
+        let on_no_match = "stat_prefix: s\nmatcher: { on_no_match: { action: { name: route, typed_config: { '@type': type.googleapis.com/envoy.extensions.filters.udp.udp_proxy.v3.Route, cluster: up } } } }";
+        let p = compile(on_no_match).expect("compiles");
+        assert_eq!((p.cluster.as_str(), p.idle_timeout), ("up", Duration::from_secs(60)));
+        let p = compile("stat_prefix: s\ncluster: old\nidle_timeout: 2s").expect("compiles");
+        assert_eq!((p.cluster.as_str(), p.idle_timeout), ("old", Duration::from_secs(2)));
+    }
+
+    #[test]
+    fn what_is_not_built_is_refused_by_name() {
+        let e = compile("stat_prefix: s\ncluster: up\nuse_original_src_ip: true").err().unwrap_or_default();
+        assert!(e.starts_with("use_original_src_ip:"), "{e}");
+        let list = "stat_prefix: s\nmatcher: { matcher_list: { matchers: [{ predicate: { single_predicate: { input: { name: i, typed_config: { '@type': type.googleapis.com/envoy.extensions.matching.common_inputs.network.v3.SourceIPInput } }, value_match: { exact: x } } }, on_match: { action: { name: r, typed_config: { '@type': type.googleapis.com/envoy.extensions.filters.udp.udp_proxy.v3.Route, cluster: up } } } }] } }";
+        let e = compile(list).err().unwrap_or_default();
+        assert!(e.starts_with("matcher.matcher_list:"), "{e}");
+    }
+
+    #[test]
+    fn source_ip_hashes_the_peer_address_and_a_key_is_fixed() {
+        let p = compile("stat_prefix: s\ncluster: up\nhash_policies: [{ source_ip: true }]").expect("compiles");
+        let a: SocketAddr = ([127, 0, 0, 1], 1000).into();
+        let b: SocketAddr = ([127, 0, 0, 1], 2000).into();
+        assert_eq!(p.hash_of(a), Some(xxh64(b"127.0.0.1", 0)));
+        assert_eq!(p.hash_of(a), p.hash_of(b));
+        let p = compile("stat_prefix: s\ncluster: up\nhash_policies: [{ key: k }]").expect("compiles");
+        assert_eq!(p.hash_of(a), Some(xxh64(b"k", 0)));
+    }
 }
