@@ -25,6 +25,10 @@ fn main() {
         collect_protos(&proto_root.join(dir), &mut files);
     }
     files.sort();
+    // Legate's own extension configs (`legate.*`), in the same descriptor set.
+    let own = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR")).join("proto");
+    println!("cargo:rerun-if-changed={}", own.display());
+    collect_protos(&own.join("legate"), &mut files);
 
     let out = PathBuf::from(std::env::var("OUT_DIR").expect("OUT_DIR")).join("envoy_descriptor.bin");
     let protoc = protoc_bin_vendored::protoc_bin_path().expect("vendored protoc");
@@ -37,6 +41,7 @@ fn main() {
     for inc in includes {
         cmd.arg(format!("-I{}", proto_root.join(inc).display()));
     }
+    cmd.arg(format!("-I{}", own.display()));
     for f in &files {
         cmd.arg(f);
     }

@@ -18,6 +18,7 @@ pub mod any;
 pub mod convert;
 pub mod duration;
 pub mod error;
+pub mod legate;
 pub mod lenient;
 pub mod load;
 pub mod pool;

@@ -28,6 +28,8 @@ pub const SUPPORTED_EXTENSIONS: &[&str] = &[
     "envoy.extensions.filters.http.cors.v3.Cors",
     "envoy.extensions.filters.http.cors.v3.CorsPolicy",
     "envoy.extensions.filters.http.buffer.v3.Buffer",
+    "envoy.extensions.filters.http.cache.v3.CacheConfig",
+    "envoy.extensions.http.cache.simple_http_cache.v3.SimpleHttpCacheConfig",
     "envoy.extensions.filters.http.header_to_metadata.v3.Config",
     "envoy.extensions.filters.http.grpc_web.v3.GrpcWeb",
     "envoy.extensions.filters.http.csrf.v3.CsrfPolicy",
@@ -69,6 +71,7 @@ pub const SUPPORTED_EXTENSIONS: &[&str] = &[
     "envoy.extensions.load_balancing_policies.least_request.v3.LeastRequest",
     "envoy.extensions.load_balancing_policies.ring_hash.v3.RingHash",
     "envoy.extensions.load_balancing_policies.maglev.v3.Maglev",
+    "legate.lb.v1.LeastResponseTime",
     "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
     "envoy.extensions.filters.network.local_ratelimit.v3.LocalRateLimit",
     "envoy.extensions.filters.network.rbac.v3.RBAC",
@@ -104,10 +107,14 @@ const SUPPORTED_FIELDS: &[(&str, &[&str])] = &[
     ),
     // The overload manager: the global downstream connection limit, the
     // fixed heap and injected resource monitors, threshold and scaled
-    // triggers; the actions it takes are checked by name when the proxy
-    // reads them, and so are `reduce_timeouts`' timers (the connection
-    // idle timer only).
-    ("envoy.config.overload.v3.OverloadManager", &["refresh_interval", "resource_monitors", "actions"]),
+    // triggers; the actions it takes and its load shed points are checked
+    // by name when the proxy reads them, and so are `reduce_timeouts`'
+    // timers (the connection idle timer only).
+    (
+        "envoy.config.overload.v3.OverloadManager",
+        &["refresh_interval", "resource_monitors", "actions", "loadshed_points"],
+    ),
+    ("envoy.config.overload.v3.LoadShedPoint", &["name", "triggers"]),
     ("envoy.config.overload.v3.ResourceMonitor", &["name", "typed_config"]),
     ("envoy.config.overload.v3.OverloadAction", &["name", "triggers", "typed_config"]),
     ("envoy.config.overload.v3.ScaleTimersOverloadActionConfig", &["timer_scale_factors"]),
@@ -221,7 +228,7 @@ const SUPPORTED_FIELDS: &[(&str, &[&str])] = &[
     ),
     (
         "envoy.extensions.transport_sockets.tls.v3.CertificateValidationContext",
-        &["trusted_ca", "match_typed_subject_alt_names"],
+        &["trusted_ca", "match_typed_subject_alt_names", "match_subject_alt_names"],
     ),
     ("envoy.extensions.transport_sockets.tls.v3.SubjectAltNameMatcher", &["san_type", "matcher"]),
     (
@@ -456,6 +463,7 @@ const SUPPORTED_FIELDS: &[(&str, &[&str])] = &[
         &["hash_function", "minimum_ring_size", "maximum_ring_size"],
     ),
     ("envoy.extensions.load_balancing_policies.maglev.v3.Maglev", &["table_size"]),
+    ("legate.lb.v1.LeastResponseTime", &["decay", "default_rtt"]),
     (
         "envoy.config.cluster.v3.Cluster.LeastRequestLbConfig",
         &["choice_count", "active_request_bias", "slow_start_config"],
@@ -757,6 +765,21 @@ const SUPPORTED_FIELDS: &[(&str, &[&str])] = &[
         ],
     ),
     ("envoy.extensions.filters.http.buffer.v3.Buffer", &["max_request_bytes"]),
+    // cache: the simple in-memory cache; the key's query parameter
+    // matchers are refused.
+    (
+        "envoy.extensions.filters.http.cache.v3.CacheConfig",
+        &[
+            "typed_config",
+            "disabled",
+            "allowed_vary_headers",
+            "key_creator_params",
+            "max_body_bytes",
+            "ignore_request_cache_control_header",
+        ],
+    ),
+    ("envoy.extensions.filters.http.cache.v3.CacheConfig.KeyCreatorParams", &["exclude_scheme", "exclude_host"]),
+    ("envoy.extensions.http.cache.simple_http_cache.v3.SimpleHttpCacheConfig", &[]),
     // header_to_metadata: rules on headers (not cookies).
     ("envoy.extensions.filters.http.header_to_metadata.v3.Config", &["request_rules", "response_rules", "stat_prefix"]),
     (

@@ -1,5 +1,5 @@
 //! The support table's part for distributed tracing: the connection
-//! manager's `tracing`, the tracers Legate drives (Zipkin, OpenTelemetry),
+//! manager's `tracing`, the tracers Legate drives (Zipkin, OpenTelemetry, SkyWalking),
 //! route decorators and a listener's traffic direction. `support` reads
 //! these beside its own lists.
 
@@ -13,8 +13,11 @@ pub const TRACING_ADDED: &[(&str, &str)] = &[
 ];
 
 /// Tracer configs (`tracing.provider.typed_config`) the proxy drives.
-pub const TRACING_EXTENSIONS: &[&str] =
-    &["envoy.config.trace.v3.ZipkinConfig", "envoy.config.trace.v3.OpenTelemetryConfig"];
+pub const TRACING_EXTENSIONS: &[&str] = &[
+    "envoy.config.trace.v3.ZipkinConfig",
+    "envoy.config.trace.v3.OpenTelemetryConfig",
+    "envoy.config.trace.v3.SkyWalkingConfig",
+];
 
 pub const TRACING_FIELDS: &[(&str, &[&str])] = &[
     (
@@ -46,6 +49,8 @@ pub const TRACING_FIELDS: &[(&str, &[&str])] = &[
     // OTLP over gRPC; the HTTP exporter, samplers and resource detectors
     // are not built.
     ("envoy.config.trace.v3.OpenTelemetryConfig", &["grpc_service", "service_name"]),
+    ("envoy.config.trace.v3.SkyWalkingConfig", &["grpc_service", "client_config"]),
+    ("envoy.config.trace.v3.ClientConfig", &["service_name", "instance_name", "backend_token", "max_cache_size"]),
     // `metadata` tags are not built.
     ("envoy.type.tracing.v3.CustomTag", &["tag", "literal", "environment", "request_header"]),
     ("envoy.type.tracing.v3.CustomTag.Literal", &["value"]),

@@ -231,9 +231,12 @@ fn tracing_in_the_support_table() {
     assert_eq!(tail(&r), ["verbose"]);
     let r = check_bootstrap(&with(&zipkin("collector_endpoint_version: GRPC")));
     assert_eq!(tail(&r), ["provider.typed_config.collector_endpoint_version"]);
-    let sky = "provider: {name: envoy.tracers.skywalking, typed_config: {\"@type\": type.googleapis.com/envoy.config.trace.v3.SkyWalkingConfig, grpc_service: {envoy_grpc: {cluster_name: c}}}}";
-    let r = check_bootstrap(&with(sky));
-    assert!(r.unsupported.iter().any(|e| e.reason.contains("SkyWalkingConfig")), "{:?}", r.unsupported);
+    let sky = "provider: {name: envoy.tracers.skywalking, typed_config: {\"@type\": type.googleapis.com/envoy.config.trace.v3.SkyWalkingConfig, grpc_service: {envoy_grpc: {cluster_name: c}, timeout: 0.25s}, client_config: {service_name: s, instance_name: i, backend_token: t, max_cache_size: 10}}}";
+    let ok = check_bootstrap(&with(sky));
+    assert!(ok.is_valid() && ok.unsupported.is_empty(), "{:?} {:?}", ok.errors, ok.unsupported);
+    let dd = "provider: {name: envoy.tracers.datadog, typed_config: {\"@type\": type.googleapis.com/envoy.config.trace.v3.DatadogConfig, collector_cluster: c, service_name: s}}";
+    let r = check_bootstrap(&with(dd));
+    assert!(r.unsupported.iter().any(|e| e.reason.contains("DatadogConfig")), "{:?}", r.unsupported);
 }
 
 /// The global rate limit filter's fields Legate reads load as they are;
@@ -254,4 +257,89 @@ fn global_rate_limit_in_the_support_table() {
         "{:?}",
         r.unsupported
     );
+}
+
+/// `google_grpc` (and `initial_metadata`) only where a filter calls it
+/// (ext_authz); the rate limit filter's service stays `envoy_grpc` only,
+/// and what a Google gRPC client Legate lacks is named.
+#[test]
+fn google_grpc_only_where_built() {
+    let filter = |name: &str, ty: &str, grpc: &str, extra: &str| {
+        listener(ROUTER, "c").replace(
+            "          http_filters:\n",
+            &format!("          http_filters:\n          - name: {name}\n            typed_config: {{\"@type\": type.googleapis.com/{ty}, {extra}{grpc}}}\n"),
+        )
+    };
+    let authz = |grpc: &str| {
+        filter(
+            "envoy.filters.http.ext_authz",
+            "envoy.extensions.filters.http.ext_authz.v3.ExtAuthz",
+            &format!("grpc_service: {grpc}"),
+            "transport_api_version: V3, ",
+        )
+    };
+    let google = "{google_grpc: {target_uri: \"127.0.0.1:9191\", stat_prefix: authz, channel_credentials: {ssl_credentials: {root_certs: {inline_string: x}}}}, timeout: 0.5s, initial_metadata: [{key: x-tenant, value: a}]}";
+    let ok = check_bootstrap(&authz(google));
+    assert!(ok.is_valid() && ok.unsupported.is_empty(), "{:?} {:?}", ok.errors, ok.unsupported);
+    let r = check_bootstrap(&authz(
+        "{google_grpc: {target_uri: \"127.0.0.1:9191\", stat_prefix: a, call_credentials: [{access_token: t}]}}",
+    ));
+    assert!(
+        r.unsupported.iter().any(|e| e.path.ends_with("grpc_service.google_grpc.call_credentials")),
+        "{:?}",
+        r.unsupported
+    );
+    let r = check_bootstrap(&filter(
+        "envoy.filters.http.ratelimit",
+        "envoy.extensions.filters.http.ratelimit.v3.RateLimit",
+        &format!("rate_limit_service: {{grpc_service: {google}, transport_api_version: V3}}"),
+        "domain: d, ",
+    ));
+    assert!(
+        r.unsupported.iter().any(|e| e.path.ends_with("rate_limit_service.grpc_service.google_grpc")),
+        "{:?}",
+        r.unsupported
+    );
+}
+
+/// `refresh_delay` is read by Envoy for REST sources only: a gRPC source
+/// with it runs as without it; a REST source stays refused.
+#[test]
+fn refresh_delay_on_a_grpc_source() {
+    let source = |api_type: &str| {
+        format!("{}dynamic_resources:\n  cds_config:\n    resource_api_version: V3\n    api_config_source: {{api_type: {api_type}, transport_api_version: V3, grpc_services: [{{envoy_grpc: {{cluster_name: c}}}}], refresh_delay: 5s}}\nnode: {{id: n, cluster: k}}\n", listener(ROUTER, "c"))
+    };
+    let ok = check_bootstrap(&source("GRPC"));
+    assert!(ok.is_valid() && ok.unsupported.is_empty(), "{:?} {:?}", ok.errors, ok.unsupported);
+    let r = check_bootstrap(&source("REST"));
+    assert!(
+        r.unsupported.iter().any(|e| e.path.ends_with("api_config_source.api_type")),
+        "{:?} {:?}",
+        r.errors,
+        r.unsupported
+    );
+}
+
+#[test]
+fn legates_least_response_time_policy_loads_with_its_rules() {
+    let with = |cfg: &str| {
+        CLUSTER.replace("PORT", "80").replace(
+            "    lb_policy: round_robin\n",
+            &format!("    load_balancing_policy:\n      policies:\n      - typed_extension_config:\n          name: legate.lb.least_response_time\n          typed_config: {{\"@type\": type.googleapis.com/legate.lb.v1.LeastResponseTime{cfg}}}\n"),
+        )
+    };
+    let ok = check_bootstrap(&with(", decay: 5s, default_rtt: 0.02s"));
+    assert!(ok.is_valid() && ok.unsupported.is_empty(), "{:?} {:?}", ok.errors, ok.unsupported);
+    let loaded = load_bootstrap(&with(", decay: 5s")).expect("valid");
+    let c = &loaded.bootstrap.static_resources.as_ref().unwrap().clusters[0];
+    let any = c.load_balancing_policy.as_ref().unwrap().policies[0].typed_extension_config.as_ref().unwrap();
+    let cfg: legate_api::legate::lb::v1::LeastResponseTime =
+        legate_api::any::unpack(any.typed_config.as_ref().unwrap()).expect("typed");
+    assert_eq!(cfg.decay.unwrap().seconds, 5);
+    let e = errors(&with(", decay: 0s"));
+    assert_eq!(e, ["static_resources.clusters[0].load_balancing_policy.policies[0].typed_extension_config.typed_config.decay: value must be greater than 0s"]);
+    let r = check_bootstrap(&with(", bogus: 1"));
+    assert!(!r.is_valid(), "an unknown field of the policy is refused");
+    let unknown = with("").replace("legate.lb.v1.LeastResponseTime", "legate.lb.v1.Fastest");
+    assert!(!errors(&unknown).is_empty(), "an unknown policy stays refused");
 }

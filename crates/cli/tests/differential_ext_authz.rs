@@ -14,7 +14,12 @@
 //! and the route, and `disable_request_body_buffering`; and the network
 //! filter (`envoy.filters.network.ext_authz` in front of tcp_proxy): a
 //! connection allowed, closed when the service is down, served when down
-//! with `failure_mode_allow`.
+//! with `failure_mode_allow`. The same service is also called as a
+//! `google_grpc` target (no cluster: `target_uri`, `stat_prefix`,
+//! `initial_metadata` the service must see), in plain text, over TLS with
+//! `ssl_credentials` (roots and a client certificate the service requires),
+//! at a closed port, and from the network filter; the client's
+//! `grpc.<stat_prefix>.streams_total/streams_closed_<code>` are compared.
 
 mod harness;
 
@@ -39,6 +44,8 @@ type Seen = Arc<Mutex<Vec<String>>>;
 struct AuthzServers {
     grpc: u16,
     http: u16,
+    /// The gRPC service over TLS, requiring a client certificate.
+    grpc_tls: u16,
     seen: Seen,
     stops: Vec<tokio::sync::oneshot::Sender<()>>,
     threads: Vec<std::thread::JoinHandle<()>>,
@@ -109,8 +116,9 @@ struct Grpc(Seen);
 #[tonic::async_trait]
 impl Authorization for Grpc {
     async fn check(&self, req: tonic::Request<CheckRequest>) -> Result<tonic::Response<CheckResponse>, tonic::Status> {
+        let tenant = req.metadata().get("x-tenant").and_then(|v| v.to_str().ok()).map(str::to_owned);
         let r = req.into_inner();
-        self.0.lock().expect("seen").push(describe(&r));
+        self.0.lock().expect("seen").push(format!("{} tenant={tenant:?}", describe(&r)));
         let http = r.attributes.and_then(|a| a.request).and_then(|r| r.http).unwrap_or_default();
         let status = |code| Some(legate_api::pb::google::rpc::Status { code, ..Default::default() });
         if http.path.starts_with("/grpc-error") {
@@ -197,30 +205,54 @@ async fn http_check(
     Ok(resp.unwrap_or_default())
 }
 
-fn start_servers() -> AuthzServers {
+/// The TLS identity of the gRPC service (an IP SAN for 127.0.0.1) and the
+/// CA it trusts client certificates of, in `dir`; the proxies' client
+/// certificate too.
+fn write_certs(dir: &std::path::Path) {
+    let ca = harness::certs::Ca::new("Authz Test CA");
+    ca.write(dir, "ca.pem");
+    ca.issue(&harness::certs::server(&["authz.example.com"]).ip("127.0.0.1").cn("authz")).write(dir, "authz");
+    ca.issue(&harness::certs::client(&["proxy.example.com"]).cn("proxy")).write(dir, "proxy");
+}
+
+fn tls_config(dir: &std::path::Path) -> tonic::transport::ServerTlsConfig {
+    let read = |f: &str| std::fs::read_to_string(dir.join(f)).expect("read cert");
+    tonic::transport::ServerTlsConfig::new()
+        .identity(tonic::transport::Identity::from_pem(read("authz.pem"), read("authz.key")))
+        .client_ca_root(tonic::transport::Certificate::from_pem(read("ca.pem")))
+}
+
+fn start_servers(dir: &std::path::Path) -> AuthzServers {
     let seen: Seen = Default::default();
-    let (grpc, http) = (free_port(), free_port());
+    let (grpc, http, grpc_tls) = (free_port(), free_port(), free_port());
     let mut stops = Vec::new();
     let mut threads = Vec::new();
-    for kind in ["grpc", "http"] {
+    for kind in ["grpc", "http", "grpc_tls"] {
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let seen = seen.clone();
-        let port = if kind == "grpc" { grpc } else { http };
+        let port = match kind {
+            "grpc" => grpc,
+            "http" => http,
+            _ => grpc_tls,
+        };
+        let tls = (kind == "grpc_tls").then(|| tls_config(dir));
         threads.push(std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
             rt.block_on(async move {
                 let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.expect("bind authz");
                 let _ = ready_tx.send(());
-                if kind == "grpc" {
-                    let serve = tonic::transport::Server::builder()
-                        .add_service(AuthorizationServer::new(Grpc(seen)))
-                        .serve_with_incoming_shutdown(
-                            tokio_stream::wrappers::TcpListenerStream::new(listener),
-                            async {
-                                let _ = stopped.await;
-                            },
-                        );
+                if kind != "http" {
+                    let mut builder = tonic::transport::Server::builder();
+                    if let Some(tls) = tls {
+                        builder = builder.tls_config(tls).expect("tls config");
+                    }
+                    let serve = builder.add_service(AuthorizationServer::new(Grpc(seen))).serve_with_incoming_shutdown(
+                        tokio_stream::wrappers::TcpListenerStream::new(listener),
+                        async {
+                            let _ = stopped.await;
+                        },
+                    );
                     let _ = serve.await;
                     return;
                 }
@@ -244,7 +276,7 @@ fn start_servers() -> AuthzServers {
         ready_rx.recv_timeout(Duration::from_secs(10)).expect("authz server started");
         stops.push(stop);
     }
-    AuthzServers { grpc, http, seen, stops, threads }
+    AuthzServers { grpc, http, grpc_tls, seen, stops, threads }
 }
 
 /// (listener, method, path, headers, body).
@@ -273,7 +305,20 @@ fn grpc_vhost() -> String {
     )
 }
 
-const LISTENERS: &[&str] = &["grpc", "whole", "down_allow", "down_deny", "http", "tcp", "tcp_down", "tcp_down_allow"];
+const LISTENERS: &[&str] = &[
+    "grpc",
+    "whole",
+    "down_allow",
+    "down_deny",
+    "http",
+    "tcp",
+    "tcp_down",
+    "tcp_down_allow",
+    "google",
+    "google_tls",
+    "google_down",
+    "tcp_google",
+];
 
 /// `envoy.filters.network.ext_authz` (`fields`) in front of tcp_proxy to the echo upstream.
 fn tcp_chain(stat: &str, fields: &str) -> String {
@@ -283,14 +328,27 @@ fn tcp_chain(stat: &str, fields: &str) -> String {
     )
 }
 
-fn config(admin: u16, ports: &Ports, authz: &AuthzServers, echo: u16, closed: u16) -> String {
+fn config(admin: u16, ports: &Ports, authz: &AuthzServers, echo: u16, closed: u16, dir: &std::path::Path) -> String {
     let echo_routes = "routes: [{match: {prefix: \"/\"}, route: {cluster: echo}}]";
     let grpc = |cluster: &str| format!("grpc_service: {{envoy_grpc: {{cluster_name: {cluster}}}, timeout: 2s}}");
+    let file = |f: &str| format!("{{filename: \"{}\"}}", dir.join(f).display());
+    let google = |port: u16, stat: &str, extra: &str| {
+        format!("grpc_service: {{google_grpc: {{target_uri: \"127.0.0.1:{port}\", stat_prefix: {stat}{extra}}}, timeout: 2s, initial_metadata: [{{key: X-Tenant, value: acme}}]}}")
+    };
+    let ssl = format!(
+        ", channel_credentials: {{ssl_credentials: {{root_certs: {}, cert_chain: {}, private_key: {}}}}}",
+        file("ca.pem"),
+        file("proxy.pem"),
+        file("proxy.key")
+    );
     let chains = [
         ("grpc", grpc_vhost(), format!("{}, with_request_body: {{max_request_bytes: 16, allow_partial_message: true}}", grpc("authz_grpc"))),
         ("whole", echo_routes.to_string(), format!("{}, with_request_body: {{max_request_bytes: 8, pack_as_bytes: true}}, stat_prefix: whole", grpc("authz_grpc"))),
         ("down_allow", echo_routes.to_string(), format!("{}, failure_mode_allow: true, failure_mode_allow_header_add: true, stat_prefix: downa", grpc("authz_down"))),
         ("down_deny", echo_routes.to_string(), format!("{}, status_on_error: {{code: 503}}, stat_prefix: downd", grpc("authz_down"))),
+        ("google", echo_routes.to_string(), format!("{}, stat_prefix: google", google(authz.grpc, "gauthz", ""))),
+        ("google_tls", echo_routes.to_string(), format!("{}, stat_prefix: gtls", google(authz.grpc_tls, "gtls", &ssl))),
+        ("google_down", echo_routes.to_string(), format!("{}, stat_prefix: gdown", google(closed, "gdown", ""))),
         ("http", echo_routes.to_string(), "http_service: {server_uri: {uri: \"http://authz.local\", cluster: authz_http, timeout: 2s}, path_prefix: /authz, authorization_request: {headers_to_add: [{key: x-from-proxy, value: \"yes\"}]}, authorization_response: {allowed_upstream_headers: {patterns: [{exact: x-auth-user}]}, allowed_client_headers: {patterns: [{exact: x-deny-reason}]}, allowed_client_headers_on_success: {patterns: [{exact: x-client-ok}]}}}, allowed_headers: {patterns: [{exact: x-user}]}".to_string()),
     ];
     let mut listeners: Vec<String> = chains
@@ -303,6 +361,7 @@ fn config(admin: u16, ports: &Ports, authz: &AuthzServers, echo: u16, closed: u1
         ("tcp", grpc("authz_grpc")),
         ("tcp_down", grpc("authz_down")),
         ("tcp_down_allow", format!("{}, failure_mode_allow: true", grpc("authz_down"))),
+        ("tcp_google", google(authz.grpc, "gtcp", "")),
     ] {
         listeners.push(listener(name, ports[name], &tcp_chain(name, &fields)));
     }
@@ -357,13 +416,14 @@ fn ext_authz_matches_envoy() {
     let dir = TempDir::new("diff-ext-authz");
     let (_echo, echo) = echo("authz-echo", dir.path());
     let closed = free_port();
-    let servers = [start_servers(), start_servers()];
+    write_certs(dir.path());
+    let servers = [start_servers(dir.path()), start_servers(dir.path())];
     let sides = [
         Side::start("envoy", Bin::Envoy, &[], dir.path(), LISTENERS, |_, admin, ports| {
-            config(admin, ports, &servers[0], echo, closed)
+            config(admin, ports, &servers[0], echo, closed, dir.path())
         }),
         Side::start("legate", Bin::Legate, &[], dir.path(), LISTENERS, |_, admin, ports| {
-            config(admin, ports, &servers[1], echo, closed)
+            config(admin, ports, &servers[1], echo, closed, dir.path())
         }),
     ];
     let cases: &[Case] = &[
@@ -399,6 +459,13 @@ fn ext_authz_matches_envoy() {
         ("tcp", "GET", "/over-tcp", &[], ""),
         ("tcp_down", "GET", "/over-tcp", &[], ""),
         ("tcp_down_allow", "GET", "/over-tcp", &[], ""),
+        ("google", "GET", "/allow?q=1&drop=x", &[("x-remove-me", "gone"), ("x-set", "old")], ""),
+        ("google", "GET", "/deny", &[], ""),
+        ("google", "GET", "/grpc-error", &[], ""),
+        ("google_tls", "GET", "/allow", &[], ""),
+        ("google_tls", "GET", "/plain-deny", &[], ""),
+        ("google_down", "GET", "/allow", &[], ""),
+        ("tcp_google", "GET", "/over-tcp", &[], ""),
     ];
     let mut mismatches = Vec::new();
     for (listener, method, path, headers, body) in cases {
@@ -430,6 +497,15 @@ fn ext_authz_matches_envoy() {
         "cluster.echo.upstream_rq_4",
         "cluster.echo.upstream_rq_completed",
         "cluster.echo.internal.",
+        "http.google.ext_authz.",
+        "http.google_tls.ext_authz.",
+        "http.google_down.ext_authz.",
+        "ext_authz.tcp_google.",
+        "grpc.gauthz.",
+        "grpc.gtls.",
+        "grpc.gdown.",
+        // Envoy 1.40 shows none for the network filter's client.
+        "grpc.gtcp.",
     ] {
         let stats: Vec<_> = sides.iter().map(|s| s.stats(prefix)).collect();
         println!("{prefix}\n  envoy:  {:?}\n  legate: {:?}", stats[0], stats[1]);
@@ -439,5 +515,6 @@ fn ext_authz_matches_envoy() {
     }
     assert!(sides[0].stat("http.grpc.ext_authz.ok") > 0, "the gRPC service allowed requests behind Envoy");
     assert!(sides[0].stat("ext_authz.tcp.ok") > 0, "the gRPC service allowed a connection behind Envoy");
+    assert!(sides[0].stat("http.google_tls.ext_authz.gtls.ok") > 0, "the TLS google_grpc service allowed behind Envoy");
     assert!(mismatches.is_empty(), "{} differences:\n{}", mismatches.len(), mismatches.join("\n"));
 }

@@ -89,19 +89,22 @@ fn injected_config(admin: u16, main: u16, file: &Path) -> String {
         .iter()
         .map(|(a, t)| format!("{{name: envoy.overload_actions.{a}, triggers: [{{name: {INJECTED}, {t}}}]}}"))
         .collect();
-    injected_bootstrap(admin, file, &actions, &listener("main", main, &chain))
+    injected_bootstrap(admin, file, &actions, &[], &listener("main", main, &chain))
 }
 
-fn injected_bootstrap(admin: u16, file: &Path, actions: &[String], listener: &str) -> String {
+/// An overload manager with the injected monitor driving `actions` and
+/// `points` (load shed points).
+fn injected_bootstrap(admin: u16, file: &Path, actions: &[String], points: &[String], listener: &str) -> String {
     format!(
         "admin: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {admin}}}}}}}\n\
          overload_manager:\n  refresh_interval: 0.05s\n  resource_monitors:\n  \
          - name: {INJECTED}\n    typed_config:\n      \
          \"@type\": type.googleapis.com/envoy.extensions.resource_monitors.injected_resource.v3.InjectedResourceConfig\n      \
-         filename: {}\n  actions: [{}]\n\
+         filename: {}\n  actions: [{}]\n  loadshed_points: [{}]\n\
          static_resources:\n  listeners: [{}]\n",
         file.display(),
         actions.join(", "),
+        points.join(", "),
         listener
     )
 }
@@ -240,6 +243,52 @@ fn injected_pressure_drives_the_actions_as_envoys() {
     }
 }
 
+/// Envoy's two common load shed points on the injected pressure: the
+/// decode-headers point (threshold 0.5) answers a new request 503, the
+/// listener-accept point (0.9) closes a new connection unanswered; what a
+/// client gets and the points' `scale_percent` gauges equal Envoy's.
+#[test]
+fn load_shed_points_as_envoys() {
+    let dir = TempDir::new("overload-points");
+    let file = dir.path().join("pressure");
+    inject(&file, "0");
+    let points: Vec<String> = [("http_connection_manager_decode_headers", 0.5), ("tcp_listener_accept", 0.9)]
+        .iter()
+        .map(|(p, v)| {
+            format!("{{name: envoy.load_shed_points.{p}, triggers: [{{name: {INJECTED}, threshold: {{value: {v}}}}}]}}")
+        })
+        .collect();
+    let sides = both(dir.path(), &[], &["main"], |_, admin, p| {
+        let chain = format!("{{filters: [{}]}}", hcm_answer("ingress", "ok"));
+        injected_bootstrap(admin, &file, &[], &points, &listener("main", p["main"], &chain))
+    });
+    let pressure = format!("overload.{INJECTED}.pressure");
+    let mut seen = Vec::new();
+    for level in ["0", "0.6", "0.95", "0"] {
+        inject(&file, level);
+        let want = (level.parse::<f64>().expect("level") * 100.0) as u64;
+        for side in &sides {
+            wait_for(&format!("{}: pressure {level}", side.who), Duration::from_secs(5), || {
+                (side.stat(&pressure) == want).then_some(())
+            });
+        }
+        std::thread::sleep(Duration::from_millis(150));
+        let answers: Vec<String> = if level == "0.95" {
+            sides.iter().map(|s| format!("closed unanswered: {}", closed_unanswered(s.port("main")))).collect()
+        } else {
+            get_both(&sides)
+        };
+        let stats: Vec<_> = sides.iter().map(overload_stats).collect();
+        eprintln!("pressure {level}:\n  Envoy  {} {:?}\n  Legate {} {:?}", answers[0], stats[0], answers[1], stats[1]);
+        assert_eq!(answers[1], answers[0], "pressure {level}: what the client got");
+        assert_eq!(stats[1], stats[0], "pressure {level}: stats");
+        seen.push(answers[0].clone());
+    }
+    assert!(seen[0].contains("200 OK") && seen[3].contains("200 OK"), "{seen:?}");
+    assert!(seen[1].contains("503") && seen[1].contains("envoy overloaded"), "{}", seen[1]);
+    assert_eq!(seen[2], "closed unanswered: true");
+}
+
 /// `reduce_timeouts` on the connection idle timer (1.5 s, down to 0.3 s),
 /// from a scaled trigger between pressures 0.5 and 1.
 fn timeouts_config(admin: u16, main: u16, file: &Path) -> String {
@@ -254,7 +303,7 @@ fn timeouts_config(admin: u16, main: u16, file: &Path) -> String {
          typed_config: {{\"@type\": type.googleapis.com/envoy.config.overload.v3.ScaleTimersOverloadActionConfig, \
          timer_scale_factors: [{{timer: HTTP_DOWNSTREAM_CONNECTION_IDLE, min_timeout: 0.3s}}]}}}}"
     );
-    injected_bootstrap(admin, file, &[action], &listener("main", main, &format!("{{filters: [{hcm}]}}")))
+    injected_bootstrap(admin, file, &[action], &[], &listener("main", main, &format!("{{filters: [{hcm}]}}")))
 }
 
 /// On each side at once: one request on a new connection, then how long

@@ -367,3 +367,52 @@ fn local_rate_limit_by_source_and_destination_cluster() {
     // Two over the destination's bucket, one over the source's.
     assert_eq!(stat(pair.legate_admin, "clusters.http_local_rate_limit.rate_limited"), Some(3));
 }
+
+/// Legate's `legate.lb.v1.LeastResponseTime`, as a cluster names it; a
+/// short `decay` so that a fast host's one slow answer (a busy machine) is
+/// soon forgotten.
+const LEAST_RESPONSE_TIME: &str = "load_balancing_policy: { policies: [{ typed_extension_config: { name: legate.lb.least_response_time, typed_config: { \"@type\": type.googleapis.com/legate.lb.v1.LeastResponseTime, decay: 1s } } }] }, ";
+
+#[test]
+fn least_response_time_keeps_away_from_a_slow_host() {
+    // Three upstreams, one 50 ms slower. Legate balances them by round
+    // robin (`/rr`) and by least response time (`/lrt`); Envoy, which has no
+    // such policy, by least request on the same upstreams (what the control
+    // plane gives it for `lb: least_response_time`).
+    let dir = TempDir::new("least-response-time");
+    let (_a, a) = echo("a", dir.path());
+    let (_b, b) = echo("b", dir.path());
+    let (_s, slow) = echo_with("slow", dir.path(), &["--delay-ms", "50"]);
+    let eps = ["{UP_a}", "{UP_b}", "{UP_s}"];
+    let routes = "              - { match: { prefix: \"/rr\" }, route: { cluster: rr } }\n              - { match: { prefix: \"/lrt\" }, route: { cluster: lrt } }\n";
+    let config = |lrt: &str, admin: u16, ports: &Ports| {
+        let clusters = cluster_with("rr", &eps, "") + &cluster_with("lrt", &eps, lrt);
+        bootstrap("", "", &one_vhost(routes), &clusters)
+            .replace("{LISTEN}", &ports["main"].to_string())
+            .replace("{ADMIN}", &admin.to_string())
+            .replace("{UP_a}", &a.to_string())
+            .replace("{UP_b}", &b.to_string())
+            .replace("{UP_s}", &slow.to_string())
+    };
+    let legate = Side::start("legate", Bin::Legate, &[], dir.path(), &["main"], |_, admin, p| {
+        config(LEAST_RESPONSE_TIME, admin, p)
+    });
+    let envoy = Side::start("envoy", Bin::Envoy, &[], dir.path(), &["main"], |_, admin, p| {
+        config("lb_policy: LEAST_REQUEST, ", admin, p)
+    });
+    const N: usize = 60;
+    let slow_share = |port: u16, path: &str| {
+        let seen = spread(port, path, N);
+        assert_eq!(seen.values().sum::<usize>(), N, "{path}: {seen:?}");
+        assert!(seen.keys().all(|k| ["a", "b", "slow"].contains(&k.as_str())), "{path}: {seen:?}");
+        seen.get("slow").copied().unwrap_or(0) as f64 / N as f64
+    };
+    let rr = slow_share(legate.port("main"), "/rr");
+    let lrt = slow_share(legate.port("main"), "/lrt");
+    let envoy_lr = slow_share(envoy.port("main"), "/lrt");
+    println!(
+        "slow host's share of {N} requests: Legate round robin {rr:.2}, Legate least response time {lrt:.2}, Envoy least request {envoy_lr:.2}"
+    );
+    assert!((0.3..=0.37).contains(&rr), "round robin gives the slow host a third: {rr}");
+    assert!(lrt < 0.10, "least response time keeps away from the slow host: {lrt}");
+}

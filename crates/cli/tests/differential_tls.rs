@@ -42,6 +42,7 @@ fn write_certs(dir: &Path) {
     good.issue(&server(&["x.b.example.com"]).cn("x.b.example.com")).write(dir, "xb");
     good.issue(&client(&["client.example.com"]).cn("client.example.com")).write(dir, "client");
     bad.issue(&client(&["client.example.com"]).cn("client.example.com")).write(dir, "rogue");
+    good.issue(&client(&["workload.example.com"]).uri("spiffe://example.org/ns/a/sa/w").cn("w")).write(dir, "spiffe");
 }
 
 /// What is compared of a curl exchange: whether it worked, the protocol and
@@ -571,9 +572,10 @@ fn unsupported_tls_settings_are_refused() {
     }
 }
 
-/// `match_typed_subject_alt_names`: on client certificates (mTLS listener)
-/// and on upstream certificates (an exact DNS matcher also accepts a name
-/// under a `*.` SAN, as Envoy does).
+/// `match_typed_subject_alt_names` and the deprecated
+/// `match_subject_alt_names` (a matcher tried on SANs of every type): on
+/// client certificates (mTLS listeners) and on upstream certificates (an
+/// exact DNS matcher also accepts a name under a `*.` SAN, as Envoy does).
 #[test]
 fn subject_alt_name_matching() {
     let dir = TempDir::new("tls-san");
@@ -581,59 +583,68 @@ fn subject_alt_name_matching() {
     write_certs(d);
     let backend = tls_backend(d);
     let (_echo, up) = echo("san", d);
+    let legacy = |m: &str| format!("match_subject_alt_names: [{m}]");
     let yaml = |_who: &'static str, admin: u16, ports: &BTreeMap<&'static str, u16>| {
-        let mtls = |name: &str| {
-            terminate_tls(
+        let mtls = |name: &str, sans: &str| {
+            let ts = terminate_tls(
                 d,
                 &["a"],
                 ALPN,
-                &format!(", {}", trusted_ca(d, "ca.pem", &format!(", {}", san_matcher(name)))),
+                &format!(", {}", trusted_ca(d, "ca.pem", &format!(", {sans}"))),
                 ", require_client_certificate: true",
-            )
+            );
+            listener(name, ports[name], &format!("{{transport_socket: {ts}, filters: [{}]}}", hcm(name, "up")))
         };
-        let up_san = |name: &str| {
-            let ca = trusted_ca(d, "ca.pem", &format!(", {}", san_matcher(name)));
+        let up_san = |sans: &str| {
+            let ca = trusted_ca(d, "ca.pem", &format!(", {sans}"));
             format!(", transport_socket: {}", up_tls("a.example.com", &ca))
         };
+        let routes = [("/ok", "up_ok"), ("/bad", "up_bad"), ("/wild", "up_wild")];
+        let legacy_routes = [("/legacy_ok", "up_legacy_ok"), ("/legacy_bad", "up_legacy_bad")];
+        let routes: Vec<_> =
+            routes.into_iter().chain(legacy_routes).chain([("/legacy_wild", "up_legacy_wild")]).collect();
         bootstrap(
             admin,
             &[
-                listener(
-                    "san_ok",
-                    ports["san_ok"],
-                    &format!("{{transport_socket: {}, filters: [{}]}}", mtls("client.example.com"), hcm("ok", "up")),
-                ),
-                listener(
-                    "san_bad",
-                    ports["san_bad"],
-                    &format!("{{transport_socket: {}, filters: [{}]}}", mtls("other.example.com"), hcm("bad", "up")),
-                ),
-                listener(
-                    "front",
-                    ports["front"],
-                    &format!(
-                        "{{filters: [{}]}}",
-                        hcm_routes("front", &[("/ok", "up_ok"), ("/bad", "up_bad"), ("/wild", "up_wild")])
-                    ),
-                ),
+                mtls("san_ok", &san_matcher("client.example.com")),
+                mtls("san_bad", &san_matcher("other.example.com")),
+                mtls("legacy_uri", &legacy("{exact: \"spiffe://example.org/ns/a/sa/w\"}")),
+                mtls("legacy_dns", &legacy("{suffix: \".example.com\"}")),
+                mtls("legacy_bad", &legacy("{prefix: \"spiffe://other.org/\"}")),
+                listener("front", ports["front"], &format!("{{filters: [{}]}}", hcm_routes("front", &routes))),
             ],
             &[
                 cluster("up", up, ""),
-                cluster("up_ok", backend.port("a"), &up_san("a.example.com")),
-                cluster("up_bad", backend.port("a"), &up_san("b.example.com")),
-                cluster("up_wild", backend.port("b"), &up_san("x.b.example.com")),
+                cluster("up_ok", backend.port("a"), &up_san(&san_matcher("a.example.com"))),
+                cluster("up_bad", backend.port("a"), &up_san(&san_matcher("b.example.com"))),
+                cluster("up_wild", backend.port("b"), &up_san(&san_matcher("x.b.example.com"))),
+                cluster("up_legacy_ok", backend.port("a"), &up_san(&legacy("{exact: a.example.com}"))),
+                cluster("up_legacy_bad", backend.port("a"), &up_san(&legacy("{prefix: b.}"))),
+                cluster("up_legacy_wild", backend.port("b"), &up_san(&legacy("{exact: x.b.example.com}"))),
             ],
         )
     };
-    let [e, l] = both(d, &FLUSH, &["san_ok", "san_bad", "front"], yaml);
-    let req = Https { client: Some("client"), ..https("a.example.com") };
-    for (name, ok) in [("san_ok", true), ("san_bad", false)] {
+    let names = ["san_ok", "san_bad", "legacy_uri", "legacy_dns", "legacy_bad", "front"];
+    let [e, l] = both(d, &FLUSH, &names, yaml);
+    let client = Https { client: Some("client"), ..https("a.example.com") };
+    let workload = Https { client: Some("spiffe"), ..https("a.example.com") };
+    for (name, req, ok) in [
+        ("san_ok", client, true),
+        ("san_bad", client, false),
+        ("legacy_uri", workload, true),
+        ("legacy_uri", client, false),
+        ("legacy_dns", client, true),
+        ("legacy_dns", workload, true),
+        ("legacy_bad", workload, false),
+    ] {
         let ev = curl_https(d, e.port(name), req);
         let lv = curl_https(d, l.port(name), req);
         assert_same(name, &ev, &lv);
-        assert_eq!(lv["ok"], ok.to_string(), "{name}: {lv:?}");
+        assert_eq!(lv["ok"], ok.to_string(), "{name} {:?}: {lv:?}", req.client);
     }
-    for (path, status) in [("/ok", 200), ("/bad", 503), ("/wild", 200)] {
+    let paths =
+        [("/ok", 200), ("/bad", 503), ("/wild", 200), ("/legacy_ok", 200), ("/legacy_bad", 503), ("/legacy_wild", 200)];
+    for (path, status) in paths {
         let er = http_get(addr(e.port("front")), path, "example.com").expect("envoy");
         let lr = http_get(addr(l.port("front")), path, "example.com").expect("legate");
         assert_eq!((er.status, er.body.as_str()), (lr.status, lr.body.as_str()), "{path}");
@@ -642,13 +653,17 @@ fn subject_alt_name_matching() {
     let stats = |s: &Side| {
         [
             format!("listener.127.0.0.1_{}.ssl.fail_verify_san", s.port("san_bad")),
+            format!("listener.127.0.0.1_{}.ssl.fail_verify_san", s.port("legacy_uri")),
+            format!("listener.127.0.0.1_{}.ssl.fail_verify_san", s.port("legacy_bad")),
             "cluster.up_bad.ssl.fail_verify_san".to_string(),
             "cluster.up_wild.ssl.handshake".to_string(),
+            "cluster.up_legacy_bad.ssl.fail_verify_san".to_string(),
+            "cluster.up_legacy_wild.ssl.handshake".to_string(),
         ]
         .map(|n| s.stat(&n))
     };
     assert_eq!(stats(&e), stats(&l));
-    assert_eq!(stats(&l), [1, 1, 1]);
+    assert_eq!(stats(&l), [1, 1, 1, 1, 1, 1, 1]);
 }
 
 /// The certificate served for an SNI (its subject, as curl reports it), and

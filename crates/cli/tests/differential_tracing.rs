@@ -513,3 +513,109 @@ fn collector_failures_are_counted_as_envoy_counts_them() {
     compare_stats(&sides2, &names);
     assert_eq!(sides2[1].stat("tracing.zipkin.spans_sent"), 5);
 }
+
+fn skywalking_provider(client: &str) -> String {
+    format!("provider: {{name: envoy.tracers.skywalking, typed_config: {{\"@type\": type.googleapis.com/envoy.config.trace.v3.SkyWalkingConfig, grpc_service: {{envoy_grpc: {{cluster_name: collector}}, timeout: 0.250s}}{client}}}}}")
+}
+
+/// An `sw8` value's eight fields, the text ones decoded.
+fn sw8_fields(v: &str) -> Vec<String> {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    v.split('-')
+        .enumerate()
+        .map(|(i, f)| match i {
+            0 | 3 => f.to_string(),
+            _ => String::from_utf8(b64.decode(f).unwrap_or_default()).unwrap_or_default(),
+        })
+        .collect()
+}
+
+/// One side's SkyWalking spans keyed `<path> ENTRY` / `<path> EXIT`, the
+/// path from the entry span's operation (its exit span's parent).
+fn sw_by_path(spans: &[Recorded]) -> BTreeMap<String, Recorded> {
+    let entries: BTreeMap<&str, &Recorded> =
+        spans.iter().filter(|s| s.kind == "ENTRY").map(|s| (s.id.as_str(), s)).collect();
+    spans
+        .iter()
+        .map(|s| {
+            let entry =
+                if s.kind == "ENTRY" { Some(s) } else { s.parent_id.as_deref().and_then(|p| entries.get(p).copied()) };
+            (format!("{} {}", entry.map_or("?", |e| e.name.as_str()), s.kind), s.clone())
+        })
+        .collect()
+}
+
+/// SkyWalking, Envoy 1.40 beside Legate: the segments each proxy reports
+/// (an entry span named after the path whatever the decorator, the
+/// router's exit span renamed to the upstream path with the upstream as
+/// its peer), the references to a caller's `sw8`, a bad `sw8` starting a
+/// new trace, the `sw8` each sends upstream (from the exit span), the
+/// service and instance names (given, and from the node), the backend
+/// token and `tracing.skywalking.segments_sent`.
+#[test]
+fn skywalking_segments_and_sw8_match_envoy() {
+    let given =
+        skywalking_provider(", client_config: {service_name: sw-svc, instance_name: sw-inst, backend_token: tok}");
+    let node = skywalking_provider("");
+    let (_dir, ec, lc, sides, _echo) = start_collecting(
+        "trace-skywalking",
+        true,
+        &given,
+        &node,
+        "",
+        ", start_child_span: true",
+        Collector::skywalking,
+    );
+    let caller = "1-dHJhY2UtMQ==-c2VnLTE=-3-Y2FsbGVyLXN2Yw==-Y2FsbGVyLWluc3Q=-L2NhbGxlci9lcA==-ZXhhbXBsZS5jb206ODA=";
+    let requests: Vec<Request> = vec![
+        ("out", "GET", "/dec/1?q=1", vec![("user-agent", "ua1")], ""),
+        ("in", "GET", "/plain/2", vec![("sw8", caller), ("x-envoy-decorator-operation", "fromHdr")], ""),
+        ("in", "POST", "/plain/3", vec![("sw8", "not-a-context")], "hello"),
+        ("in", "GET", "/fail/4", vec![], ""),
+    ];
+    let seen: Vec<BTreeMap<String, Exchange>> = sides.iter().map(|s| exchange_all(s, &requests)).collect();
+    let n = 2 * requests.len();
+    let (e, l) = (ec.wait_spans(n, ARRIVAL), lc.wait_spans(n, ARRIVAL));
+    std::thread::sleep(Duration::from_secs(6));
+    assert_eq!((ec.spans().len(), lc.spans().len()), (n, n), "span counts:\nEnvoy {e:#?}\nLegate {l:#?}");
+    let (es, ls) = (sw_by_path(&e), sw_by_path(&l));
+    assert_eq!(es.keys().collect::<Vec<_>>(), ls.keys().collect::<Vec<_>>(), "Envoy {e:#?}\nLegate {l:#?}");
+    for (key, a) in &es {
+        let b = &ls[key];
+        assert_eq!(comparable(a), comparable(b), "span {key}:\nEnvoy  {a:#?}\nLegate {b:#?}");
+    }
+    for (i, spans) in [&es, &ls].into_iter().enumerate() {
+        let who = ["envoy", "legate"][i];
+        for (path, x) in seen[i].iter().filter(|(p, _)| !p.starts_with("/fail")) {
+            let (entry, exit) = (&spans[&format!("{path} ENTRY")], &spans[&format!("{path} EXIT")]);
+            let segment = exit.id.split('/').next().unwrap_or_default();
+            let sw8 = sw8_fields(x.upstream.get("sw8").map_or("", String::as_str));
+            let want = [
+                "1",
+                &exit.trace_id,
+                segment,
+                "1",
+                &exit.service,
+                &exit.resource["instance"],
+                &entry.name,
+                &exit.resource["peer"],
+            ];
+            assert_eq!(sw8, want, "{who} {path}: sw8 upstream");
+            assert_eq!(exit.parent_id.as_deref(), Some(entry.id.as_str()), "{who} {path}");
+        }
+        assert_eq!(spans["/plain/2 ENTRY"].trace_id, "trace-1", "{who}: the caller's trace");
+        assert_eq!(spans["/plain/2 ENTRY"].parent_id.as_deref(), Some("seg-1/3"), "{who}");
+        assert_ne!(spans["/plain/3 ENTRY"].trace_id, "trace-1", "{who}: a new trace");
+        assert_eq!(
+            (spans["/dec/1?q=1 ENTRY"].service.as_str(), spans["/plain/2 ENTRY"].service.as_str()),
+            ("sw-svc", "trace-test")
+        );
+    }
+    assert_eq!(ec.tokens().first().map(String::as_str), Some("tok"));
+    assert_eq!(lc.tokens().first().map(String::as_str), Some("tok"));
+    let (e_sent, l_sent) =
+        (sides[0].stat("tracing.skywalking.segments_sent"), sides[1].stat("tracing.skywalking.segments_sent"));
+    println!("segments_sent: envoy {e_sent}, legate {l_sent}");
+    assert_eq!((e_sent, l_sent), (4, 4));
+}

@@ -628,7 +628,9 @@ fn tls_and_client_certificates() {
 /// A Service's resilience settings (health checks, outlier detection,
 /// circuit breakers, retries) reach Envoy and Legate and act: a dead
 /// endpoint is failed by health checks and never answers, retries carry the
-/// requests that meet it first.
+/// requests that meet it first. Balanced by `least_response_time`: Legate
+/// takes its own policy, Envoy skips it for least request (both serve), and
+/// `ctl get envoy` says so.
 #[test]
 fn service_resilience_settings() {
     let dir = TempDir::new("resilience");
@@ -645,6 +647,7 @@ spec:
   outlier_detection: {{ consecutive_5xx: 3, max_ejection_percent: 50 }}
   circuit_breakers: {{ max_requests: 100, max_retries: 5 }}
   retries: {{ on: "connect-failure,5xx", attempts: 2 }}
+  lb: least_response_time
 "#
     );
     let gateway = |name: &str, node: &str, port: u16| {
@@ -681,6 +684,13 @@ spec:
     assert!(spec["health_checks"][0]["tcp_health_check"].is_object(), "{spec}");
     let (ok, out) = cp.ctl(&["get", "envoy", "routes", "--node", "res-legate", "-o", "json"]);
     assert!(ok && out.contains("connect-failure,5xx") && out.contains("previous_hosts"), "{out}");
+    let (ok, out) = cp.ctl(&["get", "envoy", "clusters", "--node", "res-envoy"]);
+    let note = "# cluster api: Legate proxies balance with legate.lb.v1.LeastResponseTime; Envoy proxies skip it and use envoy.extensions.load_balancing_policies.least_request.v3.LeastRequest";
+    assert!(ok && out.contains(note), "{out}");
+    for (admin, who) in [(envoy.admin, "Envoy"), (legate.admin, "Legate")] {
+        let dump = http_get(addr(admin), "/config_dump?resource=dynamic_active_clusters", "admin").expect("dump").body;
+        assert!(dump.contains("legate.lb.v1.LeastResponseTime"), "{who} holds the cluster as sent:\n{dump}");
+    }
 }
 
 /// A `protocol: tcp` Service behind a TCP Gateway: Envoy and Legate both

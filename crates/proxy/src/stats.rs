@@ -164,6 +164,11 @@ pub fn set_worker_index(i: usize) {
     WORKER_INDEX.with(|w| w.set(i));
 }
 
+/// The number of workers, as `set_concurrency` was told (0 before).
+pub fn workers() -> usize {
+    shard_count() - 1
+}
+
 /// Called once, before any stat is created, with the number of workers.
 pub fn set_concurrency(workers: usize) {
     SHARDS.store(workers as u64 + 1, Relaxed);

@@ -7,6 +7,15 @@
 pub(super) const EXTENSIONS: &[&str] = &[];
 
 const FIELDS: &[(&str, &[&str])] = &[
+    // Envoy reads `refresh_delay` for REST sources only (refused below), so
+    // on a gRPC source it changes nothing, in Envoy as in Legate.
+    ("envoy.config.core.v3.ApiConfigSource", &["refresh_delay"]),
+    // A gRPC service called straight at its target (reached only where a
+    // `GrpcService` is narrowed to allow it: ext_authz). No call credentials,
+    // channel args or plugins; `google_default` credentials are refused.
+    ("envoy.config.core.v3.GrpcService.GoogleGrpc", &["target_uri", "stat_prefix", "channel_credentials"]),
+    ("envoy.config.core.v3.GrpcService.GoogleGrpc.ChannelCredentials", &["ssl_credentials", "local_credentials"]),
+    ("envoy.config.core.v3.GrpcService.GoogleGrpc.SslCredentials", &["root_certs", "private_key", "cert_chain"]),
     // External authorization of connections, over gRPC.
     (
         "envoy.extensions.filters.network.ext_authz.v3.ExtAuthz",
@@ -238,11 +247,19 @@ pub(super) const UNSUPPORTED_VALUES: &[(&str, &str, &[i32], &str)] = &[
 
 /// Shared messages honoured only in part where they are: (parent message,
 /// its field, the fields honoured there).
-const NARROWED: &[(&str, &str, &[&str])] = &[(
-    "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
-    "http_protocol_options",
-    &["accept_http_10", "default_host_for_http_10"],
-)];
+/// A `GrpcService` whose filter can call a `google_grpc` target (and send
+/// `initial_metadata`); other users of the message keep `envoy_grpc` alone.
+const GRPC_SERVICE_EXT_AUTHZ: &[&str] = &["envoy_grpc", "google_grpc", "timeout", "initial_metadata"];
+
+const NARROWED: &[(&str, &str, &[&str])] = &[
+    (
+        "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+        "http_protocol_options",
+        &["accept_http_10", "default_host_for_http_10"],
+    ),
+    ("envoy.extensions.filters.http.ext_authz.v3.ExtAuthz", "grpc_service", GRPC_SERVICE_EXT_AUTHZ),
+    ("envoy.extensions.filters.network.ext_authz.v3.ExtAuthz", "grpc_service", GRPC_SERVICE_EXT_AUTHZ),
+];
 
 /// The fields honoured in `parent.field` when this table narrows it.
 pub(super) fn narrowed(parent: &str, field: &str) -> Option<&'static [&'static str]> {

@@ -210,8 +210,9 @@ pub fn run(args: CtlArgs) -> anyhow::Result<()> {
             let v = api.call("GET", &url, None)?;
             match out {
                 "json" => println!("{}", serde_json::to_string_pretty(&v)?),
-                // Envoy resources read best as YAML.
-                _ => print!("{}", serde_yaml_ng::to_string(&v["items"])?),
+                // Envoy resources read best as YAML; what only Legate
+                // proxies take is said in comments first.
+                _ => print!("{}{}", render::legate_only_notes(&v["items"]), serde_yaml_ng::to_string(&v["items"])?),
             }
             Ok(())
         }

@@ -13,6 +13,27 @@ pub fn print(output: &str, v: &Value, table: impl FnOnce(&Value) -> String) -> a
     Ok(())
 }
 
+/// Comment lines for `ctl get envoy`: each cluster whose balancing policy
+/// list starts with a policy only Legate has (`legate.*`), and what Envoy
+/// proxies, which skip it, take instead.
+pub fn legate_only_notes(items: &Value) -> String {
+    let mut out = String::new();
+    for item in items.as_array().into_iter().flatten() {
+        let policies = item["resource"]["load_balancing_policy"]["policies"].as_array();
+        let ty = |p: &Value| p["typed_extension_config"]["typed_config"]["@type"].as_str().unwrap_or("").to_string();
+        let types: Vec<String> = policies.into_iter().flatten().map(ty).collect();
+        let name = |t: &str| t.rsplit('/').next().unwrap_or(t).to_string();
+        let Some(first) = types.first().filter(|t| name(t).starts_with("legate.")) else { continue };
+        let envoy = types.iter().find(|t| !name(t).starts_with("legate.")).map_or("none: refused".into(), |t| name(t));
+        out.push_str(&format!(
+            "# cluster {}: Legate proxies balance with {}; Envoy proxies skip it and use {envoy}\n",
+            item["name"].as_str().unwrap_or("?"),
+            name(first)
+        ));
+    }
+    out
+}
+
 /// Columns padded to their widest cell.
 fn table(headers: &[&str], rows: Vec<Vec<String>>) -> String {
     let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();

@@ -27,8 +27,8 @@
 //! - `metrics_receiver`: a metrics and load-report collector that records
 //!   what proxies send;
 //! - `prometheus`: a real Prometheus scraping the control plane;
-//! - `trace_collector`: OTLP/gRPC and Zipkin collectors that decode the
-//!   spans proxies send.
+//! - `trace_collector`: OTLP/gRPC, Zipkin and (`trace_skywalking`)
+//!   SkyWalking collectors that decode the spans proxies send.
 //!
 //! Each test binary compiles all of it and uses a part, hence
 //! `allow(dead_code)`, and `allow(unused_imports)` on the re-exports.
@@ -38,6 +38,7 @@ pub mod admin;
 pub mod agent;
 pub mod alerting;
 pub mod browser;
+pub mod cache_origin;
 pub mod certs;
 pub mod config;
 pub mod control;
@@ -58,6 +59,7 @@ pub mod sides;
 pub mod template;
 pub mod tls;
 pub mod trace_collector;
+pub mod trace_skywalking;
 pub mod upstream;
 pub mod ws;
 pub mod xds;

@@ -1,6 +1,8 @@
 //! Collectors for the spans proxies send, decoding the real wire formats:
 //! an OTLP `TraceService` over gRPC (tonic, with the OpenTelemetry
-//! project's messages) and a Zipkin HTTP endpoint reading JSON v2. Both
+//! project's messages), a Zipkin HTTP endpoint reading JSON v2 and a
+//! SkyWalking `TraceSegmentReportService` (`collect`, a client stream of
+//! segments: one `Recorded` per span). All
 //! record spans in one shape ([`Recorded`]) so a test compares Envoy's and
 //! Legate's alike. Each runs on a thread of the test until dropped.
 
@@ -47,9 +49,11 @@ impl Recorded {
 pub struct Received {
     pub spans: Vec<Recorded>,
     pub requests: Vec<(String, String)>,
+    /// SkyWalking streams' `authentication` metadata.
+    pub tokens: Vec<String>,
 }
 
-type Shared = Arc<Mutex<Received>>;
+pub(super) type Shared = Arc<Mutex<Received>>;
 
 /// A collector running on a thread of the test.
 pub struct Collector {
@@ -66,6 +70,10 @@ impl Collector {
 
     pub fn requests(&self) -> Vec<(String, String)> {
         self.received.lock().unwrap_or_else(|e| e.into_inner()).requests.clone()
+    }
+
+    pub fn tokens(&self) -> Vec<String> {
+        self.received.lock().unwrap_or_else(|e| e.into_inner()).tokens.clone()
     }
 
     /// Waits (at most `limit`) until `n` spans have come; the spans then.
@@ -85,6 +93,19 @@ impl Collector {
         start(|listener, received, stopped| async move {
             let serve = tonic::transport::Server::builder()
                 .add_service(TraceServiceServer::new(Otlp(received)))
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener));
+            tokio::select! {
+                _ = serve => {}
+                _ = stopped => {}
+            }
+        })
+    }
+
+    /// A SkyWalking OAP's trace segment service (gRPC).
+    pub fn skywalking() -> Collector {
+        start(|listener, received, stopped| async move {
+            let serve = tonic::transport::Server::builder()
+                .add_service(super::trace_skywalking::Service(received))
                 .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener));
             tokio::select! {
                 _ = serve => {}

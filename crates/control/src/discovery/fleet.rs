@@ -68,7 +68,14 @@ impl ProxyStatus {
 pub struct Fleet {
     next: AtomicU64,
     streams: Mutex<HashMap<u64, ProxyStatus>>,
+    /// Node id to (cluster, Unix ms) of its last stream's end: a proxy that
+    /// connects and dies between two looks of the fault detector is still
+    /// known to be down.
+    left: Mutex<HashMap<String, (String, u64)>>,
 }
+
+/// The most departed nodes remembered; the oldest go first.
+const MAX_LEFT: usize = 10_000;
 
 impl Fleet {
     pub fn connect(
@@ -87,12 +94,29 @@ impl Fleet {
             types: BTreeMap::new(),
             raw_node: Some(raw_node),
         };
+        self.left_lock().remove(&status.node.id);
         self.lock().insert(id, status);
         id
     }
 
     pub fn disconnect(&self, id: u64) {
-        self.lock().remove(&id);
+        let Some(gone) = self.lock().remove(&id) else { return };
+        let mut left = self.left_lock();
+        if left.len() >= MAX_LEFT && !left.contains_key(&gone.node.id) {
+            if let Some(oldest) = left.iter().min_by_key(|(_, (_, at))| *at).map(|(n, _)| n.clone()) {
+                left.remove(&oldest);
+            }
+        }
+        left.insert(gone.node.id, (gone.node.cluster, crate::clock::unix_ms()));
+    }
+
+    /// Nodes whose last stream ended within `max_age`: node id to (cluster,
+    /// Unix ms of the end). A node connected again is not among them.
+    pub fn left(&self, max_age: std::time::Duration) -> BTreeMap<String, (String, u64)> {
+        let now = crate::clock::unix_ms();
+        let mut left = self.left_lock();
+        left.retain(|_, (_, at)| now.saturating_sub(*at) < max_age.as_millis() as u64);
+        left.iter().map(|(n, v)| (n.clone(), v.clone())).collect()
     }
 
     pub fn update(&self, id: u64, kind: &str, f: impl FnOnce(&mut TypeStatus)) {
@@ -109,5 +133,34 @@ impl Fleet {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, ProxyStatus>> {
         self.streams.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn left_lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (String, u64)>> {
+        self.left.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn node(id: &str) -> NodeInfo {
+        NodeInfo { id: id.into(), cluster: "web".into(), ..Default::default() }
+    }
+
+    #[test]
+    fn a_node_whose_stream_ends_is_remembered_until_it_connects_again() {
+        let fleet = Fleet::default();
+        let id = fleet.connect(node("a"), Default::default(), "sotw");
+        assert!(fleet.left(Duration::from_secs(60)).is_empty());
+        fleet.disconnect(id);
+        let left = fleet.left(Duration::from_secs(60));
+        assert_eq!(left.get("a").map(|(c, _)| c.as_str()), Some("web"), "{left:?}");
+        assert!(fleet.list().is_empty());
+        fleet.connect(node("a"), Default::default(), "sotw");
+        assert!(fleet.left(Duration::from_secs(60)).is_empty(), "connected again");
+        fleet.disconnect(id);
+        assert!(fleet.left(Duration::from_secs(60)).is_empty(), "an unknown stream leaves nothing");
     }
 }

@@ -83,6 +83,8 @@ pub struct Observation {
     pub now_ms: u64,
     /// The connected proxies (one entry per stream).
     pub proxies: Vec<ProxyStatus>,
+    /// Nodes whose last stream ended: node id to (cluster, Unix ms of the end).
+    pub left: BTreeMap<String, (String, u64)>,
     /// Node agents' latest reports, by node id.
     pub agents: BTreeMap<String, AgentStatus>,
     /// Per node: the Unix ms of its last metrics report (any seen).
@@ -127,6 +129,13 @@ impl Detector {
         let connected: BTreeSet<&str> = o.proxies.iter().map(|p| p.node.id.as_str()).collect();
         for p in &o.proxies {
             self.seen.insert(p.node.id.clone(), (p.node.cluster.clone(), o.now_ms));
+        }
+        // Streams that ended since the last look, even ones never seen here.
+        for (node, (cluster, at)) in o.left.iter().filter(|(n, _)| !connected.contains(n.as_str())) {
+            let last = self.seen.entry(node.clone()).or_insert_with(|| (cluster.clone(), *at));
+            if last.1 < *at {
+                *last = (cluster.clone(), *at);
+            }
         }
         let forget = FORGET_AFTER.as_millis() as u64;
         self.seen.retain(|_, (_, last)| o.now_ms.saturating_sub(*last) < forget);

@@ -58,6 +58,7 @@ pub fn observe(ctrl: &Controller, now_ms: u64) -> Observation {
     Observation {
         now_ms,
         proxies: ctrl.fleet.list(),
+        left: ctrl.fleet.left(detect::FORGET_AFTER),
         agents: ctrl.agents.list(),
         last_report_ms: ctrl.monitor.reporting(detect::FORGET_AFTER).into_iter().map(|(n, _, at)| (n, at)).collect(),
         figures: ctrl.monitor.proxies(OUTLIER_WINDOW),

@@ -46,6 +46,9 @@ pub struct SharedProxy {
 pub struct Slice {
     pub at_ms: u64,
     pub proxies: Vec<SharedProxy>,
+    /// Nodes whose last stream on this replica ended (see `Observation::left`).
+    #[serde(default)]
+    pub left: BTreeMap<String, (String, u64)>,
     pub agents: BTreeMap<String, AgentStatus>,
     pub last_report_ms: BTreeMap<String, u64>,
     pub figures: Vec<ProxyFigures>,
@@ -57,6 +60,7 @@ impl Slice {
         Slice {
             at_ms: o.now_ms,
             proxies: o.proxies.iter().map(|p| SharedProxy { node: p.node.clone(), types: p.types.clone() }).collect(),
+            left: o.left.clone(),
             agents: o.agents.clone(),
             last_report_ms: o.last_report_ms.clone(),
             figures: o.figures.clone(),
@@ -120,6 +124,12 @@ pub fn merge(slices: Vec<Slice>, now_ms: u64) -> Observation {
             };
             if better {
                 o.agents.insert(node, a);
+            }
+        }
+        for (node, (cluster, at)) in s.left {
+            let e = o.left.entry(node).or_insert((cluster.clone(), at));
+            if e.1 < at {
+                *e = (cluster, at);
             }
         }
         for (node, at) in s.last_report_ms {

@@ -90,6 +90,20 @@ fn lag_and_down_count_only_after_the_threshold() {
 }
 
 #[test]
+fn a_node_that_left_between_two_looks_is_down_after_the_threshold() {
+    let mut d = Detector::default();
+    let left = |at: u64| [("gone".to_string(), ("web".to_string(), at))].into_iter().collect();
+    let o = |now_ms, left| Observation { now_ms, left, ..Default::default() };
+    assert!(d.observe(&o(1_000, left(500)), &thresholds()).is_empty(), "not yet 5 s");
+    let f = d.observe(&o(6_000, left(500)), &thresholds());
+    assert_eq!(f.len(), 1, "{f:?}");
+    assert_eq!((f[0].node.as_str(), f[0].cluster.as_str(), f[0].causes[0].cause), ("gone", "web", CauseKind::Down));
+    assert!(f[0].causes[0].evidence.starts_with("no xDS stream since"), "{f:?}");
+    let back = Observation { now_ms: 6_500, proxies: vec![proxy("gone", &[])], left: left(500), ..Default::default() };
+    assert!(d.observe(&back, &thresholds()).is_empty(), "connected again");
+}
+
+#[test]
 fn crash_loops_silence_and_error_outliers() {
     let agents = Agents::default();
     agents.report(

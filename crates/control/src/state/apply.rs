@@ -64,75 +64,19 @@ impl Controller {
         message: &str,
         dry_run: bool,
     ) -> Result<ApplyOutcome, ApplyError> {
-        self.apply_with_deletes(docs, &[], author, message, dry_run)
+        self.apply_with(docs, author, message, ApplyOptions { dry_run, ..Default::default() })
     }
 
-    /// `apply` with `force`: references the change leaves unresolved
-    /// (a route to a cluster no resource defines, ...) are accepted.
-    pub fn apply_forced(
+    /// `apply` as `opts` says: deletions in the same revision, staged to a
+    /// canary, forced past unresolved references, or a dry run.
+    pub fn apply_with(
         &self,
         docs: &[Document],
         author: &str,
         message: &str,
-        dry_run: bool,
-        force: bool,
+        opts: ApplyOptions<'_>,
     ) -> Result<ApplyOutcome, ApplyError> {
-        let how = How { dry_run, policy: None, force };
-        self.retrying(|| self.try_apply(docs, &[], author, message, how))
-    }
-
-    /// Like `apply`, with deletions in the same revision (a watched folder
-    /// that lost a resource).
-    pub fn apply_with_deletes(
-        &self,
-        docs: &[Document],
-        deletes: &[(Kind, String)],
-        author: &str,
-        message: &str,
-        dry_run: bool,
-    ) -> Result<ApplyOutcome, ApplyError> {
-        let how = How { dry_run, policy: None, force: false };
-        self.retrying(|| self.try_apply(docs, deletes, author, message, how))
-    }
-
-    /// Like `apply`, staged: the new revision goes to the canary `policy`
-    /// picks among the connected proxies that would receive it; the others
-    /// keep the current revision until the rollout task decides.
-    pub fn apply_staged(
-        &self,
-        docs: &[Document],
-        author: &str,
-        message: &str,
-        policy: &Policy,
-    ) -> Result<ApplyOutcome, ApplyError> {
-        self.apply_staged_with_deletes(docs, &[], author, message, policy)
-    }
-
-    /// `apply_staged` with `force` (see `apply_forced`).
-    pub fn apply_staged_forced(
-        &self,
-        docs: &[Document],
-        author: &str,
-        message: &str,
-        policy: &Policy,
-        force: bool,
-    ) -> Result<ApplyOutcome, ApplyError> {
-        let how = How { dry_run: false, policy: Some(policy), force };
-        self.retrying(|| self.try_apply(docs, &[], author, message, how))
-    }
-
-    /// Like `apply_staged`, with deletions in the same revision (the
-    /// watched folder's apply under the `Rollout` policy).
-    pub fn apply_staged_with_deletes(
-        &self,
-        docs: &[Document],
-        deletes: &[(Kind, String)],
-        author: &str,
-        message: &str,
-        policy: &Policy,
-    ) -> Result<ApplyOutcome, ApplyError> {
-        let how = How { dry_run: false, policy: Some(policy), force: false };
-        self.retrying(|| self.try_apply(docs, deletes, author, message, how))
+        self.retrying(|| self.try_apply(docs, author, message, opts))
     }
 
     pub fn delete(&self, kind: Kind, name: &str, author: &str, message: &str) -> Result<ApplyOutcome, ApplyError> {
@@ -197,12 +141,11 @@ impl Controller {
     fn try_apply(
         &self,
         docs: &[Document],
-        deletes: &[(Kind, String)],
         author: &str,
         message: &str,
-        how: How<'_>,
+        opts: ApplyOptions<'_>,
     ) -> Result<ApplyOutcome, ApplyError> {
-        let How { dry_run, policy, force } = how;
+        let ApplyOptions { dry_run, policy, force, deletes } = opts;
         let compiled = compile_unique(docs)?;
         let _guard = self.apply_lock.lock().unwrap_or_else(|e| e.into_inner());
         if !dry_run {
@@ -404,13 +347,20 @@ impl Controller {
     }
 }
 
-/// How an apply goes: a dry run, staged with a rollout policy, forced past
-/// unresolved references.
-#[derive(Clone, Copy)]
-struct How<'a> {
-    dry_run: bool,
-    policy: Option<&'a Policy>,
-    force: bool,
+/// How an apply goes.
+#[derive(Clone, Copy, Default)]
+pub struct ApplyOptions<'a> {
+    /// Validate and show the change; commit nothing.
+    pub dry_run: bool,
+    /// Staged: the new revision goes to the canary this policy picks among
+    /// the connected proxies that would receive it; the others keep the
+    /// current revision until the rollout task decides.
+    pub policy: Option<&'a Policy>,
+    /// References the change leaves unresolved (a route to a cluster no
+    /// resource defines, ...) are accepted.
+    pub force: bool,
+    /// Resources deleted in the same revision (a watched folder that lost one).
+    pub deletes: &'a [(Kind, String)],
 }
 
 /// Compiles every document: the resources that compiled, and the problems

@@ -8,7 +8,7 @@
 
 use crate::resources::document::parse_documents;
 use crate::resources::kind::Kind;
-use crate::state::apply::ApplyError;
+use crate::state::apply::{ApplyError, ApplyOptions};
 use crate::state::controller::Controller;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -56,11 +56,9 @@ pub fn sync_once(
     let author = format!("watch:{}", dir.display());
     let message = format!("files: {}", names.join(", "));
     // Staged like an API apply when a `Rollout` policy named default exists.
-    let applied = match ctrl.default_rollout_policy() {
-        Some(p) => ctrl.apply_staged_with_deletes(&docs, &gone, &author, &message, &p),
-        None => ctrl.apply_with_deletes(&docs, &gone, &author, &message, false),
-    };
-    match applied {
+    let policy = ctrl.default_rollout_policy();
+    let opts = ApplyOptions { policy: policy.as_ref(), deletes: &gone, ..Default::default() };
+    match ctrl.apply_with(&docs, &author, &message, opts) {
         Ok(o) => {
             match (o.revision, &o.rollout) {
                 (Some(rev), Some(r)) if !r.canary.is_empty() => {

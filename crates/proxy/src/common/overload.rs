@@ -9,8 +9,9 @@
 //! Envoy applies to a fraction of requests or connections (`bernoulli` on the
 //! value) do so here too.
 
+use crate::stats::Counter;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
-use std::sync::{LazyLock, OnceLock};
+use std::sync::{Arc, LazyLock, OnceLock};
 use tokio::sync::watch;
 
 /// A saturated action's state.
@@ -32,6 +33,15 @@ pub enum Action {
     RejectIncomingConnections,
     /// `envoy.overload_actions.shrink_heap` (the manager's own).
     ShrinkHeap,
+    /// The load shed point `envoy.load_shed_points.tcp_listener_accept`
+    /// (accept word): an accepted connection closed, as
+    /// `reject_incoming_connections` does.
+    ShedListenerAccept,
+    /// The load shed point
+    /// `envoy.load_shed_points.http_connection_manager_decode_headers`
+    /// (request word): a new request answered 503, as
+    /// `stop_accepting_requests` does.
+    ShedDecodeHeaders,
 }
 
 impl Action {
@@ -59,6 +69,23 @@ impl Action {
         Self::NAMES.iter().position(|n| *n == name).map(|i| Self::ALL[i])
     }
 
+    /// The load shed points Legate has, with Envoy's names.
+    pub const POINTS: [(Action, &'static str); 2] = [
+        (Action::ShedListenerAccept, "envoy.load_shed_points.tcp_listener_accept"),
+        (Action::ShedDecodeHeaders, "envoy.load_shed_points.http_connection_manager_decode_headers"),
+    ];
+
+    pub fn from_point_name(name: &str) -> Option<Action> {
+        Self::POINTS.iter().find(|(_, n)| *n == name).map(|(a, _)| *a)
+    }
+
+    /// Counts each time this load shed point sheds (the manager, once).
+    pub fn count_sheds(self, counter: Arc<Counter>) {
+        if let Some(i) = Self::POINTS.iter().position(|(a, _)| *a == self) {
+            let _ = SHED_COUNTS[i].set(counter);
+        }
+    }
+
     /// The word and the shift of this action's state (none: not read on
     /// the request or accept path).
     fn place(self) -> Option<(&'static AtomicU64, u32)> {
@@ -68,12 +95,17 @@ impl Action {
             Action::ReduceTimeouts => Some((&REQUEST, 32)),
             Action::StopAcceptingConnections => Some((&ACCEPT, 0)),
             Action::RejectIncomingConnections => Some((&ACCEPT, 16)),
+            Action::ShedListenerAccept => Some((&ACCEPT, 32)),
+            Action::ShedDecodeHeaders => Some((&REQUEST, 48)),
             Action::ShrinkHeap => None,
         }
     }
 }
 
 static REQUEST: AtomicU64 = AtomicU64::new(0);
+/// Each load shed point's `shed_load_count`, in the order of
+/// [`Action::POINTS`] (set by the manager when the point is configured).
+static SHED_COUNTS: [OnceLock<Arc<Counter>>; 2] = [OnceLock::new(), OnceLock::new()];
 /// An accept-side action is configured: accept loops watch for changes.
 static ACCEPT_WATCHED: AtomicBool = AtomicBool::new(false);
 static ACCEPT: AtomicU64 = AtomicU64::new(0);
@@ -143,6 +175,17 @@ fn field(word: u64, shift: u32) -> u16 {
     (word >> shift) as u16
 }
 
+/// A load shed point's draw; a shed is counted in its `shed_load_count`.
+fn shed(state: u16, point: usize) -> bool {
+    let fired = bernoulli(state);
+    if fired {
+        if let Some(c) = SHED_COUNTS[point].get() {
+            c.inc();
+        }
+    }
+    fired
+}
+
 /// Envoy's `bernoulli(value)`: always when saturated, never when inactive,
 /// else at random with the state's probability.
 fn bernoulli(state: u16) -> bool {
@@ -159,9 +202,10 @@ impl RequestState {
         self.0 == 0
     }
 
-    /// `stop_accepting_requests`: this request is answered 503.
+    /// `stop_accepting_requests`, then the decode-headers load shed point
+    /// (each drawn on its own, as Envoy's): this request is answered 503.
     pub fn stop_request(self) -> bool {
-        bernoulli(field(self.0, 0))
+        bernoulli(field(self.0, 0)) || shed(field(self.0, 48), 1)
     }
 
     /// `disable_http_keepalive`: this request's connection is drained.
@@ -177,9 +221,10 @@ impl AcceptState {
         field(self.0, 0) == SATURATED
     }
 
-    /// `reject_incoming_connections`: this accepted connection is closed.
+    /// `reject_incoming_connections`, then the listener-accept load shed
+    /// point (each drawn on its own): this accepted connection is closed.
     pub fn reject(self) -> bool {
-        bernoulli(field(self.0, 16))
+        bernoulli(field(self.0, 16)) || shed(field(self.0, 32), 0)
     }
 }
 

@@ -156,6 +156,8 @@ pub(super) fn flatten(c: &CommonTlsContext, deps: &Deps, path: &str) -> Result<O
                     m.trusted_ca = v.trusted_ca.clone();
                 }
                 m.match_typed_subject_alt_names.extend(v.match_typed_subject_alt_names.iter().cloned());
+                #[allow(deprecated)]
+                m.match_subject_alt_names.extend(v.match_subject_alt_names.iter().cloned());
                 m
             }
             _ => v,

@@ -24,9 +24,24 @@ pub(super) enum SanKind {
     Dns,
     Uri,
     Ip,
+    /// The deprecated `match_subject_alt_names`: a SAN of any type.
+    Any,
 }
 
 pub(super) fn compile_sans(v: &CertificateValidationContext, path: &str) -> Result<Vec<SanMatcher>, TlsError> {
+    let mut out = typed_sans(v, path)?;
+    // Envoy's deprecated `match_subject_alt_names`, after the typed ones:
+    // each matcher tried on every DNS, URI, email and IP SAN.
+    #[allow(deprecated)]
+    for (i, sm) in v.match_subject_alt_names.iter().enumerate() {
+        let p = format!("{path}.validation_context.match_subject_alt_names[{i}]");
+        let matcher = crate::common::matcher::StringMatch::new(sm).map_err(|e| err(&p, e))?;
+        out.push(SanMatcher { kind: SanKind::Any, matcher });
+    }
+    Ok(out)
+}
+
+fn typed_sans(v: &CertificateValidationContext, path: &str) -> Result<Vec<SanMatcher>, TlsError> {
     v.match_typed_subject_alt_names
         .iter()
         .enumerate()
@@ -82,7 +97,7 @@ pub(super) fn sans_match(matchers: &[SanMatcher], der: &CertificateDer<'_>) -> b
             _ => return false,
         };
         matchers.iter().any(|m| {
-            m.kind == kind
+            (m.kind == kind || m.kind == SanKind::Any)
                 && (m.matcher.matches(&value)
                     || (kind == SanKind::Dns && m.matcher.exact().is_some_and(|e| dns_wildcard_covers(&value, e))))
         })

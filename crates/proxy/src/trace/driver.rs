@@ -18,8 +18,19 @@ pub struct Operation<'a> {
     pub egress: bool,
     /// The request's host (`:authority`).
     pub host: &'a str,
+    /// The request's `:path` (with its query).
+    pub path: &'a str,
     /// The upstream request gets its own span (`spawn_upstream_span`).
     pub spawn_upstream_span: bool,
+}
+
+/// The upstream request a span's context is written into.
+pub struct Upstream<'a> {
+    /// The host's address, once one is picked (the router's span).
+    pub address: Option<String>,
+    /// The request's authority and path as they go upstream.
+    pub authority: &'a str,
+    pub path: &'a str,
 }
 
 impl Operation<'_> {
@@ -45,8 +56,15 @@ pub trait Driver: Send + Sync {
     fn start(&self, h: &HeaderMap, op: &Operation<'_>, traced: bool, start: SystemTime) -> Option<Span>;
     /// A child of `parent` (the router's upstream span), a client span.
     fn child(&self, parent: &Span, name: String, start: SystemTime) -> Span;
-    /// `span`'s context into the upstream request's headers.
-    fn inject(&self, span: &Span, h: &mut HeaderMap);
+    /// `span`'s context into the upstream request's headers (a tracer may
+    /// note the upstream on the span: SkyWalking's exit span).
+    fn inject(&self, span: &mut Span, h: &mut HeaderMap, upstream: &Upstream<'_>);
+    /// A decorator or `x-envoy-decorator-operation` names the span's
+    /// operation (SkyWalking keeps the path: Envoy's `setOperation` does
+    /// nothing there).
+    fn rename(&self, span: &mut Span, name: &str) {
+        name.clone_into(&mut span.name);
+    }
     /// The span ended at `end`: reported when sampled.
     fn finish(&self, span: Span, end: SystemTime);
 }

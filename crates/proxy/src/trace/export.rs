@@ -10,7 +10,7 @@ use crate::stats::{Counter, Store};
 use crate::upstream::cluster::{Cluster, ClusterMap};
 use arc_swap::ArcSwap;
 use bytes::Bytes;
-use http::header::{HeaderValue, CONTENT_TYPE, HOST};
+use http::header::{HeaderName, HeaderValue, CONTENT_TYPE, HOST};
 use http_body_util::BodyExt;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, SystemTime};
@@ -52,6 +52,8 @@ pub struct Encoded {
     pub content_type: &'static str,
     pub body: Bytes,
     pub grpc: bool,
+    /// More request headers (SkyWalking's `authentication` token).
+    pub headers: Vec<(HeaderName, HeaderValue)>,
 }
 
 /// `tracing.<tracer>.*`, Envoy's names, and `spans_dropped` (Legate's own:
@@ -68,15 +70,22 @@ pub struct ExportStats {
 
 impl ExportStats {
     pub fn new(store: &Store, tracer: &str) -> Self {
+        Self::named(store, tracer, "spans_sent", "spans_dropped")
+    }
+
+    /// With the counters of what was sent and what a full queue dropped
+    /// named `sent` and `dropped` (SkyWalking's `segments_sent` and
+    /// `segments_dropped`).
+    pub fn named(store: &Store, tracer: &str, sent: &str, dropped: &str) -> Self {
         let c = |n: &str| store.counter(&format!("tracing.{tracer}.{n}"));
         Self {
-            spans_sent: c("spans_sent"),
+            spans_sent: c(sent),
             timer_flushed: c("timer_flushed"),
             reports_sent: c("reports_sent"),
             reports_dropped: c("reports_dropped"),
             reports_failed: c("reports_failed"),
             reports_skipped_no_cluster: c("reports_skipped_no_cluster"),
-            spans_dropped: c("spans_dropped"),
+            spans_dropped: c(dropped),
         }
     }
 }
@@ -112,7 +121,18 @@ impl Exporter {
         stats: ExportStats,
         pending: &Mutex<Vec<Weak<Exporter>>>,
     ) -> Arc<Self> {
-        let (tx, rx) = mpsc::channel(QUEUE);
+        Self::bounded(target, encoder, stats, pending, QUEUE)
+    }
+
+    /// One whose queue holds at most `capacity` (at least one).
+    pub fn bounded(
+        target: Target,
+        encoder: Box<dyn Encode>,
+        stats: ExportStats,
+        pending: &Mutex<Vec<Weak<Exporter>>>,
+        capacity: usize,
+    ) -> Arc<Self> {
+        let (tx, rx) = mpsc::channel(capacity.max(1));
         let e = Arc::new(Self { tx, rx: Mutex::new(Some(rx)), sender: Arc::new(Sender { target, encoder, stats }) });
         if let Ok(mut p) = pending.lock() {
             p.push(Arc::downgrade(&e));
@@ -209,6 +229,9 @@ impl Sender {
         if e.grpc {
             h.insert(http::header::TE, HeaderValue::from_static("trailers"));
         }
+        for (k, v) in e.headers {
+            h.insert(k, v);
+        }
         if !cluster.http2 {
             h.insert(HOST, authority);
         }
@@ -244,7 +267,7 @@ mod tests {
     struct Nothing;
     impl Encode for Nothing {
         fn encode(&self, _: &[Finished]) -> Encoded {
-            Encoded { path: "/".into(), content_type: "x", body: Bytes::new(), grpc: false }
+            Encoded { path: "/".into(), content_type: "x", body: Bytes::new(), grpc: false, headers: Vec::new() }
         }
         fn accepted(&self, _: u16, _: Option<&str>) -> bool {
             true
@@ -261,6 +284,7 @@ mod tests {
             tags: Vec::new(),
             tracestate: None,
             b3_single: false,
+            ext: None,
         };
         Finished { span, end: SystemTime::now() }
     }

@@ -2,8 +2,8 @@
 //! connection manager's `tracing` compiles to, the sampling decision Envoy
 //! makes from `x-request-id`, and the tracers users pick, one driver per
 //! provider in one table (`registry::DRIVERS`): `zipkin` (B3 headers, JSON v2
-//! over HTTP, which Jaeger also accepts) and `otel` (W3C `traceparent`, OTLP
-//! over gRPC). Spans are built per request by the connection manager
+//! over HTTP, which Jaeger also accepts), `otel` (W3C `traceparent`, OTLP
+//! over gRPC) and `skywalking` (`sw8`, segments over gRPC). Spans are built per request by the connection manager
 //! (`http/conn_manager/tracing.rs`); finished spans go to the driver's
 //! `export::Exporter`, which batches and sends them off the request path.
 
@@ -12,11 +12,12 @@ pub mod export;
 pub mod otel;
 pub mod registry;
 pub mod request_id;
+pub mod skywalking;
 pub mod span;
 pub mod tags;
 pub mod zipkin;
 
-pub use driver::{Driver, Operation};
+pub use driver::{Driver, Operation, Upstream};
 pub use request_id::Reason;
 pub use span::{Kind, Span};
 
@@ -194,7 +195,7 @@ mod tests {
         fn child(&self, parent: &Span, _: String, _: std::time::SystemTime) -> Span {
             parent.clone()
         }
-        fn inject(&self, _: &Span, _: &mut HeaderMap) {}
+        fn inject(&self, _: &mut Span, _: &mut HeaderMap, _: &driver::Upstream<'_>) {}
         fn finish(&self, _: Span, _: std::time::SystemTime) {}
     }
 

@@ -2,7 +2,7 @@
 //! context (`traceparent`, `tracestate`) and spans as OTLP, exported over
 //! gRPC (`TraceService/Export`) to the `grpc_service` cluster.
 
-use super::driver::{DriverContext, Operation, Registration};
+use super::driver::{DriverContext, Operation, Registration, Upstream};
 use super::export::{Encode, Encoded, ExportStats, Exporter, Finished, Target};
 use super::span::{nanos, random_id, Kind, Parent, Span, SpanContext};
 use bytes::{BufMut, BytesMut};
@@ -93,7 +93,7 @@ impl super::Driver for OpenTelemetry {
         Span { tracestate: parent.tracestate.clone(), ..Span::new(name, Kind::Client, context, start) }
     }
 
-    fn inject(&self, span: &Span, h: &mut HeaderMap) {
+    fn inject(&self, span: &mut Span, h: &mut HeaderMap, _: &Upstream<'_>) {
         let c = &span.context;
         let v = format!("00-{}-{:016x}-{}", c.trace_hex(), c.span_id, if c.sampled { "01" } else { "00" });
         if let Ok(v) = HeaderValue::from_str(&v) {
@@ -217,7 +217,13 @@ impl Encode for Otlp {
         body.put_u8(0);
         body.put_u32(message.len() as u32);
         body.put_slice(&message);
-        Encoded { path: EXPORT_PATH.to_string(), content_type: "application/grpc", body: body.freeze(), grpc: true }
+        Encoded {
+            path: EXPORT_PATH.to_string(),
+            content_type: "application/grpc",
+            body: body.freeze(),
+            grpc: true,
+            headers: Vec::new(),
+        }
     }
 
     fn accepted(&self, status: u16, grpc_status: Option<&str>) -> bool {

@@ -3,6 +3,8 @@
 //! from the request), writes its context into the upstream request, and
 //! reports it when it ends.
 
+use std::any::Any;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 /// Envoy's span kinds: a connection manager's span is a server span on an
@@ -64,13 +66,42 @@ pub struct Span {
     pub tracestate: Option<String>,
     /// Propagated in B3's single-header form.
     pub b3_single: bool,
+    /// What a tracer keeps with the span beyond this model (SkyWalking's
+    /// segment and span ids).
+    pub ext: Option<Ext>,
+}
+
+/// A tracer's own state carried by a span, read back with `get`.
+#[derive(Clone)]
+pub struct Ext(pub Arc<dyn Any + Send + Sync>);
+
+impl Ext {
+    pub fn get<T: Any>(&self) -> Option<&T> {
+        self.0.downcast_ref::<T>()
+    }
+}
+
+impl std::fmt::Debug for Ext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Ext")
+    }
 }
 
 impl Span {
     /// A span with no tags, not shared, without tracestate, propagated in
     /// B3's multi-header form; drivers set what differs.
     pub fn new(name: String, kind: Kind, context: SpanContext, start: SystemTime) -> Self {
-        Self { name, kind, context, shared: false, start, tags: Vec::new(), tracestate: None, b3_single: false }
+        Self {
+            name,
+            kind,
+            context,
+            shared: false,
+            start,
+            tags: Vec::new(),
+            tracestate: None,
+            b3_single: false,
+            ext: None,
+        }
     }
 
     /// A tag, replacing one of the same name (as Envoy's tracers keep one
@@ -106,4 +137,9 @@ pub fn micros(t: SystemTime) -> u64 {
 /// Nanoseconds since the epoch.
 pub fn nanos(t: SystemTime) -> u64 {
     t.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
+}
+
+/// Milliseconds since the epoch.
+pub fn millis(t: SystemTime) -> i64 {
+    t.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }

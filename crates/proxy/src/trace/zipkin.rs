@@ -3,7 +3,7 @@
 //! one) and spans as Zipkin's JSON v2, POSTed to `collector_endpoint` on
 //! `collector_cluster` (Jaeger's Zipkin endpoint takes the same).
 
-use super::driver::{DriverContext, Operation, Registration};
+use super::driver::{DriverContext, Operation, Registration, Upstream};
 use super::export::{Encode, Encoded, ExportStats, Exporter, Finished, Target};
 use super::span::{micros, random_id, Kind, Parent, Span, SpanContext};
 use crate::common::local_address::local_address;
@@ -98,7 +98,7 @@ impl super::Driver for Zipkin {
         Span { shared, b3_single: parent.b3_single, ..Span::new(name, parent.kind, context, start) }
     }
 
-    fn inject(&self, span: &Span, h: &mut HeaderMap) {
+    fn inject(&self, span: &mut Span, h: &mut HeaderMap, _: &Upstream<'_>) {
         let c = &span.context;
         let flag = if c.sampled { "1" } else { "0" };
         if span.b3_single {
@@ -263,6 +263,7 @@ impl Encode for JsonV2 {
             content_type: "application/json",
             body: serde_json::to_vec(&body).unwrap_or_default().into(),
             grpc: false,
+            headers: Vec::new(),
         }
     }
 

@@ -163,8 +163,46 @@ impl Cluster {
         self.lb.hashes()
     }
 
+    /// When the balancer learns from response times, a timer for a request
+    /// to `host` that tells it when dropped (response head, failure, or the
+    /// request given up), as tower's `PeakEwma` handle does.
+    pub fn response_timer(self: &Arc<Self>, host: &Arc<Host>) -> Option<ResponseTimer> {
+        self.lb.times_responses().then(|| ResponseTimer {
+            cluster: self.clone(),
+            host: host.clone(),
+            sent: std::time::Instant::now(),
+            armed: true,
+        })
+    }
+
     pub fn pick_hashed(&self, hash: Option<u64>) -> Option<Arc<Host>> {
         self.lb.pick(&self.hosts.load(), hash)
+    }
+}
+
+/// A request's response time, told to the balancer when dropped.
+pub struct ResponseTimer {
+    cluster: Arc<Cluster>,
+    host: Arc<Host>,
+    sent: std::time::Instant,
+    armed: bool,
+}
+
+impl ResponseTimer {
+    /// The request never reached the host (a circuit breaker refused it):
+    /// nothing to learn.
+    pub fn cancel(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for ResponseTimer {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let now = std::time::Instant::now();
+        self.cluster.lb.observe(&self.host, now.saturating_duration_since(self.sent), now);
     }
 }
 

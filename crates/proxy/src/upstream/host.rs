@@ -5,6 +5,7 @@
 
 use crate::common::metadata::Map;
 use crate::upstream::clock::clock_ms;
+use crate::upstream::lb::peak_ewma::PeakEwma;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
@@ -105,6 +106,9 @@ pub struct Host {
     /// When the host last became healthy (Envoy's last HC pass time), on
     /// `upstream::clock::clock_ms`; 0 until then. Slow start counts from it.
     pub healthy_since: AtomicU64,
+    /// Its peak-EWMA latency, kept when the cluster balances by least
+    /// response time.
+    pub latency: PeakEwma,
 }
 
 impl Host {
@@ -150,6 +154,7 @@ impl Host {
             od_interval_ok: AtomicU64::new(0),
             od_local: Default::default(),
             healthy_since: AtomicU64::new(0),
+            latency: PeakEwma::default(),
         }
     }
 

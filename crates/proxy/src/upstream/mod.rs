@@ -6,7 +6,8 @@
 //! set (`host_set`, `membership`), the balancer (`lb`), and what works on a
 //! cluster's hosts without knowing the cluster (`health`, `outlier`, `dns`,
 //! `worker_pools`). `cluster` composes those; `connection`, `pool` (sending
-//! requests) and `tasks` (a cluster's background work) sit on top.
+//! requests) and `tasks` (a cluster's background work) sit on top, and
+//! `google_grpc` (a gRPC target compiled into a private cluster) above them.
 
 pub mod breakers;
 pub mod clock;
@@ -16,6 +17,7 @@ pub mod connection;
 pub mod dns;
 pub mod endpoints;
 pub mod error;
+pub mod google_grpc;
 pub mod health;
 pub mod host;
 pub mod host_set;

@@ -48,16 +48,19 @@ pub async fn send(
     req: http::Request<ProxyBody>,
     rq_slot: &mut Held,
 ) -> Result<http::Response<Incoming>, UpstreamError> {
+    let timer = cluster.response_timer(host);
     let result = if cluster.http2 {
         send_h2(cluster, host, req, rq_slot).await
     } else {
         send_h1(cluster, host, req, rq_slot).await
     };
-    // An overflow never reached the host: not its failure.
-    if let (Some(o), false) =
-        (&cluster.outlier, matches!(result, Err(UpstreamError::Overflow | UpstreamError::PoolOverflow)))
-    {
+    // An overflow never reached the host: not its failure, nor its latency.
+    let overflow = matches!(result, Err(UpstreamError::Overflow | UpstreamError::PoolOverflow));
+    if let (Some(o), false) = (&cluster.outlier, overflow) {
         o.record(&cluster.hosts, host, result.as_ref().ok().map(|r| r.status().as_u16()));
+    }
+    if let (Some(t), true) = (timer, overflow) {
+        t.cancel();
     }
     result
 }

@@ -79,6 +79,9 @@ pub fn compile_services(
             if cookie_clusters.contains(&cluster_name) {
                 if let Some(c) = docs.iter_mut().find(|d| d.kind == "Cluster") {
                     c.spec["lb_policy"] = json!("RING_HASH");
+                    if let Some(o) = c.spec.as_object_mut() {
+                        o.remove("load_balancing_policy");
+                    }
                 }
             }
             out.extend(docs);
@@ -227,8 +230,11 @@ fn cluster(s: &ServiceSpec, cluster_name: &str) -> Value {
     let mut cluster = json!({
         "name": cluster_name,
         "connect_timeout": s.connect_timeout,
-        "lb_policy": lb_policy(s.lb),
     });
+    match lb_policy(s.lb) {
+        Some(named) => cluster["lb_policy"] = json!(named),
+        None => cluster["load_balancing_policy"] = least_response_time(),
+    }
     resilience(s, &mut cluster);
     if matches!(s.protocol, Protocol::Http2 | Protocol::Grpc) {
         cluster["typed_extension_protocol_options"] = json!({
@@ -241,12 +247,29 @@ fn cluster(s: &ServiceSpec, cluster_name: &str) -> Value {
     cluster
 }
 
-fn lb_policy(lb: Lb) -> &'static str {
+/// The `lb_policy` of `lb`, or none for a policy only Legate has.
+fn lb_policy(lb: Lb) -> Option<&'static str> {
     match lb {
-        Lb::RoundRobin => "ROUND_ROBIN",
-        Lb::LeastRequest => "LEAST_REQUEST",
-        Lb::Random => "RANDOM",
+        Lb::RoundRobin => Some("ROUND_ROBIN"),
+        Lb::LeastRequest => Some("LEAST_REQUEST"),
+        Lb::Random => Some("RANDOM"),
+        Lb::LeastResponseTime => None,
     }
+}
+
+/// `lb: least_response_time`: a policy list each proxy takes the first it
+/// knows of, Legate's least response time, then Envoy's least request (a
+/// proxy that does not know a policy's type skips it, as Envoy does).
+fn least_response_time() -> Value {
+    let policy =
+        |name: &str, ty: &str| json!({"typed_extension_config": {"name": name, "typed_config": {"@type": ty}}});
+    json!({"policies": [
+        policy("legate.lb.least_response_time", "type.googleapis.com/legate.lb.v1.LeastResponseTime"),
+        policy(
+            "envoy.load_balancing_policies.least_request",
+            "type.googleapis.com/envoy.extensions.load_balancing_policies.least_request.v3.LeastRequest",
+        ),
+    ]})
 }
 
 /// Envoy's `HealthCheck` for a service's `health_check`.

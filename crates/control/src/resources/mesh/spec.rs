@@ -33,6 +33,8 @@ pub enum Lb {
     RoundRobin,
     LeastRequest,
     Random,
+    /// Legate's least response time; LEAST_REQUEST on Envoy proxies.
+    LeastResponseTime,
 }
 
 #[derive(Debug, Clone, Deserialize)]

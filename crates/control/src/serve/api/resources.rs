@@ -10,6 +10,7 @@ use crate::rollouts::board::{Policy, PolicySpec};
 use crate::serve::api::access::authorize;
 use crate::serve::api::auth::Role;
 use crate::serve::api::reply::{bad_request, error, not_found};
+use crate::state::apply::ApplyOptions;
 use crate::state::controller::Controller;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -67,11 +68,9 @@ pub async fn apply(State(ctrl): State<Arc<Controller>>, headers: HeaderMap, Json
         None if body.dry_run || docs.iter().all(|d| Kind::parse(&d.kind) == Some(Kind::Rollout)) => None,
         None => ctrl.default_rollout_policy(),
     };
-    let result = match &policy {
-        Some(p) => ctrl.apply_staged_forced(&docs, &actor.name, &body.message, p, body.force),
-        None => ctrl.apply_forced(&docs, &actor.name, &body.message, body.dry_run, body.force),
-    };
-    match result {
+    // A policy is only ever chosen for a real (not dry) run.
+    let opts = ApplyOptions { dry_run: body.dry_run, policy: policy.as_ref(), force: body.force, deletes: &[] };
+    match ctrl.apply_with(&docs, &actor.name, &body.message, opts) {
         Ok(outcome) => {
             if let Some(rev) = outcome.revision {
                 let changed: Vec<String> = outcome.created.iter().chain(&outcome.updated).cloned().collect();

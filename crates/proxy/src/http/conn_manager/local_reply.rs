@@ -45,6 +45,17 @@ impl Hcm {
         self.send_generated(stream, resp, matched)
     }
 
+    /// A response a filter served whole (the cache's hits).
+    pub(in crate::http) fn served_reply(
+        &self,
+        mut stream: Box<Stream>,
+        resp: Response<ProxyBody>,
+        details: &'static str,
+    ) -> ProxyResponse {
+        stream.details = details;
+        self.send_generated(stream, resp, None)
+    }
+
     /// A route's `direct_response`.
     pub(in crate::http) fn direct_reply(
         &self,

@@ -380,6 +380,7 @@ impl Hcm {
                 let body = (!body.is_empty()).then(|| body.to_string());
                 with_headers(self.local_reply(stream, status, details, flag, body), headers)
             }
+            Verdict::Serve(resp) => self.served_reply(stream, resp, "cache_response"),
             Verdict::Denied { status, body, details, headers } => {
                 let body = (!body.is_empty()).then_some(body);
                 denied_headers(self.local_reply(stream, status, details, "UAEX", body), headers)

@@ -7,7 +7,7 @@
 use super::stream::Stream;
 use super::stream_trace::StreamTrace;
 use super::{Found, Hcm};
-use crate::trace::{tags, Operation, Span};
+use crate::trace::{tags, Operation, Span, Upstream};
 use http::header::{HeaderName, HeaderValue};
 use http::HeaderMap;
 use std::time::SystemTime;
@@ -22,12 +22,17 @@ impl Hcm {
     pub(super) fn start_trace(&self, stream: &mut Stream, h: &mut HeaderMap, found: Found<'_>) {
         let Some(t) = &self.tracing else { return };
         let reason = t.decide(h);
-        let op = Operation { egress: t.egress, host: &stream.authority, spawn_upstream_span: t.spawn_upstream_span };
+        let op = Operation {
+            egress: t.egress,
+            host: &stream.authority,
+            path: &stream.path,
+            spawn_upstream_span: t.spawn_upstream_span,
+        };
         let mut span = t.driver.start(h, &op, reason.traced(), stream.start_time);
         let mut decorated = None;
         if let Some(d) = found.and_then(|(_, r)| r.decorator.as_ref()) {
             if let Some(s) = span.as_mut() {
-                s.name.clone_from(&d.operation);
+                t.driver.rename(s, &d.operation);
             }
             if d.propagate {
                 decorated = Some(d.operation.clone());
@@ -42,14 +47,15 @@ impl Hcm {
             // An ingress request may name its own operation.
             if let (Some(s), Ok(name)) = (span.as_mut(), v.to_str()) {
                 if !name.is_empty() {
-                    s.name = name.to_string();
+                    t.driver.rename(s, name);
                     decorated = None;
                 }
             }
         }
         if let Some(s) = span.as_mut() {
             self.request_tags(s, stream, h);
-            t.driver.inject(s, h);
+            let up = Upstream { address: None, authority: &stream.authority, path: &stream.path };
+            t.driver.inject(s, h, &up);
         }
         let custom = t.custom_tags.iter().filter_map(|c| c.value(h).map(|v| (c.tag.clone(), v.to_string()))).collect();
         stream.trace = Some(Box::new(StreamTrace { span, upstream: None, decorated, custom }));
@@ -79,15 +85,21 @@ impl Hcm {
 
     /// The router's span for the upstream request to `cluster`, when the
     /// connection manager spawns one: its context replaces the stream's in
-    /// the upstream request.
-    pub(in crate::http) fn start_upstream_span(&self, stream: &mut Stream, h: &mut HeaderMap, cluster: &str) {
+    /// the upstream request (`up`: the host picked, the path sent).
+    pub(in crate::http) fn start_upstream_span(
+        &self,
+        stream: &mut Stream,
+        h: &mut HeaderMap,
+        cluster: &str,
+        up: &Upstream<'_>,
+    ) {
         let (Some(t), Some(st)) = (&self.tracing, stream.trace.as_mut()) else { return };
         if !t.child_spans {
             return;
         }
         let Some(parent) = &st.span else { return };
-        let child = t.driver.child(parent, format!("router {cluster} egress"), SystemTime::now());
-        t.driver.inject(&child, h);
+        let mut child = t.driver.child(parent, format!("router {cluster} egress"), SystemTime::now());
+        t.driver.inject(&mut child, h, up);
         st.upstream = Some(child);
     }
 
@@ -102,7 +114,7 @@ impl Hcm {
         } else if let Some(v) = resp.remove(&X_ENVOY_DECORATOR_OPERATION) {
             if let (Some(s), Ok(name)) = (st.span.as_mut(), v.to_str()) {
                 if !name.is_empty() {
-                    s.name = name.to_string();
+                    t.driver.rename(s, name);
                 }
             }
         }

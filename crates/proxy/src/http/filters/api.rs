@@ -254,6 +254,9 @@ pub enum Verdict {
         details: &'static str,
         headers: Vec<(http::HeaderName, http::HeaderValue)>,
     },
+    /// A whole response a filter serves itself (the cache's hits), sent as
+    /// it is, through the response hooks like a proxied one.
+    Serve(http::Response<ProxyBody>),
 }
 
 /// What filters take from the server: the part of the compile context they

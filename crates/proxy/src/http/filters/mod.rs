@@ -8,6 +8,7 @@
 
 pub mod api;
 pub mod buffer;
+pub mod cache;
 pub mod compressor;
 pub mod cors;
 pub mod csrf;

@@ -13,6 +13,7 @@ use crate::http::conn_manager::stream::Stream;
 use crate::http::conn_manager::upgrade::Upgrade;
 use crate::http::conn_manager::{Hcm, Matched, ProxyResponse, Step};
 use crate::http::route::{ClusterChoice, RouteAction, WeightedValue};
+use crate::trace::Upstream;
 use crate::upstream::cluster::{Cluster, ClusterMap};
 use crate::upstream::error::UpstreamError;
 use crate::upstream::host::Host;
@@ -68,7 +69,9 @@ impl Hcm {
         let Prepared { authority, new_path, route_timeout, retry, stream_limit, grpc_timeout_header } = prepared;
         let stream_deadline = stream_limit.map(|d| tokio::time::Instant::from_std(stream.start + d));
         if stream.trace.is_some() {
-            self.start_upstream_span(&mut stream, &mut parts.headers, &cluster.name);
+            let path = new_path.clone().unwrap_or_else(|| stream.path.clone());
+            let up = Upstream { address: Some(host.addr.to_string()), authority: &authority, path: &path };
+            self.start_upstream_span(&mut stream, &mut parts.headers, &cluster.name, &up);
         }
         let target = self.begin_upstream(&mut stream, &parts.headers, new_path, authority, cluster, host);
         if let Some(up) = upgrade {

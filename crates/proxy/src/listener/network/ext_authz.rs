@@ -11,9 +11,9 @@ use crate::http::context::CompileContext;
 use crate::http::filters::ext_authz::check::build_tcp;
 use crate::http::filters::ext_authz::client::{Kind, Service};
 use crate::http::filters::ext_authz::decision::Decision;
+use crate::http::filters::service::GrpcTarget;
 use crate::listener::network::api::{Check, ConnCtx, ConnectionFilter};
 use crate::stats::{Counter, Gauge};
-use legate_api::pb::envoy::config::core::v3::grpc_service::TargetSpecifier;
 use legate_api::pb::envoy::extensions::filters::network::ext_authz::v3::ExtAuthz;
 use legate_api::pb::google::protobuf::Any;
 use std::sync::Arc;
@@ -46,12 +46,13 @@ impl NetExtAuthz {
             return Err(format!("{path}.stat_prefix: value length must be at least 1 characters"));
         }
         let g = c.grpc_service.as_ref().ok_or(format!("{path}.grpc_service is required"))?;
-        let Some(TargetSpecifier::EnvoyGrpc(eg)) = &g.target_specifier else {
-            return Err(format!("{path}.grpc_service: only envoy_grpc is supported"));
-        };
+        // Envoy 1.40 shows no `grpc.<stat_prefix>.*` of this filter's
+        // `google_grpc` client: they are kept apart.
+        let unseen = crate::stats::Store::default();
+        let target = GrpcTarget::compile(g, &unseen).map_err(|e| format!("{path}.grpc_service.{e}"))?;
         let timeout = g.timeout.as_ref().map_or(DEFAULT_TIMEOUT, legate_api::duration::from_pb);
         let service =
-            Service { cluster: eg.cluster_name.clone(), timeout, clusters: ctx.clusters.clone(), kind: Kind::Grpc };
+            Service { cluster: String::new(), timeout, clusters: ctx.clusters.clone(), kind: Kind::Grpc(target) };
         let p = format!("ext_authz.{}.", c.stat_prefix);
         let counter = |n: &str| ctx.store.counter(&format!("{p}{n}"));
         // Envoy creates it with the filter.

@@ -78,7 +78,8 @@ impl Trigger {
 struct ActionSlot {
     action: Action,
     triggers: Vec<(usize, Trigger)>,
-    active: Arc<Gauge>,
+    /// None for a load shed point (Envoy keeps only its `scale_percent`).
+    active: Option<Arc<Gauge>>,
     scale_percent: Arc<Gauge>,
 }
 
@@ -116,7 +117,8 @@ pub fn build(b: &Bootstrap, store: &Store) -> Result<Built, ConfigError> {
             _skipped_updates: store.counter(&stat("skipped_updates")),
         });
     }
-    let actions = compile_actions(om, &resources, store)?;
+    let mut actions = compile_actions(om, &resources, store)?;
+    actions.extend(compile_points(om, &resources, store)?);
     let conn_limit = ConnLimit::new(max);
     if resources.is_empty() && actions.is_empty() {
         return Ok(Built { conn_limit, manager: None });
@@ -125,8 +127,8 @@ pub fn build(b: &Bootstrap, store: &Store) -> Result<Built, ConfigError> {
         .iter()
         .any(|a| a.action == Action::ShrinkHeap)
         .then(|| store.counter("overload.envoy.overload_actions.shrink_heap.shrink_count"));
-    if actions.iter().any(|a| matches!(a.action, Action::StopAcceptingConnections | Action::RejectIncomingConnections))
-    {
+    let accept_side = [Action::StopAcceptingConnections, Action::RejectIncomingConnections, Action::ShedListenerAccept];
+    if actions.iter().any(|a| accept_side.contains(&a.action)) {
         state::watch_accepts();
     }
     let interval = om.refresh_interval.as_ref().map_or(DEFAULT_REFRESH, legate_api::duration::from_pb);
@@ -147,30 +149,7 @@ fn compile_actions(
         if actions.iter().any(|s| s.action == action) {
             return Err((format!("{path}.name"), format!("duplicate overload action {}", a.name)));
         }
-        let mut triggers = Vec::new();
-        for (j, t) in a.triggers.iter().enumerate() {
-            let tpath = format!("{path}.triggers[{j}]");
-            let Some(r) = resources.iter().position(|r| r.name == t.name) else {
-                return Err((tpath, format!("unknown trigger resource {} for overload action {}", t.name, a.name)));
-            };
-            if triggers.iter().any(|(k, _)| *k == r) {
-                return Err((tpath, format!("duplicate trigger resource for overload action {}", a.name)));
-            }
-            let trigger = match t.trigger_oneof {
-                Some(TriggerOneof::Threshold(th)) => Trigger::Threshold(th.value),
-                Some(TriggerOneof::Scaled(s)) if s.scaling_threshold < s.saturation_threshold => {
-                    Trigger::Scaled { scaling: s.scaling_threshold, saturation: s.saturation_threshold }
-                }
-                Some(TriggerOneof::Scaled(_)) => {
-                    return Err((
-                        format!("{tpath}.scaled"),
-                        "scaling_threshold must be less than saturation_threshold".into(),
-                    ))
-                }
-                None => return Err((tpath, "a threshold or scaled trigger is required".into())),
-            };
-            triggers.push((r, trigger));
-        }
+        let triggers = compile_triggers(&a.triggers, resources, &path, &format!("overload action {}", a.name))?;
         match (&a.typed_config, action) {
             (Some(any), Action::ReduceTimeouts) => {
                 let min =
@@ -190,11 +169,70 @@ fn compile_actions(
         actions.push(ActionSlot {
             action,
             triggers,
-            active: store.gauge(&stat("active")),
+            active: Some(store.gauge(&stat("active"))),
             scale_percent: store.gauge(&stat("scale_percent")),
         });
     }
     Ok(actions)
+}
+
+/// `loadshed_points`: each a named point on the request or accept path
+/// with triggers, its state drawn as an action's.
+fn compile_points(om: &OverloadManager, resources: &[Resource], store: &Store) -> Result<Vec<ActionSlot>, ConfigError> {
+    let mut points: Vec<ActionSlot> = Vec::new();
+    for (i, p) in om.loadshed_points.iter().enumerate() {
+        let path = format!("overload_manager.loadshed_points[{i}]");
+        let Some(action) = Action::from_point_name(&p.name) else {
+            let known: Vec<&str> = Action::POINTS.iter().map(|(_, n)| *n).collect();
+            return Err((
+                format!("{path}.name"),
+                format!("unknown or unsupported load shed point {} (Legate has {})", p.name, known.join(", ")),
+            ));
+        };
+        if points.iter().any(|s| s.action == action) {
+            return Err((format!("{path}.name"), format!("duplicate load shed point {}", p.name)));
+        }
+        let triggers = compile_triggers(&p.triggers, resources, &path, &format!("load shed point {}", p.name))?;
+        let scale_percent = store.gauge(&format!("overload.{}.scale_percent", p.name));
+        action.count_sheds(store.counter(&format!("overload.{}.shed_load_count", p.name)));
+        points.push(ActionSlot { action, triggers, active: None, scale_percent });
+    }
+    Ok(points)
+}
+
+/// An action's or a load shed point's triggers, by resource index; `what`
+/// names it in errors.
+fn compile_triggers(
+    list: &[legate_api::pb::envoy::config::overload::v3::Trigger],
+    resources: &[Resource],
+    path: &str,
+    what: &str,
+) -> Result<Vec<(usize, Trigger)>, ConfigError> {
+    let mut triggers = Vec::new();
+    for (j, t) in list.iter().enumerate() {
+        let tpath = format!("{path}.triggers[{j}]");
+        let Some(r) = resources.iter().position(|r| r.name == t.name) else {
+            return Err((tpath, format!("unknown trigger resource {} for {what}", t.name)));
+        };
+        if triggers.iter().any(|(k, _)| *k == r) {
+            return Err((tpath, format!("duplicate trigger resource for {what}")));
+        }
+        let trigger = match t.trigger_oneof {
+            Some(TriggerOneof::Threshold(th)) => Trigger::Threshold(th.value),
+            Some(TriggerOneof::Scaled(s)) if s.scaling_threshold < s.saturation_threshold => {
+                Trigger::Scaled { scaling: s.scaling_threshold, saturation: s.saturation_threshold }
+            }
+            Some(TriggerOneof::Scaled(_)) => {
+                return Err((
+                    format!("{tpath}.scaled"),
+                    "scaling_threshold must be less than saturation_threshold".into(),
+                ))
+            }
+            None => return Err((tpath, "a threshold or scaled trigger is required".into())),
+        };
+        triggers.push((r, trigger));
+    }
+    Ok(triggers)
 }
 
 impl Manager {
@@ -230,7 +268,9 @@ impl Manager {
                 .iter()
                 .filter_map(|(r, t)| self.resources[*r].pressure.map(|p| t.value(p)))
                 .fold(0.0_f64, f64::max);
-            a.active.set(i64::from(value >= 1.0));
+            if let Some(active) = &a.active {
+                active.set(i64::from(value >= 1.0));
+            }
             a.scale_percent.set((value * 100.0) as i64);
             state::set(a.action, state::encode(value));
             if a.action == Action::ShrinkHeap && value >= 1.0 && last_shrink.is_none_or(|t| t.elapsed() >= SHRINK_EVERY)

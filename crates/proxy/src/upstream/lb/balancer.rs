@@ -10,6 +10,7 @@ use crate::upstream::lb::edf::Edf;
 use crate::upstream::lb::policy::{LoadBalancer, PickContext};
 use crate::upstream::lb::worker::WorkerStates;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 pub struct Balancer {
     policy: Box<dyn LoadBalancer>,
@@ -29,6 +30,16 @@ impl Balancer {
     /// Whether the policy picks hosts by the request's hash (ring hash, Maglev).
     pub fn hashes(&self) -> bool {
         self.policy.hashing().is_some()
+    }
+
+    /// Whether the policy learns from response times.
+    pub fn times_responses(&self) -> bool {
+        self.policy.times_responses()
+    }
+
+    /// A response (or failure) from `host`, `rtt` after the request was sent.
+    pub fn observe(&self, host: &Host, rtt: Duration, now: Instant) {
+        self.policy.observe(host, rtt, now);
     }
 
     pub fn pick(&self, set: &Arc<HostSet>, hash: Option<u64>) -> Option<Arc<Host>> {

@@ -11,14 +11,14 @@ use legate_api::pb::google::protobuf::Any;
 use std::sync::Arc;
 
 pub const RING_HASH: Policy = Policy {
-    lb_policy: cluster::LbPolicy::RingHash,
+    lb_policy: Some(cluster::LbPolicy::RingHash),
     type_name: "envoy.extensions.load_balancing_policies.ring_hash.v3.RingHash",
     from_cluster: ring_from_cluster,
     from_typed: ring_from_typed,
 };
 
 pub const MAGLEV: Policy = Policy {
-    lb_policy: cluster::LbPolicy::Maglev,
+    lb_policy: Some(cluster::LbPolicy::Maglev),
     type_name: "envoy.extensions.load_balancing_policies.maglev.v3.Maglev",
     from_cluster: maglev_from_cluster,
     from_typed: maglev_from_typed,

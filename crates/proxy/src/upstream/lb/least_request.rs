@@ -15,7 +15,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
 pub const POLICY: Policy = Policy {
-    lb_policy: cluster::LbPolicy::LeastRequest,
+    lb_policy: Some(cluster::LbPolicy::LeastRequest),
     type_name: "envoy.extensions.load_balancing_policies.least_request.v3.LeastRequest",
     from_cluster,
     from_typed,

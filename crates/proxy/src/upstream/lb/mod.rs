@@ -10,6 +10,8 @@ pub mod edf;
 pub mod hash_table;
 pub mod hashing;
 pub mod least_request;
+pub mod least_response_time;
+pub mod peak_ewma;
 pub mod policy;
 pub mod random;
 pub mod round_robin;
@@ -19,8 +21,14 @@ use legate_api::pb::envoy::config::cluster::v3::{cluster, Cluster as PbCluster, 
 use policy::{LoadBalancer, Policy};
 
 /// Every policy Legate supports.
-const POLICIES: &[Policy] =
-    &[round_robin::POLICY, least_request::POLICY, random::POLICY, hashing::RING_HASH, hashing::MAGLEV];
+const POLICIES: &[Policy] = &[
+    round_robin::POLICY,
+    least_request::POLICY,
+    random::POLICY,
+    hashing::RING_HASH,
+    hashing::MAGLEV,
+    least_response_time::POLICY,
+];
 
 /// The cluster's policy, from `load_balancing_policy` when it has one, else
 /// from `lb_policy`.
@@ -29,7 +37,7 @@ pub fn compile(c: &PbCluster) -> Result<Box<dyn LoadBalancer>, String> {
         return from_policies(lbp);
     }
     let named = cluster::LbPolicy::try_from(c.lb_policy).ok();
-    match POLICIES.iter().find(|p| Some(p.lb_policy) == named) {
+    match POLICIES.iter().find(|p| named.is_some() && p.lb_policy == named) {
         Some(p) => (p.from_cluster)(c),
         None => Err("lb_policy: only ROUND_ROBIN, LEAST_REQUEST, RANDOM, RING_HASH and MAGLEV are supported".into()),
     }
@@ -43,5 +51,5 @@ fn from_policies(lbp: &LoadBalancingPolicy) -> Result<Box<dyn LoadBalancer>, Str
             return (policy.from_typed)(any);
         }
     }
-    Err("load_balancing_policy: none of the policies is one Legate supports (round_robin, least_request, random, ring_hash, maglev)".into())
+    Err("load_balancing_policy: none of the policies is one Legate supports (round_robin, least_request, random, ring_hash, maglev, legate.lb.v1.LeastResponseTime)".into())
 }

@@ -8,6 +8,7 @@ use crate::upstream::lb::worker::WorkerStates;
 use legate_api::pb::envoy::config::cluster::v3::{cluster, Cluster as PbCluster};
 use legate_api::pb::google::protobuf::Any;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// What a policy's pick sees: the host set, the priority level the request
 /// goes to (with at least two hosts), the request's hash, and the
@@ -39,6 +40,18 @@ pub trait LoadBalancer: Send + Sync {
         None
     }
 
+    /// Whether the policy learns from response times (`observe`): only
+    /// then are upstream requests timed for it.
+    fn times_responses(&self) -> bool {
+        false
+    }
+
+    /// An upstream request to `host` got its response head (or failed)
+    /// `rtt` after it was sent.
+    fn observe(&self, host: &Host, rtt: Duration, now: Instant) {
+        let _ = (host, rtt, now);
+    }
+
     /// `slow_start_config`, which the host set tracks windows for.
     fn slow_start(&self) -> Option<SlowStart> {
         None
@@ -48,8 +61,9 @@ pub trait LoadBalancer: Send + Sync {
 /// A policy's entry in the registry (`lb::POLICIES`): how a cluster names it
 /// in each of Envoy's two forms, and how it reads each form's config.
 pub struct Policy {
-    /// Its `lb_policy` enum value (with `*_lb_config`).
-    pub lb_policy: cluster::LbPolicy,
+    /// Its `lb_policy` enum value (with `*_lb_config`); none for Legate's
+    /// own policies, named only in `load_balancing_policy`.
+    pub lb_policy: Option<cluster::LbPolicy>,
     /// Its `load_balancing_policy` typed extension config's message name.
     pub type_name: &'static str,
     pub from_cluster: fn(&PbCluster) -> Result<Box<dyn LoadBalancer>, String>,

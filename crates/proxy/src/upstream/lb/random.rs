@@ -8,7 +8,7 @@ use legate_api::pb::google::protobuf::Any;
 use std::sync::Arc;
 
 pub const POLICY: Policy = Policy {
-    lb_policy: cluster::LbPolicy::Random,
+    lb_policy: Some(cluster::LbPolicy::Random),
     type_name: "envoy.extensions.load_balancing_policies.random.v3.Random",
     from_cluster,
     from_typed,

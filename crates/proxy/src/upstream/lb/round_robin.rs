@@ -12,7 +12,7 @@ use legate_api::pb::google::protobuf::Any;
 use std::sync::Arc;
 
 pub const POLICY: Policy = Policy {
-    lb_policy: cluster::LbPolicy::RoundRobin,
+    lb_policy: Some(cluster::LbPolicy::RoundRobin),
     type_name: "envoy.extensions.load_balancing_policies.round_robin.v3.RoundRobin",
     from_cluster,
     from_typed,

@@ -1,11 +1,12 @@
 //! The two transports to the authorization service: gRPC
-//! (`envoy.service.auth.v3.Authorization/Check` over an `envoy_grpc`
-//! cluster) and plain HTTP (`http_service`, Envoy's `RawHttpClientImpl`).
+//! (`envoy.service.auth.v3.Authorization/Check` to a `GrpcService`: an
+//! `envoy_grpc` cluster or a `google_grpc` target) and plain HTTP
+//! (`http_service`, Envoy's `RawHttpClientImpl`).
 
 use super::decision::{Allowed, Decision, Headers};
 use crate::body::ProxyBody;
 use crate::common::matcher::StringMatch;
-use crate::http::filters::service;
+use crate::http::filters::service::{self, GrpcTarget};
 use crate::upstream::cluster::{Cluster, ClusterMap};
 use arc_swap::ArcSwap;
 use bytes::Bytes;
@@ -21,6 +22,7 @@ const HEADERS_TO_REMOVE: &str = "x-envoy-auth-headers-to-remove";
 
 /// Where checks go.
 pub(crate) struct Service {
+    /// The HTTP service's cluster (a gRPC service names its own target).
     pub cluster: String,
     pub timeout: Duration,
     pub clusters: Arc<ArcSwap<ClusterMap>>,
@@ -28,7 +30,7 @@ pub(crate) struct Service {
 }
 
 pub(crate) enum Kind {
-    Grpc,
+    Grpc(GrpcTarget),
     Http(Box<HttpService>),
 }
 
@@ -54,17 +56,20 @@ fn any(ms: &[StringMatch], name: &str) -> bool {
 impl Service {
     /// Asks the service; every failure is `Decision::Error`.
     pub(crate) async fn check(&self, check: &CheckRequest) -> Decision {
-        let cluster = self.clusters.load().get(&self.cluster).cloned();
-        let Some(cluster) = cluster else { return Decision::Error };
         match &self.kind {
-            Kind::Grpc => self.grpc(&cluster, check).await,
-            Kind::Http(h) => self.http(&cluster, h, check).await,
+            Kind::Grpc(target) => self.grpc(target, check).await,
+            Kind::Http(h) => {
+                let cluster = self.clusters.load().get(&self.cluster).cloned();
+                let Some(cluster) = cluster else { return Decision::Error };
+                self.http(&cluster, h, check).await
+            }
         }
     }
 
-    async fn grpc(&self, cluster: &Arc<Cluster>, check: &CheckRequest) -> Decision {
+    async fn grpc(&self, target: &GrpcTarget, check: &CheckRequest) -> Decision {
         let msg = check.encode_to_vec();
-        let Some(bytes) = service::unary(cluster, &self.cluster, CHECK_PATH, &msg, self.timeout).await else {
+        let clusters = self.clusters.load();
+        let Some(bytes) = target.unary(&clusters, CHECK_PATH, &msg, self.timeout).await else {
             return Decision::Error;
         };
         match CheckResponse::decode(bytes) {

@@ -4,9 +4,9 @@ use super::client::{HttpService, Kind, Service};
 use super::{ExtAuthz, PerRoute, Settings, Stats};
 use crate::common::matcher::StringMatch;
 use crate::http::filters::api::{BodyWant, FilterContext, HttpFilter, PerRouteRegistration, Registration};
+use crate::http::filters::service::GrpcTarget;
 use crate::http::route::per_filter::PerRouteConfig;
 use http::{HeaderName, HeaderValue};
-use legate_api::pb::envoy::config::core::v3::grpc_service::TargetSpecifier;
 use legate_api::pb::envoy::extensions::filters::http::ext_authz::v3 as pb;
 use legate_api::pb::envoy::r#type::matcher::v3::ListStringMatcher;
 use legate_api::pb::google::protobuf::Any;
@@ -33,11 +33,9 @@ fn compile(any: &Any, ctx: &FilterContext<'_>) -> Result<Box<dyn HttpFilter>, St
     let clusters = ctx.server.clusters.clone();
     let (service, is_http) = match &c.services {
         Some(pb::ext_authz::Services::GrpcService(g)) => {
-            let Some(TargetSpecifier::EnvoyGrpc(eg)) = &g.target_specifier else {
-                return Err(format!("{base}.grpc_service: only envoy_grpc is supported"));
-            };
+            let target = GrpcTarget::compile(g, ctx.server.store).map_err(|e| err("grpc_service", e))?;
             let timeout = g.timeout.as_ref().map_or(DEFAULT_TIMEOUT, legate_api::duration::from_pb);
-            (Service { cluster: eg.cluster_name.clone(), timeout, clusters, kind: Kind::Grpc }, false)
+            (Service { cluster: String::new(), timeout, clusters, kind: Kind::Grpc(target) }, false)
         }
         Some(pb::ext_authz::Services::HttpService(h)) => {
             let (cluster, timeout, mut svc) = http_service(h).map_err(|e| err("http_service", e))?;
