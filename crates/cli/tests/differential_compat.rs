@@ -782,3 +782,150 @@ fn route_path_rewrite_formats_the_whole_path() {
     let r = harness::diff::send(p.legate, &requests[0]);
     assert!(r.body.contains("\"uri\":\"/mcp"), "Legate rewrote nothing: {}", r.body);
 }
+
+/// UDP upstreams on loopback, each answering a datagram with `<name>:` and
+/// the datagram, and noting every peer that sent to it; until dropped.
+struct UdpUpstreams {
+    ports: Vec<u16>,
+    peers: std::sync::Arc<std::sync::Mutex<Vec<(String, SocketAddr)>>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl UdpUpstreams {
+    fn start(names: &[&'static str]) -> Self {
+        let peers = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut ports = Vec::new();
+        for &name in names {
+            let s = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind udp upstream");
+            s.set_read_timeout(Some(Duration::from_millis(50))).expect("timeout");
+            ports.push(s.local_addr().expect("addr").port());
+            let (peers, stop) = (peers.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 2048];
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    if let Ok((n, from)) = s.recv_from(&mut buf) {
+                        peers.lock().expect("peers").push((name.to_string(), from));
+                        let mut answer = format!("{name}:").into_bytes();
+                        answer.extend_from_slice(&buf[..n]);
+                        let _ = s.send_to(&answer, from);
+                    }
+                }
+            });
+        }
+        Self { ports, peers, stop }
+    }
+}
+
+impl Drop for UdpUpstreams {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Sends `data` from `client` to `port` and waits (up to `wait`) for one answer.
+fn udp_exchange(client: &std::net::UdpSocket, port: u16, data: &str, wait: Duration) -> Option<String> {
+    client.set_read_timeout(Some(wait)).expect("timeout");
+    client.send_to(data.as_bytes(), ("127.0.0.1", port)).expect("send");
+    let mut buf = [0u8; 2048];
+    client.recv_from(&mut buf).ok().map(|(n, _)| String::from_utf8_lossy(&buf[..n]).into_owned())
+}
+
+/// The UDP proxy of Envoy's `udp` example (a `matcher` whose `on_no_match`
+/// routes to a cluster) and one routing to a cluster that does not exist:
+/// per client a session with its own upstream socket, round robin over the
+/// hosts, answers carried back, sessions ended by the idle timeout, and
+/// the `udp.*` and `cluster.<name>.udp.*` stats, beside Envoy 1.40.
+#[test]
+fn udp_proxy_sessions_and_idle_timeout() {
+    let ups = UdpUpstreams::start(&["u1", "u2"]);
+    let listener = |name: &str, port: u16, prefix: &str, cluster: &str| {
+        format!(
+            r#"  - name: {name}
+    address: {{ socket_address: {{ protocol: UDP, address: 127.0.0.1, port_value: {port} }} }}
+    udp_listener_config: {{}}
+    listener_filters:
+    - name: envoy.filters.udp_listener.udp_proxy
+      typed_config:
+        '@type': type.googleapis.com/envoy.extensions.filters.udp.udp_proxy.v3.UdpProxyConfig
+        stat_prefix: {prefix}
+        idle_timeout: 0.5s
+        matcher:
+          on_no_match:
+            action:
+              name: route
+              typed_config:
+                '@type': type.googleapis.com/envoy.extensions.filters.udp.udp_proxy.v3.Route
+                cluster: {cluster}
+"#
+        )
+    };
+    let yaml = |_: &'static str, admin: u16, ports: &harness::sides::Ports| {
+        format!(
+            "admin: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {admin} }} }} }}\nstatic_resources:\n  listeners:\n{}{}  clusters:\n  - name: udp_up\n    lb_policy: ROUND_ROBIN\n    load_assignment: {{ cluster_name: udp_up, endpoints: [{{ lb_endpoints: [{}] }}] }}\n",
+            listener("udp_main", ports["udp"], "service", "udp_up"),
+            listener("udp_lost", ports["lost"], "lost", "nowhere"),
+            harness::template::endpoints(&ups.ports),
+        )
+    };
+    let dir = harness::process::TempDir::new("udp-proxy");
+    let sides = harness::sides::both(dir.path(), &[], &["udp", "lost"], yaml);
+    let short = Duration::from_millis(300);
+    let mut seen = Vec::new();
+    for side in &sides {
+        ups.peers.lock().expect("peers").clear();
+        let (port, lost) = (side.port("udp"), side.port("lost"));
+        let a = std::net::UdpSocket::bind("127.0.0.1:0").expect("client a");
+        let b = std::net::UdpSocket::bind("127.0.0.1:0").expect("client b");
+        let a1 = udp_exchange(&a, port, "a1", Duration::from_secs(2)).unwrap_or_default();
+        let a2 = udp_exchange(&a, port, "a2", Duration::from_secs(2)).unwrap_or_default();
+        let b1 = udp_exchange(&b, port, "b1", Duration::from_secs(2)).unwrap_or_default();
+        let host = |s: &str| s.split(':').next().unwrap_or_default().to_string();
+        let lost_answer = udp_exchange(&a, lost, "nobody", short);
+        // Both sessions end on the idle timeout; a's next datagram opens a third.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while side.stat("udp.service.idle_timeout") < 2 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let a3 = udp_exchange(&a, port, "a3", Duration::from_secs(2)).unwrap_or_default();
+        let peers = ups.peers.lock().expect("peers").clone();
+        let sockets: std::collections::BTreeSet<SocketAddr> = peers.iter().map(|(_, p)| *p).collect();
+        let mut facts = vec![
+            format!(
+                "answers {} {} {}",
+                a1.get(3..).unwrap_or(""),
+                a2.get(3..).unwrap_or(""),
+                b1.get(3..).unwrap_or("")
+            ),
+            format!("a kept its host: {}", host(&a1) == host(&a2)),
+            format!("b got the other host: {}", host(&a1) != host(&b1) && !b1.is_empty()),
+            format!("a answered after the idle timeout: {}", a3.ends_with(":a3")),
+            format!("upstream sockets: {} for {} datagrams", sockets.len(), peers.len()),
+            format!("lost answered: {lost_answer:?}"),
+        ];
+        for s in [
+            "udp.service.downstream_sess_total",
+            "udp.service.downstream_sess_active",
+            "udp.service.downstream_sess_rx_datagrams",
+            "udp.service.downstream_sess_rx_bytes",
+            "udp.service.downstream_sess_tx_datagrams",
+            "udp.service.downstream_sess_tx_bytes",
+            "udp.service.downstream_sess_no_route",
+            "udp.service.idle_timeout",
+            "udp.lost.downstream_sess_no_route",
+            "udp.lost.downstream_sess_total",
+            "udp.lost.downstream_sess_rx_datagrams",
+            "cluster.udp_up.udp.sess_tx_datagrams",
+            "cluster.udp_up.udp.sess_rx_datagrams",
+            "cluster.udp_up.udp.sess_tx_errors",
+        ] {
+            facts.push(format!("{s} = {}", side.stat(s)));
+        }
+        let listeners = harness::admin::admin_page(side.admin, "/listeners");
+        facts.push(format!("listed: {}", listeners.lines().any(|l| l.starts_with("udp_main::"))));
+        seen.push(facts);
+    }
+    assert_eq!(seen[0], seen[1], "Envoy (left) and Legate (right) differ");
+    assert!(seen[0].iter().any(|f| f == "answers a1 a2 b1"), "{:?}", seen[0]);
+    assert!(seen[0].iter().any(|f| f == "upstream sockets: 3 for 4 datagrams"), "{:?}", seen[0]);
+}

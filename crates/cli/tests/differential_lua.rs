@@ -4,7 +4,8 @@
 //! bodies, answer locally, call another cluster, read route metadata,
 //! stream info and dynamic metadata, fail; routes disable the filter or
 //! pick named or their own scripts. What the client and the upstream see,
-//! and the `lua.*` stats, must agree.
+//! and the `lua.*` stats, must agree. A route's Lua cluster specifier
+//! (`inline_cluster_specifier_plugin`) picks the cluster by a header.
 
 mod harness;
 
@@ -331,4 +332,65 @@ fn real_world_lua_scripts_run_alike() {
         assert!(harness::admin::stat(pair.envoy_admin, n).is_some(), "Envoy has no stat {n}");
     }
     pair.same_stats(&names.iter().map(String::as_str).collect::<Vec<_>>());
+}
+
+/// The Lua cluster specifier of Envoy's example, with a failing branch and
+/// a number returned: the cluster each request reached (or the 503 of a
+/// cluster that does not exist), and the clusters' and router's stats.
+#[test]
+fn lua_cluster_specifier_picks_the_cluster() {
+    let script = r#"
+function envoy_on_route(route_handle)
+  local header_value = route_handle:headers():get("header_key")
+  if header_value == "fake" then
+    return "fake_cluster"
+  end
+  if header_value == "fail" then
+    error("asked to fail")
+  end
+  if header_value == "nothing" then
+    return nil
+  end
+  if header_value == "side" or header_value == "side,side" then
+    return "side"
+  end
+  return "echo"
+end
+"#;
+    let routes = format!(
+        r#"              - match: {{ prefix: "/" }}
+                route:
+                  inline_cluster_specifier_plugin:
+                    extension:
+                      name: envoy.router.cluster_specifier_plugin.lua
+                      typed_config:
+                        "@type": type.googleapis.com/envoy.extensions.router.cluster_specifiers.lua.v3.LuaConfig
+                        source_code:
+                          inline_string: |
+{code}                        default_cluster: side
+"#,
+        code = block(script, 28)
+    );
+    let t = bootstrap("", "", &one_vhost(&routes), &format!("{}{}", echo_cluster(), cluster("side", &["{UP_b}"])));
+    use harness::http_client::get;
+    let requests = [
+        get("/plain"),
+        get("/side").header("header_key", "side"),
+        get("/twice").header("header_key", "side").header("header_key", "side"),
+        get("/fake").header("header_key", "fake"),
+        get("/fails").header("header_key", "fail"),
+        get("/nil").header("header_key", "nothing"),
+        get("/over-h2").header("header_key", "side").h2(),
+    ];
+    let pair = compare("lua-cluster-specifier", &t, &["a", "b"], &requests);
+    pair.stats_reach(&[
+        ("cluster.echo.upstream_rq_200", 1),
+        ("cluster.side.upstream_rq_200", 5),
+        ("http.ingress_http.no_cluster", 1),
+    ]);
+    pair.same_stats(&[
+        "cluster.echo.upstream_rq_total",
+        "cluster.side.upstream_rq_total",
+        "http.ingress_http.downstream_rq_total",
+    ]);
 }

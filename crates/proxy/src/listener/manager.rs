@@ -27,7 +27,17 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, watch};
 
 pub enum WorkerCmd {
-    Add { slot: Arc<ArcSwap<ListenerConfig>>, socket: std::net::TcpListener, stop: watch::Receiver<bool> },
+    Add {
+        slot: Arc<ArcSwap<ListenerConfig>>,
+        socket: std::net::TcpListener,
+        stop: watch::Receiver<bool>,
+    },
+    /// A UDP listener's socket, served by its UDP proxy.
+    AddUdp {
+        slot: Arc<ArcSwap<ListenerConfig>>,
+        socket: std::net::UdpSocket,
+        stop: watch::Receiver<bool>,
+    },
 }
 
 struct Active {
@@ -78,13 +88,16 @@ impl ListenerManager {
         let mut active = self.lock();
         if let Some(a) = active.get_mut(&config.name) {
             let old = a.slot.load_full();
-            if old.address == config.address {
+            if old.address == config.address && old.udp.is_some() == config.udp.is_some() {
                 a.slot.store(config);
                 a.version = version;
                 a.last_updated = chrono::Utc::now();
                 old.drain();
                 return Ok(());
             }
+        }
+        if config.udp.is_some() {
+            return self.apply_udp(&mut active, config, version);
         }
         // New address (or new listener): bind first (or take what `reserve`
         // bound), then retire the old one.
@@ -109,6 +122,32 @@ impl ListenerManager {
         }
         let last_updated = chrono::Utc::now();
         active.insert(config.name.clone(), Active { slot, stop, version, last_updated, sockets: kept });
+        Ok(())
+    }
+
+    /// A new UDP listener: one socket per worker (SO_REUSEPORT: the kernel
+    /// keeps each peer on one socket, so its session stays on one worker).
+    /// Not passed on a hot restart: the new process binds its own beside.
+    fn apply_udp(
+        &self,
+        active: &mut BTreeMap<String, Active>,
+        config: Arc<ListenerConfig>,
+        version: Option<String>,
+    ) -> Result<(), String> {
+        let addr = config.address;
+        let sockets = (0..self.workers.len())
+            .map(|_| bind_udp(addr).map_err(|e| bind_error(addr, &e)))
+            .collect::<Result<Vec<_>, _>>()?;
+        if let Some(old) = active.remove(&config.name) {
+            retire(old);
+        }
+        let slot = Arc::new(ArcSwap::from(config.clone()));
+        let (stop, stop_rx) = watch::channel(false);
+        for (w, socket) in self.workers.iter().zip(sockets) {
+            let _ = w.send(WorkerCmd::AddUdp { slot: slot.clone(), socket, stop: stop_rx.clone() });
+        }
+        let last_updated = chrono::Utc::now();
+        active.insert(config.name.clone(), Active { slot, stop, version, last_updated, sockets: Vec::new() });
         Ok(())
     }
 
@@ -211,6 +250,20 @@ fn bind_error(addr: SocketAddr, e: &std::io::Error) -> String {
     format!("cannot bind '{addr}': {reason}")
 }
 
+/// One worker's UDP socket on `addr`, with SO_REUSEPORT.
+fn bind_udp(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+    let domain = if addr.is_ipv4() { socket2::Domain::IPV4 } else { socket2::Domain::IPV6 };
+    let s = socket2::Socket::new(domain, socket2::Type::DGRAM, Some(socket2::Protocol::UDP))?;
+    s.set_reuse_address(true)?;
+    s.set_reuse_port(true)?;
+    if addr.is_ipv6() {
+        s.set_only_v6(true)?;
+    }
+    s.set_nonblocking(true)?;
+    s.bind(&addr.into())?;
+    Ok(s.into())
+}
+
 fn retire(a: Active) {
     let _ = a.stop.send(true);
     a.slot.load().drain();
@@ -229,6 +282,9 @@ pub async fn worker(
             cmd = commands.recv() => match cmd {
                 Some(WorkerCmd::Add { slot, socket, stop }) => {
                     tokio::spawn(accept_loop(slot, socket, phase.clone(), stop, active.clone()));
+                }
+                Some(WorkerCmd::AddUdp { slot, socket, stop }) => {
+                    tokio::spawn(crate::listener::udp_proxy::serve(move || slot.load().udp.clone(), socket, stop));
                 }
                 None => break,
             },

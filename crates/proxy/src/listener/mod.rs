@@ -2,12 +2,14 @@
 //! passes the listener filters (TLS inspector), gets its filter chain by
 //! Envoy's matching rules, has TLS terminated if the chain says so, and is
 //! served by the chain's network filter: the HTTP connection manager or
-//! tcp_proxy.
+//! tcp_proxy. A UDP listener (`protocol: UDP`) runs the UDP proxy instead
+//! (`udp_proxy`).
 
 pub mod filter_chain;
 pub mod inspectors;
 pub mod manager;
 pub mod network;
+pub mod udp_proxy;
 
 use crate::common::conn_limit::ConnLimit;
 use crate::http::conn_manager::{ConnInfo, Hcm};
@@ -71,6 +73,8 @@ pub struct ListenerConfig {
     conn_limit: Option<Arc<crate::common::conn_limit::ConnLimit>>,
     /// This listener's own limit, from the runtime.
     own_limit: Option<Arc<crate::common::conn_limit::ConnLimit>>,
+    /// A UDP listener's proxy (it has no filter chains).
+    pub udp: Option<Arc<crate::listener::udp_proxy::UdpProxy>>,
 }
 
 /// `listener.127.0.0.1_10000.` as Envoy names a listener's stats.
@@ -145,11 +149,14 @@ impl ListenerConfig {
         let ip: std::net::IpAddr =
             sa.address.parse().map_err(|_| format!("address: malformed IP address: {}", sa.address))?;
         let address = SocketAddr::new(ip, u16::try_from(port).map_err(|_| "port out of range")?);
-        if l.filter_chains.is_empty() && l.default_filter_chain.is_none() {
+        let udp = (sa.protocol == socket_address::Protocol::Udp as i32)
+            .then(|| crate::listener::udp_proxy::UdpProxy::from_listener(l, store, ctx.clusters.clone()).map(Arc::new))
+            .transpose()?;
+        if udp.is_none() && l.filter_chains.is_empty() && l.default_filter_chain.is_none() {
             return Err("filter_chains: a listener needs a filter chain or a default_filter_chain".into());
         }
         let mut listener_filters = Vec::new();
-        for (i, lf) in l.listener_filters.iter().enumerate() {
+        for (i, lf) in l.listener_filters.iter().enumerate().filter(|_| udp.is_none()) {
             match &lf.config_type {
                 Some(listener_filter::ConfigType::TypedConfig(any))
                     if legate_api::any::type_name(any) == TLS_INSPECTOR =>
@@ -204,6 +211,7 @@ impl ListenerConfig {
             default_chain,
             selector,
             listener_filters,
+            udp,
             stats: ListenerStats {
                 downstream_cx_total: store.counter(&format!("{p}downstream_cx_total")),
                 downstream_cx_active: store.gauge(&format!("{p}downstream_cx_active")),

@@ -6,6 +6,7 @@
 //! string compares unless the route uses a regex. Nothing allocates unless a
 //! case-insensitive or query-parameter match needs to.
 
+pub mod cluster_specifier;
 pub mod hash_policy;
 pub mod mirror_policy;
 pub mod per_filter;
@@ -136,6 +137,8 @@ pub enum ClusterChoice {
     /// (name, weight), with the total of weights, and where the value that
     /// picks among them comes from.
     Weighted(Vec<(String, u32)>, u64, WeightedValue),
+    /// `inline_cluster_specifier_plugin`: a script names it.
+    Plugin(std::sync::Arc<cluster_specifier::ClusterSpecifier>),
 }
 
 /// Where a weighted pick's value comes from (Envoy's `random_value_specifier`):
@@ -442,6 +445,10 @@ fn compile_route_action(ra: &rpb::RouteAction) -> Result<RouteAction, String> {
             };
             ClusterChoice::Weighted(list, total, from)
         }
+        Some(ClusterSpecifier::InlineClusterSpecifierPlugin(p)) => ClusterChoice::Plugin(std::sync::Arc::new(
+            cluster_specifier::ClusterSpecifier::compile(p)
+                .map_err(|e| format!("inline_cluster_specifier_plugin.{e}"))?,
+        )),
         Some(_) => return Err("this cluster specifier is not supported".into()),
         None => return Err("cluster specifier is required".into()),
     };

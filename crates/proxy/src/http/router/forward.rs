@@ -142,7 +142,8 @@ impl Hcm {
         } else {
             request_hash(&ra.hash_policy, &parts.headers, parts.uri.query(), &conn, false).0
         };
-        let Some(cluster) = cluster_name(ra, &parts.headers, hash).and_then(|n| clusters.get(n).cloned()) else {
+        let Some(cluster) = cluster_name(ra, &parts.headers, hash).and_then(|n| clusters.get(n.as_ref()).cloned())
+        else {
             self.stats.no_cluster.inc();
             return Break(self.router_reply(stream, Some(matched), 503, "cluster_not_found", "NC", None));
         };
@@ -347,19 +348,26 @@ async fn read_response(resp: Response<Incoming>, limit: u64) -> Result<Response<
 }
 
 /// The name of the cluster the route sends this request to: its own, the
-/// one a request header names, or a weighted pick (by a random number, a
-/// header's number, or the route's hash `hash`, as the route says).
-fn cluster_name<'a>(ra: &'a RouteAction, headers: &'a HeaderMap, hash: Option<u64>) -> Option<&'a str> {
+/// one a request header names, the one its cluster specifier plugin names,
+/// or a weighted pick (by a random number, a header's number, or the
+/// route's hash `hash`, as the route says).
+fn cluster_name<'a>(
+    ra: &'a RouteAction,
+    headers: &'a HeaderMap,
+    hash: Option<u64>,
+) -> Option<std::borrow::Cow<'a, str>> {
+    use std::borrow::Cow::{Borrowed, Owned};
     match &ra.cluster {
-        ClusterChoice::Name(n) => Some(n.as_str()),
-        ClusterChoice::Header(h) => headers.get(h).and_then(|v| v.to_str().ok()),
+        ClusterChoice::Name(n) => Some(Borrowed(n.as_str())),
+        ClusterChoice::Header(h) => headers.get(h).and_then(|v| v.to_str().ok()).map(Borrowed),
+        ClusterChoice::Plugin(p) => Some(Owned(p.cluster(headers))),
         ClusterChoice::Weighted(list, total, from) => {
             let value = match from {
                 WeightedValue::Random => None,
                 WeightedValue::Header(h) => header_number(headers, h),
                 WeightedValue::HashPolicy => hash,
             };
-            pick_weighted(list, *total, value.unwrap_or_else(|| rand::random_range(0..*total)))
+            pick_weighted(list, *total, value.unwrap_or_else(|| rand::random_range(0..*total))).map(Borrowed)
         }
     }
 }

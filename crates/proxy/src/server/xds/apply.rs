@@ -27,7 +27,8 @@ use super::*;
 /// closed again when one fails.
 fn reserve_sockets(shared: &Shared, compiled: &[ListenerConfig]) -> Result<(), String> {
     let mut bound = Vec::new();
-    for lc in compiled {
+    // A UDP listener binds when it is applied (it does not warm).
+    for lc in compiled.iter().filter(|lc| lc.udp.is_none()) {
         match shared.listeners.reserve(&lc.name, lc.address) {
             Ok(true) => bound.push(lc.name.as_str()),
             Ok(false) => {}

@@ -199,14 +199,7 @@ pub fn script_log(level: tracing::Level, msg: &str) {
 }
 
 /// The script's own message in an mlua error (the innermost cause).
-pub fn message(e: &mlua::Error) -> String {
-    match e {
-        mlua::Error::CallbackError { cause, .. } => message(cause),
-        mlua::Error::RuntimeError(m) | mlua::Error::SyntaxError { message: m, .. } => m.clone(),
-        mlua::Error::WithContext { cause, .. } => message(cause),
-        other => other.to_string(),
-    }
-}
+pub use super::vm::message;
 
 /// Runs one of the script's functions with a new handle; returns when it
 /// ends, fails, or answers the request (a coroutine that called

@@ -15,7 +15,7 @@
 mod call;
 mod handle;
 mod state;
-mod vm;
+pub(crate) mod vm;
 mod wrappers;
 
 use crate::body::ProxyBody;

@@ -2,7 +2,9 @@
 //! script on each worker, each worker thread loads a script into a VM of its
 //! own the first time a request needs it, and keeps it while the script's
 //! config lives. A VM never leaves its thread's table; requests on that
-//! worker share it, each in a coroutine of its own.
+//! worker share it, each in a coroutine of its own. The Lua cluster
+//! specifier (`http/route/cluster_specifier`) runs its scripts in these VMs
+//! too.
 
 use mlua::{Function, Lua};
 use std::cell::RefCell;
@@ -15,6 +17,8 @@ pub struct Script {
     code: String,
     /// It defines `envoy_on_response`.
     pub has_response: bool,
+    /// It defines `envoy_on_route` (a cluster specifier's script).
+    pub has_route: bool,
 }
 
 /// A script loaded into this thread's VM: its functions.
@@ -23,6 +27,8 @@ pub struct Loaded {
     pub lua: Lua,
     pub on_request: Option<Function>,
     pub on_response: Option<Function>,
+    /// `envoy_on_route(route_handle)`: the Lua cluster specifier's function.
+    pub on_route: Option<Function>,
 }
 
 struct Slot {
@@ -43,11 +49,12 @@ impl Script {
     /// when it loads the config: a syntax error or a failing top level is a
     /// config error.
     pub fn compile(code: &str) -> Result<Arc<Self>, String> {
-        let loaded = load(code).map_err(|e| super::handle::message(&e))?;
+        let loaded = load(code).map_err(|e| message(&e))?;
         Ok(Arc::new(Self {
             id: NEXT_ID.fetch_add(1, Relaxed),
             code: code.to_string(),
             has_response: loaded.on_response.is_some(),
+            has_route: loaded.on_route.is_some(),
         }))
     }
 
@@ -60,7 +67,7 @@ impl Script {
                 return Ok(s.loaded.clone());
             }
             vms.retain(|s| s.owner.strong_count() > 0);
-            let loaded = load(&self.code).map_err(|e| super::handle::message(&e))?;
+            let loaded = load(&self.code).map_err(|e| message(&e))?;
             vms.push(Slot { id: self.id, owner: Arc::downgrade(self), loaded: loaded.clone() });
             Ok(loaded)
         })
@@ -75,7 +82,19 @@ fn load(code: &str) -> mlua::Result<Loaded> {
     let g = lua.globals();
     let on_request = g.get::<Option<Function>>("envoy_on_request")?;
     let on_response = g.get::<Option<Function>>("envoy_on_response")?;
-    Ok(Loaded { lua, on_request, on_response })
+    let on_route = g.get::<Option<Function>>("envoy_on_route")?;
+    Ok(Loaded { lua, on_request, on_response, on_route })
+}
+
+/// A Lua error's message as Envoy logs it: the script's own text, without
+/// mlua's wrapping of callback errors and contexts.
+pub fn message(e: &mlua::Error) -> String {
+    match e {
+        mlua::Error::CallbackError { cause, .. } => message(cause),
+        mlua::Error::RuntimeError(m) | mlua::Error::SyntaxError { message: m, .. } => m.clone(),
+        mlua::Error::WithContext { cause, .. } => message(cause),
+        other => other.to_string(),
+    }
 }
 
 #[cfg(test)]
