@@ -7,6 +7,8 @@
 pub(super) const EXTENSIONS: &[&str] = &[];
 
 const FIELDS: &[(&str, &[&str])] = &[
+    // Unix sockets: an endpoint's `pipe` (see `NARROWED`).
+    ("envoy.config.core.v3.Pipe", &["path", "mode"]),
     // External authorization of connections, over gRPC.
     (
         "envoy.extensions.filters.network.ext_authz.v3.ExtAuthz",
@@ -238,11 +240,17 @@ pub(super) const UNSUPPORTED_VALUES: &[(&str, &str, &[i32], &str)] = &[
 
 /// Shared messages honoured only in part where they are: (parent message,
 /// its field, the fields honoured there).
-const NARROWED: &[(&str, &str, &[&str])] = &[(
-    "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
-    "http_protocol_options",
-    &["accept_http_10", "default_host_for_http_10"],
-)];
+/// A Unix socket (`pipe`) is an address an endpoint of a STATIC cluster
+/// (or an EDS assignment) may have; listeners and the admin take socket
+/// addresses only.
+const NARROWED: &[(&str, &str, &[&str])] = &[
+    (
+        "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+        "http_protocol_options",
+        &["accept_http_10", "default_host_for_http_10"],
+    ),
+    ("envoy.config.endpoint.v3.Endpoint", "address", &["socket_address", "pipe"]),
+];
 
 /// The fields honoured in `parent.field` when this table narrows it.
 pub(super) fn narrowed(parent: &str, field: &str) -> Option<&'static [&'static str]> {
