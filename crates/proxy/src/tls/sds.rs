@@ -194,6 +194,14 @@ impl SecretManager {
         }
     }
 
+    /// Counts a subscription's request for secret `name` (Envoy counts an
+    /// attempt when a gRPC subscription asks, and again per response).
+    pub fn count_request(&self, name: &str) {
+        if let Some(store) = &self.stats {
+            store.counter(&format!("sds.{name}.update_attempt")).inc();
+        }
+    }
+
     /// The slot an `SdsSecretConfig` names; a file secret is read now (the
     /// file must exist, as in Envoy) and its file watched from then on.
     pub fn slot(self: &Arc<Self>, cfg: &SdsSecretConfig) -> Result<Arc<SecretSlot>, SdsError> {

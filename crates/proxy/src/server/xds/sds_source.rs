@@ -87,6 +87,13 @@ fn install(
     set_secrets(shared, source, secrets, version)
 }
 
+/// Counts the request of each name in `now` not in `before`.
+fn asked(shared: &Shared, now: &BTreeSet<String>, before: &BTreeSet<String>) {
+    for n in now.difference(before) {
+        shared.ctx.secrets.count_request(n);
+    }
+}
+
 fn nack(e: String) -> Option<RpcStatus> {
     Some(RpcStatus { code: 3, message: e, details: vec![] })
 }
@@ -104,6 +111,7 @@ async fn sotw_stream(shared: &Shared, source: &Source, target: &Target) -> Resul
         ..Default::default()
     };
     let _ = tx.send(DiscoveryRequest { node: Some(node(shared)), ..request("", "", &names, None) });
+    asked(shared, &names, &BTreeSet::new());
     let mut responses = client
         .stream_secrets(UnboundedReceiverStream::new(rx))
         .await
@@ -133,6 +141,7 @@ async fn sotw_stream(shared: &Shared, source: &Source, target: &Target) -> Resul
             _ = tick.tick() => {
                 let now = shared.ctx.secrets.names_of(source);
                 if now != names {
+                    asked(shared, &now, &names);
                     names = now;
                     let _ = tx.send(request(&version, &nonce, &names, None));
                 }
@@ -151,6 +160,7 @@ async fn delta_stream(shared: &Shared, source: &Source, target: &Target) -> Resu
         resource_names_subscribe: names.iter().cloned().collect(),
         ..Default::default()
     });
+    asked(shared, &names, &BTreeSet::new());
     let mut responses = client
         .delta_secrets(UnboundedReceiverStream::new(rx))
         .await
@@ -179,6 +189,7 @@ async fn delta_stream(shared: &Shared, source: &Source, target: &Target) -> Resu
             _ = tick.tick() => {
                 let now = shared.ctx.secrets.names_of(source);
                 if now != names {
+                    asked(shared, &now, &names);
                     let _ = tx.send(DeltaDiscoveryRequest {
                         type_url: SDS.to_string(),
                         resource_names_subscribe: now.difference(&names).cloned().collect(),
