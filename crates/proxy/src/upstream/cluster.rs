@@ -183,7 +183,11 @@ fn initial_hosts(c: &PbCluster, discovery: Discovery) -> Result<(Vec<Arc<Host>>,
         }
         return Ok((Vec::new(), all));
     }
-    let hosts = eds_hosts(la)?
+    let entries = eds_hosts(la)?;
+    if !c.health_checks.is_empty() && entries.iter().any(|e| e.4.pipe.is_some()) {
+        return Err("health_checks: active health checks of a pipe endpoint are not implemented by Legate".into());
+    }
+    let hosts = entries
         .into_iter()
         .map(|(addr, name, w, p, extra)| Arc::new(Host::new(addr, name, w, p).with_extra(extra)))
         .collect();
