@@ -10,10 +10,11 @@
 mod apply;
 mod delta;
 mod per_type;
-pub mod sds_source;
+mod sds_source;
 mod sotw;
 
 use delta::delta_session;
+pub use sds_source::run as run_sds_sources;
 use sotw::sotw_session;
 
 use crate::common::config_source::grpc_source;

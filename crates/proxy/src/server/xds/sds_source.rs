@@ -9,9 +9,9 @@
 //! wait for these secrets as they do for ADS ones (the secret slots'
 //! `settled`).
 
-use super::apply::set_secrets;
-use super::{channel, decode_all, node, Target, SDS};
 use crate::server::instance::Shared;
+use crate::server::xds::apply::set_secrets;
+use crate::server::xds::{channel, decode_all, node, Target, SDS};
 use crate::tls::sds::Source;
 use legate_api::pb::envoy::extensions::transport_sockets::tls::v3::Secret;
 use legate_api::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};
