@@ -224,7 +224,7 @@ const SUPPORTED_FIELDS: &[(&str, &[&str])] = &[
     ("envoy.extensions.transport_sockets.tls.v3.TlsCertificate", &["certificate_chain", "private_key"]),
     (
         "envoy.extensions.transport_sockets.tls.v3.TlsParameters",
-        &["tls_minimum_protocol_version", "tls_maximum_protocol_version"],
+        &["tls_minimum_protocol_version", "tls_maximum_protocol_version", "ecdh_curves"],
     ),
     (
         "envoy.extensions.transport_sockets.tls.v3.CertificateValidationContext",
@@ -916,7 +916,7 @@ const UNSUPPORTED_VALUES: &[(&str, &str, &[i32], &str)] = &[
 /// the cluster's message, whose stream duration Legate applies upstream
 /// only, and whose header count and underscore action only downstream. A
 /// config source may be a file (`path`,
-/// `path_config_source`) for secrets only. Extended CONNECT (`allow_connect`)
+/// `path_config_source`) for secrets only, and secrets may come from a gRPC `api_config_source`. Extended CONNECT (`allow_connect`)
 /// is offered to downstream clients by a connection manager; Legate never
 /// sends it upstream. A connection manager's HTTP/2 stream limit and windows
 /// are its server's; a cluster's are not honoured yet.
@@ -934,7 +934,7 @@ const NARROWED: &[(&str, &str, &[&str])] = &[
     (
         "envoy.extensions.transport_sockets.tls.v3.SdsSecretConfig",
         "sds_config",
-        &["ads", "resource_api_version", "initial_fetch_timeout", "path", "path_config_source"],
+        &["ads", "resource_api_version", "initial_fetch_timeout", "path", "path_config_source", "api_config_source"],
     ),
 ];
 

@@ -331,3 +331,167 @@ fn unknown_static_secret_refused_like_envoy() {
     assert_eq!(legate.status.code(), Some(1), "{out}");
     assert!(out.contains("tls_certificate_sds_secret_configs[0]: Unknown static secret: nope"), "{out}");
 }
+
+/// An SDS server of the test's own on a Unix socket, as SPIRE's agent
+/// serves workloads: state of the world, each stream answered with the
+/// secrets it names (once per change of names).
+mod uds_sds {
+    use legate_api::pb::envoy::service::discovery::v3::{
+        DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+    };
+    use legate_api::pb::envoy::service::secret::v3::secret_discovery_service_server::{
+        SecretDiscoveryService, SecretDiscoveryServiceServer,
+    };
+    use legate_api::pb::google::protobuf::Any;
+    use prost::Message;
+    use std::collections::{BTreeMap, BTreeSet};
+    use std::pin::Pin;
+    use tonic::{Request, Response, Status, Streaming};
+
+    const SECRET: &str = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret";
+
+    type Out<T> = Pin<Box<dyn tokio_stream::Stream<Item = Result<T, Status>> + Send>>;
+
+    pub struct Sds(pub BTreeMap<String, Vec<u8>>);
+
+    #[tonic::async_trait]
+    impl SecretDiscoveryService for Sds {
+        type StreamSecretsStream = Out<DiscoveryResponse>;
+        type DeltaSecretsStream = Out<DeltaDiscoveryResponse>;
+
+        async fn stream_secrets(
+            &self,
+            req: Request<Streaming<DiscoveryRequest>>,
+        ) -> Result<Response<Self::StreamSecretsStream>, Status> {
+            let mut inbound = req.into_inner();
+            let secrets = self.0.clone();
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            tokio::spawn(async move {
+                let mut sent = BTreeSet::new();
+                while let Ok(Some(r)) = inbound.message().await {
+                    let want: BTreeSet<String> = r.resource_names.into_iter().collect();
+                    if want == sent {
+                        continue;
+                    }
+                    sent = want;
+                    let resources = sent
+                        .iter()
+                        .filter_map(|n| secrets.get(n))
+                        .map(|v| Any { type_url: SECRET.into(), value: v.clone() })
+                        .collect();
+                    let resp = DiscoveryResponse {
+                        version_info: "1".into(),
+                        resources,
+                        type_url: SECRET.into(),
+                        nonce: sent.len().to_string(),
+                        ..Default::default()
+                    };
+                    if tx.send(Ok(resp)).is_err() {
+                        return;
+                    }
+                }
+            });
+            Ok(Response::new(Box::pin(tokio_stream::wrappers::UnboundedReceiverStream::new(rx))))
+        }
+
+        async fn delta_secrets(
+            &self,
+            _: Request<Streaming<DeltaDiscoveryRequest>>,
+        ) -> Result<Response<Self::DeltaSecretsStream>, Status> {
+            Err(Status::unimplemented("state of the world only"))
+        }
+
+        async fn fetch_secrets(&self, _: Request<DiscoveryRequest>) -> Result<Response<DiscoveryResponse>, Status> {
+            Err(Status::unimplemented("streams only"))
+        }
+    }
+
+    /// Serves `secrets` (name, encoded `Secret`) on the Unix socket `path`
+    /// from a thread of its own, for the rest of the test process.
+    pub fn serve(path: &std::path::Path, secrets: BTreeMap<String, Vec<u8>>) {
+        let listener = std::os::unix::net::UnixListener::bind(path).expect("bind the SDS socket");
+        listener.set_nonblocking(true).expect("nonblocking");
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+            rt.block_on(async move {
+                let l = tokio::net::UnixListener::from_std(listener).expect("tokio listener");
+                let incoming = tokio_stream::wrappers::UnixListenerStream::new(l);
+                let _ = tonic::transport::Server::builder()
+                    .add_service(SecretDiscoveryServiceServer::new(Sds(secrets)))
+                    .serve_with_incoming(incoming)
+                    .await;
+            });
+        });
+    }
+
+    /// A `Secret` named `name` with the certificate and key files `leaf`.
+    pub fn tls_secret(dir: &std::path::Path, name: &str, leaf: &str) -> Vec<u8> {
+        use legate_api::pb::envoy::config::core::v3::{data_source::Specifier, DataSource};
+        use legate_api::pb::envoy::extensions::transport_sockets::tls::v3::{secret, Secret, TlsCertificate};
+        let inline = |f: String| DataSource {
+            specifier: Some(Specifier::InlineString(std::fs::read_to_string(dir.join(f)).expect("read"))),
+            ..Default::default()
+        };
+        Secret {
+            name: name.into(),
+            r#type: Some(secret::Type::TlsCertificate(TlsCertificate {
+                certificate_chain: Some(inline(format!("{leaf}.pem"))),
+                private_key: Some(inline(format!("{leaf}.key"))),
+                ..Default::default()
+            })),
+        }
+        .encode_to_vec()
+    }
+}
+
+/// SDS from a server that is not ADS (`api_config_source`, GRPC, to a
+/// STATIC cluster whose endpoint is a Unix socket, SPIRE's way): both
+/// proxies fetch the certificate and serve it; `sds.<name>.update_success`
+/// counts it the same.
+#[test]
+fn sds_from_an_api_config_source_over_a_unix_socket() {
+    let tmp = TempDir::new("sds-grpc");
+    let dir = tmp.path();
+    let ders = write_certs(dir);
+    let socket = dir.join("agent.sock");
+    let secrets = BTreeMap::from([("server".to_string(), uds_sds::tls_secret(dir, "server", "a2"))]);
+    uds_sds::serve(&socket, secrets);
+    let sides = both(dir, &[], &["grpc"], |_, admin, ports| {
+        let source = "{resource_api_version: V3, api_config_source: {api_type: GRPC, transport_api_version: V3, grpc_services: [{envoy_grpc: {cluster_name: agent}}]}}";
+        let tls =
+            down_tls(&format!("tls_certificate_sds_secret_configs: [{{name: server, sds_config: {source}}}]"), "");
+        let agent = format!(
+            "{{name: agent, connect_timeout: 1s, http2_protocol_options: {{}}, load_assignment: {{cluster_name: agent, endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{pipe: {{path: \"{}\"}}}}}}}}]}}]}}}}",
+            socket.display()
+        );
+        bootstrap_with_secrets(
+            admin,
+            &[],
+            &[listener(
+                "grpc",
+                ports["grpc"],
+                &format!("{{transport_socket: {tls}, filters: [{}]}}", hcm_answer("g", "hello-g")),
+            )],
+            &[agent],
+        )
+    });
+    for s in &sides {
+        let mut c = wait_for(&format!("{} to serve the SDS certificate", s.who), Duration::from_secs(10), || {
+            std::panic::catch_unwind(|| Conn::open(s.port("grpc"))).ok()
+        });
+        assert!(c.cert == ders["a2"], "{}: the certificate served is not the SDS one", s.who);
+        assert_eq!(c.get().0, 200, "{}", s.who);
+    }
+    // The subscription's counters (Envoy also keeps its stream's
+    // `control_plane.*`, `version`, `update_time`, `init_fetch_timeout` and
+    // `key_rotation_failed` under the same prefix; Legate does not yet).
+    let counts: Vec<BTreeMap<String, u64>> = sides
+        .iter()
+        .map(|s| {
+            s.stats("sds.server.").into_iter().filter(|(k, _)| k.starts_with("update_") && k != "update_time").collect()
+        })
+        .collect();
+    eprintln!("sds.server.update_* (Envoy): {:?}", counts[0]);
+    assert_eq!(counts[0].get("update_success"), Some(&1), "{:?}", counts[0]);
+    assert_eq!(counts[0], counts[1], "sds.server.update_*: Envoy (left), Legate (right)");
+}

@@ -722,3 +722,81 @@ fn certificate_choice_by_sni() {
         assert_eq!(lv.1, if host == "other.example.com" { "000" } else { "200" }, "{host}");
     }
 }
+
+/// `tls_params.ecdh_curves` on both sides of a proxy, as Envoy 1.40 reads
+/// it (a `:`-joined list, P-521 included): a listener offering only P-521
+/// lets in a client that offers it and refuses one that does not; a listener
+/// with SPIRE's list serves a client offering one of them; a cluster whose
+/// context offers only P-256 gets it from that listener (X25519 without
+/// it; Envoy's client, on TLS 1.2, also wants the server certificate's
+/// curve, P-256 here, in the list). What each negotiated shows in `ssl.curves.*`, counted the same on
+/// both proxies.
+#[test]
+fn ecdh_curves_choose_the_key_exchange() {
+    let dir = TempDir::new("tls-curves");
+    let d = dir.path();
+    write_certs(d);
+    let (_echo, up) = echo("curves", d);
+    let yaml = |_who: &'static str, admin: u16, ports: &BTreeMap<&'static str, u16>| {
+        let tls =
+            |curves: &str| terminate_tls(d, &["a"], ALPN, &format!(", tls_params: {{ecdh_curves: [{curves}]}}"), "");
+        let chain =
+            |curves: &str, stat: &str| format!("{{transport_socket: {}, filters: [{}]}}", tls(curves), hcm(stat, "up"));
+        let to_p384 =
+            up_tls("a.example.com", &format!("{}, tls_params: {{ecdh_curves: [P-256]}}", trusted_ca(d, "ca.pem", "")));
+        bootstrap(
+            admin,
+            &[
+                listener("p521", ports["p521"], &chain("P-521", "p521")),
+                listener("spire", ports["spire"], &chain("\"X25519:P-256:P-521:P-384\"", "spire")),
+                listener("front", ports["front"], &format!("{{filters: [{}]}}", hcm("front", "self256"))),
+            ],
+            &[cluster("up", up, ""), cluster("self256", ports["spire"], &format!(", transport_socket: {to_p384}"))],
+        )
+    };
+    let [e, l] = both(d, &FLUSH, &["p521", "spire", "front"], yaml);
+    let code = |port: u16, curves: &str| {
+        let out = curl_tls(
+            d,
+            "a.example.com",
+            port,
+            "/",
+            None,
+            &["--curves", curves, "-o", "/dev/null", "-w", "%{http_code}"],
+        );
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    for (listener, curves, want) in [
+        ("p521", "X25519:P-521", "200"),
+        ("p521", "X25519:P-256", "000"),
+        ("spire", "P-384", "200"),
+        ("spire", "P-521", "200"),
+    ] {
+        let (ev, lv) = (code(e.port(listener), curves), code(l.port(listener), curves));
+        eprintln!("{listener} listener, client offering {curves}: Envoy {ev}, Legate {lv}");
+        assert_eq!(ev, want, "{listener} with {curves} (Envoy)");
+        assert_eq!(lv, ev, "{listener} with {curves}");
+    }
+    for side in [&e, &l] {
+        let r = http_get(addr(side.port("front")), "/through", "app").expect("a response");
+        assert_eq!(r.status, 200, "{}: through a P-256-only cluster", side.who);
+    }
+    // Curve counters by listener (port numbers differ) and cluster.
+    let curves = |side: &Side| -> BTreeMap<String, u64> {
+        let by_port: BTreeMap<u16, &str> = side.ports.iter().map(|(n, p)| (*p, *n)).collect();
+        text_stats_prefixed(&admin_page(side.admin, "/stats"), "")
+            .into_iter()
+            .filter(|(k, _)| k.contains("ssl.curves."))
+            .map(|(k, v)| {
+                let named =
+                    by_port.iter().fold(k.clone(), |k, (p, n)| k.replace(&format!("127.0.0.1_{p}."), &format!("{n}.")));
+                (named, v)
+            })
+            .collect()
+    };
+    let (ec, lc) = (curves(&e), curves(&l));
+    eprintln!("ssl.curves (Envoy): {ec:?}");
+    assert_eq!(ec.get("listener.p521.ssl.curves.P-521"), Some(&1), "{ec:?}");
+    assert_eq!(ec.get("cluster.self256.ssl.curves.P-256"), Some(&1), "{ec:?}");
+    assert_same("ssl.curves counters", &ec, &lc);
+}

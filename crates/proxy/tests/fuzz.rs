@@ -190,6 +190,7 @@ fn context<'a>(request: &'a ::http::HeaderMap) -> Context<'a> {
         downstream_remote: None,
         downstream_local: None,
         upstream_hostname: "",
+        upstream_pipe: "",
         upstream_metadata: None,
         dynamic_metadata: None,
     }

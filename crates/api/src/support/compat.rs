@@ -16,6 +16,8 @@ const FIELDS: &[(&str, &[&str])] = &[
     ("envoy.config.core.v3.GrpcService.GoogleGrpc", &["target_uri", "stat_prefix", "channel_credentials"]),
     ("envoy.config.core.v3.GrpcService.GoogleGrpc.ChannelCredentials", &["ssl_credentials", "local_credentials"]),
     ("envoy.config.core.v3.GrpcService.GoogleGrpc.SslCredentials", &["root_certs", "private_key", "cert_chain"]),
+    // Unix sockets: an endpoint's `pipe` (see `NARROWED`).
+    ("envoy.config.core.v3.Pipe", &["path", "mode"]),
     // External authorization of connections, over gRPC.
     (
         "envoy.extensions.filters.network.ext_authz.v3.ExtAuthz",
@@ -245,12 +247,15 @@ pub(super) const UNSUPPORTED_VALUES: &[(&str, &str, &[i32], &str)] = &[
     ),
 ];
 
-/// Shared messages honoured only in part where they are: (parent message,
-/// its field, the fields honoured there).
 /// A `GrpcService` whose filter can call a `google_grpc` target (and send
 /// `initial_metadata`); other users of the message keep `envoy_grpc` alone.
 const GRPC_SERVICE_EXT_AUTHZ: &[&str] = &["envoy_grpc", "google_grpc", "timeout", "initial_metadata"];
 
+/// Shared messages honoured only in part where they are: (parent message,
+/// its field, the fields honoured there).
+/// A Unix socket (`pipe`) is an address an endpoint of a STATIC cluster
+/// (or an EDS assignment) may have; listeners and the admin take socket
+/// addresses only.
 const NARROWED: &[(&str, &str, &[&str])] = &[
     (
         "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
@@ -259,6 +264,7 @@ const NARROWED: &[(&str, &str, &[&str])] = &[
     ),
     ("envoy.extensions.filters.http.ext_authz.v3.ExtAuthz", "grpc_service", GRPC_SERVICE_EXT_AUTHZ),
     ("envoy.extensions.filters.network.ext_authz.v3.ExtAuthz", "grpc_service", GRPC_SERVICE_EXT_AUTHZ),
+    ("envoy.config.endpoint.v3.Endpoint", "address", &["socket_address", "pipe"]),
 ];
 
 /// The fields honoured in `parent.field` when this table narrows it.

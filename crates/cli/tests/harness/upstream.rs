@@ -172,3 +172,45 @@ pub fn jwks_server(dir: &Path) -> Side {
         )
     })
 }
+
+/// An HTTP/1.1 server on a thread of the test, on a Unix socket: `path`, or
+/// with a leading `@` a name in the abstract namespace (as Envoy's `pipe`
+/// reads it). Every request (heads only, keep-alive) is answered 200 with
+/// `x-upstream: <name>` and the request line as its body. Ends with the
+/// test process.
+pub fn unix_http(path: &str, name: &'static str) {
+    use std::os::linux::net::SocketAddrExt;
+    use std::os::unix::net::{SocketAddr, UnixListener};
+    let l = match path.strip_prefix('@') {
+        Some(n) => UnixListener::bind_addr(&SocketAddr::from_abstract_name(n.as_bytes()).expect("abstract name")),
+        None => UnixListener::bind(path),
+    }
+    .expect("bind a Unix socket");
+    std::thread::spawn(move || {
+        for s in l.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut s = s;
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                while let Ok(n) = s.read(&mut chunk) {
+                    if n == 0 {
+                        break;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head = String::from_utf8_lossy(&buf[..end]).to_string();
+                        buf.drain(..end + 4);
+                        let line = head.lines().next().unwrap_or_default().to_string();
+                        let reply = format!(
+                            "HTTP/1.1 200 OK\r\nx-upstream: {name}\r\ncontent-length: {}\r\n\r\n{line}",
+                            line.len()
+                        );
+                        if s.write_all(reply.as_bytes()).is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+}

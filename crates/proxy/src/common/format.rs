@@ -33,6 +33,9 @@ pub struct Context<'a> {
     /// The upstream host's name (`Endpoint.hostname`, or the DNS name it
     /// was resolved from); empty when it has none.
     pub upstream_hostname: &'a str,
+    /// A Unix socket upstream host's path (`upstream_host` is then a
+    /// stand-in); empty for an IP host.
+    pub upstream_pipe: &'a str,
     /// The upstream host's metadata (`LbEndpoint.metadata`), by namespace.
     pub upstream_metadata: Option<&'a Map>,
     /// The request's dynamic metadata, by namespace.
@@ -335,6 +338,7 @@ fn render_op(op: &Op, ctx: &Context<'_>, out: &mut String, hm: bool) {
             None => missing(out, hm),
         },
         Op::UpstreamHost | Op::UpstreamRemoteAddress => match ctx.upstream_host {
+            Some(_) if !ctx.upstream_pipe.is_empty() => out.push_str(ctx.upstream_pipe),
             Some(a) => {
                 let _ = write!(out, "{a}");
             }
@@ -349,6 +353,7 @@ fn render_op(op: &Op, ctx: &Context<'_>, out: &mut String, hm: bool) {
         Op::Hostname => out.push_str(hostname()),
         Op::UpstreamHostName => match ctx.upstream_host {
             Some(_) if !ctx.upstream_hostname.is_empty() => out.push_str(ctx.upstream_hostname),
+            Some(_) if !ctx.upstream_pipe.is_empty() => out.push_str(ctx.upstream_pipe),
             Some(a) => {
                 let _ = write!(out, "{a}");
             }

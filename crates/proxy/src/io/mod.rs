@@ -1,8 +1,9 @@
-//! Byte streams: what a connection runs on (plain TCP, or TLS over it) and
-//! the pipe that joins two of them. A leaf: nothing here imports another
-//! part of the proxy.
+//! Byte streams: what a connection runs on (plain TCP or a Unix socket, or
+//! TLS over either) and the pipe that joins two of them. A leaf: nothing
+//! here imports another part of the proxy.
 
 pub mod pipe;
+pub mod unix;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 

@@ -459,8 +459,14 @@ fn clusters(shared: &Shared, query: Option<&str>) -> Response<Full<Bytes>> {
                     .all
                     .iter()
                     .map(|h| {
+                        let address = match &h.pipe {
+                            Some(p) => json!({"pipe": {"path": p.as_str()}}),
+                            None => {
+                                json!({"socket_address": {"address": h.addr.ip().to_string(), "port_value": h.addr.port()}})
+                            }
+                        };
                         let mut status = json!({
-                            "address": {"socket_address": {"address": h.addr.ip().to_string(), "port_value": h.addr.port()}},
+                            "address": address,
                             "stats": [
                                 {"name": "cx_total", "value": h.cx_total.load(Ordering::Relaxed).to_string(), "type": "COUNTER"},
                                 {"name": "rq_total", "value": h.rq_total.load(Ordering::Relaxed).to_string(), "type": "COUNTER"},
@@ -502,7 +508,7 @@ fn clusters(shared: &Shared, query: Option<&str>) -> Response<Full<Bytes>> {
         }
         let _ = writeln!(s, "{n}::added_via_api::false");
         for h in c.hosts.load().all.iter() {
-            let a = h.addr;
+            let a = h.address_string();
             let l = |k: &str, v: String| format!("{n}::{a}::{k}::{v}\n");
             s.push_str(&l("cx_active", h.cx_active.load(Ordering::Relaxed).to_string()));
             s.push_str(&l("cx_connect_fail", h.cx_connect_fail.load(Ordering::Relaxed).to_string()));

@@ -64,6 +64,7 @@ fn start_main_thread(main_rt: &tokio::runtime::Runtime, shared: &Arc<Shared>) ->
         }
         main_rt.spawn(crate::server::xds::run(shared.clone(), cfg));
     }
+    main_rt.spawn(crate::server::xds::run_sds_sources(shared.clone()));
     let sinks = sinks::SinksConfig::read(&shared.bootstrap)
         .and_then(|cfg| {
             let _runtime = main_rt.enter();

@@ -105,6 +105,8 @@ pub(super) fn client_config(common: &CommonTlsContext, opts: ClientOptions) -> R
         p.cipher_suites.retain(|s| s.version().version == rustls::ProtocolVersion::TLSv1_2);
         Arc::new(p)
     };
+    let client_provider =
+        super::kx::with_groups(client_provider, &super::kx::groups(common.tls_params.as_ref(), path)?);
     let validation = validation_context(common, path)?;
     let sans = validation.map(|v| compile_sans(v, path)).transpose()?.unwrap_or_default();
     let roots = validation.map(|v| roots(v, path)).transpose()?.flatten();

@@ -9,6 +9,7 @@
 mod certs;
 mod client;
 mod context;
+mod kx;
 pub mod peer;
 pub mod sds;
 mod server;

@@ -38,8 +38,16 @@ pub trait Subscriber: Send + Sync {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Source {
     Static,
-    File { path: PathBuf, watched_directory: Option<PathBuf> },
+    File {
+        path: PathBuf,
+        watched_directory: Option<PathBuf>,
+    },
     Ads,
+    /// A gRPC `api_config_source`: its (first) cluster, delta or SotW.
+    Grpc {
+        cluster: String,
+        delta: bool,
+    },
 }
 
 /// One named secret and the TLS contexts that use it.
@@ -119,10 +127,12 @@ pub enum SdsError {
     UnknownStatic(String),
     #[error("{0}: node 'id' and 'cluster' are required. Set it either in 'node' config or via --service-node and --service-cluster options.")]
     NoNode(&'static str),
-    #[error("sds_config: only ads, path and path_config_source are supported")]
+    #[error("sds_config: only ads, path, path_config_source and a gRPC api_config_source are supported")]
     UnsupportedSource,
     #[error("{path}: {reason}")]
     File { path: String, reason: String },
+    #[error("{0}")]
+    Grpc(String),
 }
 
 /// Something with TLS certificates to show in `/certs`.
@@ -181,6 +191,14 @@ impl SecretManager {
         if let Some(store) = &self.stats {
             store.counter(&format!("sds.{name}.update_attempt")).inc();
             store.counter(&format!("sds.{name}.{what}")).inc();
+        }
+    }
+
+    /// Counts a subscription's request for secret `name` (Envoy counts an
+    /// attempt when a gRPC subscription asks, and again per response).
+    pub fn count_request(&self, name: &str) {
+        if let Some(store) = &self.stats {
+            store.counter(&format!("sds.{name}.update_attempt")).inc();
         }
     }
 
@@ -244,18 +262,37 @@ impl SecretManager {
 
     /// The names of the ADS secrets some TLS context waits for or uses.
     pub fn ads_names(&self) -> BTreeSet<String> {
-        let dynamic = self.dynamic.lock().unwrap_or_else(|e| e.into_inner());
-        dynamic
-            .iter()
-            .filter(|((s, _), w)| *s == Source::Ads && w.strong_count() > 0)
-            .map(|((_, n), _)| n.clone())
-            .collect()
+        self.names_of(&Source::Ads)
     }
 
     /// The live ADS slot of `name`, if some context uses it.
     pub fn ads_slot(&self, name: &str) -> Option<Arc<SecretSlot>> {
+        self.slot_of(&Source::Ads, name)
+    }
+
+    /// The names of the secrets from `source` some TLS context waits for or uses.
+    pub fn names_of(&self, source: &Source) -> BTreeSet<String> {
         let dynamic = self.dynamic.lock().unwrap_or_else(|e| e.into_inner());
-        dynamic.get(&(Source::Ads, name.to_string())).and_then(Weak::upgrade)
+        dynamic.iter().filter(|((s, _), w)| s == source && w.strong_count() > 0).map(|((_, n), _)| n.clone()).collect()
+    }
+
+    /// The live slot of `name` from `source`, if some context uses it.
+    pub fn slot_of(&self, source: &Source, name: &str) -> Option<Arc<SecretSlot>> {
+        let dynamic = self.dynamic.lock().unwrap_or_else(|e| e.into_inner());
+        dynamic.get(&(source.clone(), name.to_string())).and_then(Weak::upgrade)
+    }
+
+    /// The gRPC sources (`api_config_source`) some live secret comes from.
+    pub fn grpc_sources(&self) -> BTreeSet<(String, bool)> {
+        let dynamic = self.dynamic.lock().unwrap_or_else(|e| e.into_inner());
+        dynamic
+            .iter()
+            .filter(|(_, w)| w.strong_count() > 0)
+            .filter_map(|((s, _), _)| match s {
+                Source::Grpc { cluster, delta } => Some((cluster.clone(), *delta)),
+                _ => None,
+            })
+            .collect()
     }
 
     /// The static secrets and the live file and ADS ones, each by name.
@@ -356,6 +393,13 @@ impl SecretManager {
 fn source_of(cs: &ConfigSource) -> Result<Source, SdsError> {
     match &cs.config_source_specifier {
         Some(ConfigSourceSpecifier::Ads(_)) => Ok(Source::Ads),
+        Some(ConfigSourceSpecifier::ApiConfigSource(a)) => {
+            let (delta, clusters) = crate::common::config_source::grpc_source(a)
+                .map_err(|e| SdsError::Grpc(format!("sds_config.api_config_source.{e}")))?;
+            // Envoy streams from the first listed service.
+            let cluster = clusters.into_iter().next().unwrap_or_default();
+            Ok(Source::Grpc { cluster, delta })
+        }
         Some(ConfigSourceSpecifier::Path(p)) => Ok(Source::File { path: p.into(), watched_directory: None }),
         Some(ConfigSourceSpecifier::PathConfigSource(p)) => Ok(Source::File {
             path: p.path.clone().into(),

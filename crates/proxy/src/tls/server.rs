@@ -159,6 +159,7 @@ pub(super) fn server_config(ctx: &DownstreamTlsContext, common: &CommonTlsContex
         })
         .collect::<Result<Vec<_>, TlsError>>()?;
     let versions = versions(common.tls_params.as_ref(), path, 3)?;
+    let groups = super::kx::groups(common.tls_params.as_ref(), path)?;
     let require = ctx.require_client_certificate.is_some_and(|b| b.value);
     let validation = validation_context(common, path)?;
     let client_roots = validation.map(|v| roots(v, path)).transpose()?.flatten();
@@ -192,7 +193,7 @@ pub(super) fn server_config(ctx: &DownstreamTlsContext, common: &CommonTlsContex
     };
     let certs = Arc::new(CertSet(keys));
     let build = |provider: Arc<CryptoProvider>, server_order: bool| -> Result<Arc<rustls::ServerConfig>, TlsError> {
-        let builder = rustls::ServerConfig::builder_with_provider(provider)
+        let builder = rustls::ServerConfig::builder_with_provider(super::kx::with_groups(provider, &groups))
             .with_protocol_versions(&versions)
             .map_err(|e| err(path, e.to_string()))?;
         let builder = match &verifier {

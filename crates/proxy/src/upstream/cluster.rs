@@ -215,9 +215,17 @@ fn localities(la: &ClusterLoadAssignment) -> Vec<Locality> {
 fn initial_hosts(c: &PbCluster, discovery: Discovery) -> Result<(Vec<Arc<Host>>, Vec<Endpoint>), String> {
     let Some(la) = &c.load_assignment else { return Ok(Default::default()) };
     if discovery != Discovery::Static {
-        return Ok((Vec::new(), endpoints(la)?));
+        let all = endpoints(la)?;
+        if all.iter().any(|e| e.4.extra.pipe.is_some()) {
+            return Err("load_assignment: a pipe address needs a STATIC cluster".into());
+        }
+        return Ok((Vec::new(), all));
     }
-    let hosts = eds_hosts(la)?
+    let entries = eds_hosts(la)?;
+    if !c.health_checks.is_empty() && entries.iter().any(|e| e.4.pipe.is_some()) {
+        return Err("health_checks: active health checks of a pipe endpoint are not implemented by Legate".into());
+    }
+    let hosts = entries
         .into_iter()
         .map(|(addr, name, w, p, extra)| Arc::new(Host::new(addr, name, w, p).with_extra(extra)))
         .collect();

@@ -1,4 +1,4 @@
-//! Opening an upstream connection (TCP, then TLS when the cluster has a
+//! Opening an upstream connection (TCP or a Unix socket, then TLS when the cluster has a
 //! transport socket, within the connect timeout) and accounting for it until
 //! it closes: the cluster's and host's connection counts, the
 //! `max_connections` slot, and the idle timeout of its I/O task.
@@ -44,7 +44,29 @@ fn count_never_connected(stats: &ClusterStats, side: &str) {
     stats.named(side).inc();
 }
 
-async fn connect_tcp(cluster: &Cluster, host: &Host) -> Result<(tokio::net::TcpStream, Slot), UpstreamError> {
+/// A freshly opened stream to a host: TCP, or a `pipe` endpoint's Unix socket.
+enum Opened {
+    Tcp(tokio::net::TcpStream),
+    Unix(tokio::net::UnixStream),
+}
+
+async fn open(cluster: &Cluster, host: &Host) -> std::io::Result<Opened> {
+    match &host.pipe {
+        Some(p) => p.connect().map(Opened::Unix),
+        None => tokio::net::TcpStream::connect(host.addr).await.map(Opened::Tcp),
+    }
+    .inspect(|s| {
+        if let Opened::Tcp(stream) = s {
+            let _ = stream.set_nodelay(true);
+            if let Some(k) = cluster.config.upstream_connection_options.as_ref().and_then(|o| o.tcp_keepalive.as_ref())
+            {
+                set_keepalive(stream, k);
+            }
+        }
+    })
+}
+
+async fn connect_raw(cluster: &Cluster, host: &Host) -> Result<(Opened, Slot), UpstreamError> {
     let stats = &cluster.stats;
     // Room was checked (or waived) by the caller; the slot counts the
     // connection for as long as it lives.
@@ -54,7 +76,7 @@ async fn connect_tcp(cluster: &Cluster, host: &Host) -> Result<(tokio::net::TcpS
     // when the connect timeout closes it, remotely when it is refused).
     stats.upstream_cx_total.inc();
     host.cx_total.fetch_add(1, Relaxed);
-    let stream = match tokio::time::timeout(cluster.connect_timeout, tokio::net::TcpStream::connect(host.addr)).await {
+    let stream = match tokio::time::timeout(cluster.connect_timeout, open(cluster, host)).await {
         Err(_) => {
             stats.upstream_cx_connect_timeout.inc();
             count_connect_failure(stats, host);
@@ -68,10 +90,6 @@ async fn connect_tcp(cluster: &Cluster, host: &Host) -> Result<(tokio::net::TcpS
         }
         Ok(Ok(s)) => s,
     };
-    let _ = stream.set_nodelay(true);
-    if let Some(k) = cluster.config.upstream_connection_options.as_ref().and_then(|o| o.tcp_keepalive.as_ref()) {
-        set_keepalive(&stream, k);
-    }
     stats.upstream_cx_active.inc();
     host.cx_active.fetch_add(1, Relaxed);
     Ok((stream, slot))
@@ -82,8 +100,23 @@ async fn connect_tcp(cluster: &Cluster, host: &Host) -> Result<(tokio::net::TcpS
 /// too: one indirect call per read or write.
 pub async fn connect(cluster: &Cluster, host: &Host) -> Result<(crate::io::BoxIo, Slot), UpstreamError> {
     let start = tokio::time::Instant::now();
-    let (stream, slot) = connect_tcp(cluster, host).await?;
-    let Some(tls) = &cluster.tls else { return Ok((Box::new(stream), slot)) };
+    let (stream, slot) = connect_raw(cluster, host).await?;
+    let io = match stream {
+        Opened::Tcp(s) => secure(cluster, host, s, start).await?,
+        Opened::Unix(s) => secure(cluster, host, s, start).await?,
+    };
+    Ok((io, slot))
+}
+
+/// TLS over `stream` when the cluster has a `transport_socket`, within
+/// what is left of the connect timeout started at `start`.
+async fn secure<S: crate::io::Io>(
+    cluster: &Cluster,
+    host: &Host,
+    stream: S,
+    start: tokio::time::Instant,
+) -> Result<crate::io::BoxIo, UpstreamError> {
+    let Some(tls) = &cluster.tls else { return Ok(Box::new(stream)) };
     let stats = &cluster.stats;
     let left = cluster.connect_timeout.saturating_sub(start.elapsed());
     // None only while a secret it names has not arrived.
@@ -100,7 +133,7 @@ pub async fn connect(cluster: &Cluster, host: &Host) -> Result<(crate::io::BoxIo
             if let Some(ssl) = &stats.ssl {
                 ssl.handshake_done(s.get_ref().1, sigalg);
             }
-            Ok((Box::new(s), slot))
+            Ok(Box::new(s))
         }
         Ok(Err(e)) => {
             if let Some(ssl) = &stats.ssl {

@@ -3,6 +3,7 @@
 //! hosts with their socket addresses.
 
 use crate::common::metadata::metadata_json;
+use crate::io::unix::UnixAddr;
 use crate::upstream::host::{Extra, HealthCheckTarget, Placement};
 use legate_api::pb::envoy::config::core::v3::{address, socket_address};
 use legate_api::pb::envoy::config::endpoint::v3::{lb_endpoint::HostIdentifier, ClusterLoadAssignment};
@@ -70,33 +71,52 @@ pub fn endpoints(la: &ClusterLoadAssignment) -> Result<Vec<Endpoint>, String> {
             let Some(HostIdentifier::Endpoint(ep)) = &e.host_identifier else {
                 return Err("load_assignment: only endpoint hosts are supported".into());
             };
-            let Some(address::Address::SocketAddress(sa)) = ep.address.as_ref().and_then(|a| a.address.as_ref()) else {
-                return Err("load_assignment: only socket addresses are supported".into());
-            };
-            let Some(socket_address::PortSpecifier::PortValue(port)) = sa.port_specifier else {
-                return Err("load_assignment: port_value is required".into());
-            };
-            let port = u16::try_from(port).map_err(|_| "port out of range")?;
-            let extra = Extra {
+            let mut extra = Extra {
                 metadata: metadata_json(e.metadata.as_ref()),
                 health_check: health_check_target(ep.health_check_config.as_ref())?,
+                pipe: None,
+            };
+            let (addr, port) = match ep.address.as_ref().and_then(|a| a.address.as_ref()) {
+                Some(address::Address::SocketAddress(sa)) => {
+                    let Some(socket_address::PortSpecifier::PortValue(port)) = sa.port_specifier else {
+                        return Err("load_assignment: port_value is required".into());
+                    };
+                    (sa.address.clone(), u16::try_from(port).map_err(|_| "port out of range")?)
+                }
+                Some(address::Address::Pipe(p)) => {
+                    let pipe = UnixAddr::parse(&p.path, p.mode).map_err(|e| format!("load_assignment: {e}"))?;
+                    extra.pipe = Some(Arc::new(pipe));
+                    (String::new(), 0)
+                }
+                _ => return Err("load_assignment: only socket and pipe addresses are supported".into()),
             };
             let named = Named { hostname: ep.hostname.clone(), extra };
-            out.push((sa.address.clone(), port, weight, placement, named));
+            out.push((addr, port, weight, placement, named));
         }
     }
     Ok(out)
 }
 
 /// Hosts of an EDS assignment, or of a STATIC cluster's: addresses must be
-/// IPs, as in Envoy; a host's name is its `Endpoint.hostname` (none by
-/// default, as Envoy's).
+/// IPs or Unix sockets (`pipe`), as in Envoy; a host's name is its
+/// `Endpoint.hostname` (none by default, as Envoy's). A Unix socket host
+/// stands at the unspecified address `0.0.0.0:0` for what keys hosts by
+/// socket address (the pools), so an assignment holds at most one.
 pub fn eds_hosts(la: &ClusterLoadAssignment) -> Result<Vec<HostEntry>, String> {
-    endpoints(la)?
-        .into_iter()
+    let all = endpoints(la)?;
+    if all.iter().filter(|e| e.4.extra.pipe.is_some()).count() > 1 {
+        return Err("load_assignment: more than one pipe endpoint in a cluster is not implemented by Legate".into());
+    }
+    all.into_iter()
         .map(|(addr, port, w, p, named)| {
+            if named.extra.pipe.is_some() {
+                return Ok((PIPE_STAND_IN, named.hostname, w, p, named.extra));
+            }
             let ip: std::net::IpAddr = addr.parse().map_err(|_| format!("malformed IP address: {addr}"))?;
             Ok((SocketAddr::new(ip, port), named.hostname, w, p, named.extra))
         })
         .collect()
 }
+
+/// The socket address a Unix socket host stands at.
+pub const PIPE_STAND_IN: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 0);

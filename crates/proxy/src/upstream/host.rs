@@ -4,6 +4,7 @@
 //! the weight of a host that became healthy recently.
 
 use crate::common::metadata::Map;
+use crate::io::unix::UnixAddr;
 use crate::upstream::clock::clock_ms;
 use crate::upstream::lb::peak_ewma::PeakEwma;
 use std::net::SocketAddr;
@@ -11,11 +12,13 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 
 /// What a host carries besides its address, name, weight and placement:
-/// `LbEndpoint.metadata` and `Endpoint.health_check_config`.
+/// `LbEndpoint.metadata`, `Endpoint.health_check_config`, and the Unix
+/// socket of an endpoint whose address is a `pipe`.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Extra {
     pub metadata: Option<Arc<Map>>,
     pub health_check: Option<Arc<HealthCheckTarget>>,
+    pub pipe: Option<Arc<UnixAddr>>,
 }
 
 /// `Endpoint.health_check_config`: where and how active health checks reach
@@ -70,6 +73,9 @@ pub struct Host {
     pub metadata: Option<Arc<Map>>,
     /// `Endpoint.health_check_config`.
     pub health_check: Option<Arc<HealthCheckTarget>>,
+    /// A `pipe` endpoint's Unix socket (its `addr` is then a stand-in,
+    /// `endpoints::PIPE_STAND_IN`).
+    pub pipe: Option<Arc<UnixAddr>>,
     pub weight: u32,
     pub priority: u32,
     pub locality: u32,
@@ -129,6 +135,7 @@ impl Host {
             hostname,
             metadata: None,
             health_check: None,
+            pipe: None,
             weight: weight.max(1),
             priority: placement.priority,
             locality: placement.locality,
@@ -162,7 +169,16 @@ impl Host {
     pub fn with_extra(mut self, extra: Extra) -> Self {
         self.metadata = extra.metadata;
         self.health_check = extra.health_check;
+        self.pipe = extra.pipe;
         self
+    }
+
+    /// Its address as Envoy prints it: `ip:port`, or a Unix socket's path.
+    pub fn address_string(&self) -> String {
+        match &self.pipe {
+            Some(p) => p.to_string(),
+            None => self.addr.to_string(),
+        }
     }
 
     /// Whether active health checks check it (not `disable_active_health_check`).

@@ -76,7 +76,8 @@ impl Membership {
                         && h.placement() == p
                         && h.hostname == name
                         && h.metadata == extra.metadata
-                        && h.health_check == extra.health_check =>
+                        && h.health_check == extra.health_check
+                        && h.pipe == extra.pipe =>
                 {
                     (*h).clone()
                 }

@@ -167,6 +167,7 @@ impl Stream {
             downstream_local: Some(self.local),
             upstream_host: self.upstream.as_ref().map(|u| u.1.addr),
             upstream_hostname: self.upstream.as_ref().map_or("", |u| u.1.hostname.as_str()),
+            upstream_pipe: self.upstream.as_ref().and_then(|u| u.1.pipe.as_deref()).map_or("", |p| p.as_str()),
             upstream_metadata: self.upstream.as_ref().and_then(|u| u.1.metadata.as_deref()),
             upstream_cluster: self.cluster.as_ref().map_or("", |c| c.name.as_str()),
             start_time: Some(self.start_time),

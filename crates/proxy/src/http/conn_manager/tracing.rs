@@ -142,8 +142,8 @@ impl Stream {
             None => up.set_tag(tags::HTTP_PROTOCOL, if http2 { "HTTP/2" } else { "HTTP/1.1" }),
         }
         if let Some((_, host, _)) = &self.upstream {
-            up.set_tag(tags::UPSTREAM_ADDRESS, host.addr.to_string());
-            up.set_tag(tags::PEER_ADDRESS, host.addr.to_string());
+            up.set_tag(tags::UPSTREAM_ADDRESS, host.address_string());
+            up.set_tag(tags::PEER_ADDRESS, host.address_string());
         }
     }
 

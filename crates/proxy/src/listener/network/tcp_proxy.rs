@@ -178,6 +178,7 @@ impl TcpProxyConfig {
                 start_time: Some(start_time),
                 upstream_host: log.host.as_ref().map(|h| h.addr),
                 upstream_hostname: log.host.as_ref().map_or("", |h| h.hostname.as_str()),
+                upstream_pipe: log.host.as_ref().and_then(|h| h.pipe.as_deref()).map_or("", |p| p.as_str()),
                 upstream_metadata: log.host.as_ref().and_then(|h| h.metadata.as_deref()),
                 upstream_cluster: logged_cluster,
                 downstream_remote: Some(remote),

@@ -190,7 +190,7 @@ pub(crate) async fn keep_open<F>(
         match crate::server::xds::Target::pick(&shared, &cluster) {
             Some(target) => {
                 if let Err(e) = session(&shared, &target).await {
-                    tracing::warn!("{what} stream to {} ended: {e}", target.addr);
+                    tracing::warn!("{what} stream to {} ended: {e}", target.address());
                 }
             }
             None => tracing::warn!("{what} cluster '{cluster}' has no host"),

@@ -123,7 +123,7 @@ async fn start(shared: &Shared, cluster: &str) -> Result<Open, String> {
     let target = Target::pick(shared, cluster).ok_or("the cluster has no host")?;
     let mut client = MetricsServiceClient::new(channel(&target).await?);
     let (tx, rx) = mpsc::channel(QUEUE);
-    let addr = target.addr;
+    let addr = target.address();
     let call = tokio::spawn(async move {
         match client.stream_metrics(Messages { rx, pending: Default::default() }).await {
             Ok(_) => tracing::debug!("metrics service stream to {addr} closed by the server"),

@@ -345,21 +345,7 @@ impl Dynamic {
     /// config for new connections; listeners and clusters waiting for them
     /// warm up. A secret that would not build is refused (NACK) whole.
     pub(super) fn apply_secrets(&mut self, shared: &Shared, secrets: Vec<Secret>, version: &str) -> Result<(), String> {
-        for s in &secrets {
-            let checked = check(s, &s.name)
-                .and_then(|_| crate::tls::sds::check_secret(s).map_err(|e| format!("secret '{}': {e}", s.name)));
-            if let Err(e) = checked {
-                shared.ctx.secrets.count(&s.name, "update_rejected");
-                return Err(e);
-            }
-        }
-        for s in secrets {
-            let name = s.name.clone();
-            if let Some(slot) = shared.ctx.secrets.ads_slot(&name) {
-                slot.set(s, version);
-                shared.ctx.secrets.count(&name, "update_success");
-            }
-        }
+        set_secrets(shared, &crate::tls::sds::Source::Ads, secrets, version)?;
         self.activate_clusters(shared, None);
         self.activate_warm(shared, None)
     }
@@ -430,4 +416,32 @@ impl Dynamic {
         }
         result
     }
+}
+
+/// Installs secrets that arrived from `source` (ADS or a gRPC SDS server):
+/// each is checked first, and one that would not build refuses the whole
+/// response (NACK); every TLS context using one then rebuilds its config
+/// for new connections.
+pub(super) fn set_secrets(
+    shared: &Shared,
+    source: &crate::tls::sds::Source,
+    secrets: Vec<Secret>,
+    version: &str,
+) -> Result<(), String> {
+    for s in &secrets {
+        let checked = check(s, &s.name)
+            .and_then(|_| crate::tls::sds::check_secret(s).map_err(|e| format!("secret '{}': {e}", s.name)));
+        if let Err(e) = checked {
+            shared.ctx.secrets.count(&s.name, "update_rejected");
+            return Err(e);
+        }
+    }
+    for s in secrets {
+        let name = s.name.clone();
+        if let Some(slot) = shared.ctx.secrets.slot_of(source, &name) {
+            slot.set(s, version);
+            shared.ctx.secrets.count(&name, "update_success");
+        }
+    }
+    Ok(())
 }

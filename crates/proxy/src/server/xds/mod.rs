@@ -10,9 +10,11 @@
 mod apply;
 mod delta;
 mod per_type;
+mod sds_source;
 mod sotw;
 
 use delta::delta_session;
+pub use sds_source::run as run_sds_sources;
 use sotw::sotw_session;
 
 use crate::common::config_source::grpc_source;
@@ -265,7 +267,7 @@ pub async fn run(shared: Arc<Shared>, cfg: AdsConfig) {
         let started = Instant::now();
         match target {
             Some(target) => {
-                let addr = target.addr;
+                let addr = target.address();
                 let session = Session { shared: &shared, cfg: &cfg, target: &target, connected: &connected };
                 let result = if cfg.delta {
                     delta_session(session, &mut dynamic).await
@@ -309,6 +311,8 @@ pub(crate) fn node(shared: &Shared) -> Node {
 /// cluster (its `transport_socket` says whether to speak TLS).
 pub(crate) struct Target {
     pub(crate) addr: SocketAddr,
+    /// A `pipe` host's Unix socket (`addr` is then a stand-in).
+    pipe: Option<Arc<crate::io::unix::UnixAddr>>,
     /// The host's name (the SNI with `auto_host_sni`).
     hostname: String,
     cluster: Arc<Cluster>,
@@ -318,8 +322,19 @@ impl Target {
     /// A host of the cluster named `name`, picked by its load balancer.
     pub(crate) fn pick(shared: &Shared, name: &str) -> Option<Target> {
         let map = shared.clusters.load();
-        map.get(name)
-            .and_then(|c| c.pick().map(|h| Target { addr: h.addr, hostname: h.hostname.clone(), cluster: c.clone() }))
+        map.get(name).and_then(|c| {
+            c.pick().map(|h| Target {
+                addr: h.addr,
+                pipe: h.pipe.clone(),
+                hostname: h.hostname.clone(),
+                cluster: c.clone(),
+            })
+        })
+    }
+
+    /// Where it is, as Envoy prints a host's address.
+    pub(crate) fn address(&self) -> String {
+        self.pipe.as_ref().map_or_else(|| self.addr.to_string(), |p| p.to_string())
     }
 }
 
@@ -350,23 +365,46 @@ type Incoming<T> = std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<T, t
 /// as for any upstream).
 pub(crate) async fn channel(target: &Target) -> Result<tonic::transport::Channel, String> {
     let addr = target.addr;
-    // `http` even for TLS: the connector below does the TLS (tonic would
-    // insist on its own TLS settings for an `https` URI).
-    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+    // `http` even for TLS or a Unix socket: the connectors below open the
+    // stream (tonic would insist on its own TLS settings for an `https` URI).
+    let authority = if target.pipe.is_some() { target.cluster.name.clone() } else { addr.to_string() };
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{authority}"))
         .map_err(|e| e.to_string())?
         .connect_timeout(Duration::from_secs(5))
         .http2_keep_alive_interval(Duration::from_secs(30));
-    match &target.cluster.tls {
-        None => endpoint.connect().await.map_err(|e| format!("connect: {e}")),
+    let tls = match &target.cluster.tls {
+        None => None,
         Some(tls) => {
             let connector = tls.connector().ok_or("the cluster's TLS secrets are not available")?;
-            let name = tls.server_name(addr.ip(), &target.hostname);
+            Some((connector, tls.server_name(addr.ip(), &target.hostname)))
+        }
+    };
+    match (target.pipe.clone(), tls) {
+        (None, None) => endpoint.connect().await.map_err(|e| format!("connect: {e}")),
+        (Some(pipe), None) => {
+            let connect = tower::service_fn(move |_uri: http::Uri| {
+                let pipe = pipe.clone();
+                async move { Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(pipe.connect()?)) }
+            });
+            endpoint.connect_with_connector(connect).await.map_err(|e| format!("connect: {e:?}"))
+        }
+        (None, Some((connector, name))) => {
             let tls_connect = tower::service_fn(move |_uri: http::Uri| {
                 let (connector, name) = (connector.clone(), name.clone());
                 async move {
                     let tcp = tokio::net::TcpStream::connect(addr).await?;
                     let _ = tcp.set_nodelay(true);
                     let stream = connector.connect(name, tcp).await?;
+                    Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+                }
+            });
+            endpoint.connect_with_connector(tls_connect).await.map_err(|e| format!("connect over TLS: {e:?}"))
+        }
+        (Some(pipe), Some((connector, name))) => {
+            let tls_connect = tower::service_fn(move |_uri: http::Uri| {
+                let (connector, name, pipe) = (connector.clone(), name.clone(), pipe.clone());
+                async move {
+                    let stream = connector.connect(name, pipe.connect()?).await?;
                     Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
                 }
             });
