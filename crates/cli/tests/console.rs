@@ -117,7 +117,17 @@ fn check_services(b: &mut Browser, cp: &ControlPlane, served: u64) {
         let (_, top) = api_get(cp, "/v1/top/services?window=5m", "");
         top.as_array()?.iter().find(|s| s["service"] == "web")?["requests"].as_u64()
     };
-    wait_for("web's requests in /v1/top/services", Duration::from_secs(30), || web_requests().filter(|n| *n >= served));
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while web_requests().is_none_or(|n| n < served) {
+        // What the control plane holds, to tell a late report from a lost one.
+        assert!(
+            std::time::Instant::now() < deadline,
+            "web's requests in /v1/top/services stayed under {served}: services {}, proxies {}",
+            api_get(cp, "/v1/top/services?window=5m", "").1,
+            api_get(cp, "/v1/top/proxies?window=5m", "").1
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
     std::thread::sleep(Duration::from_secs(6));
     let top = json!({"requests": web_requests().expect("web in /v1/top/services")});
     open_tab(b, cp.api, "services");
