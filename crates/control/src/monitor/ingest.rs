@@ -116,13 +116,20 @@ impl Pending {
 }
 
 /// Whether the reporting proxy started after `started_ms`, by its
-/// `server.uptime` gauge (whole seconds, rounded down: a proxy that started
-/// up to a second before us may count as after, which counts at most that
-/// second's traffic, never misses any).
+/// `server.uptime` gauge. The gauge is in whole seconds, and Envoy's is the
+/// difference of two wall-clock seconds, so it may be up to a second more
+/// than the time since the proxy started: a second of slack, so a proxy
+/// started just after us is never taken for one running before us (whose
+/// first report only sets the baseline, and would lose what it counted).
+/// One that started up to a second before us may count as after, which
+/// counts at most that second's traffic.
 fn started_after(r: &Report, started_ms: u64) -> bool {
     let uptime = r.gauges.iter().find(|(n, _)| n == "server.uptime").map(|(_, v)| *v);
-    uptime.is_some_and(|s| s >= 0.0 && r.at_ms.saturating_sub((s * 1000.0) as u64) >= started_ms)
+    uptime.is_some_and(|s| s >= 0.0 && (r.at_ms + UPTIME_SLACK_MS).saturating_sub((s * 1000.0) as u64) >= started_ms)
 }
+
+/// How much more than the true time since start an uptime gauge may say.
+const UPTIME_SLACK_MS: u64 = 1_000;
 
 impl State {
     pub fn new(r: Retention) -> Self {
@@ -332,6 +339,11 @@ mod tests {
             base.counter("cluster.web.upstream_rq_completed", 7).value
         };
         assert_eq!(deltas(&report("young", Some(10.0))), 7, "started 20 s after us");
+        // We started at 1000.5 s, the proxy at 1000.9 s; at 1030.1 s Envoy's
+        // uptime (whole wall-clock seconds subtracted: 1030 - 1000) says 30,
+        // more than the 29.2 s it has run.
+        let just_after = Report { at_ms: 1_030_100, ..report("just after", Some(30.0)) };
+        assert!(started_after(&just_after, 1_000_500), "started just after us");
         assert_eq!(deltas(&report("old", Some(100.0))), 0, "running before us: baseline");
         assert_eq!(deltas(&report("silent", None)), 0, "no uptime: baseline");
     }
