@@ -8,6 +8,8 @@
 //! When the proxy learns a feature, its fields join this table in the same change.
 
 mod compat;
+mod overload;
+mod udp;
 
 use crate::error::FieldError;
 use crate::lenient::join;
@@ -41,9 +43,6 @@ pub const SUPPORTED_EXTENSIONS: &[&str] = &[
     "envoy.extensions.filters.http.ext_proc.v3.ExtProcPerRoute",
     "envoy.extensions.filters.http.lua.v3.Lua",
     "envoy.extensions.filters.http.lua.v3.LuaPerRoute",
-    "envoy.extensions.router.cluster_specifiers.lua.v3.LuaConfig",
-    "envoy.extensions.filters.udp.udp_proxy.v3.UdpProxyConfig",
-    "envoy.extensions.filters.udp.udp_proxy.v3.Route",
     "envoy.extensions.filters.http.compressor.v3.Compressor",
     "envoy.extensions.compression.gzip.compressor.v3.Gzip",
     "envoy.extensions.compression.brotli.compressor.v3.Brotli",
@@ -105,29 +104,6 @@ const SUPPORTED_FIELDS: &[(&str, &[&str])] = &[
             "overload_manager",
         ],
     ),
-    // The overload manager: the global downstream connection limit, the
-    // fixed heap and injected resource monitors, threshold and scaled
-    // triggers; the actions it takes and its load shed points are checked
-    // by name when the proxy reads them, and so are `reduce_timeouts`'
-    // timers (the connection idle timer only).
-    (
-        "envoy.config.overload.v3.OverloadManager",
-        &["refresh_interval", "resource_monitors", "actions", "loadshed_points"],
-    ),
-    ("envoy.config.overload.v3.LoadShedPoint", &["name", "triggers"]),
-    ("envoy.config.overload.v3.ResourceMonitor", &["name", "typed_config"]),
-    ("envoy.config.overload.v3.OverloadAction", &["name", "triggers", "typed_config"]),
-    ("envoy.config.overload.v3.ScaleTimersOverloadActionConfig", &["timer_scale_factors"]),
-    ("envoy.config.overload.v3.ScaleTimersOverloadActionConfig.ScaleTimer", &["timer", "min_timeout", "min_scale"]),
-    ("envoy.config.overload.v3.Trigger", &["name", "threshold", "scaled"]),
-    ("envoy.config.overload.v3.ThresholdTrigger", &["value"]),
-    ("envoy.config.overload.v3.ScaledTrigger", &["scaling_threshold", "saturation_threshold"]),
-    ("envoy.extensions.resource_monitors.fixed_heap.v3.FixedHeapConfig", &["max_heap_size_bytes"]),
-    ("envoy.extensions.resource_monitors.injected_resource.v3.InjectedResourceConfig", &["filename"]),
-    (
-        "envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig",
-        &["max_active_downstream_connections"],
-    ),
     // Load reports: `load_stats_config` (a GRPC `ApiConfigSource`).
     ("envoy.config.bootstrap.v3.ClusterManager", &["load_stats_config"]),
     ("envoy.config.metrics.v3.StatsSink", &["name", "typed_config"]),
@@ -179,13 +155,6 @@ const SUPPORTED_FIELDS: &[(&str, &[&str])] = &[
             "udp_listener_config",
         ],
     ),
-    ("envoy.config.listener.v3.UdpListenerConfig", &[]),
-    (
-        "envoy.extensions.filters.udp.udp_proxy.v3.UdpProxyConfig",
-        &["stat_prefix", "cluster", "matcher", "idle_timeout", "hash_policies"],
-    ),
-    ("envoy.extensions.filters.udp.udp_proxy.v3.UdpProxyConfig.HashPolicy", &["source_ip", "key"]),
-    ("envoy.extensions.filters.udp.udp_proxy.v3.Route", &["cluster"]),
     ("envoy.config.listener.v3.FilterChain", &["filters", "name", "filter_chain_match", "transport_socket"]),
     (
         "envoy.config.listener.v3.FilterChainMatch",
@@ -387,8 +356,6 @@ const SUPPORTED_FIELDS: &[(&str, &[&str])] = &[
             "inline_cluster_specifier_plugin",
         ],
     ),
-    ("envoy.config.route.v3.ClusterSpecifierPlugin", &["extension"]),
-    ("envoy.extensions.router.cluster_specifiers.lua.v3.LuaConfig", &["source_code", "default_cluster"]),
     ("envoy.config.route.v3.RouteAction.UpgradeConfig", &["upgrade_type", "enabled", "connect_config"]),
     ("envoy.config.route.v3.RouteAction.UpgradeConfig.ConnectConfig", &[]),
     ("envoy.config.route.v3.WeightedCluster", &["clusters", "header_name", "use_hash_policy"]),
@@ -939,11 +906,17 @@ const NARROWED: &[(&str, &str, &[&str])] = &[
 ];
 
 fn supported_fields(message: &str) -> &'static [&'static str] {
-    SUPPORTED_FIELDS.iter().chain(TRACING_FIELDS).find(|(m, _)| *m == message).map_or(&[], |(_, f)| f)
+    SUPPORTED_FIELDS
+        .iter()
+        .chain(TRACING_FIELDS)
+        .chain(overload::FIELDS)
+        .chain(udp::FIELDS)
+        .find(|(m, _)| *m == message)
+        .map_or(&[], |(_, f)| f)
 }
 
 fn supported_extension(ty: &str) -> bool {
-    SUPPORTED_EXTENSIONS.contains(&ty) || TRACING_EXTENSIONS.contains(&ty)
+    SUPPORTED_EXTENSIONS.contains(&ty) || TRACING_EXTENSIONS.contains(&ty) || udp::EXTENSIONS.contains(&ty)
 }
 
 /// A field of `message` is honoured: in `only` when its place narrows the

@@ -117,6 +117,20 @@ fn inject(file: &Path, text: &str) {
     std::fs::rename(&tmp, file).expect("move pressure");
 }
 
+/// Moves `level` into place and waits until both sides read it, then one
+/// refresh more so every action and point has seen it.
+fn settle(sides: &[Side], file: &Path, level: &str) {
+    inject(file, level);
+    let pressure = format!("overload.{INJECTED}.pressure");
+    let want = (level.parse::<f64>().expect("level") * 100.0) as u64;
+    for side in sides {
+        wait_for(&format!("{}: pressure {level}", side.who), Duration::from_secs(5), || {
+            (side.stat(&pressure) == want).then_some(())
+        });
+    }
+    std::thread::sleep(Duration::from_millis(150));
+}
+
 /// The `overload.*` gauges and the counters the actions charge.
 fn overload_stats(side: &Side) -> std::collections::BTreeMap<String, u64> {
     let mut s = side.stats("overload.");
@@ -180,21 +194,9 @@ fn injected_pressure_drives_the_actions_as_envoys() {
     let file = dir.path().join("pressure");
     inject(&file, "0");
     let sides = both(dir.path(), &[], &["main"], |_, admin, p| injected_config(admin, p["main"], &file));
-    let pressure = format!("overload.{INJECTED}.pressure");
-    let settle = |level: &str| {
-        inject(&file, level);
-        let want = (level.parse::<f64>().expect("level") * 100.0) as u64;
-        for side in &sides {
-            wait_for(&format!("{}: pressure {level}", side.who), Duration::from_secs(5), || {
-                (side.stat(&pressure) == want).then_some(())
-            });
-        }
-        // One more refresh so every action has seen it.
-        std::thread::sleep(Duration::from_millis(150));
-    };
     let mut steps = Vec::new();
     for level in ["0", "0.65", "0.85", "0.92", "0.97"] {
-        settle(level);
+        settle(&sides, &file, level);
         let stats: Vec<_> = sides.iter().map(overload_stats).collect();
         // At a scaled value in between, keep-alive is dropped at random.
         let answers: Vec<String> = match level {
@@ -213,11 +215,11 @@ fn injected_pressure_drives_the_actions_as_envoys() {
         );
         steps.push((level, answers, stats));
     }
-    settle("0.99");
+    settle(&sides, &file, "0.99");
     let backlog = waits_in_backlog(&sides, &file, "0");
     eprintln!("stop_accepting_connections (unanswered Envoy, Legate; answered after Envoy, Legate): {backlog:?}");
     assert_eq!(backlog, [true, true, true, true], "a connection waits, then is served");
-    settle("0");
+    settle(&sides, &file, "0");
     let answers = get_both(&sides);
     let last: Vec<_> = sides.iter().zip(answers).map(|(s, a)| (a, overload_stats(s))).collect();
     assert!(last[0].0.contains("200 OK") && last[0].0.contains("closed: false"), "Envoy serves again: {}", last[0].0);
@@ -262,17 +264,9 @@ fn load_shed_points_as_envoys() {
         let chain = format!("{{filters: [{}]}}", hcm_answer("ingress", "ok"));
         injected_bootstrap(admin, &file, &[], &points, &listener("main", p["main"], &chain))
     });
-    let pressure = format!("overload.{INJECTED}.pressure");
     let mut seen = Vec::new();
     for level in ["0", "0.6", "0.95", "0"] {
-        inject(&file, level);
-        let want = (level.parse::<f64>().expect("level") * 100.0) as u64;
-        for side in &sides {
-            wait_for(&format!("{}: pressure {level}", side.who), Duration::from_secs(5), || {
-                (side.stat(&pressure) == want).then_some(())
-            });
-        }
-        std::thread::sleep(Duration::from_millis(150));
+        settle(&sides, &file, level);
         let answers: Vec<String> = if level == "0.95" {
             sides.iter().map(|s| format!("closed unanswered: {}", closed_unanswered(s.port("main")))).collect()
         } else {

@@ -4,9 +4,12 @@
 //! `NARROWED` in the main table) honours only what is listed there.
 
 /// Extension types learnt for real-world configs.
-pub(super) const EXTENSIONS: &[&str] = &[];
+pub(super) const EXTENSIONS: &[&str] = &["envoy.extensions.router.cluster_specifiers.lua.v3.LuaConfig"];
 
 const FIELDS: &[(&str, &[&str])] = &[
+    // A route's `inline_cluster_specifier_plugin` with the Lua cluster specifier.
+    ("envoy.config.route.v3.ClusterSpecifierPlugin", &["extension"]),
+    ("envoy.extensions.router.cluster_specifiers.lua.v3.LuaConfig", &["source_code", "default_cluster"]),
     // Envoy reads `refresh_delay` for REST sources only (refused below), so
     // on a gRPC source it changes nothing, in Envoy as in Legate.
     ("envoy.config.core.v3.ApiConfigSource", &["refresh_delay"]),

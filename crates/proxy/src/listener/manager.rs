@@ -252,16 +252,7 @@ fn bind_error(addr: SocketAddr, e: &std::io::Error) -> String {
 
 /// One worker's UDP socket on `addr`, with SO_REUSEPORT.
 fn bind_udp(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
-    let domain = if addr.is_ipv4() { socket2::Domain::IPV4 } else { socket2::Domain::IPV6 };
-    let s = socket2::Socket::new(domain, socket2::Type::DGRAM, Some(socket2::Protocol::UDP))?;
-    s.set_reuse_address(true)?;
-    s.set_reuse_port(true)?;
-    if addr.is_ipv6() {
-        s.set_only_v6(true)?;
-    }
-    s.set_nonblocking(true)?;
-    s.bind(&addr.into())?;
-    Ok(s.into())
+    Ok(crate::listener::bound_reuse_port(addr, socket2::Type::DGRAM, socket2::Protocol::UDP)?.into())
 }
 
 fn retire(a: Active) {

@@ -238,8 +238,20 @@ impl ListenerConfig {
 /// Binds one socket for one worker. Every worker binds its own with
 /// SO_REUSEPORT so the kernel spreads connections over workers.
 pub fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let s = bound_reuse_port(addr, socket2::Type::STREAM, socket2::Protocol::TCP)?;
+    s.listen(1024)?;
+    Ok(s.into())
+}
+
+/// A non-blocking socket bound to `addr` with SO_REUSEPORT (IPv6 only for
+/// an IPv6 address), for one worker: TCP listeners and UDP listeners alike.
+pub fn bound_reuse_port(
+    addr: SocketAddr,
+    kind: socket2::Type,
+    protocol: socket2::Protocol,
+) -> std::io::Result<socket2::Socket> {
     let domain = if addr.is_ipv4() { socket2::Domain::IPV4 } else { socket2::Domain::IPV6 };
-    let s = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
+    let s = socket2::Socket::new(domain, kind, Some(protocol))?;
     s.set_reuse_address(true)?;
     s.set_reuse_port(true)?;
     if addr.is_ipv6() {
@@ -247,8 +259,7 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     }
     s.set_nonblocking(true)?;
     s.bind(&addr.into())?;
-    s.listen(1024)?;
-    Ok(s.into())
+    Ok(s)
 }
 
 /// What the main thread tells workers.
