@@ -25,4 +25,14 @@ if [ -z "${ETCD_BIN:-}" ] && ! command -v etcd >/dev/null 2>&1; then
   fi
 fi
 # e2e tests start several processes each; two at a time suits a 2-core machine.
-cargo test --workspace -- --test-threads="${LEGATE_TEST_THREADS:-2}"
+threads="${LEGATE_TEST_THREADS:-2}"
+if cargo nextest --version >/dev/null 2>&1; then
+  # cargo-nextest keeps both slots busy across test binaries (cargo test runs
+  # the binaries one after another, a one-test binary leaving a slot idle);
+  # its settings are in .config/nextest.toml. It runs no doctests: cargo does.
+  cargo nextest run --workspace --test-threads "$threads"
+  cargo test --workspace --doc
+else
+  echo "cargo-nextest not found: running the suite with cargo test (slower)" >&2
+  cargo test --workspace -- --test-threads="$threads"
+fi

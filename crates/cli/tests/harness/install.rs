@@ -101,9 +101,8 @@ fn on_path_or_apt(name: &str, var: &str, package: &str) -> PathBuf {
     if let Ok(p) = std::env::var(var) {
         return PathBuf::from(p);
     }
-    // One install at a time: dpkg holds a lock.
-    static INSTALL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _one_at_a_time = INSTALL.lock().unwrap_or_else(|e| e.into_inner());
+    // One install at a time, across test processes too: dpkg holds a lock.
+    let _one_at_a_time = install_lock();
     if let Some(bin) = on_path(name) {
         return bin;
     }
@@ -122,6 +121,22 @@ fn on_path_or_apt(name: &str, var: &str, package: &str) -> PathBuf {
     on_path(name).unwrap_or_else(|| {
         panic!("{name} is not on PATH and {var} is not set: install it (Debian: apt-get install {package})")
     })
+}
+
+/// An exclusive lock on a file in the cache directory, held until the
+/// returned file is dropped: tests run in separate processes (the test
+/// runner's) or threads wait here for each other's package installs.
+fn install_lock() -> std::fs::File {
+    std::fs::create_dir_all(cache_dir()).expect("cache dir");
+    let path = cache_dir().join("install.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .unwrap_or_else(|e| panic!("cannot open {}: {e}", path.display()));
+    file.lock().unwrap_or_else(|e| panic!("cannot lock {}: {e}", path.display()));
+    file
 }
 
 /// Alertmanager (`ALERTMANAGER_BIN`, or Debian's `prometheus-alertmanager`
