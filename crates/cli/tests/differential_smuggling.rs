@@ -145,9 +145,9 @@ fn start(name: &str, template: &str) -> ([Proxy; 2], TempDir) {
     ([e, l], dir)
 }
 
-/// Runs every case against both proxies, prints what each showed, and
-/// fails listing every case where Legate differs from Envoy.
-fn run_cases(pair: &mut [Proxy; 2], cases: &[(&str, Vec<u8>)]) -> Vec<Seen> {
+/// Runs every case against both proxies and prints what each showed: what
+/// Envoy showed per case, and the cases where Legate differs.
+fn compare_cases(pair: &mut [Proxy; 2], cases: &[(&str, Vec<u8>)]) -> (Vec<Seen>, Vec<String>) {
     let mut differ = Vec::new();
     let mut envoy = Vec::new();
     for (name, raw) in cases {
@@ -159,8 +159,42 @@ fn run_cases(pair: &mut [Proxy; 2], cases: &[(&str, Vec<u8>)]) -> Vec<Seen> {
         }
         envoy.push(e);
     }
+    (envoy, differ)
+}
+
+/// Runs every case against both proxies and fails listing every case where
+/// Legate differs from Envoy; what Envoy showed, per case.
+fn run_cases(pair: &mut [Proxy; 2], cases: &[(&str, Vec<u8>)]) -> Vec<Seen> {
+    let (envoy, differ) = compare_cases(pair, cases);
     assert!(differ.is_empty(), "Legate differs from Envoy in {} cases:\n{}", differ.len(), differ.join("\n"));
     envoy
+}
+
+/// As [`run_cases`], spread over `pairs` Envoy/Legate pairs on `template`
+/// that run side by side: most cases wait out the linger, so the pairs
+/// overlap their waits. Each pair has its own upstream, so a case's
+/// upstream log is its own as before.
+fn run_cases_split(name: &str, template: &str, cases: &[(String, Vec<u8>)], pairs: usize) -> Vec<Seen> {
+    let started: Vec<([Proxy; 2], TempDir)> = (0..pairs).map(|i| start(&format!("{name}-{i}"), template)).collect();
+    let results: Vec<(Vec<Seen>, Vec<String>)> = std::thread::scope(|s| {
+        let handles: Vec<_> = started
+            .into_iter()
+            .enumerate()
+            .map(|(i, (mut pair, dir))| {
+                let chunk: Vec<(&str, Vec<u8>)> =
+                    cases.iter().skip(i).step_by(pairs).map(|(n, r)| (n.as_str(), r.clone())).collect();
+                s.spawn(move || {
+                    let _dir = dir;
+                    compare_cases(&mut pair, &chunk)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().expect("a pair's cases")).collect()
+    });
+    let differ: Vec<String> = results.iter().flat_map(|(_, d)| d.iter().cloned()).collect();
+    assert!(differ.is_empty(), "Legate differs from Envoy in {} cases:\n{}", differ.len(), differ.join("\n"));
+    // Back in the order of `cases`: case k ran on pair k % pairs, k / pairs-th.
+    (0..cases.len()).map(|k| results[k % pairs].0[k / pairs].clone()).collect()
 }
 
 /// A first request on the connection that is answered normally.
@@ -225,10 +259,9 @@ fn framing_cases() -> Vec<(String, Vec<u8>)> {
 
 #[test]
 fn framing_headers_and_chunks_as_envoy() {
-    let (mut pair, _dir) = start("framing", &bootstrap("", "", &one_vhost(ALL_TO_ECHO), &echo_cluster()));
+    let template = bootstrap("", "", &one_vhost(ALL_TO_ECHO), &echo_cluster());
     let cases = framing_cases();
-    let refs: Vec<(&str, Vec<u8>)> = cases.iter().map(|(n, r)| (n.as_str(), r.clone())).collect();
-    let envoy = run_cases(&mut pair, &refs);
+    let envoy = run_cases_split("framing", &template, &cases, 3);
     // What the reference did: the conflict refused whether first or later,
     // a coding other than chunked not implemented, an extension served.
     let of = |name: &str| &envoy[cases.iter().position(|(n, _)| n == name).expect("case")];
@@ -289,10 +322,9 @@ fn head_cases() -> Vec<(String, Vec<u8>)> {
 
 #[test]
 fn malformed_heads_as_envoy() {
-    let (mut pair, _dir) = start("heads", &bootstrap("", "", &one_vhost(ALL_TO_ECHO), &echo_cluster()));
+    let template = bootstrap("", "", &one_vhost(ALL_TO_ECHO), &echo_cluster());
     let cases = head_cases();
-    let refs: Vec<(&str, Vec<u8>)> = cases.iter().map(|(n, r)| (n.as_str(), r.clone())).collect();
-    let envoy = run_cases(&mut pair, &refs);
+    let envoy = run_cases_split("heads", &template, &cases, 4);
     // What the reference did, so the comparison covered both ways: a folded
     // line joined and served, a space in a name refused.
     let of = |name: &str| &envoy[cases.iter().position(|(n, _)| n == name).expect("case")];
