@@ -237,6 +237,9 @@ const SUPPORTED_FIELDS: &[(&str, &[&str])] = &[
             "normalize_path",
             "merge_slashes",
             "path_with_escaped_slashes_action",
+            "via",
+            "strip_any_host_port",
+            "strip_matching_host_port",
         ],
     ),
     (
@@ -345,6 +348,10 @@ const SUPPORTED_FIELDS: &[(&str, &[&str])] = &[
             "path_rewrite",
             "host_rewrite_literal",
             "auto_host_rewrite",
+            "host_rewrite_header",
+            "host_rewrite_path_regex",
+            "append_x_forwarded_host",
+            "cluster_not_found_response_code",
             "timeout",
             "retry_policy",
             "hash_policy",
@@ -358,7 +365,9 @@ const SUPPORTED_FIELDS: &[(&str, &[&str])] = &[
     ),
     ("envoy.config.route.v3.RouteAction.UpgradeConfig", &["upgrade_type", "enabled", "connect_config"]),
     ("envoy.config.route.v3.RouteAction.UpgradeConfig.ConnectConfig", &[]),
-    ("envoy.config.route.v3.WeightedCluster", &["clusters", "header_name", "use_hash_policy"]),
+    // `total_weight` is deprecated and not read by Envoy 1.40 (the weights'
+    // sum is the total, whatever it says): accepted and not read here either.
+    ("envoy.config.route.v3.WeightedCluster", &["clusters", "header_name", "use_hash_policy", "total_weight"]),
     (
         "envoy.config.route.v3.RouteAction.RequestMirrorPolicy",
         &["cluster", "cluster_header", "runtime_fraction", "disable_shadow_host_suffix_append"],

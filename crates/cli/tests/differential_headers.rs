@@ -217,3 +217,74 @@ fn max_headers_count_over_http2_resets_the_stream() {
         assert_eq!(seen[1].0, Some(92), "Envoy one over {extra:?}: {:?}", seen[1]);
     }
 }
+
+/// Host rewrites from a request header and from the path, with
+/// `append_x_forwarded_host`; `cluster_not_found_response_code`; a
+/// `total_weight` the weights do not add up to (not read by Envoy 1.40); the
+/// connection manager's `via` and `strip_any_host_port`: compared on
+/// status, `via` and every header the upstream received.
+#[test]
+fn host_rewrites_via_and_port_stripping() {
+    let routes = r#"              - { match: { prefix: "/hdr" }, route: { cluster: echo, host_rewrite_header: x-new-host, append_x_forwarded_host: true } }
+              - { match: { prefix: "/rx" }, route: { cluster: echo, host_rewrite_path_regex: { pattern: { regex: "^/rx/([^/]+)/.*$" }, substitution: "\\1.example" } } }
+              - { match: { prefix: "/lit" }, route: { cluster: echo, host_rewrite_literal: lit.example, append_x_forwarded_host: true } }
+              - { match: { prefix: "/nf404" }, route: { cluster_header: x-cluster, cluster_not_found_response_code: NOT_FOUND } }
+              - { match: { prefix: "/nf500" }, route: { cluster_header: x-cluster, cluster_not_found_response_code: INTERNAL_SERVER_ERROR } }
+              - { match: { prefix: "/nf" }, route: { cluster_header: x-cluster } }
+              - { match: { prefix: "/w" }, route: { weighted_clusters: { total_weight: 99, clusters: [{ name: echo, weight: 3 }, { name: echo, weight: 3 }] } } }
+              - { match: { prefix: "/" }, route: { cluster: echo } }
+"#;
+    let hcm = "          via: legate-test\n          strip_any_host_port: true\n";
+    let template = bootstrap(hcm, "", &one_vhost(routes), &echo_cluster());
+    let requests = [
+        get("/hdr").host("orig.example:8080").header("x-new-host", "new.example"),
+        get("/hdr").host("orig.example").header("x-new-host", "new.example").header("x-forwarded-host", "first"),
+        get("/hdr").host("orig.example"),
+        get("/hdr").header("x-new-host", "new.example").h2(),
+        get("/rx/foo/bar?q=1"),
+        get("/rx/nomatch"),
+        get("/lit").host("[::1]:80"),
+        get("/plain").host("plain.example:443").header("via", "1.1 earlier"),
+        get("/nf404").header("x-cluster", "nope"),
+        get("/nf404").header("x-cluster", "echo"),
+        get("/nf500").header("x-cluster", "nope"),
+        get("/nf").header("x-cluster", "nope"),
+        get("/nf"),
+        get("/w"),
+    ];
+    let p = harness::diff::compare("headers-host-rewrites", &template, &["a"], &requests);
+    p.same_stats(&[
+        "cluster_manager.cluster_not_found",
+        "http.ingress_http.downstream_rq_4xx",
+        "http.ingress_http.downstream_rq_5xx",
+    ]);
+    // What the comparison saw is what Envoy does: the rewrite, the kept
+    // host, the stripped port, `via` both ways, the chosen status.
+    let r = harness::diff::send(p.envoy, &requests[0]);
+    assert!(r.body.contains("\"new.example\"") && r.body.contains("\"orig.example\""), "{}", r.body);
+    assert_eq!(r.header("via"), Some("legate-test"), "{r:?}");
+    assert_eq!(harness::diff::send(p.envoy, &requests[8]).status, 404);
+    assert_eq!(harness::diff::send(p.envoy, &requests[10]).status, 500);
+}
+
+/// `strip_matching_host_port`: the listener's own port is taken off the
+/// host, another port kept (each proxy is asked with its own port).
+#[test]
+fn strip_matching_host_port_as_envoy() {
+    let template = bootstrap(
+        "          strip_matching_host_port: true\n",
+        "",
+        &one_vhost(harness::template::ALL_TO_ECHO),
+        &echo_cluster(),
+    );
+    let p = harness::sides::start_pair("headers-strip-matching", &template, &["a"]);
+    let seen = |port: u16, host: String| {
+        let r = http_request(addr(port), "GET", "/", &host, &[], "").expect("request");
+        let v: serde_json::Value = serde_json::from_str(&r.body).unwrap_or_else(|e| panic!("{e}: {}", r.body));
+        v["headers"]["host"].as_str().unwrap_or_default().to_string()
+    };
+    for (name, port) in [("envoy", p.envoy), ("legate", p.legate)] {
+        assert_eq!(seen(port, format!("a.example:{port}")), "a.example", "{name}: its own port is stripped");
+        assert_eq!(seen(port, "a.example:1".to_string()), "a.example:1", "{name}: another port is kept");
+    }
+}

@@ -41,6 +41,7 @@ pub const COMPARED_HEADERS: &[&str] = &[
     "access-control-allow-headers",
     "access-control-expose-headers",
     "access-control-max-age",
+    "via",
 ];
 
 /// Upstream-received headers whose value differs by nature: the generated

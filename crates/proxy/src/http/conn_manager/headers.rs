@@ -12,6 +12,7 @@ use crate::common::local_address::local_address;
 use crate::http::header_mutation::HeaderMutations;
 use http::header::{HeaderName, HeaderValue};
 use http::HeaderMap;
+use legate_api::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpConnectionManager;
 use std::net::{IpAddr, SocketAddr};
 
 pub(super) static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -47,6 +48,78 @@ const EDGE_STRIPPED: &[&str] = &[
     "x-envoy-downstream-service-node",
     "x-envoy-original-path",
 ];
+
+/// `via` after what the header holds, `, `-separated (Envoy's `appendVia`).
+pub(super) fn append_via(h: &mut HeaderMap, via: &HeaderValue) {
+    static VIA: HeaderName = HeaderName::from_static("via");
+    let joined = match h.get(&VIA).filter(|v| !v.is_empty()) {
+        Some(before) => {
+            let mut joined = Vec::with_capacity(before.len() + 2 + via.len());
+            joined.extend_from_slice(before.as_bytes());
+            joined.extend_from_slice(b", ");
+            joined.extend_from_slice(via.as_bytes());
+            HeaderValue::from_bytes(&joined).unwrap_or_else(|_| via.clone())
+        }
+        None => via.clone(),
+    };
+    h.insert(VIA.clone(), joined);
+}
+
+/// Which port the connection manager takes off the request's host before
+/// routing (Envoy's `strip_port_mode`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(super) enum StripPort {
+    None,
+    /// `strip_any_host_port`.
+    Any,
+    /// `strip_matching_host_port`: only the listener's own port.
+    Matching,
+}
+
+impl StripPort {
+    pub(super) fn compile(c: &HttpConnectionManager) -> Self {
+        use legate_api::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::StripPortMode;
+        match c.strip_port_mode {
+            Some(StripPortMode::StripAnyHostPort(true)) => StripPort::Any,
+            _ if c.strip_matching_host_port => StripPort::Matching,
+            _ => StripPort::None,
+        }
+    }
+
+    /// `host` without its port, if this mode takes it off (Envoy's
+    /// `stripPortFromHost`: a numeric port after the last `:` that is not
+    /// inside an IPv6 literal's brackets; CONNECT keeps its port).
+    pub(super) fn strip<'h>(self, host: &'h str, method: &http::Method, listener_port: u16) -> Option<&'h str> {
+        if self == StripPort::None || method == http::Method::CONNECT {
+            return None;
+        }
+        let colon = host.rfind(':')?;
+        if host.rfind(']').is_some_and(|end| end > colon) {
+            return None;
+        }
+        let port: u32 =
+            host[colon + 1..].parse().ok().filter(|_| host[colon + 1..].bytes().all(|b| b.is_ascii_digit()))?;
+        if self == StripPort::Matching && port != u32::from(listener_port) {
+            return None;
+        }
+        Some(&host[..colon])
+    }
+}
+
+impl Hcm {
+    /// The request's host without the port `strip_*_host_port` takes off,
+    /// for routing, the filters and the upstream.
+    pub(super) fn strip_host_port(&self, stream: &mut Stream, parts: &mut http::request::Parts) {
+        let Some(host) = self.strip_port.strip(&stream.authority, &parts.method, stream.conn.local.port()) else {
+            return;
+        };
+        let host = host.to_string();
+        if let Ok(v) = HeaderValue::from_str(&host) {
+            parts.headers.insert(http::header::HOST, v);
+        }
+        stream.authority = host;
+    }
+}
 
 impl Hcm {
     /// Who the client is: the connection's peer, or an address taken from
@@ -118,6 +191,9 @@ impl Hcm {
             }
         }
         self.set_request_id(h, edge);
+        if let Some(via) = &self.via {
+            append_via(h, via);
+        }
         self.xfcc.apply(h, stream.conn.tls.as_deref());
     }
 
@@ -222,5 +298,26 @@ pub(in crate::http) fn apply_levels(
         for m in levels {
             m.apply(h, ctx);
         }
+    }
+}
+
+#[cfg(test)]
+mod strip_port_tests {
+    use super::StripPort;
+    use http::Method;
+
+    #[test]
+    fn the_port_comes_off_as_envoys_strip_port_from_host() {
+        let get = Method::GET;
+        assert_eq!(StripPort::Any.strip("a.example:8080", &get, 10000), Some("a.example"));
+        assert_eq!(StripPort::Any.strip("[::1]:80", &get, 10000), Some("[::1]"));
+        assert_eq!(StripPort::Any.strip("[::1]", &get, 10000), None);
+        assert_eq!(StripPort::Any.strip("a.example:http", &get, 10000), None);
+        assert_eq!(StripPort::Any.strip("a.example:", &get, 10000), None);
+        assert_eq!(StripPort::Any.strip("a.example", &get, 10000), None);
+        assert_eq!(StripPort::Any.strip("a.example:443", &Method::CONNECT, 10000), None);
+        assert_eq!(StripPort::Matching.strip("a.example:10000", &get, 10000), Some("a.example"));
+        assert_eq!(StripPort::Matching.strip("a.example:10001", &get, 10000), None);
+        assert_eq!(StripPort::None.strip("a.example:10000", &get, 10000), None);
     }
 }

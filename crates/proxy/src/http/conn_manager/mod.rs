@@ -111,6 +111,10 @@ pub struct Hcm {
     pub(in crate::http) header_limits: limits::HeaderLimits,
     /// `normalize_path`, `merge_slashes`, `path_with_escaped_slashes_action`.
     pub(in crate::http) path_options: path::PathOptions,
+    /// `via`: appended to the `via` header of requests and responses.
+    via: Option<HeaderValue>,
+    /// `strip_any_host_port` / `strip_matching_host_port`.
+    strip_port: headers::StripPort,
 }
 
 pub type ProxyResponse = Response<TrackedBody>;
@@ -166,6 +170,12 @@ impl Hcm {
             stats: HcmStats::new(&ctx.store, &c.stat_prefix),
             header_limits: limits::HeaderLimits::compile(c, &ctx.store),
             path_options: path::PathOptions::compile(c),
+            via: Some(c.via.as_str())
+                .filter(|v| !v.is_empty())
+                .map(HeaderValue::from_str)
+                .transpose()
+                .map_err(|_| "via: invalid header value")?,
+            strip_port: headers::StripPort::compile(c),
             stat_prefix: c.stat_prefix.clone(),
             codec,
             routes,

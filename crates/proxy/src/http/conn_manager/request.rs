@@ -61,6 +61,7 @@ impl Hcm {
         }
         let stream = step!(self.reject_malformed(stream, &mut parts));
         let mut stream = step!(self.normalize_path(stream, &mut parts));
+        self.strip_host_port(&mut stream, &mut parts);
         self.set_request_headers(&mut stream, &mut parts.headers);
         if self.always_set_request_id_in_response || parts.headers.contains_key(&crate::trace::X_ENVOY_FORCE_TRACE) {
             stream.response_request_id = parts.headers.get(&crate::trace::X_REQUEST_ID).cloned();

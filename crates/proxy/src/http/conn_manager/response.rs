@@ -34,6 +34,9 @@ impl Hcm {
         if let Some(id) = &stream.response_request_id {
             resp.headers_mut().insert(X_REQUEST_ID.clone(), id.clone());
         }
+        if let Some(via) = &self.via {
+            super::headers::append_via(resp.headers_mut(), via);
+        }
         if let Some((k, v)) = self.filters.response_header() {
             resp.headers_mut().insert(k, HeaderValue::from_static(v));
         }

@@ -158,8 +158,14 @@ pub struct RouteAction {
     /// `path_rewrite`: the whole path (not the query), a substitution
     /// format rendered on the request as the router sends it.
     pub path_rewrite: Option<crate::common::format::Format>,
-    pub host_rewrite: Option<String>,
+    pub host_rewrite: Option<HostRewrite>,
     pub auto_host_rewrite: bool,
+    /// `append_x_forwarded_host`: a rewritten host keeps the request's in
+    /// `x-forwarded-host`.
+    pub append_x_forwarded_host: bool,
+    /// `cluster_not_found_response_code`: the status when the route names
+    /// a cluster that does not exist (503 unless set).
+    pub cluster_not_found_status: u16,
     /// `None` disables the timeout (Envoy: `timeout: 0s`).
     pub timeout: Option<Duration>,
     /// `max_stream_duration` and the deprecated gRPC timeouts.
@@ -187,6 +193,18 @@ pub struct RouteUpgrade {
     /// `connect_config` is set: Legate terminates the CONNECT and tunnels
     /// raw bytes to the upstream host.
     pub terminate_connect: bool,
+}
+
+/// Where a route's new upstream host comes from.
+pub enum HostRewrite {
+    /// `host_rewrite_literal`.
+    Literal(String),
+    /// `host_rewrite_header`: the named request header's value, when the
+    /// request has a non-empty one.
+    Header(http::HeaderName),
+    /// `host_rewrite_path_regex`: the path (without its query) with the
+    /// pattern's matches substituted.
+    PathRegex(Regex, String),
 }
 
 pub struct Redirect {
@@ -453,10 +471,30 @@ fn compile_route_action(ra: &rpb::RouteAction) -> Result<RouteAction, String> {
         None => return Err("cluster specifier is required".into()),
     };
     let (host_rewrite, auto_host_rewrite) = match &ra.host_rewrite_specifier {
-        Some(HostRewriteSpecifier::HostRewriteLiteral(h)) => (Some(h.clone()), false),
+        Some(HostRewriteSpecifier::HostRewriteLiteral(h)) => (Some(HostRewrite::Literal(h.clone())), false),
         Some(HostRewriteSpecifier::AutoHostRewrite(b)) => (None, b.value),
-        Some(_) => return Err("this host rewrite is not supported".into()),
+        Some(HostRewriteSpecifier::HostRewriteHeader(h)) => (
+            Some(HostRewrite::Header(
+                http::HeaderName::from_bytes(h.to_ascii_lowercase().as_bytes())
+                    .map_err(|_| format!("host_rewrite_header: invalid header '{h}'"))?,
+            )),
+            false,
+        ),
+        Some(HostRewriteSpecifier::HostRewritePathRegex(rr)) => (
+            Some(HostRewrite::PathRegex(
+                compile_search_regex(rr.pattern.as_ref().ok_or("host_rewrite_path_regex.pattern is required")?)?,
+                envoy_subst(&rr.substitution),
+            )),
+            false,
+        ),
+        Some(HostRewriteSpecifier::HostRewrite(_)) => return Err("host_rewrite is not supported".into()),
         None => (None, false),
+    };
+    use rpb::route_action::ClusterNotFoundResponseCode;
+    let cluster_not_found_status = match ClusterNotFoundResponseCode::try_from(ra.cluster_not_found_response_code) {
+        Ok(ClusterNotFoundResponseCode::NotFound) => 404,
+        Ok(ClusterNotFoundResponseCode::InternalServerError) => 500,
+        _ => 503,
     };
     let regex_rewrite = match &ra.regex_rewrite {
         Some(rr) => Some((
@@ -480,6 +518,8 @@ fn compile_route_action(ra: &rpb::RouteAction) -> Result<RouteAction, String> {
             .map_err(|e| format!("path_rewrite: {e}"))?,
         host_rewrite,
         auto_host_rewrite,
+        append_x_forwarded_host: ra.append_x_forwarded_host,
+        cluster_not_found_status,
         timeout,
         stream_timeouts: stream_timeouts::StreamTimeouts::compile(ra),
         retry: match &ra.retry_policy {

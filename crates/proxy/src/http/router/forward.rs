@@ -145,7 +145,8 @@ impl Hcm {
         let Some(cluster) = cluster_name(ra, &parts.headers, hash).and_then(|n| clusters.get(n.as_ref()).cloned())
         else {
             self.stats.no_cluster.inc();
-            return Break(self.router_reply(stream, Some(matched), 503, "cluster_not_found", "NC", None));
+            let status = ra.cluster_not_found_status;
+            return Break(self.router_reply(stream, Some(matched), status, "cluster_not_found", "NC", None));
         };
         // A hashing balancer's host pick may make a cookie (Envoy's
         // `addDownstreamSetCookie`), set on the response.

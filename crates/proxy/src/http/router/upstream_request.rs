@@ -11,7 +11,7 @@ use crate::body::RequestProgress;
 use crate::http::conn_manager::headers::{apply_levels, strip_hop_by_hop};
 use crate::http::conn_manager::stream::Stream;
 use crate::http::conn_manager::{Hcm, Matched};
-use crate::http::route::{stream_timeouts, RouteAction};
+use crate::http::route::{stream_timeouts, HostRewrite, RouteAction};
 use crate::upstream::cluster::Cluster;
 use crate::upstream::host::Host;
 use http::header::{HeaderName, HeaderValue, EXPECT, HOST};
@@ -139,23 +139,45 @@ fn original_path(stream: &Stream, headers: &mut HeaderMap) {
 
 /// The `host` / `:authority` for upstream: the route's host rewrite, the
 /// host's own name (`auto_host_rewrite`), or the request's. A changed one
-/// keeps the request's in `x-envoy-original-host`.
+/// keeps the request's in `x-envoy-original-host`, and with
+/// `append_x_forwarded_host` at the end of `x-forwarded-host` (Envoy's
+/// `updateAuthority`).
 fn upstream_authority(stream: &Stream, headers: &mut HeaderMap, ra: &RouteAction, host: &Host) -> String {
-    let authority = if let Some(h) = &ra.host_rewrite {
-        h.clone()
-    } else if ra.auto_host_rewrite && !host.hostname.is_empty() {
+    let rewritten = match &ra.host_rewrite {
+        Some(HostRewrite::Literal(h)) => Some(h.clone()),
+        Some(HostRewrite::Header(name)) => {
+            headers.get(name).and_then(|v| v.to_str().ok()).filter(|v| !v.is_empty()).map(str::to_string)
+        }
+        Some(HostRewrite::PathRegex(re, with)) => {
+            Some(re.replace_all(crate::http::route::split_query(&stream.path).0, with.as_str()).into_owned())
+        }
         // As Envoy: the host's name as it is; a host without one (an IP
         // endpoint without `hostname`) leaves the request's.
-        host.hostname.clone()
-    } else {
-        stream.authority.clone()
+        None if ra.auto_host_rewrite && !host.hostname.is_empty() => Some(host.hostname.clone()),
+        None => None,
     };
+    let Some(authority) = rewritten else { return stream.authority.clone() };
+    if ra.append_x_forwarded_host && !stream.authority.is_empty() {
+        append_forwarded_host(headers, &stream.authority);
+    }
     if authority != stream.authority {
         if let Ok(v) = HeaderValue::from_str(&stream.authority) {
             headers.insert(X_ENVOY_ORIGINAL_HOST.clone(), v);
         }
     }
     authority
+}
+
+/// `host` added to `x-forwarded-host`, comma-separated after what it holds.
+fn append_forwarded_host(headers: &mut HeaderMap, host: &str) {
+    static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+    let joined = match headers.get(&X_FORWARDED_HOST).and_then(|v| v.to_str().ok()).filter(|v| !v.is_empty()) {
+        Some(before) => format!("{before},{host}"),
+        None => host.to_string(),
+    };
+    if let Ok(v) = HeaderValue::from_str(&joined) {
+        headers.insert(X_FORWARDED_HOST.clone(), v);
+    }
 }
 
 /// An internal caller's x-envoy-* headers shape this request's timeouts
