@@ -102,8 +102,7 @@ pub async fn follow(ctrl: Arc<Controller>, mut client: EtcdClient) -> Result<(),
             return Err(etcd_err(format!("rate limit counts watch canceled: {}", msg.cancel_reason)));
         }
         let mut changed = false;
-        for kv in msg.events.iter().filter_map(|ev| ev.kv.as_ref().map(|kv| (ev.r#type, kv))) {
-            let (kind, kv) = kv;
+        for (kind, kv) in msg.events.iter().filter_map(|ev| ev.kv.as_ref().map(|kv| (ev.r#type, kv))) {
             let id = replica_of(&kv.key);
             if id == me {
                 continue;
