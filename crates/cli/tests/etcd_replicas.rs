@@ -596,3 +596,86 @@ fn the_leader_alerts_on_a_proxy_streaming_to_another_tls_replica() {
     eprintln!("proxy_nack fired on the leader: {}", nacked["commonAnnotations"]);
     assert!(nacked.to_string().contains("legate-proxy"), "the NACKing node is named: {nacked}");
 }
+
+/// A proxy calling the rate limit service of the replica on `xds`: one
+/// listener whose requests carry `x-user` as the descriptor `user` in
+/// domain `shared`.
+fn rate_limited_proxy(admin: u16, listen: u16, xds: u16, echo: u16) -> String {
+    use harness::config::{bootstrap, cluster, hcm_vhost, listener};
+    let h2 = ", typed_extension_protocol_options: {envoy.extensions.upstreams.http.v3.HttpProtocolOptions: {\"@type\": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions, explicit_http_config: {http2_protocol_options: {}}}}";
+    let filter = "{name: envoy.filters.http.ratelimit, typed_config: {\"@type\": type.googleapis.com/envoy.extensions.filters.http.ratelimit.v3.RateLimit, domain: shared, enable_x_ratelimit_headers: DRAFT_VERSION_03, timeout: 2s, rate_limit_service: {grpc_service: {envoy_grpc: {cluster_name: rls}}, transport_api_version: V3}}}, ";
+    let vhost = "rate_limits: [{actions: [{request_headers: {header_name: x-user, descriptor_key: user}}]}], routes: [{match: {prefix: \"/\"}, route: {cluster: echo}}]";
+    let chain = format!("{{filters: [{}]}}", hcm_vhost("rl", vhost, filter, ""));
+    bootstrap(admin, &[listener("rl", listen, &chain)], &[cluster("echo", echo, ""), cluster("rls", xds, h2)])
+}
+
+/// Statuses of `n` requests for `user`, alternately through each port,
+/// `gap` apart.
+fn alternate(ports: [u16; 2], user: &str, n: usize, gap: Duration) -> Vec<u16> {
+    (0..n)
+        .map(|i| {
+            let r = http_request(addr(ports[i % 2]), "GET", "/", "app", &[("x-user", user)], "");
+            std::thread::sleep(gap);
+            r.map_or(0, |r| r.status)
+        })
+        .collect()
+}
+
+/// Global rate limits over two replicas: a real Envoy asks replica-0's
+/// rate limit service, a `legate proxy` replica-1's; a limit of 20 a minute
+/// on one user, 60 requests sent alternately through the two proxies, lets
+/// about 20 through in all (each replica adds the other's counts, written
+/// every 100 ms), where counting per replica let 40 through.
+#[test]
+fn replicas_share_global_rate_limit_counts() {
+    const LIMIT: usize = 20;
+    let dir = TempDir::new("etcd-ratelimit");
+    let etcd = Etcd::start(dir.path());
+    let (_echo, echo) = echo("rl-echo", dir.path());
+    let r0 = replica("replica-0", &etcd, dir.path());
+    let r1 = replica("replica-1", &etcd, dir.path());
+    let limits = format!("kind: RateLimit\nmetadata: {{name: shared}}\nspec:\n  domain: shared\n  descriptors:\n  - key: user\n    rate_limit: {{unit: minute, requests_per_unit: {LIMIT}}}\n");
+    r0.apply(dir.path(), &limits);
+
+    let ports = [free_port(), free_port()];
+    let (envoy_admin, legate_admin) = (free_port(), free_port());
+    let envoy_boot = dir.path().join("envoy-rl.yaml");
+    std::fs::write(&envoy_boot, rate_limited_proxy(envoy_admin, ports[0], r0.xds, echo)).expect("bootstrap");
+    let legate_boot = dir.path().join("legate-rl.yaml");
+    std::fs::write(&legate_boot, rate_limited_proxy(legate_admin, ports[1], r1.xds, echo)).expect("bootstrap");
+    let mut envoy = spawn_envoy("envoy-rl", &envoy_boot, "warning", &[], dir.path());
+    let mut legate = spawn_legate("legate-rl", &legate_boot, &[], dir.path());
+    wait_ready(envoy_admin, &mut envoy);
+    wait_ready(legate_admin, &mut legate);
+    // Both replicas serve the limit (replica-1 loads the revision from etcd):
+    // an answer carries its `x-ratelimit-limit`.
+    for port in ports {
+        wait_for("the replica to serve the limit", Duration::from_secs(10), || {
+            let r = http_request(addr(port), "GET", "/", "app", &[("x-user", "warm-up")], "").ok()?;
+            r.headers.iter().any(|(k, v)| k == "x-ratelimit-limit" && v.starts_with(&LIMIT.to_string())).then_some(())
+        });
+    }
+
+    // 60 requests, 40 ms apart: each proxy sends one every 80 ms. A run
+    // that straddles a minute (two windows) is sent again for a new user.
+    let minute = || SystemTime::now().duration_since(UNIX_EPOCH).expect("clock").as_secs() / 60;
+    let statuses = (0..3)
+        .find_map(|run| {
+            let started = minute();
+            let statuses = alternate(ports, &format!("user-{run}"), 3 * LIMIT, Duration::from_millis(40));
+            (minute() == started).then_some(statuses)
+        })
+        .expect("a run within one minute");
+    let allowed: Vec<usize> =
+        (0..2).map(|p| statuses.iter().skip(p).step_by(2).filter(|s| **s == 200).count()).collect();
+    let total = allowed[0] + allowed[1];
+    println!(
+        "limit {LIMIT}/min: {total} let through (Envoy via replica-0: {}, Legate via replica-1: {}); {statuses:?}",
+        allowed[0], allowed[1]
+    );
+    assert!(statuses.iter().all(|s| *s == 200 || *s == 429), "only 200 and 429: {statuses:?}");
+    // Over-admission is bounded by the hits one replica makes before the
+    // other's counts reach it: 100 ms of writes plus etcd's delay, here
+    // allowed 400 ms, 5 requests of the other proxy.
+    assert!((LIMIT..=LIMIT + 5).contains(&total), "{total} let through, limit {LIMIT} over both replicas");
+}

@@ -2,7 +2,8 @@
 //! finds it: each entry in turn picks, at its level of the domain's tree,
 //! the descriptor with its key and value, else the one with its key and no
 //! value; the limit is that of the descriptor the last entry picked (none
-//! when an entry finds nothing, or the last one has no limit).
+//! when an entry finds nothing, or the last one has no limit), with that
+//! descriptor's `shadow_mode`.
 
 use super::spec::{Descriptor, Limit, Spec};
 use std::collections::HashMap;
@@ -25,8 +26,8 @@ impl Domains {
     }
 
     /// The limit of a request descriptor's `(key, value)` entries in
-    /// `domain`.
-    pub fn limit<'a>(&'a self, domain: &str, entries: &[(&str, &str)]) -> Option<&'a Limit> {
+    /// `domain`, and whether it is in shadow mode.
+    pub fn limit<'a>(&'a self, domain: &str, entries: &[(&str, &str)]) -> Option<(&'a Limit, bool)> {
         let mut level = self.domains.get(domain)?.as_slice();
         let mut picked = None;
         for (k, v) in entries {
@@ -37,7 +38,8 @@ impl Domains {
             picked = Some(d);
             level = &d.descriptors;
         }
-        picked?.rate_limit.as_ref()
+        let picked: &Descriptor = picked?;
+        picked.rate_limit.as_ref().map(|l| (l, picked.shadow_mode))
     }
 }
 
@@ -58,9 +60,10 @@ mod tests {
                 {"key": "user", "value": "alice", "rate_limit": {"unit": "second", "requests_per_unit": 100},
                  "descriptors": [{"key": "path", "value": "/x", "rate_limit": {"unit": "hour", "requests_per_unit": 1}}]},
                 {"key": "tier", "descriptors": [{"key": "user"}]},
+                {"key": "trial", "shadow_mode": true, "rate_limit": {"unit": "minute", "requests_per_unit": 2}},
             ],
         }))]);
-        let rpu = |entries: &[(&str, &str)]| d.limit("api", entries).map(|l| l.requests_per_unit);
+        let rpu = |entries: &[(&str, &str)]| d.limit("api", entries).map(|l| l.0.requests_per_unit);
         assert_eq!(rpu(&[("user", "bob")]), Some(10));
         assert_eq!(rpu(&[("user", "alice")]), Some(100));
         assert_eq!(rpu(&[("user", "alice"), ("path", "/x")]), Some(1));
@@ -68,5 +71,7 @@ mod tests {
         assert_eq!(rpu(&[("tier", "gold"), ("user", "bob")]), None);
         assert_eq!(rpu(&[("other", "x")]), None);
         assert_eq!(d.limit("nope", &[("user", "bob")]), None);
+        assert_eq!(d.limit("api", &[("user", "bob")]).map(|l| l.1), Some(false));
+        assert_eq!(d.limit("api", &[("trial", "x")]).map(|l| (l.0.requests_per_unit, l.1)), Some((2, true)));
     }
 }

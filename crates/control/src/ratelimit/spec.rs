@@ -12,6 +12,7 @@
 //!     - key: user
 //!       value: alice
 //!       rate_limit: {unit: second, requests_per_unit: 100}
+//!       shadow_mode: true         # counted, never denied
 //!       descriptors: [...]        # nested keys: a descriptor's next entry
 //! ```
 //!
@@ -91,6 +92,10 @@ pub struct Descriptor {
     pub value: String,
     #[serde(default)]
     pub rate_limit: Option<Limit>,
+    /// `shadow_mode`, as the reference service: the limit is counted and
+    /// its status says what remains, but its code is OK even when over.
+    #[serde(default)]
+    pub shadow_mode: bool,
     #[serde(default)]
     pub descriptors: Vec<Descriptor>,
 }
@@ -168,8 +173,12 @@ mod tests {
             serde_json::json!({"domain": "d", "descriptors": [{"key": "k", "rate_limit": {"unit": "fortnight", "requests_per_unit": 1}}]}),
         );
         assert_eq!(bad_unit.first().map(|e| e.0.as_str()), Some("spec.descriptors[0].rate_limit.unit"), "{bad_unit:?}");
-        let unknown = errors(serde_json::json!({"domain": "d", "descriptors": [{"key": "k", "shadow_mode": true}]}));
-        assert!(unknown.first().is_some_and(|e| e.1.contains("shadow_mode")), "{unknown:?}");
+        let unknown =
+            errors(serde_json::json!({"domain": "d", "descriptors": [{"key": "k", "detailed_metric": true}]}));
+        assert!(unknown.first().is_some_and(|e| e.1.contains("detailed_metric")), "{unknown:?}");
+        assert!(
+            check(&doc(serde_json::json!({"domain": "d", "descriptors": [{"key": "k", "shadow_mode": true}]}))).is_ok()
+        );
         let nested = errors(serde_json::json!({"domain": "d", "descriptors": [{"key": "k", "descriptors": [
             {"key": "a", "value": "1"}, {"key": "a", "value": "1"}, {"key": "", "rate_limit": {"unit": "second", "requests_per_unit": 0}}]}]}));
         let paths: Vec<&str> = nested.iter().map(|e| e.0.as_str()).collect();

@@ -53,6 +53,9 @@ pub struct Controller {
     pub replicas: crate::discovery::replicas::Replicas,
     /// Whether this replica expires registry instances (always, on SQLite).
     leader: AtomicBool,
+    /// The rate limit service's counts (`ratelimit::shared` adds the other
+    /// replicas').
+    pub rate_counters: Arc<crate::ratelimit::counters::Counters>,
 }
 
 impl Controller {
@@ -81,6 +84,7 @@ impl Controller {
             replica_id,
             replicas: Default::default(),
             leader: AtomicBool::new(leader),
+            rate_counters: Arc::default(),
         });
         ctrl.adopt_rollout(revision, rollout.as_deref());
         ctrl.publish();

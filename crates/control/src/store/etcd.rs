@@ -21,6 +21,8 @@
 //!   staged rollout, under that replica's lease.
 //! - `apis/<replica id>`: each live replica's API address, under its own
 //!   lease, so a query of the fleet's figures can ask every replica.
+//! - `ratelimit/<replica id>`: each replica's rate limit counts of the
+//!   windows in progress, under its own lease (`ratelimit::shared`).
 //!
 //! The control plane's calls are synchronous (as SQLite's are); each one runs
 //! on this store's own small runtime and the caller waits for the answer, so a

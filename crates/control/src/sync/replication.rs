@@ -3,7 +3,8 @@
 //! every replica within one push), and one leader, chosen with a lease,
 //! expires registry instances whose heartbeats stopped. Each replica also
 //! writes what only it knows — its proxies, its part of a staged rollout —
-//! for the others (`rollouts::shared`).
+//! for the others (`rollouts::shared`), and its rate limit counts
+//! (`ratelimit::shared`).
 
 use crate::discovery::registry::{Instance, InstanceRecord};
 use crate::state::controller::Controller;
@@ -31,6 +32,8 @@ pub fn start(ctrl: &Arc<Controller>) {
     handle.spawn(forever("registry watch", ctrl.clone(), store.client(), follow_registry));
     handle.spawn(forever("leader election", ctrl.clone(), store.client(), campaign));
     handle.spawn(forever("replica report", ctrl.clone(), store.client(), share));
+    handle.spawn(forever("rate limit counts", ctrl.clone(), store.client(), crate::ratelimit::shared::publish));
+    handle.spawn(forever("rate limit counts watch", ctrl.clone(), store.client(), crate::ratelimit::shared::follow));
     if ctrl.replicas.me().is_some() {
         handle.spawn(forever("replica announcement", ctrl.clone(), store.client(), super::peers::announce));
     }
