@@ -20,7 +20,9 @@ const CACHE: &str = r#"{ name: dfp, dns_lookup_family: V4_ONLY, disable_dns_refr
 
 fn bootstrap(a: u16, b: u16, log: &str) -> String {
     let per_route = |rewrite: &str| {
-        format!(r#"typed_per_filter_config: {{ envoy.filters.http.dynamic_forward_proxy: {{ "@type": type.googleapis.com/envoy.extensions.filters.http.dynamic_forward_proxy.v3.PerRouteConfig, {rewrite} }} }}"#)
+        format!(
+            r#"typed_per_filter_config: {{ envoy.filters.http.dynamic_forward_proxy: {{ "@type": type.googleapis.com/envoy.extensions.filters.http.dynamic_forward_proxy.v3.PerRouteConfig, {rewrite} }} }}"#
+        )
     };
     let literal = per_route(&format!("host_rewrite_literal: \"localhost:{b}\""));
     let header = per_route("host_rewrite_header: x-target");
@@ -73,8 +75,7 @@ fn host(h: String) -> &'static str {
     Box::leak(h.into_boxed_str())
 }
 
-/// The access log's lines once it has `n` of them (Envoy flushes its file
-/// every second).
+/// The access log's lines once it has `n` of them (polled for 5 s).
 fn log_lines(path: &std::path::Path, n: usize) -> Vec<String> {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
@@ -114,11 +115,13 @@ fn dynamic_forward_proxy_matches_envoy() {
         }
     }
     assert!(problems.is_empty(), "Legate differs from Envoy:\n{}", problems.join("\n"));
-    // What the requests found, checked on Legate's side (Envoy's is the same).
-    let first = send(pair.legate, &requests[0]);
-    assert!(first.status == 200 && first.body.contains(&format!("localhost:{a}")), "{first:?}");
-    let failed = send(pair.legate, &requests[6]);
-    assert_eq!((failed.status, failed.body.as_str()), (503, "DNS resolution failure"));
+    // What the requests found, the same on both sides (compared above).
+    for port in [pair.envoy, pair.legate] {
+        let first = send(port, &requests[0]);
+        assert!(first.status == 200 && first.body.contains(&format!("localhost:{a}")), "{first:?}");
+        let failed = send(port, &requests[6]);
+        assert_eq!((failed.status, failed.body.as_str()), (503, "DNS resolution failure"));
+    }
     let stats: Vec<String> = [
         "dns_query_attempt",
         "dns_query_success",
@@ -129,6 +132,8 @@ fn dynamic_forward_proxy_matches_envoy() {
         "host_address_changed",
         "dns_rq_pending_overflow",
         "num_hosts",
+        "circuit_breakers.rq_pending_open",
+        "circuit_breakers.rq_pending_remaining",
     ]
     .iter()
     .map(|s| format!("dns_cache.dfp.{s}"))
@@ -136,6 +141,16 @@ fn dynamic_forward_proxy_matches_envoy() {
     pair.same_stats(&stats.iter().map(String::as_str).collect::<Vec<_>>());
     assert!(harness::admin::stat(pair.legate_admin, "dns_cache.dfp.host_added").is_some_and(|n| n >= 3));
     let n = requests.len() + 2;
+    // Envoy writes its file every 10 s, and at exit: asked to exit now.
+    let quit = harness::http_client::http_request(
+        harness::process::addr(pair.envoy_admin),
+        "POST",
+        "/quitquitquit",
+        "admin",
+        &[],
+        "",
+    );
+    assert!(quit.is_ok_and(|r| r.status == 200), "Envoy's /quitquitquit");
     let envoy_log = log_lines(&ups.0.join(format!("access-{}.log", pair.envoy_admin)), n);
     let legate_log = log_lines(&ups.0.join(format!("access-{}.log", pair.legate_admin)), n);
     assert_eq!(legate_log, envoy_log, "access logs (path, status, flags, upstream host)");

@@ -43,9 +43,9 @@ impl HostRewrite {
     fn compile_per_route(any: &Any, path: &str) -> Result<PerRouteConfig, String> {
         let c: PbPerRoute = legate_api::any::unpack(any).map_err(|e| format!("{path}: {e}"))?;
         let rewrite = match c.host_rewrite_specifier {
-            Some(per_route_config::HostRewriteSpecifier::HostRewriteLiteral(l)) if !l.is_empty() => {
-                Self::Literal(HeaderValue::from_str(&l).map_err(|_| format!("{path}.host_rewrite_literal: not a valid host"))?)
-            }
+            Some(per_route_config::HostRewriteSpecifier::HostRewriteLiteral(l)) if !l.is_empty() => Self::Literal(
+                HeaderValue::from_str(&l).map_err(|_| format!("{path}.host_rewrite_literal: not a valid host"))?,
+            ),
             Some(per_route_config::HostRewriteSpecifier::HostRewriteHeader(h)) if !h.is_empty() => Self::Header(
                 HeaderName::from_bytes(h.as_bytes())
                     .map_err(|_| format!("{path}.host_rewrite_header: not a valid header name"))?,

@@ -30,14 +30,22 @@ struct Stats {
     host_overflow: Arc<Counter>,
     dns_rq_pending_overflow: Arc<Counter>,
     num_hosts: Arc<Gauge>,
+    /// The circuit breaker's gauges: 1 while full, and the room left.
+    rq_pending_open: Arc<Gauge>,
+    rq_pending_remaining: Arc<Gauge>,
 }
 
 impl Stats {
-    fn new(store: &Store, name: &str) -> Self {
+    fn new(store: &Store, name: &str, max_pending: u64) -> Self {
         let c = |s: &str| store.counter(&format!("dns_cache.{name}.{s}"));
-        // Envoy's cache_load counts hosts loaded from a key-value store,
-        // which Legate does not have: always 0.
+        let g = |s: &str| store.gauge(&format!("dns_cache.{name}.{s}"));
+        // Envoy's cache_load counts hosts loaded from a key-value store, and
+        // dns_address_filter_out addresses `resolved_address_filter` left
+        // out, neither of which Legate has: always 0.
         c("cache_load");
+        c("dns_address_filter_out");
+        let rq_pending_remaining = g("circuit_breakers.rq_pending_remaining");
+        rq_pending_remaining.set(max_pending as i64);
         Self {
             dns_query_attempt: c("dns_query_attempt"),
             dns_query_success: c("dns_query_success"),
@@ -48,7 +56,9 @@ impl Stats {
             host_address_changed: c("host_address_changed"),
             host_overflow: c("host_overflow"),
             dns_rq_pending_overflow: c("dns_rq_pending_overflow"),
-            num_hosts: store.gauge(&format!("dns_cache.{name}.num_hosts")),
+            num_hosts: g("num_hosts"),
+            rq_pending_open: g("circuit_breakers.rq_pending_open"),
+            rq_pending_remaining,
         }
     }
 }
@@ -88,7 +98,8 @@ pub struct PendingGuard(Arc<DnsCache>);
 
 impl Drop for PendingGuard {
     fn drop(&mut self) {
-        self.0.pending.fetch_sub(1, Relaxed);
+        let now = self.0.pending.fetch_sub(1, Relaxed) - 1;
+        self.0.pending_changed(now);
     }
 }
 
@@ -104,7 +115,7 @@ pub struct DnsCache {
 
 impl DnsCache {
     pub(super) fn new(config: DnsCacheConfig, settings: Settings, store: &Store) -> Self {
-        let stats = Stats::new(store, &config.name);
+        let stats = Stats::new(store, &config.name, settings.max_pending);
         Self { config, settings, hosts: Mutex::default(), pending: AtomicU64::new(0), stats, epoch: Instant::now() }
     }
 
@@ -129,7 +140,14 @@ impl DnsCache {
             self.stats.dns_rq_pending_overflow.inc();
             return None;
         }
+        self.pending_changed(before + 1);
         Some(PendingGuard(self.clone()))
+    }
+
+    fn pending_changed(&self, now: u64) {
+        let max = self.settings.max_pending;
+        self.stats.rq_pending_remaining.set(max.saturating_sub(now) as i64);
+        self.stats.rq_pending_open.set(i64::from(now >= max));
     }
 
     /// The host a request for `authority` goes to, when it has been
@@ -322,8 +340,8 @@ mod tests {
     }
 
     fn cache(yaml: &str) -> (Arc<DnsCache>, Arc<Store>) {
-        let (c, _) = legate_api::load::decode_typed::<DnsCacheConfig>(legate_api::load::parse_text(yaml).unwrap())
-            .unwrap();
+        let (c, _) =
+            legate_api::load::decode_typed::<DnsCacheConfig>(legate_api::load::parse_text(yaml).unwrap()).unwrap();
         let store = Arc::new(Store::default());
         (super::super::cache_for(&c, &store, "dns_cache_config").unwrap(), store)
     }
@@ -334,7 +352,9 @@ mod tests {
 
     #[tokio::test]
     async fn a_name_resolves_once_and_unused_hosts_expire() {
-        let (c, store) = cache("{name: t, dns_lookup_family: V4_ONLY, host_ttl: 0.05s, dns_refresh_rate: 1s, dns_min_refresh_rate: 1s}");
+        let (c, store) = cache(
+            "{name: t, dns_lookup_family: V4_ONLY, host_ttl: 0.05s, dns_refresh_rate: 1s, dns_min_refresh_rate: 1s}",
+        );
         let Load::Pending(f) = c.load("localhost:8000", 80) else { panic!("not resolving") };
         let host = f.await.expect("localhost resolves");
         assert_eq!(host.addr, "127.0.0.1:8000".parse().unwrap());
