@@ -8,6 +8,7 @@
 //! When the proxy learns a feature, its fields join this table in the same change.
 
 mod compat;
+mod dfp;
 mod overload;
 mod udp;
 
@@ -48,6 +49,9 @@ pub const SUPPORTED_EXTENSIONS: &[&str] = &[
     "envoy.extensions.compression.brotli.compressor.v3.Brotli",
     "envoy.extensions.compression.zstd.compressor.v3.Zstd",
     "envoy.extensions.filters.http.decompressor.v3.Decompressor",
+    // The dynamic forward proxy's filter (its cluster type and cache: `dfp`).
+    "envoy.extensions.filters.http.dynamic_forward_proxy.v3.FilterConfig",
+    "envoy.extensions.filters.http.dynamic_forward_proxy.v3.PerRouteConfig",
     // RBAC's `matcher`: its actions and inputs.
     "envoy.config.rbac.v3.Action",
     "envoy.type.matcher.v3.HttpRequestHeaderMatchInput",
@@ -397,6 +401,7 @@ const SUPPORTED_FIELDS: &[(&str, &[&str])] = &[
         &[
             "name",
             "type",
+            "cluster_type",
             "connect_timeout",
             "lb_policy",
             "load_assignment",
@@ -920,12 +925,16 @@ fn supported_fields(message: &str) -> &'static [&'static str] {
         .chain(TRACING_FIELDS)
         .chain(overload::FIELDS)
         .chain(udp::FIELDS)
+        .chain(dfp::FIELDS)
         .find(|(m, _)| *m == message)
         .map_or(&[], |(_, f)| f)
 }
 
 fn supported_extension(ty: &str) -> bool {
-    SUPPORTED_EXTENSIONS.contains(&ty) || TRACING_EXTENSIONS.contains(&ty) || udp::EXTENSIONS.contains(&ty)
+    SUPPORTED_EXTENSIONS.contains(&ty)
+        || TRACING_EXTENSIONS.contains(&ty)
+        || udp::EXTENSIONS.contains(&ty)
+        || dfp::EXTENSIONS.contains(&ty)
 }
 
 /// A field of `message` is honoured: in `only` when its place narrows the

@@ -26,6 +26,9 @@ pub enum Discovery {
     LogicalDns,
     /// Endpoints come from EDS (over ADS) under `eds_service_name`.
     Eds,
+    /// `envoy.clusters.dynamic_forward_proxy`: a host per request name,
+    /// from the cluster's DNS cache.
+    DynamicForwardProxy,
 }
 
 impl Discovery {
@@ -39,7 +42,16 @@ impl Discovery {
                 Ok(cluster::DiscoveryType::Eds) => Self::Eds,
                 _ => return Err("type: only STATIC, STRICT_DNS and LOGICAL_DNS clusters are supported".into()),
             },
-            Some(_) => return Err("cluster_type: custom cluster types are not supported".into()),
+            Some(cluster::ClusterDiscoveryType::ClusterType(t)) => {
+                if crate::upstream::dfp::cluster::is_dfp(t) {
+                    Self::DynamicForwardProxy
+                } else {
+                    return Err(format!(
+                        "cluster_type: the custom cluster type {} is not supported (only envoy.clusters.dynamic_forward_proxy)",
+                        t.name
+                    ));
+                }
+            }
         })
     }
 
@@ -78,6 +90,8 @@ pub struct Cluster {
     lb: Balancer,
     /// For DNS clusters: what to resolve, and how often.
     pub dns: Dns,
+    /// A dynamic forward proxy cluster's DNS cache.
+    pub dfp: Option<crate::upstream::dfp::cluster::DfpCluster>,
     /// For EDS clusters: the ClusterLoadAssignment name that feeds them.
     pub eds_service_name: String,
     /// The load assignment's localities by index (`Host::locality`), for
@@ -97,7 +111,12 @@ impl Cluster {
         secrets: &Arc<crate::tls::sds::SecretManager>,
     ) -> Result<Arc<Self>, String> {
         let discovery = Discovery::compile(c)?;
-        let policy = crate::upstream::lb::compile(c)?;
+        let dfp = crate::upstream::dfp::cluster::DfpCluster::compile(c, store)?;
+        let policy = match &dfp {
+            // The cluster picks by the request's name; its balancer is never asked.
+            Some(_) => crate::upstream::lb::compile(&PbCluster::default())?,
+            None => crate::upstream::lb::compile(c)?,
+        };
         let protocol = crate::upstream::protocol::HttpProtocol::compile(c)?;
         let (static_hosts, dns_targets) = initial_hosts(c, discovery)?;
         let eds_service_name = eds_service_name(c, discovery)?;
@@ -131,6 +150,7 @@ impl Cluster {
             buffer_limit: c.per_connection_buffer_limit_bytes.map(|v| v.value as usize),
             lb,
             dns: Dns::compile(c, dns_targets, discovery == Discovery::LogicalDns),
+            dfp,
             eds_service_name,
             localities: arc_swap::ArcSwap::from_pointee(c.load_assignment.as_ref().map(localities).unwrap_or_default()),
             config: c.clone(),
@@ -177,6 +197,16 @@ impl Cluster {
 
     pub fn pick_hashed(&self, hash: Option<u64>) -> Option<Arc<Host>> {
         self.lb.pick(&self.hosts.load(), hash)
+    }
+
+    /// The router's pick for a request to `authority`: a dynamic forward
+    /// proxy cluster's host for that name (None until its DNS cache has
+    /// resolved it), any other cluster's balancer's pick.
+    pub fn pick_for(&self, authority: &str, hash: Option<u64>) -> Option<Arc<Host>> {
+        match &self.dfp {
+            Some(d) => d.cache.host_for(authority, d.default_port),
+            None => self.pick_hashed(hash),
+        }
     }
 }
 

@@ -59,7 +59,7 @@ impl Dns {
 }
 
 /// Envoy's lookup families: AUTO prefers IPv6 and falls back to IPv4.
-fn pick_family(addrs: Vec<SocketAddr>, family: DnsLookupFamily) -> Vec<SocketAddr> {
+pub(crate) fn pick_family(addrs: Vec<SocketAddr>, family: DnsLookupFamily) -> Vec<SocketAddr> {
     let (v4, v6): (Vec<_>, Vec<_>) = addrs.into_iter().partition(|a| a.is_ipv4());
     match family {
         DnsLookupFamily::V4Only => v4,

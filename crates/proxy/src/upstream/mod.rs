@@ -14,6 +14,7 @@ pub mod clock;
 pub mod cluster;
 pub mod cluster_stats;
 pub mod connection;
+pub mod dfp;
 pub mod dns;
 pub mod endpoints;
 pub mod error;

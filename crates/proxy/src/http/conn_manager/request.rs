@@ -254,6 +254,7 @@ impl Hcm {
                 sni: conn.sni.as_deref().unwrap_or(""),
                 route: [found.map(|(_, r)| &r.per_filter), found.map(|(vh, _)| &vh.per_filter)],
                 new_path: None,
+                new_authority: None,
                 route_cluster,
                 read_body: None,
                 buffer_limit: self.buffer_limit,
@@ -278,8 +279,12 @@ impl Hcm {
                 }
             }
             let v = self.filters.on_request(&mut rq, &mut state).await;
-            (v, rq.new_path, rq.clear_route_cache)
+            (v, (rq.new_path, rq.new_authority), rq.clear_route_cache)
         };
+        let (new_path, new_authority) = new_path;
+        if let Some(a) = new_authority {
+            stream.authority = a;
+        }
         // The route stays the one found for the original path, as Envoy
         // keeps its cached route unless a filter clears it.
         if let Some(p) = new_path {

@@ -144,6 +144,9 @@ pub struct RequestCtx<'a> {
     pub route: [Option<&'a PerFilter>; 2],
     /// A new path for the request (jwt_authn taking out `access_token`).
     pub new_path: Option<String>,
+    /// A new host for the request (the dynamic forward proxy's host
+    /// rewrite; the filter sets the `host` header too).
+    pub new_authority: Option<String>,
     /// The cluster the matched route names (a single `cluster`), for the
     /// stats filters charge to it.
     pub route_cluster: Option<&'a str>,

@@ -13,6 +13,7 @@ pub mod compressor;
 pub mod cors;
 pub mod csrf;
 pub mod decompressor;
+pub mod dynamic_forward_proxy;
 pub mod ext_authz;
 pub mod ext_proc;
 pub mod fault;

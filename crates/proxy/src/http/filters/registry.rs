@@ -4,8 +4,8 @@
 
 use crate::http::filters::api::Registration;
 use crate::http::filters::{
-    buffer, cache, compressor, cors, csrf, decompressor, ext_authz, ext_proc, fault, grpc_http1_bridge, grpc_web,
-    header_to_metadata, health_check, jwt, local_ratelimit, lua, ratelimit, rbac,
+    buffer, cache, compressor, cors, csrf, decompressor, dynamic_forward_proxy, ext_authz, ext_proc, fault,
+    grpc_http1_bridge, grpc_web, header_to_metadata, health_check, jwt, local_ratelimit, lua, ratelimit, rbac,
 };
 use crate::http::route::per_filter::PerRouteConfig;
 use legate_api::pb::google::protobuf::Any;
@@ -31,6 +31,7 @@ pub static HTTP_FILTERS: &[Registration] = &[
     buffer::REGISTRATION,
     header_to_metadata::REGISTRATION,
     cache::REGISTRATION,
+    dynamic_forward_proxy::REGISTRATION,
 ];
 
 /// The filter whose config has this type.

@@ -155,7 +155,7 @@ impl Hcm {
             (hash, stream.set_cookie) = (h, set_cookie);
         }
         stream.cluster = Some(cluster.clone());
-        let Some(host) = cluster.pick_hashed(hash) else {
+        let Some(host) = cluster.pick_for(&stream.authority, hash) else {
             cluster.stats.upstream_cx_none_healthy.inc();
             return Break(self.no_healthy_upstream_reply(stream, &cluster, matched));
         };
