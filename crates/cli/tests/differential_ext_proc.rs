@@ -516,17 +516,40 @@ fn in_pieces(port: u16, path: &str, first: &str, second: &str) -> String {
     let raw = String::from_utf8_lossy(&harness::raw::read_until_closed(&mut s)).into_owned();
     let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
     let status = head.lines().next().unwrap_or_default().to_string();
+    let body =
+        if head.to_ascii_lowercase().contains("transfer-encoding: chunked") { dechunk(body) } else { body.to_string() };
+    let body = body.as_str();
     let echoed: Value = serde_json::from_str(body.strip_prefix("processed:").unwrap_or(body)).unwrap_or(Value::Null);
     let upstream: BTreeMap<String, String> = echoed["headers"]
         .as_object()
         .map(|o| {
             o.iter()
-                .filter(|(k, _)| matches!(k.as_str(), "content-length" | "transfer-encoding" | "x-extproc-added"))
+                .filter(|(k, _)| {
+                    matches!(k.as_str(), "content-length" | "transfer-encoding" | "x-extproc-added" | "x-body-seen")
+                })
                 .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
                 .collect()
         })
         .unwrap_or_default();
-    format!("{status} processed={} upstream={upstream:?}", body.starts_with("processed:"))
+    format!(
+        "{status} processed={} upstream={upstream:?} upstream body bytes={}",
+        body.starts_with("processed:"),
+        echoed["body_bytes"]
+    )
+}
+
+/// A chunked body's data.
+fn dechunk(mut raw: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = raw.split_once("\r\n") {
+        let size = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if size == 0 || rest.len() < size {
+            break;
+        }
+        out.push_str(&rest[..size]);
+        raw = rest[size..].strip_prefix("\r\n").unwrap_or(&rest[size..]);
+    }
+    out
 }
 
 /// An HTTP/2 request with a body and trailers to the echo's gRPC health
