@@ -3,16 +3,20 @@
 //! (`envoy.service.ext_proc.v3.ExternalProcessor/Process`), one stream per
 //! request, and may change their headers and bodies or answer in their
 //! place. What is sent follows `processing_mode` (headers SEND or SKIP,
-//! bodies NONE or BUFFERED, trailers SKIP), per route `ExtProcPerRoute`
-//! (`disabled`, `overrides.processing_mode`) and, with
-//! `allow_mode_override`, the processor's `mode_override`. `metadata_options`
+//! bodies NONE, BUFFERED, STREAMED or BUFFERED_PARTIAL, trailers SEND or
+//! SKIP), per route `ExtProcPerRoute` (`disabled`,
+//! `overrides.processing_mode`) and, with `allow_mode_override`, the
+//! processor's `mode_override` (one of `allowed_override_modes` when they
+//! are given). `metadata_options`
 //! send namespaces of the stream's dynamic metadata to the processor and
 //! let its answers write others.
 //!
 //! `stream`: the gRPC call over the cluster's HTTP/2 pool; `session`: one
 //! request's exchange (timeouts, failures, spurious answers, as Envoy
 //! counts them); `mutation`: header and body mutations under Envoy's
-//! default rules; `config`: compiling the filter and its per-route config.
+//! default rules; `config`: compiling the filter and its per-route config;
+//! `bodies`: a body by its mode once its headers went through; `streamed`:
+//! chunks and trailers through the processor as they arrive.
 //!
 //! Stats as Envoy names them: `http.<hcm>.ext_proc.[<stat_prefix>.]streams_started`,
 //! `stream_msgs_sent`, `stream_msgs_received`, `spurious_msgs_received`,
@@ -339,12 +343,10 @@ mod tests {
     fn overrides_are_matched_without_the_request_header_mode() {
         let buffered =
             ProcessingMode { request_body_mode: processing_mode::BodySendMode::Buffered as i32, ..Default::default() };
-        let asked =
-            ProcessingMode { request_header_mode: processing_mode::HeaderSendMode::Skip as i32, ..buffered.clone() };
+        let asked = ProcessingMode { request_header_mode: processing_mode::HeaderSendMode::Skip as i32, ..buffered };
         assert!(override_allowed(&[], &asked));
-        assert!(override_allowed(&[buffered.clone()], &asked));
-        let streamed =
-            ProcessingMode { request_body_mode: processing_mode::BodySendMode::Streamed as i32, ..buffered.clone() };
+        assert!(override_allowed(&[buffered], &asked));
+        let streamed = ProcessingMode { request_body_mode: processing_mode::BodySendMode::Streamed as i32, ..buffered };
         assert!(!override_allowed(&[buffered], &streamed));
         let configured = ProcessingMode {
             request_trailer_mode: processing_mode::HeaderSendMode::Send as i32,
