@@ -16,7 +16,11 @@
 //! (with and without `failure_mode_allow`) and one slower than
 //! `message_timeout` (with and without `failure_mode_allow`), and
 //! `metadata_options` (namespaces forwarded and received, a route's
-//! override; the access log's `%DYNAMIC_METADATA%` compared too).
+//! override; the access log's `%DYNAMIC_METADATA%` compared too); and on
+//! the `modes` listener a request body BUFFERED_PARTIAL (within the buffer
+//! limit, and past it in two pieces), a response body STREAMED (whole, and
+//! in two chunks), trailers sent both ways (HTTP/2 with trailers to a gRPC
+//! upstream), and `allowed_override_modes` (one override taken, one not).
 
 mod harness;
 
@@ -34,7 +38,7 @@ use legate_api::pb::envoy::service::ext_proc::v3::processing_request::Request as
 use legate_api::pb::envoy::service::ext_proc::v3::processing_response::Response as Rs;
 use legate_api::pb::envoy::service::ext_proc::v3::{
     body_mutation, common_response::ResponseStatus, BodyMutation, BodyResponse, CommonResponse, HeaderMutation,
-    HeadersResponse, ImmediateResponse, ProcessingRequest, ProcessingResponse,
+    HeadersResponse, ImmediateResponse, ProcessingRequest, ProcessingResponse, TrailersResponse,
 };
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -73,7 +77,9 @@ fn describe(r: &ProcessingRequest) -> String {
                     // A direct response reaches Legate's processor with the
                     // `server` header the connection manager already added
                     // (a known difference).
-                    .filter(|h| h.key != "server")
+                    // Nor does Legate keep an HTTP/1 upstream's
+                    // `transfer-encoding` in the headers it sends (another).
+                    .filter(|h| h.key != "server" && h.key != "transfer-encoding")
                     .map(|h| {
                         let value = match h.key.as_str() {
                             "x-request-id" | "x-forwarded-for" | "date" | "x-envoy-upstream-service-time" => {
@@ -101,6 +107,8 @@ fn describe(r: &ProcessingRequest) -> String {
             // The echo's answer names each side's own ports.
             format!("response_body eos={} len={}", b.end_of_stream, b.body.len())
         }
+        Some(Rq::RequestTrailers(t)) => format!("request_trailers {:?}", headers(&t.trailers)),
+        Some(Rq::ResponseTrailers(t)) => format!("response_trailers {:?}", headers(&t.trailers)),
         other => format!("other {other:?}"),
     };
     format!(
@@ -148,6 +156,10 @@ fn meta_answer(r: &ProcessingRequest) -> Option<legate_api::pb::google::protobuf
         _ => return None,
     };
     Some(Struct { fields: fields.into_iter().map(|(k, v)| (k.to_string(), v)).collect() })
+}
+
+fn trailers_answer(r: Rs) -> ProcessingResponse {
+    ProcessingResponse { response: Some(r), ..Default::default() }
 }
 
 fn headers_answer(m: HeaderMutation) -> CommonResponse {
@@ -214,7 +226,14 @@ async fn answer(path: &str, r: &ProcessingRequest) -> Option<ProcessingResponse>
                 response: Some(Rs::RequestHeaders(HeadersResponse { response: Some(common) })),
                 ..Default::default()
             };
-            if path.starts_with("/override") {
+            if path.starts_with("/override-denied") {
+                // Not among the modes listener's `allowed_override_modes`.
+                resp.mode_override = Some(ProcessingMode {
+                    response_header_mode: processing_mode::HeaderSendMode::Skip as i32,
+                    response_body_mode: processing_mode::BodySendMode::Buffered as i32,
+                    ..Default::default()
+                });
+            } else if path.starts_with("/override") {
                 resp.mode_override = Some(ProcessingMode {
                     response_header_mode: processing_mode::HeaderSendMode::Skip as i32,
                     response_body_mode: processing_mode::BodySendMode::None as i32,
@@ -268,6 +287,18 @@ async fn answer(path: &str, r: &ProcessingRequest) -> Option<ProcessingResponse>
                 ..Default::default()
             }
         }
+        Some(Rq::RequestTrailers(_)) => trailers_answer(Rs::RequestTrailers(TrailersResponse {
+            header_mutation: Some(HeaderMutation {
+                set_headers: vec![set("x-trailer-seen", "1", None)],
+                remove_headers: vec!["x-client-drop".into()],
+            }),
+        })),
+        Some(Rq::ResponseTrailers(_)) => trailers_answer(Rs::ResponseTrailers(TrailersResponse {
+            header_mutation: Some(HeaderMutation {
+                set_headers: vec![set("x-resp-trailer", "yes", None)],
+                remove_headers: vec!["grpc-message".into()],
+            }),
+        })),
         _ => return None,
     };
     Some(response)
@@ -346,7 +377,19 @@ fn main_vhost() -> String {
     )
 }
 
-const LISTENERS: &[&str] = &["main", "streamed", "down", "down_allow", "slow", "slow_allow", "meta"];
+const LISTENERS: &[&str] = &["main", "streamed", "down", "down_allow", "slow", "slow_allow", "meta", "modes"];
+
+/// The `modes` listener: a request body BUFFERED_PARTIAL (its listener's
+/// buffer limit 32 bytes), a response body STREAMED, trailers sent both
+/// ways, and only one `mode_override` allowed. `/grpc.` goes to the echo
+/// over HTTP/2, whose gRPC health answer ends with trailers.
+const MODES: &str = "processing_mode: {request_header_mode: SEND, response_header_mode: SEND, request_body_mode: BUFFERED_PARTIAL, response_body_mode: STREAMED, request_trailer_mode: SEND, response_trailer_mode: SEND}, allow_mode_override: true, allowed_override_modes: [{request_header_mode: SKIP, response_header_mode: SKIP, response_body_mode: NONE, request_trailer_mode: SEND, response_trailer_mode: SEND}], message_timeout: 2s";
+
+fn modes_listener(port: u16, processor: &str) -> String {
+    let vhost = "routes: [{match: {prefix: \"/grpc.\"}, route: {cluster: echo_h2}}, {match: {prefix: \"/\"}, route: {cluster: echo}}]";
+    let chain = format!("{{filters: [{}]}}", hcm_vhost("modes", vhost, &filter(&format!("{processor}, {MODES}")), ""));
+    harness::config::listener_chains("modes", port, &[chain], ", per_connection_buffer_limit_bytes: 32")
+}
 
 /// The `meta` listener: header_to_metadata writes `fwd` before ext_proc,
 /// whose `metadata_options` forward `fwd` (and an absent namespace) and
@@ -403,10 +446,16 @@ fn config(admin: u16, ports: &Ports, processor: u16, echo: u16, closed: u16, log
         ports["meta"],
         &format!("{{filters: [{}]}}", hcm_vhost("meta", &vhost, filters, log)),
     ));
+    listeners.push(modes_listener(ports["modes"], &grpc("processor")));
     bootstrap(
         admin,
         &listeners,
-        &[cluster("echo", echo, ""), cluster("processor", processor, H2), cluster("processor_down", closed, H2)],
+        &[
+            cluster("echo", echo, ""),
+            cluster("echo_h2", echo, H2),
+            cluster("processor", processor, H2),
+            cluster("processor_down", closed, H2),
+        ],
     )
 }
 
@@ -454,27 +503,92 @@ fn exchange(port: u16, method: &str, path: &str, headers: &[(&str, &str)], body:
 /// the second arrives after the first went through the processor: what the
 /// client got (status, whether the body was processed) and the upstream's
 /// headers.
-fn in_pieces(port: u16) -> String {
+fn in_pieces(port: u16, path: &str, first: &str, second: &str) -> String {
     use std::io::Write;
     let mut s = harness::raw::connect(port, Duration::from_secs(5));
-    let head = "POST /pieces HTTP/1.1\r\nhost: example.com\r\ncontent-length: 10\r\nconnection: close\r\n\r\nfirst";
+    let length = first.len() + second.len();
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nhost: example.com\r\ncontent-length: {length}\r\nconnection: close\r\n\r\n{first}"
+    );
     s.write_all(head.as_bytes()).expect("write");
     std::thread::sleep(Duration::from_millis(300));
-    s.write_all(b"-half").expect("write");
+    s.write_all(second.as_bytes()).expect("write");
     let raw = String::from_utf8_lossy(&harness::raw::read_until_closed(&mut s)).into_owned();
     let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
     let status = head.lines().next().unwrap_or_default().to_string();
+    let body =
+        if head.to_ascii_lowercase().contains("transfer-encoding: chunked") { dechunk(body) } else { body.to_string() };
+    let body = body.as_str();
     let echoed: Value = serde_json::from_str(body.strip_prefix("processed:").unwrap_or(body)).unwrap_or(Value::Null);
     let upstream: BTreeMap<String, String> = echoed["headers"]
         .as_object()
         .map(|o| {
             o.iter()
-                .filter(|(k, _)| matches!(k.as_str(), "content-length" | "transfer-encoding" | "x-extproc-added"))
+                .filter(|(k, _)| {
+                    matches!(k.as_str(), "content-length" | "transfer-encoding" | "x-extproc-added" | "x-body-seen")
+                })
                 .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
                 .collect()
         })
         .unwrap_or_default();
-    format!("{status} processed={} upstream={upstream:?}", body.starts_with("processed:"))
+    format!(
+        "{status} processed={} upstream={upstream:?} upstream body bytes={}",
+        body.starts_with("processed:"),
+        echoed["body_bytes"]
+    )
+}
+
+/// A chunked body's data.
+fn dechunk(mut raw: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = raw.split_once("\r\n") {
+        let size = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if size == 0 || rest.len() < size {
+            break;
+        }
+        out.push_str(&rest[..size]);
+        raw = rest[size..].strip_prefix("\r\n").unwrap_or(&rest[size..]);
+    }
+    out
+}
+
+/// An HTTP/2 request with a body and trailers to the echo's gRPC health
+/// check (which answers with trailers): what the client got, trailers
+/// included.
+fn with_trailers(port: u16) -> String {
+    harness::http_client::block_on(async move {
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.expect("connect");
+        let (mut client, conn) = h2::client::handshake(tcp).await.expect("h2 handshake");
+        tokio::spawn(conn);
+        let req = http::Request::post("http://example.com/grpc.health.v1.Health/Check").body(()).expect("request");
+        let (resp, mut stream) = client.send_request(req, false).expect("send");
+        stream.send_data(bytes::Bytes::from_static(b"abc"), false).expect("data");
+        let mut t = http::HeaderMap::new();
+        t.insert("x-client-trailer", http::HeaderValue::from_static("t"));
+        t.insert("x-client-drop", http::HeaderValue::from_static("d"));
+        stream.send_trailers(t).expect("trailers");
+        let Ok(Ok(resp)) = tokio::time::timeout(Duration::from_secs(5), resp).await else {
+            return "no response".to_string();
+        };
+        let (parts, mut body) = resp.into_parts();
+        let mut data = Vec::new();
+        while let Some(Ok(chunk)) = body.data().await {
+            let _ = body.flow_control().release_capacity(chunk.len());
+            data.extend_from_slice(&chunk);
+        }
+        let trailers = body.trailers().await.ok().flatten().unwrap_or_default();
+        let mut headers: Vec<(String, String)> = parts
+            .headers
+            .iter()
+            .filter(|(k, _)| !matches!(k.as_str(), "date" | "server" | "x-envoy-upstream-service-time"))
+            .map(|(k, v)| (k.to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+            .collect();
+        headers.sort();
+        let mut trailers: Vec<(String, String)> =
+            trailers.iter().map(|(k, v)| (k.to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned())).collect();
+        trailers.sort();
+        format!("status={} headers={headers:?} body={data:?} trailers={trailers:?}", parts.status)
+    })
 }
 
 /// (listener, method, path, headers, body).
@@ -523,13 +637,21 @@ fn ext_proc_matches_envoy() {
         ("meta", "GET", "/meta", &[("x-tenant", "t-1")], ""),
         ("meta", "GET", "/meta-route", &[("x-tenant", "t-2")], ""),
         ("meta", "GET", "/meta-none", &[], ""),
+        ("modes", "POST", "/small", &[], "tiny"),
+        ("modes", "POST", "/partial", &[], ""),
+        ("modes", "GET", "/slow-body/200", &[], ""),
+        ("modes", "POST", "/override", &[], "kept"),
+        ("modes", "POST", "/override-denied", &[], "kept"),
+        ("modes", "POST", "/grpc.health.v1.Health/Check", &[], ""),
     ];
     let mut mismatches = Vec::new();
     for (listener, method, path, headers, body) in cases {
         let got: Vec<String> = sides
             .iter()
             .map(|s| match *path {
-                "/pieces" => in_pieces(s.port(listener)),
+                "/pieces" => in_pieces(s.port(listener), path, "first", "-half"),
+                "/partial" => in_pieces(s.port(listener), path, &"a".repeat(40), "-tail"),
+                "/grpc.health.v1.Health/Check" => with_trailers(s.port(listener)),
                 _ => exchange(s.port(listener), method, path, headers, body),
             })
             .collect();

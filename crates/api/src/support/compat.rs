@@ -66,7 +66,8 @@ const FIELDS: &[(&str, &[&str])] = &[
         "envoy.extensions.filters.http.ext_authz.v3.CheckSettings",
         &["context_extensions", "disable_request_body_buffering", "with_request_body"],
     ),
-    // External processing over gRPC: headers and whole bodies.
+    // External processing over gRPC: headers, bodies (BUFFERED, STREAMED,
+    // BUFFERED_PARTIAL) and trailers.
     (
         "envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor",
         &[
@@ -83,6 +84,7 @@ const FIELDS: &[(&str, &[&str])] = &[
             "forward_rules",
             "mutation_rules",
             "metadata_options",
+            "allowed_override_modes",
         ],
     ),
     // The dynamic metadata sent to the processor and written from its
@@ -197,12 +199,6 @@ pub(super) const UNSUPPORTED_VALUES: &[(&str, &str, &[i32], &str)] = &[
     (
         "envoy.extensions.filters.http.ext_proc.v3.ProcessingMode",
         "request_body_mode",
-        &[3],
-        "the ext_proc body mode BUFFERED_PARTIAL is not implemented by Legate",
-    ),
-    (
-        "envoy.extensions.filters.http.ext_proc.v3.ProcessingMode",
-        "request_body_mode",
         &[4],
         "the ext_proc body mode FULL_DUPLEX_STREAMED is not implemented by Legate",
     ),
@@ -215,18 +211,6 @@ pub(super) const UNSUPPORTED_VALUES: &[(&str, &str, &[i32], &str)] = &[
     (
         "envoy.extensions.filters.http.ext_proc.v3.ProcessingMode",
         "response_body_mode",
-        &[1],
-        "the ext_proc response body mode STREAMED is not implemented by Legate",
-    ),
-    (
-        "envoy.extensions.filters.http.ext_proc.v3.ProcessingMode",
-        "response_body_mode",
-        &[3],
-        "the ext_proc body mode BUFFERED_PARTIAL is not implemented by Legate",
-    ),
-    (
-        "envoy.extensions.filters.http.ext_proc.v3.ProcessingMode",
-        "response_body_mode",
         &[4],
         "the ext_proc body mode FULL_DUPLEX_STREAMED is not implemented by Legate",
     ),
@@ -235,18 +219,6 @@ pub(super) const UNSUPPORTED_VALUES: &[(&str, &str, &[i32], &str)] = &[
         "response_body_mode",
         &[5],
         "the ext_proc body mode GRPC is not implemented by Legate",
-    ),
-    (
-        "envoy.extensions.filters.http.ext_proc.v3.ProcessingMode",
-        "request_trailer_mode",
-        &[1],
-        "the ext_proc trailer mode SEND is not implemented by Legate",
-    ),
-    (
-        "envoy.extensions.filters.http.ext_proc.v3.ProcessingMode",
-        "response_trailer_mode",
-        &[1],
-        "the ext_proc trailer mode SEND is not implemented by Legate",
     ),
 ];
 

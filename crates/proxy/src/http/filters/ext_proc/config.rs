@@ -55,6 +55,8 @@ fn compile(any: &Any, ctx: &FilterContext<'_>) -> Result<Box<dyn HttpFilter>, St
         message_timeout,
         failure_mode_allow: c.failure_mode_allow,
         allow_mode_override: c.allow_mode_override,
+        allowed_overrides: c.allowed_override_modes.clone(),
+        configured: c.processing_mode.unwrap_or_default(),
         disable_immediate_response: c.disable_immediate_response,
         // An unset (or unknown) code is 500.
         status_on_error: if (200..600).contains(&status_on_error) { status_on_error as u16 } else { 500 },
@@ -64,7 +66,7 @@ fn compile(any: &Any, ctx: &FilterContext<'_>) -> Result<Box<dyn HttpFilter>, St
         namespaces: Arc::new(namespaces(c.metadata_options.as_ref())),
         stats: Arc::new(stats(ctx, &c.stat_prefix)),
     };
-    let mode = Mode::from_pb(&c.processing_mode.unwrap_or_default());
+    let mode = Mode::from_pb(&shared.configured);
     Ok(Box::new(ExtProc::new(Arc::new(shared), mode)))
 }
 

@@ -4,11 +4,12 @@
 //! the response in `ResponseState::carried`, and closes the stream when the
 //! request ends.
 
+use super::bodies::{self, Next};
 use super::mutation::HeaderList;
 use super::session::{Outcome, Phase, Session, Stage};
 use super::streamed::{self, Slot};
 use super::{Mode, Namespaces, PerRoute, Shared};
-use crate::body::{ProxyBody, ReadError, RESEND_BUFFER_LIMIT};
+use crate::body::{ProxyBody, ReadError};
 use crate::http::filters::api::{FilterStatus, HttpFilter, RequestCtx, ResponseHooks, ResponseState, Verdict};
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue};
@@ -63,7 +64,10 @@ impl ExtProc {
 
     /// A session for this request in `mode`, with its metadata options.
     fn session(&self, rq: &RequestCtx<'_>, state: &ResponseState, mode: Mode) -> Session {
-        Session::new(self.shared.clone(), mode).with_metadata(self.namespaces_for(rq), &state.dynamic_metadata)
+        let mut s =
+            Session::new(self.shared.clone(), mode).with_metadata(self.namespaces_for(rq), &state.dynamic_metadata);
+        s.buffer_limit = rq.buffer_limit;
+        s
     }
 
     fn carry(&self, state: &mut ResponseState, session: Option<Session>) -> Slot {
@@ -74,25 +78,32 @@ impl ExtProc {
 
     async fn request(&self, rq: &mut RequestCtx<'_>, state: &mut ResponseState) -> Verdict {
         let mut s = self.session(rq, state, self.mode_for(rq));
-        let verdict = self.process_request(&mut s, rq).await;
-        if !matches!(verdict, Verdict::Continue) || s.complete {
-            return verdict;
+        let more = match self.process_request(&mut s, rq).await {
+            Ok(more) => more,
+            Err(v) => return v,
+        };
+        if s.complete {
+            return Verdict::Continue;
         }
         let keep = s.mode.on_response();
-        if s.mode.request_streamed && !http_body::Body::is_end_stream(&*rq.body) {
+        if more {
             let slot = if keep { self.carry(state, None) } else { Arc::default() };
             let body = std::mem::replace(rq.body, ProxyBody::Empty);
-            *rq.body = streamed::body(s, body, slot, keep);
+            *rq.body = streamed::body(s, body, false, slot, keep);
         } else if keep {
             self.carry(state, Some(s));
         }
-        verdict
+        Verdict::Continue
     }
 
-    async fn process_request(&self, s: &mut Session, rq: &mut RequestCtx<'_>) -> Verdict {
+    /// The request's headers and body as the mode sends them; `Ok(true)`
+    /// when the rest of the body still goes through the processor.
+    async fn process_request(&self, s: &mut Session, rq: &mut RequestCtx<'_>) -> Result<bool, Verdict> {
         let mut headers = request_headers(rq);
         let has_body = !http_body::Body::is_end_stream(&*rq.body);
         let mut body = None;
+        // Envoy drops the length by the mode the headers came with.
+        let drop_length = s.mode.drops_length(Phase::RequestHeaders);
         if s.mode.request_headers {
             let stage = Stage {
                 phase: Phase::RequestHeaders,
@@ -101,74 +112,27 @@ impl ExtProc {
                 end_of_stream: !has_body,
             };
             if let Outcome::Immediate { status, headers, body, grpc_status } = s.run(stage).await {
-                return local(status, headers, body, grpc_status, rq.headers);
+                return Err(local(status, headers, body, grpc_status, rq.headers));
             }
         }
-        if body.is_none() && has_body && s.mode.request_body && !s.complete {
-            if !s.mode.request_headers {
-                // Envoy cannot keep a length the processor may change later.
-                headers.retain(|(k, _)| k != "content-length");
-            }
-            let whole = std::mem::replace(rq.body, ProxyBody::Empty).read_whole(Some(RESEND_BUFFER_LIMIT)).await;
-            body = Some(match whole {
-                Ok(b) => b,
-                Err(e) => return read_failed(e),
-            });
-            let stage =
-                Stage { phase: Phase::RequestBody, headers: &mut headers, body: &mut body, end_of_stream: true };
-            if let Outcome::Immediate { status, headers, body, grpc_status } = s.run(stage).await {
-                return local(status, headers, body, grpc_status, rq.headers);
-            }
-        }
-        if s.mode.request_streamed && !s.complete {
-            // Envoy keeps no length for a body streamed through the processor.
+        if drop_length {
             headers.retain(|(k, _)| k != "content-length");
-            if has_body && body.is_none() {
-                if let Err(v) = self.first_chunk(s, rq, &mut headers, &mut body).await {
-                    return v;
+        }
+        let mut more = false;
+        if body.is_none() && has_body {
+            match bodies::process(s, false, &mut headers, rq.body, s.buffer_limit).await {
+                Next::Go(m) => more = m,
+                Next::Answer(Outcome::Immediate { status, headers, body, grpc_status }) => {
+                    return Err(local(status, headers, body, grpc_status, rq.headers))
                 }
+                Next::Answer(Outcome::Continue) => {}
+                Next::TooLarge => return Err(read_failed(ReadError::TooLarge)),
+                Next::Broken => return Err(read_failed(ReadError::Disconnected)),
             }
         }
         rq.clear_route_cache |= s.clear_route_cache;
         write_request(rq, headers, body);
-        Verdict::Continue
-    }
-
-    /// A STREAMED request body's first chunk. When it is the whole body it
-    /// goes now, its answer still changing the headers (as in Envoy, whose
-    /// headers wait for a body that arrived with them); else it waits at the
-    /// front of the body for the streaming task.
-    async fn first_chunk(
-        &self,
-        s: &mut Session,
-        rq: &mut RequestCtx<'_>,
-        headers: &mut HeaderList,
-        body: &mut Option<Bytes>,
-    ) -> Result<(), Verdict> {
-        use http_body_util::BodyExt as _;
-        let first = match rq.body.frame().await {
-            Some(Ok(f)) => f,
-            Some(Err(_)) => return Err(read_failed(ReadError::Disconnected)),
-            None => return Ok(()),
-        };
-        let whole = http_body::Body::is_end_stream(&*rq.body);
-        match first.into_data() {
-            Ok(d) if whole => {
-                *body = Some(d);
-                let stage = Stage { phase: Phase::RequestBody, headers, body, end_of_stream: true };
-                let outcome = s.run(stage).await;
-                // Nothing of the body is left to stream.
-                s.mode.request_streamed = false;
-                if let Outcome::Immediate { status, headers, body, grpc_status } = outcome {
-                    return Err(local(status, headers, body, grpc_status, rq.headers));
-                }
-            }
-            Ok(d) => {
-                *rq.body = streamed::prepend(http_body::Frame::data(d), std::mem::replace(rq.body, ProxyBody::Empty))
-            }
-            Err(trailers) => *rq.body = streamed::prepend(trailers, ProxyBody::Empty),
-        }
-        Ok(())
+        Ok(more)
     }
 
     async fn response(&self, state: &mut ResponseState, resp: &mut http::Response<ProxyBody>) {
@@ -181,6 +145,7 @@ impl ExtProc {
         let mut headers = response_headers(resp);
         let has_body = !http_body::Body::is_end_stream(resp.body());
         let mut body = None;
+        let drop_length = !s.complete && s.mode.drops_length(Phase::ResponseHeaders);
         if s.mode.response_headers && !s.complete {
             let stage = Stage {
                 phase: Phase::ResponseHeaders,
@@ -192,30 +157,33 @@ impl ExtProc {
                 return replace(resp, status, headers, body);
             }
         }
-        if body.is_none() && has_body && s.mode.response_body && !s.complete {
-            if !s.mode.response_headers {
-                headers.retain(|(k, _)| k != "content-length");
-            }
-            let whole =
-                std::mem::replace(resp.body_mut(), ProxyBody::Empty).read_whole(Some(RESEND_BUFFER_LIMIT)).await;
-            let Ok(whole) = whole else {
-                return replace(resp, 500, Vec::new(), Bytes::new());
-            };
-            body = Some(whole);
-            let stage =
-                Stage { phase: Phase::ResponseBody, headers: &mut headers, body: &mut body, end_of_stream: true };
-            if let Outcome::Immediate { status, headers, body, .. } = s.run(stage).await {
-                return replace(resp, status, headers, body);
+        if drop_length {
+            headers.retain(|(k, _)| k != "content-length");
+        }
+        let mut more = false;
+        if body.is_none() && has_body {
+            let limit = s.buffer_limit;
+            match bodies::process(&mut s, true, &mut headers, resp.body_mut(), limit).await {
+                Next::Go(m) => more = m,
+                Next::Answer(Outcome::Immediate { status, headers, body, .. }) => {
+                    return replace(resp, status, headers, body)
+                }
+                Next::Answer(Outcome::Continue) => {}
+                Next::TooLarge | Next::Broken => return replace(resp, 500, Vec::new(), Bytes::new()),
             }
         }
         write_response(resp, headers, body);
+        if more && !s.complete {
+            let body = std::mem::replace(resp.body_mut(), ProxyBody::Empty);
+            *resp.body_mut() = streamed::body(s, body, true, Arc::default(), false);
+        }
     }
 }
 
 impl HttpFilter for ExtProc {
     fn on_request<'r>(&'r self, rq: &'r mut RequestCtx<'_>, state: &'r mut ResponseState) -> FilterStatus<'r> {
         let mode = self.mode_for(rq);
-        if mode.request_headers || mode.request_body || mode.request_streamed {
+        if mode.on_request() {
             return FilterStatus::Wait(Box::pin(self.request(rq, state)));
         }
         if mode.on_response() {
@@ -278,7 +246,7 @@ fn response_headers(resp: &http::Response<ProxyBody>) -> HeaderList {
 }
 
 /// The header list back into a map, its pseudo-headers left out.
-fn to_map(list: &HeaderList) -> HeaderMap {
+pub(super) fn to_map(list: &HeaderList) -> HeaderMap {
     let mut map = HeaderMap::with_capacity(list.len());
     for (k, v) in list.iter().filter(|(k, _)| !k.starts_with(':')) {
         if let (Ok(k), Ok(v)) = (HeaderName::from_bytes(k.as_bytes()), HeaderValue::from_bytes(v)) {
@@ -308,7 +276,7 @@ fn write_request(rq: &mut RequestCtx<'_>, list: HeaderList, body: Option<Bytes>)
         }
     }
     if let Some(b) = body {
-        *rq.body = sized(b, &list);
+        *rq.body = bodies::rebuild(b, None, None, &list);
     }
 }
 
@@ -321,18 +289,8 @@ fn write_response(resp: &mut http::Response<ProxyBody>, list: HeaderList, body: 
     }
     *resp.headers_mut() = to_map(&list);
     if let Some(b) = body {
-        *resp.body_mut() = sized(b, &list);
+        *resp.body_mut() = bodies::rebuild(b, None, None, &list);
     }
-}
-
-/// A body read whole: without a `content-length` it goes chunked, as
-/// Envoy's codec sends a body whose length the headers do not give.
-fn sized(b: Bytes, list: &HeaderList) -> ProxyBody {
-    if b.is_empty() || list.iter().any(|(k, _)| k == "content-length") {
-        return ProxyBody::full(b);
-    }
-    let frames: Vec<Result<http_body::Frame<Bytes>, crate::body::BodyError>> = vec![Ok(http_body::Frame::data(b))];
-    ProxyBody::Rewritten { body: Box::new(http_body_util::StreamBody::new(tokio_stream::iter(frames))) }
 }
 
 /// A response replaced by the processor's immediate response (or an

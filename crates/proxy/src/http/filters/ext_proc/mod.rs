@@ -3,22 +3,27 @@
 //! (`envoy.service.ext_proc.v3.ExternalProcessor/Process`), one stream per
 //! request, and may change their headers and bodies or answer in their
 //! place. What is sent follows `processing_mode` (headers SEND or SKIP,
-//! bodies NONE or BUFFERED, trailers SKIP), per route `ExtProcPerRoute`
-//! (`disabled`, `overrides.processing_mode`) and, with
-//! `allow_mode_override`, the processor's `mode_override`. `metadata_options`
+//! bodies NONE, BUFFERED, STREAMED or BUFFERED_PARTIAL, trailers SEND or
+//! SKIP), per route `ExtProcPerRoute` (`disabled`,
+//! `overrides.processing_mode`) and, with `allow_mode_override`, the
+//! processor's `mode_override` (one of `allowed_override_modes` when they
+//! are given). `metadata_options`
 //! send namespaces of the stream's dynamic metadata to the processor and
 //! let its answers write others.
 //!
 //! `stream`: the gRPC call over the cluster's HTTP/2 pool; `session`: one
 //! request's exchange (timeouts, failures, spurious answers, as Envoy
 //! counts them); `mutation`: header and body mutations under Envoy's
-//! default rules; `config`: compiling the filter and its per-route config.
+//! default rules; `config`: compiling the filter and its per-route config;
+//! `bodies`: a body by its mode once its headers went through; `streamed`:
+//! chunks and trailers through the processor as they arrive.
 //!
 //! Stats as Envoy names them: `http.<hcm>.ext_proc.[<stat_prefix>.]streams_started`,
 //! `stream_msgs_sent`, `stream_msgs_received`, `spurious_msgs_received`,
 //! `streams_closed`, `streams_failed`, `failure_mode_allowed`,
 //! `message_timeouts`, `immediate_responses_sent`, `server_half_closed`, ...
 
+mod bodies;
 mod config;
 mod filter;
 mod mutation;
@@ -73,6 +78,11 @@ pub(super) struct Shared {
     message_timeout: Duration,
     failure_mode_allow: bool,
     allow_mode_override: bool,
+    /// `allowed_override_modes` (empty: any).
+    allowed_overrides: Vec<ProcessingMode>,
+    /// The filter's `processing_mode`, which an override's DEFAULT header
+    /// and trailer modes keep.
+    configured: ProcessingMode,
     disable_immediate_response: bool,
     /// `status_on_error` (500).
     status_on_error: u16,
@@ -124,16 +134,63 @@ impl Forward {
     }
 }
 
+/// How a body goes to the processor (Envoy's `BodySendMode`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(super) enum Body {
+    /// Not sent.
+    None,
+    /// Whole, in one message.
+    Buffered,
+    /// Chunk by chunk as it arrives, each chunk answered in order.
+    Streamed,
+    /// Held up to the buffer limit, then what is held in one message, the
+    /// rest unprocessed (BUFFERED_PARTIAL).
+    Partial,
+}
+
+impl Body {
+    /// A configured or overriding body mode. FULL_DUPLEX_STREAMED and GRPC,
+    /// which the config refuses, reach here only from a processor's
+    /// `mode_override`: they are taken as BUFFERED.
+    fn from_pb(v: i32) -> Body {
+        use processing_mode::BodySendMode as B;
+        match B::try_from(v) {
+            Ok(B::None) => Body::None,
+            Ok(B::Streamed) => Body::Streamed,
+            Ok(B::BufferedPartial) => Body::Partial,
+            _ => Body::Buffered,
+        }
+    }
+
+    fn to_pb(self) -> i32 {
+        use processing_mode::BodySendMode as B;
+        (match self {
+            Body::None => B::None,
+            Body::Buffered => B::Buffered,
+            Body::Streamed => B::Streamed,
+            Body::Partial => B::BufferedPartial,
+        }) as i32
+    }
+}
+
 /// The processing mode in force for a request: which headers are sent,
-/// which bodies are sent whole (BUFFERED), and whether the request body
-/// goes chunk by chunk (STREAMED).
+/// how each body goes, whether trailers are sent.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub(super) struct Mode {
     request_headers: bool,
     response_headers: bool,
-    request_body: bool,
-    response_body: bool,
-    request_streamed: bool,
+    request_body: Body,
+    response_body: Body,
+    request_trailers: bool,
+    response_trailers: bool,
+}
+
+/// One direction's part of the mode.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(super) struct Side {
+    pub headers: bool,
+    pub body: Body,
+    pub trailers: bool,
 }
 
 impl Mode {
@@ -141,75 +198,103 @@ impl Mode {
     const OFF: Mode = Mode {
         request_headers: false,
         response_headers: false,
-        request_body: false,
-        response_body: false,
-        request_streamed: false,
+        request_body: Body::None,
+        response_body: Body::None,
+        request_trailers: false,
+        response_trailers: false,
     };
 
-    /// A configured or overriding `ProcessingMode`. Headers DEFAULT is SEND.
-    /// A request body STREAMED goes chunk by chunk; any other body mode but
-    /// NONE is taken as BUFFERED: the config refuses the others, and a
-    /// processor's `mode_override` asking for one gets the whole body in one
-    /// message (trailers are never sent).
+    /// A configured or overriding `ProcessingMode`. Headers DEFAULT is
+    /// SEND, trailers DEFAULT is SKIP.
     fn from_pb(m: &ProcessingMode) -> Mode {
         let send = |v: i32| v != processing_mode::HeaderSendMode::Skip as i32;
-        let body = |v: i32| v != processing_mode::BodySendMode::None as i32;
-        let streamed = m.request_body_mode == processing_mode::BodySendMode::Streamed as i32;
+        let trailers = |v: i32| v == processing_mode::HeaderSendMode::Send as i32;
         Mode {
             request_headers: send(m.request_header_mode),
             response_headers: send(m.response_header_mode),
-            request_body: body(m.request_body_mode) && !streamed,
-            response_body: body(m.response_body_mode),
-            request_streamed: streamed,
+            request_body: Body::from_pb(m.request_body_mode),
+            response_body: Body::from_pb(m.response_body_mode),
+            request_trailers: trailers(m.request_trailer_mode),
+            response_trailers: trailers(m.response_trailer_mode),
+        }
+    }
+
+    /// The request's or the response's part.
+    pub(super) fn side(&self, response: bool) -> Side {
+        if response {
+            Side { headers: self.response_headers, body: self.response_body, trailers: self.response_trailers }
+        } else {
+            Side { headers: self.request_headers, body: self.request_body, trailers: self.request_trailers }
         }
     }
 
     /// Envoy's `shouldRemoveContentLength`: a body the processor may change
     /// after the headers went on keeps no length.
     fn drops_length(&self, phase: Phase) -> bool {
-        match phase {
-            Phase::RequestHeaders | Phase::RequestBody => {
-                self.request_streamed || (self.request_body && !self.request_headers)
-            }
-            Phase::ResponseHeaders | Phase::ResponseBody => self.response_body && !self.response_headers,
-        }
+        let s = self.side(phase.response());
+        matches!(s.body, Body::Streamed | Body::Partial) || (s.body == Body::Buffered && !s.headers)
     }
 
-    fn set_body(&mut self, phase: Phase, on: bool) {
-        match phase {
-            Phase::RequestHeaders | Phase::RequestBody => {
-                self.request_body = on;
-                self.request_streamed &= on;
-            }
-            Phase::ResponseHeaders | Phase::ResponseBody => self.response_body = on,
+    /// After a `CONTINUE_AND_REPLACE`: no more body or trailers go.
+    fn stop_body(&mut self, phase: Phase) {
+        if phase.response() {
+            self.response_body = Body::None;
+            self.response_trailers = false;
+        } else {
+            self.request_body = Body::None;
+            self.request_trailers = false;
         }
     }
 
     /// What the first message of a stream tells the processor of the mode.
     fn protocol_config(&self) -> legate_api::pb::envoy::service::ext_proc::v3::ProtocolConfiguration {
-        let mode = |on: bool| {
-            if on {
-                processing_mode::BodySendMode::Buffered as i32
-            } else {
-                processing_mode::BodySendMode::None as i32
-            }
-        };
-        let request_body_mode = if self.request_streamed {
-            processing_mode::BodySendMode::Streamed as i32
-        } else {
-            mode(self.request_body)
-        };
         legate_api::pb::envoy::service::ext_proc::v3::ProtocolConfiguration {
-            request_body_mode,
-            response_body_mode: mode(self.response_body),
+            request_body_mode: self.request_body.to_pb(),
+            response_body_mode: self.response_body.to_pb(),
             send_body_without_waiting_for_header_response: false,
         }
     }
 
+    /// Anything is sent on the request.
+    fn on_request(&self) -> bool {
+        self.request_headers || self.request_body != Body::None || self.request_trailers
+    }
+
     /// Anything is sent on the response.
     fn on_response(&self) -> bool {
-        self.response_headers || self.response_body
+        self.response_headers || self.response_body != Body::None || self.response_trailers
     }
+}
+
+/// A processor's `mode_override` as Envoy takes it: its DEFAULT header and
+/// trailer modes leave the filter's configured ones, its body modes are
+/// always its own (Envoy's `effectiveModeOverride`).
+fn effective_override(asked: &ProcessingMode, configured: &ProcessingMode) -> ProcessingMode {
+    let pick = |asked: i32, configured: i32| if asked == 0 { configured } else { asked };
+    ProcessingMode {
+        request_header_mode: pick(asked.request_header_mode, configured.request_header_mode),
+        response_header_mode: pick(asked.response_header_mode, configured.response_header_mode),
+        request_trailer_mode: pick(asked.request_trailer_mode, configured.request_trailer_mode),
+        response_trailer_mode: pick(asked.response_trailer_mode, configured.response_trailer_mode),
+        request_body_mode: asked.request_body_mode,
+        response_body_mode: asked.response_body_mode,
+    }
+}
+
+/// `allowed_override_modes`: a processor's (effective) `mode_override` is
+/// taken only when it equals one of them, `request_header_mode` aside
+/// (Envoy compares the other five fields).
+fn override_allowed(allowed: &[ProcessingMode], m: &ProcessingMode) -> bool {
+    let key = |m: &ProcessingMode| {
+        [
+            m.request_body_mode,
+            m.request_trailer_mode,
+            m.response_header_mode,
+            m.response_body_mode,
+            m.response_trailer_mode,
+        ]
+    };
+    allowed.is_empty() || allowed.iter().any(|a| key(a) == key(m))
 }
 
 /// `ExtProcPerRoute`, compiled.
@@ -235,18 +320,41 @@ mod tests {
             Mode {
                 request_headers: true,
                 response_headers: true,
-                request_body: false,
-                response_body: false,
-                request_streamed: false
+                request_body: Body::None,
+                response_body: Body::None,
+                request_trailers: false,
+                response_trailers: false,
             }
         );
         let skip = ProcessingMode {
             request_header_mode: processing_mode::HeaderSendMode::Skip as i32,
-            response_body_mode: processing_mode::BodySendMode::Buffered as i32,
+            response_body_mode: processing_mode::BodySendMode::BufferedPartial as i32,
+            response_trailer_mode: processing_mode::HeaderSendMode::Send as i32,
             ..Default::default()
         };
         let m = Mode::from_pb(&skip);
-        assert!(!m.request_headers && m.response_headers && !m.request_body && m.response_body);
-        assert!(!Mode::OFF.on_response());
+        assert!(!m.request_headers && m.response_headers && m.request_body == Body::None);
+        assert!(m.response_body == Body::Partial && m.response_trailers && !m.request_trailers);
+        assert!(m.drops_length(Phase::ResponseBody) && !m.drops_length(Phase::RequestHeaders));
+        assert!(!Mode::OFF.on_response() && !Mode::OFF.on_request());
+    }
+
+    #[test]
+    fn overrides_are_matched_without_the_request_header_mode() {
+        let buffered =
+            ProcessingMode { request_body_mode: processing_mode::BodySendMode::Buffered as i32, ..Default::default() };
+        let asked = ProcessingMode { request_header_mode: processing_mode::HeaderSendMode::Skip as i32, ..buffered };
+        assert!(override_allowed(&[], &asked));
+        assert!(override_allowed(&[buffered], &asked));
+        let streamed = ProcessingMode { request_body_mode: processing_mode::BodySendMode::Streamed as i32, ..buffered };
+        assert!(!override_allowed(&[buffered], &streamed));
+        let configured = ProcessingMode {
+            request_trailer_mode: processing_mode::HeaderSendMode::Send as i32,
+            response_body_mode: processing_mode::BodySendMode::Streamed as i32,
+            ..Default::default()
+        };
+        let e = effective_override(&streamed, &configured);
+        assert_eq!(e.request_trailer_mode, processing_mode::HeaderSendMode::Send as i32);
+        assert_eq!(e.response_body_mode, processing_mode::BodySendMode::None as i32);
     }
 }

@@ -22,11 +22,18 @@ pub(super) enum Phase {
     RequestBody,
     ResponseHeaders,
     ResponseBody,
+    RequestTrailers,
+    ResponseTrailers,
 }
 
 impl Phase {
     fn headers(self) -> bool {
         matches!(self, Phase::RequestHeaders | Phase::ResponseHeaders)
+    }
+
+    /// A message of the response.
+    pub(super) fn response(self) -> bool {
+        matches!(self, Phase::ResponseHeaders | Phase::ResponseBody | Phase::ResponseTrailers)
     }
 }
 
@@ -42,6 +49,7 @@ pub(super) enum Outcome {
 /// The message a stage sends and what its answer may change.
 pub(super) struct Stage<'a> {
     pub phase: Phase,
+    /// The headers (the trailers in a trailers phase).
     pub headers: &'a mut HeaderList,
     /// The body read whole (body phases), or none.
     pub body: &'a mut Option<Bytes>,
@@ -62,6 +70,9 @@ pub(super) struct Session {
     namespaces: Arc<Namespaces>,
     /// The stream's dynamic metadata, when namespaces are read or written.
     dynamic: Option<Arc<Mutex<Map>>>,
+    /// The most of a body BUFFERED or BUFFERED_PARTIAL holds (the
+    /// listener's buffer limit).
+    pub buffer_limit: u64,
 }
 
 impl Drop for Session {
@@ -75,7 +86,16 @@ impl Drop for Session {
 impl Session {
     pub(super) fn new(shared: Arc<Shared>, mode: Mode) -> Self {
         let namespaces = shared.namespaces.clone();
-        Self { shared, stream: None, mode, complete: false, clear_route_cache: false, namespaces, dynamic: None }
+        Self {
+            shared,
+            stream: None,
+            mode,
+            complete: false,
+            clear_route_cache: false,
+            namespaces,
+            dynamic: None,
+            buffer_limit: crate::body::RESEND_BUFFER_LIMIT,
+        }
     }
 
     /// The request's `metadata_options` (the route's, over the filter's),
@@ -231,7 +251,10 @@ impl Session {
         let st = self.shared.stats.clone();
         if self.shared.allow_mode_override && stage.phase.headers() {
             if let Some(m) = &answer.mode_override {
-                self.mode = Mode::from_pb(m);
+                let m = super::effective_override(m, &self.shared.configured);
+                if super::override_allowed(&self.shared.allowed_overrides, &m) {
+                    self.mode = Mode::from_pb(&m);
+                }
             }
         }
         // Written before the answer is looked at, whatever it then does.
@@ -245,6 +268,11 @@ impl Session {
             | (Phase::ResponseHeaders, Some(Response::ResponseHeaders(h))) => h.response.unwrap_or_default(),
             (Phase::RequestBody, Some(Response::RequestBody(b)))
             | (Phase::ResponseBody, Some(Response::ResponseBody(b))) => b.response.unwrap_or_default(),
+            (Phase::RequestTrailers, Some(Response::RequestTrailers(t)))
+            | (Phase::ResponseTrailers, Some(Response::ResponseTrailers(t))) => {
+                st.stream_msgs_received.inc();
+                return self.trailers(t.header_mutation.as_ref(), stage.headers);
+            }
             (_, Some(Response::ImmediateResponse(i))) if !self.shared.disable_immediate_response => {
                 st.stream_msgs_received.inc();
                 self.finish();
@@ -288,7 +316,7 @@ impl Session {
                 // goes to the processor after it.
                 stage.headers.retain(|(k, _)| k != "content-length");
                 *stage.body = mutation::apply_body(bm).or(Some(Bytes::new()));
-                self.mode.set_body(stage.phase, false);
+                self.mode.stop_body(stage.phase);
             }
             return Ok(());
         }
@@ -310,6 +338,23 @@ impl Session {
 }
 
 impl Session {
+    /// A trailers' answer: its header mutation on the trailers.
+    fn trailers(
+        &mut self,
+        m: Option<&legate_api::pb::envoy::service::ext_proc::v3::HeaderMutation>,
+        list: &mut HeaderList,
+    ) -> Outcome {
+        let Some(m) = m else { return Outcome::Continue };
+        let how = How { rules: &self.shared.rules, ..How::default() };
+        match mutation::apply_headers(m, list, how, &self.shared.stats.rejected_header_mutations) {
+            Ok(()) => Outcome::Continue,
+            Err(_) => {
+                self.finish();
+                self.error(500)
+            }
+        }
+    }
+
     /// Envoy's `DecodingProcessorState::clearRouteCache`.
     fn route_cache(&mut self, c: &CommonResponse) {
         let st = &self.shared.stats;
@@ -355,7 +400,7 @@ fn immediate(i: &ImmediateResponse, rejected: &crate::stats::Counter) -> Outcome
 /// The `ProcessingRequest` of a stage.
 fn request(stage: &Stage<'_>, forward: &super::Forward) -> ProcessingRequest {
     use legate_api::pb::envoy::service::ext_proc::v3::processing_request::Request;
-    use legate_api::pb::envoy::service::ext_proc::v3::{HttpBody, HttpHeaders};
+    use legate_api::pb::envoy::service::ext_proc::v3::{HttpBody, HttpHeaders, HttpTrailers};
     let headers = || HttpHeaders {
         headers: Some(mutation::to_proto(stage.headers, |k| forward.sends(k))),
         end_of_stream: stage.end_of_stream,
@@ -366,7 +411,10 @@ fn request(stage: &Stage<'_>, forward: &super::Forward) -> ProcessingRequest {
         end_of_stream: stage.end_of_stream,
         ..Default::default()
     };
+    let trailers = || HttpTrailers { trailers: Some(mutation::to_proto(stage.headers, |k| forward.sends(k))) };
     let request = match stage.phase {
+        Phase::RequestTrailers => Request::RequestTrailers(trailers()),
+        Phase::ResponseTrailers => Request::ResponseTrailers(trailers()),
         Phase::RequestHeaders => Request::RequestHeaders(headers()),
         Phase::ResponseHeaders => Request::ResponseHeaders(headers()),
         Phase::RequestBody => Request::RequestBody(body()),

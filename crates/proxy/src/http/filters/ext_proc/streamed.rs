@@ -1,10 +1,12 @@
-//! A request body sent STREAMED: each chunk goes to the processor as it
-//! arrives and on upstream as the processor's answer changed it, in order.
-//! A task of its own carries the session meanwhile and puts it back for the
-//! response side once the last chunk is answered.
+//! A body sent STREAMED: each chunk goes to the processor as it arrives
+//! and on as the processor's answer changed it, in order; and trailers sent
+//! to the processor (trailer mode SEND), its answer changing them. A task
+//! of its own carries the session meanwhile and, for a request, puts it
+//! back for the response side once the body has ended.
 
 use super::mutation::HeaderList;
 use super::session::{Outcome, Phase, Session, Stage};
+use super::Body as BodyMode;
 use crate::body::{BodyError, ProxyBody};
 use bytes::Bytes;
 use http_body::{Body, Frame};
@@ -18,11 +20,12 @@ use tokio_stream::StreamExt as _;
 /// Where the session goes back for the response side.
 pub(super) type Slot = Arc<Mutex<Option<Session>>>;
 
-/// The request body to send on: `body` chunk by chunk through the
-/// processor. The session is put in `slot` at the end (when `keep`).
-pub(super) fn body(s: Session, body: ProxyBody, slot: Slot, keep: bool) -> ProxyBody {
+/// The body to send on: `body` chunk by chunk through the processor (the
+/// response's when `response`). The session is put in `slot` at the end
+/// (when `keep`).
+pub(super) fn body(s: Session, body: ProxyBody, response: bool, slot: Slot, keep: bool) -> ProxyBody {
     let (tx, rx) = mpsc::channel(1);
-    tokio::spawn(pump(s, body, slot, keep, tx));
+    tokio::spawn(pump(s, body, response, slot, keep, tx));
     ProxyBody::Rewritten { body: Box::new(Chunks(rx)) }
 }
 
@@ -35,7 +38,7 @@ pub(super) fn prepend(first: Frame<Bytes>, body: ProxyBody) -> ProxyBody {
     ProxyBody::Rewritten { body: Box::new(http_body_util::StreamBody::new(first.chain(rest))) }
 }
 
-async fn pump(mut s: Session, mut body: ProxyBody, slot: Slot, keep: bool, tx: mpsc::Sender<Item>) {
+async fn pump(mut s: Session, mut body: ProxyBody, response: bool, slot: Slot, keep: bool, tx: mpsc::Sender<Item>) {
     let put_back = |s: Session| {
         if keep {
             *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(s);
@@ -48,10 +51,11 @@ async fn pump(mut s: Session, mut body: ProxyBody, slot: Slot, keep: bool, tx: m
                     let end = body.is_end_stream();
                     (d, end)
                 }
-                // Trailers (never sent to the processor) end the body.
+                // Trailers end the body.
                 Err(trailers) => {
+                    let out = trailers_frame(&mut s, response, trailers).await;
                     put_back(s);
-                    let _ = tx.send(Ok(trailers)).await;
+                    let _ = tx.send(out).await;
                     return;
                 }
             },
@@ -63,7 +67,7 @@ async fn pump(mut s: Session, mut body: ProxyBody, slot: Slot, keep: bool, tx: m
             // The body ended after its last chunk: an empty one says so.
             None => (Bytes::new(), true),
         };
-        let out = chunk(&mut s, data, end).await;
+        let out = chunk(&mut s, response, data, end).await;
         if end {
             put_back(s);
             if let Some(item) = out.filter(|i| !matches!(i, Ok(f) if f.data_ref().is_some_and(|d| d.is_empty()))) {
@@ -79,19 +83,34 @@ async fn pump(mut s: Session, mut body: ProxyBody, slot: Slot, keep: bool, tx: m
     }
 }
 
-/// One chunk through the processor; once processing is over, unchanged. A
-/// failure the request cannot be answered for any more (its headers went
-/// on) breaks the body.
-async fn chunk(s: &mut Session, data: Bytes, end: bool) -> Option<Item> {
-    if s.complete {
+/// One chunk through the processor when the body is STREAMED; once
+/// processing is over, or in another mode, unchanged. A failure the
+/// request cannot be answered for any more (its headers went on) breaks
+/// the body.
+async fn chunk(s: &mut Session, response: bool, data: Bytes, end: bool) -> Option<Item> {
+    if s.complete || s.mode.side(response).body != BodyMode::Streamed {
         return Some(Ok(Frame::data(data)));
     }
     let mut headers = HeaderList::new();
     let mut body = Some(data);
-    let stage = Stage { phase: Phase::RequestBody, headers: &mut headers, body: &mut body, end_of_stream: end };
+    let phase = if response { Phase::ResponseBody } else { Phase::RequestBody };
+    let stage = Stage { phase, headers: &mut headers, body: &mut body, end_of_stream: end };
     match s.run(stage).await {
         Outcome::Continue => Some(Ok(Frame::data(body.unwrap_or_default()))),
-        Outcome::Immediate { .. } => Some(Err("the external processor failed on a streamed request body".into())),
+        Outcome::Immediate { .. } => Some(Err("the external processor failed on a streamed body".into())),
+    }
+}
+
+/// The trailers, through the processor when they are sent.
+async fn trailers_frame(s: &mut Session, response: bool, frame: Frame<Bytes>) -> Item {
+    if s.complete || !s.mode.side(response).trailers {
+        return Ok(frame);
+    }
+    let Ok(trailers) = frame.into_trailers() else { return Err("a body frame neither data nor trailers".into()) };
+    let phase = if response { Phase::ResponseTrailers } else { Phase::RequestTrailers };
+    match super::bodies::trailers_stage(s, phase, trailers).await {
+        Ok(t) => Ok(Frame::trailers(t)),
+        Err(_) => Err("the external processor failed on the trailers".into()),
     }
 }
 
