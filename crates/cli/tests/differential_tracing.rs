@@ -639,10 +639,11 @@ fn dd_by_path(spans: &[Recorded]) -> BTreeMap<String, Recorded> {
 
 /// What must agree between Envoy's and Legate's Datadog spans: all but
 /// ids, times, the request id and each tracer's own process (runtime id,
-/// version, pid); a new trace id's high half (the epoch seconds) by length.
+/// version, pid) and the response's size (the echoed decimal ids vary in
+/// length); a new trace id's high half (the epoch seconds) by length.
 fn dd_comparable(s: &Recorded) -> String {
     let mut tags = s.tags.clone();
-    for own in ["guid:x-request-id", "runtime-id", "version"] {
+    for own in ["guid:x-request-id", "runtime-id", "version", "response_size"] {
         tags.remove(own);
     }
     if let Some(tid) = tags.get_mut("_dd.p.tid") {
