@@ -1,7 +1,8 @@
 //! Distributed tracing, Envoy 1.40 beside `legate proxy`: the same
 //! bootstrap and the same requests through both, each proxy's spans sent
 //! to a collector of the test's that decodes the real wire format (Zipkin
-//! JSON v2 over HTTP, OTLP over gRPC). Compared: span names (route
+//! JSON v2 over HTTP, OTLP over gRPC, SkyWalking segments over gRPC,
+//! Datadog's MessagePack over HTTP). Compared: span names (route
 //! decorators, `x-envoy-decorator-operation`), kinds (from the listener's
 //! `traffic_direction`), parent and child links and ids taken from the
 //! propagated context (B3 multi and single header, W3C `traceparent`), the
@@ -12,6 +13,7 @@ mod harness;
 
 use harness::config::{bootstrap, cluster, listener_chains};
 use harness::trace_collector::{Collector, Recorded};
+use harness::trace_datadog;
 use harness::*;
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -637,49 +639,6 @@ fn dd_by_path(spans: &[Recorded]) -> BTreeMap<String, Recorded> {
     out
 }
 
-/// What must agree between Envoy's and Legate's Datadog spans: all but
-/// ids, times, the request id and each tracer's own process (runtime id,
-/// version, pid) and the response's size (the echoed decimal ids vary in
-/// length); a new trace id's high half (the epoch seconds) by length.
-fn dd_comparable(s: &Recorded) -> String {
-    let mut tags = s.tags.clone();
-    for own in ["guid:x-request-id", "runtime-id", "version", "response_size"] {
-        tags.remove(own);
-    }
-    if let Some(tid) = tags.get_mut("_dd.p.tid") {
-        *tid = format!("{} hex digits", tid.len());
-    }
-    let mut resource = s.resource.clone();
-    resource.remove("metric:process_id");
-    format!(
-        "name={} kind={} parent={} service={} {resource:?} tags={tags:?}",
-        s.name,
-        s.kind,
-        s.parent_id.is_some(),
-        s.service
-    )
-}
-
-/// The propagation headers the upstream saw, the ids masked (checked
-/// against each side's spans instead).
-fn dd_upstream(up: &BTreeMap<String, String>) -> String {
-    let mask = |v: &str| {
-        v.split(',')
-            .map(|p| if p.starts_with("_dd.p.tid=") { "_dd.p.tid=(id)" } else { p })
-            .collect::<Vec<_>>()
-            .join(",")
-    };
-    let state =
-        up.get("tracestate").map(|s| s.split(';').filter(|p| !p.starts_with("p:")).collect::<Vec<_>>().join(";"));
-    format!(
-        "priority={:?} origin={:?} tags={:?} flag={:?} state={state:?}",
-        up.get("x-datadog-sampling-priority"),
-        up.get("x-datadog-origin"),
-        up.get("x-datadog-tags").map(|t| mask(t)),
-        up.get("traceparent").and_then(|t| t.rsplit('-').next()),
-    )
-}
-
 /// Datadog, Envoy 1.40 beside Legate: the spans each sends its agent
 /// (MessagePack on `/v0.4/traces`: resource from the operation, the
 /// router's child span, service, error, the tags, the trace's tags and
@@ -714,14 +673,16 @@ fn datadog_spans_and_propagation_match_envoy() {
     let seen: Vec<BTreeMap<String, Exchange>> = sides.iter().map(|s| exchange_all(s, &requests)).collect();
     let n = 2 * requests.len();
     let (e, l) = (ec.wait_spans(n, ARRIVAL), lc.wait_spans(n, ARRIVAL));
-    // A little longer (both flush every 2 s): a span too many would come now.
-    std::thread::sleep(Duration::from_millis(2500));
-    assert_eq!((ec.spans().len(), lc.spans().len()), (n, n), "span counts:\nEnvoy {e:#?}\nLegate {l:#?}");
+    // A span too many would show in the counts after the rates' flushes.
     let (es, ls) = (dd_by_path(&e), dd_by_path(&l));
     assert_eq!(es.keys().collect::<Vec<_>>(), ls.keys().collect::<Vec<_>>(), "Envoy {e:#?}\nLegate {l:#?}");
     for (key, a) in &es {
         let b = &ls[key];
-        assert_eq!(dd_comparable(a), dd_comparable(b), "span {key}:\nEnvoy  {a:#?}\nLegate {b:#?}");
+        assert_eq!(
+            trace_datadog::comparable(a),
+            trace_datadog::comparable(b),
+            "span {key}:\nEnvoy  {a:#?}\nLegate {b:#?}"
+        );
     }
     for (i, spans) in [&es, &ls].into_iter().enumerate() {
         let who = ["envoy", "legate"][i];
@@ -732,7 +693,11 @@ fn datadog_spans_and_propagation_match_envoy() {
                 continue;
             }
             let up = &x.upstream;
-            assert_eq!(dd_upstream(up), dd_upstream(&seen[0][path].upstream), "{who} {path}: upstream headers");
+            assert_eq!(
+                trace_datadog::upstream_context(up),
+                trace_datadog::upstream_context(&seen[0][path].upstream),
+                "{who} {path}: upstream headers"
+            );
             assert_eq!(up.get("x-datadog-trace-id"), Some(&root.trace_id), "{who} {path}");
             assert_eq!(up.get("x-datadog-parent-id"), Some(&child.id), "{who} {path}: the router's span");
             let priority =
@@ -785,14 +750,17 @@ fn datadog_spans_and_propagation_match_envoy() {
 
 /// Once the agent has answered with a rate for the service, a trace the
 /// caller did not decide is kept by it (decision maker -1, `_dd.p.ksr`).
+/// `n` spans came before; no more than the four of these come after.
 fn datadog_agent_rates_match_envoy(sides: &[Side; 2], collectors: [&Collector; 2], mut n: usize) {
     let rates = r#"{"rate_by_service":{"service:,env:":1}}"#;
     let mut roots: Vec<Vec<Recorded>> = vec![Vec::new(), Vec::new()];
     for path in ["/rate/1", "/rate/2"] {
         n += 2;
-        for (i, (side, c)) in sides.iter().zip(collectors).enumerate() {
+        for (side, c) in sides.iter().zip(collectors) {
             c.set_answer(rates);
             assert_eq!(send(side.port("in"), "GET", path, &[], "").resp.status, 200);
+        }
+        for (i, (side, c)) in sides.iter().zip(collectors).enumerate() {
             let spans = dd_by_path(&c.wait_spans(n, ARRIVAL));
             roots[i].push(spans.get(path).cloned().unwrap_or_else(|| panic!("{}: no span of {path}", side.who)));
         }
@@ -800,9 +768,19 @@ fn datadog_agent_rates_match_envoy(sides: &[Side; 2], collectors: [&Collector; 2
         std::thread::sleep(Duration::from_millis(300));
     }
     for (i, r) in roots.iter().enumerate() {
-        assert_eq!(dd_comparable(&r[0]), dd_comparable(&roots[0][0]), "{}: before the rates", sides[i].who);
-        assert_eq!(dd_comparable(&r[1]), dd_comparable(&roots[0][1]), "{}: by the agent's rate", sides[i].who);
-        assert_eq!(r[0].tag("_dd.p.dm"), Some("-0"));
-        assert_eq!((r[1].tag("_dd.p.dm"), r[1].tag("_dd.p.ksr")), (Some("-1"), Some("1")), "{}", sides[i].who);
+        let who = sides[i].who;
+        assert_eq!(collectors[i].spans().len(), n, "{who}: span count");
+        assert_eq!(
+            trace_datadog::comparable(&r[0]),
+            trace_datadog::comparable(&roots[0][0]),
+            "{who}: before the rates"
+        );
+        assert_eq!(
+            trace_datadog::comparable(&r[1]),
+            trace_datadog::comparable(&roots[0][1]),
+            "{who}: by the agent's rate"
+        );
+        assert_eq!(r[0].tag("_dd.p.dm"), Some("-0"), "{who}");
+        assert_eq!((r[1].tag("_dd.p.dm"), r[1].tag("_dd.p.ksr")), (Some("-1"), Some("1")), "{who}");
     }
 }

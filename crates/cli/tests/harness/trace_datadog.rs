@@ -4,7 +4,8 @@
 //! `kind` its Datadog name and type (`envoy.proxy/web`), ids in decimal,
 //! `tags` its `meta`, `resource` its `error` and its metrics
 //! (`metric:<name>`). Each request's headers are kept; the agent answers
-//! 200 with `{}` or what the test set (`set_answer`).
+//! 200 with `{}` or what the test set (`set_answer`). Also what of a
+//! span and of the context sent upstream must agree between two proxies.
 
 use super::trace_collector::{start, Collector, Recorded, Shared};
 use http_body_util::BodyExt;
@@ -86,4 +87,47 @@ fn recorded(span: &Value) -> Recorded {
         duration_us: int("duration") / 1000,
         resource,
     }
+}
+
+/// What must agree between Envoy's and Legate's Datadog spans: all but
+/// ids, times, the request id and each tracer's own process (runtime id,
+/// version, pid) and the response's size (the echoed decimal ids vary in
+/// length); a new trace id's high half (the epoch seconds) by length.
+pub fn comparable(s: &Recorded) -> String {
+    let mut tags = s.tags.clone();
+    for own in ["guid:x-request-id", "runtime-id", "version", "response_size"] {
+        tags.remove(own);
+    }
+    if let Some(tid) = tags.get_mut("_dd.p.tid") {
+        *tid = format!("{} hex digits", tid.len());
+    }
+    let mut resource = s.resource.clone();
+    resource.remove("metric:process_id");
+    format!(
+        "name={} kind={} parent={} service={} {resource:?} tags={tags:?}",
+        s.name,
+        s.kind,
+        s.parent_id.is_some(),
+        s.service
+    )
+}
+
+/// The propagation headers the upstream saw, the ids masked (checked
+/// against each side's spans instead).
+pub fn upstream_context(up: &BTreeMap<String, String>) -> String {
+    let mask = |v: &str| {
+        v.split(',')
+            .map(|p| if p.starts_with("_dd.p.tid=") { "_dd.p.tid=(id)" } else { p })
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    let state =
+        up.get("tracestate").map(|s| s.split(';').filter(|p| !p.starts_with("p:")).collect::<Vec<_>>().join(";"));
+    format!(
+        "priority={:?} origin={:?} tags={:?} flag={:?} state={state:?}",
+        up.get("x-datadog-sampling-priority"),
+        up.get("x-datadog-origin"),
+        up.get("x-datadog-tags").map(|t| mask(t)),
+        up.get("traceparent").and_then(|t| t.rsplit('-').next()),
+    )
 }
