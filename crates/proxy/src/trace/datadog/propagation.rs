@@ -37,12 +37,17 @@ pub struct Extracted {
     pub other_state: Option<String>,
 }
 
+/// A context header that does not parse.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("malformed trace context")]
+pub struct Malformed;
+
 /// The request's context: none, one, or Err when a header is malformed
 /// (Envoy then logs it and starts a new trace).
-pub fn extract(h: &HeaderMap) -> Result<Option<Extracted>, ()> {
-    match datadog(h)? {
+pub fn extract(h: &HeaderMap) -> Result<Option<Extracted>, Malformed> {
+    match datadog(h).map_err(|_| Malformed)? {
         Some(e) => Ok(Some(e)),
-        None => w3c(h),
+        None => w3c(h).map_err(|_| Malformed),
     }
 }
 
