@@ -1,5 +1,6 @@
 //! The support table's part for distributed tracing: the connection
-//! manager's `tracing`, the tracers Legate drives (Zipkin, OpenTelemetry, SkyWalking),
+//! manager's `tracing`, the tracers Legate drives (Zipkin, OpenTelemetry, SkyWalking,
+//! Datadog),
 //! route decorators and a listener's traffic direction. `support` reads
 //! these beside its own lists.
 
@@ -17,6 +18,7 @@ pub const TRACING_EXTENSIONS: &[&str] = &[
     "envoy.config.trace.v3.ZipkinConfig",
     "envoy.config.trace.v3.OpenTelemetryConfig",
     "envoy.config.trace.v3.SkyWalkingConfig",
+    "envoy.config.trace.v3.DatadogConfig",
 ];
 
 pub const TRACING_FIELDS: &[(&str, &[&str])] = &[
@@ -50,6 +52,8 @@ pub const TRACING_FIELDS: &[(&str, &[&str])] = &[
     // are not built.
     ("envoy.config.trace.v3.OpenTelemetryConfig", &["grpc_service", "service_name"]),
     ("envoy.config.trace.v3.SkyWalkingConfig", &["grpc_service", "client_config"]),
+    // `remote_config` (the agent polled for sampling rules) is not built.
+    ("envoy.config.trace.v3.DatadogConfig", &["collector_cluster", "service_name", "collector_hostname"]),
     ("envoy.config.trace.v3.ClientConfig", &["service_name", "instance_name", "backend_token", "max_cache_size"]),
     // `metadata` tags are not built.
     ("envoy.type.tracing.v3.CustomTag", &["tag", "literal", "environment", "request_header"]),

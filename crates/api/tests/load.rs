@@ -235,8 +235,11 @@ fn tracing_in_the_support_table() {
     let ok = check_bootstrap(&with(sky));
     assert!(ok.is_valid() && ok.unsupported.is_empty(), "{:?} {:?}", ok.errors, ok.unsupported);
     let dd = "provider: {name: envoy.tracers.datadog, typed_config: {\"@type\": type.googleapis.com/envoy.config.trace.v3.DatadogConfig, collector_cluster: c, service_name: s}}";
-    let r = check_bootstrap(&with(dd));
-    assert!(r.unsupported.iter().any(|e| e.reason.contains("DatadogConfig")), "{:?}", r.unsupported);
+    let ok = check_bootstrap(&with(dd));
+    assert!(ok.is_valid() && ok.unsupported.is_empty(), "{:?} {:?}", ok.errors, ok.unsupported);
+    // The agent polled for sampling rules: observable, not built.
+    let r = check_bootstrap(&with(&dd.replace("service_name: s", "service_name: s, remote_config: {}")));
+    assert_eq!(tail(&r), ["provider.typed_config.remote_config"]);
 }
 
 /// The global rate limit filter's fields Legate reads load as they are;

@@ -1,7 +1,8 @@
 //! Distributed tracing, Envoy 1.40 beside `legate proxy`: the same
 //! bootstrap and the same requests through both, each proxy's spans sent
 //! to a collector of the test's that decodes the real wire format (Zipkin
-//! JSON v2 over HTTP, OTLP over gRPC). Compared: span names (route
+//! JSON v2 over HTTP, OTLP over gRPC, SkyWalking segments over gRPC,
+//! Datadog's MessagePack over HTTP). Compared: span names (route
 //! decorators, `x-envoy-decorator-operation`), kinds (from the listener's
 //! `traffic_direction`), parent and child links and ids taken from the
 //! propagated context (B3 multi and single header, W3C `traceparent`), the
@@ -12,6 +13,7 @@ mod harness;
 
 use harness::config::{bootstrap, cluster, listener_chains};
 use harness::trace_collector::{Collector, Recorded};
+use harness::trace_datadog;
 use harness::*;
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -618,4 +620,167 @@ fn skywalking_segments_and_sw8_match_envoy() {
         (sides[0].stat("tracing.skywalking.segments_sent"), sides[1].stat("tracing.skywalking.segments_sent"));
     println!("segments_sent: envoy {e_sent}, legate {l_sent}");
     assert_eq!((e_sent, l_sent), (4, 4));
+}
+
+fn datadog_provider(service: &str, extra: &str) -> String {
+    format!("provider: {{name: envoy.tracers.datadog, typed_config: {{\"@type\": type.googleapis.com/envoy.config.trace.v3.DatadogConfig, collector_cluster: collector, service_name: {service}{extra}}}}}")
+}
+
+/// One side's Datadog spans: the connection manager's by the path of its
+/// `http.url`, the router's as `<path> child` (by its parent's id).
+fn dd_by_path(spans: &[Recorded]) -> BTreeMap<String, Recorded> {
+    let (roots, children): (Vec<Recorded>, Vec<Recorded>) =
+        spans.iter().cloned().partition(|s| s.tag("http.url").is_some());
+    let mut out = by_path(&roots);
+    for c in children {
+        let parent = out.iter().find(|(_, r)| Some(&r.id) == c.parent_id.as_ref()).map(|(p, _)| format!("{p} child"));
+        out.insert(parent.unwrap_or_else(|| format!("? {}", c.id)), c);
+    }
+    out
+}
+
+/// Datadog, Envoy 1.40 beside Legate: the spans each sends its agent
+/// (MessagePack on `/v0.4/traces`: resource from the operation, the
+/// router's child span, service, error, the tags, the trace's tags and
+/// sampling priority on its first span), a caller's context from the
+/// `x-datadog-*` headers and from W3C headers, a bad one starting a new
+/// trace, Envoy's "not traced" as priority -1, the headers each sends
+/// upstream (both styles) and to the agent, and the agent's sampling
+/// rate, once it has answered with one, deciding later traces.
+#[test]
+fn datadog_spans_and_propagation_match_envoy() {
+    let out = format!("{}, random_sampling: {{value: 0}}", datadog_provider("dd-svc", ", collector_hostname: dd-host"));
+    let inb = datadog_provider("dd-in", "");
+    let (_dir, ec, lc, sides, _echo) =
+        start_collecting("trace-datadog", false, &out, &inb, "", ", start_child_span: true", Collector::datadog);
+    let dd = vec![
+        ("x-datadog-trace-id", "1234"),
+        ("x-datadog-parent-id", "5678"),
+        ("x-datadog-sampling-priority", "2"),
+        ("x-datadog-origin", "synthetics"),
+        ("x-datadog-tags", "_dd.p.dm=-4,_dd.p.usr=x"),
+    ];
+    let tp = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    let requests: Vec<Request> = vec![
+        ("out", "GET", "/dec/1?q=1", vec![("user-agent", "ua1")], ""),
+        ("out", "GET", "/plain/2", vec![("x-client-trace-id", "c1")], ""),
+        ("in", "GET", "/plain/3", [dd, vec![("x-envoy-decorator-operation", "fromHdr")]].concat(), ""),
+        ("in", "GET", "/plain/4", vec![("traceparent", tp), ("tracestate", "dd=s:1;o:rum,k=v")], ""),
+        ("in", "GET", "/fail/5", vec![], ""),
+        ("in", "GET", "/plain/6", vec![("x-datadog-trace-id", "abc")], ""),
+        ("in", "POST", "/plain/7", vec![("x-datadog-trace-id", "99"), ("x-datadog-parent-id", "77")], "hi"),
+    ];
+    let seen: Vec<BTreeMap<String, Exchange>> = sides.iter().map(|s| exchange_all(s, &requests)).collect();
+    let n = 2 * requests.len();
+    let (e, l) = (ec.wait_spans(n, ARRIVAL), lc.wait_spans(n, ARRIVAL));
+    // A span too many would show in the counts after the rates' flushes.
+    let (es, ls) = (dd_by_path(&e), dd_by_path(&l));
+    assert_eq!(es.keys().collect::<Vec<_>>(), ls.keys().collect::<Vec<_>>(), "Envoy {e:#?}\nLegate {l:#?}");
+    for (key, a) in &es {
+        let b = &ls[key];
+        assert_eq!(
+            trace_datadog::comparable(a),
+            trace_datadog::comparable(b),
+            "span {key}:\nEnvoy  {a:#?}\nLegate {b:#?}"
+        );
+    }
+    for (i, spans) in [&es, &ls].into_iter().enumerate() {
+        let who = ["envoy", "legate"][i];
+        for (path, x) in &seen[i] {
+            let (root, child) = (&spans[path], &spans[&format!("{path} child")]);
+            assert_eq!(child.trace_id, root.trace_id, "{who} {path}");
+            if path.starts_with("/fail") {
+                continue;
+            }
+            let up = &x.upstream;
+            assert_eq!(
+                trace_datadog::upstream_context(up),
+                trace_datadog::upstream_context(&seen[0][path].upstream),
+                "{who} {path}: upstream headers"
+            );
+            assert_eq!(up.get("x-datadog-trace-id"), Some(&root.trace_id), "{who} {path}");
+            assert_eq!(up.get("x-datadog-parent-id"), Some(&child.id), "{who} {path}: the router's span");
+            let priority =
+                root.resource.get("metric:_sampling_priority_v1").map(|p| p.trim_end_matches(".0").to_string());
+            assert_eq!(up.get("x-datadog-sampling-priority"), priority.as_ref(), "{who} {path}");
+            let high = root.tag("_dd.p.tid").unwrap_or("0000000000000000");
+            let (low, id) = (root.trace_id.parse::<u64>().unwrap_or(0), child.id.parse::<u64>().unwrap_or(0));
+            let flag =
+                if priority.as_deref().and_then(|p| p.parse::<i32>().ok()).unwrap_or(0) > 0 { "01" } else { "00" };
+            assert_eq!(up.get("traceparent"), Some(&format!("00-{high}{low:016x}-{id:016x}-{flag}")), "{who} {path}");
+            assert_eq!(root.tag("guid:x-request-id"), up.get("x-request-id").map(String::as_str), "{who} {path}");
+        }
+        assert_eq!(
+            (spans["/plain/3"].trace_id.as_str(), spans["/plain/3"].parent_id.as_deref()),
+            ("1234", Some("5678"))
+        );
+        assert_eq!(spans["/plain/3"].name, "fromHdr");
+        assert_eq!(spans["/plain/4"].trace_id, "9532127138774266268", "{who}: the W3C caller's trace");
+        assert_eq!(spans["/plain/4"].tag("_dd.p.tid"), Some("0af7651916cd43dd"), "{who}");
+        assert!(seen[i]["/plain/4"].upstream.get("tracestate").is_some_and(|s| s.ends_with(",k=v")), "{who}");
+        assert_ne!(spans["/plain/6"].trace_id, "abc", "{who}");
+        assert_eq!(spans["/dec/1?q=1"].resource.get("metric:_sampling_priority_v1").map(String::as_str), Some("-1"));
+        assert_eq!((spans["/dec/1?q=1"].name.as_str(), spans["/dec/1?q=1"].service.as_str()), ("myOp", "dd-svc"));
+        assert_eq!(spans["/fail/5"].resource["error"], "1", "{who}");
+    }
+    // The agent's requests: path, format, the tracer's headers, one trace
+    // per request (out's and in's tracers name their hosts).
+    for (who, c) in [("envoy", &ec), ("legate", &lc)] {
+        let headers = c.headers();
+        let count: usize = headers.iter().filter_map(|h| h.get("x-datadog-trace-count")?.parse::<usize>().ok()).sum();
+        assert_eq!(count, requests.len(), "{who}: {headers:#?}");
+        let mut hosts: Vec<&str> = headers.iter().filter_map(|h| h.get("host").map(String::as_str)).collect();
+        hosts.sort_unstable();
+        hosts.dedup();
+        assert_eq!(hosts, ["collector", "dd-host"], "{who}");
+        for h in &headers {
+            assert_eq!(h.get("datadog-meta-lang").map(String::as_str), Some("cpp"), "{who}");
+        }
+        for (path, ct) in c.requests() {
+            assert_eq!((path.as_str(), ct.as_str()), ("/v0.4/traces", "application/msgpack"), "{who}");
+        }
+    }
+    let mut names = tracing_stats("out");
+    names.extend(tracing_stats("in"));
+    names.push("tracing.datadog.reports_dropped".into());
+    compare_stats(&sides, &names.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(sides[1].stat("tracing.datadog.reports_sent") >= 2);
+    datadog_agent_rates_match_envoy(&sides, [&ec, &lc], n);
+}
+
+/// Once the agent has answered with a rate for the service, a trace the
+/// caller did not decide is kept by it (decision maker -1, `_dd.p.ksr`).
+/// `n` spans came before; no more than the four of these come after.
+fn datadog_agent_rates_match_envoy(sides: &[Side; 2], collectors: [&Collector; 2], mut n: usize) {
+    let rates = r#"{"rate_by_service":{"service:,env:":1}}"#;
+    let mut roots: Vec<Vec<Recorded>> = vec![Vec::new(), Vec::new()];
+    for path in ["/rate/1", "/rate/2"] {
+        n += 2;
+        for (side, c) in sides.iter().zip(collectors) {
+            c.set_answer(rates);
+            assert_eq!(send(side.port("in"), "GET", path, &[], "").resp.status, 200);
+        }
+        for (i, (side, c)) in sides.iter().zip(collectors).enumerate() {
+            let spans = dd_by_path(&c.wait_spans(n, ARRIVAL));
+            roots[i].push(spans.get(path).cloned().unwrap_or_else(|| panic!("{}: no span of {path}", side.who)));
+        }
+        // The answer is read just after the collector recorded the batch.
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    for (i, r) in roots.iter().enumerate() {
+        let who = sides[i].who;
+        assert_eq!(collectors[i].spans().len(), n, "{who}: span count");
+        assert_eq!(
+            trace_datadog::comparable(&r[0]),
+            trace_datadog::comparable(&roots[0][0]),
+            "{who}: before the rates"
+        );
+        assert_eq!(
+            trace_datadog::comparable(&r[1]),
+            trace_datadog::comparable(&roots[0][1]),
+            "{who}: by the agent's rate"
+        );
+        assert_eq!(r[0].tag("_dd.p.dm"), Some("-0"), "{who}");
+        assert_eq!((r[1].tag("_dd.p.dm"), r[1].tag("_dd.p.ksr")), (Some("-1"), Some("1")), "{who}");
+    }
 }

@@ -28,7 +28,8 @@
 //!   what proxies send;
 //! - `prometheus`: a real Prometheus scraping the control plane;
 //! - `trace_collector`: OTLP/gRPC, Zipkin and (`trace_skywalking`)
-//!   SkyWalking collectors that decode the spans proxies send.
+//!   SkyWalking collectors and (`trace_datadog`) a Datadog agent that
+//!   decode the spans proxies send.
 //!
 //! Each test binary compiles all of it and uses a part, hence
 //! `allow(dead_code)`, and `allow(unused_imports)` on the re-exports.
@@ -59,6 +60,7 @@ pub mod sides;
 pub mod template;
 pub mod tls;
 pub mod trace_collector;
+pub mod trace_datadog;
 pub mod trace_skywalking;
 pub mod upstream;
 pub mod ws;

@@ -2,7 +2,8 @@
 //! an OTLP `TraceService` over gRPC (tonic, with the OpenTelemetry
 //! project's messages), a Zipkin HTTP endpoint reading JSON v2 and a
 //! SkyWalking `TraceSegmentReportService` (`collect`, a client stream of
-//! segments: one `Recorded` per span). All
+//! segments: one `Recorded` per span) and (`trace_datadog`) a Datadog
+//! agent's `/v0.4/traces` (MessagePack). All
 //! record spans in one shape ([`Recorded`]) so a test compares Envoy's and
 //! Legate's alike. Each runs on a thread of the test until dropped.
 
@@ -51,6 +52,10 @@ pub struct Received {
     pub requests: Vec<(String, String)>,
     /// SkyWalking streams' `authentication` metadata.
     pub tokens: Vec<String>,
+    /// The request headers of each batch (the Datadog agent's).
+    pub headers: Vec<BTreeMap<String, String>>,
+    /// The Datadog agent's answer (JSON), `{}` when None.
+    pub answer: Option<String>,
 }
 
 pub(super) type Shared = Arc<Mutex<Received>>;
@@ -74,6 +79,15 @@ impl Collector {
 
     pub fn tokens(&self) -> Vec<String> {
         self.received.lock().unwrap_or_else(|e| e.into_inner()).tokens.clone()
+    }
+
+    pub fn headers(&self) -> Vec<BTreeMap<String, String>> {
+        self.received.lock().unwrap_or_else(|e| e.into_inner()).headers.clone()
+    }
+
+    /// What the collector answers from now on (the Datadog agent's JSON).
+    pub fn set_answer(&self, answer: &str) {
+        self.received.lock().unwrap_or_else(|e| e.into_inner()).answer = Some(answer.to_string());
     }
 
     /// Waits (at most `limit`) until `n` spans have come; the spans then.
@@ -147,7 +161,7 @@ impl Collector {
 
 type Stopped = tokio::sync::oneshot::Receiver<()>;
 
-fn start<F, Fut>(serve: F) -> Collector
+pub(super) fn start<F, Fut>(serve: F) -> Collector
 where
     F: FnOnce(tokio::net::TcpListener, Shared, Stopped) -> Fut + Send + 'static,
     Fut: std::future::Future<Output = ()>,

@@ -1,7 +1,8 @@
 //! Finished spans leave the request path through a bounded queue; a task
 //! batches them and sends each batch to the tracer's collector cluster, as
 //! Envoy's tracers buffer spans and flush them when `min_flush_spans` (5)
-//! have gathered or every `flush_interval` (5 s). A full queue drops the
+//! have gathered or every `flush_interval` (5 s; Datadog's: every 2 s
+//! whatever has gathered). A full queue drops the
 //! span and counts it; nothing on the request path waits for a collector.
 
 use super::span::Span;
@@ -17,15 +18,23 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::mpsc;
 
 /// Spans waiting to be sent, at most (beyond: dropped and counted).
-const QUEUE: usize = 10_000;
-/// Envoy's `min_flush_spans` and flush interval for Zipkin and OpenTelemetry.
-const MIN_FLUSH_SPANS: usize = 5;
-const FLUSH_INTERVAL: Duration = Duration::from_secs(5);
+pub const QUEUE: usize = 10_000;
+/// When a batch goes: once `min_spans` have gathered (never when 0), and
+/// every `interval`.
+#[derive(Debug, Clone, Copy)]
+pub struct Flush {
+    pub min_spans: usize,
+    pub interval: Duration,
+}
+
+/// Envoy's `min_flush_spans` (5) and flush interval (5 s) for Zipkin and
+/// OpenTelemetry.
+pub const DEFAULT_FLUSH: Flush = Flush { min_spans: 5, interval: Duration::from_secs(5) };
 
 /// How one batch's request went.
 enum Sent {
-    /// A response: its status and gRPC status.
-    Answered(u16, Option<String>),
+    /// A response: its status, gRPC status and body.
+    Answered(u16, Option<String>, Bytes),
     /// None came (no host, connect failure, time limit).
     NoResponse,
     /// The response was cut off.
@@ -45,6 +54,9 @@ pub trait Encode: Send + Sync + 'static {
     /// Whether a response (status, gRPC status when gRPC) means the
     /// collector took the batch.
     fn accepted(&self, status: u16, grpc_status: Option<&str>) -> bool;
+    /// The collector's answer to an accepted batch (Datadog's agent sends
+    /// its sampling rates back).
+    fn answered(&self, _body: &Bytes) {}
 }
 
 pub struct Encoded {
@@ -104,6 +116,7 @@ struct Sender {
     target: Target,
     encoder: Box<dyn Encode>,
     stats: ExportStats,
+    flush: Flush,
 }
 
 /// A tracer's queue of finished spans.
@@ -132,8 +145,21 @@ impl Exporter {
         pending: &Mutex<Vec<Weak<Exporter>>>,
         capacity: usize,
     ) -> Arc<Self> {
+        Self::flushing(target, encoder, stats, pending, capacity, DEFAULT_FLUSH)
+    }
+
+    /// One whose batches go as `flush` says.
+    pub fn flushing(
+        target: Target,
+        encoder: Box<dyn Encode>,
+        stats: ExportStats,
+        pending: &Mutex<Vec<Weak<Exporter>>>,
+        capacity: usize,
+        flush: Flush,
+    ) -> Arc<Self> {
         let (tx, rx) = mpsc::channel(capacity.max(1));
-        let e = Arc::new(Self { tx, rx: Mutex::new(Some(rx)), sender: Arc::new(Sender { target, encoder, stats }) });
+        let sender = Arc::new(Sender { target, encoder, stats, flush });
+        let e = Arc::new(Self { tx, rx: Mutex::new(Some(rx)), sender });
         if let Ok(mut p) = pending.lock() {
             p.push(Arc::downgrade(&e));
         }
@@ -167,13 +193,14 @@ pub fn start_exporters(pending: &Mutex<Vec<Weak<Exporter>>>) {
 
 async fn run(sender: Arc<Sender>, mut rx: mpsc::Receiver<Finished>) {
     let mut buffer = Vec::new();
-    let mut timer = tokio::time::interval_at(tokio::time::Instant::now() + FLUSH_INTERVAL, FLUSH_INTERVAL);
+    let every = sender.flush.interval;
+    let mut timer = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     loop {
         tokio::select! {
             next = rx.recv() => match next {
                 Some(f) => {
                     buffer.push(f);
-                    if buffer.len() >= MIN_FLUSH_SPANS {
+                    if sender.flush.min_spans > 0 && buffer.len() >= sender.flush.min_spans {
                         sender.flush(std::mem::take(&mut buffer)).await;
                     }
                 }
@@ -205,8 +232,9 @@ impl Sender {
         // async client's local 503/504: a dropped report, as a refusing
         // collector's; a response cut off is a failed one.
         match self.send(&cluster, encoded).await {
-            Sent::Answered(status, grpc) if self.encoder.accepted(status, grpc.as_deref()) => {
-                self.stats.reports_sent.inc()
+            Sent::Answered(status, grpc, body) if self.encoder.accepted(status, grpc.as_deref()) => {
+                self.stats.reports_sent.inc();
+                self.encoder.answered(&body);
             }
             Sent::Answered(..) | Sent::NoResponse => self.stats.reports_dropped.inc(),
             Sent::Reset => self.stats.reports_failed.inc(),
@@ -247,7 +275,7 @@ impl Sender {
             let Ok(body) = resp.into_body().collect().await else { return Sent::Reset };
             let trailer =
                 body.trailers().and_then(|t| t.get("grpc-status")).and_then(|v| v.to_str().ok()).map(str::to_owned);
-            Sent::Answered(status, header.or(trailer))
+            Sent::Answered(status, header.or(trailer), body.to_bytes())
         })
         .await
         .unwrap_or(Sent::NoResponse);

@@ -3,10 +3,13 @@
 //! makes from `x-request-id`, and the tracers users pick, one driver per
 //! provider in one table (`registry::DRIVERS`): `zipkin` (B3 headers, JSON v2
 //! over HTTP, which Jaeger also accepts), `otel` (W3C `traceparent`, OTLP
-//! over gRPC) and `skywalking` (`sw8`, segments over gRPC). Spans are built per request by the connection manager
+//! over gRPC), `skywalking` (`sw8`, segments over gRPC) and `datadog`
+//! (`x-datadog-*` and W3C headers, MessagePack to the agent). Spans are
+//! built per request by the connection manager
 //! (`http/conn_manager/tracing.rs`); finished spans go to the driver's
 //! `export::Exporter`, which batches and sends them off the request path.
 
+pub mod datadog;
 pub mod driver;
 pub mod export;
 pub mod otel;

@@ -6,8 +6,12 @@ use legate_api::pb::envoy::config::trace::v3::tracing::{http::ConfigType, Http a
 use std::sync::Arc;
 
 /// Every tracer Legate drives.
-pub const DRIVERS: &[Registration] =
-    &[super::zipkin::REGISTRATION, super::otel::REGISTRATION, super::skywalking::REGISTRATION];
+pub const DRIVERS: &[Registration] = &[
+    super::zipkin::REGISTRATION,
+    super::otel::REGISTRATION,
+    super::skywalking::REGISTRATION,
+    super::datadog::REGISTRATION,
+];
 
 /// The provider's driver; errors name the field under `provider`.
 pub fn compile(p: &ProviderPb, ctx: &DriverContext<'_>) -> Result<Arc<dyn Driver>, String> {
