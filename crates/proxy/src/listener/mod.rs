@@ -9,6 +9,7 @@ pub mod filter_chain;
 pub mod inspectors;
 pub mod manager;
 pub mod network;
+pub mod park;
 pub mod udp_proxy;
 
 use crate::common::conn_limit::ConnLimit;
@@ -603,11 +604,15 @@ async fn serve_http<S: crate::io::Io>(
     // connection manager's tunnel.
     // Boxed, so that the connection's task holds only what this protocol
     // needs, not room for the largest of every path that leads here.
-    let io = crate::http::h2_frames::H2Frames::new(io);
-    let mut conn = Box::pin(builder.serve_connection_with_upgrades(TokioIo::new(io), svc));
+    // An idle HTTP/1 connection is parked (see `park`): hyper's connection
+    // ends, and a new one, HTTP/1 only, resumes it.
+    let slot = park::Slot::new();
+    let io = park::Parking::new(crate::http::h2_frames::H2Frames::new(io), slot.clone());
+    let mut conn = Some(Box::pin(builder.serve_connection_with_upgrades(TokioIo::new(io), svc.clone())));
+    let mut parked = None;
     let mut draining = *phase.borrow() == Phase::Drain;
-    if draining {
-        conn.as_mut().graceful_shutdown();
+    if let (true, Some(c)) = (draining, conn.as_mut()) {
+        c.as_mut().graceful_shutdown();
     }
     // The connection idle timeout runs while no stream is active; a stream
     // ending re-arms it.
@@ -624,25 +629,66 @@ async fn serve_http<S: crate::io::Io>(
     tokio::pin!(restart_close);
     let now = *phase.borrow();
     let mut restart_pending = arm_restart_close(now, listener.drain_time, restart_close.as_mut());
+    let park_timer = tokio::time::sleep(park::PARK_AFTER);
+    tokio::pin!(park_timer);
+    let (mut seen_requests, mut last_idle) = (0, tokio::time::Instant::now());
+    // The requests begun when the current hyper connection may be parked.
+    let mut min_requests = 1;
     loop {
         let was_draining = draining;
+        let mut shut = false;
         tokio::select! {
-            _ = conn.as_mut() => break,
+            _ = std::future::poll_fn(|cx| park::poll_some(&mut conn, cx)), if conn.is_some() => {
+                conn = None;
+                match slot.take() {
+                    Some(io) if !draining => {
+                        park::count_parked();
+                        parked = Some(io);
+                    }
+                    _ => break,
+                }
+            }
+            first = std::future::poll_fn(|cx| park::poll_parked(&mut parked, cx)), if parked.is_some() => {
+                match (first, parked.take()) {
+                    (Ok(Some(byte)), Some(io)) => {
+                        min_requests = conn_info.requests.load(Ordering::Relaxed) + 1;
+                        let io = park::Parking::resumed(*io, byte, slot.clone());
+                        let builder = &http.http1_builder;
+                        conn = Some(Box::pin(builder.serve_connection_with_upgrades(TokioIo::new(io), svc.clone())));
+                        park_timer.as_mut().reset(park::next_check(&conn_info, tokio::time::Instant::now()));
+                    }
+                    _ => break,
+                }
+            }
+            _ = &mut park_timer, if conn.is_some() && !draining => {
+                let requests = conn_info.requests.load(Ordering::Relaxed);
+                if requests == seen_requests && park::parkable(&conn_info, min_requests) {
+                    slot.want();
+                    shut = true;
+                    park_timer.as_mut().reset(tokio::time::Instant::now() + far);
+                } else {
+                    seen_requests = requests;
+                    park_timer.as_mut().reset(park::next_check(&conn_info, last_idle));
+                }
+            }
             _ = &mut deadline, if draining => {
                 hs.downstream_cx_drain_close.inc();
                 break;
             }
             _ = conn_info.close_asked.notified(), if !draining => {
                 draining = true;
-                conn.as_mut().graceful_shutdown();
+                shut = true;
             }
-            _ = conn_info.idle.notified() => idle.as_mut().reset(idle_timer.arm()),
+            _ = conn_info.idle.notified() => {
+                idle.as_mut().reset(idle_timer.arm());
+                last_idle = tokio::time::Instant::now();
+            }
             () = idle_timer.changed(), if idle_timer.scaled() && !draining => idle.as_mut().reset(idle_timer.deadline()),
             _ = &mut idle, if idle_timer.is_set() && !draining => {
                 if conn_info.active_streams.load(Ordering::Relaxed) == 0 {
                     hs.downstream_cx_idle_timeout.inc();
                     draining = true;
-                    conn.as_mut().graceful_shutdown();
+                    shut = true;
                 } else {
                     idle.as_mut().reset(idle_timer.arm());
                 }
@@ -650,13 +696,13 @@ async fn serve_http<S: crate::io::Io>(
             _ = config_drain.wait_for(|d| *d), if !draining => {
                 draining = true;
                 if begin_drain(&conn_info) {
-                    conn.as_mut().graceful_shutdown();
+                    shut = true;
                 }
             }
             _ = &mut restart_close, if restart_pending => match ask_to_close(&conn_info, alpn_h2) {
                 AskToClose::GoAway => {
                     restart_pending = false;
-                    conn.as_mut().graceful_shutdown();
+                    shut = true;
                 }
                 AskToClose::Asked => restart_pending = false,
                 AskToClose::Later(t) => restart_close.as_mut().reset(tokio::time::Instant::now() + t),
@@ -666,7 +712,7 @@ async fn serve_http<S: crate::io::Io>(
                 if now == Phase::Drain {
                     draining = true;
                     if begin_drain(&conn_info) {
-                        conn.as_mut().graceful_shutdown();
+                        shut = true;
                     }
                 } else if !restart_pending {
                     restart_pending = arm_restart_close(now, listener.drain_time, restart_close.as_mut());
@@ -676,6 +722,17 @@ async fn serve_http<S: crate::io::Io>(
         if draining && !was_draining {
             deadline.as_mut().reset(tokio::time::Instant::now() + listener.drain_time);
         }
+        // A parked connection is idle: asked to close, it closes now.
+        if shut {
+            match conn.as_mut() {
+                Some(c) => c.as_mut().graceful_shutdown(),
+                None => break,
+            }
+        }
+    }
+    drop(conn);
+    if let Some(mut io) = parked.take() {
+        let _ = tokio::time::timeout(Duration::from_secs(1), tokio::io::AsyncWriteExt::shutdown(&mut *io)).await;
     }
     // hyper hands an upgraded connection over and is done with it; the
     // connection lives on as the tunnel, counted as active until the
