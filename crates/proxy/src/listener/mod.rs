@@ -560,6 +560,33 @@ fn conn_info_of(conn: ConnCtx) -> Arc<ConnInfo> {
     Arc::new(info)
 }
 
+/// The connection's stream with Envoy's HTTP/1 error answers and request
+/// framing checks.
+fn envoy_errors<S>(http: &HttpChain, stream: S, info: &Arc<ConnInfo>) -> crate::http::h1_errors::EnvoyErrors<S> {
+    let hs = &http.hcm.stats;
+    crate::http::h1_errors::EnvoyErrors::new(
+        stream,
+        http.hcm.server_name(),
+        hs.downstream_cx_protocol_error.clone(),
+        info.clone(),
+    )
+    .serving_http_10(http.hcm.accepts_http_10())
+    .head_timeout(http.hcm.request_headers_timeout, hs.downstream_rq_header_timeout.clone())
+    .counting_refused_heads(http.refused_head.clone())
+}
+
+/// After the connection: an upgraded one lives on as the tunnel, counted as
+/// active until the tunnel's stream ends (bounded by the stream idle timeout).
+async fn http_conn_ended(info: &ConnInfo, hs: &crate::http::conn_manager::HcmStats) {
+    if info.upgraded.load(Ordering::Relaxed) {
+        while info.active_streams.load(Ordering::Relaxed) > 0 {
+            info.idle.notified().await;
+        }
+    }
+    hs.downstream_cx_active.dec();
+    hs.downstream_cx_destroy.inc();
+}
+
 /// One request through the connection manager; a response it marks
 /// `ResetStream` resets the HTTP/2 stream instead of being sent.
 fn serve_request(hcm: Arc<Hcm>, info: Arc<ConnInfo>, req: http::Request<hyper::body::Incoming>) -> RequestFuture {
@@ -572,6 +599,10 @@ fn serve_request(hcm: Arc<Hcm>, info: Arc<ConnInfo>, req: http::Request<hyper::b
     })
 }
 
+// One `select!` over every event of the connection's life (hyper's
+// connection, parking, timers, drains); splitting it would scatter the
+// pinned timers it shares.
+#[allow(clippy::too_many_lines)]
 async fn serve_http<S: crate::io::Io>(
     listener: &Arc<ListenerConfig>,
     http: &HttpChain,
@@ -590,15 +621,7 @@ async fn serve_http<S: crate::io::Io>(
     // connection (idle ones too), and the request path's future is large.
     let svc = service_fn(move |req| serve_request(hcm.clone(), info.clone(), req));
     let mut config_drain = listener.draining.subscribe();
-    let io = crate::http::h1_errors::EnvoyErrors::new(
-        stream,
-        http.hcm.server_name(),
-        hs.downstream_cx_protocol_error.clone(),
-        conn_info.clone(),
-    )
-    .serving_http_10(http.hcm.accepts_http_10())
-    .head_timeout(http.hcm.request_headers_timeout, hs.downstream_rq_header_timeout.clone())
-    .counting_refused_heads(http.refused_head.clone());
+    let io = envoy_errors(http, stream, &conn_info);
     let builder = http.builder_for(alpn_h2);
     // With upgrades: a 101 (or a 2xx to CONNECT) hands the connection to the
     // connection manager's tunnel.
@@ -631,9 +654,7 @@ async fn serve_http<S: crate::io::Io>(
     let mut restart_pending = arm_restart_close(now, listener.drain_time, restart_close.as_mut());
     let park_timer = tokio::time::sleep(park::PARK_AFTER);
     tokio::pin!(park_timer);
-    let (mut seen_requests, mut last_idle) = (0, tokio::time::Instant::now());
-    // The requests begun when the current hyper connection may be parked.
-    let mut min_requests = 1;
+    let mut idling = park::Idling::default();
     loop {
         let was_draining = draining;
         let mut shut = false;
@@ -651,24 +672,22 @@ async fn serve_http<S: crate::io::Io>(
             first = std::future::poll_fn(|cx| park::poll_parked(&mut parked, cx)), if parked.is_some() => {
                 match (first, parked.take()) {
                     (Ok(Some(byte)), Some(io)) => {
-                        min_requests = conn_info.requests.load(Ordering::Relaxed) + 1;
+                        idling.resumed(&conn_info);
                         let io = park::Parking::resumed(*io, byte, slot.clone());
                         let builder = &http.http1_builder;
                         conn = Some(Box::pin(builder.serve_connection_with_upgrades(TokioIo::new(io), svc.clone())));
-                        park_timer.as_mut().reset(park::next_check(&conn_info, tokio::time::Instant::now()));
+                        park_timer.as_mut().reset(tokio::time::Instant::now() + park::PARK_AFTER);
                     }
                     _ => break,
                 }
             }
             _ = &mut park_timer, if conn.is_some() && !draining => {
-                let requests = conn_info.requests.load(Ordering::Relaxed);
-                if requests == seen_requests && park::parkable(&conn_info, min_requests) {
+                if let Some(at) = idling.check(&conn_info) {
+                    park_timer.as_mut().reset(at);
+                } else {
                     slot.want();
                     shut = true;
                     park_timer.as_mut().reset(tokio::time::Instant::now() + far);
-                } else {
-                    seen_requests = requests;
-                    park_timer.as_mut().reset(park::next_check(&conn_info, last_idle));
                 }
             }
             _ = &mut deadline, if draining => {
@@ -681,7 +700,7 @@ async fn serve_http<S: crate::io::Io>(
             }
             _ = conn_info.idle.notified() => {
                 idle.as_mut().reset(idle_timer.arm());
-                last_idle = tokio::time::Instant::now();
+                idling.last_idle = tokio::time::Instant::now();
             }
             () = idle_timer.changed(), if idle_timer.scaled() && !draining => idle.as_mut().reset(idle_timer.deadline()),
             _ = &mut idle, if idle_timer.is_set() && !draining => {
@@ -734,14 +753,6 @@ async fn serve_http<S: crate::io::Io>(
     if let Some(mut io) = parked.take() {
         let _ = tokio::time::timeout(Duration::from_secs(1), tokio::io::AsyncWriteExt::shutdown(&mut *io)).await;
     }
-    // hyper hands an upgraded connection over and is done with it; the
-    // connection lives on as the tunnel, counted as active until the
-    // tunnel's stream ends (bounded by the stream idle timeout).
-    if conn_info.upgraded.load(Ordering::Relaxed) {
-        while conn_info.active_streams.load(Ordering::Relaxed) > 0 {
-            conn_info.idle.notified().await;
-        }
-    }
-    hs.downstream_cx_active.dec();
-    hs.downstream_cx_destroy.inc();
+    // hyper hands an upgraded connection over and is done with it.
+    http_conn_ended(&conn_info, hs).await;
 }

@@ -49,15 +49,43 @@ pub fn parkable(conn: &crate::http::conn_manager::ConnInfo, min_requests: u64) -
         && !conn.mid_request.load(Ordering::Relaxed)
 }
 
-/// When to look again at a connection that was not parkable: `PARK_AFTER`
-/// after its last stream ended (`last_idle`), or later while one is in
-/// flight.
-pub fn next_check(conn: &crate::http::conn_manager::ConnInfo, last_idle: tokio::time::Instant) -> tokio::time::Instant {
-    let now = tokio::time::Instant::now();
-    if conn.active_streams.load(Ordering::Relaxed) > 0 {
-        return now + PARK_AFTER;
+/// What a connection's parking timer knows of its requests.
+pub struct Idling {
+    /// The requests begun when the timer last fired.
+    seen_requests: u64,
+    /// When the last stream ended.
+    pub last_idle: tokio::time::Instant,
+    /// The requests begun once the current hyper connection may be parked.
+    min_requests: u64,
+}
+
+impl Default for Idling {
+    fn default() -> Self {
+        Self { seen_requests: 0, last_idle: tokio::time::Instant::now(), min_requests: 1 }
     }
-    (last_idle + PARK_AFTER).max(now + PARK_AFTER / 16)
+}
+
+impl Idling {
+    /// The timer fired: `None` when the connection is to be parked now,
+    /// else when to look again (`PARK_AFTER` after its last stream ended,
+    /// or later while one is in flight).
+    pub fn check(&mut self, conn: &crate::http::conn_manager::ConnInfo) -> Option<tokio::time::Instant> {
+        let requests = conn.requests.load(Ordering::Relaxed);
+        if requests == self.seen_requests && parkable(conn, self.min_requests) {
+            return None;
+        }
+        self.seen_requests = requests;
+        let now = tokio::time::Instant::now();
+        if conn.active_streams.load(Ordering::Relaxed) > 0 {
+            return Some(now + PARK_AFTER);
+        }
+        Some((self.last_idle + PARK_AFTER).max(now + PARK_AFTER / 16))
+    }
+
+    /// A parked connection resumed on a new hyper connection.
+    pub fn resumed(&mut self, conn: &crate::http::conn_manager::ConnInfo) {
+        self.min_requests = conn.requests.load(Ordering::Relaxed) + 1;
+    }
 }
 
 /// Where a parking connection's stream is handed back.

@@ -19,7 +19,7 @@ pub struct HttpChain {
     /// The HTTP server settings for this chain's connections.
     pub builder: auto::Builder<TokioExecutor>,
     /// The same, HTTP/1 only: what resumes a parked connection.
-    pub http1_builder: auto::Builder<TokioExecutor>,
+    pub http1_builder: Box<auto::Builder<TokioExecutor>>,
     /// What a head the HTTP/1 parser refuses as too large counts: Envoy's
     /// codec had begun its stream, so a request begun and completed with a
     /// 4xx. Built once; each connection shares it.
@@ -51,7 +51,7 @@ impl HttpChain {
         if hcm.allow_connect {
             builder.http2().enable_connect_protocol();
         }
-        let http1_builder = builder.clone().http1_only();
+        let http1_builder = Box::new(builder.clone().http1_only());
         let builder = match hcm.codec {
             Codec::Auto => builder,
             Codec::Http1 => builder.http1_only(),
