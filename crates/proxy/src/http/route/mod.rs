@@ -438,7 +438,7 @@ fn compile_route(
 }
 
 fn compile_route_action(ra: &rpb::RouteAction) -> Result<RouteAction, String> {
-    use rpb::route_action::{ClusterSpecifier, HostRewriteSpecifier};
+    use rpb::route_action::ClusterSpecifier;
     let cluster = match &ra.cluster_specifier {
         Some(ClusterSpecifier::Cluster(c)) => ClusterChoice::Name(c.clone()),
         Some(ClusterSpecifier::ClusterHeader(h)) => ClusterChoice::Header(
@@ -470,26 +470,7 @@ fn compile_route_action(ra: &rpb::RouteAction) -> Result<RouteAction, String> {
         Some(_) => return Err("this cluster specifier is not supported".into()),
         None => return Err("cluster specifier is required".into()),
     };
-    let (host_rewrite, auto_host_rewrite) = match &ra.host_rewrite_specifier {
-        Some(HostRewriteSpecifier::HostRewriteLiteral(h)) => (Some(HostRewrite::Literal(h.clone())), false),
-        Some(HostRewriteSpecifier::AutoHostRewrite(b)) => (None, b.value),
-        Some(HostRewriteSpecifier::HostRewriteHeader(h)) => (
-            Some(HostRewrite::Header(
-                http::HeaderName::from_bytes(h.to_ascii_lowercase().as_bytes())
-                    .map_err(|_| format!("host_rewrite_header: invalid header '{h}'"))?,
-            )),
-            false,
-        ),
-        Some(HostRewriteSpecifier::HostRewritePathRegex(rr)) => (
-            Some(HostRewrite::PathRegex(
-                compile_search_regex(rr.pattern.as_ref().ok_or("host_rewrite_path_regex.pattern is required")?)?,
-                envoy_subst(&rr.substitution),
-            )),
-            false,
-        ),
-        Some(HostRewriteSpecifier::HostRewrite(_)) => return Err("host_rewrite is not supported".into()),
-        None => (None, false),
-    };
+    let (host_rewrite, auto_host_rewrite) = compile_host_rewrite(ra)?;
     use rpb::route_action::ClusterNotFoundResponseCode;
     let cluster_not_found_status = match ClusterNotFoundResponseCode::try_from(ra.cluster_not_found_response_code) {
         Ok(ClusterNotFoundResponseCode::NotFound) => 404,
@@ -545,6 +526,31 @@ fn compile_route_action(ra: &rpb::RouteAction) -> Result<RouteAction, String> {
             })
             .collect(),
         mirrors: mirror_policy::compile(&ra.request_mirror_policies)?,
+    })
+}
+
+/// A route's host rewrite, and whether it is `auto_host_rewrite`.
+fn compile_host_rewrite(ra: &rpb::RouteAction) -> Result<(Option<HostRewrite>, bool), String> {
+    use rpb::route_action::HostRewriteSpecifier;
+    Ok(match &ra.host_rewrite_specifier {
+        Some(HostRewriteSpecifier::HostRewriteLiteral(h)) => (Some(HostRewrite::Literal(h.clone())), false),
+        Some(HostRewriteSpecifier::AutoHostRewrite(b)) => (None, b.value),
+        Some(HostRewriteSpecifier::HostRewriteHeader(h)) => (
+            Some(HostRewrite::Header(
+                http::HeaderName::from_bytes(h.to_ascii_lowercase().as_bytes())
+                    .map_err(|_| format!("host_rewrite_header: invalid header '{h}'"))?,
+            )),
+            false,
+        ),
+        Some(HostRewriteSpecifier::HostRewritePathRegex(rr)) => (
+            Some(HostRewrite::PathRegex(
+                compile_search_regex(rr.pattern.as_ref().ok_or("host_rewrite_path_regex.pattern is required")?)?,
+                envoy_subst(&rr.substitution),
+            )),
+            false,
+        ),
+        Some(HostRewriteSpecifier::HostRewrite(_)) => return Err("host_rewrite is not supported".into()),
+        None => (None, false),
     })
 }
 
