@@ -53,7 +53,7 @@ impl DfpCluster {
             // Envoy makes every connection of the cluster send the host's
             // name as SNI and check the certificate against it (auto_sni,
             // auto_san_validation) unless the cluster allows otherwise.
-            if !(cfg.allow_insecure_cluster_options || t.auto_host_sni && t.auto_sni_san_validation) {
+            if !(cfg.allow_insecure_cluster_options || (t.auto_host_sni && t.auto_sni_san_validation)) {
                 return Err(format!(
                     "transport_socket: a {NAME} cluster's TLS must set auto_host_sni and auto_sni_san_validation in Legate (Envoy's implied auto_sni and auto_san_validation), unless allow_insecure_cluster_options is set"
                 ));
