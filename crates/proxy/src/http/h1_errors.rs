@@ -193,10 +193,6 @@ impl<T: AsyncRead + AsyncWrite> AsyncRead for EnvoyErrors<T> {
             return Poll::Ready(Ok(()));
         }
         let r = read_framed(this.inner.as_mut(), this.framing, &this.conn.refused, cx, buf);
-        let mid = !this.framing.between_requests();
-        if this.conn.mid_request.load(Ordering::Relaxed) != mid {
-            this.conn.mid_request.store(mid, Ordering::Relaxed);
-        }
         // The timer runs from a head's first byte to its last.
         match (this.framing.in_head(), this.head_timeout, this.head_deadline.is_some()) {
             (true, Some((t, _)), false) => {

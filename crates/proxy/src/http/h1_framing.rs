@@ -281,12 +281,6 @@ impl Framing {
         w
     }
 
-    /// Every byte read so far belongs to a request that was read whole:
-    /// nothing of a next one has come, nothing is held back.
-    pub fn between_requests(&self) -> bool {
-        self.state == State::Idle && self.held == 0
-    }
-
     /// A request head has begun and not ended.
     pub fn in_head(&self) -> bool {
         matches!(self.state, State::RequestLine | State::Headers)

@@ -9,7 +9,6 @@ pub mod filter_chain;
 pub mod inspectors;
 pub mod manager;
 pub mod network;
-pub mod park;
 pub mod udp_proxy;
 
 use crate::common::conn_limit::ConnLimit;
@@ -560,33 +559,6 @@ fn conn_info_of(conn: ConnCtx) -> Arc<ConnInfo> {
     Arc::new(info)
 }
 
-/// The connection's stream with Envoy's HTTP/1 error answers and request
-/// framing checks.
-fn envoy_errors<S>(http: &HttpChain, stream: S, info: &Arc<ConnInfo>) -> crate::http::h1_errors::EnvoyErrors<S> {
-    let hs = &http.hcm.stats;
-    crate::http::h1_errors::EnvoyErrors::new(
-        stream,
-        http.hcm.server_name(),
-        hs.downstream_cx_protocol_error.clone(),
-        info.clone(),
-    )
-    .serving_http_10(http.hcm.accepts_http_10())
-    .head_timeout(http.hcm.request_headers_timeout, hs.downstream_rq_header_timeout.clone())
-    .counting_refused_heads(http.refused_head.clone())
-}
-
-/// After the connection: an upgraded one lives on as the tunnel, counted as
-/// active until the tunnel's stream ends (bounded by the stream idle timeout).
-async fn http_conn_ended(info: &ConnInfo, hs: &crate::http::conn_manager::HcmStats) {
-    if info.upgraded.load(Ordering::Relaxed) {
-        while info.active_streams.load(Ordering::Relaxed) > 0 {
-            info.idle.notified().await;
-        }
-    }
-    hs.downstream_cx_active.dec();
-    hs.downstream_cx_destroy.inc();
-}
-
 /// One request through the connection manager; a response it marks
 /// `ResetStream` resets the HTTP/2 stream instead of being sent.
 fn serve_request(hcm: Arc<Hcm>, info: Arc<ConnInfo>, req: http::Request<hyper::body::Incoming>) -> RequestFuture {
@@ -599,10 +571,6 @@ fn serve_request(hcm: Arc<Hcm>, info: Arc<ConnInfo>, req: http::Request<hyper::b
     })
 }
 
-// One `select!` over every event of the connection's life (hyper's
-// connection, parking, timers, drains); splitting it would scatter the
-// pinned timers it shares.
-#[allow(clippy::too_many_lines)]
 async fn serve_http<S: crate::io::Io>(
     listener: &Arc<ListenerConfig>,
     http: &HttpChain,
@@ -621,21 +589,25 @@ async fn serve_http<S: crate::io::Io>(
     // connection (idle ones too), and the request path's future is large.
     let svc = service_fn(move |req| serve_request(hcm.clone(), info.clone(), req));
     let mut config_drain = listener.draining.subscribe();
-    let io = envoy_errors(http, stream, &conn_info);
+    let io = crate::http::h1_errors::EnvoyErrors::new(
+        stream,
+        http.hcm.server_name(),
+        hs.downstream_cx_protocol_error.clone(),
+        conn_info.clone(),
+    )
+    .serving_http_10(http.hcm.accepts_http_10())
+    .head_timeout(http.hcm.request_headers_timeout, hs.downstream_rq_header_timeout.clone())
+    .counting_refused_heads(http.refused_head.clone());
     let builder = http.builder_for(alpn_h2);
     // With upgrades: a 101 (or a 2xx to CONNECT) hands the connection to the
     // connection manager's tunnel.
     // Boxed, so that the connection's task holds only what this protocol
     // needs, not room for the largest of every path that leads here.
-    // An idle HTTP/1 connection is parked (see `park`): hyper's connection
-    // ends, and a new one, HTTP/1 only, resumes it.
-    let slot = park::Slot::new();
-    let io = park::Parking::new(crate::http::h2_frames::H2Frames::new(io), slot.clone());
-    let mut conn = Some(Box::pin(builder.serve_connection_with_upgrades(TokioIo::new(io), svc.clone())));
-    let mut parked = None;
+    let io = crate::http::h2_frames::H2Frames::new(io);
+    let mut conn = Box::pin(builder.serve_connection_with_upgrades(TokioIo::new(io), svc));
     let mut draining = *phase.borrow() == Phase::Drain;
-    if let (true, Some(c)) = (draining, conn.as_mut()) {
-        c.as_mut().graceful_shutdown();
+    if draining {
+        conn.as_mut().graceful_shutdown();
     }
     // The connection idle timeout runs while no stream is active; a stream
     // ending re-arms it.
@@ -652,62 +624,25 @@ async fn serve_http<S: crate::io::Io>(
     tokio::pin!(restart_close);
     let now = *phase.borrow();
     let mut restart_pending = arm_restart_close(now, listener.drain_time, restart_close.as_mut());
-    let park_timer = tokio::time::sleep(park::PARK_AFTER);
-    tokio::pin!(park_timer);
-    let mut idling = park::Idling::default();
     loop {
         let was_draining = draining;
-        let mut shut = false;
         tokio::select! {
-            _ = std::future::poll_fn(|cx| park::poll_some(&mut conn, cx)), if conn.is_some() => {
-                conn = None;
-                match slot.take() {
-                    Some(io) if !draining => {
-                        park::count_parked();
-                        parked = Some(io);
-                    }
-                    _ => break,
-                }
-            }
-            first = std::future::poll_fn(|cx| park::poll_parked(&mut parked, cx)), if parked.is_some() => {
-                match (first, parked.take()) {
-                    (Ok(Some(byte)), Some(io)) => {
-                        idling.resumed(&conn_info);
-                        let io = park::Parking::resumed(*io, byte, slot.clone());
-                        let builder = &http.http1_builder;
-                        conn = Some(Box::pin(builder.serve_connection_with_upgrades(TokioIo::new(io), svc.clone())));
-                        park_timer.as_mut().reset(tokio::time::Instant::now() + park::PARK_AFTER);
-                    }
-                    _ => break,
-                }
-            }
-            _ = &mut park_timer, if conn.is_some() && !draining => {
-                if let Some(at) = idling.check(&conn_info) {
-                    park_timer.as_mut().reset(at);
-                } else {
-                    slot.want();
-                    shut = true;
-                    park_timer.as_mut().reset(tokio::time::Instant::now() + far);
-                }
-            }
+            _ = conn.as_mut() => break,
             _ = &mut deadline, if draining => {
                 hs.downstream_cx_drain_close.inc();
                 break;
             }
             _ = conn_info.close_asked.notified(), if !draining => {
                 draining = true;
-                shut = true;
+                conn.as_mut().graceful_shutdown();
             }
-            _ = conn_info.idle.notified() => {
-                idle.as_mut().reset(idle_timer.arm());
-                idling.last_idle = tokio::time::Instant::now();
-            }
+            _ = conn_info.idle.notified() => idle.as_mut().reset(idle_timer.arm()),
             () = idle_timer.changed(), if idle_timer.scaled() && !draining => idle.as_mut().reset(idle_timer.deadline()),
             _ = &mut idle, if idle_timer.is_set() && !draining => {
                 if conn_info.active_streams.load(Ordering::Relaxed) == 0 {
                     hs.downstream_cx_idle_timeout.inc();
                     draining = true;
-                    shut = true;
+                    conn.as_mut().graceful_shutdown();
                 } else {
                     idle.as_mut().reset(idle_timer.arm());
                 }
@@ -715,13 +650,13 @@ async fn serve_http<S: crate::io::Io>(
             _ = config_drain.wait_for(|d| *d), if !draining => {
                 draining = true;
                 if begin_drain(&conn_info) {
-                    shut = true;
+                    conn.as_mut().graceful_shutdown();
                 }
             }
             _ = &mut restart_close, if restart_pending => match ask_to_close(&conn_info, alpn_h2) {
                 AskToClose::GoAway => {
                     restart_pending = false;
-                    shut = true;
+                    conn.as_mut().graceful_shutdown();
                 }
                 AskToClose::Asked => restart_pending = false,
                 AskToClose::Later(t) => restart_close.as_mut().reset(tokio::time::Instant::now() + t),
@@ -731,7 +666,7 @@ async fn serve_http<S: crate::io::Io>(
                 if now == Phase::Drain {
                     draining = true;
                     if begin_drain(&conn_info) {
-                        shut = true;
+                        conn.as_mut().graceful_shutdown();
                     }
                 } else if !restart_pending {
                     restart_pending = arm_restart_close(now, listener.drain_time, restart_close.as_mut());
@@ -741,18 +676,15 @@ async fn serve_http<S: crate::io::Io>(
         if draining && !was_draining {
             deadline.as_mut().reset(tokio::time::Instant::now() + listener.drain_time);
         }
-        // A parked connection is idle: asked to close, it closes now.
-        if shut {
-            match conn.as_mut() {
-                Some(c) => c.as_mut().graceful_shutdown(),
-                None => break,
-            }
+    }
+    // hyper hands an upgraded connection over and is done with it; the
+    // connection lives on as the tunnel, counted as active until the
+    // tunnel's stream ends (bounded by the stream idle timeout).
+    if conn_info.upgraded.load(Ordering::Relaxed) {
+        while conn_info.active_streams.load(Ordering::Relaxed) > 0 {
+            conn_info.idle.notified().await;
         }
     }
-    drop(conn);
-    if let Some(mut io) = parked.take() {
-        let _ = tokio::time::timeout(Duration::from_secs(1), tokio::io::AsyncWriteExt::shutdown(&mut *io)).await;
-    }
-    // hyper hands an upgraded connection over and is done with it.
-    http_conn_ended(&conn_info, hs).await;
+    hs.downstream_cx_active.dec();
+    hs.downstream_cx_destroy.inc();
 }

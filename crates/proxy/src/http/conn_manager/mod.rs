@@ -390,10 +390,6 @@ pub struct ConnInfo {
     /// The request path asks the connection to close (an HTTP/2 connection
     /// that reached `max_requests_per_connection` gets its GOAWAY).
     pub close_asked: tokio::sync::Notify,
-    /// Part of a request has been read, not all of it (HTTP/1: the read
-    /// side's framing says so); an idle connection's buffers are released
-    /// only between requests.
-    pub mid_request: AtomicBool,
 }
 
 impl ConnInfo {
@@ -421,7 +417,6 @@ impl ConnInfo {
             upgraded: Default::default(),
             http2: Default::default(),
             close_asked: tokio::sync::Notify::new(),
-            mid_request: Default::default(),
         }
     }
 }

@@ -18,8 +18,6 @@ pub struct HttpChain {
     pub hcm: Arc<Hcm>,
     /// The HTTP server settings for this chain's connections.
     pub builder: auto::Builder<TokioExecutor>,
-    /// The same, HTTP/1 only: what resumes a parked connection.
-    pub http1_builder: Box<auto::Builder<TokioExecutor>>,
     /// What a head the HTTP/1 parser refuses as too large counts: Envoy's
     /// codec had begun its stream, so a request begun and completed with a
     /// 4xx. Built once; each connection shares it.
@@ -51,7 +49,6 @@ impl HttpChain {
         if hcm.allow_connect {
             builder.http2().enable_connect_protocol();
         }
-        let http1_builder = Box::new(builder.clone().http1_only());
         let builder = match hcm.codec {
             Codec::Auto => builder,
             Codec::Http1 => builder.http1_only(),
@@ -64,7 +61,7 @@ impl HttpChain {
             st.downstream_rq_completed.clone(),
             st.downstream_rq_class.by_class[3].clone(),
         ]);
-        Ok(Self { hcm, builder, http1_builder, refused_head })
+        Ok(Self { hcm, builder, refused_head })
     }
 
     /// The server settings for a connection whose TLS ALPN said `h2`
