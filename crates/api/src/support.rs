@@ -10,6 +10,7 @@
 mod compat;
 mod overload;
 mod udp;
+mod wasm;
 
 use crate::error::FieldError;
 use crate::lenient::join;
@@ -43,6 +44,7 @@ pub const SUPPORTED_EXTENSIONS: &[&str] = &[
     "envoy.extensions.filters.http.ext_proc.v3.ExtProcPerRoute",
     "envoy.extensions.filters.http.lua.v3.Lua",
     "envoy.extensions.filters.http.lua.v3.LuaPerRoute",
+    "envoy.extensions.filters.http.wasm.v3.Wasm",
     "envoy.extensions.filters.http.compressor.v3.Compressor",
     "envoy.extensions.compression.gzip.compressor.v3.Gzip",
     "envoy.extensions.compression.brotli.compressor.v3.Brotli",
@@ -911,6 +913,7 @@ fn supported_fields(message: &str) -> &'static [&'static str] {
         .chain(TRACING_FIELDS)
         .chain(overload::FIELDS)
         .chain(udp::FIELDS)
+        .chain(wasm::FIELDS)
         .find(|(m, _)| *m == message)
         .map_or(&[], |(_, f)| f)
 }

@@ -5,7 +5,7 @@
 use crate::http::filters::api::Registration;
 use crate::http::filters::{
     buffer, cache, compressor, cors, csrf, decompressor, ext_authz, ext_proc, fault, grpc_http1_bridge, grpc_web,
-    header_to_metadata, health_check, jwt, local_ratelimit, lua, ratelimit, rbac,
+    header_to_metadata, health_check, jwt, local_ratelimit, lua, ratelimit, rbac, wasm,
 };
 use crate::http::route::per_filter::PerRouteConfig;
 use legate_api::pb::google::protobuf::Any;
@@ -31,6 +31,7 @@ pub static HTTP_FILTERS: &[Registration] = &[
     buffer::REGISTRATION,
     header_to_metadata::REGISTRATION,
     cache::REGISTRATION,
+    wasm::REGISTRATION,
 ];
 
 /// The filter whose config has this type.
