@@ -919,7 +919,10 @@ fn supported_fields(message: &str) -> &'static [&'static str] {
 }
 
 fn supported_extension(ty: &str) -> bool {
-    SUPPORTED_EXTENSIONS.contains(&ty) || TRACING_EXTENSIONS.contains(&ty) || udp::EXTENSIONS.contains(&ty)
+    SUPPORTED_EXTENSIONS.contains(&ty)
+        || TRACING_EXTENSIONS.contains(&ty)
+        || udp::EXTENSIONS.contains(&ty)
+        || wasm::EXTENSIONS.contains(&ty)
 }
 
 /// A field of `message` is honoured: in `only` when its place narrows the

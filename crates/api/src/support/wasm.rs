@@ -3,6 +3,11 @@
 //! `remote` code, environment variables and capability restrictions are not
 //! built.
 
+/// A plugin's `configuration` (and its VM's): the wrappers Envoy hands the
+/// plugin unwrapped, and `Struct` as JSON.
+pub(super) const EXTENSIONS: &[&str] =
+    &["google.protobuf.StringValue", "google.protobuf.BytesValue", "google.protobuf.Struct"];
+
 pub(super) const FIELDS: &[(&str, &[&str])] = &[
     ("envoy.extensions.filters.http.wasm.v3.Wasm", &["config"]),
     (

@@ -1,8 +1,9 @@
 //! On request headers: counts the request in the `requests` counter, logs
 //! the path, answers 403 itself when `x-wasm-deny` is present, else adds the
 //! header its plugin configuration names (`name: value`) and
-//! `x-wasm-method` from the `request.method` property. On response headers:
-//! adds `x-wasm-response`.
+//! `x-wasm-method` from the `request.method` property; panics (a trap: the
+//! VM fails) when `x-wasm-panic` is present. On response headers: adds
+//! `x-wasm-response`.
 
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel, MetricType};
@@ -57,6 +58,9 @@ impl HttpContext for Http {
         let _ = proxy_wasm::hostcalls::increment_metric(self.counter, 1);
         let path = self.get_http_request_header(":path").unwrap_or_default();
         log::warn!("headers-plugin request to {path}");
+        if self.get_http_request_header("x-wasm-panic").is_some() {
+            panic!("asked to panic");
+        }
         if self.get_http_request_header("x-wasm-deny").is_some() {
             self.send_http_response(403, vec![("x-wasm-denied", "yes")], Some(b"denied by wasm\n"));
             return Action::Pause;
