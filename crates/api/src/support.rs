@@ -11,6 +11,7 @@ mod compat;
 mod dfp;
 mod overload;
 mod udp;
+mod wasm;
 
 use crate::error::FieldError;
 use crate::lenient::join;
@@ -44,6 +45,7 @@ pub const SUPPORTED_EXTENSIONS: &[&str] = &[
     "envoy.extensions.filters.http.ext_proc.v3.ExtProcPerRoute",
     "envoy.extensions.filters.http.lua.v3.Lua",
     "envoy.extensions.filters.http.lua.v3.LuaPerRoute",
+    "envoy.extensions.filters.http.wasm.v3.Wasm",
     "envoy.extensions.filters.http.compressor.v3.Compressor",
     "envoy.extensions.compression.gzip.compressor.v3.Gzip",
     "envoy.extensions.compression.brotli.compressor.v3.Brotli",
@@ -926,6 +928,7 @@ fn supported_fields(message: &str) -> &'static [&'static str] {
         .chain(overload::FIELDS)
         .chain(udp::FIELDS)
         .chain(dfp::FIELDS)
+        .chain(wasm::FIELDS)
         .find(|(m, _)| *m == message)
         .map_or(&[], |(_, f)| f)
 }
@@ -935,6 +938,7 @@ fn supported_extension(ty: &str) -> bool {
         || TRACING_EXTENSIONS.contains(&ty)
         || udp::EXTENSIONS.contains(&ty)
         || dfp::EXTENSIONS.contains(&ty)
+        || wasm::EXTENSIONS.contains(&ty)
 }
 
 /// A field of `message` is honoured: in `only` when its place narrows the

@@ -28,6 +28,7 @@ pub mod ratelimit;
 pub mod rbac;
 pub mod registry;
 pub(crate) mod service;
+pub mod wasm;
 
 pub use api::{FilterStatus, HttpFilter, RequestCtx, ResponseState, ServerParts, Verdict};
 

@@ -5,7 +5,7 @@
 use crate::http::filters::api::Registration;
 use crate::http::filters::{
     buffer, cache, compressor, cors, csrf, decompressor, dynamic_forward_proxy, ext_authz, ext_proc, fault,
-    grpc_http1_bridge, grpc_web, header_to_metadata, health_check, jwt, local_ratelimit, lua, ratelimit, rbac,
+    grpc_http1_bridge, grpc_web, header_to_metadata, health_check, jwt, local_ratelimit, lua, ratelimit, rbac, wasm,
 };
 use crate::http::route::per_filter::PerRouteConfig;
 use legate_api::pb::google::protobuf::Any;
@@ -32,6 +32,7 @@ pub static HTTP_FILTERS: &[Registration] = &[
     header_to_metadata::REGISTRATION,
     cache::REGISTRATION,
     dynamic_forward_proxy::REGISTRATION,
+    wasm::REGISTRATION,
 ];
 
 /// The filter whose config has this type.
