@@ -100,7 +100,7 @@ fn dynamic_forward_proxy_matches_envoy() {
         get("/again").host(host(format!("localhost:{a}"))),
         get("/ip").host(host(format!("127.0.0.1:{b}"))),
         get("/literal").host("example.com"),
-        get("/header").host("example.com").header("x-target", &format!("localhost:{a}")),
+        get("/header").host("example.com").header("x-target", format!("localhost:{a}")),
         get("/header-absent").host(host(format!("localhost:{b}"))),
         get("/fail").host("nowhere.invalid"),
         get("/fail-again").host("nowhere.invalid"),
