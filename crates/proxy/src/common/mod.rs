@@ -16,3 +16,4 @@ pub mod metadata;
 pub mod overload;
 pub mod runtime;
 pub mod token_bucket;
+pub mod version;

@@ -226,9 +226,7 @@ fn handle(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>> {
     }
 }
 
-pub fn version() -> String {
-    format!("legate/{}/Clean/RELEASE/rustls", env!("CARGO_PKG_VERSION"))
-}
+use crate::common::version::version;
 
 /// Envoy's server state: DRAINING while the listeners drain or after
 /// `/healthcheck/fail` (until `/healthcheck/ok`), else LIVE.

@@ -103,7 +103,7 @@ impl Datadog {
         let exporter = Exporter::flushing(target, encoder, stats, ctx.exporters, QUEUE, FLUSH);
         let process = Process {
             runtime_id: uuid::Uuid::new_v4().to_string(),
-            version: format!("legate {}", crate::server::admin::version()),
+            version: format!("legate {}", crate::common::version::version()),
             pid: f64::from(std::process::id()),
         };
         Ok(Self { service: c.service_name, process: Arc::new(process), rates, exporter })

@@ -117,7 +117,7 @@ pub(super) async fn trailers_stage(s: &mut Session, phase: Phase, trailers: Head
     let stage = Stage { phase, headers: &mut list, body: &mut None, end_of_stream: true };
     match s.run(stage).await {
         o @ Outcome::Immediate { .. } => Err(o),
-        Outcome::Continue => Ok(super::filter::to_map(&list)),
+        Outcome::Continue => Ok(super::mutation::to_map(&list)),
     }
 }
 
@@ -143,11 +143,11 @@ async fn first_chunk(s: &mut Session, phase: Phase, headers: &mut HeaderList, bo
             Next::Go(false)
         }
         Ok(d) => {
-            *body = super::streamed::prepend(Frame::data(d), take(body));
+            *body = prepend(Frame::data(d), take(body));
             Next::Go(true)
         }
         Err(trailers) => {
-            *body = super::streamed::prepend(trailers, ProxyBody::Empty);
+            *body = prepend(trailers, ProxyBody::Empty);
             Next::Go(true)
         }
     }
@@ -182,4 +182,11 @@ pub(super) fn rebuild(
         }
         None => ProxyBody::Rewritten { body: Box::new(http_body_util::StreamBody::new(head)) },
     }
+}
+
+/// A frame already read, then the rest of `body`.
+pub(super) fn prepend(first: Frame<Bytes>, body: ProxyBody) -> ProxyBody {
+    let first = tokio_stream::iter([Ok(first)]);
+    let rest = http_body_util::BodyStream::new(body);
+    ProxyBody::Rewritten { body: Box::new(http_body_util::StreamBody::new(tokio_stream::StreamExt::chain(first, rest))) }
 }

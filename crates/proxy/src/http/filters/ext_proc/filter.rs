@@ -5,7 +5,7 @@
 //! request ends.
 
 use super::bodies::{self, Next};
-use super::mutation::HeaderList;
+use super::mutation::{to_map, HeaderList};
 use super::session::{Outcome, Phase, Session, Stage};
 use super::streamed::{self, Slot};
 use super::{Mode, Namespaces, PerRoute, Shared};
@@ -243,17 +243,6 @@ fn response_headers(resp: &http::Response<ProxyBody>) -> HeaderList {
     let mut list: HeaderList = vec![(":status".into(), resp.status().as_str().as_bytes().to_vec())];
     list.extend(resp.headers().iter().map(|(k, v)| (k.as_str().to_string(), v.as_bytes().to_vec())));
     list
-}
-
-/// The header list back into a map, its pseudo-headers left out.
-pub(super) fn to_map(list: &HeaderList) -> HeaderMap {
-    let mut map = HeaderMap::with_capacity(list.len());
-    for (k, v) in list.iter().filter(|(k, _)| !k.starts_with(':')) {
-        if let (Ok(k), Ok(v)) = (HeaderName::from_bytes(k.as_bytes()), HeaderValue::from_bytes(v)) {
-            map.append(k, v);
-        }
-    }
-    map
 }
 
 fn pseudo<'a>(list: &'a HeaderList, name: &str) -> Option<&'a [u8]> {

@@ -4,6 +4,7 @@
 //! `BodyMutation` (Envoy's `MutationUtils` and `MutationRules::Checker`).
 
 use crate::stats::Counter;
+use http::header::{HeaderMap, HeaderName, HeaderValue};
 use legate_api::pb::envoy::config::core::v3::{HeaderMap as PbHeaderMap, HeaderValue as PbHeaderValue};
 use legate_api::pb::envoy::service::ext_proc::v3::{body_mutation, BodyMutation, HeaderMutation};
 
@@ -258,4 +259,15 @@ mod tests {
         assert!(apply_headers(&cl, &mut l, How { skip_content_length: true, ..How::default() }, &rejected).is_ok());
         assert_eq!(l, list(&[(":status", "200")]));
     }
+}
+
+/// The header list back into a map, its pseudo-headers left out.
+pub(super) fn to_map(list: &HeaderList) -> HeaderMap {
+    let mut map = HeaderMap::with_capacity(list.len());
+    for (k, v) in list.iter().filter(|(k, _)| !k.starts_with(':')) {
+        if let (Ok(k), Ok(v)) = (HeaderName::from_bytes(k.as_bytes()), HeaderValue::from_bytes(v)) {
+            map.append(k, v);
+        }
+    }
+    map
 }

@@ -15,7 +15,6 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use tokio::sync::mpsc;
-use tokio_stream::StreamExt as _;
 
 /// Where the session goes back for the response side.
 pub(super) type Slot = Arc<Mutex<Option<Session>>>;
@@ -30,13 +29,6 @@ pub(super) fn body(s: Session, body: ProxyBody, response: bool, slot: Slot, keep
 }
 
 type Item = Result<Frame<Bytes>, BodyError>;
-
-/// A frame already read, then the rest of `body`.
-pub(super) fn prepend(first: Frame<Bytes>, body: ProxyBody) -> ProxyBody {
-    let first = tokio_stream::iter([Ok(first)]);
-    let rest = http_body_util::BodyStream::new(body);
-    ProxyBody::Rewritten { body: Box::new(http_body_util::StreamBody::new(first.chain(rest))) }
-}
 
 async fn pump(mut s: Session, mut body: ProxyBody, response: bool, slot: Slot, keep: bool, tx: mpsc::Sender<Item>) {
     let put_back = |s: Session| {
