@@ -10,10 +10,8 @@ pub(super) const EXTENSIONS: &[&str] = &[
 ];
 
 const FIELDS: &[(&str, &[&str])] = &[
-    // A DNS cluster's own name servers (c-ares `resolvers`, or the
-    // deprecated `dns_resolvers`) and `respect_dns_ttl`: Legate's DNS client
-    // asks them (or `/etc/resolv.conf`'s) and reads the answers' TTL.
-    ("envoy.config.cluster.v3.Cluster", &["respect_dns_ttl", "typed_dns_resolver_config", "dns_resolvers"]),
+    // A DNS cluster's own name servers (c-ares `resolvers`; see the
+    // cluster's entry below) and `respect_dns_ttl`.
     ("envoy.extensions.network.dns_resolver.cares.v3.CaresDnsResolverConfig", &["resolvers"]),
     // A route's `inline_cluster_specifier_plugin` with the Lua cluster specifier.
     ("envoy.config.route.v3.ClusterSpecifierPlugin", &["extension"]),
@@ -141,7 +139,20 @@ const FIELDS: &[(&str, &[&str])] = &[
     // TCP keepalive on upstream connections.
     // Per-connection buffer limits: what a stream holds whole (listener),
     // what an upstream connection buffers (cluster).
-    ("envoy.config.cluster.v3.Cluster", &["upstream_connection_options", "per_connection_buffer_limit_bytes"]),
+    // A DNS cluster's own name servers (c-ares `resolvers` in
+    // `typed_dns_resolver_config`, or the deprecated `dns_resolvers`) and
+    // `respect_dns_ttl`: Legate's DNS client asks them (or
+    // `/etc/resolv.conf`'s) and reads the answers' TTL.
+    (
+        "envoy.config.cluster.v3.Cluster",
+        &[
+            "upstream_connection_options",
+            "per_connection_buffer_limit_bytes",
+            "respect_dns_ttl",
+            "typed_dns_resolver_config",
+            "dns_resolvers",
+        ],
+    ),
     ("envoy.config.listener.v3.Listener", &["per_connection_buffer_limit_bytes"]),
     ("envoy.config.cluster.v3.UpstreamConnectionOptions", &["tcp_keepalive"]),
     ("envoy.config.core.v3.TcpKeepalive", &["keepalive_probes", "keepalive_time", "keepalive_interval"]),
