@@ -306,7 +306,7 @@ fn google_grpc_only_where_built() {
 }
 
 /// `refresh_delay` is read by Envoy for REST sources only: a gRPC source
-/// with it runs as without it; a REST source stays refused.
+/// with it runs as without it; a REST source with `cluster_names` loads.
 #[test]
 fn refresh_delay_on_a_grpc_source() {
     let source = |api_type: &str| {
@@ -314,13 +314,9 @@ fn refresh_delay_on_a_grpc_source() {
     };
     let ok = check_bootstrap(&source("GRPC"));
     assert!(ok.is_valid() && ok.unsupported.is_empty(), "{:?} {:?}", ok.errors, ok.unsupported);
-    let r = check_bootstrap(&source("REST"));
-    assert!(
-        r.unsupported.iter().any(|e| e.path.ends_with("api_config_source.api_type")),
-        "{:?} {:?}",
-        r.errors,
-        r.unsupported
-    );
+    let rest = format!("{}dynamic_resources:\n  cds_config:\n    resource_api_version: V3\n    api_config_source: {{api_type: REST, transport_api_version: V3, cluster_names: [c], refresh_delay: 0.5s, request_timeout: 2s}}\nnode: {{id: n, cluster: k}}\n", listener(ROUTER, "c"));
+    let r = check_bootstrap(&rest);
+    assert!(r.is_valid() && r.unsupported.is_empty(), "{:?} {:?}", r.errors, r.unsupported);
 }
 
 #[test]

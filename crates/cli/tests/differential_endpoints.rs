@@ -3,7 +3,9 @@
 //! name, a DNS name, or none), `/clusters`' `hostname`,
 //! `%UPSTREAM_HOST_NAME%` and `%UPSTREAM_METADATA(...)%` in text and JSON
 //! access logs, and a ring hash keyed by the endpoints' `envoy.lb`
-//! `hash_key` sending the same keys to the same upstreams.
+//! `hash_key` sending the same keys to the same upstreams; and DNS clusters
+//! asking a name server of their own (c-ares `resolvers`) again after the
+//! answer's TTL with `respect_dns_ttl`, after `dns_refresh_rate` without.
 
 mod harness;
 
@@ -310,4 +312,112 @@ fn pipe_endpoints_match_envoys() {
     let (e, l) = (addresses(pair.envoy_admin), addresses(pair.legate_admin));
     eprintln!("/clusters?format=json addresses (Envoy): {e:?}");
     assert_same("/clusters?format=json addresses", &e, &l);
+}
+
+/// A name server on loopback: every A query for a name under `dns.test`
+/// gets 127.0.0.1 with `ttl`, other names NXDOMAIN; A queries counted per
+/// name. Stops when dropped.
+struct NameServer {
+    port: u16,
+    seen: std::sync::Arc<std::sync::Mutex<std::collections::BTreeMap<String, usize>>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl NameServer {
+    fn start(ttl: u32) -> NameServer {
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind DNS");
+        socket.set_read_timeout(Some(Duration::from_millis(100))).expect("timeout");
+        let port = socket.local_addr().expect("addr").port();
+        let server = NameServer { port, seen: Default::default(), stop: Default::default() };
+        let (seen, stop) = (server.seen.clone(), server.stop.clone());
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 1500];
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let Ok((n, from)) = socket.recv_from(&mut buf) else { continue };
+                if let Some((name, answer)) = Self::answer(&buf[..n], ttl) {
+                    if let Some(name) = name {
+                        *seen.lock().unwrap().entry(name).or_default() += 1;
+                    }
+                    let _ = socket.send_to(&answer, from);
+                }
+            }
+        });
+        server
+    }
+
+    /// The answer to a query, and the name when it was an A query answered.
+    fn answer(q: &[u8], ttl: u32) -> Option<(Option<String>, Vec<u8>)> {
+        let mut at = 12;
+        let mut labels = Vec::new();
+        while *q.get(at)? != 0 {
+            let len = q[at] as usize;
+            labels.push(String::from_utf8_lossy(q.get(at + 1..at + 1 + len)?).to_lowercase());
+            at += 1 + len;
+        }
+        let end = at + 5;
+        let qtype = u16::from_be_bytes([*q.get(at + 1)?, *q.get(at + 2)?]);
+        let name = labels.join(".");
+        let known = name.ends_with(".dns.test");
+        let a = known && qtype == 1;
+        let mut r = q[..2].to_vec();
+        r.extend_from_slice(&[0x81, if known { 0x80 } else { 0x83 }, 0, 1, 0, u8::from(a), 0, 0, 0, 0]);
+        r.extend_from_slice(q.get(12..end)?);
+        if a {
+            r.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1]);
+            r.extend_from_slice(&ttl.to_be_bytes());
+            r.extend_from_slice(&[0, 4, 127, 0, 0, 1]);
+        }
+        Some((a.then_some(name), r))
+    }
+
+    fn count(&self, name: &str) -> usize {
+        self.seen.lock().unwrap().get(name).copied().unwrap_or(0)
+    }
+}
+
+impl Drop for NameServer {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Two STRICT_DNS clusters asking the test's name server (TTL 1 s) with a
+/// refresh rate of 60 s: with `respect_dns_ttl` both proxies ask again about
+/// every second, without it not once more in the same four seconds.
+#[test]
+fn respect_dns_ttl_resolves_again_after_the_ttl_as_envoy_does() {
+    let dir = TempDir::new("diff-dns-ttl");
+    let (_up, up) = harness::upstream::echo("up", dir.path());
+    let dns = NameServer::start(1);
+    let resolver = format!("typed_dns_resolver_config: {{name: envoy.network.dns_resolver.cares, typed_config: {{\"@type\": type.googleapis.com/envoy.extensions.network.dns_resolver.cares.v3.CaresDnsResolverConfig, resolvers: [{{socket_address: {{address: 127.0.0.1, port_value: {}}}}}]}}}}", dns.port);
+    let yaml = |who: &'static str, admin: u16, ports: &Ports| {
+        let cluster = |name: &str, respect: bool| {
+            format!("{{name: {name}, connect_timeout: 1s, type: STRICT_DNS, dns_lookup_family: V4_ONLY, dns_refresh_rate: 60s, respect_dns_ttl: {respect}, {resolver}, load_assignment: {{cluster_name: {name}, endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: {who}-{name}.dns.test, port_value: {up}}}}}}}}}]}}]}}}}")
+        };
+        let hcm = harness::config::hcm_routes("in", &[("/ttl", "ttl"), ("/rate", "rate")]);
+        harness::config::bootstrap(
+            admin,
+            &[harness::config::listener("in", ports["in"], &format!("{{filters: [{hcm}]}}"))],
+            &[cluster("ttl", true), cluster("rate", false)],
+        )
+    };
+    let [envoy, legate] = both(dir.path(), &[], &["in"], yaml);
+    // Both reach the upstream at the address the test's server gave.
+    for side in [&envoy, &legate] {
+        for path in ["/ttl/x", "/rate/x"] {
+            let r = http_get(addr(side.port("in")), path, "example.com").expect("request");
+            assert_eq!(r.status, 200, "{} {path}: {}", side.who, r.body);
+        }
+    }
+    let counts = |who: &str| (dns.count(&format!("{who}-ttl.dns.test")), dns.count(&format!("{who}-rate.dns.test")));
+    let before = [counts("envoy"), counts("legate")];
+    std::thread::sleep(Duration::from_secs(4));
+    let after = [counts("envoy"), counts("legate")];
+    let asked: Vec<(usize, usize)> = (0..2).map(|i| (after[i].0 - before[i].0, after[i].1 - before[i].1)).collect();
+    eprintln!("queries in 4 s (respecting the TTL, not): Envoy {:?}, Legate {:?}", asked[0], asked[1]);
+    assert!(before.iter().all(|c| c.0 >= 1 && c.1 >= 1), "each name resolved first: {before:?}");
+    assert!((3..=5).contains(&asked[0].0), "Envoy asked again after the TTL: {asked:?}");
+    assert_eq!(asked[0].1, 0, "Envoy waited for the refresh rate: {asked:?}");
+    assert!(asked[1].0.abs_diff(asked[0].0) <= 1, "Legate asks as often as Envoy: {asked:?}");
+    assert_eq!(asked[1].1, 0, "Legate waits for the refresh rate: {asked:?}");
 }

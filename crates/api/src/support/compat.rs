@@ -4,15 +4,23 @@
 //! `NARROWED` in the main table) honours only what is listed there.
 
 /// Extension types learnt for real-world configs.
-pub(super) const EXTENSIONS: &[&str] = &["envoy.extensions.router.cluster_specifiers.lua.v3.LuaConfig"];
+pub(super) const EXTENSIONS: &[&str] = &[
+    "envoy.extensions.router.cluster_specifiers.lua.v3.LuaConfig",
+    "envoy.extensions.network.dns_resolver.cares.v3.CaresDnsResolverConfig",
+];
 
 const FIELDS: &[(&str, &[&str])] = &[
+    // A DNS cluster's own name servers (c-ares `resolvers`; see the
+    // cluster's entry below) and `respect_dns_ttl`.
+    ("envoy.extensions.network.dns_resolver.cares.v3.CaresDnsResolverConfig", &["resolvers"]),
     // A route's `inline_cluster_specifier_plugin` with the Lua cluster specifier.
     ("envoy.config.route.v3.ClusterSpecifierPlugin", &["extension"]),
     ("envoy.extensions.router.cluster_specifiers.lua.v3.LuaConfig", &["source_code", "default_cluster"]),
-    // Envoy reads `refresh_delay` for REST sources only (refused below), so
-    // on a gRPC source it changes nothing, in Envoy as in Legate.
-    ("envoy.config.core.v3.ApiConfigSource", &["refresh_delay"]),
+    // REST sources (`api_type: REST`): polled every `refresh_delay` on the
+    // one cluster of `cluster_names`, each poll given `request_timeout`.
+    // Envoy reads `refresh_delay` for REST sources only, so on a gRPC source
+    // it changes nothing, in Envoy as in Legate.
+    ("envoy.config.core.v3.ApiConfigSource", &["refresh_delay", "cluster_names", "request_timeout"]),
     // A gRPC service called straight at its target (reached only where a
     // `GrpcService` is narrowed to allow it: ext_authz). No call credentials,
     // channel args or plugins; `google_default` credentials are refused.
@@ -133,7 +141,20 @@ const FIELDS: &[(&str, &[&str])] = &[
     // TCP keepalive on upstream connections.
     // Per-connection buffer limits: what a stream holds whole (listener),
     // what an upstream connection buffers (cluster).
-    ("envoy.config.cluster.v3.Cluster", &["upstream_connection_options", "per_connection_buffer_limit_bytes"]),
+    // A DNS cluster's own name servers (c-ares `resolvers` in
+    // `typed_dns_resolver_config`, or the deprecated `dns_resolvers`) and
+    // `respect_dns_ttl`: Legate's DNS client asks them (or
+    // `/etc/resolv.conf`'s) and reads the answers' TTL.
+    (
+        "envoy.config.cluster.v3.Cluster",
+        &[
+            "upstream_connection_options",
+            "per_connection_buffer_limit_bytes",
+            "respect_dns_ttl",
+            "typed_dns_resolver_config",
+            "dns_resolvers",
+        ],
+    ),
     ("envoy.config.listener.v3.Listener", &["per_connection_buffer_limit_bytes"]),
     ("envoy.config.cluster.v3.UpstreamConnectionOptions", &["tcp_keepalive"]),
     ("envoy.config.core.v3.TcpKeepalive", &["keepalive_probes", "keepalive_time", "keepalive_interval"]),
@@ -190,12 +211,6 @@ const FIELDS: &[(&str, &[&str])] = &[
 
 /// Enum values refused in a field learnt here: (message, field, values, reason).
 pub(super) const UNSUPPORTED_VALUES: &[(&str, &str, &[i32], &str)] = &[
-    (
-        "envoy.config.core.v3.ApiConfigSource",
-        "api_type",
-        &[1],
-        "REST config sources (api_type REST) are not implemented by Legate",
-    ),
     (
         "envoy.extensions.filters.http.ext_proc.v3.ProcessingMode",
         "request_body_mode",

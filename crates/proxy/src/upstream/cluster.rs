@@ -149,7 +149,7 @@ impl Cluster {
             conn_options: protocol.conn_options,
             buffer_limit: c.per_connection_buffer_limit_bytes.map(|v| v.value as usize),
             lb,
-            dns: Dns::compile(c, dns_targets, discovery == Discovery::LogicalDns),
+            dns: Dns::compile(c, dns_targets, discovery == Discovery::LogicalDns)?,
             dfp,
             eds_service_name,
             localities: arc_swap::ArcSwap::from_pointee(c.load_assignment.as_ref().map(localities).unwrap_or_default()),

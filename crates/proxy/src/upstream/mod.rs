@@ -16,6 +16,7 @@ pub mod cluster_stats;
 pub mod connection;
 pub mod dfp;
 pub mod dns;
+pub mod dns_client;
 pub mod endpoints;
 pub mod error;
 pub mod google_grpc;

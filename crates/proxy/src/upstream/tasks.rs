@@ -13,8 +13,8 @@ pub async fn start_before_traffic(cluster: &Arc<Cluster>) {
     // Only DNS clusters resolve: an EDS cluster's hosts come from EDS, and a
     // resolution of its (empty) load assignment would wipe them.
     if cluster.discovery.uses_dns() {
-        cluster.dns.resolve_once(&cluster.name, &cluster.hosts).await;
-        tokio::spawn(refresh_dns(Arc::downgrade(cluster)));
+        let ttl = cluster.dns.resolve_once(&cluster.name, &cluster.hosts).await;
+        tokio::spawn(refresh_dns(Arc::downgrade(cluster), ttl));
     }
     if let Some(hc) = &cluster.health_check {
         hc.round(&cluster.hosts, cluster.stats.upstream_cx_total.value() > 0).await;
@@ -27,10 +27,10 @@ pub fn start(cluster: &Arc<Cluster>) {
     if cluster.discovery.uses_dns() {
         let c = cluster.clone();
         tokio::spawn(async move {
-            c.dns.resolve_once(&c.name, &c.hosts).await;
+            let ttl = c.dns.resolve_once(&c.name, &c.hosts).await;
             let cluster = Arc::downgrade(&c);
             drop(c);
-            refresh_dns(cluster).await;
+            refresh_dns(cluster, ttl).await;
         });
     }
     spawn_checks(cluster, false);
@@ -47,14 +47,15 @@ fn spawn_checks(cluster: &Arc<Cluster>, checked: bool) {
     }
 }
 
-/// Re-resolves a DNS cluster every `dns_refresh_rate` until the cluster is
+/// Re-resolves a DNS cluster every `dns_refresh_rate` (or, with
+/// `respect_dns_ttl`, after the last answers' TTL) until the cluster is
 /// gone (removed or replaced by CDS).
-async fn refresh_dns(cluster: Weak<Cluster>) {
+async fn refresh_dns(cluster: Weak<Cluster>, mut ttl: Option<std::time::Duration>) {
     loop {
-        let Some(refresh) = cluster.upgrade().map(|c| c.dns.refresh) else { return };
-        tokio::time::sleep(refresh).await;
+        let Some(wait) = cluster.upgrade().map(|c| c.dns.next_wait(ttl)) else { return };
+        tokio::time::sleep(wait).await;
         let Some(c) = cluster.upgrade() else { return };
-        c.dns.resolve_once(&c.name, &c.hosts).await;
+        ttl = c.dns.resolve_once(&c.name, &c.hosts).await;
     }
 }
 

@@ -406,7 +406,10 @@ impl Dynamic {
             }
             return result;
         }
-        shared.store.counter(&format!("{stat}.update_attempt")).inc();
+        // A REST poll counted its attempt when it was sent.
+        if !self.rest {
+            shared.store.counter(&format!("{stat}.update_attempt")).inc();
+        }
         match &result {
             Ok(()) => shared.store.counter(&format!("{stat}.update_success")).inc(),
             Err(e) => {
@@ -416,6 +419,18 @@ impl Dynamic {
         }
         result
     }
+}
+
+/// Where a type's updates are counted (SDS counts per secret).
+pub(super) fn stat_prefix(type_url: &str) -> Option<&'static str> {
+    Some(match type_url {
+        CDS => "cluster_manager.cds",
+        EDS => "cluster_manager.eds",
+        LDS => "listener_manager.lds",
+        RDS => "rds",
+        RTDS => "runtime",
+        _ => return None,
+    })
 }
 
 /// Installs secrets that arrived from `source` (ADS or a gRPC SDS server):

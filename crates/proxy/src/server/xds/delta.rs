@@ -37,6 +37,7 @@ pub(super) async fn delta_session(session: Session<'_>, d: &mut Dynamic) -> Resu
                 .into_inner(),
         ),
         Conn::PerType(channel) => Box::pin(super::per_type::delta(channel.clone(), rx, super::node(shared))),
+        Conn::Rest(_) => return Err("REST sources are polled state of the world, never delta".into()),
     };
     connected.set(1);
     let mut tick = tokio::time::interval(Duration::from_millis(500));

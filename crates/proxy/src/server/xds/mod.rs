@@ -1,4 +1,5 @@
-//! The proxy's xDS client: ADS over gRPC, state of the world or delta.
+//! The proxy's xDS client: ADS over gRPC, state of the world or delta, one
+//! gRPC stream per type, or REST polling per type.
 //!
 //! It runs on the main thread. What it receives is validated with the same
 //! loader rules as a bootstrap, compiled off the request path, and swapped in:
@@ -10,6 +11,7 @@
 mod apply;
 mod delta;
 mod per_type;
+mod rest;
 mod sds_source;
 mod sotw;
 
@@ -17,7 +19,7 @@ use delta::delta_session;
 pub use sds_source::run as run_sds_sources;
 use sotw::sotw_session;
 
-use crate::common::config_source::grpc_source;
+use crate::common::config_source::{api_source, grpc_source, Transport};
 use crate::listener::ListenerConfig;
 use crate::server::instance::Shared;
 use crate::upstream::cluster::Cluster;
@@ -33,6 +35,7 @@ use legate_api::pb::envoy::config::route::v3::RouteConfiguration;
 use legate_api::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
 use legate_api::pb::google::protobuf::Any;
 use prost::Message;
+pub use rest::RestTimings;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -68,6 +71,8 @@ pub struct AdsConfig {
     /// The first RTDS layer's `initial_fetch_timeout` (15 s by default;
     /// zero waits for ever).
     pub rtds_timeout: Option<Duration>,
+    /// The per-type sources are polled over REST (never with ADS).
+    pub rest: Option<RestTimings>,
 }
 
 /// Reads `dynamic_resources` from the bootstrap. `None` when there is none.
@@ -93,8 +98,10 @@ pub fn ads_config(b: &Bootstrap) -> Result<Option<AdsConfig>, String> {
             };
             let (_, clusters) = grpc_source(&ApiConfigSource { api_type: ApiType::Grpc as i32, ..ads.clone() })
                 .map_err(|e| format!("dynamic_resources.ads_config.{e}"))?;
-            let cds = source(&dr.cds_config, "dynamic_resources.cds_config", &clusters, delta)?;
-            let lds = source(&dr.lds_config, "dynamic_resources.lds_config", &clusters, delta)?;
+            let transport = Transport::Grpc { delta };
+            let mut timings = HashMap::new();
+            let cds = source(&dr.cds_config, "dynamic_resources.cds_config", &clusters, transport, CDS, &mut timings)?;
+            let lds = source(&dr.lds_config, "dynamic_resources.lds_config", &clusters, transport, LDS, &mut timings)?;
             AdsConfig {
                 delta,
                 aggregated: true,
@@ -105,11 +112,12 @@ pub fn ads_config(b: &Bootstrap) -> Result<Option<AdsConfig>, String> {
                 initial_fetch_timeout,
                 rtds: false,
                 rtds_timeout: None,
+                rest: None,
             }
         }
         None => {
             // One stream per type: the sources must name the same servers.
-            let Some((delta, clusters)) = per_type_server(dr)? else {
+            let Some((transport, clusters)) = per_type_server(dr)? else {
                 return match rtds.first() {
                     Some((path, _)) => {
                         Err(format!("{path}: RTDS without a CDS or LDS config source is not implemented by Legate"))
@@ -117,10 +125,15 @@ pub fn ads_config(b: &Bootstrap) -> Result<Option<AdsConfig>, String> {
                     None => Ok(None),
                 };
             };
-            let cds = source(&dr.cds_config, "dynamic_resources.cds_config", &clusters, delta)?;
-            let lds = source(&dr.lds_config, "dynamic_resources.lds_config", &clusters, delta)?;
+            let mut timings = HashMap::new();
+            let cds = source(&dr.cds_config, "dynamic_resources.cds_config", &clusters, transport, CDS, &mut timings)?;
+            let lds = source(&dr.lds_config, "dynamic_resources.lds_config", &clusters, transport, LDS, &mut timings)?;
+            let rest = match transport {
+                Transport::Rest(default) => Some(RestTimings { default, per_type: timings }),
+                Transport::Grpc { .. } => None,
+            };
             AdsConfig {
-                delta,
+                delta: transport == Transport::Grpc { delta: true },
                 aggregated: false,
                 cluster: clusters[0].clone(),
                 clusters,
@@ -129,12 +142,21 @@ pub fn ads_config(b: &Bootstrap) -> Result<Option<AdsConfig>, String> {
                 initial_fetch_timeout,
                 rtds: false,
                 rtds_timeout: None,
+                rest,
             }
         }
     };
     let mut cfg = cfg;
+    let transport = match &cfg.rest {
+        Some(r) => Transport::Rest(r.default),
+        None => Transport::Grpc { delta: cfg.delta },
+    };
+    let mut timings = HashMap::new();
     for (path, cs) in &rtds {
-        source(&Some((*cs).clone()), path, &cfg.clusters, cfg.delta)?;
+        source(&Some((*cs).clone()), path, &cfg.clusters, transport, RTDS, &mut timings)?;
+    }
+    if let Some(rest) = &mut cfg.rest {
+        rest.per_type.extend(timings);
     }
     if let Some((_, cs)) = rtds.first() {
         cfg.rtds = true;
@@ -172,13 +194,13 @@ fn rtds_sources(b: &Bootstrap) -> Vec<(String, &ConfigSource)> {
         .collect()
 }
 
-/// The delta flag and servers of the bootstrap's per-type sources (CDS
+/// The transport and servers of the bootstrap's per-type sources (CDS
 /// first, then LDS), when there is one.
-fn per_type_server(dr: &DynamicResources) -> Result<Option<(bool, Vec<String>)>, String> {
+fn per_type_server(dr: &DynamicResources) -> Result<Option<(Transport, Vec<String>)>, String> {
     for (cs, what) in [(&dr.cds_config, "cds_config"), (&dr.lds_config, "lds_config")] {
         match cs.as_ref().map(|c| &c.config_source_specifier) {
             Some(Some(ConfigSourceSpecifier::ApiConfigSource(a))) => {
-                return grpc_source(a).map(Some).map_err(|e| format!("dynamic_resources.{what}.api_config_source.{e}"))
+                return api_source(a).map(Some).map_err(|e| format!("dynamic_resources.{what}.api_config_source.{e}"))
             }
             Some(_) => return Err(format!("dynamic_resources.{what}: ads without ads_config")),
             None => {}
@@ -188,22 +210,37 @@ fn per_type_server(dr: &DynamicResources) -> Result<Option<(bool, Vec<String>)>,
 }
 
 /// Whether the type is followed: a config source must be ADS (with
-/// `ads_config`) or a gRPC `api_config_source` on the same servers, of the
-/// same kind (delta or not).
-fn source(cs: &Option<ConfigSource>, path: &str, clusters: &[String], delta: bool) -> Result<bool, String> {
+/// `ads_config`) or an `api_config_source` on the same servers, of the
+/// same kind (gRPC delta, gRPC state of the world, or REST). A REST
+/// source's timing goes into `timings` under `ty`.
+fn source(
+    cs: &Option<ConfigSource>,
+    path: &str,
+    clusters: &[String],
+    transport: Transport,
+    ty: &'static str,
+    timings: &mut HashMap<&'static str, crate::common::config_source::RestTiming>,
+) -> Result<bool, String> {
     match cs.as_ref().map(|c| &c.config_source_specifier) {
         None => Ok(false),
-        Some(Some(ConfigSourceSpecifier::Ads(_))) => Ok(true),
+        Some(Some(ConfigSourceSpecifier::Ads(_))) if !matches!(transport, Transport::Rest(_)) => Ok(true),
         Some(Some(ConfigSourceSpecifier::ApiConfigSource(a))) => {
-            let (d, cs) = grpc_source(a).map_err(|e| format!("{path}.api_config_source.{e}"))?;
-            if cs != clusters || d != delta {
+            let (t, cs) = api_source(a).map_err(|e| format!("{path}.api_config_source.{e}"))?;
+            let same_kind = match (t, transport) {
+                (Transport::Rest(timing), Transport::Rest(_)) => {
+                    timings.insert(ty, timing);
+                    true
+                }
+                (t, transport) => t == transport,
+            };
+            if cs != clusters || !same_kind {
                 return Err(format!(
                     "{path}: config sources on other management servers (or of another api_type) are not implemented by Legate"
                 ));
             }
             Ok(true)
         }
-        Some(_) => Err(format!("{path}: only ads or a gRPC api_config_source is supported")),
+        Some(_) => Err(format!("{path}: only ads or a gRPC or REST api_config_source is supported")),
     }
 }
 
@@ -240,6 +277,8 @@ struct Dynamic {
     subscribed: HashMap<&'static str, BTreeSet<String>>,
     /// The management servers' clusters: resources may name no other.
     servers: Vec<String>,
+    /// REST sources: each poll counted its own attempt.
+    rest: bool,
     /// The RTDS layers' first response came (or its wait is over).
     rtds_ready: bool,
 }
@@ -256,7 +295,7 @@ struct Session<'a> {
 /// Runs the client forever: connect, stream, and reconnect with backoff.
 pub async fn run(shared: Arc<Shared>, cfg: AdsConfig) {
     let connected = shared.store.gauge("control_plane.connected_state");
-    let mut dynamic = Dynamic { servers: cfg.clusters.clone(), ..Dynamic::default() };
+    let mut dynamic = Dynamic { servers: cfg.clusters.clone(), rest: cfg.rest.is_some(), ..Dynamic::default() };
     let mut backoff = Duration::from_millis(500);
     // Which of the listed management servers to try next.
     let mut next = 0usize;
@@ -343,10 +382,15 @@ impl Target {
 enum Conn {
     Ads(AggregatedDiscoveryServiceClient<tonic::transport::Channel>),
     PerType(tonic::transport::Channel),
+    /// REST polls: each picks a host of the cluster.
+    Rest(RestTimings),
 }
 
 impl Conn {
     async fn open(cfg: &AdsConfig, target: &Target) -> Result<Conn, String> {
+        if let Some(rest) = &cfg.rest {
+            return Ok(Conn::Rest(rest.clone()));
+        }
         let ch = channel(target).await?;
         Ok(if cfg.aggregated {
             Conn::Ads(AggregatedDiscoveryServiceClient::new(ch).max_decoding_message_size(64 << 20))

@@ -60,6 +60,13 @@ pub(super) async fn sotw_session(session: Session<'_>, d: &mut Dynamic) -> Resul
                 .into_inner(),
         ),
         Conn::PerType(channel) => Box::pin(super::per_type::sotw(channel.clone(), rx, super::node(shared))),
+        Conn::Rest(timings) => Box::pin(super::rest::sotw(
+            shared.clone(),
+            target.cluster.name.clone(),
+            rx,
+            super::node(shared),
+            timings.clone(),
+        )),
     };
     connected.set(1);
     let mut nonces: HashMap<&'static str, String> = HashMap::new();

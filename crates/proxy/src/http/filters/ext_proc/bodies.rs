@@ -188,5 +188,7 @@ pub(super) fn rebuild(
 pub(super) fn prepend(first: Frame<Bytes>, body: ProxyBody) -> ProxyBody {
     let first = tokio_stream::iter([Ok(first)]);
     let rest = http_body_util::BodyStream::new(body);
-    ProxyBody::Rewritten { body: Box::new(http_body_util::StreamBody::new(tokio_stream::StreamExt::chain(first, rest))) }
+    ProxyBody::Rewritten {
+        body: Box::new(http_body_util::StreamBody::new(tokio_stream::StreamExt::chain(first, rest))),
+    }
 }
