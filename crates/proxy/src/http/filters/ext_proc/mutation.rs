@@ -200,6 +200,17 @@ pub(super) fn apply_body(m: &BodyMutation) -> Option<bytes::Bytes> {
     }
 }
 
+/// The header list back into a map, its pseudo-headers left out.
+pub(super) fn to_map(list: &HeaderList) -> HeaderMap {
+    let mut map = HeaderMap::with_capacity(list.len());
+    for (k, v) in list.iter().filter(|(k, _)| !k.starts_with(':')) {
+        if let (Ok(k), Ok(v)) = (HeaderName::from_bytes(k.as_bytes()), HeaderValue::from_bytes(v)) {
+            map.append(k, v);
+        }
+    }
+    map
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -259,15 +270,4 @@ mod tests {
         assert!(apply_headers(&cl, &mut l, How { skip_content_length: true, ..How::default() }, &rejected).is_ok());
         assert_eq!(l, list(&[(":status", "200")]));
     }
-}
-
-/// The header list back into a map, its pseudo-headers left out.
-pub(super) fn to_map(list: &HeaderList) -> HeaderMap {
-    let mut map = HeaderMap::with_capacity(list.len());
-    for (k, v) in list.iter().filter(|(k, _)| !k.starts_with(':')) {
-        if let (Ok(k), Ok(v)) = (HeaderName::from_bytes(k.as_bytes()), HeaderValue::from_bytes(v)) {
-            map.append(k, v);
-        }
-    }
-    map
 }
