@@ -14,7 +14,6 @@ use harness::http_client::get;
 use harness::process::TempDir;
 use harness::sides::start_pair;
 use harness::upstream::echo;
-use std::time::{Duration, Instant};
 
 const CACHE: &str = r#"{ name: dfp, dns_lookup_family: V4_ONLY, disable_dns_refresh_on_failure: true, typed_dns_resolver_config: { name: envoy.network.dns_resolver.getaddrinfo, typed_config: { "@type": type.googleapis.com/envoy.extensions.network.dns_resolver.getaddrinfo.v3.GetAddrInfoDnsResolverConfig } } }"#;
 
@@ -73,19 +72,6 @@ fn bootstrap(a: u16, b: u16, log: &str) -> String {
 /// A host header for a request (the harness takes `'static` ones).
 fn host(h: String) -> &'static str {
     Box::leak(h.into_boxed_str())
-}
-
-/// The access log's lines once it has `n` of them (polled for 5 s).
-fn log_lines(path: &std::path::Path, n: usize) -> Vec<String> {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let text = std::fs::read_to_string(path).unwrap_or_default();
-        let lines: Vec<String> = text.lines().map(str::to_string).collect();
-        if lines.len() >= n || Instant::now() > deadline {
-            return lines;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 #[test]
@@ -151,8 +137,8 @@ fn dynamic_forward_proxy_matches_envoy() {
         "",
     );
     assert!(quit.is_ok_and(|r| r.status == 200), "Envoy's /quitquitquit");
-    let envoy_log = log_lines(&ups.0.join(format!("access-{}.log", pair.envoy_admin)), n);
-    let legate_log = log_lines(&ups.0.join(format!("access-{}.log", pair.legate_admin)), n);
+    let envoy_log = harness::admin::log_lines_within(ups.0.join(format!("access-{}.log", pair.envoy_admin)), n);
+    let legate_log = harness::admin::log_lines_within(ups.0.join(format!("access-{}.log", pair.legate_admin)), n);
     assert_eq!(legate_log, envoy_log, "access logs (path, status, flags, upstream host)");
     assert!(legate_log.iter().any(|l| l.starts_with("/fail 503 DF")), "{legate_log:?}");
     drop((pa, pb));

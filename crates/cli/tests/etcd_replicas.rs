@@ -192,13 +192,7 @@ fn one_replica_drives_a_release_and_a_new_leader_continues_it() {
         serde_json::from_str(&out).expect("json")
     };
     wait_for("the second step", Duration::from_secs(20), || (status(&r1)["weight"] == 50).then_some(()));
-    // The leader logs a step once etcd has it, so replica-1 may see the
-    // step a moment before the leader's line is written.
-    let logged = Instant::now() + Duration::from_secs(5);
-    while !r0.output().contains("step 2 of 3") && Instant::now() < logged {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let (log0, log1) = (r0.output(), r1.output());
+    let (log0, log1) = (r0.logged("step 2 of 3"), r1.output());
     assert!(log0.contains("step 2 of 3"), "the leader drove the steps: {log0}");
     assert!(!log1.contains("step 1 of 3") && !log1.contains("step 2 of 3"), "the other replica did not: {log1}");
     // The leader dies; replica-1 takes over and goes on from step 2.
@@ -211,7 +205,7 @@ fn one_replica_drives_a_release_and_a_new_leader_continues_it() {
         (s["phase"] == "Promoted").then_some(s)
     });
     eprintln!("promoted {:?} after the leader was killed: {done}", killed.elapsed());
-    let log1 = r1.output();
+    let log1 = r1.logged("promoted: every step passed");
     assert!(log1.contains("step 3 of 3") && log1.contains("promoted: every step passed"), "{log1}");
     // Every step committed once, by the release, across both leaders.
     let (ok, hist) = r1.ctl(&["history", "-o", "json"]);

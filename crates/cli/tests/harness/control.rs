@@ -87,6 +87,21 @@ impl ControlPlane {
         self.proc_.output()
     }
 
+    /// What the control plane has logged, once it holds `line` or after
+    /// 5 s. A replica logs a decision after the store has it, so another
+    /// replica's API (or its own) can show the decision a moment before
+    /// the line is written.
+    pub fn logged(&self, line: &str) -> String {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let out = self.output();
+            if out.contains(line) || std::time::Instant::now() > deadline {
+                return out;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     pub fn ctl(&self, args: &[&str]) -> (bool, String) {
         ctl(&format!("http://127.0.0.1:{}", self.api), args)
     }

@@ -167,6 +167,26 @@ impl RequestCtx<'_> {
     pub fn per_route<T: std::any::Any>(&self) -> Option<&T> {
         self.route.iter().flatten().find_map(|p| p.get::<T>())
     }
+
+    /// The request's headers as scripts and plugins see them (Envoy's
+    /// header map): `:authority`, `:path`, `:method`, `:scheme`, then the
+    /// rest (`host` is `:authority`).
+    pub fn header_list(&self) -> Vec<(String, Vec<u8>)> {
+        let p = &self.pseudo;
+        let mut list = vec![
+            (":authority".to_string(), p.authority.as_bytes().to_vec()),
+            (":path".to_string(), p.path.as_bytes().to_vec()),
+            (":method".to_string(), p.method.as_bytes().to_vec()),
+            (":scheme".to_string(), p.scheme.as_bytes().to_vec()),
+        ];
+        list.extend(
+            self.headers
+                .iter()
+                .filter(|(k, _)| *k != http::header::HOST)
+                .map(|(k, v)| (k.as_str().to_string(), v.as_bytes().to_vec())),
+        );
+        list
+    }
 }
 
 /// What the request filters leave for the response. Per request: empty

@@ -279,23 +279,9 @@ impl LuaFilter {
     }
 }
 
-/// The request's headers as a script sees them: `:authority`, `:path`,
-/// `:method`, `:scheme`, then the rest (`host` is `:authority`).
+/// The request's headers as a script sees them (`RequestCtx::header_list`).
 fn request_headers(rq: &RequestCtx<'_>) -> HeaderList {
-    let p = &rq.pseudo;
-    let mut list: HeaderList = vec![
-        (":authority".into(), p.authority.as_bytes().to_vec()),
-        (":path".into(), p.path.as_bytes().to_vec()),
-        (":method".into(), p.method.as_bytes().to_vec()),
-        (":scheme".into(), p.scheme.as_bytes().to_vec()),
-    ];
-    list.extend(
-        rq.headers
-            .iter()
-            .filter(|(k, _)| *k != http::header::HOST)
-            .map(|(k, v)| (k.as_str().to_string(), v.as_bytes().to_vec())),
-    );
-    list
+    rq.header_list()
 }
 
 /// The script's changes back into the request: headers, a new path or

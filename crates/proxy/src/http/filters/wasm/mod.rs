@@ -128,18 +128,7 @@ impl WasmFilter {
     /// The stream's state as the plugin sees it.
     fn stream(rq: &RequestCtx<'_>) -> Stream {
         let p = &rq.pseudo;
-        let mut request: HeaderList = vec![
-            (":authority".into(), p.authority.as_bytes().to_vec()),
-            (":path".into(), p.path.as_bytes().to_vec()),
-            (":method".into(), p.method.as_bytes().to_vec()),
-            (":scheme".into(), p.scheme.as_bytes().to_vec()),
-        ];
-        request.extend(
-            rq.headers
-                .iter()
-                .filter(|(k, _)| *k != http::header::HOST)
-                .map(|(k, v)| (k.as_str().to_string(), v.as_bytes().to_vec())),
-        );
+        let request: HeaderList = rq.header_list();
         let id = rq.headers.get("x-request-id").map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
         let facts = Facts {
             path: p.path.to_string(),
