@@ -9,6 +9,7 @@
 
 mod compat;
 mod dfp;
+mod hcm;
 mod overload;
 mod udp;
 mod wasm;
@@ -213,50 +214,6 @@ const SUPPORTED_FIELDS: &[(&str, &[&str])] = &[
     ("envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy.WeightedCluster", &["clusters"]),
     ("envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy.WeightedCluster.ClusterWeight", &["name", "weight"]),
     ("envoy.config.listener.v3.Filter", &["name", "typed_config"]),
-    (
-        "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
-        &[
-            "codec_type",
-            "stat_prefix",
-            "route_config",
-            "http_filters",
-            "access_log",
-            "use_remote_address",
-            "xff_num_trusted_hops",
-            "skip_xff_append",
-            "generate_request_id",
-            "preserve_external_request_id",
-            "always_set_request_id_in_response",
-            "server_name",
-            "server_header_transformation",
-            "request_timeout",
-            "forward_client_cert_details",
-            "set_current_client_cert_details",
-            "stream_idle_timeout",
-            "request_headers_timeout",
-            "common_http_protocol_options",
-            "max_request_headers_kb",
-            "rds",
-            "internal_address_config",
-            "upgrade_configs",
-            "http2_protocol_options",
-            "normalize_path",
-            "merge_slashes",
-            "path_with_escaped_slashes_action",
-            "via",
-            "strip_any_host_port",
-            "strip_matching_host_port",
-        ],
-    ),
-    (
-        "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager.InternalAddressConfig",
-        &["cidr_ranges"],
-    ),
-    (
-        "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager.UpgradeConfig",
-        &["upgrade_type", "enabled"],
-    ),
-    ("envoy.extensions.filters.network.http_connection_manager.v3.HttpFilter", &["name", "typed_config"]),
     (
         "envoy.config.route.v3.RouteConfiguration",
         &[
@@ -924,6 +881,7 @@ const NARROWED: &[(&str, &str, &[&str])] = &[
 fn supported_fields(message: &str) -> &'static [&'static str] {
     SUPPORTED_FIELDS
         .iter()
+        .chain(hcm::FIELDS)
         .chain(TRACING_FIELDS)
         .chain(overload::FIELDS)
         .chain(udp::FIELDS)
